@@ -1,0 +1,50 @@
+# mailsrv: `make run` serves a demo setup in ./var, `make test` runs every test.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: all venv build run test test-only lint peers bench bench-micro clean
+
+all: build
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+# Compile the Cython speedups in place; a broken .pyx is an error here.
+build: $(STAMP)
+	MAILSRV_REQUIRE_SPEEDUPS=1 $(BIN)/python setup.py --quiet build_ext --inplace
+
+run: build
+	@test -f var/mailsrv.toml || $(BIN)/mailsrv init --dir var --demo
+	exec $(BIN)/mailsrv serve -c var/mailsrv.toml
+
+# Third-party peers the end-to-end tests drive (installed only when root and missing).
+peers:
+	@bash tools/install-peers.sh
+
+lint: $(STAMP)
+	$(BIN)/ruff check mailsrv tests bench
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+test: build peers lint test-only
+
+# The suite with the compiled modules, then the speedups tests with the pure-Python twins.
+test-only:
+	MAILSRV_REQUIRE_SPEEDUPS=1 $(BIN)/python -m pytest -q -p no:cacheprovider
+	MAILSRV_NO_SPEEDUPS=1 $(BIN)/python -m pytest -q -p no:cacheprovider -m speedups
+
+bench: build
+	$(BIN)/python -m bench all
+
+bench-micro: build
+	$(BIN)/python -m pytest bench/micro --benchmark-only -q
+
+clean:
+	rm -rf build $(VENV) mailsrv/_speedups/*.so mailsrv/_speedups/*_c.c

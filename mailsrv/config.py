@@ -1,0 +1,350 @@
+"""The one configuration schema: frozen dataclasses loaded from one TOML file.
+
+Every field carries its documentation in ``metadata["doc"]``; the sample
+``conf/mailsrv.toml`` documents the same keys (a test checks they agree).
+Unknown keys, wrong types and bad values raise :class:`ConfigError` naming the
+file and the dotted key. Lower layers receive their section as an argument and
+never read files or the environment themselves.
+
+To add a section: define a frozen dataclass whose fields all have defaults and
+a ``doc``, add it as a field of :class:`Config`, and document it in
+``conf/mailsrv.toml``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import sys
+import types
+import typing
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+T = TypeVar("T")
+
+
+class ConfigError(Exception):
+    """A configuration problem, already phrased for the operator."""
+
+    def __init__(self, source: str, key: str, message: str) -> None:
+        self.source = source
+        self.key = key
+        self.message = message
+        where = f"{source}: {key}" if key else source
+        super().__init__(f"{where}: {message}")
+
+
+def doc(text: str, default: Any = MISSING, *, check: Any = None, factory: Any = MISSING) -> Any:
+    """A dataclass field with documentation and an optional value check.
+
+    ``check(value)`` returns an error message (str) for a bad value, or None.
+    """
+    meta = {"doc": text, "check": check}
+    if factory is not MISSING:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+# --- value checks -----------------------------------------------------------
+
+
+def _positive(v: float) -> str | None:
+    return None if v > 0 else "must be greater than 0"
+
+
+def _non_negative(v: float) -> str | None:
+    return None if v >= 0 else "must be 0 or greater"
+
+
+def _port(v: int) -> str | None:
+    return None if 0 <= v <= 65535 else "must be a port number from 0 to 65535"
+
+
+def parse_bind(value: str) -> tuple[str, int]:
+    """``"127.0.0.1:25"``, ``"[::1]:25"`` or ``"*:25"`` -> (host, port)."""
+    if value.startswith("["):
+        host, sep, port = value[1:].partition("]:")
+        if not sep:
+            raise ValueError(f"{value!r} is not [IPv6]:port")
+    else:
+        host, sep, port = value.rpartition(":")
+        if not sep:
+            raise ValueError(f"{value!r} is not host:port")
+    if host == "*":
+        host = "0.0.0.0"
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"{host!r} in {value!r} is not an IP address") from None
+    if not port.isdigit() or _port(int(port)):
+        raise ValueError(f"{port!r} in {value!r} is not a port number")
+    return host, int(port)
+
+
+def _binds(v: tuple[str, ...]) -> str | None:
+    if not v:
+        return "needs at least one address"
+    for item in v:
+        try:
+            parse_bind(item)
+        except ValueError as exc:
+            return str(exc)
+    return None
+
+
+def _workers(v: int | str) -> str | None:
+    if v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 1024):
+        return None
+    return 'must be "auto" or a number of processes from 1 to 1024'
+
+
+def _cidrs(v: tuple[str, ...]) -> str | None:
+    for item in v:
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            return f"{item!r} is not an IP network (CIDR)"
+    return None
+
+
+# --- sections ----------------------------------------------------------------
+
+LogLevel = Literal["trace", "debug", "info", "warning", "error"]
+Protocol = Literal["smtp", "submission", "imap", "pop3", "jmap"]
+TlsMode = Literal["none", "starttls", "implicit"]
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    hostname: str = doc("Fully qualified host name used in banners, Received headers and HELO.", "localhost")
+    workers: int | str = doc('Worker processes: "auto" for one per core, or a number.', "auto", check=_workers)
+    data_dir: Path = doc("Where mail, indexes, the queue and the directory live.", Path("/var/lib/mailsrv"))
+    shutdown_grace: float = doc(
+        "Seconds that SIGTERM or a reload lets open sessions finish before they are closed.",
+        30.0,
+        check=_non_negative,
+    )
+    restart_backoff_max: float = doc(
+        "Longest wait in seconds before restarting a worker that keeps dying.", 30.0, check=_positive
+    )
+    log_level: LogLevel = doc("Least severe level logged: trace, debug, info, warning, error.", "info")
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    cert: Path = doc("PEM certificate chain served on every TLS listener.", Path("/etc/mailsrv/tls/cert.pem"))
+    key: Path = doc("PEM private key of the certificate.", Path("/etc/mailsrv/tls/key.pem"))
+    min_version: Literal["TLSv1.2", "TLSv1.3"] = doc("Oldest TLS version accepted.", "TLSv1.2")
+    ciphers: str = doc(
+        "OpenSSL cipher list for TLS 1.2 (TLS 1.3 suites are always the modern ones).",
+        "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:DHE+CHACHA20",
+    )
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    max_connections: int = doc("Open connections per listener and worker.", 5000, check=_positive)
+    max_connections_per_ip: int = doc("Open connections from one client IP per listener and worker.", 50, check=_positive)
+    idle_timeout: float = doc("Seconds a connection may stay silent before it is closed.", 300.0, check=_positive)
+    max_line_length: int = doc("Longest command line in bytes (RFC 5321 §4.5.3.1.4 allows 512; IMAP lines are longer).", 65536, check=_positive)
+    max_errors: int = doc("Protocol errors a session may cause before it is disconnected.", 20, check=_positive)
+
+
+@dataclass(frozen=True)
+class ListenerConfig:
+    protocol: Protocol = doc("What the listener speaks: smtp, submission, imap, pop3 or jmap.")
+    bind: tuple[str, ...] = doc('Addresses to listen on, e.g. ["0.0.0.0:25", "[::]:25"].', check=_binds)
+    tls: TlsMode = doc("none, starttls (offered in-protocol) or implicit (TLS from the first byte).", "none")
+    max_connections: int | None = doc("Overrides limits.max_connections for this listener.", None, check=_positive)
+    max_connections_per_ip: int | None = doc("Overrides limits.max_connections_per_ip.", None, check=_positive)
+    idle_timeout: float | None = doc("Overrides limits.idle_timeout.", None, check=_positive)
+    max_line_length: int | None = doc("Overrides limits.max_line_length.", None, check=_positive)
+    trusted_networks: tuple[str, ...] = doc(
+        "Client networks (CIDR) whose connections this listener treats as local.", (), check=_cidrs
+    )
+
+    def limit(self, limits: LimitsConfig, name: str) -> Any:
+        """This listener's value of a limit, or the global default."""
+        own = getattr(self, name)
+        return getattr(limits, name) if own is None else own
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration file."""
+
+    server: ServerConfig = doc("Process model and paths.", factory=ServerConfig)
+    tls: TlsConfig = doc("Certificate and TLS policy shared by every listener.", factory=TlsConfig)
+    limits: LimitsConfig = doc("Default per-listener limits.", factory=LimitsConfig)
+    listener: dict[str, ListenerConfig] = doc("Listeners by name.", factory=dict)
+    source: str = field(default="<defaults>", compare=False, metadata={"internal": True})
+
+
+# --- loading -------------------------------------------------------------------
+
+
+def _type_name(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return " or ".join(repr(a) for a in get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in get_args(tp))
+    if origin is tuple:
+        return f"list of {_type_name(get_args(tp)[0])}"
+    if origin is dict:
+        return "table"
+    if tp is type(None):
+        return "nothing"
+    if is_dataclass(tp):
+        return "table"
+    return {str: "string", int: "integer", float: "number", bool: "boolean", Path: "path string"}.get(tp, str(tp))
+
+
+def _convert(tp: Any, value: Any, src: str, key: str) -> Any:
+    origin = get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for alt in get_args(tp):
+            if alt is type(None):
+                continue
+            try:
+                return _convert(alt, value, src, key)
+            except ConfigError as exc:
+                errors.append(exc)
+        raise ConfigError(src, key, f"expected {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        if value in get_args(tp):
+            return value
+        raise ConfigError(src, key, f"expected one of {_type_name(tp)}, got {value!r}")
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise ConfigError(src, key, f"expected a {_type_name(tp)}, got {value!r}")
+        item_tp = get_args(tp)[0]
+        return tuple(_convert(item_tp, v, src, f"{key}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(src, key, f"expected a table, got {value!r}")
+        val_tp = get_args(tp)[1]
+        return {k: _convert(val_tp, v, src, f"{key}.{k}") for k, v in value.items()}
+    if is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(src, key, f"expected a table, got {value!r}")
+        return build(tp, value, src, key)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    elif tp is Path:
+        if isinstance(value, str) and value:
+            return Path(value)
+    raise ConfigError(src, key, f"expected {_type_name(tp)}, got {value!r}")
+
+
+def build(cls: type[T], data: dict[str, Any], src: str = "<config>", prefix: str = "") -> T:
+    """Validate ``data`` (parsed TOML) into the frozen dataclass ``cls``."""
+    hints = get_type_hints(cls)
+    known = {f.name: f for f in fields(cls) if not f.metadata.get("internal")}  # type: ignore[arg-type]
+    for key in data:
+        if key not in known:
+            dotted = f"{prefix}.{key}" if prefix else key
+            choices = ", ".join(sorted(known))
+            raise ConfigError(src, dotted, f"unknown key (known keys here: {choices})")
+    kwargs: dict[str, Any] = {}
+    for name, f in known.items():
+        dotted = f"{prefix}.{name}" if prefix else name
+        if name in data:
+            value = _convert(hints[name], data[name], src, dotted)
+            check = f.metadata.get("check")
+            if check is not None and value is not None:
+                problem = check(value)
+                if problem:
+                    raise ConfigError(src, dotted, problem)
+            kwargs[name] = value
+        elif f.default is MISSING and f.default_factory is MISSING:
+            raise ConfigError(src, dotted, f"missing required key ({_type_name(hints[name])})")
+    return cls(**kwargs)
+
+
+def load(path: str | os.PathLike[str]) -> Config:
+    """Read and validate a configuration file. Raises :class:`ConfigError`."""
+    src = str(path)
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(src, "", "file not found") from None
+    except OSError as exc:
+        raise ConfigError(src, "", f"cannot read: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(src, "", f"not valid TOML: {exc}") from None
+    cfg = build(Config, data, src)
+    base = Path(src).resolve().parent
+    server = cfg.server
+    # Relative paths are relative to the config file, so a setup directory can move.
+    if not server.data_dir.is_absolute():
+        server = _replace(server, data_dir=base / server.data_dir)
+    tls = cfg.tls
+    if not tls.cert.is_absolute() or not tls.key.is_absolute():
+        tls = _replace(tls, cert=base / tls.cert, key=base / tls.key)
+    cfg = _replace(cfg, server=server, tls=tls, source=src)
+    _check_listeners(cfg)
+    return cfg
+
+
+def _check_listeners(cfg: Config) -> None:
+    seen: dict[tuple[str, int], str] = {}
+    for name, lst in cfg.listener.items():
+        for item in lst.bind:
+            host, port = parse_bind(item)
+            if port and (host, port) in seen:
+                raise ConfigError(
+                    cfg.source, f"listener.{name}.bind", f"{item} is also bound by listener.{seen[(host, port)]}"
+                )
+            seen[(host, port)] = name
+        if lst.protocol == "jmap" and lst.tls == "starttls":
+            raise ConfigError(cfg.source, f"listener.{name}.tls", "HTTP has no STARTTLS; use none or implicit")
+
+
+def _replace(obj: T, **changes: Any) -> T:
+    import dataclasses
+
+    return dataclasses.replace(obj, **changes)  # type: ignore[type-var]
+
+
+def default_path() -> str:
+    """The config file named by ``MAILSRV_CONFIG``, else the system default."""
+    return os.environ.get("MAILSRV_CONFIG") or "/etc/mailsrv/mailsrv.toml"
+
+
+def iter_keys(cls: type, prefix: str = "") -> typing.Iterator[tuple[str, Any]]:
+    """Yield (dotted key, field) for every documented key of a schema class.
+
+    Used by the test that keeps conf/mailsrv.toml in step with the schema.
+    """
+    hints = get_type_hints(cls)
+    for f in fields(cls):
+        if f.metadata.get("internal"):
+            continue
+        dotted = f"{prefix}.{f.name}" if prefix else f.name
+        tp = hints[f.name]
+        if is_dataclass(tp):
+            yield from iter_keys(tp, dotted)  # type: ignore[arg-type]
+        elif get_origin(tp) is dict and is_dataclass(get_args(tp)[1]):
+            yield from iter_keys(get_args(tp)[1], f"{dotted}.*")
+        else:
+            yield dotted, f

@@ -1,0 +1,1 @@
+"""IMAP4rev2 / IMAP4rev1 server."""

@@ -1,0 +1,1 @@
+"""JMAP (RFC 8620, RFC 8621) over HTTP."""

@@ -1,0 +1,356 @@
+"""The master process: binds every listener once, forks and supervises workers.
+
+Invariants (DESIGN.md, process model):
+- The master never runs an event loop or a thread: it forks first, so each
+  worker starts clean and creates its own uvloop loop.
+- Listening sockets are bound here and inherited; replacing workers (restart,
+  reload) never closes them, so no connection is refused meanwhile.
+- Signals are blocked and taken synchronously with ``sigtimedwait``: SIGCHLD
+  reaps and restarts, SIGHUP reloads, SIGTERM/SIGINT drain and exit 0.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import select
+import signal
+import socket
+import ssl
+import sys
+import time
+from dataclasses import dataclass, field
+
+from mailsrv import config as config_mod
+from mailsrv import log, worker
+from mailsrv.config import Config, ConfigError, parse_bind
+from mailsrv.net.tls import TlsSetupError, server_context
+from mailsrv.util.sdnotify import monotonic_usec, notify
+
+logger = log.get("master")
+
+SIGNALS = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+READY_TIMEOUT = 30.0
+#: A worker that ran this long before dying is restarted at once, and its backoff resets.
+STABLE_AFTER = 10.0
+
+
+class StartupError(Exception):
+    """The server cannot start; the message is for the operator."""
+
+
+@dataclass
+class WorkerProc:
+    pid: int
+    slot: int
+    generation: int
+    ready_r: int
+    lifeline_w: int
+    started: float = field(default_factory=time.monotonic)
+    ready: bool = False
+
+
+def worker_count(cfg: Config) -> int:
+    if cfg.server.workers == "auto":
+        try:
+            return max(1, len(os.sched_getaffinity(0)))
+        except AttributeError:  # pragma: no cover - not Linux
+            return os.cpu_count() or 1
+    return int(cfg.server.workers)
+
+
+def bind_socket(spec: str) -> socket.socket:
+    host, port = parse_bind(spec)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            # So that "[::]:25" and "0.0.0.0:25" can both be configured.
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((host, port))
+        sock.listen(1024)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def format_addr(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class Master:
+    def __init__(self, config_path: str) -> None:
+        self.config_path = config_path
+        self.cfg: Config = config_mod.load(config_path)
+        self.ssl_context: ssl.SSLContext | None = None
+        #: bind spec as configured (port 0: "listener/spec") -> bound socket, kept across reloads
+        self.bound: dict[str, socket.socket] = {}
+        self.workers: dict[int, WorkerProc] = {}
+        self.generation = 0
+        self.restart_due: dict[int, float] = {}  # slot -> monotonic time
+        self.failures: dict[int, int] = {}  # slot -> consecutive quick deaths
+        self.stopping = False
+
+    # -- setup -------------------------------------------------------------
+
+    def _tls_for(self, cfg: Config) -> ssl.SSLContext | None:
+        if not any(lst.tls != "none" for lst in cfg.listener.values()):
+            return None
+        try:
+            return server_context(cfg.tls)
+        except TlsSetupError as exc:
+            raise StartupError(str(exc)) from None
+
+    def _bind_all(self, cfg: Config) -> dict[str, list[socket.socket]]:
+        """Bind what is new, keep what is bound, return listener name -> sockets."""
+        wanted: dict[str, list[socket.socket]] = {}
+        keep: dict[str, socket.socket] = {}
+        try:
+            for name, lcfg in cfg.listener.items():
+                socks = []
+                for spec in lcfg.bind:
+                    # Port 0 means "any free port": such a socket belongs to its listener alone.
+                    key = f"{name}/{spec}" if parse_bind(spec)[1] == 0 else spec
+                    sock = self.bound.get(key) or keep.get(key)
+                    if sock is None:
+                        try:
+                            sock = bind_socket(spec)
+                        except OSError as exc:
+                            raise StartupError(
+                                f"cannot bind listener.{name} {spec}: {exc.strerror or exc}"
+                            ) from None
+                    keep[key] = sock
+                    socks.append(sock)
+                wanted[name] = socks
+        except StartupError:
+            for spec, sock in keep.items():
+                if spec not in self.bound:
+                    sock.close()
+            raise
+        for spec, sock in self.bound.items():
+            if spec not in keep:
+                sock.close()
+        self.bound = keep
+        for name, lcfg in cfg.listener.items():
+            for sock in wanted[name]:
+                logger.info("listener.bound", name=name, proto=lcfg.protocol, addr=format_addr(sock), tls=lcfg.tls)
+        return wanted
+
+    # -- workers -----------------------------------------------------------
+
+    def _spawn(self, slot: int, generation: int, cfg: Config, socks: dict[str, list[socket.socket]],
+               ctx: ssl.SSLContext | None) -> WorkerProc:
+        ready_r, ready_w = os.pipe()
+        lifeline_r, lifeline_w = os.pipe()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:  # child
+            status = 1
+            try:
+                os.close(ready_r)
+                os.close(lifeline_w)
+                for other in self.workers.values():
+                    for fd in (other.ready_r, other.lifeline_w):
+                        try:
+                            os.close(fd)
+                        except OSError:
+                            pass
+                log.bind(worker=slot)
+                status = worker.run(cfg, socks, ctx, ready_w, lifeline_r)
+            except BaseException as exc:  # noqa: BLE001 - report, then leave without running master code
+                logger.exception("worker.crash", exc, slot=slot)
+            finally:
+                os._exit(status)
+        os.close(ready_w)
+        os.close(lifeline_r)
+        proc = WorkerProc(pid=pid, slot=slot, generation=generation, ready_r=ready_r, lifeline_w=lifeline_w)
+        self.workers[pid] = proc
+        logger.info("worker.started", pid=pid, slot=slot, generation=generation)
+        return proc
+
+    def _wait_ready(self, procs: list[WorkerProc], timeout: float = READY_TIMEOUT) -> bool:
+        """Wait until every proc wrote its ready byte; False if one died or the time ran out."""
+        deadline = time.monotonic() + timeout
+        pending = {p.ready_r: p for p in procs if not p.ready}
+        while pending:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            r, _, _ = select.select(list(pending), [], [], left)
+            for fd in r:
+                proc = pending.pop(fd)
+                try:
+                    data = os.read(fd, 1)
+                except OSError:
+                    data = b""
+                if not data:
+                    return False
+                proc.ready = True
+        return True
+
+    def _close_fds(self, proc: WorkerProc) -> None:
+        for fd in (proc.ready_r, proc.lifeline_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def _start_generation(self, cfg: Config, socks: dict[str, list[socket.socket]],
+                          ctx: ssl.SSLContext | None) -> list[WorkerProc]:
+        self.generation += 1
+        return [self._spawn(slot, self.generation, cfg, socks, ctx) for slot in range(worker_count(cfg))]
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            proc = self.workers.pop(pid, None)
+            if proc is None:
+                continue
+            self._close_fds(proc)
+            code = os.waitstatus_to_exitcode(status)
+            current = proc.generation == self.generation
+            if self.stopping or not current:
+                logger.info("worker.exited", pid=pid, slot=proc.slot, status=code)
+                continue
+            lived = time.monotonic() - proc.started
+            fails = 0 if lived >= STABLE_AFTER else self.failures.get(proc.slot, 0) + 1
+            self.failures[proc.slot] = fails
+            delay = 0.0 if fails == 0 else min(self.cfg.server.restart_backoff_max, 0.1 * 2 ** (fails - 1))
+            logger.error("worker.died", pid=pid, slot=proc.slot, status=code, restart_in=f"{delay:.1f}s")
+            self.restart_due[proc.slot] = time.monotonic() + delay
+
+    def _restart_due(self) -> None:
+        now = time.monotonic()
+        for slot, due in list(self.restart_due.items()):
+            if due <= now:
+                del self.restart_due[slot]
+                proc = self._spawn(slot, self.generation, self.cfg, self.sockets, self.ssl_context)
+                if not self._wait_ready([proc], READY_TIMEOUT):
+                    logger.error("worker.not_ready", pid=proc.pid, slot=slot)
+
+    # -- control -----------------------------------------------------------
+
+    def _status(self) -> str:
+        listeners = ", ".join(
+            f"{name}={'/'.join(format_addr(s) for s in socks)}" for name, socks in self.sockets.items()
+        )
+        return f"STATUS={len(self.workers)} workers; {listeners}"
+
+    def reload(self) -> None:
+        notify("RELOADING=1", monotonic_usec())
+        logger.info("reload.start", config=self.config_path)
+        try:
+            cfg = config_mod.load(self.config_path)
+            ctx = self._tls_for(cfg)
+            socks = self._bind_all(cfg)
+        except (ConfigError, StartupError) as exc:
+            logger.error("reload.failed", error=str(exc))
+            notify("READY=1", f"STATUS=reload failed, still serving the old configuration: {exc}")
+            return
+        old = [p for p in self.workers.values()]
+        old_generation = self.generation
+        new = self._start_generation(cfg, socks, ctx)
+        if not self._wait_ready(new):
+            logger.error("reload.failed", error="new workers did not become ready")
+            for proc in new:
+                self._kill(proc.pid, signal.SIGKILL)
+            self.generation = old_generation
+            notify("READY=1", "STATUS=reload failed, still serving the old configuration")
+            return
+        log.configure(cfg.server.log_level)
+        self.cfg, self.ssl_context, self.sockets = cfg, ctx, socks
+        self.restart_due.clear()
+        for proc in old:
+            self._kill(proc.pid, signal.SIGTERM)
+        logger.info("reload.done", generation=self.generation, retired=len(old))
+        notify("READY=1", self._status())
+
+    def _kill(self, pid: int, sig: int) -> None:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def stop(self) -> int:
+        self.stopping = True
+        notify("STOPPING=1")
+        logger.info("stop.start", workers=len(self.workers))
+        for pid in list(self.workers):
+            self._kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + self.cfg.server.shutdown_grace + 10
+        while self.workers:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                for pid in list(self.workers):
+                    logger.error("worker.killed", pid=pid)
+                    self._kill(pid, signal.SIGKILL)
+                deadline = time.monotonic() + 10
+            signal.sigtimedwait({signal.SIGCHLD}, max(0.05, min(left, 1.0)))
+            self._reap()
+        for sock in self.bound.values():
+            sock.close()
+        logger.info("stop.done")
+        return 0
+
+    def run(self) -> int:
+        """Serve until SIGTERM/SIGINT. Raises :class:`StartupError` if it cannot start."""
+        log.configure(self.cfg.server.log_level)
+        signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+        self.cfg.server.data_dir.mkdir(parents=True, exist_ok=True)
+        self.ssl_context = self._tls_for(self.cfg)
+        self.sockets = self._bind_all(self.cfg)
+        procs = self._start_generation(self.cfg, self.sockets, self.ssl_context)
+        if not self._wait_ready(procs):
+            for proc in procs:
+                self._kill(proc.pid, signal.SIGKILL)
+            self.stopping = True
+            self._reap()
+            raise StartupError("workers failed to start (see the log lines above)")
+        logger.info("master.ready", pid=os.getpid(), workers=len(procs), generation=self.generation)
+        notify("READY=1", f"MAINPID={os.getpid()}", self._status())
+        while True:
+            timeout = 5.0
+            if self.restart_due:
+                timeout = max(0.0, min(self.restart_due.values()) - time.monotonic())
+            try:
+                info = signal.sigtimedwait(SIGNALS, timeout)
+            except InterruptedError:  # pragma: no cover - PEP 475 retries
+                continue
+            if info is None:
+                self._restart_due()
+                continue
+            if info.si_signo == signal.SIGCHLD:
+                self._reap()
+                self._restart_due()
+            elif info.si_signo == signal.SIGHUP:
+                self.reload()
+            elif info.si_signo in (signal.SIGTERM, signal.SIGINT):
+                return self.stop()
+
+
+def serve(config_path: str) -> int:
+    """``mailsrv serve``: run the master in the foreground."""
+    try:
+        master = Master(config_path)
+        return master.run()
+    except ConfigError as exc:
+        print(f"mailsrv: {exc}", file=sys.stderr)
+        return 2
+    except StartupError as exc:
+        print(f"mailsrv: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            print(f"mailsrv: {exc}", file=sys.stderr)
+            return 1
+        raise

@@ -1,0 +1,1 @@
+"""Network plumbing shared by every protocol: TLS contexts, connections, listeners."""

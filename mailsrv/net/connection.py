@@ -1,0 +1,243 @@
+"""A client connection as the protocol sessions see it: bounded reads, TLS upgrade, shutdown.
+
+Invariants:
+- Every read is bounded: a line by ``max_line_length``, a wait by ``idle_timeout``.
+- A line that is too long is consumed up to its end and reported as
+  :class:`LineTooLong`, so the session can answer with its protocol's error
+  and go on reading the next command.
+- When the worker drains, a session that is waiting for its next command gets
+  :class:`ServerShutdown` from :meth:`Connection.readline` and says goodbye in
+  its protocol; a session in the middle of a command finishes it first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import ssl
+from typing import Any
+
+from mailsrv.net.tls import describe
+
+
+class ConnectionClosed(Exception):
+    """The peer closed the connection (EOF) or it broke."""
+
+
+class LineTooLong(Exception):
+    """A line exceeded the limit; it has been consumed and discarded."""
+
+
+class IdleTimeout(Exception):
+    """The peer stayed silent longer than the idle timeout."""
+
+
+class ServerShutdown(Exception):
+    """The worker is draining; the session should say goodbye and end."""
+
+
+_counter = itertools.count(1)
+_prefix = os.urandom(2).hex()
+
+
+def new_session_id() -> str:
+    """Short, unique within a worker's life, distinct across workers with high probability."""
+    return f"{_prefix}{os.getpid() % 0x10000:04x}{next(_counter):06x}"
+
+
+class Connection:
+    """One accepted client connection.
+
+    Owned by a single session task; not safe to use from two tasks at once.
+    """
+
+    __slots__ = (
+        "reader",
+        "writer",
+        "sid",
+        "listener",
+        "peer_host",
+        "peer_port",
+        "local_host",
+        "local_port",
+        "max_line_length",
+        "idle_timeout",
+        "tls_active",
+        "_waiting",
+        "_shutdown",
+        "task",
+        "closed",
+    )
+
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        *,
+        listener: str,
+        max_line_length: int,
+        idle_timeout: float,
+    ) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.sid = new_session_id()
+        self.listener = listener
+        peer = writer.get_extra_info("peername") or ("?", 0)
+        local = writer.get_extra_info("sockname") or ("?", 0)
+        self.peer_host: str = peer[0]
+        self.peer_port: int = peer[1]
+        self.local_host: str = local[0]
+        self.local_port: int = local[1]
+        self.max_line_length = max_line_length
+        self.idle_timeout = idle_timeout
+        self.tls_active = writer.get_extra_info("ssl_object") is not None
+        self._waiting = False
+        self._shutdown = False
+        self.task: asyncio.Task[Any] | None = None
+        self.closed = False
+
+    # -- reading -----------------------------------------------------------
+
+    async def readline(self) -> bytes:
+        """Read one line including its terminator (LF or CRLF).
+
+        Waits for a *new command*: this is where a draining worker interrupts
+        an idle session with :class:`ServerShutdown`. Raises
+        :class:`LineTooLong`, :class:`IdleTimeout`, :class:`ConnectionClosed`.
+        """
+        if self._shutdown:
+            raise ServerShutdown
+        self._waiting = True
+        try:
+            return await self._readline()
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if self._shutdown and task is not None and task.uncancel() == 0:
+                raise ServerShutdown from None
+            raise
+        finally:
+            self._waiting = False
+
+    async def readline_in_command(self) -> bytes:
+        """Read a line that belongs to a command in progress (continuation, DATA).
+
+        Not interrupted by a drain.
+        """
+        return await self._readline()
+
+    async def _readline(self) -> bytes:
+        try:
+            async with asyncio.timeout(self.idle_timeout):
+                try:
+                    line = await self.reader.readuntil(b"\n")
+                except asyncio.LimitOverrunError as exc:
+                    await self._discard_long_line(exc.consumed)
+                    raise LineTooLong from None
+        except asyncio.IncompleteReadError as exc:
+            raise ConnectionClosed from exc
+        except TimeoutError:
+            raise IdleTimeout from None
+        except (ConnectionError, ssl.SSLError) as exc:
+            raise ConnectionClosed from exc
+        if len(line) > self.max_line_length:
+            raise LineTooLong
+        return line
+
+    async def _discard_long_line(self, consumed: int) -> None:
+        while True:
+            if consumed:
+                await self.reader.readexactly(consumed)
+            try:
+                await self.reader.readuntil(b"\n")
+                return
+            except asyncio.LimitOverrunError as exc:
+                consumed = exc.consumed
+
+    async def readexactly(self, n: int) -> bytes:
+        """Read exactly ``n`` bytes (a literal, a BDAT chunk); bounded by the idle timeout."""
+        try:
+            async with asyncio.timeout(self.idle_timeout):
+                return await self.reader.readexactly(n)
+        except asyncio.IncompleteReadError as exc:
+            raise ConnectionClosed from exc
+        except TimeoutError:
+            raise IdleTimeout from None
+        except (ConnectionError, ssl.SSLError) as exc:
+            raise ConnectionClosed from exc
+
+    async def read_some(self, n: int) -> bytes:
+        """Read up to ``n`` bytes that are available (for bulk readers); b"" at EOF."""
+        try:
+            async with asyncio.timeout(self.idle_timeout):
+                return await self.reader.read(n)
+        except TimeoutError:
+            raise IdleTimeout from None
+        except (ConnectionError, ssl.SSLError) as exc:
+            raise ConnectionClosed from exc
+
+    # -- writing -----------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        if not self.closed:
+            self.writer.write(data)
+
+    async def drain(self) -> None:
+        try:
+            async with asyncio.timeout(self.idle_timeout):
+                await self.writer.drain()
+        except TimeoutError:
+            raise IdleTimeout from None
+        except (ConnectionError, ssl.SSLError) as exc:
+            raise ConnectionClosed from exc
+
+    async def send(self, data: bytes) -> None:
+        self.write(data)
+        await self.drain()
+
+    # -- TLS ---------------------------------------------------------------
+
+    async def starttls(self, context: ssl.SSLContext, handshake_timeout: float = 30.0) -> None:
+        """Upgrade to TLS in place (STARTTLS, STLS).
+
+        The caller must have sent its "go ahead" reply, and must discard any
+        state learned before the handshake (RFC 3207 §4.2).
+        """
+        if self.reader._buffer:  # type: ignore[attr-defined]
+            # RFC 3207 §4 / RFC 2595 §3.1: pipelined plain text after STARTTLS is an injection attempt.
+            raise ConnectionClosed("plain text after STARTTLS")
+        try:
+            await self.writer.start_tls(context, ssl_handshake_timeout=handshake_timeout)
+        except (ConnectionError, ssl.SSLError, TimeoutError, OSError) as exc:
+            raise ConnectionClosed from exc
+        self.tls_active = True
+
+    def tls_info(self) -> dict[str, str]:
+        return describe(self.writer.get_extra_info("ssl_object"))
+
+    def peer_certificate(self) -> Any:
+        obj = self.writer.get_extra_info("ssl_object")
+        return obj.getpeercert(binary_form=True) if obj is not None else None
+
+    # -- life --------------------------------------------------------------
+
+    def request_shutdown(self) -> None:
+        """Ask the session to end at its next command boundary."""
+        self._shutdown = True
+        if self._waiting and self.task is not None:
+            self.task.cancel()
+
+    @property
+    def shutting_down(self) -> bool:
+        return self._shutdown
+
+    async def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self.writer.close()
+            async with asyncio.timeout(5):
+                await self.writer.wait_closed()
+        except (ConnectionError, ssl.SSLError, TimeoutError, OSError):
+            pass

@@ -1,0 +1,151 @@
+"""Listeners: accept on sockets the master bound, enforce connection limits, run sessions.
+
+A protocol plugs in a :class:`StreamService` (SMTP, IMAP, POP3) or an
+:class:`HttpService` (JMAP, admin API). The listener owns the accept loop,
+the limits, the session id and log context, and the drain on shutdown; the
+service owns the conversation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+from collections import Counter
+from typing import Protocol, runtime_checkable
+
+from mailsrv import log
+from mailsrv.config import LimitsConfig, ListenerConfig
+from mailsrv.net.connection import Connection
+
+logger = log.get("net")
+
+
+@runtime_checkable
+class StreamService(Protocol):
+    """A line-based protocol served on a stream."""
+
+    async def handle(self, conn: Connection) -> None:
+        """Run one session to its end. Must not raise for anything the peer does."""
+
+    async def refuse(self, conn: Connection, reason: str) -> None:
+        """Tell a connection over a limit that the server is busy, in the protocol's words."""
+
+
+@runtime_checkable
+class HttpService(Protocol):
+    """An HTTP application (aiohttp) served on the listener's sockets."""
+
+    async def start(self, socks: list[socket.socket], ssl_context: ssl.SSLContext | None) -> None: ...
+
+    async def stop(self, grace: float) -> None: ...
+
+
+class Listener:
+    """One configured listener in one worker."""
+
+    def __init__(
+        self,
+        name: str,
+        cfg: ListenerConfig,
+        limits: LimitsConfig,
+        socks: list[socket.socket],
+        service: StreamService | HttpService,
+        ssl_context: ssl.SSLContext | None,
+    ) -> None:
+        self.name = name
+        self.cfg = cfg
+        self.socks = socks
+        self.service = service
+        self.ssl_context = ssl_context
+        self.max_connections: int = cfg.limit(limits, "max_connections")
+        self.max_per_ip: int = cfg.limit(limits, "max_connections_per_ip")
+        self.idle_timeout: float = cfg.limit(limits, "idle_timeout")
+        self.max_line_length: int = cfg.limit(limits, "max_line_length")
+        self.servers: list[asyncio.Server] = []
+        self.connections: set[Connection] = set()
+        self.per_ip: Counter[str] = Counter()
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def start(self) -> None:
+        implicit = self.ssl_context if self.cfg.tls == "implicit" else None
+        if isinstance(self.service, HttpService) and not isinstance(self.service, StreamService):
+            await self.service.start(self.socks, implicit)
+            return
+        for sock in self.socks:
+            server = await asyncio.start_server(
+                self._on_client,
+                sock=sock,
+                ssl=implicit,
+                ssl_handshake_timeout=30.0 if implicit else None,
+                # +2 for CRLF; readline enforces the exact limit.
+                limit=self.max_line_length + 2,
+            )
+            self.servers.append(server)
+
+    async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = Connection(
+            reader,
+            writer,
+            listener=self.name,
+            max_line_length=self.max_line_length,
+            idle_timeout=self.idle_timeout,
+        )
+        conn.task = asyncio.current_task()
+        log.bind(sid=conn.sid, proto=self.cfg.protocol, peer=f"{conn.peer_host}:{conn.peer_port}")
+        ip = conn.peer_host
+        service = self.service
+        assert isinstance(service, StreamService)
+        if len(self.connections) >= self.max_connections or self.per_ip[ip] >= self.max_per_ip:
+            reason = "too many connections" if len(self.connections) >= self.max_connections else "too many connections from your address"
+            logger.warning("conn.refused", listener=self.name, reason=reason)
+            try:
+                await asyncio.wait_for(service.refuse(conn, reason), 5)
+            except Exception:  # noqa: BLE001 - the peer may already be gone
+                pass
+            await conn.close()
+            return
+        self.connections.add(conn)
+        self.per_ip[ip] += 1
+        self._idle.clear()
+        logger.debug("conn.open", listener=self.name, **conn.tls_info())
+        try:
+            await service.handle(conn)
+        except asyncio.CancelledError:
+            logger.info("conn.cancelled", listener=self.name)
+        except Exception as exc:  # noqa: BLE001 - one session's bug must not kill the worker
+            logger.exception("session.crash", exc, listener=self.name)
+        finally:
+            await conn.close()
+            self.connections.discard(conn)
+            self.per_ip[ip] -= 1
+            if self.per_ip[ip] <= 0:
+                del self.per_ip[ip]
+            if not self.connections:
+                self._idle.set()
+            logger.debug("conn.close", listener=self.name)
+
+    def stop_accepting(self) -> None:
+        for server in self.servers:
+            server.close()
+
+    async def drain(self, grace: float) -> None:
+        """Stop accepting, ask sessions to end, wait ``grace`` seconds, then cut the rest."""
+        self.stop_accepting()
+        if not isinstance(self.service, StreamService):
+            await self.service.stop(grace)
+            return
+        for conn in list(self.connections):
+            conn.request_shutdown()
+        try:
+            async with asyncio.timeout(grace):
+                await self._idle.wait()
+        except TimeoutError:
+            left = list(self.connections)
+            logger.warning("drain.timeout", listener=self.name, sessions=len(left))
+            for conn in left:
+                if conn.task is not None:
+                    conn.task.cancel()
+            async with asyncio.timeout(5):
+                await self._idle.wait()

@@ -1,0 +1,1 @@
+"""SMTP: inbound MTA (port 25) and authenticated submission (587, 465)."""

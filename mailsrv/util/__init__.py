@@ -1,0 +1,1 @@
+"""Small shared leaves: no knowledge of mail."""

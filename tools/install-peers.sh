@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Install the Debian programs the end-to-end tests talk to, when run as root and
+# they are missing. Never starts their system services (policy-rc.d denies it).
+set -euo pipefail
+# command to look for -> Debian package
+declare -A PEERS=(
+  [swaks]=swaks
+  [mutt]=mutt
+  [mbsync]=isync
+  [fetchmail]=fetchmail
+  [getmail]=getmail6
+  [smtp-source]=postfix
+)
+missing=()
+for cmd in "${!PEERS[@]}"; do
+  if ! command -v "$cmd" >/dev/null 2>&1 && ! [ -x "/usr/sbin/$cmd" ]; then
+    missing+=("${PEERS[$cmd]}")
+  fi
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" != 0 ]; then
+  echo "mailsrv: test peers missing (${missing[*]}); as root: apt-get install --no-install-recommends ${missing[*]}" >&2
+  exit 0
+fi
+echo "mailsrv: installing test peers: ${missing[*]}" >&2
+policy=/usr/sbin/policy-rc.d
+created_policy=0
+if [ ! -e "$policy" ]; then
+  printf '#!/bin/sh\nexit 101\n' > "$policy"; chmod +x "$policy"; created_policy=1
+fi
+trap '[ $created_policy = 1 ] && rm -f "$policy"' EXIT
+export DEBIAN_FRONTEND=noninteractive
+echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections 2>/dev/null || true
+apt-get update -qq >/dev/null 2>&1 || true
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null 2>&1 \
+  || echo "mailsrv: could not install ${missing[*]}; the tests that need them will say so" >&2
