@@ -68,6 +68,7 @@ async def _serve(cfg: Config, socks: dict[str, list[socket.socket]], ssl_context
             stop.set()
 
     loop.add_reader(lifeline_fd, _lifeline)
+    # Per-worker shared objects, one line per subsystem (store, directory, auth, queue...).
     resources: dict[str, Any] = {}
     listeners = make_listeners(cfg, socks, ssl_context, resources)
     for lst in listeners:
