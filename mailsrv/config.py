@@ -15,17 +15,12 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import sys
+import tomllib
 import types
 import typing
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on 3.10 only
-    import tomli as tomllib
 
 T = TypeVar("T")
 
@@ -236,7 +231,7 @@ def _convert(tp: Any, value: Any, src: str, key: str) -> Any:
     if is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(src, key, f"expected a table, got {value!r}")
-        return build(tp, value, src, key)
+        return build(typing.cast(type, tp), value, src, key)
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -343,8 +338,8 @@ def iter_keys(cls: type, prefix: str = "") -> typing.Iterator[tuple[str, Any]]:
         dotted = f"{prefix}.{f.name}" if prefix else f.name
         tp = hints[f.name]
         if is_dataclass(tp):
-            yield from iter_keys(tp, dotted)  # type: ignore[arg-type]
-        elif get_origin(tp) is dict and is_dataclass(get_args(tp)[1]):
+            yield from iter_keys(tp, dotted)
+            yield from iter_keys(typing.cast(type, tp), dotted)
             yield from iter_keys(get_args(tp)[1], f"{dotted}.*")
         else:
             yield dotted, f

@@ -19,6 +19,8 @@ import contextvars
 import os
 import sys
 import time
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any, TextIO
 
 LEVELS = {"trace": 5, "debug": 10, "info": 20, "warning": 30, "error": 40}
@@ -27,7 +29,9 @@ _level = LEVELS["info"]
 _stream: TextIO = sys.stderr
 
 #: Fields of the current session, merged into every line.
-context: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("mailsrv_log_context", default={})
+context: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar(
+    "mailsrv_log_context", default=MappingProxyType({})
+)
 
 
 def configure(level: str = "info", stream: TextIO | None = None) -> None:
@@ -42,7 +46,7 @@ def enabled(level: str) -> bool:
     return LEVELS[level] >= _level
 
 
-def bind(**fields: Any) -> contextvars.Token[dict[str, Any]]:
+def bind(**fields: Any) -> contextvars.Token[Mapping[str, Any]]:
     """Add fields to the current context (a session's id, peer, user...)."""
     merged = dict(context.get())
     merged.update(fields)

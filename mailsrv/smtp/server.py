@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from mailsrv import log
 from mailsrv.net.connection import (
+    Connection,
     ConnectionClosed,
     IdleTimeout,
     LineTooLong,
     ServerShutdown,
 )
-from mailsrv.net.connection import Connection
 from mailsrv.net.service import ServiceContext
 
 logger = log.get("smtp")
