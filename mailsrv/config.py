@@ -338,8 +338,8 @@ def iter_keys(cls: type, prefix: str = "") -> typing.Iterator[tuple[str, Any]]:
         dotted = f"{prefix}.{f.name}" if prefix else f.name
         tp = hints[f.name]
         if is_dataclass(tp):
-            yield from iter_keys(tp, dotted)
             yield from iter_keys(typing.cast(type, tp), dotted)
+        elif get_origin(tp) is dict and is_dataclass(get_args(tp)[1]):
             yield from iter_keys(get_args(tp)[1], f"{dotted}.*")
         else:
             yield dotted, f
