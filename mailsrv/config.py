@@ -112,7 +112,7 @@ def _cidrs(v: tuple[str, ...]) -> str | None:
 # --- sections ----------------------------------------------------------------
 
 LogLevel = Literal["trace", "debug", "info", "warning", "error"]
-Protocol = Literal["smtp", "submission", "imap", "pop3", "jmap"]
+Protocol = Literal["smtp", "submission", "imap", "pop3", "jmap", "admin"]
 TlsMode = Literal["none", "starttls", "implicit"]
 
 
@@ -172,6 +172,32 @@ class ListenerConfig:
 
 
 @dataclass(frozen=True)
+class DirectoryConfig:
+    path: Path = doc("Directory database (SQLite, WAL), relative to server.data_dir.", Path("directory.sqlite3"))
+    store_root: str = doc("Where new users' stores are placed, relative to server.data_dir.", "mail")
+    recipient_delimiter: str = doc('Sub-address separator in local parts ("alice+tag"); "" turns it off.', "+")
+    threads: int = doc("Threads per worker that run directory queries off the event loop.", 4, check=_positive)
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    account_failures: int = doc("Failed logins for one account within lockout_window before it is locked.", 5, check=_positive)
+    lockout_window: float = doc("Seconds over which failed logins are counted.", 900.0, check=_positive)
+    lockout_time: float = doc("Seconds of the first account lock; each further lock doubles it.", 60.0, check=_positive)
+    lockout_max: float = doc("Longest account lock in seconds.", 3600.0, check=_positive)
+    ip_throttle_failures: int = doc("Failed logins from one IP within lockout_window before answers are delayed.", 10, check=_positive)
+    ip_block_failures: int = doc("Failed logins from one IP within lockout_window before it is refused.", 30, check=_positive)
+    ip_block_time: float = doc("Seconds an IP stays blocked.", 900.0, check=_positive)
+    throttle_delay: float = doc("Seconds a failure answer is delayed for a throttled IP.", 2.0, check=_non_negative)
+    allow_plaintext_loopback: bool = doc("Allow plain-text passwords without TLS from 127.0.0.0/8 and ::1.", False)
+    argon2_time_cost: int = doc("argon2id iterations for new password hashes.", 2, check=_positive)
+    argon2_memory_kib: int = doc("argon2id memory in KiB for new password hashes.", 19456, check=_positive)
+    argon2_parallelism: int = doc("argon2id lanes for new password hashes.", 1, check=_positive)
+    scram_iterations: int = doc("PBKDF2 iterations of new SCRAM-SHA-256 verifiers (RFC 7677: at least 4096).", 4096, check=_positive)
+    hash_threads: int = doc("Threads per worker that verify password hashes off the event loop.", 2, check=_positive)
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration file."""
 
@@ -179,6 +205,8 @@ class Config:
     tls: TlsConfig = doc("Certificate and TLS policy shared by every listener.", factory=TlsConfig)
     limits: LimitsConfig = doc("Default per-listener limits.", factory=LimitsConfig)
     listener: dict[str, ListenerConfig] = doc("Listeners by name.", factory=dict)
+    directory: DirectoryConfig = doc("The user directory database.", factory=DirectoryConfig)
+    auth: AuthConfig = doc("Authentication, lockout and password hashing.", factory=AuthConfig)
     source: str = field(default="<defaults>", compare=False, metadata={"internal": True})
 
 
