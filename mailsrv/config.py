@@ -197,6 +197,78 @@ class AuthConfig:
     hash_threads: int = doc("Threads per worker that verify password hashes off the event loop.", 2, check=_positive)
 
 
+def _retry_schedule(v: tuple[float, ...]) -> str | None:
+    if not v or any(x <= 0 for x in v):
+        return "needs at least one delay, each greater than 0 seconds"
+    return None
+
+
+@dataclass(frozen=True)
+class SmtpConfig:
+    max_message_size: int = doc(
+        "Largest message in bytes, announced in EHLO SIZE and enforced while reading (RFC 1870).",
+        52428800,
+        check=_positive,
+    )
+    max_recipients: int = doc(
+        "Recipients per message; more get 452 4.5.3 (RFC 5321 §4.5.3.1.8 requires at least 100).",
+        1000,
+        check=_positive,
+    )
+    max_commands_before_auth: int = doc(
+        "Commands a submission client may send before it authenticates.", 50, check=_positive
+    )
+    spool_group_commit: float = doc(
+        "Seconds to gather spool fsyncs of concurrent sessions into one batch (0 syncs each alone).",
+        0.0,
+        check=_non_negative,
+    )
+
+
+@dataclass(frozen=True)
+class RouteConfig:
+    smarthost: str = doc('Relay host for this destination, "host:port"; empty means MX lookup.', "")
+    tls: Literal["opportunistic", "required", "none", "implicit"] = doc(
+        "STARTTLS policy toward the relay: opportunistic, required, none, or implicit (TLS on connect).",
+        "opportunistic",
+    )
+    verify_cert: bool = doc("Verify the relay's certificate (off for opportunistic TLS to MX hosts).", False)
+    username: str = doc("AUTH user name at the relay (empty: no AUTH).", "")
+    password: str = doc("AUTH password at the relay.", "")
+
+
+@dataclass(frozen=True)
+class QueueConfig:
+    retry_schedule: tuple[float, ...] = doc(
+        "Seconds between delivery attempts after a temporary failure; the last delay repeats.",
+        (300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0),
+        check=_retry_schedule,
+    )
+    lifetime: float = doc(
+        "Seconds a message may stay queued before it bounces as undeliverable (default 5 days).",
+        432000.0,
+        check=_positive,
+    )
+    delay_notice_after: float = doc(
+        "Seconds after which the sender gets one delay notice (0 disables).", 14400.0, check=_non_negative
+    )
+    max_deliveries: int = doc("Concurrent outbound deliveries of the queue runner.", 50, check=_positive)
+    max_per_destination: int = doc("Concurrent connections to one destination host.", 4, check=_positive)
+    connect_timeout: float = doc("Seconds to wait for an outbound connection and greeting.", 30.0, check=_positive)
+    command_timeout: float = doc("Seconds to wait for each outbound SMTP reply.", 300.0, check=_positive)
+    local_relay: str = doc(
+        'Where the queue hands mail for local domains (bounces to local senders), "host:port"; '
+        "empty means the first smtp listener.",
+        "",
+    )
+    dkim_selector: str = doc("DKIM selector of the per-domain keys (keys live in data_dir/dkim).", "mail")
+    dkim_sign: bool = doc("Sign outbound mail whose sender domain has a DKIM key.", True)
+    route: dict[str, RouteConfig] = doc(
+        'Routes by destination domain ("*" for every other domain): smarthost, TLS and AUTH.',
+        factory=dict,
+    )
+
+
 @dataclass(frozen=True)
 class Config:
     """The whole configuration file."""
@@ -205,6 +277,8 @@ class Config:
     tls: TlsConfig = doc("Certificate and TLS policy shared by every listener.", factory=TlsConfig)
     limits: LimitsConfig = doc("Default per-listener limits.", factory=LimitsConfig)
     listener: dict[str, ListenerConfig] = doc("Listeners by name.", factory=dict)
+    smtp: SmtpConfig = doc("SMTP inbound and submission limits.", factory=SmtpConfig)
+    queue: QueueConfig = doc("Outbound queue: retries, lifetime, routes, DKIM.", factory=QueueConfig)
     directory: DirectoryConfig = doc("The user directory database.", factory=DirectoryConfig)
     auth: AuthConfig = doc("Authentication, lockout and password hashing.", factory=AuthConfig)
     source: str = field(default="<defaults>", compare=False, metadata={"internal": True})
