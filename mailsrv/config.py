@@ -270,6 +270,21 @@ class QueueConfig:
 
 
 @dataclass(frozen=True)
+class StoreConfig:
+    io_threads: int = doc("Threads per worker for blocking mail store file and index I/O.", 8, check=_positive)
+    group_commit_delay: float = doc(
+        "Seconds a directory fsync waits for concurrent deliveries to join it (group commit); 0 = none.",
+        0.0005,
+        check=_non_negative,
+    )
+    max_parse_size: int = doc(
+        "Largest message in bytes whose MIME structure is parsed into the index at delivery.",
+        64 * 1024 * 1024,
+        check=_positive,
+    )
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration file."""
 
@@ -281,6 +296,7 @@ class Config:
     queue: QueueConfig = doc("Outbound queue: retries, lifetime, routes, DKIM.", factory=QueueConfig)
     directory: DirectoryConfig = doc("The user directory database.", factory=DirectoryConfig)
     auth: AuthConfig = doc("Authentication, lockout and password hashing.", factory=AuthConfig)
+    store: StoreConfig = doc("The mail store: I/O threads and group commit.", factory=StoreConfig)
     source: str = field(default="<defaults>", compare=False, metadata={"internal": True})
 
 
