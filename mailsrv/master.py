@@ -162,7 +162,7 @@ class Master:
                             pass
                 log.bind(worker=slot)
                 status = worker.run(cfg, socks, ctx, ready_w, lifeline_r)
-            except BaseException as exc:  # noqa: BLE001 - report, then leave without running master code
+            except BaseException as exc:
                 logger.exception("worker.crash", exc, slot=slot)
             finally:
                 os._exit(status)
@@ -287,6 +287,10 @@ class Master:
         logger.info("stop.start", workers=len(self.workers))
         for pid in list(self.workers):
             self._kill(pid, signal.SIGTERM)
+        # Our copies of the listening sockets go now, so that once the workers stop
+        # accepting, new clients are refused at once instead of waiting in the backlog.
+        for sock in self.bound.values():
+            sock.close()
         deadline = time.monotonic() + self.cfg.server.shutdown_grace + 10
         while self.workers:
             left = deadline - time.monotonic()
@@ -297,8 +301,6 @@ class Master:
                 deadline = time.monotonic() + 10
             signal.sigtimedwait({signal.SIGCHLD}, max(0.05, min(left, 1.0)))
             self._reap()
-        for sock in self.bound.values():
-            sock.close()
         logger.info("stop.done")
         return 0
 

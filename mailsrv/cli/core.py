@@ -32,6 +32,10 @@ DEV_LISTENERS = [
 ]
 
 
+#: RFC 9051 §5.4 (IMAP autologout at least 30 min), RFC 1939 §3 (POP3 at least 10 min).
+IDLE_TIMEOUTS = {"imap": 1860, "pop3": 600}
+
+
 def render_config(hostname: str, bind_host: str = "127.0.0.1", port_offset: int | None = None,
                   workers: str | int = "auto") -> str:
     """A complete config for a setup directory (paths relative to the file).
@@ -57,7 +61,10 @@ def render_config(hostname: str, bind_host: str = "127.0.0.1", port_offset: int 
     ]
     for name, proto, port, tls in DEV_LISTENERS:
         p = 0 if port_offset == 0 else port
-        out += [f"[listener.{name}]", f'protocol = "{proto}"', f'bind = ["{host}:{p}"]', f'tls = "{tls}"', ""]
+        out += [f"[listener.{name}]", f'protocol = "{proto}"', f'bind = ["{host}:{p}"]', f'tls = "{tls}"']
+        if proto in IDLE_TIMEOUTS:
+            out.append(f"idle_timeout = {IDLE_TIMEOUTS[proto]}")
+        out.append("")
     return "\n".join(out)
 
 
@@ -70,7 +77,7 @@ def make_self_signed(cert_path: Path, key_path: Path, hostname: str) -> None:
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     sans: list[x509.GeneralName] = [x509.DNSName(hostname), x509.DNSName("localhost")]
     sans += [x509.IPAddress(ipaddress.ip_address(a)) for a in ("127.0.0.1", "::1")]
     cert = (

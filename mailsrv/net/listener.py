@@ -20,6 +20,9 @@ from mailsrv.net.connection import Connection
 
 logger = log.get("net")
 
+#: Seconds a session has, after the grace period, to say goodbye before it is cut.
+GOODBYE_TIMEOUT = 5.0
+
 
 @runtime_checkable
 class StreamService(Protocol):
@@ -102,7 +105,7 @@ class Listener:
             logger.warning("conn.refused", listener=self.name, reason=reason)
             try:
                 await asyncio.wait_for(service.refuse(conn, reason), 5)
-            except Exception:  # noqa: BLE001 - the peer may already be gone
+            except Exception:
                 pass
             await conn.close()
             return
@@ -114,7 +117,7 @@ class Listener:
             await service.handle(conn)
         except asyncio.CancelledError:
             logger.info("conn.cancelled", listener=self.name)
-        except Exception as exc:  # noqa: BLE001 - one session's bug must not kill the worker
+        except Exception as exc:
             logger.exception("session.crash", exc, listener=self.name)
         finally:
             await conn.close()
@@ -131,21 +134,29 @@ class Listener:
             server.close()
 
     async def drain(self, grace: float) -> None:
-        """Stop accepting, ask sessions to end, wait ``grace`` seconds, then cut the rest."""
+        """Stop accepting; let sessions end by themselves for ``grace`` seconds; then
+        ask the rest to say goodbye at their next command boundary; cut what is left."""
         self.stop_accepting()
         if not isinstance(self.service, StreamService):
             await self.service.stop(grace)
             return
+        if await self._wait_idle(grace):
+            return
+        logger.info("drain.goodbye", listener=self.name, sessions=len(self.connections))
         for conn in list(self.connections):
             conn.request_shutdown()
+        if await self._wait_idle(GOODBYE_TIMEOUT):
+            return
+        logger.warning("drain.cut", listener=self.name, sessions=len(self.connections))
+        for conn in list(self.connections):
+            if conn.task is not None:
+                conn.task.cancel()
+        await self._wait_idle(GOODBYE_TIMEOUT)
+
+    async def _wait_idle(self, timeout: float) -> bool:
         try:
-            async with asyncio.timeout(grace):
+            async with asyncio.timeout(timeout):
                 await self._idle.wait()
         except TimeoutError:
-            left = list(self.connections)
-            logger.warning("drain.timeout", listener=self.name, sessions=len(left))
-            for conn in left:
-                if conn.task is not None:
-                    conn.task.cancel()
-            async with asyncio.timeout(5):
-                await self._idle.wait()
+            return False
+        return True
