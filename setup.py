@@ -49,7 +49,7 @@ class OptionalBuildExt(build_ext):
     def run(self) -> None:
         try:
             super().run()
-        except Exception as exc:  # noqa: BLE001 - report and fall back
+        except Exception as exc:  # report and fall back
             if REQUIRE:
                 raise
             print(f"mailsrv: speedups not built ({exc}); using pure-Python twins", file=sys.stderr)
@@ -57,7 +57,7 @@ class OptionalBuildExt(build_ext):
     def build_extension(self, ext) -> None:
         try:
             super().build_extension(ext)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             if REQUIRE:
                 raise
             print(f"mailsrv: {ext.name} not built ({exc}); using its twin", file=sys.stderr)

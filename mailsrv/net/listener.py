@@ -153,9 +153,9 @@ class Listener:
                 conn.task.cancel()
         await self._wait_idle(GOODBYE_TIMEOUT)
 
-    async def _wait_idle(self, timeout: float) -> bool:
+    async def _wait_idle(self, seconds: float) -> bool:
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(seconds):
                 await self._idle.wait()
         except TimeoutError:
             return False
