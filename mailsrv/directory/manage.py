@@ -1,0 +1,460 @@
+"""Directory changes (domains, users, aliases, groups, departments, admins) and JSON export/import.
+
+Blocking, like ``sqlite.py``. No scope checks here: callers acting for an
+administrator check with ``scope.py`` first. Passwords arrive already hashed
+(``mailsrv.auth.passwords``): the directory never sees a clear-text password.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from mailsrv.directory import addresses as A
+from mailsrv.directory.sqlite import POST_POLICIES, SCOPES, SqliteCore
+from mailsrv.directory.types import Account, Conflict, DirectoryError, NotFound
+
+USER_FIELDS = ("display_name", "title", "phone", "state", "quota_bytes", "quota_messages",
+               "may_send_outside", "networks", "dept")
+
+
+def _bad(exc: ValueError) -> DirectoryError:
+    return DirectoryError(str(exc))
+
+
+class SyncDirectory(SqliteCore):
+    """Lookups plus every change an administrator can make."""
+
+    # -- domains -------------------------------------------------------------------------
+
+    def _domain_id(self, name: str) -> int:
+        row = self.db.execute("SELECT id FROM domains WHERE name = ?", (A.normalise(name),)).fetchone()
+        if row is None:
+            raise NotFound(f"no domain {A.normalise(name)}")
+        return int(row[0])
+
+    def _address_taken(self, address: str) -> bool:
+        for sql in ("SELECT 1 FROM users WHERE address = ?", "SELECT 1 FROM aliases WHERE address = ?",
+                    "SELECT 1 FROM groups WHERE address = ?"):
+            if self.db.execute(sql, (address,)).fetchone():
+                return True
+        return False
+
+    def add_domain(self, name: str, *, max_users: int | None = None, max_storage: int | None = None,
+                   networks: tuple[str, ...] = ()) -> None:
+        n = A.normalise(name)
+        if not A.valid_domain(n):
+            raise DirectoryError(f"{name!r} is not a domain name")
+        try:
+            nets = A.check_networks(networks)
+        except ValueError as exc:
+            raise _bad(exc) from None
+        with self._tx() as db:
+            if self._domain_row(n) is not None:
+                raise Conflict(f"domain {n} exists already")
+            db.execute("INSERT INTO domains (name, max_users, max_storage, networks, created) VALUES (?, ?, ?, ?, ?)",
+                       (n, max_users, max_storage, ",".join(nets), time.time()))
+
+    def set_domain(self, name: str, **changes: Any) -> None:
+        allowed = {"max_users", "max_storage", "networks", "catchall"}
+        with self._tx() as db:
+            did = self._domain_id(name)
+            for key, value in changes.items():
+                if key not in allowed:
+                    raise DirectoryError(f"unknown domain field {key}")
+                if key == "networks":
+                    try:
+                        value = ",".join(A.check_networks(value))
+                    except ValueError as exc:
+                        raise _bad(exc) from None
+                if key == "catchall" and value is not None:
+                    acct = self._user_by_exact(A.normalise(value))
+                    if acct is None or acct.domain != A.normalise(name):
+                        raise NotFound(f"catch-all must be a user of {A.normalise(name)}")
+                    value = acct.id
+                db.execute(f"UPDATE domains SET {key} = ? WHERE id = ?", (value, did))
+
+    def del_domain(self, name: str) -> None:
+        with self._tx() as db:
+            did = self._domain_id(name)
+            if db.execute("SELECT 1 FROM users WHERE domain_id = ?", (did,)).fetchone():
+                raise Conflict(f"domain {A.normalise(name)} still has users (delete them first)")
+            db.execute("DELETE FROM groups WHERE domain_id = ? AND kind = 'group'", (did,))
+            # departments: children before parents (ON DELETE RESTRICT on parent_id)
+            while db.execute("DELETE FROM groups WHERE domain_id = ? AND id NOT IN "
+                             "(SELECT parent_id FROM groups WHERE parent_id IS NOT NULL)", (did,)).rowcount:
+                pass
+            db.execute("DELETE FROM domains WHERE id = ?", (did,))
+
+    def add_domain_alias(self, alias: str, target: str) -> None:
+        a = A.normalise(alias)
+        if not A.valid_domain(a):
+            raise DirectoryError(f"{alias!r} is not a domain name")
+        with self._tx() as db:
+            did = self._domain_id(target)
+            if self._domain_row(a) is not None:
+                raise Conflict(f"domain {a} exists already")
+            db.execute("INSERT INTO domain_aliases (name, domain_id) VALUES (?, ?)", (a, did))
+
+    def list_domains(self) -> list[dict[str, Any]]:
+        out = []
+        for did, name, mu, ms, nets, catch in self.db.execute(
+            "SELECT d.id, d.name, d.max_users, d.max_storage, d.networks, u.address FROM domains d"
+            " LEFT JOIN users u ON u.id = d.catchall ORDER BY d.name"
+        ).fetchall():
+            aliases = [r[0] for r in self.db.execute(
+                "SELECT name FROM domain_aliases WHERE domain_id = ? ORDER BY name", (did,))]
+            users = self.db.execute("SELECT count(*) FROM users WHERE domain_id = ?", (did,)).fetchone()[0]
+            out.append({"name": name, "max_users": mu, "max_storage": ms, "networks": list(_split(nets)),
+                        "catchall": catch, "aliases": aliases, "users": users})
+        return out
+
+    # -- users ----------------------------------------------------------------------------
+
+    def add_user(self, address: str, *, password_hash: str = "", scram: str = "", display_name: str = "",
+                 dept: str | None = None, title: str = "", phone: str = "", quota_bytes: int | None = None,
+                 quota_messages: int | None = None, may_send_outside: bool = True,
+                 networks: tuple[str, ...] = (), state: str = "active", store: str | None = None) -> Account:
+        try:
+            a = A.check_new(address)
+            nets = A.check_networks(networks)
+        except ValueError as exc:
+            raise _bad(exc) from None
+        local, domain = A.split(a)
+        with self._tx() as db:
+            did = self._domain_id(domain)
+            if self._address_taken(a):
+                raise Conflict(f"{a} is taken")
+            max_users, max_storage = db.execute("SELECT max_users, max_storage FROM domains WHERE id = ?", (did,)).fetchone()
+            if max_users is not None:
+                n = db.execute("SELECT count(*) FROM users WHERE domain_id = ?", (did,)).fetchone()[0]
+                if n >= max_users:
+                    raise Conflict(f"domain {domain} has its maximum of {max_users} mailboxes")
+            self._check_storage(did, max_storage, quota_bytes, exclude=None)
+            dept_id = self._dept_id(dept, domain) if dept else None
+            cur = db.execute(
+                "INSERT INTO users (domain_id, address, display_name, dept_id, title, phone, state, quota_bytes,"
+                " quota_messages, may_send_outside, networks, store, password_hash, scram, created)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (did, a, display_name, dept_id, title, phone, state, quota_bytes, quota_messages,
+                 int(may_send_outside), ",".join(nets), store or f"{self.store_root}/{domain}/{local}",
+                 password_hash, scram, time.time()),
+            )
+            acct = self.account(int(cur.lastrowid or 0))
+        assert acct is not None
+        return acct
+
+    def _check_storage(self, did: int, max_storage: int | None, quota: int | None, exclude: int | None) -> None:
+        if max_storage is None:
+            return
+        if quota is None:
+            raise Conflict("this domain has a storage limit: give the user a quota")
+        used = self.db.execute("SELECT coalesce(sum(quota_bytes), 0) FROM users WHERE domain_id = ? AND id IS NOT ?",
+                               (did, exclude)).fetchone()[0]
+        if used + quota > max_storage:
+            raise Conflict(f"quotas would exceed the domain's storage limit ({used + quota} > {max_storage} bytes)")
+
+    def _dept_id(self, dept: str, domain: str | None = None) -> int:
+        d = self.canonical(dept) or A.normalise(dept)
+        row = self.db.execute(
+            "SELECT g.id, dm.name FROM groups g JOIN domains dm ON dm.id = g.domain_id WHERE g.address = ? AND g.kind = 'dept'",
+            (d,),
+        ).fetchone()
+        if row is None:
+            raise NotFound(f"no department {d}")
+        if domain is not None and row[1] != domain:
+            raise DirectoryError(f"department {d} is not in domain {domain}")
+        return int(row[0])
+
+    def _user_id(self, address: str) -> int:
+        acct = self._user_by_exact(self.canonical(address) or A.normalise(address))
+        if acct is None:
+            raise NotFound(f"no user {A.normalise(address)}")
+        return acct.id
+
+    def set_user(self, address: str, **changes: Any) -> Account:
+        with self._tx() as db:
+            uid = self._user_id(address)
+            acct = self.account(uid)
+            assert acct is not None
+            for key, value in changes.items():
+                if key not in USER_FIELDS:
+                    raise DirectoryError(f"unknown user field {key}")
+                col = key
+                if key == "state" and value not in ("active", "suspended"):
+                    raise DirectoryError("state is active or suspended")
+                if key == "networks":
+                    try:
+                        value = ",".join(A.check_networks(value))
+                    except ValueError as exc:
+                        raise _bad(exc) from None
+                if key == "may_send_outside":
+                    value = int(bool(value))
+                if key == "dept":
+                    col, value = "dept_id", (self._dept_id(value, acct.domain) if value else None)
+                if key == "quota_bytes":
+                    did, ms = db.execute("SELECT id, max_storage FROM domains WHERE name = ?", (acct.domain,)).fetchone()
+                    self._check_storage(did, ms, value, exclude=uid)
+                db.execute(f"UPDATE users SET {col} = ? WHERE id = ?", (value, uid))
+            out = self.account(uid)
+        assert out is not None
+        return out
+
+    def del_user(self, address: str) -> None:
+        with self._tx() as db:
+            uid = self._user_id(address)
+            db.execute("DELETE FROM admins WHERE user_id = ?", (uid,))
+            db.execute("DELETE FROM users WHERE id = ?", (uid,))
+
+    def user_info(self, address: str) -> dict[str, Any]:
+        uid = self._user_id(address)
+        acct = self.account(uid)
+        assert acct is not None
+        nets = self.db.execute("SELECT networks FROM users WHERE id = ?", (uid,)).fetchone()[0]
+        aliases = [r[0] for r in self.db.execute("SELECT address FROM aliases WHERE user_id = ? ORDER BY address", (uid,))]
+        groups = [r[0] for r in self.db.execute(
+            "SELECT g.address FROM group_members m JOIN groups g ON g.id = m.group_id WHERE m.user_id = ? ORDER BY 1", (uid,))]
+        dept = self.user_dept(acct.address)
+        return {**account_dict(acct), "networks": list(_split(nets)), "aliases": aliases, "groups": groups,
+                "dept": dept, "admin": [s.scope if s.scope == "super" else f"{s.scope}:{s.domain or s.dept}"
+                                        for s in self.admin_scopes(acct.address)]}
+
+    def list_users(self, domain: str | None = None) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        after = 0
+        while True:
+            page = self.accounts_page(domain, after, 1000)
+            if not page:
+                return out
+            out.extend(account_dict(a) for a in page)
+            after = page[-1].id
+
+    # -- aliases ----------------------------------------------------------------------------
+
+    def add_alias(self, alias: str, user: str) -> None:
+        try:
+            a = A.check_new(alias)
+        except ValueError as exc:
+            raise _bad(exc) from None
+        with self._tx() as db:
+            uid = self._user_id(user)
+            acct = self.account(uid)
+            assert acct is not None
+            if A.split(a)[1] != acct.domain:
+                self._domain_id(A.split(a)[1])  # must be one of our domains
+            if self._address_taken(a):
+                raise Conflict(f"{a} is taken")
+            db.execute("INSERT INTO aliases (address, user_id) VALUES (?, ?)", (a, uid))
+
+    def del_alias(self, alias: str) -> None:
+        with self._tx() as db:
+            if db.execute("DELETE FROM aliases WHERE address = ?", (A.normalise(alias),)).rowcount != 1:
+                raise NotFound(f"no alias {A.normalise(alias)}")
+
+    def alias_owner(self, alias: str) -> str | None:
+        row = self.db.execute("SELECT u.address FROM aliases a JOIN users u ON u.id = a.user_id WHERE a.address = ?",
+                              (A.normalise(alias),)).fetchone()
+        return row[0] if row else None
+
+    def list_aliases(self, domain: str | None = None) -> list[dict[str, str]]:
+        rows = self.db.execute(
+            "SELECT a.address, u.address, d.name FROM aliases a JOIN users u ON u.id = a.user_id"
+            " JOIN domains d ON d.id = u.domain_id ORDER BY a.address").fetchall()
+        return [{"alias": a, "user": u} for a, u, d in rows if domain is None or d == A.normalise(domain)]
+
+    # -- groups and departments -----------------------------------------------------------
+
+    def add_group(self, address: str, *, name: str = "", post_policy: str = "anyone",
+                  kind: str = "group", parent: str | None = None) -> None:
+        if post_policy not in POST_POLICIES:
+            raise DirectoryError(f"post policy is one of {', '.join(POST_POLICIES)}")
+        try:
+            a = A.check_new(address)
+        except ValueError as exc:
+            raise _bad(exc) from None
+        local, domain = A.split(a)
+        with self._tx() as db:
+            did = self._domain_id(domain)
+            if self._address_taken(a):
+                raise Conflict(f"{a} is taken")
+            parent_id, path = None, name or local
+            if parent:
+                parent_id = self._dept_id(parent, domain)
+                ppath = db.execute("SELECT path FROM groups WHERE id = ?", (parent_id,)).fetchone()[0]
+                path = f"{ppath}/{name or local}"
+            db.execute("INSERT INTO groups (domain_id, address, name, kind, parent_id, path, post_policy)"
+                       " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                       (did, a, name or local, kind, parent_id, path if kind == "dept" else "", post_policy))
+
+    def add_dept(self, address: str, *, name: str = "", parent: str | None = None,
+                 post_policy: str = "domain") -> None:
+        self.add_group(address, name=name, post_policy=post_policy, kind="dept", parent=parent)
+
+    def move_dept(self, address: str, new_parent: str | None) -> None:
+        with self._tx() as db:
+            gid = self._dept_id(address)
+            domain = A.split(A.normalise(address))[1]
+            pid = self._dept_id(new_parent, domain) if new_parent else None
+            if pid is not None and (pid == gid or address_in(self.dept_ancestors(new_parent or ""), address, self)):
+                raise Conflict("a department cannot move below itself")
+            db.execute("UPDATE groups SET parent_id = ? WHERE id = ?", (pid, gid))
+            self._repath(gid)
+
+    def _repath(self, gid: int) -> None:
+        name, pid = self.db.execute("SELECT name, parent_id FROM groups WHERE id = ?", (gid,)).fetchone()
+        path = name
+        if pid is not None:
+            path = self.db.execute("SELECT path FROM groups WHERE id = ?", (pid,)).fetchone()[0] + "/" + name
+        self.db.execute("UPDATE groups SET path = ? WHERE id = ?", (path, gid))
+        for (child,) in self.db.execute("SELECT id FROM groups WHERE parent_id = ?", (gid,)).fetchall():
+            self._repath(child)
+
+    def set_group(self, address: str, *, post_policy: str | None = None, name: str | None = None) -> None:
+        with self._tx() as db:
+            gid = self._group_id(address)
+            if post_policy is not None:
+                if post_policy not in POST_POLICIES:
+                    raise DirectoryError(f"post policy is one of {', '.join(POST_POLICIES)}")
+                db.execute("UPDATE groups SET post_policy = ? WHERE id = ?", (post_policy, gid))
+            if name is not None:
+                db.execute("UPDATE groups SET name = ? WHERE id = ?", (name, gid))
+                if db.execute("SELECT kind FROM groups WHERE id = ?", (gid,)).fetchone()[0] == "dept":
+                    self._repath(gid)
+
+    def del_group(self, address: str) -> None:
+        with self._tx() as db:
+            gid = self._group_id(address)
+            if db.execute("SELECT 1 FROM groups WHERE parent_id = ?", (gid,)).fetchone():
+                raise Conflict(f"{A.normalise(address)} has sub-departments (move or delete them first)")
+            db.execute("DELETE FROM admins WHERE dept_id = ?", (gid,))
+            db.execute("DELETE FROM groups WHERE id = ?", (gid,))
+
+    def add_member(self, group: str, member: str) -> str:
+        """Add a user, group or outside address; returns what it was ("user", "group", "outside")."""
+        m = A.normalise(member)
+        with self._tx() as db:
+            gid = self._group_id(group)
+            res = self.resolve(m)
+            value: int | str
+            if res.kind in ("user", "alias", "disabled"):
+                assert res.account is not None
+                col, value, what = "user_id", res.account.id, "user"
+            elif res.kind == "group":
+                assert res.group is not None
+                col, value, what = "member_group_id", self._group_id(res.group), "group"
+                if value == gid:
+                    raise Conflict("a group cannot contain itself")
+            elif res.kind == "outside":
+                try:
+                    col, value, what = "external", A.check_any(m), "outside"
+                except ValueError as exc:
+                    raise _bad(exc) from None
+            else:
+                raise NotFound(f"no user or group {m} in our domains")
+            if db.execute(f"SELECT 1 FROM group_members WHERE group_id = ? AND {col} = ?", (gid, value)).fetchone():
+                raise Conflict(f"{m} is a member already")
+            db.execute(f"INSERT INTO group_members (group_id, {col}) VALUES (?, ?)", (gid, value))
+        return what
+
+    def add_members_bulk(self, group: str, user_ids: list[int]) -> None:
+        """Add many local users at once (provisioning, tests); duplicates are ignored."""
+        with self._tx() as db:
+            gid = self._group_id(group)
+            db.executemany("INSERT OR IGNORE INTO group_members (group_id, user_id) VALUES (?, ?)",
+                           [(gid, u) for u in user_ids])
+
+    def del_member(self, group: str, member: str) -> None:
+        m = A.normalise(member)
+        with self._tx() as db:
+            gid = self._group_id(group)
+            res = self.resolve(m)
+            n = 0
+            if res.account is not None and res.kind != "catchall":
+                n = db.execute("DELETE FROM group_members WHERE group_id = ? AND user_id = ?", (gid, res.account.id)).rowcount
+            elif res.kind == "group" and res.group:
+                n = db.execute("DELETE FROM group_members WHERE group_id = ? AND member_group_id = ?",
+                               (gid, self._group_id(res.group))).rowcount
+            else:
+                n = db.execute("DELETE FROM group_members WHERE group_id = ? AND external = ?", (gid, m)).rowcount
+            if n == 0:
+                raise NotFound(f"{m} is not a member of {A.normalise(group)}")
+
+    def add_sender(self, group: str, sender: str) -> None:
+        """List a sender allowed to post to a group with post policy "listed"."""
+        try:
+            s = A.check_any(sender)
+        except ValueError as exc:
+            raise _bad(exc) from None
+        with self._tx() as db:
+            db.execute("INSERT OR IGNORE INTO group_senders (group_id, address) VALUES (?, ?)", (self._group_id(group), s))
+
+    def grant_send_as(self, group: str, user: str) -> None:
+        with self._tx() as db:
+            db.execute("INSERT OR IGNORE INTO group_send_as (group_id, user_id) VALUES (?, ?)",
+                       (self._group_id(group), self._user_id(user)))
+
+    def group_info(self, address: str) -> dict[str, Any]:
+        gid = self._group_id(address)
+        addr, name, kind, policy, path, parent = self.db.execute(
+            "SELECT g.address, g.name, g.kind, g.post_policy, g.path, p.address FROM groups g"
+            " LEFT JOIN groups p ON p.id = g.parent_id WHERE g.id = ?", (gid,)).fetchone()
+        members = [r[0] for r in self.db.execute(
+            "SELECT coalesce(u.address, g.address, m.external) FROM group_members m LEFT JOIN users u ON u.id = m.user_id"
+            " LEFT JOIN groups g ON g.id = m.member_group_id WHERE m.group_id = ? ORDER BY 1", (gid,))]
+        senders = [r[0] for r in self.db.execute("SELECT address FROM group_senders WHERE group_id = ? ORDER BY 1", (gid,))]
+        send_as = [r[0] for r in self.db.execute(
+            "SELECT u.address FROM group_send_as s JOIN users u ON u.id = s.user_id WHERE s.group_id = ? ORDER BY 1", (gid,))]
+        return {"address": addr, "name": name, "kind": kind, "post_policy": policy, "path": path or None,
+                "parent": parent, "members": members, "senders": senders, "send_as": send_as}
+
+    def list_groups(self, domain: str | None = None, kind: str | None = None) -> list[dict[str, Any]]:
+        rows = self.db.execute(
+            "SELECT g.address, g.name, g.kind, g.post_policy, g.path, p.address, d.name FROM groups g"
+            " JOIN domains d ON d.id = g.domain_id LEFT JOIN groups p ON p.id = g.parent_id ORDER BY g.kind, g.path, g.address"
+        ).fetchall()
+        return [{"address": a, "name": n, "kind": k, "post_policy": pp, "path": path or None, "parent": par}
+                for a, n, k, pp, path, par, d in rows
+                if (domain is None or d == A.normalise(domain)) and (kind is None or k == kind)]
+
+    # -- administrators -------------------------------------------------------------------
+
+    def grant_admin(self, user: str, scope: str, target: str | None = None) -> None:
+        if scope not in SCOPES:
+            raise DirectoryError(f"scope is one of {', '.join(SCOPES)}")
+        with self._tx() as db:
+            uid = self._user_id(user)
+            did = self._domain_id(target) if scope == "domain" and target else None
+            dept = self._dept_id(target) if scope == "dept" and target else None
+            if scope != "super" and did is None and dept is None:
+                raise DirectoryError(f"a {scope} admin needs a target {scope}")
+            if db.execute("SELECT 1 FROM admins WHERE user_id = ? AND scope = ? AND domain_id IS ? AND dept_id IS ?",
+                          (uid, scope, did, dept)).fetchone():
+                return
+            db.execute("INSERT INTO admins (user_id, scope, domain_id, dept_id) VALUES (?, ?, ?, ?)",
+                       (uid, scope, did, dept))
+
+    def revoke_admin(self, user: str, scope: str | None = None, target: str | None = None) -> int:
+        with self._tx() as db:
+            uid = self._user_id(user)
+            if scope is None:
+                return db.execute("DELETE FROM admins WHERE user_id = ?", (uid,)).rowcount
+            did = self._domain_id(target) if scope == "domain" and target else None
+            dept = self._dept_id(target) if scope == "dept" and target else None
+            return db.execute("DELETE FROM admins WHERE user_id = ? AND scope = ? AND domain_id IS ? AND dept_id IS ?",
+                              (uid, scope, did, dept)).rowcount
+
+
+def _split(text: str) -> tuple[str, ...]:
+    return tuple(n for n in text.split(",") if n)
+
+
+def address_in(items: list[str], address: str, d: SqliteCore) -> bool:
+    target = d.canonical(address) or A.normalise(address)
+    return target in items
+
+
+def account_dict(a: Account) -> dict[str, Any]:
+    return {"id": a.id, "address": a.address, "domain": a.domain, "display_name": a.display_name,
+            "state": a.state, "store": a.store, "backend": a.backend, "quota_bytes": a.quota_bytes,
+            "quota_messages": a.quota_messages, "may_send_outside": a.may_send_outside,
+            "department": a.department, "title": a.title, "phone": a.phone}
