@@ -285,6 +285,29 @@ class StoreConfig:
 
 
 @dataclass(frozen=True)
+class JmapConfig:
+    base_url: str = doc(
+        'Absolute URL prefix clients reach JMAP at, e.g. "https://mail.example.com"; "" = from the request Host.', ""
+    )
+    max_size_request: int = doc("Largest API request body in bytes (RFC 8620 maxSizeRequest).", 10_000_000, check=_positive)
+    max_calls_in_request: int = doc("Method calls in one API request (maxCallsInRequest).", 64, check=_positive)
+    max_concurrent_requests: int = doc("API requests one user may have in flight (maxConcurrentRequests).", 8, check=_positive)
+    max_objects_in_get: int = doc("Ids in one /get call (maxObjectsInGet).", 1000, check=_positive)
+    max_objects_in_set: int = doc("Creates + updates + destroys in one /set call (maxObjectsInSet).", 1000, check=_positive)
+    max_size_upload: int = doc("Largest upload in bytes (maxSizeUpload); uploads are streamed to disk.", 2 * 1024**3, check=_positive)
+    max_concurrent_upload: int = doc("Uploads one user may run at once (maxConcurrentUpload).", 4, check=_positive)
+    upload_dir: Path = doc("Where uploaded blobs are kept, relative to server.data_dir.", Path("jmap-upload"))
+    upload_lifetime: float = doc("Seconds an unreferenced upload is kept (RFC 8620 §6.1 asks for at least one hour).", 86400.0, check=_positive)
+    cors_origins: tuple[str, ...] = doc('Origins allowed by CORS; ["*"] allows any (credentials are never implied).', ("*",))
+    access_token_lifetime: float = doc(
+        "Seconds a URL access token (for browsers' EventSource, which cannot send Authorization) stays valid.",
+        300.0,
+        check=_positive,
+    )
+    push_ping_max: int = doc("Largest EventSource ping interval in seconds a client may ask for.", 300, check=_positive)
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration file."""
 
@@ -297,6 +320,7 @@ class Config:
     directory: DirectoryConfig = doc("The user directory database.", factory=DirectoryConfig)
     auth: AuthConfig = doc("Authentication, lockout and password hashing.", factory=AuthConfig)
     store: StoreConfig = doc("The mail store: I/O threads and group commit.", factory=StoreConfig)
+    jmap: JmapConfig = doc("JMAP: request limits, uploads, CORS, push.", factory=JmapConfig)
     source: str = field(default="<defaults>", compare=False, metadata={"internal": True})
 
 
