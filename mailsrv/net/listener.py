@@ -120,11 +120,12 @@ class Listener:
         except Exception as exc:
             logger.exception("session.crash", exc, listener=self.name)
         finally:
-            await conn.close()
+            # Bookkeeping before the close, so a client that sees EOF may reconnect at once.
             self.connections.discard(conn)
             self.per_ip[ip] -= 1
             if self.per_ip[ip] <= 0:
                 del self.per_ip[ip]
+            await conn.close()
             if not self.connections:
                 self._idle.set()
             logger.debug("conn.close", listener=self.name)
