@@ -135,6 +135,9 @@ class Directory:
     async def clear_failures(self, key: str | None = None) -> int:
         return await self._call("clear_failures", key)
 
+    async def secret(self, name: str) -> bytes:
+        return await self._call("secret", name)
+
     async def token(self, digest: str) -> Token | None:
         return await self._call("token", digest)
 

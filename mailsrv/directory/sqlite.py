@@ -10,6 +10,7 @@ failing and readers never block.
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -391,6 +392,16 @@ class SqliteCore:
             "SELECT u.address FROM tokens t JOIN users u ON u.id = t.user_id WHERE t.id = ?", (token_id,)
         ).fetchone()
         return row[0] if row else None
+
+    def secret(self, name: str) -> bytes:
+        """A random per-installation secret (created on first use, shared by every process)."""
+        key = f"secret:{name}"
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        if row is None:
+            with self._tx() as db:
+                db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)", (key, os.urandom(32).hex()))
+                row = db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return bytes.fromhex(row[0])
 
     # -- administrators ------------------------------------------------------------------
 
