@@ -35,6 +35,12 @@ READY_TIMEOUT = 30.0
 STABLE_AFTER = 10.0
 
 
+#: Single-owner background processes (DESIGN.md: "queue runner: one owner").
+#: name -> "module:function"; the function takes the Config and returns an exit status,
+#: runs its own event loop and returns on SIGTERM.
+SINGLETONS: dict[str, str] = {}
+
+
 class StartupError(Exception):
     """The server cannot start; the message is for the operator."""
 
@@ -48,6 +54,24 @@ class WorkerProc:
     lifeline_w: int
     started: float = field(default_factory=time.monotonic)
     ready: bool = False
+
+
+@dataclass
+class SingletonProc:
+    name: str
+    pid: int
+    started: float = field(default_factory=time.monotonic)
+
+
+def _set_parent_death_signal() -> None:
+    """Linux prctl(PR_SET_PDEATHSIG, SIGTERM): a singleton must not outlive a killed master."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # pragma: no cover - not Linux
+        pass
 
 
 def worker_count(cfg: Config) -> int:
@@ -92,7 +116,9 @@ class Master:
         self.workers: dict[int, WorkerProc] = {}
         self.generation = 0
         self.restart_due: dict[int, float] = {}  # slot -> monotonic time
-        self.failures: dict[int, int] = {}  # slot -> consecutive quick deaths
+        self.failures: dict[int | str, int] = {}  # slot or singleton name -> consecutive quick deaths
+        self.singles: dict[int, SingletonProc] = {}  # pid -> singleton
+        self.single_due: dict[str, float] = {}  # singleton name -> monotonic restart time
         self.stopping = False
 
     # -- setup -------------------------------------------------------------
@@ -173,6 +199,47 @@ class Master:
         logger.info("worker.started", pid=pid, slot=slot, generation=generation)
         return proc
 
+    def _spawn_single(self, name: str) -> None:
+        target = SINGLETONS[name]
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:  # child
+            status = 1
+            try:
+                for other in self.workers.values():
+                    self._close_fds(other)
+                for sock in self.bound.values():
+                    sock.close()  # a singleton serves no listener
+                signal.pthread_sigmask(signal.SIG_SETMASK, set())
+                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
+                    signal.signal(sig, signal.SIG_DFL)
+                signal.signal(signal.SIGHUP, signal.SIG_IGN)
+                _set_parent_death_signal()
+                log.bind(role=name)
+                module, _, func = target.partition(":")
+                import importlib
+
+                status = int(getattr(importlib.import_module(module), func)(self.cfg) or 0)
+            except BaseException as exc:  # report, then leave without running master code
+                logger.exception("singleton.crash", exc, name=name)
+            finally:
+                os._exit(status)
+        self.singles[pid] = SingletonProc(name=name, pid=pid)
+        logger.info("singleton.started", name=name, pid=pid)
+
+    def _start_singletons(self) -> None:
+        running = {p.name for p in self.singles.values()}
+        for name in SINGLETONS:
+            if name not in running and name not in self.single_due:
+                self._spawn_single(name)
+
+    def _backoff(self, key: int | str, started: float) -> float:
+        lived = time.monotonic() - started
+        fails = 0 if lived >= STABLE_AFTER else self.failures.get(key, 0) + 1
+        self.failures[key] = fails
+        return 0.0 if fails == 0 else min(self.cfg.server.restart_backoff_max, 0.1 * 2 ** (fails - 1))
+
     def _wait_ready(self, procs: list[WorkerProc], timeout: float = READY_TIMEOUT) -> bool:
         """Wait until every proc wrote its ready byte; False if one died or the time ran out."""
         deadline = time.monotonic() + timeout
@@ -213,19 +280,31 @@ class Master:
                 return
             if pid == 0:
                 return
+            code = os.waitstatus_to_exitcode(status)
+            single = self.singles.pop(pid, None)
+            if single is not None:
+                if self.stopping:
+                    logger.info("singleton.exited", name=single.name, pid=pid, status=code)
+                elif single.name in self.single_due and self.single_due[single.name] == 0.0:
+                    # retired by a reload: its successor starts now, never beside it
+                    logger.info("singleton.exited", name=single.name, pid=pid, status=code)
+                    del self.single_due[single.name]
+                    if single.name in SINGLETONS:
+                        self._spawn_single(single.name)
+                else:
+                    delay = self._backoff(single.name, single.started)
+                    logger.error("singleton.died", name=single.name, pid=pid, status=code, restart_in=f"{delay:.1f}s")
+                    self.single_due[single.name] = time.monotonic() + max(delay, 0.001)
+                continue
             proc = self.workers.pop(pid, None)
             if proc is None:
                 continue
             self._close_fds(proc)
-            code = os.waitstatus_to_exitcode(status)
             current = proc.generation == self.generation
             if self.stopping or not current:
                 logger.info("worker.exited", pid=pid, slot=proc.slot, status=code)
                 continue
-            lived = time.monotonic() - proc.started
-            fails = 0 if lived >= STABLE_AFTER else self.failures.get(proc.slot, 0) + 1
-            self.failures[proc.slot] = fails
-            delay = 0.0 if fails == 0 else min(self.cfg.server.restart_backoff_max, 0.1 * 2 ** (fails - 1))
+            delay = self._backoff(proc.slot, proc.started)
             logger.error("worker.died", pid=pid, slot=proc.slot, status=code, restart_in=f"{delay:.1f}s")
             self.restart_due[proc.slot] = time.monotonic() + delay
 
@@ -237,6 +316,16 @@ class Master:
                 proc = self._spawn(slot, self.generation, self.cfg, self.sockets, self.ssl_context)
                 if not self._wait_ready([proc], READY_TIMEOUT):
                     logger.error("worker.not_ready", pid=proc.pid, slot=slot)
+        for name, due in list(self.single_due.items()):
+            if 0.0 < due <= now:
+                del self.single_due[name]
+                self._spawn_single(name)
+
+    def _next_timeout(self) -> float:
+        dues = list(self.restart_due.values()) + [d for d in self.single_due.values() if d > 0.0]
+        if not dues:
+            return 5.0
+        return max(0.0, min(dues) - time.monotonic())
 
     # -- control -----------------------------------------------------------
 
@@ -272,6 +361,12 @@ class Master:
         self.restart_due.clear()
         for proc in old:
             self._kill(proc.pid, signal.SIGTERM)
+        # Singletons restart with the new configuration: the old one stops first
+        # (0.0 = "start the successor when it has exited"), so there is one owner at a time.
+        for single in list(self.singles.values()):
+            self.single_due[single.name] = 0.0
+            self._kill(single.pid, signal.SIGTERM)
+        self._start_singletons()
         logger.info("reload.done", generation=self.generation, retired=len(old))
         notify("READY=1", self._status())
 
@@ -285,17 +380,17 @@ class Master:
         self.stopping = True
         notify("STOPPING=1")
         logger.info("stop.start", workers=len(self.workers))
-        for pid in list(self.workers):
+        for pid in list(self.workers) + list(self.singles):
             self._kill(pid, signal.SIGTERM)
         # Our copies of the listening sockets go now, so that once the workers stop
         # accepting, new clients are refused at once instead of waiting in the backlog.
         for sock in self.bound.values():
             sock.close()
         deadline = time.monotonic() + self.cfg.server.shutdown_grace + 10
-        while self.workers:
+        while self.workers or self.singles:
             left = deadline - time.monotonic()
             if left <= 0:
-                for pid in list(self.workers):
+                for pid in list(self.workers) + list(self.singles):
                     logger.error("worker.killed", pid=pid)
                     self._kill(pid, signal.SIGKILL)
                 deadline = time.monotonic() + 10
@@ -318,14 +413,12 @@ class Master:
             self.stopping = True
             self._reap()
             raise StartupError("workers failed to start (see the log lines above)")
+        self._start_singletons()
         logger.info("master.ready", pid=os.getpid(), workers=len(procs), generation=self.generation)
         notify("READY=1", f"MAINPID={os.getpid()}", self._status())
         while True:
-            timeout = 5.0
-            if self.restart_due:
-                timeout = max(0.0, min(self.restart_due.values()) - time.monotonic())
             try:
-                info = signal.sigtimedwait(SIGNALS, timeout)
+                info = signal.sigtimedwait(SIGNALS, self._next_timeout())
             except InterruptedError:  # pragma: no cover - PEP 475 retries
                 continue
             if info is None:
