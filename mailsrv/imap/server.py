@@ -1,8 +1,26 @@
-"""IMAP listener service (placeholder until the IMAP issue lands: greets, CAPABILITY, NOOP, LOGOUT)."""
+"""IMAP listener service: the connection loop that frames commands, parses them and runs the session.
+
+This is the one place where errors become replies (STYLE.md §3): parse errors
+are tagged BAD, limits are BAD/NO with [TOOBIG] / [LIMIT], and the bad-command
+budget ends a hostile session with BYE. Nothing the peer sends raises out of
+:meth:`ImapService.handle`.
+"""
 
 from __future__ import annotations
 
+import ssl
+from typing import Any
+
 from mailsrv import log
+from mailsrv.imap.grammar import (
+    NeedLiteral,
+    NeedMore,
+    ParseError,
+    literal_marker,
+    parse_command,
+    parse_tag,
+)
+from mailsrv.imap.session import Bye, Session, SessionConfig, State
 from mailsrv.net.connection import (
     Connection,
     ConnectionClosed,
@@ -14,24 +32,101 @@ from mailsrv.net.service import ServiceContext
 
 logger = log.get("imap")
 
-CAPABILITY = b"IMAP4rev1"
+#: Largest literal outside APPEND (a search string, a password): RFC 9051 sets no
+#: number; 64 KiB is far above any real client's need.
+MAX_OTHER_LITERAL = 64 * 1024
+#: Commands allowed before authentication (DESIGN.md "command count before authentication").
+MAX_UNAUTH_COMMANDS = 30
+#: A non-synchronising literal larger than this is not even read: the connection is closed.
+HARD_LITERAL_CAP = 1 << 31
+
+
+class TooBig(Exception):
+    """A literal over the limit; ``tag`` for the reply, ``drained`` when its bytes were consumed."""
+
+    def __init__(self, tag: bytes | None, is_append: bool) -> None:
+        super().__init__("literal too big")
+        self.tag = tag
+        self.is_append = is_append
+
+
+class ConnChannel:
+    """:class:`mailsrv.imap.session.Channel` over a :class:`Connection`."""
+
+    def __init__(self, conn: Connection, tls_context: ssl.SSLContext | None) -> None:
+        self.conn = conn
+        self.tls_context = tls_context
+        self.peer_host = conn.peer_host
+
+    @property
+    def tls_active(self) -> bool:
+        return self.conn.tls_active
+
+    def write(self, data: bytes) -> None:
+        self.conn.write(data)
+
+    async def flush(self) -> None:
+        await self.conn.drain()
+
+    async def read_continuation(self, limit: float | None = None) -> bytes:
+        """A continuation line; ``limit`` replaces the idle timeout (IDLE waits longer)."""
+        if limit is None:
+            return await self.conn.readline_in_command()
+        saved = self.conn.idle_timeout
+        self.conn.idle_timeout = limit
+        try:
+            return await self.conn.readline_in_command()
+        finally:
+            self.conn.idle_timeout = saved
+
+    async def starttls(self) -> None:
+        assert self.tls_context is not None
+        await self.conn.starttls(self.tls_context)
 
 
 class ImapService:
-    def __init__(self, ctx: ServiceContext) -> None:
+    """One IMAP listener. ``auth`` and ``store`` default to the worker's resources."""
+
+    def __init__(self, ctx: ServiceContext, *, auth: Any = None, store: Any = None,
+                 session_config: SessionConfig | None = None) -> None:
         self.ctx = ctx
+        self.auth = auth if auth is not None else ctx.resources.get("auth")
+        self.store = store if store is not None else ctx.resources.get("store")
+        self.session_config = session_config or SessionConfig(
+            hostname=ctx.hostname,
+            starttls_available=ctx.starttls_context is not None,
+            data_dir=ctx.config.server.data_dir,
+        )
+        self.max_errors = ctx.config.limits.max_errors
 
     async def refuse(self, conn: Connection, reason: str) -> None:
         # RFC 9051 §7.1.5: BYE as the greeting rejects the connection.
         await conn.send(f"* BYE [UNAVAILABLE] {reason}\r\n".encode())
 
     async def handle(self, conn: Connection) -> None:
-        await conn.send(b"* OK [CAPABILITY " + CAPABILITY + b"] " + self.ctx.hostname.encode() + b" mailsrv ready\r\n")
+        if self.auth is None or self.store is None:
+            await conn.send(b"* BYE [UNAVAILABLE] Mail store not configured\r\n")
+            return
+        channel = ConnChannel(conn, self.ctx.starttls_context)
+        session = Session(channel, self.auth, self.store, self.session_config)
+        await conn.send(session.greeting())
+        errors = 0
+        unauth_commands = 0
         while True:
             try:
-                line = await conn.readline()
+                raw = await self._read_command(conn, session)
             except LineTooLong:
+                # RFC 9051 §7.1: untagged BAD, the line was discarded
+                errors += 1
                 await conn.send(b"* BAD [TOOBIG] Line too long\r\n")
+                if errors >= self.max_errors:
+                    await conn.send(b"* BYE [LIMIT] Too many errors\r\n")
+                    return
+                continue
+            except TooBig as exc:
+                errors += 1
+                status = b"NO" if exc.is_append else b"BAD"
+                await conn.send((exc.tag or b"*") + b" " + status + b" [TOOBIG] Literal too large\r\n")
                 continue
             except ServerShutdown:
                 await conn.send(b"* BYE [UNAVAILABLE] Server shutting down\r\n")
@@ -41,20 +136,91 @@ class ImapService:
                 return
             except ConnectionClosed:
                 return
-            parts = line.strip().split(b" ")
-            if len(parts) < 2:
-                await conn.send(b"* BAD Missing command\r\n")
-                continue
-            tag, verb = parts[0], parts[1].upper()
-            if verb == b"LOGOUT":
-                await conn.send(b"* BYE Logging out\r\n" + tag + b" OK LOGOUT completed\r\n")
+            if raw is None:
                 return
-            if verb == b"CAPABILITY":
-                await conn.send(b"* CAPABILITY " + CAPABILITY + b"\r\n" + tag + b" OK CAPABILITY completed\r\n")
-            elif verb == b"NOOP":
-                await conn.send(tag + b" OK NOOP completed\r\n")
-            else:
-                await conn.send(tag + b" BAD Command not implemented\r\n")
+            if session.state is State.NOT_AUTHENTICATED:
+                unauth_commands += 1
+                if unauth_commands > MAX_UNAUTH_COMMANDS:
+                    await conn.send(b"* BYE [LIMIT] Too many commands before authentication\r\n")
+                    return
+            try:
+                cmd = parse_command(raw, utf8=True)
+            except ParseError as exc:
+                errors += 1
+                code = f"[{exc.code}] " if exc.code else ""
+                tag = exc.tag or parse_tag(raw) or b"*"
+                await conn.send(tag + f" BAD {code}{exc.message}\r\n".encode())
+                if errors >= self.max_errors:
+                    await conn.send(b"* BYE [LIMIT] Too many errors\r\n")
+                    return
+                continue
+            except (NeedMore, NeedLiteral):
+                # Framing read a whole command; a parser that still wants more saw a truncated line.
+                errors += 1
+                tag = parse_tag(raw) or b"*"
+                await conn.send(tag + b" BAD Incomplete command\r\n")
+                continue
+            try:
+                go_on = await session.execute(cmd)
+            except Bye as exc:
+                code = f"[{exc.code}] " if exc.code else ""
+                await session.flush()
+                await conn.send(f"* BYE {code}{exc.text}\r\n".encode())
+                return
+            except (ConnectionClosed, IdleTimeout):
+                return
+            try:
+                await session.flush()
+            except (ConnectionClosed, IdleTimeout):
+                return
+            if not go_on:
+                return
+
+    async def _read_command(self, conn: Connection, session: Session) -> bytes | None:
+        """One command with its literals (RFC 9051 §4.3, RFC 7888), or None at EOF."""
+        line = await conn.readline()
+        buf = bytearray(line)
+        head = line[:64].split(b" ", 3)
+        is_append = len(head) > 1 and head[1].upper().startswith(b"APPEND")
+        limit = session.cfg.append_limit if is_append else MAX_OTHER_LITERAL
+        total_cap = session.cfg.append_limit * 4 + conn.max_line_length
+        while True:
+            marker = literal_marker(line)
+            if marker is None:
+                return bytes(buf)
+            size, nonsync = marker
+            if size > limit or len(buf) + size > total_cap:
+                tag = parse_tag(bytes(buf))
+                if nonsync:
+                    if size > HARD_LITERAL_CAP:
+                        raise ConnectionClosed("literal beyond the hard cap")
+                    # RFC 7888 §4: a non-synchronising literal is on its way; consume it.
+                    remaining = size
+                    while remaining:
+                        chunk = await conn.readexactly(min(remaining, 65536))
+                        remaining -= len(chunk)
+                    await self._discard_rest(conn)
+                raise TooBig(tag, is_append)
+            if not nonsync:
+                await conn.send(b"+ Ready for literal data\r\n")
+            buf += await conn.readexactly(size)
+            line = await conn.readline_in_command()
+            buf += line
+
+    async def _discard_rest(self, conn: Connection) -> None:
+        """Drop the rest of a command whose literal was refused (its further literals too)."""
+        while True:
+            line = await conn.readline_in_command()
+            marker = literal_marker(line)
+            if marker is None:
+                return
+            size, nonsync = marker
+            if not nonsync:
+                return
+            remaining = size
+            while remaining:
+                chunk = await conn.readexactly(min(remaining, 65536))
+                remaining -= len(chunk)
 
 
 def make_service(ctx: ServiceContext) -> ImapService:

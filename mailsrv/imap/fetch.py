@@ -1,0 +1,174 @@
+"""FETCH data items (RFC 9051 §7.5.2, RFC 3516 BINARY, RFC 7162 MODSEQ, RFC 8474, RFC 8514).
+
+:func:`render` turns one message's metadata (and its bytes, when an item
+needs them) into the parenthesised ``msg-att`` list of a FETCH response.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import quopri
+import re
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+from mailsrv.imap.grammar import FetchAtt, Section
+from mailsrv.imap.response import date_time, flag_list, literal, string
+from mailsrv.imap.structure import (
+    NoSuchPart,
+    Part,
+    bodystructure,
+    envelope,
+    find_part,
+    section_bytes,
+)
+
+#: items answered from the index alone
+META_ONLY = {"FLAGS", "UID", "INTERNALDATE", "RFC822.SIZE", "MODSEQ", "EMAILID", "THREADID", "SAVEDATE"}
+
+
+class UnknownCte(Exception):
+    """BINARY of a part with a Content-Transfer-Encoding we cannot decode (RFC 3516 §4.3: [UNKNOWN-CTE])."""
+
+
+def needs_content(atts: Iterable[FetchAtt]) -> bool:
+    return any(a.name not in META_ONLY for a in atts)
+
+
+def sets_seen(atts: Iterable[FetchAtt]) -> bool:
+    """BODY[...], BINARY[...], RFC822 and RFC822.TEXT set \\Seen (RFC 9051 §6.4.5)."""
+    return any(
+        (a.name in ("BODY", "BINARY") and a.section is not None) or a.name in ("RFC822", "RFC822.TEXT")
+        for a in atts
+    )
+
+
+def _internaldate(ts: float) -> bytes:
+    return date_time(datetime.fromtimestamp(int(ts), UTC))
+
+
+def _decode_cte(part: Part, data: bytes) -> bytes:
+    enc = (part.header(b"Content-Transfer-Encoding") or b"7bit").strip().lower()
+    if enc in (b"7bit", b"8bit", b"binary"):
+        return data
+    if enc == b"base64":
+        try:
+            return base64.b64decode(re.sub(rb"[^A-Za-z0-9+/=]", b"", data), validate=False)
+        except (binascii.Error, ValueError):
+            raise UnknownCte from None
+    if enc == b"quoted-printable":
+        return quopri.decodestring(data)
+    raise UnknownCte
+
+
+def _binary(raw: bytes, root: Part, section: Section) -> bytes:
+    if not section.parts:
+        return raw
+    try:
+        part = find_part(root, section.parts)
+    except NoSuchPart:
+        raise UnknownCte from None
+    if part.children or part.message is not None:
+        return raw[part.body : part.end]
+    return _decode_cte(part, raw[part.body : part.end])
+
+
+def _partial(data: bytes, partial: tuple[int, int] | None) -> tuple[bytes, bytes]:
+    if partial is None:
+        return data, b""
+    start, length = partial
+    return data[start : start + length], b"<%d>" % start
+
+
+def render(
+    atts: Iterable[FetchAtt],
+    info: Any,
+    raw: bytes | None,
+    part: Part | None,
+    *,
+    uid: bool,
+    modseq: bool,
+    flags: frozenset[str] | None = None,
+) -> bytes:
+    """The ``( ... )`` of ``* n FETCH ( ... )``.
+
+    ``uid``: UID FETCH (UID is always included, RFC 9051 §6.4.9); ``modseq``:
+    CONDSTORE is on for the mailbox (MODSEQ is included, RFC 7162 §3.1.4.1).
+    ``flags``: the flags to report when they changed implicitly (\\Seen).
+    """
+    out: list[bytes] = []
+    seen_names: set[str] = set()
+
+    def add(name: str, value: bytes) -> None:
+        if name in seen_names:
+            return
+        seen_names.add(name)
+        out.append(name.encode() + b" " + value)
+
+    if uid:
+        add("UID", str(info.uid).encode())
+    for a in atts:
+        n = a.name
+        if n == "UID":
+            add("UID", str(info.uid).encode())
+        elif n == "FLAGS":
+            add("FLAGS", flag_list(sorted(info.flags)))
+        elif n == "INTERNALDATE":
+            add("INTERNALDATE", _internaldate(info.internal_date))
+        elif n == "RFC822.SIZE":
+            add("RFC822.SIZE", str(info.size).encode())
+        elif n == "MODSEQ":
+            add("MODSEQ", b"(%d)" % info.modseq)
+        elif n == "EMAILID":
+            add("EMAILID", b"(" + info.email_id.encode() + b")")
+        elif n == "THREADID":
+            add("THREADID", b"(" + info.thread_id.encode() + b")" if info.thread_id else b"NIL")
+        elif n == "SAVEDATE":
+            add("SAVEDATE", _internaldate(info.saved_date))
+        else:
+            assert raw is not None and part is not None
+            if n == "ENVELOPE":
+                add("ENVELOPE", envelope(part))
+            elif n == "BODYSTRUCTURE":
+                add("BODYSTRUCTURE", bodystructure(raw, part, True))
+            elif n == "BODY" and a.section is None:
+                add("BODY", bodystructure(raw, part, False))
+            elif n == "RFC822":
+                add("RFC822", literal(raw))
+            elif n == "RFC822.HEADER":
+                add("RFC822.HEADER", literal(raw[part.start : part.body]))
+            elif n == "RFC822.TEXT":
+                add("RFC822.TEXT", literal(raw[part.body : part.end]))
+            elif n in ("BODY", "BODY.PEEK"):
+                assert a.section is not None
+                data, origin = _partial(section_bytes(raw, part, a.section), a.partial)
+                add(f"BODY[{a.section.spec().decode()}]{origin.decode()}", literal(data))
+            elif n in ("BINARY", "BINARY.PEEK"):
+                assert a.section is not None
+                data, origin = _partial(_binary(raw, part, a.section), a.partial)
+                name = f"BINARY[{a.section.spec().decode()}]{origin.decode()}"
+                # RFC 3516 §4.3: literal8 when the data holds NUL.
+                add(name, (b"~" + literal(data)) if b"\x00" in data else literal(data))
+            elif n == "BINARY.SIZE":
+                assert a.section is not None
+                add(f"BINARY.SIZE[{a.section.spec().decode()}]", str(len(_binary(raw, part, a.section))).encode())
+    if modseq:
+        add("MODSEQ", b"(%d)" % info.modseq)
+    if flags is not None:
+        add("FLAGS", flag_list(sorted(flags)))
+    return b"(" + b" ".join(out) + b")"
+
+
+def flags_response(seq: int, info: Any, *, uid: bool, modseq: bool) -> bytes:
+    """``* n FETCH (FLAGS (...) [UID n] [MODSEQ (n)])`` for a flag change."""
+    items = [b"FLAGS " + flag_list(sorted(info.flags))]
+    if uid:
+        items.append(b"UID %d" % info.uid)
+    if modseq:
+        items.append(b"MODSEQ (%d)" % info.modseq)
+    return b"* %d FETCH (" % seq + b" ".join(items) + b")\r\n"
+
+
+__all__ = ["render", "flags_response", "needs_content", "sets_seen", "UnknownCte", "string"]

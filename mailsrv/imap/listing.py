@@ -1,0 +1,90 @@
+"""LIST and LSUB (RFC 9051 §6.3.9, RFC 5258 LIST-EXTENDED, RFC 5819 LIST-STATUS, RFC 6154, RFC 3348).
+
+Hierarchy delimiter "/", one personal namespace with an empty prefix.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any
+
+from mailsrv.imap.grammar import Command
+
+if TYPE_CHECKING:
+    from mailsrv.imap.session import Session
+
+DELIMITER = "/"
+
+
+def pattern_regex(pattern: str) -> re.Pattern[str]:
+    """``*`` matches anything, ``%`` anything but the delimiter (RFC 9051 §6.3.9)."""
+    out = []
+    for ch in pattern:
+        if ch == "*":
+            out.append(".*")
+        elif ch == "%":
+            out.append("[^/]*")
+        else:
+            out.append(re.escape(ch))
+    body = "".join(out)
+    # INBOX is case-insensitive, also as the first component of a pattern.
+    if pattern.upper().startswith("INBOX"):
+        body = "(?i:INBOX)" + "".join(out[5:]) if len(pattern) >= 5 else body
+    return re.compile(body + r"\Z", re.S)
+
+
+async def run_list(session: Session, cmd: Command, *, lsub: bool = False) -> None:
+    from mailsrv.imap.session import ImapError
+
+    args = cmd.args
+    select = set(args["select"])
+    returns: dict[str, Any] = args["returns"]
+    extended = args["extended"]
+    for opt in select:
+        if opt not in ("SUBSCRIBED", "REMOTE", "RECURSIVEMATCH", "SPECIAL-USE"):
+            raise ImapError("BAD", f"Unknown LIST selection option {opt}", "CLIENTBUG")
+    if select == {"RECURSIVEMATCH"}:
+        # RFC 5258 §3: RECURSIVEMATCH alone is an error
+        raise ImapError("BAD", "RECURSIVEMATCH needs another selection option", "CLIENTBUG")
+    reference = session._name_in(args["reference"]) if args["reference"] else ""
+    patterns = [reference + session._name_in(p) for p in args["patterns"]]
+    if not lsub and len(patterns) == 1 and patterns[0] == reference == "" and args["patterns"][0] == b"":
+        # RFC 9051 §6.3.9: LIST "" "" returns the delimiter and the root
+        session.w(b'* LIST (\\Noselect) "/" ""\r\n')
+        return
+    boxes = await session.acct.list_mailboxes()
+    by_name = {b.name: b for b in boxes}
+    names = set(by_name)
+    subscribed = {b.name for b in boxes if b.subscribed}
+    regexes = [pattern_regex(p) for p in patterns]
+    candidates = set(names)
+    if "SUBSCRIBED" in select or lsub:
+        candidates = set(subscribed) | (names & subscribed)
+    want_children = True
+    want_special = True
+    status_items = returns.get("STATUS")
+    out_names = sorted(n for n in candidates if any(r.match(n) for r in regexes))
+    # RFC 3501 §6.3.9: with "%", a parent of a matching child that does not itself match is
+    # returned as \Noselect (LIST) only when it does not exist; we list only existing ones.
+    for name in sorted(out_names, key=lambda n: (n != "INBOX", n)):
+        info = by_name.get(name)
+        attrs: list[str] = []
+        if info is None:
+            attrs.append("\\NonExistent" if extended or not lsub else "\\Noselect")
+        has_children = any(other.startswith(name + DELIMITER) for other in names)
+        if want_children and info is not None and not lsub:
+            attrs.append("\\HasChildren" if has_children else "\\HasNoChildren")
+        if (extended and ("SUBSCRIBED" in select or returns.get("SUBSCRIBED"))) and name in subscribed:
+            attrs.append("\\Subscribed")
+        if want_special and info is not None and info.special_use and not lsub:
+            attrs.append(info.special_use)
+        if "SPECIAL-USE" in select and (info is None or not info.special_use):
+            continue
+        verb = b"LSUB" if lsub else b"LIST"
+        session.w(b"* " + verb + b" (" + " ".join(attrs).encode() + b') "/" ' + session._name_out(name) + b"\r\n")
+        if status_items and info is not None:
+            try:
+                items = await session.status_items(name, status_items)
+            except ImapError:
+                continue
+            session.w(b"* STATUS " + session._name_out(name) + b" " + items + b"\r\n")

@@ -1,0 +1,111 @@
+"""IMAP test helpers: a real listener on 127.0.0.1 port 0 served by a loop in a thread, a raw line client."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from mailsrv.config import Config, LimitsConfig, ListenerConfig
+from mailsrv.imap.memory import MemoryAuth, MemoryStore
+from mailsrv.imap.server import ImapService
+from mailsrv.imap.session import SessionConfig
+from mailsrv.net.listener import Listener
+from mailsrv.net.service import ServiceContext
+
+USERS = {"alice": "wonderland", "bob": "builder"}
+
+
+@dataclass
+class ServerHandle:
+    host: str
+    port: int
+    loop: asyncio.AbstractEventLoop
+    store: MemoryStore
+    service: ImapService
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def call(self, coro: Any, timeout: float = 10.0) -> Any:
+        """Run a coroutine on the server's loop (e.g. a delivery into the store) and wait for it."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+
+def start_server(*, tls: str = "none", ssl_context: ssl.SSLContext | None = None,
+                 session_config: SessionConfig | None = None, limits: LimitsConfig | None = None,
+                 max_line_length: int | None = None) -> tuple[ServerHandle, Any]:
+    loop = asyncio.new_event_loop()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    sock.setblocking(False)
+    host, port = sock.getsockname()
+    lcfg = ListenerConfig(protocol="imap", bind=(f"127.0.0.1:{port}",), tls=tls,  # type: ignore[arg-type]
+                          max_line_length=max_line_length)
+    limits = limits or LimitsConfig()
+    cfg = Config(limits=limits, listener={"imap": lcfg})
+    ctx = ServiceContext(config=cfg, name="imap", listener=lcfg, ssl_context=ssl_context)
+    store = MemoryStore()
+    service = ImapService(ctx, auth=MemoryAuth(USERS), store=store, session_config=session_config)
+    listener = Listener("imap", lcfg, limits, [sock], service, ssl_context)
+    started = threading.Event()
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(listener.start())
+        started.set()
+        loop.run_forever()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    assert started.wait(10)
+    handle = ServerHandle(host, port, loop, store, service)
+
+    def stop() -> None:
+        asyncio.run_coroutine_threadsafe(listener.drain(2.0), loop).result(15)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+        sock.close()
+
+    return handle, stop
+
+
+class Raw:
+    """A tiny line client for wire-exact assertions."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.sock = socket.create_connection((host, port), timeout=10)
+        self.f = self.sock.makefile("rb")
+        self.greeting = self.f.readline()
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def line(self) -> bytes:
+        return self.f.readline()
+
+    def read(self, n: int) -> bytes:
+        return self.f.read(n)
+
+    def cmd(self, line: bytes) -> list[bytes]:
+        """Send ``line`` (tag first) and read up to and including its tagged completion."""
+        tag = line.split(b" ", 1)[0]
+        self.send(line + b"\r\n")
+        return self.until(tag)
+
+    def until(self, tag: bytes) -> list[bytes]:
+        out = []
+        while True:
+            ln = self.f.readline()
+            if not ln:
+                raise ConnectionError(f"closed; got {out!r}")
+            out.append(ln)
+            if ln.startswith(tag + b" "):
+                return out
+
+    def close(self) -> None:
+        self.f.close()
+        self.sock.close()

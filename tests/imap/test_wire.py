@@ -1,0 +1,108 @@
+"""Wire-exact behaviour over a real socket: greeting, states, errors, limits."""
+
+from __future__ import annotations
+
+from imaptest import Raw, ServerHandle, start_server
+
+from mailsrv.config import LimitsConfig
+
+
+def test_greeting_and_capability(raw: Raw) -> None:
+    assert raw.greeting.startswith(b"* OK [CAPABILITY IMAP4rev1 IMAP4rev2 ")
+    lines = raw.cmd(b"a1 CAPABILITY")
+    assert lines[0].startswith(b"* CAPABILITY IMAP4rev1 IMAP4rev2")
+    assert b"AUTH=PLAIN" in lines[0]
+    assert b"UIDPLUS" not in lines[0]  # only after login
+    assert lines[-1] == b"a1 OK CAPABILITY completed\r\n"
+
+
+def test_state_checks_and_bad_commands(raw: Raw) -> None:
+    assert raw.cmd(b"a1 SELECT INBOX") == [b"a1 BAD Log in first\r\n"]
+    assert raw.cmd(b"a2 FROB") == [b"a2 BAD unknown command FROB\r\n"]
+    assert raw.cmd(b"a3  NOOP")[-1].startswith(b"a3 BAD")
+    out = raw.cmd(b"a4 LOGIN alice wonderland")
+    assert out[-1].startswith(b"a4 OK [CAPABILITY ") and b"UIDPLUS" in out[-1]
+    assert raw.cmd(b"a5 LOGIN alice wonderland") == [b"a5 BAD Already logged in\r\n"]
+    assert raw.cmd(b"a6 FETCH 1 FLAGS") == [b"a6 BAD No mailbox selected\r\n"]
+    assert raw.cmd(b"a7 LOGOUT") == [b"* BYE Logging out\r\n", b"a7 OK LOGOUT completed\r\n"]
+    assert raw.line() == b""
+
+
+def test_failed_logins_end_with_bye(raw: Raw) -> None:
+    assert raw.cmd(b"a1 LOGIN alice nope") == [b"a1 NO [AUTHENTICATIONFAILED] Authentication failed\r\n"]
+    assert raw.cmd(b"a2 LOGIN alice nope")[-1].startswith(b"a2 NO [AUTHENTICATIONFAILED]")
+    raw.send(b"a3 LOGIN alice nope\r\n")
+    assert raw.line() == b"* BYE [UNAVAILABLE] Too many failed logins\r\n"
+    assert raw.line() == b""
+
+
+def test_literal_login_and_continuation(raw: Raw) -> None:
+    raw.send(b"a1 LOGIN {5}\r\n")
+    assert raw.line() == b"+ Ready for literal data\r\n"
+    raw.send(b"alice {10+}\r\nwonderland\r\n")
+    assert raw.until(b"a1")[-1].startswith(b"a1 OK")
+
+
+def test_line_too_long_is_untagged_bad_and_session_goes_on() -> None:
+    handle, stop = start_server(max_line_length=200)
+    try:
+        c = Raw(handle.host, handle.port)
+        c.send(b"a1 NOOP " + b"x" * 500 + b"\r\n")
+        assert c.line() == b"* BAD [TOOBIG] Line too long\r\n"
+        assert c.cmd(b"a2 NOOP") == [b"a2 OK NOOP completed\r\n"]
+        c.close()
+    finally:
+        stop()
+
+
+def test_too_big_literals(server: ServerHandle, raw: Raw) -> None:
+    raw.cmd(b"a0 LOGIN alice wonderland")
+    # synchronising: refused before the data is sent
+    assert raw.cmd(b"a1 APPEND INBOX {999999999}") == [b"a1 NO [TOOBIG] Literal too large\r\n"]
+    # non-synchronising over the non-APPEND cap: consumed, then BAD
+    raw.send(b"a2 SEARCH SUBJECT {70000+}\r\n" + b"x" * 70000 + b"\r\n")
+    assert raw.line() == b"a2 BAD [TOOBIG] Literal too large\r\n"
+    assert raw.cmd(b"a3 NOOP") == [b"a3 OK NOOP completed\r\n"]
+
+
+def test_error_budget_disconnects() -> None:
+    handle, stop = start_server(limits=LimitsConfig(max_errors=3))
+    try:
+        c = Raw(handle.host, handle.port)
+        for i in range(2):
+            assert c.cmd(b"x%d FROB" % i)[-1].startswith(b"x%d BAD" % i)
+        c.send(b"x9 FROB\r\n")
+        assert c.line().startswith(b"x9 BAD")
+        assert c.line() == b"* BYE [LIMIT] Too many errors\r\n"
+        assert c.line() == b""
+        c.close()
+    finally:
+        stop()
+
+
+def test_unauthenticated_command_limit(raw: Raw) -> None:
+    for i in range(30):
+        assert raw.cmd(b"n%d NOOP" % i) == [b"n%d OK NOOP completed\r\n" % i]
+    raw.send(b"n99 NOOP\r\n")
+    assert raw.line() == b"* BYE [LIMIT] Too many commands before authentication\r\n"
+
+
+def test_select_responses_in_order(raw: Raw) -> None:
+    raw.cmd(b"a0 LOGIN alice wonderland")
+    out = raw.cmd(b"a1 SELECT INBOX")
+    assert out[0] == b"* 0 EXISTS\r\n"
+    assert out[1] == b"* 0 RECENT\r\n"
+    assert out[2] == b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)\r\n"
+    assert out[3].startswith(b"* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft \\*)]")
+    assert out[4].startswith(b"* OK [UIDVALIDITY ")
+    assert out[5] == b"* OK [UIDNEXT 1] Predicted next UID\r\n"
+    assert out[-1] == b"a1 OK [READ-WRITE] SELECT completed\r\n"
+    out = raw.cmd(b"a2 EXAMINE INBOX")
+    assert out[0] == b"* OK [CLOSED] Previous mailbox closed\r\n"
+    assert out[-1] == b"a2 OK [READ-ONLY] EXAMINE completed\r\n"
+    # RFC 9051 §6.3.2: a failed SELECT still closes the selected mailbox
+    assert raw.cmd(b"a3 SELECT nosuch") == [
+        b"* OK [CLOSED] Previous mailbox closed\r\n",
+        b"a3 NO [NONEXISTENT] No such mailbox\r\n",
+    ]
+    assert raw.cmd(b"a4 FETCH 1 FLAGS") == [b"a4 BAD No mailbox selected\r\n"]
