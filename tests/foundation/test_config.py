@@ -39,22 +39,26 @@ def test_sample_config_loads() -> None:
     assert cfg.server.data_dir == Path("/var/lib/mailsrv")
 
 
+def key_pattern(schema_key: str) -> re.Pattern[str]:
+    """``listener.*.bind`` matches ``listener.smtp.bind`` (tables of named entries)."""
+    return re.compile("^" + r"\.".join("[^.]+" if p == "*" else re.escape(p) for p in schema_key.split(".")) + "$")
+
+
 def test_every_schema_key_is_documented_in_the_sample() -> None:
     written = documented_keys(SAMPLE.read_text())
-    generic = {re.sub(r"^listener\.[^.]+\.", "listener.*.", k) for k in written}
     missing = []
     for key, field in config.iter_keys(Config):
         assert field.metadata.get("doc"), f"{key} has no doc string in the schema"
-        if key not in written and key not in generic:
+        rx = key_pattern(key)
+        if not any(rx.match(w) for w in written):
             missing.append(key)
-    assert missing == [], f"keys missing from conf/mailsrv.toml: {missing}"
+    assert missing == [], f"keys missing from conf/mailsrv.toml (tools/config_sample.py prints them): {missing}"
 
 
 def test_sample_has_no_key_the_schema_does_not_know() -> None:
-    known = {k for k, _ in config.iter_keys(Config)}
+    known = [key_pattern(k) for k, _ in config.iter_keys(Config)]
     for key in documented_keys(SAMPLE.read_text()):
-        generic = re.sub(r"^listener\.[^.]+\.", "listener.*.", key)
-        assert key in known or generic in known, f"{key} in the sample is not in the schema"
+        assert any(rx.match(key) for rx in known), f"{key} in the sample is not in the schema"
 
 
 def write(tmp_path: Path, text: str) -> Path:
