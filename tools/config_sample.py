@@ -17,7 +17,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from mailsrv.config import Config  # noqa: E402
+from mailsrv.config import Config
 
 SAMPLE = Path(__file__).resolve().parent.parent / "conf" / "mailsrv.toml"
 

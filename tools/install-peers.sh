@@ -31,6 +31,6 @@ fi
 trap '[ $created_policy = 1 ] && rm -f "$policy"' EXIT
 export DEBIAN_FRONTEND=noninteractive
 echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections 2>/dev/null || true
-apt-get update -qq >/dev/null 2>&1 || true
-apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null 2>&1 \
+apt-get -o DPkg::Lock::Timeout=600 update -qq >/dev/null 2>&1 || true
+apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null 2>&1 \
   || echo "mailsrv: could not install ${missing[*]}; the tests that need them will say so" >&2
