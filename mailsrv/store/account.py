@@ -1,0 +1,376 @@
+"""The async face of one account: mailbox operations, snapshots, watches (docs/store-api.md).
+
+Every blocking call runs in the store's I/O pool through :meth:`Account._run`,
+which turns OS and SQLite trouble into :class:`TemporaryFailure` (after one
+automatic rebuild of a corrupt index) and never lets it crash a worker.
+After each write, :meth:`Account._publish` tells observers and watchers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import os
+import sqlite3
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
+
+from mailsrv import log
+from mailsrv._speedups import quota as quota_impl
+from mailsrv.store import headers, notify
+from mailsrv.store.engine import Engine, Pending, SyncResult, parse_structure
+from mailsrv.store.types import (
+    Changes,
+    ChangesSince,
+    MailboxInfo,
+    MessageGone,
+    MessageInfo,
+    OverQuota,
+    QuotaLimits,
+    QuotaUsage,
+    StoreError,
+    TemporaryFailure,
+)
+from mailsrv.util import fsio
+
+if TYPE_CHECKING:
+    from mailsrv.mime import MessageStructure
+    from mailsrv.store.store import Store
+
+logger = log.get("store")
+T = TypeVar("T")
+
+
+def _raise_quota(code: int) -> None:
+    if code == quota_impl.OVER_STORAGE:
+        raise OverQuota("STORAGE")
+    if code == quota_impl.OVER_MESSAGES:
+        raise OverQuota("MESSAGE")
+
+
+class Account:
+    """One user's mail. Obtain with ``await store.account(id, maildir)``."""
+
+    def __init__(self, store: Store, account_id: str, root: Path, engine: Engine) -> None:
+        self.store = store
+        self.id = account_id
+        self.root = root
+        self.engine = engine
+        self._sync_waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self._sync_running: set[str] = set()
+
+    # --- plumbing ---------------------------------------------------------------
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        for attempt in (1, 2):
+            try:
+                return await self.store.io.run(fn, *args)
+            except StoreError:
+                raise
+            except sqlite3.OperationalError as exc:
+                logger.error("index.unavailable", account=self.id, error=str(exc))
+                raise TemporaryFailure(f"index unavailable: {exc}") from exc
+            except sqlite3.DatabaseError as exc:
+                if attempt == 2:
+                    raise TemporaryFailure(f"index unusable: {exc}") from exc
+                await self.store.io.run(self.engine.repair, exc)
+            except OSError as exc:
+                logger.error("store.io_error", account=self.id, error=f"{type(exc).__name__}: {exc}")
+                raise TemporaryFailure(f"{exc.strerror or exc}") from exc
+        raise AssertionError("unreachable")
+
+    async def _publish(self, res: SyncResult) -> None:
+        if not res.changed:
+            return
+        self.store._wake(self.id)
+        observers = self.store._observers
+        if not observers:
+            return
+        from mailsrv.mime import MessageStructure
+
+        for added in res.added:
+            blob = added.structure
+            structure = MessageStructure.from_cache(blob) if blob is not None else None
+            for obs in observers:
+                try:
+                    obs.message_added(self.id, added.mailbox_guid, added.info, structure)  # type: ignore[arg-type]
+                except Exception as exc:
+                    logger.exception("observer.failed", exc, account=self.id)
+        for guid, uids in res.expunged.items():
+            for obs in observers:
+                try:
+                    obs.messages_expunged(self.id, guid, uids)
+                except Exception as exc:
+                    logger.exception("observer.failed", exc, account=self.id)
+        for guid, infos in res.flags.items():
+            for obs in observers:
+                try:
+                    obs.flags_changed(self.id, guid, infos)
+                except Exception as exc:
+                    logger.exception("observer.failed", exc, account=self.id)
+
+    async def sync(self, mailbox: str) -> None:
+        """Pick up files in ``new/`` and outside changes, batched with concurrent callers.
+
+        Returns after a sync that started after the call has committed.
+        """
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        self._sync_waiters.setdefault(mailbox, []).append(fut)
+        if mailbox not in self._sync_running:
+            self._sync_running.add(mailbox)
+            loop.create_task(self._sync_loop(mailbox))
+        await fut
+
+    async def _sync_loop(self, mailbox: str) -> None:
+        try:
+            while self._sync_waiters.get(mailbox):
+                batch = self._sync_waiters.pop(mailbox)
+                try:
+                    res = await self._run(self.engine.sync, mailbox)
+                except BaseException as exc:
+                    for f in batch:
+                        if not f.done():
+                            f.set_exception(exc)
+                    continue
+                await self._publish(res)
+                for f in batch:
+                    if not f.done():
+                        f.set_result(None)
+        finally:
+            self._sync_running.discard(mailbox)
+
+    async def _sync_if_needed(self, mailbox: str) -> None:
+        if await self._run(self.engine.needs_sync, mailbox):
+            await self.sync(mailbox)
+
+    # --- folders ----------------------------------------------------------------
+
+    async def list_mailboxes(self) -> list[MailboxInfo]:
+        return await self._run(self.engine.list_mailboxes)
+
+    async def mailbox_status(self, name: str) -> MailboxInfo:
+        await self._sync_if_needed(name)
+        return await self._run(self.engine.status, name)
+
+    async def create_mailbox(self, name: str, special_use: str | None = None) -> MailboxInfo:
+        info = await self._run(self.engine.create_mailbox, name, special_use)
+        self.store._wake(self.id)
+        return info
+
+    async def rename_mailbox(self, old: str, new: str) -> None:
+        await self._run(self.engine.rename_mailbox, old, new)
+        self.store._wake(self.id)
+
+    async def delete_mailbox(self, name: str) -> None:
+        await self._run(self.engine.delete_mailbox, name)
+        self.store._wake(self.id)
+
+    async def subscribe(self, name: str, subscribed: bool = True) -> None:
+        await self._run(self.engine.subscribe, name, subscribed)
+        self.store._wake(self.id)
+
+    # --- snapshots ----------------------------------------------------------------
+
+    async def open_mailbox(self, name: str) -> MailboxView:
+        await self._sync_if_needed(name)
+        info, msgs = await self._run(self.engine.snapshot, name)
+        return MailboxView(self, info, msgs)
+
+    async def changes_since(self, mailbox: str, modseq: int) -> ChangesSince:
+        await self._sync_if_needed(mailbox)
+        info, changed, gone = await self._run(self.engine.changes_since, mailbox, modseq)
+        return ChangesSince(changed, gone, info.highestmodseq)
+
+    # --- quota --------------------------------------------------------------------
+
+    async def quota_usage(self) -> QuotaUsage:
+        return await self._run(self.engine.quota_usage)
+
+    async def quota_check(self, size: int, limits: QuotaLimits) -> Literal["ok", "over_quota"]:
+        code = await self._run(self.engine.quota_check, size, 1, limits)
+        return "ok" if code == quota_impl.OK else "over_quota"
+
+    # --- messages -----------------------------------------------------------------
+
+    async def append(self, mailbox: str, data: bytes | Path, flags: frozenset[str] = frozenset(),
+                     internal_date: float | None = None, limits: QuotaLimits = QuotaLimits()) -> int:
+        """Store a message; returns its UID once it is durable. OverQuota, MailboxNotFound."""
+        from mailsrv.store.maildir import canonical_flag
+
+        flags = frozenset(canonical_flag(f) for f in flags)
+        if isinstance(data, Path):
+            size = (await self._run(os.stat, data)).st_size
+        else:
+            size = len(data)
+        _raise_quota(await self._run(self.engine.quota_check, size, 1, limits))
+        folder = await self._run(self.engine.folder_path, mailbox)
+        pend = await self._run(self._prepare, data)
+        if isinstance(data, Path):
+            uid, res = await self._run(self.engine.import_new, mailbox, data, flags, internal_date, pend, True)
+        else:
+            tmp = folder / "tmp" / fsio.unique_name(self.engine.hostname)
+            await self._run(_write_fsync, tmp, data)
+            try:
+                uid, res = await self._run(self.engine.import_new, mailbox, tmp, flags, internal_date, pend, False)
+            finally:
+                if tmp.exists():
+                    await self._run(tmp.unlink)
+        await self._publish(res)
+        return uid
+
+    def _prepare(self, data: bytes | Path) -> Pending:
+        if isinstance(data, Path):
+            with open(data, "rb") as fh:
+                raw = fh.read(self.engine.max_parse_size)
+        else:
+            raw = data[: self.engine.max_parse_size]
+        return Pending(structure=parse_structure(raw, self.id), thread=headers.thread_headers(raw))
+
+    async def copy(self, src: str, uids: Sequence[int], dst: str,
+                   limits: QuotaLimits = QuotaLimits()) -> list[tuple[int, int]]:
+        mapping, res = await self._run(lambda: self.engine.copy(src, uids, dst, move=False, limits=limits))
+        await self._publish(res)
+        return mapping
+
+    async def move(self, src: str, uids: Sequence[int], dst: str) -> list[tuple[int, int]]:
+        mapping, res = await self._run(lambda: self.engine.copy(src, uids, dst, move=True))
+        await self._publish(res)
+        return mapping
+
+    async def store_flags(self, mailbox: str, uids: Sequence[int], flags: frozenset[str],
+                          mode: Literal["add", "remove", "replace"],
+                          unchanged_since: int | None = None) -> tuple[list[MessageInfo], list[int]]:
+        if mode not in ("add", "remove", "replace"):
+            raise ValueError(f"bad mode {mode!r}")
+        modified, failed, res = await self._run(self.engine.store_flags, mailbox, uids, flags, mode,
+                                                unchanged_since)
+        await self._publish(res)
+        return modified, failed
+
+    async def expunge(self, mailbox: str, uids: Sequence[int] | None = None,
+                      only_deleted: bool = True) -> list[int]:
+        done, res = await self._run(self.engine.expunge, mailbox, uids, only_deleted)
+        await self._publish(res)
+        return done
+
+    async def read_message(self, mailbox: str, uid: int, offset: int = 0, length: int | None = None) -> bytes:
+        """Raw bytes of a message (or a range of it). MessageGone if it was expunged or vanished."""
+        for _attempt in (1, 2):
+            path = await self._run(self.engine.locate, mailbox, uid)
+            try:
+                return await self.store.io.run(_read_range, path, offset, length)
+            except FileNotFoundError:
+                continue  # renamed by a flag change meanwhile: locate again
+            except OSError as exc:
+                logger.error("message.unreadable", account=self.id, mailbox=mailbox, uid=uid, error=str(exc))
+                raise TemporaryFailure(str(exc)) from exc
+        raise MessageGone(f"{mailbox} uid {uid}")
+
+    async def message_path(self, mailbox: str, uid: int) -> Path:
+        """Where the file is now (for sendfile-style streaming); may move after any flag change."""
+        return await self._run(self.engine.locate, mailbox, uid)
+
+    async def structures(self, mailbox: str, uids: Sequence[int]) -> dict[int, MessageStructure]:
+        from mailsrv.mime import MessageStructure, parse
+
+        blobs = await self._run(self.engine.structures, mailbox, list(uids))
+        out: dict[int, MessageStructure] = {}
+        for uid, blob in blobs.items():
+            if blob is not None:
+                out[uid] = MessageStructure.from_cache(blob)
+            else:  # not parsed at delivery (parser failure or too big): parse now
+                raw = await self.read_message(mailbox, uid)
+                out[uid] = await self.store.io.run(parse, raw)
+        return out
+
+    async def find_email(self, email_id: str) -> list[tuple[str, int]]:
+        return await self._run(self.engine.find_email, email_id)
+
+    # --- notification -----------------------------------------------------------
+
+    def watch(self) -> notify.Watch:
+        """Start watching this account for changes by any process (call inside the event loop)."""
+        notifier = self.store._notifier_for_loop()
+        notifier.add_path(self.id, self.engine.notify_path, notify.FILE_MASK)
+        for d in self.engine.folder_new_dirs():
+            notifier.add_path(self.id, d, notify.DIR_MASK)
+        w = notify.Watch(notifier, self.id)
+        notifier.register(w)
+        return w
+
+
+class MailboxView:
+    """A session's snapshot of a mailbox; changes only when the session calls :meth:`refresh`."""
+
+    def __init__(self, account: Account, info: MailboxInfo, messages: list[MessageInfo]) -> None:
+        self.account = account
+        self.name = info.name
+        self.id = info.id
+        self.uidvalidity = info.uidvalidity
+        self.uidnext = info.uidnext
+        self.highestmodseq = info.highestmodseq
+        self.messages = messages
+        self._uids = [m.uid for m in messages]
+
+    def by_uid(self, uid: int) -> MessageInfo | None:
+        i = bisect.bisect_left(self._uids, uid)
+        if i < len(self._uids) and self._uids[i] == uid:
+            return self.messages[i]
+        return None
+
+    def seq_of(self, uid: int) -> int | None:
+        """1-based sequence number of ``uid`` in this view, or None."""
+        i = bisect.bisect_left(self._uids, uid)
+        return i + 1 if i < len(self._uids) and self._uids[i] == uid else None
+
+    async def refresh(self) -> Changes:
+        """Apply changes made since the snapshot (by anyone). StoreError if the mailbox was replaced."""
+        acct = self.account
+        await acct._sync_if_needed(self.name)
+        info, changed, gone = await acct._run(acct.engine.changes_since, self.name, self.highestmodseq)
+        if info.uidvalidity != self.uidvalidity:
+            raise StoreError(f"{self.name}: UIDVALIDITY changed")
+        expunged = sorted(u for u in gone if self.by_uid(u) is not None)
+        if expunged:
+            dead = set(expunged)
+            self.messages = [m for m in self.messages if m.uid not in dead]
+            self._uids = [m.uid for m in self.messages]
+        added: list[MessageInfo] = []
+        flags: list[MessageInfo] = []
+        top = self._uids[-1] if self._uids else 0
+        for m in changed:
+            if m.uid > top:
+                added.append(m)
+                continue
+            i = bisect.bisect_left(self._uids, m.uid)
+            if i < len(self._uids) and self._uids[i] == m.uid:
+                if self.messages[i] != m:
+                    self.messages[i] = m
+                    flags.append(m)
+        if added:
+            added.sort(key=lambda m: m.uid)
+            self.messages.extend(added)
+            self._uids.extend(m.uid for m in added)
+        self.uidnext = max(self.uidnext, info.uidnext)
+        self.highestmodseq = max(self.highestmodseq, info.highestmodseq)
+        return Changes(added, expunged, flags, self.uidnext, self.highestmodseq)
+
+
+def _read_range(path: Path, offset: int, length: int | None) -> bytes:
+    with open(path, "rb") as fh:
+        if offset:
+            fh.seek(offset)
+        return fh.read() if length is None else fh.read(length)
+
+
+def _write_fsync(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)

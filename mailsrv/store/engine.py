@@ -1,0 +1,1074 @@
+"""One account's Maildir++ tree and its index: every blocking operation, run in the I/O pool.
+
+Invariants (read before changing anything here):
+
+* A message file enters ``cur/`` only under a key the index already knows
+  or in the same transaction that inserts it; new files always arrive through
+  ``new/`` (or ``tmp/`` -> ``new/``), which every sync lists. So a crash at any
+  instant leaves each message either in ``new/`` (picked up again) or known.
+* UIDs are assigned only inside a write transaction (``BEGIN IMMEDIATE``:
+  the account's cross-process lock) and appended to the folder's
+  ``mailsrv-uidlist`` and fsync'd *before* the commit. The next UID is never
+  below the uidlist's largest UID + 1, so a UID is never reused, even when
+  the index is deleted (the uidlist is the UID map; the index is a cache).
+* Flag renames and expunge unlinks happen before the commit: a crash leaves a
+  file state the next reconcile adopts, never an acknowledged change undone.
+* ``self.lock`` serialises this process's threads on the SQLite connection;
+  every public method takes it. Methods starting with ``_`` expect it held.
+
+Raises :class:`TemporaryFailure` for disk/permission/lock problems, and the
+other :mod:`mailsrv.store.types` errors for caller mistakes.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+import shutil
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mailsrv import log
+from mailsrv._speedups import quota as quota_impl
+from mailsrv.store import headers, maildir, uidlist
+from mailsrv.store.types import (
+    SPECIAL_USE,
+    BadMailboxName,
+    MailboxExists,
+    MailboxInfo,
+    MailboxNotFound,
+    MessageGone,
+    MessageInfo,
+    OverQuota,
+    QuotaLimits,
+    QuotaUsage,
+    StoreError,
+    TemporaryFailure,
+)
+from mailsrv.util import fsio
+
+logger = log.get("store")
+
+INDEX_NAME = "mailsrv-index.sqlite"
+UIDLIST_NAME = "mailsrv-uidlist"
+DOVECOT_UIDLIST = "dovecot-uidlist"
+NOTIFY_NAME = "mailsrv-notify"
+SUBSCRIPTIONS = "subscriptions"
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT);
+CREATE TABLE IF NOT EXISTS mailboxes (
+    id INTEGER PRIMARY KEY, guid TEXT UNIQUE NOT NULL, name TEXT UNIQUE NOT NULL,
+    dir TEXT NOT NULL, special_use TEXT, uidvalidity INTEGER NOT NULL,
+    uidnext INTEGER NOT NULL, highestmodseq INTEGER NOT NULL,
+    messages INTEGER NOT NULL DEFAULT 0, storage INTEGER NOT NULL DEFAULT 0,
+    uidlist_size INTEGER NOT NULL DEFAULT 0, cur_mtime INTEGER NOT NULL DEFAULT -1);
+CREATE TABLE IF NOT EXISTS messages (
+    mailbox INTEGER NOT NULL, uid INTEGER NOT NULL, key TEXT NOT NULL, fname TEXT NOT NULL,
+    flags TEXT NOT NULL, modseq INTEGER NOT NULL, internal_date REAL NOT NULL,
+    saved_date REAL NOT NULL, size INTEGER NOT NULL, email_id TEXT NOT NULL,
+    thread_id TEXT NOT NULL, structure BLOB, PRIMARY KEY (mailbox, uid)) WITHOUT ROWID;
+CREATE UNIQUE INDEX IF NOT EXISTS messages_key ON messages (mailbox, key);
+CREATE INDEX IF NOT EXISTS messages_modseq ON messages (mailbox, modseq);
+CREATE INDEX IF NOT EXISTS messages_email ON messages (email_id);
+CREATE TABLE IF NOT EXISTS expunged (
+    mailbox INTEGER NOT NULL, uid INTEGER NOT NULL, modseq INTEGER NOT NULL,
+    PRIMARY KEY (mailbox, uid)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS msgids (msgid TEXT PRIMARY KEY, thread_id TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS subjects (base TEXT PRIMARY KEY, thread_id TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS quota (id INTEGER PRIMARY KEY CHECK (id = 1),
+    storage INTEGER NOT NULL, messages INTEGER NOT NULL);
+INSERT OR IGNORE INTO quota VALUES (1, 0, 0);
+"""
+
+_MSG_COLS = "uid, key, flags, modseq, internal_date, saved_date, size, email_id, thread_id"
+
+
+def _info(row: Sequence[Any]) -> MessageInfo:
+    return MessageInfo(row[0], row[1], frozenset(row[2].split()), row[3], row[4], row[5], row[6], row[7], row[8])
+
+
+def _flags_text(flags: frozenset[str] | set[str]) -> str:
+    return " ".join(sorted(flags))
+
+
+def new_id(prefix: str) -> str:
+    return prefix + secrets.token_hex(12)
+
+
+@dataclass
+class Pending:
+    """What this process knows about a file it just put into ``new/``."""
+
+    email_id: str | None = None
+    structure: bytes | None = None
+    thread: headers.ThreadHeaders | None = None
+
+
+@dataclass
+class Added:
+    mailbox_guid: str
+    info: MessageInfo
+    structure: bytes | None
+
+
+@dataclass
+class SyncResult:
+    """What a write transaction did, for observers and notification."""
+
+    added: list[Added]
+    expunged: dict[str, list[int]]
+    flags: dict[str, list[MessageInfo]]
+    changed: bool = False
+
+
+def _empty() -> SyncResult:
+    return SyncResult([], {}, {})
+
+
+@dataclass
+class _Mbox:
+    id: int
+    guid: str
+    name: str
+    dir: str
+    special_use: str | None
+    uidvalidity: int
+    uidnext: int
+    highestmodseq: int
+    messages: int
+    storage: int
+    uidlist_size: int
+    cur_mtime: int
+
+
+def _temp(exc: BaseException, what: str) -> TemporaryFailure:
+    return TemporaryFailure(f"{what}: {exc}")
+
+
+class Engine:
+    """Blocking operations on one account. Thread-safe; call through the I/O pool."""
+
+    def __init__(self, account_id: str, root: Path, *, max_parse_size: int = 64 << 20,
+                 hostname: str = "") -> None:
+        self.account_id = account_id
+        self.root = root
+        self.max_parse_size = max_parse_size
+        self.hostname = hostname or os.uname().nodename
+        self.lock = threading.RLock()
+        self.conn: sqlite3.Connection | None = None
+        #: key -> Pending for files this process put into some new/
+        self.pending: dict[str, Pending] = {}
+        self._warned: set[str] = set()
+        self.notify_path = root / NOTIFY_NAME
+
+    # --- opening and repair ---------------------------------------------------
+
+    def open(self) -> None:
+        with self.lock:
+            try:
+                self._ensure_tree()
+                self._open_db()
+                self._discover()
+            except OSError as exc:
+                raise _temp(exc, "cannot open mail store") from exc
+
+    def close(self) -> None:
+        with self.lock:
+            if self.conn is not None:
+                self.conn.close()
+                self.conn = None
+
+    def _ensure_tree(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        for sub in ("cur", "new", "tmp"):
+            (self.root / sub).mkdir(exist_ok=True)
+        for name in SPECIAL_USE:
+            d = self.root / maildir.folder_dir(name)
+            if name != "INBOX" and not d.is_dir():
+                try:
+                    self._make_folder_dir(maildir.folder_dir(name))
+                except MailboxExists:
+                    pass  # another process made it meanwhile
+        if not self.notify_path.exists():
+            self.notify_path.touch()
+
+    def _make_folder_dir(self, dirname: str) -> None:
+        """Build ``.name/{cur,new,tmp}`` in tmp/ and rename it into place (atomic)."""
+        build = self.root / "tmp" / f"mkdir.{fsio.unique_name(self.hostname)}"
+        build.mkdir()
+        for sub in ("cur", "new", "tmp"):
+            (build / sub).mkdir()
+        target = self.root / dirname
+        try:
+            os.rename(build, target)
+        except OSError as exc:
+            shutil.rmtree(build, ignore_errors=True)
+            if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                raise MailboxExists(dirname) from None
+            raise
+        fsio.fsync_dir(self.root)
+
+    def _open_db(self) -> None:
+        path = self.root / INDEX_NAME
+        for attempt in (1, 2):
+            conn = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=FULL")
+                conn.executescript(_SCHEMA)
+                conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+                conn.execute("SELECT count(*) FROM mailboxes").fetchone()
+            except sqlite3.DatabaseError as exc:
+                conn.close()
+                if attempt == 2 or isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+                    raise TemporaryFailure(f"index unusable: {exc}") from exc
+                self._move_index_aside(exc)
+                continue
+            self.conn = conn
+            return
+
+    def _move_index_aside(self, exc: BaseException) -> None:
+        stamp = int(time.time())
+        logger.error("index.corrupt", account=self.account_id, error=str(exc), action="rebuild")
+        for suffix in ("", "-wal", "-shm"):
+            p = self.root / (INDEX_NAME + suffix)
+            if p.exists():
+                os.replace(p, self.root / f"{INDEX_NAME}{suffix}.corrupt.{stamp}")
+
+    def repair(self, exc: BaseException) -> None:
+        """The index raised DatabaseError mid-use: move it aside and rebuild from the maildir."""
+        with self.lock:
+            if self.conn is not None:
+                self.conn.close()
+                self.conn = None
+            self._move_index_aside(exc)
+            self._open_db()
+            self._discover()
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        if self.conn is None:
+            raise TemporaryFailure("index closed")
+        return self.conn
+
+    @contextmanager
+    def _write(self) -> Iterator[SyncResult]:
+        """A write transaction (the account lock across processes). Yields the change record."""
+        db = self.db
+        try:
+            db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            raise _temp(exc, "index busy") from exc
+        result = _empty()
+        try:
+            yield result
+            db.execute("COMMIT")
+        except BaseException:
+            try:
+                db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            raise
+        if result.changed:
+            self._touch()
+
+    def _touch(self) -> None:
+        try:
+            os.utime(self.notify_path)
+        except FileNotFoundError:
+            self.notify_path.touch()
+
+    # --- mailbox rows ---------------------------------------------------------
+
+    def _row(self, name: str) -> _Mbox:
+        try:
+            name = maildir.normalize_name(name)
+        except maildir.NameError_ as exc:
+            raise BadMailboxName(str(exc)) from None
+        r = self.db.execute(
+            "SELECT id, guid, name, dir, special_use, uidvalidity, uidnext, highestmodseq, messages,"
+            " storage, uidlist_size, cur_mtime FROM mailboxes WHERE name = ?", (name,)
+        ).fetchone()
+        if r is None:
+            # created by another program or process since we last looked?
+            d = self.root / maildir.folder_dir(name)
+            if (d / "cur").is_dir() and (d / "new").is_dir():
+                self._adopt_folder(name, maildir.folder_dir(name))
+                return self._row(name)
+            raise MailboxNotFound(name)
+        return _Mbox(*r)
+
+    def _row_by_id(self, mid: int) -> _Mbox:
+        r = self.db.execute(
+            "SELECT id, guid, name, dir, special_use, uidvalidity, uidnext, highestmodseq, messages,"
+            " storage, uidlist_size, cur_mtime FROM mailboxes WHERE id = ?", (mid,)
+        ).fetchone()
+        if r is None:
+            raise MailboxNotFound(str(mid))
+        return _Mbox(*r)
+
+    def _save(self, mb: _Mbox) -> None:
+        self.db.execute(
+            "UPDATE mailboxes SET uidnext=?, highestmodseq=?, messages=?, storage=?, uidlist_size=?,"
+            " cur_mtime=? WHERE id=?",
+            (mb.uidnext, mb.highestmodseq, mb.messages, mb.storage, mb.uidlist_size, mb.cur_mtime, mb.id),
+        )
+
+    def _folder(self, mb: _Mbox) -> Path:
+        return self.root / mb.dir if mb.dir else self.root
+
+    def _discover(self) -> None:
+        """Make the rows match the folder directories on disk (new ones adopted, gone ones dropped)."""
+        on_disk: dict[str, str] = {"INBOX": ""}
+        for entry in os.scandir(self.root):
+            if entry.name.startswith(".") and entry.is_dir():
+                name = maildir.dir_to_name(entry.name)
+                if name is not None and os.path.isdir(os.path.join(entry.path, "cur")):
+                    on_disk[name] = entry.name
+        rows = {r[0]: (r[1], r[2], r[3], r[4]) for r in
+                self.db.execute("SELECT name, dir, id, storage, messages FROM mailboxes")}
+        for name, dirname in on_disk.items():
+            if name not in rows or rows[name][0] != dirname:
+                self._adopt_folder(name, dirname)
+        gone = [n for n in rows if n not in on_disk]
+        if gone:
+            with self._write() as res:
+                for n in gone:
+                    _, mid, storage, messages = rows[n]
+                    self._drop_rows(mid, storage, messages)
+                    res.changed = True
+
+    def _drop_rows(self, mid: int, storage: int, messages: int) -> None:
+        db = self.db
+        sizes = [r[0] for r in db.execute("SELECT size FROM messages WHERE mailbox=?", (mid,))]
+        self._quota_apply(sizes, -1)
+        for table in ("messages", "expunged", "mailboxes"):
+            db.execute(f"DELETE FROM {table} WHERE {'id' if table == 'mailboxes' else 'mailbox'}=?", (mid,))
+
+    def _read_uidlist(self, folder: Path) -> uidlist.Uidlist | None:
+        for fname in (UIDLIST_NAME, DOVECOT_UIDLIST):
+            try:
+                data = (folder / fname).read_bytes()
+            except FileNotFoundError:
+                continue
+            try:
+                return uidlist.parse(data)
+            except uidlist.UidlistError as exc:
+                logger.error("uidlist.unreadable", account=self.account_id, path=str(folder / fname), error=str(exc))
+        return None
+
+    def _adopt_folder(self, name: str, dirname: str) -> None:
+        """Insert the row of a folder found on disk; its uidlist (ours or Dovecot's) gives UIDVALIDITY."""
+        folder = self.root / dirname if dirname else self.root
+        with self._write() as res:
+            if self.db.execute("SELECT 1 FROM mailboxes WHERE name=? AND dir=?", (name, dirname)).fetchone():
+                return
+            old = self.db.execute("SELECT id, storage, messages FROM mailboxes WHERE name=?", (name,)).fetchone()
+            if old:
+                self._drop_rows(*old)
+            ul = self._read_uidlist(folder)
+            own = (folder / UIDLIST_NAME).exists()
+            if ul is None or not own:
+                if ul is None:
+                    uv = int(time.time())
+                    # a lost UID map: a new UIDVALIDITY, so clients resynchronise
+                    ul = uidlist.Uidlist(uv, 1, secrets.token_hex(16))
+                    if any((folder / "cur").iterdir()):
+                        logger.warning("uidlist.missing", account=self.account_id, mailbox=name, uidvalidity=uv)
+                guid = ul.guid if len(ul.guid) >= 8 else secrets.token_hex(16)
+                body = bytearray(uidlist.format_header(ul.uidvalidity, ul.effective_nextuid, guid))
+                for base, uid in sorted(ul.uids.items(), key=lambda kv: kv[1]):
+                    body += uidlist.format_entry(uid, base, ul.sizes.get(base))
+                fsio.durable_write(folder / UIDLIST_NAME, bytes(body), tmp_dir=folder / "tmp")
+                ul.guid = guid
+            special = SPECIAL_USE.get(name)
+            self.db.execute(
+                "INSERT INTO mailboxes (guid, name, dir, special_use, uidvalidity, uidnext, highestmodseq,"
+                " uidlist_size, cur_mtime) VALUES (?, ?, ?, ?, ?, ?, ?, 0, -1)",
+                ("M" + ul.guid[:24], name, dirname, special, ul.uidvalidity, ul.effective_nextuid,
+                 int(time.time() * 1000)),
+            )
+            res.changed = True
+        mb = self._row(name)
+        self._sync(mb, full_uidlist=ul)
+
+    # --- sync: pick up new/ and external changes ------------------------------
+
+    def _uidlist_floor(self, mb: _Mbox, folder: Path) -> int:
+        """Raise mb.uidnext past any UID in the uidlist beyond what the index saw."""
+        path = folder / UIDLIST_NAME
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return mb.uidnext
+        if st.st_size == mb.uidlist_size:
+            return mb.uidnext
+        with open(path, "rb") as fh:
+            data = fh.read()
+        try:
+            ul = uidlist.parse(data)
+            mb.uidnext = max(mb.uidnext, ul.effective_nextuid)
+        except uidlist.UidlistError as exc:
+            logger.error("uidlist.unreadable", account=self.account_id, mailbox=mb.name, error=str(exc))
+        return mb.uidnext
+
+    def needs_sync(self, name: str) -> bool:
+        """Cheap check (no write lock): anything in new/, or cur/ changed behind our back?"""
+        with self.lock:
+            mb = self._row(name)
+            folder = self._folder(mb)
+        try:
+            with os.scandir(folder / "new") as it:
+                for e in it:
+                    if not e.name.startswith("."):
+                        return True
+            return os.stat(folder / "cur").st_mtime_ns != mb.cur_mtime
+        except FileNotFoundError:
+            return True
+
+    def sync(self, name: str) -> SyncResult:
+        with self.lock:
+            return self._sync(self._row(name))
+
+    def _sync(self, mb: _Mbox, full_uidlist: uidlist.Uidlist | None = None) -> SyncResult:
+        folder = self._folder(mb)
+        with self._write() as res:
+            mb = self._row_by_id(mb.id)  # fresh under the lock
+            self._uidlist_floor(mb, folder)
+            lines: list[bytes] = []
+            try:
+                new_names = [n for n in os.listdir(folder / "new") if not n.startswith(".")]
+            except FileNotFoundError as exc:
+                raise MailboxNotFound(mb.name) from exc
+            cur_st = os.stat(folder / "cur").st_mtime_ns
+            if new_names:
+                self._take_new(mb, folder, new_names, lines, res, full_uidlist)
+            if cur_st != mb.cur_mtime:
+                ul = full_uidlist or self._read_uidlist(folder)
+                self._reconcile(mb, folder, lines, res, ul)
+            self._flush_uidlist(mb, folder, lines)
+            mb.cur_mtime = os.stat(folder / "cur").st_mtime_ns
+            self._save(mb)
+        return res
+
+    def _take_new(self, mb: _Mbox, folder: Path, names: list[str], lines: list[bytes], res: SyncResult,
+                  ul: uidlist.Uidlist | None) -> None:
+        db = self.db
+        fresh: list[tuple[str, str, int, float]] = []  # (name, key, size, mtime)
+        for n in names:
+            key, info = maildir.split_filename(n)
+            row = db.execute("SELECT fname FROM messages WHERE mailbox=? AND key=?", (mb.id, key)).fetchone()
+            if row is not None:  # index knows it: finish the move into cur/
+                os.replace(folder / "new" / n, folder / "cur" / row[0])
+                continue
+            try:
+                st = os.stat(folder / "new" / n)
+            except FileNotFoundError:
+                continue
+            fresh.append((n, key, st.st_size, st.st_mtime))
+        fresh.sort(key=lambda t: (t[3], t[1]))
+        used = None
+        for n, key, size, mtime in fresh:
+            pend = self.pending.pop(key, None)
+            _, info = maildir.split_filename(n)
+            flags = maildir.info_to_flags(info)
+            uid = None
+            if ul is not None and key in ul.uids:
+                if used is None:
+                    used = self._used_uids(mb.id)
+                if ul.uids[key] not in used:
+                    uid = ul.uids[key]
+            try:
+                self._insert(mb, folder / "new" / n, key, flags, size, mtime, pend, lines, res, uid=uid)
+            except PermissionError as exc:
+                self._warn_once(key, "message.unreadable", mailbox=mb.name, file=key, error=str(exc))
+                continue
+            os.replace(folder / "new" / n, folder / "cur" / maildir.filename(key, flags))
+
+    def _used_uids(self, mid: int) -> set[int]:
+        db = self.db
+        used = {r[0] for r in db.execute("SELECT uid FROM messages WHERE mailbox=?", (mid,))}
+        used |= {r[0] for r in db.execute("SELECT uid FROM expunged WHERE mailbox=?", (mid,))}
+        return used
+
+    def _warn_once(self, key: str, event: str, **fields: object) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            logger.warning(event, account=self.account_id, **fields)
+
+    def _insert(self, mb: _Mbox, path: Path, key: str, flags: frozenset[str], size: int, mtime: float,
+                pend: Pending | None, lines: list[bytes], res: SyncResult, *, uid: int | None = None,
+                email_id: str | None = None, thread_id: str | None = None) -> MessageInfo:
+        """Index one message file (caller holds the write transaction). Reads and parses it if needed."""
+        pend = pend or Pending()
+        structure = pend.structure
+        th = pend.thread
+        if structure is None or (th is None and thread_id is None):
+            with open(path, "rb") as fh:
+                raw = fh.read(min(size, self.max_parse_size))
+            if structure is None:
+                structure = parse_structure(raw, self.account_id)
+            if th is None:
+                th = headers.thread_headers(raw)
+        if thread_id is None:
+            assert th is not None
+            thread_id = self._thread_for(th)
+        if uid is None or uid < 1:
+            uid = mb.uidnext
+        mb.uidnext = max(mb.uidnext, uid + 1)
+        mb.highestmodseq += 1
+        now = time.time()
+        info = MessageInfo(uid, key, frozenset(flags), mb.highestmodseq, mtime, now, size,
+                           email_id or pend.email_id or new_id("E"), thread_id)
+        self.db.execute(
+            "INSERT INTO messages (mailbox, uid, key, fname, flags, modseq, internal_date, saved_date, size,"
+            " email_id, thread_id, structure) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            (mb.id, uid, key, maildir.filename(key, flags), _flags_text(flags), info.modseq, mtime, now, size,
+             info.email_id, thread_id, structure),
+        )
+        mb.messages += 1
+        mb.storage += size
+        self._quota_apply([size], 1)
+        lines.append(uidlist.format_entry(uid, key, size))
+        res.added.append(Added(mb.guid, info, structure))
+        res.changed = True
+        return info
+
+    def _thread_for(self, th: headers.ThreadHeaders) -> str:
+        """RFC 5256 REFERENCES-style: a known parent's thread, else same base subject of a reply."""
+        db = self.db
+        tid = None
+        for p in reversed(th.parents):
+            r = db.execute("SELECT thread_id FROM msgids WHERE msgid=?", (p,)).fetchone()
+            if r:
+                tid = r[0]
+                break
+        if tid is None and th.subject and th.parents:
+            r = db.execute("SELECT thread_id FROM subjects WHERE base=?", (th.subject,)).fetchone()
+            if r:
+                tid = r[0]
+        if tid is None:
+            tid = new_id("T")
+        if th.message_id:
+            db.execute("INSERT OR IGNORE INTO msgids VALUES (?, ?)", (th.message_id, tid))
+        if th.subject:
+            db.execute("INSERT OR REPLACE INTO subjects VALUES (?, ?)", (th.subject, tid))
+        return tid
+
+    def _flush_uidlist(self, mb: _Mbox, folder: Path, lines: list[bytes]) -> None:
+        """Append assigned UIDs to the UID map and fsync it (before the commit)."""
+        path = folder / UIDLIST_NAME
+        if not lines:
+            try:
+                mb.uidlist_size = os.stat(path).st_size
+            except FileNotFoundError:
+                pass
+            return
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            size = os.fstat(fd).st_size
+            data = b"".join(lines)
+            if size == 0:
+                data = uidlist.format_header(mb.uidvalidity, mb.uidnext, mb.guid[1:]) + data
+            elif os.pread(fd, 1, size - 1) != b"\n":
+                data = b"\n" + data  # a torn line from a crash: terminate it
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+            mb.uidlist_size = os.fstat(fd).st_size
+        finally:
+            os.close(fd)
+
+    def _reconcile(self, mb: _Mbox, folder: Path, lines: list[bytes], res: SyncResult,
+                   ul: uidlist.Uidlist | None) -> None:
+        """cur/ changed behind our back (mutt, a crash, a rebuild): make the index match it."""
+        db = self.db
+        on_disk: dict[str, str] = {}
+        for entry in os.listdir(folder / "cur"):
+            if not entry.startswith("."):
+                on_disk[maildir.split_filename(entry)[0]] = entry
+        gone: list[int] = []
+        changed: list[MessageInfo] = []
+        for row in db.execute(f"SELECT {_MSG_COLS}, fname FROM messages WHERE mailbox=?", (mb.id,)).fetchall():
+            info, fname = _info(row), row[9]
+            n: str | None = on_disk.pop(info.key, None)
+            if n is None:
+                if (folder / "new" / fname).exists() or any(
+                    (folder / "new").glob(glob_escape(info.key) + "*")
+                ):
+                    continue  # still on its way in
+                gone.append(info.uid)
+                continue
+            if n != fname:
+                flags = maildir.merge_flags(info.flags, maildir.split_filename(n)[1])
+                if flags != info.flags:
+                    mb.highestmodseq += 1
+                    db.execute("UPDATE messages SET flags=?, fname=?, modseq=? WHERE mailbox=? AND uid=?",
+                               (_flags_text(flags), n, mb.highestmodseq, mb.id, info.uid))
+                    changed.append(MessageInfo(info.uid, info.key, flags, mb.highestmodseq, info.internal_date,
+                                               info.saved_date, info.size, info.email_id, info.thread_id))
+                else:
+                    db.execute("UPDATE messages SET fname=? WHERE mailbox=? AND uid=?", (n, mb.id, info.uid))
+        if gone:
+            logger.warning("message.vanished", account=self.account_id, mailbox=mb.name, count=len(gone))
+            self._delete_rows(mb, gone, res)
+        if changed:
+            res.flags.setdefault(mb.guid, []).extend(changed)
+            res.changed = True
+        if on_disk:
+            used = self._used_uids(mb.id)
+            items = []
+            for key, n in on_disk.items():
+                try:
+                    st = os.stat(folder / "cur" / n)
+                except FileNotFoundError:
+                    continue
+                uid = ul.uids.get(key) if ul is not None else None
+                if uid is not None and uid in used:
+                    uid = None
+                items.append((uid if uid is not None else 1 << 62, st.st_mtime, key, n, st.st_size))
+            items.sort()
+            for uid_hint, mtime, key, n, size in items:
+                uid = uid_hint if uid_hint < (1 << 62) else None
+                if uid is not None:
+                    used.add(uid)
+                try:
+                    self._insert(mb, folder / "cur" / n, key, maildir.info_to_flags(maildir.split_filename(n)[1]),
+                                 size, mtime, self.pending.pop(key, Pending()), lines, res, uid=uid)
+                except PermissionError as exc:
+                    self._warn_once(key, "message.unreadable", mailbox=mb.name, file=key, error=str(exc))
+                    continue
+                db.execute("UPDATE messages SET fname=? WHERE mailbox=? AND key=?", (n, mb.id, key))
+
+    def _delete_rows(self, mb: _Mbox, uids: list[int], res: SyncResult) -> list[int]:
+        db = self.db
+        sizes: list[int] = []
+        done: list[int] = []
+        mb.highestmodseq += 1
+        for uid in uids:
+            r = db.execute("SELECT size FROM messages WHERE mailbox=? AND uid=?", (mb.id, uid)).fetchone()
+            if r is None:
+                continue
+            sizes.append(r[0])
+            done.append(uid)
+            db.execute("DELETE FROM messages WHERE mailbox=? AND uid=?", (mb.id, uid))
+            db.execute("INSERT OR REPLACE INTO expunged VALUES (?, ?, ?)", (mb.id, uid, mb.highestmodseq))
+        mb.messages = max(0, mb.messages - len(done))
+        mb.storage = max(0, mb.storage - sum(sizes))
+        self._quota_apply(sizes, -1)
+        if done:
+            res.expunged.setdefault(mb.guid, []).extend(done)
+            res.changed = True
+        return done
+
+    def _quota_apply(self, sizes: list[int], sign: int) -> None:
+        if not sizes:
+            return
+        st, msgs = self.db.execute("SELECT storage, messages FROM quota WHERE id=1").fetchone()
+        st, msgs = quota_impl.apply(st, msgs, sizes, sign)
+        self.db.execute("UPDATE quota SET storage=?, messages=? WHERE id=1", (st, msgs))
+
+    # --- reading ----------------------------------------------------------------
+
+    def snapshot(self, name: str) -> tuple[MailboxInfo, list[MessageInfo]]:
+        with self.lock:
+            db = self.db
+            db.execute("BEGIN")
+            try:
+                mb = self._row(name)
+                msgs = [_info(r) for r in
+                        db.execute(f"SELECT {_MSG_COLS} FROM messages WHERE mailbox=? ORDER BY uid", (mb.id,))]
+            finally:
+                db.execute("COMMIT")
+            return self._mailbox_info(mb, len(msgs), None), msgs
+
+    def changes_since(self, name: str, modseq: int) -> tuple[MailboxInfo, list[MessageInfo], list[int]]:
+        with self.lock:
+            db = self.db
+            db.execute("BEGIN")
+            try:
+                mb = self._row(name)
+                changed = [_info(r) for r in db.execute(
+                    f"SELECT {_MSG_COLS} FROM messages WHERE mailbox=? AND modseq>? ORDER BY uid", (mb.id, modseq))]
+                gone = [r[0] for r in db.execute(
+                    "SELECT uid FROM expunged WHERE mailbox=? AND modseq>? ORDER BY uid", (mb.id, modseq))]
+            finally:
+                db.execute("COMMIT")
+            return self._mailbox_info(mb, mb.messages, None), changed, gone
+
+    def _mailbox_info(self, mb: _Mbox, messages: int, unseen: int | None, subscribed: bool = False) -> MailboxInfo:
+        if unseen is None:
+            unseen = self.db.execute(
+                "SELECT count(*) FROM messages WHERE mailbox=? AND instr(flags, '\\Seen') = 0", (mb.id,)
+            ).fetchone()[0]
+        return MailboxInfo(mb.name, mb.guid, mb.special_use, subscribed, mb.uidvalidity, mb.uidnext,
+                           mb.highestmodseq, messages, unseen, mb.storage)
+
+    def status(self, name: str) -> MailboxInfo:
+        with self.lock:
+            mb = self._row(name)
+            return self._mailbox_info(mb, mb.messages, None, name in self._subscriptions())
+
+    def list_mailboxes(self) -> list[MailboxInfo]:
+        with self.lock:
+            self._discover()
+            subs = self._subscriptions()
+            out = []
+            for (name,) in self.db.execute("SELECT name FROM mailboxes ORDER BY name").fetchall():
+                mb = self._row(name)
+                out.append(self._mailbox_info(mb, mb.messages, None, name in subs))
+            return out
+
+    def locate(self, name: str, uid: int) -> Path:
+        """The current path of a message file, repairing the index if it moved or vanished."""
+        with self.lock:
+            mb = self._row(name)
+            r = self.db.execute("SELECT key, fname FROM messages WHERE mailbox=? AND uid=?", (mb.id, uid)).fetchone()
+            if r is None:
+                raise MessageGone(f"{name} uid {uid}")
+            folder = self._folder(mb)
+            path = folder / "cur" / r[1]
+            if path.exists():
+                return path
+            for sub in ("new", "cur"):
+                for p in (folder / sub).glob(glob_escape(r[0]) + "*"):
+                    if maildir.split_filename(p.name)[0] == r[0]:
+                        return p
+            # vanished behind our back: force a reconcile
+            mb.cur_mtime = -1
+            self._save(mb)
+            raise MessageGone(f"{name} uid {uid}: file missing")
+
+    def structures(self, name: str, uids: Sequence[int]) -> dict[int, bytes | None]:
+        with self.lock:
+            mb = self._row(name)
+            out: dict[int, bytes | None] = {}
+            for uid in uids:
+                r = self.db.execute("SELECT structure FROM messages WHERE mailbox=? AND uid=?",
+                                    (mb.id, uid)).fetchone()
+                if r is not None:
+                    out[uid] = r[0]
+            return out
+
+    def find_email(self, email_id: str) -> list[tuple[str, int]]:
+        with self.lock:
+            return [(r[0], r[1]) for r in self.db.execute(
+                "SELECT b.name, m.uid FROM messages m JOIN mailboxes b ON b.id = m.mailbox WHERE m.email_id=?",
+                (email_id,))]
+
+    def quota_usage(self) -> QuotaUsage:
+        with self.lock:
+            st, msgs = self.db.execute("SELECT storage, messages FROM quota WHERE id=1").fetchone()
+            return QuotaUsage(st, msgs)
+
+    def quota_check(self, size: int, count: int, limits: QuotaLimits) -> int:
+        u = self.quota_usage()
+        return quota_impl.check(
+            u.storage, u.messages, size, count,
+            -1 if limits.storage is None else limits.storage,
+            -1 if limits.messages is None else limits.messages,
+        )
+
+    # --- changing messages ----------------------------------------------------
+
+    def import_new(self, name: str, src: Path, flags: frozenset[str], internal_date: float | None,
+                   pend: Pending, link: bool) -> tuple[int, SyncResult]:
+        """Put a complete, fsync'd file into a mailbox with flags; durable on return.
+
+        ``link``: hard-link ``src`` (a spool file) instead of renaming it (a tmp/ file of this folder).
+        The file goes to new/ (fsync'd) before the index knows it, so a crash leaves it to be picked up.
+        """
+        with self.lock:
+            mb = self._row(name)
+            folder = self._folder(mb)
+            size = os.stat(src).st_size
+            key = f"{fsio.unique_name(self.hostname)},S={size}"
+            target = folder / "new" / key
+            if internal_date is not None:
+                os.utime(src, (internal_date, internal_date))
+            if link:
+                try:
+                    os.link(src, target)
+                except OSError as exc:
+                    if exc.errno != errno.EXDEV:
+                        raise
+                    shutil.copyfile(src, target)
+                    fsio.fsync_file(target)
+                    if internal_date is not None:
+                        os.utime(target, (internal_date, internal_date))
+            else:
+                os.rename(src, target)
+            fsio.fsync_dir(folder / "new")
+            with self._write() as res:
+                mb = self._row_by_id(mb.id)
+                self._uidlist_floor(mb, folder)
+                lines: list[bytes] = []
+                st = os.stat(target)
+                info = self._insert(mb, target, key, flags, st.st_size, st.st_mtime, pend, lines, res)
+                os.replace(target, folder / "cur" / maildir.filename(key, flags))
+                self._flush_uidlist(mb, folder, lines)
+                self._save(mb)
+            return info.uid, res
+
+    def uid_for_key(self, name: str, key: str) -> int | None:
+        with self.lock:
+            mb = self._row(name)
+            r = self.db.execute("SELECT uid FROM messages WHERE mailbox=? AND key=?", (mb.id, key)).fetchone()
+            return None if r is None else r[0]
+
+    def store_flags(self, name: str, uids: Sequence[int], flags: frozenset[str], mode: str,
+                    unchanged_since: int | None) -> tuple[list[MessageInfo], list[int], SyncResult]:
+        flags = frozenset(maildir.canonical_flag(f) for f in flags)
+        with self.lock:
+            mid = self._row(name).id
+        with self.lock, self._write() as res:
+            mb = self._row_by_id(mid)
+            folder = self._folder(mb)
+            db = self.db
+            modified: list[MessageInfo] = []
+            failed: list[int] = []
+            renames: list[tuple[int, str, str]] = []
+            for uid in sorted(set(uids)):
+                r = db.execute(f"SELECT {_MSG_COLS}, fname FROM messages WHERE mailbox=? AND uid=?",
+                               (mb.id, uid)).fetchone()
+                if r is None:
+                    continue
+                info, fname = _info(r), r[9]
+                if unchanged_since is not None and info.modseq > unchanged_since:
+                    failed.append(uid)  # RFC 7162 §3.1.3
+                    continue
+                if mode == "add":
+                    new = info.flags | flags
+                elif mode == "remove":
+                    new = info.flags - flags
+                else:
+                    new = flags
+                if new == info.flags:
+                    continue
+                mb.highestmodseq += 1
+                nfname = maildir.filename(info.key, new)
+                if nfname != fname:
+                    renames.append((uid, fname, nfname))
+                db.execute("UPDATE messages SET flags=?, modseq=?, fname=? WHERE mailbox=? AND uid=?",
+                           (_flags_text(new), mb.highestmodseq, nfname, mb.id, uid))
+                modified.append(MessageInfo(uid, info.key, new, mb.highestmodseq, info.internal_date,
+                                            info.saved_date, info.size, info.email_id, info.thread_id))
+            for uid, old, new_name in renames:
+                try:
+                    os.rename(folder / "cur" / old, folder / "cur" / new_name)
+                except FileNotFoundError:
+                    logger.warning("message.missing", account=self.account_id, mailbox=name, uid=uid)
+            if renames:
+                mb.cur_mtime = os.stat(folder / "cur").st_mtime_ns
+            self._save(mb)
+            if modified:
+                res.flags[mb.guid] = modified
+                res.changed = True
+            return modified, failed, res
+
+    def expunge(self, name: str, uids: Sequence[int] | None, only_deleted: bool) -> tuple[list[int], SyncResult]:
+        with self.lock:
+            mid = self._row(name).id
+        with self.lock, self._write() as res:
+            mb = self._row_by_id(mid)
+            folder = self._folder(mb)
+            db = self.db
+            if uids is None:
+                rows = db.execute("SELECT uid, fname, flags FROM messages WHERE mailbox=?", (mb.id,)).fetchall()
+            else:
+                rows = []
+                for uid in sorted(set(uids)):
+                    r = db.execute("SELECT uid, fname, flags FROM messages WHERE mailbox=? AND uid=?",
+                                   (mb.id, uid)).fetchone()
+                    if r is not None:
+                        rows.append(r)
+            victims = [r for r in rows if not only_deleted or "\\Deleted" in r[2].split()]
+            for _uid, fname, _ in victims:
+                try:
+                    os.unlink(folder / "cur" / fname)
+                except FileNotFoundError:
+                    pass
+            done = self._delete_rows(mb, [r[0] for r in victims], res)
+            if victims:
+                mb.cur_mtime = os.stat(folder / "cur").st_mtime_ns
+            self._save(mb)
+            return sorted(done), res
+
+    def copy(self, src: str, uids: Sequence[int], dst: str, *, move: bool,
+             limits: QuotaLimits | None = None) -> tuple[list[tuple[int, int]], SyncResult]:
+        with self.lock:
+            smb = self._row(src)
+            dmb = self._row(dst)
+            sfolder, dfolder = self._folder(smb), self._folder(dmb)
+            db = self.db
+            rows = []
+            for uid in sorted(set(uids)):
+                r = db.execute(f"SELECT {_MSG_COLS}, fname, structure FROM messages WHERE mailbox=? AND uid=?",
+                               (smb.id, uid)).fetchone()
+                if r is not None:
+                    rows.append(r)
+            if limits is not None and not move:
+                code = self.quota_check(sum(r[6] for r in rows), len(rows), limits)
+                if code != quota_impl.OK:
+                    raise OverQuota("STORAGE" if code == quota_impl.OVER_STORAGE else "MESSAGE")
+            # stage: hard links into dst tmp/, fsync'd, before the transaction
+            staged: list[tuple[Sequence[Any], str, Path]] = []
+            for r in rows:
+                key = f"{fsio.unique_name(self.hostname)},S={r[6]}"
+                tmp = dfolder / "tmp" / key
+                try:
+                    os.link(sfolder / "cur" / r[9], tmp)
+                except FileNotFoundError:
+                    continue
+                staged.append((r, key, tmp))
+            if staged:
+                fsio.fsync_dir(dfolder / "tmp")
+            mapping: list[tuple[int, int]] = []
+            try:
+                with self._write() as res:
+                    dmb = self._row_by_id(dmb.id)
+                    smb = self._row_by_id(smb.id)
+                    self._uidlist_floor(dmb, dfolder)
+                    lines: list[bytes] = []
+                    for r, key, tmp in staged:
+                        info = _info(r)
+                        pend = Pending(structure=r[10])
+                        new = self._insert(dmb, tmp, key, info.flags, info.size, info.internal_date, pend, lines,
+                                           res, email_id=info.email_id, thread_id=info.thread_id)
+                        os.rename(tmp, dfolder / "cur" / maildir.filename(key, info.flags))
+                        mapping.append((info.uid, new.uid))
+                    if staged:
+                        fsio.fsync_dir(dfolder / "cur")
+                    if move and mapping:
+                        for r, _key, _tmp in staged:
+                            try:
+                                os.unlink(sfolder / "cur" / r[9])
+                            except FileNotFoundError:
+                                pass
+                        self._delete_rows(smb, [m[0] for m in mapping], res)
+                        smb.cur_mtime = os.stat(sfolder / "cur").st_mtime_ns
+                        self._save(smb)
+                    self._flush_uidlist(dmb, dfolder, lines)
+                    dmb.cur_mtime = os.stat(dfolder / "cur").st_mtime_ns
+                    self._save(dmb)
+            finally:
+                for _r, _k, tmp in staged:
+                    if tmp.exists():
+                        tmp.unlink()
+            return mapping, res
+
+    # --- folders ----------------------------------------------------------------
+
+    def create_mailbox(self, name: str, special_use: str | None) -> MailboxInfo:
+        try:
+            name = maildir.normalize_name(name)
+            dirname = maildir.folder_dir(name)
+        except maildir.NameError_ as exc:
+            raise BadMailboxName(str(exc)) from None
+        with self.lock:
+            if name == "INBOX" or self.db.execute("SELECT 1 FROM mailboxes WHERE name=?", (name,)).fetchone():
+                raise MailboxExists(name)
+            self._make_folder_dir(dirname)
+            self._adopt_folder(name, dirname)
+            if special_use:
+                with self._write():
+                    self.db.execute("UPDATE mailboxes SET special_use=? WHERE name=?", (special_use, name))
+            return self.status(name)
+
+    def rename_mailbox(self, old: str, new: str) -> None:
+        with self.lock:
+            mb = self._row(old)
+            try:
+                new = maildir.normalize_name(new)
+                ndir = maildir.folder_dir(new)
+            except maildir.NameError_ as exc:
+                raise BadMailboxName(str(exc)) from None
+            if mb.name == "INBOX":
+                raise StoreError("renaming INBOX is not supported")
+            if new == "INBOX" or self.db.execute("SELECT 1 FROM mailboxes WHERE name=?", (new,)).fetchone():
+                raise MailboxExists(new)
+            children = [(n, d) for n, d in self.db.execute("SELECT name, dir FROM mailboxes WHERE name LIKE ?",
+                                                          (mb.name.replace("%", "\\%") + "/%",))]
+            with self._write() as res:
+                os.rename(self.root / mb.dir, self.root / ndir)
+                self.db.execute("UPDATE mailboxes SET name=?, dir=? WHERE id=?", (new, ndir, mb.id))
+                for cname, cdir in children:
+                    nname = new + cname[len(mb.name):]
+                    cnew = maildir.folder_dir(nname)
+                    os.rename(self.root / cdir, self.root / cnew)
+                    self.db.execute("UPDATE mailboxes SET name=?, dir=? WHERE name=?", (nname, cnew, cname))
+                fsio.fsync_dir(self.root)
+                res.changed = True
+            subs = self._subscriptions()
+            if old in subs:
+                subs.discard(old)
+                subs.add(new)
+                self._write_subscriptions(subs)
+
+    def delete_mailbox(self, name: str) -> None:
+        with self.lock:
+            mb = self._row(name)
+            if mb.name == "INBOX":
+                raise StoreError("INBOX cannot be deleted")
+            with self._write() as res:
+                trash = self.root / "tmp" / f"deleted.{fsio.unique_name(self.hostname)}"
+                os.rename(self.root / mb.dir, trash)
+                fsio.fsync_dir(self.root)
+                self._drop_rows(mb.id, mb.storage, mb.messages)
+                res.changed = True
+            shutil.rmtree(trash, ignore_errors=True)
+
+    def _subscriptions(self) -> set[str]:
+        try:
+            data = (self.root / SUBSCRIPTIONS).read_text("utf-8", "replace")
+        except FileNotFoundError:
+            return set(SPECIAL_USE)
+        return {line.strip() for line in data.splitlines() if line.strip()}
+
+    def _write_subscriptions(self, subs: set[str]) -> None:
+        body = "".join(f"{s}\n" for s in sorted(subs)).encode("utf-8")
+        fsio.durable_write(self.root / SUBSCRIPTIONS, body, tmp_dir=self.root / "tmp")
+        self._touch()
+
+    def subscribe(self, name: str, on: bool) -> None:
+        with self.lock:
+            subs = self._subscriptions()
+            name = maildir.normalize_name(name)
+            (subs.add if on else subs.discard)(name)
+            self._write_subscriptions(subs)
+
+    def folder_path(self, name: str) -> Path:
+        with self.lock:
+            return self._folder(self._row(name))
+
+    def folder_new_dirs(self) -> list[Path]:
+        with self.lock:
+            return [(self.root / d if d else self.root) / "new"
+                    for (d,) in self.db.execute("SELECT dir FROM mailboxes")]
+
+
+def glob_escape(s: str) -> str:
+    import glob
+
+    return glob.escape(s)
+
+
+def parse_structure(raw: bytes, account_id: str = "") -> bytes | None:
+    """``mailsrv.mime.parse(raw).to_cache()``; None (parsed lazily later) if the parser fails."""
+    from mailsrv import mime
+
+    try:
+        return mime.parse(raw).to_cache()
+    except Exception as exc:
+        logger.exception("mime.parse_failed", exc, account=account_id)
+        return None

@@ -1,0 +1,81 @@
+"""The few header fields the store needs for threading, read from raw message bytes.
+
+Pure functions: Message-ID, In-Reply-To, References (RFC 5322 §3.6.4) and the
+base subject (RFC 5256 §2.1, simplified: strip Re/Fwd/Fw prefixes, [tags]
+and the (fwd) trailer, fold whitespace, case-fold).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_MSGID = re.compile(rb"<([^<>\s]{1,500})>")
+_PREFIX = re.compile(r"^\s*((re|fwd?|aw|sv|antw|rif|tr)(\[\d+\])?\s*:|\[[^\]]*\])\s*", re.IGNORECASE)
+_TRAILER = re.compile(r"\s*\(fwd\)\s*$", re.IGNORECASE)
+_WS = re.compile(r"\s+")
+
+#: the header block read for threading is cut here
+MAX_HEADER = 256 * 1024
+
+
+@dataclass(frozen=True)
+class ThreadHeaders:
+    message_id: str | None
+    parents: tuple[str, ...]  # References then In-Reply-To, oldest first, no duplicates
+    subject: str  # base subject, "" when none
+
+
+def header_block(raw: bytes) -> bytes:
+    """The header section of a message (up to the first empty line)."""
+    head = raw[:MAX_HEADER]
+    for sep in (b"\r\n\r\n", b"\n\n"):
+        end = head.find(sep)
+        if end >= 0:
+            return head[:end]
+    return head
+
+
+def fields(block: bytes, names: set[bytes]) -> dict[bytes, bytes]:
+    """Unfolded values of the first occurrence of each wanted header (lower-case names)."""
+    out: dict[bytes, bytes] = {}
+    current: bytes | None = None
+    value: list[bytes] = []
+    for line in block.replace(b"\r\n", b"\n").split(b"\n"):
+        if line[:1] in (b" ", b"\t") and current is not None:
+            value.append(line)
+            continue
+        if current is not None and current not in out:
+            out[current] = b" ".join(v.strip() for v in value)
+        current = None
+        name, sep, rest = line.partition(b":")
+        if sep and name.strip().lower() in names:
+            current = name.strip().lower()
+            value = [rest]
+    if current is not None and current not in out:
+        out[current] = b" ".join(v.strip() for v in value)
+    return out
+
+
+def base_subject(subject: str) -> str:
+    s = _WS.sub(" ", subject).strip()
+    while True:
+        t = _TRAILER.sub("", s)
+        t = _PREFIX.sub("", t, count=1)
+        if t == s:
+            break
+        s = t
+    return s.casefold()
+
+
+def thread_headers(raw: bytes) -> ThreadHeaders:
+    f = fields(header_block(raw), {b"message-id", b"in-reply-to", b"references", b"subject"})
+    mid = _MSGID.search(f.get(b"message-id", b""))
+    parents: list[str] = []
+    for name in (b"references", b"in-reply-to"):
+        for m in _MSGID.finditer(f.get(name, b"")):
+            p = m.group(1).decode("utf-8", "replace")
+            if p not in parents:
+                parents.append(p)
+    subject = base_subject(f.get(b"subject", b"").decode("utf-8", "replace"))
+    return ThreadHeaders(mid.group(1).decode("utf-8", "replace") if mid else None, tuple(parents), subject)
