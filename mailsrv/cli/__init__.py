@@ -16,6 +16,7 @@ from mailsrv.config import ConfigError, default_path
 
 COMMAND_MODULES = [
     "mailsrv.cli.core",
+    "mailsrv.cli.directory",
 ]
 
 

@@ -167,3 +167,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("version", help="print the version")
     p.set_defaults(func=cmd_version)
+
+
+def _init_directory(cfg: config_mod.Config, args: argparse.Namespace) -> None:
+    from mailsrv.cli.directory import init_directory  # the directory database, and the demo users with --demo
+
+    init_directory(cfg, args)
+
+
+INIT_HOOKS.append(_init_directory)
