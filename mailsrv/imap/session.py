@@ -189,9 +189,8 @@ class Session:
         if self.state is State.NOT_AUTHENTICATED:
             if self.cfg.starttls_available and not self.ch.tls_active:
                 caps.append("STARTTLS")
-            if self._plaintext_ok():
-                caps += ["AUTH=" + m for m in self._mechanisms()]
-            else:
+            caps += ["AUTH=" + m for m in self._mechanisms()]
+            if not self._plaintext_ok():
                 caps.append("LOGINDISABLED")
             return caps
         caps += [
@@ -370,11 +369,14 @@ class Session:
 
     async def cmd_authenticate(self, cmd: Command) -> str:
         mech = cmd.args["mechanism"]
-        if not self._plaintext_ok() or mech not in self._mechanisms():
+        if mech not in self._mechanisms():
+            if mech in ("PLAIN", "LOGIN") and not self._plaintext_ok():
+                raise ImapError("NO", "Use STARTTLS or TLS first", "PRIVACYREQUIRED")
             raise ImapError("NO", "Unsupported authentication mechanism", "CANNOT")
         initial = cmd.args["initial"]
+        # RFC 4959 §3: "=" is an empty initial response
         first = None if initial is None else self._b64(b"" if initial == b"=" else initial)
-        if mech == "PLAIN":
+        if mech == "PLAIN" and not hasattr(self.auth, "sasl"):
             if first is None:
                 first = await self._challenge(b"")
             parts = first.split(b"\x00")

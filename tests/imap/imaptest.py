@@ -7,9 +7,10 @@ import socket
 import ssl
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from mailsrv.config import Config, LimitsConfig, ListenerConfig
+from mailsrv.config import Config, LimitsConfig, ListenerConfig, ServerConfig
 from mailsrv.imap.memory import MemoryAuth, MemoryStore
 from mailsrv.imap.server import ImapService
 from mailsrv.imap.session import SessionConfig
@@ -24,7 +25,7 @@ class ServerHandle:
     host: str
     port: int
     loop: asyncio.AbstractEventLoop
-    store: MemoryStore
+    store: Any
     service: ImapService
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -35,7 +36,10 @@ class ServerHandle:
 
 def start_server(*, tls: str = "none", ssl_context: ssl.SSLContext | None = None,
                  session_config: SessionConfig | None = None, limits: LimitsConfig | None = None,
-                 max_line_length: int | None = None) -> tuple[ServerHandle, Any]:
+                 max_line_length: int | None = None, setup: Any = None,
+                 teardown: Any = None, data_dir: Path | None = None) -> tuple[ServerHandle, Any]:
+    """Serve IMAP on 127.0.0.1:0. ``setup()`` (a coroutine function run on the server loop)
+    returns ``(auth, store)`` to use instead of the in-memory ones; ``teardown(store)`` closes them."""
     loop = asyncio.new_event_loop()
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
@@ -45,26 +49,34 @@ def start_server(*, tls: str = "none", ssl_context: ssl.SSLContext | None = None
     lcfg = ListenerConfig(protocol="imap", bind=(f"127.0.0.1:{port}",), tls=tls,  # type: ignore[arg-type]
                           max_line_length=max_line_length)
     limits = limits or LimitsConfig()
-    cfg = Config(limits=limits, listener={"imap": lcfg})
+    server_cfg = ServerConfig(data_dir=data_dir or Path("/nonexistent/mailsrv-test"))
+    cfg = Config(server=server_cfg, limits=limits, listener={"imap": lcfg})
     ctx = ServiceContext(config=cfg, name="imap", listener=lcfg, ssl_context=ssl_context)
-    store = MemoryStore()
-    service = ImapService(ctx, auth=MemoryAuth(USERS), store=store, session_config=session_config)
-    listener = Listener("imap", lcfg, limits, [sock], service, ssl_context)
     started = threading.Event()
+    holder: dict[str, Any] = {}
+
+    async def begin() -> None:
+        auth, store = (await setup()) if setup is not None else (MemoryAuth(USERS), MemoryStore())
+        service = ImapService(ctx, auth=auth, store=store, session_config=session_config)
+        listener = Listener("imap", lcfg, limits, [sock], service, ssl_context)
+        holder.update(store=store, service=service, listener=listener)
+        await listener.start()
 
     def run() -> None:
         asyncio.set_event_loop(loop)
-        loop.run_until_complete(listener.start())
+        loop.run_until_complete(begin())
         started.set()
         loop.run_forever()
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     assert started.wait(10)
-    handle = ServerHandle(host, port, loop, store, service)
+    handle = ServerHandle(host, port, loop, holder["store"], holder["service"])
 
     def stop() -> None:
-        asyncio.run_coroutine_threadsafe(listener.drain(2.0), loop).result(15)
+        asyncio.run_coroutine_threadsafe(holder["listener"].drain(2.0), loop).result(15)
+        if teardown is not None:
+            asyncio.run_coroutine_threadsafe(teardown(holder["store"]), loop).result(15)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
         loop.close()

@@ -1,0 +1,123 @@
+"""The IMAP server over the real maildir store, directory and authenticator (not the in-memory twins)."""
+
+from __future__ import annotations
+
+import base64
+import imaplib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import imapclient
+import pytest
+import scramp
+from imaptest import Raw, ServerHandle, start_server
+
+from mailsrv.auth import Authenticator
+from mailsrv.auth.passwords import Hasher
+from mailsrv.config import AuthConfig, DirectoryConfig
+from mailsrv.directory import open_directory, open_sync
+from mailsrv.store import Store
+
+AUTH = AuthConfig(allow_plaintext_loopback=True, argon2_time_cost=1, argon2_memory_kib=256)
+MSG = b"From: a@example.test\r\nTo: alice@example.test\r\nSubject: real store\r\n\r\nhello\r\n"
+
+
+@pytest.fixture
+def real(tmp_path: Path) -> Iterator[ServerHandle]:
+    dcfg = DirectoryConfig()
+    sd = open_sync(dcfg, tmp_path)
+    sd.add_domain("example.test")
+    pw, scram = Hasher(AUTH).make("wonderland")
+    sd.add_user("alice@example.test", password_hash=pw, scram=scram)
+    sd.close()
+    objects: dict[str, Any] = {}
+
+    async def setup() -> tuple[Any, Any]:
+        d = open_directory(dcfg, tmp_path)
+        objects["directory"] = d
+        return Authenticator(d, AUTH), Store(None, tmp_path)
+
+    async def teardown(store: Store) -> None:
+        await store.close()
+        await objects["directory"].close()
+
+    handle, stop = start_server(setup=setup, teardown=teardown, data_dir=tmp_path)
+    handle.extra["data_dir"] = tmp_path
+    try:
+        yield handle
+    finally:
+        stop()
+
+
+def test_imaplib_on_real_store(real: ServerHandle) -> None:
+    c = imaplib.IMAP4(real.host, real.port, timeout=20)
+    c.login("alice@example.test", "wonderland")
+    typ, data = c.list()
+    names = b"\n".join(data)
+    for special in (b"\\Sent", b"\\Drafts", b"\\Trash", b"\\Junk"):
+        assert special in names
+    assert c.append("INBOX", "(\\Seen)", None, MSG)[0] == "OK"
+    c.append("INBOX", None, None, MSG)
+    typ, data = c.select("INBOX")
+    assert data == [b"2"]
+    typ, data = c.fetch("1:2", "(UID FLAGS BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+    assert data[0][1] == b"Subject: real store\r\n\r\n"
+    assert b"FLAGS (\\Seen)" in data[0][0]
+    typ, data = c.search(None, "UNSEEN")
+    assert data == [b"2"]
+    c.create("Archive/2026")
+    typ, data = c.uid("MOVE", "1", "Archive/2026")
+    assert typ == "OK"
+    typ, data = c.status("Archive/2026", "(MESSAGES UIDNEXT)")
+    assert b"MESSAGES 1" in data[0] and b"UIDNEXT 2" in data[0]
+    typ, data = c.search(None, "ALL")
+    assert data == [b"1"]
+    c.store("1", "+FLAGS", "(\\Deleted)")
+    c.expunge()
+    typ, data = c.select("INBOX")
+    assert data == [b"0"]
+    c.logout()
+    # the maildir on disk has the moved message with its \Seen flag in the file name
+    files = list(Path(real.extra["data_dir"]).rglob(".Archive.2026/cur/*"))
+    assert len(files) == 1 and files[0].name.endswith(":2,S")
+
+
+def test_scram_sha_256(real: ServerHandle) -> None:
+    raw = Raw(real.host, real.port)
+    assert b"AUTH=SCRAM-SHA-256" in raw.greeting
+    client = scramp.ScramClient(["SCRAM-SHA-256"], "alice@example.test", "wonderland")
+    first = client.get_client_first().encode()
+    raw.send(b"a1 AUTHENTICATE SCRAM-SHA-256 " + base64.b64encode(first) + b"\r\n")
+    line = raw.line()
+    assert line.startswith(b"+ ")
+    client.set_server_first(base64.b64decode(line[2:].strip()).decode())
+    raw.send(base64.b64encode(client.get_client_final().encode()) + b"\r\n")
+    line = raw.line()
+    assert line.startswith(b"+ ")
+    client.set_server_final(base64.b64decode(line[2:].strip()).decode())
+    raw.send(b"\r\n")
+    assert raw.line().startswith(b"a1 OK [CAPABILITY ")
+    raw.close()
+
+
+def test_bad_password_and_idle_delivery(real: ServerHandle) -> None:
+    c = imapclient.IMAPClient(real.host, real.port, ssl=False, timeout=20)
+    with pytest.raises(imapclient.exceptions.LoginError):
+        c.login("alice@example.test", "wrong")
+    c.login("alice@example.test", "wonderland")
+    c.select_folder("INBOX")
+    c.idle()
+
+    async def deliver() -> None:
+        acct = await real.store.account("1", None)
+        await acct.append("INBOX", MSG)
+
+    other = imapclient.IMAPClient(real.host, real.port, ssl=False, timeout=20)
+    other.login("alice@example.test", "wonderland")
+    other.append("INBOX", MSG)
+    responses = c.idle_check(timeout=10)
+    assert (1, b"EXISTS") in responses
+    c.idle_done()
+    other.logout()
+    c.logout()
