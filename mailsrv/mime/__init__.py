@@ -1,30 +1,115 @@
-"""MIME engine public API (stub: the MIME issue replaces this with the real parser).
+"""MIME engine: parse a message once, then answer IMAP, JMAP and search from the cached structure.
 
-Contract used by the store:
-    parse(raw: bytes) -> MessageStructure
-    MessageStructure.to_cache() -> bytes ; MessageStructure.from_cache(bytes)
+Parse at delivery, store ``to_cache()`` in the index, and never re-parse::
+
+    parse(raw: bytes, limits: MimeLimits | None = None) -> MessageStructure   # never raises
+    MessageStructure.to_cache() -> bytes          # compact, versioned (first byte = version)
+    MessageStructure.from_cache(data) -> MessageStructure   # ValueError if version/corrupt
+
+MessageStructure (no raw bytes needed):
+    .imap_envelope() -> bytes                     # RFC 3501 ENVELOPE, Dovecot-identical wire bytes
+    .imap_bodystructure(extended=True) -> bytes   # BODYSTRUCTURE; extended=False gives BODY
+    .part(section: str) -> Part | None            # "1.2" (RFC 3501 §6.4.5 numbering)
+    .section_range(spec: str) -> (start, end) | None   # "", "HEADER", "TEXT", "1.2", "1.2.MIME",
+                                                  # "2.HEADER", "2.TEXT": byte range in raw
+    .parts() -> Iterator[Part]; .root -> Part; .size; .header_end
+    .subject -> str | None (RFC 2047 decoded); .date -> str | None (as written)
+    .addresses(b"from") -> list[Address(name, route, mailbox, host)]   # raw; see jmap_addresses
+    .message_id -> str | None; .in_reply_to / .references -> list[str]  (no angle brackets)
+    .field(b"name") -> raw bytes | None           # only structural + envelope + References fields
+
+Part: .section, .type, .subtype, .mime_type, .params (decoded, RFC 2231), .charset, .encoding,
+    .disposition, .filename, .content_id, .description, .language, .location, .size (encoded
+    octets), .lines, .children, .message (embedded message of message/rfc822), .header_start,
+    .body_start, .body_end, .is_multipart, .imap_envelope(), .imap_bodystructure(extended)
+
+Functions that need the message bytes (``raw`` = the whole stored message, bytes/mmap):
+    header_fields(raw, structure, section="", names=(b"subject",), exclude=False) -> bytes
+                                                  # BODY[<section>.HEADER.FIELDS(.NOT) (...)]
+    binary_size(raw, part) -> int                 # RFC 3516 BINARY.SIZE (decoded octets)
+    iter_decoded(raw, part, chunk=65536) -> Iterator[bytes]   # base64/QP decoded, streaming
+    decoded_body(raw, part) -> bytes ; part_text(raw, part) -> str  (charset-decoded)
+    preview(raw, structure, max_chars=200) -> str # RFC 8970 PREVIEW / JMAP preview
+    header_values(raw, part, name) -> list[bytes] # every occurrence of any header field, raw
+    decode_header(value: bytes) -> str            # RFC 2047 words, any Python charset
+
+JMAP (RFC 8621 §4.1.4):
+    jmap_body_parts(raw, structure) -> dict with "bodyStructure", "textBody", "htmlBody",
+        "attachments", "hasAttachment" (EmailBodyPart dicts; partId = IMAP section, "0" for
+        a single-part root... see mailsrv/mime/jmap.py)
+    jmap_addresses(value: bytes) -> list[{"name", "email"}] | groups variant
+
+Limits (:class:`MimeLimits`, from config section ``[mime]``): nesting depth, part count and
+stored header value length; beyond them the structure is cut short, never an exception.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mailsrv._speedups import mime as _scanner
+from mailsrv.mime.body import (
+    binary_size,
+    decoded_body,
+    header_fields,
+    header_values,
+    iter_decoded,
+    part_text,
+    preview,
+)
+from mailsrv.mime.headers import Address, decode_words, parse_addresses
+from mailsrv.mime.jmap import jmap_addresses, jmap_body_parts
+from mailsrv.mime.structure import CACHE_VERSION, MessageStructure, Part
+
+__all__ = [
+    "CACHE_VERSION",
+    "Address",
+    "MessageStructure",
+    "MimeLimits",
+    "Part",
+    "binary_size",
+    "decode_header",
+    "decoded_body",
+    "header_fields",
+    "header_values",
+    "iter_decoded",
+    "jmap_addresses",
+    "jmap_body_parts",
+    "parse",
+    "parse_addresses",
+    "part_text",
+    "preview",
+]
+
 
 @dataclass(frozen=True)
-class MessageStructure:
-    header_end: int
-    size: int
+class MimeLimits:
+    """Parser bounds (DESIGN.md "What bad input gets").
 
-    def to_cache(self) -> bytes:
-        return f"{self.header_end} {self.size}".encode()
+    ``max_depth``: nesting of multiparts and message/rfc822 (Dovecot uses 100 too);
+    ``max_parts``: MIME parts per message; ``max_value``: bytes kept of one header value.
+    """
 
-    @classmethod
-    def from_cache(cls, data: bytes) -> MessageStructure:
-        a, b = data.split()
-        return cls(int(a), int(b))
+    max_depth: int = 100
+    max_parts: int = 5000
+    max_value: int = 65536
 
 
-def parse(raw: bytes) -> MessageStructure:
-    end = raw.find(b"\r\n\r\n")
-    end = len(raw) if end < 0 else end + 4
-    return MessageStructure(end, len(raw))
+DEFAULT_LIMITS = MimeLimits()
+
+
+def parse(raw: bytes, limits: MimeLimits | None = None) -> MessageStructure:
+    """Parse one message (CRLF or LF line ends). Never raises; best effort on malformed mail."""
+    lim = limits or DEFAULT_LIMITS
+    try:
+        tree = _scanner.scan(bytes(raw), lim.max_depth, lim.max_parts, lim.max_value)
+    except RecursionError:  # pragma: no cover - max_depth keeps the recursion bounded
+        tree = (0, len(raw), len(raw), 0, b"", b"", (), (), (), 1)
+    return MessageStructure(tree)
+
+
+def decode_header(value: bytes) -> str:
+    """Unfold and decode an unstructured header value (RFC 2047, any charset Python knows)."""
+    from mailsrv.mime.headers import unfold
+
+    return decode_words(unfold(value).strip(b" \t"))

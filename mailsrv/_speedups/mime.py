@@ -1,0 +1,12 @@
+"""Selector for the MIME scanner: compiled ``mime_c`` or its twin ``mime_py``."""
+
+from __future__ import annotations
+
+from mailsrv._speedups import load
+
+_mod = load("mime", twin="mailsrv._speedups.mime_py")
+
+scan = _mod.scan
+IMPL: str = "c" if _mod.__name__.endswith("_c") else "py"
+
+__all__ = ["IMPL", "scan"]

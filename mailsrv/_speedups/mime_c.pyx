@@ -1,0 +1,356 @@
+# cython: language_level=3
+# cython: wraparound=False, boundscheck=False
+"""MIME scanner, compiled. The twin ``mime_py`` is the specification: same
+tuples for every input (tests/mime checks both, hypothesis checks they agree)."""
+
+from libc.string cimport memchr, memcmp
+
+from mailsrv._speedups.mime_py import F_BAD_TYPE as _F_BAD_TYPE_PY
+from mailsrv._speedups.mime_py import F_TRUNCATED as _F_TRUNCATED_PY
+from mailsrv._speedups.mime_py import MAX_FIELDS as _MAX_FIELDS_PY
+from mailsrv._speedups.mime_py import WANTED
+
+cdef extern from "<string.h>" nogil:
+    void *memmem(const void *haystack, size_t haystacklen, const void *needle, size_t needlelen)
+
+F_TRUNCATED = _F_TRUNCATED_PY
+F_BAD_TYPE = _F_BAD_TYPE_PY
+MAX_FIELDS = _MAX_FIELDS_PY
+
+cdef int C_TRUNCATED = _F_TRUNCATED_PY
+cdef int C_BAD_TYPE = _F_BAD_TYPE_PY
+cdef Py_ssize_t C_MAX_FIELDS = _MAX_FIELDS_PY
+cdef frozenset _WANTED = WANTED
+cdef bytes _TSPECIALS = b'()<>@,;:\\"/[]?= \t\r\n'
+cdef unsigned char _TSPEC[256]
+cdef unsigned char _NAMESTART[256]
+
+cdef int _k
+for _k in range(256):
+    _TSPEC[_k] = 0
+    _NAMESTART[_k] = 0
+for _k in _TSPECIALS:
+    _TSPEC[_k] = 1
+for _k in b"cdsfrtbimCDSFRTBIM":
+    _NAMESTART[_k] = 1
+
+
+cdef inline Py_ssize_t _skip_cfws(const unsigned char *v, Py_ssize_t i, Py_ssize_t n) noexcept:
+    cdef unsigned char c
+    cdef int depth
+    while i < n:
+        c = v[i]
+        if c == 32 or c == 9 or c == 13 or c == 10:
+            i += 1
+        elif c == 40:
+            depth = 1
+            i += 1
+            while i < n and depth:
+                c = v[i]
+                if c == 92:
+                    i += 1
+                elif c == 40:
+                    depth += 1
+                elif c == 41:
+                    depth -= 1
+                i += 1
+        else:
+            break
+    return i
+
+
+cdef inline Py_ssize_t _token(const unsigned char *v, Py_ssize_t i, Py_ssize_t n) noexcept:
+    while i < n and v[i] > 32 and v[i] < 127 and not _TSPEC[v[i]]:
+        i += 1
+    return i
+
+
+cdef tuple _parse_value(bytes vb, const unsigned char *v, Py_ssize_t i, Py_ssize_t n):
+    cdef bytearray out
+    cdef unsigned char c
+    cdef Py_ssize_t j
+    if i < n and v[i] == 34:
+        i += 1
+        out = bytearray()
+        while i < n:
+            c = v[i]
+            if c == 34:
+                i += 1
+                break
+            if c == 92 and i + 1 < n:
+                i += 1
+                c = v[i]
+            if c != 13 and c != 10:
+                out.append(c)
+            i += 1
+        return bytes(out), i
+    j = i
+    while j < n and v[j] != 59:
+        j += 1
+    return vb[i:j].strip(b" \t\r\n"), j
+
+
+cpdef tuple parse_params(bytes vb, Py_ssize_t i):
+    """Same as mime_py.parse_params."""
+    cdef const unsigned char *v = vb
+    cdef Py_ssize_t n = len(vb), j, semi
+    cdef list params = []
+    cdef bytes name
+    if i < 0:
+        i += n
+        if i < 0:
+            i = 0
+    while i < n and len(params) < 64:
+        semi = vb.find(b";", i)
+        if semi < 0:
+            break
+        i = _skip_cfws(v, semi + 1, n)
+        j = _token(v, i, n)
+        name = vb[i:j]
+        i = _skip_cfws(v, j, n)
+        if not name or i >= n or v[i] != 61:
+            break
+        i = _skip_cfws(v, i + 1, n)
+        value, i = _parse_value(vb, v, i, n)
+        params.append((name, value))
+    return tuple(params)
+
+
+cpdef tuple parse_content_type(bytes vb):
+    """Same as mime_py.parse_content_type."""
+    cdef const unsigned char *v = vb
+    cdef Py_ssize_t n = len(vb), i, j
+    cdef bytes ctype, sub
+    i = _skip_cfws(v, 0, n)
+    j = _token(v, i, n)
+    ctype = vb[i:j]
+    i = _skip_cfws(v, j, n)
+    sub = b""
+    if i < n and v[i] == 47:
+        i = _skip_cfws(v, i + 1, n)
+        j = _token(v, i, n)
+        sub = vb[i:j]
+        i = j
+    if not ctype or not sub:
+        ctype = sub = b""
+    return ctype, sub, parse_params(vb, i)
+
+
+cdef inline bytes _unfold(bytes v):
+    if b"\n" in v or b"\r" in v:
+        return v.replace(b"\r\n", b"").replace(b"\n", b"")
+    return v
+
+
+cdef inline Py_ssize_t _find_lf(const unsigned char *p, Py_ssize_t i, Py_ssize_t end) noexcept:
+    cdef const void *r
+    if i >= end:
+        return -1
+    r = memchr(p + i, 10, <size_t>(end - i))
+    if r == NULL:
+        return -1
+    return <const unsigned char *>r - p
+
+
+cpdef tuple scan_header(bytes raw, Py_ssize_t start, Py_ssize_t end, Py_ssize_t max_value):
+    """Same as mime_py.scan_header."""
+    cdef const unsigned char *p = raw
+    cdef list fields = []
+    cdef Py_ssize_t pos = start, nl, le, nxt, colon, cur = -1, vstart = 0, ne, stop
+    cdef unsigned char c
+    cdef const void *r
+    cdef bytes name
+    while pos < end:
+        nl = _find_lf(p, pos, end)
+        if nl < 0:
+            le = end
+            nxt = end
+        else:
+            le = nl
+            nxt = nl + 1
+        if le > pos and p[le - 1] == 13:
+            le -= 1
+        if le == pos:
+            if cur >= 0:
+                stop = pos if pos < vstart + max_value else vstart + max_value
+                fields[cur] = (fields[cur][0], raw[vstart:stop])
+            return tuple(fields), nxt
+        c = p[pos]
+        if c == 32 or c == 9:
+            pos = nxt
+            continue
+        if cur >= 0:
+            stop = pos if pos < vstart + max_value else vstart + max_value
+            fields[cur] = (fields[cur][0], raw[vstart:stop])
+            cur = -1
+        r = memchr(p + pos, 58, <size_t>(le - pos)) if le > pos else NULL
+        if r != NULL:
+            colon = <const unsigned char *>r - p
+            if colon > pos and _NAMESTART[c]:
+                ne = colon
+                while ne > pos and (p[ne - 1] == 32 or p[ne - 1] == 9):
+                    ne -= 1
+                if 2 <= ne - pos <= 25:
+                    name = raw[pos:ne].lower()
+                    if name in _WANTED and len(fields) < C_MAX_FIELDS:
+                        cur = len(fields)
+                        vstart = colon + 1
+                        fields.append((name, b""))
+        pos = nxt
+    if cur >= 0:
+        stop = end if end < vstart + max_value else vstart + max_value
+        fields[cur] = (fields[cur][0], raw[vstart:stop])
+    return tuple(fields), end
+
+
+cdef inline Py_ssize_t _count_lines(const unsigned char *p, Py_ssize_t start, Py_ssize_t end) noexcept:
+    cdef Py_ssize_t n = 0
+    cdef const void *r
+    while start < end:
+        r = memchr(p + start, 10, <size_t>(end - start))
+        if r == NULL:
+            break
+        n += 1
+        start = (<const unsigned char *>r - p) + 1
+    return n
+
+
+cdef Py_ssize_t _find_delim(const unsigned char *p, Py_ssize_t pos, Py_ssize_t n, list bounds,
+                            Py_ssize_t *out_k, bint *out_close):
+    cdef Py_ssize_t nb = len(bounds), i = pos, k, best, blen, j, bl
+    cdef const void *r
+    cdef bytes b
+    out_k[0] = -1
+    out_close[0] = False
+    if nb == 0:
+        return -1
+    while i < n:
+        if i + 1 < n and p[i] == 45 and p[i + 1] == 45:
+            best = -1
+            blen = -1
+            k = nb - 1
+            while k >= 0:
+                b = <bytes>bounds[k]
+                bl = len(b)
+                if bl > blen and i + 2 + bl <= n and memcmp(p + i + 2, <const char *>b, bl) == 0:
+                    best = k
+                    blen = bl
+                k -= 1
+            if best >= 0:
+                j = i + 2 + blen
+                out_k[0] = best
+                out_close[0] = j + 1 < n and p[j] == 45 and p[j + 1] == 45
+                return i
+        if n - i < 3:
+            return -1
+        r = memmem(p + i, <size_t>(n - i), b"\n--", 3)
+        if r == NULL:
+            return -1
+        i = (<const unsigned char *>r - p) + 1
+    return -1
+
+
+cdef inline Py_ssize_t _end_before(const unsigned char *p, Py_ssize_t i, Py_ssize_t floor) noexcept:
+    if i > floor and p[i - 1] == 10:
+        i -= 1
+        if i > floor and p[i - 1] == 13:
+            i -= 1
+    return i
+
+
+cdef inline Py_ssize_t _line_after(const unsigned char *p, Py_ssize_t i, Py_ssize_t n) noexcept:
+    cdef Py_ssize_t nl = _find_lf(p, i, n)
+    return n if nl < 0 else nl + 1
+
+
+cdef tuple _close(const unsigned char *p, list node, Py_ssize_t end):
+    cdef Py_ssize_t bstart = node[1]
+    if end < bstart:
+        end = bstart
+    return (node[0], bstart, end, _count_lines(p, bstart, end), node[4], node[5], node[6],
+            node[7], tuple(node[8]), node[9])
+
+
+def scan(bytes raw, Py_ssize_t max_depth=100, Py_ssize_t max_parts=5000, Py_ssize_t max_value=65536):
+    """The part tree of one message (see mime_py)."""
+    cdef const unsigned char *p = raw
+    cdef Py_ssize_t n = len(raw)
+    cdef list stack = [], bounds = [], bowner = []
+    cdef Py_ssize_t budget = max_parts, start = 0, d, dk, limit, body, owner, nxt
+    cdef bint dclose, digest = False, deep
+    cdef int flags
+    cdef tuple fields, params
+    cdef bytes ctype, sub, cte, ctype_l, sub_l, boundary, name, value
+    cdef list node, child
+    while True:
+        budget -= 1
+        d = _find_delim(p, start, n, bounds, &dk, &dclose)
+        limit = n if d < 0 else d
+        fields, body = scan_header(raw, start, limit, max_value)
+        ctype = sub = cte = b""
+        params = ()
+        flags = 0
+        for name, value in fields:
+            if name == b"content-type" and not ctype and not flags & C_BAD_TYPE:
+                ctype, sub, params = parse_content_type(_unfold(value))
+                if not ctype:
+                    flags |= C_BAD_TYPE
+            elif name == b"content-transfer-encoding" and not cte:
+                cte = _unfold(value).strip(b" \t").lower()
+        if ctype:
+            ctype_l = ctype.lower()
+            sub_l = sub.lower()
+        elif digest and not flags & C_BAD_TYPE:
+            ctype_l = b"message"
+            sub_l = b"rfc822"
+        else:
+            ctype_l = sub_l = b""
+        node = [start, body, n, 0, ctype, sub, params, fields, [], flags, -1, False]
+        stack.append(node)
+        deep = len(stack) > max_depth or budget <= 0
+        if ctype_l == b"multipart":
+            boundary = b""
+            for pname, pvalue in params:
+                if pname.lower() == b"boundary":
+                    boundary = pvalue
+                    break
+            if boundary:
+                if deep:
+                    node[9] = node[9] | C_TRUNCATED
+                else:
+                    bounds.append(boundary)
+                    bowner.append(len(stack) - 1)
+                    node[11] = sub_l == b"digest"
+                    d = _find_delim(p, body, n, bounds, &dk, &dclose)
+        elif ctype_l == b"message" and (sub_l == b"rfc822" or sub_l == b"global"):
+            if cte == b"" or cte == b"7bit" or cte == b"8bit" or cte == b"binary":
+                if deep:
+                    node[9] = node[9] | C_TRUNCATED
+                else:
+                    start = body
+                    digest = False
+                    continue
+        while True:
+            if d < 0:
+                while len(stack) > 1:
+                    done = _close(p, <list>stack.pop(), n)
+                    (<list>(<list>stack[len(stack) - 1])[8]).append(done)
+                return _close(p, <list>stack[0], n)
+            owner = bowner[dk]
+            while len(stack) - 1 > owner:
+                child = <list>stack.pop()
+                done = _close(p, child, _end_before(p, d, <Py_ssize_t>child[1]))
+                (<list>(<list>stack[len(stack) - 1])[8]).append(done)
+            del bounds[dk + 1:]
+            del bowner[dk + 1:]
+            nxt = _line_after(p, d, n)
+            if dclose or budget <= 0:
+                if not dclose:
+                    (<list>stack[owner])[9] = (<list>stack[owner])[9] | C_TRUNCATED
+                del bounds[dk:]
+                del bowner[dk:]
+                d = _find_delim(p, nxt, n, bounds, &dk, &dclose)
+                continue
+            start = nxt
+            digest = (<list>stack[owner])[11]
+            break

@@ -1,0 +1,370 @@
+"""MIME scanner, pure-Python twin (the specification of ``mime_c.pyx``).
+
+One pass over the raw message finds the part tree without copying bodies.
+``scan(raw, max_depth, max_parts, max_value)`` returns the root *part tuple*::
+
+    (header_start, body_start, body_end, body_lines,
+     type, subtype, params, fields, children, flags)
+
+- offsets index ``raw``; the body is ``raw[body_start:body_end]`` (for a part
+  of a multipart, the CRLF before the next delimiter belongs to the delimiter,
+  RFC 2046 §5.1.1); ``body_lines`` counts lines, a last line without its line
+  end included.
+- ``type``/``subtype`` are bytes as written in Content-Type (case kept); both
+  empty when Content-Type is absent or invalid (the caller applies the
+  RFC 2045 §5.2 default).
+- ``params`` is a tuple of ``(name, value)`` bytes pairs, quotes removed,
+  RFC 2231 sections still separate (the caller merges them).
+- ``fields`` is a tuple of ``(name, raw_value)`` bytes pairs for the header
+  fields in :data:`WANTED` (lower-case name, first occurrence only, the value
+  as written after the colon with its folding, at most ``max_value`` bytes).
+- ``children`` holds the parts of a multipart, or the one embedded message of
+  a message/rfc822 part, else is empty.
+- ``flags``: :data:`F_TRUNCATED` when a limit cut the tree short.
+
+Never raises for any ``bytes`` input; time is O(len(raw) * max_depth) in the
+worst case and memory O(max_parts * max_value).
+"""
+
+from __future__ import annotations
+
+#: Header fields the structure needs (RFC 2045 content fields, RFC 3501
+#: ENVELOPE fields, RFC 5322 threading fields).
+WANTED = frozenset(
+    (
+        b"content-type",
+        b"content-transfer-encoding",
+        b"content-id",
+        b"content-description",
+        b"content-disposition",
+        b"content-language",
+        b"content-location",
+        b"content-md5",
+        b"date",
+        b"subject",
+        b"from",
+        b"sender",
+        b"reply-to",
+        b"to",
+        b"cc",
+        b"bcc",
+        b"in-reply-to",
+        b"message-id",
+        b"references",
+    )
+)
+
+#: Occurrences of wanted fields kept per header block (a bound against header floods).
+MAX_FIELDS = 128
+
+F_TRUNCATED = 1
+#: Content-Type present but not ``type/subtype`` (IMAP shows "" "", RFC 2045 §5.2 text/plain).
+F_BAD_TYPE = 2
+
+_TSPECIALS = b'()<>@,;:\\"/[]?= \t\r\n'
+
+
+def _skip_cfws(v: bytes, i: int, n: int) -> int:
+    """Skip white space and RFC 5322 comments (nested, with quoted-pairs)."""
+    while i < n:
+        c = v[i]
+        if c == 32 or c == 9 or c == 13 or c == 10:
+            i += 1
+        elif c == 40:  # "("
+            depth = 1
+            i += 1
+            while i < n and depth:
+                c = v[i]
+                if c == 92:  # "\" quoted-pair
+                    i += 1
+                elif c == 40:
+                    depth += 1
+                elif c == 41:
+                    depth -= 1
+                i += 1
+        else:
+            break
+    return i
+
+
+def _token(v: bytes, i: int, n: int) -> int:
+    """End of an RFC 2045 token starting at i."""
+    while i < n and v[i] > 32 and v[i] < 127 and v[i] not in _TSPECIALS:
+        i += 1
+    return i
+
+
+def _parse_value(v: bytes, i: int, n: int) -> tuple[bytes, int]:
+    """A parameter value (quoted-string or lenient token) at i -> (value, next)."""
+    if i < n and v[i] == 34:  # quoted-string
+        i += 1
+        out = bytearray()
+        while i < n:
+            c = v[i]
+            if c == 34:
+                i += 1
+                break
+            if c == 92 and i + 1 < n:
+                i += 1
+                c = v[i]
+            if c != 13 and c != 10:
+                out.append(c)
+            i += 1
+        return bytes(out), i
+    j = i
+    # lenient: real mail has unquoted values with spaces or tspecials
+    while j < n and v[j] != 59:  # ";"
+        j += 1
+    return v[i:j].strip(b" \t\r\n"), j
+
+
+def parse_content_type(v: bytes) -> tuple[bytes, bytes, tuple]:
+    """RFC 2045 §5.1: ``type "/" subtype *(";" parameter)`` -> (type, subtype, params).
+
+    Type and subtype are empty when the value is not ``type/subtype``.
+    """
+    n = len(v)
+    i = _skip_cfws(v, 0, n)
+    j = _token(v, i, n)
+    ctype = v[i:j]
+    i = _skip_cfws(v, j, n)
+    sub = b""
+    if i < n and v[i] == 47:  # "/"
+        i = _skip_cfws(v, i + 1, n)
+        j = _token(v, i, n)
+        sub = v[i:j]
+        i = j
+    if not ctype or not sub:
+        ctype = sub = b""
+    return ctype, sub, parse_params(v, i)
+
+
+def parse_params(v: bytes, i: int) -> tuple:
+    """``*(";" name "=" value)`` from offset i; stops at the first broken parameter."""
+    n = len(v)
+    params: list[tuple[bytes, bytes]] = []
+    while i < n and len(params) < 64:
+        semi = v.find(b";", i)
+        if semi < 0:
+            break
+        i = _skip_cfws(v, semi + 1, n)
+        j = _token(v, i, n)
+        name = v[i:j]
+        i = _skip_cfws(v, j, n)
+        if not name or i >= n or v[i] != 61:  # "="
+            break  # a broken parameter ends the list (as Dovecot does)
+        i = _skip_cfws(v, i + 1, n)
+        value, i = _parse_value(v, i, n)
+        params.append((name, value))
+    return tuple(params)
+
+
+def _unfold(v: bytes) -> bytes:
+    return v.replace(b"\r\n", b"").replace(b"\n", b"")
+
+
+def scan_header(raw: bytes, start: int, end: int, max_value: int) -> tuple[tuple, int]:
+    """Header block at start -> (wanted fields, body start).
+
+    RFC 5322 §2.2: a field is ``name ":" value`` with continuation lines
+    starting with WSP; the block ends at the first empty line (LF or CRLF).
+    Lines that are neither fields nor continuations are skipped.
+    """
+    fields: list[tuple[bytes, bytes]] = []
+    pos = start
+    cur = -1  # index in fields of the field being continued, -1 if none
+    vstart = 0
+    while pos < end:
+        nl = raw.find(b"\n", pos, end)
+        if nl < 0:
+            le = end
+            nxt = end
+        else:
+            le = nl
+            nxt = nl + 1
+        if le > pos and raw[le - 1] == 13:
+            le -= 1
+        if le == pos:
+            if cur >= 0:
+                fields[cur] = (fields[cur][0], raw[vstart : min(pos, vstart + max_value)])
+            return tuple(fields), nxt
+        c = raw[pos]
+        if c == 32 or c == 9:
+            pos = nxt
+            continue
+        if cur >= 0:
+            fields[cur] = (fields[cur][0], raw[vstart : min(pos, vstart + max_value)])
+            cur = -1
+        colon = raw.find(b":", pos, le)
+        if colon > pos:
+            name = raw[pos:colon].rstrip(b" \t").lower()
+            if name in WANTED and len(fields) < MAX_FIELDS:
+                cur = len(fields)
+                vstart = colon + 1
+                fields.append((name, b""))
+        pos = nxt
+    if cur >= 0:
+        fields[cur] = (fields[cur][0], raw[vstart : min(end, vstart + max_value)])
+    return tuple(fields), end
+
+
+def _count_lines(raw: bytes, start: int, end: int) -> int:
+    """IMAP body-fld-lines: the line ends in the body (Dovecot counts LFs)."""
+    if end <= start:
+        return 0
+    return raw.count(b"\n", start, end)
+
+
+def _find_delim(raw: bytes, pos: int, n: int, bounds: list) -> tuple:
+    """Next boundary line at or after line start ``pos`` -> (offset, stack index, close).
+
+    RFC 2046 §5.1.1 with Dovecot's tolerance: a line starting with ``--`` and
+    a boundary of any open multipart; the innermost one wins a tie, the
+    longest one wins a prefix overlap; the rest of the line is ignored.
+    Returns (-1, -1, False) when none is left.
+    """
+    nb = len(bounds)
+    i = pos
+    if nb == 0:
+        return -1, -1, False
+    while i < n:
+        if i + 1 < n and raw[i] == 45 and raw[i + 1] == 45:
+            best = -1
+            blen = -1
+            k = nb - 1
+            while k >= 0:
+                b = bounds[k]
+                if len(b) > blen and raw.startswith(b, i + 2):
+                    best = k
+                    blen = len(b)
+                k -= 1
+            if best >= 0:
+                j = i + 2 + blen
+                return i, best, j + 1 < n and raw[j] == 45 and raw[j + 1] == 45
+        j = raw.find(b"\n--", i, n)
+        if j < 0:
+            return -1, -1, False
+        i = j + 1
+    return -1, -1, False
+
+
+def _end_before(raw: bytes, i: int, floor: int) -> int:
+    """A part ends before the line end that precedes its delimiter at i."""
+    if i > floor and raw[i - 1] == 10:
+        i -= 1
+        if i > floor and raw[i - 1] == 13:
+            i -= 1
+    return i
+
+
+def _line_after(raw: bytes, i: int, n: int) -> int:
+    nl = raw.find(b"\n", i, n)
+    return n if nl < 0 else nl + 1
+
+
+def _close(raw: bytes, node: list, end: int) -> tuple:
+    if end < node[1]:
+        end = node[1]
+    return (
+        node[0],
+        node[1],
+        end,
+        _count_lines(raw, node[1], end),
+        node[4],
+        node[5],
+        node[6],
+        node[7],
+        tuple(node[8]),
+        node[9],
+    )
+
+
+def scan(raw: bytes, max_depth: int = 100, max_parts: int = 5000, max_value: int = 65536) -> tuple:
+    """The part tree of one message (see the module docstring)."""
+    n = len(raw)
+    # open nodes, root first: [hstart, bstart, bend, lines, type, sub, params, fields,
+    #                           kids, flags, boundary index or -1, digest]
+    stack: list[list] = []
+    bounds: list = []  # boundaries of the open multiparts, outermost first
+    bowner: list = []  # index in stack of the multipart owning bounds[k]
+    budget = max_parts
+    start = 0
+    digest = False
+    while True:
+        # --- open a node at ``start`` (a message or a part) -------------------
+        budget -= 1
+        d, dk, dclose = _find_delim(raw, start, n, bounds)
+        limit = n if d < 0 else d
+        fields, body = scan_header(raw, start, limit, max_value)
+        ctype = sub = b""
+        params: tuple = ()
+        cte = b""
+        flags = 0
+        for name, value in fields:
+            if name == b"content-type" and not ctype and not flags & F_BAD_TYPE:
+                ctype, sub, params = parse_content_type(_unfold(value))
+                if not ctype:
+                    flags |= F_BAD_TYPE
+            elif name == b"content-transfer-encoding" and not cte:
+                cte = _unfold(value).strip(b" \t").lower()
+        if ctype:
+            ctype_l = ctype.lower()
+            sub_l = sub.lower()
+        elif digest and not flags & F_BAD_TYPE:
+            ctype_l, sub_l = b"message", b"rfc822"
+        else:
+            ctype_l = sub_l = b""
+        node: list = [start, body, n, 0, ctype, sub, params, fields, [], flags, -1, False]
+        stack.append(node)
+        deep = len(stack) > max_depth or budget <= 0
+        if ctype_l == b"multipart":
+            boundary = b""
+            for pname, pvalue in params:
+                if pname.lower() == b"boundary":
+                    boundary = pvalue
+                    break
+            if boundary:
+                if deep:
+                    node[9] |= F_TRUNCATED
+                else:
+                    bounds.append(boundary)
+                    bowner.append(len(stack) - 1)
+                    node[11] = sub_l == b"digest"
+                    d, dk, dclose = _find_delim(raw, body, n, bounds)
+        elif ctype_l == b"message" and (sub_l == b"rfc822" or sub_l == b"global"):
+            # RFC 2046 §5.2.1: only 7bit, 8bit or binary encodings may be parsed
+            if cte == b"" or cte == b"7bit" or cte == b"8bit" or cte == b"binary":
+                if deep:
+                    node[9] |= F_TRUNCATED
+                else:
+                    start = body
+                    digest = False
+                    continue
+        # --- the body runs to the next delimiter --------------------------------
+        while True:
+            if d < 0:
+                # end of input: every open node ends here
+                while len(stack) > 1:
+                    done = _close(raw, stack.pop(), n)
+                    stack[-1][8].append(done)
+                return _close(raw, stack[0], n)
+            owner = bowner[dk]
+            # nodes below the multipart that owns the delimiter end before it
+            while len(stack) - 1 > owner:
+                child = stack.pop()
+                done = _close(raw, child, _end_before(raw, d, child[1]))
+                stack[-1][8].append(done)
+            del bounds[dk + 1 :]
+            del bowner[dk + 1 :]
+            nxt = _line_after(raw, d, n)
+            if dclose or budget <= 0:
+                if not dclose:
+                    stack[owner][9] |= F_TRUNCATED
+                # RFC 2046 §5.1.1: after the close delimiter comes the epilogue
+                del bounds[dk:]
+                del bowner[dk:]
+                d, dk, dclose = _find_delim(raw, nxt, n, bounds)
+                continue
+            start = nxt
+            digest = stack[owner][11]
+            break

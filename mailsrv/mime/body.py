@@ -1,0 +1,181 @@
+"""Things that need the message bytes: header field selection, body decoding, sizes, preview.
+
+``raw`` is the whole stored message (bytes, or anything slicing to bytes such as
+an mmap); offsets come from a :class:`~mailsrv.mime.structure.MessageStructure`.
+Large bodies are decoded in chunks so memory stays bounded.
+"""
+
+from __future__ import annotations
+
+import binascii
+import re
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from mailsrv.mime.headers import decode_bytes, lookup_charset
+from mailsrv.mime.structure import MessageStructure, Part
+
+__all__ = [
+    "binary_size",
+    "decoded_body",
+    "header_fields",
+    "header_values",
+    "iter_decoded",
+    "iter_header_lines",
+    "part_text",
+    "preview",
+]
+
+_B64_KEEP = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+_B64_DROP = bytes(c for c in range(256) if c not in _B64_KEEP)
+
+
+def iter_header_lines(raw: Any, start: int, end: int) -> Iterator[tuple[bytes, int, int]]:
+    """(lower-case name, field start, field end incl. its line end) for each field in a header block."""
+    pos = start
+    cur_name = b""
+    cur_start = -1
+    while pos < end:
+        nl = raw.find(b"\n", pos, end)
+        nxt = end if nl < 0 else nl + 1
+        line = raw[pos:nxt]
+        if line in (b"\r\n", b"\n"):
+            break
+        if line[:1] in (b" ", b"\t") and cur_start >= 0:
+            pos = nxt
+            continue
+        if cur_start >= 0:
+            yield cur_name, cur_start, pos
+            cur_start = -1
+        colon = line.find(b":")
+        if colon > 0:
+            cur_name = line[:colon].rstrip(b" \t").lower()
+            cur_start = pos
+        pos = nxt
+    if cur_start >= 0:
+        yield cur_name, cur_start, pos
+
+
+def header_fields(
+    raw: Any, structure: MessageStructure, section: str = "", names: Iterable[bytes] = (), exclude: bool = False
+) -> bytes:
+    """BODY[<section>.HEADER.FIELDS (names)] (or .NOT with ``exclude``), RFC 3501 §6.4.5.
+
+    ``section`` is "" for the message or the number of a message/rfc822 part.
+    The selected fields in message order, followed by the empty line.
+    """
+    rng = structure.section_range(f"{section}.HEADER" if section else "HEADER")
+    if rng is None:
+        return b""
+    wanted = {n.lower() for n in names}
+    out = []
+    for name, s, e in iter_header_lines(raw, rng[0], rng[1]):
+        if (name in wanted) != exclude:
+            field = bytes(raw[s:e])
+            out.append(field if field.endswith(b"\n") else field + b"\r\n")
+    out.append(b"\r\n")
+    return b"".join(out)
+
+
+def header_values(raw: Any, part: Part, name: bytes) -> list[bytes]:
+    """Raw values (after the colon, folding kept) of every occurrence of one header field."""
+    name = name.lower()
+    out = []
+    for n, s, e in iter_header_lines(raw, part.header_start, part.body_start):
+        if n == name:
+            field = bytes(raw[s:e])
+            out.append(field[field.find(b":") + 1 :].rstrip(b"\r\n"))
+    return out
+
+
+def iter_decoded(raw: Any, part: Part, chunk: int = 65536) -> Iterator[bytes]:
+    """The body of ``part`` with its Content-Transfer-Encoding undone, in chunks.
+
+    base64 ignores characters outside the alphabet and a truncated tail
+    (RFC 2045 §6.8); quoted-printable is decoded line-aligned (RFC 2045 §6.7);
+    anything else is returned as is.
+    """
+    enc = part.encoding
+    start, end = part.body_start, part.body_end
+    chunk = max(chunk, 1024)
+    if enc == "base64":
+        carry = b""
+        for pos in range(start, end, chunk):
+            data = carry + bytes(raw[pos : min(pos + chunk, end)]).translate(None, _B64_DROP)
+            cut = len(data) - len(data) % 4
+            carry = data[cut:]
+            if cut:
+                yield binascii.a2b_base64(data[:cut])
+        if len(carry) >= 2:
+            carry += b"=" * (-len(carry) % 4)
+            try:
+                yield binascii.a2b_base64(carry)
+            except binascii.Error:
+                pass
+    elif enc == "quoted-printable":
+        pos = start
+        while pos < end:
+            stop = min(pos + chunk, end)
+            if stop < end:
+                nl = raw.rfind(b"\n", pos, stop)
+                if nl >= 0:
+                    stop = nl + 1
+            yield binascii.a2b_qp(bytes(raw[pos:stop]))
+            pos = stop
+    else:
+        for pos in range(start, end, chunk):
+            yield bytes(raw[pos : min(pos + chunk, end)])
+
+
+def decoded_body(raw: Any, part: Part) -> bytes:
+    return b"".join(iter_decoded(raw, part))
+
+
+def binary_size(raw: Any, part: Part) -> int:
+    """RFC 3516 BINARY.SIZE: octets of the body after transfer decoding."""
+    if part.encoding not in ("base64", "quoted-printable"):
+        return part.size
+    return sum(len(c) for c in iter_decoded(raw, part))
+
+
+def part_text(raw: Any, part: Part, limit: int | None = None) -> str:
+    """Decoded text of a text part, in its declared charset (best effort)."""
+    if limit is None:
+        data = decoded_body(raw, part)
+    else:
+        buf = bytearray()
+        for c in iter_decoded(raw, part):
+            buf += c
+            if len(buf) >= limit:
+                break
+        data = bytes(buf[:limit])
+    codec = lookup_charset(part.params.get("charset"))
+    if codec:
+        return data.decode(codec, "replace")
+    return decode_bytes(data)
+
+
+_TAG = re.compile(r"<(script|style)\b.*?</\1\s*>|<!--.*?-->|<[^>]*>", re.S | re.I)
+_WS = re.compile(r"\s+")
+
+
+def _html_to_text(html: str) -> str:
+    import html as _html
+
+    return _html.unescape(_TAG.sub(" ", html))
+
+
+def preview(raw: Any, structure: MessageStructure, max_chars: int = 200) -> str:
+    """RFC 8970 PREVIEW / RFC 8621 preview: the first ``max_chars`` characters of the text."""
+    from mailsrv.mime.jmap import text_parts
+
+    for part in text_parts(structure):
+        # read a bounded prefix: 4 bytes per character, and more for HTML markup
+        limit = max_chars * (64 if part.subtype == "html" else 8)
+        text = part_text(raw, part, limit)
+        if part.subtype == "html":
+            text = _html_to_text(text)
+        text = _WS.sub(" ", text).strip()
+        if text:
+            return text[:max_chars]
+    return ""
