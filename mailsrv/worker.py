@@ -32,6 +32,7 @@ SERVICES = {
     "imap": "mailsrv.imap.server",
     "pop3": "mailsrv.pop3.server",
     "jmap": "mailsrv.jmap.server",
+    "admin": "mailsrv.admin.server",
 }
 
 
@@ -70,6 +71,7 @@ async def _serve(cfg: Config, socks: dict[str, list[socket.socket]], ssl_context
     loop.add_reader(lifeline_fd, _lifeline)
     # Per-worker shared objects, one line per subsystem (store, directory, auth, queue...).
     resources: dict[str, Any] = {}
+    resources.update(importlib.import_module("mailsrv.auth").worker_resources(cfg))  # "directory", "auth"
     listeners = make_listeners(cfg, socks, ssl_context, resources)
     for lst in listeners:
         await lst.start()

@@ -111,6 +111,10 @@ class Authenticator:
     async def _in_pool(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
+    async def hash_password(self, password: str) -> tuple[str, str]:
+        """(argon2id hash, SCRAM verifier) for a new password, computed off the event loop."""
+        return await self._in_pool(self.hasher.make, password)
+
     # -- what to offer ----------------------------------------------------------------------
 
     def plaintext_allowed(self, *, tls: bool, client_ip: str) -> bool:
