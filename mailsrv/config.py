@@ -307,6 +307,28 @@ class JmapConfig:
     push_ping_max: int = doc("Largest EventSource ping interval in seconds a client may ask for.", 300, check=_positive)
 
 
+def _expire(v: str) -> str | None:
+    if v in ("", "NEVER") or (v.isdigit() and int(v) == 0):
+        return None
+    return 'must be "" (not announced), "NEVER", or "0" (retrieved messages are deleted at QUIT)'
+
+
+@dataclass(frozen=True)
+class Pop3Config:
+    expire: str = doc(
+        'RFC 2449 EXPIRE policy announced in CAPA: "" (none), "NEVER", or "0" (messages retrieved '
+        "with RETR are deleted at QUIT, as if DELE'd).",
+        "",
+        check=_expire,
+    )
+    login_delay: int = doc(
+        "RFC 2449 LOGIN-DELAY: least seconds between two logins of one user (0: not enforced).",
+        0,
+        check=_non_negative,
+    )
+    max_auth_failures: int = doc("Failed logins in one session before it is disconnected.", 3, check=_positive)
+
+
 @dataclass(frozen=True)
 class Config:
     """The whole configuration file."""
@@ -320,6 +342,7 @@ class Config:
     directory: DirectoryConfig = doc("The user directory database.", factory=DirectoryConfig)
     auth: AuthConfig = doc("Authentication, lockout and password hashing.", factory=AuthConfig)
     store: StoreConfig = doc("The mail store: I/O threads and group commit.", factory=StoreConfig)
+    pop3: Pop3Config = doc("POP3: EXPIRE and LOGIN-DELAY policy, login failures per session.", factory=Pop3Config)
     jmap: JmapConfig = doc("JMAP: request limits, uploads, CORS, push.", factory=JmapConfig)
     source: str = field(default="<defaults>", compare=False, metadata={"internal": True})
 

@@ -1,8 +1,21 @@
-"""POP3 listener service (placeholder until the POP3 issue lands: greets, CAPA, NOOP, QUIT)."""
+"""POP3 listener service: the connection loop around :class:`~mailsrv.pop3.session.Session`.
+
+Serves 110/2110 (STLS offered when the listener says ``tls = "starttls"``)
+and 995/2995 (implicit TLS). This is the one place where
+:class:`~mailsrv.pop3.grammar.Pop3Error` becomes ``-ERR``, where the error
+budget is kept, and where the session's maildrop is released whatever way
+the connection ends (a dropped connection deletes nothing).
+"""
 
 from __future__ import annotations
 
+import ssl
+from pathlib import Path
+from typing import Any
+
 from mailsrv import log
+from mailsrv.auth import ChannelBinding, endpoint_binding_from_file
+from mailsrv.config import Pop3Config
 from mailsrv.net.connection import (
     Connection,
     ConnectionClosed,
@@ -11,41 +24,144 @@ from mailsrv.net.connection import (
     ServerShutdown,
 )
 from mailsrv.net.service import ServiceContext
+from mailsrv.pop3.grammar import SYS_TEMP, Pop3Error, err
+from mailsrv.pop3.maildrop import Authenticator, Maildrops, StoreMaildrops
+from mailsrv.pop3.session import Session
 
 logger = log.get("pop3")
 
 
+class ConnChannel:
+    """A :class:`Connection` as the session's :class:`~mailsrv.pop3.session.Channel`."""
+
+    __slots__ = ("conn", "_tls_context", "_binding")
+
+    def __init__(self, conn: Connection, tls_context: ssl.SSLContext | None,
+                 binding: ChannelBinding | None) -> None:
+        self.conn = conn
+        self._tls_context = tls_context
+        self._binding = binding
+
+    @property
+    def tls_active(self) -> bool:
+        return self.conn.tls_active
+
+    @property
+    def peer_host(self) -> str:
+        return self.conn.peer_host
+
+    @property
+    def starttls_available(self) -> bool:
+        return self._tls_context is not None and not self.conn.tls_active
+
+    def write(self, data: bytes) -> None:
+        self.conn.write(data)
+
+    async def drain(self) -> None:
+        await self.conn.drain()
+
+    async def read_continuation(self) -> bytes:
+        return await self.conn.readline_in_command()
+
+    async def starttls(self) -> None:
+        assert self._tls_context is not None
+        await self.conn.starttls(self._tls_context)
+
+    def channel_binding(self) -> Any:
+        if self._binding is None or self.conn.writer.get_extra_info("ssl_object") is None:
+            return None
+        return self._binding
+
+
 class Pop3Service:
-    def __init__(self, ctx: ServiceContext) -> None:
+    """The :class:`~mailsrv.net.listener.StreamService` of a POP3 listener."""
+
+    def __init__(self, ctx: ServiceContext, *, auth: Authenticator | None = None,
+                 maildrops: Maildrops | None = None, config: Pop3Config | None = None) -> None:
         self.ctx = ctx
+        self.config = config if config is not None else ctx.config.pop3
+        self._auth = auth
+        self._maildrops = maildrops
+        self.max_errors = ctx.config.limits.max_errors
+        self.binding: ChannelBinding | None = None
+        if ctx.ssl_context is not None:
+            # RFC 5929 tls-server-end-point for SCRAM-SHA-256-PLUS: a hash of our certificate.
+            try:
+                self.binding = endpoint_binding_from_file(ctx.config.tls.cert)
+            except (OSError, ValueError) as exc:
+                logger.warning("pop3.no_channel_binding", error=str(exc))
+
+    # The worker may fill ``resources`` after the services are made: look them up per session.
+    @property
+    def auth(self) -> Authenticator | None:
+        return self._auth if self._auth is not None else self.ctx.resources.get("auth")
+
+    @property
+    def maildrops(self) -> Maildrops | None:
+        if self._maildrops is not None:
+            return self._maildrops
+        drops = self.ctx.resources.get("pop3.maildrops")
+        if drops is None and self.ctx.resources.get("store") is not None:
+            drops = StoreMaildrops(self.ctx.resources["store"], Path(self.ctx.config.server.data_dir))
+            self.ctx.resources["pop3.maildrops"] = drops
+        return drops
 
     async def refuse(self, conn: Connection, reason: str) -> None:
         # RFC 2449 §8.1.2: [SYS/TEMP] marks a transient system problem.
-        await conn.send(f"-ERR [SYS/TEMP] {reason}\r\n".encode())
+        await conn.send(err(reason.capitalize(), SYS_TEMP))
 
     async def handle(self, conn: Connection) -> None:
-        await conn.send(b"+OK " + self.ctx.hostname.encode() + b" mailsrv POP3 ready\r\n")
-        while True:
+        auth, maildrops = self.auth, self.maildrops
+        if auth is None or maildrops is None:
+            logger.error("pop3.unconfigured", missing="auth" if auth is None else "store")
+            await conn.send(err("Service not available", SYS_TEMP))
+            return
+        session = Session(ConnChannel(conn, self.ctx.starttls_context, self.binding), auth=auth, maildrops=maildrops,
+                          config=self.config, hostname=self.ctx.hostname)
+        try:
+            await conn.send(session.greeting())
+            await self._loop(conn, session)
+        except (ConnectionClosed, IdleTimeout):
+            pass
+        finally:
+            # Always: a session that ends without QUIT releases the lock and deletes nothing.
+            await session.end()
+
+    async def _loop(self, conn: Connection, session: Session) -> None:
+        errors = 0
+        while not session.closing:
             try:
                 line = await conn.readline()
             except LineTooLong:
-                await conn.send(b"-ERR Line too long\r\n")
+                conn.write(err("Line too long"))
+                errors += 1
+                if errors >= self.max_errors:
+                    break
+                await conn.drain()
                 continue
             except ServerShutdown:
-                await conn.send(b"-ERR [SYS/TEMP] Server shutting down\r\n")
+                await conn.send(err("Server shutting down", SYS_TEMP))
                 return
-            except (IdleTimeout, ConnectionClosed):
+            except IdleTimeout:
+                # RFC 1939 §3: an idle session is closed without entering UPDATE.
+                conn.write(err("Idle timeout, closing connection"))
+                await conn.drain()
                 return
-            verb = line.strip().split(b" ", 1)[0].upper()
-            if verb == b"QUIT":
-                await conn.send(b"+OK Bye\r\n")
-                return
-            if verb == b"CAPA":
-                await conn.send(b"+OK Capability list follows\r\nIMPLEMENTATION mailsrv\r\n.\r\n")
-            elif verb == b"NOOP":
-                await conn.send(b"+OK\r\n")
-            else:
-                await conn.send(b"-ERR Command not implemented\r\n")
+            try:
+                await session.handle(line)
+            except Pop3Error as exc:
+                conn.write(exc.reply())
+                errors += 1
+                if exc.fatal or errors >= self.max_errors:
+                    if not exc.fatal:
+                        conn.write(err("Too many errors, closing connection"))
+                    logger.info("session.closed", reason="errors" if not exc.fatal else exc.text)
+                    await conn.drain()
+                    return
+            # PIPELINING (RFC 2449 §6.6): answers to pipelined commands go out together.
+            if not conn.reader._buffer:  # type: ignore[attr-defined]
+                await conn.drain()
+        await conn.drain()
 
 
 def make_service(ctx: ServiceContext) -> Pop3Service:

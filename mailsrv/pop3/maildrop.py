@@ -1,0 +1,167 @@
+"""What a POP3 session sees of the store and the directory: small interfaces, and their store-backed form.
+
+The session drives only the protocols below (:class:`Maildrops`,
+:class:`Maildrop`, :class:`Authenticator`), so tests can run it against an
+in-memory fake. :class:`StoreMaildrops` is the real thing: it takes the
+cross-process lock (:mod:`mailsrv.pop3.lock`), opens the account's INBOX in
+the store (docs/store-api.md) and snapshots it — the maildrop is INBOX at the
+time of login (RFC 1939 §4).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from mailsrv.pop3.lock import InUse, MaildropLock
+
+__all__ = [
+    "Authenticator", "DropMessage", "InUse", "Maildrop", "MaildropUnavailable", "Maildrops",
+    "MessageGone", "StoreMaildrop", "StoreMaildrops", "dovecot_uidl",
+]
+
+#: bytes read from the store per call while a message is streamed
+READ_CHUNK = 256 * 1024
+
+
+class MaildropUnavailable(Exception):
+    """The store cannot open the maildrop now (``-ERR [SYS/TEMP]``)."""
+
+
+class MessageGone(Exception):
+    """The message was expunged by another session (IMAP, JMAP) after login."""
+
+
+@dataclass(frozen=True, slots=True)
+class DropMessage:
+    uid: int
+    size: int  #: octets RETR sends, CRLF line ends, before byte-stuffing
+    uidl: str  #: RFC 1939 §7 unique-id: 1..70 characters 0x21..0x7E, stable across sessions
+
+
+class Maildrop(Protocol):
+    """One logged-in session's maildrop; the session holds the in-use lock until :meth:`close`."""
+
+    messages: Sequence[DropMessage]
+    #: when the previous successful login to this maildrop happened (LOGIN-DELAY), None if unknown
+    last_login: float | None
+
+    async def record_login(self) -> None:
+        """Remember now as the time of the last successful login."""
+
+    async def read(self, uid: int, offset: int, length: int) -> bytes:
+        """Up to ``length`` raw octets of the message from ``offset`` (b"" at its end). MessageGone."""
+
+    async def expunge(self, uids: Sequence[int]) -> None:
+        """Remove the messages for good (UPDATE state); others see them expunged. MaildropUnavailable."""
+
+    async def close(self) -> None:
+        """Release the lock; deletes nothing. Idempotent."""
+
+
+class Maildrops(Protocol):
+    async def open(self, account: Any) -> Maildrop:
+        """Lock and snapshot ``account``'s INBOX. Raises :class:`InUse`, :class:`MaildropUnavailable`."""
+
+
+class Authenticator(Protocol):
+    """The part of ``mailsrv.auth.Authenticator`` (docs/directory-api.md) that POP3 uses."""
+
+    def plaintext_allowed(self, *, tls: bool, client_ip: str) -> bool: ...
+
+    def mechanisms(self, *, tls: bool, client_ip: str, channel_binding: bool) -> list[str]: ...
+
+    async def login(self, username: str, password: str, *, protocol: str, client_ip: str,
+                    tls: bool) -> Any: ...
+
+    def sasl(self, mechanism: str, *, protocol: str, client_ip: str, tls: bool,
+             channel_binding: Any) -> Any: ...
+
+
+def dovecot_uidl(uid: int, uidvalidity: int) -> str:
+    """Dovecot's default ``pop3_uidl_format = %08Xu%08Xv``: a mailbox adopted from Dovecot
+    keeps its UIDs and UIDVALIDITY, so clients see the same UIDLs after the migration."""
+    return f"{uid:08X}{uidvalidity:08X}"
+
+
+_VSIZE = re.compile(r",W=(\d+)")
+
+
+def _wire_size(key: str, size: int) -> int:
+    # Dovecot maildir names carry the CRLF size as ",W=<vsize>" when the file has bare LFs.
+    m = _VSIZE.search(key)
+    return int(m.group(1)) if m else size
+
+
+class StoreMaildrop:
+    """INBOX of one account, as a snapshot taken at login, with the lock held."""
+
+    def __init__(self, account: Any, view: Any, lock: MaildropLock) -> None:
+        self._account = account
+        self._lock = lock
+        self.uidvalidity: int = view.uidvalidity
+        self.last_login: float | None = None
+        self.messages: list[DropMessage] = [
+            DropMessage(m.uid, _wire_size(m.key, m.size), dovecot_uidl(m.uid, view.uidvalidity))
+            for m in view.messages
+        ]
+
+    async def record_login(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, self._lock.record_login)
+
+    async def read(self, uid: int, offset: int, length: int) -> bytes:
+        from mailsrv.store import MessageGone as StoreGone
+
+        try:
+            data: bytes = await self._account.read_message("INBOX", uid, offset, length)
+        except StoreGone:
+            raise MessageGone(uid) from None
+        return data
+
+    async def expunge(self, uids: Sequence[int]) -> None:
+        from mailsrv.store import StoreError
+
+        if not uids:
+            return
+        try:
+            # docs/store-api.md: only_deleted=False removes the uids whatever their flags (POP3 DELE).
+            await self._account.expunge("INBOX", list(uids), only_deleted=False)
+        except StoreError as exc:
+            raise MaildropUnavailable(str(exc)) from exc
+
+    async def close(self) -> None:
+        self._lock.release()
+
+
+class StoreMaildrops:
+    """Opens maildrops in the worker's store; one per worker (``resources["pop3.maildrops"]``)."""
+
+    def __init__(self, store: Any, data_dir: Path, lock_dir: Path | None = None) -> None:
+        self.store = store
+        self.data_dir = data_dir
+        self.lock_dir = lock_dir if lock_dir is not None else data_dir / "locks" / "pop3"
+
+    async def open(self, account: Any) -> StoreMaildrop:
+        """Raises :class:`InUse` (another session holds it) or :class:`MaildropUnavailable`."""
+        from mailsrv.store import StoreError
+
+        loop = asyncio.get_running_loop()
+        lock = await loop.run_in_executor(None, MaildropLock.acquire, self.lock_dir, str(account.id))
+        try:
+            last_login = await loop.run_in_executor(None, lock.last_login)
+            maildir = self.data_dir / account.store if getattr(account, "store", None) else None
+            acct = await self.store.account(str(account.id), maildir)
+            view = await acct.open_mailbox("INBOX")
+            drop = StoreMaildrop(acct, view, lock)
+            drop.last_login = last_login
+            return drop
+        except StoreError as exc:
+            lock.release()
+            raise MaildropUnavailable(str(exc)) from exc
+        except BaseException:
+            lock.release()
+            raise
