@@ -489,7 +489,7 @@ class Engine:
                     uid = ul.uids[key]
             try:
                 self._insert(mb, folder / "new" / n, key, flags, size, mtime, pend, lines, res, uid=uid)
-            except PermissionError as exc:
+            except OSError as exc:  # unreadable file: skip it, never block the others
                 self._warn_once(key, "message.unreadable", mailbox=mb.name, file=key, error=str(exc))
                 continue
             os.replace(folder / "new" / n, folder / "cur" / maildir.filename(key, flags))
@@ -645,7 +645,7 @@ class Engine:
                 try:
                     self._insert(mb, folder / "cur" / n, key, maildir.info_to_flags(maildir.split_filename(n)[1]),
                                  size, mtime, self.pending.pop(key, Pending()), lines, res, uid=uid)
-                except PermissionError as exc:
+                except OSError as exc:
                     self._warn_once(key, "message.unreadable", mailbox=mb.name, file=key, error=str(exc))
                     continue
                 db.execute("UPDATE messages SET fname=? WHERE mailbox=? AND key=?", (n, mb.id, key))

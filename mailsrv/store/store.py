@@ -79,7 +79,7 @@ class Store:
         if self._notifier is not None:
             self._notifier.close()
             self._notifier = None
-        self.io.shutdown(wait=False)
+        await asyncio.get_running_loop().run_in_executor(None, self.io.shutdown)
 
     # --- notification ---------------------------------------------------------
 
