@@ -272,7 +272,8 @@ class Session:
         if self.state is State.SELECTED and verb not in ("SELECT", "EXAMINE", "IDLE"):
             await self._send_updates(cmd.name not in _NO_EXPUNGE_AFTER or cmd.uid)
         if isinstance(text, bytes):
-            self.w(tag + b" " + text + b"\r\n")
+            if text:  # b"": the handler already sent its tagged reply (STARTTLS)
+                self.w(tag + b" " + text + b"\r\n")
         else:
             self.w(tag + b" OK " + (text or f"{verb} completed").encode() + b"\r\n")
         return True
