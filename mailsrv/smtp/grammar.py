@@ -21,14 +21,21 @@ MAX_DOMAIN = 255
 MAX_PATH = 256
 
 
-class SmtpSyntaxError(Exception):
-    """A command that does not parse; ``code``/``enh``/``text`` form the reply."""
+class SmtpError(Exception):
+    """Any command failure; ``code``/``enh``/``text`` form the reply (sent by the connection loop)."""
 
     def __init__(self, text: str, code: int = 501, enh: str = "5.5.4") -> None:
         super().__init__(text)
         self.code = code
         self.enh = enh
         self.text = text
+
+    def reply(self) -> bytes:
+        return reply(self.code, self.enh, self.text)
+
+
+class SmtpSyntaxError(SmtpError):
+    """A command that does not parse."""
 
 
 @dataclass(frozen=True)

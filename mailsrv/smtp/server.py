@@ -1,8 +1,21 @@
-"""SMTP listener service (placeholder until the SMTP issue lands: greets, NOOP, QUIT)."""
+"""SMTP listener service: the connection loop around :class:`~mailsrv.smtp.session.Session`.
+
+The loop reads command lines, turns :class:`SmtpError` into replies and keeps
+the error budget (STYLE.md §3), streams DATA through the bulk
+:class:`~mailsrv.smtp.dotstuff.DotDecoder` and BDAT chunks into the spool
+file (a message is never held whole in memory), and performs STARTTLS.
+
+Invariant: nothing is written to the peer between a session's ``data_end``
+call and its return, so ``250`` always follows durability.
+"""
 
 from __future__ import annotations
 
+import ipaddress
+from typing import Any
+
 from mailsrv import log
+from mailsrv.config import SmtpConfig
 from mailsrv.net.connection import (
     Connection,
     ConnectionClosed,
@@ -11,44 +24,219 @@ from mailsrv.net.connection import (
     ServerShutdown,
 )
 from mailsrv.net.service import ServiceContext
+from mailsrv.smtp.backend import MailBackend, SaslProvider, SessionInfo
+from mailsrv.smtp.dotstuff import DotDecoder
+from mailsrv.smtp.grammar import SmtpError, reply
+from mailsrv.smtp.session import MAX_AUTH_LINE, Session, Step
 
 logger = log.get("smtp")
 
+# Bulk read size for DATA and BDAT (bytes per read from the transport).
+READ_CHUNK = 256 * 1024
+
+
+def _unread(conn: Connection, data: bytes) -> None:
+    """Give back bytes read past the end of DATA (pipelined commands, RFC 2920)."""
+    if data:
+        buf = conn.reader._buffer  # type: ignore[attr-defined]  # StreamReader has no unread()
+        buf[0:0] = data
+
 
 class SmtpService:
-    def __init__(self, ctx: ServiceContext) -> None:
+    """``StreamService`` for the smtp (MTA) and submission listeners."""
+
+    def __init__(self, ctx: ServiceContext, backend: MailBackend | None = None,
+                 sasl: SaslProvider | None = None) -> None:
         self.ctx = ctx
+        self.cfg: SmtpConfig = getattr(ctx.config, "smtp", SmtpConfig())
+        self.kind = ctx.listener.protocol  # "smtp" or "submission"
+        self.backend = backend if backend is not None else _default_backend(ctx)
+        self.sasl = sasl if sasl is not None else ctx.resources.get("auth")
+        self.max_errors = ctx.config.limits.max_errors
+        self.trusted = [ipaddress.ip_network(n, strict=False) for n in ctx.listener.trusted_networks]
 
     async def refuse(self, conn: Connection, reason: str) -> None:
         # RFC 5321 §3.1: 421 at connection time when the service is not available.
-        await conn.send(f"421 4.7.0 {self.ctx.hostname} {reason}, try again later\r\n".encode())
+        await conn.send(reply(421, "4.7.0", f"{self.ctx.hostname} {reason}, try again later"))
+
+    def _is_trusted(self, ip: str) -> bool:
+        try:
+            addr = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        return any(addr in net for net in self.trusted)
+
+    def _plaintext_ok(self, ip: str) -> bool:
+        check: Any = getattr(self.sasl, "plaintext_allowed", None)
+        if check is None:
+            return False
+        return bool(check(tls=False, client_ip=ip))
+
+    def new_session(self, conn: Connection) -> Session:
+        info = SessionInfo(
+            sid=conn.sid,
+            hostname=self.ctx.hostname,
+            listener=self.kind,
+            peer_ip=conn.peer_host,
+            tls=conn.tls_info() if conn.tls_active else {},
+            trusted=self._is_trusted(conn.peer_host),
+        )
+        return Session(
+            info,
+            self.cfg,
+            self.backend,
+            self.sasl,
+            starttls_available=self.ctx.starttls_context is not None,
+            plaintext_auth_ok=self._plaintext_ok(conn.peer_host),
+        )
 
     async def handle(self, conn: Connection) -> None:
+        session = self.new_session(conn)
+        try:
+            await conn.send(session.greeting())
+            await self._loop(conn, session)
+        except ConnectionClosed:
+            logger.debug("conn.lost")
+        except IdleTimeout:
+            await self._bye(conn, reply(421, "4.4.2", f"{self.ctx.hostname} idle timeout"))
+        finally:
+            session.abort()
+
+    async def _bye(self, conn: Connection, data: bytes) -> None:
+        try:
+            await conn.send(data)
+        except (ConnectionClosed, IdleTimeout):
+            pass
+
+    async def _loop(self, conn: Connection, session: Session) -> None:
+        errors = 0
         host = self.ctx.hostname
-        await conn.send(f"220 {host} ESMTP mailsrv\r\n".encode())
+        auth_pending = False
         while True:
             try:
-                line = await conn.readline()
+                line = await (conn.readline_in_command() if auth_pending else conn.readline())
             except LineTooLong:
-                # RFC 5321 §4.5.3.1.4
-                await conn.send(b"500 5.5.2 Line too long\r\n")
+                # RFC 5321 §4.5.3.1.4 / RFC 4954 §4
+                conn.write(reply(500, "5.5.2", "Line too long"))
+                auth_pending = False
+                errors += 1
+                if errors >= self.max_errors:
+                    await self._bye(conn, reply(421, "4.7.0", f"{host} too many errors"))
+                    return
                 continue
             except ServerShutdown:
-                await conn.send(f"421 4.3.2 {host} shutting down\r\n".encode())
+                await self._bye(conn, reply(421, "4.3.2", f"{host} service shutting down"))
                 return
-            except IdleTimeout:
-                await conn.send(f"421 4.4.2 {host} idle timeout\r\n".encode())
+            step: Step | None = None
+            try:
+                if auth_pending:
+                    auth_pending = False
+                    if len(line) > MAX_AUTH_LINE + 2:
+                        raise SmtpError("Line too long", 500, "5.5.6")
+                    step = await session.auth_response(line)
+                else:
+                    step = await session.command(line)
+                    if log.enabled("trace"):
+                        verb = line.split(b" ", 1)[0][:12]
+                        logger.trace("smtp.cmd", verb=verb.decode("ascii", "replace"))
+            except SmtpError as exc:
+                conn.write(exc.reply())
+                if exc.code == 421:
+                    await conn.drain()
+                    return
+                errors += 1
+                if errors >= self.max_errors:
+                    # DESIGN.md "What bad input gets": a hostile client is disconnected and logged.
+                    logger.warning("session.too_many_errors", errors=errors)
+                    await self._bye(conn, reply(421, "4.7.0", f"{host} too many errors, closing"))
+                    return
+                await conn.drain()
+                continue
+            if step.reply:
+                conn.write(step.reply)
+            if step.then == "reply":
+                await conn.drain()
+            elif step.then == "close":
+                await conn.drain()
                 return
-            except ConnectionClosed:
-                return
-            verb = line.strip().split(b" ", 1)[0].upper()
-            if verb == b"QUIT":
-                await conn.send(f"221 2.0.0 {host} closing connection\r\n".encode())
-                return
-            if verb == b"NOOP":
-                await conn.send(b"250 2.0.0 OK\r\n")
-            else:
-                await conn.send(b"502 5.5.1 Command not implemented\r\n")
+            elif step.then == "auth":
+                await conn.drain()
+                auth_pending = True
+            elif step.then == "starttls":
+                await conn.drain()
+                ctx = self.ctx.starttls_context
+                assert ctx is not None
+                await conn.starttls(ctx)
+                session.tls_started(conn.tls_info())
+                logger.debug("tls.started", **conn.tls_info())
+            elif step.then == "data":
+                await conn.drain()
+                if not await self._read_data(conn, session):
+                    return
+            elif step.then == "bdat":
+                if not await self._read_bdat(conn, session, step.size, step.last):
+                    return
+
+    async def _send_result(self, conn: Connection, coro: Any) -> bool:
+        try:
+            step = await coro
+            conn.write(step.reply)
+        except SmtpError as exc:
+            conn.write(exc.reply())
+        await conn.drain()
+        return True
+
+    async def _read_data(self, conn: Connection, session: Session) -> bool:
+        """RFC 5321 §4.1.1.4: read the dot-stuffed stream into the spool, in bulk."""
+        decoder = DotDecoder()
+        spool = session.spool
+        assert spool is not None
+        limit = self.cfg.max_message_size
+        too_big = False
+        while not decoder.done:
+            chunk = await conn.read_some(READ_CHUNK)
+            if not chunk:
+                raise ConnectionClosed("EOF in DATA")
+            payload, used = decoder.feed(chunk)
+            if payload and not too_big:
+                if decoder.size > limit:
+                    too_big = True  # keep reading to the end, keep nothing (RFC 1870 §6.3)
+                else:
+                    spool.write(payload)
+            if decoder.done:
+                _unread(conn, chunk[used:])
+        return await self._send_result(
+            conn, session.data_end(bare_newline=decoder.bare_newline, too_big=too_big)
+        )
+
+    async def _read_bdat(self, conn: Connection, session: Session, size: int, last: bool) -> bool:
+        """RFC 3030 §2: exactly ``size`` octets follow the BDAT line; no transparency."""
+        keep = session.bdat_chunk_ok(size)
+        spool = session.spool
+        left = size
+        while left:
+            chunk = await conn.read_some(min(left, READ_CHUNK))
+            if not chunk:
+                raise ConnectionClosed("EOF in BDAT")
+            if len(chunk) > left:  # cannot happen with read(n) but keep the invariant explicit
+                _unread(conn, chunk[left:])
+                chunk = chunk[:left]
+            left -= len(chunk)
+            if keep and spool is not None:
+                spool.write(chunk)
+        return await self._send_result(conn, session.bdat_end(last))
+
+
+def _default_backend(ctx: ServiceContext) -> MailBackend:
+    """The worker's backend from resources, or one built from the directory and store."""
+    backend = ctx.resources.get("smtp_backend")
+    if backend is not None:
+        return backend  # type: ignore[no-any-return]
+    from mailsrv.smtp.wiring import build_backend
+
+    backend = build_backend(ctx)
+    ctx.resources["smtp_backend"] = backend
+    return backend
 
 
 def make_service(ctx: ServiceContext) -> SmtpService:

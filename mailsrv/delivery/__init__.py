@@ -1,0 +1,1 @@
+"""Local delivery: recipient resolution against the directory, spool files, durable store delivery."""

@@ -1,0 +1,517 @@
+"""The SMTP session state machine (RFC 5321 and its extensions); owns no socket.
+
+Structure taken from aiosmtpd (``smtp_VERB`` handlers, named limits with their
+RFC derivation) but not its protocol class: aiosmtpd's ``SMTP`` is an
+``asyncio.StreamReaderProtocol`` that owns the transport and buffers DATA in
+memory, so it cannot be hosted on mailsrv's :class:`~mailsrv.net.connection.Connection`
+(listener limits, drain, session ids). Here a handler returns a :class:`Step`:
+the reply and what the connection loop must do next (read DATA or a BDAT
+chunk into the spool, upgrade to TLS, read a SASL response, close).
+Handlers raise :class:`~mailsrv.smtp.grammar.SmtpError`; the connection loop
+turns it into the reply and keeps the error budget.
+
+Invariant: a transaction's ``250`` is produced only by :meth:`Session.data_end`
+after the backend has made every copy durable.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import enum
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import format_datetime
+from typing import Any, Literal
+
+from mailsrv import log
+from mailsrv.config import SmtpConfig
+from mailsrv.smtp.backend import (
+    MailBackend,
+    Recipient,
+    SaslExchange,
+    SaslProvider,
+    SessionInfo,
+    Spool,
+    Transaction,
+)
+from mailsrv.smtp.grammar import (
+    SmtpError,
+    SmtpSyntaxError,
+    parse_bdat,
+    parse_domain,
+    parse_mail,
+    parse_rcpt,
+    reply,
+    split_command,
+    xtext_decode,
+)
+
+logger = log.get("smtp")
+
+# RFC 4954 §4: a SASL response line is at most 12288 octets.
+MAX_AUTH_LINE = 12288
+# RFC 3461 §4.1: NOTIFY values.
+NOTIFY_VALUES = frozenset({"SUCCESS", "FAILURE", "DELAY"})
+
+
+class State(enum.Enum):
+    GREETED = "greeted"  # banner sent, no EHLO yet
+    READY = "ready"  # EHLO/HELO done, no transaction
+    MAIL = "mail"  # MAIL accepted
+    RCPT = "rcpt"  # at least one RCPT accepted (or tried)
+    BDAT = "bdat"  # inside a BDAT sequence
+
+
+Then = Literal["reply", "close", "starttls", "data", "bdat", "auth"]
+
+
+@dataclass(frozen=True)
+class Step:
+    reply: bytes
+    then: Then = "reply"
+    size: int = 0  # BDAT chunk size
+    last: bool = False  # BDAT LAST
+
+
+_ANY = frozenset(State)
+_IN_TX = frozenset({State.MAIL, State.RCPT})
+#: verb -> states in which it is legal; others get 503 5.5.1 (mox-style state table).
+LEGAL: dict[str, frozenset[State]] = {
+    "EHLO": _ANY - {State.BDAT},
+    "HELO": _ANY - {State.BDAT},
+    "MAIL": frozenset({State.READY}),
+    "RCPT": _IN_TX,
+    "DATA": frozenset({State.RCPT}),
+    "BDAT": frozenset({State.RCPT, State.BDAT}),
+    "RSET": _ANY,
+    "NOOP": _ANY,
+    "QUIT": _ANY,
+    "VRFY": _ANY - {State.BDAT},
+    "HELP": _ANY - {State.BDAT},
+    "STARTTLS": frozenset({State.GREETED, State.READY}),
+    "AUTH": frozenset({State.READY}),
+}
+
+
+class Session:
+    """One SMTP conversation. Not thread-safe; driven by one connection task."""
+
+    def __init__(
+        self,
+        info: SessionInfo,
+        cfg: SmtpConfig,
+        backend: MailBackend,
+        sasl: SaslProvider | None = None,
+        *,
+        starttls_available: bool = False,
+        plaintext_auth_ok: bool = False,
+    ) -> None:
+        self.info = info
+        self.cfg = cfg
+        self.backend = backend
+        self.sasl = sasl
+        self.starttls_available = starttls_available
+        self.plaintext_auth_ok = plaintext_auth_ok
+        self.state = State.GREETED
+        self.tx: Transaction | None = None
+        self.commands = 0
+        self._auth: SaslExchange | None = None
+        self._auth_mech = ""
+        self._login_user: bytes | None = None
+        self.spool: Spool | None = None
+        self._bdat_failed: SmtpError | None = None
+        self._bdat_size = 0
+
+    @property
+    def host(self) -> str:
+        return self.info.hostname
+
+    @property
+    def submission(self) -> bool:
+        return self.info.listener == "submission"
+
+    def greeting(self) -> bytes:
+        return reply(220, None, f"{self.host} ESMTP mailsrv")
+
+    # -- dispatch -------------------------------------------------------------
+
+    async def command(self, line: bytes) -> Step:
+        """Handle one command line. Raises SmtpError for any failure reply."""
+        self.commands += 1
+        cmd = split_command(line)
+        handler = getattr(self, f"smtp_{cmd.verb}", None)
+        if handler is None or cmd.verb not in LEGAL:
+            raise SmtpError("Command not recognized", 500, "5.5.2")
+        if self.state not in LEGAL[cmd.verb] and cmd.verb != "BDAT":  # BDAT must read its chunk first
+            raise SmtpError(self._sequence_hint(cmd.verb), 503, "5.5.1")
+        if (
+            self.submission
+            and self.info.account is None
+            and self.commands > self.cfg.max_commands_before_auth
+        ):
+            raise SmtpError("Too many commands before authentication", 421, "4.7.0")
+        step: Step = await handler(cmd.arg)
+        return step
+
+    def _sequence_hint(self, verb: str) -> str:
+        if self.state is State.GREETED:
+            return "Send EHLO first"
+        if verb == "MAIL":
+            return "Nested MAIL command" if self.state in _IN_TX else "Bad sequence of commands"
+        if verb in ("RCPT", "DATA", "BDAT") and self.state is State.READY:
+            return "Need MAIL command"
+        if verb in ("DATA", "BDAT") and self.state is State.MAIL:
+            return "Need RCPT command"
+        if verb == "DATA" and self.state is State.BDAT:
+            return "DATA not allowed inside BDAT"
+        return "Bad sequence of commands"
+
+    def _reset(self) -> None:
+        if self.spool is not None:
+            self.spool.discard()
+            self.spool = None
+        self.tx = None
+        self._bdat_failed = None
+        self._bdat_size = 0
+        if self.state is not State.GREETED:
+            self.state = State.READY
+
+    # -- session verbs ----------------------------------------------------------
+
+    async def smtp_EHLO(self, arg: bytes) -> Step:
+        domain = self._helo_arg(arg)
+        self._reset()
+        self.info.helo, self.info.esmtp = domain, True
+        self.state = State.READY
+        ext = [
+            f"{self.host} Hello {domain}",
+            "PIPELINING",
+            f"SIZE {self.cfg.max_message_size}",
+            "8BITMIME",
+            "SMTPUTF8",
+            "ENHANCEDSTATUSCODES",
+            "DSN",
+            "CHUNKING",
+        ]
+        if self.starttls_available and not self.info.tls:
+            ext.append("STARTTLS")
+        mechs = self._mechanisms()
+        if mechs:
+            ext.append("AUTH " + " ".join(mechs))
+        return Step(reply(250, None, ext))
+
+    async def smtp_HELO(self, arg: bytes) -> Step:
+        domain = self._helo_arg(arg)
+        self._reset()
+        self.info.helo, self.info.esmtp = domain, False
+        self.state = State.READY
+        return Step(reply(250, None, f"{self.host} Hello {domain}"))
+
+    def _helo_arg(self, arg: bytes) -> str:
+        if not arg:
+            raise SmtpSyntaxError("Syntax: EHLO hostname", 501, "5.5.4")
+        try:
+            return parse_domain(arg.split(b" ")[0], utf8=True)
+        except SmtpError:
+            raise SmtpSyntaxError("Invalid domain name", 501, "5.5.4") from None
+
+    async def smtp_RSET(self, arg: bytes) -> Step:
+        self._reset()
+        return Step(reply(250, "2.0.0", "OK"))
+
+    async def smtp_NOOP(self, arg: bytes) -> Step:
+        return Step(reply(250, "2.0.0", "OK"))
+
+    async def smtp_QUIT(self, arg: bytes) -> Step:
+        self._reset()
+        return Step(reply(221, "2.0.0", f"{self.host} closing connection"), "close")
+
+    async def smtp_VRFY(self, arg: bytes) -> Step:
+        # RFC 5321 §3.5.3: 252 when we will not verify (no address harvesting).
+        return Step(reply(252, "2.5.2", "Cannot VRFY user, but will accept message and attempt delivery"))
+
+    async def smtp_HELP(self, arg: bytes) -> Step:
+        return Step(reply(214, "2.0.0", "See RFC 5321; commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT"))
+
+    async def smtp_STARTTLS(self, arg: bytes) -> Step:
+        # RFC 3207 §4
+        if arg:
+            raise SmtpSyntaxError("Syntax: STARTTLS", 501, "5.5.4")
+        if not self.starttls_available or self.info.tls:
+            raise SmtpError("STARTTLS not available", 502, "5.5.1") if not self.starttls_available else \
+                SmtpError("TLS already active", 503, "5.5.1")
+        return Step(reply(220, "2.0.0", "Ready to start TLS"), "starttls")
+
+    def tls_started(self, tls: dict[str, str]) -> None:
+        """RFC 3207 §4.2: after the handshake forget everything learned before it."""
+        self._reset()
+        self.state = State.GREETED
+        self.info.helo, self.info.esmtp, self.info.tls = "", False, tls
+        self.info.account = None
+
+    # -- AUTH (RFC 4954) -----------------------------------------------------------
+
+    def _mechanisms(self) -> list[str]:
+        if self.sasl is None or not self.submission or self.info.account is not None:
+            return []
+        tls = bool(self.info.tls)
+        if not tls and not self.plaintext_auth_ok:
+            return []  # RFC 4954 §4 / issue: no AUTH over plain text
+        return list(self.sasl.mechanisms(tls=tls, client_ip=self.info.peer_ip))
+
+    async def smtp_AUTH(self, arg: bytes) -> Step:
+        if self.info.account is not None:
+            raise SmtpError("Already authenticated", 503, "5.5.1")
+        mechs = self._mechanisms()
+        if not mechs:
+            if self.sasl is not None and self.submission and not self.info.tls:
+                raise SmtpError("Must issue a STARTTLS command first", 530, "5.7.0")
+            raise SmtpError("AUTH not available", 502, "5.5.1")
+        parts = arg.split(b" ")
+        mech = parts[0].decode("ascii", "replace").upper()
+        if len(parts) > 2 or not mech:
+            raise SmtpSyntaxError("Syntax: AUTH mechanism [initial-response]", 501, "5.5.4")
+        if mech not in mechs:
+            raise SmtpError("Unrecognized authentication type", 504, "5.5.4")
+        assert self.sasl is not None
+        initial: bytes | None = None
+        if len(parts) == 2:
+            initial = b"" if parts[1] == b"=" else self._b64(parts[1])
+        self._auth_mech = mech
+        if mech == "LOGIN":
+            # LOGIN (draft-murchison-sasl-login) is not in every SASL library: drive it as PLAIN.
+            self._login_user = initial
+            if initial is None:
+                return self._challenge(b"Username:", login=True)
+            return self._challenge(b"Password:", login=True)
+        self._auth = self.sasl.sasl(mech, protocol="smtp", client_ip=self.info.peer_ip,
+                                    tls=bool(self.info.tls))
+        return await self._auth_step(initial)
+
+    def _challenge(self, data: bytes, login: bool = False) -> Step:
+        return Step(reply(334, None, base64.b64encode(data).decode("ascii")), "auth")
+
+    @staticmethod
+    def _b64(data: bytes) -> bytes:
+        try:
+            return base64.b64decode(data, validate=True)
+        except (binascii.Error, ValueError):
+            raise SmtpSyntaxError("Invalid base64 data", 501, "5.5.2") from None
+
+    async def auth_response(self, line: bytes) -> Step:
+        """A client line during AUTH (the connection loop reads it after a 334)."""
+        data = line.rstrip(b"\r\n").strip()
+        if data == b"*":  # RFC 4954 §4: client cancels
+            if self._auth is not None:
+                self._auth.abort()
+            self._auth = None
+            self._login_user = None
+            raise SmtpError("Authentication cancelled", 501, "5.7.0")
+        decoded = self._b64(data) if data != b"=" else b""
+        if self._auth_mech == "LOGIN" and self._auth is None:
+            if self._login_user is None:
+                self._login_user = decoded
+                return self._challenge(b"Password:", login=True)
+            assert self.sasl is not None
+            self._auth = self.sasl.sasl("PLAIN", protocol="smtp", client_ip=self.info.peer_ip,
+                                        tls=bool(self.info.tls))
+            user, self._login_user = self._login_user, None
+            return await self._auth_step(b"\0" + user + b"\0" + decoded)
+        return await self._auth_step(decoded)
+
+    async def _auth_step(self, data: bytes | None) -> Step:
+        assert self._auth is not None
+        result: Any = await self._auth.step(data)
+        if getattr(result, "account", None) is not None:
+            self._auth = None
+            self.info.account = result.account
+            log.bind(user=getattr(result.account, "address", str(result.account)))
+            return Step(reply(235, "2.7.0", "Authentication successful"))
+        if hasattr(result, "reason"):
+            self._auth = None
+            raise SmtpError("Authentication credentials invalid", 535, "5.7.8")
+        return self._challenge(getattr(result, "data", b"") or b"")
+
+    # -- transaction ----------------------------------------------------------------
+
+    async def smtp_MAIL(self, arg: bytes) -> Step:
+        if self.submission and self.info.account is None and not self.info.trusted:
+            # RFC 4954 §6
+            raise SmtpError("Authentication required", 530, "5.7.0")
+        self._bdat_failed = None
+        sender, params = parse_mail(arg, utf8_allowed=True)
+        tx = Transaction(sender=sender)
+        for key, value in params.items():
+            if key == "SIZE":
+                # RFC 1870 §6
+                if value is None or not value.isdigit() or len(value) > 20:
+                    raise SmtpSyntaxError("Invalid SIZE value", 501, "5.5.4")
+                tx.size_hint = int(value)
+                if tx.size_hint > self.cfg.max_message_size:
+                    raise SmtpError("Message size exceeds fixed maximum message size", 552, "5.3.4")
+            elif key == "BODY":
+                # RFC 6152; BINARYMIME is not offered
+                if value is None or value.upper() not in ("7BIT", "8BITMIME"):
+                    raise SmtpError("Unsupported BODY value", 555, "5.5.4")
+                tx.body = value.upper()
+            elif key == "SMTPUTF8":
+                # RFC 6531 §3.4
+                if value is not None:
+                    raise SmtpSyntaxError("SMTPUTF8 takes no value", 501, "5.5.4")
+                tx.smtputf8 = True
+            elif key == "RET":
+                # RFC 3461 §4.3
+                if value is None or value.upper() not in ("FULL", "HDRS"):
+                    raise SmtpSyntaxError("Invalid RET value", 501, "5.5.4")
+                tx.ret = value.upper()
+            elif key == "ENVID":
+                # RFC 3461 §4.4: at most 100 characters of xtext
+                if value is None or len(value) > 100:
+                    raise SmtpSyntaxError("Invalid ENVID value", 501, "5.5.4")
+                tx.envid = xtext_decode(value)
+            elif key == "AUTH":
+                pass  # RFC 4954 §5: accepted and not propagated (we are not a trusting relay)
+            else:
+                raise SmtpError(f"Unsupported parameter {key}", 555, "5.5.4")
+        verdict = await self.backend.check_sender(self.info, sender)
+        if not verdict.ok:
+            raise SmtpError(verdict.text, verdict.code, verdict.enh)
+        self.tx = tx
+        self.state = State.MAIL
+        return Step(reply(250, "2.1.0", "Sender OK"))
+
+    async def smtp_RCPT(self, arg: bytes) -> Step:
+        tx = self.tx
+        assert tx is not None
+        address, params = parse_rcpt(arg, utf8=tx.smtputf8)
+        if len(tx.rcpts) >= self.cfg.max_recipients:
+            # RFC 5321 §4.5.3.1.10: 452 for too many recipients
+            raise SmtpError("Too many recipients", 452, "4.5.3")
+        rcpt = Recipient(address)
+        for key, value in params.items():
+            if key == "NOTIFY":
+                # RFC 3461 §4.1
+                items = frozenset((value or "").upper().split(","))
+                if not (items == {"NEVER"} or (items and items <= NOTIFY_VALUES)):
+                    raise SmtpSyntaxError("Invalid NOTIFY value", 501, "5.5.4")
+                rcpt.notify = items
+            elif key == "ORCPT":
+                # RFC 3461 §4.2: addr-type ";" xtext
+                atype, semi, raw = (value or "").partition(";")
+                if not semi or not atype or not raw:
+                    raise SmtpSyntaxError("Invalid ORCPT value", 501, "5.5.4")
+                rcpt.orcpt = f"{atype.lower()};{xtext_decode(raw)}"
+            else:
+                raise SmtpError(f"Unsupported parameter {key}", 555, "5.5.4")
+        verdict = await self.backend.check_recipient(self.info, tx, address)
+        self.state = State.RCPT
+        if not verdict.ok:
+            raise SmtpError(verdict.text, verdict.code, verdict.enh)
+        rcpt.route = verdict.route
+        tx.rcpts.append(rcpt)
+        return Step(reply(verdict.code, verdict.enh, verdict.text))
+
+    def _require_rcpts(self) -> None:
+        if self.tx is None or not self.tx.rcpts:
+            # RFC 5321 §3.3: no valid recipients
+            raise SmtpError("No valid recipients", 554, "5.5.1")
+
+    async def smtp_DATA(self, arg: bytes) -> Step:
+        if arg:
+            raise SmtpSyntaxError("Syntax: DATA", 501, "5.5.4")
+        self._require_rcpts()
+        self.spool = self._open_spool()
+        return Step(reply(354, None, "End data with <CR><LF>.<CR><LF>"), "data")
+
+    async def smtp_BDAT(self, arg: bytes) -> Step:
+        size, last = parse_bdat(arg)  # a bad BDAT line cannot be skipped: the loop closes
+        if self._bdat_failed is not None:
+            pass  # keep failing until LAST (RFC 3030 §2)
+        elif self.state not in LEGAL["BDAT"]:
+            self._bdat_failed = SmtpError(self._sequence_hint("BDAT"), 503, "5.5.1")
+        elif self.tx is None or not self.tx.rcpts:
+            self._bdat_failed = SmtpError("No valid recipients", 554, "5.5.1")
+        else:
+            if self.spool is None:
+                self.spool = self._open_spool()
+            self.state = State.BDAT
+        return Step(b"", "bdat", size=size, last=last)
+
+    def _open_spool(self) -> Spool:
+        spool = self.backend.open_spool()
+        spool.write(self._trace_headers())
+        return spool
+
+    def _trace_headers(self) -> bytes:
+        """Return-Path and Received (RFC 5321 §4.4); the queue strips Return-Path when relaying."""
+        tx = self.tx
+        assert tx is not None
+        info = self.info
+        # RFC 3848 / RFC 6531 §3.7.4 "with" protocol types
+        proto = ("UTF8SMTP" if tx.smtputf8 else "ESMTP") if info.esmtp else "SMTP"
+        if info.tls:
+            proto += "S"
+        if info.account is not None:
+            proto += "A"
+        tls = f"\r\n\t(using {info.tls.get('tls', '?')} with cipher {info.tls.get('cipher', '?')})" if info.tls else ""
+        rcpt = f"\r\n\tfor <{tx.rcpts[0].address}>" if len(tx.rcpts) == 1 else ""
+        date = format_datetime(datetime.fromtimestamp(time.time(), UTC))
+        received = (
+            f"Received: from {info.helo or 'unknown'} ([{info.peer_ip}])\r\n"
+            f"\tby {self.host} (mailsrv) with {proto} id {info.sid}{tls}{rcpt};\r\n\t{date}\r\n"
+        )
+        return f"Return-Path: <{tx.sender}>\r\n{received}".encode()
+
+    def bdat_chunk_ok(self, nbytes: int) -> bool:
+        """Account for a BDAT chunk; False means: read and discard it (size exceeded or failed)."""
+        if self._bdat_failed is not None or self.spool is None:
+            return False
+        self._bdat_size += nbytes
+        if self._bdat_size > self.cfg.max_message_size:
+            self._bdat_failed = SmtpError("Message size exceeds fixed maximum message size", 552, "5.3.4")
+            return False
+        return True
+
+    async def bdat_end(self, last: bool) -> Step:
+        """After a BDAT chunk was read into the spool (RFC 3030 §2)."""
+        if self._bdat_failed is not None:
+            err = self._bdat_failed
+            if last:
+                self._reset()
+            raise err
+        if not last:
+            return Step(reply(250, "2.0.0", f"{self._bdat_size} octets received"))
+        return await self.data_end(bare_newline=False, too_big=False)
+
+    async def data_end(self, *, bare_newline: bool, too_big: bool) -> Step:
+        """End of DATA (or BDAT LAST): deliver, then ``250`` only once durable."""
+        tx, spool = self.tx, self.spool
+        assert tx is not None and spool is not None
+        self.spool = None
+        try:
+            if too_big:
+                raise SmtpError("Message size exceeds fixed maximum message size", 552, "5.3.4")
+            if bare_newline:
+                # RFC 5321 §2.3.8; SMTP smuggling defence
+                raise SmtpError("Message contains bare CR or LF", 550, "5.6.0")
+            await spool.commit()
+            verdict = await self.backend.deliver(self.info, tx, spool)
+        except OSError as exc:
+            logger.exception("spool.failed", exc)
+            raise SmtpError("Local error in processing", 451, "4.3.0") from None
+        finally:
+            spool.discard()
+            self._reset()
+        if not verdict.ok:
+            raise SmtpError(verdict.text, verdict.code, verdict.enh)
+        logger.info("message.accepted", sender=tx.sender, rcpts=len(tx.rcpts), id=self.info.sid)
+        return Step(reply(verdict.code, verdict.enh, verdict.text))
+
+    def abort(self) -> None:
+        """The connection ended: drop the transaction and its spool file."""
+        if self._auth is not None:
+            self._auth.abort()
+            self._auth = None
+        self._reset()
