@@ -9,7 +9,15 @@ import scramp
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mailsrv.auth import Authenticator, ChannelBinding, Challenge, Failure, Success, UnknownMechanism, sasl
+from mailsrv.auth import (
+    Authenticator,
+    Challenge,
+    ChannelBinding,
+    Failure,
+    Success,
+    UnknownMechanism,
+    sasl,
+)
 from mailsrv.auth.passwords import make_scram
 
 from .conftest import PASSWORD
