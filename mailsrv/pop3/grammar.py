@@ -129,6 +129,29 @@ def wire_size(data: bytes) -> int:
     return n
 
 
+class SizeCounter:
+    """:func:`wire_size` over a message fed in chunks split anywhere (a file read piecewise)."""
+
+    __slots__ = ("size", "_last")
+
+    def __init__(self) -> None:
+        self.size = 0
+        self._last = 0  # last byte fed (0: nothing yet)
+
+    def feed(self, data: bytes) -> None:
+        if not data:
+            return
+        lf = data.count(b"\n")
+        crlf = data.count(b"\r\n") + (1 if self._last == 0x0D and data[0] == 0x0A else 0)
+        self.size += len(data) + lf - crlf
+        self._last = data[-1]
+
+    def total(self) -> int:
+        if self._last == 0 or self._last == 0x0A:
+            return self.size
+        return self.size + (1 if self._last == 0x0D else 2)
+
+
 class BodyEncoder:
     """Streams one message as a POP3 multi-line response body.
 

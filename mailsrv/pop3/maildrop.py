@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from mailsrv.pop3.grammar import SizeCounter
 from mailsrv.pop3.lock import InUse, MaildropLock
 
 __all__ = [
@@ -88,27 +89,43 @@ def dovecot_uidl(uid: int, uidvalidity: int) -> str:
     return f"{uid:08X}{uidvalidity:08X}"
 
 
+#: Dovecot maildir names carry the CRLF size of the file as ",W=<vsize>".
 _VSIZE = re.compile(r",W=(\d+)")
 
 
-def _wire_size(key: str, size: int) -> int:
-    # Dovecot maildir names carry the CRLF size as ",W=<vsize>" when the file has bare LFs.
-    m = _VSIZE.search(key)
-    return int(m.group(1)) if m else size
+class SizeCache:
+    """CRLF sizes of message files by (account, file key), bounded; one per worker.
+
+    The store keeps messages as they arrived (bare LF from some programs) and
+    reports the file size; POP3 must announce the size RETR sends (CRLF), so a
+    file without a Dovecot ``W=`` size is read once and counted. Maildir file
+    keys are unique and their content never changes, so entries never go stale.
+    """
+
+    def __init__(self, limit: int = 200_000) -> None:
+        self.limit = limit
+        self._sizes: dict[tuple[str, str], int] = {}
+
+    def get(self, account_id: str, key: str) -> int | None:
+        return self._sizes.get((account_id, key))
+
+    def put(self, account_id: str, key: str, size: int) -> None:
+        if len(self._sizes) >= self.limit:
+            for old in list(self._sizes)[: self.limit // 10]:  # oldest tenth
+                del self._sizes[old]
+        self._sizes[(account_id, key)] = size
 
 
 class StoreMaildrop:
     """INBOX of one account, as a snapshot taken at login, with the lock held."""
 
-    def __init__(self, account: Any, view: Any, lock: MaildropLock) -> None:
+    def __init__(self, account: Any, uidvalidity: int, messages: list[DropMessage], lock: MaildropLock,
+                 last_login: float | None) -> None:
         self._account = account
         self._lock = lock
-        self.uidvalidity: int = view.uidvalidity
-        self.last_login: float | None = None
-        self.messages: list[DropMessage] = [
-            DropMessage(m.uid, _wire_size(m.key, m.size), dovecot_uidl(m.uid, view.uidvalidity))
-            for m in view.messages
-        ]
+        self.uidvalidity = uidvalidity
+        self.messages = messages
+        self.last_login = last_login
 
     async def record_login(self) -> None:
         await asyncio.get_running_loop().run_in_executor(None, self._lock.record_login)
@@ -137,6 +154,10 @@ class StoreMaildrop:
         self._lock.release()
 
 
+#: concurrent message reads while sizes are counted at login
+SIZE_SCAN_CONCURRENCY = 8
+
+
 class StoreMaildrops:
     """Opens maildrops in the worker's store; one per worker (``resources["pop3.maildrops"]``)."""
 
@@ -144,6 +165,7 @@ class StoreMaildrops:
         self.store = store
         self.data_dir = data_dir
         self.lock_dir = lock_dir if lock_dir is not None else data_dir / "locks" / "pop3"
+        self.sizes = SizeCache()
 
     async def open(self, account: Any) -> StoreMaildrop:
         """Raises :class:`InUse` (another session holds it) or :class:`MaildropUnavailable`."""
@@ -156,12 +178,47 @@ class StoreMaildrops:
             maildir = self.data_dir / account.store if getattr(account, "store", None) else None
             acct = await self.store.account(str(account.id), maildir)
             view = await acct.open_mailbox("INBOX")
-            drop = StoreMaildrop(acct, view, lock)
-            drop.last_login = last_login
-            return drop
+            messages = await self._messages(acct, str(account.id), view)
+            return StoreMaildrop(acct, view.uidvalidity, messages, lock, last_login)
         except StoreError as exc:
             lock.release()
             raise MaildropUnavailable(str(exc)) from exc
         except BaseException:
             lock.release()
             raise
+
+    async def _messages(self, acct: Any, account_id: str, view: Any) -> list[DropMessage]:
+        from mailsrv.store import MessageGone as StoreGone
+
+        sizes: dict[int, int] = {}
+        todo = []
+        for m in view.messages:
+            known = self.sizes.get(account_id, m.key)
+            if known is None:
+                vsize = _VSIZE.search(m.key)
+                known = int(vsize.group(1)) if vsize else None
+            if known is None:
+                todo.append(m)
+            else:
+                sizes[m.uid] = known
+        sem = asyncio.Semaphore(SIZE_SCAN_CONCURRENCY)
+
+        async def count(m: Any) -> None:
+            counter = SizeCounter()
+            offset = 0
+            async with sem:
+                try:
+                    while True:
+                        chunk = await acct.read_message("INBOX", m.uid, offset, READ_CHUNK)
+                        counter.feed(chunk)
+                        offset += len(chunk)
+                        if len(chunk) < READ_CHUNK:
+                            break
+                except StoreGone:
+                    return  # expunged meanwhile: not part of this maildrop
+            sizes[m.uid] = counter.total()
+            self.sizes.put(account_id, m.key, sizes[m.uid])
+
+        await asyncio.gather(*(count(m) for m in todo))
+        return [DropMessage(m.uid, sizes[m.uid], dovecot_uidl(m.uid, view.uidvalidity))
+                for m in view.messages if m.uid in sizes]

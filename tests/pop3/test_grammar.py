@@ -11,6 +11,7 @@ from mailsrv.pop3.grammar import (
     BodyEncoder,
     Pop3Error,
     Pop3SyntaxError,
+    SizeCounter,
     err,
     normalize_line_ends,
     parse_command,
@@ -193,3 +194,14 @@ def test_poplib_agrees() -> None:
     body = encode(original)
     assert body == b"a\r\n..b\r\n...c\r\n..\r\n.\r\n"
     assert poplib_decode(body) == original
+
+
+@given(messages, st.lists(st.integers(min_value=0, max_value=400), max_size=6))
+def test_size_counter_agrees_with_wire_size(data: bytes, cuts: list[int]) -> None:
+    counter = SizeCounter()
+    prev = 0
+    for c in sorted(min(c, len(data)) for c in cuts):
+        counter.feed(data[prev:c])
+        prev = c
+    counter.feed(data[prev:])
+    assert counter.total() == wire_size(data) == len(unstuff(encode(data)))

@@ -1,0 +1,84 @@
+"""The store-backed maildrop: sizes that match RETR, UIDLs, the lock, expunge seen by another view."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from pop3fakes import FakeAccount
+
+from mailsrv.config import StoreConfig
+from mailsrv.pop3.grammar import BodyEncoder, unstuff, wire_size
+from mailsrv.pop3.maildrop import InUse, StoreMaildrops, dovecot_uidl
+from mailsrv.store import Store
+
+ACCT = FakeAccount(11, "carol@example.test", "mail/example.test/carol")
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    st = Store(StoreConfig(), tmp_path)
+    yield st
+    await st.close()
+
+
+def corpus_messages(corpus: Path) -> list[bytes]:
+    return [p.read_bytes() for p in sorted(corpus.rglob("*.eml"))[:30]]
+
+
+async def retr(drop: object, uid: int) -> bytes:
+    enc = BodyEncoder()
+    out = bytearray()
+    offset = 0
+    while True:
+        chunk = await drop.read(uid, offset, 4096)  # type: ignore[attr-defined]
+        out += enc.feed(chunk)
+        offset += len(chunk)
+        if len(chunk) < 4096:
+            break
+    return unstuff(bytes(out + enc.finish()))
+
+
+async def test_sizes_match_retr_for_lf_crlf_and_corpus(store: Store, tmp_path: Path, corpus: Path) -> None:
+    acct = await store.account(str(ACCT.id), tmp_path / ACCT.store)
+    raws = [b"Subject: lf\n\n.dot\nbody\n", b"Subject: crlf\r\n\r\nbody\r\n", b"Subject: no eol\n\nlast"]
+    raws += corpus_messages(corpus)
+    assert len(raws) == 33
+    for raw in raws:
+        await acct.append("INBOX", raw)
+    drops = StoreMaildrops(store, tmp_path)
+    drop = await drops.open(ACCT)
+    try:
+        view = await acct.open_mailbox("INBOX")
+        assert [m.uid for m in drop.messages] == [m.uid for m in view.messages]
+        for msg, raw in zip(drop.messages, raws, strict=True):
+            assert msg.size == wire_size(raw)
+            assert msg.uidl == dovecot_uidl(msg.uid, view.uidvalidity)
+            assert len(await retr(drop, msg.uid)) == msg.size
+    finally:
+        await drop.close()
+    # the sizes are cached per worker: a second login reads nothing to count them
+    drop = await drops.open(ACCT)
+    assert [m.size for m in drop.messages] == [wire_size(r) for r in raws]
+    await drop.close()
+
+
+async def test_lock_and_expunge_seen_by_another_view(store: Store, tmp_path: Path) -> None:
+    acct = await store.account(str(ACCT.id), tmp_path / ACCT.store)
+    uids = [await acct.append("INBOX", b"Subject: %d\r\n\r\nx\r\n" % i) for i in range(3)]
+    imap_view = await acct.open_mailbox("INBOX")
+    drops = StoreMaildrops(store, tmp_path)
+    drop = await drops.open(ACCT)
+    with pytest.raises(InUse):
+        await drops.open(ACCT)
+    other_worker = StoreMaildrops(store, tmp_path)  # same lock directory, separate object
+    with pytest.raises(InUse):
+        await other_worker.open(ACCT)
+    await drop.expunge([uids[0], uids[2]])
+    changes = await imap_view.refresh()
+    assert changes.expunged == [uids[0], uids[2]]
+    await drop.close()
+    again = await other_worker.open(ACCT)
+    assert [m.uid for m in again.messages] == [uids[1]]
+    await again.close()
