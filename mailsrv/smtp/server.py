@@ -231,7 +231,7 @@ def _default_backend(ctx: ServiceContext) -> MailBackend:
     """The worker's backend from resources, or one built from the directory and store."""
     backend = ctx.resources.get("smtp_backend")
     if backend is not None:
-        return backend  # type: ignore[no-any-return]
+        return backend
     from mailsrv.smtp.wiring import build_backend
 
     backend = build_backend(ctx)
