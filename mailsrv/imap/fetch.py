@@ -163,9 +163,8 @@ def render(
 
 def flags_response(seq: int, info: Any, *, uid: bool, modseq: bool) -> bytes:
     """``* n FETCH (FLAGS (...) [UID n] [MODSEQ (n)])`` for a flag change."""
-    items = [b"FLAGS " + flag_list(sorted(info.flags))]
-    if uid:
-        items.append(b"UID %d" % info.uid)
+    items = [b"UID %d" % info.uid] if uid else []
+    items.append(b"FLAGS " + flag_list(sorted(info.flags)))
     if modseq:
         items.append(b"MODSEQ (%d)" % info.modseq)
     return b"* %d FETCH (" % seq + b" ".join(items) + b")\r\n"

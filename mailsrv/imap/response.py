@@ -52,6 +52,8 @@ def mailbox(name: str, utf8: bool) -> bytes:
     raw = name.encode("utf-8") if utf8 else mutf7.encode(name)
     if raw.upper() == b"INBOX":
         return b"INBOX"
+    if raw and all(c in ASTRING_CHARS for c in raw):
+        return raw
     return string(raw, utf8)
 
 

@@ -175,7 +175,7 @@ def test_condstore_and_qresync(server: ServerHandle, raw: Raw) -> None:
     out = raw.cmd(b"q4 SELECT INBOX (QRESYNC (%d %d))" % (uidvalidity, hms))
     text = b"".join(out)
     assert b"* VANISHED (EARLIER) 3\r\n" in out
-    assert re.search(rb"\* 2 FETCH \(FLAGS \(\$Important\) UID 2 MODSEQ \(\d+\)\)", text)
+    assert re.search(rb"\* 2 FETCH \(UID 2 FLAGS \(\$Important\) MODSEQ \(\d+\)\)", text)
     assert out[-1] == b"q4 OK [READ-WRITE] SELECT completed\r\n"
     out = raw.cmd(b"q5 UID FETCH 1:* (FLAGS) (CHANGEDSINCE %d)" % hms)
     assert len(out) == 2 and out[0].startswith(b"* 2 FETCH (UID 2 FLAGS ($Important) MODSEQ (")

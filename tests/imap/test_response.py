@@ -49,7 +49,8 @@ def test_string_parses_back(value: bytes) -> None:
 
 def test_mailbox_names() -> None:
     assert mailbox("INBOX", False) == b"INBOX"
-    assert mailbox("台北", False) == b'"&U,BTFw-"'
+    assert mailbox("台北", False) == b"&U,BTFw-"
+    assert mailbox("a b", False) == b'"a b"'
     assert mailbox("台北", True) == '"台北"'.encode()
 
 
