@@ -106,7 +106,7 @@ def _ew_bytes(enc: str, text: str) -> bytes | None:
     if enc in "bB":
         data = data.rstrip(b"=")
         try:
-            return base64.b64decode(data + b"=" * (-len(data) % 4))
+            return base64.b64decode(data + b"=" * (-len(data) % 4), validate=True)
         except (binascii.Error, ValueError):
             return None
     return _QHEX.sub(lambda m: bytes([int(m.group(1), 16)]), data.replace(b"_", b" "))

@@ -205,7 +205,7 @@ class Part:
         value = (v if semi < 0 else v[:semi]).strip(b" \t")
         if not value:
             return None
-        params = [(k.lower(), p) for k, p in parse_params(v, semi)] if semi >= 0 else []
+        params = imap_params(parse_params(v, semi)) if semi >= 0 else []
         return value, params
 
     @cached_property
@@ -216,7 +216,13 @@ class Part:
     @cached_property
     def disposition_params(self) -> dict[str, str]:
         d = self.raw_disposition()
-        return dict(merge_params(d[1])) if d else {}
+        if not d:
+            return {}
+        from mailsrv._speedups.mime_py import parse_params
+
+        v = unfold(self.field(b"content-disposition") or b"")
+        semi = v.find(b";")
+        return dict(merge_params(parse_params(v, semi))) if semi >= 0 else {}
 
     @property
     def filename(self) -> str | None:
@@ -315,11 +321,11 @@ class MessageStructure:
         if not data or data[0] & 0x7F != CACHE_VERSION:
             raise ValueError("MIME cache entry of an unknown version: re-parse the message")
         body = data[1:]
-        if data[0] & _ZLIB_FLAG:
-            body = zlib.decompress(body)
         try:
+            if data[0] & _ZLIB_FLAG:
+                body = zlib.decompress(body)
             tree = marshal.loads(body)
-        except (EOFError, ValueError, TypeError) as exc:
+        except (EOFError, ValueError, TypeError, zlib.error) as exc:
             raise ValueError(f"corrupt MIME cache entry: {exc}") from None
         if not isinstance(tree, tuple) or len(tree) != 10:
             raise ValueError("corrupt MIME cache entry")

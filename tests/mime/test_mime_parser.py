@@ -1,0 +1,472 @@
+"""Parser cases: RFC 2045-2049 examples, torture-style nesting, charsets, RFC 2231, sections, limits."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import pytest
+
+from mailsrv import mime
+from mailsrv.mime import MessageStructure
+
+pytestmark = pytest.mark.speedups
+
+
+def crlf(text: str | bytes) -> bytes:
+    raw = text.encode("utf-8") if isinstance(text, str) else text
+    return raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+
+
+# RFC 2046 §5.1.1 example (preamble, epilogue, implicit text/plain parts)
+RFC2046_MULTIPART = crlf(
+    """From: Nathaniel Borenstein <nsb@bellcore.com>
+To: Ned Freed <ned@innosoft.com>
+Date: Sun, 21 Mar 1993 23:56:48 -0800 (PST)
+Subject: Sample message
+MIME-Version: 1.0
+Content-type: multipart/mixed; boundary="simple boundary"
+
+This is the preamble.  It is to be ignored, though it
+is a handy place for composition agents to include an
+explanatory note to non-MIME conformant readers.
+
+--simple boundary
+
+This is implicitly typed plain US-ASCII text.
+It does NOT end with a linebreak.
+--simple boundary
+Content-type: text/plain; charset=us-ascii
+
+This is explicitly typed plain US-ASCII text.
+It DOES end with a linebreak.
+
+--simple boundary--
+
+This is the epilogue.  It is also to be ignored.
+"""
+)
+
+
+def test_rfc2046_multipart_example(parse: Callable) -> None:
+    s = parse(RFC2046_MULTIPART)
+    one, two = s.root.children
+    assert (one.type, one.subtype, one.charset) == ("text", "plain", "us-ascii")
+    body1 = RFC2046_MULTIPART[one.body_start : one.body_end]
+    assert body1 == b"This is implicitly typed plain US-ASCII text.\r\nIt does NOT end with a linebreak."
+    body2 = RFC2046_MULTIPART[two.body_start : two.body_end]
+    assert body2.endswith(b"It DOES end with a linebreak.\r\n")
+    assert s.imap_bodystructure(False) == (
+        b'(("text" "plain" ("charset" "us-ascii") NIL NIL "7bit" 80 1)'
+        b'("text" "plain" ("charset" "us-ascii") NIL NIL "7bit" 78 2) "mixed")'
+    )
+    assert s.imap_envelope() == (
+        b'("Sun, 21 Mar 1993 23:56:48 -0800 (PST)" "Sample message" '
+        b'(("Nathaniel Borenstein" NIL "nsb" "bellcore.com")) (("Nathaniel Borenstein" NIL "nsb" "bellcore.com")) '
+        b'(("Nathaniel Borenstein" NIL "nsb" "bellcore.com")) (("Ned Freed" NIL "ned" "innosoft.com")) NIL NIL NIL NIL)'
+    )
+
+
+# The classic MIME torture test shape: multipart/mixed > digest > message/rfc822 > alternative
+TORTURE = crlf(
+    """From: Torture <t@example.org>
+Subject: torture
+Message-ID: <torture@example.org>
+MIME-Version: 1.0
+Content-Type: multipart/mixed; boundary=outer
+
+--outer
+Content-Type: text/plain
+
+intro
+--outer
+Content-Type: multipart/digest; boundary=dig
+
+--dig
+
+From: a@example.org
+Subject: first digested
+Content-Type: multipart/alternative; boundary=alt
+
+--alt
+Content-Type: text/plain; charset=utf-8
+
+plain
+--alt
+Content-Type: text/html; charset=utf-8
+
+<p>html</p>
+--alt--
+
+--dig
+Content-Type: message/rfc822
+
+From: b@example.org
+Subject: second digested
+
+inner body
+--dig--
+--outer
+Content-Type: image/png; name=pic.png
+Content-Disposition: attachment; filename=pic.png
+Content-Transfer-Encoding: base64
+
+iVBORw0KGgo=
+--outer--
+"""
+)
+
+
+def test_torture_nesting_and_sections(parse: Callable) -> None:
+    s = parse(TORTURE)
+    assert [p.mime_type for p in s.parts()] == [
+        "multipart/mixed",
+        "text/plain",
+        "multipart/digest",
+        "message/rfc822",
+        "multipart/alternative",
+        "text/plain",
+        "text/html",
+        "message/rfc822",
+        "text/plain",
+        "image/png",
+    ]
+    # digest parts default to message/rfc822 (RFC 2046 §5.1.5) and carry an envelope
+    first = s.part("2.1")
+    assert first is not None and first.message is not None
+    assert b'"first digested"' in first.message.imap_envelope()
+    assert s.part("2.1.2") is not None and s.part("2.1.2").mime_type == "text/html"  # type: ignore[union-attr]
+    rng = s.section_range("2.1.2")
+    assert rng is not None and TORTURE[rng[0] : rng[1]] == b"<p>html</p>"
+    rng = s.section_range("2.2.TEXT")
+    assert rng is not None and TORTURE[rng[0] : rng[1]] == b"inner body"
+    rng = s.section_range("2.2.HEADER")
+    assert rng is not None and TORTURE[rng[0] : rng[1]].startswith(b"From: b@example.org")
+    rng = s.section_range("3.MIME")
+    assert rng is not None and TORTURE[rng[0] : rng[1]].startswith(b"Content-Type: image/png")
+    assert s.section_range("4") is None
+    assert s.section_range("1.1") is None
+    assert s.section_range("0") is None
+    assert s.section_range("BOGUS") is None
+    assert s.section_range("") == (0, len(TORTURE))
+    assert s.section_range("HEADER") == (0, s.header_end)
+    assert b'"digest"' in s.imap_bodystructure()
+
+
+def test_single_part_sections(parse: Callable) -> None:
+    raw = crlf("Subject: x\n\nhello\n")
+    s = parse(raw)
+    assert s.section_range("1") == (s.header_end, len(raw))
+    assert s.section_range("TEXT") == (s.header_end, len(raw))
+    assert s.section_range("2") is None
+    assert s.section_range("1.MIME") == (0, s.header_end)
+
+
+def test_header_fields_selection(parse: Callable) -> None:
+    raw = crlf("Subject: hi\nX-A: 1\nTo: a@b.c,\n c@d.e\nsubject: again\n\nbody\n")
+    s = parse(raw)
+    assert mime.header_fields(raw, s, "", [b"SUBJECT"]) == b"Subject: hi\r\nsubject: again\r\n\r\n"
+    assert mime.header_fields(raw, s, "", [b"subject", b"x-a"], exclude=True) == b"To: a@b.c,\r\n c@d.e\r\n\r\n"
+    assert mime.header_values(raw, s.root, b"to") == [b" a@b.c,\r\n c@d.e"]
+    assert mime.header_fields(raw, s, "7", [b"to"]) == b""
+
+
+ENCODED = {
+    # Chinese: GB2312 (decoded as its superset GB18030), GBK, Big5
+    "=?GB2312?B?1tDOxNPKvP4=?=": "中文邮件",
+    "=?gbk?B?suLK1A==?=": "测试",
+    "=?big5?B?pKSk5Q==?=": "中文",
+    # Japanese ISO-2022-JP
+    "=?ISO-2022-JP?B?GyRCRnxLXDhsGyhC?=": "日本語",
+    # Cyrillic KOI8-R and Windows-1251
+    "=?KOI8-R?Q?=F0=D2=C9=D7=C5=D4?=": "Привет",
+    "=?windows-1251?B?z/Do4uXy?=": "Привет",
+    # adjacent words: the white space between them disappears (RFC 2047 §6.2)
+    "=?UTF-8?Q?a?= =?UTF-8?Q?b?=": "ab",
+    "=?UTF-8?B?5Lit?= =?UTF-8?B?5paH?=": "中文",
+    # a multi-byte character split across two words
+    "=?UTF-8?B?5Lg=?= =?UTF-8?B?rQ==?=": "中",
+    "x =?ISO-8859-1?Q?caf=E9?= y": "x café y",
+    # broken or unknown words stay as written
+    "=?x-unknown?Q?abc?=": "=?x-unknown?Q?abc?=",
+    "=?utf-8?B?###?= tail": "=?utf-8?B?###?= tail",
+    "=?utf-8?Q?no_end": "=?utf-8?Q?no_end",
+}
+
+
+@pytest.mark.parametrize("word", list(ENCODED))
+def test_encoded_words(parse: Callable, word: str) -> None:
+    raw = crlf(f"Subject: {word}\n\nx\n")
+    s = parse(raw)
+    assert s.subject == ENCODED[word]
+    # IMAP ENVELOPE keeps the raw value (Dovecot does too)
+    assert word.encode() in s.imap_envelope()
+
+
+def test_raw_8bit_headers(parse: Callable) -> None:
+    raw = b"Subject: \xe4\xb8\xad\xe6\x96\x87\r\nFrom: \xc3\xa9 <e@x.org>\r\n\r\nbody"
+    s = parse(raw)
+    assert s.subject == "中文"
+    # 8-bit bytes go out as a literal (RFC 3501 §4.3), never raw in a quoted string
+    assert b"{6}\r\n\xe4\xb8\xad\xe6\x96\x87" in s.imap_envelope()
+    assert mime.jmap_addresses(s.field(b"from") or b"") == [{"name": "é", "email": "e@x.org"}]
+    latin = parse(b"Subject: caf\xe9\r\n\r\n")
+    assert latin.subject == "café"
+
+
+def test_addresses_groups_and_quoted_local_parts() -> None:
+    value = b' "Doe, John" <"john doe"@example.com>, team: a@x.org, b@y.org (c);, =?utf-8?q?J=C3=B6rg?= <j@z.de>'
+    addrs = mime.parse_addresses(value)
+    assert addrs == [
+        mime.Address("Doe, John", None, "john doe", "example.com"),
+        mime.Address(None, None, "team", None),
+        mime.Address(None, None, "a", "x.org"),
+        mime.Address("c", None, "b", "y.org"),
+        mime.Address(None, None, None, None),
+        mime.Address("=?utf-8?q?J=C3=B6rg?=", None, "j", "z.de"),
+    ]
+    flat = mime.jmap_addresses(value)
+    assert flat[0] == {"name": "Doe, John", "email": "john doe@example.com"}
+    assert flat[-1] == {"name": "Jörg", "email": "j@z.de"}
+    grouped = mime.jmap_addresses(value, grouped=True)
+    assert [g["name"] for g in grouped] == [None, "team", None]
+    assert [a["email"] for a in grouped[1]["addresses"]] == ["a@x.org", "b@y.org"]
+    # routes and missing parts (RFC 5322 §4.4 obsolete syntax)
+    assert mime.parse_addresses(b"<@a.org,@b.org:x@c.org>") == [mime.Address(None, "@a.org,@b.org", "x", "c.org")]
+    assert mime.parse_addresses(b"undisclosed-recipients:;") == [
+        mime.Address(None, None, "undisclosed-recipients", None),
+        mime.Address(None, None, None, None),
+    ]
+    assert mime.parse_addresses(b"nobody") == [mime.Address(None, None, "nobody", "MISSING_DOMAIN")]
+
+
+def test_threading_fields(parse: Callable) -> None:
+    raw = crlf(
+        "Message-ID: <a@x>\nIn-Reply-To: <b@x> (comment)\nReferences: <c@x>\n <b@x>  <broken\n\nbody"
+    )
+    s = parse(raw)
+    assert s.message_id == "a@x"
+    assert s.in_reply_to == ["b@x"]
+    assert s.references == ["c@x", "b@x"]
+
+
+RFC2231 = crlf(
+    """Content-Type: multipart/mixed; boundary=b
+
+--b
+Content-Type: application/x-stuff;
+ title*0*=us-ascii'en'This%20is%20even%20more%20;
+ title*1*=%2A%2A%2Afun%2A%2A%2A%20;
+ title*2="isn't it!"
+Content-Disposition: attachment;
+ filename*=UTF-8''%E4%B8%AD%E6%96%87.pdf
+
+x
+--b
+Content-Type: application/pdf; name="=?utf-8?B?5oql5ZGK?=.pdf"
+Content-Disposition: attachment; filename*0="long"; filename*1="name.txt"
+
+y
+--b--
+"""
+)
+
+
+def test_rfc2231_parameters(parse: Callable) -> None:
+    s = parse(RFC2231)
+    a, b = s.root.children
+    assert a.params["title"] == "This is even more ***fun*** isn't it!"
+    assert a.filename == "中文.pdf"
+    assert b.filename == "longname.txt"
+    assert b.params["name"] == "报告.pdf"
+    # IMAP shows RFC 2231 parameters joined but still encoded, as Dovecot does
+    assert b'"title*" "us-ascii\'en\'This%20is%20even%20more%20%2A%2A%2Afun%2A%2A%2A%20isn\'t it!"' in s.imap_bodystructure()
+    assert b'("attachment" ("filename" "longname.txt"))' in s.imap_bodystructure()
+
+
+ATTACH = crlf(
+    """From: a@b.c
+Content-Type: multipart/mixed; boundary=m
+
+--m
+Content-Type: multipart/alternative; boundary=a
+
+--a
+Content-Type: text/plain; charset=utf-8
+Content-Transfer-Encoding: quoted-printable
+
+Hello =E4=B8=96=E7=95=8C, this is the text body that is long enough=
+ to be soft-wrapped.
+--a
+Content-Type: multipart/related; boundary=r
+
+--r
+Content-Type: text/html; charset=utf-8
+
+<html><body><p>Hello <b>world</b></p><img src="cid:logo"></body></html>
+--r
+Content-Type: image/png
+Content-ID: <logo>
+
+PNG
+--r--
+--a--
+--m
+Content-Type: application/pdf; name=report.pdf
+Content-Disposition: attachment; filename=report.pdf
+Content-Transfer-Encoding: base64
+
+JVBERi0xLjQK
+JSVFT0YK
+--m
+Content-Type: image/jpeg; name=photo.jpg
+Content-Disposition: inline; filename=photo.jpg
+Content-Transfer-Encoding: base64
+
+/9j/
+--m--
+"""
+)
+
+
+def test_jmap_body_parts_like_mail_clients(parse: Callable) -> None:
+    s = parse(ATTACH)
+    parts = mime.jmap_body_parts(ATTACH, s)
+    # RFC 8621 §4.1.4: the inline image after the alternative shows in both bodies
+    assert [p["partId"] for p in parts["textBody"]] == ["1.1", "3"]
+    assert [p["partId"] for p in parts["htmlBody"]] == ["1.2.1", "3"]
+    assert [p["partId"] for p in parts["attachments"]] == ["1.2.2", "2"]
+    assert parts["hasAttachment"] is True
+    att = {p["partId"]: p for p in parts["attachments"]}
+    assert att["2"]["name"] == "report.pdf" and att["2"]["type"] == "application/pdf"
+    assert att["2"]["size"] == len(b"%PDF-1.4\n%%EOF\n")
+    assert att["1.2.2"]["cid"] == "logo"
+    tree = parts["bodyStructure"]
+    assert tree["type"] == "multipart/mixed" and tree["partId"] is None
+    assert [p["type"] for p in tree["subParts"]] == ["multipart/alternative", "application/pdf", "image/jpeg"]
+    assert any(h["name"] == "Content-Type" for h in tree["headers"])
+    assert mime.preview(ATTACH, s).startswith("Hello 世界, this is the text body that is long enough to be soft-wrapped.")
+    assert len(mime.preview(ATTACH, s, max_chars=10)) == 10
+
+
+def test_decoding_base64_qp_streaming(parse: Callable) -> None:
+    s = parse(ATTACH)
+    pdf = s.part("2")
+    assert pdf is not None
+    assert mime.decoded_body(ATTACH, pdf) == b"%PDF-1.4\n%%EOF\n"
+    assert mime.binary_size(ATTACH, pdf) == 15
+    text = s.part("1.1")
+    assert text is not None
+    assert mime.part_text(ATTACH, text).startswith("Hello 世界, this is the text body that is long enough to be")
+    # streaming: tiny chunks give the same bytes
+    big = b"".join(b"%08d" % i for i in range(50000))
+    import base64
+
+    enc = base64.encodebytes(big)
+    raw = b"Content-Transfer-Encoding: base64\r\n\r\n" + enc.replace(b"\n", b"\r\n")
+    bs = parse(raw)
+    chunks = list(mime.iter_decoded(raw, bs.root, chunk=1024))
+    assert len(chunks) > 100 and b"".join(chunks) == big
+    assert mime.binary_size(raw, bs.root) == len(big)
+    # invalid base64: junk is skipped, never an exception
+    junk = b"Content-Transfer-Encoding: base64\r\n\r\nQUJD!!!\r\nRE*VG\r\n="
+    assert mime.decoded_body(junk, parse(junk).root).startswith(b"ABCDE")
+
+
+def test_cache_is_compact_and_versioned(parse: Callable) -> None:
+    s = parse(ATTACH)
+    blob = s.to_cache()
+    assert blob[0] & 0x7F == mime.CACHE_VERSION
+    assert len(blob) < len(ATTACH)
+    assert MessageStructure.from_cache(blob) == s
+    with pytest.raises(ValueError):
+        MessageStructure.from_cache(b"\x7f" + blob[1:])
+    with pytest.raises(ValueError):
+        MessageStructure.from_cache(blob[:1] + b"garbage")
+    with pytest.raises(ValueError):
+        MessageStructure.from_cache(b"")
+
+
+# --- malformed mail: bounded time, best effort, never an exception -------------
+
+
+def test_missing_and_wrong_boundaries(parse: Callable) -> None:
+    no_param = crlf("Content-Type: multipart/mixed\n\n--x\nContent-Type: text/plain\n\nhi\n--x--\n")
+    s = parse(no_param)
+    assert s.root.children == []
+    assert b'("text" "plain" ("charset" "us-ascii") NIL NIL "7bit" 0 0)' in s.imap_bodystructure(False)
+    unterminated = crlf("Content-Type: multipart/mixed; boundary=x\n\n--x\n\nfirst\n--x\n\nsecond, no end\n")
+    kids = parse(unterminated).root.children
+    assert [unterminated[k.body_start : k.body_end] for k in kids] == [b"first", b"second, no end\r\n"]
+    wrong = crlf("Content-Type: multipart/mixed; boundary=x\n\n--y\n\nnothing\n")
+    assert parse(wrong).root.children == []
+
+
+def test_same_boundary_nested(parse: Callable) -> None:
+    raw = crlf(
+        "Content-Type: multipart/mixed; boundary=b\n\n--b\nContent-Type: multipart/alternative; boundary=b\n\n"
+        "--b\n\none\n--b\n\ntwo\n--b--\n--b\n\nthree\n--b--\n"
+    )
+    s = parse(raw)
+    assert [p.mime_type for p in s.parts()] == [
+        "multipart/mixed",
+        "multipart/alternative",
+        "text/plain",
+        "text/plain",
+        "text/plain",
+    ]
+
+
+def test_deep_nesting_is_cut_at_the_limit(parse: Callable) -> None:
+    depth = 10000
+    head = b"".join(b"Content-Type: multipart/mixed; boundary=x%dx\r\n\r\n--x%dx\r\n" % (i, i) for i in range(depth))
+    raw = head + b"\r\nleaf\r\n"
+    t0 = time.monotonic()
+    s = parse(raw)
+    assert time.monotonic() - t0 < 20
+    parts = list(s.parts())
+    assert len(parts) == 101
+    assert parts[-1].truncated
+    assert s.imap_bodystructure().count(b"(") > 100
+    assert MessageStructure.from_cache(s.to_cache()) == s
+    rfc822 = b"Content-Type: message/rfc822\r\n\r\n" * depth + b"\r\nend"
+    s2 = parse(rfc822)
+    assert len(list(s2.parts())) == 101
+    s2.imap_bodystructure()
+
+
+def test_part_count_limit(parse: Callable) -> None:
+    raw = b"Content-Type: multipart/mixed; boundary=b\r\n\r\n" + b"--b\r\n\r\nx\r\n" * 20000 + b"--b--\r\n"
+    s = parse(raw, mime.MimeLimits(max_parts=1000))
+    assert len(s.root.children) < 1000
+    assert s.root.truncated
+
+
+def test_huge_header_line_and_single_line_body(parse: Callable) -> None:
+    raw = b"Subject: " + b"x" * (1 << 20) + b"\r\nX-Junk: " + b"y" * (1 << 20) + b"\r\n\r\n" + b"z" * (50 << 20)
+    t0 = time.monotonic()
+    s = parse(raw)
+    assert time.monotonic() - t0 < 20
+    assert s.size == len(raw)
+    assert len(s.field(b"subject") or b"") == 65536  # max_value
+    assert s.root.lines == 0
+    assert len(s.to_cache()) < 100_000
+    small = parse(raw, mime.MimeLimits(max_value=100))
+    assert len(small.field(b"subject") or b"") == 100
+
+
+def test_header_without_body_and_empty_input(parse: Callable) -> None:
+    for raw in (b"", b"\r\n", b"Subject: only header", b"\n\n\n", b"no colon here\r\n\r\nbody", b"--\r\n--"):
+        s = parse(raw)
+        s.imap_bodystructure()
+        s.imap_envelope()
+        assert s.size == len(raw)
+        assert MessageStructure.from_cache(s.to_cache()) == s
+    assert parse(b"").imap_envelope() == b"(NIL NIL NIL NIL NIL NIL NIL NIL NIL NIL)"
+
+
+def test_lf_only_and_crlf_give_the_same_shape(parse: Callable) -> None:
+    lf = RFC2046_MULTIPART.replace(b"\r\n", b"\n")
+    a, b = parse(lf), parse(RFC2046_MULTIPART)
+    assert [p.mime_type for p in a.parts()] == [p.mime_type for p in b.parts()]
+    assert [p.lines for p in a.parts()] == [p.lines for p in b.parts()]
