@@ -1,0 +1,116 @@
+"""Pure parsers of the store: maildir names, folder names, the uidlist, thread headers (hypothesis)."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from mailsrv.store import headers, maildir, uidlist
+
+FLAGS = sorted(maildir.SYSTEM_FLAGS)
+
+
+@given(st.sets(st.sampled_from(FLAGS)), st.text(alphabet="abcdefMPQ0123456789.,=", min_size=1, max_size=40))
+def test_filename_round_trip(flags: set[str], key: str) -> None:
+    name = maildir.filename(key, frozenset(flags))
+    k, info = maildir.split_filename(name)
+    assert k == key
+    assert maildir.info_to_flags(info) == frozenset(flags)
+    assert list(info) == sorted(info)
+
+
+def test_filename_examples() -> None:
+    assert maildir.filename("k", frozenset({"\\Seen", "\\Flagged", "$Junk"})) == "k:2,FS"
+    assert maildir.split_filename("a,S=10:2,RS") == ("a,S=10", "RS")
+    assert maildir.split_filename("plain") == ("plain", "")
+    assert maildir.size_from_key("1.M2P3.h,S=1234,W=1300") == 1234
+    assert maildir.size_from_key("1.M2P3.h") is None
+    assert maildir.info_to_flags("PSxT") == frozenset({"\\Seen", "\\Deleted"})
+    assert maildir.canonical_flag("\\SEEN") == "\\Seen" and maildir.canonical_flag("$x") == "$x"
+
+
+names = st.lists(
+    st.text(alphabet=st.characters(min_codepoint=0x20, blacklist_characters="/", blacklist_categories=("Cs",)),
+            min_size=1, max_size=12),
+    min_size=1, max_size=4,
+).map("/".join)
+
+
+@given(names)
+def test_folder_dir_round_trip(name: str) -> None:
+    try:
+        norm = maildir.normalize_name(name)
+    except maildir.NameError_:
+        return
+    d = maildir.folder_dir(norm)
+    assert "/" not in d and (d == "" or d.startswith("."))
+    assert d == "" or ".." not in d  # no empty hierarchy levels on disk
+    assert maildir.dir_to_name(d) == norm
+
+
+def test_folder_examples() -> None:
+    assert maildir.folder_dir("inbox") == ""
+    assert maildir.folder_dir("Archive/2024") == ".Archive.2024"
+    assert maildir.folder_dir("a.b") == ".a&AC4-b"
+    assert maildir.folder_dir("Entwürfe") == ".Entw&APw-rfe"
+    assert maildir.dir_to_name(".Entw&APw-rfe") == "Entwürfe"
+    assert maildir.dir_to_name("..hidden") is None and maildir.dir_to_name("cur") is None
+    for bad in ("", "/a", "a/", "a//b", "a\x00b"):
+        with pytest.raises(maildir.NameError_):
+            maildir.normalize_name(bad)
+
+
+@given(st.binary(max_size=300))
+def test_uidlist_never_crashes(data: bytes) -> None:
+    try:
+        ul = uidlist.parse(data)
+    except uidlist.UidlistError:
+        return
+    assert ul.effective_nextuid >= 1
+    assert all(u > 0 for u in ul.uids.values())
+
+
+@given(st.integers(1, 2**32 - 1), st.integers(1, 2**32 - 1),
+       st.dictionaries(st.text(alphabet="0123456789.MPh,=S", min_size=1, max_size=30).filter(lambda s: ":" not in s),
+                       st.integers(1, 2**32 - 1), max_size=20))
+def test_uidlist_round_trip(uv: int, nxt: int, entries: dict[str, int]) -> None:
+    data = uidlist.format_header(uv, nxt, "ab" * 16)
+    for base, uid in entries.items():
+        data += uidlist.format_entry(uid, base, len(base))
+    ul = uidlist.parse(data)
+    assert (ul.uidvalidity, ul.nextuid, ul.guid) == (uv, nxt, "ab" * 16)
+    assert ul.uids == entries
+    assert ul.effective_nextuid == max(nxt, max(entries.values(), default=0) + 1)
+
+
+def test_uidlist_torn_last_line_and_v1() -> None:
+    ul = uidlist.parse(b"3 V5 N3 G00\n1 :a\n2 S10 :b\n7 :c")
+    assert ul.uids == {"a": 1, "b": 2} and ul.sizes == {"b": 10}
+    ul = uidlist.parse(b"1 99 4\n1 a:2,S\n3 b\n")
+    assert (ul.uidvalidity, ul.uids) == (99, {"a": 1, "b": 3})
+    with pytest.raises(uidlist.UidlistError):
+        uidlist.parse(b"3 N4\n")
+
+
+def test_thread_headers_examples() -> None:
+    raw = (b"Subject: Re: [team] Fwd: Plan (fwd)\r\nMessage-ID: <x@y>\r\nReferences: <a@b>\r\n <c@d>\r\n"
+           b"In-Reply-To: <c@d>\r\n\r\nReferences: <not@header>\r\n")
+    th = headers.thread_headers(raw)
+    assert th.message_id == "x@y"
+    assert th.parents == ("a@b", "c@d")
+    assert th.subject == "plan"
+    assert headers.thread_headers(b"no headers at all").message_id is None
+
+
+@given(st.binary(max_size=500))
+def test_thread_headers_never_crash(raw: bytes) -> None:
+    th = headers.thread_headers(raw)
+    assert isinstance(th.subject, str)
+    assert len(set(th.parents)) == len(th.parents)
+
+
+@given(st.text(max_size=60))
+def test_base_subject_idempotent(s: str) -> None:
+    b = headers.base_subject(s)
+    assert headers.base_subject(b) == b
