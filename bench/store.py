@@ -1,0 +1,157 @@
+"""Store benchmark: a big mailbox (open cold/warm, list flags, index size) and durable delivery rate.
+
+Baseline for delivery: the same machine's raw rate of fsync'd file creates
+(write, fsync file, fsync directory) in the same file system, measured in the
+same run. "Cold" open is a fresh Store (new SQLite connection, no cached
+state); the OS page cache is not dropped (that would disturb other users of
+the machine), so it is cold for mailsrv, warm for the kernel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from mailsrv.config import StoreConfig
+from mailsrv.store import DeliveryTarget, Store
+from mailsrv.store.engine import INDEX_NAME, UIDLIST_NAME
+
+SIZES = {"smoke": (2_000, 100), "full": (100_000, 1_000)}
+
+
+def _message(n: int) -> bytes:
+    body = ("Lorem ipsum dolor sit amet, consectetur adipiscing elit. " * 30 + "\r\n") * 3
+    return (
+        f"From: sender{n % 97}@example.test\r\nTo: user@example.test\r\n"
+        f"Subject: report {n % 500}\r\nMessage-ID: <b{n}@example.test>\r\n"
+        f"Date: Thu, 26 Nov 2026 12:00:00 +0000\r\nMIME-Version: 1.0\r\n"
+        f"Content-Type: text/plain; charset=utf-8\r\n\r\n{body}"
+    ).encode()
+
+
+def _fill(new_dir: Path, n: int) -> None:
+    """Drop n messages into new/ as another MDA would (no fsync: setup, not measured)."""
+    for i in range(n):
+        (new_dir / f"1700000000.M{i}P1Q{i}.bench").write_bytes(_message(i))
+
+
+def _raw_fsync_creates(d: Path, count: int, data: bytes) -> float:
+    d.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    for i in range(count):
+        p = d / f"raw{i}"
+        fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.write(fd, data)
+        os.fsync(fd)
+        os.close(fd)
+        dfd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+        os.fsync(dfd)
+        os.close(dfd)
+    return count / (time.perf_counter() - t0)
+
+
+async def _big_mailbox(base: Path, n: int) -> tuple[list[dict[str, Any]], list[str]]:
+    results: list[dict[str, Any]] = []
+    notes: list[str] = []
+    store = Store(StoreConfig(), base)
+    acct = await store.account("big")
+    root = base / "mail" / "big"
+    await asyncio.get_running_loop().run_in_executor(None, _fill, root / "new", n)
+    t0 = time.perf_counter()
+    view = await acct.open_mailbox("INBOX")  # indexes all n (read + MIME parse + insert), one transaction
+    t_import = time.perf_counter() - t0
+    assert len(view.messages) == n, len(view.messages)
+    # give a third of them flags, as a real mailbox has
+    await acct.store_flags("INBOX", [m.uid for m in view.messages[::3]], frozenset({"\\Seen"}), "add")
+    await store.close()
+    results.append({"name": "index new messages (read, parse, insert)", "unit": "msg/s",
+                    "value": n / t_import, "baseline": None, "ratio": None})
+    notes.append(f"mailbox of {n} messages")
+
+    store = Store(StoreConfig(), base)
+    t0 = time.perf_counter()
+    acct = await store.account("big")
+    view = await acct.open_mailbox("INBOX")
+    t_cold = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    view = await acct.open_mailbox("INBOX")
+    t_warm = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    await view.refresh()
+    flags = [(m.uid, " ".join(sorted(m.flags))) for m in view.messages]
+    t_flags = time.perf_counter() - t0
+    assert len(flags) == n
+    t0 = time.perf_counter()
+    since = await acct.changes_since("INBOX", 0)
+    t_since = time.perf_counter() - t0
+    assert len(since.changed) == n
+    await store.close()
+    index_bytes = sum(
+        (root / name).stat().st_size
+        for name in (INDEX_NAME, INDEX_NAME + "-wal", UIDLIST_NAME)
+        if (root / name).exists()
+    )
+    results += [
+        {"name": "open mailbox cold (new Store)", "unit": "s", "value": t_cold, "baseline": None, "ratio": None},
+        {"name": "open mailbox warm (same Store)", "unit": "s", "value": t_warm, "baseline": None, "ratio": None},
+        {"name": "list all flags (refresh + FLAGS of every message)", "unit": "s", "value": t_flags,
+         "baseline": None, "ratio": None},
+        {"name": "changes since modseq 0 (all messages)", "unit": "s", "value": t_since, "baseline": None,
+         "ratio": None},
+        {"name": "index bytes per message (sqlite + wal + uidlist)", "unit": "B", "value": index_bytes / n,
+         "baseline": None, "ratio": None},
+    ]
+    notes.append("baselines for open/flags/index size: none measured (no second implementation in this run)")
+    return results, notes
+
+
+async def _delivery(base: Path, count: int, concurrency: int) -> tuple[float, dict[str, int]]:
+    store = Store(StoreConfig(), base)
+    accts = [await store.account(f"rcpt{i}") for i in range(4)]
+    data = _message(1)
+    spool_dir = base / "spool"
+    spool_dir.mkdir(exist_ok=True)
+    sem = asyncio.Semaphore(concurrency)
+
+    async def one(i: int) -> None:
+        async with sem:
+            sp = spool_dir / f"s{i}"
+            await store.io.run(sp.write_bytes, data)
+            res = await store.deliver(sp, [DeliveryTarget(accts[i % len(accts)])])
+            await store.io.run(sp.unlink)
+            assert res[0].status == "ok", res
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(one(i) for i in range(count)))
+    rate = count / (time.perf_counter() - t0)
+    stats = {"dir_fsync_rounds": store.dirsync.rounds, "dir_fsyncs": store.dirsync.fsyncs}
+    await store.close()
+    return rate, stats
+
+
+def run(size: str) -> dict[str, Any]:
+    n, deliveries = SIZES[size]
+    base = Path(tempfile.mkdtemp(prefix="mailsrv-bench-store-", dir=os.environ.get("MAILSRV_BENCH_DIR")))
+    try:
+        results, notes = asyncio.run(_big_mailbox(base / "big", n))
+        raw = _raw_fsync_creates(base / "raw", max(50, deliveries // 2), _message(1))
+        rate, stats = asyncio.run(_delivery(base / "deliver", deliveries, 16))
+        results.append({
+            "name": "durable deliveries (16 concurrent, 4 mailboxes)", "unit": "msg/s", "value": rate,
+            "baseline": {"name": "raw fsync'd file creates", "value": raw}, "ratio": rate / raw,
+        })
+        rate1, _ = asyncio.run(_delivery(base / "deliver1", max(50, deliveries // 4), 1))
+        results.append({
+            "name": "durable deliveries (one at a time)", "unit": "msg/s", "value": rate1,
+            "baseline": {"name": "raw fsync'd file creates", "value": raw}, "ratio": rate1 / raw,
+        })
+        notes.append(f"group commit: {stats['dir_fsyncs']} new/ fsyncs in {stats['dir_fsync_rounds']} rounds "
+                     f"for {deliveries} deliveries (plus index commit and uidlist fsync per batch)")
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    return {"scenario": "store", "results": results, "notes": notes}
