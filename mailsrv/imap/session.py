@@ -29,7 +29,7 @@ from typing import Any, Protocol
 
 from mailsrv import log
 from mailsrv.imap import fetch as fetchmod
-from mailsrv.imap import mutf7
+from mailsrv.imap import mutf7, sortthread
 from mailsrv.imap import response as resp
 from mailsrv.imap import search as searchmod
 from mailsrv.imap.grammar import Command, SearchKey
@@ -68,11 +68,12 @@ VERBS: dict[str, frozenset[State]] = {
     "FETCH": _SEL, "STORE": _SEL, "COPY": _SEL, "MOVE": _SEL,
     "UID FETCH": _SEL, "UID STORE": _SEL, "UID COPY": _SEL, "UID MOVE": _SEL,
     "UID SEARCH": _SEL, "UID EXPUNGE": _SEL,
+    "SORT": _SEL, "UID SORT": _SEL, "THREAD": _SEL, "UID THREAD": _SEL,
 }
 
 #: Commands after which pending mailbox changes may be reported, EXPUNGE included.
 #: RFC 9051 §7.5.1: not after FETCH, STORE, SEARCH (non-UID) nor while they run.
-_NO_EXPUNGE_AFTER = {"FETCH", "STORE", "SEARCH"}
+_NO_EXPUNGE_AFTER = {"FETCH", "STORE", "SEARCH", "SORT", "THREAD"}
 
 SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
 _SYSTEM_LOWER = {f.lower(): f for f in SYSTEM_FLAGS}
@@ -197,7 +198,8 @@ class Session:
             "UIDPLUS", "MOVE", "CHILDREN", "SPECIAL-USE", "CREATE-SPECIAL-USE", "LIST-EXTENDED",
             "LIST-STATUS", "STATUS=SIZE", "CONDSTORE", "QRESYNC", "ESEARCH", "SEARCHRES",
             "QUOTA", "QUOTA=RES-STORAGE", "QUOTA=RES-MESSAGE", f"APPENDLIMIT={self.cfg.append_limit}",
-            "MULTIAPPEND", "BINARY", "UTF8=ACCEPT", "OBJECTID", "SAVEDATE",
+            "MULTIAPPEND", "BINARY", "UTF8=ACCEPT", "OBJECTID", "SAVEDATE", "SORT", "SORT=DISPLAY",
+            "THREAD=ORDEREDSUBJECT", "THREAD=REFERENCES",
         ]
         return caps
 
@@ -937,18 +939,13 @@ class Session:
             return "MOVE completed"
         return f"[{code}] COPY completed"
 
-    async def cmd_search(self, cmd: Command) -> None:
-        await self._search(cmd, uid=False)
-
-    async def cmd_uid_search(self, cmd: Command) -> None:
-        await self._search(cmd, uid=True)
-
-    async def _search(self, cmd: Command, *, uid: bool) -> None:
-        charset = cmd.args["charset"]
+    def _check_charset(self, charset: str | None) -> None:
         if charset not in (None, "UTF-8", "US-ASCII"):
             # RFC 9051 §6.4.4
             raise ImapError("NO", "Unsupported charset", "BADCHARSET (UTF-8 US-ASCII)")
-        key: SearchKey = cmd.args["key"]
+
+    async def _matching(self, key: SearchKey) -> list[tuple[int, Any]]:
+        """(sequence number, info) of the view's messages that match ``key``, ascending."""
         view = self.view
         messages = view.messages
         largest_uid = messages[-1].uid if messages else 0
@@ -958,16 +955,74 @@ class Session:
         except ValueError as exc:
             raise ImapError("BAD", str(exc), "CLIENTBUG") from None
         content = searchmod.needs_content(key)
-        found: list[Any] = []
+        found: list[tuple[int, Any]] = []
         for i, info in enumerate(messages):
             raw = None
             if content:
                 try:
                     raw = await self.acct.read_message(view.name, info.uid)
-                except Exception:
+                except Exception:  # expunged meanwhile: it does not match
                     continue
             if match(searchmod.Message(i + 1, info, raw)):
                 found.append((i + 1, info))
+        return found
+
+    async def _items(self, found: list[tuple[int, Any]], uid: bool) -> list[sortthread.Item]:
+        items = []
+        for seq, info in found:
+            try:
+                raw = await self.acct.read_message(self.view.name, info.uid)
+            except Exception:  # expunged meanwhile
+                continue
+            headers: dict[bytes, bytes] = {}
+            for k, v in parse_structure(raw).headers:
+                headers.setdefault(k.lower(), v)
+            items.append(sortthread.Item(info.uid if uid else seq, seq, info.internal_date, info.size, headers))
+        return items
+
+    async def cmd_sort(self, cmd: Command) -> None:
+        await self._sort(cmd, uid=False)
+
+    async def cmd_uid_sort(self, cmd: Command) -> None:
+        await self._sort(cmd, uid=True)
+
+    async def _sort(self, cmd: Command, *, uid: bool) -> None:
+        # RFC 5256 §3
+        self._check_charset(cmd.args["charset"])
+        if cmd.args["return"] is not None:
+            raise ImapError("BAD", "ESORT is not supported", "CLIENTBUG")
+        items = await self._items(await self._matching(cmd.args["key"]), uid)
+        nums = sortthread.sort(items, cmd.args["criteria"])
+        self.w(b"* SORT" + b"".join(b" %d" % n for n in nums) + b"\r\n")
+
+    async def cmd_thread(self, cmd: Command) -> None:
+        await self._thread(cmd, uid=False)
+
+    async def cmd_uid_thread(self, cmd: Command) -> None:
+        await self._thread(cmd, uid=True)
+
+    async def _thread(self, cmd: Command, *, uid: bool) -> None:
+        # RFC 5256 §4
+        self._check_charset(cmd.args["charset"])
+        items = await self._items(await self._matching(cmd.args["key"]), uid)
+        if cmd.args["algorithm"] == "REFERENCES":
+            roots = sortthread.thread_references(items)
+        else:
+            roots = sortthread.thread_orderedsubject(items)
+        threads = sortthread.format_threads(roots)
+        self.w(b"* THREAD" + (b" " + threads if threads else b"") + b"\r\n")
+
+    async def cmd_search(self, cmd: Command) -> None:
+
+        await self._search(cmd, uid=False)
+
+    async def cmd_uid_search(self, cmd: Command) -> None:
+        await self._search(cmd, uid=True)
+
+    async def _search(self, cmd: Command, *, uid: bool) -> None:
+        self._check_charset(cmd.args["charset"])
+        key: SearchKey = cmd.args["key"]
+        found = await self._matching(key)
         nums = [info.uid if uid else seq for seq, info in found]
         modseq = max((info.modseq for _, info in found), default=0) if searchmod.uses_modseq(key) else None
         if modseq:
