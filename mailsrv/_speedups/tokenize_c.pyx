@@ -1,0 +1,114 @@
+# cython: language_level=3
+"""Search tokenizer hot path, compiled. The twin ``tokenize_py`` is the specification."""
+
+import unicodedata
+
+from mailsrv._speedups.tokenize_py import MAX_WORD as _MAX_WORD_PY
+from mailsrv._speedups.tokenize_py import query_terms as _query_terms_py
+from mailsrv._speedups.tokenize_py import runs as _runs_py
+
+MAX_WORD = _MAX_WORD_PY
+cdef Py_ssize_t _MAX = _MAX_WORD_PY
+
+_nfkc = unicodedata.normalize
+
+
+cdef inline bint _is_cjk(Py_UCS4 cp) noexcept:
+    return (
+        (0x3040 <= cp <= 0x30FF)
+        or (0x3400 <= cp <= 0x4DBF)
+        or (0x4E00 <= cp <= 0x9FFF)
+        or (0xAC00 <= cp <= 0xD7AF)
+        or (0x1100 <= cp <= 0x11FF)
+        or (0x3130 <= cp <= 0x318F)
+        or (0x31F0 <= cp <= 0x31FF)
+        or (0xF900 <= cp <= 0xFAFF)
+        or (0xFF66 <= cp <= 0xFF9D)
+        or (0x20000 <= cp <= 0x3FFFF)
+    )
+
+
+def is_cjk(int cp):
+    return _is_cjk(<Py_UCS4>cp) if 0 <= cp <= 0x10FFFF else False
+
+
+def normalize(str text):
+    cdef str t = _nfkc("NFKC", _nfkc("NFKC", text).casefold())
+    cdef list out = []
+    cdef Py_ssize_t i, n = len(t), start = -1
+    cdef Py_UCS4 ch
+    cdef bint sep
+    cdef bint pending = False  # a space is owed before the next kept character
+    for i in range(n):
+        ch = t[i]
+        sep = ch.isspace() or ch < 32 or ch == 127
+        if sep:
+            if start >= 0:
+                out.append(t[start:i])
+                start = -1
+                pending = True
+        else:
+            if start < 0:
+                if pending and out:
+                    out.append(" ")
+                pending = False
+                start = i
+    if start >= 0:
+        out.append(t[start:n])
+    return "".join(out)
+
+
+cdef inline void _word(str text, Py_ssize_t a, Py_ssize_t b, list out):
+    cdef Py_ssize_t n = b - a, k
+    if n <= _MAX:
+        out.append(text[a:b])
+        return
+    k = 0
+    while True:
+        out.append(text[a + k : a + min(k + 2 * _MAX, n)])
+        if k + 2 * _MAX >= n:
+            return
+        k += _MAX
+
+
+cdef inline void _cjk(str text, Py_ssize_t a, Py_ssize_t b, list out):
+    cdef Py_ssize_t i
+    for i in range(a, b):
+        out.append(text[i])
+        if i + 1 < b:
+            out.append(text[i : i + 2])
+
+
+def terms(str text):
+    cdef list out = []
+    cdef Py_ssize_t i, n = len(text), start = -1
+    cdef int kind
+    cdef bint cjk = False
+    cdef Py_UCS4 ch
+    for i in range(n):
+        ch = text[i]
+        if _is_cjk(ch):
+            kind = 2
+        elif ch.isalnum():
+            kind = 1
+        else:
+            kind = 0
+        if start >= 0 and (kind == 0 or (kind == 2) != cjk):
+            if cjk:
+                _cjk(text, start, i, out)
+            else:
+                _word(text, start, i, out)
+            start = -1
+        if kind and start < 0:
+            start = i
+            cjk = kind == 2
+    if start >= 0:
+        if cjk:
+            _cjk(text, start, n, out)
+        else:
+            _word(text, start, n, out)
+    return out
+
+
+runs = _runs_py
+query_terms = _query_terms_py

@@ -1,0 +1,482 @@
+"""In-memory search index of one mailbox and the bitmap evaluation of queries.
+
+Invariants:
+* ``TermIndex.post[t]`` holds every indexed UID whose field has term ``t``
+  (and possibly expunged UIDs: results are always masked by the view).
+* Narrowing only over-approximates; :meth:`Evaluator.eval` confirms against
+  the cached normalised text wherever a term lookup is not exact, so the
+  result equals :func:`mailsrv.search.scan.matches` on every message.
+
+Nothing here does I/O except through the ``text_of`` callable given to the
+Evaluator (reading cached text records).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from pyroaring import BitMap
+
+from mailsrv._speedups import search as hot
+from mailsrv._speedups.tokenize import MAX_WORD, normalize, query_terms, terms
+from mailsrv.search.extract import FIELDS, HEADER_SEP, Document
+from mailsrv.search.query import (
+    All,
+    And,
+    Day,
+    Flag,
+    HasAttachment,
+    Header,
+    ModSeq,
+    Not,
+    Or,
+    Query,
+    SearchError,
+    Size,
+    Text,
+    Time,
+    Uids,
+)
+from mailsrv.search.scan import day_of, header_prefix, matches
+
+__all__ = ["Evaluator", "IndexCore", "TermIndex", "ViewState"]
+
+#: pseudo-field of header names (Header(name, "") is answered exactly from it)
+HNAME = "hname"
+
+
+class TermIndex:
+    """Postings of one field: term -> UIDs, plus a lazily built n-gram dictionary."""
+
+    __slots__ = ("post", "vocab", "grams")
+
+    def __init__(self) -> None:
+        self.post: dict[str, BitMap] = {}
+        self.vocab: list[str] = []  # term id -> term
+        self.grams: dict[str, BitMap] | None = None  # trigram -> term ids (word terms)
+
+    def add(self, uid: int, uniq: Iterable[str]) -> None:
+        post = self.post
+        for t in uniq:
+            bm = post.get(t)
+            if bm is None:
+                post[t] = bm = BitMap()
+                self._new_term(t)
+            bm.add(uid)
+
+    def _new_term(self, t: str) -> None:
+        tid = len(self.vocab)
+        self.vocab.append(t)
+        grams = self.grams
+        if grams is not None and len(t) >= 3:
+            for i in range(len(t) - 2):
+                g = t[i : i + 3]
+                bm = grams.get(g)
+                if bm is None:
+                    grams[g] = bm = BitMap()
+                bm.add(tid)
+
+    def _build_grams(self) -> dict[str, BitMap]:
+        grams: dict[str, BitMap] = {}
+        for tid, t in enumerate(self.vocab):
+            for i in range(len(t) - 2):
+                g = t[i : i + 3]
+                bm = grams.get(g)
+                if bm is None:
+                    grams[g] = bm = BitMap()
+                bm.add(tid)
+        self.grams = grams
+        return grams
+
+    def containing(self, w: str) -> BitMap:
+        """UIDs having a term of which ``w`` is a substring."""
+        if len(w) < 3:
+            ids: Iterable[int] = hot.terms_containing(w, self.vocab)
+        else:
+            grams = self.grams if self.grams is not None else self._build_grams()
+            sets = []
+            for i in range(len(w) - 2):
+                bm = grams.get(w[i : i + 3])
+                if bm is None:
+                    return BitMap()
+                sets.append(bm)
+            cand = BitMap.intersection(*sets) if len(sets) > 1 else sets[0]
+            ids = hot.filter_containing(w, self.vocab, cand)
+        post = self.post
+        vocab = self.vocab
+        bms = [post[vocab[i]] for i in ids]
+        if not bms:
+            return BitMap()
+        return BitMap.union(*bms) if len(bms) > 1 else bms[0].copy()
+
+    def exact(self, t: str) -> BitMap:
+        bm = self.post.get(t)
+        return bm.copy() if bm is not None else BitMap()
+
+    def compact(self, live: BitMap) -> None:
+        """Drop expunged UIDs and empty terms (term ids are renumbered)."""
+        post: dict[str, BitMap] = {}
+        for t, bm in self.post.items():
+            bm &= live
+            if bm:
+                post[t] = bm
+        self.post = post
+        self.vocab = list(post)
+        self.grams = None
+
+
+class IndexCore:
+    """Everything derived from message contents (the store gives flags, dates and sizes)."""
+
+    def __init__(self) -> None:
+        self.fields: dict[str, TermIndex] = {f: TermIndex() for f in (*FIELDS, HNAME)}
+        self.indexed = BitMap()
+        self.cols: dict[int, tuple] = {}  # uid -> Document.columns()
+        self.sent_days: dict[int, BitMap] = {}  # UTC day ordinal -> UIDs (messages with a Date:)
+        self.attach = BitMap()
+        self.dated = BitMap()  # UIDs with a valid Date:
+
+    def add(self, uid: int, doc: Document) -> None:
+        """Index one message (idempotent for a UID already indexed)."""
+        if uid in self.indexed:
+            return
+        for f in FIELDS:
+            text = doc.text.get(f, "")
+            if text:
+                self.fields[f].add(uid, set(terms(text)))
+        names = {
+            line.partition(":")[0] for line in doc.text.get("headers", "").split(HEADER_SEP) if line
+        }
+        self.fields[HNAME].add(uid, names)
+        self.cols[uid] = doc.columns()
+        if doc.sent_date is not None:
+            d = day_of(doc.sent_date)
+            bm = self.sent_days.get(d)
+            if bm is None:
+                self.sent_days[d] = bm = BitMap()
+            bm.add(uid)
+            self.dated.add(uid)
+        if doc.has_attachment:
+            self.attach.add(uid)
+        self.indexed.add(uid)
+
+    def remove(self, uids: Iterable[int]) -> None:
+        """Forget expunged UIDs (term postings keep them until :meth:`compact`)."""
+        gone = BitMap(uids)
+        self.indexed -= gone
+        self.attach -= gone
+        self.dated -= gone
+        for uid in gone:
+            cols = self.cols.pop(uid, None)
+            if cols is not None and cols[0] is not None:
+                bm = self.sent_days.get(day_of(cols[0]))
+                if bm is not None:
+                    bm.discard(uid)
+
+    def compact(self) -> None:
+        for ti in self.fields.values():
+            ti.compact(self.indexed)
+        self.sent_days = {d: bm for d, bm in self.sent_days.items() if bm}
+
+
+def _bucket(size: int) -> int:
+    return int(size).bit_length()
+
+
+class ViewState:
+    """Flag, date, size and modseq columns of the session's view, kept incrementally."""
+
+    def __init__(self) -> None:
+        self.infos: dict[int, Any] = {}
+        self.uids = BitMap()
+        self.flags: dict[str, BitMap] = {}
+        self.days: dict[int, BitMap] = {}  # internal date UTC day -> UIDs
+        self.sizes: dict[int, BitMap] = {}  # bit_length(size) -> UIDs
+        self.stamp: tuple = ()
+
+    def sync(self, view: Any) -> None:
+        """Bring the columns in step with ``view.messages`` (cheap when nothing changed)."""
+        msgs = view.messages
+        stamp = (len(msgs), view.highestmodseq, msgs[-1].uid if msgs else 0, id(msgs))
+        if stamp == self.stamp:
+            return
+        infos = self.infos
+        seen = BitMap()
+        for m in msgs:
+            uid = m.uid
+            seen.add(uid)
+            old = infos.get(uid)
+            if old is m:
+                continue
+            if old is not None:
+                if old == m:
+                    infos[uid] = m
+                    continue
+                self._drop(old)
+            self._put(m)
+        for uid in self.uids - seen:
+            self._drop(infos[uid])
+        self.uids = seen
+        self.stamp = stamp
+
+    def _put(self, m: Any) -> None:
+        uid = m.uid
+        self.infos[uid] = m
+        for f in m.flags:
+            k = f.casefold()
+            bm = self.flags.get(k)
+            if bm is None:
+                self.flags[k] = bm = BitMap()
+            bm.add(uid)
+        d = day_of(m.internal_date)
+        bm = self.days.get(d)
+        if bm is None:
+            self.days[d] = bm = BitMap()
+        bm.add(uid)
+        b = _bucket(m.size)
+        bm = self.sizes.get(b)
+        if bm is None:
+            self.sizes[b] = bm = BitMap()
+        bm.add(uid)
+
+    def _drop(self, m: Any) -> None:
+        uid = m.uid
+        del self.infos[uid]
+        for f in m.flags:
+            bm = self.flags.get(f.casefold())
+            if bm is not None:
+                bm.discard(uid)
+        bm = self.days.get(day_of(m.internal_date))
+        if bm is not None:
+            bm.discard(uid)
+        bm = self.sizes.get(_bucket(m.size))
+        if bm is not None:
+            bm.discard(uid)
+
+
+def _days_where(days: dict[int, BitMap], pred: Callable[[int], bool]) -> BitMap:
+    sel = [bm for d, bm in days.items() if pred(d)]
+    if not sel:
+        return BitMap()
+    return BitMap.union(*sel) if len(sel) > 1 else sel[0].copy()
+
+
+#: rough cost order of nodes inside an AND (cheap bitmap lookups first)
+def _cost(q: Query) -> int:
+    if isinstance(q, Uids | Flag | All | HasAttachment):
+        return 0
+    if isinstance(q, Day | Size):
+        return 1
+    if isinstance(q, Time | ModSeq):
+        return 2
+    if isinstance(q, Header):
+        return 4
+    if isinstance(q, Text):
+        return 3 if q.field not in ("body", "text") else 5
+    return 6
+
+
+class Evaluator:
+    """Evaluate a query as bitmap algebra over a core index and a view state."""
+
+    def __init__(
+        self,
+        core: IndexCore,
+        view: ViewState,
+        text_of: Callable[[int], dict[str, str]],
+        doc_of: Callable[[int], Document] | None = None,
+    ) -> None:
+        self.core = core
+        self.view = view
+        self.text_of = text_of
+        #: optional: messages of the view not in the index are matched by scanning them
+        self.doc_of = doc_of
+        self.confirmed = 0  # statistics: texts read for confirmation
+
+    def run(self, q: Query) -> BitMap:
+        """UIDs of the view matching ``q``: bitmap algebra on indexed ones, a scan of the rest."""
+        uids = self.view.uids
+        indexed = uids & self.core.indexed
+        out = self.eval(q, indexed)
+        missing = uids - indexed
+        if missing and self.doc_of is not None:
+            infos = self.view.infos
+            out |= BitMap(u for u in missing if matches(q, self.doc_of(u), infos[u]))
+        return out
+
+    def eval(self, q: Query, within: BitMap) -> BitMap:
+        """UIDs of ``within`` that match ``q``."""
+        if not within:
+            return within
+        if isinstance(q, All):
+            return within
+        if isinstance(q, Flag):
+            return within & self.view.flags.get(q.name.casefold(), BitMap())
+        if isinstance(q, Uids):
+            return within & q.uids
+        if isinstance(q, And):
+            cur = within
+            for item in sorted(q.items, key=_cost):
+                cur = self.eval(item, cur)
+                if not cur:
+                    break
+            return cur
+        if isinstance(q, Or):
+            acc = BitMap()
+            rest = within
+            for item in sorted(q.items, key=_cost):
+                hit = self.eval(item, rest)
+                acc |= hit
+                rest = rest - hit
+                if not rest:
+                    break
+            return acc
+        if isinstance(q, Not):
+            return within - self.eval(q.item, within)
+        if isinstance(q, Size):
+            return self._size(q, within)
+        if isinstance(q, ModSeq):
+            infos = self.view.infos
+            return BitMap(u for u in within if infos[u].modseq >= q.n)
+        if isinstance(q, Day):
+            return self._day(q, within)
+        if isinstance(q, Time):
+            return self._time(q, within)
+        if isinstance(q, HasAttachment):
+            return within & self.core.attach
+        if isinstance(q, Text):
+            return self._text(q, within)
+        if isinstance(q, Header):
+            return self._header(q, within)
+        raise SearchError(f"unknown query node {q!r}")
+
+    # --- columns -------------------------------------------------------------
+
+    def _size(self, q: Size, within: BitMap) -> BitMap:
+        edge = _bucket(q.n)
+        sizes = self.view.sizes
+        if q.op == "larger":
+            out = _days_where(sizes, lambda b: b > edge)
+        else:
+            out = _days_where(sizes, lambda b: b < edge)
+        infos = self.view.infos
+        border = within & sizes.get(edge, BitMap())
+        n = q.n
+        if q.op == "larger":
+            out |= BitMap(u for u in border if infos[u].size > n)
+        else:
+            out |= BitMap(u for u in border if infos[u].size < n)
+        return within & out
+
+    def _sent_days(self, within: BitMap) -> tuple[dict[int, BitMap], BitMap]:
+        """Sent-day buckets, and the UIDs of ``within`` that use the internal date instead."""
+        return self.core.sent_days, within - self.core.dated
+
+    def _day(self, q: Day, within: BitMap) -> BitMap:
+        o = q.day.toordinal()
+        if q.op == "before":
+            pred: Callable[[int], bool] = lambda d: d < o  # noqa: E731
+        elif q.op == "on":
+            pred = lambda d: d == o  # noqa: E731
+        else:
+            pred = lambda d: d >= o  # noqa: E731
+        if q.column == "internal":
+            return within & _days_where(self.view.days, pred)
+        days, fallback = self._sent_days(within)
+        out = within & _days_where(days, pred)
+        out -= fallback
+        infos = self.view.infos
+        out |= BitMap(u for u in fallback if pred(day_of(infos[u].internal_date)))
+        return out
+
+    def _time(self, q: Time, within: BitMap) -> BitMap:
+        ts = q.ts
+        edge = day_of(ts) if ts > -62135596800 else -(10**9)  # before year 1: below every day
+        infos = self.view.infos
+        before = q.op == "before"
+
+        def exact(u: int, t: float) -> bool:
+            return t < ts if before else t >= ts
+
+        if q.column == "internal":
+            days = self.view.days
+            out = _days_where(days, (lambda d: d < edge) if before else (lambda d: d > edge))
+            border = within & days.get(edge, BitMap())
+            out |= BitMap(u for u in border if exact(u, infos[u].internal_date))
+            return within & out
+        sdays, fallback = self._sent_days(within)
+        out = within & _days_where(sdays, (lambda d: d < edge) if before else (lambda d: d > edge))
+        out -= fallback
+        cols = self.core.cols
+        border = (within & sdays.get(edge, BitMap())) - fallback
+        out |= BitMap(u for u in border if exact(u, cols[u][0]))
+        out |= BitMap(u for u in fallback if exact(u, infos[u].internal_date))
+        return out
+
+    # --- text ----------------------------------------------------------------
+
+    def _narrow(self, field: str, v: str) -> tuple[BitMap, bool]:
+        """(candidates, exact): UIDs that may have ``v`` in ``field``; exact if no confirmation needed."""
+        words, cjk = query_terms(v)
+        ti = self.core.fields[field]
+        cand: BitMap | None = None
+        # the rarest-looking terms first: CJK bigrams are exact lookups
+        for t in cjk:
+            bm = ti.exact(t)
+            cand = bm if cand is None else cand & bm
+            if not cand:
+                return cand, True
+        for w in sorted(words, key=len, reverse=True):
+            bm = ti.containing(w)
+            cand = bm if cand is None else cand & bm
+            if not cand:
+                return cand, True
+        if cand is None:
+            return self.core.indexed.copy(), False
+        exact = len(words) + len(cjk) == 1 and (v == (words or cjk)[0])
+        # a single word longer than MAX_WORD was left out of the terms: not exact
+        return cand, exact and len(v) <= MAX_WORD
+
+    def _confirm(self, cand: BitMap, check: Callable[[dict[str, str]], bool]) -> BitMap:
+        out = BitMap()
+        text_of = self.text_of
+        for u in cand:
+            self.confirmed += 1
+            if check(text_of(u)):
+                out.add(u)
+        return out
+
+    def _text(self, q: Text, within: BitMap) -> BitMap:
+        v = normalize(q.value)
+        if not v:
+            return within
+        fields = ("headers", "body") if q.field == "text" else (q.field,)
+        out = BitMap()
+        for f in fields:
+            cand, exact = self._narrow(f, v)
+            cand &= within
+            cand -= out
+            if not exact and cand:
+                cand = self._confirm(cand, lambda t, f=f: v in t.get(f, ""))  # type: ignore[misc]
+            out |= cand
+        return out
+
+    def _header(self, q: Header, within: BitMap) -> BitMap:
+        prefix = header_prefix(q.name)
+        name = prefix[:-1]
+        v = normalize(q.value)
+        cand = within & self.core.fields[HNAME].exact(name)
+        if not v or not cand:
+            return cand
+        narrowed, _ = self._narrow("headers", v)
+        cand &= narrowed
+        n = len(prefix)
+
+        def check(t: dict[str, str]) -> bool:
+            for line in t.get("headers", "").split(HEADER_SEP):
+                if line.startswith(prefix) and v in line[n:]:
+                    return True
+            return False
+
+        return self._confirm(cand, check)

@@ -1,0 +1,539 @@
+"""Per-worker search service: opens mailbox indexes, keeps them in step, answers queries.
+
+Invariants:
+* One :class:`MailboxIndex` object per (account, mailbox) in a process; all of
+  its work is serialised by its asyncio lock and runs in the service's thread
+  pool (file I/O and CPU-heavy evaluation never run on the event loop).
+* Results are exactly those of :func:`mailsrv.search.scan.matches` over the
+  messages of the view given to :meth:`MailboxIndex.search`.
+* Several processes share the files: appends and snapshots take the
+  exclusive ``flock``; every operation first reads what others appended.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, NamedTuple, TypeVar
+
+from pyroaring import BitMap
+
+from mailsrv import log
+from mailsrv.config import SearchConfig
+from mailsrv.search.extract import Document, extract
+from mailsrv.search.index import Evaluator, IndexCore, ViewState
+from mailsrv.search.query import Query, SearchError, SortKey
+from mailsrv.search.storage import (
+    CorruptIndex,
+    Files,
+    TextStore,
+    encode_record,
+    fsync_dir,
+    load_snapshot,
+    log_header,
+    read_log,
+    write_snapshot,
+)
+
+__all__ = ["Columns", "MailboxIndex", "Reader", "SearchService"]
+
+logger = log.get("search")
+T = TypeVar("T")
+
+#: reads the raw message with this UID (the store's ``read_message``)
+Reader = Callable[[int], Awaitable[bytes]]
+#: the worker's map from (account_id, mailbox_id) to (directory, reader), for observer events
+Resolver = Callable[[str, str], "tuple[Path, Reader] | None"]
+
+
+class Columns(NamedTuple):
+    """Stored sort values of one message (RFC 5256 / RFC 5957)."""
+
+    sent_date: float | None
+    from_addr: str
+    from_display: str
+    to_addr: str
+    to_display: str
+    cc_addr: str
+    subject: str
+    has_attachment: bool
+
+
+class MailboxIndex:
+    """The search index of one mailbox. Obtain it from :meth:`SearchService.mailbox`."""
+
+    def __init__(
+        self, service: SearchService, mailbox_id: str, directory: Path, read: Reader
+    ) -> None:
+        self.service = service
+        self.config = service.config
+        self.mailbox_id = mailbox_id
+        self.files = Files(directory, mailbox_id)
+        self.read = read
+        self.lock = asyncio.Lock()
+        self._tlock = threading.Lock()  # guards the fields below across executor threads
+        self.core = IndexCore()
+        self.locs: dict[int, tuple[int, int]] = {}
+        self.gen = -1
+        self.log_fd = -1
+        self.log_ino = -1
+        self.log_pos = 0
+        self.text: TextStore | None = None
+        self.since_snapshot = 0
+        self.view = ViewState()
+        #: statistics for tests and the benchmark
+        self.stats = {"indexed": 0, "confirmed": 0, "rebuilds": 0, "snapshots": 0}
+
+    # --- blocking part (runs in the service's threads) ---------------------------
+
+    def _close_files(self) -> None:
+        if self.log_fd >= 0:
+            os.close(self.log_fd)
+            self.log_fd = -1
+        if self.text is not None:
+            self.text.close()
+            self.text = None
+
+    def _open_log(self) -> None:
+        if self.log_fd >= 0:
+            os.close(self.log_fd)
+        self.log_fd = os.open(
+            self.files.log, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600
+        )
+        self.log_ino = os.fstat(self.log_fd).st_ino
+        self.log_pos = 0
+
+    def _reset(self, gen: int) -> None:
+        """Start an empty index of generation ``gen`` on disk. Caller holds the exclusive lock."""
+        self._close_files()
+        f = self.files
+        for p in (f.text, f.log):
+            try:
+                p.unlink()
+            except FileNotFoundError:
+                pass
+        self.core = IndexCore()
+        self.locs = {}
+        write_snapshot(f.snap, self.core, self.locs, gen)
+        self._new_log(gen)
+        self.text = TextStore(f.text)
+        self.gen = gen
+        self.since_snapshot = 0
+        self.stats["rebuilds"] += 1
+
+    def _new_log(self, gen: int) -> None:
+        tmp = self.files.log.with_name(self.files.log.name + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, log_header(gen))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, self.files.log)
+        fsync_dir(self.files.directory)
+        self._open_log()
+
+    def _load(self) -> None:
+        """(Re)load snapshot and journal; rebuild when they are missing or corrupt."""
+        self.files.ensure_dir()
+        with self.files.locked(exclusive=True):
+            self._load_locked()
+
+    def _load_locked(self) -> None:
+        """:meth:`_load` for a caller that holds the exclusive lock."""
+        self._close_files()
+        try:
+            core, locs, gen = load_snapshot(self.files.snap)
+        except FileNotFoundError:
+            self._reset(time.time_ns())
+            return
+        except (CorruptIndex, OSError) as exc:
+            logger.warning("index.corrupt", mailbox=self.mailbox_id, error=str(exc))
+            self._reset(time.time_ns())
+            return
+        self.core, self.locs, self.gen = core, locs, gen
+        self.text = TextStore(self.files.text)
+        self._open_log()
+        _, _, stale = read_log(self.log_fd, gen, 0)
+        if stale:  # crash between snapshot and new journal: the old one is folded in
+            self._new_log(gen)
+        self.since_snapshot = 0
+        self._tail(truncate=True)
+
+    def _current(self) -> bool:
+        """True when our snapshot and journal are still the ones on disk."""
+        if self.gen < 0:
+            return False
+        try:
+            ino = os.stat(self.files.log).st_ino
+        except FileNotFoundError:
+            return False
+        return ino == self.log_ino and self.files.snap.exists()
+
+    def _tail(self, truncate: bool = False) -> bool:
+        """Apply journal records appended by any process since our position.
+
+        Returns False when the files were replaced (another process wrote a
+        snapshot or rebuilt): the caller reloads. ``truncate`` (exclusive
+        lock held) cuts a torn tail left by a writer that died.
+        """
+        if not self._current():
+            return False
+        records, pos, stale = read_log(self.log_fd, self.gen, self.log_pos)
+        if stale:
+            return False
+        for rec in records:
+            self._apply(rec)
+        self.log_pos = pos
+        if truncate and os.fstat(self.log_fd).st_size > pos:
+            logger.warning("journal.torn", mailbox=self.mailbox_id, offset=pos)
+            os.ftruncate(self.log_fd, pos)
+        return True
+
+    def _tail_exclusive(self) -> None:
+        """Catch up while holding the exclusive lock (reloading if needed)."""
+        if not self._tail(truncate=True):
+            self._load_locked()
+
+    def _apply(self, rec: dict[str, Any]) -> None:
+        self.since_snapshot += 1
+        if "a" in rec:
+            uid = int(rec["a"])
+            if uid in self.core.indexed:
+                return
+            assert self.text is not None
+            try:
+                text = self.text.read(int(rec["o"]), int(rec["l"]))
+            except CorruptIndex as exc:
+                logger.warning("text.corrupt", mailbox=self.mailbox_id, uid=uid, error=str(exc))
+                return  # not indexed: found missing and re-indexed at the next search
+            self.core.add(uid, Document.from_columns(text, rec["c"]))
+            self.locs[uid] = (int(rec["o"]), int(rec["l"]))
+        elif "x" in rec:
+            uids = [int(u) for u in rec["x"]]
+            self.core.remove(uids)
+            for u in uids:
+                self.locs.pop(u, None)
+
+    def _add_docs(self, docs: list[tuple[int, Document]]) -> None:
+        """Index ``docs`` durably enough (journal + text, no fsync: the index is a cache)."""
+        with self.files.locked(exclusive=True):
+            self._tail_exclusive()
+            assert self.text is not None
+            blobs = []
+            for uid, doc in docs:
+                if uid in self.core.indexed:
+                    continue
+                blob = TextStore.encode(doc.text)
+                off = self.text.append(blob)
+                rec = {"a": uid, "o": off, "l": len(blob), "c": list(doc.columns())}
+                blobs.append(encode_record(rec))
+                self.core.add(uid, doc)
+                self.locs[uid] = (off, len(blob))
+                self.stats["indexed"] += 1
+            if blobs:
+                data = b"".join(blobs)
+                os.write(self.log_fd, data)
+                self.log_pos += len(data)
+                self.since_snapshot += len(blobs)
+            self._maybe_snapshot()
+
+    def _expunge(self, uids: list[int]) -> None:
+        with self.files.locked(exclusive=True):
+            self._tail_exclusive()
+            gone = [u for u in uids if u in self.core.indexed]
+            if not gone:
+                return
+            data = encode_record({"x": gone})
+            os.write(self.log_fd, data)
+            self.log_pos += len(data)
+            self.core.remove(gone)
+            for u in gone:
+                self.locs.pop(u, None)
+            self.since_snapshot += 1
+            self._maybe_snapshot()
+
+    def _maybe_snapshot(self, force: bool = False) -> None:
+        """Fold the journal into a new snapshot. Caller holds the exclusive lock."""
+        if not force and self.since_snapshot < self.config.snapshot_every:
+            return
+        gen = max(self.gen + 1, time.time_ns())
+        self.core.compact()
+        write_snapshot(self.files.snap, self.core, self.locs, gen)
+        self.gen = gen
+        self._new_log(gen)
+        self.log_pos = 0
+        self.since_snapshot = 0
+        self.stats["snapshots"] += 1
+
+    def _prepare(self, view: Any) -> list[int]:
+        """Catch up with the journal and the view; return the UIDs of the view not indexed."""
+        with self._tlock:
+            ok = False
+            if self.gen >= 0:
+                with self.files.locked(exclusive=False):
+                    ok = self._tail()
+            if not ok:
+                self._load()
+            self.view.sync(view)
+            return list(self.view.uids - self.core.indexed)
+
+    def _text_of(self, uid: int) -> dict[str, str]:
+        assert self.text is not None
+        off, n = self.locs[uid]
+        try:
+            return self.text.read(off, n)
+        except CorruptIndex:
+            return {}
+
+    def _evaluate(self, q: Query, unreadable: dict[int, Document]) -> BitMap:
+        with self._tlock:
+            ev = Evaluator(self.core, self.view, self._text_of, unreadable.__getitem__)
+            out = ev.run(q)
+            self.stats["confirmed"] += ev.confirmed
+            return out
+
+    # --- async API -----------------------------------------------------------------
+
+    async def _catch_up(self, view: Any) -> dict[int, Document]:
+        """Index every message of ``view`` not indexed yet; returns the unreadable ones."""
+        missing = await self.service.run(self._prepare, view)
+        unreadable: dict[int, Document] = {}
+        batch = self.config.batch
+        for i in range(0, len(missing), batch):
+            chunk = missing[i : i + batch]
+            raws: list[tuple[int, bytes]] = []
+            for uid in chunk:
+                try:
+                    raws.append((uid, await self.read(uid)))
+                except Exception as exc:  # MessageGone, I/O error: scanned as empty
+                    logger.debug("read.failed", mailbox=self.mailbox_id, uid=uid, error=str(exc))
+                    unreadable[uid] = Document()
+            if raws:
+                await self.service.run(self._extract_and_add, raws)
+        return unreadable
+
+    def _extract_and_add(self, raws: list[tuple[int, bytes]]) -> None:
+        limit = self.config.max_text_bytes
+        docs = [(uid, extract(raw, limit)) for uid, raw in raws]
+        with self._tlock:
+            self._add_docs(docs)
+
+    async def search(self, query: Query, view: Any) -> BitMap:
+        """UIDs of ``view`` matching ``query`` (exact). See docs/search-api.md."""
+        async with self.lock:
+            unreadable = await self._catch_up(view)
+            return await self.service.run(self._evaluate, query, unreadable)
+
+    async def sort(self, query: Query, keys: Sequence[SortKey], view: Any) -> list[int]:
+        """UIDs of ``view`` matching ``query``, ordered by ``keys`` then UID (RFC 5256 §3)."""
+        async with self.lock:
+            unreadable = await self._catch_up(view)
+            hits = await self.service.run(self._evaluate, query, unreadable)
+            return await self.service.run(self._sort, hits, list(keys))
+
+    def _sort(self, hits: BitMap, keys: list[SortKey]) -> list[int]:
+        with self._tlock:
+            infos = self.view.infos
+            cols = self.core.cols
+            empty = (None, "", "", "", "", "", "", False)
+            order = list(hits)
+            for k in reversed(keys):
+                c = k.column
+                if c == "arrival":
+                    order.sort(key=lambda u: infos[u].internal_date, reverse=k.reverse)
+                elif c == "size":
+                    order.sort(key=lambda u: infos[u].size, reverse=k.reverse)
+                elif c == "date":
+
+                    def date(u: int) -> float:
+                        s = cols.get(u, empty)[0]
+                        return float(infos[u].internal_date) if s is None else float(s)
+
+                    order.sort(key=date, reverse=k.reverse)
+                elif c.startswith("keyword:"):
+                    flag = self.view.flags.get(c[8:].casefold(), BitMap())
+                    order.sort(key=lambda u: u not in flag, reverse=k.reverse)
+                else:
+                    i = _SORT_COL.get(c)
+                    if i is None:
+                        raise SearchError(f"unknown sort column {c!r}")
+                    order.sort(key=lambda u: cols.get(u, empty)[i], reverse=k.reverse)
+            return order
+
+    def columns(self, uid: int) -> Columns | None:
+        """Stored sort values of ``uid`` (None when not indexed). Sync."""
+        c = self.core.cols.get(uid)
+        return Columns(*c) if c is not None else None
+
+    async def rebuild(self, view: Any) -> None:
+        """Drop the index files and index every message of ``view`` again."""
+        async with self.lock:
+
+            def reset() -> None:
+                with self._tlock:
+                    self.files.ensure_dir()
+                    with self.files.locked(exclusive=True):
+                        self._reset(time.time_ns())
+                    self.view = ViewState()
+
+            await self.service.run(reset)
+            await self._catch_up(view)
+
+    async def index_uids(self, uids: Sequence[int]) -> None:
+        """Index these messages now (after delivery); reading failures are skipped."""
+        async with self.lock:
+            if self.gen < 0:
+                await self.service.run(self._locked_load)
+            raws: list[tuple[int, bytes]] = []
+            for uid in uids:
+                if uid in self.core.indexed:
+                    continue
+                try:
+                    raws.append((uid, await self.read(uid)))
+                except Exception as exc:
+                    logger.debug("read.failed", mailbox=self.mailbox_id, uid=uid, error=str(exc))
+            if raws:
+                await self.service.run(self._extract_and_add, raws)
+
+    def _locked_load(self) -> None:
+        with self._tlock:
+            self._load()
+
+    async def expunged(self, uids: Sequence[int]) -> None:
+        async with self.lock:
+            if self.gen < 0:
+                await self.service.run(self._locked_load)
+
+            def run() -> None:
+                with self._tlock:
+                    self._expunge(list(uids))
+
+            await self.service.run(run)
+
+    async def flush(self) -> None:
+        """Write a snapshot now (shutdown)."""
+        async with self.lock:
+            if self.gen < 0:
+                return
+
+            def run() -> None:
+                with self._tlock:
+                    with self.files.locked(exclusive=True):
+                        self._tail_exclusive()
+                        if self.since_snapshot:
+                            self._maybe_snapshot(force=True)
+
+            await self.service.run(run)
+
+    def close(self) -> None:
+        with self._tlock:
+            self._close_files()
+            self.gen = -1
+
+
+_SORT_COL = {
+    "from": 1,
+    "displayfrom": 2,
+    "to": 3,
+    "displayto": 4,
+    "cc": 5,
+    "subject": 6,
+}
+
+
+class SearchService:
+    """One per worker process: the mailbox indexes it has open, and the store observer."""
+
+    def __init__(self, config: SearchConfig | None = None, resolver: Resolver | None = None) -> None:
+        self.config = config or SearchConfig()
+        self.resolver = resolver
+        self._pool = ThreadPoolExecutor(max_workers=self.config.threads, thread_name_prefix="search")
+        self._open: OrderedDict[tuple[str, str], MailboxIndex] = OrderedDict()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, fn, *args)
+
+    def mailbox(self, account_id: str, mailbox_id: str, directory: Path, read: Reader) -> MailboxIndex:
+        """The index of one mailbox (cached; files are opened at first use). Sync."""
+        key = (account_id, mailbox_id)
+        idx = self._open.get(key)
+        if idx is not None:
+            self._open.move_to_end(key)
+            idx.read = read
+            return idx
+        idx = MailboxIndex(self, mailbox_id, directory, read)
+        self._open[key] = idx
+        while len(self._open) > self.config.cache_mailboxes:
+            _, old = self._open.popitem(last=False)
+            if not old.lock.locked():
+                old.close()
+        return idx
+
+    def drop(self, account_id: str, mailbox_id: str, directory: Path) -> None:
+        """Forget a deleted mailbox and remove its files (sync, small)."""
+        idx = self._open.pop((account_id, mailbox_id), None)
+        if idx is not None:
+            idx.close()
+        Files(directory, mailbox_id).remove_all()
+
+    # --- StoreObserver ---------------------------------------------------------------
+
+    def _background(self, coro: Awaitable[None]) -> None:
+        async def guarded() -> None:
+            try:
+                await coro
+            except Exception as exc:  # an observer must not raise
+                logger.warning("observer.failed", error=str(exc))
+
+        task = asyncio.get_running_loop().create_task(guarded())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _index_for(self, account_id: str, mailbox_id: str) -> MailboxIndex | None:
+        idx = self._open.get((account_id, mailbox_id))
+        if idx is None and self.resolver is not None:
+            found = self.resolver(account_id, mailbox_id)
+            if found is not None:
+                idx = self.mailbox(account_id, mailbox_id, found[0], found[1])
+        return idx
+
+    def message_added(self, account_id: str, mailbox_id: str, info: Any, structure: Any) -> None:
+        """Index the new message right after delivery, on this loop (never delays the reply)."""
+        if not self.config.enabled:
+            return
+        idx = self._index_for(account_id, mailbox_id)
+        if idx is not None:
+            self._background(idx.index_uids([info.uid]))
+
+    def messages_expunged(self, account_id: str, mailbox_id: str, uids: list[int]) -> None:
+        idx = self._open.get((account_id, mailbox_id))
+        if idx is not None:
+            self._background(idx.expunged(list(uids)))
+
+    def flags_changed(self, account_id: str, mailbox_id: str, infos: list[Any]) -> None:
+        """Flags are read from the session's view: nothing to do."""
+
+    async def idle(self) -> None:
+        """Wait until the background indexing started by observer events is done (tests)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks))
+
+    async def close(self) -> None:
+        await self.idle()
+        for idx in list(self._open.values()):
+            try:
+                await idx.flush()
+            except OSError as exc:
+                logger.warning("flush.failed", mailbox=idx.mailbox_id, error=str(exc))
+            idx.close()
+        self._open.clear()
+        self._pool.shutdown(wait=True)

@@ -1,0 +1,294 @@
+"""On-disk files of one mailbox's search index: snapshot, journal, text cache, lock.
+
+Files in ``directory`` for mailbox id ``M``:
+
+* ``M.snap``  snapshot: postings, columns, text locations; generation ``G``.
+  Written temp -> fsync -> rename -> fsync directory; checked by a CRC.
+* ``M.log``   journal of records appended since snapshot ``G`` (its header
+  names ``G``); each record ``<u32 length><u32 crc32><json>``. A torn or
+  corrupt tail is cut off by the next writer. A journal whose generation is
+  not the snapshot's is stale (already folded into the snapshot) and ignored.
+* ``M.text``  append-only normalised text of every indexed message (used to
+  confirm candidates); records are located by (offset, length) in the
+  snapshot or journal, so a torn tail is simply unreferenced.
+* ``M.lock``  ``flock`` held exclusively by the one process appending or
+  writing a snapshot; readers take it shared while they read the journal.
+
+Everything is a cache of the maildir: any file may be deleted or found
+corrupt, and the index is then rebuilt from the messages.
+
+All functions here block (file I/O): call them from a worker thread.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import struct
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from pyroaring import BitMap
+
+from mailsrv.search.extract import FIELDS
+from mailsrv.search.index import HNAME, IndexCore, TermIndex
+
+__all__ = ["CorruptIndex", "Files", "TextStore", "load_snapshot", "write_snapshot"]
+
+SNAP_MAGIC = b"MSRCHS1\n"
+LOG_MAGIC = b"MSRCHL1\n"
+_U32 = struct.Struct("<I")
+_REC = struct.Struct("<II")  # length, crc32
+_LOG_HEAD = struct.Struct("<8sQ")  # magic, generation
+#: one journal record never exceeds this (a larger length is corruption)
+MAX_RECORD = 1 << 24
+
+
+class CorruptIndex(Exception):
+    """A snapshot that cannot be read: the caller rebuilds."""
+
+
+class Files:
+    """Paths of one mailbox's index files."""
+
+    def __init__(self, directory: Path, mailbox_id: str) -> None:
+        if not mailbox_id or "/" in mailbox_id or mailbox_id.startswith("."):
+            raise ValueError(f"bad mailbox id {mailbox_id!r}")
+        self.directory = directory
+        self.snap = directory / f"{mailbox_id}.snap"
+        self.log = directory / f"{mailbox_id}.log"
+        self.text = directory / f"{mailbox_id}.text"
+        self.lock = directory / f"{mailbox_id}.lock"
+
+    def ensure_dir(self) -> None:
+        if not self.directory.is_dir():
+            self.directory.mkdir(parents=True, exist_ok=True)
+            fsync_dir(self.directory.parent)
+
+    @contextmanager
+    def locked(self, exclusive: bool) -> Iterator[None]:
+        fd = os.open(self.lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+    def remove_all(self) -> None:
+        for p in (self.snap, self.log, self.text, self.lock):
+            try:
+                p.unlink()
+            except FileNotFoundError:
+                pass
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# --- text cache -----------------------------------------------------------------
+
+_TEXT_HEAD = struct.Struct("<" + "I" * len(FIELDS))
+
+
+class TextStore:
+    """Append-only file of normalised text records (one per indexed message)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    @staticmethod
+    def encode(text: dict[str, str]) -> bytes:
+        parts = [text.get(f, "").encode("utf-8") for f in FIELDS]
+        return _TEXT_HEAD.pack(*(len(p) for p in parts)) + b"".join(parts)
+
+    def append(self, blob: bytes) -> int:
+        """Append a record; returns its offset. Caller holds the exclusive lock."""
+        off = os.fstat(self.fd).st_size
+        os.write(self.fd, blob)
+        return off
+
+    def read(self, offset: int, length: int) -> dict[str, str]:
+        data = os.pread(self.fd, length, offset)
+        if len(data) != length or length < _TEXT_HEAD.size:
+            raise CorruptIndex(f"{self.path}: text record at {offset} truncated")
+        lens = _TEXT_HEAD.unpack_from(data)
+        if sum(lens) + _TEXT_HEAD.size != length:
+            raise CorruptIndex(f"{self.path}: text record at {offset} malformed")
+        out: dict[str, str] = {}
+        pos = _TEXT_HEAD.size
+        for f, n in zip(FIELDS, lens, strict=True):
+            out[f] = data[pos : pos + n].decode("utf-8", "replace")
+            pos += n
+        return out
+
+
+# --- journal ---------------------------------------------------------------------
+
+
+def encode_record(obj: Any) -> bytes:
+    payload = json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return _REC.pack(len(payload), zlib.crc32(payload)) + payload
+
+
+def log_header(generation: int) -> bytes:
+    return _LOG_HEAD.pack(LOG_MAGIC, generation)
+
+
+def read_log(fd: int, generation: int, pos: int) -> tuple[list[Any], int, bool]:
+    """Records from ``pos`` to the first torn/corrupt record or EOF.
+
+    Returns (records, new position, stale): ``stale`` when the journal belongs
+    to another generation (then no records are returned).
+    """
+    head = os.pread(fd, _LOG_HEAD.size, 0)
+    if len(head) < _LOG_HEAD.size:
+        return [], _LOG_HEAD.size, True
+    magic, gen = _LOG_HEAD.unpack(head)
+    if magic != LOG_MAGIC or gen != generation:
+        return [], _LOG_HEAD.size, True
+    pos = max(pos, _LOG_HEAD.size)
+    size = os.fstat(fd).st_size
+    data = os.pread(fd, size - pos, pos) if size > pos else b""
+    out: list[Any] = []
+    i = 0
+    while i + _REC.size <= len(data):
+        n, crc = _REC.unpack_from(data, i)
+        if n > MAX_RECORD or i + _REC.size + n > len(data):
+            break
+        payload = data[i + _REC.size : i + _REC.size + n]
+        if zlib.crc32(payload) != crc:
+            break
+        try:
+            out.append(json.loads(payload))
+        except ValueError:
+            break
+        i += _REC.size + n
+    return out, pos + i, False
+
+
+# --- snapshot --------------------------------------------------------------------
+
+
+def _put_blob(parts: list[bytes], b: bytes) -> None:
+    parts.append(_U32.pack(len(b)))
+    parts.append(b)
+
+
+def write_snapshot(path: Path, core: IndexCore, locs: dict[int, tuple[int, int]], generation: int) -> int:
+    """Write ``core`` durably as generation ``generation``; returns the size in bytes."""
+    parts: list[bytes] = [SNAP_MAGIC]
+    names = [*FIELDS, HNAME]
+    _put_blob(parts, json.dumps({"gen": generation, "fields": names}).encode())
+    for f in names:
+        ti = core.fields[f]
+        items = [(t, bm) for t, bm in ti.post.items() if bm]
+        _put_blob(parts, "\x00".join(t for t, _ in items).encode("utf-8"))
+        parts.append(_U32.pack(len(items)))
+        for _, bm in items:
+            _put_blob(parts, bm.serialize())
+    for bm in (core.indexed, core.attach):
+        _put_blob(parts, bm.serialize())
+    rows = {str(u): [*core.cols[u], *locs[u]] for u in core.indexed}
+    _put_blob(parts, json.dumps(rows, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
+    body = b"".join(parts)
+    blob = body + _U32.pack(zlib.crc32(body))
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        view = memoryview(blob)
+        while view:
+            n = os.write(fd, view)
+            view = view[n:]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+    return len(blob)
+
+
+class _Reader:
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.pos = 0
+
+    def u32(self) -> int:
+        if self.pos + 4 > len(self.data):
+            raise CorruptIndex("snapshot truncated")
+        (v,) = _U32.unpack_from(self.data, self.pos)
+        self.pos += 4
+        return int(v)
+
+    def blob(self) -> bytes:
+        n = self.u32()
+        if self.pos + n > len(self.data):
+            raise CorruptIndex("snapshot truncated")
+        b = self.data[self.pos : self.pos + n]
+        self.pos += n
+        return b
+
+
+def load_snapshot(path: Path) -> tuple[IndexCore, dict[int, tuple[int, int]], int]:
+    """(core, text locations, generation). Raises FileNotFoundError or CorruptIndex."""
+    data = path.read_bytes()
+    if len(data) < len(SNAP_MAGIC) + 4 or not data.startswith(SNAP_MAGIC):
+        raise CorruptIndex(f"{path}: not a search snapshot")
+    body, (crc,) = data[:-4], _U32.unpack(data[-4:])
+    if zlib.crc32(body) != crc:
+        raise CorruptIndex(f"{path}: checksum mismatch")
+    r = _Reader(body)
+    r.pos = len(SNAP_MAGIC)
+    try:
+        meta = json.loads(r.blob())
+        if meta.get("fields") != [*FIELDS, HNAME]:
+            raise CorruptIndex(f"{path}: other field layout")
+        core = IndexCore()
+        for f in meta["fields"]:
+            raw_terms = r.blob().decode("utf-8")
+            n = r.u32()
+            term_list = raw_terms.split("\x00") if n else []
+            if len(term_list) != n:
+                raise CorruptIndex(f"{path}: term count mismatch")
+            ti = TermIndex()
+            for t in term_list:
+                ti.post[t] = BitMap.deserialize(r.blob())
+            ti.vocab = term_list
+            core.fields[f] = ti
+        core.indexed = BitMap.deserialize(r.blob())
+        core.attach = BitMap.deserialize(r.blob())
+        rows = json.loads(r.blob())
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CorruptIndex(f"{path}: {exc}") from None
+    locs: dict[int, tuple[int, int]] = {}
+    from mailsrv.search.scan import day_of
+
+    for k, row in rows.items():
+        uid = int(k)
+        cols = tuple(row[:8])
+        core.cols[uid] = cols
+        locs[uid] = (int(row[8]), int(row[9]))
+        if cols[0] is not None:
+            d = day_of(cols[0])
+            bm = core.sent_days.get(d)
+            if bm is None:
+                core.sent_days[d] = bm = BitMap()
+            bm.add(uid)
+            core.dated.add(uid)
+    if set(core.cols) != set(core.indexed):
+        raise CorruptIndex(f"{path}: columns and UIDs disagree")
+    return core, locs, int(meta["gen"])
