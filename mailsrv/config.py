@@ -285,6 +285,20 @@ class StoreConfig:
 
 
 @dataclass(frozen=True)
+class SearchConfig:
+    enabled: bool = doc("Index messages for SEARCH/SORT/Email/query at delivery (false: index at first search).", True)
+    max_text_bytes: int = doc(
+        "Characters of decoded body text per message that are indexed and searchable.", 1 << 20, check=_positive
+    )
+    snapshot_every: int = doc(
+        "Journal records after which a mailbox's search index is folded into a new snapshot.", 2000, check=_positive
+    )
+    cache_mailboxes: int = doc("Mailbox search indexes a worker keeps open (least recently used).", 64, check=_positive)
+    threads: int = doc("Threads per worker for search index I/O and evaluation.", 2, check=_positive)
+    batch: int = doc("Messages indexed per step when a search finds unindexed messages.", 200, check=_positive)
+
+
+@dataclass(frozen=True)
 class JmapConfig:
     base_url: str = doc(
         'Absolute URL prefix clients reach JMAP at, e.g. "https://mail.example.com"; "" = from the request Host.', ""
@@ -342,6 +356,7 @@ class Config:
     directory: DirectoryConfig = doc("The user directory database.", factory=DirectoryConfig)
     auth: AuthConfig = doc("Authentication, lockout and password hashing.", factory=AuthConfig)
     store: StoreConfig = doc("The mail store: I/O threads and group commit.", factory=StoreConfig)
+    search: SearchConfig = doc("The search index: what is indexed, snapshots, caching.", factory=SearchConfig)
     pop3: Pop3Config = doc("POP3: EXPIRE and LOGIN-DELAY policy, login failures per session.", factory=Pop3Config)
     jmap: JmapConfig = doc("JMAP: request limits, uploads, CORS, push.", factory=JmapConfig)
     source: str = field(default="<defaults>", compare=False, metadata={"internal": True})
