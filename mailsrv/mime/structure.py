@@ -271,7 +271,8 @@ class Part:
         """The embedded message of a message/rfc822 (or message/global) part."""
         if self.type != "message" or not self._t[_KIDS]:
             return None
-        return Part(self._t[_KIDS][0], self.section, False, True)
+        # RFC 3501 §6.4.5: a top-level message/rfc822 body is part 1
+        return Part(self._t[_KIDS][0], self.section or "1", False, True)
 
     def walk(self) -> Iterator[Part]:
         """This part and every part below it, depth first (embedded messages included)."""
