@@ -1,0 +1,234 @@
+"""The durable outbound queue on disk: each message once, plus its envelope with per-recipient state.
+
+Layout under ``data_dir/queue``::
+
+    msg/<id>        the message (hard link of the SMTP spool file; never rewritten)
+    env/<id>.json   envelope and per-recipient state; its presence commits the entry
+    tmp/            temp files for atomic envelope writes
+    lock            fcntl lock serialising envelope rewrites (runner and CLI)
+    runner.sock     the runner's datagram socket: "wake" / "flush" hints
+
+Invariants:
+- An entry exists when ``env/<id>.json`` exists; ``msg/<id>`` is written and
+  fsync'd before it. A ``msg`` file without an envelope is an unacknowledged
+  leftover and is removed by :meth:`QueueDir.clean_orphans`.
+- Every envelope write is temp file → fsync → rename → fsync the directory,
+  under ``lock``. A recipient is marked ``sent`` only after the remote ``250``,
+  so a crash re-sends at most what was in flight (SMTP's at-least-once window).
+- All functions here are blocking; async callers run them in a thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import secrets
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+PENDING, SENT, FAILED = "pending", "sent", "failed"
+
+
+@dataclass
+class QRcpt:
+    addr: str
+    notify: list[str] = field(default_factory=list)  # RFC 3461 NOTIFY; [] = default (FAILURE, DELAY)
+    orcpt: str | None = None
+    status: str = PENDING  # pending | sent | failed
+    diag: str = ""  # last reply or error ("451 4.3.0 ...")
+    remote: str = ""  # remote MTA that answered
+    dsn_sent: bool = False  # a DSN for this recipient's final status went out
+
+    def wants(self, what: str) -> bool:
+        """RFC 3461 §4.1: does the sender want a DSN of kind SUCCESS/FAILURE/DELAY?"""
+        if not self.notify:
+            return what in ("FAILURE", "DELAY")
+        return what in self.notify
+
+
+@dataclass
+class Envelope:
+    id: str
+    sender: str
+    rcpts: list[QRcpt]
+    created: float = field(default_factory=time.time)
+    envid: str | None = None
+    ret: str | None = None
+    smtputf8: bool = False
+    body: str = "7BIT"
+    attempts: int = 0
+    next_attempt: float = 0.0
+    held: bool = False
+    delay_notified: bool = False
+    is_bounce: bool = False  # a DSN we generated (never bounces itself)
+
+    def pending(self) -> list[QRcpt]:
+        return [r for r in self.rcpts if r.status == PENDING]
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), ensure_ascii=False, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> Envelope:
+        raw: dict[str, Any] = json.loads(data)
+        raw["rcpts"] = [QRcpt(**r) for r in raw["rcpts"]]
+        return cls(**raw)
+
+
+def new_id() -> str:
+    """Sortable by creation time, unique across processes."""
+    return f"{time.time_ns():016x}{secrets.token_hex(4)}"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class QueueDir:
+    """Blocking operations on the queue directory (any process)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.msg = root / "msg"
+        self.env = root / "env"
+        self.tmp = root / "tmp"
+        for d in (self.msg, self.env, self.tmp):
+            d.mkdir(parents=True, exist_ok=True)
+        self.lock_path = root / "lock"
+        self.sock_path = root / "runner.sock"
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+    def message_path(self, qid: str) -> Path:
+        return self.msg / qid
+
+    # -- writing ---------------------------------------------------------------
+
+    def add(self, env: Envelope, source: Path | bytes) -> None:
+        """Commit a new entry: the message (hard link of a durable spool file, or bytes), then the envelope."""
+        dst = self.msg / env.id
+        if isinstance(source, Path):
+            try:
+                os.link(source, dst)
+            except OSError:  # another file system: copy
+                with open(source, "rb") as src, open(dst, "wb") as out:
+                    while chunk := src.read(1 << 20):
+                        out.write(chunk)
+                    out.flush()
+                    os.fsync(out.fileno())
+        else:
+            with open(dst, "wb") as out:
+                out.write(source)
+                out.flush()
+                os.fsync(out.fileno())
+        _fsync_dir(self.msg)
+        with self.locked():
+            self._write_env(env)
+
+    def _write_env(self, env: Envelope) -> None:
+        """Caller holds :meth:`locked`."""
+        tmp = self.tmp / f"{env.id}.{os.getpid()}.json"
+        with open(tmp, "wb") as out:
+            out.write(env.to_json())
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, self.env / f"{env.id}.json")
+        _fsync_dir(self.env)
+
+    def save(self, env: Envelope) -> bool:
+        """Rewrite an existing envelope, keeping ``held`` as it is on disk (the CLI owns it).
+
+        Returns False when the entry was deleted meanwhile (nothing written).
+        """
+        with self.locked():
+            try:
+                current = self.load(env.id)
+            except FileNotFoundError:
+                return False
+            env.held = current.held
+            self._write_env(env)
+            return True
+
+    def update(self, qid: str, **changes: Any) -> Envelope:
+        """Set fields of an envelope under the lock (CLI: hold, release, flush). FileNotFoundError if gone."""
+        with self.locked():
+            env = self.load(qid)
+            for k, v in changes.items():
+                setattr(env, k, v)
+            self._write_env(env)
+            return env
+
+    def remove(self, qid: str) -> bool:
+        """Delete an entry: the envelope first (uncommits it), then the message."""
+        with self.locked():
+            try:
+                os.unlink(self.env / f"{qid}.json")
+            except FileNotFoundError:
+                return False
+            _fsync_dir(self.env)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.msg / qid)
+        return True
+
+    # -- reading ---------------------------------------------------------------
+
+    def load(self, qid: str) -> Envelope:
+        return Envelope.from_json((self.env / f"{qid}.json").read_bytes())
+
+    def ids(self) -> list[str]:
+        return sorted(p.name[:-5] for p in self.env.iterdir() if p.name.endswith(".json"))
+
+    def all(self) -> list[Envelope]:
+        out = []
+        for qid in self.ids():
+            with contextlib.suppress(FileNotFoundError, ValueError):
+                out.append(self.load(qid))
+        return out
+
+    def clean_orphans(self, older_than: float = 3600.0) -> int:
+        """Remove message files without an envelope (a crash between the two writes) and stale temps."""
+        cutoff = time.time() - older_than
+        known = set(self.ids())
+        removed = 0
+        for d, is_orphan in ((self.msg, lambda n: n not in known), (self.tmp, lambda n: True)):
+            for p in d.iterdir():
+                with contextlib.suppress(FileNotFoundError):
+                    if is_orphan(p.name) and p.stat().st_mtime < cutoff:
+                        p.unlink()
+                        removed += 1
+        return removed
+
+    # -- waking the runner -----------------------------------------------------
+
+    def poke(self, what: bytes = b"wake") -> bool:
+        """Best-effort hint to the runner (it also rescans periodically). False if not running."""
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            s.setblocking(False)
+            s.sendto(what, str(self.sock_path))
+            return True
+        except OSError:
+            return False
+        finally:
+            s.close()
+
+
+def queue_dir(data_dir: Path) -> QueueDir:
+    return QueueDir(data_dir / "queue")

@@ -1,0 +1,73 @@
+"""Queue test harness: aiosmtpd sinks on 127.0.0.1:0 and a config pointing routes at them."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from mailsrv.config import Config, QueueConfig, RouteConfig, ServerConfig
+
+
+@dataclass
+class Received:
+    sender: str
+    rcpts: list[str]
+    data: bytes
+
+
+@dataclass
+class SinkHandler:
+    """Records messages; ``rcpt_script[addr]`` is a list of replies to give on successive RCPTs."""
+
+    received: list[Received] = field(default_factory=list)
+    rcpt_script: dict[str, list[str]] = field(default_factory=dict)
+    data_gate: asyncio.Event | None = None
+    in_data: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str,
+                          rcpt_options: list[str]) -> str:
+        script = self.rcpt_script.get(address)
+        if script:
+            answer = script.pop(0)
+            if not answer.startswith("250"):
+                return answer
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        self.in_data.set()
+        if self.data_gate is not None:
+            await self.data_gate.wait()
+        data = envelope.original_content or b""
+        sender = "" if envelope.mail_from in (None, "<>") else envelope.mail_from
+        self.received.append(Received(sender, list(envelope.rcpt_tos), data))
+        return "250 2.0.0 accepted by sink"
+
+
+async def start_sink(handler: SinkHandler) -> tuple[asyncio.Server, int]:
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: SMTP(handler, hostname="sink.test"), "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+def make_config(data_dir: Path, routes: dict[str, int], **queue: Any) -> Config:
+    q = QueueConfig(
+        route={d: RouteConfig(smarthost=f"127.0.0.1:{p}", tls="none") for d, p in routes.items()},
+        **{"retry_schedule": (0.05,), "connect_timeout": 5.0, "command_timeout": 10.0, **queue},
+    )
+    return replace(Config(server=ServerConfig(data_dir=data_dir, hostname="mx.example.test")), queue=q)
+
+
+async def wait_for(pred: Callable[[], bool], limit: float = 15.0) -> None:
+    """Poll ``pred`` with a deadline (no fixed sleeps as synchronisation)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit
+    while not pred():
+        if loop.time() > deadline:
+            raise AssertionError("condition not reached before the deadline")
+        await asyncio.sleep(0.01)
