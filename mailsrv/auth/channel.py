@@ -29,8 +29,12 @@ def endpoint_binding(cert_der: bytes) -> ChannelBinding:
 
 def endpoint_binding_from_file(cert_pem: str | Path) -> ChannelBinding:
     """Binding for the first certificate of a PEM chain file (the server's own)."""
-    pem = Path(cert_pem).read_text()
-    return endpoint_binding(ssl.PEM_cert_to_DER_cert(pem))
+    text = Path(cert_pem).read_text()
+    start = text.find(ssl.PEM_HEADER)
+    end = text.find(ssl.PEM_FOOTER, start)
+    if start < 0 or end < 0:
+        raise ValueError(f"{cert_pem}: no PEM certificate")
+    return endpoint_binding(ssl.PEM_cert_to_DER_cert(text[start:end + len(ssl.PEM_FOOTER)] + "\n"))
 
 
 def channel_binding(ssl_object: ssl.SSLObject | ssl.SSLSocket | None, cert_der: bytes) -> ChannelBinding | None:
