@@ -12,6 +12,7 @@ import ssl
 from typing import Any
 
 from mailsrv import log
+from mailsrv.imap.compress import DeflateWriter, Inflater
 from mailsrv.imap.grammar import (
     NeedLiteral,
     NeedMore,
@@ -57,6 +58,7 @@ class ConnChannel:
         self.conn = conn
         self.tls_context = tls_context
         self.peer_host = conn.peer_host
+        self.inflater: Inflater | None = None
 
     @property
     def tls_active(self) -> bool:
@@ -83,6 +85,17 @@ class ConnChannel:
         assert self.tls_context is not None
         await self.conn.starttls(self.tls_context)
 
+    def start_compress(self, max_literal: int) -> None:
+        """RFC 4978 §3: from the byte after the tagged OK on, both directions are deflated."""
+        conn = self.conn
+        self.inflater = Inflater(conn.reader, conn.max_line_length + 2, max_literal + 2 * conn.max_line_length + 65536)
+        conn.reader = self.inflater.reader
+        conn.writer = DeflateWriter(conn.writer)  # type: ignore[assignment]
+
+    def close(self) -> None:
+        if self.inflater is not None:
+            self.inflater.close()
+
 
 class ImapService:
     """One IMAP listener. ``auth`` and ``store`` default to the worker's resources."""
@@ -108,6 +121,12 @@ class ImapService:
             await conn.send(b"* BYE [UNAVAILABLE] Mail store not configured\r\n")
             return
         channel = ConnChannel(conn, self.ctx.starttls_context)
+        try:
+            await self._serve(conn, channel)
+        finally:
+            channel.close()
+
+    async def _serve(self, conn: Connection, channel: ConnChannel) -> None:
         session = Session(channel, self.auth, self.store, self.session_config)
         await conn.send(session.greeting())
         errors = 0

@@ -63,7 +63,7 @@ VERBS: dict[str, frozenset[State]] = {
     "ENABLE": _AUTH, "SELECT": _AUTH, "EXAMINE": _AUTH, "CREATE": _AUTH, "DELETE": _AUTH,
     "RENAME": _AUTH, "SUBSCRIBE": _AUTH, "UNSUBSCRIBE": _AUTH, "LIST": _AUTH, "LSUB": _AUTH,
     "NAMESPACE": _AUTH, "STATUS": _AUTH, "APPEND": _AUTH, "IDLE": _AUTH,
-    "GETQUOTA": _AUTH, "GETQUOTAROOT": _AUTH, "SETQUOTA": _AUTH,
+    "GETQUOTA": _AUTH, "GETQUOTAROOT": _AUTH, "SETQUOTA": _AUTH, "COMPRESS": _AUTH,
     "CHECK": _SEL, "CLOSE": _SEL, "UNSELECT": _SEL, "EXPUNGE": _SEL, "SEARCH": _SEL,
     "FETCH": _SEL, "STORE": _SEL, "COPY": _SEL, "MOVE": _SEL,
     "UID FETCH": _SEL, "UID STORE": _SEL, "UID COPY": _SEL, "UID MOVE": _SEL,
@@ -125,6 +125,8 @@ class Channel(Protocol):
 
     async def starttls(self) -> None: ...
 
+    def start_compress(self, max_literal: int) -> None: ...
+
 
 @dataclass(frozen=True)
 class SessionConfig:
@@ -162,6 +164,7 @@ class Session:
         self.condstore = False
         self.qresync = False
         self.auth_failures = 0
+        self.compressed = False
         self.saved: list[int] = []
         #: (uid, modseq) of flag changes this session already reported (STORE), not echoed again
         self._reported: dict[int, int] = {}
@@ -200,6 +203,7 @@ class Session:
             "QUOTA", "QUOTA=RES-STORAGE", "QUOTA=RES-MESSAGE", f"APPENDLIMIT={self.cfg.append_limit}",
             "MULTIAPPEND", "BINARY", "UTF8=ACCEPT", "OBJECTID", "SAVEDATE", "SORT", "SORT=DISPLAY",
             "THREAD=ORDEREDSUBJECT", "THREAD=REFERENCES",
+            *([] if self.compressed else ["COMPRESS=DEFLATE"]),
         ]
         return caps
 
@@ -705,6 +709,18 @@ class Session:
             watch.close()
         if self.state is State.SELECTED:
             await self._send_updates()
+
+    async def cmd_compress(self, cmd: Command) -> bytes:
+        # RFC 4978 §3
+        if cmd.args["mechanism"] != "DEFLATE":
+            raise ImapError("BAD", "Unknown compression mechanism", "CLIENTBUG")
+        if self.compressed:
+            raise ImapError("NO", "Compression is already active", "COMPRESSIONACTIVE")
+        self.w(cmd.tag + b" OK DEFLATE active\r\n")
+        await self.flush()
+        self.ch.start_compress(self.cfg.append_limit)
+        self.compressed = True
+        return b""
 
     async def cmd_getquotaroot(self, cmd: Command) -> None:
         name = self._name_in(cmd.args["mailbox"])

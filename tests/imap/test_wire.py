@@ -106,3 +106,37 @@ def test_select_responses_in_order(raw: Raw) -> None:
         b"a3 NO [NONEXISTENT] No such mailbox\r\n",
     ]
     assert raw.cmd(b"a4 FETCH 1 FLAGS") == [b"a4 BAD No mailbox selected\r\n"]
+
+
+def test_compress_deflate_with_a_zlib_peer(server: ServerHandle, raw: Raw) -> None:
+    import zlib
+
+    raw.cmd(b"a0 LOGIN alice wonderland")
+    assert raw.cmd(b"a1 COMPRESS DEFLATE") == [b"a1 OK DEFLATE active\r\n"]
+    comp = zlib.compressobj(6, zlib.DEFLATED, -15)
+    decomp = zlib.decompressobj(-15)
+    pending = bytearray()
+
+    def send(data: bytes) -> None:
+        raw.send(comp.compress(data) + comp.flush(zlib.Z_SYNC_FLUSH))
+
+    def until(tag: bytes) -> list[bytes]:
+        while True:
+            lines = bytes(pending).split(b"\r\n")
+            for i, ln in enumerate(lines[:-1]):
+                if ln.startswith(tag + b" "):
+                    return [x + b"\r\n" for x in lines[: i + 1]]
+            chunk = raw.sock.recv(65536)
+            assert chunk, "connection closed"
+            pending.extend(decomp.decompress(chunk))
+
+    body = b"Subject: squeezed\r\n\r\n" + b"z" * 50_000 + b"\r\n"
+    send(b"a2 APPEND INBOX {%d+}\r\n" % len(body) + body + b"\r\n")
+    assert until(b"a2")[-1].startswith(b"a2 OK [APPENDUID ")
+    pending.clear()
+    send(b"a3 SELECT INBOX\r\na4 FETCH 1 (BODY.PEEK[HEADER])\r\n")
+    out = until(b"a4")
+    assert b"* 1 EXISTS\r\n" in out and out[-1] == b"a4 OK FETCH completed\r\n"
+    pending.clear()
+    send(b"a5 COMPRESS DEFLATE\r\n")
+    assert until(b"a5") == [b"a5 NO [COMPRESSIONACTIVE] Compression is already active\r\n"]
