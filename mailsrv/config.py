@@ -344,6 +344,23 @@ class Pop3Config:
 
 
 @dataclass(frozen=True)
+class MimeConfig:
+    """Bounds of the MIME parser (mailsrv.mime): beyond them a structure is cut short, never an error."""
+
+    max_depth: int = doc(
+        "Deepest nesting of multipart and message/rfc822 parts that is parsed; deeper ones stay unparsed leaves.",
+        100,
+        check=_positive,
+    )
+    max_parts: int = doc("Most MIME parts parsed in one message; the rest stays in the last part.", 5000, check=_positive)
+    max_value: int = doc(
+        "Bytes kept of one structural header field value (Subject, To, Content-Type...) in the index.",
+        65536,
+        check=_positive,
+    )
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration file."""
 
@@ -359,6 +376,7 @@ class Config:
     search: SearchConfig = doc("The search index: what is indexed, snapshots, caching.", factory=SearchConfig)
     pop3: Pop3Config = doc("POP3: EXPIRE and LOGIN-DELAY policy, login failures per session.", factory=Pop3Config)
     jmap: JmapConfig = doc("JMAP: request limits, uploads, CORS, push.", factory=JmapConfig)
+    mime: MimeConfig = doc("MIME parser bounds: nesting depth, part count, header value size.", factory=MimeConfig)
     source: str = field(default="<defaults>", compare=False, metadata={"internal": True})
 
 

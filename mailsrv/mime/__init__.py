@@ -39,15 +39,14 @@ JMAP (RFC 8621 §4.1.4):
         a single-part root... see mailsrv/mime/jmap.py)
     jmap_addresses(value: bytes) -> list[{"name", "email"}] | groups variant
 
-Limits (:class:`MimeLimits`, from config section ``[mime]``): nesting depth, part count and
+Limits (:class:`MimeLimits` = ``mailsrv.config.MimeConfig``, config section ``[mime]``): nesting depth, part count and
 stored header value length; beyond them the structure is cut short, never an exception.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from mailsrv._speedups import mime as _scanner
+from mailsrv.config import MimeConfig
 from mailsrv.mime.body import (
     binary_size,
     decoded_body,
@@ -65,6 +64,7 @@ __all__ = [
     "CACHE_VERSION",
     "Address",
     "MessageStructure",
+    "MimeConfig",
     "MimeLimits",
     "Part",
     "binary_size",
@@ -82,23 +82,15 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
-class MimeLimits:
-    """Parser bounds (DESIGN.md "What bad input gets").
+#: Parser bounds (DESIGN.md "What bad input gets"): the ``[mime]`` config section.
+#: ``max_depth``: nesting of multiparts and message/rfc822; ``max_parts``: MIME parts
+#: per message; ``max_value``: bytes kept of one structural header value.
+MimeLimits = MimeConfig
 
-    ``max_depth``: nesting of multiparts and message/rfc822 (Dovecot uses 100 too);
-    ``max_parts``: MIME parts per message; ``max_value``: bytes kept of one header value.
-    """
-
-    max_depth: int = 100
-    max_parts: int = 5000
-    max_value: int = 65536
+DEFAULT_LIMITS = MimeConfig()
 
 
-DEFAULT_LIMITS = MimeLimits()
-
-
-def parse(raw: bytes, limits: MimeLimits | None = None) -> MessageStructure:
+def parse(raw: bytes, limits: MimeConfig | None = None) -> MessageStructure:
     """Parse one message (CRLF or LF line ends). Never raises; best effort on malformed mail."""
     lim = limits or DEFAULT_LIMITS
     try:
