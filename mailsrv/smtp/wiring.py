@@ -1,10 +1,98 @@
-"""Builds the worker's SMTP backend from the directory, the store and the queue (resources)."""
+"""The worker's SMTP backend: directory policy, local delivery through the store, remote mail into the queue.
+
+Partial failures after DATA follow Postfix: once at least one copy is
+durable the message is accepted, and recipients whose local copy failed
+temporarily (or went over quota since RCPT) are queued; the queue retries
+them through our own MTA listener, which bounces them if they keep failing.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
+from mailsrv import log
+from mailsrv.delivery.local import LocalDelivery
+from mailsrv.delivery.spool import FileSpool, spool_dir
 from mailsrv.net.service import ServiceContext
-from mailsrv.smtp.backend import MailBackend
+from mailsrv.queue.enqueue import Enqueuer
+from mailsrv.queue.store import QRcpt
+from mailsrv.smtp.backend import MailBackend, SessionInfo, Spool, Transaction, Verdict
+
+logger = log.get("smtp")
+
+_NOTIFY_ORDER = ("SUCCESS", "FAILURE", "DELAY", "NEVER")
+
+
+def _qrcpt(address: str, rcpt: Any = None) -> QRcpt:
+    if rcpt is None:
+        return QRcpt(address)
+    notify = [n for n in _NOTIFY_ORDER if n in rcpt.notify]
+    return QRcpt(address, notify=notify, orcpt=rcpt.orcpt)
+
+
+class DirectoryBackend:
+    """:class:`~mailsrv.smtp.backend.MailBackend` over the real directory, store and queue."""
+
+    def __init__(self, directory: Any, store: Any, data_dir: Path) -> None:
+        self.directory = directory
+        self.local = LocalDelivery(directory, store, data_dir)
+        self.queue = Enqueuer(data_dir)
+        self.spool_dir = spool_dir(data_dir)
+
+    async def check_sender(self, info: SessionInfo, sender: str) -> Verdict:
+        acct = info.account
+        if acct is not None and sender and not await self.directory.may_send_as(acct.id, sender):
+            # issue 5: an authenticated user may only use addresses that are theirs
+            return Verdict(553, "5.7.1", f"<{sender}>: Sender address not owned by {acct.address}")
+        return Verdict(250, "2.1.0", "Sender OK")
+
+    async def check_recipient(self, info: SessionInfo, tx: Transaction, address: str) -> Verdict:
+        if address == "postmaster":
+            address = f"postmaster@{info.hostname}"
+        chk = await self.local.check(address, sender=tx.sender, size=tx.size_hint or 0,
+                                     authenticated=info.account, may_relay=info.trusted)
+        return Verdict(chk.code, chk.enh, chk.text, route=(chk.kind, chk.resolution, address))
+
+    def open_spool(self) -> Spool:
+        return FileSpool(self.spool_dir)
+
+    async def deliver(self, info: SessionInfo, tx: Transaction, spool: Spool) -> Verdict:
+        local: list[tuple[str, Any]] = []
+        remote: list[QRcpt] = []
+        by_addr = {}
+        for r in tx.rcpts:
+            kind, res, address = r.route
+            by_addr[address] = r
+            if kind == "outside":
+                remote.append(_qrcpt(address, r))
+            else:
+                local.append((address, res))
+        outcome = await self.local.deliver(spool.path, local) if local else None
+        if outcome is not None:
+            remote.extend(_qrcpt(a) for a in outcome.outside)
+            remote.extend(_qrcpt(a, by_addr.get(a)) for a in outcome.retry)
+        delivered = outcome.delivered if outcome is not None else 0
+        if outcome is not None and not remote and local and delivered == 0 and outcome.retry:
+            return Verdict(451, "4.3.0", "Temporary local delivery failure, try again later")
+        qid = ""
+        if remote:
+            try:
+                qid = await self.queue.enqueue(spool.path, tx.sender, remote, envid=tx.envid, ret=tx.ret,
+                                               smtputf8=tx.smtputf8, body=tx.body)
+            except OSError as exc:
+                logger.exception("queue.enqueue_failed", exc)
+                if delivered == 0:
+                    return Verdict(451, "4.3.0", "Queue not available, try again later")
+                # local copies are durable already; refusing now would duplicate them
+        logger.info("message.delivered", local=delivered, queued=len(remote), qid=qid or None)
+        return Verdict(250, "2.0.0", f"OK id={info.sid}{' queued as ' + qid if qid else ''}")
 
 
 def build_backend(ctx: ServiceContext) -> MailBackend:
-    raise RuntimeError("SMTP backend not wired yet: needs resources['directory'] and resources['store']")
+    """From the worker's resources (docs/directory-api.md, docs/store-api.md)."""
+    directory = ctx.resources.get("directory")
+    store = ctx.resources.get("store")
+    if directory is None or store is None:
+        raise RuntimeError("the SMTP service needs resources['directory'] and resources['store']")
+    return DirectoryBackend(directory, store, ctx.config.server.data_dir)

@@ -1,0 +1,144 @@
+"""Local delivery: who a recipient is (directory), whether it may receive (policy, quota), and durable copies (store).
+
+Groups are expanded at delivery time from the directory's streaming
+``expand`` in batches, so a 5000-member group becomes 5000 hard links of one
+spool file, never 5000 copies in memory; every account gets one copy per
+message however many of its addresses (aliases, groups) were recipients.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mailsrv import log
+from mailsrv.directory import Account, Kind, Resolution
+from mailsrv.store import DeliveryTarget, QuotaLimits
+
+logger = log.get("delivery")
+
+#: Targets handed to one ``store.deliver`` call (bounds memory for huge groups).
+DELIVERY_BATCH = 500
+
+
+@dataclass(frozen=True)
+class RcptCheck:
+    """The decision at RCPT time: an SMTP reply plus what to do with the recipient later."""
+
+    code: int
+    enh: str
+    text: str
+    kind: str = ""  # "local" | "group" | "outside"
+    resolution: Resolution | None = None
+
+
+@dataclass
+class LocalOutcome:
+    delivered: int = 0  # accounts that got a durable copy
+    retry: list[str] = field(default_factory=list)  # addresses to retry later (tempfail, over quota)
+    outside: list[str] = field(default_factory=list)  # outside members of expanded groups
+
+
+def limits_of(acct: Account) -> QuotaLimits:
+    return QuotaLimits(storage=acct.quota_bytes, messages=acct.quota_messages)
+
+
+class LocalDelivery:
+    """Per-worker; ``directory`` is a mailsrv.directory.Directory, ``store`` a mailsrv.store.Store."""
+
+    def __init__(self, directory: Any, store: Any, data_dir: Path) -> None:
+        self.directory = directory
+        self.store = store
+        self.data_dir = data_dir
+
+    async def store_account(self, acct: Account) -> Any:
+        maildir = self.data_dir / acct.store if acct.store else None
+        return await self.store.account(str(acct.id), maildir)
+
+    async def check(self, address: str, *, sender: str, size: int, authenticated: Account | None,
+                    may_relay: bool) -> RcptCheck:
+        """RCPT-time checks (issue 5): unknown 550 5.1.1, relay 554 5.7.1, outside policy 550 5.7.1,
+        group posting 550 5.7.1, quota 452 4.2.2 / 552 5.2.2."""
+        res: Resolution = await self.directory.resolve(address)
+        if res.kind == Kind.OUTSIDE:
+            if authenticated is None and not may_relay:
+                # RFC 5321 §3.6.2 / RFC 2505: no open relay
+                return RcptCheck(554, "5.7.1", f"<{address}>: Relay access denied")
+            if authenticated is not None and not authenticated.may_send_outside:
+                return RcptCheck(550, "5.7.1", f"<{address}>: You may not send mail outside the organisation")
+            return RcptCheck(250, "2.1.5", "Recipient OK", "outside", res)
+        if res.kind == Kind.UNKNOWN:
+            return RcptCheck(550, "5.1.1", f"<{address}>: Recipient address rejected: User unknown")
+        if res.kind == Kind.DISABLED:
+            return RcptCheck(550, "5.2.1", f"<{address}>: Mailbox disabled")
+        if res.kind == Kind.GROUP:
+            assert res.group is not None
+            poster = authenticated.address if authenticated is not None and sender else sender
+            if not await self.directory.may_post(res.group, poster):
+                return RcptCheck(550, "5.7.1", f"<{address}>: You may not post to this group")
+            return RcptCheck(250, "2.1.5", "Recipient OK", "group", res)
+        acct = res.account
+        assert acct is not None
+        if acct.quota_bytes is not None or acct.quota_messages is not None:
+            limits = limits_of(acct)
+            if limits.storage is not None and size > limits.storage:
+                return RcptCheck(552, "5.2.2", f"<{address}>: Message exceeds the mailbox quota")
+            sacct = await self.store_account(acct)
+            if await sacct.quota_check(size, limits) == "over_quota":
+                # RFC 5321 §4.5.3.1.10 / RFC 3463 4.2.2: mailbox full, may clear later
+                return RcptCheck(452, "4.2.2", f"<{address}>: Mailbox full")
+        return RcptCheck(250, "2.1.5", "Recipient OK", "local", res)
+
+    async def deliver(self, spool: Path, recipients: Sequence[tuple[str, Resolution]]) -> LocalOutcome:
+        """Deliver the durable ``spool`` to every local recipient; returns when every copy is durable.
+
+        ``recipients`` are (address, resolution) of kind local or group. Groups
+        are expanded now, to their current members.
+        """
+        out = LocalOutcome()
+        seen: set[int] = set()
+        seen_outside: set[str] = set()
+        batch: list[tuple[str, DeliveryTarget]] = []
+
+        async def flush() -> None:
+            if not batch:
+                return
+            results = await self.store.deliver(spool, [t for _, t in batch])
+            for (addr, _), res in zip(batch, results, strict=True):
+                if res.status == "ok":
+                    out.delivered += 1
+                else:
+                    logger.warning("delivery.failed", rcpt=addr, status=res.status, error=res.error or "")
+                    out.retry.append(addr)
+            batch.clear()
+
+        for address, res in recipients:
+            if res.kind == Kind.GROUP:
+                assert res.group is not None
+                async for member in self.directory.expand(res.group):
+                    if member.account is None:
+                        if member.address not in seen_outside:
+                            seen_outside.add(member.address)
+                            out.outside.append(member.address)
+                        continue
+                    if member.account.id in seen:
+                        continue
+                    seen.add(member.account.id)
+                    sacct = await self.store_account(member.account)
+                    batch.append((member.account.address,
+                                  DeliveryTarget(sacct, limits=limits_of(member.account))))
+                    if len(batch) >= DELIVERY_BATCH:
+                        await flush()
+                continue
+            acct = res.account
+            if acct is None or acct.id in seen:
+                continue
+            seen.add(acct.id)
+            sacct = await self.store_account(acct)
+            batch.append((address, DeliveryTarget(sacct, limits=limits_of(acct))))
+            if len(batch) >= DELIVERY_BATCH:
+                await flush()
+        await flush()
+        return out

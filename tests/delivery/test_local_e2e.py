@@ -1,0 +1,95 @@
+"""Local delivery end to end: smtplib -> SMTP listener -> directory -> store (maildir), queue for the rest."""
+
+from __future__ import annotations
+
+import smtplib
+import time
+
+import pytest
+
+from mailsrv.queue.store import queue_dir
+
+MSG = b"From: someone@remote.test\r\nTo: team@example.test\r\nSubject: hello team\r\n\r\nHi all\r\n"
+
+
+def test_deliver_alias_group_dedup(site) -> None:
+    with smtplib.SMTP("127.0.0.1", site.ports["mta"]) as c:
+        c.ehlo("client.test")
+        # alice is reached three ways (direct, alias, group): one copy
+        c.sendmail("someone@remote.test", ["alice@example.test", "sales@example.test", "team@example.test"], MSG)
+    alice = site.inbox("alice@example.test")
+    bob = site.inbox("bob@example.test")
+    assert len(alice) == 1 and len(bob) == 1
+    assert alice[0].startswith(b"Return-Path: <someone@remote.test>\r\nReceived: from client.test")
+    assert alice[0].endswith(MSG)
+    # the outside member of the group went to the queue
+    qd = queue_dir(site.data_dir)
+    [env] = qd.all()
+    assert [r.addr for r in env.rcpts] == ["partner@remote.test"] and env.sender == "someone@remote.test"
+
+
+def test_rcpt_codes_with_directory(site) -> None:
+    with smtplib.SMTP("127.0.0.1", site.ports["mta"]) as c:
+        c.ehlo("client.test")
+        c.mail("someone@remote.test", ["SIZE=500"])
+        code, text = c.rcpt("nobody@example.test")
+        assert (code, text[:5]) == (550, b"5.1.1")
+        code, text = c.rcpt("x@remote.test")
+        assert (code, text[:5]) == (554, b"5.7.1")  # no open relay
+        code, text = c.rcpt("full@example.test")
+        assert (code, text[:5]) == (552, b"5.2.2")  # message larger than the whole quota
+        assert c.rcpt("alice+tag@example.test")[0] == 250
+        c.rset()
+
+
+def test_submission_relay_and_sender_policy(site) -> None:
+    with smtplib.SMTP("127.0.0.1", site.ports["sub"]) as c:
+        c.starttls(context=site.client_ctx)
+        c.ehlo("client.test")
+        c.login("alice@example.test", "secret")
+        c.sendmail("sales@example.test", ["x@remote.test", "bob@example.test"], MSG)
+        code, text = c.mail("bob@example.test")
+        assert (code, text[:5]) == (553, b"5.7.1")
+    with smtplib.SMTP("127.0.0.1", site.ports["sub"]) as c:
+        c.starttls(context=site.client_ctx)
+        c.ehlo("client.test")
+        c.login("bob@example.test", "secret")
+        c.mail("bob@example.test")
+        code, text = c.rcpt("x@remote.test")
+        assert (code, text[:5]) == (550, b"5.7.1")  # policy forbids sending outside
+        c.rset()
+    assert len(site.inbox("bob@example.test")) == 1
+    [env] = queue_dir(site.data_dir).all()
+    assert env.sender == "sales@example.test" and [r.addr for r in env.rcpts] == ["x@remote.test"]
+
+
+def test_quota_full_at_rcpt(site) -> None:
+    # a small message fits once; then the mailbox is full -> 452 4.2.2 at RCPT time
+    small = b"Subject: s\r\n\r\nx\r\n"
+    site.directory_sync.set_user("full@example.test", quota_bytes=300)
+    with smtplib.SMTP("127.0.0.1", site.ports["mta"]) as c:
+        c.ehlo("c.test")
+        c.sendmail("a@remote.test", ["full@example.test"], small)
+        c.mail("a@remote.test", ["SIZE=100"])
+        code, text = c.rcpt("full@example.test")
+        assert (code, text[:5]) == (452, b"4.2.2")
+
+
+@pytest.mark.slow
+def test_group_of_5000(site) -> None:
+    sd = site.directory_sync
+    sd.add_group("all@example.test")
+    ids = []
+    for i in range(5000):
+        ids.append(sd.add_user(f"u{i}@example.test").id)
+    sd.add_members_bulk("all@example.test", ids)
+    t0 = time.monotonic()
+    with smtplib.SMTP("127.0.0.1", site.ports["mta"], timeout=600) as c:
+        c.ehlo("c.test")
+        c.sendmail("a@remote.test", ["all@example.test"], MSG)
+    elapsed = time.monotonic() - t0
+    files = list((site.data_dir).glob("**/new/*")) + list((site.data_dir).glob("**/cur/*"))
+    # one hard link per member: 5000 directory entries, one inode
+    inodes = {f.stat().st_ino for f in files}
+    assert len(files) == 5000 and len(inodes) == 1, (len(files), len(inodes))
+    print(f"group of 5000 delivered in {elapsed:.1f}s")
