@@ -328,6 +328,23 @@ def _expire(v: str) -> str | None:
 
 
 @dataclass(frozen=True)
+class ImapConfig:
+    append_limit: int = doc(
+        "Largest message in bytes APPEND accepts (RFC 7889 APPENDLIMIT; larger gets NO [TOOBIG]).",
+        64 * 1024 * 1024,
+        check=_positive,
+    )
+    max_literal: int = doc("Largest literal in bytes outside APPEND (search strings, passwords).", 65536, check=_positive)
+    idle_timeout: float = doc(
+        "Seconds an IDLE command may last without DONE (RFC 2177 asks clients to re-issue it within 29 minutes).",
+        1800.0,
+        check=_positive,
+    )
+    max_unauth_commands: int = doc("Commands a connection may send before it authenticates.", 30, check=_positive)
+    max_auth_failures: int = doc("Failed LOGIN/AUTHENTICATE attempts before the connection is closed.", 3, check=_positive)
+
+
+@dataclass(frozen=True)
 class Pop3Config:
     expire: str = doc(
         'RFC 2449 EXPIRE policy announced in CAPA: "" (none), "NEVER", or "0" (messages retrieved '
@@ -374,6 +391,7 @@ class Config:
     auth: AuthConfig = doc("Authentication, lockout and password hashing.", factory=AuthConfig)
     store: StoreConfig = doc("The mail store: I/O threads and group commit.", factory=StoreConfig)
     search: SearchConfig = doc("The search index: what is indexed, snapshots, caching.", factory=SearchConfig)
+    imap: ImapConfig = doc("IMAP: APPEND and literal limits, IDLE duration, pre-login limits.", factory=ImapConfig)
     pop3: Pop3Config = doc("POP3: EXPIRE and LOGIN-DELAY policy, login failures per session.", factory=Pop3Config)
     jmap: JmapConfig = doc("JMAP: request limits, uploads, CORS, push.", factory=JmapConfig)
     mime: MimeConfig = doc("MIME parser bounds: nesting depth, part count, header value size.", factory=MimeConfig)

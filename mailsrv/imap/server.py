@@ -33,11 +33,7 @@ from mailsrv.net.service import ServiceContext
 
 logger = log.get("imap")
 
-#: Largest literal outside APPEND (a search string, a password): RFC 9051 sets no
-#: number; 64 KiB is far above any real client's need.
-MAX_OTHER_LITERAL = 64 * 1024
-#: Commands allowed before authentication (DESIGN.md "command count before authentication").
-MAX_UNAUTH_COMMANDS = 30
+# Limits (literal sizes, commands before login) come from ``[imap]`` (mailsrv.config.ImapConfig).
 #: A non-synchronising literal larger than this is not even read: the connection is closed.
 HARD_LITERAL_CAP = 1 << 31
 
@@ -105,12 +101,18 @@ class ImapService:
         self.ctx = ctx
         self.auth = auth if auth is not None else ctx.resources.get("auth")
         self.store = store if store is not None else ctx.resources.get("store")
+        icfg = ctx.config.imap
         self.session_config = session_config or SessionConfig(
             hostname=ctx.hostname,
             starttls_available=ctx.starttls_context is not None,
             data_dir=ctx.config.server.data_dir,
+            append_limit=icfg.append_limit,
+            idle_limit=icfg.idle_timeout,
+            max_auth_failures=icfg.max_auth_failures,
         )
         self.max_errors = ctx.config.limits.max_errors
+        self.max_literal = icfg.max_literal
+        self.max_unauth_commands = icfg.max_unauth_commands
 
     async def refuse(self, conn: Connection, reason: str) -> None:
         # RFC 9051 §7.1.5: BYE as the greeting rejects the connection.
@@ -159,7 +161,7 @@ class ImapService:
                 return
             if session.state is State.NOT_AUTHENTICATED:
                 unauth_commands += 1
-                if unauth_commands > MAX_UNAUTH_COMMANDS:
+                if unauth_commands > self.max_unauth_commands:
                     await conn.send(b"* BYE [LIMIT] Too many commands before authentication\r\n")
                     return
             try:
@@ -201,7 +203,7 @@ class ImapService:
         buf = bytearray(line)
         head = line[:64].split(b" ", 3)
         is_append = len(head) > 1 and head[1].upper().startswith(b"APPEND")
-        limit = session.cfg.append_limit if is_append else MAX_OTHER_LITERAL
+        limit = session.cfg.append_limit if is_append else self.max_literal
         total_cap = session.cfg.append_limit * 4 + conn.max_line_length
         while True:
             marker = literal_marker(line)

@@ -130,11 +130,14 @@ class Channel(Protocol):
 
 @dataclass(frozen=True)
 class SessionConfig:
+    """What a session needs to know; built from ``[imap]`` (``mailsrv.config.ImapConfig``) by the server."""
+
     hostname: str = "localhost"
     starttls_available: bool = False
     append_limit: int = DEFAULT_APPEND_LIMIT
     data_dir: Path = Path(".")
     idle_limit: float = IDLE_LIMIT
+    max_auth_failures: int = MAX_AUTH_FAILURES
 
 
 def _norm_flag(flag: bytes) -> str:
@@ -359,7 +362,7 @@ class Session:
         self.auth_failures += 1
         if delay:
             await asyncio.sleep(min(delay, 5.0))  # tarpit suggested by the directory
-        if self.auth_failures >= MAX_AUTH_FAILURES:
+        if self.auth_failures >= self.cfg.max_auth_failures:
             raise Bye("Too many failed logins", "UNAVAILABLE")
         raise ImapError("NO", "Authentication failed", "AUTHENTICATIONFAILED")
 
