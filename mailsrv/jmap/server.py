@@ -1,37 +1,484 @@
-"""JMAP HTTP service (placeholder until the JMAP issue lands: answers 503 problem details)."""
+"""The JMAP HTTP service: session resource, API, upload/download, EventSource, WebSocket.
+
+Routes (all answer CORS, RFC 8620 §2 asks for browser clients to work):
+
+    GET  /.well-known/jmap              -> 307 to /jmap/session (no authentication)
+    GET  /jmap/session                  the Session object
+    POST /jmap/api                      API requests (RFC 8620 §3)
+    POST /jmap/upload/{accountId}/      binary upload, streamed to disk (§6.1)
+    GET  /jmap/download/{accountId}/{blobId}/{name}?accept=   with Range (§6.2)
+    GET  /jmap/eventsource              push (§7.3)
+    GET  /jmap/ws                       RFC 8887 WebSocket, subprotocol "jmap"
+    POST /jmap/token                    a short-lived access token for URLs (browsers' EventSource)
+
+Authentication: HTTP Basic (only where ``auth.plaintext_allowed`` says so, i.e.
+TLS or trusted loopback), ``Authorization: Bearer`` tokens the directory
+issues, and on GET endpoints the short-lived ``access_token`` query parameter
+or ``jmap_access`` cookie.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import os
+import secrets
 import socket
 import ssl
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
 
-from aiohttp import web
+from aiohttp import WSMsgType, web
 
 from mailsrv import log
+from mailsrv.config import JmapConfig
+from mailsrv.jmap import core, push
+from mailsrv.jmap import email as _email  # noqa: F401  (registers the Email/Thread methods)
+from mailsrv.jmap import mailbox as _mailbox  # noqa: F401  (registers the Mailbox methods)
+from mailsrv.jmap.backend import MailBackend
+from mailsrv.jmap.blobs import TooLarge, UploadStore
+from mailsrv.jmap.errors import RequestError, limit, not_json
+from mailsrv.jmap.session import SERVER_CAPABILITIES, session_object
 from mailsrv.net.service import ServiceContext
+from mailsrv.util.fsio import FileIO
 
 logger = log.get("jmap")
 
+#: Seconds a successful Basic login is remembered (saves an argon2 verification per request).
+AUTH_CACHE_TTL = 60.0
+CHUNK = 256 * 1024
+JSON_TYPE = "application/json"
 
-async def _unavailable(request: web.Request) -> web.Response:
-    # RFC 7807 problem details, as RFC 8620 §3.6.1 uses for request-level errors.
-    return web.json_response(
-        {"type": "about:blank", "status": 503, "detail": "JMAP is not available on this server yet"},
-        status=503,
-        content_type="application/problem+json",
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: the directory's account id and login name (and the Account when known)."""
+
+    id: str
+    username: str
+    account: Any = None
+
+
+BackendFactory = Callable[[Principal], Awaitable[MailBackend]]
+
+
+def problem(err: RequestError) -> web.Response:
+    return web.json_response(err.problem(), status=err.status, content_type="application/problem+json")
+
+
+def unauthorized(detail: str = "authentication required") -> web.Response:
+    resp = web.json_response(
+        {"type": "about:blank", "status": 401, "detail": detail}, status=401, content_type="application/problem+json"
     )
+    resp.headers["WWW-Authenticate"] = 'Basic realm="mailsrv", charset="UTF-8"'
+    return resp
+
+
+class JmapApp:
+    """The aiohttp application; one per listener per worker."""
+
+    def __init__(
+        self,
+        config: JmapConfig,
+        auth: Any,
+        backends: BackendFactory,
+        uploads: UploadStore,
+        secret: bytes,
+        *,
+        tls: bool,
+    ) -> None:
+        self.config = config
+        self.auth = auth
+        self.backends = backends
+        self.uploads = uploads
+        self.secret = secret
+        self.tls = tls
+        self._basic_cache: dict[bytes, tuple[float, Principal]] = {}
+        self._inflight: dict[str, int] = {}
+        self._uploads_inflight: dict[str, int] = {}
+        self.websockets: set[web.WebSocketResponse] = set()
+        self.streams: set[asyncio.Task[Any]] = set()
+
+    # --- application ---------------------------------------------------------
+
+    def make_app(self) -> web.Application:
+        # client_max_size bounds request.read(); uploads stream from request.content instead.
+        app = web.Application(middlewares=[self.cors], client_max_size=self.config.max_size_request)
+        r = app.router
+        r.add_route("GET", "/.well-known/jmap", self.well_known)
+        r.add_route("GET", "/jmap/session", self.session)
+        r.add_route("POST", "/jmap/api", self.api)
+        r.add_route("POST", "/jmap/upload/{accountId}/", self.upload)
+        r.add_route("POST", "/jmap/upload/{accountId}", self.upload)
+        r.add_route("GET", "/jmap/download/{accountId}/{blobId}/{name}", self.download)
+        r.add_route("GET", "/jmap/eventsource", self.eventsource)
+        r.add_route("GET", "/jmap/ws", self.websocket)
+        r.add_route("POST", "/jmap/token", self.token)
+        app.on_shutdown.append(self._close_websockets)
+        return app
+
+    async def _close_websockets(self, app: web.Application) -> None:
+        for ws in list(self.websockets):
+            await ws.close(code=1001, message=b"server shutdown")
+        for task in list(self.streams):  # EventSource streams end at shutdown
+            task.cancel()
+
+    @web.middleware
+    async def cors(self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+        origin = request.headers.get("Origin")
+        if request.method == "OPTIONS":
+            resp: web.StreamResponse = web.Response(status=204)
+        else:
+            try:
+                resp = await handler(request)
+            except web.HTTPException as exc:
+                # answered here (not re-raised) so that errors and redirects carry CORS headers too
+                resp = web.Response(status=exc.status, headers={k: v for k, v in exc.headers.items()
+                                                                if k.lower() in ("location", "allow")},
+                                    text=exc.text, content_type="text/plain")
+        allowed = self.config.cors_origins
+        if origin and ("*" in allowed or origin in allowed):
+            # credentials travel in the Authorization header, never cookies across origins
+            resp.headers["Access-Control-Allow-Origin"] = "*" if "*" in allowed else origin
+            if "*" not in allowed:
+                resp.headers["Vary"] = "Origin"
+            resp.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
+            resp.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type, Accept, Last-Event-ID"
+            resp.headers["Access-Control-Expose-Headers"] = "Content-Length, Content-Range, Content-Disposition"
+            resp.headers["Access-Control-Max-Age"] = "86400"
+        return resp
+
+    def base_url(self, request: web.Request) -> str:
+        if self.config.base_url:
+            return self.config.base_url.rstrip("/")
+        return f"{request.scheme}://{request.host}"
+
+    # --- authentication -----------------------------------------------------
+
+    async def authenticate(self, request: web.Request, allow_token: bool = False) -> Principal | None:
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        ip = peer[0] if peer else ""
+        header = request.headers.get("Authorization", "")
+        scheme, _, cred = header.partition(" ")
+        scheme = scheme.lower()
+        if scheme == "basic":
+            return await self._basic(cred.strip(), ip, request.secure)
+        if scheme == "bearer":
+            r = await self.auth.bearer(cred.strip(), protocol="jmap", client_ip=ip)
+            if not r.ok or r.account is None or "mail" not in getattr(r, "scopes", frozenset({"mail"})):
+                return None
+            return Principal(str(r.account.id), r.account.address, r.account)
+        if allow_token:
+            tok = request.query.get("access_token") or request.cookies.get("jmap_access")
+            if tok:
+                return self.check_access_token(tok)
+        return None
+
+    async def _basic(self, cred: str, ip: str, secure: bool) -> Principal | None:
+        if not self.auth.plaintext_allowed(tls=secure or self.tls, client_ip=ip):
+            return None
+        key = hashlib.sha256(cred.encode()).digest()
+        now = time.monotonic()
+        hit = self._basic_cache.get(key)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        try:
+            user, _, password = base64.b64decode(cred, validate=True).decode("utf-8").partition(":")
+        except (ValueError, UnicodeDecodeError):
+            return None
+        r = await self.auth.login(user, password, protocol="jmap", client_ip=ip, tls=secure or self.tls)
+        if not r.ok or r.account is None:
+            delay = getattr(r, "delay", 0.0) or 0.0
+            if delay:
+                await asyncio.sleep(min(delay, 10.0))  # tarpit (RFC-less; lockout policy)
+            return None
+        principal = Principal(str(r.account.id), r.account.address, r.account)
+        if len(self._basic_cache) > 10000:
+            self._basic_cache.clear()
+        self._basic_cache[key] = (now + AUTH_CACHE_TTL, principal)
+        return principal
+
+    def make_access_token(self, p: Principal) -> tuple[str, int]:
+        expires = int(time.time() + self.config.access_token_lifetime)
+        body = base64.urlsafe_b64encode(json.dumps([p.id, p.username, expires]).encode()).decode().rstrip("=")
+        sig = hmac.new(self.secret, body.encode(), hashlib.sha256).hexdigest()[:32]
+        return f"{body}.{sig}", expires
+
+    def check_access_token(self, token: str) -> Principal | None:
+        body, _, sig = token.partition(".")
+        want = hmac.new(self.secret, body.encode(), hashlib.sha256).hexdigest()[:32]
+        if not hmac.compare_digest(want, sig):
+            return None
+        try:
+            pid, user, expires = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+        except (ValueError, TypeError):
+            return None
+        if not isinstance(expires, int) or expires < time.time():
+            return None
+        return Principal(str(pid), str(user))
+
+    async def _context(self, p: Principal) -> tuple[core.RequestContext, MailBackend]:
+        be = await self.backends(p)
+        ctx = core.RequestContext(
+            config=self.config,
+            username=p.username,
+            accounts={be.account_id: be},
+            capabilities=SERVER_CAPABILITIES,
+            extra={"uploads": self.uploads},
+        )
+        return ctx, be
+
+    # --- endpoints -----------------------------------------------------------
+
+    async def well_known(self, request: web.Request) -> web.StreamResponse:
+        # RFC 8620 §2.2: the well-known URI may redirect to the session resource.
+        raise web.HTTPTemporaryRedirect(self.base_url(request) + "/jmap/session")
+
+    async def session(self, request: web.Request) -> web.StreamResponse:
+        p = await self.authenticate(request)
+        if p is None:
+            return unauthorized()
+        be = await self.backends(p)
+        obj = session_object(self.config, self.base_url(request), p.username, {be.account_id: be.name}, be.account_id)
+        resp = web.json_response(obj)
+        resp.headers["Cache-Control"] = "no-cache, no-store, must-revalidate"
+        return resp
+
+    async def token(self, request: web.Request) -> web.StreamResponse:
+        p = await self.authenticate(request)
+        if p is None:
+            return unauthorized()
+        tok, expires = self.make_access_token(p)
+        return web.json_response({"accessToken": tok, "expires": expires})
+
+    async def api(self, request: web.Request) -> web.StreamResponse:
+        p = await self.authenticate(request)
+        if p is None:
+            return unauthorized()
+        try:
+            body = await self._read_json(request)
+        except RequestError as err:
+            return problem(err)
+        n = self._inflight.get(p.id, 0)
+        if n >= self.config.max_concurrent_requests:
+            return problem(limit("maxConcurrentRequests", "too many concurrent requests"))
+        self._inflight[p.id] = n + 1
+        try:
+            ctx, be = await self._context(p)
+            session_state = session_object(self.config, self.base_url(request), p.username,
+                                           {be.account_id: be.name}, be.account_id)["state"]
+            try:
+                # a client that hangs up does not cut a request in the middle of its method calls
+                result = await asyncio.shield(core.process(body, ctx, session_state))
+            except RequestError as err:
+                return problem(err)
+        finally:
+            self._inflight[p.id] -= 1
+            if not self._inflight[p.id]:
+                del self._inflight[p.id]
+        return web.json_response(result)
+
+    async def _read_json(self, request: web.Request) -> Any:
+        max_size = self.config.max_size_request
+        if request.content_length is not None and request.content_length > max_size:
+            raise limit("maxSizeRequest", f"request larger than {max_size} octets")
+        data = bytearray()
+        async for chunk in request.content.iter_chunked(CHUNK):
+            data += chunk
+            if len(data) > max_size:
+                raise limit("maxSizeRequest", f"request larger than {max_size} octets")
+        return parse_json(bytes(data))
+
+    async def upload(self, request: web.Request) -> web.StreamResponse:
+        p = await self.authenticate(request)
+        if p is None:
+            return unauthorized()
+        be = await self.backends(p)
+        account_id = request.match_info["accountId"]
+        if account_id != be.account_id:
+            return web.json_response({"type": "about:blank", "status": 404, "detail": "no such account"},
+                                     status=404, content_type="application/problem+json")
+        cfg = self.config
+        if request.content_length is not None and request.content_length > cfg.max_size_upload:
+            return problem(RequestError(core_limit_type(), 413, "upload too large", limit="maxSizeUpload"))
+        n = self._uploads_inflight.get(p.id, 0)
+        if n >= cfg.max_concurrent_upload:
+            return problem(limit("maxConcurrentUpload", "too many concurrent uploads"))
+        self._uploads_inflight[p.id] = n + 1
+        ctype = request.headers.get("Content-Type", "application/octet-stream")
+        try:
+            blob_id, size = await self.uploads.put(account_id, request.content.iter_chunked(CHUNK), ctype,
+                                                   cfg.max_size_upload)
+        except TooLarge:
+            return problem(RequestError(core_limit_type(), 413, "upload too large", limit="maxSizeUpload"))
+        finally:
+            self._uploads_inflight[p.id] -= 1
+            if not self._uploads_inflight[p.id]:
+                del self._uploads_inflight[p.id]
+        return web.json_response({"accountId": account_id, "blobId": blob_id, "type": ctype, "size": size},
+                                 status=201)
+
+    async def download(self, request: web.Request) -> web.StreamResponse:
+        p = await self.authenticate(request, allow_token=True)
+        if p is None:
+            return unauthorized()
+        be = await self.backends(p)
+        if request.match_info["accountId"] != be.account_id:
+            raise web.HTTPNotFound()
+        blob_id = request.match_info["blobId"]
+        name = request.match_info["name"]
+        accept = request.query.get("accept") or "application/octet-stream"
+        headers = {
+            "Content-Type": accept,
+            # RFC 6266 + RFC 8187: the name as given, UTF-8 percent-encoded
+            "Content-Disposition": "attachment; filename*=UTF-8''" + quote(name, safe=""),
+            "Cache-Control": "private, immutable, max-age=31536000",
+        }
+        path = await self.uploads.path(be.account_id, blob_id)
+        if path is not None:
+            resp = web.FileResponse(path, headers=headers)  # handles Range and If-Range
+            return resp
+        from mailsrv.jmap.email import read_blob
+
+        data = await read_blob(be, self.uploads, blob_id)
+        if data is None:
+            raise web.HTTPNotFound()
+        return bytes_response(request, data, headers)
+
+    async def eventsource(self, request: web.Request) -> web.StreamResponse:
+        p = await self.authenticate(request, allow_token=True)
+        if p is None:
+            return unauthorized()
+        be = await self.backends(p)
+        task = asyncio.current_task()
+        assert task is not None
+        self.streams.add(task)
+        try:
+            return await push.eventsource(request, be, self.config)
+        finally:
+            self.streams.discard(task)
+
+    async def websocket(self, request: web.Request) -> web.StreamResponse:
+        p = await self.authenticate(request, allow_token=True)
+        if p is None:
+            return unauthorized()
+        ws = web.WebSocketResponse(protocols=("jmap",), max_msg_size=self.config.max_size_request, heartbeat=60.0)
+        await ws.prepare(request)
+        if ws.ws_protocol != "jmap":
+            # RFC 8887 §4.2: the client must ask for the "jmap" subprotocol
+            await ws.close(code=1002, message=b"subprotocol jmap required")
+            return ws
+        self.websockets.add(ws)
+        try:
+            await push.websocket_session(ws, self, p)
+        finally:
+            self.websockets.discard(ws)
+        return ws
+
+
+def core_limit_type() -> str:
+    from mailsrv.jmap.errors import URN_ERROR
+
+    return URN_ERROR + "limit"
+
+
+def parse_json(data: bytes) -> Any:
+    """Request JSON -> value; anything malformed is notJSON (RFC 8620 §3.6.1)."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise not_json("the request is not UTF-8") from None
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise not_json("the request is nested too deeply") from None
+    except ValueError as exc:
+        raise not_json(f"the request is not JSON: {exc}") from None
+
+
+def bytes_response(request: web.Request, data: bytes, headers: dict[str, str]) -> web.Response:
+    """A 200 or single-range 206 response (RFC 9110 §14) for an in-memory blob."""
+    headers = {**headers, "Accept-Ranges": "bytes"}
+    if "Range" not in request.headers:
+        return web.Response(body=data, headers=headers)
+    try:
+        rng = request.http_range
+    except ValueError:
+        return web.Response(status=416, headers={"Content-Range": f"bytes */{len(data)}"})
+    start, stop = rng.start, rng.stop
+    size = len(data)
+    if start is None and stop is not None:  # suffix range "-N"
+        start, stop = max(0, size + stop), size
+    start = start or 0
+    stop = size if stop is None else min(stop, size)
+    if start >= size or start >= stop:
+        return web.Response(status=416, headers={"Content-Range": f"bytes */{size}"})
+    headers["Content-Range"] = f"bytes {start}-{stop - 1}/{size}"
+    return web.Response(status=206, body=data[start:stop], headers=headers)
+
+
+def load_secret(path: Path) -> bytes:
+    """The key of URL access tokens, shared by every worker through a 0600 file."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, secrets.token_bytes(32))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    try:
+        os.link(tmp, path)  # first writer wins; others read its key
+    except FileExistsError:
+        pass
+    os.unlink(tmp)
+    return path.read_bytes()
+
+
+# --- the listener service -------------------------------------------------------
 
 
 class JmapService:
+    """The ``HttpService`` the worker's listener runs."""
+
     def __init__(self, ctx: ServiceContext) -> None:
         self.ctx = ctx
         self.runner: web.AppRunner | None = None
 
+    def _build(self) -> web.Application:
+        cfg = self.ctx.config
+        res = self.ctx.resources
+        data_dir = cfg.server.data_dir
+        io = res.get("fileio") or FileIO(4, "jmap-io")
+        uploads = UploadStore(data_dir / cfg.jmap.upload_dir, io)
+        factory: BackendFactory | None = res.get("jmap_backends")
+        if factory is None and "store" in res:
+            from mailsrv.jmap.storebackend import store_factory
+
+            factory = store_factory(res["store"], res.get("directory"), data_dir)
+        if factory is None or "auth" not in res:
+            return _unavailable_app()
+        secret = load_secret(data_dir / cfg.jmap.upload_dir / ".token-key")
+        app = JmapApp(cfg.jmap, res["auth"], factory, uploads, secret, tls=self.ctx.listener.tls == "implicit")
+        return app.make_app()
+
     async def start(self, socks: list[socket.socket], ssl_context: ssl.SSLContext | None) -> None:
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", _unavailable)
+        app = self._build()
+        # handler_cancellation: a push stream ends when its client goes away
         self.runner = web.AppRunner(
-            app, access_log=None, handle_signals=False, shutdown_timeout=self.ctx.config.server.shutdown_grace
+            app, access_log=None, handle_signals=False, shutdown_timeout=self.ctx.config.server.shutdown_grace,
+            handler_cancellation=True,
         )
         await self.runner.setup()
         for sock in socks:
@@ -43,5 +490,21 @@ class JmapService:
             await self.runner.cleanup()
 
 
+def _unavailable_app() -> web.Application:
+    async def unavailable(request: web.Request) -> web.Response:
+        return web.json_response(
+            {"type": "about:blank", "status": 503, "detail": "the mail store or authentication is not configured"},
+            status=503,
+            content_type="application/problem+json",
+        )
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", unavailable)
+    return app
+
+
 def make_service(ctx: ServiceContext) -> JmapService:
     return JmapService(ctx)
+
+
+__all__ = ["JmapApp", "JmapService", "Principal", "make_service", "WSMsgType"]

@@ -1,0 +1,166 @@
+"""Push: EventSource (RFC 8620 §7.3) and WebSocket (RFC 8887), driven by the backend's watch.
+
+The backend's ``watch()`` wakes on a change made by any process (the store
+uses inotify on the account's notify file), so a StateChange leaves within
+the store's wake latency; no polling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import WSMsgType, web
+
+from mailsrv import log
+from mailsrv.config import JmapConfig
+from mailsrv.jmap import core
+from mailsrv.jmap.backend import TYPES, MailBackend
+from mailsrv.jmap.errors import RequestError, not_request
+
+if TYPE_CHECKING:
+    from mailsrv.jmap.server import JmapApp, Principal
+
+logger = log.get("jmap")
+
+
+async def current_states(be: MailBackend, types: frozenset[str] | None) -> dict[str, str]:
+    return {t: await be.state(t) for t in TYPES if types is None or t in types}
+
+
+def state_change(account_id: str, changed: dict[str, str]) -> dict[str, Any]:
+    return {"@type": "StateChange", "changed": {account_id: changed}}
+
+
+def _parse_types(value: str) -> frozenset[str] | None:
+    if value in ("", "*"):
+        return None
+    return frozenset(t.strip() for t in value.split(",") if t.strip())
+
+
+async def eventsource(request: web.Request, be: MailBackend, cfg: JmapConfig) -> web.StreamResponse:
+    # RFC 8620 §7.3: types, closeafter (state|no), ping (seconds, 0 = none)
+    types = _parse_types(request.query.get("types", "*"))
+    closeafter = request.query.get("closeafter", "no")
+    ping_raw = request.query.get("ping", "0")
+    if closeafter not in ("state", "no") or not ping_raw.isdigit():
+        return web.json_response(
+            {"type": "about:blank", "status": 400, "detail": "bad closeafter or ping"},
+            status=400, content_type="application/problem+json",
+        )
+    ping = min(int(ping_raw), cfg.push_ping_max)
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+                                       "X-Accel-Buffering": "no"})
+    await resp.prepare(request)
+    watch = be.watch()
+    try:
+        last = await current_states(be, types)
+        if closeafter == "no":
+            # the current states at once, so a client that connected after a change misses nothing
+            await _send(resp, "state", state_change(be.account_id, last))
+        while True:
+            woke = await watch.wait(ping if ping > 0 else None)
+            if not woke:
+                await _send(resp, "ping", {"interval": ping})
+                continue
+            now = await current_states(be, types)
+            changed = {t: s for t, s in now.items() if last.get(t) != s}
+            last = now
+            if changed:
+                await _send(resp, "state", state_change(be.account_id, changed))
+                if closeafter == "state":
+                    break
+    except ConnectionResetError:
+        pass
+    finally:
+        watch.close()
+    return resp
+
+
+async def _send(resp: web.StreamResponse, event: str, data: dict[str, Any]) -> None:
+    await resp.write(f"event: {event}\ndata: {json.dumps(data)}\n\n".encode())
+
+
+async def websocket_session(ws: web.WebSocketResponse, app: JmapApp, p: Principal) -> None:
+    """RFC 8887: JMAP Request/Response over one WebSocket, plus push when enabled."""
+    ctx, be = await app._context(p)
+    push_task: asyncio.Task[None] | None = None
+    send_lock = asyncio.Lock()
+
+    async def send(obj: dict[str, Any]) -> None:
+        async with send_lock:
+            await ws.send_str(json.dumps(obj))
+
+    async def pusher(types: frozenset[str] | None, last: dict[str, str]) -> None:
+        watch = be.watch()
+        try:
+            while True:
+                await watch.wait()
+                now = await current_states(be, types)
+                changed = {t: s for t, s in now.items() if last.get(t) != s}
+                last = now
+                if changed:
+                    await send(state_change(be.account_id, changed))
+        finally:
+            watch.close()
+
+    try:
+        async for msg in ws:
+            if msg.type != WSMsgType.TEXT:
+                if msg.type == WSMsgType.BINARY:
+                    await send({"@type": "RequestError", **not_request("binary frames are not JMAP").problem()})
+                continue
+            request_id = None
+            try:
+                try:
+                    obj = json.loads(msg.data)
+                except (ValueError, RecursionError):
+                    from mailsrv.jmap.errors import not_json
+
+                    raise not_json("not JSON") from None
+                if not isinstance(obj, dict):
+                    raise not_request("a message must be a JSON object")
+                kind = obj.get("@type")
+                request_id = obj.get("id")
+                if kind == "Request":
+                    body = {k: v for k, v in obj.items() if k not in ("@type", "id")}
+                    ctx.created_ids = {}
+                    session_state = ""
+                    result = await core.process(body, ctx, session_state)
+                    out: dict[str, Any] = {"@type": "Response", **result}
+                    if request_id is not None:
+                        out["requestId"] = request_id
+                    await send(out)
+                elif kind == "WebSocketPushEnable":
+                    data_types = obj.get("dataTypes")
+                    types = None if data_types is None else frozenset(data_types)
+                    if push_task is not None:
+                        push_task.cancel()
+                    last = await current_states(be, types)
+                    push_state = obj.get("pushState")
+                    if push_state is not None and push_state != _push_state(last):
+                        await send({"@type": "StateChange", "changed": {be.account_id: last},
+                                    "pushState": _push_state(last)})
+                    push_task = asyncio.create_task(pusher(types, last))
+                elif kind == "WebSocketPushDisable":
+                    if push_task is not None:
+                        push_task.cancel()
+                        push_task = None
+                else:
+                    raise not_request(f"unknown @type {kind!r}")
+            except RequestError as err:
+                reply: dict[str, Any] = {"@type": "RequestError", **err.problem()}
+                if request_id is not None:
+                    reply["requestId"] = request_id
+                await send(reply)
+    finally:
+        if push_task is not None:
+            push_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await push_task
+
+
+def _push_state(states: dict[str, str]) -> str:
+    return ".".join(f"{k}:{v}" for k, v in sorted(states.items()))

@@ -1,0 +1,69 @@
+"""The JMAP Session resource (RFC 8620 §2) and the capabilities this server has."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from mailsrv.config import JmapConfig
+from mailsrv.jmap.core import CORE, MAIL
+from mailsrv.jmap.mailbox import MAX_NAME
+from mailsrv.jmap.query import COLLATIONS
+
+WEBSOCKET = "urn:ietf:params:jmap:websocket"
+#: email sort properties Email/query knows (RFC 8621 §4.4.2)
+EMAIL_SORT = ["receivedAt", "sentAt", "size", "from", "to", "subject", "hasKeyword", "allInThreadHaveKeyword", "someInThreadHaveKeyword", "id"]
+
+#: every capability this server implements (a request's "using" may name only these)
+SERVER_CAPABILITIES = frozenset({CORE, MAIL, WEBSOCKET})
+
+
+def core_capability(cfg: JmapConfig) -> dict[str, Any]:
+    return {
+        "maxSizeUpload": cfg.max_size_upload,
+        "maxConcurrentUpload": cfg.max_concurrent_upload,
+        "maxSizeRequest": cfg.max_size_request,
+        "maxConcurrentRequests": cfg.max_concurrent_requests,
+        "maxCallsInRequest": cfg.max_calls_in_request,
+        "maxObjectsInGet": cfg.max_objects_in_get,
+        "maxObjectsInSet": cfg.max_objects_in_set,
+        "collationAlgorithms": list(COLLATIONS),
+    }
+
+
+def mail_account_capability(cfg: JmapConfig) -> dict[str, Any]:
+    return {
+        "maxMailboxesPerEmail": None,
+        "maxMailboxDepth": None,
+        "maxSizeMailboxName": MAX_NAME,
+        "maxSizeAttachmentsPerEmail": min(cfg.max_size_upload, 50 * 1024 * 1024),
+        "emailQuerySortOptions": EMAIL_SORT,
+        "mayCreateTopLevelMailbox": True,
+    }
+
+
+def session_object(cfg: JmapConfig, base: str, username: str, accounts: dict[str, str], primary: str) -> dict[str, Any]:
+    """The Session object; ``accounts`` maps accountId -> name. URLs are absolute (RFC 8620 §2)."""
+    ws = "ws" + base[4:] if base.startswith("http") else base
+    caps = {
+        CORE: core_capability(cfg),
+        MAIL: {},
+        WEBSOCKET: {"url": ws + "/jmap/ws", "supportsPush": True},
+    }
+    acc_caps = {CORE: {}, MAIL: mail_account_capability(cfg), WEBSOCKET: {}}
+    session: dict[str, Any] = {
+        "capabilities": caps,
+        "accounts": {
+            aid: {"name": name, "isPersonal": True, "isReadOnly": False, "accountCapabilities": acc_caps}
+            for aid, name in accounts.items()
+        },
+        "primaryAccounts": {MAIL: primary},
+        "username": username,
+        "apiUrl": base + "/jmap/api",
+        "downloadUrl": base + "/jmap/download/{accountId}/{blobId}/{name}?accept={type}",
+        "uploadUrl": base + "/jmap/upload/{accountId}/",
+        "eventSourceUrl": base + "/jmap/eventsource?types={types}&closeafter={closeafter}&ping={ping}",
+    }
+    session["state"] = hashlib.sha256(json.dumps(session, sort_keys=True).encode()).hexdigest()[:16]
+    return session

@@ -1,0 +1,194 @@
+"""RFC 8620 core over real HTTP: envelope errors, limits, references, Core/echo, auth, CORS."""
+
+from __future__ import annotations
+
+import json
+
+import aiohttp
+from jmaptest import USING, Client, Server, basic
+
+URN = "urn:ietf:params:jmap:error:"
+
+
+async def test_echo_and_session_state(client: Client) -> None:
+    status, body = await client.api_raw({"using": USING, "methodCalls": [["Core/echo", {"hello": [1, 2]}, "e1"]]})
+    assert status == 200
+    assert body["methodResponses"] == [["Core/echo", {"hello": [1, 2]}, "e1"]]
+    async with client.http.get(client.server.url + "/jmap/session", headers=client.headers) as r:
+        session = await r.json()
+    assert body["sessionState"] == session["state"]
+
+
+async def test_session_object(client: Client) -> None:
+    async with client.http.get(client.server.url + "/jmap/session", headers=client.headers) as r:
+        assert r.status == 200
+        s = await r.json()
+    core = s["capabilities"]["urn:ietf:params:jmap:core"]
+    assert core["maxCallsInRequest"] == 64 and core["maxSizeUpload"] == 2 * 1024**3
+    assert s["apiUrl"] == client.server.url + "/jmap/api"  # absolute (browsers)
+    assert s["primaryAccounts"]["urn:ietf:params:jmap:mail"] == "a1"
+    assert s["accounts"]["a1"]["name"] == "alice@example.test"
+    assert "{blobId}" in s["downloadUrl"] and "{accountId}" in s["uploadUrl"]
+    assert s["username"] == "alice@example.test"
+
+
+async def test_well_known_redirects_without_auth_and_with_cors(client: Client) -> None:
+    async with client.http.get(client.server.url + "/.well-known/jmap", allow_redirects=False,
+                               headers={"Origin": "https://webmail.example"}) as r:
+        assert r.status == 307
+        assert r.headers["Location"] == client.server.url + "/jmap/session"
+        assert r.headers["Access-Control-Allow-Origin"] == "*"
+
+
+async def test_cors_preflight(client: Client) -> None:
+    async with client.http.options(client.server.url + "/jmap/api", headers={
+            "Origin": "https://webmail.example", "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type"}) as r:
+        assert r.status == 204
+        assert "Authorization" in r.headers["Access-Control-Allow-Headers"]
+        assert "POST" in r.headers["Access-Control-Allow-Methods"]
+
+
+async def test_auth_required_and_wrong_password(client: Client) -> None:
+    async with client.http.post(client.server.url + "/jmap/api", data=b"{}") as r:
+        assert r.status == 401
+        assert r.headers["WWW-Authenticate"].startswith("Basic")
+    async with client.http.post(client.server.url + "/jmap/api", data=b"{}",
+                                headers=basic("alice@example.test", "wrong")) as r:
+        assert r.status == 401
+
+
+async def test_bearer_token_and_scope(server: Server, client: Client) -> None:
+    c = Client(server, client.http, {"Authorization": "Bearer tok-alice"})
+    assert (await c.one("Core/echo", {"x": 1}))["x"] == 1
+    c2 = Client(server, client.http, {"Authorization": "Bearer tok-admin"})  # no "mail" scope
+    status, _ = await c2.api_raw({"using": USING, "methodCalls": []})
+    assert status == 401
+
+
+async def test_basic_login_is_cached(server: Server, client: Client) -> None:
+    for _ in range(3):
+        await client.call(["Core/echo", {}, "0"])
+    assert server.auth.logins == 1
+
+
+async def test_not_json(client: Client) -> None:
+    for data in (b"{not json", b"\xff\xfe", b"[" * 100000 + b"]" * 100000):
+        status, body = await client.api_raw(data)
+        assert status == 400
+        assert body["type"] == URN + "notJSON"
+
+
+async def test_not_request(client: Client) -> None:
+    bad = [
+        [],
+        {"using": USING},
+        {"using": "x", "methodCalls": []},
+        {"using": USING, "methodCalls": [["Core/echo", {}]]},
+        {"using": USING, "methodCalls": [["Core/echo", [], "c"]]},
+        {"using": USING, "methodCalls": [], "extra": 1},
+    ]
+    for body in bad:
+        status, resp = await client.api_raw(body)
+        assert (status, resp["type"]) == (400, URN + "notRequest"), body
+
+
+async def test_unknown_capability(client: Client) -> None:
+    status, body = await client.api_raw({"using": ["urn:example:nope"], "methodCalls": []})
+    assert (status, body["type"]) == (400, URN + "unknownCapability")
+
+
+async def test_max_calls_in_request(client: Client) -> None:
+    calls = [["Core/echo", {}, str(i)] for i in range(10000)]
+    status, body = await client.api_raw({"using": USING, "methodCalls": calls})
+    assert (status, body["type"], body["limit"]) == (400, URN + "limit", "maxCallsInRequest")
+
+
+async def test_max_size_request(client: Client) -> None:
+    big = {"using": USING, "methodCalls": [["Core/echo", {"pad": "x" * 10_000_001}, "0"]]}
+    status, body = await client.api_raw(json.dumps(big).encode())
+    assert (status, body["type"], body["limit"]) == (400, URN + "limit", "maxSizeRequest")
+
+
+async def test_unknown_method_and_capability_not_used(client: Client) -> None:
+    resp = await client.call(["Foo/bar", {}, "a"], ["Mailbox/get", {"accountId": "a1"}, "b"],
+                             using=["urn:ietf:params:jmap:core"])
+    assert resp[0] == ["error", {"type": "unknownMethod", "description": "unknown method 'Foo/bar'"}, "a"]
+    assert resp[1][0] == "error" and resp[1][1]["type"] == "unknownMethod"
+
+
+async def test_result_references_with_star(client: Client) -> None:
+    resp = await client.call(
+        ["Core/echo", {"list": [{"id": "x", "n": [1, 2]}, {"id": "y", "n": [3]}]}, "a"],
+        ["Core/echo", {"#ids": {"resultOf": "a", "name": "Core/echo", "path": "/list/*/id"}}, "b"],
+        ["Core/echo", {"#ns": {"resultOf": "a", "name": "Core/echo", "path": "/list/*/n"}}, "c"],
+    )
+    assert resp[1][1] == {"ids": ["x", "y"]}
+    assert resp[2][1] == {"ns": [1, 2, 3]}  # arrays flattened one level
+
+
+async def test_invalid_result_references(client: Client) -> None:
+    resp = await client.call(
+        ["Core/echo", {"a": 1}, "a"],
+        ["Core/echo", {"#x": {"resultOf": "zz", "name": "Core/echo", "path": "/a"}}, "b"],
+        ["Core/echo", {"#x": {"resultOf": "a", "name": "Mailbox/get", "path": "/a"}}, "c"],
+        ["Core/echo", {"#x": {"resultOf": "a", "name": "Core/echo", "path": "/nope"}}, "d"],
+        ["Core/echo", {"#x": {"resultOf": "a"}}, "e"],
+        ["Core/echo", {"x": 1, "#x": {"resultOf": "a", "name": "Core/echo", "path": "/a"}}, "f"],
+    )
+    assert [r[1]["type"] for r in resp[1:]] == ["invalidResultReference"] * 4 + ["invalidArguments"]
+
+
+async def test_account_not_found_and_invalid_arguments(client: Client) -> None:
+    resp = await client.call(
+        ["Mailbox/get", {"accountId": "nope"}, "a"],
+        ["Mailbox/get", {"accountId": "a1", "ids": "x"}, "b"],
+        ["Mailbox/get", {"accountId": "a1", "bogus": 1}, "c"],
+        ["Mailbox/get", {"accountId": "a1", "properties": ["nope"]}, "d"],
+        ["Mailbox/get", {"accountId": 5}, "e"],
+    )
+    assert [r[1]["type"] for r in resp] == ["accountNotFound"] + ["invalidArguments"] * 4
+
+
+async def test_max_objects_in_get(client: Client) -> None:
+    r = await client.call(["Mailbox/get", {"accountId": "a1", "ids": [f"x{i}" for i in range(1001)]}, "a"])
+    assert r[0][1]["type"] == "requestTooLarge"
+
+
+async def test_max_concurrent_requests_is_per_user(tmp_path, client: Client) -> None:  # type: ignore[no-untyped-def]
+    # a deeply nested filter is refused with the RFC's error, not a crash
+    nested: dict = {"hasKeyword": "$seen"}
+    for _ in range(200):
+        nested = {"operator": "NOT", "conditions": [nested]}
+    r = await client.call(["Email/query", {"accountId": "a1", "filter": nested}, "q"])
+    assert r[0][1]["type"] == "unsupportedFilter"
+
+
+async def test_other_user_sees_own_account_only(server: Server, client: Client) -> None:
+    bob = Client(server, client.http, basic("bob@example.test", "hunter2"))
+    r = await bob.call(["Mailbox/get", {"accountId": "a1"}, "x"])
+    assert r[0][1]["type"] == "accountNotFound"
+    bob.account_id = "a2"
+    assert len((await bob.one("Mailbox/get", {}))["list"]) == 6
+
+
+async def test_plain_http_basic_refused_off_loopback(server: Server) -> None:
+    # FakeAuth mirrors auth.plaintext_allowed: only TLS or loopback may send passwords
+    assert not server.auth.plaintext_allowed(tls=False, client_ip="192.0.2.1")
+    assert server.auth.plaintext_allowed(tls=False, client_ip="127.0.0.1")
+
+
+async def test_access_token_for_eventsource(client: Client) -> None:
+    async with client.http.post(client.server.url + "/jmap/token", headers=client.headers) as r:
+        tok = (await r.json())["accessToken"]
+    async with aiohttp.ClientSession() as anon:
+        url = client.server.url + "/jmap/eventsource?types=*&closeafter=no&ping=0&access_token=" + tok
+        async with anon.get(url) as r:
+            assert r.status == 200
+            line = await r.content.readline()
+            assert line == b"event: state\n"
+        async with anon.get(client.server.url + "/jmap/eventsource?access_token=" + tok[:-2] + "xx") as r:
+            assert r.status == 401
+        # the token only works where the browser cannot send a header, not on the API
+        async with anon.post(client.server.url + "/jmap/api?access_token=" + tok, data=b"{}") as r:
+            assert r.status == 401
