@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -33,6 +34,10 @@ from mailsrv.directory.types import (
 
 #: Seconds a statement waits for another process's write lock.
 BUSY_TIMEOUT_MS = 15000
+#: Longest lockout key stored (an address is at most 320 octets, RFC 5321 §4.5.3.1).
+MAX_FAILURE_KEY = 400
+#: One ``record_failure`` in this many also prunes expired counters.
+PRUNE_ONE_IN = 256
 POST_POLICIES = ("anyone", "members", "listed", "domain")
 SCOPES = ("super", "domain", "dept")
 
@@ -307,7 +312,8 @@ class SqliteCore:
 
     def failure_state(self, key: str) -> FailureState | None:
         row = self.db.execute(
-            "SELECT key, count, window_start, locked_until, level FROM auth_failures WHERE key = ?", (key,)
+            "SELECT key, count, window_start, locked_until, level FROM auth_failures WHERE key = ?",
+            (key[:MAX_FAILURE_KEY],),
         ).fetchone()
         return FailureState(*row) if row else None
 
@@ -318,7 +324,12 @@ class SqliteCore:
         A lock lasts ``lock_time * 2**(level-1)`` seconds, capped at ``lock_max``,
         where level counts the locks since the last success.
         """
+        key = key[:MAX_FAILURE_KEY]
         with self._tx() as db:
+            if secrets.randbelow(PRUNE_ONE_IN) == 0:
+                # Forget expired counters now and then, so sprayed user names cannot grow the table forever.
+                db.execute("DELETE FROM auth_failures WHERE locked_until < ? AND window_start < ?",
+                           (now, now - max(window, 86400.0)))
             row = db.execute(
                 "SELECT count, window_start, locked_until, level FROM auth_failures WHERE key = ?", (key,)
             ).fetchone()
