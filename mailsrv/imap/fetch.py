@@ -11,6 +11,7 @@ import binascii
 import quopri
 import re
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -35,6 +36,40 @@ class UnknownCte(Exception):
 
 def needs_content(atts: Iterable[FetchAtt]) -> bool:
     return any(a.name not in META_ONLY for a in atts)
+
+
+#: answered by the cached MIME structure (``MessageStructure.imap_envelope`` / ``imap_bodystructure``)
+STRUCTURE_ITEMS = {"ENVELOPE", "BODYSTRUCTURE"}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a FETCH needs besides the index: the structure, the header bytes, or the whole message."""
+
+    names: frozenset[str]
+    wants_structure: bool
+    header_only: bool
+    needs_body: bool
+
+
+def _is_header_att(a: FetchAtt) -> bool:
+    if a.name == "RFC822.HEADER":
+        return True
+    return (a.name in ("BODY", "BODY.PEEK") and a.section is not None and not a.section.parts
+            and a.section.text in ("HEADER", "HEADER.FIELDS", "HEADER.FIELDS.NOT"))
+
+
+def plan(atts: Iterable[FetchAtt]) -> Plan:
+    atts = list(atts)
+    names = frozenset(a.name for a in atts if a.section is None)
+    structure = any(a.name in STRUCTURE_ITEMS or (a.name == "BODY" and a.section is None) for a in atts)
+    header = any(_is_header_att(a) for a in atts)
+    body = any(
+        a.name not in META_ONLY and a.name not in STRUCTURE_ITEMS and not (a.name == "BODY" and a.section is None)
+        and not _is_header_att(a)
+        for a in atts
+    )
+    return Plan(names, structure, header and not body, body)
 
 
 def sets_seen(atts: Iterable[FetchAtt]) -> bool:
@@ -91,6 +126,7 @@ def render(
     uid: bool,
     modseq: bool,
     flags: frozenset[str] | None = None,
+    precomputed: dict[str, bytes] | None = None,
 ) -> bytes:
     """The ``( ... )`` of ``* n FETCH ( ... )``.
 
@@ -127,6 +163,8 @@ def render(
             add("THREADID", b"(" + info.thread_id.encode() + b")" if info.thread_id else b"NIL")
         elif n == "SAVEDATE":
             add("SAVEDATE", _internaldate(info.saved_date))
+        elif precomputed and n in precomputed and a.section is None:
+            add(n, precomputed[n])
         else:
             assert raw is not None and part is not None
             if n == "ENVELOPE":

@@ -840,38 +840,65 @@ class Session:
         if changedsince is not None:
             self.condstore = True  # RFC 7162 §3.1: CHANGEDSINCE enables CONDSTORE
         selected = self._resolve(cmd.args["set"], uid=uid)
+        if changedsince is not None:
+            selected = [m for m in selected if m.modseq > changedsince]
         if cmd.args["vanished"]:
             since = await self.acct.changes_since(self.view.name, changedsince)
             s: SequenceSet = cmd.args["set"]
             gone = [u for u in since.expunged if s.contains(u, self.view.uidnext)]
             if gone:
                 self.w(b"* VANISHED (EARLIER) " + format_uids(gone).encode() + b"\r\n")
-        want_content = fetchmod.needs_content(atts)
-        set_seen = fetchmod.sets_seen(atts) and not self.readonly
         name = self.view.name
+        plan = fetchmod.plan(atts)
+        structs: dict[int, Any] = {}
+        if plan.wants_structure or plan.header_only:
+            # The structure cached at delivery answers ENVELOPE/BODYSTRUCTURE and says where the
+            # header ends, so those never re-read or re-parse the whole message.
+            try:
+                structs = await self.acct.structures(name, [m.uid for m in selected])
+            except Exception:  # an index without structures: fall back to the bytes
+                structs = {}
+        seen_now: dict[int, Any] = {}
+        if fetchmod.sets_seen(atts) and not self.readonly:
+            # RFC 9051 §6.4.5: BODY[...] sets \Seen; one durable change for the whole FETCH.
+            unseen = [m.uid for m in selected if "\\Seen" not in m.flags]
+            if unseen:
+                modified, _ = await self.acct.store_flags(name, unseen, frozenset({"\\Seen"}), "add")
+                for m in modified:
+                    self._reported[m.uid] = m.modseq
+                    seen_now[m.uid] = m
         for info in selected:
-            if changedsince is not None and info.modseq <= changedsince:
-                continue
             seq = self._seq_of(info.uid)
             raw = part = None
-            if want_content:
+            pre: dict[str, bytes] = {}
+            struct = structs.get(info.uid)
+            if plan.wants_structure and struct is not None and hasattr(struct, "imap_envelope"):
+                if "ENVELOPE" in plan.names:
+                    pre["ENVELOPE"] = struct.imap_envelope()
+                if "BODYSTRUCTURE" in plan.names:
+                    pre["BODYSTRUCTURE"] = struct.imap_bodystructure(True)
+                if "BODY" in plan.names:
+                    pre["BODY"] = struct.imap_bodystructure(False)
+            need_full = plan.needs_body or (plan.wants_structure and not pre)
+            if need_full or plan.header_only:
+                header_end = getattr(struct, "header_end", None) if not need_full else None
                 try:
-                    raw = await self.acct.read_message(name, info.uid)
+                    if header_end:
+                        raw = await self.acct.read_message(name, info.uid, 0, header_end)
+                    else:
+                        raw = await self.acct.read_message(name, info.uid)
                 except Exception as exc:
                     if _store_error_name(exc) == "MessageGone":
-                        # RFC 9051 §7.5.1: the message was expunged by another session; skip it
+                        # RFC 9051 §7.5.1: expunged by another session meanwhile; skip it
                         continue
                     raise self._store_error(exc) from None
-                part = self._structure(info.uid, raw)
-            new_flags = None
-            if set_seen and "\\Seen" not in info.flags:
-                modified, _ = await self.acct.store_flags(name, [info.uid], frozenset({"\\Seen"}), "add")
-                if modified:
-                    info = modified[0]
-                    self._reported[info.uid] = info.modseq
-                    new_flags = info.flags
+                part = self._structure(info.uid, raw) if not header_end else parse_structure(raw)
+            new = seen_now.get(info.uid)
+            if new is not None:
+                info = new
             try:
-                body = fetchmod.render(atts, info, raw, part, uid=uid, modseq=self.condstore, flags=new_flags)
+                body = fetchmod.render(atts, info, raw, part, uid=uid, modseq=self.condstore,
+                                       flags=new.flags if new is not None else None, precomputed=pre)
             except fetchmod.UnknownCte:
                 raise ImapError("NO", "Unknown Content-Transfer-Encoding", "UNKNOWN-CTE") from None
             self.w(b"* %d FETCH " % seq + body + b"\r\n")

@@ -208,3 +208,42 @@ def test_corpus_structures(corpus: Path, name: str) -> None:
     assert section_bytes(raw, part, Section()) == raw
     header = section_bytes(raw, part, Section((), "HEADER"))
     assert raw.startswith(header) and header.endswith(b"\r\n\r\n")
+
+
+def test_fetch_uses_the_cached_structure() -> None:
+    """ENVELOPE/BODYSTRUCTURE come from the store's structure; header fetches read only the header."""
+    from mailsrv.imap.memory import MemoryAccount
+
+    class Struct:
+        def __init__(self, header_end: int) -> None:
+            self.header_end = header_end
+
+        def imap_envelope(self) -> bytes:
+            return b"(CACHED-ENVELOPE)"
+
+        def imap_bodystructure(self, extended: bool = True) -> bytes:
+            return b"(CACHED-BS)" if extended else b"(CACHED-BODY)"
+
+    reads: list[tuple[int, int | None]] = []
+
+    class Account(MemoryAccount):
+        async def structures(self, mailbox, uids):  # type: ignore[no-untyped-def]
+            return {u: Struct(MSG.index(b"\r\n\r\n") + 4) for u in uids}
+
+        async def read_message(self, mailbox, uid, offset=0, length=None):  # type: ignore[no-untyped-def]
+            reads.append((offset, length))
+            return await super().read_message(mailbox, uid, offset, length)
+
+    async def go() -> None:
+        store = MemoryStore()
+        store._accounts["1"] = Account("1")
+        d, _ = await _logged_in(1, store)
+        await d(b"s SELECT INBOX")
+        out = await d(b"f FETCH 1 (ENVELOPE BODYSTRUCTURE BODY)")
+        assert out[0] == b"* 1 FETCH (ENVELOPE (CACHED-ENVELOPE) BODYSTRUCTURE (CACHED-BS) BODY (CACHED-BODY))"
+        assert reads == []
+        out = await d(b"g FETCH 1 (BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+        assert out[1] == b"Subject: s"
+        assert reads == [(0, MSG.index(b"\r\n\r\n") + 4)]
+
+    run(go())
