@@ -293,8 +293,10 @@ class AuthSession:
         self.finished = True
         at = self.at
         if isinstance(out, sasl.NeedPassword):
+            # an authzid equal to the login name (an alias, say) asks for nothing more than the login itself
+            authzid = "" if A.normalise(out.authzid) == A.normalise(out.username) else out.authzid
             res = await self.auth.login(out.username, out.password, protocol=at.protocol, client_ip=at.ip,
-                                        tls=True, mechanism=at.mechanism, authzid=out.authzid)
+                                        tls=True, mechanism=at.mechanism, authzid=authzid)
             if res.ok and res.account is not None:
                 return Success(res.account, res.account.address)
             return sasl.Failure(res.reason)
@@ -316,7 +318,8 @@ class AuthSession:
             if gate:
                 await self.auth._fail(at, key, gate, count=False)
                 return sasl.Failure(gate)
-            problem = self.auth._account_problem(creds.account, creds.networks, at.ip, out.authzid)
+            authzid = "" if A.normalise(out.authzid) == A.normalise(out.username) else out.authzid
+            problem = self.auth._account_problem(creds.account, creds.networks, at.ip, authzid)
             if problem:
                 await self.auth._fail(at, key, problem, count=problem == "authzid mismatch")
                 return sasl.Failure(problem)

@@ -128,6 +128,9 @@ async def test_plain_and_login_sessions(auth: Authenticator) -> None:
     s = auth.sasl("PLAIN", protocol="smtp", client_ip="127.0.0.1", tls=True)
     out = await s.step(f"bob@example.test\0alice@example.test\0{PASSWORD}".encode())
     assert isinstance(out, Failure) and out.reason == "authzid mismatch"
+    s = auth.sasl("PLAIN", protocol="smtp", client_ip="127.0.0.1", tls=True)
+    out = await s.step(f"AL@example.test\0al@example.test\0{PASSWORD}".encode())  # alias as both
+    assert isinstance(out, Success) and out.authzid == "alice@example.test"
     s = auth.sasl("login", protocol="pop3", client_ip="127.0.0.1", tls=True)
     assert await s.step(None) == Challenge(b"Username:")
     assert await s.step(b"bob@example.test") == Challenge(b"Password:")
