@@ -54,7 +54,7 @@ class TermIndex:
     def __init__(self) -> None:
         self.post: dict[str, BitMap] = {}
         self.vocab: list[str] = []  # term id -> term
-        self.grams: dict[str, BitMap] | None = None  # trigram -> term ids (word terms)
+        self.grams: dict[str, BitMap] | None = {}  # trigram -> term ids; None = to rebuild
 
     def add(self, uid: int, uniq: Iterable[str]) -> None:
         post = self.post
@@ -77,7 +77,7 @@ class TermIndex:
                     grams[g] = bm = BitMap()
                 bm.add(tid)
 
-    def _build_grams(self) -> dict[str, BitMap]:
+    def build_grams(self) -> dict[str, BitMap]:
         grams: dict[str, BitMap] = {}
         for tid, t in enumerate(self.vocab):
             for i in range(len(t) - 2):
@@ -94,7 +94,7 @@ class TermIndex:
         if len(w) < 3:
             ids: Iterable[int] = hot.terms_containing(w, self.vocab)
         else:
-            grams = self.grams if self.grams is not None else self._build_grams()
+            grams = self.grams if self.grams is not None else self.build_grams()
             sets = []
             for i in range(len(w) - 2):
                 bm = grams.get(w[i : i + 3])
@@ -123,7 +123,7 @@ class TermIndex:
                 post[t] = bm
         self.post = post
         self.vocab = list(post)
-        self.grams = None
+        self.build_grams()
 
 
 class IndexCore:

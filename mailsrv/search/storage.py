@@ -268,6 +268,7 @@ def load_snapshot(path: Path) -> tuple[IndexCore, dict[int, tuple[int, int]], in
             for t in term_list:
                 ti.post[t] = BitMap.deserialize(r.blob())
             ti.vocab = term_list
+            ti.build_grams()
             core.fields[f] = ti
         core.indexed = BitMap.deserialize(r.blob())
         core.attach = BitMap.deserialize(r.blob())

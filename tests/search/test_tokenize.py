@@ -1,0 +1,101 @@
+"""Tokenizer and term-scan hot paths: compiled modules agree with their twins; substring property."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mailsrv._speedups import search_py, tokenize_py
+from mailsrv._speedups.tokenize import normalize, query_terms, terms
+
+IMPLS = ["py"]
+try:
+    from mailsrv._speedups import search_c, tokenize_c  # type: ignore[attr-defined]
+
+    IMPLS.append("c")
+except ImportError:  # the guard test below fails in that case
+    tokenize_c = search_c = None
+
+
+@pytest.fixture(params=IMPLS)
+def tok(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
+    return tokenize_py if request.param == "py" else tokenize_c
+
+
+mixed = st.text(
+    alphabet=st.sampled_from(
+        list("abcxyzÉéßſﬁ ï\t\n\r\x00-.,!?:;@<>") + list("季度报告第三已发送会議확인부탁ｶﾀカタ") + ["\u0301", "\u3000", "😀"]
+    ),
+    max_size=80,
+)
+
+
+def test_compiled_modules_load() -> None:
+    """Guard: the compiled tokenizer and term scan must load when speedups are required."""
+    env = dict(os.environ, MAILSRV_REQUIRE_SPEEDUPS="1")
+    env.pop("MAILSRV_NO_SPEEDUPS", None)
+    code = "from mailsrv._speedups import tokenize, search; print(tokenize.IMPL, search.IMPL)"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["c", "c"]
+
+
+def test_examples(tok) -> None:  # type: ignore[no-untyped-def]
+    t = tok.normalize("  Re:\tCAFÉ  ﬁle\r\n Straße\x00第三季度报告 ")
+    assert t == "re: café file strasse 第三季度报告"
+    assert tok.terms(t) == [
+        "re", "café", "file", "strasse",
+        "第", "第三", "三", "三季", "季", "季度", "度", "度报", "报", "报告", "告",
+    ]  # fmt: skip
+    assert tok.terms("x" * 70) == ["x" * 64, "x" * 38]
+    assert tok.terms("") == []
+    assert tok.normalize("") == ""
+
+
+@pytest.mark.speedups
+@settings(max_examples=400, deadline=None)
+@given(mixed)
+def test_twins_agree(text: str) -> None:
+    if tokenize_c is None:
+        pytest.fail("compiled tokenizer missing")
+    assert tokenize_c.normalize(text) == tokenize_py.normalize(text)
+    n = tokenize_py.normalize(text)
+    assert tokenize_c.terms(n) == tokenize_py.terms(n)
+    for cp in (ord(c) for c in text):
+        assert tokenize_c.is_cjk(cp) == tokenize_py.is_cjk(cp)
+
+
+@pytest.mark.speedups
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.text(alphabet="abcé季度", max_size=6), max_size=30), st.text(alphabet="abcé季度", max_size=3))
+def test_term_scan_twins_agree(vocab: list[str], word: str) -> None:
+    if search_c is None:
+        pytest.fail("compiled term scan missing")
+    assert search_c.terms_containing(word, vocab) == search_py.terms_containing(word, vocab)
+    ids = list(range(0, len(vocab), 2))
+    assert search_c.filter_containing(word, vocab, ids) == search_py.filter_containing(word, vocab, ids)
+    assert search_py.terms_containing(word, vocab) == [i for i, t in enumerate(vocab) if word in t]
+
+
+@settings(max_examples=400, deadline=None)
+@given(mixed, st.integers(0, 80), st.integers(0, 80))
+def test_substring_property(text: str, a: int, b: int) -> None:
+    """Any substring q of normalised text: its narrowing terms are found among the text's terms."""
+    t = normalize(text)
+    q = t[min(a, b) : max(a, b)]
+    words, cjk = query_terms(q)
+    tt = terms(t)
+    for w in words:
+        assert any(w in term for term in tt), (q, w)
+    for c in cjk:
+        assert c in tt, (q, c)
+
+
+def test_normalize_is_idempotent_on_examples() -> None:
+    for s in ["Ⅻ ＡＢＣ", "ǅ", "ﬃ", "İstanbul", "ΣΑΣ", "第三　季度"]:
+        n = normalize(s)
+        assert normalize(n) == n
