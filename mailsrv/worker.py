@@ -72,6 +72,8 @@ async def _serve(cfg: Config, socks: dict[str, list[socket.socket]], ssl_context
     # Per-worker shared objects, one line per subsystem (store, directory, auth, queue...).
     resources: dict[str, Any] = {}
     resources.update(importlib.import_module("mailsrv.auth").worker_resources(cfg))  # "directory", "auth"
+    resources["store"] = importlib.import_module("mailsrv.store").Store(
+        cfg.store, cfg.server.data_dir, hostname=cfg.server.hostname)  # docs/store-api.md: one per worker
     listeners = make_listeners(cfg, socks, ssl_context, resources)
     for lst in listeners:
         await lst.start()
@@ -82,6 +84,7 @@ async def _serve(cfg: Config, socks: dict[str, list[socket.socket]], ssl_context
     grace = cfg.server.shutdown_grace
     logger.info("worker.draining", pid=os.getpid(), grace=grace)
     await asyncio.gather(*(lst.drain(grace) for lst in listeners), return_exceptions=True)
+    await resources["store"].close()  # after the sessions: stops the store's notifier and threads
     logger.info("worker.stopped", pid=os.getpid())
 
 
