@@ -66,14 +66,15 @@ class ConnChannel:
     async def flush(self) -> None:
         await self.conn.drain()
 
-    async def read_continuation(self, limit: float | None = None) -> bytes:
-        """A continuation line; ``limit`` replaces the idle timeout (IDLE waits longer)."""
-        if limit is None:
-            return await self.conn.readline_in_command()
+    async def read_continuation(self) -> bytes:
+        """A line that continues the command in progress (AUTHENTICATE responses)."""
+        return await self.conn.readline_in_command()
+
+    async def read_idle(self, limit: float) -> bytes:
         saved = self.conn.idle_timeout
         self.conn.idle_timeout = limit
         try:
-            return await self.conn.readline_in_command()
+            return await self.conn.readline()
         finally:
             self.conn.idle_timeout = saved
 
@@ -188,7 +189,16 @@ class ImapService:
                 await session.flush()
                 await conn.send(f"* BYE {code}{exc.text}\r\n".encode())
                 return
-            except (ConnectionClosed, IdleTimeout):
+            except ServerShutdown:
+                await self._bye(conn, session, b"* BYE [UNAVAILABLE] Server shutting down\r\n")
+                return
+            except IdleTimeout:
+                await self._bye(conn, session, b"* BYE Autologout; idle for too long\r\n")
+                return
+            except LineTooLong:
+                await self._bye(conn, session, b"* BYE [TOOBIG] Line too long\r\n")
+                return
+            except ConnectionClosed:
                 return
             try:
                 await session.flush()
@@ -196,6 +206,13 @@ class ImapService:
                 return
             if not go_on:
                 return
+
+    async def _bye(self, conn: Connection, session: Session, line: bytes) -> None:
+        try:
+            await session.flush()
+            await conn.send(line)
+        except (ConnectionClosed, IdleTimeout):
+            pass
 
     async def _read_command(self, conn: Connection, session: Session) -> bytes | None:
         """One command with its literals (RFC 9051 §4.3, RFC 7888), or None at EOF."""

@@ -121,7 +121,11 @@ class Channel(Protocol):
 
     async def flush(self) -> None: ...
 
-    async def read_continuation(self, limit: float | None = None) -> bytes: ...
+    async def read_continuation(self) -> bytes: ...
+
+    async def read_idle(self, limit: float) -> bytes:
+        """The line that ends an IDLE; interrupted by a drain (ServerShutdown), bounded by ``limit``."""
+        ...
 
     async def starttls(self) -> None: ...
 
@@ -684,32 +688,46 @@ class Session:
         return f"[APPENDUID {info.uidvalidity} {format_uids(uids)}] APPEND completed"
 
     async def cmd_idle(self, cmd: Command) -> None:
-        """RFC 2177: report changes as they happen until the client sends DONE."""
+        """RFC 2177: report changes as they happen until the client sends DONE.
+
+        The session task waits for DONE with the connection's *command* read, so a
+        draining worker interrupts an IDLE (ServerShutdown -> BYE). A helper task
+        reports changes; it holds ``lock`` while it refreshes and writes, and the
+        session takes the lock before stopping it, so a refresh is never cut in the
+        middle (sequence numbers stay in step).
+        """
         watch = self.acct.watch()
+        lock = asyncio.Lock()
+
+        async def notifier() -> None:
+            while True:
+                await watch.wait()
+                async with lock:
+                    if self.state is State.SELECTED:
+                        await self._send_updates()
+                    await self.flush()
+
         try:
             self.w(b"+ idling\r\n")
             if self.state is State.SELECTED:
                 await self._send_updates()
             await self.flush()
-            reader = asyncio.ensure_future(self.ch.read_continuation(self.cfg.idle_limit))
+            task = asyncio.ensure_future(notifier())
             try:
-                while True:
-                    waiter = asyncio.ensure_future(watch.wait())
-                    done, _ = await asyncio.wait({reader, waiter}, return_when=asyncio.FIRST_COMPLETED)
-                    if reader in done:
-                        waiter.cancel()
-                        line = reader.result()
-                        if line.rstrip(b"\r\n").upper() != b"DONE":
-                            raise ImapError("BAD", "Expected DONE", "CLIENTBUG")
-                        break
-                    if self.state is State.SELECTED:
-                        await self._send_updates()
-                        await self.flush()
+                line = await self.ch.read_idle(self.cfg.idle_limit)
             finally:
-                if not reader.done():
-                    reader.cancel()
+                async with lock:
+                    task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
+                except Exception as exc:  # the peer went away while we wrote; the read says so too
+                    logger.debug("idle.notifier_ended", error=type(exc).__name__)
         finally:
             watch.close()
+        if line.rstrip(b"\r\n").upper() != b"DONE":
+            raise ImapError("BAD", "Expected DONE", "CLIENTBUG")
         if self.state is State.SELECTED:
             await self._send_updates()
 

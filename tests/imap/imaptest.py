@@ -74,7 +74,7 @@ def start_server(*, tls: str = "none", ssl_context: ssl.SSLContext | None = None
     handle = ServerHandle(host, port, loop, holder["store"], holder["service"])
 
     def stop() -> None:
-        asyncio.run_coroutine_threadsafe(holder["listener"].drain(2.0), loop).result(15)
+        asyncio.run_coroutine_threadsafe(holder["listener"].drain(0.2), loop).result(15)
         if teardown is not None:
             asyncio.run_coroutine_threadsafe(teardown(holder["store"]), loop).result(15)
         loop.call_soon_threadsafe(loop.stop)

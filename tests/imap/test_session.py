@@ -33,7 +33,10 @@ class FakeChannel:
     async def flush(self) -> None:
         return None
 
-    async def read_continuation(self, limit: float | None = None) -> bytes:
+    async def read_continuation(self) -> bytes:
+        return await self.lines.get()
+
+    async def read_idle(self, limit: float) -> bytes:
         return await self.lines.get()
 
     async def starttls(self) -> None:

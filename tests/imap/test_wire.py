@@ -140,3 +140,32 @@ def test_compress_deflate_with_a_zlib_peer(server: ServerHandle, raw: Raw) -> No
     pending.clear()
     send(b"a5 COMPRESS DEFLATE\r\n")
     assert until(b"a5") == [b"a5 NO [COMPRESSIONACTIVE] Compression is already active\r\n"]
+
+
+def test_idle_ends_with_bye_on_drain_and_on_timeout() -> None:
+    from mailsrv.imap.session import SessionConfig
+
+    handle, stop = start_server(session_config=SessionConfig(idle_limit=0.5))
+    try:
+        c = Raw(handle.host, handle.port)
+        c.cmd(b"a LOGIN alice wonderland")
+        c.cmd(b"b SELECT INBOX")
+        c.send(b"c IDLE\r\n")
+        assert c.line() == b"+ idling\r\n"
+        # no DONE within idle_limit: the server says goodbye
+        assert c.line() == b"* BYE Autologout; idle for too long\r\n"
+        assert c.line() == b""
+        c.close()
+    finally:
+        stop()
+    handle, stop = start_server()
+    try:
+        d = Raw(handle.host, handle.port)
+        d.cmd(b"a LOGIN alice wonderland")
+        d.send(b"c IDLE\r\n")
+        assert d.line() == b"+ idling\r\n"
+    finally:
+        stop()
+    # the drain interrupted the IDLE with a BYE instead of cutting the connection
+    assert d.line() == b"* BYE [UNAVAILABLE] Server shutting down\r\n"
+    d.close()
