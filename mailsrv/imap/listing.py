@@ -64,15 +64,23 @@ async def run_list(session: Session, cmd: Command, *, lsub: bool = False) -> Non
     want_special = True
     status_items = returns.get("STATUS")
     out_names = sorted(n for n in candidates if any(r.match(n) for r in regexes))
+    # RFC 3501 §6.3.8 / RFC 9051 §6.3.9: with "%" last, levels of hierarchy above matching
+    # mailboxes are returned even when they do not exist (\Noselect / \NonExistent).
+    percent = [r for p, r in zip(patterns, regexes, strict=True) if p.endswith("%")]
+    if percent and not lsub:
+        parents = {n.rsplit(DELIMITER, k)[0] for n in candidates for k in range(1, n.count(DELIMITER) + 1)}
+        ghosts = {p for p in parents - names if any(r.match(p) for r in percent)}
+        out_names = sorted(set(out_names) | ghosts)
     # RFC 3501 §6.3.9: with "%", a parent of a matching child that does not itself match is
     # returned as \Noselect (LIST) only when it does not exist; we list only existing ones.
     for name in sorted(out_names, key=lambda n: (n != "INBOX", n)):
         info = by_name.get(name)
         attrs: list[str] = []
-        if info is None:
-            attrs.append("\\NonExistent" if extended or not lsub else "\\Noselect")
         has_children = any(other.startswith(name + DELIMITER) for other in names)
-        if want_children and info is not None and not lsub:
+        if info is None:
+            # RFC 9051 §7.3.1: \NonExistent implies \Noselect; rev1 clients know only \Noselect
+            attrs.append("\\NonExistent" if (extended or session.rev2) else "\\Noselect")
+        if want_children and not lsub and (info is not None or has_children):
             attrs.append("\\HasChildren" if has_children else "\\HasNoChildren")
         if (extended and ("SUBSCRIBED" in select or returns.get("SUBSCRIBED"))) and name in subscribed:
             attrs.append("\\Subscribed")

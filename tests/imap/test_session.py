@@ -250,3 +250,16 @@ def test_fetch_uses_the_cached_structure() -> None:
         assert reads == [(0, MSG.index(b"\r\n\r\n") + 4)]
 
     run(go())
+
+
+def test_list_returns_missing_parents_for_percent() -> None:
+    async def go() -> None:
+        d, _ = await _logged_in()
+        await d(b"c CREATE p/q/r")
+        assert await d(b'l LIST "" p%') == [b'* LIST (\\Noselect \\HasChildren) "/" p', b"l OK LIST completed"]
+        assert await d(b'l LIST "" p/%') == [b'* LIST (\\Noselect \\HasChildren) "/" p/q', b"l OK LIST completed"]
+        assert await d(b'l LIST "" p*') == [b'* LIST (\\HasNoChildren) "/" p/q/r', b"l OK LIST completed"]
+        await d(b"e ENABLE IMAP4rev2")
+        assert await d(b'l LIST "" p%') == [b'* LIST (\\NonExistent \\HasChildren) "/" p', b"l OK LIST completed"]
+
+    run(go())
