@@ -185,6 +185,16 @@ class AdminApi:
           lambda d, ac, r, b: ops.member_add(d, ac, m(r, "address"), b["member"]))
         a("DELETE", "/groups/{address}/members/{member}", "Remove a member", None,
           lambda d, ac, r, b: ops.member_del(d, ac, m(r, "address"), m(r, "member")))
+        a("POST", "/groups/{address}/senders", 'Allow an address to post (policy "listed")',
+          {**s, "required": ["sender"], "properties": {"sender": str_}},
+          lambda d, ac, r, b: ops.sender_add(d, ac, m(r, "address"), b["sender"]))
+        a("DELETE", "/groups/{address}/senders/{sender}", "Remove a listed sender", None,
+          lambda d, ac, r, b: ops.sender_del(d, ac, m(r, "address"), m(r, "sender")))
+        a("POST", "/groups/{address}/send-as", "Let a user send as the group address",
+          {**s, "required": ["user"], "properties": {"user": str_}},
+          lambda d, ac, r, b: ops.send_as_grant(d, ac, m(r, "address"), b["user"]))
+        a("DELETE", "/groups/{address}/send-as/{user}", "Withdraw send-as", None,
+          lambda d, ac, r, b: ops.send_as_revoke(d, ac, m(r, "address"), m(r, "user")))
         a("POST", "/depts", "Add a department", {**s, "required": ["address"], "properties": {
             "address": str_, "name": str_, "parent": {"type": ["string", "null"]}}},
           lambda d, ac, r, b: ops.dept_add(d, ac, b["address"], name=b.get("name", ""), parent=b.get("parent")))

@@ -249,6 +249,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = cmd(g, "alias", lambda c, d, a, x: ops.domain_alias_add(d, a, x.alias, x.domain), "add a domain alias")
     p.add_argument("alias")
     p.add_argument("domain")
+    p = cmd(g, "unalias", lambda c, d, a, x: ops.domain_alias_del(d, a, x.alias), "delete a domain alias")
+    p.add_argument("alias")
 
     # user
     g = group_of("user", "mailbox users")
@@ -319,22 +321,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("group")
     p.add_argument("member")
 
-    def _sender(c: Any, d: SyncDirectory, a: Actor, x: argparse.Namespace) -> Any:
-        a.require_address(d, x.group)
-        d.add_sender(x.group, x.sender)
-        return d.group_info(x.group)
-
-    def _send_as(c: Any, d: SyncDirectory, a: Actor, x: argparse.Namespace) -> Any:
-        a.require_address(d, x.group)
-        d.grant_send_as(x.group, x.user)
-        return d.group_info(x.group)
-
-    p = cmd(g, "sender", _sender, 'allow an address to post (policy "listed")')
+    p = cmd(g, "sender", lambda c, d, a, x: (ops.sender_del if x.remove else ops.sender_add)(d, a, x.group, x.sender),
+            'allow (or with --remove, stop allowing) an address to post (policy "listed")')
     p.add_argument("group")
     p.add_argument("sender")
-    p = cmd(g, "send-as", _send_as, "let a user send as the group address")
+    p.add_argument("--remove", action="store_true")
+    p = cmd(g, "send-as", lambda c, d, a, x: (ops.send_as_revoke if x.remove else ops.send_as_grant)(d, a, x.group, x.user),
+            "let a user send as the group address (--remove: no longer)")
     p.add_argument("group")
     p.add_argument("user")
+    p.add_argument("--remove", action="store_true")
 
     # dept
     g = group_of("dept", "departments (each is also a group address)")

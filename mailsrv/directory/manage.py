@@ -96,6 +96,11 @@ class SyncDirectory(SqliteCore):
                 raise Conflict(f"domain {a} exists already")
             db.execute("INSERT INTO domain_aliases (name, domain_id) VALUES (?, ?)", (a, did))
 
+    def del_domain_alias(self, alias: str) -> None:
+        with self._tx() as db:
+            if db.execute("DELETE FROM domain_aliases WHERE name = ?", (A.normalise(alias),)).rowcount != 1:
+                raise NotFound(f"no domain alias {A.normalise(alias)}")
+
     def list_domains(self) -> list[dict[str, Any]]:
         out = []
         for did, name, mu, ms, nets, catch in self.db.execute(
@@ -387,6 +392,18 @@ class SyncDirectory(SqliteCore):
             raise _bad(exc) from None
         with self._tx() as db:
             db.execute("INSERT OR IGNORE INTO group_senders (group_id, address) VALUES (?, ?)", (self._group_id(group), s))
+
+    def del_sender(self, group: str, sender: str) -> None:
+        with self._tx() as db:
+            if db.execute("DELETE FROM group_senders WHERE group_id = ? AND address = ?",
+                          (self._group_id(group), A.normalise(sender))).rowcount != 1:
+                raise NotFound(f"{A.normalise(sender)} is not a listed sender of {A.normalise(group)}")
+
+    def revoke_send_as(self, group: str, user: str) -> None:
+        with self._tx() as db:
+            if db.execute("DELETE FROM group_send_as WHERE group_id = ? AND user_id = ?",
+                          (self._group_id(group), self._user_id(user))).rowcount != 1:
+                raise NotFound(f"{A.normalise(user)} may not send as {A.normalise(group)}")
 
     def grant_send_as(self, group: str, user: str) -> None:
         with self._tx() as db:

@@ -54,6 +54,12 @@ def domain_alias_add(d: SyncDirectory, actor: Actor, alias: str, target: str) ->
     return {"alias": A.normalise(alias), "domain": A.normalise(target)}
 
 
+def domain_alias_del(d: SyncDirectory, actor: Actor, alias: str) -> dict[str, Any]:
+    actor.require_super()
+    d.del_domain_alias(alias)
+    return {"deleted": A.normalise(alias)}
+
+
 def domain_list(d: SyncDirectory, actor: Actor) -> list[dict[str, Any]]:
     return [x for x in d.list_domains() if actor.can_domain(d, x["name"])]
 
@@ -157,6 +163,31 @@ def member_del(d: SyncDirectory, actor: Actor, group: str, member: str) -> dict[
     actor.require_address(d, group)
     d.del_member(group, member)
     return {"group": A.normalise(group), "removed": A.normalise(member)}
+
+
+def sender_add(d: SyncDirectory, actor: Actor, group: str, sender: str) -> dict[str, Any]:
+    actor.require_address(d, group)
+    d.add_sender(group, sender)
+    return d.group_info(group)
+
+
+def sender_del(d: SyncDirectory, actor: Actor, group: str, sender: str) -> dict[str, Any]:
+    actor.require_address(d, group)
+    d.del_sender(group, sender)
+    return d.group_info(group)
+
+
+def send_as_grant(d: SyncDirectory, actor: Actor, group: str, user: str) -> dict[str, Any]:
+    actor.require_address(d, group)
+    actor.require_address(d, user)
+    d.grant_send_as(group, user)
+    return d.group_info(group)
+
+
+def send_as_revoke(d: SyncDirectory, actor: Actor, group: str, user: str) -> dict[str, Any]:
+    actor.require_address(d, group)
+    d.revoke_send_as(group, user)
+    return d.group_info(group)
 
 
 def group_show(d: SyncDirectory, actor: Actor, address: str) -> dict[str, Any]:

@@ -113,6 +113,13 @@ async def test_super_admin_manages_everything_and_errors_are_problems(api) -> No
     async with http.post(PREFIX + "/groups/team@c.test/members", headers=h, json={"member": "x@c.test"}) as r:
         assert r.status == 200
     assert [m.address async for m in d.expand("team@c.test")] == ["x@c.test"]
+    async with http.post(PREFIX + "/groups/team@c.test/send-as", headers=h, json={"user": "x@c.test"}) as r:
+        assert (await r.json())["send_as"] == ["x@c.test"]
+    x = await d.account_by_address("x@c.test")
+    assert x is not None and await d.may_send_as(x.id, "team@c.test")
+    async with http.delete(PREFIX + "/groups/team@c.test/send-as/x@c.test", headers=h) as r:
+        assert r.status == 200
+    assert not await d.may_send_as(x.id, "team@c.test")
     async with http.post(PREFIX + "/users/x@c.test/password", headers=h, json={"password": "another pw!"}) as r:
         assert r.status == 200
     auth = Authenticator(d, FAST)

@@ -13,6 +13,8 @@ def test_user_alias_subaddress_and_domain_alias(sd: SyncDirectory) -> None:
     assert (r.kind, r.address, r.account) == (Kind.USER, "alice@example.test", alice)
     r = sd.resolve("ali@example.org")
     assert (r.kind, r.address, r.account) == (Kind.ALIAS, "ali@example.test", alice)
+    sd.del_domain_alias("example.org")
+    assert sd.resolve("ali@example.org").kind is Kind.OUTSIDE
     assert alice.store == "mail/example.test/alice" and alice.backend == "local"
 
 
@@ -44,6 +46,8 @@ def test_may_send_as(sd: SyncDirectory) -> None:
     assert not sd.may_send_as(a.id, "support@example.test")
     assert not sd.may_send_as(a.id, "bob@example.test")
     assert not sd.may_send_as(a.id, "alice@elsewhere.test")
+    sd.revoke_send_as("sales@example.test", "alice@example.test")
+    assert not sd.may_send_as(a.id, "sales@example.test")
 
 
 def test_post_policies(sd: SyncDirectory) -> None:
@@ -65,6 +69,8 @@ def test_post_policies(sd: SyncDirectory) -> None:
     assert not sd.may_post("g-listed@example.test", "alice@example.test")
     assert sd.may_post("g-domain@example.test", "bob@example.test")
     assert not sd.may_post("g-domain@example.test", "carol@other.test")
+    sd.del_sender("g-listed@example.test", "carol@other.test")
+    assert not sd.may_post("g-listed@example.test", "carol@other.test")
 
 
 def test_nested_groups_dedup_and_cycles(sd: SyncDirectory) -> None:
