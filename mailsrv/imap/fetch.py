@@ -127,6 +127,7 @@ def render(
     modseq: bool,
     flags: frozenset[str] | None = None,
     precomputed: dict[str, bytes] | None = None,
+    recent: bool = False,
 ) -> bytes:
     """The ``( ... )`` of ``* n FETCH ( ... )``.
 
@@ -150,7 +151,7 @@ def render(
         if n == "UID":
             add("UID", str(info.uid).encode())
         elif n == "FLAGS":
-            add("FLAGS", flag_list(sorted(info.flags)))
+            add("FLAGS", _flags(info.flags, recent))
         elif n == "INTERNALDATE":
             add("INTERNALDATE", _internaldate(info.internal_date))
         elif n == "RFC822.SIZE":
@@ -195,14 +196,18 @@ def render(
     if modseq:
         add("MODSEQ", b"(%d)" % info.modseq)
     if flags is not None:
-        add("FLAGS", flag_list(sorted(flags)))
+        add("FLAGS", _flags(flags, recent))
     return b"(" + b" ".join(out) + b")"
 
 
-def flags_response(seq: int, info: Any, *, uid: bool, modseq: bool) -> bytes:
-    """``* n FETCH (FLAGS (...) [UID n] [MODSEQ (n)])`` for a flag change."""
+def _flags(flags: Iterable[str], recent: bool) -> bytes:
+    return flag_list(sorted(flags) + (["\\Recent"] if recent else []))
+
+
+def flags_response(seq: int, info: Any, *, uid: bool, modseq: bool, recent: bool = False) -> bytes:
+    """``* n FETCH ([UID n] FLAGS (...) [MODSEQ (n)])`` for a flag change."""
     items = [b"UID %d" % info.uid] if uid else []
-    items.append(b"FLAGS " + flag_list(sorted(info.flags)))
+    items.append(b"FLAGS " + _flags(info.flags, recent))
     if modseq:
         items.append(b"MODSEQ (%d)" % info.modseq)
     return b"* %d FETCH (" % seq + b" ".join(items) + b")\r\n"

@@ -84,30 +84,35 @@ class Message:
 
 
 def matcher(key: SearchKey, *, largest_seq: int, largest_uid: int, saved: list[int],
-            now: float) -> Callable[[Message], bool]:
-    """Compile ``key`` into a predicate over :class:`Message`."""
+            now: float, recent: set[int] | frozenset[int] = frozenset()) -> Callable[[Message], bool]:
+    """Compile ``key`` into a predicate over :class:`Message`; ``recent``: the session's \\Recent uids."""
+
+    def sub(k: SearchKey) -> Callable[[Message], bool]:
+        return matcher(k, largest_seq=largest_seq, largest_uid=largest_uid, saved=saved, now=now, recent=recent)
+
     op = key.op
     args = key.args
     if op == "ALL":
         return lambda m: True
     if op == "AND":
-        subs = [matcher(k, largest_seq=largest_seq, largest_uid=largest_uid, saved=saved, now=now) for k in args]
+        subs = [sub(k) for k in args]
         return lambda m: all(f(m) for f in subs)
     if op == "OR":
-        a = matcher(args[0], largest_seq=largest_seq, largest_uid=largest_uid, saved=saved, now=now)
-        b = matcher(args[1], largest_seq=largest_seq, largest_uid=largest_uid, saved=saved, now=now)
+        a, b = sub(args[0]), sub(args[1])
         return lambda m: a(m) or b(m)
     if op == "NOT":
-        a = matcher(args[0], largest_seq=largest_seq, largest_uid=largest_uid, saved=saved, now=now)
+        a = sub(args[0])
         return lambda m: not a(m)
     if op in _FLAG_KEYS:
         flag, want = _FLAG_KEYS[op]
         return lambda m: (flag in m.info.flags) == want
-    if op in ("RECENT", "NEW"):
-        # \Recent is not kept (see session.py); no message is recent.
-        return lambda m: False
+    if op == "RECENT":
+        return lambda m: m.info.uid in recent
+    if op == "NEW":
+        # RFC 3501 §6.4.4: NEW is (RECENT UNSEEN)
+        return lambda m: m.info.uid in recent and "\\Seen" not in m.info.flags
     if op == "OLD":
-        return lambda m: True
+        return lambda m: m.info.uid not in recent
     if op in ("KEYWORD", "UNKEYWORD"):
         want = op == "KEYWORD"
         kw = args[0].decode("utf-8", "replace").lower()

@@ -173,6 +173,10 @@ class Session:
         self.auth_failures = 0
         self.compressed = False
         self.saved: list[int] = []
+        #: RFC 3501 §2.3.2 \Recent for IMAP4rev1 clients: uids that arrived while this session had
+        #: the mailbox selected. deviation: several sessions may each see a message as recent
+        #: (the store keeps no per-mailbox "first session" marker).
+        self.recent: set[int] = set()
         #: (uid, modseq) of flag changes this session already reported (STORE), not echoed again
         self._reported: dict[int, int] = {}
         self._structs: dict[tuple[int, int], Any] = {}
@@ -310,14 +314,19 @@ class Session:
                     self.w(b"* %d EXPUNGE\r\n" % seq)
             for uid in changes.expunged:
                 self._reported.pop(uid, None)
+        self.recent.difference_update(changes.expunged)
         if changes.added or changes.expunged:
             self.w(b"* %d EXISTS\r\n" % len(messages))
+            if not self.rev2 and changes.added:
+                self.recent.update(m.uid for m in changes.added)
+                self.w(b"* %d RECENT\r\n" % len(self.recent))
         for info in changes.flags:
             if self._reported.get(info.uid) == info.modseq:
                 continue
             seq = bisect_left(messages, info.uid, key=lambda m: m.uid) + 1
             if seq <= len(messages) and messages[seq - 1].uid == info.uid:
-                self.w(fetchmod.flags_response(seq, info, uid=self.qresync, modseq=self.condstore))
+                self.w(fetchmod.flags_response(seq, info, uid=self.qresync, modseq=self.condstore,
+                                               recent=info.uid in self.recent))
         self._reported.clear()
 
     # -- any state ---------------------------------------------------------------------------
@@ -464,6 +473,7 @@ class Session:
         self._structs.clear()
         self._reported.clear()
         self.saved = []
+        self.recent = set()
         if self.state is State.SELECTED:
             self.state = State.AUTHENTICATED
 
@@ -916,6 +926,7 @@ class Session:
                 info = new
             try:
                 body = fetchmod.render(atts, info, raw, part, uid=uid, modseq=self.condstore,
+                                       recent=info.uid in self.recent,
                                        flags=new.flags if new is not None else None, precomputed=pre)
             except fetchmod.UnknownCte:
                 raise ImapError("NO", "Unknown Content-Transfer-Encoding", "UNKNOWN-CTE") from None
@@ -956,7 +967,8 @@ class Session:
             if new is None and cmd.args["silent"]:
                 continue
             state = new or info
-            self.w(fetchmod.flags_response(self._seq_of(info.uid), state, uid=uid, modseq=self.condstore))
+            self.w(fetchmod.flags_response(self._seq_of(info.uid), state, uid=uid, modseq=self.condstore,
+                                           recent=info.uid in self.recent))
         if failed:
             nums = failed if uid else [self._seq_of(u) for u in failed]
             return f"[MODIFIED {format_uids(sorted(nums))}] Conditional STORE failed"
@@ -1015,7 +1027,7 @@ class Session:
         largest_uid = messages[-1].uid if messages else 0
         try:
             match = searchmod.matcher(key, largest_seq=len(messages), largest_uid=largest_uid,
-                                      saved=self.saved, now=time.time())
+                                      saved=self.saved, now=time.time(), recent=self.recent)
         except ValueError as exc:
             raise ImapError("BAD", str(exc), "CLIENTBUG") from None
         content = searchmod.needs_content(key)

@@ -181,7 +181,10 @@ def test_idle_done_and_bad_continuation() -> None:
         await acct.append("INBOX", MSG)
         await d.ch.lines.put(b"DONE\r\n")
         out = await task
-        assert out == [b"+ idling", b"* 1 EXISTS", b"i OK IDLE completed"]
+        assert out == [b"+ idling", b"* 1 EXISTS", b"* 1 RECENT", b"i OK IDLE completed"]
+        # RFC 3501 \Recent for this (IMAP4rev1) session
+        assert await d(b"f FETCH 1 FLAGS") == [b"* 1 FETCH (FLAGS (\\Recent))", b"f OK FETCH completed"]
+        assert await d(b"n SEARCH NEW") == [b"* SEARCH 1", b"n OK SEARCH completed"]
         task = asyncio.create_task(d(b"j IDLE"))
         await d.ch.lines.put(b"NOPE\r\n")
         assert (await task)[-1] == b"j BAD [CLIENTBUG] Expected DONE"
