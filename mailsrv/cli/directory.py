@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
+import math
 import secrets
 import sys
 import time
@@ -37,8 +38,8 @@ def parse_size(text: str) -> int | None:
         value = float(num)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a size (e.g. 500M, 2G, unlimited)") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError("a size cannot be negative")
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size (e.g. 500M, 2G, unlimited)")
     return int(value * _UNITS[unit])
 
 

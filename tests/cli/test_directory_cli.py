@@ -140,3 +140,34 @@ def test_export_import_round_trip(setup: Path, tmp_path: Path) -> None:
     p = mailsrv(other, "directory", "import", str(bad), check=False)
     assert p.returncode == 2 and "not supported" in p.stderr
     assert "new.test" not in mailsrv(other, "domain", "list").stdout
+
+
+def test_parse_size() -> None:
+    import argparse
+
+    from hypothesis import given
+    from hypothesis import strategies as st
+
+    from mailsrv.cli.directory import parse_size
+
+    assert parse_size("500M") == 500 * 1024**2
+    assert parse_size("2GiB") == 2 * 1024**3
+    assert parse_size("1.5k") == 1536
+    assert parse_size("unlimited") is None and parse_size("0") is None
+    for bad in ("-1G", "lots", "G", "inf", "nanM", "1e400"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse_size(bad)
+
+    @given(st.integers(min_value=1, max_value=10**6), st.sampled_from(["", "K", "M", "G", "T"]))
+    def round_trip(n: int, unit: str) -> None:
+        assert parse_size(f"{n}{unit}") == n * {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}[unit]
+
+    @given(st.text(max_size=12))
+    def never_crashes(text: str) -> None:
+        try:
+            parse_size(text)
+        except argparse.ArgumentTypeError:
+            pass
+
+    round_trip()
+    never_crashes()
