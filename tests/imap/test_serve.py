@@ -1,0 +1,91 @@
+"""The real thing: ``mailsrv serve`` (master + 2 workers) speaking IMAP over implicit TLS and STARTTLS.
+
+A message appended on one connection is announced by IDLE on others, whichever
+worker holds them: the change travels through the store's files, not memory.
+"""
+
+from __future__ import annotations
+
+import imaplib
+import re
+import ssl
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import imapclient
+import pytest
+from support.server import ServerProcess, init_setup, mailsrv_cmd
+
+from mailsrv import config as config_mod
+
+MSG = b"From: bob@example.test\r\nTo: alice@example.test\r\nSubject: across workers\r\n\r\nhi\r\n"
+
+
+def _keep_imap_listeners(cfg_path: Path) -> None:
+    """Only the IMAP listeners: this test is about IMAP, not the other services."""
+    out, skipping = [], False
+    for line in cfg_path.read_text().splitlines():
+        m = re.match(r"\[listener\.([^\]]+)\]", line)
+        if m:
+            skipping = m.group(1) not in ("imap", "imaps")
+        elif line.startswith("["):
+            skipping = False
+        if not skipping:
+            out.append(line)
+    cfg_path.write_text("\n".join(out) + "\n")
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, ssl.SSLContext]]:
+    base = tmp_path_factory.mktemp("imapserve")
+    cfg_path = init_setup(base / "s", workers=2)
+    _keep_imap_listeners(cfg_path)
+    for args, stdin in ((("domain", "add", "example.test"), None),
+                        (("user", "add", "alice@example.test", "--password-stdin"), "wonderland\n")):
+        subprocess.run(mailsrv_cmd(*args, "-c", str(cfg_path)), input=stdin, text=True, check=True,
+                       capture_output=True, timeout=60)
+    cfg = config_mod.load(cfg_path)
+    ctx = ssl.create_default_context(cafile=str(cfg.tls.cert))
+    ctx.check_hostname = False
+    server = ServerProcess(cfg_path)
+    try:
+        server.wait_ready()
+        yield server, ctx
+    finally:
+        server.stop()
+
+
+def test_imaps_login_append_and_idle_across_workers(served: tuple[ServerProcess, ssl.SSLContext]) -> None:
+    server, ctx = served
+    port = server.ports["imaps"]
+    watchers = []
+    for _ in range(4):  # several connections: with two workers, some land on the other one
+        w = imapclient.IMAPClient("127.0.0.1", port, ssl=True, ssl_context=ctx, timeout=20)
+        w.login("alice@example.test", "wonderland")
+        w.select_folder("INBOX")
+        w.idle()
+        watchers.append(w)
+    c = imaplib.IMAP4_SSL("127.0.0.1", port, ssl_context=ctx, timeout=20)
+    c.login("alice@example.test", "wonderland")
+    assert c.append("INBOX", None, None, MSG)[0] == "OK"
+    for w in watchers:
+        responses = w.idle_check(timeout=10)
+        assert (1, b"EXISTS") in responses
+        w.idle_done()
+        w.logout()
+    c.select("INBOX")
+    typ, data = c.fetch("1", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+    assert data[0][1] == b"Subject: across workers\r\n\r\n"
+    c.logout()
+
+
+def test_starttls_listener(served: tuple[ServerProcess, ssl.SSLContext]) -> None:
+    server, ctx = served
+    c = imaplib.IMAP4("127.0.0.1", server.ports["imap"], timeout=20)
+    assert "STARTTLS" in c.capabilities
+    c.starttls(ssl_context=ctx)
+    assert c.login("alice@example.test", "wonderland")[0] == "OK"
+    typ, data = c.list()
+    assert typ == "OK" and any(b"\\Sent" in line for line in data)
+    c.logout()
