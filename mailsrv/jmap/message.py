@@ -27,7 +27,7 @@ class _RawPolicy(email.policy.Compat32):
         value = value + "".join(sourcelines[1:])
         return (name, value.rstrip("\r\n"))
 
-    def header_fetch_parse(self, name: str, value: str) -> str:  # type: ignore[override]
+    def header_fetch_parse(self, name: str, value: str) -> str:
         # msg.get() (Content-Type, Content-Transfer-Encoding...) sees the value without the leading blank
         return str(super().header_fetch_parse(name, value.lstrip(" \t")))
 

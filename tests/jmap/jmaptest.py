@@ -62,7 +62,7 @@ class FakeAuth:
 
 
 class Server:
-    def __init__(self, tmp: Path, config: JmapConfig | None = None) -> None:
+    def __init__(self, tmp: Path, config: JmapConfig | None = None, factory: Any = None) -> None:
         self.config = config or JmapConfig()
         self.auth = FakeAuth({"alice@example.test": (1, "secret"), "bob@example.test": (2, "hunter2")},
                              {"tok-alice": ("alice@example.test", frozenset({"mail"})),
@@ -70,7 +70,7 @@ class Server:
         self.backends: dict[str, MemoryBackend] = {}
         self.io = FileIO(2, "jmap-test")
         self.uploads = UploadStore(tmp / "uploads", self.io)
-        self.app = JmapApp(self.config, self.auth, self.backend_for, self.uploads, b"k" * 32, tls=False)
+        self.app = JmapApp(self.config, self.auth, factory or self.backend_for, self.uploads, b"k" * 32, tls=False)
         self.runner: web.AppRunner | None = None
         self.url = ""
 

@@ -115,7 +115,7 @@ def test_parse_never_crashes_on_bytes(raw: bytes) -> None:
     parsed = message.parse(raw)
     text, html, att = message.body_lists(parsed.root)
     message.preview(text, html)
-    for k, v in parsed.headers:
+    for _name, v in parsed.headers:
         for form in message.FORMS:
             message.parse_form(v, form)
 

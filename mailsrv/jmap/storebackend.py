@@ -1,0 +1,427 @@
+"""The :class:`MailBackend` over ``mailsrv.store`` (docs/store-api.md).
+
+States. The store keeps a modseq and a uidnext per mailbox, so a JMAP state
+is the vector of every mailbox's ``(id, uidvalidity, uidnext, highestmodseq,
+name-hash)``, compressed into an opaque string. ``/changes`` compares an old
+vector with the current one and asks ``changes_since`` of each mailbox: a uid
+at or past the old uidnext is new in that mailbox, a smaller one changed its
+flags, an expunged uid left it. An email is *created* if none of its copies
+existed in the old state, *destroyed* if none exists now.
+
+Deviation: the store reports expunged uids without their email id. This
+module remembers ``(mailbox, uidvalidity, uid) -> (email id, thread id)`` for
+every message it has seen; an expunge it cannot name (delivered and expunged
+while this worker never looked) answers ``cannotCalculateChanges``, and the
+client resynchronises (RFC 8620 §5.2 allows this at any time).
+
+Keywords (RFC 8621 §4.1.1): ``$seen $flagged $answered $draft`` are the IMAP
+system flags, other keywords are IMAP keywords in lower case; ``\\Deleted``
+is not shown. An email's keywords are those of its first copy; setting them
+sets every copy.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import zlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mailsrv import store as st
+from mailsrv.jmap.backend import (
+    UNCHANGED,
+    CannotCalculateChanges,
+    ChangeSet,
+    EmailMeta,
+    Mailbox,
+    MailboxHasChild,
+    MailboxHasEmail,
+    NameConflict,
+    NotFound,
+    OverQuota,
+    Unchanged,
+)
+
+SYSTEM = {"\\seen": "$seen", "\\flagged": "$flagged", "\\answered": "$answered", "\\draft": "$draft"}
+TO_SYSTEM = {"$seen": "\\Seen", "$flagged": "\\Flagged", "$answered": "\\Answered", "$draft": "\\Draft"}
+DELIM = "/"
+
+
+def keywords_of(flags: frozenset[str]) -> frozenset[str]:
+    out = set()
+    for f in flags:
+        low = f.lower()
+        if low in SYSTEM:
+            out.add(SYSTEM[low])
+        elif not f.startswith("\\"):
+            out.add(low)
+    return frozenset(out)
+
+
+def flags_of(keywords: frozenset[str], current: frozenset[str]) -> frozenset[str]:
+    """IMAP flags for ``keywords``, keeping flags JMAP does not show (\\Deleted, \\Recent)."""
+    keep = {f for f in current if f.startswith("\\") and f.lower() not in SYSTEM}
+    return frozenset(keep | {TO_SYSTEM.get(k, k) for k in keywords})
+
+
+def role_of(info: st.MailboxInfo) -> str | None:
+    if info.name.upper() == "INBOX":
+        return "inbox"
+    return info.special_use[1:].lower() if info.special_use else None
+
+
+@dataclass(frozen=True)
+class Entry:
+    uidvalidity: int
+    uidnext: int
+    modseq: int
+    look: str  # hash of name, subscription, role
+
+
+def _look(info: st.MailboxInfo) -> str:
+    return hashlib.sha1(f"{info.name}\0{info.subscribed}\0{info.special_use}".encode()).hexdigest()[:6]
+
+
+def encode_state(vec: dict[str, Entry]) -> str:
+    text = ";".join(f"{k},{e.uidvalidity},{e.uidnext},{e.modseq},{e.look}" for k, e in sorted(vec.items()))
+    return base64.urlsafe_b64encode(zlib.compress(text.encode(), 9)).decode().rstrip("=")
+
+
+def decode_state(state: str) -> dict[str, Entry]:
+    try:
+        text = zlib.decompress(base64.urlsafe_b64decode(state + "=" * (-len(state) % 4))).decode()
+        out = {}
+        for item in filter(None, text.split(";")):
+            k, v, n, m, look = item.split(",")
+            out[k] = Entry(int(v), int(n), int(m), look)
+        return out
+    except (ValueError, zlib.error, UnicodeDecodeError):
+        raise CannotCalculateChanges(state) from None
+
+
+class StoreBackend:
+    """One account of the store, seen through JMAP. One per account per worker (cached)."""
+
+    def __init__(self, acct: Any, account_id: str, name: str, limits: st.QuotaLimits) -> None:
+        self.acct = acct
+        self.account_id = account_id
+        self.name = name
+        self.limits = limits
+        self._seen: dict[tuple[str, int, int], tuple[str, str]] = {}
+        self._emails_cache: tuple[str, list[EmailMeta], dict[str, list[tuple[str, int, st.MessageInfo]]]] | None = None
+
+    # --- states --------------------------------------------------------------------
+
+    async def _infos(self) -> list[st.MailboxInfo]:
+        return list(await self.acct.list_mailboxes())
+
+    @staticmethod
+    def _vector(infos: list[st.MailboxInfo]) -> dict[str, Entry]:
+        return {i.id: Entry(i.uidvalidity, i.uidnext, i.highestmodseq, _look(i)) for i in infos}
+
+    async def state(self, type_: str) -> str:
+        return encode_state(self._vector(await self._infos()))
+
+    async def changes(self, type_: str, since: str, max_changes: int | None) -> ChangeSet:
+        old = decode_state(since)
+        infos = await self._infos()
+        new = self._vector(infos)
+        if type_ == "Mailbox":
+            cs = ChangeSet(since, encode_state(new), False)
+            cs.created = [k for k in new if k not in old]
+            cs.destroyed = [k for k in old if k not in new]
+            changed = [k for k in new if k in old and new[k] != old[k]]
+            cs.updated = changed
+            cs.counts_only = bool(changed) and all(new[k].look == old[k].look for k in changed)
+            if max_changes is not None and len(cs.created) + len(cs.updated) + len(cs.destroyed) > max_changes:
+                raise CannotCalculateChanges("more mailbox changes than maxChanges")
+            return cs
+        by_id = {i.id: i for i in infos}
+        _, _, copies = await self._all()
+        created: set[str] = set()
+        updated: set[str] = set()
+        destroyed: set[str] = set()
+        threads_touched: set[str] = set()
+        for mid in sorted(set(old) | set(new)):
+            o, n = old.get(mid), new.get(mid)
+            if n is None:  # mailbox gone: its messages left it
+                if o is not None and o.uidnext > 1:
+                    raise CannotCalculateChanges("a mailbox with mail was deleted")
+                continue
+            info = by_id[mid]
+            if o is None or o.uidvalidity != n.uidvalidity:
+                o = Entry(n.uidvalidity, 1, 0, "")
+            if (o.uidnext, o.modseq) == (n.uidnext, n.modseq):
+                continue
+            since_m = await self.acct.changes_since(info.name, o.modseq)
+            for m in since_m.changed:
+                self._seen[(mid, n.uidvalidity, m.uid)] = (m.email_id, m.thread_id)
+                threads_touched.add(m.thread_id)
+                (created if m.uid >= o.uidnext else updated).add(m.email_id)
+            for uid in since_m.expunged:
+                known = self._seen.get((mid, n.uidvalidity, uid))
+                if known is None:
+                    if uid >= o.uidnext:
+                        continue  # came and went after the old state
+                    raise CannotCalculateChanges("an expunged message is unknown to this worker")
+                threads_touched.add(known[1])
+                (destroyed if uid < o.uidnext else created).add(known[0])
+        def existed_before(eid: str) -> bool:
+            for mid, uid, _ in copies.get(eid, []):
+                o = old.get(mid)
+                if o is not None and uid < o.uidnext and o.uidvalidity == new[mid].uidvalidity:
+                    return True
+            return False
+        out_created, out_updated, out_destroyed = [], [], []
+        for eid in sorted(created | updated | destroyed):
+            now = eid in copies
+            before = existed_before(eid) or (eid in destroyed)
+            if now and not before:
+                out_created.append(eid)
+            elif now:
+                out_updated.append(eid)
+            elif before:
+                out_destroyed.append(eid)
+        cs = ChangeSet(since, encode_state(new), False)
+        if type_ == "Thread":
+            live = {m.thread_id for lst in copies.values() for (_, _, m) in lst}
+            cs.updated = sorted(t for t in threads_touched if t in live)
+            cs.destroyed = sorted(t for t in threads_touched if t not in live)
+        else:
+            cs.created, cs.updated, cs.destroyed = out_created, out_updated, out_destroyed
+        if max_changes is not None and len(cs.created) + len(cs.updated) + len(cs.destroyed) > max_changes:
+            raise CannotCalculateChanges("more changes than maxChanges")
+        return cs
+
+    # --- mailboxes ---------------------------------------------------------------------
+
+    async def mailboxes(self) -> list[Mailbox]:
+        infos = await self._infos()
+        by_name = {i.name: i for i in infos}
+        metas, _, copies = await self._all()
+        unread_threads_all = {m.thread_id for m in metas if "$seen" not in m.keywords}
+        per_box: dict[str, list[EmailMeta]] = {}
+        for m in metas:
+            for b in m.mailbox_ids:
+                per_box.setdefault(b, []).append(m)
+        out = []
+        for i in infos:
+            parent_name, _, leaf = i.name.rpartition(DELIM)
+            parent = by_name.get(parent_name) if parent_name else None
+            inside = per_box.get(i.id, [])
+            threads = {m.thread_id for m in inside}
+            out.append(Mailbox(
+                i.id, "Inbox" if i.name.upper() == "INBOX" else leaf, parent.id if parent else None, role_of(i),
+                0 if i.name.upper() == "INBOX" else 10, i.subscribed, len(inside),
+                sum(1 for m in inside if "$seen" not in m.keywords), len(threads), len(threads & unread_threads_all),
+            ))
+        return out
+
+    async def _name_of(self, mailbox_id: str) -> str:
+        for i in await self._infos():
+            if i.id == mailbox_id:
+                return str(i.name)
+        raise NotFound(mailbox_id)
+
+    async def create_mailbox(self, name: str, parent_id: str | None, role: str | None, sort_order: int,
+                             is_subscribed: bool) -> Mailbox:
+        if DELIM in name:
+            raise NameConflict(f"{DELIM!r} is the hierarchy separator")
+        full = name if parent_id is None else (await self._name_of(parent_id)) + DELIM + name
+        try:
+            info = await self.acct.create_mailbox(full, "\\" + role.title() if role else None)
+        except st.MailboxExists:
+            raise NameConflict(name) from None
+        except st.BadMailboxName as exc:
+            raise NameConflict(str(exc)) from None
+        if is_subscribed:
+            await self.acct.subscribe(full, True)
+        return next(m for m in await self.mailboxes() if m.id == info.id)
+
+    async def update_mailbox(self, mailbox_id: str, *, name: str | None = None,
+                             parent_id: str | None | Unchanged = UNCHANGED, role: str | None | Unchanged = UNCHANGED,
+                             sort_order: int | None = None, is_subscribed: bool | None = None) -> None:
+        cur = await self._name_of(mailbox_id)
+        infos = {i.id: i for i in await self._infos()}
+        if not isinstance(role, Unchanged) and role != role_of(infos[mailbox_id]):
+            raise NameConflict("the role of an existing mailbox cannot be changed here")
+        parent_name, _, leaf = cur.rpartition(DELIM)
+        if not isinstance(parent_id, Unchanged):
+            if parent_id is not None and parent_id not in infos:
+                raise NotFound(parent_id)
+            parent_name = infos[parent_id].name if parent_id is not None else ""
+        new_leaf = leaf if name is None else name
+        if DELIM in new_leaf:
+            raise NameConflict(f"{DELIM!r} is the hierarchy separator")
+        target = f"{parent_name}{DELIM}{new_leaf}" if parent_name else new_leaf
+        if target != cur:
+            if target.startswith(cur + DELIM):
+                raise NameConflict("a mailbox cannot move under itself")
+            try:
+                await self.acct.rename_mailbox(cur, target)
+            except st.MailboxExists:
+                raise NameConflict(target) from None
+            cur = target
+        if is_subscribed is not None:
+            await self.acct.subscribe(cur, is_subscribed)
+
+    async def destroy_mailbox(self, mailbox_id: str, remove_emails: bool) -> None:
+        name = await self._name_of(mailbox_id)
+        infos = await self._infos()
+        if any(i.name.startswith(name + DELIM) for i in infos):
+            raise MailboxHasChild(mailbox_id)
+        info = next(i for i in infos if i.id == mailbox_id)
+        if info.messages and not remove_emails:
+            raise MailboxHasEmail(mailbox_id)
+        if name.upper() == "INBOX":
+            raise MailboxHasChild("INBOX cannot be deleted")
+        await self.acct.delete_mailbox(name)
+
+    # --- emails ------------------------------------------------------------------------
+
+    async def _all(self) -> tuple[list[EmailMeta], dict[str, EmailMeta], dict[str, list[tuple[str, int, st.MessageInfo]]]]:
+        infos = await self._infos()
+        key = encode_state(self._vector(infos))
+        if self._emails_cache is not None and self._emails_cache[0] == key:
+            metas = self._emails_cache[1]
+            return metas, {m.id: m for m in metas}, self._emails_cache[2]
+        copies: dict[str, list[tuple[str, int, st.MessageInfo]]] = {}
+        for i in infos:
+            view = await self.acct.open_mailbox(i.name)
+            for m in view.messages:
+                copies.setdefault(m.email_id, []).append((i.id, m.uid, m))
+                self._seen[(i.id, i.uidvalidity, m.uid)] = (m.email_id, m.thread_id)
+        metas = []
+        for eid, lst in copies.items():
+            first = lst[0][2]
+            metas.append(EmailMeta(eid, "B" + eid, first.thread_id, frozenset(c[0] for c in lst),
+                                   keywords_of(first.flags), first.size, first.internal_date))
+        self._emails_cache = (key, metas, copies)
+        return metas, {m.id: m for m in metas}, copies
+
+    async def emails(self) -> list[EmailMeta]:
+        return (await self._all())[0]
+
+    async def get_emails(self, ids: list[str]) -> dict[str, EmailMeta]:
+        _, by_id, _ = await self._all()
+        return {i: by_id[i] for i in ids if i in by_id}
+
+    async def read_blob(self, blob_id: str) -> bytes | None:
+        if not blob_id.startswith("B"):
+            return None
+        for mailbox, uid in await self.acct.find_email(blob_id[1:]):
+            try:
+                return bytes(await self.acct.read_message(mailbox, uid))
+            except st.StoreError:
+                continue
+        return None
+
+    async def update_email(self, email_id: str, *, mailbox_ids: frozenset[str] | None = None,
+                           keywords: frozenset[str] | None = None) -> None:
+        _, by_id, copies = await self._all()
+        if email_id not in by_id:
+            raise NotFound(email_id)
+        names = {i.id: i.name for i in await self._infos()}
+        here = copies[email_id]
+        if keywords is not None:
+            for mid, uid, info in here:
+                want = flags_of(keywords, info.flags)
+                if want != info.flags:
+                    await self.acct.store_flags(names[mid], [uid], want, "replace")
+        if mailbox_ids is not None:
+            if any(m not in names for m in mailbox_ids):
+                raise NotFound("mailbox")
+            have = {mid: uid for mid, uid, _ in here}
+            add = [m for m in mailbox_ids if m not in have]
+            remove = [m for m in have if m not in mailbox_ids]
+            src, src_uid = next(iter(have.items()))
+            # a move keeps the file and the email id; extra targets are copies
+            while add and remove:
+                dst = add.pop()
+                rm = remove.pop()
+                await self.acct.move(names[rm], [have[rm]], names[dst])
+                if rm == src:
+                    src, src_uid = dst, -1
+            for dst in add:
+                if src_uid == -1:
+                    src_uid = await self._uid_in(names[src], email_id)
+                await self.acct.copy(names[src], [src_uid], names[dst], self.limits)
+            for rm in remove:
+                await self.acct.expunge(names[rm], [have[rm]], only_deleted=False)
+        self._emails_cache = None
+
+    async def _uid_in(self, mailbox: str, email_id: str) -> int:
+        view = await self.acct.open_mailbox(mailbox)
+        return next(m.uid for m in view.messages if m.email_id == email_id)
+
+    async def destroy_email(self, email_id: str) -> None:
+        _, by_id, copies = await self._all()
+        if email_id not in by_id:
+            raise NotFound(email_id)
+        names = {i.id: i.name for i in await self._infos()}
+        for mid, uid, _ in copies[email_id]:
+            await self.acct.expunge(names[mid], [uid], only_deleted=False)
+        self._emails_cache = None
+
+    async def import_email(self, data: bytes | Path, mailbox_ids: frozenset[str], keywords: frozenset[str],
+                           received_at: float | None) -> EmailMeta:
+        names = {i.id: i.name for i in await self._infos()}
+        if not mailbox_ids or any(m not in names for m in mailbox_ids):
+            raise NotFound("mailbox")
+        order = sorted(mailbox_ids)
+        first = names[order[0]]
+        try:
+            uid = await self.acct.append(first, data, flags_of(keywords, frozenset()), received_at, self.limits)
+            for m in order[1:]:
+                await self.acct.copy(first, [uid], names[m], self.limits)
+        except st.OverQuota:
+            raise OverQuota() from None
+        self._emails_cache = None
+        view = await self.acct.open_mailbox(first)
+        info = view.by_uid(uid)
+        assert info is not None
+        return EmailMeta(info.email_id, "B" + info.email_id, info.thread_id, frozenset(mailbox_ids),
+                         keywords_of(info.flags), info.size, info.internal_date)
+
+    async def quota(self) -> tuple[int, int, int | None, int | None]:
+        u = await self.acct.quota_usage()
+        return u.storage, u.messages, self.limits.storage, self.limits.messages
+
+    def watch(self) -> _StoreWatch:
+        return _StoreWatch(self.acct.watch())
+
+
+class _StoreWatch:
+    def __init__(self, w: Any) -> None:
+        self.w = w
+
+    async def wait(self, seconds: float | None = None) -> bool:
+        return bool(await self.w.wait(seconds))
+
+    def close(self) -> None:
+        self.w.close()
+
+
+def store_factory(store: Any, directory: Any, data_dir: Path) -> Callable[[Any], Awaitable[StoreBackend]]:
+    """A BackendFactory for the worker: principal -> its account's StoreBackend (cached)."""
+    cache: dict[str, StoreBackend] = {}
+
+    async def factory(p: Any) -> StoreBackend:
+        be = cache.get(p.id)
+        if be is not None:
+            return be
+        account = p.account
+        if account is None and directory is not None:
+            account = await directory.account(int(p.id))
+        if account is None:
+            raise NotFound(p.id)
+        acct = await store.account(str(account.id), Path(data_dir) / account.store)
+        limits = st.QuotaLimits(account.quota_bytes, account.quota_messages)
+        be = StoreBackend(acct, "A" + str(account.id), account.address, limits)
+        cache[p.id] = be
+        return be
+
+    return factory

@@ -1,0 +1,186 @@
+"""JMAP over the real maildir store: states from modseqs, IMAP-side changes seen by /changes, push."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from jmaptest import USING, Client, Server
+
+from mailsrv.config import StoreConfig
+from mailsrv.jmap.storebackend import decode_state, encode_state, keywords_of, store_factory
+from mailsrv.store import Store
+
+
+@dataclass
+class DirAccount:
+    id: int
+    address: str
+    store: str
+    quota_bytes: int | None = None
+    quota_messages: int | None = None
+
+
+class Dir:
+    def __init__(self) -> None:
+        self.accounts = {1: DirAccount(1, "alice@example.test", "mail/alice"),
+                         2: DirAccount(2, "bob@example.test", "mail/bob", quota_messages=1)}
+
+    async def account(self, account_id: int) -> DirAccount | None:
+        return self.accounts.get(account_id)
+
+
+@pytest.fixture
+async def env(tmp_path: Path) -> AsyncIterator[tuple[Client, Store, Any]]:
+    store = Store(StoreConfig(io_threads=2), tmp_path, hostname="test")
+    directory = Dir()
+    factory = store_factory(store, directory, tmp_path)
+
+    async def by_principal(p: Any) -> Any:
+        # tests log in with FakeAuth whose accounts lack store paths: look them up in Dir
+        return await factory(type(p)(p.id, p.username, directory.accounts[int(p.id)]))
+
+    server = Server(tmp_path, factory=by_principal)
+    await server.start()
+    async with aiohttp.ClientSession() as http:
+        c = Client(server, http)
+        c.account_id = "A1"
+        acct = await store.account("1", tmp_path / "mail/alice")
+        yield c, store, acct
+    await server.stop()
+    await store.close()
+
+
+def msg(subject: str, extra: str = "") -> bytes:
+    return f"From: bob@x.test\r\nTo: alice@example.test\r\nSubject: {subject}\r\n{extra}\r\nbody of {subject}\r\n".encode()
+
+
+async def test_mailboxes_and_roles(env: tuple[Client, Store, Any]) -> None:
+    c, _, acct = env
+    got = await c.one("Mailbox/get", {})
+    roles = {m["role"]: m for m in got["list"]}
+    assert set(roles) == {"inbox", "sent", "drafts", "trash", "junk", "archive"}
+    assert roles["inbox"]["name"] == "Inbox"
+    r = await c.one("Mailbox/set", {"create": {"p": {"name": "Projects", "isSubscribed": True},
+                                               "c": {"name": "Alpha", "parentId": "#p"}}})
+    pid, cid = r["created"]["p"]["id"], r["created"]["c"]["id"]
+    names = {i.name for i in await acct.list_mailboxes()}
+    assert {"Projects", "Projects/Alpha"} <= names
+    r = await c.one("Mailbox/set", {"update": {cid: {"name": "Beta", "parentId": None}}})
+    assert r["updated"] == {cid: None}
+    names = {i.name: i.id for i in await acct.list_mailboxes()}
+    assert names["Beta"] == cid  # ids survive renames
+    r = await c.one("Mailbox/set", {"destroy": [pid, cid]})
+    assert sorted(r["destroyed"]) == sorted([pid, cid])
+
+
+async def test_imap_and_jmap_alternate_on_one_mailbox(env: tuple[Client, Store, Any]) -> None:
+    c, _, acct = env
+    s0 = (await c.one("Email/get", {"ids": []}))["state"]
+    # "IMAP" APPEND, then JMAP sees it as created
+    uid1 = await acct.append("INBOX", msg("one"))
+    ch = await c.one("Email/changes", {"sinceState": s0})
+    assert len(ch["created"]) == 1 and ch["updated"] == [] and ch["destroyed"] == []
+    e1 = ch["created"][0]
+    # JMAP sets $seen; IMAP sees \\Seen with a new modseq
+    r = await c.one("Email/set", {"update": {e1: {"keywords/$seen": True}}})
+    view = await acct.open_mailbox("INBOX")
+    info = view.by_uid(uid1)
+    assert info is not None and "\\Seen" in info.flags
+    # IMAP STORE +FLAGS (\\Flagged $Label1): JMAP reports exactly that email updated
+    await acct.store_flags("INBOX", [uid1], frozenset({"\\Flagged", "$Label1"}), "add")
+    ch = await c.one("Email/changes", {"sinceState": r["newState"]})
+    assert ch["updated"] == [e1] and ch["created"] == [] and ch["destroyed"] == []
+    got = (await c.one("Email/get", {"ids": [e1], "properties": ["keywords", "subject"]}))["list"][0]
+    assert got["keywords"] == {"$seen": True, "$flagged": True, "$label1": True} and got["subject"] == "one"
+    # JMAP moves it to Archive (store MOVE keeps the email id), IMAP sees it there
+    archive = await c.mailbox_id("archive")
+    s1 = ch["newState"]
+    await c.one("Email/set", {"update": {e1: {"mailboxIds": {archive: True}}}})
+    assert [m.email_id for m in (await acct.open_mailbox("Archive")).messages] == [e1]
+    ch = await c.one("Email/changes", {"sinceState": s1})
+    assert ch["updated"] == [e1] and ch["destroyed"] == []
+    # IMAP EXPUNGE: JMAP reports it destroyed
+    s2 = ch["newState"]
+    view = await acct.open_mailbox("Archive")
+    await acct.expunge("Archive", [view.messages[0].uid], only_deleted=False)
+    ch = await c.one("Email/changes", {"sinceState": s2})
+    assert ch["destroyed"] == [e1] and ch["created"] == [] and ch["updated"] == []
+    mb = await c.one("Mailbox/changes", {"sinceState": s2})
+    assert mb["updated"] == [archive] and mb["updatedProperties"] is not None
+
+
+async def test_import_get_query_and_threads_on_store(env: tuple[Client, Store, Any], corpus: Path) -> None:
+    c, _, acct = env
+    raw = (corpus / "stalwart-mail-parser/eml/legacy/015.eml").read_bytes()
+    e = await c.import_message(raw, keywords={"$seen": True})
+    got = (await c.one("Email/get", {"ids": [e], "properties": ["attachments", "size", "keywords", "mailboxIds"]}))["list"][0]
+    assert len(got["attachments"]) == 4 and got["keywords"] == {"$seen": True}
+    inbox = await c.mailbox_id("inbox")
+    assert got["mailboxIds"] == {inbox: True}
+    e1 = await c.import_message(msg("Lunch", "Message-ID: <l1@x>\r\n"))
+    e2 = await c.import_message(msg("Re: Lunch", "Message-ID: <l2@x>\r\nIn-Reply-To: <l1@x>\r\nReferences: <l1@x>\r\n"))
+    q = await c.one("Email/query", {"filter": {"text": "lunch"}, "sort": [{"property": "receivedAt"}],
+                                    "collapseThreads": True})
+    assert len(q["ids"]) == 1 and q["ids"][0] in (e1, e2)
+    th = await c.one("Email/get", {"ids": [e1, e2], "properties": ["threadId"]})
+    assert th["list"][0]["threadId"] == th["list"][1]["threadId"]
+    mbox = {m["role"]: m for m in (await c.one("Mailbox/get", {}))["list"]}["inbox"]
+    assert mbox["totalEmails"] == 3 and mbox["unreadEmails"] == 2 and mbox["totalThreads"] == 2
+
+
+async def test_over_quota(env: tuple[Client, Store, Any]) -> None:
+    c, _, _ = env
+    bob = Client(c.server, c.http, {"Authorization": "Basic Ym9iQGV4YW1wbGUudGVzdDpodW50ZXIy"})
+    bob.account_id = "A2"
+    await bob.import_message(msg("first"))
+    blob = await bob.upload(msg("second"))
+    inbox = await bob.mailbox_id("inbox")
+    r = await bob.one("Email/import", {"emails": {"x": {"blobId": blob["blobId"], "mailboxIds": {inbox: True}}}})
+    assert r["notCreated"]["x"]["type"] == "overQuota"
+
+
+async def test_push_sees_store_change_from_another_path(env: tuple[Client, Store, Any]) -> None:
+    c, _, acct = env
+    url = c.server.url + "/jmap/eventsource?types=Email&closeafter=state&ping=0"
+    async with c.http.get(url, headers=c.headers) as r:
+        assert r.status == 200
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        await acct.append("INBOX", msg("pushed"))
+        lines = []
+        async with asyncio.timeout(5):
+            while True:
+                line = await r.content.readline()
+                if not line:
+                    break
+                lines.append(line.decode())
+        elapsed = loop.time() - t0
+    assert lines[0] == "event: state\n" and '"Email"' in lines[1]
+    assert elapsed < 1.0
+
+
+def test_state_round_trip_and_garbage() -> None:
+    from mailsrv.jmap.backend import CannotCalculateChanges
+    from mailsrv.jmap.storebackend import Entry
+
+    vec = {"Mabc": Entry(7, 10, 22, "a1b2c3"), "Mdef": Entry(8, 1, 0, "ffffff")}
+    assert decode_state(encode_state(vec)) == vec
+    for bad in ("!!", "eJwrSS0u0c1NzCnRtbUFAB1xBEE", "abc"):
+        with pytest.raises(CannotCalculateChanges):
+            decode_state(bad)
+
+
+def test_keyword_mapping() -> None:
+    assert keywords_of(frozenset({"\\Seen", "\\Deleted", "$Forwarded", "\\Recent"})) == {"$seen", "$forwarded"}
+
+
+async def test_api_using_store_rejects_bad_state(env: tuple[Client, Store, Any]) -> None:
+    c, _, _ = env
+    r = await c.call(["Email/changes", {"accountId": "A1", "sinceState": "garbage!"}, "0"], using=USING)
+    assert r[0][1]["type"] == "cannotCalculateChanges"
