@@ -8,6 +8,7 @@ _mod = load("search", twin="mailsrv._speedups.search_py")
 
 terms_containing = _mod.terms_containing
 filter_containing = _mod.filter_containing
+confirm = _mod.confirm
 IMPL: str = "c" if _mod.__name__.endswith("_c") else "py"
 
-__all__ = ["IMPL", "filter_containing", "terms_containing"]
+__all__ = ["IMPL", "confirm", "filter_containing", "terms_containing"]

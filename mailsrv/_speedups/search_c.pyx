@@ -28,3 +28,53 @@ def filter_containing(str word, list vocab, ids):
         if PyUnicode_Find(t, word, 0, len(<str>t), 1) >= 0:
             out.append(i)
     return out
+
+
+cdef extern from "string.h":
+    void *memmem(const void *haystack, size_t haystacklen, const void *needle, size_t needlelen) nogil
+
+
+def confirm(buf, cand, dict locs, tuple fields, int nfields, bytes needle):
+    cdef const unsigned char[:] view = buf
+    cdef Py_ssize_t size = view.shape[0]
+    cdef Py_ssize_t head = 4 * nfields
+    cdef const unsigned char *base = &view[0] if size > 0 else NULL
+    cdef const char *nd = needle
+    cdef Py_ssize_t nlen = len(needle)
+    cdef list out = []
+    cdef Py_ssize_t off, n, total, start, k, f, i
+    cdef unsigned int lens[64]
+    cdef object loc
+    if nfields > 64 or nfields < 1:
+        raise ValueError("nfields out of range")
+    cdef list flist = [int(x) for x in fields]
+    for x in flist:
+        if x < 0 or x >= nfields:
+            raise ValueError("field index out of range")
+    for uid in cand:
+        loc = locs.get(uid)
+        if loc is None:
+            continue
+        off = loc[0]
+        n = loc[1]
+        if off < 0 or n < head or off + n > size:
+            continue
+        total = 0
+        for i in range(nfields):
+            k = off + 4 * i
+            lens[i] = (<unsigned int>base[k]) | (<unsigned int>base[k + 1] << 8) | (
+                <unsigned int>base[k + 2] << 16) | (<unsigned int>base[k + 3] << 24)
+            total += lens[i]
+        if total + head != n:
+            continue
+        for f in flist:
+            start = off + head
+            for i in range(f):
+                start += lens[i]
+            if nlen == 0:
+                out.append(uid)
+                break
+            if lens[f] >= <unsigned int>nlen and memmem(base + start, lens[f], nd, nlen) != NULL:
+                out.append(uid)
+                break
+    return out

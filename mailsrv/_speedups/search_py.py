@@ -1,14 +1,17 @@
 """Search index hot loops, pure Python: the specification of ``search_c``.
 
 Term dictionary scans used to expand a query word to every indexed term that
-contains it (IMAP SEARCH is substring matching, RFC 9051 §6.4.4).
+contains it (IMAP SEARCH is substring matching, RFC 9051 §6.4.4), and the
+confirmation of candidates against the mapped text cache.
 """
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterable
+from typing import Any
 
-__all__ = ["filter_containing", "terms_containing"]
+__all__ = ["confirm", "filter_containing", "terms_containing"]
 
 
 def terms_containing(word: str, vocab: list[str]) -> list[int]:
@@ -19,3 +22,34 @@ def terms_containing(word: str, vocab: list[str]) -> list[int]:
 def filter_containing(word: str, vocab: list[str], ids: Iterable[int]) -> list[int]:
     """The ids of ``ids`` (ascending) whose term contains ``word``."""
     return [i for i in ids if word in vocab[i]]
+
+
+def confirm(buf: Any, cand: Iterable[int], locs: dict[int, tuple[int, int]], fields: tuple[int, ...],
+            nfields: int, needle: bytes) -> list[int]:
+    """UIDs of ``cand`` (ascending) whose text record has ``needle`` in one of ``fields``.
+
+    ``buf`` is the text cache (bytes-like, e.g. an mmap); ``locs[uid]`` the
+    (offset, length) of the uid's record: ``nfields`` little-endian u32 field
+    lengths, then the fields' UTF-8 bytes. A record that does not fit in
+    ``buf`` or whose lengths do not add up does not match.
+    """
+    out: list[int] = []
+    size = len(buf)
+    head = 4 * nfields
+    for uid in cand:
+        loc = locs.get(uid)
+        if loc is None:
+            continue
+        off, n = loc
+        if off < 0 or n < head or off + n > size:
+            continue
+        lens = struct.unpack_from(f"<{nfields}I", buf, off)
+        if sum(lens) + head != n:
+            continue
+        for f in fields:
+            start = off + head + sum(lens[:f])
+            end = start + lens[f]
+            if buf.find(needle, start, end) >= 0:
+                out.append(uid)
+                break
+    return out

@@ -286,10 +286,13 @@ class Evaluator:
         view: ViewState,
         text_of: Callable[[int], dict[str, str]],
         doc_of: Callable[[int], Document] | None = None,
+        find: Callable[[BitMap, tuple[int, ...], bytes], list[int]] | None = None,
     ) -> None:
         self.core = core
         self.view = view
         self.text_of = text_of
+        #: find(candidates, field indexes, utf-8 needle) -> matching UIDs (the mapped text cache)
+        self.find = find
         #: optional: messages of the view not in the index are matched by scanning them
         self.doc_of = doc_of
         self.confirmed = 0  # statistics: texts read for confirmation
@@ -458,7 +461,11 @@ class Evaluator:
             cand &= within
             cand -= out
             if not exact and cand:
-                cand = self._confirm(cand, lambda t, f=f: v in t.get(f, ""))  # type: ignore[misc]
+                if self.find is not None:
+                    self.confirmed += len(cand)
+                    cand = BitMap(self.find(cand, (FIELDS.index(f),), v.encode("utf-8")))
+                else:
+                    cand = self._confirm(cand, lambda t, f=f: v in t.get(f, ""))  # type: ignore[misc]
             out |= cand
         return out
 

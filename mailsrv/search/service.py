@@ -25,8 +25,9 @@ from typing import Any, NamedTuple, TypeVar
 from pyroaring import BitMap
 
 from mailsrv import log
+from mailsrv._speedups import search as hot
 from mailsrv.config import SearchConfig
-from mailsrv.search.extract import Document, extract
+from mailsrv.search.extract import FIELDS, Document, extract
 from mailsrv.search.index import Evaluator, IndexCore, ViewState
 from mailsrv.search.query import Query, SearchError, SortKey
 from mailsrv.search.storage import (
@@ -292,9 +293,13 @@ class MailboxIndex:
         except CorruptIndex:
             return {}
 
+    def _find(self, cand: BitMap, fields: tuple[int, ...], needle: bytes) -> list[int]:
+        assert self.text is not None
+        return hot.confirm(self.text.buffer(), cand, self.locs, fields, len(FIELDS), needle)
+
     def _evaluate(self, q: Query, unreadable: dict[int, Document]) -> BitMap:
         with self._tlock:
-            ev = Evaluator(self.core, self.view, self._text_of, unreadable.__getitem__)
+            ev = Evaluator(self.core, self.view, self._text_of, unreadable.__getitem__, self._find)
             out = ev.run(q)
             self.stats["confirmed"] += ev.confirmed
             return out

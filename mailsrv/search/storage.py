@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import mmap
 import os
 import struct
 import zlib
@@ -105,11 +106,26 @@ class TextStore:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        self._map: mmap.mmap | None = None
 
     def close(self) -> None:
+        if self._map is not None:
+            self._map.close()
+            self._map = None
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+    def buffer(self) -> mmap.mmap | bytes:
+        """A read-only mapping of the whole file as it is now (remapped when it grew)."""
+        size = os.fstat(self.fd).st_size
+        if size == 0:
+            return b""
+        if self._map is None or len(self._map) < size:
+            if self._map is not None:
+                self._map.close()
+            self._map = mmap.mmap(self.fd, size, access=mmap.ACCESS_READ)
+        return self._map
 
     @staticmethod
     def encode(text: dict[str, str]) -> bytes:

@@ -99,3 +99,35 @@ def test_normalize_is_idempotent_on_examples() -> None:
     for s in ["Ⅻ ＡＢＣ", "ǅ", "ﬃ", "İstanbul", "ΣΑΣ", "第三　季度"]:
         n = normalize(s)
         assert normalize(n) == n
+
+
+@pytest.mark.speedups
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.lists(st.text(alphabet="ab季 é", max_size=8), min_size=3, max_size=3), max_size=12),
+    st.text(alphabet="ab季 é", max_size=3),
+    st.sampled_from([(0,), (1,), (2,), (0, 2)]),
+    st.integers(0, 5),
+)
+def test_confirm_twins_agree(records: list[list[str]], needle: str, fields: tuple[int, ...], cut: int) -> None:
+    """Candidate confirmation over a text cache: both implementations, also on torn records."""
+    if search_c is None:
+        pytest.fail("compiled term scan missing")
+    import struct
+
+    buf = bytearray()
+    locs: dict[int, tuple[int, int]] = {}
+    expected = []
+    for uid, rec in enumerate(records, start=1):
+        parts = [t.encode() for t in rec]
+        blob = struct.pack("<3I", *(len(p) for p in parts)) + b"".join(parts)
+        locs[uid] = (len(buf), len(blob))
+        buf += blob
+        if any(needle in rec[f] for f in fields):
+            expected.append(uid)
+    cand = list(range(0, len(records) + 2))
+    n = needle.encode()
+    assert search_py.confirm(bytes(buf), cand, locs, fields, 3, n) == expected
+    assert search_c.confirm(bytes(buf), cand, locs, fields, 3, n) == expected
+    torn = bytes(buf[: max(0, len(buf) - cut)])
+    assert search_c.confirm(torn, cand, locs, fields, 3, n) == search_py.confirm(torn, cand, locs, fields, 3, n)
