@@ -1,0 +1,114 @@
+"""End to end: `mailsrv serve` (2 workers) with the jmap/jmaps listeners, SMTP delivery and IMAP beside them."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import imaplib
+import json
+import re
+import smtplib
+import ssl
+import subprocess
+import time
+from pathlib import Path
+
+import aiohttp
+from support.server import ServerProcess, mailsrv_cmd
+
+USING = ["urn:ietf:params:jmap:core", "urn:ietf:params:jmap:mail"]
+
+
+def setup(tmp: Path) -> tuple[Path, str, str]:
+    d = tmp / "s"
+    p = subprocess.run(mailsrv_cmd("init", "--dir", str(d), "--any-port", "--workers", "2", "--hostname",
+                                   "mail.example.test", "--demo"), capture_output=True, text=True, check=True)
+    password = re.search(r"demo user alice@example.test password (\S+)", p.stdout + p.stderr)
+    assert password is not None
+    config = d / "mailsrv.toml"
+    t = subprocess.run(mailsrv_cmd("token", "issue", "alice@example.test", "--scope", "mail", "--json", "-c",
+                                   str(config)), capture_output=True, text=True, check=True)
+    return config, password.group(1), json.loads(t.stdout)["token"]
+
+
+async def api(http: aiohttp.ClientSession, url: str, headers: dict[str, str], *calls: list) -> list:  # type: ignore[type-arg]
+    async with http.post(url + "/jmap/api", json={"using": USING, "methodCalls": list(calls)}, headers=headers) as r:
+        assert r.status == 200, await r.text()
+        return list((await r.json())["methodResponses"])
+
+
+def test_jmap_under_mailsrv_serve(tmp_path: Path) -> None:
+    config, password, token = setup(tmp_path)
+    server = ServerProcess(config).wait_ready()
+    try:
+        asyncio.run(_scenario(server, config, password, token))
+    finally:
+        assert server.stop() == 0
+
+
+async def _scenario(server: ServerProcess, config: Path, password: str, token: str) -> None:
+    plain = f"http://127.0.0.1:{server.ports['jmap']}"
+    secure = f"https://127.0.0.1:{server.ports['jmaps']}"
+    bearer = {"Authorization": f"Bearer {token}"}
+    basic = {"Authorization": "Basic " + base64.b64encode(f"alice@example.test:{password}".encode()).decode()}
+    tls = ssl.create_default_context(cafile=str(config.parent / "tls" / "cert.pem"))
+    tls.check_hostname = False
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=tls)) as http:
+        # HTTPS + Basic: the session resource
+        async with http.get(secure + "/jmap/session", headers=basic) as r:
+            assert r.status == 200, await r.text()
+            session = await r.json()
+        account = session["primaryAccounts"]["urn:ietf:params:jmap:mail"]
+        assert session["apiUrl"] == secure + "/jmap/api"
+        # plain HTTP refuses a password (no TLS, plaintext_loopback off) but takes the bearer token
+        async with http.get(plain + "/jmap/session", headers=basic) as r:
+            assert r.status == 401
+        got = await api(http, plain, bearer, ["Mailbox/get", {"accountId": account}, "m"],
+                        ["Email/get", {"accountId": account, "ids": []}, "e"])
+        inbox = next(m["id"] for m in got[0][1]["list"] if m["role"] == "inbox")
+        state0 = got[1][1]["state"]
+        # push: an SMTP delivery reaches the EventSource client
+        es = await http.get(plain + "/jmap/eventsource?types=Email&closeafter=state&ping=0", headers=bearer)
+        assert es.status == 200
+        with smtplib.SMTP("127.0.0.1", server.ports["smtp"], timeout=30) as s:
+            s.sendmail("someone@outside.test", ["alice@example.test"],
+                       b"From: someone@outside.test\r\nTo: alice@example.test\r\nSubject: pushed\r\n"
+                       b"Message-ID: <push1@outside.test>\r\n\r\nhello over smtp\r\n")
+            t250 = time.monotonic()
+        async with asyncio.timeout(10):
+            body = (await es.read()).decode()
+        latency = time.monotonic() - t250
+        es.close()
+        assert "event: state" in body and '"Email"' in body
+        assert latency < 2.0, latency
+        ch = await api(http, plain, bearer, ["Email/changes", {"accountId": account, "sinceState": state0}, "c"],
+                       ["Email/get", {"accountId": account, "#ids": {"resultOf": "c", "name": "Email/changes",
+                                                                      "path": "/created"},
+                                      "properties": ["subject", "mailboxIds", "keywords"]}, "g"])
+        assert len(ch[0][1]["created"]) == 1
+        email = ch[1][1]["list"][0]
+        assert email["subject"] == "pushed" and email["mailboxIds"] == {inbox: True} and email["keywords"] == {}
+        state1 = ch[0][1]["newState"]
+        # IMAP STORE on the same message: JMAP /changes reports exactly that email
+        imap = imaplib.IMAP4_SSL("127.0.0.1", server.ports["imaps"], ssl_context=tls)
+        try:
+            imap.login("alice@example.test", password)
+            imap.select("INBOX")
+            typ, _ = imap.store("1", "+FLAGS", "(\\Flagged)")
+            assert typ == "OK"
+        finally:
+            imap.logout()
+        ch = await api(http, plain, bearer, ["Email/changes", {"accountId": account, "sinceState": state1}, "c"],
+                       ["Email/get", {"accountId": account, "ids": [email["id"]], "properties": ["keywords"]}, "g"])
+        assert ch[0][1]["updated"] == [email["id"]] and ch[0][1]["created"] == []
+        assert ch[1][1]["list"][0]["keywords"] == {"$flagged": True}
+        # JMAP sets $seen: IMAP FETCH FLAGS sees \\Seen
+        await api(http, secure, basic, ["Email/set", {"accountId": account, "update": {email["id"]: {"keywords/$seen": True}}}, "s"])
+        imap = imaplib.IMAP4_SSL("127.0.0.1", server.ports["imaps"], ssl_context=tls)
+        try:
+            imap.login("alice@example.test", password)
+            imap.select("INBOX")
+            typ, data = imap.fetch("1", "(FLAGS)")
+            assert typ == "OK" and b"\\Seen" in data[0] and b"\\Flagged" in data[0]
+        finally:
+            imap.logout()
