@@ -97,11 +97,12 @@ class ConnChannel:
 class ImapService:
     """One IMAP listener. ``auth`` and ``store`` default to the worker's resources."""
 
-    def __init__(self, ctx: ServiceContext, *, auth: Any = None, store: Any = None,
+    def __init__(self, ctx: ServiceContext, *, auth: Any = None, store: Any = None, search: Any = None,
                  session_config: SessionConfig | None = None) -> None:
         self.ctx = ctx
         self.auth = auth if auth is not None else ctx.resources.get("auth")
         self.store = store if store is not None else ctx.resources.get("store")
+        self.search = search if search is not None else ctx.resources.get("search")
         icfg = ctx.config.imap
         self.session_config = session_config or SessionConfig(
             hostname=ctx.hostname,
@@ -130,7 +131,7 @@ class ImapService:
             channel.close()
 
     async def _serve(self, conn: Connection, channel: ConnChannel) -> None:
-        session = Session(channel, self.auth, self.store, self.session_config)
+        session = Session(channel, self.auth, self.store, self.session_config, self.search)
         await conn.send(session.greeting())
         errors = 0
         unauth_commands = 0

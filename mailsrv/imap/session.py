@@ -156,8 +156,10 @@ def _store_error_name(exc: BaseException) -> str:
 class Session:
     """One client's IMAP conversation."""
 
-    def __init__(self, channel: Channel, auth: Any, store: Any, config: SessionConfig) -> None:
+    def __init__(self, channel: Channel, auth: Any, store: Any, config: SessionConfig, search: Any = None) -> None:
         self.ch = channel
+        #: ``mailsrv.search.SearchService`` (text keys); None: SEARCH scans the messages
+        self.search = search
         self.auth = auth
         self.store = store
         self.cfg = config
@@ -1031,6 +1033,10 @@ class Session:
         except ValueError as exc:
             raise ImapError("BAD", str(exc), "CLIENTBUG") from None
         content = searchmod.needs_content(key)
+        if content and self.search is not None:
+            hits = await self._index_search(key)
+            if hits is not None:
+                return [(i + 1, m) for i, m in enumerate(messages) if m.uid in hits]
         found: list[tuple[int, Any]] = []
         for i, info in enumerate(messages):
             raw = None
@@ -1042,6 +1048,26 @@ class Session:
             if match(searchmod.Message(i + 1, info, raw)):
                 found.append((i + 1, info))
         return found
+
+    async def _index_search(self, key: SearchKey) -> Any:
+        """Text keys through the search index (``mailsrv.search``); None when it cannot answer."""
+        from mailsrv.imap import searchindex
+
+        view = self.view
+        name = view.name
+        root = getattr(self.acct, "root", None)
+        account_id = getattr(self.acct, "id", None)
+        if root is None or account_id is None:
+            return None
+        try:
+            query = searchindex.to_query(
+                key, searchindex.metadata_evaluator(view, saved=self.saved, recent=self.recent))
+            idx = self.search.mailbox(account_id, view.id, Path(root) / "mailsrv-search",
+                                      lambda uid: self.acct.read_message(name, uid))
+            return await idx.search(query, view)
+        except Exception as exc:  # the index is a cache: scan instead of failing the SEARCH
+            logger.warning("search.index_failed", error=type(exc).__name__, detail=str(exc)[:200])
+            return None
 
     async def _items(self, found: list[tuple[int, Any]], uid: bool) -> list[sortthread.Item]:
         items = []

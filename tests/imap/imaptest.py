@@ -39,7 +39,7 @@ def start_server(*, tls: str = "none", ssl_context: ssl.SSLContext | None = None
                  max_line_length: int | None = None, setup: Any = None,
                  teardown: Any = None, data_dir: Path | None = None) -> tuple[ServerHandle, Any]:
     """Serve IMAP on 127.0.0.1:0. ``setup()`` (a coroutine function run on the server loop)
-    returns ``(auth, store)`` to use instead of the in-memory ones; ``teardown(store)`` closes them."""
+    returns ``(auth, store)`` or ``(auth, store, search)`` to use instead of the in-memory ones; ``teardown(store)`` closes them."""
     loop = asyncio.new_event_loop()
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
@@ -56,8 +56,10 @@ def start_server(*, tls: str = "none", ssl_context: ssl.SSLContext | None = None
     holder: dict[str, Any] = {}
 
     async def begin() -> None:
-        auth, store = (await setup()) if setup is not None else (MemoryAuth(USERS), MemoryStore())
-        service = ImapService(ctx, auth=auth, store=store, session_config=session_config)
+        objs = (await setup()) if setup is not None else (MemoryAuth(USERS), MemoryStore())
+        auth, store, *more = objs
+        service = ImapService(ctx, auth=auth, store=store, search=more[0] if more else None,
+                              session_config=session_config)
         listener = Listener("imap", lcfg, limits, [sock], service, ssl_context)
         holder.update(store=store, service=service, listener=listener)
         await listener.start()

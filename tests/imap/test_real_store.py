@@ -17,6 +17,7 @@ from mailsrv.auth import Authenticator
 from mailsrv.auth.passwords import Hasher
 from mailsrv.config import AuthConfig, DirectoryConfig
 from mailsrv.directory import open_directory, open_sync
+from mailsrv.search import SearchService
 from mailsrv.store import Store
 
 AUTH = AuthConfig(allow_plaintext_loopback=True, argon2_time_cost=1, argon2_memory_kib=256)
@@ -33,12 +34,16 @@ def real(tmp_path: Path) -> Iterator[ServerHandle]:
     sd.close()
     objects: dict[str, Any] = {}
 
-    async def setup() -> tuple[Any, Any]:
+    async def setup() -> tuple[Any, Any, Any]:
         d = open_directory(dcfg, tmp_path)
         objects["directory"] = d
-        return Authenticator(d, AUTH), Store(None, tmp_path)
+        store = Store(None, tmp_path)
+        search = objects["search"] = SearchService()
+        store.add_observer(search)
+        return Authenticator(d, AUTH), store, search
 
     async def teardown(store: Store) -> None:
+        await objects["search"].close()
         await store.close()
         await objects["directory"].close()
 
@@ -121,3 +126,27 @@ def test_bad_password_and_idle_delivery(real: ServerHandle) -> None:
     c.idle_done()
     other.logout()
     c.logout()
+
+
+def test_text_search_through_the_index(real: ServerHandle) -> None:
+    c = imaplib.IMAP4(real.host, real.port, timeout=20)
+    c.login("alice@example.test", "wonderland")
+    bodies = [
+        b"From: Ann Lee <ann@example.test>\r\nSubject: quarterly numbers\r\n\r\nthe budget is fine\r\n",
+        "From: bob@example.test\r\nSubject: =?utf-8?q?caf=C3=A9?=\r\n\r\n会议在明天\r\n".encode(),
+        b"From: carl@example.test\r\nSubject: lunch\r\nX-Tag: green\r\n\r\nBUDGET meeting\r\n",
+    ]
+    for b in bodies:
+        c.append("INBOX", None, None, b)
+    c.select("INBOX")
+    assert c.search(None, "BODY", "budget") == ("OK", [b"1 3"])
+    assert c.search(None, "FROM", '"ann lee"') == ("OK", [b"1"])
+    c.literal = "café".encode()  # 8-bit text goes in a literal
+    assert c.search("UTF-8", "SUBJECT") == ("OK", [b"2"])
+    c.literal = "明天".encode()
+    assert c.search("UTF-8", "TEXT") == ("OK", [b"2"])
+    assert c.search(None, "HEADER", "X-Tag", '""') == ("OK", [b"3"])
+    assert c.search(None, "OR", "BODY", "budget", "2", "NOT", "3") == ("OK", [b"1 2"])
+    c.logout()
+    # the answers came from the index, which keeps its files beside the maildir
+    assert list(Path(real.extra["data_dir"]).rglob("mailsrv-search/*"))
