@@ -291,7 +291,10 @@ class SearchConfig:
         "Characters of decoded body text per message that are indexed and searchable.", 1 << 20, check=_positive
     )
     snapshot_every: int = doc(
-        "Journal records after which a mailbox's search index is folded into a new snapshot.", 2000, check=_positive
+        "Journal records after which a mailbox's search index is folded into a new snapshot "
+        "(at least an eighth of its messages).",
+        2000,
+        check=_positive,
     )
     cache_mailboxes: int = doc("Mailbox search indexes a worker keeps open (least recently used).", 64, check=_positive)
     threads: int = doc("Threads per worker for search index I/O and evaluation.", 2, check=_positive)
