@@ -8,7 +8,35 @@ from libc.string cimport memchr, memcmp
 from mailsrv._speedups.mime_py import F_BAD_TYPE as _F_BAD_TYPE_PY
 from mailsrv._speedups.mime_py import F_TRUNCATED as _F_TRUNCATED_PY
 from mailsrv._speedups.mime_py import MAX_FIELDS as _MAX_FIELDS_PY
+from mailsrv._speedups.mime_py import NAMES as _NAMES_PY
 from mailsrv._speedups.mime_py import WANTED
+
+cdef extern from *:
+    """
+    /* LF count, eight bytes at a time: each byte lane of acc counts the LFs
+       seen in it (exact, no borrow between lanes), summed every 255 rounds
+       (pairs of lanes first, so the sum fits 16 bits). */
+    static Py_ssize_t mime_count_lf(const unsigned char *p, Py_ssize_t n) {
+        const unsigned long long K = 0x7F7F7F7F7F7F7F7FULL, L = 0x0A0A0A0A0A0A0A0AULL;
+        Py_ssize_t c = 0, i = 0;
+        while (i + 8 <= n) {
+            unsigned long long acc = 0;
+            int rounds = 0;
+            for (; i + 8 <= n && rounds < 255; i += 8, rounds++) {
+                unsigned long long x, t;
+                memcpy(&x, p + i, 8);
+                x ^= L;
+                t = ~(((x & K) + K) | x | K);
+                acc += t >> 7;
+            }
+            acc = (acc & 0x00FF00FF00FF00FFULL) + ((acc >> 8) & 0x00FF00FF00FF00FFULL);
+            c += (Py_ssize_t)((acc * 0x0001000100010001ULL) >> 48);
+        }
+        for (; i < n; i++) c += p[i] == 10;
+        return c;
+    }
+    """
+    Py_ssize_t mime_count_lf(const unsigned char *p, Py_ssize_t n) nogil
 
 cdef extern from "<string.h>" nogil:
     void *memmem(const void *haystack, size_t haystacklen, const void *needle, size_t needlelen)
@@ -21,12 +49,18 @@ cdef int C_TRUNCATED = _F_TRUNCATED_PY
 cdef int C_BAD_TYPE = _F_BAD_TYPE_PY
 cdef Py_ssize_t C_MAX_FIELDS = _MAX_FIELDS_PY
 cdef frozenset _WANTED = WANTED
+# wanted names by length, lower case, as the shared objects of mime_py.NAMES
+cdef list _BY_LEN = [[] for _ in range(26)]
+for _n in _NAMES_PY.values():
+    (<list>_BY_LEN[len(_n)]).append(_n)
+cdef unsigned char _LOWER[256]
 cdef bytes _TSPECIALS = b'()<>@,;:\\"/[]?= \t\r\n'
 cdef unsigned char _TSPEC[256]
 cdef unsigned char _NAMESTART[256]
 
 cdef int _k
 for _k in range(256):
+    _LOWER[_k] = _k + 32 if 65 <= _k <= 90 else _k
     _TSPEC[_k] = 0
     _NAMESTART[_k] = 0
 for _k in _TSPECIALS:
@@ -152,6 +186,21 @@ cdef inline Py_ssize_t _find_lf(const unsigned char *p, Py_ssize_t i, Py_ssize_t
     return <const unsigned char *>r - p
 
 
+cdef inline object _wanted(const unsigned char *p, Py_ssize_t start, Py_ssize_t length):
+    """The shared name object when p[start:start+length] is a wanted name (any case), else None."""
+    cdef bytes cand
+    cdef const unsigned char *c
+    cdef Py_ssize_t i
+    for cand in <list>_BY_LEN[length]:
+        c = cand
+        i = 0
+        while i < length and _LOWER[p[start + i]] == c[i]:
+            i += 1
+        if i == length:
+            return cand
+    return None
+
+
 cpdef tuple scan_header(bytes raw, Py_ssize_t start, Py_ssize_t end, Py_ssize_t max_value):
     """Same as mime_py.scan_header."""
     cdef const unsigned char *p = raw
@@ -159,7 +208,7 @@ cpdef tuple scan_header(bytes raw, Py_ssize_t start, Py_ssize_t end, Py_ssize_t 
     cdef Py_ssize_t pos = start, nl, le, nxt, colon, cur = -1, vstart = 0, ne, stop
     cdef unsigned char c
     cdef const void *r
-    cdef bytes name
+    cdef object found
     while pos < end:
         nl = _find_lf(p, pos, end)
         if nl < 0:
@@ -191,11 +240,11 @@ cpdef tuple scan_header(bytes raw, Py_ssize_t start, Py_ssize_t end, Py_ssize_t 
                 while ne > pos and (p[ne - 1] == 32 or p[ne - 1] == 9):
                     ne -= 1
                 if 2 <= ne - pos <= 25:
-                    name = raw[pos:ne].lower()
-                    if name in _WANTED and len(fields) < C_MAX_FIELDS:
+                    found = _wanted(p, pos, ne - pos)
+                    if found is not None and len(fields) < C_MAX_FIELDS:
                         cur = len(fields)
                         vstart = colon + 1
-                        fields.append((name, b""))
+                        fields.append((found, b""))
         pos = nxt
     if cur >= 0:
         stop = end if end < vstart + max_value else vstart + max_value
@@ -204,15 +253,9 @@ cpdef tuple scan_header(bytes raw, Py_ssize_t start, Py_ssize_t end, Py_ssize_t 
 
 
 cdef inline Py_ssize_t _count_lines(const unsigned char *p, Py_ssize_t start, Py_ssize_t end) noexcept:
-    cdef Py_ssize_t n = 0
-    cdef const void *r
-    while start < end:
-        r = memchr(p + start, 10, <size_t>(end - start))
-        if r == NULL:
-            break
-        n += 1
-        start = (<const unsigned char *>r - p) + 1
-    return n
+    if end <= start:
+        return 0
+    return mime_count_lf(p + start, end - start)
 
 
 cdef Py_ssize_t _find_delim(const unsigned char *p, Py_ssize_t pos, Py_ssize_t n, list bounds,
@@ -241,12 +284,19 @@ cdef Py_ssize_t _find_delim(const unsigned char *p, Py_ssize_t pos, Py_ssize_t n
                 out_k[0] = best
                 out_close[0] = j + 1 < n and p[j] == 45 and p[j + 1] == 45
                 return i
-        if n - i < 3:
-            return -1
-        r = memmem(p + i, <size_t>(n - i), b"\n--", 3)
-        if r == NULL:
-            return -1
-        i = (<const unsigned char *>r - p) + 1
+        # next line start with "--": look for '-' (rare in base64 and most text)
+        j = i + 1
+        while True:
+            if j >= n:
+                return -1
+            r = memchr(p + j, 45, <size_t>(n - j))
+            if r == NULL:
+                return -1
+            j = <const unsigned char *>r - p
+            if p[j - 1] == 10 and j + 1 < n and p[j + 1] == 45:
+                break
+            j += 1
+        i = j
     return -1
 
 

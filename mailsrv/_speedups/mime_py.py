@@ -54,6 +54,10 @@ WANTED = frozenset(
     )
 )
 
+#: The one bytes object per wanted name (both scanners return these, so a cached
+#: tree shares them and marshal writes each name once).
+NAMES = {n: n for n in WANTED}
+
 #: Occurrences of wanted fields kept per header block (a bound against header floods).
 MAX_FIELDS = 128
 
@@ -197,8 +201,8 @@ def scan_header(raw: bytes, start: int, end: int, max_value: int) -> tuple[tuple
             cur = -1
         colon = raw.find(b":", pos, le)
         if colon > pos:
-            name = raw[pos:colon].rstrip(b" \t").lower()
-            if name in WANTED and len(fields) < MAX_FIELDS:
+            name = NAMES.get(raw[pos:colon].rstrip(b" \t").lower())
+            if name is not None and len(fields) < MAX_FIELDS:
                 cur = len(fields)
                 vstart = colon + 1
                 fields.append((name, b""))

@@ -470,3 +470,11 @@ def test_lf_only_and_crlf_give_the_same_shape(parse: Callable) -> None:
     a, b = parse(lf), parse(RFC2046_MULTIPART)
     assert [p.mime_type for p in a.parts()] == [p.mime_type for p in b.parts()]
     assert [p.lines for p in a.parts()] == [p.lines for p in b.parts()]
+
+
+@pytest.mark.parametrize("k", [0, 1, 7, 8, 9, 2039, 2040, 2041, 4081, 100003])
+def test_line_count_exact(parse: Callable, k: int) -> None:
+    """The compiled LF counter works eight bytes at a time: check lane and block edges."""
+    body = (b"ab\n\r" * k)[: k * 3] + b"\n" * k
+    s = parse(b"x: y\r\n\r\n" + body)
+    assert s.root.lines == body.count(b"\n")
