@@ -41,6 +41,9 @@ if TYPE_CHECKING:
 logger = log.get("store")
 T = TypeVar("T")
 
+#: mailboxes per account whose last snapshot is kept for warm opens
+SNAPSHOT_CACHE = 8
+
 
 def _raise_quota(code: int) -> None:
     if code == quota_impl.OVER_STORAGE:
@@ -59,6 +62,8 @@ class Account:
         self.engine = engine
         self._sync_waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._sync_running: set[str] = set()
+        #: last snapshot per mailbox name (LRU): a warm open only applies the changes since
+        self._snaps: dict[str, MailboxView] = {}
 
     # --- plumbing ---------------------------------------------------------------
 
@@ -91,7 +96,10 @@ class Account:
 
         for added in res.added:
             blob = added.structure
-            structure = MessageStructure.from_cache(blob) if blob is not None else None
+            try:
+                structure = MessageStructure.from_cache(blob) if blob is not None else None
+            except ValueError:
+                structure = None
             for obs in observers:
                 try:
                     obs.message_added(self.id, added.mailbox_guid, added.info, structure)  # type: ignore[arg-type]
@@ -174,9 +182,21 @@ class Account:
     # --- snapshots ----------------------------------------------------------------
 
     async def open_mailbox(self, name: str) -> MailboxView:
-        await self._sync_if_needed(name)
-        info, msgs = await self._run(self.engine.snapshot, name)
-        return MailboxView(self, info, msgs)
+        """A new snapshot of a mailbox for a session. MailboxNotFound."""
+        cached = self._snaps.pop(name, None)
+        if cached is not None:
+            try:
+                await cached.refresh()
+            except StoreError:
+                cached = None
+        if cached is None:
+            await self._sync_if_needed(name)
+            info, msgs = await self._run(self.engine.snapshot, name)
+            cached = MailboxView(self, info, msgs)
+        self._snaps[name] = cached
+        while len(self._snaps) > SNAPSHOT_CACHE:
+            self._snaps.pop(next(iter(self._snaps)))
+        return cached.clone()
 
     async def changes_since(self, mailbox: str, modseq: int) -> ChangesSince:
         await self._sync_if_needed(mailbox)
@@ -279,10 +299,14 @@ class Account:
         out: dict[int, MessageStructure] = {}
         for uid, blob in blobs.items():
             if blob is not None:
-                out[uid] = MessageStructure.from_cache(blob)
-            else:  # not parsed at delivery (parser failure or too big): parse now
-                raw = await self.read_message(mailbox, uid)
-                out[uid] = await self.store.io.run(parse, raw)
+                try:
+                    out[uid] = MessageStructure.from_cache(blob)
+                    continue
+                except ValueError:  # a cache entry of an older parser version
+                    pass
+            # not parsed at delivery (parser failure), or stale: parse now
+            raw = await self.read_message(mailbox, uid)
+            out[uid] = await self.store.io.run(parse, raw)
         return out
 
     async def find_email(self, email_id: str) -> list[tuple[str, int]]:
@@ -314,6 +338,16 @@ class MailboxView:
         self.messages = messages
         self._uids = [m.uid for m in messages]
 
+    def clone(self) -> MailboxView:
+        """An independent view with the same state (MessageInfo objects are immutable and shared)."""
+        other = MailboxView.__new__(MailboxView)
+        other.account = self.account
+        other.name, other.id = self.name, self.id
+        other.uidvalidity, other.uidnext, other.highestmodseq = self.uidvalidity, self.uidnext, self.highestmodseq
+        other.messages = list(self.messages)
+        other._uids = list(self._uids)
+        return other
+
     def by_uid(self, uid: int) -> MessageInfo | None:
         i = bisect.bisect_left(self._uids, uid)
         if i < len(self._uids) and self._uids[i] == uid:
@@ -330,8 +364,8 @@ class MailboxView:
         acct = self.account
         await acct._sync_if_needed(self.name)
         info, changed, gone = await acct._run(acct.engine.changes_since, self.name, self.highestmodseq)
-        if info.uidvalidity != self.uidvalidity:
-            raise StoreError(f"{self.name}: UIDVALIDITY changed")
+        if info.uidvalidity != self.uidvalidity or info.id != self.id:
+            raise StoreError(f"{self.name}: UIDVALIDITY changed (mailbox replaced)")
         expunged = sorted(u for u in gone if self.by_uid(u) is not None)
         if expunged:
             dead = set(expunged)

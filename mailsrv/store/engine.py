@@ -92,8 +92,21 @@ INSERT OR IGNORE INTO quota VALUES (1, 0, 0);
 _MSG_COLS = "uid, key, flags, modseq, internal_date, saved_date, size, email_id, thread_id"
 
 
+_FLAGSETS: dict[str, frozenset[str]] = {}
+
+
+def _flagset(text: str) -> frozenset[str]:
+    """Flags text -> frozenset, shared between messages (a mailbox has few distinct flag sets)."""
+    fs = _FLAGSETS.get(text)
+    if fs is None:
+        fs = frozenset(text.split())
+        if len(_FLAGSETS) < 4096:
+            _FLAGSETS[text] = fs
+    return fs
+
+
 def _info(row: Sequence[Any]) -> MessageInfo:
-    return MessageInfo(row[0], row[1], frozenset(row[2].split()), row[3], row[4], row[5], row[6], row[7], row[8])
+    return MessageInfo(row[0], row[1], _flagset(row[2]), row[3], row[4], row[5], row[6], row[7], row[8])
 
 
 def _flags_text(flags: frozenset[str] | set[str]) -> str:

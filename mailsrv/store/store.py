@@ -10,7 +10,8 @@ from pathlib import Path
 from mailsrv import log
 from mailsrv._speedups import quota as quota_impl
 from mailsrv.config import StoreConfig
-from mailsrv.store import headers, maildir, notify
+from mailsrv.store import headers, notify
+from mailsrv.store import maildir as md
 from mailsrv.store.account import Account
 from mailsrv.store.engine import Engine, Pending, new_id, parse_structure
 from mailsrv.store.types import (
@@ -43,8 +44,8 @@ class Store:
 
     # --- accounts -------------------------------------------------------------
 
-    async def account(self, account_id: str, maildir_path: Path | None = None) -> Account:
-        """The account (opened and created on first use). ``maildir_path`` comes from the directory."""
+    async def account(self, account_id: str, maildir: Path | None = None) -> Account:
+        """The account (opened and created on first use). ``maildir`` comes from the directory."""
         acct = self._accounts.get(account_id)
         if acct is not None:
             return acct
@@ -55,7 +56,7 @@ class Store:
         fut = loop.create_future()
         self._opening[account_id] = fut
         try:
-            root = Path(maildir_path) if maildir_path is not None else self.data_dir / "mail" / account_id
+            root = Path(maildir) if maildir is not None else self.data_dir / "mail" / account_id
             engine = Engine(account_id, root, max_parse_size=self.config.max_parse_size, hostname=self.hostname)
             acct = Account(self, account_id, root, engine)
             await acct._run(engine.open)
@@ -177,8 +178,8 @@ class Store:
             mailbox = "INBOX"
             folder = await acct._run(acct.engine.folder_path, mailbox)
         key = f"{fsio.unique_name(self.hostname)},S={size}"
-        flags = frozenset(maildir.canonical_flag(f) for f in t.flags)
-        name = maildir.filename(key, flags) if maildir.flags_to_info(flags) else key
+        flags = frozenset(md.canonical_flag(f) for f in t.flags)
+        name = md.filename(key, flags) if md.flags_to_info(flags) else key
         acct.engine.pending[key] = Pending(email_id, proto.structure, proto.thread)
         try:
             await acct._run(_link_or_copy, spool, folder / "new" / name)
