@@ -9,6 +9,7 @@ declare -A PEERS=(
   [mbsync]=isync
   [fetchmail]=fetchmail
   [getmail]=getmail6
+  [/usr/lib/dovecot/pop3]=dovecot-pop3d  # bench/pop3.py baseline (pulls in dovecot-core)
   [smtp-source]=postfix
 )
 missing=()

@@ -136,7 +136,7 @@ class SizeCounter:
 
     def __init__(self) -> None:
         self.size = 0
-        self._last = 0  # last byte fed (0: nothing yet)
+        self._last = -1  # last byte fed (-1: nothing yet)
 
     def feed(self, data: bytes) -> None:
         if not data:
@@ -147,7 +147,7 @@ class SizeCounter:
         self._last = data[-1]
 
     def total(self) -> int:
-        if self._last == 0 or self._last == 0x0A:
+        if self._last in (-1, 0x0A):
             return self.size
         return self.size + (1 if self._last == 0x0D else 2)
 
@@ -190,8 +190,12 @@ class BodyEncoder:
             self._held_cr = True
             if not data:
                 return b""
-        out = data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
-        out = out.replace(b"\r\n.", b"\r\n..")
+        # Fast paths: most stored mail is CRLF already and few lines start with a dot.
+        out = data
+        if data.count(b"\n") != data.count(b"\r\n"):
+            out = data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+        if b"\n." in out:
+            out = out.replace(b"\r\n.", b"\r\n..")
         if self._line_start and out.startswith(b"."):
             out = b"." + out
         self._line_start = out.endswith(b"\n")

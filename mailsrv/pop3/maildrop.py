@@ -55,7 +55,9 @@ class Maildrop(Protocol):
         """Remember now as the time of the last successful login."""
 
     async def read(self, uid: int, offset: int, length: int) -> bytes:
-        """Up to ``length`` raw octets of the message from ``offset`` (b"" at its end). MessageGone."""
+        """Up to ``length`` raw octets of the message from ``offset`` (b"" at its end).
+
+        Raises :class:`MessageGone`, :class:`MaildropUnavailable`."""
 
     async def expunge(self, uids: Sequence[int]) -> None:
         """Remove the messages for good (UPDATE state); others see them expunged. MaildropUnavailable."""
@@ -132,11 +134,14 @@ class StoreMaildrop:
 
     async def read(self, uid: int, offset: int, length: int) -> bytes:
         from mailsrv.store import MessageGone as StoreGone
+        from mailsrv.store import StoreError
 
         try:
             data: bytes = await self._account.read_message("INBOX", uid, offset, length)
         except StoreGone:
             raise MessageGone(uid) from None
+        except StoreError as exc:  # TemporaryFailure: EIO, EACCES
+            raise MaildropUnavailable(str(exc)) from exc
         return data
 
     async def expunge(self, uids: Sequence[int]) -> None:

@@ -57,6 +57,11 @@ from mailsrv.pop3.maildrop import (
 
 logger = log.get("pop3")
 
+#: RETR read-ahead: how many of the following messages are read while one is sent, and
+#: the largest message read ahead (memory per session <= READ_AHEAD * READ_AHEAD_SIZE).
+READ_AHEAD = 4
+READ_AHEAD_SIZE = 64 * 1024
+
 IMPLEMENTATION = "mailsrv"
 
 
@@ -132,6 +137,8 @@ class Session:
         self.messages: list[DropMessage] = []
         self.deleted: set[int] = set()  # message numbers (1-based) marked by DELE
         self.retrieved: set[int] = set()  # message numbers sent by RETR (EXPIRE 0)
+        # read-ahead of the next message's first chunk while the client takes this one
+        self._ahead: dict[int, asyncio.Task[bytes]] = {}  # uid -> first chunk being read
         self.auth_failures = 0
         self.closing = False  # set by QUIT: the loop closes after the reply
 
@@ -144,6 +151,7 @@ class Session:
 
     async def end(self) -> None:
         """The connection is gone or closing: release the maildrop; deletes nothing."""
+        self._drop_prefetch()
         drop, self.drop = self.drop, None
         if drop is not None:
             await drop.close()
@@ -375,7 +383,7 @@ class Session:
         if len(cmd.args) != 1:
             raise Pop3SyntaxError("RETR needs a message number")
         n, msg = self._message(cmd.args[0])
-        await self._send_message(msg, None, f"{msg.size} octets")
+        await self._send_message(msg, None, f"{msg.size} octets", n)
         self.retrieved.add(n)
 
     async def cmd_top(self, cmd: Command) -> None:
@@ -386,13 +394,53 @@ class Session:
         lines = parse_number(cmd.args[1], "line count", minimum=0)
         await self._send_message(msg, lines, "Top of message follows")
 
-    async def _send_message(self, msg: DropMessage, body_lines: int | None, text: str) -> None:
+    def _drop_prefetch(self, keep: frozenset[int] = frozenset()) -> None:
+        """Forget read-ahead results, except for the uids in ``keep``."""
+        for uid in [u for u in self._ahead if u not in keep]:
+            task = self._ahead.pop(uid)
+            if task.done():
+                if not task.cancelled():
+                    task.exception()  # retrieved: a MessageGone nobody asked for is not an error
+            else:
+                task.cancel()
+
+    async def _first_chunk(self, uid: int) -> bytes:
+        """The message's first chunk: from the read-ahead when it guessed right."""
+        assert self.drop is not None
+        task = self._ahead.pop(uid, None)
+        if task is not None:
+            return await task
+        return await self.drop.read(uid, 0, READ_CHUNK)
+
+    def _read_ahead(self, n: int) -> None:
+        """Clients RETR 1..N in order: keep the next few small live messages being read.
+
+        Bounded: at most READ_AHEAD messages of at most READ_AHEAD_SIZE octets each.
+        """
+        assert self.drop is not None
+        window: list[int] = []
+        for nxt in range(n + 1, min(n + 1 + READ_AHEAD, len(self.messages) + 1)):
+            msg = self.messages[nxt - 1]
+            if nxt not in self.deleted and msg.size <= READ_AHEAD_SIZE:
+                window.append(msg.uid)
+        self._drop_prefetch(frozenset(window))
+        for uid in window:
+            if uid not in self._ahead:
+                self._ahead[uid] = asyncio.ensure_future(self.drop.read(uid, 0, READ_CHUNK))
+
+    async def _send_message(self, msg: DropMessage, body_lines: int | None, text: str,
+                            n: int | None = None) -> None:
         assert self.drop is not None
         try:
-            chunk = await self.drop.read(msg.uid, 0, READ_CHUNK)
+            chunk = await self._first_chunk(msg.uid)
+            if n is not None:
+                self._read_ahead(n)
         except MessageGone:
             # RFC 2449 §8.1.2: a transient condition of the maildrop; RSET/QUIT still work.
             raise Pop3Error("Message was deleted by another session", SYS_TEMP) from None
+        except MaildropUnavailable as exc:
+            logger.warning("retr.unreadable", uid=msg.uid, error=str(exc))
+            raise Pop3Error("Message cannot be read now, try again later", SYS_TEMP) from None
         encoder = BodyEncoder(body_lines)
         self._send(ok(text))
         offset = 0
@@ -406,9 +454,9 @@ class Session:
                 break
             try:
                 chunk = await self.drop.read(msg.uid, offset, READ_CHUNK)
-            except MessageGone:
+            except (MessageGone, MaildropUnavailable):
                 # Half a message is out; the only honest end is to drop the connection.
-                raise Pop3Error("Message was deleted by another session", SYS_TEMP, fatal=True) from None
+                raise Pop3Error("Message cannot be read any more", SYS_TEMP, fatal=True) from None
         self._send(encoder.finish())
 
     async def cmd_dele(self, cmd: Command) -> None:

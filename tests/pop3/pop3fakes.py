@@ -143,6 +143,8 @@ class MemoryDrop:
         self.owner.reads += 1
         if uid not in self.box.messages:
             raise MessageGone(uid)
+        if (uid, offset) in self.owner.fail_reads:
+            raise MaildropUnavailable("EIO")
         return self.box.messages[uid][offset:offset + length]
 
     async def expunge(self, uids: Sequence[int]) -> None:
@@ -163,6 +165,7 @@ class MemoryDrops:
         self.locked: set[int] = set()
         self.reads = 0
         self.fail_expunge = False
+        self.fail_reads: set[tuple[int, int]] = set()  # (uid, offset) that raise EIO
         self.unavailable = False
 
     async def open(self, account: Any) -> MemoryDrop:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from mailsrv.pop3.grammar import (
@@ -196,6 +196,7 @@ def test_poplib_agrees() -> None:
     assert poplib_decode(body) == original
 
 
+@example(b"\x00", [])  # a NUL byte once passed for "nothing fed yet"
 @given(messages, st.lists(st.integers(min_value=0, max_value=400), max_size=6))
 def test_size_counter_agrees_with_wire_size(data: bytes, cuts: list[int]) -> None:
     counter = SizeCounter()

@@ -10,7 +10,7 @@ from pop3fakes import ALICE, BOB, FakeAuth, FakeChannel, MemoryBox, MemoryDrops
 
 from mailsrv.config import Pop3Config
 from mailsrv.pop3.grammar import Pop3Error, unstuff, wire_size
-from mailsrv.pop3.session import COMMANDS, State
+from mailsrv.pop3.session import COMMANDS, READ_CHUNK, State
 
 MSG1 = b"From: a@example.test\r\nSubject: one\r\n\r\nbody one\r\n.dot line\r\n"
 MSG2 = b"From: b@example.test\nSubject: two\n\nline 1\nline 2\nline 3\n"
@@ -316,3 +316,33 @@ async def test_maildrop_is_inbox_at_login(make_session: Any, drops: MemoryDrops)
     box.add(MSG2)  # new mail arrives during the session
     assert (await run(s, ch, b"STAT\r\n")).startswith(b"+OK 1 ")
     assert await run(s, ch, b"RETR 2\r\n") == b"-ERR No such message\r\n"
+
+
+async def test_read_ahead_follows_dele_and_expunges(make_session: Any, drops: MemoryDrops) -> None:
+    msgs = [b"Subject: %d\r\n\r\nbody %d\r\n" % (i, i) for i in range(1, 6)]
+    box = fill(drops, *msgs)
+    s, ch = make_session()
+    await login(s, ch)
+    assert unstuff((await run(s, ch, b"RETR 1\r\n")).partition(b"\r\n")[2]) == msgs[0]
+    await run(s, ch, b"DELE 2\r\n")
+    del box.messages[4]  # IMAP expunged message 4 meanwhile
+    assert unstuff((await run(s, ch, b"RETR 3\r\n")).partition(b"\r\n")[2]) == msgs[2]
+    assert (await run(s, ch, b"RETR 4\r\n")).startswith(b"-ERR [SYS/TEMP]")
+    assert unstuff((await run(s, ch, b"RETR 5\r\n")).partition(b"\r\n")[2]) == msgs[4]
+    assert unstuff((await run(s, ch, b"RETR 1\r\n")).partition(b"\r\n")[2]) == msgs[0]
+    await s.end()
+    assert s._ahead == {}
+
+
+async def test_unreadable_message_is_sys_temp_and_mid_stream_failure_is_fatal(
+        make_session: Any, drops: MemoryDrops) -> None:
+    big = b"Subject: big\r\n\r\n" + (b"x" * 70 + b"\r\n") * 20000
+    fill(drops, MSG1, big)
+    s, ch = make_session()
+    await login(s, ch)
+    drops.fail_reads.add((1, 0))
+    assert (await run(s, ch, b"RETR 1\r\n")).startswith(b"-ERR [SYS/TEMP]")
+    drops.fail_reads.add((2, READ_CHUNK))
+    with pytest.raises(Pop3Error) as info:
+        await s.handle(b"RETR 2\r\n")
+    assert info.value.fatal and info.value.code == "SYS/TEMP"
