@@ -80,13 +80,14 @@ class Server:
             be = self.backends[p.id] = MemoryBackend(f"a{p.id}", p.username)
         return be
 
-    async def start(self) -> None:
+    async def start(self, ssl_context: Any = None) -> None:
         self.runner = web.AppRunner(self.app.make_app(), access_log=None, handler_cancellation=True)
         await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        site = web.TCPSite(self.runner, "127.0.0.1", 0, ssl_context=ssl_context)
         await site.start()
         port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.url = f"http://127.0.0.1:{port}"
+        self.port = port
+        self.url = f"{'https' if ssl_context else 'http'}://127.0.0.1:{port}"
 
     async def stop(self) -> None:
         if self.runner is not None:
