@@ -242,6 +242,11 @@ _ATEXT = frozenset("!#$%&'*+-/=?^_`{|}~") | frozenset(
 )
 
 
+# RFC 5322 §3.2.3 atext (8-bit bytes, here latin-1 characters, count as atext)
+_ATOM = re.compile(r"[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~\x80-\xff]+")
+_ATOM_DOTS = re.compile(r"[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~\x80-\xff.]+")
+
+
 def _is_atext(c: str) -> bool:
     return c in _ATEXT or c >= "\x80"
 
@@ -291,12 +296,11 @@ class _Rfc822:
         return False
 
     def atom(self, dots: bool = False) -> str:
-        s, j = self.s, self.i
-        while j < self.n and (_is_atext(s[j]) or dots and s[j] == "."):
-            j += 1
-        out = s[self.i : j]
-        self.i = j
-        return out
+        m = (_ATOM_DOTS if dots else _ATOM).match(self.s, self.i)
+        if m is None:
+            return ""
+        self.i = m.end()
+        return m.group()
 
     def quoted(self) -> str:
         """At a DQUOTE: the unescaped content (CR/LF dropped)."""

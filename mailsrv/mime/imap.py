@@ -76,7 +76,7 @@ def _value(v: bytes) -> bytes:
     return v
 
 
-def _addresses(v: bytes | None) -> bytes:
+def _address_list(v: bytes | None) -> bytes:
     if v is None:
         return b"NIL"
     addrs = parse_addresses(v)
@@ -103,6 +103,15 @@ def envelope(fields: dict[bytes, bytes]) -> bytes:
     g = fields.get
     date, subject = g(b"date"), g(b"subject")
     frm = g(b"from")
+    memo: dict[bytes | None, bytes] = {}
+
+    def _addresses(v: bytes | None) -> bytes:
+        # Sender and Reply-To default to From (RFC 3501 §7.4.2): format each value once
+        out = memo.get(v)
+        if out is None:
+            out = memo[v] = _address_list(v)
+        return out
+
     out = [
         b"(",
         nstring(None if date is None else _value(date)),
