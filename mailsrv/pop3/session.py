@@ -60,6 +60,9 @@ logger = log.get("pop3")
 #: RETR read-ahead: how many of the following messages are read while one is sent, and
 #: the largest message read ahead (memory per session <= READ_AHEAD * READ_AHEAD_SIZE).
 READ_AHEAD = 4
+#: DESIGN.md "what bad input gets": commands a client may send before it logs in
+#: (a real client needs CAPA, STLS, CAPA, USER, PASS and a few retries).
+MAX_COMMANDS_BEFORE_AUTH = 50
 READ_AHEAD_SIZE = 64 * 1024
 
 IMPLEMENTATION = "mailsrv"
@@ -140,6 +143,7 @@ class Session:
         # read-ahead of the next message's first chunk while the client takes this one
         self._ahead: dict[int, asyncio.Task[bytes]] = {}  # uid -> first chunk being read
         self.auth_failures = 0
+        self.commands_before_auth = 0
         self.closing = False  # set by QUIT: the loop closes after the reply
 
     # -- life ----------------------------------------------------------------
@@ -158,6 +162,10 @@ class Session:
 
     async def handle(self, line: bytes) -> None:
         """Run one command line. Raises :class:`Pop3Error`; sets :attr:`closing` after QUIT."""
+        if self.state is State.AUTHORIZATION:
+            self.commands_before_auth += 1
+            if self.commands_before_auth > MAX_COMMANDS_BEFORE_AUTH:
+                raise Pop3Error("Too many commands before login", fatal=True)
         cmd = parse_command(line)
         states = COMMANDS.get(cmd.verb)
         if states is None:

@@ -187,3 +187,69 @@ def test_error_budget_disconnects(setup: Setup) -> None:
 def test_file_permissions_of_lock_dir(setup: Setup) -> None:
     lock_dir = Path(setup.cfg.server.data_dir) / "locks" / "pop3"
     assert lock_dir.is_dir() and (lock_dir.stat().st_mode & 0o077) == 0
+
+
+def _line(f: object) -> bytes:
+    return f.readline()  # type: ignore[attr-defined,no-any-return]
+
+
+def test_auth_scram_sha_256(setup: Setup) -> None:
+    import base64
+
+    from scramp import ScramClient
+
+    addr = setup.add_user("scram", MSGS[:1])
+    tls, f = raw_session(setup)
+    client = ScramClient(["SCRAM-SHA-256"], addr, setup.passwords[addr])
+    tls.sendall(b"AUTH SCRAM-SHA-256 " + base64.b64encode(client.get_client_first().encode()) + b"\r\n")
+    challenge = _line(f)
+    assert challenge.startswith(b"+ ")
+    client.set_server_first(base64.b64decode(challenge[2:].strip()).decode())
+    tls.sendall(base64.b64encode(client.get_client_final().encode()) + b"\r\n")
+    final = _line(f)
+    assert final.startswith(b"+ ")
+    client.set_server_final(base64.b64decode(final[2:].strip()).decode())  # verifies the server
+    tls.sendall(b"\r\n")
+    assert _line(f).startswith(b"+OK Logged in, 1 messages")
+    tls.sendall(b"QUIT\r\n")
+    assert _line(f).startswith(b"+OK")
+    tls.close()
+
+
+def test_auth_plain_and_cancel(setup: Setup) -> None:
+    import base64
+
+    addr = setup.add_user("saslplain", MSGS[:1])
+    tls, f = raw_session(setup)
+    tls.sendall(b"AUTH PLAIN\r\n")
+    assert _line(f) == b"+ \r\n"
+    tls.sendall(b"*\r\n")
+    assert _line(f) == b"-ERR [AUTH] Authentication cancelled\r\n"
+    creds = base64.b64encode(b"\0" + addr.encode() + b"\0" + setup.passwords[addr].encode())
+    tls.sendall(b"AUTH PLAIN " + creds + b"\r\n")
+    assert _line(f).startswith(b"+OK Logged in")
+    tls.close()
+
+
+def test_lockout_after_repeated_failures(setup: Setup) -> None:
+    addr = setup.add_user("locked", MSGS[:1])
+    failures = setup.cfg.auth.account_failures
+    done = 0
+    while done < failures:  # a session is cut after max_auth_failures; reconnect until locked
+        c = poplib.POP3_SSL("127.0.0.1", setup.port("pop3s"), context=setup.tls_context(), timeout=20)
+        try:
+            for _ in range(setup.cfg.pop3.max_auth_failures):
+                if done >= failures:
+                    break
+                c.user(addr)
+                with pytest.raises(poplib.error_proto, match=r"\[AUTH\]"):
+                    c.pass_("wrong")
+                done += 1
+        finally:
+            c.close()
+    c = poplib.POP3_SSL("127.0.0.1", setup.port("pop3s"), context=setup.tls_context(), timeout=20)
+    c.user(addr)
+    # the right password is refused too, with the same neutral answer
+    with pytest.raises(poplib.error_proto, match=r"^b'-ERR \[AUTH\] Authentication failed'$"):
+        c.pass_(setup.passwords[addr])
+    c.close()

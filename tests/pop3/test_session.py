@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 from pop3fakes import ALICE, BOB, FakeAuth, FakeChannel, MemoryBox, MemoryDrops
 
 from mailsrv.config import Pop3Config
 from mailsrv.pop3.grammar import Pop3Error, unstuff, wire_size
-from mailsrv.pop3.session import COMMANDS, READ_CHUNK, State
+from mailsrv.pop3.session import COMMANDS, MAX_COMMANDS_BEFORE_AUTH, READ_CHUNK, Session, State
 
 MSG1 = b"From: a@example.test\r\nSubject: one\r\n\r\nbody one\r\n.dot line\r\n"
 MSG2 = b"From: b@example.test\nSubject: two\n\nline 1\nline 2\nline 3\n"
@@ -252,6 +255,15 @@ async def test_unknown_and_malformed(make_session: Any) -> None:
     assert await run(s, ch, b"APOP alice 0123\r\n") == b"-ERR [AUTH] APOP not available\r\n"
 
 
+async def test_command_budget_before_login(make_session: Any) -> None:
+    s, ch = make_session()
+    for _ in range(MAX_COMMANDS_BEFORE_AUTH):
+        assert (await run(s, ch, b"CAPA\r\n")).startswith(b"+OK")
+    with pytest.raises(Pop3Error) as info:
+        await s.handle(b"CAPA\r\n")
+    assert info.value.fatal and info.value.text == "Too many commands before login"
+
+
 async def test_quit_in_authorization(make_session: Any) -> None:
     s, ch = make_session()
     assert (await run(s, ch, b"QUIT\r\n")).startswith(b"+OK")
@@ -346,3 +358,48 @@ async def test_unreadable_message_is_sys_temp_and_mid_stream_failure_is_fatal(
     with pytest.raises(Pop3Error) as info:
         await s.handle(b"RETR 2\r\n")
     assert info.value.fatal and info.value.code == "SYS/TEMP"
+
+
+VERBS = [b"USER", b"PASS", b"APOP", b"AUTH", b"STLS", b"CAPA", b"QUIT", b"STAT", b"LIST", b"RETR",
+         b"DELE", b"NOOP", b"RSET", b"TOP", b"UIDL", b"XTND", b"LAST"]
+ARGS = st.one_of(st.sampled_from([b"", b"1", b"2", b"0", b"99", b"-1", b"alice@example.test", b"secret",
+                                  b"PLAIN", b"=", b"AGFsaWNlQGV4YW1wbGUudGVzdABzZWNyZXQ=", b"1 0", b"1 5"]),
+                 st.binary(max_size=20))
+LINES = st.tuples(st.sampled_from(VERBS), st.lists(ARGS, max_size=3)).map(
+    lambda t: b" ".join([t[0], *t[1]]) + b"\r\n")
+
+
+LOGIN = st.sampled_from([b"USER alice@example.test\r\n", b"PASS secret\r\n",
+                         b"AUTH PLAIN AGFsaWNlQGV4YW1wbGUudGVzdABzZWNyZXQ=\r\n"])
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@example([b"USER alice@example.test\r\n", b"PASS secret\r\n", b"TOP 2 1\r\n", b"RETR 1\r\n",
+          b"DELE 1\r\n", b"LIST 1\r\n", b"RSET\r\n", b"DELE 2\r\n", b"QUIT\r\n"])
+@given(st.lists(st.one_of(LOGIN, LINES, st.binary(max_size=40)), max_size=25))
+def test_any_command_sequence_is_answered_never_crashes(lines: list[bytes]) -> None:
+    async def go() -> None:
+        drops = MemoryDrops()
+        fill(drops, MSG1, MSG2)
+        auth = FakeAuth({"alice@example.test": ("secret", ALICE)})
+        ch = FakeChannel(tls=True)
+        s = Session(ch, auth=auth, maildrops=drops, config=Pop3Config(), hostname="h")
+        for line in lines:
+            ch.continuations.extend([b"*\r\n"])
+            try:
+                await s.handle(line)
+            except Pop3Error as exc:
+                ch.write(exc.reply())
+                if exc.fatal:
+                    break
+            out = ch.take()
+            assert out.startswith((b"+OK", b"-ERR", b"+ ")), (line, out)
+            assert out.endswith(b"\r\n")
+            if s.closing:
+                break
+        await s.end()
+        assert drops.locked == set()
+        assert set(drops.boxes[ALICE.id].messages) <= {1, 2}
+
+    asyncio.run(go())
+
