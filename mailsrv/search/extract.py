@@ -6,24 +6,26 @@ filenames of attachments count as body text. Every text field is then
 normalised (:func:`mailsrv._speedups.tokenize.normalize`), so the index, the
 confirmation step and the brute-force scan compare exactly the same strings.
 
-(The MIME walk uses the standard library parser in compat32 mode, which never
-raises on malformed input; when ``mailsrv.mime`` exposes decoded text parts
-this module switches to it without changing its output contract.)
+The MIME structure and the decoding come from :mod:`mailsrv.mime`. Bump
+:data:`EXTRACT_VERSION` whenever the output for some input changes: index
+files written by another version are rebuilt.
 """
 
 from __future__ import annotations
 
-import email
-import email.header
-import email.message
 import email.utils
 import html
 import re
 from dataclasses import dataclass, field
 
+from mailsrv import mime
 from mailsrv._speedups.tokenize import normalize
+from mailsrv.mime.body import iter_header_lines
 
-__all__ = ["FIELDS", "Document", "base_subject", "extract", "html_to_text"]
+__all__ = ["EXTRACT_VERSION", "FIELDS", "Document", "base_subject", "extract", "html_to_text"]
+
+#: version of what :func:`extract` produces (stored in index snapshots)
+EXTRACT_VERSION = 2
 
 #: text fields of a Document, in storage order
 FIELDS: tuple[str, ...] = ("from", "to", "cc", "bcc", "subject", "message-id", "headers", "body")
@@ -116,69 +118,33 @@ def base_subject(subject: str) -> str:
     return s.casefold()
 
 
-def _decode_header(value: str) -> str:
-    """Unfold and decode RFC 2047 words of a header value read as compat32 str."""
-    value = value.replace("\r", "").replace("\n", "")
-    if "=?" not in value:
-        return _undo_surrogates(value)
-    try:
-        parts = email.header.decode_header(value)
-    except Exception:  # malformed encoded words: keep the raw text
-        return _undo_surrogates(value)
-    out = []
-    for chunk, charset in parts:
-        if isinstance(chunk, bytes):
-            out.append(_decode(chunk, charset))
-        else:
-            out.append(_undo_surrogates(chunk))
-    return "".join(out)
-
-
-def _undo_surrogates(s: str) -> str:
-    """compat32 keeps 8-bit header bytes as surrogate escapes: decode them as UTF-8 or cp1252."""
-    try:
-        s.encode("utf-8")
-        return s
-    except UnicodeEncodeError:
-        raw = s.encode("utf-8", "surrogateescape")
-        return _decode(raw, None)
-
-
-_CHARSET_ALIASES = {"gb2312": "gb18030", "gbk": "gb18030", "x-gbk": "gb18030", "cp936": "gb18030"}
-
-
-def _decode(data: bytes, charset: str | None) -> str:
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        pass
-    cs = (charset or "").strip().strip('"').lower() or "cp1252"
-    cs = _CHARSET_ALIASES.get(cs, cs)
-    if cs in ("us-ascii", "ascii"):
-        cs = "cp1252"
-    try:
-        return data.decode(cs, "replace")
-    except LookupError:
-        return data.decode("cp1252", "replace")
-
-
-def _first_address(value: str) -> tuple[str, str]:
+def _first_address(value: bytes) -> tuple[str, str]:
     """(addr-mailbox local part, display name or address), both case-folded (RFC 5256, RFC 5957)."""
     if not value:
         return "", ""
-    pairs = email.utils.getaddresses([value])
-    if not pairs:
+    try:
+        addrs = mime.jmap_addresses(value)
+    except Exception:  # hostile header: no sort key rather than no index
         return "", ""
-    name, addr = pairs[0]
-    local = addr.rpartition("@")[0] if "@" in addr else addr
-    return local.casefold(), (name.strip() or addr).casefold()
+    for a in addrs:
+        email_ = a.get("email") or ""
+        name = (a.get("name") or "").strip()
+        local = email_.rpartition("@")[0] if "@" in email_ else email_
+        return local.casefold(), (name or email_).casefold()
+    return "", ""
 
 
-def _payload_text(part: email.message.Message) -> str:
-    data = part.get_payload(decode=True)
-    if not isinstance(data, bytes):
-        return ""
-    return _decode(data, part.get_content_charset())
+def _sent_date(value: bytes) -> float | None:
+    try:
+        dt = email.utils.parsedate_to_datetime(value.decode("latin-1"))
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if dt is None:
+        return None
+    try:
+        return dt.timestamp()
+    except (OverflowError, OSError, ValueError):
+        return None
 
 
 def extract(raw: bytes, max_text: int = 1 << 20) -> Document:
@@ -187,13 +153,20 @@ def extract(raw: bytes, max_text: int = 1 << 20) -> Document:
     At most ``max_text`` characters of body text are kept (the rest is not
     searchable; SearchConfig.max_text_bytes).
     """
-    msg = email.message_from_bytes(raw)
+    structure = mime.parse(raw)
+    root = structure.root
     doc = Document()
     headers: list[str] = []
     values: dict[str, list[str]] = {}
-    for name, value in msg.items()[:MAX_HEADERS]:
-        lname = name.strip().lower()
-        text = _decode_header(str(value))
+    first: dict[bytes, bytes] = {}
+    for n, (name, a, b) in enumerate(iter_header_lines(raw, root.header_start, root.body_start)):
+        if n >= MAX_HEADERS:
+            break
+        field_ = raw[a:b]
+        value = field_[field_.find(b":") + 1 :].rstrip(b"\r\n")
+        first.setdefault(name, value)
+        lname = name.decode("latin-1")
+        text = mime.decode_header(value)
         values.setdefault(lname, []).append(text)
         headers.append(normalize(f"{lname}: {text}"))
     t = doc.text
@@ -201,42 +174,32 @@ def extract(raw: bytes, max_text: int = 1 << 20) -> Document:
         t[f] = normalize(" ".join(values.get(f, ())))
     t["headers"] = HEADER_SEP.join(headers)
     doc.subject = base_subject(values.get("subject", [""])[0])
-    doc.from_addr, doc.from_display = _first_address(values.get("from", [""])[0])
-    doc.to_addr, doc.to_display = _first_address(values.get("to", [""])[0])
-    doc.cc_addr, _ = _first_address(values.get("cc", [""])[0])
-    date = values.get("date", [""])[0]
-    if date:
-        try:
-            dt = email.utils.parsedate_to_datetime(date)
-        except (TypeError, ValueError, IndexError, OverflowError):
-            dt = None
-        if dt is not None:
-            try:
-                doc.sent_date = dt.timestamp()
-            except (OverflowError, OSError, ValueError):
-                doc.sent_date = None
+    doc.from_addr, doc.from_display = _first_address(first.get(b"from", b""))
+    doc.to_addr, doc.to_display = _first_address(first.get(b"to", b""))
+    doc.cc_addr, _ = _first_address(first.get(b"cc", b""))
+    if b"date" in first:
+        doc.sent_date = _sent_date(first[b"date"])
     body: list[str] = []
     size = 0
-    for n, part in enumerate(msg.walk()):
+    for n, part in enumerate(structure.parts()):
         if n >= MAX_PARTS or size >= max_text:
             break
-        if part.is_multipart():
+        if part.is_multipart or part.message is not None:
             continue
-        filename = part.get_filename(None)
-        disposition = (part.get_content_disposition() or "").lower()
-        if filename or disposition == "attachment":
+        filename = part.filename
+        if filename or part.disposition == "attachment":
             doc.has_attachment = True
         if filename:
-            name = _decode_header(str(filename))
-            body.append(name)
-            size += len(name)
-        ctype = part.get_content_type()
-        if ctype == "text/plain" or (ctype.startswith("text/") and ctype != "text/html"):
-            text = _payload_text(part)
-        elif ctype == "text/html":
-            text = html_to_text(_payload_text(part))
-        else:
+            body.append(filename)
+            size += len(filename)
+        if part.type != "text" or (part.disposition == "attachment" and part.subtype != "plain"):
             continue
+        try:
+            text = mime.part_text(raw, part, max_text - size)
+        except Exception:  # undecodable part: its text is not searchable
+            continue
+        if part.subtype == "html":
+            text = html_to_text(text)
         body.append(text)
         size += len(text)
     t["body"] = normalize("\n".join(body))[:max_text]

@@ -35,7 +35,7 @@ from typing import Any
 
 from pyroaring import BitMap
 
-from mailsrv.search.extract import FIELDS
+from mailsrv.search.extract import EXTRACT_VERSION, FIELDS
 from mailsrv.search.index import HNAME, IndexCore, TermIndex
 
 __all__ = ["CorruptIndex", "Files", "TextStore", "load_snapshot", "write_snapshot"]
@@ -209,7 +209,8 @@ def write_snapshot(path: Path, core: IndexCore, locs: dict[int, tuple[int, int]]
     """Write ``core`` durably as generation ``generation``; returns the size in bytes."""
     parts: list[bytes] = [SNAP_MAGIC]
     names = [*FIELDS, HNAME]
-    _put_blob(parts, json.dumps({"gen": generation, "fields": names}).encode())
+    meta = {"gen": generation, "fields": names, "extract": EXTRACT_VERSION}
+    _put_blob(parts, json.dumps(meta).encode())
     for f in names:
         ti = core.fields[f]
         items = [(t, bm) for t, bm in ti.post.items() if bm]
@@ -271,8 +272,8 @@ def load_snapshot(path: Path) -> tuple[IndexCore, dict[int, tuple[int, int]], in
     r.pos = len(SNAP_MAGIC)
     try:
         meta = json.loads(r.blob())
-        if meta.get("fields") != [*FIELDS, HNAME]:
-            raise CorruptIndex(f"{path}: other field layout")
+        if meta.get("fields") != [*FIELDS, HNAME] or meta.get("extract") != EXTRACT_VERSION:
+            raise CorruptIndex(f"{path}: written by another version")
         core = IndexCore()
         for f in meta["fields"]:
             raw_terms = r.blob().decode("utf-8")
