@@ -7,6 +7,7 @@ from libc.string cimport memchr, memcmp
 
 from mailsrv._speedups.mime_py import F_BAD_TYPE as _F_BAD_TYPE_PY
 from mailsrv._speedups.mime_py import F_TRUNCATED as _F_TRUNCATED_PY
+from mailsrv._speedups.mime_py import MAX_BOUNDARY as _MAX_BOUNDARY_PY
 from mailsrv._speedups.mime_py import MAX_FIELDS as _MAX_FIELDS_PY
 from mailsrv._speedups.mime_py import NAMES as _NAMES_PY
 from mailsrv._speedups.mime_py import WANTED
@@ -48,6 +49,7 @@ MAX_FIELDS = _MAX_FIELDS_PY
 cdef int C_TRUNCATED = _F_TRUNCATED_PY
 cdef int C_BAD_TYPE = _F_BAD_TYPE_PY
 cdef Py_ssize_t C_MAX_FIELDS = _MAX_FIELDS_PY
+cdef Py_ssize_t C_MAX_BOUNDARY = _MAX_BOUNDARY_PY
 cdef frozenset _WANTED = WANTED
 # wanted names by length, lower case, as the shared objects of mime_py.NAMES
 cdef list _BY_LEN = [[] for _ in range(26)]
@@ -362,7 +364,7 @@ def scan(bytes raw, Py_ssize_t max_depth=100, Py_ssize_t max_parts=5000, Py_ssiz
             boundary = b""
             for pname, pvalue in params:
                 if pname.lower() == b"boundary":
-                    boundary = pvalue
+                    boundary = pvalue[:C_MAX_BOUNDARY]
                     break
             if boundary:
                 if deep:

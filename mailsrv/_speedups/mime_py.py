@@ -61,6 +61,10 @@ NAMES = {n: n for n in WANTED}
 #: Occurrences of wanted fields kept per header block (a bound against header floods).
 MAX_FIELDS = 128
 
+#: RFC 2046 §5.1.1 caps a boundary at 70 characters; longer ones are matched on
+#: their first 80 (70 plus slack, what Dovecot does), so over-long ones still split.
+MAX_BOUNDARY = 80
+
 F_TRUNCATED = 1
 #: Content-Type present but not ``type/subtype`` (IMAP shows "" "", RFC 2045 §5.2 text/plain).
 F_BAD_TYPE = 2
@@ -325,7 +329,7 @@ def scan(raw: bytes, max_depth: int = 100, max_parts: int = 5000, max_value: int
             boundary = b""
             for pname, pvalue in params:
                 if pname.lower() == b"boundary":
-                    boundary = pvalue
+                    boundary = pvalue[:MAX_BOUNDARY]
                     break
             if boundary:
                 if deep:

@@ -409,9 +409,14 @@ def _mailbox(p: _Rfc822) -> Address:
             p.i = p.n if j < 0 else j + 1
         p.skip_lwsp()
         return Address(name or None, route, mailbox or "MISSING_MAILBOX", host or "MISSING_DOMAIN")
+    phrase_end = p.i
     p.i = start
     p.last_comment = ""
     mailbox, host = _addr_spec(p)
+    if host is None and name is not None and phrase_end > p.i:
+        # "Someone Else" without any address: a display name (as Dovecot shows it)
+        p.i = phrase_end
+        return Address(name, None, "MISSING_MAILBOX", "MISSING_DOMAIN")
     comment = p.last_comment or None
     return Address(comment, None, mailbox or "MISSING_MAILBOX", host or "MISSING_DOMAIN")
 
