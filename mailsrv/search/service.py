@@ -45,6 +45,9 @@ from mailsrv.search.storage import (
 __all__ = ["Columns", "MailboxIndex", "Reader", "SearchService"]
 
 logger = log.get("search")
+
+#: text cache bytes tolerated beyond twice the live records before it is compacted
+COMPACT_SLACK = 1 << 20
 T = TypeVar("T")
 
 #: reads the raw message with this UID (the store's ``read_message``)
@@ -89,7 +92,7 @@ class MailboxIndex:
         self.since_snapshot = 0
         self.view = ViewState()
         #: statistics for tests and the benchmark
-        self.stats = {"indexed": 0, "confirmed": 0, "rebuilds": 0, "snapshots": 0}
+        self.stats = {"indexed": 0, "confirmed": 0, "rebuilds": 0, "snapshots": 0, "text_compactions": 0}
 
     # --- blocking part (runs in the service's threads) ---------------------------
 
@@ -114,16 +117,13 @@ class MailboxIndex:
         """Start an empty index of generation ``gen`` on disk. Caller holds the exclusive lock."""
         self._close_files()
         f = self.files
-        for p in (f.text, f.log):
-            try:
-                p.unlink()
-            except FileNotFoundError:
-                pass
+        text = f.text_for(gen)
         self.core = IndexCore()
         self.locs = {}
-        write_snapshot(f.snap, self.core, self.locs, gen)
+        self.text = TextStore(text)
+        write_snapshot(f.snap, self.core, self.locs, gen, text.name)
         self._new_log(gen)
-        self.text = TextStore(f.text)
+        f.remove_texts(keep=text)
         self.gen = gen
         self.since_snapshot = 0
         self.stats["rebuilds"] += 1
@@ -150,7 +150,10 @@ class MailboxIndex:
         """:meth:`_load` for a caller that holds the exclusive lock."""
         self._close_files()
         try:
-            core, locs, gen = load_snapshot(self.files.snap)
+            core, locs, gen, text = load_snapshot(self.files.snap)
+            text_path = self.files.directory / text
+            if not text_path.exists() and locs:
+                raise CorruptIndex(f"{text_path} missing")
         except FileNotFoundError:
             self._reset(time.time_ns())
             return
@@ -159,7 +162,7 @@ class MailboxIndex:
             self._reset(time.time_ns())
             return
         self.core, self.locs, self.gen = core, locs, gen
-        self.text = TextStore(self.files.text)
+        self.text = TextStore(text_path)
         self._open_log()
         _, _, stale = read_log(self.log_fd, gen, 0)
         if stale:  # crash between snapshot and new journal: the old one is folded in
@@ -268,9 +271,21 @@ class MailboxIndex:
             return
         gen = max(self.gen + 1, time.time_ns())
         self.core.compact()
-        write_snapshot(self.files.snap, self.core, self.locs, gen)
+        assert self.text is not None
+        old_text = self.text
+        live = sum(n for _, n in self.locs.values())
+        if old_text.size() > 2 * live + COMPACT_SLACK:
+            # more than half of the text cache is expunged mail: copy the live records
+            path = self.files.text_for(gen)
+            self.locs = old_text.copy_live(self.locs, path)
+            self.text = TextStore(path)
+            self.stats["text_compactions"] += 1
+        write_snapshot(self.files.snap, self.core, self.locs, gen, self.text.path.name)
         self.gen = gen
         self._new_log(gen)
+        if self.text is not old_text:
+            old_text.close()
+            self.files.remove_texts(keep=self.text.path)
         self.log_pos = 0
         self.since_snapshot = 0
         self.stats["snapshots"] += 1

@@ -8,9 +8,11 @@ Files in ``directory`` for mailbox id ``M``:
   names ``G``); each record ``<u32 length><u32 crc32><json>``. A torn or
   corrupt tail is cut off by the next writer. A journal whose generation is
   not the snapshot's is stale (already folded into the snapshot) and ignored.
-* ``M.text``  append-only normalised text of every indexed message (used to
-  confirm candidates); records are located by (offset, length) in the
-  snapshot or journal, so a torn tail is simply unreferenced.
+* ``M.<n>.text``  append-only normalised text of every indexed message (used
+  to confirm candidates); records are located by (offset, length) in the
+  snapshot or journal, so a torn tail is simply unreferenced. The snapshot
+  names its text file; when expunged records make up more than half of it,
+  the next snapshot copies the live records into a new one.
 * ``M.lock``  ``flock`` held exclusively by the one process appending or
   writing a snapshot; readers take it shared while they read the journal.
 
@@ -23,6 +25,7 @@ All functions here block (file I/O): call them from a worker thread.
 from __future__ import annotations
 
 import fcntl
+import glob
 import json
 import mmap
 import os
@@ -62,7 +65,7 @@ class Files:
         self.directory = directory
         self.snap = directory / f"{mailbox_id}.snap"
         self.log = directory / f"{mailbox_id}.log"
-        self.text = directory / f"{mailbox_id}.text"
+        self.mailbox_id = mailbox_id
         self.lock = directory / f"{mailbox_id}.lock"
 
     def ensure_dir(self) -> None:
@@ -79,12 +82,35 @@ class Files:
         finally:
             os.close(fd)  # releases the lock
 
+    def text_for(self, generation: int) -> Path:
+        return self.directory / f"{self.mailbox_id}.{generation}.text"
+
+    def text_files(self) -> list[Path]:
+        return sorted(self.directory.glob(f"{glob.escape(self.mailbox_id)}.*.text"))
+
+    def remove_texts(self, keep: Path | None) -> None:
+        """Remove the text files other than ``keep`` (other processes' mappings stay valid)."""
+        for p in self.text_files():
+            if p != keep:
+                try:
+                    p.unlink()
+                except FileNotFoundError:
+                    pass
+
     def remove_all(self) -> None:
-        for p in (self.snap, self.log, self.text, self.lock):
+        self.remove_texts(None)
+        for p in (self.snap, self.log, self.lock):
             try:
                 p.unlink()
             except FileNotFoundError:
                 pass
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
 
 
 def fsync_dir(path: Path) -> None:
@@ -137,6 +163,31 @@ class TextStore:
         off = os.fstat(self.fd).st_size
         os.write(self.fd, blob)
         return off
+
+    def copy_live(self, locs: dict[int, tuple[int, int]], dest: Path) -> dict[int, tuple[int, int]]:
+        """Write the records of ``locs`` (in UID order) durably to ``dest``; their new locations."""
+        buf = self.buffer()
+        new: dict[int, tuple[int, int]] = {}
+        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            pos = 0
+            chunk: list[bytes] = []
+            for uid in sorted(locs):
+                off, n = locs[uid]
+                chunk.append(bytes(buf[off : off + n]))
+                new[uid] = (pos, n)
+                pos += n
+                if len(chunk) >= 1024:
+                    _write_all(fd, b"".join(chunk))
+                    chunk = []
+            _write_all(fd, b"".join(chunk))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return new
+
+    def size(self) -> int:
+        return os.fstat(self.fd).st_size
 
     def read(self, offset: int, length: int) -> dict[str, str]:
         data = os.pread(self.fd, length, offset)
@@ -205,11 +256,13 @@ def _put_blob(parts: list[bytes], b: bytes) -> None:
     parts.append(b)
 
 
-def write_snapshot(path: Path, core: IndexCore, locs: dict[int, tuple[int, int]], generation: int) -> int:
-    """Write ``core`` durably as generation ``generation``; returns the size in bytes."""
+def write_snapshot(
+    path: Path, core: IndexCore, locs: dict[int, tuple[int, int]], generation: int, text: str
+) -> int:
+    """Write ``core`` durably as generation ``generation`` with text file ``text``; returns its size."""
     parts: list[bytes] = [SNAP_MAGIC]
     names = [*FIELDS, HNAME]
-    meta = {"gen": generation, "fields": names, "extract": EXTRACT_VERSION}
+    meta = {"gen": generation, "fields": names, "extract": EXTRACT_VERSION, "text": text}
     _put_blob(parts, json.dumps(meta).encode())
     for f in names:
         ti = core.fields[f]
@@ -227,10 +280,7 @@ def write_snapshot(path: Path, core: IndexCore, locs: dict[int, tuple[int, int]]
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
-        view = memoryview(blob)
-        while view:
-            n = os.write(fd, view)
-            view = view[n:]
+        _write_all(fd, blob)
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -260,8 +310,8 @@ class _Reader:
         return b
 
 
-def load_snapshot(path: Path) -> tuple[IndexCore, dict[int, tuple[int, int]], int]:
-    """(core, text locations, generation). Raises FileNotFoundError or CorruptIndex."""
+def load_snapshot(path: Path) -> tuple[IndexCore, dict[int, tuple[int, int]], int, str]:
+    """(core, text locations, generation, text file name). Raises FileNotFoundError or CorruptIndex."""
     data = path.read_bytes()
     if len(data) < len(SNAP_MAGIC) + 4 or not data.startswith(SNAP_MAGIC):
         raise CorruptIndex(f"{path}: not a search snapshot")
@@ -309,4 +359,7 @@ def load_snapshot(path: Path) -> tuple[IndexCore, dict[int, tuple[int, int]], in
             core.dated.add(uid)
     if set(core.cols) != set(core.indexed):
         raise CorruptIndex(f"{path}: columns and UIDs disagree")
-    return core, locs, int(meta["gen"])
+    text = meta.get("text")
+    if not isinstance(text, str) or "/" in text or not text.endswith(".text"):
+        raise CorruptIndex(f"{path}: bad text file name")
+    return core, locs, int(meta["gen"]), text

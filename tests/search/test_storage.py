@@ -237,3 +237,37 @@ async def test_crash_during_indexing_then_correct_rebuild(tmp_path: Path) -> Non
         await check_all(svc, box, d)
         assert box.reads == 0
         await svc.close()
+
+
+def _text_sizes(d: Path) -> list[int]:
+    return [p.stat().st_size for p in sorted(d.glob("Mbox1.*.text"))]
+
+
+async def test_text_cache_is_compacted_after_expunges(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from mailsrv.search import service as service_mod
+
+    monkeypatch.setattr(service_mod, "COMPACT_SLACK", 0)
+    box = Box(60)
+    svc = SearchService(SearchConfig(snapshot_every=1000))
+    other = SearchService(SearchConfig(snapshot_every=1000))
+    await check_all(svc, box, tmp_path)
+    await check_all(other, box, tmp_path)
+    idx = open_index(svc, box, tmp_path)
+    (before,) = _text_sizes(tmp_path)
+    gone = [m.uid for m in box.view.messages[:45]]
+    box.expunge(gone)
+    await idx.expunged(gone)
+    await idx.flush()
+    assert idx.stats["text_compactions"] == 1
+    (after,) = _text_sizes(tmp_path)  # the old file is gone
+    assert after < before / 2
+    await check_all(svc, box, tmp_path)
+    box.reads = 0
+    await check_all(other, box, tmp_path)  # reloads the new generation and its text file
+    assert box.reads == 0
+    await svc.close()
+    await other.close()
+    fresh = SearchService()
+    await check_all(fresh, box, tmp_path)
+    assert box.reads == 0
+    await fresh.close()
