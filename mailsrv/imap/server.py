@@ -142,7 +142,7 @@ class ImapService:
                 # RFC 9051 §7.1: untagged BAD, the line was discarded
                 errors += 1
                 await conn.send(b"* BAD [TOOBIG] Line too long\r\n")
-                if errors >= self.max_errors:
+                if errors + session.bad_commands >= self.max_errors:
                     await conn.send(b"* BYE [LIMIT] Too many errors\r\n")
                     return
                 continue
@@ -173,7 +173,7 @@ class ImapService:
                 code = f"[{exc.code}] " if exc.code else ""
                 tag = exc.tag or parse_tag(raw) or b"*"
                 await conn.send(tag + f" BAD {code}{exc.message}\r\n".encode())
-                if errors >= self.max_errors:
+                if errors + session.bad_commands >= self.max_errors:
                     await conn.send(b"* BYE [LIMIT] Too many errors\r\n")
                     return
                 continue
@@ -206,6 +206,10 @@ class ImapService:
             except (ConnectionClosed, IdleTimeout):
                 return
             if not go_on:
+                return
+            if errors + session.bad_commands >= self.max_errors:
+                # DESIGN.md: a client that keeps sending bad commands is disconnected
+                await conn.send(b"* BYE [LIMIT] Too many errors\r\n")
                 return
 
     async def _bye(self, conn: Connection, session: Session, line: bytes) -> None:

@@ -173,6 +173,8 @@ class Session:
         self.condstore = False
         self.qresync = False
         self.auth_failures = 0
+        #: BAD replies given (the connection loop keeps the error budget)
+        self.bad_commands = 0
         self.compressed = False
         self.saved: list[int] = []
         #: RFC 3501 §2.3.2 \Recent for IMAP4rev1 clients: uids that arrived while this session had
@@ -266,6 +268,7 @@ class Session:
         states = VERBS.get(verb)
         tag = cmd.tag
         if states is None:
+            self.bad_commands += 1
             self.w(tag + b" BAD Unknown command\r\n")
             return True
         if self.state not in states:
@@ -274,12 +277,15 @@ class Session:
                 State.AUTHENTICATED: "No mailbox selected" if State.SELECTED in states and State.AUTHENTICATED not in states else "Already logged in",
                 State.SELECTED: "Already logged in",
             }[self.state]
+            self.bad_commands += 1
             self.w(tag + b" BAD " + why.encode() + b"\r\n")
             return True
         handler = getattr(self, "cmd_" + verb.lower().replace(" ", "_"))
         try:
             text = await handler(cmd)
         except ImapError as exc:
+            if exc.status == "BAD":
+                self.bad_commands += 1
             code = f"[{exc.code}] " if exc.code else ""
             if self.state is State.SELECTED and exc.status == "NO":
                 await self._send_updates(cmd.name not in _NO_EXPUNGE_AFTER or cmd.uid)

@@ -69,8 +69,8 @@ def test_error_budget_disconnects() -> None:
     handle, stop = start_server(limits=LimitsConfig(max_errors=3))
     try:
         c = Raw(handle.host, handle.port)
-        for i in range(2):
-            assert c.cmd(b"x%d FROB" % i)[-1].startswith(b"x%d BAD" % i)
+        assert c.cmd(b"x0 FROB")[-1].startswith(b"x0 BAD")
+        assert c.cmd(b"x1 SELECT INBOX") == [b"x1 BAD Log in first\r\n"]  # a state error counts too
         c.send(b"x9 FROB\r\n")
         assert c.line().startswith(b"x9 BAD")
         assert c.line() == b"* BYE [LIMIT] Too many errors\r\n"
