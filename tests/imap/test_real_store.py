@@ -150,3 +150,21 @@ def test_text_search_through_the_index(real: ServerHandle) -> None:
     c.logout()
     # the answers came from the index, which keeps its files beside the maildir
     assert list(Path(real.extra["data_dir"]).rglob("mailsrv-search/*"))
+
+
+def test_authenticate_plain_with_and_without_initial_response(real: ServerHandle) -> None:
+    raw = Raw(real.host, real.port)
+    token = base64.b64encode(b"\x00alice@example.test\x00wonderland")
+    assert raw.cmd(b"a1 AUTHENTICATE PLAIN " + token)[-1].startswith(b"a1 OK [CAPABILITY ")
+    raw.close()
+    raw = Raw(real.host, real.port)
+    raw.send(b"a2 AUTHENTICATE PLAIN\r\n")
+    assert raw.line() == b"+ \r\n"
+    raw.send(base64.b64encode(b"\x00alice@example.test\x00nope") + b"\r\n")
+    assert raw.line() == b"a2 NO [AUTHENTICATIONFAILED] Authentication failed\r\n"
+    raw.send(b"a3 AUTHENTICATE PLAIN\r\n")
+    assert raw.line() == b"+ \r\n"
+    raw.send(b"*\r\n")
+    assert raw.line() == b"a3 BAD Authentication cancelled\r\n"
+    assert raw.cmd(b"a4 AUTHENTICATE CRAM-MD5") == [b"a4 NO [CANNOT] Unsupported authentication mechanism\r\n"]
+    raw.close()
