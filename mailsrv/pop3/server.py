@@ -149,6 +149,8 @@ class Pop3Service:
                 return
             try:
                 await session.handle(line)
+            except (ConnectionClosed, IdleTimeout):
+                raise
             except Pop3Error as exc:
                 conn.write(exc.reply())
                 errors += 1
@@ -158,6 +160,11 @@ class Pop3Service:
                     logger.info("session.closed", reason="errors" if not exc.fatal else exc.text)
                     await conn.drain()
                     return
+            except Exception as exc:  # a bug or an unexpected store/directory failure: never a crash
+                logger.exception("session.error", exc)
+                conn.write(err("Internal error, try again later", SYS_TEMP))
+                await conn.drain()
+                return
             # PIPELINING (RFC 2449 §6.6): answers to pipelined commands go out together.
             if not conn.reader._buffer:  # type: ignore[attr-defined]
                 await conn.drain()

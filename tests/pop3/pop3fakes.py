@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -90,6 +91,7 @@ class FakeSasl:
 class FakeAuth:
     def __init__(self, users: dict[str, tuple[str, FakeAccount]], *, loopback_plain: bool = False) -> None:
         self.users = users
+        self.loopback_plain = loopback_plain
         self.logins: list[tuple[str, str, bool]] = []
         self.sessions: list[FakeSasl] = []
 
@@ -98,7 +100,7 @@ class FakeAuth:
         return entry[1] if entry and entry[0] == pw else None
 
     def plaintext_allowed(self, *, tls: bool, client_ip: str) -> bool:
-        return tls
+        return tls or (self.loopback_plain and client_ip == "127.0.0.1")
 
     def mechanisms(self, *, tls: bool, client_ip: str, channel_binding: bool) -> list[str]:
         return ["SCRAM-SHA-256", "PLAIN"] if tls else ["SCRAM-SHA-256"]
@@ -157,6 +159,8 @@ class MemoryDrop:
         if not self.closed:
             self.closed = True
             self.owner.locked.discard(self.key)
+            if self.owner.released is not None:
+                self.owner.released.set()
 
 
 class MemoryDrops:
@@ -165,6 +169,7 @@ class MemoryDrops:
         self.locked: set[int] = set()
         self.reads = 0
         self.fail_expunge = False
+        self.released: asyncio.Event | None = None  # set when a maildrop is closed
         self.fail_reads: set[tuple[int, int]] = set()  # (uid, offset) that raise EIO
         self.unavailable = False
 
