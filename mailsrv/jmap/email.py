@@ -6,7 +6,9 @@ Importing this module also registers Email/query, /set, /import, /parse and
 
 from __future__ import annotations
 
+import asyncio
 import re
+from collections import OrderedDict
 from typing import Any
 
 from mailsrv.jmap import args as A
@@ -132,9 +134,49 @@ def body_value(part: message.Part, max_bytes: int) -> dict[str, Any]:
     return {"value": text, "isEncodingProblem": problem, "isTruncated": truncated}
 
 
+#: parsed messages kept per worker (by blob id: a blob never changes), and the largest one kept
+PARSE_CACHE = 2000
+PARSE_CACHE_MAX_SIZE = 256 * 1024
+_parsed: OrderedDict[str, message.ParsedMessage] = OrderedDict()
+
+
+def parsed_message(blob_id: str, raw: bytes) -> message.ParsedMessage:
+    hit = _parsed.get(blob_id)
+    if hit is not None:
+        _parsed.move_to_end(blob_id)
+        return hit
+    parsed = message.parse(raw)
+    if len(raw) <= PARSE_CACHE_MAX_SIZE:
+        _parsed[blob_id] = parsed
+        if len(_parsed) > PARSE_CACHE:
+            _parsed.popitem(last=False)
+    return parsed
+
+
+#: derived (message-content) properties per (blob, request shape): blobs are immutable
+_derived: OrderedDict[tuple[Any, ...], dict[str, Any]] = OrderedDict()
+
+
 def email_json(meta: EmailMeta, raw: bytes | None, props: list[str], body_props: list[str], opts: BodyOptions) -> dict[str, Any]:
+    content = [p for p in props if p not in METADATA]
+    key = (meta.blob_id, tuple(content), tuple(body_props), opts.text, opts.html, opts.all, opts.max_bytes)
+    derived = _derived.get(key)
+    if derived is not None:
+        _derived.move_to_end(key)
+    else:
+        derived = _email_json(meta, raw, content, body_props, opts)
+        if meta.size <= PARSE_CACHE_MAX_SIZE:
+            _derived[key] = derived
+            if len(_derived) > PARSE_CACHE:
+                _derived.popitem(last=False)
+    out = _email_json(meta, None, [p for p in props if p in METADATA], body_props, opts)
+    out.update(derived)
+    return {p: out[p] for p in props}
+
+
+def _email_json(meta: EmailMeta, raw: bytes | None, props: list[str], body_props: list[str], opts: BodyOptions) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    parsed = message.parse(raw) if raw is not None else None
+    parsed = parsed_message(meta.blob_id, raw) if raw is not None else None
     lists = message.body_lists(parsed.root) if parsed is not None else ([], [], [])
     for p in props:
         if p == "id":
@@ -211,12 +253,18 @@ async def email_get(ctx: RequestContext, args: dict[str, Any], call_id: str) -> 
     metas = await be.get_emails(ids)
     found, not_found = [], []
     raw_needed = needs_raw(props)
+    raws: dict[str, bytes | None] = {}
+    if raw_needed:
+        # the reads run concurrently in the backend's I/O threads
+        wanted = [m for m in metas.values() if m.blob_id not in _parsed]
+        datas = await asyncio.gather(*(be.read_blob(m.blob_id) for m in wanted))
+        raws = {m.blob_id: d for m, d in zip(wanted, datas, strict=True)}
     for i in ids:
         meta = metas.get(i)
         if meta is None:
             not_found.append(i)
             continue
-        raw = await be.read_blob(meta.blob_id) if raw_needed else None
+        raw = raws.get(meta.blob_id, b"" if meta.blob_id in _parsed else None) if raw_needed else None
         if raw_needed and raw is None:  # expunged meanwhile
             not_found.append(i)
             continue

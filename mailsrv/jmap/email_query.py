@@ -8,6 +8,7 @@ scan when docs/search-api.md lands.
 from __future__ import annotations
 
 import html
+import json
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -248,8 +249,30 @@ def _needs_facts_for_sort(sort: Any) -> bool:
     )
 
 
-async def run_query(ctx: RequestContext, be: MailBackend, args: dict[str, Any]) -> list[str]:
+#: full result lists by (account, state, query): a state names one exact version of the data
+QUERY_CACHE = 64
+_results: OrderedDict[tuple[str, str, str], list[str]] = OrderedDict()
+
+
+async def run_query(ctx: RequestContext, be: MailBackend, args: dict[str, Any], state: str | None = None) -> list[str]:
     """The full ordered result list of ids for filter/sort/collapseThreads."""
+    key = None
+    if state is not None and not ctx.created_ids:
+        shape = json.dumps([args.get("filter"), args.get("sort"), args.get("collapseThreads", False)], sort_keys=True)
+        key = (be.account_id, state, shape)
+        hit = _results.get(key)
+        if hit is not None:
+            _results.move_to_end(key)
+            return hit
+    ids = await _run_query(ctx, be, args)
+    if key is not None:
+        _results[key] = ids
+        if len(_results) > QUERY_CACHE:
+            _results.popitem(last=False)
+    return ids
+
+
+async def _run_query(ctx: RequestContext, be: MailBackend, args: dict[str, Any]) -> list[str]:
     metas = await be.emails()
     threads: dict[str, list[EmailMeta]] = {}
     for m in metas:
@@ -285,7 +308,7 @@ async def email_query(ctx: RequestContext, args: dict[str, Any], call_id: str) -
                    "calculateTotal", "collapseThreads"))
     be: MailBackend = ctx.account(args)
     state = await be.state("Email")
-    ids = await run_query(ctx, be, args)
+    ids = await run_query(ctx, be, args, state)
     page, pos = window(ids, args)
     out: dict[str, Any] = {"accountId": be.account_id, "queryState": state, "canCalculateChanges": True,
                            "position": pos, "ids": page, "collapseThreads": A.boolean(args, "collapseThreads", False)}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -61,16 +60,13 @@ def compile_sort(
             raise MethodError("unsupportedSort", f"unknown collation {coll!r}")
         keys.append((key_for(comp), asc))
 
-    def cmp(a: Any, b: Any) -> int:
-        for k, asc in keys:
-            ka, kb = k(a), k(b)
-            if ka != kb:
-                r = -1 if ka < kb else 1
-                return r if asc else -r
-        return 0
-
     def run(items: list[Any]) -> list[Any]:
-        return sorted(items, key=functools.cmp_to_key(cmp)) if keys else list(items)
+        # Stable sorts from the last comparator to the first give the multi-key order
+        # (Python's sort is stable, also with reverse=True).
+        out = list(items)
+        for k, asc in reversed(keys):
+            out.sort(key=k, reverse=not asc)
+        return out
 
     return run
 

@@ -85,7 +85,21 @@ def _look(info: st.MailboxInfo) -> str:
     return hashlib.sha1(f"{info.name}\0{info.subscribed}\0{info.special_use}".encode()).hexdigest()[:6]
 
 
+_encoded: dict[tuple[tuple[str, Entry], ...], str] = {}
+
+
 def encode_state(vec: dict[str, Entry]) -> str:
+    key = tuple(sorted(vec.items()))
+    hit = _encoded.get(key)
+    if hit is not None:
+        return hit
+    if len(_encoded) > 1024:
+        _encoded.clear()
+    _encoded[key] = out = _encode(vec)
+    return out
+
+
+def _encode(vec: dict[str, Entry]) -> str:
     text = ";".join(f"{k},{e.uidvalidity},{e.uidnext},{e.modseq},{e.look}" for k, e in sorted(vec.items()))
     return base64.urlsafe_b64encode(zlib.compress(text.encode(), 9)).decode().rstrip("=")
 
@@ -312,6 +326,14 @@ class StoreBackend:
     async def read_blob(self, blob_id: str) -> bytes | None:
         if not blob_id.startswith("B"):
             return None
+        cache = self._emails_cache
+        if cache is not None and blob_id[1:] in cache[2]:
+            names = {i.id: i.name for i in await self._infos()}
+            for mid, uid, _ in cache[2][blob_id[1:]]:
+                try:
+                    return bytes(await self.acct.read_message(names[mid], uid))
+                except (st.StoreError, KeyError):
+                    continue
         for mailbox, uid in await self.acct.find_email(blob_id[1:]):
             try:
                 return bytes(await self.acct.read_message(mailbox, uid))
