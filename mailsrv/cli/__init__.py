@@ -17,6 +17,8 @@ from mailsrv.config import ConfigError, default_path
 COMMAND_MODULES = [
     "mailsrv.cli.core",
     "mailsrv.cli.directory",
+    "mailsrv.cli.queue",
+    "mailsrv.cli.dkim",
 ]
 
 

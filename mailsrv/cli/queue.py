@@ -1,0 +1,111 @@
+"""``mailsrv queue list | show ID | flush | hold ID | release ID | delete ID``: the outbound queue."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+
+from mailsrv import config as config_mod
+from mailsrv.cli import CliError, config_path
+from mailsrv.queue.store import PENDING, Envelope, QueueDir, queue_dir
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("queue", help="inspect and control the outbound queue")
+    qs = p.add_subparsers(dest="queue_command", metavar="ACTION")
+    ls = qs.add_parser("list", help="list queued messages")
+    ls.add_argument("--json", action="store_true", help="one JSON object per line")
+    ls.set_defaults(func=cmd_list)
+    for name, func, doc in (
+        ("show", cmd_show, "show one message's envelope and recipient state"),
+        ("hold", cmd_hold, "stop delivery attempts for a message"),
+        ("release", cmd_release, "resume delivery of a held message (attempted now)"),
+        ("delete", cmd_delete, "remove a message from the queue without a bounce"),
+    ):
+        q = qs.add_parser(name, help=doc)
+        q.add_argument("id", help="queue id (from `mailsrv queue list`)")
+        q.set_defaults(func=func)
+    fl = qs.add_parser("flush", help="attempt every queued message now")
+    fl.set_defaults(func=cmd_flush)
+    p.set_defaults(func=lambda args: p.print_help() or 2)
+
+
+def _qd(args: argparse.Namespace) -> QueueDir:
+    cfg = config_mod.load(config_path(args))
+    return queue_dir(cfg.server.data_dir)
+
+
+def _when(ts: float) -> str:
+    return datetime.datetime.fromtimestamp(ts, datetime.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def _load(qd: QueueDir, qid: str) -> Envelope:
+    try:
+        return qd.load(qid)
+    except FileNotFoundError:
+        raise CliError(f"no queued message {qid}") from None
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    qd = _qd(args)
+    entries = qd.all()
+    for env in entries:
+        pending = [r.addr for r in env.rcpts if r.status == PENDING]
+        if args.json:
+            print(json.dumps({"id": env.id, "sender": env.sender, "created": env.created,
+                              "held": env.held, "attempts": env.attempts, "pending": pending,
+                              "next_attempt": env.next_attempt}, ensure_ascii=False))
+            continue
+        flag = " HELD" if env.held else ""
+        size = qd.message_path(env.id).stat().st_size if qd.message_path(env.id).exists() else 0
+        print(f"{env.id}{flag}  {size:>9}  {_when(env.created)}  <{env.sender}>  attempts={env.attempts}")
+        for r in env.rcpts:
+            if r.status == PENDING:
+                print(f"    {r.addr}  {r.diag}")
+    if not args.json:
+        print(f"-- {len(entries)} message(s) in the queue")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    env = _load(_qd(args), args.id)
+    print(env.to_json().decode())
+    return 0
+
+
+def cmd_hold(args: argparse.Namespace) -> int:
+    qd = _qd(args)
+    _load(qd, args.id)
+    qd.update(args.id, held=True)
+    qd.poke(b"reload " + args.id.encode())
+    print(f"{args.id}: held")
+    return 0
+
+
+def cmd_release(args: argparse.Namespace) -> int:
+    qd = _qd(args)
+    _load(qd, args.id)
+    qd.update(args.id, held=False, next_attempt=0.0)
+    qd.poke(b"reload " + args.id.encode())
+    print(f"{args.id}: released")
+    return 0
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    qd = _qd(args)
+    if not qd.remove(args.id):
+        raise CliError(f"no queued message {args.id}")
+    qd.poke(b"reload " + args.id.encode())
+    print(f"{args.id}: deleted")
+    return 0
+
+
+def cmd_flush(args: argparse.Namespace) -> int:
+    qd = _qd(args)
+    for env in qd.all():
+        if not env.held:
+            qd.update(env.id, next_attempt=0.0)
+    running = qd.poke(b"flush")
+    print("queue flushed" + ("" if running else " (runner not running: delivery at its next start)"))
+    return 0
