@@ -167,6 +167,8 @@ cpdef tuple parse_content_type(bytes vb):
         j = _token(v, i, n)
         sub = vb[i:j]
         i = j
+    elif ctype and _skip_cfws(v, i, n) >= n:
+        return ctype, b"", ()
     if not ctype or not sub:
         ctype = sub = b""
     return ctype, sub, parse_params(vb, i)

@@ -12,7 +12,7 @@ One pass over the raw message finds the part tree without copying bodies.
   end included.
 - ``type``/``subtype`` are bytes as written in Content-Type (case kept); both
   empty when Content-Type is absent or invalid (the caller applies the
-  RFC 2045 §5.2 default).
+  RFC 2045 §5.2 default); a bare type (``text``) has an empty subtype.
 - ``params`` is a tuple of ``(name, value)`` bytes pairs, quotes removed,
   RFC 2231 sections still separate (the caller merges them).
 - ``fields`` is a tuple of ``(name, raw_value)`` bytes pairs for the header
@@ -142,6 +142,9 @@ def parse_content_type(v: bytes) -> tuple[bytes, bytes, tuple]:
         j = _token(v, i, n)
         sub = v[i:j]
         i = j
+    elif ctype and _skip_cfws(v, i, n) >= n:
+        # a bare "text": the type with an empty subtype (as Dovecot shows it)
+        return ctype, b"", ()
     if not ctype or not sub:
         ctype = sub = b""
     return ctype, sub, parse_params(v, i)

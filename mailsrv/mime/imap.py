@@ -215,7 +215,8 @@ def _write(part: Part, ext: bool, out: list[bytes]) -> None:
         b" ",
         _fieldval(part, b"content-description"),
         b" ",
-        nstring(enc_v or b"7bit"),
+        # RFC 2045 §6.1 default; any spelling of 7bit is written "7bit" (as Dovecot does)
+        nstring(b"7bit" if not enc_v or enc_v.lower() == b"7bit" else enc_v),
         b" %d" % part.size,
     ]
     if ctype.lower() == b"text":
