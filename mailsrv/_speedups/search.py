@@ -9,6 +9,7 @@ _mod = load("search", twin="mailsrv._speedups.search_py")
 terms_containing = _mod.terms_containing
 filter_containing = _mod.filter_containing
 confirm = _mod.confirm
+add_postings = _mod.add_postings
 IMPL: str = "c" if _mod.__name__.endswith("_c") else "py"
 
-__all__ = ["IMPL", "confirm", "filter_containing", "terms_containing"]
+__all__ = ["IMPL", "add_postings", "confirm", "filter_containing", "terms_containing"]

@@ -78,3 +78,16 @@ def confirm(buf, cand, dict locs, tuple fields, int nfields, bytes needle):
                 out.append(uid)
                 break
     return out
+
+
+def add_postings(dict post, uid, terms, factory):
+    cdef list new = []
+    cdef object bm
+    for t in set(terms):
+        bm = post.get(t)
+        if bm is None:
+            bm = factory()
+            post[t] = bm
+            new.append(t)
+        bm.add(uid)
+    return new

@@ -11,7 +11,7 @@ import struct
 from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["confirm", "filter_containing", "terms_containing"]
+__all__ = ["add_postings", "confirm", "filter_containing", "terms_containing"]
 
 
 def terms_containing(word: str, vocab: list[str]) -> list[int]:
@@ -53,3 +53,18 @@ def confirm(buf: Any, cand: Iterable[int], locs: dict[int, tuple[int, int]], fie
                 out.append(uid)
                 break
     return out
+
+
+def add_postings(post: dict[str, Any], uid: int, terms: Iterable[str], factory: Any) -> list[str]:
+    """Add ``uid`` to the posting of every term in ``terms`` (each once); returns the new terms.
+
+    ``factory()`` makes an empty posting (a pyroaring BitMap) for a term seen the first time.
+    """
+    new: list[str] = []
+    for t in set(terms):
+        bm = post.get(t)
+        if bm is None:
+            post[t] = bm = factory()
+            new.append(t)
+        bm.add(uid)
+    return new

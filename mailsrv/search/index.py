@@ -56,14 +56,10 @@ class TermIndex:
         self.vocab: list[str] = []  # term id -> term
         self.grams: dict[str, BitMap] | None = {}  # trigram -> term ids; None = to rebuild
 
-    def add(self, uid: int, uniq: Iterable[str]) -> None:
-        post = self.post
-        for t in uniq:
-            bm = post.get(t)
-            if bm is None:
-                post[t] = bm = BitMap()
-                self._new_term(t)
-            bm.add(uid)
+    def add(self, uid: int, terms: Iterable[str]) -> None:
+        """Add ``uid`` under each of ``terms`` (repetitions are fine)."""
+        for t in hot.add_postings(self.post, uid, terms, BitMap):
+            self._new_term(t)
 
     def _new_term(self, t: str) -> None:
         tid = len(self.vocab)
@@ -144,7 +140,7 @@ class IndexCore:
         for f in FIELDS:
             text = doc.text.get(f, "")
             if text:
-                self.fields[f].add(uid, set(terms(text)))
+                self.fields[f].add(uid, terms(text))
         names = {
             line.partition(":")[0] for line in doc.text.get("headers", "").split(HEADER_SEP) if line
         }

@@ -131,3 +131,21 @@ def test_confirm_twins_agree(records: list[list[str]], needle: str, fields: tupl
     assert search_c.confirm(bytes(buf), cand, locs, fields, 3, n) == expected
     torn = bytes(buf[: max(0, len(buf) - cut)])
     assert search_c.confirm(torn, cand, locs, fields, 3, n) == search_py.confirm(torn, cand, locs, fields, 3, n)
+
+
+@pytest.mark.speedups
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.lists(st.sampled_from(["a", "b", "季度", "ü", "xyz"]), max_size=8), max_size=10))
+def test_add_postings_twins_agree(docs: list[list[str]]) -> None:
+    from pyroaring import BitMap
+
+    if search_c is None:
+        pytest.fail("compiled term scan missing")
+    posts: list[dict[str, BitMap]] = [{}, {}]
+    for uid, terms_ in enumerate(docs, start=1):
+        new_py = search_py.add_postings(posts[0], uid, terms_, BitMap)
+        new_c = search_c.add_postings(posts[1], uid, terms_, BitMap)
+        assert sorted(new_py) == sorted(new_c)
+    assert posts[0] == posts[1]
+    for t, bm in posts[0].items():
+        assert list(bm) == [u for u, d in enumerate(docs, start=1) if t in d]
