@@ -12,14 +12,13 @@ import ssl
 from typing import Any
 
 from mailsrv import log
+from mailsrv.imap.commands import parse_command, parse_tag
 from mailsrv.imap.compress import DeflateWriter, Inflater
 from mailsrv.imap.grammar import (
     NeedLiteral,
     NeedMore,
     ParseError,
     literal_marker,
-    parse_command,
-    parse_tag,
 )
 from mailsrv.imap.session import Bye, Session, SessionConfig, State
 from mailsrv.net.connection import (

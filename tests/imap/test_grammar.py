@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from mailsrv.imap.commands import parse_command, parse_tag
 from mailsrv.imap.grammar import (
     NeedLiteral,
     NeedMore,
@@ -16,8 +17,6 @@ from mailsrv.imap.grammar import (
     SearchKey,
     Section,
     literal_marker,
-    parse_command,
-    parse_tag,
 )
 from mailsrv.imap.seqset import STAR, SequenceSet
 

@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mailsrv.imap.grammar import ParseError, parse_command
+from mailsrv.imap.commands import parse_command
+from mailsrv.imap.grammar import ParseError
 from mailsrv.imap.memory import MemoryAuth, MemoryStore
 from mailsrv.imap.session import Session, SessionConfig
 from mailsrv.imap.structure import parse as parse_structure

@@ -1,0 +1,422 @@
+"""Selected-state commands on messages: FETCH, STORE, COPY/MOVE, EXPUNGE, SEARCH, SORT, THREAD.
+
+A mixin of :class:`mailsrv.imap.session.Session` (the dispatcher calls
+``cmd_<verb>`` on the session); the session's state it uses is declared below.
+Sequence numbers are resolved against ``self.view.messages`` and never change here:
+only the session's update step applies other sessions' changes.
+"""
+
+from __future__ import annotations
+
+import time
+from bisect import bisect_left
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mailsrv import log
+from mailsrv.imap import fetch as fetchmod
+from mailsrv.imap import search as searchmod
+from mailsrv.imap import sortthread
+from mailsrv.imap.errors import ImapError, norm_flag, store_error_name
+from mailsrv.imap.grammar import Command, SearchKey
+from mailsrv.imap.seqset import SequenceSet, format_uids
+from mailsrv.imap.structure import parse as parse_structure
+
+logger = log.get("imap")
+
+#: Parsed message structures kept per session for repeated FETCH of the same message.
+STRUCTURE_CACHE = 8
+
+
+class MessageCommands:
+    """The message commands; see the module docstring."""
+
+    view: Any
+    acct: Any
+    search: Any
+    readonly: bool
+    condstore: bool
+    qresync: bool
+    rev2: bool
+    saved: list[int]
+    recent: set[int]
+    _reported: dict[int, int]
+    _structs: dict[tuple[int, int], Any]
+
+    if TYPE_CHECKING:
+
+        def w(self, data: bytes) -> None: ...
+
+        async def maybe_flush(self) -> None: ...
+
+        def _name_in(self, raw: bytes) -> str: ...
+
+        def _seq_of(self, uid: int) -> int: ...
+
+        def _store_error(self, exc: BaseException) -> ImapError: ...
+
+        def _limits(self) -> Any: ...
+
+    def _require_writable(self) -> None:
+        if self.readonly:
+            raise ImapError("NO", "Mailbox is read-only", "READ-ONLY")
+
+    async def cmd_expunge(self, cmd: Command) -> None:
+        self._require_writable()
+        try:
+            await self.acct.expunge(self.view.name)
+        except Exception as exc:
+            raise self._store_error(exc) from None
+
+    async def cmd_uid_expunge(self, cmd: Command) -> None:
+        self._require_writable()
+        uids = self._resolve(cmd.args["set"], uid=True)
+        try:
+            await self.acct.expunge(self.view.name, [m.uid for m in uids])
+        except Exception as exc:
+            raise self._store_error(exc) from None
+
+    def _resolve(self, s: SequenceSet, *, uid: bool) -> list[Any]:
+        """Messages of the view selected by a sequence set (ascending)."""
+        messages = self.view.messages
+        if s.saved:
+            return [m for u in self.saved if (m := self.view.by_uid(u)) is not None]
+        if uid:
+            largest = messages[-1].uid if messages else 0
+            out = []
+            for a, b in s.resolved(largest):
+                i = bisect_left(messages, a, key=lambda m: m.uid)
+                while i < len(messages) and messages[i].uid <= b:
+                    out.append(messages[i])
+                    i += 1
+            if len(s.ranges) > 1:
+                out = sorted({m.uid: m for m in out}.values(), key=lambda m: m.uid)
+            return out
+        n = len(messages)
+        seqs: set[int] = set()
+        for a, b in s.resolved(n):
+            if b > n or a < 1:
+                if n == 0 and all(lo == 0 or hi == 0 for lo, hi in s.ranges):
+                    continue
+                # RFC 9051 §9: a sequence number must be in the mailbox
+                raise ImapError("BAD", "Invalid message sequence number", "CLIENTBUG")
+            if len(s.ranges) == 1:
+                return messages[a - 1 : b]
+            seqs.update(range(a, b + 1))
+        return [messages[i - 1] for i in sorted(seqs)]
+
+    async def cmd_fetch(self, cmd: Command) -> None:
+        await self._fetch(cmd, uid=False)
+
+    async def cmd_uid_fetch(self, cmd: Command) -> None:
+        await self._fetch(cmd, uid=True)
+
+    def _structure(self, uid: int, raw: bytes) -> Any:
+        key = (self.view.uidvalidity, uid)
+        part = self._structs.get(key)
+        if part is None:
+            part = parse_structure(raw)
+            if len(self._structs) >= STRUCTURE_CACHE:
+                self._structs.pop(next(iter(self._structs)))
+            self._structs[key] = part
+        return part
+
+    async def _fetch(self, cmd: Command, *, uid: bool) -> None:
+        atts = cmd.args["atts"]
+        changedsince = cmd.args["changedsince"]
+        if cmd.args["vanished"] and (not uid or not self.qresync or changedsince is None):
+            raise ImapError("BAD", "VANISHED needs UID FETCH, QRESYNC and CHANGEDSINCE", "CLIENTBUG")
+        if changedsince is not None:
+            self.condstore = True  # RFC 7162 §3.1: CHANGEDSINCE enables CONDSTORE
+        selected = self._resolve(cmd.args["set"], uid=uid)
+        if changedsince is not None:
+            selected = [m for m in selected if m.modseq > changedsince]
+        if cmd.args["vanished"]:
+            since = await self.acct.changes_since(self.view.name, changedsince)
+            s: SequenceSet = cmd.args["set"]
+            gone = [u for u in since.expunged if s.contains(u, self.view.uidnext)]
+            if gone:
+                self.w(b"* VANISHED (EARLIER) " + format_uids(gone).encode() + b"\r\n")
+        name = self.view.name
+        plan = fetchmod.plan(atts)
+        structs: dict[int, Any] = {}
+        if plan.wants_structure or plan.header_only:
+            # The structure cached at delivery answers ENVELOPE/BODYSTRUCTURE and says where the
+            # header ends, so those never re-read or re-parse the whole message.
+            try:
+                structs = await self.acct.structures(name, [m.uid for m in selected])
+            except Exception:  # an index without structures: fall back to the bytes
+                structs = {}
+        seen_now: dict[int, Any] = {}
+        if fetchmod.sets_seen(atts) and not self.readonly:
+            # RFC 9051 §6.4.5: BODY[...] sets \Seen; one durable change for the whole FETCH.
+            unseen = [m.uid for m in selected if "\\Seen" not in m.flags]
+            if unseen:
+                modified, _ = await self.acct.store_flags(name, unseen, frozenset({"\\Seen"}), "add")
+                for m in modified:
+                    self._reported[m.uid] = m.modseq
+                    seen_now[m.uid] = m
+        for info in selected:
+            seq = self._seq_of(info.uid)
+            raw = part = None
+            pre: dict[str, bytes] = {}
+            struct = structs.get(info.uid)
+            if plan.wants_structure and struct is not None and hasattr(struct, "imap_envelope"):
+                if "ENVELOPE" in plan.names:
+                    pre["ENVELOPE"] = struct.imap_envelope()
+                if "BODYSTRUCTURE" in plan.names:
+                    pre["BODYSTRUCTURE"] = struct.imap_bodystructure(True)
+                if "BODY" in plan.names:
+                    pre["BODY"] = struct.imap_bodystructure(False)
+            need_full = plan.needs_body or (plan.wants_structure and not pre)
+            if need_full or plan.header_only:
+                header_end = getattr(struct, "header_end", None) if not need_full else None
+                try:
+                    if header_end:
+                        raw = await self.acct.read_message(name, info.uid, 0, header_end)
+                    else:
+                        raw = await self.acct.read_message(name, info.uid)
+                except Exception as exc:
+                    if store_error_name(exc) == "MessageGone":
+                        # RFC 9051 §7.5.1: expunged by another session meanwhile; skip it
+                        continue
+                    raise self._store_error(exc) from None
+                part = self._structure(info.uid, raw) if not header_end else parse_structure(raw)
+            new = seen_now.get(info.uid)
+            if new is not None:
+                info = new
+            try:
+                body = fetchmod.render(atts, info, raw, part, uid=uid, modseq=self.condstore,
+                                       recent=info.uid in self.recent,
+                                       flags=new.flags if new is not None else None, precomputed=pre)
+            except fetchmod.UnknownCte:
+                raise ImapError("NO", "Unknown Content-Transfer-Encoding", "UNKNOWN-CTE") from None
+            self.w(b"* %d FETCH " % seq + body + b"\r\n")
+            await self.maybe_flush()
+
+    async def cmd_store(self, cmd: Command) -> str | None:
+        return await self._store(cmd, uid=False)
+
+    async def cmd_uid_store(self, cmd: Command) -> str | None:
+        return await self._store(cmd, uid=True)
+
+    async def _store(self, cmd: Command, *, uid: bool) -> str | None:
+        self._require_writable()
+        selected = self._resolve(cmd.args["set"], uid=uid)
+        flags = frozenset(norm_flag(f) for f in cmd.args["flags"] if f.lower() != b"\\recent")
+        mode = {"+": "add", "-": "remove", "=": "replace"}[cmd.args["mode"]]
+        unchanged = cmd.args["unchangedsince"]
+        if unchanged is not None:
+            self.condstore = True
+        try:
+            modified, failed = await self.acct.store_flags(
+                self.view.name, [m.uid for m in selected], flags, mode, unchanged
+            )
+        except Exception as exc:
+            raise self._store_error(exc) from None
+        changed = {m.uid: m for m in modified}
+        for info in selected:
+            new = changed.get(info.uid)
+            if new is not None:
+                self._reported[new.uid] = new.modseq
+            elif info.uid in failed:
+                continue
+            # RFC 9051 §6.4.6: untagged FETCH with the new flags unless .SILENT;
+            # RFC 7162 §3.1.3: with CONDSTORE, also for .SILENT when the modseq changed.
+            if cmd.args["silent"] and not (self.condstore and new is not None):
+                continue
+            if new is None and cmd.args["silent"]:
+                continue
+            state = new or info
+            self.w(fetchmod.flags_response(self._seq_of(info.uid), state, uid=uid, modseq=self.condstore,
+                                           recent=info.uid in self.recent))
+        if failed:
+            nums = failed if uid else [self._seq_of(u) for u in failed]
+            return f"[MODIFIED {format_uids(sorted(nums))}] Conditional STORE failed"
+        return None
+
+    async def cmd_copy(self, cmd: Command) -> str:
+        return await self._copy(cmd, uid=False, move=False)
+
+    async def cmd_uid_copy(self, cmd: Command) -> str:
+        return await self._copy(cmd, uid=True, move=False)
+
+    async def cmd_move(self, cmd: Command) -> str:
+        return await self._copy(cmd, uid=False, move=True)
+
+    async def cmd_uid_move(self, cmd: Command) -> str:
+        return await self._copy(cmd, uid=True, move=True)
+
+    async def _copy(self, cmd: Command, *, uid: bool, move: bool) -> str:
+        if move:
+            self._require_writable()
+        selected = self._resolve(cmd.args["set"], uid=uid)
+        dest = self._name_in(cmd.args["mailbox"])
+        try:
+            info = await self.acct.mailbox_status(dest)
+        except Exception as exc:
+            err = self._store_error(exc)
+            if err.code == "NONEXISTENT":
+                raise ImapError("NO", "No such mailbox", "TRYCREATE") from None
+            raise err from None
+        uids = [m.uid for m in selected]
+        if not uids:
+            return "No messages" if not move else "No messages moved"
+        try:
+            if move:
+                mapping = await self.acct.move(self.view.name, uids, dest)
+            else:
+                mapping = await self.acct.copy(self.view.name, uids, dest, self._limits())
+        except Exception as exc:
+            raise self._store_error(exc) from None
+        code = f"COPYUID {info.uidvalidity} {format_uids([s for s, _ in mapping])} {format_uids([d for _, d in mapping])}"
+        if move:
+            # RFC 6851 §4.3: COPYUID in an untagged OK before the EXPUNGEs
+            self.w(f"* OK [{code}] Moved\r\n".encode())
+            return "MOVE completed"
+        return f"[{code}] COPY completed"
+
+    def _check_charset(self, charset: str | None) -> None:
+        if charset not in (None, "UTF-8", "US-ASCII"):
+            # RFC 9051 §6.4.4
+            raise ImapError("NO", "Unsupported charset", "BADCHARSET (UTF-8 US-ASCII)")
+
+    async def _matching(self, key: SearchKey) -> list[tuple[int, Any]]:
+        """(sequence number, info) of the view's messages that match ``key``, ascending."""
+        view = self.view
+        messages = view.messages
+        largest_uid = messages[-1].uid if messages else 0
+        try:
+            match = searchmod.matcher(key, largest_seq=len(messages), largest_uid=largest_uid,
+                                      saved=self.saved, now=time.time(), recent=self.recent)
+        except ValueError as exc:
+            raise ImapError("BAD", str(exc), "CLIENTBUG") from None
+        content = searchmod.needs_content(key)
+        if content and self.search is not None:
+            hits = await self._index_search(key)
+            if hits is not None:
+                return [(i + 1, m) for i, m in enumerate(messages) if m.uid in hits]
+        found: list[tuple[int, Any]] = []
+        for i, info in enumerate(messages):
+            raw = None
+            if content:
+                try:
+                    raw = await self.acct.read_message(view.name, info.uid)
+                except Exception:  # expunged meanwhile: it does not match
+                    continue
+            if match(searchmod.Message(i + 1, info, raw)):
+                found.append((i + 1, info))
+        return found
+
+    async def _index_search(self, key: SearchKey) -> Any:
+        """Text keys through the search index (``mailsrv.search``); None when it cannot answer."""
+        from mailsrv.imap import searchindex
+
+        view = self.view
+        name = view.name
+        root = getattr(self.acct, "root", None)
+        account_id = getattr(self.acct, "id", None)
+        if root is None or account_id is None:
+            return None
+        try:
+            query = searchindex.to_query(
+                key, searchindex.metadata_evaluator(view, saved=self.saved, recent=self.recent))
+            idx = self.search.mailbox(account_id, view.id, Path(root) / "mailsrv-search",
+                                      lambda uid: self.acct.read_message(name, uid))
+            return await idx.search(query, view)
+        except Exception as exc:  # the index is a cache: scan instead of failing the SEARCH
+            logger.warning("search.index_failed", error=type(exc).__name__, detail=str(exc)[:200])
+            return None
+
+    async def _items(self, found: list[tuple[int, Any]], uid: bool) -> list[sortthread.Item]:
+        items = []
+        for seq, info in found:
+            try:
+                raw = await self.acct.read_message(self.view.name, info.uid)
+            except Exception:  # expunged meanwhile
+                continue
+            headers: dict[bytes, bytes] = {}
+            for k, v in parse_structure(raw).headers:
+                headers.setdefault(k.lower(), v)
+            items.append(sortthread.Item(info.uid if uid else seq, seq, info.internal_date, info.size, headers))
+        return items
+
+    async def cmd_sort(self, cmd: Command) -> None:
+        await self._sort(cmd, uid=False)
+
+    async def cmd_uid_sort(self, cmd: Command) -> None:
+        await self._sort(cmd, uid=True)
+
+    async def _sort(self, cmd: Command, *, uid: bool) -> None:
+        # RFC 5256 §3
+        self._check_charset(cmd.args["charset"])
+        if cmd.args["return"] is not None:
+            raise ImapError("BAD", "ESORT is not supported", "CLIENTBUG")
+        items = await self._items(await self._matching(cmd.args["key"]), uid)
+        nums = sortthread.sort(items, cmd.args["criteria"])
+        self.w(b"* SORT" + b"".join(b" %d" % n for n in nums) + b"\r\n")
+
+    async def cmd_thread(self, cmd: Command) -> None:
+        await self._thread(cmd, uid=False)
+
+    async def cmd_uid_thread(self, cmd: Command) -> None:
+        await self._thread(cmd, uid=True)
+
+    async def _thread(self, cmd: Command, *, uid: bool) -> None:
+        # RFC 5256 §4
+        self._check_charset(cmd.args["charset"])
+        items = await self._items(await self._matching(cmd.args["key"]), uid)
+        if cmd.args["algorithm"] == "REFERENCES":
+            roots = sortthread.thread_references(items)
+        else:
+            roots = sortthread.thread_orderedsubject(items)
+        threads = sortthread.format_threads(roots)
+        self.w(b"* THREAD" + (b" " + threads if threads else b"") + b"\r\n")
+
+    async def cmd_search(self, cmd: Command) -> None:
+
+        await self._search(cmd, uid=False)
+
+    async def cmd_uid_search(self, cmd: Command) -> None:
+        await self._search(cmd, uid=True)
+
+    async def _search(self, cmd: Command, *, uid: bool) -> None:
+        self._check_charset(cmd.args["charset"])
+        key: SearchKey = cmd.args["key"]
+        found = await self._matching(key)
+        nums = [info.uid if uid else seq for seq, info in found]
+        modseq = max((info.modseq for _, info in found), default=0) if searchmod.uses_modseq(key) else None
+        if modseq:
+            self.condstore = True
+        returns = cmd.args["return"]
+        if returns is not None and not returns:
+            returns = ["ALL"]
+        if returns is None and not self.rev2:
+            tail = f" (MODSEQ {modseq})" if modseq else ""
+            self.w(b"* SEARCH" + b"".join(b" %d" % n for n in nums) + tail.encode() + b"\r\n")
+            return
+        if returns is None:
+            returns = ["ALL"]
+        if "SAVE" in returns:
+            # RFC 5182 §2.1: SAVE keeps the result (as uids) for "$"
+            self.saved = [info.uid for _, info in found]
+            returns = [r for r in returns if r != "SAVE"]
+            if not returns:
+                return
+        # RFC 4731 §3.1 / RFC 9051 §7.3.4: ESEARCH
+        parts = [b'* ESEARCH (TAG "' + cmd.tag + b'")']
+        if uid:
+            parts.append(b"UID")
+        if nums:
+            if "MIN" in returns:
+                parts.append(b"MIN %d" % min(nums))
+            if "MAX" in returns:
+                parts.append(b"MAX %d" % max(nums))
+            if "ALL" in returns:
+                parts.append(b"ALL " + format_uids(sorted(nums)).encode())
+        if "COUNT" in returns:
+            parts.append(b"COUNT %d" % len(nums))
+        if modseq:
+            parts.append(b"MODSEQ %d" % modseq)
+        self.w(b" ".join(parts) + b"\r\n")
+
