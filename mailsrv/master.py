@@ -38,7 +38,9 @@ STABLE_AFTER = 10.0
 #: Single-owner background processes (DESIGN.md: "queue runner: one owner").
 #: name -> "module:function"; the function takes the Config and returns an exit status,
 #: runs its own event loop and returns on SIGTERM.
-SINGLETONS: dict[str, str] = {}
+SINGLETONS: dict[str, str] = {
+    "queue": "mailsrv.queue.runner:main",  # outbound delivery, retries, bounces
+}
 
 
 class StartupError(Exception):
