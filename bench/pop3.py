@@ -319,6 +319,8 @@ def run(size: str) -> dict[str, Any]:
         if proc is not None:
             proc.terminate()
             proc.wait(10)
+            if proc.stderr is not None:
+                proc.stderr.close()
         shutil.rmtree(base, ignore_errors=True)
     results = []
     for name, value in ours.items():

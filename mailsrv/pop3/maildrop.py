@@ -87,8 +87,12 @@ class Authenticator(Protocol):
 
 def dovecot_uidl(uid: int, uidvalidity: int) -> str:
     """Dovecot's default ``pop3_uidl_format = %08Xu%08Xv``: a mailbox adopted from Dovecot
-    keeps its UIDs and UIDVALIDITY, so clients see the same UIDLs after the migration."""
-    return f"{uid:08X}{uidvalidity:08X}"
+    keeps its UIDs and UIDVALIDITY, so clients see the same UIDLs after the migration.
+
+    Dovecot's ``%X`` prints lower-case hex (checked against dovecot-pop3d in
+    tests/pop3/test_dovecot_uidl.py); a client compares UIDLs as strings.
+    """
+    return f"{uid:08x}{uidvalidity:08x}"
 
 
 #: Dovecot maildir names carry the CRLF size of the file as ",W=<vsize>".

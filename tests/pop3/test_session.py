@@ -99,8 +99,8 @@ async def test_login_stat_list_uidl(make_session: Any, drops: MemoryDrops) -> No
     assert await run(s, ch, b"LIST\r\n") == f"+OK Scan list follows\r\n1 {size1}\r\n2 {size2}\r\n.\r\n".encode()
     assert await run(s, ch, b"LIST 2\r\n") == f"+OK 2 {size2}\r\n".encode()
     uidl = await run(s, ch, b"UIDL\r\n")
-    assert uidl == f"+OK Unique-ID list follows\r\n1 00000001{box.uidvalidity:08X}\r\n2 00000002{box.uidvalidity:08X}\r\n.\r\n".encode()
-    assert await run(s, ch, b"UIDL 1\r\n") == f"+OK 1 00000001{box.uidvalidity:08X}\r\n".encode()
+    assert uidl == f"+OK Unique-ID list follows\r\n1 00000001{box.uidvalidity:08x}\r\n2 00000002{box.uidvalidity:08x}\r\n.\r\n".encode()
+    assert await run(s, ch, b"UIDL 1\r\n") == f"+OK 1 00000001{box.uidvalidity:08x}\r\n".encode()
     assert await run(s, ch, b"LIST 3\r\n") == b"-ERR No such message\r\n"
     assert await run(s, ch, b"LIST 0\r\n") == b"-ERR Invalid message number\r\n"
     assert await run(s, ch, b"STAT 1\r\n") == b"-ERR STAT takes no argument\r\n"
