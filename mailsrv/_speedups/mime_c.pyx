@@ -361,7 +361,7 @@ def scan(bytes raw, Py_ssize_t max_depth=100, Py_ssize_t max_parts=5000, Py_ssiz
             ctype_l = sub_l = b""
         node = [start, body, n, 0, ctype, sub, params, fields, [], flags, -1, False]
         stack.append(node)
-        deep = len(stack) > max_depth or budget <= 0
+        deep = len(stack) >= max_depth or budget <= 0
         if ctype_l == b"multipart":
             boundary = b""
             for pname, pvalue in params:

@@ -20,7 +20,10 @@ One pass over the raw message finds the part tree without copying bodies.
   as written after the colon with its folding, at most ``max_value`` bytes).
 - ``children`` holds the parts of a multipart, or the one embedded message of
   a message/rfc822 part, else is empty.
-- ``flags``: :data:`F_TRUNCATED` when a limit cut the tree short.
+- ``flags``: :data:`F_TRUNCATED` on a multipart or message/rfc822 that a limit
+  kept from being parsed (the message itself counts as depth 1, so with
+  ``max_depth=100`` the 100th nested container is not parsed, as in Dovecot);
+  :data:`F_BAD_TYPE` when Content-Type is present but invalid.
 
 Never raises for any ``bytes`` input; time is O(len(raw) * max_depth) in the
 worst case and memory O(max_parts * max_value).
@@ -327,7 +330,7 @@ def scan(raw: bytes, max_depth: int = 100, max_parts: int = 5000, max_value: int
             ctype_l = sub_l = b""
         node: list = [start, body, n, 0, ctype, sub, params, fields, [], flags, -1, False]
         stack.append(node)
-        deep = len(stack) > max_depth or budget <= 0
+        deep = len(stack) >= max_depth or budget <= 0
         if ctype_l == b"multipart":
             boundary = b""
             for pname, pvalue in params:

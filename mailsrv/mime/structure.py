@@ -132,6 +132,9 @@ class Part:
         t = self._t
         if t[_FLAGS] & 2:
             return b"", b""
+        if t[_FLAGS] & 1 and not t[_KIDS]:
+            # a container a limit kept us from parsing is opaque data (as Dovecot shows it)
+            return b"application", b"octet-stream"
         if t[_TYPE]:
             return t[_TYPE], t[_SUB]
         if self.parent_digest:

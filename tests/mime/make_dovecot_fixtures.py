@@ -6,7 +6,8 @@ Usage (as root, dovecot-imapd installed, nothing listening is needed)::
 
 Starts a private Dovecot on 127.0.0.1 (temporary config, static passdb, a
 maildir owned by ``nobody``), APPENDs every corpus message (normalised to
-CRLF, as SMTP or APPEND would deliver it), FETCHes ENVELOPE, BODY and
+CRLF, as SMTP or APPEND would deliver it) and the generated samples of
+samples.py (keyed ``generated/<name>``), FETCHes ENVELOPE, BODY and
 BODYSTRUCTURE with imaplib and stores each reply's wire bytes (latin-1 text)
 keyed by corpus path. The tests never need Dovecot: they read the JSON.
 """
@@ -28,6 +29,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from corpus_files import message_paths, normalise  # noqa: E402
+from samples import SAMPLES  # noqa: E402
 
 CORPUS = HERE.parent.parent.parent / "shared" / "corpus"
 OUT = HERE / "fixtures" / "dovecot.json"
@@ -117,10 +119,10 @@ def main() -> int:
     try:
         imap = connect(port, time.monotonic() + 20)
         imap.login("fixture", "pw")
-        paths = message_paths(CORPUS)
+        messages = [(rel, normalise((CORPUS / rel).read_bytes())) for rel in message_paths(CORPUS)]
+        messages += [(f"generated/{name}", raw) for name, raw in SAMPLES.items()]
         result: dict[str, dict[str, str]] = {}
-        for n, rel in enumerate(paths, 1):
-            raw = normalise((CORPUS / rel).read_bytes())
+        for n, (rel, raw) in enumerate(messages, 1):
             typ, resp = imap.append("INBOX", None, None, raw)
             assert typ == "OK", (rel, resp)
             imap.select("INBOX")

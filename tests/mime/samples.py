@@ -1,0 +1,200 @@
+"""Sample messages shared by the MIME tests and make_dovecot_fixtures.py (keys "generated/<name>")."""
+
+from __future__ import annotations
+
+
+def crlf(text: str | bytes) -> bytes:
+    raw = text.encode("utf-8") if isinstance(text, str) else text
+    return raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+
+
+# RFC 2046 §5.1.1 example (preamble, epilogue, implicit text/plain parts)
+RFC2046_MULTIPART = crlf(
+    """From: Nathaniel Borenstein <nsb@bellcore.com>
+To: Ned Freed <ned@innosoft.com>
+Date: Sun, 21 Mar 1993 23:56:48 -0800 (PST)
+Subject: Sample message
+MIME-Version: 1.0
+Content-type: multipart/mixed; boundary="simple boundary"
+
+This is the preamble.  It is to be ignored, though it
+is a handy place for composition agents to include an
+explanatory note to non-MIME conformant readers.
+
+--simple boundary
+
+This is implicitly typed plain US-ASCII text.
+It does NOT end with a linebreak.
+--simple boundary
+Content-type: text/plain; charset=us-ascii
+
+This is explicitly typed plain US-ASCII text.
+It DOES end with a linebreak.
+
+--simple boundary--
+
+This is the epilogue.  It is also to be ignored.
+"""
+)
+
+# The classic MIME torture test shape: multipart/mixed > digest > message/rfc822 > alternative
+TORTURE = crlf(
+    """From: Torture <t@example.org>
+Subject: torture
+Message-ID: <torture@example.org>
+MIME-Version: 1.0
+Content-Type: multipart/mixed; boundary=outer
+
+--outer
+Content-Type: text/plain
+
+intro
+--outer
+Content-Type: multipart/digest; boundary=dig
+
+--dig
+
+From: a@example.org
+Subject: first digested
+Content-Type: multipart/alternative; boundary=alt
+
+--alt
+Content-Type: text/plain; charset=utf-8
+
+plain
+--alt
+Content-Type: text/html; charset=utf-8
+
+<p>html</p>
+--alt--
+
+--dig
+Content-Type: message/rfc822
+
+From: b@example.org
+Subject: second digested
+
+inner body
+--dig--
+--outer
+Content-Type: image/png; name=pic.png
+Content-Disposition: attachment; filename=pic.png
+Content-Transfer-Encoding: base64
+
+iVBORw0KGgo=
+--outer--
+"""
+)
+
+RFC2231 = crlf(
+    """Content-Type: multipart/mixed; boundary=b
+
+--b
+Content-Type: application/x-stuff;
+ title*0*=us-ascii'en'This%20is%20even%20more%20;
+ title*1*=%2A%2A%2Afun%2A%2A%2A%20;
+ title*2="isn't it!"
+Content-Disposition: attachment;
+ filename*=UTF-8''%E4%B8%AD%E6%96%87.pdf
+
+x
+--b
+Content-Type: application/pdf; name="=?utf-8?B?5oql5ZGK?=.pdf"
+Content-Disposition: attachment; filename*0="long"; filename*1="name.txt"
+
+y
+--b--
+"""
+)
+
+ATTACH = crlf(
+    """From: a@b.c
+Content-Type: multipart/mixed; boundary=m
+
+--m
+Content-Type: multipart/alternative; boundary=a
+
+--a
+Content-Type: text/plain; charset=utf-8
+Content-Transfer-Encoding: quoted-printable
+
+Hello =E4=B8=96=E7=95=8C, this is the text body that is long enough=
+ to be soft-wrapped.
+--a
+Content-Type: multipart/related; boundary=r
+
+--r
+Content-Type: text/html; charset=utf-8
+
+<html><body><p>Hello <b>world</b></p><img src="cid:logo"></body></html>
+--r
+Content-Type: image/png
+Content-ID: <logo>
+
+PNG
+--r--
+--a--
+--m
+Content-Type: application/pdf; name=report.pdf
+Content-Disposition: attachment; filename=report.pdf
+Content-Transfer-Encoding: base64
+
+JVBERi0xLjQK
+JSVFT0YK
+--m
+Content-Type: image/jpeg; name=photo.jpg
+Content-Disposition: inline; filename=photo.jpg
+Content-Transfer-Encoding: base64
+
+/9j/
+--m--
+"""
+)
+
+
+ENCODED_HEADERS = crlf(
+    """From: =?GB2312?B?1cXI/Q==?= <zhang@example.cn>, =?big5?B?pKSk5Q==?= <big5@example.tw>
+To: =?ISO-2022-JP?B?GyRCRnxLXDhsGyhC?= <jp@example.jp>, "Quoted \\"Name\\"" <"odd local"@example.org>
+Cc: undisclosed-recipients:;, team: a@x.org, b@y.org (Bee);, <@route.example:c@z.org>
+Subject: =?KOI8-R?Q?=F0=D2=C9=D7=C5=D4?= and =?UTF-8?B?5Lit5paH?=
+	folded  with   blanks
+Date: Thu, 26 Nov 2026 10:00:00 +0800
+Message-ID: <encoded@example.org>
+In-Reply-To: <parent@example.org>
+MIME-Version: 1.0
+Content-Type: text/plain; charset="gb2312"
+Content-Transfer-Encoding: 8bit
+
+body
+"""
+)
+
+SAME_BOUNDARY = crlf(
+    "Content-Type: multipart/mixed; boundary=b\n\n--b\nContent-Type: multipart/alternative; boundary=b\n\n"
+    "--b\n\none\n--b\n\ntwo\n--b--\n--b\n\nthree\n--b--\n"
+)
+
+UNTERMINATED = crlf(
+    "Subject: unterminated\nContent-Type: multipart/mixed; boundary=x\n\n--x\n\nfirst\n--x\n"
+    "Content-Type: multipart/related; boundary=y\n\n--y\n\ninner never closed\n--x\n\nlast, no close\n"
+)
+
+NESTED_120 = (
+    b"".join(b"Content-Type: multipart/mixed; boundary=x%dx\r\n\r\n--x%dx\r\n" % (i, i) for i in range(120))
+    + b"\r\nleaf\r\n"
+)
+
+RFC822_CHAIN_120 = b"Subject: chain\r\nContent-Type: message/rfc822\r\n\r\n" * 120 + b"Subject: end\r\n\r\nend\r\n"
+
+#: name -> message, as stored (CRLF).
+SAMPLES = {
+    "rfc2046-multipart": RFC2046_MULTIPART,
+    "torture": TORTURE,
+    "rfc2231": RFC2231,
+    "attachments": ATTACH,
+    "encoded-headers": ENCODED_HEADERS,
+    "same-boundary": SAME_BOUNDARY,
+    "unterminated": UNTERMINATED,
+    "nested-120": NESTED_120,
+    "rfc822-chain-120": RFC822_CHAIN_120,
+}
