@@ -29,6 +29,7 @@ DEV_LISTENERS = [
     ("pop3s", "pop3", 2995, "implicit"),
     ("jmap", "jmap", 2080, "none"),
     ("jmaps", "jmap", 2443, "implicit"),
+    ("admin", "admin", 2081, "none"),  # admin HTTP API (bearer tokens: `mailsrv token issue`)
 ]
 
 
