@@ -9,6 +9,7 @@ from mailsrv._speedups.mime_py import F_BAD_TYPE as _F_BAD_TYPE_PY
 from mailsrv._speedups.mime_py import F_TRUNCATED as _F_TRUNCATED_PY
 from mailsrv._speedups.mime_py import MAX_BOUNDARY as _MAX_BOUNDARY_PY
 from mailsrv._speedups.mime_py import MAX_FIELDS as _MAX_FIELDS_PY
+from mailsrv._speedups.mime_py import MAX_STORED_VALUES as _MAX_STORED_VALUES_PY
 from mailsrv._speedups.mime_py import NAMES as _NAMES_PY
 from mailsrv._speedups.mime_py import WANTED
 
@@ -49,6 +50,7 @@ MAX_FIELDS = _MAX_FIELDS_PY
 cdef int C_TRUNCATED = _F_TRUNCATED_PY
 cdef int C_BAD_TYPE = _F_BAD_TYPE_PY
 cdef Py_ssize_t C_MAX_FIELDS = _MAX_FIELDS_PY
+cdef Py_ssize_t C_MAX_STORED_VALUES = _MAX_STORED_VALUES_PY
 cdef Py_ssize_t C_MAX_BOUNDARY = _MAX_BOUNDARY_PY
 cdef frozenset _WANTED = WANTED
 # wanted names by length, lower case, as the shared objects of mime_py.NAMES
@@ -209,7 +211,7 @@ cpdef tuple scan_header(bytes raw, Py_ssize_t start, Py_ssize_t end, Py_ssize_t 
     """Same as mime_py.scan_header."""
     cdef const unsigned char *p = raw
     cdef list fields = []
-    cdef Py_ssize_t pos = start, nl, le, nxt, colon, cur = -1, vstart = 0, ne, stop
+    cdef Py_ssize_t pos = start, nl, le, nxt, colon, cur = -1, vstart = 0, ne, stop, stored = 0
     cdef unsigned char c
     cdef const void *r
     cdef object found
@@ -235,6 +237,7 @@ cpdef tuple scan_header(bytes raw, Py_ssize_t start, Py_ssize_t end, Py_ssize_t 
         if cur >= 0:
             stop = pos if pos < vstart + max_value else vstart + max_value
             fields[cur] = (fields[cur][0], raw[vstart:stop])
+            stored += stop - vstart
             cur = -1
         r = memchr(p + pos, 58, <size_t>(le - pos)) if le > pos else NULL
         if r != NULL:
@@ -245,7 +248,8 @@ cpdef tuple scan_header(bytes raw, Py_ssize_t start, Py_ssize_t end, Py_ssize_t 
                     ne -= 1
                 if 2 <= ne - pos <= 25:
                     found = _wanted(p, pos, ne - pos)
-                    if found is not None and len(fields) < C_MAX_FIELDS:
+                    if (found is not None and len(fields) < C_MAX_FIELDS
+                            and stored < C_MAX_STORED_VALUES * max_value):
                         cur = len(fields)
                         vstart = colon + 1
                         fields.append((found, b""))

@@ -63,6 +63,9 @@ NAMES = {n: n for n in WANTED}
 
 #: Occurrences of wanted fields kept per header block (a bound against header floods).
 MAX_FIELDS = 128
+#: A header block keeps at most about this many ``max_value``s of field values
+#: (a bound on the cache entry of a header flood).
+MAX_STORED_VALUES = 4
 
 #: RFC 2046 §5.1.1 caps a boundary at 70 characters; longer ones are matched on
 #: their first 80 (70 plus slack, what Dovecot does), so over-long ones still split.
@@ -188,6 +191,7 @@ def scan_header(raw: bytes, start: int, end: int, max_value: int) -> tuple[tuple
     pos = start
     cur = -1  # index in fields of the field being continued, -1 if none
     vstart = 0
+    stored = 0  # bytes kept so far: at most about MAX_STORED_VALUES * max_value
     while pos < end:
         nl = raw.find(b"\n", pos, end)
         if nl < 0:
@@ -208,11 +212,12 @@ def scan_header(raw: bytes, start: int, end: int, max_value: int) -> tuple[tuple
             continue
         if cur >= 0:
             fields[cur] = (fields[cur][0], raw[vstart : min(pos, vstart + max_value)])
+            stored += len(fields[cur][1])
             cur = -1
         colon = raw.find(b":", pos, le)
         if colon > pos:
             name = NAMES.get(raw[pos:colon].rstrip(b" \t").lower())
-            if name is not None and len(fields) < MAX_FIELDS:
+            if name is not None and len(fields) < MAX_FIELDS and stored < MAX_STORED_VALUES * max_value:
                 cur = len(fields)
                 vstart = colon + 1
                 fields.append((name, b""))

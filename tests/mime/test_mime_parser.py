@@ -336,3 +336,13 @@ def test_line_count_exact(parse: Callable, k: int) -> None:
     body = (b"ab\n\r" * k)[: k * 3] + b"\n" * k
     s = parse(b"x: y\r\n\r\n" + body)
     assert s.root.lines == body.count(b"\n")
+
+
+def test_header_flood_is_bounded(parse: Callable) -> None:
+    """Many big structural fields: the cache entry stays within a few max_value."""
+    raw = b"".join(b"To: " + b"a@b.c, " * 20000 + b"\r\n" for _ in range(200)) + b"\r\nbody"
+    s = parse(raw, mime.MimeLimits(max_value=10000))
+    kept = sum(len(v) for _, v in s.tree[7])
+    assert 0 < kept <= 5 * 10000
+    assert len(s.to_cache()) < 60000
+    s.imap_envelope()
