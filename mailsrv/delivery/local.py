@@ -8,6 +8,7 @@ message however many of its addresses (aliases, groups) were recipients.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ from mailsrv.store import DeliveryTarget, QuotaLimits
 logger = log.get("delivery")
 
 #: Targets handed to one ``store.deliver`` call (bounds memory for huge groups).
-DELIVERY_BATCH = 500
+DELIVERY_BATCH = 256
 
 
 @dataclass(frozen=True)
@@ -100,12 +101,15 @@ class LocalDelivery:
         out = LocalOutcome()
         seen: set[int] = set()
         seen_outside: set[str] = set()
-        batch: list[tuple[str, DeliveryTarget]] = []
+        batch: list[tuple[str, Account]] = []
 
         async def flush() -> None:
             if not batch:
                 return
-            results = await self.store.deliver(spool, [t for _, t in batch])
+            # Opening an account may create its maildir: open the batch concurrently (store I/O pool).
+            saccts = await asyncio.gather(*(self.store_account(a) for _, a in batch))
+            targets = [DeliveryTarget(sa, limits=limits_of(a)) for (_, a), sa in zip(batch, saccts, strict=True)]
+            results = await self.store.deliver(spool, targets)
             for (addr, _), res in zip(batch, results, strict=True):
                 if res.status == "ok":
                     out.delivered += 1
@@ -126,9 +130,7 @@ class LocalDelivery:
                     if member.account.id in seen:
                         continue
                     seen.add(member.account.id)
-                    sacct = await self.store_account(member.account)
-                    batch.append((member.account.address,
-                                  DeliveryTarget(sacct, limits=limits_of(member.account))))
+                    batch.append((member.account.address, member.account))
                     if len(batch) >= DELIVERY_BATCH:
                         await flush()
                 continue
@@ -136,8 +138,7 @@ class LocalDelivery:
             if acct is None or acct.id in seen:
                 continue
             seen.add(acct.id)
-            sacct = await self.store_account(acct)
-            batch.append((address, DeliveryTarget(sacct, limits=limits_of(acct))))
+            batch.append((address, acct))
             if len(batch) >= DELIVERY_BATCH:
                 await flush()
         await flush()

@@ -36,16 +36,22 @@ class FileSpool:
         self.size += len(data)
 
     async def commit(self) -> None:
-        """fsync the content and close the descriptor; the file stays until :meth:`discard`."""
+        """Finish writing and close the descriptor; the file stays until :meth:`discard`.
+
+        No fsync here: every consumer makes its own copy durable (``store.deliver``
+        fsyncs the linked file and its ``new/``; the queue fsyncs its link), so a
+        local-only message costs one file fsync, not two.
+        """
         fd = self._fd
         if fd is None:
             return
         self._fd = None
+        os.close(fd)
+
+    async def sync(self) -> None:
+        """fsync the spool file (for consumers that copy it elsewhere)."""
         loop = asyncio.get_running_loop()
-        try:
-            await loop.run_in_executor(None, os.fsync, fd)
-        finally:
-            os.close(fd)
+        await loop.run_in_executor(None, _fsync_path, self.path)
 
     def discard(self) -> None:
         if self._fd is not None:
@@ -55,6 +61,14 @@ class FileSpool:
             os.unlink(self.path)
         except FileNotFoundError:
             pass
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def spool_dir(data_dir: Path) -> Path:

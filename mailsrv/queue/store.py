@@ -122,11 +122,16 @@ class QueueDir:
     # -- writing ---------------------------------------------------------------
 
     def add(self, env: Envelope, source: Path | bytes) -> None:
-        """Commit a new entry: the message (hard link of a durable spool file, or bytes), then the envelope."""
+        """Commit a new entry: the message (hard link of the spool file, fsync'd here, or bytes), then the envelope."""
         dst = self.msg / env.id
         if isinstance(source, Path):
             try:
                 os.link(source, dst)
+                fd = os.open(dst, os.O_RDONLY)  # the spool file was not fsync'd by its writer
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
             except OSError:  # another file system: copy
                 with open(source, "rb") as src, open(dst, "wb") as out:
                     while chunk := src.read(1 << 20):

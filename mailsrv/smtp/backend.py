@@ -71,7 +71,8 @@ class Spool(Protocol):
     def write(self, data: bytes) -> None: ...
 
     async def commit(self) -> None:
-        """Make the content durable (fsync). Raises OSError."""
+        """Finish writing. Durability is the consumers' job: ``deliver`` must fsync every copy
+        it makes (store link, queue link) before it returns. Raises OSError."""
 
     def discard(self) -> None:
         """Remove the file (idempotent)."""
