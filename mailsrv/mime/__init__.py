@@ -4,7 +4,8 @@ Parse at delivery, store ``to_cache()`` in the index, and never re-parse::
 
     parse(raw: bytes, limits: MimeLimits | None = None) -> MessageStructure   # never raises
     MessageStructure.to_cache() -> bytes          # compact, versioned (first byte = version)
-    MessageStructure.from_cache(data) -> MessageStructure   # ValueError if version/corrupt
+    MessageStructure.from_cache(data) -> MessageStructure   # ValueError on another version or a
+                                                  # corrupt blob: re-parse the message then
 
 MessageStructure (no raw bytes needed):
     .imap_envelope() -> bytes                     # RFC 3501 ENVELOPE, Dovecot-identical wire bytes
@@ -33,14 +34,21 @@ Functions that need the message bytes (``raw`` = the whole stored message, bytes
     header_values(raw, part, name) -> list[bytes] # every occurrence of any header field, raw
     decode_header(value: bytes) -> str            # RFC 2047 words, any Python charset
 
-JMAP (RFC 8621 §4.1.4):
-    jmap_body_parts(raw, structure) -> dict with "bodyStructure", "textBody", "htmlBody",
-        "attachments", "hasAttachment" (EmailBodyPart dicts; partId = IMAP section, "0" for
-        a single-part root... see mailsrv/mime/jmap.py)
-    jmap_addresses(value: bytes) -> list[{"name", "email"}] | groups variant
+JMAP (RFC 8621 §4.1.4) and search:
+    jmap_body_parts(raw | None, structure) -> {"bodyStructure", "textBody", "htmlBody",
+        "attachments", "hasAttachment"}: EmailBodyPart dicts; partId is the IMAP section
+        ("1" for the body of a single-part message, None for multiparts), blobId None (the
+        store fills it); with raw=None sizes are encoded sizes and "headers" is empty
+    split_body(structure) -> (textBody, htmlBody, attachments) as Part lists
+    text_parts(structure) -> list[Part]           # what a reader sees as the text (search, preview)
+    jmap_addresses(value: bytes, grouped=False) -> [{"name", "email"}] or
+        [{"name", "addresses": [...]}] (RFC 8621 §4.1.2.3/4)
 
-Limits (:class:`MimeLimits` = ``mailsrv.config.MimeConfig``, config section ``[mime]``): nesting depth, part count and
-stored header value length; beyond them the structure is cut short, never an exception.
+Limits (``MimeLimits`` is ``mailsrv.config.MimeConfig``, config section ``[mime]``): nesting
+depth (the message is depth 1; the 100th nested container stays an unparsed
+application/octet-stream leaf, as in Dovecot), parts per message, bytes kept of a header value.
+Beyond them the structure is cut short, never an exception. Time is linear in the message
+size (one pass; delimiter search is memchr-fast), memory bounded by the limits.
 """
 
 from __future__ import annotations
@@ -57,7 +65,7 @@ from mailsrv.mime.body import (
     preview,
 )
 from mailsrv.mime.headers import Address, decode_words, parse_addresses
-from mailsrv.mime.jmap import jmap_addresses, jmap_body_parts
+from mailsrv.mime.jmap import jmap_addresses, jmap_body_parts, split_body, text_parts
 from mailsrv.mime.structure import CACHE_VERSION, MessageStructure, Part
 
 __all__ = [
@@ -79,6 +87,8 @@ __all__ = [
     "parse_addresses",
     "part_text",
     "preview",
+    "split_body",
+    "text_parts",
 ]
 
 
