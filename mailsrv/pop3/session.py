@@ -450,22 +450,24 @@ class Session:
             logger.warning("retr.unreadable", uid=msg.uid, error=str(exc))
             raise Pop3Error("Message cannot be read now, try again later", SYS_TEMP) from None
         encoder = BodyEncoder(body_lines)
-        self._send(ok(text))
+        # One write per chunk: the status line rides with the first chunk and the final
+        # "." with the last (a small message is one send() and one segment, not three).
+        pending = ok(text)
         offset = 0
         while chunk:
             offset += len(chunk)
-            out = encoder.feed(chunk)
-            if out:
-                self._send(out)
-                await self.channel.drain()
+            pending += encoder.feed(chunk)
             if encoder.done or len(chunk) < READ_CHUNK:
                 break
+            self._send(pending)
+            pending = b""
+            await self.channel.drain()
             try:
                 chunk = await self.drop.read(msg.uid, offset, READ_CHUNK)
             except (MessageGone, MaildropUnavailable):
                 # Half a message is out; the only honest end is to drop the connection.
                 raise Pop3Error("Message cannot be read any more", SYS_TEMP, fatal=True) from None
-        self._send(encoder.finish())
+        self._send(pending + encoder.finish())
 
     async def cmd_dele(self, cmd: Command) -> None:
         # RFC 1939 §7 DELE: only marks; removal happens in UPDATE.
