@@ -22,6 +22,7 @@ build: $(STAMP)
 
 run: build
 	@test -f var/mailsrv.toml || $(BIN)/mailsrv init --dir var --demo
+	@cat var/demo-users.txt 2>/dev/null || true
 	exec $(BIN)/mailsrv serve -c var/mailsrv.toml
 
 # Third-party peers the end-to-end tests drive (installed only when root and missing).

@@ -12,10 +12,12 @@ import argparse
 import getpass
 import json
 import math
+import os
 import secrets
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from mailsrv import config as config_mod
@@ -398,10 +400,17 @@ def init_directory(cfg: config_mod.Config, args: argparse.Namespace) -> None:
             return
         d.add_domain("example.test")
         hasher = Hasher(cfg.auth)
+        lines = []
         for name, display in (("alice", "Alice Example"), ("bob", "Bob Example")):
             password = secrets.token_urlsafe(12)
             h, s = hasher.make(password)
             d.add_user(f"{name}@example.test", password_hash=h, scram=s, display_name=display)
-            print(f"mailsrv: demo user {name}@example.test password {password}")
+            lines.append(f"mailsrv: demo user {name}@example.test password {password}")
+            print(lines[-1])
+        # `make run` shows them again on every start (a demo setup only; mode 0600).
+        users_file = Path(args.dir) / "demo-users.txt"
+        fd = os.open(users_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write("\n".join(lines) + "\n")
     finally:
         d.close()
