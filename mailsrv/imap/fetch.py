@@ -50,6 +50,8 @@ class Plan:
     wants_structure: bool
     header_only: bool
     needs_body: bool
+    #: only items of the index: no structure, no bytes
+    index_only: bool
 
 
 def _is_header_att(a: FetchAtt) -> bool:
@@ -69,7 +71,8 @@ def plan(atts: Iterable[FetchAtt]) -> Plan:
         and not _is_header_att(a)
         for a in atts
     )
-    return Plan(names, structure, header and not body, body)
+    index_only = all(a.name in META_ONLY for a in atts)
+    return Plan(names, structure, header and not body, body, index_only)
 
 
 def sets_seen(atts: Iterable[FetchAtt]) -> bool:
@@ -197,6 +200,44 @@ def render(
         add("MODSEQ", b"(%d)" % info.modseq)
     if flags is not None:
         add("FLAGS", _flags(flags, recent))
+    return b"(" + b" ".join(out) + b")"
+
+
+def render_index(atts: Iterable[FetchAtt], info: Any, *, uid: bool, modseq: bool,
+                 flag_cache: dict[frozenset[str], bytes]) -> bytes:
+    """:func:`render` for index items only; ``flag_cache`` shares the FLAGS text of equal flag sets."""
+    out: list[bytes] = []
+    seen: set[str] = set()
+    if uid:
+        out.append(b"UID %d" % info.uid)
+        seen.add("UID")
+    for a in atts:
+        n = a.name
+        if n in seen:
+            continue
+        seen.add(n)
+        if n == "FLAGS":
+            flags = info.flags
+            text = flag_cache.get(flags)
+            if text is None:
+                text = flag_cache[flags] = flag_list(sorted(flags))
+            out.append(b"FLAGS " + text)
+        elif n == "UID":
+            out.append(b"UID %d" % info.uid)
+        elif n == "RFC822.SIZE":
+            out.append(b"RFC822.SIZE %d" % info.size)
+        elif n == "MODSEQ":
+            out.append(b"MODSEQ (%d)" % info.modseq)
+        elif n == "INTERNALDATE":
+            out.append(b"INTERNALDATE " + _internaldate(info.internal_date))
+        elif n == "EMAILID":
+            out.append(b"EMAILID (" + info.email_id.encode() + b")")
+        elif n == "THREADID":
+            out.append(b"THREADID " + (b"(" + info.thread_id.encode() + b")" if info.thread_id else b"NIL"))
+        elif n == "SAVEDATE":
+            out.append(b"SAVEDATE " + _internaldate(info.saved_date))
+    if modseq and "MODSEQ" not in seen:
+        out.append(b"MODSEQ (%d)" % info.modseq)
     return b"(" + b" ".join(out) + b")"
 
 

