@@ -325,7 +325,7 @@ cdef tuple _close(const unsigned char *p, list node, Py_ssize_t end):
     cdef Py_ssize_t bstart = node[1]
     if end < bstart:
         end = bstart
-    return (node[0], bstart, end, _count_lines(p, bstart, end), node[4], node[5], node[6],
+    return (node[0], bstart, end, _count_lines(p, bstart, end) if node[3] else 0, node[4], node[5], node[6],
             node[7], tuple(node[8]), node[9])
 
 
@@ -335,7 +335,7 @@ def scan(bytes raw, Py_ssize_t max_depth=100, Py_ssize_t max_parts=5000, Py_ssiz
     cdef Py_ssize_t n = len(raw)
     cdef list stack = [], bounds = [], bowner = []
     cdef Py_ssize_t budget = max_parts, start = 0, d, dk, limit, body, owner, nxt
-    cdef bint dclose, digest = False, deep
+    cdef bint dclose, digest = False, deep, lines
     cdef int flags
     cdef tuple fields, params
     cdef bytes ctype, sub, cte, ctype_l, sub_l, boundary, name, value
@@ -363,7 +363,8 @@ def scan(bytes raw, Py_ssize_t max_depth=100, Py_ssize_t max_parts=5000, Py_ssiz
             sub_l = b"rfc822"
         else:
             ctype_l = sub_l = b""
-        node = [start, body, n, 0, ctype, sub, params, fields, [], flags, -1, False]
+        lines = ctype_l == b"text" or ctype_l == b"message" or (not ctype_l and not flags & C_BAD_TYPE)
+        node = [start, body, n, lines, ctype, sub, params, fields, [], flags, -1, False]
         stack.append(node)
         deep = len(stack) >= max_depth or budget <= 0
         if ctype_l == b"multipart":

@@ -8,8 +8,10 @@ One pass over the raw message finds the part tree without copying bodies.
 
 - offsets index ``raw``; the body is ``raw[body_start:body_end]`` (for a part
   of a multipart, the CRLF before the next delimiter belongs to the delimiter,
-  RFC 2046 §5.1.1); ``body_lines`` counts lines, a last line without its line
-  end included.
+  RFC 2046 §5.1.1); ``body_lines`` counts the LFs of the body (IMAP
+  body-fld-lines as Dovecot counts them); 0 for parts IMAP shows without a
+  line count (multiparts, non-text leaves), so large attachments are not
+  read a second time for it.
 - ``type``/``subtype`` are bytes as written in Content-Type (case kept); both
   empty when Content-Type is absent or invalid (the caller applies the
   RFC 2045 §5.2 default); a bare type (``text``) has an empty subtype.
@@ -288,7 +290,7 @@ def _close(raw: bytes, node: list, end: int) -> tuple:
         node[0],
         node[1],
         end,
-        _count_lines(raw, node[1], end),
+        _count_lines(raw, node[1], end) if node[3] else 0,
         node[4],
         node[5],
         node[6],
@@ -333,7 +335,9 @@ def scan(raw: bytes, max_depth: int = 100, max_parts: int = 5000, max_value: int
             ctype_l, sub_l = b"message", b"rfc822"
         else:
             ctype_l = sub_l = b""
-        node: list = [start, body, n, 0, ctype, sub, params, fields, [], flags, -1, False]
+        # IMAP shows a line count only for text and message parts (RFC 3501 body-type-text/msg)
+        lines = ctype_l == b"text" or ctype_l == b"message" or (not ctype_l and not flags & F_BAD_TYPE)
+        node: list = [start, body, n, lines, ctype, sub, params, fields, [], flags, -1, False]
         stack.append(node)
         deep = len(stack) >= max_depth or budget <= 0
         if ctype_l == b"multipart":

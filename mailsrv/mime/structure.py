@@ -93,6 +93,7 @@ class Part:
 
     @property
     def lines(self) -> int:
+        """IMAP body-fld-lines (LFs in the body); 0 where IMAP shows none (multipart, non-text)."""
         return self._t[_LINES]
 
     @property
