@@ -158,3 +158,20 @@ async def test_missing_resources_refuse_politely(ca: trustme.CA) -> None:
     assert await r.read() == b""
     w.close()
     await lst.drain(1)
+
+
+async def test_drain_says_goodbye_and_deletes_nothing(ca: trustme.CA) -> None:
+    drops = MemoryDrops()
+    drops.boxes[ALICE.id] = MemoryBox()
+    drops.boxes[ALICE.id].add(b"Subject: x\r\n\r\nhello\r\n")
+    auth = FakeAuth({"alice@example.test": ("secret", ALICE)}, loopback_plain=True)
+    lst, port = await serve(ca, auth, drops)
+    r, w = await connect(port)
+    w.write(b"USER alice@example.test\r\nPASS secret\r\nDELE 1\r\n")
+    for _ in range(3):
+        assert (await r.readline()).startswith(b"+OK")
+    await lst.drain(0)  # grace over at once: idle sessions are asked to end
+    assert await r.readline() == b"-ERR [SYS/TEMP] Server shutting down\r\n"
+    assert await r.read() == b""
+    w.close()
+    assert drops.locked == set() and list(drops.boxes[ALICE.id].messages) == [1]

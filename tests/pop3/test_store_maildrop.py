@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -82,3 +83,14 @@ async def test_lock_and_expunge_seen_by_another_view(store: Store, tmp_path: Pat
     again = await other_worker.open(ACCT)
     assert [m.uid for m in again.messages] == [uids[1]]
     await again.close()
+
+
+async def test_last_login_is_kept_in_the_lock_file(store: Store, tmp_path: Path) -> None:
+    drops = StoreMaildrops(store, tmp_path)
+    drop = await drops.open(ACCT)
+    assert drop.last_login is None
+    await drop.record_login()
+    await drop.close()
+    drop = await StoreMaildrops(store, tmp_path).open(ACCT)  # another worker's view of the same file
+    assert drop.last_login is not None and abs(drop.last_login - time.time()) < 60
+    await drop.close()
