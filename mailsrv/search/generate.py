@@ -40,6 +40,54 @@ KEYWORDS = ("$Forwarded", "$Junk", "$NotJunk", "Work", "Personal", "$Important")
 SYSTEM_FLAGS = ("\\Seen", "\\Answered", "\\Flagged", "\\Deleted", "\\Draft")
 
 
+# --- Zipf vocabularies (deterministic): the word lists above sit at ranks 8..200 --------
+
+_HANZI = (
+    "的一是在不了有和人这中大为上个国我以要他时来用们生到作地于出就分对成会可主发年动同工也能下过子说"
+    "产种面而方后多定行学法所民得经十三之进着等部度家电力里如水化高自二理起小物现实加量都两体制机当使点从"
+    "业本去把性好应开它合还因由其些然前外天政四日那社义事平形相全表间样与关各重新线内数正心反你明看原又么"
+    "利比或但质气第向道命此变条只没结解问意建月公无系军很情者最立代想已通并提直题党程展五果料象员革位入常"
+    "文总次品式活设及管特件长求老头基资边流路级少图山统接知较将组见计别她手角期根论运农指几九区强放决西被"
+    "干做必战先回则任取据处队南给色光门即保治北造百规热领七海口东导器压志世金增争济阶油思术极交受联什认六"
+)
+_SYLLABLES = "ka lo mi ne ru sa ti vo de pa ri mo lu ne ba co fe gi ha ja ke la ma no pe qu re se ta un ve wa xe yo ze".split()
+
+
+def _vocab() -> tuple[list[str], list[float], list[str], list[float]]:
+    rng = random.Random(20261126)
+    lat_extra = {"".join(rng.choice(_SYLLABLES) for _ in range(rng.randrange(2, 5))) for _ in range(6000)}
+    cjk_extra = {"".join(rng.choice(_HANZI) for _ in range(rng.randrange(2, 5))) for _ in range(6000)}
+    lat = _place(LATIN, sorted(lat_extra - set(LATIN)), rng)
+    cjk = _place(CJK, sorted(cjk_extra - set(CJK)), rng)
+    return lat, _zipf(len(lat)), cjk, _zipf(len(cjk))
+
+
+def _place(named: list[str], extra: list[str], rng: random.Random) -> list[str]:
+    rng.shuffle(extra)
+    out = extra[:8]
+    rest = extra[8:]
+    for i, w in enumerate(named):  # the named words at ranks 8, 12, 16, ...: common, not the commonest
+        out.append(w)
+        out.extend(rest[3 * i : 3 * i + 3])
+    out.extend(rest[3 * len(named) :])
+    return out
+
+
+def _zipf(n: int, s: float = 1.0) -> list[float]:
+    cum, acc = [], 0.0
+    for r in range(n):
+        acc += 1.0 / (r + 1) ** s
+        cum.append(acc)
+    return cum
+
+
+def _is_cjk_word(ch: str) -> bool:
+    return "\u3040" <= ch <= "\u9fff" or "\uac00" <= ch <= "\ud7af"
+
+
+_LAT_VOCAB, _LAT_CUM, _CJK_VOCAB, _CJK_CUM = _vocab()
+
+
 @dataclass(frozen=True, slots=True)
 class FakeInfo:
     """The part of the store's MessageInfo the search engine reads."""
@@ -73,15 +121,26 @@ class Generator:
     def __init__(self, seed: int = 1) -> None:
         self.seed = seed
 
-    def words(self, rng: random.Random, n: int) -> str:
-        out = []
+    def words(self, rng: random.Random, n: int, cjk_share: float = 0.35) -> str:
+        """``n`` words drawn from Zipf vocabularies; CJK words are written without spaces."""
+        lat_n = sum(1 for _ in range(n) if rng.random() >= cjk_share)
+        lat = rng.choices(_LAT_VOCAB, cum_weights=_LAT_CUM, k=lat_n)
+        cjk = rng.choices(_CJK_VOCAB, cum_weights=_CJK_CUM, k=n - lat_n)
+        out: list[str] = []
+        li = ci = 0
         for _ in range(n):
-            if rng.random() < 0.35:
-                out.append(rng.choice(CJK) + (rng.choice(CJK) if rng.random() < 0.5 else ""))
-            else:
-                out.append(rng.choice(LATIN))
+            if ci < len(cjk) and (li >= len(lat) or rng.random() < cjk_share):
+                w = cjk[ci]
+                ci += 1
+                if out and out[-1] and _is_cjk_word(out[-1][-1]) and rng.random() < 0.7:
+                    out[-1] += w  # Chinese and Japanese text has no spaces between words
+                    continue
+                out.append(w)
+            elif li < len(lat):
+                out.append(lat[li])
+                li += 1
             if rng.random() < 0.08:
-                out.append(rng.choice([".", ",", "!", "。", "，", "\n"]))
+                out[-1] += rng.choice([".", ",", "!", "。", "，", "\n"])
         return " ".join(out)
 
     def person(self, rng: random.Random) -> tuple[str, str]:
@@ -129,7 +188,8 @@ class Generator:
         if rng.random() < 0.2:
             heads.append(f"X-Priority: {rng.randrange(1, 6)}")
         heads.append("MIME-Version: 1.0")
-        body = self.words(rng, rng.randrange(20, 250))
+        # a message is mostly Chinese/Japanese/Korean or mostly Latin-script
+        body = self.words(rng, rng.randrange(20, 250), 0.85 if rng.random() < 0.4 else 0.05)
         kind = rng.random()
         if kind < 0.45:
             enc = rng.choice(["8bit", "quoted-printable", "base64"])

@@ -177,7 +177,10 @@ class IndexCore:
 
 
 def _bucket(size: int) -> int:
-    return int(size).bit_length()
+    """Size bucket, monotone in ``size``: the bit length and the 7 leading bits (64 per octave)."""
+    size = int(size)
+    bl = size.bit_length()
+    return (bl << 8) | (size >> (bl - 7) if bl > 7 else size)
 
 
 class ViewState:

@@ -137,8 +137,8 @@ async def test_expunge_and_flags_follow_the_view(tmp_path: Path) -> None:
     await svc.idle()
     assert not (idx.core.indexed & BitMap(gone))
     target = box.view.messages[1].uid
-    box.set_flags(target, frozenset({"$Important"}))
-    assert await idx.search(Flag("$important"), box.view) == BitMap([target])
+    box.set_flags(target, frozenset({"$OnlyThisOne"}))
+    assert await idx.search(Flag("$onlythisone"), box.view) == BitMap([target])
     await check_all(svc, box, tmp_path)
     await svc.close()
 
