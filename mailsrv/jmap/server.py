@@ -42,9 +42,12 @@ from mailsrv.config import JmapConfig
 from mailsrv.jmap import core, push
 from mailsrv.jmap import email as _email  # noqa: F401  (registers the Email/Thread methods)
 from mailsrv.jmap import mailbox as _mailbox  # noqa: F401  (registers the Mailbox methods)
+from mailsrv.jmap import quota as _quota  # noqa: F401  (Quota, Blob)
+from mailsrv.jmap import submission as _submission  # noqa: F401  (Identity, VacationResponse, EmailSubmission)
 from mailsrv.jmap.backend import MailBackend
 from mailsrv.jmap.blobs import TooLarge, UploadStore
 from mailsrv.jmap.errors import RequestError, limit, not_json
+from mailsrv.jmap.objects import Collection
 from mailsrv.jmap.session import SERVER_CAPABILITIES, session_object
 from mailsrv.net.service import ServiceContext
 from mailsrv.util.fsio import FileIO
@@ -93,8 +96,10 @@ class JmapApp:
         secret: bytes,
         *,
         tls: bool,
+        submitter: Any = None,
     ) -> None:
         self.config = config
+        self.submitter = submitter
         self.auth = auth
         self.backends = backends
         self.uploads = uploads
@@ -224,6 +229,9 @@ class JmapApp:
             return None
         return Principal(str(pid), str(user))
 
+    def _objects(self, account_id: str, type_: str) -> Collection:
+        return Collection(self.uploads.root, self.uploads.io, account_id, type_)
+
     async def _context(self, p: Principal) -> tuple[core.RequestContext, MailBackend]:
         be = await self.backends(p)
         ctx = core.RequestContext(
@@ -231,7 +239,7 @@ class JmapApp:
             username=p.username,
             accounts={be.account_id: be},
             capabilities=SERVER_CAPABILITIES,
-            extra={"uploads": self.uploads},
+            extra={"uploads": self.uploads, "objects": self._objects, "submitter": self.submitter, "principal": p},
         )
         return ctx, be
 
@@ -470,7 +478,13 @@ class JmapService:
         if factory is None or "auth" not in res:
             return _unavailable_app()
         secret = load_secret(data_dir / cfg.jmap.upload_dir / ".token-key")
-        app = JmapApp(cfg.jmap, res["auth"], factory, uploads, secret, tls=self.ctx.listener.tls == "implicit")
+        submitter = None
+        if "directory" in res and "store" in res:
+            from mailsrv.jmap.submission import DirectorySubmitter
+
+            submitter = DirectorySubmitter(res["directory"], res["store"], data_dir)
+        app = JmapApp(cfg.jmap, res["auth"], factory, uploads, secret, tls=self.ctx.listener.tls == "implicit",
+                      submitter=submitter)
         return app.make_app()
 
     async def start(self, socks: list[socket.socket], ssl_context: ssl.SSLContext | None) -> None:

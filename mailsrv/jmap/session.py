@@ -12,11 +12,15 @@ from mailsrv.jmap.mailbox import MAX_NAME
 from mailsrv.jmap.query import COLLATIONS
 
 WEBSOCKET = "urn:ietf:params:jmap:websocket"
+SUBMISSION = "urn:ietf:params:jmap:submission"
+VACATION = "urn:ietf:params:jmap:vacationresponse"
+QUOTA = "urn:ietf:params:jmap:quota"
+BLOB = "urn:ietf:params:jmap:blob"
 #: email sort properties Email/query knows (RFC 8621 §4.4.2)
 EMAIL_SORT = ["receivedAt", "sentAt", "size", "from", "to", "subject", "hasKeyword", "allInThreadHaveKeyword", "someInThreadHaveKeyword", "id"]
 
 #: every capability this server implements (a request's "using" may name only these)
-SERVER_CAPABILITIES = frozenset({CORE, MAIL, WEBSOCKET})
+SERVER_CAPABILITIES = frozenset({CORE, MAIL, WEBSOCKET, SUBMISSION, VACATION, QUOTA, BLOB})
 
 
 def core_capability(cfg: JmapConfig) -> dict[str, Any]:
@@ -50,15 +54,29 @@ def session_object(cfg: JmapConfig, base: str, username: str, accounts: dict[str
         CORE: core_capability(cfg),
         MAIL: {},
         WEBSOCKET: {"url": ws + "/jmap/ws", "supportsPush": True},
+        SUBMISSION: {},
+        VACATION: {},
+        QUOTA: {},
+        BLOB: {},
     }
-    acc_caps = {CORE: {}, MAIL: mail_account_capability(cfg), WEBSOCKET: {}}
+    acc_caps = {
+        CORE: {},
+        MAIL: mail_account_capability(cfg),
+        # RFC 8621 §1.3.2: no delayed send (submissions are final at once)
+        SUBMISSION: {"maxDelayedSend": 0, "submissionExtensions": {}},
+        VACATION: {},
+        QUOTA: {},
+        # RFC 9404 §4.1
+        BLOB: {"maxSizeBlobSet": cfg.max_size_upload, "maxDataSources": 64,
+               "supportedTypeNames": ["Mailbox", "Thread", "Email"], "supportedDigestAlgorithms": ["sha", "sha-256"]},
+    }
     session: dict[str, Any] = {
         "capabilities": caps,
         "accounts": {
             aid: {"name": name, "isPersonal": True, "isReadOnly": False, "accountCapabilities": acc_caps}
             for aid, name in accounts.items()
         },
-        "primaryAccounts": {MAIL: primary},
+        "primaryAccounts": {c: primary for c in (MAIL, SUBMISSION, VACATION, QUOTA, BLOB)},
         "username": username,
         "apiUrl": base + "/jmap/api",
         "downloadUrl": base + "/jmap/download/{accountId}/{blobId}/{name}?accept={type}",

@@ -22,6 +22,7 @@ sets every copy.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import zlib
@@ -125,12 +126,25 @@ class StoreBackend:
         self.name = name
         self.limits = limits
         self._seen: dict[tuple[str, int, int], tuple[str, str]] = {}
+        self._infos_memo: tuple[object, list[st.MailboxInfo]] | None = None
+        self._by_id: dict[str, EmailMeta] = {}
         self._emails_cache: tuple[str, list[EmailMeta], dict[str, list[tuple[str, int, st.MessageInfo]]]] | None = None
 
     # --- states --------------------------------------------------------------------
 
     async def _infos(self) -> list[st.MailboxInfo]:
-        return list(await self.acct.list_mailboxes())
+        # Reused within one task (one API request): a state read earlier in the request is at worst
+        # older than the data (changes get reported again), never newer; our own writes drop it.
+        task = asyncio.current_task()
+        if self._infos_memo is not None and self._infos_memo[0] is task:
+            return self._infos_memo[1]
+        infos = list(await self.acct.list_mailboxes())
+        self._infos_memo = (task, infos)
+        return infos
+
+    def _dirty(self) -> None:
+        self._infos_memo = None
+        self._emails_cache = None
 
     @staticmethod
     def _vector(infos: list[st.MailboxInfo]) -> dict[str, Entry]:
@@ -253,6 +267,7 @@ class StoreBackend:
             raise NameConflict(str(exc)) from None
         if is_subscribed:
             await self.acct.subscribe(full, True)
+        self._dirty()
         return next(m for m in await self.mailboxes() if m.id == info.id)
 
     async def update_mailbox(self, mailbox_id: str, *, name: str | None = None,
@@ -281,6 +296,7 @@ class StoreBackend:
             cur = target
         if is_subscribed is not None:
             await self.acct.subscribe(cur, is_subscribed)
+        self._dirty()
 
     async def destroy_mailbox(self, mailbox_id: str, remove_emails: bool) -> None:
         name = await self._name_of(mailbox_id)
@@ -293,6 +309,7 @@ class StoreBackend:
         if name.upper() == "INBOX":
             raise MailboxHasChild("INBOX cannot be deleted")
         await self.acct.delete_mailbox(name)
+        self._dirty()
 
     # --- emails ------------------------------------------------------------------------
 
@@ -300,8 +317,7 @@ class StoreBackend:
         infos = await self._infos()
         key = encode_state(self._vector(infos))
         if self._emails_cache is not None and self._emails_cache[0] == key:
-            metas = self._emails_cache[1]
-            return metas, {m.id: m for m in metas}, self._emails_cache[2]
+            return self._emails_cache[1], self._by_id, self._emails_cache[2]
         copies: dict[str, list[tuple[str, int, st.MessageInfo]]] = {}
         for i in infos:
             view = await self.acct.open_mailbox(i.name)
@@ -314,7 +330,8 @@ class StoreBackend:
             metas.append(EmailMeta(eid, "B" + eid, first.thread_id, frozenset(c[0] for c in lst),
                                    keywords_of(first.flags), first.size, first.internal_date))
         self._emails_cache = (key, metas, copies)
-        return metas, {m.id: m for m in metas}, copies
+        self._by_id = {m.id: m for m in metas}
+        return metas, self._by_id, copies
 
     async def emails(self) -> list[EmailMeta]:
         return (await self._all())[0]
@@ -373,7 +390,7 @@ class StoreBackend:
                 await self.acct.copy(names[src], [src_uid], names[dst], self.limits)
             for rm in remove:
                 await self.acct.expunge(names[rm], [have[rm]], only_deleted=False)
-        self._emails_cache = None
+        self._dirty()
 
     async def _uid_in(self, mailbox: str, email_id: str) -> int:
         view = await self.acct.open_mailbox(mailbox)
@@ -386,7 +403,7 @@ class StoreBackend:
         names = {i.id: i.name for i in await self._infos()}
         for mid, uid, _ in copies[email_id]:
             await self.acct.expunge(names[mid], [uid], only_deleted=False)
-        self._emails_cache = None
+        self._dirty()
 
     async def import_email(self, data: bytes | Path, mailbox_ids: frozenset[str], keywords: frozenset[str],
                            received_at: float | None) -> EmailMeta:
@@ -401,7 +418,7 @@ class StoreBackend:
                 await self.acct.copy(first, [uid], names[m], self.limits)
         except st.OverQuota:
             raise OverQuota() from None
-        self._emails_cache = None
+        self._dirty()
         view = await self.acct.open_mailbox(first)
         info = view.by_uid(uid)
         assert info is not None
@@ -413,15 +430,18 @@ class StoreBackend:
         return u.storage, u.messages, self.limits.storage, self.limits.messages
 
     def watch(self) -> _StoreWatch:
-        return _StoreWatch(self.acct.watch())
+        return _StoreWatch(self.acct.watch(), self)
 
 
 class _StoreWatch:
-    def __init__(self, w: Any) -> None:
+    def __init__(self, w: Any, backend: StoreBackend) -> None:
         self.w = w
+        self.backend = backend
 
     async def wait(self, seconds: float | None = None) -> bool:
-        return bool(await self.w.wait(seconds))
+        woke = bool(await self.w.wait(seconds))
+        self.backend._dirty()  # a long-lived push task must see the new state
+        return woke
 
     def close(self) -> None:
         self.w.close()

@@ -61,6 +61,20 @@ class FakeAuth:
         return LoginResult(True, FakeAccount(uid, t[0]), scopes=t[1])
 
 
+@dataclass
+class FakeSubmitter:
+    """Records what would be sent (the real DirectorySubmitter is tested under mailsrv serve)."""
+
+    sent: list[tuple[str, list[str], bytes]] = field(default_factory=list)
+
+    async def may_send_as(self, principal: Any, address: str) -> bool:
+        return bool(address == "sales@example.test")
+
+    async def submit(self, principal: Any, raw: bytes, mail_from: str, rcpts: list[str]) -> dict[str, tuple[str, str]]:
+        self.sent.append((mail_from, rcpts, raw))
+        return {r: ("yes", "250 2.0.0 OK") for r in rcpts}
+
+
 class Server:
     def __init__(self, tmp: Path, config: JmapConfig | None = None, factory: Any = None) -> None:
         self.config = config or JmapConfig()
@@ -70,7 +84,9 @@ class Server:
         self.backends: dict[str, MemoryBackend] = {}
         self.io = FileIO(2, "jmap-test")
         self.uploads = UploadStore(tmp / "uploads", self.io)
-        self.app = JmapApp(self.config, self.auth, factory or self.backend_for, self.uploads, b"k" * 32, tls=False)
+        self.submitter = FakeSubmitter()
+        self.app = JmapApp(self.config, self.auth, factory or self.backend_for, self.uploads, b"k" * 32, tls=False,
+                           submitter=self.submitter)
         self.runner: web.AppRunner | None = None
         self.url = ""
 

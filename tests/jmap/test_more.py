@@ -1,0 +1,136 @@
+"""Identity, EmailSubmission, VacationResponse (RFC 8621 §6-8), Quota (RFC 9425), Blob (RFC 9404)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+
+from jmaptest import Client, Server
+
+ALL = ["urn:ietf:params:jmap:core", "urn:ietf:params:jmap:mail", "urn:ietf:params:jmap:submission",
+       "urn:ietf:params:jmap:vacationresponse", "urn:ietf:params:jmap:quota", "urn:ietf:params:jmap:blob"]
+
+
+async def one(c: Client, name: str, args: dict) -> dict:  # type: ignore[type-arg]
+    (r,) = await c.call([name, {"accountId": "a1", **args}, "0"], using=ALL)
+    assert r[0] == name, r
+    return r[1]  # type: ignore[no-any-return]
+
+
+async def test_session_advertises_capabilities(client: Client) -> None:
+    async with client.http.get(client.server.url + "/jmap/session", headers=client.headers) as r:
+        s = await r.json()
+    for cap in ALL:
+        assert cap in s["capabilities"]
+    acc = s["accounts"]["a1"]["accountCapabilities"]
+    assert acc["urn:ietf:params:jmap:submission"]["maxDelayedSend"] == 0
+    assert acc["urn:ietf:params:jmap:blob"]["supportedDigestAlgorithms"] == ["sha", "sha-256"]
+
+
+async def test_identity_default_create_update_destroy_changes(client: Client) -> None:
+    got = await one(client, "Identity/get", {})
+    assert [(i["email"], i["mayDelete"]) for i in got["list"]] == [("alice@example.test", False)]
+    s0 = got["state"]
+    r = await one(client, "Identity/set", {"create": {
+        "s": {"email": "sales@example.test", "name": "Sales", "textSignature": "-- Sales"},
+        "x": {"email": "ceo@example.test"}}})
+    assert r["notCreated"]["x"]["type"] == "forbiddenFrom"
+    sid = r["created"]["s"]["id"]
+    r = await one(client, "Identity/set", {"update": {sid: {"name": "Sales team"}}, "destroy": [got["list"][0]["id"]]})
+    assert r["updated"] == {sid: None} and r["notDestroyed"][got["list"][0]["id"]]["type"] == "forbidden"
+    ch = await one(client, "Identity/changes", {"sinceState": s0})
+    assert ch["created"] == [sid]
+    r = await one(client, "Identity/set", {"destroy": [sid]})
+    assert r["destroyed"] == [sid]
+
+
+async def test_email_submission_with_on_success_update(server: Server, client: Client) -> None:
+    drafts = await client.mailbox_id("drafts")
+    sent = await client.mailbox_id("sent")
+    ident = (await one(client, "Identity/get", {}))["list"][0]["id"]
+    r = await client.call(
+        ["Email/set", {"accountId": "a1", "create": {"m": {
+            "mailboxIds": {drafts: True}, "keywords": {"$draft": True},
+            "from": [{"email": "alice@example.test"}], "to": [{"email": "bob@example.test"}],
+            "bcc": [{"email": "secret@example.test"}], "subject": "hi Bob",
+            "textBody": [{"partId": "t"}], "bodyValues": {"t": {"value": "hello"}}}}}, "e"],
+        ["EmailSubmission/set", {"accountId": "a1", "create": {"s": {"identityId": ident, "emailId": "#m"}},
+                                 "onSuccessUpdateEmail": {"#s": {f"mailboxIds/{drafts}": None,
+                                                                  f"mailboxIds/{sent}": True,
+                                                                  "keywords/$draft": None}}}, "s"],
+        using=ALL)
+    assert [x[0] for x in r] == ["Email/set", "EmailSubmission/set", "Email/set"]
+    sub = r[1][1]["created"]["s"]
+    assert sub["undoStatus"] == "final"
+    eid = r[0][1]["created"]["m"]["id"]
+    assert r[2][1]["updated"] == {eid: None}
+    mail_from, rcpts, raw = server.submitter.sent[0]
+    assert mail_from == "alice@example.test" and rcpts == ["bob@example.test", "secret@example.test"]
+    assert b"\nBcc:" not in raw and b"hi Bob" in raw
+    e = (await client.one("Email/get", {"ids": [eid], "properties": ["mailboxIds", "keywords"]}))["list"][0]
+    assert e == {"id": eid, "mailboxIds": {sent: True}, "keywords": {}}
+    got = await one(client, "EmailSubmission/get", {"ids": [sub["id"]]})
+    assert got["list"][0]["deliveryStatus"]["bob@example.test"]["delivered"] == "yes"
+    q = await one(client, "EmailSubmission/query", {"filter": {"emailIds": [eid]}})
+    assert q["ids"] == [sub["id"]]
+    bad = await one(client, "EmailSubmission/set", {"create": {
+        "a": {"identityId": "nope", "emailId": eid},
+        "b": {"identityId": ident, "emailId": eid,
+              "envelope": {"mailFrom": {"email": "ceo@example.test"}, "rcptTo": [{"email": "x@y.test"}]}},
+        "c": {"identityId": ident, "emailId": eid, "envelope": {"mailFrom": {"email": "alice@example.test"},
+                                                               "rcptTo": []}}},
+        "update": {sub["id"]: {"undoStatus": "canceled"}}})
+    assert {k: v["type"] for k, v in bad["notCreated"].items()} == {"a": "invalidProperties",
+                                                                   "b": "forbiddenMailFrom", "c": "noRecipients"}
+    assert bad["notUpdated"][sub["id"]]["type"] == "cannotUnsend"
+
+
+async def test_vacation_response(client: Client) -> None:
+    got = await one(client, "VacationResponse/get", {})
+    assert got["list"] == [{"id": "singleton", "isEnabled": False, "fromDate": None, "toDate": None,
+                            "subject": None, "textBody": None, "htmlBody": None}]
+    r = await one(client, "VacationResponse/set", {"update": {"singleton": {"isEnabled": True, "subject": "away"}},
+                                                    "create": {"x": {}}, "destroy": ["singleton"]})
+    assert r["updated"] == {"singleton": None}
+    assert r["notCreated"]["x"]["type"] == "singleton" and r["notDestroyed"]["singleton"]["type"] == "singleton"
+    got = await one(client, "VacationResponse/get", {"properties": ["isEnabled", "subject"]})
+    assert got["list"] == [{"id": "singleton", "isEnabled": True, "subject": "away"}] and got["state"] != "0"
+
+
+async def test_quota(server: Server, client: Client) -> None:
+    assert (await one(client, "Quota/get", {}))["list"] == []  # unlimited: no Quota objects
+    await client.import_message(b"Subject: q\r\n\r\n" + b"x" * 100 + b"\r\n")
+    server.backends["1"].quota_limit = (10_000, 5)
+    got = await one(client, "Quota/get", {})
+    by = {q["resourceType"]: q for q in got["list"]}
+    assert by["octets"]["hardLimit"] == 10_000 and by["octets"]["used"] > 100 and by["count"]["used"] == 1
+    server.backends["1"].quota_limit = (150, None)
+    blob = await client.upload(b"Subject: big\r\n\r\n" + b"y" * 200 + b"\r\n")
+    inbox = await client.mailbox_id("inbox")
+    r = await client.one("Email/import", {"emails": {"b": {"blobId": blob["blobId"], "mailboxIds": {inbox: True}}}})
+    assert r["notCreated"]["b"]["type"] == "overQuota"
+    ch = await one(client, "Quota/changes", {"sinceState": got["state"]})
+    assert ch["updated"] == ["storage"]
+
+
+async def test_blob_upload_get_lookup(client: Client) -> None:
+    up = await client.upload(b"world", "text/plain")
+    r = await one(client, "Blob/upload", {"create": {"b": {"type": "text/plain", "data": [
+        {"data:asText": "hello "}, {"blobId": up["blobId"]}, {"data:asBase64": base64.b64encode(b"!").decode()}]}}})
+    b = r["created"]["b"]
+    assert b["size"] == 12
+    got = await one(client, "Blob/get", {"ids": [b["id"], "Gnope"],
+                                         "properties": ["data:asText", "digest:sha-256", "size"]})
+    item = got["list"][0]
+    assert item["data:asText"] == "hello world!" and item["size"] == 12
+    assert item["digest:sha-256"] == base64.b64encode(hashlib.sha256(b"hello world!").digest()).decode()
+    assert got["notFound"] == ["Gnope"]
+    part = await one(client, "Blob/get", {"ids": [b["id"]], "offset": 6, "length": 100, "properties": ["data:asText"]})
+    assert part["list"][0]["data:asText"] == "world!" and part["list"][0]["isTruncated"] is True
+    eid = await client.import_message(b"Subject: look\r\n\r\nup\r\n")
+    e = (await client.one("Email/get", {"ids": [eid], "properties": ["blobId", "threadId", "mailboxIds"]}))["list"][0]
+    lk = await one(client, "Blob/lookup", {"typeNames": ["Email", "Thread", "Mailbox"], "ids": [e["blobId"], "Gzz"]})
+    assert lk["list"][0]["matchedIds"] == {"Email": [eid], "Thread": [e["threadId"]], "Mailbox": list(e["mailboxIds"])}
+    assert lk["notFound"] == ["Gzz"]
+    bad = await client.call(["Blob/lookup", {"accountId": "a1", "typeNames": ["Calendar"], "ids": []}, "x"], using=ALL)
+    assert bad[0][1]["type"] == "unknownDataType"
