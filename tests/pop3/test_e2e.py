@@ -193,15 +193,23 @@ def _line(f: object) -> bytes:
     return f.readline()  # type: ignore[attr-defined,no-any-return]
 
 
-def test_auth_scram_sha_256(setup: Setup) -> None:
+@pytest.mark.parametrize("mech", ["SCRAM-SHA-256", "SCRAM-SHA-256-PLUS"])
+def test_auth_scram_sha_256(setup: Setup, mech: str) -> None:
     import base64
 
     from scramp import ScramClient
 
-    addr = setup.add_user("scram", MSGS[:1])
+    addr = setup.add_user("scram-" + mech[-4:].lower(), MSGS[:1])
     tls, f = raw_session(setup)
-    client = ScramClient(["SCRAM-SHA-256"], addr, setup.passwords[addr])
-    tls.sendall(b"AUTH SCRAM-SHA-256 " + base64.b64encode(client.get_client_first().encode()) + b"\r\n")
+    tls.sendall(b"CAPA\r\n")
+    caps = []
+    while (line := _line(f)) != b".\r\n":
+        caps.append(line)
+    # on TLS the channel binding (RFC 5929 tls-server-end-point) makes -PLUS available
+    assert b"SASL SCRAM-SHA-256-PLUS SCRAM-SHA-256" in b"".join(caps)
+    binding = ("tls-server-end-point", tls) if mech.endswith("PLUS") else None
+    client = ScramClient([mech], addr, setup.passwords[addr], channel_binding=binding)
+    tls.sendall(f"AUTH {mech} ".encode() + base64.b64encode(client.get_client_first().encode()) + b"\r\n")
     challenge = _line(f)
     assert challenge.startswith(b"+ ")
     client.set_server_first(base64.b64decode(challenge[2:].strip()).decode())
