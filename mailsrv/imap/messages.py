@@ -9,7 +9,8 @@ only the session's update step applies other sessions' changes.
 from __future__ import annotations
 
 import time
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -82,33 +83,33 @@ class MessageCommands:
 
     def _resolve(self, s: SequenceSet, *, uid: bool) -> list[Any]:
         """Messages of the view selected by a sequence set (ascending)."""
-        return [info for _, info in self._resolve_pairs(s, uid=uid)]
+        return self._pick(s, uid=uid)[1]
 
-    def _resolve_pairs(self, s: SequenceSet, *, uid: bool) -> list[tuple[int, Any]]:
-        """(sequence number, message) of the view selected by a sequence set, ascending.
+    def _pick(self, s: SequenceSet, *, uid: bool) -> tuple[Sequence[int], list[Any]]:
+        """(sequence numbers, messages) of the view selected by a sequence set, ascending, parallel.
 
-        Cost: O(ranges * log n + result); ``1:*`` of a big mailbox is one slice.
+        Cost: O(ranges * log n + result); ``1:*`` of a big mailbox is a range and a slice
+        (no per-message objects: iterate with ``zip``).
         """
         messages = self.view.messages
         if s.saved:
             uids = set(self.saved)
-            return [(i + 1, m) for i, m in enumerate(messages) if m.uid in uids]
+            idx = [i for i, m in enumerate(messages) if m.uid in uids]
+            return [i + 1 for i in idx], [messages[i] for i in idx]
+        n = len(messages)
         if uid:
             largest = messages[-1].uid if messages else 0
-            picked: dict[int, tuple[int, Any]] = {}
             ranges = s.resolved(largest)
+            spans = []
             for a, b in ranges:
                 i = bisect_left(messages, a, key=_uid_of)
-                j = i
-                n = len(messages)
-                while j < n and messages[j].uid <= b:
-                    j += 1
-                if len(ranges) == 1:
-                    return [(k + 1, messages[k]) for k in range(i, j)]
-                for k in range(i, j):
-                    picked[k] = (k + 1, messages[k])
-            return [picked[k] for k in sorted(picked)]
-        n = len(messages)
+                j = bisect_right(messages, b, key=_uid_of)
+                spans.append((i, j))
+            if len(spans) == 1:
+                i, j = spans[0]
+                return range(i + 1, j + 1), messages[i:j]
+            picked = sorted({k for i, j in spans for k in range(i, j)})
+            return [k + 1 for k in picked], [messages[k] for k in picked]
         seqs: set[int] = set()
         for a, b in s.resolved(n):
             if b > n or a < 1:
@@ -117,9 +118,10 @@ class MessageCommands:
                 # RFC 9051 §9: a sequence number must be in the mailbox
                 raise ImapError("BAD", "Invalid message sequence number", "CLIENTBUG")
             if len(s.ranges) == 1:
-                return [(k, messages[k - 1]) for k in range(a, b + 1)]
+                return range(a, b + 1), messages[a - 1 : b]
             seqs.update(range(a, b + 1))
-        return [(k, messages[k - 1]) for k in sorted(seqs)]
+        order = sorted(seqs)
+        return order, [messages[k - 1] for k in order]
 
     async def cmd_fetch(self, cmd: Command) -> None:
         await self._fetch(cmd, uid=False)
@@ -144,10 +146,10 @@ class MessageCommands:
             raise ImapError("BAD", "VANISHED needs UID FETCH, QRESYNC and CHANGEDSINCE", "CLIENTBUG")
         if changedsince is not None:
             self.condstore = True  # RFC 7162 §3.1: CHANGEDSINCE enables CONDSTORE
-        pairs = self._resolve_pairs(cmd.args["set"], uid=uid)
+        seqs, selected = self._pick(cmd.args["set"], uid=uid)
         if changedsince is not None:
-            pairs = [(q, m) for q, m in pairs if m.modseq > changedsince]
-        selected = [m for _, m in pairs]
+            keep = [k for k, m in enumerate(selected) if m.modseq > changedsince]
+            seqs, selected = [seqs[k] for k in keep], [selected[k] for k in keep]
         if cmd.args["vanished"]:
             since = await self.acct.changes_since(self.view.name, changedsince)
             s: SequenceSet = cmd.args["set"]
@@ -174,10 +176,10 @@ class MessageCommands:
                     self._reported[m.uid] = m.modseq
                     seen_now[m.uid] = m
         if plan.index_only and not seen_now:
-            self._fetch_index_only(pairs, atts, uid)
+            self._fetch_index_only(seqs, selected, atts, uid)
             await self.maybe_flush()
             return
-        for seq, info in pairs:
+        for seq, info in zip(seqs, selected, strict=True):
             raw = part = None
             pre: dict[str, bytes] = {}
             struct = structs.get(info.uid)
@@ -214,12 +216,12 @@ class MessageCommands:
             self.w(b"* %d FETCH " % seq + body + b"\r\n")
             await self.maybe_flush()
 
-    def _fetch_index_only(self, pairs: list[tuple[int, Any]], atts: list[Any], uid: bool) -> None:
+    def _fetch_index_only(self, seqs: Sequence[int], selected: list[Any], atts: list[Any], uid: bool) -> None:
         """FETCH of index items only (FLAGS, UID, sizes, dates, modseq): one pass, shared flag lists."""
         modseq = self.condstore
         recent = self.recent
         cache: dict[frozenset[str], bytes] = {}
-        for seq, info in pairs:
+        for seq, info in zip(seqs, selected, strict=True):
             if info.uid in recent:
                 body = fetchmod.render(atts, info, None, None, uid=uid, modseq=modseq, recent=True)
             else:
