@@ -95,3 +95,49 @@ def test_group_expansion_large(site) -> None:
     inodes = {f.stat().st_ino for f in files}
     assert len(files) == members and len(inodes) == 1, (len(files), len(inodes))
     print(f"group of {members} delivered in {elapsed:.1f}s")
+
+
+def test_bounce_lands_in_sender_inbox(site) -> None:
+    """5xx from a remote sink -> RFC 3464 bounce -> our own MTA listener -> alice's INBOX."""
+    import asyncio
+    from dataclasses import replace
+
+    from aiosmtpd.smtp import SMTP
+
+    from mailsrv.config import QueueConfig, RouteConfig
+    from mailsrv.queue.runner import QueueRunner
+
+    class Reject:
+        async def handle_RCPT(self, server, session, envelope, address, options):  # type: ignore[no-untyped-def]
+            return f"550 5.1.1 <{address}>: no such user"
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        sink = await loop.create_server(lambda: SMTP(Reject(), hostname="sink.test"), "127.0.0.1", 0)
+        sink_port = sink.sockets[0].getsockname()[1]
+        cfg = replace(site.cfg, queue=QueueConfig(
+            retry_schedule=(0.05,), local_relay=f"127.0.0.1:{site.ports['mta']}", dkim_sign=False,
+            route={"remote.test": RouteConfig(smarthost=f"127.0.0.1:{sink_port}", tls="none")}))
+        runner = QueueRunner(cfg, is_local=site.directory.is_local_domain)
+        stop = asyncio.Event()
+        task = asyncio.ensure_future(runner.run(stop))
+        try:
+            deadline = loop.time() + 30
+            while not queue_dir(site.data_dir).ids() == [] or runner.delivered < 1:
+                assert loop.time() < deadline, "bounce not delivered"
+                await asyncio.sleep(0.02)
+        finally:
+            stop.set()
+            await task
+            sink.close()
+
+    with smtplib.SMTP("127.0.0.1", site.ports["sub"]) as c:
+        c.starttls(context=site.client_ctx)
+        c.ehlo("client.test")
+        c.login("alice@example.test", "secret")
+        c.sendmail("alice@example.test", ["ghost@remote.test"], MSG)
+    site.loop.run(scenario())
+    [bounce] = site.inbox("alice@example.test")
+    assert bounce.startswith(b"Return-Path: <>\r\n")
+    assert b"multipart/report; report-type=delivery-status" in bounce
+    assert b"Final-Recipient: rfc822; ghost@remote.test" in bounce and b"Status: 5.1.1" in bounce

@@ -253,3 +253,12 @@ def test_deliver_failure_is_reported(make_server) -> None:
         with pytest.raises(smtplib.SMTPDataError) as e:
             c.sendmail("a@remote.test", ["alice@example.test"], MSG)
         assert e.value.smtp_code == 451
+
+
+def test_idle_timeout(make_server) -> None:
+    srv = make_server(limits=LimitsConfig(idle_timeout=0.3))
+    r = Raw(srv.port)
+    r.reply()
+    code, lines = r.reply()  # nothing sent: the server gives up
+    assert code == 421 and "4.4.2" in lines[0]
+    r.close()

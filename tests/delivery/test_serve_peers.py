@@ -1,0 +1,75 @@
+"""The real server (`mailsrv serve`, master + workers) with real clients: swaks and smtplib."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import smtplib
+import ssl
+import subprocess
+from pathlib import Path
+
+import pytest
+from support.server import ServerProcess, init_setup
+
+pytestmark = pytest.mark.peer
+
+
+@pytest.fixture
+def served(tmp_path: Path):  # type: ignore[no-untyped-def]
+    cfg = init_setup(tmp_path / "s", "--demo")
+    users = dict(re.findall(r"demo user (\S+) password (\S+)", (tmp_path / "s" / "demo-users.txt").read_text()))
+    srv = ServerProcess(cfg).wait_ready()
+    try:
+        yield srv, users, tmp_path / "s"
+    finally:
+        srv.stop()
+
+
+def _inbox(setup: Path) -> list[Path]:
+    return sorted([*setup.glob("data/mail/**/new/*"), *setup.glob("data/mail/**/cur/*")])
+
+
+def test_swaks_starttls_auth_pipelining(served) -> None:  # type: ignore[no-untyped-def]
+    swaks = shutil.which("swaks")
+    assert swaks, "swaks is needed (apt-get install swaks; `make peers`)"
+    srv, users, setup = served
+    ports = srv.ports
+    sub = next(p for n, p in ports.items() if n == "submission")
+    mta = next(p for n, p in ports.items() if n == "smtp")
+    # MTA: plain delivery with pipelining to a local user
+    out = subprocess.run([swaks, "--server", f"127.0.0.1:{mta}", "--from", "x@remote.test", "--to",
+                          "bob@example.test", "--pipeline", "--helo", "client.test"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "250 2.0.0 OK id=" in out.stdout
+    # submission: STARTTLS + AUTH PLAIN, relay to the outside goes to the queue
+    out = subprocess.run([swaks, "--server", f"127.0.0.1:{sub}", "--from", "alice@example.test", "--to",
+                          "someone@remote.test,bob@example.test", "--tls", "--auth", "PLAIN",
+                          "--auth-user", "alice@example.test", "--auth-password", users["alice@example.test"],
+                          "--helo", "client.test"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "235 2.7.0" in out.stdout and "queued as" in out.stdout
+    # no AUTH before TLS on submission
+    out = subprocess.run([swaks, "--server", f"127.0.0.1:{sub}", "--from", "alice@example.test", "--to",
+                          "bob@example.test", "--auth", "PLAIN", "--auth-user", "alice@example.test",
+                          "--auth-password", "x", "--helo", "client.test"], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode != 0 and "Host did not advertise authentication" in out.stdout + out.stderr
+    files = _inbox(setup)
+    assert len(files) == 2
+    assert all(f.read_bytes().startswith(b"Return-Path: <") for f in files)
+    assert sorted(setup.glob("data/queue/env/*.json")), "the outside recipient was queued"
+
+
+def test_implicit_tls_smtplib(served) -> None:  # type: ignore[no-untyped-def]
+    srv, users, setup = served
+    port = srv.ports["submissions"]
+    ctx = ssl.create_default_context(cafile=str(setup / "tls" / "cert.pem"))
+    ctx.check_hostname = False
+    with smtplib.SMTP_SSL("127.0.0.1", port, context=ctx) as c:
+        c.ehlo("client.test")
+        c.login("bob@example.test", users["bob@example.test"])
+        c.sendmail("bob@example.test", ["alice@example.test"], b"Subject: tls\r\n\r\nover TLS\r\n")
+    [f] = _inbox(setup)
+    assert b"with ESMTPSA id" in f.read_bytes()
