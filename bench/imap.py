@@ -199,6 +199,7 @@ def _mailsrv_child(base: Path, port: int, ready: int) -> None:
     from mailsrv.imap.server import ImapService
     from mailsrv.net.listener import Listener
     from mailsrv.net.service import ServiceContext
+    from mailsrv.search import SearchService
     from mailsrv.store import Store
 
     log.configure("warning")
@@ -225,7 +226,10 @@ def _mailsrv_child(base: Path, port: int, ready: int) -> None:
         cfg = Config(server=ServerConfig(data_dir=base), listener={"imap": lcfg})
         d = open_directory(DirectoryConfig(), base)
         ctx = ServiceContext(config=cfg, name="imap", listener=lcfg, ssl_context=None)
-        service = ImapService(ctx, auth=Authenticator(d, acfg), store=Store(StoreConfig(), base))
+        store = Store(StoreConfig(), base)
+        search = SearchService()  # as the worker wires it: text keys through the index
+        store.add_observer(search)
+        service = ImapService(ctx, auth=Authenticator(d, acfg), store=store, search=search)
         lst = Listener("imap", lcfg, cfg.limits, [sock], service, None)
         await lst.start()
         os.write(ready, b"1")

@@ -331,13 +331,20 @@ class MessageCommands:
             if hits is not None:
                 return [(i + 1, m) for i, m in enumerate(messages) if m.uid in hits]
         found: list[tuple[int, Any]] = []
+        if not content:
+            # Index keys only: one reused cursor object, no I/O.
+            cursor = searchmod.Message(0, None, None)
+            for i, info in enumerate(messages):
+                cursor.seq = i + 1
+                cursor.info = info
+                if match(cursor):
+                    found.append((i + 1, info))
+            return found
         for i, info in enumerate(messages):
-            raw = None
-            if content:
-                try:
-                    raw = await self.acct.read_message(view.name, info.uid)
-                except Exception:  # expunged meanwhile: it does not match
-                    continue
+            try:
+                raw = await self.acct.read_message(view.name, info.uid)
+            except Exception:  # expunged meanwhile: it does not match
+                continue
             if match(searchmod.Message(i + 1, info, raw)):
                 found.append((i + 1, info))
         return found
