@@ -16,19 +16,20 @@ from pathlib import Path
 import aiohttp
 from support.server import ServerProcess, mailsrv_cmd
 
-USING = ["urn:ietf:params:jmap:core", "urn:ietf:params:jmap:mail"]
+USING = ["urn:ietf:params:jmap:core", "urn:ietf:params:jmap:mail", "urn:ietf:params:jmap:submission"]
 
 
-def setup(tmp: Path) -> tuple[Path, str, str]:
+def setup(tmp: Path) -> tuple[Path, str, str, str]:
     d = tmp / "s"
     p = subprocess.run(mailsrv_cmd("init", "--dir", str(d), "--any-port", "--workers", "2", "--hostname",
                                    "mail.example.test", "--demo"), capture_output=True, text=True, check=True)
     password = re.search(r"demo user alice@example.test password (\S+)", p.stdout + p.stderr)
-    assert password is not None
+    bob = re.search(r"demo user bob@example.test password (\S+)", p.stdout + p.stderr)
+    assert password is not None and bob is not None
     config = d / "mailsrv.toml"
     t = subprocess.run(mailsrv_cmd("token", "issue", "alice@example.test", "--scope", "mail", "--json", "-c",
                                    str(config)), capture_output=True, text=True, check=True)
-    return config, password.group(1), json.loads(t.stdout)["token"]
+    return config, password.group(1), json.loads(t.stdout)["token"], bob.group(1)
 
 
 async def api(http: aiohttp.ClientSession, url: str, headers: dict[str, str], *calls: list) -> list:  # type: ignore[type-arg]
@@ -38,15 +39,15 @@ async def api(http: aiohttp.ClientSession, url: str, headers: dict[str, str], *c
 
 
 def test_jmap_under_mailsrv_serve(tmp_path: Path) -> None:
-    config, password, token = setup(tmp_path)
+    config, password, token, bob = setup(tmp_path)
     server = ServerProcess(config).wait_ready()
     try:
-        asyncio.run(_scenario(server, config, password, token))
+        asyncio.run(_scenario(server, config, password, token, bob))
     finally:
         assert server.stop() == 0
 
 
-async def _scenario(server: ServerProcess, config: Path, password: str, token: str) -> None:
+async def _scenario(server: ServerProcess, config: Path, password: str, token: str, bob: str) -> None:
     plain = f"http://127.0.0.1:{server.ports['jmap']}"
     secure = f"https://127.0.0.1:{server.ports['jmaps']}"
     bearer = {"Authorization": f"Bearer {token}"}
@@ -112,3 +113,26 @@ async def _scenario(server: ServerProcess, config: Path, password: str, token: s
             assert typ == "OK" and b"\\Seen" in data[0] and b"\\Flagged" in data[0]
         finally:
             imap.logout()
+        # EmailSubmission to a local user: bob finds it in his INBOX (over JMAP, HTTPS + Basic)
+        sent = await api(http, plain, bearer,
+                         ["Identity/get", {"accountId": account}, "i"],
+                         ["Email/set", {"accountId": account, "create": {"d": {
+                             "mailboxIds": {inbox: True}, "from": [{"email": "alice@example.test"}],
+                             "to": [{"email": "bob@example.test"}], "subject": "from jmap",
+                             "textBody": [{"partId": "t"}], "bodyValues": {"t": {"value": "hi bob"}}}}}, "e"])
+        ident = sent[0][1]["list"][0]["id"]
+        sub = await api(http, plain, bearer, ["EmailSubmission/set", {"accountId": account, "create": {"s": {
+            "identityId": ident, "emailId": sent[1][1]["created"]["d"]["id"]}}}, "s"])
+        assert sub[0][1]["created"] is not None, sub
+        got_sub = await api(http, plain, bearer, ["EmailSubmission/get", {"accountId": account}, "g"])
+        assert got_sub[0][1]["list"][0]["deliveryStatus"]["bob@example.test"]["delivered"] == "yes"
+        bob_auth = {"Authorization": "Basic " + base64.b64encode(f"bob@example.test:{bob}".encode()).decode()}
+        async with http.get(secure + "/jmap/session", headers=bob_auth) as r:
+            bob_account = (await r.json())["primaryAccounts"]["urn:ietf:params:jmap:mail"]
+        got = await api(http, secure, bob_auth,
+                        ["Email/query", {"accountId": bob_account, "filter": {"subject": "from jmap"}}, "q"],
+                        ["Email/get", {"accountId": bob_account, "#ids": {"resultOf": "q", "name": "Email/query",
+                                                                           "path": "/ids"},
+                                       "properties": ["subject", "from"]}, "g"])
+        assert [e["subject"] for e in got[1][1]["list"]] == ["from jmap"]
+        assert got[1][1]["list"][0]["from"] == [{"name": None, "email": "alice@example.test"}]
