@@ -136,7 +136,9 @@ class Pop3Service:
                 conn.write(err("Line too long"))
                 errors += 1
                 if errors >= self.max_errors:
-                    break
+                    conn.write(err("Too many errors, closing connection"))
+                    await conn.drain()
+                    return
                 await conn.drain()
                 continue
             except ServerShutdown:
@@ -165,10 +167,9 @@ class Pop3Service:
                 conn.write(err("Internal error, try again later", SYS_TEMP))
                 await conn.drain()
                 return
-            # PIPELINING (RFC 2449 §6.6): answers to pipelined commands go out together.
-            if not conn.reader._buffer:  # type: ignore[attr-defined]
-                await conn.drain()
-        await conn.drain()
+            # Back-pressure after every command, pipelined or not (RFC 2449 §6.6 PIPELINING
+            # works because commands are read from the buffered stream one after the other).
+            await conn.drain()
 
 
 def make_service(ctx: ServiceContext) -> Pop3Service:
