@@ -34,6 +34,7 @@ from mailsrv.imap.errors import SYSTEM_FLAGS, Bye, ImapError, norm_flag, store_e
 from mailsrv.imap.grammar import Command
 from mailsrv.imap.messages import MessageCommands
 from mailsrv.imap.seqset import format_uids
+from mailsrv.net.connection import ConnectionClosed, IdleTimeout, LineTooLong, ServerShutdown
 
 logger = log.get("imap")
 
@@ -41,6 +42,10 @@ try:  # the real store, when it has landed
     from mailsrv.store import QuotaLimits  # type: ignore[import-not-found,unused-ignore]
 except ImportError:  # pragma: no cover - until then, the in-memory store's twin
     from mailsrv.imap.memory import QuotaLimits  # type: ignore[assignment,unused-ignore]
+
+
+#: Exceptions that end or interrupt the connection: never turned into a NO.
+_PASS_THROUGH = (Bye, ConnectionClosed, IdleTimeout, LineTooLong, ServerShutdown, asyncio.CancelledError)
 
 
 class State(enum.Enum):
@@ -251,6 +256,8 @@ class Session(MessageCommands):
         handler = getattr(self, "cmd_" + verb.lower().replace(" ", "_"))
         try:
             text = await handler(cmd)
+        except _PASS_THROUGH:
+            raise
         except ImapError as exc:
             if exc.status == "BAD":
                 self.bad_commands += 1
@@ -258,6 +265,11 @@ class Session(MessageCommands):
             if self.state is State.SELECTED and exc.status == "NO":
                 await self._send_updates(cmd.name not in _NO_EXPUNGE_AFTER or cmd.uid)
             self.w(tag + f" {exc.status} {code}{exc.text}\r\n".encode())
+            return True
+        except Exception as exc:
+            # A bug or an unexpected store failure: this command fails, the session and worker go on.
+            logger.exception("command.failed", exc, command=verb)
+            self.w(tag + b" NO [SERVERBUG] Internal error, the command was not completed\r\n")
             return True
         if self.state is State.LOGOUT:
             self.w(b"* BYE Logging out\r\n" + tag + b" OK LOGOUT completed\r\n")
@@ -274,7 +286,18 @@ class Session(MessageCommands):
     # -- updates from other sessions ----------------------------------------------------------
 
     async def _send_updates(self, expunge_allowed: bool = True) -> None:
-        """Report changes since the last refresh (RFC 9051 §5.2, §7.4.1, RFC 7162 §3.2.10)."""
+        """Report changes since the last refresh (RFC 9051 §5.2, §7.4.1, RFC 7162 §3.2.10).
+
+        A failing refresh is logged and retried at the next opportunity (the view is unchanged).
+        """
+        try:
+            await self._apply_updates(expunge_allowed)
+        except _PASS_THROUGH:
+            raise
+        except Exception as exc:
+            logger.warning("refresh.failed", error=type(exc).__name__, detail=str(exc)[:200])
+
+    async def _apply_updates(self, expunge_allowed: bool) -> None:
         view = self.view
         if view is None or not expunge_allowed:
             # Without a refresh only this session's own flag changes could be new; those were reported.

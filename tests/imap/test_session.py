@@ -267,3 +267,20 @@ def test_list_returns_missing_parents_for_percent() -> None:
         assert await d(b'l LIST "" p%') == [b'* LIST (\\NonExistent \\HasChildren) "/" p', b"l OK LIST completed"]
 
     run(go())
+
+
+def test_unexpected_failure_is_a_no_and_the_session_goes_on() -> None:
+    from mailsrv.imap.memory import MemoryAccount
+
+    class Broken(MemoryAccount):
+        async def list_mailboxes(self):  # type: ignore[no-untyped-def]
+            raise KeyError("bug")
+
+    async def go() -> None:
+        store = MemoryStore()
+        store._accounts["1"] = Broken("1")
+        d, _ = await _logged_in(0, store)
+        assert await d(b'l LIST "" *') == [b"l NO [SERVERBUG] Internal error, the command was not completed"]
+        assert await d(b"n NOOP") == [b"n OK NOOP completed"]
+
+    run(go())
