@@ -130,8 +130,11 @@ async def _measure(port: int, user: str, small: str, sizes: dict[str, int], pids
     res["FETCH (ENVELOPE BODYSTRUCTURE)"] = count / t
     t, out = await _timed(c, "SEARCH UNSEEN")
     res["SEARCH UNSEEN"] = t * 1000
+    # The first header search lets each server build what it keeps for such searches (Dovecot's
+    # cache, mailsrv's search index, normally filled at delivery); the second is measured.
+    await c.cmd('SEARCH HEADER Message-ID "b1@"')
     t, out = await _timed(c, 'SEARCH HEADER Message-ID "b77@"')
-    res["SEARCH HEADER Message-ID"] = t * 1000
+    res["SEARCH HEADER Message-ID (warm)"] = t * 1000
     stores = sizes["stores"]
     t0 = time.perf_counter()
     for i in range(stores):
@@ -343,7 +346,7 @@ UNITS = {
     "UID FETCH 1:* (FLAGS)": ("ms", False),
     "FETCH (ENVELOPE BODYSTRUCTURE)": ("msg/s", True),
     "SEARCH UNSEEN": ("ms", False),
-    "SEARCH HEADER Message-ID": ("ms", False),
+    "SEARCH HEADER Message-ID (warm)": ("ms", False),
     "STORE": ("cmd/s", True),
     "LOGIN-SELECT-FETCH-LOGOUT (10 clients)": ("sessions/s", True),
     "RSS per IDLE connection": ("KiB", False),
