@@ -25,13 +25,14 @@ class Enqueuer:
         ret: str | None = None,
         smtputf8: bool = False,
         body: str = "7BIT",
+        is_bounce: bool | None = None,
     ) -> str:
         """Commit a new entry (message hard-linked from the durable ``spool``) and wake the runner.
 
         Returns the queue id once the entry is durable. Raises OSError.
         """
         env = Envelope(id=new_id(), sender=sender, rcpts=list(rcpts), envid=envid, ret=ret,
-                       smtputf8=smtputf8, body=body)
+                       smtputf8=smtputf8, body=body, is_bounce=(sender == "") if is_bounce is None else is_bounce)
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, self.qd.add, env, spool)
         self.qd.poke()

@@ -8,6 +8,7 @@ them through our own MTA listener, which bounces them if they keep failing.
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +16,9 @@ from mailsrv import log
 from mailsrv.delivery.local import LocalDelivery
 from mailsrv.delivery.spool import FileSpool, spool_dir
 from mailsrv.net.service import ServiceContext
+from mailsrv.queue import dsn
 from mailsrv.queue.enqueue import Enqueuer
-from mailsrv.queue.store import QRcpt
+from mailsrv.queue.store import Envelope, QRcpt
 from mailsrv.smtp.backend import MailBackend, SessionInfo, Spool, Transaction, Verdict
 
 logger = log.get("smtp")
@@ -85,8 +87,32 @@ class DirectoryBackend:
                 if delivered == 0:
                     return Verdict(451, "4.3.0", "Queue not available, try again later")
                 # local copies are durable already; refusing now would duplicate them
+        if delivered and tx.sender:
+            await self._success_notices(info, tx, spool, outcome.retry if outcome is not None else [])
         logger.info("message.delivered", local=delivered, queued=len(remote), qid=qid or None)
         return Verdict(250, "2.0.0", f"OK id={info.sid}{' queued as ' + qid if qid else ''}")
+
+
+    async def _success_notices(self, info: SessionInfo, tx: Transaction, spool: Spool, failed: list[str]) -> None:
+        """RFC 3461 §4.1 NOTIFY=SUCCESS on a local recipient: a "delivered" DSN to the sender."""
+        wanted = [r for r in tx.rcpts if "SUCCESS" in r.notify and r.route[0] in ("local", "group")
+                  and r.route[2] not in failed]
+        if not wanted:
+            return
+        loop = asyncio.get_running_loop()
+        head = await loop.run_in_executor(None, _read_head, spool.path)
+        env = Envelope(id="", sender=tx.sender, rcpts=[], envid=tx.envid, ret=tx.ret, smtputf8=tx.smtputf8)
+        rcpts = [QRcpt(r.address, orcpt=r.orcpt, diag="250 2.0.0 delivered to mailbox") for r in wanted]
+        body = dsn.build(env, rcpts, "delivered", head, reporting_mta=info.hostname)
+        try:
+            await self.queue.enqueue(body, "", [QRcpt(tx.sender)], smtputf8=tx.smtputf8, body="8BITMIME")
+        except OSError as exc:  # the message itself is delivered; a lost notice is logged
+            logger.exception("dsn.enqueue_failed", exc)
+
+
+def _read_head(path: Path) -> bytes:
+    with open(path, "rb") as fh:
+        return fh.read(dsn.MAX_RETURNED_BODY)
 
 
 def build_backend(ctx: ServiceContext) -> MailBackend:

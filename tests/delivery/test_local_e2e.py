@@ -141,3 +141,15 @@ def test_bounce_lands_in_sender_inbox(site) -> None:
     assert bounce.startswith(b"Return-Path: <>\r\n")
     assert b"multipart/report; report-type=delivery-status" in bounce
     assert b"Final-Recipient: rfc822; ghost@remote.test" in bounce and b"Status: 5.1.1" in bounce
+
+
+def test_notify_success_for_local_delivery(site) -> None:
+    with smtplib.SMTP("127.0.0.1", site.ports["mta"]) as c:
+        c.ehlo("client.test")
+        c.sendmail("someone@remote.test", ["bob@example.test", "alice@example.test"], MSG,
+                   mail_options=["ENVID=e42"], rcpt_options=["NOTIFY=SUCCESS"])
+    [env] = queue_dir(site.data_dir).all()
+    assert env.sender == "" and env.is_bounce and [r.addr for r in env.rcpts] == ["someone@remote.test"]
+    raw = queue_dir(site.data_dir).message_path(env.id).read_bytes().decode()
+    assert "Action: delivered" in raw and "Original-Envelope-Id: e42" in raw
+    assert "Final-Recipient: rfc822; bob@example.test" in raw and "Final-Recipient: rfc822; alice@example.test" in raw
