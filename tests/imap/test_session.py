@@ -284,3 +284,48 @@ def test_unexpected_failure_is_a_no_and_the_session_goes_on() -> None:
         assert await d(b"n NOOP") == [b"n OK NOOP completed"]
 
     run(go())
+
+
+def test_quota_and_overquota() -> None:
+    from mailsrv.imap.memory import MemoryAuth, MemoryUser
+
+    class QuotaAuth(MemoryAuth):
+        async def login(self, username, password, *, protocol, client_ip, tls):  # type: ignore[no-untyped-def]
+            r = await super().login(username, password, protocol=protocol, client_ip=client_ip, tls=tls)
+            if r.ok:
+                r.account = MemoryUser(1, "u", "mail/u", quota_bytes=10 * 1024, quota_messages=1)
+            return r
+
+    async def go() -> None:
+        d, store = await _logged_in()
+        d.s.auth = QuotaAuth({"u": "p"})
+        d.s.state = d.s.state.__class__.NOT_AUTHENTICATED
+        await d(b"l LOGIN u p")
+        out = await d(b"a APPEND INBOX {1+}\r\nx")
+        assert out[0].startswith(b"a OK [APPENDUID")
+        assert await d(b"b APPEND INBOX {1+}\r\ny") == [b"b NO [OVERQUOTA] Quota exceeded"]
+        assert await d(b"q GETQUOTAROOT INBOX") == [
+            b'* QUOTAROOT INBOX ""', b'* QUOTA "" (STORAGE 1 10 MESSAGE 1 1)', b"q OK GETQUOTAROOT completed"]
+        assert await d(b'r GETQUOTA "x"') == [b"r NO [NONEXISTENT] No such quota root"]
+        assert await d(b'r SETQUOTA "" (STORAGE 1)') == [b"r NO [NOPERM] Quota is set by the administrator"]
+
+    run(go())
+
+
+def test_binary_and_utf8_append() -> None:
+    async def go() -> None:
+        d, store = await _logged_in()
+        await d(b"e ENABLE UTF8=ACCEPT")
+        data = b"Subject: bin\r\n\r\n\x00\x01\xff"
+        out = await d(b"a APPEND INBOX ~{%d+}\r\n" % len(data) + data)
+        assert out[0].startswith(b"a OK [APPENDUID")
+        out = await d(b"b APPEND INBOX UTF8 (~{5+}\r\nx: y\n)")
+        assert out[0].startswith(b"b OK [APPENDUID")
+        await d(b"s SELECT INBOX")
+        out = await d(b"f FETCH 1 (BINARY.PEEK[1] BINARY.SIZE[1])")
+        assert out[0] == b"* 1 FETCH (BINARY[1] ~{3}" and out[1] == b"\x00\x01\xff BINARY.SIZE[1] 3)"
+        # a NUL in a plain literal is refused (RFC 9051 §4.3)
+        out = await d(b"c APPEND INBOX {3+}\r\na\x00b")
+        assert out[0].startswith(b"c BAD")
+
+    run(go())
