@@ -103,11 +103,21 @@ cdef inline Py_ssize_t _token(const unsigned char *v, Py_ssize_t i, Py_ssize_t n
     return i
 
 
+cdef inline bint _is_ws(unsigned char c) noexcept:
+    return c == 32 or c == 9 or c == 13 or c == 10
+
+
 cdef tuple _parse_value(bytes vb, const unsigned char *v, Py_ssize_t i, Py_ssize_t n):
     cdef bytearray out
     cdef unsigned char c
-    cdef Py_ssize_t j
+    cdef Py_ssize_t j, k, e
     if i < n and v[i] == 34:
+        # fast path: a quoted-string without quoted-pairs or line ends is a slice
+        j = i + 1
+        while j < n and v[j] != 34 and v[j] != 92 and v[j] != 13 and v[j] != 10:
+            j += 1
+        if j >= n or v[j] == 34:
+            return vb[i + 1:j], (j + 1 if j < n else n)
         i += 1
         out = bytearray()
         while i < n:
@@ -125,32 +135,42 @@ cdef tuple _parse_value(bytes vb, const unsigned char *v, Py_ssize_t i, Py_ssize
     j = i
     while j < n and v[j] != 59:
         j += 1
-    return vb[i:j].strip(b" \t\r\n"), j
+    k = i
+    e = j
+    while k < e and _is_ws(v[k]):
+        k += 1
+    while e > k and _is_ws(v[e - 1]):
+        e -= 1
+    return vb[k:e], j
 
 
 cpdef tuple parse_params(bytes vb, Py_ssize_t i):
-    """Same as mime_py.parse_params."""
+    """Same as mime_py.parse_params (for i >= 0)."""
     cdef const unsigned char *v = vb
-    cdef Py_ssize_t n = len(vb), j, semi
+    cdef Py_ssize_t n = len(vb), j, semi, count = 0
     cdef list params = []
-    cdef bytes name
+    cdef const void *r
     if i < 0:
         i += n
         if i < 0:
             i = 0
-    while i < n and len(params) < 64:
-        semi = vb.find(b";", i)
-        if semi < 0:
+    while i < n and count < 64:
+        r = memchr(v + i, 59, <size_t>(n - i))
+        if r == NULL:
             break
+        semi = <const unsigned char *>r - v
         i = _skip_cfws(v, semi + 1, n)
         j = _token(v, i, n)
+        if j == i:
+            break
         name = vb[i:j]
         i = _skip_cfws(v, j, n)
-        if not name or i >= n or v[i] != 61:
+        if i >= n or v[i] != 61:
             break
         i = _skip_cfws(v, i + 1, n)
         value, i = _parse_value(vb, v, i, n)
         params.append((name, value))
+        count += 1
     return tuple(params)
 
 
