@@ -49,6 +49,10 @@ class MailboxHasEmail(BackendError):
     pass
 
 
+class Forbidden(BackendError):
+    """The operation is not allowed on this object (e.g. deleting INBOX)."""
+
+
 class NameConflict(BackendError):
     pass
 

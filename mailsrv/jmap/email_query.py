@@ -311,11 +311,9 @@ async def email_query(ctx: RequestContext, args: dict[str, Any], call_id: str) -
     ids = await run_query(ctx, be, args, state)
     page, pos = window(ids, args)
     out: dict[str, Any] = {"accountId": be.account_id, "queryState": state, "canCalculateChanges": True,
-                           "position": pos, "ids": page, "collapseThreads": A.boolean(args, "collapseThreads", False)}
+                           "position": pos, "ids": page}
     if A.boolean(args, "calculateTotal", False):
         out["total"] = len(ids)
-    if args.get("limit") is not None:
-        out["limit"] = args["limit"]
     return out
 
 

@@ -9,6 +9,7 @@ from mailsrv.jmap import args as A
 from mailsrv.jmap.backend import (
     COUNT_PROPERTIES,
     CannotCalculateChanges,
+    Forbidden,
     Mailbox,
     MailboxHasChild,
     MailboxHasEmail,
@@ -176,8 +177,6 @@ async def mailbox_query(ctx: RequestContext, args: dict[str, Any], call_id: str)
                            "position": pos, "ids": page}
     if calc:
         out["total"] = len(all_ids)
-    if args.get("limit") is not None:
-        out["limit"] = args["limit"]
     return out
 
 
@@ -313,6 +312,8 @@ async def mailbox_set(ctx: RequestContext, args: dict[str, Any], call_id: str) -
                 raise SetError("mailboxHasChild") from None
             except MailboxHasEmail:
                 raise SetError("mailboxHasEmail") from None
+            except Forbidden as exc:
+                raise SetError("forbidden", str(exc)) from None
             destroyed.append(mid)
         except SetError as exc:
             not_destroyed[mid] = exc.to_json()

@@ -37,6 +37,7 @@ from mailsrv.jmap.backend import (
     CannotCalculateChanges,
     ChangeSet,
     EmailMeta,
+    Forbidden,
     Mailbox,
     MailboxHasChild,
     MailboxHasEmail,
@@ -307,7 +308,7 @@ class StoreBackend:
         if info.messages and not remove_emails:
             raise MailboxHasEmail(mailbox_id)
         if name.upper() == "INBOX":
-            raise MailboxHasChild("INBOX cannot be deleted")
+            raise Forbidden("INBOX cannot be deleted")
         await self.acct.delete_mailbox(name)
         self._dirty()
 
