@@ -381,6 +381,92 @@ class MimeConfig:
 
 
 @dataclass(frozen=True)
+class DomainPolicyConfig:
+    junk_score: float = doc("Spam score from which this domain's mail goes to Junk with X-Spam-* headers.", 5.0)
+    reject_score: float = doc("Spam score from which this domain's mail is refused (550 5.7.1 at DATA).", 15.0)
+
+
+def _nameservers(v: tuple[str, ...]) -> str | None:
+    for spec in v:
+        host, port = spec, "53"
+        if spec.startswith("["):
+            host, _, rest = spec[1:].partition("]")
+            port = rest[1:] if rest.startswith(":") else "53"
+        elif spec.count(":") == 1:
+            host, port = spec.split(":")
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            return f"{spec!r} is not an IP address with an optional :port"
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            return f"{spec!r} has a bad port"
+    return None
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    enabled: bool = doc("Run the inbound/outbound policy checks (SPF, DKIM, DMARC, DNSBL, scoring, viruses).", True)
+    authserv_id: str = doc(
+        "authserv-id of our Authentication-Results header (empty: server.hostname); copies claiming it are removed.",
+        "",
+    )
+    nameservers: tuple[str, ...] = doc(
+        'DNS servers for policy lookups, "ip" or "ip:port" (empty: /etc/resolv.conf). Tests point this at a local server.',
+        (),
+        check=_nameservers,
+    )
+    dns_timeout: float = doc("Seconds a policy DNS lookup may take before it counts as a temporary error.", 5.0,
+                             check=_positive)
+    dns_cache_ttl: float = doc("Longest time in seconds a DNS answer is cached (its TTL is used when shorter).",
+                               3600.0, check=_positive)
+    spf: bool = doc("Check SPF (RFC 7208) for the MAIL FROM and HELO identities.", True)
+    dkim: bool = doc("Verify DKIM signatures (RFC 6376) and ARC chains (RFC 8617).", True)
+    dmarc: bool = doc("Apply DMARC (RFC 7489): reject or junk unaligned mail as the From domain's policy says.", True)
+    max_scan_size: int = doc(
+        "Largest message in bytes that is DKIM/ARC-verified, scored and virus-scanned (larger: headers only).",
+        16 * 1024 * 1024, check=_positive,
+    )
+    dnsbl_zones: tuple[str, ...] = doc('DNS blocklist zones queried with the client IP, e.g. ["zen.spamhaus.org"].', ())
+    dnsbl_reject: bool = doc("Refuse clients listed in a DNSBL at RCPT (554 5.7.1) instead of only scoring them.",
+                             False)
+    require_fcrdns: bool = doc("Refuse clients without forward-confirmed reverse DNS (otherwise only scored).", False)
+    greet_pause: float = doc(
+        "Seconds to wait before the greeting; a client that talks first is refused (0: no check).", 0.0,
+        check=_non_negative,
+    )
+    greylist: bool = doc("Greylist new (client /24, sender, recipient) triplets with 451 4.7.1.", False)
+    greylist_delay: float = doc("Seconds a new triplet is deferred before a retry is accepted.", 300.0,
+                                check=_non_negative)
+    greylist_expire: float = doc("Seconds an unconfirmed triplet is remembered (a retry after that starts over).",
+                                 86400.0, check=_positive)
+    greylist_pass_ttl: float = doc("Seconds a confirmed triplet stays accepted without delay.", 36 * 86400.0,
+                                   check=_positive)
+    greylist_whitelist: tuple[str, ...] = doc(
+        "Client networks (CIDR) and sender domains that are never greylisted.", ()
+    )
+    junk_score: float = doc("Default spam score from which mail goes to Junk with X-Spam-* headers.", 5.0)
+    reject_score: float = doc("Default spam score from which mail is refused with 550 5.7.1 at DATA.", 15.0)
+    domain: dict[str, DomainPolicyConfig] = doc("Per recipient domain thresholds (junk_score, reject_score).",
+                                                factory=dict)
+    rspamd_url: str = doc('rspamd controller/normal worker URL, e.g. "http://127.0.0.1:11333" (empty: built-in scorer).', "")
+    clamd_socket: str = doc('clamd socket: a path (unix) or "host:port" (empty: no virus scanning).', "")
+    clamd_timeout: float = doc("Seconds a clamd scan may take.", 30.0, check=_positive)
+    virus_action: Literal["reject", "quarantine"] = doc(
+        "What to do with infected mail: reject (554 5.7.1) or quarantine (deliver into Junk, flagged).", "reject"
+    )
+    clamd_failure: Literal["tempfail", "accept"] = doc(
+        "When clamd cannot be reached: tempfail (451 4.7.1, fail closed) or accept unscanned (fail open).",
+        "tempfail",
+    )
+    max_messages_per_hour: int = doc("Messages one authenticated user may submit per hour (0: unlimited).", 200,
+                                     check=_non_negative)
+    max_outside_recipients_per_day: int = doc(
+        "Distinct outside recipients one user may write to per rolling day (0: unlimited).", 1500,
+        check=_non_negative,
+    )
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration file."""
 
@@ -398,6 +484,7 @@ class Config:
     pop3: Pop3Config = doc("POP3: EXPIRE and LOGIN-DELAY policy, login failures per session.", factory=Pop3Config)
     jmap: JmapConfig = doc("JMAP: request limits, uploads, CORS, push.", factory=JmapConfig)
     mime: MimeConfig = doc("MIME parser bounds: nesting depth, part count, header value size.", factory=MimeConfig)
+    policy: PolicyConfig = doc("Inbound mail security and outbound limits (issue 12).", factory=PolicyConfig)
     source: str = field(default="<defaults>", compare=False, metadata={"internal": True})
 
 

@@ -1,0 +1,1 @@
+"""Inbound and outbound mail policy: sender authentication, reputation, content scanning, rate limits."""

@@ -1,0 +1,506 @@
+"""The policy pipeline an SMTP session calls at connect, HELO, MAIL, RCPT and end of DATA.
+
+:class:`Policy` lives for a worker; :meth:`Policy.session` makes one
+:class:`PolicySession` per SMTP connection. Every hook returns a
+:class:`Decision` the session turns into its reply; checks finish before the
+session answers (the end-of-DATA decision comes before the ``250``).
+
+Inbound mail (port 25, not authenticated, not from a trusted network) gets
+the lists, DNSBL, FCrDNS, HELO, SPF, greylisting, DKIM, ARC, DMARC, virus
+scan and spam score. Outbound mail (authenticated or trusted) gets the
+sending limits and the virus scan. Both lose forged Authentication-Results.
+
+Invariant: :meth:`PolicySession.data` rewrites the spool file only by
+writing a new file beside it, fsyncing it and renaming it over the old one, so
+the spool is durable whatever the outcome.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import os
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from mailsrv import log
+from mailsrv.config import PolicyConfig
+from mailsrv.net.dns import Resolver
+from mailsrv.policy import authresults, dmarc, reputation, spf
+from mailsrv.policy.clamd import Clamd, ClamdUnavailable, ScanResult
+from mailsrv.policy.dkimverify import ArcResult, DkimResult, verify_arc, verify_dkim
+from mailsrv.policy.headers import from_domains, header_end, split_fields
+from mailsrv.policy.lists import Lists, ListSource, Match
+from mailsrv.policy.score import Facts, RspamdScorer, RuleScorer, Score, Scorer
+from mailsrv.policy.state import PolicyState
+
+logger = log.get("policy")
+
+Action = Literal["accept", "reject", "tempfail", "junk"]
+#: Largest header block read when the message is too big to scan whole.
+MAX_HEADER_READ = 256 * 1024
+#: Bytes per copy step when the spool file is rewritten.
+COPY_CHUNK = 256 * 1024
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: Action = "accept"
+    code: int = 250
+    enh: str = "2.0.0"
+    text: str = "OK"
+    score: Score | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.action in ("accept", "junk")
+
+
+ACCEPT = Decision()
+
+
+def _reject(text: str, code: int = 550, enh: str = "5.7.1") -> Decision:
+    return Decision("reject", code, enh, text)
+
+
+def _tempfail(text: str, code: int = 451, enh: str = "4.7.1") -> Decision:
+    return Decision("tempfail", code, enh, text)
+
+
+def _domain(address: str) -> str:
+    return address.rpartition("@")[2].lower().rstrip(".")
+
+
+class Policy:
+    """Per worker: the resolver, the shared state, the scanners. Build with :meth:`from_config`."""
+
+    def __init__(self, cfg: PolicyConfig, *, hostname: str, resolver: Resolver, state: PolicyState | None,
+                 lists: ListSource | None = None, scorer: Scorer | None = None, clamd: Clamd | None = None,
+                 is_local_domain: Callable[[str], Awaitable[bool]] | None = None,
+                 executor: Executor | None = None) -> None:
+        self.cfg = cfg
+        self.hostname = hostname
+        self.authserv_id = cfg.authserv_id or hostname
+        self.resolver = resolver
+        self.state = state
+        self.lists = Lists(lists)
+        self.scorer: Scorer = scorer or (RspamdScorer(cfg.rspamd_url) if cfg.rspamd_url else RuleScorer())
+        self.clamd = clamd or (Clamd(cfg.clamd_socket, timeout=cfg.clamd_timeout) if cfg.clamd_socket else None)
+        self.is_local_domain = is_local_domain
+        self.executor = executor
+        self.grey_nets = []
+        self.grey_domains = set()
+        for entry in cfg.greylist_whitelist:
+            try:
+                self.grey_nets.append(ipaddress.ip_network(entry, strict=False))
+            except ValueError:
+                self.grey_domains.add(entry.lower().lstrip("@"))
+
+    @classmethod
+    def from_config(cls, cfg: PolicyConfig, *, hostname: str, data_dir: Path, lists: ListSource | None = None,
+                    is_local_domain: Callable[[str], Awaitable[bool]] | None = None) -> Policy:
+        resolver = Resolver(cfg.nameservers, timeout=cfg.dns_timeout, max_ttl=cfg.dns_cache_ttl)
+        state = PolicyState(data_dir / "policy" / "policy.db")
+        return cls(cfg, hostname=hostname, resolver=resolver, state=state, lists=lists,
+                   is_local_domain=is_local_domain)
+
+    def close(self) -> None:
+        if self.state is not None:
+            self.state.close()
+
+    def session(self, *, client_ip: str, listener: str = "smtp", trusted: bool = False) -> PolicySession:
+        return PolicySession(self, client_ip, listener, trusted)
+
+    def thresholds(self, domains: Sequence[str]) -> tuple[float, float]:
+        """(junk, reject) for a message to ``domains``: the strictest of their thresholds."""
+        junk, reject = self.cfg.junk_score, self.cfg.reject_score
+        per = [self.cfg.domain[d] for d in domains if d in self.cfg.domain]
+        if per:
+            junk = min(p.junk_score for p in per)
+            reject = min(p.reject_score for p in per)
+        return junk, reject
+
+
+@dataclass
+class _Tx:
+    sender: str = ""
+    rcpts: list[str] = field(default_factory=list)
+    spf: spf.SpfResult | None = None
+    allowed: bool = False  # sender allow-listed (global or for every recipient so far)
+
+
+class PolicySession:
+    """One SMTP connection's policy state. Not thread-safe; used by one session task."""
+
+    def __init__(self, policy: Policy, client_ip: str, listener: str, trusted: bool) -> None:
+        self.p = policy
+        self.cfg = policy.cfg
+        self.client_ip = client_ip
+        self.listener = listener
+        self.trusted = trusted
+        self.user: str | None = None
+        self.helo_name = ""
+        self.helo_spf: spf.SpfResult | None = None
+        self.helo_bad: list[str] = []
+        self.iprev = ""
+        self.dnsbl: list[str] = []
+        self._conn_task: asyncio.Task[None] | None = None
+        self.tx = _Tx()
+
+    @property
+    def outbound(self) -> bool:
+        return self.user is not None or self.trusted
+
+    @property
+    def active(self) -> bool:
+        return self.cfg.enabled
+
+    # -- connect / HELO ---------------------------------------------------------------------
+
+    async def connect(self) -> Decision:
+        """Client IP lists; starts DNSBL and FCrDNS lookups (awaited at MAIL)."""
+        if not self.active or self.trusted:
+            return ACCEPT
+        m = await self.p.lists.match_ip(self.client_ip, scopes=[""])
+        if m is not None and m.kind == "block":
+            return _reject(f"Client address {self.client_ip} is blocked by policy", 554, "5.7.1")
+        if self.listener == "smtp":
+            self._conn_task = asyncio.ensure_future(self._reputation())
+        return ACCEPT
+
+    async def _reputation(self) -> None:
+        zones = self.cfg.dnsbl_zones
+        hits, (iprev, _name) = await asyncio.gather(
+            reputation.dnsbl(self.p.resolver, self.client_ip, zones) if zones else _none_list(),
+            reputation.fcrdns(self.p.resolver, self.client_ip),
+        )
+        self.dnsbl = [h.zone for h in hits]
+        self.iprev = iprev
+
+    def early_talker(self) -> Decision:
+        """The client sent data before our greeting (RFC 5321 §4.3.1: it must wait for it)."""
+        logger.info("policy.early_talker", ip=self.client_ip)
+        return _reject("Protocol error: talking before the greeting", 554, "5.5.1")
+
+    async def helo(self, name: str) -> Decision:
+        self.helo_name = name
+        if not self.active or self.outbound or self.listener != "smtp":
+            return ACCEPT
+        self.helo_bad = reputation.helo_problems(name, client_ip=self.client_ip,
+                                                 our_names=[self.p.hostname])
+        if "claims to be us" in self.helo_bad:
+            return _reject(f"HELO {name} is our own name", 550, "5.7.1")
+        return ACCEPT
+
+    def authenticated(self, user: str) -> None:
+        self.user = user.lower()
+
+    def reset(self) -> None:
+        self.tx = _Tx()
+
+    # -- MAIL / RCPT -----------------------------------------------------------------------------
+
+    async def mail(self, sender: str) -> Decision:
+        self.tx = _Tx(sender=sender)
+        if not self.active:
+            return ACCEPT
+        if self.outbound:
+            return await self._mail_outbound()
+        if self._conn_task is not None:
+            await self._conn_task
+        m = await self.p.lists.match_sender(sender, self.client_ip, scopes=[""])
+        if m is not None and m.kind == "block":
+            return _reject(f"<{sender}>: Sender blocked by policy")
+        self.tx.allowed = m is not None and m.kind == "allow"
+        if not self.tx.allowed:
+            if self.dnsbl and self.cfg.dnsbl_reject:
+                return _reject(f"Client {self.client_ip} listed at {self.dnsbl[0]}", 554, "5.7.1")
+            if self.cfg.require_fcrdns and self.iprev == "fail":
+                return _reject(f"Client {self.client_ip} has no forward-confirmed reverse DNS", 550, "5.7.25")
+        if self.cfg.spf and self.listener == "smtp":
+            await self._spf(sender)
+            # deviation (RFC 7208 §8.4 allows rejecting a fail at MAIL): RFC 7489 §10.1 warns that this
+            # preempts a DMARC pass through DKIM, so an SPF fail only feeds DMARC and the score.
+        return ACCEPT
+
+    async def _spf(self, sender: str) -> None:
+        helo = self.helo_name
+        if helo and not helo.startswith("[") and spf.valid_domain(helo):
+            # RFC 7208 §2.3: the HELO identity, checked with postmaster@helo
+            self.helo_spf = self.helo_spf or await spf.check_host(
+                self.p.resolver, self.client_ip, helo, f"postmaster@{helo}", helo=helo,
+                receiver=self.p.hostname, identity="helo")
+        if sender:
+            self.tx.spf = await spf.check_host(self.p.resolver, self.client_ip, _domain(sender), sender,
+                                               helo=helo, receiver=self.p.hostname)
+        elif self.helo_spf is not None:
+            # RFC 7208 §2.4: a null reverse-path is checked as postmaster@helo
+            self.tx.spf = self.helo_spf
+
+    async def _mail_outbound(self) -> Decision:
+        limit = self.cfg.max_messages_per_hour
+        if self.user is not None and limit and self.p.state is not None:
+            if await self.p.state.sent_last_hour(self.user) >= limit:
+                logger.warning("policy.rate_limited", user=self.user, limit=limit)
+                return _tempfail(f"Sending rate exceeded ({limit} messages per hour), try again later",
+                                 450, "4.7.1")
+        return ACCEPT
+
+    async def rcpt(self, address: str) -> Decision:
+        if not self.active:
+            self.tx.rcpts.append(address)
+            return ACCEPT
+        if self.outbound:
+            d = await self._rcpt_outbound(address)
+        else:
+            d = await self._rcpt_inbound(address)
+        if d.ok:
+            self.tx.rcpts.append(address)
+        return d
+
+    async def _rcpt_outbound(self, address: str) -> Decision:
+        limit = self.cfg.max_outside_recipients_per_day
+        if self.user is None or not limit or self.p.state is None:
+            return ACCEPT
+        is_local = self.p.is_local_domain
+        if is_local is not None and await is_local(_domain(address)):
+            return ACCEPT
+        if not await self.p.state.outside_recipient(self.user, address, limit):
+            logger.warning("policy.outside_limit", user=self.user, limit=limit)
+            return _tempfail(f"Daily limit of {limit} outside recipients reached", 450, "4.7.1")
+        return ACCEPT
+
+    async def _rcpt_inbound(self, address: str) -> Decision:
+        scopes = [address.lower(), _domain(address)]
+        m = await self.p.lists.match_sender(self.tx.sender, self.client_ip, scopes=scopes)
+        if m is not None and m.kind == "block":
+            return _reject(f"<{address}>: Sender blocked by the recipient's policy")
+        allowed = self.tx.allowed or (m is not None and m.kind == "allow")
+        if self.cfg.greylist and not allowed and self.p.state is not None and not self._grey_exempt():
+            verdict = await self.p.state.greylist(
+                self.client_ip, self.tx.sender, address, delay=self.cfg.greylist_delay,
+                expire=self.cfg.greylist_expire, pass_ttl=self.cfg.greylist_pass_ttl)
+            if verdict != "pass":
+                logger.info("policy.greylisted", ip=self.client_ip, sender=self.tx.sender, rcpt=address)
+                return _tempfail("Greylisted, please try again later", 451, "4.7.1")
+        return ACCEPT
+
+    def _grey_exempt(self) -> bool:
+        try:
+            ip = ipaddress.ip_address(self.client_ip)
+        except ValueError:
+            return False
+        if any(ip in net for net in self.p.grey_nets):
+            return True
+        # a whitelisted sender domain counts only with an SPF pass (a forged one would walk through)
+        dom = _domain(self.tx.sender)
+        return dom in self.p.grey_domains and self.tx.spf is not None and self.tx.spf.result == "pass"
+
+    # -- end of DATA ---------------------------------------------------------------------------------
+
+    async def data(self, spool: Path) -> Decision:
+        """Decide on the durable message in ``spool`` and add our headers to it (atomically).
+
+        Must be called after the spool is fsync'd and before the reply. Raises OSError
+        when the spool cannot be read or rewritten (the session answers 451).
+        """
+        if not self.active:
+            return ACCEPT
+        loop = asyncio.get_running_loop()
+        size = os.stat(spool).st_size
+        whole = size <= self.cfg.max_scan_size
+        message = await loop.run_in_executor(self.p.executor, _read_head, spool,
+                                             size if whole else MAX_HEADER_READ)
+        started = time.perf_counter()
+        scan = asyncio.ensure_future(self._virus_scan(spool, whole))
+        try:
+            if self.outbound:
+                decision, headers = await self._data_outbound(scan)
+            else:
+                decision, headers = await self._data_inbound(message, scan, whole)
+        finally:
+            if not scan.done():
+                scan.cancel()
+        if decision.ok:
+            await loop.run_in_executor(self.p.executor, rewrite_spool, spool, headers, self.p.authserv_id)
+        logger.info("policy.decided", action=decision.action, code=decision.code,
+                    score=f"{decision.score.score:.1f}" if decision.score else None,
+                    ms=f"{(time.perf_counter() - started) * 1000:.1f}")
+        return decision
+
+    async def _virus_scan(self, spool: Path, whole: bool) -> ScanResult | None:
+        if self.p.clamd is None:
+            return None
+        return await self.p.clamd.scan_file(spool, limit=None if whole else self.cfg.max_scan_size)
+
+    async def _virus_decision(self, scan: asyncio.Future[ScanResult | None]) -> tuple[Decision | None, str]:
+        try:
+            res = await scan
+        except ClamdUnavailable as exc:
+            logger.warning("policy.clamd_unavailable", error=str(exc))
+            if self.cfg.clamd_failure == "tempfail":
+                return _tempfail("Virus scanner unavailable, try again later", 451, "4.7.1"), ""
+            return None, "unscanned"
+        if res is None or res.status == "clean":
+            return None, "clean" if res is not None else ""
+        logger.warning("policy.virus", signature=res.signature)
+        if self.cfg.virus_action == "reject":
+            return _reject(f"Message contains a virus ({res.signature})", 554, "5.7.1"), res.signature
+        return Decision("junk", 250, "2.0.0", "OK"), res.signature
+
+    async def _data_outbound(self, scan: asyncio.Future[ScanResult | None]) -> tuple[Decision, list[str]]:
+        virus, sig = await self._virus_decision(scan)
+        if virus is not None and virus.action != "junk":
+            return virus, []
+        if virus is not None:
+            # an infected outgoing message is never sent on, whatever the inbound action
+            return _reject(f"Message contains a virus ({sig})", 554, "5.7.1"), []
+        if self.user is not None and self.p.state is not None and self.cfg.max_messages_per_hour:
+            await self.p.state.record_sent(self.user)
+        return ACCEPT, []
+
+    async def _data_inbound(self, message: bytes, scan: asyncio.Future[ScanResult | None],
+                            whole: bool) -> tuple[Decision, list[str]]:
+        fields = split_fields(message)
+        dkim_res: list[DkimResult] = []
+        arc_res = ArcResult("none")
+        if self.cfg.dkim and whole:
+            dkim_res, arc_res = await asyncio.gather(
+                verify_dkim(self.p.resolver, message, self.p.executor),
+                verify_arc(self.p.resolver, message, self.p.executor))
+        froms = from_domains(fields)
+        dm: dmarc.DmarcResult | None = None
+        if self.cfg.dmarc:
+            dm = await dmarc.evaluate(self.p.resolver, froms, self.tx.spf, dkim_res)
+        header = authresults.build(self.p.authserv_id, spf=self.tx.spf, helo_spf=self.helo_spf, dkim=dkim_res,
+                                   dmarc=dm, arc=arc_res, iprev=self.iprev or None, client_ip=self.client_ip)
+        virus, signature = await self._virus_decision(scan)
+        if virus is not None and virus.action != "junk":
+            return virus, []
+        rcpt_domains = sorted({_domain(r) for r in self.tx.rcpts})
+        allowed = self.tx.allowed or await self._all_allowed()
+        if dm is not None and dm.result == "fail" and dm.disposition == "reject" and not allowed:
+            # RFC 7489 §6.7 / §10.3: reject with the From domain named
+            trusted_arc = arc_res.result == "pass"
+            if not trusted_arc:
+                return _reject(f"Unauthenticated email from {dm.from_domain} is not accepted due to "
+                               "domain's DMARC policy"), []
+        if dm is not None and dm.result == "temperror" and dm.policy == "reject" and not allowed:
+            return _tempfail(f"Could not verify {dm.from_domain} (DNS), try again later"), []
+        facts = Facts(client_ip=self.client_ip, helo=self.helo_name, sender=self.tx.sender,
+                      recipients=list(self.tx.rcpts), iprev=self.iprev, helo_problems=self.helo_bad,
+                      dnsbl=self.dnsbl, spf=self.tx.spf.result if self.tx.spf else "",
+                      dkim=[d.result for d in dkim_res],
+                      dkim_aligned_pass=bool(froms) and any(
+                          d.result == "pass" and dmarc.aligned(d.domain, froms[0], "r") for d in dkim_res),
+                      dmarc=dm.result if dm else "", dmarc_policy=dm.disposition if dm else "",
+                      arc=arc_res.result)
+        junk_at, reject_at = self.p.thresholds(rcpt_domains)
+        if whole:
+            try:
+                score = await self.p.scorer.score(message, facts)
+            except Exception as exc:  # an unreachable external scorer must not lose mail
+                logger.warning("policy.scorer_failed", error=str(exc))
+                score = await RuleScorer().score(message, facts)
+        else:
+            score = Score(0.0, [("TOO_BIG_TO_SCAN", 0.0)])
+        headers = [header]
+        spam = score.score >= junk_at and not allowed
+        if dm is not None and dm.result == "fail" and dm.disposition == "quarantine" and not allowed:
+            spam = True
+        if score.score >= reject_at and not allowed:
+            return Decision("reject", 550, "5.7.1", "Message rejected as spam", score), []
+        headers.append(f"X-Spam-Flag: {'YES' if spam else 'NO'}")
+        headers.append(f"X-Spam-Score: {score.score:.1f}")
+        headers.append("X-Spam-Status: " + _fold(score.status(junk_at)))
+        if signature:
+            headers.append(f"X-Virus-Status: Infected ({signature})")
+        if virus is not None or spam:
+            return Decision("junk", 250, "2.0.0", "OK", score), headers
+        return Decision("accept", 250, "2.0.0", "OK", score), headers
+
+    async def _all_allowed(self) -> bool:
+        if not self.tx.rcpts:
+            return False
+        for r in self.tx.rcpts:
+            m = await self.p.lists.match_sender(self.tx.sender, self.client_ip, scopes=[r.lower(), _domain(r)])
+            if m is None or m.kind != "allow":
+                return False
+        return True
+
+
+async def _none_list() -> list[reputation.DnsblHit]:
+    return []
+
+
+def _fold(value: str) -> str:
+    """Fold a long header value at commas (RFC 5322 §2.2.3)."""
+    out, line = [], ""
+    for part in value.split(","):
+        piece = part if not line else "," + part
+        if len(line) + len(piece) > 70 and line:
+            out.append(line + ",")
+            line = part
+        else:
+            line += piece
+    out.append(line)
+    return "\r\n\t".join(out)
+
+
+def _read_head(path: Path, limit: int) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(limit)
+
+
+def rewrite_spool(path: Path, headers: Sequence[str], our_id: str) -> int:
+    """Insert ``headers`` after our trace fields and drop forged Authentication-Results; atomic.
+
+    Returns the number of forged fields removed. The new file is written beside
+    the old one, fsync'd, and renamed over it (then the directory is fsync'd).
+    """
+    with open(path, "rb") as src:
+        head = src.read(MAX_HEADER_READ)
+        end = header_end(head)
+        fields = split_fields(head[:end])
+        kept: list[bytes] = []
+        removed = 0
+        for name, value, raw in fields:
+            if name == b"authentication-results" and authresults.is_ours(value.decode("utf-8", "replace"), our_id):
+                removed += 1
+                continue
+            kept.append(raw)
+        # our own trace fields (Return-Path, then our Received) stay on top
+        top = 0
+        if kept and kept[0].lower().startswith(b"return-path:"):
+            top = 1
+        if len(kept) > top and kept[top].lower().startswith(b"received:"):
+            top += 1
+        consumed = sum(len(r) for _, _, r in fields)
+        new_fields = [h.encode("utf-8") + b"\r\n" for h in headers]
+        tmp = path.with_name(path.name + ".policy")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as dst:
+                dst.write(b"".join(kept[:top]) + b"".join(new_fields) + b"".join(kept[top:]))
+                dst.write(head[consumed:])
+                while chunk := src.read(COPY_CHUNK):
+                    dst.write(chunk)
+                dst.flush()
+                os.fsync(dst.fileno())
+        except BaseException:
+            os.unlink(tmp)
+            raise
+    os.replace(tmp, path)
+    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+    return removed
+
+
+__all__ = ["ACCEPT", "Decision", "Match", "Policy", "PolicySession", "rewrite_spool"]

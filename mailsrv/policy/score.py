@@ -1,0 +1,185 @@
+"""Spam scoring: points for authentication and reputation signals plus content rules.
+
+The built-in :class:`RuleScorer` is small and explainable (every point has a
+rule name, reported in ``X-Spam-Status``). :class:`RspamdScorer` hands the
+message to an rspamd worker over its HTTP protocol (``POST /checkv2``) where
+an operator runs one. Both return a :class:`Score`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import aiohttp
+from multidict import CIMultiDict
+
+from mailsrv.policy.headers import get_all, header_end, split_fields
+
+#: Bytes of the body the content rules look at.
+CONTENT_WINDOW = 64 * 1024
+
+
+@dataclass
+class Facts:
+    """What the earlier checks learned about a message (filled by the pipeline)."""
+
+    client_ip: str = ""
+    helo: str = ""
+    sender: str = ""
+    recipients: Sequence[str] = ()
+    iprev: str = ""  # pass | fail | temperror
+    helo_problems: Sequence[str] = ()
+    dnsbl: Sequence[str] = ()  # listing zones
+    spf: str = ""
+    dkim: Sequence[str] = ()  # results of each signature
+    dkim_aligned_pass: bool = False
+    dmarc: str = ""
+    dmarc_policy: str = ""
+    arc: str = ""
+    authenticated: bool = False
+
+
+@dataclass
+class Score:
+    score: float
+    rules: list[tuple[str, float]] = field(default_factory=list)
+    action: str = ""  # rspamd's own action, informational
+
+    def status(self, threshold: float) -> str:
+        """The ``X-Spam-Status`` value (SpamAssassin's format, which clients and Sieve scripts know)."""
+        flag = "Yes" if self.score >= threshold else "No"
+        tests = ",".join(name for name, _ in self.rules) or "none"
+        return f"{flag}, score={self.score:.1f} required={threshold:.1f} tests={tests}"
+
+
+class Scorer(Protocol):
+    async def score(self, message: bytes, facts: Facts) -> Score: ...
+
+
+# -- the built-in rules ---------------------------------------------------------------------
+
+SIGNAL_POINTS: dict[str, float] = {
+    "DNSBL_LISTED": 5.0,  # per listing zone
+    "RDNS_NONE": 1.0,
+    "HELO_BAD": 1.5,
+    "SPF_FAIL": 3.0,
+    "SPF_SOFTFAIL": 1.0,
+    "SPF_PASS": -0.5,
+    "DKIM_INVALID": 1.0,
+    "DKIM_VALID_ALIGNED": -1.0,
+    "DMARC_FAIL_REJECT": 6.0,
+    "DMARC_FAIL_QUARANTINE": 4.0,
+    "DMARC_FAIL_NONE": 1.0,
+    "ARC_FAIL": 0.5,
+}
+
+_SPAM_PHRASES = re.compile(
+    rb"(?i)\b(viagra|cialis|casino|lottery|jackpot|you (?:have )?won|winner|claim your (?:prize|reward)|"
+    rb"100% free|risk[- ]free|act now|limited time offer|click here|unsubscribe here|make money fast|"
+    rb"work from home|weight loss|no prescription|bitcoin investment|crypto (?:profit|investment)|"
+    rb"nigerian prince|wire transfer|inheritance|beneficiary|urgent reply|dear friend|"
+    rb"verify your account|account (?:has been )?suspended|password expires?|replica watches|"
+    rb"cheap (?:meds|pills)|enlarge|adult|xxx|hot singles|dating)\b"
+)
+_URL = re.compile(rb"(?i)https?://[^\s\"'<>]+")
+_IP_URL = re.compile(rb"(?i)https?://\d{1,3}(?:\.\d{1,3}){3}")
+_SHORTENER = re.compile(rb"(?i)https?://(?:bit\.ly|tinyurl\.com|goo\.gl|t\.co|ow\.ly|is\.gd)/")
+
+
+def content_rules(message: bytes) -> list[tuple[str, float]]:
+    """Header and body heuristics over the first :data:`CONTENT_WINDOW` bytes of the body."""
+    rules: list[tuple[str, float]] = []
+    fields = split_fields(message)
+    names = {n for n, _, _ in fields}
+    start = header_end(message)
+    body = message[start:start + CONTENT_WINDOW]
+    if b"message-id" not in names:
+        rules.append(("MISSING_MID", 1.0))
+    if b"date" not in names:
+        rules.append(("MISSING_DATE", 1.0))
+    subject = " ".join(get_all(fields, "subject"))
+    letters = [c for c in subject if c.isalpha()]
+    if len(letters) >= 10 and sum(c.isupper() for c in letters) / len(letters) > 0.8:
+        rules.append(("SUBJ_ALL_CAPS", 1.5))
+    if re.search(r"[!?$]{3,}", subject):
+        rules.append(("SUBJ_PUNCT", 1.0))
+    phrases = {m.group(1).lower() for m in _SPAM_PHRASES.finditer(subject.encode() + b"\n" + body)}
+    if phrases:
+        rules.append(("SPAM_PHRASES", min(1.0 * len(phrases), 5.0)))
+    urls = _URL.findall(body)
+    if len(urls) > 15:
+        rules.append(("MANY_URLS", 1.0))
+    if _IP_URL.search(body):
+        rules.append(("URL_IP_ADDRESS", 2.0))
+    if _SHORTENER.search(body):
+        rules.append(("URL_SHORTENER", 1.0))
+    ctype = " ".join(get_all(fields, "content-type")).lower()
+    if ctype.startswith("text/html"):
+        rules.append(("HTML_ONLY", 0.5))
+    if b"to" not in names:
+        rules.append(("MISSING_TO", 0.5))
+    return rules
+
+
+def signal_rules(f: Facts) -> list[tuple[str, float]]:
+    rules: list[tuple[str, float]] = []
+    for zone in f.dnsbl:
+        rules.append((f"DNSBL_LISTED({zone})", SIGNAL_POINTS["DNSBL_LISTED"]))
+    if f.iprev == "fail":
+        rules.append(("RDNS_NONE", SIGNAL_POINTS["RDNS_NONE"]))
+    if f.helo_problems:
+        rules.append(("HELO_BAD", SIGNAL_POINTS["HELO_BAD"]))
+    spf_rule = {"fail": "SPF_FAIL", "softfail": "SPF_SOFTFAIL", "pass": "SPF_PASS"}.get(f.spf)
+    if spf_rule:
+        rules.append((spf_rule, SIGNAL_POINTS[spf_rule]))
+    if any(r in ("fail", "permerror") for r in f.dkim):
+        rules.append(("DKIM_INVALID", SIGNAL_POINTS["DKIM_INVALID"]))
+    if f.dkim_aligned_pass:
+        rules.append(("DKIM_VALID_ALIGNED", SIGNAL_POINTS["DKIM_VALID_ALIGNED"]))
+    if f.dmarc == "fail":
+        name = f"DMARC_FAIL_{(f.dmarc_policy or 'none').upper()}"
+        rules.append((name, SIGNAL_POINTS[name]))
+    if f.arc == "fail":
+        rules.append(("ARC_FAIL", SIGNAL_POINTS["ARC_FAIL"]))
+    return rules
+
+
+class RuleScorer:
+    """The default scorer: signals plus content rules (no network, no learning)."""
+
+    async def score(self, message: bytes, facts: Facts) -> Score:
+        rules = signal_rules(facts) + content_rules(message)
+        return Score(round(sum(p for _, p in rules), 2), rules)
+
+
+class RspamdScorer:
+    """rspamd's HTTP protocol (``POST /checkv2``, rspamd ≥ 1.x): the message as the body, envelope in headers."""
+
+    def __init__(self, url: str, *, timeout: float = 15.0, session: Any = None) -> None:
+        self.url = url.rstrip("/") + "/checkv2"
+        self.timeout = timeout
+        self._session = session
+
+    async def score(self, message: bytes, facts: Facts) -> Score:
+        headers = {"IP": facts.client_ip, "Helo": facts.helo or "unknown", "From": facts.sender,
+                   "Pass": "all"}
+        if facts.authenticated:
+            headers["User"] = facts.sender
+        multi = [("Rcpt", r) for r in facts.recipients]
+        hdrs = CIMultiDict(list(headers.items()) + multi)
+        timeout = aiohttp.ClientTimeout(total=self.timeout)
+        session = self._session or aiohttp.ClientSession(timeout=timeout)
+        try:
+            async with session.post(self.url, data=message, headers=hdrs) as resp:
+                resp.raise_for_status()
+                data = await resp.json(content_type=None)
+        finally:
+            if self._session is None:
+                await session.close()
+        symbols = data.get("symbols", {}) or {}
+        rules = [(name, float(sym.get("score", 0.0))) for name, sym in symbols.items()
+                 if float(sym.get("score", 0.0)) != 0.0]
+        return Score(float(data.get("score", 0.0)), sorted(rules), str(data.get("action", "")))
