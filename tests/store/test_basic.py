@@ -210,3 +210,46 @@ def test_structure_and_threads(make_store, run, corpus: Path) -> None:
     t = {u: v.by_uid(u).thread_id for u in (u1, u2, u3, u4)}
     assert t[u1] == t[u2] == t[u4] != t[u3]
     assert run(a.find_email(v.by_uid(u1).email_id)) == [("INBOX", u1)]
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.events: list[tuple[str, object]] = []
+
+    def message_added(self, account_id, mailbox_id, info, structure) -> None:  # type: ignore[no-untyped-def]
+        self.events.append(("added", (account_id, info.uid, structure.size)))
+
+    def messages_expunged(self, account_id, mailbox_id, uids) -> None:  # type: ignore[no-untyped-def]
+        self.events.append(("expunged", (account_id, list(uids))))
+
+    def flags_changed(self, account_id, mailbox_id, infos) -> None:  # type: ignore[no-untyped-def]
+        self.events.append(("flags", (account_id, [(i.uid, sorted(i.flags)) for i in infos])))
+
+
+class _Broken:
+    def message_added(self, *a: object) -> None:
+        raise RuntimeError("observer bug")
+
+    messages_expunged = flags_changed = message_added
+
+
+def test_observers_see_every_change_once(make_store, run, tmp_path: Path) -> None:
+    store = make_store()
+    rec = _Recorder()
+    store.add_observer(_Broken())  # a failing observer is logged and does not stop the others
+    store.add_observer(rec)
+    a = run(store.account("alice"))
+    inbox_id = {b.name: b.id for b in run(a.list_mailboxes())}["INBOX"]
+    data = msg(1)
+    run(store.deliver(spool(tmp_path, data), [DeliveryTarget(a)]))
+    run(a.append("INBOX", msg(2)))
+    run(a.store_flags("INBOX", [1], frozenset({"\\Seen"}), "add"))
+    run(a.expunge("INBOX", [2], only_deleted=False))
+    run(a.open_mailbox("INBOX"))  # nothing new: no events
+    assert rec.events == [
+        ("added", ("alice", 1, len(data))),
+        ("added", ("alice", 2, len(msg(2)))),
+        ("flags", ("alice", [(1, ["\\Seen"])])),
+        ("expunged", ("alice", [2])),
+    ]
+    assert inbox_id.startswith("M")

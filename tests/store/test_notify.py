@@ -54,7 +54,11 @@ def _wake_latency(data_dir: Path, what: str) -> float:
             os.write(go_w, b"g")
             assert await watch.wait(timeout=5), "no wake-up from the other process"
             woke = time.monotonic()
-        await view.refresh()
+        changes = await view.refresh()
+        if what == "append":
+            assert [m.uid for m in changes.added] == [1]  # the other process's change is visible
+        elif what == "flags":
+            assert [sorted(m.flags) for m in changes.flags] == [["\\Seen"]]
         await store.close()
         return woke
 
