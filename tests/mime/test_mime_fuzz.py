@@ -148,3 +148,35 @@ def test_header_helpers_never_raise(value: bytes) -> None:
     merge_params([(b"name*0*", value), (b"name*1", value), (b"filename", value)])
     assert mime_py.parse_content_type(value) == (mime_c or mime_py).parse_content_type(value)
     assert mime_py.parse_params(value, 0) == (mime_c or mime_py).parse_params(value, 0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.binary(max_size=3000),
+    st.sampled_from(["base64", "quoted-printable", "7bit"]),
+    st.integers(1024, 4096),
+    st.booleans(),
+)
+def test_streaming_decode_equals_one_shot(payload: bytes, cte: str, chunk: int, crlf: bool) -> None:
+    """iter_decoded in chunks gives what one decode of the whole body gives."""
+    import base64
+    import binascii
+
+    if cte == "base64":
+        body = base64.encodebytes(payload)
+    elif cte == "quoted-printable":
+        body = binascii.b2a_qp(payload)
+    else:
+        body = payload
+    if crlf:
+        body = body.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    raw = f"Content-Transfer-Encoding: {cte}\r\n\r\n".encode() + body
+    part = mime.parse(raw).root
+    got = b"".join(mime.iter_decoded(raw, part, chunk=chunk))
+    if cte == "base64":
+        assert got == payload
+    elif cte == "quoted-printable":
+        assert got == binascii.a2b_qp(body)
+    else:
+        assert got == body
+    assert mime.binary_size(raw, part) == len(got)

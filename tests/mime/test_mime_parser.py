@@ -346,3 +346,28 @@ def test_header_flood_is_bounded(parse: Callable) -> None:
     assert 0 < kept <= 5 * 10000
     assert len(s.to_cache()) < 60000
     s.imap_envelope()
+
+
+def test_embedded_message_sections(parse: Callable) -> None:
+    s = parse(TORTURE)
+    # BODY[2.2] is the whole embedded message, BODY[2.2.1] its (single-part) body
+    whole = s.section_range("2.2")
+    body = s.section_range("2.2.1")
+    text = s.section_range("2.2.TEXT")
+    assert whole is not None and body is not None and body == text
+    assert TORTURE[whole[0] : whole[1]].startswith(b"From: b@example.org")
+    assert mime.header_fields(TORTURE, s, "2.2", [b"subject"]) == b"Subject: second digested\r\n\r\n"
+    assert mime.header_fields(TORTURE, s, "2.1", [b"from"]) == b"From: a@example.org\r\n\r\n"
+    # a non-message part has no HEADER/TEXT (RFC 3501 §6.4.5)
+    assert s.section_range("1.HEADER") is None
+    assert mime.header_fields(TORTURE, s, "1", [b"from"]) == b""
+
+
+def test_config_section_is_the_limits() -> None:
+    from mailsrv.config import Config
+
+    cfg = Config()
+    assert cfg.mime == mime.MimeLimits()
+    raw = b"Content-Type: message/rfc822\r\n\r\n" * 10
+    assert len(list(mime.parse(raw, mime.MimeLimits(max_depth=3)).parts())) == 3
+    assert len(list(mime.parse(raw).parts())) == 11
