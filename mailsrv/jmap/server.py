@@ -48,6 +48,7 @@ from mailsrv.jmap.backend import MailBackend
 from mailsrv.jmap.blobs import TooLarge, UploadStore
 from mailsrv.jmap.errors import RequestError, limit, not_json
 from mailsrv.jmap.objects import Collection
+from mailsrv.jmap.pushsub import PushManager
 from mailsrv.jmap.session import SERVER_CAPABILITIES, session_object
 from mailsrv.net.service import ServiceContext
 from mailsrv.util.fsio import FileIO
@@ -97,9 +98,11 @@ class JmapApp:
         *,
         tls: bool,
         submitter: Any = None,
+        push_ssl: ssl.SSLContext | None = None,
     ) -> None:
         self.config = config
         self.submitter = submitter
+        self.push = PushManager(push_ssl)
         self.auth = auth
         self.backends = backends
         self.uploads = uploads
@@ -134,6 +137,7 @@ class JmapApp:
             await ws.close(code=1001, message=b"server shutdown")
         for task in list(self.streams):  # EventSource streams end at shutdown
             task.cancel()
+        await self.push.close()
 
     @web.middleware
     async def cors(self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
@@ -239,7 +243,8 @@ class JmapApp:
             username=p.username,
             accounts={be.account_id: be},
             capabilities=SERVER_CAPABILITIES,
-            extra={"uploads": self.uploads, "objects": self._objects, "submitter": self.submitter, "principal": p},
+            extra={"uploads": self.uploads, "objects": self._objects, "submitter": self.submitter, "principal": p,
+                   "push": self.push},
         )
         return ctx, be
 

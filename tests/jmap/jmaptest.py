@@ -76,7 +76,8 @@ class FakeSubmitter:
 
 
 class Server:
-    def __init__(self, tmp: Path, config: JmapConfig | None = None, factory: Any = None) -> None:
+    def __init__(self, tmp: Path, config: JmapConfig | None = None, factory: Any = None,
+                 push_ssl: Any = None) -> None:
         self.config = config or JmapConfig()
         self.auth = FakeAuth({"alice@example.test": (1, "secret"), "bob@example.test": (2, "hunter2")},
                              {"tok-alice": ("alice@example.test", frozenset({"mail"})),
@@ -86,7 +87,7 @@ class Server:
         self.uploads = UploadStore(tmp / "uploads", self.io)
         self.submitter = FakeSubmitter()
         self.app = JmapApp(self.config, self.auth, factory or self.backend_for, self.uploads, b"k" * 32, tls=False,
-                           submitter=self.submitter)
+                           submitter=self.submitter, push_ssl=push_ssl)
         self.runner: web.AppRunner | None = None
         self.url = ""
 
@@ -106,6 +107,7 @@ class Server:
         self.url = f"{'https' if ssl_context else 'http'}://127.0.0.1:{port}"
 
     async def stop(self) -> None:
+        await self.app.push.close()
         if self.runner is not None:
             await self.runner.cleanup()
         self.io.shutdown()
