@@ -14,7 +14,8 @@ MessageStructure (no raw bytes needed):
     .section_range(spec: str) -> (start, end) | None   # "", "HEADER", "TEXT", "1.2", "1.2.MIME",
                                                   # "2.HEADER", "2.TEXT": byte range in raw
     .parts() -> Iterator[Part]; .root -> Part; .size; .header_end
-    .subject -> str | None (RFC 2047 decoded); .date -> str | None (as written)
+    .subject -> str | None (RFC 2047 decoded); .date -> str | None (as written);
+    .sent_at -> datetime | None (aware, JMAP sentAt)
     .addresses(b"from") -> list[Address(name, route, mailbox, host)]   # raw; see jmap_addresses
     .message_id -> str | None; .in_reply_to / .references -> list[str]  (no angle brackets)
     .field(b"name") -> raw bytes | None           # only structural + envelope + References fields

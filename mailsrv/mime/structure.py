@@ -7,6 +7,8 @@ It never holds the message bytes: functions that need them take ``raw``.
 
 from __future__ import annotations
 
+import datetime
+import email.utils
 import marshal
 import zlib
 from collections.abc import Iterator
@@ -366,6 +368,20 @@ class MessageStructure:
         """The Date field as written (parse with email.utils.parsedate_to_datetime)."""
         v = self.root.field(b"date")
         return None if v is None else unfold(v).strip().decode("latin-1")
+
+    @property
+    def sent_at(self) -> datetime.datetime | None:
+        """RFC 5322 §3.6.1 Date as an aware datetime (JMAP sentAt); None if absent or unparsable."""
+        v = self.date
+        if not v:
+            return None
+        try:
+            dt = email.utils.parsedate_to_datetime(v)
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return None
+        if dt.tzinfo is None:  # "-0000": RFC 5322 §3.3 unknown zone, taken as UTC
+            dt = dt.replace(tzinfo=datetime.UTC)
+        return dt
 
     def addresses(self, name: bytes) -> list[Address]:
         """Address list of ``from``/``sender``/``reply-to``/``to``/``cc``/``bcc``, raw (IMAP) form."""

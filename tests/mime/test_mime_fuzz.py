@@ -109,7 +109,7 @@ def check(raw: bytes) -> None:
             if p.section:
                 assert s.part(p.section) is not None
                 assert s.section_range(p.section + ".MIME") is not None
-        s.subject, s.references, s.message_id, s.in_reply_to  # noqa: B018
+        s.subject, s.references, s.message_id, s.in_reply_to, s.sent_at  # noqa: B018
         for name in (b"from", b"to", b"cc"):
             s.addresses(name)
             mime.jmap_addresses(s.field(name) or b"")

@@ -371,3 +371,13 @@ def test_config_section_is_the_limits() -> None:
     raw = b"Content-Type: message/rfc822\r\n\r\n" * 10
     assert len(list(mime.parse(raw, mime.MimeLimits(max_depth=3)).parts())) == 3
     assert len(list(mime.parse(raw).parts())) == 11
+
+
+def test_sent_at(parse: Callable) -> None:
+    import datetime
+
+    s = parse(b"Date: Thu, 26 Nov 2026 10:00:00 +0800\r\n\r\n")
+    assert s.sent_at == datetime.datetime(2026, 11, 26, 2, 0, tzinfo=datetime.UTC)
+    assert parse(b"Date: Thu, 26 Nov 2026 10:00:00 -0000\r\n\r\n").sent_at is not None
+    assert parse(b"Date: yesterday-ish\r\n\r\n").sent_at is None
+    assert parse(b"Subject: no date\r\n\r\n").sent_at is None
