@@ -269,7 +269,11 @@ class JmapApp:
         if p is None:
             return unauthorized()
         tok, expires = self.make_access_token(p)
-        return web.json_response({"accessToken": tok, "expires": expires})
+        resp = web.json_response({"accessToken": tok, "expires": expires})
+        # browsers' EventSource sends cookies of its own origin: the same token as a cookie
+        resp.set_cookie("jmap_access", tok, max_age=int(self.config.access_token_lifetime), path="/jmap",
+                        httponly=True, secure=request.secure or self.tls, samesite="Strict")
+        return resp
 
     async def api(self, request: web.Request) -> web.StreamResponse:
         p = await self.authenticate(request)
@@ -358,6 +362,15 @@ class JmapApp:
         if path is not None:
             resp = web.FileResponse(path, headers=headers)  # handles Range and If-Range
             return resp
+        blob_path = getattr(be, "blob_path", None)
+        if blob_path is not None:
+            mpath = await blob_path(blob_id)
+            if mpath is not None:
+                try:
+                    # streamed from the maildir file (sendfile), Range handled by aiohttp
+                    return web.FileResponse(mpath, headers=headers)
+                except OSError:
+                    pass
         from mailsrv.jmap.email import read_blob
 
         data = await read_blob(be, self.uploads, blob_id)

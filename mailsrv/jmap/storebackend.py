@@ -359,6 +359,17 @@ class StoreBackend:
                 continue
         return None
 
+    async def blob_path(self, blob_id: str) -> Path | None:
+        """Where a whole-message blob's file is now (downloads stream it; may move on a flag change)."""
+        if not blob_id.startswith("B"):
+            return None
+        for mailbox, uid in await self.acct.find_email(blob_id[1:]):
+            try:
+                return Path(await self.acct.message_path(mailbox, uid))
+            except st.StoreError:
+                continue
+        return None
+
     async def update_email(self, email_id: str, *, mailbox_ids: frozenset[str] | None = None,
                            keywords: frozenset[str] | None = None) -> None:
         _, by_id, copies = await self._all()

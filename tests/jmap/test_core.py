@@ -192,3 +192,15 @@ async def test_access_token_for_eventsource(client: Client) -> None:
         # the token only works where the browser cannot send a header, not on the API
         async with anon.post(client.server.url + "/jmap/api?access_token=" + tok, data=b"{}") as r:
             assert r.status == 401
+
+
+async def test_access_token_cookie_for_browsers(client: Client) -> None:
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as browser:
+        async with browser.post(client.server.url + "/jmap/token", headers=client.headers) as r:
+            assert r.status == 200
+            cookie = r.cookies["jmap_access"]
+            assert cookie["httponly"] and cookie["samesite"] == "Strict" and cookie["path"] == "/jmap"
+        # no Authorization header: the cookie alone opens the EventSource
+        async with browser.get(client.server.url + "/jmap/eventsource?types=*&closeafter=no&ping=0") as r:
+            assert r.status == 200
+            assert await r.content.readline() == b"event: state\n"

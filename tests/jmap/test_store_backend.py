@@ -184,3 +184,16 @@ async def test_api_using_store_rejects_bad_state(env: tuple[Client, Store, Any])
     c, _, _ = env
     r = await c.call(["Email/changes", {"accountId": "A1", "sinceState": "garbage!"}, "0"], using=USING)
     assert r[0][1]["type"] == "cannotCalculateChanges"
+
+
+async def test_download_streams_the_maildir_file_with_range(env: tuple[Client, Store, Any], corpus: Path) -> None:
+    c, _, _ = env
+    raw = (corpus / "stalwart-mail-parser/eml/legacy/015.eml").read_bytes()
+    eid = await c.import_message(raw)
+    blob = (await c.one("Email/get", {"ids": [eid], "properties": ["blobId"]}))["list"][0]["blobId"]
+    url = f"{c.server.url}/jmap/download/A1/{blob}/m.eml?accept=message/rfc822"
+    async with c.http.get(url, headers=c.headers) as r:
+        assert r.status == 200 and await r.read() == raw
+        assert r.headers["Content-Type"] == "message/rfc822"
+    async with c.http.get(url, headers={**c.headers, "Range": "bytes=100-199"}) as r:
+        assert r.status == 206 and await r.read() == raw[100:200]
