@@ -52,6 +52,8 @@ class Plan:
     needs_body: bool
     #: only items of the index: no structure, no bytes
     index_only: bool
+    #: every byte item is a BODY[...] section a cached structure can locate (no HEADER.FIELDS)
+    ranged: bool
 
 
 def _is_header_att(a: FetchAtt) -> bool:
@@ -72,7 +74,14 @@ def plan(atts: Iterable[FetchAtt]) -> Plan:
         for a in atts
     )
     index_only = all(a.name in META_ONLY for a in atts)
-    return Plan(names, structure, header and not body, body, index_only)
+    ranged = body and all(_is_ranged(a) or a.name in META_ONLY or a.name in STRUCTURE_ITEMS
+                          or (a.name == "BODY" and a.section is None) for a in atts)
+    return Plan(names, structure, header and not body, body, index_only, ranged)
+
+
+def _is_ranged(a: FetchAtt) -> bool:
+    return (a.name in ("BODY", "BODY.PEEK") and a.section is not None
+            and a.section.text in ("", "TEXT", "MIME", "HEADER"))
 
 
 def sets_seen(atts: Iterable[FetchAtt]) -> bool:
@@ -131,6 +140,7 @@ def render(
     flags: frozenset[str] | None = None,
     precomputed: dict[str, bytes] | None = None,
     recent: bool = False,
+    sections: dict[int, bytes] | None = None,
 ) -> bytes:
     """The ``( ... )`` of ``* n FETCH ( ... )``.
 
@@ -149,9 +159,14 @@ def render(
 
     if uid:
         add("UID", str(info.uid).encode())
-    for a in atts:
+    for k, a in enumerate(atts):
         n = a.name
-        if n == "UID":
+        if sections is not None and k in sections:
+            # bytes already cut to the section (and partial) from the cached structure's offsets
+            assert a.section is not None
+            origin = b"<%d>" % a.partial[0] if a.partial else b""
+            add(f"BODY[{a.section.spec().decode()}]{origin.decode()}", literal(sections[k]))
+        elif n == "UID":
             add("UID", str(info.uid).encode())
         elif n == "FLAGS":
             add("FLAGS", _flags(info.flags, recent))

@@ -159,7 +159,7 @@ class MessageCommands:
         name = self.view.name
         plan = fetchmod.plan(atts)
         structs: dict[int, Any] = {}
-        if plan.wants_structure or plan.header_only:
+        if plan.wants_structure or plan.header_only or plan.ranged:
             # The structure cached at delivery answers ENVELOPE/BODYSTRUCTURE and says where the
             # header ends, so those never re-read or re-parse the whole message.
             try:
@@ -191,6 +191,18 @@ class MessageCommands:
                 if "BODY" in plan.names:
                     pre["BODY"] = struct.imap_bodystructure(False)
             need_full = plan.needs_body or (plan.wants_structure and not pre)
+            sections = None
+            if plan.ranged and struct is not None and hasattr(struct, "section_range") \
+                    and (pre or not plan.wants_structure):
+                # Read only the bytes of the requested sections (a preview of a message with
+                # big attachments does not read the attachments).
+                try:
+                    sections = await self._read_sections(name, info.uid, struct, atts)
+                except Exception as exc:
+                    if store_error_name(exc) == "MessageGone":
+                        continue
+                    raise self._store_error(exc) from None
+                need_full = False
             if need_full or plan.header_only:
                 header_end = getattr(struct, "header_end", None) if not need_full else None
                 try:
@@ -209,12 +221,29 @@ class MessageCommands:
                 info = new
             try:
                 body = fetchmod.render(atts, info, raw, part, uid=uid, modseq=self.condstore,
-                                       recent=info.uid in self.recent,
+                                       recent=info.uid in self.recent, sections=sections,
                                        flags=new.flags if new is not None else None, precomputed=pre)
             except fetchmod.UnknownCte:
                 raise ImapError("NO", "Unknown Content-Transfer-Encoding", "UNKNOWN-CTE") from None
             self.w(b"* %d FETCH " % seq + body + b"\r\n")
             await self.maybe_flush()
+
+    async def _read_sections(self, name: str, uid: int, struct: Any, atts: list[Any]) -> dict[int, bytes]:
+        """Bytes of each BODY[section]<partial> att, read by offset (RFC 9051 §6.4.5)."""
+        out: dict[int, bytes] = {}
+        for k, a in enumerate(atts):
+            if not fetchmod._is_ranged(a):
+                continue
+            rng = struct.section_range(a.section.spec().decode())
+            if rng is None:
+                out[k] = b""  # a part that does not exist is empty
+                continue
+            start, end = rng
+            if a.partial is not None:
+                off, length = a.partial
+                start, end = min(start + off, end), min(start + off + length, end)
+            out[k] = await self.acct.read_message(name, uid, start, end - start) if end > start else b""
+        return out
 
     def _fetch_index_only(self, seqs: Sequence[int], selected: list[Any], atts: list[Any], uid: bool) -> None:
         """FETCH of index items only (FLAGS, UID, sizes, dates, modseq): one pass, shared flag lists."""

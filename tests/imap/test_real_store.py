@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import imaplib
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -168,3 +169,27 @@ def test_authenticate_plain_with_and_without_initial_response(real: ServerHandle
     assert raw.line() == b"a3 BAD Authentication cancelled\r\n"
     assert raw.cmd(b"a4 AUTHENTICATE CRAM-MD5") == [b"a4 NO [CANNOT] Unsupported authentication mechanism\r\n"]
     raw.close()
+
+
+def test_sections_by_offset_agree_with_whole_message_reads(real: ServerHandle, corpus: Path) -> None:
+    """BODY[section]<partial> read by the cached structure's offsets equals the same section cut
+    from the whole message (forced by adding a BINARY item, which reads everything)."""
+    raw_msgs = [
+        re.sub(rb"\r?\n", b"\r\n", (corpus / "cpython-test_email" / n).read_bytes())
+        for n in ("msg_02.txt", "msg_07.txt", "msg_10.txt")
+    ]
+    c = imaplib.IMAP4(real.host, real.port, timeout=20)
+    c.login("alice@example.test", "wonderland")
+    for m in raw_msgs:
+        assert c.append("INBOX", None, None, m)[0] == "OK"
+    c.select("INBOX")
+    items = ["BODY.PEEK[]", "BODY.PEEK[TEXT]", "BODY.PEEK[HEADER]", "BODY.PEEK[1]", "BODY.PEEK[1.MIME]",
+             "BODY.PEEK[2]<3.40>", "BODY.PEEK[9]"]
+    for seq in ("1", "2", "3"):
+        ranged = c.fetch(seq, "(" + " ".join(items) + ")")[1]
+        whole = c.fetch(seq, "(" + " ".join(items) + " BINARY.PEEK[])")[1]
+        def literals(resp: list) -> list[bytes]:  # type: ignore[type-arg]
+            return [x[1] for x in resp if isinstance(x, tuple)]
+        assert literals(ranged) == literals(whole)[: len(literals(ranged))]
+        assert literals(ranged)[0] == raw_msgs[int(seq) - 1]
+    c.logout()
