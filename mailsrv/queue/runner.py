@@ -36,6 +36,8 @@ logger = log.get("queue")
 
 #: Rescan the envelope directory this often even without a poke (entries added while we were down).
 RESCAN_INTERVAL = 60.0
+#: Seconds an idle outbound session is kept for the next message to the same host.
+POOL_IDLE = 5.0
 
 
 class QueueRunner:
@@ -66,6 +68,7 @@ class QueueRunner:
         self._reload: set[str] = set()
         self._flush = False
         self.delivered = 0  # counters for tests and logs
+        self.pool: dict[tuple[Any, ...], list[tuple[SmtpClient, float]]] = {}
 
     # -- life ---------------------------------------------------------------
 
@@ -80,6 +83,9 @@ class QueueRunner:
         last_scan = self.clock()
         try:
             while not stop.is_set():
+                # Clear before looking at the state: a poke that arrives while we work
+                # (during an await below) must wake the next wait, not be lost.
+                self.wake.clear()
                 now = self.clock()
                 if self._flush:
                     self._flush = False
@@ -89,6 +95,9 @@ class QueueRunner:
                     await self._rescan()
                     last_scan = now
                 next_due = now + RESCAN_INTERVAL
+                if self.pool:
+                    await self._expire_pool()
+                    next_due = min(next_due, now + POOL_IDLE)
                 for env in list(self.entries.values()):
                     if env.id in self.inflight or env.held:
                         continue
@@ -96,7 +105,6 @@ class QueueRunner:
                         self._start(env)
                     else:
                         next_due = min(next_due, env.next_attempt)
-                self.wake.clear()
                 waiter = asyncio.ensure_future(self.wake.wait())
                 stopper = asyncio.ensure_future(stop.wait())
                 await asyncio.wait({waiter, stopper}, timeout=max(0.0, next_due - self.clock()),
@@ -111,6 +119,7 @@ class QueueRunner:
             for t in list(self.tasks):
                 t.cancel()
             await asyncio.gather(*self.tasks, return_exceptions=True)
+            await self._expire_pool(everything=True)
             logger.info("queue.stopped")
 
     def _bind(self) -> None:
@@ -218,26 +227,12 @@ class QueueRunner:
     async def _deliver_host(self, env: Envelope, rcpts: list[QRcpt], dest: Destination, host: str,
                             port: int) -> None:
         route = dest.route
-        timeout = self.qcfg.connect_timeout
-        implicit = _client_tls(route.verify_cert) if route.tls == "implicit" else None
-        client = await SmtpClient.connect(host, port, connect_timeout=timeout, implicit_tls=implicit,
-                                          server_hostname=host)
-        client.timeout = self.qcfg.command_timeout
+        key = (host, port, route.tls, route.username)
+        client = await self._pooled(key)
+        if client is None:
+            client = await self._open(host, port, route)
+        reusable = False
         try:
-            await client.ehlo(self.cfg.server.hostname)
-            if not client.tls and route.tls in ("opportunistic", "required"):
-                if "STARTTLS" in client.extensions:
-                    try:
-                        await client.starttls(_client_tls(route.verify_cert), host)
-                        await client.ehlo(self.cfg.server.hostname)
-                    except OutboundError:
-                        if route.tls == "required":
-                            raise
-                        raise  # the connection is unusable after a failed handshake; next host / retry
-                elif route.tls == "required":
-                    raise OutboundError(0, f"{host} does not offer STARTTLS (required by route)")
-            if route.username:
-                await client.auth_plain(route.username, route.password)
             prefix = b""
             if self.signer is not None:
                 prefix = await self.signer.header_for(env, self.qd.message_path(env.id))
@@ -266,8 +261,68 @@ class QueueRunner:
                     logger.info("queue.sent", id=env.id, rcpt=r.addr, host=host, reply=end.diag[:120])
                 elif end.code >= 500:
                     r.status = FAILED
+            reusable = True
         finally:
-            await client.quit()
+            if reusable:
+                self._release(key, client)
+            else:
+                await client.quit()
+
+    async def _open(self, host: str, port: int, route: Any) -> SmtpClient:
+        timeout = self.qcfg.connect_timeout
+        implicit = _client_tls(route.verify_cert) if route.tls == "implicit" else None
+        client = await SmtpClient.connect(host, port, connect_timeout=timeout, implicit_tls=implicit,
+                                          server_hostname=host)
+        client.timeout = self.qcfg.command_timeout
+        try:
+            await client.ehlo(self.cfg.server.hostname)
+            if not client.tls and route.tls in ("opportunistic", "required"):
+                if "STARTTLS" in client.extensions:
+                    # RFC 3207 §4.1: a failed handshake leaves the connection unusable: next host / retry
+                    await client.starttls(_client_tls(route.verify_cert), host)
+                    await client.ehlo(self.cfg.server.hostname)
+                elif route.tls == "required":
+                    raise OutboundError(0, f"{host} does not offer STARTTLS (required by route)")
+            if route.username:
+                await client.auth_plain(route.username, route.password)
+        except BaseException:
+            await client.close()
+            raise
+        return client
+
+    # -- connection reuse: idle sessions per destination host ------------------------
+
+    async def _pooled(self, key: tuple[Any, ...]) -> SmtpClient | None:
+        """An idle session to the same host (RFC 5321 §3.3: RSET, then a new transaction)."""
+        idle = self.pool.get(key)
+        now = self.clock()
+        while idle:
+            client, since = idle.pop()
+            if now - since < POOL_IDLE:
+                try:
+                    if (await client.command("RSET", 10)).code == 250:
+                        return client
+                except OutboundError:
+                    pass
+            await client.close()
+        return None
+
+    def _release(self, key: tuple[Any, ...], client: SmtpClient) -> None:
+        self.pool.setdefault(key, []).append((client, self.clock()))
+
+    async def _expire_pool(self, everything: bool = False) -> None:
+        now = self.clock()
+        for key, idle in list(self.pool.items()):
+            keep = []
+            for client, since in idle:
+                if everything or now - since >= POOL_IDLE:
+                    await client.quit()
+                else:
+                    keep.append((client, since))
+            if keep:
+                self.pool[key] = keep
+            else:
+                del self.pool[key]
 
     async def _after_attempt(self, env: Envelope) -> None:
         now = self.clock()

@@ -206,3 +206,44 @@ def test_hold_release_delete(tmp_path: Path) -> None:
         assert qid2 not in qd.ids()
 
     asyncio.run(run_scenario(tmp_path, {"remote.test": a}, body, retry_schedule=(3600.0,)))
+
+
+def test_connection_reuse_per_destination(tmp_path: Path) -> None:
+    a = SinkHandler()
+    connections = []
+
+    async def body(cfg: Any, runner: QueueRunner) -> None:
+        enq = Enqueuer(cfg.server.data_dir)
+        for i in range(4):
+            await enq.enqueue(MSG, "alice@example.test", [QRcpt(f"r{i}@remote.test")])
+        await wait_for(lambda: len(a.received) == 4)
+        await wait_for(lambda: queue_dir(cfg.server.data_dir).ids() == [])
+
+    from aiosmtpd.smtp import SMTP
+
+    class CountingSMTP(SMTP):
+        def connection_made(self, transport: Any) -> None:
+            connections.append(1)
+            super().connection_made(transport)
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(lambda: CountingSMTP(a, hostname="sink.test"), "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        from .conftest import make_config
+
+        cfg = make_config(tmp_path / "data", {"remote.test": port}, max_per_destination=1)
+        runner = QueueRunner(cfg, is_local=_local_example, signer=None)
+        stop = asyncio.Event()
+        task = asyncio.ensure_future(runner.run(stop))
+        try:
+            await body(cfg, runner)
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 10)
+            server.close()
+            await server.wait_closed()
+
+    asyncio.run(scenario())
+    assert sorted(r.rcpts[0] for r in a.received) == [f"r{i}@remote.test" for i in range(4)]
+    assert len(connections) == 1  # one session carried all four transactions
