@@ -247,3 +247,60 @@ def test_connection_reuse_per_destination(tmp_path: Path) -> None:
     asyncio.run(scenario())
     assert sorted(r.rcpts[0] for r in a.received) == [f"r{i}@remote.test" for i in range(4)]
     assert len(connections) == 1  # one session carried all four transactions
+
+
+def test_mx_resolver_override_fallback_and_null_mx(tmp_path: Path) -> None:
+    """MX routing through an injected resolver (never real DNS): dead first MX -> next; null MX -> bounce."""
+    from mailsrv.queue.routing import NoRoute
+
+    a, home = SinkHandler(), SinkHandler()
+
+    async def scenario() -> None:
+        server, port = await start_sink(a)
+        hserver, hport = await start_sink(home)
+        dead = __import__("socket").socket()
+        dead.bind(("127.0.0.1", 0))  # bound, not listening: connection refused
+        dead_port = dead.getsockname()[1]
+
+        async def resolver(domain: str) -> list[tuple[str, int]]:
+            if domain == "mx.test":
+                return [("127.0.0.1", dead_port), ("127.0.0.1", port)]
+            raise NoRoute(f"5.1.10 domain {domain} accepts no mail (null MX)", True)
+
+        cfg = make_config(tmp_path / "data", {}, local_relay=f"127.0.0.1:{hport}")
+        runner = QueueRunner(cfg, resolver=resolver, is_local=_local_example, signer=None)
+        stop = asyncio.Event()
+        task = asyncio.ensure_future(runner.run(stop))
+        try:
+            enq = Enqueuer(cfg.server.data_dir)
+            await enq.enqueue(MSG, "alice@example.test", [QRcpt("x@mx.test"), QRcpt("y@nullmx.test")])
+            await wait_for(lambda: len(a.received) == 1 and len(home.received) == 1)
+            await wait_for(lambda: queue_dir(cfg.server.data_dir).ids() == [])
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 10)
+            for s in (server, hserver):
+                s.close()
+                await s.wait_closed()
+            dead.close()
+
+    asyncio.run(scenario())
+    assert a.received[0].rcpts == ["x@mx.test"]
+    raw = home.received[0].data.decode()
+    assert "Final-Recipient: rfc822; y@nullmx.test" in raw and "Status: 5.1.10" in raw
+
+
+def test_dkim_keygen_cli(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[server]\ndata_dir = "{tmp_path / "data"}"\n')
+    out = subprocess.run([sys.executable, "-m", "mailsrv", "-c", str(cfg), "dkim", "keygen", "Example.TEST"],
+                         capture_output=True, text=True, check=True).stdout
+    assert 'mail._domainkey.example.test. IN TXT "v=DKIM1; k=rsa; p=' in out
+    key = tmp_path / "data" / "dkim" / "example.test.mail.key"
+    assert key.exists() and key.stat().st_mode & 0o777 == 0o600
+    again = subprocess.run([sys.executable, "-m", "mailsrv", "-c", str(cfg), "dkim", "keygen", "example.test"],
+                           capture_output=True, text=True, check=True).stdout
+    assert again.splitlines()[1] == out.splitlines()[1]  # the existing key is kept
