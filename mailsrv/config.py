@@ -325,9 +325,9 @@ class JmapConfig:
 
 
 def _expire(v: str) -> str | None:
-    if v in ("", "NEVER") or (v.isdigit() and int(v) == 0):
+    if v in ("", "NEVER") or (v.isascii() and v.isdigit() and int(v) <= 24855):
         return None
-    return 'must be "" (not announced), "NEVER", or "0" (retrieved messages are deleted at QUIT)'
+    return 'must be "" (not announced), "NEVER", or a number of days (0: retrieved messages are deleted at QUIT)'
 
 
 @dataclass(frozen=True)
@@ -350,8 +350,8 @@ class ImapConfig:
 @dataclass(frozen=True)
 class Pop3Config:
     expire: str = doc(
-        'RFC 2449 EXPIRE policy announced in CAPA: "" (none), "NEVER", or "0" (messages retrieved '
-        "with RETR are deleted at QUIT, as if DELE'd).",
+        'RFC 2449 EXPIRE policy, announced in CAPA and enforced: "" (none), "NEVER", or a number of '
+        "days after its first RETR that a message is deleted at the next login (\"0\": at QUIT).",
         "",
         check=_expire,
     )
@@ -414,6 +414,11 @@ class PolicyConfig:
         'DNS servers for policy lookups, "ip" or "ip:port" (empty: /etc/resolv.conf). Tests point this at a local server.',
         (),
         check=_nameservers,
+    )
+    skip_networks: tuple[str, ...] = doc(
+        "Client networks (CIDR) whose mail skips the inbound checks (local tools, the queue's own relay).",
+        ("127.0.0.0/8", "::1/128"),
+        check=_cidrs,
     )
     dns_timeout: float = doc("Seconds a policy DNS lookup may take before it counts as a temporary error.", 5.0,
                              check=_positive)

@@ -92,7 +92,8 @@ class LocalDelivery:
                 return RcptCheck(452, "4.2.2", f"<{address}>: Mailbox full")
         return RcptCheck(250, "2.1.5", "Recipient OK", "local", res)
 
-    async def deliver(self, spool: Path, recipients: Sequence[tuple[str, Resolution]]) -> LocalOutcome:
+    async def deliver(self, spool: Path, recipients: Sequence[tuple[str, Resolution]], *,
+                      mailbox: str = "INBOX") -> LocalOutcome:
         """Deliver the durable ``spool`` to every local recipient; returns when every copy is durable.
 
         ``recipients`` are (address, resolution) of kind local or group. Groups
@@ -108,7 +109,8 @@ class LocalDelivery:
                 return
             # Opening an account may create its maildir: open the batch concurrently (store I/O pool).
             saccts = await asyncio.gather(*(self.store_account(a) for _, a in batch))
-            targets = [DeliveryTarget(sa, limits=limits_of(a)) for (_, a), sa in zip(batch, saccts, strict=True)]
+            targets = [DeliveryTarget(sa, mailbox=mailbox, limits=limits_of(a))
+                       for (_, a), sa in zip(batch, saccts, strict=True)]
             results = await self.store.deliver(spool, targets)
             for (addr, _), res in zip(batch, results, strict=True):
                 if res.status == "ok":

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -76,6 +76,10 @@ class Directory:
 
     async def is_local_domain(self, domain: str) -> bool:
         return await self._call("is_local_domain", domain)
+
+    async def policy_lists(self, scopes: Sequence[str]) -> list[tuple[str, str, str]]:
+        """(scope, kind, entry) block/allow list rows of ``scopes`` (issue 12)."""
+        return await self._call("policy_lists", list(scopes))
 
     async def account(self, account_id: int) -> Account | None:
         return await self._call("account", account_id)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-VERSION = 1
+VERSION = 2  # 2: policy_lists (issue 12; additive, created by re-running the DDL)
 
 # One namespace for every address that receives mail: users, aliases, groups
 # and department addresses. A lookup at RCPT time is one primary-key probe.
@@ -95,6 +95,13 @@ CREATE TABLE IF NOT EXISTS tokens (
     created REAL NOT NULL,
     expires REAL,
     revoked INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS policy_lists (
+    scope TEXT NOT NULL,
+    kind TEXT NOT NULL CHECK (kind IN ('block', 'allow')),
+    entry TEXT NOT NULL,
+    created REAL NOT NULL,
+    PRIMARY KEY (scope, kind, entry)
 );
 CREATE TABLE IF NOT EXISTS auth_failures (
     key TEXT PRIMARY KEY,

@@ -14,7 +14,7 @@ import os
 import secrets
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -144,6 +144,33 @@ class SqliteCore:
 
     def is_local_domain(self, domain: str) -> bool:
         return self._domain_row(A.normalise(domain)) is not None
+
+    # -- policy block/allow lists (issue 12; mailsrv.policy.lists defines scopes and entries) ----
+
+    def policy_lists(self, scopes: Sequence[str]) -> list[tuple[str, str, str]]:
+        """(scope, kind, entry) rows of ``scopes``, ordered by scope, kind and entry."""
+        rows: list[tuple[str, str, str]] = []
+        for scope in scopes:
+            rows.extend(self.db.execute(
+                "SELECT scope, kind, entry FROM policy_lists WHERE scope = ? ORDER BY kind, entry", (scope,)
+            ).fetchall())
+        return rows
+
+    def policy_list_add(self, scope: str, kind: str, entry: str) -> bool:
+        """Add an entry (already normalised by the caller); False when it was there."""
+        with self._tx() as db:
+            cur = db.execute("INSERT OR IGNORE INTO policy_lists (scope, kind, entry, created) VALUES (?, ?, ?, ?)",
+                             (scope, kind, entry, time.time()))
+            return cur.rowcount == 1
+
+    def policy_list_del(self, scope: str, kind: str, entry: str) -> bool:
+        with self._tx() as db:
+            cur = db.execute("DELETE FROM policy_lists WHERE scope = ? AND kind = ? AND entry = ?",
+                             (scope, kind, entry))
+            return cur.rowcount == 1
+
+    def policy_list_all(self) -> list[tuple[str, str, str]]:
+        return self.db.execute("SELECT scope, kind, entry FROM policy_lists ORDER BY scope, kind, entry").fetchall()
 
     def canonical(self, address: str) -> str | None:
         """Address with the canonical domain and no sub-address; None when the domain is not ours."""

@@ -92,8 +92,9 @@ class Policy:
         self.clamd = clamd or (Clamd(cfg.clamd_socket, timeout=cfg.clamd_timeout) if cfg.clamd_socket else None)
         self.is_local_domain = is_local_domain
         self.executor = executor
-        self.grey_nets = []
-        self.grey_domains = set()
+        self.skip_nets = [ipaddress.ip_network(n, strict=False) for n in cfg.skip_networks]
+        self.grey_nets: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+        self.grey_domains: set[str] = set()
         for entry in cfg.greylist_whitelist:
             try:
                 self.grey_nets.append(ipaddress.ip_network(entry, strict=False))
@@ -113,7 +114,14 @@ class Policy:
             self.state.close()
 
     def session(self, *, client_ip: str, listener: str = "smtp", trusted: bool = False) -> PolicySession:
-        return PolicySession(self, client_ip, listener, trusted)
+        return PolicySession(self, client_ip, listener, trusted or self.skipped(client_ip))
+
+    def skipped(self, ip: str) -> bool:
+        try:
+            addr = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        return any(addr in n for n in self.skip_nets)
 
     def thresholds(self, domains: Sequence[str]) -> tuple[float, float]:
         """(junk, reject) for a message to ``domains``: the strictest of their thresholds."""

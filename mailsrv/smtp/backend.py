@@ -47,6 +47,7 @@ class Transaction:
     ret: str | None = None  # RFC 3461 RET=FULL|HDRS
     envid: str | None = None  # RFC 3461 ENVID (decoded)
     rcpts: list[Recipient] = field(default_factory=list)
+    junk: bool = False  # the policy filed the message as spam: deliver into Junk (issue 12)
 
 
 @dataclass(frozen=True)

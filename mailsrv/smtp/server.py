@@ -11,6 +11,7 @@ call and its return, so ``250`` always follows durability.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 from typing import Any
 
@@ -24,6 +25,7 @@ from mailsrv.net.connection import (
     ServerShutdown,
 )
 from mailsrv.net.service import ServiceContext
+from mailsrv.policy.pipeline import Policy
 from mailsrv.smtp.backend import MailBackend, SaslProvider, SessionInfo
 from mailsrv.smtp.dotstuff import DotDecoder
 from mailsrv.smtp.grammar import SmtpError, reply
@@ -54,6 +56,7 @@ class SmtpService:
         self.sasl = sasl if sasl is not None else ctx.resources.get("auth")
         self.max_errors = ctx.config.limits.max_errors
         self.trusted = [ipaddress.ip_network(n, strict=False) for n in ctx.listener.trusted_networks]
+        self.policy = _default_policy(ctx)
 
     async def refuse(self, conn: Connection, reason: str) -> None:
         # RFC 5321 §3.1: 421 at connection time when the service is not available.
@@ -81,6 +84,9 @@ class SmtpService:
             tls=conn.tls_info() if conn.tls_active else {},
             trusted=self._is_trusted(conn.peer_host),
         )
+        policy = None
+        if self.policy is not None:
+            policy = self.policy.session(client_ip=conn.peer_host, listener=self.kind, trusted=info.trusted)
         return Session(
             info,
             self.cfg,
@@ -88,11 +94,34 @@ class SmtpService:
             self.sasl,
             starttls_available=self.ctx.starttls_context is not None,
             plaintext_auth_ok=self._plaintext_ok(conn.peer_host),
+            policy=policy,
         )
+
+    async def _policy_greeting(self, conn: Connection, session: Session) -> bool:
+        """issue 12: connection-time policy and early-talker detection; False: refused and closed."""
+        ps = session.policy
+        if ps is None:
+            return True
+        decision = await ps.connect()
+        pause = self.policy.cfg.greet_pause if self.policy is not None and not ps.trusted else 0.0
+        if decision.ok and pause > 0:
+            # RFC 5321 §4.3.1: the client must wait for the greeting; one that talks first is a bot
+            try:
+                early = await asyncio.wait_for(conn.reader.read(1), pause)
+            except TimeoutError:
+                early = b""
+            if early:
+                decision = ps.early_talker()
+        if decision.ok:
+            return True
+        await self._bye(conn, reply(decision.code, decision.enh, f"{self.ctx.hostname} {decision.text}"))
+        return False
 
     async def handle(self, conn: Connection) -> None:
         session = self.new_session(conn)
         try:
+            if not await self._policy_greeting(conn, session):
+                return
             await conn.send(session.greeting())
             await self._loop(conn, session)
         except ConnectionClosed:
@@ -237,6 +266,20 @@ def _default_backend(ctx: ServiceContext) -> MailBackend:
     backend = build_backend(ctx)
     ctx.resources["smtp_backend"] = backend
     return backend
+
+
+def _default_policy(ctx: ServiceContext) -> Policy | None:
+    """The worker's policy (issue 12): from resources, or built over the directory once per worker."""
+    if "policy" in ctx.resources:
+        return ctx.resources["policy"]
+    directory = ctx.resources.get("directory")
+    cfg = getattr(ctx.config, "policy", None)
+    if directory is None or cfg is None or not cfg.enabled:
+        return None  # services built without a worker (tests with fake backends) run without policy
+    policy = Policy.from_config(cfg, hostname=ctx.hostname, data_dir=ctx.config.server.data_dir,
+                                lists=directory, is_local_domain=directory.is_local_domain)
+    ctx.resources["policy"] = policy
+    return policy
 
 
 def make_service(ctx: ServiceContext) -> SmtpService:

@@ -27,6 +27,7 @@ from typing import Any, Literal
 
 from mailsrv import log
 from mailsrv.config import SmtpConfig
+from mailsrv.policy.pipeline import Decision, PolicySession
 from mailsrv.smtp.backend import (
     MailBackend,
     Recipient,
@@ -107,6 +108,7 @@ class Session:
         *,
         starttls_available: bool = False,
         plaintext_auth_ok: bool = False,
+        policy: PolicySession | None = None,
     ) -> None:
         self.info = info
         self.cfg = cfg
@@ -114,6 +116,7 @@ class Session:
         self.sasl = sasl
         self.starttls_available = starttls_available
         self.plaintext_auth_ok = plaintext_auth_ok
+        self.policy = policy  # mailsrv.policy checks (issue 12); None: no policy
         self.state = State.GREETED
         self.tx: Transaction | None = None
         self.commands = 0
@@ -180,8 +183,16 @@ class Session:
 
     # -- session verbs ----------------------------------------------------------
 
+    @staticmethod
+    def _enforce(decision: Decision) -> None:
+        """A policy decision that is not OK becomes the reply (issue 12)."""
+        if not decision.ok:
+            raise SmtpError(decision.text, decision.code, decision.enh)
+
     async def smtp_EHLO(self, arg: bytes) -> Step:
         domain = self._helo_arg(arg)
+        if self.policy is not None:
+            self._enforce(await self.policy.helo(domain))
         self._reset()
         self.info.helo, self.info.esmtp = domain, True
         self.state = State.READY
@@ -204,6 +215,8 @@ class Session:
 
     async def smtp_HELO(self, arg: bytes) -> Step:
         domain = self._helo_arg(arg)
+        if self.policy is not None:
+            self._enforce(await self.policy.helo(domain))
         self._reset()
         self.info.helo, self.info.esmtp = domain, False
         self.state = State.READY
@@ -328,6 +341,8 @@ class Session:
             self._auth = None
             self.info.account = result.account
             log.bind(user=getattr(result.account, "address", str(result.account)))
+            if self.policy is not None:
+                self.policy.authenticated(getattr(result.account, "address", str(result.account)))
             return Step(reply(235, "2.7.0", "Authentication successful"))
         if hasattr(result, "reason"):
             self._auth = None
@@ -378,6 +393,8 @@ class Session:
         verdict = await self.backend.check_sender(self.info, sender)
         if not verdict.ok:
             raise SmtpError(verdict.text, verdict.code, verdict.enh)
+        if self.policy is not None:
+            self._enforce(await self.policy.mail(sender))
         self.tx = tx
         self.state = State.MAIL
         return Step(reply(250, "2.1.0", "Sender OK"))
@@ -409,6 +426,8 @@ class Session:
         self.state = State.RCPT
         if not verdict.ok:
             raise SmtpError(verdict.text, verdict.code, verdict.enh)
+        if self.policy is not None:
+            self._enforce(await self.policy.rcpt(address))
         rcpt.route = verdict.route
         tx.rcpts.append(rcpt)
         return Step(reply(verdict.code, verdict.enh, verdict.text))
@@ -497,6 +516,11 @@ class Session:
                 # RFC 5321 §2.3.8; SMTP smuggling defence
                 raise SmtpError("Message contains bare CR or LF", 550, "5.6.0")
             await spool.commit()
+            if self.policy is not None:
+                # issue 12: every check finishes before the reply; the policy may add headers to the spool
+                decision = await self.policy.data(spool.path)
+                self._enforce(decision)
+                tx.junk = decision.action == "junk"
             verdict = await self.backend.deliver(self.info, tx, spool)
         except OSError as exc:
             logger.exception("spool.failed", exc)

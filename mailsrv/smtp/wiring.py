@@ -70,7 +70,8 @@ class DirectoryBackend:
                 remote.append(_qrcpt(address, r))
             else:
                 local.append((address, res))
-        outcome = await self.local.deliver(spool.path, local) if local else None
+        mailbox = "Junk" if tx.junk else "INBOX"  # issue 12: spam goes to Junk (INBOX if there is none)
+        outcome = await self.local.deliver(spool.path, local, mailbox=mailbox) if local else None
         if outcome is not None:
             remote.extend(_qrcpt(a) for a in outcome.outside)
             remote.extend(_qrcpt(a, by_addr.get(a)) for a in outcome.retry)
