@@ -225,7 +225,9 @@ class ImapService:
         head = line[:64].split(b" ", 3)
         is_append = len(head) > 1 and head[1].upper().startswith(b"APPEND")
         limit = session.cfg.append_limit if is_append else self.max_literal
-        total_cap = session.cfg.append_limit * 4 + conn.max_line_length
+        # A whole command is bounded too (many small literals): MULTIAPPEND may carry a few
+        # messages, any other command a few literals' worth.
+        total_cap = (session.cfg.append_limit * 4 if is_append else self.max_literal * 16) + conn.max_line_length
         while True:
             marker = literal_marker(line)
             if marker is None:

@@ -169,3 +169,13 @@ def test_idle_ends_with_bye_on_drain_and_on_timeout() -> None:
     # the drain interrupted the IDLE with a BYE instead of cutting the connection
     assert d.line() == b"* BYE [UNAVAILABLE] Server shutting down\r\n"
     d.close()
+
+
+def test_many_small_literals_are_bounded_per_command(raw: Raw) -> None:
+    raw.cmd(b"a0 LOGIN alice wonderland")
+    # 40 literals of 60 KiB each in one SEARCH: over the per-command cap, consumed and refused
+    chunk = b"x" * 60_000
+    body = b"".join(b" OR SUBJECT {60000+}\r\n" + chunk for _ in range(40))
+    raw.send(b"a1 SEARCH ALL" + body + b" ALL\r\n")
+    assert raw.line() == b"a1 BAD [TOOBIG] Literal too large\r\n"
+    assert raw.cmd(b"a2 NOOP") == [b"a2 OK NOOP completed\r\n"]
