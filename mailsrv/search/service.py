@@ -46,6 +46,9 @@ __all__ = ["Columns", "MailboxIndex", "Reader", "SearchService"]
 
 logger = log.get("search")
 
+#: fields whose n-gram dictionaries are built right after an index is loaded
+WARM_FIELDS = ("body", "subject", "from", "to", "cc", "headers")
+
 #: text cache bytes tolerated beyond twice the live records before it is compacted
 COMPACT_SLACK = 1 << 20
 T = TypeVar("T")
@@ -92,7 +95,7 @@ class MailboxIndex:
         self.since_snapshot = 0
         self.view = ViewState()
         #: statistics for tests and the benchmark
-        self.stats = {"indexed": 0, "confirmed": 0, "rebuilds": 0, "snapshots": 0, "text_compactions": 0}
+        self.stats = {"indexed": 0, "confirmed": 0, "rebuilds": 0, "snapshots": 0, "text_compactions": 0, "loads": 0}
 
     # --- blocking part (runs in the service's threads) ---------------------------
 
@@ -162,6 +165,7 @@ class MailboxIndex:
             self._reset(time.time_ns())
             return
         self.core, self.locs, self.gen = core, locs, gen
+        self.stats["loads"] += 1
         self.text = TextStore(text_path)
         self._open_log()
         _, _, stale = read_log(self.log_fd, gen, 0)
@@ -323,9 +327,20 @@ class MailboxIndex:
 
     # --- async API -----------------------------------------------------------------
 
+    def _warm(self) -> None:
+        """Build the n-gram term dictionaries a reload left for later (substring queries need them)."""
+        for f in WARM_FIELDS:
+            with self._tlock:
+                ti = self.core.fields[f]
+                if ti.grams is None:
+                    ti.build_grams()
+
     async def _catch_up(self, view: Any) -> dict[int, Document]:
         """Index every message of ``view`` not indexed yet; returns the unreadable ones."""
+        loaded = self.stats["loads"]
         missing = await self.service.run(self._prepare, view)
+        if self.stats["loads"] != loaded:
+            self.service.background(self.service.run(self._warm))
         unreadable: dict[int, Document] = {}
         batch = self.config.batch
         for i in range(0, len(missing), batch):
@@ -509,7 +524,7 @@ class SearchService:
 
     # --- StoreObserver ---------------------------------------------------------------
 
-    def _background(self, coro: Awaitable[None]) -> None:
+    def background(self, coro: Awaitable[None]) -> None:
         async def guarded() -> None:
             try:
                 await coro
@@ -534,12 +549,12 @@ class SearchService:
             return
         idx = self._index_for(account_id, mailbox_id)
         if idx is not None:
-            self._background(idx.index_uids([info.uid]))
+            self.background(idx.index_uids([info.uid]))
 
     def messages_expunged(self, account_id: str, mailbox_id: str, uids: list[int]) -> None:
         idx = self._open.get((account_id, mailbox_id))
         if idx is not None:
-            self._background(idx.expunged(list(uids)))
+            self.background(idx.expunged(list(uids)))
 
     def flags_changed(self, account_id: str, mailbox_id: str, infos: list[Any]) -> None:
         """Flags are read from the session's view: nothing to do."""

@@ -24,12 +24,15 @@ All functions here block (file I/O): call them from a worker thread.
 
 from __future__ import annotations
 
+import array
 import fcntl
 import glob
+import itertools
 import json
 import mmap
 import os
 import struct
+import sys
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -43,7 +46,7 @@ from mailsrv.search.index import HNAME, IndexCore, TermIndex
 
 __all__ = ["CorruptIndex", "Files", "TextStore", "load_snapshot", "write_snapshot"]
 
-SNAP_MAGIC = b"MSRCHS1\n"
+SNAP_MAGIC = b"MSRCHS2\n"
 LOG_MAGIC = b"MSRCHL1\n"
 _U32 = struct.Struct("<I")
 _REC = struct.Struct("<II")  # length, crc32
@@ -269,8 +272,12 @@ def write_snapshot(
         items = [(t, bm) for t, bm in ti.post.items() if bm]
         _put_blob(parts, "\x00".join(t for t, _ in items).encode("utf-8"))
         parts.append(_U32.pack(len(items)))
-        for _, bm in items:
-            _put_blob(parts, bm.serialize())
+        blobs = [bm.serialize() for _, bm in items]
+        lengths = array.array("I", [len(b) for b in blobs])
+        if sys.byteorder != "little":
+            lengths.byteswap()
+        parts.append(lengths.tobytes())
+        _put_blob(parts, b"".join(blobs))
     for bm in (core.indexed, core.attach):
         _put_blob(parts, bm.serialize())
     rows = {str(u): [*core.cols[u], *locs[u]] for u in core.indexed}
@@ -300,6 +307,13 @@ class _Reader:
         (v,) = _U32.unpack_from(self.data, self.pos)
         self.pos += 4
         return int(v)
+
+    def take(self, n: int) -> bytes:
+        if self.pos + n > len(self.data):
+            raise CorruptIndex("snapshot truncated")
+        b = self.data[self.pos : self.pos + n]
+        self.pos += n
+        return b
 
     def blob(self) -> bytes:
         n = self.u32()
@@ -331,11 +345,22 @@ def load_snapshot(path: Path) -> tuple[IndexCore, dict[int, tuple[int, int]], in
             term_list = raw_terms.split("\x00") if n else []
             if len(term_list) != n:
                 raise CorruptIndex(f"{path}: term count mismatch")
+            lengths = array.array("I")
+            lengths.frombytes(r.take(4 * n))
+            if sys.byteorder != "little":
+                lengths.byteswap()
+            packed = memoryview(r.blob())
+            if sum(lengths) != len(packed):
+                raise CorruptIndex(f"{path}: posting sizes mismatch")
+            offsets = itertools.accumulate(lengths, initial=0)
+            deser = BitMap.deserialize
             ti = TermIndex()
-            for t in term_list:
-                ti.post[t] = BitMap.deserialize(r.blob())
+            ti.post = {
+                t: deser(packed[o : o + k])  # type: ignore[arg-type]  # buffer protocol
+                for t, o, k in zip(term_list, offsets, lengths, strict=False)
+            }
             ti.vocab = term_list
-            ti.build_grams()
+            ti.grams = None  # built at the first substring query on this field (or by warm())
             core.fields[f] = ti
         core.indexed = BitMap.deserialize(r.blob())
         core.attach = BitMap.deserialize(r.blob())
