@@ -136,3 +136,88 @@ async def _scenario(server: ServerProcess, config: Path, password: str, token: s
                                        "properties": ["subject", "from"]}, "g"])
         assert [e["subject"] for e in got[1][1]["list"]] == ["from jmap"]
         assert got[1][1]["list"][0]["from"] == [{"name": None, "email": "alice@example.test"}]
+
+
+class _Sink:
+    """An SMTP sink on 127.0.0.1 (aiosmtpd) in its own loop thread: the outbound queue's smarthost."""
+
+    def __init__(self) -> None:
+        import threading
+
+        from aiosmtpd.smtp import SMTP
+
+        self.received: list[tuple[str, list[str], bytes]] = []
+        self.got = threading.Event()
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        sink = self
+
+        class Handler:
+            async def handle_DATA(self, server: object, session: object, envelope: object) -> str:  # noqa: N802
+                sink.received.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.content))  # type: ignore[attr-defined]
+                sink.got.set()
+                return "250 2.0.0 sunk"
+
+        async def start() -> asyncio.Server:
+            return await self.loop.create_server(lambda: SMTP(Handler(), hostname="sink.test"), "127.0.0.1", 0)
+
+        self.server = asyncio.run_coroutine_threadsafe(start(), self.loop).result(10)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    def close(self) -> None:
+        async def stop() -> None:
+            self.server.close()
+            await self.server.wait_closed()
+
+        asyncio.run_coroutine_threadsafe(stop(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+def test_email_submission_to_an_outside_sink(tmp_path: Path) -> None:
+    sink = _Sink()
+    try:
+        config, _password, token, _bob = setup(tmp_path)
+        with config.open("a") as f:
+            f.write(f'\n[queue]\nretry_schedule = [0.05]\ndkim_sign = false\n'
+                    f'[queue.route."remote.test"]\nsmarthost = "127.0.0.1:{sink.port}"\ntls = "none"\n')
+        server = ServerProcess(config).wait_ready()
+        try:
+            asyncio.run(_submit_outside(server, token))
+            assert sink.got.wait(30), "the sink received nothing"
+        finally:
+            assert server.stop() == 0
+        mail_from, rcpts, content = sink.received[0]
+        assert mail_from == "alice@example.test" and rcpts == ["carol@remote.test"]
+        assert b"Subject: to the outside" in content and b"Bcc:" not in content
+    finally:
+        sink.close()
+
+
+async def _submit_outside(server: ServerProcess, token: str) -> None:
+    plain = f"http://127.0.0.1:{server.ports['jmap']}"
+    bearer = {"Authorization": f"Bearer {token}"}
+    async with aiohttp.ClientSession() as http:
+        async with http.get(plain + "/jmap/session", headers=bearer) as r:
+            account = (await r.json())["primaryAccounts"]["urn:ietf:params:jmap:mail"]
+        got = await api(http, plain, bearer, ["Mailbox/get", {"accountId": account}, "m"],
+                        ["Identity/get", {"accountId": account}, "i"])
+        drafts = next(m["id"] for m in got[0][1]["list"] if m["role"] == "drafts")
+        ident = got[1][1]["list"][0]["id"]
+        r = await api(http, plain, bearer,
+                      ["Email/set", {"accountId": account, "create": {"d": {
+                          "mailboxIds": {drafts: True}, "from": [{"email": "alice@example.test"}],
+                          "to": [{"email": "carol@remote.test"}], "bcc": [{"email": "dave@remote.test"}],
+                          "subject": "to the outside", "textBody": [{"partId": "t"}],
+                          "bodyValues": {"t": {"value": "hello out there"}}}}}, "e"],
+                      ["EmailSubmission/set", {"accountId": account, "create": {"s": {
+                          "identityId": ident, "emailId": "#d",
+                          "envelope": {"mailFrom": {"email": "alice@example.test"},
+                                       "rcptTo": [{"email": "carol@remote.test"}]}}},
+                          "onSuccessDestroyEmail": ["#s"]}, "s"])
+        assert r[1][1]["created"] is not None, r
+        assert r[2][0] == "Email/set" and r[2][1]["destroyed"] == [r[0][1]["created"]["d"]["id"]]
+        status = await api(http, plain, bearer, ["EmailSubmission/get", {"accountId": account}, "g"])
+        assert status[0][1]["list"][0]["deliveryStatus"]["carol@remote.test"]["delivered"] == "queued"
