@@ -154,7 +154,7 @@ class _Sink:
         sink = self
 
         class Handler:
-            async def handle_DATA(self, server: object, session: object, envelope: object) -> str:  # noqa: N802
+            async def handle_DATA(self, server: object, session: object, envelope: object) -> str:
                 sink.received.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.content))  # type: ignore[attr-defined]
                 sink.got.set()
                 return "250 2.0.0 sunk"
