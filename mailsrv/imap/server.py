@@ -9,6 +9,7 @@ budget ends a hostile session with BYE. Nothing the peer sends raises out of
 from __future__ import annotations
 
 import ssl
+from pathlib import Path
 from typing import Any
 
 from mailsrv import log
@@ -21,6 +22,7 @@ from mailsrv.imap.grammar import (
     literal_marker,
 )
 from mailsrv.imap.session import Bye, Session, SessionConfig, State
+from mailsrv.imap.spool import STREAM_AT
 from mailsrv.net.connection import (
     Connection,
     ConnectionClosed,
@@ -183,7 +185,7 @@ class ImapService:
                 await conn.send(tag + b" BAD Incomplete command\r\n")
                 continue
             try:
-                go_on = await session.execute(cmd)
+                go_on = await self._run(session, cmd)
             except Bye as exc:
                 code = f"[{exc.code}] " if exc.code else ""
                 await session.flush()
@@ -210,6 +212,12 @@ class ImapService:
                 # DESIGN.md: a client that keeps sending bad commands is disconnected
                 await conn.send(b"* BYE [LIMIT] Too many errors\r\n")
                 return
+
+    async def _run(self, session: Session, cmd: Any) -> bool:
+        try:
+            return await session.execute(cmd)
+        finally:
+            await session.spool.cleanup()
 
     async def _bye(self, conn: Connection, session: Session, line: bytes) -> None:
         try:
@@ -247,9 +255,24 @@ class ImapService:
                 raise TooBig(tag, is_append)
             if not nonsync:
                 await conn.send(b"+ Ready for literal data\r\n")
-            buf += await conn.readexactly(size)
+            spool_dir = self._spool_dir(session) if is_append and size > STREAM_AT else None
+            if spool_dir is not None:
+                # DESIGN.md: a message body is streamed to disk, never held whole in memory
+                token = await session.spool.take(conn.readexactly, size, spool_dir)
+                del buf[-len(line):]
+                buf += line[: line.rindex(b"{")] + b"{%d}\r\n" % len(token) + token
+            else:
+                buf += await conn.readexactly(size)
             line = await conn.readline_in_command()
             buf += line
+
+    def _spool_dir(self, session: Session) -> Path | None:
+        """The account's maildir tmp/ (same file system as its mail), when the store has one."""
+        root = getattr(session.acct, "root", None)
+        if root is None:
+            return None
+        tmp = Path(root) / "tmp"
+        return tmp if tmp.is_dir() else None
 
     async def _discard_rest(self, conn: Connection) -> None:
         """Drop the rest of a command whose literal was refused (its further literals too)."""

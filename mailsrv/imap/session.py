@@ -34,6 +34,7 @@ from mailsrv.imap.errors import SYSTEM_FLAGS, Bye, ImapError, norm_flag, store_e
 from mailsrv.imap.grammar import Command
 from mailsrv.imap.messages import MessageCommands
 from mailsrv.imap.seqset import format_uids
+from mailsrv.imap.spool import LiteralSpool
 from mailsrv.net.connection import ConnectionClosed, IdleTimeout, LineTooLong, ServerShutdown
 
 logger = log.get("imap")
@@ -146,6 +147,8 @@ class Session(MessageCommands):
         self.condstore = False
         self.qresync = False
         self.auth_failures = 0
+        #: APPEND literals the connection loop streamed to files (see spool.py)
+        self.spool = LiteralSpool()
         #: BAD replies given (the connection loop keeps the error budget)
         self.bad_commands = 0
         self.compressed = False
@@ -678,9 +681,12 @@ class Session(MessageCommands):
         uids: list[int] = []
         try:
             for flags, when, data in cmd.args["messages"]:
-                if len(data) > self.cfg.append_limit:
+                spooled = self.spool.path_of(data)
+                if spooled is not None:
+                    data = spooled  # the store hard-links the spool file
+                elif len(data) > self.cfg.append_limit:
                     raise ImapError("NO", "Message too large", "TOOBIG")
-                if not data:
+                elif not data:
                     raise ImapError("NO", "Empty message", "CANNOT")
                 fl = frozenset(norm_flag(f) for f in flags if f.lower() != b"\\recent")
                 ts = when.timestamp() if isinstance(when, datetime) else None

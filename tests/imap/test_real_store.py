@@ -193,3 +193,30 @@ def test_sections_by_offset_agree_with_whole_message_reads(real: ServerHandle, c
         assert literals(ranged) == literals(whole)[: len(literals(ranged))]
         assert literals(ranged)[0] == raw_msgs[int(seq) - 1]
     c.logout()
+
+
+def test_big_append_is_streamed_through_a_spool_file(real: ServerHandle, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mailsrv.imap.spool import LiteralSpool
+
+    spooled: list[int] = []
+    original = LiteralSpool.take
+
+    async def counting_take(self, read, size, directory):  # type: ignore[no-untyped-def]
+        spooled.append(size)
+        return await original(self, read, size, directory)
+
+    monkeypatch.setattr(LiteralSpool, "take", counting_take)
+    big = b"Subject: big\r\n\r\n" + (b"0123456789abcdef" * 63 + b"\r\n") * 1000  # ~1 MB
+    c = imaplib.IMAP4(real.host, real.port, timeout=30)
+    c.login("alice@example.test", "wonderland")
+    typ, data = c.append("INBOX", None, None, big)
+    assert typ == "OK", data
+    assert spooled == [len(big)]
+    typ, data = c.append("NoSuchBox", None, None, big)
+    assert typ == "NO" and b"[TRYCREATE]" in data[0]
+    c.select("INBOX")
+    typ, data = c.fetch("1", "(RFC822.SIZE BODY.PEEK[])")
+    assert data[0][1] == big
+    c.logout()
+    # the spool files are gone: nothing is left in any tmp/
+    assert [p for p in Path(real.extra["data_dir"]).rglob("tmp/*") if p.name.startswith("imap-append.")] == []
