@@ -7,7 +7,9 @@ kernel drops the lock when the holder closes the file or dies (kill -9
 included): a crashed worker never leaves a maildrop locked.
 
 The file also records the time of the last successful login, for LOGIN-DELAY
-(RFC 2449 §6.5).
+(RFC 2449 §6.5); a second file beside it, ``<id>.retrieved``, records when
+each message was first retrieved, for EXPIRE with a number of days (RFC 2449
+§6.7). Both are written only by the lock holder.
 """
 
 from __future__ import annotations
@@ -71,6 +73,34 @@ class MaildropLock:
         data = f"{time.time() if now is None else now:.3f}\n".encode()
         os.ftruncate(self._fd, 0)
         os.pwrite(self._fd, data, 0)
+
+    @property
+    def retrieved_path(self) -> Path:
+        return self.path.with_suffix(".retrieved")
+
+    def retrieved(self) -> dict[tuple[int, int], float]:
+        """(uidvalidity, uid) -> when the message was first retrieved; bad lines are skipped."""
+        try:
+            text = self.retrieved_path.read_text("ascii", errors="replace")
+        except FileNotFoundError:
+            return {}
+        out: dict[tuple[int, int], float] = {}
+        for line in text.splitlines():
+            parts = line.split()
+            try:
+                uidvalidity, uid, when = int(parts[0]), int(parts[1]), float(parts[2])
+            except (IndexError, ValueError):
+                continue
+            out[(uidvalidity, uid)] = when
+        return out
+
+    def save_retrieved(self, entries: dict[tuple[int, int], float]) -> None:
+        """Replace the record atomically (temp file and rename; not fsync'd: losing the
+        latest entries on a crash only keeps those messages longer)."""
+        assert self._fd is not None, "only the lock holder writes"
+        tmp = self.retrieved_path.with_suffix(".retrieved.tmp")
+        tmp.write_text("".join(f"{uv} {uid} {when:.0f}\n" for (uv, uid), when in sorted(entries.items())), "ascii")
+        os.replace(tmp, self.retrieved_path)
 
     def release(self) -> None:
         """Drop the lock (idempotent). Closing the descriptor releases the flock."""

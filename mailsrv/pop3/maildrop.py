@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from mailsrv import log
 from mailsrv.pop3.grammar import SizeCounter
 from mailsrv.pop3.lock import InUse, MaildropLock
 
@@ -24,6 +26,8 @@ __all__ = [
     "Authenticator", "DropMessage", "InUse", "Maildrop", "MaildropUnavailable", "Maildrops",
     "MessageGone", "StoreMaildrop", "StoreMaildrops", "dovecot_uidl",
 ]
+
+logger = log.get("pop3")
 
 #: bytes read from the store per call while a message is streamed
 READ_CHUNK = 256 * 1024
@@ -61,6 +65,9 @@ class Maildrop(Protocol):
 
     async def expunge(self, uids: Sequence[int]) -> None:
         """Remove the messages for good (UPDATE state); others see them expunged. MaildropUnavailable."""
+
+    async def note_retrieved(self, uids: Sequence[int]) -> None:
+        """EXPIRE with days (RFC 2449 §6.7): remember the first retrieval of ``uids`` (at QUIT)."""
 
     async def close(self) -> None:
         """Release the lock; deletes nothing. Idempotent."""
@@ -126,12 +133,27 @@ class StoreMaildrop:
     """INBOX of one account, as a snapshot taken at login, with the lock held."""
 
     def __init__(self, account: Any, uidvalidity: int, messages: list[DropMessage], lock: MaildropLock,
-                 last_login: float | None) -> None:
+                 last_login: float | None, retrieved: dict[tuple[int, int], float] | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
         self._account = account
         self._lock = lock
         self.uidvalidity = uidvalidity
         self.messages = messages
         self.last_login = last_login
+        self._retrieved = retrieved  # None: EXPIRE days not configured
+        self._clock = clock
+
+    async def note_retrieved(self, uids: Sequence[int]) -> None:
+        if self._retrieved is None:
+            return
+        now = self._clock()
+        live = {m.uid for m in self.messages}
+        entries = {k: v for k, v in self._retrieved.items() if k[0] == self.uidvalidity and k[1] in live}
+        for uid in uids:
+            entries.setdefault((self.uidvalidity, uid), now)
+        if entries != self._retrieved:
+            self._retrieved = entries
+            await asyncio.get_running_loop().run_in_executor(None, self._lock.save_retrieved, entries)
 
     async def record_login(self) -> None:
         await asyncio.get_running_loop().run_in_executor(None, self._lock.record_login)
@@ -170,11 +192,15 @@ SIZE_SCAN_CONCURRENCY = 8
 class StoreMaildrops:
     """Opens maildrops in the worker's store; one per worker (``resources["pop3.maildrops"]``)."""
 
-    def __init__(self, store: Any, data_dir: Path, lock_dir: Path | None = None) -> None:
+    def __init__(self, store: Any, data_dir: Path, lock_dir: Path | None = None, *,
+                 expire_days: int | None = None, clock: Callable[[], float] = time.time) -> None:
         self.store = store
         self.data_dir = data_dir
         self.lock_dir = lock_dir if lock_dir is not None else data_dir / "locks" / "pop3"
         self.sizes = SizeCache()
+        #: RFC 2449 §6.7 EXPIRE n > 0: messages are removed n days after their first retrieval
+        self.expire_days = expire_days if expire_days else None
+        self.clock = clock
 
     async def open(self, account: Any) -> StoreMaildrop:
         """Raises :class:`InUse` (another session holds it) or :class:`MaildropUnavailable`."""
@@ -187,14 +213,31 @@ class StoreMaildrops:
             maildir = self.data_dir / account.store if getattr(account, "store", None) else None
             acct = await self.store.account(str(account.id), maildir)
             view = await acct.open_mailbox("INBOX")
+            retrieved = None
+            if self.expire_days is not None:
+                retrieved = await loop.run_in_executor(None, lock.retrieved)
+                if await self._expire(acct, view, retrieved):
+                    view = await acct.open_mailbox("INBOX")
             messages = await self._messages(acct, str(account.id), view)
-            return StoreMaildrop(acct, view.uidvalidity, messages, lock, last_login)
+            return StoreMaildrop(acct, view.uidvalidity, messages, lock, last_login, retrieved, self.clock)
         except StoreError as exc:
             lock.release()
             raise MaildropUnavailable(str(exc)) from exc
         except BaseException:
             lock.release()
             raise
+
+    async def _expire(self, acct: Any, view: Any, retrieved: dict[tuple[int, int], float]) -> list[int]:
+        """Remove messages first retrieved more than ``expire_days`` ago (before the snapshot)."""
+        assert self.expire_days is not None
+        limit = self.clock() - self.expire_days * 86400
+        old = [m.uid for m in view.messages
+               if retrieved.get((view.uidvalidity, m.uid), limit + 1) <= limit]
+        if old:
+            # docs/store-api.md: only_deleted=False, the POP3 way (IMAP sees expunges)
+            await acct.expunge("INBOX", old, only_deleted=False)
+            logger.info("expire", messages=len(old), days=self.expire_days)
+        return old
 
     async def _messages(self, acct: Any, account_id: str, view: Any) -> list[DropMessage]:
         from mailsrv.store import MessageGone as StoreGone

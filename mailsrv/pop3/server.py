@@ -102,7 +102,9 @@ class Pop3Service:
             return self._maildrops
         drops = self.ctx.resources.get("pop3.maildrops")
         if drops is None and self.ctx.resources.get("store") is not None:
-            drops = StoreMaildrops(self.ctx.resources["store"], Path(self.ctx.config.server.data_dir))
+            expire = self.config.expire
+            drops = StoreMaildrops(self.ctx.resources["store"], Path(self.ctx.config.server.data_dir),
+                                   expire_days=int(expire) if expire.isdigit() else None)
             self.ctx.resources["pop3.maildrops"] = drops
         return drops
 

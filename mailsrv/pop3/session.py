@@ -196,7 +196,7 @@ class Session:
             if self.channel.starttls_available and not self.channel.tls_active:
                 caps.append("STLS")
         if self.config.expire:
-            caps.append(f"EXPIRE {self.config.expire}")
+            caps.append(f"EXPIRE {int(self.config.expire) if self.config.expire.isdigit() else 'NEVER'}")
         if self.config.login_delay:
             caps.append(f"LOGIN-DELAY {self.config.login_delay}")
         caps.append(f"IMPLEMENTATION {IMPLEMENTATION}")
@@ -495,12 +495,16 @@ class Session:
         # RFC 1939 §6 UPDATE: remove the marked messages, release the lock, then answer.
         self.state = State.UPDATE
         marked = set(self.deleted)
-        if self.config.expire.isdigit():
+        days = int(self.config.expire) if self.config.expire.isdigit() else None
+        if days == 0:
             marked |= self.retrieved  # RFC 2449 §6.7: EXPIRE 0 = retrieved messages are not kept
         uids = [self.messages[n - 1].uid for n in sorted(marked)]
         assert self.drop is not None
         try:
             await self.drop.expunge(uids)
+            if days:
+                # EXPIRE n: the clock of each retrieved message starts at its first retrieval
+                await self.drop.note_retrieved([self.messages[n - 1].uid for n in sorted(self.retrieved - marked)])
         except MaildropUnavailable as exc:
             logger.warning("update.failed", error=str(exc), messages=len(uids))
             await self.end()

@@ -155,6 +155,9 @@ class MemoryDrop:
         for uid in uids:
             self.box.messages.pop(uid, None)
 
+    async def note_retrieved(self, uids: Sequence[int]) -> None:
+        self.owner.noted.extend(uids)
+
     async def close(self) -> None:
         if not self.closed:
             self.closed = True
@@ -170,6 +173,7 @@ class MemoryDrops:
         self.reads = 0
         self.fail_expunge = False
         self.released: asyncio.Event | None = None  # set when a maildrop is closed
+        self.noted: list[int] = []  # uids passed to note_retrieved (EXPIRE days)
         self.fail_reads: set[tuple[int, int]] = set()  # (uid, offset) that raise EIO
         self.unavailable = False
 

@@ -30,6 +30,8 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
         yield s
     finally:
         assert s.server.stop() == 0
+        # an unexpected exception in a session is answered SYS/TEMP and logged: none may happen here
+        assert not [ln for ln in s.server.lines if "session.error" in ln or "session.crash" in ln]
 
 
 def lines_of(msg: bytes) -> list[bytes]:

@@ -71,3 +71,15 @@ def test_held_across_processes_and_released_when_holder_dies(tmp_path: Path, how
         if proc.stdin is not None and not proc.stdin.closed:
             proc.stdin.close()
     MaildropLock.acquire(tmp_path, "9").release()
+
+
+def test_retrieved_record_round_trip_and_bad_lines(tmp_path: Path) -> None:
+    lock = MaildropLock.acquire(tmp_path, "5")
+    assert lock.retrieved() == {}
+    lock.save_retrieved({(7, 1): 1000.0, (7, 3): 2000.0})
+    assert lock.retrieved() == {(7, 1): 1000.0, (7, 3): 2000.0}
+    lock.retrieved_path.write_text("7 1 1000\ngarbage\n7 x 5\n\n7 4 3000\n")
+    assert lock.retrieved() == {(7, 1): 1000.0, (7, 4): 3000.0}
+    lock.release()
+    with pytest.raises(AssertionError):
+        lock.save_retrieved({})

@@ -306,6 +306,25 @@ async def test_expire_zero_deletes_retrieved(make_session: Any, drops: MemoryDro
     assert set(box.messages) == {1}
 
 
+async def test_expire_days_notes_retrievals_at_quit_only(make_session: Any, drops: MemoryDrops) -> None:
+    fill(drops, MSG1, MSG2, b"Subject: 3\r\n\r\n3\r\n")
+    cfg = Pop3Config(expire="30")
+    s, ch = make_session(config=cfg)
+    caps = (await run(s, ch, b"CAPA\r\n")).split(b"\r\n")
+    assert b"EXPIRE 30" in caps
+    await login(s, ch)
+    for line in (b"RETR 1\r\n", b"TOP 2 0\r\n", b"RETR 3\r\n", b"DELE 3\r\n"):
+        assert (await run(s, ch, line)).startswith(b"+OK")
+    await s.end()  # dropped: nothing noted, nothing deleted
+    assert drops.noted == []
+    s, ch = make_session(config=cfg)
+    await login(s, ch)
+    for line in (b"RETR 1\r\n", b"TOP 2 0\r\n", b"RETR 3\r\n", b"DELE 3\r\n", b"QUIT\r\n"):
+        assert (await run(s, ch, line)).startswith(b"+OK")
+    assert drops.noted == [1]  # TOP is not a retrieval, a deleted message needs no clock
+    assert set(drops.boxes[ALICE.id].messages) == {1, 2}
+
+
 async def test_login_delay(make_session: Any, drops: MemoryDrops) -> None:
     fill(drops, MSG1)
     cfg = Pop3Config(login_delay=600)

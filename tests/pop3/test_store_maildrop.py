@@ -94,3 +94,28 @@ async def test_last_login_is_kept_in_the_lock_file(store: Store, tmp_path: Path)
     drop = await StoreMaildrops(store, tmp_path).open(ACCT)  # another worker's view of the same file
     assert drop.last_login is not None and abs(drop.last_login - time.time()) < 60
     await drop.close()
+
+
+async def test_expire_days_removes_old_retrievals_at_login(store: Store, tmp_path: Path) -> None:
+    acct = await store.account(str(ACCT.id), tmp_path / ACCT.store)
+    uids = [await acct.append("INBOX", b"Subject: %d\r\n\r\nx\r\n" % i) for i in range(3)]
+    imap_view = await acct.open_mailbox("INBOX")
+    now = [1_000_000.0]
+    drops = StoreMaildrops(store, tmp_path, expire_days=2, clock=lambda: now[0])
+    drop = await drops.open(ACCT)
+    await drop.note_retrieved([uids[0]])
+    await drop.close()
+    now[0] += 86400  # one day later: kept; a second retrieval does not restart the clock
+    drop = await drops.open(ACCT)
+    assert [m.uid for m in drop.messages] == uids
+    await drop.note_retrieved([uids[0], uids[1]])
+    await drop.close()
+    now[0] += 86400 + 1  # two days after the first retrieval of uid 1, one after uid 2's
+    drop = await drops.open(ACCT)
+    assert [m.uid for m in drop.messages] == uids[1:]
+    await drop.close()
+    assert (await imap_view.refresh()).expunged == [uids[0]]
+    now[0] += 86400
+    drop = await drops.open(ACCT)
+    assert [m.uid for m in drop.messages] == [uids[2]]  # never retrieved: kept
+    await drop.close()
