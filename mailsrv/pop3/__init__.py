@@ -11,8 +11,9 @@ RFC status (yes / partial / no):
 - RFC 1939 POP3: yes; APOP no (needs clear-text passwords, the directory keeps
   argon2id and SCRAM verifiers only; the greeting has no timestamp).
 - RFC 2449 CAPA and response codes: yes (TOP, UIDL, USER, SASL, RESP-CODES,
-  PIPELINING, EXPIRE "NEVER"/0, LOGIN-DELAY, IMPLEMENTATION; IN-USE, LOGIN-DELAY,
-  SYS/TEMP); EXPIRE with a number of days > 0: no.
+  PIPELINING, EXPIRE NEVER / 0 / days (enforced at QUIT, resp. at the next
+  login), LOGIN-DELAY (enforced), IMPLEMENTATION; IN-USE, LOGIN-DELAY, SYS/TEMP).
+  The per-user forms of EXPIRE and LOGIN-DELAY in TRANSACTION: no.
 - RFC 2595 STLS: yes (pipelined plain text after STLS closes the connection).
 - RFC 3206 AUTH-RESP-CODE, SYS and AUTH codes: yes.
 - RFC 5034 AUTH (SASL): yes, the mechanisms ``mailsrv.auth`` offers (PLAIN,
