@@ -218,11 +218,6 @@ class SmtpConfig:
     max_commands_before_auth: int = doc(
         "Commands a submission client may send before it authenticates.", 50, check=_positive
     )
-    spool_group_commit: float = doc(
-        "Seconds to gather spool fsyncs of concurrent sessions into one batch (0 syncs each alone).",
-        0.0,
-        check=_non_negative,
-    )
 
 
 @dataclass(frozen=True)
