@@ -262,3 +262,26 @@ def test_idle_timeout(make_server) -> None:
     code, lines = r.reply()  # nothing sent: the server gives up
     assert code == 421 and "4.4.2" in lines[0]
     r.close()
+
+
+def test_connections_per_ip_limit(make_server) -> None:
+    srv = make_server(limits=LimitsConfig(max_connections_per_ip=1, idle_timeout=20))
+    first = Raw(srv.port)
+    assert first.reply()[0] == 220
+    second = Raw(srv.port)
+    code, lines = second.reply()
+    assert code == 421 and "4.7.0" in lines[0]
+    second.close()
+    first.close()
+
+
+def test_drain_says_goodbye(make_server) -> None:
+    srv = make_server()
+    r = Raw(srv.port)
+    r.reply()
+    r.send(b"EHLO c.test\r\n")
+    r.reply()
+    srv.loop.run(srv.listener.drain(5))
+    code, lines = r.reply()
+    assert code == 421 and "4.3.2" in lines[0]
+    r.close()
