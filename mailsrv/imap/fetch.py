@@ -79,6 +79,16 @@ def plan(atts: Iterable[FetchAtt]) -> Plan:
     return Plan(names, structure, header and not body, body, index_only, ranged)
 
 
+def whole_message_att(atts: Iterable[FetchAtt]) -> FetchAtt | None:
+    """The one whole-message item (BODY[]/BODY.PEEK[]<partial>/RFC822) when every other item is
+    an index item, else None: such a FETCH can be streamed."""
+    atts = list(atts)
+    whole = [a for a in atts if (a.name in ("BODY", "BODY.PEEK") and a.section == Section()) or a.name == "RFC822"]
+    if len(whole) != 1 or not all(a is whole[0] or a.name in META_ONLY for a in atts):
+        return None
+    return whole[0]
+
+
 def _is_ranged(a: FetchAtt) -> bool:
     return (a.name in ("BODY", "BODY.PEEK") and a.section is not None
             and a.section.text in ("", "TEXT", "MIME", "HEADER"))

@@ -29,6 +29,9 @@ logger = log.get("imap")
 def _uid_of(m: Any) -> int:
     return int(m.uid)
 
+#: Whole-message FETCHes of messages larger than this are streamed in chunks of STREAM_CHUNK.
+STREAM_AT = 1024 * 1024
+STREAM_CHUNK = 256 * 1024
 #: Parsed message structures kept per session for repeated FETCH of the same message.
 STRUCTURE_CACHE = 8
 
@@ -53,6 +56,8 @@ class MessageCommands:
         def w(self, data: bytes) -> None: ...
 
         async def maybe_flush(self) -> None: ...
+
+        async def flush(self) -> None: ...
 
         def _name_in(self, raw: bytes) -> str: ...
 
@@ -179,7 +184,18 @@ class MessageCommands:
             self._fetch_index_only(seqs, selected, atts, uid)
             await self.maybe_flush()
             return
+        whole = fetchmod.whole_message_att(atts)
         for seq, info in zip(seqs, selected, strict=True):
+            if whole is not None and info.size > STREAM_AT and info.uid not in self.recent:
+                # A big message is copied to the client in chunks, never held whole.
+                new = seen_now.get(info.uid)
+                try:
+                    await self._fetch_streamed(seq, new or info, atts, whole, uid, new is not None)
+                except Exception as exc:
+                    if store_error_name(exc) == "MessageGone":
+                        raise ImapError("NO", "Message was expunged while being sent", "EXPUNGEISSUED") from None
+                    raise
+                continue
             raw = part = None
             pre: dict[str, bytes] = {}
             struct = structs.get(info.uid)
@@ -244,6 +260,34 @@ class MessageCommands:
                 start, end = min(start + off, end), min(start + off + length, end)
             out[k] = await self.acct.read_message(name, uid, start, end - start) if end > start else b""
         return out
+
+    async def _fetch_streamed(self, seq: int, info: Any, atts: list[Any], whole: Any, uid: bool,
+                              flags_changed: bool) -> None:
+        """``* n FETCH (... BODY[]<o> {size}`` then the bytes in chunks (RFC 9051 §7.5.2)."""
+        others = [a for a in atts if a is not whole]
+        if flags_changed and not any(a.name == "FLAGS" for a in others):
+            others.append(fetchmod.FetchAtt("FLAGS"))
+        items = fetchmod.render_index(others, info, uid=uid, modseq=self.condstore, flag_cache={})[1:-1]
+        start, end = 0, info.size
+        origin = b""
+        if whole.partial is not None:
+            off, length = whole.partial
+            start, end = min(off, info.size), min(off + length, info.size)
+            origin = b"<%d>" % off
+        label = b"RFC822" if whole.name == "RFC822" else b"BODY[]" + origin
+        self.w(b"* %d FETCH (" % seq + (items + b" " if items else b"") + label + b" {%d}\r\n" % (end - start))
+        await self.flush()
+        pos = start
+        while pos < end:
+            chunk = await self.acct.read_message(self.view.name, info.uid, pos, min(STREAM_CHUNK, end - pos))
+            if not chunk:
+                # The file is shorter than the index says: the literal must still be complete.
+                chunk = b" " * (end - pos)
+                logger.error("fetch.short_message", uid=info.uid)
+            self.w(chunk)
+            pos += len(chunk)
+            await self.flush()
+        self.w(b")\r\n")
 
     def _fetch_index_only(self, seqs: Sequence[int], selected: list[Any], atts: list[Any], uid: bool) -> None:
         """FETCH of index items only (FLAGS, UID, sizes, dates, modseq): one pass, shared flag lists."""

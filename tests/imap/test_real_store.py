@@ -206,7 +206,7 @@ def test_big_append_is_streamed_through_a_spool_file(real: ServerHandle, monkeyp
         return await original(self, read, size, directory)
 
     monkeypatch.setattr(LiteralSpool, "take", counting_take)
-    big = b"Subject: big\r\n\r\n" + (b"0123456789abcdef" * 63 + b"\r\n") * 1000  # ~1 MB
+    big = b"Subject: big\r\n\r\n" + (b"0123456789abcdef" * 63 + b"\r\n") * 1200  # ~1.2 MB
     c = imaplib.IMAP4(real.host, real.port, timeout=30)
     c.login("alice@example.test", "wonderland")
     typ, data = c.append("INBOX", None, None, big)
@@ -215,8 +215,14 @@ def test_big_append_is_streamed_through_a_spool_file(real: ServerHandle, monkeyp
     typ, data = c.append("NoSuchBox", None, None, big)
     assert typ == "NO" and b"[TRYCREATE]" in data[0]
     c.select("INBOX")
+    # FETCH of a big whole message is streamed in chunks; the wire form is the same
     typ, data = c.fetch("1", "(RFC822.SIZE BODY.PEEK[])")
+    assert data[0][0] == b"1 (RFC822.SIZE %d BODY[] {%d}" % (len(big), len(big))
     assert data[0][1] == big
+    typ, data = c.fetch("1", "(BODY.PEEK[]<100.50>)")
+    assert data[0][0] == b"1 (BODY[]<100> {50}" and data[0][1] == big[100:150]
+    typ, data = c.uid("FETCH", "1", "(RFC822)")
+    assert data[0][0].startswith(b"1 (UID 1 FLAGS (\\Seen) RFC822 {") and data[0][1] == big
     c.logout()
     # the spool files are gone: nothing is left in any tmp/
     assert [p for p in Path(real.extra["data_dir"]).rglob("tmp/*") if p.name.startswith("imap-append.")] == []
