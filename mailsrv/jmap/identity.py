@@ -1,7 +1,7 @@
 """Identity (RFC 8621 §6) and VacationResponse (RFC 8621 §8), kept in per-account collections.
 
-Deviation: VacationResponse is stored and served, but the auto-replies are
-sent by local delivery, which does not consult it yet.
+The auto-replies themselves are sent by vacation.py's watcher, started when a
+VacationResponse is enabled through this worker.
 """
 
 from __future__ import annotations
@@ -244,6 +244,9 @@ async def vacation_set(ctx: RequestContext, args: dict[str, Any], call_id: str) 
 
             await coll.change(upd)
             updated[iid] = None
+            responder = ctx.extra.get("vacation")
+            if responder is not None and (await coll.records())["singleton"].get("isEnabled"):
+                responder.ensure(be, ctx.extra.get("principal"), coll, collection(ctx, be.account_id, "VacationSent"))
         except SetError as exc:
             not_updated[iid] = exc.to_json()
     return {"accountId": be.account_id, "oldState": old, "newState": await coll.state(),

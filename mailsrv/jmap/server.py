@@ -50,6 +50,7 @@ from mailsrv.jmap.errors import RequestError, limit, not_json
 from mailsrv.jmap.objects import Collection
 from mailsrv.jmap.pushsub import PushManager
 from mailsrv.jmap.session import SERVER_CAPABILITIES, session_object
+from mailsrv.jmap.vacation import Responder
 from mailsrv.net.service import ServiceContext
 from mailsrv.util.fsio import FileIO
 
@@ -103,6 +104,7 @@ class JmapApp:
         self.config = config
         self.submitter = submitter
         self.push = PushManager(push_ssl)
+        self.vacation = Responder(submitter)
         self.auth = auth
         self.backends = backends
         self.uploads = uploads
@@ -138,6 +140,7 @@ class JmapApp:
         for task in list(self.streams):  # EventSource streams end at shutdown
             task.cancel()
         await self.push.close()
+        await self.vacation.close()
 
     @web.middleware
     async def cors(self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
@@ -244,7 +247,7 @@ class JmapApp:
             accounts={be.account_id: be},
             capabilities=SERVER_CAPABILITIES,
             extra={"uploads": self.uploads, "objects": self._objects, "submitter": self.submitter, "principal": p,
-                   "push": self.push},
+                   "push": self.push, "vacation": self.vacation},
         )
         return ctx, be
 

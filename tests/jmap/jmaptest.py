@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import ipaddress
@@ -66,12 +67,14 @@ class FakeSubmitter:
     """Records what would be sent (the real DirectorySubmitter is tested under mailsrv serve)."""
 
     sent: list[tuple[str, list[str], bytes]] = field(default_factory=list)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def may_send_as(self, principal: Any, address: str) -> bool:
         return bool(address == "sales@example.test")
 
     async def submit(self, principal: Any, raw: bytes, mail_from: str, rcpts: list[str]) -> dict[str, tuple[str, str]]:
         self.sent.append((mail_from, rcpts, raw))
+        self.changed.set()
         return {r: ("yes", "250 2.0.0 OK") for r in rcpts}
 
 
@@ -108,6 +111,7 @@ class Server:
 
     async def stop(self) -> None:
         await self.app.push.close()
+        await self.app.vacation.close()
         if self.runner is not None:
             await self.runner.cleanup()
         self.io.shutdown()

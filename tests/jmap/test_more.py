@@ -134,3 +134,34 @@ async def test_blob_upload_get_lookup(client: Client) -> None:
     assert lk["notFound"] == ["Gzz"]
     bad = await client.call(["Blob/lookup", {"accountId": "a1", "typeNames": ["Calendar"], "ids": []}, "x"], using=ALL)
     assert bad[0][1]["type"] == "unknownDataType"
+
+
+async def _next_sent(server: Server, count: int) -> None:
+    import asyncio
+
+    async with asyncio.timeout(5):
+        while len(server.submitter.sent) < count:
+            server.submitter.changed.clear()
+            await server.submitter.changed.wait()
+
+
+async def test_vacation_auto_reply_once_per_sender(server: Server, client: Client) -> None:
+    await one(client, "VacationResponse/set", {"update": {"singleton": {
+        "isEnabled": True, "subject": "Out of office", "textBody": "back on Monday"}}})
+    await client.import_message(b"From: Carol <carol@x.test>\r\nSubject: hello\r\nMessage-ID: <c1@x.test>\r\n\r\nhi\r\n")
+    await _next_sent(server, 1)
+    mail_from, rcpts, raw = server.submitter.sent[0]
+    assert mail_from == "" and rcpts == ["carol@x.test"]  # RFC 3834 §3.3: null reverse path
+    assert b"Auto-Submitted: auto-replied" in raw and b"In-Reply-To: <c1@x.test>" in raw
+    assert b"Subject: Out of office" in raw and b"back on Monday" in raw
+    # the same sender again, a list, an auto-reply and a no-reply sender: all silent; a new sender: answered
+    for msg in (b"From: carol@x.test\r\nSubject: again\r\n\r\nx\r\n",
+                b"From: list@x.test\r\nList-Id: <l.x.test>\r\nSubject: news\r\n\r\nx\r\n",
+                b"From: bot@x.test\r\nAuto-Submitted: auto-replied\r\nSubject: re\r\n\r\nx\r\n",
+                b"From: noreply@x.test\r\nSubject: receipt\r\n\r\nx\r\n",
+                b"From: dave@x.test\r\nSubject: hi\r\n\r\nx\r\n"):
+        await client.import_message(msg)
+    await _next_sent(server, 2)
+    # the watcher handles new mail in arrival order: dave's reply means the others were judged already
+    assert [s[1] for s in server.submitter.sent] == [["carol@x.test"], ["dave@x.test"]]
+    await one(client, "VacationResponse/set", {"update": {"singleton": {"isEnabled": False}}})
