@@ -46,6 +46,7 @@ class MessageCommands:
     condstore: bool
     qresync: bool
     rev2: bool
+    utf8: bool
     saved: list[int]
     recent: set[int]
     _reported: dict[int, int]
@@ -232,6 +233,8 @@ class MessageCommands:
                         continue
                     raise self._store_error(exc) from None
                 part = self._structure(info.uid, raw) if not header_end else parse_structure(raw)
+            if "PREVIEW" in plan.names and raw is not None and part is not None:
+                pre["PREVIEW"] = self._preview(raw, part, struct)
             new = seen_now.get(info.uid)
             if new is not None:
                 info = new
@@ -243,6 +246,18 @@ class MessageCommands:
                 raise ImapError("NO", "Unknown Content-Transfer-Encoding", "UNKNOWN-CTE") from None
             self.w(b"* %d FETCH " % seq + body + b"\r\n")
             await self.maybe_flush()
+
+    def _preview(self, raw: bytes, part: Any, struct: Any) -> bytes:
+        """RFC 8970 §3: up to 200 characters of the message's text, UTF-8, as a string."""
+        text = ""
+        if struct is not None and hasattr(struct, "imap_envelope"):
+            from mailsrv.mime import preview
+
+            text = preview(raw, struct)
+        else:
+            text = searchmod.first_text(raw, part)
+        return fetchmod.string(text.encode("utf-8"), True) if self.utf8 or text.isascii() else \
+            fetchmod.literal(text.encode("utf-8"))
 
     async def _read_sections(self, name: str, uid: int, struct: Any, atts: list[Any]) -> dict[int, bytes]:
         """Bytes of each BODY[section]<partial> att, read by offset (RFC 9051 §6.4.5)."""

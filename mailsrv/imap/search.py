@@ -199,6 +199,43 @@ def matcher(key: SearchKey, *, largest_seq: int, largest_uid: int, saved: list[i
 
 
 
+def _charset(p: Part) -> str:
+    """The part's charset; US-ASCII (also the default) is read as UTF-8, its superset, as clients do."""
+    charset = dict(p.params).get(b"CHARSET", b"utf-8").decode("ascii", "replace")
+    return "utf-8" if charset.lower() in ("us-ascii", "ascii") else charset
+
+
+def first_text(raw: bytes, part: Part, max_chars: int = 200) -> str:
+    """The first ``max_chars`` characters of the first text/plain part, decoded, whitespace collapsed."""
+    import base64
+    import quopri
+
+    stack = [part]
+    while stack:
+        p = stack.pop(0)
+        if p.children:
+            stack = list(p.children) + stack
+            continue
+        if p.maintype != b"TEXT" or p.subtype != b"PLAIN":
+            continue
+        enc = (p.header(b"Content-Transfer-Encoding") or b"").strip().lower()
+        body = raw[p.body : p.end]
+        try:
+            if enc == b"base64":
+                body = base64.b64decode(re.sub(rb"[^A-Za-z0-9+/=]", b"", body) + b"==", validate=False)
+            elif enc == b"quoted-printable":
+                body = quopri.decodestring(body)
+        except ValueError:
+            continue
+        charset = _charset(p)
+        try:
+            text = body.decode(charset, "replace")
+        except LookupError:
+            text = body.decode("utf-8", "replace")
+        return " ".join(text.split())[:max_chars]
+    return ""
+
+
 def _decoded_body_contains(part: Part, raw: bytes, needle: str) -> bool:
     """Search decoded (base64 / quoted-printable) text parts."""
     import base64
@@ -224,7 +261,7 @@ def _decoded_body_contains(part: Part, raw: bytes, needle: str) -> bool:
                 continue
         except ValueError:
             continue
-        charset = dict(p.params).get(b"CHARSET", b"utf-8").decode("ascii", "replace")
+        charset = _charset(p)
         try:
             text = body.decode(charset, "replace")
         except LookupError:

@@ -226,3 +226,16 @@ def test_big_append_is_streamed_through_a_spool_file(real: ServerHandle, monkeyp
     c.logout()
     # the spool files are gone: nothing is left in any tmp/
     assert [p for p in Path(real.extra["data_dir"]).rglob("tmp/*") if p.name.startswith("imap-append.")] == []
+
+
+def test_preview_from_the_cached_structure(real: ServerHandle) -> None:
+    msg = (b"Subject: p\r\nContent-Type: multipart/alternative; boundary=z\r\n\r\n--z\r\n"
+           b"Content-Type: text/plain; charset=utf-8\r\n\r\nHello   there,\r\nsee you\r\n--z--\r\n")
+    c = imaplib.IMAP4(real.host, real.port, timeout=20)
+    c.login("alice@example.test", "wonderland")
+    assert b" PREVIEW" in c.capability()[1][0]
+    c.append("INBOX", None, None, msg)
+    c.select("INBOX")
+    typ, data = c.fetch("1", "(PREVIEW)")
+    assert data == [b'1 (PREVIEW "Hello there, see you")']
+    c.logout()

@@ -329,3 +329,18 @@ def test_binary_and_utf8_append() -> None:
         assert out[0].startswith(b"c BAD")
 
     run(go())
+
+
+def test_preview() -> None:
+    async def go() -> None:
+        d, store = await _logged_in(1)
+        acct = await store.account("1")
+        await acct.append("INBOX", b"Subject: q\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\ncaf=C3=A9\r\n  and   more\r\n")
+        await d(b"s SELECT INBOX")
+        assert (await d(b"f FETCH 1 (PREVIEW)"))[0] == b'* 1 FETCH (PREVIEW "body 0")'
+        out = await d(b"g FETCH 2 (PREVIEW (LAZY))")
+        assert out[0] == b"* 2 FETCH (PREVIEW {14}" and out[1] == "café and more)".encode()
+        await d(b"e ENABLE UTF8=ACCEPT")
+        assert (await d(b"h FETCH 2 (PREVIEW)"))[0] == '* 2 FETCH (PREVIEW "café and more")'.encode()
+
+    run(go())
