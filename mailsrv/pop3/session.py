@@ -57,13 +57,14 @@ from mailsrv.pop3.maildrop import (
 
 logger = log.get("pop3")
 
-#: RETR read-ahead: how many of the following messages are read while one is sent, and
-#: the largest message read ahead (memory per session <= READ_AHEAD * READ_AHEAD_SIZE).
-READ_AHEAD = 4
+#: RETR read-ahead: at most this many of the following messages are read while one is
+#: sent (each read is a thread-pool round trip in the store, so several are kept in flight),
+#: and at most READ_AHEAD_BYTES of them (the memory a session may hold for it).
+READ_AHEAD = 8
+READ_AHEAD_BYTES = 128 * 1024
 #: DESIGN.md "what bad input gets": commands a client may send before it logs in
 #: (a real client needs CAPA, STLS, CAPA, USER, PASS and a few retries).
 MAX_COMMANDS_BEFORE_AUTH = 50
-READ_AHEAD_SIZE = 64 * 1024
 
 IMPLEMENTATION = "mailsrv"
 
@@ -423,14 +424,19 @@ class Session:
     def _read_ahead(self, n: int) -> None:
         """Clients RETR 1..N in order: keep the next few small live messages being read.
 
-        Bounded: at most READ_AHEAD messages of at most READ_AHEAD_SIZE octets each.
+        Bounded: at most READ_AHEAD messages, READ_AHEAD_BYTES octets together.
         """
         assert self.drop is not None
         window: list[int] = []
+        budget = READ_AHEAD_BYTES
         for nxt in range(n + 1, min(n + 1 + READ_AHEAD, len(self.messages) + 1)):
             msg = self.messages[nxt - 1]
-            if nxt not in self.deleted and msg.size <= READ_AHEAD_SIZE:
-                window.append(msg.uid)
+            if nxt in self.deleted:
+                continue
+            budget -= msg.size
+            if budget < 0:
+                break
+            window.append(msg.uid)
         self._drop_prefetch(frozenset(window))
         for uid in window:
             if uid not in self._ahead:
