@@ -28,6 +28,8 @@ SIZES = {
     "full": {"seconds": 6.0, "sessions": [1, 10, 50], "bodies": [4096, 102400], "visible": 200},
 }
 WORKERS = 2
+#: Sessions deliver round-robin to this many mailboxes (an organisation, not one hot mailbox).
+RECIPIENTS = 50
 
 
 def _body(size: int) -> bytes:
@@ -96,7 +98,8 @@ def _prepare_directory(data_dir: Path) -> None:
     cfg = _config(data_dir)
     sd = open_sync(cfg.directory, data_dir)
     sd.add_domain("example.test")
-    sd.add_user("load@example.test")
+    for i in range(RECIPIENTS):
+        sd.add_user(f"load{i}@example.test")
     sd.add_user("probe@example.test")
 
 
@@ -220,13 +223,14 @@ async def _session(port: int, rcpt: str, body: bytes, until: float, lat: list[fl
     return sent
 
 
-async def _load(port: int, sessions: int, body: bytes, seconds: float, rcpt: str = "load@example.test",
+async def _load(port: int, sessions: int, body: bytes, seconds: float,
                 rate: float | None = None) -> tuple[float, list[float]]:
     lat: list[float] = []
     loop = asyncio.get_running_loop()
     t0 = loop.time()
     until = t0 + seconds
-    counts = await asyncio.gather(*(_session(port, rcpt, body, until, lat, rate) for _ in range(sessions)))
+    counts = await asyncio.gather(*(_session(port, f"load{i % RECIPIENTS}@example.test", body, until, lat, rate)
+                                    for i in range(sessions)))
     return sum(counts) / (loop.time() - t0), lat
 
 
@@ -254,8 +258,9 @@ async def _visible(port: int, data_dir: Path, n: int, background_rate: float, bo
         per = max(1, int(background_rate // 40) or 1)
         sessions = max(1, min(20, per))
         bg = asyncio.ensure_future(asyncio.gather(*(
-            _session(port, "load@example.test", body, loop.time() + 3600, bg_lat, background_rate / sessions)
-            for _ in range(sessions))))
+            _session(port, f"load{i % RECIPIENTS}@example.test", body, loop.time() + 3600, bg_lat,
+                     background_rate / sessions)
+            for i in range(sessions))))
         out = []
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         await _reply(reader)
@@ -309,6 +314,7 @@ def run(size: str) -> dict[str, Any]:
 
     sizes = SIZES[size]
     notes = [f"{WORKERS} server processes each; {os.cpu_count()} cores shared with the load generator",
+             f"sessions deliver round-robin to {RECIPIENTS} mailboxes (session i -> mailbox i mod {RECIPIENTS})",
              "messages/s counts 250 replies; mailsrv replies 250 only after the maildir copy is fsync'd"]
     base = Path(tempfile.mkdtemp(prefix="mailsrv-bench-smtp-"))
     results: list[dict[str, Any]] = []

@@ -1,74 +1,112 @@
 """Spool files: a message being received, streamed to ``data_dir/spool`` (same file system as the maildirs).
 
-Writes go straight to the page cache from the loop thread (bounded chunks);
-the fsync runs in a thread. Deliveries hard-link the spool file (store
-``deliver``, queue ``enqueue``), so the content is written once.
+No file call runs on the event loop: a file create in a busy directory can
+take milliseconds (journal), which would stall every session of the worker.
+Writes are buffered up to :data:`FLUSH_AT` bytes and then written by a
+thread, so a typical message costs one thread job (create, write, close) at
+the end, and a 25 MB message never has more than ``FLUSH_AT`` bytes in memory.
+There is no fsync here: each consumer makes its own copy durable
+(``store.deliver`` fsyncs the linked file and its ``new/``; the queue fsyncs
+its link), so a local-only message costs one file fsync, not two.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import os
 import secrets
 import time
 from pathlib import Path
 
+_PREFIX = secrets.token_hex(4)  # unique names without a urandom call per message
+_counter = itertools.count()
+
+#: Bytes buffered in memory before they are written out by a thread.
+FLUSH_AT = 256 * 1024
+
 
 class FileSpool:
     """One spool file. Owned by one session; ``discard`` is idempotent."""
 
-    __slots__ = ("path", "_fd", "size")
+    __slots__ = ("path", "_fd", "_buf", "_buffered", "size", "_done", "_job")
 
     def __init__(self, directory: Path) -> None:
-        name = f"{time.time_ns():x}.{os.getpid()}.{secrets.token_hex(6)}"
+        name = f"{time.time_ns():x}.{os.getpid()}.{_PREFIX}{next(_counter):x}"
         self.path = directory / name
-        self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        self._fd: int | None = None
+        self._buf: list[bytes] = []
+        self._buffered = 0
         self.size = 0
+        self._done = False
+        self._job: asyncio.Future[None] | None = None  # a write running in a thread
 
-    def write(self, data: bytes) -> None:
-        fd = self._fd
-        if fd is None:
+    async def write(self, data: bytes) -> None:
+        if self._done:
             raise OSError("spool closed")
+        self._buf.append(data)
+        self._buffered += len(data)
+        self.size += len(data)
+        if self._buffered >= FLUSH_AT:
+            data, self._buf, self._buffered = b"".join(self._buf), [], 0
+            await self._run(data, False)
+
+    async def _run(self, data: bytes, close: bool) -> None:
+        self._job = asyncio.get_running_loop().run_in_executor(None, self._write_sync, data, close)
+        try:
+            await asyncio.shield(self._job)
+        finally:
+            if self._job.done():
+                self._job = None
+
+    def _write_sync(self, data: bytes, close: bool) -> None:
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         view = memoryview(data)
         while view:
-            n = os.write(fd, view)
+            n = os.write(self._fd, view)
             view = view[n:]
-        self.size += len(data)
-
-    async def commit(self) -> None:
-        """Finish writing and close the descriptor; the file stays until :meth:`discard`.
-
-        No fsync here: every consumer makes its own copy durable (``store.deliver``
-        fsyncs the linked file and its ``new/``; the queue fsyncs its link), so a
-        local-only message costs one file fsync, not two.
-        """
-        fd = self._fd
-        if fd is None:
-            return
-        self._fd = None
-        os.close(fd)
-
-    async def sync(self) -> None:
-        """fsync the spool file (for consumers that copy it elsewhere)."""
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, _fsync_path, self.path)
-
-    def discard(self) -> None:
-        if self._fd is not None:
+        if close:
             os.close(self._fd)
             self._fd = None
+
+    async def commit(self) -> None:
+        """Write what is buffered and close; the file stays until :meth:`discard`. Raises OSError."""
+        if self._done:
+            return
+        self._done = True
+        data, self._buf, self._buffered = b"".join(self._buf), [], 0
+        await self._run(data, True)
+
+    def discard(self) -> None:
+        """Remove the file; the unlink runs in a thread when a loop is running."""
+        self._done = True
+        self._buf = []
         try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._cleanup()
+            return
+        job = self._job
+        if job is not None and not job.done():
+            # a cancelled session's write is still running in its thread: clean up after it,
+            # never close a descriptor that thread is using
+            job.add_done_callback(lambda _: loop.run_in_executor(None, self._cleanup))
+        else:
+            loop.run_in_executor(None, self._cleanup)
+
+    def _cleanup(self) -> None:
+        fd, self._fd = self._fd, None
+        _remove(self.path, fd)
 
 
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def _remove(path: Path, fd: int | None) -> None:
+    if fd is not None:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
 
 
 def spool_dir(data_dir: Path) -> Path:

@@ -69,7 +69,8 @@ class Spool(Protocol):
 
     path: Path
 
-    def write(self, data: bytes) -> None: ...
+    async def write(self, data: bytes) -> None:
+        """Append message bytes (buffered; blocking I/O happens in a thread)."""
 
     async def commit(self) -> None:
         """Finish writing. Durability is the consumers' job: ``deliver`` must fsync every copy

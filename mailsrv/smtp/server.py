@@ -231,7 +231,7 @@ class SmtpService:
                 if decoder.size > limit:
                     too_big = True  # keep reading to the end, keep nothing (RFC 1870 §6.3)
                 else:
-                    spool.write(payload)
+                    await spool.write(payload)
             if decoder.done:
                 _unread(conn, chunk[used:])
         return await self._send_result(
@@ -252,7 +252,7 @@ class SmtpService:
                 chunk = chunk[:left]
             left -= len(chunk)
             if keep and spool is not None:
-                spool.write(chunk)
+                await spool.write(chunk)
         return await self._send_result(conn, session.bdat_end(last))
 
 

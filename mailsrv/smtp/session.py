@@ -441,7 +441,7 @@ class Session:
         if arg:
             raise SmtpSyntaxError("Syntax: DATA", 501, "5.5.4")
         self._require_rcpts()
-        self.spool = self._open_spool()
+        self.spool = await self._open_spool()
         return Step(reply(354, None, "End data with <CR><LF>.<CR><LF>"), "data")
 
     async def smtp_BDAT(self, arg: bytes) -> Step:
@@ -454,13 +454,13 @@ class Session:
             self._bdat_failed = SmtpError("No valid recipients", 554, "5.5.1")
         else:
             if self.spool is None:
-                self.spool = self._open_spool()
+                self.spool = await self._open_spool()
             self.state = State.BDAT
         return Step(b"", "bdat", size=size, last=last)
 
-    def _open_spool(self) -> Spool:
+    async def _open_spool(self) -> Spool:
         spool = self.backend.open_spool()
-        spool.write(self._trace_headers())
+        await spool.write(self._trace_headers())
         return spool
 
     def _trace_headers(self) -> bytes:

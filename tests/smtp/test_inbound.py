@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import smtplib
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -55,8 +56,11 @@ def test_basic_delivery(make_server) -> None:
     assert d.data.startswith(b"Return-Path: <a@remote.test>\r\nReceived: from client.test ([127.0.0.1])")
     assert d.data.endswith(MSG)
     assert b"with ESMTP id" in d.data
-    # spool file removed after delivery
-    assert list((Path(srv.backend.spool_dir)).iterdir()) == []
+    # spool file removed after delivery (the unlink runs in a thread: poll with a deadline)
+    deadline = time.monotonic() + 10
+    while list(Path(srv.backend.spool_dir).iterdir()):
+        assert time.monotonic() < deadline, "spool file left behind"
+        time.sleep(0.01)
 
 
 def test_rcpt_reply_codes(make_server) -> None:

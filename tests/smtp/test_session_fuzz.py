@@ -45,12 +45,12 @@ async def drive(cmds: list[bytes], spool_dir: Path, submission: bool) -> FakeBac
             assert step.reply[:3].isdigit() or step.then == "bdat"
             if step.then == "data":
                 assert s.spool is not None
-                s.spool.write(b"Subject: x\r\n\r\nbody\r\n")
+                await s.spool.write(b"Subject: x\r\n\r\nbody\r\n")
                 step = await s.data_end(bare_newline=False, too_big=False)
                 assert step.reply.startswith(b"250 ")
             elif step.then == "bdat":
                 if s.bdat_chunk_ok(step.size) and s.spool is not None:
-                    s.spool.write(b"x" * step.size)
+                    await s.spool.write(b"x" * step.size)
                 await s.bdat_end(step.last)
             elif step.then == "auth":
                 await s.auth_response(b"AGFsaWNlQGV4YW1wbGUudGVzdABzZWNyZXQ=\r\n")
