@@ -279,4 +279,4 @@ def flags_response(seq: int, info: Any, *, uid: bool, modseq: bool, recent: bool
     return b"* %d FETCH (" % seq + b" ".join(items) + b")\r\n"
 
 
-__all__ = ["render", "flags_response", "needs_content", "sets_seen", "UnknownCte", "string", "literal"]
+__all__ = ["render", "flags_response", "needs_content", "sets_seen", "UnknownCte", "string", "literal", "flag_list"]

@@ -309,6 +309,21 @@ class MessageCommands:
         modseq = self.condstore
         recent = self.recent
         cache: dict[frozenset[str], bytes] = {}
+        names = {a.name for a in atts}
+        if names <= {"UID", "FLAGS"} and "FLAGS" in names and not modseq and not recent:
+            # The synchronisation FETCH of every client ("UID FETCH 1:* (FLAGS)"): one format per line.
+            w = self.w
+            with_uid = uid or "UID" in names
+            for seq, info in zip(seqs, selected, strict=True):
+                flags = info.flags
+                text = cache.get(flags)
+                if text is None:
+                    text = cache[flags] = fetchmod.flag_list(sorted(flags))
+                if with_uid:
+                    w(b"* %d FETCH (UID %d FLAGS %s)\r\n" % (seq, info.uid, text))
+                else:
+                    w(b"* %d FETCH (FLAGS %s)\r\n" % (seq, text))
+            return
         for seq, info in zip(seqs, selected, strict=True):
             if info.uid in recent:
                 body = fetchmod.render(atts, info, None, None, uid=uid, modseq=modseq, recent=True)
@@ -419,6 +434,11 @@ class MessageCommands:
             if hits is not None:
                 return [(i + 1, m) for i, m in enumerate(messages) if m.uid in hits]
         found: list[tuple[int, Any]] = []
+        simple = searchmod.simple_flag(key)
+        if simple is not None:
+            # SEARCH (UN)SEEN, (UN)DELETED...: one comprehension over the view
+            flag, want = simple
+            return [(i + 1, m) for i, m in enumerate(messages) if (flag in m.flags) is want]
         if not content:
             # Index keys only: one reused cursor object, no I/O.
             cursor = searchmod.Message(0, None, None)

@@ -27,6 +27,11 @@ _FLAG_KEYS = {
 }
 
 
+def simple_flag(key: SearchKey) -> tuple[str, bool] | None:
+    """(flag, wanted) when ``key`` is a single system-flag key such as UNSEEN, else None."""
+    return _FLAG_KEYS.get(key.op) if not key.args else None
+
+
 def needs_content(key: SearchKey) -> bool:
     if key.op in _CONTENT_KEYS:
         return True
