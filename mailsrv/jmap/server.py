@@ -131,8 +131,50 @@ class JmapApp:
         r.add_route("GET", "/jmap/eventsource", self.eventsource)
         r.add_route("GET", "/jmap/ws", self.websocket)
         r.add_route("POST", "/jmap/token", self.token)
+        app.on_startup.append(self.resume)
         app.on_shutdown.append(self._close_websockets)
         return app
+
+    async def resume(self, app: web.Application | None = None) -> None:
+        """After a (re)start: answer for enabled VacationResponses and verified PushSubscriptions.
+
+        Account ids are a one-letter prefix and the directory's account id. Each worker
+        tries; the per-account locks leave one of them doing the work.
+        """
+        root = self.uploads.root
+
+        def scan() -> list[tuple[str, bool, bool]]:
+            out: list[tuple[str, bool, bool]] = []
+            if not root.is_dir():
+                return out
+            for d in root.iterdir():
+                vac = has_push = False
+                try:
+                    vac = bool(json.loads((d / "VacationResponse.json").read_bytes())["records"]
+                               .get("singleton", {}).get("isEnabled"))
+                except (OSError, ValueError, KeyError, AttributeError):
+                    pass
+                try:
+                    subs = json.loads((d / "PushSubscription.json").read_bytes())["records"]
+                    has_push = any(s.get("verified") for s in subs.values())
+                except (OSError, ValueError, KeyError, AttributeError):
+                    pass
+                if vac or has_push:
+                    out.append((d.name, vac, has_push))
+            return out
+
+        for account_id, vac, has_push in await asyncio.to_thread(scan):
+            try:
+                p = Principal(account_id[1:], "")
+                be = await self.backends(p)
+            except Exception as exc:  # a vanished account must not stop the others
+                logger.warning("jmap.resume.failed", account=account_id, error=str(exc))
+                continue
+            if vac:
+                self.vacation.ensure(be, p, self._objects(be.account_id, "VacationResponse"),
+                                     self._objects(be.account_id, "VacationSent"))
+            if has_push:
+                self.push.ensure(be, self._objects(be.account_id, "PushSubscription"))
 
     async def _close_websockets(self, app: web.Application) -> None:
         for ws in list(self.websockets):

@@ -165,3 +165,22 @@ async def test_vacation_auto_reply_once_per_sender(server: Server, client: Clien
     # the watcher handles new mail in arrival order: dave's reply means the others were judged already
     assert [s[1] for s in server.submitter.sent] == [["carol@x.test"], ["dave@x.test"]]
     await one(client, "VacationResponse/set", {"update": {"singleton": {"isEnabled": False}}})
+
+
+async def test_watchers_resume_after_restart(tmp_path, server: Server, client: Client) -> None:  # type: ignore[no-untyped-def]
+    await one(client, "VacationResponse/set", {"update": {"singleton": {"isEnabled": True, "textBody": "away"}}})
+    # a fresh app over the same upload directory (as after a restart), with the same accounts
+    from mailsrv.jmap.server import JmapApp
+
+    await server.app.vacation.close()
+    app2 = JmapApp(server.config, server.auth, server.backend_for, server.uploads, b"k" * 32, tls=False,
+                   submitter=server.submitter)
+    await app2.resume()
+    try:
+        assert "a1" in app2.vacation.tasks
+        await server.backends["1"].import_email(b"From: erin@x.test\r\nSubject: q\r\n\r\nx\r\n",
+                                                frozenset({(await client.mailbox_id("inbox"))}), frozenset(), None)
+        await _next_sent(server, 1)
+        assert server.submitter.sent[-1][1] == ["erin@x.test"]
+    finally:
+        await app2.vacation.close()
