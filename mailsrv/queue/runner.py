@@ -15,6 +15,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import signal
 import socket
@@ -392,7 +393,9 @@ def _read_head(path: Path) -> bytes:
         return fh.read(dsn.MAX_RETURNED_BODY)
 
 
+@functools.cache
 def _client_tls(verify: bool) -> ssl.SSLContext:
+    """One context per policy (loading the CA bundle is slow; contexts are reusable)."""
     ctx = ssl.create_default_context()
     if not verify:
         # RFC 7435 opportunistic security: encrypt without authenticating MX hosts

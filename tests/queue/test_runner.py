@@ -304,3 +304,60 @@ def test_dkim_keygen_cli(tmp_path: Path) -> None:
     again = subprocess.run([sys.executable, "-m", "mailsrv", "-c", str(cfg), "dkim", "keygen", "example.test"],
                            capture_output=True, text=True, check=True).stdout
     assert again.splitlines()[1] == out.splitlines()[1]  # the existing key is kept
+
+
+def test_outbound_starttls_required_and_opportunistic(tmp_path: Path) -> None:
+    import ssl
+
+    import trustme
+    from aiosmtpd.smtp import SMTP
+
+    from mailsrv.config import RouteConfig
+
+    ca = trustme.CA()
+    sctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ca.issue_cert("127.0.0.1").configure_cert(sctx)
+    tls_sink, plain_sink = SinkHandler(), SinkHandler()
+    seen_tls: list[bool] = []
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+
+        class TlsSMTP(SMTP):
+            async def smtp_DATA(self, arg: str) -> None:
+                seen_tls.append(self._tls_protocol is not None)
+                await super().smtp_DATA(arg)
+
+        s1 = await loop.create_server(lambda: TlsSMTP(tls_sink, hostname="tls.test", tls_context=sctx,
+                                                      require_starttls=True), "127.0.0.1", 0)
+        s2, p2 = await start_sink(plain_sink)
+        p1 = s1.sockets[0].getsockname()[1]
+        cfg = make_config(tmp_path / "data", {}, retry_schedule=(3600.0,))
+        from dataclasses import replace
+
+        cfg = replace(cfg, queue=replace(cfg.queue, route={
+            "tls.test": RouteConfig(smarthost=f"127.0.0.1:{p1}", tls="required"),
+            "plain.test": RouteConfig(smarthost=f"127.0.0.1:{p2}", tls="required"),
+            "opp.test": RouteConfig(smarthost=f"127.0.0.1:{p1}", tls="opportunistic"),
+        }))
+        runner = QueueRunner(cfg, is_local=_local_example, signer=None)
+        stop = asyncio.Event()
+        task = asyncio.ensure_future(runner.run(stop))
+        try:
+            enq = Enqueuer(cfg.server.data_dir)
+            await enq.enqueue(MSG, "alice@example.test", [QRcpt("a@tls.test"), QRcpt("b@opp.test")])
+            qid = await enq.enqueue(MSG, "alice@example.test", [QRcpt("c@plain.test")])
+            await wait_for(lambda: len(tls_sink.received) == 2)
+            await wait_for(lambda: qid in runner.entries and runner.entries[qid].attempts >= 1)
+            env = runner.entries[qid]
+            assert env.rcpts[0].status == "pending" and "STARTTLS" in env.rcpts[0].diag
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 10)
+            for s in (s1, s2):
+                s.close()
+                await s.wait_closed()
+
+    asyncio.run(scenario())
+    assert seen_tls == [True, True]
+    assert plain_sink.received == []  # required TLS never falls back to plain text
