@@ -239,3 +239,30 @@ def test_preview_from_the_cached_structure(real: ServerHandle) -> None:
     typ, data = c.fetch("1", "(PREVIEW)")
     assert data == [b'1 (PREVIEW "Hello there, see you")']
     c.logout()
+
+
+def test_qresync_after_changes_in_another_session(real: ServerHandle) -> None:
+    a = imapclient.IMAPClient(real.host, real.port, ssl=False, timeout=20)
+    a.login("alice@example.test", "wonderland")
+    for _ in range(3):
+        a.append("INBOX", MSG)
+    raw = Raw(real.host, real.port)
+    raw.cmd(b"q0 LOGIN alice@example.test wonderland")
+    assert raw.cmd(b"q1 ENABLE QRESYNC")[0] == b"* ENABLED QRESYNC\r\n"
+    out = b"".join(raw.cmd(b"q2 SELECT INBOX"))
+    hms = int(re.search(rb"HIGHESTMODSEQ (\d+)", out).group(1))  # type: ignore[union-attr]
+    uidvalidity = int(re.search(rb"UIDVALIDITY (\d+)", out).group(1))  # type: ignore[union-attr]
+    raw.cmd(b"q3 UNSELECT")
+    a.select_folder("INBOX")
+    a.add_flags([2], [b"$Important"])
+    a.delete_messages([3])
+    a.expunge()
+    out_lines = raw.cmd(b"q4 SELECT INBOX (QRESYNC (%d %d))" % (uidvalidity, hms))
+    assert b"* VANISHED (EARLIER) 3\r\n" in out_lines
+    assert any(re.match(rb"\* 2 FETCH \(UID 2 FLAGS \(\$Important\) MODSEQ \(\d+\)\)", ln) for ln in out_lines)
+    # and live: a flag change by the other session arrives with UID and MODSEQ at NOOP
+    a.add_flags([1], [b"\\Flagged"])
+    out_lines = raw.cmd(b"q5 NOOP")
+    assert any(re.match(rb"\* 1 FETCH \(UID 1 FLAGS \(\\Flagged\) MODSEQ \(\d+\)\)", ln) for ln in out_lines)
+    raw.close()
+    a.logout()
