@@ -45,7 +45,7 @@ from mailsrv.jmap import mailbox as _mailbox  # noqa: F401  (registers the Mailb
 from mailsrv.jmap import quota as _quota  # noqa: F401  (Quota, Blob)
 from mailsrv.jmap import submission as _submission  # noqa: F401  (Identity, VacationResponse, EmailSubmission)
 from mailsrv.jmap.backend import MailBackend
-from mailsrv.jmap.blobs import TooLarge, UploadStore
+from mailsrv.jmap.blobs import BLOB_RE, TooLarge, UploadStore
 from mailsrv.jmap.errors import RequestError, limit, not_json
 from mailsrv.jmap.objects import Collection
 from mailsrv.jmap.pushsub import PushManager
@@ -143,11 +143,15 @@ class JmapApp:
         """
         root = self.uploads.root
 
+        lifetime = self.config.upload_lifetime
+
         def scan() -> list[tuple[str, bool, bool]]:
             out: list[tuple[str, bool, bool]] = []
             if not root.is_dir():
                 return out
             for d in root.iterdir():
+                if d.is_dir():
+                    expire_uploads(d, lifetime)
                 vac = has_push = False
                 try:
                     vac = bool(json.loads((d / "VacationResponse.json").read_bytes())["records"]
@@ -493,6 +497,25 @@ def bytes_response(request: web.Request, data: bytes, headers: dict[str, str]) -
         return web.Response(status=416, headers={"Content-Range": f"bytes */{size}"})
     headers["Content-Range"] = f"bytes {start}-{stop - 1}/{size}"
     return web.Response(status=206, body=data[start:stop], headers=headers)
+
+
+def expire_uploads(d: Path, lifetime: float) -> int:
+    """Remove uploads (and abandoned temp files) older than ``lifetime`` seconds (RFC 8620 §6.1:
+    an unreferenced upload may be deleted after at least an hour). Imported mail is a hard link
+    in the maildir, so it survives. Returns how many were removed."""
+    cutoff = time.time() - lifetime
+    removed = 0
+    for f in d.iterdir():
+        name = f.name
+        if not (BLOB_RE.match(name) or name.endswith(".type") or name.startswith(".tmp.")):
+            continue
+        try:
+            if f.stat().st_mtime < cutoff:
+                f.unlink()
+                removed += 1
+        except FileNotFoundError:
+            pass
+    return removed
 
 
 def load_secret(path: Path) -> bytes:

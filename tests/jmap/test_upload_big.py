@@ -77,3 +77,20 @@ async def test_upload_over_the_limit_is_refused(tmp_path) -> None:  # type: igno
         assert not [p for p in (tmp_path / "uploads" / "a1").iterdir() if p.name.startswith(".tmp")]
     finally:
         await s.stop()
+
+
+async def test_old_uploads_expire(client: Client) -> None:
+    import os
+    import time
+
+    from mailsrv.jmap.server import expire_uploads
+
+    old = await client.upload(b"old blob", "text/plain")
+    new = await client.upload(b"new blob", "text/plain")
+    d = client.server.uploads.root / "a1"
+    past = time.time() - 7200
+    os.utime(d / old["blobId"], (past, past))
+    os.utime(d / f"{old['blobId']}.type", (past, past))
+    assert expire_uploads(d, 3600) == 2
+    assert await client.server.uploads.path("a1", old["blobId"]) is None
+    assert await client.server.uploads.path("a1", new["blobId"]) is not None
