@@ -97,11 +97,22 @@ def _verify_all(message: bytes, sigs: list[dict[str, str]], keys: dict[str, byte
             out.append(DkimResult("permerror", reason="no key for signature", **base))
             continue
         try:
+            # dkimpy turns a bad key into a plain False: check the key first (RFC 6376 §6.1.2: PERMFAIL)
+            dkim.evaluate_pk(name.encode(), key)
+        except (dkim.KeyFormatError, ValueError, TypeError) as exc:
+            out.append(DkimResult("permerror", reason=f"bad key: {exc}"[:120], **base))
+            continue
+        try:
             ok = d.verify(idx=idx, dnsfunc=dnsfunc)
         except dkim.DnsTimeoutError:
             out.append(DkimResult("temperror", reason="key lookup failed", **base))
             continue
-        except (dkim.ValidationError, dkim.KeyFormatError, dkim.ParameterError, dkim.MessageFormatError,
+        except dkim.ValidationError as exc:
+            # a body that changed is a signature that failed (RFC 8601 §2.7.1 "fail"); the rest is syntax
+            code: DkimResultCode = "fail" if "body hash mismatch" in str(exc) else "permerror"
+            out.append(DkimResult(code, reason=str(exc)[:120], **base))
+            continue
+        except (dkim.KeyFormatError, dkim.ParameterError, dkim.MessageFormatError,
                 dkim.UnparsableKeyError, dkim.UnknownKeyTypeError, dkim.DKIMException) as exc:
             out.append(DkimResult("permerror", reason=str(exc)[:120], **base))
             continue

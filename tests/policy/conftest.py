@@ -402,3 +402,52 @@ async def _is_local(domain: str) -> bool:
     return domain == "example.test"
 
 
+
+
+# -- DKIM keys and signing --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DkimKey:
+    private_pem: bytes
+    txt: str  # the DNS TXT record publishing the public key
+
+
+@pytest.fixture(scope="session")
+def dkim_key() -> DkimKey:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+                            serialization.NoEncryption())
+    der = key.public_key().public_bytes(serialization.Encoding.DER,
+                                        serialization.PublicFormat.SubjectPublicKeyInfo)
+    import base64
+
+    return DkimKey(pem, "v=DKIM1; k=rsa; p=" + base64.b64encode(der).decode())
+
+
+@pytest.fixture
+def sign(dkim_key: DkimKey) -> Any:
+    """``sign(message, domain, selector="sel")`` -> the message with a DKIM-Signature on top."""
+    import dkim
+
+    def do(message: bytes, domain: str, selector: str = "sel") -> bytes:
+        sig = dkim.sign(message, selector.encode(), domain.encode(), dkim_key.private_pem,
+                        include_headers=[b"from", b"to", b"subject", b"date", b"message-id"])
+        return sig + message
+
+    return do
+
+
+def make_message(from_addr: str = "alice@sender.test", to: str = "bob@example.test", subject: str = "Hello",
+                 body: str = "Hi Bob,\r\n\r\nlunch at noon?\r\n\r\nAlice\r\n", extra: str = "") -> bytes:
+    return (f"From: Alice <{from_addr}>\r\nTo: {to}\r\nSubject: {subject}\r\n"
+            f"Date: Thu, 26 Nov 2026 10:00:00 +0000\r\nMessage-ID: <m1@sender.test>\r\n{extra}"
+            f"MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{body}").encode()
+
+
+@pytest.fixture
+def message() -> Any:
+    return make_message
