@@ -216,9 +216,17 @@ class StoreBackend:
                 out_destroyed.append(eid)
         cs = ChangeSet(since, encode_state(new), False)
         if type_ == "Thread":
-            live = {m.thread_id for lst in copies.values() for (_, _, m) in lst}
-            cs.updated = sorted(t for t in threads_touched if t in live)
-            cs.destroyed = sorted(t for t in threads_touched if t not in live)
+            members: dict[str, set[str]] = {}
+            for eid, lst in copies.items():
+                members.setdefault(lst[0][2].thread_id, set()).add(eid)
+            new_emails = set(out_created)
+            for t in sorted(threads_touched):
+                if t not in members:
+                    cs.destroyed.append(t)
+                elif members[t] <= new_emails:
+                    cs.created.append(t)  # every email of it is new: the thread is new
+                else:
+                    cs.updated.append(t)
         else:
             cs.created, cs.updated, cs.destroyed = out_created, out_updated, out_destroyed
         if max_changes is not None and len(cs.created) + len(cs.updated) + len(cs.destroyed) > max_changes:

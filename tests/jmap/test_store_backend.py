@@ -197,3 +197,17 @@ async def test_download_streams_the_maildir_file_with_range(env: tuple[Client, S
         assert r.headers["Content-Type"] == "message/rfc822"
     async with c.http.get(url, headers={**c.headers, "Range": "bytes=100-199"}) as r:
         assert r.status == 206 and await r.read() == raw[100:200]
+
+
+async def test_thread_changes_created_and_updated(env: tuple[Client, Store, Any]) -> None:
+    c, _, acct = env
+    s0 = (await c.one("Thread/get", {"ids": []}))["state"]
+    await acct.append("INBOX", msg("topic", "Message-ID: <t1@x>\r\n"))
+    ch = await c.one("Thread/changes", {"sinceState": s0})
+    assert len(ch["created"]) == 1 and ch["updated"] == []
+    tid = ch["created"][0]
+    await acct.append("INBOX", msg("Re: topic", "Message-ID: <t2@x>\r\nIn-Reply-To: <t1@x>\r\nReferences: <t1@x>\r\n"))
+    ch2 = await c.one("Thread/changes", {"sinceState": ch["newState"]})
+    assert ch2["updated"] == [tid] and ch2["created"] == []
+    got = await c.one("Thread/get", {"ids": [tid]})
+    assert len(got["list"][0]["emailIds"]) == 2
