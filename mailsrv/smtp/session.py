@@ -121,6 +121,7 @@ class Session:
         self.tx: Transaction | None = None
         self.commands = 0
         self._auth: SaslExchange | None = None
+        self._auth_final: Any = None  # a Success whose server-final data is out, awaiting the client
         self._auth_mech = ""
         self._login_user: bytes | None = None
         self.spool: Spool | None = None
@@ -320,8 +321,14 @@ class Session:
             if self._auth is not None:
                 self._auth.abort()
             self._auth = None
+            self._auth_final = None
             self._login_user = None
             raise SmtpError("Authentication cancelled", 501, "5.7.0")
+        if self._auth_final is not None:
+            result, self._auth_final = self._auth_final, None
+            if data not in (b"", b"="):
+                raise SmtpError("Authentication exchange failed", 535, "5.7.8")
+            return self._authenticated(result)
         decoded = self._b64(data) if data != b"=" else b""
         if self._auth_mech == "LOGIN" and self._auth is None:
             if self._login_user is None:
@@ -337,17 +344,26 @@ class Session:
     async def _auth_step(self, data: bytes | None) -> Step:
         assert self._auth is not None
         result: Any = await self._auth.step(data)
+        if getattr(result, "account", None) is not None and getattr(result, "data", None):
+            # RFC 4954 §4: server-final data (SCRAM) goes out as a last 334; the empty
+            # client response that follows completes the exchange with 235
+            self._auth_final = result
+            self._auth = None
+            return self._challenge(result.data)
         if getattr(result, "account", None) is not None:
             self._auth = None
-            self.info.account = result.account
-            log.bind(user=getattr(result.account, "address", str(result.account)))
-            if self.policy is not None:
-                self.policy.authenticated(getattr(result.account, "address", str(result.account)))
-            return Step(reply(235, "2.7.0", "Authentication successful"))
+            return self._authenticated(result)
         if hasattr(result, "reason"):
             self._auth = None
             raise SmtpError("Authentication credentials invalid", 535, "5.7.8")
         return self._challenge(getattr(result, "data", b"") or b"")
+
+    def _authenticated(self, result: Any) -> Step:
+        self.info.account = result.account
+        log.bind(user=getattr(result.account, "address", str(result.account)))
+        if self.policy is not None:
+            self.policy.authenticated(getattr(result.account, "address", str(result.account)))
+        return Step(reply(235, "2.7.0", "Authentication successful"))
 
     # -- transaction ----------------------------------------------------------------
 

@@ -153,3 +153,26 @@ def test_notify_success_for_local_delivery(site) -> None:
     raw = queue_dir(site.data_dir).message_path(env.id).read_bytes().decode()
     assert "Action: delivered" in raw and "Original-Envelope-Id: e42" in raw
     assert "Final-Recipient: rfc822; bob@example.test" in raw and "Final-Recipient: rfc822; alice@example.test" in raw
+
+
+def test_auth_scram_sha_256(site) -> None:
+    """SCRAM-SHA-256 through the shared SASL code, driven by scramp as the client (RFC 7677, RFC 4954)."""
+    import base64
+
+    from scramp import ScramClient
+
+    with smtplib.SMTP("127.0.0.1", site.ports["sub"]) as c:
+        c.starttls(context=site.client_ctx)
+        code, ehlo = c.ehlo("client.test")
+        assert b"SCRAM-SHA-256" in ehlo
+        client = ScramClient(["SCRAM-SHA-256"], "alice@example.test", "secret")
+        code, text = c.docmd("AUTH", "SCRAM-SHA-256 " + base64.b64encode(client.get_client_first().encode()).decode())
+        assert code == 334
+        client.set_server_first(base64.b64decode(text).decode())
+        code, text = c.docmd(base64.b64encode(client.get_client_final().encode()).decode())
+        assert code == 334  # server-final as the last challenge
+        client.set_server_final(base64.b64decode(text).decode())  # verifies the server signature
+        code, text = c.docmd("")
+        assert (code, text[:5]) == (235, b"2.7.0")
+        c.sendmail("alice@example.test", ["bob@example.test"], MSG)
+    assert len(site.inbox("bob@example.test")) == 1
