@@ -14,7 +14,7 @@ from typing import Any
 
 from mailsrv import log
 from mailsrv.delivery.local import LocalDelivery
-from mailsrv.delivery.spool import FileSpool, spool_dir
+from mailsrv.delivery.spool import FileSpool, clean, spool_dir
 from mailsrv.net.service import ServiceContext
 from mailsrv.queue import dsn
 from mailsrv.queue.enqueue import Enqueuer
@@ -41,6 +41,7 @@ class DirectoryBackend:
         self.local = LocalDelivery(directory, store, data_dir)
         self.queue = Enqueuer(data_dir)
         self.spool_dir = spool_dir(data_dir)
+        clean(self.spool_dir)  # unacknowledged leftovers of a crashed worker (once, at start)
 
     async def check_sender(self, info: SessionInfo, sender: str) -> Verdict:
         acct = info.account

@@ -176,3 +176,17 @@ def test_auth_scram_sha_256(site) -> None:
         assert (code, text[:5]) == (235, b"2.7.0")
         c.sendmail("alice@example.test", ["bob@example.test"], MSG)
     assert len(site.inbox("bob@example.test")) == 1
+
+
+def test_catch_all_and_disabled(site) -> None:
+    site.directory_sync.set_domain("example.test", catchall="bob@example.test")
+    site.directory_sync.add_user("gone@example.test", state="suspended")
+    with smtplib.SMTP("127.0.0.1", site.ports["mta"]) as c:
+        c.ehlo("client.test")
+        c.mail("someone@remote.test")
+        code, text = c.rcpt("gone@example.test")
+        assert (code, text[:5]) == (550, b"5.2.1")
+        c.rset()
+        c.sendmail("someone@remote.test", ["whoever@example.test"], MSG)
+    [m] = site.inbox("bob@example.test")
+    assert b"for <whoever@example.test>" in m
