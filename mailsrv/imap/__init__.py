@@ -1,1 +1,50 @@
-"""IMAP4rev2 / IMAP4rev1 server."""
+"""IMAP4rev2 / IMAP4rev1 server.
+
+Parts (STYLE.md §12): ``grammar`` (RFC 9051 §9 productions, pure) and ``commands``
+(each command's arguments, pure); ``response``/``mutf7`` (serialisation);
+``session`` (the state machine and mailbox commands) with ``messages`` (FETCH,
+STORE, COPY/MOVE, EXPUNGE, SEARCH, SORT, THREAD) and ``listing`` (LIST/LSUB);
+``fetch``/``structure`` (FETCH items, the fallback MIME walker), ``search``/
+``searchindex``/``sortthread`` (SEARCH, SORT, THREAD); ``server`` (the connection
+loop: framing, limits, errors -> replies), ``compress`` (COMPRESS=DEFLATE),
+``spool`` (big APPEND literals to disk); ``memory`` (an in-memory store for tests).
+
+RFCs and their status here (for docs/rfc-index.md):
+
+=========  ==============================  ======  ==========================================
+RFC        what                            status  notes
+=========  ==============================  ======  ==========================================
+9051       IMAP4rev2                       yes     ENABLE IMAP4rev2: UTF-8 names, ESEARCH
+3501       IMAP4rev1                       yes     \\Recent per session (not per mailbox)
+7888       LITERAL+ / LITERAL-             yes     LITERAL+ advertised
+2177       IDLE                            yes     ends after [imap] idle_timeout with BYE
+4315       UIDPLUS                         yes     APPENDUID, COPYUID, UID EXPUNGE
+6851       MOVE                            yes
+2342       NAMESPACE                       yes     one personal namespace, "/"
+2971       ID                              yes
+5161       ENABLE                          yes     CONDSTORE QRESYNC IMAP4rev2 UTF8=ACCEPT
+3691       UNSELECT                        yes
+3348       CHILDREN                        yes
+6154       SPECIAL-USE, CREATE-SPECIAL-USE yes
+5258       LIST-EXTENDED                   partial no CHILDINFO for RECURSIVEMATCH
+5819       LIST-STATUS                     yes
+8438       STATUS=SIZE                     yes
+4959       SASL-IR                         yes
+4616/7677  AUTH=PLAIN, SCRAM-SHA-256       yes     through mailsrv.auth; no -PLUS yet
+7162       CONDSTORE, QRESYNC              yes
+4731       ESEARCH                         yes     SEARCH RETURN (MIN MAX ALL COUNT SAVE)
+5182       SEARCHRES                       yes
+5256       SORT, THREAD                    yes     REFERENCES, ORDEREDSUBJECT; no ESORT
+5957       SORT=DISPLAY                    yes
+9208       QUOTA                           yes     STORAGE, MESSAGE; SETQUOTA refused
+7889       APPENDLIMIT                     yes
+3502       MULTIAPPEND                     yes     all or nothing
+3516       BINARY                          yes
+6855       UTF8=ACCEPT                     yes
+4978       COMPRESS=DEFLATE                yes
+8474       OBJECTID                        yes     MAILBOXID, EMAILID, THREADID
+8514       SAVEDATE                        yes
+8970       PREVIEW                         yes
+5032       WITHIN                          yes     OLDER, YOUNGER
+=========  ==============================  ======  ==========================================
+"""

@@ -193,7 +193,7 @@ class Session(MessageCommands):
             "LIST-STATUS", "STATUS=SIZE", "CONDSTORE", "QRESYNC", "ESEARCH", "SEARCHRES",
             "QUOTA", "QUOTA=RES-STORAGE", "QUOTA=RES-MESSAGE", f"APPENDLIMIT={self.cfg.append_limit}",
             "MULTIAPPEND", "BINARY", "UTF8=ACCEPT", "OBJECTID", "SAVEDATE", "SORT", "SORT=DISPLAY",
-            "THREAD=ORDEREDSUBJECT", "THREAD=REFERENCES", "PREVIEW",
+            "THREAD=ORDEREDSUBJECT", "THREAD=REFERENCES", "PREVIEW", "WITHIN",
             *([] if self.compressed else ["COMPRESS=DEFLATE"]),
         ]
         return caps

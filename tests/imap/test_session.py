@@ -344,3 +344,18 @@ def test_preview() -> None:
         assert (await d(b"h FETCH 2 (PREVIEW)"))[0] == '* 2 FETCH (PREVIEW "café and more")'.encode()
 
     run(go())
+
+
+def test_within() -> None:
+    async def go() -> None:
+        d, store = await _logged_in()
+        acct = await store.account("1")
+        import time as _time
+
+        await acct.append("INBOX", MSG, internal_date=_time.time() - 7200)
+        await acct.append("INBOX", MSG)
+        await d(b"s SELECT INBOX")
+        assert await d(b"a SEARCH YOUNGER 3600") == [b"* SEARCH 2", b"a OK SEARCH completed"]
+        assert await d(b"b SEARCH OLDER 3600") == [b"* SEARCH 1", b"b OK SEARCH completed"]
+
+    run(go())
