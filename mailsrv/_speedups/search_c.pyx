@@ -86,8 +86,11 @@ def add_postings(dict post, uid, terms, factory):
     for t in set(terms):
         bm = post.get(t)
         if bm is None:
-            bm = factory()
-            post[t] = bm
+            post[t] = uid
             new.append(t)
-        bm.add(uid)
+        elif type(bm) is int:
+            if bm != uid:
+                post[t] = factory([bm, uid])
+        else:
+            bm.add(uid)
     return new

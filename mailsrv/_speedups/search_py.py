@@ -58,13 +58,18 @@ def confirm(buf: Any, cand: Iterable[int], locs: dict[int, tuple[int, int]], fie
 def add_postings(post: dict[str, Any], uid: int, terms: Iterable[str], factory: Any) -> list[str]:
     """Add ``uid`` to the posting of every term in ``terms`` (each once); returns the new terms.
 
-    ``factory()`` makes an empty posting (a pyroaring BitMap) for a term seen the first time.
+    A term seen in one message holds that UID as an ``int``; ``factory(uids)``
+    makes the posting (a pyroaring BitMap) when a second message has it.
     """
     new: list[str] = []
     for t in set(terms):
-        bm = post.get(t)
-        if bm is None:
-            post[t] = bm = factory()
+        v = post.get(t)
+        if v is None:
+            post[t] = uid  # a term of one message holds its UID (memory)
             new.append(t)
-        bm.add(uid)
+        elif type(v) is int:
+            if v != uid:
+                post[t] = factory([v, uid])
+        else:
+            v.add(uid)
     return new

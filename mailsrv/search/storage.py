@@ -269,7 +269,8 @@ def write_snapshot(
     _put_blob(parts, json.dumps(meta).encode())
     for f in names:
         ti = core.fields[f]
-        items = [(t, bm) for t, bm in ti.post.items() if bm]
+        items = [(t, BitMap([v]) if isinstance(v, int) else v) for t, v in ti.post.items()]
+        items = [(t, bm) for t, bm in items if bm]
         _put_blob(parts, "\x00".join(t for t, _ in items).encode("utf-8"))
         parts.append(_U32.pack(len(items)))
         blobs = [bm.serialize() for _, bm in items]
@@ -355,10 +356,11 @@ def load_snapshot(path: Path) -> tuple[IndexCore, dict[int, tuple[int, int]], in
             offsets = itertools.accumulate(lengths, initial=0)
             deser = BitMap.deserialize
             ti = TermIndex()
-            ti.post = {
-                t: deser(packed[o : o + k])  # type: ignore[arg-type]  # buffer protocol
-                for t, o, k in zip(term_list, offsets, lengths, strict=False)
-            }
+            post: dict[str, BitMap | int] = {}
+            for t, o, k in zip(term_list, offsets, lengths, strict=False):
+                bm = deser(packed[o : o + k])  # type: ignore[arg-type]  # buffer protocol
+                post[t] = bm.min() if len(bm) == 1 else bm
+            ti.post = post
             ti.vocab = term_list
             ti.grams = None  # built at the first substring query on this field (or by warm())
             core.fields[f] = ti
@@ -377,10 +379,10 @@ def load_snapshot(path: Path) -> tuple[IndexCore, dict[int, tuple[int, int]], in
         locs[uid] = (int(row[8]), int(row[9]))
         if cols[0] is not None:
             d = day_of(cols[0])
-            bm = core.sent_days.get(d)
-            if bm is None:
-                core.sent_days[d] = bm = BitMap()
-            bm.add(uid)
+            day = core.sent_days.get(d)
+            if day is None:
+                core.sent_days[d] = day = BitMap()
+            day.add(uid)
             core.dated.add(uid)
     if set(core.cols) != set(core.indexed):
         raise CorruptIndex(f"{path}: columns and UIDs disagree")
