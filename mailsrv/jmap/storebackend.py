@@ -129,6 +129,7 @@ class StoreBackend:
         self._seen: dict[tuple[str, int, int], tuple[str, str]] = {}
         self._infos_memo: tuple[object, list[st.MailboxInfo]] | None = None
         self._by_id: dict[str, EmailMeta] = {}
+        self._names: dict[str, str] = {}
         self._emails_cache: tuple[str, list[EmailMeta], dict[str, list[tuple[str, int, st.MessageInfo]]]] | None = None
 
     # --- states --------------------------------------------------------------------
@@ -328,6 +329,7 @@ class StoreBackend:
         if self._emails_cache is not None and self._emails_cache[0] == key:
             return self._emails_cache[1], self._by_id, self._emails_cache[2]
         copies: dict[str, list[tuple[str, int, st.MessageInfo]]] = {}
+        self._names = {i.id: i.name for i in infos}
         for i in infos:
             view = await self.acct.open_mailbox(i.name)
             for m in view.messages:
@@ -354,7 +356,7 @@ class StoreBackend:
             return None
         cache = self._emails_cache
         if cache is not None and blob_id[1:] in cache[2]:
-            names = {i.id: i.name for i in await self._infos()}
+            names = self._names  # of the same snapshot as the cache (no list_mailboxes per blob)
             for mid, uid, _ in cache[2][blob_id[1:]]:
                 try:
                     return bytes(await self.acct.read_message(names[mid], uid))
