@@ -509,9 +509,10 @@ class SearchService:
             return idx
         idx = MailboxIndex(self, mailbox_id, directory, read)
         self._open[key] = idx
-        while len(self._open) > self.config.cache_mailboxes:
-            _, old = self._open.popitem(last=False)
-            if not old.lock.locked():
+        for old_key in list(self._open)[: max(0, len(self._open) - self.config.cache_mailboxes)]:
+            old = self._open[old_key]
+            if not old.lock.locked():  # one in use stays until a later call evicts it
+                del self._open[old_key]
                 old.close()
         return idx
 

@@ -14,7 +14,7 @@ from pyroaring import BitMap
 from search.searchbox import Box, open_index
 
 from mailsrv.config import SearchConfig
-from mailsrv.search import And, Flag, Not, Or, Query, SearchService, Size, Text, matches
+from mailsrv.search import All, And, Flag, Not, Or, Query, SearchService, Size, Text, matches
 
 QUERIES: list[Query] = [
     Text("body", "季度报告"),
@@ -271,3 +271,22 @@ async def test_text_cache_is_compacted_after_expunges(tmp_path: Path, monkeypatc
     await check_all(fresh, box, tmp_path)
     assert box.reads == 0
     await fresh.close()
+
+
+async def test_least_recently_used_indexes_are_closed(tmp_path: Path) -> None:
+    box = Box(12)
+    svc = SearchService(SearchConfig(cache_mailboxes=2))
+    first = svc.mailbox("acct1", "A", tmp_path, box.read)
+    want = reference(box, Text("body", "report"))
+    assert await first.search(Text("body", "report"), box.view) == want
+    for mid in ("B", "C"):
+        assert await svc.mailbox("acct1", mid, tmp_path, box.read).search(All(), box.view) == BitMap(
+            m.uid for m in box.view.messages
+        )
+    assert first.gen == -1, "evicted and closed"
+    again = svc.mailbox("acct1", "A", tmp_path, box.read)
+    assert again is not first
+    box.reads = 0
+    assert await again.search(Text("body", "report"), box.view) == want
+    assert box.reads == 0  # reopened from its files
+    await svc.close()
