@@ -11,6 +11,8 @@ declare -A PEERS=(
   [getmail]=getmail6
   [/usr/lib/dovecot/pop3]=dovecot-pop3d  # bench/pop3.py baseline (pulls in dovecot-core)
   [smtp-source]=postfix
+  [clamd]=clamav-daemon  # tests/policy: EICAR through a real clamd (own signature db, no freshclam)
+  [rspamd]=rspamd  # tests/policy: the rspamd scorer plug over its HTTP protocol
 )
 missing=()
 for cmd in "${!PEERS[@]}"; do

@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "mailsrv.cli.directory",
     "mailsrv.cli.queue",
     "mailsrv.cli.dkim",
+    "mailsrv.cli.policy",
 ]
 
 

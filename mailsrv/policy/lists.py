@@ -60,7 +60,7 @@ def normalize_scope(scope: str) -> str:
 
 
 def entry_matches(entry: str, sender: str, ip: str) -> bool:
-    if "/" in entry:
+    if "/" in entry or ":" in entry or entry.replace(".", "").isdigit():
         try:
             return ipaddress.ip_address(ip) in ipaddress.ip_network(entry)
         except ValueError:

@@ -10,6 +10,11 @@ from dataclasses import dataclass
 from mailsrv.net.dns import DnsTempError, Resolver
 from mailsrv.policy.spf import valid_domain
 
+#: Client networks never looked up in a DNSBL (RFC 5782 lists public addresses only).
+LOCAL_NETS = tuple(ipaddress.ip_network(n) for n in (
+    "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "127.0.0.0/8", "169.254.0.0/16", "100.64.0.0/10",
+    "::1/128", "fc00::/7", "fe80::/10"))
+
 #: PTR names of one client that are checked forward (RFC 8601 §3: iprev; bounded like RFC 7208 §4.6.4).
 MAX_PTR_NAMES = 10
 
@@ -37,7 +42,7 @@ async def dnsbl(resolver: Resolver, ip: str, zones: Sequence[str]) -> list[Dnsbl
         addr = ipaddress.ip_address(ip)
     except ValueError:
         return []
-    if addr.is_loopback or addr.is_private:
+    if any(addr in net for net in LOCAL_NETS if net.version == addr.version):
         return []
 
     async def one(zone: str) -> DnsblHit | None:

@@ -208,14 +208,15 @@ def clamd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClamdProcess]:
     conf = d / "clamd.conf"
     conf.write_text(f"Foreground yes\nLocalSocket {sock}\nDatabaseDirectory {db}\nLogFile {d / 'clamd.log'}\n"
                     f"TemporaryDirectory {d}\nStreamMaxLength 30M\n")
-    proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
     client = Clamd(str(sock), timeout=5)
     while not asyncio.run(client.ping()):
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
-            err = proc.stderr.read().decode() if proc.stderr else ""
-            pytest.fail(f"clamd did not start: {err[-2000:]}")
+            proc.wait()
+            log = d / "clamd.log"
+            pytest.fail(f"clamd did not start: {log.read_text()[-2000:] if log.exists() else 'no log'}")
         # polling the socket with a deadline (no fixed sleep): each ping fails fast until clamd listens
         time.sleep(0.05)
     yield ClamdProcess(sock, proc)
