@@ -38,6 +38,7 @@ from mailsrv.smtp.backend import (
     Transaction,
 )
 from mailsrv.smtp.grammar import (
+    MAX_COMMAND_LINE,
     SmtpError,
     SmtpSyntaxError,
     parse_bdat,
@@ -144,6 +145,9 @@ class Session:
     async def command(self, line: bytes) -> Step:
         """Handle one command line. Raises SmtpError for any failure reply."""
         self.commands += 1
+        if len(line) > MAX_COMMAND_LINE + 2 and line[:5].upper() != b"AUTH ":
+            # RFC 5321 §4.5.3.1.4 plus RFC 1869 parameter room; AUTH may carry an initial response
+            raise SmtpError("Line too long", 500, "5.5.2")
         cmd = split_command(line)
         handler = getattr(self, f"smtp_{cmd.verb}", None)
         if handler is None or cmd.verb not in LEGAL:

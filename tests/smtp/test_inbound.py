@@ -289,3 +289,14 @@ def test_drain_says_goodbye(make_server) -> None:
     code, lines = r.reply()
     assert code == 421 and "4.3.2" in lines[0]
     r.close()
+
+
+def test_command_line_limit_is_smtp_sized(make_server) -> None:
+    srv = make_server()  # listener allows 64 KiB lines; SMTP commands stop at 512 + 2000
+    r = Raw(srv.port)
+    r.reply()
+    r.send(b"NOOP " + b"x" * 3000 + b"\r\nNOOP " + b"x" * 2000 + b"\r\n")
+    code, lines = r.reply()
+    assert code == 500 and "5.5.2" in lines[0]
+    assert r.reply()[0] == 250
+    r.close()
