@@ -229,13 +229,39 @@ cdef inline object _wanted(const unsigned char *p, Py_ssize_t start, Py_ssize_t 
 
 cpdef tuple scan_header(bytes raw, Py_ssize_t start, Py_ssize_t end, Py_ssize_t max_value):
     """Same as mime_py.scan_header."""
+    cdef Py_ssize_t d, dk
+    cdef bint dclose
+    cdef Py_ssize_t n = len(raw)
+    if start < 0:
+        start = 0
+    if end > n:
+        end = n
+    return _header(raw, start, end, max_value, [], &d, &dk, &dclose)
+
+
+cdef tuple _header(bytes raw, Py_ssize_t start, Py_ssize_t end, Py_ssize_t max_value, list bounds,
+                   Py_ssize_t *out_d, Py_ssize_t *out_k, bint *out_close):
+    """Same as mime_py._header: (fields, body); the delimiter that cut it in out_*."""
     cdef const unsigned char *p = raw
     cdef list fields = []
-    cdef Py_ssize_t pos = start, nl, le, nxt, colon, cur = -1, vstart = 0, ne, stop, stored = 0
+    cdef Py_ssize_t pos = start, nl, le, nxt, colon, cur = -1, vstart = 0, ne, stop, stored = 0, k
     cdef unsigned char c
     cdef const void *r
     cdef object found
+    cdef bint have_bounds = len(bounds) > 0
+    out_d[0] = -1
+    out_k[0] = -1
+    out_close[0] = False
     while pos < end:
+        if have_bounds and p[pos] == 45 and pos + 1 < end and p[pos + 1] == 45:
+            k = _match_delim(p, pos, end, bounds, out_close)
+            if k >= 0:
+                if cur >= 0:
+                    stop = pos if pos < vstart + max_value else vstart + max_value
+                    fields[cur] = (fields[cur][0], raw[vstart:stop])
+                out_d[0] = pos
+                out_k[0] = k
+                return tuple(fields), pos
         nl = _find_lf(p, pos, end)
         if nl < 0:
             le = end
@@ -286,31 +312,38 @@ cdef inline Py_ssize_t _count_lines(const unsigned char *p, Py_ssize_t start, Py
     return mime_count_lf(p + start, end - start)
 
 
+cdef Py_ssize_t _match_delim(const unsigned char *p, Py_ssize_t i, Py_ssize_t n, list bounds,
+                             bint *out_close):
+    """Same as mime_py._match_delim: index in bounds or -1; close flag in out_close."""
+    cdef Py_ssize_t k = len(bounds) - 1, best = -1, blen = -1, bl, j
+    cdef bytes b
+    out_close[0] = False
+    while k >= 0:
+        b = <bytes>bounds[k]
+        bl = len(b)
+        if bl > blen and i + 2 + bl <= n and memcmp(p + i + 2, <const char *>b, bl) == 0:
+            best = k
+            blen = bl
+        k -= 1
+    if best >= 0:
+        j = i + 2 + blen
+        out_close[0] = j + 1 < n and p[j] == 45 and p[j + 1] == 45
+    return best
+
+
 cdef Py_ssize_t _find_delim(const unsigned char *p, Py_ssize_t pos, Py_ssize_t n, list bounds,
                             Py_ssize_t *out_k, bint *out_close):
-    cdef Py_ssize_t nb = len(bounds), i = pos, k, best, blen, j, bl
+    cdef Py_ssize_t i = pos, k, j
     cdef const void *r
-    cdef bytes b
     out_k[0] = -1
     out_close[0] = False
-    if nb == 0:
+    if len(bounds) == 0:
         return -1
     while i < n:
         if i + 1 < n and p[i] == 45 and p[i + 1] == 45:
-            best = -1
-            blen = -1
-            k = nb - 1
-            while k >= 0:
-                b = <bytes>bounds[k]
-                bl = len(b)
-                if bl > blen and i + 2 + bl <= n and memcmp(p + i + 2, <const char *>b, bl) == 0:
-                    best = k
-                    blen = bl
-                k -= 1
-            if best >= 0:
-                j = i + 2 + blen
-                out_k[0] = best
-                out_close[0] = j + 1 < n and p[j] == 45 and p[j + 1] == 45
+            k = _match_delim(p, i, n, bounds, out_close)
+            if k >= 0:
+                out_k[0] = k
                 return i
         # next line start with "--": look for '-' (rare in base64 and most text)
         j = i + 1
@@ -354,17 +387,16 @@ def scan(bytes raw, Py_ssize_t max_depth=100, Py_ssize_t max_parts=5000, Py_ssiz
     cdef const unsigned char *p = raw
     cdef Py_ssize_t n = len(raw)
     cdef list stack = [], bounds = [], bowner = []
-    cdef Py_ssize_t budget = max_parts, start = 0, d, dk, limit, body, owner, nxt
-    cdef bint dclose, digest = False, deep, lines
+    cdef Py_ssize_t budget = max_parts, start = 0, d, dk, body, owner, nxt
+    cdef bint dclose, digest = False, deep, lines, searched
     cdef int flags
     cdef tuple fields, params
     cdef bytes ctype, sub, cte, ctype_l, sub_l, boundary, name, value
     cdef list node, child
     while True:
         budget -= 1
-        d = _find_delim(p, start, n, bounds, &dk, &dclose)
-        limit = n if d < 0 else d
-        fields, body = scan_header(raw, start, limit, max_value)
+        fields, body = _header(raw, start, n, max_value, bounds, &d, &dk, &dclose)
+        searched = d >= 0
         ctype = sub = cte = b""
         params = ()
         flags = 0
@@ -401,6 +433,7 @@ def scan(bytes raw, Py_ssize_t max_depth=100, Py_ssize_t max_parts=5000, Py_ssiz
                     bowner.append(len(stack) - 1)
                     node[11] = sub_l == b"digest"
                     d = _find_delim(p, body, n, bounds, &dk, &dclose)
+                    searched = True
         elif ctype_l == b"message" and (sub_l == b"rfc822" or sub_l == b"global"):
             if cte == b"" or cte == b"7bit" or cte == b"8bit" or cte == b"binary":
                 if deep:
@@ -409,6 +442,8 @@ def scan(bytes raw, Py_ssize_t max_depth=100, Py_ssize_t max_parts=5000, Py_ssiz
                     start = body
                     digest = False
                     continue
+        if not searched:
+            d = _find_delim(p, body, n, bounds, &dk, &dclose)
         while True:
             if d < 0:
                 while len(stack) > 1:

@@ -189,12 +189,29 @@ def scan_header(raw: bytes, start: int, end: int, max_value: int) -> tuple[tuple
     starting with WSP; the block ends at the first empty line (LF or CRLF).
     Lines that are neither fields nor continuations are skipped.
     """
+    fields, body, _, _, _ = _header(raw, start, end, max_value, [])
+    return fields, body
+
+
+def _header(raw: bytes, start: int, end: int, max_value: int, bounds: list) -> tuple:
+    """:func:`scan_header` that also stops at a boundary line of ``bounds``.
+
+    -> (fields, body start, delimiter offset, stack index, close); the
+    delimiter offset is -1 when the header ended otherwise. A header cut by a
+    delimiter has an empty body at the delimiter.
+    """
     fields: list[tuple[bytes, bytes]] = []
     pos = start
     cur = -1  # index in fields of the field being continued, -1 if none
     vstart = 0
     stored = 0  # bytes kept so far: at most about MAX_STORED_VALUES * max_value
     while pos < end:
+        if bounds and raw[pos] == 45 and pos + 1 < end and raw[pos + 1] == 45:
+            k, close = _match_delim(raw, pos, end, bounds)
+            if k >= 0:
+                if cur >= 0:
+                    fields[cur] = (fields[cur][0], raw[vstart : min(pos, vstart + max_value)])
+                return tuple(fields), pos, pos, k, close
         nl = raw.find(b"\n", pos, end)
         if nl < 0:
             le = end
@@ -207,7 +224,7 @@ def scan_header(raw: bytes, start: int, end: int, max_value: int) -> tuple[tuple
         if le == pos:
             if cur >= 0:
                 fields[cur] = (fields[cur][0], raw[vstart : min(pos, vstart + max_value)])
-            return tuple(fields), nxt
+            return tuple(fields), nxt, -1, -1, False
         c = raw[pos]
         if c == 32 or c == 9:
             pos = nxt
@@ -226,7 +243,7 @@ def scan_header(raw: bytes, start: int, end: int, max_value: int) -> tuple[tuple
         pos = nxt
     if cur >= 0:
         fields[cur] = (fields[cur][0], raw[vstart : min(end, vstart + max_value)])
-    return tuple(fields), end
+    return tuple(fields), end, -1, -1, False
 
 
 def _count_lines(raw: bytes, start: int, end: int) -> int:
@@ -234,6 +251,23 @@ def _count_lines(raw: bytes, start: int, end: int) -> int:
     if end <= start:
         return 0
     return raw.count(b"\n", start, end)
+
+
+def _match_delim(raw: bytes, i: int, n: int, bounds: list) -> tuple[int, bool]:
+    """At a line starting ``--``: (index in bounds of the boundary it is, close), or (-1, False)."""
+    best = -1
+    blen = -1
+    k = len(bounds) - 1
+    while k >= 0:
+        b = bounds[k]
+        if len(b) > blen and raw.startswith(b, i + 2):
+            best = k
+            blen = len(b)
+        k -= 1
+    if best < 0:
+        return -1, False
+    j = i + 2 + blen
+    return best, j + 1 < n and raw[j] == 45 and raw[j + 1] == 45
 
 
 def _find_delim(raw: bytes, pos: int, n: int, bounds: list) -> tuple:
@@ -244,24 +278,14 @@ def _find_delim(raw: bytes, pos: int, n: int, bounds: list) -> tuple:
     longest one wins a prefix overlap; the rest of the line is ignored.
     Returns (-1, -1, False) when none is left.
     """
-    nb = len(bounds)
     i = pos
-    if nb == 0:
+    if not bounds:
         return -1, -1, False
     while i < n:
         if i + 1 < n and raw[i] == 45 and raw[i + 1] == 45:
-            best = -1
-            blen = -1
-            k = nb - 1
-            while k >= 0:
-                b = bounds[k]
-                if len(b) > blen and raw.startswith(b, i + 2):
-                    best = k
-                    blen = len(b)
-                k -= 1
-            if best >= 0:
-                j = i + 2 + blen
-                return i, best, j + 1 < n and raw[j] == 45 and raw[j + 1] == 45
+            k, close = _match_delim(raw, i, n, bounds)
+            if k >= 0:
+                return i, k, close
         j = raw.find(b"\n--", i, n)
         if j < 0:
             return -1, -1, False
@@ -314,9 +338,9 @@ def scan(raw: bytes, max_depth: int = 100, max_parts: int = 5000, max_value: int
     while True:
         # --- open a node at ``start`` (a message or a part) -------------------
         budget -= 1
-        d, dk, dclose = _find_delim(raw, start, n, bounds)
-        limit = n if d < 0 else d
-        fields, body = scan_header(raw, start, limit, max_value)
+        # the header ends at its empty line or at a delimiter of an open multipart
+        fields, body, d, dk, dclose = _header(raw, start, n, max_value, bounds)
+        searched = d >= 0
         ctype = sub = b""
         params: tuple = ()
         cte = b""
@@ -354,6 +378,7 @@ def scan(raw: bytes, max_depth: int = 100, max_parts: int = 5000, max_value: int
                     bowner.append(len(stack) - 1)
                     node[11] = sub_l == b"digest"
                     d, dk, dclose = _find_delim(raw, body, n, bounds)
+                    searched = True
         elif ctype_l == b"message" and (sub_l == b"rfc822" or sub_l == b"global"):
             # RFC 2046 §5.2.1: only 7bit, 8bit or binary encodings may be parsed
             if cte == b"" or cte == b"7bit" or cte == b"8bit" or cte == b"binary":
@@ -364,6 +389,8 @@ def scan(raw: bytes, max_depth: int = 100, max_parts: int = 5000, max_value: int
                     digest = False
                     continue
         # --- the body runs to the next delimiter --------------------------------
+        if not searched:
+            d, dk, dclose = _find_delim(raw, body, n, bounds)
         while True:
             if d < 0:
                 # end of input: every open node ends here
