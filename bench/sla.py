@@ -145,7 +145,7 @@ async def _sender(port: int, rcpts: list[str], interval: float, until: float, ou
                 f"\r\n" + "steady load line\r\n" * 40).encode()
         w.write(f"MAIL FROM:<{sender}>\r\nRCPT TO:<{rcpt}>\r\nDATA\r\n".encode())
         codes = [await _smtp_reply(r) for _ in range(3)]
-        rec = {"token": tok, "rcpt": rcpt, "kind": "outbound" if auth else "inbound"}
+        rec: dict[str, Any] = {"token": tok, "rcpt": rcpt, "kind": "outbound" if auth else "inbound"}
         if not codes[2].startswith(b"354"):
             rec["error"] = repr(codes)
             w.write(b"RSET\r\n")
