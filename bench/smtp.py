@@ -293,6 +293,38 @@ async def _visible(port: int, data_dir: Path, n: int, background_rate: float, bo
         await directory.close()
 
 
+async def _store_only(data_dir: Path, sessions: int, body: bytes, seconds: float) -> float:
+    """``store.deliver`` alone (no SMTP), same message and mailboxes: the ceiling under the SMTP numbers."""
+    from mailsrv.config import StoreConfig
+    from mailsrv.store import DeliveryTarget, Store
+
+    spool = data_dir / "spool-only"
+    spool.mkdir(exist_ok=True)
+    store = Store(StoreConfig(), data_dir, hostname="bench.example.test")
+    try:
+        accts = [await store.account(f"only{i}") for i in range(RECIPIENTS)]
+        loop = asyncio.get_running_loop()
+        until = loop.time() + seconds
+        done = 0
+
+        async def one(i: int) -> None:
+            nonlocal done
+            k = 0
+            while loop.time() < until:
+                p = spool / f"{i}.{k}"
+                k += 1
+                await loop.run_in_executor(None, p.write_bytes, body)
+                await store.deliver(p, [DeliveryTarget(accts[i % RECIPIENTS])])
+                await loop.run_in_executor(None, p.unlink)
+                done += 1
+
+        t0 = loop.time()
+        await asyncio.gather(*(one(i) for i in range(sessions)))
+        return done / (loop.time() - t0)
+    finally:
+        await store.close()
+
+
 # --- scenario -----------------------------------------------------------------------------------------
 
 
@@ -322,6 +354,7 @@ def run(size: str) -> dict[str, Any]:
     try:
         data_dir = base / "data"
         data_dir.mkdir()
+        (base / "only").mkdir()
         _prepare_directory(data_dir)
         sock = _listen()
         port = sock.getsockname()[1]
@@ -358,6 +391,13 @@ def run(size: str) -> dict[str, Any]:
             results.append({"name": f"end-of-DATA->250 p99 ({label})", "unit": "ms", "value": p99,
                             "baseline": {"name": "aiosmtpd+maildir fsync", "value": bp99},
                             "ratio": bp99 / p99 if p99 else None})
+        for n in sizes["sessions"]:
+            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as r:
+                only = r.run(_store_only(base / "only", n, _body(4096), sizes["seconds"]))
+            results.append({"name": f"store.deliver alone, no SMTP (4 KB, {n} concurrent)", "unit": "msg/s",
+                            "value": only, "baseline": None})
+        notes.append("'store.deliver alone' is one process calling the store directly: the ceiling the "
+                     "SMTP numbers sit under")
         results.append({"name": "250->visible p50 (at half max load)", "unit": "ms", "value": _pct(vis, 50),
                         "baseline": None})
         results.append({"name": "250->visible p99 (at half max load)", "unit": "ms", "value": _pct(vis, 99),
