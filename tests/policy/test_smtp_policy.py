@@ -288,3 +288,23 @@ def test_helo_claiming_to_be_us(policy_server: Any) -> None:
     with smtplib.SMTP("127.0.0.1", srv.port, timeout=10) as c:
         code, text = c.ehlo("mx.example.test")
         assert code == 550
+
+
+def test_rspamd_scorer_plug(policy_server: Any, rspamd: str, message: Any) -> None:
+    """The scorer handed to a real rspamd over its HTTP protocol (POST /checkv2)."""
+    srv = policy_server(rspamd_url=rspamd, junk_score=6.0, reject_score=15.0)
+    send(srv.port, "alice@sender.test", ["bob@example.test"], message(body="hello MAILSRV-RSPAMD-SPAM\r\n"))
+    send(srv.port, "alice@sender.test", ["bob@example.test"], message())
+    spam, ham = srv.backend.delivered
+    assert spam.junk and b"X-Spam-Score: 7.5" in spam.data and b"tests=MAILSRV_TEST_SPAM" in spam.data
+    assert not ham.junk and b"X-Spam-Score: 0.0" in ham.data
+
+
+def test_rspamd_down_falls_back_to_rules(policy_server: Any, message: Any) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens there once closed
+    srv = policy_server(rspamd_url=f"http://127.0.0.1:{port}")
+    send(srv.port, "alice@sender.test", ["bob@example.test"], message(subject="YOU WON THE CASINO JACKPOT!!!"))
+    [d] = srv.backend.delivered
+    assert b"SUBJ_ALL_CAPS" in d.data
