@@ -45,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("scenario", choices=names + ["all"])
     ap.add_argument("--size", choices=["smoke", "full"], default="full")
     ap.add_argument("--json", dest="json_file", default=None)
+    ap.add_argument("--markdown", dest="md_file", default=None, help="also write the results as a Markdown table")
     args = ap.parse_args(argv)
     todo = names if args.scenario == "all" else [args.scenario]
     reports = []
@@ -59,7 +60,21 @@ def main(argv: list[str] | None = None) -> int:
         reports.append(report)
     if args.json_file:
         Path(args.json_file).write_text(json.dumps({"reports": reports}, indent=2))
+    if args.md_file:
+        Path(args.md_file).write_text(markdown(reports))
     return 0
+
+
+def markdown(reports: list[dict]) -> str:
+    """The results table of bench/README.md."""
+    out = ["| scenario | figure | value | baseline | ratio |", "|---|---|---|---|---|"]
+    for rep in reports:
+        for r in rep["results"]:
+            base = r.get("baseline")
+            b = f"{base['name']}: {fmt(base['value'])}" if base else ("missing" if "baseline" in r else "")
+            ratio = f"{r['ratio']:.2f}x" if r.get("ratio") is not None else ""
+            out.append(f"| {rep['scenario']} | {r['name']} | {fmt(r['value'])} {r.get('unit', '')} | {b} | {ratio} |")
+    return "\n".join(out) + "\n"
 
 
 if __name__ == "__main__":
