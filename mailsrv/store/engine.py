@@ -37,7 +37,8 @@ from typing import Any
 
 from mailsrv import log
 from mailsrv._speedups import quota as quota_impl
-from mailsrv.store import headers, maildir, uidlist
+from mailsrv.store import folders, headers, maildir, uidlist
+from mailsrv.store.folders import UIDLIST_NAME
 from mailsrv.store.types import (
     SPECIAL_USE,
     BadMailboxName,
@@ -49,7 +50,6 @@ from mailsrv.store.types import (
     OverQuota,
     QuotaLimits,
     QuotaUsage,
-    StoreError,
     TemporaryFailure,
 )
 from mailsrv.util import fsio
@@ -57,10 +57,7 @@ from mailsrv.util import fsio
 logger = log.get("store")
 
 INDEX_NAME = "mailsrv-index.sqlite"
-UIDLIST_NAME = "mailsrv-uidlist"
-DOVECOT_UIDLIST = "dovecot-uidlist"
 NOTIFY_NAME = "mailsrv-notify"
-SUBSCRIPTIONS = "subscriptions"
 SCHEMA_VERSION = 1
 
 _SCHEMA = """
@@ -190,7 +187,7 @@ class Engine:
             try:
                 self._ensure_tree()
                 self._open_db()
-                self._discover()
+                folders.discover(self)
             except OSError as exc:
                 raise _temp(exc, "cannot open mail store") from exc
 
@@ -208,27 +205,11 @@ class Engine:
             d = self.root / maildir.folder_dir(name)
             if name != "INBOX" and not d.is_dir():
                 try:
-                    self._make_folder_dir(maildir.folder_dir(name))
+                    folders.make_folder_dir(self, maildir.folder_dir(name))
                 except MailboxExists:
                     pass  # another process made it meanwhile
         if not self.notify_path.exists():
             self.notify_path.touch()
-
-    def _make_folder_dir(self, dirname: str) -> None:
-        """Build ``.name/{cur,new,tmp}`` in tmp/ and rename it into place (atomic)."""
-        build = self.root / "tmp" / f"mkdir.{fsio.unique_name(self.hostname)}"
-        build.mkdir()
-        for sub in ("cur", "new", "tmp"):
-            (build / sub).mkdir()
-        target = self.root / dirname
-        try:
-            os.rename(build, target)
-        except OSError as exc:
-            shutil.rmtree(build, ignore_errors=True)
-            if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
-                raise MailboxExists(dirname) from None
-            raise
-        fsio.fsync_dir(self.root)
 
     def _open_db(self) -> None:
         path = self.root / INDEX_NAME
@@ -265,7 +246,7 @@ class Engine:
                 self.conn = None
             self._move_index_aside(exc)
             self._open_db()
-            self._discover()
+            folders.discover(self)
 
     @property
     def db(self) -> sqlite3.Connection:
@@ -315,7 +296,7 @@ class Engine:
             # created by another program or process since we last looked?
             d = self.root / maildir.folder_dir(name)
             if (d / "cur").is_dir() and (d / "new").is_dir():
-                self._adopt_folder(name, maildir.folder_dir(name))
+                folders.adopt_folder(self, name, maildir.folder_dir(name))
                 return self._row(name)
             raise MailboxNotFound(name)
         return _Mbox(*r)
@@ -339,100 +320,32 @@ class Engine:
     def _folder(self, mb: _Mbox) -> Path:
         return self.root / mb.dir if mb.dir else self.root
 
-    def _discover(self) -> None:
-        """Make the rows match the folder directories on disk (new ones adopted, gone ones dropped)."""
-        on_disk: dict[str, str] = {"INBOX": ""}
-        for entry in os.scandir(self.root):
-            if entry.name.startswith(".") and entry.is_dir():
-                name = maildir.dir_to_name(entry.name)
-                if name is not None and os.path.isdir(os.path.join(entry.path, "cur")):
-                    on_disk[name] = entry.name
-        rows = {r[0]: (r[1], r[2], r[3], r[4]) for r in
-                self.db.execute("SELECT name, dir, id, storage, messages FROM mailboxes")}
-        for name, dirname in on_disk.items():
-            if name not in rows or rows[name][0] != dirname:
-                self._adopt_folder(name, dirname)
-        gone = [n for n in rows if n not in on_disk]
-        if gone:
-            with self._write() as res:
-                for n in gone:
-                    _, mid, storage, messages = rows[n]
-                    self._drop_rows(mid, storage, messages)
-                    res.changed = True
-
-    def _drop_rows(self, mid: int, storage: int, messages: int) -> None:
-        db = self.db
-        sizes = [r[0] for r in db.execute("SELECT size FROM messages WHERE mailbox=?", (mid,))]
-        self._quota_apply(sizes, -1)
-        for table in ("messages", "expunged", "mailboxes"):
-            db.execute(f"DELETE FROM {table} WHERE {'id' if table == 'mailboxes' else 'mailbox'}=?", (mid,))
-
-    def _read_uidlist(self, folder: Path) -> uidlist.Uidlist | None:
-        for fname in (UIDLIST_NAME, DOVECOT_UIDLIST):
-            try:
-                data = (folder / fname).read_bytes()
-            except FileNotFoundError:
-                continue
-            try:
-                return uidlist.parse(data)
-            except uidlist.UidlistError as exc:
-                logger.error("uidlist.unreadable", account=self.account_id, path=str(folder / fname), error=str(exc))
-        return None
-
-    def _adopt_folder(self, name: str, dirname: str) -> None:
-        """Insert the row of a folder found on disk; its uidlist (ours or Dovecot's) gives UIDVALIDITY."""
-        folder = self.root / dirname if dirname else self.root
-        with self._write() as res:
-            if self.db.execute("SELECT 1 FROM mailboxes WHERE name=? AND dir=?", (name, dirname)).fetchone():
-                return
-            old = self.db.execute("SELECT id, storage, messages FROM mailboxes WHERE name=?", (name,)).fetchone()
-            if old:
-                self._drop_rows(*old)
-            ul = self._read_uidlist(folder)
-            own = (folder / UIDLIST_NAME).exists()
-            if ul is None or not own:
-                if ul is None:
-                    uv = int(time.time())
-                    # a lost UID map: a new UIDVALIDITY, so clients resynchronise
-                    ul = uidlist.Uidlist(uv, 1, secrets.token_hex(16))
-                    if any((folder / "cur").iterdir()):
-                        logger.warning("uidlist.missing", account=self.account_id, mailbox=name, uidvalidity=uv)
-                guid = ul.guid if len(ul.guid) >= 8 else secrets.token_hex(16)
-                body = bytearray(uidlist.format_header(ul.uidvalidity, ul.effective_nextuid, guid))
-                for base, uid in sorted(ul.uids.items(), key=lambda kv: kv[1]):
-                    body += uidlist.format_entry(uid, base, ul.sizes.get(base))
-                fsio.durable_write(folder / UIDLIST_NAME, bytes(body), tmp_dir=folder / "tmp")
-                ul.guid = guid
-            special = SPECIAL_USE.get(name)
-            self.db.execute(
-                "INSERT INTO mailboxes (guid, name, dir, special_use, uidvalidity, uidnext, highestmodseq,"
-                " uidlist_size, cur_mtime) VALUES (?, ?, ?, ?, ?, ?, ?, 0, -1)",
-                ("M" + ul.guid[:24], name, dirname, special, ul.uidvalidity, ul.effective_nextuid,
-                 int(time.time() * 1000)),
-            )
-            res.changed = True
-        mb = self._row(name)
-        self._sync(mb, full_uidlist=ul)
-
     # --- sync: pick up new/ and external changes ------------------------------
 
-    def _uidlist_floor(self, mb: _Mbox, folder: Path) -> int:
-        """Raise mb.uidnext past any UID in the uidlist beyond what the index saw."""
+    def _uidlist_floor(self, mb: _Mbox, folder: Path) -> uidlist.Uidlist | None:
+        """Raise mb.uidnext past any UID in the uidlist beyond what the index saw.
+
+        The uidlist is appended (and fsync'd) before files are renamed into cur/
+        and before the commit, so a uidlist longer than the index recorded means
+        a writer died mid-transaction: returns the parsed uidlist so the caller
+        reconciles cur/ with it. None when the index is in step.
+        """
         path = folder / UIDLIST_NAME
         try:
             st = os.stat(path)
         except FileNotFoundError:
-            return mb.uidnext
+            return None
         if st.st_size == mb.uidlist_size:
-            return mb.uidnext
+            return None
         with open(path, "rb") as fh:
             data = fh.read()
         try:
             ul = uidlist.parse(data)
-            mb.uidnext = max(mb.uidnext, ul.effective_nextuid)
         except uidlist.UidlistError as exc:
             logger.error("uidlist.unreadable", account=self.account_id, mailbox=mb.name, error=str(exc))
-        return mb.uidnext
+            return None
+        mb.uidnext = max(mb.uidnext, ul.effective_nextuid)
+        return ul
 
     def needs_sync(self, name: str) -> bool:
         """Cheap check (no write lock): anything in new/, or cur/ changed behind our back?"""
@@ -444,7 +357,9 @@ class Engine:
                 for e in it:
                     if not e.name.startswith("."):
                         return True
-            return os.stat(folder / "cur").st_mtime_ns != mb.cur_mtime
+            if os.stat(folder / "cur").st_mtime_ns != mb.cur_mtime:
+                return True
+            return os.stat(folder / UIDLIST_NAME).st_size != mb.uidlist_size
         except FileNotFoundError:
             return True
 
@@ -456,32 +371,35 @@ class Engine:
         folder = self._folder(mb)
         with self._write() as res:
             mb = self._row_by_id(mb.id)  # fresh under the lock
-            self._uidlist_floor(mb, folder)
+            torn = self._uidlist_floor(mb, folder)
             lines: list[bytes] = []
+            renames: list[tuple[Path, Path]] = []
             try:
                 new_names = [n for n in os.listdir(folder / "new") if not n.startswith(".")]
             except FileNotFoundError as exc:
                 raise MailboxNotFound(mb.name) from exc
             cur_st = os.stat(folder / "cur").st_mtime_ns
-            if new_names:
-                self._take_new(mb, folder, new_names, lines, res, full_uidlist)
-            if cur_st != mb.cur_mtime:
-                ul = full_uidlist or self._read_uidlist(folder)
+            if cur_st != mb.cur_mtime or torn is not None:
+                ul = full_uidlist or torn or folders.read_uidlist(self, folder)
                 self._reconcile(mb, folder, lines, res, ul)
+            if new_names:
+                self._take_new(mb, folder, new_names, lines, res, full_uidlist, renames)
             self._flush_uidlist(mb, folder, lines)
+            for src, dst in renames:  # after the UID map is durable: see the module invariants
+                os.replace(src, dst)
             mb.cur_mtime = os.stat(folder / "cur").st_mtime_ns
             self._save(mb)
         return res
 
     def _take_new(self, mb: _Mbox, folder: Path, names: list[str], lines: list[bytes], res: SyncResult,
-                  ul: uidlist.Uidlist | None) -> None:
+                  ul: uidlist.Uidlist | None, renames: list[tuple[Path, Path]]) -> None:
         db = self.db
         fresh: list[tuple[str, str, int, float]] = []  # (name, key, size, mtime)
         for n in names:
             key, info = maildir.split_filename(n)
             row = db.execute("SELECT fname FROM messages WHERE mailbox=? AND key=?", (mb.id, key)).fetchone()
             if row is not None:  # index knows it: finish the move into cur/
-                os.replace(folder / "new" / n, folder / "cur" / row[0])
+                renames.append((folder / "new" / n, folder / "cur" / row[0]))
                 continue
             try:
                 st = os.stat(folder / "new" / n)
@@ -505,7 +423,7 @@ class Engine:
             except OSError as exc:  # unreadable file: skip it, never block the others
                 self._warn_once(key, "message.unreadable", mailbox=mb.name, file=key, error=str(exc))
                 continue
-            os.replace(folder / "new" / n, folder / "cur" / maildir.filename(key, flags))
+            renames.append((folder / "new" / n, folder / "cur" / maildir.filename(key, flags)))
 
     def _used_uids(self, mid: int) -> set[int]:
         db = self.db
@@ -730,17 +648,7 @@ class Engine:
     def status(self, name: str) -> MailboxInfo:
         with self.lock:
             mb = self._row(name)
-            return self._mailbox_info(mb, mb.messages, None, name in self._subscriptions())
-
-    def list_mailboxes(self) -> list[MailboxInfo]:
-        with self.lock:
-            self._discover()
-            subs = self._subscriptions()
-            out = []
-            for (name,) in self.db.execute("SELECT name FROM mailboxes ORDER BY name").fetchall():
-                mb = self._row(name)
-                out.append(self._mailbox_info(mb, mb.messages, None, name in subs))
-            return out
+            return self._mailbox_info(mb, mb.messages, None, name in folders.subscriptions(self))
 
     def locate(self, name: str, uid: int) -> Path:
         """The current path of a message file, repairing the index if it moved or vanished."""
@@ -796,41 +704,50 @@ class Engine:
 
     def import_new(self, name: str, src: Path, flags: frozenset[str], internal_date: float | None,
                    pend: Pending, link: bool) -> tuple[int, SyncResult]:
-        """Put a complete, fsync'd file into a mailbox with flags; durable on return.
+        """Put a complete file into a mailbox with flags; durable on return.
 
         ``link``: hard-link ``src`` (a spool file) instead of renaming it (a tmp/ file of this folder).
-        The file goes to new/ (fsync'd) before the index knows it, so a crash leaves it to be picked up.
+        The file waits in tmp/ (which no one scans) until the write lock is held; then the UID map
+        is appended, the file renamed into cur/, cur/ fsync'd, and the index committed.
         """
         with self.lock:
             mb = self._row(name)
             folder = self._folder(mb)
+            fsio.fsync_file(src)
             size = os.stat(src).st_size
             key = f"{fsio.unique_name(self.hostname)},S={size}"
-            target = folder / "new" / key
+            staged = folder / "tmp" / key
             if internal_date is not None:
                 os.utime(src, (internal_date, internal_date))
             if link:
                 try:
-                    os.link(src, target)
+                    os.link(src, staged)
                 except OSError as exc:
                     if exc.errno != errno.EXDEV:
                         raise
-                    shutil.copyfile(src, target)
-                    fsio.fsync_file(target)
+                    shutil.copyfile(src, staged)
+                    fsio.fsync_file(staged)
                     if internal_date is not None:
-                        os.utime(target, (internal_date, internal_date))
+                        os.utime(staged, (internal_date, internal_date))
             else:
-                os.rename(src, target)
-            fsio.fsync_dir(folder / "new")
-            with self._write() as res:
-                mb = self._row_by_id(mb.id)
-                self._uidlist_floor(mb, folder)
-                lines: list[bytes] = []
-                st = os.stat(target)
-                info = self._insert(mb, target, key, flags, st.st_size, st.st_mtime, pend, lines, res)
-                os.replace(target, folder / "cur" / maildir.filename(key, flags))
-                self._flush_uidlist(mb, folder, lines)
-                self._save(mb)
+                os.rename(src, staged)
+            try:
+                with self._write() as res:
+                    mb = self._row_by_id(mb.id)
+                    torn = self._uidlist_floor(mb, folder)
+                    lines: list[bytes] = []
+                    if torn is not None:
+                        self._reconcile(mb, folder, lines, res, torn)
+                    st = os.stat(staged)
+                    info = self._insert(mb, staged, key, flags, st.st_size, st.st_mtime, pend, lines, res)
+                    self._flush_uidlist(mb, folder, lines)
+                    os.rename(staged, folder / "cur" / maildir.filename(key, flags))
+                    fsio.fsync_dir(folder / "cur")
+                    mb.cur_mtime = os.stat(folder / "cur").st_mtime_ns
+                    self._save(mb)
+            finally:
+                if staged.exists():
+                    staged.unlink()
             return info.uid, res
 
     def uid_for_key(self, name: str, key: str) -> int | None:
@@ -951,15 +868,19 @@ class Engine:
                 with self._write() as res:
                     dmb = self._row_by_id(dmb.id)
                     smb = self._row_by_id(smb.id)
-                    self._uidlist_floor(dmb, dfolder)
+                    torn = self._uidlist_floor(dmb, dfolder)
                     lines: list[bytes] = []
+                    if torn is not None:
+                        self._reconcile(dmb, dfolder, lines, res, torn)
                     for r, key, tmp in staged:
                         info = _info(r)
                         pend = Pending(structure=r[10])
                         new = self._insert(dmb, tmp, key, info.flags, info.size, info.internal_date, pend, lines,
                                            res, email_id=info.email_id, thread_id=info.thread_id)
-                        os.rename(tmp, dfolder / "cur" / maildir.filename(key, info.flags))
                         mapping.append((info.uid, new.uid))
+                    self._flush_uidlist(dmb, dfolder, lines)
+                    for r, key, tmp in staged:
+                        os.rename(tmp, dfolder / "cur" / maildir.filename(key, frozenset(r[2].split())))
                     if staged:
                         fsio.fsync_dir(dfolder / "cur")
                     if move and mapping:
@@ -971,7 +892,6 @@ class Engine:
                         self._delete_rows(smb, [m[0] for m in mapping], res)
                         smb.cur_mtime = os.stat(sfolder / "cur").st_mtime_ns
                         self._save(smb)
-                    self._flush_uidlist(dmb, dfolder, lines)
                     dmb.cur_mtime = os.stat(dfolder / "cur").st_mtime_ns
                     self._save(dmb)
             finally:
@@ -982,92 +902,28 @@ class Engine:
 
     # --- folders ----------------------------------------------------------------
 
+    # --- folders (mailsrv.store.folders) ------------------------------------------
+
+    def list_mailboxes(self) -> list[MailboxInfo]:
+        return folders.list_mailboxes(self)
+
     def create_mailbox(self, name: str, special_use: str | None) -> MailboxInfo:
-        try:
-            name = maildir.normalize_name(name)
-            dirname = maildir.folder_dir(name)
-        except maildir.NameError_ as exc:
-            raise BadMailboxName(str(exc)) from None
-        with self.lock:
-            if name == "INBOX" or self.db.execute("SELECT 1 FROM mailboxes WHERE name=?", (name,)).fetchone():
-                raise MailboxExists(name)
-            self._make_folder_dir(dirname)
-            self._adopt_folder(name, dirname)
-            if special_use:
-                with self._write():
-                    self.db.execute("UPDATE mailboxes SET special_use=? WHERE name=?", (special_use, name))
-            return self.status(name)
+        return folders.create_mailbox(self, name, special_use)
 
     def rename_mailbox(self, old: str, new: str) -> None:
-        with self.lock:
-            mb = self._row(old)
-            try:
-                new = maildir.normalize_name(new)
-                ndir = maildir.folder_dir(new)
-            except maildir.NameError_ as exc:
-                raise BadMailboxName(str(exc)) from None
-            if mb.name == "INBOX":
-                raise StoreError("renaming INBOX is not supported")
-            if new == "INBOX" or self.db.execute("SELECT 1 FROM mailboxes WHERE name=?", (new,)).fetchone():
-                raise MailboxExists(new)
-            children = [(n, d) for n, d in self.db.execute("SELECT name, dir FROM mailboxes WHERE name LIKE ?",
-                                                          (mb.name.replace("%", "\\%") + "/%",))]
-            with self._write() as res:
-                os.rename(self.root / mb.dir, self.root / ndir)
-                self.db.execute("UPDATE mailboxes SET name=?, dir=? WHERE id=?", (new, ndir, mb.id))
-                for cname, cdir in children:
-                    nname = new + cname[len(mb.name):]
-                    cnew = maildir.folder_dir(nname)
-                    os.rename(self.root / cdir, self.root / cnew)
-                    self.db.execute("UPDATE mailboxes SET name=?, dir=? WHERE name=?", (nname, cnew, cname))
-                fsio.fsync_dir(self.root)
-                res.changed = True
-            subs = self._subscriptions()
-            if old in subs:
-                subs.discard(old)
-                subs.add(new)
-                self._write_subscriptions(subs)
+        folders.rename_mailbox(self, old, new)
 
     def delete_mailbox(self, name: str) -> None:
-        with self.lock:
-            mb = self._row(name)
-            if mb.name == "INBOX":
-                raise StoreError("INBOX cannot be deleted")
-            with self._write() as res:
-                trash = self.root / "tmp" / f"deleted.{fsio.unique_name(self.hostname)}"
-                os.rename(self.root / mb.dir, trash)
-                fsio.fsync_dir(self.root)
-                self._drop_rows(mb.id, mb.storage, mb.messages)
-                res.changed = True
-            shutil.rmtree(trash, ignore_errors=True)
-
-    def _subscriptions(self) -> set[str]:
-        try:
-            data = (self.root / SUBSCRIPTIONS).read_text("utf-8", "replace")
-        except FileNotFoundError:
-            return set(SPECIAL_USE)
-        return {line.strip() for line in data.splitlines() if line.strip()}
-
-    def _write_subscriptions(self, subs: set[str]) -> None:
-        body = "".join(f"{s}\n" for s in sorted(subs)).encode("utf-8")
-        fsio.durable_write(self.root / SUBSCRIPTIONS, body, tmp_dir=self.root / "tmp")
-        self._touch()
+        folders.delete_mailbox(self, name)
 
     def subscribe(self, name: str, on: bool) -> None:
-        with self.lock:
-            subs = self._subscriptions()
-            name = maildir.normalize_name(name)
-            (subs.add if on else subs.discard)(name)
-            self._write_subscriptions(subs)
+        folders.subscribe(self, name, on)
 
     def folder_path(self, name: str) -> Path:
-        with self.lock:
-            return self._folder(self._row(name))
+        return folders.folder_path(self, name)
 
     def folder_new_dirs(self) -> list[Path]:
-        with self.lock:
-            return [(self.root / d if d else self.root) / "new"
-                    for (d,) in self.db.execute("SELECT dir FROM mailboxes")]
+        return folders.folder_new_dirs(self)
 
 
 def glob_escape(s: str) -> str:

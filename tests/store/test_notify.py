@@ -20,7 +20,9 @@ def _child_changes(data_dir: Path, go_r: int, done_w: int, what: str) -> None:
         async def main() -> None:
             store = Store(StoreConfig(), data_dir, hostname="child.test")
             acct = await store.account("u")
-            await asyncio.get_running_loop().run_in_executor(None, os.read, go_r, 1)
+            os.write(done_w, b"r")
+            if await asyncio.get_running_loop().run_in_executor(None, os.read, go_r, 1) != b"g":
+                return  # the parent gave up
             if what == "append":
                 await acct.append("INBOX", msg(1))
             elif what == "flags":
@@ -43,12 +45,17 @@ def _wake_latency(data_dir: Path, what: str) -> float:
     done_r, done_w = os.pipe()
     pid = os.fork()
     if pid == 0:
+        os.close(go_w)
+        os.close(done_r)
         _child_changes(data_dir, go_r, done_w, what)
+    os.close(go_r)
+    os.close(done_w)
 
     async def main() -> float:
         store = Store(StoreConfig(), data_dir, hostname="parent.test")
         acct = await store.account("u")
         view = await acct.open_mailbox("INBOX")
+        assert await asyncio.get_running_loop().run_in_executor(None, os.read, done_r, 1) == b"r"
         with acct.watch() as watch:
             assert not await watch.wait(timeout=0.05)  # nothing happened: no wake-up
             os.write(go_w, b"g")
@@ -66,9 +73,9 @@ def _wake_latency(data_dir: Path, what: str) -> float:
         woke = asyncio.run(main())
         changed_at = float(os.read(done_r, 100).decode())
     finally:
+        os.close(go_w)  # a child still waiting for "go" sees EOF and exits
         _, status = os.waitpid(pid, 0)
-        for fd in (go_r, go_w, done_r, done_w):
-            os.close(fd)
+        os.close(done_r)
     assert os.waitstatus_to_exitcode(status) == 0
     return woke - changed_at
 
