@@ -13,6 +13,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet 'cython>=3.0' setuptools wheel    # build_ext --inplace runs in the venv
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@
 
