@@ -108,16 +108,21 @@ cdef inline bint _is_ws(unsigned char c) noexcept:
 
 
 cdef tuple _parse_value(bytes vb, const unsigned char *v, Py_ssize_t i, Py_ssize_t n):
+    """Same as mime_py._parse_value."""
     cdef bytearray out
     cdef unsigned char c
-    cdef Py_ssize_t j, k, e
-    if i < n and v[i] == 34:
+    cdef Py_ssize_t j
+    if i >= n:
+        return b"", i
+    if v[i] == 34:
         # fast path: a quoted-string without quoted-pairs or line ends is a slice
         j = i + 1
         while j < n and v[j] != 34 and v[j] != 92 and v[j] != 13 and v[j] != 10:
             j += 1
-        if j >= n or v[j] == 34:
-            return vb[i + 1:j], (j + 1 if j < n else n)
+        if j >= n:
+            return vb[i + 1:j], n
+        if v[j] == 34:
+            return vb[i + 1:j], _skip_cfws(v, j + 1, n)
         i += 1
         out = bytearray()
         while i < n:
@@ -131,42 +136,41 @@ cdef tuple _parse_value(bytes vb, const unsigned char *v, Py_ssize_t i, Py_ssize
             if c != 13 and c != 10:
                 out.append(c)
             i += 1
-        return bytes(out), i
-    j = i
-    while j < n and v[j] != 59:
-        j += 1
-    k = i
-    e = j
-    while k < e and _is_ws(v[k]):
-        k += 1
-    while e > k and _is_ws(v[e - 1]):
-        e -= 1
-    return vb[k:e], j
+        return bytes(out), _skip_cfws(v, i, n)
+    if v[i] == 61:
+        j = i
+        while j < n and v[j] != 59 and v[j] != 32 and v[j] != 9 and v[j] != 13 and v[j] != 10:
+            j += 1
+        return vb[i:j], j
+    j = _token(v, i, n)
+    return vb[i:j], _skip_cfws(v, j, n)
 
 
 cpdef tuple parse_params(bytes vb, Py_ssize_t i):
     """Same as mime_py.parse_params (for i >= 0)."""
     cdef const unsigned char *v = vb
-    cdef Py_ssize_t n = len(vb), j, semi, count = 0
+    cdef Py_ssize_t n = len(vb), j, count = 0
     cdef list params = []
-    cdef const void *r
     if i < 0:
         i += n
         if i < 0:
             i = 0
     while i < n and count < 64:
-        r = memchr(v + i, 59, <size_t>(n - i))
-        if r == NULL:
+        if v[i] != 59:
+            i += 1
+            continue
+        i = _skip_cfws(v, i + 1, n)
+        if i >= n:
             break
-        semi = <const unsigned char *>r - v
-        i = _skip_cfws(v, semi + 1, n)
         j = _token(v, i, n)
         if j == i:
-            break
+            i += 1
+            continue
         name = vb[i:j]
         i = _skip_cfws(v, j, n)
         if i >= n or v[i] != 61:
-            break
+            i += 1
+            continue
         i = _skip_cfws(v, i + 1, n)
         value, i = _parse_value(vb, v, i, n)
         params.append((name, value))

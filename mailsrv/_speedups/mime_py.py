@@ -111,8 +111,14 @@ def _token(v: bytes, i: int, n: int) -> int:
 
 
 def _parse_value(v: bytes, i: int, n: int) -> tuple[bytes, int]:
-    """A parameter value (quoted-string or lenient token) at i -> (value, next)."""
-    if i < n and v[i] == 34:  # quoted-string
+    """A parameter value at i -> (value, next): quoted-string, token, or ``=...``.
+
+    RFC 2045 §5.1 value := token / quoted-string; as Dovecot, a value that
+    starts with "=" (an unquoted RFC 2047 word) runs to ";" or white space.
+    """
+    if i >= n:
+        return b"", i
+    if v[i] == 34:  # quoted-string
         i += 1
         out = bytearray()
         while i < n:
@@ -126,12 +132,14 @@ def _parse_value(v: bytes, i: int, n: int) -> tuple[bytes, int]:
             if c != 13 and c != 10:
                 out.append(c)
             i += 1
-        return bytes(out), i
-    j = i
-    # lenient: real mail has unquoted values with spaces or tspecials
-    while j < n and v[j] != 59:  # ";"
-        j += 1
-    return v[i:j].strip(b" \t\r\n"), j
+        return bytes(out), _skip_cfws(v, i, n)
+    if v[i] == 61:  # "="
+        j = i
+        while j < n and v[j] != 59 and v[j] != 32 and v[j] != 9 and v[j] != 13 and v[j] != 10:
+            j += 1
+        return v[i:j], j
+    j = _token(v, i, n)
+    return v[i:j], _skip_cfws(v, j, n)
 
 
 def parse_content_type(v: bytes) -> tuple[bytes, bytes, tuple]:
@@ -159,19 +167,30 @@ def parse_content_type(v: bytes) -> tuple[bytes, bytes, tuple]:
 
 
 def parse_params(v: bytes, i: int) -> tuple:
-    """``*(";" name "=" value)`` from offset i; stops at the first broken parameter."""
+    """``*(";" attribute "=" value)`` from offset i (RFC 2045 §5.1), as Dovecot reads it.
+
+    Where a parameter is broken, one character is skipped and parsing goes
+    on at the next ";" (so ``a/b; ; x=1`` still gives x, and junk after a
+    value is ignored). At most 64 parameters.
+    """
     n = len(v)
     params: list[tuple[bytes, bytes]] = []
     while i < n and len(params) < 64:
-        semi = v.find(b";", i)
-        if semi < 0:
+        if v[i] != 59:  # ";"
+            i += 1
+            continue
+        i = _skip_cfws(v, i + 1, n)
+        if i >= n:
             break
-        i = _skip_cfws(v, semi + 1, n)
         j = _token(v, i, n)
+        if j == i:
+            i += 1
+            continue
         name = v[i:j]
         i = _skip_cfws(v, j, n)
-        if not name or i >= n or v[i] != 61:  # "="
-            break  # a broken parameter ends the list (as Dovecot does)
+        if i >= n or v[i] != 61:  # "="
+            i += 1
+            continue
         i = _skip_cfws(v, i + 1, n)
         value, i = _parse_value(v, i, n)
         params.append((name, value))

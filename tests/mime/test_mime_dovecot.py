@@ -18,16 +18,9 @@ pytestmark = pytest.mark.speedups
 FIXTURES = json.loads((Path(__file__).parent / "fixtures" / "dovecot.json").read_text())["messages"]
 
 #: Corpus messages whose BODY/BODYSTRUCTURE differ from Dovecot, and why.
-#: Everything else (195 of 198 corpus messages, all 9 generated samples including the
+#: Everything else (197 of 198 corpus messages, all 9 generated samples including the
 #: nesting limit, and every ENVELOPE) must be byte-identical.
 DEVIATIONS = {
-    # Content-Type "multipart/alternative ; ; ;; boundary=foo": Dovecot skips the empty
-    # parameter here (yet not in double-semicolon.msg); we stop at the broken one.
-    "mime4j/mimetools-testmsgs/double-semicolon2.msg": "empty parameter",
-    # access-type=mail-server  server="x": an unquoted value followed by junk. Dovecot
-    # keeps the token; we keep everything up to ";" (real mail has unquoted names with
-    # blanks, e.g. name=my file.pdf, and clients show them whole).
-    "stalwart-mail-parser/eml/rfc/001.eml": "lenient unquoted parameter value",
     # A base64 message/rfc822 part: Dovecot counts 2 more octets and 1 more line; not analysed.
     "stalwart-mail-parser/eml/rfc/008.eml": "encoded message/rfc822 size",
 }

@@ -388,3 +388,13 @@ def test_sent_at(parse: Callable) -> None:
     assert parse(b"Date: Thu, 26 Nov 2026 10:00:00 -0000\r\n\r\n").sent_at is not None
     assert parse(b"Date: yesterday-ish\r\n\r\n").sent_at is None
     assert parse(b"Subject: no date\r\n\r\n").sent_at is None
+
+
+def test_parameters_read_as_dovecot_reads_them(parse: Callable) -> None:
+    """RFC 2045 §5.1 value := token / quoted-string; broken parameters are skipped, not fatal."""
+    raw = b'Content-Type: application/x-a ; ; x=1; name=my file.pdf; y="q \\"r\\"";z==?utf-8?Q?a?= w\r\n\r\n'
+    s = parse(raw)
+    # "; ;" loses the parameter after it (one character is skipped at the error, as in
+    # Dovecot: double-semicolon.msg of the corpus); junk after a token value is ignored
+    assert s.root.raw_params() == [(b"name", b"my"), (b"y", b'q "r"'), (b"z", b"=?utf-8?Q?a?=")]
+    assert s.root.params["z"] == "a"
