@@ -52,13 +52,19 @@ def generated(mb: int) -> dict[str, bytes]:
         b'Content-Type: multipart/mixed; boundary="==outer=="\r\n\r\n'
         b'--==outer==\r\nContent-Type: multipart/alternative; boundary="==alt=="\r\n\r\n'
         b"--==alt==\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n" + text + b"\r\n"
-        b"--==alt==\r\nContent-Type: text/html; charset=utf-8\r\n\r\n<p>" + text + b"</p>\r\n--==alt==--\r\n"
+        b"--==alt==\r\nContent-Type: text/html; charset=utf-8\r\n\r\n<p>"
+        + text
+        + b"</p>\r\n--==alt==--\r\n"
         b"--==outer==\r\nContent-Type: application/octet-stream; name=blob.bin\r\n"
         b"Content-Disposition: attachment; filename=blob.bin\r\nContent-Transfer-Encoding: base64\r\n\r\n"
         + att
         + b"--==outer==--\r\n"
     )
-    oneline = b"Subject: long line\r\nContent-Type: text/plain\r\n\r\n" + b"x" * (mb * 1024 * 1024) + b"\r\n"
+    oneline = (
+        b"Subject: long line\r\nContent-Type: text/plain\r\n\r\n"
+        + b"x" * (mb * 1024 * 1024)
+        + b"\r\n"
+    )
     return {f"multipart+base64 {mb} MB": multipart, f"single line {mb} MB": oneline}
 
 
@@ -99,7 +105,9 @@ def load_fast_mail_parser() -> Callable[[bytes], Any] | None:
     return fmp
 
 
-def throughput(fn: Callable[[bytes], Any], msgs: list[bytes], seconds: float, passes: int) -> tuple[float, float]:
+def throughput(
+    fn: Callable[[bytes], Any], msgs: list[bytes], seconds: float, passes: int
+) -> tuple[float, float]:
     """Best (messages/s, MB/s) over ``passes`` measurements of about ``seconds`` each."""
     total = sum(len(m) for m in msgs)
     best = float("inf")
@@ -128,9 +136,15 @@ def result(
     """Append one figure (MB/s, or messages/s with ``unit_idx=0``) with its baseline and ratio."""
     unit = "MB/s" if unit_idx else "messages/s"
     if label not in figures:
-        results.append({"name": f"{set_name}: {label} ({unit})", "unit": unit, "value": 0.0, "baseline": None})
+        results.append(
+            {"name": f"{set_name}: {label} ({unit})", "unit": unit, "value": 0.0, "baseline": None}
+        )
         return
-    entry: dict[str, Any] = {"name": f"{set_name}: {label}", "unit": unit, "value": figures[label][unit_idx]}
+    entry: dict[str, Any] = {
+        "name": f"{set_name}: {label}",
+        "unit": unit,
+        "value": figures[label][unit_idx],
+    }
     if base is not None:
         if base in figures:
             entry["baseline"] = {"name": base, "value": figures[base][unit_idx]}
@@ -161,9 +175,13 @@ def run(size: str) -> dict[str, Any]:
     fmp = load_fast_mail_parser()
     notes: list[str] = []
     if mime_c is None:
-        notes.append("compiled scanner mailsrv._speedups.mime_c not built (make build): Cython figures missing")
+        notes.append(
+            "compiled scanner mailsrv._speedups.mime_c not built (make build): Cython figures missing"
+        )
     if fmp is None:
-        notes.append("fast-mail-parser not installed (pip install '.[bench]'): its baseline is missing")
+        notes.append(
+            "fast-mail-parser not installed (pip install '.[bench]'): its baseline is missing"
+        )
     results: list[dict[str, Any]] = []
     sets: list[tuple[str, list[bytes]]] = [("corpus", corpus_messages())]
     for mb in gen_sizes:
@@ -182,7 +200,9 @@ def run(size: str) -> dict[str, Any]:
         for label, fn in candidates:
             if fn is None:
                 continue
-            figures[label] = throughput(fn, msgs, seconds, passes if not few else max(2, passes - 2))
+            figures[label] = throughput(
+                fn, msgs, seconds, passes if not few else max(2, passes - 2)
+            )
 
         result(results, set_name, figures, "cython", "stdlib email")
         result(results, set_name, figures, "cython", "python twin")
@@ -200,10 +220,18 @@ def run(size: str) -> dict[str, Any]:
     structs = [mime.parse(m) for m in msgs]
     blobs = [s.to_cache() for s in structs]
     results.append(
-        {"name": "corpus: cache bytes per message (mean)", "unit": "bytes", "value": sum(map(len, blobs)) / len(blobs)}
+        {
+            "name": "corpus: cache bytes per message (mean)",
+            "unit": "bytes",
+            "value": sum(map(len, blobs)) / len(blobs),
+        }
     )
     results.append(
-        {"name": "corpus: message bytes per message (mean)", "unit": "bytes", "value": sum(map(len, msgs)) / len(msgs)}
+        {
+            "name": "corpus: message bytes per message (mean)",
+            "unit": "bytes",
+            "value": sum(map(len, msgs)) / len(msgs),
+        }
     )
     t0 = time.perf_counter()
     rounds = 0
@@ -212,7 +240,11 @@ def run(size: str) -> dict[str, Any]:
             mime.MessageStructure.from_cache(b)
         rounds += 1
     results.append(
-        {"name": "corpus: from_cache", "unit": "messages/s", "value": rounds * len(blobs) / (time.perf_counter() - t0)}
+        {
+            "name": "corpus: from_cache",
+            "unit": "messages/s",
+            "value": rounds * len(blobs) / (time.perf_counter() - t0),
+        }
     )
     t0 = time.perf_counter()
     rounds = 0
@@ -233,6 +265,3 @@ def run(size: str) -> dict[str, Any]:
     )
     notes.append(f"implementation selected by mailsrv.mime.parse: {mime._scanner.IMPL}")
     return {"scenario": "mime", "results": results, "notes": notes}
-
-
-

@@ -255,7 +255,11 @@ def _header(raw: bytes, start: int, end: int, max_value: int, bounds: list) -> t
         colon = raw.find(b":", pos, le)
         if colon > pos:
             name = NAMES.get(raw[pos:colon].rstrip(b" \t").lower())
-            if name is not None and len(fields) < MAX_FIELDS and stored < MAX_STORED_VALUES * max_value:
+            if (
+                name is not None
+                and len(fields) < MAX_FIELDS
+                and stored < MAX_STORED_VALUES * max_value
+            ):
                 cur = len(fields)
                 vstart = colon + 1
                 fields.append((name, b""))
@@ -379,7 +383,9 @@ def scan(raw: bytes, max_depth: int = 100, max_parts: int = 5000, max_value: int
         else:
             ctype_l = sub_l = b""
         # IMAP shows a line count only for text and message parts (RFC 3501 body-type-text/msg)
-        lines = ctype_l == b"text" or ctype_l == b"message" or (not ctype_l and not flags & F_BAD_TYPE)
+        lines = (
+            ctype_l == b"text" or ctype_l == b"message" or (not ctype_l and not flags & F_BAD_TYPE)
+        )
         node: list = [start, body, n, lines, ctype, sub, params, fields, [], flags, -1, False]
         stack.append(node)
         deep = len(stack) >= max_depth or budget <= 0

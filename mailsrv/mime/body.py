@@ -57,7 +57,11 @@ def iter_header_lines(raw: Any, start: int, end: int) -> Iterator[tuple[bytes, i
 
 
 def header_fields(
-    raw: Any, structure: MessageStructure, section: str = "", names: Iterable[bytes] = (), exclude: bool = False
+    raw: Any,
+    structure: MessageStructure,
+    section: str = "",
+    names: Iterable[bytes] = (),
+    exclude: bool = False,
 ) -> bytes:
     """BODY[<section>.HEADER.FIELDS (names)] (or .NOT with ``exclude``), RFC 3501 §6.4.5.
 

@@ -56,7 +56,13 @@ def string_for_humans(v: bytes) -> bytes:
     )
     if plain:
         return b'"' + v + b'"'
-    text = b" ".join(v.replace(b"\x00", b"\x80").replace(b"\r", b"").replace(b"\n", b"").replace(b"\t", b" ").split(b" "))
+    text = b" ".join(
+        v.replace(b"\x00", b"\x80")
+        .replace(b"\r", b"")
+        .replace(b"\n", b"")
+        .replace(b"\t", b" ")
+        .split(b" ")
+    )
     # collapse runs of spaces, trim both ends
     text = b" ".join(w for w in text.split(b" ") if w)
     if not text:
@@ -196,7 +202,16 @@ def _write(part: Part, ext: bool, out: list[bytes]) -> None:
             out.append(_EMPTY_TEXT[ext])
         out.append(b" " + nstring(sub))
         if ext:
-            out += [b" ", _params(part.raw_params()), b" ", _dsp(part), b" ", _lang(part), b" ", _fieldval(part, b"content-location")]
+            out += [
+                b" ",
+                _params(part.raw_params()),
+                b" ",
+                _dsp(part),
+                b" ",
+                _lang(part),
+                b" ",
+                _fieldval(part, b"content-location"),
+            ]
         out.append(b")")
         return
     if ctype.lower() == b"message" and sub.lower() == b"rfc822":
@@ -227,7 +242,18 @@ def _write(part: Part, ext: bool, out: list[bytes]) -> None:
         out.append(b" %d" % part.lines)
     elif ctype == b"message" and sub == b"rfc822":
         # an encoded message/rfc822 is not parsed (RFC 2046 §5.2.1); Dovecot shows it empty
-        out.append(b" (NIL NIL NIL NIL NIL NIL NIL NIL NIL NIL) " + _EMPTY_TEXT[ext] + b" %d" % part.lines)
+        out.append(
+            b" (NIL NIL NIL NIL NIL NIL NIL NIL NIL NIL) " + _EMPTY_TEXT[ext] + b" %d" % part.lines
+        )
     if ext:
-        out += [b" ", _fieldval(part, b"content-md5"), b" ", _dsp(part), b" ", _lang(part), b" ", _fieldval(part, b"content-location")]
+        out += [
+            b" ",
+            _fieldval(part, b"content-md5"),
+            b" ",
+            _dsp(part),
+            b" ",
+            _lang(part),
+            b" ",
+            _fieldval(part, b"content-location"),
+        ]
     out.append(b")")

@@ -20,7 +20,9 @@ def split_body(structure: MessageStructure) -> tuple[list[Part], list[Part], lis
     html: list[Part] = []
     atts: list[Part] = []
 
-    def walk(parts: list[Part], mtype: str, in_alt: bool, tb: list[Part] | None, hb: list[Part] | None) -> None:
+    def walk(
+        parts: list[Part], mtype: str, in_alt: bool, tb: list[Part] | None, hb: list[Part] | None
+    ) -> None:
         tlen = len(tb) if tb is not None else -1
         hlen = len(hb) if hb is not None else -1
         for i, p in enumerate(parts):

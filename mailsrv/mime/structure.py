@@ -438,7 +438,9 @@ class MessageStructure:
                     return None
                 node = kids[n - 1]
             elif n == 1 and node.is_message:
-                node = Part(node._t, node.section + ("." if node.section else "") + "1", False, False)
+                node = Part(
+                    node._t, node.section + ("." if node.section else "") + "1", False, False
+                )
             else:
                 return None
         return node

@@ -114,7 +114,9 @@ def main() -> int:
         (d / sub).mkdir()
     os.chown(d / "home", nobody.pw_uid, nobody.pw_gid)
     port = free_port()
-    (d / "dovecot.conf").write_text(CONF.format(d=d, uid=nobody.pw_uid, gid=nobody.pw_gid, port=port))
+    (d / "dovecot.conf").write_text(
+        CONF.format(d=d, uid=nobody.pw_uid, gid=nobody.pw_gid, port=port)
+    )
     proc = subprocess.Popen(["dovecot", "-F", "-c", str(d / "dovecot.conf")])
     try:
         imap = connect(port, time.monotonic() + 20)
@@ -136,8 +138,12 @@ def main() -> int:
             assert size == len(raw), (rel, size, len(raw))
             result[rel] = entry
         imap.logout()
-        version = subprocess.run(["dovecot", "--version"], capture_output=True, text=True).stdout.strip()
-        OUT.write_text(json.dumps({"dovecot": version, "messages": result}, indent=1, ensure_ascii=True) + "\n")
+        version = subprocess.run(
+            ["dovecot", "--version"], capture_output=True, text=True
+        ).stdout.strip()
+        OUT.write_text(
+            json.dumps({"dovecot": version, "messages": result}, indent=1, ensure_ascii=True) + "\n"
+        )
         print(f"{len(result)} messages -> {OUT}")
     finally:
         proc.terminate()

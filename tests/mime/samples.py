@@ -180,11 +180,16 @@ UNTERMINATED = crlf(
 )
 
 NESTED_120 = (
-    b"".join(b"Content-Type: multipart/mixed; boundary=x%dx\r\n\r\n--x%dx\r\n" % (i, i) for i in range(120))
+    b"".join(
+        b"Content-Type: multipart/mixed; boundary=x%dx\r\n\r\n--x%dx\r\n" % (i, i)
+        for i in range(120)
+    )
     + b"\r\nleaf\r\n"
 )
 
-RFC822_CHAIN_120 = b"Subject: chain\r\nContent-Type: message/rfc822\r\n\r\n" * 120 + b"Subject: end\r\n\r\nend\r\n"
+RFC822_CHAIN_120 = (
+    b"Subject: chain\r\nContent-Type: message/rfc822\r\n\r\n" * 120 + b"Subject: end\r\n\r\nend\r\n"
+)
 
 #: name -> message, as stored (CRLF).
 SAMPLES = {

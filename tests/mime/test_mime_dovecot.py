@@ -46,7 +46,9 @@ def test_envelope_matches_dovecot(messages: dict[str, bytes], parse: Callable) -
 
 
 @pytest.mark.parametrize("extended", [False, True], ids=["BODY", "BODYSTRUCTURE"])
-def test_bodystructure_matches_dovecot(messages: dict[str, bytes], parse: Callable, extended: bool) -> None:
+def test_bodystructure_matches_dovecot(
+    messages: dict[str, bytes], parse: Callable, extended: bool
+) -> None:
     item = "BODYSTRUCTURE" if extended else "BODY"
     bad = set()
     for rel, raw in messages.items():

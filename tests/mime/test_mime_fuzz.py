@@ -20,7 +20,11 @@ except ImportError:  # the guard test reports it
 pytestmark = pytest.mark.speedups
 
 CORPUS = Path(__file__).resolve().parents[3] / "shared" / "corpus"
-SEEDS = [normalise((CORPUS / rel).read_bytes())[:20000] for rel in message_paths(CORPUS)] if CORPUS.is_dir() else []
+SEEDS = (
+    [normalise((CORPUS / rel).read_bytes())[:20000] for rel in message_paths(CORPUS)]
+    if CORPUS.is_dir()
+    else []
+)
 
 LIMITS = [(100, 5000, 65536), (3, 20, 40)]
 
@@ -56,8 +60,8 @@ TOKENS = [
     b"Content-Type: text\r\n",
     b"Content-Transfer-Encoding: base64\r\n",
     b"Content-Transfer-Encoding: quoted-printable\r\n",
-    b"Content-Disposition: attachment; filename=\"a b.txt\"\r\n",
-    b"From: \"a, b\" <x@y>, g: c@d, e (f);\r\n",
+    b'Content-Disposition: attachment; filename="a b.txt"\r\n',
+    b'From: "a, b" <x@y>, g: c@d, e (f);\r\n',
     b"To: <@r:x@y>\r\n",
     b"Subject: hi\r\n",
     b"Message-ID: <m@x>\r\n",
@@ -84,7 +88,11 @@ def mutate(seed: bytes, edits: list[tuple[int, int, bytes]]) -> bytes:
 
 
 edits = st.lists(
-    st.tuples(st.integers(0, 1 << 20), st.integers(0, 64), st.sampled_from(TOKENS) | st.binary(max_size=16)),
+    st.tuples(
+        st.integers(0, 1 << 20),
+        st.integers(0, 64),
+        st.sampled_from(TOKENS) | st.binary(max_size=16),
+    ),
     max_size=12,
 )
 

@@ -14,14 +14,15 @@ from mailsrv.mime import MessageStructure
 pytestmark = pytest.mark.speedups
 
 
-
-
 def test_rfc2046_multipart_example(parse: Callable) -> None:
     s = parse(RFC2046_MULTIPART)
     one, two = s.root.children
     assert (one.type, one.subtype, one.charset) == ("text", "plain", "us-ascii")
     body1 = RFC2046_MULTIPART[one.body_start : one.body_end]
-    assert body1 == b"This is implicitly typed plain US-ASCII text.\r\nIt does NOT end with a linebreak."
+    assert (
+        body1
+        == b"This is implicitly typed plain US-ASCII text.\r\nIt does NOT end with a linebreak."
+    )
     body2 = RFC2046_MULTIPART[two.body_start : two.body_end]
     assert body2.endswith(b"It DOES end with a linebreak.\r\n")
     assert s.imap_bodystructure(False) == (
@@ -33,8 +34,6 @@ def test_rfc2046_multipart_example(parse: Callable) -> None:
         b'(("Nathaniel Borenstein" NIL "nsb" "bellcore.com")) (("Nathaniel Borenstein" NIL "nsb" "bellcore.com")) '
         b'(("Nathaniel Borenstein" NIL "nsb" "bellcore.com")) (("Ned Freed" NIL "ned" "innosoft.com")) NIL NIL NIL NIL)'
     )
-
-
 
 
 def test_torture_nesting_and_sections(parse: Callable) -> None:
@@ -86,7 +85,10 @@ def test_header_fields_selection(parse: Callable) -> None:
     raw = crlf("Subject: hi\nX-A: 1\nTo: a@b.c,\n c@d.e\nsubject: again\n\nbody\n")
     s = parse(raw)
     assert mime.header_fields(raw, s, "", [b"SUBJECT"]) == b"Subject: hi\r\nsubject: again\r\n\r\n"
-    assert mime.header_fields(raw, s, "", [b"subject", b"x-a"], exclude=True) == b"To: a@b.c,\r\n c@d.e\r\n\r\n"
+    assert (
+        mime.header_fields(raw, s, "", [b"subject", b"x-a"], exclude=True)
+        == b"To: a@b.c,\r\n c@d.e\r\n\r\n"
+    )
     assert mime.header_values(raw, s.root, b"to") == [b" a@b.c,\r\n c@d.e"]
     assert mime.header_fields(raw, s, "7", [b"to"]) == b""
 
@@ -152,7 +154,9 @@ def test_addresses_groups_and_quoted_local_parts() -> None:
     assert [g["name"] for g in grouped] == [None, "team", None]
     assert [a["email"] for a in grouped[1]["addresses"]] == ["a@x.org", "b@y.org"]
     # routes and missing parts (RFC 5322 §4.4 obsolete syntax)
-    assert mime.parse_addresses(b"<@a.org,@b.org:x@c.org>") == [mime.Address(None, "@a.org,@b.org", "x", "c.org")]
+    assert mime.parse_addresses(b"<@a.org,@b.org:x@c.org>") == [
+        mime.Address(None, "@a.org,@b.org", "x", "c.org")
+    ]
     assert mime.parse_addresses(b"undisclosed-recipients:;") == [
         mime.Address(None, None, "undisclosed-recipients", None),
         mime.Address(None, None, None, None),
@@ -170,8 +174,6 @@ def test_threading_fields(parse: Callable) -> None:
     assert s.references == ["c@x", "b@x"]
 
 
-
-
 def test_rfc2231_parameters(parse: Callable) -> None:
     s = parse(RFC2231)
     a, b = s.root.children
@@ -180,10 +182,11 @@ def test_rfc2231_parameters(parse: Callable) -> None:
     assert b.filename == "longname.txt"
     assert b.params["name"] == "报告.pdf"
     # IMAP shows RFC 2231 parameters joined but still encoded, as Dovecot does
-    assert b'"title*" "us-ascii\'en\'This%20is%20even%20more%20%2A%2A%2Afun%2A%2A%2A%20isn\'t it!"' in s.imap_bodystructure()
+    assert (
+        b'"title*" "us-ascii\'en\'This%20is%20even%20more%20%2A%2A%2Afun%2A%2A%2A%20isn\'t it!"'
+        in s.imap_bodystructure()
+    )
     assert b'("attachment" ("filename" "longname.txt"))' in s.imap_bodystructure()
-
-
 
 
 def test_jmap_body_parts_like_mail_clients(parse: Callable) -> None:
@@ -200,9 +203,15 @@ def test_jmap_body_parts_like_mail_clients(parse: Callable) -> None:
     assert att["1.2.2"]["cid"] == "logo"
     tree = parts["bodyStructure"]
     assert tree["type"] == "multipart/mixed" and tree["partId"] is None
-    assert [p["type"] for p in tree["subParts"]] == ["multipart/alternative", "application/pdf", "image/jpeg"]
+    assert [p["type"] for p in tree["subParts"]] == [
+        "multipart/alternative",
+        "application/pdf",
+        "image/jpeg",
+    ]
     assert any(h["name"] == "Content-Type" for h in tree["headers"])
-    assert mime.preview(ATTACH, s).startswith("Hello 世界, this is the text body that is long enough to be soft-wrapped.")
+    assert mime.preview(ATTACH, s).startswith(
+        "Hello 世界, this is the text body that is long enough to be soft-wrapped."
+    )
     assert len(mime.preview(ATTACH, s, max_chars=10)) == 10
 
 
@@ -214,7 +223,9 @@ def test_decoding_base64_qp_streaming(parse: Callable) -> None:
     assert mime.binary_size(ATTACH, pdf) == 15
     text = s.part("1.1")
     assert text is not None
-    assert mime.part_text(ATTACH, text).startswith("Hello 世界, this is the text body that is long enough to be")
+    assert mime.part_text(ATTACH, text).startswith(
+        "Hello 世界, this is the text body that is long enough to be"
+    )
     # streaming: tiny chunks give the same bytes
     big = b"".join(b"%08d" % i for i in range(50000))
     import base64
@@ -251,10 +262,17 @@ def test_missing_and_wrong_boundaries(parse: Callable) -> None:
     no_param = crlf("Content-Type: multipart/mixed\n\n--x\nContent-Type: text/plain\n\nhi\n--x--\n")
     s = parse(no_param)
     assert s.root.children == []
-    assert b'("text" "plain" ("charset" "us-ascii") NIL NIL "7bit" 0 0)' in s.imap_bodystructure(False)
-    unterminated = crlf("Content-Type: multipart/mixed; boundary=x\n\n--x\n\nfirst\n--x\n\nsecond, no end\n")
+    assert b'("text" "plain" ("charset" "us-ascii") NIL NIL "7bit" 0 0)' in s.imap_bodystructure(
+        False
+    )
+    unterminated = crlf(
+        "Content-Type: multipart/mixed; boundary=x\n\n--x\n\nfirst\n--x\n\nsecond, no end\n"
+    )
     kids = parse(unterminated).root.children
-    assert [unterminated[k.body_start : k.body_end] for k in kids] == [b"first", b"second, no end\r\n"]
+    assert [unterminated[k.body_start : k.body_end] for k in kids] == [
+        b"first",
+        b"second, no end\r\n",
+    ]
     wrong = crlf("Content-Type: multipart/mixed; boundary=x\n\n--y\n\nnothing\n")
     assert parse(wrong).root.children == []
 
@@ -276,7 +294,10 @@ def test_same_boundary_nested(parse: Callable) -> None:
 
 def test_deep_nesting_is_cut_at_the_limit(parse: Callable) -> None:
     depth = 10000
-    head = b"".join(b"Content-Type: multipart/mixed; boundary=x%dx\r\n\r\n--x%dx\r\n" % (i, i) for i in range(depth))
+    head = b"".join(
+        b"Content-Type: multipart/mixed; boundary=x%dx\r\n\r\n--x%dx\r\n" % (i, i)
+        for i in range(depth)
+    )
     raw = head + b"\r\nleaf\r\n"
     t0 = time.monotonic()
     s = parse(raw)
@@ -301,14 +322,25 @@ def test_deep_nesting_is_cut_at_the_limit(parse: Callable) -> None:
 
 
 def test_part_count_limit(parse: Callable) -> None:
-    raw = b"Content-Type: multipart/mixed; boundary=b\r\n\r\n" + b"--b\r\n\r\nx\r\n" * 20000 + b"--b--\r\n"
+    raw = (
+        b"Content-Type: multipart/mixed; boundary=b\r\n\r\n"
+        + b"--b\r\n\r\nx\r\n" * 20000
+        + b"--b--\r\n"
+    )
     s = parse(raw, mime.MimeLimits(max_parts=1000))
     assert len(s.root.children) < 1000
     assert s.root.truncated
 
 
 def test_huge_header_line_and_single_line_body(parse: Callable) -> None:
-    raw = b"Subject: " + b"x" * (1 << 20) + b"\r\nX-Junk: " + b"y" * (1 << 20) + b"\r\n\r\n" + b"z" * (50 << 20)
+    raw = (
+        b"Subject: "
+        + b"x" * (1 << 20)
+        + b"\r\nX-Junk: "
+        + b"y" * (1 << 20)
+        + b"\r\n\r\n"
+        + b"z" * (50 << 20)
+    )
     t0 = time.monotonic()
     s = parse(raw)
     assert time.monotonic() - t0 < 20
@@ -321,7 +353,14 @@ def test_huge_header_line_and_single_line_body(parse: Callable) -> None:
 
 
 def test_header_without_body_and_empty_input(parse: Callable) -> None:
-    for raw in (b"", b"\r\n", b"Subject: only header", b"\n\n\n", b"no colon here\r\n\r\nbody", b"--\r\n--"):
+    for raw in (
+        b"",
+        b"\r\n",
+        b"Subject: only header",
+        b"\n\n\n",
+        b"no colon here\r\n\r\nbody",
+        b"--\r\n--",
+    ):
         s = parse(raw)
         s.imap_bodystructure()
         s.imap_envelope()
@@ -363,7 +402,9 @@ def test_embedded_message_sections(parse: Callable) -> None:
     text = s.section_range("2.2.TEXT")
     assert whole is not None and body is not None and body == text
     assert TORTURE[whole[0] : whole[1]].startswith(b"From: b@example.org")
-    assert mime.header_fields(TORTURE, s, "2.2", [b"subject"]) == b"Subject: second digested\r\n\r\n"
+    assert (
+        mime.header_fields(TORTURE, s, "2.2", [b"subject"]) == b"Subject: second digested\r\n\r\n"
+    )
     assert mime.header_fields(TORTURE, s, "2.1", [b"from"]) == b"From: a@example.org\r\n\r\n"
     # a non-message part has no HEADER/TEXT (RFC 3501 §6.4.5)
     assert s.section_range("1.HEADER") is None

@@ -16,7 +16,9 @@ CODE = "import mailsrv._speedups.mime as m; print(m.IMPL, m.scan.__module__)"
 def _run(env_extra: dict[str, str]) -> str:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MAILSRV_")}
     env.update(env_extra)
-    proc = subprocess.run([sys.executable, "-c", CODE], env=env, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-c", CODE], env=env, capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 0, proc.stderr
     return proc.stdout.strip()
 
