@@ -290,18 +290,25 @@ class MessageCommands:
             start, end = min(off, info.size), min(off + length, info.size)
             origin = b"<%d>" % off
         label = b"RFC822" if whole.name == "RFC822" else b"BODY[]" + origin
+        # The first chunk is read before anything is sent: a message expunged meanwhile is a NO.
+        chunk = await self.acct.read_message(self.view.name, info.uid, start, min(STREAM_CHUNK, end - start))
         self.w(b"* %d FETCH (" % seq + (items + b" " if items else b"") + label + b" {%d}\r\n" % (end - start))
-        await self.flush()
         pos = start
-        while pos < end:
-            chunk = await self.acct.read_message(self.view.name, info.uid, pos, min(STREAM_CHUNK, end - pos))
+        while True:
             if not chunk:
-                # The file is shorter than the index says: the literal must still be complete.
-                chunk = b" " * (end - pos)
+                # The file is shorter than the index says; the literal must still be complete.
                 logger.error("fetch.short_message", uid=info.uid)
+                chunk = b" " * (end - pos)
             self.w(chunk)
             pos += len(chunk)
             await self.flush()
+            if pos >= end:
+                break
+            try:
+                chunk = await self.acct.read_message(self.view.name, info.uid, pos, min(STREAM_CHUNK, end - pos))
+            except Exception as exc:  # once the literal has begun, it is completed whatever happens
+                logger.error("fetch.read_failed", uid=info.uid, error=type(exc).__name__)
+                chunk = b""
         self.w(b")\r\n")
 
     def _fetch_index_only(self, seqs: Sequence[int], selected: list[Any], atts: list[Any], uid: bool) -> None:
