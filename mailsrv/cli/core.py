@@ -171,7 +171,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _init_directory(cfg: config_mod.Config, args: argparse.Namespace) -> None:
-    from mailsrv.cli.directory import init_directory  # the directory database, and the demo users with --demo
+    # the directory database, and the demo users with --demo
+    from mailsrv.cli.directory import init_directory
 
     init_directory(cfg, args)
 
