@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import dkim
+import pytest
 
 from mailsrv.queue.dkim import Signer, keygen
 from mailsrv.queue.enqueue import Enqueuer
@@ -361,3 +362,47 @@ def test_outbound_starttls_required_and_opportunistic(tmp_path: Path) -> None:
     asyncio.run(scenario())
     assert seen_tls == [True, True]
     assert plain_sink.received == []  # required TLS never falls back to plain text
+
+
+# the sink is plain text on loopback on purpose; aiosmtpd warns about AUTH without TLS
+@pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS:UserWarning")
+def test_smarthost_auth(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
+
+    from mailsrv.config import RouteConfig
+
+    sink = SinkHandler()
+    logins: list[tuple[bytes, bytes]] = []
+
+    def authenticator(server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> AuthResult:
+        assert isinstance(data, LoginPassword)
+        login, password = bytes(data.login), bytes(data.password)
+        logins.append((login, password))
+        return AuthResult(success=password == b"relay-secret")
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(
+            lambda: SMTP(sink, hostname="relay.test", authenticator=authenticator, auth_required=True,
+                         auth_require_tls=False), "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        cfg = make_config(tmp_path / "data", {})
+        cfg = replace(cfg, queue=replace(cfg.queue, route={"*": RouteConfig(
+            smarthost=f"127.0.0.1:{port}", tls="none", username="relay-user", password="relay-secret")}))
+        runner = QueueRunner(cfg, is_local=_local_example, signer=None)
+        stop = asyncio.Event()
+        task = asyncio.ensure_future(runner.run(stop))
+        try:
+            await Enqueuer(cfg.server.data_dir).enqueue(MSG, "alice@example.test", [QRcpt("z@anywhere.test")])
+            await wait_for(lambda: len(sink.received) == 1)
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 10)
+            server.close()
+            await server.wait_closed()
+
+    asyncio.run(scenario())
+    assert logins == [(b"relay-user", b"relay-secret")]
+    assert sink.received[0].rcpts == ["z@anywhere.test"]
