@@ -29,6 +29,8 @@ logger = log.get("imap")
 def _uid_of(m: Any) -> int:
     return int(m.uid)
 
+#: Header fields SORT and THREAD use (RFC 5256), all kept in the cached MIME structure.
+_SORT_FIELDS = (b"subject", b"date", b"from", b"to", b"cc", b"message-id", b"references", b"in-reply-to")
 #: Whole-message FETCHes of messages larger than this are streamed in chunks of STREAM_CHUNK.
 STREAM_AT = 1024 * 1024
 STREAM_CHUNK = 256 * 1024
@@ -485,13 +487,27 @@ class MessageCommands:
             return None
 
     async def _items(self, found: list[tuple[int, Any]], uid: bool) -> list[sortthread.Item]:
+        """What SORT and THREAD compare: from the cached structures' header fields when the store
+        has them (no message is read), else from the messages' headers."""
         items = []
+        try:
+            structs = await self.acct.structures(self.view.name, [info.uid for _, info in found])
+        except Exception:
+            structs = {}
         for seq, info in found:
+            struct = structs.get(info.uid)
+            headers: dict[bytes, bytes] = {}
+            if struct is not None and hasattr(struct, "field"):
+                for name in _SORT_FIELDS:
+                    value = struct.field(name)
+                    if value is not None:
+                        headers[name] = b" ".join(value.split())  # unfolded, trimmed
+                items.append(sortthread.Item(info.uid if uid else seq, seq, info.internal_date, info.size, headers))
+                continue
             try:
                 raw = await self.acct.read_message(self.view.name, info.uid)
             except Exception:  # expunged meanwhile
                 continue
-            headers: dict[bytes, bytes] = {}
             for k, v in parse_structure(raw).headers:
                 headers.setdefault(k.lower(), v)
             items.append(sortthread.Item(info.uid if uid else seq, seq, info.internal_date, info.size, headers))

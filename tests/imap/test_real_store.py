@@ -266,3 +266,22 @@ def test_qresync_after_changes_in_another_session(real: ServerHandle) -> None:
     assert any(re.match(rb"\* 1 FETCH \(UID 1 FLAGS \(\\Flagged\) MODSEQ \(\d+\)\)", ln) for ln in out_lines)
     raw.close()
     a.logout()
+
+
+def test_sort_and_thread_over_the_real_store(real: ServerHandle) -> None:
+    msgs = [
+        b"Subject: b\r\nFrom: Zed <z@x>\r\nMessage-ID: <1@x>\r\nDate: Sun, 1 Jan 2023 10:00:00 +0000\r\n\r\n.\r\n",
+        b"Subject: Re: b\r\nFrom: amy@x\r\nMessage-ID: <2@x>\r\nReferences: <1@x>\r\n"
+        b"Date: Sun, 1 Jan 2023 11:00:00 +0000\r\n\r\n.\r\n",
+        b"Subject: =?utf-8?q?a?=\r\nFrom: bob@x\r\nMessage-ID: <3@x>\r\nDate: Sun, 1 Jan 2023 09:00:00 +0000\r\n\r\n.\r\n",
+    ]
+    c = imaplib.IMAP4(real.host, real.port, timeout=20)
+    c.login("alice@example.test", "wonderland")
+    for m in msgs:
+        c.append("INBOX", None, None, m)
+    c.select("INBOX")
+    assert c.sort("(SUBJECT)", "UTF-8", "ALL") == ("OK", [b"3 1 2"])
+    assert c.sort("(FROM)", "UTF-8", "ALL") == ("OK", [b"2 3 1"])
+    assert c.sort("(REVERSE DATE)", "UTF-8", "ALL") == ("OK", [b"2 1 3"])
+    assert c.thread("REFERENCES", "UTF-8", "ALL") == ("OK", [b"(3)(1 2)"])
+    c.logout()
