@@ -44,6 +44,10 @@ from mailsrv.search.scan import day_of, header_prefix, matches
 
 __all__ = ["Evaluator", "IndexCore", "TermIndex", "ViewState"]
 
+#: a field with more distinct terms than this is not term-indexed for that message
+#: (a long newsletter has ~3 000; base64 junk or a hostile message far more)
+MAX_TERMS = 20_000
+
 #: pseudo-field of header names (Header(name, "") is answered exactly from it)
 HNAME = "hname"
 
@@ -151,6 +155,8 @@ class IndexCore:
         self.sent_days: dict[int, BitMap] = {}  # UTC day ordinal -> UIDs (messages with a Date:)
         self.attach = BitMap()
         self.dated = BitMap()  # UIDs with a valid Date:
+        #: per field, UIDs whose terms were not indexed (more than MAX_TERMS): always confirmed
+        self.overflow: dict[str, BitMap] = {f: BitMap() for f in FIELDS}
 
     def add(self, uid: int, doc: Document) -> None:
         """Index one message (idempotent for a UID already indexed)."""
@@ -159,7 +165,12 @@ class IndexCore:
         for f in FIELDS:
             text = doc.text.get(f, "")
             if text:
-                self.fields[f].add(uid, terms(text))
+                uniq = set(terms(text))
+                if len(uniq) > MAX_TERMS:
+                    # bounded memory against hostile or machine-made text; searches read it
+                    self.overflow[f].add(uid)
+                else:
+                    self.fields[f].add(uid, uniq)
         names = {
             line.partition(":")[0] for line in doc.text.get("headers", "").split(HEADER_SEP) if line
         }
@@ -182,6 +193,8 @@ class IndexCore:
         self.indexed -= gone
         self.attach -= gone
         self.dated -= gone
+        for ov in self.overflow.values():
+            ov -= gone
         for uid in gone:
             cols = self.cols.pop(uid, None)
             if cols is not None and cols[0] is not None:
@@ -192,6 +205,8 @@ class IndexCore:
     def compact(self) -> None:
         for ti in self.fields.values():
             ti.compact(self.indexed)
+        for bm in self.overflow.values():
+            bm &= self.indexed
         self.sent_days = {d: bm for d, bm in self.sent_days.items() if bm}
 
 
@@ -478,6 +493,14 @@ class Evaluator:
             cand, exact = self._narrow(f, v)
             cand &= within
             cand -= out
+            ov = (self.core.overflow[f] & within) - out
+            if ov:
+                if exact:  # the term lookup is exact for the others: confirm only these
+                    out |= cand - ov
+                    cand = ov
+                else:
+                    cand |= ov
+                exact = False
             if not exact and cand:
                 if self.find is not None:
                     self.confirmed += len(cand)
@@ -495,7 +518,7 @@ class Evaluator:
         if not v or not cand:
             return cand
         narrowed, _ = self._narrow("headers", v)
-        cand &= narrowed
+        cand &= narrowed | self.core.overflow["headers"]
         n = len(prefix)
 
         def check(t: dict[str, str]) -> bool:

@@ -46,7 +46,7 @@ from mailsrv.search.index import HNAME, IndexCore, TermIndex
 
 __all__ = ["CorruptIndex", "Files", "TextStore", "load_snapshot", "write_snapshot"]
 
-SNAP_MAGIC = b"MSRCHS2\n"
+SNAP_MAGIC = b"MSRCHS3\n"
 LOG_MAGIC = b"MSRCHL1\n"
 _U32 = struct.Struct("<I")
 _REC = struct.Struct("<II")  # length, crc32
@@ -279,7 +279,7 @@ def write_snapshot(
             lengths.byteswap()
         parts.append(lengths.tobytes())
         _put_blob(parts, b"".join(blobs))
-    for bm in (core.indexed, core.attach):
+    for bm in (core.indexed, core.attach, *(core.overflow[f] for f in FIELDS)):
         _put_blob(parts, bm.serialize())
     rows = {str(u): [*core.cols[u], *locs[u]] for u in core.indexed}
     _put_blob(parts, json.dumps(rows, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
@@ -366,6 +366,8 @@ def load_snapshot(path: Path) -> tuple[IndexCore, dict[int, tuple[int, int]], in
             core.fields[f] = ti
         core.indexed = BitMap.deserialize(r.blob())
         core.attach = BitMap.deserialize(r.blob())
+        for f in FIELDS:
+            core.overflow[f] = BitMap.deserialize(r.blob())
         rows = json.loads(r.blob())
     except (ValueError, KeyError, TypeError) as exc:
         raise CorruptIndex(f"{path}: {exc}") from None

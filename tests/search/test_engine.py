@@ -200,3 +200,41 @@ def test_sort_equals_reference(env: Env, data: st.DataObject) -> None:
     for k in reversed(keys):
         expected.sort(key=lambda u, c=k.column: value(u, c), reverse=k.reverse)  # type: ignore[misc]
     assert got == expected
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_messages_over_the_term_limit_are_still_found(
+    tmp_path_factory: pytest.TempPathFactory, data: st.DataObject
+) -> None:
+    """A field with more than MAX_TERMS distinct terms is not term-indexed but always confirmed."""
+    e = _overflow_env(tmp_path_factory)
+    q = data.draw(queries(e.texts))
+    assert e.run(e.idx.search(q, e.box.view)) == e.reference(q), q
+
+
+_OVERFLOW: list[Env] = []
+
+
+def _overflow_env(factory: pytest.TempPathFactory) -> Env:
+    if not _OVERFLOW:
+        from mailsrv.search import index as index_mod
+
+        saved = index_mod.MAX_TERMS
+        index_mod.MAX_TERMS = 40  # most bodies and many header blocks overflow
+        try:
+            e = Env(factory.mktemp("overflow"))
+            e.run(e.idx.search(All(), e.box.view))  # index everything under the low limit
+        finally:
+            index_mod.MAX_TERMS = saved
+        assert e.idx.core.overflow["body"] and e.idx.core.overflow["headers"]
+        assert len(e.idx.core.overflow["body"]) < N  # and some are still term-indexed
+        _OVERFLOW.append(e)
+    return _OVERFLOW[0]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _close_overflow_env() -> Iterator[None]:
+    yield
+    while _OVERFLOW:
+        _OVERFLOW.pop().close()
