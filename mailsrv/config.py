@@ -446,8 +446,6 @@ class PolicyConfig:
     )
     junk_score: float = doc("Default spam score from which mail goes to Junk with X-Spam-* headers.", 5.0)
     reject_score: float = doc("Default spam score from which mail is refused with 550 5.7.1 at DATA.", 15.0)
-    domain: dict[str, DomainPolicyConfig] = doc("Per recipient domain thresholds (junk_score, reject_score).",
-                                                factory=dict)
     rspamd_url: str = doc('rspamd controller/normal worker URL, e.g. "http://127.0.0.1:11333" (empty: built-in scorer).', "")
     clamd_socket: str = doc('clamd socket: a path (unix) or "host:port" (empty: no virus scanning).', "")
     clamd_timeout: float = doc("Seconds a clamd scan may take.", 30.0, check=_positive)
@@ -464,6 +462,9 @@ class PolicyConfig:
         "Distinct outside recipients one user may write to per rolling day (0: unlimited).", 1500,
         check=_non_negative,
     )
+    # (a table of tables: keep it last, so the sample documents it after the plain keys)
+    domain: dict[str, DomainPolicyConfig] = doc("Per recipient domain thresholds (junk_score, reject_score).",
+                                                factory=dict)
 
 
 @dataclass(frozen=True)
