@@ -30,7 +30,7 @@ RFC        what                            status  notes
 5819       LIST-STATUS                     yes
 8438       STATUS=SIZE                     yes
 4959       SASL-IR                         yes
-4616/7677  AUTH=PLAIN, SCRAM-SHA-256       yes     through mailsrv.auth; no -PLUS yet
+4616/7677  AUTH=PLAIN, SCRAM-SHA-256(-PLUS) yes     mailsrv.auth; -PLUS: tls-server-end-point
 7162       CONDSTORE, QRESYNC              yes
 4731       ESEARCH                         yes     SEARCH RETURN (MIN MAX ALL COUNT SAVE)
 5182       SEARCHRES                       yes

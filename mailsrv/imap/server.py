@@ -51,15 +51,21 @@ class TooBig(Exception):
 class ConnChannel:
     """:class:`mailsrv.imap.session.Channel` over a :class:`Connection`."""
 
-    def __init__(self, conn: Connection, tls_context: ssl.SSLContext | None) -> None:
+    def __init__(self, conn: Connection, tls_context: ssl.SSLContext | None, binding: Any = None) -> None:
         self.conn = conn
         self.tls_context = tls_context
+        self._binding = binding
         self.peer_host = conn.peer_host
         self.inflater: Inflater | None = None
 
     @property
     def tls_active(self) -> bool:
         return self.conn.tls_active
+
+    @property
+    def channel_binding(self) -> Any:
+        # RFC 5929 tls-server-end-point: the same for every TLS connection of this server
+        return self._binding if self.conn.tls_active else None
 
     def write(self, data: bytes) -> None:
         self.conn.write(data)
@@ -114,8 +120,22 @@ class ImapService:
             max_auth_failures=icfg.max_auth_failures,
         )
         self.max_errors = ctx.config.limits.max_errors
+        self.binding = self._channel_binding(ctx)
         self.max_literal = icfg.max_literal
         self.max_unauth_commands = icfg.max_unauth_commands
+
+    @staticmethod
+    def _channel_binding(ctx: ServiceContext) -> Any:
+        """SCRAM-SHA-256-PLUS needs our certificate's hash; computed once (a small file, at start)."""
+        if ctx.ssl_context is None:
+            return None
+        try:
+            from mailsrv.auth import endpoint_binding_from_file
+
+            return endpoint_binding_from_file(ctx.config.tls.cert)
+        except (OSError, ValueError) as exc:
+            logger.warning("imap.no_channel_binding", error=str(exc)[:200])
+            return None
 
     async def refuse(self, conn: Connection, reason: str) -> None:
         # RFC 9051 §7.1.5: BYE as the greeting rejects the connection.
@@ -125,7 +145,7 @@ class ImapService:
         if self.auth is None or self.store is None:
             await conn.send(b"* BYE [UNAVAILABLE] Mail store not configured\r\n")
             return
-        channel = ConnChannel(conn, self.ctx.starttls_context)
+        channel = ConnChannel(conn, self.ctx.starttls_context, self.binding)
         try:
             await self._serve(conn, channel)
         finally:

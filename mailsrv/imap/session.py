@@ -98,6 +98,11 @@ class Channel(Protocol):
     @property
     def tls_active(self) -> bool: ...
 
+    @property
+    def channel_binding(self) -> Any:
+        """``mailsrv.auth.ChannelBinding`` of this TLS connection (SCRAM -PLUS), or None."""
+        ...
+
     def write(self, data: bytes) -> None: ...
 
     async def flush(self) -> None: ...
@@ -202,9 +207,11 @@ class Session(MessageCommands):
         return bool(self.auth.plaintext_allowed(tls=self.ch.tls_active, client_ip=self.ch.peer_host))
 
     def _mechanisms(self) -> list[str]:
-        mechs = self.auth.mechanisms(tls=self.ch.tls_active, client_ip=self.ch.peer_host)
-        # Channel binding (-PLUS) needs the TLS exporter wired in; offer what we can do.
-        return [m for m in mechs if not m.endswith("-PLUS") and m != "LOGIN"]
+        cb = self.ch.channel_binding
+        mechs = self.auth.mechanisms(tls=self.ch.tls_active, client_ip=self.ch.peer_host,
+                                     channel_binding=cb is not None)
+        # LOGIN is an SMTP/POP3 habit; IMAP clients use PLAIN (RFC 9051 §6.2.2 names no LOGIN mechanism).
+        return [m for m in mechs if m != "LOGIN" and (cb is not None or not m.endswith("-PLUS"))]
 
     def greeting(self) -> bytes:
         caps = " ".join(self.capabilities())
@@ -414,7 +421,8 @@ class Session(MessageCommands):
                 await self._auth_failed(getattr(result, "delay", 0.0))
             await self._logged_in(result.account)
             return self._ok_with_caps("AUTHENTICATE completed")
-        sasl = self.auth.sasl(mech, protocol="imap", client_ip=self.ch.peer_host, tls=self.ch.tls_active)
+        sasl = self.auth.sasl(mech, protocol="imap", client_ip=self.ch.peer_host, tls=self.ch.tls_active,
+                              channel_binding=self.ch.channel_binding)
         step = await sasl.step(first)
         while type(step).__name__ == "Challenge":
             try:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mailsrv.config import Config, LimitsConfig, ListenerConfig, ServerConfig
+from mailsrv.config import Config, LimitsConfig, ListenerConfig, ServerConfig, TlsConfig
 from mailsrv.imap.memory import MemoryAuth, MemoryStore
 from mailsrv.imap.server import ImapService
 from mailsrv.imap.session import SessionConfig
@@ -37,7 +37,8 @@ class ServerHandle:
 def start_server(*, tls: str = "none", ssl_context: ssl.SSLContext | None = None,
                  session_config: SessionConfig | None = None, limits: LimitsConfig | None = None,
                  max_line_length: int | None = None, setup: Any = None,
-                 teardown: Any = None, data_dir: Path | None = None) -> tuple[ServerHandle, Any]:
+                 teardown: Any = None, data_dir: Path | None = None,
+                 tls_files: tuple[Path, Path] | None = None) -> tuple[ServerHandle, Any]:
     """Serve IMAP on 127.0.0.1:0. ``setup()`` (a coroutine function run on the server loop)
     returns ``(auth, store)`` or ``(auth, store, search)`` to use instead of the in-memory ones; ``teardown(store)`` closes them."""
     loop = asyncio.new_event_loop()
@@ -50,7 +51,8 @@ def start_server(*, tls: str = "none", ssl_context: ssl.SSLContext | None = None
                           max_line_length=max_line_length)
     limits = limits or LimitsConfig()
     server_cfg = ServerConfig(data_dir=data_dir or Path("/nonexistent/mailsrv-test"))
-    cfg = Config(server=server_cfg, limits=limits, listener={"imap": lcfg})
+    tls_cfg = TlsConfig(cert=tls_files[0], key=tls_files[1]) if tls_files else TlsConfig()
+    cfg = Config(server=server_cfg, tls=tls_cfg, limits=limits, listener={"imap": lcfg})
     ctx = ServiceContext(config=cfg, name="imap", listener=lcfg, ssl_context=ssl_context)
     started = threading.Event()
     holder: dict[str, Any] = {}

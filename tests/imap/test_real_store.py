@@ -285,3 +285,59 @@ def test_sort_and_thread_over_the_real_store(real: ServerHandle) -> None:
     assert c.sort("(REVERSE DATE)", "UTF-8", "ALL") == ("OK", [b"2 1 3"])
     assert c.thread("REFERENCES", "UTF-8", "ALL") == ("OK", [b"(3)(1 2)"])
     c.logout()
+
+
+def test_scram_sha_256_plus_with_channel_binding(tmp_path: Path) -> None:
+    import socket
+    import ssl
+
+    import trustme
+
+    ca = trustme.CA()
+    leaf = ca.issue_cert("localhost", "127.0.0.1")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    leaf.cert_chain_pems[0].write_to_path(str(cert))
+    leaf.private_key_pem.write_to_path(str(key))
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(str(cert), str(key))
+    dcfg = DirectoryConfig()
+    sd = open_sync(dcfg, tmp_path)
+    sd.add_domain("example.test")
+    pw, scram = Hasher(AUTH).make("wonderland")
+    sd.add_user("alice@example.test", password_hash=pw, scram=scram)
+    sd.close()
+    objects: dict[str, Any] = {}
+
+    async def setup() -> tuple[Any, Any]:
+        d = objects["d"] = open_directory(dcfg, tmp_path)
+        return Authenticator(d, AUTH), Store(None, tmp_path)
+
+    async def teardown(store: Store) -> None:
+        await store.close()
+        await objects["d"].close()
+
+    handle, stop = start_server(tls="implicit", ssl_context=server_ctx, setup=setup, teardown=teardown,
+                                data_dir=tmp_path, tls_files=(cert, key))
+    try:
+        client_ctx = ssl.create_default_context()
+        ca.configure_trust(client_ctx)
+        with socket.create_connection((handle.host, handle.port), timeout=20) as plain, \
+                client_ctx.wrap_socket(plain, server_hostname="127.0.0.1") as s:
+            f = s.makefile("rb")
+            assert b"AUTH=SCRAM-SHA-256-PLUS" in f.readline()
+            # scramp computes the binding from the certificate it received
+            client = scramp.ScramClient(["SCRAM-SHA-256-PLUS"], "alice@example.test", "wonderland",
+                                        channel_binding=("tls-server-end-point", s))
+            s.sendall(b"a1 AUTHENTICATE SCRAM-SHA-256-PLUS "
+                      + base64.b64encode(client.get_client_first().encode()) + b"\r\n")
+            line = f.readline()
+            assert line.startswith(b"+ "), line
+            client.set_server_first(base64.b64decode(line[2:].strip()).decode())
+            s.sendall(base64.b64encode(client.get_client_final().encode()) + b"\r\n")
+            line = f.readline()
+            client.set_server_final(base64.b64decode(line[2:].strip()).decode())
+            s.sendall(b"\r\n")
+            assert f.readline().startswith(b"a1 OK [CAPABILITY ")
+            f.close()
+    finally:
+        stop()

@@ -28,6 +28,10 @@ class FakeChannel:
     def tls_active(self) -> bool:
         return False
 
+    @property
+    def channel_binding(self) -> None:
+        return None
+
     def write(self, data: bytes) -> None:
         self.out += data
 
