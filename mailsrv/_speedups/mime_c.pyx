@@ -391,7 +391,7 @@ def scan(bytes raw, Py_ssize_t max_depth=100, Py_ssize_t max_parts=5000, Py_ssiz
     cdef const unsigned char *p = raw
     cdef Py_ssize_t n = len(raw)
     cdef list stack = [], bounds = [], bowner = []
-    cdef Py_ssize_t budget = max_parts, start = 0, d, dk, body, owner, nxt
+    cdef Py_ssize_t budget = max_parts, start = 0, d, dk, body, owner, nxt, end, b
     cdef bint dclose, digest = False, deep, lines, searched
     cdef int flags
     cdef tuple fields, params
@@ -457,7 +457,16 @@ def scan(bytes raw, Py_ssize_t max_depth=100, Py_ssize_t max_parts=5000, Py_ssiz
             owner = bowner[dk]
             while len(stack) - 1 > owner:
                 child = <list>stack.pop()
-                done = _close(p, child, _end_before(p, d, <Py_ssize_t>child[1]))
+                if <Py_ssize_t>child[10] == d:
+                    done = _close(p, child, d)
+                else:
+                    end = _end_before(p, d, <Py_ssize_t>child[1])
+                    if <Py_ssize_t>child[1] == d:
+                        b = _end_before(p, d, <Py_ssize_t>child[0])
+                        if b < d and (b == <Py_ssize_t>child[0] or p[b - 1] == 10):
+                            child[1] = b
+                            end = b
+                    done = _close(p, child, end)
                 (<list>(<list>stack[len(stack) - 1])[8]).append(done)
             del bounds[dk + 1:]
             del bowner[dk + 1:]
@@ -465,6 +474,7 @@ def scan(bytes raw, Py_ssize_t max_depth=100, Py_ssize_t max_parts=5000, Py_ssiz
             if dclose or budget <= 0:
                 if not dclose:
                     (<list>stack[owner])[9] = (<list>stack[owner])[9] | C_TRUNCATED
+                (<list>stack[owner])[10] = nxt
                 del bounds[dk:]
                 del bowner[dk:]
                 d = _find_delim(p, nxt, n, bounds, &dk, &dclose)

@@ -351,7 +351,7 @@ def scan(raw: bytes, max_depth: int = 100, max_parts: int = 5000, max_value: int
     """The part tree of one message (see the module docstring)."""
     n = len(raw)
     # open nodes, root first: [hstart, bstart, bend, lines, type, sub, params, fields,
-    #                           kids, flags, boundary index or -1, digest]
+    #                           kids, flags, epilogue start or -1, digest]
     stack: list[list] = []
     bounds: list = []  # boundaries of the open multiparts, outermost first
     bowner: list = []  # index in stack of the multipart owning bounds[k]
@@ -427,7 +427,19 @@ def scan(raw: bytes, max_depth: int = 100, max_parts: int = 5000, max_value: int
             # nodes below the multipart that owns the delimiter end before it
             while len(stack) - 1 > owner:
                 child = stack.pop()
-                done = _close(raw, child, _end_before(raw, d, child[1]))
+                # a multipart whose close delimiter line ends right here keeps that
+                # line end (no epilogue; Dovecot counts it to the inner part)
+                if child[10] == d:
+                    end = d
+                else:
+                    end = _end_before(raw, d, child[1])
+                    if child[1] == d:
+                        # an empty body: the blank line before the delimiter is the
+                        # delimiter's line end, not part of the header (as Dovecot)
+                        b = _end_before(raw, d, child[0])
+                        if b < d and (b == child[0] or raw[b - 1] == 10):
+                            child[1] = end = b
+                done = _close(raw, child, end)
                 stack[-1][8].append(done)
             del bounds[dk + 1 :]
             del bowner[dk + 1 :]
@@ -435,6 +447,7 @@ def scan(raw: bytes, max_depth: int = 100, max_parts: int = 5000, max_value: int
             if dclose or budget <= 0:
                 if not dclose:
                     stack[owner][9] |= F_TRUNCATED
+                stack[owner][10] = nxt  # where its epilogue starts
                 # RFC 2046 §5.1.1: after the close delimiter comes the epilogue
                 del bounds[dk:]
                 del bowner[dk:]

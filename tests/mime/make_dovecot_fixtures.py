@@ -9,15 +9,20 @@ maildir owned by ``nobody``), APPENDs every corpus message (normalised to
 CRLF, as SMTP or APPEND would deliver it) and the generated samples of
 samples.py (keyed ``generated/<name>``), FETCHes ENVELOPE, BODY and
 BODYSTRUCTURE with imaplib and stores each reply's wire bytes (latin-1 text)
-keyed by corpus path. The tests never need Dovecot: they read the JSON.
+keyed by corpus path. For every section our parser finds it also FETCHes
+BODY.PEEK[section] (and .MIME, .HEADER, .TEXT) as a length + SHA-256 digest
+and BINARY.SIZE into fixtures/dovecot_sections.json. The tests never need
+Dovecot: they read the JSON.
 """
 
 from __future__ import annotations
 
+import hashlib
 import imaplib
 import json
 import os
 import pwd
+import re
 import shutil
 import socket
 import subprocess
@@ -33,6 +38,7 @@ from samples import SAMPLES  # noqa: E402
 
 CORPUS = HERE.parent.parent.parent / "shared" / "corpus"
 OUT = HERE / "fixtures" / "dovecot.json"
+OUT_SECTIONS = HERE / "fixtures" / "dovecot_sections.json"
 ITEMS = ("ENVELOPE", "BODY", "BODYSTRUCTURE")
 
 CONF = """\
@@ -96,6 +102,50 @@ def item_value(resp: bytes, item: str) -> bytes:
     return resp[i:-1]
 
 
+def digest(data: bytes) -> str:
+    """Length and SHA-256 prefix: enough to compare a section without storing it."""
+    return f"{len(data)}:{hashlib.sha256(data).hexdigest()[:16]}"
+
+
+def sections_of(raw: bytes) -> list[str]:
+    """Section specs to ask for: every part, its MIME header, HEADER/TEXT of messages."""
+    sys.path.insert(0, str(HERE.parent.parent))
+    from mailsrv import mime
+
+    s = mime.parse(raw)
+    specs = ["HEADER", "TEXT"]
+    for p in s.parts():
+        if not p.section or p.is_message:
+            continue
+        for spec in (p.section, p.section + ".MIME"):
+            if spec not in specs:
+                specs.append(spec)
+        if p.message is not None:
+            specs += [p.section + ".HEADER", p.section + ".TEXT"]
+    return specs
+
+
+def fetch_section(imap: imaplib.IMAP4, n: int, spec: str) -> str | None:
+    """BODY.PEEK[spec] as a digest, None for NIL or an error."""
+    typ, data = imap.fetch(str(n), f"(BODY.PEEK[{spec}])")
+    if typ != "OK" or not data or data[0] is None:
+        return None
+    first = data[0]
+    if isinstance(first, tuple):
+        return digest(first[1])
+    if first.rstrip(b")").endswith(b'""'):
+        return digest(b"")
+    return None
+
+
+def fetch_binary_size(imap: imaplib.IMAP4, n: int, spec: str) -> int | None:
+    typ, data = imap.fetch(str(n), f"(BINARY.SIZE[{spec}])")
+    if typ != "OK" or not data or not isinstance(data[0], bytes):
+        return None
+    m = re.search(rb"BINARY\.SIZE\[[^\]]*\] (\d+)", data[0])
+    return int(m.group(1)) if m else None
+
+
 def connect(port: int, deadline: float) -> imaplib.IMAP4:
     while True:
         try:
@@ -124,6 +174,7 @@ def main() -> int:
         messages = [(rel, normalise((CORPUS / rel).read_bytes())) for rel in message_paths(CORPUS)]
         messages += [(f"generated/{name}", raw) for name, raw in SAMPLES.items()]
         result: dict[str, dict[str, str]] = {}
+        sections: dict[str, dict[str, dict[str, str | int | None]]] = {}
         for n, (rel, raw) in enumerate(messages, 1):
             typ, resp = imap.append("INBOX", None, None, raw)
             assert typ == "OK", (rel, resp)
@@ -137,6 +188,21 @@ def main() -> int:
             size = int(wire(data).split(b"RFC822.SIZE ")[1].rstrip(b")"))
             assert size == len(raw), (rel, size, len(raw))
             result[rel] = entry
+            per: dict[str, dict[str, str | int | None]] = {}
+            for spec in sections_of(raw):
+                item: dict[str, str | int | None] = {}
+                try:
+                    item["body"] = fetch_section(imap, n, spec)
+                    if re.fullmatch(r"[0-9.]+", spec):
+                        item["binary_size"] = fetch_binary_size(imap, n, spec)
+                except imaplib.IMAP4.abort as exc:
+                    # Dovecot drops the connection on some malformed parts: note it, go on
+                    item = {"error": str(exc).split(" [")[0]}
+                    imap = connect(port, time.monotonic() + 20)
+                    imap.login("fixture", "pw")
+                    imap.select("INBOX")
+                per[spec] = item
+            sections[rel] = per
         imap.logout()
         version = subprocess.run(
             ["dovecot", "--version"], capture_output=True, text=True
@@ -144,7 +210,10 @@ def main() -> int:
         OUT.write_text(
             json.dumps({"dovecot": version, "messages": result}, indent=1, ensure_ascii=True) + "\n"
         )
-        print(f"{len(result)} messages -> {OUT}")
+        OUT_SECTIONS.write_text(
+            json.dumps({"dovecot": version, "messages": sections}, indent=0, sort_keys=True) + "\n"
+        )
+        print(f"{len(result)} messages -> {OUT}, {OUT_SECTIONS}")
     finally:
         proc.terminate()
         proc.wait(10)
