@@ -41,11 +41,14 @@ def build(our_id: str, *, spf: SpfResult | None, helo_spf: SpfResult | None, dki
     results: list[object] = []
     if iprev is not None:
         results.append(authres.IPRevAuthenticationResult(result=iprev, policy_iprev=client_ip or None))
-    if spf is not None:
+    if spf is not None and spf.identity == "helo":
+        # RFC 7208 §2.4: a null reverse-path was checked as postmaster@HELO
+        results.append(authres.SPFAuthenticationResult(result=spf.result, smtp_helo=spf.domain))
+    elif spf is not None:
         results.append(authres.SPFAuthenticationResult(
             result=spf.result, smtp_mailfrom=spf.domain,
             reason=spf.detail[:100] or None))
-    if helo_spf is not None and (spf is None or spf.result in ("none", "temperror")):
+    if helo_spf is not None and spf is not helo_spf and (spf is None or spf.result in ("none", "temperror")):
         results.append(authres.SPFAuthenticationResult(result=helo_spf.result, smtp_helo=helo_spf.domain))
     for d in dkim:
         results.append(authres.DKIMAuthenticationResult(

@@ -308,3 +308,15 @@ def test_rspamd_down_falls_back_to_rules(policy_server: Any, message: Any) -> No
     send(srv.port, "alice@sender.test", ["bob@example.test"], message(subject="YOU WON THE CASINO JACKPOT!!!"))
     [d] = srv.backend.delivered
     assert b"SUBJ_ALL_CAPS" in d.data
+
+
+def test_null_sender_checked_as_helo(policy_server: Any, dnsserver: Any, message: Any) -> None:
+    """RFC 7208 §2.4: a bounce (MAIL FROM:<>) is checked as postmaster@HELO."""
+    srv = policy_server()
+    dnsserver.add("mail.sender.test", "TXT", "v=spf1 ip4:127.0.0.1 -all")
+    dnsserver.add("mail.other.test", "TXT", "v=spf1 -all")
+    send(srv.port, "", ["bob@example.test"], message(), helo="mail.sender.test")
+    send(srv.port, "", ["bob@example.test"], message(), helo="mail.other.test")
+    first, second = (ar_header(d.data) for d in srv.backend.delivered)
+    assert "spf=pass smtp.helo=mail.sender.test" in first and "smtp.mailfrom" not in first
+    assert "spf=fail smtp.helo=mail.other.test" in second

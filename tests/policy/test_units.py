@@ -284,3 +284,23 @@ def test_cli_lists(tmp_path: Path) -> None:
     run("del", "block", "spam.test")
     run("del", "block", "spam.test", ok=False)
     assert run("list", "--scope", "example.test").stdout == "example.test\tallow\t192.0.2.0/24\n"
+
+
+@given(st.lists(st.sampled_from(["v=DMARC1", "p=reject", "p=none", "p=quarantine", "p=x", "sp=none", "sp=bad",
+                                 "adkim=s", "aspf=r", "pct=50", "pct=abc", "pct=-3", "rua=mailto:a@b.test",
+                                 "fo=1", "=", ";", " ", "v=DMARC2"]), max_size=8))
+def test_dmarc_record_parser_is_total(tags: list[str]) -> None:
+    """Hypothesis: any tag soup parses to a well-formed record or to None, never an exception."""
+    from mailsrv.policy.dmarc import parse_record
+
+    rec = parse_record("; ".join(tags), "d.test")
+    if rec is not None:
+        assert rec.p in ("none", "quarantine", "reject") and rec.sp in ("none", "quarantine", "reject")
+        assert 0 <= rec.pct <= 100 and rec.adkim in "rs" and rec.aspf in "rs"
+        assert tags[0] == "v=DMARC1"
+
+
+@given(st.text(max_size=80))
+def test_authserv_id_is_total(value: str) -> None:
+    ident = authserv_id(value)
+    assert ident == ident.lower() and ";" not in ident and " " not in ident
