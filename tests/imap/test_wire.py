@@ -179,3 +179,16 @@ def test_many_small_literals_are_bounded_per_command(raw: Raw) -> None:
     raw.send(b"a1 SEARCH ALL" + body + b" ALL\r\n")
     assert raw.line() == b"a1 BAD [TOOBIG] Literal too large\r\n"
     assert raw.cmd(b"a2 NOOP") == [b"a2 OK NOOP completed\r\n"]
+
+
+def test_connection_over_the_limit_gets_bye_unavailable() -> None:
+    handle, stop = start_server(limits=LimitsConfig(max_connections_per_ip=1))
+    try:
+        first = Raw(handle.host, handle.port)
+        assert first.greeting.startswith(b"* OK ")
+        second = Raw(handle.host, handle.port)
+        assert second.greeting == b"* BYE [UNAVAILABLE] too many connections from your address\r\n"
+        second.close()
+        first.close()
+    finally:
+        stop()
