@@ -155,6 +155,8 @@ class IndexCore:
         self.sent_days: dict[int, BitMap] = {}  # UTC day ordinal -> UIDs (messages with a Date:)
         self.attach = BitMap()
         self.dated = BitMap()  # UIDs with a valid Date:
+        #: bumped by every add/remove (cache stamps)
+        self.version = 0
         #: per field, UIDs whose terms were not indexed (more than MAX_TERMS): always confirmed
         self.overflow: dict[str, BitMap] = {f: BitMap() for f in FIELDS}
 
@@ -162,6 +164,7 @@ class IndexCore:
         """Index one message (idempotent for a UID already indexed)."""
         if uid in self.indexed:
             return
+        self.version += 1
         for f in FIELDS:
             text = doc.text.get(f, "")
             if text:
@@ -190,6 +193,7 @@ class IndexCore:
     def remove(self, uids: Iterable[int]) -> None:
         """Forget expunged UIDs (term postings keep them until :meth:`compact`)."""
         gone = BitMap(uids)
+        self.version += 1
         self.indexed -= gone
         self.attach -= gone
         self.dated -= gone

@@ -49,6 +49,9 @@ logger = log.get("search")
 #: fields whose n-gram dictionaries are built right after an index is loaded
 WARM_FIELDS = ("body", "subject", "from", "to", "cc", "headers")
 
+#: a single-key SORT of more hits than this filters a cached whole-mailbox order
+SORT_CACHE_MIN = 2000
+
 #: text cache bytes tolerated beyond twice the live records before it is compacted
 COMPACT_SLACK = 1 << 20
 T = TypeVar("T")
@@ -94,6 +97,7 @@ class MailboxIndex:
         self.text: TextStore | None = None
         self.since_snapshot = 0
         self.view = ViewState()
+        self._sort_cache: dict[SortKey, tuple[tuple, list[int]]] = {}
         #: statistics for tests and the benchmark
         self.stats = {"indexed": 0, "confirmed": 0, "rebuilds": 0, "snapshots": 0, "text_compactions": 0, "loads": 0}
 
@@ -123,6 +127,7 @@ class MailboxIndex:
         text = f.text_for(gen)
         self.core = IndexCore()
         self.locs = {}
+        self._sort_cache.clear()
         self.text = TextStore(text)
         write_snapshot(f.snap, self.core, self.locs, gen, text.name)
         self._new_log(gen)
@@ -165,6 +170,7 @@ class MailboxIndex:
             self._reset(time.time_ns())
             return
         self.core, self.locs, self.gen = core, locs, gen
+        self._sort_cache.clear()
         self.stats["loads"] += 1
         self.text = TextStore(text_path)
         self._open_log()
@@ -377,32 +383,51 @@ class MailboxIndex:
 
     def _sort(self, hits: BitMap, keys: list[SortKey]) -> list[int]:
         with self._tlock:
-            infos = self.view.infos
-            cols = self.core.cols
-            empty = (None, "", "", "", "", "", "", False)
-            order = list(hits)
-            for k in reversed(keys):
-                c = k.column
-                if c == "arrival":
-                    order.sort(key=lambda u: infos[u].internal_date, reverse=k.reverse)
-                elif c == "size":
-                    order.sort(key=lambda u: infos[u].size, reverse=k.reverse)
-                elif c == "date":
+            if len(keys) == 1 and len(hits) > SORT_CACHE_MIN:
+                # one criterion (JMAP's usual receivedAt): filter a cached whole-mailbox order
+                order = self._sorted_all(keys[0])
+                return [u for u in order if u in hits]
+            return self._sort_keys(list(hits), keys)
 
-                    def date(u: int) -> float:
-                        s = cols.get(u, empty)[0]
-                        return float(infos[u].internal_date) if s is None else float(s)
+    def _sorted_all(self, key: SortKey) -> list[int]:
+        """Every UID of the view ordered by ``key`` (then UID), cached until the mailbox changes."""
+        stamp = (self.view.stamp, self.core.version)
+        hit = self._sort_cache.get(key)
+        if hit is not None and hit[0] == stamp:
+            return hit[1]
+        order = self._sort_keys(list(self.view.uids), [key])
+        if len(self._sort_cache) >= 8:
+            self._sort_cache.clear()
+        self._sort_cache[key] = (stamp, order)
+        return order
 
-                    order.sort(key=date, reverse=k.reverse)
-                elif c.startswith("keyword:"):
-                    flag = self.view.flags.get(c[8:].casefold(), BitMap())
-                    order.sort(key=lambda u: u not in flag, reverse=k.reverse)
-                else:
-                    i = _SORT_COL.get(c)
-                    if i is None:
-                        raise SearchError(f"unknown sort column {c!r}")
-                    order.sort(key=lambda u: cols.get(u, empty)[i], reverse=k.reverse)
-            return order
+    def _sort_keys(self, order: list[int], keys: list[SortKey]) -> list[int]:
+        """``order`` (ascending UIDs) sorted by ``keys``; stable, so ties stay in UID order."""
+        infos = self.view.infos
+        cols = self.core.cols
+        empty = (None, "", "", "", "", "", "", False)
+        for k in reversed(keys):
+            c = k.column
+            if c == "arrival":
+                order.sort(key=lambda u: infos[u].internal_date, reverse=k.reverse)
+            elif c == "size":
+                order.sort(key=lambda u: infos[u].size, reverse=k.reverse)
+            elif c == "date":
+
+                def date(u: int) -> float:
+                    s = cols.get(u, empty)[0]
+                    return float(infos[u].internal_date) if s is None else float(s)
+
+                order.sort(key=date, reverse=k.reverse)
+            elif c.startswith("keyword:"):
+                flag = self.view.flags.get(c[8:].casefold(), BitMap())
+                order.sort(key=lambda u: u not in flag, reverse=k.reverse)
+            else:
+                i = _SORT_COL.get(c)
+                if i is None:
+                    raise SearchError(f"unknown sort column {c!r}")
+                order.sort(key=lambda u: cols.get(u, empty)[i], reverse=k.reverse)
+        return order
 
     def columns(self, uid: int) -> Columns | None:
         """Stored sort values of ``uid`` (None when not indexed). Sync."""

@@ -290,3 +290,24 @@ async def test_least_recently_used_indexes_are_closed(tmp_path: Path) -> None:
     assert await again.search(Text("body", "report"), box.view) == want
     assert box.reads == 0  # reopened from its files
     await svc.close()
+
+
+async def test_cached_sort_order_follows_changes(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from mailsrv.search import SortKey
+    from mailsrv.search import service as service_mod
+
+    monkeypatch.setattr(service_mod, "SORT_CACHE_MIN", 0)
+    box = Box(20)
+    svc = SearchService()
+    idx = open_index(svc, box, tmp_path)
+    key = [SortKey("keyword:$top")]
+    uids = [m.uid for m in box.view.messages]
+    assert await idx.sort(All(), key, box.view) == uids
+    box.set_flags(uids[7], frozenset({"$Top"}))
+    assert await idx.sort(All(), key, box.view) == [uids[7], *uids[:7], *uids[8:]]
+    uid = box.add(box.gen.message(900)[0], flags=frozenset({"$top"}))
+    assert await idx.sort(All(), key, box.view) == [uids[7], uid, *uids[:7], *uids[8:]]
+    box.expunge([uids[7]])
+    assert await idx.sort(All(), key, box.view) == [uid, *uids[:7], *uids[8:]]
+    assert await idx.sort(All(), [SortKey("keyword:$top", reverse=True)], box.view) == [*uids[:7], *uids[8:], uid]
+    await svc.close()
