@@ -33,6 +33,9 @@ from mailsrv.search.query import (
 __all__ = ["day_of", "header_prefix", "matches", "sent_or_internal"]
 
 
+# deviation (RFC 9051 §6.4.4 BEFORE/ON/SINCE "disregarding time and timezone"): the
+# store keeps internal dates as epoch seconds without their zone, so days are UTC days;
+# SENT* keys use the UTC day of the Date: header too (Dovecot uses the header's own zone).
 def day_of(ts: float) -> int:
     """Proleptic ordinal of the UTC day of ``ts`` (IMAP date keys ignore time and zone)."""
     return datetime.datetime.fromtimestamp(ts, datetime.UTC).date().toordinal()
