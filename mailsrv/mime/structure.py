@@ -14,6 +14,7 @@ import zlib
 from collections.abc import Iterator
 from functools import cached_property
 
+from mailsrv._speedups.mime import parse_params
 from mailsrv.mime import imap
 from mailsrv.mime.headers import (
     Address,
@@ -201,8 +202,6 @@ class Part:
     # --- disposition and friends ------------------------------------------
     def raw_disposition(self) -> tuple[bytes, list[tuple[bytes, bytes]]] | None:
         """(value, params) of Content-Disposition (RFC 2183), None when absent or empty."""
-        from mailsrv._speedups.mime_py import parse_params  # a leaf helper, no scanning
-
         v = self.field(b"content-disposition")
         if v is None:
             return None
@@ -224,8 +223,6 @@ class Part:
         d = self.raw_disposition()
         if not d:
             return {}
-        from mailsrv._speedups.mime_py import parse_params
-
         v = unfold(self.field(b"content-disposition") or b"")
         semi = v.find(b";")
         return dict(merge_params(parse_params(v, semi))) if semi >= 0 else {}
