@@ -439,3 +439,25 @@ def test_parameters_read_as_dovecot_reads_them(parse: Callable) -> None:
     # Dovecot: double-semicolon.msg of the corpus); junk after a token value is ignored
     assert s.root.raw_params() == [(b"name", b"my"), (b"y", b'q "r"'), (b"z", b"=?utf-8?Q?a?=")]
     assert s.root.params["z"] == "a"
+
+
+def test_html_only_preview_and_parts_without_raw(parse: Callable) -> None:
+    raw = crlf(
+        "Content-Type: text/html; charset=utf-8\n\n"
+        "<html><head><style>p {color: red}</style></head><body><p>Hi &amp; welcome</p>"
+        "<script>alert(1)</script><p>second</p></body></html>\n"
+    )
+    s = parse(raw)
+    assert mime.preview(raw, s) == "Hi & welcome second"
+    parts = mime.jmap_body_parts(None, s)
+    assert [p["partId"] for p in parts["textBody"]] == ["1"]
+    assert [p["partId"] for p in parts["htmlBody"]] == ["1"]
+    assert parts["textBody"][0]["size"] == s.root.size and parts["textBody"][0]["headers"] == []
+    assert parts["attachments"] == [] and parts["hasAttachment"] is False
+    # a message without any text has an empty preview
+    assert (
+        mime.preview(
+            b"Content-Type: image/png\r\n\r\nxx", parse(b"Content-Type: image/png\r\n\r\nxx")
+        )
+        == ""
+    )
