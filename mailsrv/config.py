@@ -449,8 +449,10 @@ class PolicyConfig:
     rspamd_url: str = doc('rspamd controller/normal worker URL, e.g. "http://127.0.0.1:11333" (empty: built-in scorer).', "")
     clamd_socket: str = doc('clamd socket: a path (unix) or "host:port" (empty: no virus scanning).', "")
     clamd_timeout: float = doc("Seconds a clamd scan may take.", 30.0, check=_positive)
-    virus_action: Literal["reject", "quarantine"] = doc(
-        "What to do with infected mail: reject (554 5.7.1) or quarantine (deliver into Junk, flagged).", "reject"
+    virus_action: Literal["reject", "quarantine", "strip"] = doc(
+        "What to do with infected mail: reject (554 5.7.1), quarantine (deliver into Junk, flagged), "
+        "or strip (replace the infected attachments with a notice).",
+        "reject",
     )
     clamd_failure: Literal["tempfail", "accept"] = doc(
         "When clamd cannot be reached: tempfail (451 4.7.1, fail closed) or accept unscanned (fail open).",

@@ -37,6 +37,7 @@ from mailsrv.policy.headers import from_domains, header_end, split_fields
 from mailsrv.policy.lists import Lists, ListSource, Match
 from mailsrv.policy.score import Facts, RspamdScorer, RuleScorer, Score, Scorer
 from mailsrv.policy.state import PolicyState
+from mailsrv.policy.strip import strip_infected
 
 logger = log.get("policy")
 
@@ -61,6 +62,8 @@ class Decision:
 
 
 ACCEPT = Decision()
+#: internal: the virus action is "strip" (never returned to the session)
+_STRIP = Decision("accept", text="strip infected attachments")
 
 
 def _reject(text: str, code: int = 550, enh: str = "5.7.1") -> Decision:
@@ -329,7 +332,7 @@ class PolicySession:
             if self.outbound:
                 decision, headers = await self._data_outbound(scan)
             else:
-                decision, headers = await self._data_inbound(message, scan, whole)
+                decision, headers = await self._data_inbound(spool, message, scan, whole)
         finally:
             if not scan.done():
                 scan.cancel()
@@ -358,11 +361,13 @@ class PolicySession:
         logger.warning("policy.virus", signature=res.signature)
         if self.cfg.virus_action == "reject":
             return _reject(f"Message contains a virus ({res.signature})", 554, "5.7.1"), res.signature
+        if self.cfg.virus_action == "strip":
+            return _STRIP, res.signature
         return Decision("junk", 250, "2.0.0", "OK"), res.signature
 
     async def _data_outbound(self, scan: asyncio.Future[ScanResult | None]) -> tuple[Decision, list[str]]:
         virus, sig = await self._virus_decision(scan)
-        if virus is not None and virus.action != "junk":
+        if virus is not None and not virus.ok:
             return virus, []
         if virus is not None:
             # an infected outgoing message is never sent on, whatever the inbound action
@@ -371,7 +376,7 @@ class PolicySession:
             await self.p.state.record_sent(self.user)
         return ACCEPT, []
 
-    async def _data_inbound(self, message: bytes, scan: asyncio.Future[ScanResult | None],
+    async def _data_inbound(self, spool: Path, message: bytes, scan: asyncio.Future[ScanResult | None],
                             whole: bool) -> tuple[Decision, list[str]]:
         fields = split_fields(message)
         dkim_res: list[DkimResult] = []
@@ -387,6 +392,14 @@ class PolicySession:
         header = authresults.build(self.p.authserv_id, spf=self.tx.spf, helo_spf=self.helo_spf, dkim=dkim_res,
                                    dmarc=dm, arc=arc_res, iprev=self.iprev or None, client_ip=self.client_ip)
         virus, signature = await self._virus_decision(scan)
+        virus_header = f"X-Virus-Status: Infected ({signature})" if signature else ""
+        if virus is _STRIP:
+            stripped = await strip_infected(self.p.clamd, message) if whole and self.p.clamd else None
+            if stripped is None:  # the virus is not in a part of its own: nothing to strip
+                return _reject(f"Message contains a virus ({signature})", 554, "5.7.1"), []
+            message, found = stripped
+            await asyncio.get_running_loop().run_in_executor(self.p.executor, replace_spool, spool, message)
+            virus, virus_header = None, f"X-Virus-Status: Removed ({', '.join(found)})"
         if virus is not None and virus.action != "junk":
             return virus, []
         rcpt_domains = sorted({_domain(r) for r in self.tx.rcpts})
@@ -425,8 +438,8 @@ class PolicySession:
         headers.append(f"X-Spam-Flag: {'YES' if spam else 'NO'}")
         headers.append(f"X-Spam-Score: {score.score:.1f}")
         headers.append("X-Spam-Status: " + _fold(score.status(junk_at)))
-        if signature:
-            headers.append(f"X-Virus-Status: Infected ({signature})")
+        if virus_header:
+            headers.append(virus_header)
         if virus is not None or spam:
             return Decision("junk", 250, "2.0.0", "OK", score), headers
         return Decision("accept", 250, "2.0.0", "OK", score), headers
@@ -462,6 +475,30 @@ def _fold(value: str) -> str:
 def _read_head(path: Path, limit: int) -> bytes:
     with open(path, "rb") as f:
         return f.read(limit)
+
+
+def replace_spool(path: Path, data: bytes) -> None:
+    """Replace the spool's content with ``data``: temp file beside it, fsync, rename, fsync the directory."""
+    tmp = path.with_name(path.name + ".policy")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as dst:
+            dst.write(data)
+            dst.flush()
+            os.fsync(dst.fileno())
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
 
 
 def rewrite_spool(path: Path, headers: Sequence[str], our_id: str) -> int:
@@ -503,11 +540,7 @@ def rewrite_spool(path: Path, headers: Sequence[str], our_id: str) -> int:
             os.unlink(tmp)
             raise
     os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    _fsync_dir(path.parent)
     return removed
 
 

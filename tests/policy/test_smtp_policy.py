@@ -320,3 +320,31 @@ def test_null_sender_checked_as_helo(policy_server: Any, dnsserver: Any, message
     first, second = (ar_header(d.data) for d in srv.backend.delivered)
     assert "spf=pass smtp.helo=mail.sender.test" in first and "smtp.mailfrom" not in first
     assert "spf=fail smtp.helo=mail.other.test" in second
+
+
+def test_virus_strip_attachment(policy_server: Any, clamd: Any, message: Any) -> None:
+    srv = policy_server(clamd_socket=str(clamd.socket), virus_action="strip")
+    attachment = base64.encodebytes(EICAR).decode().replace("\n", "\r\n")
+    body = ("--XX\r\nContent-Type: text/plain\r\n\r\nsee attachment\r\n--XX\r\n"
+            "Content-Type: application/octet-stream; name=eicar.com\r\nContent-Transfer-Encoding: base64\r\n"
+            "Content-Disposition: attachment; filename=eicar.com\r\n\r\n" + attachment + "--XX--\r\n")
+    virus = message(body=body).replace(b"Content-Type: text/plain; charset=utf-8",
+                                       b"Content-Type: multipart/mixed; boundary=XX")
+    send(srv.port, "alice@sender.test", ["bob@example.test"], virus)
+    [d] = srv.backend.delivered
+    assert b"X-Virus-Status: Removed (Mailsrv.Test.EICAR" in d.data
+    assert attachment.encode()[:40] not in d.data and b"EICAR-STANDARD" not in d.data
+    assert b"eicar.com contained a virus (Mailsrv.Test.EICAR" in d.data
+    assert b"see attachment" in d.data and b"\r\n" in d.data and b"\n\n" not in d.data.replace(b"\r\n", b"")
+    assert d.data.startswith(b"Return-Path: <alice@sender.test>\r\nReceived: ")
+    # a message that is the virus itself cannot be stripped: refused
+    with pytest.raises(smtplib.SMTPDataError) as exc:
+        send(srv.port, "alice@sender.test", ["bob@example.test"], message(body=EICAR.decode() + "\r\n"))
+    assert exc.value.smtp_code == 554
+
+
+def test_outbound_clamd_down_is_a_tempfail(policy_server: Any, tmp_path: Any, message: Any) -> None:
+    srv = policy_server("submission", clamd_socket=str(tmp_path / "none.sock"))
+    with pytest.raises(smtplib.SMTPDataError) as exc:
+        send(srv.port, "user@example.test", ["a@out.test"], message(), login=("user@example.test", "pw"))
+    assert (exc.value.smtp_code, exc.value.smtp_error[:5]) == (451, b"4.7.1")
