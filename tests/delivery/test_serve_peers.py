@@ -73,3 +73,15 @@ def test_implicit_tls_smtplib(served) -> None:  # type: ignore[no-untyped-def]
         c.sendmail("bob@example.test", ["alice@example.test"], b"Subject: tls\r\n\r\nover TLS\r\n")
     [f] = _inbox(setup)
     assert b"with ESMTPSA id" in f.read_bytes()
+
+
+def test_smtp_source_load(served) -> None:  # type: ignore[no-untyped-def]
+    """Postfix's smtp-source: 10 parallel sessions, 200 messages of 4 KB, all durable in the maildir."""
+    exe = shutil.which("smtp-source") or "/usr/sbin/smtp-source"
+    assert Path(exe).exists(), "smtp-source is needed (postfix package; `make peers`)"
+    srv, users, setup = served
+    out = subprocess.run([exe, "-s", "10", "-m", "200", "-l", "4096", "-f", "load@remote.test",
+                          "-t", "alice@example.test", "-M", "mail.example.test", f"127.0.0.1:{srv.ports['smtp']}"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert len(_inbox(setup)) == 200
