@@ -220,9 +220,27 @@ class SmtpConfig:
     )
 
 
+def _smarthost(v: str) -> str | None:
+    """``host:port``, ``[v6]:port`` or ``host`` (port 25); host is a name or an IP address."""
+    if not v:
+        return None
+    host, port = v, "25"
+    if v.startswith("["):
+        host, sep, rest = v[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            return f"{v!r} is not [IPv6]:port"
+        port = rest[1:] or "25"
+    elif v.count(":") == 1:
+        host, port = v.split(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        return f"{v!r} is not host:port"
+    return None
+
+
 @dataclass(frozen=True)
 class RouteConfig:
-    smarthost: str = doc('Relay host for this destination, "host:port"; empty means MX lookup.', "")
+    smarthost: str = doc('Relay host for this destination, "host:port"; empty means MX lookup.', "",
+                         check=_smarthost)
     tls: Literal["opportunistic", "required", "none", "implicit"] = doc(
         "STARTTLS policy toward the relay: opportunistic, required, none, or implicit (TLS on connect).",
         "opportunistic",
@@ -255,6 +273,7 @@ class QueueConfig:
         'Where the queue hands mail for local domains (bounces to local senders), "host:port"; '
         "empty means the first smtp listener.",
         "",
+        check=lambda v: _binds((v,)) if v else None,
     )
     dkim_selector: str = doc("DKIM selector of the per-domain keys (keys live in data_dir/dkim).", "mail")
     dkim_sign: bool = doc("Sign outbound mail whose sender domain has a DKIM key.", True)
