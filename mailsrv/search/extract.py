@@ -25,7 +25,7 @@ from mailsrv.mime.body import iter_header_lines
 __all__ = ["EXTRACT_VERSION", "FIELDS", "Document", "base_subject", "extract", "html_to_text"]
 
 #: version of what :func:`extract` produces (stored in index snapshots)
-EXTRACT_VERSION = 2
+EXTRACT_VERSION = 3
 
 #: text fields of a Document, in storage order
 FIELDS: tuple[str, ...] = ("from", "to", "cc", "bcc", "subject", "message-id", "headers", "body")
@@ -51,6 +51,7 @@ class Document:
     cc_addr: str = ""
     subject: str = ""  # RFC 5256 §2.1 base subject
     has_attachment: bool = False
+    sent_day: int | None = None  # the Date: header's own calendar day (proleptic ordinal)
 
     def columns(self) -> tuple:
         return (
@@ -62,11 +63,12 @@ class Document:
             self.cc_addr,
             self.subject,
             self.has_attachment,
+            self.sent_day,
         )
 
     @classmethod
     def from_columns(cls, text: dict[str, str], cols: tuple | list) -> Document:
-        return cls(text, cols[0], cols[1], cols[2], cols[3], cols[4], cols[5], cols[6], bool(cols[7]))
+        return cls(text, cols[0], cols[1], cols[2], cols[3], cols[4], cols[5], cols[6], bool(cols[7]), cols[8])
 
 
 _TAGS_DROP = re.compile(r"(?is)<(script|style|head)\b.*?</\1\s*>|<!--.*?-->")
@@ -134,7 +136,8 @@ def _first_address(value: bytes) -> tuple[str, str]:
     return "", ""
 
 
-def _sent_date(value: bytes) -> float | None:
+def _sent_date(value: bytes) -> tuple[float, int] | None:
+    """(epoch seconds, the calendar day as written in the header's own zone), or None."""
     try:
         dt = email.utils.parsedate_to_datetime(value.decode("latin-1"))
     except (TypeError, ValueError, IndexError, OverflowError):
@@ -142,7 +145,7 @@ def _sent_date(value: bytes) -> float | None:
     if dt is None:
         return None
     try:
-        return dt.timestamp()
+        return dt.timestamp(), dt.date().toordinal()
     except (OverflowError, OSError, ValueError):
         return None
 
@@ -178,7 +181,9 @@ def extract(raw: bytes, max_text: int = 1 << 20) -> Document:
     doc.to_addr, doc.to_display = _first_address(first.get(b"to", b""))
     doc.cc_addr, _ = _first_address(first.get(b"cc", b""))
     if b"date" in first:
-        doc.sent_date = _sent_date(first[b"date"])
+        sent = _sent_date(first[b"date"])
+        if sent is not None:
+            doc.sent_date, doc.sent_day = sent
     body: list[str] = []
     size = 0
     for n, part in enumerate(structure.parts()):

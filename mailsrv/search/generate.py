@@ -12,7 +12,7 @@ import base64
 import quopri
 import random
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
 
 __all__ = ["FakeInfo", "FakeView", "Generator"]
@@ -183,7 +183,8 @@ class Generator:
         else:
             heads.append(f"Subject: {_ew(subject, rng.choice(['utf-8', 'gb18030']), rng.choice('BQ'))}")
         if rng.random() < 0.97:
-            heads.append("Date: " + format_datetime(datetime.fromtimestamp(sent, UTC)))
+            zone = timezone(timedelta(minutes=rng.choice([-480, -300, 0, 60, 330, 480, 540])))
+            heads.append("Date: " + format_datetime(datetime.fromtimestamp(sent, zone)))
         heads.append(f"Message-ID: <{i}.{rng.randrange(10**9)}@{rng.choice(DOMAINS[:3])}>")
         if rng.random() < 0.2:
             heads.append(f"X-Priority: {rng.randrange(1, 6)}")

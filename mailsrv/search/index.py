@@ -179,8 +179,8 @@ class IndexCore:
         }
         self.fields[HNAME].add(uid, names)
         self.cols[uid] = doc.columns()
-        if doc.sent_date is not None:
-            d = day_of(doc.sent_date)
+        if doc.sent_day is not None:
+            d = doc.sent_day
             bm = self.sent_days.get(d)
             if bm is None:
                 self.sent_days[d] = bm = BitMap()
@@ -201,8 +201,8 @@ class IndexCore:
             ov -= gone
         for uid in gone:
             cols = self.cols.pop(uid, None)
-            if cols is not None and cols[0] is not None:
-                bm = self.sent_days.get(day_of(cols[0]))
+            if cols is not None and cols[8] is not None:
+                bm = self.sent_days.get(cols[8])
                 if bm is not None:
                     bm.discard(uid)
 
@@ -445,13 +445,13 @@ class Evaluator:
             border = within & days.get(edge, BitMap())
             out |= BitMap(u for u in border if exact(u, infos[u].internal_date))
             return within & out
-        sdays, fallback = self._sent_days(within)
-        out = within & _days_where(sdays, (lambda d: d < edge) if before else (lambda d: d > edge))
-        out -= fallback
+        # exact sent instants (no IMAP or JMAP key asks for them): a scan of ``within``
         cols = self.core.cols
-        border = (within & sdays.get(edge, BitMap())) - fallback
-        out |= BitMap(u for u in border if exact(u, cols[u][0]))
-        out |= BitMap(u for u in fallback if exact(u, infos[u].internal_date))
+        out = BitMap()
+        for u in within:
+            sent = cols[u][0]
+            if exact(u, infos[u].internal_date if sent is None else sent):
+                out.add(u)
         return out
 
     # --- text ----------------------------------------------------------------

@@ -33,9 +33,10 @@ from mailsrv.search.query import (
 __all__ = ["day_of", "header_prefix", "matches", "sent_or_internal"]
 
 
-# deviation (RFC 9051 §6.4.4 BEFORE/ON/SINCE "disregarding time and timezone"): the
-# store keeps internal dates as epoch seconds without their zone, so days are UTC days;
-# SENT* keys use the UTC day of the Date: header too (Dovecot uses the header's own zone).
+# RFC 9051 §6.4.4 SENTBEFORE/SENTON/SENTSINCE: the day of the Date: header as written
+# ("disregarding time and timezone"); a message without a valid Date: uses its internal date.
+# deviation (RFC 9051 §6.4.4 BEFORE/ON/SINCE): the store keeps internal dates as epoch
+# seconds without their zone, so those keys use UTC days.
 def day_of(ts: float) -> int:
     """Proleptic ordinal of the UTC day of ``ts`` (IMAP date keys ignore time and zone)."""
     return datetime.datetime.fromtimestamp(ts, datetime.UTC).date().toordinal()
@@ -72,8 +73,10 @@ def matches(q: Query, doc: Document, info: Any) -> bool:
                 return True
         return False
     if isinstance(q, Day):
-        ts = float(info.internal_date) if q.column == "internal" else sent_or_internal(doc, info)
-        d = day_of(ts)
+        if q.column == "sent" and doc.sent_day is not None:
+            d = doc.sent_day
+        else:
+            d = day_of(float(info.internal_date))
         o = q.day.toordinal()
         return d < o if q.op == "before" else d == o if q.op == "on" else d >= o
     if isinstance(q, Time):

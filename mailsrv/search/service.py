@@ -73,6 +73,7 @@ class Columns(NamedTuple):
     cc_addr: str
     subject: str
     has_attachment: bool
+    sent_day: int | None  # calendar day of Date: in its own zone (date.toordinal())
 
 
 class MailboxIndex:
@@ -405,7 +406,7 @@ class MailboxIndex:
         """``order`` (ascending UIDs) sorted by ``keys``; stable, so ties stay in UID order."""
         infos = self.view.infos
         cols = self.core.cols
-        empty = (None, "", "", "", "", "", "", False)
+        empty = (None, "", "", "", "", "", "", False, None)
         for k in reversed(keys):
             c = k.column
             if c == "arrival":

@@ -372,15 +372,14 @@ def load_snapshot(path: Path) -> tuple[IndexCore, dict[int, tuple[int, int]], in
     except (ValueError, KeyError, TypeError) as exc:
         raise CorruptIndex(f"{path}: {exc}") from None
     locs: dict[int, tuple[int, int]] = {}
-    from mailsrv.search.scan import day_of
 
     for k, row in rows.items():
         uid = int(k)
-        cols = tuple(row[:8])
+        cols = tuple(row[:9])
         core.cols[uid] = cols
-        locs[uid] = (int(row[8]), int(row[9]))
-        if cols[0] is not None:
-            d = day_of(cols[0])
+        locs[uid] = (int(row[9]), int(row[10]))
+        if cols[8] is not None:
+            d = int(cols[8])
             day = core.sent_days.get(d)
             if day is None:
                 core.sent_days[d] = day = BitMap()

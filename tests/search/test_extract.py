@@ -112,3 +112,23 @@ async def test_cjk_accented_mixed_queries(query: str, hit: bool, tmp_path: Path)
     got = await open_index(svc, box, tmp_path).search(Text("body", query), box.view)
     assert got == (BitMap([uid]) if hit else BitMap())
     await svc.close()
+
+
+async def test_sent_date_keys_use_the_day_written_in_the_header(tmp_path: Path) -> None:
+    """RFC 9051 §6.4.4 SENTON: the date of the Date: header, disregarding time and timezone."""
+    import datetime
+
+    from mailsrv.search import Day
+
+    box = Box(0)
+    late = box.add(msg("Subject: a\nDate: Mon, 02 Jan 2023 23:30:00 -0800"))  # 2023-01-03 in UTC
+    early = box.add(msg("Subject: b\nDate: Tue, 03 Jan 2023 00:30:00 +0900"))  # 2023-01-02 in UTC
+    undated = box.add(msg("Subject: c"), when=datetime.datetime(2023, 1, 2, 12, tzinfo=datetime.UTC).timestamp())
+    svc = SearchService()
+    idx = open_index(svc, box, tmp_path)
+    on2 = Day("sent", "on", datetime.date(2023, 1, 2))
+    assert await idx.search(on2, box.view) == BitMap([late, undated])
+    assert await idx.search(Day("sent", "since", datetime.date(2023, 1, 3)), box.view) == BitMap([early])
+    assert await idx.search(Day("sent", "before", datetime.date(2023, 1, 3)), box.view) == BitMap([late, undated])
+    assert all(matches(on2, box.docs[u], m) == (u in (late, undated)) for u, m in zip((late, early, undated), box.view.messages, strict=True))
+    await svc.close()
