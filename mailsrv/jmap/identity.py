@@ -246,7 +246,8 @@ async def vacation_set(ctx: RequestContext, args: dict[str, Any], call_id: str) 
             updated[iid] = None
             responder = ctx.extra.get("vacation")
             if responder is not None and (await coll.records())["singleton"].get("isEnabled"):
-                responder.ensure(be, ctx.extra.get("principal"), coll, collection(ctx, be.account_id, "VacationSent"))
+                await responder.ensure(be, ctx.extra.get("principal"), coll,
+                                       collection(ctx, be.account_id, "VacationSent"))
         except SetError as exc:
             not_updated[iid] = exc.to_json()
     return {"accountId": be.account_id, "oldState": old, "newState": await coll.state(),

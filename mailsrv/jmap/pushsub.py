@@ -76,10 +76,15 @@ class PushManager:
             logger.warning("jmap.push.failed", url=urlsplit(url).netloc, error=str(exc))
             return False
 
-    def ensure(self, be: MailBackend, coll: Collection) -> None:
+    async def ensure(self, be: MailBackend, coll: Collection) -> None:
+        """Start the account's pusher (if not running); returns once it watches."""
         task = self.tasks.get(be.account_id)
         if task is None or task.done():
-            self.tasks[be.account_id] = asyncio.create_task(self._run(be, coll))
+            ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self.tasks[be.account_id] = asyncio.create_task(self._run(be, coll, ready))
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(10):
+                    await asyncio.shield(ready)
 
     async def close(self) -> None:
         for t in [*self.tasks.values(), *self.posts]:
@@ -88,7 +93,7 @@ class PushManager:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
 
-    async def _run(self, be: MailBackend, coll: Collection) -> None:
+    async def _run(self, be: MailBackend, coll: Collection, ready: asyncio.Future[None]) -> None:
         lock_path = coll.dir / ".push.lock"
 
         def take() -> Any:
@@ -101,12 +106,18 @@ class PushManager:
                 return None
             return f
 
-        lock = await asyncio.to_thread(take)
+        lock = None
+        try:
+            lock = await asyncio.to_thread(take)
+        finally:
+            if lock is None and not ready.done():
+                ready.set_result(None)  # another worker pushes for this account
         if lock is None:
-            return  # another worker pushes for this account
+            return
         watch = be.watch()
         try:
             last = {t: await be.state(t) for t in TYPES}
+            ready.set_result(None)
             while True:
                 await watch.wait(None)
                 subs = await coll.records()
@@ -123,6 +134,8 @@ class PushManager:
                     if mine:
                         await self.post(s["url"], {"@type": "StateChange", "changed": {be.account_id: mine}})
         finally:
+            if not ready.done():
+                ready.set_result(None)
             watch.close()
             lock.close()
 
@@ -231,7 +244,7 @@ async def push_set(ctx: RequestContext, args: dict[str, Any], call_id: str) -> d
             await coll.change(upd)
             updated[sid] = None
             if new["verified"]:
-                pm.ensure(be, coll)
+                await pm.ensure(be, coll)
         except SetError as exc:
             not_updated[sid] = exc.to_json()
     destroyed: list[str] = []

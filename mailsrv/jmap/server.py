@@ -175,10 +175,10 @@ class JmapApp:
                 logger.warning("jmap.resume.failed", account=account_id, error=str(exc))
                 continue
             if vac:
-                self.vacation.ensure(be, p, self._objects(be.account_id, "VacationResponse"),
+                await self.vacation.ensure(be, p, self._objects(be.account_id, "VacationResponse"),
                                      self._objects(be.account_id, "VacationSent"))
             if has_push:
-                self.push.ensure(be, self._objects(be.account_id, "PushSubscription"))
+                await self.push.ensure(be, self._objects(be.account_id, "PushSubscription"))
 
     async def _close_websockets(self, app: web.Application) -> None:
         for ws in list(self.websockets):

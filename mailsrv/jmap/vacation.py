@@ -100,12 +100,18 @@ class Responder:
         self.submitter = submitter
         self.tasks: dict[str, asyncio.Task[None]] = {}
 
-    def ensure(self, be: MailBackend, principal: Any, settings: Collection, sent: Collection) -> None:
+    async def ensure(self, be: MailBackend, principal: Any, settings: Collection, sent: Collection) -> None:
+        """Start the account's replier (if not running) and return once it watches: mail that
+        arrives after this returns is answered."""
         if self.submitter is None:
             return
         t = self.tasks.get(be.account_id)
         if t is None or t.done():
-            self.tasks[be.account_id] = asyncio.create_task(self._run(be, principal, settings, sent))
+            ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self.tasks[be.account_id] = asyncio.create_task(self._run(be, principal, settings, sent, ready))
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(10):
+                    await asyncio.shield(ready)
 
     async def close(self) -> None:
         for t in self.tasks.values():
@@ -114,7 +120,8 @@ class Responder:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
 
-    async def _run(self, be: MailBackend, principal: Any, settings: Collection, sent: Collection) -> None:
+    async def _run(self, be: MailBackend, principal: Any, settings: Collection, sent: Collection,
+                   ready: asyncio.Future[None]) -> None:
         def take() -> Any:
             settings.dir.mkdir(parents=True, exist_ok=True)
             f = open(settings.dir / ".vacation.lock", "a+b")
@@ -125,12 +132,18 @@ class Responder:
                 return None
             return f
 
-        lock = await asyncio.to_thread(take)
+        lock = None
+        try:
+            lock = await asyncio.to_thread(take)
+        finally:
+            if lock is None and not ready.done():
+                ready.set_result(None)  # another worker answers for this account
         if lock is None:
             return
         watch = be.watch()
         try:
             state = await be.state("Email")
+            ready.set_result(None)
             while True:
                 rec = (await settings.records()).get("singleton", {})
                 if not rec.get("isEnabled"):
@@ -155,6 +168,8 @@ class Responder:
                         continue
                     await self._answer(be, principal, sent, rec, target, now)
         finally:
+            if not ready.done():
+                ready.set_result(None)
             watch.close()
             lock.close()
 
