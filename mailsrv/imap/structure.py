@@ -1,10 +1,11 @@
-"""MIME part tree with byte offsets, ENVELOPE and BODYSTRUCTURE (RFC 9051 §7.5.2), and BODY[section].
+"""A MIME part tree with byte offsets, ENVELOPE and BODYSTRUCTURE (RFC 9051 §7.5.2), BODY[section].
 
-deviation (issue 6: "FETCH never re-parses"): until ``mailsrv.mime.MessageStructure``
-carries the envelope and part offsets, FETCH of ENVELOPE / BODYSTRUCTURE /
-sub-part sections parses the message bytes here. The parse is bounded
-(nesting and part count) and works on the raw bytes, so offsets and sizes are
-exact octet counts of the stored message.
+The server answers ENVELOPE, BODYSTRUCTURE and BODY[section] from the structure the
+store cached at delivery (``mailsrv.mime.MessageStructure``). This walker is the
+fallback for what that cache does not cover: stores without structures (the
+in-memory store of the tests), HEADER.FIELDS and BINARY of sub-parts, and the
+text of messages SEARCH scans. It works on the raw bytes, so offsets and sizes are
+exact octet counts, and it is bounded (nesting depth and part count).
 """
 
 from __future__ import annotations
