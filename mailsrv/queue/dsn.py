@@ -32,6 +32,7 @@ def build(
     *,
     reporting_mta: str,
     now: float | None = None,
+    lifetime: float = 5 * 86400.0,
 ) -> bytes:
     """A complete RFC 5322 message from MAILER-DAEMON to ``env.sender``."""
     now = now or time.time()
@@ -73,7 +74,7 @@ def build(
         if r.diag and r.diag[:1].isdigit():
             block.append(f"Diagnostic-Code: smtp; {r.diag}")
         if action == "delayed":
-            block.append(f"Will-Retry-Until: {format_datetime(datetime.fromtimestamp(env.created + 5 * 86400, UTC))}")
+            block.append(f"Will-Retry-Until: {format_datetime(datetime.fromtimestamp(env.created + lifetime, UTC))}")
         per_rcpt.append("\r\n".join(block))
     status = "\r\n".join(fields) + "\r\n\r\n" + "\r\n\r\n".join(per_rcpt) + "\r\n"
     header_end = original.find(b"\r\n\r\n")

@@ -379,7 +379,7 @@ class QueueRunner:
         loop = asyncio.get_running_loop()
         original = await loop.run_in_executor(None, _read_head, self.qd.message_path(env.id))
         body = dsn.build(env, rcpts, action, original, reporting_mta=self.cfg.server.hostname,
-                         now=self.clock())
+                         now=self.clock(), lifetime=self.qcfg.lifetime)
         notice = Envelope(id=new_id(), sender="", rcpts=[QRcpt(env.sender)], is_bounce=True,
                           smtputf8=env.smtputf8, body="8BITMIME", created=self.clock())
         await loop.run_in_executor(None, self.qd.add, notice, body)

@@ -190,3 +190,16 @@ def test_catch_all_and_disabled(site) -> None:
         c.sendmail("someone@remote.test", ["whoever@example.test"], MSG)
     [m] = site.inbox("bob@example.test")
     assert b"for <whoever@example.test>" in m
+
+
+def test_group_posting_policy(site) -> None:
+    site.directory_sync.add_group("staff@example.test", post_policy="members")
+    site.directory_sync.add_member("staff@example.test", "alice@example.test")
+    with smtplib.SMTP("127.0.0.1", site.ports["mta"]) as c:
+        c.ehlo("client.test")
+        c.mail("stranger@remote.test")
+        code, text = c.rcpt("staff@example.test")
+        assert (code, text[:5]) == (550, b"5.7.1")
+        c.rset()
+        c.sendmail("alice@example.test", ["staff@example.test"], MSG)  # a member may post
+    assert len(site.inbox("alice@example.test")) == 1
