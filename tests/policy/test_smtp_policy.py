@@ -348,3 +348,17 @@ def test_outbound_clamd_down_is_a_tempfail(policy_server: Any, tmp_path: Any, me
     with pytest.raises(smtplib.SMTPDataError) as exc:
         send(srv.port, "user@example.test", ["a@out.test"], message(), login=("user@example.test", "pw"))
     assert (exc.value.smtp_code, exc.value.smtp_error[:5]) == (451, b"4.7.1")
+
+
+def test_message_over_max_scan_size_gets_headers_only(policy_server: Any, dnsserver: Any, dkim_key: Any,
+                                                      sign: Any, message: Any) -> None:
+    """Above max_scan_size nothing is read whole: no DKIM verdict, no content score, but SPF/DMARC stand."""
+    srv = policy_server(max_scan_size=2000)
+    dnsserver.add("sel._domainkey.sender.test", "TXT", dkim_key.txt)
+    dnsserver.add("sender.test", "TXT", "v=spf1 ip4:127.0.0.1 -all")
+    big = sign(message(body="WINNER lottery jackpot click here\r\n" + "x" * 70 + "\r\n" * 100 + "y" * 5000), "sender.test")
+    send(srv.port, "alice@sender.test", ["bob@example.test"], big)
+    [d] = srv.backend.delivered
+    ar = ar_header(d.data)
+    assert "spf=pass" in ar and "dkim=" not in ar and "dmarc=none header.from=sender.test" in ar
+    assert b"TOO_BIG_TO_SCAN" in d.data and b"X-Spam-Flag: NO" in d.data
