@@ -18,6 +18,7 @@ the spool is durable whatever the outcome.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import ipaddress
 import os
 import time
@@ -74,6 +75,17 @@ def _tempfail(text: str, code: int = 451, enh: str = "4.7.1") -> Decision:
     return Decision("tempfail", code, enh, text)
 
 
+def training_label(from_mailbox: str, to_mailbox: str) -> str | None:
+    """"spam" for a move into Junk, "ham" for a move out of Junk (except into Trash), else None."""
+    src, dst = from_mailbox.strip("/").lower(), to_mailbox.strip("/").lower()
+    junk = ("junk", "spam", "junk e-mail", "bulk mail")
+    if dst in junk and src not in junk:
+        return "spam"
+    if src in junk and dst not in junk and dst not in ("trash", "deleted items", "deleted messages"):
+        return "ham"
+    return None
+
+
 def _domain(address: str) -> str:
     return address.rpartition("@")[2].lower().rstrip(".")
 
@@ -125,6 +137,20 @@ class Policy:
         except ValueError:
             return False
         return any(addr in n for n in self.skip_nets)
+
+    async def train(self, account: str, from_mailbox: str, to_mailbox: str, message: bytes) -> str | None:
+        """A user moved ``message`` between mailboxes (IMAP MOVE/COPY+EXPUNGE, JMAP mailboxIds): into
+        Junk is a "spam" verdict, out of Junk (not to Trash) a "ham" one; recorded and returned, else None.
+
+        Callers: the IMAP and JMAP front ends (they sit above this layer), after the move is durable.
+        """
+        label = training_label(from_mailbox, to_mailbox)
+        if label is None or self.state is None:
+            return label
+        digest = hashlib.sha256(message[header_end(message):]).hexdigest()
+        await self.state.record_training(account.lower(), label, digest)
+        logger.info("policy.trained", account=account, label=label)
+        return label
 
     def thresholds(self, domains: Sequence[str]) -> tuple[float, float]:
         """(junk, reject) for a message to ``domains``: the strictest of their thresholds."""

@@ -28,6 +28,13 @@ CREATE TABLE IF NOT EXISTS greylist (
 );
 CREATE TABLE IF NOT EXISTS sent (user TEXT NOT NULL, at REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS sent_user ON sent(user, at);
+CREATE TABLE IF NOT EXISTS training (
+    account TEXT NOT NULL,
+    label TEXT NOT NULL CHECK (label IN ('spam', 'ham')),
+    digest TEXT NOT NULL,
+    at REAL NOT NULL,
+    PRIMARY KEY (account, digest)
+);
 CREATE TABLE IF NOT EXISTS outside (
     user TEXT NOT NULL,
     rcpt TEXT NOT NULL,
@@ -154,5 +161,23 @@ class PolicyState:
                 return False
             db.execute("INSERT INTO outside (user, rcpt, at) VALUES (?, ?, ?)", (user, rcpt, now))
             return True
+
+        return await self._run(op)
+
+    # -- training signals (a user moving mail into or out of Junk) ----------------------------
+
+    async def record_training(self, account: str, label: str, digest: str) -> None:
+        """Remember the user's latest verdict on one message (a later move overrides an earlier one)."""
+        now = self.clock()
+        await self._run(lambda db: db.execute(
+            "INSERT OR REPLACE INTO training (account, label, digest, at) VALUES (?, ?, ?, ?)",
+            (account, label, digest, now)))
+
+    async def training_counts(self, account: str | None = None) -> dict[str, int]:
+        def op(db: sqlite3.Connection) -> dict[str, int]:
+            sql = "SELECT label, COUNT(*) FROM training"
+            rows = db.execute(sql + " WHERE account = ? GROUP BY label", (account,)) if account is not None \
+                else db.execute(sql + " GROUP BY label")
+            return {label: n for label, n in rows.fetchall()}
 
         return await self._run(op)

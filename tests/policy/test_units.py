@@ -304,3 +304,31 @@ def test_dmarc_record_parser_is_total(tags: list[str]) -> None:
 def test_authserv_id_is_total(value: str) -> None:
     ident = authserv_id(value)
     assert ident == ident.lower() and ";" not in ident and " " not in ident
+
+
+@pytest.mark.parametrize(("src", "dst", "label"), [
+    ("INBOX", "Junk", "spam"), ("Archive", "Spam", "spam"), ("Junk", "INBOX", "ham"), ("Junk", "Work/Projects", "ham"),
+    ("Junk", "Trash", None), ("INBOX", "Archive", None), ("Junk", "Junk", None),
+])
+def test_training_label(src: str, dst: str, label: str | None) -> None:
+    from mailsrv.policy.pipeline import training_label
+
+    assert training_label(src, dst) == label
+
+
+async def test_training_signals_recorded(tmp_path: Path) -> None:
+    from mailsrv.config import PolicyConfig
+    from mailsrv.policy.pipeline import Policy
+
+    state = PolicyState(tmp_path / "p.db")
+    policy = Policy(PolicyConfig(), hostname="mx.example.test", resolver=Resolver(["127.0.0.1:1"]), state=state)
+    try:
+        m1 = b"Subject: a\r\n\r\nbody one\r\n"
+        m2 = b"Subject: b\r\n\r\nbody two\r\n"
+        assert await policy.train("Alice@example.test", "INBOX", "Junk", m1) == "spam"
+        assert await policy.train("alice@example.test", "INBOX", "Junk", m2) == "spam"
+        assert await policy.train("alice@example.test", "Junk", "INBOX", m2) == "ham"  # changed her mind
+        assert await policy.train("alice@example.test", "INBOX", "Archive", m1) is None
+        assert await state.training_counts("alice@example.test") == {"spam": 1, "ham": 1}
+    finally:
+        policy.close()
