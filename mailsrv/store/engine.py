@@ -23,6 +23,7 @@ other :mod:`mailsrv.store.types` errors for caller mistakes.
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import secrets
 import shutil
@@ -57,6 +58,7 @@ from mailsrv.util import fsio
 logger = log.get("store")
 
 INDEX_NAME = "mailsrv-index.sqlite"
+LOCK_NAME = "mailsrv-index.lock"
 NOTIFY_NAME = "mailsrv-notify"
 SCHEMA_VERSION = 1
 
@@ -179,6 +181,7 @@ class Engine:
         self.pending: dict[str, Pending] = {}
         self._warned: set[str] = set()
         self.notify_path = root / NOTIFY_NAME
+        self._db_ino = -1
 
     # --- opening and repair ---------------------------------------------------
 
@@ -211,26 +214,67 @@ class Engine:
         if not self.notify_path.exists():
             self.notify_path.touch()
 
-    def _open_db(self) -> None:
-        path = self.root / INDEX_NAME
-        for attempt in (1, 2):
-            conn = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
-            try:
-                conn.execute("PRAGMA journal_mode=WAL")
-                conn.execute("PRAGMA synchronous=FULL")
-                conn.executescript(_SCHEMA)
-                conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
-                conn.execute("SELECT count(*) FROM mailboxes").fetchone()
-            except sqlite3.DatabaseError as exc:
-                conn.close()
-                if attempt == 2 or isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
-                    raise TemporaryFailure(f"index unusable: {exc}") from exc
-                self._move_index_aside(exc)
-                continue
-            self.conn = conn
-            return
+    @contextmanager
+    def _open_lock(self) -> Iterator[None]:
+        """Serialise index creation, repair and reopening across processes (flock on a lock file)."""
+        fd = os.open(self.root / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
 
-    def _move_index_aside(self, exc: BaseException) -> None:
+    def _open_db(self, broken_ino: int | None = None) -> None:
+        """Open (creating if needed) the index. Holds the open lock, so no one sees a half-made file.
+
+        ``broken_ino``: the index file this process found corrupt; it is moved aside only if it is
+        still the file at the path (another process may have rebuilt it already).
+        """
+        path = self.root / INDEX_NAME
+        with self._open_lock():
+            if broken_ino is not None:
+                try:
+                    if os.stat(path).st_ino == broken_ino:
+                        self._move_index_aside("corrupt")
+                except FileNotFoundError:
+                    pass
+            for attempt in (1, 2):
+                conn = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
+                try:
+                    if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                        conn.execute("PRAGMA journal_mode=WAL")
+                    conn.execute("PRAGMA synchronous=FULL")
+                    conn.executescript(_SCHEMA)
+                    conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+                    conn.execute("SELECT count(*) FROM mailboxes").fetchone()
+                except sqlite3.OperationalError as exc:  # locked, I/O error, disk full: not corruption
+                    conn.close()
+                    raise TemporaryFailure(f"index unavailable: {exc}") from exc
+                except sqlite3.DatabaseError as exc:  # not a database, malformed: rebuild from the maildir
+                    conn.close()
+                    if attempt == 2:
+                        raise TemporaryFailure(f"index unusable: {exc}") from exc
+                    self._move_index_aside(exc)
+                    continue
+                self.conn = conn
+                self._db_ino = os.stat(path).st_ino
+                return
+
+    def _check_reopen(self) -> None:
+        """Another process rebuilt the index (a new file at the path): reopen it."""
+        try:
+            ino = os.stat(self.root / INDEX_NAME).st_ino
+        except FileNotFoundError:
+            ino = -1
+        if ino != self._db_ino:
+            logger.warning("index.reopen", account=self.account_id)
+            if self.conn is not None:
+                self.conn.close()
+                self.conn = None
+            self._open_db()
+            folders.discover(self)
+
+    def _move_index_aside(self, exc: BaseException | str) -> None:
         stamp = int(time.time())
         logger.error("index.corrupt", account=self.account_id, error=str(exc), action="rebuild")
         for suffix in ("", "-wal", "-shm"):
@@ -244,8 +288,8 @@ class Engine:
             if self.conn is not None:
                 self.conn.close()
                 self.conn = None
-            self._move_index_aside(exc)
-            self._open_db()
+            logger.error("index.corrupt", account=self.account_id, error=str(exc))
+            self._open_db(broken_ino=self._db_ino)
             folders.discover(self)
 
     @property
@@ -257,6 +301,7 @@ class Engine:
     @contextmanager
     def _write(self) -> Iterator[SyncResult]:
         """A write transaction (the account lock across processes). Yields the change record."""
+        self._check_reopen()
         db = self.db
         try:
             db.execute("BEGIN IMMEDIATE")
@@ -613,6 +658,7 @@ class Engine:
 
     def snapshot(self, name: str) -> tuple[MailboxInfo, list[MessageInfo]]:
         with self.lock:
+            self._check_reopen()
             db = self.db
             db.execute("BEGIN")
             try:
@@ -625,6 +671,7 @@ class Engine:
 
     def changes_since(self, name: str, modseq: int) -> tuple[MailboxInfo, list[MessageInfo], list[int]]:
         with self.lock:
+            self._check_reopen()
             db = self.db
             db.execute("BEGIN")
             try:
