@@ -17,7 +17,7 @@ from aiohttp import WSMsgType, web
 from mailsrv import log
 from mailsrv.config import JmapConfig
 from mailsrv.jmap import core
-from mailsrv.jmap.backend import TYPES, MailBackend
+from mailsrv.jmap.backend import TYPES, MailBackend, Watch
 from mailsrv.jmap.errors import RequestError, not_request
 
 if TYPE_CHECKING:
@@ -87,14 +87,14 @@ async def websocket_session(ws: web.WebSocketResponse, app: JmapApp, p: Principa
     """RFC 8887: JMAP Request/Response over one WebSocket, plus push when enabled."""
     ctx, be = await app._context(p)
     push_task: asyncio.Task[None] | None = None
+    push_watch: Watch | None = None
     send_lock = asyncio.Lock()
 
     async def send(obj: dict[str, Any]) -> None:
         async with send_lock:
             await ws.send_str(json.dumps(obj))
 
-    async def pusher(types: frozenset[str] | None, last: dict[str, str]) -> None:
-        watch = be.watch()
+    async def pusher(types: frozenset[str] | None, last: dict[str, str], watch: Watch) -> None:
         try:
             while True:
                 await watch.wait()
@@ -138,16 +138,23 @@ async def websocket_session(ws: web.WebSocketResponse, app: JmapApp, p: Principa
                     types = None if data_types is None else frozenset(data_types)
                     if push_task is not None:
                         push_task.cancel()
+                    if push_watch is not None:
+                        push_watch.close()
+                    # watch first, then read the states: no change can fall between them
+                    watch = push_watch = be.watch()
                     last = await current_states(be, types)
                     push_state = obj.get("pushState")
                     if push_state is not None and push_state != _push_state(last):
                         await send({"@type": "StateChange", "changed": {be.account_id: last},
                                     "pushState": _push_state(last)})
-                    push_task = asyncio.create_task(pusher(types, last))
+                    push_task = asyncio.create_task(pusher(types, last, watch))
                 elif kind == "WebSocketPushDisable":
                     if push_task is not None:
                         push_task.cancel()
                         push_task = None
+                    if push_watch is not None:
+                        push_watch.close()
+                        push_watch = None
                 else:
                     raise not_request(f"unknown @type {kind!r}")
             except RequestError as err:
@@ -160,6 +167,8 @@ async def websocket_session(ws: web.WebSocketResponse, app: JmapApp, p: Principa
             push_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await push_task
+        if push_watch is not None:
+            push_watch.close()
 
 
 def _push_state(states: dict[str, str]) -> str:
