@@ -92,7 +92,12 @@ class Resolver:
             self._res.nameservers = [h for h, _ in servers]
             self._res.port = servers[0][1]
         else:
-            self._res = dns.asyncresolver.Resolver()
+            try:
+                self._res = dns.asyncresolver.Resolver()
+            except dns.resolver.NoResolverConfiguration:
+                # no usable /etc/resolv.conf: a local resolver is the only sane guess (and fails soft)
+                self._res = dns.asyncresolver.Resolver(configure=False)
+                self._res.nameservers = ["127.0.0.1"]
         self._res.lifetime = timeout
         self._res.timeout = timeout
         self.max_ttl = max_ttl

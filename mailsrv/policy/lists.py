@@ -16,6 +16,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+from mailsrv import log
+
+logger = log.get("policy")
+
 Kind = Literal["block", "allow"]
 KINDS: tuple[Kind, ...] = ("block", "allow")
 #: Seconds list entries are cached per worker (a change in the CLI is seen this late at most).
@@ -86,7 +90,11 @@ class Lists:
         hit = self._cache.get(scope)
         if hit is not None and hit[0] > now:
             return hit[1]
-        rows = await self.source.policy_lists([scope]) if self.source is not None else []
+        try:
+            rows = await self.source.policy_lists([scope]) if self.source is not None else []
+        except Exception as exc:  # the directory unavailable: no list decides, mail keeps flowing
+            logger.exception("policy.lists_failed", exc, scope=scope)
+            return []
         entries = [(kind, entry) for _, kind, entry in rows]
         if len(self._cache) > 10000:
             self._cache.clear()

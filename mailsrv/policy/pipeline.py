@@ -357,10 +357,20 @@ class PolicySession:
         started = time.perf_counter()
         scan = asyncio.ensure_future(self._virus_scan(spool, whole))
         try:
-            if self.outbound:
-                decision, headers = await self._data_outbound(scan)
-            else:
-                decision, headers = await self._data_inbound(spool, message, scan, whole)
+            try:
+                if self.outbound:
+                    decision, headers = await self._data_outbound(scan)
+                else:
+                    decision, headers = await self._data_inbound(spool, message, scan, whole)
+            except (OSError, ClamdUnavailable):
+                raise
+            except Exception as exc:
+                # A bug or a hostile message tripping a library must neither crash the session nor
+                # bounce the mail forever: judge it on the virus scan alone (fail open on analysis).
+                logger.exception("policy.analysis_failed", exc)
+                virus, _sig = await self._virus_decision(scan) if not scan.cancelled() else (None, "")
+                decision = virus if virus is not None and not virus.ok else ACCEPT
+                headers = []
         finally:
             if not scan.done():
                 scan.cancel()

@@ -362,3 +362,27 @@ def test_message_over_max_scan_size_gets_headers_only(policy_server: Any, dnsser
     ar = ar_header(d.data)
     assert "spf=pass" in ar and "dkim=" not in ar and "dmarc=none header.from=sender.test" in ar
     assert b"TOO_BIG_TO_SCAN" in d.data and b"X-Spam-Flag: NO" in d.data
+
+
+def test_analysis_failure_fails_open_but_still_scans(policy_server: Any, clamd: Any, message: Any,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from mailsrv.policy import dmarc
+
+    async def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("library bug")
+
+    monkeypatch.setattr(dmarc, "evaluate", broken)
+    srv = policy_server(clamd_socket=str(clamd.socket))
+
+    class BrokenLists:
+        async def policy_lists(self, scopes: Any) -> Any:
+            raise OSError("directory unavailable")
+
+    srv.policy.lists.source = BrokenLists()
+    forged = "Authentication-Results: mx.example.test; dmarc=pass header.from=bank.test\r\n"
+    send(srv.port, "alice@sender.test", ["bob@example.test"], message(extra=forged))
+    [d] = srv.backend.delivered
+    assert b"Authentication-Results" not in d.data  # ours is missing, the forged one is still removed
+    with pytest.raises(smtplib.SMTPDataError) as exc:
+        send(srv.port, "alice@sender.test", ["bob@example.test"], message(body=EICAR.decode()))
+    assert exc.value.smtp_code == 554
