@@ -285,10 +285,13 @@ def test_drain_says_goodbye(make_server) -> None:
     r.reply()
     r.send(b"EHLO c.test\r\n")
     r.reply()
-    srv.loop.run(srv.listener.drain(5))
+    import asyncio
+
+    drained = asyncio.run_coroutine_threadsafe(srv.listener.drain(5), srv.loop.loop)
     code, lines = r.reply()
     assert code == 421 and "4.3.2" in lines[0]
     r.close()
+    drained.result(10)
 
 
 def test_command_line_limit_is_smtp_sized(make_server) -> None:
