@@ -21,6 +21,7 @@ import asyncio
 import hashlib
 import ipaddress
 import os
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor
@@ -246,7 +247,11 @@ class PolicySession:
         if not self.active:
             return ACCEPT
         if self.outbound:
-            return await self._mail_outbound()
+            try:
+                return await self._mail_outbound()
+            except sqlite3.Error as exc:
+                logger.exception("policy.state_failed", exc)
+                return ACCEPT
         if self._conn_task is not None:
             await self._conn_task
         m = await self.p.lists.match_sender(sender, self.client_ip, scopes=[""])
@@ -291,10 +296,14 @@ class PolicySession:
         if not self.active:
             self.tx.rcpts.append(address)
             return ACCEPT
-        if self.outbound:
-            d = await self._rcpt_outbound(address)
-        else:
-            d = await self._rcpt_inbound(address)
+        try:
+            if self.outbound:
+                d = await self._rcpt_outbound(address)
+            else:
+                d = await self._rcpt_inbound(address)
+        except sqlite3.Error as exc:  # the shared state is unavailable: no greylisting or counting now
+            logger.exception("policy.state_failed", exc)
+            d = ACCEPT
         if d.ok:
             self.tx.rcpts.append(address)
         return d
@@ -411,7 +420,10 @@ class PolicySession:
             # an infected outgoing message is never sent on, whatever the inbound action
             return _reject(f"Message contains a virus ({sig})", 554, "5.7.1"), []
         if self.user is not None and self.p.state is not None and self.cfg.max_messages_per_hour:
-            await self.p.state.record_sent(self.user)
+            try:
+                await self.p.state.record_sent(self.user)
+            except sqlite3.Error as exc:
+                logger.exception("policy.state_failed", exc)
         return ACCEPT, []
 
     async def _data_inbound(self, spool: Path, message: bytes, scan: asyncio.Future[ScanResult | None],

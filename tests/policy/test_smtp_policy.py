@@ -386,3 +386,20 @@ def test_analysis_failure_fails_open_but_still_scans(policy_server: Any, clamd: 
     with pytest.raises(smtplib.SMTPDataError) as exc:
         send(srv.port, "alice@sender.test", ["bob@example.test"], message(body=EICAR.decode()))
     assert exc.value.smtp_code == 554
+
+
+def test_state_unavailable_fails_open(policy_server: Any, tmp_path: Any, message: Any) -> None:
+    from mailsrv.policy.state import PolicyState
+
+    bad = tmp_path / "not-a-db"
+    bad.mkdir()  # sqlite cannot open a directory
+    srv = policy_server(greylist=True)
+    srv.policy.state.close()
+    srv.policy.state = PolicyState(bad / "x" / "..", clock=srv.clock)
+    send(srv.port, "alice@sender.test", ["bob@example.test"], message())
+    sub = policy_server("submission", max_messages_per_hour=1)
+    sub.policy.state.close()
+    sub.policy.state = PolicyState(bad / "y" / "..", clock=sub.clock)
+    for _ in range(2):
+        send(sub.port, "user@example.test", ["a@out.test"], message(), login=("user@example.test", "pw"))
+    assert len(srv.backend.delivered) == 1 and len(sub.backend.delivered) == 2
