@@ -2,19 +2,24 @@
 
 Invariants (read before changing anything here):
 
-* A message file enters ``cur/`` only under a key the index already knows
-  or in the same transaction that inserts it; new files always arrive through
-  ``new/`` (or ``tmp/`` -> ``new/``), which every sync lists. So a crash at any
-  instant leaves each message either in ``new/`` (picked up again) or known.
+* New files arrive through ``new/`` (deliveries, other programs), which every
+  sync lists, or wait in ``tmp/`` (append, copy; nobody scans it) until this
+  process holds the write lock.
 * UIDs are assigned only inside a write transaction (``BEGIN IMMEDIATE``:
-  the account's cross-process lock) and appended to the folder's
-  ``mailsrv-uidlist`` and fsync'd *before* the commit. The next UID is never
-  below the uidlist's largest UID + 1, so a UID is never reused, even when
-  the index is deleted (the uidlist is the UID map; the index is a cache).
+  the account's cross-process lock). Order inside it: append the assigned
+  UIDs to the folder's ``mailsrv-uidlist`` and fsync it, *then* rename files
+  into ``cur/``, then commit. A uidlist longer than the index recorded thus
+  marks a writer that died mid-way, and the next writer reconciles ``cur/``
+  with it (``_uidlist_floor``). The next UID is never below the uidlist's
+  largest UID + 1, so a UID is never reused, even when the index is deleted
+  (the uidlist is the UID map; the index is a cache).
 * Flag renames and expunge unlinks happen before the commit: a crash leaves a
   file state the next reconcile adopts, never an acknowledged change undone.
+* The index file is created, repaired and replaced only under the flock of
+  ``mailsrv-index.lock``; a process that finds a new file at the path reopens.
 * ``self.lock`` serialises this process's threads on the SQLite connection;
   every public method takes it. Methods starting with ``_`` expect it held.
+  Folder and message operations live in :mod:`.folders` and :mod:`.messages`.
 
 Raises :class:`TemporaryFailure` for disk/permission/lock problems, and the
 other :mod:`mailsrv.store.types` errors for caller mistakes.
@@ -22,11 +27,8 @@ other :mod:`mailsrv.store.types` errors for caller mistakes.
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import os
-import secrets
-import shutil
 import sqlite3
 import threading
 import time
@@ -34,12 +36,21 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from mailsrv import log
 from mailsrv._speedups import quota as quota_impl
-from mailsrv.store import folders, headers, maildir, uidlist
+from mailsrv.store import folders, headers, maildir, messages, uidlist
 from mailsrv.store.folders import UIDLIST_NAME
+from mailsrv.store.rows import (
+    _MSG_COLS,
+    Added,
+    Pending,
+    SyncResult,
+    _empty,
+    _flags_text,
+    _info,
+    new_id,
+)
 from mailsrv.store.types import (
     SPECIAL_USE,
     BadMailboxName,
@@ -48,12 +59,10 @@ from mailsrv.store.types import (
     MailboxNotFound,
     MessageGone,
     MessageInfo,
-    OverQuota,
     QuotaLimits,
     QuotaUsage,
     TemporaryFailure,
 )
-from mailsrv.util import fsio
 
 logger = log.get("store")
 
@@ -87,64 +96,6 @@ CREATE TABLE IF NOT EXISTS quota (id INTEGER PRIMARY KEY CHECK (id = 1),
     storage INTEGER NOT NULL, messages INTEGER NOT NULL);
 INSERT OR IGNORE INTO quota VALUES (1, 0, 0);
 """
-
-_MSG_COLS = "uid, key, flags, modseq, internal_date, saved_date, size, email_id, thread_id"
-
-
-_FLAGSETS: dict[str, frozenset[str]] = {}
-
-
-def _flagset(text: str) -> frozenset[str]:
-    """Flags text -> frozenset, shared between messages (a mailbox has few distinct flag sets)."""
-    fs = _FLAGSETS.get(text)
-    if fs is None:
-        fs = frozenset(text.split())
-        if len(_FLAGSETS) < 4096:
-            _FLAGSETS[text] = fs
-    return fs
-
-
-def _info(row: Sequence[Any]) -> MessageInfo:
-    return MessageInfo(row[0], row[1], _flagset(row[2]), row[3], row[4], row[5], row[6], row[7], row[8])
-
-
-def _flags_text(flags: frozenset[str] | set[str]) -> str:
-    return " ".join(sorted(flags))
-
-
-def new_id(prefix: str) -> str:
-    return prefix + secrets.token_hex(12)
-
-
-@dataclass
-class Pending:
-    """What this process knows about a file it just put into ``new/``."""
-
-    email_id: str | None = None
-    structure: bytes | None = None
-    thread: headers.ThreadHeaders | None = None
-
-
-@dataclass
-class Added:
-    mailbox_guid: str
-    info: MessageInfo
-    structure: bytes | None
-
-
-@dataclass
-class SyncResult:
-    """What a write transaction did, for observers and notification."""
-
-    added: list[Added]
-    expunged: dict[str, list[int]]
-    flags: dict[str, list[MessageInfo]]
-    changed: bool = False
-
-
-def _empty() -> SyncResult:
-    return SyncResult([], {}, {})
-
 
 @dataclass
 class _Mbox:
@@ -749,205 +700,27 @@ class Engine:
 
     # --- changing messages ----------------------------------------------------
 
+    # --- folders ----------------------------------------------------------------
+
+    # --- messages (mailsrv.store.messages) ----------------------------------------
+
     def import_new(self, name: str, src: Path, flags: frozenset[str], internal_date: float | None,
                    pend: Pending, link: bool) -> tuple[int, SyncResult]:
-        """Put a complete file into a mailbox with flags; durable on return.
-
-        ``link``: hard-link ``src`` (a spool file) instead of renaming it (a tmp/ file of this folder).
-        The file waits in tmp/ (which no one scans) until the write lock is held; then the UID map
-        is appended, the file renamed into cur/, cur/ fsync'd, and the index committed.
-        """
-        with self.lock:
-            mb = self._row(name)
-            folder = self._folder(mb)
-            fsio.fsync_file(src)
-            size = os.stat(src).st_size
-            key = f"{fsio.unique_name(self.hostname)},S={size}"
-            staged = folder / "tmp" / key
-            if internal_date is not None:
-                os.utime(src, (internal_date, internal_date))
-            if link:
-                try:
-                    os.link(src, staged)
-                except OSError as exc:
-                    if exc.errno != errno.EXDEV:
-                        raise
-                    shutil.copyfile(src, staged)
-                    fsio.fsync_file(staged)
-                    if internal_date is not None:
-                        os.utime(staged, (internal_date, internal_date))
-            else:
-                os.rename(src, staged)
-            try:
-                with self._write() as res:
-                    mb = self._row_by_id(mb.id)
-                    torn = self._uidlist_floor(mb, folder)
-                    lines: list[bytes] = []
-                    if torn is not None:
-                        self._reconcile(mb, folder, lines, res, torn)
-                    st = os.stat(staged)
-                    info = self._insert(mb, staged, key, flags, st.st_size, st.st_mtime, pend, lines, res)
-                    self._flush_uidlist(mb, folder, lines)
-                    os.rename(staged, folder / "cur" / maildir.filename(key, flags))
-                    fsio.fsync_dir(folder / "cur")
-                    mb.cur_mtime = os.stat(folder / "cur").st_mtime_ns
-                    self._save(mb)
-            finally:
-                if staged.exists():
-                    staged.unlink()
-            return info.uid, res
+        return messages.import_new(self, name, src, flags, internal_date, pend, link)
 
     def uid_for_key(self, name: str, key: str) -> int | None:
-        with self.lock:
-            mb = self._row(name)
-            r = self.db.execute("SELECT uid FROM messages WHERE mailbox=? AND key=?", (mb.id, key)).fetchone()
-            return None if r is None else r[0]
+        return messages.uid_for_key(self, name, key)
 
     def store_flags(self, name: str, uids: Sequence[int], flags: frozenset[str], mode: str,
                     unchanged_since: int | None) -> tuple[list[MessageInfo], list[int], SyncResult]:
-        flags = frozenset(maildir.canonical_flag(f) for f in flags)
-        with self.lock:
-            mid = self._row(name).id
-        with self.lock, self._write() as res:
-            mb = self._row_by_id(mid)
-            folder = self._folder(mb)
-            db = self.db
-            modified: list[MessageInfo] = []
-            failed: list[int] = []
-            renames: list[tuple[int, str, str]] = []
-            for uid in sorted(set(uids)):
-                r = db.execute(f"SELECT {_MSG_COLS}, fname FROM messages WHERE mailbox=? AND uid=?",
-                               (mb.id, uid)).fetchone()
-                if r is None:
-                    continue
-                info, fname = _info(r), r[9]
-                if unchanged_since is not None and info.modseq > unchanged_since:
-                    failed.append(uid)  # RFC 7162 §3.1.3
-                    continue
-                if mode == "add":
-                    new = info.flags | flags
-                elif mode == "remove":
-                    new = info.flags - flags
-                else:
-                    new = flags
-                if new == info.flags:
-                    continue
-                mb.highestmodseq += 1
-                nfname = maildir.filename(info.key, new)
-                if nfname != fname:
-                    renames.append((uid, fname, nfname))
-                db.execute("UPDATE messages SET flags=?, modseq=?, fname=? WHERE mailbox=? AND uid=?",
-                           (_flags_text(new), mb.highestmodseq, nfname, mb.id, uid))
-                modified.append(MessageInfo(uid, info.key, new, mb.highestmodseq, info.internal_date,
-                                            info.saved_date, info.size, info.email_id, info.thread_id))
-            for uid, old, new_name in renames:
-                try:
-                    os.rename(folder / "cur" / old, folder / "cur" / new_name)
-                except FileNotFoundError:
-                    logger.warning("message.missing", account=self.account_id, mailbox=name, uid=uid)
-            if renames:
-                mb.cur_mtime = os.stat(folder / "cur").st_mtime_ns
-            self._save(mb)
-            if modified:
-                res.flags[mb.guid] = modified
-                res.changed = True
-            return modified, failed, res
+        return messages.store_flags(self, name, uids, flags, mode, unchanged_since)
 
     def expunge(self, name: str, uids: Sequence[int] | None, only_deleted: bool) -> tuple[list[int], SyncResult]:
-        with self.lock:
-            mid = self._row(name).id
-        with self.lock, self._write() as res:
-            mb = self._row_by_id(mid)
-            folder = self._folder(mb)
-            db = self.db
-            if uids is None:
-                rows = db.execute("SELECT uid, fname, flags FROM messages WHERE mailbox=?", (mb.id,)).fetchall()
-            else:
-                rows = []
-                for uid in sorted(set(uids)):
-                    r = db.execute("SELECT uid, fname, flags FROM messages WHERE mailbox=? AND uid=?",
-                                   (mb.id, uid)).fetchone()
-                    if r is not None:
-                        rows.append(r)
-            victims = [r for r in rows if not only_deleted or "\\Deleted" in r[2].split()]
-            for _uid, fname, _ in victims:
-                try:
-                    os.unlink(folder / "cur" / fname)
-                except FileNotFoundError:
-                    pass
-            done = self._delete_rows(mb, [r[0] for r in victims], res)
-            if victims:
-                mb.cur_mtime = os.stat(folder / "cur").st_mtime_ns
-            self._save(mb)
-            return sorted(done), res
+        return messages.expunge(self, name, uids, only_deleted)
 
     def copy(self, src: str, uids: Sequence[int], dst: str, *, move: bool,
              limits: QuotaLimits | None = None) -> tuple[list[tuple[int, int]], SyncResult]:
-        with self.lock:
-            smb = self._row(src)
-            dmb = self._row(dst)
-            sfolder, dfolder = self._folder(smb), self._folder(dmb)
-            db = self.db
-            rows = []
-            for uid in sorted(set(uids)):
-                r = db.execute(f"SELECT {_MSG_COLS}, fname, structure FROM messages WHERE mailbox=? AND uid=?",
-                               (smb.id, uid)).fetchone()
-                if r is not None:
-                    rows.append(r)
-            if limits is not None and not move:
-                code = self.quota_check(sum(r[6] for r in rows), len(rows), limits)
-                if code != quota_impl.OK:
-                    raise OverQuota("STORAGE" if code == quota_impl.OVER_STORAGE else "MESSAGE")
-            # stage: hard links into dst tmp/, fsync'd, before the transaction
-            staged: list[tuple[Sequence[Any], str, Path]] = []
-            for r in rows:
-                key = f"{fsio.unique_name(self.hostname)},S={r[6]}"
-                tmp = dfolder / "tmp" / key
-                try:
-                    os.link(sfolder / "cur" / r[9], tmp)
-                except FileNotFoundError:
-                    continue
-                staged.append((r, key, tmp))
-            if staged:
-                fsio.fsync_dir(dfolder / "tmp")
-            mapping: list[tuple[int, int]] = []
-            try:
-                with self._write() as res:
-                    dmb = self._row_by_id(dmb.id)
-                    smb = self._row_by_id(smb.id)
-                    torn = self._uidlist_floor(dmb, dfolder)
-                    lines: list[bytes] = []
-                    if torn is not None:
-                        self._reconcile(dmb, dfolder, lines, res, torn)
-                    for r, key, tmp in staged:
-                        info = _info(r)
-                        pend = Pending(structure=r[10])
-                        new = self._insert(dmb, tmp, key, info.flags, info.size, info.internal_date, pend, lines,
-                                           res, email_id=info.email_id, thread_id=info.thread_id)
-                        mapping.append((info.uid, new.uid))
-                    self._flush_uidlist(dmb, dfolder, lines)
-                    for r, key, tmp in staged:
-                        os.rename(tmp, dfolder / "cur" / maildir.filename(key, frozenset(r[2].split())))
-                    if staged:
-                        fsio.fsync_dir(dfolder / "cur")
-                    if move and mapping:
-                        for r, _key, _tmp in staged:
-                            try:
-                                os.unlink(sfolder / "cur" / r[9])
-                            except FileNotFoundError:
-                                pass
-                        self._delete_rows(smb, [m[0] for m in mapping], res)
-                        smb.cur_mtime = os.stat(sfolder / "cur").st_mtime_ns
-                        self._save(smb)
-                    dmb.cur_mtime = os.stat(dfolder / "cur").st_mtime_ns
-                    self._save(dmb)
-            finally:
-                for _r, _k, tmp in staged:
-                    if tmp.exists():
-                        tmp.unlink()
-            return mapping, res
-
-    # --- folders ----------------------------------------------------------------
+        return messages.copy(self, src, uids, dst, move=move, limits=limits)
 
     # --- folders (mailsrv.store.folders) ------------------------------------------
 

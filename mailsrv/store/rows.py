@@ -1,0 +1,68 @@
+"""Index rows <-> values, and the records a write transaction hands back (shared by engine modules)."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from mailsrv.store import headers
+from mailsrv.store.types import MessageInfo
+
+_MSG_COLS = "uid, key, flags, modseq, internal_date, saved_date, size, email_id, thread_id"
+
+
+_FLAGSETS: dict[str, frozenset[str]] = {}
+
+
+def _flagset(text: str) -> frozenset[str]:
+    """Flags text -> frozenset, shared between messages (a mailbox has few distinct flag sets)."""
+    fs = _FLAGSETS.get(text)
+    if fs is None:
+        fs = frozenset(text.split())
+        if len(_FLAGSETS) < 4096:
+            _FLAGSETS[text] = fs
+    return fs
+
+
+def _info(row: Sequence[Any]) -> MessageInfo:
+    return MessageInfo(row[0], row[1], _flagset(row[2]), row[3], row[4], row[5], row[6], row[7], row[8])
+
+
+def _flags_text(flags: frozenset[str] | set[str]) -> str:
+    return " ".join(sorted(flags))
+
+
+def new_id(prefix: str) -> str:
+    return prefix + secrets.token_hex(12)
+
+
+@dataclass
+class Pending:
+    """What this process knows about a file it just put into ``new/``."""
+
+    email_id: str | None = None
+    structure: bytes | None = None
+    thread: headers.ThreadHeaders | None = None
+
+
+@dataclass
+class Added:
+    mailbox_guid: str
+    info: MessageInfo
+    structure: bytes | None
+
+
+@dataclass
+class SyncResult:
+    """What a write transaction did, for observers and notification."""
+
+    added: list[Added]
+    expunged: dict[str, list[int]]
+    flags: dict[str, list[MessageInfo]]
+    changed: bool = False
+
+
+def _empty() -> SyncResult:
+    return SyncResult([], {}, {})
