@@ -253,3 +253,24 @@ def test_observers_see_every_change_once(make_store, run, tmp_path: Path) -> Non
         ("expunged", ("alice", [2])),
     ]
     assert inbox_id.startswith("M")
+
+
+def test_warm_open_sees_changes_made_meanwhile(make_store, run, tmp_path: Path) -> None:
+    store = make_store()
+    other = make_store()  # a second Store on the same files stands in for another worker
+    a = run(store.account("alice"))
+    b = run(other.account("alice"))
+    for i in range(3):
+        run(a.append("INBOX", msg(i)))
+    first = run(a.open_mailbox("INBOX"))
+    run(b.expunge("INBOX", [2], only_deleted=False))
+    run(b.store_flags("INBOX", [3], frozenset({"\\Seen"}), "add"))
+    run(b.append("INBOX", msg(9)))
+    second = run(a.open_mailbox("INBOX"))  # served from the cached snapshot plus changes
+    assert [m.uid for m in second.messages] == [1, 3, 4]
+    assert second.by_uid(3).flags == frozenset({"\\Seen"})
+    assert second.seq_of(4) == 3 and second.seq_of(2) is None
+    assert [m.uid for m in first.messages] == [1, 2, 3]  # a session's view moves only on refresh
+    fresh = run(make_store().account("alice"))
+    assert [(m.uid, m.flags) for m in run(fresh.open_mailbox("INBOX")).messages] == \
+        [(m.uid, m.flags) for m in second.messages]
