@@ -558,9 +558,9 @@ class JmapService:
         uploads = UploadStore(data_dir / cfg.jmap.upload_dir, io)
         factory: BackendFactory | None = res.get("jmap_backends")
         if factory is None and "store" in res:
-            from mailsrv.jmap.storebackend import store_factory
+            from mailsrv.jmap.storebackend import store_factory, with_sort_order
 
-            factory = store_factory(res["store"], res.get("directory"), data_dir)
+            factory = with_sort_order(store_factory(res["store"], res.get("directory"), data_dir), uploads.root, io)
         if factory is None or "auth" not in res:
             return _unavailable_app()
         secret = load_secret(data_dir / cfg.jmap.upload_dir / ".token-key")

@@ -489,3 +489,15 @@ def store_factory(store: Any, directory: Any, data_dir: Path) -> Callable[[Any],
         return be
 
     return factory
+
+
+def with_sort_order(factory: Callable[[Any], Awaitable[Any]], root: Path, io: Any) -> Callable[[Any], Awaitable[Any]]:
+    """Wrap a backend factory so that Mailbox sortOrder is kept (overlay.py)."""
+    from mailsrv.jmap.objects import Collection
+    from mailsrv.jmap.overlay import SortOrderOverlay
+
+    async def wrapped(p: Any) -> Any:
+        be = await factory(p)
+        return SortOrderOverlay(be, Collection(root, io, be.account_id, "MailboxMeta"))
+
+    return wrapped

@@ -39,7 +39,11 @@ class Dir:
 async def env(tmp_path: Path) -> AsyncIterator[tuple[Client, Store, Any]]:
     store = Store(StoreConfig(io_threads=2), tmp_path, hostname="test")
     directory = Dir()
-    factory = store_factory(store, directory, tmp_path)
+    from mailsrv.jmap.storebackend import with_sort_order
+    from mailsrv.util.fsio import FileIO
+
+    io = FileIO(2, "test-meta")
+    factory = with_sort_order(store_factory(store, directory, tmp_path), tmp_path / "uploads", io)
 
     async def by_principal(p: Any) -> Any:
         # tests log in with FakeAuth whose accounts lack store paths: look them up in Dir
@@ -54,6 +58,7 @@ async def env(tmp_path: Path) -> AsyncIterator[tuple[Client, Store, Any]]:
         yield c, store, acct
     await server.stop()
     await store.close()
+    io.shutdown()
 
 
 def msg(subject: str, extra: str = "") -> bytes:
@@ -107,11 +112,12 @@ async def test_imap_and_jmap_alternate_on_one_mailbox(env: tuple[Client, Store, 
     assert ch["updated"] == [e1] and ch["destroyed"] == []
     # IMAP EXPUNGE: JMAP reports it destroyed
     s2 = ch["newState"]
+    m2 = (await c.one("Mailbox/get", {"ids": []}))["state"]
     view = await acct.open_mailbox("Archive")
     await acct.expunge("Archive", [view.messages[0].uid], only_deleted=False)
     ch = await c.one("Email/changes", {"sinceState": s2})
     assert ch["destroyed"] == [e1] and ch["created"] == [] and ch["updated"] == []
-    mb = await c.one("Mailbox/changes", {"sinceState": s2})
+    mb = await c.one("Mailbox/changes", {"sinceState": m2})
     assert mb["updated"] == [archive] and mb["updatedProperties"] is not None
 
 
@@ -211,3 +217,20 @@ async def test_thread_changes_created_and_updated(env: tuple[Client, Store, Any]
     assert ch2["updated"] == [tid] and ch2["created"] == []
     got = await c.one("Thread/get", {"ids": [tid]})
     assert len(got["list"][0]["emailIds"]) == 2
+
+
+async def test_sort_order_is_kept_and_reported(env: tuple[Client, Store, Any]) -> None:
+    c, _, _ = env
+    got = await c.one("Mailbox/get", {})
+    s0 = got["state"]
+    archive = next(m["id"] for m in got["list"] if m["role"] == "archive")
+    r = await c.one("Mailbox/set", {"update": {archive: {"sortOrder": 3}},
+                                    "create": {"n": {"name": "Notes", "sortOrder": 7}}})
+    assert r["updated"] == {archive: None} and "sortOrder" not in r["created"]["n"]  # given: not echoed
+    got = {m["id"]: m for m in (await c.one("Mailbox/get", {}))["list"]}
+    assert got[archive]["sortOrder"] == 3 and got[r["created"]["n"]["id"]]["sortOrder"] == 7
+    ch = await c.one("Mailbox/changes", {"sinceState": s0})
+    assert archive in ch["updated"] and ch["created"] == [r["created"]["n"]["id"]]
+    assert ch["updatedProperties"] is None and ch["newState"] == r["newState"]
+    q = await c.one("Mailbox/query", {"sort": [{"property": "sortOrder"}, {"property": "name"}]})
+    assert q["ids"].index(archive) < q["ids"].index(r["created"]["n"]["id"])
