@@ -63,11 +63,13 @@ from mailsrv.store.types import (
     QuotaUsage,
     TemporaryFailure,
 )
+from mailsrv.util import fsio
 
 logger = log.get("store")
 
 INDEX_NAME = "mailsrv-index.sqlite"
 LOCK_NAME = "mailsrv-index.lock"
+KEYWORDS_NAME = "dovecot-keywords"
 NOTIFY_NAME = "mailsrv-notify"
 SCHEMA_VERSION = 1
 
@@ -407,7 +409,7 @@ class Engine:
         for n, key, size, mtime in fresh:
             pend = self.pending.pop(key, None)
             _, info = maildir.split_filename(n)
-            flags = maildir.info_to_flags(info)
+            flags = maildir.info_to_flags(info, self._letters(mb))
             uid = None
             if ul is not None and key in ul.uids:
                 if used is None:
@@ -419,7 +421,31 @@ class Engine:
             except OSError as exc:  # unreadable file: skip it, never block the others
                 self._warn_once(key, "message.unreadable", mailbox=mb.name, file=key, error=str(exc))
                 continue
-            renames.append((folder / "new" / n, folder / "cur" / maildir.filename(key, flags)))
+            renames.append((folder / "new" / n, folder / "cur" / maildir.filename(key, flags, self._kwmap(mb))))
+
+    def _kwmap(self, mb: _Mbox, flags: frozenset[str] = frozenset()) -> dict[str, str]:
+        """The folder's keyword -> letter map (``dovecot-keywords``), adding letters for new keywords.
+
+        Caller holds the write transaction when ``flags`` may add keywords (the file is
+        rewritten durably before any rename uses a new letter). 26 letters at most; other
+        keywords live in the index only.
+        """
+        folder = self._folder(mb)
+        try:
+            kw = maildir.parse_keywords((folder / KEYWORDS_NAME).read_bytes())
+        except FileNotFoundError:
+            kw = {}
+        missing = sorted(f for f in flags if not f.startswith("\\") and f not in kw)
+        if missing:
+            free = [chr(c) for c in range(ord("a"), ord("z") + 1) if chr(c) not in kw.values()]
+            for name, letter in zip(missing, free, strict=False):
+                if " " not in name:
+                    kw[name] = letter
+            fsio.durable_write(folder / KEYWORDS_NAME, maildir.format_keywords(kw), tmp_dir=folder / "tmp")
+        return kw
+
+    def _letters(self, mb: _Mbox) -> dict[str, str]:
+        return {letter: name for name, letter in self._kwmap(mb).items()}
 
     def _used_uids(self, mid: int) -> set[int]:
         db = self.db
@@ -459,7 +485,7 @@ class Engine:
         self.db.execute(
             "INSERT INTO messages (mailbox, uid, key, fname, flags, modseq, internal_date, saved_date, size,"
             " email_id, thread_id, structure) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-            (mb.id, uid, key, maildir.filename(key, flags), _flags_text(flags), info.modseq, mtime, now, size,
+            (mb.id, uid, key, maildir.filename(key, flags, self._kwmap(mb, flags)), _flags_text(flags), info.modseq, mtime, now, size,
              info.email_id, thread_id, structure),
         )
         mb.messages += 1
@@ -537,7 +563,7 @@ class Engine:
                 gone.append(info.uid)
                 continue
             if n != fname:
-                flags = maildir.merge_flags(info.flags, maildir.split_filename(n)[1])
+                flags = maildir.merge_flags(info.flags, maildir.split_filename(n)[1], self._letters(mb))
                 if flags != info.flags:
                     mb.highestmodseq += 1
                     db.execute("UPDATE messages SET flags=?, fname=?, modseq=? WHERE mailbox=? AND uid=?",
@@ -570,7 +596,8 @@ class Engine:
                 if uid is not None:
                     used.add(uid)
                 try:
-                    self._insert(mb, folder / "cur" / n, key, maildir.info_to_flags(maildir.split_filename(n)[1]),
+                    self._insert(mb, folder / "cur" / n, key,
+                                 maildir.info_to_flags(maildir.split_filename(n)[1], self._letters(mb)),
                                  size, mtime, self.pending.pop(key, Pending()), lines, res, uid=uid)
                 except OSError as exc:
                     self._warn_once(key, "message.unreadable", mailbox=mb.name, file=key, error=str(exc))

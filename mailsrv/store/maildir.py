@@ -12,6 +12,7 @@ Dovecot and Courier write them.
 from __future__ import annotations
 
 import base64
+from collections.abc import Mapping
 
 #: maildir info letter <-> IMAP system flag
 LETTER_TO_FLAG = {
@@ -48,18 +49,40 @@ def size_from_key(key: str) -> int | None:
     return None
 
 
-def info_to_flags(info: str) -> frozenset[str]:
-    """Maildir info letters -> IMAP system flags (unknown letters are ignored)."""
-    return frozenset(LETTER_TO_FLAG[c] for c in info if c in LETTER_TO_FLAG)
+def info_to_flags(info: str, letters: Mapping[str, str] | None = None) -> frozenset[str]:
+    """Maildir info letters -> IMAP flags: system flags, and keywords by ``letters`` (a-z -> name,
+    from ``dovecot-keywords``). Unknown letters are ignored."""
+    out = {LETTER_TO_FLAG[c] for c in info if c in LETTER_TO_FLAG}
+    if letters:
+        out.update(letters[c] for c in info if c in letters)
+    return frozenset(out)
 
 
-def flags_to_info(flags: frozenset[str] | set[str]) -> str:
-    """IMAP flags -> sorted maildir info letters (keywords have no letter here)."""
-    return "".join(sorted({FLAG_TO_LETTER[f.lower()] for f in flags if f.lower() in FLAG_TO_LETTER}))
+def flags_to_info(flags: frozenset[str] | set[str], keywords: Mapping[str, str] | None = None) -> str:
+    """IMAP flags -> maildir info letters in ASCII order; keywords need a letter in ``keywords``."""
+    out = {FLAG_TO_LETTER[f.lower()] for f in flags if f.lower() in FLAG_TO_LETTER}
+    if keywords:
+        out.update(keywords[f] for f in flags if f in keywords)
+    return "".join(sorted(out))
 
 
-def filename(key: str, flags: frozenset[str] | set[str]) -> str:
-    return f"{key}:2,{flags_to_info(flags)}"
+def filename(key: str, flags: frozenset[str] | set[str], keywords: Mapping[str, str] | None = None) -> str:
+    return f"{key}:2,{flags_to_info(flags, keywords)}"
+
+
+def parse_keywords(data: bytes) -> dict[str, str]:
+    """Dovecot's ``dovecot-keywords`` (lines ``<n> <name>``, n = 0..25) -> name -> letter a-z."""
+    out: dict[str, str] = {}
+    for line in data.decode("utf-8", "replace").splitlines():
+        num, _, name = line.partition(" ")
+        if num.isdigit() and int(num) < 26 and name and " " not in name and name not in out:
+            out[name] = chr(ord("a") + int(num))
+    return out
+
+
+def format_keywords(keywords: Mapping[str, str]) -> bytes:
+    return "".join(f"{ord(letter) - ord('a')} {name}\n" for name, letter in
+                   sorted(keywords.items(), key=lambda kv: kv[1])).encode("utf-8")
 
 
 def canonical_flag(flag: str) -> str:
@@ -71,9 +94,10 @@ def canonical_flag(flag: str) -> str:
     return flag
 
 
-def merge_flags(old: frozenset[str], info: str) -> frozenset[str]:
-    """Keywords of ``old`` with the system flags that a file name's info says."""
-    return frozenset(f for f in old if f not in SYSTEM_FLAGS) | info_to_flags(info)
+def merge_flags(old: frozenset[str], info: str, letters: Mapping[str, str] | None = None) -> frozenset[str]:
+    """What a file name's info says, plus the keywords of ``old`` that have no letter (index only)."""
+    lettered = set(letters.values()) if letters else set()
+    return frozenset(f for f in old if f not in SYSTEM_FLAGS and f not in lettered) | info_to_flags(info, letters)
 
 
 # --- folder names ---------------------------------------------------------

@@ -66,7 +66,7 @@ def import_new(eng: Engine, name: str, src: Path, flags: frozenset[str], interna
                 st = os.stat(staged)
                 info = eng._insert(mb, staged, key, flags, st.st_size, st.st_mtime, pend, lines, res)
                 eng._flush_uidlist(mb, folder, lines)
-                os.rename(staged, folder / "cur" / maildir.filename(key, flags))
+                os.rename(staged, folder / "cur" / maildir.filename(key, flags, eng._kwmap(mb, flags)))
                 fsio.fsync_dir(folder / "cur")
                 mb.cur_mtime = os.stat(folder / "cur").st_mtime_ns
                 eng._save(mb)
@@ -113,7 +113,7 @@ def store_flags(eng: Engine, name: str, uids: Sequence[int], flags: frozenset[st
             if new == info.flags:
                 continue
             mb.highestmodseq += 1
-            nfname = maildir.filename(info.key, new)
+            nfname = maildir.filename(info.key, new, eng._kwmap(mb, new))
             if nfname != fname:
                 renames.append((uid, fname, nfname))
             db.execute("UPDATE messages SET flags=?, modseq=?, fname=? WHERE mailbox=? AND uid=?",
@@ -209,7 +209,8 @@ def copy(eng: Engine, src: str, uids: Sequence[int], dst: str, *, move: bool,
                     mapping.append((info.uid, new.uid))
                 eng._flush_uidlist(dmb, dfolder, lines)
                 for r, key, tmp in staged:
-                    os.rename(tmp, dfolder / "cur" / maildir.filename(key, frozenset(r[2].split())))
+                    kflags = frozenset(r[2].split())
+                    os.rename(tmp, dfolder / "cur" / maildir.filename(key, kflags, eng._kwmap(dmb, kflags)))
                 if staged:
                     fsio.fsync_dir(dfolder / "cur")
                 if move and mapping:

@@ -75,7 +75,7 @@ def test_deliver_over_quota_and_missing_mailbox(make_store, run, tmp_path: Path)
     assert run(a.quota_check(10, QuotaLimits(messages=1))) == "over_quota"
 
 
-def test_append_flags_store_expunge(make_store, run) -> None:
+def test_append_flags_store_expunge(make_store, run, tmp_path: Path) -> None:
     store = make_store()
     a = run(store.account("alice"))
     uids = [run(a.append("INBOX", msg(i), frozenset({"\\seen"}) if i % 2 else frozenset(),
@@ -88,8 +88,9 @@ def test_append_flags_store_expunge(make_store, run) -> None:
     modified, failed = run(a.store_flags("INBOX", [1, 2], frozenset({"\\Deleted", "$Junk"}), "add"))
     assert [m.uid for m in modified] == [1, 2] and failed == []
     assert all(m.modseq > hms for m in modified)
-    # file names carry the flags (mutt reads them)
-    assert run(a.message_path("INBOX", 2)).name.endswith(":2,ST")
+    # file names carry the flags (mutt reads them); keywords by dovecot-keywords letters
+    assert run(a.message_path("INBOX", 2)).name.endswith(":2,STa")
+    assert (tmp_path / "mail" / "alice" / "dovecot-keywords").read_bytes() == b"0 $Junk\n"
     # CONDSTORE: UNCHANGEDSINCE older than the change fails for those uids
     modified, failed = run(a.store_flags("INBOX", [1, 3], frozenset({"\\Flagged"}), "add", unchanged_since=hms))
     assert [m.uid for m in modified] == [3] and failed == [1]

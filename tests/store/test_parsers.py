@@ -114,3 +114,21 @@ def test_thread_headers_never_crash(raw: bytes) -> None:
 def test_base_subject_idempotent(s: str) -> None:
     b = headers.base_subject(s)
     assert headers.base_subject(b) == b
+
+
+@given(st.sets(st.sampled_from(FLAGS)), st.sets(st.sampled_from(["$a", "Work", "$Junk", "x"])))
+def test_keywords_in_file_names_round_trip(flags: set[str], kws: set[str]) -> None:
+    kwmap = {"$a": "a", "Work": "c", "$Junk": "b"}
+    letters = {v: k for k, v in kwmap.items()}
+    info = maildir.split_filename(maildir.filename("k", frozenset(flags | kws), kwmap))[1]
+    assert list(info) == sorted(info)
+    assert maildir.info_to_flags(info, letters) == frozenset(flags | (kws - {"x"}))
+    # a keyword without a letter survives a merge; lettered ones follow the file name
+    assert maildir.merge_flags(frozenset(kws), info, letters) == frozenset(flags | kws)
+    assert maildir.merge_flags(frozenset(kws), "", letters) == frozenset(kws & {"x"})
+
+
+def test_keywords_file() -> None:
+    kw = maildir.parse_keywords(b"0 $Forwarded\n2 Work\nbad line\n30 Over\n1 two words\n")
+    assert kw == {"$Forwarded": "a", "Work": "c"}
+    assert maildir.parse_keywords(maildir.format_keywords(kw)) == kw

@@ -30,6 +30,7 @@ def test_deleted_index_is_rebuilt_with_same_uids(make_store, run, tmp_path: Path
     for i in range(6):
         run(a.append("INBOX", msg(i), frozenset({"\\Seen"}) if i == 2 else frozenset()))
     run(a.append("Sent", msg("s")))
+    run(a.store_flags("INBOX", [4], frozenset({"$Forwarded", "Work"}), "add"))
     run(a.expunge("INBOX", [6], only_deleted=False))  # the highest uid is gone
     before = run(a.open_mailbox("INBOX"))
     hms = before.highestmodseq
@@ -42,6 +43,7 @@ def test_deleted_index_is_rebuilt_with_same_uids(make_store, run, tmp_path: Path
     assert after.uidvalidity == before.uidvalidity
     assert [m.uid for m in after.messages] == [1, 2, 3, 4, 5]
     assert after.by_uid(3).flags == frozenset({"\\Seen"})
+    assert after.by_uid(4).flags == frozenset({"$Forwarded", "Work"})  # keywords live in the file name too
     for m in after.messages:
         assert run(a2.read_message("INBOX", m.uid)) == msg(m.uid - 1)
     assert after.highestmodseq > hms  # modseqs never go back
@@ -105,7 +107,8 @@ def test_dovecot_maildir_is_adopted(make_store, run, tmp_path: Path) -> None:
         b"12 :1700000000.M1P1.mx,S=" + str(len(m1)).encode() + b",W=" + str(len(m1) + 4).encode() + b"\n"
         b"40 W130 S" + str(len(m2)).encode() + b" :1700000001.M2P1.mx\n"
     )
-    (root / ".Sent" / "cur" / "1700000005.M9P1.mx:2,S").write_bytes(msg(9))
+    (root / ".Sent" / "cur" / "1700000005.M9P1.mx:2,Sab").write_bytes(msg(9))
+    (root / ".Sent" / "dovecot-keywords").write_bytes(b"0 $Forwarded\n1 Project\n")
     (root / ".Sent" / "dovecot-uidlist").write_bytes(b"3 V77 N8 G00112233445566778899aabbccddeeff\n7 :1700000005.M9P1.mx\n")
     os.unlink(root / "cur" / "1700000000.M0P1.mx:2,")
 
@@ -120,6 +123,7 @@ def test_dovecot_maildir_is_adopted(make_store, run, tmp_path: Path) -> None:
     assert v.uidnext == 46
     s = run(b.open_mailbox("Sent"))
     assert s.uidvalidity == 77 and [m.uid for m in s.messages] == [7]
+    assert s.by_uid(7).flags == frozenset({"\\Seen", "$Forwarded", "Project"})
     assert run(b.append("Sent", msg(10))) == 8
     # Dovecot's own file is left alone
     assert (root / "dovecot-uidlist").read_bytes().startswith(b"3 V1234567890 N45")
