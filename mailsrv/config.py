@@ -441,6 +441,9 @@ class PolicyConfig:
     spf: bool = doc("Check SPF (RFC 7208) for the MAIL FROM and HELO identities.", True)
     dkim: bool = doc("Verify DKIM signatures (RFC 6376) and ARC chains (RFC 8617).", True)
     dmarc: bool = doc("Apply DMARC (RFC 7489): reject or junk unaligned mail as the From domain's policy says.", True)
+    arc_trusted_sealers: tuple[str, ...] = doc(
+        "Domains whose valid ARC seal (mailing lists, forwarders) overrides a DMARC reject (RFC 8617 §7.2).", ()
+    )
     max_scan_size: int = doc(
         "Largest message in bytes that is DKIM/ARC-verified, scored and virus-scanned (larger: headers only).",
         16 * 1024 * 1024, check=_positive,

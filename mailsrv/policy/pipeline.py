@@ -456,7 +456,9 @@ class PolicySession:
         allowed = self.tx.allowed or await self._all_allowed()
         if dm is not None and dm.result == "fail" and dm.disposition == "reject" and not allowed:
             # RFC 7489 §6.7 / §10.3: reject with the From domain named
-            trusted_arc = arc_res.result == "pass"
+            # RFC 8617 §7.2: only a chain sealed by a sealer we trust may vouch (anyone can seal a chain)
+            trusted_arc = arc_res.result == "pass" and any(
+                arc_res.sealer == t or arc_res.sealer.endswith("." + t) for t in self.cfg.arc_trusted_sealers)
             if not trusted_arc:
                 return _reject(f"Unauthenticated email from {dm.from_domain} is not accepted due to "
                                "domain's DMARC policy"), []

@@ -403,3 +403,26 @@ def test_state_unavailable_fails_open(policy_server: Any, tmp_path: Any, message
     for _ in range(2):
         send(sub.port, "user@example.test", ["a@out.test"], message(), login=("user@example.test", "pw"))
     assert len(srv.backend.delivered) == 1 and len(sub.backend.delivered) == 2
+
+
+def test_arc_overrides_dmarc_reject_only_for_trusted_sealers(policy_server: Any, dnsserver: Any, dkim_key: Any,
+                                                            message: Any) -> None:
+    import dkim
+
+    srv = policy_server(arc_trusted_sealers=("lists.test",))
+    dnsserver.add("_dmarc.bank.test", "TXT", "v=DMARC1; p=reject")
+    dnsserver.add("arc._domainkey.lists.test", "TXT", dkim_key.txt)
+    dnsserver.add("arc._domainkey.attacker.test", "TXT", dkim_key.txt)
+
+    def sealed(sealer: str) -> bytes:
+        msg = (f"Authentication-Results: mx.{sealer}; dkim=pass header.d=bank.test\r\n").encode() + \
+            message(from_addr="ceo@bank.test")
+        return b"".join(dkim.arc_sign(msg, b"arc", sealer.encode(), dkim_key.private_pem,
+                                      f"mx.{sealer}".encode())) + msg
+
+    send(srv.port, "bounce@lists.test", ["bob@example.test"], sealed("lists.test"))
+    [d] = srv.backend.delivered
+    assert "arc=pass" in ar_header(d.data) and "dmarc=fail" in ar_header(d.data)
+    with pytest.raises(smtplib.SMTPDataError) as exc:
+        send(srv.port, "bounce@attacker.test", ["bob@example.test"], sealed("attacker.test"))
+    assert exc.value.smtp_code == 550
