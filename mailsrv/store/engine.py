@@ -70,6 +70,8 @@ logger = log.get("store")
 INDEX_NAME = "mailsrv-index.sqlite"
 LOCK_NAME = "mailsrv-index.lock"
 KEYWORDS_NAME = "dovecot-keywords"
+#: the UID map is compacted only beyond this size (and when mostly expunged entries)
+UIDLIST_COMPACT_MIN = 64 * 1024
 NOTIFY_NAME = "mailsrv-notify"
 SCHEMA_VERSION = 1
 
@@ -422,6 +424,28 @@ class Engine:
                 self._warn_once(key, "message.unreadable", mailbox=mb.name, file=key, error=str(exc))
                 continue
             renames.append((folder / "new" / n, folder / "cur" / maildir.filename(key, flags, self._kwmap(mb))))
+
+    def _maybe_compact_uidlist(self, mb: _Mbox) -> None:
+        """Rewrite the UID map without expunged entries once they dominate it (caller holds the write txn).
+
+        Only when the file is in step with the index (a torn tail is evidence that the next
+        reconcile needs). The header keeps N = uidnext, so no UID is ever handed out again.
+        """
+        folder = self._folder(mb)
+        path = folder / UIDLIST_NAME
+        try:
+            size = os.stat(path).st_size
+        except FileNotFoundError:
+            return
+        if size != mb.uidlist_size or size < UIDLIST_COMPACT_MIN or size < 4 * 64 * (mb.messages + 16):
+            return
+        body = bytearray(uidlist.format_header(mb.uidvalidity, mb.uidnext, mb.guid[1:]))
+        for uid, key, msize in self.db.execute(
+                "SELECT uid, key, size FROM messages WHERE mailbox=? ORDER BY uid", (mb.id,)):
+            body += uidlist.format_entry(uid, key, msize)
+        fsio.durable_write(path, bytes(body), tmp_dir=folder / "tmp")
+        mb.uidlist_size = len(body)
+        logger.info("uidlist.compacted", account=self.account_id, mailbox=mb.name, before=size, after=len(body))
 
     def _kwmap(self, mb: _Mbox, flags: frozenset[str] = frozenset()) -> dict[str, str]:
         """The folder's keyword -> letter map (``dovecot-keywords``), adding letters for new keywords.

@@ -159,6 +159,7 @@ def expunge(eng: Engine, name: str, uids: Sequence[int] | None, only_deleted: bo
         done = eng._delete_rows(mb, [r[0] for r in victims], res)
         if victims:
             mb.cur_mtime = os.stat(folder / "cur").st_mtime_ns
+            eng._maybe_compact_uidlist(mb)
         eng._save(mb)
         return sorted(done), res
 
@@ -221,6 +222,7 @@ def copy(eng: Engine, src: str, uids: Sequence[int], dst: str, *, move: bool,
                             pass
                     eng._delete_rows(smb, [m[0] for m in mapping], res)
                     smb.cur_mtime = os.stat(sfolder / "cur").st_mtime_ns
+                    eng._maybe_compact_uidlist(smb)
                     eng._save(smb)
                 dmb.cur_mtime = os.stat(dfolder / "cur").st_mtime_ns
                 eng._save(dmb)

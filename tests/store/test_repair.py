@@ -192,3 +192,23 @@ def test_broken_uidlist_header_keeps_working(make_store, run, tmp_path: Path, ga
     v = run(a2.open_mailbox("INBOX"))
     assert len(v.messages) == 1
     assert run(a2.append("INBOX", msg(2))) > v.messages[0].uid
+
+
+def test_uid_map_is_compacted_and_keeps_uids(make_store, run, tmp_path: Path) -> None:
+    store = make_store()
+    a = run(store.account("alice"))
+    root = tmp_path / "mail" / "alice"
+    for i in range(1200):  # about 90 KB of UID map; dropped into new/ like another MDA would
+        (root / "new" / f"1700000000.M{i:06d}P12345Q{i}.mda.example.test.a-long-host-name").write_bytes(msg(i))
+    assert len(run(a.open_mailbox("INBOX")).messages) == 1200
+    before = (root / UIDLIST_NAME).stat().st_size
+    keep = [7, 600, 1200]
+    run(a.expunge("INBOX", [u for u in range(1, 1201) if u not in keep], only_deleted=False))
+    after = (root / UIDLIST_NAME).stat().st_size
+    assert after < before / 10
+    assert (root / UIDLIST_NAME).read_bytes().startswith(b"3 V")
+    run(store.close())
+    _drop_index(root)
+    a2 = run(make_store().account("alice"))
+    assert [m.uid for m in run(a2.open_mailbox("INBOX")).messages] == keep
+    assert run(a2.append("INBOX", msg(1))) == 1201  # N in the header: no reuse of 1201 and below
