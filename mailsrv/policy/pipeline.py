@@ -257,17 +257,26 @@ class PolicySession:
         m = await self.p.lists.match_sender(sender, self.client_ip, scopes=[""])
         if m is not None and m.kind == "block":
             return _reject(f"<{sender}>: Sender blocked by policy")
-        self.tx.allowed = m is not None and m.kind == "allow"
+        if self.cfg.spf and self.listener == "smtp":
+            await self._spf(sender)
+            # deviation (RFC 7208 §8.4 allows rejecting a fail at MAIL): RFC 7489 §10.1 warns that this
+            # preempts a DMARC pass through DKIM, so an SPF fail only feeds DMARC and the score.
+        self.tx.allowed = self._allows(m)
         if not self.tx.allowed:
             if self.dnsbl and self.cfg.dnsbl_reject:
                 return _reject(f"Client {self.client_ip} listed at {self.dnsbl[0]}", 554, "5.7.1")
             if self.cfg.require_fcrdns and self.iprev == "fail":
                 return _reject(f"Client {self.client_ip} has no forward-confirmed reverse DNS", 550, "5.7.25")
-        if self.cfg.spf and self.listener == "smtp":
-            await self._spf(sender)
-            # deviation (RFC 7208 §8.4 allows rejecting a fail at MAIL): RFC 7489 §10.1 warns that this
-            # preempts a DMARC pass through DKIM, so an SPF fail only feeds DMARC and the score.
         return ACCEPT
+
+    def _allows(self, m: Match | None) -> bool:
+        """An allow entry counts for a network always (a TCP peer cannot forge its address), for an
+        address or domain only with an SPF pass (the envelope sender is just a claim otherwise)."""
+        if m is None or m.kind != "allow":
+            return False
+        if "/" in m.entry:
+            return True
+        return self.tx.spf is not None and self.tx.spf.result == "pass"
 
     async def _spf(self, sender: str) -> None:
         helo = self.helo_name
@@ -325,7 +334,7 @@ class PolicySession:
         m = await self.p.lists.match_sender(self.tx.sender, self.client_ip, scopes=scopes)
         if m is not None and m.kind == "block":
             return _reject(f"<{address}>: Sender blocked by the recipient's policy")
-        allowed = self.tx.allowed or (m is not None and m.kind == "allow")
+        allowed = self.tx.allowed or self._allows(m)
         if self.cfg.greylist and not allowed and self.p.state is not None and not self._grey_exempt():
             verdict = await self.p.state.greylist(
                 self.client_ip, self.tx.sender, address, delay=self.cfg.greylist_delay,
@@ -501,7 +510,7 @@ class PolicySession:
             return False
         for r in self.tx.rcpts:
             m = await self.p.lists.match_sender(self.tx.sender, self.client_ip, scopes=[r.lower(), _domain(r)])
-            if m is None or m.kind != "allow":
+            if not self._allows(m):
                 return False
         return True
 

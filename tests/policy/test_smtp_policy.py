@@ -169,9 +169,18 @@ def test_allow_and_block_lists(policy_server: Any, dnsserver: Any, message: Any)
     with pytest.raises(smtplib.SMTPSenderRefused) as exc:
         send(srv.port, "x@mail.spammer.test", ["bob@example.test"], message())
     assert exc.value.smtp_code == 550
-    # the recipient domain allows partner.test: no greylisting
+    # the recipient domain allows partner.test, but a sender domain counts only with an SPF pass
+    with pytest.raises(smtplib.SMTPRecipientsRefused):
+        send(srv.port, "y@partner.test", ["bob@example.test"], message(from_addr="y@partner.test"))
+    srv.policy.resolver.clear()
+    dnsserver.add("partner.test", "TXT", "v=spf1 ip4:127.0.0.1 -all")
     send(srv.port, "y@partner.test", ["bob@example.test"], message(from_addr="y@partner.test"))
     assert len(srv.backend.delivered) == 1
+    # a network entry needs no SPF
+    srv.lists.rows.append(("example.test", "allow", "127.0.0.0/8"))
+    srv.policy.lists.invalidate()
+    send(srv.port, "z@nospf.test", ["bob@example.test"], message(from_addr="z@nospf.test"))
+    assert len(srv.backend.delivered) == 2
     # carol blocks it for herself (the narrower scope wins)
     with pytest.raises(smtplib.SMTPRecipientsRefused) as exc2:
         send(srv.port, "y@partner.test", ["carol@example.test"], message(from_addr="y@partner.test"))
