@@ -141,6 +141,61 @@ def _mailsrv_child(sock: socket.socket, ready: int, data_dir: Path) -> None:
         r.run(main())
 
 
+class _NullBackend:
+    """Accepts everything, spools the message (thread write, no fsync), keeps nothing: the SMTP front end alone."""
+
+    def __init__(self, spool: Path) -> None:
+        self.spool = spool
+
+    async def check_sender(self, info: Any, sender: str) -> Any:
+        from mailsrv.smtp.backend import Verdict
+
+        return Verdict(250, "2.1.0", "OK")
+
+    async def check_recipient(self, info: Any, tx: Any, address: str) -> Any:
+        from mailsrv.smtp.backend import Verdict
+
+        return Verdict(250, "2.1.5", "OK")
+
+    def open_spool(self) -> Any:
+        from mailsrv.delivery.spool import FileSpool
+
+        return FileSpool(self.spool)
+
+    async def deliver(self, info: Any, tx: Any, spool: Any) -> Any:
+        from mailsrv.smtp.backend import Verdict
+
+        return Verdict(250, "2.0.0", "OK")
+
+
+def _frontend_child(sock: socket.socket, ready: int, spool: Path) -> None:
+    import uvloop
+
+    from mailsrv import log
+    from mailsrv.config import ListenerConfig
+    from mailsrv.net.listener import Listener
+    from mailsrv.net.service import ServiceContext
+    from mailsrv.smtp.server import SmtpService
+
+    log.configure("warning")
+    cfg = _config(spool)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        lcfg = ListenerConfig(protocol="smtp", bind=("127.0.0.1:0",), tls="none")
+        ctx = ServiceContext(config=cfg, name="smtp", listener=lcfg, ssl_context=None)
+        lst = Listener("smtp", lcfg, cfg.limits, [sock], SmtpService(ctx, backend=_NullBackend(spool), sasl=None),
+                       None)
+        await lst.start()
+        os.write(ready, b"1")
+        await stop.wait()
+        await lst.drain(1)
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as r:
+        r.run(main())
+
+
 def _aiosmtpd_child(sock: socket.socket, ready: int, maildir: Path) -> None:
     """The naive baseline: aiosmtpd (line-by-line DATA in memory) + maildir write with fsync."""
     from aiosmtpd.smtp import SMTP
@@ -527,6 +582,20 @@ def run(size: str) -> dict[str, Any]:
             results.append({"name": f"end-of-DATA->250 p99 ({label})", "unit": "ms", "value": p99,
                             "baseline": {"name": "aiosmtpd+maildir fsync", "value": bp99},
                             "ratio": bp99 / p99 if p99 else None})
+        front = base / "front"
+        front.mkdir()
+        sock = _listen()
+        fport = sock.getsockname()[1]
+        pids = _fork_workers(sock, _frontend_child, front)
+        sock.close()
+        fe = _measure_server(fport, {**sizes, "bodies": [4096]})
+        _stop(pids)
+        pids = []
+        for (_, n), (rate, _p50, _p99) in fe.items():
+            results.append({"name": f"SMTP front end alone, no store (4 KB, {n} sessions)", "unit": "msg/s",
+                            "value": rate, "baseline": None})
+        notes.append("'SMTP front end alone' spools each message (no fsync) and keeps nothing: the protocol "
+                     "cost without the store")
         for n in sizes["sessions"]:
             with asyncio.Runner(loop_factory=uvloop.new_event_loop) as r:
                 only = r.run(_store_only(base / "only", n, _body(4096), sizes["seconds"]))
