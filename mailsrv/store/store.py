@@ -148,6 +148,7 @@ class Store:
             if k is None:
                 continue
             acct, mailbox, key = k
+            acct.engine.pending.pop(key, None)  # another process may have indexed it
             uid = None
             try:
                 uid = await acct._run(acct.engine.uid_for_key, mailbox, key)
