@@ -5,6 +5,8 @@ set -euo pipefail
 # command to look for -> Debian package
 declare -A PEERS=(
   [swaks]=swaks
+  [/usr/share/perl5/IO/Socket/SSL.pm]=libio-socket-ssl-perl  # swaks --tls
+  [/usr/lib/x86_64-linux-gnu/perl5/5.36/Net/SSLeay.pm]=libnet-ssleay-perl  # swaks --tls
   [mutt]=mutt
   [mbsync]=isync
   [fetchmail]=fetchmail
@@ -16,7 +18,12 @@ declare -A PEERS=(
 )
 missing=()
 for cmd in "${!PEERS[@]}"; do
-  if ! command -v "$cmd" >/dev/null 2>&1 && ! [ -x "/usr/sbin/$cmd" ]; then
+  if [[ $cmd == /* ]]; then
+    [ -e "$cmd" ] && continue   # a file the package installs
+  elif command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ]; then
+    continue
+  fi
+  if true; then
     missing+=("${PEERS[$cmd]}")
   fi
 done
