@@ -23,9 +23,7 @@ for cmd in "${!PEERS[@]}"; do
   elif command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ]; then
     continue
   fi
-  if true; then
-    missing+=("${PEERS[$cmd]}")
-  fi
+  missing+=("${PEERS[$cmd]}")
 done
 [ ${#missing[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" != 0 ]; then
