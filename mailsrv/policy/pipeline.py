@@ -18,6 +18,7 @@ the spool is durable whatever the outcome.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import ipaddress
 import os
@@ -393,7 +394,9 @@ class PolicySession:
             if not scan.done():
                 scan.cancel()
         if decision.ok:
-            await loop.run_in_executor(self.p.executor, rewrite_spool, spool, headers, self.p.authserv_id)
+            drop = OUR_FIELDS if not self.outbound else frozenset()
+            await loop.run_in_executor(self.p.executor, functools.partial(
+                rewrite_spool, spool, headers, self.p.authserv_id, drop=drop))
         logger.info("policy.decided", action=decision.action, code=decision.code,
                     score=f"{decision.score.score:.1f}" if decision.score else None,
                     ms=f"{(time.perf_counter() - started) * 1000:.1f}")
@@ -562,10 +565,13 @@ def _fsync_dir(directory: Path) -> None:
         os.close(dfd)
 
 
-def rewrite_spool(path: Path, headers: Sequence[str], our_id: str) -> int:
-    """Insert ``headers`` after our trace fields and drop forged Authentication-Results; atomic.
+#: Fields only we may set on inbound mail: a sender's own copies are removed with forged A-R fields.
+OUR_FIELDS = frozenset({b"x-spam-flag", b"x-spam-score", b"x-spam-status", b"x-virus-status"})
 
-    Returns the number of forged fields removed. The new file is written beside
+
+def rewrite_spool(path: Path, headers: Sequence[str], our_id: str, *, drop: frozenset[bytes] = frozenset()) -> int:
+    """Insert ``headers`` after our trace fields, drop forged Authentication-Results and the fields in
+    ``drop``; atomic. Returns the number of fields removed. The new file is written beside
     the old one, fsync'd, and renamed over it (then the directory is fsync'd).
     """
     with open(path, "rb") as src:
@@ -575,7 +581,8 @@ def rewrite_spool(path: Path, headers: Sequence[str], our_id: str) -> int:
         kept: list[bytes] = []
         removed = 0
         for name, value, raw in fields:
-            if name == b"authentication-results" and authresults.is_ours(value.decode("utf-8", "replace"), our_id):
+            if name in drop or (name == b"authentication-results"
+                                and authresults.is_ours(value.decode("utf-8", "replace"), our_id)):
                 removed += 1
                 continue
             kept.append(raw)

@@ -123,7 +123,8 @@ def test_forged_authentication_results_removed(policy_server: Any, dnsserver: An
     forged = ("Authentication-Results: mx.example.test; spf=pass smtp.mailfrom=bank.test;\r\n"
               "\tdkim=pass header.d=bank.test\r\n"
               "Authentication-Results: (comment) MX.Example.Test; dmarc=pass header.from=bank.test\r\n"
-              "Authentication-Results: relay.other.test; spf=pass smtp.mailfrom=sender.test\r\n")
+              "Authentication-Results: relay.other.test; spf=pass smtp.mailfrom=sender.test\r\n"
+              "X-Spam-Flag: NO\r\nX-Spam-Status: No, score=-100\r\nX-Virus-Status: Clean\r\n")
     send(srv.port, "alice@sender.test", ["bob@example.test"], message(extra=forged))
     [d] = srv.backend.delivered
     fields = re.findall(rb"^Authentication-Results:[^\r]*", d.data, re.M)
@@ -131,6 +132,8 @@ def test_forged_authentication_results_removed(policy_server: Any, dnsserver: An
     assert fields[0].startswith(b"Authentication-Results: mx.example.test;")
     assert b"dkim=pass header.d=bank.test" not in d.data and b"header.from=bank.test" not in d.data
     assert fields[1] == b"Authentication-Results: relay.other.test; spf=pass smtp.mailfrom=sender.test"
+    # the sender's own spam/virus verdicts are gone too: only ours remain
+    assert d.data.count(b"X-Spam-Flag:") == 1 and b"score=-100" not in d.data and b"X-Virus-Status" not in d.data
     # trace fields stay first, our header right after them
     assert d.data.startswith(b"Return-Path: <alice@sender.test>\r\nReceived: from mail.sender.test")
     lines = d.data.split(b"\r\n")
