@@ -30,8 +30,44 @@ def filter_containing(str word, list vocab, ids):
     return out
 
 
-cdef extern from "string.h":
-    void *memmem(const void *haystack, size_t haystacklen, const void *needle, size_t needlelen) nogil
+cdef extern from *:
+    """
+    #include <string.h>
+    #if defined(__SSE2__)
+    #include <emmintrin.h>
+    /* Substring search: SSE2 filter on the needle's first and last byte, then memcmp
+       (W. Mula, "SIMD-friendly algorithms for substring searching"); memmem for the tail. */
+    static const void *mailsrv_find(const unsigned char *h, size_t hl,
+                                    const unsigned char *n, size_t nl) {
+        size_t i = 0;
+        if (nl == 0) return h;
+        if (hl < nl) return NULL;
+        if (nl == 1) return memchr(h, n[0], hl);
+        {
+            const __m128i first = _mm_set1_epi8((char)n[0]);
+            const __m128i last = _mm_set1_epi8((char)n[nl - 1]);
+            for (; i + nl - 1 + 16 <= hl; i += 16) {
+                __m128i bf = _mm_loadu_si128((const __m128i *)(h + i));
+                __m128i bl = _mm_loadu_si128((const __m128i *)(h + i + nl - 1));
+                unsigned mask = (unsigned)_mm_movemask_epi8(
+                    _mm_and_si128(_mm_cmpeq_epi8(first, bf), _mm_cmpeq_epi8(last, bl)));
+                while (mask) {
+                    unsigned bit = (unsigned)__builtin_ctz(mask);
+                    if (memcmp(h + i + bit + 1, n + 1, nl - 2) == 0) return h + i + bit;
+                    mask &= mask - 1;
+                }
+            }
+        }
+        return i < hl ? memmem(h + i, hl - i, n, nl) : NULL;
+    }
+    #else
+    static const void *mailsrv_find(const unsigned char *h, size_t hl,
+                                    const unsigned char *n, size_t nl) {
+        return memmem(h, hl, n, nl);
+    }
+    #endif
+    """
+    const void *mailsrv_find(const unsigned char *h, size_t hl, const unsigned char *n, size_t nl) nogil
 
 
 def confirm(buf, cand, dict locs, tuple fields, int nfields, bytes needle):
@@ -74,7 +110,9 @@ def confirm(buf, cand, dict locs, tuple fields, int nfields, bytes needle):
             if nlen == 0:
                 out.append(uid)
                 break
-            if lens[f] >= <unsigned int>nlen and memmem(base + start, lens[f], nd, nlen) != NULL:
+            if lens[f] >= <unsigned int>nlen and mailsrv_find(
+                base + start, lens[f], <const unsigned char *>nd, nlen
+            ) != NULL:
                 out.append(uid)
                 break
     return out

@@ -151,3 +151,38 @@ def test_add_postings_twins_agree(docs: list[list[str]]) -> None:
         want = [u for u, d in enumerate(docs, start=1) if t in d]
         assert ([v] if isinstance(v, int) else list(v)) == want
         assert isinstance(v, int) == (len(want) == 1)
+
+
+@pytest.mark.speedups
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.text(alphabet="aab报告 ", min_size=0, max_size=300), min_size=1, max_size=6),
+    st.integers(0, 10**6),
+    st.integers(1, 12),
+    st.booleans(),
+)
+def test_confirm_long_haystacks(bodies: list[str], seed: int, nlen: int, from_text: bool) -> None:
+    """The compiled substring search (16-byte SIMD blocks + tail) agrees with ``in`` on long texts."""
+    if search_c is None:
+        pytest.fail("compiled term scan missing")
+    import random
+    import struct
+
+    rng = random.Random(seed)
+    if from_text and any(bodies):
+        src = rng.choice([b for b in bodies if b])
+        i = rng.randrange(len(src))
+        needle = src[i : i + nlen]
+    else:
+        needle = "".join(rng.choice("ab报告") for _ in range(nlen))
+    buf = bytearray()
+    locs: dict[int, tuple[int, int]] = {}
+    for uid, body in enumerate(bodies, start=1):
+        part = body.encode()
+        blob = struct.pack("<1I", len(part)) + part
+        locs[uid] = (len(buf), len(blob))
+        buf += blob
+    want = [u for u, body in enumerate(bodies, start=1) if needle in body]
+    n = needle.encode()
+    assert search_c.confirm(bytes(buf), list(locs), locs, (0,), 1, n) == want
+    assert search_py.confirm(bytes(buf), list(locs), locs, (0,), 1, n) == want
