@@ -22,6 +22,7 @@ import functools
 import hashlib
 import ipaddress
 import os
+import re
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -565,6 +566,15 @@ def _fsync_dir(directory: Path) -> None:
         os.close(dfd)
 
 
+_BREAK = re.compile(r"\r\n(?![ \t])|\r(?!\n)|(?<!\r)\n|[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def safe_field(field: str) -> str:
+    """A header field we add, with every line break that is not folding (and every other control
+    character) turned into a space: values that came from DNS or the message cannot inject fields."""
+    return _BREAK.sub(" ", field)
+
+
 #: Fields only we may set on inbound mail: a sender's own copies are removed with forged A-R fields.
 OUR_FIELDS = frozenset({b"x-spam-flag", b"x-spam-score", b"x-spam-status", b"x-virus-status"})
 
@@ -593,7 +603,7 @@ def rewrite_spool(path: Path, headers: Sequence[str], our_id: str, *, drop: froz
         if len(kept) > top and kept[top].lower().startswith(b"received:"):
             top += 1
         consumed = sum(len(r) for _, _, r in fields)
-        new_fields = [h.encode("utf-8") + b"\r\n" for h in headers]
+        new_fields = [safe_field(h).encode("utf-8") + b"\r\n" for h in headers]
         tmp = path.with_name(path.name + ".policy")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:

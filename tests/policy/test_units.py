@@ -332,3 +332,24 @@ async def test_training_signals_recorded(tmp_path: Path) -> None:
         assert await state.training_counts("alice@example.test") == {"spam": 1, "ham": 1}
     finally:
         policy.close()
+
+
+@pytest.mark.parametrize(("field", "safe"), [
+    ("X-A: b\r\n\tc", "X-A: b\r\n\tc"),
+    ("X-A: b\r\nX-Injected: yes", "X-A: b X-Injected: yes"),
+    ("X-A: b\nc\rd\x00e", "X-A: b c d e"),
+])
+def test_safe_field(field: str, safe: str) -> None:
+    from mailsrv.policy.pipeline import safe_field
+
+    assert safe_field(field) == safe
+
+
+@given(st.text(max_size=60))
+def test_safe_field_never_starts_a_new_field(value: str) -> None:
+    from mailsrv.policy.pipeline import safe_field
+
+    out = safe_field("X-Test: " + value)
+    for i, line in enumerate(out.split("\r\n")):
+        assert "\r" not in line and "\n" not in line
+        assert i == 0 or line[:1] in (" ", "\t")
