@@ -103,7 +103,8 @@ class SmtpService:
         if ps is None:
             return True
         decision = await ps.connect()
-        pause = self.policy.cfg.greet_pause if self.policy is not None and not ps.trusted else 0.0
+        pause = self.policy.cfg.greet_pause if self.policy is not None and not ps.outbound and self.kind == "smtp" \
+            else 0.0  # users' clients on submission are not made to wait
         if decision.ok and pause > 0:
             # RFC 5321 §4.3.1: the client must wait for the greeting; one that talks first is a bot
             try:
