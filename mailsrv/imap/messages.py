@@ -321,17 +321,20 @@ class MessageCommands:
         names = {a.name for a in atts}
         if names <= {"UID", "FLAGS"} and "FLAGS" in names and not modseq and not recent:
             # The synchronisation FETCH of every client ("UID FETCH 1:* (FLAGS)"): one format per line.
-            w = self.w
+            lines = []
+            add = lines.append
+            get = cache.get
             with_uid = uid or "UID" in names
             for seq, info in zip(seqs, selected, strict=True):
                 flags = info.flags
-                text = cache.get(flags)
+                text = get(flags)
                 if text is None:
                     text = cache[flags] = fetchmod.flag_list(sorted(flags))
                 if with_uid:
-                    w(b"* %d FETCH (UID %d FLAGS %s)\r\n" % (seq, info.uid, text))
+                    add(b"* %d FETCH (UID %d FLAGS %s)\r\n" % (seq, info.uid, text))
                 else:
-                    w(b"* %d FETCH (FLAGS %s)\r\n" % (seq, text))
+                    add(b"* %d FETCH (FLAGS %s)\r\n" % (seq, text))
+            self.w(b"".join(lines))
             return
         for seq, info in zip(seqs, selected, strict=True):
             if info.uid in recent:
@@ -427,8 +430,11 @@ class MessageCommands:
             # RFC 9051 §6.4.4
             raise ImapError("NO", "Unsupported charset", "BADCHARSET (UTF-8 US-ASCII)")
 
-    async def _matching(self, key: SearchKey) -> list[tuple[int, Any]]:
-        """(sequence number, info) of the view's messages that match ``key``, ascending."""
+    async def _matching(self, key: SearchKey) -> list[int]:
+        """Positions (sequence number - 1) in the view of the messages that match ``key``, ascending.
+
+        Plain ints, no per-message objects: a result of 100 000 messages costs one list.
+        """
         view = self.view
         messages = view.messages
         largest_uid = messages[-1].uid if messages else 0
@@ -441,13 +447,13 @@ class MessageCommands:
         if content and self.search is not None:
             hits = await self._index_search(key)
             if hits is not None:
-                return [(i + 1, m) for i, m in enumerate(messages) if m.uid in hits]
-        found: list[tuple[int, Any]] = []
+                return [i for i, m in enumerate(messages) if m.uid in hits]
         simple = searchmod.simple_flag(key)
         if simple is not None:
             # SEARCH (UN)SEEN, (UN)DELETED...: one comprehension over the view
             flag, want = simple
-            return [(i + 1, m) for i, m in enumerate(messages) if (flag in m.flags) is want]
+            return [i for i, m in enumerate(messages) if (flag in m.flags) is want]
+        found: list[int] = []
         if not content:
             # Index keys only: one reused cursor object, no I/O.
             cursor = searchmod.Message(0, None, None)
@@ -455,7 +461,7 @@ class MessageCommands:
                 cursor.seq = i + 1
                 cursor.info = info
                 if match(cursor):
-                    found.append((i + 1, info))
+                    found.append(i)
             return found
         for i, info in enumerate(messages):
             try:
@@ -463,7 +469,7 @@ class MessageCommands:
             except Exception:  # expunged meanwhile: it does not match
                 continue
             if match(searchmod.Message(i + 1, info, raw)):
-                found.append((i + 1, info))
+                found.append(i)
         return found
 
     async def _index_search(self, key: SearchKey) -> Any:
@@ -486,15 +492,17 @@ class MessageCommands:
             logger.warning("search.index_failed", error=type(exc).__name__, detail=str(exc)[:200])
             return None
 
-    async def _items(self, found: list[tuple[int, Any]], uid: bool) -> list[sortthread.Item]:
+    async def _items(self, positions: list[int], uid: bool) -> list[sortthread.Item]:
         """What SORT and THREAD compare: from the cached structures' header fields when the store
         has them (no message is read), else from the messages' headers."""
+        messages = self.view.messages
         items = []
         try:
-            structs = await self.acct.structures(self.view.name, [info.uid for _, info in found])
+            structs = await self.acct.structures(self.view.name, [messages[i].uid for i in positions])
         except Exception:
             structs = {}
-        for seq, info in found:
+        for i in positions:
+            seq, info = i + 1, messages[i]
             struct = structs.get(info.uid)
             headers: dict[bytes, bytes] = {}
             if struct is not None and hasattr(struct, "field"):
@@ -555,9 +563,10 @@ class MessageCommands:
     async def _search(self, cmd: Command, *, uid: bool) -> None:
         self._check_charset(cmd.args["charset"])
         key: SearchKey = cmd.args["key"]
-        found = await self._matching(key)
-        nums = [info.uid if uid else seq for seq, info in found]
-        modseq = max((info.modseq for _, info in found), default=0) if searchmod.uses_modseq(key) else None
+        positions = await self._matching(key)
+        messages = self.view.messages
+        nums = [messages[i].uid for i in positions] if uid else [i + 1 for i in positions]
+        modseq = max((messages[i].modseq for i in positions), default=0) if searchmod.uses_modseq(key) else None
         if modseq:
             self.condstore = True
         returns = cmd.args["return"]
@@ -571,7 +580,7 @@ class MessageCommands:
             returns = ["ALL"]
         if "SAVE" in returns:
             # RFC 5182 §2.1: SAVE keeps the result (as uids) for "$"
-            self.saved = [info.uid for _, info in found]
+            self.saved = [messages[i].uid for i in positions]
             returns = [r for r in returns if r != "SAVE"]
             if not returns:
                 return
