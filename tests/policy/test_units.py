@@ -353,3 +353,37 @@ def test_safe_field_never_starts_a_new_field(value: str) -> None:
     for i, line in enumerate(out.split("\r\n")):
         assert "\r" not in line and "\n" not in line
         assert i == 0 or line[:1] in (" ", "\t")
+
+
+@given(st.binary(max_size=80))
+def test_clamd_reply_parser_is_total(raw: bytes) -> None:
+    from mailsrv.policy.clamd import _parse
+
+    try:
+        res = _parse(raw)
+    except ClamdUnavailable:
+        return
+    assert res.status in ("clean", "infected")
+    assert (res.status == "infected") == raw.rstrip(b"\0").strip().endswith(b" FOUND")
+
+
+@pytest.mark.parametrize(("raw", "status", "sig"), [
+    (b"stream: OK\0", "clean", ""),
+    (b"stream: Win.Test.EICAR_HDB-1 FOUND\0", "infected", "Win.Test.EICAR_HDB-1"),
+])
+def test_clamd_reply_examples(raw: bytes, status: str, sig: str) -> None:
+    from mailsrv.policy.clamd import _parse
+
+    res = _parse(raw)
+    assert (res.status, res.signature) == (status, sig)
+    with pytest.raises(ClamdUnavailable):
+        _parse(b"INSTREAM size limit exceeded. ERROR\0")
+
+
+@given(st.text(max_size=40))
+def test_normalize_entry_is_idempotent(entry: str) -> None:
+    try:
+        once = normalize_entry(entry)
+    except ValueError:
+        return
+    assert normalize_entry(once) == once and once == once.strip().lower() or "/" in once
