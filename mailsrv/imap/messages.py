@@ -321,7 +321,7 @@ class MessageCommands:
         names = {a.name for a in atts}
         if names <= {"UID", "FLAGS"} and "FLAGS" in names and not modseq and not recent:
             # The synchronisation FETCH of every client ("UID FETCH 1:* (FLAGS)"): one format per line.
-            lines = []
+            lines: list[bytes] = []
             add = lines.append
             get = cache.get
             with_uid = uid or "UID" in names
