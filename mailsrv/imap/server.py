@@ -146,17 +146,22 @@ class ImapService:
             await conn.send(b"* BYE [UNAVAILABLE] Mail store not configured\r\n")
             return
         channel = ConnChannel(conn, self.ctx.starttls_context, self.binding)
+        session = Session(channel, self.auth, self.store, self.session_config, self.search)
         try:
-            await self._serve(conn, channel)
+            await self._serve(conn, session)
+        except (ConnectionClosed, IdleTimeout, LineTooLong):
+            pass  # the peer went away or stopped reading while we answered: nothing left to say
         finally:
             channel.close()
+            await session.spool.cleanup()
 
-    async def _serve(self, conn: Connection, channel: ConnChannel) -> None:
-        session = Session(channel, self.auth, self.store, self.session_config, self.search)
+    async def _serve(self, conn: Connection, session: Session) -> None:
         await conn.send(session.greeting())
         errors = 0
         unauth_commands = 0
         while True:
+            # Spool files of a command that never ran (refused, malformed) go now.
+            await session.spool.cleanup()
             try:
                 raw = await self._read_command(conn, session)
             except LineTooLong:

@@ -211,7 +211,7 @@ def test_big_append_is_streamed_through_a_spool_file(real: ServerHandle, monkeyp
     c.login("alice@example.test", "wonderland")
     typ, data = c.append("INBOX", None, None, big)
     assert typ == "OK", data
-    assert spooled == [len(big)]
+    assert spooled == [len(big)]  # (later appends are spooled too)
     typ, data = c.append("NoSuchBox", None, None, big)
     assert typ == "NO" and b"[TRYCREATE]" in data[0]
     c.select("INBOX")
@@ -224,6 +224,13 @@ def test_big_append_is_streamed_through_a_spool_file(real: ServerHandle, monkeyp
     typ, data = c.uid("FETCH", "1", "(RFC822)")
     assert data[0][0].startswith(b"1 (UID 1 FLAGS (\\Seen) RFC822 {") and data[0][1] == big
     c.logout()
+    # a big literal in a command that turns out malformed: refused, and its spool file removed
+    raw = Raw(real.host, real.port)
+    raw.cmd(b"a LOGIN alice@example.test wonderland")
+    raw.send(b"b APPEND INBOX {%d+}\r\n" % len(big) + big + b" (((\r\n")
+    assert raw.line().startswith(b"b BAD")
+    assert raw.cmd(b"c NOOP") == [b"c OK NOOP completed\r\n"]
+    raw.close()
     # the spool files are gone: nothing is left in any tmp/
     assert [p for p in Path(real.extra["data_dir"]).rglob("tmp/*") if p.name.startswith("imap-append.")] == []
 
