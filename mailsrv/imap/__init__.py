@@ -26,7 +26,7 @@ RFC        what                            status  notes
 3691       UNSELECT                        yes
 3348       CHILDREN                        yes
 6154       SPECIAL-USE, CREATE-SPECIAL-USE yes
-5258       LIST-EXTENDED                   partial no CHILDINFO for RECURSIVEMATCH
+5258       LIST-EXTENDED                   yes     incl. RECURSIVEMATCH CHILDINFO; no REMOTE
 5819       LIST-STATUS                     yes
 8438       STATUS=SIZE                     yes
 4959       SASL-IR                         yes

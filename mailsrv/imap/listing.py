@@ -71,8 +71,13 @@ async def run_list(session: Session, cmd: Command, *, lsub: bool = False) -> Non
         parents = {n.rsplit(DELIMITER, k)[0] for n in candidates for k in range(1, n.count(DELIMITER) + 1)}
         ghosts = {p for p in parents - names if any(r.match(p) for r in percent)}
         out_names = sorted(set(out_names) | ghosts)
-    # RFC 3501 §6.3.9: with "%", a parent of a matching child that does not itself match is
-    # returned as \Noselect (LIST) only when it does not exist; we list only existing ones.
+    # RFC 5258 §3.5: with (SUBSCRIBED RECURSIVEMATCH), a mailbox that matches the pattern but
+    # not the selection, and has a descendant that does, is returned with CHILDINFO.
+    childinfo: set[str] = set()
+    if "RECURSIVEMATCH" in select and "SUBSCRIBED" in select:
+        parents = {n.rsplit(DELIMITER, k)[0] for n in subscribed for k in range(1, n.count(DELIMITER) + 1)}
+        childinfo = {p for p in parents if p not in subscribed and any(r.match(p) for r in regexes)}
+        out_names = sorted(set(out_names) | childinfo)
     for name in sorted(out_names, key=lambda n: (n != "INBOX", n)):
         info = by_name.get(name)
         attrs: list[str] = []
@@ -89,7 +94,9 @@ async def run_list(session: Session, cmd: Command, *, lsub: bool = False) -> Non
         if "SPECIAL-USE" in select and (info is None or not info.special_use):
             continue
         verb = b"LSUB" if lsub else b"LIST"
-        session.w(b"* " + verb + b" (" + " ".join(attrs).encode() + b') "/" ' + session._name_out(name) + b"\r\n")
+        extra = b' ("CHILDINFO" ("SUBSCRIBED"))' if name in childinfo else b""
+        session.w(b"* " + verb + b" (" + " ".join(attrs).encode() + b') "/" ' + session._name_out(name)
+                  + extra + b"\r\n")
         if status_items and info is not None:
             try:
                 items = await session.status_items(name, status_items)

@@ -363,3 +363,20 @@ def test_within() -> None:
         assert await d(b"b SEARCH OLDER 3600") == [b"* SEARCH 1", b"b OK SEARCH completed"]
 
     run(go())
+
+
+def test_list_recursivematch_childinfo() -> None:
+    # RFC 5258 §5 example 7 (adapted): Foo is not subscribed, Foo/Baz is
+    async def go() -> None:
+        d, _ = await _logged_in()
+        await d(b"c1 CREATE Foo")
+        await d(b"c2 CREATE Foo/Baz")
+        await d(b"s SUBSCRIBE Foo/Baz")
+        out = await d(b'l LIST (SUBSCRIBED RECURSIVEMATCH) "" %')
+        assert b'* LIST (\\HasChildren) "/" Foo ("CHILDINFO" ("SUBSCRIBED"))' in out
+        assert not any(b"Foo/Baz" in ln for ln in out)
+        out = await d(b'l LIST (SUBSCRIBED) "" *')
+        assert b'* LIST (\\HasNoChildren \\Subscribed) "/" Foo/Baz' in out
+        assert (await d(b'l LIST (RECURSIVEMATCH) "" *'))[0].startswith(b"l BAD")
+
+    run(go())
