@@ -275,3 +275,27 @@ def test_warm_open_sees_changes_made_meanwhile(make_store, run, tmp_path: Path) 
     fresh = run(make_store().account("alice"))
     assert [(m.uid, m.flags) for m in run(fresh.open_mailbox("INBOX")).messages] == \
         [(m.uid, m.flags) for m in second.messages]
+
+
+def test_status_special_use_subscriptions_and_shared_open(make_store, run) -> None:
+    import asyncio
+
+    store = make_store()
+
+    async def both():  # type: ignore[no-untyped-def]
+        return await asyncio.gather(store.account("carol"), store.account("carol"))
+
+    a, b = run(both())
+    assert a is b
+    info = run(a.create_mailbox("Receipts", special_use="\\Archive"))
+    assert info.special_use == "\\Archive" and not info.subscribed
+    run(a.subscribe("Receipts"))
+    run(a.subscribe("Junk", False))
+    subs = {m.name: m.subscribed for m in run(a.list_mailboxes())}
+    assert subs["Receipts"] and not subs["Junk"] and subs["INBOX"]
+    run(a.append("Receipts", msg(1), frozenset({"\\Seen"})))
+    run(a.append("Receipts", msg(2)))
+    st = run(a.mailbox_status("Receipts"))
+    assert (st.messages, st.unseen, st.uidnext, st.size) == (2, 1, 3, len(msg(1)) + len(msg(2)))
+    with pytest.raises(MailboxNotFound):
+        run(a.mailbox_status("Nope"))
