@@ -578,6 +578,8 @@ class Session(MessageCommands):
             return ImapError("NO", "Quota exceeded", "OVERQUOTA")
         if name == "MessageGone":
             return ImapError("NO", "Message was expunged", "EXPUNGEISSUED")
+        if name == "BadMailboxName":
+            return ImapError("NO", f"Invalid mailbox name: {str(exc)[:100]}", "CANNOT")
         if name == "TemporaryFailure":
             return ImapError("NO", "Temporary failure, try again", "UNAVAILABLE")
         if isinstance(exc, (OSError, RuntimeError, ValueError)) or name.endswith("Error"):
@@ -585,8 +587,21 @@ class Session(MessageCommands):
             return ImapError("NO", "Operation failed", "SERVERBUG" if not name.startswith("Store") else "CANNOT")
         raise exc
 
+    @staticmethod
+    def _check_new_name(name: str) -> None:
+        """Names we create: no empty, "." or ".." hierarchy levels, no control characters.
+
+        RFC 9051 §5.1 leaves names to the server; these would not survive Maildir++ (or a mutt
+        user's eyes) and "." / ".." read like paths.
+        """
+        parts = name.split("/")
+        if any(p in ("", ".", "..") for p in parts) or any(ord(c) < 0x20 or c == "\x7f" for c in name):
+            raise ImapError("NO", "Invalid mailbox name", "CANNOT")
+
     async def cmd_create(self, cmd: Command) -> None:
         name = self._name_in(cmd.args["mailbox"]).rstrip("/")
+        if name:
+            self._check_new_name(name)
         if not name or name == "INBOX":
             raise ImapError("NO", "Mailbox already exists", "ALREADYEXISTS")
         use = [norm_flag(f) for f in cmd.args["use"]]
@@ -611,6 +626,7 @@ class Session(MessageCommands):
     async def cmd_rename(self, cmd: Command) -> None:
         old = self._name_in(cmd.args["mailbox"])
         new = self._name_in(cmd.args["new"])
+        self._check_new_name(new)
         if new == "INBOX":
             raise ImapError("NO", "Mailbox already exists", "ALREADYEXISTS")
         try:

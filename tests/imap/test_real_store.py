@@ -348,3 +348,13 @@ def test_scram_sha_256_plus_with_channel_binding(tmp_path: Path) -> None:
             f.close()
     finally:
         stop()
+
+
+def test_bad_mailbox_names_are_refused(real: ServerHandle) -> None:
+    raw = Raw(real.host, real.port)
+    raw.cmd(b"a LOGIN alice@example.test wonderland")
+    for bad in (b'"a/../b"', b'"x//y"', b'"/lead"'):
+        out = raw.cmd(b"c CREATE " + bad)
+        assert out[-1].startswith(b"c NO ["), out
+    assert raw.cmd(b"n NOOP") == [b"n OK NOOP completed\r\n"]
+    raw.close()
