@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from mailsrv.mime import MessageStructure
+
 #: The object types whose state and changes a backend tracks.
 TYPES = ("Mailbox", "Email", "Thread")
 
@@ -146,6 +148,10 @@ class MailBackend(Protocol):
 
     async def read_blob(self, blob_id: str) -> bytes | None:
         """The raw message of an email blob id, or None."""
+
+    async def structures(self, blob_ids: list[str]) -> dict[str, MessageStructure]:
+        """The cached MIME structures of email blob ids (no message file is read); ids the backend
+        has none for are left out (the caller parses the bytes)."""
 
     async def update_email(
         self, email_id: str, *, mailbox_ids: frozenset[str] | None = None, keywords: frozenset[str] | None = None

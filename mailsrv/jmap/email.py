@@ -11,12 +11,14 @@ import re
 from collections import OrderedDict
 from typing import Any
 
+from mailsrv import mime
 from mailsrv.jmap import args as A
 from mailsrv.jmap import message
 from mailsrv.jmap.backend import EmailMeta, MailBackend
 from mailsrv.jmap.core import MAIL, RequestContext, registry
 from mailsrv.jmap.errors import MethodError, invalid_arguments
 from mailsrv.jmap.mailbox import standard_changes
+from mailsrv.mime import MessageStructure, Part
 
 METADATA = ["id", "blobId", "threadId", "mailboxIds", "keywords", "size", "receivedAt"]
 HEADER_CONVENIENCE = ["messageId", "inReplyTo", "references", "sender", "from", "to", "cc", "bcc", "replyTo",
@@ -31,6 +33,7 @@ BODY_PART_PROPERTIES = ["partId", "blobId", "size", "headers", "name", "type", "
 DEFAULT_BODY_PROPERTIES = ["partId", "blobId", "size", "name", "type", "charset", "disposition", "cid", "language",
                            "location"]
 HEADER_PROP = re.compile(r"^header:([!-9;-~]+?)(?::as(Raw|Text|Addresses|GroupedAddresses|MessageIds|Date|URLs))?(:all)?$")
+PART_ID = re.compile(r"[1-9][0-9]{0,8}(\.[1-9][0-9]{0,8}){0,100}")
 # convenience property -> (header, form)
 CONVENIENCE = {
     "messageId": ("message-id", "MessageIds"), "inReplyTo": ("in-reply-to", "MessageIds"),
@@ -62,11 +65,11 @@ def check_properties(props: Any, known: list[str], default: list[str], what: str
     return list(dict.fromkeys(props))
 
 
-def header_value(headers: list[tuple[str, str]], prop: str) -> Any:
+def header_value(structure: MessageStructure, raw: Any, part: Part | None, prop: str) -> Any:
     parsed = parse_header_prop(prop)
     assert parsed is not None
     name, form, all_ = parsed
-    values = [v for k, v in headers if k.lower() == name.lower()]
+    values = message.field_values(structure, raw, part, name)
     if all_:
         return [message.parse_form(v, form) for v in values]
     if not values:
@@ -75,48 +78,53 @@ def header_value(headers: list[tuple[str, str]], prop: str) -> Any:
     return message.parse_form(values[-1], form)
 
 
-def convenience(headers: list[tuple[str, str]], prop: str) -> Any:
+def header_prop_needs_raw(prop: str) -> bool:
+    """Whether a header:* property reads a field the cached structure does not keep."""
+    parsed = parse_header_prop(prop)
+    return parsed is None or parsed[0].lower() not in message.STRUCTURAL
+
+
+def convenience(structure: MessageStructure, prop: str) -> Any:
     # RFC 8621 §4.1.3: each is identical to header:{name}:as{Form}, i.e. the last instance.
     name, form = CONVENIENCE[prop]
-    values = [v for k, v in headers if k.lower() == name]
+    values = message.field_values(structure, None, None, name)
     if not values:
         return None
     return message.parse_form(values[-1], form)
 
 
-def part_json(part: message.Part, blob_base: str, props: list[str]) -> dict[str, Any]:
+def part_json(part: Part, structure: MessageStructure, raw: Any, blob_base: str, props: list[str]) -> dict[str, Any]:
+    """One EmailBodyPart (RFC 8621 §4.1.4); ``raw`` may be None when the properties do not need it
+    (:func:`message.parts_need_raw`)."""
+    pid = message.part_id(part)
     out: dict[str, Any] = {}
     for p in props:
         if p == "partId":
-            out[p] = part.part_id
+            out[p] = pid
         elif p == "blobId":
-            out[p] = f"{blob_base}_{part.part_id}" if part.part_id is not None else None
+            out[p] = f"{blob_base}_{pid}" if pid is not None else None
         elif p == "size":
-            out[p] = len(part.content()) if part.part_id is not None else 0
+            out[p] = message.part_size(raw, part)
         elif p == "headers":
-            out[p] = [{"name": k, "value": message.to_text(v)} for k, v in part.headers]
+            out[p] = [{"name": k, "value": message.as_raw(v)} for k, v in message.header_list(raw, part)]
         elif p == "name":
-            out[p] = part.name
+            out[p] = part.filename
         elif p == "type":
-            out[p] = part.type
+            out[p] = part.mime_type
         elif p == "charset":
-            out[p] = part.charset if part.part_id is not None else None
+            out[p] = message.charset_of(part)
         elif p == "disposition":
             out[p] = part.disposition
         elif p == "cid":
-            v = part.msg.get("content-id")
-            ids = message.as_message_ids(v) if v else None
-            out[p] = ids[0] if ids else (v.strip() if v else None)
+            out[p] = part.content_id
         elif p == "language":
-            v = part.msg.get("content-language")
-            out[p] = [x.strip() for x in message.to_text(v).split(",") if x.strip()] if v else None
+            out[p] = part.language
         elif p == "location":
-            v = part.msg.get("content-location")
-            out[p] = message.as_text(v) if v else None
+            out[p] = part.location
         elif p == "subParts":
-            out[p] = [part_json(s, blob_base, props) for s in part.subparts] if part.part_id is None else None
+            out[p] = [part_json(s, structure, raw, blob_base, props) for s in part.children] if pid is None else None
         elif p.startswith("header:"):
-            out[p] = header_value(part.headers, p)
+            out[p] = header_value(structure, raw, part, p)
     return out
 
 
@@ -128,56 +136,64 @@ class BodyOptions:
         self.max_bytes = A.uint(args, "maxBodyValueBytes", 0) or 0
 
 
-def body_value(part: message.Part, max_bytes: int) -> dict[str, Any]:
-    text, problem = message.decode_text(part)
+def body_value(raw: Any, part: Part, max_bytes: int) -> dict[str, Any]:
+    text, problem = message.decode_text(raw, part)
     text, truncated = message.truncate_utf8(text, max_bytes)
     return {"value": text, "isEncodingProblem": problem, "isTruncated": truncated}
 
 
-#: parsed messages kept per worker (by blob id: a blob never changes), and the largest one kept
+#: derived (message-content) properties kept per worker, by (blob, request shape): blobs are
+#: immutable; messages larger than the last bound are not kept
 PARSE_CACHE = 2000
 PARSE_CACHE_MAX_SIZE = 256 * 1024
-_parsed: OrderedDict[str, message.ParsedMessage] = OrderedDict()
-
-
-def parsed_message(blob_id: str, raw: bytes) -> message.ParsedMessage:
-    hit = _parsed.get(blob_id)
-    if hit is not None:
-        _parsed.move_to_end(blob_id)
-        return hit
-    parsed = message.parse(raw)
-    if len(raw) <= PARSE_CACHE_MAX_SIZE:
-        _parsed[blob_id] = parsed
-        if len(_parsed) > PARSE_CACHE:
-            _parsed.popitem(last=False)
-    return parsed
-
-
-#: derived (message-content) properties per (blob, request shape): blobs are immutable
 _derived: OrderedDict[tuple[Any, ...], dict[str, Any]] = OrderedDict()
 
 
-def email_json(meta: EmailMeta, raw: bytes | None, props: list[str], body_props: list[str], opts: BodyOptions) -> dict[str, Any]:
-    content = [p for p in props if p not in METADATA]
-    key = (meta.blob_id, tuple(content), tuple(body_props), opts.text, opts.html, opts.all, opts.max_bytes)
+def _key(meta: EmailMeta, props: list[str], body_props: list[str], opts: BodyOptions) -> tuple[Any, ...]:
+    content = tuple(p for p in props if p not in METADATA)
+    return (meta.blob_id, content, tuple(body_props), opts.text, opts.html, opts.all, opts.max_bytes)
+
+
+def needs_raw(structure: MessageStructure, props: list[str], body_props: list[str], opts: BodyOptions) -> bool:
+    """Whether these properties of this message need its bytes (else the cached structure answers)."""
+    for p in props:
+        if p in ("headers", "preview"):
+            return True
+        if p == "bodyValues" and (opts.text or opts.html or opts.all):
+            return True
+        if p.startswith("header:") and header_prop_needs_raw(p):
+            return True
+    if any(p in ("bodyStructure", "textBody", "htmlBody", "attachments") for p in props):
+        return message.parts_need_raw(structure, body_props)
+    return False
+
+
+def email_json(meta: EmailMeta, raw: Any, props: list[str], body_props: list[str], opts: BodyOptions,
+               structure: MessageStructure | None = None) -> dict[str, Any]:
+    """The Email object; content properties from ``structure`` (parsed from ``raw`` if None) and
+    ``raw`` (None when :func:`needs_raw` says so)."""
+    key = _key(meta, props, body_props, opts)
     derived = _derived.get(key)
     if derived is not None:
         _derived.move_to_end(key)
     else:
-        derived = _email_json(meta, raw, content, body_props, opts)
+        content = list(key[1])
+        if structure is None and content:
+            structure = mime.parse(raw if raw is not None else b"")
+        derived = _email_json(meta, structure, raw, content, body_props, opts)
         if meta.size <= PARSE_CACHE_MAX_SIZE:
             _derived[key] = derived
             if len(_derived) > PARSE_CACHE:
                 _derived.popitem(last=False)
-    out = _email_json(meta, None, [p for p in props if p in METADATA], body_props, opts)
+    out = _email_json(meta, None, None, [p for p in props if p in METADATA], body_props, opts)
     out.update(derived)
     return {p: out[p] for p in props}
 
 
-def _email_json(meta: EmailMeta, raw: bytes | None, props: list[str], body_props: list[str], opts: BodyOptions) -> dict[str, Any]:
+def _email_json(meta: EmailMeta, s: MessageStructure | None, raw: Any, props: list[str], body_props: list[str],
+                opts: BodyOptions) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    parsed = parsed_message(meta.blob_id, raw) if raw is not None else None
-    lists = message.body_lists(parsed.root) if parsed is not None else ([], [], [])
+    lists = message.body_lists(s) if s is not None and any(p in BODY for p in props) else ([], [], [])
     for p in props:
         if p == "id":
             out[p] = meta.id
@@ -193,42 +209,41 @@ def _email_json(meta: EmailMeta, raw: bytes | None, props: list[str], body_props
             out[p] = meta.size
         elif p == "receivedAt":
             out[p] = message.utc_date(meta.received_at)
-        elif parsed is None:
+        elif s is None:
             out[p] = None
         elif p == "headers":
-            out[p] = [{"name": k, "value": message.to_text(v)} for k, v in parsed.headers]
+            out[p] = [{"name": k, "value": message.as_raw(v)} for k, v in message.header_list(raw, s.root)]
         elif p in CONVENIENCE:
-            out[p] = convenience(parsed.headers, p)
+            out[p] = convenience(s, p)
         elif p.startswith("header:"):
-            out[p] = header_value(parsed.headers, p)
+            out[p] = header_value(s, raw, None, p)
         elif p == "bodyStructure":
-            out[p] = part_json(parsed.root, meta.blob_id, body_props if "subParts" in body_props else [*body_props, "subParts"])
+            bp = body_props if "subParts" in body_props else [*body_props, "subParts"]
+            out[p] = part_json(s.root, s, raw, meta.blob_id, bp)
         elif p in ("textBody", "htmlBody", "attachments"):
             idx = ("textBody", "htmlBody", "attachments").index(p)
-            out[p] = [part_json(x, meta.blob_id, [b for b in body_props if b != "subParts"]) for x in lists[idx]]
+            bp = [b for b in body_props if b != "subParts"]
+            out[p] = [part_json(x, s, raw, meta.blob_id, bp) for x in lists[idx]]
         elif p == "hasAttachment":
             out[p] = bool(lists[2])
         elif p == "preview":
-            out[p] = message.preview(lists[0], lists[1])
+            out[p] = message.preview(raw, s)
         elif p == "bodyValues":
-            values: dict[str, Any] = {}
-            chosen: list[message.Part] = []
+            chosen: list[Part] = []
             if opts.all:
-                chosen = [x for x in parsed.leaves.values() if x.type.startswith("text/")]
+                chosen = [x for x in message.leaves(s) if x.type == "text"]
             else:
                 if opts.text:
-                    chosen += [x for x in lists[0] if x.type.startswith("text/")]
+                    chosen += [x for x in lists[0] if x.type == "text"]
                 if opts.html:
-                    chosen += [x for x in lists[1] if x.type.startswith("text/")]
+                    chosen += [x for x in lists[1] if x.type == "text"]
+            values: dict[str, Any] = {}
             for x in chosen:
-                assert x.part_id is not None
-                values[x.part_id] = body_value(x, opts.max_bytes)
+                pid = message.part_id(x)
+                assert pid is not None
+                values[pid] = body_value(raw, x, opts.max_bytes)
             out[p] = values
     return out
-
-
-def needs_raw(props: list[str]) -> bool:
-    return any(p not in METADATA for p in props)
 
 
 @registry.add("Email/get", MAIL)
@@ -251,24 +266,23 @@ async def email_get(ctx: RequestContext, args: dict[str, Any], call_id: str) -> 
         ids = [m.id for m in metas_all]
     A.get_limit(ctx, len(ids))
     metas = await be.get_emails(ids)
+    content = any(p not in METADATA for p in props)
+    # 1. the cached structures (no file read) of what the derived cache does not hold
+    todo = [m for m in metas.values()
+            if content and _key(m, props, body_props, opts) not in _derived]
+    structs = await be.structures([m.blob_id for m in todo]) if todo else {}
+    # 2. the bytes, read once and concurrently (the backend's I/O threads), only where needed
+    need = [m for m in todo if m.blob_id not in structs
+            or needs_raw(structs[m.blob_id], props, body_props, opts)]
+    datas = await asyncio.gather(*(be.read_blob(m.blob_id) for m in need))
+    raws = {m.blob_id: d for m, d in zip(need, datas, strict=True)}
     found, not_found = [], []
-    raw_needed = needs_raw(props)
-    raws: dict[str, bytes | None] = {}
-    if raw_needed:
-        # the reads run concurrently in the backend's I/O threads
-        wanted = [m for m in metas.values() if m.blob_id not in _parsed]
-        datas = await asyncio.gather(*(be.read_blob(m.blob_id) for m in wanted))
-        raws = {m.blob_id: d for m, d in zip(wanted, datas, strict=True)}
     for i in ids:
         meta = metas.get(i)
-        if meta is None:
+        if meta is None or (meta.blob_id in raws and raws[meta.blob_id] is None):  # or expunged meanwhile
             not_found.append(i)
             continue
-        raw = raws.get(meta.blob_id, b"" if meta.blob_id in _parsed else None) if raw_needed else None
-        if raw_needed and raw is None:  # expunged meanwhile
-            not_found.append(i)
-            continue
-        found.append(email_json(meta, raw, props, body_props, opts))
+        found.append(email_json(meta, raws.get(meta.blob_id), props, body_props, opts, structs.get(meta.blob_id)))
     return {"accountId": be.account_id, "state": state, "list": found, "notFound": not_found}
 
 
@@ -319,14 +333,16 @@ async def read_blob(be: MailBackend, uploads: Any, blob_id: str) -> bytes | None
         up = await uploads.read(be.account_id, blob_id)
         if up is not None:
             return up
-    base, sep, part_id = blob_id.rpartition("_")
-    if not sep or not part_id.isdigit():
+    # a body part: "<email blob>_<partId>", the partId being the part's IMAP section ("1.2")
+    base, sep, pid = blob_id.rpartition("_")
+    if not sep or PART_ID.fullmatch(pid) is None:
         return None
     raw = await be.read_blob(base)
     if raw is None:
         return None
-    part = message.parse(raw).leaves.get(part_id)
-    return part.content() if part is not None else None
+    structure = (await be.structures([base])).get(base) or mime.parse(raw)
+    part = message.find_part(structure, pid)
+    return mime.decoded_body(raw, part) if part is not None else None
 
 
 from mailsrv.jmap import email_query as _q  # noqa: E402,F401  (registers Email/query)

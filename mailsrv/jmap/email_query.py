@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from mailsrv import mime
 from mailsrv.jmap import args as A
 from mailsrv.jmap import message
 from mailsrv.jmap.backend import CannotCalculateChanges, EmailMeta, MailBackend
@@ -47,14 +48,13 @@ class Facts:
 _cache: OrderedDict[str, Facts] = OrderedDict()
 
 
-def _addr_text(headers: list[tuple[str, str]], name: str) -> tuple[str, str]:
+def _addr_text(values: list[bytes]) -> tuple[str, str]:
     parts, first = [], ""
-    for k, v in headers:
-        if k.lower() == name:
-            for a in message.as_addresses(v):
-                parts.append(f"{a['name'] or ''} {a['email']}")
-                if not first:
-                    first = (a["name"] or a["email"] or "").casefold()
+    for v in values:
+        for a in message.as_addresses(v):
+            parts.append(f"{a['name'] or ''} {a['email']}")
+            if not first:
+                first = (a["name"] or a["email"] or "").casefold()
     return " ".join(parts).casefold(), first
 
 
@@ -76,24 +76,22 @@ def base_subject(subject: str) -> str:
 
 
 def facts_of(raw: bytes) -> Facts:
-    parsed = message.parse(raw)
-    h = parsed.headers
-    text, htm, att = message.body_lists(parsed.root)
-    body = []
-    for part in text or htm:
-        if part.type.startswith("text/"):
-            v, _ = message.decode_text(part)
-            body.append(message.html_to_text(v) if part.type == "text/html" else v)
-    subj = next((message.as_text(v) for k, v in reversed(h) if k.lower() == "subject"), "")
-    date = next((message.as_date(v) for k, v in reversed(h) if k.lower() == "date"), None)
+    st = mime.parse(raw)
+    h = message.header_list(raw, st.root)
+    text, htm, att = message.body_lists(st)
+    body = message.text_of(raw, [p for p in text or htm if p.type == "text"])
+    subjects = st.root.field_all(b"subject")
+    subj = message.as_text(subjects[-1]) if subjects else ""
+    dates = st.root.field_all(b"date")
+    date = message.as_date(dates[-1]) if dates else None
     sent = datetime.fromisoformat(date.replace("Z", "+00:00")).timestamp() if date else 0.0
-    f, ff = _addr_text(h, "from")
-    t, ft = _addr_text(h, "to")
+    f, ff = _addr_text(st.root.field_all(b"from"))
+    t, ft = _addr_text(st.root.field_all(b"to"))
     return Facts(
-        from_=f, to=t, cc=_addr_text(h, "cc")[0], bcc=_addr_text(h, "bcc")[0], subject=subj.casefold(),
-        sent_at=sent, has_attachment=bool(att),
+        from_=f, to=t, cc=_addr_text(st.root.field_all(b"cc"))[0], bcc=_addr_text(st.root.field_all(b"bcc"))[0],
+        subject=subj.casefold(), sent_at=sent, has_attachment=bool(att),
         headers=tuple((k.lower(), message.as_text(v).casefold()) for k, v in h),
-        body=" ".join(body).casefold(), first_from=ff, first_to=ft, sort_subject=base_subject(subj),
+        body=body.casefold(), first_from=ff, first_to=ft, sort_subject=base_subject(subj),
     )
 
 
@@ -389,16 +387,14 @@ async def search_snippet_get(ctx: RequestContext, args: dict[str, Any], call_id:
             not_found.append(i)
             continue
         raw = await be.read_blob(m.blob_id) or b""
-        parsed = message.parse(raw)
-        subj = next((message.as_text(v) for k, v in reversed(parsed.headers) if k.lower() == "subject"), "")
-        text, htm, _ = message.body_lists(parsed.root)
+        st = mime.parse(raw)
+        subjects = st.root.field_all(b"subject")
+        subj = message.as_text(subjects[-1]) if subjects else ""
+        text, htm, _ = message.body_lists(st)
         preview = None
         for part in text or htm:
-            if part.type.startswith("text/"):
-                body, _p = message.decode_text(part)
-                if part.type == "text/html":
-                    body = message.html_to_text(body)
-                body = " ".join(body.split())
+            if part.type == "text":
+                body = " ".join(message.text_of(raw, [part]).split())
                 low = body.casefold()
                 pos = min((low.find(t) for t in terms if t and low.find(t) >= 0), default=-1)
                 if pos >= 0:

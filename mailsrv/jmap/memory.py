@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from mailsrv import mime
 from mailsrv.jmap import message
 from mailsrv.jmap.backend import (
     UNCHANGED,
@@ -25,6 +26,7 @@ from mailsrv.jmap.backend import (
     NotFound,
     Unchanged,
 )
+from mailsrv.mime import MessageStructure
 
 ROLES_AT_START = (("Inbox", "inbox"), ("Sent", "sent"), ("Drafts", "drafts"), ("Trash", "trash"), ("Junk", "junk"), ("Archive", "archive"))
 
@@ -86,6 +88,7 @@ class MemoryBackend:
         self.boxes: dict[str, _Box] = {}
         self.emails_: dict[str, EmailMeta] = {}
         self.blobs: dict[str, bytes] = {}
+        self.structs: dict[str, MessageStructure] = {}  # what the store caches at delivery
         self.msgids: dict[str, str] = {}  # Message-ID -> thread id
         self.quota_limit: tuple[int | None, int | None] = (None, None)
         self._watchers: set[_MemoryWatch] = set()
@@ -235,6 +238,9 @@ class MemoryBackend:
     async def read_blob(self, blob_id: str) -> bytes | None:
         return self.blobs.get(blob_id)
 
+    async def structures(self, blob_ids: list[str]) -> dict[str, MessageStructure]:
+        return {b: self.structs[b] for b in blob_ids if b in self.structs}
+
     def _email_events(self, old: EmailMeta | None, new: EmailMeta | None) -> list[tuple[str, str, str, bool]]:
         evs: list[tuple[str, str, str, bool]] = []
         ref = old if old is not None else new
@@ -287,6 +293,7 @@ class MemoryBackend:
         if old is None:
             raise NotFound(email_id)
         self.blobs.pop(old.blob_id, None)
+        self.structs.pop(old.blob_id, None)
         self._bump(*self._email_events(old, None))
 
     async def import_email(
@@ -301,23 +308,23 @@ class MemoryBackend:
 
             raise OverQuota()
         eid = self._new_id("E")
-        thread_id = self._thread_for(raw) or self._new_id("T")
+        structure = await asyncio.to_thread(mime.parse, raw)  # as the store does at delivery
+        thread_id = self._thread_for(structure) or self._new_id("T")
         meta = EmailMeta(eid, "B" + eid, thread_id, frozenset(mailbox_ids), frozenset(keywords), len(raw),
                          time.time() if received_at is None else received_at)
         self.blobs[meta.blob_id] = raw
+        self.structs[meta.blob_id] = structure
         self.emails_[eid] = meta
-        parsed = message.parse(raw)
-        for v in parsed.root.header_values("message-id"):
+        for v in structure.root.field_all(b"message-id"):
             for mid in message.as_message_ids(v) or []:
                 self.msgids.setdefault(mid, thread_id)
         self._bump(*self._email_events(None, meta))
         return meta
 
-    def _thread_for(self, raw: bytes) -> str | None:
-        parsed = message.parse(raw)
+    def _thread_for(self, structure: MessageStructure) -> str | None:
         refs: list[str] = []
-        for h in ("references", "in-reply-to"):
-            for v in parsed.root.header_values(h):
+        for h in (b"references", b"in-reply-to"):
+            for v in structure.root.field_all(h):
                 refs.extend(message.as_message_ids(v) or [])
         for mid in refs:
             tid = self.msgids.get(mid)

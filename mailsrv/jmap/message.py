@@ -1,38 +1,26 @@
-"""RFC 8621 §4.1 views of a raw message: header forms, body structure, body values, preview.
+"""RFC 8621 §4.1 views of a message over ``mailsrv.mime``: header forms, body parts, body values, preview.
 
-Pure functions over the message bytes (stdlib ``email`` parser; move to
-``mailsrv.mime`` once it exposes RFC 8621 body parts).
+Pure functions. Structure-only properties (body part lists, the header fields
+the MIME parser keeps: From/To/Subject/Date/Message-ID/Content-*...) come from
+a :class:`~mailsrv.mime.MessageStructure`, which the store caches at delivery;
+the raw bytes are needed only for other header fields, part headers, decoded
+sizes of encoded parts, body values and the preview (:func:`needs_raw`).
 """
 
 from __future__ import annotations
 
-import email.header
-import email.parser
-import email.policy
 import email.utils
 import html
 import re
-from dataclasses import dataclass, field
+from collections.abc import Iterable
 from datetime import UTC, datetime
-from email.headerregistry import AddressHeader
-from email.message import Message
 from typing import Any
 
-
-class _RawPolicy(email.policy.Compat32):
-    """compat32, but keep the header value exactly as written after the colon (RFC 8621 Raw)."""
-
-    def header_source_parse(self, sourcelines: list[str]) -> tuple[str, str]:
-        name, value = sourcelines[0].split(":", 1)
-        value = value + "".join(sourcelines[1:])
-        return (name, value.rstrip("\r\n"))
-
-    def header_fetch_parse(self, name: str, value: str) -> str:
-        # msg.get() (Content-Type, Content-Transfer-Encoding...) sees the value without the leading blank
-        return str(super().header_fetch_parse(name, value.lstrip(" \t")))
-
-
-_POLICY = _RawPolicy(linesep="\r\n")
+from mailsrv import mime
+from mailsrv._speedups.mime_py import WANTED
+from mailsrv.mime import MessageStructure, Part
+from mailsrv.mime.body import iter_header_lines
+from mailsrv.mime.headers import lookup_charset, message_ids, unfold
 
 # RFC 8621 §4.1.2.3: the header fields for which asAddresses/asGroupedAddresses are defined.
 ADDRESS_HEADERS = frozenset(
@@ -47,6 +35,10 @@ KNOWN_HEADERS = ADDRESS_HEADERS | MESSAGE_ID_HEADERS | DATE_HEADERS | URL_HEADER
     "return-path received resent-date".split()
 )
 FORMS = ("Raw", "Text", "Addresses", "GroupedAddresses", "MessageIds", "Date", "URLs")
+#: the header fields a cached structure keeps (every occurrence, value up to [mime] max_value bytes)
+STRUCTURAL = frozenset(n.decode() for n in WANTED)
+#: transfer encodings whose decoded size is the encoded size (RFC 2045 §6.2)
+IDENTITY_ENCODINGS = frozenset(("7bit", "8bit", "binary"))
 
 
 def form_allowed(name: str, form: str) -> bool:
@@ -68,57 +60,82 @@ def form_allowed(name: str, form: str) -> bool:
     return False
 
 
-def to_text(raw: str) -> str:
-    """Surrogate-escaped header text -> str, 8-bit octets read as UTF-8."""
-    try:
-        return raw.encode("ascii", "surrogateescape").decode("utf-8", "replace")
-    except UnicodeEncodeError:
-        return raw
+# --- header fields ---------------------------------------------------------------------
 
 
-def _unfold(value: str) -> str:
-    return re.sub(r"\r?\n(?=[ \t])", "", value)
-
-
-def as_text(raw: str) -> str:
-    # RFC 8621 §4.1.2.2: unfold, decode RFC 2047 encoded words, trim surrounding whitespace.
-    value = _unfold(to_text(raw))
-    try:
-        decoded = str(email.header.make_header(email.header.decode_header(value)))
-    except Exception:
-        decoded = value
-    return decoded.strip()
-
-
-def as_grouped_addresses(raw: str) -> list[dict[str, Any]]:
-    value = _unfold(to_text(raw)).strip()
-    if not value:
-        return []
-    try:
-        kwds: dict[str, Any] = {}
-        AddressHeader.parse(value, kwds)
-    except Exception:
-        return []
+def header_list(raw: Any, part: Part | None = None) -> list[tuple[str, bytes]]:
+    """(name as written, raw value after the colon with its folding) of each field of ``part``'s
+    header, or of the message's header if ``part`` is None (no parse needed)."""
     out = []
-    for g in kwds.get("groups", ()):
-        addrs = [{"name": a.display_name or None, "email": a.addr_spec} for a in g.addresses if a.addr_spec]
-        out.append({"name": g.display_name, "addresses": addrs})
+    start, end = (0, len(raw)) if part is None else (part.header_start, part.body_start)
+    for _n, s, e in iter_header_lines(raw, start, end):
+        field = bytes(raw[s:e])
+        colon = field.find(b":")
+        name = field[:colon].rstrip(b" \t")
+        # RFC 5322 §3.6.8: field-name = 1*ftext; an mbox "From " line or a body line in a part
+        # without a header block is not a header field
+        if _FIELD_NAME.fullmatch(name) is None:
+            continue
+        out.append((name.decode("ascii"), field[colon + 1 :].rstrip(b"\r\n")))
     return out
 
 
-def as_addresses(raw: str) -> list[dict[str, Any]]:
-    return [a for g in as_grouped_addresses(raw) for a in g["addresses"]]
+_FIELD_NAME = re.compile(rb"[!-9;-~]+")
 
 
-def as_message_ids(raw: str) -> list[str] | None:
-    ids = re.findall(r"<([^<>\s]+)>", to_text(raw))
-    return ids or None
+def values_of(headers: Iterable[tuple[str, bytes]], name: str) -> list[bytes]:
+    n = name.lower()
+    return [v for k, v in headers if k.lower() == n]
 
 
-def as_date(raw: str) -> str | None:
+def field_values(structure: MessageStructure, raw: Any, part: Part | None, name: str) -> list[bytes]:
+    """Every value of header field ``name`` of ``part`` (the message if None): from the structure when
+    it keeps that field, else from ``raw`` (which must then be given)."""
+    p = part if part is not None else structure.root
+    n = name.lower()
+    if n in STRUCTURAL:
+        return [v.rstrip(b"\r\n") for v in p.field_all(n.encode())]
+    assert raw is not None, "raw bytes needed for a non-structural header field"
+    return mime.header_values(raw, p, n.encode())
+
+
+# --- RFC 8621 §4.1.2 parsed forms ------------------------------------------------------
+
+
+def as_raw(value: bytes) -> str:
+    return value.decode("utf-8", "replace")
+
+
+def as_text(value: bytes) -> str:
+    # RFC 8621 §4.1.2.2: unfold, decode RFC 2047 encoded words, trim surrounding whitespace.
+    return mime.decode_header(value).strip()
+
+
+def as_addresses(value: bytes) -> list[dict[str, Any]]:
+    return [_no_placeholder(a) for a in mime.jmap_addresses(value)]
+
+
+def as_grouped_addresses(value: bytes) -> list[dict[str, Any]]:
+    groups = mime.jmap_addresses(value, grouped=True)
+    return [{**g, "addresses": [_no_placeholder(a) for a in g["addresses"]]} for g in groups]
+
+
+def _no_placeholder(a: dict[str, Any]) -> dict[str, Any]:
+    # deviation from mailsrv.mime: IMAP's placeholder for an empty local part (RFC 3501 §7.4.2) is not
+    # an address; "<>" (a null path) has the empty addr-spec
+    if a["email"] == "MISSING_MAILBOX":
+        return {**a, "email": ""}
+    return a
+
+
+def as_message_ids(value: bytes) -> list[str] | None:
+    return message_ids(value) or None
+
+
+def as_date(value: bytes) -> str | None:
     try:
-        dt = email.utils.parsedate_to_datetime(_unfold(to_text(raw)).strip())
-    except (TypeError, ValueError, IndexError):
+        dt = email.utils.parsedate_to_datetime(unfold(value).strip().decode("latin-1"))
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
@@ -134,222 +151,131 @@ def utc_date(ts: float) -> str:
     return datetime.fromtimestamp(int(ts), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def as_urls(raw: str) -> list[str] | None:
-    urls = re.findall(r"<([^<>]*)>", to_text(raw))
+def as_urls(value: bytes) -> list[str] | None:
+    urls = re.findall(r"<([^<>]*)>", unfold(value).decode("utf-8", "replace"))
     return [u.strip() for u in urls] or None
 
 
-def parse_form(raw: str, form: str) -> Any:
+def parse_form(value: bytes, form: str) -> Any:
     if form == "Raw":
-        return to_text(raw)
+        return as_raw(value)
     if form == "Text":
-        return as_text(raw)
+        return as_text(value)
     if form == "Addresses":
-        return as_addresses(raw)
+        return as_addresses(value)
     if form == "GroupedAddresses":
-        return as_grouped_addresses(raw)
+        return as_grouped_addresses(value)
     if form == "MessageIds":
-        return as_message_ids(raw)
+        return as_message_ids(value)
     if form == "Date":
-        return as_date(raw)
-    return as_urls(raw)
+        return as_date(value)
+    return as_urls(value)
 
 
-@dataclass
-class Part:
-    """One RFC 8621 EmailBodyPart, with the Message it came from."""
-
-    part_id: str | None
-    msg: Message
-    type: str
-    subparts: list[Part] = field(default_factory=list)
-
-    @property
-    def headers(self) -> list[tuple[str, str]]:
-        return list(self.msg._headers)  # type: ignore[attr-defined]
-
-    def header_values(self, name: str) -> list[str]:
-        n = name.lower()
-        return [v for k, v in self.headers if k.lower() == n]
-
-    @property
-    def name(self) -> str | None:
-        try:
-            fn = self.msg.get_filename()
-        except Exception:
-            fn = None
-        if fn is None:
-            try:
-                fn = self.msg.get_param("name", header="content-type")  # type: ignore[assignment]
-            except Exception:
-                fn = None
-            if isinstance(fn, tuple):
-                fn = email.utils.collapse_rfc2231_value(fn)
-        return as_text(fn) if isinstance(fn, str) else None
-
-    @property
-    def charset(self) -> str | None:
-        cs = self.msg.get_param("charset")
-        if isinstance(cs, tuple):
-            cs = email.utils.collapse_rfc2231_value(cs)
-        if isinstance(cs, str) and cs:
-            return cs.lower()
-        return "us-ascii" if self.type.startswith("text/") else None
-
-    @property
-    def disposition(self) -> str | None:
-        d = self.msg.get_content_disposition()
-        return d.lower() if d else None
-
-    def content(self) -> bytes:
-        if self.msg.is_multipart():
-            return b""
-        payload = self.msg.get_payload(decode=True)
-        if isinstance(payload, bytes):
-            return payload
-        # message/rfc822 and friends: the encapsulated message as written
-        inner = self.msg.get_payload()
-        if isinstance(inner, list) and inner and isinstance(inner[0], Message):
-            return inner[0].as_bytes(policy=_POLICY)
-        return b""
+# --- body parts (RFC 8621 §4.1.4) ------------------------------------------------------
 
 
-@dataclass
-class ParsedMessage:
-    root: Part
-    leaves: dict[str, Part]
-
-    @property
-    def headers(self) -> list[tuple[str, str]]:
-        return self.root.headers
+def part_id(part: Part) -> str | None:
+    """The partId of a part: its IMAP section ("1" for the body of a single-part message), None for a multipart."""
+    if part.is_multipart:
+        return None
+    return part.section or "1"
 
 
-def parse(raw: bytes) -> ParsedMessage:
-    msg = email.parser.BytesParser(policy=_POLICY).parsebytes(raw)
-    leaves: dict[str, Part] = {}
-    counter = [0]
+def leaves(structure: MessageStructure) -> list[Part]:
+    """Every part with a partId, in order (embedded messages stay single leaves, RFC 8621 §4.1.4)."""
+    out: list[Part] = []
 
-    def build(m: Message, parent_type: str | None) -> Part:
-        ctype = _content_type(m, parent_type)
-        if ctype.startswith("multipart/") and m.is_multipart():
-            part = Part(None, m, ctype)
-            payload = m.get_payload()
-            assert isinstance(payload, list)
-            part.subparts = [build(sub, ctype) for sub in payload if isinstance(sub, Message)]
-            return part
-        counter[0] += 1
-        pid = str(counter[0])
-        part = Part(pid, m, ctype)
-        leaves[pid] = part
-        return part
+    def walk(p: Part) -> None:
+        if p.is_multipart:
+            for k in p.children:
+                walk(k)
+        else:
+            out.append(p)
 
-    return ParsedMessage(build(msg, None), leaves)
+    walk(structure.root)
+    return out
 
 
-def _content_type(m: Message, parent_type: str | None) -> str:
-    if m.get("content-type") is None:
-        # RFC 2046 §5.1.5: in multipart/digest the default is message/rfc822.
-        return "message/rfc822" if parent_type == "multipart/digest" else "text/plain"
-    return m.get_content_type()
+def find_part(structure: MessageStructure, pid: str) -> Part | None:
+    return next((p for p in leaves(structure) if part_id(p) == pid), None)
 
 
-def _is_inline_media(t: str) -> bool:
-    return t.startswith(("image/", "audio/", "video/"))
+def body_lists(structure: MessageStructure) -> tuple[list[Part], list[Part], list[Part]]:
+    """textBody, htmlBody, attachments (the algorithm of RFC 8621 §4.1.4, in mailsrv.mime)."""
+    return mime.split_body(structure)
 
 
-def body_lists(root: Part) -> tuple[list[Part], list[Part], list[Part]]:
-    """textBody, htmlBody, attachments: the algorithm of RFC 8621 §4.1.4, transcribed."""
-    text: list[Part] = []
-    htm: list[Part] = []
-    att: list[Part] = []
-
-    def walk(parts: list[Part], mtype: str, in_alt: bool, h: list[Part] | None, t: list[Part] | None) -> None:
-        tlen = len(t) if t is not None else -1
-        hlen = len(h) if h is not None else -1
-        for i, part in enumerate(parts):
-            is_multi = part.type.startswith("multipart/")
-            is_inline = (
-                part.disposition != "attachment"
-                and (part.type in ("text/plain", "text/html") or _is_inline_media(part.type))
-                and (i == 0 or (mtype != "related" and (_is_inline_media(part.type) or not part.name)))
-            )
-            if is_multi:
-                sub = part.type.split("/", 1)[1]
-                walk(part.subparts, sub, in_alt or sub == "alternative", h, t)
-            elif is_inline:
-                if mtype == "alternative":
-                    if part.type == "text/plain" and t is not None:
-                        t.append(part)
-                    elif part.type == "text/html" and h is not None:
-                        h.append(part)
-                    elif part.type not in ("text/plain", "text/html"):
-                        att.append(part)
-                    continue
-                if in_alt:
-                    if part.type == "text/plain":
-                        h = None
-                    if part.type == "text/html":
-                        t = None
-                if t is not None:
-                    t.append(part)
-                if h is not None:
-                    h.append(part)
-                if (t is None or h is None) and _is_inline_media(part.type):
-                    att.append(part)
-            else:
-                att.append(part)
-        if mtype == "alternative" and t is not None and h is not None:
-            if tlen == len(t) and hlen != len(h):
-                t.extend(h[hlen:])
-            if hlen == len(h) and tlen != len(t):
-                h.extend(t[tlen:])
-
-    walk([root], "mixed", False, htm, text)
-    return text, htm, att
+def part_size(raw: Any, part: Part) -> int:
+    """RFC 8621 §4.1.4 size: octets after transfer decoding (raw is needed only for encoded leaves)."""
+    if part.is_multipart or part.encoding in IDENTITY_ENCODINGS:
+        return part.size
+    return mime.binary_size(raw, part)
 
 
-def decode_text(part: Part) -> tuple[str, bool]:
+def parts_need_raw(structure: MessageStructure, body_props: Iterable[str]) -> bool:
+    """Whether the asked body part properties need the message bytes."""
+    props = set(body_props)
+    if any(p == "headers" or (p.startswith("header:") and p.split(":")[1].lower() not in STRUCTURAL) for p in props):
+        return True
+    if "size" in props:
+        return any(p.encoding not in IDENTITY_ENCODINGS for p in leaves(structure))
+    return False
+
+
+def charset_of(part: Part) -> str | None:
+    # RFC 8621 §4.1.4: the charset parameter, or us-ascii for text/* without one; lower case
+    if part.is_multipart:
+        return None
+    cs = part.charset
+    return cs.lower() if cs else None
+
+
+def decode_text(raw: Any, part: Part) -> tuple[str, bool]:
     """(text, isEncodingProblem) of a text part, decoded with its charset."""
-    data = part.content()
-    charset = part.charset or "us-ascii"
-    if charset in ("us-ascii", "ascii"):
-        charset = "utf-8"  # 8-bit in a us-ascii part is common; UTF-8 is a superset
-    try:
-        return data.decode(charset), False
-    except (LookupError, UnicodeDecodeError):
+    data = mime.decoded_body(raw, part)
+    declared = part.params.get("charset")
+    name = (declared or "us-ascii").strip().strip('"').lower()
+    if name in ("us-ascii", "ascii"):
+        name = "utf-8"  # 8-bit in a us-ascii part is common; UTF-8 is a superset
+    codec = lookup_charset(name) if name != "utf-8" else "utf-8"
+    if codec is not None:
         try:
-            return data.decode("utf-8"), False
+            return data.decode(codec), False
         except UnicodeDecodeError:
-            return data.decode(charset if _codec_ok(charset) else "utf-8", "replace"), True
-
-
-def _codec_ok(name: str) -> bool:
-    import codecs
-
+            pass
     try:
-        codecs.lookup(name)
-    except LookupError:
-        return False
-    return True
+        return data.decode("utf-8"), False
+    except UnicodeDecodeError:
+        # RFC 8621 §4.1.4 isEncodingProblem: malformed octets or an unknown charset
+        return data.decode(codec or "utf-8", "replace"), True
 
 
 def html_to_text(value: str) -> str:
     value = re.sub(r"(?is)<(script|style)\b.*?</\1\s*>", " ", value)
+    value = re.sub(r"(?s)<!--.*?-->", " ", value)
     value = re.sub(r"(?s)<[^>]*>", " ", value)
     return html.unescape(value)
 
 
-def preview(text_body: list[Part], html_body: list[Part]) -> str:
-    # RFC 8621 §4.1.4: up to 256 characters, whitespace collapsed.
-    for part in text_body or html_body:
-        if part.type == "text/plain":
-            value, _ = decode_text(part)
-        elif part.type == "text/html":
-            value = html_to_text(decode_text(part)[0])
-        else:
+def text_of(raw: Any, parts: list[Part]) -> str:
+    """The text a reader sees: the given text/* parts decoded (HTML reduced to text), joined by spaces."""
+    out = []
+    for p in parts:
+        if p.type != "text":
             continue
-        return " ".join(value.split())[:256]
-    return ""
+        value = decode_text(raw, p)[0]
+        out.append(html_to_text(value) if p.subtype == "html" else value)
+    return " ".join(out)
+
+
+#: RFC 8621 §4.1.4: preview is at most 256 characters
+PREVIEW_CHARS = 256
+
+
+def preview(raw: Any, structure: MessageStructure) -> str:
+    """RFC 8621 §4.1.4 preview: the start of the text body, white space collapsed."""
+    return mime.preview(raw, structure, PREVIEW_CHARS)
 
 
 def truncate_utf8(value: str, max_bytes: int) -> tuple[str, bool]:

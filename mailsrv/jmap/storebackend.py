@@ -46,6 +46,7 @@ from mailsrv.jmap.backend import (
     OverQuota,
     Unchanged,
 )
+from mailsrv.mime import MessageStructure
 
 SYSTEM = {"\\seen": "$seen", "\\flagged": "$flagged", "\\answered": "$answered", "\\draft": "$draft"}
 TO_SYSTEM = {"$seen": "\\Seen", "$flagged": "\\Flagged", "$answered": "\\Answered", "$draft": "\\Draft"}
@@ -368,6 +369,27 @@ class StoreBackend:
             except st.StoreError:
                 continue
         return None
+
+    async def structures(self, blob_ids: list[str]) -> dict[str, MessageStructure]:
+        """The structures the store parsed at delivery (docs/store-api.md ``structures``): one index
+        query per mailbox, no message file read."""
+        _, _, copies = await self._all()
+        names = self._names  # of the same snapshot as ``copies``
+        by_box: dict[str, dict[int, str]] = {}
+        for bid in blob_ids:
+            lst = copies.get(bid[1:]) if bid.startswith("B") else None
+            if lst:
+                mid, uid, _ = lst[0]
+                by_box.setdefault(mid, {})[uid] = bid
+        out: dict[str, MessageStructure] = {}
+        for mid, uids in by_box.items():
+            try:
+                got = await self.acct.structures(names[mid], list(uids))
+            except (st.StoreError, KeyError):
+                continue  # the mailbox went away: the caller reads (or misses) the message
+            for uid, s in got.items():
+                out[uids[uid]] = s
+        return out
 
     async def blob_path(self, blob_id: str) -> Path | None:
         """Where a whole-message blob's file is now (downloads stream it; may move on a flag change)."""

@@ -112,8 +112,7 @@ def _unlink(path: Path) -> None:
 
 def envelope_of(raw: bytes, identity_email: str) -> dict[str, Any]:
     # RFC 8621 §7.5: mailFrom from the Sender/From header, rcptTo from To, Cc, Bcc (deduplicated)
-    parsed = message.parse(raw)
-    h = parsed.headers
+    h = message.header_list(raw)
     sender = next((a["email"] for k, v in h if k.lower() == "sender" for a in message.as_addresses(v)), None)
     frm = next((a["email"] for k, v in h if k.lower() == "from" for a in message.as_addresses(v)), None)
     rcpts: list[str] = []
@@ -216,7 +215,7 @@ async def submission_set(ctx: RequestContext, args: dict[str, Any], call_id: str
             principal = ctx.extra.get("principal")
             if mail_from.lower() != be.name.lower() and not await submitter.may_send_as(principal, mail_from):
                 raise SetError("forbiddenMailFrom")
-            frm = next((a["email"] for k, v in message.parse(raw).headers if k.lower() == "from"
+            frm = next((a["email"] for k, v in message.header_list(raw) if k.lower() == "from"
                         for a in message.as_addresses(v)), None)
             if frm is not None and frm.lower() != be.name.lower() and not await submitter.may_send_as(principal, frm):
                 raise SetError("forbiddenFrom")

@@ -50,14 +50,14 @@ def active(rec: dict[str, Any], now: float) -> bool:
 
 def reply_to(raw: bytes, own: str) -> tuple[str, str, str | None] | None:
     """(address to answer, original subject, Message-ID) or None when RFC 3834 says stay silent."""
-    h = message.parse(raw).headers
-    get: dict[str, str] = {}
+    h = message.header_list(raw)
+    get: dict[str, bytes] = {}
     for k, v in h:
         get.setdefault(k.lower(), v)
-    auto = message.as_text(get.get("auto-submitted", "no")).lower()
+    auto = message.as_text(get.get("auto-submitted", b"no")).lower()
     if auto and auto != "no":
         return None
-    if message.as_text(get.get("precedence", "")).lower() in ("bulk", "list", "junk"):
+    if message.as_text(get.get("precedence", b"")).lower() in ("bulk", "list", "junk"):
         return None
     if "list-id" in get or "list-unsubscribe" in get:
         return None
@@ -72,7 +72,7 @@ def reply_to(raw: bytes, own: str) -> tuple[str, str, str | None] | None:
     if target.split("@", 1)[0].lower().startswith(NO_REPLY_LOCALS):
         return None
     mids = message.as_message_ids(get["message-id"]) if "message-id" in get else None
-    return target, message.as_text(get.get("subject", "")), mids[0] if mids else None
+    return target, message.as_text(get.get("subject", b"")), mids[0] if mids else None
 
 
 def compose(own: str, to: str, subject: str, msgid: str | None, rec: dict[str, Any]) -> bytes:

@@ -26,10 +26,13 @@ async def test_import_and_get_multipart_from_corpus(client: Client, corpus: Path
     assert e["from"] == [{"name": "Doug Sauder", "email": "dwsauder@example.com"}]
     assert e["header:Subject:asText"] == e["subject"]
     assert e["header:From:asAddresses:all"] == [e["from"]] and e["header:X-Nope"] is None
-    assert [p["partId"] for p in e["textBody"]] == ["1"] and [p["type"] for p in e["htmlBody"]] == ["text/html"]
+    # partIds are the IMAP section numbers (RFC 3501 §6.4.5), so JMAP and IMAP name a part alike
+    assert [p["partId"] for p in e["textBody"]] == ["1.1.1"] and [p["type"] for p in e["htmlBody"]] == ["text/html"]
+    assert [p["partId"] for p in e["htmlBody"]] == ["1.1.2"]
     assert [a["name"] for a in e["attachments"]] == ["2aa3ed95.png", "2aa3edd1.png", "blueball.png", "greenball.png"]
     assert e["hasAttachment"] is True
-    bv = e["bodyValues"]["1"]
+    assert list(e["bodyValues"]) == ["1.1.1"]
+    bv = e["bodyValues"]["1.1.1"]
     assert bv["isTruncated"] is True and len(bv["value"].encode()) <= 20 and bv["value"].startswith("Die Hasen")
     assert e["preview"].startswith("Die Hasen und die Frösche")
     assert e["bodyStructure"]["type"] == "multipart/mixed" and e["bodyStructure"]["partId"] is None
@@ -51,6 +54,67 @@ async def test_import_and_get_multipart_from_corpus(client: Client, corpus: Path
         assert await r.read() == raw
     async with client.http.get(f"{client.server.url}/jmap/download/a1/nope/x", headers=client.headers) as r:
         assert r.status == 404
+
+
+async def test_structure_properties_read_no_message_bytes(client: Client, corpus: Path) -> None:
+    # bodyStructure/textBody/htmlBody/attachments/hasAttachment and the structural header fields
+    # come from the structure cached at import (as the store caches it at delivery)
+    raw = (corpus / "stalwart-mail-parser/eml/legacy/015.eml").read_bytes()
+    eid = await client.import_message(raw)
+    be = client.server.backends["1"]
+    reads: list[str] = []
+    real_read = be.read_blob
+
+    async def counting(blob_id: str) -> bytes | None:
+        reads.append(blob_id)
+        return await real_read(blob_id)
+
+    be.read_blob = counting  # type: ignore[method-assign]
+    structural = ["id", "size", "from", "to", "subject", "sentAt", "messageId", "hasAttachment", "bodyStructure",
+                  "textBody", "htmlBody", "attachments", "header:Content-Type:asRaw", "header:Subject:asText:all"]
+    body = ["partId", "blobId", "type", "charset", "name", "disposition", "cid", "language", "location"]
+    got = await client.one("Email/get", {"ids": [eid], "properties": structural, "bodyProperties": body})
+    e = got["list"][0]
+    assert reads == []
+    assert e["hasAttachment"] is True and [a["name"] for a in e["attachments"]][:2] == ["2aa3ed95.png", "2aa3edd1.png"]
+    assert e["header:Content-Type:asRaw"].lstrip().startswith("multipart/") and not e["header:Content-Type:asRaw"].endswith("\n")
+    assert e["header:Subject:asText:all"] == [e["subject"]]
+    # decoded sizes of base64 parts, a non-structural header field and bodyValues need the bytes: read once
+    got2 = await client.one("Email/get", {"ids": [eid], "properties": ["attachments", "header:X-Mailer", "bodyValues"],
+                                          "fetchHTMLBodyValues": True})
+    assert len(reads) == 1
+    e2 = got2["list"][0]
+    assert all(a["size"] > 0 for a in e2["attachments"]) and list(e2["bodyValues"]) == ["1.1.2"]
+    # the same answer as when everything is read from the bytes (Email/parse of the blob)
+    blob = (await client.one("Email/get", {"ids": [eid], "properties": ["blobId"]}))["list"][0]["blobId"]
+    parsed = await client.one("Email/parse", {"blobIds": [blob], "properties": structural[1:], "bodyProperties": body})
+    for k in structural[1:]:
+        if k != "size":
+            assert parsed["parsed"][blob][k] == e[k], k
+
+
+async def test_nested_part_blob_by_section(client: Client) -> None:
+    inner = (b"Subject: inner\r\nContent-Type: multipart/mixed; boundary=i\r\n\r\n--i\r\nContent-Type: text/plain\r\n"
+             b"\r\ninner text\r\n--i--\r\n")
+    raw = (b"Subject: outer\r\nContent-Type: multipart/mixed; boundary=o\r\n\r\n--o\r\nContent-Type: text/plain\r\n\r\n"
+           b"outer\r\n--o\r\nContent-Type: multipart/alternative; boundary=a\r\n\r\n--a\r\nContent-Type: text/plain\r\n"
+           b"Content-Transfer-Encoding: base64\r\n\r\nYWx0IHRleHQ=\r\n--a--\r\n--o\r\nContent-Type: message/rfc822\r\n\r\n"
+           + inner + b"--o--\r\n")
+    eid = await client.import_message(raw)
+    e = (await client.one("Email/get", {"ids": [eid], "properties": ["bodyStructure", "attachments", "textBody"],
+                                        "bodyProperties": ["partId", "blobId", "size", "type"]}))["list"][0]
+    sub = e["bodyStructure"]["subParts"]
+    assert [p["partId"] for p in sub] == ["1", None, "3"] and sub[1]["subParts"][0]["partId"] == "2.1"
+    assert sub[1]["subParts"][0]["size"] == len(b"alt text")
+    for part, want in ((sub[1]["subParts"][0], b"alt text"), (sub[2], inner[:-2])):  # RFC 2046 §5.1.1: the CRLF before a delimiter is the delimiter's
+        async with client.http.get(f"{client.server.url}/jmap/download/a1/{part['blobId']}/x",
+                                   headers=client.headers) as r:
+            assert r.status == 200 and await r.read() == want
+    base = sub[0]["blobId"].rsplit("_", 1)[0]
+    for bogus in ("2", "2.9", "01", "1..1", "x"):
+        async with client.http.get(f"{client.server.url}/jmap/download/a1/{base}_{bogus}/x",
+                                   headers=client.headers) as r:
+            assert r.status == 404, bogus
 
 
 async def test_upload_range_and_limits(client: Client) -> None:
