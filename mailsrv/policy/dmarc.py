@@ -7,6 +7,7 @@ shipped inside the ``publicsuffixlist`` package: no download at run time.
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -80,15 +81,26 @@ def parse_record(text: str, domain: str) -> DmarcRecord | None:
     return DmarcRecord(p, sp, adkim, aspf, pct, domain)  # type: ignore[arg-type]
 
 
+class InvalidRecord(Exception):
+    """The domain publishes a DMARC record (``v=DMARC1``) that cannot be used (RFC 7489 §11.2 permerror)."""
+
+
 async def _fetch(resolver: Resolver, domain: str) -> DmarcRecord | None:
     txts = await resolver.txt(f"_dmarc.{domain}")
     recs = [r for t in txts if (r := parse_record(t, domain)) is not None]
     # RFC 7489 §6.6.3 step 5: more than one record -> no policy
-    return recs[0] if len(recs) == 1 else None
+    if len(recs) == 1:
+        return recs[0]
+    if not recs and any(re.match(r"v\s*=\s*DMARC1\s*(;|$)", t) for t in txts):
+        raise InvalidRecord(f"_dmarc.{domain}: unusable DMARC record")
+    return None
 
 
 async def discover(resolver: Resolver, from_domain: str) -> DmarcRecord | None:
-    """RFC 7489 §6.6.3: the From domain's record, else its organizational domain's. Raises DnsTempError."""
+    """RFC 7489 §6.6.3: the From domain's record, else its organizational domain's.
+
+    Raises DnsTempError, or InvalidRecord when the record found is not usable.
+    """
     rec = await _fetch(resolver, from_domain)
     if rec is None:
         org = org_domain(from_domain)
@@ -119,6 +131,8 @@ async def evaluate(resolver: Resolver, from_domains: Sequence[str], spf: SpfResu
         rec = await discover(resolver, from_domain)
     except DnsTempError as exc:
         return DmarcResult("temperror", from_domain, reason=str(exc))
+    except InvalidRecord as exc:
+        return DmarcResult("permerror", from_domain, reason=str(exc))
     if rec is None:
         return DmarcResult("none", from_domain, reason="no DMARC record")
     # RFC 7489 §6.6.2: SPF counts when it passed for an aligned MAIL FROM domain

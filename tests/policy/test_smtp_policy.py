@@ -438,3 +438,37 @@ def test_arc_overrides_dmarc_reject_only_for_trusted_sealers(policy_server: Any,
     with pytest.raises(smtplib.SMTPDataError) as exc:
         send(srv.port, "bounce@attacker.test", ["bob@example.test"], sealed("attacker.test"))
     assert exc.value.smtp_code == 550
+
+
+DMARC_CASES = [
+    ("v=DMARC1; p=none", "dkim", "pass", 250),
+    ("v=DMARC1; p=none", "", "fail", 250),
+    (None, "", "none", 250),
+    ("SERVFAIL", "", "temperror", 250),
+    ("v=DMARC1; p=bogus", "", "permerror", 250),
+    ("v=DMARC1; p=reject", "", "fail", 550),
+    ("v=DMARC1; p=reject; SERVFAIL-SPF", "", "temperror", 451),
+]
+
+
+@pytest.mark.parametrize(("record", "signed", "expected", "code"), DMARC_CASES)
+def test_dmarc_results(policy_server: Any, dnsserver: Any, dkim_key: Any, sign: Any, message: Any,
+                       record: str | None, signed: str, expected: str, code: int) -> None:
+    srv = policy_server()
+    dnsserver.add("sel._domainkey.sender.test", "TXT", dkim_key.txt)
+    if record == "SERVFAIL":
+        dnsserver.servfail.add("_dmarc.sender.test")
+    elif record is not None:
+        if "SERVFAIL-SPF" in record:
+            dnsserver.servfail.add("sender.test")  # SPF temperror, nothing else aligned: 451 under p=reject
+            record = record.split("; SERVFAIL")[0]
+        dnsserver.add("_dmarc.sender.test", "TXT", record)
+    data = sign(message(), "sender.test") if signed else message()
+    if code != 250:
+        with pytest.raises(smtplib.SMTPDataError) as exc:
+            send(srv.port, "alice@sender.test", ["bob@example.test"], data)
+        assert exc.value.smtp_code == code
+        return
+    send(srv.port, "alice@sender.test", ["bob@example.test"], data)
+    [d] = srv.backend.delivered
+    assert f"dmarc={expected} header.from=sender.test" in ar_header(d.data)
