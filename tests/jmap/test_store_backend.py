@@ -234,3 +234,35 @@ async def test_sort_order_is_kept_and_reported(env: tuple[Client, Store, Any]) -
     assert ch["updatedProperties"] is None and ch["newState"] == r["newState"]
     q = await c.one("Mailbox/query", {"sort": [{"property": "sortOrder"}, {"property": "name"}]})
     assert q["ids"].index(archive) < q["ids"].index(r["created"]["n"]["id"])
+
+
+async def test_structure_properties_come_from_the_store_index(env: tuple[Client, Store, Any], corpus: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    c, _, acct = env
+    raw = (corpus / "stalwart-mail-parser/eml/legacy/015.eml").read_bytes()
+    uid = await acct.append("INBOX", raw)
+    info = (await acct.open_mailbox("INBOX")).by_uid(uid)
+    reads: list[int] = []
+    real = type(acct).read_message
+
+    async def counting(self: Any, mailbox: str, uid: int, *a: Any, **kw: Any) -> bytes:
+        reads.append(uid)
+        return bytes(await real(self, mailbox, uid, *a, **kw))
+
+    monkeypatch.setattr(type(acct), "read_message", counting)
+    props = ["from", "subject", "sentAt", "hasAttachment", "bodyStructure", "textBody", "htmlBody", "attachments"]
+    body = ["partId", "blobId", "type", "name", "charset", "disposition"]
+    got = await c.one("Email/get", {"ids": [info.email_id], "properties": props, "bodyProperties": body})
+    e = got["list"][0]
+    assert reads == [] and e["hasAttachment"] is True
+    assert [p["partId"] for p in e["textBody"]] == ["1.1.1"] and e["from"][0]["email"] == "dwsauder@example.com"
+    # the bytes are read once when a property needs them, and agree with the structure's answer
+    got = await c.one("Email/get", {"ids": [info.email_id], "properties": [*props, "preview", "headers"],
+                                    "bodyProperties": body})
+    assert reads == [uid]
+    e2 = got["list"][0]
+    assert e2["preview"].startswith("Die Hasen") and {k: e2[k] for k in props} == {k: e[k] for k in props}
+    # a part's blob is its decoded content
+    png = e["attachments"][0]["blobId"]
+    async with c.http.get(f"{c.server.url}/jmap/download/A1/{png}/a.png", headers=c.headers) as r:
+        assert r.status == 200 and (await r.read())[:8] == b"\x89PNG\r\n\x1a\n"
