@@ -22,9 +22,9 @@ def documented_keys(text: str) -> set[str]:
     section = ""
     for raw in text.splitlines():
         line = raw.strip()
-        m = re.match(r"^#?\s*\[([A-Za-z0-9_.\-]+)\]\s*$", line)
+        m = re.match(r"^#?\s*\[([^\]]+)\]\s*$", line)
         if m:
-            section = m.group(1)
+            section = m.group(1).replace('"', "")
             continue
         m = re.match(r"^#?\s*([A-Za-z_][A-Za-z0-9_]*)\s*=", line)
         if m:
