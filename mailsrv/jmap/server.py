@@ -47,6 +47,7 @@ from mailsrv.jmap import submission as _submission  # noqa: F401  (Identity, Vac
 from mailsrv.jmap.backend import MailBackend
 from mailsrv.jmap.blobs import BLOB_RE, TooLarge, UploadStore
 from mailsrv.jmap.errors import RequestError, limit, not_json
+from mailsrv.jmap.limits import ConnectionLimiter, ConnLimits, LimitedSockSite
 from mailsrv.jmap.objects import Collection
 from mailsrv.jmap.pushsub import PushManager
 from mailsrv.jmap.session import SERVER_CAPABILITIES, session_object
@@ -100,8 +101,10 @@ class JmapApp:
         tls: bool,
         submitter: Any = None,
         push_ssl: ssl.SSLContext | None = None,
+        limiter: ConnectionLimiter | None = None,
     ) -> None:
         self.config = config
+        self.limiter = limiter
         self.submitter = submitter
         self.push = PushManager(push_ssl)
         self.vacation = Responder(submitter)
@@ -120,7 +123,9 @@ class JmapApp:
 
     def make_app(self) -> web.Application:
         # client_max_size bounds request.read(); uploads stream from request.content instead.
-        app = web.Application(middlewares=[self.cors], client_max_size=self.config.max_size_request)
+        # the connection limits answer inside the CORS middleware, so a browser can read their 503
+        middlewares: list[Any] = [self.cors] + ([self.limiter.middleware] if self.limiter is not None else [])
+        app = web.Application(middlewares=middlewares, client_max_size=self.config.max_size_request)
         r = app.router
         r.add_route("GET", "/.well-known/jmap", self.well_known)
         r.add_route("GET", "/jmap/session", self.session)
@@ -549,6 +554,7 @@ class JmapService:
     def __init__(self, ctx: ServiceContext) -> None:
         self.ctx = ctx
         self.runner: web.AppRunner | None = None
+        self.limiter = ConnectionLimiter(ConnLimits.of(ctx.listener, ctx.config.limits), ctx.name)
 
     def _build(self) -> web.Application:
         cfg = self.ctx.config
@@ -562,7 +568,7 @@ class JmapService:
 
             factory = with_sort_order(store_factory(res["store"], res.get("directory"), data_dir), uploads.root, io)
         if factory is None or "auth" not in res:
-            return _unavailable_app()
+            return _unavailable_app(self.limiter)
         secret = load_secret(data_dir / cfg.jmap.upload_dir / ".token-key")
         submitter = None
         if "directory" in res and "store" in res:
@@ -570,19 +576,20 @@ class JmapService:
 
             submitter = DirectorySubmitter(res["directory"], res["store"], data_dir)
         app = JmapApp(cfg.jmap, res["auth"], factory, uploads, secret, tls=self.ctx.listener.tls == "implicit",
-                      submitter=submitter)
+                      submitter=submitter, limiter=self.limiter)
         return app.make_app()
 
     async def start(self, socks: list[socket.socket], ssl_context: ssl.SSLContext | None) -> None:
         app = self._build()
         # handler_cancellation: a push stream ends when its client goes away
+        # keepalive_timeout: a connection silent between requests for the listener's idle time is closed
         self.runner = web.AppRunner(
             app, access_log=None, handle_signals=False, shutdown_timeout=self.ctx.config.server.shutdown_grace,
-            handler_cancellation=True,
+            handler_cancellation=True, keepalive_timeout=self.limiter.limits.idle_timeout,
         )
         await self.runner.setup()
         for sock in socks:
-            site = web.SockSite(self.runner, sock, ssl_context=ssl_context)
+            site = LimitedSockSite(self.runner, sock, self.limiter, ssl_context=ssl_context)
             await site.start()
 
     async def stop(self, grace: float) -> None:
@@ -590,7 +597,7 @@ class JmapService:
             await self.runner.cleanup()
 
 
-def _unavailable_app() -> web.Application:
+def _unavailable_app(limiter: ConnectionLimiter | None = None) -> web.Application:
     async def unavailable(request: web.Request) -> web.Response:
         return web.json_response(
             {"type": "about:blank", "status": 503, "detail": "the mail store or authentication is not configured"},
@@ -598,7 +605,7 @@ def _unavailable_app() -> web.Application:
             content_type="application/problem+json",
         )
 
-    app = web.Application()
+    app = web.Application(middlewares=[limiter.middleware] if limiter is not None else [])
     app.router.add_route("*", "/{tail:.*}", unavailable)
     return app
 

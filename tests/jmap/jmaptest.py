@@ -6,6 +6,7 @@ import asyncio
 import base64
 import io
 import ipaddress
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from aiohttp import web
 
 from mailsrv.config import JmapConfig
 from mailsrv.jmap.blobs import UploadStore
+from mailsrv.jmap.limits import ConnectionLimiter, ConnLimits, LimitedSockSite
 from mailsrv.jmap.memory import MemoryBackend
 from mailsrv.jmap.server import JmapApp, Principal
 from mailsrv.util.fsio import FileIO
@@ -80,8 +82,10 @@ class FakeSubmitter:
 
 class Server:
     def __init__(self, tmp: Path, config: JmapConfig | None = None, factory: Any = None,
-                 push_ssl: Any = None) -> None:
+                 push_ssl: Any = None, limits: ConnLimits | None = None) -> None:
         self.config = config or JmapConfig()
+        # with limits: served as JmapService serves a listener (limiter, keep-alive timeout, LimitedSockSite)
+        self.limiter = ConnectionLimiter(limits) if limits is not None else None
         self.auth = FakeAuth({"alice@example.test": (1, "secret"), "bob@example.test": (2, "hunter2")},
                              {"tok-alice": ("alice@example.test", frozenset({"mail"})),
                               "tok-admin": ("alice@example.test", frozenset({"admin"}))})
@@ -90,7 +94,7 @@ class Server:
         self.uploads = UploadStore(tmp / "uploads", self.io)
         self.submitter = FakeSubmitter()
         self.app = JmapApp(self.config, self.auth, factory or self.backend_for, self.uploads, b"k" * 32, tls=False,
-                           submitter=self.submitter, push_ssl=push_ssl)
+                           submitter=self.submitter, push_ssl=push_ssl, limiter=self.limiter)
         self.runner: web.AppRunner | None = None
         self.url = ""
 
@@ -101,11 +105,21 @@ class Server:
         return be
 
     async def start(self, ssl_context: Any = None) -> None:
-        self.runner = web.AppRunner(self.app.make_app(), access_log=None, handler_cancellation=True)
+        extra: dict[str, Any] = {}
+        if self.limiter is not None:
+            extra["keepalive_timeout"] = self.limiter.limits.idle_timeout
+        self.runner = web.AppRunner(self.app.make_app(), access_log=None, handler_cancellation=True, **extra)
         await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0, ssl_context=ssl_context)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        if self.limiter is not None:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind(("127.0.0.1", 0))
+            site: web.BaseSite = LimitedSockSite(self.runner, sock, self.limiter, ssl_context=ssl_context)
+            port = sock.getsockname()[1]
+            await site.start()
+        else:
+            site = web.TCPSite(self.runner, "127.0.0.1", 0, ssl_context=ssl_context)
+            await site.start()
+            port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         self.port = port
         self.url = f"{'https' if ssl_context else 'http'}://127.0.0.1:{port}"
 
