@@ -172,3 +172,19 @@ async def test_jmap_service_applies_the_listener_limits(tmp_path: Path) -> None:
         w2.close()
     finally:
         await svc.stop(1.0)
+
+
+@pytest.mark.parametrize("limited", [ConnLimits(max_connections=4, max_connections_per_ip=4, idle_timeout=5)],
+                         indirect=True)
+async def test_uploads_and_file_downloads_through_the_limited_site(limited: Server) -> None:
+    # uploads stream in, downloads go out with sendfile (FileResponse): both through the tracked protocol
+    data = bytes(range(256)) * 16384  # 4 MiB
+    async with aiohttp.ClientSession() as http:
+        client = Client(limited, http)
+        up = await client.upload(data, "application/octet-stream")
+        url = f"{limited.url}/jmap/download/a1/{up['blobId']}/d.bin"
+        async with http.get(url, headers=client.headers) as r:
+            assert r.status == 200 and await r.read() == data
+        async with http.get(url, headers={**client.headers, "Range": "bytes=1000-1999"}) as r:
+            assert r.status == 206 and await r.read() == data[1000:2000]
+        assert limited.limiter is not None and limited.limiter.count == 1  # one keep-alive connection
