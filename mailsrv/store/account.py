@@ -246,7 +246,7 @@ class Account:
                 raw = fh.read(self.engine.max_parse_size)
         else:
             raw = data[: self.engine.max_parse_size]
-        return Pending(structure=parse_structure(raw, self.id), thread=headers.thread_headers(raw))
+        return Pending(structure=parse_structure(raw, self.id, self.engine.mime_limits), thread=headers.thread_headers(raw))
 
     async def copy(self, src: str, uids: Sequence[int], dst: str,
                    limits: QuotaLimits = QuotaLimits()) -> list[tuple[int, int]]:

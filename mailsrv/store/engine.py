@@ -39,6 +39,7 @@ from pathlib import Path
 
 from mailsrv import log
 from mailsrv._speedups import quota as quota_impl
+from mailsrv.config import MimeConfig
 from mailsrv.store import folders, headers, maildir, messages, uidlist
 from mailsrv.store.folders import UIDLIST_NAME
 from mailsrv.store.rows import (
@@ -125,8 +126,10 @@ class Engine:
     """Blocking operations on one account. Thread-safe; call through the I/O pool."""
 
     def __init__(self, account_id: str, root: Path, *, max_parse_size: int = 64 << 20,
-                 hostname: str = "") -> None:
+                 hostname: str = "", mime_limits: MimeConfig | None = None) -> None:
         self.account_id = account_id
+        #: the ``[mime]`` parser bounds used wherever this account parses a message
+        self.mime_limits = mime_limits
         self.root = root
         self.max_parse_size = max_parse_size
         self.hostname = hostname or os.uname().nodename
@@ -493,7 +496,7 @@ class Engine:
             with open(path, "rb") as fh:
                 raw = fh.read(min(size, self.max_parse_size))
             if structure is None:
-                structure = parse_structure(raw, self.account_id)
+                structure = parse_structure(raw, self.account_id, self.mime_limits)
             if th is None:
                 th = headers.thread_headers(raw)
         if thread_id is None:
@@ -762,6 +765,19 @@ class Engine:
     def uid_for_key(self, name: str, key: str) -> int | None:
         return messages.uid_for_key(self, name, key)
 
+    def uids_for_keys(self, name: str, keys: Sequence[str]) -> dict[str, int]:
+        """key -> UID of those ``keys`` the index holds in the mailbox (one query)."""
+        with self.lock:
+            mb = self._row(name)
+            out: dict[str, int] = {}
+            for i in range(0, len(keys), 500):
+                part = list(keys[i:i + 500])
+                q = ",".join("?" * len(part))
+                for uid, key in self.db.execute(
+                        f"SELECT uid, key FROM messages WHERE mailbox=? AND key IN ({q})", (mb.id, *part)):
+                    out[key] = uid
+            return out
+
     def store_flags(self, name: str, uids: Sequence[int], flags: frozenset[str], mode: str,
                     unchanged_since: int | None) -> tuple[list[MessageInfo], list[int], SyncResult]:
         return messages.store_flags(self, name, uids, flags, mode, unchanged_since)
@@ -803,12 +819,12 @@ def glob_escape(s: str) -> str:
     return glob.escape(s)
 
 
-def parse_structure(raw: bytes, account_id: str = "") -> bytes | None:
-    """``mailsrv.mime.parse(raw).to_cache()``; None (parsed lazily later) if the parser fails."""
+def parse_structure(raw: bytes, account_id: str = "", mime_limits: MimeConfig | None = None) -> bytes | None:
+    """``mailsrv.mime.parse(raw, mime_limits).to_cache()``; None (parsed lazily later) if the parser fails."""
     from mailsrv import mime
 
     try:
-        return mime.parse(raw).to_cache()
+        return mime.parse(raw, mime_limits).to_cache()
     except Exception as exc:
         logger.exception("mime.parse_failed", exc, account=account_id)
         return None

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
 
 from mailsrv import log
 from mailsrv._speedups import quota as quota_impl
-from mailsrv.config import StoreConfig
+from mailsrv.config import MimeConfig, StoreConfig
 from mailsrv.store import headers, notify
 from mailsrv.store import maildir as md
 from mailsrv.store.account import Account
-from mailsrv.store.engine import Engine, Pending, new_id, parse_structure
+from mailsrv.store.engine import Engine, Pending, SyncResult, new_id, parse_structure
 from mailsrv.store.types import (
     DeliveryResult,
     DeliveryTarget,
@@ -31,8 +32,10 @@ class Store:
     """One per worker process: ``Store(config.store, config.server.data_dir)``."""
 
     def __init__(self, config: StoreConfig | None = None, data_dir: Path | str = ".", *,
-                 hostname: str = "") -> None:
+                 hostname: str = "", mime: MimeConfig | None = None) -> None:
         self.config = config or StoreConfig()
+        #: ``[mime]`` parser bounds (``config.mime``) for every parse the store does
+        self.mime = mime
         self.data_dir = Path(data_dir)
         self.hostname = hostname or os.uname().nodename
         self.io = fsio.FileIO(self.config.io_threads, name="mailsrv-store")
@@ -57,7 +60,8 @@ class Store:
         self._opening[account_id] = fut
         try:
             root = Path(maildir) if maildir is not None else self.data_dir / "mail" / account_id
-            engine = Engine(account_id, root, max_parse_size=self.config.max_parse_size, hostname=self.hostname)
+            engine = Engine(account_id, root, max_parse_size=self.config.max_parse_size, hostname=self.hostname,
+                            mime_limits=self.mime)
             acct = Account(self, account_id, root, engine)
             await acct._run(engine.open)
         except BaseException as exc:
@@ -100,92 +104,134 @@ class Store:
                       internal_date: float | None = None) -> list[DeliveryResult]:
         """Deliver one spooled message to many (account, mailbox) targets; see docs/store-api.md.
 
-        Returns when every ``ok`` copy is hard-linked into its ``new/`` and fsync'd.
+        Returns when every ``ok`` copy is durable: its file, its ``new/`` entry and its UID.
+        All of it is one job in the I/O pool (one round trip per delivery); concurrent
+        deliveries into one mailbox share the index transaction (whoever holds the
+        account's lock indexes every file waiting in ``new/``: group commit).
         """
         spool_path = Path(spool_path)
-        results: list[DeliveryResult | None] = [None] * len(targets)
+        email_id = new_id("E")
         try:
-            size, pend_proto = await self.io.run(self._prepare, spool_path, internal_date)
+            results, published = await self.io.run(self._deliver_job, spool_path, list(targets),
+                                                   internal_date, email_id)
         except OSError as exc:
             logger.error("deliver.spool_unreadable", path=str(spool_path), error=str(exc))
             return [DeliveryResult(t, "tempfail", None, f"spool unreadable: {exc.strerror}") for t in targets]
-        email_id = new_id("E")
-        # 1. quota check and hard link into each target's new/ (one pool job per target)
-        jobs = [self._link_one(spool_path, t, size, email_id, pend_proto) for t in targets]
-        linked = await asyncio.gather(*jobs, return_exceptions=True)
-        dirs: dict[str, list[int]] = {}
-        keys: list[tuple[Account, str, str] | None] = [None] * len(targets)
-        for i, (t, outcome) in enumerate(zip(targets, linked, strict=True)):
-            if isinstance(outcome, BaseException):
-                err = str(outcome)
-                logger.error("deliver.failed", account=getattr(t.account, "id", "?"), error=err)
-                results[i] = DeliveryResult(t, "tempfail", None, err)
-            elif outcome[0] == "over_quota":
-                results[i] = DeliveryResult(t, "over_quota", None, outcome[1])
-            else:
-                _, mailbox, key, newdir = outcome
-                keys[i] = (t.account, mailbox, key)
-                dirs.setdefault(newdir, []).append(i)
-        # 2. group commit: fsync every new/ once for all concurrent deliveries
-        syncs = await asyncio.gather(*(self.dirsync.sync(d) for d in dirs), return_exceptions=True)
-        for d, sync_out in zip(dirs, syncs, strict=True):
-            if isinstance(sync_out, BaseException):
-                for i in dirs[d]:
-                    logger.error("deliver.fsync_failed", dir=d, error=str(sync_out))
-                    results[i] = DeliveryResult(targets[i], "tempfail", None, f"fsync: {sync_out}")
-                    keys[i] = None
-        # 3. index: assign UIDs (the message is already safe; an index problem only delays the UID)
-        todo: dict[tuple[int, str], Account] = {}
-        for k in keys:
-            if k is not None:
-                todo[(id(k[0]), k[1])] = k[0]
-        for (_, mailbox), acct in todo.items():
-            try:
-                await acct.sync(mailbox)
-            except StoreError as exc:
-                logger.warning("deliver.index_deferred", account=acct.id, mailbox=mailbox, error=str(exc))
-        for i, k in enumerate(keys):
-            if k is None:
-                continue
-            acct, mailbox, key = k
-            acct.engine.pending.pop(key, None)  # another process may have indexed it
-            uid = None
-            try:
-                uid = await acct._run(acct.engine.uid_for_key, mailbox, key)
-            except StoreError:
-                pass
-            results[i] = DeliveryResult(targets[i], "ok", uid, None)
-        return [r for r in results if r is not None]
+        for acct, res in published:
+            await acct._publish(res)
+        return results
 
-    def _prepare(self, spool: Path, internal_date: float | None) -> tuple[int, Pending]:
+    def _deliver_job(self, spool: Path, targets: list[DeliveryTarget], internal_date: float | None,
+                     email_id: str) -> tuple[list[DeliveryResult], list[tuple[Account, SyncResult]]]:
+        """Blocking: fsync the spool, parse it once, link it into each target, fsync, index (I/O pool)."""
         fsio.fsync_file(spool)  # the caller wrote it; make sure the data itself is on disk
         if internal_date is not None:
             os.utime(spool, (internal_date, internal_date))
         size = os.stat(spool).st_size
         with open(spool, "rb") as fh:
             raw = fh.read(self.config.max_parse_size)
-        return size, Pending(structure=parse_structure(raw), thread=headers.thread_headers(raw))
+        structure = parse_structure(raw, "", self.mime)
+        thread = headers.thread_headers(raw)
+        del raw
+        out: list[DeliveryResult | None] = [None] * len(targets)
+        linked: list[tuple[int, Account, str, str, str]] = []  # (index, account, mailbox, key, new/ dir)
+        for i, t in enumerate(targets):
+            acct: Account = t.account
+            try:
+                outcome = self._link_one(spool, t, size, email_id, structure, thread)
+            except StoreError as exc:
+                out[i] = DeliveryResult(t, "tempfail", None, str(exc))
+                continue
+            except (OSError, sqlite3.Error) as exc:
+                err = f"{type(exc).__name__}: {exc}"
+                logger.error("deliver.failed", account=getattr(acct, "id", "?"), error=err)
+                out[i] = DeliveryResult(t, "tempfail", None, err)
+                continue
+            if outcome[0] == "over_quota":
+                out[i] = DeliveryResult(t, "over_quota", None, outcome[1])
+            else:
+                linked.append((i, acct, outcome[1], outcome[2], outcome[3]))
+        # the new/ entries: one fsync per directory for all targets of this delivery
+        failed_dirs: dict[str, OSError] = {}
+        for d in dict.fromkeys(x[4] for x in linked):
+            try:
+                fsio.fsync_dir(d)
+            except OSError as exc:
+                logger.error("deliver.fsync_failed", dir=d, error=str(exc))
+                failed_dirs[d] = exc
+        self.dirsync.fsyncs += len({x[4] for x in linked})
+        self.dirsync.rounds += 1
+        # the UIDs: index each (account, mailbox) once; a concurrent delivery may already have done it
+        published: list[tuple[Account, SyncResult]] = []
+        groups: dict[tuple[int, str], list[tuple[int, Account, str, str, str]]] = {}
+        for x in linked:
+            if x[4] in failed_dirs:
+                i, acct, _, key, d = x
+                acct.engine.pending.pop(key, None)
+                out[i] = DeliveryResult(targets[i], "tempfail", None, f"fsync: {failed_dirs[d]}")
+                continue
+            groups.setdefault((id(x[1]), x[2]), []).append(x)
+        for items in groups.values():
+            acct, mailbox = items[0][1], items[0][2]
+            keys = [x[3] for x in items]
+            try:
+                uids, res = self._index_keys(acct, mailbox, keys)
+            except (StoreError, OSError, sqlite3.Error) as exc:
+                logger.warning("deliver.index_deferred", account=acct.id, mailbox=mailbox, error=str(exc))
+                uids, res = {}, None
+            if res is not None and res.changed:
+                published.append((acct, res))
+            for i, _, _, key, _ in items:
+                acct.engine.pending.pop(key, None)  # another process may have indexed it
+                out[i] = DeliveryResult(targets[i], "ok", uids.get(key), None)
+        return [r for r in out if r is not None], published
 
-    async def _link_one(self, spool: Path, t: DeliveryTarget, size: int, email_id: str,
-                        proto: Pending) -> tuple[str, ...]:
+    @staticmethod
+    def _index_keys(acct: Account, mailbox: str, keys: list[str]) -> tuple[dict[str, int], SyncResult | None]:
+        """UIDs of ``keys`` (files in the mailbox's new/), indexing new/ first unless someone already did.
+
+        Runs under the engine lock: while one thread commits, the others wait and then usually
+        find their files indexed by it (group commit without a separate round trip).
+        """
+        eng = acct.engine
+        for attempt in (1, 2):
+            try:
+                with eng.lock:
+                    uids = eng.uids_for_keys(mailbox, keys)
+                    if len(uids) == len(keys):
+                        return uids, None
+                    res = eng.sync(mailbox)
+                    return eng.uids_for_keys(mailbox, keys), res
+            except sqlite3.OperationalError:
+                raise
+            except sqlite3.DatabaseError as exc:
+                if attempt == 2:
+                    raise
+                eng.repair(exc)
+        raise AssertionError("unreachable")
+
+    def _link_one(self, spool: Path, t: DeliveryTarget, size: int, email_id: str,
+                  structure: bytes | None, thread: headers.ThreadHeaders) -> tuple[str, ...]:
+        """Blocking: quota check and hard link into the target's ``new/`` (not yet fsync'd)."""
         acct: Account = t.account
-        code = await acct._run(acct.engine.quota_check, size, 1, t.limits)
+        eng = acct.engine
+        code = eng.quota_check(size, 1, t.limits)
         if code != quota_impl.OK:
             return ("over_quota", "storage" if code == quota_impl.OVER_STORAGE else "messages")
         mailbox = t.mailbox
         try:
-            folder = await acct._run(acct.engine.folder_path, mailbox)
+            folder = eng.folder_path(mailbox)
         except (MailboxNotFound, StoreError):
             mailbox = "INBOX"
-            folder = await acct._run(acct.engine.folder_path, mailbox)
+            folder = eng.folder_path(mailbox)
         key = f"{fsio.unique_name(self.hostname)},S={size}"
         flags = frozenset(md.canonical_flag(f) for f in t.flags)
         name = md.filename(key, flags) if md.flags_to_info(flags) else key
-        acct.engine.pending[key] = Pending(email_id, proto.structure, proto.thread)
+        eng.pending[key] = Pending(email_id, structure, thread)
         try:
-            await acct._run(_link_or_copy, spool, folder / "new" / name)
+            _link_or_copy(spool, folder / "new" / name)
         except BaseException:
-            acct.engine.pending.pop(key, None)
+            eng.pending.pop(key, None)
             raise
         return ("ok", mailbox, key, str(folder / "new"))
 
