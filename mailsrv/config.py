@@ -310,7 +310,11 @@ class SearchConfig:
         2000,
         check=_positive,
     )
-    cache_mailboxes: int = doc("Mailbox search indexes a worker keeps open (least recently used).", 64, check=_positive)
+    cache_mailboxes: int = doc(
+        "Mailbox search indexes a worker keeps in memory (least recently used; ~5 KB per message).",
+        16,
+        check=_positive,
+    )
     threads: int = doc("Threads per worker for search index I/O and evaluation.", 2, check=_positive)
     batch: int = doc("Messages indexed per step when a search finds unindexed messages.", 200, check=_positive)
 
