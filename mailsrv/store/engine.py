@@ -138,6 +138,11 @@ class Engine:
         #: key -> Pending for files this process put into some new/
         self.pending: dict[str, Pending] = {}
         self._warned: set[str] = set()
+        #: dovecot-keywords path -> ((ino, mtime, size), parsed map)
+        self._kw_cache: dict[str, tuple[tuple[int, int, int], dict[str, str]]] = {}
+        #: mailbox name -> folder directory, for delivery links (a stale entry fails the link
+        #: with FileNotFoundError and is looked up again)
+        self.folder_cache: dict[str, Path] = {}
         self.notify_path = root / NOTIFY_NAME
         self._db_ino = -1
 
@@ -458,10 +463,7 @@ class Engine:
         keywords live in the index only.
         """
         folder = self._folder(mb)
-        try:
-            kw = maildir.parse_keywords((folder / KEYWORDS_NAME).read_bytes())
-        except FileNotFoundError:
-            kw = {}
+        kw = self._read_keywords(folder / KEYWORDS_NAME)
         missing = sorted(f for f in flags if not f.startswith("\\") and f not in kw)
         if missing:
             free = [chr(c) for c in range(ord("a"), ord("z") + 1) if chr(c) not in kw.values()]
@@ -470,6 +472,24 @@ class Engine:
                     kw[name] = letter
             fsio.durable_write(folder / KEYWORDS_NAME, maildir.format_keywords(kw), tmp_dir=folder / "tmp")
         return kw
+
+    def _read_keywords(self, path: Path) -> dict[str, str]:
+        """The parsed ``dovecot-keywords`` (a copy), re-read only when the file was replaced."""
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return {}
+        ident = (st.st_ino, st.st_mtime_ns, st.st_size)
+        hit = self._kw_cache.get(str(path))
+        if hit is None or hit[0] != ident:
+            try:
+                kw = maildir.parse_keywords(path.read_bytes())
+            except FileNotFoundError:
+                return {}
+            if len(self._kw_cache) > 256:
+                self._kw_cache.clear()
+            self._kw_cache[str(path)] = hit = (ident, kw)
+        return dict(hit[1])
 
     def _letters(self, mb: _Mbox) -> dict[str, str]:
         return {letter: name for name, letter in self._kwmap(mb).items()}

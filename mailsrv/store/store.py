@@ -197,11 +197,14 @@ class Store:
         for attempt in (1, 2):
             try:
                 with eng.lock:
-                    uids = eng.uids_for_keys(mailbox, keys)
-                    if len(uids) == len(keys):
-                        return uids, None
+                    if not any(k in eng.pending for k in keys):
+                        return eng.uids_for_keys(mailbox, keys), None  # indexed by a concurrent sync
                     res = eng.sync(mailbox)
-                    return eng.uids_for_keys(mailbox, keys), res
+                    uids = {a.info.key: a.info.uid for a in res.added}
+                    uids = {k: uids[k] for k in keys if k in uids}
+                    if len(uids) < len(keys):
+                        uids = eng.uids_for_keys(mailbox, keys)
+                    return uids, res
             except sqlite3.OperationalError:
                 raise
             except sqlite3.DatabaseError as exc:
@@ -219,20 +222,30 @@ class Store:
         if code != quota_impl.OK:
             return ("over_quota", "storage" if code == quota_impl.OVER_STORAGE else "messages")
         mailbox = t.mailbox
-        try:
-            folder = eng.folder_path(mailbox)
-        except (MailboxNotFound, StoreError):
-            mailbox = "INBOX"
-            folder = eng.folder_path(mailbox)
         key = f"{fsio.unique_name(self.hostname)},S={size}"
         flags = frozenset(md.canonical_flag(f) for f in t.flags)
         name = md.filename(key, flags) if md.flags_to_info(flags) else key
         eng.pending[key] = Pending(email_id, structure, thread)
+        folder = eng.folder_cache.get(mailbox)
         try:
+            if folder is not None:
+                try:
+                    _link_or_copy(spool, folder / "new" / name)
+                    return ("ok", mailbox, key, str(folder / "new"))
+                except FileNotFoundError:  # renamed or deleted since: ask the index
+                    eng.folder_cache.pop(mailbox, None)
+            try:
+                folder = eng.folder_path(mailbox)
+            except (MailboxNotFound, StoreError):
+                mailbox = "INBOX"
+                folder = eng.folder_path(mailbox)
             _link_or_copy(spool, folder / "new" / name)
         except BaseException:
             eng.pending.pop(key, None)
             raise
+        if len(eng.folder_cache) > 64:
+            eng.folder_cache.clear()
+        eng.folder_cache[mailbox] = folder
         return ("ok", mailbox, key, str(folder / "new"))
 
 
