@@ -102,6 +102,21 @@ CREATE TABLE IF NOT EXISTS quota (id INTEGER PRIMARY KEY CHECK (id = 1),
 INSERT OR IGNORE INTO quota VALUES (1, 0, 0);
 """
 
+#: Added after schema 1 (``_migrate``): unseen counter per mailbox kept by triggers (so listing is
+#: O(mailboxes), never a count over messages), and the ids of expunged messages (JMAP /changes).
+_UNSEEN_TRIGGERS = """
+CREATE TRIGGER IF NOT EXISTS unseen_ins AFTER INSERT ON messages WHEN instr(NEW.flags, '\\Seen') = 0
+BEGIN UPDATE mailboxes SET unseen = unseen + 1 WHERE id = NEW.mailbox; END;
+CREATE TRIGGER IF NOT EXISTS unseen_del AFTER DELETE ON messages WHEN instr(OLD.flags, '\\Seen') = 0
+BEGIN UPDATE mailboxes SET unseen = unseen - 1 WHERE id = OLD.mailbox; END;
+CREATE TRIGGER IF NOT EXISTS unseen_upd AFTER UPDATE OF flags, mailbox ON messages
+WHEN instr(OLD.flags, '\\Seen') = 0 OR instr(NEW.flags, '\\Seen') = 0
+BEGIN
+  UPDATE mailboxes SET unseen = unseen - (instr(OLD.flags, '\\Seen') = 0) WHERE id = OLD.mailbox;
+  UPDATE mailboxes SET unseen = unseen + (instr(NEW.flags, '\\Seen') = 0) WHERE id = NEW.mailbox;
+END;
+"""
+
 @dataclass
 class _Mbox:
     id: int
@@ -116,6 +131,33 @@ class _Mbox:
     storage: int
     uidlist_size: int
     cur_mtime: int
+
+
+def _columns(conn: sqlite3.Connection, table: str) -> set[str]:
+    return {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Bring an index made by an older mailsrv up to date (caller holds the open flock)."""
+    if "unseen" in _columns(conn, "mailboxes") and "email_id" in _columns(conn, "expunged"):
+        conn.executescript(_UNSEEN_TRIGGERS)
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if "unseen" not in _columns(conn, "mailboxes"):
+            conn.execute("ALTER TABLE mailboxes ADD COLUMN unseen INTEGER NOT NULL DEFAULT 0")
+            conn.execute("UPDATE mailboxes SET unseen = (SELECT count(*) FROM messages m"
+                         " WHERE m.mailbox = mailboxes.id AND instr(m.flags, '\\Seen') = 0)")
+        if "email_id" not in _columns(conn, "expunged"):
+            conn.execute("ALTER TABLE expunged ADD COLUMN email_id TEXT")
+            conn.execute("ALTER TABLE expunged ADD COLUMN thread_id TEXT")
+        for stmt in _UNSEEN_TRIGGERS.split("END;"):
+            if stmt.strip():
+                conn.execute(stmt + "END;")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
 
 
 def _temp(exc: BaseException, what: str) -> TemporaryFailure:
@@ -209,6 +251,7 @@ class Engine:
                     conn.execute("PRAGMA synchronous=FULL")
                     conn.executescript(_SCHEMA)
                     conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+                    _migrate(conn)
                     conn.execute("SELECT count(*) FROM mailboxes").fetchone()
                 except sqlite3.OperationalError as exc:  # locked, I/O error, disk full: not corruption
                     conn.close()
@@ -657,13 +700,15 @@ class Engine:
         done: list[int] = []
         mb.highestmodseq += 1
         for uid in uids:
-            r = db.execute("SELECT size FROM messages WHERE mailbox=? AND uid=?", (mb.id, uid)).fetchone()
+            r = db.execute("SELECT size, email_id, thread_id FROM messages WHERE mailbox=? AND uid=?",
+                           (mb.id, uid)).fetchone()
             if r is None:
                 continue
             sizes.append(r[0])
             done.append(uid)
             db.execute("DELETE FROM messages WHERE mailbox=? AND uid=?", (mb.id, uid))
-            db.execute("INSERT OR REPLACE INTO expunged VALUES (?, ?, ?)", (mb.id, uid, mb.highestmodseq))
+            db.execute("INSERT OR REPLACE INTO expunged (mailbox, uid, modseq, email_id, thread_id)"
+                       " VALUES (?, ?, ?, ?, ?)", (mb.id, uid, mb.highestmodseq, r[1], r[2]))
         mb.messages = max(0, mb.messages - len(done))
         mb.storage = max(0, mb.storage - sum(sizes))
         self._quota_apply(sizes, -1)
@@ -694,7 +739,9 @@ class Engine:
                 db.execute("COMMIT")
             return self._mailbox_info(mb, len(msgs), None), msgs
 
-    def changes_since(self, name: str, modseq: int) -> tuple[MailboxInfo, list[MessageInfo], list[int]]:
+    def changes_since(self, name: str, modseq: int
+                      ) -> tuple[MailboxInfo, list[MessageInfo], list[int], dict[int, tuple[str, str]]]:
+        """(info, changed, expunged uids, uid -> (email id, thread id) of those expunged that have them)."""
         with self.lock:
             self._check_reopen()
             db = self.db
@@ -703,17 +750,23 @@ class Engine:
                 mb = self._row(name)
                 changed = [_info(r) for r in db.execute(
                     f"SELECT {_MSG_COLS} FROM messages WHERE mailbox=? AND modseq>? ORDER BY uid", (mb.id, modseq))]
-                gone = [r[0] for r in db.execute(
-                    "SELECT uid FROM expunged WHERE mailbox=? AND modseq>? ORDER BY uid", (mb.id, modseq))]
+                gone: list[int] = []
+                ids: dict[int, tuple[str, str]] = {}
+                for uid, eid, tid in db.execute(
+                        "SELECT uid, email_id, thread_id FROM expunged WHERE mailbox=? AND modseq>? ORDER BY uid",
+                        (mb.id, modseq)):
+                    gone.append(uid)
+                    if eid is not None:
+                        ids[uid] = (eid, tid or "")
+                info = self._mailbox_info(mb, mb.messages, None)
             finally:
                 db.execute("COMMIT")
-            return self._mailbox_info(mb, mb.messages, None), changed, gone
+            return info, changed, gone, ids
 
     def _mailbox_info(self, mb: _Mbox, messages: int, unseen: int | None, subscribed: bool = False) -> MailboxInfo:
-        if unseen is None:
-            unseen = self.db.execute(
-                "SELECT count(*) FROM messages WHERE mailbox=? AND instr(flags, '\\Seen') = 0", (mb.id,)
-            ).fetchone()[0]
+        if unseen is None:  # kept by the unseen_* triggers
+            r = self.db.execute("SELECT unseen FROM mailboxes WHERE id=?", (mb.id,)).fetchone()
+            unseen = max(0, r[0]) if r is not None else 0
         return MailboxInfo(mb.name, mb.guid, mb.special_use, subscribed, mb.uidvalidity, mb.uidnext,
                            mb.highestmodseq, messages, unseen, mb.storage)
 

@@ -94,6 +94,9 @@ class ChangesSince:
     changed: list[MessageInfo]
     expunged: list[int]
     highestmodseq: int
+    #: uid -> (email id, thread id) of expunged messages (absent for those expunged before the
+    #: index kept ids, or forgotten by an index rebuild)
+    expunged_ids: dict[int, tuple[str, str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
