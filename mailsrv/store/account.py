@@ -43,6 +43,8 @@ T = TypeVar("T")
 
 #: mailboxes per account whose last snapshot is kept for warm opens
 SNAPSHOT_CACHE = 8
+#: message file paths per account remembered for read_message
+PATH_CACHE = 4096
 
 
 def _raise_quota(code: int) -> None:
@@ -64,6 +66,8 @@ class Account:
         self._sync_running: set[str] = set()
         #: last snapshot per mailbox name (LRU): a warm open only applies the changes since
         self._snaps: dict[str, MailboxView] = {}
+        #: (mailbox, uid) -> file path last read (read_message without an index lookup)
+        self._paths: dict[tuple[str, int], Path] = {}
 
     # --- plumbing ---------------------------------------------------------------
 
@@ -98,8 +102,8 @@ class Account:
             blob = added.structure
             try:
                 structure = MessageStructure.from_cache(blob) if blob is not None else None
-            except ValueError:
-                structure = None
+            except ValueError:  # another parser version's blob, or a corrupt one: parse again
+                structure = await self._reparse(added.mailbox_guid, added.info.uid)
             for obs in observers:
                 try:
                     obs.message_added(self.id, added.mailbox_guid, added.info, structure)  # type: ignore[arg-type]
@@ -168,10 +172,12 @@ class Account:
         return info
 
     async def rename_mailbox(self, old: str, new: str) -> None:
+        self._paths.clear()
         await self._run(self.engine.rename_mailbox, old, new)
         self.store._wake(self.id)
 
     async def delete_mailbox(self, name: str) -> None:
+        self._paths.clear()
         await self._run(self.engine.delete_mailbox, name)
         self.store._wake(self.id)
 
@@ -276,16 +282,33 @@ class Account:
         return done
 
     async def read_message(self, mailbox: str, uid: int, offset: int = 0, length: int | None = None) -> bytes:
-        """Raw bytes of a message (or a range of it). MessageGone if it was expunged or vanished."""
-        for _attempt in (1, 2):
-            path = await self._run(self.engine.locate, mailbox, uid)
+        """Raw bytes of a message (or a range of it). MessageGone if it was expunged or vanished.
+
+        One I/O-pool round trip; the file name comes from a per-account cache (no index lookup)
+        while the file stays where it was.
+        """
+        return await self._run(self._read_blocking, mailbox, uid, offset, length)
+
+    def _read_blocking(self, mailbox: str, uid: int, offset: int, length: int | None) -> bytes:
+        """(pool) Message keys are unique, so a cached path that still exists is still that message."""
+        ck = (mailbox, uid)
+        path = self._paths.get(ck)
+        if path is not None:
             try:
-                return await self.store.io.run(_read_range, path, offset, length)
+                return _read_range(path, offset, length)
+            except FileNotFoundError:  # renamed by a flag change or expunged: ask the index
+                self._paths.pop(ck, None)
+        for _attempt in (1, 2):
+            path = self.engine.locate(mailbox, uid)
+            try:
+                data = _read_range(path, offset, length)
             except FileNotFoundError:
                 continue  # renamed by a flag change meanwhile: locate again
-            except OSError as exc:
-                logger.error("message.unreadable", account=self.id, mailbox=mailbox, uid=uid, error=str(exc))
-                raise TemporaryFailure(str(exc)) from exc
+            if len(self._paths) >= PATH_CACHE:
+                for old in list(self._paths)[: PATH_CACHE // 4]:
+                    self._paths.pop(old, None)
+            self._paths[ck] = path
+            return data
         raise MessageGone(f"{mailbox} uid {uid}")
 
     async def message_path(self, mailbox: str, uid: int) -> Path:
@@ -302,12 +325,32 @@ class Account:
                 try:
                     out[uid] = MessageStructure.from_cache(blob)
                     continue
-                except ValueError:  # a cache entry of an older parser version
+                except ValueError:  # another parser version's entry, or a corrupt one
                     pass
-            # not parsed at delivery (parser failure), or stale: parse now
+            # not parsed at delivery (parser failure), or stale: parse now and rewrite the entry
             raw = await self.read_message(mailbox, uid)
-            out[uid] = await self.store.io.run(parse, raw)
+            st = await self.store.io.run(parse, raw, self.engine.mime_limits)
+            out[uid] = st
+            try:
+                await self._run(self.engine.set_structure, mailbox, uid, st.to_cache())
+            except StoreError as exc:  # the parse is still good for this caller
+                logger.warning("structure.cache_not_written", account=self.id, mailbox=mailbox, uid=uid,
+                               error=str(exc))
         return out
+
+    async def _reparse(self, mailbox_guid: str, uid: int) -> MessageStructure | None:
+        """Parse a message whose cached structure is unusable, rewriting the entry (observer path)."""
+        from mailsrv.mime import parse
+
+        try:
+            name = await self._run(self.engine.mailbox_name, mailbox_guid)
+            raw = await self.read_message(name, uid)
+            st = await self.store.io.run(parse, raw, self.engine.mime_limits)
+            await self._run(self.engine.set_structure, name, uid, st.to_cache())
+            return st
+        except (StoreError, ValueError) as exc:
+            logger.warning("structure.reparse_failed", account=self.id, uid=uid, error=str(exc))
+            return None
 
     async def find_email(self, email_id: str) -> list[tuple[str, int]]:
         return await self._run(self.engine.find_email, email_id)

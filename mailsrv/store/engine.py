@@ -806,6 +806,20 @@ class Engine:
                     out[uid] = r[0]
             return out
 
+    def set_structure(self, name: str, uid: int, blob: bytes | None) -> None:
+        """Rewrite a message's cached MIME structure (not a change clients see: no modseq)."""
+        with self.lock:
+            mb = self._row(name)
+            with self._write():
+                self.db.execute("UPDATE messages SET structure=? WHERE mailbox=? AND uid=?", (blob, mb.id, uid))
+
+    def mailbox_name(self, guid: str) -> str:
+        with self.lock:
+            r = self.db.execute("SELECT name FROM mailboxes WHERE guid=?", (guid,)).fetchone()
+            if r is None:
+                raise MailboxNotFound(guid)
+            return str(r[0])
+
     def find_email(self, email_id: str) -> list[tuple[str, int]]:
         with self.lock:
             return [(r[0], r[1]) for r in self.db.execute(
