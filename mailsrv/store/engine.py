@@ -177,6 +177,7 @@ class Engine:
         self.hostname = hostname or os.uname().nodename
         self.lock = threading.RLock()
         self.conn: sqlite3.Connection | None = None
+        self._closed = False
         #: key -> Pending for files this process put into some new/
         self.pending: dict[str, Pending] = {}
         self._warned: set[str] = set()
@@ -201,9 +202,19 @@ class Engine:
 
     def close(self) -> None:
         with self.lock:
+            self._closed = True
             if self.conn is not None:
                 self.conn.close()
                 self.conn = None
+
+    def hibernate(self) -> None:
+        """Close the index connection (and its page cache) of an idle account; the next use reopens it."""
+        with self.lock:
+            if self.conn is not None:
+                self.conn.close()
+                self.conn = None
+            self._kw_cache.clear()
+            self.folder_cache.clear()
 
     def _ensure_tree(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -301,7 +312,15 @@ class Engine:
     @property
     def db(self) -> sqlite3.Connection:
         if self.conn is None:
-            raise TemporaryFailure("index closed")
+            if self._closed:
+                raise TemporaryFailure("index closed")
+            with self.lock:
+                if self.conn is None:  # hibernated (store account cache): reopen on use
+                    prev = self._db_ino
+                    self._open_db()
+                    if self._db_ino != prev:  # rebuilt meanwhile by another process
+                        folders.discover(self)
+        assert self.conn is not None
         return self.conn
 
     @contextmanager

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -40,7 +41,11 @@ class Store:
         self.hostname = hostname or os.uname().nodename
         self.io = fsio.FileIO(self.config.io_threads, name="mailsrv-store")
         self.dirsync = fsio.DirSyncer(self.io, self.config.group_commit_delay)
+        #: open accounts, least recently used first (at most ``config.account_cache``)
         self._accounts: dict[str, Account] = {}
+        #: accounts evicted from ``_accounts`` that someone still holds: handed out again, not duplicated
+        self._evicted: weakref.WeakValueDictionary[str, Account] = weakref.WeakValueDictionary()
+        self._hibernating: set[asyncio.Task[None]] = set()
         self._opening: dict[str, asyncio.Future[Account]] = {}
         self._observers: list[StoreObserver] = []
         self._notifier: notify.Notifier | None = None
@@ -49,8 +54,12 @@ class Store:
 
     async def account(self, account_id: str, maildir: Path | None = None) -> Account:
         """The account (opened and created on first use). ``maildir`` comes from the directory."""
-        acct = self._accounts.get(account_id)
+        acct = self._accounts.pop(account_id, None)
+        if acct is None:
+            acct = self._evicted.pop(account_id, None)
         if acct is not None:
+            self._accounts[account_id] = acct  # most recently used
+            self._evict()
             return acct
         fut = self._opening.get(account_id)
         if fut is not None:
@@ -71,16 +80,42 @@ class Store:
         finally:
             self._opening.pop(account_id, None)
         self._accounts[account_id] = acct
+        self._evict()
         fut.set_result(acct)
         return acct
+
+    def _evict(self) -> None:
+        """Close the least recently used accounts beyond ``config.account_cache``.
+
+        Safe while they are in use: the Account stays valid (kept in ``_evicted`` while anyone
+        holds it, so the same object is handed out again); only its caches are dropped and its
+        index connection closed under the engine lock; the next call reopens it.
+        """
+        while len(self._accounts) > self.config.account_cache:
+            old_id = next(iter(self._accounts))
+            old = self._accounts.pop(old_id)
+            self._evicted[old_id] = old
+            old._snaps.clear()
+            old._paths.clear()
+            task = asyncio.get_running_loop().create_task(self.io.run(old.engine.hibernate))
+            self._hibernating.add(task)
+            task.add_done_callback(self._hibernated)
+
+    def _hibernated(self, task: asyncio.Task[None]) -> None:
+        self._hibernating.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.warning("account.close_failed", error=str(task.exception()))
 
     def add_observer(self, observer: StoreObserver) -> None:
         self._observers.append(observer)
 
     async def close(self) -> None:
-        for acct in self._accounts.values():
+        if self._hibernating:
+            await asyncio.gather(*self._hibernating, return_exceptions=True)
+        for acct in [*self._accounts.values(), *self._evicted.values()]:
             await self.io.run(acct.engine.close)
         self._accounts.clear()
+        self._evicted.clear()
         if self._notifier is not None:
             self._notifier.close()
             self._notifier = None
