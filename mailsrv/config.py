@@ -296,6 +296,11 @@ class StoreConfig:
         64 * 1024 * 1024,
         check=_positive,
     )
+    account_cache: int = doc(
+        "Accounts a worker keeps open (least recently used beyond this are closed: index connection and caches).",
+        1000,
+        check=_positive,
+    )
 
 
 @dataclass(frozen=True)
