@@ -7,6 +7,7 @@ scan when docs/search-api.md lands.
 
 from __future__ import annotations
 
+import asyncio
 import html
 import json
 from collections import OrderedDict
@@ -22,6 +23,7 @@ from mailsrv.jmap.backend import CannotCalculateChanges, EmailMeta, MailBackend
 from mailsrv.jmap.core import MAIL, RequestContext, registry
 from mailsrv.jmap.errors import MethodError, invalid_arguments
 from mailsrv.jmap.query import compile_filter, compile_sort, window
+from mailsrv.mime import MessageStructure
 
 #: parsed facts of this many messages are kept per worker
 FACT_CACHE = 20000
@@ -29,7 +31,11 @@ FACT_CACHE = 20000
 
 @dataclass(frozen=True)
 class Facts:
-    """What filters and sorts need from a message besides the backend's metadata."""
+    """What filters and sorts need from a message besides the backend's metadata.
+
+    ``headers`` and ``body`` need the message bytes; they are None when the facts were made
+    from the cached structure alone (no filter asked for them).
+    """
 
     from_: str
     to: str
@@ -38,11 +44,11 @@ class Facts:
     subject: str
     sent_at: float
     has_attachment: bool
-    headers: tuple[tuple[str, str], ...]  # (lower-case name, Text form)
-    body: str  # text of the text body parts, lower case
     first_from: str
     first_to: str
     sort_subject: str
+    headers: tuple[tuple[str, str], ...] | None = None  # (lower-case name, Text form)
+    body: str | None = None  # text of the text body parts, lower case
 
 
 _cache: OrderedDict[str, Facts] = OrderedDict()
@@ -75,38 +81,58 @@ def base_subject(subject: str) -> str:
     return s.casefold()
 
 
-def facts_of(raw: bytes) -> Facts:
-    st = mime.parse(raw)
-    h = message.header_list(raw, st.root)
+def facts_of(st: MessageStructure, raw: bytes | None = None) -> Facts:
+    """Facts from the structure; ``headers`` and ``body`` too when ``raw`` is given."""
+    root = st.root
     text, htm, att = message.body_lists(st)
-    body = message.text_of(raw, [p for p in text or htm if p.type == "text"])
-    subjects = st.root.field_all(b"subject")
+    subjects = root.field_all(b"subject")
     subj = message.as_text(subjects[-1]) if subjects else ""
-    dates = st.root.field_all(b"date")
+    dates = root.field_all(b"date")
     date = message.as_date(dates[-1]) if dates else None
     sent = datetime.fromisoformat(date.replace("Z", "+00:00")).timestamp() if date else 0.0
-    f, ff = _addr_text(st.root.field_all(b"from"))
-    t, ft = _addr_text(st.root.field_all(b"to"))
+    f, ff = _addr_text(root.field_all(b"from"))
+    t, ft = _addr_text(root.field_all(b"to"))
+    headers = body = None
+    if raw is not None:
+        headers = tuple((k.lower(), message.as_text(v).casefold()) for k, v in message.header_list(raw, root))
+        body = message.text_of(raw, [p for p in text or htm if p.type == "text"]).casefold()
     return Facts(
-        from_=f, to=t, cc=_addr_text(st.root.field_all(b"cc"))[0], bcc=_addr_text(st.root.field_all(b"bcc"))[0],
-        subject=subj.casefold(), sent_at=sent, has_attachment=bool(att),
-        headers=tuple((k.lower(), message.as_text(v).casefold()) for k, v in h),
-        body=body.casefold(), first_from=ff, first_to=ft, sort_subject=base_subject(subj),
+        from_=f, to=t, cc=_addr_text(root.field_all(b"cc"))[0], bcc=_addr_text(root.field_all(b"bcc"))[0],
+        subject=subj.casefold(), sent_at=sent, has_attachment=bool(att), first_from=ff, first_to=ft,
+        sort_subject=base_subject(subj), headers=headers, body=body,
     )
 
 
-async def facts(be: MailBackend, meta: EmailMeta) -> Facts:
-    key = meta.blob_id
-    hit = _cache.get(key)
-    if hit is not None:
-        _cache.move_to_end(key)
-        return hit
-    raw = await be.read_blob(key)
-    f = facts_of(raw or b"")
-    _cache[key] = f
-    if len(_cache) > FACT_CACHE:
-        _cache.popitem(last=False)
-    return f
+#: messages whose structures (or bytes) are fetched in one backend call
+FACT_BATCH = 256
+
+
+async def all_facts(be: MailBackend, metas: list[EmailMeta], content: bool) -> dict[str, Facts]:
+    """Facts by blob id: from the cached structures (one backend call per batch, no file read),
+    and from the bytes (read concurrently) only when ``content`` (header/body/text filters)."""
+    out: dict[str, Facts] = {}
+    missing: list[EmailMeta] = []
+    for m in metas:
+        hit = _cache.get(m.blob_id)
+        if hit is not None and (not content or hit.body is not None):
+            _cache.move_to_end(m.blob_id)
+            out[m.blob_id] = hit
+        else:
+            missing.append(m)
+    for i in range(0, len(missing), FACT_BATCH):
+        chunk = missing[i : i + FACT_BATCH]
+        structs = await be.structures([m.blob_id for m in chunk])
+        need = [m for m in chunk if content or m.blob_id not in structs]
+        datas = await asyncio.gather(*(be.read_blob(m.blob_id) for m in need))
+        raws = {m.blob_id: d or b"" for m, d in zip(need, datas, strict=True)}
+        for m in chunk:
+            raw = raws.get(m.blob_id)
+            st = structs.get(m.blob_id) or mime.parse(raw or b"")
+            f = out[m.blob_id] = facts_of(st, raw if content else None)
+            _cache[m.blob_id] = f
+            if len(_cache) > FACT_CACHE:
+                _cache.popitem(last=False)
+    return out
 
 
 @dataclass
@@ -149,6 +175,7 @@ class Compiler:
         self.ctx = ctx
         self.threads = threads
         self.need_facts = False
+        self.need_content = False  # header, body or text: facts from the message bytes
 
     def condition(self, cond: dict[str, Any]) -> Callable[[Item], bool]:
         tests: list[Callable[[Item], bool]] = []
@@ -157,6 +184,8 @@ class Compiler:
                 raise MethodError("unsupportedFilter", f"unknown Email filter {key!r}")
             if key in self.FACT_KEYS:
                 self.need_facts = True
+            if key in ("text", "body", "header"):
+                self.need_content = True
             tests.append(self._one(key, value))
         return lambda it: all(t(it) for t in tests)
 
@@ -204,15 +233,16 @@ class Compiler:
             name = v[0].lower()
             val = v[1].casefold() if len(v) == 2 else None
             return lambda it: it.facts is not None and any(
-                k == name and (val is None or val in hv) for k, hv in it.facts.headers
+                k == name and (val is None or val in hv) for k, hv in it.facts.headers or ()
             )
         s = _str(v, key)
         if key == "text":
             return lambda it: it.facts is not None and any(
-                s in x for x in (it.facts.from_, it.facts.to, it.facts.cc, it.facts.bcc, it.facts.subject, it.facts.body)
+                s in x for x in (it.facts.from_, it.facts.to, it.facts.cc, it.facts.bcc, it.facts.subject,
+                                 it.facts.body or "")
             )
         attr = {"from": "from_", "to": "to", "cc": "cc", "bcc": "bcc", "subject": "subject", "body": "body"}[key]
-        return lambda it: it.facts is not None and s in getattr(it.facts, attr)
+        return lambda it: it.facts is not None and s in (getattr(it.facts, attr) or "")
 
 
 def sort_key(threads: dict[str, list[EmailMeta]]) -> Callable[[dict[str, Any]], Callable[[Item], Any]]:
@@ -282,9 +312,8 @@ async def _run_query(ctx: RequestContext, be: MailBackend, args: dict[str, Any])
     sorter = compile_sort(sort, sort_key(threads))
     collapse = A.boolean(args, "collapseThreads", False)
     need = comp.need_facts or _needs_facts_for_sort(sort)
-    items = []
-    for m in metas:
-        items.append(Item(m, await facts(be, m) if need else None))
+    facts = await all_facts(be, metas, comp.need_content) if need else {}
+    items = [Item(m, facts.get(m.blob_id)) for m in metas]
     matched = [it for it in items if pred(it)]
     # server default order (and the tie-break of every sort): newest first, then id
     matched.sort(key=lambda it: (-it.meta.received_at, it.meta.id))

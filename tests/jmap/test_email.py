@@ -178,6 +178,37 @@ async def test_query_filters_sorts_and_threads(client: Client) -> None:
     assert [x[1]["type"] for x in bad] == ["unsupportedFilter", "unsupportedSort", "unsupportedFilter"]
 
 
+async def test_query_reads_message_bytes_only_for_content_filters(client: Client) -> None:
+    # from/to/subject/sentAt/hasAttachment filters and sorts come from the cached structures;
+    # header, body and text filters read each message once
+    for i, (subject, frm, body) in enumerate((("Zeta", "zed@x.test", "apples"), ("alpha", "amy@x.test", "pears"),
+                                              ("Mid", "mo@x.test", "apples and pears"))):
+        await client.import_message(msg(subject, frm, body=body, extra=f"X-N: {i}\r\n",
+                                        date=f"Wed, 17 May 200{i} 19:35:05 -0400"))
+    be = client.server.backends["1"]
+    reads: list[str] = []
+    real_read = be.read_blob
+
+    async def counting(blob_id: str) -> bytes | None:
+        reads.append(blob_id)
+        return await real_read(blob_id)
+
+    be.read_blob = counting  # type: ignore[method-assign]
+
+    async def subjects(filt: dict[str, object], sort: str = "subject") -> list[str]:
+        q = await client.one("Email/query", {"filter": filt, "sort": [{"property": sort, "isAscending": True}]})
+        got = await client.one("Email/get", {"ids": q["ids"], "properties": ["subject"]})
+        return [e["subject"] for e in got["list"]]
+
+    assert await subjects({"from": "x.test"}) == ["alpha", "Mid", "Zeta"]
+    assert await subjects({"hasAttachment": False, "to": "alice"}, "sentAt") == ["Zeta", "alpha", "Mid"]
+    assert reads == []
+    assert await subjects({"body": "pears"}) == ["alpha", "Mid"]
+    assert len(reads) == 3
+    assert await subjects({"header": ["X-N", "2"]}) == ["Mid"] and len(reads) == 3  # content facts are kept
+    assert await subjects({"text": "APPLES"}) == ["Mid", "Zeta"]
+
+
 async def test_set_keywords_mailboxes_changes_and_query_changes(client: Client) -> None:
     e1 = await client.import_message(msg("one"))
     e2 = await client.import_message(msg("two"))

@@ -53,7 +53,8 @@ def test_rfc8621_section_4_1_4_example() -> None:
     # partIds are IMAP sections; the embedded message is one leaf
     assert [message.part_id(p) for p in text] == ["1", "2.1.1.1", "2.1.1.2", "2.1.1.3", "3"]
     assert [message.part_id(p) for p in message.leaves(s)][-3:] == ["2.3", "2.4", "3"]
-    assert message.find_part(s, "2.4") is att[-1] or message.part_id(message.find_part(s, "2.4")) == "2.4"  # type: ignore[arg-type]
+    found = message.find_part(s, "2.4")
+    assert found is not None and found.mime_type == "message/rfc822" and message.part_id(found) == "2.4"
     assert message.find_part(s, "9") is None
 
 
