@@ -4,7 +4,9 @@ Pure functions. Structure-only properties (body part lists, the header fields
 the MIME parser keeps: From/To/Subject/Date/Message-ID/Content-*...) come from
 a :class:`~mailsrv.mime.MessageStructure`, which the store caches at delivery;
 the raw bytes are needed only for other header fields, part headers, decoded
-sizes of encoded parts, body values and the preview (:func:`needs_raw`).
+sizes of encoded parts, body values and the preview (``email.needs_raw``,
+:func:`parts_need_raw`). There is no other parser: what JMAP shows of a
+message is what IMAP shows of it.
 """
 
 from __future__ import annotations

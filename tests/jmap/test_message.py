@@ -177,3 +177,27 @@ def test_every_leaf_is_listed_somewhere_for_flat_multiparts(types: list[str]) ->
     text, html, att = message.body_lists(s)
     listed = {message.part_id(p) for p in text + html + att}
     assert listed == {message.part_id(p) for p in message.leaves(s)} == {str(i) for i in range(1, len(parts) + 1)}
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.binary(max_size=400), st.sampled_from(["", "7bit", "base64", "quoted-printable"]))
+def test_structure_only_answers_equal_the_answers_from_the_bytes(noise: bytes, cte: str) -> None:
+    # what Email/get answers without reading the message must equal what it answers with the bytes
+    from mailsrv.jmap.backend import EmailMeta
+    from mailsrv.jmap.email import BodyOptions, _email_json, needs_raw
+
+    enc = f"\r\nContent-Transfer-Encoding: {cte}" if cte else ""
+    parts = [leaf("text/plain", "hello"), leaf("image/png", noise.hex(), "Content-Disposition: attachment" + enc)]
+    raw = (b"From: A <a@x.test>\r\nTo: b@x.test\r\nSubject: s\r\nDate: Wed, 17 May 2000 19:35:05 -0400\r\n"
+           + mime(parts).encode() + b"\r\n" + noise)
+    s = mailsrv.mime.parse(raw)
+    meta = EmailMeta("E1", "B1", "T1", frozenset(), frozenset(), len(raw), 0.0)
+    props = ["from", "to", "subject", "sentAt", "hasAttachment", "bodyStructure", "textBody", "attachments",
+             "header:Content-Type:asRaw"]
+    for body in (["partId", "type", "name", "disposition"], ["partId", "size", "charset"]):
+        opts = BodyOptions({})
+        with_bytes = _email_json(meta, s, raw, props, body, opts)
+        if not needs_raw(s, props, body, opts):
+            assert _email_json(meta, s, None, props, body, opts) == with_bytes
+        else:
+            assert "size" in body and cte in ("base64", "quoted-printable")
