@@ -201,3 +201,14 @@ def test_structure_only_answers_equal_the_answers_from_the_bytes(noise: bytes, c
             assert _email_json(meta, s, None, props, body, opts) == with_bytes
         else:
             assert "size" in body and cte in ("base64", "quoted-printable")
+
+
+def test_repeated_structural_fields_last_instance_and_all() -> None:
+    # RFC 8621 §4.1.3: without :all the last instance; the cached structure keeps every occurrence
+    from mailsrv.jmap.email import convenience, header_value
+
+    raw = b"Subject: first\r\nTo: x@y.test\r\nSubject: =?utf-8?q?second_=C3=A9?=\r\n\r\nbody\r\n"
+    s = mailsrv.mime.parse(raw)
+    assert convenience(s, "subject") == "second é"
+    assert header_value(s, None, None, "header:Subject:asText:all") == ["first", "second é"]
+    assert header_value(s, None, None, "header:subject:asRaw") == " =?utf-8?q?second_=C3=A9?="
