@@ -90,6 +90,24 @@ async def _big_mailbox(base: Path, n: int) -> tuple[list[dict[str, Any]], list[s
     since = await acct.changes_since("INBOX", 0)
     t_since = time.perf_counter() - t0
     assert len(since.changed) == n
+    # JMAP Mailbox/get and IMAP LIST-STATUS: every call needs the unseen counts
+    t0 = time.perf_counter()
+    for _ in range(20):
+        boxes = await acct.list_mailboxes()
+    t_list = (time.perf_counter() - t0) / 20
+    assert sum(b.messages for b in boxes) == n
+    t0 = time.perf_counter()
+    for _ in range(20):
+        await acct.changes_since("INBOX", since.highestmodseq)
+    t_since_none = (time.perf_counter() - t0) / 20
+    # POP3 RETR / IMAP FETCH BODY[]: one message after another (warm: read once before)
+    uids = [m.uid for m in view.messages[:500]]
+    for uid in uids:
+        await acct.read_message("INBOX", uid)
+    t0 = time.perf_counter()
+    for uid in uids:
+        await acct.read_message("INBOX", uid)
+    t_read = (time.perf_counter() - t0) / len(uids)
     await store.close()
     index_bytes = sum(
         (root / name).stat().st_size
@@ -103,6 +121,12 @@ async def _big_mailbox(base: Path, n: int) -> tuple[list[dict[str, Any]], list[s
          "baseline": None, "ratio": None},
         {"name": "changes since modseq 0 (all messages)", "unit": "s", "value": t_since, "baseline": None,
          "ratio": None},
+        {"name": "list_mailboxes (6 mailboxes, with unseen counts)", "unit": "s", "value": t_list,
+         "baseline": None, "ratio": None},
+        {"name": "changes_since highestmodseq (nothing changed)", "unit": "s", "value": t_since_none,
+         "baseline": None, "ratio": None},
+        {"name": "read_message, one after another (4 KB, warm)", "unit": "s", "value": t_read,
+         "baseline": None, "ratio": None},
         {"name": "index bytes per message (sqlite + wal + uidlist)", "unit": "B", "value": index_bytes / n,
          "baseline": None, "ratio": None},
     ]
@@ -110,9 +134,9 @@ async def _big_mailbox(base: Path, n: int) -> tuple[list[dict[str, Any]], list[s
     return results, notes
 
 
-async def _delivery(base: Path, count: int, concurrency: int) -> tuple[float, dict[str, int]]:
+async def _delivery(base: Path, count: int, concurrency: int, mailboxes: int = 4) -> tuple[float, dict[str, int]]:
     store = Store(StoreConfig(), base)
-    accts = [await store.account(f"rcpt{i}") for i in range(4)]
+    accts = [await store.account(f"rcpt{i}") for i in range(mailboxes)]
     data = _message(1)
     spool_dir = base / "spool"
     spool_dir.mkdir(exist_ok=True)
@@ -144,6 +168,11 @@ def run(size: str) -> dict[str, Any]:
         results.append({
             "name": "durable deliveries (16 concurrent, 4 mailboxes)", "unit": "msg/s", "value": rate,
             "baseline": {"name": "raw fsync'd file creates", "value": raw}, "ratio": rate / raw,
+        })
+        rate50, _ = asyncio.run(_delivery(base / "deliver50", deliveries, 50, 50))
+        results.append({
+            "name": "durable deliveries (50 concurrent, 50 mailboxes)", "unit": "msg/s", "value": rate50,
+            "baseline": {"name": "raw fsync'd file creates", "value": raw}, "ratio": rate50 / raw,
         })
         rate1, _ = asyncio.run(_delivery(base / "deliver1", max(50, deliveries // 4), 1))
         results.append({
