@@ -109,3 +109,33 @@ def test_changes_since_reports_ids_of_messages_expunged_elsewhere(make_store, ru
     assert since.expunged_ids == {1: ids[1], 3: ids[3]}
     assert all(e.startswith("E") and t.startswith("T") for e, t in since.expunged_ids.values())
     assert run(a.changes_since("INBOX", since.highestmodseq)).expunged_ids == {}
+
+
+def test_concurrent_deliveries_share_commits_and_get_distinct_uids(make_store, run, tmp_path: Path) -> None:
+    import asyncio
+
+    store = make_store()
+    a = run(store.account("alice"))
+    b = run(store.account("bob"))
+
+    async def one(i: int) -> list:
+        sp = spool(tmp_path, msg(i), f"c{i}")
+        return await store.deliver(sp, [DeliveryTarget(a), DeliveryTarget(a, "Archive"), DeliveryTarget(b)])
+
+    async def all_() -> list:
+        return await asyncio.gather(*(one(i) for i in range(40)))
+
+    results = run(all_())
+    for col, (acct, box) in enumerate([(a, "INBOX"), (a, "Archive"), (b, "INBOX")]):
+        uids = [r[col].uid for r in results]
+        assert all(r[col].status == "ok" for r in results)
+        assert sorted(uids) == list(range(1, 41))
+        for i, uid in enumerate(uids):
+            assert run(acct.read_message(box, uid)) == msg(i)
+        assert run(acct.mailbox_status(box)).unseen == 40
+    # one email id per delivery, shared by its copies
+    va, vb = run(a.open_mailbox("INBOX")), run(b.open_mailbox("INBOX"))
+    ids_a = {m.uid: m.email_id for m in va.messages}
+    ids_b = {m.uid: m.email_id for m in vb.messages}
+    assert all(ids_a[r[0].uid] == ids_b[r[2].uid] for r in results)
+    assert len(set(ids_a.values())) == 40
