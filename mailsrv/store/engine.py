@@ -482,7 +482,7 @@ class Engine:
         for n, key, size, mtime in fresh:
             pend = self.pending.pop(key, None)
             _, info = maildir.split_filename(n)
-            flags = maildir.info_to_flags(info, self._letters(mb))
+            flags = maildir.info_to_flags(info, self._letters(mb) if _has_letters(info) else {})
             uid = None
             if ul is not None and key in ul.uids:
                 if used is None:
@@ -494,7 +494,7 @@ class Engine:
             except OSError as exc:  # unreadable file: skip it, never block the others
                 self._warn_once(key, "message.unreadable", mailbox=mb.name, file=key, error=str(exc))
                 continue
-            renames.append((folder / "new" / n, folder / "cur" / maildir.filename(key, flags, self._kwmap(mb))))
+            renames.append((folder / "new" / n, folder / "cur" / maildir.filename(key, flags, self._kw_for(mb, flags))))
 
     def _maybe_compact_uidlist(self, mb: _Mbox) -> None:
         """Rewrite the UID map without expunged entries once they dominate it (caller holds the write txn).
@@ -554,6 +554,12 @@ class Engine:
             self._kw_cache[str(path)] = hit = (ident, kw)
         return dict(hit[1])
 
+    def _kw_for(self, mb: _Mbox, flags: frozenset[str]) -> dict[str, str]:
+        """The keyword map a file name with ``flags`` needs (no file access when it has no keywords)."""
+        if all(f.startswith("\\") for f in flags):
+            return {}
+        return self._kwmap(mb, flags)
+
     def _letters(self, mb: _Mbox) -> dict[str, str]:
         return {letter: name for name, letter in self._kwmap(mb).items()}
 
@@ -595,7 +601,7 @@ class Engine:
         self.db.execute(
             "INSERT INTO messages (mailbox, uid, key, fname, flags, modseq, internal_date, saved_date, size,"
             " email_id, thread_id, structure) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-            (mb.id, uid, key, maildir.filename(key, flags, self._kwmap(mb, flags)), _flags_text(flags), info.modseq, mtime, now, size,
+            (mb.id, uid, key, maildir.filename(key, flags, self._kw_for(mb, flags)), _flags_text(flags), info.modseq, mtime, now, size,
              info.email_id, thread_id, structure),
         )
         mb.messages += 1
@@ -642,13 +648,13 @@ class Engine:
             data = b"".join(lines)
             if size == 0:
                 data = uidlist.format_header(mb.uidvalidity, mb.uidnext, mb.guid[1:]) + data
-            elif os.pread(fd, 1, size - 1) != b"\n":
+            elif size != mb.uidlist_size and os.pread(fd, 1, size - 1) != b"\n":
                 data = b"\n" + data  # a torn line from a crash: terminate it
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view):]
             os.fsync(fd)
-            mb.uidlist_size = os.fstat(fd).st_size
+            mb.uidlist_size = size + len(data)  # O_APPEND under the write lock: nobody else appends
         finally:
             os.close(fd)
 
@@ -922,6 +928,11 @@ class Engine:
 
     def folder_new_dirs(self) -> list[Path]:
         return folders.folder_new_dirs(self)
+
+
+def _has_letters(info: str) -> bool:
+    """Does a maildir info part carry keyword letters (``a``-``z``)?"""
+    return any("a" <= c <= "z" for c in info)
 
 
 def glob_escape(s: str) -> str:
