@@ -11,17 +11,22 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import inspect
 import os
 import signal
 import socket
 import ssl
 import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from mailsrv import log
 from mailsrv.config import Config
 from mailsrv.net.listener import Listener
 from mailsrv.net.service import ServiceContext
+from mailsrv.search import SearchService
+from mailsrv.store import MailboxNotFound, Store
 
 logger = log.get("worker")
 
@@ -34,6 +39,25 @@ SERVICES = {
     "jmap": "mailsrv.jmap.server",
     "admin": "mailsrv.admin.server",
 }
+
+
+def search_resolver(store: Store) -> Callable[[str, str], tuple[Path, Callable[[int], Awaitable[bytes]]] | None]:
+    """Lets a delivery in this worker index a mailbox that no session has opened yet."""
+
+    def resolve(account_id: str, mailbox_id: str) -> tuple[Path, Callable[[int], Awaitable[bytes]]] | None:
+        acct = store.cached_account(account_id)
+        if acct is None:
+            return None
+
+        async def read(uid: int) -> bytes:
+            for info in await acct.list_mailboxes():  # O(mailboxes): counters, no scan
+                if info.id == mailbox_id:
+                    return await acct.read_message(info.name, uid)
+            raise MailboxNotFound(mailbox_id)
+
+        return acct.root / "mailsrv-search", read
+
+    return resolve
 
 
 def make_listeners(
@@ -72,8 +96,11 @@ async def _serve(cfg: Config, socks: dict[str, list[socket.socket]], ssl_context
     # Per-worker shared objects, one line per subsystem (store, directory, auth, queue...).
     resources: dict[str, Any] = {}
     resources.update(importlib.import_module("mailsrv.auth").worker_resources(cfg))  # "directory", "auth"
-    resources["store"] = importlib.import_module("mailsrv.store").Store(
-        cfg.store, cfg.server.data_dir, hostname=cfg.server.hostname)  # docs/store-api.md: one per worker
+    store = resources["store"] = Store(cfg.store, cfg.server.data_dir, hostname=cfg.server.hostname,
+                                       mime=cfg.mime)  # docs/store-api.md: one per worker
+    # docs/search-api.md: one search service per worker, kept in step by the store's observer hook.
+    search = resources["search"] = SearchService(cfg.search, search_resolver(store))
+    store.add_observer(search)
     listeners = make_listeners(cfg, socks, ssl_context, resources)
     for lst in listeners:
         await lst.start()
@@ -84,7 +111,17 @@ async def _serve(cfg: Config, socks: dict[str, list[socket.socket]], ssl_context
     grace = cfg.server.shutdown_grace
     logger.info("worker.draining", pid=os.getpid(), grace=grace)
     await asyncio.gather(*(lst.drain(grace) for lst in listeners), return_exceptions=True)
-    await resources["store"].close()  # after the sessions: stops the store's notifier and threads
+    # After the sessions, newest first: the services' own objects, then the store, auth, directory.
+    for name, res in reversed(list(resources.items())):
+        close = getattr(res, "close", None)
+        if close is None:
+            continue
+        try:
+            result = close()
+            if inspect.isawaitable(result):
+                await result
+        except Exception as exc:  # one failed close must not keep the worker from exiting
+            logger.exception("resource.close_failed", exc, resource=name)
     logger.info("worker.stopped", pid=os.getpid())
 
 

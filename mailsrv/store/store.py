@@ -90,6 +90,10 @@ class Store:
         fut.set_result(acct)
         return acct
 
+    def cached_account(self, account_id: str) -> Account | None:
+        """The account if this worker has it open, else None (sync; opens nothing)."""
+        return self._accounts.get(account_id) or self._evicted.get(account_id)
+
     def _evict(self) -> None:
         """Close the least recently used accounts beyond ``config.account_cache``.
 
