@@ -76,6 +76,51 @@ def import_new(eng: Engine, name: str, src: Path, flags: frozenset[str], interna
         return info.uid, res
 
 
+def current_file(folder: Path, key: str, fname: str) -> Path | None:
+    """Where a message file is now: ``cur/fname``, else a file with the same base name in cur/ or new/.
+
+    Another process (a worker's flag change, a refresh finishing a move out of new/, mutt)
+    may have renamed the file since ``fname`` was read; the key (base name) never changes.
+    """
+    path = folder / "cur" / fname
+    if os.path.lexists(path):
+        return path
+    from mailsrv.store.engine import glob_escape
+
+    for sub in ("cur", "new"):
+        for p in (folder / sub).glob(glob_escape(key) + "*"):
+            if maildir.split_filename(p.name)[0] == key:
+                return p
+    return None
+
+
+def _link_current(folder: Path, key: str, fname: str, dst: Path) -> bool:
+    """Hard-link a message file to ``dst``, following renames by other processes. False if it is gone."""
+    for _attempt in range(3):
+        src = current_file(folder, key, fname)
+        if src is None:
+            return False
+        try:
+            os.link(src, dst)
+            return True
+        except FileNotFoundError:
+            continue  # renamed again between the lookup and the link
+    return False
+
+
+def _unlink_current(folder: Path, key: str, fname: str) -> None:
+    """Remove a message file wherever it is now (a file left behind would be adopted again)."""
+    for _attempt in range(3):
+        path = current_file(folder, key, fname)
+        if path is None:
+            return
+        try:
+            os.unlink(path)
+            return
+        except FileNotFoundError:
+            continue
+
+
 def uid_for_key(eng: Engine, name: str, key: str) -> int | None:
     with eng.lock:
         mb = eng._row(name)
@@ -121,10 +166,17 @@ def store_flags(eng: Engine, name: str, uids: Sequence[int], flags: frozenset[st
             modified.append(MessageInfo(uid, info.key, new, mb.highestmodseq, info.internal_date,
                                         info.saved_date, info.size, info.email_id, info.thread_id))
         for uid, old, new_name in renames:
-            try:
-                os.rename(folder / "cur" / old, folder / "cur" / new_name)
-            except FileNotFoundError:
-                logger.warning("message.missing", account=eng.account_id, mailbox=name, uid=uid)
+            key = maildir.split_filename(new_name)[0]
+            for _attempt in range(3):
+                src = current_file(folder, key, old)
+                if src is None:
+                    logger.warning("message.missing", account=eng.account_id, mailbox=name, uid=uid)
+                    break
+                try:
+                    os.rename(src, folder / "cur" / new_name)
+                    break
+                except FileNotFoundError:
+                    continue  # renamed by someone outside the lock (mutt): look again
         if renames:
             mb.cur_mtime = os.stat(folder / "cur").st_mtime_ns
         eng._save(mb)
@@ -142,20 +194,17 @@ def expunge(eng: Engine, name: str, uids: Sequence[int] | None, only_deleted: bo
         folder = eng._folder(mb)
         db = eng.db
         if uids is None:
-            rows = db.execute("SELECT uid, fname, flags FROM messages WHERE mailbox=?", (mb.id,)).fetchall()
+            rows = db.execute("SELECT uid, fname, flags, key FROM messages WHERE mailbox=?", (mb.id,)).fetchall()
         else:
             rows = []
             for uid in sorted(set(uids)):
-                r = db.execute("SELECT uid, fname, flags FROM messages WHERE mailbox=? AND uid=?",
+                r = db.execute("SELECT uid, fname, flags, key FROM messages WHERE mailbox=? AND uid=?",
                                (mb.id, uid)).fetchone()
                 if r is not None:
                     rows.append(r)
         victims = [r for r in rows if not only_deleted or "\\Deleted" in r[2].split()]
-        for _uid, fname, _ in victims:
-            try:
-                os.unlink(folder / "cur" / fname)
-            except FileNotFoundError:
-                pass
+        for _uid, fname, _, key in victims:
+            _unlink_current(folder, key, fname)
         done = eng._delete_rows(mb, [r[0] for r in victims], res)
         if victims:
             mb.cur_mtime = os.stat(folder / "cur").st_mtime_ns
@@ -186,10 +235,8 @@ def copy(eng: Engine, src: str, uids: Sequence[int], dst: str, *, move: bool,
         for r in rows:
             key = f"{fsio.unique_name(eng.hostname)},S={r[6]}"
             tmp = dfolder / "tmp" / key
-            try:
-                os.link(sfolder / "cur" / r[9], tmp)
-            except FileNotFoundError:
-                continue
+            if not _link_current(sfolder, r[1], r[9], tmp):
+                continue  # expunged meanwhile
             staged.append((r, key, tmp))
         if staged:
             fsio.fsync_dir(dfolder / "tmp")
@@ -216,10 +263,9 @@ def copy(eng: Engine, src: str, uids: Sequence[int], dst: str, *, move: bool,
                     fsio.fsync_dir(dfolder / "cur")
                 if move and mapping:
                     for r, _key, _tmp in staged:
-                        try:
-                            os.unlink(sfolder / "cur" / r[9])
-                        except FileNotFoundError:
-                            pass
+                        fresh = db.execute("SELECT fname FROM messages WHERE mailbox=? AND uid=?",
+                                           (smb.id, r[0])).fetchone()  # a flag change may have renamed it
+                        _unlink_current(sfolder, r[1], fresh[0] if fresh else r[9])
                     eng._delete_rows(smb, [m[0] for m in mapping], res)
                     smb.cur_mtime = os.stat(sfolder / "cur").st_mtime_ns
                     eng._maybe_compact_uidlist(smb)

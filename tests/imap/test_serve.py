@@ -10,6 +10,8 @@ import imaplib
 import re
 import ssl
 import subprocess
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -57,30 +59,104 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerPro
         server.stop()
 
 
-def test_imaps_idle_across_workers_sees_a_delivery(served: tuple[ServerProcess, ssl.SSLContext]) -> None:
-    server, ctx = served
-    port = server.ports["imaps"]
-    watchers = []
-    for _ in range(4):  # several connections: with two workers, some land on the other one
+def _idlers(port: int, ctx: ssl.SSLContext, n: int) -> list[imapclient.IMAPClient]:
+    out = []
+    for _ in range(n):  # several connections: with two workers, some land on the other one
         w = imapclient.IMAPClient("127.0.0.1", port, ssl=True, ssl_context=ctx, timeout=20)
         w.login("alice@example.test", "wonderland")
         w.select_folder("INBOX")
         w.idle()
-        watchers.append(w)
+        out.append(w)
+    return out
+
+
+def _wait_exists(w: imapclient.IMAPClient, count: int) -> None:
+    """IDLE until an EXISTS of at least ``count`` arrives (responses may come in several batches)."""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        for resp in w.idle_check(timeout=max(0.1, deadline - time.monotonic())):
+            if len(resp) == 2 and resp[1] == b"EXISTS" and resp[0] >= count:
+                return
+    raise AssertionError(f"no EXISTS {count} within the deadline")
+
+
+def test_imaps_idle_across_workers_sees_appends(served: tuple[ServerProcess, ssl.SSLContext]) -> None:
+    """APPENDs from several connections while IDLE on both workers moves files new/ -> cur/.
+
+    Regression: an APPEND failed with FileNotFoundError (NO [UNAVAILABLE]) when the other
+    worker's refresh renamed the file out of new/ while the append was still indexing it.
+    """
+    server, ctx = served
+    port = server.ports["imaps"]
+    c = imaplib.IMAP4_SSL("127.0.0.1", port, ssl_context=ctx, timeout=20)
+    c.login("alice@example.test", "wonderland")
+    typ, data = c.select("INBOX")
+    before = int(data[0])
+    c.logout()
+    watchers = _idlers(port, ctx, 4)
+    appenders = []
+    for _ in range(4):
+        a = imaplib.IMAP4_SSL("127.0.0.1", port, ssl_context=ctx, timeout=20)
+        a.login("alice@example.test", "wonderland")
+        appenders.append(a)
+    rounds, errors = 10, []
+
+    def run(a: imaplib.IMAP4_SSL, n: int) -> None:
+        for i in range(rounds):
+            msg = MSG.replace(b"across workers", f"append {n}.{i}".encode())
+            typ, resp = a.append("INBOX", "", None, msg)  # type: ignore[arg-type]
+            if typ != "OK":
+                errors.append(resp)
+
+    threads = [threading.Thread(target=run, args=(a, n)) for n, a in enumerate(appenders)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not any(t.is_alive() for t in threads)
+    assert errors == []
+    total = before + rounds * len(appenders)
+    for w in watchers:
+        _wait_exists(w, total)
+        w.idle_done()
+        w.logout()
+    for a in appenders:
+        a.select("INBOX")
+        typ, data = a.search(None, "SUBJECT", '"append 3.9"')
+        assert typ == "OK" and len(data[0].split()) == 1
+        a.logout()
+    c = imaplib.IMAP4_SSL("127.0.0.1", port, ssl_context=ctx, timeout=20)
+    c.login("alice@example.test", "wonderland")
+    typ, data = c.select("INBOX")
+    assert int(data[0]) == total
+    typ, data = c.uid("FETCH", "1:*", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+    subjects = sorted(x[1] for x in data if isinstance(x, tuple))
+    assert len(subjects) == total and len(set(subjects)) == total
+    c.logout()
+
+
+def test_imaps_idle_across_workers_sees_a_delivery(served: tuple[ServerProcess, ssl.SSLContext]) -> None:
+    server, ctx = served
+    port = server.ports["imaps"]
+    c = imaplib.IMAP4_SSL("127.0.0.1", port, ssl_context=ctx, timeout=20)
+    c.login("alice@example.test", "wonderland")
+    typ, data = c.select("INBOX")
+    total = int(data[0]) + 1
+    c.logout()
+    watchers = _idlers(port, ctx, 4)
     # Another program (an MDA) drops a message into new/: every worker's IDLE hears of it.
     maildir = server.extra_data_dir / "mail" / "example.test" / "alice"
     tmp = maildir / "tmp" / "1800000000.drop.host"
     tmp.write_bytes(MSG)
     tmp.rename(maildir / "new" / tmp.name)
     for w in watchers:
-        responses = w.idle_check(timeout=10)
-        assert (1, b"EXISTS") in responses
+        _wait_exists(w, total)
         w.idle_done()
         w.logout()
     c = imaplib.IMAP4_SSL("127.0.0.1", port, ssl_context=ctx, timeout=20)
     c.login("alice@example.test", "wonderland")
     c.select("INBOX")
-    typ, data = c.fetch("1", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+    typ, data = c.fetch(str(total), "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
     assert data[0][1] == b"Subject: across workers\r\n\r\n"
     c.logout()
 
