@@ -287,8 +287,8 @@ async def _jmap_reader(port: int, ctx: ssl.SSLContext, user: str, password: str,
                        stats: dict) -> None:
     import aiohttp
 
-    auth = aiohttp.BasicAuth(user, password)
-    async with aiohttp.ClientSession(auth=auth) as http:
+    basic = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+    async with aiohttp.ClientSession(headers={"Authorization": basic}) as http:
         while not stop.is_set():
             try:
                 async with http.get(f"https://127.0.0.1:{port}/.well-known/jmap", ssl=ctx) as resp:
