@@ -8,11 +8,12 @@ at or past the old uidnext is new in that mailbox, a smaller one changed its
 flags, an expunged uid left it. An email is *created* if none of its copies
 existed in the old state, *destroyed* if none exists now.
 
-Deviation: the store reports expunged uids without their email id. This
-module remembers ``(mailbox, uidvalidity, uid) -> (email id, thread id)`` for
-every message it has seen; an expunge it cannot name (delivered and expunged
-while this worker never looked) answers ``cannotCalculateChanges``, and the
-client resynchronises (RFC 8620 §5.2 allows this at any time).
+Expunges: the store's ``ChangesSince.expunged_ids`` names the email and thread
+of each expunged uid (also for expunges made by another worker). This module
+also remembers ``(mailbox, uidvalidity, uid) -> (email id, thread id)`` for
+every message it has seen; an expunge neither can name (expunged before the
+index kept ids, or forgotten by an index rebuild) answers
+``cannotCalculateChanges``, and the client resynchronises (RFC 8620 §5.2).
 
 Keywords (RFC 8621 §4.1.1): ``$seen $flagged $answered $draft`` are the IMAP
 system flags, other keywords are IMAP keywords in lower case; ``\\Deleted``
@@ -193,7 +194,7 @@ class StoreBackend:
                 threads_touched.add(m.thread_id)
                 (created if m.uid >= o.uidnext else updated).add(m.email_id)
             for uid in since_m.expunged:
-                known = self._seen.get((mid, n.uidvalidity, uid))
+                known = self._seen.get((mid, n.uidvalidity, uid)) or since_m.expunged_ids.get(uid)
                 if known is None:
                     if uid >= o.uidnext:
                         continue  # came and went after the old state

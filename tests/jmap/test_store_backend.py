@@ -266,3 +266,58 @@ async def test_structure_properties_come_from_the_store_index(env: tuple[Client,
     png = e["attachments"][0]["blobId"]
     async with c.http.get(f"{c.server.url}/jmap/download/A1/{png}/a.png", headers=c.headers) as r:
         assert r.status == 200 and (await r.read())[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+OTHER_WORKER = """
+import asyncio, sys
+from pathlib import Path
+from mailsrv.config import StoreConfig
+from mailsrv.store import Store
+
+async def main():
+    store = Store(StoreConfig(), Path(sys.argv[1]), hostname="other")
+    acct = await store.account("1", Path(sys.argv[1]) / "mail/alice")
+    if sys.argv[2] == "append":
+        uid = await acct.append("INBOX", b"From: a@x\\r\\nSubject: elsewhere\\r\\nMessage-ID: <o1@x>\\r\\n\\r\\nhi\\r\\n")
+        m = (await acct.open_mailbox("INBOX")).by_uid(uid)
+        print(m.email_id, m.thread_id, flush=True)
+    else:
+        view = await acct.open_mailbox("INBOX")
+        done = await acct.expunge("INBOX", [m.uid for m in view.messages], only_deleted=False)
+        print(len(done), flush=True)
+    await store.close()
+
+asyncio.run(main())
+"""
+
+
+async def _other_worker(tmp: Path, what: str) -> list[str]:
+    import sys
+
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", OTHER_WORKER, str(tmp), what,
+                                                stdout=asyncio.subprocess.PIPE)
+    out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0
+    return out.decode().split()
+
+
+async def test_changes_name_an_expunge_made_by_another_process(env: tuple[Client, Store, Any],
+                                                               tmp_path: Path) -> None:
+    """A client's state from one worker, an expunge by another process, /changes on a third worker
+    that never listed the message: destroyed (was cannotCalculateChanges)."""
+    c, _, _ = env
+    email_id, thread_id = await _other_worker(tmp_path, "append")
+    s0 = (await c.one("Email/get", {"ids": []}))["state"]
+    t0 = (await c.one("Thread/get", {"ids": []}))["state"]
+    assert await _other_worker(tmp_path, "expunge") == ["1"]
+    store2 = Store(StoreConfig(io_threads=2), tmp_path, hostname="worker2")
+    try:
+        fresh = await store_factory(store2, Dir(), tmp_path)(type("P", (), {"id": "1", "account": None})())
+        ch = await fresh.changes("Email", s0, None)
+        assert (ch.destroyed, ch.created, ch.updated) == ([email_id], [], [])
+        th = await fresh.changes("Thread", t0, None)
+        assert (th.destroyed, th.created, th.updated) == ([thread_id], [], [])
+    finally:
+        await store2.close()
+    ch = await c.one("Email/changes", {"sinceState": s0})  # the worker that did list it agrees
+    assert ch["destroyed"] == [email_id] and ch["created"] == [] and ch["updated"] == []
