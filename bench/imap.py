@@ -18,52 +18,39 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from ._common import (
+    PASSWORD,
+    add_users,
+    cheap_auth_config,
+    compare,
+    dovecot_pids,
+    fill_maildir,
+    fork_server,
+    listening_socket,
+    message,
+    rss_kib,
+    start_dovecot,
+    stop_child,
+    stop_dovecot,
+)
+
 SIZES = {"smoke": {"messages": 2_000, "idle": 200, "sessions": 200, "stores": 500},
          "full": {"messages": 100_000, "idle": 10_000, "sessions": 2_000, "stores": 5_000}}
-PASSWORD = "benchpass"
 
 
 def _message(n: int) -> bytes:
-    body = ("Lorem ipsum dolor sit amet, consectetur adipiscing elit. " * 8 + "\r\n") * 4
-    return (
-        f"From: Sender {n % 97} <sender{n % 97}@example.test>\r\nTo: user@example.test\r\n"
-        f"Subject: report {n % 500}\r\nMessage-ID: <b{n}@example.test>\r\n"
-        f"Date: Thu, 26 Nov 2026 12:00:00 +0000\r\nMIME-Version: 1.0\r\n"
-        f"Content-Type: text/plain; charset=utf-8\r\n\r\n{body}"
-    ).encode()
+    return message(n, repeat=8, lines=4, display_name=True)
 
 
 def _fill_maildir(root: Path, n: int) -> None:
-    for sub in ("cur", "new", "tmp"):
-        (root / sub).mkdir(parents=True, exist_ok=True)
-    for i in range(n):
-        flags = "S" if i % 3 == 0 else ""
-        (root / "cur" / f"{1700000000 + i}.M{i}P1.bench:2,{flags}").write_bytes(_message(i))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _rss_kib(pids: list[int]) -> int:
-    total = 0
-    for pid in pids:
-        try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-        except OSError:
-            pass
-    return total
+    fill_maildir(root, (_message(i) for i in range(n)),
+                 lambda i, _: f"{1700000000 + i}.M{i}P1.bench:2,{'S' if i % 3 == 0 else ''}")
 
 
 # --- the client -------------------------------------------------------------------------
@@ -163,7 +150,7 @@ async def _measure(port: int, user: str, small: str, sizes: dict[str, int], pids
 
     # memory per IDLE connection
     idle = min(sizes["idle"], idle_cap or sizes["idle"])
-    before = _rss_kib(pids())
+    before = rss_kib(pids())
     conns = []
     for _ in range(idle):
         s = await Client.connect(port)
@@ -173,7 +160,7 @@ async def _measure(port: int, user: str, small: str, sizes: dict[str, int], pids
         s.w.write(b"idle%d IDLE\r\n" % s.n)
         await s.r.readline()
         conns.append(s)
-    after = _rss_kib(pids())
+    after = rss_kib(pids())
     res["RSS per IDLE connection"] = (after - before) / idle
     for s in conns:
         s.w.write(b"DONE\r\n")
@@ -189,16 +176,8 @@ def _mailsrv_child(base: Path, port: int, ready: int) -> None:
 
     from mailsrv import log
     from mailsrv.auth import Authenticator
-    from mailsrv.auth.passwords import Hasher
-    from mailsrv.config import (
-        AuthConfig,
-        Config,
-        DirectoryConfig,
-        ListenerConfig,
-        ServerConfig,
-        StoreConfig,
-    )
-    from mailsrv.directory import open_directory, open_sync
+    from mailsrv.config import Config, DirectoryConfig, ListenerConfig, ServerConfig, StoreConfig
+    from mailsrv.directory import open_directory
     from mailsrv.imap.server import ImapService
     from mailsrv.net.listener import Listener
     from mailsrv.net.service import ServiceContext
@@ -206,24 +185,11 @@ def _mailsrv_child(base: Path, port: int, ready: int) -> None:
     from mailsrv.store import Store
 
     log.configure("warning")
-    acfg = AuthConfig(allow_plaintext_loopback=True, argon2_time_cost=1, argon2_memory_kib=1024,
-                      ip_block_failures=10**6, ip_throttle_failures=10**6)
-    sd = open_sync(DirectoryConfig(), base)
-    sd.add_domain("example.test")
-    pw, scram = Hasher(acfg).make(PASSWORD)
-    big = sd.add_user("big@example.test", password_hash=pw, scram=scram)
-    small = sd.add_user("small@example.test", password_hash=pw, scram=scram)
-    sd.close()
-    (base / big.store).parent.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(base / "seed", base / big.store)
-    shutil.copytree(base / "seed-small", base / small.store)
+    acfg = cheap_auth_config()
+    add_users(base, acfg, {"big": base / "seed", "small": base / "seed-small"})
 
     async def main() -> None:
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", port))
-        sock.listen(4096)
-        sock.setblocking(False)
+        sock = listening_socket(port, 4096)
         lcfg = ListenerConfig(protocol="imap", bind=(f"127.0.0.1:{port}",), max_connections=50_000,
                               max_connections_per_ip=50_000, idle_timeout=3600)
         cfg = Config(server=ServerConfig(data_dir=base), listener={"imap": lcfg})
@@ -242,101 +208,36 @@ def _mailsrv_child(base: Path, port: int, ready: int) -> None:
 
 
 def _start_mailsrv(base: Path) -> tuple[int, int]:
-    port = _free_port()
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child
-        os.close(r)
-        try:
-            _mailsrv_child(base, port, w)
-        finally:
-            os._exit(0)
-    os.close(w)
-    with os.fdopen(r, "rb") as f:
-        if f.read(1) != b"1":
-            raise RuntimeError("mailsrv bench server did not start")
-    return pid, port
+    return fork_server(_mailsrv_child, base)
 
 
 # --- Dovecot ----------------------------------------------------------------------------------------
 
-
-def _start_dovecot(base: Path) -> tuple[subprocess.Popen[bytes] | None, int, str]:
-    exe = shutil.which("dovecot") or "/usr/sbin/dovecot"
-    if not Path(exe).exists():
-        return None, 0, "dovecot not installed"
-    port = _free_port()
-    import pwd
-
-    nobody = pwd.getpwnam("nobody")
-    mail = base / "dmail"
-    for user, seed in (("big", "seed"), ("small", "seed-small")):
-        shutil.copytree(base / seed, mail / user / "Maildir")
-    subprocess.run(["chown", "-R", f"{nobody.pw_uid}:{nobody.pw_gid}", str(mail)], check=True)
-    (base / "passwd").write_text(f"big:{{PLAIN}}{PASSWORD}\nsmall:{{PLAIN}}{PASSWORD}\n")
-    run = base / "drun"
-    run.mkdir()
-    conf = base / "dovecot.conf"
-    conf.write_text(f"""
-base_dir = {run}
-state_dir = {base}/dstate
-log_path = {base}/dovecot.log
-listen = 127.0.0.1
-protocols = imap
-ssl = no
-disable_plaintext_auth = no
-auth_mechanisms = plain
-first_valid_uid = {nobody.pw_uid}
-mail_location = maildir:{mail}/%u/Maildir
-default_login_user = dovenull
-default_internal_user = dovecot
-passdb {{
-  driver = passwd-file
-  args = {base}/passwd
-}}
-userdb {{
-  driver = static
-  args = uid={nobody.pw_uid} gid={nobody.pw_gid} home={mail}/%u
-}}
-service imap-login {{
-  inet_listener imap {{
+DOVECOT_SERVICES = """service imap-login {
+  inet_listener imap {
     port = {port}
-  }}
-  inet_listener imaps {{
+  }
+  inet_listener imaps {
     port = 0
-  }}
+  }
   service_count = 0
   process_min_avail = 2
   client_limit = 20000
-}}
-service imap {{
+}
+service imap {
   process_limit = 20000
-}}
-protocol imap {{
+}
+protocol imap {
   mail_max_userip_connections = 20000
-}}
+}
 default_process_limit = 20000
 default_client_limit = 40000
-""")
-    proc = subprocess.Popen([exe, "-F", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
-                if s.recv(100).startswith(b"* OK"):
-                    return proc, port, ""
-        except OSError:
-            if proc.poll() is not None:
-                err = proc.stderr.read().decode() if proc.stderr else ""
-                return None, 0, f"dovecot exited: {err[:200]}"
-        time.sleep(0.1)
-    proc.terminate()
-    return None, 0, "dovecot did not start"
+"""
 
 
-def _dovecot_pids(proc: subprocess.Popen[bytes]) -> list[int]:
-    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(proc.pid)], capture_output=True, text=True).stdout
-    return [proc.pid] + [int(x) for x in out.split()]
+def _start_dovecot(base: Path) -> tuple[subprocess.Popen[bytes] | None, int, str]:
+    return start_dovecot(base, "imap", {"big": base / "seed", "small": base / "seed-small"},
+                         DOVECOT_SERVICES, b"* OK")
 
 
 # --- the scenario ---------------------------------------------------------------------------------------
@@ -368,8 +269,7 @@ def run(size: str) -> dict[str, Any]:
         shutil.move(str(base / "seed-small"), str(base / "m" / "seed-small"))
         pid, port = _start_mailsrv(base / "m")
         ours = asyncio.run(_measure(port, "big@example.test", "small@example.test", sizes, lambda: [pid]))
-        os.kill(pid, signal.SIGTERM)
-        os.waitpid(pid, 0)
+        stop_child(pid)
         pid = 0
         shutil.copytree(base / "m" / "seed", base / "seed")
         shutil.copytree(base / "m" / "seed-small", base / "seed-small")
@@ -380,27 +280,16 @@ def run(size: str) -> dict[str, Any]:
         else:
             p = proc
             # Dovecot runs one imap process per connection: 10 000 of them would take the machine's memory.
-            theirs = asyncio.run(_measure(dport, "big", "small", sizes, lambda: _dovecot_pids(p), idle_cap=1000))
+            theirs = asyncio.run(_measure(dport, "big", "small", sizes, lambda: dovecot_pids(p), idle_cap=1000))
             if sizes["idle"] > 1000:
                 notes.append("Dovecot's RSS per IDLE connection is measured over 1000 connections")
     finally:
         if pid:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
+            stop_child(pid, signal.SIGKILL)
         if proc is not None:
-            proc.terminate()
-            proc.wait(10)
+            stop_dovecot(proc)
         shutil.rmtree(base, ignore_errors=True)
-    results = []
-    for name, value in ours.items():
-        unit, higher_better = UNITS[name]
-        base_v = theirs.get(name)
-        ratio = None
-        if base_v:
-            ratio = (value / base_v) if higher_better else (base_v / value if value else None)
-        results.append({"name": name, "unit": unit, "value": round(value, 3),
-                        "baseline": {"name": "dovecot", "value": round(base_v, 3)} if base_v is not None else None,
-                        "ratio": round(ratio, 3) if ratio else None})
+    results = compare(ours, theirs, UNITS, "dovecot")
     notes.append("ratio > 1 means mailsrv is better (faster, or less memory)")
     return {"scenario": "imap", "results": results, "notes": notes}
 

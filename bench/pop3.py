@@ -20,27 +20,34 @@ import asyncio
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from ._common import (
+    PASSWORD,
+    add_users,
+    cheap_auth_config,
+    compare,
+    fill_maildir,
+    fork_server,
+    listening_socket,
+    message,
+    start_dovecot,
+    stop_child,
+    stop_dovecot,
+)
+
 SIZES = {
     "smoke": {"messages": 1_000, "sessions": 3, "big": 4, "big_size": 2 << 20, "rounds": 2},
     "full": {"messages": 1_000, "sessions": 30, "big": 20, "big_size": 10 << 20, "rounds": 3},
 }
-PASSWORD = "benchpass"
 
 
 def _message(n: int) -> bytes:
-    body = ("Lorem ipsum dolor sit amet, consectetur adipiscing elit. " * 8 + "\r\n") * 20
-    return (
-        f"From: Sender {n % 97} <sender{n % 97}@example.test>\r\nTo: user@example.test\r\n"
-        f"Subject: report {n % 500}\r\nMessage-ID: <p{n}@example.test>\r\n"
-        f"Date: Thu, 26 Nov 2026 12:00:00 +0000\r\n\r\n.{body}"
-    ).encode()
+    return message(n, repeat=8, lines=20, tag="p", display_name=True, mime=False, body_prefix=".")
 
 
 def _big_message(n: int, size: int) -> bytes:
@@ -50,16 +57,7 @@ def _big_message(n: int, size: int) -> bytes:
 
 
 def _fill(root: Path, messages: list[bytes]) -> None:
-    for sub in ("cur", "new", "tmp"):
-        (root / sub).mkdir(parents=True, exist_ok=True)
-    for i, data in enumerate(messages):
-        (root / "cur" / f"{1700000000 + i}.M{i}P1.bench,S={len(data)}:2,S").write_bytes(data)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    fill_maildir(root, messages, lambda i, data: f"{1700000000 + i}.M{i}P1.bench,S={len(data)}:2,S")
 
 
 # --- the client ---------------------------------------------------------------------------
@@ -138,16 +136,8 @@ def _mailsrv_child(base: Path, port: int, ready: int) -> None:
 
     from mailsrv import log
     from mailsrv.auth import Authenticator
-    from mailsrv.auth.passwords import Hasher
-    from mailsrv.config import (
-        AuthConfig,
-        Config,
-        DirectoryConfig,
-        ListenerConfig,
-        ServerConfig,
-        StoreConfig,
-    )
-    from mailsrv.directory import open_directory, open_sync
+    from mailsrv.config import Config, DirectoryConfig, ListenerConfig, ServerConfig, StoreConfig
+    from mailsrv.directory import open_directory
     from mailsrv.net.listener import Listener
     from mailsrv.net.service import ServiceContext
     from mailsrv.pop3.maildrop import StoreMaildrops
@@ -155,23 +145,11 @@ def _mailsrv_child(base: Path, port: int, ready: int) -> None:
     from mailsrv.store import Store
 
     log.configure("warning")
-    acfg = AuthConfig(allow_plaintext_loopback=True, argon2_time_cost=1, argon2_memory_kib=1024,
-                      ip_block_failures=10**6, ip_throttle_failures=10**6)
-    sd = open_sync(DirectoryConfig(), base)
-    sd.add_domain("example.test")
-    pw, scram = Hasher(acfg).make(PASSWORD)
-    for name in ("small", "big"):
-        acct = sd.add_user(f"{name}@example.test", password_hash=pw, scram=scram)
-        (base / acct.store).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copytree(base / f"seed-{name}", base / acct.store)
-    sd.close()
+    acfg = cheap_auth_config()
+    add_users(base, acfg, {name: base / f"seed-{name}" for name in ("small", "big")})
 
     async def main() -> None:
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", port))
-        sock.listen(1024)
-        sock.setblocking(False)
+        sock = listening_socket(port, 1024)
         lcfg = ListenerConfig(protocol="pop3", bind=(f"127.0.0.1:{port}",), idle_timeout=600)
         cfg = Config(server=ServerConfig(data_dir=base), listener={"pop3": lcfg})
         ctx = ServiceContext(config=cfg, name="pop3", listener=lcfg, ssl_context=None)
@@ -187,99 +165,37 @@ def _mailsrv_child(base: Path, port: int, ready: int) -> None:
 
 
 def _start_mailsrv(base: Path) -> tuple[int, int]:
-    port = _free_port()
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child
-        os.close(r)
-        try:
-            _mailsrv_child(base, port, w)
-        finally:
-            os._exit(0)
-    os.close(w)
-    with os.fdopen(r, "rb") as f:
-        if f.read(1) != b"1":
-            raise RuntimeError("mailsrv bench server did not start")
-    return pid, port
+    return fork_server(_mailsrv_child, base)
 
 
 # --- Dovecot --------------------------------------------------------------------------------------
 
-
-def _start_dovecot(base: Path) -> tuple[subprocess.Popen[bytes] | None, int, str]:
-    exe = shutil.which("dovecot") or "/usr/sbin/dovecot"
-    if not Path(exe).exists():
-        return None, 0, "dovecot not installed"
-    if not Path("/usr/lib/dovecot/pop3").exists():
-        return None, 0, "dovecot-pop3d not installed (tools/install-peers.sh)"
-    import pwd
-
-    port = _free_port()
-    nobody = pwd.getpwnam("nobody")
-    mail = base / "dmail"
-    for user in ("small", "big"):
-        shutil.copytree(base / f"seed-{user}", mail / user / "Maildir")
-    subprocess.run(["chown", "-R", f"{nobody.pw_uid}:{nobody.pw_gid}", str(mail)], check=True)
-    (base / "passwd").write_text(f"small:{{PLAIN}}{PASSWORD}\nbig:{{PLAIN}}{PASSWORD}\n")
-    (base / "drun").mkdir()
-    conf = base / "dovecot.conf"
-    conf.write_text(f"""
-base_dir = {base}/drun
-state_dir = {base}/dstate
-log_path = {base}/dovecot.log
-listen = 127.0.0.1
-protocols = pop3
-ssl = no
-disable_plaintext_auth = no
-auth_mechanisms = plain
-first_valid_uid = {nobody.pw_uid}
-mail_location = maildir:{mail}/%u/Maildir
-default_login_user = dovenull
-default_internal_user = dovecot
-passdb {{
-  driver = passwd-file
-  args = {base}/passwd
-}}
-userdb {{
-  driver = static
-  args = uid={nobody.pw_uid} gid={nobody.pw_gid} home={mail}/%u
-}}
-service pop3-login {{
-  inet_listener pop3 {{
+DOVECOT_SERVICES = """service pop3-login {
+  inet_listener pop3 {
     port = {port}
-  }}
-  inet_listener pop3s {{
+  }
+  inet_listener pop3s {
     port = 0
-  }}
+  }
   service_count = 0
   process_min_avail = 2
-}}
-protocol pop3 {{
+}
+protocol pop3 {
   pop3_uidl_format = %08Xu%08Xv
-}}
-""")
-    proc = subprocess.Popen([exe, "-F", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
-                if s.recv(100).startswith(b"+OK"):
-                    return proc, port, ""
-        except OSError:
-            if proc.poll() is not None:
-                err = proc.stderr.read().decode() if proc.stderr else ""
-                return None, 0, f"dovecot exited: {err[:200]}"
-        time.sleep(0.1)  # waiting for a foreign daemon's port, with a deadline
-    proc.terminate()
-    proc.wait(10)
-    return None, 0, "dovecot did not start"
+}
+"""
+
+
+def _start_dovecot(base: Path) -> tuple[subprocess.Popen[bytes] | None, int, str]:
+    return start_dovecot(base, "pop3", {user: base / f"seed-{user}" for user in ("small", "big")},
+                         DOVECOT_SERVICES, b"+OK")
 
 
 # --- the scenario -------------------------------------------------------------------------------------
 
-UNITS = {
-    "LOGIN-STAT-RETR-all-QUIT (1000 messages)": "sessions/s",
-    "RETR throughput": "MB/s",
+UNITS = {  # (unit, higher is better)
+    "LOGIN-STAT-RETR-all-QUIT (1000 messages)": ("sessions/s", True),
+    "RETR throughput": ("MB/s", True),
 }
 
 
@@ -304,8 +220,7 @@ def run(size: str) -> dict[str, Any]:
             shutil.copytree(base / name, base / "m" / name)
         pid, port = _start_mailsrv(base / "m")
         ours = asyncio.run(_measure(port, "small@example.test", "big@example.test", sizes))
-        os.kill(pid, signal.SIGTERM)
-        os.waitpid(pid, 0)
+        stop_child(pid)
         pid = 0
         proc, dport, why = _start_dovecot(base)
         if proc is None:
@@ -314,20 +229,10 @@ def run(size: str) -> dict[str, Any]:
             theirs = asyncio.run(_measure(dport, "small", "big", sizes))
     finally:
         if pid:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
+            stop_child(pid, signal.SIGKILL)
         if proc is not None:
-            proc.terminate()
-            proc.wait(10)
-            if proc.stderr is not None:
-                proc.stderr.close()
+            stop_dovecot(proc)
         shutil.rmtree(base, ignore_errors=True)
-    results = []
-    for name, value in ours.items():
-        base_v = theirs.get(name)
-        ratio = value / base_v if base_v else None
-        results.append({"name": name, "unit": UNITS[name], "value": round(value, 3),
-                        "baseline": {"name": "dovecot", "value": round(base_v, 3)} if base_v is not None else None,
-                        "ratio": round(ratio, 3) if ratio else None})
+    results = compare(ours, theirs, UNITS, "dovecot")
     notes.append("ratio > 1 means mailsrv is faster")
     return {"scenario": "pop3", "results": results, "notes": notes}
