@@ -104,6 +104,8 @@ def test_imaps_idle_across_workers_sees_appends(served: tuple[ServerProcess, ssl
     def run(a: imaplib.IMAP4_SSL, n: int) -> None:
         for i in range(rounds):
             msg = MSG.replace(b"across workers", f"append {n}.{i}".encode())
+            if i % 3 == 0:  # larger than the literal spool threshold: the store links the spool file
+                msg += (b"x" * 78 + b"\r\n") * 4000
             typ, resp = a.append("INBOX", "", None, msg)  # type: ignore[arg-type]
             if typ != "OK":
                 errors.append(resp)
