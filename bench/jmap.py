@@ -34,6 +34,8 @@ from mailsrv.jmap.storebackend import store_factory
 from mailsrv.store import DeliveryTarget, Store
 from mailsrv.util.fsio import FileIO
 
+from ._common import fill_new, message
+
 SIZES = {"smoke": (2_000, 2.0, 5), "full": (100_000, 10.0, 30)}
 USING = ["urn:ietf:params:jmap:core", "urn:ietf:params:jmap:mail"]
 
@@ -65,16 +67,12 @@ class _Auth:
 
 
 def _message(n: int) -> bytes:
-    body = ("Lorem ipsum dolor sit amet, consectetur adipiscing elit. " * 20 + "\r\n") * 3
-    return (f"From: sender{n % 97}@example.test\r\nTo: user@example.test\r\nSubject: report {n % 500}\r\n"
-            f"Message-ID: <b{n}@example.test>\r\nDate: Thu, 26 Nov 2026 12:00:00 +0000\r\nMIME-Version: 1.0\r\n"
-            f"Content-Type: text/plain; charset=utf-8\r\n\r\n{body}").encode()
+    return message(n, repeat=20, lines=3)
 
 
 def _fill(new_dir: Path, n: int) -> None:
     new_dir.mkdir(parents=True, exist_ok=True)
-    for i in range(n):
-        (new_dir / f"1700000000.M{i}P1Q{i}.bench").write_bytes(_message(i))
+    fill_new(new_dir, (_message(i) for i in range(n)))
 
 
 async def _rate(http: aiohttp.ClientSession, url: str, headers: dict[str, str], body: dict[str, Any],

@@ -21,23 +21,18 @@ from mailsrv.config import StoreConfig
 from mailsrv.store import DeliveryTarget, Store
 from mailsrv.store.engine import INDEX_NAME, UIDLIST_NAME
 
+from ._common import fill_new, message
+
 SIZES = {"smoke": (2_000, 100), "full": (100_000, 1_000)}
 
 
 def _message(n: int) -> bytes:
-    body = ("Lorem ipsum dolor sit amet, consectetur adipiscing elit. " * 30 + "\r\n") * 3
-    return (
-        f"From: sender{n % 97}@example.test\r\nTo: user@example.test\r\n"
-        f"Subject: report {n % 500}\r\nMessage-ID: <b{n}@example.test>\r\n"
-        f"Date: Thu, 26 Nov 2026 12:00:00 +0000\r\nMIME-Version: 1.0\r\n"
-        f"Content-Type: text/plain; charset=utf-8\r\n\r\n{body}"
-    ).encode()
+    return message(n, repeat=30, lines=3)
 
 
 def _fill(new_dir: Path, n: int) -> None:
     """Drop n messages into new/ as another MDA would (no fsync: setup, not measured)."""
-    for i in range(n):
-        (new_dir / f"1700000000.M{i}P1Q{i}.bench").write_bytes(_message(i))
+    fill_new(new_dir, (_message(i) for i in range(n)))
 
 
 def _raw_fsync_creates(d: Path, count: int, data: bytes) -> float:
