@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from bisect import bisect_left, bisect_right
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +22,7 @@ from mailsrv.imap.errors import ImapError, norm_flag, store_error_name
 from mailsrv.imap.grammar import Command, SearchKey
 from mailsrv.imap.seqset import SequenceSet, format_uids
 from mailsrv.imap.structure import parse as parse_structure
+from mailsrv.policy.pipeline import training_label
 
 logger = log.get("imap")
 
@@ -43,7 +44,9 @@ class MessageCommands:
 
     view: Any
     acct: Any
+    user: Any
     search: Any
+    policy_source: Callable[[], Any] | None
     readonly: bool
     condstore: bool
     qresync: bool
@@ -418,12 +421,31 @@ class MessageCommands:
                 mapping = await self.acct.copy(self.view.name, uids, dest, self._limits())
         except Exception as exc:
             raise self._store_error(exc) from None
+        await self._train(self.view.name, dest, mapping)
         code = f"COPYUID {info.uidvalidity} {format_uids([s for s, _ in mapping])} {format_uids([d for _, d in mapping])}"
         if move:
             # RFC 6851 §4.3: COPYUID in an untagged OK before the EXPUNGEs
             self.w(f"* OK [{code}] Moved\r\n".encode())
             return "MOVE completed"
         return f"[{code}] COPY completed"
+
+    async def _train(self, src: str, dest: str, mapping: Sequence[tuple[int, int]]) -> None:
+        """Spam training (docs/policy.md): a MOVE, or the COPY of COPY+EXPUNGE, into or out of Junk.
+
+        After the store made the copies durable; a training failure never fails the command.
+        """
+        get_policy = self.policy_source
+        if not mapping or get_policy is None or training_label(src, dest) is None:
+            return
+        policy = get_policy()
+        if policy is None:
+            return
+        account = getattr(self.user, "address", None) or str(self.acct.id)
+        for _, duid in mapping:
+            try:
+                await policy.train(account, src, dest, await self.acct.read_message(dest, duid))
+            except Exception as exc:
+                logger.warning("imap.train_failed", error=f"{type(exc).__name__}: {exc}"[:200])
 
     def _check_charset(self, charset: str | None) -> None:
         if charset not in (None, "UTF-8", "US-ASCII"):

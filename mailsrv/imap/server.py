@@ -146,7 +146,8 @@ class ImapService:
             await conn.send(b"* BYE [UNAVAILABLE] Mail store not configured\r\n")
             return
         channel = ConnChannel(conn, self.ctx.starttls_context, self.binding)
-        session = Session(channel, self.auth, self.store, self.session_config, self.search)
+        session = Session(channel, self.auth, self.store, self.session_config, self.search,
+                          policy_source=lambda: self.ctx.resources.get("policy"))
         try:
             await self._serve(conn, session)
         except (ConnectionClosed, IdleTimeout, LineTooLong):

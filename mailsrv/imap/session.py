@@ -20,7 +20,7 @@ import base64
 import binascii
 import enum
 from bisect import bisect_left
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -135,8 +135,11 @@ class SessionConfig:
 class Session(MessageCommands):
     """One client's IMAP conversation."""
 
-    def __init__(self, channel: Channel, auth: Any, store: Any, config: SessionConfig, search: Any = None) -> None:
+    def __init__(self, channel: Channel, auth: Any, store: Any, config: SessionConfig, search: Any = None,
+                 policy_source: Callable[[], Any] | None = None) -> None:
         self.ch = channel
+        #: returns the worker's ``mailsrv.policy.Policy`` (or None): MOVE/COPY into or out of Junk trains it
+        self.policy_source = policy_source
         #: ``mailsrv.search.SearchService`` (text keys); None: SEARCH scans the messages
         self.search = search
         self.auth = auth
