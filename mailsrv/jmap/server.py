@@ -566,7 +566,8 @@ class JmapService:
         if factory is None and "store" in res:
             from mailsrv.jmap.storebackend import store_factory, with_sort_order
 
-            factory = with_sort_order(store_factory(res["store"], res.get("directory"), data_dir), uploads.root, io)
+            factory = with_sort_order(store_factory(res["store"], res.get("directory"), data_dir,
+                                                    lambda: res.get("policy")), uploads.root, io)
         if factory is None or "auth" not in res:
             return _unavailable_app(self.limiter)
         secret = load_secret(data_dir / cfg.jmap.upload_dir / ".token-key")

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mailsrv import log
 from mailsrv import store as st
 from mailsrv.jmap.backend import (
     UNCHANGED,
@@ -48,10 +49,13 @@ from mailsrv.jmap.backend import (
     Unchanged,
 )
 from mailsrv.mime import MessageStructure
+from mailsrv.policy.pipeline import training_label
 
 SYSTEM = {"\\seen": "$seen", "\\flagged": "$flagged", "\\answered": "$answered", "\\draft": "$draft"}
 TO_SYSTEM = {"$seen": "\\Seen", "$flagged": "\\Flagged", "$answered": "\\Answered", "$draft": "\\Draft"}
 DELIM = "/"
+
+logger = log.get("jmap")
 
 
 def keywords_of(flags: frozenset[str]) -> frozenset[str]:
@@ -123,8 +127,11 @@ def decode_state(state: str) -> dict[str, Entry]:
 class StoreBackend:
     """One account of the store, seen through JMAP. One per account per worker (cached)."""
 
-    def __init__(self, acct: Any, account_id: str, name: str, limits: st.QuotaLimits) -> None:
+    def __init__(self, acct: Any, account_id: str, name: str, limits: st.QuotaLimits,
+                 policy_source: Callable[[], Any] | None = None) -> None:
         self.acct = acct
+        #: returns the worker's ``mailsrv.policy.Policy`` (or None): moves into or out of Junk train it
+        self.policy_source = policy_source
         self.account_id = account_id
         self.name = name
         self.limits = limits
@@ -422,6 +429,7 @@ class StoreBackend:
             add = [m for m in mailbox_ids if m not in have]
             remove = [m for m in have if m not in mailbox_ids]
             src, src_uid = next(iter(have.items()))
+            training = await self._training(names, have, add, remove)
             # a move keeps the file and the email id; extra targets are copies
             while add and remove:
                 dst = add.pop()
@@ -435,7 +443,31 @@ class StoreBackend:
                 await self.acct.copy(names[src], [src_uid], names[dst], self.limits)
             for rm in remove:
                 await self.acct.expunge(names[rm], [have[rm]], only_deleted=False)
+            if training is not None:
+                await self._train(*training)
         self._dirty()
+
+    async def _training(self, names: dict[str, str], have: dict[str, int], add: list[str],
+                        remove: list[str]) -> tuple[Any, str, str, bytes] | None:
+        """(policy, from, to, message) when a mailboxIds change moves the email into or out of Junk."""
+        if self.policy_source is None or not add or not remove:
+            return None
+        for rm in remove:
+            for dst in add:
+                if training_label(names[rm], names[dst]) is not None:
+                    policy = self.policy_source()
+                    if policy is None:
+                        return None
+                    data = await self.acct.read_message(names[rm], have[rm])
+                    return policy, names[rm], names[dst], data
+        return None
+
+    async def _train(self, policy: Any, src: str, dst: str, data: bytes) -> None:
+        """After the move is durable (docs/policy.md); a training failure never fails the update."""
+        try:
+            await policy.train(self.name, src, dst, data)
+        except Exception as exc:
+            logger.warning("jmap.train_failed", error=f"{type(exc).__name__}: {exc}"[:200])
 
     async def _uid_in(self, mailbox: str, email_id: str) -> int:
         view = await self.acct.open_mailbox(mailbox)
@@ -492,8 +524,12 @@ class _StoreWatch:
         self.w.close()
 
 
-def store_factory(store: Any, directory: Any, data_dir: Path) -> Callable[[Any], Awaitable[StoreBackend]]:
-    """A BackendFactory for the worker: principal -> its account's StoreBackend (cached)."""
+def store_factory(store: Any, directory: Any, data_dir: Path,
+                  policy_source: Callable[[], Any] | None = None) -> Callable[[Any], Awaitable[StoreBackend]]:
+    """A BackendFactory for the worker: principal -> its account's StoreBackend (cached).
+
+    ``policy_source``: returns the worker's Policy (or None), trained on moves into/out of Junk.
+    """
     cache: dict[str, StoreBackend] = {}
 
     async def factory(p: Any) -> StoreBackend:
@@ -507,7 +543,7 @@ def store_factory(store: Any, directory: Any, data_dir: Path) -> Callable[[Any],
             raise NotFound(p.id)
         acct = await store.account(str(account.id), Path(data_dir) / account.store)
         limits = st.QuotaLimits(account.quota_bytes, account.quota_messages)
-        be = StoreBackend(acct, "A" + str(account.id), account.address, limits)
+        be = StoreBackend(acct, "A" + str(account.id), account.address, limits, policy_source)
         cache[p.id] = be
         return be
 

@@ -321,3 +321,32 @@ async def test_changes_name_an_expunge_made_by_another_process(env: tuple[Client
         await store2.close()
     ch = await c.one("Email/changes", {"sinceState": s0})  # the worker that did list it agrees
     assert ch["destroyed"] == [email_id] and ch["created"] == [] and ch["updated"] == []
+
+
+async def test_mailbox_ids_change_into_and_out_of_junk_trains_the_policy(env: tuple[Client, Store, Any],
+                                                                         tmp_path: Path) -> None:
+    from mailsrv.config import PolicyConfig
+    from mailsrv.net.dns import Resolver
+    from mailsrv.policy.pipeline import Policy
+    from mailsrv.policy.state import PolicyState
+
+    _, store, acct = env
+    state = PolicyState(tmp_path / "policy.db")
+    policy = Policy(PolicyConfig(), hostname="mx.example.test", resolver=Resolver(["127.0.0.1:1"]), state=state)
+    try:
+        be = await store_factory(store, Dir(), tmp_path, lambda: policy)(type("P", (), {"id": "1", "account": None})())
+        ids = {i.name: i.id for i in await acct.list_mailboxes()}
+        uid1 = await acct.append("INBOX", msg("win a prize"))
+        uid2 = await acct.append("INBOX", msg("lunch"))
+        view = await acct.open_mailbox("INBOX")
+        e1, e2 = view.by_uid(uid1).email_id, view.by_uid(uid2).email_id  # type: ignore[union-attr]
+        await be.update_email(e1, mailbox_ids=frozenset({ids["Junk"]}))
+        assert await state.training_counts("alice@example.test") == {"spam": 1}
+        await be.update_email(e2, mailbox_ids=frozenset({ids["Archive"]}))  # not about Junk
+        await be.update_email(e2, keywords=frozenset({"$seen"}))
+        assert await state.training_counts("alice@example.test") == {"spam": 1}
+        await be.update_email(e1, mailbox_ids=frozenset({ids["INBOX"]}))  # out of Junk: ham
+        assert await state.training_counts("alice@example.test") == {"ham": 1}
+        assert [m.email_id for m in (await acct.open_mailbox("INBOX")).messages] == [e1]
+    finally:
+        policy.close()
