@@ -6,6 +6,7 @@ Not a scenario (the leading underscore keeps it out of ``python -m bench``).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
@@ -134,6 +135,16 @@ def add_users(base: Path, acfg: Any, seeds: dict[str, Path]) -> None:
     for name, seed in seeds.items():
         (base / accounts[name].store).parent.mkdir(parents=True, exist_ok=True)
         shutil.copytree(seed, base / accounts[name].store)
+
+
+async def serve_forever(name: str, lcfg: Any, cfg: Any, sock: socket.socket, service: Any, ready: int) -> None:
+    """Run ``service`` behind a Listener on ``sock``, tell the parent on ``ready``, serve until killed."""
+    from mailsrv.net.listener import Listener
+
+    lst = Listener(name, lcfg, cfg.limits, [sock], service, None)
+    await lst.start()
+    os.write(ready, b"1")
+    await asyncio.Event().wait()
 
 
 # --- Dovecot -----------------------------------------------------------------------------

@@ -35,6 +35,7 @@ from ._common import (
     listening_socket,
     message,
     rss_kib,
+    serve_forever,
     start_dovecot,
     stop_child,
     stop_dovecot,
@@ -179,7 +180,6 @@ def _mailsrv_child(base: Path, port: int, ready: int) -> None:
     from mailsrv.config import Config, DirectoryConfig, ListenerConfig, ServerConfig, StoreConfig
     from mailsrv.directory import open_directory
     from mailsrv.imap.server import ImapService
-    from mailsrv.net.listener import Listener
     from mailsrv.net.service import ServiceContext
     from mailsrv.search import SearchService
     from mailsrv.store import Store
@@ -199,16 +199,9 @@ def _mailsrv_child(base: Path, port: int, ready: int) -> None:
         search = SearchService()  # as the worker wires it: text keys through the index
         store.add_observer(search)
         service = ImapService(ctx, auth=Authenticator(d, acfg), store=store, search=search)
-        lst = Listener("imap", lcfg, cfg.limits, [sock], service, None)
-        await lst.start()
-        os.write(ready, b"1")
-        await asyncio.Event().wait()
+        await serve_forever("imap", lcfg, cfg, sock, service, ready)
 
     uvloop.run(main())
-
-
-def _start_mailsrv(base: Path) -> tuple[int, int]:
-    return fork_server(_mailsrv_child, base)
 
 
 # --- Dovecot ----------------------------------------------------------------------------------------
@@ -267,7 +260,7 @@ def run(size: str) -> dict[str, Any]:
         (base / "m").mkdir()
         shutil.move(str(base / "seed"), str(base / "m" / "seed"))
         shutil.move(str(base / "seed-small"), str(base / "m" / "seed-small"))
-        pid, port = _start_mailsrv(base / "m")
+        pid, port = fork_server(_mailsrv_child, base / "m")
         ours = asyncio.run(_measure(port, "big@example.test", "small@example.test", sizes, lambda: [pid]))
         stop_child(pid)
         pid = 0

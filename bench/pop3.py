@@ -35,6 +35,7 @@ from ._common import (
     fork_server,
     listening_socket,
     message,
+    serve_forever,
     start_dovecot,
     stop_child,
     stop_dovecot,
@@ -138,7 +139,6 @@ def _mailsrv_child(base: Path, port: int, ready: int) -> None:
     from mailsrv.auth import Authenticator
     from mailsrv.config import Config, DirectoryConfig, ListenerConfig, ServerConfig, StoreConfig
     from mailsrv.directory import open_directory
-    from mailsrv.net.listener import Listener
     from mailsrv.net.service import ServiceContext
     from mailsrv.pop3.maildrop import StoreMaildrops
     from mailsrv.pop3.server import Pop3Service
@@ -156,16 +156,9 @@ def _mailsrv_child(base: Path, port: int, ready: int) -> None:
         store = Store(StoreConfig(), base)
         service = Pop3Service(ctx, auth=Authenticator(open_directory(DirectoryConfig(), base), acfg),
                               maildrops=StoreMaildrops(store, base))
-        lst = Listener("pop3", lcfg, cfg.limits, [sock], service, None)
-        await lst.start()
-        os.write(ready, b"1")
-        await asyncio.Event().wait()
+        await serve_forever("pop3", lcfg, cfg, sock, service, ready)
 
     uvloop.run(main())
-
-
-def _start_mailsrv(base: Path) -> tuple[int, int]:
-    return fork_server(_mailsrv_child, base)
 
 
 # --- Dovecot --------------------------------------------------------------------------------------
@@ -218,7 +211,7 @@ def run(size: str) -> dict[str, Any]:
         _fill(base / "seed-big", [_big_message(i, sizes["big_size"]) for i in range(sizes["big"])])
         for name in ("seed-small", "seed-big"):
             shutil.copytree(base / name, base / "m" / name)
-        pid, port = _start_mailsrv(base / "m")
+        pid, port = fork_server(_mailsrv_child, base / "m")
         ours = asyncio.run(_measure(port, "small@example.test", "big@example.test", sizes))
         stop_child(pid)
         pid = 0
