@@ -106,39 +106,56 @@ def _prepare_directory(data_dir: Path) -> None:
     sd.add_user("probe@example.test")
 
 
-def _mailsrv_child(sock: socket.socket, ready: int, data_dir: Path) -> None:
+def _serve_smtp(sock: socket.socket, ready: int, cfg: Any, setup: Any, drain: float) -> None:
+    """Serve an SmtpService on ``sock`` until SIGTERM, then drain for ``drain`` seconds.
+
+    ``await setup(ctx)`` returns (service, cleanup): ``await cleanup()`` runs after the drain.
+    """
     import uvloop
 
     from mailsrv import log
     from mailsrv.config import ListenerConfig
-    from mailsrv.directory import open_directory
     from mailsrv.net.listener import Listener
     from mailsrv.net.service import ServiceContext
-    from mailsrv.smtp.server import SmtpService
-    from mailsrv.smtp.wiring import DirectoryBackend
-    from mailsrv.store import Store
 
     log.configure("warning")
-    cfg = _config(data_dir)
 
     async def main() -> None:
         stop = asyncio.Event()
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-        directory = open_directory(cfg.directory, data_dir)
-        store = Store(cfg.store, data_dir, hostname="bench.example.test")
         lcfg = ListenerConfig(protocol="smtp", bind=("127.0.0.1:0",), tls="none")
         ctx = ServiceContext(config=cfg, name="smtp", listener=lcfg, ssl_context=None)
-        service = SmtpService(ctx, backend=DirectoryBackend(directory, store, data_dir), sasl=None)
+        service, cleanup = await setup(ctx)
         lst = Listener("smtp", lcfg, cfg.limits, [sock], service, None)
         await lst.start()
         os.write(ready, b"1")
         await stop.wait()
-        await lst.drain(2)
-        await store.close()
-        await directory.close()
+        await lst.drain(drain)
+        await cleanup()
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as r:
         r.run(main())
+
+
+def _mailsrv_child(sock: socket.socket, ready: int, data_dir: Path) -> None:
+    from mailsrv.directory import open_directory
+    from mailsrv.smtp.server import SmtpService
+    from mailsrv.smtp.wiring import DirectoryBackend
+    from mailsrv.store import Store
+
+    cfg = _config(data_dir)
+
+    async def setup(ctx: Any) -> tuple[Any, Any]:
+        directory = open_directory(cfg.directory, data_dir)
+        store = Store(cfg.store, data_dir, hostname="bench.example.test")
+
+        async def cleanup() -> None:
+            await store.close()
+            await directory.close()
+
+        return SmtpService(ctx, backend=DirectoryBackend(directory, store, data_dir), sasl=None), cleanup
+
+    _serve_smtp(sock, ready, cfg, setup, 2)
 
 
 class _NullBackend:
@@ -169,31 +186,15 @@ class _NullBackend:
 
 
 def _frontend_child(sock: socket.socket, ready: int, spool: Path) -> None:
-    import uvloop
-
-    from mailsrv import log
-    from mailsrv.config import ListenerConfig
-    from mailsrv.net.listener import Listener
-    from mailsrv.net.service import ServiceContext
     from mailsrv.smtp.server import SmtpService
 
-    log.configure("warning")
-    cfg = _config(spool)
+    async def setup(ctx: Any) -> tuple[Any, Any]:
+        async def cleanup() -> None:
+            pass
 
-    async def main() -> None:
-        stop = asyncio.Event()
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-        lcfg = ListenerConfig(protocol="smtp", bind=("127.0.0.1:0",), tls="none")
-        ctx = ServiceContext(config=cfg, name="smtp", listener=lcfg, ssl_context=None)
-        lst = Listener("smtp", lcfg, cfg.limits, [sock], SmtpService(ctx, backend=_NullBackend(spool), sasl=None),
-                       None)
-        await lst.start()
-        os.write(ready, b"1")
-        await stop.wait()
-        await lst.drain(1)
+        return SmtpService(ctx, backend=_NullBackend(spool), sasl=None), cleanup
 
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as r:
-        r.run(main())
+    _serve_smtp(sock, ready, _config(spool), setup, 1)
 
 
 def _aiosmtpd_child(sock: socket.socket, ready: int, maildir: Path) -> None:
