@@ -25,6 +25,7 @@ from mailsrv import log
 from mailsrv.config import Config
 from mailsrv.net.listener import Listener
 from mailsrv.net.service import ServiceContext
+from mailsrv.policy.pipeline import Policy
 from mailsrv.search import SearchService
 from mailsrv.store import MailboxNotFound, Store
 
@@ -98,6 +99,12 @@ async def _serve(cfg: Config, socks: dict[str, list[socket.socket]], ssl_context
     resources.update(importlib.import_module("mailsrv.auth").worker_resources(cfg))  # "directory", "auth"
     store = resources["store"] = Store(cfg.store, cfg.server.data_dir, hostname=cfg.server.hostname,
                                        mime=cfg.mime)  # docs/store-api.md: one per worker
+    # docs/policy.md: inbound checks for SMTP, spam training for IMAP and JMAP moves into/out of Junk.
+    if cfg.policy.enabled:
+        directory = resources["directory"]
+        resources["policy"] = Policy.from_config(
+            cfg.policy, hostname=cfg.server.hostname, data_dir=cfg.server.data_dir,
+            lists=directory, is_local_domain=directory.is_local_domain)
     # docs/search-api.md: one search service per worker, kept in step by the store's observer hook.
     search = resources["search"] = SearchService(cfg.search, search_resolver(store))
     store.add_observer(search)
