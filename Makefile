@@ -22,8 +22,8 @@ build: $(STAMP)
 	MAILSRV_REQUIRE_SPEEDUPS=1 $(BIN)/python setup.py --quiet build_ext --inplace
 
 run: build
-	@test -f var/mailsrv.toml || $(BIN)/mailsrv init --dir var --demo
-	@cat var/demo-users.txt 2>/dev/null || true
+	@if test -f var/mailsrv.toml; then cat var/demo-users.txt 2>/dev/null || true; \
+	else $(BIN)/mailsrv init --dir var --demo; fi
 	exec $(BIN)/mailsrv serve -c var/mailsrv.toml
 
 # Third-party peers the end-to-end tests drive (installed only when root and missing).
