@@ -27,6 +27,7 @@ import dns.rcode
 import dns.rdatatype
 import dns.rrset
 import pytest
+from support.loopthread import LoopThread
 
 from mailsrv.config import Config, LimitsConfig, ListenerConfig, PolicyConfig
 from mailsrv.delivery.spool import FileSpool
@@ -264,30 +265,6 @@ class RecordingBackend:
     async def deliver(self, info: SessionInfo, tx: Transaction, spool: Spool) -> Verdict:
         self.delivered.append(Delivered(tx.sender, [r.address for r in tx.rcpts], spool.path.read_bytes(), tx.junk))
         return Verdict(250, "2.0.0", f"OK id={info.sid}")
-
-
-class LoopThread:
-    """An event loop in a thread, so blocking clients (smtplib) can run in the test thread."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-
-    def run(self, coro: Any, timeout: float = 30) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def stop(self) -> None:
-        async def _cancel_all() -> None:
-            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-
-        self.run(_cancel_all())
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
 
 
 class FakeClock:

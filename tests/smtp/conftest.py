@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import socket
 import ssl
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -14,6 +12,7 @@ from typing import Any
 
 import pytest
 import trustme
+from support.loopthread import LoopThread
 
 from mailsrv.config import Config, LimitsConfig, ListenerConfig, SmtpConfig
 from mailsrv.delivery.spool import FileSpool
@@ -123,30 +122,6 @@ class FakeSasl:
     def sasl(self, mechanism: str, *, protocol: str, client_ip: str, tls: bool, channel_binding: Any = None) -> FakeExchange:
         assert mechanism == "PLAIN"
         return FakeExchange(self.accounts)
-
-
-class LoopThread:
-    """An event loop in a thread, so blocking clients (smtplib) can run in the test thread."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-
-    def run(self, coro: Any, timeout: float = 30) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def stop(self) -> None:
-        async def _cancel_all() -> None:
-            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-
-        self.run(_cancel_all())
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
 
 
 @dataclass
