@@ -1,5 +1,7 @@
 """Pieces the benchmark scenarios share: generated messages and maildirs, free ports,
-a mailsrv server in a forked child, Dovecot as a baseline, and the result rows.
+a real ``mailsrv serve`` from a fresh ``mailsrv init`` (:class:`Mailsrv`), the server's CPU
+and peak RSS from /proc (:class:`ServerMeter`), file descriptor limits, Dovecot as a
+baseline, and the result rows.
 
 Not a scenario (the leading underscore keeps it out of ``python -m bench``).
 """
@@ -8,11 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
+import resource
 import shutil
 import signal
 import socket
 import subprocess
+import sys
+import threading
 import time
+import tomllib
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -73,18 +80,6 @@ def listening_socket(port: int, backlog: int) -> socket.socket:
     return sock
 
 
-def rss_kib(pids: list[int]) -> int:
-    total = 0
-    for pid in pids:
-        try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-        except OSError:
-            pass
-    return total
-
-
 def fork_server(child: Callable[[Path, int, int], None], base: Path) -> tuple[int, int]:
     """Fork ``child(base, port, ready_fd)`` on a free port; returns (pid, port) once it wrote b"1" to ready_fd."""
     port = free_port()
@@ -108,6 +103,276 @@ def stop_child(pid: int, sig: int = signal.SIGTERM) -> None:
     os.waitpid(pid, 0)
 
 
+# --- the server's resources: file descriptors, CPU seconds, peak RSS (from /proc) ----------
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def raise_nofile() -> tuple[int, int]:
+    """Raise this process's RLIMIT_NOFILE soft limit to the hard limit (children inherit it).
+
+    Returns the (soft, hard) limits now in force.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft == resource.RLIM_INFINITY or soft >= want:
+        return soft, hard
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    except (ValueError, OSError):  # an unlimited hard limit above fs.nr_open
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1 << 16), hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)
+
+
+def nofile_of(pid: int) -> int:
+    """The soft "Max open files" limit of a running process (from /proc/PID/limits; 0 if gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+            if line.startswith("Max open files"):
+                return int(line.split()[3])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def proc_tree(root: int) -> list[int]:
+    """``root`` and every process below it (from the parent ids in /proc/*/stat)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = Path(entry.path, "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat[stat.rindex(")") + 2:].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(children.get(pid, ()))
+    return out
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """utime + stime of one process in seconds (/proc/PID/stat fields 14 and 15); None if gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def status_kib(pids: list[int], key: str) -> int:
+    """Sum of a /proc/PID/status field in KiB (``VmRSS``, ``VmHWM``) over ``pids``."""
+    total = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith(key + ":"):
+                    total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
+
+
+def rss_kib(pids: list[int]) -> int:
+    return status_kib(pids, "VmRSS")
+
+
+class ServerMeter:
+    """CPU seconds and peak RSS of a server's processes while a scenario drives it.
+
+    ``pids()`` names the processes (e.g. :meth:`Mailsrv.pids`; ``lambda: [os.getpid()]`` for a
+    library measured in-process). CPU is utime+stime from /proc/PID/stat counted from
+    :meth:`start` (processes born later count from zero; the last value seen of a process
+    that exits is kept, so call :meth:`sample` before stopping a server); peak RSS is the sum
+    of VmHWM over the processes (each one's own high-water mark). ``operations`` is what the
+    scenario counts (:meth:`add`), named by ``unit``.
+    """
+
+    def __init__(self, name: str, pids: Callable[[], list[int]], unit: str = "operations") -> None:
+        self.name, self.pids, self.unit = name, pids, unit
+        self.operations = 0
+        self._start: dict[int, float] = {}
+        self._last: dict[int, float] = {}
+        self._hwm: dict[int, int] = {}
+
+    def start(self) -> ServerMeter:
+        self._start = {pid: t for pid in self.pids() if (t := cpu_seconds(pid)) is not None}
+        self._last = dict(self._start)
+        return self
+
+    def add(self, operations: int) -> None:
+        self.operations += operations
+
+    def sample(self) -> None:
+        for pid in self.pids():
+            t = cpu_seconds(pid)
+            if t is not None:
+                self._last[pid] = t
+                self._start.setdefault(pid, 0.0)
+            hwm = status_kib([pid], "VmHWM")
+            if hwm:
+                self._hwm[pid] = max(self._hwm.get(pid, 0), hwm)
+
+    def cpu(self) -> float:
+        """CPU seconds of the server since :meth:`start` (samples first)."""
+        self.sample()
+        return sum(t - self._start.get(pid, 0.0) for pid, t in self._last.items())
+
+    def summary(self) -> dict[str, Any]:
+        """The report's ``servers`` entry (see bench/README.md, JSON output)."""
+        cpu = self.cpu()
+        return {"name": self.name, "processes": len(self._last), "cpu_seconds": round(cpu, 3),
+                "operations": self.operations, "operations_unit": self.unit,
+                "cpu_s_per_1k_ops": round(cpu * 1000 / self.operations, 4) if self.operations else None,
+                "peak_rss_kib": sum(self._hwm.values())}
+
+
+def in_process_meter(unit: str) -> ServerMeter:
+    """A meter of this very process: for the scenarios that measure a library, not a server."""
+    return ServerMeter("in-process (library)", lambda: [os.getpid()], unit).start()
+
+
+# --- mailsrv as an operator runs it: `mailsrv init`, then `mailsrv serve` -------------------
+
+BOUND = re.compile(r"listener\.bound name=(\S+) proto=\S+ addr=\S+:(\d+)")
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, (str, Path)):
+        return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise TypeError(f"no TOML for {v!r}")
+
+
+def toml_dump(doc: dict[str, Any], prefix: str = "") -> str:
+    """Tables of scalars and lists (what mailsrv.toml holds) as TOML text."""
+    out = []
+    scalars = {k: v for k, v in doc.items() if not isinstance(v, dict)}
+    if prefix and scalars:
+        out.append(f"\n[{prefix}]")
+    out += [f"{k} = {_toml_value(v)}" for k, v in scalars.items()]
+    for k, v in doc.items():
+        if isinstance(v, dict):
+            key = k if re.fullmatch(r"[A-Za-z0-9_-]+", k) else _toml_value(k)
+            out.append(toml_dump(v, f"{prefix}.{key}" if prefix else key))
+    return "\n".join(out)
+
+
+def _merge(into: dict[str, Any], more: dict[str, Any]) -> None:
+    for k, v in more.items():
+        if isinstance(v, dict) and isinstance(into.get(k), dict):
+            _merge(into[k], v)
+        else:
+            into[k] = v
+
+
+#: What every bench server gets on top of `mailsrv init`: plain-text login on loopback and
+#: argon2id with cheap parameters (session rates measure the protocol, not hashing), no
+#: failure throttling, and connection limits above any scenario's load.
+BENCH_CONFIG: dict[str, Any] = {
+    "server": {"log_level": "info"},
+    "auth": {"allow_plaintext_loopback": True, "argon2_time_cost": 1, "argon2_memory_kib": 1024,
+             "ip_block_failures": 10**6, "ip_throttle_failures": 10**6},
+    "limits": {"max_connections": 50_000, "max_connections_per_ip": 50_000, "idle_timeout": 3600},
+}
+
+
+class Mailsrv:
+    """``python -m mailsrv serve`` in its own process group, from a fresh ``mailsrv init`` in ``base``.
+
+    ``config`` is merged over :data:`BENCH_CONFIG` and the generated mailsrv.toml (e.g.
+    ``{"listener": {"imap": {"tls": "none"}}}``). ``seeds`` adds domain example.test with a user
+    ``<name>@example.test`` (password :data:`PASSWORD`) per entry, the seed maildir copied into
+    the user's store (``None``: empty). ``demo`` keeps init's alice and bob (``passwords``).
+    ``ports`` maps listener names (smtp, submission, imap, imaps, pop3, pop3s, jmap, ...) to
+    the ports the master bound. The server inherits this process's RLIMIT_NOFILE.
+    """
+
+    def __init__(self, base: Path, *, seeds: dict[str, Path | None] | None = None, demo: bool = False,
+                 workers: int | str = "auto", config: dict[str, Any] | None = None,
+                 hostname: str = "mail.example.test") -> None:
+        self.base = base
+        cmd = [sys.executable, "-m", "mailsrv", "init", "--dir", str(base), "--any-port", "--hostname", hostname,
+               "--workers", str(workers)]
+        subprocess.run(cmd + (["--demo"] if demo else []), check=True, capture_output=True)
+        cfg_file = base / "mailsrv.toml"
+        doc = tomllib.loads(cfg_file.read_text())
+        _merge(doc, BENCH_CONFIG)
+        _merge(doc, config or {})
+        cfg_file.write_text("# mailsrv init, plus the benchmark's settings (bench/_common.py)\n" + toml_dump(doc) + "\n")
+        self.data_dir = base / doc["server"].get("data_dir", "data")
+        self.passwords: dict[str, str] = {}
+        if demo:
+            self.passwords = {ln.split()[3]: ln.split()[5] for ln in (base / "demo-users.txt").read_text().splitlines()}
+        if seeds:
+            from mailsrv.config import AuthConfig
+
+            add_users(self.data_dir, AuthConfig(**doc["auth"]), seeds)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mailsrv", "serve", "-c", str(cfg_file)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        )
+        self.ports: dict[str, int] = {}
+        self.errors: list[str] = []
+        self.ready = False
+        wake = threading.Event()
+
+        def read() -> None:  # drains the log for the whole run (a full pipe would stall the server)
+            assert self.proc.stderr is not None
+            for line in self.proc.stderr:
+                if m := BOUND.search(line):
+                    self.ports[m.group(1)] = int(m.group(2))
+                elif "master.ready" in line:
+                    self.ready = True
+                    wake.set()
+                elif " error " in line or "Traceback" in line:
+                    self.errors.append(line.strip())
+            wake.set()
+
+        self._reader = threading.Thread(target=read, daemon=True)
+        self._reader.start()
+        wake.wait(120)
+        if not self.ready:
+            self.stop()
+            raise RuntimeError("mailsrv did not start: " + "\n".join(self.errors[-5:]))
+
+    def pids(self) -> list[int]:
+        """The master, its workers and the queue runner."""
+        return proc_tree(self.proc.pid) if self.proc.poll() is None else []
+
+    def meter(self, unit: str = "operations") -> ServerMeter:
+        """A started :class:`ServerMeter` of this server."""
+        return ServerMeter("mailsrv", self.pids, unit).start()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self._reader.join(10)
+        if self.proc.stderr is not None and not self._reader.is_alive():
+            self.proc.stderr.close()
+
+    def __enter__(self) -> Mailsrv:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
 # --- mailsrv in the child ------------------------------------------------------------------
 
 
@@ -120,9 +385,9 @@ def cheap_auth_config() -> Any:
                       ip_block_failures=10**6, ip_throttle_failures=10**6)
 
 
-def add_users(base: Path, acfg: Any, seeds: dict[str, Path]) -> None:
+def add_users(base: Path, acfg: Any, seeds: dict[str, Path | None]) -> None:
     """Domain example.test with a user ``<name>@example.test`` (password PASSWORD) per seed maildir,
-    the maildir copied into the user's store."""
+    the maildir copied into the user's store (``None``: an empty store)."""
     from mailsrv.auth.passwords import Hasher
     from mailsrv.config import DirectoryConfig
     from mailsrv.directory import open_sync
@@ -133,6 +398,8 @@ def add_users(base: Path, acfg: Any, seeds: dict[str, Path]) -> None:
     accounts = {name: sd.add_user(f"{name}@example.test", password_hash=pw, scram=scram) for name in seeds}
     sd.close()
     for name, seed in seeds.items():
+        if seed is None:
+            continue
         (base / accounts[name].store).parent.mkdir(parents=True, exist_ok=True)
         shutil.copytree(seed, base / accounts[name].store)
 
@@ -219,8 +486,8 @@ def stop_dovecot(proc: subprocess.Popen[bytes]) -> None:
 
 
 def dovecot_pids(proc: subprocess.Popen[bytes]) -> list[int]:
-    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(proc.pid)], capture_output=True, text=True).stdout
-    return [proc.pid] + [int(x) for x in out.split()]
+    """Dovecot's master and every process below it (login, imap/pop3, auth, ...)."""
+    return proc_tree(proc.pid) if proc.poll() is None else []
 
 
 # --- results -------------------------------------------------------------------------------
