@@ -434,7 +434,8 @@ class PolicyConfig:
         "",
     )
     nameservers: tuple[str, ...] = doc(
-        'DNS servers for policy lookups, "ip" or "ip:port" (empty: /etc/resolv.conf). Tests point this at a local server.',
+        'DNS servers for policy and outbound MX lookups, "ip" or "ip:port" (empty: /etc/resolv.conf). Tests point this '
+        "at a local server.",
         (),
         check=_nameservers,
     )
@@ -460,6 +461,12 @@ class PolicyConfig:
     dnsbl_zones: tuple[str, ...] = doc('DNS blocklist zones queried with the client IP, e.g. ["zen.spamhaus.org"].', ())
     dnsbl_reject: bool = doc("Refuse clients listed in a DNSBL at RCPT (554 5.7.1) instead of only scoring them.",
                              False)
+    dnsbl_skip_networks: tuple[str, ...] = doc(
+        "Client networks (CIDR) never looked up in a DNSBL (RFC 5782 zones list public addresses only).",
+        ("127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16",
+         "100.64.0.0/10", "fc00::/7", "fe80::/10"),
+        check=_cidrs,
+    )
     require_fcrdns: bool = doc("Refuse clients without forward-confirmed reverse DNS (otherwise only scored).", False)
     greet_pause: float = doc(
         "Seconds to wait before the greeting; a client that talks first is refused (0: no check).", 0.0,
@@ -478,6 +485,19 @@ class PolicyConfig:
     junk_score: float = doc("Default spam score from which mail goes to Junk with X-Spam-* headers.", 5.0)
     reject_score: float = doc("Default spam score from which mail is refused with 550 5.7.1 at DATA.", 15.0)
     rspamd_url: str = doc('rspamd controller/normal worker URL, e.g. "http://127.0.0.1:11333" (empty: built-in scorer).', "")
+    rspamd_controller_url: str = doc(
+        'rspamd controller URL that learns from Junk moves (/learnspam, /learnham), e.g. "http://127.0.0.1:11334" '
+        "(empty: training stays with the built-in learner).", "")
+    rspamd_password: str = doc("Password sent to the rspamd controller when learning (empty: none).", "")
+    bayes: bool = doc("Learn spam and ham from Junk moves and `mailsrv policy learn`; score with the learner.", True)
+    bayes_per_user: bool = doc("Also keep a learner per user (used once that user trained enough; else the domain's).",
+                               False)
+    bayes_min_spam: int = doc("Spam messages a learner must have seen before it scores.", 200, check=_positive)
+    bayes_min_ham: int = doc("Ham messages a learner must have seen before it scores.", 200, check=_positive)
+    bayes_spam_points: float = doc("Points the learner adds at spam probability 1 (scaled down to 0 at 0.5).", 4.0,
+                                   check=_non_negative)
+    bayes_ham_points: float = doc("Points the learner removes at spam probability 0 (scaled down to 0 at 0.5).", 2.0,
+                                  check=_non_negative)
     clamd_socket: str = doc('clamd socket: a path (unix) or "host:port" (empty: no virus scanning).', "")
     clamd_timeout: float = doc("Seconds a clamd scan may take.", 30.0, check=_positive)
     virus_action: Literal["reject", "quarantine", "strip"] = doc(
@@ -492,7 +512,16 @@ class PolicyConfig:
     max_messages_per_hour: int = doc("Messages one authenticated user may submit per hour (0: unlimited).", 200,
                                      check=_non_negative)
     max_outside_recipients_per_day: int = doc(
-        "Distinct outside recipients one user may write to per rolling day (0: unlimited).", 1500,
+        "Distinct outside recipients one user may write to per rolling day, for a small organisation "
+        "(0: unlimited). The limit is min(cap, max(this, per_seat x users of the sender's domain)).", 1500,
+        check=_non_negative,
+    )
+    outside_recipients_per_seat: int = doc(
+        "Growth of the daily outside-recipient limit per user of the sender's domain (0: no growth).", 5,
+        check=_non_negative,
+    )
+    outside_recipients_cap: int = doc(
+        "Highest daily outside-recipient limit however large the domain (0: no cap).", 20000,
         check=_non_negative,
     )
     # (a table of tables: keep it last, so the sample documents it after the plain keys)

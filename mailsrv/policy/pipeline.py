@@ -111,6 +111,7 @@ class Policy:
         self.is_local_domain = is_local_domain
         self.executor = executor
         self.skip_nets = [ipaddress.ip_network(n, strict=False) for n in cfg.skip_networks]
+        self.dnsbl_skip = tuple(ipaddress.ip_network(n, strict=False) for n in cfg.dnsbl_skip_networks)
         self.grey_nets: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
         self.grey_domains: set[str] = set()
         for entry in cfg.greylist_whitelist:
@@ -215,7 +216,7 @@ class PolicySession:
     async def _reputation(self) -> None:
         zones = self.cfg.dnsbl_zones
         hits, (iprev, _name) = await asyncio.gather(
-            reputation.dnsbl(self.p.resolver, self.client_ip, zones) if zones else _none_list(),
+            reputation.dnsbl(self.p.resolver, self.client_ip, zones, self.p.dnsbl_skip) if zones else _none_list(),
             reputation.fcrdns(self.p.resolver, self.client_ip),
         )
         self.dnsbl = [h.zone for h in hits]

@@ -7,13 +7,14 @@ import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from mailsrv.config import PolicyConfig
 from mailsrv.net.dns import DnsTempError, Resolver
 from mailsrv.policy.spf import valid_domain
 
-#: Client networks never looked up in a DNSBL (RFC 5782 lists public addresses only).
-LOCAL_NETS = tuple(ipaddress.ip_network(n) for n in (
-    "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "127.0.0.0/8", "169.254.0.0/16", "100.64.0.0/10",
-    "::1/128", "fc00::/7", "fe80::/10"))
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+#: Client networks never looked up in a DNSBL by default (RFC 5782 lists public addresses only);
+#: ``policy.dnsbl_skip_networks`` replaces them.
+LOCAL_NETS: tuple[Network, ...] = tuple(ipaddress.ip_network(n) for n in PolicyConfig().dnsbl_skip_networks)
 
 #: PTR names of one client that are checked forward (RFC 8601 §3: iprev; bounded like RFC 7208 §4.6.4).
 MAX_PTR_NAMES = 10
@@ -35,14 +36,19 @@ class DnsblHit:
     codes: tuple[str, ...]  # 127.0.0.x return codes
 
 
-async def dnsbl(resolver: Resolver, ip: str, zones: Sequence[str]) -> list[DnsblHit]:
-    """Zones listing ``ip``. RFC 5782 §2.1: only 127.0.0.0/8 answers mean "listed" (others are errors,
-    e.g. Spamhaus' 127.255.255.x "query refused"), and lookup failures count as not listed."""
+async def dnsbl(resolver: Resolver, ip: str, zones: Sequence[str],
+                skip: Sequence[Network] = LOCAL_NETS) -> list[DnsblHit]:
+    """Zones listing ``ip`` (never looked up when it is in ``skip``). RFC 5782 §2.1: only 127.0.0.0/8
+    answers mean "listed" (others are errors, e.g. Spamhaus' 127.255.255.x "query refused"), and
+    lookup failures count as not listed."""
     try:
         addr = ipaddress.ip_address(ip)
     except ValueError:
         return []
-    if any(addr in net for net in LOCAL_NETS if net.version == addr.version):
+    if addr.version == 6 and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+        ip = str(addr)
+    if any(addr in net for net in skip if net.version == addr.version):
         return []
 
     async def one(zone: str) -> DnsblHit | None:

@@ -349,8 +349,8 @@ def policy_server(tmp_path: Path, dnsserver: DnsServer, loop_thread: LoopThread)
     started: list[tuple[Listener, Policy]] = []
 
     def make(protocol: str = "smtp", **overrides: Any) -> PolicyServer:
-        pcfg = PolicyConfig(nameservers=(dnsserver.address,), dns_timeout=1.0, skip_networks=(),
-                            **overrides)
+        pcfg = PolicyConfig(**{"nameservers": (dnsserver.address,), "dns_timeout": 1.0, "skip_networks": (),
+                               **overrides})
         lcfg = ListenerConfig(protocol=protocol, bind=("127.0.0.1:0",), tls="none")  # type: ignore[arg-type]
         cfg = replace(Config(limits=LimitsConfig(idle_timeout=20), listener={"l": lcfg}), policy=pcfg)
         sock = socket.socket()
