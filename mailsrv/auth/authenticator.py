@@ -27,7 +27,7 @@ from mailsrv import log
 from mailsrv.auth import sasl
 from mailsrv.auth.passwords import Hasher, ScramVerifier
 from mailsrv.config import AuthConfig
-from mailsrv.directory import Account, Directory
+from mailsrv.directory import Account, Directory, LoginStamp
 from mailsrv.directory import addresses as A
 
 logger = log.get("auth")
@@ -181,6 +181,13 @@ class Authenticator:
             await self.directory.set_secrets(acct.id, new_hash, new_scram)
             logger.info("auth.rehash", user=acct.address)
         return await self._ok(at, acct)
+
+    async def login_stamp(self, account_id: int) -> LoginStamp | None:
+        """For a protocol that caches a successful login (JMAP Basic): one cheap directory query, no
+        hashing. The cached login stays good while the generation equals the one read right after the
+        login and ``usable`` holds; a password change, suspension or network change bumps the
+        generation, a lockout clears ``usable`` (every worker sees both at once). None: account gone."""
+        return await self.directory.login_stamp(account_id)
 
     def _account_problem(self, acct: Account, networks: tuple[str, ...], ip: str, authzid: str) -> str | None:
         if not acct.active:

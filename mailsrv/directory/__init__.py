@@ -18,7 +18,9 @@ from mailsrv.directory.types import (
     Credentials,
     DirectoryError,
     FailureState,
+    Grant,
     Kind,
+    LoginStamp,
     Member,
     NotFound,
     PermissionDenied,
@@ -28,7 +30,7 @@ from mailsrv.directory.types import (
 
 __all__ = [
     "Account", "AdminScope", "Conflict", "Credentials", "Directory", "DirectoryError", "FailureState",
-    "Kind", "Member", "NotFound", "PermissionDenied", "Resolution", "SyncDirectory", "Token",
+    "Grant", "Kind", "LoginStamp", "Member", "NotFound", "PermissionDenied", "Resolution", "SyncDirectory", "Token",
     "account_dict", "db_path", "open_directory", "open_sync",
 ]
 

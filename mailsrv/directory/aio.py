@@ -16,7 +16,16 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from mailsrv.directory.manage import SyncDirectory
-from mailsrv.directory.types import Account, Credentials, FailureState, Member, Resolution, Token
+from mailsrv.directory.types import (
+    Account,
+    Credentials,
+    FailureState,
+    Grant,
+    LoginStamp,
+    Member,
+    Resolution,
+    Token,
+)
 
 T = TypeVar("T")
 
@@ -129,6 +138,14 @@ class Directory:
 
     async def set_secrets(self, account_id: int, password_hash: str, scram: str) -> None:
         await self._call("set_secrets", account_id, password_hash, scram)
+
+    async def login_stamp(self, account_id: int) -> LoginStamp | None:
+        """Cheap re-check of a cached login (no hashing): see :class:`LoginStamp`."""
+        return await self._call("login_stamp", account_id)
+
+    async def grants_for(self, grantee: int | str) -> list[Grant]:
+        """The accounts shared with ``grantee`` (shared access, JMAP)."""
+        return await self._call("grants_for", grantee)
 
     async def failure_states(self, *keys: str) -> list[FailureState | None]:
         return await self.run(lambda d: [d.failure_state(k) for k in keys])

@@ -12,7 +12,7 @@ from typing import Any
 
 from mailsrv.directory import addresses as A
 from mailsrv.directory.sqlite import POST_POLICIES, SCOPES, SqliteCore
-from mailsrv.directory.types import Account, Conflict, DirectoryError, NotFound
+from mailsrv.directory.types import GRANT_RIGHTS, Account, Conflict, DirectoryError, NotFound
 
 USER_FIELDS = ("display_name", "title", "phone", "state", "quota_bytes", "quota_messages",
                "may_send_outside", "networks", "dept")
@@ -201,6 +201,7 @@ class SyncDirectory(SqliteCore):
                     did, ms = db.execute("SELECT id, max_storage FROM domains WHERE name = ?", (acct.domain,)).fetchone()
                     self._check_storage(did, ms, value, exclude=uid)
                 db.execute(f"UPDATE users SET {col} = ? WHERE id = ?", (value, uid))
+            self._bump_generation(uid)  # state and networks decide logins: cached ones are re-checked
             out = self.account(uid)
         assert out is not None
         return out
@@ -459,6 +460,39 @@ class SyncDirectory(SqliteCore):
             dept = self._dept_id(target) if scope == "dept" and target else None
             return db.execute("DELETE FROM admins WHERE user_id = ? AND scope = ? AND domain_id IS ? AND dept_id IS ?",
                               (uid, scope, did, dept)).rowcount
+
+
+    # -- shared access ---------------------------------------------------------------------
+
+    def grant(self, owner: str, grantee: str, rights: str) -> bool:
+        """Let ``grantee`` read (``"read"``) or read and change (``"write"``) ``owner``'s mail.
+        Replaces an earlier grant between the two; True when something changed."""
+        if rights not in GRANT_RIGHTS:
+            raise DirectoryError(f"rights is one of {', '.join(GRANT_RIGHTS)}")
+        with self._tx() as db:
+            oid, gid = self._login_id(owner), self._login_id(grantee)
+            if oid == gid:
+                raise DirectoryError("a user cannot be granted their own account")
+            row = db.execute("SELECT rights FROM grants WHERE owner_id = ? AND grantee_id = ?", (oid, gid)).fetchone()
+            if row is not None and row[0] == rights:
+                return False
+            db.execute("INSERT INTO grants (owner_id, grantee_id, rights, created) VALUES (?, ?, ?, ?)"
+                       " ON CONFLICT (owner_id, grantee_id) DO UPDATE SET rights = excluded.rights",
+                       (oid, gid, rights, time.time()))
+            return True
+
+    def _login_id(self, address: str) -> int:
+        """The account id of a user's address or alias (raises NotFound)."""
+        uid = self._account_id(address)
+        if uid is None:
+            raise NotFound(f"no user {A.normalise(address)}")
+        return uid
+
+    def revoke(self, owner: str, grantee: str) -> bool:
+        """End ``grantee``'s access to ``owner``'s mail; False when there was none."""
+        with self._tx() as db:
+            oid, gid = self._login_id(owner), self._login_id(grantee)
+            return db.execute("DELETE FROM grants WHERE owner_id = ? AND grantee_id = ?", (oid, gid)).rowcount > 0
 
 
 def _split(text: str) -> tuple[str, ...]:

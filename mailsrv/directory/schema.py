@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-VERSION = 2  # 2: policy_lists (issue 12; additive, created by re-running the DDL)
+VERSION = 3  # 2: policy_lists (issue 12; additive, created by re-running the DDL)
+#             3: grants and credential_generations (issue 8; additive)
 
 # One namespace for every address that receives mail: users, aliases, groups
 # and department addresses. A lookup at RCPT time is one primary-key probe.
@@ -102,6 +103,21 @@ CREATE TABLE IF NOT EXISTS policy_lists (
     entry TEXT NOT NULL,
     created REAL NOT NULL,
     PRIMARY KEY (scope, kind, entry)
+);
+-- shared access (JMAP shared accounts): the grantee may read (or read and write) the owner's mail
+CREATE TABLE IF NOT EXISTS grants (
+    owner_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    grantee_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    rights TEXT NOT NULL CHECK (rights IN ('read', 'write')),
+    created REAL NOT NULL,
+    PRIMARY KEY (owner_id, grantee_id),
+    CHECK (owner_id != grantee_id)
+);
+CREATE INDEX IF NOT EXISTS grants_grantee ON grants(grantee_id);
+-- bumped at every change of a user's login data (password, state, networks): cached logins compare it
+CREATE TABLE IF NOT EXISTS credential_generations (
+    user_id INTEGER PRIMARY KEY REFERENCES users(id) ON DELETE CASCADE,
+    generation INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS auth_failures (
     key TEXT PRIMARY KEY,

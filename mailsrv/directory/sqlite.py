@@ -26,7 +26,9 @@ from mailsrv.directory.types import (
     Credentials,
     DirectoryError,
     FailureState,
+    Grant,
     Kind,
+    LoginStamp,
     NotFound,
     Resolution,
     Token,
@@ -336,6 +338,57 @@ class SqliteCore:
             cur = db.execute("UPDATE users SET password_hash = ?, scram = ? WHERE id = ?", (password_hash, scram, account_id))
             if cur.rowcount != 1:
                 raise NotFound(f"no account {account_id}")
+            self._bump_generation(account_id)
+
+    def _bump_generation(self, account_id: int) -> None:
+        """Inside a write transaction: the account's login data changed (cached logins are stale)."""
+        self.db.execute(
+            "INSERT INTO credential_generations (user_id, generation) VALUES (?, 1)"
+            " ON CONFLICT (user_id) DO UPDATE SET generation = generation + 1",
+            (account_id,),
+        )
+
+    def login_stamp(self, account_id: int, now: float | None = None) -> LoginStamp | None:
+        """One indexed query, no hashing: the account's credentials generation and whether it may log in
+        now (active, not locked out). None when the account is gone."""
+        row = self.db.execute(
+            "SELECT COALESCE(g.generation, 0), u.state,"
+            " (SELECT f.locked_until FROM auth_failures f WHERE f.key = 'acct:' || u.address)"
+            " FROM users u LEFT JOIN credential_generations g ON g.user_id = u.id WHERE u.id = ?",
+            (account_id,),
+        ).fetchone()
+        if row is None:
+            return None
+        locked = (row[2] or 0.0) > (time.time() if now is None else now)
+        return LoginStamp(int(row[0]), row[1] == "active" and not locked)
+
+    def _grants(self, where: str, params: tuple[Any, ...]) -> list[Grant]:
+        rows = self.db.execute(
+            f"SELECT owner_id, grantee_id, rights, created FROM grants WHERE {where} ORDER BY owner_id, grantee_id",
+            params,
+        ).fetchall()
+        out = []
+        for owner_id, grantee_id, rights, created in rows:
+            owner, grantee = self.account(owner_id), self.account(grantee_id)
+            if owner is not None and grantee is not None:
+                out.append(Grant(owner, grantee, rights, created))
+        return out
+
+    def grants_for(self, grantee: int | str) -> list[Grant]:
+        """The accounts shared with ``grantee`` (an account id or address), by owner id."""
+        gid = grantee if isinstance(grantee, int) else self._account_id(grantee)
+        return [] if gid is None else self._grants("grantee_id = ?", (gid,))
+
+    def list_grants(self, user: str | None = None) -> list[Grant]:
+        """Every grant, or those where ``user`` is the owner or the grantee."""
+        if user is None:
+            return self._grants("1", ())
+        uid = self._account_id(user)
+        return [] if uid is None else self._grants("owner_id = ? OR grantee_id = ?", (uid, uid))
+
+    def _account_id(self, address: str) -> int | None:
+        acct = self.account_by_address(address)
+        return None if acct is None else acct.id
 
     def failure_state(self, key: str) -> FailureState | None:
         row = self.db.execute(

@@ -114,3 +114,30 @@ class AdminScope:
     scope: str
     domain: str | None = None
     dept: str | None = None
+
+
+#: Rights a grant gives: read only, or read and write (never send as the owner).
+GRANT_RIGHTS = ("read", "write")
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """Shared access: ``grantee`` may read (``rights="read"``) or also change (``"write"``) ``owner``'s mail."""
+
+    owner: Account
+    grantee: Account
+    rights: str
+    created: float
+
+    @property
+    def read_only(self) -> bool:
+        return self.rights != "write"
+
+
+@dataclass(frozen=True, slots=True)
+class LoginStamp:
+    """What a cached login is checked against (cheap, no hash): it is still good while the
+    generation is the one it was made with and ``usable`` holds."""
+
+    generation: int
+    usable: bool  # active and not locked out

@@ -58,6 +58,8 @@ from mailsrv.util.fsio import FileIO
 logger = log.get("jmap")
 
 #: Seconds a successful Basic login is remembered (saves an argon2 verification per request).
+#: Each use re-checks the directory's login stamp (one cheap query), so a password change,
+#: suspension or lockout refuses the old credentials at the next request, on every worker.
 AUTH_CACHE_TTL = 60.0
 CHUNK = 256 * 1024
 JSON_TYPE = "application/json"
@@ -113,7 +115,7 @@ class JmapApp:
         self.uploads = uploads
         self.secret = secret
         self.tls = tls
-        self._basic_cache: dict[bytes, tuple[float, Principal]] = {}
+        self._basic_cache: dict[bytes, tuple[float, Principal, int]] = {}  # -> (expiry, principal, generation)
         self._inflight: dict[str, int] = {}
         self._uploads_inflight: dict[str, int] = {}
         self.websockets: set[web.WebSocketResponse] = set()
@@ -247,11 +249,15 @@ class JmapApp:
     async def _basic(self, cred: str, ip: str, secure: bool) -> Principal | None:
         if not self.auth.plaintext_allowed(tls=secure or self.tls, client_ip=ip):
             return None
-        key = hashlib.sha256(cred.encode()).digest()
+        # the address is part of the key: login networks are per user
+        key = hashlib.sha256(f"{ip}\0{cred}".encode()).digest()
         now = time.monotonic()
         hit = self._basic_cache.get(key)
         if hit is not None and hit[0] > now:
-            return hit[1]
+            stamp = await self.auth.login_stamp(int(hit[1].id))
+            if stamp is not None and stamp.usable and stamp.generation == hit[2]:
+                return hit[1]
+            del self._basic_cache[key]  # changed password, suspended, locked: a full login decides
         try:
             user, _, password = base64.b64decode(cred, validate=True).decode("utf-8").partition(":")
         except (ValueError, UnicodeDecodeError):
@@ -263,9 +269,11 @@ class JmapApp:
                 await asyncio.sleep(min(delay, 10.0))  # tarpit (RFC-less; lockout policy)
             return None
         principal = Principal(str(r.account.id), r.account.address, r.account)
-        if len(self._basic_cache) > 10000:
-            self._basic_cache.clear()
-        self._basic_cache[key] = (now + AUTH_CACHE_TTL, principal)
+        stamp = await self.auth.login_stamp(r.account.id)
+        if stamp is not None and stamp.usable:
+            if len(self._basic_cache) > 10000:
+                self._basic_cache.clear()
+            self._basic_cache[key] = (now + AUTH_CACHE_TTL, principal, stamp.generation)
         return principal
 
     def make_access_token(self, p: Principal) -> tuple[str, int]:

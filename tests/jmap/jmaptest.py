@@ -15,6 +15,7 @@ import aiohttp
 from aiohttp import web
 
 from mailsrv.config import JmapConfig
+from mailsrv.directory import LoginStamp
 from mailsrv.jmap.blobs import UploadStore
 from mailsrv.jmap.limits import ConnectionLimiter, ConnLimits, LimitedSockSite
 from mailsrv.jmap.memory import MemoryBackend
@@ -45,6 +46,8 @@ class FakeAuth:
     users: dict[str, tuple[int, str]] = field(default_factory=dict)  # address -> (id, password)
     tokens: dict[str, tuple[str, frozenset[str]]] = field(default_factory=dict)  # token -> (address, scopes)
     logins: int = 0
+    stamps: int = 0
+    generations: dict[int, int] = field(default_factory=dict)  # account id -> credentials generation
 
     def plaintext_allowed(self, *, tls: bool, client_ip: str) -> bool:
         return tls or ipaddress.ip_address(client_ip).is_loopback
@@ -55,6 +58,10 @@ class FakeAuth:
         if u is None or u[1] != password:
             return LoginResult(False)
         return LoginResult(True, FakeAccount(u[0], username))
+
+    async def login_stamp(self, account_id: int) -> LoginStamp | None:
+        self.stamps += 1
+        return LoginStamp(self.generations.get(account_id, 0), True)
 
     async def bearer(self, token: str, *, protocol: str, client_ip: str) -> LoginResult:
         t = self.tokens.get(token)

@@ -70,6 +70,16 @@ async def test_basic_login_is_cached(server: Server, client: Client) -> None:
     for _ in range(3):
         await client.call(["Core/echo", {}, "0"])
     assert server.auth.logins == 1
+    assert server.auth.stamps == 3  # one cheap stamp check per request (the first one after the login)
+
+
+async def test_basic_cache_follows_the_credentials_generation(server: Server, client: Client) -> None:
+    await client.call(["Core/echo", {}, "0"])
+    server.auth.generations[1] = 7  # as `mailsrv user passwd` bumps it
+    await client.call(["Core/echo", {}, "0"])
+    assert server.auth.logins == 2  # the cached login was dropped: a full login decided
+    await client.call(["Core/echo", {}, "0"])
+    assert server.auth.logins == 2
 
 
 async def test_not_json(client: Client) -> None:

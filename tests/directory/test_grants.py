@@ -1,0 +1,128 @@
+"""Shared access grants and the credentials generation (issue 8): the directory side."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from mailsrv.directory import Directory, DirectoryError, NotFound, SyncDirectory, schema
+
+
+@pytest.fixture
+def users(sd: SyncDirectory) -> SyncDirectory:
+    for name in ("alice", "bob", "carol"):
+        sd.add_user(f"{name}@example.test", password_hash="h", scram="s")
+    sd.add_alias("boss@example.test", "alice@example.test")
+    return sd
+
+
+def test_grant_list_revoke(users: SyncDirectory) -> None:
+    assert users.grant("alice@example.test", "bob@example.test", "read") is True
+    assert users.grant("alice@example.test", "bob@example.test", "read") is False  # nothing changed
+    (g,) = users.grants_for("bob@example.test")
+    assert (g.owner.address, g.grantee.address, g.rights, g.read_only) == (
+        "alice@example.test", "bob@example.test", "read", True)
+    assert users.grants_for(g.grantee.id) == [g]
+    assert users.grants_for("alice@example.test") == []  # one direction only
+    # upgrading replaces the grant
+    assert users.grant("boss@example.test", "BOB@example.test", "write") is True
+    (g2,) = users.grants_for("bob@example.test")
+    assert g2.rights == "write" and not g2.read_only
+    users.grant("carol@example.test", "bob@example.test", "read")
+    assert [x.owner.address for x in users.grants_for("bob@example.test")] == ["alice@example.test", "carol@example.test"]
+    assert {(x.owner.address, x.grantee.address) for x in users.list_grants("alice@example.test")} == {
+        ("alice@example.test", "bob@example.test")}
+    assert len(users.list_grants()) == 2
+    assert users.revoke("alice@example.test", "bob@example.test") is True
+    assert users.revoke("alice@example.test", "bob@example.test") is False
+    assert [x.owner.address for x in users.grants_for("bob@example.test")] == ["carol@example.test"]
+
+
+def test_grant_refusals(users: SyncDirectory) -> None:
+    with pytest.raises(DirectoryError, match="rights"):
+        users.grant("alice@example.test", "bob@example.test", "admin")
+    with pytest.raises(DirectoryError, match="own account"):
+        users.grant("alice@example.test", "boss@example.test", "read")
+    with pytest.raises(NotFound):
+        users.grant("nobody@example.test", "bob@example.test", "read")
+    with pytest.raises(NotFound):
+        users.revoke("alice@example.test", "nobody@example.test")
+    assert users.list_grants() == []
+    assert users.grants_for("nobody@example.test") == []
+
+
+def test_deleting_a_user_ends_their_grants(users: SyncDirectory) -> None:
+    users.grant("alice@example.test", "bob@example.test", "write")
+    users.grant("bob@example.test", "carol@example.test", "read")
+    users.del_user("bob@example.test")
+    assert users.list_grants() == []
+
+
+async def test_async_facade(users: SyncDirectory, ad: Directory) -> None:
+    users.grant("alice@example.test", "bob@example.test", "write")
+    bob = users.account_by_address("bob@example.test")
+    assert bob is not None
+    (g,) = await ad.grants_for(bob.id)
+    assert g.owner.address == "alice@example.test" and g.rights == "write"
+    stamp = await ad.login_stamp(bob.id)
+    assert stamp is not None and stamp.usable
+    users.set_secrets(bob.id, "h2", "s2")
+    again = await ad.login_stamp(bob.id)
+    assert again is not None and again.generation == stamp.generation + 1
+
+
+def test_login_stamp_changes_with_login_data(users: SyncDirectory) -> None:
+    alice = users.account_by_address("alice@example.test")
+    assert alice is not None
+    s0 = users.login_stamp(alice.id)
+    assert s0 is not None and s0.usable
+    users.set_secrets(alice.id, "new-hash", "new-scram")
+    s1 = users.login_stamp(alice.id)
+    assert s1 is not None and s1.generation == s0.generation + 1 and s1.usable
+    users.set_user("alice@example.test", state="suspended")
+    s2 = users.login_stamp(alice.id)
+    assert s2 is not None and s2.generation > s1.generation and not s2.usable
+    users.set_user("alice@example.test", state="active", networks=("192.0.2.0/24",))
+    s3 = users.login_stamp(alice.id)
+    assert s3 is not None and s3.generation > s2.generation and s3.usable
+    # a lockout makes it unusable until it ends, with no generation change
+    now = time.time()
+    for _ in range(3):
+        users.record_failure("acct:alice@example.test", now=now, window=60, threshold=3, lock_time=100, lock_max=100)
+    s4 = users.login_stamp(alice.id, now=now)
+    assert s4 is not None and s4.generation == s3.generation and not s4.usable
+    later = users.login_stamp(alice.id, now=now + 101)
+    assert later is not None and later.usable
+    users.clear_failures("acct:alice@example.test")
+    s5 = users.login_stamp(alice.id)
+    assert s5 is not None and s5.usable
+    users.del_user("alice@example.test")
+    assert users.login_stamp(alice.id) is None
+
+
+def test_migration_from_version_2_keeps_data(db_path: Path) -> None:
+    d = SyncDirectory(db_path)
+    d.add_domain("example.test")
+    d.add_user("alice@example.test", password_hash="h")
+    d.close()
+    # make it look like a version 2 directory: without the new tables
+    db = sqlite3.connect(db_path)
+    db.execute("DROP TABLE grants")
+    db.execute("DROP TABLE credential_generations")
+    db.execute("UPDATE meta SET value = '2' WHERE key = 'version'")
+    db.commit()
+    db.close()
+    d = SyncDirectory(db_path)
+    try:
+        assert d.db.execute("SELECT value FROM meta WHERE key = 'version'").fetchone()[0] == str(schema.VERSION)
+        d.add_user("bob@example.test", password_hash="h")
+        assert d.grant("alice@example.test", "bob@example.test", "read")
+        acct = d.account_by_address("alice@example.test")
+        assert acct is not None
+        stamp = d.login_stamp(acct.id)
+        assert stamp is not None and stamp.generation == 0
+    finally:
+        d.close()
