@@ -33,6 +33,7 @@ from typing import Literal
 
 from mailsrv import log
 from mailsrv.config import PolicyConfig
+from mailsrv.directory import Directory
 from mailsrv.net.dns import Resolver
 from mailsrv.policy import authresults, dmarc, reputation, spf
 from mailsrv.policy.clamd import Clamd, ClamdUnavailable, ScanResult
@@ -40,6 +41,7 @@ from mailsrv.policy.dkimverify import ArcResult, DkimResult, verify_arc, verify_
 from mailsrv.policy.headers import from_domains, header_end, split_fields
 from mailsrv.policy.lists import Lists, ListSource, Match
 from mailsrv.policy.score import Facts, RspamdScorer, RuleScorer, Score, Scorer
+from mailsrv.policy.seats import DirectorySeats, SeatSource, outside_limit
 from mailsrv.policy.state import PolicyState
 from mailsrv.policy.strip import strip_infected
 
@@ -99,7 +101,7 @@ class Policy:
     def __init__(self, cfg: PolicyConfig, *, hostname: str, resolver: Resolver, state: PolicyState | None,
                  lists: ListSource | None = None, scorer: Scorer | None = None, clamd: Clamd | None = None,
                  is_local_domain: Callable[[str], Awaitable[bool]] | None = None,
-                 executor: Executor | None = None) -> None:
+                 executor: Executor | None = None, seats: SeatSource | None = None) -> None:
         self.cfg = cfg
         self.hostname = hostname
         self.authserv_id = cfg.authserv_id or hostname
@@ -110,6 +112,7 @@ class Policy:
         self.clamd = clamd or (Clamd(cfg.clamd_socket, timeout=cfg.clamd_timeout) if cfg.clamd_socket else None)
         self.is_local_domain = is_local_domain
         self.executor = executor
+        self.seats = seats
         self.skip_nets = [ipaddress.ip_network(n, strict=False) for n in cfg.skip_networks]
         self.dnsbl_skip = tuple(ipaddress.ip_network(n, strict=False) for n in cfg.dnsbl_skip_networks)
         self.grey_nets: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
@@ -122,11 +125,16 @@ class Policy:
 
     @classmethod
     def from_config(cls, cfg: PolicyConfig, *, hostname: str, data_dir: Path, lists: ListSource | None = None,
-                    is_local_domain: Callable[[str], Awaitable[bool]] | None = None) -> Policy:
+                    is_local_domain: Callable[[str], Awaitable[bool]] | None = None,
+                    seats: SeatSource | None = None) -> Policy:
+        """``lists`` is usually the worker's :class:`Directory`; it then also counts the seats of a
+        domain for the outside-recipient limit unless ``seats`` is given."""
         resolver = Resolver(cfg.nameservers, timeout=cfg.dns_timeout, max_ttl=cfg.dns_cache_ttl)
         state = PolicyState(data_dir / "policy" / "policy.db")
+        if seats is None and isinstance(lists, Directory):
+            seats = DirectorySeats(lists)
         return cls(cfg, hostname=hostname, resolver=resolver, state=state, lists=lists,
-                   is_local_domain=is_local_domain)
+                   is_local_domain=is_local_domain, seats=seats)
 
     def close(self) -> None:
         if self.state is not None:
@@ -155,6 +163,19 @@ class Policy:
         await self.state.record_training(account.lower(), label, digest)
         logger.info("policy.trained", account=account, label=label)
         return label
+
+    async def outside_limit(self, user: str) -> int:
+        """The daily distinct outside-recipient limit of ``user`` (0: unlimited), grown with the seats
+        of their domain (:func:`mailsrv.policy.seats.outside_limit`)."""
+        cfg = self.cfg
+        seats = 0
+        if self.seats is not None and cfg.outside_recipients_per_seat:
+            try:
+                seats = await self.seats.domain_seats(_domain(user))
+            except Exception as exc:  # the directory unavailable: the base limit still holds
+                logger.exception("policy.seats_failed", exc, user=user)
+        return outside_limit(cfg.max_outside_recipients_per_day, cfg.outside_recipients_per_seat,
+                             cfg.outside_recipients_cap, seats)
 
     def thresholds(self, domains: Sequence[str]) -> tuple[float, float]:
         """(junk, reject) for a message to ``domains``: the strictest of their thresholds."""
@@ -321,12 +342,12 @@ class PolicySession:
         return d
 
     async def _rcpt_outbound(self, address: str) -> Decision:
-        limit = self.cfg.max_outside_recipients_per_day
-        if self.user is None or not limit or self.p.state is None:
+        if self.user is None or not self.cfg.max_outside_recipients_per_day or self.p.state is None:
             return ACCEPT
         is_local = self.p.is_local_domain
         if is_local is not None and await is_local(_domain(address)):
             return ACCEPT
+        limit = await self.p.outside_limit(self.user)
         if not await self.p.state.outside_recipient(self.user, address, limit):
             logger.warning("policy.outside_limit", user=self.user, limit=limit)
             return _tempfail(f"Daily limit of {limit} outside recipients reached", 450, "4.7.1")
