@@ -143,17 +143,12 @@ def _as_tree(boxes: list[Mailbox], ordered: list[Mailbox]) -> list[Mailbox]:
     return out
 
 
-@registry.add("Mailbox/query", MAIL)
-async def mailbox_query(ctx: RequestContext, args: dict[str, Any], call_id: str) -> dict[str, Any]:
-    A.check(args, ("accountId", "filter", "sort", "position", "anchor", "anchorOffset", "limit",
-                   "calculateTotal", "sortAsTree", "filterAsTree"))
-    be = ctx.account(args)
+async def _query_ids(be: Any, args: dict[str, Any]) -> list[str]:
+    """The full ordered result of a Mailbox/query's filter, sort, sortAsTree and filterAsTree."""
     pred = compile_filter(args["filter"], _condition) if args.get("filter") is not None else (lambda m: True)
     sorter = compile_sort(args.get("sort"), _sort_key)
     as_tree = A.boolean(args, "sortAsTree", False)
     filter_tree = A.boolean(args, "filterAsTree", False)
-    calc = A.boolean(args, "calculateTotal", False)
-    state = await be.state("Mailbox")
     boxes = await be.mailboxes()
     by_id = {m.id: m for m in boxes}
     matched = [m for m in boxes if pred(m)]
@@ -171,9 +166,20 @@ async def mailbox_query(ctx: RequestContext, args: dict[str, Any], call_id: str)
     ordered = sorter(sorted(matched, key=lambda m: m.id))
     if as_tree:
         ordered = _as_tree(matched, ordered)
-    all_ids = [m.id for m in ordered]
+    return [m.id for m in ordered]
+
+
+@registry.add("Mailbox/query", MAIL)
+async def mailbox_query(ctx: RequestContext, args: dict[str, Any], call_id: str) -> dict[str, Any]:
+    A.check(args, ("accountId", "filter", "sort", "position", "anchor", "anchorOffset", "limit",
+                   "calculateTotal", "sortAsTree", "filterAsTree"))
+    be = ctx.account(args)
+    calc = A.boolean(args, "calculateTotal", False)
+    state = await be.state("Mailbox")
+    all_ids = await _query_ids(be, args)
     page, pos = window(all_ids, args)
-    out: dict[str, Any] = {"accountId": be.account_id, "queryState": state, "canCalculateChanges": False,
+    # the query state is the Mailbox state: /queryChanges asks Mailbox/changes what moved since
+    out: dict[str, Any] = {"accountId": be.account_id, "queryState": state, "canCalculateChanges": True,
                            "position": pos, "ids": page}
     if calc:
         out["total"] = len(all_ids)
@@ -182,11 +188,33 @@ async def mailbox_query(ctx: RequestContext, args: dict[str, Any], call_id: str)
 
 @registry.add("Mailbox/queryChanges", MAIL)
 async def mailbox_query_changes(ctx: RequestContext, args: dict[str, Any], call_id: str) -> dict[str, Any]:
-    A.check(args, ("accountId", "filter", "sort", "sinceQueryState", "maxChanges", "upToId", "calculateTotal"))
-    ctx.account(args)
-    A.state(args, "sinceQueryState")
-    # RFC 8620 §5.6: a server may always answer cannotCalculateChanges (we said canCalculateChanges: false).
-    raise MethodError("cannotCalculateChanges")
+    A.check(args, ("accountId", "filter", "sort", "sinceQueryState", "maxChanges", "upToId", "calculateTotal",
+                   "sortAsTree", "filterAsTree"))
+    be = ctx.account(args)
+    since = A.state(args, "sinceQueryState")
+    max_changes = A.uint(args, "maxChanges", None)
+    if args.get("upToId") is not None and not isinstance(args["upToId"], str):
+        raise MethodError("invalidArguments", "upToId must be an Id")
+    if A.boolean(args, "sortAsTree", False) or A.boolean(args, "filterAsTree", False):
+        # a rename or move of one mailbox reorders or re-filters its whole sub-tree
+        raise MethodError("cannotCalculateChanges", "not for sortAsTree or filterAsTree queries")
+    try:
+        cs = await be.changes("Mailbox", since, None)
+    except CannotCalculateChanges:
+        raise MethodError("cannotCalculateChanges") from None
+    ids = await _query_ids(be, args)
+    # RFC 8620 §5.6: every mailbox that may have moved is removed, then re-added at its new index
+    # (a count-only change cannot move a mailbox: no filter or sort reads counts)
+    touched = set(cs.created) | (set() if cs.counts_only else set(cs.updated))
+    removed = sorted((touched - set(cs.created)) | set(cs.destroyed))
+    added = [{"id": i, "index": n} for n, i in enumerate(ids) if i in touched]
+    if max_changes is not None and len(removed) + len(added) > max_changes:
+        raise MethodError("tooManyChanges")
+    out: dict[str, Any] = {"accountId": be.account_id, "oldQueryState": since,
+                           "newQueryState": cs.new_state, "removed": removed, "added": added}
+    if A.boolean(args, "calculateTotal", False):
+        out["total"] = len(ids)
+    return out
 
 
 def _validate_name(name: Any) -> str:

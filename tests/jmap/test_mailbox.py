@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from jmaptest import Client
 
 
@@ -94,7 +96,7 @@ async def test_query_filters_sort_tree(client: Client) -> None:
     bad = await client.call(["Mailbox/query", {"accountId": "a1", "filter": {"nope": 1}}, "1"],
                             ["Mailbox/query", {"accountId": "a1", "sort": [{"property": "nope"}]}, "2"],
                             ["Mailbox/query", {"accountId": "a1", "anchor": "zzz"}, "3"],
-                            ["Mailbox/queryChanges", {"accountId": "a1", "sinceQueryState": "0"}, "4"])
+                            ["Mailbox/queryChanges", {"accountId": "a1", "sinceQueryState": "999999"}, "4"])
     assert [x[1]["type"] for x in bad] == ["unsupportedFilter", "unsupportedSort", "anchorNotFound",
                                            "cannotCalculateChanges"]
 
@@ -111,3 +113,51 @@ async def test_destroy_with_emails(client: Client) -> None:
     r = await client.one("Mailbox/set", {"destroy": [mid], "onDestroyRemoveEmails": True})
     assert r["destroyed"] == [mid]
     assert (await client.one("Email/get", {"ids": [eid]}))["notFound"] == [eid]
+
+
+def apply_query_changes(old: list[str], changes: dict[str, Any]) -> list[str]:
+    """A client's replay of a /queryChanges response (RFC 8620 §5.6) over its cached ids."""
+    out = [i for i in old if i not in set(changes["removed"])]
+    for add in sorted(changes["added"], key=lambda a: a["index"]):
+        out.insert(add["index"], add["id"])
+    return out
+
+
+async def test_query_changes_replays_to_the_new_result(client: Client) -> None:
+    sort = [{"property": "sortOrder"}, {"property": "name"}]
+    q0 = await client.one("Mailbox/query", {"sort": sort})
+    assert q0["canCalculateChanges"] is True
+    r = await client.one("Mailbox/set", {"create": {"a": {"name": "alpha", "sortOrder": 5},
+                                                     "b": {"name": "beta", "sortOrder": 5}}})
+    a, b = r["created"]["a"]["id"], r["created"]["b"]["id"]
+    q1 = await client.one("Mailbox/query", {"sort": sort})
+    ch = await client.one("Mailbox/queryChanges", {"sort": sort, "sinceQueryState": q0["queryState"],
+                                                   "calculateTotal": True})
+    assert ch["oldQueryState"] == q0["queryState"] and ch["newQueryState"] == q1["queryState"]
+    assert ch["removed"] == [] and {x["id"] for x in ch["added"]} == {a, b}
+    assert apply_query_changes(q0["ids"], ch) == q1["ids"] and ch["total"] == len(q1["ids"])
+    # a rename and a new sortOrder move mailboxes; a destroy removes one
+    await client.one("Mailbox/set", {"update": {a: {"name": "omega"}, b: {"sortOrder": 0}}})
+    q2 = await client.one("Mailbox/query", {"sort": sort})
+    ch = await client.one("Mailbox/queryChanges", {"sort": sort, "sinceQueryState": q1["queryState"]})
+    assert set(ch["removed"]) == {a, b}
+    assert apply_query_changes(q1["ids"], ch) == q2["ids"] != q1["ids"]
+    # new mail changes only counts: nothing moves
+    await client.import_message(b"Subject: count change only\r\n\r\nx\r\n")
+    q2 = await client.one("Mailbox/query", {"sort": sort})
+    ch = await client.one("Mailbox/queryChanges", {"sort": sort, "sinceQueryState": ch["newQueryState"]})
+    assert (ch["removed"], ch["added"]) == ([], []) and ch["newQueryState"] == q2["queryState"]
+    await client.one("Mailbox/set", {"destroy": [b]})
+    q3 = await client.one("Mailbox/query", {"sort": sort, "filter": {"hasAnyRole": False}})
+    ch = await client.one("Mailbox/queryChanges", {"sort": sort, "filter": {"hasAnyRole": False},
+                                                   "sinceQueryState": q2["queryState"]})
+    assert ch["removed"] == [b] and ch["added"] == []
+    assert q3["ids"] == [a]
+    # nothing since: an empty answer; maxChanges and tree queries
+    same = await client.one("Mailbox/queryChanges", {"sort": sort, "sinceQueryState": q3["queryState"]})
+    assert (same["removed"], same["added"], same["newQueryState"]) == ([], [], q3["queryState"])
+    bad = await client.call(
+        ["Mailbox/queryChanges", {"accountId": "a1", "sinceQueryState": q0["queryState"], "maxChanges": 1}, "1"],
+        ["Mailbox/queryChanges", {"accountId": "a1", "sinceQueryState": q0["queryState"], "sortAsTree": True}, "2"],
+        ["Mailbox/queryChanges", {"accountId": "a1", "sinceQueryState": q0["queryState"], "upToId": 3}, "3"])
+    assert [x[1]["type"] for x in bad] == ["tooManyChanges", "cannotCalculateChanges", "invalidArguments"]

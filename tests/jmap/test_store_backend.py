@@ -350,3 +350,23 @@ async def test_mailbox_ids_change_into_and_out_of_junk_trains_the_policy(env: tu
         assert [m.email_id for m in (await acct.open_mailbox("INBOX")).messages] == [e1]
     finally:
         policy.close()
+
+
+async def test_mailbox_query_changes_on_the_store(env: tuple[Client, Store, Any]) -> None:
+    c, _, acct = env
+    sort = [{"property": "sortOrder"}, {"property": "name"}]
+    q0 = await c.one("Mailbox/query", {"sort": sort})
+    await acct.create_mailbox("Zed")  # made by another protocol (IMAP CREATE)
+    r = await c.one("Mailbox/set", {"create": {"a": {"name": "Aardvark", "sortOrder": 1}}})
+    q1 = await c.one("Mailbox/query", {"sort": sort})
+    ch = await c.one("Mailbox/queryChanges", {"sort": sort, "sinceQueryState": q0["queryState"]})
+    zed = next(m.id for m in await acct.list_mailboxes() if m.name == "Zed")
+    assert {x["id"] for x in ch["added"]} == {zed, r["created"]["a"]["id"]} and ch["removed"] == []
+    assert ch["newQueryState"] == q1["queryState"]
+    old = list(q0["ids"])
+    for add in sorted(ch["added"], key=lambda x: x["index"]):
+        old.insert(add["index"], add["id"])
+    assert old == q1["ids"]
+    await acct.delete_mailbox("Zed")
+    ch = await c.one("Mailbox/queryChanges", {"sort": sort, "sinceQueryState": q1["queryState"]})
+    assert ch["removed"] == [zed] and ch["added"] == []
