@@ -248,6 +248,11 @@ class RouteConfig:
     verify_cert: bool = doc("Verify the relay's certificate (off for opportunistic TLS to MX hosts).", False)
     username: str = doc("AUTH user name at the relay (empty: no AUTH).", "")
     password: str = doc("AUTH password at the relay.", "")
+    auth_plaintext: bool = doc(
+        "Allow AUTH over an unencrypted connection (tls = none, or opportunistic without STARTTLS); "
+        "only for a relay on a trusted network.",
+        False,
+    )
 
 
 @dataclass(frozen=True)

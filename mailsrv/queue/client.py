@@ -1,7 +1,8 @@
 """A small outbound SMTP client (RFC 5321 client side) for the queue runner.
 
 Streams the message file from disk with dot-stuffing, never holding it whole;
-opportunistic or required STARTTLS (RFC 3207), AUTH PLAIN (RFC 4954) toward a
+opportunistic or required STARTTLS (RFC 3207), AUTH (RFC 4954: SCRAM-SHA-256,
+PLAIN or LOGIN, never over plain text unless the route allows it) toward a
 smarthost, DSN parameters passed on when the server offers DSN (RFC 3461 §5).
 Every wait is bounded by the configured timeouts.
 """
@@ -15,12 +16,15 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from mailsrv.queue import sasl_client
 from mailsrv.queue.store import Envelope, QRcpt
 
 # RFC 5321 §4.5.3.2: client timeouts (initial 5 min, MAIL 5, RCPT 5, DATA init 2, block 3, end 10 min).
 DATA_END_TIMEOUT = 600.0
 MAX_REPLY_LINES = 100
 READ_BLOCK = 256 * 1024
+#: SASL challenges answered before we give up on a server that keeps asking.
+MAX_AUTH_ROUNDS = 5
 
 
 class OutboundError(Exception):
@@ -130,11 +134,43 @@ class SmtpClient:
             raise OutboundError(0, f"TLS handshake with {self.host} failed: {exc}") from None
         self.tls = True
 
-    async def auth_plain(self, user: str, password: str) -> None:
-        token = base64.b64encode(f"\0{user}\0{password}".encode()).decode()
-        r = await self.command(f"AUTH PLAIN {token}")
-        if r.code != 235:
-            raise OutboundError(r.code, r.text)
+    async def authenticate(self, user: str, password: str, *, allow_plaintext: bool = False) -> str:
+        """AUTH with the best mechanism the server offers (SCRAM-SHA-256 > PLAIN > LOGIN); returns its name.
+
+        Refuses to send credentials over an unencrypted connection unless ``allow_plaintext``.
+        Every failure is temporary (code 454 or 0): wrong relay credentials are an
+        operator's problem, and bouncing the mail would not fix them (Postfix's
+        smtp_sasl_auth_soft_bounce does the same).
+        """
+        if not self.tls and not allow_plaintext:
+            raise OutboundError(0, f"{self.host}: not sending AUTH credentials over plain text "
+                                   "(route needs tls or auth_plaintext = true)")
+        mech = sasl_client.choose(self.extensions.get("AUTH", ""), user, password)
+        if mech is None:
+            raise OutboundError(0, f"{self.host} offers no AUTH mechanism we use "
+                                   f"({' / '.join(sasl_client.PREFERENCE)}); offered: "
+                                   f"{self.extensions.get('AUTH', 'none')!r}")
+        try:
+            initial = mech.start()
+            # RFC 4954 §4: an empty initial response is sent as "="
+            line = f"AUTH {mech.name}"
+            if initial is not None:
+                line += " " + (base64.b64encode(initial).decode() or "=")
+            r = await self.command(line)
+            rounds = 0
+            while r.code == 334 and rounds < MAX_AUTH_ROUNDS:
+                rounds += 1
+                try:
+                    challenge = base64.b64decode(r.text.strip(), validate=True)
+                except ValueError:
+                    raise sasl_client.SaslError("challenge is not base64") from None
+                r = await self.command(base64.b64encode(mech.step(challenge)))
+            if r.code != 235:
+                raise OutboundError(454, f"4.7.0 AUTH {mech.name} at {self.host} failed: {r.code} {r.text}")
+            mech.done(None)
+        except sasl_client.SaslError as exc:
+            raise OutboundError(0, f"AUTH {mech.name} with {self.host} failed: {exc}") from None
+        return mech.name
 
     async def send(self, env: Envelope, rcpts: list[QRcpt], message: Path,
                    prefix: bytes = b"", size: int = 0) -> tuple[dict[str, Reply], Reply | None]:

@@ -285,7 +285,7 @@ class QueueRunner:
                 elif route.tls == "required":
                     raise OutboundError(0, f"{host} does not offer STARTTLS (required by route)")
             if route.username:
-                await client.auth_plain(route.username, route.password)
+                await client.authenticate(route.username, route.password, allow_plaintext=route.auth_plaintext)
         except BaseException:
             await client.close()
             raise

@@ -390,7 +390,8 @@ def test_smarthost_auth(tmp_path: Path) -> None:
         port = server.sockets[0].getsockname()[1]
         cfg = make_config(tmp_path / "data", {})
         cfg = replace(cfg, queue=replace(cfg.queue, route={"*": RouteConfig(
-            smarthost=f"127.0.0.1:{port}", tls="none", username="relay-user", password="relay-secret")}))
+            smarthost=f"127.0.0.1:{port}", tls="none", username="relay-user", password="relay-secret",
+            auth_plaintext=True)}))
         runner = QueueRunner(cfg, is_local=_local_example, signer=None)
         stop = asyncio.Event()
         task = asyncio.ensure_future(runner.run(stop))
