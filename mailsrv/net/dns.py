@@ -170,10 +170,14 @@ class Resolver:
 
     async def mx(self, name: str) -> list[str]:
         """MX hosts in preference order."""
-        recs = (await self.query(name, "MX")).records
-        pairs = sorted((int(p), h) for p, _, h in (r.partition(" ") for r in recs))
-        return [h for _, h in pairs]
+        return mx_hosts(await self.query(name, "MX"))
 
     async def ptr(self, ip: str) -> list[str]:
         rev = dns.reversename.from_address(ip).to_text().rstrip(".")
         return list((await self.query(rev, "PTR")).records)
+
+
+def mx_hosts(answer: DnsAnswer) -> list[str]:
+    """The hosts of an MX answer in preference order (a null MX, RFC 7505, is ``[""]``)."""
+    pairs = sorted((int(p), h) for p, _, h in (r.partition(" ") for r in answer.records))
+    return [h for _, h in pairs]

@@ -1,8 +1,10 @@
 """Where mail for a domain goes: a configured route (smarthost), our own MTA for local domains, or MX.
 
-MX lookups use dnspython's asyncio resolver (RFC 5321 §5.1): MX records by
-preference, falling back to the domain's A/AAAA when there is no MX; a null
-MX (RFC 7505) is a permanent failure. Tests inject a resolver instead.
+MX lookups go through the shared resolver of ``mailsrv.net.dns`` (its cache and
+timeouts; ``policy.nameservers`` points it at other servers, as tests do) per
+RFC 5321 §5.1: MX records by preference, falling back to the domain itself
+when there is no MX; a null MX (RFC 7505) is a permanent failure. Tests may
+also inject a resolver function.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from mailsrv.config import Config, RouteConfig, parse_bind
+from mailsrv.net import dns as shared_dns
 
 #: domain -> [(host, port)] in preference order; raises NoRoute.
 Resolver = Callable[[str], Awaitable[list[tuple[str, int]]]]
@@ -31,24 +34,30 @@ class Destination:
     key: str  # concurrency key (first host)
 
 
-async def dns_resolver(domain: str) -> list[tuple[str, int]]:
-    import dns.asyncresolver
-    import dns.exception
-    import dns.resolver
+def mx_resolver(dns: shared_dns.Resolver) -> Resolver:
+    """The queue's MX lookup over the shared resolver (RFC 5321 §5.1, RFC 7505)."""
 
-    try:
-        answer = await dns.asyncresolver.resolve(domain, "MX")
-    except dns.resolver.NXDOMAIN:
-        raise NoRoute(f"5.1.2 domain {domain} does not exist", True) from None
-    except dns.resolver.NoAnswer:
-        return [(domain, 25)]  # RFC 5321 §5.1: implicit MX
-    except dns.exception.DNSException as exc:
-        raise NoRoute(f"4.4.3 DNS lookup for {domain} failed: {exc}", False) from None
-    records = sorted(answer, key=lambda r: r.preference)
-    hosts = [str(r.exchange).rstrip(".") for r in records]
-    if hosts == [""]:
-        raise NoRoute(f"5.1.10 domain {domain} accepts no mail (null MX)", True)
-    return [(h, 25) for h in hosts if h]
+    async def resolve(domain: str) -> list[tuple[str, int]]:
+        try:
+            answer = await dns.query(domain, "MX")
+        except shared_dns.DnsTempError as exc:
+            raise NoRoute(f"4.4.3 DNS lookup for {domain} failed: {exc}", False) from None
+        if answer.nxdomain:
+            raise NoRoute(f"5.1.2 domain {domain} does not exist", True)
+        hosts = shared_dns.mx_hosts(answer)
+        if not hosts:
+            return [(domain, 25)]  # RFC 5321 §5.1: implicit MX
+        if hosts == [""]:
+            raise NoRoute(f"5.1.10 domain {domain} accepts no mail (null MX)", True)
+        return [(h, 25) for h in hosts if h]
+
+    return resolve
+
+
+def config_resolver(cfg: Config) -> Resolver:
+    """The MX lookup with the DNS settings of the ``[policy]`` section (servers, timeout, cache TTL)."""
+    p = cfg.policy
+    return mx_resolver(shared_dns.Resolver(p.nameservers, timeout=p.dns_timeout, max_ttl=p.dns_cache_ttl))
 
 
 def local_relay(cfg: Config) -> tuple[str, int] | None:
@@ -66,7 +75,7 @@ class Router:
     def __init__(self, cfg: Config, resolver: Resolver | None = None,
                  is_local: Callable[[str], Awaitable[bool]] | None = None) -> None:
         self.cfg = cfg
-        self.resolver = resolver or dns_resolver
+        self.resolver = resolver or config_resolver(cfg)
         self.is_local = is_local
 
     async def destination(self, domain: str) -> Destination:
