@@ -35,8 +35,18 @@ def print_table(report: dict) -> None:
         elif "baseline" in r:
             line += "   | baseline missing"
         print(line)
+    for srv in report.get("servers", []):
+        print(f"  {server_line(srv)}")
     for note in report.get("notes", []):
         print(f"  note: {note}")
+
+
+def server_line(srv: dict) -> str:
+    """One ``servers`` entry: CPU seconds per 1 000 operations and peak RSS."""
+    per_1k = srv.get("cpu_s_per_1k_ops")
+    cpu = f"{per_1k:.3f} CPU s per 1000 {srv['operations_unit']}" if per_1k is not None else "no operations counted"
+    return (f"server {srv['name']}: {cpu} ({srv['cpu_seconds']:.2f} s over {srv['operations']:,}), "
+            f"peak RSS {srv['peak_rss_kib'] / 1024:,.1f} MiB over {srv['processes']} processes")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,6 +84,8 @@ def markdown(reports: list[dict]) -> str:
             b = f"{base['name']}: {fmt(base['value'])}" if base else ("missing" if "baseline" in r else "")
             ratio = f"{r['ratio']:.2f}x" if r.get("ratio") is not None else ""
             out.append(f"| {rep['scenario']} | {r['name']} | {fmt(r['value'])} {r.get('unit', '')} | {b} | {ratio} |")
+        for srv in rep.get("servers", []):
+            out.append(f"| {rep['scenario']} | {server_line(srv)} | | | |")
     return "\n".join(out) + "\n"
 
 

@@ -155,14 +155,19 @@ def proc_tree(root: int) -> list[int]:
     return out
 
 
-def cpu_seconds(pid: int) -> float | None:
-    """utime + stime of one process in seconds (/proc/PID/stat fields 14 and 15); None if gone."""
+def cpu_seconds(pid: int) -> float:
+    """CPU seconds of a process and of its children that it has waited for: utime + stime +
+    cutime + cstime (/proc/PID/stat fields 14-17); 0 if it is gone.
+
+    Summed over a process tree this total only grows: a child that exits and is reaped moves
+    its time into its parent's cutime/cstime (whole, not rounded to a tick per child).
+    """
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
-        return None
+        return 0.0
     fields = stat[stat.rindex(")") + 2:].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return sum(int(f) for f in fields[11:15]) / CLK_TCK
 
 
 def status_kib(pids: list[int], key: str) -> int:
@@ -185,35 +190,31 @@ def rss_kib(pids: list[int]) -> int:
 class ServerMeter:
     """CPU seconds and peak RSS of a server's processes while a scenario drives it.
 
-    ``pids()`` names the processes (e.g. :meth:`Mailsrv.pids`; ``lambda: [os.getpid()]`` for a
-    library measured in-process). CPU is utime+stime from /proc/PID/stat counted from
-    :meth:`start` (processes born later count from zero; the last value seen of a process
-    that exits is kept, so call :meth:`sample` before stopping a server); peak RSS is the sum
-    of VmHWM over the processes (each one's own high-water mark). ``operations`` is what the
-    scenario counts (:meth:`add`), named by ``unit``.
+    ``pids()`` names the processes, the tree's root first (e.g. :meth:`Mailsrv.pids`;
+    ``lambda: [os.getpid()]`` for a library measured in-process). CPU is the growth since
+    :meth:`start` of the tree's total of :func:`cpu_seconds` (so processes that came and went
+    in between count, as long as a process of the tree reaped them). Peak RSS is the sum of
+    VmHWM over the processes seen by :meth:`sample` (each one's own high-water mark; pages that
+    forked processes share are counted in each). ``operations`` is what the scenario counts
+    (:meth:`add`), named by ``unit``.
     """
 
     def __init__(self, name: str, pids: Callable[[], list[int]], unit: str = "operations") -> None:
         self.name, self.pids, self.unit = name, pids, unit
         self.operations = 0
-        self._start: dict[int, float] = {}
-        self._last: dict[int, float] = {}
+        self._start = 0.0
         self._hwm: dict[int, int] = {}
 
     def start(self) -> ServerMeter:
-        self._start = {pid: t for pid in self.pids() if (t := cpu_seconds(pid)) is not None}
-        self._last = dict(self._start)
+        self._start = sum(cpu_seconds(pid) for pid in self.pids())
         return self
 
     def add(self, operations: int) -> None:
         self.operations += operations
 
     def sample(self) -> None:
+        """Record each live process's VmHWM (call it before per-connection processes exit)."""
         for pid in self.pids():
-            t = cpu_seconds(pid)
-            if t is not None:
-                self._last[pid] = t
-                self._start.setdefault(pid, 0.0)
             hwm = status_kib([pid], "VmHWM")
             if hwm:
                 self._hwm[pid] = max(self._hwm.get(pid, 0), hwm)
@@ -221,12 +222,12 @@ class ServerMeter:
     def cpu(self) -> float:
         """CPU seconds of the server since :meth:`start` (samples first)."""
         self.sample()
-        return sum(t - self._start.get(pid, 0.0) for pid, t in self._last.items())
+        return sum(cpu_seconds(pid) for pid in self.pids()) - self._start
 
     def summary(self) -> dict[str, Any]:
         """The report's ``servers`` entry (see bench/README.md, JSON output)."""
         cpu = self.cpu()
-        return {"name": self.name, "processes": len(self._last), "cpu_seconds": round(cpu, 3),
+        return {"name": self.name, "processes": len(self._hwm), "cpu_seconds": round(cpu, 3),
                 "operations": self.operations, "operations_unit": self.unit,
                 "cpu_s_per_1k_ops": round(cpu * 1000 / self.operations, 4) if self.operations else None,
                 "peak_rss_kib": sum(self._hwm.values())}
@@ -478,6 +479,30 @@ userdb {{
     return None, 0, "dovecot did not start"
 
 
+#: dovecot.conf for IMAP with many long-lived connections: long-lived login processes, no
+#: per-user connection cap below the benchmark's.
+DOVECOT_IMAP_SERVICES = """service imap-login {
+  inet_listener imap {
+    port = {port}
+  }
+  inet_listener imaps {
+    port = 0
+  }
+  service_count = 0
+  process_min_avail = 2
+  client_limit = 20000
+}
+service imap {
+  process_limit = 20000
+}
+protocol imap {
+  mail_max_userip_connections = 20000
+}
+default_process_limit = 20000
+default_client_limit = 40000
+"""
+
+
 def stop_dovecot(proc: subprocess.Popen[bytes]) -> None:
     proc.terminate()
     proc.wait(10)
@@ -491,6 +516,12 @@ def dovecot_pids(proc: subprocess.Popen[bytes]) -> list[int]:
 
 
 # --- results -------------------------------------------------------------------------------
+
+
+def percentile(values: list[float], p: float) -> float:
+    """The ``p``-th percentile (0-100, nearest rank) of ``values``; NaN when there are none."""
+    xs = sorted(values)
+    return xs[min(len(xs) - 1, int(p / 100 * len(xs)))] if xs else float("nan")
 
 
 def compare(ours: dict[str, float], theirs: dict[str, float], units: dict[str, tuple[str, bool]],

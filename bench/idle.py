@@ -1,0 +1,373 @@
+"""idle: N concurrent IMAP IDLE connections: memory per connection, wake-up latency, CPU while idle.
+
+A fresh ``mailsrv init`` in a temporary directory is served by ``mailsrv serve``
+(master + one worker per core + queue runner, as an operator runs it). This
+process is the client: it opens N connections (``smoke`` 100, ``full``
+10 000) spread over N/``per_user`` users, each LOGIN, SELECT INBOX, IDLE. Then:
+
+- resident memory per connection: the server's VmRSS (and PSS, which shares
+  out pages that forked processes have in common) summed over every server
+  process, after the N are idle minus before the first connected, over N;
+- CPU seconds of the server while all N sit idle for a while (no traffic: a
+  server that polls shows here), from /proc/PID/stat;
+- wake-up latency: in each round one message per user is sent over SMTP; for
+  every IDLE client the time from the ``250`` of its user's message to its
+  ``* n EXISTS`` (a negative value would mean the notification overtook the
+  ``250`` on the wire); p50/p90/p99/max over clients and rounds.
+
+Dovecot (when installed) serves the same users with the same client, at most
+``dovecot_cap`` connections (one imap process per connection); it has no MTA
+here, so its messages are dropped into the maildir as an MDA does (tmp/,
+fsync, rename into new/) and its latency counts from the rename.
+
+Both client and server raise RLIMIT_NOFILE to the hard limit; the limits in
+force are in the notes. Server and client share the machine's cores (no
+pinning); the client is one process, so with 10 000 clients the latency
+includes the client's own time to read 10 000 sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import resource
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ._common import (
+    DOVECOT_IMAP_SERVICES,
+    PASSWORD,
+    Mailsrv,
+    ServerMeter,
+    compare,
+    dovecot_pids,
+    message,
+    nofile_of,
+    percentile,
+    raise_nofile,
+    rss_kib,
+    start_dovecot,
+    stop_dovecot,
+)
+
+SIZES = {
+    "smoke": {"clients": 100, "per_user": 25, "rounds": 2, "quiet": 2.0, "dovecot_cap": 100},
+    "full": {"clients": 10_000, "per_user": 100, "rounds": 3, "quiet": 20.0, "dovecot_cap": 1_000},
+}
+EXISTS = re.compile(rb"\* (\d+) EXISTS")
+OPEN_CONCURRENCY = 100  # logins in flight while the N connections are set up
+DEADLINE = 120.0  # seconds a round may take before the missing wake-ups are reported
+
+
+# --- the IDLE client: one asyncio.Protocol per connection, timestamps taken on arrival --------
+
+
+class IdleConn(asyncio.Protocol):
+    """LOGIN, SELECT INBOX, IDLE; then every ``* n EXISTS`` is stamped as it arrives."""
+
+    def __init__(self, user: str, on_exists: Callable[[IdleConn, int, float], None]) -> None:
+        self.user, self.on_exists = user, on_exists
+        self.buf = b""
+        self.idling = False
+        self.want: re.Pattern[bytes] | None = None
+        self.got: asyncio.Future[bytes] | None = None
+        self.transport: asyncio.Transport | None = None
+        self.closed = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        now = time.perf_counter()
+        self.buf += data
+        if self.idling:
+            end = self.buf.rfind(b"\n") + 1
+            for m in EXISTS.finditer(self.buf, 0, end):
+                self.on_exists(self, int(m.group(1)), now)
+            self.buf = self.buf[end:]
+        elif self.want is not None and self.got is not None and (m := self.want.search(self.buf)):
+            self.got.set_result(self.buf[: m.end()])
+            self.buf = self.buf[m.end():]
+            self.want = None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.got is not None and not self.got.done():
+            self.got.set_exception(ConnectionError(f"{self.user}: connection closed"))
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    async def expect(self, send: bytes, want: bytes) -> bytes:
+        self.want = re.compile(want, re.M)
+        self.got = asyncio.get_running_loop().create_future()
+        if self.want.search(self.buf):  # already here (the greeting)
+            self.data_received(b"")
+        if send:
+            assert self.transport is not None
+            self.transport.write(send)
+        return await asyncio.wait_for(self.got, DEADLINE)
+
+    async def start(self, password: str) -> None:
+        await self.expect(b"", rb"^\* OK.*\r\n")
+        out = await self.expect(f"a LOGIN {self.user} {password}\r\n".encode(), rb"^a (OK|NO|BAD).*\r\n")
+        if b"a OK" not in out:
+            raise RuntimeError(f"LOGIN {self.user}: {out[-200:]!r}")
+        await self.expect(b"b SELECT INBOX\r\n", rb"^b OK.*\r\n")
+        await self.expect(b"c IDLE\r\n", rb"^\+.*\r\n")
+        self.idling = True
+
+    def stop(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(b"DONE\r\nd LOGOUT\r\n")
+            self.transport.close()
+
+
+class Idlers:
+    """N IDLE connections; ``wait(count)`` until every one has been told ``* count EXISTS``."""
+
+    def __init__(self) -> None:
+        self.conns: list[IdleConn] = []
+        self.seen: dict[int, dict[IdleConn, float]] = {}
+        self.target = 0
+        self.done = asyncio.Event()
+
+    def _on_exists(self, conn: IdleConn, count: int, t: float) -> None:
+        self.seen.setdefault(count, {}).setdefault(conn, t)
+        if count == self.target and len(self.seen[count]) == len(self.conns):
+            self.done.set()
+
+    async def open(self, port: int, users: list[str], n: int, password: str) -> None:
+        loop = asyncio.get_running_loop()
+        sem = asyncio.Semaphore(OPEN_CONCURRENCY)
+
+        async def one(i: int) -> None:
+            async with sem:
+                _, conn = await loop.create_connection(
+                    lambda: IdleConn(users[i % len(users)], self._on_exists), "127.0.0.1", port)
+                self.conns.append(conn)
+                await conn.start(password)
+
+        await asyncio.gather(*(one(i) for i in range(n)))
+
+    async def wait(self, count: int) -> dict[IdleConn, float]:
+        """Arrival time per connection of ``* count EXISTS`` (connections missing at the deadline are absent)."""
+        self.target = count
+        if len(self.seen.get(count, {})) < len(self.conns):
+            self.done.clear()
+            try:
+                await asyncio.wait_for(self.done.wait(), DEADLINE)
+            except TimeoutError:
+                pass
+        return self.seen.get(count, {})
+
+    async def close(self) -> None:
+        for c in self.conns:
+            c.stop()
+        await asyncio.wait_for(asyncio.gather(*(c.closed for c in self.conns)), DEADLINE)
+
+
+# --- delivering one message per user: SMTP (mailsrv) or an MDA's file drop (Dovecot) ----------
+
+
+async def _smtp_reply(r: asyncio.StreamReader) -> bytes:
+    while True:
+        line = await r.readline()
+        if not line:
+            raise ConnectionError("SMTP connection closed")
+        if line[3:4] != b"-":
+            return line
+
+
+async def smtp_deliver(port: int, users: list[str], data: bytes, sessions: int = 10) -> dict[str, float]:
+    """One message to each of ``users`` over ``sessions`` SMTP sessions; the time of each ``250``."""
+    acked: dict[str, float] = {}
+    todo = list(users)
+
+    async def session() -> None:
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        await _smtp_reply(r)
+        w.write(b"EHLO bench.test\r\n")
+        await _smtp_reply(r)
+        while todo:
+            user = todo.pop()
+            w.write(f"MAIL FROM:<bench@remote.test>\r\nRCPT TO:<{user}>\r\nDATA\r\n".encode())
+            for _ in range(3):
+                reply = await _smtp_reply(r)
+                if reply[:1] not in (b"2", b"3"):
+                    raise RuntimeError(f"SMTP to {user}: {reply!r}")
+            w.write(data + b".\r\n")
+            reply = await _smtp_reply(r)
+            if not reply.startswith(b"250"):
+                raise RuntimeError(f"SMTP DATA to {user}: {reply!r}")
+            acked[user] = time.perf_counter()
+        w.write(b"QUIT\r\n")
+        await _smtp_reply(r)
+        w.close()
+
+    await asyncio.gather(*(session() for _ in range(min(sessions, len(users)))))
+    return acked
+
+
+def maildir_drop(new_dirs: dict[str, Path], data: bytes, round_no: int) -> dict[str, float]:
+    """Deliver as an MDA does (tmp/, fsync, rename into new/, fsync new/); the time of each rename."""
+    done: dict[str, float] = {}
+    for user, new in new_dirs.items():
+        name = f"{time.time_ns()}.R{round_no}.bench"
+        tmp = new.parent / "tmp" / name
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chown(tmp, new.stat().st_uid, new.stat().st_gid)
+        os.rename(tmp, new / name)
+        fd = os.open(new, os.O_RDONLY)
+        os.fsync(fd)
+        os.close(fd)
+        done[user] = time.perf_counter()
+    return done
+
+
+# --- the measurement, the same for both servers ----------------------------------------------------
+
+
+def pss_kib(pids: list[int]) -> int:
+    """Proportional set size summed over ``pids`` (/proc/PID/smaps_rollup): shared pages counted once."""
+    total = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
+
+
+async def measure(port: int, users: list[str], n: int, rounds: int, quiet: float, meter: ServerMeter,
+                  deliver: Callable[[list[str], bytes, int], Any]) -> tuple[dict[str, float], list[float], int]:
+    """Open ``n`` IDLE connections and measure; returns (figures, latencies in ms, wake-ups missed)."""
+    pids = meter.pids
+    res: dict[str, float] = {}
+    rss0, pss0 = rss_kib(pids()), pss_kib(pids())
+    idlers = Idlers()
+    t0 = time.perf_counter()
+    await idlers.open(port, users, n, PASSWORD)
+    res["connections set up (LOGIN, SELECT, IDLE)"] = n / (time.perf_counter() - t0)
+    rss1, pss1 = rss_kib(pids()), pss_kib(pids())
+    res["RSS per IDLE connection"] = (rss1 - rss0) / n
+    res["PSS per IDLE connection"] = (pss1 - pss0) / n
+    cpu0 = meter.cpu()
+    await asyncio.sleep(quiet)  # the measurement itself: nothing happens for `quiet` seconds
+    res["server CPU while idle"] = (meter.cpu() - cpu0) * 60 / quiet
+    lat: list[float] = []
+    missed = 0
+    for r in range(1, rounds + 1):
+        data = message(r, repeat=8, lines=20, tag=f"idle{r}.")
+        acked = await deliver(users, data, r)
+        meter.add(len(users))
+        seen = await idlers.wait(r)
+        missed += n - len(seen)
+        lat += [(t - acked[c.user]) * 1000 for c, t in seen.items()]
+    meter.add(n * 3)  # LOGIN, SELECT, IDLE
+    meter.sample()  # before the per-connection processes (Dovecot) exit with their CPU time
+    await idlers.close()
+    if lat:
+        for p in (50, 90, 99):
+            res[f"wake-up latency p{p}"] = percentile(lat, p)
+        res["wake-up latency max"] = max(lat)
+    return res, lat, missed
+
+
+UNITS = {
+    "connections set up (LOGIN, SELECT, IDLE)": ("conn/s", True),
+    "RSS per IDLE connection": ("KiB", False),
+    "PSS per IDLE connection": ("KiB", False),
+    "server CPU while idle": ("CPU s/min", False),
+    "wake-up latency p50": ("ms", False),
+    "wake-up latency p90": ("ms", False),
+    "wake-up latency p99": ("ms", False),
+    "wake-up latency max": ("ms", False),
+}
+
+
+def _mailsrv(base: Path, sizes: dict[str, Any], notes: list[str]) -> tuple[dict[str, float], dict[str, Any]]:
+    n, per_user = sizes["clients"], sizes["per_user"]
+    names = [f"idle{i}" for i in range(max(1, n // per_user))]
+    with Mailsrv(base / "mailsrv", seeds=dict.fromkeys(names), config={"listener": {"imap": {"tls": "none"}}}) as srv:
+        meter = srv.meter("deliveries + IMAP commands")
+        users = [f"{u}@example.test" for u in names]
+        notes.append(f"mailsrv: {n} IDLE connections, {len(users)} users x {n // len(users)}, "
+                     f"{len(srv.pids()) - 1} server processes below the master; RLIMIT_NOFILE client "
+                     f"{resource.getrlimit(resource.RLIMIT_NOFILE)[0]}, server {nofile_of(srv.proc.pid)}")
+
+        async def deliver(users: list[str], data: bytes, _round: int) -> dict[str, float]:
+            return await smtp_deliver(srv.ports["smtp"], users, data)
+
+        ours, _lat, missed = asyncio.run(measure(srv.ports["imap"], users, n, sizes["rounds"], sizes["quiet"],
+                                                 meter, deliver))
+        summary = meter.summary()
+        if srv.errors:
+            notes += [f"mailsrv error: {e}" for e in srv.errors[:3]]
+    if missed:
+        raise SystemExit(f"idle: mailsrv never told {missed} IDLE clients about a delivered message")
+    return ours, summary
+
+
+def _dovecot(base: Path, sizes: dict[str, Any], notes: list[str]) -> tuple[dict[str, float], dict[str, Any] | None]:
+    n = min(sizes["clients"], sizes["dovecot_cap"])
+    names = [f"idle{i}" for i in range(max(1, sizes["clients"] // sizes["per_user"]))]
+    empty = base / "empty"
+    for sub in ("cur", "new", "tmp"):
+        (empty / sub).mkdir(parents=True, exist_ok=True)
+    proc, port, why = start_dovecot(base, "imap", dict.fromkeys(names, empty), DOVECOT_IMAP_SERVICES, b"* OK")
+    if proc is None:
+        notes.append(f"Dovecot baseline missing: {why}")
+        return {}, None
+    try:
+        meter = ServerMeter("dovecot", lambda: dovecot_pids(proc), "deliveries + IMAP commands").start()
+        new_dirs = {u: base / "dmail" / u / "Maildir" / "new" for u in names}
+
+        async def deliver(users: list[str], data: bytes, round_no: int) -> dict[str, float]:
+            return await asyncio.get_running_loop().run_in_executor(None, maildir_drop, new_dirs, data, round_no)
+
+        theirs, _lat, missed = asyncio.run(measure(port, names, n, sizes["rounds"], sizes["quiet"], meter, deliver))
+        summary = meter.summary()
+    finally:
+        stop_dovecot(proc)
+    notes.append(f"Dovecot: {n} IDLE connections (one imap process each), {len(names)} users; messages "
+                 "dropped into the maildir by this process (no MTA): latency from the rename into new/")
+    if missed:
+        notes.append(f"Dovecot missed {missed} wake-ups within {DEADLINE:.0f} s")
+    return theirs, summary
+
+
+def run(size: str) -> dict[str, Any]:
+    sizes = SIZES[size]
+    soft, hard = raise_nofile()
+    notes: list[str] = [f"RLIMIT_NOFILE raised to {soft} (hard limit {hard}) in the client, inherited by the servers"]
+    if soft < sizes["clients"] + 100:
+        raise SystemExit(f"idle: RLIMIT_NOFILE hard limit {hard} is too low for {sizes['clients']} connections")
+    base = Path(tempfile.mkdtemp(prefix="mailsrv-bench-idle-"))
+    os.chmod(base, 0o755)  # Dovecot's processes (nobody) work below it
+    servers = []
+    try:
+        ours, summary = _mailsrv(base, sizes, notes)
+        servers.append(summary)
+        theirs, dsummary = _dovecot(base, sizes, notes)
+        if dsummary is not None:
+            servers.append(dsummary)
+    finally:
+        if (base / "dmail").exists():
+            subprocess.run(["chown", "-R", f"{os.getuid()}:{os.getgid()}", str(base / "dmail")], check=False)
+        shutil.rmtree(base, ignore_errors=True)
+    notes.append("ratio > 1 means mailsrv is better (less memory, less CPU, lower latency, faster set-up); "
+                 "'server CPU while idle' is CPU seconds per minute of all server processes with every "
+                 "connection idle and no mail arriving")
+    return {"scenario": "idle", "results": compare(ours, theirs, UNITS, "dovecot"), "notes": notes,
+            "servers": servers}
