@@ -15,7 +15,7 @@ RFCs and their status here (for docs/rfc-index.md):
 RFC        what                            status  notes
 =========  ==============================  ======  ==========================================
 9051       IMAP4rev2                       yes     ENABLE IMAP4rev2: UTF-8 names, ESEARCH
-3501       IMAP4rev1                       yes     \\Recent per session (not per mailbox)
+3501       IMAP4rev1                       yes     \\Recent per mailbox (store mark; EXAMINE peeks)
 7888       LITERAL+ / LITERAL-             yes     LITERAL+ advertised
 2177       IDLE                            yes     ends after [imap] idle_timeout with BYE
 4315       UIDPLUS                         yes     APPENDUID, COPYUID, UID EXPUNGE

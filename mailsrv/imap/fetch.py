@@ -229,8 +229,9 @@ def render(
 
 
 def render_index(atts: Iterable[FetchAtt], info: Any, *, uid: bool, modseq: bool,
-                 flag_cache: dict[frozenset[str], bytes]) -> bytes:
-    """:func:`render` for index items only; ``flag_cache`` shares the FLAGS text of equal flag sets."""
+                 flag_cache: dict[frozenset[str], bytes], recent: bool = False) -> bytes:
+    """:func:`render` for index items only; ``flag_cache`` shares the FLAGS text of equal flag sets
+    (of messages that are not \\Recent in the session)."""
     out: list[bytes] = []
     seen: set[str] = set()
     if uid:
@@ -243,7 +244,7 @@ def render_index(atts: Iterable[FetchAtt], info: Any, *, uid: bool, modseq: bool
         seen.add(n)
         if n == "FLAGS":
             flags = info.flags
-            text = flag_cache.get(flags)
+            text = _flags(flags, True) if recent else flag_cache.get(flags)
             if text is None:
                 text = flag_cache[flags] = flag_list(sorted(flags))
             out.append(b"FLAGS " + text)

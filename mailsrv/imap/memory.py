@@ -110,6 +110,8 @@ class _Box:
     data: dict[int, bytes] = field(default_factory=dict)
     #: uid -> modseq at which it was expunged
     expunged: dict[int, int] = field(default_factory=dict)
+    #: RFC 3501 \\Recent: UIDs from here on were recent in no session yet (Engine.claim_recent)
+    first_recent: int = 1
 
 
 class MemoryWatch:
@@ -253,6 +255,17 @@ class MemoryAccount:
 
     async def open_mailbox(self, name: str) -> MemoryView:
         return MemoryView(self, self._box(name))
+
+    async def claim_recent(self, mailbox: str, upto: int | None = None) -> int:
+        box = self._box(mailbox)
+        first = box.first_recent
+        if upto is not None:
+            box.first_recent = max(first, upto)
+        return first
+
+    async def recent_count(self, mailbox: str) -> int:
+        box = self._box(mailbox)
+        return sum(1 for u in box.msgs if u >= box.first_recent)
 
     # messages
 

@@ -192,7 +192,7 @@ class MessageCommands:
             return
         whole = fetchmod.whole_message_att(atts)
         for seq, info in zip(seqs, selected, strict=True):
-            if whole is not None and info.size > STREAM_AT and info.uid not in self.recent:
+            if whole is not None and info.size > STREAM_AT:
                 # A big message is copied to the client in chunks, never held whole.
                 new = seen_now.get(info.uid)
                 try:
@@ -287,7 +287,8 @@ class MessageCommands:
         others = [a for a in atts if a is not whole]
         if flags_changed and not any(a.name == "FLAGS" for a in others):
             others.append(fetchmod.FetchAtt("FLAGS"))
-        items = fetchmod.render_index(others, info, uid=uid, modseq=self.condstore, flag_cache={})[1:-1]
+        items = fetchmod.render_index(others, info, uid=uid, modseq=self.condstore, flag_cache={},
+                                      recent=info.uid in self.recent)[1:-1]
         start, end = 0, info.size
         origin = b""
         if whole.partial is not None:

@@ -161,9 +161,8 @@ class Session(MessageCommands):
         self.bad_commands = 0
         self.compressed = False
         self.saved: list[int] = []
-        #: RFC 3501 §2.3.2 \Recent for IMAP4rev1 clients: uids that arrived while this session had
-        #: the mailbox selected. deviation: several sessions may each see a message as recent
-        #: (the store keeps no per-mailbox "first session" marker).
+        #: RFC 3501 §2.3.2 \Recent for IMAP4rev1 clients: the uids this session claimed from the
+        #: mailbox's durable recent mark (:meth:`_claim_recent`); no other session holds them.
         self.recent: set[int] = set()
         #: (uid, modseq) of flag changes this session already reported (STORE), not echoed again
         self._reported: dict[int, int] = {}
@@ -327,10 +326,12 @@ class Session(MessageCommands):
             for uid in changes.expunged:
                 self._reported.pop(uid, None)
         self.recent.difference_update(changes.expunged)
+        if changes.added and not self.rev2:
+            self.recent.update(await self._claim_recent(changes.added))
         if changes.added or changes.expunged:
             self.w(b"* %d EXISTS\r\n" % len(messages))
+            # RFC 3501 §7.3.2: RECENT with EXISTS when messages arrive (as Dovecot does)
             if not self.rev2 and changes.added:
-                self.recent.update(m.uid for m in changes.added)
                 self.w(b"* %d RECENT\r\n" % len(self.recent))
         for info in changes.flags:
             if self._reported.get(info.uid) == info.modseq:
@@ -340,6 +341,29 @@ class Session(MessageCommands):
                 self.w(fetchmod.flags_response(seq, info, uid=self.qresync, modseq=self.condstore,
                                                recent=info.uid in self.recent))
         self._reported.clear()
+
+    async def _claim_recent(self, messages: Sequence[Any]) -> set[int]:
+        """The uids among ``messages`` (ascending, the newest of the view) that are \\Recent here.
+
+        RFC 3501 §2.3.2: a message is recent in exactly one session, the first to be told of it.
+        The store keeps a durable per-mailbox mark (the first UID no session has claimed) that
+        SELECT and new-message announcements raise atomically across processes. EXAMINE only
+        reads it, as Dovecot does: a read-only session does not take \\Recent from the next
+        SELECT. IMAP4rev2 sessions (RFC 9051 §2.3.2 has no \\Recent) neither read nor claim.
+        Never raises: a store failure leaves the messages not recent (and logged).
+        """
+        if not messages or self.rev2:
+            return set()
+        upto = None if self.readonly else messages[-1].uid + 1
+        try:
+            first = await self.acct.claim_recent(self.view.name, upto)
+        except _PASS_THROUGH:
+            raise
+        except Exception as exc:
+            logger.warning("recent.claim_failed", error=type(exc).__name__, detail=str(exc)[:200])
+            return set()
+        i = bisect_left(messages, first, key=lambda m: m.uid)
+        return {m.uid for m in messages[i:]}
 
     # -- any state ---------------------------------------------------------------------------
 
@@ -395,6 +419,9 @@ class Session(MessageCommands):
         maildir = self.cfg.data_dir / account.store if getattr(account, "store", "") else None
         try:
             self.acct = await self.store.account(str(account.id), maildir)
+            domain = getattr(account, "domain", None)
+            if domain and getattr(self.acct, "domain", domain) != domain:
+                await self.acct.set_domain(domain)  # the domain quota root (RFC 9208) counts this user
         except Exception as exc:
             logger.error("store.open_failed", error=store_error_name(exc))
             raise ImapError("NO", "Mailbox store unavailable, try later", "UNAVAILABLE") from None
@@ -520,9 +547,10 @@ class Session(MessageCommands):
                 if not f.startswith("\\"):
                     keywords.add(f)
         flags = list(SYSTEM_FLAGS) + sorted(keywords)
+        self.recent = await self._claim_recent(messages)
         self.w(b"* %d EXISTS\r\n" % len(messages))
         if not self.rev2:
-            self.w(b"* 0 RECENT\r\n")
+            self.w(b"* %d RECENT\r\n" % len(self.recent))
         self.w(b"* FLAGS " + resp.flag_list(flags) + b"\r\n")
         if readonly:
             self.w(b"* OK [PERMANENTFLAGS ()] Read-only mailbox\r\n")
@@ -670,7 +698,8 @@ class Session(MessageCommands):
             elif item == "UNSEEN":
                 out.append(b"UNSEEN %d" % info.unseen)
             elif item == "RECENT":
-                out.append(b"RECENT 0")
+                # RFC 3501 §6.3.10: messages no session has seen as \Recent yet
+                out.append(b"RECENT %d" % await self.acct.recent_count(name))
             elif item == "SIZE":
                 out.append(b"SIZE %d" % info.size)
             elif item == "HIGHESTMODSEQ":
@@ -787,13 +816,40 @@ class Session(MessageCommands):
 
     async def cmd_getquotaroot(self, cmd: Command) -> None:
         name = self._name_in(cmd.args["mailbox"])
-        self.w(b"* QUOTAROOT " + self._name_out(name) + b' ""\r\n')
+        # RFC 9208 §4.2: every root the mailbox is in: the user's ("") and the domain's, when limited
+        domain = await self._domain_root()
+        extra = b" " + domain[0].encode() if domain is not None else b""
+        self.w(b"* QUOTAROOT " + self._name_out(name) + b' ""' + extra + b"\r\n")
         await self._quota()
+        if domain is not None:
+            self._domain_quota(*domain)
 
     async def cmd_getquota(self, cmd: Command) -> None:
         if cmd.args["root"] != b"":
-            raise ImapError("NO", "No such quota root", "NONEXISTENT")
+            domain = await self._domain_root()
+            if domain is None or cmd.args["root"].lower() != domain[0].encode():
+                raise ImapError("NO", "No such quota root", "NONEXISTENT")
+            self._domain_quota(*domain)
+            return
         await self._quota()
+
+    async def _domain_root(self) -> tuple[str, Any, Any] | None:
+        """(domain, usage, limits) of the user's domain quota root, or None when the domain is unlimited."""
+        domain = getattr(self.acct, "domain", None)
+        if not domain:
+            return None
+        limits = await self.acct.domain_limits()
+        if limits.storage is None and limits.messages is None:
+            return None
+        return domain, await self.acct.domain_usage(), limits
+
+    def _domain_quota(self, domain: str, usage: Any, limits: Any) -> None:
+        items = []
+        if limits.storage is not None:
+            items.append(b"STORAGE %d %d" % (-(-usage.storage // 1024), limits.storage // 1024))
+        if limits.messages is not None:
+            items.append(b"MESSAGE %d %d" % (usage.messages, limits.messages))
+        self.w(b"* QUOTA " + domain.encode() + b" (" + b" ".join(items) + b")\r\n")
 
     async def _quota(self) -> None:
         # RFC 9208 §5.1: STORAGE in units of 1024 octets, MESSAGE in messages; only limited resources.

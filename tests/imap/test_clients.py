@@ -43,7 +43,8 @@ def test_append_fetch_store_expunge_imaplib(server: ServerHandle) -> None:
     typ, data = c.fetch("1", "(FLAGS RFC822.SIZE INTERNALDATE UID)")
     assert typ == "OK"
     line = data[0]
-    assert b"FLAGS (\\Flagged)" in line and b"RFC822.SIZE %d" % len(MSG) in line and b"UID 1" in line
+    # RFC 3501 §2.3.2: this first SELECT since the APPENDs holds them as \Recent
+    assert b"FLAGS (\\Flagged \\Recent)" in line and b"RFC822.SIZE %d" % len(MSG) in line and b"UID 1" in line
     assert b'INTERNALDATE "14-Nov-2023 22:13:20 +0000"' in line
     typ, data = c.fetch("1", "(BODY.PEEK[HEADER.FIELDS (Subject)])")
     assert data[0][1] == b"Subject: Hello there\r\n\r\n"

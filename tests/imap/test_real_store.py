@@ -69,7 +69,7 @@ def test_imaplib_on_real_store(real: ServerHandle) -> None:
     assert data == [b"2"]
     typ, data = c.fetch("1:2", "(UID FLAGS BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
     assert data[0][1] == b"Subject: real store\r\n\r\n"
-    assert b"FLAGS (\\Seen)" in data[0][0]
+    assert b"FLAGS (\\Seen \\Recent)" in data[0][0]  # the first SELECT since the APPEND
     typ, data = c.search(None, "UNSEEN")
     assert data == [b"2"]
     c.create("Archive/2026")
@@ -222,7 +222,7 @@ def test_big_append_is_streamed_through_a_spool_file(real: ServerHandle, monkeyp
     typ, data = c.fetch("1", "(BODY.PEEK[]<100.50>)")
     assert data[0][0] == b"1 (BODY[]<100> {50}" and data[0][1] == big[100:150]
     typ, data = c.uid("FETCH", "1", "(RFC822)")
-    assert data[0][0].startswith(b"1 (UID 1 FLAGS (\\Seen) RFC822 {") and data[0][1] == big
+    assert data[0][0].startswith(b"1 (UID 1 FLAGS (\\Seen \\Recent) RFC822 {") and data[0][1] == big
     c.logout()
     # a big literal in a command that turns out malformed: refused, and its spool file removed
     raw = Raw(real.host, real.port)

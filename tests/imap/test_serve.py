@@ -7,6 +7,7 @@ whichever worker holds it: the change travels through the store's files, not mem
 from __future__ import annotations
 
 import imaplib
+import os
 import re
 import ssl
 import subprocess
@@ -172,3 +173,101 @@ def test_starttls_listener(served: tuple[ServerProcess, ssl.SSLContext]) -> None
     typ, data = c.list()
     assert typ == "OK" and any(b"\\Sent" in line for line in data)
     c.logout()
+
+
+def _server_inode(server_port: int, client_port: int) -> int:
+    """The socket inode of the server side of a loopback TCP connection (/proc/net/tcp)."""
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            f = line.split()
+            if int(f[1].rsplit(":", 1)[1], 16) == server_port and int(f[2].rsplit(":", 1)[1], 16) == client_port:
+                return int(f[9])
+    raise AssertionError(f"no server socket for client port {client_port}")
+
+
+def _worker_of(server: ServerProcess, conn: imaplib.IMAP4, port: int) -> int:
+    """The pid of the worker process holding ``conn``."""
+    needle = f"socket:[{_server_inode(port, conn.sock.getsockname()[1])}]"
+    for pid in server.worker_pids():
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                if os.readlink(fd) == needle:
+                    return pid
+            except FileNotFoundError:
+                continue
+    raise AssertionError("connection held by no worker")
+
+
+def _recent(c: imaplib.IMAP4) -> int:
+    return int(c.response("RECENT")[1][0] or 0)
+
+
+def test_recent_is_claimed_once_across_workers(served: tuple[ServerProcess, ssl.SSLContext]) -> None:
+    """RFC 3501 §2.3.2: \\Recent in exactly one session, whichever worker holds the others."""
+    server, ctx = served
+    port = server.ports["imaps"]
+
+    def connect() -> imaplib.IMAP4_SSL:
+        c = imaplib.IMAP4_SSL("127.0.0.1", port, ssl_context=ctx, timeout=20)
+        c.login("alice@example.test", "wonderland")
+        return c
+
+    feeder = connect()
+    assert feeder.create("RecentBox")[0] == "OK"
+    for i in range(3):
+        feeder.append("RecentBox", "", None, MSG.replace(b"across workers", b"recent %d" % i))  # type: ignore[arg-type]
+    # one session on each worker (connections land where the kernel puts them: open until both are hit)
+    by_worker: dict[int, imaplib.IMAP4_SSL] = {}
+    spare = []
+    for _ in range(40):
+        c = connect()
+        pid = _worker_of(server, c, port)
+        if pid in by_worker:
+            spare.append(c)
+        else:
+            by_worker[pid] = c
+        if len(by_worker) == 2:
+            break
+    for c in spare:
+        c.logout()
+    assert len(by_worker) == 2, "all connections landed on one worker"
+    a, b = by_worker.values()
+    typ, data = a.select("RecentBox")
+    assert data == [b"3"] and _recent(a) == 3
+    typ, data = a.fetch("1:3", "(FLAGS)")
+    assert all(b"\\Recent" in line for line in data)
+    typ, data = b.select("RecentBox")
+    assert data == [b"3"] and _recent(b) == 0
+    typ, data = b.search(None, "RECENT")
+    assert data == [b""]
+    assert b"RECENT 0" in feeder.status("RecentBox", "(RECENT)")[1][0]
+    # new mail: the first session told of it (b, by its NOOP) holds it; a, told later, does not
+    feeder.append("RecentBox", "", None, MSG)  # type: ignore[arg-type]
+    assert b"RECENT 1" in feeder.status("RecentBox", "(RECENT)")[1][0]
+    b.noop()
+    assert _recent(b) == 1
+    a.noop()
+    assert _recent(a) == 3
+    typ, data = b.fetch("4", "(FLAGS)")
+    assert b"\\Recent" in data[0]
+    typ, data = a.fetch("4", "(FLAGS)")
+    assert b"\\Recent" not in data[0]
+    # several sessions racing to SELECT new mail: each message is recent in exactly one of them
+    for _ in range(4):
+        feeder.append("RecentBox", "", None, MSG)  # type: ignore[arg-type]
+    racers = [connect() for _ in range(4)]
+    counts: list[int] = []
+
+    def select(c: imaplib.IMAP4_SSL) -> None:
+        c.select("RecentBox")
+        typ, data = c.search(None, "RECENT")
+        counts.extend(int(n) for n in data[0].split())
+
+    threads = [threading.Thread(target=select, args=(c,)) for c in racers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert sorted(counts) == [5, 6, 7, 8]
+    for c in (*racers, a, b, feeder):
+        c.logout()

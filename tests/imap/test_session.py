@@ -101,12 +101,13 @@ def test_store_silent_and_echo_once() -> None:
     async def go() -> None:
         d, _ = await _logged_in(2)
         await d(b"s SELECT INBOX")
-        assert await d(b"a STORE 1 +FLAGS (\\Seen)") == [b"* 1 FETCH (FLAGS (\\Seen))", b"a OK STORE completed"]
+        # the first SELECT holds both messages as \Recent (RFC 3501 §2.3.2)
+        assert await d(b"a STORE 1 +FLAGS (\\Seen)") == [b"* 1 FETCH (FLAGS (\\Seen \\Recent))", b"a OK STORE completed"]
         assert await d(b"b STORE 2 +FLAGS.SILENT (\\Seen)") == [b"b OK STORE completed"]
         # our own change is not reported a second time at the next NOOP
         assert await d(b"c NOOP") == [b"c OK NOOP completed"]
         assert await d(b"d UID STORE 2 FLAGS (foo \\flagged)") == [
-            b"* 2 FETCH (UID 2 FLAGS (\\Flagged foo))", b"d OK UID STORE completed"]
+            b"* 2 FETCH (UID 2 FLAGS (\\Flagged foo \\Recent))", b"d OK UID STORE completed"]
         assert await d(b"e STORE 3 FLAGS (x)") == [b"e BAD [CLIENTBUG] Invalid message sequence number"]
         await d(b"f EXAMINE INBOX")
         assert await d(b"g STORE 1 FLAGS (x)") == [b"g NO [READ-ONLY] Mailbox is read-only"]
