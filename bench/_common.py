@@ -8,7 +8,6 @@ Not a scenario (the leading underscore keeps it out of ``python -m bench``).
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import resource
@@ -68,39 +67,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def listening_socket(port: int, backlog: int) -> socket.socket:
-    """A non-blocking listening socket on 127.0.0.1:``port`` (for a child's Listener)."""
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", port))
-    sock.listen(backlog)
-    sock.setblocking(False)
-    return sock
-
-
-def fork_server(child: Callable[[Path, int, int], None], base: Path) -> tuple[int, int]:
-    """Fork ``child(base, port, ready_fd)`` on a free port; returns (pid, port) once it wrote b"1" to ready_fd."""
-    port = free_port()
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child
-        os.close(r)
-        try:
-            child(base, port, w)
-        finally:
-            os._exit(0)
-    os.close(w)
-    with os.fdopen(r, "rb") as f:
-        if f.read(1) != b"1":
-            raise RuntimeError("mailsrv bench server did not start")
-    return pid, port
-
-
-def stop_child(pid: int, sig: int = signal.SIGTERM) -> None:
-    os.kill(pid, sig)
-    os.waitpid(pid, 0)
 
 
 # --- the server's resources: file descriptors, CPU seconds, peak RSS (from /proc) ----------
@@ -374,16 +340,7 @@ class Mailsrv:
         self.stop()
 
 
-# --- mailsrv in the child ------------------------------------------------------------------
-
-
-def cheap_auth_config() -> Any:
-    """Plain text allowed on loopback, argon2id with cheap parameters, no throttling:
-    session rates measure the protocol, not hashing."""
-    from mailsrv.config import AuthConfig
-
-    return AuthConfig(allow_plaintext_loopback=True, argon2_time_cost=1, argon2_memory_kib=1024,
-                      ip_block_failures=10**6, ip_throttle_failures=10**6)
+# --- users and their stores ------------------------------------------------------------------
 
 
 def add_users(base: Path, acfg: Any, seeds: dict[str, Path | None]) -> None:
@@ -403,16 +360,6 @@ def add_users(base: Path, acfg: Any, seeds: dict[str, Path | None]) -> None:
             continue
         (base / accounts[name].store).parent.mkdir(parents=True, exist_ok=True)
         shutil.copytree(seed, base / accounts[name].store)
-
-
-async def serve_forever(name: str, lcfg: Any, cfg: Any, sock: socket.socket, service: Any, ready: int) -> None:
-    """Run ``service`` behind a Listener on ``sock``, tell the parent on ``ready``, serve until killed."""
-    from mailsrv.net.listener import Listener
-
-    lst = Listener(name, lcfg, cfg.limits, [sock], service, None)
-    await lst.start()
-    os.write(ready, b"1")
-    await asyncio.Event().wait()
 
 
 # --- Dovecot -----------------------------------------------------------------------------

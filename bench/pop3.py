@@ -7,11 +7,12 @@ Two measurements, as issue 7 asks:
 - MB/s of RETR on a maildrop of large messages (octets of the multi-line
   responses, dot-stuffing included, as the client receives them).
 
-Both servers serve copies of the same maildirs. mailsrv runs in a child
-process (real store, directory and authenticator; no TLS, plain-text login
-allowed on loopback, argon2id with cheap parameters so the rate measures POP3,
-not hashing); Dovecot runs with its own config and a {PLAIN} passdb (the
-cheaper side: a conservative baseline).
+Both servers serve copies of the same maildirs. mailsrv is ``mailsrv serve``
+from a fresh ``mailsrv init`` (bench/_common.Mailsrv: no TLS on the pop3
+listener, plain-text login allowed on loopback, argon2id with cheap parameters
+so the rate measures POP3, not hashing); Dovecot runs with its own config and a
+{PLAIN} passdb (the cheaper side: a conservative baseline). This process is
+the client.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -28,16 +28,13 @@ from typing import Any
 
 from ._common import (
     PASSWORD,
-    add_users,
-    cheap_auth_config,
+    Mailsrv,
+    ServerMeter,
     compare,
+    dovecot_pids,
     fill_maildir,
-    fork_server,
-    listening_socket,
     message,
-    serve_forever,
     start_dovecot,
-    stop_child,
     stop_dovecot,
 )
 
@@ -98,7 +95,7 @@ class Client:
             pass
 
 
-async def _session(port: int, user: str) -> int:
+async def _session(port: int, user: str, meter: ServerMeter) -> int:
     c = await Client.connect(port)
     await c.cmd(f"USER {user}")
     await c.cmd(f"PASS {PASSWORD}")
@@ -108,57 +105,26 @@ async def _session(port: int, user: str) -> int:
         total += await c.multi(f"RETR {i}")
     await c.cmd("QUIT")
     await c.close()
+    meter.add(count + 4)
     return total
 
 
-async def _measure(port: int, small: str, big: str, sizes: dict[str, int]) -> dict[str, float]:
+async def _measure(port: int, small: str, big: str, sizes: dict[str, int], meter: ServerMeter) -> dict[str, float]:
     res: dict[str, float] = {}
-    await _session(port, small)  # warm-up: first login indexes the maildrop and counts sizes
+    await _session(port, small, meter)  # warm-up: first login indexes the maildrop and counts sizes
     n = sizes["sessions"]
     t0 = time.perf_counter()
     for _ in range(n):
-        await _session(port, small)
+        await _session(port, small, meter)
     res["LOGIN-STAT-RETR-all-QUIT (1000 messages)"] = n / (time.perf_counter() - t0)
-    await _session(port, big)  # warm-up (page cache, index)
+    await _session(port, big, meter)  # warm-up (page cache, index)
     best = 0.0
     for _ in range(sizes["rounds"]):
         t0 = time.perf_counter()
-        octets = await _session(port, big)
+        octets = await _session(port, big, meter)
         best = max(best, octets / (time.perf_counter() - t0) / 1e6)
     res["RETR throughput"] = best
     return res
-
-
-# --- mailsrv in a child process ---------------------------------------------------------------
-
-
-def _mailsrv_child(base: Path, port: int, ready: int) -> None:
-    import uvloop
-
-    from mailsrv import log
-    from mailsrv.auth import Authenticator
-    from mailsrv.config import Config, DirectoryConfig, ListenerConfig, ServerConfig, StoreConfig
-    from mailsrv.directory import open_directory
-    from mailsrv.net.service import ServiceContext
-    from mailsrv.pop3.maildrop import StoreMaildrops
-    from mailsrv.pop3.server import Pop3Service
-    from mailsrv.store import Store
-
-    log.configure("warning")
-    acfg = cheap_auth_config()
-    add_users(base, acfg, {name: base / f"seed-{name}" for name in ("small", "big")})
-
-    async def main() -> None:
-        sock = listening_socket(port, 1024)
-        lcfg = ListenerConfig(protocol="pop3", bind=(f"127.0.0.1:{port}",), idle_timeout=600)
-        cfg = Config(server=ServerConfig(data_dir=base), listener={"pop3": lcfg})
-        ctx = ServiceContext(config=cfg, name="pop3", listener=lcfg, ssl_context=None)
-        store = Store(StoreConfig(), base)
-        service = Pop3Service(ctx, auth=Authenticator(open_directory(DirectoryConfig(), base), acfg),
-                              maildrops=StoreMaildrops(store, base))
-        await serve_forever("pop3", lcfg, cfg, sock, service, ready)
-
-    uvloop.run(main())
 
 
 # --- Dovecot --------------------------------------------------------------------------------------
@@ -201,31 +167,30 @@ def run(size: str) -> dict[str, Any]:
     ]
     base = Path(tempfile.mkdtemp(prefix="mailsrv-bench-pop3-"))
     os.chmod(base, 0o755)
-    pid = 0
     proc = None
     ours: dict[str, float] = {}
     theirs: dict[str, float] = {}
+    servers = []
     try:
-        (base / "m").mkdir()
         _fill(base / "seed-small", [_message(i) for i in range(sizes["messages"])])
         _fill(base / "seed-big", [_big_message(i, sizes["big_size"]) for i in range(sizes["big"])])
-        for name in ("seed-small", "seed-big"):
-            shutil.copytree(base / name, base / "m" / name)
-        pid, port = fork_server(_mailsrv_child, base / "m")
-        ours = asyncio.run(_measure(port, "small@example.test", "big@example.test", sizes))
-        stop_child(pid)
-        pid = 0
+        seeds: dict[str, Path | None] = {name: base / f"seed-{name}" for name in ("small", "big")}
+        with Mailsrv(base / "mailsrv", seeds=seeds, config={"listener": {"pop3": {"tls": "none"}}}) as srv:
+            meter = srv.meter("POP3 commands")
+            ours = asyncio.run(_measure(srv.ports["pop3"], "small@example.test", "big@example.test", sizes, meter))
+            servers.append(meter.summary())
         proc, dport, why = _start_dovecot(base)
         if proc is None:
             notes.append(f"Dovecot baseline missing: {why}")
         else:
-            theirs = asyncio.run(_measure(dport, "small", "big", sizes))
+            p = proc
+            dmeter = ServerMeter("dovecot", lambda: dovecot_pids(p), "POP3 commands").start()
+            theirs = asyncio.run(_measure(dport, "small", "big", sizes, dmeter))
+            servers.append(dmeter.summary())
     finally:
-        if pid:
-            stop_child(pid, signal.SIGKILL)
         if proc is not None:
             stop_dovecot(proc)
         shutil.rmtree(base, ignore_errors=True)
     results = compare(ours, theirs, UNITS, "dovecot")
     notes.append("ratio > 1 means mailsrv is faster")
-    return {"scenario": "pop3", "results": results, "notes": notes}
+    return {"scenario": "pop3", "results": results, "notes": notes, "servers": servers}
