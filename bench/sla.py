@@ -26,73 +26,20 @@ import os
 import re
 import secrets
 import shutil
-import signal
 import socket
 import ssl
 import statistics
-import subprocess
-import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from aiosmtpd.smtp import SMTP
 
+from ._common import Mailsrv, percentile
+
 SLA_AVERAGE = 60.0  # seconds: "average delivery latency under one minute"
 SLA_MAX = 3600.0  # seconds: "none over an hour"
-BOUND = re.compile(r"listener\.bound name=(\S+) proto=\S+ addr=\S+:(\d+)")
-
-
-# -- the server under test -----------------------------------------------------
-
-
-class Server:
-    def __init__(self, base: Path, sink_port: int) -> None:
-        self.base = base
-        subprocess.run(
-            [sys.executable, "-m", "mailsrv", "init", "--dir", str(base), "--demo", "--any-port",
-             "--hostname", "mail.example.test"],
-            check=True, capture_output=True,
-        )
-        with open(base / "mailsrv.toml", "a") as fh:
-            fh.write(f'\n[queue.route."remote.test"]\nsmarthost = "127.0.0.1:{sink_port}"\ntls = "none"\n')
-        self.passwords = {
-            line.split()[3]: line.split()[5] for line in (base / "demo-users.txt").read_text().splitlines()
-        }
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mailsrv", "serve", "-c", str(base / "mailsrv.toml")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        )
-        self.ports: dict[str, int] = {}
-        self.errors: list[str] = []
-        ready = threading.Event()
-
-        def read() -> None:
-            assert self.proc.stderr is not None
-            for line in self.proc.stderr:
-                if m := BOUND.search(line):
-                    self.ports[m.group(1)] = int(m.group(2))
-                if "master.ready" in line:
-                    ready.set()
-                if " error " in line:
-                    self.errors.append(line.strip())
-            ready.set()
-
-        threading.Thread(target=read, daemon=True).start()
-        if not ready.wait(60) or self.proc.poll() is not None:
-            raise RuntimeError("mailsrv did not start: " + "\n".join(self.errors[-5:]))
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-
-    def tls(self) -> ssl.SSLContext:
-        return ssl.create_default_context(cafile=str(self.base / "tls" / "cert.pem"))
 
 
 class Sink:
@@ -314,11 +261,6 @@ async def _jmap_reader(port: int, ctx: ssl.SSLContext, user: str, password: str,
 # -- the scenario ---------------------------------------------------------------------
 
 
-def _pct(xs: list[float], p: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(p * len(xs)))] if xs else float("nan")
-
-
 def run(size: str) -> dict[str, Any]:
     if size == "smoke":
         seconds, rate, sessions = 3.0, 20.0, 2
@@ -333,9 +275,11 @@ def run(size: str) -> dict[str, Any]:
     sink_sock.listen(100)
     server = None
     try:
-        server = Server(base / "srv", sink_sock.getsockname()[1])
+        route = {"smarthost": f"127.0.0.1:{sink_sock.getsockname()[1]}", "tls": "none"}
+        server = Mailsrv(base / "srv", demo=True, config={"queue": {"route": {"remote.test": route}}})
+        meter = server.meter("messages accepted")
         pw = server.passwords
-        ctx = server.tls()
+        ctx = ssl.create_default_context(cafile=str(server.base / "tls" / "cert.pem"))
 
         async def main() -> tuple[list[dict], dict, list[Idle]]:
             sink_server = await asyncio.get_running_loop().create_server(
@@ -373,6 +317,8 @@ def run(size: str) -> dict[str, Any]:
             return sent, stats, idles
 
         sent, stats, idles = asyncio.run(main())
+        meter.add(sum(1 for s in sent if "t_250" in s and "error" not in s))
+        servers = [meter.summary()]
     finally:
         if server is not None:
             server.stop()
@@ -409,13 +355,13 @@ def run(size: str) -> dict[str, Any]:
     results = [
         {"name": "inbound messages accepted", "unit": "msgs", "value": len(accepted)},
         {"name": "inbound rate achieved", "unit": "msgs/s", "value": round(len(accepted) / seconds, 1)},
-        {"name": "end-of-DATA to 250, p50", "unit": "ms", "value": round(_pct(ack, 0.5) * 1000, 2)},
-        {"name": "end-of-DATA to 250, p99", "unit": "ms", "value": round(_pct(ack, 0.99) * 1000, 2)},
+        {"name": "end-of-DATA to 250, p50", "unit": "ms", "value": round(percentile(ack, 50) * 1000, 2)},
+        {"name": "end-of-DATA to 250, p99", "unit": "ms", "value": round(percentile(ack, 99) * 1000, 2)},
         {"name": "delivery latency (DATA end to IDLE EXISTS), average", "unit": "ms",
          "value": round(statistics.fmean(lat) * 1000, 2) if lat else -1.0,
          "baseline": {"name": "SLA bound (average)", "value": SLA_AVERAGE * 1000},
          "ratio": round(SLA_AVERAGE / statistics.fmean(lat), 1) if lat else None},
-        {"name": "delivery latency, p99", "unit": "ms", "value": round(_pct(lat, 0.99) * 1000, 2)},
+        {"name": "delivery latency, p99", "unit": "ms", "value": round(percentile(lat, 99) * 1000, 2)},
         {"name": "delivery latency, max", "unit": "ms", "value": round(max(lat) * 1000, 2) if lat else -1.0,
          "baseline": {"name": "SLA bound (maximum)", "value": SLA_MAX * 1000},
          "ratio": round(SLA_MAX / max(lat), 1) if lat else None},
@@ -437,4 +383,4 @@ def run(size: str) -> dict[str, Any]:
     notes += [f"error: {e}" for e in errors[:5]]
     if lost or out_lost:
         raise SystemExit(f"sla: LOST MESSAGES: inbound {lost[:10]} outbound {out_lost[:10]}")
-    return {"scenario": "sla", "results": results, "notes": notes}
+    return {"scenario": "sla", "results": results, "notes": notes, "servers": servers}
