@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import hashlib
 import ipaddress
 import os
 import re
@@ -36,11 +35,12 @@ from mailsrv.config import PolicyConfig
 from mailsrv.directory import Directory
 from mailsrv.net.dns import Resolver
 from mailsrv.policy import authresults, dmarc, reputation, spf
+from mailsrv.policy.bayes import Bayes, message_digest, tokens
 from mailsrv.policy.clamd import Clamd, ClamdUnavailable, ScanResult
 from mailsrv.policy.dkimverify import ArcResult, DkimResult, verify_arc, verify_dkim
 from mailsrv.policy.headers import from_domains, header_end, split_fields
 from mailsrv.policy.lists import Lists, ListSource, Match
-from mailsrv.policy.score import Facts, RspamdScorer, RuleScorer, Score, Scorer
+from mailsrv.policy.score import Facts, RspamdLearner, RspamdScorer, RuleScorer, Score, Scorer
 from mailsrv.policy.seats import DirectorySeats, SeatSource, outside_limit
 from mailsrv.policy.state import PolicyState
 from mailsrv.policy.strip import strip_infected
@@ -110,6 +110,10 @@ class Policy:
         self.lists = Lists(lists)
         self.scorer: Scorer = scorer or (RspamdScorer(cfg.rspamd_url) if cfg.rspamd_url else RuleScorer())
         self.clamd = clamd or (Clamd(cfg.clamd_socket, timeout=cfg.clamd_timeout) if cfg.clamd_socket else None)
+        # docs/policy.md "Learning": rspamd learns when it scores, else our own learner
+        self.rspamd_learner = RspamdLearner(cfg.rspamd_controller_url or cfg.rspamd_url,
+                                            password=cfg.rspamd_password) if cfg.rspamd_url else None
+        self.bayes = Bayes(state, cfg) if cfg.bayes and state is not None and self.rspamd_learner is None else None
         self.is_local_domain = is_local_domain
         self.executor = executor
         self.seats = seats
@@ -159,10 +163,48 @@ class Policy:
         label = training_label(from_mailbox, to_mailbox)
         if label is None or self.state is None:
             return label
-        digest = hashlib.sha256(message[header_end(message):]).hexdigest()
-        await self.state.record_training(account.lower(), label, digest)
-        logger.info("policy.trained", account=account, label=label)
+        await self.state.record_training(account.lower(), label, message_digest(message))
+        try:
+            learned = await self.learn(label, message, self.learn_scopes(account))
+        except Exception as exc:  # a learner failure never fails the user's move
+            logger.warning("policy.learn_failed", account=account, label=label, error=str(exc))
+            learned = False
+        logger.info("policy.trained", account=account, label=label, learned=learned)
         return label
+
+    def learn_scopes(self, account: str) -> list[str]:
+        """Where a user's verdict is learned: their domain, and the user with ``bayes_per_user``."""
+        scopes = [_domain(account)]
+        if self.cfg.bayes_per_user:
+            scopes.append(account.lower())
+        return scopes
+
+    async def learn(self, label: str, message: bytes, scopes: Sequence[str]) -> bool:
+        """Learn ``message`` as "spam" or "ham": through rspamd's controller when rspamd scores, else in our
+        learner's ``scopes``. True when something learned it (False: known already, or no learner).
+        Raises what the learner raises (rspamd unreachable: ``aiohttp.ClientError``, ``RspamdLearnError``)."""
+        if self.rspamd_learner is not None:
+            return await self.rspamd_learner.learn(label, message)
+        if self.bayes is None:
+            return False
+        toks = await asyncio.get_running_loop().run_in_executor(self.executor, tokens, message)
+        return await self.bayes.learn(scopes, label, message, toks)
+
+    async def classify(self, message: bytes, recipients: Sequence[str]) -> tuple[str, float] | None:
+        """The learner's rule for an inbound message to ``recipients`` (None: no learner, or not trained enough).
+
+        Scopes summed: the server, the recipients' domains, and a lone recipient with ``bayes_per_user``."""
+        if self.bayes is None:
+            return None
+        scopes = ["", *sorted({_domain(r) for r in recipients})]
+        if self.cfg.bayes_per_user and len(recipients) == 1:
+            scopes.append(recipients[0].lower())
+        nspam, nham = await self.bayes.totals(scopes)  # before tokenizing: an untrained learner costs one query
+        if nspam < self.cfg.bayes_min_spam or nham < self.cfg.bayes_min_ham:
+            return None
+        toks = await asyncio.get_running_loop().run_in_executor(self.executor, tokens, message)
+        verdict = await self.bayes.classify(scopes, message, toks)
+        return verdict.rule if verdict is not None else None
 
     async def outside_limit(self, user: str) -> int:
         """The daily distinct outside-recipient limit of ``user`` (0: unlimited), grown with the seats
@@ -514,6 +556,7 @@ class PolicySession:
             except Exception as exc:  # an unreachable external scorer must not lose mail
                 logger.warning("policy.scorer_failed", error=str(exc))
                 score = await RuleScorer().score(message, facts)
+            score = await self._learner_score(message, score)
         else:
             score = Score(0.0, [("TOO_BIG_TO_SCAN", 0.0)])
         headers = [header]
@@ -530,6 +573,18 @@ class PolicySession:
         if virus is not None or spam:
             return Decision("junk", 250, "2.0.0", "OK", score), headers
         return Decision("accept", 250, "2.0.0", "OK", score), headers
+
+    async def _learner_score(self, message: bytes, score: Score) -> Score:
+        if self.p.bayes is None:
+            return score
+        try:
+            rule = await self.p.classify(message, self.tx.rcpts)
+        except Exception as exc:  # the learner is an opinion: without it the rules still decide
+            logger.warning("policy.classify_failed", error=str(exc))
+            return score
+        if rule is None:
+            return score
+        return Score(round(score.score + rule[1], 2), [*score.rules, rule], score.action)
 
     async def _all_allowed(self) -> bool:
         if not self.tx.rcpts:

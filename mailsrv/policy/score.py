@@ -183,3 +183,39 @@ class RspamdScorer:
         rules = [(name, float(sym.get("score", 0.0))) for name, sym in symbols.items()
                  if float(sym.get("score", 0.0)) != 0.0]
         return Score(float(data.get("score", 0.0)), sorted(rules), str(data.get("action", "")))
+
+
+class RspamdLearnError(Exception):
+    """rspamd's controller refused to learn (no classifier, no storage, bad password...)."""
+
+
+class RspamdLearner:
+    """Forwards users' verdicts to an rspamd controller (``POST /learnspam`` and ``/learnham``, with the
+    controller ``Password`` header when one is set), so rspamd's own Bayes learns what our users teach."""
+
+    def __init__(self, url: str, *, password: str = "", timeout: float = 15.0, session: Any = None) -> None:
+        self.url = url.rstrip("/")
+        self.password = password
+        self.timeout = timeout
+        self._session = session
+
+    async def learn(self, label: str, message: bytes) -> bool:
+        """True when rspamd learned it, False when it already knew the message; raises
+        :class:`RspamdLearnError` for a refusal and ``aiohttp.ClientError`` when unreachable."""
+        if label not in ("spam", "ham"):
+            raise ValueError(f"label must be spam or ham, not {label!r}")
+        headers = {"Password": self.password} if self.password else {}
+        session = self._session or aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
+        try:
+            async with session.post(f"{self.url}/learn{label}", data=message, headers=headers) as resp:
+                text = await resp.text()
+                status = resp.status
+        finally:
+            if self._session is None:
+                await session.close()
+        if status == 200:
+            return True
+        # rspamd answers 208 (Already Reported) for a message it learned before with the same class
+        if status == 208 or "already learned" in text.lower():
+            return False
+        raise RspamdLearnError(f"rspamd {status}: {text[:200]}")

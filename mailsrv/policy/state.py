@@ -81,6 +81,14 @@ class PolicyState:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, lambda: self._tx(fn))
 
+    async def run(self, fn: Callable[[sqlite3.Connection], T], *, write: bool = True) -> T:
+        """Run ``fn(db)`` on the state's thread: in one write transaction (``BEGIN IMMEDIATE``, serialised
+        across processes), or with ``write=False`` as plain reads that take no write lock."""
+        if write:
+            return await self._run(fn)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, lambda: fn(self._conn()))
+
     def _tx(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         db = self._conn()
         db.execute("BEGIN IMMEDIATE")

@@ -1,0 +1,303 @@
+"""The spam learner: a Bayesian token classifier with Robinson's per-token probabilities and Fisher's
+chi-square combining, as SpamBayes and SpamAssassin's Bayes do, learned from users' Junk moves.
+
+Tokens (:func:`tokens`) come from the parsed MIME structure and the decoded
+text: words and CJK bigrams of the subject and the text the reader sees
+(HTML without its tags), the sender's domain, URL hosts, header field names,
+part types, charsets and attachment extensions. Fields that we add ourselves
+(trace, Authentication-Results, X-Spam-*) are left out, so a message scores
+the same before delivery and when a user later moves it.
+
+Counts live in the shared policy database (``data_dir/policy/policy.db``) per
+scope: ``""`` (the server, fed by ``mailsrv policy learn``), a domain and,
+with ``bayes_per_user``, a user. A message is classified with the counts of
+its scopes summed (server + its recipients' domains [+ the user]), and only
+once those scopes have learned ``bayes_min_spam`` spam and ``bayes_min_ham``
+ham messages; the learner then adds between ``-bayes_ham_points`` and
+``+bayes_spam_points`` to the score (rule ``BAYES_NN``, NN the spam
+probability in percent).
+
+Invariant: a message (by body digest) counts at most once per scope; learning
+it again with the other label moves its tokens from one side to the other.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+import sqlite3
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from mailsrv import mime
+from mailsrv._speedups import tokenize
+from mailsrv.config import PolicyConfig
+from mailsrv.policy.headers import header_end, split_fields
+from mailsrv.policy.state import PolicyState
+
+# SpamBayes' defaults (spambayes/Options.py, "Classifier" section)
+#: Robinson's s: the strength of the prior for a token seen few times.
+UNKNOWN_STRENGTH = 0.45
+#: Robinson's x: the probability assumed for a token never seen.
+UNKNOWN_PROB = 0.5
+#: Tokens closer than this to 0.5 are ignored.
+MIN_STRENGTH = 0.1
+#: The most decisive tokens combined per message.
+MAX_DISCRIMINATORS = 150
+
+#: Distinct tokens taken from one message (bounds memory and the database work per message).
+MAX_TOKENS = 3000
+#: Characters of decoded text tokenized per message.
+TEXT_LIMIT = 200_000
+#: Word terms outside these lengths are noise (SpamBayes skips words over 12 chars; we keep more for
+#: compound and transliterated words, and drop 1-2 letter words).
+MIN_WORD, MAX_WORD = 3, 24
+#: Header fields we (or the MTA) add: never tokens, so training after delivery matches scoring before it.
+OUR_FIELDS = frozenset({b"received", b"return-path", b"delivered-to", b"authentication-results",
+                        b"x-spam-flag", b"x-spam-score", b"x-spam-status", b"x-virus-status",
+                        b"x-original-to", b"received-spf", b"arc-authentication-results"})
+#: Rows per SQL ``IN (...)`` query.
+SQL_BATCH = 500
+
+_URL = re.compile(r"(?i)\bhttps?://([a-z0-9.\-]+)")
+_TAG = re.compile(r"(?is)<(script|style)\b.*?</\1\s*>|<!--.*?-->|<[^>]*>")
+_HREF = re.compile(r"(?i)\bhref\s*=\s*[\"']?\s*https?://([a-z0-9.\-]+)")
+
+DDL = """
+CREATE TABLE IF NOT EXISTS bayes_tokens (
+    scope TEXT NOT NULL, token INTEGER NOT NULL, spam INTEGER NOT NULL, ham INTEGER NOT NULL,
+    PRIMARY KEY (scope, token)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS bayes_totals (scope TEXT PRIMARY KEY, spam INTEGER NOT NULL, ham INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS bayes_seen (
+    scope TEXT NOT NULL, digest TEXT NOT NULL, label TEXT NOT NULL CHECK (label IN ('spam', 'ham')),
+    PRIMARY KEY (scope, digest)
+) WITHOUT ROWID;
+"""
+
+
+# -- tokens ------------------------------------------------------------------------------------
+
+
+def _words(text: str, prefix: str = "") -> Iterable[str]:
+    for term in tokenize.terms(tokenize.normalize(text)):
+        if tokenize.is_cjk(ord(term[0])):
+            if len(term) == 2:  # CJK bigrams; single characters say little
+                yield prefix + term
+        elif MIN_WORD <= len(term) <= MAX_WORD and not term.isdigit():
+            yield prefix + term
+
+
+def _host_tokens(host: str, prefix: str) -> list[str]:
+    host = host.lower().strip(".")
+    labels = host.split(".")
+    out = [prefix + host]
+    if len(labels) > 2:
+        out.append(prefix + ".".join(labels[-2:]))
+    return out
+
+
+def tokens(message: bytes) -> set[str]:
+    """The learner's tokens of one message (pure; never raises on malformed mail)."""
+    out: set[str] = set()
+    for name, value, _raw in split_fields(message):
+        if name in OUR_FIELDS:
+            continue
+        out.add("h:" + name.decode("ascii", "replace"))
+        if name in (b"x-mailer", b"user-agent"):
+            out.update(_words(mime.decode_header(value), "xm:"))
+    structure = mime.parse(message)
+    out.update(_words(structure.subject or "", "s:"))
+    for addr in structure.addresses(b"from")[:1]:
+        if addr.host:
+            out.update(_host_tokens(addr.host, "from:"))
+        if addr.name:
+            out.update(_words(mime.decode_header(addr.name.encode("latin-1", "replace")), "fn:"))
+    mid = structure.message_id or ""
+    if "@" in mid:
+        out.add("mid:" + mid.rpartition("@")[2].lower())
+    for part in structure.parts():
+        if part.is_multipart:
+            out.add("ct:" + part.mime_type.lower())
+            continue
+        out.add("ct:" + part.mime_type.lower())
+        if part.encoding:
+            out.add("cte:" + part.encoding.lower())
+        charset = part.params.get("charset")
+        if charset:
+            out.add("cs:" + charset.lower())
+        if part.filename:
+            ext = part.filename.rpartition(".")[2].lower()
+            out.add("ext:" + (ext if 0 < len(ext) <= 8 else "?"))
+    budget = TEXT_LIMIT
+    for part in mime.text_parts(structure):
+        if budget <= 0:
+            break
+        text = mime.part_text(message, part, limit=budget)
+        budget -= len(text)
+        if part.subtype == "html":
+            for host in _HREF.findall(text):
+                out.update(_host_tokens(host, "url:"))
+            text = _TAG.sub(" ", text)
+            out.add("html")
+        for host in _URL.findall(text):
+            out.update(_host_tokens(host, "url:"))
+        out.update(_words(text))
+        if len(out) >= MAX_TOKENS:
+            break
+    if len(out) > MAX_TOKENS:
+        out = set(sorted(out)[:MAX_TOKENS])
+    return out
+
+
+def token_id(token: str) -> int:
+    """A stable signed 64-bit id for a token (the database stores ids, not words)."""
+    return int.from_bytes(hashlib.blake2b(token.encode("utf-8"), digest_size=8).digest(), "big", signed=True)
+
+
+def message_digest(message: bytes) -> str:
+    """The identity of a message for learning: its body (headers change as it travels and is moved)."""
+    return hashlib.sha256(message[header_end(message):]).hexdigest()
+
+
+# -- the classifier -----------------------------------------------------------------------------
+
+
+def chi2q(x2: float, v: int) -> float:
+    """P(chi-square with ``v`` (even) degrees of freedom >= ``x2``) (SpamBayes' chi2Q)."""
+    m = x2 / 2.0
+    term = total = math.exp(-m)
+    for i in range(1, v // 2):
+        term *= m / i
+        total += term
+    return min(total, 1.0)
+
+
+def token_prob(spam: int, ham: int, nspam: int, nham: int) -> float:
+    """Robinson's f(w): the smoothed spam probability of a token seen in ``spam``/``ham`` messages."""
+    spam_ratio = spam / nspam if nspam else 0.0
+    ham_ratio = ham / nham if nham else 0.0
+    if spam_ratio + ham_ratio == 0:
+        return UNKNOWN_PROB
+    p = spam_ratio / (spam_ratio + ham_ratio)
+    n = spam + ham
+    return (UNKNOWN_STRENGTH * UNKNOWN_PROB + n * p) / (UNKNOWN_STRENGTH + n)
+
+
+def combine(probs: Sequence[float]) -> float:
+    """Fisher's chi-square combining (Robinson; SpamBayes' chi2_spamprob) of the most decisive probabilities."""
+    clues = sorted((p for p in probs if abs(p - 0.5) >= MIN_STRENGTH), key=lambda p: -abs(p - 0.5))
+    clues = clues[:MAX_DISCRIMINATORS]
+    if not clues:
+        return 0.5
+    n = len(clues)
+    s = 1.0 - chi2q(-2.0 * sum(math.log(1.0 - p) for p in clues), 2 * n)
+    h = 1.0 - chi2q(-2.0 * sum(math.log(p) for p in clues), 2 * n)
+    return (s - h + 1.0) / 2.0
+
+
+def points(prob: float, cfg: PolicyConfig) -> float:
+    """Score points for a spam probability: 0 at 0.5, +spam_points at 1, -ham_points at 0 (linear)."""
+    if prob >= 0.5:
+        return round((prob - 0.5) * 2.0 * cfg.bayes_spam_points, 2)
+    return round(-(0.5 - prob) * 2.0 * cfg.bayes_ham_points, 2)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    prob: float
+    points: float
+    spam: int  # spam messages learned by the scopes used
+    ham: int
+
+    @property
+    def rule(self) -> tuple[str, float]:
+        return f"BAYES_{min(int(self.prob * 100), 99):02d}", self.points
+
+
+class Bayes:
+    """The learner over the shared policy database. Per worker; every call runs on the state's thread."""
+
+    def __init__(self, state: PolicyState, cfg: PolicyConfig) -> None:
+        self.state = state
+        self.cfg = cfg
+        self._ready_schema = False
+
+    def _schema(self, db: sqlite3.Connection) -> None:
+        if not self._ready_schema:
+            for stmt in DDL.split(";"):
+                if stmt.strip():
+                    db.execute(stmt)
+            self._ready_schema = True
+
+    async def learn(self, scopes: Sequence[str], label: str, message: bytes,
+                    toks: set[str] | None = None) -> bool:
+        """Learn ``message`` as ``label`` ("spam"/"ham") in each scope; False when every scope already had it
+        with that label. ``toks`` may carry :func:`tokens` computed off the loop (it is CPU work)."""
+        if label not in ("spam", "ham"):
+            raise ValueError(f"label must be spam or ham, not {label!r}")
+        ids = sorted({token_id(t) for t in (toks if toks is not None else tokens(message))})
+        digest = message_digest(message)
+        other = "ham" if label == "spam" else "spam"
+
+        def op(db: sqlite3.Connection) -> bool:
+            self._schema(db)
+            changed = False
+            for scope in dict.fromkeys(s.lower() for s in scopes):
+                row = db.execute("SELECT label FROM bayes_seen WHERE scope = ? AND digest = ?",
+                                 (scope, digest)).fetchone()
+                if row is not None and row[0] == label:
+                    continue
+                changed = True
+                db.execute("INSERT OR IGNORE INTO bayes_totals (scope, spam, ham) VALUES (?, 0, 0)", (scope,))
+                if row is not None:  # relearn: the message moves from the other side
+                    db.executemany(f"UPDATE bayes_tokens SET {other} = MAX({other} - 1, 0) "
+                                   "WHERE scope = ? AND token = ?", [(scope, t) for t in ids])
+                    db.execute(f"UPDATE bayes_totals SET {other} = MAX({other} - 1, 0) WHERE scope = ?", (scope,))
+                add = (1, 0) if label == "spam" else (0, 1)
+                db.executemany("INSERT INTO bayes_tokens (scope, token, spam, ham) VALUES (?, ?, ?, ?) "
+                               "ON CONFLICT (scope, token) DO UPDATE SET spam = spam + excluded.spam, "
+                               "ham = ham + excluded.ham", [(scope, t, *add) for t in ids])
+                db.execute(f"UPDATE bayes_totals SET {label} = {label} + 1 WHERE scope = ?", (scope,))
+                db.execute("INSERT OR REPLACE INTO bayes_seen (scope, digest, label) VALUES (?, ?, ?)",
+                           (scope, digest, label))
+            return changed
+
+        return await self.state.run(op)
+
+    async def totals(self, scopes: Sequence[str]) -> tuple[int, int]:
+        """(spam, ham) messages learned by ``scopes`` together."""
+        keys = list(dict.fromkeys(s.lower() for s in scopes))
+
+        def op(db: sqlite3.Connection) -> tuple[int, int]:
+            self._schema(db)
+            marks = ",".join("?" * len(keys))
+            row = db.execute(f"SELECT COALESCE(SUM(spam), 0), COALESCE(SUM(ham), 0) FROM bayes_totals "
+                             f"WHERE scope IN ({marks})", keys).fetchone()
+            return int(row[0]), int(row[1])
+
+        return await self.state.run(op, write=False)
+
+    async def classify(self, scopes: Sequence[str], message: bytes,
+                       toks: set[str] | None = None) -> Verdict | None:
+        """The learner's verdict with the counts of ``scopes`` summed; None until they learned enough."""
+        keys = list(dict.fromkeys(s.lower() for s in scopes))
+        nspam, nham = await self.totals(keys)
+        if nspam < self.cfg.bayes_min_spam or nham < self.cfg.bayes_min_ham:
+            return None
+        ids = sorted({token_id(t) for t in (toks if toks is not None else tokens(message))})
+
+        def op(db: sqlite3.Connection) -> list[tuple[int, int]]:
+            marks = ",".join("?" * len(keys))
+            rows: list[tuple[int, int]] = []
+            for i in range(0, len(ids), SQL_BATCH):
+                batch = ids[i:i + SQL_BATCH]
+                rows += db.execute(
+                    f"SELECT SUM(spam), SUM(ham) FROM bayes_tokens WHERE scope IN ({marks}) "
+                    f"AND token IN ({','.join('?' * len(batch))}) GROUP BY token", (*keys, *batch)).fetchall()
+            return rows
+
+        rows = await self.state.run(op, write=False)
+        prob = combine([token_prob(s, h, nspam, nham) for s, h in rows])
+        return Verdict(prob, points(prob, self.cfg), nspam, nham)

@@ -1,0 +1,199 @@
+"""The spam learner: tokens, Robinson/Fisher combining, SQLite counts per scope, training through Policy.train."""
+
+from __future__ import annotations
+
+import random
+import smtplib
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mailsrv.config import PolicyConfig
+from mailsrv.policy.bayes import Bayes, chi2q, combine, message_digest, points, token_prob, tokens
+from mailsrv.policy.state import PolicyState
+
+SPAM_WORDS = ("pharmacy discount pills offer cheap replica watches casino bonus jackpot crypto invest "
+              "profit guaranteed exclusive deal unsubscribe viagra loan approval").split()
+HAM_WORDS = ("meeting agenda project report quarterly review minutes budget schedule deadline release "
+             "invoice attached draft comments thanks regards tomorrow").split()
+COMMON = "the and for with this that your from have will please today about".split()
+
+
+def corpus_message(kind: str, i: int, *, sender: str | None = None) -> bytes:
+    rnd = random.Random(f"{kind}{i}")
+    words = SPAM_WORDS if kind == "spam" else HAM_WORDS
+    body = " ".join(rnd.choice(words + COMMON) for _ in range(60))
+    frm = sender or ("promo@deals-4u.test" if kind == "spam" else "colleague@partner.test")
+    subject = " ".join(rnd.choice(words) for _ in range(4))
+    return (f"From: {frm}\r\nTo: bob@example.test\r\nSubject: {subject}\r\n"
+            f"Date: Thu, 26 Nov 2026 10:00:00 +0000\r\nMessage-ID: <{kind}{i}@x.test>\r\n"
+            f"MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{body}\r\n").encode()
+
+
+# -- tokens -------------------------------------------------------------------------------------
+
+
+def test_tokens_of_a_multipart_message() -> None:
+    msg = (b"Received: from evil by us\r\nX-Spam-Flag: YES\r\nFrom: \"Prize Team\" <win@mail.lotto.test>\r\n"
+           b"Subject: =?utf-8?b?5a2j5bqm5oql5ZGK?= winner\r\nMessage-ID: <a@b.lotto.test>\r\n"
+           b"X-Mailer: BulkBlaster 3\r\nMIME-Version: 1.0\r\n"
+           b"Content-Type: multipart/mixed; boundary=XX\r\n\r\n--XX\r\n"
+           b"Content-Type: text/html; charset=iso-8859-1\r\n\r\n"
+           b"<p>Claim <b>your</b> prize <a href=\"http://click.track.lotto.test/x\">now</a></p>\r\n"
+           b"--XX\r\nContent-Type: application/octet-stream; name=prize.exe\r\n"
+           b"Content-Disposition: attachment; filename=prize.exe\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+           b"TVqQAAMAAAAEAAAA\r\n--XX--\r\n")
+    t = tokens(msg)
+    assert {"s:winner", "s:季度", "s:报告", "from:mail.lotto.test", "from:lotto.test", "fn:prize",
+            "mid:b.lotto.test", "xm:bulkblaster", "h:x-mailer", "ct:multipart/mixed", "ct:text/html",
+            "cs:iso-8859-1", "ext:exe", "cte:base64", "url:click.track.lotto.test", "url:lotto.test",
+            "claim", "prize", "html"} <= t
+    assert "h:received" not in t and "h:x-spam-flag" not in t  # fields we add are not tokens
+    assert not any(x.startswith("<") or x in ("href", "p", "b") for x in t)  # tags and short words gone
+
+
+@given(st.binary(max_size=3000))
+@settings(max_examples=200, deadline=None)
+def test_tokens_never_raise(data: bytes) -> None:
+    out = tokens(data)
+    assert isinstance(out, set) and len(out) <= 3000
+
+
+@given(st.text(st.characters(blacklist_categories=("Cs",)), max_size=400))
+@settings(max_examples=100, deadline=None)
+def test_tokens_of_any_text_body(text: str) -> None:
+    msg = b"Subject: x\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n" + text.encode("utf-8")
+    toks = tokens(msg)
+    assert "ct:text/plain" in toks
+    assert all(len(t) >= 2 for t in toks)
+
+
+def test_digest_ignores_headers() -> None:
+    a = b"Subject: a\r\nX-Spam-Flag: YES\r\n\r\nbody\r\n"
+    assert message_digest(a) == message_digest(b"Subject: b\r\n\r\nbody\r\n")
+    assert message_digest(a) != message_digest(b"Subject: a\r\n\r\nother\r\n")
+
+
+# -- the arithmetic ----------------------------------------------------------------------------
+
+
+def test_chi2q_known_values() -> None:
+    assert chi2q(0.0, 2) == pytest.approx(1.0)
+    assert chi2q(2.0, 2) == pytest.approx(0.36787944, rel=1e-6)  # e^-1
+    assert chi2q(10.0, 4) == pytest.approx(0.04042768, rel=1e-6)  # e^-5 (1 + 5)
+
+
+@given(st.lists(st.floats(0.01, 0.99), min_size=1, max_size=200))
+def test_combine_is_symmetric_and_bounded(probs: list[float]) -> None:
+    p = combine(probs)
+    assert 0.0 <= p <= 1.0
+    assert combine([1 - x for x in probs]) == pytest.approx(1 - p, abs=1e-9)
+
+
+def test_combine_direction() -> None:
+    assert combine([0.99] * 20) > 0.99
+    assert combine([0.01] * 20) < 0.01
+    assert combine([0.55, 0.45]) == 0.5  # too weak to count
+    assert combine([0.99] * 10 + [0.01] * 10) == pytest.approx(0.5, abs=0.01)  # undecided
+
+
+@given(st.integers(0, 1000), st.integers(0, 1000), st.integers(1, 1000), st.integers(1, 1000))
+def test_token_prob_bounds(s: int, h: int, ns: int, nh: int) -> None:
+    p = token_prob(min(s, ns), min(h, nh), ns, nh)
+    assert 0.0 < p < 1.0
+
+
+def test_points_scale() -> None:
+    cfg = PolicyConfig(bayes_spam_points=4.0, bayes_ham_points=2.0)
+    assert points(1.0, cfg) == 4.0 and points(0.5, cfg) == 0.0 and points(0.0, cfg) == -2.0
+    assert points(0.75, cfg) == 2.0
+
+
+# -- learning in SQLite --------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def bayes(tmp_path: Path) -> Any:
+    state = PolicyState(tmp_path / "policy.db")
+    yield Bayes(state, PolicyConfig(bayes_min_spam=10, bayes_min_ham=10))
+    state.close()
+
+
+async def test_learns_and_classifies_after_the_minimum(bayes: Bayes) -> None:
+    for i in range(9):
+        assert await bayes.learn(["a.test"], "spam", corpus_message("spam", i))
+        assert await bayes.learn(["a.test"], "ham", corpus_message("ham", i))
+    assert await bayes.classify(["", "a.test"], corpus_message("spam", 100)) is None  # 9 < 10 of each
+    await bayes.learn(["a.test"], "spam", corpus_message("spam", 9))
+    await bayes.learn(["a.test"], "ham", corpus_message("ham", 9))
+    assert await bayes.totals(["a.test"]) == (10, 10)
+    spam = await bayes.classify(["", "a.test"], corpus_message("spam", 100))
+    ham = await bayes.classify(["", "a.test"], corpus_message("ham", 100))
+    assert spam is not None and ham is not None
+    assert spam.prob > 0.95 and spam.points > 3.5 and spam.rule[0] in ("BAYES_95", "BAYES_99", "BAYES_97",
+                                                                       "BAYES_96", "BAYES_98")
+    assert ham.prob < 0.05 and ham.points < -1.8 and ham.rule[0].startswith("BAYES_0")
+    # another domain's learner knows nothing yet
+    assert await bayes.classify(["", "b.test"], corpus_message("spam", 100)) is None
+
+
+async def test_relearn_moves_and_duplicates_count_once(bayes: Bayes) -> None:
+    msg = corpus_message("spam", 1)
+    assert await bayes.learn(["a.test", "u@a.test"], "spam", msg)
+    assert not await bayes.learn(["a.test", "u@a.test"], "spam", msg)  # once per scope
+    assert await bayes.totals(["a.test"]) == (1, 0)
+    assert await bayes.learn(["a.test"], "ham", msg)  # the user changed their mind
+    assert await bayes.totals(["a.test"]) == (0, 1)
+    assert await bayes.totals(["u@a.test"]) == (1, 0)
+    assert await bayes.totals(["a.test", "u@a.test"]) == (1, 1)
+
+    def counts(db: Any) -> tuple[int, int]:
+        return db.execute("SELECT SUM(spam), SUM(ham) FROM bayes_tokens WHERE scope = 'a.test'").fetchone()
+
+    spam_sum, ham_sum = await bayes.state.run(counts, write=False)
+    assert spam_sum == 0 and ham_sum == len(tokens(msg))
+    with pytest.raises(ValueError):
+        await bayes.learn(["a.test"], "maybe", msg)
+
+
+async def test_two_processes_share_the_counts(tmp_path: Path) -> None:
+    a, b = PolicyState(tmp_path / "p.db"), PolicyState(tmp_path / "p.db")
+    try:
+        cfg = PolicyConfig(bayes_min_spam=1, bayes_min_ham=1)
+        await Bayes(a, cfg).learn([""], "spam", corpus_message("spam", 1))
+        await Bayes(b, cfg).learn([""], "ham", corpus_message("ham", 1))
+        assert await Bayes(a, cfg).totals([""]) == (1, 1)
+    finally:
+        a.close()
+        b.close()
+
+
+# -- through the policy: Junk moves train, SMTP scores ------------------------------------------
+
+
+def _send(port: int, data: bytes) -> None:
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as c:
+        c.ehlo("mail.sender.test")
+        c.sendmail("x@sender.test", ["bob@example.test"], data)
+
+
+def test_junk_moves_train_the_learner_that_then_scores(policy_server: Any, dnsserver: Any) -> None:
+    srv = policy_server(bayes_min_spam=8, bayes_min_ham=8, junk_score=3.0)
+    run = srv.loop.run
+    _send(srv.port, corpus_message("spam", 200))
+    assert b"BAYES_" not in srv.backend.delivered[-1].data  # not trained: no opinion
+    for i in range(8):
+        assert run(srv.policy.train("bob@example.test", "INBOX", "Junk", corpus_message("spam", i))) == "spam"
+        assert run(srv.policy.train("bob@example.test", "Junk", "INBOX", corpus_message("ham", i))) == "ham"
+    assert run(srv.policy.bayes.totals(["example.test"])) == (8, 8)
+    assert run(srv.policy.train("bob@example.test", "INBOX", "Archive", corpus_message("ham", 50))) is None
+    _send(srv.port, corpus_message("spam", 201))
+    spam = srv.backend.delivered[-1]
+    status = spam.data.replace(b"\r\n\t", b"")
+    assert b"BAYES_9" in status and spam.junk, status[:600]
+    _send(srv.port, corpus_message("ham", 201))
+    ham = srv.backend.delivered[-1]
+    assert b"BAYES_0" in ham.data.replace(b"\r\n\t", b"") and not ham.junk
