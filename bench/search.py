@@ -16,7 +16,6 @@ import asyncio
 import datetime
 import os
 import random
-import resource
 import shutil
 import statistics
 import tempfile
@@ -44,6 +43,8 @@ from mailsrv.search import (
     matches,
 )
 from mailsrv.search.generate import CJK, CN_NAMES, FIRST, LAST, LATIN, FakeInfo, FakeView, Generator
+
+from ._common import in_process_meter
 
 SIZES = {"smoke": (1500, 8, 2), "full": (100_000, 60, 3)}  # messages, runs/class, baseline runs
 
@@ -88,6 +89,7 @@ async def _run(n: int, runs: int, base_runs: int, workdir: Path) -> dict:
     notes: list[str] = [
         f"{n} messages, seed 1; tokenizer={tok.IMPL} term-scan={hot.IMPL}; {os.cpu_count()} cores",
     ]
+    meter = in_process_meter("messages indexed (the queries' CPU included)")
     gen = Generator(1)
     raws: dict[int, bytes] = {}
     view = FakeView()
@@ -215,9 +217,12 @@ async def _run(n: int, runs: int, base_runs: int, workdir: Path) -> dict:
     results.append({"name": "index one new message (after delivery) p99", "unit": "ms",
                     "value": _pct(lat, 99), "baseline": None, "p50": _pct(lat, 50)})
     notes.append(f"candidates confirmed against the text cache during the run: {idx.stats['confirmed']}")
-    notes.append(f"peak RSS of the benchmark process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+    notes.append("measured in-process (a library: the search service and its threads); CPU and peak RSS "
+                 "are this process's, generating the corpus included")
+    meter.add(n + extra)
+    servers = [meter.summary()]
     await svc.close()
-    return {"scenario": "search", "results": results, "notes": notes}
+    return {"scenario": "search", "results": results, "notes": notes, "servers": servers}
 
 
 def run(size: str) -> dict:
