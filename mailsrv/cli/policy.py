@@ -1,4 +1,5 @@
-"""``mailsrv policy list|add|del``: the block and allow lists of the inbound policy (issue 12).
+"""``mailsrv policy list|add|del``: the block and allow lists of the inbound policy (issue 12);
+``mailsrv policy learn --spam|--ham FILE...`` and ``mailsrv policy stats``: the spam learner.
 
 Scopes: ``--scope ""`` (default, the whole server), a domain, or a user
 address. Entries: an address, a domain (with its subdomains), ``@domain``
@@ -9,12 +10,16 @@ address. Entries: an address, a domain (with its subdomains), ``@domain``
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import os
+from pathlib import Path
 
 from mailsrv import config as config_mod
 from mailsrv.cli import CliError, config_path
 from mailsrv.directory import SyncDirectory, open_sync
 from mailsrv.policy.lists import KINDS, normalize_entry, normalize_scope
+from mailsrv.policy.pipeline import Policy
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -30,6 +35,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         a.add_argument("entry", help="address, domain, @domain or IP network")
         a.add_argument("--scope", default="", help='"" (default) for the server, a domain, or a user address')
         a.set_defaults(func=func)
+    lrn = ps.add_parser("learn", help="teach the spam learner from message files (directories are walked)")
+    label = lrn.add_mutually_exclusive_group(required=True)
+    label.add_argument("--spam", dest="label", action="store_const", const="spam")
+    label.add_argument("--ham", dest="label", action="store_const", const="ham")
+    lrn.add_argument("files", nargs="+", metavar="FILE", help="one message per file (a leading mbox From_ line "
+                     "is dropped); a directory (e.g. a maildir) gives every file below it")
+    lrn.add_argument("--scope", default="", help='"" (default) for the server, a domain, or a user address')
+    lrn.set_defaults(func=cmd_learn)
+    st = ps.add_parser("stats", help="messages the spam learner has learned, per scope")
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(func=cmd_stats)
     p.set_defaults(func=lambda args: p.print_help() or 2)
 
 
@@ -82,4 +98,82 @@ def cmd_del(args: argparse.Namespace) -> int:
     if not removed:
         raise CliError(f"not listed: {scope or '*'} {args.kind} {entry}")
     print(f"removed: {scope or '*'} {args.kind} {entry}")
+    return 0
+
+
+def _message_files(paths: list[str]) -> list[Path]:
+    out: list[Path] = []
+    for name in paths:
+        path = Path(name)
+        if path.is_dir():
+            out += sorted(Path(root) / f for root, _, files in os.walk(path) for f in files)
+        elif path.is_file():
+            out.append(path)
+        else:
+            raise CliError(f"{name}: no such file or directory")
+    return out
+
+
+def read_message(path: Path, limit: int) -> bytes | None:
+    """One message file as bytes (None when larger than ``limit``); a leading mbox ``From `` line is dropped."""
+    if path.stat().st_size > limit:
+        return None
+    data = path.read_bytes()
+    if data.startswith(b"From "):
+        data = data.partition(b"\n")[2]
+    return data
+
+
+def cmd_learn(args: argparse.Namespace) -> int:
+    cfg = config_mod.load(config_path(args))
+    try:
+        scope = normalize_scope(args.scope)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    if not cfg.policy.bayes and not cfg.policy.rspamd_url:
+        raise CliError("no learner: set policy.bayes = true (or policy.rspamd_url for rspamd)")
+    files = _message_files(args.files)
+    counts = {"learned": 0, "known": 0, "too big": 0}
+
+    async def run() -> None:
+        policy = Policy.from_config(cfg.policy, hostname=cfg.server.hostname, data_dir=cfg.server.data_dir)
+        try:
+            for path in files:
+                data = read_message(path, cfg.policy.max_scan_size)
+                if data is None:
+                    counts["too big"] += 1
+                    continue
+                learned = await policy.learn(args.label, data, [scope])
+                counts["learned" if learned else "known"] += 1
+        finally:
+            policy.close()
+
+    try:
+        asyncio.run(run())
+    except Exception as exc:  # rspamd unreachable or refusing: say so, no traceback
+        raise CliError(f"learning failed: {exc}") from None
+    where = "rspamd" if cfg.policy.rspamd_url else f"scope {scope or '*'}"
+    print(f"{args.label}: {counts['learned']} learned, {counts['known']} already known, "
+          f"{counts['too big']} too big ({where})")
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    cfg = config_mod.load(config_path(args))
+
+    async def run() -> list[tuple[str, int, int]]:
+        policy = Policy.from_config(cfg.policy, hostname=cfg.server.hostname, data_dir=cfg.server.data_dir)
+        try:
+            return await policy.bayes.scope_totals() if policy.bayes is not None else []
+        finally:
+            policy.close()
+
+    rows = asyncio.run(run())
+    if args.json:
+        print(json.dumps([{"scope": s, "spam": sp, "ham": h} for s, sp, h in rows]))
+    else:
+        ready = f"(scores from {cfg.policy.bayes_min_spam} spam and {cfg.policy.bayes_min_ham} ham)"
+        print(f"scope\tspam\tham\t{ready}")
+        for s, sp, h in rows:
+            print(f"{s or '*'}\t{sp}\t{h}")
     return 0

@@ -279,6 +279,15 @@ class Bayes:
 
         return await self.state.run(op, write=False)
 
+    async def scope_totals(self) -> list[tuple[str, int, int]]:
+        """(scope, spam, ham) of every scope that learned something."""
+
+        def op(db: sqlite3.Connection) -> list[tuple[str, int, int]]:
+            self._schema(db)
+            return db.execute("SELECT scope, spam, ham FROM bayes_totals ORDER BY scope").fetchall()
+
+        return await self.state.run(op, write=False)
+
     async def classify(self, scopes: Sequence[str], message: bytes,
                        toks: set[str] | None = None) -> Verdict | None:
         """The learner's verdict with the counts of ``scopes`` summed; None until they learned enough."""

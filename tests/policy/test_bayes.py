@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import random
 import smtplib
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support.server import mailsrv_cmd
 
+from mailsrv import config as config_mod
 from mailsrv.config import PolicyConfig
 from mailsrv.policy.bayes import Bayes, chi2q, combine, message_digest, points, token_prob, tokens
+from mailsrv.policy.pipeline import Policy
 from mailsrv.policy.state import PolicyState
 
 SPAM_WORDS = ("pharmacy discount pills offer cheap replica watches casino bonus jackpot crypto invest "
@@ -197,3 +203,54 @@ def test_junk_moves_train_the_learner_that_then_scores(policy_server: Any, dnsse
     _send(srv.port, corpus_message("ham", 201))
     ham = srv.backend.delivered[-1]
     assert b"BAYES_0" in ham.data.replace(b"\r\n\t", b"") and not ham.junk
+
+
+# -- mailsrv policy learn / stats as real processes ----------------------------------------------
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(mailsrv_cmd(*args), capture_output=True, text=True, timeout=120)
+
+
+def test_learn_bootstraps_the_server_learner(tmp_path: Path) -> None:
+    d = tmp_path / "s"
+    subprocess.run(mailsrv_cmd("init", "--dir", str(d), "--any-port", "--workers", "1"), check=True,
+                   capture_output=True)
+    config = d / "mailsrv.toml"
+    with config.open("a") as f:
+        f.write("\n[policy]\nbayes_min_spam = 5\nbayes_min_ham = 5\n")
+    spam_dir = tmp_path / "spam" / "cur"
+    spam_dir.mkdir(parents=True)
+    for i in range(5):
+        (spam_dir / f"{i}:2,S").write_bytes(b"From MAILER-DAEMON Thu Nov 26 10:00:00 2026\n"
+                                             + corpus_message("spam", i))
+    hams = []
+    for i in range(5):
+        hams.append(tmp_path / f"ham{i}.eml")
+        hams[-1].write_bytes(corpus_message("ham", i))
+    out = run("policy", "learn", "--spam", str(tmp_path / "spam"), "-c", str(config))
+    assert out.returncode == 0, out.stderr
+    assert "spam: 5 learned, 0 already known" in out.stdout
+    out = run("policy", "learn", "--ham", *map(str, hams), "-c", str(config))
+    assert "ham: 5 learned" in out.stdout, out.stderr
+    again = run("policy", "learn", "--ham", str(hams[0]), "-c", str(config))
+    assert "0 learned, 1 already known" in again.stdout
+    stats = run("policy", "stats", "--json", "-c", str(config))
+    assert json.loads(stats.stdout) == [{"scope": "", "spam": 5, "ham": 5}]
+    missing = run("policy", "learn", "--spam", str(tmp_path / "nothing"), "-c", str(config))
+    assert missing.returncode != 0 and "no such file" in missing.stderr
+    bad_scope = run("policy", "learn", "--spam", str(hams[0]), "--scope", "not a scope", "-c", str(config))
+    assert bad_scope.returncode != 0
+
+    # a worker's policy now scores with the server-wide counts
+    cfg = config_mod.load(str(config))
+
+    async def classify() -> tuple[str, float] | None:
+        policy = Policy.from_config(cfg.policy, hostname="mx.test", data_dir=cfg.server.data_dir)
+        try:
+            return await policy.classify(corpus_message("spam", 99), ["bob@example.test"])
+        finally:
+            policy.close()
+
+    rule = asyncio.run(classify())
+    assert rule is not None and rule[0].startswith("BAYES_9") and rule[1] > 3
