@@ -45,7 +45,7 @@ def server_line(srv: dict) -> str:
     """One ``servers`` entry: CPU seconds per 1 000 operations and peak RSS."""
     per_1k = srv.get("cpu_s_per_1k_ops")
     cpu = f"{per_1k:.3f} CPU s per 1000 {srv['operations_unit']}" if per_1k is not None else "no operations counted"
-    return (f"server {srv['name']}: {cpu} ({srv['cpu_seconds']:.2f} s over {srv['operations']:,}), "
+    return (f"server {srv['name']}: {cpu} ({srv['cpu_seconds']:.3f} s over {srv['operations']:,}), "
             f"peak RSS {srv['peak_rss_kib'] / 1024:,.1f} MiB over {srv['processes']} processes")
 
 

@@ -199,9 +199,34 @@ class ServerMeter:
                 "peak_rss_kib": sum(self._hwm.values())}
 
 
+class InProcessMeter(ServerMeter):
+    """This very process, for the scenarios that measure a library rather than a server:
+    CPU from getrusage(RUSAGE_SELF) (exact to the microsecond, threads included), peak RSS
+    from ru_maxrss (the process's VmHWM)."""
+
+    def __init__(self, unit: str) -> None:
+        super().__init__("in-process (library)", lambda: [os.getpid()], unit)
+
+    @staticmethod
+    def _cpu_now() -> float:
+        ru = resource.getrusage(resource.RUSAGE_SELF)
+        return ru.ru_utime + ru.ru_stime
+
+    def start(self) -> ServerMeter:
+        self._start = self._cpu_now()
+        return self
+
+    def sample(self) -> None:
+        self._hwm[os.getpid()] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+    def cpu(self) -> float:
+        self.sample()
+        return self._cpu_now() - self._start
+
+
 def in_process_meter(unit: str) -> ServerMeter:
-    """A meter of this very process: for the scenarios that measure a library, not a server."""
-    return ServerMeter("in-process (library)", lambda: [os.getpid()], unit).start()
+    """A started :class:`InProcessMeter`."""
+    return InProcessMeter(unit).start()
 
 
 # --- mailsrv as an operator runs it: `mailsrv init`, then `mailsrv serve` -------------------

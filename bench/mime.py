@@ -25,6 +25,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ._common import in_process_meter
+
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT.parent / "shared" / "corpus"
 
@@ -217,7 +219,10 @@ def run(size: str) -> dict[str, Any]:
             result(results, set_name, figures, "cython", "stdlib email", 0)
     # cache: bytes per message in the index, and decode + BODYSTRUCTURE speed
     msgs = sets[0][1]
+    meter = in_process_meter("corpus messages parsed once by mailsrv.mime.parse")
     structs = [mime.parse(m) for m in msgs]
+    meter.add(len(msgs))
+    servers = [meter.summary()]
     blobs = [s.to_cache() for s in structs]
     results.append(
         {
@@ -264,4 +269,5 @@ def run(size: str) -> dict[str, Any]:
         "the stdlib walks every part; the bytes.find scan finds header end and '--' lines only"
     )
     notes.append(f"implementation selected by mailsrv.mime.parse: {mime._scanner.IMPL}")
-    return {"scenario": "mime", "results": results, "notes": notes}
+    notes.append("measured in-process (a library); CPU and peak RSS are this process's (baselines included in the RSS)")
+    return {"scenario": "mime", "results": results, "notes": notes, "servers": servers}
