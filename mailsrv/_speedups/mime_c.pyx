@@ -200,6 +200,69 @@ cpdef tuple parse_content_type(bytes vb):
     return ctype, sub, parse_params(vb, i)
 
 
+cdef inline int _hexval(unsigned char c) noexcept:
+    if 48 <= c <= 57:
+        return c - 48
+    if 97 <= c <= 102:
+        return c - 87
+    if 65 <= c <= 70:
+        return c - 55
+    return -1
+
+
+cdef bytes _pct_decode(bytes vb):
+    """Same as mime_py._pct_decode."""
+    cdef const unsigned char *v = vb
+    cdef Py_ssize_t n = len(vb), i = 0
+    cdef bytearray out
+    if memchr(v, 37, <size_t>n) == NULL:
+        return vb
+    out = bytearray()
+    while i < n:
+        if v[i] == 37 and i + 2 < n and _hexval(v[i + 1]) >= 0 and _hexval(v[i + 2]) >= 0:
+            out.append(_hexval(v[i + 1]) * 16 + _hexval(v[i + 2]))
+            i += 3
+        else:
+            out.append(v[i])
+            i += 1
+    return bytes(out)
+
+
+cpdef bytes rfc2231_boundary(tuple params):
+    """Same as mime_py.rfc2231_boundary (the rare path: no plain boundary parameter)."""
+    cdef dict secs = {}
+    cdef bytes name, value, rest, num, out = b""
+    cdef bint encoded
+    cdef Py_ssize_t idx, i, first, second
+    for name, value in params:
+        if len(name) < 9 or name[:9].lower() != b"boundary*":
+            continue
+        rest = name[9:]
+        encoded = len(rest) == 0 or rest.endswith(b"*")
+        num = rest[:len(rest) - 1] if rest.endswith(b"*") else rest
+        if len(num) == 0:
+            idx = 0
+        elif num.isdigit() and len(num) < 4:
+            idx = int(num)
+        else:
+            continue
+        if idx not in secs:
+            secs[idx] = (encoded, value)
+    i = 0
+    while i in secs:
+        encoded, value = secs[i]
+        if encoded:
+            if i == 0:
+                first = value.find(b"'")
+                second = value.find(b"'", first + 1) if first >= 0 else -1
+                if second >= 0:
+                    value = value[second + 1:]
+            value = _pct_decode(value)
+        out += value
+        i += 1
+    return out
+
+
 cdef inline bytes _unfold(bytes v):
     if b"\n" in v or b"\r" in v:
         return v.replace(b"\r\n", b"").replace(b"\n", b"")
@@ -429,6 +492,8 @@ def scan(bytes raw, Py_ssize_t max_depth=100, Py_ssize_t max_parts=5000, Py_ssiz
                 if pname.lower() == b"boundary":
                     boundary = pvalue[:C_MAX_BOUNDARY]
                     break
+            if not boundary:
+                boundary = rfc2231_boundary(params)[:C_MAX_BOUNDARY]
             if boundary:
                 if deep:
                     node[9] = node[9] | C_TRUNCATED
@@ -463,9 +528,8 @@ def scan(bytes raw, Py_ssize_t max_depth=100, Py_ssize_t max_parts=5000, Py_ssiz
                     end = _end_before(p, d, <Py_ssize_t>child[1])
                     if <Py_ssize_t>child[1] == d:
                         b = _end_before(p, d, <Py_ssize_t>child[0])
-                        if b < d and (b == <Py_ssize_t>child[0] or p[b - 1] == 10):
-                            child[1] = b
-                            end = b
+                        child[1] = b
+                        end = b
                     done = _close(p, child, end)
                 (<list>(<list>stack[len(stack) - 1])[8]).append(done)
             del bounds[dk + 1:]

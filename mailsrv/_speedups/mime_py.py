@@ -197,6 +197,66 @@ def parse_params(v: bytes, i: int) -> tuple:
     return tuple(params)
 
 
+_HEX = b"0123456789abcdefABCDEF"
+
+
+def _pct_decode(v: bytes) -> bytes:
+    """RFC 2231 §4 ``%XX`` octets (a ``%`` not followed by two hex digits stays)."""
+    if b"%" not in v:
+        return v
+    out = bytearray()
+    i = 0
+    n = len(v)
+    while i < n:
+        c = v[i]
+        if c == 37 and i + 2 < n and v[i + 1] in _HEX and v[i + 2] in _HEX:
+            out.append(int(v[i + 1 : i + 3], 16))
+            i += 3
+        else:
+            out.append(c)
+            i += 1
+    return bytes(out)
+
+
+def rfc2231_boundary(params: tuple) -> bytes:
+    """The boundary from RFC 2231 parameters ``boundary*``, ``boundary*0``, ``boundary*1*``...
+
+    RFC 2231 §3-4: sections joined in order up to the first missing one (the
+    first occurrence of a section number wins); an encoded section (``*`` at
+    the end) is percent-decoded, and section 0 loses its ``charset'language'``
+    prefix. Empty when there is none.
+    """
+    secs: dict[int, tuple[bool, bytes]] = {}
+    for name, value in params:
+        if len(name) < 9 or name[:9].lower() != b"boundary*":
+            continue
+        rest = name[9:]
+        encoded = rest == b"" or rest.endswith(b"*")
+        num = rest[:-1] if rest.endswith(b"*") else rest
+        if num == b"":
+            idx = 0
+        elif num.isdigit() and len(num) < 4:
+            idx = int(num)
+        else:
+            continue
+        if idx not in secs:
+            secs[idx] = (encoded, value)
+    out = b""
+    i = 0
+    while i in secs:
+        encoded, value = secs[i]
+        if encoded:
+            if i == 0:
+                first = value.find(b"'")
+                second = value.find(b"'", first + 1) if first >= 0 else -1
+                if second >= 0:
+                    value = value[second + 1 :]
+            value = _pct_decode(value)
+        out += value
+        i += 1
+    return out
+
+
 def _unfold(v: bytes) -> bytes:
     return v.replace(b"\r\n", b"").replace(b"\n", b"")
 
@@ -395,6 +455,9 @@ def scan(raw: bytes, max_depth: int = 100, max_parts: int = 5000, max_value: int
                 if pname.lower() == b"boundary":
                     boundary = pvalue[:MAX_BOUNDARY]
                     break
+            if not boundary:
+                # deviation (Dovecot 2.3 ignores it): RFC 2231 boundary*= (cpython msg_33)
+                boundary = rfc2231_boundary(params)[:MAX_BOUNDARY]
             if boundary:
                 if deep:
                     node[9] |= F_TRUNCATED
@@ -434,11 +497,10 @@ def scan(raw: bytes, max_depth: int = 100, max_parts: int = 5000, max_value: int
                 else:
                     end = _end_before(raw, d, child[1])
                     if child[1] == d:
-                        # an empty body: the blank line before the delimiter is the
-                        # delimiter's line end, not part of the header (as Dovecot)
-                        b = _end_before(raw, d, child[0])
-                        if b < d and (b == child[0] or raw[b - 1] == 10):
-                            child[1] = end = b
+                        # an empty body (or a header cut by the delimiter): the line end
+                        # before the delimiter is the delimiter's (RFC 2046 §5.1.1), not
+                        # the header's (as Dovecot)
+                        child[1] = end = _end_before(raw, d, child[0])
                 done = _close(raw, child, end)
                 stack[-1][8].append(done)
             del bounds[dk + 1 :]

@@ -28,7 +28,12 @@ Part: .section, .type, .subtype, .mime_type, .params (decoded, RFC 2231), .chars
 Functions that need the message bytes (``raw`` = the whole stored message, bytes/mmap):
     header_fields(raw, structure, section="", names=(b"subject",), exclude=False) -> bytes
                                                   # BODY[<section>.HEADER.FIELDS(.NOT) (...)]
-    binary_size(raw, part) -> int                 # RFC 3516 BINARY.SIZE (decoded octets)
+    binary_size(raw, part) -> int                 # RFC 3516 BINARY.SIZE (= len of iter_binary)
+    iter_binary(raw, part, chunk=65536) -> Iterator[bytes]   # RFC 3516 BINARY[section]: a leaf
+                                                  # decoded; a multipart/message with every base64/QP
+                                                  # part inside decoded and its header rewritten to
+                                                  # "Content-Transfer-Encoding: binary" (as Dovecot)
+    decoded_size(raw, part) -> int                # octets after undoing the part's own CTE (JMAP size)
     iter_decoded(raw, part, chunk=65536) -> Iterator[bytes]   # base64/QP decoded, streaming
     decoded_body(raw, part) -> bytes ; part_text(raw, part) -> str  (charset-decoded)
     preview(raw, structure, max_chars=200) -> str # RFC 8970 PREVIEW / JMAP preview
@@ -59,8 +64,10 @@ from mailsrv.config import MimeConfig
 from mailsrv.mime.body import (
     binary_size,
     decoded_body,
+    decoded_size,
     header_fields,
     header_values,
+    iter_binary,
     iter_decoded,
     part_text,
     preview,
@@ -79,8 +86,10 @@ __all__ = [
     "binary_size",
     "decode_header",
     "decoded_body",
+    "decoded_size",
     "header_fields",
     "header_values",
+    "iter_binary",
     "iter_decoded",
     "jmap_addresses",
     "jmap_body_parts",

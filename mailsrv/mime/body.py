@@ -18,9 +18,11 @@ from mailsrv.mime.structure import MessageStructure, Part
 __all__ = [
     "binary_size",
     "decoded_body",
+    "decoded_size",
     "header_fields",
     "header_values",
     "iter_decoded",
+    "iter_binary",
     "iter_header_lines",
     "part_text",
     "preview",
@@ -28,6 +30,7 @@ __all__ = [
 
 _B64_KEEP = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 _B64_DROP = bytes(c for c in range(256) if c not in _B64_KEEP)
+_QP_TRAILING = re.compile(rb"[ \t]+(?=\r?\n)")
 
 
 def iter_header_lines(raw: Any, start: int, end: int) -> Iterator[tuple[bytes, int, int]]:
@@ -124,7 +127,13 @@ def iter_decoded(raw: Any, part: Part, chunk: int = 65536) -> Iterator[bytes]:
                 nl = raw.rfind(b"\n", pos, stop)
                 if nl >= 0:
                     stop = nl + 1
-            yield binascii.a2b_qp(bytes(raw[pos:stop]))
+                else:  # a line longer than a chunk: never cut an escape or trailing blanks
+                    data = bytes(raw[pos:stop]).rstrip(b" \t")
+                    eq = data.rfind(b"=", len(data) - 2)
+                    cut = pos + (eq if eq > 0 else len(data))
+                    stop = cut if cut > pos else stop
+            # RFC 2045 §6.7 (3): white space at the end of a line is deleted
+            yield binascii.a2b_qp(_QP_TRAILING.sub(b"", bytes(raw[pos:stop])))
             pos = stop
     else:
         for pos in range(start, end, chunk):
@@ -135,11 +144,107 @@ def decoded_body(raw: Any, part: Part) -> bytes:
     return b"".join(iter_decoded(raw, part))
 
 
-def binary_size(raw: Any, part: Part) -> int:
-    """RFC 3516 BINARY.SIZE: octets of the body after transfer decoding."""
-    if part.encoding not in ("base64", "quoted-printable"):
+def decoded_size(raw: Any, part: Part) -> int:
+    """Octets of the body of ``part`` after undoing its own transfer encoding (JMAP size)."""
+    if part.encoding not in _CONVERTED:
         return part.size
     return sum(len(c) for c in iter_decoded(raw, part))
+
+
+#: Transfer encodings BINARY undoes (RFC 3516 §4.2); anything else is copied.
+_CONVERTED = ("base64", "quoted-printable")
+_CTE_BINARY = b"Content-Transfer-Encoding: binary"
+
+
+def _binary_header(raw: Any, part: Part) -> bytes:
+    """The header of an encoded part inside a BINARY container, as Dovecot rewrites it:
+    every Content-Transfer-Encoding field removed and ``Content-Transfer-Encoding:
+    binary`` added as the last field (the empty line, if any, stays last)."""
+    start, end = part.header_start, part.body_start
+    out = bytearray()
+    pos = start
+    for name, s, e in iter_header_lines(raw, start, end):
+        if name == b"content-transfer-encoding":
+            out += raw[pos:s]
+            pos = e
+    head = bytes(raw[pos:end])
+    if head.endswith(b"\r\n\r\n") or head == b"\r\n":
+        cut, eol = len(head) - 2, b"\r\n"
+    elif head.endswith(b"\n\n") or head == b"\n":
+        cut, eol = len(head) - 1, b"\n"
+    else:  # no empty line (the header ran into a delimiter or the end)
+        cut, eol = len(head), b"\r\n"
+        if head and not head.endswith(b"\n"):
+            head += eol
+            cut = len(head)
+    out += head[:cut] + _CTE_BINARY + eol + head[cut:]
+    return bytes(out)
+
+
+def _inner(part: Part) -> list[Part]:
+    """The parts directly inside ``part``: a multipart's children, or the embedded message."""
+    if part.children:
+        return part.children
+    return [part.message] if part.message is not None else []
+
+
+def _binary_pieces(raw: Any, part: Part, pos: int, out: list[Any]) -> int:
+    """Append to ``out`` the pieces of the BINARY form of what is inside ``part``
+    (raw ranges ``(start, end)``, rewritten headers as bytes, encoded leaves as
+    Part); returns the raw offset copied up to."""
+    for k in _inner(part):
+        inner = _inner(k)
+        if k.encoding in _CONVERTED:
+            out.append((pos, k.header_start))
+            out.append(_binary_header(raw, k))
+            pos = k.body_start
+            if not inner:
+                out.append(k)
+                pos = k.body_end
+                continue
+        if inner:
+            pos = _binary_pieces(raw, k, pos, out)
+    return pos
+
+
+def _binary_plan(raw: Any, part: Part) -> list[Any]:
+    if not _inner(part):
+        return [part]
+    out: list[Any] = []
+    pos = _binary_pieces(raw, part, part.body_start, out)
+    out.append((pos, part.body_end))
+    return out
+
+
+def iter_binary(raw: Any, part: Part, chunk: int = 65536) -> Iterator[bytes]:
+    """RFC 3516 BINARY[section] of ``part``, in chunks.
+
+    A leaf is its decoded body (:func:`iter_decoded`). For a multipart or a
+    message/rfc822 part the RFC leaves the form open; as Dovecot does, its body
+    is copied with every base64 / quoted-printable part inside it decoded and
+    that part's header saying ``Content-Transfer-Encoding: binary``.
+    """
+    for piece in _binary_plan(raw, part):
+        if isinstance(piece, tuple):
+            for pos in range(piece[0], piece[1], chunk):
+                yield bytes(raw[pos : min(pos + chunk, piece[1])])
+        elif isinstance(piece, bytes):
+            yield piece
+        else:
+            yield from iter_decoded(raw, piece, chunk)
+
+
+def binary_size(raw: Any, part: Part) -> int:
+    """RFC 3516 §4.2 BINARY.SIZE: the length of :func:`iter_binary` (Dovecot's answer)."""
+    total = 0
+    for piece in _binary_plan(raw, part):
+        if isinstance(piece, tuple):
+            total += piece[1] - piece[0]
+        elif isinstance(piece, bytes):
+            total += len(piece)
+        else:
+            total += decoded_size(raw, piece)
+    return total
 
 
 def part_text(raw: Any, part: Part, limit: int | None = None) -> str:

@@ -22,6 +22,7 @@ __all__ = [
     "merge_params",
     "message_ids",
     "parse_addresses",
+    "parse_params_lenient",
     "unfold",
 ]
 
@@ -165,6 +166,83 @@ def decode_words(value: bytes | str, charset: str | None = None) -> str:
 # --- RFC 2231 parameters -----------------------------------------------------
 
 _PCT = re.compile(rb"%([0-9A-Fa-f]{2})")
+_WSP = b" \t\r\n"
+_TSPECIALS = b'()<>@,;:\\"/[]?= \t\r\n'
+
+
+def _skip_comments(v: bytes, i: int, n: int) -> int:
+    """Skip white space and RFC 5322 comments from i."""
+    while i < n:
+        c = v[i : i + 1]
+        if c in (b" ", b"\t", b"\r", b"\n"):
+            i += 1
+        elif c == b"(":
+            depth = 1
+            i += 1
+            while i < n and depth:
+                c = v[i : i + 1]
+                if c == b"\\":
+                    i += 1
+                elif c == b"(":
+                    depth += 1
+                elif c == b")":
+                    depth -= 1
+                i += 1
+        else:
+            break
+    return i
+
+
+def parse_params_lenient(v: bytes) -> list[tuple[bytes, bytes]]:
+    """``;``-separated parameters of a Content-Type or Content-Disposition value, read
+    the way a reader wants the names and filenames shown (JMAP, attachment names).
+
+    RFC 2045 §5.1 allows a token or a quoted-string as a value, and says
+    nothing on recovering from anything else. The IMAP BODYSTRUCTURE keeps
+    Dovecot's strict reading (``name=my file.pdf`` gives ``my``); here an
+    unquoted value followed by more than white space and comments runs to the
+    next ``;`` (``my file.pdf``), trimmed, and every ``;`` starts a new
+    parameter. ``v`` is the unfolded value; what precedes the first ``;`` (the
+    type or disposition) is skipped. At most 64 parameters.
+    """
+    out: list[tuple[bytes, bytes]] = []
+    n = len(v)
+    i = v.find(b";")
+    while 0 <= i < n and len(out) < 64:
+        i += 1
+        eq = i
+        while eq < n and v[eq : eq + 1] not in (b"=", b";"):
+            eq += 1
+        name = v[i:eq].strip(_WSP)
+        if eq >= n or v[eq : eq + 1] == b";" or not name:
+            i = eq if eq < n and v[eq : eq + 1] == b";" else v.find(b";", eq)
+            continue
+        j = eq + 1
+        while j < n and v[j : j + 1] in (b" ", b"\t", b"\r", b"\n"):
+            j += 1
+        if v[j : j + 1] == b'"':
+            buf = bytearray()
+            j += 1
+            while j < n and v[j : j + 1] != b'"':
+                if v[j : j + 1] == b"\\" and j + 1 < n:
+                    j += 1
+                buf += v[j : j + 1]
+                j += 1
+            out.append((name, bytes(buf).replace(b"\r", b"").replace(b"\n", b"")))
+            i = v.find(b";", j + 1)
+            continue
+        semi = v.find(b";", j)
+        stop = n if semi < 0 else semi
+        k = j
+        while k < n and v[k] > 32 and v[k] < 127 and v[k] not in _TSPECIALS:
+            k += 1
+        if k > j and v[k : k + 1] != b"=" and _skip_comments(v, k, n) >= stop:
+            value = v[j:k]  # a clean token (RFC 2045 §5.1)
+        else:
+            value = v[j:stop].strip(_WSP)
+        out.append((name, value))
+        i = semi
+    return out
 
 
 def merge_params(params: tuple | list, charset: str | None = None) -> list[tuple[str, str]]:

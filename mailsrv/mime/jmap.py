@@ -82,7 +82,7 @@ def _part_id(p: Part) -> str | None:
 
 
 def _body_part(raw: Any, p: Part, deep: bool) -> dict[str, Any]:
-    from mailsrv.mime.body import binary_size, iter_header_lines
+    from mailsrv.mime.body import decoded_size, iter_header_lines
 
     headers = []
     if raw is not None:
@@ -98,7 +98,7 @@ def _body_part(raw: Any, p: Part, deep: bool) -> dict[str, Any]:
     d: dict[str, Any] = {
         "partId": _part_id(p),
         "blobId": None,
-        "size": binary_size(raw, p) if raw is not None and not p.is_multipart else p.size,
+        "size": decoded_size(raw, p) if raw is not None and not p.is_multipart else p.size,
         "headers": headers,
         "name": p.filename,
         "type": p.mime_type,

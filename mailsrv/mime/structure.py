@@ -22,13 +22,15 @@ from mailsrv.mime.headers import (
     merge_params,
     message_ids,
     parse_addresses,
+    parse_params_lenient,
     unfold,
 )
 
 __all__ = ["CACHE_VERSION", "MessageStructure", "Part"]
 
-#: First byte of :meth:`MessageStructure.to_cache`; bump on any layout change.
-CACHE_VERSION = 1
+#: First byte of :meth:`MessageStructure.to_cache`; bump on any layout or content change
+#: (2: RFC 2231 ``boundary*=`` splits the multipart).
+CACHE_VERSION = 2
 _ZLIB_FLAG = 0x80
 #: Cache blobs above this size are zlib-compressed (big headers, many parts).
 _COMPRESS_ABOVE = 1024
@@ -181,8 +183,15 @@ class Part:
 
     @cached_property
     def params(self) -> dict[str, str]:
-        """Decoded Content-Type parameters (RFC 2231 merged), lower-case names."""
-        return dict(merge_params(self._t[_PARAMS]))
+        """Decoded Content-Type parameters (RFC 2231 merged), lower-case names.
+
+        Read leniently (:func:`~mailsrv.mime.headers.parse_params_lenient`:
+        ``name=my file.pdf`` is ``my file.pdf``), unlike :meth:`raw_params`.
+        """
+        v = self.field(b"content-type")
+        if v is None or b";" not in v:
+            return {}
+        return dict(merge_params(parse_params_lenient(unfold(v))))
 
     @property
     def charset(self) -> str | None:
@@ -223,9 +232,9 @@ class Part:
         d = self.raw_disposition()
         if not d:
             return {}
-        v = unfold(self.field(b"content-disposition") or b"")
-        semi = v.find(b";")
-        return dict(merge_params(parse_params(v, semi))) if semi >= 0 else {}
+        return dict(
+            merge_params(parse_params_lenient(unfold(self.field(b"content-disposition") or b"")))
+        )
 
     @property
     def filename(self) -> str | None:

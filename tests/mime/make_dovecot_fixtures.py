@@ -10,8 +10,8 @@ CRLF, as SMTP or APPEND would deliver it) and the generated samples of
 samples.py (keyed ``generated/<name>``), FETCHes ENVELOPE, BODY and
 BODYSTRUCTURE with imaplib and stores each reply's wire bytes (latin-1 text)
 keyed by corpus path. For every section our parser finds it also FETCHes
-BODY.PEEK[section] (and .MIME, .HEADER, .TEXT) as a length + SHA-256 digest
-and BINARY.SIZE into fixtures/dovecot_sections.json. The tests never need
+BODY.PEEK[section] (and .MIME, .HEADER, .TEXT) as a length + SHA-256 digest,
+BINARY.SIZE and BINARY.PEEK[section] (digest) into fixtures/dovecot_sections.json. The tests never need
 Dovecot: they read the JSON.
 """
 
@@ -125,25 +125,30 @@ def sections_of(raw: bytes) -> list[str]:
     return specs
 
 
-def fetch_section(imap: imaplib.IMAP4, n: int, spec: str) -> str | None:
-    """BODY.PEEK[spec] as a digest, None for NIL or an error."""
-    typ, data = imap.fetch(str(n), f"(BODY.PEEK[{spec}])")
-    if typ != "OK" or not data or data[0] is None:
+def fetch_section(imap: imaplib.IMAP4, n: int, spec: str, item: str = "BODY.PEEK") -> str | None:
+    """BODY.PEEK[spec] (or BINARY.PEEK) as a digest, None for NIL or an error."""
+    typ, data = imap.fetch(str(n), f"({item}[{spec}])")
+    if typ != "OK" or not data:
         return None
-    first = data[0]
-    if isinstance(first, tuple):
-        return digest(first[1])
-    if first.rstrip(b")").endswith(b'""'):
-        return digest(b"")
+    # skip untagged FETCH answers left over from an earlier failed command
+    name = item.split(".")[0].encode() + b"["
+    for first in data:
+        if isinstance(first, tuple) and name in first[0]:
+            return digest(first[1])
+        if isinstance(first, bytes) and name in first and first.rstrip(b")").endswith(b'""'):
+            return digest(b"")
     return None
 
 
 def fetch_binary_size(imap: imaplib.IMAP4, n: int, spec: str) -> int | None:
     typ, data = imap.fetch(str(n), f"(BINARY.SIZE[{spec}])")
-    if typ != "OK" or not data or not isinstance(data[0], bytes):
+    if typ != "OK" or not data:
         return None
-    m = re.search(rb"BINARY\.SIZE\[[^\]]*\] (\d+)", data[0])
-    return int(m.group(1)) if m else None
+    for line in data:
+        m = re.search(rb"BINARY\.SIZE\[[^\]]*\] (\d+)", line) if isinstance(line, bytes) else None
+        if m:
+            return int(m.group(1))
+    return None
 
 
 def connect(port: int, deadline: float) -> imaplib.IMAP4:
@@ -195,6 +200,8 @@ def main() -> int:
                     item["body"] = fetch_section(imap, n, spec)
                     if re.fullmatch(r"[0-9.]+", spec):
                         item["binary_size"] = fetch_binary_size(imap, n, spec)
+                        # BINARY.SIZE is not always the length of BINARY in Dovecot 2.3
+                        item["binary"] = fetch_section(imap, n, spec, "BINARY.PEEK")
                 except imaplib.IMAP4.abort as exc:
                     # Dovecot drops the connection on some malformed parts: note it, go on
                     item = {"error": str(exc).split(" [")[0]}

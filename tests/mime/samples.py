@@ -191,6 +191,97 @@ RFC822_CHAIN_120 = (
     b"Subject: chain\r\nContent-Type: message/rfc822\r\n\r\n" * 120 + b"Subject: end\r\n\r\nend\r\n"
 )
 
+# RFC 2231 §3-4: the boundary as an encoded, continued parameter (Dovecot 2.3 ignores it)
+RFC2231_BOUNDARY = crlf(
+    """Subject: rfc 2231 boundary
+MIME-Version: 1.0
+Content-Type: multipart/mixed; boundary*0*=us-ascii'en'b%3D1%20x;
+ boundary*1="-y"
+
+--b=1 x-y
+Content-Type: text/plain; charset=us-ascii
+
+one
+--b=1 x-y
+Content-Type: application/octet-stream; name=two.bin
+Content-Transfer-Encoding: base64
+
+dHdv
+--b=1 x-y--
+"""
+)
+
+#: The same message with a plain boundary parameter: what Dovecot shows for the parts.
+RFC2231_BOUNDARY_PLAIN = RFC2231_BOUNDARY.replace(
+    b"boundary*0*=us-ascii'en'b%3D1%20x;\r\n boundary*1=\"-y\"", b'boundary="b=1 x-y"'
+)
+
+# Parts encoded inside containers: BINARY of the multipart and of the message/rfc822
+# decodes them and rewrites their headers (RFC 3516; Dovecot's form)
+BINARY_CONTAINERS = crlf(
+    """Subject: binary containers
+MIME-Version: 1.0
+Content-Type: multipart/mixed; boundary=o
+
+--o
+Content-Type: multipart/alternative; boundary=a
+
+--a
+Content-Type: text/plain; charset=utf-8
+Content-Transfer-Encoding: quoted-printable
+
+caf=C3=A9 =
+soft
+--a
+Content-Transfer-Encoding: BASE64
+Content-Type: text/html;
+ charset=utf-8
+Content-Transfer-Encoding: base64
+
+PHA+aGk8L3A+
+--a--
+--o
+Content-Type: message/rfc822
+
+Subject: inner
+Content-Type: application/octet-stream
+Content-Transfer-Encoding: base64
+
+AAECAw==
+--o
+Content-Type: text/plain
+Content-Transfer-Encoding: 8bit
+
+plain
+--o--
+"""
+)
+
+# Part headers cut by a delimiter (no empty line): the CRLF before the delimiter is the
+# delimiter's (RFC 2046 §5.1.1), so n.MIME ends before it (Dovecot agrees)
+CUT_HEADERS = crlf(
+    """Content-Type: multipart/mixed; boundary=b
+
+--b
+Content-Type: text/plain
+--b
+junk
+--b
+X-A: 1
+junk
+--b
+Content-Type: text/plain
+
+--b
+Content-Type: multipart/mixed; boundary=c
+
+--c
+
+body
+--b--
+"""
+)
+
 #: name -> message, as stored (CRLF).
 SAMPLES = {
     "rfc2046-multipart": RFC2046_MULTIPART,
@@ -202,4 +293,8 @@ SAMPLES = {
     "unterminated": UNTERMINATED,
     "nested-120": NESTED_120,
     "rfc822-chain-120": RFC822_CHAIN_120,
+    "rfc2231-boundary": RFC2231_BOUNDARY,
+    "rfc2231-boundary-plain": RFC2231_BOUNDARY_PLAIN,
+    "binary-containers": BINARY_CONTAINERS,
+    "cut-headers": CUT_HEADERS,
 }

@@ -438,7 +438,11 @@ def test_parameters_read_as_dovecot_reads_them(parse: Callable) -> None:
     # "; ;" loses the parameter after it (one character is skipped at the error, as in
     # Dovecot: double-semicolon.msg of the corpus); junk after a token value is ignored
     assert s.root.raw_params() == [(b"name", b"my"), (b"y", b'q "r"'), (b"z", b"=?utf-8?Q?a?=")]
-    assert s.root.params["z"] == "a"
+    assert b'("name" "my" "y" "q \\"r\\"" "z" "=?utf-8?Q?a?=")' in s.imap_bodystructure()
+    # the decoded parameters (JMAP, filenames) are read leniently: an unquoted value with
+    # spaces runs to the next ";" and "; ;" loses nothing
+    assert s.root.params == {"x": "1", "name": "my file.pdf", "y": 'q "r"', "z": "a w"}
+    assert s.root.filename == "my file.pdf"
 
 
 def test_html_only_preview_and_parts_without_raw(parse: Callable) -> None:
