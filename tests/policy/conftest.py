@@ -456,10 +456,34 @@ rspamd_config:register_symbol({
 """
 
 
+#: The test controller's password (rspamd refuses its shipped defaults q1/q2 for remote access).
+RSPAMD_PASSWORD = "mailsrv-test-password"
+
+
+@dataclass(frozen=True)
+class Rspamd:
+    url: str  # the normal worker (/checkv2)
+    controller: str  # the controller (/learnspam, /learnham, /stat)
+    password: str
+
+
 @pytest.fixture(scope="session")
-def rspamd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real rspamd (Debian's) with a minimal configuration of our own: one normal worker on a
-    free loopback port, one Lua rule, no plugins (so nothing is looked up outside), DNS to 127.0.0.1:1."""
+def rspamd(rspamd_instance: Rspamd) -> str:
+    return rspamd_instance.url
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def rspamd_instance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rspamd]:
+    """A real rspamd (Debian's) with a minimal configuration of our own: one normal worker and one
+    controller on free loopback ports, one Lua rule, no plugins (so nothing is looked up outside),
+    DNS to 127.0.0.1:1, and a Bayes classifier in SQLite files (its default min_learns of 200 keeps
+    it from scoring the other tests' messages)."""
     binary = shutil.which("rspamd")
     if binary is None:
         _missing_peer("rspamd not installed: apt-get install rspamd (tools/install-peers.sh does it as root)")
@@ -467,28 +491,34 @@ def rspamd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     import urllib.request
 
     d = tmp_path_factory.mktemp("rspamd")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port, cport = _free_port(), _free_port()
     (d / "rules.lua").write_text(RSPAMD_RULES)
     conf = d / "rspamd.conf"
     conf.write_text(f"""options {{ pidfile = "{d}/rspamd.pid"; dns {{ nameserver = ["127.0.0.1:1"]; timeout = 1s; }} }}
 logging {{ type = "file"; filename = "{d}/rspamd.log"; level = "info"; }}
 actions {{ reject = 15; "add header" = 6; greylist = 4; }}
 worker "normal" {{ bind_socket = "127.0.0.1:{port}"; count = 1; }}
+worker "controller" {{ bind_socket = "127.0.0.1:{cport}"; count = 1; password = "{RSPAMD_PASSWORD}"; }}
+classifier "bayes" {{
+  backend = "sqlite3"; tokenizer {{ name = "osb"; }}
+  statfile {{ symbol = "BAYES_HAM"; spam = false; path = "{d}/bayes.ham.sqlite"; }}
+  statfile {{ symbol = "BAYES_SPAM"; spam = true; path = "{d}/bayes.spam.sqlite"; }}
+}}
 lua = "{d}/rules.lua";
 """)
     cmd = [binary, "-f", "-c", str(conf), f"--var=DBDIR={d}", f"--var=RUNDIR={d}", f"--var=LOGDIR={d}"]
     if os.geteuid() == 0:
         cmd += ["-u", "root", "-g", "root"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
+    url, controller = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{cport}"
     deadline = time.monotonic() + 60
-    while True:
+    pending = [url, controller]
+    while pending:
         try:
-            with urllib.request.urlopen(url + "/ping", timeout=2) as r:
+            with urllib.request.urlopen(pending[0] + "/ping", timeout=2) as r:
                 if r.read().strip() == b"pong":
-                    break
+                    pending.pop(0)
+                    continue
         except OSError:
             pass
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -497,6 +527,6 @@ lua = "{d}/rules.lua";
             log = d / "rspamd.log"
             pytest.fail(f"rspamd did not start: {log.read_text()[-2000:] if log.exists() else 'no log'}")
         time.sleep(0.05)  # polling with a deadline until the worker listens
-    yield url
+    yield Rspamd(url, controller, RSPAMD_PASSWORD)
     proc.terminate()
     proc.wait(15)
