@@ -16,7 +16,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import tomllib
 from collections.abc import Callable, Iterable
@@ -231,9 +230,6 @@ def in_process_meter(unit: str) -> ServerMeter:
 
 # --- mailsrv as an operator runs it: `mailsrv init`, then `mailsrv serve` -------------------
 
-BOUND = re.compile(r"listener\.bound name=(\S+) proto=\S+ addr=\S+:(\d+)")
-
-
 def _toml_value(v: Any) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
@@ -286,8 +282,11 @@ class Mailsrv:
     ``{"listener": {"imap": {"tls": "none"}}}``). ``seeds`` adds domain example.test with a user
     ``<name>@example.test`` (password :data:`PASSWORD`) per entry, the seed maildir copied into
     the user's store (``None``: empty). ``demo`` keeps init's alice and bob (``passwords``).
-    ``ports`` maps listener names (smtp, submission, imap, imaps, pop3, pop3s, jmap, ...) to
-    the ports the master bound. The server inherits this process's RLIMIT_NOFILE.
+    Every listener gets a free port on 127.0.0.1 (``ports``: smtp, submission, submissions,
+    imap, imaps, pop3, pop3s, jmap, jmaps, admin). The server logs at info, as an operator
+    runs it, into ``base/mailsrv.log`` (a file: no pipe for the client to drain); it is ready
+    when the master sends READY=1 over $NOTIFY_SOCKET, as under systemd. It inherits this
+    process's RLIMIT_NOFILE.
     """
 
     def __init__(self, base: Path, *, seeds: dict[str, Path | None] | None = None, demo: bool = False,
@@ -300,6 +299,9 @@ class Mailsrv:
         cfg_file = base / "mailsrv.toml"
         doc = tomllib.loads(cfg_file.read_text())
         _merge(doc, BENCH_CONFIG)
+        self.ports = {name: free_port() for name in doc.get("listener", {})}
+        for name, port in self.ports.items():
+            doc["listener"][name]["bind"] = [f"127.0.0.1:{port}"]
         _merge(doc, config or {})
         cfg_file.write_text("# mailsrv init, plus the benchmark's settings (bench/_common.py)\n" + toml_dump(doc) + "\n")
         self.data_dir = base / doc["server"].get("data_dir", "data")
@@ -310,33 +312,30 @@ class Mailsrv:
             from mailsrv.config import AuthConfig
 
             add_users(self.data_dir, AuthConfig(**doc["auth"]), seeds)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mailsrv", "serve", "-c", str(cfg_file)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
-        )
-        self.ports: dict[str, int] = {}
-        self.errors: list[str] = []
-        self.ready = False
-        wake = threading.Event()
+        self.log = base / "mailsrv.log"
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as ready, open(self.log, "ab") as log:
+            ready.bind(str(base / "notify.sock"))
+            ready.settimeout(1)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "mailsrv", "serve", "-c", str(cfg_file)],
+                stdout=subprocess.DEVNULL, stderr=log, start_new_session=True,
+                env={**os.environ, "NOTIFY_SOCKET": str(base / "notify.sock")},
+            )
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and self.proc.poll() is None:
+                try:
+                    if b"READY=1" in ready.recv(4096):
+                        return
+                except TimeoutError:
+                    continue
+        self.stop()
+        raise RuntimeError("mailsrv did not start: " + "\n".join(self.log.read_text().splitlines()[-5:]))
 
-        def read() -> None:  # drains the log for the whole run (a full pipe would stall the server)
-            assert self.proc.stderr is not None
-            for line in self.proc.stderr:
-                if m := BOUND.search(line):
-                    self.ports[m.group(1)] = int(m.group(2))
-                elif "master.ready" in line:
-                    self.ready = True
-                    wake.set()
-                elif " error " in line or "Traceback" in line:
-                    self.errors.append(line.strip())
-            wake.set()
-
-        self._reader = threading.Thread(target=read, daemon=True)
-        self._reader.start()
-        wake.wait(120)
-        if not self.ready:
-            self.stop()
-            raise RuntimeError("mailsrv did not start: " + "\n".join(self.errors[-5:]))
+    @property
+    def errors(self) -> list[str]:
+        """The server's log lines at level error (and tracebacks) so far."""
+        text = self.log.read_text(errors="replace") if self.log.exists() else ""
+        return [ln for ln in text.splitlines() if " error " in ln or ln.startswith("Traceback")]
 
     def pids(self) -> list[int]:
         """The master, its workers and the queue runner."""
@@ -354,9 +353,6 @@ class Mailsrv:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
-        self._reader.join(10)
-        if self.proc.stderr is not None and not self._reader.is_alive():
-            self.proc.stderr.close()
 
     def __enter__(self) -> Mailsrv:
         return self
