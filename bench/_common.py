@@ -53,6 +53,11 @@ def fill_maildir(root: Path, messages: Iterable[bytes], name: Callable[[int, byt
         (root / "cur" / name(i, data)).write_bytes(data)
 
 
+def maildir_count(root: Path) -> int:
+    """Messages in every maildir below ``root`` (files in new/ and cur/)."""
+    return sum(len(files) for d, _, files in os.walk(root) if os.path.basename(d) in ("new", "cur"))
+
+
 def fill_new(new_dir: Path, messages: Iterable[bytes]) -> None:
     """Drop messages into ``new_dir`` as another MDA would (no fsync: setup, not measured)."""
     for i, data in enumerate(messages):

@@ -1,7 +1,7 @@
 """SMTP inbound: durable messages/s and end-of-DATA -> 250 latency, mailsrv vs naive aiosmtpd (vs Postfix).
 
-mailsrv runs as two forked worker processes on one listening socket with the
-real directory, store and SMTP service; the baseline is aiosmtpd writing each
+mailsrv is ``mailsrv serve`` from a fresh ``mailsrv init`` with two workers
+(bench/_common.Mailsrv); the baseline is aiosmtpd writing each
 message straight into a maildir with fsync (file and directory), also two
 processes. Postfix is measured only when installed. The load generator opens
 1, 10 and 50 sessions that pipeline MAIL/RCPT/DATA and time the final
@@ -25,6 +25,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
+
+from ._common import Mailsrv, maildir_count
 
 SIZES = {
     "smoke": {"seconds": 1.0, "sessions": [1, 10], "bodies": [4096], "visible": 20},
@@ -95,17 +97,6 @@ def _config(data_dir: Path) -> Any:
                           limits=LimitsConfig(max_connections_per_ip=1000)))
 
 
-def _prepare_directory(data_dir: Path) -> None:
-    from mailsrv.directory import open_sync
-
-    cfg = _config(data_dir)
-    sd = open_sync(cfg.directory, data_dir)
-    sd.add_domain("example.test")
-    for i in range(RECIPIENTS):
-        sd.add_user(f"load{i}@example.test")
-    sd.add_user("probe@example.test")
-
-
 def _serve_smtp(sock: socket.socket, ready: int, cfg: Any, setup: Any, drain: float) -> None:
     """Serve an SmtpService on ``sock`` until SIGTERM, then drain for ``drain`` seconds.
 
@@ -135,27 +126,6 @@ def _serve_smtp(sock: socket.socket, ready: int, cfg: Any, setup: Any, drain: fl
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as r:
         r.run(main())
-
-
-def _mailsrv_child(sock: socket.socket, ready: int, data_dir: Path) -> None:
-    from mailsrv.directory import open_directory
-    from mailsrv.smtp.server import SmtpService
-    from mailsrv.smtp.wiring import DirectoryBackend
-    from mailsrv.store import Store
-
-    cfg = _config(data_dir)
-
-    async def setup(ctx: Any) -> tuple[Any, Any]:
-        directory = open_directory(cfg.directory, data_dir)
-        store = Store(cfg.store, data_dir, hostname="bench.example.test")
-
-        async def cleanup() -> None:
-            await store.close()
-            await directory.close()
-
-        return SmtpService(ctx, backend=DirectoryBackend(directory, store, data_dir), sasl=None), cleanup
-
-    _serve_smtp(sock, ready, cfg, setup, 2)
 
 
 class _NullBackend:
@@ -532,21 +502,18 @@ def run(size: str) -> dict[str, Any]:
     results: list[dict[str, Any]] = []
     pids: list[int] = []
     try:
-        data_dir = base / "data"
-        data_dir.mkdir()
         (base / "only").mkdir()
-        _prepare_directory(data_dir)
-        sock = _listen()
-        port = sock.getsockname()[1]
-        pids = _fork_workers(sock, _mailsrv_child, data_dir)
-        sock.close()
-        ours = _measure_server(port, sizes)
-        best = max(v[0] for k, v in ours.items() if k[0] == 4096)
-        body = _body(4096)
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as r:
-            vis = r.run(_visible(port, data_dir, sizes["visible"], best / 2, body))
-        _stop(pids)
-        pids = []
+        users: dict[str, Path | None] = dict.fromkeys([f"load{i}" for i in range(RECIPIENTS)] + ["probe"])
+        with Mailsrv(base / "mailsrv", seeds=users, workers=WORKERS) as srv:
+            meter = srv.meter("messages delivered")
+            port, data_dir = srv.ports["smtp"], srv.data_dir
+            ours = _measure_server(port, sizes)
+            best = max(v[0] for k, v in ours.items() if k[0] == 4096)
+            body = _body(4096)
+            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as r:
+                vis = r.run(_visible(port, data_dir, sizes["visible"], best / 2, body))
+            meter.add(maildir_count(data_dir))
+            servers = [meter.summary()]
         maildir = base / "baseline"
         for d in ("tmp", "new", "cur"):
             (maildir / d).mkdir(parents=True)
@@ -613,4 +580,4 @@ def run(size: str) -> dict[str, Any]:
     finally:
         _stop(pids)
         shutil.rmtree(base, ignore_errors=True)
-    return {"scenario": "smtp", "results": results, "notes": notes}
+    return {"scenario": "smtp", "results": results, "notes": notes, "servers": servers}
