@@ -18,6 +18,7 @@ from typing import Any
 from aiohttp import web
 
 from mailsrv import log
+from mailsrv.admin import lists as policy_lists
 from mailsrv.admin import openapi
 from mailsrv.auth import Authenticator
 from mailsrv.auth import tokens as token_mod
@@ -218,6 +219,7 @@ class AdminApi:
           lambda d, ac, r, b: ops.lockout_list(d, ac, time.time()))
         a("POST", "/lockout/clear", "Clear counters of a user or IP, or all (super)", {**s, "properties": {"key": str_}},
           lambda d, ac, r, b: ops.lockout_clear(d, ac, b.get("key")))
+        policy_lists.register(a)  # block and allow lists (docs/policy.md "Lists")
 
 
 def _pick(b: dict[str, Any], *keys: str) -> dict[str, Any]:
