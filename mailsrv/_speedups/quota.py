@@ -12,5 +12,6 @@ OVER_MESSAGES: int = _impl.OVER_MESSAGES
 MAX_VALUE: int = _impl.MAX_VALUE
 check = _impl.check
 apply = _impl.apply
+check_roots = _impl.check_roots
 storage_units = _impl.storage_units
 IMPLEMENTATION = "c" if _impl.__name__.endswith("_c") else "py"

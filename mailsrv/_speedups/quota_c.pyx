@@ -60,6 +60,19 @@ def apply(used_storage, used_messages, sizes, int sign):
     return storage, messages
 
 
+def check_roots(usages, limits, add_storage, add_messages):
+    if len(usages) != len(limits):
+        raise ValueError("usages and limits differ in length")
+    cdef Py_ssize_t i
+    for i in range(len(usages)):
+        us, um = usages[i]
+        ls, lm = limits[i]
+        code = check(us, um, add_storage, add_messages, ls, lm)
+        if code != OK:
+            return i, code
+    return -1, OK
+
+
 def storage_units(octets):
     cdef int64_t o = _bound(octets)
     return (o + 1023) // 1024

@@ -73,6 +73,25 @@ def apply(used_storage: int, used_messages: int, sizes: Sequence[int], sign: int
     return storage, messages
 
 
+def check_roots(usages: Sequence[tuple[int, int]], limits: Sequence[tuple[int, int]],
+                add_storage: int, add_messages: int) -> tuple[int, int]:
+    """:func:`check` over several quota roots at once (RFC 9208 §3: every root of a mailbox applies).
+
+    ``usages[i]`` is (storage, messages) of root i, ``limits[i]`` its (storage, messages)
+    limits (-1 = unlimited); both sequences have the same length. Returns
+    (index of the first root that would be exceeded, its check() result), or (-1, OK).
+    """
+    if len(usages) != len(limits):
+        raise ValueError("usages and limits differ in length")
+    for i in range(len(usages)):
+        us, um = usages[i]
+        ls, lm = limits[i]
+        code = check(us, um, add_storage, add_messages, ls, lm)
+        if code != OK:
+            return i, code
+    return -1, OK
+
+
 def storage_units(octets: int) -> int:
     """RFC 9208 §5.1: STORAGE usage and limits are in units of 1024 octets (rounded up)."""
     _bound(octets)

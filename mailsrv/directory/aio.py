@@ -86,6 +86,10 @@ class Directory:
     async def is_local_domain(self, domain: str) -> bool:
         return await self._call("is_local_domain", domain)
 
+    async def domain_quota(self, domain: str) -> tuple[int | None, int | None]:
+        """(storage octets, messages) limits of the domain's quota root; None = unlimited."""
+        return await self._call("domain_quota", domain)
+
     async def policy_lists(self, scopes: Sequence[str]) -> list[tuple[str, str, str]]:
         """(scope, kind, entry) block/allow list rows of ``scopes`` (issue 12)."""
         return await self._call("policy_lists", list(scopes))

@@ -147,6 +147,11 @@ class SqliteCore:
     def is_local_domain(self, domain: str) -> bool:
         return self._domain_row(A.normalise(domain)) is not None
 
+    def domain_quota(self, domain: str) -> tuple[int | None, int | None]:
+        """(storage octets, messages) limits of a whole domain (None = unlimited) for its quota root."""
+        row = self.db.execute("SELECT max_storage FROM domains WHERE name = ?", (A.normalise(domain),)).fetchone()
+        return (row[0] if row is not None else None), None
+
     # -- policy block/allow lists (issue 12; mailsrv.policy.lists defines scopes and entries) ----
 
     def policy_lists(self, scopes: Sequence[str]) -> list[tuple[str, str, str]]:

@@ -32,8 +32,30 @@ async def quotas(be: MailBackend) -> tuple[str, dict[str, dict[str, Any]]]:
         objs["messages"] = {"id": "messages", "resourceType": "count", "used": count, "hardLimit": lim_n,
                             "scope": "account", "name": "messages", "types": ["Email"],
                             "warnLimit": None, "softLimit": None, "description": None}
+    await _domain_quotas(be, objs)
     state = hashlib.sha1(repr(sorted((k, v["used"], v["hardLimit"]) for k, v in objs.items())).encode()).hexdigest()[:12]
     return state, objs
+
+
+async def _domain_quotas(be: MailBackend, objs: dict[str, dict[str, Any]]) -> None:
+    """RFC 9425 §4: the quotas of the user's domain (every user's mail counts), scope "domain"."""
+    acct = getattr(be, "acct", None)
+    domain = getattr(acct, "domain", None)
+    if acct is None or not domain:
+        return
+    limits = await acct.domain_limits()
+    if limits.storage is None and limits.messages is None:
+        return
+    usage = await acct.domain_usage()
+    common = {"scope": "domain", "warnLimit": None, "softLimit": None, "description": None}
+    if limits.storage is not None:
+        objs["domain-storage"] = {"id": "domain-storage", "resourceType": "octets", "used": usage.storage,
+                                  "hardLimit": limits.storage, "name": f"mail storage of {domain}",
+                                  "types": ["Mailbox", "Email", "Thread"], **common}
+    if limits.messages is not None:
+        objs["domain-messages"] = {"id": "domain-messages", "resourceType": "count", "used": usage.messages,
+                                   "hardLimit": limits.messages, "name": f"messages of {domain}",
+                                   "types": ["Email"], **common}
 
 
 @registry.add("Quota/get", QUOTA)

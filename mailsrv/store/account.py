@@ -223,14 +223,41 @@ class Account:
     async def quota_usage(self) -> QuotaUsage:
         return await self._run(self.engine.quota_usage)
 
-    async def quota_check(self, size: int, limits: QuotaLimits) -> Literal["ok", "over_quota"]:
-        code = await self._run(self.engine.quota_check, size, 1, limits)
+    async def quota_check(self, size: int, limits: QuotaLimits,
+                          domain_limits: QuotaLimits | None = None) -> Literal["ok", "over_quota"]:
+        """Would one more message of ``size`` octets fit under the account's and the domain's limits?"""
+        if domain_limits is None:
+            domain_limits = await self.domain_limits()
+        code = await self._run(self.engine.quota_check, size, 1, limits, domain_limits)
         return "ok" if code == quota_impl.OK else "over_quota"
+
+    @property
+    def domain(self) -> str | None:
+        """The domain whose quota root holds this account's usage (None: not known yet)."""
+        return self.engine.domain
+
+    async def set_domain(self, domain: str) -> None:
+        """Put the account's usage into ``domain``'s quota root (the directory's domain of the user)."""
+        self.engine.domain = domain
+        await self._run(self.engine.report_usage)
+
+    async def domain_limits(self) -> QuotaLimits:
+        """The limits of the account's domain quota root (unlimited when the domain is not known)."""
+        domain = self.engine.domain
+        return QuotaLimits() if domain is None else await self.store.domain_limits(domain)
+
+    async def domain_usage(self) -> QuotaUsage | None:
+        """Usage of the account's whole domain (every user's), or None if the domain is not known."""
+        domain = self.engine.domain
+        if domain is None:
+            return None
+        return await self._run(self.store.usage.domain_usage, domain)
 
     # --- messages -----------------------------------------------------------------
 
     async def append(self, mailbox: str, data: bytes | Path, flags: frozenset[str] = frozenset(),
-                     internal_date: float | None = None, limits: QuotaLimits = QuotaLimits()) -> int:
+                     internal_date: float | None = None, limits: QuotaLimits = QuotaLimits(),
+                     domain_limits: QuotaLimits | None = None) -> int:
         """Store a message; returns its UID once it is durable. OverQuota, MailboxNotFound."""
         from mailsrv.store.maildir import canonical_flag
 
@@ -239,7 +266,9 @@ class Account:
             size = (await self._run(os.stat, data)).st_size
         else:
             size = len(data)
-        _raise_quota(await self._run(self.engine.quota_check, size, 1, limits))
+        if domain_limits is None:
+            domain_limits = await self.domain_limits()
+        _raise_quota(await self._run(self.engine.quota_check, size, 1, limits, domain_limits))
         folder = await self._run(self.engine.folder_path, mailbox)
         pend = await self._run(self._prepare, data)
         if isinstance(data, Path):
@@ -264,8 +293,12 @@ class Account:
         return Pending(structure=parse_structure(raw, self.id, self.engine.mime_limits), thread=headers.thread_headers(raw))
 
     async def copy(self, src: str, uids: Sequence[int], dst: str,
-                   limits: QuotaLimits = QuotaLimits()) -> list[tuple[int, int]]:
-        mapping, res = await self._run(lambda: self.engine.copy(src, uids, dst, move=False, limits=limits))
+                   limits: QuotaLimits = QuotaLimits(),
+                   domain_limits: QuotaLimits | None = None) -> list[tuple[int, int]]:
+        if domain_limits is None:
+            domain_limits = await self.domain_limits()
+        mapping, res = await self._run(lambda: self.engine.copy(src, uids, dst, move=False, limits=limits,
+                                                                domain_limits=domain_limits))
         await self._publish(res)
         return mapping
 

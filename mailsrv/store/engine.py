@@ -64,6 +64,7 @@ from mailsrv.store.types import (
     QuotaUsage,
     TemporaryFailure,
 )
+from mailsrv.store.usage import UsageBook
 from mailsrv.util import fsio
 
 logger = log.get("store")
@@ -100,7 +101,7 @@ CREATE TABLE IF NOT EXISTS msgids (msgid TEXT PRIMARY KEY, thread_id TEXT NOT NU
 CREATE TABLE IF NOT EXISTS subjects (base TEXT PRIMARY KEY, thread_id TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS quota (id INTEGER PRIMARY KEY CHECK (id = 1),
     storage INTEGER NOT NULL, messages INTEGER NOT NULL);
-INSERT OR IGNORE INTO quota VALUES (1, 0, 0);
+INSERT OR IGNORE INTO quota (id, storage, messages) VALUES (1, 0, 0);
 CREATE TABLE IF NOT EXISTS recent (guid TEXT PRIMARY KEY, first_uid INTEGER NOT NULL) WITHOUT ROWID;
 """
 
@@ -141,7 +142,8 @@ def _columns(conn: sqlite3.Connection, table: str) -> set[str]:
 
 def _migrate(conn: sqlite3.Connection) -> None:
     """Bring an index made by an older mailsrv up to date (caller holds the open flock)."""
-    if "unseen" in _columns(conn, "mailboxes") and "email_id" in _columns(conn, "expunged"):
+    if ("unseen" in _columns(conn, "mailboxes") and "email_id" in _columns(conn, "expunged")
+            and "gen" in _columns(conn, "quota")):
         conn.executescript(_UNSEEN_TRIGGERS)
         return
     conn.execute("BEGIN IMMEDIATE")
@@ -153,6 +155,8 @@ def _migrate(conn: sqlite3.Connection) -> None:
         if "email_id" not in _columns(conn, "expunged"):
             conn.execute("ALTER TABLE expunged ADD COLUMN email_id TEXT")
             conn.execute("ALTER TABLE expunged ADD COLUMN thread_id TEXT")
+        if "gen" not in _columns(conn, "quota"):  # generation of the usage (store/usage.py ordering)
+            conn.execute("ALTER TABLE quota ADD COLUMN gen INTEGER NOT NULL DEFAULT 0")
         for stmt in _UNSEEN_TRIGGERS.split("END;"):
             if stmt.strip():
                 conn.execute(stmt + "END;")
@@ -190,6 +194,13 @@ class Engine:
         self.folder_cache: dict[str, Path] = {}
         self.notify_path = root / NOTIFY_NAME
         self._db_ino = -1
+        #: per-domain usage (store/usage.py): the account's domain and the shared book, set by the Store
+        self.domain: str | None = None
+        self.usage: UsageBook | None = None
+        #: random id of this index file (a rebuilt index starts new usage generations)
+        self.epoch = ""
+        #: (gen, storage, messages) changed by the open write transaction, reported after its commit
+        self._usage_report: tuple[int, int, int] | None = None
 
     # --- opening and repair ---------------------------------------------------
 
@@ -266,6 +277,8 @@ class Engine:
                     conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
                     _migrate(conn)
                     conn.execute("SELECT count(*) FROM mailboxes").fetchone()
+                    conn.execute("INSERT OR IGNORE INTO meta VALUES ('epoch', ?)", (new_id("X"),))
+                    self.epoch = str(conn.execute("SELECT v FROM meta WHERE k='epoch'").fetchone()[0])
                 except sqlite3.OperationalError as exc:  # locked, I/O error, disk full: not corruption
                     conn.close()
                     raise TemporaryFailure(f"index unavailable: {exc}") from exc
@@ -335,17 +348,33 @@ class Engine:
         except sqlite3.OperationalError as exc:
             raise _temp(exc, "index busy") from exc
         result = _empty()
+        self._usage_report = None
         try:
             yield result
             db.execute("COMMIT")
         except BaseException:
+            self._usage_report = None
             try:
                 db.execute("ROLLBACK")
             except sqlite3.Error:
                 pass
             raise
+        if self._usage_report is not None:
+            self._report_usage(*self._usage_report)
         if result.changed:
             self._touch()
+
+    def _report_usage(self, gen: int, storage: int, messages: int) -> None:
+        """Hand the committed usage to the per-domain book (store/usage.py; never raises)."""
+        self._usage_report = None
+        if self.usage is not None:
+            self.usage.report(self.account_id, self.domain, self.epoch, gen, storage, messages)
+
+    def report_usage(self) -> None:
+        """Re-report the account's usage (at open, or when its domain became known): heals a lost report."""
+        with self.lock:
+            r = self.db.execute("SELECT gen, storage, messages FROM quota WHERE id=1").fetchone()
+            self._report_usage(r[0], r[1], r[2])
 
     def _touch(self) -> None:
         try:
@@ -747,9 +776,10 @@ class Engine:
     def _quota_apply(self, sizes: list[int], sign: int) -> None:
         if not sizes:
             return
-        st, msgs = self.db.execute("SELECT storage, messages FROM quota WHERE id=1").fetchone()
+        gen, st, msgs = self.db.execute("SELECT gen, storage, messages FROM quota WHERE id=1").fetchone()
         st, msgs = quota_impl.apply(st, msgs, sizes, sign)
-        self.db.execute("UPDATE quota SET storage=?, messages=? WHERE id=1", (st, msgs))
+        self.db.execute("UPDATE quota SET storage=?, messages=?, gen=? WHERE id=1", (st, msgs, gen + 1))
+        self._usage_report = (gen + 1, st, msgs)
 
     # --- reading ----------------------------------------------------------------
 
@@ -862,13 +892,39 @@ class Engine:
             st, msgs = self.db.execute("SELECT storage, messages FROM quota WHERE id=1").fetchone()
             return QuotaUsage(st, msgs)
 
-    def quota_check(self, size: int, count: int, limits: QuotaLimits) -> int:
+    def recount_quota(self) -> tuple[str, int, int, int]:
+        """Recompute the account's usage from its index rows (``mailsrv quota recalc``).
+
+        Fixes a drifted counter (logged). Returns (epoch, generation, storage, messages).
+        """
+        with self.lock, self._write():
+            db = self.db
+            st, msgs = db.execute("SELECT coalesce(sum(size), 0), count(*) FROM messages").fetchone()
+            gen, old_st, old_msgs = db.execute("SELECT gen, storage, messages FROM quota WHERE id=1").fetchone()
+            if (st, msgs) != (old_st, old_msgs):
+                logger.warning("quota.drift_fixed", account=self.account_id, storage=old_st, messages=old_msgs,
+                               counted_storage=st, counted_messages=msgs)
+                gen += 1
+                db.execute("UPDATE quota SET storage=?, messages=?, gen=? WHERE id=1", (st, msgs, gen))
+                self._usage_report = (gen, st, msgs)
+            return self.epoch, gen, st, msgs
+
+    def quota_check(self, size: int, count: int, limits: QuotaLimits,
+                    domain_limits: QuotaLimits | None = None) -> int:
+        """OK, OVER_STORAGE or OVER_MESSAGES for adding ``count`` messages of ``size`` octets in all.
+
+        RFC 9208 §3: both roots apply, the account's (``limits``) and, when the account has a
+        domain and ``domain_limits`` limit something, the domain's (usage from the shared book).
+        """
         u = self.quota_usage()
-        return quota_impl.check(
-            u.storage, u.messages, size, count,
-            -1 if limits.storage is None else limits.storage,
-            -1 if limits.messages is None else limits.messages,
-        )
+        usages = [(u.storage, u.messages)]
+        lims = [_pair(limits)]
+        if (domain_limits is not None and self.domain is not None and self.usage is not None
+                and (domain_limits.storage is not None or domain_limits.messages is not None)):
+            d = self.usage.domain_usage(self.domain)
+            usages.append((d.storage, d.messages))
+            lims.append(_pair(domain_limits))
+        return int(quota_impl.check_roots(usages, lims, size, count)[1])
 
     # --- \Recent (RFC 3501 §2.3.2; the imap package owns the semantics) -------------
 
@@ -937,8 +993,9 @@ class Engine:
         return messages.expunge(self, name, uids, only_deleted)
 
     def copy(self, src: str, uids: Sequence[int], dst: str, *, move: bool,
-             limits: QuotaLimits | None = None) -> tuple[list[tuple[int, int]], SyncResult]:
-        return messages.copy(self, src, uids, dst, move=move, limits=limits)
+             limits: QuotaLimits | None = None,
+             domain_limits: QuotaLimits | None = None) -> tuple[list[tuple[int, int]], SyncResult]:
+        return messages.copy(self, src, uids, dst, move=move, limits=limits, domain_limits=domain_limits)
 
     # --- folders (mailsrv.store.folders) ------------------------------------------
 
@@ -962,6 +1019,11 @@ class Engine:
 
     def folder_new_dirs(self) -> list[Path]:
         return folders.folder_new_dirs(self)
+
+
+def _pair(limits: QuotaLimits) -> tuple[int, int]:
+    """Limits as the quota module wants them: -1 = unlimited."""
+    return (-1 if limits.storage is None else limits.storage, -1 if limits.messages is None else limits.messages)
 
 
 def _has_letters(info: str) -> bool:

@@ -214,7 +214,8 @@ def expunge(eng: Engine, name: str, uids: Sequence[int] | None, only_deleted: bo
 
 
 def copy(eng: Engine, src: str, uids: Sequence[int], dst: str, *, move: bool,
-         limits: QuotaLimits | None = None) -> tuple[list[tuple[int, int]], SyncResult]:
+         limits: QuotaLimits | None = None,
+         domain_limits: QuotaLimits | None = None) -> tuple[list[tuple[int, int]], SyncResult]:
     with eng.lock:
         smb = eng._row(src)
         dmb = eng._row(dst)
@@ -227,7 +228,7 @@ def copy(eng: Engine, src: str, uids: Sequence[int], dst: str, *, move: bool,
             if r is not None:
                 rows.append(r)
         if limits is not None and not move:
-            code = eng.quota_check(sum(r[6] for r in rows), len(rows), limits)
+            code = eng.quota_check(sum(r[6] for r in rows), len(rows), limits, domain_limits)
             if code != quota_impl.OK:
                 raise OverQuota("STORAGE" if code == quota_impl.OVER_STORAGE else "MESSAGE")
         # stage: hard links into dst tmp/, fsync'd, before the transaction

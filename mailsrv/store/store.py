@@ -6,7 +6,7 @@ import asyncio
 import os
 import sqlite3
 import weakref
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 from mailsrv import log
@@ -20,10 +20,12 @@ from mailsrv.store.types import (
     DeliveryResult,
     DeliveryTarget,
     MailboxNotFound,
+    QuotaLimits,
     StoreError,
     StoreObserver,
     TemporaryFailure,
 )
+from mailsrv.store.usage import BOOK_NAME, UsageBook
 from mailsrv.util import fsio
 
 logger = log.get("store")
@@ -32,6 +34,8 @@ logger = log.get("store")
 #: threads in fsync and SQLite fight over the GIL: measured on 2 cores (50 sessions, 50 mailboxes)
 #: 3-4 concurrent jobs deliver 20-25 % more than 8, and the rest of the pool stays free for reads.
 DELIVERY_JOBS = 2
+#: seconds a domain's quota limits are reused before the directory is asked again
+DOMAIN_LIMITS_TTL = 5.0
 
 
 class Store:
@@ -55,17 +59,27 @@ class Store:
         self._opening: dict[str, asyncio.Future[Account]] = {}
         self._observers: list[StoreObserver] = []
         self._notifier: notify.Notifier | None = None
+        #: per-domain quota usage shared by every worker (store/usage.py)
+        self.usage = UsageBook(self.data_dir / BOOK_NAME)
+        #: domain -> its (storage, messages) limits, from the directory (set_domain_quota_source)
+        self.domain_quota_source: Callable[[str], Awaitable[tuple[int | None, int | None]]] | None = None
+        self._domain_limits: dict[str, tuple[float, QuotaLimits]] = {}
 
     # --- accounts -------------------------------------------------------------
 
-    async def account(self, account_id: str, maildir: Path | None = None) -> Account:
-        """The account (opened and created on first use). ``maildir`` comes from the directory."""
+    async def account(self, account_id: str, maildir: Path | None = None, *, domain: str | None = None) -> Account:
+        """The account (opened and created on first use). ``maildir`` and ``domain`` come from the directory.
+
+        ``domain`` puts the account's usage into that domain's quota root (store/usage.py).
+        """
         acct = self._accounts.pop(account_id, None)
         if acct is None:
             acct = self._evicted.pop(account_id, None)
         if acct is not None:
             self._accounts[account_id] = acct  # most recently used
             self._evict()
+            if domain is not None and acct.engine.domain != domain:
+                await acct.set_domain(domain)
             return acct
         fut = self._opening.get(account_id)
         if fut is not None:
@@ -78,7 +92,13 @@ class Store:
             engine = Engine(account_id, root, max_parse_size=self.config.max_parse_size, hostname=self.hostname,
                             mime_limits=self.mime)
             acct = Account(self, account_id, root, engine)
+            engine.usage = self.usage
+            if domain is None:  # reported with its domain earlier (by any process)?
+                known = await acct._run(self.usage.account_usage, account_id)
+                domain = known[0] if known is not None else None
+            engine.domain = domain
             await acct._run(engine.open)
+            await acct._run(engine.report_usage)  # heals a report lost to a crash
         except BaseException as exc:
             fut.set_exception(exc)
             fut.exception()  # retrieved: a later waiter re-raises it
@@ -89,6 +109,25 @@ class Store:
         self._evict()
         fut.set_result(acct)
         return acct
+
+    def set_domain_quota_source(self, source: Callable[[str], Awaitable[tuple[int | None, int | None]]]) -> None:
+        """Where domain limits come from (the worker passes ``directory.domain_quota``)."""
+        self.domain_quota_source = source
+        self._domain_limits.clear()
+
+    async def domain_limits(self, domain: str) -> QuotaLimits:
+        """The limits of a domain's quota root (unlimited without a source), reused DOMAIN_LIMITS_TTL s."""
+        if self.domain_quota_source is None:
+            return QuotaLimits()
+        now = asyncio.get_running_loop().time()
+        hit = self._domain_limits.get(domain)
+        if hit is not None and now - hit[0] < DOMAIN_LIMITS_TTL:
+            return hit[1]
+        limits = QuotaLimits(*(await self.domain_quota_source(domain)))
+        if len(self._domain_limits) > 4096:
+            self._domain_limits.clear()
+        self._domain_limits[domain] = (now, limits)
+        return limits
 
     def cached_account(self, account_id: str) -> Account | None:
         """The account if this worker has it open, else None (sync; opens nothing)."""
@@ -124,6 +163,7 @@ class Store:
             await asyncio.gather(*self._hibernating, return_exceptions=True)
         for acct in [*self._accounts.values(), *self._evicted.values()]:
             await self.io.run(acct.engine.close)
+        self.usage.close()  # a connection close: no I/O worth a pool round trip
         self._accounts.clear()
         self._evicted.clear()
         if self._notifier is not None:
@@ -264,7 +304,7 @@ class Store:
         """Blocking: quota check and hard link into the target's ``new/`` (not yet fsync'd)."""
         acct: Account = t.account
         eng = acct.engine
-        code = eng.quota_check(size, 1, t.limits)
+        code = eng.quota_check(size, 1, t.limits, t.domain_limits)
         if code != quota_impl.OK:
             return ("over_quota", "storage" if code == quota_impl.OVER_STORAGE else "messages")
         mailbox = t.mailbox

@@ -119,6 +119,8 @@ class DeliveryTarget:
     mailbox: str = "INBOX"
     flags: frozenset[str] = frozenset()
     limits: QuotaLimits = field(default_factory=QuotaLimits)
+    #: limits of the account's domain (RFC 9208 second quota root; the account needs a domain)
+    domain_limits: QuotaLimits = field(default_factory=QuotaLimits)
 
 
 @dataclass(frozen=True)

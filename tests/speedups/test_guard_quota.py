@@ -67,6 +67,13 @@ def test_examples(impl: ModuleType) -> None:
         impl.apply(0, 0, [impl.MAX_VALUE, 1], 1)
     with pytest.raises(ValueError):
         impl.apply(0, 0, [], 0)
+    # several quota roots (user, domain): the first one exceeded is named
+    assert impl.check_roots([(0, 0), (90, 9)], [(-1, -1), (100, 10)], 10, 1) == (-1, impl.OK)
+    assert impl.check_roots([(0, 0), (91, 9)], [(-1, -1), (100, 10)], 10, 1) == (1, impl.OVER_STORAGE)
+    assert impl.check_roots([(0, 5), (91, 9)], [(-1, 5), (100, 10)], 10, 1) == (0, impl.OVER_MESSAGES)
+    assert impl.check_roots([], [], 10, 1) == (-1, impl.OK)
+    with pytest.raises(ValueError):
+        impl.check_roots([(0, 0)], [], 1, 1)
 
 
 values = st.integers(min_value=0, max_value=(1 << 62) - 1)
@@ -104,3 +111,21 @@ def test_apply_agrees(us: int, um: int, sizes: list[int], sign: int) -> None:
 def test_storage_units_agrees(n: int) -> None:
     results = {_outcome(m.storage_units, n) for m in _impls()}
     assert len(results) == 1
+
+
+pairs = st.tuples(st.one_of(small, anyint), st.one_of(small, anyint))
+
+
+@given(st.lists(st.tuples(pairs, st.tuples(limits, limits)), max_size=4), st.one_of(small, anyint), small,
+       st.booleans())
+def test_check_roots_agrees(roots: list[tuple[tuple[int, int], tuple[int, int]]], a_s: int, a_m: int,
+                            mismatch: bool) -> None:
+    usages = [u for u, _ in roots]
+    lims = [lim for _, lim in roots] + ([(-1, -1)] if mismatch else [])
+    results = {_outcome(m.check_roots, usages, lims, a_s, a_m) for m in _impls()}
+    assert len(results) == 1
+    if not mismatch and all(0 <= v < 1 << 41 for u in usages for v in u) and 0 <= a_s < 1 << 41:
+        # the same as check() on each root in turn
+        want = next(((i, c) for i, (u, lim) in enumerate(roots) if (c := TWIN.check(*u, a_s, a_m, *lim))),
+                    (-1, TWIN.OK))
+        assert results == {("ok", want)}
