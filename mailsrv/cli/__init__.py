@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "mailsrv.cli.queue",
     "mailsrv.cli.dkim",
     "mailsrv.cli.policy",
+    "mailsrv.cli.share",
     "mailsrv.cli.quota",
 ]
 

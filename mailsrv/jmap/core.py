@@ -49,6 +49,10 @@ class RequestContext:
     created_ids: dict[str, str] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)  # blob store, push hub, ...
     responses: list[list[Any]] = field(default_factory=list)
+    #: accounts shared with the caller read-only (a grant in the directory)
+    read_only: frozenset[str] = frozenset()
+    #: accountId -> the capabilities it supports; an account not named here supports every one
+    account_capabilities: dict[str, frozenset[str]] = field(default_factory=dict)
 
     def account(self, args: dict[str, Any], capability: str = MAIL) -> Any:
         """The backend named by ``args["accountId"]``. Raises accountNotFound."""
@@ -72,6 +76,10 @@ class RequestContext:
 
 
 Handler = Callable[[RequestContext, dict[str, Any], str], Awaitable[dict[str, Any]]]
+
+#: methods that change the account named by ``accountId`` (for /copy: the destination)
+WRITE_SUFFIXES = ("/set", "/import", "/copy")
+WRITE_METHODS = frozenset({"Blob/upload"})
 
 
 @dataclass(frozen=True)
@@ -140,6 +148,19 @@ def parse_request(body: Any, ctx: RequestContext) -> tuple[list[list[Any]], dict
     return calls, created
 
 
+def check_account(ctx: RequestContext, method: Method, args: dict[str, Any]) -> None:
+    """The rights of a shared account, for every method at one place (RFC 8620 §3.6.2):
+    accountNotSupportedByMethod, accountReadOnly. An unknown accountId is left to the handler."""
+    aid = args.get("accountId")
+    if not isinstance(aid, str) or aid not in ctx.accounts:
+        return
+    caps = ctx.account_capabilities.get(aid)
+    if caps is not None and method.capability != CORE and method.capability not in caps:
+        raise MethodError("accountNotSupportedByMethod", f"{method.name} is not available on account {aid}")
+    if aid in ctx.read_only and (method.name.endswith(WRITE_SUFFIXES) or method.name in WRITE_METHODS):
+        raise MethodError("accountReadOnly", f"account {aid} is shared with you read-only")
+
+
 def resolve_references(args: dict[str, Any], responses: list[list[Any]]) -> dict[str, Any]:
     """Replace ``#name`` ResultReference arguments by their values (RFC 8620 §3.7).
 
@@ -191,6 +212,7 @@ async def process(body: Any, ctx: RequestContext, session_state: str) -> dict[st
                 # RFC 8620 §3.6.2: also when its capability was not in "using".
                 raise MethodError("unknownMethod", f"unknown method {name!r}")
             resolved = resolve_references(args, ctx.responses)
+            check_account(ctx, method, resolved)
             result = await method.handler(ctx, resolved, call_id)
         except MethodError as exc:
             del ctx.responses[mark:]

@@ -492,15 +492,94 @@ async def email_parse(ctx: RequestContext, args: dict[str, Any], call_id: str) -
 
 @registry.add("Email/copy", MAIL)
 async def email_copy(ctx: RequestContext, args: dict[str, Any], call_id: str) -> dict[str, Any]:
+    """RFC 8620 §5.4 + RFC 8621 §4.7: copy emails from another account the caller may read (a shared
+    one, or their own into a shared one); the dispatcher already refused a read-only destination."""
     A.check(args, ("fromAccountId", "ifFromInState", "accountId", "ifInState", "create",
                    "onSuccessDestroyOriginal", "destroyFromIfInState"))
     be: MailBackend = ctx.account(args)
-    src = args.get("fromAccountId")
-    if not isinstance(src, str):
+    src_id = args.get("fromAccountId")
+    if not isinstance(src_id, str):
         raise invalid_arguments("fromAccountId must be an Id")
-    if src not in ctx.accounts:
+    src: MailBackend | None = ctx.accounts.get(src_id)
+    if src is None:
         raise MethodError("fromAccountNotFound")
-    if src == be.account_id:
+    if src_id == be.account_id:
         # RFC 8620 §5.4: /copy is between two different accounts; use Email/set to change mailboxIds
         raise invalid_arguments("fromAccountId and accountId are the same account")
-    raise MethodError("fromAccountNotSupportedByMethod")
+    caps = ctx.account_capabilities.get(src_id)
+    if caps is not None and MAIL not in caps:
+        raise MethodError("fromAccountNotSupportedByMethod")
+    create = args.get("create")
+    if not isinstance(create, dict):
+        raise invalid_arguments("create must be a map")
+    A.set_limit(ctx, len(create))
+    destroy_original = A.boolean(args, "onSuccessDestroyOriginal", False)
+    for name in ("ifFromInState", "ifInState", "destroyFromIfInState"):
+        if args.get(name) is not None and not isinstance(args[name], str):
+            raise invalid_arguments(f"{name} must be a String")
+    if args.get("ifFromInState") is not None and args["ifFromInState"] != await src.state("Email"):
+        raise MethodError("stateMismatch", "ifFromInState does not match")
+    old_state = await be.state("Email")
+    if args.get("ifInState") is not None and args["ifInState"] != old_state:
+        raise MethodError("stateMismatch")
+    boxes = {m.id for m in await be.mailboxes()}
+    created: dict[str, Any] = {}
+    not_created: dict[str, Any] = {}
+    copied: list[str] = []
+    for cid, obj in create.items():
+        try:
+            created[cid] = await _copy_one(ctx, src, be, obj, boxes)
+            ctx.created_ids[cid] = created[cid]["id"]
+            copied.append(obj["id"])
+        except SetError as exc:
+            not_created[cid] = exc.to_json()
+    out = {"fromAccountId": src_id, "accountId": be.account_id, "oldState": old_state,
+           "newState": await be.state("Email"), "created": created or None, "notCreated": not_created or None}
+    if destroy_original and copied:
+        # RFC 8620 §5.4: an implicit /set on the source account, answered after this response
+        destroy = {"accountId": src_id, "destroy": copied}
+        if args.get("destroyFromIfInState") is not None:
+            destroy["ifInState"] = args["destroyFromIfInState"]
+        try:
+            if src_id in ctx.read_only:
+                raise MethodError("accountReadOnly", f"account {src_id} is shared with you read-only")
+            ctx.emit("Email/set", await email_set(ctx, destroy, call_id), call_id)
+        except MethodError as exc:
+            ctx.emit("error", exc.to_json(), call_id)
+    return out
+
+
+async def _copy_one(ctx: RequestContext, src: MailBackend, be: MailBackend, obj: Any,
+                    boxes: set[str]) -> dict[str, Any]:
+    if not isinstance(obj, dict) or not isinstance(obj.get("id"), str):
+        raise SetError("invalidProperties", "id (of the email to copy) is required", properties=["id"])
+    # RFC 8621 §4.7: only mailboxIds, keywords and receivedAt may be given besides the id
+    bad = [k for k in obj if k not in ("id", "mailboxIds", "keywords", "receivedAt")]
+    if bad:
+        raise SetError("invalidProperties", properties=bad)
+    meta = (await src.get_emails([obj["id"]])).get(obj["id"])
+    if meta is None:
+        raise SetError("notFound", f"no email {obj['id']} in {src.account_id}")
+    mboxes = mailbox_set(ctx, obj.get("mailboxIds"), boxes)
+    kws = keyword_set(obj["keywords"]) if "keywords" in obj else meta.keywords
+    received = _utc(obj["receivedAt"], "receivedAt") if obj.get("receivedAt") is not None else meta.received_at
+    # the message file when the source has one (linked or streamed by the store), else its bytes
+    blob_path = getattr(src, "blob_path", None)
+    data: Any = await blob_path(meta.blob_id) if blob_path is not None else None
+    if data is None:
+        data = await src.read_blob(meta.blob_id)
+        if data is None:
+            raise SetError("notFound", "the email's message is gone")
+    try:
+        try:
+            new = await be.import_email(data, mboxes, kws, received)
+        except FileNotFoundError:  # renamed (a flag change) between the lookup and the link: take the bytes
+            raw = await src.read_blob(meta.blob_id)
+            if raw is None:
+                raise SetError("notFound", "the email's message is gone") from None
+            new = await be.import_email(raw, mboxes, kws, received)
+    except OverQuota:
+        raise SetError("overQuota") from None
+    except NotFound:
+        raise SetError("invalidProperties", properties=["mailboxIds"]) from None
+    return {"id": new.id, "blobId": new.blob_id, "threadId": new.thread_id, "size": new.size}

@@ -32,13 +32,26 @@ MY_RIGHTS = {
     "mayReadItems": True, "mayAddItems": True, "mayRemoveItems": True, "maySetSeen": True,
     "maySetKeywords": True, "mayCreateChild": True, "mayRename": True, "mayDelete": True, "maySubmit": True,
 }
+#: an account shared read-only: read, nothing else
+READ_ONLY_RIGHTS = {k: k == "mayReadItems" for k in MY_RIGHTS}
+#: an account shared read-write: everything but sending as its owner
+SHARED_RIGHTS = {**MY_RIGHTS, "maySubmit": False}
 
 
-def to_json(m: Mailbox, props: list[str]) -> dict[str, Any]:
+def rights_for(ctx: RequestContext, account_id: str) -> dict[str, bool]:
+    """RFC 8621 §2 myRights: what the caller may do in the mailboxes of ``account_id``."""
+    if account_id in ctx.read_only:
+        return READ_ONLY_RIGHTS
+    if account_id in ctx.account_capabilities:  # shared with the caller
+        return SHARED_RIGHTS
+    return MY_RIGHTS
+
+
+def to_json(m: Mailbox, props: list[str], rights: dict[str, bool] = MY_RIGHTS) -> dict[str, Any]:
     full = {
         "id": m.id, "name": m.name, "parentId": m.parent_id, "role": m.role, "sortOrder": m.sort_order,
         "totalEmails": m.total_emails, "unreadEmails": m.unread_emails, "totalThreads": m.total_threads,
-        "unreadThreads": m.unread_threads, "myRights": dict(MY_RIGHTS), "isSubscribed": m.is_subscribed,
+        "unreadThreads": m.unread_threads, "myRights": dict(rights), "isSubscribed": m.is_subscribed,
     }
     return {p: full[p] for p in props}
 
@@ -56,9 +69,10 @@ async def mailbox_get(ctx: RequestContext, args: dict[str, Any], call_id: str) -
     state = await be.state("Mailbox")
     boxes = {m.id: m for m in await be.mailboxes()}
     found, not_found = [], []
+    rights = rights_for(ctx, be.account_id)
     for i in (ids if ids is not None else list(boxes)):
         if i in boxes:
-            found.append(to_json(boxes[i], props))
+            found.append(to_json(boxes[i], props, rights))
         else:
             not_found.append(i)
     return {"accountId": be.account_id, "state": state, "list": found, "notFound": not_found}
@@ -284,7 +298,7 @@ async def mailbox_set(ctx: RequestContext, args: dict[str, Any], call_id: str) -
             except NameConflict:
                 raise SetError("alreadyExists", "a sibling has that name") from None
             ctx.created_ids[cid] = m.id
-            full = to_json(m, PROPERTIES)
+            full = to_json(m, PROPERTIES, rights_for(ctx, be.account_id))
             created[cid] = {k: v for k, v in full.items() if k not in obj}
         except SetError as exc:
             not_created[cid] = exc.to_json()
@@ -317,7 +331,7 @@ async def mailbox_set(ctx: RequestContext, args: dict[str, Any], call_id: str) -
                     kw["is_subscribed"] = v
                 elif k in PROPERTIES:
                     # server-set properties may be "set" to their current value only
-                    if to_json(cur, [k])[k] != v:
+                    if to_json(cur, [k], rights_for(ctx, be.account_id))[k] != v:
                         raise SetError("invalidProperties", f"{k} is server-set", properties=[k])
                 else:
                     raise SetError("invalidProperties", f"unknown property {k}", properties=[k])

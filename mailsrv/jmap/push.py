@@ -30,8 +30,59 @@ async def current_states(be: MailBackend, types: frozenset[str] | None) -> dict[
     return {t: await be.state(t) for t in TYPES if types is None or t in types}
 
 
-def state_change(account_id: str, changed: dict[str, str]) -> dict[str, Any]:
-    return {"@type": "StateChange", "changed": {account_id: changed}}
+async def all_states(backends: list[MailBackend], types: frozenset[str] | None) -> dict[str, dict[str, str]]:
+    """accountId -> type -> state, for every account the client may see (its own and shared ones)."""
+    return {be.account_id: await current_states(be, types) for be in backends}
+
+
+def differences(last: dict[str, dict[str, str]], now: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
+    """The ``changed`` member of a StateChange: per account, the types whose state moved."""
+    out = {}
+    for aid, states in now.items():
+        old = last.get(aid, {})
+        moved = {t: v for t, v in states.items() if old.get(t) != v}
+        if moved:
+            out[aid] = moved
+    return out
+
+
+def state_change(changed: dict[str, dict[str, str]]) -> dict[str, Any]:
+    return {"@type": "StateChange", "changed": changed}
+
+
+class MultiWatch:
+    """One :class:`Watch` over several accounts: wakes when any of them changes."""
+
+    def __init__(self, watches: list[Watch]) -> None:
+        self.watches = watches
+        self.event = asyncio.Event()
+        self.tasks = [asyncio.create_task(self._follow(w)) for w in watches] if len(watches) > 1 else []
+
+    async def _follow(self, w: Watch) -> None:
+        while True:
+            if await w.wait(None):
+                self.event.set()
+
+    async def wait(self, seconds: float | None = None) -> bool:
+        if not self.tasks:  # one account: its own watch, no helper task
+            return await self.watches[0].wait(seconds)
+        try:
+            async with asyncio.timeout(seconds):
+                await self.event.wait()
+        except TimeoutError:
+            return False
+        self.event.clear()  # states are read after this: a later change sets it again
+        return True
+
+    def close(self) -> None:
+        for t in self.tasks:
+            t.cancel()
+        for w in self.watches:
+            w.close()
+
+
+def watch_all(backends: list[MailBackend]) -> MultiWatch:
+    return MultiWatch([be.watch() for be in backends])
 
 
 def _parse_types(value: str) -> frozenset[str] | None:
@@ -40,7 +91,7 @@ def _parse_types(value: str) -> frozenset[str] | None:
     return frozenset(t.strip() for t in value.split(",") if t.strip())
 
 
-async def eventsource(request: web.Request, be: MailBackend, cfg: JmapConfig) -> web.StreamResponse:
+async def eventsource(request: web.Request, backends: list[MailBackend], cfg: JmapConfig) -> web.StreamResponse:
     # RFC 8620 §7.3: types, closeafter (state|no), ping (seconds, 0 = none)
     types = _parse_types(request.query.get("types", "*"))
     closeafter = request.query.get("closeafter", "no")
@@ -54,22 +105,22 @@ async def eventsource(request: web.Request, be: MailBackend, cfg: JmapConfig) ->
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                                        "X-Accel-Buffering": "no"})
     await resp.prepare(request)
-    watch = be.watch()
+    watch = watch_all(backends)
     try:
-        last = await current_states(be, types)
+        last = await all_states(backends, types)
         if closeafter == "no":
             # the current states at once, so a client that connected after a change misses nothing
-            await _send(resp, "state", state_change(be.account_id, last))
+            await _send(resp, "state", state_change(last))
         while True:
             woke = await watch.wait(ping if ping > 0 else None)
             if not woke:
                 await _send(resp, "ping", {"interval": ping})
                 continue
-            now = await current_states(be, types)
-            changed = {t: s for t, s in now.items() if last.get(t) != s}
+            now = await all_states(backends, types)
+            changed = differences(last, now)
             last = now
             if changed:
-                await _send(resp, "state", state_change(be.account_id, changed))
+                await _send(resp, "state", state_change(changed))
                 if closeafter == "state":
                     break
     except ConnectionResetError:
@@ -85,7 +136,8 @@ async def _send(resp: web.StreamResponse, event: str, data: dict[str, Any]) -> N
 
 async def websocket_session(ws: web.WebSocketResponse, app: JmapApp, p: Principal) -> None:
     """RFC 8887: JMAP Request/Response over one WebSocket, plus push when enabled."""
-    ctx, be = await app._context(p)
+    ctx, _ = await app._context(p)
+    backends: list[MailBackend] = list(ctx.accounts.values())
     push_task: asyncio.Task[None] | None = None
     push_watch: Watch | None = None
     send_lock = asyncio.Lock()
@@ -94,15 +146,15 @@ async def websocket_session(ws: web.WebSocketResponse, app: JmapApp, p: Principa
         async with send_lock:
             await ws.send_str(json.dumps(obj))
 
-    async def pusher(types: frozenset[str] | None, last: dict[str, str], watch: Watch) -> None:
+    async def pusher(types: frozenset[str] | None, last: dict[str, dict[str, str]], watch: Watch) -> None:
         try:
             while True:
                 await watch.wait()
-                now = await current_states(be, types)
-                changed = {t: s for t, s in now.items() if last.get(t) != s}
+                now = await all_states(backends, types)
+                changed = differences(last, now)
                 last = now
                 if changed:
-                    await send(state_change(be.account_id, changed))
+                    await send(state_change(changed))
         finally:
             watch.close()
 
@@ -141,12 +193,11 @@ async def websocket_session(ws: web.WebSocketResponse, app: JmapApp, p: Principa
                     if push_watch is not None:
                         push_watch.close()
                     # watch first, then read the states: no change can fall between them
-                    watch = push_watch = be.watch()
-                    last = await current_states(be, types)
+                    watch = push_watch = watch_all(backends)
+                    last = await all_states(backends, types)
                     push_state = obj.get("pushState")
                     if push_state is not None and push_state != _push_state(last):
-                        await send({"@type": "StateChange", "changed": {be.account_id: last},
-                                    "pushState": _push_state(last)})
+                        await send({"@type": "StateChange", "changed": last, "pushState": _push_state(last)})
                     push_task = asyncio.create_task(pusher(types, last, watch))
                 elif kind == "WebSocketPushDisable":
                     if push_task is not None:
@@ -171,5 +222,5 @@ async def websocket_session(ws: web.WebSocketResponse, app: JmapApp, p: Principa
             push_watch.close()
 
 
-def _push_state(states: dict[str, str]) -> str:
-    return ".".join(f"{k}:{v}" for k, v in sorted(states.items()))
+def _push_state(states: dict[str, dict[str, str]]) -> str:
+    return ".".join(f"{a}/{k}:{v}" for a, per in sorted(states.items()) for k, v in sorted(per.items()))

@@ -50,7 +50,7 @@ from mailsrv.jmap.errors import RequestError, limit, not_json
 from mailsrv.jmap.limits import ConnectionLimiter, ConnLimits, LimitedSockSite
 from mailsrv.jmap.objects import Collection
 from mailsrv.jmap.pushsub import PushManager
-from mailsrv.jmap.session import SERVER_CAPABILITIES, session_object
+from mailsrv.jmap.session import SERVER_CAPABILITIES, SHARED_CAPABILITIES, session_object
 from mailsrv.jmap.vacation import Responder
 from mailsrv.net.service import ServiceContext
 from mailsrv.util.fsio import FileIO
@@ -75,6 +75,17 @@ class Principal:
 
 
 BackendFactory = Callable[[Principal], Awaitable[MailBackend]]
+#: principal -> the grants of accounts shared with it (``mailsrv.directory.Grant``: owner, read_only)
+GrantsSource = Callable[[Principal], Awaitable[list[Any]]]
+
+
+@dataclass(frozen=True)
+class Access:
+    """One account the caller may use: their own (personal) or one shared with them by a grant."""
+
+    backend: MailBackend
+    personal: bool
+    read_only: bool
 
 
 def problem(err: RequestError) -> web.Response:
@@ -104,8 +115,10 @@ class JmapApp:
         submitter: Any = None,
         push_ssl: ssl.SSLContext | None = None,
         limiter: ConnectionLimiter | None = None,
+        grants: GrantsSource | None = None,
     ) -> None:
         self.config = config
+        self.grants = grants
         self.limiter = limiter
         self.submitter = submitter
         self.push = PushManager(push_ssl)
@@ -298,15 +311,42 @@ class JmapApp:
     def _objects(self, account_id: str, type_: str) -> Collection:
         return Collection(self.uploads.root, self.uploads.io, account_id, type_)
 
-    async def _context(self, p: Principal) -> tuple[core.RequestContext, MailBackend]:
+    async def accounts(self, p: Principal) -> tuple[MailBackend, dict[str, Access]]:
+        """The caller's own backend, and every account they may use by id (theirs first, then the
+        accounts shared with them, read from the directory at each call: a revoke acts at once)."""
         be = await self.backends(p)
+        out = {be.account_id: Access(be, True, False)}
+        if self.grants is not None:
+            for g in await self.grants(p):
+                owner = g.owner
+                try:
+                    shared = await self.backends(Principal(str(owner.id), owner.address, owner))
+                except Exception as exc:  # an owner whose store cannot be opened must not lock the grantee out
+                    logger.warning("jmap.shared.unavailable", owner=owner.address, error=str(exc)[:200])
+                    continue
+                out.setdefault(shared.account_id, Access(shared, False, bool(g.read_only)))
+        return be, out
+
+    def _session(self, request: web.Request, p: Principal, be: MailBackend,
+                 access: dict[str, Access]) -> dict[str, Any]:
+        shared = {aid: (a.backend.name, a.read_only) for aid, a in access.items() if not a.personal}
+        return session_object(self.config, self.base_url(request), p.username, {be.account_id: be.name},
+                              be.account_id, shared)
+
+    async def _context(self, p: Principal) -> tuple[core.RequestContext, MailBackend]:
+        return self._make_context(p, *await self.accounts(p))
+
+    def _make_context(self, p: Principal, be: MailBackend,
+                      access: dict[str, Access]) -> tuple[core.RequestContext, MailBackend]:
         ctx = core.RequestContext(
             config=self.config,
             username=p.username,
-            accounts={be.account_id: be},
+            accounts={aid: a.backend for aid, a in access.items()},
             capabilities=SERVER_CAPABILITIES,
             extra={"uploads": self.uploads, "objects": self._objects, "submitter": self.submitter, "principal": p,
                    "push": self.push, "vacation": self.vacation},
+            read_only=frozenset(aid for aid, a in access.items() if a.read_only),
+            account_capabilities={aid: SHARED_CAPABILITIES for aid, a in access.items() if not a.personal},
         )
         return ctx, be
 
@@ -320,9 +360,8 @@ class JmapApp:
         p = await self.authenticate(request)
         if p is None:
             return unauthorized()
-        be = await self.backends(p)
-        obj = session_object(self.config, self.base_url(request), p.username, {be.account_id: be.name}, be.account_id)
-        resp = web.json_response(obj)
+        be, access = await self.accounts(p)
+        resp = web.json_response(self._session(request, p, be, access))
         resp.headers["Cache-Control"] = "no-cache, no-store, must-revalidate"
         return resp
 
@@ -350,9 +389,9 @@ class JmapApp:
             return problem(limit("maxConcurrentRequests", "too many concurrent requests"))
         self._inflight[p.id] = n + 1
         try:
-            ctx, be = await self._context(p)
-            session_state = session_object(self.config, self.base_url(request), p.username,
-                                           {be.account_id: be.name}, be.account_id)["state"]
+            be, access = await self.accounts(p)
+            ctx, be = self._make_context(p, be, access)
+            session_state = self._session(request, p, be, access)["state"]
             try:
                 # a client that hangs up does not cut a request in the middle of its method calls
                 result = await asyncio.shield(core.process(body, ctx, session_state))
@@ -379,11 +418,14 @@ class JmapApp:
         p = await self.authenticate(request)
         if p is None:
             return unauthorized()
-        be = await self.backends(p)
+        _, access = await self.accounts(p)
         account_id = request.match_info["accountId"]
-        if account_id != be.account_id:
+        if account_id not in access:
             return web.json_response({"type": "about:blank", "status": 404, "detail": "no such account"},
                                      status=404, content_type="application/problem+json")
+        if access[account_id].read_only:
+            return web.json_response({"type": "about:blank", "status": 403, "detail": "the account is read-only"},
+                                     status=403, content_type="application/problem+json")
         cfg = self.config
         if request.content_length is not None and request.content_length > cfg.max_size_upload:
             return problem(RequestError(core_limit_type(), 413, "upload too large", limit="maxSizeUpload"))
@@ -408,9 +450,10 @@ class JmapApp:
         p = await self.authenticate(request, allow_token=True)
         if p is None:
             return unauthorized()
-        be = await self.backends(p)
-        if request.match_info["accountId"] != be.account_id:
+        _, access = await self.accounts(p)
+        if request.match_info["accountId"] not in access:
             raise web.HTTPNotFound()
+        be = access[request.match_info["accountId"]].backend
         blob_id = request.match_info["blobId"]
         name = request.match_info["name"]
         accept = request.query.get("accept") or "application/octet-stream"
@@ -444,12 +487,12 @@ class JmapApp:
         p = await self.authenticate(request, allow_token=True)
         if p is None:
             return unauthorized()
-        be = await self.backends(p)
+        _, access = await self.accounts(p)
         task = asyncio.current_task()
         assert task is not None
         self.streams.add(task)
         try:
-            return await push.eventsource(request, be, self.config)
+            return await push.eventsource(request, [a.backend for a in access.values()], self.config)
         finally:
             self.streams.discard(task)
 
@@ -584,8 +627,16 @@ class JmapService:
             from mailsrv.jmap.submission import DirectorySubmitter
 
             submitter = DirectorySubmitter(res["directory"], res["store"], data_dir)
+        directory = res.get("directory")
+        grants: GrantsSource | None = None
+        if directory is not None:
+            async def grants_for(p: Principal) -> list[Any]:
+                return list(await directory.grants_for(int(p.id)))
+
+            grants = grants_for
+
         app = JmapApp(cfg.jmap, res["auth"], factory, uploads, secret, tls=self.ctx.listener.tls == "implicit",
-                      submitter=submitter, limiter=self.limiter)
+                      submitter=submitter, limiter=self.limiter, grants=grants)
         return app.make_app()
 
     async def start(self, socks: list[socket.socket], ssl_context: ssl.SSLContext | None) -> None:
@@ -623,4 +674,4 @@ def make_service(ctx: ServiceContext) -> JmapService:
     return JmapService(ctx)
 
 
-__all__ = ["JmapApp", "JmapService", "Principal", "make_service", "WSMsgType"]
+__all__ = ["Access", "JmapApp", "JmapService", "Principal", "make_service", "WSMsgType"]

@@ -21,6 +21,8 @@ EMAIL_SORT = ["receivedAt", "sentAt", "size", "from", "to", "subject", "hasKeywo
 
 #: every capability this server implements (a request's "using" may name only these)
 SERVER_CAPABILITIES = frozenset({CORE, MAIL, WEBSOCKET, SUBMISSION, VACATION, QUOTA, BLOB})
+#: what an account shared with the caller supports: its mail, not sending or answering as its owner
+SHARED_CAPABILITIES = frozenset({CORE, MAIL, QUOTA, BLOB})
 
 
 def core_capability(cfg: JmapConfig) -> dict[str, Any]:
@@ -47,8 +49,10 @@ def mail_account_capability(cfg: JmapConfig) -> dict[str, Any]:
     }
 
 
-def session_object(cfg: JmapConfig, base: str, username: str, accounts: dict[str, str], primary: str) -> dict[str, Any]:
-    """The Session object; ``accounts`` maps accountId -> name. URLs are absolute (RFC 8620 §2)."""
+def session_object(cfg: JmapConfig, base: str, username: str, accounts: dict[str, str], primary: str,
+                   shared: dict[str, tuple[str, bool]] | None = None) -> dict[str, Any]:
+    """The Session object; ``accounts`` maps accountId -> name (the caller's own), ``shared`` accountId ->
+    (name, read only) for accounts other users shared with the caller. URLs are absolute (RFC 8620 §2)."""
     ws = "ws" + base[4:] if base.startswith("http") else base
     caps = {
         CORE: core_capability(cfg),
@@ -62,20 +66,26 @@ def session_object(cfg: JmapConfig, base: str, username: str, accounts: dict[str
     acc_caps = {
         CORE: {},
         MAIL: mail_account_capability(cfg),
-        # RFC 8621 §1.3.2: no delayed send (submissions are final at once)
-        SUBMISSION: {"maxDelayedSend": 0, "submissionExtensions": {}},
+        # RFC 8621 §1.3.2: sendAt/FUTURERELEASE holds up to maxDelayedSend seconds (0: no delayed send)
+        SUBMISSION: {"maxDelayedSend": cfg.max_delayed_send, "submissionExtensions": {}},
         VACATION: {},
         QUOTA: {},
         # RFC 9404 §4.1
         BLOB: {"maxSizeBlobSet": cfg.max_size_upload, "maxDataSources": 64,
                "supportedTypeNames": ["Mailbox", "Thread", "Email"], "supportedDigestAlgorithms": ["sha", "sha-256"]},
     }
+    all_accounts = {
+        aid: {"name": name, "isPersonal": True, "isReadOnly": False, "accountCapabilities": acc_caps}
+        for aid, name in accounts.items()
+    }
+    for aid, (name, read_only) in (shared or {}).items():
+        mail = {**acc_caps[MAIL], "mayCreateTopLevelMailbox": not read_only}
+        all_accounts[aid] = {"name": name, "isPersonal": False, "isReadOnly": read_only,
+                             "accountCapabilities": {c: (mail if c == MAIL else acc_caps[c])
+                                                     for c in acc_caps if c in SHARED_CAPABILITIES}}
     session: dict[str, Any] = {
         "capabilities": caps,
-        "accounts": {
-            aid: {"name": name, "isPersonal": True, "isReadOnly": False, "accountCapabilities": acc_caps}
-            for aid, name in accounts.items()
-        },
+        "accounts": all_accounts,
         "primaryAccounts": {c: primary for c in (MAIL, SUBMISSION, VACATION, QUOTA, BLOB)},
         "username": username,
         "apiUrl": base + "/jmap/api",

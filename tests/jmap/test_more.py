@@ -23,7 +23,7 @@ async def test_session_advertises_capabilities(client: Client) -> None:
     for cap in ALL:
         assert cap in s["capabilities"]
     acc = s["accounts"]["a1"]["accountCapabilities"]
-    assert acc["urn:ietf:params:jmap:submission"]["maxDelayedSend"] == 0
+    assert acc["urn:ietf:params:jmap:submission"]["maxDelayedSend"] == 7 * 86400  # [jmap] max_delayed_send
     assert acc["urn:ietf:params:jmap:blob"]["supportedDigestAlgorithms"] == ["sha", "sha-256"]
 
 
