@@ -159,8 +159,11 @@ _CTE_BINARY = b"Content-Transfer-Encoding: binary"
 def _binary_header(raw: Any, part: Part) -> bytes:
     """The header of an encoded part inside a BINARY container, as Dovecot rewrites it:
     every Content-Transfer-Encoding field removed and ``Content-Transfer-Encoding:
-    binary`` added as the last field (the empty line, if any, stays last)."""
+    binary`` added as the last field (the empty line, if any, stays last; a header cut
+    by a delimiter stays without a final line end)."""
     start, end = part.header_start, part.body_start
+    block = bytes(raw[start:end])
+    eol = b"\n" if b"\n" in block and b"\r\n" not in block else b"\r\n"
     out = bytearray()
     pos = start
     for name, s, e in iter_header_lines(raw, start, end):
@@ -168,17 +171,13 @@ def _binary_header(raw: Any, part: Part) -> bytes:
             out += raw[pos:s]
             pos = e
     head = bytes(raw[pos:end])
-    if head.endswith(b"\r\n\r\n") or head == b"\r\n":
-        cut, eol = len(head) - 2, b"\r\n"
-    elif head.endswith(b"\n\n") or head == b"\n":
-        cut, eol = len(head) - 1, b"\n"
-    else:  # no empty line (the header ran into a delimiter or the end)
-        cut, eol = len(head), b"\r\n"
-        if head and not head.endswith(b"\n"):
-            head += eol
-            cut = len(head)
-    out += head[:cut] + _CTE_BINARY + eol + head[cut:]
-    return bytes(out)
+    if head.endswith((b"\n\n", b"\n\r\n")) or head in (b"\n", b"\r\n"):
+        cut = len(head) - (2 if head.endswith(b"\r\n") else 1)
+        return bytes(out) + head[:cut] + _CTE_BINARY + eol + head[cut:]
+    # no empty line: the header ran into a delimiter or the end of the message
+    if head and not head.endswith(b"\n"):
+        head += eol
+    return bytes(out) + head + _CTE_BINARY + (eol if block.endswith(b"\n") else b"")
 
 
 def _inner(part: Part) -> list[Part]:

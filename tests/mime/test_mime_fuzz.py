@@ -55,6 +55,10 @@ TOKENS = [
     b"?=",
     b"Content-Type: multipart/mixed; boundary=b\r\n",
     b"Content-Type: multipart/digest; boundary=bb\r\n",
+    b"Content-Type: multipart/mixed; boundary*=us-ascii'en'%62\r\n",
+    b"Content-Type: multipart/mixed; boundary*0*=''%62; boundary*1=b\r\n",
+    b"Content-Type: multipart/mixed; boundary*1=b; boundary*0=b; BOUNDARY*2*=%\r\n",
+    b"Content-Type: application/pdf; name=my file.pdf ; x\r\n",
     b"Content-Type: message/rfc822\r\n",
     b"Content-Type: text/plain; charset*=utf-8''%E4%B8%AD; name*0*=x; name*1=y\r\n",
     b"Content-Type: text\r\n",
@@ -113,7 +117,9 @@ def check(raw: bytes) -> None:
         for p in parts:
             assert 0 <= p.header_start <= p.body_start <= p.body_end <= len(raw)
             p.filename, p.charset, p.content_id, p.language, p.location, p.description  # noqa: B018
-            mime.binary_size(raw, p)
+            size = mime.binary_size(raw, p)
+            assert size == sum(len(c) for c in mime.iter_binary(raw, p, chunk=1024))
+            assert 0 <= mime.decoded_size(raw, p)
             if p.section:
                 assert s.part(p.section) is not None
                 assert s.section_range(p.section + ".MIME") is not None
@@ -156,6 +162,11 @@ def test_header_helpers_never_raise(value: bytes) -> None:
     merge_params([(b"name*0*", value), (b"name*1", value), (b"filename", value)])
     assert mime_py.parse_content_type(value) == (mime_c or mime_py).parse_content_type(value)
     assert mime_py.parse_params(value, 0) == (mime_c or mime_py).parse_params(value, 0)
+    from mailsrv.mime.headers import parse_params_lenient
+
+    parse_params_lenient(value)
+    params = mime_py.parse_params(value, 0) + ((b"boundary*", value), (b"boundary*1*", value))
+    assert mime_py.rfc2231_boundary(params) == (mime_c or mime_py).rfc2231_boundary(params)
 
 
 @settings(max_examples=200, deadline=None)

@@ -6,6 +6,8 @@ import time
 from collections.abc import Callable
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from samples import ATTACH, RFC2046_MULTIPART, RFC2231, TORTURE, crlf
 
 from mailsrv import mime
@@ -465,3 +467,198 @@ def test_html_only_preview_and_parts_without_raw(parse: Callable) -> None:
         )
         == ""
     )
+
+
+# --- RFC 2231 boundary, BINARY of containers, lenient parameters ---------------
+
+
+@pytest.mark.parametrize(
+    ("params", "boundary"),
+    [
+        (((b"boundary*", b"us-ascii'en'a%20b"),), b"a b"),
+        (
+            ((b"BOUNDARY*0*", b"''a%3d"), (b"boundary*1", b"%41"), (b"boundary*2*", b"%4")),
+            b"a=%41%4",
+        ),
+        # sections in any order, first occurrence of a number wins, a gap ends the value
+        (((b"boundary*1", b"y"), (b"boundary*0", b"x"), (b"boundary*0", b"z")), b"xy"),
+        (((b"boundary*0", b"x"), (b"boundary*2", b"z")), b"x"),
+        (((b"boundary*1", b"y"),), b""),
+        (((b"boundary*x", b"y"), (b"boundaryx*", b"z"), (b"name*", b"''n")), b""),
+        # no quote pair: the whole first section is the value
+        (((b"boundary*", b"abc%2Fd"),), b"abc/d"),
+    ],
+)
+def test_rfc2231_boundary_parameter(impl: object, params: tuple, boundary: bytes) -> None:
+    assert impl.rfc2231_boundary(params) == boundary  # type: ignore[attr-defined]
+
+
+def test_plain_boundary_wins_over_rfc2231(parse: Callable) -> None:
+    raw = crlf(
+        "Content-Type: multipart/mixed; boundary*=''x; boundary=y\n\n--x\n\nX\n--y\n\nY\n--y--\n"
+    )
+    s = parse(raw)
+    assert [raw[p.body_start : p.body_end] for p in s.root.children] == [b"Y"]
+    # a boundary*= longer than RFC 2046's 70 characters is cut like a plain one
+    long = "b" * 100
+    raw = crlf(f"Content-Type: multipart/mixed; boundary*0={long[:50]}; boundary*1={long[50:]}\n\n")
+    raw += crlf(f"--{long[:80]}\n\nA\n--{long[:80]}--\n")
+    assert [raw[p.body_start : p.body_end] for p in parse(raw).root.children] == [b"A"]
+
+
+def test_binary_of_containers(parse: Callable) -> None:
+    from samples import BINARY_CONTAINERS as raw
+
+    s = parse(raw)
+    one = s.part("1")
+    assert one is not None
+    assert b"".join(mime.iter_binary(raw, one, chunk=1024)) == (
+        b"--a\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        b"Content-Transfer-Encoding: binary\r\n\r\ncaf\xc3\xa9 soft\r\n"
+        b"--a\r\nContent-Type: text/html;\r\n charset=utf-8\r\n"
+        b"Content-Transfer-Encoding: binary\r\n\r\n<p>hi</p>\r\n--a--\r\n"
+    )
+    two = s.part("2")
+    assert two is not None and two.message is not None
+    assert b"".join(mime.iter_binary(raw, two)) == (
+        b"Subject: inner\r\nContent-Type: application/octet-stream\r\n"
+        b"Content-Transfer-Encoding: binary\r\n\r\n\x00\x01\x02\x03"
+    )
+    for section, size in (("1", 197), ("1.1", 10), ("1.2", 9), ("2", 97), ("2.1", 4), ("3", 5)):
+        part = s.part(section)
+        assert part is not None
+        assert mime.binary_size(raw, part) == size
+        assert len(b"".join(mime.iter_binary(raw, part))) == size
+    # JMAP sizes stay the part's own: a message/rfc822 is downloaded as written
+    assert mime.decoded_size(raw, two) == two.size == 101
+    # LF-only storage: the added line uses the header's line ends
+    lf = raw.replace(b"\r\n", b"\n")
+    inner = parse(lf).part("2")
+    assert inner is not None
+    assert b"Content-Transfer-Encoding: binary\n\n\x00" in b"".join(mime.iter_binary(lf, inner))
+
+
+def test_binary_header_without_empty_line(parse: Callable) -> None:
+    """Headers a delimiter or the end cuts keep their shape (Dovecot 2.3 answers such
+    parts with truncated raw bytes, so there is no reference to compare with)."""
+    head = b"Content-Type: multipart/mixed; boundary=b\r\n\r\n"
+    cases = {
+        b"--b\r\nContent-Transfer-Encoding: base64\r\n--b--\r\n": (
+            b"--b\r\nContent-Transfer-Encoding: binary\r\n--b--\r\n"
+        ),
+        b"--b\r\nContent-Transfer-Encoding: base64\r\nX-B: 2\r\n--b--\r\n": (
+            b"--b\r\nX-B: 2\r\nContent-Transfer-Encoding: binary\r\n--b--\r\n"
+        ),
+        b"--b\r\nX-A: 1\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n--b--\r\n": (
+            b"--b\r\nX-A: 1\r\nContent-Transfer-Encoding: binary\r\n\r\n--b--\r\n"
+        ),
+    }
+    for body, binary in cases.items():
+        raw = head + body
+        s = parse(raw)
+        assert b"".join(mime.iter_binary(raw, s.root)) == binary
+        assert mime.binary_size(raw, s.root) == len(binary)
+    for raw, binary in (
+        (b"Content-Type: message/rfc822\r\n\r\nContent-Transfer-Encoding: base64", b""),
+        (b"Content-Type: message/rfc822\r\n\r\nContent-Transfer-Encoding: base64\r\n", b"\r\n"),
+        (b"Content-Type: message/rfc822\n\nContent-Transfer-Encoding: base64\n", b"\n"),
+    ):
+        got = b"".join(mime.iter_binary(raw, parse(raw).root))
+        assert got == b"Content-Transfer-Encoding: binary" + binary
+
+
+def test_quoted_printable_trailing_blanks_and_long_lines(parse: Callable) -> None:
+    raw = b"Content-Transfer-Encoding: quoted-printable\r\n\r\na \t\r\nb= \r\nc=20 \r\nend  "
+    part = parse(raw).root
+    # RFC 2045 §6.7 (3): blanks at the end of a line are deleted (a soft break survives them)
+    assert mime.decoded_body(raw, part) == b"a\r\nbc \r\nend  "
+    line = b"x" * 3000 + b"=C3=A9" + b"y" * 3000 + b"   \r\nz"
+    raw = b"Content-Transfer-Encoding: quoted-printable\r\n\r\n" + line
+    part = parse(raw).root
+    whole = mime.decoded_body(raw, part)
+    assert whole == b"x" * 3000 + b"\xc3\xa9" + b"y" * 3000 + b"\r\nz"
+    for chunk in range(1024, 1040):
+        assert b"".join(mime.iter_decoded(raw, part, chunk=chunk)) == whole
+
+
+def test_header_cut_by_delimiter_leaves_the_crlf(parse: Callable) -> None:
+    from samples import CUT_HEADERS as raw
+
+    s = parse(raw)
+    mimes = []
+    for p in s.root.children:
+        rng = s.section_range(p.section + ".MIME")
+        assert rng is not None
+        mimes.append(raw[rng[0] : rng[1]])
+    assert mimes == [
+        b"Content-Type: text/plain",
+        b"junk",
+        b"X-A: 1\r\njunk",
+        b"Content-Type: text/plain\r\n",
+        b"Content-Type: multipart/mixed; boundary=c\r\n\r\n",
+    ]
+    assert [p.size for p in s.root.children] == [0, 0, 0, 0, 11]
+
+
+def test_lenient_names_for_jmap_strict_for_imap(parse: Callable) -> None:
+    raw = crlf(
+        "Content-Type: multipart/mixed; boundary=m\n\n--m\nContent-Type: text/plain\n\nhi\n"
+        "--m\nContent-Type: application/pdf; name=Quarterly report 2026.pdf\n"
+        "Content-Disposition: attachment; filename=Quarterly report 2026.pdf ; size=12\n\nx\n--m--\n"
+    )
+    s = parse(raw)
+    att = s.part("2")
+    assert att is not None
+    assert att.filename == "Quarterly report 2026.pdf"
+    assert att.disposition_params == {"filename": "Quarterly report 2026.pdf", "size": "12"}
+    parts = mime.jmap_body_parts(raw, s)
+    assert [p["name"] for p in parts["attachments"]] == ["Quarterly report 2026.pdf"]
+    assert parts["hasAttachment"] is True
+    # BODYSTRUCTURE keeps Dovecot's reading: the value is the token before the space
+    assert b'("name" "Quarterly")' in s.imap_bodystructure()
+    assert b'("attachment" ("filename" "Quarterly" "size" "12"))' in s.imap_bodystructure()
+
+
+LENIENT = {
+    b"a/b; n=v": [(b"n", b"v")],
+    b"a/b;n = v ;m=w": [(b"n", b"v"), (b"m", b"w")],
+    b'a/b; n="x;y" junk; m=1': [(b"n", b"x;y"), (b"m", b"1")],
+    b"a/b; n=v (comment)": [(b"n", b"v")],
+    b"a/b; n=my  file.pdf ": [(b"n", b"my  file.pdf")],
+    b"a/b; n=a=b": [(b"n", b"a=b")],
+    b"a/b; ; =x; y; n=": [(b"n", b"")],
+    b'a/b; n="unterminated': [(b"n", b"unterminated")],
+    b"a/b": [],
+}
+
+
+@pytest.mark.parametrize("value", list(LENIENT))
+def test_parse_params_lenient(value: bytes) -> None:
+    from mailsrv.mime.headers import parse_params_lenient
+
+    assert parse_params_lenient(value) == LENIENT[value]
+
+
+_TOKEN = st.text("abcXYZ019-._!#$%&'*+^`{|}~", min_size=1, max_size=8).map(str.encode)
+_QUOTED = st.binary(max_size=10).filter(lambda b: b"\r" not in b and b"\n" not in b)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(_TOKEN, st.one_of(_TOKEN, _QUOTED), st.booleans()), max_size=6))
+def test_lenient_agrees_with_strict_on_wellformed_parameters(
+    items: list[tuple[bytes, bytes, bool]],
+) -> None:
+    """On RFC 2045 §5.1 parameters both readings give the same values."""
+    from mailsrv._speedups import mime_py
+    from mailsrv.mime.headers import parse_params_lenient
+
+    v = b"a/b"
+    for name, value, quote in items:
+        if (
+            quote
+            or not value
+            or any(c in b'()<>@,;:\\"/[]?= \t' or c > 126 or c < 33 for c in value)
+        ):
+            value = b'"' + value.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
+        v += b"; " + name + b"=" + value
+    assert parse_params_lenient(v) == list(mime_py.parse_params(v, 3))
