@@ -128,8 +128,22 @@ def _binary(raw: bytes, root: Part, section: Section) -> bytes:
     except NoSuchPart:
         raise UnknownCte from None
     if part.children or part.message is not None:
-        return raw[part.body : part.end]
+        return _binary_container(raw, section.parts)
     return _decode_cte(part, raw[part.body : part.end])
+
+
+def _binary_container(raw: bytes, parts: tuple[int, ...]) -> bytes:
+    """BINARY of a multipart or message/rfc822 part: RFC 3516 leaves the form open; as
+    Dovecot, every base64/QP part inside is decoded and marked binary (mailsrv.mime)."""
+    from mailsrv import mime
+
+    part = mime.parse(raw).part(".".join(map(str, parts)))
+    if part is None or any(p.encoding not in _KNOWN_CTE for p in part.walk()):
+        raise UnknownCte  # RFC 3516 §4.3 (Dovecot refuses the whole container too)
+    return b"".join(mime.iter_binary(raw, part))
+
+
+_KNOWN_CTE = ("7bit", "8bit", "binary", "base64", "quoted-printable")
 
 
 def _partial(data: bytes, partial: tuple[int, int] | None) -> tuple[bytes, bytes]:
