@@ -306,6 +306,16 @@ class StoreConfig:
         1000,
         check=_positive,
     )
+    deferred_index: bool = doc(
+        "Acknowledge a local delivery once its file is durable in new/ and assign its UID in a background"
+        " batch (group commit across deliveries); false: the UID is committed before the acknowledgement.",
+        True,
+    )
+    index_delay: float = doc(
+        "Seconds the background indexer waits for more deliveries to join a batch (deferred_index).",
+        0.002,
+        check=_non_negative,
+    )
 
 
 @dataclass(frozen=True)
@@ -350,12 +360,6 @@ class JmapConfig:
         check=_positive,
     )
     push_ping_max: int = doc("Largest EventSource ping interval in seconds a client may ask for.", 300, check=_positive)
-    max_delayed_send: int = doc(
-        "Longest hold in seconds of an EmailSubmission's sendAt (RFC 8621 maxDelayedSend; the message waits in "
-        "the outbound queue and can be cancelled until then); 0 = no delayed send.",
-        7 * 86400,
-        check=_non_negative,
-    )
 
 
 def _expire(v: str) -> str | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sqlite3
 import weakref
@@ -25,7 +26,6 @@ from mailsrv.store.types import (
     StoreObserver,
     TemporaryFailure,
 )
-from mailsrv.store.usage import BOOK_NAME, UsageBook
 from mailsrv.util import fsio
 
 logger = log.get("store")
@@ -59,27 +59,19 @@ class Store:
         self._opening: dict[str, asyncio.Future[Account]] = {}
         self._observers: list[StoreObserver] = []
         self._notifier: notify.Notifier | None = None
-        #: per-domain quota usage shared by every worker (store/usage.py)
-        self.usage = UsageBook(self.data_dir / BOOK_NAME)
-        #: domain -> its (storage, messages) limits, from the directory (set_domain_quota_source)
-        self.domain_quota_source: Callable[[str], Awaitable[tuple[int | None, int | None]]] | None = None
-        self._domain_limits: dict[str, tuple[float, QuotaLimits]] = {}
+        #: assigns UIDs to deliveries acknowledged before indexing (``deliver(uids=False)``)
+        self.indexer = Indexer(self)
 
     # --- accounts -------------------------------------------------------------
 
-    async def account(self, account_id: str, maildir: Path | None = None, *, domain: str | None = None) -> Account:
-        """The account (opened and created on first use). ``maildir`` and ``domain`` come from the directory.
-
-        ``domain`` puts the account's usage into that domain's quota root (store/usage.py).
-        """
+    async def account(self, account_id: str, maildir: Path | None = None) -> Account:
+        """The account (opened and created on first use). ``maildir`` comes from the directory."""
         acct = self._accounts.pop(account_id, None)
         if acct is None:
             acct = self._evicted.pop(account_id, None)
         if acct is not None:
             self._accounts[account_id] = acct  # most recently used
             self._evict()
-            if domain is not None and acct.engine.domain != domain:
-                await acct.set_domain(domain)
             return acct
         fut = self._opening.get(account_id)
         if fut is not None:
@@ -92,13 +84,7 @@ class Store:
             engine = Engine(account_id, root, max_parse_size=self.config.max_parse_size, hostname=self.hostname,
                             mime_limits=self.mime)
             acct = Account(self, account_id, root, engine)
-            engine.usage = self.usage
-            if domain is None:  # reported with its domain earlier (by any process)?
-                known = await acct._run(self.usage.account_usage, account_id)
-                domain = known[0] if known is not None else None
-            engine.domain = domain
             await acct._run(engine.open)
-            await acct._run(engine.report_usage)  # heals a report lost to a crash
         except BaseException as exc:
             fut.set_exception(exc)
             fut.exception()  # retrieved: a later waiter re-raises it
@@ -159,11 +145,11 @@ class Store:
         self._observers.append(observer)
 
     async def close(self) -> None:
+        await self.indexer.flush()  # every acknowledged delivery indexed before the engines close
         if self._hibernating:
             await asyncio.gather(*self._hibernating, return_exceptions=True)
         for acct in [*self._accounts.values(), *self._evicted.values()]:
             await self.io.run(acct.engine.close)
-        self.usage.close()  # a connection close: no I/O worth a pool round trip
         self._accounts.clear()
         self._evicted.clear()
         if self._notifier is not None:
@@ -186,31 +172,41 @@ class Store:
     # --- delivery -------------------------------------------------------------
 
     async def deliver(self, spool_path: Path, targets: Sequence[DeliveryTarget], *,
-                      internal_date: float | None = None) -> list[DeliveryResult]:
+                      internal_date: float | None = None, uids: bool = True) -> list[DeliveryResult]:
         """Deliver one spooled message to many (account, mailbox) targets; see docs/store-api.md.
 
-        Returns when every ``ok`` copy is durable: its file, its ``new/`` entry and its UID.
-        All of it is one job in the I/O pool (one round trip per delivery); concurrent
-        deliveries into one mailbox share the index transaction (whoever holds the
-        account's lock indexes every file waiting in ``new/``: group commit).
+        Returns when every ``ok`` copy is durable: its file and its ``new/`` entry fsync'd
+        (hard links share the spool file's inode: one file fsync covers every copy).
+        ``uids=True``: also its UID is committed and returned (same job: concurrent
+        deliveries into one mailbox share the index transaction). ``uids=False`` (local
+        delivery: SMTP, bounces; honoured when ``store.deferred_index`` is on): the UID is
+        assigned by the background indexer, batched across deliveries (``uid`` is None);
+        a file durable in ``new/`` is mail in maildir terms, and every reader and every
+        restart indexes what waits there, so nothing acknowledged is lost on a crash.
         """
         spool_path = Path(spool_path)
         email_id = new_id("E")
+        index = uids or not self.config.deferred_index
         try:
             async with self._delivery_slots:  # see DELIVERY_JOBS
-                results, published = await self.io.run(self._deliver_job, spool_path, list(targets),
-                                                       internal_date, email_id)
+                results, published, later = await self.io.run(
+                    self._deliver_job, spool_path, list(targets), internal_date, email_id, index)
         except OSError as exc:
             logger.error("deliver.spool_unreadable", path=str(spool_path), error=str(exc))
             return [DeliveryResult(t, "tempfail", None, f"spool unreadable: {exc.strerror}") for t in targets]
         for acct, res in published:
             await acct._publish(res)
+        for acct, mailbox, key in later:
+            self.indexer.add(acct, mailbox, key)
         return results
 
     def _deliver_job(self, spool: Path, targets: list[DeliveryTarget], internal_date: float | None,
-                     email_id: str) -> tuple[list[DeliveryResult], list[tuple[Account, SyncResult]]]:
-        """Blocking: fsync the spool, parse it once, link it into each target, fsync, index (I/O pool)."""
-        fsio.fsync_file(spool)  # the caller wrote it; make sure the data itself is on disk
+                     email_id: str, index: bool = True
+                     ) -> tuple[list[DeliveryResult], list[tuple[Account, SyncResult]], list[tuple[Account, str, str]]]:
+        """Blocking: parse the spool once, link it into each target, fsync, index unless deferred (I/O pool).
+
+        Returns (results, index changes to publish, (account, mailbox, key) left to the indexer).
+        """
         if internal_date is not None:
             os.utime(spool, (internal_date, internal_date))
         size = os.stat(spool).st_size
@@ -237,9 +233,18 @@ class Store:
                 out[i] = DeliveryResult(t, "over_quota", None, outcome[1])
             else:
                 linked.append((i, acct, outcome[1], outcome[2], outcome[3]))
-        # the new/ entries: one fsync per directory for all targets of this delivery
+        # Durability: the links share the spool's inode, so one fsync of it makes every copy's data
+        # durable; it comes after the links so that (ext4, xfs) its journal commit carries the new
+        # directory entries too, and the fsync of each new/ below finds little left to write.
         failed_dirs: dict[str, OSError] = {}
-        for d in dict.fromkeys(x[4] for x in linked):
+        if linked:
+            try:
+                fsio.fsync_file(spool)
+            except OSError as exc:
+                logger.error("deliver.fsync_failed", file=str(spool), error=str(exc))
+                failed_dirs = {x[4]: exc for x in linked}
+        # the new/ entries: one fsync per directory for all targets of this delivery
+        for d in dict.fromkeys(x[4] for x in linked if x[4] not in failed_dirs):
             try:
                 fsio.fsync_dir(d)
             except OSError as exc:
@@ -249,12 +254,17 @@ class Store:
         self.dirsync.rounds += 1
         # the UIDs: index each (account, mailbox) once; a concurrent delivery may already have done it
         published: list[tuple[Account, SyncResult]] = []
+        later: list[tuple[Account, str, str]] = []
         groups: dict[tuple[int, str], list[tuple[int, Account, str, str, str]]] = {}
         for x in linked:
             if x[4] in failed_dirs:
                 i, acct, _, key, d = x
                 acct.engine.pending.pop(key, None)
                 out[i] = DeliveryResult(targets[i], "tempfail", None, f"fsync: {failed_dirs[d]}")
+                continue
+            if not index and not _limited(targets[x[0]]):
+                later.append((x[1], x[2], x[3]))
+                out[x[0]] = DeliveryResult(targets[x[0]], "ok", None, None)
                 continue
             groups.setdefault((id(x[1]), x[2]), []).append(x)
         for items in groups.values():
@@ -270,7 +280,7 @@ class Store:
             for i, _, _, key, _ in items:
                 acct.engine.pending.pop(key, None)  # another process may have indexed it
                 out[i] = DeliveryResult(targets[i], "ok", uids.get(key), None)
-        return [r for r in out if r is not None], published
+        return [r for r in out if r is not None], published, later
 
     @staticmethod
     def _index_keys(acct: Account, mailbox: str, keys: list[str]) -> tuple[dict[str, int], SyncResult | None]:
@@ -304,7 +314,7 @@ class Store:
         """Blocking: quota check and hard link into the target's ``new/`` (not yet fsync'd)."""
         acct: Account = t.account
         eng = acct.engine
-        code = eng.quota_check(size, 1, t.limits, t.domain_limits)
+        code = eng.quota_check(size, 1, t.limits)
         if code != quota_impl.OK:
             return ("over_quota", "storage" if code == quota_impl.OVER_STORAGE else "messages")
         mailbox = t.mailbox
@@ -335,6 +345,104 @@ class Store:
         return ("ok", mailbox, key, str(folder / "new"))
 
 
+class Indexer:
+    """Background UID assignment for deliveries acknowledged once durable in ``new/`` (group commit).
+
+    Deliveries add (account, mailbox, key); a round waits ``store.index_delay`` for more to
+    join, then indexes every waiting mailbox in at most ``INDEX_JOBS`` pool jobs: one index
+    transaction (uidlist fsync + commit) per mailbox for all its deliveries of the round,
+    then publishes (IDLE, JMAP push and the search observer see the message after its UID is
+    committed). Deliveries arriving during a round wait for the next one, so under load the
+    batches grow instead of the backlog. A reader opening or refreshing the mailbox indexes
+    the waiting files itself (they are in ``new/``); the indexer then finds them done.
+    """
+
+    #: pool jobs one round runs at once (the rest of the pool stays free for deliveries and reads)
+    INDEX_JOBS = 2
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._waiting: dict[tuple[str, str], tuple[Account, str, list[str]]] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._hurry = asyncio.Event()  # set by flush(): skip the delay
+        #: rounds run, mailbox transactions and messages handed in (for tests and the bench)
+        self.rounds = 0
+        self.batches = 0
+        self.queued = 0
+
+    def add(self, acct: Account, mailbox: str, key: str) -> None:
+        """Index ``key`` (a durable file in ``mailbox``'s new/) soon. Call on the store's loop."""
+        entry = self._waiting.get((acct.id, mailbox))
+        if entry is None or entry[0] is not acct:
+            entry = self._waiting[(acct.id, mailbox)] = (acct, mailbox, [])
+        entry[2].append(key)
+        self.queued += 1
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    @property
+    def waiting(self) -> int:
+        """Deliveries not yet handed to an index job."""
+        return sum(len(e[2]) for e in self._waiting.values())
+
+    async def flush(self) -> None:
+        """Index what waits now (no delay) and return once every delivery added before the call is
+        indexed (or its indexing failed)."""
+        while self._task is not None:
+            self._hurry.set()
+            await asyncio.shield(self._task)
+
+    async def _run(self) -> None:
+        delay = self.store.config.index_delay
+        try:
+            while self._waiting:
+                if delay and not self._hurry.is_set():
+                    with contextlib.suppress(TimeoutError):  # let concurrent deliveries join this round
+                        await asyncio.wait_for(self._hurry.wait(), delay)
+                self._hurry.clear()
+                batch, self._waiting = list(self._waiting.values()), {}
+                self.rounds += 1
+                self.batches += len(batch)
+                n = min(len(batch), self.INDEX_JOBS)
+                outs = await asyncio.gather(*(self.store.io.run(_index_batch, batch[j::n]) for j in range(n)),
+                                            return_exceptions=True)
+                for out in outs:
+                    if isinstance(out, BaseException):
+                        logger.error("index.batch_failed", error=f"{type(out).__name__}: {out}")
+                        continue
+                    for acct, res in out:
+                        await acct._publish(res)
+        finally:
+            self._task = None
+
+
+def _limited(t: DeliveryTarget) -> bool:
+    """Does a quota bound this target? Its delivery is indexed at once: quota usage is counted at
+    indexing, and the next RCPT-time check must see this message."""
+    limits = [t.limits, getattr(t, "domain_limits", None)]
+    return any(x is not None and (x.storage is not None or x.messages is not None) for x in limits)
+
+
+def _index_batch(batch: list[tuple[Account, str, list[str]]]) -> list[tuple[Account, SyncResult]]:
+    """Blocking (I/O pool): one index transaction per mailbox for its waiting deliveries.
+
+    A failure (index busy, disk trouble) only leaves the files in new/, where the next
+    sync of that mailbox, by anyone, picks them up.
+    """
+    published: list[tuple[Account, SyncResult]] = []
+    for acct, mailbox, keys in batch:
+        try:
+            _, res = Store._index_keys(acct, mailbox, keys)
+        except (StoreError, OSError, sqlite3.Error) as exc:
+            logger.warning("index.deferred_failed", account=acct.id, mailbox=mailbox, error=str(exc))
+            res = None
+        for key in keys:
+            acct.engine.pending.pop(key, None)  # indexed, by us or by a reader
+        if res is not None and res.changed:
+            published.append((acct, res))
+    return published
+
+
 def _link_or_copy(src: Path, dst: Path) -> None:
     import errno
     import shutil
@@ -352,4 +460,4 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         os.rename(tmp, dst)
 
 
-__all__ = ["Store", "TemporaryFailure"]
+__all__ = ["Indexer", "Store", "TemporaryFailure"]

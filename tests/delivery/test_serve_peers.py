@@ -7,6 +7,7 @@ import shutil
 import smtplib
 import ssl
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,13 @@ def served(tmp_path: Path):  # type: ignore[no-untyped-def]
 
 
 def _inbox(setup: Path) -> list[Path]:
+    """Message files once the server's background indexer has moved every acknowledged one into cur/.
+
+    A 250 means durable in new/; the UID (and the move to cur/) follows within milliseconds.
+    """
+    deadline = time.monotonic() + 30
+    while list(setup.glob("data/mail/**/new/*")) and time.monotonic() < deadline:
+        time.sleep(0.01)  # polling with a deadline: the indexer runs in another process
     return sorted([*setup.glob("data/mail/**/new/*"), *setup.glob("data/mail/**/cur/*")])
 
 

@@ -1,0 +1,307 @@
+"""Deliveries acknowledged once durable in new/ and indexed later by the store's background indexer.
+
+``store.deliver(..., uids=False)`` returns when the file and its ``new/`` entry are
+fsync'd; the UID comes from :class:`mailsrv.store.store.Indexer` (one index
+transaction per mailbox per round). The kill -9 trials prove the promise: what
+was acknowledged is found after a restart, indexed exactly once, with a UID
+never used before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import re
+import select
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from mailsrv.config import StoreConfig
+from mailsrv.store import DeliveryTarget, QuotaLimits, Store
+
+from .conftest import msg, spool
+
+MSGID = re.compile(rb"Message-ID: <m([^@>]+)@")
+Run = Callable[[Awaitable[Any]], Any]
+
+
+class Recorder:
+    """A store observer that records message_added calls."""
+
+    def __init__(self) -> None:
+        self.added: list[tuple[str, int]] = []
+
+    def message_added(self, account_id: str, mailbox_id: str, info: Any, structure: Any) -> None:
+        self.added.append((account_id, info.uid))
+
+    def messages_expunged(self, account_id: str, mailbox_id: str, uids: Any) -> None:
+        pass
+
+    def flags_changed(self, account_id: str, mailbox_id: str, infos: Any) -> None:
+        pass
+
+
+def _files(root: Path, sub: str) -> list[str]:
+    return [n for n in os.listdir(root / sub) if not n.startswith(".")]
+
+
+def test_acknowledged_in_new_then_indexed_once(tmp_path: Path, run: Run, make_store: Callable[..., Store]) -> None:
+    store = make_store(index_delay=0.0)
+    rec = Recorder()
+    store.add_observer(rec)
+    acct = run(store.account("u"))
+    root = tmp_path / "mail" / "u"
+
+    async def go() -> tuple[Any, list[str], list[str]]:
+        res = await store.deliver(spool(tmp_path, msg(1)), [DeliveryTarget(acct)], uids=False)
+        # on return: durable in new/, not yet indexed (the indexer runs on the next loop turns)
+        in_new, in_cur = _files(root, "new"), _files(root, "cur")
+        await store.indexer.flush()
+        return res, in_new, in_cur
+
+    [res], in_new, in_cur = run(go())
+    assert res.status == "ok" and res.uid is None
+    assert len(in_new) == 1 and in_cur == []
+    assert _files(root, "new") == [] and len(_files(root, "cur")) == 1
+    assert rec.added == [("u", 1)]  # published once, after the UID was committed
+    assert acct.engine.pending == {}
+    view = run(acct.open_mailbox("INBOX"))
+    assert [m.uid for m in view.messages] == [1]
+    assert b"body 1" in run(acct.read_message("INBOX", 1))
+    assert store.indexer.queued == 1 and store.indexer.rounds == 1
+
+
+def test_concurrent_deliveries_share_index_transactions(tmp_path: Path, run: Run,
+                                                        make_store: Callable[..., Store]) -> None:
+    store = make_store(index_delay=0.01)
+    accts = [run(store.account(f"u{i}")) for i in range(3)]
+
+    async def go() -> list[Any]:
+        out = await asyncio.gather(*(
+            store.deliver(spool(tmp_path, msg(i), f"s{i}"), [DeliveryTarget(accts[i % 3])], uids=False)
+            for i in range(60)))
+        await store.indexer.flush()
+        return [r for rs in out for r in rs]
+
+    results = run(go())
+    assert [r.status for r in results] == ["ok"] * 60
+    assert store.indexer.queued == 60
+    assert store.indexer.batches < 30, store.indexer.batches  # mailbox transactions, not one per message
+    seen: set[bytes] = set()
+    for i, a in enumerate(accts):
+        view = run(a.open_mailbox("INBOX"))
+        assert [m.uid for m in view.messages] == list(range(1, 21))
+        for m in view.messages:
+            found = MSGID.search(run(a.read_message("INBOX", m.uid)))
+            assert found is not None and int(found.group(1)) % 3 == i
+            seen.add(found.group(1))
+        assert _files(tmp_path / "mail" / f"u{i}", "new") == []
+    assert len(seen) == 60
+
+
+def test_reader_indexes_before_the_indexer(tmp_path: Path, run: Run, make_store: Callable[..., Store]) -> None:
+    """A reader opening the mailbox finds the waiting file; the indexer then has nothing left to do."""
+    store = make_store(index_delay=30.0)
+    acct = run(store.account("u"))
+
+    async def go() -> tuple[list[int], list[int]]:
+        await store.deliver(spool(tmp_path, msg(7)), [DeliveryTarget(acct)], uids=False)
+        assert store.indexer.waiting == 1
+        view = await acct.open_mailbox("INBOX")  # synced by the reader
+        first = [m.uid for m in view.messages]
+        rec = Recorder()
+        store.add_observer(rec)
+        await store.indexer.flush()  # the indexer's round finds the file indexed: nothing to publish
+        assert rec.added == [] and store.indexer.rounds == 1
+        view2 = await acct.open_mailbox("INBOX")
+        return first, [m.uid for m in view2.messages]
+
+    first, second = run(go())
+    assert first == second == [1]
+    assert acct.engine.pending == {}
+
+
+def test_quota_limited_target_is_indexed_at_once(tmp_path: Path, run: Run, make_store: Callable[..., Store]) -> None:
+    store = make_store(index_delay=30.0)  # b's copy waits (close() indexes it)
+    a = run(store.account("a"))
+    b = run(store.account("b"))
+    res = run(store.deliver(spool(tmp_path, msg(1)), [
+        DeliveryTarget(a, limits=QuotaLimits(storage=1 << 20)), DeliveryTarget(b)], uids=False))
+    assert [(r.status, r.uid) for r in res] == [("ok", 1), ("ok", None)]
+    assert run(a.quota_usage()).messages == 1  # the next RCPT-time check sees it
+    assert store.indexer.waiting == 1
+
+
+def test_uids_true_and_config_off_index_before_returning(tmp_path: Path, run: Run,
+                                                         make_store: Callable[..., Store]) -> None:
+    store = make_store(deferred_index=False)
+    a = run(store.account("a"))
+    [r] = run(store.deliver(spool(tmp_path, msg(1)), [DeliveryTarget(a)], uids=False))
+    assert r.uid == 1 and store.indexer.queued == 0
+    [r] = run(store.deliver(spool(tmp_path, msg(2), "s2"), [DeliveryTarget(a)]))
+    assert r.uid == 2
+
+
+def test_close_indexes_what_waits(tmp_path: Path, run: Run) -> None:
+    store = Store(StoreConfig(index_delay=30.0), tmp_path, hostname="t.test")
+    acct = run(store.account("u"))
+    for i in range(5):
+        run(store.deliver(spool(tmp_path, msg(i), f"s{i}"), [DeliveryTarget(acct)], uids=False))
+    root = tmp_path / "mail" / "u"
+    assert len(_files(root, "new")) == 5 and store.indexer.waiting == 5
+    t0 = time.monotonic()
+    run(store.close())  # indexes at once, without waiting out the delay
+    assert time.monotonic() - t0 < 20
+    assert _files(root, "new") == [] and len(_files(root, "cur")) == 5
+    uidlist = (root / "mailsrv-uidlist").read_bytes()
+    assert len(re.findall(rb"^\d+ S", uidlist, re.M)) == 5  # one entry each (not the header)
+
+
+# --- kill -9 -------------------------------------------------------------------------------------------
+
+
+def _child(data_dir: Path, wfd: int, seed: int, ops: int, delay: float) -> None:
+    """Forked child: deliver ``ops`` messages with deferred indexing, reporting each acknowledgement."""
+    code = 0
+    try:
+        async def main() -> None:
+            store = Store(StoreConfig(index_delay=delay), data_dir, hostname="crash.test")
+            acct = await store.account("u")
+            (data_dir / "spool").mkdir(exist_ok=True)
+            os.write(wfd, b"R\n")
+            for n in range(ops):
+                mid = f"s{seed}n{n}"
+                sp = data_dir / "spool" / mid
+                sp.write_bytes(msg(mid))
+                [res] = await store.deliver(sp, [DeliveryTarget(acct)], uids=False)
+                sp.unlink()
+                assert res.status == "ok", res
+                os.write(wfd, f"D {mid}\n".encode())
+
+        asyncio.run(main())
+    except BaseException:
+        import traceback
+
+        (data_dir / f"child-{seed}.err").write_text(traceback.format_exc())
+        code = 3
+    finally:
+        os._exit(code)
+
+
+def _spawn(data_dir: Path, seed: int, ops: int, delay: float) -> tuple[int, int]:
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        _child(data_dir, w, seed, ops, delay)
+    os.close(w)
+    return pid, r
+
+
+def _read_lines(fd: int, want: int | None, deadline: float) -> list[str]:
+    """Lines from a child's pipe until ``want`` acknowledgements arrived, EOF, or the deadline."""
+    buf = b""
+    while time.monotonic() < deadline:
+        if want is not None and buf.count(b"\nD ") + buf.startswith(b"D ") >= want:
+            break
+        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            break
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            break
+        buf += chunk
+    return buf.decode().splitlines()
+
+
+async def _state(data_dir: Path) -> dict[int, str]:
+    """uid -> message id, after a restart; checks every file on disk is exactly one indexed message."""
+    store = Store(StoreConfig(), data_dir, hostname="check.test")
+    try:
+        acct = await store.account("u")
+        view = await acct.open_mailbox("INBOX")
+        out: dict[int, str] = {}
+        for m in view.messages:
+            found = MSGID.search(await acct.read_message("INBOX", m.uid))
+            assert found is not None
+            out[m.uid] = found.group(1).decode()
+        root = data_dir / "mail" / "u"
+        files = _files(root, "cur") + _files(root, "new")
+        assert len(files) == len(view.messages), (files, view.messages)
+        return out
+    finally:
+        await store.close()
+
+
+def test_sigkill_before_indexing(tmp_path: Path) -> None:
+    """Acknowledged with uids=False, killed while the indexer still waits: indexed once after restart."""
+    before = asyncio.run(_seed(tmp_path, 3))
+    pid, fd = _spawn(tmp_path, 1, 1000, delay=3600.0)  # the indexer never runs before the kill
+    lines = _read_lines(fd, 20, time.monotonic() + 60)
+    os.kill(pid, signal.SIGKILL)
+    lines += _read_lines(fd, None, time.monotonic() + 5)
+    os.close(fd)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status), (tmp_path / "child-1.err").read_text()
+    acked = [ln.split()[1] for ln in lines if ln.startswith("D ")]
+    assert len(acked) >= 20
+    root = tmp_path / "mail" / "u"
+    assert len(_files(root, "new")) >= len(acked)  # nothing was indexed before the kill
+    after = asyncio.run(_state(tmp_path))
+    mids = list(after.values())
+    assert len(mids) == len(set(mids)), "a message indexed twice"
+    assert set(acked) <= set(mids), f"acknowledged messages lost: {set(acked) - set(mids)}"
+    for uid, mid in before.items():
+        assert after[uid] == mid  # the old ones keep their UIDs
+    fresh = [u for u, m in after.items() if m not in before.values()]
+    assert min(fresh) > max(before)  # fresh UIDs above every UID used before
+    assert asyncio.run(_state(tmp_path)) == after  # stable across another restart
+
+
+async def _seed(data_dir: Path, n: int) -> dict[int, str]:
+    """``n`` messages indexed at delivery (uids=True), one of them expunged: UIDs 1..n used."""
+    store = Store(StoreConfig(), data_dir, hostname="seed.test")
+    try:
+        acct = await store.account("u")
+        out = {}
+        for i in range(n):
+            sp = spool(data_dir, msg(f"seed{i}"), f"seed{i}")
+            [r] = await store.deliver(sp, [DeliveryTarget(acct)])
+            out[r.uid] = f"seed{i}"
+        await acct.expunge("INBOX", [n], only_deleted=False)
+        del out[n]
+        return out
+    finally:
+        await store.close()
+
+
+def test_sigkill_at_random_points_of_deferred_indexing(tmp_path: Path) -> None:
+    """40 trials: a child delivering with deferred indexing (delay 0) is killed at a random instant."""
+    rng = random.Random(20261127)
+    uid_owner: dict[int, str] = {}
+    acked: set[str] = set()
+    killed = 0
+    for t in range(40):
+        pid, fd = _spawn(tmp_path, 100 + t, 60, delay=0.0)
+        assert select.select([fd], [], [], 30)[0], "child did not start"
+        time.sleep(rng.uniform(0.0, 0.05))  # the random crash point (not synchronisation)
+        os.kill(pid, signal.SIGKILL)
+        lines = _read_lines(fd, None, time.monotonic() + 5)
+        os.close(fd)
+        _, status = os.waitpid(pid, 0)
+        if os.WIFEXITED(status):
+            assert os.WEXITSTATUS(status) == 0, (tmp_path / f"child-{100 + t}.err").read_text()
+        else:
+            killed += 1
+        acked |= {ln.split()[1] for ln in lines if ln.startswith("D ")}
+        state = asyncio.run(_state(tmp_path))
+        for uid, mid in state.items():
+            assert uid_owner.setdefault(uid, mid) == mid, f"uid {uid} reused"
+        mids = list(state.values())
+        assert len(mids) == len(set(mids)), "a message indexed twice"
+        assert acked <= set(mids), f"acknowledged messages lost: {acked - set(mids)}"
+    assert killed > 30 and len(acked) > 100
