@@ -360,6 +360,12 @@ class JmapConfig:
         check=_positive,
     )
     push_ping_max: int = doc("Largest EventSource ping interval in seconds a client may ask for.", 300, check=_positive)
+    max_delayed_send: int = doc(
+        "Longest hold in seconds of an EmailSubmission's sendAt (RFC 8621 maxDelayedSend; the message waits in "
+        "the outbound queue and can be cancelled until then); 0 = no delayed send.",
+        7 * 86400,
+        check=_non_negative,
+    )
 
 
 def _expire(v: str) -> str | None:

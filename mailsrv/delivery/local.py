@@ -56,7 +56,7 @@ class LocalDelivery:
 
     async def store_account(self, acct: Account) -> Any:
         maildir = self.data_dir / acct.store if acct.store else None
-        return await self.store.account(str(acct.id), maildir)
+        return await self.store.account(str(acct.id), maildir, domain=acct.domain)
 
     async def check(self, address: str, *, sender: str, size: int, authenticated: Account | None,
                     may_relay: bool) -> RcptCheck:
@@ -82,12 +82,14 @@ class LocalDelivery:
             return RcptCheck(250, "2.1.5", "Recipient OK", "group", res)
         acct = res.account
         assert acct is not None
-        if acct.quota_bytes is not None or acct.quota_messages is not None:
+        dlimits = await self.store.domain_limits(acct.domain)  # RFC 9208: the domain's quota root
+        if (acct.quota_bytes is not None or acct.quota_messages is not None
+                or dlimits.storage is not None or dlimits.messages is not None):
             limits = limits_of(acct)
-            if limits.storage is not None and size > limits.storage:
+            if any(lim.storage is not None and size > lim.storage for lim in (limits, dlimits)):
                 return RcptCheck(552, "5.2.2", f"<{address}>: Message exceeds the mailbox quota")
             sacct = await self.store_account(acct)
-            if await sacct.quota_check(size, limits) == "over_quota":
+            if await sacct.quota_check(size, limits, dlimits) == "over_quota":
                 # RFC 5321 §4.5.3.1.10 / RFC 3463 4.2.2: mailbox full, may clear later
                 return RcptCheck(452, "4.2.2", f"<{address}>: Mailbox full")
         return RcptCheck(250, "2.1.5", "Recipient OK", "local", res)
@@ -109,7 +111,8 @@ class LocalDelivery:
                 return
             # Opening an account may create its maildir: open the batch concurrently (store I/O pool).
             saccts = await asyncio.gather(*(self.store_account(a) for _, a in batch))
-            targets = [DeliveryTarget(sa, mailbox=mailbox, limits=limits_of(a))
+            dlimits = {d: await self.store.domain_limits(d) for d in {a.domain for _, a in batch}}
+            targets = [DeliveryTarget(sa, mailbox=mailbox, limits=limits_of(a), domain_limits=dlimits[a.domain])
                        for (_, a), sa in zip(batch, saccts, strict=True)]
             # durable in new/ is enough to acknowledge; the UIDs come from the store's indexer
             results = await self.store.deliver(spool, targets, uids=False)

@@ -26,6 +26,7 @@ from mailsrv.store.types import (
     StoreObserver,
     TemporaryFailure,
 )
+from mailsrv.store.usage import BOOK_NAME, UsageBook
 from mailsrv.util import fsio
 
 logger = log.get("store")
@@ -61,17 +62,27 @@ class Store:
         self._notifier: notify.Notifier | None = None
         #: assigns UIDs to deliveries acknowledged before indexing (``deliver(uids=False)``)
         self.indexer = Indexer(self)
+        #: per-domain quota usage shared by every worker (store/usage.py)
+        self.usage = UsageBook(self.data_dir / BOOK_NAME)
+        #: domain -> its (storage, messages) limits, from the directory (set_domain_quota_source)
+        self.domain_quota_source: Callable[[str], Awaitable[tuple[int | None, int | None]]] | None = None
+        self._domain_limits: dict[str, tuple[float, QuotaLimits]] = {}
 
     # --- accounts -------------------------------------------------------------
 
-    async def account(self, account_id: str, maildir: Path | None = None) -> Account:
-        """The account (opened and created on first use). ``maildir`` comes from the directory."""
+    async def account(self, account_id: str, maildir: Path | None = None, *, domain: str | None = None) -> Account:
+        """The account (opened and created on first use). ``maildir`` and ``domain`` come from the directory.
+
+        ``domain`` puts the account's usage into that domain's quota root (store/usage.py).
+        """
         acct = self._accounts.pop(account_id, None)
         if acct is None:
             acct = self._evicted.pop(account_id, None)
         if acct is not None:
             self._accounts[account_id] = acct  # most recently used
             self._evict()
+            if domain is not None and acct.engine.domain != domain:
+                await acct.set_domain(domain)
             return acct
         fut = self._opening.get(account_id)
         if fut is not None:
@@ -84,7 +95,13 @@ class Store:
             engine = Engine(account_id, root, max_parse_size=self.config.max_parse_size, hostname=self.hostname,
                             mime_limits=self.mime)
             acct = Account(self, account_id, root, engine)
+            engine.usage = self.usage
+            if domain is None:  # reported with its domain earlier (by any process)?
+                known = await acct._run(self.usage.account_usage, account_id)
+                domain = known[0] if known is not None else None
+            engine.domain = domain
             await acct._run(engine.open)
+            await acct._run(engine.report_usage)  # heals a report lost to a crash
         except BaseException as exc:
             fut.set_exception(exc)
             fut.exception()  # retrieved: a later waiter re-raises it
@@ -150,6 +167,7 @@ class Store:
             await asyncio.gather(*self._hibernating, return_exceptions=True)
         for acct in [*self._accounts.values(), *self._evicted.values()]:
             await self.io.run(acct.engine.close)
+        self.usage.close()  # a connection close: no I/O worth a pool round trip
         self._accounts.clear()
         self._evicted.clear()
         if self._notifier is not None:
@@ -314,7 +332,7 @@ class Store:
         """Blocking: quota check and hard link into the target's ``new/`` (not yet fsync'd)."""
         acct: Account = t.account
         eng = acct.engine
-        code = eng.quota_check(size, 1, t.limits)
+        code = eng.quota_check(size, 1, t.limits, t.domain_limits)
         if code != quota_impl.OK:
             return ("over_quota", "storage" if code == quota_impl.OVER_STORAGE else "messages")
         mailbox = t.mailbox
