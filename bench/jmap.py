@@ -35,7 +35,7 @@ from mailsrv.jmap.storebackend import store_factory
 from mailsrv.store import DeliveryTarget, Store
 from mailsrv.util.fsio import FileIO
 
-from ._common import fill_new, message
+from ._common import fill_new, in_process_meter, message
 
 SIZES = {"smoke": (2_000, 2.0, 5), "full": (100_000, 10.0, 30)}
 USING = ["urn:ietf:params:jmap:core", "urn:ietf:params:jmap:mail"]
@@ -125,7 +125,14 @@ async def _main(size: str) -> dict[str, Any]:
         url = f"http://127.0.0.1:{port}"
         headers = {"Authorization": "Basic " + base64.b64encode(b"bench@example.test:x").decode()}
         try:
-            async with aiohttp.ClientSession() as http:
+            meter = in_process_meter("JMAP requests (server and client in this process)")
+            counter = aiohttp.TraceConfig()
+
+            async def count(*_: Any) -> None:
+                meter.add(1)
+
+            counter.on_request_end.append(count)
+            async with aiohttp.ClientSession(trace_configs=[counter]) as http:
                 be = await factory(Principal("1", "bench@example.test", _Account(1, "bench@example.test", "mail/bench")))
                 inbox = next(m.id for m in await be.mailboxes() if m.role == "inbox")
                 body = {"using": USING, "methodCalls": [
@@ -215,11 +222,13 @@ async def _main(size: str) -> dict[str, Any]:
                              "push implementation in this run)")
                 notes.append("the query rate repeats one query: its result list is cached per Email state "
                              "(exact: a new state recomputes it)")
+                notes.append("server and client share this process: its CPU per 1000 requests counts both")
+                servers = [meter.summary()]
         finally:
             await runner.cleanup()
             await store.close()
             io.shutdown()
-    return {"scenario": "jmap", "results": results, "notes": notes}
+    return {"scenario": "jmap", "results": results, "notes": notes, "servers": servers}
 
 
 def run(size: str) -> dict[str, Any]:
