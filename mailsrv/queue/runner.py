@@ -28,7 +28,7 @@ from typing import Any
 
 from mailsrv import log
 from mailsrv.config import Config, ConfigError, load
-from mailsrv.queue import dsn
+from mailsrv.queue import downgrade, dsn
 from mailsrv.queue.client import OutboundError, SmtpClient
 from mailsrv.queue.routing import Destination, NoRoute, Resolver, Router
 from mailsrv.queue.store import FAILED, PENDING, SENT, Envelope, QRcpt, QueueDir, new_id, queue_dir
@@ -70,6 +70,7 @@ class QueueRunner:
         self._flush = False
         self.delivered = 0  # counters for tests and logs
         self.pool: dict[tuple[Any, ...], list[tuple[SmtpClient, float]]] = {}
+        self._seq = 0  # names of per-attempt temp files (8BITMIME downgrades)
 
     # -- life ---------------------------------------------------------------
 
@@ -233,12 +234,21 @@ class QueueRunner:
         if client is None:
             client = await self._open(host, port, route)
         reusable = False
+        loop = asyncio.get_running_loop()
+        path = self.qd.message_path(env.id)
+        converted: Path | None = None
         try:
+            if "8BITMIME" not in client.extensions and not env.smtputf8:
+                # RFC 6152 §3: the next hop takes 7-bit only; convert before signing so DKIM covers what is sent
+                self._seq += 1
+                tmp = self.qd.tmp / f"{env.id}.{self._seq}.7bit"
+                if await loop.run_in_executor(None, downgrade.downgrade, path, tmp):
+                    path = converted = tmp
+                    logger.info("queue.downgraded", id=env.id, host=host)
             prefix = b""
             if self.signer is not None:
-                prefix = await self.signer.header_for(env, self.qd.message_path(env.id))
-            path = self.qd.message_path(env.id)
-            size = (await asyncio.get_running_loop().run_in_executor(None, path.stat)).st_size
+                prefix = await self.signer.header_for(env, path)
+            size = (await loop.run_in_executor(None, path.stat)).st_size
             results, end = await client.send(env, rcpts, path, prefix, size)
             dsn_remote = "DSN" in client.extensions
             for r in rcpts:
@@ -264,6 +274,8 @@ class QueueRunner:
                     r.status = FAILED
             reusable = True
         finally:
+            if converted is not None:
+                await loop.run_in_executor(None, _unlink, converted)
             if reusable:
                 self._release(key, client)
             else:
@@ -386,6 +398,10 @@ class QueueRunner:
         self.entries[notice.id] = notice
         logger.info("queue.dsn", id=env.id, dsn=notice.id, action=action, to=env.sender,
                     rcpts=",".join(r.addr for r in rcpts))
+
+
+def _unlink(path: Path) -> None:
+    path.unlink(missing_ok=True)
 
 
 def _read_head(path: Path) -> bytes:

@@ -27,7 +27,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -180,10 +180,13 @@ class QueueDir:
             self._write_env(env)
             return env
 
-    def remove(self, qid: str) -> bool:
-        """Delete an entry: the envelope first (uncommits it), then the message."""
+    def remove(self, qid: str, only_if: Callable[[Envelope], bool] | None = None) -> bool:
+        """Delete an entry: the envelope first (uncommits it), then the message. With ``only_if``,
+        only when it holds for the envelope as it is on disk (checked under the lock)."""
         with self.locked():
             try:
+                if only_if is not None and not only_if(self.load(qid)):
+                    return False
                 os.unlink(self.env / f"{qid}.json")
             except FileNotFoundError:
                 return False

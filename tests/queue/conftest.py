@@ -11,6 +11,8 @@ from typing import Any
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from mailsrv.config import Config, QueueConfig, RouteConfig, ServerConfig
+from mailsrv.queue.dkim import Signer
+from mailsrv.queue.runner import QueueRunner
 
 
 @dataclass
@@ -28,6 +30,14 @@ class SinkHandler:
     rcpt_script: dict[str, list[str]] = field(default_factory=dict)
     data_gate: asyncio.Event | None = None
     in_data: asyncio.Event = field(default_factory=asyncio.Event)
+    hide: tuple[str, ...] = ()  # EHLO keywords not to announce (e.g. "8BITMIME")
+    smtputf8: bool = False  # announce SMTPUTF8 (as our own MTA does)
+    mail_options: list[list[str]] = field(default_factory=list)
+
+    async def handle_EHLO(self, server: SMTP, session: Session, envelope: Envelope, hostname: str,
+                          responses: list[str]) -> list[str]:
+        session.host_name = hostname
+        return [r for r in responses if r[4:].split(" ")[0].upper() not in self.hide]
 
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str,
                           rcpt_options: list[str]) -> str:
@@ -46,12 +56,14 @@ class SinkHandler:
         data = envelope.original_content or b""
         sender = "" if envelope.mail_from in (None, "<>") else envelope.mail_from
         self.received.append(Received(sender, list(envelope.rcpt_tos), data))
+        self.mail_options.append(list(envelope.mail_options))
         return "250 2.0.0 accepted by sink"
 
 
 async def start_sink(handler: SinkHandler) -> tuple[asyncio.Server, int]:
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: SMTP(handler, hostname="sink.test"), "127.0.0.1", 0)
+    server = await loop.create_server(lambda: SMTP(handler, hostname="sink.test", enable_SMTPUTF8=handler.smtputf8),
+                                      "127.0.0.1", 0)
     return server, server.sockets[0].getsockname()[1]
 
 
@@ -71,3 +83,30 @@ async def wait_for(pred: Callable[[], bool], limit: float = 15.0) -> None:
         if loop.time() > deadline:
             raise AssertionError("condition not reached before the deadline")
         await asyncio.sleep(0.01)
+
+
+async def local_example(domain: str) -> bool:
+    return domain == "example.test"
+
+
+async def run_scenario(tmp_path: Path, routes: dict[str, SinkHandler], body: Any, **queue: Any) -> Any:
+    servers = {}
+    ports = {}
+    for domain, handler in routes.items():
+        servers[domain], ports[domain] = await start_sink(handler)
+    local = ports.pop("example.test", None)
+    extra = dict(queue)
+    if local is not None:
+        extra["local_relay"] = f"127.0.0.1:{local}"
+    cfg = make_config(tmp_path / "data", ports, **extra)
+    runner = QueueRunner(cfg, is_local=local_example, signer=Signer.from_config(cfg))
+    stop = asyncio.Event()
+    task = asyncio.ensure_future(runner.run(stop))
+    try:
+        return await body(cfg, runner)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+        for s in servers.values():
+            s.close()
+            await s.wait_closed()

@@ -11,43 +11,16 @@ from typing import Any
 import dkim
 import pytest
 
-from mailsrv.queue.dkim import Signer, keygen
+from mailsrv.queue.dkim import keygen
 from mailsrv.queue.enqueue import Enqueuer
 from mailsrv.queue.runner import QueueRunner
 from mailsrv.queue.store import QRcpt, queue_dir
 
-from .conftest import SinkHandler, make_config, start_sink, wait_for
+from .conftest import SinkHandler, local_example, make_config, run_scenario, start_sink, wait_for
 
 MSG = (b"Return-Path: <alice@example.test>\r\nReceived: from x by y; Thu, 26 Nov 2026 00:00:00 +0000\r\n"
        b"From: alice@example.test\r\nTo: bob@remote.test\r\nSubject: hello\r\n"
        b"Date: Thu, 26 Nov 2026 00:00:00 +0000\r\nMessage-ID: <1@example.test>\r\n\r\n.starts with dot\r\nbody\r\n")
-
-
-async def _local_example(domain: str) -> bool:
-    return domain == "example.test"
-
-
-async def run_scenario(tmp_path: Path, routes: dict[str, SinkHandler], body: Any, **queue: Any) -> Any:
-    servers = {}
-    ports = {}
-    for domain, handler in routes.items():
-        servers[domain], ports[domain] = await start_sink(handler)
-    local = ports.pop("example.test", None)
-    extra = dict(queue)
-    if local is not None:
-        extra["local_relay"] = f"127.0.0.1:{local}"
-    cfg = make_config(tmp_path / "data", ports, **extra)
-    runner = QueueRunner(cfg, is_local=_local_example, signer=Signer.from_config(cfg))
-    stop = asyncio.Event()
-    task = asyncio.ensure_future(runner.run(stop))
-    try:
-        return await body(cfg, runner)
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 10)
-        for s in servers.values():
-            s.close()
-            await s.wait_closed()
 
 
 def test_delivery_to_two_sinks_with_dkim(tmp_path: Path) -> None:
@@ -234,7 +207,7 @@ def test_connection_reuse_per_destination(tmp_path: Path) -> None:
         from .conftest import make_config
 
         cfg = make_config(tmp_path / "data", {"remote.test": port}, max_per_destination=1)
-        runner = QueueRunner(cfg, is_local=_local_example, signer=None)
+        runner = QueueRunner(cfg, is_local=local_example, signer=None)
         stop = asyncio.Event()
         task = asyncio.ensure_future(runner.run(stop))
         try:
@@ -269,7 +242,7 @@ def test_mx_resolver_override_fallback_and_null_mx(tmp_path: Path) -> None:
             raise NoRoute(f"5.1.10 domain {domain} accepts no mail (null MX)", True)
 
         cfg = make_config(tmp_path / "data", {}, local_relay=f"127.0.0.1:{hport}")
-        runner = QueueRunner(cfg, resolver=resolver, is_local=_local_example, signer=None)
+        runner = QueueRunner(cfg, resolver=resolver, is_local=local_example, signer=None)
         stop = asyncio.Event()
         task = asyncio.ensure_future(runner.run(stop))
         try:
@@ -341,7 +314,7 @@ def test_outbound_starttls_required_and_opportunistic(tmp_path: Path) -> None:
             "plain.test": RouteConfig(smarthost=f"127.0.0.1:{p2}", tls="required"),
             "opp.test": RouteConfig(smarthost=f"127.0.0.1:{p1}", tls="opportunistic"),
         }))
-        runner = QueueRunner(cfg, is_local=_local_example, signer=None)
+        runner = QueueRunner(cfg, is_local=local_example, signer=None)
         stop = asyncio.Event()
         task = asyncio.ensure_future(runner.run(stop))
         try:
@@ -392,7 +365,7 @@ def test_smarthost_auth(tmp_path: Path) -> None:
         cfg = replace(cfg, queue=replace(cfg.queue, route={"*": RouteConfig(
             smarthost=f"127.0.0.1:{port}", tls="none", username="relay-user", password="relay-secret",
             auth_plaintext=True)}))
-        runner = QueueRunner(cfg, is_local=_local_example, signer=None)
+        runner = QueueRunner(cfg, is_local=local_example, signer=None)
         stop = asyncio.Event()
         task = asyncio.ensure_future(runner.run(stop))
         try:
