@@ -164,9 +164,10 @@ BINARY_DOVECOT_FAILS = {
     ("stalwart-mail-parser/eml/legacy/048.eml", "2"): "x-uuencode",
     ("stalwart-mail-parser/eml/legacy/048.eml", "3"): "x-uuencode",
     ("stalwart-mail-parser/eml/legacy/048.eml", "4"): "x-uuencode",
-    # base64 bodies that are placeholder text ("... base64 data goes here ...", "XXX"):
-    # Dovecot answers "Invalid data in MIME part"; RFC 2045 §6.8 says characters
-    # outside the alphabet are ignored, so we decode what is left.
+    # base64 bodies holding text that is no base64 (placeholders such as "... base64-encoded
+    # image data goes here ...", a mangled close delimiter): Dovecot answers "Invalid data
+    # in MIME part"; RFC 2045 §6.8 says characters outside the alphabet are ignored, so we
+    # decode what is left.
     ("cpython-test_email/msg_15.txt", "2"): "invalid base64",
     ("mime4j/mimetools-testmsgs/multi-frag.msg", "3"): "invalid base64 inside",
     ("mime4j/mimetools-testmsgs/multi-frag.msg", "3.2"): "invalid base64",
