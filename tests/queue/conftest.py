@@ -33,6 +33,18 @@ class SinkHandler:
     hide: tuple[str, ...] = ()  # EHLO keywords not to announce (e.g. "8BITMIME")
     smtputf8: bool = False  # announce SMTPUTF8 (as our own MTA does)
     mail_options: list[list[str]] = field(default_factory=list)
+    connections: int = 0  # sessions opened so far
+    open_now: int = 0
+    open_peak: int = 0  # most sessions open at once
+    in_data_now: int = 0
+
+    def opened(self) -> None:
+        self.connections += 1
+        self.open_now += 1
+        self.open_peak = max(self.open_peak, self.open_now)
+
+    def closed(self) -> None:
+        self.open_now -= 1
 
     async def handle_EHLO(self, server: SMTP, session: Session, envelope: Envelope, hostname: str,
                           responses: list[str]) -> list[str]:
@@ -51,8 +63,10 @@ class SinkHandler:
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         self.in_data.set()
+        self.in_data_now += 1
         if self.data_gate is not None:
             await self.data_gate.wait()
+        self.in_data_now -= 1
         data = envelope.original_content or b""
         sender = "" if envelope.mail_from in (None, "<>") else envelope.mail_from
         self.received.append(Received(sender, list(envelope.rcpt_tos), data))
@@ -60,10 +74,22 @@ class SinkHandler:
         return "250 2.0.0 accepted by sink"
 
 
+class CountingSMTP(SMTP):
+    """aiosmtpd that tells its SinkHandler when sessions open and close."""
+
+    def connection_made(self, transport: Any) -> None:
+        self.event_handler.opened()
+        super().connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.event_handler.closed()
+        super().connection_lost(exc)
+
+
 async def start_sink(handler: SinkHandler) -> tuple[asyncio.Server, int]:
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: SMTP(handler, hostname="sink.test", enable_SMTPUTF8=handler.smtputf8),
-                                      "127.0.0.1", 0)
+    server = await loop.create_server(
+        lambda: CountingSMTP(handler, hostname="sink.test", enable_SMTPUTF8=handler.smtputf8), "127.0.0.1", 0)
     return server, server.sockets[0].getsockname()[1]
 
 

@@ -184,7 +184,6 @@ def test_hold_release_delete(tmp_path: Path) -> None:
 
 def test_connection_reuse_per_destination(tmp_path: Path) -> None:
     a = SinkHandler()
-    connections = []
 
     async def body(cfg: Any, runner: QueueRunner) -> None:
         enq = Enqueuer(cfg.server.data_dir)
@@ -193,34 +192,35 @@ def test_connection_reuse_per_destination(tmp_path: Path) -> None:
         await wait_for(lambda: len(a.received) == 4)
         await wait_for(lambda: queue_dir(cfg.server.data_dir).ids() == [])
 
-    from aiosmtpd.smtp import SMTP
-
-    class CountingSMTP(SMTP):
-        def connection_made(self, transport: Any) -> None:
-            connections.append(1)
-            super().connection_made(transport)
-
-    async def scenario() -> None:
-        loop = asyncio.get_running_loop()
-        server = await loop.create_server(lambda: CountingSMTP(a, hostname="sink.test"), "127.0.0.1", 0)
-        port = server.sockets[0].getsockname()[1]
-        from .conftest import make_config
-
-        cfg = make_config(tmp_path / "data", {"remote.test": port}, max_per_destination=1)
-        runner = QueueRunner(cfg, is_local=local_example, signer=None)
-        stop = asyncio.Event()
-        task = asyncio.ensure_future(runner.run(stop))
-        try:
-            await body(cfg, runner)
-        finally:
-            stop.set()
-            await asyncio.wait_for(task, 10)
-            server.close()
-            await server.wait_closed()
-
-    asyncio.run(scenario())
+    asyncio.run(run_scenario(tmp_path, {"remote.test": a}, body, max_per_destination=1))
     assert sorted(r.rcpts[0] for r in a.received) == [f"r{i}@remote.test" for i in range(4)]
-    assert len(connections) == 1  # one session carried all four transactions
+    assert a.connections == 1  # one session carried all four transactions
+
+
+def test_per_destination_concurrency_limit(tmp_path: Path) -> None:
+    """8 messages to one host with max_per_destination=2: never more than 2 sessions, and they are reused."""
+    a = SinkHandler(data_gate=asyncio.Event())
+    other = SinkHandler(data_gate=a.data_gate)
+
+    async def body(cfg: Any, runner: QueueRunner) -> None:
+        enq = Enqueuer(cfg.server.data_dir)
+        for i in range(8):
+            await enq.enqueue(MSG, "alice@example.test", [QRcpt(f"r{i}@remote.test")])
+        await enq.enqueue(MSG, "alice@example.test", [QRcpt("x@other.test")])
+        # every attempt has started; two hold the destination's sessions, six wait for one
+        await wait_for(lambda: a.in_data_now == 2 and len(runner.inflight) == 9)
+        # the limit is per destination: another host is not held up by the busy one
+        await wait_for(lambda: other.in_data_now == 1)
+        assert a.open_now == 2
+        assert a.data_gate is not None
+        a.data_gate.set()
+        await wait_for(lambda: len(a.received) == 8 and len(other.received) == 1)
+        await wait_for(lambda: queue_dir(cfg.server.data_dir).ids() == [])
+
+    asyncio.run(run_scenario(tmp_path, {"remote.test": a, "other.test": other}, body, max_per_destination=2))
+    assert a.open_peak == 2
+    assert a.connections == 2  # the waiting six reused the two sessions (RSET, next transaction)
+    assert sorted(r.rcpts[0] for r in a.received) == [f"r{i}@remote.test" for i in range(8)]
 
 
 def test_mx_resolver_override_fallback_and_null_mx(tmp_path: Path) -> None:
