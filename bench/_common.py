@@ -197,9 +197,9 @@ class ServerMeter:
     def summary(self) -> dict[str, Any]:
         """The report's ``servers`` entry (see bench/README.md, JSON output)."""
         cpu = self.cpu()
-        return {"name": self.name, "processes": len(self._hwm), "cpu_seconds": round(cpu, 3),
+        return {"name": self.name, "processes": len(self._hwm), "cpu_seconds": round(cpu, 6),
                 "operations": self.operations, "operations_unit": self.unit,
-                "cpu_s_per_1k_ops": round(cpu * 1000 / self.operations, 4) if self.operations else None,
+                "cpu_s_per_1k_ops": round(cpu * 1000 / self.operations, 6) if self.operations else None,
                 "peak_rss_kib": sum(self._hwm.values())}
 
 
@@ -251,7 +251,7 @@ def toml_dump(doc: dict[str, Any], prefix: str = "") -> str:
     """Tables of scalars and lists (what mailsrv.toml holds) as TOML text."""
     out = []
     scalars = {k: v for k, v in doc.items() if not isinstance(v, dict)}
-    if prefix and scalars:
+    if prefix and (scalars or not doc):
         out.append(f"\n[{prefix}]")
     out += [f"{k} = {_toml_value(v)}" for k, v in scalars.items()]
     for k, v in doc.items():

@@ -14,6 +14,9 @@ sys.path.insert(0, str(ROOT))
 from bench.__main__ import scenarios  # noqa: E402
 
 SCENARIOS = scenarios()
+#: Scenarios that measure a library in-process (bench/README.md says why); every other one
+#: measures a `mailsrv serve` started from `mailsrv init`.
+IN_PROCESS = {"auth", "jmap", "mime", "search", "security", "store"}
 
 
 def check_report(report: dict) -> None:
@@ -29,10 +32,33 @@ def check_report(report: dict) -> None:
             assert isinstance(base["name"], str) and isinstance(base["value"], (int, float)), r
         if r.get("ratio") is not None:
             assert isinstance(r["ratio"], (int, float))
+    check_servers(report)
+
+
+def check_servers(report: dict) -> None:
+    """The ``servers`` entries: CPU seconds per 1 000 operations and peak RSS (bench/README.md)."""
+    servers = report["servers"]
+    assert servers, "a scenario must report its server's CPU and peak RSS"
+    first = servers[0]
+    if report["scenario"] in IN_PROCESS:
+        assert first["name"] == "in-process (library)", first
+    else:
+        assert first["name"] == "mailsrv", first
+        assert first["processes"] >= 3, first  # master, a worker, the queue runner
+    for srv in servers:
+        assert isinstance(srv["name"], str) and isinstance(srv["operations_unit"], str), srv
+        assert srv["operations"] > 0, srv
+        assert srv["cpu_seconds"] > 0, srv
+        assert srv["cpu_s_per_1k_ops"] == pytest.approx(srv["cpu_seconds"] * 1000 / srv["operations"], rel=0.01,
+                                                         abs=1e-3), srv
+        assert srv["peak_rss_kib"] > 1024, srv  # a Python server holds more than 1 MiB
+        assert srv["processes"] >= 1, srv
 
 
 def test_there_are_scenarios() -> None:
     assert SCENARIOS, "bench/ has no scenario modules"
+    assert "idle" in SCENARIOS
+    assert IN_PROCESS <= set(SCENARIOS)
 
 
 @pytest.mark.parametrize("name", SCENARIOS)
@@ -45,5 +71,20 @@ def test_scenario_smoke(name: str, tmp_path: Path) -> None:
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     data = json.loads(out.read_text())
     assert [r["scenario"] for r in data["reports"]] == [name]
-    check_report(data["reports"][0])
+    report = data["reports"][0]
+    check_report(report)
     assert f"== {name} ==" in res.stdout
+    assert f"server {report['servers'][0]['name']}: " in res.stdout
+    if name == "idle":
+        check_idle(report)
+
+
+def check_idle(report: dict) -> None:
+    rows = {r["name"]: r for r in report["results"]}
+    for p in ("p50", "p90", "p99", "max"):
+        assert rows[f"wake-up latency {p}"]["unit"] == "ms"
+    lat = [rows[f"wake-up latency {p}"]["value"] for p in ("p50", "p90", "p99", "max")]
+    assert lat == sorted(lat) and 0 < lat[-1] < 120_000, lat
+    assert rows["RSS per IDLE connection"]["value"] > 0
+    assert rows["server CPU while idle"]["unit"] == "CPU s/min"
+    assert any("RLIMIT_NOFILE" in n for n in report["notes"])

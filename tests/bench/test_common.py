@@ -1,0 +1,136 @@
+"""bench/_common.py: the /proc measurements, the config writer and the mailsrv server the scenarios share."""
+
+from __future__ import annotations
+
+import os
+import resource
+import socket
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+from bench._common import (  # noqa: E402
+    Mailsrv,
+    ServerMeter,
+    in_process_meter,
+    maildir_count,
+    nofile_of,
+    percentile,
+    proc_tree,
+    raise_nofile,
+    toml_dump,
+)
+
+BURN = "import time\nt = time.process_time()\nwhile time.process_time() - t < {s}: pass\n"
+
+keys = st.from_regex(r"[a-z][a-z0-9_]{0,8}", fullmatch=True)
+scalars = st.one_of(
+    st.booleans(), st.integers(-(2**62), 2**62), st.floats(allow_nan=False, allow_infinity=False),
+    st.text(st.characters(blacklist_categories=("Cs", "Cc")), max_size=20),
+    st.lists(st.text(st.characters(blacklist_categories=("Cs", "Cc")), max_size=8), max_size=3),
+)
+tables = st.dictionaries(keys, scalars, max_size=4)
+documents = st.dictionaries(
+    keys, st.one_of(tables, st.dictionaries(st.sampled_from(["a.b", "remote.test", "x"]), tables, max_size=2)),
+    max_size=4,
+).map(lambda d: {k: v for k, v in d.items() if v})
+
+
+@given(documents)
+def test_toml_dump_round_trips(doc: dict) -> None:
+    assert tomllib.loads(toml_dump(doc)) == doc
+
+
+def test_percentile_nearest_rank() -> None:
+    xs = [float(i) for i in range(1, 101)]
+    assert percentile(xs, 50) == 51.0
+    assert percentile(xs, 99) == 100.0
+    assert percentile(list(reversed(xs)), 0) == 1.0
+
+
+def test_raise_nofile_reaches_the_hard_limit() -> None:
+    soft, hard = raise_nofile()
+    assert resource.getrlimit(resource.RLIMIT_NOFILE) == (soft, hard)
+    assert soft == hard or hard == resource.RLIM_INFINITY
+    assert nofile_of(os.getpid()) == soft
+
+
+def test_meter_counts_a_child_and_its_reaped_grandchild() -> None:
+    """CPU of a process that exits during the measurement still counts (via its parent's cutime)."""
+    code = ("import subprocess, sys, time\n"
+            f"subprocess.run([sys.executable, '-c', {BURN.format(s=0.3)!r}])\n"
+            "sys.stdout.write('done\\n'); sys.stdout.flush(); time.sleep(60)\n")
+    with subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True) as proc:
+        meter = ServerMeter("child", lambda: proc_tree(proc.pid), "bursts").start()
+        assert proc.stdout is not None and proc.stdout.readline() == "done\n"
+        meter.add(2)
+        s = meter.summary()
+        assert 0.25 <= s["cpu_seconds"] < 3, s
+        assert s["cpu_s_per_1k_ops"] == round(s["cpu_seconds"] * 500, 6)
+        assert s["peak_rss_kib"] > 1024 and s["processes"] == 1
+        proc.kill()
+
+
+def test_proc_tree_finds_grandchildren() -> None:
+    code = "import subprocess, sys; p = subprocess.Popen(['sleep', '30']); print(p.pid, flush=True); p.wait()"
+    with subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True) as proc:
+        assert proc.stdout is not None
+        grandchild = int(proc.stdout.readline())
+        try:
+            assert proc_tree(proc.pid) == [proc.pid, grandchild]
+        finally:
+            os.kill(grandchild, 9)
+
+
+def test_in_process_meter() -> None:
+    meter = in_process_meter("loops")
+    t = time.process_time()
+    while time.process_time() - t < 0.05:
+        pass
+    meter.add(1000)
+    s = meter.summary()
+    assert 0.04 <= s["cpu_seconds"] < 1 and s["cpu_s_per_1k_ops"] == s["cpu_seconds"]
+    assert s["peak_rss_kib"] == resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def _imap(port: int, lines: list[bytes]) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        f = s.makefile("rb")
+        out = f.readline()
+        for i, line in enumerate(lines):
+            s.sendall(b"t%d " % i + line + b"\r\n")
+            while not (reply := f.readline()).startswith(b"t%d " % i):
+                out += reply
+            out += reply
+        return out
+
+
+def test_mailsrv_from_init_serves_seeded_users(tmp_path: Path) -> None:
+    seed = tmp_path / "seed"
+    for sub in ("cur", "new", "tmp"):
+        (seed / sub).mkdir(parents=True)
+    (seed / "cur" / "1700000000.M1P1.bench:2,S").write_bytes(b"Subject: hi\r\n\r\nbody\r\n")
+    with Mailsrv(tmp_path / "srv", seeds={"a": seed, "b": None}, workers=1,
+                 config={"listener": {"imap": {"tls": "none"}}}) as srv:
+        pids = srv.pids()
+        assert pids[0] == srv.proc.pid and len(pids) >= 3  # master, worker, queue runner
+        assert nofile_of(pids[-1]) == resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        out = _imap(srv.ports["imap"], [b"LOGIN a@example.test benchpass", b"SELECT INBOX", b"LOGOUT"])
+        assert b"* 1 EXISTS" in out and b"t0 OK" in out
+        out = _imap(srv.ports["imap"], [b"LOGIN b@example.test benchpass", b"SELECT INBOX"])
+        assert b"* 0 EXISTS" in out
+        meter = srv.meter("commands")
+        _imap(srv.ports["imap"], [b"LOGIN a@example.test benchpass"] + [b"NOOP"] * 200)
+        meter.add(201)
+        s = meter.summary()
+        assert s["name"] == "mailsrv" and s["cpu_seconds"] > 0 and s["peak_rss_kib"] > 10_000
+        assert maildir_count(srv.data_dir) == 1
+        assert srv.errors == []
+    assert srv.proc.returncode is not None and srv.pids() == []
