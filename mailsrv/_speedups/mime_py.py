@@ -33,8 +33,8 @@ worst case and memory O(max_parts * max_value).
 
 from __future__ import annotations
 
-#: Header fields the structure needs (RFC 2045 content fields, RFC 3501
-#: ENVELOPE fields, RFC 5322 threading fields).
+#: Header fields the structure needs (RFC 2045 content fields and MIME-Version,
+#: RFC 3501 ENVELOPE fields, RFC 5322 threading fields).
 WANTED = frozenset(
     (
         b"content-type",
@@ -45,6 +45,7 @@ WANTED = frozenset(
         b"content-language",
         b"content-location",
         b"content-md5",
+        b"mime-version",
         b"date",
         b"subject",
         b"from",

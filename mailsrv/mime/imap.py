@@ -216,6 +216,9 @@ def _write(part: Part, ext: bool, out: list[bytes]) -> None:
         return
     if ctype.lower() == b"message" and sub.lower() == b"rfc822":
         ctype, sub = b"message", b"rfc822"
+    if not _is_mime(part):
+        _write_plain(part, ext, out)
+        return
     enc = part.field(b"content-transfer-encoding")
     enc_v = unfold(enc).strip(b" \t") if enc is not None else b""
     out += [
@@ -257,3 +260,24 @@ def _write(part: Part, ext: bool, out: list[bytes]) -> None:
             _fieldval(part, b"content-location"),
         ]
     out.append(b")")
+
+
+def _is_mime(part: Part) -> bool:
+    """Whether the Content-* fields of ``part`` count: always inside a multipart; for a
+    message (root or embedded) only with MIME-Version or Content-Type.
+
+    RFC 2045 §4: without MIME-Version a reader may apply local conventions;
+    Dovecot (and so we, for BODY/BODYSTRUCTURE) then treats the message as plain
+    RFC 5322 text and ignores its Content-* fields (a Content-Type alone counts).
+    """
+    if not part.is_message:
+        return True
+    return part.field(b"mime-version") is not None or part.field(b"content-type") is not None
+
+
+def _write_plain(part: Part, ext: bool, out: list[bytes]) -> None:
+    """A non-MIME message body: text/plain us-ascii 7bit, no other Content-* data."""
+    out.append(
+        b'("text" "plain" ("charset" "us-ascii") NIL NIL "7bit" %d %d%s)'
+        % (part.size, part.lines, b" NIL NIL NIL NIL" if ext else b"")
+    )

@@ -29,8 +29,9 @@ from mailsrv.mime.headers import (
 __all__ = ["CACHE_VERSION", "MessageStructure", "Part"]
 
 #: First byte of :meth:`MessageStructure.to_cache`; bump on any layout or content change
-#: (2: RFC 2231 ``boundary*=`` splits the multipart).
-CACHE_VERSION = 2
+#: (2: RFC 2231 ``boundary*=`` splits the multipart; 3: MIME-Version kept, a header cut
+#: by a delimiter ends before the delimiter's line end).
+CACHE_VERSION = 3
 _ZLIB_FLAG = 0x80
 #: Cache blobs above this size are zlib-compressed (big headers, many parts).
 _COMPRESS_ABOVE = 1024

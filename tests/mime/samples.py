@@ -282,6 +282,51 @@ body
 """
 )
 
+# RFC 2045 §4: without MIME-Version (or a Content-Type) a message is plain RFC 5322 text
+# for BODYSTRUCTURE (Dovecot ignores its Content-* fields); parts of a multipart are MIME
+NO_MIME_VERSION = crlf(
+    """Subject: no MIME-Version
+Content-Transfer-Encoding: quoted-printable
+Content-Disposition: attachment; filename=a.txt
+Content-ID: <i@x>
+Content-Language: en
+Content-Location: l
+Content-MD5: m
+
+caf=C3=A9
+"""
+)
+
+EMBEDDED_NO_MIME_VERSION = crlf(
+    """MIME-Version: 1.0
+Content-Type: multipart/mixed; boundary=b
+
+--b
+Content-Transfer-Encoding: base64
+Content-ID: <x>
+
+YWJj
+--b
+Content-Type: message/rfc822
+
+Subject: in
+Content-Transfer-Encoding: base64
+Content-Description: d
+Content-Disposition: attachment; filename=a
+
+YWJj
+--b
+Content-Type: message/rfc822
+
+Subject: in2
+MIME-Version: 1.0
+Content-Transfer-Encoding: base64
+
+YWJj
+--b--
+"""
+)
+
 #: name -> message, as stored (CRLF).
 SAMPLES = {
     "rfc2046-multipart": RFC2046_MULTIPART,
@@ -297,4 +342,6 @@ SAMPLES = {
     "rfc2231-boundary-plain": RFC2231_BOUNDARY_PLAIN,
     "binary-containers": BINARY_CONTAINERS,
     "cut-headers": CUT_HEADERS,
+    "no-mime-version": NO_MIME_VERSION,
+    "embedded-no-mime-version": EMBEDDED_NO_MIME_VERSION,
 }
