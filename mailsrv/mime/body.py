@@ -30,7 +30,7 @@ __all__ = [
 
 _B64_KEEP = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 _B64_DROP = bytes(c for c in range(256) if c not in _B64_KEEP)
-_QP_TRAILING = re.compile(rb"[ \t]+(?=\r?\n)")
+_QP_TRAILING = re.compile(rb"[ \t]+(?=\r?\n|\Z)")
 
 
 def iter_header_lines(raw: Any, start: int, end: int) -> Iterator[tuple[bytes, int, int]]:
@@ -127,12 +127,15 @@ def iter_decoded(raw: Any, part: Part, chunk: int = 65536) -> Iterator[bytes]:
                 nl = raw.rfind(b"\n", pos, stop)
                 if nl >= 0:
                     stop = nl + 1
-                else:  # a line longer than a chunk: never cut an escape or trailing blanks
-                    data = bytes(raw[pos:stop]).rstrip(b" \t")
-                    eq = data.rfind(b"=", len(data) - 2)
-                    cut = pos + (eq if eq > 0 else len(data))
-                    stop = cut if cut > pos else stop
-            # RFC 2045 §6.7 (3): white space at the end of a line is deleted
+                else:  # a line longer than a chunk: cut before an escape and blanks
+                    data = bytes(raw[pos:stop])
+                    keep = len(data.rstrip(b" \t"))
+                    eq = data.rfind(b"=", max(0, keep - 2), keep)
+                    if eq >= 0:
+                        keep = len(data[:eq].rstrip(b" \t"))
+                    stop = pos + keep if keep else stop
+            # RFC 2045 §6.7 (3): white space at the end of a line (and of the body,
+            # as Dovecot) is deleted
             yield binascii.a2b_qp(_QP_TRAILING.sub(b"", bytes(raw[pos:stop])))
             pos = stop
     else:

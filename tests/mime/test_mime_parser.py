@@ -571,13 +571,20 @@ def test_quoted_printable_trailing_blanks_and_long_lines(parse: Callable) -> Non
     raw = b"Content-Transfer-Encoding: quoted-printable\r\n\r\na \t\r\nb= \r\nc=20 \r\nend  "
     part = parse(raw).root
     # RFC 2045 §6.7 (3): blanks at the end of a line are deleted (a soft break survives them)
-    assert mime.decoded_body(raw, part) == b"a\r\nbc \r\nend  "
+    assert mime.decoded_body(raw, part) == b"a\r\nbc \r\nend"
     line = b"x" * 3000 + b"=C3=A9" + b"y" * 3000 + b"   \r\nz"
     raw = b"Content-Transfer-Encoding: quoted-printable\r\n\r\n" + line
     part = parse(raw).root
     whole = mime.decoded_body(raw, part)
     assert whole == b"x" * 3000 + b"\xc3\xa9" + b"y" * 3000 + b"\r\nz"
     for chunk in range(1024, 1040):
+        assert b"".join(mime.iter_decoded(raw, part, chunk=chunk)) == whole
+    # blanks and escapes at a chunk edge of a long line
+    line = b"x" * 1020 + b"  =41  " + b"y" * 2000 + b"=\r\n" + b"=20" * 700 + b" \t "
+    raw = b"Content-Transfer-Encoding: quoted-printable\r\n\r\n" + line
+    part = parse(raw).root
+    whole = b"x" * 1020 + b"  A  " + b"y" * 2000 + b" " * 700
+    for chunk in range(1024, 1034):
         assert b"".join(mime.iter_decoded(raw, part, chunk=chunk)) == whole
 
 
