@@ -306,6 +306,17 @@ class StoreConfig:
         1000,
         check=_positive,
     )
+    expunge_history: int = doc(
+        "Expunged messages remembered per mailbox for QRESYNC VANISHED and JMAP /changes (older ones are"
+        " forgotten: a client asking from before them resynchronises).",
+        10000,
+        check=_positive,
+    )
+    expunge_history_days: float = doc(
+        "Days an expunge is remembered for QRESYNC VANISHED and JMAP /changes (at most expunge_history of them).",
+        90.0,
+        check=_positive,
+    )
     deferred_index: bool = doc(
         "Acknowledge a local delivery once its file is durable in new/ and assign its UID in a background"
         " batch (group commit across deliveries); false: the UID is committed before the acknowledgement.",

@@ -196,6 +196,8 @@ class StoreBackend:
             if (o.uidnext, o.modseq) == (n.uidnext, n.modseq):
                 continue
             since_m = await self.acct.changes_since(info.name, o.modseq)
+            if getattr(since_m, "truncated", False):  # older than the store's expunge history
+                raise CannotCalculateChanges("the expunge history no longer reaches that state")
             for m in since_m.changed:
                 self._seen[(mid, n.uidvalidity, m.uid)] = (m.email_id, m.thread_id)
                 threads_touched.add(m.thread_id)

@@ -206,8 +206,8 @@ class Account:
 
     async def changes_since(self, mailbox: str, modseq: int) -> ChangesSince:
         await self._sync_if_needed(mailbox)
-        info, changed, gone, ids = await self._run(self.engine.changes_since, mailbox, modseq)
-        return ChangesSince(changed, gone, info.highestmodseq, ids)
+        info, changed, gone, ids, truncated = await self._run(self.engine.changes_since, mailbox, modseq)
+        return ChangesSince(changed, gone, info.highestmodseq, ids, truncated)
 
     async def claim_recent(self, mailbox: str, upto: int | None = None) -> int:
         """RFC 3501 \\Recent: the first UID not yet recent in any session; with ``upto``, claim
@@ -448,7 +448,7 @@ class MailboxView:
         """Apply changes made since the snapshot (by anyone). StoreError if the mailbox was replaced."""
         acct = self.account
         await acct._sync_if_needed(self.name)
-        info, changed, gone, _ = await acct._run(acct.engine.changes_since, self.name, self.highestmodseq)
+        info, changed, gone, _, _ = await acct._run(acct.engine.changes_since, self.name, self.highestmodseq)
         if info.uidvalidity != self.uidvalidity or info.id != self.id:
             raise StoreError(f"{self.name}: UIDVALIDITY changed (mailbox replaced)")
         expunged = sorted(u for u in gone if self.by_uid(u) is not None)

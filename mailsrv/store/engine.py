@@ -75,6 +75,11 @@ KEYWORDS_NAME = "dovecot-keywords"
 #: the UID map is compacted only beyond this size (and when mostly expunged entries)
 UIDLIST_COMPACT_MIN = 64 * 1024
 NOTIFY_NAME = "mailsrv-notify"
+#: default expunge history per mailbox (config: store.expunge_history, store.expunge_history_days)
+EXPUNGE_HISTORY = 10000
+EXPUNGE_HISTORY_DAYS = 90.0
+#: the history is pruned after this many expunge records (or fewer when the limit is smaller)
+PRUNE_EVERY = 64
 SCHEMA_VERSION = 1
 
 _SCHEMA = """
@@ -142,7 +147,7 @@ def _columns(conn: sqlite3.Connection, table: str) -> set[str]:
 
 def _migrate(conn: sqlite3.Connection) -> None:
     """Bring an index made by an older mailsrv up to date (caller holds the open flock)."""
-    if ("unseen" in _columns(conn, "mailboxes") and "email_id" in _columns(conn, "expunged")
+    if ("unseen" in _columns(conn, "mailboxes") and "at" in _columns(conn, "expunged")
             and "gen" in _columns(conn, "quota")):
         conn.executescript(_UNSEEN_TRIGGERS)
         return
@@ -157,6 +162,9 @@ def _migrate(conn: sqlite3.Connection) -> None:
             conn.execute("ALTER TABLE expunged ADD COLUMN thread_id TEXT")
         if "gen" not in _columns(conn, "quota"):  # generation of the usage (store/usage.py ordering)
             conn.execute("ALTER TABLE quota ADD COLUMN gen INTEGER NOT NULL DEFAULT 0")
+        if "at" not in _columns(conn, "expunged"):  # expunge history pruning (_prune_expunged)
+            conn.execute("ALTER TABLE expunged ADD COLUMN at REAL")
+            conn.execute("ALTER TABLE mailboxes ADD COLUMN vanished_floor INTEGER NOT NULL DEFAULT 0")
         for stmt in _UNSEEN_TRIGGERS.split("END;"):
             if stmt.strip():
                 conn.execute(stmt + "END;")
@@ -174,7 +182,8 @@ class Engine:
     """Blocking operations on one account. Thread-safe; call through the I/O pool."""
 
     def __init__(self, account_id: str, root: Path, *, max_parse_size: int = 64 << 20,
-                 hostname: str = "", mime_limits: MimeConfig | None = None) -> None:
+                 hostname: str = "", mime_limits: MimeConfig | None = None,
+                 expunge_history: int = EXPUNGE_HISTORY, expunge_history_days: float = EXPUNGE_HISTORY_DAYS) -> None:
         self.account_id = account_id
         #: the ``[mime]`` parser bounds used wherever this account parses a message
         self.mime_limits = mime_limits
@@ -194,6 +203,11 @@ class Engine:
         self.folder_cache: dict[str, Path] = {}
         self.notify_path = root / NOTIFY_NAME
         self._db_ino = -1
+        #: expunge history kept per mailbox: at most this many entries, none older than this many days
+        self.expunge_history = expunge_history
+        self.expunge_history_days = expunge_history_days
+        #: expunge records written since the last pruning (pruning is amortised: PRUNE_EVERY)
+        self._expunged_since_prune = 0
         #: per-domain usage (store/usage.py): the account's domain and the shared book, set by the Store
         self.domain: str | None = None
         self.usage: UsageBook | None = None
@@ -755,6 +769,7 @@ class Engine:
         sizes: list[int] = []
         done: list[int] = []
         mb.highestmodseq += 1
+        now = time.time()
         for uid in uids:
             r = db.execute("SELECT size, email_id, thread_id FROM messages WHERE mailbox=? AND uid=?",
                            (mb.id, uid)).fetchone()
@@ -763,15 +778,41 @@ class Engine:
             sizes.append(r[0])
             done.append(uid)
             db.execute("DELETE FROM messages WHERE mailbox=? AND uid=?", (mb.id, uid))
-            db.execute("INSERT OR REPLACE INTO expunged (mailbox, uid, modseq, email_id, thread_id)"
-                       " VALUES (?, ?, ?, ?, ?)", (mb.id, uid, mb.highestmodseq, r[1], r[2]))
+            db.execute("INSERT OR REPLACE INTO expunged (mailbox, uid, modseq, email_id, thread_id, at)"
+                       " VALUES (?, ?, ?, ?, ?, ?)", (mb.id, uid, mb.highestmodseq, r[1], r[2], now))
         mb.messages = max(0, mb.messages - len(done))
         mb.storage = max(0, mb.storage - sum(sizes))
         self._quota_apply(sizes, -1)
         if done:
             res.expunged.setdefault(mb.guid, []).extend(done)
             res.changed = True
+            self._expunged_since_prune += len(done)
+            if self._expunged_since_prune >= min(PRUNE_EVERY, self.expunge_history + 1):
+                self._prune_expunged(mb.id, now)
         return done
+
+    def _prune_expunged(self, mid: int, now: float) -> None:
+        """Forget expunges beyond the history window (caller holds the write transaction).
+
+        Keeps the newest ``expunge_history`` records of the mailbox and none older than
+        ``expunge_history_days``, and raises the mailbox's ``vanished_floor`` to the largest
+        modseq forgotten: a changes_since() below it cannot name every expunge (truncated).
+        """
+        self._expunged_since_prune = 0
+        db = self.db
+        cut = 0
+        r = db.execute("SELECT modseq FROM expunged INDEXED BY expunged_modseq WHERE mailbox=?"
+                       " ORDER BY modseq DESC LIMIT 1 OFFSET ?", (mid, self.expunge_history)).fetchone()
+        if r is not None:
+            cut = r[0]
+        r = db.execute("SELECT max(modseq) FROM expunged WHERE mailbox=? AND at < ?",
+                       (mid, now - self.expunge_history_days * 86400)).fetchone()
+        if r is not None and r[0] is not None:
+            cut = max(cut, r[0])
+        if cut:
+            n = db.execute("DELETE FROM expunged WHERE mailbox=? AND modseq<=?", (mid, cut)).rowcount
+            db.execute("UPDATE mailboxes SET vanished_floor=max(vanished_floor, ?) WHERE id=?", (cut, mid))
+            logger.info("expunged.pruned", account=self.account_id, records=n, floor=cut)
 
     def _quota_apply(self, sizes: list[int], sign: int) -> None:
         if not sizes:
@@ -797,8 +838,14 @@ class Engine:
             return self._mailbox_info(mb, len(msgs), None), msgs
 
     def changes_since(self, name: str, modseq: int
-                      ) -> tuple[MailboxInfo, list[MessageInfo], list[int], dict[int, tuple[str, str]]]:
-        """(info, changed, expunged uids, uid -> (email id, thread id) of those expunged that have them)."""
+                      ) -> tuple[MailboxInfo, list[MessageInfo], list[int], dict[int, tuple[str, str]], bool]:
+        """(info, changed, expunged uids, uid -> (email id, thread id) of those expunged that have them,
+        truncated).
+
+        ``truncated``: ``modseq`` is below what the pruned expunge history can answer; the
+        expunged list then holds every UID below UIDNEXT that is not in the mailbox (RFC 7162
+        §3.2.5.2: what a server without the expunge's modseq reports as VANISHED (EARLIER)).
+        """
         with self.lock:
             self._check_reopen()
             db = self.db
@@ -813,16 +860,22 @@ class Engine:
                     (mb.id, modseq))]
                 gone: list[int] = []
                 ids: dict[int, tuple[str, str]] = {}
+                floor = db.execute("SELECT vanished_floor FROM mailboxes WHERE id=?", (mb.id,)).fetchone()
+                truncated = floor is not None and modseq < floor[0]
+                if truncated:
+                    present = {r[0] for r in db.execute("SELECT uid FROM messages WHERE mailbox=?", (mb.id,))}
+                    gone = [u for u in range(1, mb.uidnext) if u not in present]
                 for uid, eid, tid in db.execute(
                         "SELECT uid, email_id, thread_id FROM expunged WHERE mailbox=? AND modseq>? ORDER BY uid",
                         (mb.id, modseq)):
-                    gone.append(uid)
+                    if not truncated:
+                        gone.append(uid)
                     if eid is not None:
                         ids[uid] = (eid, tid or "")
                 info = self._mailbox_info(mb, mb.messages, None)
             finally:
                 db.execute("COMMIT")
-            return info, changed, gone, ids
+            return info, changed, gone, ids, truncated
 
     def _mailbox_info(self, mb: _Mbox, messages: int, unseen: int | None, subscribed: bool = False) -> MailboxInfo:
         if unseen is None:  # kept by the unseen_* triggers

@@ -119,11 +119,13 @@ def adopt_folder(eng: Engine, name: str, dirname: str) -> None:
             fsio.durable_write(folder / UIDLIST_NAME, bytes(body), tmp_dir=folder / "tmp")
             ul.guid = guid
         special = SPECIAL_USE.get(name)
+        # modseqs start at the clock (ms) so that a rebuilt index never goes below one a client holds;
+        # no expunge before it is known (vanished_floor: changes_since below it is truncated)
+        start = int(time.time() * 1000)
         eng.db.execute(
             "INSERT INTO mailboxes (guid, name, dir, special_use, uidvalidity, uidnext, highestmodseq,"
-            " uidlist_size, cur_mtime) VALUES (?, ?, ?, ?, ?, ?, ?, 0, -1)",
-            ("M" + ul.guid[:24], name, dirname, special, ul.uidvalidity, ul.effective_nextuid,
-             int(time.time() * 1000)),
+            " uidlist_size, cur_mtime, vanished_floor) VALUES (?, ?, ?, ?, ?, ?, ?, 0, -1, ?)",
+            ("M" + ul.guid[:24], name, dirname, special, ul.uidvalidity, ul.effective_nextuid, start, start),
         )
         res.changed = True
     mb = eng._row(name)

@@ -97,6 +97,9 @@ class ChangesSince:
     #: uid -> (email id, thread id) of expunged messages (absent for those expunged before the
     #: index kept ids, or forgotten by an index rebuild)
     expunged_ids: dict[int, tuple[str, str]] = field(default_factory=dict)
+    #: the expunge history was pruned past ``modseq``: ``expunged`` is then every UID below UIDNEXT
+    #: not in the mailbox (a superset; RFC 7162 §3.2.5.2), and JMAP answers cannotCalculateChanges
+    truncated: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,16 +1,20 @@
-"""RFC 9208 quota roots over a real server: the user's root "" and the domain's root (issue 3)."""
+"""Over a real server and store (issue 3): RFC 9208 quota roots (the user's "" and the domain's), and
+QRESYNC from a modseq older than the pruned expunge history (RFC 7162 §3.2.5.2)."""
 
 from __future__ import annotations
 
 import imaplib
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from imaptest import start_server
+from imaptest import Raw, ServerHandle, start_server
 
 from mailsrv.auth import Authenticator
 from mailsrv.auth.passwords import Hasher
-from mailsrv.config import AuthConfig, DirectoryConfig
+from mailsrv.config import AuthConfig, DirectoryConfig, StoreConfig
 from mailsrv.directory import open_directory, open_sync
 from mailsrv.store import Store
 
@@ -18,7 +22,10 @@ AUTH = AuthConfig(allow_plaintext_loopback=True, argon2_time_cost=1, argon2_memo
 MSG = b"From: a@example.test\r\nSubject: q\r\n\r\n" + b"x" * 3000 + b"\r\n"
 
 
-def test_getquotaroot_names_the_domain_root_and_append_respects_it(tmp_path: Path) -> None:
+@contextmanager
+def serve(tmp_path: Path, store_config: StoreConfig | None = None,
+          domain_storage: int | None = None) -> Iterator[ServerHandle]:
+    """alice and bob of example.test (8 KiB quota each) on a real directory, store and IMAP listener."""
     dcfg = DirectoryConfig()
     sd = open_sync(dcfg, tmp_path)
     sd.add_domain("example.test")
@@ -26,13 +33,13 @@ def test_getquotaroot_names_the_domain_root_and_append_respects_it(tmp_path: Pat
     sd.add_user("alice@example.test", password_hash=pw, scram=scram, quota_bytes=8 * 1024)
     sd.add_user("bob@example.test", password_hash=pw, scram=scram, quota_bytes=8 * 1024)
     # overbooked on purpose (the directory refuses that for new users; an operator may lower the limit later)
-    sd.set_domain("example.test", max_storage=10 * 1024)
+    sd.set_domain("example.test", max_storage=domain_storage)
     sd.close()
     objects: dict[str, Any] = {}
 
     async def setup() -> tuple[Any, Any]:
         d = objects["directory"] = open_directory(dcfg, tmp_path)
-        store = Store(None, tmp_path)
+        store = Store(store_config, tmp_path)
         store.set_domain_quota_source(d.domain_quota)  # as the worker wires it
         return Authenticator(d, AUTH), store
 
@@ -42,6 +49,13 @@ def test_getquotaroot_names_the_domain_root_and_append_respects_it(tmp_path: Pat
 
     handle, stop = start_server(setup=setup, teardown=teardown, data_dir=tmp_path)
     try:
+        yield handle
+    finally:
+        stop()
+
+
+def test_getquotaroot_names_the_domain_root_and_append_respects_it(tmp_path: Path) -> None:
+    with serve(tmp_path, domain_storage=10 * 1024) as handle:
         bob = imaplib.IMAP4(handle.host, handle.port, timeout=20)
         bob.login("bob@example.test", "wonderland")
         assert bob.append("INBOX", None, None, MSG)[0] == "OK"
@@ -63,5 +77,31 @@ def test_getquotaroot_names_the_domain_root_and_append_respects_it(tmp_path: Pat
         assert bob.append("INBOX", None, None, b"Subject: s\r\n\r\nsmall\r\n")[0] == "OK"
         bob.logout()
         c.logout()
-    finally:
-        stop()
+
+
+def test_qresync_from_before_the_expunge_history(tmp_path: Path) -> None:
+    with serve(tmp_path, StoreConfig(expunge_history=2)) as handle:
+        a = imaplib.IMAP4(handle.host, handle.port, timeout=20)
+        a.login("alice@example.test", "wonderland")
+        for i in range(8):
+            a.append("INBOX", None, None, b"Subject: m%d\r\n\r\nbody\r\n" % i)
+        a.select("INBOX")
+        a.uid("STORE", "1", "+FLAGS.SILENT", "(\\Deleted)")
+        a.expunge()  # before the client's state: it knows 1 is gone
+        raw = Raw(handle.host, handle.port)
+        raw.cmd(b"q0 LOGIN alice@example.test wonderland")
+        assert raw.cmd(b"q1 ENABLE QRESYNC")[0] == b"* ENABLED QRESYNC\r\n"
+        out = b"".join(raw.cmd(b"q2 SELECT INBOX"))
+        hms = int(re.search(rb"HIGHESTMODSEQ (\d+)", out).group(1))  # type: ignore[union-attr]
+        uidvalidity = int(re.search(rb"UIDVALIDITY (\d+)", out).group(1))  # type: ignore[union-attr]
+        raw.cmd(b"q3 UNSELECT")
+        for uid in (2, 4, 5, 6, 7):  # one by one: the store forgets the oldest of these expunges
+            a.uid("STORE", str(uid), "+FLAGS.SILENT", "(\\Deleted)")
+            a.expunge()
+        # the server cannot name the expunges since hms any more: it reports every UID that is not
+        # there (RFC 7162 §3.2.5.2), a superset of what this client must forget (1 was gone before)
+        lines = raw.cmd(b"q4 SELECT INBOX (QRESYNC (%d %d))" % (uidvalidity, hms))
+        assert b"* VANISHED (EARLIER) 1:2,4:7\r\n" in lines
+        assert lines[-1].startswith(b"q4 OK")
+        raw.close()
+        a.logout()
