@@ -21,6 +21,7 @@ __all__ = [
     "lookup_charset",
     "merge_params",
     "message_ids",
+    "mime_token",
     "parse_addresses",
     "parse_params_lenient",
     "unfold",
@@ -191,6 +192,21 @@ def _skip_comments(v: bytes, i: int, n: int) -> int:
         else:
             break
     return i
+
+
+def mime_token(v: bytes) -> tuple[bytes, bool]:
+    """The RFC 2045 token a structured value starts with (after white space and
+    comments), and whether nothing but white space and comments follows it.
+
+    ``b"base64 (x)"`` -> ``(b"base64", True)``; ``b"Base64;x"`` -> ``(b"Base64", False)``;
+    ``b'"base64"'`` -> ``(b"", False)``.
+    """
+    n = len(v)
+    i = _skip_comments(v, 0, n)
+    j = i
+    while j < n and 32 < v[j] < 127 and v[j] not in _TSPECIALS:
+        j += 1
+    return v[i:j], j > i and _skip_comments(v, j, n) >= n
 
 
 def parse_params_lenient(v: bytes) -> list[tuple[bytes, bytes]]:

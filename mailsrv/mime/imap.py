@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from mailsrv.mime.headers import parse_addresses, unfold
+from mailsrv.mime.headers import mime_token, parse_addresses, unfold
 
 if TYPE_CHECKING:
     from mailsrv.mime.structure import Part
@@ -219,8 +219,12 @@ def _write(part: Part, ext: bool, out: list[bytes]) -> None:
     if not _is_mime(part):
         _write_plain(part, ext, out)
         return
+    # RFC 2045 §6.1 mechanism := token (comments allowed around it); anything else
+    # is no valid encoding and shows as the default, as in Dovecot
     enc = part.field(b"content-transfer-encoding")
-    enc_v = unfold(enc).strip(b" \t") if enc is not None else b""
+    enc_v, clean = mime_token(unfold(enc)) if enc is not None else (b"", False)
+    if not clean:
+        enc_v = b""
     out += [
         b"(",
         nstring(ctype),

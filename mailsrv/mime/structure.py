@@ -21,6 +21,7 @@ from mailsrv.mime.headers import (
     decode_words,
     merge_params,
     message_ids,
+    mime_token,
     parse_addresses,
     parse_params_lenient,
     unfold,
@@ -204,10 +205,14 @@ class Part:
 
     @cached_property
     def encoding(self) -> str:
-        """Content-Transfer-Encoding, lower case; ``7bit`` when absent."""
+        """Content-Transfer-Encoding (its token, lower case, as Dovecot decodes it);
+        ``7bit`` when absent. A value that is no token comes back as written."""
         v = self.field(b"content-transfer-encoding")
-        enc = unfold(v).strip(b" \t").lower().decode("latin-1") if v else ""
-        return enc or "7bit"
+        if v is None:
+            return "7bit"
+        v = unfold(v)
+        token, _ = mime_token(v)
+        return (token or v.strip(b" \t")).lower().decode("latin-1") or "7bit"
 
     # --- disposition and friends ------------------------------------------
     def raw_disposition(self) -> tuple[bytes, list[tuple[bytes, bytes]]] | None:

@@ -327,6 +327,28 @@ YWJj
 """
 )
 
+# RFC 2045 §6.1 mechanism := token: a comment after it is fine, junk makes BODYSTRUCTURE
+# show the default (Dovecot), BINARY still decodes by the leading token (Dovecot too)
+CTE_SPELLINGS = crlf(
+    """MIME-Version: 1.0
+Content-Type: multipart/mixed; boundary=b
+
+--b
+Content-Transfer-Encoding: BASE64 (comment)
+
+YWJj
+--b
+Content-Transfer-Encoding: Quoted-Printable;x
+
+a=3Db
+--b
+Content-Transfer-Encoding: x-foo
+
+abc
+--b--
+"""
+)
+
 #: name -> message, as stored (CRLF).
 SAMPLES = {
     "rfc2046-multipart": RFC2046_MULTIPART,
@@ -344,4 +366,5 @@ SAMPLES = {
     "cut-headers": CUT_HEADERS,
     "no-mime-version": NO_MIME_VERSION,
     "embedded-no-mime-version": EMBEDDED_NO_MIME_VERSION,
+    "cte-spellings": CTE_SPELLINGS,
 }

@@ -162,9 +162,11 @@ def test_header_helpers_never_raise(value: bytes) -> None:
     merge_params([(b"name*0*", value), (b"name*1", value), (b"filename", value)])
     assert mime_py.parse_content_type(value) == (mime_c or mime_py).parse_content_type(value)
     assert mime_py.parse_params(value, 0) == (mime_c or mime_py).parse_params(value, 0)
-    from mailsrv.mime.headers import parse_params_lenient
+    from mailsrv.mime.headers import mime_token, parse_params_lenient
 
     parse_params_lenient(value)
+    token, clean = mime_token(value)
+    assert token in value and (token or not clean)
     params = mime_py.parse_params(value, 0) + ((b"boundary*", value), (b"boundary*1*", value))
     assert mime_py.rfc2231_boundary(params) == (mime_c or mime_py).rfc2231_boundary(params)
 
