@@ -8,6 +8,7 @@ Not a scenario (the leading underscore keeps it out of ``python -m bench``).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import resource
@@ -486,6 +487,52 @@ def stop_dovecot(proc: subprocess.Popen[bytes]) -> None:
 def dovecot_pids(proc: subprocess.Popen[bytes]) -> list[int]:
     """Dovecot's master and every process below it (login, imap/pop3, auth, ...)."""
     return proc_tree(proc.pid) if proc.poll() is None else []
+
+
+# --- SMTP delivery from the client side ----------------------------------------------------
+
+
+async def _smtp_reply(r: asyncio.StreamReader) -> bytes:
+    while True:
+        line = await r.readline()
+        if not line:
+            raise ConnectionError("SMTP connection closed")
+        if line[3:4] != b"-":
+            return line
+
+
+async def smtp_deliver(port: int, users: list[str], data: bytes, sessions: int = 10,
+                       sent: dict[str, float] | None = None) -> dict[str, float]:
+    """One message to each of ``users`` over ``sessions`` SMTP sessions (plain, from bench@remote.test);
+    the perf_counter time of each ``250``, and in ``sent`` that of the end of its DATA."""
+    acked: dict[str, float] = {}
+    todo = list(users)
+
+    async def session() -> None:
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        await _smtp_reply(r)
+        w.write(b"EHLO bench.test\r\n")
+        await _smtp_reply(r)
+        while todo:
+            user = todo.pop()
+            w.write(f"MAIL FROM:<bench@remote.test>\r\nRCPT TO:<{user}>\r\nDATA\r\n".encode())
+            for _ in range(3):
+                reply = await _smtp_reply(r)
+                if reply[:1] not in (b"2", b"3"):
+                    raise RuntimeError(f"SMTP to {user}: {reply!r}")
+            w.write(data + b".\r\n")
+            if sent is not None:
+                sent[user] = time.perf_counter()
+            reply = await _smtp_reply(r)
+            if not reply.startswith(b"250"):
+                raise RuntimeError(f"SMTP DATA to {user}: {reply!r}")
+            acked[user] = time.perf_counter()
+        w.write(b"QUIT\r\n")
+        await _smtp_reply(r)
+        w.close()
+
+    await asyncio.gather(*(session() for _ in range(min(sessions, len(users)))))
+    return acked
 
 
 # --- results -------------------------------------------------------------------------------

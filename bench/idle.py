@@ -52,6 +52,7 @@ from ._common import (
     percentile,
     raise_nofile,
     rss_kib,
+    smtp_deliver,
     start_dovecot,
     stop_dovecot,
 )
@@ -173,45 +174,6 @@ class Idlers:
 
 
 # --- delivering one message per user: SMTP (mailsrv) or an MDA's file drop (Dovecot) ----------
-
-
-async def _smtp_reply(r: asyncio.StreamReader) -> bytes:
-    while True:
-        line = await r.readline()
-        if not line:
-            raise ConnectionError("SMTP connection closed")
-        if line[3:4] != b"-":
-            return line
-
-
-async def smtp_deliver(port: int, users: list[str], data: bytes, sessions: int = 10) -> dict[str, float]:
-    """One message to each of ``users`` over ``sessions`` SMTP sessions; the time of each ``250``."""
-    acked: dict[str, float] = {}
-    todo = list(users)
-
-    async def session() -> None:
-        r, w = await asyncio.open_connection("127.0.0.1", port)
-        await _smtp_reply(r)
-        w.write(b"EHLO bench.test\r\n")
-        await _smtp_reply(r)
-        while todo:
-            user = todo.pop()
-            w.write(f"MAIL FROM:<bench@remote.test>\r\nRCPT TO:<{user}>\r\nDATA\r\n".encode())
-            for _ in range(3):
-                reply = await _smtp_reply(r)
-                if reply[:1] not in (b"2", b"3"):
-                    raise RuntimeError(f"SMTP to {user}: {reply!r}")
-            w.write(data + b".\r\n")
-            reply = await _smtp_reply(r)
-            if not reply.startswith(b"250"):
-                raise RuntimeError(f"SMTP DATA to {user}: {reply!r}")
-            acked[user] = time.perf_counter()
-        w.write(b"QUIT\r\n")
-        await _smtp_reply(r)
-        w.close()
-
-    await asyncio.gather(*(session() for _ in range(min(sessions, len(users)))))
-    return acked
 
 
 def maildir_drop(new_dirs: dict[str, Path], data: bytes, round_no: int) -> dict[str, float]:

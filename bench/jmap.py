@@ -1,13 +1,15 @@
 """JMAP benchmark: Email/query + Email/get requests per second on a big mailbox, and push latency.
 
-The server is the real JMAP application over the real maildir store, on a
-127.0.0.1 socket, driven by aiohttp with 4 concurrent clients. Baseline for
-the request rate: Core/echo through the same HTTP stack and authentication
-in the same run (what a request costs before it touches mail). Push latency
-is measured from the return of ``store.deliver`` (the moment SMTP answers
-``250``: the copy is durable) to the StateChange read by an EventSource
-client; the change travels through the store's cross-process notification
-(inotify), as from another worker.
+The server is ``mailsrv serve`` from a fresh ``mailsrv init`` (bench/_common.Mailsrv:
+master, a worker per core, queue runner) with the big mailbox as a user's
+store, its plain-HTTP JMAP listener on 127.0.0.1 driven from this process by
+aiohttp with 4 concurrent clients (Basic authentication). Baseline for the
+request rate: Core/echo through the same HTTP stack and authentication in the
+same run (what a request costs before it touches mail). Push latency is
+measured from a message sent over SMTP to the same server (end of DATA, and
+its ``250``: the copy is durable) to the StateChange read by an EventSource
+client; the change reaches the worker holding the EventSource through the
+store's cross-process notification (inotify) when another worker delivered.
 """
 
 from __future__ import annotations
@@ -15,68 +17,28 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
-import socket
 import statistics
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-from aiohttp import web
 
-from mailsrv.config import JmapConfig, StoreConfig
-from mailsrv.directory import LoginStamp
-from mailsrv.jmap.blobs import UploadStore
-from mailsrv.jmap.limits import ConnectionLimiter, ConnLimits, LimitedSockSite
-from mailsrv.jmap.server import JmapApp, Principal
-from mailsrv.jmap.storebackend import store_factory
-from mailsrv.store import DeliveryTarget, Store
-from mailsrv.util.fsio import FileIO
-
-from ._common import fill_new, in_process_meter, message
+from ._common import PASSWORD, Mailsrv, fill_new, message, smtp_deliver
 
 SIZES = {"smoke": (2_000, 2.0, 5), "full": (100_000, 10.0, 30)}
 USING = ["urn:ietf:params:jmap:core", "urn:ietf:params:jmap:mail"]
-
-
-@dataclass
-class _Account:
-    id: int
-    address: str
-    store: str
-    quota_bytes: int | None = None
-    quota_messages: int | None = None
-
-
-@dataclass
-class _Result:
-    ok: bool
-    account: Any
-
-
-class _Auth:
-    def plaintext_allowed(self, *, tls: bool, client_ip: str) -> bool:
-        return True
-
-    async def login(self, username: str, password: str, **kw: Any) -> _Result:
-        return _Result(True, _Account(1, username, "mail/bench"))
-
-    async def login_stamp(self, account_id: int) -> LoginStamp:
-        return LoginStamp(0, True)
-
-    async def bearer(self, token: str, **kw: Any) -> _Result:
-        return _Result(False, None)
 
 
 def _message(n: int) -> bytes:
     return message(n, repeat=20, lines=3)
 
 
-def _fill(new_dir: Path, n: int) -> None:
-    new_dir.mkdir(parents=True, exist_ok=True)
-    fill_new(new_dir, (_message(i) for i in range(n)))
+def _fill(maildir: Path, n: int) -> None:
+    for sub in ("cur", "new", "tmp"):
+        (maildir / sub).mkdir(parents=True, exist_ok=True)
+    fill_new(maildir / "new", (_message(i) for i in range(n)))
 
 
 async def _rate(http: aiohttp.ClientSession, url: str, headers: dict[str, str], body: dict[str, Any],
@@ -103,43 +65,39 @@ async def _main(size: str) -> dict[str, Any]:
     notes: list[str] = []
     with tempfile.TemporaryDirectory(prefix="bench-jmap-", dir=os.environ.get("BENCH_TMP")) as tmp:
         base = Path(tmp)
-        await asyncio.get_running_loop().run_in_executor(None, _fill, base / "mail/bench/new", n)
-        store = Store(StoreConfig(), base, hostname="bench")
-        acct = await store.account("1", base / "mail/bench")
-        t0 = time.perf_counter()
-        await acct.open_mailbox("INBOX")
-        notes.append(f"mailbox of {n} messages indexed in {time.perf_counter() - t0:.1f} s (setup, not measured)")
-        factory = store_factory(store, None, base)
-        io = FileIO(2, "bench-jmap")
-        # served as the worker serves a JMAP listener: connection limits, keep-alive = idle timeout
-        limiter = ConnectionLimiter(ConnLimits())
-        app = JmapApp(JmapConfig(), _Auth(), factory, UploadStore(base / "up", io), b"k" * 32, tls=False,
-                      limiter=limiter)
-        runner = web.AppRunner(app.make_app(), access_log=None, handler_cancellation=True,
-                               keepalive_timeout=limiter.limits.idle_timeout)
-        await runner.setup()
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-        await LimitedSockSite(runner, sock, limiter).start()
-        url = f"http://127.0.0.1:{port}"
-        headers = {"Authorization": "Basic " + base64.b64encode(b"bench@example.test:x").decode()}
+        await asyncio.get_running_loop().run_in_executor(None, _fill, base / "seed", n)
+        srv = Mailsrv(base / "srv", seeds={"bench": base / "seed"}, config={"listener": {"jmap": {"tls": "none"}}})
+        url = f"http://127.0.0.1:{srv.ports['jmap']}"
+        headers = {"Authorization": "Basic " + base64.b64encode(f"bench@example.test:{PASSWORD}".encode()).decode()}
         try:
-            meter = in_process_meter("JMAP requests (server and client in this process)")
+            meter = srv.meter("JMAP requests")
             counter = aiohttp.TraceConfig()
 
             async def count(*_: Any) -> None:
                 meter.add(1)
 
             counter.on_request_end.append(count)
-            async with aiohttp.ClientSession(trace_configs=[counter]) as http:
-                be = await factory(Principal("1", "bench@example.test", _Account(1, "bench@example.test", "mail/bench")))
-                inbox = next(m.id for m in await be.mailboxes() if m.role == "inbox")
+            timeout = aiohttp.ClientTimeout(total=600)
+            async with aiohttp.ClientSession(trace_configs=[counter], timeout=timeout) as http:
+                async with http.get(url + "/jmap/session", headers=headers) as r:
+                    account_id = (await r.json())["primaryAccounts"]["urn:ietf:params:jmap:mail"]
+                mget = {"using": USING, "methodCalls": [["Mailbox/get", {"accountId": account_id}, "m"]]}
+                async with http.post(url + "/jmap/api", json=mget, headers=headers) as r:
+                    boxes = (await r.json())["methodResponses"][0][1]["list"]
+                inbox = next(m["id"] for m in boxes if m["role"] == "inbox")
+                t0 = time.perf_counter()
+                first = {"using": USING, "methodCalls": [
+                    ["Email/query", {"accountId": account_id, "filter": {"inMailbox": inbox}, "limit": 1,
+                                     "calculateTotal": True}, "q"]]}
+                async with http.post(url + "/jmap/api", json=first, headers=headers) as r:
+                    assert (await r.json())["methodResponses"][0][1]["total"] == n
+                notes.append(f"mailbox of {n} messages indexed by the server in {time.perf_counter() - t0:.1f} s "
+                             "at the first request (setup, not measured)")
                 body = {"using": USING, "methodCalls": [
-                    ["Email/query", {"accountId": be.account_id, "filter": {"inMailbox": inbox},
+                    ["Email/query", {"accountId": account_id, "filter": {"inMailbox": inbox},
                                      "sort": [{"property": "receivedAt", "isAscending": False}], "limit": 50,
                                      "collapseThreads": False}, "q"],
-                    ["Email/get", {"accountId": be.account_id,
+                    ["Email/get", {"accountId": account_id,
                                    "#ids": {"resultOf": "q", "name": "Email/query", "path": "/ids"},
                                    "properties": ["subject", "from", "receivedAt", "keywords", "preview"]}, "g"]]}
                 echo = {"using": USING, "methodCalls": [["Core/echo", {"x": 1}, "e"]]}
@@ -181,7 +139,7 @@ async def _main(size: str) -> dict[str, Any]:
                 # the first query with a header filter (cold facts for every message): from the index's
                 # cached structures; baseline: a body filter, which reads every message file
                 async def once(filt: dict[str, Any]) -> float:
-                    q = {"using": USING, "methodCalls": [["Email/query", {"accountId": be.account_id,
+                    q = {"using": USING, "methodCalls": [["Email/query", {"accountId": account_id,
                                                                           "filter": filt, "limit": 50}, "q"]]}
                     t1 = time.perf_counter()
                     async with http.post(url + "/jmap/api", json=q, headers=headers) as r:
@@ -194,17 +152,16 @@ async def _main(size: str) -> dict[str, Any]:
                                 "value": t_from, "baseline": {"name": "first Email/query filter body (reads every file)",
                                                               "value": t_body}, "ratio": t_from / t_body})
                 after_250, from_start = [], []
-                spool = base / "spool.eml"
-                spool.write_bytes(_message(n + 1))
-                for _ in range(pushes):
+                for i in range(pushes):
                     async with http.get(url + "/jmap/eventsource?types=Email&closeafter=state&ping=0",
                                         headers=headers) as es:
                         stamps: dict[str, float] = {}
 
-                        async def deliver(stamps: dict[str, float] = stamps) -> None:
-                            stamps["start"] = time.perf_counter()
-                            await store.deliver(spool, [DeliveryTarget(acct)])
-                            stamps["250"] = time.perf_counter()
+                        async def deliver(stamps: dict[str, float] = stamps, i: int = i) -> None:
+                            sent: dict[str, float] = {}
+                            acked = await smtp_deliver(srv.ports["smtp"], ["bench@example.test"],
+                                                       _message(n + 1 + i), 1, sent)
+                            stamps["start"], stamps["250"] = sent["bench@example.test"], acked["bench@example.test"]
 
                         task = asyncio.create_task(deliver())
                         await es.read()
@@ -212,7 +169,7 @@ async def _main(size: str) -> dict[str, Any]:
                         await task
                         after_250.append(t_event - stamps["250"])
                         from_start.append(t_event - stamps["start"])
-                results.append({"name": "push latency: delivery start -> EventSource StateChange",
+                results.append({"name": "push latency: SMTP end of DATA -> EventSource StateChange",
                                 "unit": "ms", "value": statistics.median(from_start) * 1000, "baseline": None,
                                 "ratio": None, "max_ms": max(from_start) * 1000})
                 results.append({"name": "push latency: durable delivery (SMTP 250) -> StateChange (<0: before)",
@@ -222,12 +179,9 @@ async def _main(size: str) -> dict[str, Any]:
                              "push implementation in this run)")
                 notes.append("the query rate repeats one query: its result list is cached per Email state "
                              "(exact: a new state recomputes it)")
-                notes.append("server and client share this process: its CPU per 1000 requests counts both")
                 servers = [meter.summary()]
         finally:
-            await runner.cleanup()
-            await store.close()
-            io.shutdown()
+            srv.stop()
     return {"scenario": "jmap", "results": results, "notes": notes, "servers": servers}
 
 

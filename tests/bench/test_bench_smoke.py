@@ -16,7 +16,7 @@ from bench.__main__ import scenarios  # noqa: E402
 SCENARIOS = scenarios()
 #: Scenarios that measure a library in-process (bench/README.md says why); every other one
 #: measures a `mailsrv serve` started from `mailsrv init`.
-IN_PROCESS = {"auth", "jmap", "mime", "search", "security", "store"}
+IN_PROCESS = {"auth", "mime", "search", "security", "store"}
 
 
 def check_report(report: dict) -> None:
