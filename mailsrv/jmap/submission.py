@@ -1,7 +1,10 @@
 """EmailSubmission (RFC 8621 §7): sending an Email through local delivery and the outbound queue.
 
-Submissions are final at once (``undoStatus: "final"``): local copies are
-durable and remote recipients are in the durable queue when /set returns.
+A submission without a delay is final at once (``undoStatus: "final"``): local copies are durable
+and remote recipients are in the durable queue when /set returns. A delayed one (RFC 4865
+FUTURERELEASE: ``HOLDFOR`` / ``HOLDUNTIL`` in ``envelope.mailFrom.parameters``, or ``sendAt``) goes
+whole into the outbound queue with no attempt before its release time (kept on disk: it survives
+restarts); it is ``pending`` until then and setting ``undoStatus`` to ``canceled`` takes it back.
 """
 
 from __future__ import annotations
@@ -17,8 +20,9 @@ from typing import Any, Protocol
 from mailsrv import log
 from mailsrv.jmap import args as A
 from mailsrv.jmap import message
+from mailsrv.jmap.backend import NotFound
 from mailsrv.jmap.core import RequestContext, registry
-from mailsrv.jmap.email_set import apply_patch
+from mailsrv.jmap.email_set import _utc, apply_patch
 from mailsrv.jmap.errors import MethodError, SetError, invalid_arguments
 from mailsrv.jmap.identity import SUBMISSION, changes_objects, collection, get_objects, identities
 from mailsrv.jmap.objects import new_id, put
@@ -32,12 +36,25 @@ RCPT_HEADERS = ("to", "cc", "bcc")
 BCC_RE = re.compile(rb"(?im)^bcc:.*(?:\r?\n[ \t].*)*\r?\n")
 
 
+#: a delayed submission closer than this to its release can no longer be cancelled (the queue
+#: runner may be starting it)
+CANCEL_MARGIN = 2.0
+
+
 class Submitter(Protocol):
     """Sends for an authenticated principal. ``submit`` returns rcpt -> (delivered, smtpReply)."""
 
     async def may_send_as(self, principal: Any, address: str) -> bool: ...
 
     async def submit(self, principal: Any, raw: bytes, mail_from: str, rcpts: list[str]) -> dict[str, tuple[str, str]]: ...
+
+    async def submit_later(self, principal: Any, raw: bytes, mail_from: str, rcpts: list[str],
+                           send_at: float) -> tuple[str | None, dict[str, tuple[str, str]]]:
+        """Queue for release at ``send_at`` (durable on return): (queue id or None when no recipient
+        was accepted, rcpt -> (delivered, smtpReply))."""
+
+    async def cancel(self, queue_id: str) -> bool:
+        """Take back a delayed submission; False when it is already (being) sent."""
 
 
 class DirectorySubmitter:
@@ -95,6 +112,32 @@ class DirectorySubmitter:
         return out
 
 
+    async def submit_later(self, principal: Any, raw: bytes, mail_from: str, rcpts: list[str],
+                           send_at: float) -> tuple[str | None, dict[str, tuple[str, str]]]:
+        """Every accepted recipient, local ones too, waits in the outbound queue until ``send_at``
+        (the runner hands local mail to the local SMTP listener)."""
+        from mailsrv.queue.store import QRcpt
+
+        acct = await self._account(principal)
+        out: dict[str, tuple[str, str]] = {}
+        accepted: list[str] = []
+        for r in rcpts:
+            chk = await self.local.check(r, sender=mail_from, size=len(raw), authenticated=acct, may_relay=False)
+            if chk.code >= 400:
+                out[r] = ("no", f"{chk.code} {chk.enh} {chk.text}")
+            else:
+                accepted.append(r)
+        if not accepted:
+            return None, out
+        qid = await self.queue.enqueue(raw, mail_from, [QRcpt(r) for r in accepted], not_before=send_at)
+        for r in accepted:
+            out[r] = ("queued", f"250 2.0.0 held until {message.utc_date(send_at)} as {qid}")
+        return qid, out
+
+    async def cancel(self, queue_id: str) -> bool:
+        return await self.queue.cancel_delayed(queue_id, CANCEL_MARGIN)
+
+
 def _write_durable(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "xb") as f:
@@ -125,17 +168,68 @@ def envelope_of(raw: bytes, identity_email: str) -> dict[str, Any]:
             "rcptTo": [{"email": r, "parameters": None} for r in rcpts]}
 
 
+def release_time(obj: dict[str, Any], env: dict[str, Any], max_delay: int, now: float) -> float | None:
+    """When a submission is to be released, or None for at once (RFC 8621 §7, RFC 4865).
+
+    RFC 4865 §3: ``HOLDFOR`` (seconds, 1*9DIGIT) or ``HOLDUNTIL`` (a date) among the MAIL FROM
+    parameters; deviation (RFC 8621 §7 makes sendAt server-set): a ``sendAt`` given at create is
+    taken as a HOLDUNTIL too. Raises SetError invalidProperties past maxDelayedSend."""
+    params = env["mailFrom"].get("parameters") or {}
+    if not isinstance(params, dict):
+        raise SetError("invalidProperties", "mailFrom parameters must be an object", properties=["envelope"])
+    upper = {str(k).upper(): v for k, v in params.items()}
+    asked: list[tuple[float, str]] = []
+    if "HOLDFOR" in upper:
+        v = upper["HOLDFOR"]
+        if not isinstance(v, str) or not v.isdigit() or len(v) > 9:
+            raise SetError("invalidProperties", "HOLDFOR is a number of seconds", properties=["envelope"])
+        asked.append((now + int(v), "envelope"))
+    if "HOLDUNTIL" in upper:
+        asked.append((_utc(upper["HOLDUNTIL"], "envelope"), "envelope"))
+    if obj.get("sendAt") is not None:
+        asked.append((_utc(obj["sendAt"], "sendAt"), "sendAt"))
+    if len(asked) > 1:
+        raise SetError("invalidProperties", "one of HOLDFOR, HOLDUNTIL, sendAt", properties=[asked[1][1]])
+    if not asked or asked[0][0] <= now:
+        return None
+    until, prop = asked[0]
+    if until - now > max_delay:
+        raise SetError("invalidProperties", f"a delay longer than maxDelayedSend ({max_delay} s)", properties=[prop])
+    return until
+
+
+async def settle(coll: Any, now: float | None = None) -> None:
+    """Pending submissions whose release time has come are final (a state change clients see)."""
+    now = time.time() if now is None else now
+
+    def due(d: dict[str, Any]) -> list[str]:
+        return [i for i, r in d["records"].items() if r.get("undoStatus") == "pending" and r.get("releaseAt", 0) <= now]
+
+    if not due(await coll.read()):
+        return
+
+    def finalise(d: dict[str, Any]) -> None:
+        for i in due(d):
+            put(d, i, {**d["records"][i], "undoStatus": "final"})
+
+    await coll.change(finalise)
+
+
 @registry.add("EmailSubmission/get", SUBMISSION)
 async def submission_get(ctx: RequestContext, args: dict[str, Any], call_id: str) -> dict[str, Any]:
     A.check(args, ("accountId", "ids", "properties"))
     be = ctx.account(args)
-    return await get_objects(ctx, args, collection(ctx, be.account_id, "EmailSubmission"), PROPS, be)
+    coll = collection(ctx, be.account_id, "EmailSubmission")
+    await settle(coll)
+    return await get_objects(ctx, args, coll, PROPS, be)
 
 
 @registry.add("EmailSubmission/changes", SUBMISSION)
 async def submission_changes(ctx: RequestContext, args: dict[str, Any], call_id: str) -> dict[str, Any]:
     be = ctx.account(args)
-    return await changes_objects(args, collection(ctx, be.account_id, "EmailSubmission"), be)
+    coll = collection(ctx, be.account_id, "EmailSubmission")
+    await settle(coll)
+    return await changes_objects(args, coll, be)
 
 
 @registry.add("EmailSubmission/query", SUBMISSION)
@@ -143,6 +237,7 @@ async def submission_query(ctx: RequestContext, args: dict[str, Any], call_id: s
     A.check(args, ("accountId", "filter", "sort", "position", "anchor", "anchorOffset", "limit", "calculateTotal"))
     be = ctx.account(args)
     coll = collection(ctx, be.account_id, "EmailSubmission")
+    await settle(coll)
     data = await coll.read()
     recs = data["records"]
     flt = args.get("filter") or {}
@@ -175,6 +270,7 @@ async def submission_set(ctx: RequestContext, args: dict[str, Any], call_id: str
         raise invalid_arguments("onSuccessUpdateEmail must be a map, onSuccessDestroyEmail a list")
     A.set_limit(ctx, len(create) + len(args.get("update") or {}) + len(args.get("destroy") or []))
     coll = collection(ctx, be.account_id, "EmailSubmission")
+    await settle(coll)
     old = await coll.state()
     if args.get("ifInState") is not None and args["ifInState"] != old:
         raise MethodError("stateMismatch")
@@ -184,8 +280,8 @@ async def submission_set(ctx: RequestContext, args: dict[str, Any], call_id: str
     not_created: dict[str, Any] = {}
     for cid, obj in create.items():
         try:
-            if not isinstance(obj, dict) or set(obj) - {"identityId", "emailId", "envelope"}:
-                raise SetError("invalidProperties", properties=sorted(set(obj) - {"identityId", "emailId", "envelope"})
+            if not isinstance(obj, dict) or set(obj) - CREATE_PROPS:
+                raise SetError("invalidProperties", properties=sorted(set(obj) - CREATE_PROPS)
                                if isinstance(obj, dict) else None)
             iid = ctx.resolve_id(str(obj.get("identityId", "")))
             eid = ctx.resolve_id(str(obj.get("emailId", "")))
@@ -210,6 +306,8 @@ async def submission_set(ctx: RequestContext, args: dict[str, Any], call_id: str
                 raise SetError("invalidRecipients", invalidRecipients=[str(r) for r in given if r not in rcpts])
             if len(raw) > 50 * 1024 * 1024:
                 raise SetError("tooLarge", maxSize=50 * 1024 * 1024)
+            now = time.time()
+            send_at = release_time(obj, env, ctx.config.max_delayed_send, now)
             if submitter is None:
                 raise SetError("forbiddenToSend", "sending is not configured on this server")
             principal = ctx.extra.get("principal")
@@ -221,13 +319,18 @@ async def submission_set(ctx: RequestContext, args: dict[str, Any], call_id: str
                 raise SetError("forbiddenFrom")
             # RFC 8621 §7.5: the Bcc header field is not sent
             outgoing = BCC_RE.sub(b"", raw, count=0)
-            status = await submitter.submit(principal, outgoing, mail_from, rcpts)
-            now = time.time()
+            qid: str | None = None
+            if send_at is None:
+                status = await submitter.submit(principal, outgoing, mail_from, rcpts)
+            else:
+                qid, status = await submitter.submit_later(principal, outgoing, mail_from, rcpts, send_at)
+            release = now if send_at is None or qid is None else send_at
+            undo = "pending" if qid is not None else "final"
             rec = {"identityId": iid, "emailId": meta.id, "threadId": meta.thread_id, "envelope": env,
-                   "sendAt": message.utc_date(now), "undoStatus": "final",
+                   "sendAt": message.utc_date(release), "undoStatus": undo,
                    "deliveryStatus": {r: {"smtpReply": s[1], "delivered": s[0], "displayed": "unknown"}
                                       for r, s in status.items()},
-                   "dsnBlobIds": [], "mdnBlobIds": []}
+                   "dsnBlobIds": [], "mdnBlobIds": [], "queueId": qid, "releaseAt": release}
 
             def add(d: dict[str, Any], rec: dict[str, Any] = rec) -> str:
                 sid = new_id(d, "S")
@@ -236,32 +339,75 @@ async def submission_set(ctx: RequestContext, args: dict[str, Any], call_id: str
 
             sid = await coll.change(add)
             ctx.created_ids[cid] = sid
-            created[cid] = {"id": sid, "threadId": meta.thread_id, "sendAt": rec["sendAt"], "undoStatus": "final"}
-            logger.info("jmap.submitted", rcpts=len(rcpts), submission=sid)
+            created[cid] = {"id": sid, "threadId": meta.thread_id, "sendAt": rec["sendAt"], "undoStatus": undo}
+            logger.info("jmap.submitted", rcpts=len(rcpts), submission=sid, queue_id=qid or "",
+                        release=rec["sendAt"] if qid else "now")
         except SetError as exc:
             not_created[cid] = exc.to_json()
-    not_updated = {i: {"type": "cannotUnsend", "description": "submissions are final"}
-                   for i in (args.get("update") or {})}
+    updated, not_updated = await _cancel(ctx, coll, submitter, args.get("update") or {})
     not_destroyed = {i: {"type": "forbidden", "description": "submissions are kept"}
                      for i in (args.get("destroy") or [])}
     response = {"accountId": be.account_id, "oldState": old, "newState": await coll.state(),
-                "created": created or None, "updated": None, "destroyed": None,
+                "created": created or None, "updated": updated or None, "destroyed": None,
                 "notCreated": not_created or None, "notUpdated": not_updated or None,
                 "notDestroyed": not_destroyed or None}
-    # RFC 8621 §7.5: the implicit Email/set for onSuccessUpdateEmail / onSuccessDestroyEmail
-    if created and (on_update or on_destroy):
-        await _implicit_email_set(ctx, be, call_id, created, on_update, on_destroy)
+    # RFC 8621 §7.5: the implicit Email/set for onSuccessUpdateEmail / onSuccessDestroyEmail, for the
+    # submissions this call created ("#creationId") or updated (their id)
+    done = {**{f"#{cid}": c["id"] for cid, c in created.items()}, **{sid: sid for sid in updated}}
+    if done and (on_update or on_destroy):
+        await _implicit_email_set(ctx, be, call_id, done, on_update, on_destroy)
     return response
 
 
-async def _implicit_email_set(ctx: RequestContext, be: Any, call_id: str, created: dict[str, Any],
+CREATE_PROPS = frozenset({"identityId", "emailId", "envelope", "sendAt"})
+
+
+async def _cancel(ctx: RequestContext, coll: Any, submitter: Submitter | None,
+                  update: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """RFC 8621 §7: the only change a client may make is undoStatus -> "canceled", while pending."""
+    if not isinstance(update, dict):
+        raise invalid_arguments("update must be a map")
+    updated: dict[str, Any] = {}
+    not_updated: dict[str, Any] = {}
+    for sid, patch in update.items():
+        try:
+            recs = await coll.records()
+            rec = recs.get(sid)
+            if rec is None:
+                raise SetError("notFound")
+            if not isinstance(patch, dict):
+                raise SetError("invalidPatch", "not an object")
+            bad = sorted(k for k in patch if k != "undoStatus")
+            if bad or patch.get("undoStatus") != "canceled":
+                raise SetError("invalidProperties", "only undoStatus may be set, to canceled",
+                               properties=bad or ["undoStatus"])
+            if rec["undoStatus"] != "canceled":
+                if rec["undoStatus"] != "pending" or not rec.get("queueId") or submitter is None \
+                        or not await submitter.cancel(rec["queueId"]):
+                    raise SetError("cannotUnsend", "the message is already (being) sent")
+
+                def mark(d: dict[str, Any], sid: str = sid) -> None:
+                    cur = d["records"][sid]
+                    status = {r: {**v, "delivered": "no", "smtpReply": "550 5.0.0 canceled before release"}
+                              for r, v in cur["deliveryStatus"].items()}
+                    put(d, sid, {**cur, "undoStatus": "canceled", "deliveryStatus": status})
+
+                await coll.change(mark)
+                logger.info("jmap.submission_canceled", submission=sid, queue_id=rec["queueId"])
+            updated[sid] = None
+        except SetError as exc:
+            not_updated[sid] = exc.to_json()
+    return updated, not_updated
+
+
+async def _implicit_email_set(ctx: RequestContext, be: Any, call_id: str, done: dict[str, str],
                               on_update: dict[str, Any], on_destroy: list[Any]) -> None:
     coll = collection(ctx, be.account_id, "EmailSubmission")
     recs = await coll.records()
 
     def email_of(ref: str) -> str | None:
-        sid = created[ref[1:]]["id"] if ref.startswith("#") and ref[1:] in created else ref
-        rec = recs.get(sid)
+        sid = done.get(ref)  # only submissions that succeeded in this call
+        rec = recs.get(sid) if sid is not None else None
         return rec["emailId"] if rec else None
 
     old = await be.state("Email")
@@ -276,17 +422,24 @@ async def _implicit_email_set(ctx: RequestContext, be: Any, call_id: str, create
             cur = (await be.get_emails([eid])).get(eid)
             if cur is None:
                 raise SetError("notFound")
+            if not isinstance(patch, dict):
+                raise SetError("invalidPatch", "not an object")
             kws, mbs = apply_patch(ctx, cur, patch, boxes)
             await be.update_email(eid, mailbox_ids=mbs, keywords=kws)
             updated[eid] = None
         except SetError as exc:
             not_updated[eid] = exc.to_json()
     destroyed: list[str] = []
+    not_destroyed: dict[str, Any] = {}
     for ref in on_destroy:
         eid = email_of(ref) if isinstance(ref, str) else None
         if eid is not None:
-            await be.destroy_email(eid)
-            destroyed.append(eid)
+            try:
+                await be.destroy_email(eid)
+                destroyed.append(eid)
+            except NotFound:
+                not_destroyed[eid] = {"type": "notFound"}
     ctx.emit("Email/set", {"accountId": be.account_id, "oldState": old, "newState": await be.state("Email"),
                            "created": None, "updated": updated or None, "destroyed": destroyed or None,
-                           "notCreated": None, "notUpdated": not_updated or None, "notDestroyed": None}, call_id)
+                           "notCreated": None, "notUpdated": not_updated or None,
+                           "notDestroyed": not_destroyed or None}, call_id)

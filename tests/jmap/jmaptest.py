@@ -7,6 +7,7 @@ import base64
 import io
 import ipaddress
 import socket
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,8 @@ class FakeSubmitter:
     """Records what would be sent (the real DirectorySubmitter is tested under mailsrv serve)."""
 
     sent: list[tuple[str, list[str], bytes]] = field(default_factory=list)
+    held: dict[str, tuple[float, str, list[str], bytes]] = field(default_factory=dict)  # delayed sends by queue id
+    canceled: list[str] = field(default_factory=list)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def may_send_as(self, principal: Any, address: str) -> bool:
@@ -85,6 +88,19 @@ class FakeSubmitter:
         self.sent.append((mail_from, rcpts, raw))
         self.changed.set()
         return {r: ("yes", "250 2.0.0 OK") for r in rcpts}
+
+    async def submit_later(self, principal: Any, raw: bytes, mail_from: str, rcpts: list[str],
+                           send_at: float) -> tuple[str | None, dict[str, tuple[str, str]]]:
+        qid = f"q{len(self.held) + 1}"
+        self.held[qid] = (send_at, mail_from, rcpts, raw)
+        return qid, {r: ("queued", f"250 2.0.0 held as {qid}") for r in rcpts}
+
+    async def cancel(self, queue_id: str) -> bool:
+        held = self.held.get(queue_id)
+        if held is None or held[0] - time.time() <= 2.0 or queue_id in self.canceled:
+            return False
+        self.canceled.append(queue_id)
+        return True
 
 
 class Server:
