@@ -534,7 +534,8 @@ class Engine:
                 if ul.uids[key] not in used:
                     uid = ul.uids[key]
             try:
-                self._insert(mb, folder / "new" / n, key, flags, size, mtime, pend, lines, res, uid=uid)
+                self._insert(mb, folder / "new" / n, key, flags, size, mtime, pend, lines, res, uid=uid,
+                             meta=ul.meta.get(key) if ul is not None else None)
             except OSError as exc:  # unreadable file: skip it, never block the others
                 self._warn_once(key, "message.unreadable", mailbox=mb.name, file=key, error=str(exc))
                 continue
@@ -552,12 +553,14 @@ class Engine:
             size = os.stat(path).st_size
         except FileNotFoundError:
             return
-        if size != mb.uidlist_size or size < UIDLIST_COMPACT_MIN or size < 4 * 64 * (mb.messages + 16):
+        # ~150 bytes a line (size, email/thread ids, saved date): compact once mostly expunged entries
+        if size != mb.uidlist_size or size < UIDLIST_COMPACT_MIN or size < 4 * 150 * (mb.messages + 16):
             return
         body = bytearray(uidlist.format_header(mb.uidvalidity, mb.uidnext, mb.guid[1:]))
-        for uid, key, msize in self.db.execute(
-                "SELECT uid, key, size FROM messages WHERE mailbox=? ORDER BY uid", (mb.id,)):
-            body += uidlist.format_entry(uid, key, msize)
+        for uid, key, msize, eid, tid, saved in self.db.execute(
+                "SELECT uid, key, size, email_id, thread_id, saved_date FROM messages WHERE mailbox=? ORDER BY uid",
+                (mb.id,)):
+            body += uidlist.format_entry(uid, key, msize, (eid, tid, saved))
         fsio.durable_write(path, bytes(body), tmp_dir=folder / "tmp")
         mb.uidlist_size = len(body)
         logger.info("uidlist.compacted", account=self.account_id, mailbox=mb.name, before=size, after=len(body))
@@ -620,9 +623,19 @@ class Engine:
 
     def _insert(self, mb: _Mbox, path: Path, key: str, flags: frozenset[str], size: int, mtime: float,
                 pend: Pending | None, lines: list[bytes], res: SyncResult, *, uid: int | None = None,
-                email_id: str | None = None, thread_id: str | None = None) -> MessageInfo:
-        """Index one message file (caller holds the write transaction). Reads and parses it if needed."""
+                email_id: str | None = None, thread_id: str | None = None,
+                meta: uidlist.Meta | None = None) -> MessageInfo:
+        """Index one message file (caller holds the write transaction). Reads and parses it if needed.
+
+        ``meta``: (email id, thread id, saved date) its UID map line kept (an index rebuilt from the
+        maildir gives the message the ids and SAVEDATE it had); explicit ids win.
+        """
         pend = pend or Pending()
+        saved: float | None = None
+        if meta is not None:
+            email_id = email_id or meta[0]
+            thread_id = thread_id or meta[1]
+            saved = meta[2]
         structure = pend.structure
         th = pend.thread
         if structure is None or (th is None and thread_id is None):
@@ -635,11 +648,13 @@ class Engine:
         if thread_id is None:
             assert th is not None
             thread_id = self._thread_for(th)
+        elif th is not None:
+            self._remember_thread(th, thread_id)  # a rebuild: later replies still find the thread
         if uid is None or uid < 1:
             uid = mb.uidnext
         mb.uidnext = max(mb.uidnext, uid + 1)
         mb.highestmodseq += 1
-        now = time.time()
+        now = time.time() if saved is None else saved
         info = MessageInfo(uid, key, frozenset(flags), mb.highestmodseq, mtime, now, size,
                            email_id or pend.email_id or new_id("E"), thread_id)
         self.db.execute(
@@ -651,7 +666,7 @@ class Engine:
         mb.messages += 1
         mb.storage += size
         self._quota_apply([size], 1)
-        lines.append(uidlist.format_entry(uid, key, size))
+        lines.append(uidlist.format_entry(uid, key, size, (info.email_id, thread_id, now)))
         res.added.append(Added(mb.guid, info, structure))
         res.changed = True
         return info
@@ -671,11 +686,15 @@ class Engine:
                 tid = r[0]
         if tid is None:
             tid = new_id("T")
-        if th.message_id:
-            db.execute("INSERT OR IGNORE INTO msgids VALUES (?, ?)", (th.message_id, tid))
-        if th.subject:
-            db.execute("INSERT OR REPLACE INTO subjects VALUES (?, ?)", (th.subject, tid))
+        self._remember_thread(th, tid)
         return tid
+
+    def _remember_thread(self, th: headers.ThreadHeaders, tid: str) -> None:
+        """Record a message's Message-ID and base subject as belonging to thread ``tid``."""
+        if th.message_id:
+            self.db.execute("INSERT OR IGNORE INTO msgids VALUES (?, ?)", (th.message_id, tid))
+        if th.subject:
+            self.db.execute("INSERT OR REPLACE INTO subjects VALUES (?, ?)", (th.subject, tid))
 
     def _flush_uidlist(self, mb: _Mbox, folder: Path, lines: list[bytes]) -> None:
         """Append assigned UIDs to the UID map and fsync it (before the commit)."""
@@ -758,7 +777,8 @@ class Engine:
                 try:
                     self._insert(mb, folder / "cur" / n, key,
                                  maildir.info_to_flags(maildir.split_filename(n)[1], self._letters(mb)),
-                                 size, mtime, self.pending.pop(key, Pending()), lines, res, uid=uid)
+                                 size, mtime, self.pending.pop(key, Pending()), lines, res, uid=uid,
+                                 meta=ul.meta.get(key) if ul is not None else None)
                 except OSError as exc:
                     self._warn_once(key, "message.unreadable", mailbox=mb.name, file=key, error=str(exc))
                     continue

@@ -115,7 +115,7 @@ def adopt_folder(eng: Engine, name: str, dirname: str) -> None:
             guid = ul.guid if len(ul.guid) >= 8 else secrets.token_hex(16)
             body = bytearray(uidlist.format_header(ul.uidvalidity, ul.effective_nextuid, guid))
             for base, uid in sorted(ul.uids.items(), key=lambda kv: kv[1]):
-                body += uidlist.format_entry(uid, base, ul.sizes.get(base))
+                body += uidlist.format_entry(uid, base, ul.sizes.get(base), ul.meta.get(base))
             fsio.durable_write(folder / UIDLIST_NAME, bytes(body), tmp_dir=folder / "tmp")
             ul.guid = guid
         special = SPECIAL_USE.get(name)

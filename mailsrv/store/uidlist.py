@@ -6,6 +6,10 @@ Pure parser and formatter. Version 3::
     <uid> [<ext> ...] :<filename base>
 
 where ext fields are a letter and a value (``S<size>``, ``W<vsize>``, ...).
+mailsrv adds three of its own, in lower case so that they never meet one of
+Dovecot's (which keeps extension fields it does not know): ``e<email id>``,
+``t<thread id>`` and ``d<saved date>`` (seconds since the epoch), so that an
+index rebuilt from the maildir keeps the JMAP ids and SAVEDATE of every message.
 Version 1 is ``1 <uidvalidity> <nextuid>`` then ``<uid> <filename>``.
 mailsrv appends lines as it assigns UIDs; a later line for the same base
 wins, and the next UID is never below the largest UID listed plus one.
@@ -13,7 +17,11 @@ wins, and the next UID is never below the largest UID listed plus one.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+
+#: (email id, thread id, saved date) of one message; each None when the line does not say
+Meta = tuple[str | None, str | None, float | None]
 
 
 class UidlistError(ValueError):
@@ -29,6 +37,8 @@ class Uidlist:
     uids: dict[str, int] = field(default_factory=dict)
     #: base -> size from an S field, when present
     sizes: dict[str, int] = field(default_factory=dict)
+    #: base -> (email id, thread id, saved date) from mailsrv's e/t/d fields, when present
+    meta: dict[str, Meta] = field(default_factory=dict)
     #: lines that could not be parsed (skipped)
     bad_lines: int = 0
 
@@ -95,16 +105,49 @@ def parse(data: bytes) -> Uidlist:
         base = base_b.decode("utf-8", "surrogateescape").partition(":2,")[0]
         uid = int(fields[0])
         result.uids[base] = uid
+        eid = tid = None
+        saved: float | None = None
         for ext in fields[1:]:
-            if ext[:1] == b"S" and ext[1:].isdigit():
-                result.sizes[base] = int(ext[1:])
+            tag, val = ext[:1], ext[1:]
+            if tag == b"S" and val.isdigit():
+                result.sizes[base] = int(val)
+            elif tag == b"e" and val.isalnum() and val.isascii():
+                eid = val.decode("ascii")
+            elif tag == b"t" and val.isalnum() and val.isascii():
+                tid = val.decode("ascii")
+            elif tag == b"d":
+                saved = _date(val)
+        if eid is not None or tid is not None or saved is not None:
+            result.meta[base] = (eid, tid, saved)
+        else:
+            result.meta.pop(base, None)  # a later line without them: they are unknown
     return result
+
+
+def _date(val: bytes) -> float | None:
+    """A ``d`` field: non-negative finite seconds (Python's float repr), else None (ignored)."""
+    if not val or len(val) > 32 or val.strip(b"0123456789.e+-") or not val[:1].isdigit():
+        return None
+    try:
+        out = float(val)
+    except ValueError:
+        return None
+    return out if math.isfinite(out) else None
 
 
 def format_header(uidvalidity: int, nextuid: int, guid: str) -> bytes:
     return f"3 V{uidvalidity} N{nextuid} G{guid}\n".encode("ascii")
 
 
-def format_entry(uid: int, base: str, size: int | None = None) -> bytes:
+def format_entry(uid: int, base: str, size: int | None = None, meta: Meta | None = None) -> bytes:
+    """One line; ``meta`` ids must be ASCII letters and digits (others are left out)."""
     ext = f" S{size}" if size is not None else ""
+    if meta is not None:
+        eid, tid, saved = meta
+        if eid and eid.isalnum() and eid.isascii():
+            ext += f" e{eid}"
+        if tid and tid.isalnum() and tid.isascii():
+            ext += f" t{tid}"
+        if saved is not None and saved >= 0 and math.isfinite(saved):
+            ext += f" d{saved!r}"  # repr: exactly the same float back
     return f"{uid}{ext} :{base}\n".encode("utf-8", "surrogateescape")

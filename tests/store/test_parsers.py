@@ -84,6 +84,35 @@ def test_uidlist_round_trip(uv: int, nxt: int, entries: dict[str, int]) -> None:
     assert ul.effective_nextuid == max(nxt, max(entries.values(), default=0) + 1)
 
 
+ids = st.one_of(st.none(), st.text(alphabet="ETabcdef0123456789", min_size=1, max_size=25))
+dates = st.one_of(st.none(), st.floats(min_value=0, max_value=2e10, allow_nan=False))
+
+
+@given(st.integers(1, 2**32 - 1), st.text(alphabet="0123456789.MPh,=S", min_size=1, max_size=30),
+       ids, ids, dates)
+def test_uidlist_ids_round_trip(uid: int, base: str, eid: str | None, tid: str | None,
+                                saved: float | None) -> None:
+    data = uidlist.format_header(1, 1, "g") + uidlist.format_entry(uid, base, 5, (eid, tid, saved))
+    ul = uidlist.parse(data)
+    assert ul.uids == {base: uid} and ul.sizes == {base: 5}
+    want = (eid, tid, saved)
+    assert ul.meta.get(base) == (want if want != (None, None, None) else None)
+    # every split point of the line: a torn tail is ignored, never misread
+    for cut in range(len(data)):
+        part = uidlist.parse(data[:cut]) if cut > data.index(b"\n") else None
+        if part is not None:
+            assert part.meta.get(base) in (None, ul.meta.get(base))
+
+
+def test_uidlist_ids_examples() -> None:
+    line = uidlist.format_entry(7, "k1", 10, ("Eab12", "Tcd34", 1764201234.25))
+    assert line == b"7 S10 eEab12 tTcd34 d1764201234.25 :k1\n"
+    ul = uidlist.parse(b"3 V1 N9 G00\n" + line + b"8 W12 G0123 eE1 t! dnope d-1 :k2\n7 S10 :k1\n")
+    assert ul.meta == {"k2": ("E1", None, None)}  # bad t/d values ignored; k1's later line has none
+    # ids that are not plain ASCII letters and digits are left out rather than written
+    assert uidlist.format_entry(1, "k", None, ("E 1", "T:2", None)) == b"1 :k\n"
+
+
 def test_uidlist_torn_last_line_and_v1() -> None:
     ul = uidlist.parse(b"3 V5 N3 G00\n1 :a\n2 S10 :b\n7 :c")
     assert ul.uids == {"a": 1, "b": 2} and ul.sizes == {"b": 10}
