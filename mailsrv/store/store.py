@@ -51,6 +51,9 @@ class Store:
         self.hostname = hostname or os.uname().nodename
         self.io = fsio.FileIO(self.config.io_threads, name="mailsrv-store")
         self.dirsync = fsio.DirSyncer(self.io, self.config.group_commit_delay)
+        #: group commit of deferred deliveries: one syncfs per round for every file and new/ entry
+        #: linked before it (Linux); None elsewhere (each delivery fsyncs its file and directories)
+        self.fssync = fsio.FsSyncer(self.io, self.config.group_commit_delay) if fsio.have_syncfs() else None
         #: open accounts, least recently used first (at most ``config.account_cache``)
         self._accounts: dict[str, Account] = {}
         #: accounts evicted from ``_accounts`` that someone still holds: handed out again, not duplicated
@@ -205,14 +208,29 @@ class Store:
         """
         spool_path = Path(spool_path)
         email_id = new_id("E")
+        targets = list(targets)
         index = uids or not self.config.deferred_index
+        # group commit: the job only links; one syncfs shared with every concurrent delivery makes
+        # the files and their new/ entries durable (quota-bound targets are indexed in the job,
+        # which wants its files durable first: the old way)
+        group = not index and self.fssync is not None and not any(_limited(t) for t in targets)
         try:
             async with self._delivery_slots:  # see DELIVERY_JOBS
                 results, published, later = await self.io.run(
-                    self._deliver_job, spool_path, list(targets), internal_date, email_id, index)
+                    self._deliver_job, spool_path, targets, internal_date, email_id, index, group)
         except OSError as exc:
             logger.error("deliver.spool_unreadable", path=str(spool_path), error=str(exc))
             return [DeliveryResult(t, "tempfail", None, f"spool unreadable: {exc.strerror}") for t in targets]
+        if group and later:
+            assert self.fssync is not None
+            try:
+                await self.fssync.sync(spool_path.parent)  # the links share the spool's file system
+            except OSError as exc:
+                logger.error("deliver.sync_failed", path=str(spool_path), error=str(exc))
+                for acct, _, key in later:
+                    acct.engine.pending.pop(key, None)  # the files stay in new/: a reader indexes them
+                return [r if r.status != "ok" else DeliveryResult(r.target, "tempfail", None, f"syncfs: {exc}")
+                        for r in results]
         for acct, res in published:
             await acct._publish(res)
         for acct, mailbox, key in later:
@@ -220,11 +238,13 @@ class Store:
         return results
 
     def _deliver_job(self, spool: Path, targets: list[DeliveryTarget], internal_date: float | None,
-                     email_id: str, index: bool = True
+                     email_id: str, index: bool = True, group: bool = False
                      ) -> tuple[list[DeliveryResult], list[tuple[Account, SyncResult]], list[tuple[Account, str, str]]]:
         """Blocking: parse the spool once, link it into each target, fsync, index unless deferred (I/O pool).
 
         Returns (results, index changes to publish, (account, mailbox, key) left to the indexer).
+        ``group``: no fsync here, the caller's syncfs round makes the links durable (copies made
+        across file systems excepted: those are fsync'd here).
         """
         if internal_date is not None:
             os.utime(spool, (internal_date, internal_date))
@@ -236,6 +256,7 @@ class Store:
         del raw
         out: list[DeliveryResult | None] = [None] * len(targets)
         linked: list[tuple[int, Account, str, str, str]] = []  # (index, account, mailbox, key, new/ dir)
+        copied: set[str] = set()  # new/ dirs that got a copy (another file system), not a link
         for i, t in enumerate(targets):
             acct: Account = t.account
             try:
@@ -252,18 +273,20 @@ class Store:
                 out[i] = DeliveryResult(t, "over_quota", None, outcome[1])
             else:
                 linked.append((i, acct, outcome[1], outcome[2], outcome[3]))
+                if outcome[4] == "copy":
+                    copied.add(outcome[3])
         # Durability: the links share the spool's inode, so one fsync of it makes every copy's data
         # durable; it comes after the links so that (ext4, xfs) its journal commit carries the new
         # directory entries too, and the fsync of each new/ below finds little left to write.
         failed_dirs: dict[str, OSError] = {}
-        if linked:
+        if linked and not group:
             try:
                 fsio.fsync_file(spool)
             except OSError as exc:
                 logger.error("deliver.fsync_failed", file=str(spool), error=str(exc))
                 failed_dirs = {x[4]: exc for x in linked}
         # the new/ entries: one fsync per directory for all targets of this delivery
-        for d in dict.fromkeys(x[4] for x in linked if x[4] not in failed_dirs):
+        for d in dict.fromkeys(x[4] for x in linked if x[4] not in failed_dirs and (not group or x[4] in copied)):
             try:
                 fsio.fsync_dir(d)
             except OSError as exc:
@@ -333,7 +356,9 @@ class Store:
         """Blocking: quota check and hard link into the target's ``new/`` (not yet fsync'd)."""
         acct: Account = t.account
         eng = acct.engine
-        code = eng.quota_check(size, 1, t.limits, t.domain_limits)
+        # no limits, nothing to check: skip the usage read (it waits for the account's lock, which
+        # the indexer holds through its fsyncs)
+        code = eng.quota_check(size, 1, t.limits, t.domain_limits) if _limited(t) else quota_impl.OK
         if code != quota_impl.OK:
             return ("over_quota", "storage" if code == quota_impl.OVER_STORAGE else "messages")
         mailbox = t.mailbox
@@ -345,8 +370,8 @@ class Store:
         try:
             if folder is not None:
                 try:
-                    _link_or_copy(spool, folder / "new" / name)
-                    return ("ok", mailbox, key, str(folder / "new"))
+                    how = _link_or_copy(spool, folder / "new" / name)
+                    return ("ok", mailbox, key, str(folder / "new"), how)
                 except FileNotFoundError:  # renamed or deleted since: ask the index
                     eng.folder_cache.pop(mailbox, None)
             try:
@@ -354,14 +379,14 @@ class Store:
             except (MailboxNotFound, StoreError):
                 mailbox = "INBOX"
                 folder = eng.folder_path(mailbox)
-            _link_or_copy(spool, folder / "new" / name)
+            how = _link_or_copy(spool, folder / "new" / name)
         except BaseException:
             eng.pending.pop(key, None)
             raise
         if len(eng.folder_cache) > 64:
             eng.folder_cache.clear()
         eng.folder_cache[mailbox] = folder
-        return ("ok", mailbox, key, str(folder / "new"))
+        return ("ok", mailbox, key, str(folder / "new"), how)
 
 
 class Indexer:
@@ -462,12 +487,14 @@ def _index_batch(batch: list[tuple[Account, str, list[str]]]) -> list[tuple[Acco
     return published
 
 
-def _link_or_copy(src: Path, dst: Path) -> None:
+def _link_or_copy(src: Path, dst: Path) -> str:
+    """Hard link ``src`` as ``dst`` ("link"), or copy it durably across file systems ("copy")."""
     import errno
     import shutil
 
     try:
         os.link(src, dst)
+        return "link"
     except OSError as exc:
         if exc.errno != errno.EXDEV:
             raise
@@ -477,6 +504,7 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         st = os.stat(src)
         os.utime(tmp, (st.st_atime, st.st_mtime))
         os.rename(tmp, dst)
+        return "copy"
 
 
 __all__ = ["Indexer", "Store", "TemporaryFailure"]
