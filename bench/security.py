@@ -325,10 +325,15 @@ async def _rates_on(tmp: Path, name: str, spam: list[bytes], ham: list[bytes]) -
 
         half = f"{name}: trained on {len(train_spam)} spam + {len(train_ham)} ham, tested on " \
                f"{len(test_spam)} spam + {len(test_ham)} ham"
+        t0 = time.perf_counter()
         res.append(_rate(f"catch rate, rules + learner, {half}",
                          await with_learner(spam, rules_spam, test_spam), threshold))
         res.append(_rate(f"false positives, rules + learner, {half}",
                          await with_learner(ham, rules_ham, test_ham), threshold))
+        n = len(test_spam) + len(test_ham)
+        res.append({"name": f"learner: tokenize + classify per message, {name}", "unit": "ms",
+                    "value": round((time.perf_counter() - t0) * 1000 / n, 3), "baseline": None, "ratio": None,
+                    "n": n})
     finally:
         state.close()
     return res

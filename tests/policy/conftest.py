@@ -501,6 +501,7 @@ worker "normal" {{ bind_socket = "127.0.0.1:{port}"; count = 1; }}
 worker "controller" {{ bind_socket = "127.0.0.1:{cport}"; count = 1; password = "{RSPAMD_PASSWORD}"; }}
 classifier "bayes" {{
   backend = "sqlite3"; tokenizer {{ name = "osb"; }}
+  cache {{ path = "{d}/learn_cache.sqlite"; }}  # (the default lives in the system's /var/lib/rspamd)
   statfile {{ symbol = "BAYES_HAM"; spam = false; path = "{d}/bayes.ham.sqlite"; }}
   statfile {{ symbol = "BAYES_SPAM"; spam = true; path = "{d}/bayes.spam.sqlite"; }}
 }}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import urllib.request
+import uuid
 from typing import Any
 
 import pytest
@@ -17,10 +18,14 @@ def learned_count(controller: str, password: str) -> int:
         return int(json.loads(r.read())["learned"])
 
 
+#: Per run: rspamd remembers what it learned by message, so a rerun must not meet an earlier run's messages.
+RUN = uuid.uuid4().hex
+
+
 def note(i: int) -> bytes:
     return (f"From: a{i}@rspamd-learn.test\r\nTo: bob@example.test\r\nSubject: offer {i}\r\n"
-            f"Message-ID: <learn{i}@rspamd-learn.test>\r\n\r\n"
-            f"Cheap offer number {i} for pills and watches, reply today {i * 7919}.\r\n").encode()
+            f"Message-ID: <learn{i}.{RUN}@rspamd-learn.test>\r\n\r\n"
+            f"Cheap offer number {i} ({RUN}) for pills and watches, reply today {i * 7919}.\r\n").encode()
 
 
 async def test_learner_against_real_rspamd(rspamd_instance: Any) -> None:
