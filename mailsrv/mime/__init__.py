@@ -20,8 +20,9 @@ MessageStructure (no raw bytes needed):
     .message_id -> str | None; .in_reply_to / .references -> list[str]  (no angle brackets)
     .field(b"name") -> raw bytes | None           # only structural + envelope + References fields
 
-Part: .section, .type, .subtype, .mime_type, .params (decoded, RFC 2231), .charset, .encoding,
-    .disposition, .filename, .content_id, .description, .language, .location, .size (encoded
+Part: .section, .type, .subtype, .mime_type, .params (decoded, RFC 2231 merged, read leniently:
+    ``name=my file.pdf`` is "my file.pdf"; .raw_params() is Dovecot's strict reading), .charset,
+    .encoding, .disposition, .filename, .content_id, .description, .language, .location, .size (encoded
     octets), .lines, .children, .message (embedded message of message/rfc822), .header_start,
     .body_start, .body_end, .is_multipart, .imap_envelope(), .imap_bodystructure(extended)
 
