@@ -293,6 +293,14 @@ class Composer:
         return root.as_bytes(policy=SMTP)
 
 
+async def email_state(be: MailBackend, if_in_state: Any) -> str:
+    """The account's Email state; stateMismatch when ``if_in_state`` is given and differs (RFC 8620 §5.3)."""
+    state = await be.state("Email")
+    if if_in_state is not None and if_in_state != state:
+        raise MethodError("stateMismatch")
+    return state
+
+
 CREATE_PROPS = frozenset(
     ["mailboxIds", "keywords", "receivedAt", "headers", "bodyStructure", "bodyValues", "textBody", "htmlBody",
      "attachments", *CONVENIENCE]
@@ -309,9 +317,7 @@ async def email_set(ctx: RequestContext, args: dict[str, Any], call_id: str) -> 
     if not isinstance(create, dict) or not isinstance(update, dict):
         raise invalid_arguments("create and update must be maps")
     A.set_limit(ctx, len(create) + len(update) + len(destroy))
-    old_state = await be.state("Email")
-    if args.get("ifInState") is not None and args["ifInState"] != old_state:
-        raise MethodError("stateMismatch")
+    old_state = await email_state(be, args.get("ifInState"))
     boxes = {m.id for m in await be.mailboxes()}
     created: dict[str, Any] = {}
     not_created: dict[str, Any] = {}
@@ -415,9 +421,7 @@ async def email_import(ctx: RequestContext, args: dict[str, Any], call_id: str) 
     if not isinstance(emails, dict):
         raise invalid_arguments("emails must be a map")
     A.set_limit(ctx, len(emails))
-    old_state = await be.state("Email")
-    if args.get("ifInState") is not None and args["ifInState"] != old_state:
-        raise MethodError("stateMismatch")
+    old_state = await email_state(be, args.get("ifInState"))
     boxes = {m.id for m in await be.mailboxes()}
     uploads = ctx.extra.get("uploads")
     created: dict[str, Any] = {}
@@ -517,11 +521,8 @@ async def email_copy(ctx: RequestContext, args: dict[str, Any], call_id: str) ->
     for name in ("ifFromInState", "ifInState", "destroyFromIfInState"):
         if args.get(name) is not None and not isinstance(args[name], str):
             raise invalid_arguments(f"{name} must be a String")
-    if args.get("ifFromInState") is not None and args["ifFromInState"] != await src.state("Email"):
-        raise MethodError("stateMismatch", "ifFromInState does not match")
-    old_state = await be.state("Email")
-    if args.get("ifInState") is not None and args["ifInState"] != old_state:
-        raise MethodError("stateMismatch")
+    await email_state(src, args.get("ifFromInState"))
+    old_state = await email_state(be, args.get("ifInState"))
     boxes = {m.id for m in await be.mailboxes()}
     created: dict[str, Any] = {}
     not_created: dict[str, Any] = {}

@@ -7,7 +7,12 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from jmaptest import Client, Server
+
+from mailsrv.jmap.errors import SetError
+from mailsrv.jmap.submission import release_time
 
 ALL = ["urn:ietf:params:jmap:core", "urn:ietf:params:jmap:mail", "urn:ietf:params:jmap:submission"]
 
@@ -136,3 +141,24 @@ async def test_bad_delays(server: Server, client: Client) -> None:
         "f": {"identityId": ident, "emailId": eid, "sendAt": soon}}}, "s"], using=ALL)
     assert r[0][1]["created"]["p"]["undoStatus"] == "final" and r[0][1]["created"]["f"]["undoStatus"] == "pending"
     assert len(server.submitter.sent) == 1 and len(server.submitter.held) == 1
+
+
+json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=30),
+                           lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner,
+                                                                                          max_size=3), max_leaves=8)
+
+
+@settings(max_examples=300, deadline=None)
+@given(params=st.one_of(json_values, st.dictionaries(st.sampled_from(["HOLDFOR", "holduntil", "HOLDUNTIL", "BODY"]),
+                                                     json_values | st.from_regex(r"\A[0-9]{1,12}\Z"), max_size=3)),
+       send_at=st.none() | json_values | st.datetimes(timezones=st.just(UTC)).map(lambda d: d.isoformat()))
+def test_release_time_takes_any_json(params: Any, send_at: Any) -> None:
+    """The FUTURERELEASE parameters are client input: a time in (now, now + max], None, or invalidProperties."""
+    now = time.time()
+    obj = {} if send_at is None else {"sendAt": send_at}
+    try:
+        until = release_time(obj, {"mailFrom": {"email": "a@b.test", "parameters": params}}, 7 * 86400, now)
+    except SetError as exc:
+        assert exc.type == "invalidProperties"
+        return
+    assert until is None or now < until <= now + 7 * 86400
