@@ -89,6 +89,10 @@ _IP_URL = re.compile(rb"(?i)https?://\d{1,3}(?:\.\d{1,3}){3}")
 _SHORTENER = re.compile(rb"(?i)https?://(?:bit\.ly|tinyurl\.com|goo\.gl|t\.co|ow\.ly|is\.gd)/")
 
 
+#: The Generic Test for Unsolicited Bulk Email (SpamAssassin's and rspamd's test string): always spam.
+GTUBE = b"XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
+
+
 def content_rules(message: bytes) -> list[tuple[str, float]]:
     """Header and body heuristics over the first :data:`CONTENT_WINDOW` bytes of the body."""
     rules: list[tuple[str, float]] = []
@@ -96,6 +100,8 @@ def content_rules(message: bytes) -> list[tuple[str, float]]:
     names = {n for n, _, _ in fields}
     start = header_end(message)
     body = message[start:start + CONTENT_WINDOW]
+    if GTUBE in body:
+        rules.append(("GTUBE", 1000.0))
     if b"message-id" not in names:
         rules.append(("MISSING_MID", 1.0))
     if b"date" not in names:

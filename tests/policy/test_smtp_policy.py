@@ -472,3 +472,13 @@ def test_dmarc_results(policy_server: Any, dnsserver: Any, dkim_key: Any, sign: 
     send(srv.port, "alice@sender.test", ["bob@example.test"], data)
     [d] = srv.backend.delivered
     assert f"dmarc={expected} header.from=sender.test" in ar_header(d.data)
+
+
+def test_gtube_is_refused(policy_server: Any, message: Any) -> None:
+    srv = policy_server()
+    body = "Test message\r\nXJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X\r\n"
+    with pytest.raises(smtplib.SMTPDataError) as exc:
+        send(srv.port, "alice@sender.test", ["bob@example.test"], message(body=body))
+    assert exc.value.smtp_code == 550 and not srv.backend.delivered
+    send(srv.port, "alice@sender.test", ["bob@example.test"], message(body=body.replace("GTUBE", "GT-UBE")))
+    assert len(srv.backend.delivered) == 1
