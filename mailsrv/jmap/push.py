@@ -178,7 +178,8 @@ async def websocket_session(ws: web.WebSocketResponse, app: JmapApp, p: Principa
                 request_id = obj.get("id")
                 if kind == "Request":
                     body = {k: v for k, v in obj.items() if k not in ("@type", "id")}
-                    ctx.created_ids = {}
+                    # the accounts as the directory has them now: a revoked grant ends access at once
+                    ctx, _ = await app._context(p)
                     session_state = ""
                     result = await core.process(body, ctx, session_state)
                     out: dict[str, Any] = {"@type": "Response", **result}

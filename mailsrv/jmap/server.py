@@ -256,7 +256,7 @@ class JmapApp:
         if allow_token:
             tok = request.query.get("access_token") or request.cookies.get("jmap_access")
             if tok:
-                return self.check_access_token(tok)
+                return await self.check_access_token(tok)
         return None
 
     async def _basic(self, cred: str, ip: str, secure: bool) -> Principal | None:
@@ -289,22 +289,29 @@ class JmapApp:
             self._basic_cache[key] = (now + AUTH_CACHE_TTL, principal, stamp.generation)
         return principal
 
-    def make_access_token(self, p: Principal) -> tuple[str, int]:
+    async def make_access_token(self, p: Principal) -> tuple[str, int]:
+        """A URL token for ``p``, bound to their credentials generation (a password change ends it)."""
+        stamp = await self.auth.login_stamp(int(p.id))
+        generation = stamp.generation if stamp is not None else -1
         expires = int(time.time() + self.config.access_token_lifetime)
-        body = base64.urlsafe_b64encode(json.dumps([p.id, p.username, expires]).encode()).decode().rstrip("=")
+        body = base64.urlsafe_b64encode(json.dumps([p.id, p.username, expires, generation]).encode()).decode().rstrip("=")
         sig = hmac.new(self.secret, body.encode(), hashlib.sha256).hexdigest()[:32]
         return f"{body}.{sig}", expires
 
-    def check_access_token(self, token: str) -> Principal | None:
+    async def check_access_token(self, token: str) -> Principal | None:
         body, _, sig = token.partition(".")
         want = hmac.new(self.secret, body.encode(), hashlib.sha256).hexdigest()[:32]
         if not hmac.compare_digest(want, sig):
             return None
         try:
-            pid, user, expires = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+            pid, user, expires, generation = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
         except (ValueError, TypeError):
             return None
-        if not isinstance(expires, int) or expires < time.time():
+        if not isinstance(expires, int) or expires < time.time() or not str(pid).isdigit():
+            return None
+        # like a cached Basic login: refused at once after a password change, suspension or lockout
+        stamp = await self.auth.login_stamp(int(pid))
+        if stamp is None or not stamp.usable or stamp.generation != generation:
             return None
         return Principal(str(pid), str(user))
 
@@ -369,7 +376,7 @@ class JmapApp:
         p = await self.authenticate(request)
         if p is None:
             return unauthorized()
-        tok, expires = self.make_access_token(p)
+        tok, expires = await self.make_access_token(p)
         resp = web.json_response({"accessToken": tok, "expires": expires})
         # browsers' EventSource sends cookies of its own origin: the same token as a cookie
         resp.set_cookie("jmap_access", tok, max_age=int(self.config.access_token_lifetime), path="/jmap",

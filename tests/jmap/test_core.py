@@ -203,6 +203,17 @@ async def test_access_token_for_eventsource(client: Client) -> None:
         async with anon.post(client.server.url + "/jmap/api?access_token=" + tok, data=b"{}") as r:
             assert r.status == 401
 
+async def test_access_token_ends_with_a_password_change(server: Server, client: Client) -> None:
+    async with client.http.post(client.server.url + "/jmap/token", headers=client.headers) as r:
+        tok = (await r.json())["accessToken"]
+    url = client.server.url + "/jmap/download/a1/nope/x?access_token=" + tok
+    async with aiohttp.ClientSession() as anon:
+        async with anon.get(url) as r:
+            assert r.status == 404  # authenticated: the blob is missing
+        server.auth.generations[1] = 3  # the password changed
+        async with anon.get(url) as r:
+            assert r.status == 401
+
 
 async def test_access_token_cookie_for_browsers(client: Client) -> None:
     async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as browser:

@@ -169,8 +169,15 @@ async def test_read_only_share(env: Env) -> None:
     assert (await alice.one("Email/query", {}))["ids"] == [eid]
     got = await bob.one("Email/get", {"ids": [cp[0][1]["created"]["c1"]["id"]], "properties": ["subject"]})
     assert got["list"][0]["subject"] == "for alice"
-    # revoked: the account is gone at once
-    env.cli("share", "revoke", "alice@example.test", "bob@example.test")
+    # revoked: the account is gone at once, also on a WebSocket opened before
+    async with env.http.ws_connect(env.url.replace("http", "ws") + "/jmap/ws", protocols=("jmap",),
+                                   headers=bob.headers) as ws:
+        query = {"@type": "Request", "using": USING, "methodCalls": [["Email/query", {"accountId": a_id}, "q"]]}
+        await ws.send_json(query)
+        assert (await ws.receive_json())["methodResponses"][0][0] == "Email/query"
+        env.cli("share", "revoke", "alice@example.test", "bob@example.test")
+        await ws.send_json(query)
+        assert (await ws.receive_json())["methodResponses"][0][1]["type"] == "accountNotFound"
     assert a_id not in (await session(bob))["accounts"]
     gone = await bob.call(["Email/query", {"accountId": a_id}, "q"])
     assert gone[0][1]["type"] == "accountNotFound"
