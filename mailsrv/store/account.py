@@ -154,8 +154,14 @@ class Account:
             self._sync_running.discard(mailbox)
 
     async def _sync_if_needed(self, mailbox: str) -> None:
+        """Index what waits in ``new/`` before a read. A sync that cannot write (full disk, index
+        locked) is logged and the read goes on with the state last committed: readers keep
+        working, the mail waiting in ``new/`` is indexed by the next sync that can."""
         if await self._run(self.engine.needs_sync, mailbox):
-            await self.sync(mailbox)
+            try:
+                await self.sync(mailbox)
+            except TemporaryFailure as exc:
+                logger.warning("sync.deferred", account=self.id, mailbox=mailbox, error=str(exc))
 
     # --- folders ----------------------------------------------------------------
 
