@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from mailsrv.imap.flaglines import flags_text
 from mailsrv.imap.grammar import FetchAtt, Section
 from mailsrv.imap.response import date_time, flag_list, literal, string
 from mailsrv.imap.structure import (
@@ -281,8 +282,8 @@ def render_index(atts: Iterable[FetchAtt], info: Any, *, uid: bool, modseq: bool
     return b"(" + b" ".join(out) + b")"
 
 
-def _flags(flags: Iterable[str], recent: bool) -> bytes:
-    return flag_list(sorted(flags) + (["\\Recent"] if recent else []))
+def _flags(flags: frozenset[str], recent: bool) -> bytes:
+    return flags_text(flags, recent)
 
 
 def flags_response(seq: int, info: Any, *, uid: bool, modseq: bool, recent: bool = False) -> bytes:

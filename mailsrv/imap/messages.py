@@ -19,6 +19,7 @@ from mailsrv.imap import fetch as fetchmod
 from mailsrv.imap import search as searchmod
 from mailsrv.imap import sortthread
 from mailsrv.imap.errors import ImapError, norm_flag, store_error_name
+from mailsrv.imap.flaglines import fetch_flags_lines
 from mailsrv.imap.grammar import Command, SearchKey
 from mailsrv.imap.seqset import SequenceSet, format_uids
 from mailsrv.imap.structure import parse as parse_structure
@@ -37,6 +38,8 @@ STREAM_AT = 1024 * 1024
 STREAM_CHUNK = 256 * 1024
 #: Parsed message structures kept per session for repeated FETCH of the same message.
 STRUCTURE_CACHE = 8
+#: Index-only FETCH responses formatted and sent per batch (a client reads while we format).
+FETCH_BATCH = 2048
 
 
 class MessageCommands:
@@ -187,8 +190,7 @@ class MessageCommands:
                     self._reported[m.uid] = m.modseq
                     seen_now[m.uid] = m
         if plan.index_only and not seen_now:
-            self._fetch_index_only(seqs, selected, atts, uid)
-            await self.maybe_flush()
+            await self._fetch_index_only(seqs, selected, atts, uid)
             return
         whole = fetchmod.whole_message_att(atts)
         for seq, info in zip(seqs, selected, strict=True):
@@ -317,35 +319,34 @@ class MessageCommands:
                 chunk = b""
         self.w(b")\r\n")
 
-    def _fetch_index_only(self, seqs: Sequence[int], selected: list[Any], atts: list[Any], uid: bool) -> None:
-        """FETCH of index items only (FLAGS, UID, sizes, dates, modseq): one pass, shared flag lists."""
+    async def _fetch_index_only(self, seqs: Sequence[int], selected: list[Any], atts: list[Any],
+                                uid: bool) -> None:
+        """FETCH of index items only (FLAGS, UID, sizes, dates, modseq): one pass, shared flag lists.
+
+        Written in batches of FETCH_BATCH responses, each sent as it is made, so that a client
+        reads the first lines of ``UID FETCH 1:* (FLAGS)`` while the server formats the rest.
+        """
         modseq = self.condstore
         recent = self.recent
         cache: dict[frozenset[str], bytes] = {}
         names = {a.name for a in atts}
-        if names <= {"UID", "FLAGS"} and "FLAGS" in names and not modseq and not recent:
+        if names <= {"UID", "FLAGS"} and "FLAGS" in names and not modseq:
             # The synchronisation FETCH of every client ("UID FETCH 1:* (FLAGS)"): one format per line.
-            lines: list[bytes] = []
-            add = lines.append
-            get = cache.get
             with_uid = uid or "UID" in names
-            for seq, info in zip(seqs, selected, strict=True):
-                flags = info.flags
-                text = get(flags)
-                if text is None:
-                    text = cache[flags] = fetchmod.flag_list(sorted(flags))
-                if with_uid:
-                    add(b"* %d FETCH (UID %d FLAGS %s)\r\n" % (seq, info.uid, text))
-                else:
-                    add(b"* %d FETCH (FLAGS %s)\r\n" % (seq, text))
-            self.w(b"".join(lines))
+            for k in range(0, len(selected), FETCH_BATCH):
+                chunk = fetch_flags_lines(seqs[k:k + FETCH_BATCH], selected[k:k + FETCH_BATCH], with_uid,
+                                          cache, recent)
+                self.w(chunk)
+                await self.maybe_flush()
             return
-        for seq, info in zip(seqs, selected, strict=True):
-            if info.uid in recent:
-                body = fetchmod.render(atts, info, None, None, uid=uid, modseq=modseq, recent=True)
-            else:
-                body = fetchmod.render_index(atts, info, uid=uid, modseq=modseq, flag_cache=cache)
-            self.w(b"* %d FETCH " % seq + body + b"\r\n")
+        for k in range(0, len(selected), FETCH_BATCH):
+            lines = []
+            for seq, info in zip(seqs[k:k + FETCH_BATCH], selected[k:k + FETCH_BATCH], strict=True):
+                body = fetchmod.render_index(atts, info, uid=uid, modseq=modseq, flag_cache=cache,
+                                             recent=info.uid in recent)
+                lines.append(b"* %d FETCH " % seq + body + b"\r\n")
+            self.w(b"".join(lines))
+            await self.maybe_flush()
 
     async def cmd_store(self, cmd: Command) -> str | None:
         return await self._store(cmd, uid=False)
