@@ -141,6 +141,16 @@ def _run(fn: Callable[[config_mod.Config, SyncDirectory, Actor, argparse.Namespa
 
 # -- commands ---------------------------------------------------------------------------------
 
+def _user_del(cfg: config_mod.Config, d: SyncDirectory, actor: Actor, args: argparse.Namespace) -> Any:
+    from mailsrv.cli.quota import forget_usage
+
+    acct = d.account_by_address(args.address)
+    out = ops.user_del(d, actor, args.address)
+    if acct is not None:  # its mail no longer counts towards the domain's quota
+        forget_usage(cfg, str(acct.id))
+    return out
+
+
 def _user_fields(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for attr, key in (("name", "display_name"), ("dept", "dept"), ("title", "title"), ("phone", "phone"),
@@ -281,7 +291,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("address")
     p = cmd(g, "activate", lambda c, d, a, x: ops.user_set(d, a, x.address, state="active"), "re-activate a user")
     p.add_argument("address")
-    p = cmd(g, "del", lambda c, d, a, x: ops.user_del(d, a, x.address), "delete a user (the store is kept)")
+    p = cmd(g, "del", _user_del, "delete a user (the store is kept)")
     p.add_argument("address")
     p = cmd(g, "list", lambda c, d, a, x: ops.user_list(d, a, x.domain), "list users")
     p.add_argument("domain", nargs="?")

@@ -41,6 +41,15 @@ def _open(args: argparse.Namespace) -> tuple[config_mod.Config, SyncDirectory, U
     return cfg, open_sync(cfg.directory, data_dir), UsageBook(data_dir / BOOK_NAME)
 
 
+def forget_usage(cfg: config_mod.Config, account_id: str) -> None:
+    """A deleted account's usage leaves its domain's total (``mailsrv user del``)."""
+    book = UsageBook(Path(cfg.server.data_dir) / BOOK_NAME)
+    try:
+        book.forget(account_id)
+    finally:
+        book.close()
+
+
 def _domains(d: SyncDirectory, only: str | None) -> list[tuple[str, int | None]]:
     rows = [(x["name"], x["max_storage"]) for x in d.list_domains()]
     if only is not None:

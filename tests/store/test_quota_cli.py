@@ -66,3 +66,7 @@ def test_show_and_recalc(tmp_path: Path) -> None:
     assert (again["storage"], again["messages"]) == (total, 6)
     bad = _mailsrv(setup, "quota", "recalc", "nowhere.test")
     assert bad.returncode == 2 and "no domain nowhere.test" in bad.stderr
+    # a deleted user's mail leaves the domain's total at once
+    assert _mailsrv(setup, "user", "del", "bob@example.test").returncode == 0
+    left = json.loads(_mailsrv(setup, "quota", "show", "example.test", "--json").stdout)
+    assert (left["storage"], left["messages"]) == (total // 2, 3)
