@@ -387,3 +387,19 @@ def test_normalize_entry_is_idempotent(entry: str) -> None:
     except ValueError:
         return
     assert normalize_entry(once) == once and once == once.strip().lower() or "/" in once
+
+
+async def test_dnsbl_skip_networks_and_mapped_addresses(dnsserver: Any, resolver: Resolver) -> None:
+    import ipaddress
+
+    dnsserver.add("5.0.0.10.bl.test", "A", "127.0.0.2")
+    dnsserver.add("7.100.51.198.bl.test", "A", "127.0.0.3")
+    assert await reputation.dnsbl(resolver, "10.0.0.5", ["bl.test"]) == []  # default: private never looked up
+    only_loopback = [ipaddress.ip_network("127.0.0.1/32")]
+    hits = await reputation.dnsbl(resolver, "10.0.0.5", ["bl.test"], only_loopback)
+    assert [h.codes for h in hits] == [("127.0.0.2",)]
+    # an IPv4-mapped IPv6 peer (dual-stack listener) is looked up as IPv4, and skipped as IPv4
+    mapped = await reputation.dnsbl(resolver, "::ffff:198.51.100.7", ["bl.test"], only_loopback)
+    assert [h.codes for h in mapped] == [("127.0.0.3",)]
+    assert await reputation.dnsbl(resolver, "::ffff:10.0.0.5", ["bl.test"]) == []
+    assert await reputation.dnsbl(resolver, "not an ip", ["bl.test"]) == []
