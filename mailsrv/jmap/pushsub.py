@@ -4,7 +4,9 @@ One watcher task per account with verified subscriptions. Workers share the
 subscriptions (objects.py) and elect one pusher per account with a
 non-blocking ``fcntl`` lock on ``<upload_dir>/<accountId>/.push.lock``, so
 each change is POSTed once. A worker starts watchers when a subscription is
-created or verified through it.
+created or verified through it. The watcher also follows the accounts shared
+with the subscription's owner (re-read at each wake-up and every
+``ACCOUNTS_REFRESH`` seconds), so StateChanges name them too.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import json
 import secrets
 import ssl
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -24,11 +27,12 @@ import aiohttp
 
 from mailsrv import log
 from mailsrv.jmap import args as A
-from mailsrv.jmap.backend import TYPES, MailBackend
+from mailsrv.jmap.backend import MailBackend
 from mailsrv.jmap.core import CORE, RequestContext, registry
 from mailsrv.jmap.errors import SetError, invalid_arguments
 from mailsrv.jmap.identity import collection
 from mailsrv.jmap.objects import Collection, drop, new_id, put
+from mailsrv.jmap.push import all_states, differences, watch_all
 
 logger = log.get("jmap")
 
@@ -36,6 +40,11 @@ PROPS = ["id", "deviceClientId", "verificationCode", "expires", "types"]
 #: RFC 8620 §7.2: the server may limit how long a subscription lives
 MAX_LIFETIME = 7 * 86400
 POST_TIMEOUT = 10.0
+#: seconds between two reads of the accounts a pusher follows when nothing changes (grants come and go)
+ACCOUNTS_REFRESH = 60.0
+
+#: returns every account the subscription's owner may see now, their own first
+AccountsSource = Callable[[], Awaitable[list[MailBackend]]]
 
 
 def _iso(ts: float) -> str:
@@ -76,12 +85,13 @@ class PushManager:
             logger.warning("jmap.push.failed", url=urlsplit(url).netloc, error=str(exc))
             return False
 
-    async def ensure(self, be: MailBackend, coll: Collection) -> None:
-        """Start the account's pusher (if not running); returns once it watches."""
+    async def ensure(self, be: MailBackend, coll: Collection, accounts: AccountsSource | None = None) -> None:
+        """Start the account's pusher (if not running); returns once it watches. ``accounts``: the
+        accounts to follow (own and shared); without it, ``be`` alone."""
         task = self.tasks.get(be.account_id)
         if task is None or task.done():
             ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self.tasks[be.account_id] = asyncio.create_task(self._run(be, coll, ready))
+            self.tasks[be.account_id] = asyncio.create_task(self._run(be, coll, ready, accounts))
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(10):
                     await asyncio.shield(ready)
@@ -93,7 +103,8 @@ class PushManager:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
 
-    async def _run(self, be: MailBackend, coll: Collection, ready: asyncio.Future[None]) -> None:
+    async def _run(self, be: MailBackend, coll: Collection, ready: asyncio.Future[None],
+                   accounts: AccountsSource | None = None) -> None:
         lock_path = coll.dir / ".push.lock"
 
         def take() -> Any:
@@ -114,25 +125,43 @@ class PushManager:
                 ready.set_result(None)  # another worker pushes for this account
         if lock is None:
             return
-        watch = be.watch()
+        async def current() -> list[MailBackend]:
+            if accounts is None:
+                return [be]
+            try:
+                return await accounts()
+            except Exception as exc:  # the directory is away: keep following what we had
+                logger.warning("jmap.push.accounts_failed", account=be.account_id, error=str(exc)[:200])
+                return backends
+
+        backends = [be]
+        backends = await current()
+        watch = watch_all(backends)
         try:
-            last = {t: await be.state(t) for t in TYPES}
+            last = await all_states(backends, None)
             ready.set_result(None)
             while True:
-                await watch.wait(None)
+                woke = await watch.wait(ACCOUNTS_REFRESH if accounts is not None else None)
                 subs = await coll.records()
                 now_ts = time.time()
                 live = {i: s for i, s in subs.items() if s.get("verified") and s["expiresAt"] > now_ts}
                 if not subs:
                     return
-                now = {t: await be.state(t) for t in TYPES}
-                changed = {t: s for t, s in now.items() if last.get(t) != s}
+                fresh = await current()
+                if [b.account_id for b in fresh] != [b.account_id for b in backends]:
+                    watch.close()
+                    backends, watch = fresh, watch_all(fresh)
+                elif not woke:
+                    continue
+                now = await all_states(backends, None)
+                changed = differences(last, now)
                 last = now
                 for s in live.values():
                     types = s.get("types")
-                    mine = {t: v for t, v in changed.items() if types is None or t in types}
+                    mine = {aid: picked for aid, per in changed.items()
+                            if (picked := {t: v for t, v in per.items() if types is None or t in types})}
                     if mine:
-                        await self.post(s["url"], {"@type": "StateChange", "changed": {be.account_id: mine}})
+                        await self.post(s["url"], {"@type": "StateChange", "changed": mine})
         finally:
             if not ready.done():
                 ready.set_result(None)
@@ -244,7 +273,7 @@ async def push_set(ctx: RequestContext, args: dict[str, Any], call_id: str) -> d
             await coll.change(upd)
             updated[sid] = None
             if new["verified"]:
-                await pm.ensure(be, coll)
+                await pm.ensure(be, coll, ctx.extra.get("accounts"))
         except SetError as exc:
             not_updated[sid] = exc.to_json()
     destroyed: list[str] = []

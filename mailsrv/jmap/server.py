@@ -198,7 +198,7 @@ class JmapApp:
                 await self.vacation.ensure(be, p, self._objects(be.account_id, "VacationResponse"),
                                      self._objects(be.account_id, "VacationSent"))
             if has_push:
-                await self.push.ensure(be, self._objects(be.account_id, "PushSubscription"))
+                await self.push.ensure(be, self._objects(be.account_id, "PushSubscription"), self._accounts_source(p))
 
     async def _close_websockets(self, app: web.Application) -> None:
         for ws in list(self.websockets):
@@ -334,6 +334,13 @@ class JmapApp:
                 out.setdefault(shared.account_id, Access(shared, False, bool(g.read_only)))
         return be, out
 
+    def _accounts_source(self, p: Principal) -> Callable[[], Awaitable[list[MailBackend]]]:
+        """For long-lived watchers (push subscriptions): every backend ``p`` may see, read anew at each call."""
+        async def source() -> list[MailBackend]:
+            return [a.backend for a in (await self.accounts(p))[1].values()]
+
+        return source
+
     def _session(self, request: web.Request, p: Principal, be: MailBackend,
                  access: dict[str, Access]) -> dict[str, Any]:
         shared = {aid: (a.backend.name, a.read_only) for aid, a in access.items() if not a.personal}
@@ -351,7 +358,7 @@ class JmapApp:
             accounts={aid: a.backend for aid, a in access.items()},
             capabilities=SERVER_CAPABILITIES,
             extra={"uploads": self.uploads, "objects": self._objects, "submitter": self.submitter, "principal": p,
-                   "push": self.push, "vacation": self.vacation},
+                   "push": self.push, "vacation": self.vacation, "accounts": self._accounts_source(p)},
             read_only=frozenset(aid for aid, a in access.items() if a.read_only),
             account_capabilities={aid: SHARED_CAPABILITIES for aid, a in access.items() if not a.personal},
         )

@@ -103,6 +103,14 @@ class FakeSubmitter:
         return True
 
 
+@dataclass(frozen=True)
+class FakeGrant:
+    """The directory's Grant as JmapApp reads it: whose account, and whether read-only."""
+
+    owner: FakeAccount
+    read_only: bool = True
+
+
 class Server:
     def __init__(self, tmp: Path, config: JmapConfig | None = None, factory: Any = None,
                  push_ssl: Any = None, limits: ConnLimits | None = None) -> None:
@@ -116,10 +124,16 @@ class Server:
         self.io = FileIO(2, "jmap-test")
         self.uploads = UploadStore(tmp / "uploads", self.io)
         self.submitter = FakeSubmitter()
+        #: principal id -> the accounts shared with it (tests fill it)
+        self.shared: dict[str, list[FakeGrant]] = {}
         self.app = JmapApp(self.config, self.auth, factory or self.backend_for, self.uploads, b"k" * 32, tls=False,
-                           submitter=self.submitter, push_ssl=push_ssl, limiter=self.limiter)
+                           submitter=self.submitter, push_ssl=push_ssl, limiter=self.limiter,
+                           grants=self.grants_for)
         self.runner: web.AppRunner | None = None
         self.url = ""
+
+    async def grants_for(self, p: Principal) -> list[FakeGrant]:
+        return list(self.shared.get(p.id, []))
 
     async def backend_for(self, p: Principal) -> MemoryBackend:
         be = self.backends.get(p.id)

@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 import trustme
 from aiohttp import web
-from jmaptest import Client, Server
+from jmaptest import Client, FakeAccount, FakeGrant, Server, basic
 
 
 @pytest.fixture
@@ -84,3 +84,34 @@ async def test_url_must_be_https(setup: tuple[Client, Server, str, asyncio.Queue
         using=["urn:ietf:params:jmap:core"])
     assert r[1]["notCreated"]["a"]["properties"] == ["url"]
     assert r[1]["notCreated"]["b"]["type"] == "invalidProperties"
+
+
+async def test_state_changes_of_a_shared_account(setup: tuple[Client, Server, str, asyncio.Queue[Any]]) -> None:
+    client, server, url, got = setup
+    server.shared["1"] = [FakeGrant(FakeAccount(2, "bob@example.test"))]  # bob shares his mail with alice
+    core = ["urn:ietf:params:jmap:core"]
+    (r,) = await client.call(["PushSubscription/set", {"create": {"p": {
+        "deviceClientId": "dev2", "url": url, "types": ["Email"]}}}, "0"], using=core)
+    sid = r[1]["created"]["p"]["id"]
+    async with asyncio.timeout(5):
+        _, body = await got.get()
+    (ok,) = await client.call(["PushSubscription/set", {"update": {sid: {
+        "verificationCode": body["verificationCode"]}}}, "1"], using=core)
+    assert ok[1]["updated"] == {sid: None}
+    bob = Client(server, client.http, basic("bob@example.test", "hunter2"))
+    bob.account_id = "a2"
+    await bob.import_message(b"Subject: for bob\r\n\r\nx\r\n")
+    async with asyncio.timeout(5):
+        _, change = await got.get()
+    while "a2" not in change["changed"]:  # bob's mailbox counts may come first
+        async with asyncio.timeout(5):
+            _, change = await got.get()
+    assert set(change["changed"]["a2"]) == {"Email"} and "a1" not in change["changed"]
+    # alice's own changes still arrive, named by her account
+    await client.import_message(b"Subject: for alice\r\n\r\nx\r\n")
+    async with asyncio.timeout(5):
+        _, change = await got.get()
+    while "a1" not in change["changed"]:
+        async with asyncio.timeout(5):
+            _, change = await got.get()
+    assert set(change["changed"]["a1"]) == {"Email"}
