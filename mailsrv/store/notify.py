@@ -4,6 +4,13 @@ Every write transaction touches ``<root>/mailsrv-notify`` after its commit
 (IN_ATTRIB); other programs' deliveries show up as IN_CREATE / IN_MOVED_TO in
 a folder's ``new/``. One inotify descriptor per process and event loop feeds
 :class:`Watch` objects; nothing polls.
+
+Where inotify is missing (not Linux) or refused (``fs.inotify.max_user_instances``
+reached), the notifier falls back to polling: while at least one watch waits, one
+task per process compares the watched paths' ``stat`` (mtime, size, inode) every
+:data:`POLL_INTERVAL` seconds. That keeps the 100 ms wake-up promise at the cost of
+a few ``stat`` calls per watched account and interval, and costs nothing while no
+one waits. The fallback is logged once (``notify.polling``).
 """
 
 from __future__ import annotations
@@ -34,6 +41,9 @@ FILE_MASK = IN_ATTRIB | IN_MODIFY | IN_CLOSE_WRITE
 DIR_MASK = IN_CREATE | IN_MOVED_TO
 
 _EVENT = struct.Struct("iIII")
+
+#: seconds between two stat rounds of the polling fallback (well under the 100 ms wake-up promise)
+POLL_INTERVAL = 0.05
 
 _libc: ctypes.CDLL | None = None
 
@@ -99,21 +109,34 @@ class Watch:
 class Notifier:
     """The process's inotify descriptor on one event loop, and the watches waiting on it."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, *, poll: bool = False) -> None:
+        """``poll``: use the stat-polling fallback even where inotify works (tests, odd file systems)."""
         self.loop = loop
-        lib = _lib()
-        fd = lib.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
-        if fd < 0:
-            err = ctypes.get_errno()
-            raise OSError(err, os.strerror(err))
-        self.fd = fd
         self._wd_keys: dict[int, set[str]] = {}
         self._path_wd: dict[tuple[str, str], int] = {}
         self._watches: dict[str, set[Watch]] = {}
-        loop.add_reader(fd, self._on_readable)
+        #: polling fallback: (key, path) -> last stat signature, and the task comparing them
+        self._polled: dict[tuple[str, str], tuple[int, int, int] | None] = {}
+        self._poll_task: asyncio.Task[None] | None = None
+        self.fd = -1
+        if not poll:
+            try:
+                self.fd = _inotify_init()
+            except (OSError, AttributeError) as exc:  # no inotify here (AttributeError: not in this libc)
+                logger.warning("notify.polling", error=str(exc), interval=POLL_INTERVAL)
+        if self.fd >= 0:
+            loop.add_reader(self.fd, self._on_readable)
+
+    @property
+    def polling(self) -> bool:
+        """True when this notifier polls (no inotify)."""
+        return self.fd < 0
 
     def add_path(self, key: str, path: Path, mask: int) -> None:
         """Watch ``path`` on behalf of account ``key`` (idempotent)."""
+        if self.polling:
+            self._polled.setdefault((key, str(path)), _signature(str(path)))
+            return
         if (key, str(path)) in self._path_wd:
             return
         wd = _lib().inotify_add_watch(self.fd, os.fsencode(path), mask)
@@ -126,7 +149,30 @@ class Notifier:
         self._wd_keys.setdefault(wd, set()).add(key)
 
     def register(self, watch: Watch) -> None:
+        if self.polling and not self._watches.get(watch.key):
+            for kp in self._polled:  # nobody waited on this account: changes before now are not news
+                if kp[0] == watch.key:
+                    self._polled[kp] = _signature(kp[1])
         self._watches.setdefault(watch.key, set()).add(watch)
+        if self.polling and self._poll_task is None:
+            self._poll_task = self.loop.create_task(self._poll())
+
+    async def _poll(self) -> None:
+        """The fallback: compare every watched path's stat each POLL_INTERVAL while anyone waits."""
+        try:
+            while any(self._watches.values()):
+                await asyncio.sleep(POLL_INTERVAL)
+                changed: set[str] = set()
+                for (key, path), old in list(self._polled.items()):
+                    if key not in changed and self._watches.get(key):
+                        new = _signature(path)
+                        if new != old:
+                            self._polled[(key, path)] = new
+                            changed.add(key)
+                for key in changed:
+                    self.wake(key)
+        finally:
+            self._poll_task = None
 
     def unregister(self, watch: Watch) -> None:
         ws = self._watches.get(watch.key)
@@ -154,8 +200,32 @@ class Notifier:
             self.wake(key)
 
     def close(self) -> None:
+        if self._poll_task is not None:
+            self._poll_task.cancel()
+            self._poll_task = None
+        if self.fd < 0:
+            return
         try:
             self.loop.remove_reader(self.fd)
         except (RuntimeError, ValueError):
             pass
         os.close(self.fd)
+        self.fd = -1
+
+
+def _inotify_init() -> int:
+    """A non-blocking inotify descriptor. OSError when refused, AttributeError where libc has none."""
+    fd = int(_lib().inotify_init1(IN_NONBLOCK | IN_CLOEXEC))
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"inotify_init1: {os.strerror(err)}")
+    return fd
+
+
+def _signature(path: str) -> tuple[int, int, int] | None:
+    """What changes when the polling fallback must wake: mtime (ns), size, inode; None if missing."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino)

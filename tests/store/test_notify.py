@@ -1,4 +1,4 @@
-"""A change made by one process wakes a waiter in another within 100 ms (inotify, no polling)."""
+"""A change made by one process wakes a waiter in another within 100 ms (inotify, or the polling fallback)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,10 @@ import asyncio
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 from mailsrv.config import StoreConfig
-from mailsrv.store import DeliveryTarget, Store
+from mailsrv.store import DeliveryTarget, Store, notify
 from mailsrv.store.notify import parse_events
 
 from .conftest import msg
@@ -86,6 +87,32 @@ def test_change_in_other_process_wakes_waiter(tmp_path: Path) -> None:
         latency = _wake_latency(tmp_path, what)
         # the wake-up may even precede the other process's return (it comes at commit)
         assert latency < 0.1, (what, latency)
+
+
+def test_without_inotify_polling_still_wakes_within_100ms(tmp_path: Path, monkeypatch: Any) -> None:
+    """A platform without inotify (or one refusing another instance): the stat-polling fallback."""
+    def no_inotify() -> int:
+        raise AttributeError("inotify_init1")  # what a libc without inotify gives
+
+    monkeypatch.setattr(notify, "_inotify_init", no_inotify)
+    asyncio.run(_prepare(tmp_path))
+    for what in ("append", "flags", "deliver"):
+        latency = _wake_latency(tmp_path, what)
+        assert latency < 0.1, (what, latency)
+
+    async def idle() -> None:  # costs nothing while no one waits: the poll task ends with the last watch
+        store = Store(StoreConfig(), tmp_path)
+        acct = await store.account("u")
+        with acct.watch() as w:
+            assert store._notifier is not None and store._notifier.polling
+            assert not await w.wait(timeout=0.12)  # nothing changed: no spurious wake-up
+            task = store._notifier._poll_task
+            assert task is not None
+        await asyncio.wait_for(task, 1)
+        assert store._notifier._poll_task is None
+        await store.close()
+
+    asyncio.run(idle())
 
 
 async def _prepare(data_dir: Path) -> None:
