@@ -286,3 +286,28 @@ async def test_password_change_suspension_and_lockout_act_at_once(env: Env) -> N
     assert await status_of(new) == 401
     env.cli("lockout", "clear", user)
     assert await status_of(new) == 200
+
+
+def test_share_cli_scopes(setup: tuple[Path, dict[str, str]]) -> None:
+    d, _ = setup
+    config = str(d / "mailsrv.toml")
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(mailsrv_cmd(*args, "-c", config), capture_output=True, text=True, timeout=60)
+
+    for cmd in (("domain", "add", "other.test"), ("user", "add", "carol@other.test", "--no-password"),
+                ("admin", "grant", "carol@other.test", "domain", "other.test")):
+        assert run(*cmd).returncode == 0
+    # an administrator of other.test may not share example.test mail
+    refused = run("share", "grant", "alice@example.test", "bob@example.test", "--as", "carol@other.test")
+    assert refused.returncode == 2 and "mailsrv:" in refused.stderr
+    assert json.loads(run("share", "list", "--json").stdout) == []
+    bad = run("share", "grant", "alice@example.test", "nobody@example.test")
+    assert bad.returncode == 2 and "nobody@example.test" in bad.stderr
+    ok = run("share", "grant", "alice@example.test", "bob@example.test", "--rights", "write", "--json")
+    assert ok.returncode == 0 and json.loads(ok.stdout)["changed"] is True
+    assert json.loads(run("share", "list", "--json", "--as", "carol@other.test").stdout) == []  # out of scope
+    assert json.loads(run("share", "list", "--json").stdout) == [
+        {"owner": "alice@example.test", "grantee": "bob@example.test", "rights": "write"}]
+    gone = run("share", "revoke", "alice@example.test", "bob@example.test", "--json")
+    assert json.loads(gone.stdout)["revoked"] is True
