@@ -207,7 +207,7 @@ class Store:
         restart indexes what waits there, so nothing acknowledged is lost on a crash.
         """
         spool_path = Path(spool_path)
-        email_id = new_id("E")
+        email_id = ""  # made in the job: new_id reads urandom, a GIL round trip on the loop thread
         targets = list(targets)
         index = uids or not self.config.deferred_index
         # group commit: the job only links; one syncfs shared with every concurrent delivery makes
@@ -246,6 +246,7 @@ class Store:
         ``group``: no fsync here, the caller's syncfs round makes the links durable (copies made
         across file systems excepted: those are fsync'd here).
         """
+        email_id = email_id or new_id("E")
         if internal_date is not None:
             os.utime(spool, (internal_date, internal_date))
         size = os.stat(spool).st_size
