@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: all venv build run test test-only lint peers bench bench-micro clean
+.PHONY: all venv build run test test-only lint peers bench bench-smoke bench-micro clean
 
 all: build
 
@@ -42,8 +42,13 @@ test-only:
 	MAILSRV_REQUIRE_SPEEDUPS=1 $(BIN)/python -m pytest -q -p no:cacheprovider
 	MAILSRV_NO_SPEEDUPS=1 $(BIN)/python -m pytest -q -p no:cacheprovider -m speedups
 
+# Every scenario at full size (under 15 minutes on 2 cores); the table on stdout, the JSON in bench/out/ (ignored by git).
 bench: build
-	$(BIN)/python -m bench all
+	$(BIN)/python -m bench all --json bench/out/results.json
+
+# Every scenario at smoke size (what make test runs): checks the harness, measures nothing.
+bench-smoke: build
+	$(BIN)/python -m bench all --size smoke
 
 bench-micro: build
 	$(BIN)/python -m pytest bench/micro --benchmark-only -q

@@ -69,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         print_table(report)
         reports.append(report)
     if args.json_file:
+        Path(args.json_file).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json_file).write_text(json.dumps({"reports": reports}, indent=2))
     if args.md_file:
         Path(args.md_file).write_text(markdown(reports))
