@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from mailsrv.config import StoreConfig
-from mailsrv.store import DeliveryTarget, Store
+from mailsrv.store import DeliveryTarget, QuotaLimits, Store
 from mailsrv.store.engine import INDEX_NAME, UIDLIST_NAME
 
 from ._common import fill_new, in_process_meter, message
@@ -129,9 +129,17 @@ async def _big_mailbox(base: Path, n: int) -> tuple[list[dict[str, Any]], list[s
     return results, notes
 
 
-async def _delivery(base: Path, count: int, concurrency: int, mailboxes: int = 4) -> tuple[float, dict[str, int]]:
+#: limits far above what the bench delivers: every check runs, none refuses
+ROOMY = QuotaLimits(storage=1 << 50, messages=1 << 40)
+
+
+async def _delivery(base: Path, count: int, concurrency: int, mailboxes: int = 4,
+                    quota: bool = False) -> tuple[float, dict[str, int]]:
+    """``quota``: every target has user and domain limits (both quota roots checked, the per-domain
+    usage book written after each index commit)."""
     store = Store(StoreConfig(), base)
-    accts = [await store.account(f"rcpt{i}") for i in range(mailboxes)]
+    accts = [await store.account(f"rcpt{i}", domain="bench.test" if quota else None) for i in range(mailboxes)]
+    limits = ROOMY if quota else QuotaLimits()
     data = _message(1)
     spool_dir = base / "spool"
     spool_dir.mkdir(exist_ok=True)
@@ -141,14 +149,16 @@ async def _delivery(base: Path, count: int, concurrency: int, mailboxes: int = 4
         async with sem:
             sp = spool_dir / f"s{i}"
             await store.io.run(sp.write_bytes, data)
-            res = await store.deliver(sp, [DeliveryTarget(accts[i % len(accts)])])
+            res = await store.deliver(sp, [DeliveryTarget(accts[i % len(accts)], limits=limits,
+                                                          domain_limits=limits)])
             await store.io.run(sp.unlink)
             assert res[0].status == "ok", res
 
     t0 = time.perf_counter()
     await asyncio.gather(*(one(i) for i in range(count)))
     rate = count / (time.perf_counter() - t0)
-    stats = {"dir_fsync_rounds": store.dirsync.rounds, "dir_fsyncs": store.dirsync.fsyncs}
+    stats = {"dir_fsync_rounds": store.dirsync.rounds, "dir_fsyncs": store.dirsync.fsyncs,
+             "usage_reports": store.usage.reports, "usage_flushes": store.usage.flushes}
     await store.close()
     return rate, stats
 
@@ -172,6 +182,15 @@ def run(size: str) -> dict[str, Any]:
         })
         rate1, _ = asyncio.run(_delivery(base / "deliver1", max(50, deliveries // 4), 1))
         meter.add(2 * deliveries + max(50, deliveries // 4))
+        # both quota roots on every delivery (issue 3), against limit-free deliveries in this run
+        plain, _ = asyncio.run(_delivery(base / "deliver-noq", deliveries, 16))
+        rateq, qstats = asyncio.run(_delivery(base / "deliver-q", deliveries, 16, quota=True))
+        results.append({
+            "name": "durable deliveries with user + domain quota (16 concurrent, 4 mailboxes)", "unit": "msg/s",
+            "value": rateq, "baseline": {"name": "the same without limits", "value": plain}, "ratio": rateq / plain,
+        })
+        notes.append(f"domain quota: {qstats['usage_reports']} usage reports written in "
+                     f"{qstats['usage_flushes']} book transactions (coalesced)")
         servers = [meter.summary()]
         notes.append("measured in-process (a library); CPU is this process's over the three delivery runs")
         results.append({
