@@ -81,10 +81,11 @@ def plan(atts: Iterable[FetchAtt]) -> Plan:
 
 
 def whole_message_att(atts: Iterable[FetchAtt]) -> FetchAtt | None:
-    """The one whole-message item (BODY[]/BODY.PEEK[]<partial>/RFC822) when every other item is
-    an index item, else None: such a FETCH can be streamed."""
+    """The one streamable item when every other item is an index item, else None: BODY[] /
+    BODY.PEEK[] (with a partial), RFC822, or BINARY[part] / BINARY.PEEK[part] (RFC 3516)."""
     atts = list(atts)
-    whole = [a for a in atts if (a.name in ("BODY", "BODY.PEEK") and a.section == Section()) or a.name == "RFC822"]
+    whole = [a for a in atts if (a.name in ("BODY", "BODY.PEEK") and a.section == Section()) or a.name == "RFC822"
+             or (a.name in ("BINARY", "BINARY.PEEK") and a.section is not None and not a.section.text)]
     if len(whole) != 1 or not all(a is whole[0] or a.name in META_ONLY for a in atts):
         return None
     return whole[0]

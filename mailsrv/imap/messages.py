@@ -10,19 +10,20 @@ from __future__ import annotations
 
 import time
 from bisect import bisect_left, bisect_right
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mailsrv import log
 from mailsrv.imap import fetch as fetchmod
 from mailsrv.imap import search as searchmod
-from mailsrv.imap import sortthread
+from mailsrv.imap import sortthread, streaming
 from mailsrv.imap.errors import ImapError, norm_flag, store_error_name
 from mailsrv.imap.flaglines import fetch_flags_lines
 from mailsrv.imap.grammar import Command, SearchKey
 from mailsrv.imap.seqset import SequenceSet, format_uids
 from mailsrv.imap.structure import parse as parse_structure
+from mailsrv.net.connection import ConnectionClosed, IdleTimeout, ServerShutdown
 from mailsrv.policy.pipeline import training_label
 
 logger = log.get("imap")
@@ -198,12 +199,13 @@ class MessageCommands:
                 # A big message is copied to the client in chunks, never held whole.
                 new = seen_now.get(info.uid)
                 try:
-                    await self._fetch_streamed(seq, new or info, atts, whole, uid, new is not None)
+                    done = await self._fetch_streamed(seq, new or info, atts, whole, uid, new is not None)
                 except Exception as exc:
                     if store_error_name(exc) == "MessageGone":
                         raise ImapError("NO", "Message was expunged while being sent", "EXPUNGEISSUED") from None
                     raise
-                continue
+                if done:
+                    continue
             raw = part = None
             pre: dict[str, bytes] = {}
             struct = structs.get(info.uid)
@@ -284,40 +286,112 @@ class MessageCommands:
         return out
 
     async def _fetch_streamed(self, seq: int, info: Any, atts: list[Any], whole: Any, uid: bool,
-                              flags_changed: bool) -> None:
-        """``* n FETCH (... BODY[]<o> {size}`` then the bytes in chunks (RFC 9051 §7.5.2)."""
+                              flags_changed: bool) -> bool:
+        """``* n FETCH (... BODY[]<o> {size}`` then the bytes in chunks (RFC 9051 §7.5.2).
+
+        BINARY[part] (RFC 3516 §4.2) is decoded chunk by chunk, in two passes over the file: the
+        first learns the decoded size and whether it holds NUL (then a literal8), the second
+        sends. Returns False (nothing written) when the message's cached structure is missing:
+        the caller then renders it whole.
+        """
+        name = self.view.name
+        start, end, dec_name = 0, info.size, None
+        binary = whole.name in ("BINARY", "BINARY.PEEK")
+        if binary and whole.section.parts:
+            structs = await self.acct.structures(name, [info.uid])
+            struct = structs.get(info.uid)
+            if struct is None or not hasattr(struct, "part"):
+                return False
+            part = struct.part(".".join(str(p) for p in whole.section.parts))
+            if part is None:
+                raise ImapError("NO", "No such message part", "UNKNOWN-CTE")
+            start, end = part.body_start, part.body_end
+            if not part.is_multipart and part.message is None:
+                dec_name = part.encoding
+        try:
+            streaming.decoder(dec_name)
+        except streaming.DecodeError:
+            raise ImapError("NO", "Unknown Content-Transfer-Encoding", "UNKNOWN-CTE") from None
+        total, nul = end - start, False
+        if binary:  # pass 1: the decoded size, and NUL or not
+            total = 0
+            async for data in self._decoded(info.uid, start, end, dec_name):
+                total += len(data)
+                nul = nul or b"\x00" in data
+        lo, hi = 0, total
+        origin = b""
+        if whole.partial is not None:
+            off, length = whole.partial
+            lo, hi = min(off, total), min(off + length, total)
+            origin = b"<%d>" % off
         others = [a for a in atts if a is not whole]
         if flags_changed and not any(a.name == "FLAGS" for a in others):
             others.append(fetchmod.FetchAtt("FLAGS"))
         items = fetchmod.render_index(others, info, uid=uid, modseq=self.condstore, flag_cache={},
                                       recent=info.uid in self.recent)[1:-1]
-        start, end = 0, info.size
-        origin = b""
-        if whole.partial is not None:
-            off, length = whole.partial
-            start, end = min(off, info.size), min(off + length, info.size)
-            origin = b"<%d>" % off
-        label = b"RFC822" if whole.name == "RFC822" else b"BODY[]" + origin
-        # The first chunk is read before anything is sent: a message expunged meanwhile is a NO.
-        chunk = await self.acct.read_message(self.view.name, info.uid, start, min(STREAM_CHUNK, end - start))
-        self.w(b"* %d FETCH (" % seq + (items + b" " if items else b"") + label + b" {%d}\r\n" % (end - start))
-        pos = start
-        while True:
-            if not chunk:
-                # The file is shorter than the index says; the literal must still be complete.
-                logger.error("fetch.short_message", uid=info.uid)
-                chunk = b" " * (end - pos)
-            self.w(chunk)
-            pos += len(chunk)
-            await self.flush()
-            if pos >= end:
-                break
-            try:
-                chunk = await self.acct.read_message(self.view.name, info.uid, pos, min(STREAM_CHUNK, end - pos))
-            except Exception as exc:  # once the literal has begun, it is completed whatever happens
-                logger.error("fetch.read_failed", uid=info.uid, error=type(exc).__name__)
-                chunk = b""
+        if binary:
+            label = b"BINARY[" + whole.section.spec() + b"]" + origin + (b" ~{%d}" if nul else b" {%d}") % (hi - lo)
+        else:
+            label = (b"RFC822" if whole.name == "RFC822" else b"BODY[]" + origin) + b" {%d}" % (hi - lo)
+        # binary: decode the whole part and skip to lo; else read just [lo, hi) of the file
+        chunks = self._decoded(info.uid, start, end, dec_name) if binary else self._decoded(info.uid, lo, hi, None)
+        skip, want, sent, first = (lo if binary else 0), hi - lo, 0, True
+        try:
+            async for data in chunks:
+                if skip:
+                    if len(data) <= skip:
+                        skip -= len(data)
+                        continue
+                    data, skip = data[skip:], 0
+                data = data[: want - sent]
+                if first:
+                    # the first chunk is read before anything is sent: a message expunged meanwhile is a NO
+                    self.w(b"* %d FETCH (" % seq + (items + b" " if items else b"") + label + b"\r\n")
+                    first = False
+                if data:
+                    self.w(data)
+                    sent += len(data)
+                    await self.flush()
+                if sent >= want:
+                    break
+        except (ConnectionClosed, IdleTimeout, ServerShutdown):
+            raise
+        except Exception as exc:
+            if first:
+                raise
+            # once the literal has begun, it is completed whatever happens
+            logger.error("fetch.read_failed", uid=info.uid, error=type(exc).__name__)
+        finally:
+            await chunks.aclose()
+        if first:
+            self.w(b"* %d FETCH (" % seq + (items + b" " if items else b"") + label + b"\r\n")
+        if sent < want:
+            # The file is shorter than the index says (or changed between the passes); the literal
+            # must still be complete.
+            logger.error("fetch.short_message", uid=info.uid)
+            self.w(b" " * (want - sent))
         self.w(b")\r\n")
+        return True
+
+    async def _decoded(self, uid: int, start: int, end: int, encoding: str | None) -> AsyncGenerator[bytes, None]:
+        """The bytes ``[start, end)`` of a message, read in chunks and decoded (``encoding``: a
+        Content-Transfer-Encoding, None for raw). MessageGone; ImapError [UNKNOWN-CTE]."""
+        dec = streaming.decoder(encoding)
+        pos = start
+        try:
+            while pos < end:
+                data = await self.acct.read_message(self.view.name, uid, pos, min(STREAM_CHUNK, end - pos))
+                if not data:
+                    break
+                pos += len(data)
+                out = dec.feed(data)
+                if out:
+                    yield out
+            tail = dec.end()
+        except streaming.DecodeError:
+            raise ImapError("NO", "Unknown Content-Transfer-Encoding", "UNKNOWN-CTE") from None
+        if tail:
+            yield tail
 
     async def _fetch_index_only(self, seqs: Sequence[int], selected: list[Any], atts: list[Any],
                                 uid: bool) -> None:
