@@ -291,8 +291,8 @@ class MessageCommands:
 
         BINARY[part] (RFC 3516 §4.2) is decoded chunk by chunk, in two passes over the file: the
         first learns the decoded size and whether it holds NUL (then a literal8), the second
-        sends. Returns False (nothing written) when the message's cached structure is missing:
-        the caller then renders it whole.
+        sends. Returns False (nothing written) when the message's cached structure is missing
+        or the part is a multipart or message/rfc822 container: the caller renders it whole.
         """
         name = self.view.name
         start, end, dec_name = 0, info.size, None
@@ -305,9 +305,9 @@ class MessageCommands:
             part = struct.part(".".join(str(p) for p in whole.section.parts))
             if part is None:
                 raise ImapError("NO", "No such message part", "UNKNOWN-CTE")
-            start, end = part.body_start, part.body_end
-            if not part.is_multipart and part.message is None:
-                dec_name = part.encoding
+            if part.is_multipart or part.message is not None:
+                return False  # a container: its parts are decoded inside (fetch._binary_container)
+            start, end, dec_name = part.body_start, part.body_end, part.encoding
         try:
             streaming.decoder(dec_name)
         except streaming.DecodeError:
