@@ -23,6 +23,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from tools.config_sample import toml_value  # the sample config's TOML writer
+
 PASSWORD = "benchpass"
 LOREM = "Lorem ipsum dolor sit amet, consectetur adipiscing elit. "
 
@@ -236,28 +238,16 @@ def in_process_meter(unit: str) -> ServerMeter:
 
 # --- mailsrv as an operator runs it: `mailsrv init`, then `mailsrv serve` -------------------
 
-def _toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    if isinstance(v, (str, Path)):
-        return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    raise TypeError(f"no TOML for {v!r}")
-
-
 def toml_dump(doc: dict[str, Any], prefix: str = "") -> str:
     """Tables of scalars and lists (what mailsrv.toml holds) as TOML text."""
     out = []
     scalars = {k: v for k, v in doc.items() if not isinstance(v, dict)}
     if prefix and (scalars or not doc):
         out.append(f"\n[{prefix}]")
-    out += [f"{k} = {_toml_value(v)}" for k, v in scalars.items()]
+    out += [f"{k} = {toml_value(v)}" for k, v in scalars.items()]
     for k, v in doc.items():
         if isinstance(v, dict):
-            key = k if re.fullmatch(r"[A-Za-z0-9_-]+", k) else _toml_value(k)
+            key = k if re.fullmatch(r"[A-Za-z0-9_-]+", k) else toml_value(k)
             out.append(toml_dump(v, f"{prefix}.{key}" if prefix else key))
     return "\n".join(out)
 
@@ -492,7 +482,8 @@ def dovecot_pids(proc: subprocess.Popen[bytes]) -> list[int]:
 # --- SMTP delivery from the client side ----------------------------------------------------
 
 
-async def _smtp_reply(r: asyncio.StreamReader) -> bytes:
+async def smtp_reply(r: asyncio.StreamReader) -> bytes:
+    """The last line of an SMTP reply (multi-line replies read to the end)."""
     while True:
         line = await r.readline()
         if not line:
@@ -510,25 +501,25 @@ async def smtp_deliver(port: int, users: list[str], data: bytes, sessions: int =
 
     async def session() -> None:
         r, w = await asyncio.open_connection("127.0.0.1", port)
-        await _smtp_reply(r)
+        await smtp_reply(r)
         w.write(b"EHLO bench.test\r\n")
-        await _smtp_reply(r)
+        await smtp_reply(r)
         while todo:
             user = todo.pop()
             w.write(f"MAIL FROM:<bench@remote.test>\r\nRCPT TO:<{user}>\r\nDATA\r\n".encode())
             for _ in range(3):
-                reply = await _smtp_reply(r)
+                reply = await smtp_reply(r)
                 if reply[:1] not in (b"2", b"3"):
                     raise RuntimeError(f"SMTP to {user}: {reply!r}")
             w.write(data + b".\r\n")
             if sent is not None:
                 sent[user] = time.perf_counter()
-            reply = await _smtp_reply(r)
+            reply = await smtp_reply(r)
             if not reply.startswith(b"250"):
                 raise RuntimeError(f"SMTP DATA to {user}: {reply!r}")
             acked[user] = time.perf_counter()
         w.write(b"QUIT\r\n")
-        await _smtp_reply(r)
+        await smtp_reply(r)
         w.close()
 
     await asyncio.gather(*(session() for _ in range(min(sessions, len(users)))))

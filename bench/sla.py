@@ -36,7 +36,7 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP
 
-from ._common import Mailsrv, percentile
+from ._common import Mailsrv, percentile, smtp_reply
 
 SLA_AVERAGE = 60.0  # seconds: "average delivery latency under one minute"
 SLA_MAX = 3600.0  # seconds: "none over an hour"
@@ -59,26 +59,17 @@ class Sink:
 # -- the load generator (separate process) ------------------------------------
 
 
-async def _smtp_reply(r: asyncio.StreamReader) -> bytes:
-    while True:
-        line = await r.readline()
-        if not line:
-            raise ConnectionError("closed")
-        if line[3:4] != b"-":
-            return line
-
-
 async def _sender(port: int, rcpts: list[str], interval: float, until: float, out: list[dict],
                   auth: tuple[str, str] | None, ctx: ssl.SSLContext | None) -> None:
     r, w = await asyncio.open_connection("127.0.0.1", port, ssl=ctx,
                                          server_hostname="localhost" if ctx else None)
-    await _smtp_reply(r)
+    await smtp_reply(r)
     w.write(b"EHLO loadgen.test\r\n")
-    await _smtp_reply(r)
+    await smtp_reply(r)
     if auth:
         token = base64.b64encode(f"\0{auth[0]}\0{auth[1]}".encode()).decode()
         w.write(f"AUTH PLAIN {token}\r\n".encode())
-        reply = await _smtp_reply(r)
+        reply = await smtp_reply(r)
         if not reply.startswith(b"235"):
             raise RuntimeError(f"AUTH failed: {reply!r}")
     sender = auth[0] if auth else "load@outside.test"
@@ -91,17 +82,17 @@ async def _sender(port: int, rcpts: list[str], interval: float, until: float, ou
         body = (f"From: <{sender}>\r\nTo: <{rcpt}>\r\nSubject: sla {tok}\r\nMessage-ID: <{tok}@loadgen.test>\r\n"
                 f"\r\n" + "steady load line\r\n" * 40).encode()
         w.write(f"MAIL FROM:<{sender}>\r\nRCPT TO:<{rcpt}>\r\nDATA\r\n".encode())
-        codes = [await _smtp_reply(r) for _ in range(3)]
+        codes = [await smtp_reply(r) for _ in range(3)]
         rec: dict[str, Any] = {"token": tok, "rcpt": rcpt, "kind": "outbound" if auth else "inbound"}
         if not codes[2].startswith(b"354"):
             rec["error"] = repr(codes)
             w.write(b"RSET\r\n")
-            await _smtp_reply(r)
+            await smtp_reply(r)
         else:
             w.write(body)
             rec["t_dot"] = time.time()
             w.write(b".\r\n")
-            reply = await _smtp_reply(r)
+            reply = await smtp_reply(r)
             rec["t_250"] = time.time()
             if not reply.startswith(b"250"):
                 rec["error"] = repr(reply)
