@@ -88,18 +88,17 @@ def test_qresync_from_before_the_expunge_history(tmp_path: Path) -> None:
         a.select("INBOX")
         a.uid("STORE", "1", "+FLAGS.SILENT", "(\\Deleted)")
         a.expunge()  # before the client's state: it knows 1 is gone
-        raw = Raw(handle.host, handle.port)
-        raw.cmd(b"q0 LOGIN alice@example.test wonderland")
-        assert raw.cmd(b"q1 ENABLE QRESYNC")[0] == b"* ENABLED QRESYNC\r\n"
-        out = b"".join(raw.cmd(b"q2 SELECT INBOX"))
-        hms = int(re.search(rb"HIGHESTMODSEQ (\d+)", out).group(1))  # type: ignore[union-attr]
-        uidvalidity = int(re.search(rb"UIDVALIDITY (\d+)", out).group(1))  # type: ignore[union-attr]
-        raw.cmd(b"q3 UNSELECT")
+        # the client's state: (UIDVALIDITY, HIGHESTMODSEQ) as STATUS reports them
+        status = a.status("INBOX", "(UIDVALIDITY HIGHESTMODSEQ)")[1][0]
+        uidvalidity, hms = (int(x) for x in re.findall(rb"(?:UIDVALIDITY|HIGHESTMODSEQ) (\d+)", status))
         for uid in (2, 4, 5, 6, 7):  # one by one: the store forgets the oldest of these expunges
             a.uid("STORE", str(uid), "+FLAGS.SILENT", "(\\Deleted)")
             a.expunge()
         # the server cannot name the expunges since hms any more: it reports every UID that is not
         # there (RFC 7162 §3.2.5.2), a superset of what this client must forget (1 was gone before)
+        raw = Raw(handle.host, handle.port)
+        raw.cmd(b"q0 LOGIN alice@example.test wonderland")
+        raw.cmd(b"q1 ENABLE QRESYNC")
         lines = raw.cmd(b"q4 SELECT INBOX (QRESYNC (%d %d))" % (uidvalidity, hms))
         assert b"* VANISHED (EARLIER) 1:2,4:7\r\n" in lines
         assert lines[-1].startswith(b"q4 OK")
