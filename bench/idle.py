@@ -58,7 +58,7 @@ from ._common import (
 )
 
 SIZES = {
-    "smoke": {"clients": 100, "per_user": 25, "rounds": 2, "quiet": 2.0, "dovecot_cap": 100},
+    "smoke": {"clients": 100, "per_user": 25, "rounds": 2, "quiet": 1.0, "dovecot_cap": 100},
     "full": {"clients": 10_000, "per_user": 100, "rounds": 2, "quiet": 10.0, "dovecot_cap": 1_000},
 }
 EXISTS = re.compile(rb"\* (\d+) EXISTS")
@@ -229,6 +229,7 @@ async def measure(port: int, users: list[str], n: int, rounds: int, quiet: float
     res["server CPU while idle"] = (meter.cpu() - cpu0) * 60 / quiet
     lat: list[float] = []
     missed = 0
+    client0 = resource.getrusage(resource.RUSAGE_SELF)
     for r in range(1, rounds + 1):
         data = message(r, repeat=8, lines=20, tag=f"idle{r}.")
         acked = await deliver(users, data, r)
@@ -236,6 +237,9 @@ async def measure(port: int, users: list[str], n: int, rounds: int, quiet: float
         seen = await idlers.wait(r)
         missed += n - len(seen)
         lat += [(t - acked[c.user]) * 1000 for c, t in seen.items()]
+    client1 = resource.getrusage(resource.RUSAGE_SELF)
+    client_cpu = client1.ru_utime + client1.ru_stime - client0.ru_utime - client0.ru_stime
+    res["client CPU per wake-up (this process, delivery included)"] = client_cpu * 1e6 / max(1, len(lat))
     meter.add(n * 3)  # LOGIN, SELECT, IDLE
     meter.sample()  # before the per-connection processes (Dovecot) exit with their CPU time
     await idlers.close()
@@ -255,6 +259,7 @@ UNITS = {
     "wake-up latency p90": ("ms", False),
     "wake-up latency p99": ("ms", False),
     "wake-up latency max": ("ms", False),
+    "client CPU per wake-up (this process, delivery included)": ("µs", False),
 }
 
 
