@@ -34,7 +34,8 @@ RFC        what                            status  notes
 7162       CONDSTORE, QRESYNC              yes
 4731       ESEARCH                         yes     SEARCH RETURN (MIN MAX ALL COUNT SAVE)
 5182       SEARCHRES                       yes
-5256       SORT, THREAD                    yes     REFERENCES, ORDEREDSUBJECT; no ESORT
+5256       SORT, THREAD                    yes     REFERENCES, ORDEREDSUBJECT
+5267       ESORT                           partial SORT RETURN (MIN MAX COUNT ALL); no CONTEXT=
 5957       SORT=DISPLAY                    yes
 9208       QUOTA                           yes     STORAGE, MESSAGE; SETQUOTA refused
 7889       APPENDLIMIT                     yes

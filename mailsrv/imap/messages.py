@@ -628,11 +628,28 @@ class MessageCommands:
     async def _sort(self, cmd: Command, *, uid: bool) -> None:
         # RFC 5256 §3
         self._check_charset(cmd.args["charset"])
-        if cmd.args["return"] is not None:
-            raise ImapError("BAD", "ESORT is not supported", "CLIENTBUG")
+        returns = cmd.args["return"]
+        if returns is not None and any(r not in ("MIN", "MAX", "COUNT", "ALL") for r in returns):
+            raise ImapError("BAD", "Unknown SORT return option", "CLIENTBUG")
         items = await self._items(await self._matching(cmd.args["key"]), uid)
         nums = sortthread.sort(items, cmd.args["criteria"])
-        self.w(b"* SORT" + b"".join(b" %d" % n for n in nums) + b"\r\n")
+        if returns is None:
+            self.w(b"* SORT" + b"".join(b" %d" % n for n in nums) + b"\r\n")
+            return
+        # RFC 5267 §3.2 ESORT: MIN/MAX are the first/last in sort order, ALL keeps the sort order
+        returns = returns or ["ALL"]
+        parts = [b'* ESEARCH (TAG "' + cmd.tag + b'")']
+        if uid:
+            parts.append(b"UID")
+        if nums and "MIN" in returns:
+            parts.append(b"MIN %d" % nums[0])
+        if nums and "MAX" in returns:
+            parts.append(b"MAX %d" % nums[-1])
+        if nums and "ALL" in returns:
+            parts.append(b"ALL " + format_uids(nums).encode())
+        if "COUNT" in returns:
+            parts.append(b"COUNT %d" % len(nums))
+        self.w(b" ".join(parts) + b"\r\n")
 
     async def cmd_thread(self, cmd: Command) -> None:
         await self._thread(cmd, uid=False)

@@ -113,5 +113,13 @@ def test_sort_and_thread_over_the_wire() -> None:
         assert await d(b"b UID SORT (REVERSE DATE) UTF-8 NOT SUBJECT a") == [b"* SORT 2 1", b"b OK UID SORT completed"]
         assert await d(b"c THREAD REFERENCES UTF-8 ALL") == [b"* THREAD (3)(1 2)", b"c OK THREAD completed"]
         assert await d(b"d THREAD ORDEREDSUBJECT UTF-8 SUBJECT zzz") == [b"* THREAD", b"d OK THREAD completed"]
+        # RFC 5267 ESORT: results of the sorted order, ALL keeps that order
+        assert await d(b"e SORT RETURN (MIN MAX COUNT ALL) (SUBJECT) UTF-8 ALL") == [
+            b'* ESEARCH (TAG "e") MIN 3 MAX 2 ALL 3,1:2 COUNT 3', b"e OK SORT completed"]
+        assert await d(b"f UID SORT RETURN () (REVERSE DATE) UTF-8 ALL") == [
+            b'* ESEARCH (TAG "f") UID ALL 2,1,3', b"f OK UID SORT completed"]
+        assert await d(b"g SORT RETURN (COUNT MIN) (DATE) UTF-8 SUBJECT zzz") == [
+            b'* ESEARCH (TAG "g") COUNT 0', b"g OK SORT completed"]
+        assert (await d(b"h SORT RETURN (SAVE) (DATE) UTF-8 ALL"))[-1].startswith(b"h BAD")
 
     asyncio.run(go())
