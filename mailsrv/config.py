@@ -530,6 +530,9 @@ class PolicyConfig:
                                    check=_non_negative)
     bayes_ham_points: float = doc("Points the learner removes at spam probability 0 (scaled down to 0 at 0.5).", 2.0,
                                   check=_non_negative)
+    bayes_max_tokens: int = doc(
+        "Tokens a learner keeps per scope; beyond, the ones learned longest ago are forgotten (as SpamAssassin "
+        "expires its Bayes database).", 300000, check=_positive)
     clamd_socket: str = doc('clamd socket: a path (unix) or "host:port" (empty: no virus scanning).', "")
     clamd_timeout: float = doc("Seconds a clamd scan may take.", 30.0, check=_positive)
     virus_action: Literal["reject", "quarantine", "strip"] = doc(

@@ -19,6 +19,8 @@ probability in percent).
 
 Invariant: a message (by body digest) counts at most once per scope; learning
 it again with the other label moves its tokens from one side to the other.
+A scope keeps at most ``bayes_max_tokens`` tokens: past that, the tokens
+learned longest ago are forgotten (SpamAssassin's expiry, by age alone).
 """
 
 from __future__ import annotations
@@ -59,6 +61,10 @@ OUR_FIELDS = frozenset({b"received", b"return-path", b"delivered-to", b"authenti
                         b"x-original-to", b"received-spf", b"arc-authentication-results"})
 #: Rows per SQL ``IN (...)`` query.
 SQL_BATCH = 500
+#: A scope's token count is checked against ``bayes_max_tokens`` every this many learned messages; expiry
+#: then keeps :data:`EXPIRE_KEEP` of the maximum (so it does not run again at the next message).
+EXPIRE_EVERY = 50
+EXPIRE_KEEP = 0.8
 
 _URL = re.compile(r"(?i)\bhttps?://([a-z0-9.\-]+)")
 _TAG = re.compile(r"(?is)<(script|style)\b.*?</\1\s*>|<!--.*?-->|<[^>]*>")
@@ -67,8 +73,10 @@ _HREF = re.compile(r"(?i)\bhref\s*=\s*[\"']?\s*https?://([a-z0-9.\-]+)")
 DDL = """
 CREATE TABLE IF NOT EXISTS bayes_tokens (
     scope TEXT NOT NULL, token INTEGER NOT NULL, spam INTEGER NOT NULL, ham INTEGER NOT NULL,
+    day INTEGER NOT NULL,  -- last learned (days since the epoch): the oldest are expired first
     PRIMARY KEY (scope, token)
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS bayes_tokens_age ON bayes_tokens (scope, day);
 CREATE TABLE IF NOT EXISTS bayes_totals (scope TEXT PRIMARY KEY, spam INTEGER NOT NULL, ham INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS bayes_seen (
     scope TEXT NOT NULL, digest TEXT NOT NULL, label TEXT NOT NULL CHECK (label IN ('spam', 'ham')),
@@ -223,6 +231,7 @@ class Bayes:
         self.state = state
         self.cfg = cfg
         self._ready_schema = False
+        self.expired = 0  # tokens forgotten by this learner (for tests and the bench)
 
     def _schema(self, db: sqlite3.Connection) -> None:
         if not self._ready_schema:
@@ -240,6 +249,7 @@ class Bayes:
         ids = sorted({token_id(t) for t in (toks if toks is not None else tokens(message))})
         digest = message_digest(message)
         other = "ham" if label == "spam" else "spam"
+        day = int(self.state.clock() // 86400)
 
         def op(db: sqlite3.Connection) -> bool:
             self._schema(db)
@@ -256,15 +266,30 @@ class Bayes:
                                    "WHERE scope = ? AND token = ?", [(scope, t) for t in ids])
                     db.execute(f"UPDATE bayes_totals SET {other} = MAX({other} - 1, 0) WHERE scope = ?", (scope,))
                 add = (1, 0) if label == "spam" else (0, 1)
-                db.executemany("INSERT INTO bayes_tokens (scope, token, spam, ham) VALUES (?, ?, ?, ?) "
+                db.executemany("INSERT INTO bayes_tokens (scope, token, spam, ham, day) VALUES (?, ?, ?, ?, ?) "
                                "ON CONFLICT (scope, token) DO UPDATE SET spam = spam + excluded.spam, "
-                               "ham = ham + excluded.ham", [(scope, t, *add) for t in ids])
+                               "ham = ham + excluded.ham, day = excluded.day", [(scope, t, *add, day) for t in ids])
                 db.execute(f"UPDATE bayes_totals SET {label} = {label} + 1 WHERE scope = ?", (scope,))
                 db.execute("INSERT OR REPLACE INTO bayes_seen (scope, digest, label) VALUES (?, ?, ?)",
                            (scope, digest, label))
+                self._maybe_expire(db, scope)
             return changed
 
         return await self.state.run(op)
+
+    def _maybe_expire(self, db: sqlite3.Connection, scope: str) -> None:
+        """Every :data:`EXPIRE_EVERY` messages of ``scope``: forget its oldest tokens beyond the maximum."""
+        spam, ham = db.execute("SELECT spam, ham FROM bayes_totals WHERE scope = ?", (scope,)).fetchone()
+        if (spam + ham) % EXPIRE_EVERY:
+            return
+        count = db.execute("SELECT COUNT(*) FROM bayes_tokens WHERE scope = ?", (scope,)).fetchone()[0]
+        limit = self.cfg.bayes_max_tokens
+        if count <= limit:
+            return
+        drop = count - int(limit * EXPIRE_KEEP)
+        db.execute("DELETE FROM bayes_tokens WHERE scope = ? AND token IN (SELECT token FROM bayes_tokens "
+                   "WHERE scope = ? ORDER BY day LIMIT ?)", (scope, scope, drop))
+        self.expired += drop
 
     async def totals(self, scopes: Sequence[str]) -> tuple[int, int]:
         """(spam, ham) messages learned by ``scopes`` together."""

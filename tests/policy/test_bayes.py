@@ -17,7 +17,16 @@ from support.server import mailsrv_cmd
 
 from mailsrv import config as config_mod
 from mailsrv.config import PolicyConfig
-from mailsrv.policy.bayes import Bayes, chi2q, combine, message_digest, points, token_prob, tokens
+from mailsrv.policy.bayes import (
+    Bayes,
+    chi2q,
+    combine,
+    message_digest,
+    points,
+    token_id,
+    token_prob,
+    tokens,
+)
 from mailsrv.policy.pipeline import Policy
 from mailsrv.policy.state import PolicyState
 
@@ -254,3 +263,33 @@ def test_learn_bootstraps_the_server_learner(tmp_path: Path) -> None:
 
     rule = asyncio.run(classify())
     assert rule is not None and rule[0].startswith("BAYES_9") and rule[1] > 3
+
+
+async def test_oldest_tokens_expire_beyond_the_maximum(tmp_path: Path) -> None:
+    now = [1_800_000_000.0]
+    state = PolicyState(tmp_path / "p.db", clock=lambda: now[0])
+    learner = Bayes(state, PolicyConfig(bayes_max_tokens=300))
+    try:
+        def msg(i: int) -> bytes:  # distinct words per message: w{i}a .. w{i}t
+            words = " ".join(f"word{i:03d}{c}" for c in "abcdefghijklmnopqrst")
+            return f"Subject: m{i}\r\n\r\n{words}\r\n".encode()
+
+        for i in range(49):
+            await learner.learn(["a.test"], "spam" if i % 2 else "ham", msg(i))
+            now[0] += 86400  # one message a day
+        count = "SELECT COUNT(*) FROM bayes_tokens WHERE scope = 'a.test'"
+        before = (await state.run(lambda db: db.execute(count).fetchone(), write=False))[0]
+        assert before > 300 and learner.expired == 0  # checked every 50 messages only
+        await learner.learn(["a.test"], "ham", msg(49))
+        after = (await state.run(lambda db: db.execute(count).fetchone(), write=False))[0]
+        assert after == 240 and learner.expired == before + 21 - 240  # kept 80 % of the maximum
+
+        def has(db: Any, word: str) -> bool:
+            q = "SELECT 1 FROM bayes_tokens WHERE scope = 'a.test' AND token = ?"
+            return db.execute(q, (token_id(word),)).fetchone() is not None
+
+        assert not await state.run(lambda db: has(db, "word000a"), write=False)  # the oldest went first
+        assert await state.run(lambda db: has(db, "word049a"), write=False)
+        assert await learner.totals(["a.test"]) == (24, 26)  # message counts are kept
+    finally:
+        state.close()
