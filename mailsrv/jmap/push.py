@@ -1,8 +1,11 @@
-"""Push: EventSource (RFC 8620 §7.3) and WebSocket (RFC 8887), driven by the backend's watch.
+"""Push: EventSource (RFC 8620 §7.3) and WebSocket (RFC 8887), driven by the backends' watches.
 
 The backend's ``watch()`` wakes on a change made by any process (the store
 uses inotify on the account's notify file), so a StateChange leaves within
-the store's wake latency; no polling.
+the store's wake latency; no polling. A :class:`Follower` watches every account
+the caller may see (their own and those shared with them) and re-reads that
+list at each wake-up and every ``ACCOUNTS_REFRESH`` seconds, so a new or
+revoked grant shows in a long-lived stream too.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSMsgType, web
@@ -85,13 +89,72 @@ def watch_all(backends: list[MailBackend]) -> MultiWatch:
     return MultiWatch([be.watch() for be in backends])
 
 
+#: seconds between two reads of the accounts a stream follows when nothing changes (grants come and go)
+ACCOUNTS_REFRESH = 60.0
+
+#: returns every account the caller may see now, their own first
+AccountsSource = Callable[[], Awaitable[list[MailBackend]]]
+
+
+class Follower:
+    """The StateChanges of every account a caller may see, for one push channel."""
+
+    def __init__(self, source: AccountsSource, types: frozenset[str] | None) -> None:
+        self.source = source
+        self.types = types
+        self.backends: list[MailBackend] = []
+        self.watch: MultiWatch | None = None
+        self.last: dict[str, dict[str, str]] = {}
+
+    async def start(self) -> dict[str, dict[str, str]]:
+        """Watch first, then read the states (no change can fall between them); returns them."""
+        self.backends = await self.source()
+        self.watch = watch_all(self.backends)
+        self.last = await all_states(self.backends, self.types)
+        return self.last
+
+    async def changes(self, idle: float | None = None) -> dict[str, dict[str, str]] | None:
+        """The ``changed`` map of the next StateChange ({} when a wake-up moved no state of ours), or
+        None when ``idle`` seconds passed without a wake-up (None: wait for one)."""
+        assert self.watch is not None, "start() first"
+        loop = asyncio.get_running_loop()
+        deadline = None if idle is None else loop.time() + idle
+        while True:
+            left = ACCOUNTS_REFRESH if deadline is None else min(ACCOUNTS_REFRESH, max(0.0, deadline - loop.time()))
+            woke = await self.watch.wait(left)
+            fresh = await self._fresh()
+            if [b.account_id for b in fresh] != [b.account_id for b in self.backends]:
+                self.watch.close()
+                self.backends, self.watch = fresh, watch_all(fresh)
+                woke = True
+            if woke:
+                break
+            if deadline is not None and loop.time() >= deadline:
+                return None
+        now = await all_states(self.backends, self.types)
+        changed = differences(self.last, now)
+        self.last = now
+        return changed
+
+    async def _fresh(self) -> list[MailBackend]:
+        try:
+            return await self.source()
+        except Exception as exc:  # the directory is away: keep following what we had
+            logger.warning("jmap.push.accounts_failed", error=str(exc)[:200])
+            return self.backends
+
+    def close(self) -> None:
+        if self.watch is not None:
+            self.watch.close()
+
+
 def _parse_types(value: str) -> frozenset[str] | None:
     if value in ("", "*"):
         return None
     return frozenset(t.strip() for t in value.split(",") if t.strip())
 
 
-async def eventsource(request: web.Request, backends: list[MailBackend], cfg: JmapConfig) -> web.StreamResponse:
+async def eventsource(request: web.Request, accounts: AccountsSource, cfg: JmapConfig) -> web.StreamResponse:
     # RFC 8620 §7.3: types, closeafter (state|no), ping (seconds, 0 = none)
     types = _parse_types(request.query.get("types", "*"))
     closeafter = request.query.get("closeafter", "no")
@@ -105,28 +168,24 @@ async def eventsource(request: web.Request, backends: list[MailBackend], cfg: Jm
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                                        "X-Accel-Buffering": "no"})
     await resp.prepare(request)
-    watch = watch_all(backends)
+    follower = Follower(accounts, types)
     try:
-        last = await all_states(backends, types)
+        last = await follower.start()
         if closeafter == "no":
             # the current states at once, so a client that connected after a change misses nothing
             await _send(resp, "state", state_change(last))
         while True:
-            woke = await watch.wait(ping if ping > 0 else None)
-            if not woke:
+            changed = await follower.changes(ping if ping > 0 else None)
+            if changed is None:
                 await _send(resp, "ping", {"interval": ping})
-                continue
-            now = await all_states(backends, types)
-            changed = differences(last, now)
-            last = now
-            if changed:
+            elif changed:
                 await _send(resp, "state", state_change(changed))
                 if closeafter == "state":
                     break
     except ConnectionResetError:
         pass
     finally:
-        watch.close()
+        follower.close()
     return resp
 
 
@@ -137,26 +196,22 @@ async def _send(resp: web.StreamResponse, event: str, data: dict[str, Any]) -> N
 async def websocket_session(ws: web.WebSocketResponse, app: JmapApp, p: Principal) -> None:
     """RFC 8887: JMAP Request/Response over one WebSocket, plus push when enabled."""
     ctx, _ = await app._context(p)
-    backends: list[MailBackend] = list(ctx.accounts.values())
     push_task: asyncio.Task[None] | None = None
-    push_watch: Watch | None = None
+    push_follower: Follower | None = None
     send_lock = asyncio.Lock()
 
     async def send(obj: dict[str, Any]) -> None:
         async with send_lock:
             await ws.send_str(json.dumps(obj))
 
-    async def pusher(types: frozenset[str] | None, last: dict[str, dict[str, str]], watch: Watch) -> None:
+    async def pusher(follower: Follower) -> None:
         try:
             while True:
-                await watch.wait()
-                now = await all_states(backends, types)
-                changed = differences(last, now)
-                last = now
+                changed = await follower.changes()
                 if changed:
                     await send(state_change(changed))
         finally:
-            watch.close()
+            follower.close()
 
     try:
         async for msg in ws:
@@ -191,22 +246,21 @@ async def websocket_session(ws: web.WebSocketResponse, app: JmapApp, p: Principa
                     types = None if data_types is None else frozenset(data_types)
                     if push_task is not None:
                         push_task.cancel()
-                    if push_watch is not None:
-                        push_watch.close()
-                    # watch first, then read the states: no change can fall between them
-                    watch = push_watch = watch_all(backends)
-                    last = await all_states(backends, types)
+                    if push_follower is not None:
+                        push_follower.close()
+                    follower = push_follower = Follower(app._accounts_source(p), types)
+                    last = await follower.start()
                     push_state = obj.get("pushState")
                     if push_state is not None and push_state != _push_state(last):
                         await send({"@type": "StateChange", "changed": last, "pushState": _push_state(last)})
-                    push_task = asyncio.create_task(pusher(types, last, watch))
+                    push_task = asyncio.create_task(pusher(follower))
                 elif kind == "WebSocketPushDisable":
                     if push_task is not None:
                         push_task.cancel()
                         push_task = None
-                    if push_watch is not None:
-                        push_watch.close()
-                        push_watch = None
+                    if push_follower is not None:
+                        push_follower.close()
+                        push_follower = None
                 else:
                     raise not_request(f"unknown @type {kind!r}")
             except RequestError as err:
@@ -219,8 +273,8 @@ async def websocket_session(ws: web.WebSocketResponse, app: JmapApp, p: Principa
             push_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await push_task
-        if push_watch is not None:
-            push_watch.close()
+        if push_follower is not None:
+            push_follower.close()
 
 
 def _push_state(states: dict[str, dict[str, str]]) -> str:

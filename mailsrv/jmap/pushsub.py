@@ -5,8 +5,7 @@ subscriptions (objects.py) and elect one pusher per account with a
 non-blocking ``fcntl`` lock on ``<upload_dir>/<accountId>/.push.lock``, so
 each change is POSTed once. A worker starts watchers when a subscription is
 created or verified through it. The watcher also follows the accounts shared
-with the subscription's owner (re-read at each wake-up and every
-``ACCOUNTS_REFRESH`` seconds), so StateChanges name them too.
+with the subscription's owner (push.Follower), so StateChanges name them too.
 """
 
 from __future__ import annotations
@@ -18,7 +17,6 @@ import json
 import secrets
 import ssl
 import time
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -32,7 +30,7 @@ from mailsrv.jmap.core import CORE, RequestContext, registry
 from mailsrv.jmap.errors import SetError, invalid_arguments
 from mailsrv.jmap.identity import collection
 from mailsrv.jmap.objects import Collection, drop, new_id, put
-from mailsrv.jmap.push import all_states, differences, watch_all
+from mailsrv.jmap.push import AccountsSource, Follower
 
 logger = log.get("jmap")
 
@@ -40,11 +38,6 @@ PROPS = ["id", "deviceClientId", "verificationCode", "expires", "types"]
 #: RFC 8620 §7.2: the server may limit how long a subscription lives
 MAX_LIFETIME = 7 * 86400
 POST_TIMEOUT = 10.0
-#: seconds between two reads of the accounts a pusher follows when nothing changes (grants come and go)
-ACCOUNTS_REFRESH = 60.0
-
-#: returns every account the subscription's owner may see now, their own first
-AccountsSource = Callable[[], Awaitable[list[MailBackend]]]
 
 
 def _iso(ts: float) -> str:
@@ -125,47 +118,30 @@ class PushManager:
                 ready.set_result(None)  # another worker pushes for this account
         if lock is None:
             return
-        async def current() -> list[MailBackend]:
-            if accounts is None:
-                return [be]
-            try:
-                return await accounts()
-            except Exception as exc:  # the directory is away: keep following what we had
-                logger.warning("jmap.push.accounts_failed", account=be.account_id, error=str(exc)[:200])
-                return backends
+        async def own() -> list[MailBackend]:
+            return [be]
 
-        backends = [be]
-        backends = await current()
-        watch = watch_all(backends)
+        follower = Follower(accounts or own, None)
         try:
-            last = await all_states(backends, None)
+            await follower.start()
             ready.set_result(None)
             while True:
-                woke = await watch.wait(ACCOUNTS_REFRESH if accounts is not None else None)
+                changed = await follower.changes()
                 subs = await coll.records()
-                now_ts = time.time()
-                live = {i: s for i, s in subs.items() if s.get("verified") and s["expiresAt"] > now_ts}
                 if not subs:
                     return
-                fresh = await current()
-                if [b.account_id for b in fresh] != [b.account_id for b in backends]:
-                    watch.close()
-                    backends, watch = fresh, watch_all(fresh)
-                elif not woke:
-                    continue
-                now = await all_states(backends, None)
-                changed = differences(last, now)
-                last = now
+                now_ts = time.time()
+                live = {i: s for i, s in subs.items() if s.get("verified") and s["expiresAt"] > now_ts}
                 for s in live.values():
                     types = s.get("types")
-                    mine = {aid: picked for aid, per in changed.items()
+                    mine = {aid: picked for aid, per in (changed or {}).items()
                             if (picked := {t: v for t, v in per.items() if types is None or t in types})}
                     if mine:
                         await self.post(s["url"], {"@type": "StateChange", "changed": mine})
         finally:
             if not ready.done():
                 ready.set_result(None)
-            watch.close()
+            follower.close()
             lock.close()
 
 

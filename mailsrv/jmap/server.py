@@ -501,12 +501,11 @@ class JmapApp:
         p = await self.authenticate(request, allow_token=True)
         if p is None:
             return unauthorized()
-        _, access = await self.accounts(p)
         task = asyncio.current_task()
         assert task is not None
         self.streams.add(task)
         try:
-            return await push.eventsource(request, [a.backend for a in access.values()], self.config)
+            return await push.eventsource(request, self._accounts_source(p), self.config)
         finally:
             self.streams.discard(task)
 

@@ -97,6 +97,17 @@ async def env(setup: tuple[Path, dict[str, str]]) -> AsyncIterator[Env]:
         io.shutdown()
 
 
+async def events(resp: aiohttp.ClientResponse) -> AsyncIterator[dict[str, Any]]:
+    """The data of each ``state`` event of an EventSource stream."""
+    event = ""
+    while True:
+        line = (await resp.content.readline()).decode()
+        if line.startswith("event: "):
+            event = line[7:].strip()
+        elif line.startswith("data: ") and event == "state":
+            yield json.loads(line[6:])
+
+
 async def session(c: Client) -> dict[str, Any]:
     async with c.http.get(c.server.url + "/jmap/session", headers=c.headers) as r:
         assert r.status == 200, await r.text()
@@ -240,8 +251,22 @@ async def test_read_write_share_and_copy_both_ways(env: Env) -> None:
 
 async def test_push_names_the_shared_account(env: Env) -> None:
     alice, bob = env.client("alice@example.test"), env.client("bob@example.test")
-    a_id, _ = await own(alice), await own(bob)
+    a_id, b_id = await own(alice), await own(bob)
+    # a stream opened before the grant follows the new account from its next wake-up on
+    es = await env.http.get(env.url + "/jmap/eventsource?types=Email&closeafter=no&ping=0", headers=bob.headers)
+    assert es.status == 200
+    first = await anext(events(es))
+    assert set(first["changed"]) == {b_id}
     env.cli("share", "grant", "alice@example.test", "bob@example.test")
+    await bob.import_message(msg("wakes bob's stream"))
+    async with asyncio.timeout(10):
+        nxt = await anext(events(es))
+    assert set(nxt["changed"]) == {a_id, b_id}
+    await alice.import_message(msg("seen by bob"))
+    async with asyncio.timeout(10):
+        nxt = await anext(events(es))
+    assert set(nxt["changed"]) == {a_id}
+    es.close()
     es = await env.http.get(env.url + "/jmap/eventsource?types=Email&closeafter=state&ping=0", headers=bob.headers)
     assert es.status == 200
     await alice.import_message(msg("pushed to bob"))
