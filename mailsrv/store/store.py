@@ -114,6 +114,7 @@ class Store:
             self._opening.pop(account_id, None)
         self._accounts[account_id] = acct
         self._evict()
+        await self.indexer.adopt(acct)  # deliveries acknowledged before a crash may wait in new/
         fut.set_result(acct)
         return acct
 
@@ -407,7 +408,7 @@ class Indexer:
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        self._waiting: dict[tuple[str, str], tuple[Account, str, list[str]]] = {}
+        self._waiting: dict[tuple[str, str], tuple[Account, str, list[str | None]]] = {}
         self._task: asyncio.Task[None] | None = None
         self._hurry = asyncio.Event()  # set by flush(): skip the delay
         #: rounds run, mailbox transactions and messages handed in (for tests and the bench)
@@ -415,8 +416,9 @@ class Indexer:
         self.batches = 0
         self.queued = 0
 
-    def add(self, acct: Account, mailbox: str, key: str) -> None:
-        """Index ``key`` (a durable file in ``mailbox``'s new/) soon. Call on the store's loop."""
+    def add(self, acct: Account, mailbox: str, key: str | None) -> None:
+        """Index ``key`` (a durable file in ``mailbox``'s new/) soon; None: whatever waits in new/.
+        Call on the store's loop."""
         entry = self._waiting.get((acct.id, mailbox))
         if entry is None or entry[0] is not acct:
             entry = self._waiting[(acct.id, mailbox)] = (acct, mailbox, [])
@@ -425,10 +427,23 @@ class Indexer:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run())
 
+    async def adopt(self, acct: Account) -> None:
+        """A just opened account: index its INBOX in the background if files wait in its new/
+        (acknowledged by a process killed before its indexer ran), so that quota usage and JMAP
+        states count them before anyone opens the mailbox. Other folders wait for a reader."""
+        if not self.store.config.deferred_index:
+            return
+        try:
+            waiting = await self.store.io.run(_has_files, acct.root / "new")
+        except OSError:
+            return
+        if waiting:
+            self.add(acct, "INBOX", None)
+
     @property
     def waiting(self) -> int:
         """Deliveries not yet handed to an index job."""
-        return sum(len(e[2]) for e in self._waiting.values())
+        return sum(k is not None for e in self._waiting.values() for k in e[2])
 
     async def flush(self) -> None:
         """Index what waits now (no delay) and return once every delivery added before the call is
@@ -468,7 +483,12 @@ def _limited(t: DeliveryTarget) -> bool:
     return any(x is not None and (x.storage is not None or x.messages is not None) for x in limits)
 
 
-def _index_batch(batch: list[tuple[Account, str, list[str]]]) -> list[tuple[Account, SyncResult]]:
+def _has_files(directory: Path) -> bool:
+    with os.scandir(directory) as it:
+        return any(not e.name.startswith(".") for e in it)
+
+
+def _index_batch(batch: list[tuple[Account, str, list[str | None]]]) -> list[tuple[Account, SyncResult]]:
     """Blocking (I/O pool): one index transaction per mailbox for its waiting deliveries.
 
     A failure (index busy, disk trouble) only leaves the files in new/, where the next
@@ -476,13 +496,18 @@ def _index_batch(batch: list[tuple[Account, str, list[str]]]) -> list[tuple[Acco
     """
     published: list[tuple[Account, SyncResult]] = []
     for acct, mailbox, keys in batch:
+        res: SyncResult | None
         try:
-            _, res = Store._index_keys(acct, mailbox, keys)
+            if None in keys:  # whatever waits in new/ (Indexer.adopt)
+                res = acct.engine.sync(mailbox)
+            else:
+                _, res = Store._index_keys(acct, mailbox, [k for k in keys if k is not None])
         except (StoreError, OSError, sqlite3.Error) as exc:
             logger.warning("index.deferred_failed", account=acct.id, mailbox=mailbox, error=str(exc))
             res = None
         for key in keys:
-            acct.engine.pending.pop(key, None)  # indexed, by us or by a reader
+            if key is not None:
+                acct.engine.pending.pop(key, None)  # indexed, by us or by a reader
         if res is not None and res.changed:
             published.append((acct, res))
     return published

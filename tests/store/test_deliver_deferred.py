@@ -262,6 +262,35 @@ def test_sigkill_before_indexing(tmp_path: Path) -> None:
     assert asyncio.run(_state(tmp_path)) == after  # stable across another restart
 
 
+def test_restart_indexes_what_a_killed_process_left(tmp_path: Path) -> None:
+    """A fresh Store opening the account indexes the INBOX's waiting files without any reader."""
+    pid, fd = _spawn(tmp_path, 2, 1000, delay=3600.0)
+    lines = _read_lines(fd, 5, time.monotonic() + 60)
+    os.kill(pid, signal.SIGKILL)
+    lines += _read_lines(fd, None, time.monotonic() + 5)
+    os.close(fd)
+    os.waitpid(pid, 0)
+    acked = {ln.split()[1] for ln in lines if ln.startswith("D ")}
+    root = tmp_path / "mail" / "u"
+    waiting = len(_files(root, "new"))
+    assert waiting >= len(acked) >= 5
+
+    async def reopen() -> tuple[int, int]:
+        store = Store(StoreConfig(), tmp_path, hostname="again.test")
+        try:
+            acct = await store.account("u")
+            assert store.indexer.queued == 1  # account() found the INBOX's new/ not empty
+            await store.indexer.flush()
+            usage = await acct.quota_usage()  # counted without opening the mailbox
+            return usage.messages, len(_files(root, "new"))
+        finally:
+            await store.close()
+
+    messages, left = asyncio.run(reopen())
+    assert (messages, left) == (waiting, 0)
+    assert acked <= set(asyncio.run(_state(tmp_path)).values())
+
+
 async def _seed(data_dir: Path, n: int) -> dict[int, str]:
     """``n`` messages indexed at delivery (uids=True), one of them expunged: UIDs 1..n used."""
     store = Store(StoreConfig(), data_dir, hostname="seed.test")
