@@ -564,8 +564,9 @@ async def _copy_one(ctx: RequestContext, src: MailBackend, be: MailBackend, obj:
     mboxes = mailbox_set(ctx, obj.get("mailboxIds"), boxes)
     kws = keyword_set(obj["keywords"]) if "keywords" in obj else meta.keywords
     received = _utc(obj["receivedAt"], "receivedAt") if obj.get("receivedAt") is not None else meta.received_at
-    # the message file when the source has one (linked or streamed by the store), else its bytes
-    blob_path = getattr(src, "blob_path", None)
+    # the message file when the source has one (hard-linked by the store, no copy in memory), else its
+    # bytes; not with a new receivedAt: the store sets the file's time, which the link shares with the source
+    blob_path = getattr(src, "blob_path", None) if received == meta.received_at else None
     data: Any = await blob_path(meta.blob_id) if blob_path is not None else None
     if data is None:
         data = await src.read_blob(meta.blob_id)

@@ -238,6 +238,16 @@ async def test_read_write_share_and_copy_both_ways(env: Env) -> None:
                                                          "keywords": {"$answered": True}}}}, "c"])
     assert cp[0][1]["created"]["k"]["id"] and cp[1] == ["error", {"type": "stateMismatch"}, "c"]
     assert (await bob.one("Email/query", {}))["ids"] == [again]
+    # a copy with its own receivedAt (and the source's left as it is)
+    before = (await alice.one("Email/get", {"ids": [eid], "properties": ["receivedAt"]}))["list"][0]["receivedAt"]
+    b_inbox = await bob.mailbox_id("inbox")
+    cp = await bob.call(["Email/copy", {"fromAccountId": a_id, "accountId": b_id, "create": {
+        "d": {"id": eid, "mailboxIds": {b_inbox: True}, "receivedAt": "2020-01-02T03:04:05Z"}}}, "c"])
+    dated = cp[0][1]["created"]["d"]["id"]
+    got = await bob.one("Email/get", {"ids": [dated], "properties": ["receivedAt", "subject"]})
+    assert got["list"][0]["receivedAt"] == "2020-01-02T03:04:05Z" and got["list"][0]["subject"] == "shared"
+    after = (await alice.one("Email/get", {"ids": [eid], "properties": ["receivedAt"]}))["list"][0]["receivedAt"]
+    assert after == before != "2020-01-02T03:04:05Z"
     # argument and state errors
     bad = await bob.call(
         ["Email/copy", {"fromAccountId": b_id, "accountId": b_id, "create": {}}, "1"],
