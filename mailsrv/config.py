@@ -292,7 +292,8 @@ class QueueConfig:
 class StoreConfig:
     io_threads: int = doc("Threads per worker for blocking mail store file and index I/O.", 8, check=_positive)
     group_commit_delay: float = doc(
-        "Seconds a directory fsync waits for concurrent deliveries to join it (group commit); 0 = none.",
+        "Seconds a group commit (a directory fsync, or the syncfs that makes deferred deliveries durable)"
+        " waits for concurrent deliveries to join it; 0 = none.",
         0.0005,
         check=_non_negative,
     )
