@@ -1,42 +1,13 @@
-"""``* n FETCH ([UID u ]FLAGS (...))`` lines of an index-only FETCH, the hot loop of a client's sync.
-
-The pure-Python reference; ``_speedups.fetchflags`` may provide a compiled twin.
-"""
+"""FETCH FLAGS lines selector: the compiled ``_speedups.flaglines_c`` or its twin ``flaglines_py``."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from mailsrv._speedups import load
 
-from mailsrv.imap.response import flag_list
+_impl = load("flaglines", twin="mailsrv.imap.flaglines_py")
 
+flags_text = _impl.flags_text
+fetch_flags_lines = _impl.fetch_flags_lines
+IMPLEMENTATION = "c" if _impl.__name__.endswith("_c") else "py"
 
-def flags_text(flags: frozenset[str], recent: bool) -> bytes:
-    """``(\\Flag ...)`` in a stable order (sorted), ``\\Recent`` last when the session holds it."""
-    return flag_list(sorted(flags) + (["\\Recent"] if recent else []))
-
-
-def fetch_flags_lines(seqs: Sequence[int], messages: Sequence[Any], with_uid: bool,
-                      cache: dict[frozenset[str], bytes], recent: set[int] | frozenset[int]) -> bytes:
-    """The FETCH FLAGS responses of ``messages`` (parallel to ``seqs``) as one buffer.
-
-    ``cache`` maps a flag set to its text (shared across calls of one command); messages whose
-    uid is in ``recent`` get ``\\Recent`` added.
-    """
-    lines: list[bytes] = []
-    add = lines.append
-    get = cache.get
-    for seq, info in zip(seqs, messages, strict=True):
-        flags = info.flags
-        text: bytes | None
-        if recent and info.uid in recent:
-            text = flags_text(flags, True)
-        else:
-            text = get(flags)
-            if text is None:
-                text = cache[flags] = flags_text(flags, False)
-        if with_uid:
-            add(b"* %d FETCH (UID %d FLAGS %s)\r\n" % (seq, info.uid, text))
-        else:
-            add(b"* %d FETCH (FLAGS %s)\r\n" % (seq, text))
-    return b"".join(lines)
+__all__ = ["flags_text", "fetch_flags_lines", "IMPLEMENTATION"]

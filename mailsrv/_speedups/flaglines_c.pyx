@@ -1,0 +1,77 @@
+# cython: language_level=3, boundscheck=False, wraparound=False
+"""FETCH FLAGS lines, compiled. The twin ``mailsrv.imap.flaglines_py`` is the specification."""
+
+from cpython.bytearray cimport PyByteArray_AS_STRING
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from libc.string cimport memcpy
+
+cdef bytes _HEAD = b"* "
+cdef bytes _UID = b" FETCH (UID "
+cdef bytes _FLAGS_UID = b" FLAGS "
+cdef bytes _FLAGS = b" FETCH (FLAGS "
+cdef bytes _END = b")\r\n"
+
+
+def flags_text(flags, bint recent):
+    """``(\\Flag ...)`` in a stable order (sorted), ``\\Recent`` last when the session holds it."""
+    items = sorted(flags)
+    if recent:
+        items.append("\\Recent")
+    return b"(" + " ".join(items).encode("utf-8") + b")"
+
+
+cdef inline Py_ssize_t _put(char* p, bytes b):
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(b)
+    memcpy(p, PyBytes_AS_STRING(b), n)
+    return n
+
+
+cdef inline Py_ssize_t _put_int(char* p, unsigned long long v):
+    cdef char tmp[24]
+    cdef int k = 0, j
+    if v == 0:
+        p[0] = 48
+        return 1
+    while v:
+        tmp[k] = <char>(48 + v % 10)
+        v //= 10
+        k += 1
+    for j in range(k):
+        p[j] = tmp[k - 1 - j]
+    return k
+
+
+def fetch_flags_lines(seqs, messages, bint with_uid, dict cache, recent):
+    """The FETCH FLAGS responses of ``messages`` (parallel to ``seqs``) as one buffer."""
+    cdef Py_ssize_t n = len(messages), i, pos = 0, need = 0
+    if len(seqs) != n:
+        raise ValueError("seqs and messages differ in length")
+    cdef bint any_recent = bool(recent)
+    cdef list texts = [None] * n
+    cdef object info, flags, text
+    for i in range(n):
+        info = messages[i]
+        flags = info.flags
+        if any_recent and info.uid in recent:
+            text = flags_text(flags, True)
+        else:
+            text = cache.get(flags)
+            if text is None:
+                text = flags_text(flags, False)
+                cache[flags] = text
+        texts[i] = text
+        need += PyBytes_GET_SIZE(<bytes>text) + 80
+    buf = bytearray(need)
+    cdef char* p = PyByteArray_AS_STRING(buf)
+    for i in range(n):
+        pos += _put(p + pos, _HEAD)
+        pos += _put_int(p + pos, <unsigned long long>seqs[i])
+        if with_uid:
+            pos += _put(p + pos, _UID)
+            pos += _put_int(p + pos, <unsigned long long>messages[i].uid)
+            pos += _put(p + pos, _FLAGS_UID)
+        else:
+            pos += _put(p + pos, _FLAGS)
+        pos += _put(p + pos, <bytes>texts[i])
+        pos += _put(p + pos, _END)
+    return bytes(buf[:pos])

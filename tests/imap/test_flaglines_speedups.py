@@ -1,0 +1,83 @@
+"""FETCH FLAGS lines: the compiled ``_speedups.flaglines_c`` loads when required and agrees with
+its twin ``mailsrv.imap.flaglines_py`` (the specification)."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import subprocess
+import sys
+from types import ModuleType
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from mailsrv.imap.memory import MessageInfo
+
+pytestmark = pytest.mark.speedups
+
+TWIN = importlib.import_module("mailsrv.imap.flaglines_py")
+CODE = "import mailsrv.imap.flaglines as f; print(f.IMPLEMENTATION, f.fetch_flags_lines.__module__)"
+FLAGS = ["\\Seen", "\\Answered", "\\Flagged", "\\Deleted", "\\Draft", "$Forwarded", "work", "\u4e2d\u6587", ""]
+
+
+def _run(env_extra: dict[str, str]) -> str:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAILSRV_")}
+    env.update(env_extra)
+    proc = subprocess.run([sys.executable, "-c", CODE], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip()
+
+
+def test_compiled_flaglines_loads_when_required() -> None:
+    if os.environ.get("MAILSRV_NO_SPEEDUPS", "") not in ("", "0"):
+        assert _run({"MAILSRV_NO_SPEEDUPS": "1"}).split()[0] == "py"
+        return
+    assert _run({"MAILSRV_REQUIRE_SPEEDUPS": "1"}) == "c mailsrv._speedups.flaglines_c"
+
+
+def test_no_speedups_forces_the_twin() -> None:
+    assert _run({"MAILSRV_NO_SPEEDUPS": "1"}) == "py mailsrv.imap.flaglines_py"
+
+
+@pytest.fixture(params=["c", "py"], scope="module")
+def impl(request: pytest.FixtureRequest) -> ModuleType:
+    if request.param == "py" or os.environ.get("MAILSRV_NO_SPEEDUPS", "") not in ("", "0"):
+        return TWIN
+    return importlib.import_module("mailsrv._speedups.flaglines_c")
+
+
+def _infos(rows: list[tuple[int, int, frozenset[str]]]) -> tuple[list[int], list[MessageInfo]]:
+    seqs, infos = [], []
+    for seq, uid, flags in rows:
+        seqs.append(seq)
+        infos.append(MessageInfo(uid, f"k{uid}", flags, 1, 1.7e9, 1.7e9, 1, "E", ""))
+    return seqs, infos
+
+
+ROWS = st.lists(st.tuples(st.integers(1, 2**32), st.integers(0, 2**32), st.frozensets(st.sampled_from(FLAGS))),
+                max_size=40)
+
+
+@given(rows=ROWS, with_uid=st.booleans(), recent_pick=st.sets(st.integers(0, 39)))
+def test_compiled_and_twin_agree(impl: ModuleType, rows: list[tuple[int, int, frozenset[str]]], with_uid: bool,
+                                 recent_pick: set[int]) -> None:
+    seqs, infos = _infos(rows)
+    recent = {infos[i].uid for i in recent_pick if i < len(infos)}
+    want = TWIN.fetch_flags_lines(seqs, infos, with_uid, {}, recent)
+    cache: dict[frozenset[str], bytes] = {}
+    assert impl.fetch_flags_lines(seqs, infos, with_uid, cache, recent) == want
+    assert impl.fetch_flags_lines(seqs, infos, with_uid, cache, recent) == want  # warm cache
+    for info in infos:
+        assert impl.flags_text(info.flags, True) == TWIN.flags_text(info.flags, True)
+
+
+def test_known_lines(impl: ModuleType) -> None:
+    seqs, infos = _infos([(1, 10, frozenset({"\\Seen", "\\Answered"})), (2, 11, frozenset())])
+    assert impl.fetch_flags_lines(seqs, infos, True, {}, {11}) == (
+        b"* 1 FETCH (UID 10 FLAGS (\\Answered \\Seen))\r\n* 2 FETCH (UID 11 FLAGS (\\Recent))\r\n")
+    assert impl.fetch_flags_lines(range(5, 7), infos, False, {}, set()) == (
+        b"* 5 FETCH (FLAGS (\\Answered \\Seen))\r\n* 6 FETCH (FLAGS ())\r\n")
+    with pytest.raises(ValueError):
+        impl.fetch_flags_lines([1], infos, True, {}, set())
