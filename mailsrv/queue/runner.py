@@ -92,7 +92,8 @@ class QueueRunner:
                 if self._flush:
                     self._flush = False
                     for env in self.entries.values():
-                        env.next_attempt = 0
+                        if env.attempts or env.next_attempt <= now:  # a delayed send (not_before) keeps its time
+                            env.next_attempt = 0
                 if self._reload or now - last_scan >= RESCAN_INTERVAL:
                     await self._rescan()
                     last_scan = now
