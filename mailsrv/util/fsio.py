@@ -165,7 +165,56 @@ class FileIO:
         self._pool.shutdown(wait=wait)
 
 
-class DirSyncer:
+class _GroupCommit:
+    """Concurrent ``await sync(path)`` calls of one loop served in rounds: a caller returns once a
+    round that *began after its call* has completed. Calls arriving while a round runs are
+    collected and served together by the next one. Subclasses say what a round does."""
+
+    def __init__(self, io: FileIO, delay: float = 0.0) -> None:
+        self._io = io
+        self._delay = delay
+        self._pending: dict[str, list[asyncio.Future[None]]] = {}
+        self._running = False
+        #: rounds run, callers served (for tests and the bench)
+        self.rounds = 0
+        self.callers = 0
+
+    async def sync(self, path: str | os.PathLike[str]) -> None:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        self._pending.setdefault(os.fspath(path), []).append(fut)
+        self.callers += 1
+        if not self._running:
+            self._running = True
+            loop.create_task(self._flusher())
+        await fut
+
+    def _round(self, paths: list[str]) -> list[OSError | None]:
+        """Blocking (I/O pool): make ``paths`` durable; the error (or None) for each."""
+        raise NotImplementedError
+
+    async def _flusher(self) -> None:
+        try:
+            while self._pending:
+                if self._delay:
+                    await asyncio.sleep(self._delay)  # let concurrent callers join this round
+                batch, self._pending = self._pending, {}
+                self.rounds += 1
+                paths = list(batch)
+                results = await self._io.run(self._round, paths)
+                for p, err in zip(paths, results, strict=True):
+                    for fut in batch[p]:
+                        if fut.done():
+                            continue
+                        if err is None:
+                            fut.set_result(None)
+                        else:
+                            fut.set_exception(err)
+        finally:
+            self._running = False
+
+
+class DirSyncer(_GroupCommit):
     """Group commit of directory fsyncs across concurrent coroutines of one loop.
 
     ``await syncer.sync(dir)`` returns once an fsync of ``dir`` that began
@@ -175,43 +224,13 @@ class DirSyncer:
     """
 
     def __init__(self, io: FileIO, delay: float = 0.0) -> None:
-        self._io = io
-        self._delay = delay
-        self._pending: dict[str, list[asyncio.Future[None]]] = {}
-        self._running = False
-        #: rounds run and directories fsync'd (for tests and the bench)
-        self.rounds = 0
+        super().__init__(io, delay)
+        #: directories fsync'd (for tests and the bench)
         self.fsyncs = 0
 
-    async def sync(self, path: str | os.PathLike[str]) -> None:
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[None] = loop.create_future()
-        self._pending.setdefault(os.fspath(path), []).append(fut)
-        if not self._running:
-            self._running = True
-            loop.create_task(self._flusher())
-        await fut
-
-    async def _flusher(self) -> None:
-        try:
-            while self._pending:
-                if self._delay:
-                    await asyncio.sleep(self._delay)  # let concurrent callers join this round
-                batch, self._pending = self._pending, {}
-                self.rounds += 1
-                dirs = list(batch)
-                results = await self._io.run(_fsync_dirs, dirs)
-                self.fsyncs += len(dirs)
-                for d, err in zip(dirs, results, strict=True):
-                    for fut in batch[d]:
-                        if fut.done():
-                            continue
-                        if err is None:
-                            fut.set_result(None)
-                        else:
-                            fut.set_exception(err)
-        finally:
-            self._running = False
+    def _round(self, paths: list[str]) -> list[OSError | None]:
+        self.fsyncs += len(paths)
+        return _fsync_dirs(paths)
 
 
 def _fsync_dirs(dirs: list[str]) -> list[OSError | None]:
@@ -225,7 +244,7 @@ def _fsync_dirs(dirs: list[str]) -> list[OSError | None]:
     return out
 
 
-class FsSyncer:
+class FsSyncer(_GroupCommit):
     """Group commit by file system: ``await syncer.sync(path)`` returns once a ``syncfs`` of the
     file system holding ``path`` that *began after the call* has completed.
 
@@ -237,46 +256,14 @@ class FsSyncer:
     """
 
     def __init__(self, io: FileIO, delay: float = 0.0) -> None:
-        self._io = io
-        self._delay = delay
-        self._pending: dict[str, list[asyncio.Future[None]]] = {}
-        self._running = False
-        #: rounds run and syncfs calls made (for tests and the bench)
-        self.rounds = 0
+        super().__init__(io, delay)
+        #: syncfs calls made (for tests and the bench)
         self.syncs = 0
-        #: callers served
-        self.callers = 0
 
-    async def sync(self, path: str | os.PathLike[str]) -> None:
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[None] = loop.create_future()
-        self._pending.setdefault(os.fspath(path), []).append(fut)
-        self.callers += 1
-        if not self._running:
-            self._running = True
-            loop.create_task(self._flusher())
-        await fut
-
-    async def _flusher(self) -> None:
-        try:
-            while self._pending:
-                if self._delay:
-                    await asyncio.sleep(self._delay)  # let concurrent callers join this round
-                batch, self._pending = self._pending, {}
-                self.rounds += 1
-                paths = list(batch)
-                results, n = await self._io.run(_syncfs_paths, paths)
-                self.syncs += n
-                for p, err in zip(paths, results, strict=True):
-                    for fut in batch[p]:
-                        if fut.done():
-                            continue
-                        if err is None:
-                            fut.set_result(None)
-                        else:
-                            fut.set_exception(err)
-        finally:
-            self._running = False
+    def _round(self, paths: list[str]) -> list[OSError | None]:
+        results, n = _syncfs_paths(paths)
+        self.syncs += n
+        return results
 
 
 def _syncfs_paths(paths: list[str]) -> tuple[list[OSError | None], int]:

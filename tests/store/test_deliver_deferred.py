@@ -45,6 +45,15 @@ class Recorder:
         pass
 
 
+async def deliver_many(store: Store, tmp_path: Path, accts: list[Any], n: int) -> list[Any]:
+    """``n`` concurrent deferred deliveries, message i to ``accts[i % len(accts)]``; results once indexed."""
+    out = await asyncio.gather(*(
+        store.deliver(spool(tmp_path, msg(i), f"s{i}"), [DeliveryTarget(accts[i % len(accts)])], uids=False)
+        for i in range(n)))
+    await store.indexer.flush()
+    return [r for rs in out for r in rs]
+
+
 def _files(root: Path, sub: str) -> list[str]:
     return [n for n in os.listdir(root / sub) if not n.startswith(".")]
 
@@ -80,14 +89,7 @@ def test_concurrent_deliveries_share_index_transactions(tmp_path: Path, run: Run
     store = make_store(index_delay=0.01)
     accts = [run(store.account(f"u{i}")) for i in range(3)]
 
-    async def go() -> list[Any]:
-        out = await asyncio.gather(*(
-            store.deliver(spool(tmp_path, msg(i), f"s{i}"), [DeliveryTarget(accts[i % 3])], uids=False)
-            for i in range(60)))
-        await store.indexer.flush()
-        return [r for rs in out for r in rs]
-
-    results = run(go())
+    results = run(deliver_many(store, tmp_path, accts, 60))
     assert [r.status for r in results] == ["ok"] * 60
     assert store.indexer.queued == 60
     assert store.indexer.batches < 30, store.indexer.batches  # mailbox transactions, not one per message

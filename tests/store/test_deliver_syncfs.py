@@ -14,6 +14,7 @@ from mailsrv.store import DeliveryTarget, Store
 from mailsrv.util import fsio
 
 from .conftest import msg, spool
+from .test_deliver_deferred import deliver_many
 
 Run = Callable[[Awaitable[Any]], Any]
 
@@ -70,14 +71,7 @@ def test_deferred_deliveries_use_one_syncfs_per_round(tmp_path: Path, run: Run,
     real = fsio.fsync_file
     monkeypatch.setattr(fsio, "fsync_file", lambda p: (fsyncs.append(str(p)), real(p))[1])
 
-    async def go() -> list[Any]:
-        out = await asyncio.gather(*(
-            store.deliver(spool(tmp_path, msg(i), f"s{i}"), [DeliveryTarget(accts[i % 4])], uids=False)
-            for i in range(40)))
-        await store.indexer.flush()
-        return [r for rs in out for r in rs]
-
-    results = run(go())
+    results = run(deliver_many(store, tmp_path, accts, 40))
     assert [r.status for r in results] == ["ok"] * 40
     assert store.fssync.callers == 40 and store.fssync.rounds < 40
     assert fsyncs == []  # no per-file fsync on the acknowledgement path
