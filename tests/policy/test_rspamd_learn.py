@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import urllib.request
 import uuid
 from typing import Any
@@ -16,6 +17,15 @@ def learned_count(controller: str, password: str) -> int:
     req = urllib.request.Request(controller + "/stat", headers={"Password": password})
     with urllib.request.urlopen(req, timeout=10) as r:
         return int(json.loads(r.read())["learned"])
+
+
+def wait_learned(r: Any, expected: int, timeout: float = 20.0) -> int:
+    """rspamd's /stat counter is shared memory its workers update: poll it (with a deadline) until it shows
+    ``expected``, and return what it shows last."""
+    deadline = time.monotonic() + timeout
+    while (got := learned_count(r.controller, r.password)) != expected and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return got
 
 
 #: Per run: rspamd remembers what it learned by message, so a rerun must not meet an earlier run's messages.
@@ -35,7 +45,7 @@ async def test_learner_against_real_rspamd(rspamd_instance: Any) -> None:
     assert await learner.learn("spam", note(1)) is True
     assert await learner.learn("spam", note(1)) is False  # rspamd already knows it as spam
     assert await learner.learn("ham", note(1)) is True  # relearned as ham
-    assert learned_count(r.controller, r.password) == before + 2
+    assert wait_learned(r, before + 2) == before + 2
     with pytest.raises(RspamdLearnError):
         await RspamdLearner(r.controller, password="wrong").learn("spam", note(2))
     with pytest.raises(ValueError):
@@ -49,7 +59,7 @@ def test_junk_move_trains_rspamd_not_our_learner(policy_server: Any, rspamd_inst
     before = learned_count(r.controller, r.password)
     assert srv.loop.run(srv.policy.train("bob@example.test", "INBOX", "Junk", note(10))) == "spam"
     assert srv.loop.run(srv.policy.train("bob@example.test", "Junk", "INBOX", note(11))) == "ham"
-    assert learned_count(r.controller, r.password) == before + 2
+    assert wait_learned(r, before + 2) == before + 2
     # rspamd refusing (bad password) never fails the move
     bad = policy_server(rspamd_url=r.url, rspamd_controller_url=r.controller, rspamd_password="nope")
     assert bad.loop.run(bad.policy.train("bob@example.test", "INBOX", "Junk", note(12))) == "spam"
