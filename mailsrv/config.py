@@ -328,6 +328,12 @@ class StoreConfig:
         0.002,
         check=_non_negative,
     )
+    syncfs: bool = doc(
+        "Make deferred deliveries durable with one syncfs(2) of the mail file system per group commit"
+        " (Linux); false: an fsync of each file and new/ directory (better where the mail store shares"
+        " its file system with heavy writers, whose dirty data a syncfs also waits for).",
+        True,
+    )
 
 
 @dataclass(frozen=True)

@@ -53,7 +53,8 @@ class Store:
         self.dirsync = fsio.DirSyncer(self.io, self.config.group_commit_delay)
         #: group commit of deferred deliveries: one syncfs per round for every file and new/ entry
         #: linked before it (Linux); None elsewhere (each delivery fsyncs its file and directories)
-        self.fssync = fsio.FsSyncer(self.io, self.config.group_commit_delay) if fsio.have_syncfs() else None
+        self.fssync = (fsio.FsSyncer(self.io, self.config.group_commit_delay)
+                       if self.config.syncfs and fsio.have_syncfs() else None)
         #: open accounts, least recently used first (at most ``config.account_cache``)
         self._accounts: dict[str, Account] = {}
         #: accounts evicted from ``_accounts`` that someone still holds: handed out again, not duplicated

@@ -95,8 +95,8 @@ def test_failed_syncfs_is_a_temporary_failure(tmp_path: Path, run: Run, make_sto
 
 def test_without_syncfs_each_delivery_fsyncs(tmp_path: Path, run: Run, make_store: Callable[..., Store],
                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    store = make_store()
-    store.fssync = None  # as on a system without syncfs(2)
+    store = make_store(syncfs=False)  # as on a system without syncfs(2)
+    assert store.fssync is None
     acct = run(store.account("u"))
     fsyncs: list[str] = []
     dir_fsyncs: list[str] = []

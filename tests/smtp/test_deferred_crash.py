@@ -1,0 +1,73 @@
+"""kill -9 of a real server between the SMTP 250 and the background indexing of the messages.
+
+``mailsrv serve`` with ``[store] index_delay`` of an hour: every acknowledged
+message is durable in ``new/`` and none has a UID yet. The whole process tree
+is SIGKILLed; after it, every acknowledged message is found, indexed exactly
+once, with fresh UIDs, and keeps them across another open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import smtplib
+from pathlib import Path
+
+from support.server import ServerProcess, init_setup
+
+from mailsrv.config import StoreConfig, load
+from mailsrv.directory import open_sync
+from mailsrv.store import Store
+
+MSGID = re.compile(rb"Message-ID: <(crash\d+)@remote\.test>")
+
+
+def _message(n: int) -> bytes:
+    return (f"From: x@remote.test\r\nTo: bob@example.test\r\nSubject: crash {n}\r\n"
+            f"Message-ID: <crash{n}@remote.test>\r\n\r\nbody {n}\r\n").encode()
+
+
+async def _inbox(data_dir: Path, account_id: str, maildir: Path) -> dict[int, str]:
+    store = Store(StoreConfig(), data_dir, hostname="check.test")
+    try:
+        acct = await store.account(account_id, maildir)
+        view = await acct.open_mailbox("INBOX")
+        out: dict[int, str] = {}
+        for m in view.messages:
+            found = MSGID.search(await acct.read_message("INBOX", m.uid))
+            if found:
+                out[m.uid] = found.group(1).decode()
+        return out
+    finally:
+        await store.close()
+
+
+def test_sigkill_after_250_before_indexing(tmp_path: Path) -> None:
+    cfg_path = init_setup(tmp_path / "s", "--demo")
+    with open(cfg_path, "a") as fh:
+        fh.write("\n[store]\nindex_delay = 3600.0\n")  # the indexer never runs before the kill
+    cfg = load(cfg_path)
+    sd = open_sync(cfg.directory, cfg.server.data_dir)
+    info = sd.user_info("bob@example.test")
+    maildir = cfg.server.data_dir / info["store"]
+    srv = ServerProcess(cfg_path).wait_ready()
+    try:
+        with smtplib.SMTP("127.0.0.1", srv.ports["smtp"], timeout=60) as c:
+            c.ehlo("client.test")
+            for n in range(20):
+                assert c.sendmail("x@remote.test", ["bob@example.test"], _message(n)) == {}  # 250
+        new = [p for p in (maildir / "new").iterdir() if not p.name.startswith(".")]
+        assert len(new) == 20  # acknowledged, durable in new/, not indexed
+        assert not [p for p in (maildir / "cur").iterdir()]
+        for pid in srv.worker_pids():
+            os.kill(pid, signal.SIGKILL)
+        srv.proc.send_signal(signal.SIGKILL)
+        srv.proc.wait(30)
+    finally:
+        srv.stop()
+    first = asyncio.run(_inbox(cfg.server.data_dir, str(info["id"]), maildir))
+    assert sorted(first.values()) == sorted(f"crash{n}" for n in range(20))  # each once
+    assert sorted(first) == list(range(1, 21))
+    assert asyncio.run(_inbox(cfg.server.data_dir, str(info["id"]), maildir)) == first
