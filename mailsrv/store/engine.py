@@ -1017,11 +1017,20 @@ class Engine:
             first = self._first_recent(mb.guid)
             if upto is None or upto <= first:
                 return first
-            with self._write():
-                first = self._first_recent(mb.guid)
-                if upto > first:
-                    self.db.execute("INSERT INTO recent VALUES (?, ?) ON CONFLICT (guid) DO UPDATE"
-                                    " SET first_uid=excluded.first_uid", (mb.guid, upto))
+            self._check_reopen()
+            db = self.db
+            # No fsync for this commit (WAL, synchronous=NORMAL): a mark lost to a power cut only
+            # makes messages recent once more, and SELECT / IDLE wake-ups do not wait on the disk.
+            db.execute("PRAGMA synchronous=NORMAL")
+            try:
+                with self._write():
+                    first = self._first_recent(mb.guid)
+                    if upto > first:
+                        db.execute("INSERT INTO recent VALUES (?, ?) ON CONFLICT (guid) DO UPDATE"
+                                   " SET first_uid=excluded.first_uid", (mb.guid, upto))
+            finally:
+                if self.conn is db:
+                    db.execute("PRAGMA synchronous=FULL")
             return first
 
     def recent_count(self, name: str) -> int:
