@@ -21,6 +21,13 @@ async def _session(store: MemoryStore) -> Driver:
     return d
 
 
+async def _setup(n: int, sessions: int = 2) -> tuple[MemoryStore, list[Driver]]:
+    """A store whose INBOX holds ``n`` messages, and ``sessions`` logged-in sessions."""
+    store = MemoryStore()
+    await _append(store, n)
+    return store, [await _session(store) for _ in range(sessions)]
+
+
 async def _append(store: MemoryStore, n: int) -> None:
     acct = await store.account("1")
     for _ in range(n):
@@ -29,9 +36,7 @@ async def _append(store: MemoryStore, n: int) -> None:
 
 def test_first_select_takes_recent_and_the_second_sees_none() -> None:
     async def go() -> None:
-        store = MemoryStore()
-        await _append(store, 3)
-        a, b = await _session(store), await _session(store)
+        store, (a, b) = await _setup(3)
         assert b"* 3 RECENT" in await a(b"s SELECT INBOX")
         assert await a(b"f FETCH 1:* (FLAGS)") == [
             b"* 1 FETCH (FLAGS (\\Recent))", b"* 2 FETCH (FLAGS (\\Recent))", b"* 3 FETCH (FLAGS (\\Recent))",
@@ -49,9 +54,7 @@ def test_first_select_takes_recent_and_the_second_sees_none() -> None:
 
 def test_new_mail_is_recent_in_the_first_session_told() -> None:
     async def go() -> None:
-        store = MemoryStore()
-        await _append(store, 1)
-        a, b, c = await _session(store), await _session(store), await _session(store)
+        store, (a, b, c) = await _setup(1, 3)
         await a(b"s SELECT INBOX")
         await b(b"s SELECT INBOX")
         await _append(store, 2)
@@ -71,9 +74,7 @@ def test_new_mail_is_recent_in_the_first_session_told() -> None:
 
 def test_examine_does_not_take_recent_from_the_next_select() -> None:
     async def go() -> None:
-        store = MemoryStore()
-        await _append(store, 2)
-        a, b = await _session(store), await _session(store)
+        store, (a, b) = await _setup(2)
         assert b"* 2 RECENT" in await a(b"e EXAMINE INBOX")
         assert await a(b"f FETCH 2 (FLAGS)") == [b"* 2 FETCH (FLAGS (\\Recent))", b"f OK FETCH completed"]
         await _append(store, 1)
@@ -87,9 +88,7 @@ def test_examine_does_not_take_recent_from_the_next_select() -> None:
 
 def test_imap4rev2_sessions_have_no_recent_and_take_none() -> None:
     async def go() -> None:
-        store = MemoryStore()
-        await _append(store, 2)
-        a, b = await _session(store), await _session(store)
+        store, (a, b) = await _setup(2)
         await a(b"e ENABLE IMAP4rev2")
         out = await a(b"s SELECT INBOX")
         assert not any(b"RECENT" in line for line in out)
