@@ -497,6 +497,7 @@ class Session(MessageCommands):
                 enabled.append(cap)
             elif cap == "IMAP4REV2" and not self.rev2:
                 self.rev2 = self.utf8 = True
+                self.recent = set()  # RFC 9051 has no \Recent (§2.3.2)
                 enabled.append("IMAP4rev2")
             elif cap == "UTF8=ACCEPT" and not self.utf8:
                 self.utf8 = True

@@ -97,6 +97,9 @@ def test_imap4rev2_sessions_have_no_recent_and_take_none() -> None:
         assert await a(b"n NOOP") == [b"* 3 EXISTS", b"n OK NOOP completed"]
         # nothing was claimed by the rev2 session: the rev1 session gets all three
         assert b"* 3 RECENT" in await b(b"s SELECT INBOX")
+        # a session that turns IMAP4rev2 on while selected stops showing \Recent
+        await b(b"e ENABLE IMAP4rev2")
+        assert await b(b"f FETCH 1 (FLAGS)") == [b"* 1 FETCH (FLAGS ())", b"f OK FETCH completed"]
 
     asyncio.run(go())
 
