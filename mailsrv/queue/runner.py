@@ -393,8 +393,11 @@ class QueueRunner:
         original = await loop.run_in_executor(None, _read_head, self.qd.message_path(env.id))
         body = dsn.build(env, rcpts, action, original, reporting_mta=self.cfg.server.hostname,
                          now=self.clock(), lifetime=self.qcfg.lifetime)
+        # The notice's envelope needs SMTPUTF8 only for a non-ASCII sender address: its own header is
+        # ASCII, and the returned UTF-8 header travels in the (8-bit) body. Asking for SMTPUTF8 when
+        # it is not needed would make the bounce of a 5.6.7 failure fail the same way, and be lost.
         notice = Envelope(id=new_id(), sender="", rcpts=[QRcpt(env.sender)], is_bounce=True,
-                          smtputf8=env.smtputf8, body="8BITMIME", created=self.clock())
+                          smtputf8=not env.sender.isascii(), body="8BITMIME", created=self.clock())
         await loop.run_in_executor(None, self.qd.add, notice, body)
         self.entries[notice.id] = notice
         logger.info("queue.dsn", id=env.id, dsn=notice.id, action=action, to=env.sender,

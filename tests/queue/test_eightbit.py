@@ -28,11 +28,11 @@ def _verify(data_dir: Path, message: bytes) -> bool:
 
 
 def _deliver(tmp_path: Path, sink: SinkHandler, *, body: str = "8BITMIME", smtputf8: bool = False,
-             home: SinkHandler | None = None) -> None:
+             home: SinkHandler | None = None, sender: str = "alice@example.test") -> None:
     keygen(tmp_path / "data", "example.test", "mail")
 
     async def scenario(cfg: Any, runner: QueueRunner) -> None:
-        await Enqueuer(cfg.server.data_dir).enqueue(MSG, "alice@example.test", [QRcpt("bob@remote.test")],
+        await Enqueuer(cfg.server.data_dir).enqueue(MSG, sender, [QRcpt("bob@remote.test")],
                                                     body=body, smtputf8=smtputf8)
         await wait_for(lambda: queue_dir(cfg.server.data_dir).ids() == [] and
                        (len(sink.received) == 1 or (home is not None and len(home.received) == 1)))
@@ -73,8 +73,17 @@ def test_undeclared_8bit_body_is_also_converted(tmp_path: Path) -> None:
 
 def test_smtputf8_to_hop_without_it_bounces_5_6_7(tmp_path: Path) -> None:
     sink = SinkHandler()  # aiosmtpd does not announce SMTPUTF8 unless asked
-    home = SinkHandler(smtputf8=True)  # our own MTA takes the (SMTPUTF8) bounce
+    home = SinkHandler()  # the sender's MTA lacks SMTPUTF8 too: the bounce must still reach it
     _deliver(tmp_path, sink, smtputf8=True, home=home)
     assert sink.received == []
     raw = home.received[0].data.decode()
     assert home.received[0].sender == "" and "Action: failed" in raw and "Status: 5.6.7" in raw
+    assert "SMTPUTF8" not in home.mail_options[0]  # an ASCII sender needs no SMTPUTF8 for its bounce
+
+
+def test_bounce_to_utf8_sender_keeps_smtputf8(tmp_path: Path) -> None:
+    sink = SinkHandler(rcpt_script={"bob@remote.test": ["550 5.1.1 no such user"]}, smtputf8=True)
+    home = SinkHandler(smtputf8=True)
+    _deliver(tmp_path, sink, smtputf8=True, home=home, sender="\u7528\u6237@example.test")
+    assert home.received[0].rcpts == ["\u7528\u6237@example.test"] and "Status: 5.1.1" in home.received[0].data.decode()
+    assert "SMTPUTF8" in home.mail_options[0]  # RFC 6531: a UTF-8 address needs it
