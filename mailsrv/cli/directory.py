@@ -162,6 +162,16 @@ def _user_fields(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def _domain_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """The options given to ``domain set`` (absent ones are left unchanged; ``--catchall none`` clears)."""
+    out: dict[str, Any] = {}
+    for key in ("catchall", "networks", "max_users", "max_storage"):
+        v = getattr(args, key, argparse.SUPPRESS)
+        if v is not argparse.SUPPRESS:
+            out[key] = None if key == "catchall" and v == "none" else v
+    return out
+
+
 def _user_add(cfg: config_mod.Config, d: SyncDirectory, actor: Actor, args: argparse.Namespace) -> Any:
     secrets_ = None if args.no_password else _secrets(cfg, read_password(args))
     return ops.user_add(d, actor, args.address, secrets_, **_user_fields(args))
@@ -250,10 +260,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     cmd(g, "list", lambda c, d, a, x: ops.domain_list(d, a), "list domains")
     p = cmd(g, "del", lambda c, d, a, x: ops.domain_del(d, a, x.name), "delete an empty domain")
     p.add_argument("name")
-    p = cmd(g, "set", lambda c, d, a, x: ops.domain_set(d, a, x.name, **{
-        k: v for k, v in (("catchall", x.catchall if x.catchall != "none" else None), ("networks", x.networks),
-                          ("max_users", x.max_users), ("max_storage", x.max_storage)) if v is not argparse.SUPPRESS}),
-        "change a domain")
+    p = cmd(g, "set", lambda c, d, a, x: ops.domain_set(d, a, x.name, **_domain_fields(x)), "change a domain")
     p.add_argument("name")
     p.add_argument("--catchall", default=argparse.SUPPRESS, help='user receiving unknown addresses, or "none"')
     p.add_argument("--networks", type=_nets, default=argparse.SUPPRESS)

@@ -63,6 +63,25 @@ def test_password_never_from_argv_and_prompt_needs_tty(setup: Path) -> None:
     assert p.returncode == 2  # no such option
 
 
+def test_domain_set_changes_only_the_options_given(setup: Path) -> None:
+    def domain() -> dict:
+        rows = json.loads(mailsrv(setup, "domain", "list", "--json").stdout)
+        return next(r for r in rows if r["name"] == "example.test")
+
+    before = domain()
+    out = json.loads(mailsrv(setup, "domain", "set", "example.test", "--max-storage", "3G", "--json").stdout)
+    assert out["changed"] == ["max_storage"]
+    after = domain()
+    assert after["max_storage"] == 3 * 1024 ** 3
+    assert {k: v for k, v in after.items() if k != "max_storage"} == \
+        {k: v for k, v in before.items() if k != "max_storage"}
+    mailsrv(setup, "domain", "set", "example.test", "--catchall", "alice@example.test")
+    assert domain()["catchall"] == "alice@example.test"
+    mailsrv(setup, "domain", "set", "example.test", "--catchall", "none")
+    assert domain()["catchall"] is None
+    assert domain()["max_storage"] == 3 * 1024 ** 3
+
+
 def test_domain_admin_cannot_touch_another_domain(setup: Path) -> None:
     mailsrv(setup, "domain", "add", "other.test")
     mailsrv(setup, "user", "add", "eve@other.test", "--no-password")
