@@ -9,6 +9,7 @@ import os
 import pkgutil
 import sys
 import time
+import traceback
 from pathlib import Path
 
 
@@ -24,7 +25,7 @@ def fmt(v: object) -> str:
 
 
 def print_table(report: dict) -> None:
-    print(f"\n== {report['scenario']} ==")
+    print(f"\n== {report['scenario']} == ({report['seconds']:.0f} s)", flush=True)
     for r in report["results"]:
         base = r.get("baseline")
         line = f"  {r['name']:<48} {fmt(r['value']):>14} {r.get('unit', '')}"
@@ -58,22 +59,38 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--markdown", dest="md_file", default=None, help="also write the results as a Markdown table")
     args = ap.parse_args(argv)
     todo = names if args.scenario == "all" else [args.scenario]
-    reports = []
+    reports: list[dict] = []
+    failed: list[str] = []
     for name in todo:
-        mod = importlib.import_module(f"bench.{name}")
         t0 = time.monotonic()
-        report = mod.run(args.size)
+        try:
+            report = importlib.import_module(f"bench.{name}").run(args.size)
+        except (Exception, SystemExit) as exc:  # one broken scenario must not lose the others' figures
+            if len(todo) == 1:
+                raise
+            traceback.print_exc()
+            failed.append(name)
+            print(f"\n== {name} == FAILED after {time.monotonic() - t0:.0f} s: {exc!r}", flush=True)
+            continue
         report.setdefault("scenario", name)
         report["seconds"] = round(time.monotonic() - t0, 2)
         report["cores"] = os.cpu_count()
         print_table(report)
         reports.append(report)
+        write(args, reports, failed)  # after each scenario: a long run that dies keeps what it measured
+    write(args, reports, failed)
+    if len(todo) > 1:
+        total = sum(r["seconds"] for r in reports)
+        print(f"\n{len(reports)} scenarios in {total:.0f} s" + (f"; FAILED: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
+
+
+def write(args: argparse.Namespace, reports: list[dict], failed: list[str]) -> None:
     if args.json_file:
         Path(args.json_file).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json_file).write_text(json.dumps({"reports": reports}, indent=2))
+        Path(args.json_file).write_text(json.dumps({"reports": reports, "failed": failed}, indent=2))
     if args.md_file:
         Path(args.md_file).write_text(markdown(reports))
-    return 0
 
 
 def markdown(reports: list[dict]) -> str:

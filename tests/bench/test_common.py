@@ -134,3 +134,26 @@ def test_mailsrv_from_init_serves_seeded_users(tmp_path: Path) -> None:
         assert maildir_count(srv.data_dir) == 1
         assert srv.errors == []
     assert srv.proc.returncode is not None and srv.pids() == []
+
+
+def test_bench_all_survives_a_failing_scenario(tmp_path: Path, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    """`python -m bench all` reports the others, writes their JSON and exits 1 when one scenario fails."""
+    import types
+
+    import bench.__main__ as cli
+
+    boom = types.ModuleType("bench.boom")
+    boom.run = lambda size: 1 / 0  # type: ignore[attr-defined]
+    ok = types.ModuleType("bench.ok")
+    ok.run = lambda size: {"results": [{"name": "x", "unit": "u", "value": 1.0}], "notes": [], "servers": []}  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "bench.boom", boom)
+    monkeypatch.setitem(sys.modules, "bench.ok", ok)
+    monkeypatch.setattr(cli, "scenarios", lambda: ["boom", "ok"])
+    out = tmp_path / "out" / "r.json"
+    assert cli.main(["all", "--size", "smoke", "--json", str(out)]) == 1
+    import json
+
+    data = json.loads(out.read_text())
+    assert data["failed"] == ["boom"] and [r["scenario"] for r in data["reports"]] == ["ok"]
+    text = capsys.readouterr().out
+    assert "== boom == FAILED" in text and "== ok ==" in text and "FAILED: boom" in text
