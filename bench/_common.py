@@ -209,7 +209,8 @@ class ServerMeter:
 class InProcessMeter(ServerMeter):
     """This very process, for the scenarios that measure a library rather than a server:
     CPU from getrusage(RUSAGE_SELF) (exact to the microsecond, threads included), peak RSS
-    from ru_maxrss (the process's VmHWM)."""
+    from VmHWM, which :meth:`start` resets (``5`` into /proc/self/clear_refs) so that an
+    earlier scenario of ``python -m bench all`` in the same process does not count."""
 
     def __init__(self, unit: str) -> None:
         super().__init__("in-process (library)", lambda: [os.getpid()], unit)
@@ -220,11 +221,15 @@ class InProcessMeter(ServerMeter):
         return ru.ru_utime + ru.ru_stime
 
     def start(self) -> ServerMeter:
+        try:
+            Path("/proc/self/clear_refs").write_text("5")
+        except OSError:  # not Linux >= 4.0, or not allowed: the peak is the process's lifetime peak
+            pass
         self._start = self._cpu_now()
         return self
 
     def sample(self) -> None:
-        self._hwm[os.getpid()] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        self._hwm[os.getpid()] = status_kib([os.getpid()], "VmHWM")
 
     def cpu(self) -> float:
         self.sample()
