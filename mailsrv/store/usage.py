@@ -13,8 +13,11 @@ Invariants:
   index). Reports from several processes may therefore arrive in any order, and a
   lost report (crash between the index commit and this write) is healed by the
   account's next change, by its next open, or by ``mailsrv quota recalc``.
-* Reports are coalesced: a thread that finds a flush running leaves its report
-  to it (one transaction for every account changed meanwhile: batch updates).
+* Reports are queued and written by one background thread per process (one
+  transaction for every account changed meanwhile: batch updates), so the
+  index writer never waits for this file. Reads flush the queue first: a
+  process always sees its own reports; another process's arrive within a
+  transaction's time.
 * ``synchronous=NORMAL`` (WAL): a commit costs no fsync; a power loss may lose the
   last reports, which the rules above repair. The book is a cache, never the truth.
 """
@@ -87,7 +90,11 @@ class UsageBook:
         self._conn: sqlite3.Connection | None = None
         self._queue: dict[str, Report] = {}
         self._queue_lock = threading.Lock()
-        self._flushing = False
+        #: one flush at a time (a later batch never overtakes an earlier one)
+        self._flush_lock = threading.Lock()
+        self._pending = threading.Event()
+        self._writer: threading.Thread | None = None
+        self._stopping = False
         #: transactions written (for tests and the bench: batching shows as flushes < reports)
         self.flushes = 0
         self.reports = 0
@@ -108,10 +115,19 @@ class UsageBook:
         return self._conn
 
     def close(self) -> None:
+        """Write what is queued, stop the writer thread, close the connection."""
+        self._stopping = True
+        self._pending.set()
+        writer = self._writer
+        if writer is not None and writer is not threading.current_thread():
+            writer.join(5)
+        self.flush()
         with self._lock:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+        self._stopping = False
+        self._writer = None
 
     # --- writes -------------------------------------------------------------------
 
@@ -127,21 +143,25 @@ class UsageBook:
             if old is None or old[1] != epoch or old[2] < gen or (domain is not None and old[0] is None):
                 self._queue[account_id] = (domain if domain is not None else (old[0] if old else None),
                                            epoch, gen, storage, messages)
-            if self._flushing:
-                return  # the running flush takes it
-            self._flushing = True
-        try:
-            while True:
-                with self._queue_lock:
-                    batch, self._queue = self._queue, {}
-                    if not batch:
-                        self._flushing = False
-                        return
-                self._write(batch.items())
-        except BaseException:
+            if self._writer is None or not self._writer.is_alive():  # (also: a forked child has none)
+                self._writer = threading.Thread(target=self._write_loop, name="mailsrv-quota-usage", daemon=True)
+                self._writer.start()
+        self._pending.set()
+
+    def _write_loop(self) -> None:
+        """The writer thread: flush whenever reports arrive, until close()."""
+        while not self._stopping:
+            self._pending.wait()
+            self._pending.clear()
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the queued reports now (in one transaction). Never raises (failures are logged)."""
+        with self._flush_lock:
             with self._queue_lock:
-                self._flushing = False
-            raise
+                batch, self._queue = self._queue, {}
+            if batch:
+                self._write(batch.items())
 
     def _write(self, items: Iterable[tuple[str, Report]]) -> None:
         rows = [(acct, *rep) for acct, rep in items]
@@ -161,6 +181,7 @@ class UsageBook:
 
     def forget(self, account_id: str) -> None:
         """The account was deleted: its usage leaves its domain's total."""
+        self.flush()
         with self._lock:
             self._db().execute("DELETE FROM accounts WHERE account = ?", (account_id,))
 
@@ -202,18 +223,21 @@ class UsageBook:
     # --- reads --------------------------------------------------------------------
 
     def domain_usage(self, domain: str) -> QuotaUsage:
+        self.flush()
         with self._lock:
             r = self._db().execute("SELECT storage, messages FROM domains WHERE domain = ?", (domain,)).fetchone()
         return QuotaUsage(max(0, r[0]), max(0, r[1])) if r else QuotaUsage(0, 0)
 
     def account_usage(self, account_id: str) -> tuple[str | None, QuotaUsage] | None:
         """(domain, usage) as last reported for an account, or None."""
+        self.flush()
         with self._lock:
             r = self._db().execute("SELECT domain, storage, messages FROM accounts WHERE account = ?",
                                    (account_id,)).fetchone()
         return (r[0], QuotaUsage(r[1], r[2])) if r else None
 
     def domains(self) -> dict[str, QuotaUsage]:
+        self.flush()
         with self._lock:
             return {r[0]: QuotaUsage(max(0, r[1]), max(0, r[2]))
                     for r in self._db().execute("SELECT domain, storage, messages FROM domains ORDER BY domain")}

@@ -129,7 +129,7 @@ def test_reports_in_any_order_keep_the_newest(tmp_path: Path) -> None:
         assert book.domain_usage("d.test") == QuotaUsage(100, 1)
         assert book.domains() == {"d.test": QuotaUsage(100, 1), "e.test": QuotaUsage(10, 1)}
         assert book.account_usage("2") == ("e.test", QuotaUsage(10, 1))
-        assert book.flushes == book.reports == 5
+        assert book.reports == 5 and 1 <= book.flushes <= 5
     finally:
         book.close()
 
