@@ -58,6 +58,8 @@ class Verdict:
     enh: str
     text: str
     route: Any = None
+    #: extra fields for the session's one log line about the message (``message.accepted``)
+    log: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
     def ok(self) -> bool:

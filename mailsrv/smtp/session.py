@@ -550,7 +550,7 @@ class Session:
             self._reset()
         if not verdict.ok:
             raise SmtpError(verdict.text, verdict.code, verdict.enh)
-        logger.info("message.accepted", sender=tx.sender, rcpts=len(tx.rcpts), id=self.info.sid)
+        logger.info("message.accepted", sender=tx.sender, rcpts=len(tx.rcpts), id=self.info.sid, **verdict.log)
         return Step(reply(verdict.code, verdict.enh, verdict.text))
 
     def abort(self) -> None:

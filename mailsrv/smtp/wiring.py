@@ -91,8 +91,9 @@ class DirectoryBackend:
                 # local copies are durable already; refusing now would duplicate them
         if delivered and tx.sender:
             await self._success_notices(info, tx, spool, outcome.retry if outcome is not None else [])
-        logger.info("message.delivered", local=delivered, queued=len(remote), qid=qid or None)
-        return Verdict(250, "2.0.0", f"OK id={info.sid}{' queued as ' + qid if qid else ''}")
+        # one log line per message: the session's message.accepted carries these fields
+        return Verdict(250, "2.0.0", f"OK id={info.sid}{' queued as ' + qid if qid else ''}",
+                       log={"local": delivered, "queued": len(remote), "qid": qid or None})
 
 
     async def _success_notices(self, info: SessionInfo, tx: Transaction, spool: Spool, failed: list[str]) -> None:

@@ -206,3 +206,20 @@ def test_group_posting_policy(site) -> None:
         c.rset()
         c.sendmail("alice@example.test", ["staff@example.test"], MSG)  # a member may post
     assert len(site.inbox("alice@example.test")) == 1
+
+
+def test_one_log_line_per_accepted_message(site, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The session's message.accepted carries the delivery's counts (one line, not two per message)."""
+    import io
+
+    from mailsrv import log
+
+    buf = io.StringIO()
+    monkeypatch.setattr(log, "_stream", buf)
+    with smtplib.SMTP("127.0.0.1", site.ports["mta"]) as c:
+        c.ehlo("client.test")
+        c.sendmail("someone@remote.test", ["alice@example.test", "team@example.test"], MSG)
+    lines = [ln for ln in buf.getvalue().splitlines() if " smtp message." in ln]
+    assert len(lines) == 1, lines
+    assert " message.accepted " in lines[0] and " rcpts=2 " in lines[0]
+    assert " local=2 " in lines[0] and " queued=1" in lines[0] and " qid=" in lines[0]
