@@ -26,7 +26,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ._common import Mailsrv, maildir_count
+from ._common import Mailsrv, maildir_count, smtp_reply
 
 SIZES = {
     "smoke": {"seconds": 1.0, "sessions": [1, 10], "bodies": [4096], "visible": 20},
@@ -331,12 +331,7 @@ def _measure_postfix(base: Path, sizes: dict[str, Any]) -> tuple[dict[tuple[int,
 
 
 async def _reply(reader: asyncio.StreamReader) -> int:
-    while True:
-        line = await reader.readline()
-        if not line:
-            raise ConnectionError("closed")
-        if line[3:4] != b"-":
-            return int(line[:3])
+    return int((await smtp_reply(reader))[:3])
 
 
 async def _session(port: int, rcpt: str, body: bytes, until: float, lat: list[float],
