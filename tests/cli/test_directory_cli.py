@@ -66,20 +66,24 @@ def test_password_never_from_argv_and_prompt_needs_tty(setup: Path) -> None:
 def test_domain_set_changes_only_the_options_given(setup: Path) -> None:
     def domain() -> dict:
         rows = json.loads(mailsrv(setup, "domain", "list", "--json").stdout)
-        return next(r for r in rows if r["name"] == "example.test")
+        return next(r for r in rows if r["name"] == "settable.test")
 
+    mailsrv(setup, "domain", "add", "settable.test")  # its own domain: the module's example.test stays as it is
+    mailsrv(setup, "user", "add", "erin@settable.test", "--no-password")
     before = domain()
-    out = json.loads(mailsrv(setup, "domain", "set", "example.test", "--max-storage", "3G", "--json").stdout)
+    out = json.loads(mailsrv(setup, "domain", "set", "settable.test", "--max-storage", "3G", "--json").stdout)
     assert out["changed"] == ["max_storage"]
     after = domain()
     assert after["max_storage"] == 3 * 1024 ** 3
     assert {k: v for k, v in after.items() if k != "max_storage"} == \
         {k: v for k, v in before.items() if k != "max_storage"}
-    mailsrv(setup, "domain", "set", "example.test", "--catchall", "alice@example.test")
-    assert domain()["catchall"] == "alice@example.test"
-    mailsrv(setup, "domain", "set", "example.test", "--catchall", "none")
+    mailsrv(setup, "domain", "set", "settable.test", "--catchall", "erin@settable.test")
+    assert domain()["catchall"] == "erin@settable.test"
+    mailsrv(setup, "domain", "set", "settable.test", "--catchall", "none")
     assert domain()["catchall"] is None
     assert domain()["max_storage"] == 3 * 1024 ** 3
+    mailsrv(setup, "domain", "set", "settable.test", "--max-storage", "unlimited")
+    assert domain()["max_storage"] is None
 
 
 def test_domain_admin_cannot_touch_another_domain(setup: Path) -> None:
