@@ -56,14 +56,24 @@ def _problem(status: int, detail: str) -> web.Response:
 class AdminApi:
     """The aiohttp application over one directory and authenticator."""
 
-    def __init__(self, directory: Directory, auth: Authenticator) -> None:
+    def __init__(self, directory: Directory, auth: Authenticator, *,
+                 forget_usage: Callable[[str], None] | None = None) -> None:
         self.directory = directory
         self.auth = auth
+        #: takes a deleted account's usage out of its domain's quota total (the store's UsageBook.forget)
+        self.forget_usage = forget_usage
         self.routes: list[tuple[str, str, str, dict[str, Any] | None]] = []
         self.app = web.Application(client_max_size=MAX_BODY)
         self._table()
         self.document = openapi.build(self.routes, PREFIX)
         self.app.router.add_get(PREFIX + "/openapi.json", self._openapi)
+
+    def _user_del(self, d: SyncDirectory, actor: Actor, address: str) -> dict[str, Any]:
+        acct = d.account_by_address(address)
+        out = ops.user_del(d, actor, address)
+        if acct is not None and self.forget_usage is not None:  # its mail no longer counts for the domain
+            self.forget_usage(str(acct.id))
+        return out
 
     async def _openapi(self, request: web.Request) -> web.Response:
         return web.json_response(self.document)
@@ -158,7 +168,7 @@ class AdminApi:
         a("PATCH", "/users/{address}", "Change a user", {**s, "properties": user_props},
           lambda d, ac, r, b: ops.user_set(d, ac, m(r, "address"), **_user_fields(b, with_state=True)))
         a("DELETE", "/users/{address}", "Delete a user (the store is kept)", None,
-          lambda d, ac, r, b: ops.user_del(d, ac, m(r, "address")))
+          lambda d, ac, r, b: self._user_del(d, ac, m(r, "address")))
         a("POST", "/users/{address}/password", "Set a user's password", {**s, "required": ["password"],
                                                                            "properties": {"password": str_}},
           lambda d, ac, r, b: ops.user_passwd(d, ac, m(r, "address"), b["secrets"]), hash_password=True)
@@ -271,7 +281,9 @@ class AdminService:
 
             res.update(worker_resources(self.ctx.config))
             self._own = True
-        api = AdminApi(res["directory"], res["auth"])
+        store = res.get("store")
+        api = AdminApi(res["directory"], res["auth"],
+                       forget_usage=store.usage.forget if store is not None else None)
         self.runner = web.AppRunner(api.app, access_log=None, handle_signals=False,
                                     shutdown_timeout=self.ctx.config.server.shutdown_grace)
         await self.runner.setup()
