@@ -153,25 +153,68 @@ def _migrate(conn: sqlite3.Connection) -> None:
         return
     conn.execute("BEGIN IMMEDIATE")
     try:
-        if "unseen" not in _columns(conn, "mailboxes"):
-            conn.execute("ALTER TABLE mailboxes ADD COLUMN unseen INTEGER NOT NULL DEFAULT 0")
-            conn.execute("UPDATE mailboxes SET unseen = (SELECT count(*) FROM messages m"
-                         " WHERE m.mailbox = mailboxes.id AND instr(m.flags, '\\Seen') = 0)")
-        if "email_id" not in _columns(conn, "expunged"):
-            conn.execute("ALTER TABLE expunged ADD COLUMN email_id TEXT")
-            conn.execute("ALTER TABLE expunged ADD COLUMN thread_id TEXT")
-        if "gen" not in _columns(conn, "quota"):  # generation of the usage (store/usage.py ordering)
-            conn.execute("ALTER TABLE quota ADD COLUMN gen INTEGER NOT NULL DEFAULT 0")
-        if "at" not in _columns(conn, "expunged"):  # expunge history pruning (_prune_expunged)
-            conn.execute("ALTER TABLE expunged ADD COLUMN at REAL")
-            conn.execute("ALTER TABLE mailboxes ADD COLUMN vanished_floor INTEGER NOT NULL DEFAULT 0")
-        for stmt in _UNSEEN_TRIGGERS.split("END;"):
-            if stmt.strip():
-                conn.execute(stmt + "END;")
+        _migrate_steps(conn)
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
         raise
+
+
+def _migrate_steps(conn: sqlite3.Connection) -> None:
+    """The schema changes after schema 1, inside the caller's transaction."""
+    if "unseen" not in _columns(conn, "mailboxes"):
+        conn.execute("ALTER TABLE mailboxes ADD COLUMN unseen INTEGER NOT NULL DEFAULT 0")
+        conn.execute("UPDATE mailboxes SET unseen = (SELECT count(*) FROM messages m"
+                     " WHERE m.mailbox = mailboxes.id AND instr(m.flags, '\\Seen') = 0)")
+    if "email_id" not in _columns(conn, "expunged"):
+        conn.execute("ALTER TABLE expunged ADD COLUMN email_id TEXT")
+        conn.execute("ALTER TABLE expunged ADD COLUMN thread_id TEXT")
+    if "gen" not in _columns(conn, "quota"):  # generation of the usage (store/usage.py ordering)
+        conn.execute("ALTER TABLE quota ADD COLUMN gen INTEGER NOT NULL DEFAULT 0")
+    if "at" not in _columns(conn, "expunged"):  # expunge history pruning (_prune_expunged)
+        conn.execute("ALTER TABLE expunged ADD COLUMN at REAL")
+        conn.execute("ALTER TABLE mailboxes ADD COLUMN vanished_floor INTEGER NOT NULL DEFAULT 0")
+    for stmt in _UNSEEN_TRIGGERS.split("END;"):
+        if stmt.strip():
+            conn.execute(stmt + "END;")
+
+
+def _create_schema(conn: sqlite3.Connection) -> None:
+    """A new index's tables, migrations and meta, inside the caller's transaction (one commit, one sync)."""
+    stmt = ""
+    for part in _SCHEMA.split(";"):
+        stmt += part + ";"
+        if sqlite3.complete_statement(stmt):
+            if stmt.strip(" \n;"):
+                conn.execute(stmt)
+            stmt = ""
+    _migrate_steps(conn)
+    conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+    conn.execute("INSERT OR IGNORE INTO meta VALUES ('epoch', ?)", (new_id("X"),))
+
+
+def _create_index(build: Path, seeds: list[folders.FolderSeed]) -> None:
+    """The index of a new account's skeleton (folders.make_skeleton), with its folders' rows.
+
+    Written without syncs (synchronous=OFF): the caller makes the whole skeleton durable at once.
+    """
+    conn = sqlite3.connect(build / INDEX_NAME, isolation_level=None)
+    try:
+        conn.execute("PRAGMA synchronous=OFF")  # first: switching to WAL would sync otherwise
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("BEGIN IMMEDIATE")
+        _create_schema(conn)
+        # as folders.adopt_folder: modseqs start at the clock (ms), no expunge before it
+        start = int(time.time() * 1000)
+        conn.executemany(
+            "INSERT INTO mailboxes (guid, name, dir, special_use, uidvalidity, uidnext, highestmodseq,"
+            " uidlist_size, cur_mtime, vanished_floor) VALUES (?, ?, ?, ?, ?, 1, ?, ?, ?, ?)",
+            [("M" + f.guid[:24], f.name, f.dirname, SPECIAL_USE.get(f.name), f.uidvalidity, start,
+              f.uidlist_size, f.cur_mtime, start) for f in seeds])
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+    (build / NOTIFY_NAME).touch()
 
 
 def _temp(exc: BaseException, what: str) -> TemporaryFailure:
@@ -183,11 +226,14 @@ class Engine:
 
     def __init__(self, account_id: str, root: Path, *, max_parse_size: int = 64 << 20,
                  hostname: str = "", mime_limits: MimeConfig | None = None,
-                 expunge_history: int = EXPUNGE_HISTORY, expunge_history_days: float = EXPUNGE_HISTORY_DAYS) -> None:
+                 expunge_history: int = EXPUNGE_HISTORY, expunge_history_days: float = EXPUNGE_HISTORY_DAYS,
+                 syncfs: bool = True) -> None:
         self.account_id = account_id
         #: the ``[mime]`` parser bounds used wherever this account parses a message
         self.mime_limits = mime_limits
         self.root = root
+        #: make a new account's skeleton durable with one syncfs (else an fsync per file and directory)
+        self.use_syncfs = syncfs
         self.max_parse_size = max_parse_size
         self.hostname = hostname or os.uname().nodename
         self.lock = threading.RLock()
@@ -244,6 +290,11 @@ class Engine:
             self.folder_cache.clear()
 
     def _ensure_tree(self) -> None:
+        """A new account: its whole skeleton at once (folders.make_skeleton). An existing one
+        (ours, or a Dovecot or mutt maildir being adopted): add what is missing."""
+        if not self.root.exists() and folders.make_skeleton(
+                self.root, self.hostname, _create_index, use_syncfs=self.use_syncfs):
+            return
         self.root.mkdir(parents=True, exist_ok=True)
         for sub in ("cur", "new", "tmp"):
             (self.root / sub).mkdir(exist_ok=True)
@@ -287,7 +338,8 @@ class Engine:
                     if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
                         conn.execute("PRAGMA journal_mode=WAL")
                     conn.execute("PRAGMA synchronous=FULL")
-                    conn.executescript(_SCHEMA)
+                    if not self._fresh_schema(conn):
+                        conn.executescript(_SCHEMA)
                     conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
                     _migrate(conn)
                     conn.execute("SELECT count(*) FROM mailboxes").fetchone()
@@ -305,6 +357,21 @@ class Engine:
                 self.conn = conn
                 self._db_ino = os.stat(path).st_ino
                 return
+
+    @staticmethod
+    def _fresh_schema(conn: sqlite3.Connection) -> bool:
+        """An empty index file (new, or rebuilt): create its schema in one transaction. False if it has one."""
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE name='meta'").fetchone():
+            return False
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if not conn.execute("SELECT 1 FROM sqlite_master WHERE name='meta'").fetchone():
+                _create_schema(conn)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return True
 
     def _check_reopen(self) -> None:
         """Another process rebuilt the index (a new file at the path): reopen it."""

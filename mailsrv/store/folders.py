@@ -9,6 +9,8 @@ import os
 import secrets
 import shutil
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -32,6 +34,10 @@ logger = log.get("store")
 UIDLIST_NAME = "mailsrv-uidlist"
 DOVECOT_UIDLIST = "dovecot-uidlist"
 SUBSCRIPTIONS = "subscriptions"
+#: directory beside new accounts where their skeletons are built (make_skeleton); never an account
+STAGING = ".mailsrv-new"
+#: a build in STAGING older than this (seconds) was abandoned by a crashed creator
+STAGING_MAX_AGE = 3600.0
 
 
 def make_folder_dir(eng: Engine, dirname: str) -> None:
@@ -49,6 +55,111 @@ def make_folder_dir(eng: Engine, dirname: str) -> None:
             raise MailboxExists(dirname) from None
         raise
     fsio.fsync_dir(eng.root)
+
+
+@dataclass(frozen=True)
+class FolderSeed:
+    """A folder of a new account's skeleton, as its index row needs it (see :func:`make_skeleton`)."""
+
+    name: str
+    dirname: str
+    uidvalidity: int
+    guid: str
+    #: bytes of its ``mailsrv-uidlist`` (the header) and the mtime of its empty ``cur/``
+    uidlist_size: int
+    cur_mtime: int
+
+
+def _mkdirs(path: Path) -> list[Path]:
+    """mkdir -p; the directories it made, outermost first."""
+    made: list[Path] = []
+    for d in (*reversed(path.parents), path):
+        try:
+            d.mkdir()
+            made.append(d)
+        except FileExistsError:
+            pass
+    return made
+
+
+def _clean_staging(staging: Path) -> None:
+    """Remove builds abandoned by a crashed creator (older than STAGING_MAX_AGE; a live build takes ms)."""
+    limit = time.time() - STAGING_MAX_AGE
+    with os.scandir(staging) as it:
+        for entry in it:
+            try:
+                if entry.stat(follow_symlinks=False).st_mtime < limit:
+                    logger.warning("account.orphan_removed", path=entry.path)
+                    shutil.rmtree(entry.path, ignore_errors=True)
+            except FileNotFoundError:
+                pass  # another process removed it meanwhile
+
+
+def make_skeleton(root: Path, hostname: str, make_index: Callable[[Path, list[FolderSeed]], None], *,
+                  use_syncfs: bool = True) -> bool:
+    """Create a new account's whole tree at ``root`` at once; False if another process made it first.
+
+    INBOX and the special-use folders (``cur/ new/ tmp/`` each, an empty ``mailsrv-uidlist``),
+    the notify file and the index (``make_index(build_dir, seeds)`` writes it, no sync needed)
+    are built in ``STAGING/<unique>`` beside ``root``, made durable at once (one ``syncfs``, or
+    an fsync of each file and directory when ``use_syncfs`` is false or there is no syncfs),
+    then renamed into place and the parent fsync'd. A crash leaves no account or a complete
+    one; an abandoned build stays in the staging directory (never an account) and is removed
+    by a later creation. Two creators race on the rename: exactly one wins, the loser removes
+    its build. Raises OSError.
+    """
+    staging = root.parent / STAGING
+    made = _mkdirs(staging)
+    if not made:
+        _clean_staging(staging)
+    build = staging / f"{root.name}.{fsio.unique_name(hostname)}"
+    try:
+        seeds = _build_tree(build)
+        make_index(build, seeds)
+        if use_syncfs and fsio.have_syncfs():
+            fsio.syncfs(build)
+        else:
+            for seed in seeds:
+                folder = build / seed.dirname if seed.dirname else build
+                fsio.fsync_file(folder / UIDLIST_NAME)
+                fsio.fsync_dir(folder)
+            for p in build.iterdir():
+                if p.is_file():
+                    fsio.fsync_file(p)
+        os.rename(build, root)
+    except OSError as exc:
+        shutil.rmtree(build, ignore_errors=True)
+        if exc.errno in (errno.EEXIST, errno.ENOTEMPTY) and root.is_dir():
+            return False  # another process created the account meanwhile: use theirs
+        raise
+    fsio.fsync_dir(root.parent)
+    for d in made:
+        if d != staging:  # a new domain directory: its entry must survive too
+            fsio.fsync_dir(d.parent)
+    return True
+
+
+def _build_tree(build: Path) -> list[FolderSeed]:
+    """The directories and uidlists of a new account's skeleton under ``build`` (no syncs)."""
+    seeds: list[FolderSeed] = []
+    uv = int(time.time())
+    build.mkdir()
+    for name in SPECIAL_USE:
+        dirname = "" if name == "INBOX" else maildir.folder_dir(name)
+        folder = build / dirname if dirname else build
+        if dirname:
+            folder.mkdir()
+        for sub in ("cur", "new", "tmp"):
+            (folder / sub).mkdir()
+        guid = secrets.token_hex(16)
+        header = uidlist.format_header(uv, 1, guid)
+        fd = os.open(folder / UIDLIST_NAME, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, header)
+        finally:
+            os.close(fd)
+        seeds.append(FolderSeed(name, dirname, uv, guid, len(header), os.stat(folder / "cur").st_mtime_ns))
+    return seeds
 
 
 def discover(eng: Engine) -> None:

@@ -98,7 +98,8 @@ class Store:
             root = Path(maildir) if maildir is not None else self.data_dir / "mail" / account_id
             engine = Engine(account_id, root, max_parse_size=self.config.max_parse_size, hostname=self.hostname,
                             mime_limits=self.mime, expunge_history=self.config.expunge_history,
-                            expunge_history_days=self.config.expunge_history_days)
+                            expunge_history_days=self.config.expunge_history_days,
+                            syncfs=self.config.syncfs)
             acct = Account(self, account_id, root, engine)
             engine.usage = self.usage
             if domain is None:  # reported with its domain earlier (by any process)?
