@@ -123,9 +123,10 @@ def make_skeleton(root: Path, hostname: str, make_index: Callable[[Path, list[Fo
                 folder = build / seed.dirname if seed.dirname else build
                 fsio.fsync_file(folder / UIDLIST_NAME)
                 fsio.fsync_dir(folder)
-            for p in build.iterdir():
-                if p.is_file():
-                    fsio.fsync_file(p)
+            for entry in os.scandir(build):  # the index (an empty file is whole with its entry)
+                if (entry.name != UIDLIST_NAME and entry.is_file(follow_symlinks=False)
+                        and entry.stat().st_size):
+                    fsio.fsync_file(entry.path)
         os.rename(build, root)
     except OSError as exc:
         shutil.rmtree(build, ignore_errors=True)
