@@ -15,9 +15,12 @@ around. Secrets are never logged: callers must not pass AUTH payloads.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import os
+import re
 import sys
+import threading
 import time
 from collections.abc import Mapping
 from types import MappingProxyType
@@ -26,6 +29,7 @@ from typing import Any, TextIO
 LEVELS = {"trace": 5, "debug": 10, "info": 20, "warning": 30, "error": 40}
 
 _level = LEVELS["info"]
+_URGENT = LEVELS["error"]  # written at once even when lines are buffered
 _stream: TextIO = sys.stderr
 
 #: Fields of the current session, merged into every line.
@@ -37,6 +41,7 @@ context: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar(
 def configure(level: str = "info", stream: TextIO | None = None) -> None:
     """Set the least severe level printed and (optionally) the stream."""
     global _level, _stream
+    flush()
     _level = LEVELS[level]
     if stream is not None:
         _stream = stream
@@ -53,8 +58,14 @@ def bind(**fields: Any) -> contextvars.Token[Mapping[str, Any]]:
     return context.set(merged)
 
 
+#: Values printed as they are: printable ASCII without space, quote, ``=`` or backslash.
+_plain = re.compile(r'[!#-<>-\[\]-~]+').fullmatch
+
+
 def _quote(value: Any) -> str:
     s = value if isinstance(value, str) else str(value)
+    if _plain(s) is not None:
+        return s
     if s == "" or any(c in s for c in ' "=\\') or not s.isprintable():
         s = s.replace("\\", "\\\\").replace('"', '\\"')
         s = s.encode("unicode_escape", "backslashreplace").decode("ascii").replace('\\\\"', '\\"')
@@ -62,15 +73,107 @@ def _quote(value: Any) -> str:
     return s
 
 
-def format_line(level: str, component: str, event: str, fields: dict[str, Any]) -> str:
-    now = time.time()
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
-    parts = [stamp, level, component, event]
-    for key, value in {**context.get(), **fields}.items():
+#: (second, "YYYY-MM-DDTHH:MM:SS") of the last stamp: strftime runs once a second, not per line.
+_stamp_cache: tuple[int, str] = (-1, "")
+
+
+def _stamp(now: float) -> str:
+    global _stamp_cache
+    sec = int(now)
+    cached_sec, prefix = _stamp_cache
+    if sec != cached_sec:
+        prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
+        _stamp_cache = (sec, prefix)
+    return f"{prefix}.{int((now - sec) * 1000):03d}Z"
+
+
+def format_line(level: str, component: str, event: str, fields: Mapping[str, Any]) -> str:
+    parts = [_stamp(time.time()), level, component, event]
+    for key, value in context.get().items():
+        if value is None or key in fields:  # a field given to the call overrides the session's
+            continue
+        parts.append(f"{key}={_quote(value)}")
+    for key, value in fields.items():
         if value is None:
             continue
         parts.append(f"{key}={_quote(value)}")
     return " ".join(parts)
+
+
+class _Buffer:
+    """Lines waiting for the owning loop to write them (see :func:`buffer_on_loop`).
+
+    Any thread may add a line; the loop writes the batch at most ``delay`` seconds
+    after its first line, in one write. ``error`` lines are written at once, with
+    every line before them.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, delay: float) -> None:
+        self.loop = loop
+        self.delay = delay
+        self.lines: list[str] = []
+        self.lock = threading.Lock()
+        self.thread = threading.get_ident()
+
+    def add(self, line: str, urgent: bool) -> None:
+        with self.lock:
+            self.lines.append(line)
+            first = len(self.lines) == 1
+        if urgent:
+            self.flush()
+        elif first:
+            try:
+                if threading.get_ident() == self.thread:
+                    self.loop.call_later(self.delay, self.flush)
+                else:
+                    self.loop.call_soon_threadsafe(self.loop.call_later, self.delay, self.flush)
+            except RuntimeError:  # loop closed: nobody will come, write now
+                self.flush()
+
+    def flush(self) -> None:
+        with self.lock:  # written under the lock: batches from two threads keep their order
+            lines, self.lines = self.lines, []
+            if lines:
+                _write("".join(lines))
+
+
+_buffer: _Buffer | None = None
+
+
+def _write(text: str) -> None:
+    try:
+        _stream.write(text)
+        _stream.flush()
+    except (OSError, ValueError):  # closed stderr must never kill a worker
+        pass
+
+
+def buffer_on_loop(loop: asyncio.AbstractEventLoop, delay: float = 0.05) -> None:
+    """From now on, lines below ``error`` are batched and written by ``loop`` at most
+    ``delay`` seconds later (one write per batch instead of one per line); ``error``
+    lines are written at once, with what is buffered before them.
+
+    For a serving process's event loop. The caller must call :func:`flush` (or
+    :func:`unbuffer`) when the loop stops; a kill -9 loses at most ``delay`` seconds
+    of lines below ``error``.
+    """
+    global _buffer
+    flush()
+    _buffer = _Buffer(loop, delay)
+
+
+def unbuffer() -> None:
+    """Write what is buffered and go back to one write per line."""
+    global _buffer
+    flush()
+    _buffer = None
+
+
+def flush() -> None:
+    """Write out buffered lines now (shutdown and crash paths)."""
+    buf = _buffer
+    if buf is not None:
+        buf.flush()
 
 
 class Logger:
@@ -82,14 +185,15 @@ class Logger:
         self.component = component
 
     def _emit(self, level: str, event: str, fields: dict[str, Any]) -> None:
-        if LEVELS[level] < _level:
+        severity = LEVELS[level]
+        if severity < _level:
             return
-        line = format_line(level, self.component, event, fields)
-        try:
-            _stream.write(line + "\n")
-            _stream.flush()
-        except (OSError, ValueError):  # closed stderr must never kill a worker
-            pass
+        line = format_line(level, self.component, event, fields) + "\n"
+        buf = _buffer
+        if buf is None:
+            _write(line)
+        else:
+            buf.add(line, severity >= _URGENT)
 
     def trace(self, event: str, **fields: Any) -> None:
         self._emit("trace", event, fields)
@@ -117,3 +221,4 @@ def get(component: str) -> Logger:
 
 def pid_fields() -> dict[str, Any]:
     return {"pid": os.getpid()}
+

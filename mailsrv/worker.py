@@ -17,6 +17,7 @@ import signal
 import socket
 import ssl
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -79,6 +80,7 @@ def make_listeners(
 async def _serve(cfg: Config, socks: dict[str, list[socket.socket]], ssl_context: ssl.SSLContext | None,
                  ready_fd: int, lifeline_fd: int) -> None:
     loop = asyncio.get_running_loop()
+    log.buffer_on_loop(loop)  # one write per ~50 ms instead of one per line (run() flushes at exit)
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)  # a terminal's ^C reaches the whole group; the master decides
@@ -141,6 +143,14 @@ def run(cfg: Config, socks: dict[str, list[socket.socket]], ssl_context: ssl.SSL
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
         signal.signal(sig, signal.SIG_DFL)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # reload is the master's business
+    # Development only: MAILSRV_PROFILE_DIR=DIR writes DIR/worker-PID.prof (cProfile, CPU time) at exit.
+    profile_dir = os.environ.get("MAILSRV_PROFILE_DIR")
+    profiler = None
+    if profile_dir:
+        import cProfile
+
+        profiler = cProfile.Profile(time.process_time)
+        profiler.enable()
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency
@@ -149,5 +159,9 @@ def run(cfg: Config, socks: dict[str, list[socket.socket]], ssl_context: ssl.SSL
     else:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as r:
             r.run(_serve(cfg, socks, ssl_context, ready_fd, lifeline_fd))
+    if profiler is not None and profile_dir:
+        profiler.disable()
+        profiler.dump_stats(os.path.join(profile_dir, f"worker-{os.getpid()}.prof"))
+    log.unbuffer()
     sys.stderr.flush()
     return 0

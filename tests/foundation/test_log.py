@@ -5,6 +5,12 @@ from __future__ import annotations
 import asyncio
 import io
 import re
+import sys
+import threading
+import time
+
+from hypothesis import given
+from hypothesis import strategies as st
 
 from mailsrv import log
 
@@ -68,3 +74,93 @@ def test_session_context_is_per_task() -> None:
 def test_exception_is_one_line() -> None:
     out = capture(lambda: log.get("w").exception("boom", ValueError("bad\nvalue")))
     assert out.count("\n") == 1 and 'error="ValueError: bad\\nvalue"' in out
+
+
+def _reference_quote(value: object) -> str:
+    """The quoting rule as first written (no fast path): the fast path must agree with it."""
+    s = value if isinstance(value, str) else str(value)
+    if s == "" or any(c in s for c in ' "=\\') or not s.isprintable():
+        s = s.replace("\\", "\\\\").replace('"', '\\"')
+        s = s.encode("unicode_escape", "backslashreplace").decode("ascii").replace('\\\\"', '\\"')
+        return f'"{s}"'
+    return s
+
+
+@given(st.one_of(st.text(), st.text(alphabet=st.characters(max_codepoint=127)), st.integers(), st.floats()))
+def test_quote_fast_path_agrees_with_the_rule(value: object) -> None:
+    assert log._quote(value) == _reference_quote(value)
+
+
+@given(st.floats(min_value=0, max_value=4_102_444_800, allow_nan=False))
+def test_cached_stamp_equals_strftime(now: float) -> None:
+    expected = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(int(now))) + f".{int(now % 1 * 1000):03d}Z"
+    assert log._stamp(now) == expected
+    assert log._stamp(now) == expected  # the second call comes from the cache
+
+
+def test_field_overrides_session_field_once() -> None:
+    def body() -> None:
+        token = log.bind(sid="s1", user="old")
+        try:
+            log.get("x").info("ev", user="new")
+        finally:
+            log.context.reset(token)
+
+    out = capture(body)
+    assert "user=new" in out and "user=old" not in out and out.count("user=") == 1
+
+
+def test_buffered_lines_wait_for_the_loop_errors_do_not() -> None:
+    buf = io.StringIO()
+    log.configure("info", buf)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        log.buffer_on_loop(loop, delay=0.05)
+        t0 = loop.time()
+        log.get("x").info("first")
+        from_thread = threading.Thread(target=lambda: log.get("x").info("threaded"))
+        from_thread.start()
+        from_thread.join()
+        assert buf.getvalue() == ""  # not written per line
+        deadline = t0 + 5
+        while "first" not in buf.getvalue():  # the loop writes the batch after the delay
+            assert loop.time() < deadline, "buffered lines never written"
+            await asyncio.sleep(0.005)
+        assert loop.time() - t0 >= 0.05
+        assert [ln.split()[3] for ln in buf.getvalue().splitlines()] == ["first", "threaded"]
+        log.get("x").info("second")
+        log.get("x").error("bad")  # an error is written at once, after what came before it
+        assert [ln.split()[3] for ln in buf.getvalue().splitlines()] == ["first", "threaded", "second", "bad"]
+        log.get("x").info("last")
+
+    try:
+        asyncio.run(main())
+        assert "last" not in buf.getvalue()  # the loop stopped before its timer
+        log.unbuffer()  # the shutdown path writes it
+        assert buf.getvalue().splitlines()[-1].split()[3] == "last"
+        log.get("x").info("direct")  # unbuffered again: one write per line
+        assert buf.getvalue().splitlines()[-1].split()[3] == "direct"
+    finally:
+        log.unbuffer()
+        log.configure("info", sys.stderr)
+
+
+def test_configure_writes_buffered_lines_to_the_old_stream() -> None:
+    old, new = io.StringIO(), io.StringIO()
+    log.configure("info", old)
+
+    async def main() -> None:
+        log.buffer_on_loop(asyncio.get_running_loop(), delay=60)
+        log.get("x").info("pending")
+        log.configure("info", new)
+        log.get("x").info("after")
+
+    try:
+        asyncio.run(main())
+        log.flush()
+    finally:
+        log.unbuffer()
+        log.configure("info", sys.stderr)
+    assert "pending" in old.getvalue() and "after" not in old.getvalue()
+    assert "after" in new.getvalue() and "pending" not in new.getvalue()
