@@ -39,6 +39,9 @@ logger = log.get("queue")
 RESCAN_INTERVAL = 60.0
 #: Seconds an idle outbound session is kept for the next message to the same host.
 POOL_IDLE = 5.0
+#: Seconds a completed entry's outcome record (done/<id>.json) is kept: a week, longer than a
+#: client is expected to look at an EmailSubmission's deliveryStatus.
+OUTCOME_KEEP = 7 * 86400.0
 
 
 class QueueRunner:
@@ -77,6 +80,7 @@ class QueueRunner:
     async def run(self, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
         removed = await loop.run_in_executor(None, self.qd.clean_orphans)
+        await loop.run_in_executor(None, self.qd.prune_outcomes, OUTCOME_KEEP)
         if removed:
             logger.info("queue.orphans_removed", count=removed)
         self._bind()
@@ -95,6 +99,8 @@ class QueueRunner:
                         if env.attempts or env.next_attempt <= now:  # a delayed send (not_before) keeps its time
                             env.next_attempt = 0
                 if self._reload or now - last_scan >= RESCAN_INTERVAL:
+                    if now - last_scan >= RESCAN_INTERVAL:
+                        await loop.run_in_executor(None, self.qd.prune_outcomes, OUTCOME_KEEP)
                     await self._rescan()
                     last_scan = now
                 next_due = now + RESCAN_INTERVAL
@@ -342,7 +348,9 @@ class QueueRunner:
         now = self.clock()
         env.attempts += 1
         pending = env.pending()
+        expired: frozenset[str] = frozenset()
         if pending and now - env.created >= self.qcfg.lifetime:
+            expired = frozenset(r.addr for r in pending)
             for r in pending:
                 r.status = FAILED
                 # RFC 3463: 4.4.7 delivery time expired (reported with Action: failed)
@@ -376,6 +384,8 @@ class QueueRunner:
         for action, rs in notices:
             await self._queue_dsn(env, rs, action)
         if not env.pending():
+            # the final outcome stays readable (JMAP deliveryStatus) after the entry is gone
+            await loop.run_in_executor(None, self.qd.record_outcome, env, expired)
             await loop.run_in_executor(None, self.qd.remove, env.id)
             self.entries.pop(env.id, None)
             logger.info("queue.done", id=env.id, attempts=env.attempts,

@@ -4,6 +4,8 @@ Layout under ``data_dir/queue``::
 
     msg/<id>        the message (hard link of the SMTP spool file; never rewritten)
     env/<id>.json   envelope and per-recipient state; its presence commits the entry
+    done/<id>.json  the final per-recipient outcome of a completed entry (the runner writes it before
+                    removing the entry; kept ``outcome_keep`` seconds, for JMAP deliveryStatus)
     tmp/            temp files for atomic envelope writes
     lock            fcntl lock serialising envelope rewrites (runner and CLI)
     runner.sock     the runner's datagram socket: "wake" / "flush" hints
@@ -33,6 +35,8 @@ from pathlib import Path
 from typing import Any
 
 PENDING, SENT, FAILED = "pending", "sent", "failed"
+#: an outcome record's status of a recipient that failed because the queue lifetime ran out
+EXPIRED = "expired"
 
 
 @dataclass
@@ -102,7 +106,8 @@ class QueueDir:
         self.msg = root / "msg"
         self.env = root / "env"
         self.tmp = root / "tmp"
-        for d in (self.msg, self.env, self.tmp):
+        self.done = root / "done"
+        for d in (self.msg, self.env, self.tmp, self.done):
             d.mkdir(parents=True, exist_ok=True)
         self.lock_path = root / "lock"
         self.sock_path = root / "runner.sock"
@@ -194,6 +199,52 @@ class QueueDir:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.msg / qid)
         return True
+
+    def record_outcome(self, env: Envelope, expired: frozenset[str] = frozenset()) -> None:
+        """Write ``done/<id>.json`` (durable): per recipient its final status (sent, failed, or
+        ``expired`` for the addresses in ``expired``), the last reply and the remote host. The queue
+        owner calls this before removing a completed entry."""
+        rcpts = [{"addr": r.addr, "status": EXPIRED if r.addr in expired and r.status == FAILED else r.status,
+                  "reply": r.diag, "remote": r.remote} for r in env.rcpts]
+        data = json.dumps({"id": env.id, "finished": time.time(), "rcpts": rcpts},
+                          ensure_ascii=False, separators=(",", ":")).encode()
+        tmp = self.tmp / f"{env.id}.{os.getpid()}.done"
+        with open(tmp, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, self.done / f"{env.id}.json")
+        _fsync_dir(self.done)
+
+    def prune_outcomes(self, keep: float, now: float | None = None) -> int:
+        """Remove outcome records older than ``keep`` seconds; returns how many."""
+        cutoff = (time.time() if now is None else now) - keep
+        removed = 0
+        for p in self.done.iterdir():
+            with contextlib.suppress(FileNotFoundError):
+                if p.stat().st_mtime < cutoff:
+                    p.unlink()
+                    removed += 1
+        return removed
+
+    def outcome(self, qid: str) -> dict[str, tuple[str, str]] | None:
+        """Where each recipient of entry ``qid`` stands: addr -> (status, last reply), status one of
+        pending / sent / failed / expired. From the live envelope while the entry is queued, from its
+        outcome record once done; None when neither exists (never queued, cancelled, or pruned).
+        Any process may call it (no lock: both files are only ever replaced whole)."""
+        if not qid.isalnum():
+            return None
+        try:
+            env = self.load(qid)
+        except (FileNotFoundError, ValueError):
+            pass
+        else:
+            return {r.addr: (r.status, r.diag) for r in env.rcpts}
+        try:  # done/ is written before env/ goes: an entry missing from env/ is done (or gone)
+            rec = json.loads((self.done / f"{qid}.json").read_bytes())
+        except (FileNotFoundError, ValueError):
+            return None
+        return {r["addr"]: (r["status"], r["reply"]) for r in rec["rcpts"]}
 
     # -- reading ---------------------------------------------------------------
 
