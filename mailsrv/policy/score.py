@@ -1,14 +1,14 @@
 """Spam scoring: points for authentication and reputation signals plus content rules.
 
 The built-in :class:`RuleScorer` is small and explainable (every point has a
-rule name, reported in ``X-Spam-Status``). :class:`RspamdScorer` hands the
+rule name, reported in ``X-Spam-Status``); its content rules live in
+:mod:`mailsrv.policy.content`. :class:`RspamdScorer` hands the
 message to an rspamd worker over its HTTP protocol (``POST /checkv2``) where
 an operator runs one. Both return a :class:`Score`.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -16,10 +16,10 @@ from typing import Any, Protocol
 import aiohttp
 from multidict import CIMultiDict
 
-from mailsrv.policy.headers import get_all, header_end, split_fields
+from mailsrv.policy.content import GTUBE, content_rules
 
-#: Bytes of the body the content rules look at.
-CONTENT_WINDOW = 64 * 1024
+__all__ = ["GTUBE", "Facts", "RspamdLearner", "RspamdScorer", "RuleScorer", "Score", "Scorer", "content_rules",
+           "signal_rules"]
 
 
 @dataclass
@@ -76,60 +76,6 @@ SIGNAL_POINTS: dict[str, float] = {
     "ARC_FAIL": 0.5,
 }
 
-_SPAM_PHRASES = re.compile(
-    rb"(?i)\b(viagra|cialis|casino|lottery|jackpot|you (?:have )?won|winner|claim your (?:prize|reward)|"
-    rb"100% free|risk[- ]free|act now|limited time offer|click here|unsubscribe here|make money fast|"
-    rb"work from home|weight loss|no prescription|bitcoin investment|crypto (?:profit|investment)|"
-    rb"nigerian prince|wire transfer|inheritance|beneficiary|urgent reply|dear friend|"
-    rb"verify your account|account (?:has been )?suspended|password expires?|replica watches|"
-    rb"cheap (?:meds|pills)|enlarge|adult|xxx|hot singles|dating)\b"
-)
-_URL = re.compile(rb"(?i)https?://[^\s\"'<>]+")
-_IP_URL = re.compile(rb"(?i)https?://\d{1,3}(?:\.\d{1,3}){3}")
-_SHORTENER = re.compile(rb"(?i)https?://(?:bit\.ly|tinyurl\.com|goo\.gl|t\.co|ow\.ly|is\.gd)/")
-
-
-#: The Generic Test for Unsolicited Bulk Email (SpamAssassin's and rspamd's test string): always spam.
-GTUBE = b"XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
-
-
-def content_rules(message: bytes) -> list[tuple[str, float]]:
-    """Header and body heuristics over the first :data:`CONTENT_WINDOW` bytes of the body."""
-    rules: list[tuple[str, float]] = []
-    fields = split_fields(message)
-    names = {n for n, _, _ in fields}
-    start = header_end(message)
-    body = message[start:start + CONTENT_WINDOW]
-    if GTUBE in body:
-        rules.append(("GTUBE", 1000.0))
-    if b"message-id" not in names:
-        rules.append(("MISSING_MID", 1.0))
-    if b"date" not in names:
-        rules.append(("MISSING_DATE", 1.0))
-    subject = " ".join(get_all(fields, "subject"))
-    letters = [c for c in subject if c.isalpha()]
-    if len(letters) >= 10 and sum(c.isupper() for c in letters) / len(letters) > 0.8:
-        rules.append(("SUBJ_ALL_CAPS", 1.5))
-    if re.search(r"[!?$]{3,}", subject):
-        rules.append(("SUBJ_PUNCT", 1.0))
-    phrases = {m.group(1).lower() for m in _SPAM_PHRASES.finditer(subject.encode() + b"\n" + body)}
-    if phrases:
-        rules.append(("SPAM_PHRASES", min(1.0 * len(phrases), 5.0)))
-    urls = _URL.findall(body)
-    if len(urls) > 15:
-        rules.append(("MANY_URLS", 1.0))
-    if _IP_URL.search(body):
-        rules.append(("URL_IP_ADDRESS", 2.0))
-    if _SHORTENER.search(body):
-        rules.append(("URL_SHORTENER", 1.0))
-    ctype = " ".join(get_all(fields, "content-type")).lower()
-    if ctype.startswith("text/html"):
-        rules.append(("HTML_ONLY", 0.5))
-    if b"to" not in names:
-        rules.append(("MISSING_TO", 0.5))
-    return rules
-
-
 def signal_rules(f: Facts) -> list[tuple[str, float]]:
     rules: list[tuple[str, float]] = []
     for zone in f.dnsbl:
@@ -157,7 +103,7 @@ class RuleScorer:
     """The default scorer: signals plus content rules (no network, no learning)."""
 
     async def score(self, message: bytes, facts: Facts) -> Score:
-        rules = signal_rules(facts) + content_rules(message)
+        rules = signal_rules(facts) + content_rules(message, facts.recipients)
         return Score(round(sum(p for _, p in rules), 2), rules)
 
 
