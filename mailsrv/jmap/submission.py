@@ -57,6 +57,18 @@ class Submitter(Protocol):
         """Take back a delayed submission; False when it is already (being) sent."""
 
 
+class TrackingSubmitter(Submitter, Protocol):
+    """A Submitter whose queued recipients can be followed (the real one; tests may use a plain one)."""
+
+    async def submit_queued(self, principal: Any, raw: bytes, mail_from: str,
+                            rcpts: list[str]) -> tuple[str | None, dict[str, tuple[str, str]]]:
+        """:meth:`Submitter.submit`, plus the queue id of the recipients it queued (None: none)."""
+
+    async def status(self, queue_id: str) -> dict[str, tuple[str, str]] | None:
+        """Where the queued recipients of ``queue_id`` stand: rcpt -> (delivered, smtpReply) with
+        delivered "queued" / "yes" / "no"; None when the queue no longer knows the entry."""
+
+
 class DirectorySubmitter:
     """The real one: directory policy, local delivery (mailsrv.delivery), the outbound queue."""
 
@@ -78,6 +90,10 @@ class DirectorySubmitter:
         return acct is not None and bool(await self.directory.may_send_as(acct.id, address))
 
     async def submit(self, principal: Any, raw: bytes, mail_from: str, rcpts: list[str]) -> dict[str, tuple[str, str]]:
+        return (await self.submit_queued(principal, raw, mail_from, rcpts))[1]
+
+    async def submit_queued(self, principal: Any, raw: bytes, mail_from: str,
+                            rcpts: list[str]) -> tuple[str | None, dict[str, tuple[str, str]]]:
         from mailsrv.queue.store import QRcpt
 
         acct = await self._account(principal)
@@ -85,6 +101,7 @@ class DirectorySubmitter:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, _write_durable, spool, raw)
         out: dict[str, tuple[str, str]] = {}
+        qid: str | None = None
         try:
             local: list[tuple[str, Any]] = []
             remote: list[str] = []
@@ -109,7 +126,7 @@ class DirectorySubmitter:
                         out[r] = ("queued", f"250 2.0.0 queued as {qid}")
         finally:
             await loop.run_in_executor(None, _unlink, spool)
-        return out
+        return qid, out
 
 
     async def submit_later(self, principal: Any, raw: bytes, mail_from: str, rcpts: list[str],
@@ -136,6 +153,22 @@ class DirectorySubmitter:
 
     async def cancel(self, queue_id: str) -> bool:
         return await self.queue.cancel_delayed(queue_id, CANCEL_MARGIN)
+
+    async def status(self, queue_id: str) -> dict[str, tuple[str, str]] | None:
+        outcome = await asyncio.get_running_loop().run_in_executor(None, self.queue.qd.outcome, queue_id)
+        if outcome is None:
+            return None
+        return {r: delivery_status(st, reply) for r, (st, reply) in outcome.items()}
+
+
+def delivery_status(queue_status: str, reply: str) -> tuple[str, str]:
+    """RFC 8621 §7: a queue recipient's status as (delivered, smtpReply): "queued" while the queue
+    retries (the last 4xx reply, if any), "yes" after the remote 250, "no" once failed or expired."""
+    from mailsrv.queue.store import PENDING, SENT
+
+    if queue_status == PENDING:
+        return "queued", reply
+    return ("yes" if queue_status == SENT else "no"), reply
 
 
 def _write_durable(path: Path, data: bytes) -> None:
@@ -198,21 +231,61 @@ def release_time(obj: dict[str, Any], env: dict[str, Any], max_delay: int, now: 
     return until
 
 
-async def settle(coll: Any, now: float | None = None) -> None:
-    """Pending submissions whose release time has come are final (a state change clients see)."""
+async def settle(coll: Any, submitter: Any = None, now: float | None = None) -> None:
+    """Bring the submissions up to date (each change is a state change clients see).
+
+    RFC 8621 §7: a pending submission whose release time has come is final; RFC 8621 §7.1 ("the
+    server updates deliveryStatus as it learns"): a recipient still "queued" takes its status from
+    the outbound queue (the live entry, or the outcome record once done), when the submitter can
+    follow it. A queue entry the queue no longer knows (its record pruned) leaves "unknown"."""
     now = time.time() if now is None else now
+    status_of = getattr(submitter, "status", None)
 
     def due(d: dict[str, Any]) -> list[str]:
         return [i for i, r in d["records"].items() if r.get("undoStatus") == "pending" and r.get("releaseAt", 0) <= now]
 
-    if not due(await coll.read()):
+    def following(d: dict[str, Any]) -> dict[str, str]:
+        """submission id -> queue id, for released submissions with a recipient still queued"""
+        return {i: r["queueId"] for i, r in d["records"].items()
+                if r.get("queueId") and r.get("undoStatus") != "canceled" and r.get("releaseAt", 0) <= now
+                and any(v.get("delivered") == "queued" for v in r["deliveryStatus"].values())}
+
+    data = await coll.read()
+    learnt: dict[str, dict[str, dict[str, str]]] = {}
+    if status_of is not None:
+        for sid, qid in following(data).items():
+            known = await status_of(qid)
+            cur = data["records"][sid]["deliveryStatus"]
+            fresh = {r: v for r, v in cur.items() if v.get("delivered") == "queued"}
+            for r, v in fresh.items():
+                if known is None:
+                    fresh[r] = {**v, "delivered": "unknown"}
+                elif r in known:
+                    delivered, reply = known[r]
+                    fresh[r] = {**v, "delivered": delivered, "smtpReply": reply or v["smtpReply"]}
+            moved = {r: v for r, v in fresh.items() if v != cur[r]}
+            if moved:
+                learnt[sid] = moved
+    if not due(data) and not learnt:
         return
 
-    def finalise(d: dict[str, Any]) -> None:
-        for i in due(d):
-            put(d, i, {**d["records"][i], "undoStatus": "final"})
+    def apply(d: dict[str, Any]) -> None:
+        ids = set(due(d)) | set(learnt)
+        for i in ids:
+            rec = d["records"].get(i)
+            if rec is None:
+                continue
+            status = rec["deliveryStatus"]
+            if i in learnt and rec.get("undoStatus") != "canceled":
+                # only recipients that are still queued on disk (another worker may have been first)
+                status = {**status, **{r: v for r, v in learnt[i].items()
+                                       if status.get(r, {}).get("delivered") == "queued"}}
+            undo = "final" if rec.get("undoStatus") == "pending" and rec.get("releaseAt", 0) <= now \
+                else rec.get("undoStatus")
+            if status != rec["deliveryStatus"] or undo != rec.get("undoStatus"):
+                put(d, i, {**rec, "undoStatus": undo, "deliveryStatus": status})
 
-    await coll.change(finalise)
+    await coll.change(apply)
 
 
 @registry.add("EmailSubmission/get", SUBMISSION)
@@ -220,7 +293,7 @@ async def submission_get(ctx: RequestContext, args: dict[str, Any], call_id: str
     A.check(args, ("accountId", "ids", "properties"))
     be = ctx.account(args)
     coll = collection(ctx, be.account_id, "EmailSubmission")
-    await settle(coll)
+    await settle(coll, ctx.extra.get("submitter"))
     return await get_objects(ctx, args, coll, PROPS, be)
 
 
@@ -228,7 +301,7 @@ async def submission_get(ctx: RequestContext, args: dict[str, Any], call_id: str
 async def submission_changes(ctx: RequestContext, args: dict[str, Any], call_id: str) -> dict[str, Any]:
     be = ctx.account(args)
     coll = collection(ctx, be.account_id, "EmailSubmission")
-    await settle(coll)
+    await settle(coll, ctx.extra.get("submitter"))
     return await changes_objects(args, coll, be)
 
 
@@ -237,7 +310,7 @@ async def submission_query(ctx: RequestContext, args: dict[str, Any], call_id: s
     A.check(args, ("accountId", "filter", "sort", "position", "anchor", "anchorOffset", "limit", "calculateTotal"))
     be = ctx.account(args)
     coll = collection(ctx, be.account_id, "EmailSubmission")
-    await settle(coll)
+    await settle(coll, ctx.extra.get("submitter"))
     data = await coll.read()
     recs = data["records"]
     flt = args.get("filter") or {}
@@ -270,7 +343,7 @@ async def submission_set(ctx: RequestContext, args: dict[str, Any], call_id: str
         raise invalid_arguments("onSuccessUpdateEmail must be a map, onSuccessDestroyEmail a list")
     A.set_limit(ctx, len(create) + len(args.get("update") or {}) + len(args.get("destroy") or []))
     coll = collection(ctx, be.account_id, "EmailSubmission")
-    await settle(coll)
+    await settle(coll, ctx.extra.get("submitter"))
     old = await coll.state()
     if args.get("ifInState") is not None and args["ifInState"] != old:
         raise MethodError("stateMismatch")
@@ -321,11 +394,15 @@ async def submission_set(ctx: RequestContext, args: dict[str, Any], call_id: str
             outgoing = BCC_RE.sub(b"", raw, count=0)
             qid: str | None = None
             if send_at is None:
-                status = await submitter.submit(principal, outgoing, mail_from, rcpts)
+                submit_queued = getattr(submitter, "submit_queued", None)
+                if submit_queued is not None:  # the queue id lets settle() follow the queued recipients
+                    qid, status = await submit_queued(principal, outgoing, mail_from, rcpts)
+                else:
+                    status = await submitter.submit(principal, outgoing, mail_from, rcpts)
             else:
                 qid, status = await submitter.submit_later(principal, outgoing, mail_from, rcpts, send_at)
             release = now if send_at is None or qid is None else send_at
-            undo = "pending" if qid is not None else "final"
+            undo = "pending" if send_at is not None and qid is not None else "final"
             rec = {"identityId": iid, "emailId": meta.id, "threadId": meta.thread_id, "envelope": env,
                    "sendAt": message.utc_date(release), "undoStatus": undo,
                    "deliveryStatus": {r: {"smtpReply": s[1], "delivered": s[0], "displayed": "unknown"}
@@ -341,7 +418,7 @@ async def submission_set(ctx: RequestContext, args: dict[str, Any], call_id: str
             ctx.created_ids[cid] = sid
             created[cid] = {"id": sid, "threadId": meta.thread_id, "sendAt": rec["sendAt"], "undoStatus": undo}
             logger.info("jmap.submitted", rcpts=len(rcpts), submission=sid, queue_id=qid or "",
-                        release=rec["sendAt"] if qid else "now")
+                        release=rec["sendAt"] if undo == "pending" else "now")
         except SetError as exc:
             not_created[cid] = exc.to_json()
     updated, not_updated = await _cancel(ctx, coll, submitter, args.get("update") or {})
