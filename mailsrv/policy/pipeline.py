@@ -11,8 +11,13 @@ scan and spam score. Outbound mail (authenticated or trusted) gets the
 sending limits and the virus scan. Both lose forged Authentication-Results.
 
 Invariant: :meth:`PolicySession.data` rewrites the spool file only by
-writing a new file beside it, fsyncing it and renaming it over the old one, so
-the spool is durable whatever the outcome.
+writing a new file beside it and renaming it over the old one, so the spool
+path always holds a whole message. Neither the spool nor its rewrite is
+fsync'd here: every consumer makes its own hard link of the spool's inode
+durable (``store.deliver`` by syncfs or an fsync of the file and ``new/``, the
+queue by fsyncing its link), and nothing is acknowledged before that. A
+message that needs no change (authenticated or trusted mail without a forged
+Authentication-Results) is not rewritten at all.
 """
 
 from __future__ import annotations
@@ -426,8 +431,9 @@ class PolicySession:
     async def data(self, spool: Path) -> Decision:
         """Decide on the durable message in ``spool`` and add our headers to it (atomically).
 
-        Must be called after the spool is fsync'd and before the reply. Raises OSError
-        when the spool cannot be read or rewritten (the session answers 451).
+        Must be called after the spool is complete (written and closed) and before the
+        consumers make it durable and the reply. Raises OSError when the spool cannot be
+        read or rewritten (the session answers 451).
         """
         if not self.active:
             return ACCEPT
@@ -460,8 +466,9 @@ class PolicySession:
                 scan.cancel()
         if decision.ok:
             drop = OUR_FIELDS if not self.outbound else frozenset()
-            await loop.run_in_executor(self.p.executor, functools.partial(
-                rewrite_spool, spool, headers, self.p.authserv_id, drop=drop))
+            if headers or needs_rewrite(message, self.p.authserv_id, drop):
+                await loop.run_in_executor(self.p.executor, functools.partial(
+                    rewrite_spool, spool, headers, self.p.authserv_id, drop=drop))
         logger.info("policy.decided", action=decision.action, code=decision.code,
                     score=f"{decision.score.score:.1f}" if decision.score else None,
                     ms=f"{(time.perf_counter() - started) * 1000:.1f}")
@@ -620,27 +627,17 @@ def _read_head(path: Path, limit: int) -> bytes:
 
 
 def replace_spool(path: Path, data: bytes) -> None:
-    """Replace the spool's content with ``data``: temp file beside it, fsync, rename, fsync the directory."""
+    """Replace the spool's content with ``data``: temp file beside it, renamed over it (no fsync: the
+    consumers make their links of the new inode durable, see the module docstring)."""
     tmp = path.with_name(path.name + ".policy")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
         with os.fdopen(fd, "wb") as dst:
             dst.write(data)
-            dst.flush()
-            os.fsync(dst.fileno())
     except BaseException:
         os.unlink(tmp)
         raise
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
 
 
 _BREAK = re.compile(r"\r\n(?![ \t])|\r(?!\n)|(?<!\r)\n|[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
@@ -656,10 +653,23 @@ def safe_field(field: str) -> str:
 OUR_FIELDS = frozenset({b"x-spam-flag", b"x-spam-score", b"x-spam-status", b"x-virus-status"})
 
 
+def _removed(name: bytes, value: bytes, our_id: str, drop: frozenset[bytes]) -> bool:
+    """A field we take out: one in ``drop``, or an Authentication-Results claiming to be ours (forged)."""
+    return name in drop or (name == b"authentication-results"
+                            and authresults.is_ours(value.decode("utf-8", "replace"), our_id))
+
+
+def needs_rewrite(head: bytes, our_id: str, drop: frozenset[bytes]) -> bool:
+    """Whether :func:`rewrite_spool` without new headers would remove a field from the message that
+    starts with ``head`` (at least its first ``MAX_HEADER_READ`` bytes, or all of it)."""
+    head = head[:MAX_HEADER_READ]
+    return any(_removed(name, value, our_id, drop) for name, value, _raw in split_fields(head[:header_end(head)]))
+
+
 def rewrite_spool(path: Path, headers: Sequence[str], our_id: str, *, drop: frozenset[bytes] = frozenset()) -> int:
     """Insert ``headers`` after our trace fields, drop forged Authentication-Results and the fields in
     ``drop``; atomic. Returns the number of fields removed. The new file is written beside
-    the old one, fsync'd, and renamed over it (then the directory is fsync'd).
+    the old one and renamed over it; it is not fsync'd (see the module docstring).
     """
     with open(path, "rb") as src:
         head = src.read(MAX_HEADER_READ)
@@ -668,8 +678,7 @@ def rewrite_spool(path: Path, headers: Sequence[str], our_id: str, *, drop: froz
         kept: list[bytes] = []
         removed = 0
         for name, value, raw in fields:
-            if name in drop or (name == b"authentication-results"
-                                and authresults.is_ours(value.decode("utf-8", "replace"), our_id)):
+            if _removed(name, value, our_id, drop):
                 removed += 1
                 continue
             kept.append(raw)
@@ -689,13 +698,10 @@ def rewrite_spool(path: Path, headers: Sequence[str], our_id: str, *, drop: froz
                 dst.write(head[consumed:])
                 while chunk := src.read(COPY_CHUNK):
                     dst.write(chunk)
-                dst.flush()
-                os.fsync(dst.fileno())
         except BaseException:
             os.unlink(tmp)
             raise
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
     return removed
 
 

@@ -1,0 +1,66 @@
+"""The policy's end-of-DATA spool rewrite: skipped when nothing changes, the same removals either way."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mailsrv.config import PolicyConfig
+from mailsrv.net.dns import Resolver
+from mailsrv.policy.pipeline import OUR_FIELDS, Policy, needs_rewrite, rewrite_spool
+from mailsrv.policy.state import PolicyState
+
+OUR_ID = "mx.example.test"
+
+_field = st.sampled_from([
+    b"Subject: hello\r\n",
+    b"Received: from a by b; date\r\n",
+    b"Authentication-Results: mx.example.test; spf=pass\r\n",
+    b"Authentication-Results: other.test; spf=pass\r\n",
+    b"authentication-results:mx.example.test;\r\n dkim=pass\r\n",
+    b"X-Spam-Flag: YES\r\n",
+    b"X-Virus-Status: Clean\r\n",
+    b"X-Note: Authentication-Results: mx.example.test\r\n",
+])
+
+
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture], max_examples=60)
+@given(st.lists(_field, max_size=6), st.booleans())
+def test_needs_rewrite_agrees_with_the_rewrite(tmp_path: Path, fields: list[bytes], inbound: bool) -> None:
+    message = b"".join(fields) + b"\r\nbody\r\n"
+    drop = OUR_FIELDS if inbound else frozenset()
+    spool = tmp_path / "spool"
+    spool.write_bytes(message)
+    assert needs_rewrite(message, OUR_ID, drop) == (rewrite_spool(spool, [], OUR_ID, drop=drop) > 0)
+
+
+async def _decide(tmp_path: Path, message: bytes) -> tuple[bool, bytes]:
+    """A trusted (loopback) session's end of DATA: (was the spool file replaced, its content)."""
+    policy = Policy(PolicyConfig(), hostname=OUR_ID, resolver=Resolver(["127.0.0.1:1"]),
+                    state=PolicyState(tmp_path / "p.db"))
+    try:
+        spool = tmp_path / "spool"
+        spool.write_bytes(message)
+        before = os.stat(spool).st_ino
+        session = policy.session(client_ip="127.0.0.1")
+        assert session.outbound  # 127.0.0.0/8 is in policy.skip_networks
+        decision = await session.data(spool)
+        assert decision.ok
+        return os.stat(spool).st_ino != before, spool.read_bytes()
+    finally:
+        policy.close()
+
+
+async def test_trusted_message_without_forged_results_is_not_rewritten(tmp_path: Path) -> None:
+    message = b"Received: from a by b; date\r\nSubject: s\r\n\r\nbody\r\n"
+    replaced, content = await _decide(tmp_path, message)
+    assert not replaced and content == message
+
+
+async def test_trusted_message_loses_forged_results(tmp_path: Path) -> None:
+    message = b"Authentication-Results: mx.example.test; dkim=pass\r\nSubject: s\r\n\r\nbody\r\n"
+    replaced, content = await _decide(tmp_path, message)
+    assert replaced and content == b"Subject: s\r\n\r\nbody\r\n"
