@@ -79,6 +79,9 @@ RULES: dict[str, float] = {
 }
 #: SPAM_PHRASES never adds more than this.
 PHRASES_MAX = 3.5
+#: The subject rules (SUBJ_*) overlap (a shouted lottery subject hits three of them): together at most this
+#: (SpamAssassin reaches the same with meta rules); a rule clipped to nothing is left out.
+SUBJECT_MAX = 3.5
 
 # Phrase groups (Latin phrases with word boundaries; Chinese phrases are specific multi-character terms,
 # as Chinese has no spaces). Each distinct phrase found counts once.
@@ -292,10 +295,18 @@ def content_rules(message: bytes, recipients: Sequence[str] = ()) -> list[tuple[
     if b"list-unsubscribe" not in names and _REMOVE.search(visible[:TEXT_LIMIT]):
         hits.append("REMOVE_INSTRUCTIONS")
     hits += _url_rules(visible, html)
-    out = [(name, RULES[name]) for name in dict.fromkeys(hits)]
-    if found:
-        out = [(n, min(PHRASES_MAX, round(RULES[n] * len(found), 2)) if n == "SPAM_PHRASES" else p)
-               for n, p in out]
+    out: list[tuple[str, float]] = []
+    subject_left = SUBJECT_MAX
+    for name in dict.fromkeys(hits):
+        points = RULES[name]
+        if name == "SPAM_PHRASES":
+            points = min(PHRASES_MAX, round(points * len(found), 2))
+        elif name.startswith("SUBJ_"):
+            points = round(min(points, subject_left), 2)
+            subject_left -= points
+            if points <= 0:
+                continue
+        out.append((name, points))
     return out
 
 
