@@ -15,10 +15,10 @@ costs milliseconds.
 
 from __future__ import annotations
 
+import html as htmllib
 import re
 from collections.abc import Sequence
 from email.utils import getaddresses, parsedate_tz
-from html.parser import HTMLParser
 
 from mailsrv import mime
 from mailsrv.policy.headers import get_all, header_end, split_fields
@@ -169,58 +169,88 @@ _HIDDEN_STYLE = re.compile(r"(?i)display\s*:\s*none|visibility\s*:\s*hidden|font
 _WHITE = frozenset({"#fff", "#ffffff", "white"})
 
 
-class _Html(HTMLParser):
-    """What the rules need from an HTML part: visible text, links with their text, images, tricks."""
+_TAG = re.compile(r"<(/?)([A-Za-z][A-Za-z0-9]{0,15})([^<>]{0,4000})>")
+_ATTR = re.compile(r"""([A-Za-z-]{1,40})\s*=\s*("[^"]*"|'[^']*'|[^\s"'>]+)""")
+_COLOR_WHITE = re.compile(r"(?i)(?:^|;)\s*color\s*:\s*(?:#fff\b|#ffffff\b|white\b)")
 
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
+
+class Html:
+    """What the rules need from an HTML part: visible text, links with their text, images and tricks.
+
+    A small tag scanner (not html.parser, whose incomplete-tag handling is quadratic on hostile input):
+    comments are cut with str.find, tags matched by a regular expression whose attribute part cannot
+    cross a ``<``, so the whole scan is linear in the input.
+    """
+
+    def __init__(self, markup: str) -> None:
         self.text: list[str] = []
         self.links: list[tuple[str, list[str]]] = []
         self.images = 0
         self.hidden = False
         self.form_script = False
         self.huge_font = False
-        self._skip = 0  # inside script/style
-        self._anchor: list[str] | None = None
+        markup = _strip_comments(markup)
+        skip: str | None = None  # inside <script> or <style>: text is not visible
+        anchor: list[str] | None = None
+        pos = 0
+        for m in _TAG.finditer(markup):
+            if skip is None and m.start() > pos:
+                data = htmllib.unescape(markup[pos:m.start()])
+                self.text.append(data)
+                if anchor is not None:
+                    anchor.append(data)
+            pos = m.end()
+            closing, tag, rest = m.group(1), m.group(2).lower(), m.group(3)
+            if closing:
+                if tag == skip:
+                    skip = None
+                elif tag == "a":
+                    anchor = None
+                continue
+            if skip is not None:
+                continue
+            self._start(tag, {k.lower(): v.strip("\"'") for k, v in _ATTR.findall(rest)})
+            if tag in ("script", "style"):
+                skip = tag
+            elif tag == "a":
+                anchor = []
+                self.links.append((htmllib.unescape(self._href), anchor))
+        if skip is None and pos < len(markup):
+            self.text.append(htmllib.unescape(markup[pos:]))
 
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        a = {k: (v or "") for k, v in attrs}
-        if tag in ("script", "style"):
-            self._skip += 1
-            if tag == "script":
-                self.form_script = True
-        elif tag == "form":
+    _href = ""
+
+    def _start(self, tag: str, a: dict[str, str]) -> None:
+        self._href = a.get("href", "").strip()
+        if tag in ("script", "form"):
             self.form_script = True
         elif tag == "img":
             self.images += 1
-        elif tag == "a":
-            self._anchor = []
-            self.links.append((a.get("href", "").strip(), self._anchor))
         elif tag == "font":
-            size = a.get("size", "").strip()
-            if size in ("+3", "+4", "+5", "+6", "+7", "6", "7"):
+            if a.get("size", "").strip() in ("+3", "+4", "+5", "+6", "+7", "6", "7"):
                 self.huge_font = True
             if a.get("color", "").strip().lower() in _WHITE:
                 self.hidden = True
         style = a.get("style", "")
-        if style and _HIDDEN_STYLE.search(style[:2000]):
-            self.hidden = True
-        if re.search(r"(?i)(?:^|;)\s*color\s*:\s*(?:#fff\b|#ffffff\b|white\b)", style[:2000]) and \
-                "background" not in style.lower():
+        if style and (_HIDDEN_STYLE.search(style) or
+                      (_COLOR_WHITE.search(style) and "background" not in style.lower())):
             self.hidden = True
 
-    def handle_endtag(self, tag: str) -> None:
-        if tag in ("script", "style") and self._skip:
-            self._skip -= 1
-        elif tag == "a":
-            self._anchor = None
 
-    def handle_data(self, data: str) -> None:
-        if self._skip:
-            return
-        self.text.append(data)
-        if self._anchor is not None:
-            self._anchor.append(data)
+def _strip_comments(markup: str) -> str:
+    """The markup without ``<!-- ... -->`` comments (an unclosed comment runs to the end), in linear time."""
+    out: list[str] = []
+    pos = 0
+    while True:
+        start = markup.find("<!--", pos)
+        if start < 0:
+            out.append(markup[pos:])
+            return "".join(out)
+        out.append(markup[pos:start])
+        end = markup.find("-->", start + 4)
+        if end < 0:
+            return "".join(out)
+        pos = end + 3
 
 
 def url_host(url: str) -> tuple[str, bool]:
@@ -380,7 +410,7 @@ def _from_rules(fields: list[tuple[bytes, bytes, bytes]], recipients: Sequence[s
     return hits
 
 
-def _texts(window: bytes, hits: list[str]) -> tuple[str, _Html | None]:
+def _texts(window: bytes, hits: list[str]) -> tuple[str, Html | None]:
     """Decoded text/plain of the reader's text and the parsed HTML part; appends MIME rule names to hits."""
     structure = mime.parse(window)
     text_parts, html_parts, attachments = mime.split_body(structure)
@@ -396,15 +426,10 @@ def _texts(window: bytes, hits: list[str]) -> tuple[str, _Html | None]:
         text += t + "\n"
         if p.encoding.lower() == "base64" and t.strip() and t.isascii():
             hits.append("BASE64_TEXT")
-    html: _Html | None = None
+    html: Html | None = None
     if htmls:
         raw = mime.part_text(window, htmls[0], limit=TEXT_LIMIT)
-        html = _Html()
-        try:
-            html.feed(raw)
-            html.close()
-        except Exception:  # html.parser is lenient; a parse error on hostile markup is not ours to raise
-            pass
+        html = Html(raw)
         if not plain:
             hits.append("HTML_ONLY")
             visible = "".join(html.text).strip()
@@ -439,7 +464,7 @@ def _entity_is_letter(entity: str) -> bool:
     return chr(code).isalnum() and code < 0x250 if code < 0x110000 else False
 
 
-def _url_rules(visible: str, html: _Html | None) -> list[str]:
+def _url_rules(visible: str, html: Html | None) -> list[str]:
     hits: list[str] = []
     urls = [m.group(0) for m in _URL.finditer(visible[:TEXT_LIMIT])]
     hrefs = [h for h, _ in html.links if h.lower().startswith(("http://", "https://"))] if html else []
