@@ -91,14 +91,21 @@ _LATIN_PHRASES = {
              r"million dollars|unclaimed|wire transfer|western union|money order|credit card offers?|"
              r"bitcoin investment|crypto (?:profit|investment)|eliminate (?:your )?debt|lowest rates?|"
              r"mortgage rates?|refinanc(?:e|ed|ing)|no credit check|pre-?approved|consolidate (?:your )?debt|"
-             r"cash prize|investment opportunity|home based business|work from home|be your own boss",
+             r"cash prize|investment opportunity|home based business|work from home|be your own boss|"
+             r"business opportunit(?:y|ies)|multi-?level marketing|mlm|network marketing|debt consolidation|"
+             r"bad credit|credit reports?|home equity|life insurance|insurance quotes?|annuit(?:y|ies)|"
+             r"stock (?:alert|pick)|cents (?:a|per) minute|long distance|ink cartridges?|toner cartridges?|"
+             r"increase (?:your )?(?:sales|traffic)|search engine (?:placement|ranking|submission)|"
+             r"submit your (?:web ?site|site)|pay-?per-?view|satellite (?:tv|cards?|systems?)|cable descrambler|"
+             r"spy cam|as seen on|all natural",
     "pharma": r"viagra|cialis|levitra|no prescription|without (?:a )?prescription|online pharmacy|"
               r"cheap (?:meds|pills)|weight loss|lose weight|diet pills?|penis|enlarge(?:ment)?|"
               r"herbal|human growth hormone|hgh|anti-?aging|porno|adult site",
     "urgency": r"act now|limited time(?: offer)?|order now|urgent reply|respond (?:now|immediately)|"
                r"don'?t delete|once in a lifetime|apply now|call (?:now|today)|"
-               r"while supplies last|expires? (?:today|soon)|this won'?t last",
-    "offer": r"100% (?:free|guaranteed|satisfied)|risk[- ]free|free (?:gift|trial|membership|quote|access)|"
+               r"while supplies last|expires? (?:today|soon)|this won'?t last|order today|call toll[- ]free|"
+               r"offer expires|special offer|no cost|free (?:cd|dvd|info|information|consultation|sample)",
+    "offer": r"100% (?:free|guaranteed|satisfied)|risk[- ]free|free (?:gift|membership|quote|access)|"
              r"special promotion|satisfaction guaranteed|money[- ]back guarantee|no obligation|"
              r"best price|amazing offer|incredible deal|click here|click below|"
              r"dear (?:friend|sir|madam|customer|member)|this is not (?:a )?spam|not junk mail|"
@@ -151,7 +158,8 @@ _MONEY = re.compile(
 _REMOVE = re.compile(
     r"(?i)\b(?:to (?:be )?remove(?:d)? (?:yourself )?from (?:our|this|the|future)|"
     r"(?:reply|respond|send|e-?mail)\w* (?:\w+ ){0,4}(?:with|and type|putting) \W?remove\W? in the subject|"
-    r"you (?:have )?received this (?:e-?mail|message) because you|"
+    r"you (?:have )?received this (?:e-?mail|message|letter) because you|"
+    r"you are receiving this (?:e-?mail|message|letter|mailing) because|"
     r"to be removed,? (?:call|click|reply|send|e-?mail|write|go|visit)|removal instructions|"
     r"(?:never|not) (?:wish|want) to receive (?:any )?(?:further|future|more)|"
     r"removed? from (?:our|this) (?:mailing )?list)\b"
@@ -369,7 +377,7 @@ def _header_rules(fields: list[tuple[bytes, bytes, bytes]], names: set[bytes],
     letters = [c for c in subject if c.isalpha()]
     if len(letters) >= 10 and sum(c.isupper() for c in letters) / len(letters) > 0.8:
         hits.append("SUBJ_ALL_CAPS")
-    if re.search(r"[!?$]{3,}|!\s*!\s*!", subject):
+    if re.search(r"[!?$*]{3,}|!\s*!\s*!", subject):
         hits.append("SUBJ_PUNCT")
     if _SUBJ_ADVERT.search(subject):
         hits.append("SUBJ_ADVERT")
