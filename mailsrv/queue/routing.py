@@ -9,6 +9,10 @@ also inject a resolver function.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import ipaddress
+import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -60,29 +64,95 @@ def config_resolver(cfg: Config) -> Resolver:
     return mx_resolver(shared_dns.Resolver(p.nameservers, timeout=p.dns_timeout, max_ttl=p.dns_cache_ttl))
 
 
-def local_relay(cfg: Config) -> tuple[str, int] | None:
-    """Our own MTA listener, for mail the queue holds for local domains (bounces to local senders)."""
+def local_relay(cfg: Config, master: int | None = None) -> tuple[str, int] | None:
+    """Our own MTA listener, for mail the queue holds for local domains (bounces to local senders,
+    delayed sends to local users).
+
+    An smtp listener bound to port 0 (``mailsrv init --any-port``) has the port the kernel chose in
+    the master: with ``master`` (its pid; the queue owner's parent) that port is read from the
+    master's listening sockets (:func:`master_listeners`). Blocking (reads /proc)."""
     if cfg.queue.local_relay:
         return parse_bind(cfg.queue.local_relay)
-    for lst in cfg.listener.values():
-        if lst.protocol == "smtp":
-            host, port = parse_bind(lst.bind[0])
-            return ("127.0.0.1" if host == "0.0.0.0" else "::1" if host == "::" else host), port
+    specs = [(lst.protocol, parse_bind(spec)) for lst in cfg.listener.values() for spec in lst.bind]
+    for i, (protocol, (host, port)) in enumerate(specs):
+        if protocol != "smtp":
+            continue
+        if port == 0 and master is not None:
+            bound = _bound_port([a for _, a in specs], i, master_listeners(master))
+            if bound is None:
+                return None
+            port = bound
+        return ("127.0.0.1" if host == "0.0.0.0" else "::1" if host == "::" else host), port
     return None
+
+
+def _bound_port(specs: list[tuple[str, int]], index: int, bound: list[tuple[str, int]]) -> int | None:
+    """The master binds the listeners in configuration order, one socket per bind spec, so its
+    listening sockets in fd order are the specs in order; any disagreement (a reload that added
+    listeners, another process as parent) answers None rather than a guess."""
+    if len(bound) != len(specs):
+        return None
+    for (host, port), (bhost, bport) in zip(specs, bound, strict=True):
+        try:
+            same = ipaddress.ip_address(host) == ipaddress.ip_address(bhost)
+        except ValueError:  # a host name: cannot be checked
+            return None
+        if not same or port not in (0, bport):
+            return None
+    return bound[index][1]
+
+
+def master_listeners(pid: int) -> list[tuple[str, int]]:
+    """The TCP listening addresses of process ``pid``'s sockets, in fd order (Linux /proc; [] when
+    they cannot be read)."""
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return []
+    inodes: dict[str, int] = {}
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if link.startswith("socket:["):
+                inodes[link[8:-1]] = int(fd)
+    listening: dict[int, tuple[str, int]] = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as f:
+            next(f, None)
+            for line in f:
+                cols = line.split()
+                # sl local_address rem_address st ... inode: st 0A is LISTEN
+                if len(cols) > 9 and cols[3] == "0A" and cols[9] in inodes:
+                    listening[inodes[cols[9]]] = _proc_addr(cols[1])
+    return [listening[fd] for fd in sorted(listening)]
+
+
+def _proc_addr(value: str) -> tuple[str, int]:
+    """/proc/net/tcp{,6} "0100007F:0CFD": the address in host byte order per 32-bit word, the port."""
+    hexaddr, _, hexport = value.partition(":")
+    raw = bytes.fromhex(hexaddr)
+    packed = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+    return str(ipaddress.ip_address(packed)), int(hexport, 16)
 
 
 class Router:
     def __init__(self, cfg: Config, resolver: Resolver | None = None,
-                 is_local: Callable[[str], Awaitable[bool]] | None = None) -> None:
+                 is_local: Callable[[str], Awaitable[bool]] | None = None, master: int | None = None) -> None:
         self.cfg = cfg
         self.resolver = resolver or config_resolver(cfg)
         self.is_local = is_local
+        #: the master's pid, to learn the port of a port-0 smtp listener (see :func:`local_relay`)
+        self.master = master
+        self._relay: tuple[str, int] | None = None
 
     async def destination(self, domain: str) -> Destination:
         routes = self.cfg.queue.route
         route = routes.get(domain.lower()) or routes.get(domain)
         if route is None and self.is_local is not None and await self.is_local(domain.lower()):
-            relay = local_relay(self.cfg)
+            if self._relay is None:  # kept once known: the master keeps a port-0 socket across reloads
+                self._relay = await asyncio.get_running_loop().run_in_executor(
+                    None, local_relay, self.cfg, self.master)
+            relay = self._relay
             if relay is None:
                 raise NoRoute("4.3.0 no local smtp listener to hand local mail to", False)
             return Destination([relay], RouteConfig(smarthost=f"{relay[0]}:{relay[1]}", tls="none"), "local")

@@ -53,11 +53,14 @@ class QueueRunner:
         is_local: Callable[[str], Awaitable[bool]] | None = None,
         signer: Any = None,
         clock: Callable[[], float] = time.time,
+        master: int | None = None,
     ) -> None:
+        """``master``: the pid of the master that bound the listeners (a port-0 smtp listener's port
+        is learnt from it, for mail to local domains)."""
         self.cfg = cfg
         self.qcfg = cfg.queue
         self.qd: QueueDir = queue_dir(cfg.server.data_dir)
-        self.router = Router(cfg, resolver, is_local)
+        self.router = Router(cfg, resolver, is_local, master)
         self.signer = signer
         self.clock = clock
         self.entries: dict[str, Envelope] = {}
@@ -477,7 +480,7 @@ def main(config: str | os.PathLike[str] | Config) -> int:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         loop.add_signal_handler(signal.SIGINT, stop.set)
-        await serve(cfg, stop)
+        await serve(cfg, stop, master=os.getppid())  # the master forked us: it holds the listeners
 
     try:
         import uvloop
