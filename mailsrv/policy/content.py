@@ -33,16 +33,16 @@ GTUBE = b"XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
 
 #: Every content rule and its points (name -> score). Tuned on the development half only.
 RULES: dict[str, float] = {
-    "GTUBE": 1000.0,
+    "GTUBE": 1000.0,  # the GTUBE test string: always spam
     # headers
     "MISSING_MID": 1.0,  # no Message-ID (RFC 5322 §3.6.4: SHOULD be present; every real MUA/MTA adds one)
     "MISSING_DATE": 1.0,  # no Date (RFC 5322 §3.6: required)
-    "MISSING_TO": 0.5,
+    "MISSING_TO": 0.5,  # no To field
     "MISSING_MIME_VERSION": 0.5,  # MIME fields without MIME-Version (RFC 2045 §4)
     "DATE_INVALID": 0.3,  # a Date that does not parse as RFC 5322 §3.3
     "MID_NO_DOMAIN": 2.0,  # Message-ID without "@domain" (RFC 5322 §3.6.4 msg-id)
     "MAILER_FORGED": 1.5,  # X-Mailer / User-Agent of a real MUA, yet no MIME-Version or Message-ID
-    "SUBJ_ALL_CAPS": 2.0,
+    "SUBJ_ALL_CAPS": 2.0,  # 10+ letters, over 80 % capitals
     "SUBJ_PUNCT": 1.2,  # "!!!", "???", "$$$"
     "SUBJ_ENCODED_ASCII": 0.5,  # RFC 2047 encoded words that decode to plain ASCII
     "SUBJ_SPAM_PHRASE": 2.0,  # a spam phrase in the subject
@@ -67,10 +67,10 @@ RULES: dict[str, float] = {
     "ATTACH_DOUBLE_EXT": 1.5,  # "invoice.pdf.exe" (rspamd MIME_DOUBLE_BAD_EXTENSION; adds to the above)
     # URLs
     "URL_IP_ADDRESS": 2.0,  # http://203.0.113.7/ (SpamAssassin NUMERIC_HTTP_ADDR)
-    "URL_SHORTENER": 1.0,
+    "URL_SHORTENER": 1.0,  # bit.ly, t.cn, dwz.cn... hide where a link goes
     "URL_MISMATCH": 2.0,  # link text shows one domain, the href goes to another (rspamd PHISHING)
     "URL_OBFUSCATED": 2.0,  # user@ before the host, %-escaped or decimal host (SpamAssassin HTTP_ESCAPED_HOST)
-    "MANY_URLS": 0.3,
+    "MANY_URLS": 0.3,  # more than 15 distinct links
     # text
     "SPAM_PHRASES": 1.0,  # per distinct phrase of the groups below, at most PHRASES_MAX
     "BODY_SHOUTING": 1.0,  # most letters of a long text in capitals
