@@ -329,7 +329,8 @@ class StoreConfig:
         check=_non_negative,
     )
     syncfs: bool = doc(
-        "Make deferred deliveries durable with one syncfs(2) of the mail file system per group commit"
+        "Make deferred deliveries durable with one syncfs(2) of the mail file system per group commit,"
+        " and a new account's tree with one syncfs"
         " (Linux); false: an fsync of each file and new/ directory (better where the mail store shares"
         " its file system with heavy writers, whose dirty data a syncfs also waits for).",
         True,
