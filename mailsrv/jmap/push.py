@@ -31,7 +31,11 @@ logger = log.get("jmap")
 
 
 async def current_states(be: MailBackend, types: frozenset[str] | None) -> dict[str, str]:
-    return {t: await be.state(t) for t in TYPES if types is None or t in types}
+    states = {t: await be.state(t) for t in TYPES if types is None or t in types}
+    extra = getattr(be, "extra_states", None)  # EmailSubmission (submission.SubmissionTracking)
+    if extra is not None:
+        states.update({t: v for t, v in (await extra()).items() if types is None or t in types})
+    return states
 
 
 async def all_states(backends: list[MailBackend], types: frozenset[str] | None) -> dict[str, dict[str, str]]:

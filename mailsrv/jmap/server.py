@@ -43,7 +43,7 @@ from mailsrv.jmap import core, push
 from mailsrv.jmap import email as _email  # noqa: F401  (registers the Email/Thread methods)
 from mailsrv.jmap import mailbox as _mailbox  # noqa: F401  (registers the Mailbox methods)
 from mailsrv.jmap import quota as _quota  # noqa: F401  (Quota, Blob)
-from mailsrv.jmap import submission as _submission  # noqa: F401  (Identity, VacationResponse, EmailSubmission)
+from mailsrv.jmap import submission as _submission  # Identity, VacationResponse, EmailSubmission
 from mailsrv.jmap.backend import MailBackend
 from mailsrv.jmap.blobs import BLOB_RE, TooLarge, UploadStore
 from mailsrv.jmap.errors import RequestError, limit, not_json
@@ -322,6 +322,8 @@ class JmapApp:
         """The caller's own backend, and every account they may use by id (theirs first, then the
         accounts shared with them, read from the directory at each call: a revoke acts at once)."""
         be = await self.backends(p)
+        # the own account also follows its submissions through the queue (push of EmailSubmission)
+        be = _submission.tracking(be, self._objects(be.account_id, "EmailSubmission"), self.submitter)
         out = {be.account_id: Access(be, True, False)}
         if self.grants is not None:
             for g in await self.grants(p):

@@ -26,6 +26,8 @@ from mailsrv.jmap.email_set import _utc, apply_patch
 from mailsrv.jmap.errors import MethodError, SetError, invalid_arguments
 from mailsrv.jmap.identity import SUBMISSION, changes_objects, collection, get_objects, identities
 from mailsrv.jmap.objects import new_id, put
+from mailsrv.jmap.push import MultiWatch
+from mailsrv.store import notify
 
 logger = log.get("jmap")
 
@@ -67,6 +69,9 @@ class TrackingSubmitter(Submitter, Protocol):
     async def status(self, queue_id: str) -> dict[str, tuple[str, str]] | None:
         """Where the queued recipients of ``queue_id`` stand: rcpt -> (delivered, smtpReply) with
         delivered "queued" / "yes" / "no"; None when the queue no longer knows the entry."""
+
+    def watch_paths(self) -> list[Path]:
+        """Directories where a new file means that some queued recipient's status may have moved."""
 
 
 class DirectorySubmitter:
@@ -159,6 +164,10 @@ class DirectorySubmitter:
         if outcome is None:
             return None
         return {r: delivery_status(st, reply) for r, (st, reply) in outcome.items()}
+
+    def watch_paths(self) -> list[Path]:
+        # the runner renames a rewritten envelope into env/ after each attempt, an outcome into done/
+        return [self.queue.qd.env, self.queue.qd.done]
 
 
 def delivery_status(queue_status: str, reply: str) -> tuple[str, str]:
@@ -286,6 +295,52 @@ async def settle(coll: Any, submitter: Any = None, now: float | None = None) -> 
                 put(d, i, {**rec, "undoStatus": undo, "deliveryStatus": status})
 
     await coll.change(apply)
+
+
+class SubmissionTracking:
+    """A MailBackend as push sees it, plus the account's EmailSubmission state (RFC 8620 §7.1):
+    :meth:`extra_states` settles the submissions first, and :meth:`watch` also wakes when the
+    outbound queue writes (an attempt's result, an outcome), so a StateChange follows the queue."""
+
+    def __init__(self, be: Any, coll: Any, submitter: TrackingSubmitter) -> None:
+        self.be = be
+        self.coll = coll
+        self.submitter = submitter
+        self.account_id = be.account_id
+        self.name = be.name
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.be, name)
+
+    async def extra_states(self) -> dict[str, str]:
+        await settle(self.coll, self.submitter)
+        return {"EmailSubmission": await self.coll.state()}
+
+    def watch(self) -> MultiWatch:
+        return MultiWatch([self.be.watch(), _queue_watch(self.submitter.watch_paths())])
+
+
+def tracking(be: Any, coll: Any, submitter: Any) -> Any:
+    """``be`` wrapped in :class:`SubmissionTracking` when the submitter can follow the queue."""
+    if submitter is None or not hasattr(submitter, "watch_paths"):
+        return be
+    return SubmissionTracking(be, coll, submitter)
+
+
+_queue_notifier: notify.Notifier | None = None
+
+
+def _queue_watch(paths: list[Path]) -> notify.Watch:
+    """A store-notify Watch on the queue directories (one inotify descriptor per process and loop)."""
+    global _queue_notifier
+    loop = asyncio.get_running_loop()
+    if _queue_notifier is None or _queue_notifier.loop is not loop:
+        _queue_notifier = notify.Notifier(loop)
+    for p in paths:
+        _queue_notifier.add_path("queue", p, notify.DIR_MASK)
+    w = notify.Watch(_queue_notifier, "queue")
+    _queue_notifier.register(w)
+    return w
 
 
 @registry.add("EmailSubmission/get", SUBMISSION)

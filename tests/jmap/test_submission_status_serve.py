@@ -6,6 +6,7 @@ a delayed send is pending, then final and delivered after its release."""
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 from collections.abc import Callable
@@ -99,6 +100,17 @@ async def _until(http: aiohttp.ClientSession, url: str, bearer: dict[str, str], 
         await asyncio.sleep(0.1)
 
 
+async def _next_event(es: aiohttp.ClientResponse) -> dict[str, Any]:
+    """The next ``state`` event of an EventSource stream (RFC 8620 §7.3)."""
+    event = ""
+    while True:
+        line = (await es.content.readline()).decode().rstrip("\n")
+        if line.startswith("event: "):
+            event = line[7:]
+        elif line.startswith("data: ") and event == "state":
+            return dict(json.loads(line[6:]))
+
+
 async def _scenario(url: str, token: str, sink: ScriptedSink, diag: Callable[[], str]) -> None:
     bearer = {"Authorization": f"Bearer {token}"}
     async with aiohttp.ClientSession() as http:
@@ -145,9 +157,19 @@ async def _scenario(url: str, token: str, sink: ScriptedSink, diag: Callable[[],
         sub, queued_state = await _until(http, url, bearer, second["id"],
                                          lambda s: s["deliveryStatus"][SLOW]["smtpReply"] == DEFERRAL, diag)
         assert sub["deliveryStatus"][SLOW]["delivered"] == "queued" and sink.slow_refused.is_set()
-        sink.let_slow.set()
-        sub, _ = await _until(http, url, bearer, second["id"],
-                              lambda s: s["deliveryStatus"][SLOW]["delivered"] != "queued", diag)
+        # the outcome change is pushed (EventSource) without any request asking for it
+        async with http.get(url + "/jmap/eventsource?types=EmailSubmission&closeafter=no&ping=0",
+                            headers=bearer) as es:
+            assert es.status == 200
+            first_event = await _next_event(es)
+            assert first_event["changed"]["A1"] == {"EmailSubmission": queued_state}, first_event
+            sink.let_slow.set()
+            pushed = await asyncio.wait_for(_next_event(es), 60)
+        assert set(pushed["changed"]) == {"A1"} and set(pushed["changed"]["A1"]) == {"EmailSubmission"}
+        assert int(pushed["changed"]["A1"]["EmailSubmission"]) > int(queued_state)
+        got = await test_serve.api(http, url, bearer, ["EmailSubmission/get", {"accountId": "A1", "ids": [second["id"]]}, "g"])
+        sub = got[0][1]["list"][0]
+        assert got[0][1]["state"] == pushed["changed"]["A1"]["EmailSubmission"]
         assert sub["deliveryStatus"][SLOW]["delivered"] == "yes"
         assert sub["deliveryStatus"][SLOW]["smtpReply"] == f"250 2.0.0 sunk for {SLOW}"
         ch = await test_serve.api(http, url, bearer,
