@@ -5,6 +5,8 @@ and remote recipients are in the durable queue when /set returns. A delayed one 
 FUTURERELEASE: ``HOLDFOR`` / ``HOLDUNTIL`` in ``envelope.mailFrom.parameters``, or ``sendAt``) goes
 whole into the outbound queue with no attempt before its release time (kept on disk: it survives
 restarts); it is ``pending`` until then and setting ``undoStatus`` to ``canceled`` takes it back.
+deliveryStatus follows the queue (:func:`settle`, RFC 8621 §7.1); :class:`SubmissionTracking` makes
+those changes visible to push.
 """
 
 from __future__ import annotations
