@@ -155,6 +155,8 @@ _MONEY = re.compile(
     r"(?i)(?:\$|us\$|usd|€|£)\s?\d{1,3}(?:[,.]\d{3}){2,}|\b\d{1,3}(?:\.\d{1,2})?\s?(?:million|billion)\s?"
     r"(?:us\s?)?(?:dollars|usd|euros?|pounds)|\d{2,5}\s?万(?:元|美元)|\d{1,4}\s?亿"
 )
+_UU_BEGIN = re.compile(r"(?m)^begin [0-7]{3,4} [^\r\n]{1,255}\r?$")
+_UU_END = re.compile(r"(?m)^end[ \t\r]*$")
 _REMOVE = re.compile(
     r"(?i)\b(?:to (?:be )?remove(?:d)? (?:yourself )?from (?:our|this|the|future)|"
     r"(?:reply|respond|send|e-?mail)\w* (?:\w+ ){0,4}(?:with|and type|putting) \W?remove\W? in the subject|"
@@ -294,6 +296,21 @@ def _domain_in(text: str) -> str | None:
     return m.group(1).lower()
 
 
+def strip_uuencoded(text: str) -> str:
+    """``text`` without its uuencoded blocks (POSIX uuencode: "begin MODE NAME" ... "end"): data, not
+    words a reader sees. A block without its "end" is kept. Linear: both searches only move forward."""
+    out: list[str] = []
+    pos = 0
+    while (begin := _UU_BEGIN.search(text, pos)) is not None:
+        end = _UU_END.search(text, begin.end())
+        if end is None:
+            break
+        out.append(text[pos:begin.start()])
+        pos = end.end()
+    out.append(text[pos:])
+    return "".join(out)
+
+
 def phrases(text: str) -> set[str]:
     """The distinct spam phrases of the phrase groups in ``text`` (lower-cased)."""
     return {m.group(0).lower() for m in _PHRASE.finditer(text[:TEXT_LIMIT])}
@@ -429,7 +446,7 @@ def _texts(window: bytes, hits: list[str]) -> tuple[str, Html | None]:
     for p in plain:
         if budget <= 0:
             break
-        t = mime.part_text(window, p, limit=budget)
+        t = strip_uuencoded(mime.part_text(window, p, limit=budget))
         budget -= len(t)
         text += t + "\n"
         if p.encoding.lower() == "base64" and t.strip() and t.isascii():

@@ -19,6 +19,7 @@ from mailsrv.policy.content import (
     content_rules,
     phrases,
     registrable,
+    strip_uuencoded,
     url_host,
 )
 from mailsrv.policy.score import Facts, RuleScorer
@@ -226,7 +227,27 @@ def test_phrases_are_substrings(text: str) -> None:
         assert p in text.lower()
 
 
+def test_uuencoded_block_is_not_text() -> None:
+    block = "begin 644 data.bin\r\nM(\"$!!!$$$$!!!A@(Q\r\n`\r\nend\r\n"
+    assert strip_uuencoded("before\r\n" + block + "after") == "before\r\n\nafter"
+    assert strip_uuencoded("begin 644 x\nno end here") == "begin 644 x\nno end here"
+    shouting = make("SEE BELOW\r\n" + block.replace("M(", "M" + "A!" * 30) * 20)
+    assert "BODY_SHOUTING" not in names(shouting)
+
+
+@given(st.lists(st.sampled_from(["begin 644 f\n", "end\n", "M$$!!\n", "words here\n", "\r\n"]), max_size=60))
+@settings(max_examples=300, deadline=None)
+def test_strip_uuencoded_only_removes(lines: list[str]) -> None:
+    text = "".join(lines)
+    out = strip_uuencoded(text)
+    assert len(out) <= len(text)
+    assert out.count("words here") <= text.count("words here")
+    if "begin 644" not in text:
+        assert out == text
+
+
 HOSTILE = [
+    b"begin 644 x\n" * (1 << 16),
     b"<" * (1 << 20),
     b"<a href=" * (1 << 17),
     b"a<!--" * (1 << 18),
