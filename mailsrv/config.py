@@ -280,6 +280,12 @@ class QueueConfig:
         "",
         check=lambda v: _binds((v,)) if v else None,
     )
+    outcome_keep: float = doc(
+        "Seconds the outcome of a finished message (per recipient: delivered, failed or expired, with the"
+        " last reply) is kept for JMAP EmailSubmission deliveryStatus (default 7 days).",
+        604800.0,
+        check=_positive,
+    )
     dkim_selector: str = doc("DKIM selector of the per-domain keys (keys live in data_dir/dkim).", "mail")
     dkim_sign: bool = doc("Sign outbound mail whose sender domain has a DKIM key.", True)
     route: dict[str, RouteConfig] = doc(

@@ -39,9 +39,6 @@ logger = log.get("queue")
 RESCAN_INTERVAL = 60.0
 #: Seconds an idle outbound session is kept for the next message to the same host.
 POOL_IDLE = 5.0
-#: Seconds a completed entry's outcome record (done/<id>.json) is kept: a week, longer than a
-#: client is expected to look at an EmailSubmission's deliveryStatus.
-OUTCOME_KEEP = 7 * 86400.0
 
 
 class QueueRunner:
@@ -83,7 +80,7 @@ class QueueRunner:
     async def run(self, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
         removed = await loop.run_in_executor(None, self.qd.clean_orphans)
-        await loop.run_in_executor(None, self.qd.prune_outcomes, OUTCOME_KEEP)
+        await loop.run_in_executor(None, self.qd.prune_outcomes, self.qcfg.outcome_keep)
         if removed:
             logger.info("queue.orphans_removed", count=removed)
         self._bind()
@@ -103,7 +100,7 @@ class QueueRunner:
                             env.next_attempt = 0
                 if self._reload or now - last_scan >= RESCAN_INTERVAL:
                     if now - last_scan >= RESCAN_INTERVAL:
-                        await loop.run_in_executor(None, self.qd.prune_outcomes, OUTCOME_KEEP)
+                        await loop.run_in_executor(None, self.qd.prune_outcomes, self.qcfg.outcome_keep)
                     await self._rescan()
                     last_scan = now
                 next_due = now + RESCAN_INTERVAL

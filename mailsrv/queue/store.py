@@ -5,7 +5,7 @@ Layout under ``data_dir/queue``::
     msg/<id>        the message (hard link of the SMTP spool file; never rewritten)
     env/<id>.json   envelope and per-recipient state; its presence commits the entry
     done/<id>.json  the final per-recipient outcome of a completed entry (the runner writes it before
-                    removing the entry; kept ``runner.OUTCOME_KEEP``, for JMAP deliveryStatus)
+                    removing the entry; kept ``[queue] outcome_keep`` seconds, for JMAP deliveryStatus)
     tmp/            temp files for atomic envelope writes
     lock            fcntl lock serialising envelope rewrites (runner and CLI)
     runner.sock     the runner's datagram socket: "wake" / "flush" hints

@@ -78,3 +78,18 @@ def test_expired_and_pruned(tmp_path: Path) -> None:
     os.utime(record, (old, old))
     assert qd.prune_outcomes(3600.0) == 1 and qd.outcome(seen["qid"]) is None
     assert qd.outcome("../../etc") is None and qd.outcome("nosuchentry") is None
+
+
+def test_runner_prunes_old_outcomes_at_start(tmp_path: Path) -> None:
+    qd = queue_dir(tmp_path / "data")
+    old, fresh = qd.done / "0old.json", qd.done / "1fresh.json"
+    for p in (old, fresh):
+        p.write_bytes(b'{"id":"x","finished":0,"rcpts":[]}')
+    then = time.time() - 7200
+    os.utime(old, (then, then))
+
+    async def body(cfg: Any, runner: Any) -> None:
+        await wait_for(lambda: not old.exists())
+
+    asyncio.run(run_scenario(tmp_path, {}, body, outcome_keep=3600.0))
+    assert fresh.exists() and not old.exists()
