@@ -42,6 +42,7 @@ RULES: dict[str, float] = {
     "DATE_INVALID": 0.3,  # a Date that does not parse as RFC 5322 §3.3
     "MID_NO_DOMAIN": 2.0,  # Message-ID without "@domain" (RFC 5322 §3.6.4 msg-id)
     "MAILER_FORGED": 1.5,  # X-Mailer / User-Agent of a real MUA, yet no MIME-Version or Message-ID
+    "SUBJ_PADDED": 1.5,  # runs of 5+ spaces inside, or 3+ at the end (filler to dodge subject filters)
     "SUBJ_ALL_CAPS": 2.0,  # 10+ letters, over 80 % capitals
     "SUBJ_PUNCT": 1.2,  # "!!!", "???", "$$$"
     "SUBJ_ENCODED_ASCII": 0.5,  # RFC 2047 encoded words that decode to plain ASCII
@@ -49,6 +50,7 @@ RULES: dict[str, float] = {
     "SUBJ_ADVERT": 3.0,  # "ADV:", "[AD]", "(广告)": the sender's own advertising mark
     "SUBJ_RANDOM_TAIL": 1.0,  # a tracking tag at the end ("... 0989sqJ-7", "... (5026HbTl0)", "... 512517")
     "SUBJ_PRICE_FREE": 1.5,  # a price ("$14.95") or "free" in the subject
+    "OUTLOOK_HTML_ONLY": 1.5,  # X-Mailer says Outlook, body is text/html alone (Outlook sends an alternative)
     "FORGED_OUTLOOK_MID": 3.0,  # Outlook-shaped Message-ID without Outlook's timestamp (SA FORGED_MUA_OUTLOOK)
     "FROM_NAME_ADDR_MISMATCH": 1.5,  # display name holds an address of another domain (rspamd SPOOF_DISPLAY_NAME)
     "FROM_NAME_RCPT_DOMAIN": 2.5,  # display name claims the recipient's own domain, address is elsewhere
@@ -396,6 +398,11 @@ def _header_rules(fields: list[tuple[bytes, bytes, bytes]], names: set[bytes],
         hits.append("SUBJ_ALL_CAPS")
     if re.search(r"[!?$*]{3,}|!\s*!\s*!", subject):
         hits.append("SUBJ_PUNCT")
+    if re.search(r"\S {5,}\S|\S\s{3,}$", subject[:500]):
+        hits.append("SUBJ_PADDED")
+    if re.search(r"(?i)outlook", mailer[:300]) and \
+            " ".join(get_all(fields, "content-type")).lower().lstrip().startswith("text/html"):
+        hits.append("OUTLOOK_HTML_ONLY")
     if _SUBJ_ADVERT.search(subject):
         hits.append("SUBJ_ADVERT")
     if _SUBJ_TAIL.search(subject[:500]):
