@@ -75,6 +75,7 @@ RULES: dict[str, float] = {
     "MANY_URLS": 0.3,  # more than 15 distinct links
     # text
     "SPAM_PHRASES": 1.0,  # per distinct phrase of the groups below, at most PHRASES_MAX
+    "SPAM_PHRASES_MANY": 1.5,  # 6 or more distinct phrases (on top of SPAM_PHRASES' cap)
     "BODY_SHOUTING": 1.0,  # most letters of a long text in capitals
     "MONEY_AMOUNT_BIG": 2.0,  # "$5,000,000", "US$ 2.5 million", "500万元"
     "REMOVE_INSTRUCTIONS": 2.0,  # "reply with REMOVE in the subject" (bulk mail without List-Unsubscribe)
@@ -112,7 +113,9 @@ _LATIN_PHRASES = {
              r"best price|amazing offer|incredible deal|click here|click below|"
              r"dear (?:friend|sir|madam|customer|member)|this is not (?:a )?spam|not junk mail|"
              r"opt[- ]?in list|bulk e-?mail|e-?mail marketing|mass e-?mail",
-    "advance_fee": r"next of kin|beneficiary|diplomatic|barrister|transfer (?:of )?(?:the )?funds?|confidential business|strictly confidential",
+    "advance_fee": r"next of kin|beneficiary|diplomatic|barrister|late (?:husband|father)|head of state|"
+                   r"business (?:proposal|relationship)|foreign (?:partner|account)|security company|"
+                   r"trust fund|\d{1,2}\s?% of the (?:total|fund|money|sum)|modalities|transfer (?:of )?(?:the )?funds?|confidential business|strictly confidential",
     "phish": r"verify your (?:account|identity|password)|account (?:has been )?(?:suspended|locked|limited)|"
              r"password (?:expires?|expired)|confirm your (?:account|identity|billing)|"
              r"unusual (?:sign-?in )?activity|update your (?:billing|payment)",
@@ -342,6 +345,8 @@ def content_rules(message: bytes, recipients: Sequence[str] = ()) -> list[tuple[
     found = phrases(visible)
     if found:
         hits.append("SPAM_PHRASES")
+    if len(found) >= 6:
+        hits.append("SPAM_PHRASES_MANY")
     if phrases(subject):
         hits.append("SUBJ_SPAM_PHRASE")
     letters = [c for c in visible[:TEXT_LIMIT] if c.isalpha() and c.isascii()]

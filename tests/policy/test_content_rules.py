@@ -126,6 +126,9 @@ CASES: list[tuple[str, bytes, bytes, tuple[str, ...]]] = [
      make(PLAIN + "".join(f"http://s{i}.test/\r\n" for i in range(5))), ()),
     ("SPAM_PHRASES", make(PLAIN + "Buy viagra without prescription, 100% free shipping.\r\n"), make(), ()),
     ("SPAM_PHRASES", make(PLAIN + "代开发票，点击链接领取。\r\n"), make(PLAIN + "发票已寄出，请查收。\r\n"), ()),
+    ("SPAM_PHRASES_MANY", make(PLAIN + "Dear friend, I am a barrister. The next of kin of my late husband, a head of "
+                                       "state, is you: a business proposal, strictly confidential.\r\n"),
+     make(PLAIN + "Dear friend, the barrister sent the business proposal.\r\n"), ()),
     ("BODY_SHOUTING", make("THIS OFFER IS FOR YOU AND YOUR FAMILY. " * 10),
      make("This offer is for you and your family. " * 10), ()),
     ("MONEY_AMOUNT_BIG", make(PLAIN + "a sum of US$ 12,500,000 awaits you\r\n"),
