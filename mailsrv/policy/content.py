@@ -75,7 +75,7 @@ RULES: dict[str, float] = {
     "MANY_URLS": 0.3,  # more than 15 distinct links
     # text
     "SPAM_PHRASES": 1.0,  # per distinct phrase of the groups below, at most PHRASES_MAX
-    "SPAM_PHRASES_MANY": 1.5,  # 6 or more distinct phrases (on top of SPAM_PHRASES' cap)
+    "SPAM_PHRASES_MANY": 1.0,  # 6 or more distinct phrases (on top of SPAM_PHRASES' cap)
     "BODY_SHOUTING": 1.0,  # most letters of a long text in capitals
     "MONEY_AMOUNT_BIG": 2.0,  # "$5,000,000", "US$ 2.5 million", "500万元"
     "REMOVE_INSTRUCTIONS": 2.0,  # "reply with REMOVE in the subject" (bulk mail without List-Unsubscribe)
@@ -84,7 +84,7 @@ RULES: dict[str, float] = {
 PHRASES_MAX = 3.5
 #: The subject rules (SUBJ_*) overlap (a shouted lottery subject hits three of them): together at most this
 #: (SpamAssassin reaches the same with meta rules); a rule clipped to nothing is left out.
-SUBJECT_MAX = 3.5
+SUBJECT_MAX = 3.0
 
 # Phrase groups (Latin phrases with word boundaries; Chinese phrases are specific multi-character terms,
 # as Chinese has no spaces). Each distinct phrase found counts once.
