@@ -32,8 +32,10 @@ def _kb(pid: int, field: str) -> int:
     raise AssertionError(f"no {field} for {pid}")
 
 
-# Most of the time goes into creating 5 000 new mailboxes (maildir and index) at their first
-# delivery; the delivery itself to existing mailboxes is far faster.
+# Slow: 5 000 new mailboxes, each made at its first delivery (2 syncs and ~6 ms each since
+# folders.make_skeleton; 53 syncs before, 8-9.5 min for this test), and the worker's search
+# indexer tokenizing the 1 MB message once per mailbox (~30 ms CPU each), which now dominates:
+# DATA to 250 took 166 s on 2026-11-27.
 @pytest.mark.slow
 def test_group_of_5000_one_copy_each(tmp_path: Path) -> None:
     cfg_path = init_setup(tmp_path / "s", "--demo", workers=1)
