@@ -279,3 +279,19 @@ def test_hostile_megabyte_is_fast(blob: bytes) -> None:
         t0 = time.perf_counter()
         content_rules(message, ("bob@example.test",))
         assert time.perf_counter() - t0 < 5.0  # generous on a loaded 2-core machine; linear code takes ms
+
+
+async def test_chinese_spam_reaches_junk_and_chinese_business_mail_does_not() -> None:
+    spam = make("您好！本公司常年代开发票、增值税发票，税点低，可先验票后付款。\r\n"
+                "另有无抵押贷款，日赚500元兼职刷单。详情请点击链接：http://203.0.113.8/fp\r\n退订请回复TD\r\n",
+                Subject="【广告】代开各地增值税发票", From="<fp8866@qq.com>")
+    phish = html('<p>尊敬的用户：您的邮箱已满，账号将被停用。请立即<a href="http://198.51.100.7/login">'
+                 "https://mail.example.test/upgrade</a>完成邮箱升级，重新验证您的账号。</p>",
+                 ).replace(b"Subject: Minutes of Tuesday's meeting", "Subject: 邮箱升级通知".encode())
+    ham = make("王经理：\r\n\r\n上月的发票已经开具，增值税专用发票随合同一起寄出，请查收。"
+               "另外，下周二的培训安排在三楼会议室，优惠价格请财务确认。\r\n\r\n李明\r\n",
+               Subject="发票和培训安排")
+    scorer = RuleScorer()
+    assert (await scorer.score(spam, Facts(recipients=["bob@example.test"]))).score >= JUNK
+    assert (await scorer.score(phish, Facts(recipients=["bob@example.test"]))).score >= JUNK
+    assert (await scorer.score(ham, Facts(recipients=["bob@example.test"]))).score < 1.0
