@@ -99,6 +99,9 @@ class MailboxIndex:
         self.since_snapshot = 0
         self.view = ViewState()
         self._sort_cache: dict[SortKey, tuple[tuple, list[int]]] = {}
+        #: UIDs delivered and not yet indexed; one task drains them in batches (SearchService.message_added)
+        self.pending: list[int] = []
+        self.draining = False
         #: statistics for tests and the benchmark
         self.stats = {"indexed": 0, "confirmed": 0, "rebuilds": 0, "snapshots": 0, "text_compactions": 0, "loads": 0}
 
@@ -454,14 +457,16 @@ class MailboxIndex:
         async with self.lock:
             if self.gen < 0:
                 await self.service.run(self._locked_load)
+            todo = [uid for uid in dict.fromkeys(uids) if uid not in self.core.indexed]
+            got = await asyncio.gather(*(self.read(uid) for uid in todo), return_exceptions=True)
             raws: list[tuple[int, bytes]] = []
-            for uid in uids:
-                if uid in self.core.indexed:
-                    continue
-                try:
-                    raws.append((uid, await self.read(uid)))
-                except Exception as exc:
-                    logger.debug("read.failed", mailbox=self.mailbox_id, uid=uid, error=str(exc))
+            for uid, raw in zip(todo, got, strict=True):
+                if isinstance(raw, BaseException):
+                    if not isinstance(raw, Exception):
+                        raise raw
+                    logger.debug("read.failed", mailbox=self.mailbox_id, uid=uid, error=str(raw))
+                else:
+                    raws.append((uid, raw))
             if raws:
                 await self.service.run(self._extract_and_add, raws)
 
@@ -571,12 +576,32 @@ class SearchService:
         return idx
 
     def message_added(self, account_id: str, mailbox_id: str, info: Any, structure: Any) -> None:
-        """Index the new message right after delivery, on this loop (never delays the reply)."""
+        """Index the new message soon after delivery, on this loop (never delays the reply).
+
+        Deliveries to one mailbox are batched: the UIDs that arrive while a batch is
+        read and indexed form the next batch (one executor job and one journal append
+        each), so indexing does less work per message the busier the mailbox is.
+        """
         if not self.config.enabled:
             return
         idx = self._index_for(account_id, mailbox_id)
         if idx is not None:
-            self.background(idx.index_uids([info.uid]))
+            idx.pending.append(info.uid)
+            if not idx.draining:
+                idx.draining = True
+                self.background(self._drain(idx))
+
+    async def _drain(self, idx: MailboxIndex) -> None:
+        """Index ``idx.pending`` in batches until none is left."""
+        try:
+            while idx.pending:
+                uids, idx.pending = idx.pending, []
+                await idx.index_uids(uids)
+        finally:
+            idx.draining = False
+            if idx.pending:  # a failed batch: the UIDs that came meanwhile get their own task
+                idx.draining = True
+                self.background(self._drain(idx))
 
     def messages_expunged(self, account_id: str, mailbox_id: str, uids: list[int]) -> None:
         idx = self._open.get((account_id, mailbox_id))
