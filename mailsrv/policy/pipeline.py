@@ -469,9 +469,11 @@ class PolicySession:
             if headers or needs_rewrite(message, self.p.authserv_id, drop):
                 await loop.run_in_executor(self.p.executor, functools.partial(
                     rewrite_spool, spool, headers, self.p.authserv_id, drop=drop))
-        logger.info("policy.decided", action=decision.action, code=decision.code,
-                    score=f"{decision.score.score:.1f}" if decision.score else None,
-                    ms=f"{(time.perf_counter() - started) * 1000:.1f}")
+        # trusted or authenticated mail that passed has nothing to tell beyond the session's message.accepted
+        emit = logger.debug if self.outbound and decision.ok else logger.info
+        emit("policy.decided", action=decision.action, code=decision.code,
+             score=f"{decision.score.score:.1f}" if decision.score else None,
+             ms=f"{(time.perf_counter() - started) * 1000:.1f}")
         return decision
 
     async def _virus_scan(self, spool: Path, whole: bool) -> ScanResult | None:
@@ -659,10 +661,15 @@ def _removed(name: bytes, value: bytes, our_id: str, drop: frozenset[bytes]) -> 
                             and authresults.is_ours(value.decode("utf-8", "replace"), our_id))
 
 
+_AR_NAME = re.compile(rb"authentication-results", re.IGNORECASE).search
+
+
 def needs_rewrite(head: bytes, our_id: str, drop: frozenset[bytes]) -> bool:
     """Whether :func:`rewrite_spool` without new headers would remove a field from the message that
     starts with ``head`` (at least its first ``MAX_HEADER_READ`` bytes, or all of it)."""
     head = head[:MAX_HEADER_READ]
+    if not drop and _AR_NAME(head) is None:  # the common case, without splitting the fields
+        return False
     return any(_removed(name, value, our_id, drop) for name, value, _raw in split_fields(head[:header_end(head)]))
 
 
