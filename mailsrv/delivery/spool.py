@@ -30,7 +30,7 @@ FLUSH_AT = 256 * 1024
 class FileSpool:
     """One spool file. Owned by one session; ``discard`` is idempotent."""
 
-    __slots__ = ("path", "_fd", "_buf", "_buffered", "size", "_done", "_job")
+    __slots__ = ("path", "_fd", "_buf", "_buffered", "size", "_done", "_job", "content")
 
     def __init__(self, directory: Path) -> None:
         name = f"{time.time_ns():x}.{os.getpid()}.{_PREFIX}{next(_counter):x}"
@@ -41,6 +41,9 @@ class FileSpool:
         self.size = 0
         self._done = False
         self._job: asyncio.Future[None] | None = None  # a write running in a thread
+        #: after :meth:`commit`, the whole message when it never left memory before (up to FLUSH_AT
+        #: bytes): end-of-DATA checks use it instead of reading the file back
+        self.content: bytes | None = None
 
     async def write(self, data: bytes) -> None:
         if self._done:
@@ -78,11 +81,14 @@ class FileSpool:
         self._done = True
         data, self._buf, self._buffered = b"".join(self._buf), [], 0
         await self._run(data, True)
+        if len(data) == self.size:
+            self.content = data
 
     def discard(self) -> None:
         """Remove the file; the unlink runs in a thread when a loop is running."""
         self._done = True
         self._buf = []
+        self.content = None
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:

@@ -428,22 +428,26 @@ class PolicySession:
 
     # -- end of DATA ---------------------------------------------------------------------------------
 
-    async def data(self, spool: Path) -> Decision:
+    async def data(self, spool: Path, content: bytes | None = None) -> Decision:
         """Decide on the durable message in ``spool`` and add our headers to it (atomically).
 
         Must be called after the spool is complete (written and closed) and before the
         consumers make it durable and the reply. Raises OSError when the spool cannot be
-        read or rewritten (the session answers 451).
+        read or rewritten (the session answers 451). ``content``, when the caller still
+        holds it, is the whole spool file (it is then not read back).
         """
         if not self.active:
             return ACCEPT
         loop = asyncio.get_running_loop()
         # deviation (STYLE.md §8, bodies are streamed): up to max_scan_size is read whole, because dkimpy
         # verifies bytes; larger messages are judged on their headers (clamd still gets a stream)
-        size = os.stat(spool).st_size
+        size = len(content) if content is not None else os.stat(spool).st_size
         whole = size <= self.cfg.max_scan_size
-        message = await loop.run_in_executor(self.p.executor, _read_head, spool,
-                                             size if whole else MAX_HEADER_READ)
+        if content is not None:
+            message = content if whole else content[:MAX_HEADER_READ]
+        else:
+            message = await loop.run_in_executor(self.p.executor, _read_head, spool,
+                                                 size if whole else MAX_HEADER_READ)
         started = time.perf_counter()
         scan = asyncio.ensure_future(self._virus_scan(spool, whole))
         try:

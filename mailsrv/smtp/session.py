@@ -58,6 +58,20 @@ MAX_AUTH_LINE = 12288
 NOTIFY_VALUES = frozenset({"SUCCESS", "FAILURE", "DELAY"})
 
 
+
+#: (second, RFC 5322 date) of the last Received field: formatted once a second, not per message
+_date_cache: tuple[int, str] = (-1, "")
+
+
+def _received_date(now: float) -> str:
+    """The date of a Received field (RFC 5322 §3.3, whole seconds, UTC) for time ``now``."""
+    global _date_cache
+    sec = int(now)
+    if _date_cache[0] != sec:
+        _date_cache = (sec, format_datetime(datetime.fromtimestamp(sec, UTC)))
+    return _date_cache[1]
+
+
 class State(enum.Enum):
     GREETED = "greeted"  # banner sent, no EHLO yet
     READY = "ready"  # EHLO/HELO done, no transaction
@@ -496,7 +510,7 @@ class Session:
             proto += "A"
         tls = f"\r\n\t(using {info.tls.get('tls', '?')} with cipher {info.tls.get('cipher', '?')})" if info.tls else ""
         rcpt = f"\r\n\tfor <{tx.rcpts[0].address}>" if len(tx.rcpts) == 1 else ""
-        date = format_datetime(datetime.fromtimestamp(time.time(), UTC))
+        date = _received_date(time.time())
         received = (
             f"Received: from {info.helo or 'unknown'} ([{info.peer_ip}])\r\n"
             f"\tby {self.host} (mailsrv) with {proto} id {info.sid}{tls}{rcpt};\r\n\t{date}\r\n"
@@ -538,7 +552,7 @@ class Session:
             await spool.commit()
             if self.policy is not None:
                 # issue 12: every check finishes before the reply; the policy may add headers to the spool
-                decision = await self.policy.data(spool.path)
+                decision = await self.policy.data(spool.path, getattr(spool, "content", None))
                 self._enforce(decision)
                 tx.junk = decision.action == "junk"
             verdict = await self.backend.deliver(self.info, tx, spool)
