@@ -9,6 +9,7 @@ Not a scenario (the leading underscore keeps it out of ``python -m bench``).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import re
 import resource
@@ -17,6 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import tomllib
 from collections.abc import Callable, Iterable
@@ -54,6 +56,50 @@ def fill_maildir(root: Path, messages: Iterable[bytes], name: Callable[[int, byt
         (root / sub).mkdir(parents=True, exist_ok=True)
     for i, data in enumerate(messages):
         (root / "cur" / name(i, data)).write_bytes(data)
+
+
+def link_tree(src: Path, dst: Path) -> None:
+    """A copy of the tree ``src`` at ``dst`` (which may exist) whose files are hard links (copies
+    across file systems).
+
+    For seed maildirs: a server renames message files (flags, new/ -> cur/) but never writes one
+    in place, so every copy can share the generated files' inodes.
+    """
+    def link(s: str, d: str) -> None:
+        try:
+            os.link(s, d)
+        except OSError:  # another file system, or links not allowed
+            shutil.copy2(s, d)
+
+    shutil.copytree(src, dst, copy_function=link, dirs_exist_ok=True)
+
+
+def seed_cache(key: str, n: int, sample: bytes, fill: Callable[[Path, int], None]) -> Path:
+    """A generated seed maildir built once and kept for later runs: ``fill(root, n)`` builds it.
+
+    It lives in ``$MAILSRV_BENCH_CACHE`` (default ``<tmp>/mailsrv-bench-cache``, the file system
+    of the scenarios' temporary directories, so :func:`link_tree` links rather than copies),
+    named by ``key``, ``n`` and a digest of ``sample`` (some generated messages: a changed generator
+    is a new entry). Built beside its final name and renamed into place, so a run that dies
+    half-way or a concurrent run never sees a partial maildir. Treat it as read-only: copy it
+    with :func:`link_tree`.
+    """
+    cache = Path(os.environ.get("MAILSRV_BENCH_CACHE") or Path(tempfile.gettempdir(), "mailsrv-bench-cache"))
+    root = cache / f"{key}-{n}-{hashlib.sha256(sample).hexdigest()[:16]}"
+    if root.is_dir():
+        return root
+    cache.mkdir(parents=True, exist_ok=True)
+    os.chmod(cache, 0o755)  # Dovecot's and Postfix's users read linked seed files
+    building = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=cache))
+    try:
+        fill(building / "maildir", n)
+        os.rename(building / "maildir", root)
+    except OSError:
+        if not root.is_dir():  # not a concurrent run that renamed first
+            raise
+    finally:
+        shutil.rmtree(building, ignore_errors=True)
+    return root
 
 
 def maildir_count(root: Path) -> int:
@@ -381,7 +427,7 @@ def add_users(base: Path, acfg: Any, seeds: dict[str, Path | None]) -> None:
         if seed is None:
             continue
         (base / accounts[name].store).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copytree(seed, base / accounts[name].store)
+        link_tree(seed, base / accounts[name].store)
 
 
 # --- Dovecot -----------------------------------------------------------------------------
@@ -405,7 +451,7 @@ def start_dovecot(base: Path, protocol: str, seeds: dict[str, Path], services: s
     nobody = pwd.getpwnam("nobody")
     mail = base / "dmail"
     for user, seed in seeds.items():
-        shutil.copytree(seed, mail / user / "Maildir")
+        link_tree(seed, mail / user / "Maildir")
     subprocess.run(["chown", "-R", f"{nobody.pw_uid}:{nobody.pw_gid}", str(mail)], check=True)
     (base / "passwd").write_text("".join(f"{user}:{{PLAIN}}{PASSWORD}\n" for user in seeds))
     (base / "drun").mkdir()

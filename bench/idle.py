@@ -58,7 +58,7 @@ from ._common import (
 )
 
 SIZES = {
-    "smoke": {"clients": 100, "per_user": 25, "rounds": 2, "quiet": 1.0, "dovecot_cap": 100, "dovecot_rounds": 1},
+    "smoke": {"clients": 40, "per_user": 10, "rounds": 2, "quiet": 0.3, "dovecot_cap": 40, "dovecot_rounds": 1},
     "full": {"clients": 10_000, "per_user": 100, "rounds": 2, "quiet": 10.0, "dovecot_cap": 1_000,
              "dovecot_rounds": 1},
 }

@@ -33,11 +33,12 @@ from ._common import (
     dovecot_pids,
     fill_maildir,
     message,
+    seed_cache,
     start_dovecot,
     stop_dovecot,
 )
 
-SIZES = {"smoke": {"messages": 2_000, "sessions": 200, "stores": 500},
+SIZES = {"smoke": {"messages": 200, "sessions": 20, "stores": 50},
          "full": {"messages": 100_000, "sessions": 2_000, "stores": 5_000}}
 
 
@@ -150,9 +151,8 @@ async def _measure(port: int, user: str, small: str, sizes: dict[str, int], mete
 # --- Dovecot ----------------------------------------------------------------------------------------
 
 
-def _start_dovecot(base: Path) -> tuple[subprocess.Popen[bytes] | None, int, str]:
-    return start_dovecot(base, "imap", {"big": base / "seed", "small": base / "seed-small"},
-                         DOVECOT_IMAP_SERVICES, b"* OK")
+def _start_dovecot(base: Path, seeds: dict[str, Path]) -> tuple[subprocess.Popen[bytes] | None, int, str]:
+    return start_dovecot(base, "imap", seeds, DOVECOT_IMAP_SERVICES, b"* OK")
 
 
 # --- the scenario ---------------------------------------------------------------------------------------
@@ -176,14 +176,15 @@ def run(size: str) -> dict[str, Any]:
     proc = None
     servers = []
     try:
-        _fill_maildir(base / "seed", sizes["messages"])
+        n = sizes["messages"]
+        big = seed_cache("imap", n, _message(0) + _message(n - 1), _fill_maildir)  # built once, linked
         _fill_maildir(base / "seed-small", 20)
-        seeds = {"big": base / "seed", "small": base / "seed-small"}
+        seeds = {"big": big, "small": base / "seed-small"}
         with Mailsrv(base / "mailsrv", seeds=dict(seeds), config={"listener": {"imap": {"tls": "none"}}}) as srv:
             meter = srv.meter("IMAP commands")
             ours = asyncio.run(_measure(srv.ports["imap"], "big@example.test", "small@example.test", sizes, meter))
             servers.append(meter.summary())
-        proc, dport, why = _start_dovecot(base)
+        proc, dport, why = _start_dovecot(base, seeds)
         theirs: dict[str, float] = {}
         if proc is None:
             notes.append(f"Dovecot baseline missing: {why}")

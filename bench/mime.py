@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT.parent / "shared" / "corpus"
 
 #: size -> (seconds per measurement, passes, generated sizes in MB)
-SIZES = {"smoke": (0.05, 2, (1,)), "full": (0.6, 5, (1, 10))}
+SIZES = {"smoke": (0.05, 2, (1,)), "full": (0.6, 3, (1, 10))}
 
 
 def corpus_messages() -> list[bytes]:

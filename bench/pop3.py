@@ -39,7 +39,7 @@ from ._common import (
 )
 
 SIZES = {
-    "smoke": {"messages": 1_000, "sessions": 1, "big": 2, "big_size": 1 << 20, "rounds": 1},
+    "smoke": {"messages": 200, "sessions": 1, "big": 2, "big_size": 1 << 20, "rounds": 1},
     "full": {"messages": 1_000, "sessions": 30, "big": 20, "big_size": 10 << 20, "rounds": 3},
 }
 

@@ -46,7 +46,7 @@ from mailsrv.search.generate import CJK, CN_NAMES, FIRST, LAST, LATIN, FakeInfo,
 
 from ._common import in_process_meter
 
-SIZES = {"smoke": (1500, 8, 2), "full": (100_000, 60, 3)}  # messages, runs/class, baseline runs
+SIZES = {"smoke": (300, 4, 1), "full": (100_000, 60, 3)}  # messages, runs/class, baseline runs
 
 
 def _rss_mib() -> float:

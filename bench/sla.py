@@ -254,7 +254,7 @@ async def _jmap_reader(port: int, ctx: ssl.SSLContext, user: str, password: str,
 
 def run(size: str) -> dict[str, Any]:
     if size == "smoke":
-        seconds, rate, sessions = 3.0, 20.0, 2
+        seconds, rate, sessions = 1.5, 20.0, 2
     else:
         seconds = float(os.environ.get("MAILSRV_BENCH_SLA_SECONDS", "60"))
         rate = float(os.environ.get("MAILSRV_BENCH_SLA_RATE", "200"))

@@ -29,8 +29,8 @@ from typing import Any
 from ._common import Mailsrv, maildir_count, smtp_reply
 
 SIZES = {
-    "smoke": {"seconds": 1.0, "sessions": [1, 10], "bodies": [4096], "visible": 20},
-    "full": {"seconds": 6.0, "sessions": [1, 10, 50], "bodies": [4096, 102400], "visible": 200},
+    "smoke": {"seconds": 0.3, "sessions": [1, 4], "bodies": [4096], "visible": 5},
+    "full": {"seconds": 4.0, "sessions": [1, 10, 50], "bodies": [4096, 102400], "visible": 200},
 }
 WORKERS = 2
 #: Sessions deliver round-robin to this many mailboxes (an organisation, not one hot mailbox).

@@ -20,11 +20,13 @@ from bench._common import (  # noqa: E402
     Mailsrv,
     ServerMeter,
     in_process_meter,
+    link_tree,
     maildir_count,
     nofile_of,
     percentile,
     proc_tree,
     raise_nofile,
+    seed_cache,
     toml_dump,
 )
 
@@ -159,3 +161,26 @@ def test_bench_all_survives_a_failing_scenario(tmp_path: Path, monkeypatch, caps
     assert data["failed"] == ["boom"] and [r["scenario"] for r in data["reports"]] == ["ok"]
     text = capsys.readouterr().out
     assert "== boom == FAILED" in text and "== ok ==" in text and "FAILED: boom" in text
+
+
+def test_seed_cache_builds_once_and_links(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("MAILSRV_BENCH_CACHE", str(tmp_path / "cache"))
+    builds: list[int] = []
+
+    def fill(root: Path, n: int) -> None:
+        builds.append(n)
+        (root / "cur").mkdir(parents=True)
+        for i in range(n):
+            (root / "cur" / f"m{i}").write_bytes(b"message %d" % i)
+
+    seed = seed_cache("t", 3, b"v1", fill)
+    assert seed_cache("t", 3, b"v1", fill) == seed and builds == [3]  # the second call reuses it
+    assert seed_cache("t", 3, b"v2", fill) != seed and builds == [3, 3]  # a changed generator: a new entry
+    assert len(list((tmp_path / "cache").iterdir())) == 2
+    link_tree(seed, tmp_path / "copy")
+    copy = tmp_path / "copy" / "cur" / "m1"
+    assert copy.read_bytes() == b"message 1"
+    assert copy.stat().st_ino == (seed / "cur" / "m1").stat().st_ino  # a hard link, not a copy
+    copy.rename(tmp_path / "copy" / "cur" / "m1:2,S")  # a server renaming its copy leaves the seed alone
+    assert (seed / "cur" / "m1").exists()
+    assert not [p for p in (tmp_path / "cache").iterdir() if p.name.startswith(".")]  # no build left behind
