@@ -234,17 +234,20 @@ class QueueDir:
         Any process may call it (no lock: both files are only ever replaced whole)."""
         if not qid.isalnum():
             return None
-        try:
-            env = self.load(qid)
-        except (FileNotFoundError, ValueError):
-            pass
-        else:
-            return {r.addr: (r.status, r.diag) for r in env.rcpts}
-        try:  # done/ is written before env/ goes: an entry missing from env/ is done (or gone)
-            rec = json.loads((self.done / f"{qid}.json").read_bytes())
-        except (FileNotFoundError, ValueError):
-            return None
-        return {r["addr"]: (r["status"], r["reply"]) for r in rec["rcpts"]}
+        # The runner writes done/ before it removes env/, and does not rewrite env/ in between: look
+        # at done/ first (an env/ still there may be the last attempt but one), then env/, then done/
+        # again (written and env/ removed between our two looks).
+        done = self.done / f"{qid}.json"
+        for path in (done, self.env / f"{qid}.json", done):
+            try:
+                data = path.read_bytes()
+            except FileNotFoundError:
+                continue
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                if path is done:
+                    return {r["addr"]: (r["status"], r["reply"]) for r in json.loads(data)["rcpts"]}
+                return {r.addr: (r.status, r.diag) for r in Envelope.from_json(data).rcpts}
+        return None
 
     # -- reading ---------------------------------------------------------------
 

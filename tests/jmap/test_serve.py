@@ -141,7 +141,8 @@ async def _scenario(server: ServerProcess, config: Path, password: str, token: s
 class _Sink:
     """An SMTP sink on 127.0.0.1 (aiosmtpd) in its own loop thread: the outbound queue's smarthost."""
 
-    def __init__(self) -> None:
+    def __init__(self, handler: object = None) -> None:
+        """``handler``: an aiosmtpd handler of the caller's (default: record every message, 250)."""
         import threading
 
         from aiosmtpd.smtp import SMTP
@@ -160,7 +161,8 @@ class _Sink:
                 return "250 2.0.0 sunk"
 
         async def start() -> asyncio.Server:
-            return await self.loop.create_server(lambda: SMTP(Handler(), hostname="sink.test"), "127.0.0.1", 0)
+            return await self.loop.create_server(lambda: SMTP(handler or Handler(), hostname="sink.test"),
+                                                 "127.0.0.1", 0)
 
         self.server = asyncio.run_coroutine_threadsafe(start(), self.loop).result(10)
         self.port = self.server.sockets[0].getsockname()[1]

@@ -24,18 +24,12 @@ REFUSAL = "550 5.1.1 <bad@remote.test>: no such user here"
 DEFERRAL = "451 4.3.0 greylisted, try again later"
 
 
-class ScriptedSink:
-    """An aiosmtpd sink in its own loop thread: 550 for BAD, 451 for SLOW until ``let_slow`` is set."""
+class ScriptedSink(test_serve._Sink):
+    """test_serve's sink with a handler that answers 550 for BAD, 451 for SLOW until ``let_slow``."""
 
     def __init__(self) -> None:
-        from aiosmtpd.smtp import SMTP
-
-        self.received: list[tuple[str, list[str]]] = []
         self.slow_refused = threading.Event()
         self.let_slow = threading.Event()
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
         sink = self
 
         class Handler:
@@ -50,24 +44,10 @@ class ScriptedSink:
                 return "250 2.1.5 ok"
 
             async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-                sink.received.append((envelope.mail_from, list(envelope.rcpt_tos)))
+                sink.received.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.content))
                 return f"250 2.0.0 sunk for {','.join(envelope.rcpt_tos)}"
 
-        async def start() -> asyncio.Server:
-            return await self.loop.create_server(lambda: SMTP(Handler(), hostname="sink.test"), "127.0.0.1", 0)
-
-        self.server = asyncio.run_coroutine_threadsafe(start(), self.loop).result(10)
-        self.port = self.server.sockets[0].getsockname()[1]
-
-    def close(self) -> None:
-        async def stop() -> None:
-            self.server.close()
-            await self.server.wait_closed()
-
-        asyncio.run_coroutine_threadsafe(stop(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
+        super().__init__(Handler())
 
 
 def test_delivery_status_follows_the_queue(tmp_path: Path) -> None:
@@ -182,11 +162,11 @@ async def _scenario(url: str, token: str, sink: ScriptedSink, diag: Callable[[],
         assert third["undoStatus"] == "pending"
         got = await test_serve.api(http, url, bearer, ["EmailSubmission/get", {"accountId": "A1", "ids": [third["id"]]}, "g"])
         assert {v["delivered"] for v in got[0][1]["list"][0]["deliveryStatus"].values()} == {"queued"}
-        assert not any(LATER in rcpts for _, rcpts in sink.received)
+        assert not any(LATER in rcpts for _, rcpts, _ in sink.received)
         sub, _ = await _until(http, url, bearer, third["id"],
                               lambda s: all(v["delivered"] != "queued" for v in s["deliveryStatus"].values()), diag)
         assert sub["undoStatus"] == "final" and sub["deliveryStatus"][LATER]["delivered"] == "yes"
         assert sub["deliveryStatus"][LATER]["smtpReply"] == f"250 2.0.0 sunk for {LATER}"
         assert sub["deliveryStatus"][BOB]["delivered"] == "yes", sub
         assert sub["deliveryStatus"][BOB]["smtpReply"].startswith("250 "), sub
-        assert any(rcpts == [LATER] for _, rcpts in sink.received)
+        assert any(rcpts == [LATER] for _, rcpts, _ in sink.received)
