@@ -8,6 +8,7 @@ import errno
 import os
 import secrets
 import shutil
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -95,6 +96,55 @@ def _clean_staging(staging: Path) -> None:
                 pass  # another process removed it meanwhile
 
 
+class _SharedSyncfs:
+    """Concurrent account creations in this process share syncfs calls (one file system each).
+
+    A caller needs a syncfs that *started* after its files were written; one running when
+    it arrives does not count, the next one (started by whichever waiter comes first) does.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        #: st_dev -> (syncfs calls started, the last one finished, one running now)
+        self._state: dict[int, tuple[int, int, bool]] = {}
+
+    def sync(self, path: Path) -> None:
+        dev = os.stat(path).st_dev
+        with self._cond:
+            started, done, running = self._state.get(dev, (0, 0, False))
+            need = started + 1
+            while True:
+                started, done, running = self._state.get(dev, (0, 0, False))
+                if done >= need:
+                    return
+                if not running:
+                    mine = started + 1
+                    self._state[dev] = (mine, done, True)
+                    break
+                self._cond.wait()
+        ok = False
+        try:
+            fsio.syncfs(path)
+            ok = True
+        finally:
+            with self._cond:
+                started, done, _ = self._state[dev]
+                # a failed syncfs covers no one: the waiters try their own
+                self._state[dev] = (started, max(done, mine) if ok else done, False)
+                self._cond.notify_all()
+
+
+_syncfs = _SharedSyncfs()
+
+
+def _after_fork() -> None:
+    global _syncfs
+    _syncfs = _SharedSyncfs()  # a lock held by a thread of the parent would never be released
+
+
+os.register_at_fork(after_in_child=_after_fork)
+
+
 def make_skeleton(root: Path, hostname: str, make_index: Callable[[Path, list[FolderSeed]], None], *,
                   use_syncfs: bool = True) -> bool:
     """Create a new account's whole tree at ``root`` at once; False if another process made it first.
@@ -117,7 +167,7 @@ def make_skeleton(root: Path, hostname: str, make_index: Callable[[Path, list[Fo
         seeds = _build_tree(build)
         make_index(build, seeds)
         if use_syncfs and fsio.have_syncfs():
-            fsio.syncfs(build)
+            _syncfs.sync(build)
         else:
             for seed in seeds:
                 folder = build / seed.dirname if seed.dirname else build

@@ -16,6 +16,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -240,3 +241,42 @@ def test_two_processes_create_the_same_account(tmp_path: Path) -> None:
         assert not any((tmp_path / "mail" / folders.STAGING).iterdir())  # the loser cleaned up
     assert sorted(p.name for p in (tmp_path / "mail").iterdir()) == sorted(
         [folders.STAGING, *(f"shared{r}" for r in range(6))])
+
+
+def test_concurrent_creations_share_a_syncfs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Callers that arrive while a syncfs runs share the next one (it started after their writes)."""
+    shared = folders._SharedSyncfs()
+    calls: list[tuple[float, float]] = []  # (start, end) of each syncfs
+    first_in, release = threading.Event(), threading.Event()
+
+    def fake_syncfs(path: Path) -> None:
+        start = time.monotonic()
+        if not calls and not first_in.is_set():
+            first_in.set()
+            assert release.wait(30)
+        calls.append((start, time.monotonic()))
+
+    monkeypatch.setattr(folders.fsio, "syncfs", fake_syncfs)
+    spans: list[tuple[float, float]] = []  # (arrival, return) of each caller
+
+    def caller() -> None:
+        t0 = time.monotonic()
+        shared.sync(tmp_path)
+        spans.append((t0, time.monotonic()))
+
+    first = threading.Thread(target=caller)
+    first.start()
+    assert first_in.wait(30)
+    others = [threading.Thread(target=caller) for _ in range(10)]
+    for t in others:
+        t.start()
+    deadline = time.monotonic() + 30
+    while len(shared._cond._waiters) < 10:  # type: ignore[attr-defined]  # all queued behind the first
+        assert time.monotonic() < deadline, "callers did not queue"
+        time.sleep(0.001)  # polling with a deadline
+    release.set()
+    for t in (first, *others):
+        t.join(30)
+    assert len(spans) == 11 and len(calls) == 2  # 11 callers, the ten late ones share one syncfs
+    for arrived, returned in spans:  # each covered by a syncfs that started after it arrived
+        assert any(arrived <= s and e <= returned for s, e in calls), (arrived, returned, calls)
