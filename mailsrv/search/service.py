@@ -525,6 +525,9 @@ class SearchService:
         self._pool = ThreadPoolExecutor(max_workers=self.config.threads, thread_name_prefix="search")
         self._open: OrderedDict[tuple[str, str], MailboxIndex] = OrderedDict()
         self._tasks: set[asyncio.Task[None]] = set()
+        #: batches being read and indexed at once (each holds its raw messages until extracted): a
+        #: delivery to 5000 mailboxes must not read 5000 messages into memory ahead of the indexer
+        self._admit = asyncio.Semaphore(2 * self.config.threads)
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
@@ -595,8 +598,10 @@ class SearchService:
         """Index ``idx.pending`` in batches until none is left."""
         try:
             while idx.pending:
-                uids, idx.pending = idx.pending, []
-                await idx.index_uids(uids)
+                n = self.config.batch
+                uids, idx.pending = idx.pending[:n], idx.pending[n:]
+                async with self._admit:
+                    await idx.index_uids(uids)
         finally:
             idx.draining = False
             if idx.pending:  # a failed batch: the UIDs that came meanwhile get their own task

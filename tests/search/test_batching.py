@@ -69,3 +69,42 @@ async def test_a_failed_batch_does_not_stop_later_ones(tmp_path: Path) -> None:
     assert box.view.messages[-1].uid in idx.core.indexed
     assert calls == 2 and not idx.draining
     await svc.close()
+
+
+async def test_batches_in_flight_are_bounded(tmp_path: Path) -> None:
+    """A delivery to many mailboxes reads at most 2 x threads batches ahead of the indexer."""
+    boxes = {f"Mbox{i}": Box(0) for i in range(12)}
+    reading: list[str] = []  # mailbox of each read in progress
+    peak = 0
+    gate = asyncio.Event()
+    waiting = asyncio.Event()
+    cfg = SearchConfig(threads=2, batch=3)
+
+    def reader(name: str):  # type: ignore[no-untyped-def]
+        async def read(uid: int) -> bytes:
+            nonlocal peak
+            reading.append(name)
+            peak = max(peak, len(set(reading)))
+            if len(reading) == 2 * cfg.threads * cfg.batch:
+                waiting.set()
+            await gate.wait()
+            reading.remove(name)
+            return await boxes[name].read(uid)
+
+        return read
+
+    svc = SearchService(cfg, resolver=lambda a, m: (tmp_path / m, reader(m)))
+    for name, box in boxes.items():
+        (tmp_path / name).mkdir()
+        for i in range(5):
+            box.add(box.gen.message(i)[0])
+            svc.message_added("acct1", name, box.view.messages[-1], None)
+    await waiting.wait()  # 4 batches of 3 (the 5 UIDs of a mailbox come in batches of 3 and 2)
+    assert len(set(reading)) == 4  # the other mailboxes wait their turn
+    gate.set()
+    await svc.idle()
+    assert peak == 4
+    for name, box in boxes.items():
+        idx = svc.mailbox("acct1", name, tmp_path / name, box.read)
+        assert {m.uid for m in box.view.messages} <= set(idx.core.indexed)
+    await svc.close()
