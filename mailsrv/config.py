@@ -361,7 +361,8 @@ class SearchConfig:
         check=_positive,
     )
     threads: int = doc("Threads per worker for search index I/O and evaluation.", 2, check=_positive)
-    batch: int = doc("Messages indexed per step when a search finds unindexed messages.", 200, check=_positive)
+    batch: int = doc("Messages indexed per step when a search finds unindexed messages, and per batch after delivery.",
+                     200, check=_positive)
 
 
 @dataclass(frozen=True)
