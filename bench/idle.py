@@ -59,7 +59,7 @@ from ._common import (
 
 SIZES = {
     "smoke": {"clients": 40, "per_user": 10, "rounds": 2, "quiet": 0.3, "dovecot_cap": 40, "dovecot_rounds": 1},
-    "full": {"clients": 10_000, "per_user": 100, "rounds": 2, "quiet": 10.0, "dovecot_cap": 1_000,
+    "full": {"clients": 10_000, "per_user": 100, "rounds": 2, "quiet": 5.0, "dovecot_cap": 1_000,
              "dovecot_rounds": 1},
 }
 EXISTS = re.compile(rb"\* (\d+) EXISTS")
