@@ -164,3 +164,32 @@ def test_configure_writes_buffered_lines_to_the_old_stream() -> None:
         log.configure("info", sys.stderr)
     assert "pending" in old.getvalue() and "after" not in old.getvalue()
     assert "after" in new.getvalue() and "pending" not in new.getvalue()
+
+
+CHILD = r"""
+import asyncio, os, signal, sys
+from mailsrv import log
+
+log.configure("info", open(sys.argv[1], "a"))
+
+async def main():
+    log.buffer_on_loop(asyncio.get_running_loop(), delay=60)
+    log.get("w").info("before")
+    if sys.argv[2] == "error":
+        log.get("w").error("boom")  # written at once, with "before"
+    log.get("w").info("lost")  # still buffered: a kill -9 may lose it
+    os.kill(os.getpid(), signal.SIGKILL)
+
+asyncio.run(main())
+"""
+
+
+def test_error_line_survives_kill_9_with_the_lines_before_it(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import subprocess
+
+    for mode, expected in (("error", ["before", "boom"]), ("info", [])):
+        out = tmp_path / f"{mode}.log"
+        proc = subprocess.run([sys.executable, "-c", CHILD, str(out), mode], timeout=60)
+        assert proc.returncode == -9
+        text = out.read_text() if out.exists() else ""
+        assert [ln.split()[3] for ln in text.splitlines()] == expected
