@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import inspect
 import os
 import re
 import resource
@@ -79,13 +80,14 @@ def seed_cache(key: str, n: int, sample: bytes, fill: Callable[[Path, int], None
 
     It lives in ``$MAILSRV_BENCH_CACHE`` (default ``<tmp>/mailsrv-bench-cache``, the file system
     of the scenarios' temporary directories, so :func:`link_tree` links rather than copies),
-    named by ``key``, ``n`` and a digest of ``sample`` (some generated messages: a changed generator
-    is a new entry). Built beside its final name and renamed into place, so a run that dies
+    named by ``key``, ``n`` and a digest of ``sample`` (some generated messages) and of ``fill``'s
+    source (how files are named), so a changed generator is a new entry. Built beside its final name and renamed into place, so a run that dies
     half-way or a concurrent run never sees a partial maildir. Treat it as read-only: copy it
     with :func:`link_tree`.
     """
     cache = Path(os.environ.get("MAILSRV_BENCH_CACHE") or Path(tempfile.gettempdir(), "mailsrv-bench-cache"))
-    root = cache / f"{key}-{n}-{hashlib.sha256(sample).hexdigest()[:16]}"
+    digest = hashlib.sha256(sample + inspect.getsource(fill).encode()).hexdigest()[:16]
+    root = cache / f"{key}-{n}-{digest}"
     if root.is_dir():
         return root
     cache.mkdir(parents=True, exist_ok=True)
