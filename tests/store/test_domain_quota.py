@@ -66,6 +66,7 @@ def test_a_second_worker_sees_and_adds_to_the_same_total(make_store: Callable[..
                                                           tmp_path: Path) -> None:
     one, two = make_store(), make_store()
     a1 = run(one.account("1", domain="example.test"))
+    one.usage.flush()  # the report is written by a background thread: wait for it (or its running write)
     a2 = run(two.account("1"))  # the domain is learnt from the shared book
     assert a2.domain == "example.test"
     run(a1.append("INBOX", msg(1)))
