@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +19,16 @@ SPEEDUPS = Path(_speedups.__file__).parent
 MODULES = sorted(p.name[: -len("_c.pyx")] for p in SPEEDUPS.glob("*_c.pyx"))
 
 
+def _twin(name: str) -> str:
+    """The twin a selector names for NAME (``load("NAME", twin="...")`` somewhere in mailsrv/)."""
+    pattern = re.compile(rf"""load\(["']{re.escape(name)}["'],\s*twin=["']([\w.]+)["']\)""")
+    for path in sorted(SPEEDUPS.parent.rglob("*.py")):
+        m = pattern.search(path.read_text())
+        if m:
+            return m.group(1)
+    return f"mailsrv._speedups.{name}_py"
+
+
 @pytest.mark.parametrize("name", MODULES or ["<none>"])
 def test_compiled_module_loads_when_required(name: str) -> None:
     """Guard: `make test` builds every extension; a silent fallback would hide a broken build."""
@@ -27,7 +38,7 @@ def test_compiled_module_loads_when_required(name: str) -> None:
     if _speedups.speedups_disabled():
         # The twin run: the compiled module must NOT be what the selector picks.
         env = {**os.environ}
-        code = f"from mailsrv import _speedups as s; m = s.load({name!r}); print(m.__name__)"
+        code = f"from mailsrv import _speedups as s; m = s.load({name!r}, {_twin(name)!r}); print(m.__name__)"
         out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
         assert not out.stdout.strip().endswith("_c")
         return
