@@ -313,11 +313,12 @@ class Bayes:
 
         return await self.state.run(op, write=False)
 
-    async def classify(self, scopes: Sequence[str], message: bytes,
-                       toks: set[str] | None = None) -> Verdict | None:
-        """The learner's verdict with the counts of ``scopes`` summed; None until they learned enough."""
+    async def classify(self, scopes: Sequence[str], message: bytes, toks: set[str] | None = None, *,
+                       totals: tuple[int, int] | None = None) -> Verdict | None:
+        """The learner's verdict with the counts of ``scopes`` summed; None until they learned enough.
+        ``totals`` may carry :meth:`totals` of the same scopes, just read (it is then not queried again)."""
         keys = list(dict.fromkeys(s.lower() for s in scopes))
-        nspam, nham = await self.totals(keys)
+        nspam, nham = totals if totals is not None else await self.totals(keys)
         if nspam < self.cfg.bayes_min_spam or nham < self.cfg.bayes_min_ham:
             return None
         ids = sorted({token_id(t) for t in (toks if toks is not None else tokens(message))})

@@ -113,7 +113,6 @@ class Policy:
         self.resolver = resolver
         self.state = state
         self.lists = Lists(lists)
-        self.scorer: Scorer = scorer or (RspamdScorer(cfg.rspamd_url) if cfg.rspamd_url else RuleScorer())
         self.clamd = clamd or (Clamd(cfg.clamd_socket, timeout=cfg.clamd_timeout) if cfg.clamd_socket else None)
         # docs/policy.md "Learning": rspamd learns when it scores, else our own learner
         self.rspamd_learner = RspamdLearner(cfg.rspamd_controller_url or cfg.rspamd_url,
@@ -121,6 +120,7 @@ class Policy:
         self.bayes = Bayes(state, cfg) if cfg.bayes and state is not None and self.rspamd_learner is None else None
         self.is_local_domain = is_local_domain
         self.executor = executor
+        self.scorer: Scorer = scorer or (RspamdScorer(cfg.rspamd_url) if cfg.rspamd_url else RuleScorer(executor))
         self.seats = seats
         self.skip_nets = [ipaddress.ip_network(n, strict=False) for n in cfg.skip_networks]
         self.dnsbl_skip = tuple(ipaddress.ip_network(n, strict=False) for n in cfg.dnsbl_skip_networks)
@@ -208,7 +208,7 @@ class Policy:
         if nspam < self.cfg.bayes_min_spam or nham < self.cfg.bayes_min_ham:
             return None
         toks = await asyncio.get_running_loop().run_in_executor(self.executor, tokens, message)
-        verdict = await self.bayes.classify(scopes, message, toks)
+        verdict = await self.bayes.classify(scopes, message, toks, totals=(nspam, nham))
         return verdict.rule if verdict is not None else None
 
     async def outside_limit(self, user: str) -> int:
@@ -568,7 +568,7 @@ class PolicySession:
                 score = await self.p.scorer.score(message, facts)
             except Exception as exc:  # an unreachable external scorer must not lose mail
                 logger.warning("policy.scorer_failed", error=str(exc))
-                score = await RuleScorer().score(message, facts)
+                score = await RuleScorer(self.p.executor).score(message, facts)
             score = await self._learner_score(message, score)
         else:
             score = Score(0.0, [("TOO_BIG_TO_SCAN", 0.0)])

@@ -9,7 +9,9 @@ an operator runs one. Both return a :class:`Score`.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -100,10 +102,19 @@ def signal_rules(f: Facts) -> list[tuple[str, float]]:
 
 
 class RuleScorer:
-    """The default scorer: signals plus content rules (no network, no learning)."""
+    """The default scorer: signals plus content rules (no network, no learning).
+
+    The content rules are CPU work (tens of ms on a large HTML part), so they run on ``executor``
+    (None: the loop's default executor), never on the event loop.
+    """
+
+    def __init__(self, executor: Executor | None = None) -> None:
+        self.executor = executor
 
     async def score(self, message: bytes, facts: Facts) -> Score:
-        rules = signal_rules(facts) + content_rules(message, facts.recipients)
+        content = await asyncio.get_running_loop().run_in_executor(
+            self.executor, content_rules, message, list(facts.recipients))
+        rules = signal_rules(facts) + content
         return Score(round(sum(p for _, p in rules), 2), rules)
 
 
