@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import socket
 import ssl
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -13,6 +11,7 @@ from typing import Any
 
 import pytest
 import trustme
+from support.loopthread import LoopThread
 
 from mailsrv.auth import Authenticator
 from mailsrv.auth.passwords import Hasher
@@ -23,21 +22,6 @@ from mailsrv.net.service import ServiceContext
 from mailsrv.smtp.server import SmtpService
 from mailsrv.smtp.wiring import DirectoryBackend
 from mailsrv.store import Store
-
-
-class LoopThread:
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-
-    def run(self, coro: Any, timeout: float = 120) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def stop(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
 
 
 @dataclass
@@ -87,7 +71,7 @@ def site(tmp_path: Path) -> Iterator[Site]:
     ca.issue_cert("localhost", "127.0.0.1").configure_cert(sctx)
     cctx = ssl.create_default_context()
     ca.configure_trust(cctx)
-    lt = LoopThread()
+    lt = LoopThread(timeout=120)
 
     async def setup() -> tuple[Any, Store, list[Listener], dict[str, int]]:
         directory = open_directory(cfg.directory, data_dir)
