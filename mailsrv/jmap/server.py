@@ -301,7 +301,7 @@ class JmapApp:
     async def check_access_token(self, token: str) -> Principal | None:
         body, _, sig = token.partition(".")
         want = hmac.new(self.secret, body.encode(), hashlib.sha256).hexdigest()[:32]
-        if not hmac.compare_digest(want, sig):
+        if not sig.isascii() or not hmac.compare_digest(want, sig):  # compare_digest raises on non-ASCII str
             return None
         try:
             pid, user, expires, generation = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))

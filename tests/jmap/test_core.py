@@ -199,6 +199,9 @@ async def test_access_token_for_eventsource(client: Client) -> None:
             assert line == b"event: state\n"
         async with anon.get(client.server.url + "/jmap/eventsource?access_token=" + tok[:-2] + "xx") as r:
             assert r.status == 401
+        # a non-ASCII signature is refused like any wrong one (not a server error)
+        async with anon.get(client.server.url + "/jmap/eventsource?access_token=" + tok[:-2] + "%C3%A9") as r:
+            assert r.status == 401
         # the token only works where the browser cannot send a header, not on the API
         async with anon.post(client.server.url + "/jmap/api?access_token=" + tok, data=b"{}") as r:
             assert r.status == 401

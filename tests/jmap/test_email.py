@@ -12,6 +12,20 @@ def msg(subject: str, frm: str = "a@x.test", extra: str = "", body: str = "hello
             f"\r\n{body}\r\n").encode()
 
 
+def count_blob_reads(client: Client) -> list[str]:
+    """Wrap the account's ``read_blob``: the returned list collects the id of each message read."""
+    be = client.server.backends["1"]
+    reads: list[str] = []
+    real_read = be.read_blob
+
+    async def counting(blob_id: str) -> bytes | None:
+        reads.append(blob_id)
+        return await real_read(blob_id)
+
+    be.read_blob = counting  # type: ignore[method-assign]
+    return reads
+
+
 async def test_import_and_get_multipart_from_corpus(client: Client, corpus: Path) -> None:
     raw = (corpus / "stalwart-mail-parser/eml/legacy/015.eml").read_bytes()
     eid = await client.import_message(raw, keywords={"$seen": True})
@@ -61,15 +75,7 @@ async def test_structure_properties_read_no_message_bytes(client: Client, corpus
     # come from the structure cached at import (as the store caches it at delivery)
     raw = (corpus / "stalwart-mail-parser/eml/legacy/015.eml").read_bytes()
     eid = await client.import_message(raw)
-    be = client.server.backends["1"]
-    reads: list[str] = []
-    real_read = be.read_blob
-
-    async def counting(blob_id: str) -> bytes | None:
-        reads.append(blob_id)
-        return await real_read(blob_id)
-
-    be.read_blob = counting  # type: ignore[method-assign]
+    reads = count_blob_reads(client)
     structural = ["id", "size", "from", "to", "subject", "sentAt", "messageId", "hasAttachment", "bodyStructure",
                   "textBody", "htmlBody", "attachments", "header:Content-Type:asRaw", "header:Subject:asText:all"]
     body = ["partId", "blobId", "type", "charset", "name", "disposition", "cid", "language", "location"]
@@ -185,15 +191,7 @@ async def test_query_reads_message_bytes_only_for_content_filters(client: Client
                                               ("Mid", "mo@x.test", "apples and pears"))):
         await client.import_message(msg(subject, frm, body=body, extra=f"X-N: {i}\r\n",
                                         date=f"Wed, 17 May 200{i} 19:35:05 -0400"))
-    be = client.server.backends["1"]
-    reads: list[str] = []
-    real_read = be.read_blob
-
-    async def counting(blob_id: str) -> bytes | None:
-        reads.append(blob_id)
-        return await real_read(blob_id)
-
-    be.read_blob = counting  # type: ignore[method-assign]
+    reads = count_blob_reads(client)
 
     async def subjects(filt: dict[str, object], sort: str = "subject") -> list[str]:
         q = await client.one("Email/query", {"filter": filt, "sort": [{"property": sort, "isAscending": True}]})
