@@ -225,7 +225,7 @@ def release_time(obj: dict[str, Any], env: dict[str, Any], max_delay: int, now: 
     asked: list[tuple[float, str]] = []
     if "HOLDFOR" in upper:
         v = upper["HOLDFOR"]
-        if not isinstance(v, str) or not v.isdigit() or len(v) > 9:
+        if not isinstance(v, str) or not (v.isascii() and v.isdigit()) or len(v) > 9:
             raise SetError("invalidProperties", "HOLDFOR is a number of seconds", properties=["envelope"])
         asked.append((now + int(v), "envelope"))
     if "HOLDUNTIL" in upper:

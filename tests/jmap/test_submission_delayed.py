@@ -123,6 +123,7 @@ async def test_bad_delays(server: Server, client: Client) -> None:
     cases = {
         "toolong": {"envelope": hold({"HOLDFOR": str(8 * 86400)})},
         "notnum": {"envelope": hold({"HOLDFOR": "soon"})},
+        "nonascii": {"envelope": hold({"HOLDFOR": "\u00b2"})},  # str.isdigit() accepts it, int() does not
         "both": {"envelope": hold({"HOLDFOR": "60", "HOLDUNTIL": far})},
         "farsendat": {"sendAt": far},
         "baddate": {"envelope": hold({"HOLDUNTIL": "tomorrow"})},
