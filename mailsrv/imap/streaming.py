@@ -32,37 +32,65 @@ class Identity:
 
 
 class Base64:
-    """Decodes whole quads as they come; from the first ``=`` on (the end, in valid data) the
-    rest is kept and decoded by :meth:`end`, so padding rules are those of one b64decode."""
+    """Decodes whole quads as they come, with the padding rules of one non-strict b64decode.
+
+    A ``=`` that completes a quad ends the data (b64decode ignores what follows: it is dropped
+    here, not kept); any other ``=`` is skipped by b64decode, and here too. The carry between
+    chunks is at most a partial quad and its trailing ``=``: memory stays bounded whatever the
+    part holds.
+    """
 
     def __init__(self) -> None:
         self.rest = b""
-        self.tail_mode = False
+        self.done = False
 
     def feed(self, data: bytes) -> bytes:
-        data = _B64_JUNK.sub(b"", data)
-        if self.tail_mode:
-            self.rest += data
+        if self.done:
             return b""
-        data = self.rest + data
-        pad = data.find(b"=")
-        if pad >= 0:
-            head = pad - pad % 4
-            self.rest, self.tail_mode = data[head:], True
-            data = data[:head]
+        data = self.rest + _B64_JUNK.sub(b"", data)
+        if b"=" in data:
+            k = _pad_end(data)
+            if k >= 0:
+                self.rest, self.done = b"", True
+                return _b64(data[: k + 1])
+            body = data.rstrip(b"=")
+            trailing = data[len(body):]
+            body = body.replace(b"=", b"")
         else:
-            head = len(data) - len(data) % 4
-            self.rest, data = data[head:], data[:head]
-        try:
-            return base64.b64decode(data, validate=False)
-        except (binascii.Error, ValueError):
-            raise DecodeError from None
+            body, trailing = data, b""
+        head = len(body) - len(body) % 4
+        rem = body[head:]
+        # a trailing "=" counts only after 2 or 3 data characters of a quad (binascii's rule)
+        self.rest = rem + (trailing if len(rem) >= 2 else b"")
+        return _b64(body[:head])
 
     def end(self) -> bytes:
-        try:
-            return base64.b64decode(self.rest, validate=False) if self.rest else b""
-        except (binascii.Error, ValueError):
-            raise DecodeError from None
+        rest, self.rest = self.rest, b""
+        return _b64(rest) if rest else b""
+
+
+def _pad_end(data: bytes) -> int:
+    """The index of the ``=`` that ends base64 ``data`` (starting on a quad boundary, junk
+    removed) as binascii's non-strict decoder sees it, or -1."""
+    i, eqs, pads, prev = data.find(b"="), 0, 0, -1
+    while i >= 0:
+        if i != prev + 1:
+            pads = 0  # a data character since the last "="
+        q = (i - eqs) % 4  # data characters of the current quad
+        if q >= 2:
+            pads += 1
+            if q + pads >= 4:
+                return i
+        eqs, prev = eqs + 1, i
+        i = data.find(b"=", i + 1)
+    return -1
+
+
+def _b64(data: bytes) -> bytes:
+    try:
+        return base64.b64decode(data, validate=False)
+    except (binascii.Error, ValueError):
+        raise DecodeError from None
 
 
 class QuotedPrintable:

@@ -142,3 +142,18 @@ def test_big_binary_fetch_is_streamed(real: ServerHandle, tmp_path: Path) -> Non
         assert lines[0] == b"* 1 FETCH (FLAGS (\\Seen \\Recent) BINARY[1] {5}\r\n" and lines[1] == b"hello)\r\n"
     finally:
         raw.close()
+
+
+def test_base64_carry_is_bounded_after_a_stray_pad() -> None:
+    """A "=" early in a big part neither ends decoding (b64decode skips it) nor makes the decoder
+    keep the rest of the part: the carry between chunks stays under a quad and its padding."""
+    dec = streaming.Base64()
+    data = b"QQ=" + b"QUJD" * 50_000 + b"==\r\n"
+    out = []
+    for k in range(0, len(data), 4096):
+        out.append(dec.feed(data[k:k + 4096]))
+        assert len(dec.rest) <= 5
+    out.append(dec.end())
+    assert b"".join(out) == base64.b64decode(data, validate=False)
+    ended = streaming.Base64()
+    assert ended.feed(b"QQ==") == b"A" and ended.feed(b"QUJD" * 1000) == b"" and ended.rest == b""
