@@ -110,7 +110,7 @@ class MemoryBackend:
         return str(self.modseq)
 
     async def changes(self, type_: str, since: str, max_changes: int | None) -> ChangeSet:
-        if not since.isdigit() or int(since) > self.modseq:
+        if not (since.isascii() and since.isdigit()) or len(since) > 20 or int(since) > self.modseq:
             raise CannotCalculateChanges(since)
         s = int(since)
         evs = [e for e in self.events if e.type == type_ and e.modseq > s]

@@ -63,7 +63,7 @@ class Collection:
 
     async def changes(self, since: str, max_changes: int | None) -> ChangeSet:
         data = await self.read()
-        if not since.isdigit() or int(since) > data["modseq"]:
+        if not (since.isascii() and since.isdigit()) or len(since) > 20 or int(since) > data["modseq"]:
             raise CannotCalculateChanges(since)
         s = int(since)
         log = data["log"]

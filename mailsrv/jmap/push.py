@@ -163,12 +163,12 @@ async def eventsource(request: web.Request, accounts: AccountsSource, cfg: JmapC
     types = _parse_types(request.query.get("types", "*"))
     closeafter = request.query.get("closeafter", "no")
     ping_raw = request.query.get("ping", "0")
-    if closeafter not in ("state", "no") or not ping_raw.isdigit():
+    if closeafter not in ("state", "no") or not (ping_raw.isascii() and ping_raw.isdigit()):
         return web.json_response(
             {"type": "about:blank", "status": 400, "detail": "bad closeafter or ping"},
             status=400, content_type="application/problem+json",
         )
-    ping = min(int(ping_raw), cfg.push_ping_max)
+    ping = cfg.push_ping_max if len(ping_raw) > 9 else min(int(ping_raw), cfg.push_ping_max)
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                                        "X-Accel-Buffering": "no"})
     await resp.prepare(request)

@@ -199,6 +199,9 @@ async def test_access_token_for_eventsource(client: Client) -> None:
             assert line == b"event: state\n"
         async with anon.get(client.server.url + "/jmap/eventsource?access_token=" + tok[:-2] + "xx") as r:
             assert r.status == 401
+        # ping is ASCII digits (RFC 8620 §7.3): anything else is a 400, never a server error
+        async with anon.get(client.server.url + "/jmap/eventsource?ping=%C2%B2&access_token=" + tok) as r:
+            assert r.status == 400
         # a non-ASCII signature is refused like any wrong one (not a server error)
         async with anon.get(client.server.url + "/jmap/eventsource?access_token=" + tok[:-2] + "%C3%A9") as r:
             assert r.status == 401

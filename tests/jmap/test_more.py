@@ -40,6 +40,11 @@ async def test_identity_default_create_update_destroy_changes(client: Client) ->
     assert r["updated"] == {sid: None} and r["notDestroyed"][got["list"][0]["id"]]["type"] == "forbidden"
     ch = await one(client, "Identity/changes", {"sinceState": s0})
     assert ch["created"] == [sid]
+    # a state that is no number we gave (a Unicode digit, a huge one) cannot be calculated from, not a crash
+    for bad in ("\u00b2", "9" * 5000):
+        for method in ("Identity/changes", "Email/changes"):
+            r = await client.call([method, {"accountId": "a1", "sinceState": bad}, "c"], using=ALL)
+            assert r[0][0] == "error" and r[0][1]["type"] == "cannotCalculateChanges", (method, r)
     r = await one(client, "Identity/set", {"destroy": [sid]})
     assert r["destroyed"] == [sid]
 
