@@ -195,7 +195,7 @@ def render(
         elif n == "UID":
             add("UID", str(info.uid).encode())
         elif n == "FLAGS":
-            add("FLAGS", _flags(info.flags, recent))
+            add("FLAGS", flags_text(info.flags, recent))
         elif n == "INTERNALDATE":
             add("INTERNALDATE", _internaldate(info.internal_date))
         elif n == "RFC822.SIZE":
@@ -240,7 +240,7 @@ def render(
     if modseq:
         add("MODSEQ", b"(%d)" % info.modseq)
     if flags is not None:
-        add("FLAGS", _flags(flags, recent))
+        add("FLAGS", flags_text(flags, recent))
     return b"(" + b" ".join(out) + b")"
 
 
@@ -260,9 +260,9 @@ def render_index(atts: Iterable[FetchAtt], info: Any, *, uid: bool, modseq: bool
         seen.add(n)
         if n == "FLAGS":
             flags = info.flags
-            text = _flags(flags, True) if recent else flag_cache.get(flags)
+            text = flags_text(flags, True) if recent else flag_cache.get(flags)
             if text is None:
-                text = flag_cache[flags] = flag_list(sorted(flags))
+                text = flag_cache[flags] = flags_text(flags, False)
             out.append(b"FLAGS " + text)
         elif n == "UID":
             out.append(b"UID %d" % info.uid)
@@ -283,14 +283,10 @@ def render_index(atts: Iterable[FetchAtt], info: Any, *, uid: bool, modseq: bool
     return b"(" + b" ".join(out) + b")"
 
 
-def _flags(flags: frozenset[str], recent: bool) -> bytes:
-    return flags_text(flags, recent)
-
-
 def flags_response(seq: int, info: Any, *, uid: bool, modseq: bool, recent: bool = False) -> bytes:
     """``* n FETCH ([UID n] FLAGS (...) [MODSEQ (n)])`` for a flag change."""
     items = [b"UID %d" % info.uid] if uid else []
-    items.append(b"FLAGS " + _flags(info.flags, recent))
+    items.append(b"FLAGS " + flags_text(info.flags, recent))
     if modseq:
         items.append(b"MODSEQ (%d)" % info.modseq)
     return b"* %d FETCH (" % seq + b" ".join(items) + b")\r\n"
