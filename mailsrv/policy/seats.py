@@ -14,6 +14,7 @@ number of users of the sender's domain in the directory.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Protocol
 
@@ -44,11 +45,14 @@ class DirectorySeats:
         self.ttl = ttl
         self._counts: dict[str, int] = {}
         self._until = 0.0
+        self._refresh = asyncio.Lock()
 
     async def domain_seats(self, domain: str) -> int:
-        now = time.monotonic()
-        if now >= self._until:
-            self._counts = await self.directory.run(
-                lambda sd: {str(d["name"]).lower(): int(d["users"]) for d in sd.list_domains()})
-            self._until = now + self.ttl
+        if time.monotonic() >= self._until:
+            async with self._refresh:  # one listing per expiry, however many RCPTs wait for it
+                now = time.monotonic()
+                if now >= self._until:
+                    self._counts = await self.directory.run(
+                        lambda sd: {str(d["name"]).lower(): int(d["users"]) for d in sd.list_domains()})
+                    self._until = now + self.ttl
         return self._counts.get(domain.lower().rstrip("."), 0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import smtplib
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,27 @@ async def test_directory_seats_counts_users_per_domain(tmp_path: Path) -> None:
     finally:
         await d.close()
         sd.close()
+
+
+async def test_directory_seats_one_listing_for_concurrent_lookups() -> None:
+    gate, listing = asyncio.Event(), asyncio.Event()
+    calls = 0
+
+    class SlowDirectory:
+        async def run(self, fn: Any) -> dict[str, int]:
+            nonlocal calls
+            calls += 1
+            listing.set()
+            await gate.wait()
+            return {"big.test": 7}
+
+    seats = DirectorySeats(SlowDirectory())  # type: ignore[arg-type]
+    lookups = [asyncio.ensure_future(seats.domain_seats("big.test")) for _ in range(20)]
+    # the first lookup is listing; the other 19 (scheduled before this task wakes) have started too
+    await listing.wait()
+    gate.set()
+    assert await asyncio.gather(*lookups) == [7] * 20
+    assert calls == 1
 
 
 class FixedSeats:
