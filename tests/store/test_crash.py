@@ -19,6 +19,8 @@ import signal
 import time
 from pathlib import Path
 
+from support.forked import read_pipe, spawn
+
 from mailsrv.config import StoreConfig
 from mailsrv.store import DeliveryTarget, MessageGone, Store
 
@@ -27,83 +29,51 @@ from .conftest import msg
 MSGID = re.compile(rb"Message-ID: <m([^@>]+)@")
 
 
-def _child(data_dir: Path, wfd: int, seed: int, ops: int, mode: str) -> None:
-    """Runs in the forked child; never returns."""
-    code = 0
-    try:
-        rng = random.Random(seed)
-
-        async def main() -> None:
-            store = Store(StoreConfig(), data_dir, hostname="crash.test")
-            acct = await store.account("u")
-            view = await acct.open_mailbox("INBOX")
-            uids = [m.uid for m in view.messages]
-            os.write(wfd, b"R\n")
-            for n in range(ops):
-                mid = f"s{seed}n{n}"
-                choice = rng.random() if mode == "mixed" else 0.0
-                if choice < 0.4:
-                    sp = data_dir / "spool" / f"{mid}"
-                    sp.parent.mkdir(exist_ok=True)
-                    sp.write_bytes(msg(mid))
-                    res = await store.deliver(sp, [DeliveryTarget(acct)])
-                    sp.unlink()
-                    assert res[0].status == "ok", res
-                    os.write(wfd, f"D {mid} {res[0].uid}\n".encode())
-                elif choice < 0.6:
-                    uid = await acct.append("INBOX", msg(mid))
-                    uids.append(uid)
-                    os.write(wfd, f"A {mid} {uid}\n".encode())
-                elif choice < 0.85 and uids:
-                    uid = rng.choice(uids)
-                    mode_ = rng.choice(["add", "remove"])
-                    os.write(wfd, f"f {uid} {mode_}\n".encode())
-                    mod, _ = await acct.store_flags("INBOX", [uid], frozenset({"\\Flagged"}), mode_)  # type: ignore[arg-type]
-                    if mod:
-                        os.write(wfd, f"F {uid} {mode_}\n".encode())
-                elif uids:
-                    uid = uids.pop(rng.randrange(len(uids)))
-                    try:  # which message it is: another process may have indexed it
-                        found = MSGID.search(await acct.read_message("INBOX", uid))
-                    except MessageGone:
-                        continue
-                    victim = found.group(1).decode() if found else "?"
-                    os.write(wfd, f"x {uid} {victim}\n".encode())
-                    done = await acct.expunge("INBOX", [uid], only_deleted=False)
-                    if done:
-                        os.write(wfd, f"X {uid} {victim}\n".encode())
-
-        asyncio.run(main())
-    except BaseException:
-        import traceback
-
-        (data_dir / f"child-{seed}.err").write_text(traceback.format_exc())
-        code = 3
-    finally:
-        os._exit(code)
+async def _child(data_dir: Path, wfd: int, seed: int, ops: int, mode: str) -> None:
+    """Runs in the forked child."""
+    rng = random.Random(seed)
+    store = Store(StoreConfig(), data_dir, hostname="crash.test")
+    acct = await store.account("u")
+    view = await acct.open_mailbox("INBOX")
+    uids = [m.uid for m in view.messages]
+    os.write(wfd, b"R\n")
+    for n in range(ops):
+        mid = f"s{seed}n{n}"
+        choice = rng.random() if mode == "mixed" else 0.0
+        if choice < 0.4:
+            sp = data_dir / "spool" / f"{mid}"
+            sp.parent.mkdir(exist_ok=True)
+            sp.write_bytes(msg(mid))
+            res = await store.deliver(sp, [DeliveryTarget(acct)])
+            sp.unlink()
+            assert res[0].status == "ok", res
+            os.write(wfd, f"D {mid} {res[0].uid}\n".encode())
+        elif choice < 0.6:
+            uid = await acct.append("INBOX", msg(mid))
+            uids.append(uid)
+            os.write(wfd, f"A {mid} {uid}\n".encode())
+        elif choice < 0.85 and uids:
+            uid = rng.choice(uids)
+            mode_ = rng.choice(["add", "remove"])
+            os.write(wfd, f"f {uid} {mode_}\n".encode())
+            mod, _ = await acct.store_flags("INBOX", [uid], frozenset({"\\Flagged"}), mode_)  # type: ignore[arg-type]
+            if mod:
+                os.write(wfd, f"F {uid} {mode_}\n".encode())
+        elif uids:
+            uid = uids.pop(rng.randrange(len(uids)))
+            try:  # which message it is: another process may have indexed it
+                found = MSGID.search(await acct.read_message("INBOX", uid))
+            except MessageGone:
+                continue
+            victim = found.group(1).decode() if found else "?"
+            os.write(wfd, f"x {uid} {victim}\n".encode())
+            done = await acct.expunge("INBOX", [uid], only_deleted=False)
+            if done:
+                os.write(wfd, f"X {uid} {victim}\n".encode())
 
 
 def _spawn(data_dir: Path, seed: int, ops: int, mode: str = "mixed") -> tuple[int, int]:
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(r)
-        _child(data_dir, w, seed, ops, mode)
-    os.close(w)
-    return pid, r
-
-
-def _read_all(fd: int, deadline: float) -> bytes:
-    out = b""
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
-        if not ready:
-            break
-        chunk = os.read(fd, 65536)
-        if not chunk:
-            break
-        out += chunk
-    return out
+    return spawn(lambda wfd: _child(data_dir, wfd, seed, ops, mode), data_dir / f"child-{seed}.err")
 
 
 async def _state(data_dir: Path) -> tuple[int, dict[int, str], dict[int, frozenset[str]], list[str]]:
@@ -132,7 +102,7 @@ def test_concurrent_processes_deliver_each_message_once(tmp_path: Path) -> None:
     procs = [_spawn(tmp_path, seed, 25, mode="deliver") for seed in range(4)]
     logs = {}
     for pid, fd in procs:
-        logs[pid] = _read_all(fd, time.monotonic() + 60).decode()
+        logs[pid] = read_pipe(fd, time.monotonic() + 60).decode()
         os.close(fd)
         _, status = os.waitpid(pid, 0)
         assert os.waitstatus_to_exitcode(status) == 0
@@ -184,7 +154,7 @@ def _trials(tmp_path: Path, rng: random.Random, dirs: int, trials_per_dir: int, 
             maybe_gone: set[int] = set()  # expunge begun but not acknowledged
             for c, (pid, fd) in enumerate(children):
                 _, status = os.waitpid(pid, 0)
-                out = outs[c] + _read_all(fd, time.monotonic() + 5)
+                out = outs[c] + read_pipe(fd, time.monotonic() + 5)
                 os.close(fd)
                 if os.WIFEXITED(status):
                     err = data_dir / f"child-{(d * 1000 + t) * 10 + c}.err"

@@ -8,6 +8,7 @@ fdatasync calls as well as ours. Children are forked (no exec) as in test_crash.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import random
 import re
@@ -21,6 +22,7 @@ import time
 from pathlib import Path
 
 import pytest
+from support.forked import spawn
 
 from mailsrv.config import StoreConfig
 from mailsrv.store import DeliveryTarget, Store, engine, folders
@@ -123,24 +125,12 @@ async def _deliver_and_read(data_dir: Path, name: str, text: str) -> list[bytes]
         await store.close()
 
 
-def _creator(data_dir: Path, wfd: int) -> None:
-    """Forked child: creates accounts a0, a1, ... until killed; never returns."""
-    code = 0
-    try:
-        async def main() -> None:
-            store = Store(StoreConfig(), data_dir, hostname="crash.test")
-            os.write(wfd, b"R")
-            for i in range(10_000):
-                await store.account(f"a{i}")
-
-        asyncio.run(main())
-    except BaseException:
-        import traceback
-
-        (data_dir / "creator.err").write_text(traceback.format_exc())
-        code = 3
-    finally:
-        os._exit(code)
+async def _creator(data_dir: Path, wfd: int) -> None:
+    """Forked child: creates accounts a0, a1, ... until killed."""
+    store = Store(StoreConfig(), data_dir, hostname="crash.test")
+    os.write(wfd, b"R")
+    for i in range(10_000):
+        await store.account(f"a{i}")
 
 
 def test_sigkill_during_creation_leaves_no_account_or_a_complete_one(tmp_path: Path) -> None:
@@ -149,12 +139,7 @@ def test_sigkill_during_creation_leaves_no_account_or_a_complete_one(tmp_path: P
     for trial in range(12):
         data_dir = tmp_path / f"d{trial}"
         data_dir.mkdir()
-        r, w = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            os.close(r)
-            _creator(data_dir, w)
-        os.close(w)
+        pid, r = spawn(functools.partial(_creator, data_dir), data_dir / "creator.err")
         assert select.select([r], [], [], 30)[0], "child did not start"
         assert os.read(r, 1) == b"R"
         os.close(r)

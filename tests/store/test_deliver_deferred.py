@@ -13,12 +13,13 @@ import asyncio
 import os
 import random
 import re
-import select
 import signal
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
+
+from support.forked import read_pipe, spawn
 
 from mailsrv.config import StoreConfig
 from mailsrv.store import DeliveryTarget, QuotaLimits, Store
@@ -166,58 +167,32 @@ def test_close_indexes_what_waits(tmp_path: Path, run: Run) -> None:
 # --- kill -9 -------------------------------------------------------------------------------------------
 
 
-def _child(data_dir: Path, wfd: int, seed: int, ops: int, delay: float) -> None:
+async def _child(data_dir: Path, wfd: int, seed: int, ops: int, delay: float) -> None:
     """Forked child: deliver ``ops`` messages with deferred indexing, reporting each acknowledgement."""
-    code = 0
-    try:
-        async def main() -> None:
-            store = Store(StoreConfig(index_delay=delay), data_dir, hostname="crash.test")
-            acct = await store.account("u")
-            (data_dir / "spool").mkdir(exist_ok=True)
-            os.write(wfd, b"R\n")
-            for n in range(ops):
-                mid = f"s{seed}n{n}"
-                sp = data_dir / "spool" / mid
-                sp.write_bytes(msg(mid))
-                [res] = await store.deliver(sp, [DeliveryTarget(acct)], uids=False)
-                sp.unlink()
-                assert res.status == "ok", res
-                os.write(wfd, f"D {mid}\n".encode())
-
-        asyncio.run(main())
-    except BaseException:
-        import traceback
-
-        (data_dir / f"child-{seed}.err").write_text(traceback.format_exc())
-        code = 3
-    finally:
-        os._exit(code)
+    store = Store(StoreConfig(index_delay=delay), data_dir, hostname="crash.test")
+    acct = await store.account("u")
+    (data_dir / "spool").mkdir(exist_ok=True)
+    os.write(wfd, b"R\n")
+    for n in range(ops):
+        mid = f"s{seed}n{n}"
+        sp = data_dir / "spool" / mid
+        sp.write_bytes(msg(mid))
+        [res] = await store.deliver(sp, [DeliveryTarget(acct)], uids=False)
+        sp.unlink()
+        assert res.status == "ok", res
+        os.write(wfd, f"D {mid}\n".encode())
 
 
 def _spawn(data_dir: Path, seed: int, ops: int, delay: float) -> tuple[int, int]:
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(r)
-        _child(data_dir, w, seed, ops, delay)
-    os.close(w)
-    return pid, r
+    return spawn(lambda wfd: _child(data_dir, wfd, seed, ops, delay), data_dir / f"child-{seed}.err")
 
 
 def _read_lines(fd: int, want: int | None, deadline: float) -> list[str]:
     """Lines from a child's pipe until ``want`` acknowledgements arrived, EOF, or the deadline."""
-    buf = b""
-    while time.monotonic() < deadline:
-        if want is not None and buf.count(b"\nD ") + buf.startswith(b"D ") >= want:
-            break
-        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
-        if not ready:
-            break
-        chunk = os.read(fd, 65536)
-        if not chunk:
-            break
-        buf += chunk
-    return buf.decode().splitlines()
+    def enough(buf: bytes) -> bool:
+        return want is not None and buf.count(b"\nD ") + buf.startswith(b"D ") >= want
+
+    return read_pipe(fd, deadline, enough).decode().splitlines()
 
 
 async def _state(data_dir: Path) -> dict[int, str]:
@@ -302,6 +277,7 @@ async def _seed(data_dir: Path, n: int) -> dict[int, str]:
         for i in range(n):
             sp = spool(data_dir, msg(f"seed{i}"), f"seed{i}")
             [r] = await store.deliver(sp, [DeliveryTarget(acct)])
+            assert r.uid is not None
             out[r.uid] = f"seed{i}"
         await acct.expunge("INBOX", [n], only_deleted=False)
         del out[n]
