@@ -30,6 +30,8 @@ LEVELS = {"trace": 5, "debug": 10, "info": 20, "warning": 30, "error": 40}
 
 _level = LEVELS["info"]
 _URGENT = LEVELS["error"]  # written at once even when lines are buffered
+#: lines a buffer holds at most: a loop that is late (blocked) does not let it grow without bound
+MAX_BUFFERED = 1024
 _stream: TextIO = sys.stderr
 
 #: Fields of the current session, merged into every line.
@@ -119,7 +121,8 @@ class _Buffer:
         with self.lock:
             self.lines.append(line)
             first = len(self.lines) == 1
-        if urgent:
+            full = len(self.lines) >= MAX_BUFFERED
+        if urgent or full:
             self.flush()
         elif first:
             try:

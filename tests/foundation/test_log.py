@@ -146,6 +146,25 @@ def test_buffered_lines_wait_for_the_loop_errors_do_not() -> None:
         log.configure("info", sys.stderr)
 
 
+def test_a_full_buffer_is_written_without_waiting_for_the_loop() -> None:
+    buf = io.StringIO()
+    log.configure("info", buf)
+
+    async def main() -> None:
+        log.buffer_on_loop(asyncio.get_running_loop(), delay=60)
+        for i in range(log.MAX_BUFFERED - 1):
+            log.get("x").info("n", i=i)
+        assert buf.getvalue() == ""
+        log.get("x").info("n", i=log.MAX_BUFFERED - 1)  # the loop is busy: the buffer is full, write now
+        assert len(buf.getvalue().splitlines()) == log.MAX_BUFFERED
+
+    try:
+        asyncio.run(main())
+    finally:
+        log.unbuffer()
+        log.configure("info", sys.stderr)
+
+
 def test_configure_writes_buffered_lines_to_the_old_stream() -> None:
     old, new = io.StringIO(), io.StringIO()
     log.configure("info", old)
