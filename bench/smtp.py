@@ -26,7 +26,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ._common import Mailsrv, maildir_count, smtp_reply
+from ._common import Mailsrv, maildir_count, percentile, smtp_reply
 
 SIZES = {
     "smoke": {"seconds": 0.3, "sessions": [1, 4], "bodies": [4096], "visible": 5},
@@ -379,10 +379,8 @@ async def _load(port: int, sessions: int, body: bytes, seconds: float,
 
 
 def _pct(values: list[float], p: float) -> float:
-    if not values:
-        return float("nan")
-    s = sorted(values)
-    return s[min(len(s) - 1, int(p / 100 * len(s)))] * 1000
+    """:func:`percentile` of latencies in seconds, in milliseconds."""
+    return percentile(values, p) * 1000
 
 
 async def _visible(port: int, data_dir: Path, n: int, background_rate: float, body: bytes) -> list[float]:
