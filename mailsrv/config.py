@@ -537,7 +537,7 @@ class PolicyConfig:
         "(empty: training stays with the built-in learner).", "")
     rspamd_password: str = doc("Password sent to the rspamd controller when learning (empty: none).", "")
     bayes: bool = doc("Learn spam and ham from Junk moves and `mailsrv policy learn`; score with the learner.", True)
-    bayes_per_user: bool = doc("Also keep a learner per user (used once that user trained enough; else the domain's).",
+    bayes_per_user: bool = doc("Also learn per user; a message to one recipient is scored with that user's counts added to the server's and the domain's.",
                                False)
     bayes_min_spam: int = doc("Spam messages a learner must have seen before it scores.", 200, check=_positive)
     bayes_min_ham: int = doc("Ham messages a learner must have seen before it scores.", 200, check=_positive)
