@@ -19,6 +19,9 @@ _DOMAIN_RE = re.compile(rf"^{_LABEL}(?:\.{_LABEL})+$")
 # The local parts we create (users, aliases, groups): dot-atom text without
 # the sub-address delimiter's friends that break shells and file names.
 _LOCAL_NEW_RE = re.compile(r"^[a-z0-9](?:[a-z0-9._-]*[a-z0-9])?$")
+#: Names starting with this belong to the store (``mailsrv.store.folders.STAGING`` = ``.mailsrv-new`` sits
+#: beside the accounts of a domain): never a local part nor a component of an account's store path.
+RESERVED_PREFIX = ".mailsrv"
 # Local parts we accept from outside (group members, senders): RFC 5322 atext.
 _LOCAL_ANY_RE = re.compile(r"^[a-z0-9!#$%&'*+/=?^_`{|}~.-]+$")
 
@@ -55,11 +58,29 @@ def check_new(address: str) -> str:
     """Validate an address we are about to create; returns it normalised or raises ValueError."""
     a = normalise(address)
     local, domain = split(a)
+    if local.startswith(RESERVED_PREFIX):
+        raise ValueError(f"{address!r}: local parts starting with {RESERVED_PREFIX!r} are reserved for the mail store")
     if len(local) > MAX_LOCAL or not _LOCAL_NEW_RE.match(local) or ".." in local:
         raise ValueError(f"{address!r}: local part may use a-z 0-9 . _ - (not at the ends), up to 64 characters")
     if not valid_domain(domain):
         raise ValueError(f"{address!r}: {domain!r} is not a domain name")
     return a
+
+
+def check_store(path: str) -> str:
+    """Validate an account's store path: relative to the data dir (``mail/example.com/alice``), or absolute
+    for a maildir adopted where it lies (``/var/vmail/example.com/alice``, a Dovecot migration).
+
+    Every component is a plain name: none empty, ``.`` or ``..``, none starting with a dot (Maildir++
+    folders and the store's own ``.mailsrv*`` entries), no control characters or backslashes.
+    Returns it unchanged or raises ValueError.
+    """
+    parts = path[1:].split("/") if path.startswith("/") else path.split("/")
+    if (len(path) > 1024 or any(ord(c) < 0x20 or c in "\\\x7f" for c in path)
+            or any(not p or p.startswith(".") for p in parts)):
+        raise ValueError(f"store {path!r}: a directory path whose names do not start with '.' "
+                         "(no '..', empty names or control characters)")
+    return path
 
 
 def check_any(address: str) -> str:

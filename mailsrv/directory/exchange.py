@@ -58,8 +58,8 @@ def import_(d: SyncDirectory, data: dict[str, Any], *, hash_check: Any = None) -
     with d._tx():
         try:
             for dom in data.get("domains", []):
-                d.add_domain(dom["name"], max_users=dom.get("max_users"), max_storage=dom.get("max_storage"),
-                             networks=tuple(dom.get("networks", ())))
+                # limits last (below): a domain may hold more users than a max_users lowered later
+                d.add_domain(dom["name"], networks=tuple(dom.get("networks", ())))
                 for alias in dom.get("aliases", []):
                     d.add_domain_alias(alias, dom["name"])
                 counts["domains"] += 1
@@ -93,8 +93,11 @@ def import_(d: SyncDirectory, data: dict[str, Any], *, hash_check: Any = None) -
                 for s in g.get("send_as", []):
                     d.grant_send_as(g["address"], s)
             for dom in data.get("domains", []):
+                limits = {k: dom[k] for k in ("max_users", "max_storage") if dom.get(k) is not None}
                 if dom.get("catchall"):
-                    d.set_domain(dom["name"], catchall=dom["catchall"])
+                    limits["catchall"] = dom["catchall"]
+                if limits:
+                    d.set_domain(dom["name"], **limits)
             for a in data.get("admins", []):
                 d.grant_admin(a["user"], a["scope"], a.get("target"))
                 counts["admins"] += 1

@@ -22,6 +22,13 @@ def _bad(exc: ValueError) -> DirectoryError:
     return DirectoryError(str(exc))
 
 
+def _check_limits(**limits: Any) -> None:
+    """A limit (max_users, max_storage, quota_bytes, quota_messages) is None (unlimited) or a count >= 0."""
+    for key, value in limits.items():
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            raise DirectoryError(f"{key} must be a whole number >= 0, or none for unlimited")
+
+
 class SyncDirectory(SqliteCore):
     """Lookups plus every change an administrator can make."""
 
@@ -45,6 +52,7 @@ class SyncDirectory(SqliteCore):
         n = A.normalise(name)
         if not A.valid_domain(n):
             raise DirectoryError(f"{name!r} is not a domain name")
+        _check_limits(max_users=max_users, max_storage=max_storage)
         try:
             nets = A.check_networks(networks)
         except ValueError as exc:
@@ -62,6 +70,8 @@ class SyncDirectory(SqliteCore):
             for key, value in changes.items():
                 if key not in allowed:
                     raise DirectoryError(f"unknown domain field {key}")
+                if key in ("max_users", "max_storage"):
+                    _check_limits(**{key: value})
                 if key == "networks":
                     try:
                         value = ",".join(A.check_networks(value))
@@ -116,13 +126,23 @@ class SyncDirectory(SqliteCore):
 
     # -- users ----------------------------------------------------------------------------
 
+    # A domain's max_storage is its own quota root (RFC 9208 §5; the store keeps the domain's total usage
+    # and enforces it), and a user's quota_bytes is the user's root: both apply, independently, as
+    # Stalwart's tenant and account quotas do. A user without a quota is legitimate under a domain limit
+    # (the domain root alone applies), and quotas may add up to more than the domain's limit (the domain
+    # root still stops the domain there). So no change here is refused for the sum of quotas, and an
+    # export always imports again whatever order its limits were set in.
+
     def add_user(self, address: str, *, password_hash: str = "", scram: str = "", display_name: str = "",
                  dept: str | None = None, title: str = "", phone: str = "", quota_bytes: int | None = None,
                  quota_messages: int | None = None, may_send_outside: bool = True,
                  networks: tuple[str, ...] = (), state: str = "active", store: str | None = None) -> Account:
+        _check_limits(quota_bytes=quota_bytes, quota_messages=quota_messages)
         try:
             a = A.check_new(address)
             nets = A.check_networks(networks)
+            if store:
+                A.check_store(store)
         except ValueError as exc:
             raise _bad(exc) from None
         local, domain = A.split(a)
@@ -130,12 +150,11 @@ class SyncDirectory(SqliteCore):
             did = self._domain_id(domain)
             if self._address_taken(a):
                 raise Conflict(f"{a} is taken")
-            max_users, max_storage = db.execute("SELECT max_users, max_storage FROM domains WHERE id = ?", (did,)).fetchone()
+            max_users = db.execute("SELECT max_users FROM domains WHERE id = ?", (did,)).fetchone()[0]
             if max_users is not None:
                 n = db.execute("SELECT count(*) FROM users WHERE domain_id = ?", (did,)).fetchone()[0]
                 if n >= max_users:
                     raise Conflict(f"domain {domain} has its maximum of {max_users} mailboxes")
-            self._check_storage(did, max_storage, quota_bytes, exclude=None)
             dept_id = self._dept_id(dept, domain) if dept else None
             cur = db.execute(
                 "INSERT INTO users (domain_id, address, display_name, dept_id, title, phone, state, quota_bytes,"
@@ -148,16 +167,6 @@ class SyncDirectory(SqliteCore):
             acct = self.account(int(cur.lastrowid or 0))
         assert acct is not None
         return acct
-
-    def _check_storage(self, did: int, max_storage: int | None, quota: int | None, exclude: int | None) -> None:
-        if max_storage is None:
-            return
-        if quota is None:
-            raise Conflict("this domain has a storage limit: give the user a quota")
-        used = self.db.execute("SELECT coalesce(sum(quota_bytes), 0) FROM users WHERE domain_id = ? AND id IS NOT ?",
-                               (did, exclude)).fetchone()[0]
-        if used + quota > max_storage:
-            raise Conflict(f"quotas would exceed the domain's storage limit ({used + quota} > {max_storage} bytes)")
 
     def _dept_id(self, dept: str, domain: str | None = None) -> int:
         d = self.canonical(dept) or A.normalise(dept)
@@ -193,13 +202,12 @@ class SyncDirectory(SqliteCore):
                         value = ",".join(A.check_networks(value))
                     except ValueError as exc:
                         raise _bad(exc) from None
+                if key in ("quota_bytes", "quota_messages"):
+                    _check_limits(**{key: value})
                 if key == "may_send_outside":
                     value = int(bool(value))
                 if key == "dept":
                     col, value = "dept_id", (self._dept_id(value, acct.domain) if value else None)
-                if key == "quota_bytes":
-                    did, ms = db.execute("SELECT id, max_storage FROM domains WHERE name = ?", (acct.domain,)).fetchone()
-                    self._check_storage(did, ms, value, exclude=uid)
                 db.execute(f"UPDATE users SET {col} = ? WHERE id = ?", (value, uid))
             self._bump_generation(uid)  # state and networks decide logins: cached ones are re-checked
             out = self.account(uid)

@@ -133,3 +133,33 @@ async def test_super_admin_manages_everything_and_errors_are_problems(api) -> No
         tok = await r.json()
     async with http.delete(PREFIX + f"/tokens/{tok['id']}", headers=h) as r:
         assert (await r.json())["revoked"] is True
+
+
+async def test_reserved_and_unsafe_local_parts_answer_400(api) -> None:
+    http, toks, sd, d = api
+    for path, body in (("/users", {"address": ".mailsrv-new@a.test", "password": "long enough pw"}),
+                       ("/aliases", {"alias": ".mailsrv-x@a.test", "user": "plain@a.test"}),
+                       ("/groups", {"address": ".mailsrv@a.test"})):
+        async with http.post(PREFIX + path, headers=H(toks["root"]), json=body) as r:
+            assert r.status == 400, await r.text()
+            assert "reserved for the mail store" in (await r.json())["detail"]
+    async with http.post(PREFIX + "/users", headers=H(toks["root"]),
+                         json={"address": "../x@a.test", "password": "long enough pw"}) as r:
+        assert r.status == 400 and "local part" in (await r.json())["detail"]
+    assert sd.account_by_address(".mailsrv-new@a.test") is None
+
+
+async def test_domain_storage_limit_with_unlimited_users(api) -> None:
+    http, toks, sd, d = api
+    async with http.patch(PREFIX + "/domains/a.test", headers=H(toks["root"]), json={"max_storage": 10_000}) as r:
+        assert r.status == 200, await r.text()
+    async with http.post(PREFIX + "/users", headers=H(toks["da"]),
+                         json={"address": "nolimit@a.test", "password": "long enough pw"}) as r:
+        assert r.status == 200, await r.text()
+        assert (await r.json())["quota_bytes"] is None
+    async with http.patch(PREFIX + "/users/plain@a.test", headers=H(toks["da"]), json={"quota_bytes": 50_000}) as r:
+        assert r.status == 200, await r.text()  # over the domain's limit: the domain root still applies
+    async with http.patch(PREFIX + "/users/plain@a.test", headers=H(toks["da"]), json={"quota_bytes": None}) as r:
+        assert r.status == 200 and (await r.json())["quota_bytes"] is None
+    async with http.patch(PREFIX + "/domains/a.test", headers=H(toks["root"]), json={"max_storage": -1}) as r:
+        assert r.status == 400 and "max_storage" in (await r.json())["detail"]

@@ -20,17 +20,18 @@ from mailsrv.directory.scope import Actor
 
 def test_domain_limits(sd: SyncDirectory) -> None:
     sd.add_domain("small.test", max_users=2, max_storage=1000)
-    with pytest.raises(Conflict, match="storage limit"):
-        sd.add_user("a@small.test")  # unlimited quota not allowed under a storage limit
-    sd.add_user("a@small.test", quota_bytes=600)
-    with pytest.raises(Conflict, match="storage limit"):
-        sd.add_user("b@small.test", quota_bytes=500)
-    sd.add_user("b@small.test", quota_bytes=400)
+    sd.add_user("a@small.test")  # no quota under a domain limit: the domain root alone applies
+    sd.add_user("b@small.test", quota_bytes=5000)  # quota roots are independent (over-commit is allowed)
     with pytest.raises(Conflict, match="maximum of 2"):
         sd.add_user("c@small.test", quota_bytes=0)
-    with pytest.raises(Conflict):
-        sd.set_user("a@small.test", quota_bytes=601)
-    sd.set_user("a@small.test", quota_bytes=500)
+    sd.set_user("a@small.test", quota_bytes=600)
+    sd.set_user("a@small.test", quota_bytes=None)
+    assert sd.user_info("a@small.test")["quota_bytes"] is None
+    sd.set_domain("small.test", max_users=1)  # below today's count: only new users are refused
+    with pytest.raises(DirectoryError, match="max_storage must be"):
+        sd.set_domain("small.test", max_storage=-1)
+    with pytest.raises(DirectoryError, match="quota_bytes must be"):
+        sd.set_user("a@small.test", quota_bytes=-5)
 
 
 def test_one_address_namespace(sd: SyncDirectory) -> None:
