@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import ipaddress
 import os
+import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -127,11 +128,18 @@ def master_listeners(pid: int) -> list[tuple[str, int]]:
     return [listening[fd] for fd in sorted(listening)]
 
 
-def _proc_addr(value: str) -> tuple[str, int]:
-    """/proc/net/tcp{,6} "0100007F:0CFD": the address in host byte order per 32-bit word, the port."""
+def _proc_addr(value: str, byteorder: str = sys.byteorder) -> tuple[str, int]:
+    """/proc/net/tcp{,6} ``"0100007F:0CFD"`` -> ``("127.0.0.1", 3325)``.
+
+    The kernel prints each 32-bit word of the address (network byte order in memory) with ``%08X``
+    as the host reads it, so the hex digits are that word's bytes in host order: reversed on a
+    little-endian host, as they are on a big-endian one. The port is printed as a number.
+    ``byteorder`` is the host's (``sys.byteorder``); tests pass the other one."""
     hexaddr, _, hexport = value.partition(":")
-    raw = bytes.fromhex(hexaddr)
-    packed = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+    if len(hexaddr) not in (8, 32):
+        raise ValueError(f"not a /proc/net address: {value!r}")
+    words = (int(hexaddr[i:i + 8], 16) for i in range(0, len(hexaddr), 8))
+    packed = b"".join(w.to_bytes(4, "little" if byteorder == "little" else "big") for w in words)
     return str(ipaddress.ip_address(packed)), int(hexport, 16)
 
 
