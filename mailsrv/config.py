@@ -58,6 +58,10 @@ def _non_negative(v: float) -> str | None:
     return None if v >= 0 else "must be 0 or greater"
 
 
+def _probability(v: float) -> str | None:
+    return None if 0.0 <= v <= 1.0 else "must be between 0 and 1"
+
+
 def _port(v: int) -> str | None:
     return None if 0 <= v <= 65535 else "must be a port number from 0 to 65535"
 
@@ -539,12 +543,17 @@ class PolicyConfig:
     bayes: bool = doc("Learn spam and ham from Junk moves and `mailsrv policy learn`; score with the learner.", True)
     bayes_per_user: bool = doc("Also learn per user; a message to one recipient is scored with that user's counts added to the server's and the domain's.",
                                False)
-    bayes_min_spam: int = doc("Spam messages a learner must have seen before it scores.", 200, check=_positive)
-    bayes_min_ham: int = doc("Ham messages a learner must have seen before it scores.", 200, check=_positive)
-    bayes_spam_points: float = doc("Points the learner adds at spam probability 1 (scaled down to 0 at 0.5).", 4.0,
+    bayes_min_spam: int = doc("Spam messages a learner must have seen before it scores.", 100, check=_positive)
+    bayes_min_ham: int = doc("Ham messages a learner must have seen before it scores.", 100, check=_positive)
+    bayes_spam_points: float = doc("Points the learner adds in the spam zone (in the unsure zone scaled down to 0 at 0.5).", 4.0,
                                    check=_non_negative)
-    bayes_ham_points: float = doc("Points the learner removes at spam probability 0 (scaled down to 0 at 0.5).", 2.0,
+    bayes_ham_points: float = doc("Points the learner removes in the ham zone (in the unsure zone scaled down to 0 at 0.5).", 2.0,
                                   check=_non_negative)
+    bayes_spam_cutoff: float = doc("Spam probability from which the learner is sure (SpamBayes' spam zone): it then "
+                                   "adds all of bayes_spam_points.", 0.9, check=_probability)
+    bayes_ham_cutoff: float = doc("Spam probability up to which the learner is sure of ham (SpamBayes' ham zone): it "
+                                  "then removes all of bayes_ham_points; in between, points in proportion.", 0.2,
+                                  check=_probability)
     bayes_max_tokens: int = doc(
         "Tokens a learner keeps per scope; beyond, the ones learned longest ago are forgotten (as SpamAssassin "
         "expires its Bayes database).", 300000, check=_positive)

@@ -1,42 +1,45 @@
 """The spam learner: a Bayesian token classifier with Robinson's per-token probabilities and Fisher's
 chi-square combining, as SpamBayes and SpamAssassin's Bayes do, learned from users' Junk moves.
 
-Tokens (:func:`tokens`) come from the parsed MIME structure and the decoded
-text: words and CJK bigrams of the subject and the text the reader sees
-(HTML without its tags), the sender's domain, URL hosts, header field names,
-part types, charsets and attachment extensions. Fields that we add ourselves
-(trace, Authentication-Results, X-Spam-*) are left out, so a message scores
-the same before delivery and when a user later moves it.
+Tokens come from :mod:`mailsrv.policy.spamtokens` (words and word pairs of the
+text a reader sees, header shapes, sender and URL domains, MIME structure).
+Fields that we add ourselves (trace, Authentication-Results, X-Spam-*) are
+left out, so a message scores the same before delivery and when a user later
+moves it.
 
 Counts live in the shared policy database (``data_dir/policy/policy.db``) per
 scope: ``""`` (the server, fed by ``mailsrv policy learn``), a domain and,
 with ``bayes_per_user``, a user. A message is classified with the counts of
 its scopes summed (server + its recipients' domains [+ the user]), and only
 once those scopes have learned ``bayes_min_spam`` spam and ``bayes_min_ham``
-ham messages; the learner then adds between ``-bayes_ham_points`` and
-``+bayes_spam_points`` to the score (rule ``BAYES_NN``, NN the spam
+ham messages. The combined probability falls in one of SpamBayes' three zones:
+*spam* (>= ``bayes_spam_cutoff``) adds ``bayes_spam_points``, *ham* (<=
+``bayes_ham_cutoff``) takes ``bayes_ham_points``, *unsure* in between adds or
+takes in proportion to the distance from 0.5 (rule ``BAYES_NN``, NN the spam
 probability in percent).
 
 Invariant: a message (by body digest) counts at most once per scope; learning
 it again with the other label moves its tokens from one side to the other.
 A scope keeps at most ``bayes_max_tokens`` tokens: past that, the tokens
-learned longest ago are forgotten (SpamAssassin's expiry, by age alone).
+learned longest ago are forgotten (SpamAssassin's expiry, by age alone), and
+among those of one day the ones seen once (hapaxes) first.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-import re
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from mailsrv import mime
-from mailsrv._speedups import tokenize
 from mailsrv.config import PolicyConfig
-from mailsrv.policy.headers import header_end, split_fields
+from mailsrv.policy.headers import header_end
+from mailsrv.policy.spamtokens import MAX_TOKENS, OUR_FIELDS, tokens
 from mailsrv.policy.state import PolicyState
+
+__all__ = ["MAX_TOKENS", "OUR_FIELDS", "Bayes", "Verdict", "chi2q", "combine", "message_digest", "points",
+           "token_id", "token_prob", "tokens", "zone"]
 
 # SpamBayes' defaults (spambayes/Options.py, "Classifier" section)
 #: Robinson's s: the strength of the prior for a token seen few times.
@@ -48,27 +51,12 @@ MIN_STRENGTH = 0.1
 #: The most decisive tokens combined per message.
 MAX_DISCRIMINATORS = 150
 
-#: Distinct tokens taken from one message (bounds memory and the database work per message).
-MAX_TOKENS = 3000
-#: Characters of decoded text tokenized per message.
-TEXT_LIMIT = 200_000
-#: Word terms outside these lengths are noise (SpamBayes skips words over 12 chars; we keep more for
-#: compound and transliterated words, and drop 1-2 letter words).
-MIN_WORD, MAX_WORD = 3, 24
-#: Header fields we (or the MTA) add: never tokens, so training after delivery matches scoring before it.
-OUR_FIELDS = frozenset({b"received", b"return-path", b"delivered-to", b"authentication-results",
-                        b"x-spam-flag", b"x-spam-score", b"x-spam-status", b"x-virus-status",
-                        b"x-original-to", b"received-spf", b"arc-authentication-results"})
 #: Rows per SQL ``IN (...)`` query.
 SQL_BATCH = 500
 #: A scope's token count is checked against ``bayes_max_tokens`` every this many learned messages; expiry
 #: then keeps :data:`EXPIRE_KEEP` of the maximum (so it does not run again at the next message).
 EXPIRE_EVERY = 50
 EXPIRE_KEEP = 0.8
-
-_URL = re.compile(r"(?i)\bhttps?://([a-z0-9.\-]+)")
-_TAG = re.compile(r"(?is)<(script|style)\b.*?</\1\s*>|<!--.*?-->|<[^>]*>")
-_HREF = re.compile(r"(?i)\bhref\s*=\s*[\"']?\s*https?://([a-z0-9.\-]+)")
 
 DDL = """
 CREATE TABLE IF NOT EXISTS bayes_tokens (
@@ -83,80 +71,6 @@ CREATE TABLE IF NOT EXISTS bayes_seen (
     PRIMARY KEY (scope, digest)
 ) WITHOUT ROWID;
 """
-
-
-# -- tokens ------------------------------------------------------------------------------------
-
-
-def _words(text: str, prefix: str = "") -> Iterable[str]:
-    for term in tokenize.terms(tokenize.normalize(text)):
-        if tokenize.is_cjk(ord(term[0])):
-            if len(term) == 2:  # CJK bigrams; single characters say little
-                yield prefix + term
-        elif MIN_WORD <= len(term) <= MAX_WORD and not term.isdigit():
-            yield prefix + term
-
-
-def _host_tokens(host: str, prefix: str) -> list[str]:
-    host = host.lower().strip(".")
-    labels = host.split(".")
-    out = [prefix + host]
-    if len(labels) > 2:
-        out.append(prefix + ".".join(labels[-2:]))
-    return out
-
-
-def tokens(message: bytes) -> set[str]:
-    """The learner's tokens of one message (pure; never raises on malformed mail)."""
-    out: set[str] = set()
-    for name, value, _raw in split_fields(message):
-        if name in OUR_FIELDS:
-            continue
-        out.add("h:" + name.decode("ascii", "replace"))
-        if name in (b"x-mailer", b"user-agent"):
-            out.update(_words(mime.decode_header(value), "xm:"))
-    structure = mime.parse(message)
-    out.update(_words(structure.subject or "", "s:"))
-    for addr in structure.addresses(b"from")[:1]:
-        if addr.host:
-            out.update(_host_tokens(addr.host, "from:"))
-        if addr.name:
-            out.update(_words(mime.decode_header(addr.name.encode("latin-1", "replace")), "fn:"))
-    mid = structure.message_id or ""
-    if "@" in mid:
-        out.add("mid:" + mid.rpartition("@")[2].lower())
-    for part in structure.parts():
-        if part.is_multipart:
-            out.add("ct:" + part.mime_type.lower())
-            continue
-        out.add("ct:" + part.mime_type.lower())
-        if part.encoding:
-            out.add("cte:" + part.encoding.lower())
-        charset = part.params.get("charset")
-        if charset:
-            out.add("cs:" + charset.lower())
-        if part.filename:
-            ext = part.filename.rpartition(".")[2].lower()
-            out.add("ext:" + (ext if 0 < len(ext) <= 8 else "?"))
-    budget = TEXT_LIMIT
-    for part in mime.text_parts(structure):
-        if budget <= 0:
-            break
-        text = mime.part_text(message, part, limit=budget)
-        budget -= len(text)
-        if part.subtype == "html":
-            for host in _HREF.findall(text):
-                out.update(_host_tokens(host, "url:"))
-            text = _TAG.sub(" ", text)
-            out.add("html")
-        for host in _URL.findall(text):
-            out.update(_host_tokens(host, "url:"))
-        out.update(_words(text))
-        if len(out) >= MAX_TOKENS:
-            break
-    if len(out) > MAX_TOKENS:
-        out = set(sorted(out)[:MAX_TOKENS])
-    return out
 
 
 def token_id(token: str) -> int:
@@ -205,8 +119,23 @@ def combine(probs: Sequence[float]) -> float:
     return (s - h + 1.0) / 2.0
 
 
+def zone(prob: float, cfg: PolicyConfig) -> str:
+    """SpamBayes' verdict zones: "spam" from ``bayes_spam_cutoff``, "ham" up to ``bayes_ham_cutoff``, else "unsure"."""
+    if prob >= cfg.bayes_spam_cutoff:
+        return "spam"
+    if prob <= cfg.bayes_ham_cutoff:
+        return "ham"
+    return "unsure"
+
+
 def points(prob: float, cfg: PolicyConfig) -> float:
-    """Score points for a spam probability: 0 at 0.5, +spam_points at 1, -ham_points at 0 (linear)."""
+    """Score points for a spam probability: the full ``bayes_spam_points`` in the spam zone and
+    ``-bayes_ham_points`` in the ham zone; in the unsure zone linear, 0 at 0.5 (so the rules decide)."""
+    where = zone(prob, cfg)
+    if where == "spam":
+        return cfg.bayes_spam_points
+    if where == "ham":
+        return -cfg.bayes_ham_points
     if prob >= 0.5:
         return round((prob - 0.5) * 2.0 * cfg.bayes_spam_points, 2)
     return round(-(0.5 - prob) * 2.0 * cfg.bayes_ham_points, 2)
@@ -218,6 +147,7 @@ class Verdict:
     points: float
     spam: int  # spam messages learned by the scopes used
     ham: int
+    zone: str = "unsure"  # "spam" | "unsure" | "ham" (:func:`zone`)
 
     @property
     def rule(self) -> tuple[str, float]:
@@ -288,7 +218,7 @@ class Bayes:
             return
         drop = count - int(limit * EXPIRE_KEEP)
         db.execute("DELETE FROM bayes_tokens WHERE scope = ? AND token IN (SELECT token FROM bayes_tokens "
-                   "WHERE scope = ? ORDER BY day LIMIT ?)", (scope, scope, drop))
+                   "WHERE scope = ? ORDER BY day, spam + ham LIMIT ?)", (scope, scope, drop))
         self.expired += drop
 
     async def totals(self, scopes: Sequence[str]) -> tuple[int, int]:
@@ -335,4 +265,4 @@ class Bayes:
 
         rows = await self.state.run(op, write=False)
         prob = combine([token_prob(s, h, nspam, nham) for s, h in rows])
-        return Verdict(prob, points(prob, self.cfg), nspam, nham)
+        return Verdict(prob, points(prob, self.cfg), nspam, nham, zone(prob, self.cfg))

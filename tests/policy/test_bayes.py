@@ -63,7 +63,7 @@ def test_tokens_of_a_multipart_message() -> None:
            b"TVqQAAMAAAAEAAAA\r\n--XX--\r\n")
     t = tokens(msg)
     assert {"s:winner", "s:季度", "s:报告", "from:mail.lotto.test", "from:lotto.test", "fn:prize",
-            "mid:b.lotto.test", "xm:bulkblaster", "h:x-mailer", "ct:multipart/mixed", "ct:text/html",
+            "mid:lotto.test", "xm:bulkblaster", "h:x-mailer", "ct:multipart/mixed", "ct:text/html",
             "cs:iso-8859-1", "ext:exe", "cte:base64", "url:click.track.lotto.test", "url:lotto.test",
             "claim", "prize", "html"} <= t
     assert "h:received" not in t and "h:x-spam-flag" not in t  # fields we add are not tokens
@@ -280,13 +280,15 @@ async def test_oldest_tokens_expire_beyond_the_maximum(tmp_path: Path) -> None:
         count = "SELECT COUNT(*) FROM bayes_tokens WHERE scope = 'a.test'"
         before = (await state.run(lambda db: db.execute(count).fetchone(), write=False))[0]
         assert before > 300 and learner.expired == 0  # checked every 50 messages only
-        await learner.learn(["a.test"], "ham", msg(49))
-        after = (await state.run(lambda db: db.execute(count).fetchone(), write=False))[0]
-        assert after == 240 and learner.expired == before + 21 - 240  # kept 80 % of the maximum
 
         def has(db: Any, word: str) -> bool:
             q = "SELECT 1 FROM bayes_tokens WHERE scope = 'a.test' AND token = ?"
             return db.execute(q, (token_id(word),)).fetchone() is not None
+
+        new = await state.run(lambda db: sum(not has(db, t) for t in tokens(msg(49))), write=False)
+        await learner.learn(["a.test"], "ham", msg(49))
+        after = (await state.run(lambda db: db.execute(count).fetchone(), write=False))[0]
+        assert after == 240 and learner.expired == before + new - 240  # kept 80 % of the maximum
 
         assert not await state.run(lambda db: has(db, "word000a"), write=False)  # the oldest went first
         assert await state.run(lambda db: has(db, "word049a"), write=False)
