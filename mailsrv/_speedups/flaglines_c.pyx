@@ -1,8 +1,8 @@
 # cython: language_level=3, boundscheck=False, wraparound=False
-"""FETCH FLAGS lines, compiled. The twin ``mailsrv.imap.flaglines_py`` is the specification."""
+"""FETCH FLAGS lines and flag SEARCH, compiled. The twin ``mailsrv.imap.flaglines_py`` is the specification."""
 
 from cpython.bytearray cimport PyByteArray_AS_STRING
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.string cimport memcpy
 
 cdef bytes _HEAD = b"* "
@@ -74,4 +74,36 @@ def fetch_flags_lines(seqs, messages, bint with_uid, dict cache, recent):
             pos += _put(p + pos, _FLAGS)
         pos += _put(p + pos, <bytes>texts[i])
         pos += _put(p + pos, _END)
-    return bytes(buf[:pos])
+    return PyBytes_FromStringAndSize(p, pos)
+
+
+def flag_positions(messages, str flag, bint want):
+    """Positions (sequence number - 1) of the messages whose flags hold ``flag`` (``want``) or
+    lack it (not ``want``), ascending."""
+    cdef Py_ssize_t i, n = len(messages)
+    cdef list out = []
+    cdef bint has
+    for i in range(n):
+        has = flag in messages[i].flags
+        if has == want:
+            out.append(i)
+    return out
+
+
+def search_numbers(messages, positions, bint uid):
+    """``b" n n ..."``: for each position its message's uid (``uid``) or its sequence number."""
+    cdef Py_ssize_t k, n = len(positions), pos = 0
+    buf = bytearray(n * 21 + 1)
+    cdef char* p = PyByteArray_AS_STRING(buf)
+    cdef Py_ssize_t i
+    cdef unsigned long long v
+    for k in range(n):
+        i = positions[k]
+        if uid:
+            v = messages[i].uid
+        else:
+            v = i + 1
+        p[pos] = 32
+        pos += 1
+        pos += _put_int(p + pos, v)
+    return PyBytes_FromStringAndSize(p, pos)

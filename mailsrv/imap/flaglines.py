@@ -1,4 +1,4 @@
-"""FETCH FLAGS lines selector: the compiled ``_speedups.flaglines_c`` or its twin ``flaglines_py``."""
+"""FETCH FLAGS lines and flag SEARCH selector: the compiled ``_speedups.flaglines_c`` or its twin ``flaglines_py``."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ _impl = load("flaglines", twin="mailsrv.imap.flaglines_py")
 
 flags_text = _impl.flags_text
 fetch_flags_lines = _impl.fetch_flags_lines
+flag_positions = _impl.flag_positions
+search_numbers = _impl.search_numbers
 IMPLEMENTATION = "c" if _impl.__name__.endswith("_c") else "py"
 
-__all__ = ["flags_text", "fetch_flags_lines", "IMPLEMENTATION"]
+__all__ = ["flags_text", "fetch_flags_lines", "flag_positions", "search_numbers", "IMPLEMENTATION"]

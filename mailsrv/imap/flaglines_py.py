@@ -1,4 +1,5 @@
-"""``* n FETCH ([UID u ]FLAGS (...))`` lines of an index-only FETCH, the hot loop of a client's sync.
+"""``* n FETCH ([UID u ]FLAGS (...))`` lines of an index-only FETCH, the hot loop of a client's sync,
+and the flag SEARCH (``SEARCH UNSEEN``) of a big mailbox: positions and the numbers' text.
 
 The pure-Python twin (the specification) of ``mailsrv._speedups.flaglines_c``; use the
 selector :mod:`mailsrv.imap.flaglines`.
@@ -39,3 +40,17 @@ def fetch_flags_lines(seqs: Sequence[int], messages: Sequence[Any], with_uid: bo
         else:
             add(b"* %d FETCH (FLAGS %s)\r\n" % (seq, text))
     return b"".join(lines)
+
+
+def flag_positions(messages: Sequence[Any], flag: str, want: bool) -> list[int]:
+    """Positions (sequence number - 1) of the messages whose flags hold ``flag`` (``want``) or
+    lack it (not ``want``), ascending: SEARCH SEEN / UNSEEN / DELETED ... over a view."""
+    return [i for i, m in enumerate(messages) if (flag in m.flags) is want]
+
+
+def search_numbers(messages: Sequence[Any], positions: Sequence[int], uid: bool) -> bytes:
+    """``b" n n ..."``: for each position its message's uid (``uid``) or its sequence number
+    (position + 1), the numbers of a ``* SEARCH`` response."""
+    if uid:
+        return b"".join(b" %d" % messages[i].uid for i in positions)
+    return b"".join(b" %d" % (i + 1) for i in positions)

@@ -19,7 +19,7 @@ from mailsrv.imap import fetch as fetchmod
 from mailsrv.imap import search as searchmod
 from mailsrv.imap import sortthread, streaming
 from mailsrv.imap.errors import ImapError, norm_flag, store_error_name
-from mailsrv.imap.flaglines import fetch_flags_lines
+from mailsrv.imap.flaglines import fetch_flags_lines, flag_positions, search_numbers
 from mailsrv.imap.grammar import Command, SearchKey
 from mailsrv.imap.seqset import SequenceSet, format_uids
 from mailsrv.imap.structure import parse as parse_structure
@@ -550,7 +550,7 @@ class MessageCommands:
         if simple is not None:
             # SEARCH (UN)SEEN, (UN)DELETED...: one comprehension over the view
             flag, want = simple
-            return [i for i, m in enumerate(messages) if (flag in m.flags) is want]
+            return flag_positions(messages, flag, want)
         found: list[int] = []
         if not content:
             # Index keys only: one reused cursor object, no I/O.
@@ -669,7 +669,6 @@ class MessageCommands:
         self.w(b"* THREAD" + (b" " + threads if threads else b"") + b"\r\n")
 
     async def cmd_search(self, cmd: Command) -> None:
-
         await self._search(cmd, uid=False)
 
     async def cmd_uid_search(self, cmd: Command) -> None:
@@ -680,7 +679,6 @@ class MessageCommands:
         key: SearchKey = cmd.args["key"]
         positions = await self._matching(key)
         messages = self.view.messages
-        nums = [messages[i].uid for i in positions] if uid else [i + 1 for i in positions]
         modseq = max((messages[i].modseq for i in positions), default=0) if searchmod.uses_modseq(key) else None
         if modseq:
             self.condstore = True
@@ -689,8 +687,9 @@ class MessageCommands:
             returns = ["ALL"]
         if returns is None and not self.rev2:
             tail = f" (MODSEQ {modseq})" if modseq else ""
-            self.w(b"* SEARCH" + b"".join(b" %d" % n for n in nums) + tail.encode() + b"\r\n")
+            self.w(b"* SEARCH" + search_numbers(messages, positions, uid) + tail.encode() + b"\r\n")
             return
+        nums = [messages[i].uid for i in positions] if uid else [i + 1 for i in positions]
         if returns is None:
             returns = ["ALL"]
         if "SAVE" in returns:

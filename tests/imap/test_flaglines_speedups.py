@@ -77,3 +77,25 @@ def test_known_lines(impl: ModuleType) -> None:
         b"* 5 FETCH (FLAGS (\\Answered \\Seen))\r\n* 6 FETCH (FLAGS ())\r\n")
     with pytest.raises(ValueError):
         impl.fetch_flags_lines([1], infos, True, {}, set())
+
+
+@given(flag_sets=st.lists(st.frozensets(st.sampled_from(FLAGS)), max_size=60), flag=st.sampled_from(FLAGS),
+       want=st.booleans(), uid=st.booleans(), first_uid=st.integers(0, 2**40))
+def test_flag_search_agrees(impl: ModuleType, flag_sets: list[frozenset[str]], flag: str, want: bool, uid: bool,
+                            first_uid: int) -> None:
+    _, infos = _infos([(k + 1, first_uid + 3 * k, flags) for k, flags in enumerate(flag_sets)])
+    positions = TWIN.flag_positions(infos, flag, want)
+    assert positions == [k for k, flags in enumerate(flag_sets) if (flag in flags) == want]
+    assert impl.flag_positions(infos, flag, want) == positions
+    text = TWIN.search_numbers(infos, positions, uid)
+    assert text == b"".join(b" %d" % (infos[k].uid if uid else k + 1) for k in positions)
+    assert impl.search_numbers(infos, positions, uid) == text
+
+
+def test_known_search_numbers(impl: ModuleType) -> None:
+    _, infos = _infos([(1, 7, frozenset({"\\Seen"})), (2, 9, frozenset()), (3, 4294967295, frozenset())])
+    assert impl.flag_positions(infos, "\\Seen", False) == [1, 2]
+    assert impl.flag_positions(infos, "\\Seen", True) == [0]
+    assert impl.search_numbers(infos, [1, 2], True) == b" 9 4294967295"
+    assert impl.search_numbers(infos, [1, 2], False) == b" 2 3"
+    assert impl.search_numbers(infos, [], False) == b""
