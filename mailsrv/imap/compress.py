@@ -42,6 +42,11 @@ class DeflateWriter:
     def is_closing(self) -> bool:
         return self.inner.is_closing()
 
+    @property
+    def transport(self) -> asyncio.WriteTransport:
+        """The inner writer's transport: every write goes through to it at once (nothing is held here)."""
+        return self.inner.transport
+
 
 class Inflater:
     """Pumps ``source`` (compressed) into a fresh StreamReader (plain)."""
