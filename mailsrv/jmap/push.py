@@ -71,8 +71,15 @@ class MultiWatch:
             if await w.wait(None):
                 self.event.set()
 
+    def poke(self) -> None:
+        """Make the next :meth:`wait` return True (a watcher learnt of a change another way)."""
+        self.event.set()
+
     async def wait(self, seconds: float | None = None) -> bool:
         if not self.tasks:  # one account: its own watch, no helper task
+            if self.event.is_set():
+                self.event.clear()
+                return True
             return await self.watches[0].wait(seconds)
         try:
             async with asyncio.timeout(seconds):

@@ -16,6 +16,7 @@ import os
 import re
 import secrets
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -242,8 +243,17 @@ def release_time(obj: dict[str, Any], env: dict[str, Any], max_delay: int, now: 
     return until
 
 
-async def settle(coll: Any, submitter: Any = None, now: float | None = None) -> None:
-    """Bring the submissions up to date (each change is a state change clients see).
+def queue_followed(d: dict[str, Any]) -> bool:
+    """True while the outbound queue may still change one of these submissions: one with a queue
+    entry, not canceled, with a recipient still "queued" (a pending one has all of them queued)."""
+    return any(r.get("queueId") and r.get("undoStatus") != "canceled"
+               and any(v.get("delivered") == "queued" for v in r["deliveryStatus"].values())
+               for r in d["records"].values())
+
+
+async def settle(coll: Any, submitter: Any = None, now: float | None = None) -> bool:
+    """Bring the submissions up to date (each change is a state change clients see); returns
+    :func:`queue_followed` of the result (whether queue writes can still matter to this account).
 
     RFC 8621 §7: a pending submission whose release time has come is final; RFC 8621 §7.1 ("the
     server updates deliveryStatus as it learns"): a recipient still "queued" takes its status from
@@ -278,9 +288,9 @@ async def settle(coll: Any, submitter: Any = None, now: float | None = None) -> 
             if moved:
                 learnt[sid] = moved
     if not due(data) and not learnt:
-        return
+        return queue_followed(data)
 
-    def apply(d: dict[str, Any]) -> None:
+    def apply(d: dict[str, Any]) -> bool:
         ids = set(due(d)) | set(learnt)
         for i in ids:
             rec = d["records"].get(i)
@@ -295,14 +305,17 @@ async def settle(coll: Any, submitter: Any = None, now: float | None = None) -> 
                 else rec.get("undoStatus")
             if status != rec["deliveryStatus"] or undo != rec.get("undoStatus"):
                 put(d, i, {**rec, "undoStatus": undo, "deliveryStatus": status})
+        return queue_followed(d)
 
-    await coll.change(apply)
+    return bool(await coll.change(apply))
 
 
 class SubmissionTracking:
     """A MailBackend as push sees it, plus the account's EmailSubmission state (RFC 8620 §7.1):
     :meth:`extra_states` settles the submissions first, and :meth:`watch` also wakes when the
-    outbound queue writes (an attempt's result, an outcome), so a StateChange follows the queue."""
+    account's submissions change (a /set in any worker) and, while one of them is followed in the
+    outbound queue (:func:`queue_followed`), when the queue writes (an attempt's result, an outcome).
+    An account with nothing queued ignores queue writes: no re-read of its submissions for them."""
 
     def __init__(self, be: Any, coll: Any, submitter: TrackingSubmitter) -> None:
         self.be = be
@@ -310,16 +323,28 @@ class SubmissionTracking:
         self.submitter = submitter
         self.account_id = be.account_id
         self.name = be.name
+        #: whether queue writes may change a submission (None until the first settle: assume so)
+        self.following: bool | None = None
+        self._queue: GatedWatch | None = None
+        self._watch: MultiWatch | None = None
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.be, name)
 
     async def extra_states(self) -> dict[str, str]:
-        await settle(self.coll, self.submitter)
+        gate = self._queue
+        seen = gate.fired if gate is not None else 0
+        was = self.following
+        self.following = await settle(self.coll, self.submitter)
+        if self.following and was is False and gate is not None and gate.fired != seen and self._watch is not None:
+            # the queue wrote while settle() ran and the gate was still shut: look again
+            self._watch.poke()
         return {"EmailSubmission": await self.coll.state()}
 
     def watch(self) -> MultiWatch:
-        return MultiWatch([self.be.watch(), _queue_watch(self.submitter.watch_paths())])
+        self._queue = GatedWatch(_queue_watch(self.submitter.watch_paths()), lambda: self.following is not False)
+        self._watch = MultiWatch([self.be.watch(), _collection_watch(self.coll.dir), self._queue])
+        return self._watch
 
 
 def tracking(be: Any, coll: Any, submitter: Any) -> Any:
@@ -329,19 +354,59 @@ def tracking(be: Any, coll: Any, submitter: Any) -> Any:
     return SubmissionTracking(be, coll, submitter)
 
 
+class GatedWatch:
+    """A Watch whose wake-ups pass only while ``gate()`` is true; ``fired`` counts all of them."""
+
+    def __init__(self, inner: notify.Watch, gate: Callable[[], bool]) -> None:
+        self.inner = inner
+        self.gate = gate
+        self.fired = 0
+
+    async def wait(self, seconds: float | None = None) -> bool:
+        loop = asyncio.get_running_loop()
+        deadline = None if seconds is None else loop.time() + seconds
+        while True:
+            left = None if deadline is None else max(0.0, deadline - loop.time())
+            if not await self.inner.wait(left):
+                return False
+            self.fired += 1
+            if self.gate():
+                return True
+
+    def close(self) -> None:
+        self.inner.close()
+
+
 _queue_notifier: notify.Notifier | None = None
 
 
-def _queue_watch(paths: list[Path]) -> notify.Watch:
-    """A store-notify Watch on the queue directories (one inotify descriptor per process and loop)."""
+def _notifier() -> notify.Notifier:
+    """The process's inotify descriptor for queue and collection watches (one per event loop)."""
     global _queue_notifier
     loop = asyncio.get_running_loop()
     if _queue_notifier is None or _queue_notifier.loop is not loop:
         _queue_notifier = notify.Notifier(loop)
+    return _queue_notifier
+
+
+def _queue_watch(paths: list[Path]) -> notify.Watch:
+    """A store-notify Watch on the queue directories."""
+    n = _notifier()
     for p in paths:
-        _queue_notifier.add_path("queue", p, notify.DIR_MASK)
-    w = notify.Watch(_queue_notifier, "queue")
-    _queue_notifier.register(w)
+        n.add_path("queue", p, notify.DIR_MASK)
+    w = notify.Watch(n, "queue")
+    n.register(w)
+    return w
+
+
+def _collection_watch(path: Path) -> notify.Watch:
+    """A Watch on an account's object collections (each change renames a file into ``path``)."""
+    n = _notifier()
+    path.mkdir(parents=True, exist_ok=True)  # a metadata call, like the inotify_add_watch beside it
+    key = f"objects:{path}"
+    n.add_path(key, path, notify.DIR_MASK)
+    w = notify.Watch(n, key)
+    n.register(w)
     return w
 
 
