@@ -18,7 +18,7 @@ import socket
 import ssl
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from mailsrv.net.listener import Listener
 from mailsrv.net.service import ServiceContext
 from mailsrv.policy.pipeline import Policy
 from mailsrv.search import SearchService
+from mailsrv.search.service import Reader, ReadMany, Resolver
 from mailsrv.store import MailboxNotFound, Store
 
 logger = log.get("worker")
@@ -43,10 +44,10 @@ SERVICES = {
 }
 
 
-def search_resolver(store: Store) -> Callable[[str, str], tuple[Path, Callable[[int], Awaitable[bytes]]] | None]:
+def search_resolver(store: Store) -> Resolver:
     """Lets a delivery in this worker index a mailbox that no session has opened yet."""
 
-    def resolve(account_id: str, mailbox_id: str) -> tuple[Path, Callable[[int], Awaitable[bytes]]] | None:
+    def resolve(account_id: str, mailbox_id: str) -> tuple[Path, Reader, ReadMany] | None:
         acct = store.cached_account(account_id)
         if acct is None:
             return None
@@ -57,7 +58,10 @@ def search_resolver(store: Store) -> Callable[[str, str], tuple[Path, Callable[[
                     return await acct.read_message(info.name, uid)
             raise MailboxNotFound(mailbox_id)
 
-        return acct.root / "mailsrv-search", read
+        async def read_many(uids: Sequence[int]) -> dict[int, bytes]:
+            return await acct.read_messages(mailbox_id, uids)  # one store job per batch
+
+        return acct.root / "mailsrv-search", read, read_many
 
     return resolve
 

@@ -36,9 +36,11 @@ from mailsrv.search.storage import (
     TextStore,
     encode_record,
     fsync_dir,
+    journal_generation,
     load_snapshot,
     log_header,
     read_log,
+    snapshot_meta,
     write_snapshot,
 )
 
@@ -58,8 +60,11 @@ T = TypeVar("T")
 
 #: reads the raw message with this UID (the store's ``read_message``)
 Reader = Callable[[int], Awaitable[bytes]]
-#: the worker's map from (account_id, mailbox_id) to (directory, reader), for observer events
-Resolver = Callable[[str, str], "tuple[Path, Reader] | None"]
+#: reads several messages at once (one store job): uid -> raw, the unreadable ones left out
+ReadMany = Callable[[Sequence[int]], Awaitable[dict[int, bytes]]]
+#: the worker's map from (account_id, mailbox_id) to (directory, reader[, batch reader]), for
+#: observer events
+Resolver = Callable[[str, str], "tuple[Path, Reader] | tuple[Path, Reader, ReadMany] | None"]
 
 
 class Columns(NamedTuple):
@@ -87,6 +92,8 @@ class MailboxIndex:
         self.mailbox_id = mailbox_id
         self.files = Files(directory, mailbox_id)
         self.read = read
+        #: batch reader for indexing after delivery (else one ``read`` per message)
+        self.read_many: ReadMany | None = None
         self.lock = asyncio.Lock()
         self._tlock = threading.Lock()  # guards the fields below across executor threads
         self.core = IndexCore()
@@ -103,7 +110,8 @@ class MailboxIndex:
         self.pending: list[int] = []
         self.draining = False
         #: statistics for tests and the benchmark
-        self.stats = {"indexed": 0, "confirmed": 0, "rebuilds": 0, "snapshots": 0, "text_compactions": 0, "loads": 0}
+        self.stats = {"indexed": 0, "confirmed": 0, "rebuilds": 0, "snapshots": 0, "text_compactions": 0, "loads": 0,
+                      "appended": 0}
 
     # --- blocking part (runs in the service's threads) ---------------------------
 
@@ -183,6 +191,9 @@ class MailboxIndex:
             self._new_log(gen)
         self.since_snapshot = 0
         self._tail(truncate=True)
+        # deliveries append to the journal of an index nobody loaded (_append_unloaded): fold a
+        # long one now, so that the next process to load it replays little
+        self._maybe_snapshot()
 
     def _current(self) -> bool:
         """True when our snapshot and journal are still the ones on disk."""
@@ -261,6 +272,43 @@ class MailboxIndex:
                 self.log_pos += len(data)
                 self.since_snapshot += len(blobs)
             self._maybe_snapshot()
+
+    def _append_unloaded(self, docs: list[tuple[int, Document]]) -> bool:
+        """Append ``docs`` to the text cache and journal of an index this process has not loaded.
+
+        Delivery-time indexing of mailboxes nobody searches here: the cost is the append, never a
+        load of the snapshot (O(mailbox)). The records are applied by whoever loads or tails the
+        journal (idempotent per UID). False, and nothing written, when there is no current
+        snapshot and journal to append to: the caller loads (or rebuilds) the index instead.
+        Records lost to a torn or stale journal are cache misses: the next search indexes the
+        messages it finds unindexed (``_catch_up``), so no search misses a message.
+        """
+        f = self.files
+        with f.locked(exclusive=True):
+            try:
+                gen, text_name = snapshot_meta(f.snap)
+                fd = os.open(f.log, os.O_RDWR | os.O_APPEND | os.O_CLOEXEC)
+            except (FileNotFoundError, CorruptIndex):
+                return False
+            try:
+                if journal_generation(fd) != gen:
+                    return False
+                text = TextStore(f.directory / text_name)
+                try:
+                    blobs = []
+                    for uid, doc in docs:
+                        blob = TextStore.encode(doc.text)
+                        off = text.append(blob)
+                        blobs.append(encode_record({"a": uid, "o": off, "l": len(blob), "c": list(doc.columns())}))
+                        self.stats["indexed"] += 1
+                finally:
+                    text.close()
+                if blobs:
+                    os.write(fd, b"".join(blobs))
+                    self.stats["appended"] += len(blobs)
+            finally:
+                os.close(fd)
+        return True
 
     def _expunge(self, uids: list[int]) -> None:
         with self.files.locked(exclusive=True):
@@ -370,6 +418,11 @@ class MailboxIndex:
         limit = self.config.max_text_bytes
         docs = [(uid, extract(raw, limit)) for uid, raw in raws]
         with self._tlock:
+            if self.gen < 0:  # not loaded in this process: append only (delivery-time indexing)
+                self.files.ensure_dir()
+                if self._append_unloaded(docs):
+                    return
+                self._load()
             self._add_docs(docs)
 
     async def search(self, query: Query, view: Any) -> BitMap:
@@ -455,11 +508,18 @@ class MailboxIndex:
     async def index_uids(self, uids: Sequence[int]) -> None:
         """Index these messages now (after delivery); reading failures are skipped."""
         async with self.lock:
-            if self.gen < 0:
-                await self.service.run(self._locked_load)
+            # an index not loaded here is appended to, not loaded (_append_unloaded)
             todo = [uid for uid in dict.fromkeys(uids) if uid not in self.core.indexed]
-            got = await asyncio.gather(*(self.read(uid) for uid in todo), return_exceptions=True)
             raws: list[tuple[int, bytes]] = []
+            if self.read_many is not None and todo:
+                try:
+                    many = await self.read_many(todo)
+                except Exception as exc:  # mailbox gone, I/O error: indexed at the next search
+                    logger.debug("read.failed", mailbox=self.mailbox_id, error=str(exc))
+                    return
+                raws = [(uid, many[uid]) for uid in todo if uid in many]
+                todo = []
+            got = await asyncio.gather(*(self.read(uid) for uid in todo), return_exceptions=True)
             for uid, raw in zip(todo, got, strict=True):
                 if isinstance(raw, BaseException):
                     if not isinstance(raw, Exception):
@@ -576,6 +636,8 @@ class SearchService:
             found = self.resolver(account_id, mailbox_id)
             if found is not None:
                 idx = self.mailbox(account_id, mailbox_id, found[0], found[1])
+                if len(found) > 2:
+                    idx.read_many = found[2]  # the 3-tuple form
         return idx
 
     def message_added(self, account_id: str, mailbox_id: str, info: Any, structure: Any) -> None:

@@ -44,7 +44,8 @@ from pyroaring import BitMap
 from mailsrv.search.extract import EXTRACT_VERSION, FIELDS
 from mailsrv.search.index import HNAME, IndexCore, TermIndex
 
-__all__ = ["CorruptIndex", "Files", "TextStore", "load_snapshot", "write_snapshot"]
+__all__ = ["CorruptIndex", "Files", "TextStore", "journal_generation", "load_snapshot", "snapshot_meta",
+           "write_snapshot"]
 
 SNAP_MAGIC = b"MSRCHS3\n"
 LOG_MAGIC = b"MSRCHL1\n"
@@ -323,6 +324,43 @@ class _Reader:
         b = self.data[self.pos : self.pos + n]
         self.pos += n
         return b
+
+
+def snapshot_meta(path: Path) -> tuple[int, str]:
+    """(generation, text file name) from the head of a snapshot, without reading the rest.
+
+    Not checked against the CRC: a writer that trusts it only appends records that a full
+    load ignores (as stale) if the snapshot turns out corrupt. Raises FileNotFoundError or
+    CorruptIndex.
+    """
+    with open(path, "rb") as fh:
+        head = fh.read(len(SNAP_MAGIC) + 4)
+        if len(head) < len(SNAP_MAGIC) + 4 or not head.startswith(SNAP_MAGIC):
+            raise CorruptIndex(f"{path}: not a search snapshot")
+        (n,) = _U32.unpack_from(head, len(SNAP_MAGIC))
+        if n > MAX_RECORD:
+            raise CorruptIndex(f"{path}: meta too large")
+        raw = fh.read(n)
+    try:
+        meta = json.loads(raw)
+        gen, text = int(meta["gen"]), meta["text"]
+        ok = meta.get("fields") == [*FIELDS, HNAME] and meta.get("extract") == EXTRACT_VERSION
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CorruptIndex(f"{path}: {exc}") from None
+    if not ok:
+        raise CorruptIndex(f"{path}: written by another version")
+    if not isinstance(text, str) or "/" in text or not text.endswith(".text"):
+        raise CorruptIndex(f"{path}: bad text file name")
+    return gen, text
+
+
+def journal_generation(fd: int) -> int | None:
+    """The generation a journal's header names (None: no valid header)."""
+    head = os.pread(fd, _LOG_HEAD.size, 0)
+    if len(head) < _LOG_HEAD.size:
+        return None
+    magic, gen = _LOG_HEAD.unpack(head)
+    return int(gen) if magic == LOG_MAGIC else None
 
 
 def load_snapshot(path: Path) -> tuple[IndexCore, dict[int, tuple[int, int]], int, str]:

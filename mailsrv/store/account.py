@@ -337,6 +337,24 @@ class Account:
         """
         return await self._run(self._read_blocking, mailbox, uid, offset, length)
 
+    async def read_messages(self, mailbox_id: str, uids: Sequence[int]) -> dict[int, bytes]:
+        """Raw bytes of several messages of the mailbox with id ``mailbox_id``, in one I/O-pool job
+        (indexing after delivery); expunged or unreadable ones are left out. MailboxNotFound."""
+        return await self._run(self._read_many_blocking, mailbox_id, list(uids))
+
+    def _read_many_blocking(self, mailbox_id: str, uids: list[int]) -> dict[int, bytes]:
+        name, paths = self.engine.files_of(mailbox_id, uids)
+        out: dict[int, bytes] = {}
+        for uid, path in paths.items():
+            try:
+                out[uid] = _read_range(path, 0, None)
+            except FileNotFoundError:  # renamed by a flag change meanwhile: ask the index
+                try:
+                    out[uid] = self._read_blocking(name, uid, 0, None)
+                except (MessageGone, OSError):
+                    pass
+        return out
+
     def _read_blocking(self, mailbox: str, uid: int, offset: int, length: int | None) -> bytes:
         """(pool) Message keys are unique, so a cached path that still exists is still that message."""
         ck = (mailbox, uid)

@@ -1,0 +1,160 @@
+"""Indexing after delivery appends to an index this process has not loaded (no snapshot load).
+
+Every other process (or this one, after the index left its cache) sees the appended
+records when it loads or tails the journal; and whatever the appends missed (no index
+yet, a stale journal) is indexed by the next search: a search never misses a message.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pyroaring import BitMap
+from search.searchbox import Box, open_index
+
+from mailsrv.config import SearchConfig
+from mailsrv.search import SearchService, Text
+from mailsrv.search.scan import matches
+from mailsrv.search.storage import Files, journal_generation, snapshot_meta
+
+
+def _reference(box: Box, q: Text) -> BitMap:
+    return BitMap(m.uid for m in box.view.messages if matches(q, box.docs[m.uid], m))
+
+
+def _queries(box: Box) -> list[Text]:
+    """A few body and subject words of the box's messages (each matching some, not all)."""
+    out = []
+    for uid in list(box.docs)[::7]:
+        words = box.docs[uid].text["subject"].split()
+        if words:
+            out.append(Text("subject", words[0]))
+        body = box.docs[uid].text["body"].split()
+        if body:
+            out.append(Text("body", body[len(body) // 2]))
+    return out
+
+
+def _age_journal(files: Files) -> None:
+    """Make the journal name the generation before its snapshot's (stale)."""
+    with open(files.log, "r+b") as fh:
+        gen = journal_generation(fh.fileno())
+        assert gen is not None
+        fh.seek(8)
+        fh.write((gen - 1).to_bytes(8, "little"))
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+async def _deliver(svc: SearchService, box: Box, start: int, n: int) -> list[int]:
+    uids = []
+    for i in range(start, start + n):
+        uids.append(box.add(box.gen.message(i)[0]))
+        svc.message_added("acct1", "Mbox1", box.view.messages[-1], None)
+    await svc.idle()
+    return uids
+
+
+async def test_deliveries_append_without_loading_and_others_see_them(tmp_path: Path) -> None:
+    box = Box(20)
+    first = SearchService(SearchConfig())
+    idx = open_index(first, box, tmp_path)
+    await idx.search(Text("body", "a"), box.view)  # builds the index files (snapshot + journal)
+    await first.close()
+
+    # a worker that never searched this mailbox: deliveries append, no snapshot load
+    second = SearchService(SearchConfig(), resolver=lambda a, m: (tmp_path, box.read))
+    uids = await _deliver(second, box, 20, 30)
+    idx2 = second._open[("acct1", "Mbox1")]
+    assert idx2.stats["loads"] == 0 and idx2.gen == -1
+    assert idx2.stats["appended"] == 30
+    await second.close()
+
+    # a third process loads snapshot + journal: the appended messages are indexed, none re-read
+    third = SearchService(SearchConfig())
+    idx3 = open_index(third, box, tmp_path)
+    reads = box.reads
+    queries = _queries(box)
+    assert queries
+    for q in queries:
+        assert await idx3.search(q, box.view) == _reference(box, q), q
+    assert box.reads == reads  # nothing needed a catch-up read
+    assert set(uids) <= set(idx3.core.indexed)
+    await third.close()
+
+
+async def test_a_long_journal_is_folded_at_load(tmp_path: Path) -> None:
+    box = Box(5)
+    first = SearchService(SearchConfig(snapshot_every=10))
+    await open_index(first, box, tmp_path).search(Text("body", "a"), box.view)
+    await first.close()
+    second = SearchService(SearchConfig(snapshot_every=10), resolver=lambda a, m: (tmp_path, box.read))
+    await _deliver(second, box, 5, 25)  # 25 journal records, never folded by the appender
+    await second.close()
+    files = Files(tmp_path, "Mbox1")
+    gen_before, _ = snapshot_meta(files.snap)
+    third = SearchService(SearchConfig(snapshot_every=10))
+    idx3 = open_index(third, box, tmp_path)
+    q = Text("body", box.docs[box.view.messages[-1].uid].text["body"].split()[0])
+    assert await idx3.search(q, box.view) == _reference(box, q)
+    gen_after, _ = snapshot_meta(files.snap)
+    assert gen_after > gen_before and idx3.stats["snapshots"] == 1
+    assert idx3.since_snapshot == 0
+    await third.close()
+
+
+async def test_no_index_yet_or_a_stale_journal_falls_back_and_search_finds_everything(tmp_path: Path) -> None:
+    box = Box(0)
+    svc = SearchService(SearchConfig(), resolver=lambda a, m: (tmp_path, box.read))
+    await _deliver(svc, box, 0, 10)  # no files yet: the first batch builds the index (a load)
+    idx = svc._open[("acct1", "Mbox1")]
+    assert idx.stats["appended"] == 0 and set(idx.core.indexed) == {m.uid for m in box.view.messages}
+    await svc.close()
+
+    # a journal of another generation (a writer died between snapshot and new journal)
+    _age_journal(Files(tmp_path, "Mbox1"))
+    svc2 = SearchService(SearchConfig(), resolver=lambda a, m: (tmp_path, box.read))
+    late = await _deliver(svc2, box, 10, 5)
+    idx2 = svc2._open[("acct1", "Mbox1")]
+    assert idx2.stats["appended"] == 0  # nothing appended to the stale journal: loaded instead
+    for q in _queries(box):
+        assert await idx2.search(q, box.view) == _reference(box, q), q
+    assert set(late) <= set(idx2.core.indexed)
+    await svc2.close()
+
+
+async def test_search_right_after_delivery_finds_the_message(tmp_path: Path) -> None:
+    """The indexing after delivery has not run yet (or failed): the search indexes it first."""
+    box = Box(10)
+    svc = SearchService(SearchConfig())
+    idx = open_index(svc, box, tmp_path)
+    await idx.search(Text("body", "a"), box.view)
+    raw = box.gen.message(77)[0]
+    uid = box.add(raw)  # delivered; no message_added event reached the index
+    words = box.docs[uid].text["body"].split()
+    q = Text("body", words[-1])
+    hits = await idx.search(q, box.view)
+    assert uid in hits and hits == _reference(box, q)
+    await svc.close()
+
+
+async def test_batch_reader_is_used_once_per_batch(tmp_path: Path) -> None:
+    box = Box(0)
+    calls: list[list[int]] = []
+    gone: set[int] = set()
+
+    async def read_many(uids: list[int]) -> dict[int, bytes]:
+        calls.append(list(uids))
+        return {u: box.raw[u] for u in uids if u not in gone}
+
+    svc = SearchService(SearchConfig(), resolver=lambda a, m: (tmp_path, box.read, read_many))
+    uids = await _deliver(svc, box, 0, 3)
+    vanished = box.add(box.gen.message(3)[0])
+    gone.add(vanished)  # expunged before it was read: left out, no error
+    svc.message_added("acct1", "Mbox1", box.view.messages[-1], None)
+    more = await _deliver(svc, box, 4, 2)
+    assert sum(len(c) for c in calls) == 6 and box.reads == 0
+    idx = svc._open[("acct1", "Mbox1")]
+    assert set(uids) | set(more) <= set(idx.core.indexed) and vanished not in idx.core.indexed
+    await svc.close()

@@ -1,0 +1,93 @@
+"""Deliveries through the store reach the search index (the worker's wiring), and no search misses one.
+
+Real store, real search service with the worker's resolver (mailsrv.worker.search_resolver):
+deferred deliveries are indexed by the store's indexer, then by the search observer in
+batches read with one store job each (``Account.read_messages``), appended to indexes the
+worker has not loaded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from mailsrv.config import SearchConfig
+from mailsrv.search import SearchService, Text
+from mailsrv.store import DeliveryTarget, MailboxNotFound, Store
+from mailsrv.worker import search_resolver
+
+from .conftest import msg, spool
+
+Run = Callable[[Awaitable[Any]], Any]
+
+
+def _body(i: int) -> bytes:
+    return msg(i, subject=f"topic{i % 4}").replace(f"body {i}".encode(), f"body word{i}x".encode())
+
+
+def test_every_delivery_is_found_by_search(tmp_path: Path, run: Run, make_store: Callable[..., Store]) -> None:
+    store = make_store(index_delay=0.001)
+    # one cached index for three mailboxes: deliveries mostly append to indexes not loaded here
+    search = SearchService(SearchConfig(cache_mailboxes=1, batch=4), search_resolver(store))
+    store.add_observer(search)
+    accts = [run(store.account(f"u{i}")) for i in range(3)]
+    n = 30
+
+    async def deliver() -> None:
+        for i in range(n):
+            res = await store.deliver(spool(tmp_path, _body(i), f"s{i}"), [DeliveryTarget(accts[i % 3])], uids=False)
+            assert res[0].status == "ok"
+        await store.indexer.flush()
+        await search.idle()
+
+    run(deliver())
+    appended = sum(idx.stats["appended"] for idx in search._open.values())
+    run(search.close())
+
+    # a fresh worker's search service: loads what the first one wrote, finds every message
+    fresh = SearchService(SearchConfig(), search_resolver(store))
+
+    async def check() -> tuple[int, int]:
+        found = reads = 0
+        for a, acct in enumerate(accts):
+            view = await acct.open_mailbox("INBOX")
+            info = next(b for b in await acct.list_mailboxes() if b.name == "INBOX")
+            idx = fresh._index_for(acct.id, info.id)
+            assert idx is not None
+            for i in range(a, n, 3):
+                hits = await idx.search(Text("body", f"word{i}x"), view)
+                assert len(hits) == 1, (i, list(hits))
+                raw = await acct.read_message("INBOX", next(iter(hits)))
+                assert f"word{i}x".encode() in raw
+                found += 1
+            reads += idx.stats["indexed"]
+        return found, reads
+
+    found, reindexed = run(check())
+    assert found == n
+    assert reindexed == 0  # every message was in the files already: nothing indexed again
+    assert appended > 0  # and some of them through appends to an index not loaded
+    run(fresh.close())
+
+
+def test_read_messages_in_one_job(tmp_path: Path, run: Run, make_store: Callable[..., Store]) -> None:
+    store = make_store()
+    acct = run(store.account("u"))
+    for i in range(4):
+        run(store.deliver(spool(tmp_path, msg(i), f"s{i}"), [DeliveryTarget(acct)]))
+    view = run(acct.open_mailbox("INBOX"))
+    uids = [m.uid for m in view.messages]
+    guid = next(b.id for b in run(acct.list_mailboxes()) if b.name == "INBOX")
+    run(acct.store_flags("INBOX", [uids[1]], frozenset({"\\Seen"}), "add"))  # renamed file
+    run(acct.expunge("INBOX", [uids[2]], only_deleted=False))
+    got = run(acct.read_messages(guid, [*uids, 999]))
+    assert sorted(got) == [uids[0], uids[1], uids[3]]
+    for uid in got:
+        assert got[uid] == msg(uids.index(uid))
+    try:
+        run(acct.read_messages("Mnope", uids))
+    except MailboxNotFound:
+        pass
+    else:
+        raise AssertionError("an unknown mailbox id must raise MailboxNotFound")
