@@ -5,6 +5,8 @@ take milliseconds (journal), which would stall every session of the worker.
 Writes are buffered up to :data:`FLUSH_AT` bytes and then written by a
 thread, so a typical message costs one thread job (create, write, close) at
 the end, and a 25 MB message never has more than ``FLUSH_AT`` bytes in memory.
+Discarded files are removed by one thread job per batch (:class:`_Remover`), not
+one job per file: a thread hop costs the loop more than the unlink itself.
 There is no fsync here: each consumer makes its own copy durable
 (``store.deliver`` fsyncs the linked file and its ``new/``; the queue fsyncs
 its link), so a local-only message costs one file fsync, not two.
@@ -17,6 +19,7 @@ import contextlib
 import itertools
 import os
 import secrets
+import threading
 import time
 from pathlib import Path
 
@@ -98,13 +101,52 @@ class FileSpool:
         if job is not None and not job.done():
             # a cancelled session's write is still running in its thread: clean up after it,
             # never close a descriptor that thread is using
-            job.add_done_callback(lambda _: loop.run_in_executor(None, self._cleanup))
+            job.add_done_callback(lambda _: _remover.add(loop, self))
         else:
-            loop.run_in_executor(None, self._cleanup)
+            _remover.add(loop, self)
 
     def _cleanup(self) -> None:
         fd, self._fd = self._fd, None
         _remove(self.path, fd)
+
+
+class _Remover:
+    """Discarded spools, removed by one executor job that takes every spool queued meanwhile.
+
+    Thread-safe. A job runs as soon as the first spool is queued (never on a timer: a loop
+    that stops waits for its executor's jobs, so nothing is left behind), and spools queued
+    while it runs join its batch.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._todo: list[FileSpool] = []
+        self._running = False
+
+    def add(self, loop: asyncio.AbstractEventLoop, spool: FileSpool) -> None:
+        with self._lock:
+            self._todo.append(spool)
+            if self._running:
+                return
+            self._running = True
+        try:
+            loop.run_in_executor(None, self._run)
+        except RuntimeError:  # the loop or its executor is closing: remove here
+            self._run()
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                todo, self._todo = self._todo, []
+                if not todo:
+                    self._running = False
+                    return
+            for spool in todo:
+                with contextlib.suppress(OSError):  # a file we cannot remove must not stop the others
+                    spool._cleanup()
+
+
+_remover = _Remover()
 
 
 def _remove(path: Path, fd: int | None) -> None:

@@ -127,6 +127,9 @@ class Connection:
         return await self._readline()
 
     async def _readline(self) -> bytes:
+        line = self._buffered_line()
+        if line is not None:
+            return line
         try:
             async with asyncio.timeout(self.idle_timeout):
                 try:
@@ -142,6 +145,21 @@ class Connection:
             raise ConnectionClosed from exc
         if len(line) > self.max_line_length:
             raise LineTooLong
+        return line
+
+    def _buffered_line(self) -> bytes | None:
+        """A whole line already in the reader's buffer (pipelined commands), taken without a
+        wait or a timer; None when the slow path must decide (no line yet, or too long)."""
+        reader = self.reader
+        if reader.exception() is not None:  # as readuntil(): a broken stream raises before its data
+            return None
+        buf = reader._buffer  # type: ignore[attr-defined]
+        end = buf.find(b"\n")
+        if end < 0 or end >= self.max_line_length or end > reader._limit:  # type: ignore[attr-defined]
+            return None
+        line = bytes(buf[: end + 1])
+        del buf[: end + 1]
+        reader._maybe_resume_transport()  # type: ignore[attr-defined]
         return line
 
     async def _discard_long_line(self, consumed: int) -> None:
@@ -168,6 +186,12 @@ class Connection:
 
     async def read_some(self, n: int) -> bytes:
         """Read up to ``n`` bytes that are available (for bulk readers); b"" at EOF."""
+        buf = self.reader._buffer  # type: ignore[attr-defined]
+        if buf and self.reader.exception() is None:  # already here: no wait, so no timer
+            data = bytes(buf[:n])
+            del buf[:n]
+            self.reader._maybe_resume_transport()  # type: ignore[attr-defined]
+            return data
         try:
             async with asyncio.timeout(self.idle_timeout):
                 return await self.reader.read(n)
@@ -183,6 +207,9 @@ class Connection:
             self.writer.write(data)
 
     async def drain(self) -> None:
+        transport = self.writer.transport
+        if not transport.get_write_buffer_size() and not transport.is_closing():
+            return  # everything went out at write(): nothing to wait for, so no timer
         try:
             async with asyncio.timeout(self.idle_timeout):
                 await self.writer.drain()

@@ -49,6 +49,7 @@ from mailsrv.policy.score import Facts, RspamdLearner, RspamdScorer, RuleScorer,
 from mailsrv.policy.seats import DirectorySeats, SeatSource, outside_limit
 from mailsrv.policy.state import PolicyState
 from mailsrv.policy.strip import strip_infected
+from mailsrv.policy.training import SessionReader, Trainer, learner
 
 logger = log.get("policy")
 
@@ -118,6 +119,11 @@ class Policy:
         self.rspamd_learner = RspamdLearner(cfg.rspamd_controller_url or cfg.rspamd_url,
                                             password=cfg.rspamd_password) if cfg.rspamd_url else None
         self.bayes = Bayes(state, cfg) if cfg.bayes and state is not None and self.rspamd_learner is None else None
+        # docs/policy.md "Learning": Junk moves are learned in the background (set trainer.reader to replay
+        # a dead worker's journaled references)
+        self.trainer = Trainer(state, learner(state, bayes=self.bayes, rspamd=self.rspamd_learner,
+                                              scopes_of=self.learn_scopes, executor=executor),
+                               batch=cfg.bayes_train_batch, limit=cfg.bayes_train_queue) if state is not None else None
         self.is_local_domain = is_local_domain
         self.executor = executor
         self.scorer: Scorer = scorer or (RspamdScorer(cfg.rspamd_url) if cfg.rspamd_url else RuleScorer(executor))
@@ -146,6 +152,8 @@ class Policy:
                    is_local_domain=is_local_domain, seats=seats)
 
     def close(self) -> None:
+        if self.trainer is not None:
+            self.trainer.stop()
         if self.state is not None:
             self.state.close()
 
@@ -175,6 +183,18 @@ class Policy:
             logger.warning("policy.learn_failed", account=account, label=label, error=str(exc))
             learned = False
         logger.info("policy.trained", account=account, label=label, learned=learned)
+        return label
+
+    async def train_later(self, account: str, from_mailbox: str, to_mailbox: str, refs: Sequence[tuple[str, int]],
+                          *, read: SessionReader | None = None, messages: Sequence[bytes] | None = None) -> str | None:
+        """:meth:`train` for many messages without waiting for the learner: journals the (mailbox, uid) ``refs``
+        (read later with ``read``), or ``messages`` themselves, and returns the label (None: not a training
+        move). Returns once journaled (milliseconds for thousands); may wait while the worker's queue is full.
+        Callers: the IMAP and JMAP front ends, after the move is durable; raises what SQLite raises."""
+        label = training_label(from_mailbox, to_mailbox)
+        if label is None or self.trainer is None or not refs:
+            return label
+        await self.trainer.submit(account, label, refs, read=read, messages=messages)
         return label
 
     def learn_scopes(self, account: str) -> list[str]:
@@ -449,7 +469,8 @@ class PolicySession:
             message = await loop.run_in_executor(self.p.executor, _read_head, spool,
                                                  size if whole else MAX_HEADER_READ)
         started = time.perf_counter()
-        scan = asyncio.ensure_future(self._virus_scan(spool, whole))
+        # no task (one loop round per message) when there is no scanner to wait for
+        scan = asyncio.ensure_future(self._virus_scan(spool, whole)) if self.p.clamd is not None else None
         try:
             try:
                 if self.outbound:
@@ -462,11 +483,12 @@ class PolicySession:
                 # A bug or a hostile message tripping a library must neither crash the session nor
                 # bounce the mail forever: judge it on the virus scan alone (fail open on analysis).
                 logger.exception("policy.analysis_failed", exc)
-                virus, _sig = await self._virus_decision(scan) if not scan.cancelled() else (None, "")
+                virus, _sig = await self._virus_decision(scan) if scan is None or not scan.cancelled() \
+                    else (None, "")
                 decision = virus if virus is not None and not virus.ok else ACCEPT
                 headers = []
         finally:
-            if not scan.done():
+            if scan is not None and not scan.done():
                 scan.cancel()
         if decision.ok:
             drop = OUR_FIELDS if not self.outbound else frozenset()
@@ -485,7 +507,9 @@ class PolicySession:
             return None
         return await self.p.clamd.scan_file(spool, limit=None if whole else self.cfg.max_scan_size)
 
-    async def _virus_decision(self, scan: asyncio.Future[ScanResult | None]) -> tuple[Decision | None, str]:
+    async def _virus_decision(self, scan: asyncio.Future[ScanResult | None] | None) -> tuple[Decision | None, str]:
+        if scan is None:  # no scanner configured
+            return None, ""
         try:
             res = await scan
         except ClamdUnavailable as exc:
@@ -502,7 +526,7 @@ class PolicySession:
             return _STRIP, res.signature
         return Decision("junk", 250, "2.0.0", "OK"), res.signature
 
-    async def _data_outbound(self, scan: asyncio.Future[ScanResult | None]) -> tuple[Decision, list[str]]:
+    async def _data_outbound(self, scan: asyncio.Future[ScanResult | None] | None) -> tuple[Decision, list[str]]:
         virus, sig = await self._virus_decision(scan)
         if virus is not None and not virus.ok:
             return virus, []
@@ -516,15 +540,23 @@ class PolicySession:
                 logger.exception("policy.state_failed", exc)
         return ACCEPT, []
 
-    async def _data_inbound(self, spool: Path, message: bytes, scan: asyncio.Future[ScanResult | None],
+    async def _data_inbound(self, spool: Path, message: bytes, scan: asyncio.Future[ScanResult | None] | None,
                             whole: bool) -> tuple[Decision, list[str]]:
         fields = split_fields(message)
         dkim_res: list[DkimResult] = []
         arc_res = ArcResult("none")
         if self.cfg.dkim and whole:
-            dkim_res, arc_res = await asyncio.gather(
-                verify_dkim(self.p.resolver, message, self.p.executor),
-                verify_arc(self.p.resolver, message, self.p.executor))
+            # the verifiers answer "unsigned" and "none" without these fields: skip their tasks then
+            names = {name for name, _value, _raw in fields}
+            signed, sealed = b"dkim-signature" in names, b"arc-seal" in names
+            if signed and sealed:
+                dkim_res, arc_res = await asyncio.gather(
+                    verify_dkim(self.p.resolver, message, self.p.executor),
+                    verify_arc(self.p.resolver, message, self.p.executor))
+            elif signed:
+                dkim_res = await verify_dkim(self.p.resolver, message, self.p.executor)
+            elif sealed:
+                arc_res = await verify_arc(self.p.resolver, message, self.p.executor)
         froms = from_domains(fields)
         dm: dmarc.DmarcResult | None = None
         if self.cfg.dmarc:

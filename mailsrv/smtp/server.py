@@ -35,6 +35,9 @@ logger = log.get("smtp")
 
 # Bulk read size for DATA and BDAT (bytes per read from the transport).
 READ_CHUNK = 256 * 1024
+# Replies held for pipelined commands before they are written anyway (RFC 2920 §3.1 lets the
+# server hold them while commands remain; this bounds what a flood of NOOPs can make us hold).
+MAX_HELD_REPLIES = 64
 
 
 def _unread(conn: Connection, data: bytes) -> None:
@@ -115,7 +118,7 @@ class SmtpService:
                 decision = ps.early_talker()
         if decision.ok:
             return True
-        await self._bye(conn, reply(decision.code, decision.enh, f"{self.ctx.hostname} {decision.text}"))
+        await self._bye(conn, [reply(decision.code, decision.enh, f"{self.ctx.hostname} {decision.text}")])
         return False
 
     async def handle(self, conn: Connection) -> None:
@@ -128,34 +131,36 @@ class SmtpService:
         except ConnectionClosed:
             logger.debug("conn.lost")
         except IdleTimeout:
-            await self._bye(conn, reply(421, "4.4.2", f"{self.ctx.hostname} idle timeout"))
+            await self._bye(conn, [reply(421, "4.4.2", f"{self.ctx.hostname} idle timeout")])
         finally:
             session.abort()
-
-    async def _bye(self, conn: Connection, data: bytes) -> None:
-        try:
-            await conn.send(data)
-        except (ConnectionClosed, IdleTimeout):
-            pass
 
     async def _loop(self, conn: Connection, session: Session) -> None:
         errors = 0
         host = self.ctx.hostname
         auth_pending = False
+        # RFC 2920 §3.1: replies to pipelined commands are held while more commands wait in the
+        # input buffer and go out in one write once the client must wait for them.
+        out: list[bytes] = []
+        buffered = conn.reader._buffer  # type: ignore[attr-defined]
         while True:
+            if out and (len(out) >= MAX_HELD_REPLIES or b"\n" not in buffered):
+                await self._flush(conn, out)
             try:
                 line = await (conn.readline_in_command() if auth_pending else conn.readline())
             except LineTooLong:
                 # RFC 5321 §4.5.3.1.4 / RFC 4954 §4
-                conn.write(reply(500, "5.5.2", "Line too long"))
+                out.append(reply(500, "5.5.2", "Line too long"))
                 auth_pending = False
                 errors += 1
                 if errors >= self.max_errors:
-                    await self._bye(conn, reply(421, "4.7.0", f"{host} too many errors"))
+                    out.append(reply(421, "4.7.0", f"{host} too many errors"))
+                    await self._bye(conn, out)
                     return
                 continue
             except ServerShutdown:
-                await self._bye(conn, reply(421, "4.3.2", f"{host} service shutting down"))
+                out.append(reply(421, "4.3.2", f"{host} service shutting down"))
+                await self._bye(conn, out)
                 return
             step: Step | None = None
             try:
@@ -170,53 +175,63 @@ class SmtpService:
                         verb = line.split(b" ", 1)[0][:12]
                         logger.trace("smtp.cmd", verb=verb.decode("ascii", "replace"))
             except SmtpError as exc:
-                conn.write(exc.reply())
+                out.append(exc.reply())
                 if exc.code == 421:
-                    await conn.drain()
+                    await self._flush(conn, out)
                     return
                 errors += 1
                 if errors >= self.max_errors:
                     # DESIGN.md "What bad input gets": a hostile client is disconnected and logged.
                     logger.warning("session.too_many_errors", errors=errors)
-                    await self._bye(conn, reply(421, "4.7.0", f"{host} too many errors, closing"))
+                    out.append(reply(421, "4.7.0", f"{host} too many errors, closing"))
+                    await self._bye(conn, out)
                     return
-                await conn.drain()
                 continue
             if step.reply:
-                conn.write(step.reply)
+                out.append(step.reply)
             if step.then == "reply":
-                await conn.drain()
-            elif step.then == "close":
-                await conn.drain()
+                continue
+            if step.then == "bdat":  # the chunk follows at once: its reply may join later ones
+                if not await self._read_bdat(conn, session, out, step.size, step.last):
+                    return
+                continue
+            await self._flush(conn, out)
+            if step.then == "close":
                 return
             elif step.then == "auth":
-                await conn.drain()
                 auth_pending = True
             elif step.then == "starttls":
-                await conn.drain()
                 ctx = self.ctx.starttls_context
                 assert ctx is not None
                 await conn.starttls(ctx)
                 session.tls_started(conn.tls_info())
                 logger.debug("tls.started", **conn.tls_info())
             elif step.then == "data":
-                await conn.drain()
-                if not await self._read_data(conn, session):
-                    return
-            elif step.then == "bdat":
-                if not await self._read_bdat(conn, session, step.size, step.last):
+                if not await self._read_data(conn, session, out):
                     return
 
-    async def _send_result(self, conn: Connection, coro: Any) -> bool:
+    @staticmethod
+    async def _flush(conn: Connection, out: list[bytes]) -> None:
+        """Write the held replies in one write."""
+        conn.write(out[0] if len(out) == 1 else b"".join(out))
+        out.clear()
+        await conn.drain()
+
+    async def _bye(self, conn: Connection, out: list[bytes]) -> None:
+        try:
+            await self._flush(conn, out)
+        except (ConnectionClosed, IdleTimeout):
+            pass
+
+    async def _send_result(self, out: list[bytes], coro: Any) -> bool:
         try:
             step = await coro
-            conn.write(step.reply)
+            out.append(step.reply)
         except SmtpError as exc:
-            conn.write(exc.reply())
-        await conn.drain()
+            out.append(exc.reply())
         return True
 
-    async def _read_data(self, conn: Connection, session: Session) -> bool:
+    async def _read_data(self, conn: Connection, session: Session, out: list[bytes]) -> bool:
         """RFC 5321 §4.1.1.4: read the dot-stuffed stream into the spool, in bulk."""
         decoder = DotDecoder()
         spool = session.spool
@@ -235,11 +250,9 @@ class SmtpService:
                     await spool.write(payload)
             if decoder.done:
                 _unread(conn, chunk[used:])
-        return await self._send_result(
-            conn, session.data_end(bare_newline=decoder.bare_newline, too_big=too_big)
-        )
+        return await self._send_result(out, session.data_end(bare_newline=decoder.bare_newline, too_big=too_big))
 
-    async def _read_bdat(self, conn: Connection, session: Session, size: int, last: bool) -> bool:
+    async def _read_bdat(self, conn: Connection, session: Session, out: list[bytes], size: int, last: bool) -> bool:
         """RFC 3030 §2: exactly ``size`` octets follow the BDAT line; no transparency."""
         keep = session.bdat_chunk_ok(size)
         spool = session.spool
@@ -254,7 +267,7 @@ class SmtpService:
             left -= len(chunk)
             if keep and spool is not None:
                 await spool.write(chunk)
-        return await self._send_result(conn, session.bdat_end(last))
+        return await self._send_result(out, session.bdat_end(last))
 
 
 def _default_backend(ctx: ServiceContext) -> MailBackend:

@@ -72,6 +72,17 @@ def _received_date(now: float) -> str:
     return _date_cache[1]
 
 
+#: Recipients named in a message's log line; more are counted (``rcpts=``) and shown as ``...``.
+LOGGED_RCPTS = 5
+
+
+def _recipients(tx: Transaction) -> str:
+    """The ``to=`` of a message's log line: its first :data:`LOGGED_RCPTS` recipients."""
+    rcpts = tx.rcpts
+    names = ",".join(r.address for r in rcpts[:LOGGED_RCPTS])
+    return names + ",..." if len(rcpts) > LOGGED_RCPTS else names
+
+
 class State(enum.Enum):
     GREETED = "greeted"  # banner sent, no EHLO yet
     READY = "ready"  # EHLO/HELO done, no transaction
@@ -90,6 +101,9 @@ class Step:
     size: int = 0  # BDAT chunk size
     last: bool = False  # BDAT LAST
 
+
+_SENDER_OK = Step(reply(250, "2.1.0", "Sender OK"))
+_GO_AHEAD = Step(reply(354, None, "End data with <CR><LF>.<CR><LF>"), "data")
 
 _ANY = frozenset(State)
 _IN_TX = frozenset({State.MAIL, State.RCPT})
@@ -431,7 +445,7 @@ class Session:
             self._enforce(await self.policy.mail(sender))
         self.tx = tx
         self.state = State.MAIL
-        return Step(reply(250, "2.1.0", "Sender OK"))
+        return _SENDER_OK
 
     async def smtp_RCPT(self, arg: bytes) -> Step:
         tx = self.tx
@@ -476,7 +490,7 @@ class Session:
             raise SmtpSyntaxError("Syntax: DATA", 501, "5.5.4")
         self._require_rcpts()
         self.spool = await self._open_spool()
-        return Step(reply(354, None, "End data with <CR><LF>.<CR><LF>"), "data")
+        return _GO_AHEAD
 
     async def smtp_BDAT(self, arg: bytes) -> Step:
         size, last = parse_bdat(arg)  # a bad BDAT line cannot be skipped: the loop closes
@@ -543,6 +557,7 @@ class Session:
         tx, spool = self.tx, self.spool
         assert tx is not None and spool is not None
         self.spool = None
+        started = time.monotonic()
         try:
             if too_big:
                 raise SmtpError("Message size exceeds fixed maximum message size", 552, "5.3.4")
@@ -564,7 +579,11 @@ class Session:
             self._reset()
         if not verdict.ok:
             raise SmtpError(verdict.text, verdict.code, verdict.enh)
-        logger.info("message.accepted", sender=tx.sender, rcpts=len(tx.rcpts), id=self.info.sid, **verdict.log)
+        # the one info line per message (the sid, in every line, is the id in the 250 text): what an
+        # operator needs, as Postfix's from/to/size/delay/status lines
+        logger.info("message.accepted", sender=tx.sender, to=_recipients(tx), rcpts=len(tx.rcpts),
+                    size=getattr(spool, "size", None), ms=f"{(time.monotonic() - started) * 1000:.1f}",
+                    **verdict.log)
         return Step(reply(verdict.code, verdict.enh, verdict.text))
 
     def abort(self) -> None:
