@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 from mailsrv import log
 from mailsrv.jmap import args as A
-from mailsrv.jmap import message
+from mailsrv.jmap import message, reports
 from mailsrv.jmap.backend import NotFound
 from mailsrv.jmap.core import RequestContext, registry
 from mailsrv.jmap.email_set import _utc, apply_patch
@@ -251,14 +251,21 @@ def queue_followed(d: dict[str, Any]) -> bool:
                for r in d["records"].values())
 
 
-async def settle(coll: Any, submitter: Any = None, now: float | None = None) -> bool:
+async def refresh(be: Any, coll: Any, submitter: Any) -> bool:
+    """Reports first (:func:`reports.link_reports`), then :func:`settle`; returns what settle does."""
+    return await settle(coll, submitter, data=await reports.link_reports(be, coll))
+
+
+async def settle(coll: Any, submitter: Any = None, now: float | None = None,
+                 data: dict[str, Any] | None = None) -> bool:
     """Bring the submissions up to date (each change is a state change clients see); returns
     :func:`queue_followed` of the result (whether queue writes can still matter to this account).
 
     RFC 8621 §7: a pending submission whose release time has come is final; RFC 8621 §7.1 ("the
     server updates deliveryStatus as it learns"): a recipient still "queued" takes its status from
     the outbound queue (the live entry, or the outcome record once done), when the submitter can
-    follow it. A queue entry the queue no longer knows (its record pruned) leaves "unknown"."""
+    follow it. A queue entry the queue no longer knows (its record pruned) leaves "unknown".
+    ``data``: the collection as just read (saves a read)."""
     now = time.time() if now is None else now
     status_of = getattr(submitter, "status", None)
 
@@ -271,7 +278,7 @@ async def settle(coll: Any, submitter: Any = None, now: float | None = None) -> 
                 if r.get("queueId") and r.get("undoStatus") != "canceled" and r.get("releaseAt", 0) <= now
                 and any(v.get("delivered") == "queued" for v in r["deliveryStatus"].values())}
 
-    data = await coll.read()
+    data = await coll.read() if data is None else data
     learnt: dict[str, dict[str, dict[str, str]]] = {}
     if status_of is not None:
         for sid, qid in following(data).items():
@@ -335,7 +342,7 @@ class SubmissionTracking:
         gate = self._queue
         seen = gate.fired if gate is not None else 0
         was = self.following
-        self.following = await settle(self.coll, self.submitter)
+        self.following = await refresh(self.be, self.coll, self.submitter)
         if self.following and was is False and gate is not None and gate.fired != seen and self._watch is not None:
             # the queue wrote while settle() ran and the gate was still shut: look again
             self._watch.poke()
@@ -415,7 +422,7 @@ async def submission_get(ctx: RequestContext, args: dict[str, Any], call_id: str
     A.check(args, ("accountId", "ids", "properties"))
     be = ctx.account(args)
     coll = collection(ctx, be.account_id, "EmailSubmission")
-    await settle(coll, ctx.extra.get("submitter"))
+    await refresh(be, coll, ctx.extra.get("submitter"))
     return await get_objects(ctx, args, coll, PROPS, be)
 
 
@@ -423,7 +430,7 @@ async def submission_get(ctx: RequestContext, args: dict[str, Any], call_id: str
 async def submission_changes(ctx: RequestContext, args: dict[str, Any], call_id: str) -> dict[str, Any]:
     be = ctx.account(args)
     coll = collection(ctx, be.account_id, "EmailSubmission")
-    await settle(coll, ctx.extra.get("submitter"))
+    await refresh(be, coll, ctx.extra.get("submitter"))
     return await changes_objects(args, coll, be)
 
 
@@ -432,7 +439,7 @@ async def submission_query(ctx: RequestContext, args: dict[str, Any], call_id: s
     A.check(args, ("accountId", "filter", "sort", "position", "anchor", "anchorOffset", "limit", "calculateTotal"))
     be = ctx.account(args)
     coll = collection(ctx, be.account_id, "EmailSubmission")
-    await settle(coll, ctx.extra.get("submitter"))
+    await refresh(be, coll, ctx.extra.get("submitter"))
     data = await coll.read()
     recs = data["records"]
     flt = args.get("filter") or {}
@@ -465,7 +472,7 @@ async def submission_set(ctx: RequestContext, args: dict[str, Any], call_id: str
         raise invalid_arguments("onSuccessUpdateEmail must be a map, onSuccessDestroyEmail a list")
     A.set_limit(ctx, len(create) + len(args.get("update") or {}) + len(args.get("destroy") or []))
     coll = collection(ctx, be.account_id, "EmailSubmission")
-    await settle(coll, ctx.extra.get("submitter"))
+    await refresh(be, coll, ctx.extra.get("submitter"))
     old = await coll.state()
     if args.get("ifInState") is not None and args["ifInState"] != old:
         raise MethodError("stateMismatch")
@@ -514,6 +521,7 @@ async def submission_set(ctx: RequestContext, args: dict[str, Any], call_id: str
                 raise SetError("forbiddenFrom")
             # RFC 8621 §7.5: the Bcc header field is not sent
             outgoing = BCC_RE.sub(b"", raw, count=0)
+            report_from = await be.state("Email")  # its reports arrive after this (reports.link_reports)
             qid: str | None = None
             if send_at is None:
                 submit_queued = getattr(submitter, "submit_queued", None)
@@ -529,7 +537,8 @@ async def submission_set(ctx: RequestContext, args: dict[str, Any], call_id: str
                    "sendAt": message.utc_date(release), "undoStatus": undo,
                    "deliveryStatus": {r: {"smtpReply": s[1], "delivered": s[0], "displayed": "unknown"}
                                       for r, s in status.items()},
-                   "dsnBlobIds": [], "mdnBlobIds": [], "queueId": qid, "releaseAt": release}
+                   "dsnBlobIds": [], "mdnBlobIds": [], "queueId": qid, "releaseAt": release,
+                   "messageId": reports.submitted_message_id(outgoing), "reportFrom": report_from}
 
             def add(d: dict[str, Any], rec: dict[str, Any] = rec) -> str:
                 sid = new_id(d, "S")

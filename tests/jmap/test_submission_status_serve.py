@@ -1,12 +1,14 @@
 """EmailSubmission deliveryStatus follows the outbound queue (RFC 8621 §7, §7.1), end to end under
 `mailsrv serve`: the real queue runner hands mail to an aiosmtpd sink on 127.0.0.1 that accepts one
 recipient, refuses another with a 550, and answers 451 to a third until the test lets it through;
-a delayed send is pending, then final and delivered after its release."""
+a delayed send is pending, then final and delivered after its release. The bounce that reaches the
+sender is in the submission's dsnBlobIds, a read receipt (MDN) over SMTP in its mdnBlobIds."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import smtplib
 import threading
 import time
 from collections.abc import Callable
@@ -60,7 +62,7 @@ def test_delivery_status_follows_the_queue(tmp_path: Path) -> None:
         server = ServerProcess(config).wait_ready()
         try:
             asyncio.run(_scenario(f"http://127.0.0.1:{server.ports['jmap']}", token, sink,
-                                  lambda: "\n".join(server.lines[-40:])))
+                                  lambda: "\n".join(server.lines[-40:]), server.ports["smtp"]))
         finally:
             assert server.stop() == 0
     finally:
@@ -91,7 +93,18 @@ async def _next_event(es: aiohttp.ClientResponse) -> dict[str, Any]:
             return dict(json.loads(line[6:]))
 
 
-async def _scenario(url: str, token: str, sink: ScriptedSink, diag: Callable[[], str]) -> None:
+def _mdn(message_id: str, reader: str) -> bytes:
+    """A read receipt (RFC 8098) from ``reader`` for the message ``message_id``."""
+    return (f"From: <{reader}>\r\nTo: <alice@example.test>\r\nSubject: Read: held\r\n"
+            "MIME-Version: 1.0\r\n"
+            'Content-Type: multipart/report; report-type=disposition-notification; boundary="b"\r\n\r\n'
+            "--b\r\nContent-Type: text/plain\r\n\r\nDisplayed.\r\n"
+            "--b\r\nContent-Type: message/disposition-notification\r\n\r\n"
+            f"Final-Recipient: rfc822;{reader}\r\nOriginal-Message-ID: <{message_id}>\r\n"
+            "Disposition: manual-action/MDN-sent-manually; displayed\r\n--b--\r\n").encode()
+
+
+async def _scenario(url: str, token: str, sink: ScriptedSink, diag: Callable[[], str], smtp_port: int) -> None:
     bearer = {"Authorization": f"Bearer {token}"}
     async with aiohttp.ClientSession() as http:
         got = await test_serve.api(http, url, bearer, ["Mailbox/get", {"accountId": "A1"}, "m"],
@@ -131,6 +144,11 @@ async def _scenario(url: str, token: str, sink: ScriptedSink, diag: Callable[[],
                 break
             assert time.monotonic() < deadline, "no bounce in alice's mailbox\n" + diag()
             await asyncio.sleep(0.1)
+        bounce = await test_serve.api(http, url, bearer, ["Email/get", {"accountId": "A1", "ids": q[0][1]["ids"],
+                                                                        "properties": ["blobId"]}, "b"])
+        got = await test_serve.api(http, url, bearer, ["EmailSubmission/get", {"accountId": "A1", "ids": [first["id"]]}, "g"])
+        assert got[0][1]["list"][0]["dsnBlobIds"] == [bounce[0][1]["list"][0]["blobId"]]
+        assert got[0][1]["list"][0]["mdnBlobIds"] == []
 
         # 2. 451 then 250: "queued" with the 451 while the queue retries, then "yes"
         second = await submit("greylisted", [SLOW])
@@ -170,3 +188,13 @@ async def _scenario(url: str, token: str, sink: ScriptedSink, diag: Callable[[],
         assert sub["deliveryStatus"][BOB]["delivered"] == "yes", sub
         assert sub["deliveryStatus"][BOB]["smtpReply"].startswith("250 "), sub
         assert any(rcpts == [LATER] for _, rcpts, _ in sink.received)
+
+        # 4. bob's read receipt for the third message: in mdnBlobIds, and displayed "yes" for bob
+        got = await test_serve.api(http, url, bearer, ["Email/get", {"accountId": "A1", "ids": [sub["emailId"]],
+                                                                     "properties": ["messageId"]}, "e"])
+        [message_id] = got[0][1]["list"][0]["messageId"]
+        with smtplib.SMTP("127.0.0.1", smtp_port) as c:
+            c.sendmail(BOB, ["alice@example.test"], _mdn(message_id, BOB))
+        sub, _ = await _until(http, url, bearer, third["id"], lambda s: bool(s["mdnBlobIds"]), diag)
+        assert sub["deliveryStatus"][BOB]["displayed"] == "yes", sub
+        assert sub["deliveryStatus"][LATER]["displayed"] == "unknown" and sub["dsnBlobIds"] == []
