@@ -65,6 +65,8 @@ _plain = re.compile(r'[!#-<>-\[\]-~]+').fullmatch
 
 
 def _quote(value: Any) -> str:
+    if type(value) is int:  # digits (and a sign) are always plain
+        return str(value)
     s = value if isinstance(value, str) else str(value)
     if _plain(s) is not None:
         return s
@@ -89,12 +91,30 @@ def _stamp(now: float) -> str:
     return f"{prefix}.{int((now - sec) * 1000):03d}Z"
 
 
+#: id(context mapping) -> (that mapping, its formatted fields): a session's context is formatted once,
+#: not on every line (the mapping of a context is never changed: :func:`bind` sets a new one)
+_context_text: dict[int, tuple[Mapping[str, Any], str]] = {}
+#: mappings remembered at most (then the cache starts over)
+MAX_CONTEXTS = 4096
+
+
+def _context_fields(ctx: Mapping[str, Any], skip: Mapping[str, Any]) -> str:
+    """`` key=value`` of the session's fields (those not in ``skip``, which override them)."""
+    for key in skip:
+        if key in ctx:  # a field given to the call overrides the session's
+            return "".join(f" {k}={_quote(v)}" for k, v in ctx.items() if v is not None and k not in skip)
+    cached = _context_text.get(id(ctx))
+    if cached is not None and cached[0] is ctx:
+        return cached[1]
+    text = "".join(f" {k}={_quote(v)}" for k, v in ctx.items() if v is not None)
+    if len(_context_text) >= MAX_CONTEXTS:
+        _context_text.clear()
+    _context_text[id(ctx)] = (ctx, text)  # the mapping is kept alive with it: its id is not reused
+    return text
+
+
 def format_line(level: str, component: str, event: str, fields: Mapping[str, Any]) -> str:
-    parts = [_stamp(time.time()), level, component, event]
-    for key, value in context.get().items():
-        if value is None or key in fields:  # a field given to the call overrides the session's
-            continue
-        parts.append(f"{key}={_quote(value)}")
+    parts = [f"{_stamp(time.time())} {level} {component} {event}{_context_fields(context.get(), fields)}"]
     for key, value in fields.items():
         if value is None:
             continue

@@ -212,3 +212,26 @@ def test_error_line_survives_kill_9_with_the_lines_before_it(tmp_path) -> None: 
         assert proc.returncode == -9
         text = out.read_text() if out.exists() else ""
         assert [ln.split()[3] for ln in text.splitlines()] == expected
+
+
+def test_a_session_context_is_formatted_once_and_a_field_still_overrides_it() -> None:
+    token = log.bind(sid="s1", peer="127.0.0.1:1", user=None)
+    try:
+        first = log.format_line("info", "smtp", "a", {"n": 1})
+        assert first.endswith(" info smtp a sid=s1 peer=127.0.0.1:1 n=1")
+        ctx = log.context.get()
+        assert log._context_text[id(ctx)] == (ctx, " sid=s1 peer=127.0.0.1:1")
+        assert log.format_line("info", "smtp", "b", {"sid": "other"}).endswith(" b peer=127.0.0.1:1 sid=other")
+        inner = log.bind(user="alice")  # a new mapping: formatted anew, never the cached text
+        try:
+            assert log.format_line("info", "smtp", "c", {}).endswith(" c sid=s1 peer=127.0.0.1:1 user=alice")
+        finally:
+            log.context.reset(inner)
+        assert log.format_line("info", "smtp", "d", {}).endswith(" d sid=s1 peer=127.0.0.1:1")
+    finally:
+        log.context.reset(token)
+
+
+@given(st.one_of(st.integers(), st.booleans(), st.text(max_size=20)))
+def test_int_fast_path_quotes_as_the_general_rule(value: object) -> None:
+    assert log._quote(value) == log._quote(str(value))
