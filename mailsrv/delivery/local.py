@@ -9,7 +9,7 @@ message however many of its addresses (aliases, groups) were recipients.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,11 @@ logger = log.get("delivery")
 
 #: Targets handed to one ``store.deliver`` call (bounds memory for huge groups).
 DELIVERY_BATCH = 256
+#: Seconds a recipient's resolution (kind, account, quota and policy flags) is reused at RCPT
+#: time; dropped at once when the directory's change stamp moves (any commit, by any process).
+RESOLVE_TTL = 1.0
+#: Resolutions kept (a busy MX sees a few thousand distinct recipients a second at most).
+RESOLVE_CACHE = 4096
 
 
 @dataclass(frozen=True)
@@ -46,6 +51,44 @@ def limits_of(acct: Account) -> QuotaLimits:
     return QuotaLimits(storage=acct.quota_bytes, messages=acct.quota_messages)
 
 
+class ResolveCache:
+    """``directory.resolve`` answers reused for RESOLVE_TTL seconds while the directory's
+    ``change_stamp()`` stays the same: one RCPT costs no directory query when the same
+    recipients come again (a burst of mail to one organisation). A directory without
+    ``change_stamp`` is asked every time."""
+
+    def __init__(self, directory: Any, ttl: float = RESOLVE_TTL, size: int = RESOLVE_CACHE) -> None:
+        self.directory = directory
+        self.ttl = ttl
+        self.size = size
+        self._stamp_of: Callable[[], object] | None = getattr(directory, "change_stamp", None)
+        self._stamp: object = None
+        self._entries: dict[str, tuple[float, Resolution]] = {}
+        #: answers served from the cache, and queries made (for tests and the bench)
+        self.hits = 0
+        self.misses = 0
+
+    async def resolve(self, address: str) -> Resolution:
+        if self._stamp_of is None:
+            return await self.directory.resolve(address)
+        stamp = self._stamp_of()
+        if stamp != self._stamp:
+            self._entries.clear()
+            self._stamp = stamp
+        now = asyncio.get_running_loop().time()
+        hit = self._entries.get(address)
+        if hit is not None and now - hit[0] < self.ttl:
+            self.hits += 1
+            return hit[1]
+        self.misses += 1
+        res: Resolution = await self.directory.resolve(address)
+        if len(self._entries) >= self.size:
+            self._entries.clear()
+        if self._stamp == stamp:  # the directory did not change while we asked
+            self._entries[address] = (now, res)
+        return res
+
+
 class LocalDelivery:
     """Per-worker; ``directory`` is a mailsrv.directory.Directory, ``store`` a mailsrv.store.Store."""
 
@@ -53,6 +96,7 @@ class LocalDelivery:
         self.directory = directory
         self.store = store
         self.data_dir = data_dir
+        self.resolver = ResolveCache(directory)
 
     async def store_account(self, acct: Account) -> Any:
         maildir = self.data_dir / acct.store if acct.store else None
@@ -62,7 +106,7 @@ class LocalDelivery:
                     may_relay: bool) -> RcptCheck:
         """RCPT-time checks (issue 5): unknown 550 5.1.1, relay 554 5.7.1, outside policy 550 5.7.1,
         group posting 550 5.7.1, quota 452 4.2.2 / 552 5.2.2."""
-        res: Resolution = await self.directory.resolve(address)
+        res = await self.resolver.resolve(address)
         if res.kind == Kind.OUTSIDE:
             if authenticated is None and not may_relay:
                 # RFC 5321 §3.6.2 / RFC 2505: no open relay

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -77,6 +78,21 @@ class Directory:
             for d in self._all:
                 d.close()
             self._all.clear()
+
+    def change_stamp(self) -> tuple[int, ...]:
+        """A value that changes when any process commits to the directory (sync: two stats of the
+        database files, no query). Lets a caller reuse answers while it is unchanged; a commit in
+        the same clock tick that leaves the WAL's size alone can go unseen, so bound the reuse
+        with a short lifetime too (mailsrv.delivery.local.RESOLVE_TTL)."""
+        out: list[int] = []
+        for p in (self.path, self.path.with_name(self.path.name + "-wal")):
+            try:
+                st = os.stat(p)
+            except FileNotFoundError:
+                out.append(-1)
+                continue
+            out += (st.st_ino, st.st_size, st.st_mtime_ns)
+        return tuple(out)
 
     # -- the API of docs/directory-api.md ------------------------------------------------
 
