@@ -14,6 +14,7 @@ from pathlib import Path
 from mailsrv import config as config_mod
 from mailsrv.cli import CliError, config_path
 from mailsrv.directory import SyncDirectory, open_sync
+from mailsrv.store import account_root
 from mailsrv.store.recalc import recalc_domain
 from mailsrv.store.usage import BOOK_NAME, UsageBook
 
@@ -92,8 +93,7 @@ def cmd_recalc(args: argparse.Namespace) -> int:
             after = 0
             while True:
                 page = d.accounts_page(name, after, PAGE)
-                accounts += [(str(a.id), data_dir / a.store if a.store else data_dir / "mail" / str(a.id))
-                             for a in page]
+                accounts += [(str(a.id), account_root(data_dir, a.id, a.store)) for a in page]
                 if len(page) < PAGE:
                     break
                 after = page[-1].id

@@ -16,7 +16,7 @@ from typing import Any
 
 from mailsrv import log
 from mailsrv.directory import Account, Kind, Resolution
-from mailsrv.store import DeliveryTarget, QuotaLimits
+from mailsrv.store import DeliveryTarget, QuotaLimits, account_root
 
 logger = log.get("delivery")
 
@@ -99,8 +99,8 @@ class LocalDelivery:
         self.resolver = ResolveCache(directory)
 
     async def store_account(self, acct: Account) -> Any:
-        maildir = self.data_dir / acct.store if acct.store else None
-        return await self.store.account(str(acct.id), maildir, domain=acct.domain)
+        return await self.store.account(str(acct.id), account_root(self.data_dir, acct.id, acct.store),
+                                        domain=acct.domain)
 
     async def check(self, address: str, *, sender: str, size: int, authenticated: Account | None,
                     may_relay: bool) -> RcptCheck:

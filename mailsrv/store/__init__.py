@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from mailsrv.store.account import Account, MailboxView
 from mailsrv.store.notify import Watch
-from mailsrv.store.store import Store
+from mailsrv.store.store import Store, account_root
 from mailsrv.store.types import (
     SPECIAL_USE,
     BadMailboxName,
@@ -50,4 +50,5 @@ __all__ = [
     "StoreObserver",
     "TemporaryFailure",
     "Watch",
+    "account_root",
 ]

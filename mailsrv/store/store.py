@@ -39,6 +39,13 @@ DELIVERY_JOBS = 2
 DOMAIN_LIMITS_TTL = 5.0
 
 
+def account_root(data_dir: Path | str, account_id: str | int, store: str | None = None) -> Path:
+    """Where an account's maildir is: ``data_dir / store``, the directory's ``store`` field (relative
+    to ``server.data_dir``), or without one ``data_dir/mail/<account id>``. The one place this is
+    derived: delivery, IMAP, POP3, JMAP and the quota CLI call it."""
+    return Path(data_dir) / store if store else Path(data_dir) / "mail" / str(account_id)
+
+
 class Store:
     """One per worker process: ``Store(config.store, config.server.data_dir)``."""
 
@@ -95,7 +102,7 @@ class Store:
         fut = loop.create_future()
         self._opening[account_id] = fut
         try:
-            root = Path(maildir) if maildir is not None else self.data_dir / "mail" / account_id
+            root = Path(maildir) if maildir is not None else account_root(self.data_dir, account_id)
             engine = Engine(account_id, root, max_parse_size=self.config.max_parse_size, hostname=self.hostname,
                             mime_limits=self.mime, expunge_history=self.config.expunge_history,
                             expunge_history_days=self.config.expunge_history_days,
@@ -535,4 +542,4 @@ def _link_or_copy(src: Path, dst: Path) -> str:
         return "copy"
 
 
-__all__ = ["Indexer", "Store", "TemporaryFailure"]
+__all__ = ["Indexer", "Store", "TemporaryFailure", "account_root"]

@@ -14,7 +14,7 @@ from typing import Any
 
 from mailsrv.config import SearchConfig
 from mailsrv.search import SearchService, Text
-from mailsrv.store import DeliveryTarget, MailboxNotFound, Store
+from mailsrv.store import DeliveryTarget, MailboxNotFound, Store, account_root
 from mailsrv.worker import search_resolver
 
 from .conftest import msg, spool
@@ -91,3 +91,12 @@ def test_read_messages_in_one_job(tmp_path: Path, run: Run, make_store: Callable
         pass
     else:
         raise AssertionError("an unknown mailbox id must raise MailboxNotFound")
+
+
+def test_account_root_is_the_one_derivation(tmp_path: Path, run: Run, make_store: Callable[..., Store]) -> None:
+    assert account_root(tmp_path, 7, "mail/example.test/alice") == tmp_path / "mail/example.test/alice"
+    assert account_root(str(tmp_path), 7, "") == tmp_path / "mail" / "7"
+    assert account_root(tmp_path, "7", None) == tmp_path / "mail" / "7"
+    store = make_store()
+    acct = run(store.account("7"))  # no maildir from the directory: the default place
+    assert acct.root == account_root(tmp_path, 7) and (acct.root / "new").is_dir()
