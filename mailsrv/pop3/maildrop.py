@@ -63,6 +63,12 @@ class Maildrop(Protocol):
 
         Raises :class:`MessageGone`, :class:`MaildropUnavailable`."""
 
+    async def read_first(self, uids: Sequence[int], length: int) -> dict[int, bytes]:
+        """The first ``length`` octets of each of ``uids`` at once (read-ahead: one store round trip).
+
+        Messages gone or unreadable are left out (a later :meth:`read` says why); raises nothing
+        but :class:`MaildropUnavailable`."""
+
     async def expunge(self, uids: Sequence[int]) -> None:
         """Remove the messages for good (UPDATE state); others see them expunged. MaildropUnavailable."""
 
@@ -134,8 +140,9 @@ class StoreMaildrop:
 
     def __init__(self, account: Any, uidvalidity: int, messages: list[DropMessage], lock: MaildropLock,
                  last_login: float | None, retrieved: dict[tuple[int, int], float] | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, mailbox_id: str = "") -> None:
         self._account = account
+        self._mailbox_id = mailbox_id  # INBOX's id, for read_first (store read_messages)
         self._lock = lock
         self.uidvalidity = uidvalidity
         self.messages = messages
@@ -170,6 +177,17 @@ class StoreMaildrop:
             raise MaildropUnavailable(str(exc)) from exc
         return data
 
+    async def read_first(self, uids: Sequence[int], length: int) -> dict[int, bytes]:
+        from mailsrv.store import StoreError
+
+        if not self._mailbox_id:
+            return {}
+        try:
+            whole = await self._account.read_messages(self._mailbox_id, uids)
+        except StoreError as exc:
+            raise MaildropUnavailable(str(exc)) from exc
+        return {uid: data[:length] for uid, data in whole.items()}
+
     async def expunge(self, uids: Sequence[int]) -> None:
         from mailsrv.store import StoreError
 
@@ -187,6 +205,10 @@ class StoreMaildrop:
 
 #: concurrent message reads while sizes are counted at login
 SIZE_SCAN_CONCURRENCY = 8
+#: messages whose size is counted at login are read this many per store round trip, and at most
+#: SIZE_BATCH_BYTES of them (SIZE_SCAN_CONCURRENCY batches at a time); larger ones piecewise
+SIZE_BATCH = 64
+SIZE_BATCH_BYTES = 2 << 20
 
 
 class StoreMaildrops:
@@ -219,7 +241,8 @@ class StoreMaildrops:
                 if await self._expire(acct, view, retrieved):
                     view = await acct.open_mailbox("INBOX")
             messages = await self._messages(acct, str(account.id), view)
-            return StoreMaildrop(acct, view.uidvalidity, messages, lock, last_login, retrieved, self.clock)
+            return StoreMaildrop(acct, view.uidvalidity, messages, lock, last_login, retrieved, self.clock,
+                                 mailbox_id=view.id)
         except StoreError as exc:
             lock.release()
             raise MaildropUnavailable(str(exc)) from exc
@@ -271,6 +294,33 @@ class StoreMaildrops:
             sizes[m.uid] = counter.total()
             self.sizes.put(account_id, m.key, sizes[m.uid])
 
-        await asyncio.gather(*(count(m) for m in todo))
+        async def count_batch(batch: list[Any]) -> None:
+            async with sem:
+                whole = await acct.read_messages(view.id, [m.uid for m in batch])
+            missed = []
+            for m in batch:
+                data = whole.get(m.uid)
+                if data is None:  # gone or unreadable: the piecewise read says which
+                    missed.append(m)
+                    continue
+                counter = SizeCounter()
+                counter.feed(data)
+                sizes[m.uid] = counter.total()
+                self.sizes.put(account_id, m.key, sizes[m.uid])
+            await asyncio.gather(*(count(m) for m in missed))
+
+        batches: list[list[Any]] = []
+        big = []
+        room = 0
+        for m in todo:
+            if m.size > SIZE_BATCH_BYTES:
+                big.append(m)
+                continue
+            if not batches or len(batches[-1]) >= SIZE_BATCH or m.size > room:
+                batches.append([])
+                room = SIZE_BATCH_BYTES
+            batches[-1].append(m)
+            room -= m.size
+        await asyncio.gather(*(count_batch(b) for b in batches), *(count(m) for m in big))
         return [DropMessage(m.uid, sizes[m.uid], dovecot_uidl(m.uid, view.uidvalidity))
                 for m in view.messages if m.uid in sizes]

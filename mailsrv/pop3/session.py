@@ -60,7 +60,7 @@ logger = log.get("pop3")
 #: RETR read-ahead: at most this many of the following messages are read while one is
 #: sent (each read is a thread-pool round trip in the store, so several are kept in flight),
 #: and at most READ_AHEAD_BYTES of them (the memory a session may hold for it).
-READ_AHEAD = 8
+READ_AHEAD = 16
 READ_AHEAD_BYTES = 128 * 1024
 #: DESIGN.md "what bad input gets": commands a client may send before it logs in
 #: (a real client needs CAPA, STLS, CAPA, USER, PASS and a few retries).
@@ -142,7 +142,8 @@ class Session:
         self.deleted: set[int] = set()  # message numbers (1-based) marked by DELE
         self.retrieved: set[int] = set()  # message numbers sent by RETR (EXPIRE 0)
         # read-ahead of the next message's first chunk while the client takes this one
-        self._ahead: dict[int, asyncio.Task[bytes]] = {}  # uid -> first chunk being read
+        #: uid -> the read-ahead batch reading its first chunk (one task serves several uids)
+        self._ahead: dict[int, asyncio.Future[dict[int, bytes]]] = {}
         self.auth_failures = 0
         self.commands_before_auth = 0
         self.closing = False  # set by QUIT: the loop closes after the reply
@@ -405,11 +406,14 @@ class Session:
 
     def _drop_prefetch(self, keep: frozenset[int] = frozenset()) -> None:
         """Forget read-ahead results, except for the uids in ``keep``."""
+        kept = {id(t) for u, t in self._ahead.items() if u in keep}
         for uid in [u for u in self._ahead if u not in keep]:
             task = self._ahead.pop(uid)
+            if id(task) in kept:
+                continue
             if task.done():
                 if not task.cancelled():
-                    task.exception()  # retrieved: a MessageGone nobody asked for is not an error
+                    task.exception()  # retrieved: a failure nobody asked for is not an error
             else:
                 task.cancel()
 
@@ -418,11 +422,17 @@ class Session:
         assert self.drop is not None
         task = self._ahead.pop(uid, None)
         if task is not None:
-            return await task
-        return await self.drop.read(uid, 0, READ_CHUNK)
+            try:
+                chunk = (await task).get(uid)
+            except (MessageGone, MaildropUnavailable):
+                chunk = None
+            if chunk is not None:
+                return chunk
+        return await self.drop.read(uid, 0, READ_CHUNK)  # says why it is missing, or reads it
 
     def _read_ahead(self, n: int) -> None:
-        """Clients RETR 1..N in order: keep the next few small live messages being read.
+        """Clients RETR 1..N in order: keep the next few small live messages being read, in
+        batches (one store round trip reads the missing half of the window at once).
 
         Bounded: at most READ_AHEAD messages, READ_AHEAD_BYTES octets together.
         """
@@ -438,9 +448,11 @@ class Session:
                 break
             window.append(msg.uid)
         self._drop_prefetch(frozenset(window))
-        for uid in window:
-            if uid not in self._ahead:
-                self._ahead[uid] = asyncio.ensure_future(self.drop.read(uid, 0, READ_CHUNK))
+        todo = [uid for uid in window if uid not in self._ahead]
+        if todo and (len(todo) * 2 >= len(window) or window[0] not in self._ahead):
+            batch = asyncio.ensure_future(self.drop.read_first(todo, READ_CHUNK))
+            for uid in todo:
+                self._ahead[uid] = batch
 
     async def _send_message(self, msg: DropMessage, body_lines: int | None, text: str,
                             n: int | None = None) -> None:

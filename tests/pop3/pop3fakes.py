@@ -149,6 +149,11 @@ class MemoryDrop:
             raise MaildropUnavailable("EIO")
         return self.box.messages[uid][offset:offset + length]
 
+    async def read_first(self, uids: Sequence[int], length: int) -> dict[int, bytes]:
+        self.owner.batches.append(list(uids))
+        return {uid: self.box.messages[uid][:length] for uid in uids
+                if uid in self.box.messages and (uid, 0) not in self.owner.fail_reads}
+
     async def expunge(self, uids: Sequence[int]) -> None:
         if self.owner.fail_expunge:
             raise MaildropUnavailable("disk on fire")
@@ -171,6 +176,7 @@ class MemoryDrops:
         self.boxes: dict[int, MemoryBox] = {}
         self.locked: set[int] = set()
         self.reads = 0
+        self.batches: list[list[int]] = []  # uids of each read_first (the session's read-ahead)
         self.fail_expunge = False
         self.released: asyncio.Event | None = None  # set when a maildrop is closed
         self.noted: list[int] = []  # uids passed to note_retrieved (EXPIRE days)

@@ -13,7 +13,14 @@ from pop3fakes import ALICE, BOB, FakeAuth, FakeChannel, MemoryBox, MemoryDrops
 
 from mailsrv.config import Pop3Config
 from mailsrv.pop3.grammar import Pop3Error, unstuff, wire_size
-from mailsrv.pop3.session import COMMANDS, MAX_COMMANDS_BEFORE_AUTH, READ_CHUNK, Session, State
+from mailsrv.pop3.session import (
+    COMMANDS,
+    MAX_COMMANDS_BEFORE_AUTH,
+    READ_AHEAD,
+    READ_CHUNK,
+    Session,
+    State,
+)
 
 MSG1 = b"From: a@example.test\r\nSubject: one\r\n\r\nbody one\r\n.dot line\r\n"
 MSG2 = b"From: b@example.test\nSubject: two\n\nline 1\nline 2\nline 3\n"
@@ -422,3 +429,20 @@ def test_any_command_sequence_is_answered_never_crashes(lines: list[bytes]) -> N
 
     asyncio.run(go())
 
+
+
+async def test_read_ahead_reads_in_batches(make_session: Any, drops: MemoryDrops) -> None:
+    msgs = [b"Subject: %d\r\n\r\n.body %d\r\n" % (i, i) for i in range(1, 41)]
+    fill(drops, *msgs)
+    s, ch = make_session()
+    await login(s, ch)
+    drops.reads = 0
+    for n, msg in enumerate(msgs, 1):
+        out = await run(s, ch, f"RETR {n}\r\n".encode())
+        assert unstuff(out.partition(b"\r\n")[2]) == msg
+    # one store round trip per half window, not one per message
+    assert drops.reads <= 2, drops.reads
+    assert len(drops.batches) <= len(msgs) // (READ_AHEAD // 2) + 1, drops.batches
+    assert sorted(u for b in drops.batches for u in b) == list(range(2, 41))
+    await s.end()
+    assert s._ahead == {}

@@ -119,3 +119,37 @@ async def test_expire_days_removes_old_retrievals_at_login(store: Store, tmp_pat
     drop = await drops.open(ACCT)
     assert [m.uid for m in drop.messages] == [uids[2]]  # never retrieved: kept
     await drop.close()
+
+
+async def test_login_counts_sizes_in_batches_and_read_first(store: Store, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from mailsrv.store.account import Account
+
+    acct = await store.account(str(ACCT.id), tmp_path / ACCT.store)
+    raws = [b"Subject: %d\n\nline\n.dot %d\n" % (i, i) for i in range(150)]
+    for raw in raws:
+        await acct.append("INBOX", raw)
+    single: list[int] = []
+    batched: list[int] = []
+    read_message, read_messages = Account.read_message, Account.read_messages
+
+    async def one(self: Account, mailbox: str, uid: int, *a: object, **kw: object) -> bytes:
+        single.append(uid)
+        return await read_message(self, mailbox, uid, *a, **kw)  # type: ignore[arg-type]
+
+    async def many(self: Account, mailbox_id: str, uids: list[int]) -> dict[int, bytes]:
+        batched.append(len(uids))
+        return await read_messages(self, mailbox_id, uids)
+
+    monkeypatch.setattr(Account, "read_message", one)
+    monkeypatch.setattr(Account, "read_messages", many)
+    drop = await StoreMaildrops(store, tmp_path).open(ACCT)
+    try:
+        assert [m.size for m in drop.messages] == [wire_size(r) for r in raws]
+        assert single == [] and sum(batched) == 150 and len(batched) <= 3  # 64 a batch, not 150 reads
+        uids = [m.uid for m in drop.messages]
+        await acct.expunge("INBOX", [uids[1]], only_deleted=False)  # gone for read_first: left out
+        first = await drop.read_first(uids[:3], 8)
+        assert first == {uids[0]: raws[0][:8], uids[2]: raws[2][:8]}
+    finally:
+        await drop.close()
