@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 from test_submission_status_settle import QueueView, record
 
 from mailsrv.jmap.memory import MemoryBackend
@@ -55,10 +57,16 @@ def queue_write(qdir: Path, name: str) -> None:
     durable_write(qdir / name, b"envelope")
 
 
-def test_queue_writes_wake_only_accounts_with_queued_submissions(tmp_path: Path) -> None:
-    io = FileIO(2)
+@pytest.fixture
+def io(tmp_path: Path) -> Iterator[FileIO]:
+    (tmp_path / "queue").mkdir()
+    pool = FileIO(2)
+    yield pool
+    pool.shutdown()
+
+
+def test_queue_writes_wake_only_accounts_with_queued_submissions(tmp_path: Path, io: FileIO) -> None:
     qdir = tmp_path / "queue"
-    qdir.mkdir()
 
     async def main() -> None:
         sub = Submitter(qdir)
@@ -111,17 +119,12 @@ def test_queue_writes_wake_only_accounts_with_queued_submissions(tmp_path: Path)
             for f in streams.values():
                 f.close()
 
-    try:
-        asyncio.run(main())
-    finally:
-        io.shutdown()
+    asyncio.run(main())
 
 
-def test_queue_write_while_settling_is_not_lost(tmp_path: Path) -> None:
+def test_queue_write_while_settling_is_not_lost(tmp_path: Path, io: FileIO) -> None:
     """The gate opens only when settle() returns: a queue write during it makes the stream look again."""
-    io = FileIO(2)
     qdir = tmp_path / "queue"
-    qdir.mkdir()
 
     async def main() -> None:
         sub = Submitter(qdir)
@@ -149,7 +152,4 @@ def test_queue_write_while_settling_is_not_lost(tmp_path: Path) -> None:
         finally:
             watch.close()
 
-    try:
-        asyncio.run(main())
-    finally:
-        io.shutdown()
+    asyncio.run(main())
