@@ -184,6 +184,15 @@ class Session(MessageCommands):
         if len(self._out) >= FLUSH_AT:
             await self.flush()
 
+    async def send_now(self, data: bytes) -> None:
+        """Write what is buffered and ``data`` (a batch of a long response) to the client at once,
+        without copying ``data`` into the buffer, and wait while the transport is full."""
+        if self._out:
+            self.ch.write(bytes(self._out))
+            self._out.clear()
+        self.ch.write(data)
+        await self.ch.flush()
+
     # -- capabilities ---------------------------------------------------------------
 
     def capabilities(self) -> list[str]:
@@ -287,6 +296,10 @@ class Session(MessageCommands):
             self.w(b"* BYE Logging out\r\n" + tag + b" OK LOGOUT completed\r\n")
             return False
         if self.state is State.SELECTED and verb not in ("SELECT", "EXAMINE", "IDLE"):
+            if len(self._out) >= FLUSH_AT // 4:
+                # A long response (SEARCH of many messages) goes out before the refresh's store reads.
+                self.ch.write(bytes(self._out))
+                self._out.clear()
             await self._send_updates(cmd.name not in _NO_EXPUNGE_AFTER or cmd.uid)
         if isinstance(text, bytes):
             if text:  # b"": the handler already sent its tagged reply (STARTTLS)

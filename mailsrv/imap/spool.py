@@ -1,4 +1,5 @@
-"""Large APPEND literals go to a file, not to memory (DESIGN.md: message bodies are streamed).
+"""Large APPEND literals, and the decoded part of a big FETCH BINARY, go to a file, not to
+memory (DESIGN.md: message bodies are streamed).
 
 The connection loop writes a literal bigger than :data:`STREAM_AT` into the
 account's maildir ``tmp/`` (same file system as the mail, so the store
@@ -12,7 +13,10 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import tempfile
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 from mailsrv.util import fsio
 
@@ -68,3 +72,55 @@ class LiteralSpool:
                     pass
 
         await asyncio.get_running_loop().run_in_executor(None, unlink_all)
+
+
+class DecodedSpool:
+    """The decoded bytes of a part, in an unlinked temporary file: a streamed FETCH BINARY decodes
+    the part once (learning its size and NUL for the literal's prefix) and sends from here.
+
+    Every file call runs on the executor (DESIGN.md: no blocking file I/O on the loop). Use as an
+    async context manager; the file is gone when it closes (it never had a name).
+    """
+
+    def __init__(self, directory: Path | None) -> None:
+        self.directory = directory
+        self.size = 0
+        self.nul = False
+        self._fh: Any = None
+
+    async def __aenter__(self) -> DecodedSpool:
+        where = self.directory
+
+        def create() -> Any:
+            return tempfile.TemporaryFile(prefix="imap-binary.", dir=where if where and where.is_dir() else None)
+
+        self._fh = await asyncio.get_running_loop().run_in_executor(None, create)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._fh is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._fh.close)
+            self._fh = None
+
+    async def write(self, data: bytes) -> None:
+        self.size += len(data)
+        self.nul = self.nul or b"\x00" in data
+        await asyncio.get_running_loop().run_in_executor(None, self._fh.write, data)
+
+    async def chunks(self, start: int, end: int, size: int) -> AsyncIterator[bytes]:
+        """The bytes ``[start, end)`` written so far, ``size`` at a time."""
+        fh = self._fh
+
+        def read(pos: int, n: int) -> bytes:
+            fh.seek(pos)
+            return bytes(fh.read(n))
+
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, fh.flush)
+        pos = start
+        while pos < end:
+            data = await loop.run_in_executor(None, read, pos, min(size, end - pos))
+            if not data:
+                return
+            pos += len(data)
+            yield data
