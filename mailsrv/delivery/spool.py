@@ -33,7 +33,7 @@ FLUSH_AT = 256 * 1024
 class FileSpool:
     """One spool file. Owned by one session; ``discard`` is idempotent."""
 
-    __slots__ = ("path", "_fd", "_buf", "_buffered", "size", "_done", "_job", "content")
+    __slots__ = ("path", "_fd", "_buf", "_buffered", "size", "_done", "_job", "content", "_started")
 
     def __init__(self, directory: Path) -> None:
         name = f"{time.time_ns():x}.{os.getpid()}.{_PREFIX}{next(_counter):x}"
@@ -44,6 +44,7 @@ class FileSpool:
         self.size = 0
         self._done = False
         self._job: asyncio.Future[None] | None = None  # a write running in a thread
+        self._started = False  # a write was handed to a thread: the file may exist
         #: after :meth:`commit`, the whole message when it never left memory before (up to FLUSH_AT
         #: bytes): end-of-DATA checks use it instead of reading the file back
         self.content: bytes | None = None
@@ -59,6 +60,7 @@ class FileSpool:
             await self._run(data, False)
 
     async def _run(self, data: bytes, close: bool) -> None:
+        self._started = True
         self._job = asyncio.get_running_loop().run_in_executor(None, self._write_sync, data, close)
         try:
             await asyncio.shield(self._job)
@@ -77,6 +79,21 @@ class FileSpool:
             os.close(self._fd)
             self._fd = None
 
+    def held(self) -> bytes | None:
+        """The whole message while none of it has left memory (None once a part was written)."""
+        if self._done or self._started:
+            return None
+        data = b"".join(self._buf)
+        self._buf = [data]
+        return data
+
+    def replace(self, data: bytes) -> None:
+        """Replace the message held in memory (see :meth:`held`) by ``data`` before :meth:`commit`."""
+        if self._done or self._started:
+            raise OSError("spool already written")
+        self._buf = [data]
+        self._buffered = self.size = len(data)
+
     async def commit(self) -> None:
         """Write what is buffered and close; the file stays until :meth:`discard`. Raises OSError."""
         if self._done:
@@ -92,6 +109,8 @@ class FileSpool:
         self._done = True
         self._buf = []
         self.content = None
+        if not self._started:
+            return  # never written: there is no file
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:

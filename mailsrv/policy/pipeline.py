@@ -448,6 +448,11 @@ class PolicySession:
 
     # -- end of DATA ---------------------------------------------------------------------------------
 
+    def judges_in_memory(self, size: int) -> bool:
+        """Whether :meth:`data_held` can judge a ``size``-byte message before its spool file exists
+        (not with a virus scanner: clamd reads the file)."""
+        return not self.active or (self.p.clamd is None and size <= self.cfg.max_scan_size)
+
     async def data(self, spool: Path, content: bytes | None = None) -> Decision:
         """Decide on the durable message in ``spool`` and add our headers to it (atomically).
 
@@ -468,9 +473,31 @@ class PolicySession:
         else:
             message = await loop.run_in_executor(self.p.executor, _read_head, spool,
                                                  size if whole else MAX_HEADER_READ)
+        decision, headers, drop = await self._decide(spool, message, whole)
+        if decision.ok and (headers or needs_rewrite(message, self.p.authserv_id, drop)):
+            await loop.run_in_executor(self.p.executor, functools.partial(
+                rewrite_spool, spool, headers, self.p.authserv_id, drop=drop))
+        return decision
+
+    async def data_held(self, message: bytes) -> tuple[Decision, bytes]:
+        """:meth:`data` for a whole message still in memory, before its spool file is written (one
+        file write instead of a write, a read-back and a rewrite): the decision, and the message to
+        spool with our fields added and forged ones removed. Only when :meth:`judges_in_memory`."""
+        if not self.active:
+            return ACCEPT, message
+        decision, headers, drop = await self._decide(None, message, True)
+        if decision.ok and (headers or needs_rewrite(message, self.p.authserv_id, drop)):
+            message = rewrite_message(message, headers, self.p.authserv_id, drop=drop)
+        return decision, message
+
+    async def _decide(self, spool: Path | None, message: bytes,
+                      whole: bool) -> tuple[Decision, list[str], frozenset[bytes]]:
+        """(decision, fields to add, fields to drop) for ``message`` (``spool``: its file, None when
+        it is not written yet and there is no scanner)."""
         started = time.perf_counter()
         # no task (one loop round per message) when there is no scanner to wait for
-        scan = asyncio.ensure_future(self._virus_scan(spool, whole)) if self.p.clamd is not None else None
+        scan = asyncio.ensure_future(self._virus_scan(spool, whole)) \
+            if self.p.clamd is not None and spool is not None else None
         try:
             try:
                 if self.outbound:
@@ -490,20 +517,15 @@ class PolicySession:
         finally:
             if scan is not None and not scan.done():
                 scan.cancel()
-        if decision.ok:
-            drop = OUR_FIELDS if not self.outbound else frozenset()
-            if headers or needs_rewrite(message, self.p.authserv_id, drop):
-                await loop.run_in_executor(self.p.executor, functools.partial(
-                    rewrite_spool, spool, headers, self.p.authserv_id, drop=drop))
         # trusted or authenticated mail that passed has nothing to tell beyond the session's message.accepted
         emit = logger.debug if self.outbound and decision.ok else logger.info
         emit("policy.decided", action=decision.action, code=decision.code,
              score=f"{decision.score.score:.1f}" if decision.score else None,
              ms=f"{(time.perf_counter() - started) * 1000:.1f}")
-        return decision
+        return decision, headers, OUR_FIELDS if not self.outbound else frozenset()
 
-    async def _virus_scan(self, spool: Path, whole: bool) -> ScanResult | None:
-        if self.p.clamd is None:
+    async def _virus_scan(self, spool: Path | None, whole: bool) -> ScanResult | None:
+        if self.p.clamd is None or spool is None:
             return None
         return await self.p.clamd.scan_file(spool, limit=None if whole else self.cfg.max_scan_size)
 
@@ -540,7 +562,8 @@ class PolicySession:
                 logger.exception("policy.state_failed", exc)
         return ACCEPT, []
 
-    async def _data_inbound(self, spool: Path, message: bytes, scan: asyncio.Future[ScanResult | None] | None,
+    async def _data_inbound(self, spool: Path | None, message: bytes,
+                            scan: asyncio.Future[ScanResult | None] | None,
                             whole: bool) -> tuple[Decision, list[str]]:
         fields = split_fields(message)
         dkim_res: list[DkimResult] = []
@@ -570,6 +593,7 @@ class PolicySession:
             if stripped is None:  # the virus is not in a part of its own: nothing to strip
                 return _reject(f"Message contains a virus ({signature})", 554, "5.7.1"), []
             message, found = stripped
+            assert spool is not None  # a scan ran, so the file exists
             await asyncio.get_running_loop().run_in_executor(self.p.executor, replace_spool, spool, message)
             virus, virus_header = None, f"X-Virus-Status: Removed ({', '.join(found)})"
         if virus is not None and virus.action != "junk":
@@ -709,6 +733,37 @@ def needs_rewrite(head: bytes, our_id: str, drop: frozenset[bytes]) -> bool:
     return any(_removed(name, value, our_id, drop) for name, value, _raw in split_fields(head[:header_end(head)]))
 
 
+def _rewritten_head(head: bytes, headers: Sequence[str], our_id: str,
+                    drop: frozenset[bytes]) -> tuple[bytes, int, int]:
+    """The header block of the message that starts with ``head`` (its first ``MAX_HEADER_READ`` bytes)
+    with ``headers`` after our trace fields and the removed fields gone: (new fields, bytes of
+    ``head`` they replace, fields removed)."""
+    fields = split_fields(head[:header_end(head)])
+    kept: list[bytes] = []
+    removed = 0
+    for name, value, raw in fields:
+        if _removed(name, value, our_id, drop):
+            removed += 1
+            continue
+        kept.append(raw)
+    # our own trace fields (Return-Path, then our Received) stay on top
+    top = 0
+    if kept and kept[0].lower().startswith(b"return-path:"):
+        top = 1
+    if len(kept) > top and kept[top].lower().startswith(b"received:"):
+        top += 1
+    consumed = sum(len(r) for _, _, r in fields)
+    new_fields = [safe_field(h).encode("utf-8") + b"\r\n" for h in headers]
+    return b"".join(kept[:top]) + b"".join(new_fields) + b"".join(kept[top:]), consumed, removed
+
+
+def rewrite_message(message: bytes, headers: Sequence[str], our_id: str, *,
+                    drop: frozenset[bytes] = frozenset()) -> bytes:
+    """What :func:`rewrite_spool` makes of a file holding ``message``, in memory."""
+    new, consumed, _removed_count = _rewritten_head(message[:MAX_HEADER_READ], headers, our_id, drop)
+    return new + message[consumed:]
+
+
 def rewrite_spool(path: Path, headers: Sequence[str], our_id: str, *, drop: frozenset[bytes] = frozenset()) -> int:
     """Insert ``headers`` after our trace fields, drop forged Authentication-Results and the fields in
     ``drop``; atomic. Returns the number of fields removed. The new file is written beside
@@ -716,28 +771,12 @@ def rewrite_spool(path: Path, headers: Sequence[str], our_id: str, *, drop: froz
     """
     with open(path, "rb") as src:
         head = src.read(MAX_HEADER_READ)
-        end = header_end(head)
-        fields = split_fields(head[:end])
-        kept: list[bytes] = []
-        removed = 0
-        for name, value, raw in fields:
-            if _removed(name, value, our_id, drop):
-                removed += 1
-                continue
-            kept.append(raw)
-        # our own trace fields (Return-Path, then our Received) stay on top
-        top = 0
-        if kept and kept[0].lower().startswith(b"return-path:"):
-            top = 1
-        if len(kept) > top and kept[top].lower().startswith(b"received:"):
-            top += 1
-        consumed = sum(len(r) for _, _, r in fields)
-        new_fields = [safe_field(h).encode("utf-8") + b"\r\n" for h in headers]
+        new, consumed, removed = _rewritten_head(head, headers, our_id, drop)
         tmp = path.with_name(path.name + ".policy")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
             with os.fdopen(fd, "wb") as dst:
-                dst.write(b"".join(kept[:top]) + b"".join(new_fields) + b"".join(kept[top:]))
+                dst.write(new)
                 dst.write(head[consumed:])
                 while chunk := src.read(COPY_CHUNK):
                     dst.write(chunk)
@@ -748,4 +787,4 @@ def rewrite_spool(path: Path, headers: Sequence[str], our_id: str, *, drop: froz
     return removed
 
 
-__all__ = ["ACCEPT", "Decision", "Match", "Policy", "PolicySession", "rewrite_spool"]
+__all__ = ["ACCEPT", "Decision", "Match", "Policy", "PolicySession", "rewrite_message", "rewrite_spool"]

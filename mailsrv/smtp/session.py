@@ -564,12 +564,22 @@ class Session:
             if bare_newline:
                 # RFC 5321 §2.3.8; SMTP smuggling defence
                 raise SmtpError("Message contains bare CR or LF", 550, "5.6.0")
-            await spool.commit()
-            if self.policy is not None:
-                # issue 12: every check finishes before the reply; the policy may add headers to the spool
-                decision = await self.policy.data(spool.path, getattr(spool, "content", None))
+            # issue 12: every check finishes before the reply; the policy may add headers to the spool
+            held = self._held(spool)
+            if held is not None:
+                # the whole message is still in memory: judged first, then written once as it will stay
+                assert self.policy is not None
+                decision, message = await self.policy.data_held(held)
                 self._enforce(decision)
+                spool.replace(message)  # type: ignore[attr-defined]  # a spool with held() has replace()
+                await spool.commit()
                 tx.junk = decision.action == "junk"
+            else:
+                await spool.commit()
+                if self.policy is not None:
+                    decision = await self.policy.data(spool.path, getattr(spool, "content", None))
+                    self._enforce(decision)
+                    tx.junk = decision.action == "junk"
             verdict = await self.backend.deliver(self.info, tx, spool)
         except OSError as exc:
             logger.exception("spool.failed", exc)
@@ -585,6 +595,16 @@ class Session:
                     size=getattr(spool, "size", None), ms=f"{(time.monotonic() - started) * 1000:.1f}",
                     **verdict.log)
         return Step(reply(verdict.code, verdict.enh, verdict.text))
+
+    def _held(self, spool: Spool) -> bytes | None:
+        """The message when the policy can judge it before the spool file is written, else None."""
+        held = getattr(spool, "held", None)
+        if self.policy is None or held is None:
+            return None
+        message: bytes | None = held()
+        if message is None or not self.policy.judges_in_memory(len(message)):
+            return None
+        return message
 
     def abort(self) -> None:
         """The connection ended: drop the transaction and its spool file."""

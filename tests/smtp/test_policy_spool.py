@@ -7,6 +7,7 @@ import os
 from datetime import UTC, datetime
 from email.utils import format_datetime
 from pathlib import Path
+from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -110,3 +111,105 @@ def test_received_date_is_the_rfc5322_date_of_that_second(now: float) -> None:
     expected = format_datetime(datetime.fromtimestamp(int(now), UTC))
     assert _received_date(now) == expected
     assert _received_date(now) == expected  # cached
+
+
+# -- judged before the spool file is written -----------------------------------------------------------
+
+_inbound_field = st.sampled_from([
+    b"Subject: hello\r\n",
+    b"Subject: =?utf-8?b?RlJFRSBNT05FWSEhIQ==?= viagra casino\r\n",
+    b"Authentication-Results: mx.example.test; spf=pass\r\n",
+    b"Authentication-Results: other.test; spf=pass\r\n",
+    b"X-Spam-Flag: YES\r\n",
+    b"X-Spam-Score: -100\r\n",
+    b"X-Virus-Status: Clean\r\n",
+    b"Content-Type: text/html\r\n",
+])
+
+
+def _policy(tmp_path: Path) -> Policy:
+    return Policy(PolicyConfig(spf=False, dmarc=False), hostname=OUR_ID, resolver=Resolver(["127.0.0.1:1"]),
+                  state=PolicyState(tmp_path / "p.db"))
+
+
+@given(st.lists(_inbound_field, max_size=6), st.sampled_from(["127.0.0.1", "192.0.2.7"]),
+       st.sampled_from([b"hi\r\n", b"<html><a href='http://192.0.2.1/'>CLICK HERE FREE</a></html>\r\n"]))
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture], max_examples=30, deadline=None)
+async def test_in_memory_judgement_is_the_file_judgement(tmp_path: Path, fields: list[bytes], ip: str,
+                                                         body: bytes) -> None:
+    message = (b"Return-Path: <a@remote.test>\r\nReceived: from c ([192.0.2.7]) by mx; date\r\n"
+               + b"".join(fields) + b"\r\n" + body)
+    policy = _policy(tmp_path)
+    try:
+        spool = tmp_path / "spool"
+        spool.write_bytes(message)
+        session = policy.session(client_ip=ip)
+        assert session.judges_in_memory(len(message))
+        on_file = await session.data(spool)
+        in_memory, rewritten = await policy.session(client_ip=ip).data_held(message)
+        assert (in_memory.action, in_memory.code, in_memory.score) == (on_file.action, on_file.code, on_file.score)
+        assert rewritten == spool.read_bytes()
+        assert rewritten.startswith(b"Return-Path: <a@remote.test>\r\nReceived: ")
+    finally:
+        policy.close()
+
+
+def test_not_in_memory_with_a_virus_scanner_or_beyond_the_scan_size(tmp_path: Path) -> None:
+    from mailsrv.policy.clamd import Clamd
+
+    policy = _policy(tmp_path)
+    try:
+        session = policy.session(client_ip="192.0.2.7")
+        assert session.judges_in_memory(policy.cfg.max_scan_size)
+        assert not session.judges_in_memory(policy.cfg.max_scan_size + 1)
+        policy.clamd = Clamd(str(tmp_path / "clamd.sock"))
+        assert not session.judges_in_memory(10)
+    finally:
+        policy.close()
+
+
+async def test_an_inbound_message_is_written_once_with_our_fields(tmp_path: Path, monkeypatch: Any) -> None:
+    """End of DATA on port 25: the policy judges the held message, the spool file is written once
+    (no read-back, no rewrite), and what is delivered carries our fields without the forged ones."""
+    from mailsrv.config import SmtpConfig
+    from mailsrv.policy import pipeline
+    from mailsrv.smtp.backend import SessionInfo
+    from mailsrv.smtp.session import Session
+
+    from .conftest import FakeBackend
+
+    def no_rewrite(*args: Any, **kwargs: Any) -> int:
+        raise AssertionError("the spool file was rewritten")
+
+    monkeypatch.setattr(pipeline, "rewrite_spool", no_rewrite)
+    jobs: list[Any] = []
+    policy = _policy(tmp_path)
+    spool_dir = tmp_path / "spool"
+    spool_dir.mkdir()
+    backend = FakeBackend(spool_dir)
+    info = SessionInfo(sid="s1", hostname=OUR_ID, listener="smtp", peer_ip="192.0.2.7")
+    session = Session(info, SmtpConfig(), backend, policy=policy.session(client_ip="192.0.2.7", listener="smtp"))
+    original = FileSpool._run
+
+    async def counting(self: FileSpool, data: bytes, close: bool) -> None:
+        jobs.append(len(data))
+        await original(self, data, close)
+
+    monkeypatch.setattr(FileSpool, "_run", counting)
+    try:
+        for line in (b"EHLO client.test\r\n", b"MAIL FROM:<a@remote.test>\r\n", b"RCPT TO:<alice@example.test>\r\n"):
+            await session.command(line)
+        assert (await session.command(b"DATA\r\n")).then == "data"
+        assert session.spool is not None
+        await session.spool.write(b"X-Spam-Flag: YES\r\nAuthentication-Results: mx.example.test; dkim=pass\r\n"
+                                  b"Subject: s\r\n\r\nbody\r\n")
+        step = await session.data_end(bare_newline=False, too_big=False)
+    finally:
+        policy.close()
+    assert step.reply.startswith(b"250 ")
+    [d] = backend.delivered
+    assert len(jobs) == 1 and jobs[0] == len(d.data)  # one thread job wrote the file, as delivered
+    assert d.data.startswith(b"Return-Path: <a@remote.test>\r\nReceived: from client.test ([192.0.2.7])")
+    assert b"\r\nAuthentication-Results: mx.example.test;" in d.data and b"dkim=pass" not in d.data
+    assert b"X-Spam-Flag: NO\r\n" in d.data and b"X-Spam-Flag: YES" not in d.data
+    assert d.data.endswith(b"\r\nSubject: s\r\n\r\nbody\r\n")
