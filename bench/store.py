@@ -169,6 +169,119 @@ async def _delivery(base: Path, count: int, concurrency: int, mailboxes: int = 4
     return rate, stats
 
 
+#: (messages, concurrent sessions, recipients) of the delivery-half measurement
+HALF = {"smoke": (60, 8, 4), "full": (3000, 50, 50)}
+
+
+def _counted(fn: Any, counts: dict[str, int], key: str) -> Any:
+    """``fn`` (an awaitable-returning pool call) counting its calls into ``counts[key]``."""
+
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        counts[key] += 1
+        return await fn(*args, **kwargs)
+
+    return wrapper
+
+
+async def _delivery_half(base: Path, count: int, concurrency: int, users: int) -> dict[str, float]:
+    """What one local message costs after the SMTP session: the RCPT check (directory, quota),
+    ``LocalDelivery.deliver`` (link + group-commit syncfs), the background indexer (UIDs) and the
+    search indexing after delivery, in one process with the worker's wiring. Each message is
+    also spooled (written without fsync, removed after), as the SMTP front end does; that part
+    is measured apart (``spool_cpu_ms``: the same sessions without delivery) and included in
+    ``cpu_ms``.
+
+    Returns CPU ms per message (user, system), pool jobs, syncs and index transactions per message.
+    """
+    import resource
+
+    from mailsrv.config import Config, ServerConfig
+    from mailsrv.delivery.local import LocalDelivery
+    from mailsrv.directory import open_directory, open_sync
+    from mailsrv.search import SearchService
+    from mailsrv.worker import search_resolver
+
+    cfg = Config(server=ServerConfig(data_dir=base, hostname="mx.bench.test"))
+
+    def users_setup() -> None:
+        base.mkdir(parents=True, exist_ok=True)
+        sd = open_sync(cfg.directory, base)
+        sd.add_domain("bench.test")
+        for i in range(users):
+            sd.add_user(f"u{i}@bench.test")
+        sd.close()
+        (base / "spool").mkdir(exist_ok=True)
+
+    users_setup()
+    directory = open_directory(cfg.directory, base)
+    store = Store(cfg.store, base, hostname="mx.bench.test", mime=cfg.mime)
+    search = SearchService(cfg.search, search_resolver(store))
+    store.add_observer(search)
+    local = LocalDelivery(directory, store, base)
+    bodies = [message(i, repeat=8, lines=8) for i in range(64)]  # 4 KB, realistic words to index
+    spool = base / "spool"
+    loop = asyncio.get_running_loop()
+    counts = {"store": 0, "search": 0, "directory": 0}
+    for i in range(users):  # accounts opened (created) before the clock starts
+        acct = (await directory.resolve(f"u{i}@bench.test")).account
+        assert acct is not None
+        await local.store_account(acct)
+    store.io.run = _counted(store.io.run, counts, "store")  # type: ignore[method-assign]
+    search.run = _counted(search.run, counts, "search")  # type: ignore[method-assign]
+    directory.run = _counted(directory.run, counts, "directory")  # type: ignore[method-assign]
+
+    def usage() -> tuple[float, float]:
+        ru = resource.getrusage(resource.RUSAGE_SELF)
+        return ru.ru_utime, ru.ru_stime
+
+    async def session(k: int, deliver: bool) -> None:
+        for i in range(k, count, concurrency):
+            addr = f"u{i % users}@bench.test"
+            chk = await local.check(addr, sender="load@remote.test", size=4096, authenticated=None,
+                                    may_relay=False)
+            assert chk.code == 250 and chk.resolution is not None, chk
+            p = spool / f"{int(deliver)}.{i}"
+            await loop.run_in_executor(None, p.write_bytes, bodies[i % len(bodies)])
+            if deliver:
+                out = await local.deliver(p, [(addr, chk.resolution)])
+                assert out.delivered == 1, out
+            await loop.run_in_executor(None, p.unlink)
+
+    u0, s0 = usage()
+    await asyncio.gather(*(session(k, False) for k in range(concurrency)))
+    u1, s1 = usage()
+    spool_cpu = (u1 - u0) + (s1 - s0)
+    for k in counts:
+        counts[k] = 0
+    rounds0, batches0 = store.indexer.rounds, store.indexer.batches
+    syncs0 = store.fssync.syncs if store.fssync is not None else 0
+    t0 = time.perf_counter()
+    u0, s0 = usage()
+    await asyncio.gather(*(session(k, True) for k in range(concurrency)))
+    await store.indexer.flush()
+    await search.idle()
+    u1, s1 = usage()
+    wall = time.perf_counter() - t0
+    out = {
+        "cpu_ms": 1000 * ((u1 - u0) + (s1 - s0)) / count,
+        "user_ms": 1000 * (u1 - u0) / count,
+        "system_ms": 1000 * (s1 - s0) / count,
+        "spool_cpu_ms": 1000 * spool_cpu / count,
+        "msgs_per_s": count / wall,
+        "store_jobs": counts["store"] / count,
+        "search_jobs": counts["search"] / count,
+        "directory_jobs": counts["directory"] / count,
+        "index_txns": (store.indexer.batches - batches0) / count,
+        "indexer_rounds": store.indexer.rounds - rounds0,
+        "syncfs": ((store.fssync.syncs if store.fssync is not None else 0) - syncs0) / count,
+        "resolve_hits": local.resolver.hits / max(1, local.resolver.hits + local.resolver.misses),
+    }
+    await search.close()
+    await store.close()
+    await directory.close()
+    return out
+
+
 def run(size: str) -> dict[str, Any]:
     n, deliveries = SIZES[size]
     base = Path(tempfile.mkdtemp(prefix="mailsrv-bench-store-", dir=os.environ.get("MAILSRV_BENCH_DIR")))
@@ -203,6 +316,24 @@ def run(size: str) -> dict[str, Any]:
             "name": "durable deliveries (one at a time)", "unit": "msg/s", "value": rate1,
             "baseline": {"name": "raw fsync'd file creates", "value": raw}, "ratio": rate1 / raw,
         })
+        half_n, half_c, half_u = HALF[size]
+        half = asyncio.run(_delivery_half(base / "half", half_n, half_c, half_u))
+        results.append({
+            "name": f"delivery half: CPU per local message (check + deliver + UID + search index; "
+                    f"{half_c} sessions, {half_u} mailboxes)",
+            "unit": "ms", "value": half["cpu_ms"],
+            "baseline": {"name": "spooling the same message (write + unlink, no delivery)",
+                         "value": half["spool_cpu_ms"]},
+            "ratio": half["cpu_ms"] / half["spool_cpu_ms"] if half["spool_cpu_ms"] else None,
+            **{k: round(v, 4) for k, v in half.items()},
+        })
+        notes.append(
+            f"delivery half per message: {half['user_ms']:.3f} ms user + {half['system_ms']:.3f} ms system CPU "
+            f"({half['spool_cpu_ms']:.3f} ms of it is the spool write itself, measured apart), "
+            f"{half['store_jobs']:.2f} store pool jobs, {half['search_jobs']:.2f} search pool jobs, "
+            f"{half['directory_jobs']:.2f} directory queries, {half['index_txns']:.3f} index transactions "
+            f"(each: one uidlist fsync + one SQLite commit), {half['syncfs']:.3f} syncfs; "
+            f"{half['indexer_rounds']} indexer rounds; {half['msgs_per_s']:.0f} msgs/s")
         notes.append(f"delivery: {stats['dir_fsyncs']} new/ fsyncs for {deliveries} deliveries (one per delivery "
                      "and directory), plus the spool fsync, and a uidlist fsync and index commit shared by the "
                      "deliveries into one mailbox that overlap")
