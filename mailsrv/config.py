@@ -554,6 +554,10 @@ class PolicyConfig:
     bayes_ham_cutoff: float = doc("Spam probability up to which the learner is sure of ham (SpamBayes' ham zone): it "
                                   "then removes all of bayes_ham_points; in between, points in proportion.", 0.2,
                                   check=_probability)
+    bayes_train_batch: int = doc("Junk moves learned per write transaction by a worker's background trainer.", 100,
+                                 check=_positive)
+    bayes_train_queue: int = doc("Junk moves a worker's trainer holds before a move command waits for room.", 20000,
+                                 check=_positive)
     bayes_max_tokens: int = doc(
         "Tokens a learner keeps per scope; beyond, the ones learned longest ago are forgotten (as SpamAssassin "
         "expires its Bayes database).", 300000, check=_positive)

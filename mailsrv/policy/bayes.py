@@ -30,7 +30,7 @@ from __future__ import annotations
 import hashlib
 import math
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from mailsrv.config import PolicyConfig
@@ -38,7 +38,7 @@ from mailsrv.policy.headers import header_end
 from mailsrv.policy.spamtokens import MAX_TOKENS, OUR_FIELDS, tokens
 from mailsrv.policy.state import PolicyState
 
-__all__ = ["MAX_TOKENS", "OUR_FIELDS", "Bayes", "Verdict", "chi2q", "combine", "message_digest", "points",
+__all__ = ["MAX_TOKENS", "OUR_FIELDS", "Bayes", "Lesson", "Verdict", "chi2q", "combine", "message_digest", "points",
            "token_id", "token_prob", "tokens", "zone"]
 
 # SpamBayes' defaults (spambayes/Options.py, "Classifier" section)
@@ -142,6 +142,16 @@ def points(prob: float, cfg: PolicyConfig) -> float:
 
 
 @dataclass(frozen=True)
+class Lesson:
+    """One message to learn: its scopes, "spam" or "ham", :func:`message_digest` and :func:`tokens`."""
+
+    scopes: tuple[str, ...]
+    label: str
+    digest: str
+    toks: set[str]
+
+
+@dataclass(frozen=True)
 class Verdict:
     prob: float
     points: float
@@ -174,38 +184,54 @@ class Bayes:
                     toks: set[str] | None = None) -> bool:
         """Learn ``message`` as ``label`` ("spam"/"ham") in each scope; False when every scope already had it
         with that label. ``toks`` may carry :func:`tokens` computed off the loop (it is CPU work)."""
-        if label not in ("spam", "ham"):
-            raise ValueError(f"label must be spam or ham, not {label!r}")
-        ids = sorted({token_id(t) for t in (toks if toks is not None else tokens(message))})
-        digest = message_digest(message)
-        other = "ham" if label == "spam" else "spam"
+        item = Lesson(tuple(scopes), label, message_digest(message),
+                      toks if toks is not None else tokens(message))
+        return (await self.learn_many([item]))[0]
+
+    async def learn_many(self, lessons: Sequence[Lesson],
+                         also: Callable[[sqlite3.Connection], None] | None = None) -> list[bool]:
+        """Learn every lesson in one write transaction (the training queue's coalesced write); ``also(db)`` runs
+        in the same transaction (the queue deletes its journal rows there, so a batch counts exactly once).
+        Per lesson: False when every scope already had it with that label. Raises ValueError for a bad label."""
+        for lesson in lessons:
+            if lesson.label not in ("spam", "ham"):
+                raise ValueError(f"label must be spam or ham, not {lesson.label!r}")
+        prepared = [(lesson, sorted({token_id(t) for t in lesson.toks})) for lesson in lessons]
         day = int(self.state.clock() // 86400)
 
-        def op(db: sqlite3.Connection) -> bool:
+        def op(db: sqlite3.Connection) -> list[bool]:
             self._schema(db)
-            changed = False
-            for scope in dict.fromkeys(s.lower() for s in scopes):
-                row = db.execute("SELECT label FROM bayes_seen WHERE scope = ? AND digest = ?",
-                                 (scope, digest)).fetchone()
-                if row is not None and row[0] == label:
-                    continue
-                changed = True
-                db.execute("INSERT OR IGNORE INTO bayes_totals (scope, spam, ham) VALUES (?, 0, 0)", (scope,))
-                if row is not None:  # relearn: the message moves from the other side
-                    db.executemany(f"UPDATE bayes_tokens SET {other} = MAX({other} - 1, 0) "
-                                   "WHERE scope = ? AND token = ?", [(scope, t) for t in ids])
-                    db.execute(f"UPDATE bayes_totals SET {other} = MAX({other} - 1, 0) WHERE scope = ?", (scope,))
-                add = (1, 0) if label == "spam" else (0, 1)
-                db.executemany("INSERT INTO bayes_tokens (scope, token, spam, ham, day) VALUES (?, ?, ?, ?, ?) "
-                               "ON CONFLICT (scope, token) DO UPDATE SET spam = spam + excluded.spam, "
-                               "ham = ham + excluded.ham, day = excluded.day", [(scope, t, *add, day) for t in ids])
-                db.execute(f"UPDATE bayes_totals SET {label} = {label} + 1 WHERE scope = ?", (scope,))
-                db.execute("INSERT OR REPLACE INTO bayes_seen (scope, digest, label) VALUES (?, ?, ?)",
-                           (scope, digest, label))
-                self._maybe_expire(db, scope)
-            return changed
+            out = [self._learn_in(db, lesson, ids, day) for lesson, ids in prepared]
+            if also is not None:
+                also(db)
+            return out
 
         return await self.state.run(op)
+
+    def _learn_in(self, db: sqlite3.Connection, lesson: Lesson, ids: list[int], day: int) -> bool:
+        label, digest = lesson.label, lesson.digest
+        other = "ham" if label == "spam" else "spam"
+        changed = False
+        for scope in dict.fromkeys(s.lower() for s in lesson.scopes):
+            row = db.execute("SELECT label FROM bayes_seen WHERE scope = ? AND digest = ?",
+                             (scope, digest)).fetchone()
+            if row is not None and row[0] == label:
+                continue
+            changed = True
+            db.execute("INSERT OR IGNORE INTO bayes_totals (scope, spam, ham) VALUES (?, 0, 0)", (scope,))
+            if row is not None:  # relearn: the message moves from the other side
+                db.executemany(f"UPDATE bayes_tokens SET {other} = MAX({other} - 1, 0) "
+                               "WHERE scope = ? AND token = ?", [(scope, t) for t in ids])
+                db.execute(f"UPDATE bayes_totals SET {other} = MAX({other} - 1, 0) WHERE scope = ?", (scope,))
+            add = (1, 0) if label == "spam" else (0, 1)
+            db.executemany("INSERT INTO bayes_tokens (scope, token, spam, ham, day) VALUES (?, ?, ?, ?, ?) "
+                           "ON CONFLICT (scope, token) DO UPDATE SET spam = spam + excluded.spam, "
+                           "ham = ham + excluded.ham, day = excluded.day", [(scope, t, *add, day) for t in ids])
+            db.execute(f"UPDATE bayes_totals SET {label} = {label} + 1 WHERE scope = ?", (scope,))
+            db.execute("INSERT OR REPLACE INTO bayes_seen (scope, digest, label) VALUES (?, ?, ?)",
+                       (scope, digest, label))
+            self._maybe_expire(db, scope)
+        return changed
 
     def _maybe_expire(self, db: sqlite3.Connection, scope: str) -> None:
         """Every :data:`EXPIRE_EVERY` messages of ``scope``: forget its oldest tokens beyond the maximum."""

@@ -1,4 +1,4 @@
-"""Policy state shared by every worker: greylisting triplets and outbound sending counters.
+"""Policy state shared by every worker: greylisting triplets, outbound sending counters, training signals.
 
 One SQLite database (WAL) at ``data_dir/policy/policy.db``; each worker uses
 it from one dedicated thread, so the loop never blocks and transactions
@@ -34,6 +34,15 @@ CREATE TABLE IF NOT EXISTS training (
     digest TEXT NOT NULL,
     at REAL NOT NULL,
     PRIMARY KEY (account, digest)
+);
+CREATE TABLE IF NOT EXISTS training_queue (  -- Junk moves not yet learned (mailsrv.policy.training)
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    owner INTEGER NOT NULL,  -- pid of the worker that queued it (a dead owner's rows are taken over)
+    account TEXT NOT NULL,
+    label TEXT NOT NULL CHECK (label IN ('spam', 'ham')),
+    mailbox TEXT NOT NULL,
+    uid INTEGER NOT NULL,
+    message BLOB  -- the message itself when the front end already held it, else read by (mailbox, uid)
 );
 CREATE TABLE IF NOT EXISTS outside (
     user TEXT NOT NULL,
