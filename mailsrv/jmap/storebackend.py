@@ -465,9 +465,10 @@ class StoreBackend:
         return None
 
     async def _train(self, policy: Any, src: str, dst: str, data: bytes) -> None:
-        """After the move is durable (docs/policy.md); a training failure never fails the update."""
+        """After the move is durable (docs/policy.md): queued for the policy's background trainer with the
+        message itself (read before the move); a training failure never fails the update."""
         try:
-            await policy.train(self.name, src, dst, data)
+            await policy.train_later(self.name, src, dst, [(dst, 0)], messages=[data])
         except Exception as exc:
             logger.warning("jmap.train_failed", error=f"{type(exc).__name__}: {exc}"[:200])
 

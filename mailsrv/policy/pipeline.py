@@ -49,6 +49,7 @@ from mailsrv.policy.score import Facts, RspamdLearner, RspamdScorer, RuleScorer,
 from mailsrv.policy.seats import DirectorySeats, SeatSource, outside_limit
 from mailsrv.policy.state import PolicyState
 from mailsrv.policy.strip import strip_infected
+from mailsrv.policy.training import SessionReader, Trainer, learner
 
 logger = log.get("policy")
 
@@ -118,6 +119,11 @@ class Policy:
         self.rspamd_learner = RspamdLearner(cfg.rspamd_controller_url or cfg.rspamd_url,
                                             password=cfg.rspamd_password) if cfg.rspamd_url else None
         self.bayes = Bayes(state, cfg) if cfg.bayes and state is not None and self.rspamd_learner is None else None
+        # docs/policy.md "Learning": Junk moves are learned in the background (set trainer.reader to replay
+        # a dead worker's journaled references)
+        self.trainer = Trainer(state, learner(state, bayes=self.bayes, rspamd=self.rspamd_learner,
+                                              scopes_of=self.learn_scopes, executor=executor),
+                               batch=cfg.bayes_train_batch, limit=cfg.bayes_train_queue) if state is not None else None
         self.is_local_domain = is_local_domain
         self.executor = executor
         self.scorer: Scorer = scorer or (RspamdScorer(cfg.rspamd_url) if cfg.rspamd_url else RuleScorer(executor))
@@ -146,6 +152,8 @@ class Policy:
                    is_local_domain=is_local_domain, seats=seats)
 
     def close(self) -> None:
+        if self.trainer is not None:
+            self.trainer.stop()
         if self.state is not None:
             self.state.close()
 
@@ -175,6 +183,18 @@ class Policy:
             logger.warning("policy.learn_failed", account=account, label=label, error=str(exc))
             learned = False
         logger.info("policy.trained", account=account, label=label, learned=learned)
+        return label
+
+    async def train_later(self, account: str, from_mailbox: str, to_mailbox: str, refs: Sequence[tuple[str, int]],
+                          *, read: SessionReader | None = None, messages: Sequence[bytes] | None = None) -> str | None:
+        """:meth:`train` for many messages without waiting for the learner: journals the (mailbox, uid) ``refs``
+        (read later with ``read``), or ``messages`` themselves, and returns the label (None: not a training
+        move). Returns once journaled (milliseconds for thousands); may wait while the worker's queue is full.
+        Callers: the IMAP and JMAP front ends, after the move is durable; raises what SQLite raises."""
+        label = training_label(from_mailbox, to_mailbox)
+        if label is None or self.trainer is None or not refs:
+            return label
+        await self.trainer.submit(account, label, refs, read=read, messages=messages)
         return label
 
     def learn_scopes(self, account: str) -> list[str]:

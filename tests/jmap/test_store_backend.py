@@ -333,6 +333,7 @@ async def test_mailbox_ids_change_into_and_out_of_junk_trains_the_policy(env: tu
     _, store, acct = env
     state = PolicyState(tmp_path / "policy.db")
     policy = Policy(PolicyConfig(), hostname="mx.example.test", resolver=Resolver(["127.0.0.1:1"]), state=state)
+    assert policy.trainer is not None
     try:
         be = await store_factory(store, Dir(), tmp_path, lambda: policy)(type("P", (), {"id": "1", "account": None})())
         ids = {i.name: i.id for i in await acct.list_mailboxes()}
@@ -341,11 +342,14 @@ async def test_mailbox_ids_change_into_and_out_of_junk_trains_the_policy(env: tu
         view = await acct.open_mailbox("INBOX")
         e1, e2 = view.by_uid(uid1).email_id, view.by_uid(uid2).email_id  # type: ignore[union-attr]
         await be.update_email(e1, mailbox_ids=frozenset({ids["Junk"]}))
+        await policy.trainer.drain()  # learned in the background (docs/policy.md)
         assert await state.training_counts("alice@example.test") == {"spam": 1}
         await be.update_email(e2, mailbox_ids=frozenset({ids["Archive"]}))  # not about Junk
         await be.update_email(e2, keywords=frozenset({"$seen"}))
+        await policy.trainer.drain()  # learned in the background (docs/policy.md)
         assert await state.training_counts("alice@example.test") == {"spam": 1}
         await be.update_email(e1, mailbox_ids=frozenset({ids["INBOX"]}))  # out of Junk: ham
+        await policy.trainer.drain()  # learned in the background (docs/policy.md)
         assert await state.training_counts("alice@example.test") == {"ham": 1}
         assert [m.email_id for m in (await acct.open_mailbox("INBOX")).messages] == [e1]
     finally:
