@@ -1,8 +1,9 @@
 """Chunked Content-Transfer-Encoding decoders for FETCH BINARY of big messages (RFC 3516).
 
-A streamed BINARY[section] reads the part twice in chunks: once to learn the decoded
-length (the literal's size must come first) and whether it holds NUL (literal8), once
-to send it. Each decoder gives, chunk by chunk, exactly the bytes that
+A streamed BINARY[section] decodes the part once, in chunks, into a spool file
+(:class:`mailsrv.imap.spool.DecodedSpool`) that learns the decoded length (the literal's
+size must come first) and whether it holds NUL (literal8); the literal is sent from there.
+Each decoder gives, chunk by chunk, exactly the bytes that
 :func:`mailsrv.imap.fetch._decode_cte` gives for the whole part at once.
 """
 
@@ -17,6 +18,8 @@ import re
 _B64_JUNK = re.compile(rb"[^A-Za-z0-9+/=]")
 #: a quoted-printable "line" longer than this is decoded without waiting for its end
 QP_MAX_CARRY = 1024 * 1024
+#: ... and it is cut at most this many bytes before the end of what was read (escapes are 3 bytes)
+QP_MAX_BACKOFF = 16
 
 
 class DecodeError(Exception):
@@ -96,23 +99,38 @@ def _b64(data: bytes) -> bytes:
 class QuotedPrintable:
     """Decodes complete lines (quoted-printable is line-oriented); the last partial line waits."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_carry: int = QP_MAX_CARRY) -> None:
         self.rest = b""
+        self.max_carry = max_carry
 
     def feed(self, data: bytes) -> bytes:
         data = self.rest + data
         cut = data.rfind(b"\n") + 1
-        if cut == 0 and len(data) < QP_MAX_CARRY:
+        if cut == 0 and len(data) < self.max_carry:
             self.rest = data
             return b""
-        if cut == 0:  # deviation (RFC 2045 §6.7 caps lines at 76): an endless line is cut here
-            cut = len(data)
+        if cut == 0:  # deviation (RFC 2045 §6.7 caps lines at 76): an endless line is cut here,
+            cut = _escape_boundary(data)  # but never inside an "=XX" escape or a "=\r\n" soft break
         self.rest = data[cut:]
         return quopri.decodestring(data[:cut])
 
     def end(self) -> bytes:
         rest, self.rest = self.rest, b""
         return quopri.decodestring(rest) if rest else b""
+
+
+def _escape_boundary(data: bytes) -> int:
+    """Where to cut a quoted-printable line without a line break: the last position that no
+    escape spans (an ``=`` in the two bytes before a cut would lose its meaning), so that the two
+    pieces decode to what the whole does. A hostile run of ``=`` longer than QP_MAX_BACKOFF is
+    cut at its end (then the pieces may decode differently there: nothing else can be bounded)."""
+    cut = len(data)
+    for _ in range(QP_MAX_BACKOFF):
+        k = data.rfind(b"=", max(cut - 2, 0), cut)
+        if k < 0:
+            return cut
+        cut = k
+    return len(data)
 
 
 def decoder(encoding: str | None) -> Identity | Base64 | QuotedPrintable:

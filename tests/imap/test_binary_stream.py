@@ -66,6 +66,34 @@ def test_quoted_printable_chunks_equal_the_whole(payload: bytes, cuts: list[int]
     assert _chunked(streaming.QuotedPrintable(), data, cuts) == quopri.decodestring(data)
 
 
+QP_PIECES = [b"=", b"A", b"4", b"\r\n", b"\n", b" ", b"\t", b"=3D", b"=\r\n", b"=4", b"==", b"=C3=A9", b"\xe9"]
+
+
+@given(st.lists(st.sampled_from(QP_PIECES), max_size=40), st.lists(st.integers(0, 200), max_size=8),
+       st.integers(1, 12))
+def test_quoted_printable_endless_lines_are_cut_between_escapes(pieces: list[bytes], cuts: list[int],
+                                                                 carry: int) -> None:
+    """A line longer than the carry limit is decoded in pieces; an ``=XX`` (or ``=`` CRLF) that
+    straddles a cut is carried over, so the pieces decode to what the whole part does."""
+    data = b"".join(pieces)
+    out, prev = [], 0
+    dec = streaming.QuotedPrintable(max_carry=carry)
+    for c in sorted({min(c, len(data)) for c in cuts}) + [len(data)]:
+        out.append(dec.feed(data[prev:c]))
+        prev = c
+    out.append(dec.end())
+    assert b"".join(out) == quopri.decodestring(data)
+
+
+def test_quoted_printable_escape_across_the_one_mib_cut() -> None:
+    line = b"A" * (streaming.QP_MAX_CARRY - 1) + b"=41=\r\nB=3D\r\n"
+    dec = streaming.QuotedPrintable()
+    got = dec.feed(line[: streaming.QP_MAX_CARRY])
+    assert dec.rest == b"="  # the escape's start waits for the rest of it, nothing more does
+    got += dec.feed(line[streaming.QP_MAX_CARRY:]) + dec.end()
+    assert got == b"A" * (streaming.QP_MAX_CARRY - 1) + b"AB=\r\n"
+
+
 @given(st.binary(max_size=200), st.lists(st.integers(0, 300), max_size=5))
 def test_identity_chunks(payload: bytes, cuts: list[int]) -> None:
     assert _chunked(streaming.Identity(), payload, cuts) == payload
@@ -157,3 +185,4 @@ def test_base64_carry_is_bounded_after_a_stray_pad() -> None:
     assert b"".join(out) == base64.b64decode(data, validate=False)
     ended = streaming.Base64()
     assert ended.feed(b"QQ==") == b"A" and ended.feed(b"QUJD" * 1000) == b"" and ended.rest == b""
+
