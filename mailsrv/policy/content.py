@@ -18,7 +18,7 @@ from __future__ import annotations
 import html as htmllib
 import re
 from collections.abc import Sequence
-from email.utils import getaddresses, parsedate_tz
+from email.utils import getaddresses, mktime_tz, parsedate_tz
 
 from mailsrv import mime
 from mailsrv.policy.headers import get_all, header_end, split_fields
@@ -27,6 +27,9 @@ from mailsrv.policy.headers import get_all, header_end, split_fields
 CONTENT_WINDOW = 64 * 1024
 #: Characters of decoded text (all text parts together) the phrase rules look at.
 TEXT_LIMIT = 64 * 1024
+
+#: DATE_IN_FUTURE: seconds a Date may run ahead of the receiving MTA's clock (time zones written wrong, drift).
+FUTURE_SLACK = 3 * 3600
 
 #: The Generic Test for Unsolicited Bulk Email (SpamAssassin's and rspamd's test string): always spam.
 GTUBE = b"XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
@@ -56,6 +59,8 @@ RULES: dict[str, float] = {
     "FROM_NAME_RCPT_DOMAIN": 2.5,  # display name claims the recipient's own domain, address is elsewhere
     "REPLYTO_FREEMAIL": 2.0,  # Reply-To at a freemail provider other than the From domain
     "TO_UNDISCLOSED": 2.0,  # "undisclosed-recipients" or an empty To
+    "DATE_IN_FUTURE": 2.0,  # Date over 3 h later than the receiving MTA's Received (SA DATE_IN_FUTURE_03_06)
+    "PRIORITY_HIGH": 1.0,  # X-Priority 1 or X-MSMail-Priority High (bulk tools set it; people rarely do)
     # MIME structure
     "HTML_ONLY": 1.0,  # only an HTML text, no text/plain alternative (SpamAssassin MIME_HTML_ONLY)
     "HTML_LITTLE_TEXT": 2.5,  # HTML with images or links and under 200 characters of visible text
@@ -63,6 +68,8 @@ RULES: dict[str, float] = {
     "HTML_OBFUSCATED": 1.0,  # letters written as numeric character references (&#x61;)
     "HTML_FORM_SCRIPT": 0.5,  # a <form> or <script> in a mail body
     "HTML_FONT_HUGE": 2.0,  # <font size="+3".."7">
+    "HTML_FONT_RED": 1.0,  # red text (<font color=red>, color:#ff0000): the "act now" of bulk HTML
+    "HTML_ONLY_NO_MAILER": 1.0,  # the message is text/html alone and names no mail program (bulk senders)
     "HTML_COMMENT_IN_WORD": 2.0,  # words split by comments, "Mo<!--x-->rtgage" (SA HTML_COMMENT_*)
     "BASE64_TEXT": 1.5,  # text/plain in base64 that decodes to ASCII (SpamAssassin MIME_BASE64_TEXT)
     "ATTACH_EXECUTABLE": 3.0,  # an attachment that runs when opened (rspamd MIME_BAD_EXTENSION)
@@ -215,6 +222,8 @@ _SUBJ_PRICE_FREE = re.compile(r"(?i)\$\s?\d|\bfree\b|免费")
 _OUTLOOK_MID = re.compile(r"(?i)<([0-9a-f]{12})\$[0-9a-f]{8}\$[0-9a-f]{8}@")
 _HIDDEN_STYLE = re.compile(r"(?i)display\s*:\s*none|visibility\s*:\s*hidden|font-size\s*:\s*[01](?:px|pt)?\s*(?:;|$)")
 _WHITE = frozenset({"#fff", "#ffffff", "white"})
+_RED = frozenset({"#f00", "#ff0000", "red", "#cc0000", "#ff0033"})
+_COLOR_RED = re.compile(r"(?i)(?:^|;)\s{0,5}color\s{0,5}:\s{0,5}(?:#f00\b|#ff0000\b|red\b|#cc0000\b)")
 
 
 _TAG = re.compile(r"<(/?)([A-Za-z][A-Za-z0-9]{0,15})([^<>]{0,4000})>")
@@ -237,6 +246,7 @@ class Html:
         self.hidden = False
         self.form_script = False
         self.huge_font = False
+        self.red_font = False
         markup = _strip_comments(markup)
         skip: str | None = None  # inside <script> or <style>: text is not visible
         anchor: list[str] | None = None
@@ -279,7 +289,11 @@ class Html:
                 self.huge_font = True
             if a.get("color", "").strip().lower() in _WHITE:
                 self.hidden = True
+            if a.get("color", "").strip().lower() in _RED:
+                self.red_font = True
         style = a.get("style", "")
+        if style and _COLOR_RED.search(style):
+            self.red_font = True
         if style and (_HIDDEN_STYLE.search(style) or
                       (_COLOR_WHITE.search(style) and "background" not in style.lower())):
             self.hidden = True
@@ -453,8 +467,31 @@ def _header_rules(fields: list[tuple[bytes, bytes, bytes]], names: set[bytes],
         hits.append("FORGED_OUTLOOK_MID")
     if _ENCODED_WORD.search(raw_subject) and subject.isascii() and subject.strip():
         hits.append("SUBJ_ENCODED_ASCII")
+    if _date_in_future(fields):
+        hits.append("DATE_IN_FUTURE")
+    priority = " ".join(get_all(fields, "x-priority"))[:20].strip()
+    if priority.startswith("1") or "high" in " ".join(get_all(fields, "x-msmail-priority"))[:50].lower():
+        hits.append("PRIORITY_HIGH")
+    if not mailer.strip() and " ".join(get_all(fields, "content-type")).lower().lstrip().startswith("text/html"):
+        hits.append("HTML_ONLY_NO_MAILER")
     hits += _from_rules(fields, recipients)
     return hits
+
+
+def _date_in_future(fields: list[tuple[bytes, bytes, bytes]]) -> bool:
+    """Date more than :data:`FUTURE_SLACK` seconds after the topmost Received that carries a date (the MTA
+    that received the message: ours at SMTP time). False when either is missing or does not parse."""
+    dates = get_all(fields, "date")
+    stamped = [v.rpartition(";")[2] for v in get_all(fields, "received")[:3] if ";" in v]
+    if not dates or not stamped:
+        return False
+    sent, received = parsedate_tz(dates[0][:200]), parsedate_tz(stamped[0][:200])
+    if sent is None or received is None:
+        return False
+    try:
+        return mktime_tz(sent) - mktime_tz(received) > FUTURE_SLACK
+    except (OverflowError, ValueError):
+        return False
 
 
 def _from_rules(fields: list[tuple[bytes, bytes, bytes]], recipients: Sequence[str]) -> list[str]:
@@ -512,6 +549,8 @@ def _texts(window: bytes, hits: list[str]) -> tuple[str, Html | None]:
             hits.append("HTML_FORM_SCRIPT")
         if html.huge_font:
             hits.append("HTML_FONT_HUGE")
+        if html.red_font:
+            hits.append("HTML_FONT_RED")
         if _COMMENT_IN_WORD.search(raw):
             hits.append("HTML_COMMENT_IN_WORD")
         if sum(1 for m in _ENTITY.finditer(raw) if _entity_is_letter(m.group(0))) > 10:

@@ -64,6 +64,10 @@ ATTACH = ("--b1\r\nContent-Type: text/plain\r\n\r\nSee the attachment.\r\n--b1\r
           "TVqQAAMAAAAEAAAA\r\n--b1--\r\n")
 
 
+#: The receiving MTA's trace field, with its clock (DATE_IN_FUTURE compares the Date with it).
+RECEIVED = "from mx.sender.test ([192.0.2.1]) by mx.example.test; Thu, 26 Nov 2026 10:00:00 +0000"
+
+
 def attach(name: str) -> bytes:
     return make(ATTACH.format(name=name), Content_Type='multipart/mixed; boundary="b1"')
 
@@ -99,6 +103,18 @@ CASES: list[tuple[str, bytes, bytes, tuple[str, ...]]] = [
     ("FROM_NAME_RCPT_DOMAIN", make(From='"IT desk example.test" <it@evil.test>'),
      make(From='"IT desk example.test" <it@example.test>'), ("bob@example.test",)),
     ("REPLYTO_FREEMAIL", make(Reply_To="barrister.james@yahoo.com"), make(Reply_To="alice@sender.test"), ()),
+    ("DATE_IN_FUTURE", make(Received=RECEIVED, Date="Thu, 26 Nov 2026 18:00:00 +0000"),
+     make(Received=RECEIVED, Date="Thu, 26 Nov 2026 12:30:00 +0000"), ()),  # 2.5 h: within the slack
+    ("DATE_IN_FUTURE", make(Received=RECEIVED, Date="Fri, 27 Nov 2026 09:00:00 +1200"),  # 21:00 UTC the day before
+     make(Date="Thu, 26 Dec 2026 10:00:00 +0000"), ()),  # no Received to compare with: no opinion
+    ("PRIORITY_HIGH", make(X_Priority="1 (Highest)"), make(X_Priority="3 (Normal)"), ()),
+    ("PRIORITY_HIGH", make(X_MSMail_Priority="High"), make(X_MSMail_Priority="Normal"), ()),
+    ("HTML_FONT_RED", html(f'<p>{LONG_TEXT}</p><font color="#FF0000">Act now</font>'),
+     html(f'<p>{LONG_TEXT}</p><font color="#333333">signature</font>'), ()),
+    ("HTML_FONT_RED", html(f'<p>{LONG_TEXT}</p><span style="font-weight:bold; color: red">Act now</span>'),
+     html(f'<p>{LONG_TEXT}</p><span style="background-color: red">note</span>'), ()),
+    ("HTML_ONLY_NO_MAILER", html(f"<p>{LONG_TEXT}</p>"),
+     html(f"<p>{LONG_TEXT}</p>").replace(b"To:", b"User-Agent: Mozilla Thunderbird\r\nTo:"), ()),
     ("HTML_ONLY", html(f"<p>{LONG_TEXT}</p>"), make(), ()),
     ("HTML_LITTLE_TEXT", html('<a href="http://shop.test/"><img src="http://shop.test/a.png"></a>'),
      html(f'<p>{LONG_TEXT}</p><a href="http://shop.test/">shop</a>'), ()),
