@@ -141,10 +141,19 @@ def submitted_message_id(raw: bytes) -> str | None:
 _memo: dict[str, str] = {}
 
 
+def wants_mdn(raw: bytes) -> bool:
+    """RFC 8098 §2.1: the message asks for read receipts (``Disposition-Notification-To``)."""
+    end = raw.find(b"\r\n\r\n")
+    return any(n.lower() == "disposition-notification-to" for n, _ in header_list(raw[: end + 2] if end >= 0 else raw))
+
+
 def _waiting(records: dict[str, Any], now: float) -> dict[str, dict[str, Any]]:
-    """Submissions a report may still arrive for: a Message-ID and an Email state to look from."""
+    """Submissions a report may still arrive for: one that went through the outbound queue (a
+    bounce, a delay notice, a remote server's late DSN) or asked for read receipts, within
+    REPORT_WINDOW of its release. Mail only delivered locally at once expects none."""
     return {i: r for i, r in records.items()
             if r.get("messageId") and r.get("reportFrom") is not None and r.get("undoStatus") != "canceled"
+            and (r.get("queueId") or r.get("mdnWanted"))
             and now - float(r.get("releaseAt") or 0) < REPORT_WINDOW}
 
 

@@ -538,7 +538,8 @@ async def submission_set(ctx: RequestContext, args: dict[str, Any], call_id: str
                    "deliveryStatus": {r: {"smtpReply": s[1], "delivered": s[0], "displayed": "unknown"}
                                       for r, s in status.items()},
                    "dsnBlobIds": [], "mdnBlobIds": [], "queueId": qid, "releaseAt": release,
-                   "messageId": reports.submitted_message_id(outgoing), "reportFrom": report_from}
+                   "messageId": reports.submitted_message_id(outgoing), "reportFrom": report_from,
+                   "mdnWanted": reports.wants_mdn(outgoing)}
 
             def add(d: dict[str, Any], rec: dict[str, Any] = rec) -> str:
                 sid = new_id(d, "S")

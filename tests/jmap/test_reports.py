@@ -69,6 +69,8 @@ def test_not_reports() -> None:
     assert parse_report(b"") is None
     assert submitted_message_id(ORIGINAL) == "orig.1@example.test"
     assert submitted_message_id(b"Subject: none\r\n\r\nMessage-ID: <body@x>\r\n") is None
+    assert reports.wants_mdn(b"Disposition-Notification-To: <alice@example.test>\r\n" + ORIGINAL)
+    assert not reports.wants_mdn(ORIGINAL + b"Disposition-Notification-To: in the body\r\n")
 
 
 @given(st.binary(max_size=400))
@@ -129,8 +131,15 @@ def test_link_reports(tmp_path: Path) -> None:
         s1 = data["records"]["S1"]
         assert len(s1["mdnBlobIds"]) == 2 and s1["deliveryStatus"]["bad@remote.test"]["displayed"] == "unknown"
         assert len(be.read) == reads + 1  # from the stored scan point, not from the start
+        # delivered locally at once (no queue entry): reports are looked for only when asked for
+        local = {**rec, "queueId": None, "messageId": "local@example.test", "dsnBlobIds": [], "mdnBlobIds": []}
+        await coll.change(lambda d: (put(d, "S3", local), put(d, "S4", {**local, "mdnWanted": True})))
+        m2 = await be.import_email(mdn("<local@example.test>"), inbox, frozenset(), None)
+        data = await link_reports(be, coll)
+        assert data["records"]["S3"]["mdnBlobIds"] == [] and data["records"]["S4"]["mdnBlobIds"] == [m2.blob_id]
         # outside the window, or canceled: not looked for
-        await coll.change(lambda d: put(d, "S1", {**d["records"]["S1"], "releaseAt": time.time() - 8 * 86400}))
+        for sid in ("S1", "S3", "S4"):
+            await coll.change(lambda d, sid=sid: put(d, sid, {**d["records"][sid], "releaseAt": time.time() - 8 * 86400}))
         await coll.change(lambda d: put(d, "S2", {**d["records"]["S2"], "undoStatus": "canceled"}))
         reports._memo.clear()
         await be.import_email(bounce(), inbox, frozenset(), None)
