@@ -349,8 +349,15 @@ class SubmissionTracking:
         return {"EmailSubmission": await self.coll.state()}
 
     def watch(self) -> MultiWatch:
-        self._queue = GatedWatch(_queue_watch(self.submitter.watch_paths()), lambda: self.following is not False)
-        self._watch = MultiWatch([self.be.watch(), _collection_watch(self.coll.dir), self._queue])
+        watches: list[Any] = [self.be.watch()]
+        try:
+            watches.append(_collection_watch(self.coll.dir))
+            gate = lambda: self.following is not False  # noqa: E731
+        except OSError as exc:  # no inotify watch left (fs.inotify.max_user_watches): every queue write
+            logger.warning("jmap.push.objects_unwatched", account=self.account_id, error=str(exc))
+            gate = lambda: True  # noqa: E731 - wakes us, as before the gate, so no submission is missed
+        self._queue = GatedWatch(_queue_watch(self.submitter.watch_paths()), gate)
+        self._watch = MultiWatch([*watches, self._queue])
         return self._watch
 
 

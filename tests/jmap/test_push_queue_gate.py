@@ -153,3 +153,30 @@ def test_queue_write_while_settling_is_not_lost(tmp_path: Path, io: FileIO) -> N
             watch.close()
 
     asyncio.run(main())
+
+
+def test_without_a_collection_watch_queue_writes_wake_as_before(tmp_path: Path, io: FileIO,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """No inotify watch left for the account's collections: the gate stays open (nothing is missed)."""
+    import errno
+
+    from mailsrv.jmap import submission
+
+    def no_watch(path: Path) -> Any:
+        raise OSError(errno.ENOSPC, "inotify_add_watch: No space left on device")
+
+    monkeypatch.setattr(submission, "_collection_watch", no_watch)
+    qdir = tmp_path / "queue"
+
+    async def main() -> None:
+        track = SubmissionTracking(MemoryBackend("A1"), Collection(tmp_path / "objects", io, "A1", "EmailSubmission"),
+                                   Submitter(qdir))
+        watch = track.watch()
+        try:
+            assert await track.extra_states() == {"EmailSubmission": "0"} and track.following is False
+            queue_write(qdir, "e1")
+            assert await watch.wait(10)
+        finally:
+            watch.close()
+
+    asyncio.run(main())
