@@ -226,13 +226,13 @@ class StoreMaildrops:
 
     async def open(self, account: Any) -> StoreMaildrop:
         """Raises :class:`InUse` (another session holds it) or :class:`MaildropUnavailable`."""
-        from mailsrv.store import StoreError
+        from mailsrv.store import StoreError, account_root
 
         loop = asyncio.get_running_loop()
         lock = await loop.run_in_executor(None, MaildropLock.acquire, self.lock_dir, str(account.id))
         try:
             last_login = await loop.run_in_executor(None, lock.last_login)
-            maildir = self.data_dir / account.store if getattr(account, "store", None) else None
+            maildir = account_root(self.data_dir, account.id, getattr(account, "store", None))
             acct = await self.store.account(str(account.id), maildir)
             view = await acct.open_mailbox("INBOX")
             retrieved = None
