@@ -138,24 +138,26 @@ class AdminApi:
     def _table(self) -> None:
         s = {"type": "object"}
         str_ = {"type": "string"}
+        count = {"type": "integer", "minimum": 0}
+        limit = {"type": ["integer", "null"], "minimum": 0}  # null: unlimited
         a = self._add
         m = lambda r, k: r.match_info[k]  # noqa: E731
 
         a("GET", "/domains", "List domains in scope", None, lambda d, ac, r, b: ops.domain_list(d, ac))
         a("POST", "/domains", "Add a domain (super)", {**s, "required": ["name"], "properties": {
-            "name": str_, "max_users": {"type": "integer"}, "max_storage": {"type": "integer"},
+            "name": str_, "max_users": count, "max_storage": count,
             "networks": {"type": "array", "items": str_}}},
           lambda d, ac, r, b: ops.domain_add(d, ac, b["name"], max_users=b.get("max_users"),
                                              max_storage=b.get("max_storage"), networks=tuple(b.get("networks", ()))))
         a("PATCH", "/domains/{name}", "Change a domain", {**s, "properties": {
             "catchall": {"type": ["string", "null"]}, "networks": {"type": "array", "items": str_},
-            "max_users": {"type": ["integer", "null"]}, "max_storage": {"type": ["integer", "null"]}}},
+            "max_users": limit, "max_storage": limit}},
           lambda d, ac, r, b: ops.domain_set(d, ac, m(r, "name"), **_pick(b, "catchall", "networks", "max_users", "max_storage")))
         a("DELETE", "/domains/{name}", "Delete an empty domain (super)", None,
           lambda d, ac, r, b: ops.domain_del(d, ac, m(r, "name")))
 
         user_props = {"display_name": str_, "dept": {"type": ["string", "null"]}, "title": str_, "phone": str_,
-                      "quota_bytes": {"type": ["integer", "null"]}, "quota_messages": {"type": ["integer", "null"]},
+                      "quota_bytes": limit, "quota_messages": limit,
                       "may_send_outside": {"type": "boolean"}, "networks": {"type": "array", "items": str_},
                       "state": {"enum": ["active", "suspended"]}}
         a("GET", "/users", "List users in scope (?domain=)", None,

@@ -163,3 +163,7 @@ async def test_domain_storage_limit_with_unlimited_users(api) -> None:
         assert r.status == 200 and (await r.json())["quota_bytes"] is None
     async with http.patch(PREFIX + "/domains/a.test", headers=H(toks["root"]), json={"max_storage": -1}) as r:
         assert r.status == 400 and "max_storage" in (await r.json())["detail"]
+    async with http.get(PREFIX + "/openapi.json") as r:  # the limits' range is in the API's description
+        doc = await r.json()
+    body = doc["paths"][PREFIX + "/users"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert body["properties"]["quota_bytes"] == {"type": ["integer", "null"], "minimum": 0}
