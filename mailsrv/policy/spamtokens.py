@@ -65,6 +65,9 @@ _HIDDEN = re.compile(r"(?i)display\s{0,3}:\s{0,3}none|visibility\s{0,3}:\s{0,3}h
 _ENTITY = re.compile(r"&(#x?[0-9a-f]{1,6}|[a-z]{2,8});?", re.I)
 _EMAIL = re.compile(r"[a-z0-9._%+\-]{1,64}@([a-z0-9][a-z0-9.\-]{0,252}\.[a-z]{2,24})", re.I)
 _STRIP = "\"'()[]{}<>.,;:*`|"
+#: Scripts written without spaces (tokenize.is_cjk's ranges): such a run gives bigrams, not one word.
+_CJK = re.compile("[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\u1100-\u11ff\u3130-\u318f"
+                  "\u31f0-\u31ff\uf900-\ufaff\uff66-\uff9d\U00020000-\U0003ffff]")
 _MARKUP = frozenset({"font", "img", "table", "form", "script", "style", "center", "map", "area", "iframe",
                      "input", "embed", "object", "blink", "marquee", "base"})
 _ENTITIES = {"amp": "&", "lt": "<", "gt": ">", "quot": '"', "nbsp": " ", "apos": "'"}
@@ -97,31 +100,28 @@ def _cjk(term: str, prefix: str) -> Iterable[str]:
 
 def words(text: str, prefix: str = "", bigrams: bool = True) -> set[str]:
     """Word tokens of ``text`` (lowercased, punctuation around a word stripped), CJK bigrams, skip tokens,
-    and adjacent pairs from the first :data:`BIGRAM_WORDS` words."""
+    and adjacent pairs among the first :data:`BIGRAM_WORDS` words (a skipped word breaks a pair)."""
     out: set[str] = set()
-    prev = ""
-    n = 0
-    for raw in text.lower().split():
-        w = raw.strip(_STRIP)
+    seq: list[str] = []  # the words in order, "" where something was skipped
+    for w in text.lower().split():
+        w = w.strip(_STRIP)
         size = len(w)
-        if size < MIN_WORD:
-            prev = ""
-            continue
-        if not w.isascii() and any(tokenize.is_cjk(ord(c)) for c in w):
+        if MIN_WORD <= size <= MAX_WORD and w.isascii():
+            seq.append("num:" + _bucket(size) if w.isdigit() else w)
+        elif size < MIN_WORD:
+            seq.append("")
+        elif _CJK.search(w):
             out.update(_cjk(w, prefix))
-            prev = ""
-            continue
-        if size > MAX_WORD:
+            seq.append("")
+        elif size > MAX_WORD:
             out.add(f"{prefix}skip:{w[0]}{size // 10 * 10}")
-            prev = ""
-            continue
-        if w.isdigit():
-            w = "num:" + _bucket(size)
-        out.add(prefix + w)
-        if bigrams and prev and n < BIGRAM_WORDS:
-            out.add(f"{prefix}{prev} {w}")
-        prev = w
-        n += 1
+            seq.append("")
+        else:
+            seq.append(w)
+    out.update([prefix + w for w in seq if w])
+    if bigrams:
+        head = seq[:BIGRAM_WORDS]
+        out.update([f"{prefix}{a} {b}" for a, b in zip(head, head[1:], strict=False) if a and b])
     return out
 
 
