@@ -36,6 +36,7 @@ from mailsrv.imap.messages import MessageCommands
 from mailsrv.imap.seqset import format_uids
 from mailsrv.imap.spool import LiteralSpool
 from mailsrv.net.connection import ConnectionClosed, IdleTimeout, LineTooLong, ServerShutdown
+from mailsrv.store import account_root
 
 logger = log.get("imap")
 
@@ -429,7 +430,8 @@ class Session(MessageCommands):
         raise ImapError("NO", "Authentication failed", "AUTHENTICATIONFAILED")
 
     async def _logged_in(self, account: Any) -> None:
-        maildir = self.cfg.data_dir / account.store if getattr(account, "store", "") else None
+        store_path = getattr(account, "store", "")  # none: the store's own account_root(data_dir, id)
+        maildir = account_root(self.cfg.data_dir, account.id, store_path) if store_path else None
         try:
             self.acct = await self.store.account(str(account.id), maildir)
             domain = getattr(account, "domain", None)

@@ -544,7 +544,7 @@ def store_factory(store: Any, directory: Any, data_dir: Path,
             account = await directory.account(int(p.id))
         if account is None:
             raise NotFound(p.id)
-        acct = await store.account(str(account.id), Path(data_dir) / account.store,
+        acct = await store.account(str(account.id), st.account_root(data_dir, account.id, account.store),
                                    domain=getattr(account, "domain", None))  # the domain quota root
         limits = st.QuotaLimits(account.quota_bytes, account.quota_messages)
         be = StoreBackend(acct, "A" + str(account.id), account.address, limits, policy_source)
