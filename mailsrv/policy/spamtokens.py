@@ -34,6 +34,7 @@ subject and "free" in the body are different evidence):
 
 from __future__ import annotations
 
+import html as htmllib
 import re
 from collections.abc import Iterable
 
@@ -62,7 +63,6 @@ _URL = re.compile(r"(?i)\b(https?|ftp)://(?:[^\s/@<>\"']{0,64}@)?([a-z0-9][a-z0-
 _TAG_NAME = re.compile(r"<\s{0,5}([a-z][a-z0-9]{0,9})\b", re.I)
 _HREF = re.compile(r"(?i)\b(?:href|src)\s{0,5}=\s{0,5}[\"']?\s{0,5}(https?)://([a-z0-9][a-z0-9.\-]{0,252})")
 _HIDDEN = re.compile(r"(?i)display\s{0,3}:\s{0,3}none|visibility\s{0,3}:\s{0,3}hidden|font-size\s{0,3}:\s{0,3}[01]px")
-_ENTITY = re.compile(r"&(#x?[0-9a-f]{1,6}|[a-z]{2,8});?", re.I)
 _EMAIL = re.compile(r"[a-z0-9._%+\-]{1,64}@([a-z0-9][a-z0-9.\-]{0,252}\.[a-z]{2,24})", re.I)
 _STRIP = "\"'()[]{}<>.,;:*`|"
 #: Scripts written without spaces (tokenize.is_cjk's ranges): such a run gives bigrams, not one word.
@@ -70,7 +70,6 @@ _CJK = re.compile("[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\u1100-\
                   "\u31f0-\u31ff\uf900-\ufaff\uff66-\uff9d\U00020000-\U0003ffff]")
 _MARKUP = frozenset({"font", "img", "table", "form", "script", "style", "center", "map", "area", "iframe",
                      "input", "embed", "object", "blink", "marquee", "base"})
-_ENTITIES = {"amp": "&", "lt": "<", "gt": ">", "quot": '"', "nbsp": " ", "apos": "'"}
 
 
 def shape(text: str, limit: int = 40) -> str:
@@ -218,7 +217,7 @@ def _html(text: str, out: set[str]) -> str:
         out.add("tag:hidden")
     visible = strip_tags(text)
     if "&" in visible:
-        visible = _ENTITY.sub(_entity, visible)
+        visible = htmllib.unescape(visible)
     out.add("html")
     return visible
 
@@ -257,17 +256,6 @@ def strip_tags(html: str) -> str:
                 break
         i = k + 1
     return "".join(out)
-
-
-def _entity(m: re.Match[str]) -> str:
-    name = m.group(1).lower()
-    if name.startswith("#"):
-        try:
-            cp = int(name[2:], 16) if name[1:2] == "x" else int(name[1:])
-            return chr(cp) if 0 < cp < 0x110000 else " "
-        except ValueError:
-            return " "
-    return _ENTITIES.get(name, " ")
 
 
 def tokens(message: bytes) -> set[str]:
