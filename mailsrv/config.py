@@ -554,6 +554,9 @@ class PolicyConfig:
     bayes_ham_cutoff: float = doc("Spam probability up to which the learner is sure of ham (SpamBayes' ham zone): it "
                                   "then removes all of bayes_ham_points; in between, points in proportion.", 0.2,
                                   check=_probability)
+    bayes_sure_points: float = doc("Points the learner adds on top of bayes_spam_points when it is all but certain "
+                                   "(spam probability 0.999 or more, SpamAssassin's BAYES_999).", 1.0,
+                                   check=_non_negative)
     bayes_train_batch: int = doc("Junk moves learned per write transaction by a worker's background trainer.", 100,
                                  check=_positive)
     bayes_train_queue: int = doc("Junk moves a worker's trainer holds before a move command waits for room.", 20000,

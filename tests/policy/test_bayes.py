@@ -122,7 +122,7 @@ def test_token_prob_bounds(s: int, h: int, ns: int, nh: int) -> None:
 
 
 def test_points_scale() -> None:
-    cfg = PolicyConfig(bayes_spam_points=4.0, bayes_ham_points=2.0)
+    cfg = PolicyConfig(bayes_spam_points=4.0, bayes_ham_points=2.0, bayes_sure_points=0.0)
     assert points(1.0, cfg) == 4.0 and points(0.5, cfg) == 0.0 and points(0.0, cfg) == -2.0
     assert points(0.75, cfg) == 2.0
 
@@ -293,5 +293,40 @@ async def test_oldest_tokens_expire_beyond_the_maximum(tmp_path: Path) -> None:
         assert not await state.run(lambda db: has(db, "word000a"), write=False)  # the oldest went first
         assert await state.run(lambda db: has(db, "word049a"), write=False)
         assert await learner.totals(["a.test"]) == (24, 26)  # message counts are kept
+    finally:
+        state.close()
+
+
+def _shared_ham(root: Path) -> tuple[list[str], list[bytes]]:
+    paths = [p for p in sorted(root.rglob("*")) if p.is_file() and p.suffix in (".txt", ".msg", ".eml")
+             and "LICENSE" not in p.name.upper() and p.name != "README.md"]
+    return [p.name for p in paths], [p.read_bytes() for p in paths]
+
+
+async def test_shared_corpus_stays_under_junk_with_a_trained_learner(corpus: Path, tmp_path: Path) -> None:
+    """Rules + learner (trained on generated spam and half of ../shared/corpus) keep all of it under junk."""
+    from mailsrv.policy.score import Facts, RuleScorer
+
+    names, ham = _shared_ham(corpus)
+    assert len(ham) > 200
+    cfg = PolicyConfig()
+    state = PolicyState(tmp_path / "p.db")
+    learner = Bayes(state, cfg)
+    scorer = RuleScorer()
+    try:
+        for i in range(cfg.bayes_min_spam):
+            await learner.learn([""], "spam", corpus_message("spam", i))
+        for m in ham[0::2]:
+            await learner.learn([""], "ham", m)
+        over = []
+        for name, m in zip(names, ham, strict=True):
+            verdict = await learner.classify([""], m)
+            assert verdict is not None
+            score = (await scorer.score(m, Facts())).score + verdict.points
+            if score >= cfg.junk_score:
+                over.append((name, score, verdict.prob))
+        assert over == []
+        spam = await learner.classify([""], corpus_message("spam", 10_000))
+        assert spam is not None and spam.zone == "spam"  # the learner does have an opinion
     finally:
         state.close()

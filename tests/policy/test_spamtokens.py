@@ -156,5 +156,6 @@ def test_zones_and_points() -> None:
     assert [zone(p, cfg) for p in (0.0, 0.2, 0.21, 0.5, 0.89, 0.9, 1.0)] == \
         ["ham", "ham", "unsure", "unsure", "unsure", "spam", "spam"]
     assert points(0.95, cfg) == 4.0 and points(0.9, cfg) == 4.0  # the whole of it in the spam zone
+    assert points(0.999, cfg) == 5.0 and points(0.9989, cfg) == 4.0  # all but certain: bayes_sure_points more
     assert points(0.1, cfg) == -2.0
     assert points(0.5, cfg) == 0.0 and points(0.75, cfg) == 2.0 and points(0.35, cfg) == -0.6
