@@ -12,10 +12,10 @@ Invariants:
 - bounded: at most ``bayes_train_queue`` jobs wait per worker; a command that
   would pass that waits for room (back-pressure), memory never grows with it;
 - a crash (kill -9) loses nothing journaled: a trainer that starts takes over
-  the rows of dead workers (by pid) and learns them, reading references back
-  through :attr:`Trainer.reader` (rows with a reference and no reader are
-  dropped with a warning); the batch in flight is either learned and deleted
-  in one transaction, or still journaled;
+  the rows of dead workers (by pid) and learns them; rows that hold only a
+  (mailbox, uid) reference wait for a trainer with :attr:`Trainer.reader`;
+  the batch in flight is either learned and deleted in one transaction, or
+  still journaled;
 - a message that cannot be read any more (expunged meanwhile) is skipped; a
   learner failure is logged and never reaches the user.
 """
@@ -151,14 +151,16 @@ class Trainer:
         """Queue the journal rows of workers that died (pid no longer alive) as this worker's; returns how
         many. The background task does it when it starts."""
 
+        readable = "" if self.reader is not None else " AND message IS NOT NULL"  # the rest waits for a reader
+
         def op(db: sqlite3.Connection) -> list[tuple[int, str, str, str, int, bytes | None]]:
             owners = [o for (o,) in db.execute("SELECT DISTINCT owner FROM training_queue WHERE owner != ?",
                                                (self.pid,)).fetchall() if not _alive(o)]
             rows = []
             for owner in owners:
                 rows += db.execute("SELECT id, account, label, mailbox, uid, message FROM training_queue "
-                                   "WHERE owner = ? ORDER BY id", (owner,)).fetchall()
-                db.execute("UPDATE training_queue SET owner = ? WHERE owner = ?", (self.pid, owner))
+                                   f"WHERE owner = ?{readable} ORDER BY id", (owner,)).fetchall()
+            db.executemany("UPDATE training_queue SET owner = ? WHERE id = ?", [(self.pid, r[0]) for r in rows])
             return rows
 
         rows = await self.state.run(op)

@@ -192,3 +192,25 @@ async def test_trainer_refuses_mismatched_messages(tmp_path: Path) -> None:
     finally:
         trainer.stop()
         state.close()
+
+
+async def test_without_a_reader_only_journaled_messages_are_taken_over(tmp_path: Path) -> None:
+    path = tmp_path / "p.db"
+    first = PolicyState(path)
+    dead = _dead_pid()
+    await first.run(lambda db: db.executemany(
+        "INSERT INTO training_queue (owner, account, label, mailbox, uid, message) VALUES (?, ?, ?, ?, ?, ?)",
+        [(dead, "a@example.test", "spam", "Junk", 7, None), (dead, "a@example.test", "spam", "Junk", 0, note(8))]))
+    first.close()
+    policy = policy_at(path)
+    trainer = policy.trainer
+    assert trainer is not None
+    try:
+        assert await trainer.adopt() == 1  # the message itself; the reference waits for a worker with a reader
+        await asyncio.wait_for(trainer.drain(), 30)
+        assert await policy.state.training_counts("a@example.test") == {"spam": 1}  # type: ignore[union-attr]
+        left = await policy.state.run(  # type: ignore[union-attr]
+            lambda db: db.execute("SELECT owner, uid FROM training_queue").fetchall(), write=False)
+        assert left == [(dead, 7)]
+    finally:
+        policy.close()
