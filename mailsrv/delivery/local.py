@@ -27,6 +27,9 @@ DELIVERY_BATCH = 256
 RESOLVE_TTL = 1.0
 #: Resolutions kept (a busy MX sees a few thousand distinct recipients a second at most).
 RESOLVE_CACHE = 4096
+#: Seconds between two looks at the directory's change stamp (two stats on the event loop, which
+#: release the GIL to busy pool threads): a directory change is seen within this time.
+STAMP_INTERVAL = 0.005
 
 
 @dataclass(frozen=True)
@@ -53,16 +56,20 @@ def limits_of(acct: Account) -> QuotaLimits:
 
 class ResolveCache:
     """``directory.resolve`` answers reused for RESOLVE_TTL seconds while the directory's
-    ``change_stamp()`` stays the same: one RCPT costs no directory query when the same
-    recipients come again (a burst of mail to one organisation). A directory without
-    ``change_stamp`` is asked every time."""
+    ``change_stamp()`` stays the same (looked at every STAMP_INTERVAL seconds at most): one
+    RCPT costs no directory query when the same recipients come again (a burst of mail to
+    one organisation). A directory without ``change_stamp`` is asked every time."""
 
-    def __init__(self, directory: Any, ttl: float = RESOLVE_TTL, size: int = RESOLVE_CACHE) -> None:
+    def __init__(self, directory: Any, ttl: float = RESOLVE_TTL, size: int = RESOLVE_CACHE,
+                 stamp_interval: float = STAMP_INTERVAL) -> None:
         self.directory = directory
         self.ttl = ttl
         self.size = size
+        self.stamp_interval = stamp_interval
         self._stamp_of: Callable[[], object] | None = getattr(directory, "change_stamp", None)
         self._stamp: object = None
+        self._stamp_at = float("-inf")
+        self._gen = 0  # bumped whenever the entries are dropped
         self._entries: dict[str, tuple[float, Resolution]] = {}
         #: answers served from the cache, and queries made (for tests and the bench)
         self.hits = 0
@@ -71,22 +78,29 @@ class ResolveCache:
     async def resolve(self, address: str) -> Resolution:
         if self._stamp_of is None:
             return await self.directory.resolve(address)
-        stamp = self._stamp_of()
-        if stamp != self._stamp:
-            self._entries.clear()
-            self._stamp = stamp
         now = asyncio.get_running_loop().time()
+        if now - self._stamp_at >= self.stamp_interval:
+            self._stamp_at = now
+            stamp = self._stamp_of()
+            if stamp != self._stamp:
+                self._drop()
+                self._stamp = stamp
         hit = self._entries.get(address)
         if hit is not None and now - hit[0] < self.ttl:
             self.hits += 1
             return hit[1]
         self.misses += 1
+        gen = self._gen
         res: Resolution = await self.directory.resolve(address)
         if len(self._entries) >= self.size:
-            self._entries.clear()
-        if self._stamp == stamp:  # the directory did not change while we asked
+            self._drop()
+        if self._gen == gen:  # no change seen while we asked
             self._entries[address] = (now, res)
         return res
+
+    def _drop(self) -> None:
+        self._entries.clear()
+        self._gen += 1
 
 
 class LocalDelivery:

@@ -6,6 +6,7 @@ another worker would), and must be seen at the very next RCPT.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from typing import Any
 import pytest
 
 from mailsrv.config import DirectoryConfig
-from mailsrv.delivery.local import LocalDelivery, ResolveCache
+from mailsrv.delivery.local import STAMP_INTERVAL, LocalDelivery, ResolveCache
 from mailsrv.directory import Kind, Resolution, open_directory, open_sync
 from mailsrv.store import Store
 
@@ -48,6 +49,7 @@ async def test_repeated_recipients_are_answered_from_the_cache(env: Any) -> None
 
 async def test_a_directory_change_is_seen_at_the_next_rcpt(env: Any) -> None:
     sd, _, ld = env
+    ld.resolver.stamp_interval = 0.0  # look at the stamp at every RCPT
     assert await _check(ld, "bob@example.test") == 550
     assert await _check(ld, "alice@example.test") == 250
     sd.add_user("bob@example.test")  # another process adds a user ...
@@ -57,6 +59,21 @@ async def test_a_directory_change_is_seen_at_the_next_rcpt(env: Any) -> None:
     sd.del_user("bob@example.test")
     assert await _check(ld, "bob@example.test") == 550
     assert ld.resolver.hits == 0
+
+
+async def test_with_the_default_interval_a_change_is_seen_within_it(env: Any) -> None:
+    sd, _, ld = env
+    assert ld.resolver.stamp_interval == STAMP_INTERVAL
+    assert await _check(ld, "carol@example.test") == 550
+    sd.add_user("carol@example.test")
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    deadline = start + 5.0
+    while await _check(ld, "carol@example.test") != 250:  # poll: served from the cache meanwhile
+        assert loop.time() < deadline, "the change was never seen"
+        await asyncio.sleep(0.001)
+    # seen once the interval passed (plus the loop's scheduling slack on a loaded machine)
+    assert loop.time() - start < STAMP_INTERVAL + 1.0
 
 
 async def test_answers_expire(env: Any) -> None:
