@@ -173,6 +173,13 @@ async def _delivery(base: Path, count: int, concurrency: int, mailboxes: int = 4
 HALF = {"smoke": (60, 8, 4), "full": (3000, 50, 50)}
 
 
+def _hit_rate(cache: Any) -> float:
+    """Share of RCPT resolutions served from LocalDelivery's cache (0 without one)."""
+    if cache is None:
+        return 0.0
+    return float(cache.hits / max(1, cache.hits + cache.misses))
+
+
 def _counted(fn: Any, counts: dict[str, int], key: str) -> Any:
     """``fn`` (an awaitable-returning pool call) counting its calls into ``counts[key]``."""
 
@@ -274,7 +281,7 @@ async def _delivery_half(base: Path, count: int, concurrency: int, users: int) -
         "index_txns": (store.indexer.batches - batches0) / count,
         "indexer_rounds": store.indexer.rounds - rounds0,
         "syncfs": ((store.fssync.syncs if store.fssync is not None else 0) - syncs0) / count,
-        "resolve_hits": local.resolver.hits / max(1, local.resolver.hits + local.resolver.misses),
+        "resolve_hits": _hit_rate(getattr(local, "resolver", None)),
     }
     await search.close()
     await store.close()
