@@ -5,8 +5,11 @@ the error budget (STYLE.md §3), streams DATA through the bulk
 :class:`~mailsrv.smtp.dotstuff.DotDecoder` and BDAT chunks into the spool
 file (a message is never held whole in memory), and performs STARTTLS.
 
-Invariant: nothing is written to the peer between a session's ``data_end``
-call and its return, so ``250`` always follows durability.
+Invariants: nothing is written to the peer between a session's ``data_end``
+call and its return, so ``250`` always follows durability. Replies are held
+only while a whole command (or the rest of a BDAT chunk) already waits in the
+input buffer (RFC 2920 §3.1), so the loop never waits for the client while
+holding the replies the client may be waiting for.
 """
 
 from __future__ import annotations
@@ -192,6 +195,8 @@ class SmtpService:
             if step.then == "reply":
                 continue
             if step.then == "bdat":  # the chunk follows at once: its reply may join later ones
+                if out and len(buffered) < step.size:  # never wait for the client holding its replies
+                    await self._flush(conn, out)
                 if not await self._read_bdat(conn, session, out, step.size, step.last):
                     return
                 continue

@@ -101,6 +101,23 @@ def test_errors_in_a_pipelined_group_keep_their_order(make_server: Any) -> None:
         c.close()
 
 
+def test_replies_are_sent_before_waiting_for_a_bdat_chunk(make_server: Any) -> None:
+    """A client may wait for the replies to MAIL and RCPT before it sends the chunk it announced."""
+    srv = make_server()
+    c = Raw(srv.port)
+    try:
+        assert c.reply()[0] == 220
+        c.send(b"EHLO client.test\r\n")
+        assert c.reply()[0] == 250
+        c.send(b"MAIL FROM:<a@remote.test>\r\nRCPT TO:<alice@example.test>\r\nBDAT %d LAST\r\n" % len(MSG))
+        assert [c.reply()[0] for _ in range(2)] == [250, 250]
+        c.send(MSG)
+        assert c.reply()[0] == 250
+    finally:
+        c.close()
+    assert srv.backend.delivered[0].data.endswith(MSG)
+
+
 # -- reads that need no wait ----------------------------------------------------------------------
 
 
