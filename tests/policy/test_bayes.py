@@ -330,3 +330,32 @@ async def test_shared_corpus_stays_under_junk_with_a_trained_learner(corpus: Pat
         assert spam is not None and spam.zone == "spam"  # the learner does have an opinion
     finally:
         state.close()
+
+
+async def test_hapaxes_of_a_day_expire_before_tokens_seen_twice(tmp_path: Path, monkeypatch: Any) -> None:
+    from mailsrv.policy import bayes as bayes_mod
+
+    monkeypatch.setattr(bayes_mod, "EXPIRE_EVERY", 2)
+    shared = " ".join(f"shared{c}" for c in "abcdefghij")
+
+    def msg(tag: str) -> bytes:
+        own = " ".join(f"{tag}{c}word" for c in "abcdefghijklmnopqrstuvwxyz")
+        return f"Subject: s\r\n\r\n{shared} {own}\r\n".encode()
+
+    distinct = len(tokens(msg("x")) | tokens(msg("y")))
+    state = PolicyState(tmp_path / "p.db", clock=lambda: 1_800_000_000.0)  # one day for every token
+    learner = Bayes(state, PolicyConfig(bayes_max_tokens=distinct - 10))
+    try:
+        await learner.learn(["s"], "spam", msg("x"))
+        await learner.learn(["s"], "ham", msg("y"))
+        assert learner.expired > 10
+
+        def has(db: Any, word: str) -> bool:
+            q = "SELECT 1 FROM bayes_tokens WHERE scope = 's' AND token = ?"
+            return db.execute(q, (token_id(word),)).fetchone() is not None
+
+        assert await state.run(lambda db: all(has(db, f"shared{c}") for c in "abcdefghij"), write=False)
+        assert not await state.run(lambda db: all(has(db, f"x{c}word") for c in "abcdefghijklmnopqrstuvwxyz"),
+                                   write=False)
+    finally:
+        state.close()
