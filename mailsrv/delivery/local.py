@@ -113,8 +113,10 @@ class LocalDelivery:
         self.resolver = ResolveCache(directory)
 
     async def store_account(self, acct: Account) -> Any:
-        return await self.store.account(str(acct.id), account_root(self.data_dir, acct.id, acct.store),
-                                        domain=acct.domain)
+        aid = str(acct.id)
+        # an open account ignores the path: derive it only to open one
+        root = None if self.store.cached_account(aid) is not None else account_root(self.data_dir, acct.id, acct.store)
+        return await self.store.account(aid, root, domain=acct.domain)
 
     async def check(self, address: str, *, sender: str, size: int, authenticated: Account | None,
                     may_relay: bool) -> RcptCheck:

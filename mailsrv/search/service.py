@@ -54,6 +54,9 @@ WARM_FIELDS = ("body", "subject", "from", "to", "cc", "headers")
 #: a single-key SORT of more hits than this filters a cached whole-mailbox order
 SORT_CACHE_MIN = 2000
 
+#: index objects kept per worker that are not loaded (beyond [search] cache_mailboxes loaded ones)
+UNLOADED_INDEXES = 4096
+
 #: text cache bytes tolerated beyond twice the live records before it is compacted
 COMPACT_SLACK = 1 << 20
 T = TypeVar("T")
@@ -593,8 +596,12 @@ class SearchService:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, fn, *args)
 
-    def mailbox(self, account_id: str, mailbox_id: str, directory: Path, read: Reader) -> MailboxIndex:
-        """The index of one mailbox (cached; files are opened at first use). Sync."""
+    def mailbox(self, account_id: str, mailbox_id: str, directory: Path, read: Reader, *,
+                for_search: bool = True) -> MailboxIndex:
+        """The index of one mailbox (cached; files are opened at first use). Sync.
+
+        ``for_search``: the caller will search it (load it), so it counts against
+        ``[search] cache_mailboxes`` at once; False for indexing after delivery (appends)."""
         key = (account_id, mailbox_id)
         idx = self._open.get(key)
         if idx is not None:
@@ -603,12 +610,29 @@ class SearchService:
             return idx
         idx = MailboxIndex(self, mailbox_id, directory, read)
         self._open[key] = idx
-        for old_key in list(self._open)[: max(0, len(self._open) - self.config.cache_mailboxes)]:
-            old = self._open[old_key]
-            if not old.lock.locked():  # one in use stays until a later call evicts it
-                del self._open[old_key]
-                old.close()
+        self._trim(idx, int(for_search))
         return idx
+
+    def _trim(self, keep: MailboxIndex | None = None, loading: int = 0) -> None:
+        """Close least recently used indexes: ``[search] cache_mailboxes`` bounds the loaded ones
+        (their memory; ``loading`` more are about to load), UNLOADED_INDEXES all of them (one
+        that deliveries only append to costs a few hundred bytes). One in use stays (a later
+        call closes it)."""
+        excess_loaded = sum(i.gen >= 0 for i in self._open.values()) + loading - self.config.cache_mailboxes
+        excess_all = len(self._open) - UNLOADED_INDEXES
+        for old_key in list(self._open):  # least recently used first
+            if excess_loaded <= 0 and excess_all <= 0:
+                break
+            old = self._open[old_key]
+            if old is keep or old.lock.locked():
+                continue
+            if old.gen >= 0 and excess_loaded > 0:
+                excess_loaded -= 1
+            elif excess_all <= 0:
+                continue
+            excess_all -= 1
+            del self._open[old_key]
+            old.close()
 
     def drop(self, account_id: str, mailbox_id: str, directory: Path) -> None:
         """Forget a deleted mailbox and remove its files (sync, small)."""
@@ -635,7 +659,7 @@ class SearchService:
         if idx is None and self.resolver is not None:
             found = self.resolver(account_id, mailbox_id)
             if found is not None:
-                idx = self.mailbox(account_id, mailbox_id, found[0], found[1])
+                idx = self.mailbox(account_id, mailbox_id, found[0], found[1], for_search=False)
                 if len(found) > 2:
                     idx.read_many = found[2]  # the 3-tuple form
         return idx
@@ -664,6 +688,8 @@ class SearchService:
                 uids, idx.pending = idx.pending[:n], idx.pending[n:]
                 async with self._admit:
                     await idx.index_uids(uids)
+                if idx.gen >= 0:  # this batch loaded (or built) the index: keep the bound
+                    self._trim()
         finally:
             idx.draining = False
             if idx.pending:  # a failed batch: the UIDs that came meanwhile get their own task

@@ -216,7 +216,7 @@ class Store:
         a file durable in ``new/`` is mail in maildir terms, and every reader and every
         restart indexes what waits there, so nothing acknowledged is lost on a crash.
         """
-        spool_path = Path(spool_path)
+        spool_path = spool_path if isinstance(spool_path, Path) else Path(spool_path)
         email_id = ""  # made in the job: new_id reads urandom, a GIL round trip on the loop thread
         targets = list(targets)
         index = uids or not self.config.deferred_index

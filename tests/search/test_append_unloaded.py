@@ -158,3 +158,25 @@ async def test_batch_reader_is_used_once_per_batch(tmp_path: Path) -> None:
     idx = svc._open[("acct1", "Mbox1")]
     assert set(uids) | set(more) <= set(idx.core.indexed) and vanished not in idx.core.indexed
     await svc.close()
+
+
+async def test_cache_bounds_loaded_indexes_not_the_appended_ones(tmp_path: Path) -> None:
+    boxes = {f"Mbox{i}": Box(3, seed=i) for i in range(4)}
+    svc = SearchService(SearchConfig(cache_mailboxes=1),
+                        resolver=lambda a, m: (tmp_path, boxes[m].read))
+    for name in ("Mbox0", "Mbox1"):  # two searched (loaded) indexes: the older one goes
+        idx = svc.mailbox("acct1", name, tmp_path, boxes[name].read)
+        await idx.search(Text("body", "a"), boxes[name].view)
+    assert list(svc._open) == [("acct1", "Mbox1")]
+    for name in ("Mbox2", "Mbox3", "Mbox0"):  # deliveries into mailboxes nobody searches here
+        box = boxes[name]
+        box.add(box.gen.message(50)[0])
+        svc.message_added("acct1", name, box.view.messages[-1], None)
+        await svc.idle()
+    # Mbox2 and Mbox3 had no index files: their first batch built (loaded) one each, evicting the
+    # previously loaded one; Mbox0's files exist, so it was appended to and stays unloaded
+    loaded = [k[1] for k, i in svc._open.items() if i.gen >= 0]
+    assert loaded == ["Mbox3"]
+    mbox0 = svc._open[("acct1", "Mbox0")]
+    assert mbox0.gen == -1 and mbox0.stats["appended"] == 1
+    await svc.close()
