@@ -360,7 +360,8 @@ class SearchConfig:
         check=_positive,
     )
     cache_mailboxes: int = doc(
-        "Mailbox search indexes a worker keeps in memory (least recently used; ~5 KB per message).",
+        "Mailbox search indexes a worker keeps loaded in memory (least recently used; ~5 KB per message);"
+        " indexing after delivery appends to the others without loading them.",
         16,
         check=_positive,
     )
