@@ -100,3 +100,27 @@ def test_account_root_is_the_one_derivation(tmp_path: Path, run: Run, make_store
     store = make_store()
     acct = run(store.account("7"))  # no maildir from the directory: the default place
     assert acct.root == account_root(tmp_path, 7) and (acct.root / "new").is_dir()
+
+
+def test_search_before_the_indexers_run_finds_the_delivery(tmp_path: Path, run: Run,
+                                                            make_store: Callable[..., Store]) -> None:
+    """Acknowledged, UID not yet assigned, search indexing not yet run: a search still finds it."""
+    store = make_store(index_delay=30.0)  # the background indexer waits
+    search = SearchService(SearchConfig(), search_resolver(store))
+    store.add_observer(search)
+    acct = run(store.account("u"))
+
+    async def go() -> tuple[int, list[int]]:
+        res = await store.deliver(spool(tmp_path, _body(5), "s5"), [DeliveryTarget(acct)], uids=False)
+        assert res[0].status == "ok" and res[0].uid is None
+        assert store.indexer.waiting == 1
+        view = await acct.open_mailbox("INBOX")  # the reader indexes what waits in new/
+        info = next(b for b in await acct.list_mailboxes() if b.name == "INBOX")
+        idx = search.mailbox(acct.id, info.id, acct.root / "mailsrv-search",
+                             lambda uid: acct.read_message("INBOX", uid))
+        hits = await idx.search(Text("body", "word5x"), view)
+        return view.messages[0].uid, list(hits)
+
+    uid, hits = run(go())
+    assert hits == [uid]
+    run(search.close())
