@@ -294,9 +294,12 @@ class MailboxIndex:
             except (FileNotFoundError, CorruptIndex):
                 return False
             try:
-                if journal_generation(fd) != gen:
+                text_path = f.directory / text_name
+                # a missing text file is corruption the full load must see (it rebuilds): never
+                # create it here
+                if journal_generation(fd) != gen or not text_path.exists():
                     return False
-                text = TextStore(f.directory / text_name)
+                text = TextStore(text_path)
                 try:
                     blobs = []
                     for uid, doc in docs:

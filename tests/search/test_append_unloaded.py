@@ -180,3 +180,19 @@ async def test_cache_bounds_loaded_indexes_not_the_appended_ones(tmp_path: Path)
     mbox0 = svc._open[("acct1", "Mbox0")]
     assert mbox0.gen == -1 and mbox0.stats["appended"] == 1
     await svc.close()
+
+
+async def test_a_missing_text_file_is_rebuilt_not_appended_to(tmp_path: Path) -> None:
+    box = Box(12)
+    first = SearchService(SearchConfig())
+    await open_index(first, box, tmp_path).search(Text("body", "a"), box.view)
+    await first.close()
+    _, text_name = snapshot_meta(Files(tmp_path, "Mbox1").snap)
+    (tmp_path / text_name).unlink()  # lost (an operator, a disk problem)
+    svc = SearchService(SearchConfig(), resolver=lambda a, m: (tmp_path, box.read))
+    await _deliver(svc, box, 12, 3)
+    idx = svc._open[("acct1", "Mbox1")]
+    assert idx.stats["appended"] == 0 and idx.stats["rebuilds"] == 1  # loaded, found corrupt, rebuilt
+    for q in _queries(box):  # the rebuilt index re-reads the older messages: nothing is missed
+        assert await idx.search(q, box.view) == _reference(box, q), q
+    await svc.close()
