@@ -39,13 +39,19 @@ def writes(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
     return seen
 
 
+def _greeted(port: int) -> Raw:
+    """A raw connection past the greeting and EHLO."""
+    c = Raw(port)
+    assert c.reply()[0] == 220
+    c.send(b"EHLO client.test\r\n")
+    assert c.reply()[0] == 250
+    return c
+
+
 def test_pipelined_group_is_answered_in_one_write(make_server: Any, writes: list[bytes]) -> None:
     srv = make_server()
-    c = Raw(srv.port)
+    c = _greeted(srv.port)
     try:
-        assert c.reply()[0] == 220
-        c.send(b"EHLO client.test\r\n")
-        assert c.reply()[0] == 250
         del writes[:]
         c.send(b"MAIL FROM:<a@remote.test>\r\nRCPT TO:<alice@example.test>\r\nRCPT TO:<bob@example.test>\r\n"
                b"DATA\r\n")
@@ -104,11 +110,8 @@ def test_errors_in_a_pipelined_group_keep_their_order(make_server: Any) -> None:
 def test_replies_are_sent_before_waiting_for_a_bdat_chunk(make_server: Any) -> None:
     """A client may wait for the replies to MAIL and RCPT before it sends the chunk it announced."""
     srv = make_server()
-    c = Raw(srv.port)
+    c = _greeted(srv.port)
     try:
-        assert c.reply()[0] == 220
-        c.send(b"EHLO client.test\r\n")
-        assert c.reply()[0] == 250
         c.send(b"MAIL FROM:<a@remote.test>\r\nRCPT TO:<alice@example.test>\r\nBDAT %d LAST\r\n" % len(MSG))
         assert [c.reply()[0] for _ in range(2)] == [250, 250]
         c.send(MSG)
