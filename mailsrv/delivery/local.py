@@ -155,11 +155,12 @@ class LocalDelivery:
         return RcptCheck(250, "2.1.5", "Recipient OK", "local", res)
 
     async def deliver(self, spool: Path, recipients: Sequence[tuple[str, Resolution]], *,
-                      mailbox: str = "INBOX") -> LocalOutcome:
+                      mailbox: str = "INBOX", data: bytes | None = None) -> LocalOutcome:
         """Deliver the durable ``spool`` to every local recipient; returns when every copy is durable.
 
         ``recipients`` are (address, resolution) of kind local or group. Groups
-        are expanded now, to their current members.
+        are expanded now, to their current members. ``data``: the spool's bytes when the
+        caller holds them (the store then does not read the file back; see Store.deliver).
         """
         out = LocalOutcome()
         seen: set[int] = set()
@@ -175,7 +176,7 @@ class LocalDelivery:
             targets = [DeliveryTarget(sa, mailbox=mailbox, limits=limits_of(a), domain_limits=dlimits[a.domain])
                        for (_, a), sa in zip(batch, saccts, strict=True)]
             # durable in new/ is enough to acknowledge; the UIDs come from the store's indexer
-            results = await self.store.deliver(spool, targets, uids=False)
+            results = await self.store.deliver(spool, targets, uids=False, data=data)
             for (addr, _), res in zip(batch, results, strict=True):
                 if res.status == "ok":
                     out.delivered += 1

@@ -204,7 +204,8 @@ class Store:
     # --- delivery -------------------------------------------------------------
 
     async def deliver(self, spool_path: Path, targets: Sequence[DeliveryTarget], *,
-                      internal_date: float | None = None, uids: bool = True) -> list[DeliveryResult]:
+                      internal_date: float | None = None, uids: bool = True,
+                      data: bytes | None = None) -> list[DeliveryResult]:
         """Deliver one spooled message to many (account, mailbox) targets; see docs/store-api.md.
 
         Returns when every ``ok`` copy is durable: its file and its ``new/`` entry fsync'd
@@ -215,6 +216,8 @@ class Store:
         assigned by the background indexer, batched across deliveries (``uid`` is None);
         a file durable in ``new/`` is mail in maildir terms, and every reader and every
         restart indexes what waits there, so nothing acknowledged is lost on a crash.
+        ``data``: the spool file's content when the caller holds it in memory (it must be the
+        same bytes): the job parses it instead of reading the file back.
         """
         spool_path = spool_path if isinstance(spool_path, Path) else Path(spool_path)
         email_id = ""  # made in the job: new_id reads urandom, a GIL round trip on the loop thread
@@ -227,7 +230,7 @@ class Store:
         try:
             async with self._delivery_slots:  # see DELIVERY_JOBS
                 results, published, later = await self.io.run(
-                    self._deliver_job, spool_path, targets, internal_date, email_id, index, group)
+                    self._deliver_job, spool_path, targets, internal_date, email_id, index, group, data)
         except OSError as exc:
             logger.error("deliver.spool_unreadable", path=str(spool_path), error=str(exc))
             return [DeliveryResult(t, "tempfail", None, f"spool unreadable: {exc.strerror}") for t in targets]
@@ -248,7 +251,7 @@ class Store:
         return results
 
     def _deliver_job(self, spool: Path, targets: list[DeliveryTarget], internal_date: float | None,
-                     email_id: str, index: bool = True, group: bool = False
+                     email_id: str, index: bool = True, group: bool = False, data: bytes | None = None
                      ) -> tuple[list[DeliveryResult], list[tuple[Account, SyncResult]], list[tuple[Account, str, str]]]:
         """Blocking: parse the spool once, link it into each target, fsync, index unless deferred (I/O pool).
 
@@ -260,8 +263,11 @@ class Store:
         if internal_date is not None:
             os.utime(spool, (internal_date, internal_date))
         size = os.stat(spool).st_size
-        with open(spool, "rb") as fh:
-            raw = fh.read(self.config.max_parse_size)
+        if data is not None and len(data) == size:
+            raw = data[:self.config.max_parse_size]
+        else:
+            with open(spool, "rb") as fh:
+                raw = fh.read(self.config.max_parse_size)
         structure = parse_structure(raw, "", self.mime)
         thread = headers.thread_headers(raw)
         del raw
