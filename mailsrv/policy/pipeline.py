@@ -278,6 +278,9 @@ class PolicySession:
         self.iprev = ""
         self.dnsbl: list[str] = []
         self._conn_task: asyncio.Task[None] | None = None
+        #: sender -> its MAIL FROM SPF result in this session (client and HELO fixed): a session's
+        #: second message from the same sender is not evaluated again; DNS errors are not kept
+        self._spf_seen: dict[str, spf.SpfResult] = {}
         self.tx = _Tx()
 
     @property
@@ -316,6 +319,9 @@ class PolicySession:
         return _reject("Protocol error: talking before the greeting", 554, "5.5.1")
 
     async def helo(self, name: str) -> Decision:
+        if name != self.helo_name:  # a new HELO identity: its SPF and the senders' (macros use it) anew
+            self.helo_spf = None
+            self._spf_seen = {}
         self.helo_name = name
         if not self.active or self.outbound or self.listener != "smtp":
             return ACCEPT
@@ -377,8 +383,13 @@ class PolicySession:
                 self.p.resolver, self.client_ip, helo, f"postmaster@{helo}", helo=helo,
                 receiver=self.p.hostname, identity="helo")
         if sender:
-            self.tx.spf = await spf.check_host(self.p.resolver, self.client_ip, _domain(sender), sender,
-                                               helo=helo, receiver=self.p.hostname)
+            seen = self._spf_seen.get(sender)
+            if seen is None:
+                seen = await spf.check_host(self.p.resolver, self.client_ip, _domain(sender), sender,
+                                            helo=helo, receiver=self.p.hostname)
+                if seen.result != "temperror":  # a DNS failure may pass at the next MAIL
+                    self._spf_seen[sender] = seen
+            self.tx.spf = seen
         elif self.helo_spf is not None:
             # RFC 7208 §2.4: a null reverse-path is checked as postmaster@helo
             self.tx.spf = self.helo_spf

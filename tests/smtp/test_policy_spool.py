@@ -213,3 +213,34 @@ async def test_an_inbound_message_is_written_once_with_our_fields(tmp_path: Path
     assert b"\r\nAuthentication-Results: mx.example.test;" in d.data and b"dkim=pass" not in d.data
     assert b"X-Spam-Flag: NO\r\n" in d.data and b"X-Spam-Flag: YES" not in d.data
     assert d.data.endswith(b"\r\nSubject: s\r\n\r\nbody\r\n")
+
+
+async def test_spf_of_a_sender_is_evaluated_once_per_session(tmp_path: Path, monkeypatch: Any) -> None:
+    """A session's next message from the same sender reuses its MAIL FROM SPF result (not a DNS error),
+    and a new HELO name evaluates everything anew."""
+    from mailsrv.policy import pipeline
+    from mailsrv.policy.spf import SpfResult
+
+    calls: list[tuple[str, str, str]] = []
+
+    async def fake(resolver: Any, ip: str, domain: str, sender: str, *, helo: str = "", receiver: str = "",
+                   identity: str = "mailfrom") -> SpfResult:
+        calls.append((identity, sender, helo))
+        return SpfResult("temperror" if sender.startswith("t@") else "pass", identity, domain)
+
+    monkeypatch.setattr(pipeline.spf, "check_host", fake)
+    policy = Policy(PolicyConfig(dmarc=False), hostname=OUR_ID, resolver=Resolver(["127.0.0.1:1"]),
+                    state=PolicyState(tmp_path / "p.db"))
+    try:
+        ps = policy.session(client_ip="192.0.2.7", listener="smtp")
+        assert (await ps.helo("client.test")).ok
+        for sender in ("a@d.test", "a@d.test", "b@d.test", "t@d.test", "t@d.test", "a@d.test"):
+            assert (await ps.mail(sender)).ok
+            assert ps.tx.spf is not None and ps.tx.spf.result == ("temperror" if sender[0] == "t" else "pass")
+        assert [c[1] for c in calls] == ["postmaster@client.test", "a@d.test", "b@d.test", "t@d.test", "t@d.test"]
+        calls.clear()
+        assert (await ps.helo("other.test")).ok
+        assert (await ps.mail("a@d.test")).ok
+        assert calls == [("helo", "postmaster@other.test", "other.test"), ("mailfrom", "a@d.test", "other.test")]
+    finally:
+        policy.close()
