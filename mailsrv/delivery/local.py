@@ -170,8 +170,10 @@ class LocalDelivery:
         async def flush() -> None:
             if not batch:
                 return
-            # Opening an account may create its maildir: open the batch concurrently (store I/O pool).
-            saccts = await asyncio.gather(*(self.store_account(a) for _, a in batch))
+            # Opening an account may create its maildir: open the batch concurrently (store I/O pool);
+            # one recipient (most mail) needs no task for that
+            saccts = ([await self.store_account(batch[0][1])] if len(batch) == 1 else
+                      await asyncio.gather(*(self.store_account(a) for _, a in batch)))
             dlimits = {d: await self.store.domain_limits(d) for d in {a.domain for _, a in batch}}
             targets = [DeliveryTarget(sa, mailbox=mailbox, limits=limits_of(a), domain_limits=dlimits[a.domain])
                        for (_, a), sa in zip(batch, saccts, strict=True)]
