@@ -201,12 +201,11 @@ class Bayes:
         for lesson in lessons:
             if lesson.label not in ("spam", "ham"):
                 raise ValueError(f"label must be spam or ham, not {lesson.label!r}")
-        prepared = [(lesson, sorted({token_id(t) for t in lesson.toks})) for lesson in lessons]
         day = int(self.state.clock() // 86400)
 
         def op(db: sqlite3.Connection) -> list[bool]:
             self._schema(db)
-            out = [self._learn_in(db, lesson, ids, day) for lesson, ids in prepared]
+            out = [self._learn_in(db, lesson, sorted({token_id(t) for t in lesson.toks}), day) for lesson in lessons]
             if also is not None:
                 also(db)
             return out
@@ -282,9 +281,10 @@ class Bayes:
         nspam, nham = totals if totals is not None else await self.totals(keys)
         if nspam < self.cfg.bayes_min_spam or nham < self.cfg.bayes_min_ham:
             return None
-        ids = sorted({token_id(t) for t in (toks if toks is not None else tokens(message))})
+        words = toks if toks is not None else tokens(message)
 
-        def op(db: sqlite3.Connection) -> list[tuple[int, int]]:
+        def op(db: sqlite3.Connection) -> float:  # hashing and combining too: CPU off the event loop
+            ids = sorted({token_id(t) for t in words})
             marks = ",".join("?" * len(keys))
             rows: list[tuple[int, int]] = []
             for i in range(0, len(ids), SQL_BATCH):
@@ -292,8 +292,7 @@ class Bayes:
                 rows += db.execute(
                     f"SELECT SUM(spam), SUM(ham) FROM bayes_tokens WHERE scope IN ({marks}) "
                     f"AND token IN ({','.join('?' * len(batch))}) GROUP BY token", (*keys, *batch)).fetchall()
-            return rows
+            return combine([token_prob(s, h, nspam, nham) for s, h in rows])
 
-        rows = await self.state.run(op, write=False)
-        prob = combine([token_prob(s, h, nspam, nham) for s, h in rows])
+        prob = await self.state.run(op, write=False)
         return Verdict(prob, points(prob, self.cfg), nspam, nham, zone(prob, self.cfg))
