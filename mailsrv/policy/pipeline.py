@@ -260,6 +260,8 @@ class _Tx:
     rcpts: list[str] = field(default_factory=list)
     spf: spf.SpfResult | None = None
     allowed: bool = False  # sender allow-listed (global or for every recipient so far)
+    #: recipient -> whether its lists allow the sender, as found at RCPT (the end of DATA asks again)
+    allowed_for: dict[str, bool] = field(default_factory=dict)
 
 
 class PolicySession:
@@ -436,7 +438,8 @@ class PolicySession:
         m = await self.p.lists.match_sender(self.tx.sender, self.client_ip, scopes=scopes)
         if m is not None and m.kind == "block":
             return _reject(f"<{address}>: Sender blocked by the recipient's policy")
-        allowed = self.tx.allowed or self._allows(m)
+        self.tx.allowed_for[address] = self._allows(m)
+        allowed = self.tx.allowed or self.tx.allowed_for[address]
         if self.cfg.greylist and not allowed and self.p.state is not None and not self._grey_exempt():
             verdict = await self.p.state.greylist(
                 self.client_ip, self.tx.sender, address, delay=self.cfg.greylist_delay,
@@ -670,8 +673,11 @@ class PolicySession:
         if not self.tx.rcpts:
             return False
         for r in self.tx.rcpts:
-            m = await self.p.lists.match_sender(self.tx.sender, self.client_ip, scopes=[r.lower(), _domain(r)])
-            if not self._allows(m):
+            ok = self.tx.allowed_for.get(r)
+            if ok is None:  # not looked up at RCPT (the state failed there): now
+                m = await self.p.lists.match_sender(self.tx.sender, self.client_ip, scopes=[r.lower(), _domain(r)])
+                ok = self._allows(m)
+            if not ok:
                 return False
         return True
 

@@ -244,3 +244,29 @@ async def test_spf_of_a_sender_is_evaluated_once_per_session(tmp_path: Path, mon
         assert calls == [("helo", "postmaster@other.test", "other.test"), ("mailfrom", "a@d.test", "other.test")]
     finally:
         policy.close()
+
+
+async def test_recipient_lists_are_read_at_rcpt_only(tmp_path: Path) -> None:
+    """The end of DATA uses what each recipient's lists said at RCPT (an allowed network stays allowed)."""
+    asked: list[str] = []
+
+    class Source:
+        async def policy_lists(self, scopes: list[str]) -> list[tuple[str, str, str]]:
+            asked.extend(scopes)
+            return [(s, "allow", "192.0.2.0/24") for s in scopes if s == "bob@example.test"]
+
+    policy = Policy(PolicyConfig(spf=False, dmarc=False), hostname=OUR_ID, resolver=Resolver(["127.0.0.1:1"]),
+                    state=PolicyState(tmp_path / "p.db"), lists=Source())
+    try:
+        ps = policy.session(client_ip="192.0.2.7", listener="smtp")
+        assert (await ps.mail("a@remote.test")).ok
+        assert (await ps.rcpt("bob@example.test")).ok
+        assert await ps._all_allowed()
+        assert (await ps.rcpt("alice@example.test")).ok
+        before = list(asked)
+        assert not await ps._all_allowed()  # alice's lists allow nothing
+        decision, _message = await ps.data_held(b"Subject: s\r\n\r\nbody\r\n")
+        assert decision.ok and asked == before  # no list read after RCPT
+        assert "bob@example.test" in before and "alice@example.test" in before
+    finally:
+        policy.close()
