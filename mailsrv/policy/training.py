@@ -10,7 +10,9 @@ exactly once).
 
 Invariants:
 - bounded: at most ``bayes_train_queue`` jobs wait per worker; a command that
-  would pass that waits for room (back-pressure), memory never grows with it;
+  would pass that waits for room (back-pressure; one command alone is taken
+  whole); a job in memory is a reference, messages handed over stay in the
+  journal until their batch reads them back;
 - a crash (kill -9) loses nothing journaled: a trainer that starts takes over
   the rows of dead workers (by pid) and learns them; rows that hold only a
   (mailbox, uid) reference wait for a trainer with :attr:`Trainer.reader`;
@@ -50,7 +52,7 @@ class Job:
     label: str
     mailbox: str
     uid: int
-    message: bytes | None
+    journaled: bool  # the message itself is in the journal row (read back per batch: memory stays bounded)
     read: SessionReader | None = None
 
 
@@ -131,7 +133,7 @@ class Trainer:
 
         ids = await self.state.run(op)
         for job_id, row in zip(ids, rows, strict=True):
-            self._q.append(Job(job_id, account, label, row[3], row[4], row[5], read))
+            self._q.append(Job(job_id, account, label, row[3], row[4], row[5] is not None, read))
         self._idle.clear()
         self._wake.set()
 
@@ -153,21 +155,21 @@ class Trainer:
 
         readable = "" if self.reader is not None else " AND message IS NOT NULL"  # the rest waits for a reader
 
-        def op(db: sqlite3.Connection) -> list[tuple[int, str, str, str, int, bytes | None]]:
+        def op(db: sqlite3.Connection) -> list[tuple[int, str, str, str, int, bool]]:
             owners = [o for (o,) in db.execute("SELECT DISTINCT owner FROM training_queue WHERE owner != ?",
                                                (self.pid,)).fetchall() if not _alive(o)]
             rows = []
             for owner in owners:
-                rows += db.execute("SELECT id, account, label, mailbox, uid, message FROM training_queue "
+                rows += db.execute("SELECT id, account, label, mailbox, uid, message IS NOT NULL FROM training_queue "
                                    f"WHERE owner = ?{readable} ORDER BY id", (owner,)).fetchall()
             db.executemany("UPDATE training_queue SET owner = ? WHERE id = ?", [(self.pid, r[0]) for r in rows])
             return rows
 
         rows = await self.state.run(op)
         known = {j.id for j in self._q}
-        for job_id, account, label, mailbox, uid, message in rows:
+        for job_id, account, label, mailbox, uid, journaled in rows:
             if job_id not in known:
-                self._q.append(Job(job_id, account, label, mailbox, uid, message))
+                self._q.append(Job(job_id, account, label, mailbox, uid, bool(journaled)))
         if rows:
             self._idle.clear()
             self._wake.set()
@@ -199,9 +201,15 @@ class Trainer:
 
     async def _learn(self, batch: list[Job]) -> None:
         items: list[Learned] = []
+        wanted = [job.id for job in batch if job.journaled]
+        stored: dict[int, bytes] = {}
+        if wanted:
+            marks = ",".join("?" * len(wanted))
+            stored = dict(await self.state.run(lambda db: db.execute(
+                f"SELECT id, message FROM training_queue WHERE id IN ({marks})", wanted).fetchall(), write=False))
         for job in batch:
-            message = job.message
-            if message is None:
+            message = stored.get(job.id)
+            if message is None and not job.journaled:
                 try:
                     if job.read is not None:
                         message = await job.read(job.mailbox, job.uid)
