@@ -619,15 +619,15 @@ class SearchService:
     def _trim(self, keep: MailboxIndex | None = None, loading: int = 0) -> None:
         """Close least recently used indexes: ``[search] cache_mailboxes`` bounds the loaded ones
         (their memory; ``loading`` more are about to load), UNLOADED_INDEXES all of them (one
-        that deliveries only append to costs a few hundred bytes). One in use stays (a later
-        call closes it)."""
+        that deliveries only append to costs a few hundred bytes). One in use (searching, or
+        indexing deliveries) stays: a later call closes it."""
         excess_loaded = sum(i.gen >= 0 for i in self._open.values()) + loading - self.config.cache_mailboxes
         excess_all = len(self._open) - UNLOADED_INDEXES
         for old_key in list(self._open):  # least recently used first
             if excess_loaded <= 0 and excess_all <= 0:
                 break
             old = self._open[old_key]
-            if old is keep or old.lock.locked():
+            if old is keep or old.lock.locked() or old.draining:  # in use: a later call closes it
                 continue
             if old.gen >= 0 and excess_loaded > 0:
                 excess_loaded -= 1
