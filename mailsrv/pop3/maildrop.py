@@ -206,9 +206,11 @@ class StoreMaildrop:
 #: concurrent message reads while sizes are counted at login
 SIZE_SCAN_CONCURRENCY = 8
 #: messages whose size is counted at login are read this many per store round trip, and at most
-#: SIZE_BATCH_BYTES of them (SIZE_SCAN_CONCURRENCY batches at a time); larger ones piecewise
+#: SIZE_BATCH_BYTES of them (SIZE_SCAN_CONCURRENCY batches at a time); larger ones piecewise. A batch
+#: holds no more than one piecewise read (READ_CHUNK): a login holds at most
+#: SIZE_SCAN_CONCURRENCY * READ_CHUNK bytes of messages (2 MiB), however they are read
 SIZE_BATCH = 64
-SIZE_BATCH_BYTES = 2 << 20
+SIZE_BATCH_BYTES = READ_CHUNK
 
 
 class StoreMaildrops:

@@ -153,3 +153,32 @@ async def test_login_counts_sizes_in_batches_and_read_first(store: Store, tmp_pa
         assert first == {uids[0]: raws[0][:8], uids[2]: raws[2][:8]}
     finally:
         await drop.close()
+
+
+async def test_login_size_count_holds_no_more_than_piecewise_reads(store: Store, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """DESIGN.md "what bad input gets": a batch of the login's size count holds no more message bytes than
+    one piecewise read (READ_CHUNK), so a login holds at most SIZE_SCAN_CONCURRENCY of them at once."""
+    from mailsrv.pop3.maildrop import READ_CHUNK, SIZE_SCAN_CONCURRENCY
+    from mailsrv.store.account import Account
+
+    acct = await store.account(str(ACCT.id), tmp_path / ACCT.store)
+    raws = [b"Subject: %d\n\n" % i + b"x" * (90_000 + i) + b"\n" for i in range(24)]
+    for raw in raws:
+        await acct.append("INBOX", raw)
+    held: list[int] = []
+    read_messages = Account.read_messages
+
+    async def many(self: Account, mailbox_id: str, uids: list[int]) -> dict[int, bytes]:
+        out = await read_messages(self, mailbox_id, uids)
+        held.append(sum(len(d) for d in out.values()))
+        return out
+
+    monkeypatch.setattr(Account, "read_messages", many)
+    drop = await StoreMaildrops(store, tmp_path).open(ACCT)
+    try:
+        assert [m.size for m in drop.messages] == [wire_size(r) for r in raws]
+        assert held and max(held) <= READ_CHUNK, held
+        assert max(held) * SIZE_SCAN_CONCURRENCY <= 2 << 20
+    finally:
+        await drop.close()
