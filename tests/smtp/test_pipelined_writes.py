@@ -259,3 +259,46 @@ def test_one_info_line_per_message_with_from_to_size_and_delay(make_server: Any,
     assert int(first["size"]) == len(srv.backend.delivered[0].data)
     assert float(first["ms"]) >= 0 and "sid" in first
     assert second["rcpts"] == "6" and second["to"] == ",".join(rcpts[:5]) + ",..."
+
+
+# -- held replies at STARTTLS, errors and shutdown ------------------------------------------------------
+
+
+def test_replies_held_before_starttls_go_out_before_the_handshake(make_server: Any) -> None:
+    """RFC 3207 §4 / RFC 2920 §3.1: EHLO and STARTTLS pipelined (STARTTLS last in the group) get both
+    replies in order in plain text, then the handshake; the session starts over under TLS."""
+    import ssl
+
+    srv = make_server()
+    c = Raw(srv.port)
+    try:
+        assert c.reply()[0] == 220
+        c.send(b"EHLO client.test\r\nSTARTTLS\r\n")
+        code, ehlo = c.reply()
+        assert code == 250 and any("STARTTLS" in x for x in ehlo)
+        assert c.reply()[0] == 220
+        assert c.buf == b""
+        c.sock = srv.client_ctx.wrap_socket(c.sock, server_hostname="localhost")
+        assert isinstance(c.sock, ssl.SSLSocket)
+        c.send(b"EHLO client.test\r\nMAIL FROM:<a@remote.test>\r\n")
+        code, ehlo = c.reply()
+        assert code == 250 and not any("STARTTLS" in x for x in ehlo)
+        assert c.reply()[0] == 250
+    finally:
+        c.close()
+
+
+def test_too_many_errors_in_a_pipelined_group_keeps_every_reply_in_order(make_server: Any) -> None:
+    from mailsrv.config import LimitsConfig
+
+    srv = make_server(limits=LimitsConfig(idle_timeout=20, max_errors=3))
+    c = Raw(srv.port)
+    try:
+        assert c.reply()[0] == 220
+        c.send(b"NOOP\r\nBOGUS\r\nNOOP\r\nBOGUS\r\nBOGUS\r\nNOOP\r\n")
+        assert [c.reply()[0] for _ in range(6)] == [250, 500, 250, 500, 500, 421]
+        with pytest.raises(EOFError):  # closed after the 421; the last NOOP is not answered
+            c.reply()
+    finally:
+        c.close()
+

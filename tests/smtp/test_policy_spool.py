@@ -3,7 +3,9 @@ in-memory copy, the Received date."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import time
 from datetime import UTC, datetime
 from email.utils import format_datetime
 from pathlib import Path
@@ -268,5 +270,64 @@ async def test_recipient_lists_are_read_at_rcpt_only(tmp_path: Path) -> None:
         decision, _message = await ps.data_held(b"Subject: s\r\n\r\nbody\r\n")
         assert decision.ok and asked == before  # no list read after RCPT
         assert "bob@example.test" in before and "alice@example.test" in before
+    finally:
+        policy.close()
+
+
+async def test_a_write_error_after_judging_in_memory_is_451_and_leaves_nothing(tmp_path: Path,
+                                                                             monkeypatch: Any) -> None:
+    """ENOSPC (or EIO) when the judged message is written: 451 4.3.0, nothing delivered, no spool file
+    left, and the session can take the next message."""
+    import errno
+
+    import pytest
+
+    from mailsrv.config import SmtpConfig
+    from mailsrv.smtp.backend import SessionInfo
+    from mailsrv.smtp.grammar import SmtpError
+    from mailsrv.smtp.session import Session, State
+
+    from .conftest import FakeBackend
+
+    original = FileSpool._write_sync
+    full = [True]
+
+    def write(self: FileSpool, data: bytes, close: bool) -> None:
+        if full[0]:
+            if self._fd is None:  # the file is created, then the disk is full
+                self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        original(self, data, close)
+
+    monkeypatch.setattr(FileSpool, "_write_sync", write)
+    policy = _policy(tmp_path)
+    spool_dir = tmp_path / "spool"
+    spool_dir.mkdir()
+    backend = FakeBackend(spool_dir)
+    info = SessionInfo(sid="s1", hostname=OUR_ID, listener="smtp", peer_ip="192.0.2.7")
+    session = Session(info, SmtpConfig(), backend, policy=policy.session(client_ip="192.0.2.7", listener="smtp"))
+
+    async def message() -> Any:
+        for line in (b"MAIL FROM:<a@remote.test>\r\n", b"RCPT TO:<alice@example.test>\r\n"):
+            await session.command(line)
+        assert (await session.command(b"DATA\r\n")).then == "data"
+        assert session.spool is not None
+        await session.spool.write(b"Subject: s\r\n\r\nbody\r\n")
+        assert session._held(session.spool) is not None  # the in-memory path
+        return await session.data_end(bare_newline=False, too_big=False)
+
+    try:
+        await session.command(b"EHLO client.test\r\n")
+        with pytest.raises(SmtpError) as err:
+            await message()
+        assert (err.value.code, err.value.enh) == (451, "4.3.0")
+        assert backend.delivered == [] and session.state is State.READY and session.spool is None
+        deadline = time.monotonic() + 10
+        while list(spool_dir.iterdir()):  # removed by the spool remover's thread job
+            assert time.monotonic() < deadline, "a spool file was left behind"
+            await asyncio.sleep(0.01)
+        full[0] = False
+        assert (await message()).reply.startswith(b"250 ")
+        assert len(backend.delivered) == 1
     finally:
         policy.close()
