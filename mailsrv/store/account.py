@@ -471,8 +471,17 @@ class MailboxView:
     async def refresh(self) -> Changes:
         """Apply changes made since the snapshot (by anyone). StoreError if the mailbox was replaced."""
         acct = self.account
-        await acct._sync_if_needed(self.name)
-        info, changed, gone, _, _ = await acct._run(acct.engine.changes_since, self.name, self.highestmodseq)
+        engine, name, since = acct.engine, self.name, self.highestmodseq
+
+        def look() -> Any:
+            # One pool job when nothing waits in new/ (the usual case: a refresh after every command)
+            return None if engine.needs_sync(name) else engine.changes_since(name, since)
+
+        got = await acct._run(look)
+        if got is None:
+            await acct._sync_if_needed(name)
+            got = await acct._run(engine.changes_since, name, since)
+        info, changed, gone, _, _ = got
         if info.uidvalidity != self.uidvalidity or info.id != self.id:
             raise StoreError(f"{self.name}: UIDVALIDITY changed (mailbox replaced)")
         expunged = sorted(u for u in gone if self.by_uid(u) is not None)
