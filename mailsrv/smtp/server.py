@@ -29,7 +29,7 @@ from mailsrv.net.connection import (
 )
 from mailsrv.net.service import ServiceContext
 from mailsrv.policy.pipeline import Policy
-from mailsrv.smtp.backend import MailBackend, SaslProvider, SessionInfo
+from mailsrv.smtp.backend import MailBackend, SaslProvider, SessionInfo, Spool
 from mailsrv.smtp.dotstuff import DotDecoder
 from mailsrv.smtp.grammar import SmtpError, reply
 from mailsrv.smtp.session import MAX_AUTH_LINE, Session, Step
@@ -243,6 +243,7 @@ class SmtpService:
         assert spool is not None
         limit = self.cfg.max_message_size
         too_big = False
+        keep = True
         while not decoder.done:
             chunk = await conn.read_some(READ_CHUNK)
             if not chunk:
@@ -251,8 +252,8 @@ class SmtpService:
             if payload and not too_big:
                 if decoder.size > limit:
                     too_big = True  # keep reading to the end, keep nothing (RFC 1870 §6.3)
-                else:
-                    await spool.write(payload)
+                elif keep:
+                    keep = await _write(session, spool, payload)
             if decoder.done:
                 _unread(conn, chunk[used:])
         return await self._send_result(out, session.data_end(bare_newline=decoder.bare_newline, too_big=too_big))
@@ -271,8 +272,19 @@ class SmtpService:
                 chunk = chunk[:left]
             left -= len(chunk)
             if keep and spool is not None:
-                await spool.write(chunk)
+                keep = await _write(session, spool, chunk)
         return await self._send_result(out, session.bdat_end(last))
+
+
+async def _write(session: Session, spool: Spool, data: bytes) -> bool:
+    """Stream ``data`` into the spool; False when the write failed (the rest of the message is read and
+    dropped, its end answered 451: see :meth:`Session.spool_write_failed`)."""
+    try:
+        await spool.write(data)
+    except OSError as exc:  # ENOSPC, EIO: never a dropped connection, nothing was acknowledged
+        session.spool_write_failed(exc)
+        return False
+    return True
 
 
 def _default_backend(ctx: ServiceContext) -> MailBackend:

@@ -156,6 +156,7 @@ class Session:
         self.spool: Spool | None = None
         self._bdat_failed: SmtpError | None = None
         self._bdat_size = 0
+        self._write_failed: SmtpError | None = None  # a spool write failed while the message streamed
 
     @property
     def host(self) -> str:
@@ -211,6 +212,7 @@ class Session:
         self.tx = None
         self._bdat_failed = None
         self._bdat_size = 0
+        self._write_failed = None
         if self.state is not State.GREETED:
             self.state = State.READY
 
@@ -541,6 +543,15 @@ class Session:
             return False
         return True
 
+    def spool_write_failed(self, exc: OSError) -> None:
+        """A spool write failed while DATA or BDAT streamed (ENOSPC, EIO): the caller reads the rest of
+        the message without keeping it, and its end (each BDAT chunk up to LAST) is answered 451 4.3.0;
+        nothing was acknowledged (RFC 5321 §4.2.5, RFC 3030 §2), and the session goes on."""
+        logger.exception("spool.failed", exc)
+        self._write_failed = SmtpError("Local error in processing", 451, "4.3.0")
+        if self.state is State.BDAT and self._bdat_failed is None:
+            self._bdat_failed = self._write_failed  # the following chunks are read and dropped
+
     async def bdat_end(self, last: bool) -> Step:
         """After a BDAT chunk was read into the spool (RFC 3030 §2)."""
         if self._bdat_failed is not None:
@@ -564,6 +575,8 @@ class Session:
             if bare_newline:
                 # RFC 5321 §2.3.8; SMTP smuggling defence
                 raise SmtpError("Message contains bare CR or LF", 550, "5.6.0")
+            if self._write_failed is not None:  # logged where it happened
+                raise self._write_failed
             # issue 12: every check finishes before the reply; the policy may add headers to the spool
             held = self._held(spool)
             if held is not None:

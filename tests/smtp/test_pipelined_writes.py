@@ -302,3 +302,85 @@ def test_too_many_errors_in_a_pipelined_group_keeps_every_reply_in_order(make_se
     finally:
         c.close()
 
+
+
+# -- a spool write that fails while the message streams ------------------------------------------------
+
+
+@pytest.fixture
+def disk_full(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """While ``full[0]``, every spool write creates its file and then fails with ENOSPC."""
+    import errno
+    import os
+
+    full = [True]
+    original = FileSpool._write_sync
+
+    def write(self: FileSpool, data: bytes, close: bool) -> None:
+        if not full[0]:
+            return original(self, data, close)
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(FileSpool, "_write_sync", write)
+    return full
+
+
+def _no_spool_left(srv: Any) -> None:
+    spool_dir = srv.backend.spool_dir
+    deadline = time.monotonic() + 10
+    while list(spool_dir.iterdir()):
+        assert time.monotonic() < deadline, "a spool file was left behind"
+        time.sleep(0.01)
+
+
+BIG = b"Subject: big\r\n\r\n" + b"x" * 998 + b"\r\n" + (b"y" * 998 + b"\r\n") * (2 * spool_mod.FLUSH_AT // 1000)
+
+
+def test_a_spool_write_error_during_data_is_451_and_the_session_goes_on(make_server: Any,
+                                                                         disk_full: list[bool]) -> None:
+    """ENOSPC while a large message streams to the spool: the rest is read, the end of DATA gets 451 4.3.0
+    (never a dropped connection), nothing is delivered or left, and the next message goes through."""
+    srv = make_server()
+    c = _greeted(srv.port)
+    try:
+        c.send(b"MAIL FROM:<a@remote.test>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n")
+        assert [c.reply()[0] for _ in range(3)] == [250, 250, 354]
+        c.send(BIG + b".\r\nNOOP\r\n")
+        code, lines = c.reply()
+        assert (code, lines[-1][4:9]) == (451, "4.3.0")
+        assert c.reply()[0] == 250  # the NOOP pipelined after the message: read as a command
+        assert srv.backend.delivered == []
+        _no_spool_left(srv)
+        disk_full[0] = False
+        c.send(b"MAIL FROM:<a@remote.test>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n")
+        assert [c.reply()[0] for _ in range(3)] == [250, 250, 354]
+        c.send(BIG + b".\r\n")
+        assert c.reply()[0] == 250
+    finally:
+        c.close()
+    assert len(srv.backend.delivered) == 1 and srv.backend.delivered[0].data.endswith(BIG)
+
+
+def test_a_spool_write_error_during_bdat_fails_each_chunk_up_to_last(make_server: Any,
+                                                                       disk_full: list[bool]) -> None:
+    srv = make_server()
+    c = _greeted(srv.port)
+    half = len(BIG) // 2
+    try:
+        c.send(b"MAIL FROM:<a@remote.test>\r\nRCPT TO:<alice@example.test>\r\n")
+        assert [c.reply()[0] for _ in range(2)] == [250, 250]
+        c.send(b"BDAT %d\r\n" % half + BIG[:half])
+        assert c.reply()[0] == 451
+        c.send(b"BDAT %d LAST\r\n" % (len(BIG) - half) + BIG[half:] + b"RSET\r\n")
+        assert c.reply()[0] == 451
+        assert c.reply()[0] == 250
+        assert srv.backend.delivered == []
+        _no_spool_left(srv)
+        disk_full[0] = False
+        c.send(b"MAIL FROM:<a@remote.test>\r\nRCPT TO:<alice@example.test>\r\nBDAT %d LAST\r\n" % len(BIG) + BIG)
+        assert [c.reply()[0] for _ in range(3)] == [250, 250, 250]
+    finally:
+        c.close()
+    assert len(srv.backend.delivered) == 1 and srv.backend.delivered[0].data.endswith(BIG)
