@@ -591,6 +591,10 @@ class Session:
                 await spool.commit()
                 if self.policy is not None:
                     decision = await self.policy.data(spool.path, getattr(spool, "content", None))
+                    if getattr(spool, "content", None) is not None:
+                        # the policy may have rewritten the file (its fields, a stripped virus): the copy
+                        # in memory is stale then, even when its length is the file's
+                        spool.content = None  # type: ignore[attr-defined]
                     self._enforce(decision)
                     tx.junk = decision.action == "junk"
             verdict = await self.backend.deliver(self.info, tx, spool)

@@ -331,3 +331,42 @@ async def test_a_write_error_after_judging_in_memory_is_451_and_leaves_nothing(t
         assert len(backend.delivered) == 1
     finally:
         policy.close()
+
+
+async def test_the_in_memory_copy_is_not_offered_after_the_policy_rewrote_the_file(tmp_path: Path) -> None:
+    """Judged on the file (here: beyond max_scan_size; with clamd too), the policy may rewrite the spool
+    file with its fields: the spool's in-memory copy (``content``, what a consumer may parse instead of
+    reading the file) is then stale and must not be offered, even when its length happens to match."""
+    from mailsrv.config import SmtpConfig
+    from mailsrv.smtp.backend import SessionInfo, Verdict
+    from mailsrv.smtp.session import Session
+
+    from .conftest import FakeBackend
+
+    seen: list[tuple[bytes | None, bytes]] = []
+
+    class Backend(FakeBackend):
+        async def deliver(self, info: Any, tx: Any, spool: Any) -> Verdict:
+            seen.append((spool.content, spool.path.read_bytes()))
+            return Verdict(250, "2.0.0", "OK")
+
+    policy = Policy(PolicyConfig(spf=False, dmarc=False, max_scan_size=64), hostname=OUR_ID,
+                    resolver=Resolver(["127.0.0.1:1"]), state=PolicyState(tmp_path / "p.db"))
+    spool_dir = tmp_path / "spool"
+    spool_dir.mkdir()
+    info = SessionInfo(sid="s1", hostname=OUR_ID, listener="smtp", peer_ip="192.0.2.7")
+    session = Session(info, SmtpConfig(), Backend(spool_dir),
+                      policy=policy.session(client_ip="192.0.2.7", listener="smtp"))
+    try:
+        for line in (b"EHLO client.test\r\n", b"MAIL FROM:<a@remote.test>\r\n", b"RCPT TO:<alice@example.test>\r\n"):
+            await session.command(line)
+        await session.command(b"DATA\r\n")
+        assert session.spool is not None
+        await session.spool.write(b"Subject: s\r\n\r\n" + b"body line\r\n" * 20)
+        assert session._held(session.spool) is None  # judged on the file
+        assert (await session.data_end(bare_newline=False, too_big=False)).reply.startswith(b"250 ")
+    finally:
+        policy.close()
+    [(content, on_disk)] = seen
+    assert b"X-Spam-Flag: " in on_disk  # the policy rewrote the file
+    assert content is None or content == on_disk
