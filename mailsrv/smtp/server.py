@@ -139,12 +139,22 @@ class SmtpService:
             session.abort()
 
     async def _loop(self, conn: Connection, session: Session) -> None:
-        errors = 0
-        host = self.ctx.hostname
-        auth_pending = False
         # RFC 2920 §3.1: replies to pipelined commands are held while more commands wait in the
         # input buffer and go out in one write once the client must wait for them.
         out: list[bytes] = []
+        try:
+            await self._commands(conn, session, out)
+        except BaseException:
+            # a bug, a failing lookup or a cancelled task ends the session: the replies it owes still go
+            # out before the close (above all a held 250 for a delivered message, lest it be sent twice)
+            if out:
+                conn.write(b"".join(out))
+            raise
+
+    async def _commands(self, conn: Connection, session: Session, out: list[bytes]) -> None:
+        errors = 0
+        host = self.ctx.hostname
+        auth_pending = False
         buffered = conn.reader._buffer  # type: ignore[attr-defined]
         while True:
             if out and (len(out) >= MAX_HELD_REPLIES or b"\n" not in buffered):

@@ -384,3 +384,33 @@ def test_a_spool_write_error_during_bdat_fails_each_chunk_up_to_last(make_server
     finally:
         c.close()
     assert len(srv.backend.delivered) == 1 and srv.backend.delivered[0].data.endswith(BIG)
+
+
+def test_a_session_that_fails_still_sends_the_250_it_holds(make_server: Any, tmp_path: Path) -> None:
+    """The end of DATA's 250 held while the next pipelined commands run (RFC 2920): a command that then
+    fails unexpectedly (a lookup error, a bug) ends the session, but the 250 for the delivered message
+    still goes out before the close, so the client does not send the message twice."""
+    from mailsrv.smtp.backend import SessionInfo, Transaction, Verdict
+
+    from .conftest import FakeBackend
+
+    class Failing(FakeBackend):
+        async def check_recipient(self, info: SessionInfo, tx: Transaction, address: str) -> Verdict:
+            if address.startswith("crash@"):
+                raise RuntimeError("the directory is gone")
+            return await super().check_recipient(info, tx, address)
+
+    spool_dir = tmp_path / "spool"
+    spool_dir.mkdir(exist_ok=True)
+    srv = make_server(backend=Failing(spool_dir))
+    c = _greeted(srv.port)
+    try:
+        c.send(b"MAIL FROM:<a@remote.test>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n")
+        assert [c.reply()[0] for _ in range(3)] == [250, 250, 354]
+        c.send(MSG + b".\r\nMAIL FROM:<a@remote.test>\r\nRCPT TO:<crash@example.test>\r\n")
+        assert [c.reply()[0] for _ in range(2)] == [250, 250]  # the message's 250, then MAIL's
+        with pytest.raises(EOFError):
+            c.reply()
+    finally:
+        c.close()
+    assert len(srv.backend.delivered) == 1
