@@ -11,6 +11,14 @@ from typing import Any
 from mailsrv.store import Store
 
 
+def _drop(path: Path, data: bytes) -> None:
+    """What another program delivering into the maildir does: the file, durable."""
+    with open(path, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
 def test_refresh_is_one_pool_job_unless_new_mail_waits(tmp_path: Path) -> None:
     async def go() -> None:
         store = Store(None, tmp_path)
@@ -33,11 +41,7 @@ def test_refresh_is_one_pool_job_unless_new_mail_waits(tmp_path: Path) -> None:
             changes = await view.refresh()  # another session's flag change, seen in the same one job
             assert len(jobs) == 1 and [m.flags for m in changes.flags] == [frozenset({"\\Seen"})]
             # mail dropped into new/ by another program: the refresh indexes it and reports it
-            new = Path(acct.root) / "new" / "1700000000.M1P1.other"
-            with open(new, "wb") as fh:
-                fh.write(b"Subject: two\r\n\r\ny\r\n")
-                fh.flush()
-                os.fsync(fh.fileno())
+            _drop(Path(acct.root) / "new" / "1700000000.M1P1.other", b"Subject: two\r\n\r\ny\r\n")
             jobs.clear()
             changes = await view.refresh()
             assert len(jobs) > 1 and [m.uid for m in changes.added] == [view.messages[0].uid + 1]
