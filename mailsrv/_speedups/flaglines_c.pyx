@@ -5,6 +5,10 @@ from cpython.bytearray cimport PyByteArray_AS_STRING
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.string cimport memcpy
 
+from cpython cimport array
+
+import array
+
 cdef bytes _HEAD = b"* "
 cdef bytes _UID = b" FETCH (UID "
 cdef bytes _FLAGS_UID = b" FLAGS "
@@ -49,10 +53,15 @@ def fetch_flags_lines(seqs, messages, bint with_uid, dict cache, recent):
     cdef bint any_recent = bool(recent)
     cdef list texts = [None] * n
     cdef object info, flags, text
+    # uids read once, in the first pass (the second only copies bytes)
+    cdef unsigned long long[::1] uids = array.array("Q", bytes(8 * n)) if n else None
     for i in range(n):
         info = messages[i]
         flags = info.flags
-        if any_recent and info.uid in recent:
+        uid = info.uid
+        if with_uid:
+            uids[i] = uid
+        if any_recent and uid in recent:
             text = flags_text(flags, True)
         else:
             text = cache.get(flags)
@@ -61,14 +70,17 @@ def fetch_flags_lines(seqs, messages, bint with_uid, dict cache, recent):
                 cache[flags] = text
         texts[i] = text
         need += PyBytes_GET_SIZE(<bytes>text) + 80
+    # a range of sequence numbers (the usual 1:*) is counted, not indexed
+    cdef bint counted = type(seqs) is range
+    cdef long long seq = seqs.start if counted else 0, step = seqs.step if counted else 0
     buf = bytearray(need)
     cdef char* p = PyByteArray_AS_STRING(buf)
     for i in range(n):
         pos += _put(p + pos, _HEAD)
-        pos += _put_int(p + pos, <unsigned long long>seqs[i])
+        pos += _put_int(p + pos, <unsigned long long>(seq + i * step) if counted else <unsigned long long>seqs[i])
         if with_uid:
             pos += _put(p + pos, _UID)
-            pos += _put_int(p + pos, <unsigned long long>messages[i].uid)
+            pos += _put_int(p + pos, uids[i])
             pos += _put(p + pos, _FLAGS_UID)
         else:
             pos += _put(p + pos, _FLAGS)

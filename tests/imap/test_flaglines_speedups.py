@@ -99,3 +99,13 @@ def test_known_search_numbers(impl: ModuleType) -> None:
     assert impl.search_numbers(infos, [1, 2], True) == b" 9 4294967295"
     assert impl.search_numbers(infos, [1, 2], False) == b" 2 3"
     assert impl.search_numbers(infos, [], False) == b""
+
+
+@given(rows=ROWS, with_uid=st.booleans(), start=st.integers(1, 2**32), step=st.integers(1, 3))
+def test_a_range_of_sequence_numbers_agrees(impl: ModuleType, rows: list[tuple[int, int, frozenset[str]]],
+                                            with_uid: bool, start: int, step: int) -> None:
+    """``1:*`` passes a range (the compiled loop counts it instead of indexing it)."""
+    _, infos = _infos(rows)
+    seqs = range(start, start + step * len(infos), step)
+    want = TWIN.fetch_flags_lines(list(seqs), infos, with_uid, {}, set())
+    assert impl.fetch_flags_lines(seqs, infos, with_uid, {}, set()) == want
