@@ -68,13 +68,15 @@ def test_pipelined_group_is_answered_in_one_write(make_server: Any, writes: list
 
 def test_commands_one_at_a_time_get_a_reply_each(make_server: Any, writes: list[bytes]) -> None:
     srv = make_server()
-    with smtplib.SMTP("127.0.0.1", srv.port) as c:
+    with smtplib.SMTP("127.0.0.1", srv.port, timeout=10) as c:  # a reply held for nothing: a timeout
         c.ehlo("client.test")
+        del writes[:]
         assert c.noop()[0] == 250
         assert c.mail("a@remote.test")[0] == 250
         assert c.rcpt("nobody@example.test")[0] == 550  # an error reply is held and sent the same way
         assert c.rcpt("alice@example.test")[0] == 250
         assert c.rset()[0] == 250
+    assert [w.count(b"\r\n") for w in writes] == [1] * 6, writes  # one write per reply (QUIT too), none joined
 
 
 def test_a_flood_of_pipelined_commands_is_answered_in_bounded_writes(make_server: Any,
