@@ -223,13 +223,29 @@ def test_discarded_spools_are_removed_in_batches(tmp_path: Path, monkeypatch: py
     assert 1 <= len(jobs) < 50
 
 
-def test_a_spool_discarded_while_its_write_runs_is_removed_after_it(tmp_path: Path) -> None:
+def test_a_spool_discarded_while_its_write_runs_is_removed_after_it(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    release = threading.Event()
+    entered = threading.Event()
+    original = FileSpool._write_sync
+
+    def held(self: FileSpool, data: bytes, close: bool) -> None:
+        entered.set()
+        assert release.wait(10)
+        original(self, data, close)
+
+    monkeypatch.setattr(FileSpool, "_write_sync", held)
+
     async def go() -> None:
         sp = FileSpool(tmp_path)
         await sp.write(b"x" * 10)
         task = asyncio.ensure_future(sp.commit())
-        await asyncio.sleep(0)  # the write job is submitted, maybe not finished
-        sp.discard()
+        assert await asyncio.get_running_loop().run_in_executor(None, entered.wait, 10)
+        sp.discard()  # the write is still running in its thread (it waits for release)
+        assert not task.done()
+        release.set()
         await asyncio.gather(task, return_exceptions=True)
 
     asyncio.run(go())
