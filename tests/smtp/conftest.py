@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import base64
+import errno
+import os
 import socket
 import ssl
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -180,3 +183,28 @@ def make_server(tmp_path: Path, ca: trustme.CA, loop_thread: LoopThread) -> Iter
 
 def plain(user: str, pw: str) -> str:
     return base64.b64encode(f"\0{user}\0{pw}".encode()).decode()
+
+
+@pytest.fixture
+def disk_full(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """While ``full[0]``, every spool write creates its file and then fails with ENOSPC."""
+    full = [True]
+    original = FileSpool._write_sync
+
+    def write(self: FileSpool, data: bytes, close: bool) -> None:
+        if not full[0]:
+            return original(self, data, close)
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(FileSpool, "_write_sync", write)
+    return full
+
+
+def no_spool_left(spool_dir: Path) -> None:
+    """Wait (up to 10 s) until the spool remover's thread job has emptied ``spool_dir``."""
+    deadline = time.monotonic() + 10
+    while list(spool_dir.iterdir()):
+        assert time.monotonic() < deadline, "a spool file was left behind"
+        time.sleep(0.01)

@@ -22,6 +22,7 @@ from mailsrv.delivery.spool import FileSpool
 from mailsrv.net.connection import Connection, LineTooLong
 from mailsrv.smtp.server import MAX_HELD_REPLIES
 
+from .conftest import no_spool_left
 from .test_inbound import MSG, Raw
 
 
@@ -325,34 +326,6 @@ def test_too_many_errors_in_a_pipelined_group_keeps_every_reply_in_order(make_se
 # -- a spool write that fails while the message streams ------------------------------------------------
 
 
-@pytest.fixture
-def disk_full(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
-    """While ``full[0]``, every spool write creates its file and then fails with ENOSPC."""
-    import errno
-    import os
-
-    full = [True]
-    original = FileSpool._write_sync
-
-    def write(self: FileSpool, data: bytes, close: bool) -> None:
-        if not full[0]:
-            return original(self, data, close)
-        if self._fd is None:
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(FileSpool, "_write_sync", write)
-    return full
-
-
-def _no_spool_left(srv: Any) -> None:
-    spool_dir = srv.backend.spool_dir
-    deadline = time.monotonic() + 10
-    while list(spool_dir.iterdir()):
-        assert time.monotonic() < deadline, "a spool file was left behind"
-        time.sleep(0.01)
-
-
 BIG = b"Subject: big\r\n\r\n" + b"x" * 998 + b"\r\n" + (b"y" * 998 + b"\r\n") * (2 * spool_mod.FLUSH_AT // 1000)
 
 
@@ -370,7 +343,7 @@ def test_a_spool_write_error_during_data_is_451_and_the_session_goes_on(make_ser
         assert (code, lines[-1][4:9]) == (451, "4.3.0")
         assert c.reply()[0] == 250  # the NOOP pipelined after the message: read as a command
         assert srv.backend.delivered == []
-        _no_spool_left(srv)
+        no_spool_left(srv.backend.spool_dir)
         disk_full[0] = False
         c.send(b"MAIL FROM:<a@remote.test>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n")
         assert [c.reply()[0] for _ in range(3)] == [250, 250, 354]
@@ -395,7 +368,7 @@ def test_a_spool_write_error_during_bdat_fails_each_chunk_up_to_last(make_server
         assert c.reply()[0] == 451
         assert c.reply()[0] == 250
         assert srv.backend.delivered == []
-        _no_spool_left(srv)
+        no_spool_left(srv.backend.spool_dir)
         disk_full[0] = False
         c.send(b"MAIL FROM:<a@remote.test>\r\nRCPT TO:<alice@example.test>\r\nBDAT %d LAST\r\n" % len(BIG) + BIG)
         assert [c.reply()[0] for _ in range(3)] == [250, 250, 250]

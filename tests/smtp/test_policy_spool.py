@@ -5,21 +5,25 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
 from datetime import UTC, datetime
 from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mailsrv.config import PolicyConfig
+from mailsrv.config import PolicyConfig, SmtpConfig
 from mailsrv.delivery.spool import FLUSH_AT, FileSpool
 from mailsrv.net.dns import Resolver
 from mailsrv.policy.pipeline import OUR_FIELDS, Policy, needs_rewrite, rewrite_spool
 from mailsrv.policy.state import PolicyState
-from mailsrv.smtp.session import _received_date
+from mailsrv.smtp.backend import SessionInfo, Verdict
+from mailsrv.smtp.grammar import SmtpError
+from mailsrv.smtp.session import Session, State, Step, _received_date
+
+from .conftest import FakeBackend, no_spool_left
 
 OUR_ID = "mx.example.test"
 
@@ -129,9 +133,31 @@ _inbound_field = st.sampled_from([
 ])
 
 
-def _policy(tmp_path: Path) -> Policy:
-    return Policy(PolicyConfig(spf=False, dmarc=False), hostname=OUR_ID, resolver=Resolver(["127.0.0.1:1"]),
+def _policy(tmp_path: Path, **cfg: Any) -> Policy:
+    return Policy(PolicyConfig(spf=False, dmarc=False, **cfg), hostname=OUR_ID, resolver=Resolver(["127.0.0.1:1"]),
                   state=PolicyState(tmp_path / "p.db"))
+
+
+async def _inbound(tmp_path: Path, policy: Policy, backend_type: type[FakeBackend] = FakeBackend,
+                   ) -> tuple[Session, FakeBackend]:
+    """A port-25 session from 192.0.2.7 judged by ``policy``, past EHLO, spooling into ``tmp_path/spool``."""
+    spool_dir = tmp_path / "spool"
+    spool_dir.mkdir()
+    backend = backend_type(spool_dir)
+    info = SessionInfo(sid="s1", hostname=OUR_ID, listener="smtp", peer_ip="192.0.2.7")
+    session = Session(info, SmtpConfig(), backend, policy=policy.session(client_ip="192.0.2.7", listener="smtp"))
+    await session.command(b"EHLO client.test\r\n")
+    return session, backend
+
+
+async def _message(session: Session, message: bytes) -> Step:
+    """MAIL, RCPT, DATA and ``message`` into the spool; returns the end of DATA's step."""
+    for line in (b"MAIL FROM:<a@remote.test>\r\n", b"RCPT TO:<alice@example.test>\r\n"):
+        await session.command(line)
+    assert (await session.command(b"DATA\r\n")).then == "data"
+    assert session.spool is not None
+    await session.spool.write(message)
+    return await session.data_end(bare_newline=False, too_big=False)
 
 
 @given(st.lists(_inbound_field, max_size=6), st.sampled_from(["127.0.0.1", "192.0.2.7"]),
@@ -173,12 +199,7 @@ def test_not_in_memory_with_a_virus_scanner_or_beyond_the_scan_size(tmp_path: Pa
 async def test_an_inbound_message_is_written_once_with_our_fields(tmp_path: Path, monkeypatch: Any) -> None:
     """End of DATA on port 25: the policy judges the held message, the spool file is written once
     (no read-back, no rewrite), and what is delivered carries our fields without the forged ones."""
-    from mailsrv.config import SmtpConfig
     from mailsrv.policy import pipeline
-    from mailsrv.smtp.backend import SessionInfo
-    from mailsrv.smtp.session import Session
-
-    from .conftest import FakeBackend
 
     def no_rewrite(*args: Any, **kwargs: Any) -> int:
         raise AssertionError("the spool file was rewritten")
@@ -186,11 +207,7 @@ async def test_an_inbound_message_is_written_once_with_our_fields(tmp_path: Path
     monkeypatch.setattr(pipeline, "rewrite_spool", no_rewrite)
     jobs: list[Any] = []
     policy = _policy(tmp_path)
-    spool_dir = tmp_path / "spool"
-    spool_dir.mkdir()
-    backend = FakeBackend(spool_dir)
-    info = SessionInfo(sid="s1", hostname=OUR_ID, listener="smtp", peer_ip="192.0.2.7")
-    session = Session(info, SmtpConfig(), backend, policy=policy.session(client_ip="192.0.2.7", listener="smtp"))
+    session, backend = await _inbound(tmp_path, policy)
     original = FileSpool._run
 
     async def counting(self: FileSpool, data: bytes, close: bool) -> None:
@@ -199,13 +216,8 @@ async def test_an_inbound_message_is_written_once_with_our_fields(tmp_path: Path
 
     monkeypatch.setattr(FileSpool, "_run", counting)
     try:
-        for line in (b"EHLO client.test\r\n", b"MAIL FROM:<a@remote.test>\r\n", b"RCPT TO:<alice@example.test>\r\n"):
-            await session.command(line)
-        assert (await session.command(b"DATA\r\n")).then == "data"
-        assert session.spool is not None
-        await session.spool.write(b"X-Spam-Flag: YES\r\nAuthentication-Results: mx.example.test; dkim=pass\r\n"
-                                  b"Subject: s\r\n\r\nbody\r\n")
-        step = await session.data_end(bare_newline=False, too_big=False)
+        step = await _message(session, b"X-Spam-Flag: YES\r\nAuthentication-Results: mx.example.test; dkim=pass\r\n"
+                                       b"Subject: s\r\n\r\nbody\r\n")
     finally:
         policy.close()
     assert step.reply.startswith(b"250 ")
@@ -275,59 +287,20 @@ async def test_recipient_lists_are_read_at_rcpt_only(tmp_path: Path) -> None:
 
 
 async def test_a_write_error_after_judging_in_memory_is_451_and_leaves_nothing(tmp_path: Path,
-                                                                             monkeypatch: Any) -> None:
+                                                                             disk_full: list[bool]) -> None:
     """ENOSPC (or EIO) when the judged message is written: 451 4.3.0, nothing delivered, no spool file
     left, and the session can take the next message."""
-    import errno
-
-    import pytest
-
-    from mailsrv.config import SmtpConfig
-    from mailsrv.smtp.backend import SessionInfo
-    from mailsrv.smtp.grammar import SmtpError
-    from mailsrv.smtp.session import Session, State
-
-    from .conftest import FakeBackend
-
-    original = FileSpool._write_sync
-    full = [True]
-
-    def write(self: FileSpool, data: bytes, close: bool) -> None:
-        if full[0]:
-            if self._fd is None:  # the file is created, then the disk is full
-                self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-            raise OSError(errno.ENOSPC, "No space left on device")
-        original(self, data, close)
-
-    monkeypatch.setattr(FileSpool, "_write_sync", write)
     policy = _policy(tmp_path)
-    spool_dir = tmp_path / "spool"
-    spool_dir.mkdir()
-    backend = FakeBackend(spool_dir)
-    info = SessionInfo(sid="s1", hostname=OUR_ID, listener="smtp", peer_ip="192.0.2.7")
-    session = Session(info, SmtpConfig(), backend, policy=policy.session(client_ip="192.0.2.7", listener="smtp"))
-
-    async def message() -> Any:
-        for line in (b"MAIL FROM:<a@remote.test>\r\n", b"RCPT TO:<alice@example.test>\r\n"):
-            await session.command(line)
-        assert (await session.command(b"DATA\r\n")).then == "data"
-        assert session.spool is not None
-        await session.spool.write(b"Subject: s\r\n\r\nbody\r\n")
-        assert session._held(session.spool) is not None  # the in-memory path
-        return await session.data_end(bare_newline=False, too_big=False)
-
     try:
-        await session.command(b"EHLO client.test\r\n")
+        session, backend = await _inbound(tmp_path, policy)
+        assert session.policy is not None and session.policy.judges_in_memory(100)  # the in-memory path
         with pytest.raises(SmtpError) as err:
-            await message()
+            await _message(session, b"Subject: s\r\n\r\nbody\r\n")
         assert (err.value.code, err.value.enh) == (451, "4.3.0")
         assert backend.delivered == [] and session.state is State.READY and session.spool is None
-        deadline = time.monotonic() + 10
-        while list(spool_dir.iterdir()):  # removed by the spool remover's thread job
-            assert time.monotonic() < deadline, "a spool file was left behind"
-            await asyncio.sleep(0.01)
-        full[0] = False
-        assert (await message()).reply.startswith(b"250 ")
+        await asyncio.get_running_loop().run_in_executor(None, no_spool_left, backend.spool_dir)
+        disk_full[0] = False
+        assert (await _message(session, b"Subject: s\r\n\r\nbody\r\n")).reply.startswith(b"250 ")
         assert len(backend.delivered) == 1
     finally:
         policy.close()
@@ -337,12 +310,6 @@ async def test_the_in_memory_copy_is_not_offered_after_the_policy_rewrote_the_fi
     """Judged on the file (here: beyond max_scan_size; with clamd too), the policy may rewrite the spool
     file with its fields: the spool's in-memory copy (``content``, what a consumer may parse instead of
     reading the file) is then stale and must not be offered, even when its length happens to match."""
-    from mailsrv.config import SmtpConfig
-    from mailsrv.smtp.backend import SessionInfo, Verdict
-    from mailsrv.smtp.session import Session
-
-    from .conftest import FakeBackend
-
     seen: list[tuple[bytes | None, bytes]] = []
 
     class Backend(FakeBackend):
@@ -350,21 +317,11 @@ async def test_the_in_memory_copy_is_not_offered_after_the_policy_rewrote_the_fi
             seen.append((spool.content, spool.path.read_bytes()))
             return Verdict(250, "2.0.0", "OK")
 
-    policy = Policy(PolicyConfig(spf=False, dmarc=False, max_scan_size=64), hostname=OUR_ID,
-                    resolver=Resolver(["127.0.0.1:1"]), state=PolicyState(tmp_path / "p.db"))
-    spool_dir = tmp_path / "spool"
-    spool_dir.mkdir()
-    info = SessionInfo(sid="s1", hostname=OUR_ID, listener="smtp", peer_ip="192.0.2.7")
-    session = Session(info, SmtpConfig(), Backend(spool_dir),
-                      policy=policy.session(client_ip="192.0.2.7", listener="smtp"))
+    policy = _policy(tmp_path, max_scan_size=64)
     try:
-        for line in (b"EHLO client.test\r\n", b"MAIL FROM:<a@remote.test>\r\n", b"RCPT TO:<alice@example.test>\r\n"):
-            await session.command(line)
-        await session.command(b"DATA\r\n")
-        assert session.spool is not None
-        await session.spool.write(b"Subject: s\r\n\r\n" + b"body line\r\n" * 20)
-        assert session._held(session.spool) is None  # judged on the file
-        assert (await session.data_end(bare_newline=False, too_big=False)).reply.startswith(b"250 ")
+        session, _backend = await _inbound(tmp_path, policy, Backend)
+        assert session.policy is not None and not session.policy.judges_in_memory(65)  # judged on the file
+        assert (await _message(session, b"Subject: s\r\n\r\n" + b"body line\r\n" * 20)).reply.startswith(b"250 ")
     finally:
         policy.close()
     [(content, on_disk)] = seen
