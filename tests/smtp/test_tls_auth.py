@@ -25,7 +25,9 @@ def test_mta_starttls(make_server) -> None:
     assert b"with ESMTPS id" in d.data and b"(using TLSv1." in d.data
 
 
-def test_starttls_injection_closes(make_server) -> None:
+def test_starttls_injection_is_discarded(make_server) -> None:
+    """RFC 3207 §4.2 (CVE-2011-0411): plain text pipelined after STARTTLS is never read as a command of the
+    TLS session; the handshake still happens (a close would make an opportunistic client go plain)."""
     srv = make_server()
     s = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
     f = s.makefile("rb")
@@ -33,10 +35,20 @@ def test_starttls_injection_closes(make_server) -> None:
     s.sendall(b"EHLO c.test\r\n")
     while f.readline()[3:4] == b"-":
         pass
-    s.sendall(b"STARTTLS\r\nRSET\r\n")  # plain text pipelined after STARTTLS
+    s.sendall(b"STARTTLS\r\nMAIL FROM:<evil@remote.test>\r\n")  # plain text pipelined after STARTTLS
     assert f.readline().startswith(b"220")
-    assert f.readline() == b""  # closed
-    s.close()
+    f.close()
+    t = srv.client_ctx.wrap_socket(s, server_hostname="localhost")
+    tf = t.makefile("rb")
+    t.sendall(b"EHLO c.test\r\n")
+    first = tf.readline()
+    assert first.startswith(b"250-"), first  # EHLO's reply comes first: nothing of the injection answered
+    while tf.readline()[3:4] == b"-":
+        pass
+    t.sendall(b"MAIL FROM:<a@remote.test>\r\n")
+    assert tf.readline().startswith(b"250 ")  # no transaction was started by the injected MAIL (503 nested)
+    tf.close()
+    t.close()
 
 
 def test_submission_auth_only_after_starttls(make_server) -> None:
