@@ -180,12 +180,12 @@ async def link_reports(be: Any, coll: Any, data: dict[str, Any] | None = None,
     except CannotCalculateChanges:  # too old (or another backend's state): from now on
         created = []
     found = await _reports(be, created)
-    _remember(key, current)
     by_id: dict[str, list[str]] = {}
     for sid, r in waiting.items():
         by_id.setdefault(r["messageId"], []).append(sid)
     links = [(sid, blob_id, rep) for blob_id, rep in found for mid in rep.about for sid in by_id.get(mid, ())]
     if not links:
+        _remember(key, current)
         return data
 
     def apply(d: dict[str, Any]) -> dict[str, Any]:
@@ -207,6 +207,7 @@ async def link_reports(be: Any, coll: Any, data: dict[str, Any] | None = None,
         return d
 
     out: dict[str, Any] = await coll.change(apply)
+    _remember(key, current)  # only now: a write that failed leaves these reports to the next look
     logger.info("jmap.submission.reports", account=be.account_id, linked=len(links))
     return out
 

@@ -151,3 +151,41 @@ def test_link_reports(tmp_path: Path) -> None:
         asyncio.run(main())
     finally:
         io.shutdown()
+
+
+class FailingOnce(Collection):
+    """A collection whose next change fails (a full disk), as a write of the submissions may."""
+
+    fail = False
+
+    async def change(self, fn: Any) -> Any:
+        if self.fail:
+            self.fail = False
+            raise OSError(28, "No space left on device")
+        return await super().change(fn)
+
+
+def test_a_report_whose_link_failed_to_be_written_is_linked_at_the_next_look(tmp_path: Path) -> None:
+    """The scan point moves only once the links are written: a write that fails leaves the reports
+    to the next look (they were lost for the process's life)."""
+    io = FileIO(2)
+    reports._memo.clear()
+
+    async def main() -> None:
+        be = CountingBackend()
+        inbox = frozenset({next(iter(be.boxes))})
+        coll = FailingOnce(tmp_path, io, "A1", "EmailSubmission")
+        rec: dict[str, Any] = {**record("q1", ["bad@remote.test"]), "messageId": "orig.1@example.test",
+                               "reportFrom": await be.state("Email"), "releaseAt": time.time()}
+        await coll.change(lambda d: put(d, "S1", rec))
+        b = await be.import_email(bounce("HDRS"), inbox, frozenset(), None)
+        coll.fail = True
+        with pytest.raises(OSError):
+            await link_reports(be, coll)
+        data = await link_reports(be, coll)
+        assert data["records"]["S1"]["dsnBlobIds"] == [b.blob_id]
+
+    try:
+        asyncio.run(main())
+    finally:
+        io.shutdown()
