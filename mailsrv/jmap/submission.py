@@ -252,8 +252,17 @@ def queue_followed(d: dict[str, Any]) -> bool:
 
 
 async def refresh(be: Any, coll: Any, submitter: Any) -> bool:
-    """Reports first (:func:`reports.link_reports`), then :func:`settle`; returns what settle does."""
-    return await settle(coll, submitter, data=await reports.link_reports(be, coll))
+    """Reports first (:func:`reports.link_reports`), then :func:`settle`; returns what settle does.
+
+    A report look that fails (a blob that cannot be read now, a failed write) is logged and tried
+    again at the next look: it never fails the submissions' own /get, /changes or push."""
+    try:
+        data = await reports.link_reports(be, coll)
+    except Exception as exc:
+        logger.warning("jmap.submission.reports_failed", account=getattr(be, "account_id", ""),
+                       error=f"{type(exc).__name__}: {exc}"[:200])
+        data = None
+    return await settle(coll, submitter, data=data)
 
 
 async def settle(coll: Any, submitter: Any = None, now: float | None = None,

@@ -189,3 +189,39 @@ def test_a_report_whose_link_failed_to_be_written_is_linked_at_the_next_look(tmp
         asyncio.run(main())
     finally:
         io.shutdown()
+
+
+def test_a_failing_report_look_does_not_fail_the_submissions(tmp_path: Path) -> None:
+    """A report that cannot be read now (an I/O error on its blob) is linked at a later look; meanwhile
+    EmailSubmission/get, /changes and the push (all through submission.refresh) still settle and answer."""
+    from mailsrv.jmap.submission import refresh
+
+    io = FileIO(2)
+    reports._memo.clear()
+
+    class Broken(CountingBackend):
+        broken = True
+
+        async def read_blob(self, blob_id: str) -> bytes | None:
+            if self.broken:
+                raise OSError(5, "Input/output error")
+            return await super().read_blob(blob_id)
+
+    async def main() -> None:
+        be = Broken()
+        inbox = frozenset({next(iter(be.boxes))})
+        coll = Collection(tmp_path, io, "A1", "EmailSubmission")
+        rec: dict[str, Any] = {**record("q1", ["bad@remote.test"]), "messageId": "orig.1@example.test",
+                               "reportFrom": await be.state("Email"), "releaseAt": time.time()}
+        await coll.change(lambda d: put(d, "S1", rec))
+        b = await be.import_email(bounce("HDRS"), inbox, frozenset(), None)
+        assert await refresh(be, coll, None) is True  # S1 is still followed in the queue
+        assert (await coll.records())["S1"]["dsnBlobIds"] == []
+        be.broken = False
+        await refresh(be, coll, None)
+        assert (await coll.records())["S1"]["dsnBlobIds"] == [b.blob_id]
+
+    try:
+        asyncio.run(main())
+    finally:
+        io.shutdown()
