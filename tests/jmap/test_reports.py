@@ -165,30 +165,50 @@ class FailingOnce(Collection):
         return await super().change(fn)
 
 
-def test_a_report_whose_link_failed_to_be_written_is_linked_at_the_next_look(tmp_path: Path) -> None:
-    """The scan point moves only once the links are written: a write that fails leaves the reports
-    to the next look (they were lost for the process's life)."""
+class Broken(CountingBackend):
+    """Its blobs cannot be read while ``broken`` (an I/O error)."""
+
+    broken = False
+
+    async def read_blob(self, blob_id: str) -> bytes | None:
+        if self.broken:
+            raise OSError(5, "Input/output error")
+        return await super().read_blob(blob_id)
+
+
+def with_a_bounce(tmp_path: Path, check: Any) -> None:
+    """Run ``check(be, coll, blob_id)``: submission S1 of ``coll`` waits for reports and the bounce about
+    it (``blob_id``) has arrived in ``be``, not linked yet."""
     io = FileIO(2)
     reports._memo.clear()
 
     async def main() -> None:
-        be = CountingBackend()
-        inbox = frozenset({next(iter(be.boxes))})
+        be = Broken()
         coll = FailingOnce(tmp_path, io, "A1", "EmailSubmission")
         rec: dict[str, Any] = {**record("q1", ["bad@remote.test"]), "messageId": "orig.1@example.test",
                                "reportFrom": await be.state("Email"), "releaseAt": time.time()}
         await coll.change(lambda d: put(d, "S1", rec))
-        b = await be.import_email(bounce("HDRS"), inbox, frozenset(), None)
-        coll.fail = True
-        with pytest.raises(OSError):
-            await link_reports(be, coll)
-        data = await link_reports(be, coll)
-        assert data["records"]["S1"]["dsnBlobIds"] == [b.blob_id]
+        b = await be.import_email(bounce("HDRS"), frozenset({next(iter(be.boxes))}), frozenset(), None)
+        await check(be, coll, b.blob_id)
 
     try:
         asyncio.run(main())
     finally:
         io.shutdown()
+
+
+def test_a_report_whose_link_failed_to_be_written_is_linked_at_the_next_look(tmp_path: Path) -> None:
+    """The scan point moves only once the links are written: a write that fails leaves the reports
+    to the next look (they were lost for the process's life)."""
+
+    async def check(be: Broken, coll: FailingOnce, blob_id: str) -> None:
+        coll.fail = True
+        with pytest.raises(OSError):
+            await link_reports(be, coll)
+        data = await link_reports(be, coll)
+        assert data["records"]["S1"]["dsnBlobIds"] == [blob_id]
+
+    with_a_bounce(tmp_path, check)
 
 
 def test_a_failing_report_look_does_not_fail_the_submissions(tmp_path: Path) -> None:
@@ -196,32 +216,12 @@ def test_a_failing_report_look_does_not_fail_the_submissions(tmp_path: Path) -> 
     EmailSubmission/get, /changes and the push (all through submission.refresh) still settle and answer."""
     from mailsrv.jmap.submission import refresh
 
-    io = FileIO(2)
-    reports._memo.clear()
-
-    class Broken(CountingBackend):
-        broken = True
-
-        async def read_blob(self, blob_id: str) -> bytes | None:
-            if self.broken:
-                raise OSError(5, "Input/output error")
-            return await super().read_blob(blob_id)
-
-    async def main() -> None:
-        be = Broken()
-        inbox = frozenset({next(iter(be.boxes))})
-        coll = Collection(tmp_path, io, "A1", "EmailSubmission")
-        rec: dict[str, Any] = {**record("q1", ["bad@remote.test"]), "messageId": "orig.1@example.test",
-                               "reportFrom": await be.state("Email"), "releaseAt": time.time()}
-        await coll.change(lambda d: put(d, "S1", rec))
-        b = await be.import_email(bounce("HDRS"), inbox, frozenset(), None)
+    async def check(be: Broken, coll: FailingOnce, blob_id: str) -> None:
+        be.broken = True
         assert await refresh(be, coll, None) is True  # S1 is still followed in the queue
         assert (await coll.records())["S1"]["dsnBlobIds"] == []
         be.broken = False
         await refresh(be, coll, None)
-        assert (await coll.records())["S1"]["dsnBlobIds"] == [b.blob_id]
+        assert (await coll.records())["S1"]["dsnBlobIds"] == [blob_id]
 
-    try:
-        asyncio.run(main())
-    finally:
-        io.shutdown()
+    with_a_bounce(tmp_path, check)
