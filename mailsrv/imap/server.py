@@ -87,6 +87,7 @@ class ConnChannel:
 
     async def starttls(self) -> None:
         assert self.tls_context is not None
+        self.conn.discard_pipelined()  # RFC 9051 §6.2.1: pipelined plain text is dropped, the handshake goes on
         await self.conn.starttls(self.tls_context)
 
     def start_compress(self, max_literal: int) -> None:

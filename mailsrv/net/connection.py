@@ -18,7 +18,10 @@ import os
 import ssl
 from typing import Any
 
+from mailsrv import log
 from mailsrv.net.tls import describe
+
+logger = log.get("net")
 
 
 class ConnectionClosed(Exception):
@@ -224,11 +227,29 @@ class Connection:
 
     # -- TLS ---------------------------------------------------------------
 
+    def discard_pipelined(self) -> int:
+        """Drop plain text the client sent after its STARTTLS / STLS command; return its length.
+
+        Call it after reading that command and before :meth:`starttls`.
+        """
+        buf = self.reader._buffer  # type: ignore[attr-defined]
+        octets = len(buf)
+        if octets:
+            # RFC 3207 §4.2, RFC 2595 §3.1 (CVE-2011-0411): never read as commands of the TLS session.
+            # Not a close, as Postfix: a client whose STARTTLS an attacker appended commands to still
+            # gets its TLS instead of falling back to plain text.
+            logger.warning("starttls.pipelined_discarded", octets=octets)
+            buf.clear()
+            self.reader._maybe_resume_transport()  # type: ignore[attr-defined]
+        return octets
+
     async def starttls(self, context: ssl.SSLContext, handshake_timeout: float = 30.0) -> None:
         """Upgrade to TLS in place (STARTTLS, STLS).
 
         The caller must have sent its "go ahead" reply, and must discard any
-        state learned before the handshake (RFC 3207 §4.2).
+        state learned before the handshake (RFC 3207 §4.2). Plain text still
+        buffered closes the connection: a caller that would rather go on calls
+        :meth:`discard_pipelined` first.
         """
         if self.reader._buffer:  # type: ignore[attr-defined]
             # RFC 3207 §4 / RFC 2595 §3.1: pipelined plain text after STARTTLS is an injection attempt.

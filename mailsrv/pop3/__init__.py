@@ -14,7 +14,8 @@ RFC status (yes / partial / no):
   PIPELINING, EXPIRE NEVER / 0 / days (enforced at QUIT, resp. at the next
   login), LOGIN-DELAY (enforced), IMPLEMENTATION; IN-USE, LOGIN-DELAY, SYS/TEMP).
   The per-user forms of EXPIRE and LOGIN-DELAY in TRANSACTION: no.
-- RFC 2595 STLS: yes (pipelined plain text after STLS closes the connection).
+- RFC 2595 STLS: yes (plain text pipelined after STLS is discarded (logged) and
+  the handshake goes on).
 - RFC 3206 AUTH-RESP-CODE, SYS and AUTH codes: yes.
 - RFC 5034 AUTH (SASL): yes, the mechanisms ``mailsrv.auth`` offers (PLAIN,
   LOGIN, SCRAM-SHA-256, SCRAM-SHA-256-PLUS with tls-server-end-point).

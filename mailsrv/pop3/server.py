@@ -65,6 +65,7 @@ class ConnChannel:
 
     async def starttls(self) -> None:
         assert self._tls_context is not None
+        self.conn.discard_pipelined()  # RFC 2595 §3.1: pipelined plain text is dropped, the handshake goes on
         await self.conn.starttls(self._tls_context)
 
     def channel_binding(self) -> Any:

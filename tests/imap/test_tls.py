@@ -69,15 +69,31 @@ def test_starttls_changes_capabilities(starttls_server: tuple[ServerHandle, ssl.
     c.logout()
 
 
-def test_starttls_injection_is_refused(starttls_server: tuple[ServerHandle, ssl.SSLContext]) -> None:
-    handle, _ = starttls_server
+def test_starttls_injection_is_discarded(starttls_server: tuple[ServerHandle, ssl.SSLContext]) -> None:
+    """RFC 9051 §6.2.1 (CVE-2011-0411 class): plain text pipelined after STARTTLS never runs; it is dropped
+    and the handshake goes on (a close would make an opportunistic client retry in plain text)."""
+    handle, client_ctx = starttls_server
     with socket.create_connection((handle.host, handle.port), timeout=10) as s:
         f = s.makefile("rb")
         f.readline()
-        # RFC 9051 §6.2.1 / CVE-2011-0411 class: plain text pipelined after STARTTLS must not run.
         s.sendall(b"a STARTTLS\r\nb LOGIN alice wonderland\r\n")
         assert f.readline() == b"a OK Begin TLS negotiation now\r\n"
-        assert f.readline() == b""
+        f.close()
+        with client_ctx.wrap_socket(s, server_hostname="localhost") as t:
+            tf = t.makefile("rb")
+            t.sendall(b"c CAPABILITY\r\n")
+            first = tf.readline()
+            assert first.startswith(b"* CAPABILITY ") and b"AUTH=PLAIN" in first, first  # no "b OK" first
+            assert tf.readline().startswith(b"c OK")
+            t.sendall(b"d SELECT INBOX\r\n")
+            assert tf.readline().startswith(b"d BAD")  # not authenticated: the injected LOGIN did not run
+            t.sendall(b"e LOGIN alice wonderland\r\n")
+            assert tf.readline().startswith(b"e OK")
+            t.sendall(b"f SELECT INBOX\r\n")
+            while not (line := tf.readline()).startswith(b"f "):
+                assert line.startswith(b"* "), line
+            assert line.startswith(b"f OK")
+            tf.close()
 
 
 def test_implicit_tls(ca: trustme.CA) -> None:

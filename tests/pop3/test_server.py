@@ -64,22 +64,35 @@ async def connect(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter
     return r, w
 
 
-async def test_stls_with_pipelined_plaintext_is_cut(plain: tuple[int, MemoryDrops]) -> None:
-    # RFC 2595 §3.1 / RFC 3207 §4: commands pipelined after STLS would be injected text
+async def test_stls_with_pipelined_plaintext_is_discarded(plain: tuple[int, MemoryDrops], ca: trustme.CA) -> None:
+    """RFC 2595 §3.1 (CVE-2011-0411 class): commands pipelined after STLS are injected text: dropped, never
+    run, and the handshake goes on (a close would make an opportunistic client retry in plain text)."""
     r, w = await connect(plain[0])
-    w.write(b"STLS\r\nUSER alice@example.test\r\n")
+    w.write(b"STLS\r\nUSER alice@example.test\r\nPASS secret\r\nDELE 1\r\n")
     assert await r.readline() == b"+OK Begin TLS negotiation\r\n"
-    assert await r.read() == b""
+    await w.start_tls(tls_client(ca), server_hostname="127.0.0.1")
+    w.write(b"STAT\r\n")
+    assert (await r.readline()).startswith(b"-ERR")  # still AUTHORIZATION: the injected login did not run
+    w.write(b"PASS secret\r\n")
+    assert (await r.readline()).startswith(b"-ERR")  # and no USER is pending from the plain text
+    w.write(b"USER alice@example.test\r\nPASS secret\r\nSTAT\r\nQUIT\r\n")
+    data = await r.read()
+    assert b"+OK Logged in, 1 messages" in data and b"+OK 1 " in data  # nothing was deleted
+    assert data.endswith(b"(0 messages deleted)\r\n")
     w.close()
+
+
+def tls_client(ca: trustme.CA) -> ssl.SSLContext:
+    ctx = ssl.create_default_context()
+    ca.configure_trust(ctx)
+    return ctx
 
 
 async def test_stls_then_login(plain: tuple[int, MemoryDrops], ca: trustme.CA) -> None:
     r, w = await connect(plain[0])
     w.write(b"STLS\r\n")
     assert await r.readline() == b"+OK Begin TLS negotiation\r\n"
-    client_ctx = ssl.create_default_context()
-    ca.configure_trust(client_ctx)
-    await w.start_tls(client_ctx, server_hostname="127.0.0.1")
+    await w.start_tls(tls_client(ca), server_hostname="127.0.0.1")
     w.write(b"CAPA\r\n")
     caps = []
     while (line := await r.readline()) != b".\r\n":
