@@ -58,6 +58,9 @@ Action = Literal["accept", "reject", "tempfail", "junk"]
 MAX_HEADER_READ = 256 * 1024
 #: Bytes per copy step when the spool file is rewritten.
 COPY_CHUNK = 256 * 1024
+#: Senders whose MAIL FROM SPF result a session keeps (least recently used go first): a client sending
+#: MAIL FROM after MAIL FROM with new senders must not grow a session's memory without bound.
+SPF_SEEN_MAX = 32
 
 
 @dataclass(frozen=True)
@@ -281,7 +284,8 @@ class PolicySession:
         self.dnsbl: list[str] = []
         self._conn_task: asyncio.Task[None] | None = None
         #: sender -> its MAIL FROM SPF result in this session (client and HELO fixed): a session's
-        #: second message from the same sender is not evaluated again; DNS errors are not kept
+        #: second message from the same sender is not evaluated again; DNS errors are not kept;
+        #: at most SPF_SEEN_MAX senders, in least recently used order
         self._spf_seen: dict[str, spf.SpfResult] = {}
         self.tx = _Tx()
 
@@ -385,12 +389,14 @@ class PolicySession:
                 self.p.resolver, self.client_ip, helo, f"postmaster@{helo}", helo=helo,
                 receiver=self.p.hostname, identity="helo")
         if sender:
-            seen = self._spf_seen.get(sender)
+            seen = self._spf_seen.pop(sender, None)
             if seen is None:
                 seen = await spf.check_host(self.p.resolver, self.client_ip, _domain(sender), sender,
                                             helo=helo, receiver=self.p.hostname)
-                if seen.result != "temperror":  # a DNS failure may pass at the next MAIL
-                    self._spf_seen[sender] = seen
+            if seen.result != "temperror":  # a DNS failure may pass at the next MAIL
+                if len(self._spf_seen) >= SPF_SEEN_MAX:
+                    del self._spf_seen[next(iter(self._spf_seen))]  # the least recently used
+                self._spf_seen[sender] = seen  # (again) the most recently used
             self.tx.spf = seen
         elif self.helo_spf is not None:
             # RFC 7208 §2.4: a null reverse-path is checked as postmaster@helo
