@@ -97,7 +97,18 @@ class MultiWatch:
 
 
 def watch_all(backends: list[MailBackend]) -> MultiWatch:
-    return MultiWatch([be.watch() for be in backends])
+    """One watch over ``backends``; the caller must close it (its accounts' inotify watches go with the
+    last watch of each account in the process). A watch that fails (OSError: no inotify watch left)
+    closes those made before it."""
+    watches: list[Watch] = []
+    try:
+        for be in backends:
+            watches.append(be.watch())
+    except BaseException:
+        for w in watches:
+            w.close()
+        raise
+    return MultiWatch(watches)
 
 
 #: seconds between two reads of the accounts a stream follows when nothing changes (grants come and go)
@@ -135,8 +146,11 @@ class Follower:
             woke = await self.watch.wait(left)
             fresh = await self._fresh()
             if [b.account_id for b in fresh] != [b.account_id for b in self.backends]:
-                self.watch.close()
-                self.backends, self.watch = fresh, watch_all(fresh)
+                # the new watch first: an account in both lists keeps its inotify watches, one that left
+                # loses them with the old watch (when no other stream of this worker follows it)
+                old, self.watch = self.watch, watch_all(fresh)
+                old.close()
+                self.backends = fresh
                 woke = True
             if woke:
                 break
@@ -155,8 +169,10 @@ class Follower:
             return self.backends
 
     def close(self) -> None:
+        """End following (idempotent): each account whose last stream this was is unwatched."""
         if self.watch is not None:
             self.watch.close()
+            self.watch = None
 
 
 def _parse_types(value: str) -> frozenset[str] | None:

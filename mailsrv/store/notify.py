@@ -3,7 +3,11 @@
 Every write transaction touches ``<root>/mailsrv-notify`` after its commit
 (IN_ATTRIB); other programs' deliveries show up as IN_CREATE / IN_MOVED_TO in
 a folder's ``new/``. One inotify descriptor per process and event loop feeds
-:class:`Watch` objects; nothing polls.
+:class:`Watch` objects; nothing polls. A path is watched while a :class:`Watch`
+of its account is open: when an account's last watch closes, its paths are
+unwatched (a kernel watch shared by several accounts' paths stays until the last
+of them goes), so a worker holds inotify watches (``fs.inotify.max_user_watches``)
+only for the accounts someone waits on now.
 
 Where inotify is missing (not Linux) or refused (``fs.inotify.max_user_instances``
 reached), the notifier falls back to polling: while at least one watch waits, one
@@ -34,6 +38,7 @@ IN_MOVED_TO = 0x00000080
 IN_CREATE = 0x00000100
 IN_DELETE = 0x00000200
 IN_Q_OVERFLOW = 0x00004000
+IN_IGNORED = 0x00008000
 IN_NONBLOCK = os.O_NONBLOCK
 IN_CLOEXEC = os.O_CLOEXEC
 
@@ -55,6 +60,7 @@ def _lib() -> ctypes.CDLL:
         lib.inotify_init1.argtypes = [ctypes.c_int]
         lib.inotify_add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
         lib.inotify_rm_watch.argtypes = [ctypes.c_int, ctypes.c_int]
+        lib.inotify_rm_watch.restype = ctypes.c_int
         _libc = lib
     return _libc
 
@@ -112,8 +118,12 @@ class Notifier:
     def __init__(self, loop: asyncio.AbstractEventLoop, *, poll: bool = False) -> None:
         """``poll``: use the stat-polling fallback even where inotify works (tests, odd file systems)."""
         self.loop = loop
-        self._wd_keys: dict[int, set[str]] = {}
+        #: kernel watch -> the (key, path) pairs it serves (several when paths or accounts share it)
+        self._wd_users: dict[int, set[tuple[str, str]]] = {}
         self._path_wd: dict[tuple[str, str], int] = {}
+        #: key -> the paths watched for it (inotify or polled)
+        self._key_paths: dict[str, set[str]] = {}
+        #: key -> its open watches; a key is here only while it has some
         self._watches: dict[str, set[Watch]] = {}
         #: polling fallback: (key, path) -> last stat signature, and the task comparing them
         self._polled: dict[tuple[str, str], tuple[int, int, int] | None] = {}
@@ -132,12 +142,25 @@ class Notifier:
         """True when this notifier polls (no inotify)."""
         return self.fd < 0
 
+    @property
+    def watch_count(self) -> int:
+        """Kernel inotify watches held now (polled paths when polling)."""
+        return len(self._polled) if self.polling else len(self._wd_users)
+
     def add_path(self, key: str, path: Path, mask: int) -> None:
-        """Watch ``path`` on behalf of account ``key`` (idempotent)."""
+        """Watch ``path`` on behalf of account ``key`` (idempotent).
+
+        The caller registers a :class:`Watch` of ``key`` next, without awaiting in between: the
+        path is unwatched when the last watch of ``key`` closes (or by :meth:`remove_path`).
+        Raises OSError when the kernel refuses the watch (ENOSPC: ``max_user_watches``).
+        """
+        kp = (key, str(path))
         if self.polling:
-            self._polled.setdefault((key, str(path)), _signature(str(path)))
+            if kp not in self._polled:
+                self._polled[kp] = _signature(kp[1])
+                self._key_paths.setdefault(key, set()).add(kp[1])
             return
-        if (key, str(path)) in self._path_wd:
+        if kp in self._path_wd:
             return
         wd = _lib().inotify_add_watch(self.fd, os.fsencode(path), mask)
         if wd < 0:
@@ -145,8 +168,45 @@ class Notifier:
             if err in (errno.ENOENT, errno.ENOTDIR):
                 return
             raise OSError(err, f"inotify_add_watch {path}: {os.strerror(err)}")
-        self._path_wd[(key, str(path))] = wd
-        self._wd_keys.setdefault(wd, set()).add(key)
+        self._path_wd[kp] = wd
+        self._wd_users.setdefault(wd, set()).add(kp)
+        self._key_paths.setdefault(key, set()).add(kp[1])
+
+    def remove_path(self, key: str, path: Path | str) -> None:
+        """Stop watching ``path`` for ``key`` (a no-op when it is not watched for it).
+
+        The kernel watch goes when no other (key, path) uses it: the kernel gives one watch
+        per inode and descriptor, so two accounts' (or two names') watches may be one.
+        """
+        kp = (key, str(path))
+        self._forget_key_path(kp)
+        if self.polling:
+            self._polled.pop(kp, None)
+            return
+        wd = self._path_wd.pop(kp, None)
+        if wd is None:
+            return
+        users = self._wd_users.get(wd)
+        if users is not None:
+            users.discard(kp)
+            if users:
+                return
+            del self._wd_users[wd]
+        if self.fd >= 0 and _lib().inotify_rm_watch(self.fd, wd) < 0:
+            # EINVAL: the kernel dropped it already (its directory was deleted) and IN_IGNORED is on its way
+            logger.debug("notify.rm_watch_failed", path=kp[1], error=os.strerror(ctypes.get_errno()))
+
+    def _forget_key_path(self, kp: tuple[str, str]) -> None:
+        paths = self._key_paths.get(kp[0])
+        if paths is not None:
+            paths.discard(kp[1])
+            if not paths:
+                del self._key_paths[kp[0]]
+
+    def release(self, key: str) -> None:
+        """Unwatch every path of ``key`` (done when its last watch closes)."""
+        for path in list(self._key_paths.get(key, ())):
+            self.remove_path(key, path)
 
     def register(self, watch: Watch) -> None:
         if self.polling and not self._watches.get(watch.key):
@@ -178,6 +238,9 @@ class Notifier:
         ws = self._watches.get(watch.key)
         if ws is not None:
             ws.discard(watch)
+            if not ws:  # the account's last watch: nobody waits on its paths any more
+                del self._watches[watch.key]
+                self.release(watch.key)
 
     def wake(self, key: str) -> None:
         for w in list(self._watches.get(key, ())):
@@ -195,7 +258,15 @@ class Notifier:
         for wd, mask, _name in parse_events(data):
             if mask & IN_Q_OVERFLOW:
                 keys.update(self._watches)
-            keys.update(self._wd_keys.get(wd, ()))
+            users = self._wd_users.get(wd, ())
+            keys.update(key for key, _path in users)
+            if mask & IN_IGNORED and users:
+                # the kernel dropped the watch (its file or directory was deleted): forget it, so a path
+                # made again under the same name is watched anew by the next add_path
+                del self._wd_users[wd]
+                for kp in users:
+                    self._path_wd.pop(kp, None)
+                    self._forget_key_path(kp)
         for key in keys:
             self.wake(key)
 

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 
 import aiohttp
+import pytest
 from jmaptest import USING, Client
+
+from mailsrv.jmap.push import watch_all
 
 
 async def read_event(resp: aiohttp.ClientResponse) -> tuple[str, dict]:  # type: ignore[type-arg]
@@ -82,3 +86,34 @@ async def test_websocket_needs_subprotocol_and_auth(client: Client) -> None:
             raise AssertionError("connected without credentials")
         except aiohttp.WSServerHandshakeError as exc:
             assert exc.status == 401
+
+
+async def test_a_watch_refused_midway_closes_the_watches_made_before_it() -> None:
+    """No inotify watch left for the third account (ENOSPC): the two made already are closed, not leaked."""
+    closed: list[str] = []
+
+    class W:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        async def wait(self, seconds: float | None = None) -> bool:
+            return False
+
+        def close(self) -> None:
+            closed.append(self.name)
+
+    class Be:
+        def __init__(self, name: str, full: bool = False) -> None:
+            self.account_id, self.full = name, full
+
+        def watch(self) -> W:
+            if self.full:
+                raise OSError(errno.ENOSPC, "inotify_add_watch: No space left on device")
+            return W(self.account_id)
+
+    with pytest.raises(OSError):
+        watch_all([Be("a"), Be("b"), Be("c", full=True), Be("d")])  # type: ignore[list-item]
+    assert closed == ["a", "b"]
+    mw = watch_all([Be("a"), Be("b")])  # type: ignore[list-item]
+    mw.close()
+    assert closed == ["a", "b", "a", "b"]

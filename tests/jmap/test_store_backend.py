@@ -374,3 +374,43 @@ async def test_mailbox_query_changes_on_the_store(env: tuple[Client, Store, Any]
     await acct.delete_mailbox("Zed")
     ch = await c.one("Mailbox/queryChanges", {"sort": sort, "sinceQueryState": q1["queryState"]})
     assert ch["removed"] == [zed] and ch["added"] == []
+
+
+async def test_push_streams_give_back_their_inotify_watches(env: tuple[Client, Store, Any]) -> None:
+    """An account's inotify watches last while one of its push streams (EventSource or WebSocket) is open:
+    the worker's watch count comes back to its start when the last stream closes, not at worker exit."""
+    from test_limits import until
+    from test_push import read_event
+
+    c, store, acct = env
+    n = store._notifier_for_loop()
+    start = n.watch_count
+    streams = lambda: len(n._watches.get(acct.id, ()))  # noqa: E731 - open watches of the account
+    url = c.server.url + "/jmap/eventsource?types=Email&closeafter=no&ping=0"
+    async with c.http.get(url, headers=c.headers) as r1:
+        async with asyncio.timeout(5):
+            assert (await read_event(r1))[0] == "state"
+        one = n.watch_count
+        assert one > start
+        async with c.http.get(url, headers=c.headers) as r2:
+            async with asyncio.timeout(5):
+                assert (await read_event(r2))[0] == "state"
+            assert streams() == 2 and n.watch_count == one  # the second stream shares the watches
+        await until(lambda: streams() == 1)
+        assert n.watch_count == one  # r1 still follows the account
+        await acct.append("INBOX", msg("still pushed"))
+        async with asyncio.timeout(5):
+            ev, data = await read_event(r1)
+        assert ev == "state" and "Email" in data["changed"]["A1"]
+    await until(lambda: n.watch_count == start)
+    assert streams() == 0
+
+    ws_url = c.server.url.replace("http", "ws") + "/jmap/ws"
+    async with c.http.ws_connect(ws_url, protocols=("jmap",), headers=c.headers) as ws:
+        await ws.send_str('{"@type": "WebSocketPushEnable", "dataTypes": ["Email"]}')
+        await until(lambda: n.watch_count == one)
+        await ws.send_str('{"@type": "WebSocketPushDisable"}')
+        await until(lambda: n.watch_count == start)
+        await ws.send_str('{"@type": "WebSocketPushEnable", "dataTypes": ["Email"]}')
+        await until(lambda: n.watch_count == one)
+    await until(lambda: n.watch_count == start)  # the socket closed with push on
