@@ -8,9 +8,10 @@ only the session's update step applies other sessions' changes.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from bisect import bisect_left, bisect_right
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,11 +23,23 @@ from mailsrv.imap.errors import ImapError, norm_flag, store_error_name
 from mailsrv.imap.flaglines import fetch_flags_lines, flag_positions, search_numbers
 from mailsrv.imap.grammar import Command, SearchKey
 from mailsrv.imap.seqset import SequenceSet, format_uids
+from mailsrv.imap.spool import DecodedSpool
 from mailsrv.imap.structure import parse as parse_structure
 from mailsrv.net.connection import ConnectionClosed, IdleTimeout, ServerShutdown
 from mailsrv.policy.pipeline import training_label
 
 logger = log.get("imap")
+
+
+def _batches(n: int) -> Iterator[tuple[int, int]]:
+    """(start, end) of the batches of an index-only FETCH of ``n`` messages: FIRST_FETCH_BATCH,
+    then twice as many each time up to FETCH_BATCH (the client never waits for a big batch)."""
+    k = 0
+    size = FIRST_FETCH_BATCH
+    while k < n:
+        yield k, min(k + size, n)
+        k += size
+        size = min(2 * size, FETCH_BATCH)
 
 
 def _uid_of(m: Any) -> int:
@@ -41,6 +54,8 @@ STREAM_CHUNK = 256 * 1024
 STRUCTURE_CACHE = 8
 #: Index-only FETCH responses formatted and sent per batch (a client reads while we format).
 FETCH_BATCH = 2048
+#: ... and in the first batch, sent at once: the client starts reading ~0.1 ms after the command.
+FIRST_FETCH_BATCH = 256
 
 
 class MessageCommands:
@@ -66,6 +81,8 @@ class MessageCommands:
         def w(self, data: bytes) -> None: ...
 
         async def maybe_flush(self) -> None: ...
+
+        async def send_now(self, data: bytes) -> None: ...
 
         async def flush(self) -> None: ...
 
@@ -100,11 +117,13 @@ class MessageCommands:
         """Messages of the view selected by a sequence set (ascending)."""
         return self._pick(s, uid=uid)[1]
 
-    def _pick(self, s: SequenceSet, *, uid: bool) -> tuple[Sequence[int], list[Any]]:
+    def _pick(self, s: SequenceSet, *, uid: bool, share: bool = False) -> tuple[Sequence[int], list[Any]]:
         """(sequence numbers, messages) of the view selected by a sequence set, ascending, parallel.
 
         Cost: O(ranges * log n + result); ``1:*`` of a big mailbox is a range and a slice
-        (no per-message objects: iterate with ``zip``).
+        (no per-message objects: iterate with ``zip``). ``share``: a selection of the whole view
+        is the view's own list, not a copy (100 000 references touched before the first byte);
+        the caller must not keep it past a refresh, which alone changes that list.
         """
         messages = self.view.messages
         if s.saved:
@@ -122,6 +141,8 @@ class MessageCommands:
                 spans.append((i, j))
             if len(spans) == 1:
                 i, j = spans[0]
+                if share and i == 0 and j == n:
+                    return range(1, n + 1), messages
                 return range(i + 1, j + 1), messages[i:j]
             picked = sorted({k for i, j in spans for k in range(i, j)})
             return [k + 1 for k in picked], [messages[k] for k in picked]
@@ -133,6 +154,8 @@ class MessageCommands:
                 # RFC 9051 §9: a sequence number must be in the mailbox
                 raise ImapError("BAD", "Invalid message sequence number", "CLIENTBUG")
             if len(s.ranges) == 1:
+                if share and a == 1 and b == n:
+                    return range(1, n + 1), messages
                 return range(a, b + 1), messages[a - 1 : b]
             seqs.update(range(a, b + 1))
         order = sorted(seqs)
@@ -161,7 +184,8 @@ class MessageCommands:
             raise ImapError("BAD", "VANISHED needs UID FETCH, QRESYNC and CHANGEDSINCE", "CLIENTBUG")
         if changedsince is not None:
             self.condstore = True  # RFC 7162 §3.1: CHANGEDSINCE enables CONDSTORE
-        seqs, selected = self._pick(cmd.args["set"], uid=uid)
+        # No refresh runs before this command's end: the view's list may be shared.
+        seqs, selected = self._pick(cmd.args["set"], uid=uid, share=True)
         if changedsince is not None:
             keep = [k for k, m in enumerate(selected) if m.modseq > changedsince]
             seqs, selected = [seqs[k] for k in keep], [selected[k] for k in keep]
@@ -289,11 +313,17 @@ class MessageCommands:
                               flags_changed: bool) -> bool:
         """``* n FETCH (... BODY[]<o> {size}`` then the bytes in chunks (RFC 9051 §7.5.2).
 
-        BINARY[part] (RFC 3516 §4.2) is decoded chunk by chunk, in two passes over the file: the
-        first learns the decoded size and whether it holds NUL (then a literal8), the second
-        sends. Returns False (nothing written) when the message's cached structure is missing
-        or the part is a multipart or message/rfc822 container: the caller renders it whole.
+        BINARY[part] (RFC 3516 §4.2) of an encoded part is decoded once, chunk by chunk, into a
+        :class:`DecodedSpool` (which learns the decoded size and whether it holds NUL: then a
+        literal8) and sent from there; an identity-encoded part is sent from the file after a
+        scan for NUL. Returns False (nothing written) when the message's cached structure is
+        missing or the part is a multipart or message/rfc822 container: the caller renders it whole.
         """
+        async with contextlib.AsyncExitStack() as stack:
+            return await self._fetch_streamed_in(stack, seq, info, atts, whole, uid, flags_changed)
+
+    async def _fetch_streamed_in(self, stack: contextlib.AsyncExitStack, seq: int, info: Any, atts: list[Any],
+                                 whole: Any, uid: bool, flags_changed: bool) -> bool:
         name = self.view.name
         start, end, dec_name = 0, info.size, None
         binary = whole.name in ("BINARY", "BINARY.PEEK")
@@ -309,15 +339,22 @@ class MessageCommands:
                 return False  # a container: its parts are decoded inside (fetch._binary_container)
             start, end, dec_name = part.body_start, part.body_end, part.encoding
         try:
-            streaming.decoder(dec_name)
+            identity = isinstance(streaming.decoder(dec_name), streaming.Identity)
         except streaming.DecodeError:
             raise ImapError("NO", "Unknown Content-Transfer-Encoding", "UNKNOWN-CTE") from None
         total, nul = end - start, False
-        if binary:  # pass 1: the decoded size, and NUL or not
-            total = 0
+        spool = None
+        if binary and not identity:  # the one decoding pass: size, NUL or not, and the bytes
+            root = getattr(self.acct, "root", None)
+            spool = await stack.enter_async_context(DecodedSpool(Path(root) / "tmp" if root else None))
             async for data in self._decoded(info.uid, start, end, dec_name):
-                total += len(data)
-                nul = nul or b"\x00" in data
+                await spool.write(data)
+            total, nul = spool.size, spool.nul
+        elif binary:  # the size is the part's; a scan for NUL decides literal8
+            async for data in self._decoded(info.uid, start, end, None):
+                if b"\x00" in data:
+                    nul = True
+                    break
         lo, hi = 0, total
         origin = b""
         if whole.partial is not None:
@@ -333,16 +370,12 @@ class MessageCommands:
             label = b"BINARY[" + whole.section.spec() + b"]" + origin + (b" ~{%d}" if nul else b" {%d}") % (hi - lo)
         else:
             label = (b"RFC822" if whole.name == "RFC822" else b"BODY[]" + origin) + b" {%d}" % (hi - lo)
-        # binary: decode the whole part and skip to lo; else read just [lo, hi) of the file
-        chunks = self._decoded(info.uid, start, end, dec_name) if binary else self._decoded(info.uid, lo, hi, None)
-        skip, want, sent, first = (lo if binary else 0), hi - lo, 0, True
+        # just [lo, hi) of the decoded part (the spool) or of the file
+        chunks = spool.chunks(lo, hi, STREAM_CHUNK) if spool is not None else \
+            self._decoded(info.uid, start + lo, start + hi, None)
+        want, sent, first = hi - lo, 0, True
         try:
             async for data in chunks:
-                if skip:
-                    if len(data) <= skip:
-                        skip -= len(data)
-                        continue
-                    data, skip = data[skip:], 0
                 data = data[: want - sent]
                 if first:
                     # the first chunk is read before anything is sent: a message expunged meanwhile is a NO
@@ -362,7 +395,7 @@ class MessageCommands:
             # once the literal has begun, it is completed whatever happens
             logger.error("fetch.read_failed", uid=info.uid, error=type(exc).__name__)
         finally:
-            await chunks.aclose()
+            await chunks.aclose()  # type: ignore[attr-defined]
         if first:
             self.w(b"* %d FETCH (" % seq + (items + b" " if items else b"") + label + b"\r\n")
         if sent < want:
@@ -397,8 +430,9 @@ class MessageCommands:
                                 uid: bool) -> None:
         """FETCH of index items only (FLAGS, UID, sizes, dates, modseq): one pass, shared flag lists.
 
-        Written in batches of FETCH_BATCH responses, each sent as it is made, so that a client
-        reads the first lines of ``UID FETCH 1:* (FLAGS)`` while the server formats the rest.
+        Written in batches of FETCH_BATCH responses (a small first one), each sent as it is made,
+        so that a client reads the first lines of ``UID FETCH 1:* (FLAGS)`` while the server
+        formats the rest.
         """
         modseq = self.condstore
         recent = self.recent
@@ -407,20 +441,25 @@ class MessageCommands:
         if names <= {"UID", "FLAGS"} and "FLAGS" in names and not modseq:
             # The synchronisation FETCH of every client ("UID FETCH 1:* (FLAGS)"): one format per line.
             with_uid = uid or "UID" in names
-            for k in range(0, len(selected), FETCH_BATCH):
-                chunk = fetch_flags_lines(seqs[k:k + FETCH_BATCH], selected[k:k + FETCH_BATCH], with_uid,
-                                          cache, recent)
-                self.w(chunk)
-                await self.maybe_flush()
+            for k, end in _batches(len(selected)):
+                await self._emit(fetch_flags_lines(seqs[k:end], selected[k:end], with_uid, cache, recent),
+                                 len(selected))
             return
-        for k in range(0, len(selected), FETCH_BATCH):
+        for k, end in _batches(len(selected)):
             lines = []
-            for seq, info in zip(seqs[k:k + FETCH_BATCH], selected[k:k + FETCH_BATCH], strict=True):
+            for seq, info in zip(seqs[k:end], selected[k:end], strict=True):
                 body = fetchmod.render_index(atts, info, uid=uid, modseq=modseq, flag_cache=cache,
                                              recent=info.uid in recent)
                 lines.append(b"* %d FETCH " % seq + body + b"\r\n")
-            self.w(b"".join(lines))
-            await self.maybe_flush()
+            await self._emit(b"".join(lines), len(selected))
+
+    async def _emit(self, batch: bytes, total: int) -> None:
+        """A batch of an index-only FETCH of ``total`` messages: buffered with the tagged reply
+        when it is the whole response (one write), else sent at once."""
+        if total <= FIRST_FETCH_BATCH:
+            self.w(batch)
+        else:
+            await self.send_now(batch)
 
     async def cmd_store(self, cmd: Command) -> str | None:
         return await self._store(cmd, uid=False)
