@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
+
+import pytest
 
 from mailsrv.config import StoreConfig
 from mailsrv.store import Store, notify
@@ -26,7 +29,8 @@ def watch(n: notify.Notifier, key: str, *paths: Path) -> notify.Watch:
     return w
 
 
-def touch(path: Path) -> None:
+def change(path: Path) -> None:
+    """A change inotify reports: a file made and gone in a directory, a file's times."""
     if path.is_dir():
         (path / "x").write_bytes(b"x")
         (path / "x").unlink()
@@ -34,92 +38,85 @@ def touch(path: Path) -> None:
         os.utime(path)
 
 
-async def test_the_last_watch_of_an_account_unwatches_its_paths(tmp_path: Path) -> None:
+def close_all(n: notify.Notifier, *watches: notify.Watch) -> None:
+    """Close ``watches``, the last ones of their accounts: no inotify watch is left."""
+    for w in watches:
+        w.close()
+    assert kernel_watches(n.fd) == n.watch_count == 0
+
+
+async def wakes(w: notify.Watch, path: Path) -> bool:
+    """Change ``path`` and wait for ``w`` to be woken."""
+    change(path)
+    return await w.wait(5)
+
+
+@pytest.fixture
+async def n() -> AsyncIterator[notify.Notifier]:
+    notifier = notify.Notifier(asyncio.get_running_loop())
+    assert kernel_watches(notifier.fd) == 0
+    yield notifier
+    notifier.close()
+
+
+async def test_the_last_watch_of_an_account_unwatches_its_paths(tmp_path: Path, n: notify.Notifier) -> None:
     (tmp_path / "notify").write_bytes(b"")
     (tmp_path / "new").mkdir()
-    n = notify.Notifier(asyncio.get_running_loop())
-    try:
-        assert kernel_watches(n.fd) == 0
-        w1 = watch(n, "a", tmp_path / "notify", tmp_path / "new")
-        w2 = watch(n, "a", tmp_path / "notify", tmp_path / "new")  # a second stream: the same watches
-        assert kernel_watches(n.fd) == n.watch_count == 2
-        w1.close()
-        assert kernel_watches(n.fd) == n.watch_count == 2  # w2 still waits
-        touch(tmp_path / "new")
-        assert await w2.wait(5)
-        w2.close()
-        assert kernel_watches(n.fd) == n.watch_count == 0
-        assert not n._watches and not n._key_paths and not n._path_wd
-        w3 = watch(n, "a", tmp_path / "notify")  # watched again from scratch
-        assert kernel_watches(n.fd) == 1
-        touch(tmp_path / "notify")
-        assert await w3.wait(5)
-        w3.close()
-        assert kernel_watches(n.fd) == 0
-    finally:
-        n.close()
+    w1 = watch(n, "a", tmp_path / "notify", tmp_path / "new")
+    w2 = watch(n, "a", tmp_path / "notify", tmp_path / "new")  # a second stream: the same watches
+    assert kernel_watches(n.fd) == n.watch_count == 2
+    w1.close()
+    assert kernel_watches(n.fd) == n.watch_count == 2  # w2 still waits
+    assert await wakes(w2, tmp_path / "new")
+    close_all(n, w2)
+    assert not n._watches and not n._key_paths and not n._path_wd
+    w3 = watch(n, "a", tmp_path / "notify")  # watched again from scratch
+    assert kernel_watches(n.fd) == 1
+    assert await wakes(w3, tmp_path / "notify")
+    close_all(n, w3)
 
 
-async def test_a_path_shared_by_two_accounts_stays_until_its_last_user(tmp_path: Path) -> None:
+async def test_a_path_shared_by_two_accounts_stays_until_its_last_user(tmp_path: Path, n: notify.Notifier) -> None:
     shared = tmp_path / "queue"
     shared.mkdir()
-    n = notify.Notifier(asyncio.get_running_loop())
-    try:
-        a = watch(n, "a", shared)
-        b = watch(n, "b", shared)
-        assert kernel_watches(n.fd) == n.watch_count == 1  # the kernel has one watch per inode
-        a.close()
-        assert kernel_watches(n.fd) == 1
-        touch(shared)
-        assert await b.wait(5)  # b is still woken by it
-        b.close()
-        assert kernel_watches(n.fd) == n.watch_count == 0
-    finally:
-        n.close()
+    a = watch(n, "a", shared)
+    b = watch(n, "b", shared)
+    assert kernel_watches(n.fd) == n.watch_count == 1  # the kernel has one watch per inode
+    a.close()
+    assert kernel_watches(n.fd) == 1
+    assert await wakes(b, shared)  # b is still woken by it
+    close_all(n, b)
 
 
-async def test_remove_path_unwatches_one_path(tmp_path: Path) -> None:
+async def test_remove_path_unwatches_one_path(tmp_path: Path, n: notify.Notifier) -> None:
     one, two = tmp_path / "one", tmp_path / "two"
     one.mkdir()
     two.mkdir()
-    n = notify.Notifier(asyncio.get_running_loop())
-    try:
-        w = watch(n, "a", one, two)
-        assert kernel_watches(n.fd) == 2
-        n.remove_path("a", one)
-        n.remove_path("a", one)  # again: nothing
-        n.remove_path("zz", two)  # another key's: nothing
-        assert kernel_watches(n.fd) == n.watch_count == 1
-        touch(two)
-        assert await w.wait(5)
-        w.close()
-        assert kernel_watches(n.fd) == 0
-    finally:
-        n.close()
+    w = watch(n, "a", one, two)
+    assert kernel_watches(n.fd) == 2
+    n.remove_path("a", one)
+    n.remove_path("a", one)  # again: nothing
+    n.remove_path("zz", two)  # another key's: nothing
+    assert kernel_watches(n.fd) == n.watch_count == 1
+    assert await wakes(w, two)
+    close_all(n, w)
 
 
-async def test_a_directory_deleted_and_made_again_is_watched_anew(tmp_path: Path) -> None:
+async def test_a_directory_deleted_and_made_again_is_watched_anew(tmp_path: Path, n: notify.Notifier) -> None:
     d = tmp_path / "new"
     d.mkdir()
-    n = notify.Notifier(asyncio.get_running_loop())
-    try:
-        keep = watch(n, "a", d)
-        d.rmdir()  # the kernel drops its watch: IN_IGNORED
-        assert await keep.wait(5)
-        deadline = asyncio.get_running_loop().time() + 5
-        while n.watch_count and asyncio.get_running_loop().time() < deadline:
-            await keep.wait(0.05)
-        assert n.watch_count == 0 and kernel_watches(n.fd) == 0
-        d.mkdir()
-        again = watch(n, "a", d)  # an add_path that does not think it is watched already
-        assert kernel_watches(n.fd) == 1
-        touch(d)
-        assert await again.wait(5)
-        keep.close()
-        again.close()
-        assert kernel_watches(n.fd) == 0
-    finally:
-        n.close()
+    keep = watch(n, "a", d)
+    d.rmdir()  # the kernel drops its watch: IN_IGNORED
+    assert await keep.wait(5)
+    deadline = asyncio.get_running_loop().time() + 5
+    while n.watch_count and asyncio.get_running_loop().time() < deadline:
+        await keep.wait(0.05)
+    assert n.watch_count == 0 and kernel_watches(n.fd) == 0
+    d.mkdir()
+    again = watch(n, "a", d)  # an add_path that does not think it is watched already
+    assert kernel_watches(n.fd) == 1
+    assert await wakes(again, d)
+    close_all(n, keep, again)
 
 
 async def test_polling_forgets_the_paths_of_an_account_nobody_waits_on(tmp_path: Path) -> None:
