@@ -547,7 +547,9 @@ class MessageCommands:
     async def _train(self, src: str, dest: str, mapping: Sequence[tuple[int, int]]) -> None:
         """Spam training (docs/policy.md): a MOVE, or the COPY of COPY+EXPUNGE, into or out of Junk.
 
-        After the store made the copies durable; a training failure never fails the command.
+        After the store made the copies durable; the copies are queued for the policy's background trainer
+        (journaled, read and learned later), so the tagged reply does not wait for the learner. A training
+        failure never fails the command.
         """
         get_policy = self.policy_source
         if not mapping or get_policy is None or training_label(src, dest) is None:
@@ -556,11 +558,11 @@ class MessageCommands:
         if policy is None:
             return
         account = getattr(self.user, "address", None) or str(self.acct.id)
-        for _, duid in mapping:
-            try:
-                await policy.train(account, src, dest, await self.acct.read_message(dest, duid))
-            except Exception as exc:
-                logger.warning("imap.train_failed", error=f"{type(exc).__name__}: {exc}"[:200])
+        try:
+            await policy.train_later(account, src, dest, [(dest, duid) for _, duid in mapping],
+                                     read=self.acct.read_message)
+        except Exception as exc:
+            logger.warning("imap.train_failed", error=f"{type(exc).__name__}: {exc}"[:200])
 
     def _check_charset(self, charset: str | None) -> None:
         if charset not in (None, "UTF-8", "US-ASCII"):
