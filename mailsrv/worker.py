@@ -29,7 +29,7 @@ from mailsrv.net.service import ServiceContext
 from mailsrv.policy.pipeline import Policy
 from mailsrv.search import SearchService
 from mailsrv.search.service import Reader, ReadMany, Resolver
-from mailsrv.store import MailboxNotFound, Store
+from mailsrv.store import MailboxNotFound, Store, account_root
 
 logger = log.get("worker")
 
@@ -42,6 +42,22 @@ SERVICES = {
     "jmap": "mailsrv.jmap.server",
     "admin": "mailsrv.admin.server",
 }
+
+
+def _training_reader(directory: Any, store: Store, data_dir: Path) -> Any:
+    """The policy trainer's reader for any account: (address or account id, mailbox, uid) -> bytes."""
+
+    async def read(account: str, mailbox: str, uid: int) -> bytes:
+        entry = await directory.account_by_address(account)
+        if entry is None and account.isdigit():
+            entry = await directory.account(int(account))
+        if entry is None:
+            raise LookupError(f"no account {account!r}")
+        maildir = account_root(data_dir, entry.id, entry.store) if entry.store else None
+        acct = await store.account(str(entry.id), maildir, domain=entry.domain)
+        return await acct.read_message(mailbox, uid)
+
+    return read
 
 
 def search_resolver(store: Store) -> Resolver:
@@ -113,6 +129,11 @@ async def _serve(cfg: Config, socks: dict[str, list[socket.socket]], ssl_context
         resources["policy"] = Policy.from_config(
             cfg.policy, hostname=cfg.server.hostname, data_dir=cfg.server.data_dir,
             lists=directory, is_local_domain=directory.is_local_domain)
+        trainer = resources["policy"].trainer
+        if trainer is not None:
+            # docs/policy.md "Learning": journaled Junk moves of a dead worker are replayed from the store
+            trainer.reader = _training_reader(directory, store, cfg.server.data_dir)
+            trainer.start()
     # docs/search-api.md: one search service per worker, kept in step by the store's observer hook.
     search = resources["search"] = SearchService(cfg.search, search_resolver(store))
     store.add_observer(search)
