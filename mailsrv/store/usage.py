@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -81,6 +82,35 @@ WHERE excluded.epoch != accounts.epoch OR excluded.gen > accounts.gen
 Report = tuple[str | None, str, int, int, int]
 
 
+
+#: how long processes opening a new book at once retry the switch to WAL and the schema
+SETUP_DEADLINE = 30.0
+
+
+def _set_up(conn: sqlite3.Connection) -> None:
+    """WAL mode and the schema. Two processes opening a new book at once (two workers at first start) can
+    get SQLITE_BUSY at once, without the busy handler, from the journal-mode switch or a schema statement
+    that upgrades its read to a write: retried with a short back-off until SETUP_DEADLINE."""
+    deadline = time.monotonic() + SETUP_DEADLINE
+    pause = 0.001
+    while True:
+        try:
+            if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            try:  # the busy handler waits for a write lock taken up front (no read-to-write upgrade)
+                conn.executescript("BEGIN IMMEDIATE;" + _SCHEMA + "COMMIT;")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(pause)  # a retry back-off in a writer thread, not a test's synchronisation
+            pause = min(pause * 2, 0.05)
+
 class UsageBook:
     """The shared per-domain usage file. Thread-safe; every method blocks (call it in the I/O pool)."""
 
@@ -104,10 +134,7 @@ class UsageBook:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
             try:
-                if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
-                    conn.execute("PRAGMA journal_mode=WAL")
-                conn.execute("PRAGMA synchronous=NORMAL")
-                conn.executescript(_SCHEMA)
+                _set_up(conn)
             except BaseException:
                 conn.close()
                 raise
