@@ -218,14 +218,9 @@ class SmtpService:
             elif step.then == "starttls":
                 ctx = self.ctx.starttls_context
                 assert ctx is not None
-                if buffered:
-                    # RFC 3207 §4.2, RFC 2920 §3.1 (STARTTLS ends a group; CVE-2011-0411): plain text pipelined
-                    # after STARTTLS is discarded, never read as commands of the TLS session. Not a close, as
-                    # Postfix: a client whose STARTTLS an attacker appended commands to still gets its TLS
-                    # instead of falling back to plain text.
-                    logger.warning("starttls.pipelined_discarded", octets=len(buffered))
-                    buffered.clear()
-                    conn.reader._maybe_resume_transport()  # type: ignore[attr-defined]
+                # RFC 3207 §4.2, RFC 2920 §3.1 (STARTTLS ends a group; CVE-2011-0411): plain text pipelined after
+                # STARTTLS is discarded and logged, then the handshake goes on (as Postfix)
+                conn.discard_pipelined()
                 await conn.starttls(ctx)
                 session.tls_started(conn.tls_info())
                 logger.debug("tls.started", **conn.tls_info())
