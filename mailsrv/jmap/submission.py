@@ -365,7 +365,12 @@ class SubmissionTracking:
         except OSError as exc:  # no inotify watch left (fs.inotify.max_user_watches): every queue write
             logger.warning("jmap.push.objects_unwatched", account=self.account_id, error=str(exc))
             gate = lambda: True  # noqa: E731 - wakes us, as before the gate, so no submission is missed
-        self._queue = GatedWatch(_queue_watch(self.submitter.watch_paths()), gate)
+        try:
+            self._queue = GatedWatch(_queue_watch(self.submitter.watch_paths()), gate)
+        except BaseException:  # the watches made so far would hold their inotify watches until exit
+            for w in watches:
+                w.close()
+            raise
         self._watch = MultiWatch([*watches, self._queue])
         return self._watch
 

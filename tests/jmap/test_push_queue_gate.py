@@ -180,3 +180,28 @@ def test_without_a_collection_watch_queue_writes_wake_as_before(tmp_path: Path, 
             watch.close()
 
     asyncio.run(main())
+
+
+def test_a_refused_queue_watch_closes_the_watches_made_before_it(tmp_path: Path, io: FileIO,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """No inotify watch left for the queue: the account's collection watch made just before is released
+    (it would hold its kernel watch until the worker exits) and the error reaches the caller."""
+    import errno
+
+    from mailsrv.jmap import submission
+
+    def no_watch(paths: list[Path]) -> Any:
+        raise OSError(errno.ENOSPC, "inotify_add_watch: No space left on device")
+
+    monkeypatch.setattr(submission, "_queue_watch", no_watch)
+
+    async def main() -> None:
+        n = submission._notifier()
+        start = n.watch_count
+        track = SubmissionTracking(MemoryBackend("A1"), Collection(tmp_path / "objects", io, "A1", "EmailSubmission"),
+                                   Submitter(tmp_path / "queue"))
+        with pytest.raises(OSError):
+            track.watch()
+        assert n.watch_count == start
+
+    asyncio.run(main())
