@@ -129,6 +129,13 @@ class MemoryWatch:
         self.event.clear()
         return True
 
+    def changed(self) -> bool:
+        """Without waiting: did the account change since the last call (clears it)?"""
+        if self.event.is_set():
+            self.event.clear()
+            return True
+        return False
+
     def close(self) -> None:
         self.acct._watches.discard(self)
 

@@ -155,6 +155,7 @@ class ImapService:
             pass  # the peer went away or stopped reading while we answered: nothing left to say
         finally:
             channel.close()
+            session.end()
             await session.spool.cleanup()
 
     async def _serve(self, conn: Connection, session: Session) -> None:

@@ -36,7 +36,7 @@ from mailsrv.imap.messages import MessageCommands
 from mailsrv.imap.seqset import format_uids
 from mailsrv.imap.spool import LiteralSpool
 from mailsrv.net.connection import ConnectionClosed, IdleTimeout, LineTooLong, ServerShutdown
-from mailsrv.store import account_root
+from mailsrv.store import account_root, notify
 
 logger = log.get("imap")
 
@@ -79,6 +79,10 @@ VERBS: dict[str, frozenset[State]] = {
 
 #: Commands after which pending mailbox changes may be reported, EXPUNGE included.
 #: RFC 9051 §7.5.1: not after FETCH, STORE, SEARCH (non-UID) nor while they run.
+#: what other programs do to a selected mailbox's maildir that the refresh must see (renames in cur/,
+#: a rewritten uidlist); mailsrv's own writes also touch the account's notify file
+_CUR_MASK = notify.IN_CREATE | notify.IN_DELETE | notify.IN_MOVED_FROM | notify.IN_MOVED_TO
+_FOLDER_MASK = notify.IN_CREATE | notify.IN_MOVED_TO | notify.IN_MODIFY | notify.IN_CLOSE_WRITE
 _NO_EXPUNGE_AFTER = {"FETCH", "STORE", "SEARCH", "SORT", "THREAD"}
 
 #: RFC 9051 §6.3.12 / RFC 7889: messages larger than this are refused with [TOOBIG].
@@ -169,6 +173,10 @@ class Session(MessageCommands):
         self._reported: dict[int, int] = {}
         self._structs: dict[tuple[int, int], Any] = {}
         self._out = bytearray()
+        #: the selected mailbox's "may have changed" watch (see :meth:`_apply_updates`); None: always refresh
+        self._fresh: Any = None
+        #: a refresh failed: the next update refreshes whatever the watch says
+        self._stale = False
 
     # -- output ------------------------------------------------------------------
 
@@ -328,7 +336,16 @@ class Session(MessageCommands):
         if view is None or not expunge_allowed:
             # Without a refresh only this session's own flag changes could be new; those were reported.
             return
+        fresh = self._fresh
+        if fresh is not None and not self._stale and not fresh.changed():
+            # Nothing was written to the account since the last refresh (by this session, this
+            # process or another: the watch drains the kernel's queued events first, and every
+            # store write notifies before its OK), so the refresh would find nothing: no pool job.
+            self._reported.clear()
+            return
+        self._stale = True
         changes = await view.refresh()
+        self._stale = False
         messages = view.messages
         if changes.expunged:
             if self.qresync:
@@ -526,6 +543,7 @@ class Session(MessageCommands):
 
     def _close_view(self) -> None:
         self.view = None
+        self._drop_watch()
         self._structs.clear()
         self._reported.clear()
         self.saved = []
@@ -547,9 +565,12 @@ class Session(MessageCommands):
             self._close_view()
             # RFC 9051 §6.3.2 / RFC 7162 §3.2.11: the previous mailbox is closed.
             self.w(b"* OK [CLOSED] Previous mailbox closed\r\n")
+        # the watch begins before the snapshot: a change after the snapshot is always signalled
+        self._fresh = self._open_watch(name)
         try:
             view = await self.acct.open_mailbox(name)
         except Exception as exc:
+            self._drop_watch()
             raise self._store_error(exc) from None
         if cmd.args["condstore"]:
             self.condstore = True
@@ -590,6 +611,36 @@ class Session(MessageCommands):
             await self._qresync(qresync)
         state = b"READ-ONLY" if readonly else b"READ-WRITE"
         return b"OK [" + state + b"] " + cmd.name.encode() + b" completed"
+
+    def _open_watch(self, name: str) -> Any:
+        """A watch of the account that also wakes for other programs' changes in ``name``'s
+        cur/ and uidlist (the refresh's needs-sync check looks at those); None: cannot watch."""
+        try:
+            watch = self.acct.watch()
+        except Exception as exc:  # e.g. ENOSPC (fs.inotify.max_user_watches): refresh every time
+            logger.warning("refresh.watch_failed", error=str(exc)[:200])
+            return None
+        engine = getattr(self.acct, "engine", None)  # the maildir store (the memory one has none)
+        if engine is not None:
+            try:
+                folder = engine.folder_path(name)
+                watch.add_path(folder / "cur", _CUR_MASK)
+                watch.add_path(folder, _FOLDER_MASK)
+            except Exception as exc:
+                logger.warning("refresh.watch_failed", error=str(exc)[:200])
+                watch.close()
+                return None
+        return watch
+
+    def _drop_watch(self) -> None:
+        if self._fresh is not None:
+            self._fresh.close()
+            self._fresh = None
+        self._stale = False
+
+    def end(self) -> None:
+        """The connection is gone: let go of what the session holds (its watch)."""
+        self._drop_watch()
 
     async def _qresync(self, args: tuple[Any, ...]) -> None:
         """RFC 7162 §3.2.5.2: VANISHED (EARLIER) and FETCH for changes since the client's modseq."""

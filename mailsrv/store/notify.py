@@ -34,6 +34,7 @@ logger = log.get("store")
 IN_MODIFY = 0x00000002
 IN_ATTRIB = 0x00000004
 IN_CLOSE_WRITE = 0x00000008
+IN_MOVED_FROM = 0x00000040
 IN_MOVED_TO = 0x00000080
 IN_CREATE = 0x00000100
 IN_DELETE = 0x00000200
@@ -49,6 +50,7 @@ _EVENT = struct.Struct("iIII")
 
 #: seconds between two stat rounds of the polling fallback (well under the 100 ms wake-up promise)
 POLL_INTERVAL = 0.05
+_READ_SIZE = 65536
 
 _libc: ctypes.CDLL | None = None
 
@@ -99,6 +101,27 @@ class Watch:
             return False
         self._event.clear()
         return True
+
+    def changed(self) -> bool:
+        """Without waiting: True when the account may have changed since the last call (clears it).
+
+        Reads the events the kernel has queued first, so a change whose writer finished before
+        this call (e.g. another process's tagged OK the client saw) is seen. Always True when
+        polling: a stat poll lags by up to :data:`POLL_INTERVAL`.
+        """
+        notifier = self._notifier
+        if notifier.polling:
+            return True
+        while notifier._on_readable():  # a full buffer: more may wait
+            pass
+        if self._event.is_set():
+            self._event.clear()
+            return True
+        return False
+
+    def add_path(self, path: Path, mask: int) -> None:
+        """Also wake for ``path`` (watched until the account's last watch closes); see Notifier.add_path."""
+        self._notifier.add_path(self.key, path, mask)
 
     def close(self) -> None:
         if not self.closed:
@@ -246,14 +269,15 @@ class Notifier:
         for w in list(self._watches.get(key, ())):
             w._wake()
 
-    def _on_readable(self) -> None:
+    def _on_readable(self) -> bool:
+        """Read and dispatch queued events; True when the read filled its buffer (more may wait)."""
         try:
-            data = os.read(self.fd, 65536)
+            data = os.read(self.fd, _READ_SIZE)
         except BlockingIOError:
-            return
+            return False
         except OSError as exc:
             logger.exception("inotify.read_failed", exc)
-            return
+            return False
         keys: set[str] = set()
         for wd, mask, _name in parse_events(data):
             if mask & IN_Q_OVERFLOW:
@@ -269,6 +293,7 @@ class Notifier:
                     self._forget_key_path(kp)
         for key in keys:
             self.wake(key)
+        return len(data) == _READ_SIZE
 
     def close(self) -> None:
         if self._poll_task is not None:

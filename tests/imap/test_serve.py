@@ -271,3 +271,49 @@ def test_recent_is_claimed_once_across_workers(served: tuple[ServerProcess, ssl.
     assert sorted(counts) == [5, 6, 7, 8]
     for c in (*racers, a, b, feeder):
         c.logout()
+
+
+def test_noop_on_another_worker_reports_a_change_made_just_before(
+        served: tuple[ServerProcess, ssl.SSLContext]) -> None:
+    """RFC 9051 §6.1.2: NOOP is the poll. A STORE/APPEND/EXPUNGE answered OK by one worker is in the
+    reply to a NOOP sent right after it to another worker (which skips the store when nothing changed)."""
+    server, ctx = served
+    port = server.ports["imaps"]
+    sessions: dict[int, imaplib.IMAP4_SSL] = {}
+    spare = []
+    for _ in range(40):
+        c = imaplib.IMAP4_SSL("127.0.0.1", port, ssl_context=ctx, timeout=20)
+        c.login("alice@example.test", "wonderland")
+        pid = _worker_of(server, c, port)
+        (spare.append(c) if pid in sessions else sessions.__setitem__(pid, c))
+        if len(sessions) == 2:
+            break
+    for c in spare:
+        c.logout()
+    assert len(sessions) == 2, "all connections landed on one worker"
+    writer, poller = sessions.values()
+    assert writer.create("FreshBox")[0] == "OK"
+    for c in (writer, poller):
+        assert c.select("FreshBox")[0] == "OK"
+        c.response("EXISTS")
+    count = 0
+    for i in range(5):
+        assert writer.append("FreshBox", "", None, MSG.replace(b"across workers", b"fresh %d" % i))[0] == "OK"  # type: ignore[arg-type]
+        count += 1
+        assert poller.noop()[0] == "OK"
+        assert poller.response("EXISTS")[1] == [str(count).encode()]
+        assert writer.store(str(count), "+FLAGS", "(\\Flagged)")[0] == "OK"
+        assert poller.noop()[0] == "OK"
+        fetched = poller.response("FETCH")[1]
+        assert fetched and b"%d (FLAGS (\\Flagged" % count in fetched[0]
+        if i % 2:
+            assert writer.store("1", "+FLAGS.SILENT", "(\\Deleted)")[0] == "OK"
+            assert writer.expunge()[0] == "OK"
+            count -= 1
+            assert poller.noop()[0] == "OK"
+            assert poller.response("EXPUNGE")[1] == [b"1"]
+            assert poller.response("EXISTS")[1] == [str(count).encode()]
+        assert poller.noop()[0] == "OK"  # nothing new: nothing reported
+        assert poller.response("EXISTS")[1] == [None] and poller.response("FETCH")[1] == [None]
+    writer.logout()
+    poller.logout()
