@@ -72,7 +72,9 @@ class DirectoryBackend:
             else:
                 local.append((address, res))
         mailbox = "Junk" if tx.junk else "INBOX"  # issue 12: spam goes to Junk (INBOX if there is none)
-        outcome = await self.local.deliver(spool.path, local, mailbox=mailbox) if local else None
+        # the spool's in-memory copy (when it has one) is parsed instead of reading the file back
+        data = getattr(spool, "content", None)
+        outcome = await self.local.deliver(spool.path, local, mailbox=mailbox, data=data) if local else None
         if outcome is not None:
             remote.extend(_qrcpt(a) for a in outcome.outside)
             remote.extend(_qrcpt(a, by_addr.get(a)) for a in outcome.retry)

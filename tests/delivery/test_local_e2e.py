@@ -223,3 +223,24 @@ def test_one_log_line_per_accepted_message(site, monkeypatch) -> None:  # type: 
     assert len(lines) == 1, lines
     assert " message.accepted " in lines[0] and " rcpts=2 " in lines[0]
     assert " local=2 " in lines[0] and " queued=1" in lines[0] and " qid=" in lines[0]
+
+
+def test_inbound_mail_is_parsed_from_the_spools_memory(site, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A message that never left memory during DATA reaches the store with its bytes (``data=``), so the store
+    parses it without reading the spool file back; what lands in the INBOX is those bytes."""
+    from mailsrv.delivery.local import LocalDelivery
+
+    seen: list[bytes | None] = []
+    real = LocalDelivery.deliver
+
+    async def deliver(self, spool, recipients, **kw):  # type: ignore[no-untyped-def]
+        seen.append(kw.get("data"))
+        return await real(self, spool, recipients, **kw)
+
+    monkeypatch.setattr(LocalDelivery, "deliver", deliver)
+    with smtplib.SMTP("127.0.0.1", site.ports["mta"]) as c:
+        c.ehlo("client.test")
+        c.sendmail("someone@remote.test", ["bob@example.test"], MSG)
+    assert len(seen) == 1 and seen[0] is not None
+    [stored] = [m for m in site.inbox("bob@example.test") if m.endswith(MSG)]
+    assert stored == seen[0]
