@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 from mailsrv import log
 from mailsrv.imap import fetch as fetchmod
+from mailsrv.imap import rendercache, sortthread, streaming
 from mailsrv.imap import search as searchmod
-from mailsrv.imap import sortthread, streaming
 from mailsrv.imap.errors import ImapError, norm_flag, store_error_name
 from mailsrv.imap.flaglines import fetch_flags_lines, flag_positions, search_numbers
 from mailsrv.imap.grammar import Command, SearchKey
@@ -42,6 +42,30 @@ def _batches(n: int) -> Iterator[tuple[int, int]]:
         size = min(2 * size, FETCH_BATCH)
 
 
+#: FETCH items rendered from the cached structure and kept in the render cache (rendercache.py)
+_RENDERED_ITEMS = ("ENVELOPE", "BODYSTRUCTURE", "BODY")
+
+
+def _has_all(entry: dict[str, bytes] | None, items: list[str]) -> bool:
+    return entry is not None and all(k in entry for k in items)
+
+
+def _rendered(cache: rendercache.RenderCache, key: rendercache.Key, items: list[str], struct: Any) -> dict[str, bytes]:
+    """``items`` of one message from the render cache, or rendered from its cached structure (and
+    kept); {} when one is neither (no structure: the caller parses the message)."""
+    entry = cache.get(key)
+    out: dict[str, bytes] = {}
+    for item in items:
+        value = entry.get(item) if entry is not None else None
+        if value is None:
+            if struct is None or not hasattr(struct, "imap_envelope"):
+                return {}
+            value = struct.imap_envelope() if item == "ENVELOPE" else struct.imap_bodystructure(item != "BODY")
+            cache.put(key, item, value)
+        out[item] = value
+    return out
+
+
 def _uid_of(m: Any) -> int:
     return int(m.uid)
 
@@ -63,6 +87,7 @@ class MessageCommands:
 
     view: Any
     acct: Any
+    store: Any
     user: Any
     search: Any
     policy_source: Callable[[], Any] | None
@@ -198,11 +223,17 @@ class MessageCommands:
         name = self.view.name
         plan = fetchmod.plan(atts)
         structs: dict[int, Any] = {}
+        items = [k for k in _RENDERED_ITEMS if k in plan.names] if plan.wants_structure else []
+        cache = rendercache.for_store(self.store)
+        ckey = (str(getattr(self.acct, "id", "")), str(self.view.id), self.view.uidvalidity)
         if plan.wants_structure or plan.header_only or plan.ranged:
             # The structure cached at delivery answers ENVELOPE/BODYSTRUCTURE and says where the
             # header ends, so those never re-read or re-parse the whole message.
+            want = [m.uid for m in selected]
+            if not plan.header_only and not plan.needs_body:  # only what the render cache may hold
+                want = [u for u in want if not _has_all(cache.get((*ckey, u, self.utf8)), items)]
             try:
-                structs = await self.acct.structures(name, [m.uid for m in selected])
+                structs = await self.acct.structures(name, want) if want else {}
             except Exception:  # an index without structures: fall back to the bytes
                 structs = {}
         seen_now: dict[int, Any] = {}
@@ -233,13 +264,8 @@ class MessageCommands:
             raw = part = None
             pre: dict[str, bytes] = {}
             struct = structs.get(info.uid)
-            if plan.wants_structure and struct is not None and hasattr(struct, "imap_envelope"):
-                if "ENVELOPE" in plan.names:
-                    pre["ENVELOPE"] = struct.imap_envelope()
-                if "BODYSTRUCTURE" in plan.names:
-                    pre["BODYSTRUCTURE"] = struct.imap_bodystructure(True)
-                if "BODY" in plan.names:
-                    pre["BODY"] = struct.imap_bodystructure(False)
+            if items:
+                pre = _rendered(cache, (*ckey, info.uid, self.utf8), items, struct)
             need_full = plan.needs_body or (plan.wants_structure and not pre)
             sections = None
             if plan.ranged and struct is not None and hasattr(struct, "section_range") \

@@ -6,6 +6,7 @@ import asyncio
 import socket
 import ssl
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -125,3 +126,44 @@ class Raw:
     def close(self) -> None:
         self.f.close()
         self.sock.close()
+
+
+def serve_real_store(tmp_path: Path, jobs: list[Any]) -> Iterator[ServerHandle]:
+    """IMAP over a real maildir store in ``tmp_path`` (user alice@example.test, password
+    wonderland); every store pool job's function is appended to ``jobs``."""
+    from mailsrv.auth import Authenticator
+    from mailsrv.auth.passwords import Hasher
+    from mailsrv.config import AuthConfig, DirectoryConfig
+    from mailsrv.directory import open_directory, open_sync
+    from mailsrv.store import Store
+
+    auth_cfg = AuthConfig(allow_plaintext_loopback=True, argon2_time_cost=1, argon2_memory_kib=256)
+    dcfg = DirectoryConfig()
+    sd = open_sync(dcfg, tmp_path)
+    sd.add_domain("example.test")
+    pw, scram = Hasher(auth_cfg).make("wonderland")
+    sd.add_user("alice@example.test", password_hash=pw, scram=scram)
+    sd.close()
+    objects: dict[str, Any] = {}
+
+    async def setup() -> tuple[Any, Any]:
+        d = objects["directory"] = open_directory(dcfg, tmp_path)
+        store = Store(None, tmp_path)
+        run = store.io.run
+
+        async def counting(fn: Any, *args: Any) -> Any:
+            jobs.append(fn)
+            return await run(fn, *args)
+
+        store.io.run = counting  # type: ignore[method-assign]
+        return Authenticator(d, auth_cfg), store
+
+    async def teardown(store: Store) -> None:
+        await store.close()
+        await objects["directory"].close()
+
+    handle, stop = start_server(setup=setup, teardown=teardown, data_dir=tmp_path)
+    try:
+        yield handle
+    finally:
+        stop()

@@ -10,48 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from imaptest import Raw, ServerHandle, start_server
+from imaptest import Raw, ServerHandle, serve_real_store
 
-from mailsrv.auth import Authenticator
-from mailsrv.auth.passwords import Hasher
-from mailsrv.config import AuthConfig, DirectoryConfig
-from mailsrv.directory import open_directory, open_sync
-from mailsrv.store import Store, notify
+from mailsrv.store import notify
 
-AUTH = AuthConfig(allow_plaintext_loopback=True, argon2_time_cost=1, argon2_memory_kib=256)
 MSG = b"From: a@example.test\r\nTo: alice@example.test\r\nSubject: fresh\r\n\r\nhello\r\n"
-
-
-def _serve(tmp_path: Path, jobs: list[Any]) -> Iterator[ServerHandle]:
-    dcfg = DirectoryConfig()
-    sd = open_sync(dcfg, tmp_path)
-    sd.add_domain("example.test")
-    pw, scram = Hasher(AUTH).make("wonderland")
-    sd.add_user("alice@example.test", password_hash=pw, scram=scram)
-    sd.close()
-    objects: dict[str, Any] = {}
-
-    async def setup() -> tuple[Any, Any]:
-        d = objects["directory"] = open_directory(dcfg, tmp_path)
-        store = Store(None, tmp_path)
-        run = store.io.run
-
-        async def counting(fn: Any, *args: Any) -> Any:
-            jobs.append(fn)
-            return await run(fn, *args)
-
-        store.io.run = counting  # type: ignore[method-assign]
-        return Authenticator(d, AUTH), store
-
-    async def teardown(store: Store) -> None:
-        await store.close()
-        await objects["directory"].close()
-
-    handle, stop = start_server(setup=setup, teardown=teardown, data_dir=tmp_path)
-    try:
-        yield handle
-    finally:
-        stop()
 
 
 def _login(h: ServerHandle) -> Raw:
@@ -105,7 +68,7 @@ def jobs() -> list[Any]:
 
 @pytest.fixture
 def served(tmp_path: Path, jobs: list[Any]) -> Iterator[ServerHandle]:
-    yield from _serve(tmp_path, jobs)
+    yield from serve_real_store(tmp_path, jobs)
 
 
 def _account_root(tmp_path: Path) -> Path:
@@ -140,7 +103,7 @@ def test_without_inotify_every_noop_refreshes(tmp_path: Path, jobs: list[Any],
         raise AttributeError("inotify_init1")  # what a libc without inotify gives
 
     monkeypatch.setattr(notify, "_inotify_init", no_inotify)
-    for handle in _serve(tmp_path, jobs):
+    for handle in serve_real_store(tmp_path, jobs):
         writer, poller = _two_sessions(handle)
         jobs.clear()
         assert _noop(poller) == []
