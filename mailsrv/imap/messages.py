@@ -225,13 +225,14 @@ class MessageCommands:
         structs: dict[int, Any] = {}
         items = [k for k in _RENDERED_ITEMS if k in plan.names] if plan.wants_structure else []
         cache = rendercache.for_store(self.store)
-        ckey = (str(getattr(self.acct, "id", "")), str(self.view.id), self.view.uidvalidity)
+        ckey = rendercache.key_prefix(str(getattr(self.acct, "id", "")), str(self.view.id), self.view.uidvalidity,
+                                      self.utf8)
         if plan.wants_structure or plan.header_only or plan.ranged:
             # The structure cached at delivery answers ENVELOPE/BODYSTRUCTURE and says where the
             # header ends, so those never re-read or re-parse the whole message.
             want = [m.uid for m in selected]
             if not plan.header_only and not plan.needs_body:  # only what the render cache may hold
-                want = [u for u in want if not _has_all(cache.get((*ckey, u, self.utf8)), items)]
+                want = [u for u in want if not _has_all(cache.get(ckey + str(u)), items)]
             try:
                 structs = await self.acct.structures(name, want) if want else {}
             except Exception:  # an index without structures: fall back to the bytes
@@ -265,7 +266,7 @@ class MessageCommands:
             pre: dict[str, bytes] = {}
             struct = structs.get(info.uid)
             if items:
-                pre = _rendered(cache, (*ckey, info.uid, self.utf8), items, struct)
+                pre = _rendered(cache, ckey + str(info.uid), items, struct)
             need_full = plan.needs_body or (plan.wants_structure and not pre)
             sections = None
             if plan.ranged and struct is not None and hasattr(struct, "section_range") \
