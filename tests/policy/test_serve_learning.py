@@ -53,22 +53,30 @@ def setup(tmp_path: Path, dnsserver: Any) -> tuple[Path, str, ssl.SSLContext]:
     return config, m.group(1), ctx
 
 
+def send_two_of_each(server: ServerProcess) -> None:
+    with smtplib.SMTP("127.0.0.1", server.ports["smtp"], timeout=30) as s:
+        s.ehlo("client.partner.test")
+        for kind in ("spam", "ham"):
+            for i in range(2):
+                s.sendmail("x@partner.test", ["alice@example.test"], letter(kind, i))
+
+
+def imap_login(server: ServerProcess, password: str, ctx: ssl.SSLContext) -> imaplib.IMAP4:
+    c = imaplib.IMAP4("127.0.0.1", server.ports["imap"], timeout=30)
+    c.starttls(ssl_context=ctx)
+    c.login("alice@example.test", password)
+    return c
+
+
 def test_junk_moves_teach_the_learner_of_a_real_server(tmp_path: Path, dnsserver: Any) -> None:
     config, password, ctx = setup(tmp_path, dnsserver)
 
     def imap() -> imaplib.IMAP4:
-        c = imaplib.IMAP4("127.0.0.1", server.ports["imap"], timeout=30)
-        c.starttls(ssl_context=ctx)
-        c.login("alice@example.test", password)
-        return c
+        return imap_login(server, password, ctx)
 
     server = ServerProcess(config).wait_ready()
     try:
-        with smtplib.SMTP("127.0.0.1", server.ports["smtp"], timeout=30) as s:
-            s.ehlo("client.partner.test")
-            for kind in ("spam", "ham"):
-                for i in range(2):
-                    s.sendmail("x@partner.test", ["alice@example.test"], letter(kind, i))
+        send_two_of_each(server)
         c = imap()
         c.select("INBOX")
         spam_uids = c.uid("SEARCH", None, "SUBJECT", "spam")[1][0].decode().replace(" ", ",")
@@ -107,14 +115,8 @@ def test_a_dead_workers_journaled_moves_are_learned_by_the_next_worker(tmp_path:
     policy_db = config_mod.load(str(config)).server.data_dir / "policy" / "policy.db"
     server = ServerProcess(config).wait_ready()
     try:
-        with smtplib.SMTP("127.0.0.1", server.ports["smtp"], timeout=30) as s:
-            s.ehlo("client.partner.test")
-            for kind in ("spam", "ham"):
-                for i in range(2):
-                    s.sendmail("x@partner.test", ["alice@example.test"], letter(kind, i))
-        c = imaplib.IMAP4("127.0.0.1", server.ports["imap"], timeout=30)
-        c.starttls(ssl_context=ctx)
-        c.login("alice@example.test", password)
+        send_two_of_each(server)
+        c = imap_login(server, password, ctx)
         c.select("INBOX", readonly=True)
         spam = [int(u) for u in c.uid("SEARCH", None, "SUBJECT", "spam")[1][0].split()]
         ham = [int(u) for u in c.uid("SEARCH", None, "SUBJECT", "ham")[1][0].split()]
