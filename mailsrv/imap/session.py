@@ -37,6 +37,7 @@ from mailsrv.imap.seqset import format_uids
 from mailsrv.imap.spool import LiteralSpool
 from mailsrv.net.connection import ConnectionClosed, IdleTimeout, LineTooLong, ServerShutdown
 from mailsrv.store import account_root, notify
+from mailsrv.store.folders import UIDLIST_NAME
 
 logger = log.get("imap")
 
@@ -80,9 +81,9 @@ VERBS: dict[str, frozenset[State]] = {
 #: Commands after which pending mailbox changes may be reported, EXPUNGE included.
 #: RFC 9051 §7.5.1: not after FETCH, STORE, SEARCH (non-UID) nor while they run.
 #: what other programs do to a selected mailbox's maildir that the refresh must see (renames in cur/,
-#: a rewritten uidlist); mailsrv's own writes also touch the account's notify file
+#: a changed uidlist); mailsrv's own writes also touch the account's notify file. Not the folder
+#: directory: the search index and SQLite files change there without any message changing.
 _CUR_MASK = notify.IN_CREATE | notify.IN_DELETE | notify.IN_MOVED_FROM | notify.IN_MOVED_TO
-_FOLDER_MASK = notify.IN_CREATE | notify.IN_MOVED_TO | notify.IN_MODIFY | notify.IN_CLOSE_WRITE
 _NO_EXPUNGE_AFTER = {"FETCH", "STORE", "SEARCH", "SORT", "THREAD"}
 
 #: RFC 9051 §6.3.12 / RFC 7889: messages larger than this are refused with [TOOBIG].
@@ -625,7 +626,7 @@ class Session(MessageCommands):
             try:
                 folder = engine.folder_path(name)
                 watch.add_path(folder / "cur", _CUR_MASK)
-                watch.add_path(folder, _FOLDER_MASK)
+                watch.add_path(folder / UIDLIST_NAME, notify.FILE_MASK)
             except Exception as exc:
                 logger.warning("refresh.watch_failed", error=str(exc)[:200])
                 watch.close()

@@ -10,7 +10,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from imaptest import Raw, ServerHandle, start_server
+from typing import Any
+
+from imaptest import Raw, ServerHandle, serve_real_store, start_server
 
 
 @pytest.fixture
@@ -20,6 +22,18 @@ def server() -> Iterator[ServerHandle]:
         yield handle
     finally:
         stop()
+
+
+@pytest.fixture
+def jobs() -> list[Any]:
+    """The functions of the store pool jobs run by :func:`real_store` (the test may clear it)."""
+    return []
+
+
+@pytest.fixture
+def real_store(tmp_path: Path, jobs: list[Any]) -> Iterator[ServerHandle]:
+    """IMAP over a real maildir store in tmp_path (alice@example.test / wonderland)."""
+    yield from serve_real_store(tmp_path, jobs)
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ changed, yet a change made by another session just before the NOOP is reported a
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -61,24 +60,14 @@ def _changes_seen_at_the_next_noop(writer: Raw, poller: Raw, account_root: Path)
     assert _noop(poller) == [b"* 1 FETCH (FLAGS (\\Flagged \\Seen))\r\n"]
 
 
-@pytest.fixture
-def jobs() -> list[Any]:
-    return []
-
-
-@pytest.fixture
-def served(tmp_path: Path, jobs: list[Any]) -> Iterator[ServerHandle]:
-    yield from serve_real_store(tmp_path, jobs)
-
-
 def _account_root(tmp_path: Path) -> Path:
     (notify_file,) = tmp_path.rglob("mailsrv-notify")
     return notify_file.parent
 
 
 def test_noop_without_changes_runs_no_store_job_and_changes_still_show(
-        served: ServerHandle, jobs: list[Any], tmp_path: Path) -> None:
-    writer, poller = _two_sessions(served)
+        real_store: ServerHandle, jobs: list[Any], tmp_path: Path) -> None:
+    writer, poller = _two_sessions(real_store)
     _noop(poller)
     jobs.clear()
     for _ in range(5):
@@ -92,6 +81,15 @@ def test_noop_without_changes_runs_no_store_job_and_changes_still_show(
     for _ in range(3):
         assert _noop(poller) == [] and _noop(writer) == []
     assert jobs == []
+    # files beside the maildir that are no message change (search index, SQLite) wake nobody
+    root = _account_root(tmp_path)
+    (root / "search-like.tmp").write_bytes(b"x")
+    os.rename(root / "search-like.tmp", root / "search-like")
+    assert _noop(poller) == [] and jobs == []
+    # the uidlist growing behind our back (another writer's UID not yet announced) is looked at
+    with open(root / "mailsrv-uidlist", "ab") as fh:
+        fh.write(b"")
+    assert _noop(poller) == [] and len(jobs) == 1
     writer.close()
     poller.close()
 

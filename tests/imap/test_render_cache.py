@@ -6,14 +6,12 @@ from __future__ import annotations
 import gc
 import re
 from collections import OrderedDict
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from imaptest import Raw, ServerHandle, serve_real_store
+from imaptest import Raw, ServerHandle
 
 from mailsrv.imap import rendercache
 from mailsrv.imap.rendercache import ENTRY_OVERHEAD, RenderCache, key_prefix
@@ -24,16 +22,6 @@ NAMES = ("msg_02.txt", "msg_07.txt", "msg_10.txt", "msg_16.txt", "msg_41.txt", "
 
 def _crlf(raw: bytes) -> bytes:
     return re.sub(rb"\r?\n", b"\r\n", raw)
-
-
-@pytest.fixture
-def jobs() -> list[Any]:
-    return []
-
-
-@pytest.fixture
-def served(tmp_path: Path, jobs: list[Any]) -> Iterator[ServerHandle]:
-    yield from serve_real_store(tmp_path, jobs)
 
 
 def _session(h: ServerHandle, *enable: bytes) -> Raw:
@@ -50,16 +38,16 @@ def _fetch(c: Raw, items: bytes) -> list[bytes]:
     return out[:-1]
 
 
-def test_repeated_fetch_is_served_from_the_cache(served: ServerHandle, jobs: list[Any], corpus: Path) -> None:
+def test_repeated_fetch_is_served_from_the_cache(real_store: ServerHandle, jobs: list[Any], corpus: Path) -> None:
     messages = [_crlf((corpus / "cpython-test_email" / n).read_bytes()) for n in NAMES]
-    writer = _session(served)
+    writer = _session(real_store)
     for msg in messages:
         writer.send(b"a APPEND INBOX {%d+}\r\n" % len(msg) + msg + b"\r\n")
         assert writer.until(b"a")[-1].startswith(b"a OK")
-    rev1, rev2 = _session(served), _session(served, b"IMAP4rev2", b"UTF8=ACCEPT")
+    rev1, rev2 = _session(real_store), _session(real_store, b"IMAP4rev2", b"UTF8=ACCEPT")
     for c in (rev1, rev2):
         assert c.cmd(b"s SELECT INBOX")[-1].startswith(b"s OK")
-    cache = rendercache.for_store(served.store)
+    cache = rendercache.for_store(real_store.store)
     before = len(cache)
     first = _fetch(rev1, b"(ENVELOPE BODYSTRUCTURE)")
     assert len(first) == len(messages) and len(cache) == before + len(messages)
