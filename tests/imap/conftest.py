@@ -33,7 +33,8 @@ def jobs() -> list[Any]:
 @pytest.fixture
 def real_store(tmp_path: Path, jobs: list[Any]) -> Iterator[ServerHandle]:
     """IMAP over a real maildir store in tmp_path (alice@example.test / wonderland)."""
-    yield from serve_real_store(tmp_path, jobs)
+    with serve_real_store(tmp_path, jobs) as handle:
+        yield handle
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ import socket
 import ssl
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -128,9 +129,14 @@ class Raw:
         self.sock.close()
 
 
-def serve_real_store(tmp_path: Path, jobs: list[Any]) -> Iterator[ServerHandle]:
-    """IMAP over a real maildir store in ``tmp_path`` (user alice@example.test, password
-    wonderland); every store pool job's function is appended to ``jobs``."""
+@contextmanager
+def serve_real_store(tmp_path: Path, jobs: list[Any] | None = None, *, store_config: Any = None,
+                     quota_bytes: int | None = None, users: tuple[str, ...] = ("alice@example.test",),
+                     domain_storage: int | None = None, **server: Any) -> Iterator[ServerHandle]:
+    """IMAP over a real directory and maildir store in ``tmp_path``: ``users`` of example.test with
+    password wonderland (and ``quota_bytes``), the domain's storage limit ``domain_storage`` wired
+    as the worker does; every store pool job's function is appended to ``jobs`` (when given).
+    ``server``: more :func:`start_server` arguments (TLS)."""
     from mailsrv.auth import Authenticator
     from mailsrv.auth.passwords import Hasher
     from mailsrv.config import AuthConfig, DirectoryConfig
@@ -142,27 +148,34 @@ def serve_real_store(tmp_path: Path, jobs: list[Any]) -> Iterator[ServerHandle]:
     sd = open_sync(dcfg, tmp_path)
     sd.add_domain("example.test")
     pw, scram = Hasher(auth_cfg).make("wonderland")
-    sd.add_user("alice@example.test", password_hash=pw, scram=scram)
+    for user in users:
+        sd.add_user(user, password_hash=pw, scram=scram, quota_bytes=quota_bytes)
+    if domain_storage is not None:
+        # may be overbooked on purpose (the directory refuses that for new users; an operator may lower it later)
+        sd.set_domain("example.test", max_storage=domain_storage)
     sd.close()
     objects: dict[str, Any] = {}
 
     async def setup() -> tuple[Any, Any]:
         d = objects["directory"] = open_directory(dcfg, tmp_path)
-        store = Store(None, tmp_path)
-        run = store.io.run
+        store = Store(store_config, tmp_path)
+        if domain_storage is not None:
+            store.set_domain_quota_source(d.domain_quota)  # as the worker wires it
+        if jobs is not None:
+            run = store.io.run
 
-        async def counting(fn: Any, *args: Any) -> Any:
-            jobs.append(fn)
-            return await run(fn, *args)
+            async def counting(fn: Any, *args: Any) -> Any:
+                jobs.append(fn)
+                return await run(fn, *args)
 
-        store.io.run = counting  # type: ignore[method-assign]
+            store.io.run = counting  # type: ignore[method-assign]
         return Authenticator(d, auth_cfg), store
 
     async def teardown(store: Store) -> None:
         await store.close()
         await objects["directory"].close()
 
-    handle, stop = start_server(setup=setup, teardown=teardown, data_dir=tmp_path)
+    handle, stop = start_server(setup=setup, teardown=teardown, data_dir=tmp_path, **server)
     try:
         yield handle
     finally:

@@ -101,7 +101,7 @@ def test_without_inotify_every_noop_refreshes(tmp_path: Path, jobs: list[Any],
         raise AttributeError("inotify_init1")  # what a libc without inotify gives
 
     monkeypatch.setattr(notify, "_inotify_init", no_inotify)
-    for handle in serve_real_store(tmp_path, jobs):
+    with serve_real_store(tmp_path, jobs) as handle:
         writer, poller = _two_sessions(handle)
         jobs.clear()
         assert _noop(poller) == []

@@ -12,7 +12,7 @@ from typing import Any
 import imapclient
 import pytest
 import scramp
-from imaptest import Raw, ServerHandle, start_server
+from imaptest import Raw, ServerHandle, serve_real_store, start_server
 
 from mailsrv.auth import Authenticator
 from mailsrv.auth.passwords import Hasher
@@ -307,25 +307,7 @@ def test_scram_sha_256_plus_with_channel_binding(tmp_path: Path) -> None:
     leaf.private_key_pem.write_to_path(str(key))
     server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     server_ctx.load_cert_chain(str(cert), str(key))
-    dcfg = DirectoryConfig()
-    sd = open_sync(dcfg, tmp_path)
-    sd.add_domain("example.test")
-    pw, scram = Hasher(AUTH).make("wonderland")
-    sd.add_user("alice@example.test", password_hash=pw, scram=scram)
-    sd.close()
-    objects: dict[str, Any] = {}
-
-    async def setup() -> tuple[Any, Any]:
-        d = objects["d"] = open_directory(dcfg, tmp_path)
-        return Authenticator(d, AUTH), Store(None, tmp_path)
-
-    async def teardown(store: Store) -> None:
-        await store.close()
-        await objects["d"].close()
-
-    handle, stop = start_server(tls="implicit", ssl_context=server_ctx, setup=setup, teardown=teardown,
-                                data_dir=tmp_path, tls_files=(cert, key))
-    try:
+    with serve_real_store(tmp_path, tls="implicit", ssl_context=server_ctx, tls_files=(cert, key)) as handle:
         client_ctx = ssl.create_default_context()
         ca.configure_trust(client_ctx)
         with socket.create_connection((handle.host, handle.port), timeout=20) as plain, \
@@ -346,8 +328,6 @@ def test_scram_sha_256_plus_with_channel_binding(tmp_path: Path) -> None:
             s.sendall(b"\r\n")
             assert f.readline().startswith(b"a1 OK [CAPABILITY ")
             f.close()
-    finally:
-        stop()
 
 
 def test_bad_mailbox_names_are_refused(real: ServerHandle) -> None:

@@ -198,29 +198,22 @@ def _worker_of(server: ServerProcess, conn: imaplib.IMAP4, port: int) -> int:
     raise AssertionError("connection held by no worker")
 
 
-def _recent(c: imaplib.IMAP4) -> int:
-    return int(c.response("RECENT")[1][0] or 0)
-
-
-def test_recent_is_claimed_once_across_workers(served: tuple[ServerProcess, ssl.SSLContext]) -> None:
-    """RFC 3501 §2.3.2: \\Recent in exactly one session, whichever worker holds the others."""
+def _login(served: tuple[ServerProcess, ssl.SSLContext]) -> imaplib.IMAP4_SSL:
     server, ctx = served
+    c = imaplib.IMAP4_SSL("127.0.0.1", server.ports["imaps"], ssl_context=ctx, timeout=20)
+    c.login("alice@example.test", "wonderland")
+    return c
+
+
+def _on_two_workers(served: tuple[ServerProcess, ssl.SSLContext]) -> tuple[imaplib.IMAP4_SSL, imaplib.IMAP4_SSL]:
+    """Two logged-in connections held by different workers (connections land where the kernel
+    puts them: open until both are hit; the spare ones are logged out)."""
+    server = served[0]
     port = server.ports["imaps"]
-
-    def connect() -> imaplib.IMAP4_SSL:
-        c = imaplib.IMAP4_SSL("127.0.0.1", port, ssl_context=ctx, timeout=20)
-        c.login("alice@example.test", "wonderland")
-        return c
-
-    feeder = connect()
-    assert feeder.create("RecentBox")[0] == "OK"
-    for i in range(3):
-        feeder.append("RecentBox", "", None, MSG.replace(b"across workers", b"recent %d" % i))  # type: ignore[arg-type]
-    # one session on each worker (connections land where the kernel puts them: open until both are hit)
     by_worker: dict[int, imaplib.IMAP4_SSL] = {}
     spare = []
     for _ in range(40):
-        c = connect()
+        c = _login(served)
         pid = _worker_of(server, c, port)
         if pid in by_worker:
             spare.append(c)
@@ -232,6 +225,20 @@ def test_recent_is_claimed_once_across_workers(served: tuple[ServerProcess, ssl.
         c.logout()
     assert len(by_worker) == 2, "all connections landed on one worker"
     a, b = by_worker.values()
+    return a, b
+
+
+def _recent(c: imaplib.IMAP4) -> int:
+    return int(c.response("RECENT")[1][0] or 0)
+
+
+def test_recent_is_claimed_once_across_workers(served: tuple[ServerProcess, ssl.SSLContext]) -> None:
+    """RFC 3501 §2.3.2: \\Recent in exactly one session, whichever worker holds the others."""
+    feeder = _login(served)
+    assert feeder.create("RecentBox")[0] == "OK"
+    for i in range(3):
+        feeder.append("RecentBox", "", None, MSG.replace(b"across workers", b"recent %d" % i))  # type: ignore[arg-type]
+    a, b = _on_two_workers(served)
     typ, data = a.select("RecentBox")
     assert data == [b"3"] and _recent(a) == 3
     typ, data = a.fetch("1:3", "(FLAGS)")
@@ -255,7 +262,7 @@ def test_recent_is_claimed_once_across_workers(served: tuple[ServerProcess, ssl.
     # several sessions racing to SELECT new mail: each message is recent in exactly one of them
     for _ in range(4):
         feeder.append("RecentBox", "", None, MSG)  # type: ignore[arg-type]
-    racers = [connect() for _ in range(4)]
+    racers = [_login(served) for _ in range(4)]
     counts: list[int] = []
 
     def select(c: imaplib.IMAP4_SSL) -> None:
@@ -277,21 +284,7 @@ def test_noop_on_another_worker_reports_a_change_made_just_before(
         served: tuple[ServerProcess, ssl.SSLContext]) -> None:
     """RFC 9051 §6.1.2: NOOP is the poll. A STORE/APPEND/EXPUNGE answered OK by one worker is in the
     reply to a NOOP sent right after it to another worker (which skips the store when nothing changed)."""
-    server, ctx = served
-    port = server.ports["imaps"]
-    sessions: dict[int, imaplib.IMAP4_SSL] = {}
-    spare = []
-    for _ in range(40):
-        c = imaplib.IMAP4_SSL("127.0.0.1", port, ssl_context=ctx, timeout=20)
-        c.login("alice@example.test", "wonderland")
-        pid = _worker_of(server, c, port)
-        (spare.append(c) if pid in sessions else sessions.__setitem__(pid, c))
-        if len(sessions) == 2:
-            break
-    for c in spare:
-        c.logout()
-    assert len(sessions) == 2, "all connections landed on one worker"
-    writer, poller = sessions.values()
+    writer, poller = _on_two_workers(served)
     assert writer.create("FreshBox")[0] == "OK"
     for c in (writer, poller):
         assert c.select("FreshBox")[0] == "OK"

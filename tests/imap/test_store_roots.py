@@ -5,53 +5,22 @@ from __future__ import annotations
 
 import imaplib
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from imaptest import Raw, ServerHandle, start_server
+from imaptest import Raw, serve_real_store
 
-from mailsrv.auth import Authenticator
-from mailsrv.auth.passwords import Hasher
-from mailsrv.config import AuthConfig, DirectoryConfig, StoreConfig
-from mailsrv.directory import open_directory, open_sync
-from mailsrv.store import Store
+from mailsrv.config import AuthConfig, StoreConfig
 
 AUTH = AuthConfig(allow_plaintext_loopback=True, argon2_time_cost=1, argon2_memory_kib=256)
 MSG = b"From: a@example.test\r\nSubject: q\r\n\r\n" + b"x" * 3000 + b"\r\n"
 
 
-@contextmanager
 def serve(tmp_path: Path, store_config: StoreConfig | None = None,
-          domain_storage: int | None = None) -> Iterator[ServerHandle]:
+          domain_storage: int | None = None) -> Any:
     """alice and bob of example.test (8 KiB quota each) on a real directory, store and IMAP listener."""
-    dcfg = DirectoryConfig()
-    sd = open_sync(dcfg, tmp_path)
-    sd.add_domain("example.test")
-    pw, scram = Hasher(AUTH).make("wonderland")
-    sd.add_user("alice@example.test", password_hash=pw, scram=scram, quota_bytes=8 * 1024)
-    sd.add_user("bob@example.test", password_hash=pw, scram=scram, quota_bytes=8 * 1024)
-    # overbooked on purpose (the directory refuses that for new users; an operator may lower the limit later)
-    sd.set_domain("example.test", max_storage=domain_storage)
-    sd.close()
-    objects: dict[str, Any] = {}
-
-    async def setup() -> tuple[Any, Any]:
-        d = objects["directory"] = open_directory(dcfg, tmp_path)
-        store = Store(store_config, tmp_path)
-        store.set_domain_quota_source(d.domain_quota)  # as the worker wires it
-        return Authenticator(d, AUTH), store
-
-    async def teardown(store: Store) -> None:
-        await store.close()
-        await objects["directory"].close()
-
-    handle, stop = start_server(setup=setup, teardown=teardown, data_dir=tmp_path)
-    try:
-        yield handle
-    finally:
-        stop()
+    return serve_real_store(tmp_path, store_config=store_config, quota_bytes=8 * 1024,
+                            users=("alice@example.test", "bob@example.test"), domain_storage=domain_storage)
 
 
 def test_getquotaroot_names_the_domain_root_and_append_respects_it(tmp_path: Path) -> None:
