@@ -10,6 +10,10 @@ one job per file: a thread hop costs the loop more than the unlink itself.
 There is no fsync here: each consumer makes its own copy durable
 (``store.deliver`` fsyncs the linked file and its ``new/``; the queue fsyncs
 its link), so a local-only message costs one file fsync, not two.
+A *lazy* spool (the SMTP backend's) whose message never left memory can be
+sealed (:meth:`~FileSpool.seal`) instead of committed: no job writes it, and the store's
+delivery job creates the file from ``content`` before it links it (``Store.deliver``
+with ``data=``), so a local message costs one pool job, not two.
 """
 
 from __future__ import annotations
@@ -33,9 +37,10 @@ FLUSH_AT = 256 * 1024
 class FileSpool:
     """One spool file. Owned by one session; ``discard`` is idempotent."""
 
-    __slots__ = ("path", "_fd", "_buf", "_buffered", "size", "_done", "_job", "content", "_started")
+    __slots__ = ("path", "_fd", "_buf", "_buffered", "size", "_done", "_job", "content", "_started",
+                 "_lazy", "sealed")
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, lazy: bool = False) -> None:
         name = f"{time.time_ns():x}.{os.getpid()}.{_PREFIX}{next(_counter):x}"
         self.path = directory / name
         self._fd: int | None = None
@@ -48,6 +53,9 @@ class FileSpool:
         #: after :meth:`commit`, the whole message when it never left memory before (up to FLUSH_AT
         #: bytes): end-of-DATA checks use it instead of reading the file back
         self.content: bytes | None = None
+        self._lazy = lazy
+        #: after :meth:`seal`: the file may not exist yet, ``content`` is the message
+        self.sealed = False
 
     async def write(self, data: bytes) -> None:
         if self._done:
@@ -103,6 +111,30 @@ class FileSpool:
         await self._run(data, True)
         if len(data) == self.size:
             self.content = data
+
+    def seal(self) -> bool:
+        """Close a lazy spool whose whole message is in memory without writing it (no job).
+
+        Returns False (nothing done: :meth:`commit` it) for a spool that is not lazy or has
+        had a part written. After True, ``content`` is the message and the file does not exist
+        until a consumer creates it: ``Store.deliver(path, ..., data=content)`` or
+        :meth:`materialize`; :meth:`discard` removes it whoever made it.
+        """
+        if not self._lazy or self._done or self._started:
+            return False
+        self._done = self._started = self.sealed = True  # _started: a consumer may make the file
+        self.content, self._buf, self._buffered = b"".join(self._buf), [], 0
+        return True
+
+    async def materialize(self) -> None:
+        """Write a sealed spool's file unless a consumer made it already (one pool job). Raises OSError."""
+        if not self.sealed or self.content is None:
+            return
+        try:
+            await self._run(self.content, True)
+        except FileExistsError:
+            self._fd = None  # the store's delivery job wrote it (O_EXCL refused ours: nothing opened)
+        self.sealed = False
 
     def discard(self) -> None:
         """Remove the file; the unlink runs in a thread when a loop is running."""

@@ -585,7 +585,9 @@ class Session:
                 decision, message = await self.policy.data_held(held)
                 self._enforce(decision)
                 spool.replace(message)  # type: ignore[attr-defined]  # a spool with held() has replace()
-                await spool.commit()
+                seal = getattr(spool, "seal", None)  # a sealed spool is written by the delivery's own job
+                if seal is None or not seal():
+                    await spool.commit()
                 tx.junk = decision.action == "junk"
             else:
                 await spool.commit()

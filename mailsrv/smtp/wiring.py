@@ -58,7 +58,7 @@ class DirectoryBackend:
         return Verdict(chk.code, chk.enh, chk.text, route=(chk.kind, chk.resolution, address))
 
     def open_spool(self) -> Spool:
-        return FileSpool(self.spool_dir)
+        return FileSpool(self.spool_dir, lazy=True)  # sealed in memory: the store's job writes it
 
     async def deliver(self, info: SessionInfo, tx: Transaction, spool: Spool) -> Verdict:
         local: list[tuple[str, Any]] = []
@@ -72,7 +72,8 @@ class DirectoryBackend:
             else:
                 local.append((address, res))
         mailbox = "Junk" if tx.junk else "INBOX"  # issue 12: spam goes to Junk (INBOX if there is none)
-        # the spool's in-memory copy (when it has one) is parsed instead of reading the file back
+        # the spool's in-memory copy (when it has one) is parsed instead of reading the file back; a
+        # sealed spool has no file yet: the store's delivery job writes it before linking
         data = getattr(spool, "content", None)
         outcome = await self.local.deliver(spool.path, local, mailbox=mailbox, data=data) if local else None
         if outcome is not None:
@@ -84,6 +85,8 @@ class DirectoryBackend:
         qid = ""
         if remote:
             try:
+                if delivered == 0 and isinstance(spool, FileSpool):
+                    await spool.materialize()  # sealed and not made by a delivery job: the queue links it
                 qid = await self.queue.enqueue(spool.path, tx.sender, remote, envid=tx.envid, ret=tx.ret,
                                                smtputf8=tx.smtputf8, body=tx.body)
             except OSError as exc:

@@ -217,7 +217,10 @@ class Store:
         a file durable in ``new/`` is mail in maildir terms, and every reader and every
         restart indexes what waits there, so nothing acknowledged is lost on a crash.
         ``data``: the spool file's content when the caller holds it in memory (it must be the
-        same bytes): the job parses it instead of reading the file back.
+        same bytes): the job parses it instead of reading the file back. When there is no file
+        at ``spool_path`` yet (a spool that never left memory), the job creates it from ``data``
+        first (one pool job instead of two; this delivery's sync makes it durable with the
+        links); a failed write removes it again and every target is tempfail.
         """
         spool_path = spool_path if isinstance(spool_path, Path) else Path(spool_path)
         email_id = ""  # made in the job: new_id reads urandom, a GIL round trip on the loop thread
@@ -260,9 +263,15 @@ class Store:
         across file systems excepted: those are fsync'd here).
         """
         email_id = email_id or new_id("E")
+        try:
+            size = os.stat(spool).st_size
+        except FileNotFoundError:
+            if data is None:
+                raise
+            _create_spool(spool, data)  # the caller's spool never left memory
+            size = len(data)
         if internal_date is not None:
             os.utime(spool, (internal_date, internal_date))
-        size = os.stat(spool).st_size
         if data is not None and len(data) == size:
             raw = data[:self.config.max_parse_size]
         else:
@@ -489,6 +498,22 @@ class Indexer:
                         await acct._publish(res)
         finally:
             self._task = None
+
+
+def _create_spool(path: Path, data: bytes) -> None:
+    """Blocking: create ``path`` (O_EXCL) holding ``data``, no fsync; on failure nothing is left."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        raise
 
 
 def _limited(t: DeliveryTarget) -> bool:
