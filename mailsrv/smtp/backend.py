@@ -67,7 +67,12 @@ class Verdict:
 
 
 class Spool(Protocol):
-    """A message being received, in a file beside the maildirs."""
+    """A message being received, in a file beside the maildirs.
+
+    A spool may also offer ``seal() -> bool`` (keep a message judged in memory unwritten: the store's
+    delivery job writes the file, one thread job less) and ``async materialize()`` (write a sealed
+    spool's file, e.g. for the queue); the session and backend look them up with ``getattr``
+    (``mailsrv.delivery.spool.FileSpool``)."""
 
     path: Path
 
