@@ -8,11 +8,11 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from support.spool import no_spool_left
 
 from mailsrv.config import PolicyConfig, SmtpConfig
 from mailsrv.delivery import spool as spool_mod
@@ -69,14 +69,6 @@ async def _backend(site: Any) -> DirectoryBackend:
     return DirectoryBackend(site.directory, site.store, site.data_dir)
 
 
-def _spool_empty(spool_dir: Path) -> None:
-    """Wait (up to 10 s) for the spool remover's job to empty ``spool_dir``."""
-    deadline = time.monotonic() + 10
-    while list(spool_dir.iterdir()):
-        assert time.monotonic() < deadline, "a spool file was left behind"
-        time.sleep(0.01)
-
-
 def test_a_local_message_is_written_by_the_delivery_job_and_durable_before_250(
         site: Any, smtp: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     run, backend = smtp
@@ -119,7 +111,7 @@ def test_a_local_message_is_written_by_the_delivery_job_and_durable_before_250(
     alice, bob = site.inbox("alice@example.test"), site.inbox("bob@example.test")
     assert len(alice) == 1 and alice == bob and alice[0].endswith(BODY)
     assert alice[0].startswith(b"Return-Path: <a@remote.test>\r\nReceived: from client.test")
-    _spool_empty(backend.spool_dir)
+    no_spool_left(backend.spool_dir)
 
 
 def test_local_and_remote_recipients_both_get_the_file(site: Any, smtp: Any) -> None:
@@ -132,7 +124,7 @@ def test_local_and_remote_recipients_both_get_the_file(site: Any, smtp: Any) -> 
     [env] = qd.all()
     assert [r.addr for r in env.rcpts] == ["partner@remote.test"]
     assert qd.message_path(env.id).read_bytes() == stored
-    _spool_empty(backend.spool_dir)
+    no_spool_left(backend.spool_dir)
 
 
 def test_a_remote_only_message_is_written_for_the_queue(site: Any, smtp: Any) -> None:
@@ -146,7 +138,7 @@ def test_a_remote_only_message_is_written_for_the_queue(site: Any, smtp: Any) ->
     assert [r.addr for r in env.rcpts] == ["partner@remote.test"]
     data = qd.message_path(env.id).read_bytes()
     assert data.startswith(b"Return-Path: <a@remote.test>\r\n") and data.endswith(BODY)
-    _spool_empty(backend.spool_dir)
+    no_spool_left(backend.spool_dir)
 
 
 def test_a_full_disk_in_the_delivery_job_is_451_and_leaves_nothing(
@@ -171,7 +163,7 @@ def test_a_full_disk_in_the_delivery_job_is_451_and_leaves_nothing(
             run(["alice@example.test"])
     assert (err.value.code, err.value.enh) == (451, "4.3.0")
     assert len(created) == 1  # the delivery job did try to write it
-    _spool_empty(backend.spool_dir)
+    no_spool_left(backend.spool_dir)
     assert site.inbox("alice@example.test") == [] and queue_dir(site.data_dir).all() == []
     assert run(["alice@example.test"]).reply.startswith(b"250 ")
     [stored] = site.inbox("alice@example.test")
@@ -209,4 +201,4 @@ async def test_materialize_writes_once_and_discard_removes_whoever_wrote(tmp_pat
     assert made.path.read_bytes() == b"other"
     spool.discard()
     made.discard()
-    await asyncio.get_running_loop().run_in_executor(None, _spool_empty, tmp_path)
+    await asyncio.get_running_loop().run_in_executor(None, no_spool_left, tmp_path)

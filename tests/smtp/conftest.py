@@ -7,7 +7,6 @@ import errno
 import os
 import socket
 import ssl
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -202,9 +201,3 @@ def disk_full(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
     return full
 
 
-def no_spool_left(spool_dir: Path) -> None:
-    """Wait (up to 10 s) until the spool remover's thread job has emptied ``spool_dir``."""
-    deadline = time.monotonic() + 10
-    while list(spool_dir.iterdir()):
-        assert time.monotonic() < deadline, "a spool file was left behind"
-        time.sleep(0.01)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import smtplib
 import socket
-import time
 from pathlib import Path
 
 import pytest
+from support.spool import no_spool_left
 
 from mailsrv.config import LimitsConfig, SmtpConfig
 
@@ -57,10 +57,7 @@ def test_basic_delivery(make_server) -> None:
     assert d.data.endswith(MSG)
     assert b"with ESMTP id" in d.data
     # spool file removed after delivery (the unlink runs in a thread: poll with a deadline)
-    deadline = time.monotonic() + 10
-    while list(Path(srv.backend.spool_dir).iterdir()):
-        assert time.monotonic() < deadline, "spool file left behind"
-        time.sleep(0.01)
+    no_spool_left(srv.backend.spool_dir)
 
 
 def test_rcpt_reply_codes(make_server) -> None:

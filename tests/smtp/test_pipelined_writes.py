@@ -8,13 +8,13 @@ import asyncio
 import io
 import re
 import smtplib
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support.spool import no_spool_left
 
 from mailsrv import log
 from mailsrv.delivery import spool as spool_mod
@@ -22,7 +22,6 @@ from mailsrv.delivery.spool import FileSpool
 from mailsrv.net.connection import Connection, LineTooLong
 from mailsrv.smtp.server import MAX_HELD_REPLIES
 
-from .conftest import no_spool_left
 from .test_inbound import MSG, Raw
 
 
@@ -250,10 +249,7 @@ def test_a_spool_discarded_while_its_write_runs_is_removed_after_it(tmp_path: Pa
         await asyncio.gather(task, return_exceptions=True)
 
     asyncio.run(go())
-    deadline = time.monotonic() + 10
-    while list(tmp_path.iterdir()):
-        assert time.monotonic() < deadline, "spool file left behind"
-        time.sleep(0.01)
+    no_spool_left(tmp_path)
 
 
 # -- the message's log line ----------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support.spool import no_spool_left
 
 from mailsrv.config import PolicyConfig, SmtpConfig
 from mailsrv.delivery.spool import FLUSH_AT, FileSpool
@@ -23,7 +24,7 @@ from mailsrv.smtp.backend import SessionInfo, Verdict
 from mailsrv.smtp.grammar import SmtpError
 from mailsrv.smtp.session import Session, State, Step, _received_date
 
-from .conftest import FakeBackend, no_spool_left
+from .conftest import FakeBackend
 
 OUR_ID = "mx.example.test"
 
