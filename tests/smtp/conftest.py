@@ -199,5 +199,3 @@ def disk_full(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
 
     monkeypatch.setattr(FileSpool, "_write_sync", write)
     return full
-
-
