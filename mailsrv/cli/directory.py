@@ -407,6 +407,15 @@ def vars_(obj: Any) -> dict[str, Any]:
     return {k: getattr(obj, k) for k in obj.__slots__}
 
 
+def demo_password() -> str:
+    """16 URL-safe characters that never start with "-" (a command line would read it as an option:
+    swaks, curl, mutt's -e) or "_"."""
+    while True:
+        password = secrets.token_urlsafe(12)
+        if password[0].isalnum():
+            return password
+
+
 def init_directory(cfg: config_mod.Config, args: argparse.Namespace) -> None:
     """``mailsrv init`` hook: create the directory; with ``--demo`` add example.test, alice and bob."""
     from mailsrv.auth.passwords import Hasher
@@ -419,7 +428,7 @@ def init_directory(cfg: config_mod.Config, args: argparse.Namespace) -> None:
         hasher = Hasher(cfg.auth)
         lines = []
         for name, display in (("alice", "Alice Example"), ("bob", "Bob Example")):
-            password = secrets.token_urlsafe(12)
+            password = demo_password()
             h, s = hasher.make(password)
             d.add_user(f"{name}@example.test", password_hash=h, scram=s, display_name=display)
             lines.append(f"mailsrv: demo user {name}@example.test password {password}")

@@ -54,7 +54,7 @@ def test_swaks_starttls_auth_pipelining(served) -> None:  # type: ignore[no-unty
     # submission: STARTTLS + AUTH PLAIN, relay to the outside goes to the queue
     out = subprocess.run([swaks, "--server", f"127.0.0.1:{sub}", "--from", "alice@example.test", "--to",
                           "someone@remote.test,bob@example.test", "--tls", "--auth", "PLAIN",
-                          "--auth-user", "alice@example.test", f"--auth-password={users['alice@example.test']}",
+                          "--auth-user", "alice@example.test", "--auth-password", users["alice@example.test"],
                           "--helo", "client.test"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "235 2.7.0" in out.stdout and "queued as" in out.stdout
