@@ -7,6 +7,7 @@ import asyncio
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 from mailsrv.queue import client
 
@@ -28,8 +29,17 @@ def test_cancel_during_the_open_closes_the_file_opened_later(tmp_path: Path) -> 
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
+        submitted = asyncio.Event()
+        real = loop.run_in_executor
+
+        def spy(*args: Any) -> Any:
+            job = real(*args)
+            submitted.set()
+            return job
+
+        loop.run_in_executor = spy  # type: ignore[method-assign]
         reader = asyncio.create_task(client._open_in_thread(loop, fifo))
-        await asyncio.sleep(0)  # the task starts and hands the open to a thread
+        await submitted.wait()  # the open is in a thread's hands
         reader.cancel()
         try:
             await reader

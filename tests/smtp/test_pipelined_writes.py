@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support.server import wait_until
 from support.spool import no_spool_left
 
 from mailsrv import log
@@ -265,9 +266,14 @@ def test_one_info_line_per_message_with_from_to_size_and_delay(make_server: Any,
         c.ehlo("client.test")
         c.sendmail("a@remote.test", rcpts[:1], MSG)
         c.sendmail("a@remote.test", rcpts, MSG)
-    srv.loop.run(asyncio.sleep(0))
-    log.flush()
-    lines = [ln for ln in buf.getvalue().splitlines() if " info " in ln and " smtp " in ln]
+
+    async def accepted() -> list[str]:  # on the loop thread, which writes the log buffer
+        log.flush()
+        return [ln for ln in buf.getvalue().splitlines() if " info " in ln and " smtp " in ln]
+
+    # the line is logged on the server's loop after the 250 went out: poll with a deadline
+    wait_until(lambda: len(srv.loop.run(accepted())) >= 2)
+    lines = srv.loop.run(accepted())
     assert len(lines) == 2, lines
     first, second = (dict(re.findall(r" (\w+)=(\S+)", ln)) for ln in lines)
     assert first["sender"] == "a@remote.test" and first["to"] == "alice@example.test" and first["rcpts"] == "1"
