@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import resource
 import signal
 from pathlib import Path
 
 import pytest
+from support.forked import spawn
 
 from mailsrv.config import StoreConfig
 from mailsrv.store import Store, TemporaryFailure
@@ -142,40 +142,24 @@ def test_unreadable_file_does_not_block_the_others(make_store, run, tmp_path: Pa
 
 def test_full_disk_is_a_temporary_failure(tmp_path: Path) -> None:
     """A child with RLIMIT_FSIZE (writes fail like ENOSPC) gets TemporaryFailure, keeps serving."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            os.close(r)
-            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 
-            async def main() -> int:
-                store = Store(StoreConfig(), tmp_path, hostname="full.test")
-                acct = await store.account("u")
-                await acct.append("INBOX", msg(1))
-                resource.setrlimit(resource.RLIMIT_FSIZE, (4 << 20, 4 << 20))
-                try:
-                    await acct.append("INBOX", msg(2) + b"x" * (5 << 20))
-                except TemporaryFailure:
-                    ok = await acct.read_message("INBOX", 1) == msg(1)
-                    uid = await acct.append("INBOX", msg(3))  # small enough: still works
-                    await store.close()
-                    return 0 if ok and uid == 2 else 4
-                return 5
+    async def main(_w: int) -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        store = Store(StoreConfig(), tmp_path, hostname="full.test")
+        acct = await store.account("u")
+        await acct.append("INBOX", msg(1))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4 << 20, 4 << 20))
+        with pytest.raises(TemporaryFailure):
+            await acct.append("INBOX", msg(2) + b"x" * (5 << 20))
+        assert await acct.read_message("INBOX", 1) == msg(1)
+        assert await acct.append("INBOX", msg(3)) == 2  # small enough: still works
+        await store.close()
 
-            code = asyncio.run(main())
-        except BaseException:
-            import traceback
-
-            traceback.print_exc()
-            code = 3
-        finally:
-            os._exit(code)
-    os.close(w)
+    err = tmp_path / "child.err"
+    pid, r = spawn(main, err)
     _, status = os.waitpid(pid, 0)
     os.close(r)
-    assert os.waitstatus_to_exitcode(status) == 0
+    assert os.waitstatus_to_exitcode(status) == 0, err.read_text() if err.exists() else ""
 
 
 @pytest.mark.parametrize("garbage", [b"", b"3 V1 N\n", b"not a uidlist at all\n"])
