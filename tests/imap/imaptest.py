@@ -6,6 +6,7 @@ import asyncio
 import socket
 import ssl
 import threading
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -94,9 +95,13 @@ def start_server(*, tls: str = "none", ssl_context: ssl.SSLContext | None = None
 class Raw:
     """A tiny line client for wire-exact assertions."""
 
+    #: clients not yet closed; the conftest closes what a failed test left open
+    opened: weakref.WeakSet[Raw] = weakref.WeakSet()
+
     def __init__(self, host: str, port: int) -> None:
         self.sock = socket.create_connection((host, port), timeout=10)
         self.f = self.sock.makefile("rb")
+        Raw.opened.add(self)
         self.greeting = self.f.readline()
 
     def send(self, data: bytes) -> None:
@@ -125,6 +130,7 @@ class Raw:
                 return out
 
     def close(self) -> None:
+        Raw.opened.discard(self)
         self.f.close()
         self.sock.close()
 

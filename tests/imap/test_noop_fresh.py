@@ -54,7 +54,8 @@ def _changes_seen_at_the_next_noop(writer: Raw, poller: Raw, account_root: Path)
     assert _noop(poller) == [b"* 2 EXPUNGE\r\n", b"* 2 EXISTS\r\n"]
     # another program (mutt on the same maildir) marks the first message seen: a rename in cur/
     cur = account_root / "cur"
-    first = sorted(os.listdir(cur))[0]
+    # message 1 is the only flagged one (file names do not sort in UID order)
+    (first,) = [name for name in os.listdir(cur) if "F" in name.partition(":2,")[2]]
     base, _, flags = first.partition(":2,")
     os.rename(cur / first, cur / f"{base}:2,{''.join(sorted(flags + 'S'))}")
     assert _noop(poller) == [b"* 1 FETCH (FLAGS (\\Flagged \\Seen))\r\n"]
