@@ -26,7 +26,16 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ._common import Mailsrv, maildir_count, percentile, smtp_reply
+from ._common import (
+    Mailsrv,
+    ServerMeter,
+    cpu_seconds,
+    free_port,
+    maildir_count,
+    percentile,
+    proc_tree,
+    smtp_reply,
+)
 
 SIZES = {
     "smoke": {"seconds": 0.3, "sessions": [1, 4], "bodies": [4096], "visible": 5},
@@ -48,7 +57,11 @@ def _body(size: int) -> bytes:
 
 
 def _listen() -> socket.socket:
-    s = socket.socket()
+    # IPPROTO_TCP as getaddrinfo gives it to loop.create_server(host, port) (aiosmtpd's Controller): the
+    # standard asyncio loop sets TCP_NODELAY only on sockets whose proto is IPPROTO_TCP, and a plain
+    # socket.socket() (proto 0) left aiosmtpd's three pipelined replies to Nagle and the client's
+    # delayed ACK (a 40 ms stall per MAIL/RCPT/DATA group: 22 msgs/s at 1 session)
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     s.bind(("127.0.0.1", 0))
     s.listen(1024)
@@ -294,37 +307,11 @@ def _wait_port(port: int, limit: float = 20.0) -> None:
             time.sleep(0.05)
 
 
-def _measure_postfix(base: Path, sizes: dict[str, Any]) -> tuple[dict[tuple[int, int], tuple[float, float, float, float]], str]:
-    """(queued msgs/s, p50, p99, delivered-to-maildir msgs/s) per (size, sessions), or a reason."""
-    import uvloop
-
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    conf, why = _start_postfix(base / "postfix", port, RECIPIENTS)
-    if conf is None:
-        return {}, why
-    out = {}
-    try:
-        _wait_port(port)
-        mail = base / "postfix" / "pfmail"
-        for size in sizes["bodies"]:
-            body = _body(size)
-            for n in sizes["sessions"]:
-                before = sum(1 for _ in mail.glob("*/new/*"))
-                t0 = time.monotonic()
-                with asyncio.Runner(loop_factory=uvloop.new_event_loop) as r:
-                    rate, lat = r.run(_load(port, n, body, sizes["seconds"]))
-                accepted = len(lat)
-                deadline = time.monotonic() + 120
-                while sum(1 for _ in mail.glob("*/new/*")) - before < accepted and time.monotonic() < deadline:
-                    time.sleep(0.05)
-                delivered = (sum(1 for _ in mail.glob("*/new/*")) - before) / (time.monotonic() - t0)
-                out[(size, n)] = (rate, _pct(lat, 50), _pct(lat, 99), delivered)
-    finally:
-        _stop_postfix(conf)
-    return out, ""
+def _postfix_master(conf: Path) -> int:
+    """The pid of a private Postfix instance's master (its queue directory's pid/master.pid)."""
+    queue = re.search(r"^queue_directory = (.+)$", (conf / "main.cf").read_text(), re.M)
+    assert queue is not None
+    return int((Path(queue.group(1)) / "pid" / "master.pid").read_text().split()[0])
 
 
 # --- load -------------------------------------------------------------------------------------------
@@ -541,6 +528,88 @@ def _measure_server(port: int, sizes: dict[str, Any]) -> dict[tuple[int, int], t
     return out
 
 
+class _CellMeter(ServerMeter):
+    """A :class:`ServerMeter` that counts CPU only from :meth:`begin` to :meth:`end` of each cell: the
+    servers stand idle while the others are measured, and their idle CPU is not the messages' cost."""
+
+    def __init__(self, name: str, pids: Any) -> None:
+        super().__init__(name, pids, "messages delivered")
+        self._spent = 0.0
+        self._t0 = 0.0
+
+    def _total(self) -> float:
+        return sum(cpu_seconds(pid) for pid in self.pids())
+
+    def begin(self) -> None:
+        self._t0 = self._total()
+
+    def end(self, delivered: int) -> None:
+        self.sample()
+        self._spent += self._total() - self._t0
+        self.add(delivered)
+
+    def cpu(self) -> float:
+        self.sample()
+        return self._spent
+
+
+def _quiesce(meter: _CellMeter, limit: float = 30.0) -> None:
+    """Wait until the server's processes use under 5 % of a core (its backlog after the load: the
+    background indexer, Postfix's delivery agents), at most ``limit`` seconds."""
+    deadline = time.monotonic() + limit
+    last = meter._total()
+    calm = 0
+    while calm < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+        now = meter._total()
+        calm = calm + 1 if now - last < 0.005 else 0
+        last = now
+
+
+class _Server:
+    """A server under test, measured cell by cell (size, sessions) between the other servers' cells."""
+
+    def __init__(self, name: str, port: int, pids: Any, delivered: Any, queued: bool = False) -> None:
+        self.name, self.port, self.delivered, self.queued = name, port, delivered, queued
+        self.meter = _CellMeter(name, pids)
+        #: (size, sessions) -> (msgs/s answered 250, p50 ms, p99 ms, msgs/s delivered into the maildirs)
+        self.cells: dict[tuple[int, int], tuple[float, float, float, float]] = {}
+
+    def measure(self, size: int, n: int, seconds: float) -> None:
+        import uvloop
+
+        self.meter.begin()
+        before = self.delivered()
+        t0 = time.monotonic()
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as r:
+            rate, lat = r.run(_load(self.port, n, _body(size), seconds))
+        # Postfix's 250 means queued: its messages count once virtual(8) wrote them into the maildirs
+        deadline = time.monotonic() + 120
+        while self.queued and self.delivered() - before < len(lat) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        done = self.delivered() - before
+        drate = done / (time.monotonic() - t0)
+        _quiesce(self.meter)
+        self.meter.end(done)
+        self.cells[(size, n)] = (rate, _pct(lat, 50), _pct(lat, 99), drate)
+
+
+def _create_cost(scratch: Path, n: int = 20) -> float:
+    """Median wall time of creating an empty file in a new directory under ``scratch`` (µs); the files
+    stay until the scenario's end (a deletion would raise the cost it measures)."""
+    d = Path(tempfile.mkdtemp(dir=scratch))
+    times = []
+    for i in range(n):
+        t0 = time.perf_counter()
+        os.close(os.open(d / str(i), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        times.append(time.perf_counter() - t0)
+    return percentile(times, 50) * 1e6
+
+
+def _count_postfix(mail: Path) -> int:
+    return sum(1 for _ in mail.glob("*/new/*"))
+
+
 def run(size: str) -> dict[str, Any]:
     import uvloop
 
@@ -552,50 +621,78 @@ def run(size: str) -> dict[str, Any]:
     os.chmod(base, 0o755)  # Postfix's daemons (postfix, nobody) work below it
     results: list[dict[str, Any]] = []
     pids: list[int] = []
+    pf_conf: Path | None = None
     try:
         (base / "only").mkdir()
+        (base / "creates").mkdir()
         users: dict[str, Path | None] = dict.fromkeys([f"load{i}" for i in range(RECIPIENTS)] + ["probe"])
-        with Mailsrv(base / "mailsrv", seeds=users, workers=WORKERS) as srv:
-            meter = srv.meter("messages delivered")
-            port, data_dir = srv.ports["smtp"], srv.data_dir
-            ours = _measure_server(port, sizes)
-            best = max(v[0] for k, v in ours.items() if k[0] == 4096)
-            body = _body(4096)
+        with Mailsrv(base / "mailsrv", seeds=users, workers=WORKERS) as srv, \
+                Mailsrv(base / "mailsrv-sync", seeds=users, workers=WORKERS,
+                        config={"store": {"deferred_index": False}}) as sync_srv:
+            # every server runs from the start and each cell measures them back to back, in an order that
+            # rotates from cell to cell: the disk's state (file creates cost 0.1-1 ms of kernel CPU after
+            # many deletions here) is the same for all of them, and nothing is deleted before the end
+            ours = _Server("mailsrv", srv.ports["smtp"], srv.pids, lambda: maildir_count(srv.data_dir))
+            synced = _Server("mailsrv, deferred_index = false", sync_srv.ports["smtp"], sync_srv.pids,
+                             lambda: maildir_count(sync_srv.data_dir))
+            maildir = base / "baseline"
+            for d in ("tmp", "new", "cur"):
+                (maildir / d).mkdir(parents=True)
+            sock = _listen()
+            pids = _fork_workers(sock, _aiosmtpd_child, maildir)
+            theirs = _Server("aiosmtpd+maildir fsync", sock.getsockname()[1], lambda: list(pids),
+                             lambda: len(os.listdir(maildir / "new")))
+            sock.close()
+            servers = [ours, theirs]
+            pfport = free_port()
+            pf_conf, why = _start_postfix(base / "postfix", pfport, RECIPIENTS)
+            pf: _Server | None = None
+            if pf_conf is None:
+                notes.append(f"Postfix baseline missing: {why}")
+            else:
+                _wait_port(pfport)
+                master = _postfix_master(pf_conf)
+                mail = base / "postfix" / "pfmail"
+                pf = _Server("Postfix", pfport, lambda: proc_tree(master), lambda: _count_postfix(mail), queued=True)
+                servers.append(pf)
+                notes.append("Postfix: private instance, smtpd -> queue (fsync) -> virtual(8) maildir; its 250 "
+                             "means queued, so its msgs/s is counted at delivery into the maildirs")
+            creates = []
+            cells = [(bsize, n) for bsize in sizes["bodies"] for n in sizes["sessions"]]
+            for i, (bsize, n) in enumerate(cells):
+                present = servers + ([synced] if bsize == 4096 else [])
+                k = i % len(present)
+                creates.append(_create_cost(base / "creates"))
+                for server in present[k:] + present[:k]:
+                    server.measure(bsize, n, sizes["seconds"])
+            notes.append(f"servers measured back to back in each cell, the order rotating from cell to cell, all "
+                         f"running from the start; no file is deleted before the end; an empty file create "
+                         f"at each cell's start took {min(creates):.0f} / {percentile(creates, 50):.0f} / "
+                         f"{max(creates):.0f} us (min / median / max)")
+            best = max(v[0] for cell, v in ours.cells.items() if cell[0] == 4096)
+            ours.meter.begin()
+            before = maildir_count(srv.data_dir)
             with asyncio.Runner(loop_factory=uvloop.new_event_loop) as r:
-                vis = r.run(_visible(port, data_dir, sizes["visible"], best / 2, body))
-            meter.add(maildir_count(data_dir))
-            servers = [meter.summary()]
-        # the same server with the UID committed before each 250 (store.deferred_index = false)
-        with Mailsrv(base / "mailsrv-sync", seeds=users, workers=WORKERS,
-                     config={"store": {"deferred_index": False}}) as srv:
-            synced = _measure_server(srv.ports["smtp"], {**sizes, "bodies": [4096]})
-        maildir = base / "baseline"
-        for d in ("tmp", "new", "cur"):
-            (maildir / d).mkdir(parents=True)
-        sock = _listen()
-        bport = sock.getsockname()[1]
-        pids = _fork_workers(sock, _aiosmtpd_child, maildir)
-        sock.close()
-        theirs = _measure_server(bport, sizes)
-        _stop(pids)
-        pids = []
-        pf, why = _measure_postfix(base, sizes)
-        if not pf:
-            notes.append(f"Postfix baseline missing: {why}")
-        else:
-            notes.append("Postfix: private instance, smtpd -> queue (fsync) -> virtual(8) maildir; its 250 "
-                         "means queued, so its msgs/s is counted at delivery into the maildirs")
-        for (bsize, n), (rate, p50, p99) in ours.items():
-            brate, bp50, bp99 = theirs[(bsize, n)]
+                vis = r.run(_visible(srv.ports["smtp"], srv.data_dir, sizes["visible"], best / 2, _body(4096)))
+            _quiesce(ours.meter)
+            ours.meter.end(maildir_count(srv.data_dir) - before)
+            reports = [s.meter.summary() for s in servers]
+            _stop(pids)
+            pids = []
+            if pf_conf is not None:
+                _stop_postfix(pf_conf)
+                pf_conf = None
+        for (bsize, n), (rate, p50, p99, _) in ours.cells.items():
+            brate, bp50, bp99, _ = theirs.cells[(bsize, n)]
             label = f"{bsize // 1024} KB, {n} sessions"
-            if (bsize, n) in synced:
-                srate, _sp50, sp99 = synced[(bsize, n)]
+            if (bsize, n) in synced.cells:
+                srate, _sp50, sp99, _ = synced.cells[(bsize, n)]
                 results.append({"name": f"durable msgs/s vs UID before 250 ({label})", "unit": "msg/s",
                                 "value": rate, "baseline": {"name": "mailsrv, deferred_index = false",
                                                             "value": srate},
                                 "ratio": rate / srate if srate else None, "baseline_p99_ms": sp99})
-            if (bsize, n) in pf:
-                prate, pp50, pp99, pdel = pf[(bsize, n)]
+            if pf is not None:
+                _prate, _pp50, pp99, pdel = pf.cells[(bsize, n)]
                 results.append({"name": f"durable msgs/s vs Postfix ({label})", "unit": "msg/s", "value": rate,
                                 "baseline": {"name": "Postfix delivered to maildir", "value": pdel},
                                 "ratio": rate / pdel if pdel else None})
@@ -611,6 +708,8 @@ def run(size: str) -> dict[str, Any]:
             results.append({"name": f"end-of-DATA->250 p99 ({label})", "unit": "ms", "value": p99,
                             "baseline": {"name": "aiosmtpd+maildir fsync", "value": bp99},
                             "ratio": bp99 / p99 if p99 else None})
+        notes.append("server CPU per message: each server's processes while its own cells ran (and until "
+                     "their backlog settled), over the messages it delivered into the maildirs")
         front = base / "front"
         front.mkdir()
         sock = _listen()
@@ -645,5 +744,7 @@ def run(size: str) -> dict[str, Any]:
                      "measured on the store's inotify watch that IMAP IDLE uses")
     finally:
         _stop(pids)
+        if pf_conf is not None:
+            _stop_postfix(pf_conf)
         shutil.rmtree(base, ignore_errors=True)
-    return {"scenario": "smtp", "results": results, "notes": notes, "servers": servers}
+    return {"scenario": "smtp", "results": results, "notes": notes, "servers": reports}
