@@ -1,6 +1,10 @@
 """``mailsrv policy list|add|del``: the block and allow lists of the inbound policy (issue 12);
 ``mailsrv policy learn --spam|--ham FILE...`` and ``mailsrv policy stats``: the spam learner.
 
+``policy learn`` learns :data:`LEARN_BATCH` messages per write transaction (one thread-pool job reads and
+tokenizes a batch, holding one message at a time): an interrupted run leaves whole batches learned and
+consistent counts, and running it again learns the rest (messages already known are skipped by digest).
+
 Scopes: ``--scope ""`` (default, the whole server), a domain, or a user
 address. Entries: an address, a domain (with its subdomains), ``@domain``
 (that domain only) or an IP network. Workers see a change within
@@ -13,13 +17,18 @@ import argparse
 import asyncio
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from mailsrv import config as config_mod
 from mailsrv.cli import CliError, config_path
 from mailsrv.directory import SyncDirectory, open_sync
+from mailsrv.policy.bayes import Lesson, message_digest, tokens
 from mailsrv.policy.lists import KINDS, normalize_entry, normalize_scope
 from mailsrv.policy.pipeline import Policy
+
+#: Messages ``policy learn`` learns per write transaction (2 000 messages: 4 transactions).
+LEARN_BATCH = 500
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -42,6 +51,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     lrn.add_argument("files", nargs="+", metavar="FILE", help="one message per file (a leading mbox From_ line "
                      "is dropped); a directory (e.g. a maildir) gives every file below it")
     lrn.add_argument("--scope", default="", help='"" (default) for the server, a domain, or a user address')
+    lrn.add_argument("--batch", type=int, default=LEARN_BATCH, metavar="N",
+                     help=f"messages learned per write transaction (default {LEARN_BATCH})")
     lrn.set_defaults(func=cmd_learn)
     st = ps.add_parser("stats", help="messages the spam learner has learned, per scope")
     st.add_argument("--json", action="store_true")
@@ -105,8 +116,8 @@ def _message_files(paths: list[str]) -> list[Path]:
     out: list[Path] = []
     for name in paths:
         path = Path(name)
-        if path.is_dir():
-            out += sorted(Path(root) / f for root, _, files in os.walk(path) for f in files)
+        if path.is_dir():  # regular files only: a FIFO or socket in a maildir is not a message
+            out += sorted(p for root, _, files in os.walk(path) for f in files if (p := Path(root) / f).is_file())
         elif path.is_file():
             out.append(path)
         else:
@@ -124,6 +135,15 @@ def read_message(path: Path, limit: int) -> bytes | None:
     return data
 
 
+def _prepare(paths: Sequence[Path], limit: int) -> list[tuple[str, set[str]] | None]:
+    """Digest and tokens of each message file (None: larger than ``limit``); one message in memory at a time."""
+    out: list[tuple[str, set[str]] | None] = []
+    for path in paths:
+        data = read_message(path, limit)
+        out.append(None if data is None else (message_digest(data), tokens(data)))
+    return out
+
+
 def cmd_learn(args: argparse.Namespace) -> int:
     cfg = config_mod.load(config_path(args))
     try:
@@ -132,27 +152,46 @@ def cmd_learn(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from None
     if not cfg.policy.bayes and not cfg.policy.rspamd_url:
         raise CliError("no learner: set policy.bayes = true (or policy.rspamd_url for rspamd)")
+    if args.batch < 1:
+        raise CliError("--batch must be at least 1")
     files = _message_files(args.files)
-    counts = {"learned": 0, "known": 0, "too big": 0}
+    counts = {"learned": 0, "known": 0, "too big": 0, "transactions": 0}
+
+    async def by_rspamd(policy: Policy) -> None:  # rspamd's controller learns one message per request
+        for path in files:
+            data = read_message(path, cfg.policy.max_scan_size)
+            if data is None:
+                counts["too big"] += 1
+                continue
+            counts["learned" if await policy.learn(args.label, data, [scope]) else "known"] += 1
 
     async def run() -> None:
         policy = Policy.from_config(cfg.policy, hostname=cfg.server.hostname, data_dir=cfg.server.data_dir)
         try:
-            for path in files:
-                data = read_message(path, cfg.policy.max_scan_size)
-                if data is None:
-                    counts["too big"] += 1
+            if policy.bayes is None:
+                await by_rspamd(policy)
+                return
+            loop = asyncio.get_running_loop()
+            for i in range(0, len(files), args.batch):
+                prepared = await loop.run_in_executor(policy.executor, _prepare, files[i:i + args.batch],
+                                                      cfg.policy.max_scan_size)
+                lessons = [Lesson((scope,), args.label, *p) for p in prepared if p is not None]
+                counts["too big"] += len(prepared) - len(lessons)
+                if not lessons:
                     continue
-                learned = await policy.learn(args.label, data, [scope])
-                counts["learned" if learned else "known"] += 1
+                commits = policy.bayes.state.commits
+                changed = await policy.bayes.learn_many(lessons)
+                counts["transactions"] += policy.bayes.state.commits - commits
+                counts["learned"] += sum(changed)
+                counts["known"] += len(changed) - sum(changed)
         finally:
             policy.close()
 
     try:
         asyncio.run(run())
-    except Exception as exc:  # rspamd unreachable or refusing: say so, no traceback
+    except Exception as exc:  # rspamd unreachable or refusing, a file unreadable: say so, no traceback
         raise CliError(f"learning failed: {exc}") from None
-    where = "rspamd" if cfg.policy.rspamd_url else f"scope {scope or '*'}"
+    where = "rspamd" if cfg.policy.rspamd_url else f"scope {scope or '*'}, {counts['transactions']} transactions"
     print(f"{args.label}: {counts['learned']} learned, {counts['known']} already known, "
           f"{counts['too big']} too big ({where})")
     return 0

@@ -76,6 +76,7 @@ class PolicyState:
         self.clock = clock
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="policy-db")
         self._db: sqlite3.Connection | None = None
+        self.commits = 0  # write transactions committed by this state (tests, `mailsrv policy learn`)
 
     def _conn(self) -> sqlite3.Connection:
         if self._db is None:
@@ -107,6 +108,7 @@ class PolicyState:
             db.execute("ROLLBACK")
             raise
         db.execute("COMMIT")
+        self.commits += 1
         return out
 
     def close(self) -> None:
