@@ -556,8 +556,11 @@ class PolicyConfig:
                                   "then removes all of bayes_ham_points; in between, points in proportion.", 0.2,
                                   check=_probability)
     bayes_sure_points: float = doc("Points the learner adds on top of bayes_spam_points when it is all but certain "
-                                   "(spam probability 0.999 or more, SpamAssassin's BAYES_999).", 1.0,
+                                   "(spam probability bayes_sure_cutoff or more).", 1.0,
                                    check=_non_negative)
+    bayes_sure_cutoff: float = doc("Spam probability from which the learner adds bayes_sure_points too (chosen by "
+                                   "cross-validation on the development half of the SpamAssassin public corpus).",
+                                   0.98, check=_probability)
     bayes_train_batch: int = doc("Junk moves learned per write transaction by a worker's background trainer.", 100,
                                  check=_positive)
     bayes_train_queue: int = doc("Junk moves a worker's trainer holds before a move command waits for room.", 20000,

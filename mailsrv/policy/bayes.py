@@ -14,7 +14,7 @@ its scopes summed (server + its recipients' domains [+ the user]), and only
 once those scopes have learned ``bayes_min_spam`` spam and ``bayes_min_ham``
 ham messages. The combined probability falls in one of SpamBayes' three zones:
 *spam* (>= ``bayes_spam_cutoff``) adds ``bayes_spam_points`` (and ``bayes_sure_points`` from
-:data:`SURE`), *ham* (<=
+``bayes_sure_cutoff``), *ham* (<=
 ``bayes_ham_cutoff``) takes ``bayes_ham_points``, *unsure* in between adds or
 takes in proportion to the distance from 0.5 (rule ``BAYES_NN``, NN the spam
 probability in percent).
@@ -51,9 +51,6 @@ UNKNOWN_PROB = 0.5
 MIN_STRENGTH = 0.1
 #: The most decisive tokens combined per message.
 MAX_DISCRIMINATORS = 150
-
-#: From this spam probability the learner is all but certain: ``bayes_sure_points`` more (SpamAssassin's BAYES_999).
-SURE = 0.999
 
 #: Rows per SQL ``IN (...)`` query.
 SQL_BATCH = 500
@@ -134,11 +131,11 @@ def zone(prob: float, cfg: PolicyConfig) -> str:
 
 def points(prob: float, cfg: PolicyConfig) -> float:
     """Score points for a spam probability: the full ``bayes_spam_points`` in the spam zone (plus
-    ``bayes_sure_points`` from :data:`SURE`) and ``-bayes_ham_points`` in the ham zone; in the unsure
+    ``bayes_sure_points`` from ``bayes_sure_cutoff``) and ``-bayes_ham_points`` in the ham zone; in the unsure
     zone linear, 0 at 0.5 (so the rules decide)."""
     where = zone(prob, cfg)
     if where == "spam":
-        return cfg.bayes_spam_points + (cfg.bayes_sure_points if prob >= SURE else 0.0)
+        return cfg.bayes_spam_points + (cfg.bayes_sure_points if prob >= cfg.bayes_sure_cutoff else 0.0)
     if where == "ham":
         return -cfg.bayes_ham_points
     if prob >= 0.5:

@@ -93,6 +93,16 @@ def test_fields_we_add_are_not_tokens() -> None:
     assert not {"h:received", "h:x-spam-flag", "h:return-path"} & t and "h:subject" in t
 
 
+def test_fields_a_mailbox_adds_are_not_tokens() -> None:
+    """An archived copy (mbox Status/X-Status/X-UID, X-Keywords, Thunderbird's) tokenizes as the message did at
+    SMTP time: learned from archives, those fields would describe the archive, not the sender."""
+    sent = b"From: a@b.test\r\nSubject: s\r\n\r\nbody text\r\n"
+    stored = (b"Status: RO\r\nX-Status: A\r\nX-Keywords: $Junk\r\nX-UID: 7\r\nContent-Length: 11\r\nLines: 1\r\n"
+              b"X-Mozilla-Status: 0001\r\nX-Mozilla-Status2: 00000000\r\nDelivery-Date: Tue, 28 May 2002\r\n" + sent)
+    assert tokens(stored) == tokens(sent)
+    assert "h:x-keyword" in tokens(b"X-Keyword: x\r\n" + sent)  # a sender's own field still is one
+
+
 def test_base64_blob_is_one_skip_token() -> None:
     blob = "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo0123456789abcdefghijklmnop" * 3
     t = tokens(f"Subject: s\r\nContent-Type: text/plain\r\n\r\nsee {blob}\r\n".encode())
@@ -156,6 +166,8 @@ def test_zones_and_points() -> None:
     assert [zone(p, cfg) for p in (0.0, 0.2, 0.21, 0.5, 0.89, 0.9, 1.0)] == \
         ["ham", "ham", "unsure", "unsure", "unsure", "spam", "spam"]
     assert points(0.95, cfg) == 4.0 and points(0.9, cfg) == 4.0  # the whole of it in the spam zone
-    assert points(0.999, cfg) == 5.0 and points(0.9989, cfg) == 4.0  # all but certain: bayes_sure_points more
+    assert points(0.98, cfg) == 5.0 and points(0.9799, cfg) == 4.0  # all but certain: bayes_sure_points more
+    strict = PolicyConfig(bayes_sure_cutoff=0.999)
+    assert points(0.998, strict) == 4.0 and points(0.999, strict) == 5.0  # the cutoff is the operator's
     assert points(0.1, cfg) == -2.0
     assert points(0.5, cfg) == 0.0 and points(0.75, cfg) == 2.0 and points(0.35, cfg) == -0.6
