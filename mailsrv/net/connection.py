@@ -2,6 +2,9 @@
 
 Invariants:
 - Every read is bounded: a line by ``max_line_length``, a wait by ``idle_timeout``.
+  The wait is bounded by one timer per connection (:meth:`Connection._arm`), re-armed
+  lazily, not by a timer made and cancelled for each read: a pipelining client's message
+  takes two waits, and a timer costs more than the rest of the wait's bookkeeping.
 - A line that is too long is consumed up to its end and reported as
   :class:`LineTooLong`, so the session can answer with its protocol's error
   and go on reading the next command.
@@ -71,6 +74,11 @@ class Connection:
         "_shutdown",
         "task",
         "closed",
+        "_deadline",
+        "_watch",
+        "_watch_at",
+        "_waiter",
+        "_expired",
     )
 
     def __init__(
@@ -99,6 +107,11 @@ class Connection:
         self._shutdown = False
         self.task: asyncio.Task[Any] | None = None
         self.closed = False
+        self._deadline = 0.0  # loop time at which the wait in progress times out; 0: not waiting
+        self._watch: asyncio.TimerHandle | None = None  # the connection's one idle timer
+        self._watch_at = 0.0  # when it fires
+        self._waiter: asyncio.Task[Any] | None = None  # the task that waits (cancelled when it expires)
+        self._expired = False  # the watch cancelled the waiting task
 
     # -- reading -----------------------------------------------------------
 
@@ -133,19 +146,22 @@ class Connection:
         line = self._buffered_line()
         if line is not None:
             return line
+        self._arm()
         try:
-            async with asyncio.timeout(self.idle_timeout):
-                try:
-                    line = await self.reader.readuntil(b"\n")
-                except asyncio.LimitOverrunError as exc:
-                    await self._discard_long_line(exc.consumed)
-                    raise LineTooLong from None
+            try:
+                line = await self.reader.readuntil(b"\n")
+            except asyncio.LimitOverrunError as exc:
+                await self._discard_long_line(exc.consumed)
+                raise LineTooLong from None
         except asyncio.IncompleteReadError as exc:
             raise ConnectionClosed from exc
-        except TimeoutError:
-            raise IdleTimeout from None
+        except asyncio.CancelledError:
+            self._timed_out()
+            raise
         except (ConnectionError, ssl.SSLError) as exc:
             raise ConnectionClosed from exc
+        finally:
+            self._deadline = 0.0
         if len(line) > self.max_line_length:
             raise LineTooLong
         return line
@@ -177,15 +193,18 @@ class Connection:
 
     async def readexactly(self, n: int) -> bytes:
         """Read exactly ``n`` bytes (a literal, a BDAT chunk); bounded by the idle timeout."""
+        self._arm()
         try:
-            async with asyncio.timeout(self.idle_timeout):
-                return await self.reader.readexactly(n)
+            return await self.reader.readexactly(n)
         except asyncio.IncompleteReadError as exc:
             raise ConnectionClosed from exc
-        except TimeoutError:
-            raise IdleTimeout from None
+        except asyncio.CancelledError:
+            self._timed_out()
+            raise
         except (ConnectionError, ssl.SSLError) as exc:
             raise ConnectionClosed from exc
+        finally:
+            self._deadline = 0.0
 
     async def read_some(self, n: int) -> bytes:
         """Read up to ``n`` bytes that are available (for bulk readers); b"" at EOF."""
@@ -195,13 +214,60 @@ class Connection:
             del buf[:n]
             self.reader._maybe_resume_transport()  # type: ignore[attr-defined]
             return data
+        self._arm()
         try:
-            async with asyncio.timeout(self.idle_timeout):
-                return await self.reader.read(n)
-        except TimeoutError:
-            raise IdleTimeout from None
+            return await self.reader.read(n)
+        except asyncio.CancelledError:
+            self._timed_out()
+            raise
         except (ConnectionError, ssl.SSLError) as exc:
             raise ConnectionClosed from exc
+        finally:
+            self._deadline = 0.0
+
+    # -- the idle timer -------------------------------------------------------
+
+    def _arm(self) -> None:
+        """A wait for the peer starts: it times out ``idle_timeout`` from now.
+
+        The connection's one timer is started when none runs (or runs later: IMAP IDLE waits with a
+        longer limit); one that fires early (armed for an earlier wait) sleeps on to the current
+        deadline, and one that finds no wait stops.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = self._deadline = loop.time() + self.idle_timeout
+        self._waiter = asyncio.current_task()  # not always self.task: a read may run in a task of its own
+        watch = self._watch
+        if watch is None or self._watch_at > deadline:
+            if watch is not None:
+                watch.cancel()
+            self._watch = loop.call_at(deadline, self._expire)
+            self._watch_at = deadline
+
+    def _expire(self) -> None:
+        self._watch = None
+        deadline = self._deadline
+        if not deadline or self.closed:
+            return  # no wait in progress: the next one starts the timer again
+        loop = asyncio.get_running_loop()
+        if loop.time() < deadline:
+            self._watch = loop.call_at(deadline, self._expire)
+            self._watch_at = deadline
+            return
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            self._expired = True
+            waiter.cancel()
+
+    def _timed_out(self) -> None:
+        """In a wait's ``except CancelledError``: raise IdleTimeout when our timer cancelled it (and
+        nothing else did), else return and let the cancellation go on."""
+        if not self._expired:
+            return
+        self._expired = False
+        task = asyncio.current_task()
+        if task is not None and task.uncancel() == 0:
+            raise IdleTimeout from None
 
     # -- writing -----------------------------------------------------------
 
@@ -283,6 +349,9 @@ class Connection:
         if self.closed:
             return
         self.closed = True
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
         try:
             self.writer.close()
             async with asyncio.timeout(5):

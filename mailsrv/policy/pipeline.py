@@ -538,10 +538,13 @@ class PolicySession:
             if scan is not None and not scan.done():
                 scan.cancel()
         # trusted or authenticated mail that passed has nothing to tell beyond the session's message.accepted
-        emit = logger.debug if self.outbound and decision.ok else logger.info
-        emit("policy.decided", action=decision.action, code=decision.code,
-             score=f"{decision.score.score:.1f}" if decision.score else None,
-             ms=f"{(time.perf_counter() - started) * 1000:.1f}")
+        # (and its line is not even formatted unless debug lines are printed)
+        quiet = self.outbound and decision.ok
+        if not quiet or log.enabled("debug"):
+            (logger.debug if quiet else logger.info)(
+                "policy.decided", action=decision.action, code=decision.code,
+                score=f"{decision.score.score:.1f}" if decision.score else None,
+                ms=f"{(time.perf_counter() - started) * 1000:.1f}")
         return decision, headers, OUR_FIELDS if not self.outbound else frozenset()
 
     async def _virus_scan(self, spool: Path | None, whole: bool) -> ScanResult | None:
@@ -751,9 +754,10 @@ def needs_rewrite(head: bytes, our_id: str, drop: frozenset[bytes]) -> bool:
     """Whether :func:`rewrite_spool` without new headers would remove a field from the message that
     starts with ``head`` (at least its first ``MAX_HEADER_READ`` bytes, or all of it)."""
     head = head[:MAX_HEADER_READ]
-    if not drop and _AR_NAME(head) is None:  # the common case, without splitting the fields
+    end = header_end(head)
+    if not drop and _AR_NAME(head, 0, end) is None:  # the common case: the header block only, not split
         return False
-    return any(_removed(name, value, our_id, drop) for name, value, _raw in split_fields(head[:header_end(head)]))
+    return any(_removed(name, value, our_id, drop) for name, value, _raw in split_fields(head[:end]))
 
 
 def _rewritten_head(head: bytes, headers: Sequence[str], our_id: str,

@@ -9,7 +9,7 @@ asked for), ESMTP parameters as an ordered ``dict`` of upper-case keywords.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 # RFC 5321 §4.5.3.1.4: a command line is at most 512 octets including CRLF;
 # ESMTP parameters (RFC 1869 §4.1.2) may add up to 2000 more for MAIL/RCPT.
@@ -38,8 +38,9 @@ class SmtpSyntaxError(SmtpError):
     """A command that does not parse."""
 
 
-@dataclass(frozen=True)
-class Command:
+class Command(NamedTuple):
+    """A command line split (a tuple: one per command, made faster than a frozen dataclass)."""
+
     verb: str  # upper-case ASCII, e.g. "MAIL"
     arg: bytes  # the rest after one space, without CRLF
 
@@ -167,6 +168,8 @@ def _split_path(arg: bytes, prefix: bytes) -> tuple[bytes, bytes]:
 
 def _closing_bracket(rest: bytes) -> int:
     """Index of the ``>`` that ends the path, skipping quoted strings."""
+    if b'"' not in rest:  # the common case: the first ">"
+        return rest.find(b">", 1)
     i, n, quoted = 1, len(rest), False
     while i < n:
         c = rest[i]
