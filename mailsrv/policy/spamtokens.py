@@ -21,15 +21,18 @@ subject and "free" in the body are different evidence):
   (public suffix list, offline), ``proto:`` the scheme, ``urlip`` for a numeric
   host, ``email:`` the domain of an address;
 * header fields (except the ones we add, see :data:`OUR_FIELDS`, and the ones a
-  mail store or client adds after delivery, see :data:`MAILBOX_FIELDS`): ``h:`` the
-  field name; the subject's words (``s:``) and shape (capitals, "!!", "$");
-  From (``from:`` domain and registrable domain, ``fromlp:`` the local part's
-  shape, ``fn:`` display name words), To/Cc (``to:`` recipient count bucket,
-  named or bare addresses), Reply-To's domain, Message-ID (``mid:`` domain
-  and ``midshape:`` letters->a, digits->9), X-Mailer/User-Agent words, Date
-  (``date:`` zone and shape), Content-Type (``bnd:`` the boundary's shape,
-  ``cs:`` charsets, ``ct:`` types). Not Received (ours is on every message,
-  and in a public corpus the relays name the collector's spamtraps, not the spam);
+  mail store or client adds after delivery, see :data:`MAILBOX_FIELDS`): ``h:``
+  the field name (one ``h:list-*`` for all of a list manager's fields, see
+  :data:`LIST_FIELDS`); the subject's words (``s:``) and shape (capitals, "!!",
+  "$"); From (``from:`` domain and registrable domain, ``fromlp:`` the local
+  part's shape, ``fn:`` display name words), To/Cc (``to:`` recipient count
+  bucket, named or bare addresses), Reply-To's domain, Message-ID (``mid:``
+  domain and ``midshape:`` letters->a, digits->9), X-Mailer/User-Agent words,
+  Date (``date:`` zone and shape), Content-Type (``bnd:`` the boundary's shape,
+  ``cs:`` charsets, ``ct:`` types), List-Id (``list-id:`` the id, one token),
+  Precedence/X-Priority/Importance/Organization words. Not Received (ours is on
+  every message, and in a public corpus the relays name the collector's
+  spamtraps, not the spam);
 * MIME structure: part types, transfer encodings, charsets, attachment extensions.
 """
 
@@ -66,6 +69,13 @@ MAILBOX_FIELDS = frozenset({b"status", b"x-status", b"x-keywords", b"x-uid", b"c
                             b"delivery-date", b"x-mozilla-status", b"x-mozilla-status2", b"x-mozilla-keys",
                             b"x-imap", b"x-imapbase", b"x-evolution", b"x-evolution-source"})
 _SKIP_FIELDS = OUR_FIELDS | MAILBOX_FIELDS
+#: Fields a mailing list manager adds (RFC 2369 List-*, RFC 2919 List-Id, Mailman's, ezmlm's) besides every
+#: ``List-*``: all give the one token ``h:list-*``. They say one thing (it came through a list), and Fisher's
+#: combining counts every clue as independent evidence: a dozen of them outvoted the text of spam posted to a
+#: list (5-fold cross-validation on the development half: 94.9 -> 96.1 % caught, see docs/policy.md).
+LIST_FIELDS = frozenset({b"x-beenthere", b"x-mailman-version", b"errors-to", b"precedence", b"x-mailing-list",
+                         b"mailing-list", b"x-loop"})
+_LIST_ID = re.compile(r"<([^<>\s]{1,200})>")
 #: Header field values longer than this are cut before any regex sees them.
 MAX_FIELD = 2000
 
@@ -170,7 +180,7 @@ def _header_tokens(message: bytes, structure: mime.MessageStructure) -> set[str]
         if name in _SKIP_FIELDS:
             continue
         field = name.decode("ascii", "replace")
-        out.add("h:" + field)
+        out.add("h:list-*" if name.startswith(b"list-") or name in LIST_FIELDS else "h:" + field)
         value = value[:MAX_FIELD]
         if name in (b"x-mailer", b"user-agent"):
             text = mime.decode_header(value)
@@ -184,8 +194,11 @@ def _header_tokens(message: bytes, structure: mime.MessageStructure) -> set[str]
             m = re.search(rb"(?i)boundary\s{0,3}=\s{0,3}\"?([^\";\s]{1,100})", value)
             if m:
                 out.add("bnd:" + shape(m.group(1).decode("latin-1"), 30))
-        elif name in (b"list-id", b"list-unsubscribe", b"precedence", b"x-priority", b"x-msmail-priority",
-                      b"importance", b"organization"):
+        elif name == b"list-id":  # RFC 2919: "phrase <id>": the id alone (its words are one fact too)
+            text = mime.decode_header(value[:300]).lower()
+            lid = _LIST_ID.search(text)
+            out.add("list-id:" + (lid.group(1) if lid else text.strip()[:100]))
+        elif name in (b"precedence", b"x-priority", b"x-msmail-priority", b"importance", b"organization"):
             out.update(words(mime.decode_header(value)[:200], field + ":", bigrams=False))
     out.update(_subject(structure.subject or ""))
     for addr in structure.addresses(b"from")[:1]:

@@ -103,6 +103,19 @@ def test_fields_a_mailbox_adds_are_not_tokens() -> None:
     assert "h:x-keyword" in tokens(b"X-Keyword: x\r\n" + sent)  # a sender's own field still is one
 
 
+def test_a_list_managers_fields_are_one_token_and_list_id_is_its_id() -> None:
+    """A dozen fields that all say "through a list" are one clue, not a dozen (Fisher's method counts each)."""
+    posted = (b"From: a@b.test\r\nSubject: s\r\nList-Id: Irish Linux Users' Group <ilug.linux.ie>\r\n"
+              b"List-Unsubscribe: <mailto:ilug-request@linux.ie?subject=unsubscribe>\r\nList-Post: <mailto:x>\r\n"
+              b"List-Help: <mailto:y>\r\nX-BeenThere: ilug@linux.ie\r\nX-Mailman-Version: 1.1\r\n"
+              b"Errors-To: ilug-admin@linux.ie\r\nPrecedence: bulk\r\n\r\nbody text\r\n")
+    t = tokens(posted)
+    assert {"h:list-*", "list-id:ilug.linux.ie", "precedence:bulk", "h:from"} <= t
+    assert not [x for x in t if x.startswith(("h:list-i", "h:list-u", "h:x-beenthere", "h:errors-to", "list-id:irish",
+                                              "list-unsubscribe:"))]
+    assert "list-id:plain-id" in tokens(b"List-Id: plain-id\r\n\r\nx\r\n")  # no <id>: the value
+
+
 def test_base64_blob_is_one_skip_token() -> None:
     blob = "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo0123456789abcdefghijklmnop" * 3
     t = tokens(f"Subject: s\r\nContent-Type: text/plain\r\n\r\nsee {blob}\r\n".encode())
@@ -146,6 +159,7 @@ HOSTILE = {
     "addresses": b"a@" + b"a.a" * 300_000,
     "userinfo": b"http://" + b"a@" * 400_000,
     "hrefs": b"href=http://a" * 80_000,
+    "list ids": b"<" * 500_000 + b"a" * 500_000,
 }
 
 
@@ -154,7 +168,8 @@ HOSTILE = {
 def test_a_hostile_megabyte_takes_bounded_time(name: str, ctype: bytes) -> None:
     body = HOSTILE[name]
     msg = (b"Subject: " + body[:100_000] + b"\r\nContent-Type: " + ctype + b"; boundary=\"" + body[:5000] +
-           b"\"\r\nX-Mailer: " + body[:50_000] + b"\r\nDate: " + body[:20_000] + b"\r\n\r\n" + body)
+           b"\"\r\nX-Mailer: " + body[:50_000] + b"\r\nDate: " + body[:20_000] + b"\r\nList-Id: " + body[:50_000] +
+           b"\r\n\r\n" + body)
     t0 = time.perf_counter()
     out = tokens(msg)
     assert time.perf_counter() - t0 < HOSTILE_BOUND
