@@ -112,7 +112,8 @@ class Listener:
         self.connections.add(conn)
         self.per_ip[ip] += 1
         self._idle.clear()
-        logger.debug("conn.open", listener=self.name, **conn.tls_info())
+        if log.enabled("debug"):  # tls_info() is not called for a line nobody prints
+            logger.debug("conn.open", listener=self.name, **conn.tls_info())
         try:
             await service.handle(conn)
         except asyncio.CancelledError:

@@ -256,7 +256,9 @@ def xtext_encode(value: str) -> str:
 
 def reply(code: int, enh: str | None, text: str | list[str]) -> bytes:
     """Format a (possibly multi-line) reply (RFC 5321 §4.2.1) with enhanced codes (RFC 2034)."""
-    lines = [text] if isinstance(text, str) else text
+    if isinstance(text, str):  # one line: most replies, one per command
+        return (f"{code} {enh} {text}\r\n" if enh else f"{code} {text}\r\n").encode("utf-8")
+    lines = text
     out = []
     for i, line in enumerate(lines):
         sep = "-" if i < len(lines) - 1 else " "

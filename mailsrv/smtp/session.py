@@ -125,6 +125,10 @@ LEGAL: dict[str, frozenset[State]] = {
 }
 
 
+#: verb -> the name of its handler method (no name formatted per command)
+_HANDLERS = {verb: f"smtp_{verb}" for verb in LEGAL}
+
+
 class Session:
     """One SMTP conversation. Not thread-safe; driven by one connection task."""
 
@@ -157,6 +161,8 @@ class Session:
         self._bdat_failed: SmtpError | None = None
         self._bdat_size = 0
         self._write_failed: SmtpError | None = None  # a spool write failed while the message streamed
+        #: (what it depends on, the Received field up to its "for" clause): built once per session state
+        self._received: tuple[tuple[Any, ...], str] | None = None
 
     @property
     def host(self) -> str:
@@ -178,9 +184,10 @@ class Session:
             # RFC 5321 §4.5.3.1.4 plus RFC 1869 parameter room; AUTH may carry an initial response
             raise SmtpError("Line too long", 500, "5.5.2")
         cmd = split_command(line)
-        handler = getattr(self, f"smtp_{cmd.verb}", None)
-        if handler is None or cmd.verb not in LEGAL:
+        name = _HANDLERS.get(cmd.verb)
+        if name is None:
             raise SmtpError("Command not recognized", 500, "5.5.2")
+        handler = getattr(self, name)
         if self.state not in LEGAL[cmd.verb] and cmd.verb != "BDAT":  # BDAT must read its chunk first
             raise SmtpError(self._sequence_hint(cmd.verb), 503, "5.5.1")
         if (
@@ -518,20 +525,22 @@ class Session:
         tx = self.tx
         assert tx is not None
         info = self.info
-        # RFC 3848 / RFC 6531 §3.7.4 "with" protocol types
-        proto = ("UTF8SMTP" if tx.smtputf8 else "ESMTP") if info.esmtp else "SMTP"
-        if info.tls:
-            proto += "S"
-        if info.account is not None:
-            proto += "A"
-        tls = f"\r\n\t(using {info.tls.get('tls', '?')} with cipher {info.tls.get('cipher', '?')})" if info.tls else ""
+        key = (info.helo, info.esmtp, tx.smtputf8, info.tls.get("tls"), info.tls.get("cipher"), info.account is None)
+        cached = self._received
+        if cached is None or cached[0] != key:
+            # RFC 3848 / RFC 6531 §3.7.4 "with" protocol types
+            proto = ("UTF8SMTP" if tx.smtputf8 else "ESMTP") if info.esmtp else "SMTP"
+            if info.tls:
+                proto += "S"
+            if info.account is not None:
+                proto += "A"
+            tls = f"\r\n\t(using {info.tls.get('tls', '?')} with cipher {info.tls.get('cipher', '?')})" \
+                if info.tls else ""
+            cached = self._received = (key, f"Received: from {info.helo or 'unknown'} ([{info.peer_ip}])\r\n"
+                                            f"\tby {self.host} (mailsrv) with {proto} id {info.sid}{tls}")
         rcpt = f"\r\n\tfor <{tx.rcpts[0].address}>" if len(tx.rcpts) == 1 else ""
         date = _received_date(time.time())
-        received = (
-            f"Received: from {info.helo or 'unknown'} ([{info.peer_ip}])\r\n"
-            f"\tby {self.host} (mailsrv) with {proto} id {info.sid}{tls}{rcpt};\r\n\t{date}\r\n"
-        )
-        return f"Return-Path: <{tx.sender}>\r\n{received}".encode()
+        return f"Return-Path: <{tx.sender}>\r\n{cached[1]}{rcpt};\r\n\t{date}\r\n".encode()
 
     def bdat_chunk_ok(self, nbytes: int) -> bool:
         """Account for a BDAT chunk; False means: read and discard it (size exceeded or failed)."""
@@ -609,10 +618,11 @@ class Session:
         if not verdict.ok:
             raise SmtpError(verdict.text, verdict.code, verdict.enh)
         # the one info line per message (the sid, in every line, is the id in the 250 text): what an
-        # operator needs, as Postfix's from/to/size/delay/status lines
-        logger.info("message.accepted", sender=tx.sender, to=_recipients(tx), rcpts=len(tx.rcpts),
-                    size=getattr(spool, "size", None), ms=f"{(time.monotonic() - started) * 1000:.1f}",
-                    **verdict.log)
+        # operator needs, as Postfix's from/to/size/delay/status lines (not formatted when not printed)
+        if log.enabled("info"):
+            logger.info("message.accepted", sender=tx.sender, to=_recipients(tx), rcpts=len(tx.rcpts),
+                        size=getattr(spool, "size", None), ms=f"{(time.monotonic() - started) * 1000:.1f}",
+                        **verdict.log)
         return Step(reply(verdict.code, verdict.enh, verdict.text))
 
     def _held(self, spool: Spool) -> bytes | None:

@@ -13,6 +13,7 @@ from mailsrv.smtp.grammar import (
     parse_mail,
     parse_mailbox,
     parse_rcpt,
+    reply,
     split_command,
     xtext_decode,
     xtext_encode,
@@ -187,3 +188,47 @@ def test_stuff_then_decode_is_identity(body: bytes) -> None:
     wire = stuff(body)
     expected = body if body.endswith(b"\r\n") else body + b"\r\n"
     assert decode_in_pieces(wire, [len(wire) // 2]) == (expected, len(wire), False)
+
+
+_reply_text = st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=0x2FFF, blacklist_categories=("Cs",)))
+
+
+@given(st.integers(min_value=200, max_value=599), st.sampled_from([None, "2.0.0", "5.7.1"]), _reply_text)
+def test_one_line_reply_is_the_list_form_of_one_line(code: int, enh: str | None, text: str) -> None:
+    # RFC 5321 §4.2.1; the one-line fast path must say what the general (list) form says
+    assert reply(code, enh, text) == reply(code, enh, [text])
+    assert reply(code, enh, text).endswith(b"\r\n") and reply(code, enh, text)[3:4] == b" "
+
+
+def test_multi_line_reply() -> None:
+    assert reply(250, None, ["mx Hello a", "PIPELINING", "SIZE 10"]) == b"250-mx Hello a\r\n250-PIPELINING\r\n250 SIZE 10\r\n"
+    assert reply(550, "5.1.1", ["a", "b"]) == b"550-5.1.1 a\r\n550 5.1.1 b\r\n"
+
+
+def _closing_bracket_reference(rest: bytes) -> int:
+    """The quote-aware scan, byte by byte (what the fast path for paths without quotes must agree with)."""
+    i, quoted = 1, False
+    while i < len(rest):
+        c = rest[i : i + 1]
+        if quoted and c == b"\\":
+            i += 2
+            continue
+        if c == b'"':
+            quoted = not quoted
+        elif c == b">" and not quoted:
+            return i
+        i += 1
+    return -1
+
+
+@given(st.binary(max_size=40).map(lambda b: b"<" + b), st.sampled_from([b"", b'"', b'a"b>c"', b"\\>"]))
+def test_closing_bracket_agrees_with_the_quote_aware_scan(rest: bytes, extra: bytes) -> None:
+    from mailsrv.smtp.grammar import _closing_bracket
+
+    rest = rest[:5] + extra + rest[5:]
+    assert _closing_bracket(rest) == _closing_bracket_reference(rest)
+
+
+def test_quoted_local_part_may_hold_a_bracket() -> None:
+    # RFC 5321 §4.1.2 Quoted-string: the ">" inside the quotes does not end the path
+    assert parse_mail(b'FROM:<"a>b"@example.test> SIZE=10') == ('"a>b"@example.test', {"SIZE": "10"})
