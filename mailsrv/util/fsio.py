@@ -22,6 +22,7 @@ import errno
 import functools
 import os
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -43,19 +44,34 @@ T = TypeVar("T")
 
 _counter = 0
 _counter_lock = threading.Lock()
+#: this process's id (unique_name runs once per delivery: no getpid syscall each time); reset in a
+#: forked child by the at-fork hook below
+_pid = os.getpid()
+#: hostname -> its maildir-safe form
+_hosts: dict[str, str] = {}
+
+
+def _after_fork() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_after_fork)
 
 
 def unique_name(hostname: str = "") -> str:
     """A maildir-style unique base name: ``<sec>.M<usec>P<pid>Q<n>.<host>``."""
     global _counter
-    import time
-
     with _counter_lock:
         _counter += 1
         n = _counter
     now = time.time()
-    host = (hostname or os.uname().nodename).replace("/", "\\057").replace(":", "\\072")
-    return f"{int(now)}.M{int(now % 1 * 1_000_000)}P{os.getpid()}Q{n}.{host}"
+    host = _hosts.get(hostname)
+    if host is None:
+        host = (hostname or os.uname().nodename).replace("/", "\\057").replace(":", "\\072")
+        if len(_hosts) < 64:
+            _hosts[hostname] = host
+    return f"{int(now)}.M{int(now % 1 * 1_000_000)}P{_pid}Q{n}.{host}"
 
 
 def fsync_file(path: str | os.PathLike[str]) -> None:
@@ -168,50 +184,124 @@ class FileIO:
 class _GroupCommit:
     """Concurrent ``await sync(path)`` calls of one loop served in rounds: a caller returns once a
     round that *began after its call* has completed. Calls arriving while a round runs are
-    collected and served together by the next one. Subclasses say what a round does."""
+    collected and served together by the next one. Subclasses say what a round does.
 
-    def __init__(self, io: FileIO, delay: float = 0.0) -> None:
+    :meth:`run_synced` puts blocking work of the caller into the round itself (one pool job for
+    the work of every caller of the round and its sync, instead of a job each and then a sync
+    job). ``lanes`` rounds may run at once (each serves the callers it took), so that one round's
+    work overlaps another's wait for the disk.
+
+    ``delay``: seconds a round waits for more callers, only after a round that served more than
+    one caller (the first call after idle is served at once: at low load the wait is pure
+    latency, and under load the calls arriving during a round batch by themselves).
+    """
+
+    def __init__(self, io: FileIO, delay: float = 0.0, lanes: int = 1) -> None:
         self._io = io
         self._delay = delay
-        self._pending: dict[str, list[asyncio.Future[None]]] = {}
-        self._running = False
+        self._lanes = max(1, lanes)
+        #: path -> callers: (future, blocking work or None)
+        self._pending: dict[str, list[tuple[asyncio.Future[Any], Callable[[], Any] | None]]] = {}
+        self._running = 0
+        self._busy = False  # the last round served more than one caller
+        self._tasks: set[asyncio.Task[None]] = set()
         #: rounds run, callers served (for tests and the bench)
         self.rounds = 0
         self.callers = 0
 
     async def sync(self, path: str | os.PathLike[str]) -> None:
+        """Return once a round that began after this call has made ``path`` durable."""
+        await self._join(path, None)
+
+    async def run_synced(self, path: str | os.PathLike[str], fn: Callable[..., T], /,
+                         *args: Any) -> tuple[T, OSError | None]:
+        """Run blocking ``fn(*args)`` in the next round's pool job, then that round's sync of ``path``.
+
+        Returns ``(fn's result, None)`` once what ``fn`` wrote is durable, or ``(result, error)`` when
+        the sync failed (the caller undoes what it must). An exception of ``fn`` is raised (no sync
+        is made for it). ``fn`` runs in a pool thread, in the caller's context.
+        """
+        ctx = contextvars.copy_context()
+        out: tuple[T, OSError | None] = await self._join(path, functools.partial(ctx.run, fn, *args))
+        return out
+
+    async def _join(self, path: str | os.PathLike[str], work: Callable[[], Any] | None) -> Any:
         loop = asyncio.get_running_loop()
-        fut: asyncio.Future[None] = loop.create_future()
-        self._pending.setdefault(os.fspath(path), []).append(fut)
+        fut: asyncio.Future[Any] = loop.create_future()
+        self._pending.setdefault(os.fspath(path), []).append((fut, work))
         self.callers += 1
-        if not self._running:
-            self._running = True
-            loop.create_task(self._flusher())
-        await fut
+        if self._running < self._lanes:
+            self._running += 1
+            task = loop.create_task(self._flusher())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return await fut
 
     def _round(self, paths: list[str]) -> list[OSError | None]:
         """Blocking (I/O pool): make ``paths`` durable; the error (or None) for each."""
         raise NotImplementedError
 
+    def _round_job(self, batch: dict[str, list[tuple[asyncio.Future[Any], Callable[[], Any] | None]]]
+                   ) -> list[tuple[list[tuple[bool, Any]], OSError | None]]:
+        """Blocking (I/O pool): every caller's work, then one ``_round`` for the paths still wanted.
+
+        Per path: ([(ok, result or exception) per caller], the path's sync error or None).
+        """
+        done: list[list[tuple[bool, Any]]] = []
+        wanted: list[str] = []
+        for path, callers in batch.items():
+            outs: list[tuple[bool, Any]] = []
+            for _fut, work in callers:
+                if work is None:
+                    outs.append((True, None))
+                    continue
+                try:
+                    outs.append((True, work()))
+                except Exception as exc:  # handed to its caller
+                    outs.append((False, exc))
+            done.append(outs)
+            if any(ok for ok, _ in outs):
+                wanted.append(path)
+        errors = dict(zip(wanted, self._round(wanted), strict=True)) if wanted else {}
+        return [(outs, errors.get(path)) for path, outs in zip(batch, done, strict=True)]
+
     async def _flusher(self) -> None:
         try:
             while self._pending:
-                if self._delay:
+                if self._delay and self._busy:
                     await asyncio.sleep(self._delay)  # let concurrent callers join this round
+                    if not self._pending:  # another lane took them meanwhile
+                        break
                 batch, self._pending = self._pending, {}
+                self._busy = sum(len(c) for c in batch.values()) > 1
                 self.rounds += 1
-                paths = list(batch)
-                results = await self._io.run(self._round, paths)
-                for p, err in zip(paths, results, strict=True):
-                    for fut in batch[p]:
+                try:
+                    results = await self._io.run(self._round_job, batch)
+                except Exception as exc:  # the pool is shut down: every caller of the round gets it
+                    for callers in batch.values():
+                        for fut, _ in callers:
+                            if not fut.done():
+                                fut.set_exception(exc)
+                    continue
+                except BaseException:  # this task was cancelled (loop shutting down)
+                    for callers in batch.values():
+                        for fut, _ in callers:
+                            fut.cancel()
+                    raise
+                for callers, (outs, err) in zip(batch.values(), results, strict=True):
+                    for (fut, work), (ok, value) in zip(callers, outs, strict=True):
                         if fut.done():
                             continue
-                        if err is None:
+                        if not ok:
+                            fut.set_exception(value)
+                        elif work is not None:
+                            fut.set_result((value, err))
+                        elif err is None:
                             fut.set_result(None)
                         else:
                             fut.set_exception(err)
         finally:
-            self._running = False
+            self._running -= 1
 
 
 class DirSyncer(_GroupCommit):
@@ -223,8 +313,8 @@ class DirSyncer(_GroupCommit):
     concurrent deliveries into one directory cost about two fsyncs, not N.
     """
 
-    def __init__(self, io: FileIO, delay: float = 0.0) -> None:
-        super().__init__(io, delay)
+    def __init__(self, io: FileIO, delay: float = 0.0, lanes: int = 1) -> None:
+        super().__init__(io, delay, lanes)
         #: directories fsync'd (for tests and the bench)
         self.fsyncs = 0
 
@@ -255,8 +345,8 @@ class FsSyncer(_GroupCommit):
     Linux (:func:`have_syncfs`); callers fall back to fsync elsewhere.
     """
 
-    def __init__(self, io: FileIO, delay: float = 0.0) -> None:
-        super().__init__(io, delay)
+    def __init__(self, io: FileIO, delay: float = 0.0, lanes: int = 1) -> None:
+        super().__init__(io, delay, lanes)
         #: syncfs calls made (for tests and the bench)
         self.syncs = 0
 

@@ -79,6 +79,35 @@ def test_deferred_deliveries_use_one_syncfs_per_round(tmp_path: Path, run: Run,
         assert len(run(a.open_mailbox("INBOX")).messages) == 10
 
 
+def test_concurrent_deliveries_share_pool_jobs(tmp_path: Path, run: Run, make_store: Callable[..., Store],
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Deferred deliveries join group-commit rounds: one pool job does the work of every delivery of
+    a round and its syncfs (no job per delivery, no sync job after it)."""
+    store = make_store(index_delay=30.0)
+    accts = [run(store.account(f"u{i}")) for i in range(4)]
+    jobs: list[str] = []
+    real = store.io.run
+
+    async def counted(fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+        jobs.append(getattr(fn, "__name__", "?"))
+        return await real(fn, *args, **kwargs)
+
+    monkeypatch.setattr(store.io, "run", counted)
+
+    async def go() -> list[Any]:
+        return await asyncio.gather(*(store.deliver(spool(tmp_path, msg(i), f"s{i}"), [DeliveryTarget(accts[i % 4])],
+                                                    uids=False) for i in range(40)))
+
+    out = run(go())
+    assert [r.status for rs in out for r in rs] == ["ok"] * 40
+    assert "_deliver_job" not in jobs and 1 <= jobs.count("_round_job") <= 4  # 40 deliveries, <= 4 lanes
+    assert store.fssync is not None and store.fssync.callers == 40
+    assert store.indexer.waiting == 40  # acknowledged; the UIDs come from the indexer
+    run(store.indexer.flush())
+    for a in accts:
+        assert len(run(a.open_mailbox("INBOX")).messages) == 10
+
+
 def test_failed_syncfs_is_a_temporary_failure(tmp_path: Path, run: Run, make_store: Callable[..., Store],
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     store = make_store(index_delay=30.0)

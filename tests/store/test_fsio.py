@@ -73,3 +73,79 @@ def test_fileio_runs_off_the_loop_thread() -> None:
         return tid != threading.get_ident()
 
     assert asyncio.run(main())
+
+
+def test_first_round_after_idle_does_not_wait_the_delay(tmp_path: Path) -> None:
+    """The delay only follows a round that served several callers: a lone caller is served at once
+    (a 60 s delay would run into the 10 s deadline), and concurrent callers still share one round."""
+
+    async def main() -> tuple[int, int]:
+        io = fsio.FileIO(2)
+        syncer = fsio.FsSyncer(io, delay=60.0)
+        try:
+            await asyncio.wait_for(syncer.sync(tmp_path), 10)
+            after_lone = syncer.rounds
+            await asyncio.wait_for(asyncio.gather(*(syncer.sync(tmp_path) for _ in range(20))), 10)
+            return after_lone, syncer.rounds
+        finally:
+            io.shutdown()
+
+    after_lone, rounds = asyncio.run(main())
+    assert after_lone == 1
+    assert rounds == 2  # the 20 concurrent callers joined one round, without the delay (idle before)
+
+
+def test_delay_follows_a_busy_round(tmp_path: Path) -> None:
+    """After a round that served several callers, the next round waits the delay for more callers."""
+
+    async def main() -> tuple[bool, int]:
+        io = fsio.FileIO(2)
+        syncer = fsio.FsSyncer(io, delay=60.0)
+        try:
+            first = asyncio.gather(*(syncer.sync(tmp_path) for _ in range(3)))
+            await asyncio.wait_for(first, 10)
+            late = asyncio.ensure_future(syncer.sync(tmp_path))
+            done, _ = await asyncio.wait([late], timeout=0.2)  # a deadline, not a synchronisation
+            late.cancel()
+            return bool(done), syncer.rounds
+        finally:
+            io.shutdown()
+
+    served, rounds = asyncio.run(main())
+    assert not served and rounds == 1  # the next round still waits for company
+
+
+def test_run_synced_does_every_callers_work_in_one_job_then_syncs(tmp_path: Path) -> None:
+    threads: list[int] = []
+    synced: list[list[str]] = []
+
+    class Recording(fsio.FsSyncer):
+        def _round(self, paths: list[str]) -> list[OSError | None]:
+            synced.append(sorted(paths))
+            return super()._round(paths)
+
+    def work(i: int) -> int:
+        import threading
+
+        threads.append(threading.get_ident())
+        (tmp_path / f"f{i}").write_bytes(b"x")
+        if i == 3:
+            raise FileNotFoundError(2, "gone", f"f{i}")
+        return i * 10
+
+    async def main() -> list[object]:
+        io = fsio.FileIO(4)
+        syncer = Recording(io, lanes=4)
+        try:
+            return await asyncio.gather(*(syncer.run_synced(tmp_path, work, i) for i in range(6)),
+                                        syncer.run_synced(tmp_path / "missing", work, 7),
+                                        return_exceptions=True)
+        finally:
+            io.shutdown()
+
+    out = asyncio.run(main())
+    assert out[:3] + out[4:6] == [(0, None), (10, None), (20, None), (40, None), (50, None)]
+    assert isinstance(out[3], FileNotFoundError)  # the work's own error, to its caller only
+    assert out[6][0] == 70 and isinstance(out[6][1], FileNotFoundError)  # type: ignore[index]
+    assert len(set(threads)) == 1  # one pool job for the round: every caller's work, then the sync
+    assert synced == [sorted([str(tmp_path), str(tmp_path / "missing")])]
