@@ -191,7 +191,8 @@ def cmd_learn(args: argparse.Namespace) -> int:
         asyncio.run(run())
     except Exception as exc:  # rspamd unreachable or refusing, a file unreadable: say so, no traceback
         raise CliError(f"learning failed: {exc}") from None
-    where = "rspamd" if cfg.policy.rspamd_url else f"scope {scope or '*'}, {counts['transactions']} transactions"
+    tx = counts["transactions"]
+    where = "rspamd" if cfg.policy.rspamd_url else f"scope {scope or '*'}, {tx} transaction{'' if tx == 1 else 's'}"
     print(f"{args.label}: {counts['learned']} learned, {counts['known']} already known, "
           f"{counts['too big']} too big ({where})")
     return 0

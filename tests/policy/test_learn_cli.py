@@ -3,6 +3,7 @@ transactions, exact counts, and consistent counts after a kill -9 in the middle 
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import subprocess
 import time
@@ -126,3 +127,16 @@ def test_an_interrupted_learn_leaves_whole_batches_and_the_rerun_learns_the_rest
     totals, seen, rows, _ = _state(db)
     assert totals == (0, MESSAGES) and seen == MESSAGES
     assert rows == _expected(messages)
+
+
+def test_only_regular_files_are_learned(setup: tuple[Path, Path, list[bytes]], tmp_path: Path) -> None:
+    """A FIFO or socket in a maildir is not a message (reading a FIFO would block the learner forever)."""
+    config, maildir, messages = setup
+    small = tmp_path / "small" / "cur"
+    small.mkdir(parents=True)
+    (small / "1.eml").write_bytes(messages[0])
+    os.mkfifo(small / "2.fifo")
+    out = subprocess.run(mailsrv_cmd("policy", "learn", "--spam", str(small.parent), "-c", str(config)),
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "spam: 1 learned, 0 already known, 0 too big (scope *, 1 transaction)" in out.stdout
