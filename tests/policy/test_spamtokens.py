@@ -116,6 +116,17 @@ def test_a_list_managers_fields_are_one_token_and_list_id_is_its_id() -> None:
     assert "list-id:plain-id" in tokens(b"List-Id: plain-id\r\n\r\nx\r\n")  # no <id>: the value
 
 
+@given(st.sampled_from([b"List-Id", b"List-Unsubscribe", b"X-BeenThere", b"Precedence", b"X-Keywords", b"Status"]),
+       st.binary(max_size=400))
+@settings(max_examples=200, deadline=None)
+def test_list_and_mailbox_fields_of_any_value(name: bytes, value: bytes) -> None:
+    value = value.replace(b"\r", b" ").replace(b"\n", b" ")
+    t = tokens(b"Subject: s\r\n" + name + b": " + value + b"\r\n\r\nbody\r\n")
+    assert "h:" + name.decode().lower() not in t  # never a token of its own
+    assert ("h:list-*" in t) == (name not in (b"X-Keywords", b"Status"))
+    assert all(len(x) <= 220 for x in t if x.startswith("list-id:"))
+
+
 def test_base64_blob_is_one_skip_token() -> None:
     blob = "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo0123456789abcdefghijklmnop" * 3
     t = tokens(f"Subject: s\r\nContent-Type: text/plain\r\n\r\nsee {blob}\r\n".encode())
