@@ -406,6 +406,8 @@ async def _rates_on(tmp: Path, name: str, spam: list[bytes], ham: list[bytes],
                          await with_learner(spam, rules_spam, test_spam), threshold))
         ham_scores = await with_learner(ham, rules_ham, test_ham)
         res.append(_rate(f"false positives, rules + learner, {half}", ham_scores, threshold))
+        res.append(_rate(f"false positives at reject ({cfg.reject_score:g}), rules + learner, {half}", ham_scores,
+                         cfg.reject_score))
         n = len(test_spam) + len(test_ham)
         start = 0
         for group, count in ham_groups:  # test_ham is every odd index: the group's share of it
