@@ -35,8 +35,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from mailsrv.config import PolicyConfig
-from mailsrv.policy.headers import header_end
-from mailsrv.policy.spamtokens import MAX_TOKENS, OUR_FIELDS, tokens
+from mailsrv.policy.headers import header_end, split_fields
+from mailsrv.policy.spamtokens import MAILBOX_FIELDS, MAX_TOKENS, OUR_FIELDS, tokens
 from mailsrv.policy.state import PolicyState
 
 __all__ = ["MAX_TOKENS", "OUR_FIELDS", "Bayes", "Lesson", "Verdict", "chi2q", "combine", "message_digest", "points",
@@ -80,8 +80,18 @@ def token_id(token: str) -> int:
 
 
 def message_digest(message: bytes) -> str:
-    """The identity of a message for learning: its body (headers change as it travels and is moved)."""
-    return hashlib.sha256(message[header_end(message):]).hexdigest()
+    """The identity of a message for learning: its body (headers change as it travels and is moved). A body of
+    white space alone identifies nothing (every such message would be one: a second one learned was "already
+    known", and learned with the other label it took its own tokens off the first one's counts), so then the
+    Message-ID, else the header fields but the ones we, the MTAs and mailboxes add."""
+    body = message[header_end(message):]
+    if body.strip():
+        return hashlib.sha256(body).hexdigest()
+    fields = [(name, value) for name, value, _ in split_fields(message)
+              if name not in OUR_FIELDS and name not in MAILBOX_FIELDS]
+    mid = [value for name, value in fields if name == b"message-id"]
+    key = b"mid\0" + mid[0] if mid else b"fields\0" + b"\0".join(name + b":" + value for name, value in fields)
+    return hashlib.sha256(key).hexdigest()
 
 
 # -- the classifier -----------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from mailsrv.policy.bayes import (
     token_prob,
     tokens,
 )
+from mailsrv.policy.headers import header_end
 from mailsrv.policy.pipeline import Policy
 from mailsrv.policy.state import PolicyState
 
@@ -90,6 +91,25 @@ def test_digest_ignores_headers() -> None:
     a = b"Subject: a\r\nX-Spam-Flag: YES\r\n\r\nbody\r\n"
     assert message_digest(a) == message_digest(b"Subject: b\r\n\r\nbody\r\n")
     assert message_digest(a) != message_digest(b"Subject: a\r\n\r\nother\r\n")
+
+
+def test_digest_of_an_empty_body_is_its_message_id_or_its_fields() -> None:
+    """Messages with no body are not all one message; moved or re-delivered, each stays itself."""
+    one = b"Message-ID: <1@x.test>\r\nSubject: win\r\n\r\n"
+    two = b"Message-ID: <2@x.test>\r\nSubject: win\r\n\r\n \r\n"
+    assert message_digest(one) != message_digest(two)
+    assert message_digest(b"Received: from a by b\r\nX-Spam-Flag: YES\r\nStatus: RO\r\n" + one) == message_digest(one)
+    assert message_digest(b"Subject: a\r\n\r\n") != message_digest(b"Subject: b\r\n\r\n")  # no Message-ID
+    assert message_digest(b"Received: x\r\nSubject: a\r\n\r\n") == message_digest(b"Subject: a\r\n")
+
+
+async def test_two_empty_bodies_learn_as_two_messages(bayes: Bayes) -> None:
+    one = b"Message-ID: <1@x.test>\r\nSubject: cheap pills\r\n\r\n"
+    two = b"Message-ID: <2@x.test>\r\nSubject: quarterly report\r\n\r\n"
+    assert one[header_end(one):] == two[header_end(two):] == b""  # the same (empty) body
+    assert await bayes.learn(["a.test"], "spam", one)
+    assert await bayes.learn(["a.test"], "ham", two)
+    assert await bayes.totals(["a.test"]) == (1, 1)  # was (0, 1): two was taken for one, relearned as ham
 
 
 # -- the arithmetic ----------------------------------------------------------------------------
