@@ -181,6 +181,56 @@ class FileIO:
         self._pool.shutdown(wait=wait)
 
 
+class _SyncGate:
+    """At most one sync at a time for the rounds of one syncer, group-committed between their threads.
+
+    A round's thread that wants ``paths`` synced waits while a sync runs (it began before the
+    round's writes, so it does not cover them); the first waiter then runs one sync for every
+    waiter's paths, which began after each of them asked. Concurrent syncfs calls each walk the
+    file system's inodes (kernel CPU), so several lanes share one instead of each making its own.
+    """
+
+    #: results of this many past syncs are kept for waiters that wake late
+    KEEP = 64
+
+    def __init__(self, sync: Callable[[list[str]], list[OSError | None]]) -> None:
+        self._sync = sync
+        self._cond = threading.Condition()
+        self._running = False
+        self._wanted: dict[str, None] = {}  # paths for the next sync
+        self._next = 0  # number of the next sync to start
+        self._done = -1  # number of the last sync completed
+        self._results: dict[int, dict[str, OSError | None]] = {}
+
+    def sync(self, paths: list[str]) -> list[OSError | None]:
+        """Blocking: return once a sync that began after this call has covered ``paths``."""
+        with self._cond:
+            self._wanted.update(dict.fromkeys(paths))
+            mine = self._next
+            while self._done < mine:
+                if not self._running:  # nobody started sync number ``mine`` yet: run it
+                    self._running = True
+                    todo, self._wanted = list(self._wanted), {}
+                    self._next += 1
+                    break
+                self._cond.wait()
+            else:
+                done = self._results[mine]
+                return [done[p] for p in paths]
+        try:
+            errors = self._sync(todo)
+        except Exception as exc:  # not an OSError of one path: every path of this sync failed
+            errors = [OSError(errno.EIO, f"sync failed: {exc}")] * len(todo)
+        with self._cond:
+            done = dict(zip(todo, errors, strict=True))
+            self._results[mine] = done
+            self._results.pop(mine - self.KEEP, None)
+            self._done = mine
+            self._running = False
+            self._cond.notify_all()
+        return [done[p] for p in paths]
+
+
 class _GroupCommit:
     """Concurrent ``await sync(path)`` calls of one loop served in rounds: a caller returns once a
     round that *began after its call* has completed. Calls arriving while a round runs are
@@ -189,7 +239,7 @@ class _GroupCommit:
     :meth:`run_synced` puts blocking work of the caller into the round itself (one pool job for
     the work of every caller of the round and its sync, instead of a job each and then a sync
     job). ``lanes`` rounds may run at once (each serves the callers it took), so that one round's
-    work overlaps another's wait for the disk.
+    work overlaps another's wait for the disk; their syncs go through one :class:`_SyncGate`.
 
     ``delay``: seconds a round waits for more callers, only after a round that served more than
     one caller (the first call after idle is served at once: at low load the wait is pure
@@ -205,6 +255,7 @@ class _GroupCommit:
         self._running = 0
         self._busy = False  # the last round served more than one caller
         self._tasks: set[asyncio.Task[None]] = set()
+        self._gate = _SyncGate(self._round)
         #: rounds run, callers served (for tests and the bench)
         self.rounds = 0
         self.callers = 0
@@ -262,7 +313,7 @@ class _GroupCommit:
             done.append(outs)
             if any(ok for ok, _ in outs):
                 wanted.append(path)
-        errors = dict(zip(wanted, self._round(wanted), strict=True)) if wanted else {}
+        errors = dict(zip(wanted, self._gate.sync(wanted), strict=True)) if wanted else {}
         return [(outs, errors.get(path)) for path, outs in zip(batch, done, strict=True)]
 
     async def _flusher(self) -> None:

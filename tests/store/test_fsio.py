@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -149,3 +150,42 @@ def test_run_synced_does_every_callers_work_in_one_job_then_syncs(tmp_path: Path
     assert out[6][0] == 70 and isinstance(out[6][1], FileNotFoundError)  # type: ignore[index]
     assert len(set(threads)) == 1  # one pool job for the round: every caller's work, then the sync
     assert synced == [sorted([str(tmp_path), str(tmp_path / "missing")])]
+
+
+def test_sync_gate_runs_one_sync_at_a_time_for_every_waiter(tmp_path: Path) -> None:
+    """Rounds of several lanes share syncs: never two at once, and each caller's sync began after it asked."""
+    import threading
+
+    active, peak, calls = [0], [0], []
+    lock = threading.Lock()
+    first_started, release_first = threading.Event(), threading.Event()
+
+    def sync(paths: list[str]) -> list[OSError | None]:
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+            calls.append(sorted(paths))
+        if len(calls) == 1:
+            first_started.set()
+            release_first.wait(10)
+        with lock:
+            active[0] -= 1
+        return [None] * len(paths)
+
+    gate = fsio._SyncGate(sync)
+    out: dict[str, list[OSError | None]] = {}
+    first = threading.Thread(target=lambda: out.setdefault("a", gate.sync(["a"])))
+    first.start()
+    assert first_started.wait(10)
+    later = [threading.Thread(target=lambda p=p: out.setdefault(p, gate.sync([p]))) for p in ("b", "c", "d")]
+    for t in later:
+        t.start()
+    deadline = time.monotonic() + 10
+    while len(gate._wanted) < 3 and time.monotonic() < deadline:  # all three wait behind the first sync
+        time.sleep(0.001)
+    release_first.set()
+    for t in [first, *later]:
+        t.join(10)
+    assert out == {"a": [None], "b": [None], "c": [None], "d": [None]}
+    assert peak[0] == 1
+    assert calls == [["a"], ["b", "c", "d"]]  # the three that asked during the first sync share the second
