@@ -68,16 +68,7 @@ import dns.rrset
 from mailsrv import log
 from mailsrv.config import PolicyConfig
 from mailsrv.net.dns import Resolver
-from mailsrv.policy.bayes import (
-    Bayes,
-    Lesson,
-    combine,
-    message_digest,
-    points,
-    token_id,
-    token_prob,
-    tokens,
-)
+from mailsrv.policy import bayes
 from mailsrv.policy.clamd import Clamd
 from mailsrv.policy.pipeline import Policy
 from mailsrv.policy.score import Facts, RuleScorer
@@ -382,11 +373,11 @@ async def _rates_on(tmp: Path, name: str, spam: list[bytes], ham: list[bytes],
     if not test_spam or not test_ham:
         return res
     state = PolicyState(tmp / f"bayes-{abs(hash(name))}.db")
-    learner = Bayes(state, replace(cfg, bayes_min_spam=1, bayes_min_ham=1))  # the half is the training
+    learner = bayes.Bayes(state, replace(cfg, bayes_min_spam=1, bayes_min_ham=1))  # the half is the training
     try:  # as `mailsrv policy learn` does: a batch per write transaction
         for label, msgs in (("spam", train_spam), ("ham", train_ham)):
             for i in range(0, len(msgs), 500):
-                await learner.learn_many([Lesson(("",), label, message_digest(m), tokens(m))
+                await learner.learn_many([bayes.Lesson(("",), label, bayes.message_digest(m), bayes.tokens(m))
                                           for m in msgs[i:i + 500]])
 
         zones: dict[str, list[str]] = {"spam": [], "ham": []}
@@ -525,7 +516,7 @@ def dev_cv(data: Path, folds: int = 5, cfg: PolicyConfig | None = None) -> dict[
         return {k: [(await scorer.score(m, neutral)).score for m in v] for k, v in sets.items()}
 
     rules = asyncio.run(score_all())
-    ids = {k: [{token_id(t) for t in tokens(m)} for m in v] for k, v in sets.items()}
+    ids = {k: [{bayes.token_id(t) for t in bayes.tokens(m)} for m in v] for k, v in sets.items()}
     hits = dict.fromkeys(sets, 0)
     for fold in range(folds):
         counts: dict[str, Counter[int]] = {"spam": Counter(), "ham": Counter()}
@@ -538,9 +529,9 @@ def dev_cv(data: Path, folds: int = 5, cfg: PolicyConfig | None = None) -> dict[
                     learned[side] += 1
         for k, messages in ids.items():
             for i in range(fold, len(messages), folds):
-                probs = [token_prob(counts["spam"][t], counts["ham"][t], learned["spam"], learned["ham"])
+                probs = [bayes.token_prob(counts["spam"][t], counts["ham"][t], learned["spam"], learned["ham"])
                          for t in messages[i] if t in counts["spam"] or t in counts["ham"]]
-                hits[k] += rules[k][i] + points(combine(probs), cfg) >= cfg.junk_score
+                hits[k] += rules[k][i] + bayes.points(bayes.combine(probs), cfg) >= cfg.junk_score
     return {k: (hits[k], len(v)) for k, v in sets.items()}
 
 
