@@ -193,23 +193,45 @@ class _SyncGate:
     #: results of this many past syncs are kept for waiters that wake late
     KEEP = 64
 
-    def __init__(self, sync: Callable[[list[str]], list[OSError | None]]) -> None:
+    def __init__(self, sync: Callable[[list[str]], list[OSError | None]], gather: float = 0.0) -> None:
         self._sync = sync
+        #: seconds a sync about to start waits at most for rounds still writing to join it
+        self.gather = gather
         self._cond = threading.Condition()
         self._running = False
+        self._writing = 0  # rounds between enter() and sync()/leave()
         self._wanted: dict[str, None] = {}  # paths for the next sync
         self._next = 0  # number of the next sync to start
         self._done = -1  # number of the last sync completed
         self._results: dict[int, dict[str, OSError | None]] = {}
 
-    def sync(self, paths: list[str]) -> list[OSError | None]:
-        """Blocking: return once a sync that began after this call has covered ``paths``."""
+    def enter(self) -> None:
+        """A round starts writing: a sync starting meanwhile may wait for it (``gather``)."""
+        with self._cond:
+            self._writing += 1
+
+    def leave(self) -> None:
+        """A round that entered wants no sync after all."""
+        with self._cond:
+            self._writing -= 1
+            self._cond.notify_all()
+
+    def sync(self, paths: list[str], entered: bool = False) -> list[OSError | None]:
+        """Blocking: return once a sync that began after this call has covered ``paths``.
+        ``entered``: the caller called :meth:`enter` before its writes."""
         with self._cond:
             self._wanted.update(dict.fromkeys(paths))
+            if entered:
+                self._writing -= 1
+                self._cond.notify_all()  # a sync gathering rounds may start now
             mine = self._next
             while self._done < mine:
                 if not self._running:  # nobody started sync number ``mine`` yet: run it
                     self._running = True
+                    if self._writing and self.gather:  # rounds still writing join this sync (bounded)
+                        deadline = time.monotonic() + self.gather
+                        while self._writing and (left := deadline - time.monotonic()) > 0:
+                            self._cond.wait(left)
                     todo, self._wanted = list(self._wanted), {}
                     self._next += 1
                     break
@@ -243,7 +265,8 @@ class _GroupCommit:
 
     ``delay``: seconds a round waits for more callers, only after a round that served more than
     one caller (the first call after idle is served at once: at low load the wait is pure
-    latency, and under load the calls arriving during a round batch by themselves).
+    latency, and under load the calls arriving during a round batch by themselves); and at most
+    that long, a sync about to start waits for other lanes' rounds still doing their work.
     """
 
     def __init__(self, io: FileIO, delay: float = 0.0, lanes: int = 1) -> None:
@@ -255,7 +278,7 @@ class _GroupCommit:
         self._running = 0
         self._busy = False  # the last round served more than one caller
         self._tasks: set[asyncio.Task[None]] = set()
-        self._gate = _SyncGate(self._round)
+        self._gate = _SyncGate(self._round, delay)
         #: rounds run, callers served (for tests and the bench)
         self.rounds = 0
         self.callers = 0
@@ -300,20 +323,29 @@ class _GroupCommit:
         """
         done: list[list[tuple[bool, Any]]] = []
         wanted: list[str] = []
-        for path, callers in batch.items():
-            outs: list[tuple[bool, Any]] = []
-            for _fut, work in callers:
-                if work is None:
-                    outs.append((True, None))
-                    continue
-                try:
-                    outs.append((True, work()))
-                except Exception as exc:  # handed to its caller
-                    outs.append((False, exc))
-            done.append(outs)
-            if any(ok for ok, _ in outs):
-                wanted.append(path)
-        errors = dict(zip(wanted, self._gate.sync(wanted), strict=True)) if wanted else {}
+        self._gate.enter()
+        try:
+            for path, callers in batch.items():
+                outs: list[tuple[bool, Any]] = []
+                for _fut, work in callers:
+                    if work is None:
+                        outs.append((True, None))
+                        continue
+                    try:
+                        outs.append((True, work()))
+                    except Exception as exc:  # handed to its caller
+                        outs.append((False, exc))
+                done.append(outs)
+                if any(ok for ok, _ in outs):
+                    wanted.append(path)
+        except BaseException:
+            self._gate.leave()
+            raise
+        if wanted:
+            errors = dict(zip(wanted, self._gate.sync(wanted, entered=True), strict=True))
+        else:
+            self._gate.leave()
+            errors = {}
         return [(outs, errors.get(path)) for path, outs in zip(batch, done, strict=True)]
 
     async def _flusher(self) -> None:

@@ -189,3 +189,31 @@ def test_sync_gate_runs_one_sync_at_a_time_for_every_waiter(tmp_path: Path) -> N
     assert out == {"a": [None], "b": [None], "c": [None], "d": [None]}
     assert peak[0] == 1
     assert calls == [["a"], ["b", "c", "d"]]  # the three that asked during the first sync share the second
+
+
+def test_sync_gate_gathers_rounds_still_writing(tmp_path: Path) -> None:
+    """A sync about to start waits (at most ``gather``) for a lane's round that is still writing."""
+    import threading
+
+    calls: list[list[str]] = []
+
+    def sync(paths: list[str]) -> list[OSError | None]:
+        calls.append(sorted(paths))
+        return [None] * len(paths)
+
+    gate = fsio._SyncGate(sync, gather=30.0)
+    gate.enter()  # another lane's round is writing
+    out: dict[str, list[OSError | None]] = {}
+    leader = threading.Thread(target=lambda: out.setdefault("a", gate.sync(["a"])))
+    leader.start()
+    deadline = time.monotonic() + 10
+    while not gate._running and time.monotonic() < deadline:  # the leader waits for the writer
+        time.sleep(0.001)
+    assert gate._running and calls == []
+    out["b"] = gate.sync(["b"], entered=True)
+    leader.join(10)
+    assert out == {"a": [None], "b": [None]} and calls == [["a", "b"]]  # one sync for both
+
+    lone = fsio._SyncGate(sync, gather=0.01)
+    lone.enter()  # a round that never comes: the sync starts anyway after the bound
+    assert lone.sync(["c"]) == [None] and calls[-1] == ["c"]
