@@ -28,7 +28,7 @@ from mailsrv.net.listener import Listener
 from mailsrv.net.service import ServiceContext
 from mailsrv.policy.pipeline import Policy
 from mailsrv.search import SearchService
-from mailsrv.search.service import Reader, ReadMany, Resolver
+from mailsrv.search.service import Reader, ReadMany, ReadManyBlocking, Resolver
 from mailsrv.store import MailboxNotFound, Store, account_root
 
 logger = log.get("worker")
@@ -63,7 +63,7 @@ def _training_reader(directory: Any, store: Store, data_dir: Path) -> Any:
 def search_resolver(store: Store) -> Resolver:
     """Lets a delivery in this worker index a mailbox that no session has opened yet."""
 
-    def resolve(account_id: str, mailbox_id: str) -> tuple[Path, Reader, ReadMany] | None:
+    def resolve(account_id: str, mailbox_id: str) -> tuple[Path, Reader, ReadMany, ReadManyBlocking] | None:
         acct = store.cached_account(account_id)
         if acct is None:
             return None
@@ -77,7 +77,10 @@ def search_resolver(store: Store) -> Resolver:
         async def read_many(uids: Sequence[int]) -> dict[int, bytes]:
             return await acct.read_messages(mailbox_id, uids)  # one store job per batch
 
-        return acct.root / "mailsrv-search", read, read_many
+        def read_many_blocking(uids: Sequence[int]) -> dict[int, bytes]:
+            return acct.read_messages_blocking(mailbox_id, uids)  # in the search job itself
+
+        return acct.root / "mailsrv-search", read, read_many, read_many_blocking
 
     return resolve
 

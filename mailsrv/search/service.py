@@ -65,9 +65,12 @@ T = TypeVar("T")
 Reader = Callable[[int], Awaitable[bytes]]
 #: reads several messages at once (one store job): uid -> raw, the unreadable ones left out
 ReadMany = Callable[[Sequence[int]], Awaitable[dict[int, bytes]]]
-#: the worker's map from (account_id, mailbox_id) to (directory, reader[, batch reader]), for
-#: observer events
-Resolver = Callable[[str, str], "tuple[Path, Reader] | tuple[Path, Reader, ReadMany] | None"]
+#: the same, blocking, safe in any thread: a search pool job reads and indexes a batch at once
+ReadManyBlocking = Callable[[Sequence[int]], dict[int, bytes]]
+#: the worker's map from (account_id, mailbox_id) to (directory, reader[, batch reader[, blocking
+#: batch reader]]), for observer events
+Resolver = Callable[[str, str], "tuple[Path, Reader] | tuple[Path, Reader, ReadMany] | "
+                                "tuple[Path, Reader, ReadMany, ReadManyBlocking] | None"]
 
 
 class Columns(NamedTuple):
@@ -97,6 +100,9 @@ class MailboxIndex:
         self.read = read
         #: batch reader for indexing after delivery (else one ``read`` per message)
         self.read_many: ReadMany | None = None
+        #: blocking batch reader: the batch is read in the search job that indexes it (one pool job
+        #: per batch instead of a store job to read it and a search job to index it)
+        self.read_many_blocking: ReadManyBlocking | None = None
         self.lock = asyncio.Lock()
         self._tlock = threading.Lock()  # guards the fields below across executor threads
         self.core = IndexCore()
@@ -420,6 +426,18 @@ class MailboxIndex:
                 await self.service.run(self._extract_and_add, raws)
         return unreadable
 
+    def _read_and_add(self, read_many: ReadManyBlocking, uids: list[int]) -> None:
+        """Blocking (search pool): read a batch after delivery and index it; a failed read is
+        skipped (the next search indexes what it finds missing)."""
+        try:
+            many = read_many(uids)
+        except Exception as exc:  # mailbox gone, I/O error
+            logger.debug("read.failed", mailbox=self.mailbox_id, error=str(exc))
+            return
+        raws = [(uid, many[uid]) for uid in uids if uid in many]
+        if raws:
+            self._extract_and_add(raws)
+
     def _extract_and_add(self, raws: list[tuple[int, bytes]]) -> None:
         limit = self.config.max_text_bytes
         docs = [(uid, extract(raw, limit)) for uid, raw in raws]
@@ -516,6 +534,9 @@ class MailboxIndex:
         async with self.lock:
             # an index not loaded here is appended to, not loaded (_append_unloaded)
             todo = [uid for uid in dict.fromkeys(uids) if uid not in self.core.indexed]
+            if self.read_many_blocking is not None and todo:
+                await self.service.run(self._read_and_add, self.read_many_blocking, todo)
+                return
             raws: list[tuple[int, bytes]] = []
             if self.read_many is not None and todo:
                 try:
@@ -665,6 +686,8 @@ class SearchService:
                 idx = self.mailbox(account_id, mailbox_id, found[0], found[1], for_search=False)
                 if len(found) > 2:
                     idx.read_many = found[2]  # the 3-tuple form
+                if len(found) > 3:
+                    idx.read_many_blocking = found[3]  # the 4-tuple form
         return idx
 
     def message_added(self, account_id: str, mailbox_id: str, info: Any, structure: Any) -> None:

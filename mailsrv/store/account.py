@@ -342,6 +342,11 @@ class Account:
         (indexing after delivery); expunged or unreadable ones are left out. MailboxNotFound."""
         return await self._run(self._read_many_blocking, mailbox_id, list(uids))
 
+    def read_messages_blocking(self, mailbox_id: str, uids: Sequence[int]) -> dict[int, bytes]:
+        """*Blocking*, any thread (not the loop): :meth:`read_messages` for another component's pool
+        job (search indexing after delivery reads and indexes a batch in one job)."""
+        return self._read_many_blocking(mailbox_id, list(uids))
+
     def _read_many_blocking(self, mailbox_id: str, uids: list[int]) -> dict[int, bytes]:
         name, paths = self.engine.files_of(mailbox_id, uids)
         out: dict[int, bytes] = {}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from pyroaring import BitMap
 from search.searchbox import Box, open_index
@@ -157,6 +158,47 @@ async def test_batch_reader_is_used_once_per_batch(tmp_path: Path) -> None:
     assert sum(len(c) for c in calls) == 6 and box.reads == 0
     idx = svc._open[("acct1", "Mbox1")]
     assert set(uids) | set(more) <= set(idx.core.indexed) and vanished not in idx.core.indexed
+    await svc.close()
+
+
+async def test_blocking_batch_reader_reads_in_the_indexing_job(tmp_path: Path) -> None:
+    """The 4-tuple resolver: a batch after delivery is read and indexed in one search pool job
+    (no store job to read it first); a failed read skips the batch, the next search indexes it."""
+    import threading
+
+    box = Box(0)
+    calls: list[tuple[list[int], bool]] = []
+    fail = [False]
+
+    async def read_many(uids: list[int]) -> dict[int, bytes]:
+        raise AssertionError("the blocking reader is used")
+
+    def read_many_blocking(uids: list[int]) -> dict[int, bytes]:
+        calls.append((list(uids), threading.current_thread().name.startswith("search")))
+        if fail[0]:
+            raise OSError("disk trouble")
+        return {u: box.raw[u] for u in uids}
+
+    svc = SearchService(SearchConfig(), resolver=lambda a, m: (tmp_path, box.read, read_many, read_many_blocking))
+    jobs: list[str] = []
+    real = svc.run
+
+    async def counted(fn: Any, *args: Any) -> Any:
+        jobs.append(getattr(fn, "__name__", "?"))
+        return await real(fn, *args)
+
+    svc.run = counted  # type: ignore[method-assign]
+    uids = await _deliver(svc, box, 0, 3)
+    assert [c[1] for c in calls] == [True] * len(calls) and sum(len(c[0]) for c in calls) == 3
+    assert jobs == ["_read_and_add"] * len(calls) and box.reads == 0  # one job per batch
+    idx = svc._open[("acct1", "Mbox1")]
+    assert set(uids) <= set(idx.core.indexed)
+    fail[0] = True
+    [lost] = await _deliver(svc, box, 3, 1)
+    assert lost not in idx.core.indexed  # skipped, no error raised
+    words = box.docs[lost].text["body"].split()
+    q = Text("body", words[-1])
+    assert lost in await idx.search(q, box.view)  # the search indexes what it finds missing
     await svc.close()
 
 
