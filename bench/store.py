@@ -194,9 +194,9 @@ async def _delivery_half(base: Path, count: int, concurrency: int, users: int) -
     """What one local message costs after the SMTP session: the RCPT check (directory, quota),
     ``LocalDelivery.deliver`` (link + group-commit syncfs), the background indexer (UIDs) and the
     search indexing after delivery, in one process with the worker's wiring. Each message is
-    also spooled (written without fsync, removed after), as the SMTP front end does; that part
-    is measured apart (``spool_cpu_ms``: the same sessions without delivery) and included in
-    ``cpu_ms``.
+    also spooled as the SMTP front end does: held in memory and written by the store's delivery
+    round (``deliver(data=...)``), removed after; writing and removing the same spool files
+    without delivery is measured apart (``spool_cpu_ms``), and the write is included in ``cpu_ms``.
 
     Returns CPU ms per message (user, system), pool jobs, syncs and index transactions per message.
     """
@@ -248,10 +248,14 @@ async def _delivery_half(base: Path, count: int, concurrency: int, users: int) -
                                     may_relay=False)
             assert chk.code == 250 and chk.resolution is not None, chk
             p = spool / f"{int(deliver)}.{i}"
-            await loop.run_in_executor(None, p.write_bytes, bodies[i % len(bodies)])
+            body = bodies[i % len(bodies)]
             if deliver:
-                out = await local.deliver(p, [(addr, chk.resolution)])
+                # as the SMTP backend's sealed spool: the message is in memory and the store's
+                # delivery round writes the file (no spool job of its own)
+                out = await local.deliver(p, [(addr, chk.resolution)], data=body)
                 assert out.delivered == 1, out
+            else:
+                await loop.run_in_executor(None, p.write_bytes, body)
             await loop.run_in_executor(None, p.unlink)
 
     u0, s0 = usage()
