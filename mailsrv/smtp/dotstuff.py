@@ -78,10 +78,18 @@ class DotDecoder:
         payload = b"".join(out)
         if payload:
             # Bare LF or bare CR anywhere in the payload (CRLFs never straddle
-            # chunks: a trailing CR is held back above).
-            crlf = payload.count(b"\r\n")
-            if payload.count(b"\n") != crlf or payload.count(b"\r") != crlf:
+            # chunks: a trailing CR is held back above). With L line feeds and
+            # R carriage returns, none is bare iff R == L and the line breaks of
+            # every kind (CRLF, CR, LF: what splitlines splits at) number L: then
+            # no CR stands alone, so none of the LFs does either. Two single-byte
+            # counts and a split cost 2/3 of counting the two-byte CRLF.
+            lf = payload.count(b"\n")
+            if payload.count(b"\r") != lf:
                 self.bare_newline = True
+            elif lf:
+                breaks = len(payload.splitlines()) - (payload[-1] not in b"\r\n")
+                if breaks != lf:
+                    self.bare_newline = True
             self.size += len(payload)
         consumed = (consumed_to - npend) if self.done else len(data)
         return payload, consumed
