@@ -8,6 +8,11 @@ processes. Postfix is measured only when installed. The load generator opens
 ``.\\r\\n`` -> ``250``. The delivery-to-visible latency is measured at about
 half the measured maximum load, from ``250`` to the store's change
 notification (the same inotify watch IMAP IDLE waits on) in another process.
+
+Every server runs from the start, and each cell (size, sessions) measures them back to back in an
+order that rotates from cell to cell, with nothing deleted before the end: on a file system where a
+create costs more after many deletions (bench/README.md), the servers of a cell meet the same disk.
+Each server's CPU per delivered message counts its processes during its own cells only.
 """
 
 from __future__ import annotations
