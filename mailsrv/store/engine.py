@@ -261,6 +261,8 @@ class Engine:
         self.epoch = ""
         #: (gen, storage, messages) changed by the open write transaction, reported after its commit
         self._usage_report: tuple[int, int, int] | None = None
+        #: sizes of the messages _insert added while _take_new batches their quota update (else None)
+        self._quota_sizes: list[int] | None = None
 
     # --- opening and repair ---------------------------------------------------
 
@@ -589,6 +591,17 @@ class Engine:
                 continue
             fresh.append((n, key, st.st_size, st.st_mtime))
         fresh.sort(key=lambda t: (t[3], t[1]))
+        sizes: list[int] = []
+        self._quota_sizes = sizes
+        try:
+            self._take_fresh(mb, folder, fresh, lines, res, ul, renames)
+        finally:
+            self._quota_sizes = None
+        self._quota_apply(sizes, 1)  # one read and one update of the usage for the whole batch
+
+    def _take_fresh(self, mb: _Mbox, folder: Path, fresh: list[tuple[str, str, int, float]], lines: list[bytes],
+                    res: SyncResult, ul: uidlist.Uidlist | None, renames: list[tuple[Path, Path]]) -> None:
+        """Index the files of ``new/`` the index does not know yet (``_take_new``), oldest first."""
         used = None
         for n, key, size, mtime in fresh:
             pend = self.pending.pop(key, None)
@@ -732,7 +745,10 @@ class Engine:
         )
         mb.messages += 1
         mb.storage += size
-        self._quota_apply([size], 1)
+        if self._quota_sizes is not None:  # a batch (_take_new): one quota update for all of it
+            self._quota_sizes.append(size)
+        else:
+            self._quota_apply([size], 1)
         lines.append(uidlist.format_entry(uid, key, size, (info.email_id, thread_id, now)))
         res.added.append(Added(mb.guid, info, structure))
         res.changed = True

@@ -313,3 +313,25 @@ def test_sigkill_at_random_points_of_deferred_indexing(tmp_path: Path) -> None:
         assert len(mids) == len(set(mids)), "a message indexed twice"
         assert acked <= set(mids), f"acknowledged messages lost: {acked - set(mids)}"
     assert killed > 30 and len(acked) >= 40
+
+
+def test_a_batch_updates_the_quota_once(tmp_path: Path, run: Run, make_store: Callable[..., Store]) -> None:
+    """The indexer's transaction for many deliveries into one mailbox reads and writes the usage once."""
+    store = make_store(index_delay=30.0)
+    acct = run(store.account("u"))
+    sizes = [len(msg(i)) for i in range(12)]
+    async def go() -> None:
+        await asyncio.gather(*(store.deliver(spool(tmp_path, msg(i), f"q{i}"), [DeliveryTarget(acct)], uids=False)
+                               for i in range(12)))
+
+    run(go())
+    statements: list[str] = []
+    acct.engine.db.set_trace_callback(statements.append)
+    try:
+        run(store.indexer.flush())
+    finally:
+        acct.engine.db.set_trace_callback(None)
+    assert sum(s.startswith("UPDATE quota") for s in statements) == 1
+    usage = run(acct.quota_usage())
+    assert (usage.storage, usage.messages) == (sum(sizes), 12)
+    assert [m.uid for m in run(acct.open_mailbox("INBOX")).messages] == list(range(1, 13))
