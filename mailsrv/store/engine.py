@@ -579,11 +579,16 @@ class Engine:
                   ul: uidlist.Uidlist | None, renames: list[tuple[Path, Path]]) -> None:
         db = self.db
         fresh: list[tuple[str, str, int, float]] = []  # (name, key, size, mtime)
-        for n in names:
-            key, info = maildir.split_filename(n)
-            row = db.execute("SELECT fname FROM messages WHERE mailbox=? AND key=?", (mb.id, key)).fetchone()
-            if row is not None:  # index knows it: finish the move into cur/
-                renames.append((folder / "new" / n, folder / "cur" / row[0]))
+        keys = [maildir.split_filename(n)[0] for n in names]
+        known: dict[str, str] = {}  # key -> fname of those the index has (one query per 500)
+        for i in range(0, len(keys), 500):
+            part = keys[i:i + 500]
+            known.update(db.execute(f"SELECT key, fname FROM messages WHERE mailbox=? AND key IN"
+                                    f" ({','.join('?' * len(part))})", (mb.id, *part)).fetchall())
+        for n, key in zip(names, keys, strict=True):
+            fname = known.get(key)
+            if fname is not None:  # index knows it: finish the move into cur/
+                renames.append((folder / "new" / n, folder / "cur" / fname))
                 continue
             try:
                 st = os.stat(folder / "new" / n)

@@ -335,3 +335,23 @@ def test_a_batch_updates_the_quota_once(tmp_path: Path, run: Run, make_store: Ca
     usage = run(acct.quota_usage())
     assert (usage.storage, usage.messages) == (sum(sizes), 12)
     assert [m.uid for m in run(acct.open_mailbox("INBOX")).messages] == list(range(1, 13))
+
+
+def test_a_known_file_left_in_new_is_moved_not_indexed_again(tmp_path: Path, run: Run,
+                                                             make_store: Callable[..., Store]) -> None:
+    """A file in new/ whose key the index already has (a move into cur/ that did not finish) is
+    moved into place by the next sync, keeping its UID; the unknown ones beside it are indexed."""
+    store = make_store(index_delay=0.0)
+    acct = run(store.account("u"))
+    run(store.deliver(spool(tmp_path, msg(1), "k1"), [DeliveryTarget(acct)], uids=True))
+    root = tmp_path / "mail" / "u"
+    [name] = _files(root, "cur")
+    # as if the move into cur/ had not happened (a copy: rename(2) between two links of one inode is a no-op)
+    (root / "new" / name.split(":2,")[0]).write_bytes((root / "cur" / name).read_bytes())
+    run(store.deliver(spool(tmp_path, msg(2), "k2"), [DeliveryTarget(acct)], uids=False))
+    run(store.indexer.flush())
+    assert _files(root, "new") == []
+    view = run(acct.open_mailbox("INBOX"))
+    assert [m.uid for m in view.messages] == [1, 2]
+    cur = _files(root, "cur")
+    assert name in cur and len(cur) == 2
