@@ -4,6 +4,9 @@
 ``policy learn`` learns :data:`LEARN_BATCH` messages per write transaction (one thread-pool job reads and
 tokenizes a batch, holding one message at a time): an interrupted run leaves whole batches learned and
 consistent counts, and running it again learns the rest (messages already known are skipped by digest).
+With ``--until-correct [PASSES]`` it trains on error instead (train until no errors): a message is learned only
+when the learner, as it stands, misjudges it or is unsure; the messages it judged right are judged again in
+the next pass, at most PASSES passes, until a pass learns nothing (one write transaction per batch per pass).
 
 Scopes: ``--scope ""`` (default, the whole server), a domain, or a user
 address. Entries: an address, a domain (with its subdomains), ``@domain``
@@ -29,6 +32,8 @@ from mailsrv.policy.pipeline import Policy
 
 #: Messages ``policy learn`` learns per write transaction (2 000 messages: 4 transactions).
 LEARN_BATCH = 500
+#: Passes of ``policy learn --until-correct`` without a number.
+UNTIL_CORRECT_PASSES = 5
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -53,6 +58,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     lrn.add_argument("--scope", default="", help='"" (default) for the server, a domain, or a user address')
     lrn.add_argument("--batch", type=int, default=LEARN_BATCH, metavar="N",
                      help=f"messages learned per write transaction (default {LEARN_BATCH})")
+    lrn.add_argument("--until-correct", type=int, nargs="?", const=UNTIL_CORRECT_PASSES, default=None,
+                     metavar="PASSES", help="train on error: learn only the messages the learner misjudges or is "
+                     "unsure of, judging those it got right again in up to PASSES passes (default "
+                     f"{UNTIL_CORRECT_PASSES}); the plain run (everything) catches more spam (docs/policy.md)")
     lrn.set_defaults(func=cmd_learn)
     st = ps.add_parser("stats", help="messages the spam learner has learned, per scope")
     st.add_argument("--json", action="store_true")
@@ -154,8 +163,10 @@ def cmd_learn(args: argparse.Namespace) -> int:
         raise CliError("no learner: set policy.bayes = true (or policy.rspamd_url for rspamd)")
     if args.batch < 1:
         raise CliError("--batch must be at least 1")
+    if args.until_correct is not None and (args.until_correct < 1 or cfg.policy.rspamd_url):
+        raise CliError("--until-correct takes a number of passes (1 or more) and needs our learner, not rspamd")
     files = _message_files(args.files)
-    counts = {"learned": 0, "known": 0, "too big": 0, "transactions": 0}
+    counts = {"learned": 0, "known": 0, "too big": 0, "transactions": 0, "right": 0, "passes": 0}
 
     async def by_rspamd(policy: Policy) -> None:  # rspamd's controller learns one message per request
         for path in files:
@@ -172,18 +183,33 @@ def cmd_learn(args: argparse.Namespace) -> int:
                 await by_rspamd(policy)
                 return
             loop = asyncio.get_running_loop()
-            for i in range(0, len(files), args.batch):
-                prepared = await loop.run_in_executor(policy.executor, _prepare, files[i:i + args.batch],
-                                                      cfg.policy.max_scan_size)
-                lessons = [Lesson((scope,), args.label, *p) for p in prepared if p is not None]
-                counts["too big"] += len(prepared) - len(lessons)
-                if not lessons:
-                    continue
-                commits = policy.bayes.state.commits
-                changed = await policy.bayes.learn_many(lessons)
-                counts["transactions"] += policy.bayes.state.commits - commits
-                counts["learned"] += sum(changed)
-                counts["known"] += len(changed) - sum(changed)
+            todo = files
+            while todo and counts["passes"] < (args.until_correct or 1):
+                counts["passes"] += 1
+                learned_before = counts["learned"]
+                right: list[Path] = []  # judged right in this pass: judged again in the next
+                for i in range(0, len(todo), args.batch):
+                    batch = todo[i:i + args.batch]
+                    prepared = await loop.run_in_executor(policy.executor, _prepare, batch, cfg.policy.max_scan_size)
+                    lessons = [(path, Lesson((scope,), args.label, *p)) for path, p in zip(batch, prepared, strict=True)
+                               if p is not None]
+                    counts["too big"] += len(prepared) - len(lessons)
+                    if not lessons:
+                        continue
+                    commits = policy.bayes.state.commits
+                    if args.until_correct:
+                        verdicts = await policy.bayes.learn_unless_right([lesson for _, lesson in lessons])
+                        right += [path for (path, _), v in zip(lessons, verdicts, strict=True) if v == "right"]
+                        changed = [v == "learned" for v in verdicts if v != "right"]
+                    else:
+                        changed = await policy.bayes.learn_many([lesson for _, lesson in lessons])
+                    counts["transactions"] += policy.bayes.state.commits - commits
+                    counts["learned"] += sum(changed)
+                    counts["known"] += len(changed) - sum(changed)
+                counts["right"] = len(right)
+                if counts["learned"] == learned_before:  # nothing changed: the next pass would judge the same
+                    break
+                todo = right
         finally:
             policy.close()
 
@@ -193,6 +219,9 @@ def cmd_learn(args: argparse.Namespace) -> int:
         raise CliError(f"learning failed: {exc}") from None
     tx = counts["transactions"]
     where = "rspamd" if cfg.policy.rspamd_url else f"scope {scope or '*'}, {tx} transaction{'' if tx == 1 else 's'}"
+    if args.until_correct:
+        passes = counts["passes"]
+        where += f", {passes} pass{'' if passes == 1 else 'es'}, {counts['right']} judged right and not learned"
     print(f"{args.label}: {counts['learned']} learned, {counts['known']} already known, "
           f"{counts['too big']} too big ({where})")
     return 0

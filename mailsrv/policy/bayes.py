@@ -130,6 +130,18 @@ def combine(probs: Sequence[float]) -> float:
     return (s - h + 1.0) / 2.0
 
 
+def _prob_in(db: sqlite3.Connection, keys: Sequence[str], ids: Sequence[int], nspam: int, nham: int) -> float:
+    """The combined spam probability of token ids ``ids`` with the counts of scopes ``keys`` summed."""
+    marks = ",".join("?" * len(keys))
+    rows: list[tuple[int, int]] = []
+    for i in range(0, len(ids), SQL_BATCH):
+        batch = ids[i:i + SQL_BATCH]
+        rows += db.execute(
+            f"SELECT SUM(spam), SUM(ham) FROM bayes_tokens WHERE scope IN ({marks}) "
+            f"AND token IN ({','.join('?' * len(batch))}) GROUP BY token", (*keys, *batch)).fetchall()
+    return combine([token_prob(s, h, nspam, nham) for s, h in rows])
+
+
 def zone(prob: float, cfg: PolicyConfig) -> str:
     """SpamBayes' verdict zones: "spam" from ``bayes_spam_cutoff``, "ham" up to ``bayes_ham_cutoff``, else "unsure"."""
     if prob >= cfg.bayes_spam_cutoff:
@@ -219,6 +231,39 @@ class Bayes:
 
         return await self.state.run(op)
 
+    async def learn_unless_right(self, lessons: Sequence[Lesson]) -> list[str]:
+        """Train on error (SpamBayes' "mistakes and unsures", SpamAssassin's train-until-no-errors pass): in one
+        write transaction, each lesson in turn is judged with the counts of its scopes as they are then (the
+        lessons before it included) and learned only when the learner is not ready (``bayes_min_spam`` /
+        ``bayes_min_ham``) or its zone is not the lesson's label. Per lesson: "learned", "known" (every scope
+        already had it with that label; judged as such it is not relearned) or "right" (judged right, not
+        learned: a later pass may learn it). Raises ValueError for a bad label."""
+        for lesson in lessons:
+            if lesson.label not in ("spam", "ham"):
+                raise ValueError(f"label must be spam or ham, not {lesson.label!r}")
+        day = int(self.state.clock() // 86400)
+
+        def judge_and_learn(db: sqlite3.Connection, lesson: Lesson) -> str:
+            keys = list(dict.fromkeys(s.lower() for s in lesson.scopes))
+            marks = ",".join("?" * len(keys))
+            if all(db.execute("SELECT label FROM bayes_seen WHERE scope = ? AND digest = ?",
+                              (k, lesson.digest)).fetchone() == (lesson.label,) for k in keys):
+                return "known"
+            ids = sorted({token_id(t) for t in lesson.toks})
+            nspam, nham = db.execute(f"SELECT COALESCE(SUM(spam), 0), COALESCE(SUM(ham), 0) FROM bayes_totals "
+                                     f"WHERE scope IN ({marks})", keys).fetchone()
+            if nspam >= self.cfg.bayes_min_spam and nham >= self.cfg.bayes_min_ham \
+                    and zone(_prob_in(db, keys, ids, nspam, nham), self.cfg) == lesson.label:
+                return "right"
+            self._learn_in(db, lesson, ids, day)
+            return "learned"
+
+        def op(db: sqlite3.Connection) -> list[str]:
+            self._schema(db)
+            return [judge_and_learn(db, lesson) for lesson in lessons]
+
+        return await self.state.run(op)
+
     def _learn_in(self, db: sqlite3.Connection, lesson: Lesson, ids: list[int], day: int) -> bool:
         label, digest = lesson.label, lesson.digest
         other = "ham" if label == "spam" else "spam"
@@ -291,15 +336,7 @@ class Bayes:
         words = toks if toks is not None else tokens(message)
 
         def op(db: sqlite3.Connection) -> float:  # hashing and combining too: CPU off the event loop
-            ids = sorted({token_id(t) for t in words})
-            marks = ",".join("?" * len(keys))
-            rows: list[tuple[int, int]] = []
-            for i in range(0, len(ids), SQL_BATCH):
-                batch = ids[i:i + SQL_BATCH]
-                rows += db.execute(
-                    f"SELECT SUM(spam), SUM(ham) FROM bayes_tokens WHERE scope IN ({marks}) "
-                    f"AND token IN ({','.join('?' * len(batch))}) GROUP BY token", (*keys, *batch)).fetchall()
-            return combine([token_prob(s, h, nspam, nham) for s, h in rows])
+            return _prob_in(db, keys, sorted({token_id(t) for t in words}), nspam, nham)
 
         prob = await self.state.run(op, write=False)
         return Verdict(prob, points(prob, self.cfg), nspam, nham, zone(prob, self.cfg))

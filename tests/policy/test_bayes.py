@@ -19,6 +19,7 @@ from mailsrv import config as config_mod
 from mailsrv.config import PolicyConfig
 from mailsrv.policy.bayes import (
     Bayes,
+    Lesson,
     chi2q,
     combine,
     message_digest,
@@ -192,6 +193,43 @@ async def test_relearn_moves_and_duplicates_count_once(bayes: Bayes) -> None:
     assert spam_sum == 0 and ham_sum == len(tokens(msg))
     with pytest.raises(ValueError):
         await bayes.learn(["a.test"], "maybe", msg)
+
+
+def _lesson(scopes: tuple[str, ...], label: str, msg: bytes) -> Lesson:
+    return Lesson(scopes, label, message_digest(msg), tokens(msg))
+
+
+async def test_learn_unless_right_learns_mistakes_and_unsures_in_one_transaction(bayes: Bayes) -> None:
+    """Train on error: not ready, everything is learned; then only what the learner misjudges or is unsure of."""
+    boot = [_lesson(("a.test",), kind, corpus_message(kind, i)) for i in range(10) for kind in ("spam", "ham")]
+    commits = bayes.state.commits
+    assert await bayes.learn_unless_right(boot) == ["learned"] * 20
+    assert bayes.state.commits == commits + 1  # one write transaction for the batch
+    assert await bayes.totals(["a.test"]) == (10, 10)
+    like_spam = corpus_message("spam", 50)
+    mislabelled = corpus_message("ham", 51)  # a ham-looking message the user calls spam: a mistake, learned
+    verdicts = await bayes.learn_unless_right([_lesson(("a.test",), "spam", like_spam),
+                                               _lesson(("a.test",), "spam", mislabelled),
+                                               _lesson(("a.test",), "ham", corpus_message("ham", 0))])
+    assert verdicts == ["right", "learned", "known"]
+    assert await bayes.totals(["a.test"]) == (11, 10)
+
+    def sums(db: Any) -> tuple[int, int]:
+        return db.execute("SELECT SUM(spam), SUM(ham) FROM bayes_tokens WHERE scope = 'a.test'").fetchone()
+
+    learned = [corpus_message("spam", i) for i in range(10)] + [mislabelled]
+    assert await bayes.state.run(sums, write=False) == (
+        sum(len({token_id(t) for t in tokens(m)}) for m in learned),
+        sum(len({token_id(t) for t in tokens(corpus_message("ham", i))}) for i in range(10)))
+    # judged again with the same label: known, counted once; judged with the scopes' counts summed (a.test's
+    # make it right in a.test + b.test), and learned in a scope that is not ready yet
+    assert await bayes.learn_unless_right([_lesson(("a.test",), "spam", mislabelled)]) == ["known"]
+    assert await bayes.learn_unless_right([_lesson(("a.test", "b.test"), "spam", mislabelled)]) == ["right"]
+    assert await bayes.learn_unless_right([_lesson(("b.test",), "spam", mislabelled)]) == ["learned"]
+    assert await bayes.learn_unless_right([_lesson(("a.test", "b.test"), "spam", mislabelled)]) == ["known"]
+    assert await bayes.totals(["a.test"]) == (11, 10) and await bayes.totals(["b.test"]) == (1, 0)
+    with pytest.raises(ValueError):
+        await bayes.learn_unless_right([_lesson(("a.test",), "maybe", like_spam)])
 
 
 async def test_two_processes_share_the_counts(tmp_path: Path) -> None:

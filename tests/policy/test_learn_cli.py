@@ -4,6 +4,8 @@ transactions, exact counts, and consistent counts after a kill -9 in the middle 
 from __future__ import annotations
 
 import os
+import random
+import re
 import sqlite3
 import subprocess
 import time
@@ -14,7 +16,7 @@ import pytest
 from support.server import mailsrv_cmd
 
 from mailsrv import config as config_mod
-from mailsrv.policy.bayes import token_id, tokens
+from mailsrv.policy.bayes import message_digest, token_id, tokens
 from mailsrv.policy.headers import header_end
 
 MESSAGES = 2000
@@ -140,3 +142,81 @@ def test_only_regular_files_are_learned(setup: tuple[Path, Path, list[bytes]], t
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "spam: 1 learned, 0 already known, 0 too big (scope *, 1 transaction)" in out.stdout
+
+
+SPAM_WORDS = ("viagra pills pharmacy discount casino jackpot bonus lottery winner claim prize crypto profit "
+              "guaranteed exclusive offer replica watches loan approval unsubscribe").split()
+
+
+def _spam_dir(root: Path, n: int) -> Path:
+    """``n`` distinct spam messages of random spam words (one body each)."""
+    rnd = random.Random(12)
+    cur = root / "spam" / "cur"
+    cur.mkdir(parents=True)
+    for i in range(n):
+        body = " ".join(rnd.choice(SPAM_WORDS) for _ in range(80))
+        (cur / f"{i:04d}.eml").write_bytes(
+            f"From: Deals <promo{i}@deals.test>\r\nTo: you@example.test\r\nSubject: {body[:40]}\r\n"
+            f"Message-ID: <{i}@deals.test>\r\n\r\n{body}\r\nref {i}\r\n".encode())
+    return root / "spam"
+
+
+def _learn(config: Path, *args: str) -> str:
+    out = subprocess.run(mailsrv_cmd("policy", "learn", *args, "-c", str(config)), capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def _learned_ham(db: Path, messages: list[bytes]) -> list[bytes]:
+    """The messages the server scope has learned as ham (by digest)."""
+    with sqlite3.connect(db) as c:
+        seen = {d for (d,) in c.execute("SELECT digest FROM bayes_seen WHERE scope = '' AND label = 'ham'")}
+    return [m for m in messages if message_digest(m) in seen]
+
+
+def test_until_correct_learns_mistakes_and_unsures_in_bounded_passes_counting_each_once(
+        setup: tuple[Path, Path, list[bytes]], tmp_path: Path) -> None:
+    config, maildir, messages = setup
+    db = _db(config)
+    spam = _spam_dir(tmp_path, 150)
+    # the learner is not ready (no ham): every spam is learned, in one pass of 3 transactions
+    out = _learn(config, "--spam", str(spam), "--until-correct", "3", "--batch", "50")
+    assert "spam: 150 learned, 0 already known, 0 too big (scope *, 3 transactions, 1 pass, " \
+           "0 judged right and not learned)" in out
+
+    # one pass: the first 100 ham are learned (not ready before), then only the misjudged and unsure
+    out = _learn(config, "--ham", str(maildir), "--until-correct", "1")
+    found = re.search(r"ham: (\d+) learned, 0 already known, 0 too big \(scope \*, 4 transactions, 1 pass, "
+                      r"(\d+) judged right and not learned\)", out)
+    assert found, out
+    learned, right = int(found[1]), int(found[2])
+    assert 100 <= learned < MESSAGES and learned + right == MESSAGES and right > 0
+    totals, seen, rows, _ = _state(db)
+    assert totals == (150, learned) and seen == learned
+    assert rows == _expected(_learned_ham(db, messages))  # exact counts: each learned message once
+
+    # more passes: the ones judged right are judged again; bounded, and what was learned is known, not recounted
+    out = _learn(config, "--ham", str(maildir), "--until-correct", "3")
+    found = re.search(r"ham: (\d+) learned, (\d+) already known, 0 too big \(scope \*, (\d+) transactions?, "
+                      r"(\d) pass(?:es)?, (\d+) judged right", out)
+    assert found, out
+    more, known, tx, passes, right2 = map(int, found.groups())
+    assert known == learned and more + right2 == right and 1 <= passes <= 3
+    assert 4 <= tx <= 4 + (passes - 1) * -(-right // 500)  # pass 1 over every file, later passes over the rest
+    totals, seen, rows, _ = _state(db)
+    assert totals == (150, learned + more) and seen == learned + more
+    assert rows == _expected(_learned_ham(db, messages))
+
+    # the same run again learns nothing new: nothing changed, so one pass
+    out = _learn(config, "--ham", str(maildir), "--until-correct")
+    assert f"ham: 0 learned, {learned + more} already known" in out and ", 1 pass, " in out
+    assert _state(db)[0] == (150, learned + more)
+
+
+def test_until_correct_wants_a_positive_number_of_passes(setup: tuple[Path, Path, list[bytes]]) -> None:
+    config, maildir, _ = setup
+    out = subprocess.run(mailsrv_cmd("policy", "learn", "--ham", str(maildir), "--until-correct", "0",
+                                     "-c", str(config)), capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0 and "--until-correct" in out.stderr
+    assert not _db(config).exists() or _state(_db(config))[0] is None
