@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from email.utils import getaddresses, mktime_tz, parsedate_tz
 
 from mailsrv import mime
-from mailsrv.policy.headers import get_all, header_end, split_fields
+from mailsrv.policy.headers import Fields, get_all, header_end, split_fields
 
 #: Bytes of the body the content rules look at.
 CONTENT_WINDOW = 64 * 1024
@@ -167,10 +167,11 @@ def _by_first_char(alternatives: list[str]) -> str:
     return "|".join(parts)
 
 
-_PHRASE = re.compile(
-    r"(?:" + _by_first_char([a for p in _LATIN_PHRASES.values() for a in _alternatives(p)]) + r")\b|"
-    + "|".join(f"(?:{p})" for p in _CJK_PHRASES.values())
-)
+_LATIN = r"(?:" + _by_first_char([a for p in _LATIN_PHRASES.values() for a in _alternatives(p)]) + r")\b"
+_PHRASE = re.compile(_LATIN + "|" + "|".join(f"(?:{p})" for p in _CJK_PHRASES.values()))
+#: :data:`_PHRASE` for ASCII text, where no Chinese phrase can match (every one holds a CJK character):
+#: the engine then skips positions by the Latin branches' first characters (4 KB of text: 760 -> 240 us).
+_PHRASE_ASCII = re.compile(_LATIN)
 
 _URL = re.compile(r"(?i)\bhttps?://[^\s\"'<>]{1,2000}")
 _IP_HOST = re.compile(r"^\d{1,3}(?:\.\d{1,3}){3}$")
@@ -365,20 +366,43 @@ def strip_uuencoded(text: str) -> str:
 
 def phrases(text: str) -> set[str]:
     """The distinct spam phrases of the phrase groups in ``text`` (lower-cased)."""
-    return {m.group(0) for m in _PHRASE.finditer(text[:TEXT_LIMIT].lower())}
+    low = text[:TEXT_LIMIT].lower()
+    return {m.group(0) for m in (_PHRASE_ASCII if low.isascii() else _PHRASE).finditer(low)}
+
+
+def _ascii_lacks(text: str, needles: tuple[str, ...]) -> bool:
+    """``text`` is ASCII and holds none of the lower-case ``needles``, case-insensitively: a case-insensitive
+    pattern that needs one of them cannot match it. (Only for ASCII text: Python's IGNORECASE also matches
+    "ı", "İ" and "ſ" for "i" and "s", which lower() leaves alone.)"""
+    if not text.isascii():
+        return False
+    low = text.lower()
+    return not any(n in low for n in needles)
+
+
+def _big_money(text: str) -> bool:
+    """:data:`_MONEY` matches ``text``; ASCII text without "$", "usd" or "llion" is answered without it (every
+    branch needs one of them or a non-ASCII character: the regex costs 250 us on 4 KB)."""
+    return not _ascii_lacks(text, ("$", "usd", "llion")) and _MONEY.search(text) is not None
+
+
+def _remove_instructions(text: str) -> bool:
+    """:data:`_REMOVE` matches ``text``; every branch holds "remov" or "rece" (220 us on 4 KB without them)."""
+    return not _ascii_lacks(text, ("remov", "rece")) and _REMOVE.search(text) is not None
 
 
 def _recipient_domains(recipients: Sequence[str]) -> set[str]:
     return {r.rpartition("@")[2].lower().rstrip(".") for r in recipients if "@" in r}
 
 
-def content_rules(message: bytes, recipients: Sequence[str] = ()) -> list[tuple[str, float]]:
+def content_rules(message: bytes, recipients: Sequence[str] = (), fields: Fields | None = None) -> list[tuple[str, float]]:
     """The content rules that match ``message`` as (name, points); never raises on malformed mail.
 
-    ``recipients`` (envelope) lets FROM_NAME_RCPT_DOMAIN see the recipient's own domain.
+    ``recipients`` (envelope) lets FROM_NAME_RCPT_DOMAIN see the recipient's own domain. ``fields``: the
+    message's :func:`~mailsrv.policy.headers.split_fields`, when the caller has them (not parsed again).
     """
     hits: list[str] = []
-    fields = split_fields(message)
+    fields = split_fields(message) if fields is None else fields
     names = {n for n, _, _ in fields}
     start = header_end(message)
     body = message[start:start + CONTENT_WINDOW]
@@ -400,9 +424,9 @@ def content_rules(message: bytes, recipients: Sequence[str] = ()) -> list[tuple[
     lower = len(_LOWER.findall(visible, 0, TEXT_LIMIT))
     if upper + lower >= 200 and upper / (upper + lower) > 0.5:
         hits.append("BODY_SHOUTING")
-    if _MONEY.search(visible[:TEXT_LIMIT]):
+    if _big_money(visible[:TEXT_LIMIT]):
         hits.append("MONEY_AMOUNT_BIG")
-    if b"list-unsubscribe" not in names and _REMOVE.search(visible[:TEXT_LIMIT]):
+    if b"list-unsubscribe" not in names and _remove_instructions(visible[:TEXT_LIMIT]):
         hits.append("REMOVE_INSTRUCTIONS")
     hits += _url_rules(visible, html)
     out: list[tuple[str, float]] = []

@@ -15,7 +15,7 @@ from typing import Literal
 import dkim
 
 from mailsrv.net.dns import DnsTempError, Resolver
-from mailsrv.policy.headers import get_all, split_fields, tag_list
+from mailsrv.policy.headers import Fields, get_all, split_fields, tag_list
 
 DkimResultCode = Literal["pass", "fail", "neutral", "temperror", "permerror", "none", "policy"]
 
@@ -124,14 +124,31 @@ def _verify_all(message: bytes, sigs: list[dict[str, str]], keys: dict[str, byte
     return out
 
 
-async def verify_dkim(resolver: Resolver, message: bytes, executor: Executor | None = None) -> list[DkimResult]:
-    """One result per DKIM-Signature field, in header order (empty: the message is unsigned)."""
-    fields = split_fields(message)
+Keys = dict[str, bytes | None | _Temp]
+
+
+async def dkim_keys(resolver: Resolver, fields: Fields) -> tuple[list[dict[str, str]], Keys]:
+    """The DKIM-Signature tag lists of a message whose header fields are ``fields``
+    (:func:`~mailsrv.policy.headers.split_fields`) and their keys, fetched on the loop: the arguments of
+    :func:`verify_signatures` (no signature: ``([], {})``)."""
     sigs = [tag_list(v) for v in get_all(fields, "dkim-signature")]
     if not sigs:
+        return [], {}
+    return sigs, await _prefetch(resolver, {n for t in sigs if (n := _key_name(t)) is not None})
+
+
+def verify_signatures(message: bytes, sigs: list[dict[str, str]], keys: Keys) -> list[DkimResult]:
+    """One result per signature of :func:`dkim_keys` (CPU work: call it off the loop)."""
+    return _verify_all(message, sigs, keys) if sigs else []
+
+
+async def verify_dkim(resolver: Resolver, message: bytes, executor: Executor | None = None, *,
+                      fields: Fields | None = None) -> list[DkimResult]:
+    """One result per DKIM-Signature field, in header order (empty: the message is unsigned).
+    ``fields``: the message's :func:`~mailsrv.policy.headers.split_fields`, when the caller has them."""
+    sigs, keys = await dkim_keys(resolver, split_fields(message) if fields is None else fields)
+    if not sigs:
         return []
-    names = {n for t in sigs if (n := _key_name(t)) is not None}
-    keys = await _prefetch(resolver, names)
     loop = asyncio.get_running_loop()
     return await loop.run_in_executor(executor, _verify_all, message, sigs, keys)
 
@@ -146,9 +163,11 @@ def _arc_verify(message: bytes, keys: dict[str, bytes | None | _Temp]) -> tuple[
     return cv, comment or ""
 
 
-async def verify_arc(resolver: Resolver, message: bytes, executor: Executor | None = None) -> ArcResult:
-    """RFC 8617 §5.2: validate the whole ARC chain; ``none`` when the message has no ARC sets."""
-    fields = split_fields(message)
+async def verify_arc(resolver: Resolver, message: bytes, executor: Executor | None = None, *,
+                     fields: Fields | None = None) -> ArcResult:
+    """RFC 8617 §5.2: validate the whole ARC chain; ``none`` when the message has no ARC sets.
+    ``fields``: the message's :func:`~mailsrv.policy.headers.split_fields`, when the caller has them."""
+    fields = split_fields(message) if fields is None else fields
     seals = [tag_list(v) for v in get_all(fields, "arc-seal")]
     if not seals:
         return ArcResult("none")

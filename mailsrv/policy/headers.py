@@ -8,6 +8,9 @@ from __future__ import annotations
 import re
 from email.utils import getaddresses
 
+#: A header block as :func:`split_fields` returns it: (lower-cased name, unfolded value, raw bytes) per field.
+Fields = list[tuple[bytes, bytes, bytes]]
+
 # RFC 5322 §2.2: a field name is printable US-ASCII except ':'.
 _FIELD = re.compile(rb"^([\x21-\x39\x3b-\x7e]+)[ \t]*:")
 

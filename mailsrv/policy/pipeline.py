@@ -42,8 +42,16 @@ from mailsrv.net.dns import Resolver
 from mailsrv.policy import authresults, dmarc, reputation, spf
 from mailsrv.policy.bayes import Bayes, message_digest, tokens
 from mailsrv.policy.clamd import Clamd, ClamdUnavailable, ScanResult
-from mailsrv.policy.dkimverify import ArcResult, DkimResult, verify_arc, verify_dkim
-from mailsrv.policy.headers import from_domains, header_end, split_fields
+from mailsrv.policy.content import content_rules
+from mailsrv.policy.dkimverify import (
+    ArcResult,
+    DkimResult,
+    Keys,
+    dkim_keys,
+    verify_arc,
+    verify_signatures,
+)
+from mailsrv.policy.headers import Fields, from_domains, header_end, split_fields
 from mailsrv.policy.lists import Lists, ListSource, Match
 from mailsrv.policy.score import Facts, RspamdLearner, RspamdScorer, RuleScorer, Score, Scorer
 from mailsrv.policy.seats import DirectorySeats, SeatSource, outside_limit
@@ -61,6 +69,11 @@ COPY_CHUNK = 256 * 1024
 #: Senders whose MAIL FROM SPF result a session keeps (least recently used go first): a client sending
 #: MAIL FROM after MAIL FROM with new senders must not grow a session's memory without bound.
 SPF_SEEN_MAX = 32
+#: Seconds the learner's message totals of a set of scopes are reused while the policy database's change
+#: stamp stays the same (bounds what a commit the stamp cannot see, in the same clock tick, can leave stale).
+TOTALS_TTL = 10.0
+#: Sets of scopes whose totals a worker keeps (all forgotten past this).
+TOTALS_ENTRIES = 4096
 
 
 @dataclass(frozen=True)
@@ -122,6 +135,8 @@ class Policy:
         self.rspamd_learner = RspamdLearner(cfg.rspamd_controller_url or cfg.rspamd_url,
                                             password=cfg.rspamd_password) if cfg.rspamd_url else None
         self.bayes = Bayes(state, cfg) if cfg.bayes and state is not None and self.rspamd_learner is None else None
+        #: scopes -> (policy database change stamp, monotonic expiry, (spam, ham)): see :meth:`totals`
+        self._totals: dict[tuple[str, ...], tuple[tuple[int, ...], float, tuple[int, int]]] = {}
         # docs/policy.md "Learning": Junk moves are learned in the background (set trainer.reader to replay
         # a dead worker's journaled references)
         self.trainer = Trainer(state, learner(state, bayes=self.bayes, rspamd=self.rspamd_learner,
@@ -227,12 +242,30 @@ class Policy:
         scopes = ["", *sorted({_domain(r) for r in recipients})]
         if self.cfg.bayes_per_user and len(recipients) == 1:
             scopes.append(recipients[0].lower())
-        nspam, nham = await self.bayes.totals(scopes)  # before tokenizing: an untrained learner costs one query
+        nspam, nham = await self.totals(scopes)  # before tokenizing: an untrained learner costs two stats
         if nspam < self.cfg.bayes_min_spam or nham < self.cfg.bayes_min_ham:
             return None
         toks = await asyncio.get_running_loop().run_in_executor(self.executor, tokens, message)
         verdict = await self.bayes.classify(scopes, message, toks, totals=(nspam, nham))
         return verdict.rule if verdict is not None else None
+
+    async def totals(self, scopes: Sequence[str]) -> tuple[int, int]:
+        """The learner's (spam, ham) message totals of ``scopes``, as :meth:`Bayes.totals` reads them, kept in
+        memory while the policy database is unchanged (:meth:`PolicyState.change_stamp`: a learn by this
+        worker, its trainer or ``mailsrv policy learn`` in another process is seen at the next message) and
+        for :data:`TOTALS_TTL` seconds at most. Requires the learner (``self.bayes``)."""
+        assert self.bayes is not None and self.state is not None
+        key = tuple(scopes)
+        stamp = self.state.change_stamp()  # before the read: a commit during it makes the next call read again
+        now = time.monotonic()
+        hit = self._totals.get(key)
+        if hit is not None and hit[0] == stamp and hit[1] > now:
+            return hit[2]
+        got = await self.bayes.totals(scopes)
+        if len(self._totals) >= TOTALS_ENTRIES:
+            self._totals.clear()
+        self._totals[key] = (stamp, now + TOTALS_TTL, got)
+        return got
 
     async def outside_limit(self, user: str) -> int:
         """The daily distinct outside-recipient limit of ``user`` (0: unlimited), grown with the seats
@@ -588,21 +621,31 @@ class PolicySession:
     async def _data_inbound(self, spool: Path | None, message: bytes,
                             scan: asyncio.Future[ScanResult | None] | None,
                             whole: bool) -> tuple[Decision, list[str]]:
-        fields = split_fields(message)
+        fields = split_fields(message)  # the one parse of the header block: every check below reads it
         dkim_res: list[DkimResult] = []
         arc_res = ArcResult("none")
+        # the built-in scorer's content rules (0.5 ms on 4 KB, 37 us for a pool hand-off) run in the pool job
+        # that verifies the DKIM signatures: one job per message instead of two (see _analyse)
+        rules_here = whole and type(self.p.scorer) is RuleScorer
+        content: list[tuple[str, float]] | Exception | None = None
         if self.cfg.dkim and whole:
-            # the verifiers answer "unsigned" and "none" without these fields: skip their tasks then
+            # the verifiers answer "unsigned" and "none" without these fields: skip their work then
             names = {name for name, _value, _raw in fields}
             signed, sealed = b"dkim-signature" in names, b"arc-seal" in names
-            if signed and sealed:
-                dkim_res, arc_res = await asyncio.gather(
-                    verify_dkim(self.p.resolver, message, self.p.executor),
-                    verify_arc(self.p.resolver, message, self.p.executor))
-            elif signed:
-                dkim_res = await verify_dkim(self.p.resolver, message, self.p.executor)
-            elif sealed:
-                arc_res = await verify_arc(self.p.resolver, message, self.p.executor)
+            arc = asyncio.ensure_future(verify_arc(self.p.resolver, message, self.p.executor, fields=fields)) \
+                if sealed else None
+            try:
+                sigs, keys = await dkim_keys(self.p.resolver, fields) if signed else ([], {})
+                if sigs or rules_here:
+                    dkim_res, content = await asyncio.get_running_loop().run_in_executor(
+                        self.p.executor, _analyse, message, fields, sigs, keys,
+                        list(self.tx.rcpts) if rules_here else None)
+            finally:
+                if arc is not None:
+                    arc_res = await arc
+        elif rules_here:
+            content = await asyncio.get_running_loop().run_in_executor(
+                self.p.executor, _content, message, fields, list(self.tx.rcpts))
         froms = from_domains(fields)
         dm: dmarc.DmarcResult | None = None
         if self.cfg.dmarc:
@@ -644,7 +687,10 @@ class PolicySession:
         junk_at, reject_at = self.p.thresholds(rcpt_domains)
         if whole:
             try:
-                score = await self.p.scorer.score(message, facts)
+                if isinstance(content, Exception):
+                    raise content
+                score = RuleScorer.with_content(content, facts) if content is not None \
+                    else await self.p.scorer.score(message, facts)
             except Exception as exc:  # an unreachable external scorer must not lose mail
                 logger.warning("policy.scorer_failed", error=str(exc))
                 score = await RuleScorer(self.p.executor).score(message, facts)
@@ -689,6 +735,22 @@ class PolicySession:
             if not ok:
                 return False
         return True
+
+
+def _content(message: bytes, fields: Fields, recipients: list[str]) -> list[tuple[str, float]] | Exception:
+    """The built-in content rules, or the exception they raised (raised where the score is made, as the
+    scorer's own job would have raised it there)."""
+    try:
+        return content_rules(message, recipients, fields)
+    except Exception as exc:
+        return exc
+
+
+def _analyse(message: bytes, fields: Fields, sigs: list[dict[str, str]], keys: Keys,
+             recipients: list[str] | None) -> tuple[list[DkimResult], list[tuple[str, float]] | Exception | None]:
+    """One pool job of the end of DATA: the DKIM results of ``sigs`` (keys fetched already) and, with
+    ``recipients``, the content rules (see :func:`_content`)."""
+    return verify_signatures(message, sigs, keys), None if recipients is None else _content(message, fields, recipients)
 
 
 async def _none_list() -> list[reputation.DnsblHit]:

@@ -114,6 +114,12 @@ class RuleScorer:
     async def score(self, message: bytes, facts: Facts) -> Score:
         content = await asyncio.get_running_loop().run_in_executor(
             self.executor, content_rules, message, list(facts.recipients))
+        return self.with_content(content, facts)
+
+    @staticmethod
+    def with_content(content: list[tuple[str, float]], facts: Facts) -> Score:
+        """:meth:`score` with the message's :func:`content_rules` computed already (by the caller, in a pool
+        job it runs anyway: the policy pipeline's DKIM verification)."""
         rules = signal_rules(facts) + content
         return Score(round(sum(p for _, p in rules), 2), rules)
 

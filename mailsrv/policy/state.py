@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import ipaddress
+import os
 import sqlite3
 import time
 from collections.abc import Callable
@@ -110,6 +111,22 @@ class PolicyState:
         db.execute("COMMIT")
         self.commits += 1
         return out
+
+    def change_stamp(self) -> tuple[int, ...]:
+        """A value that changes when any process commits to the policy database: this state's commit count
+        and two stats of the database files (no query, no thread: cheap on the loop). A caller may reuse
+        what it read while the stamp is unchanged; a commit by another process in the same clock tick that
+        leaves the WAL's size alone can go unseen, so bound the reuse with a short lifetime too (as the
+        directory's ``change_stamp`` does)."""
+        out = [self.commits]
+        for p in (self.path, self.path.with_name(self.path.name + "-wal")):
+            try:
+                st = os.stat(p)
+            except FileNotFoundError:
+                out.append(-1)
+                continue
+            out += (st.st_ino, st.st_size, st.st_mtime_ns)
+        return tuple(out)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
