@@ -303,7 +303,8 @@ class StoreConfig:
     io_threads: int = doc("Threads per worker for blocking mail store file and index I/O.", 8, check=_positive)
     group_commit_delay: float = doc(
         "Seconds a group commit (a directory fsync, or the syncfs that makes deferred deliveries durable)"
-        " waits for concurrent deliveries to join it; 0 = none.",
+        " waits for concurrent deliveries to join it, only after a round that served several (the first"
+        " after idle starts at once); also the longest a sync waits for rounds still writing; 0 = none.",
         0.0005,
         check=_non_negative,
     )
