@@ -244,9 +244,12 @@ class Store:
                 assert self.fssync is not None
                 # one pool job per round for every delivery that joined it and the round's syncfs (the
                 # links share the spool's file system); no job of its own, no separate sync job
+                # a caller cancelled (SMTP client gone) after the round began its links: the links
+                # are not undone, so they are followed up as on return (synced, then indexed once)
                 (results, published, later), err = await self.fssync.run_synced(
                     spool_path.parent, self._deliver_job, spool_path, targets, internal_date, email_id,
-                    index, group, data)
+                    index, group, data,
+                    abandoned=lambda out, err: self._after_links(spool_path, out[0], out[2], err))
             else:
                 async with self._delivery_slots:  # see DELIVERY_JOBS
                     results, published, later = await self.io.run(
@@ -255,14 +258,21 @@ class Store:
         except OSError as exc:
             logger.error("deliver.spool_unreadable", path=str(spool_path), error=str(exc))
             return [DeliveryResult(t, "tempfail", None, f"spool unreadable: {exc.strerror}") for t in targets]
+        if err is None:
+            for acct, res in published:  # none for a group delivery (it indexes nothing in its job)
+                await acct._publish(res)
+        return self._after_links(spool_path, results, later, err)
+
+    def _after_links(self, spool_path: Path, results: list[DeliveryResult],
+                     later: list[tuple[Account, str, str]], err: OSError | None) -> list[DeliveryResult]:
+        """After a delivery's job (in the loop): hand its deferred copies to the indexer, or when the
+        round's sync failed (``err``) turn its ``ok`` copies into tempfail. The results to return."""
         if err is not None and later:
             logger.error("deliver.sync_failed", path=str(spool_path), error=str(err))
             for acct, _, key in later:
                 acct.engine.pending.pop(key, None)  # the files stay in new/: a reader indexes them
             return [r if r.status != "ok" else DeliveryResult(r.target, "tempfail", None, f"syncfs: {err}")
                     for r in results]
-        for acct, res in published:
-            await acct._publish(res)
         for acct, mailbox, key in later:
             self.indexer.add(acct, mailbox, key)
         return results

@@ -253,6 +253,11 @@ class _SyncGate:
         return [done[p] for p in paths]
 
 
+#: a caller of a group-commit round: (its future, blocking work or None, follow-up when it is cancelled
+#: after its work began or None)
+_Call = tuple["asyncio.Future[Any]", "Callable[[], Any] | None", "Callable[[Any, OSError | None], object] | None"]
+
+
 class _GroupCommit:
     """Concurrent ``await sync(path)`` calls of one loop served in rounds: a caller returns once a
     round that *began after its call* has completed. Calls arriving while a round runs are
@@ -262,6 +267,10 @@ class _GroupCommit:
     the work of every caller of the round and its sync, instead of a job each and then a sync
     job). ``lanes`` rounds may run at once (each serves the callers it took), so that one round's
     work overlaps another's wait for the disk; their syncs go through one :class:`_SyncGate`.
+
+    A caller of :meth:`run_synced` cancelled before its round started its work is dropped (the work
+    never runs); one cancelled later cannot stop the work, so the round hands its outcome to the
+    caller's ``abandoned`` callback instead: the work is then either not done or done and followed up.
 
     ``delay``: seconds a round waits for more callers, only after a round that served more than
     one caller (the first call after idle is served at once: at low load the wait is pure
@@ -273,8 +282,8 @@ class _GroupCommit:
         self._io = io
         self._delay = delay
         self._lanes = max(1, lanes)
-        #: path -> callers: (future, blocking work or None)
-        self._pending: dict[str, list[tuple[asyncio.Future[Any], Callable[[], Any] | None]]] = {}
+        #: path -> callers: (future, blocking work or None, follow-up if the caller is cancelled)
+        self._pending: dict[str, list[_Call]] = {}
         self._running = 0
         self._busy = False  # the last round served more than one caller
         self._tasks: set[asyncio.Task[None]] = set()
@@ -287,22 +296,28 @@ class _GroupCommit:
         """Return once a round that began after this call has made ``path`` durable."""
         await self._join(path, None)
 
-    async def run_synced(self, path: str | os.PathLike[str], fn: Callable[..., T], /,
-                         *args: Any) -> tuple[T, OSError | None]:
+    async def run_synced(self, path: str | os.PathLike[str], fn: Callable[..., T], /, *args: Any,
+                         abandoned: Callable[[T, OSError | None], object] | None = None
+                         ) -> tuple[T, OSError | None]:
         """Run blocking ``fn(*args)`` in the next round's pool job, then that round's sync of ``path``.
 
         Returns ``(fn's result, None)`` once what ``fn`` wrote is durable, or ``(result, error)`` when
         the sync failed (the caller undoes what it must). An exception of ``fn`` is raised (no sync
         is made for it). ``fn`` runs in a pool thread, in the caller's context.
+
+        Cancelled before its round started ``fn``, the caller leaves nothing behind (``fn`` never
+        runs); cancelled later, ``abandoned(result, error)`` is called in the loop once the round is
+        over (not when ``fn`` raised), to do what the caller would have done after its return.
         """
         ctx = contextvars.copy_context()
-        out: tuple[T, OSError | None] = await self._join(path, functools.partial(ctx.run, fn, *args))
+        out: tuple[T, OSError | None] = await self._join(path, functools.partial(ctx.run, fn, *args), abandoned)
         return out
 
-    async def _join(self, path: str | os.PathLike[str], work: Callable[[], Any] | None) -> Any:
+    async def _join(self, path: str | os.PathLike[str], work: Callable[[], Any] | None,
+                    abandoned: Callable[[Any, OSError | None], object] | None = None) -> Any:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
-        self._pending.setdefault(os.fspath(path), []).append((fut, work))
+        self._pending.setdefault(os.fspath(path), []).append((fut, work, abandoned))
         self.callers += 1
         if self._running < self._lanes:
             self._running += 1
@@ -315,8 +330,7 @@ class _GroupCommit:
         """Blocking (I/O pool): make ``paths`` durable; the error (or None) for each."""
         raise NotImplementedError
 
-    def _round_job(self, batch: dict[str, list[tuple[asyncio.Future[Any], Callable[[], Any] | None]]]
-                   ) -> list[tuple[list[tuple[bool, Any]], OSError | None]]:
+    def _round_job(self, batch: dict[str, list[_Call]]) -> list[tuple[list[tuple[bool, Any]], OSError | None]]:
         """Blocking (I/O pool): every caller's work, then one ``_round`` for the paths still wanted.
 
         Per path: ([(ok, result or exception) per caller], the path's sync error or None).
@@ -327,9 +341,12 @@ class _GroupCommit:
         try:
             for path, callers in batch.items():
                 outs: list[tuple[bool, Any]] = []
-                for _fut, work in callers:
+                for fut, work, _ in callers:
                     if work is None:
                         outs.append((True, None))
+                        continue
+                    if fut.cancelled():  # the caller is gone and nothing is done yet: leave it so
+                        outs.append((False, None))  # (read across threads: cancelled is final)
                         continue
                     try:
                         outs.append((True, work()))
@@ -362,18 +379,22 @@ class _GroupCommit:
                     results = await self._io.run(self._round_job, batch)
                 except Exception as exc:  # the pool is shut down: every caller of the round gets it
                     for callers in batch.values():
-                        for fut, _ in callers:
+                        for fut, _, _ in callers:
                             if not fut.done():
                                 fut.set_exception(exc)
                     continue
                 except BaseException:  # this task was cancelled (loop shutting down)
                     for callers in batch.values():
-                        for fut, _ in callers:
+                        for fut, _, _ in callers:
                             fut.cancel()
                     raise
                 for callers, (outs, err) in zip(batch.values(), results, strict=True):
-                    for (fut, work), (ok, value) in zip(callers, outs, strict=True):
+                    for (fut, work, abandoned), (ok, value) in zip(callers, outs, strict=True):
                         if fut.done():
+                            if ok and work is not None and abandoned is not None and fut.cancelled():
+                                # cancelled after its work began: follow it up (an error of the
+                                # follow-up goes to the loop's handler, not into this round)
+                                asyncio.get_running_loop().call_soon(abandoned, value, err)
                             continue
                         if not ok:
                             fut.set_exception(value)

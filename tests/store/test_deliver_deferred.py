@@ -355,3 +355,62 @@ def test_a_known_file_left_in_new_is_moved_not_indexed_again(tmp_path: Path, run
     assert [m.uid for m in view.messages] == [1, 2]
     cur = _files(root, "cur")
     assert name in cur and len(cur) == 2
+
+
+def test_a_caller_cancelled_during_its_round_leaves_whole_deliveries_only(
+        tmp_path: Path, run: Run, make_store: Callable[..., Store]) -> None:
+    """SMTP clients gone while their group-commit rounds run: a delivery whose links were made is
+    synced and indexed once all the same (not left in new/ unknown to the indexer); one whose round
+    had not begun is not made at all (no copy, no spool file)."""
+    import threading
+
+    store = make_store(index_delay=0.0, io_threads=2)  # two lanes (DELIVERY_JOBS), two pool threads
+    assert store.fssync is not None, "a Linux file system with syncfs"
+    accts = [run(store.account(f"u{i}")) for i in range(3)]  # each its own: no indexing for another
+    release = threading.Event()
+    began: list[int] = []
+    real_job = store._deliver_job
+
+    def blocking_job(*args: Any) -> Any:
+        began.append(1)
+        release.wait(10)
+        return real_job(*args)
+
+    store._deliver_job = blocking_job  # type: ignore[method-assign]
+    sdir = tmp_path / "spool"
+    sdir.mkdir()
+
+    async def go() -> list[Any]:
+        tasks = []
+        for i in range(3):
+            tasks.append(asyncio.ensure_future(store.deliver(sdir / f"s{i}", [DeliveryTarget(accts[i])], uids=False,
+                                                             data=msg(i))))
+            deadline = time.monotonic() + 10
+            while len(began) < min(i + 1, 2):  # a lane's round is in its job
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.001)
+        assert len(began) == 2  # both lanes busy: the third waits for a round
+        for t in tasks[1:]:
+            t.cancel()  # one with its links under way, the one still waiting for a lane
+        release.set()
+        res = await tasks[0]
+        await asyncio.wait(tasks[1:])
+        assert all(t.cancelled() for t in tasks[1:])
+        deadline = time.monotonic() + 10
+        assert store.fssync is not None
+        while store.fssync._running or not _files(tmp_path / "mail" / "u1", "cur"):  # rounds over, indexed
+            assert time.monotonic() < deadline
+            await store.indexer.flush()
+            await asyncio.sleep(0.001)
+        await store.indexer.flush()
+        return res
+
+    [res] = run(go())
+    assert res.status == "ok"
+    for i, made in enumerate((True, True, False)):
+        root = tmp_path / "mail" / f"u{i}"
+        assert _files(root, "new") == []  # nothing left behind in new/ for a reader to find
+        assert len(_files(root, "cur")) == made and not accts[i].engine.pending
+        view = run(accts[i].open_mailbox("INBOX"))
+        assert [m.uid for m in view.messages] == ([1] if made else [])
+    assert sorted(os.listdir(sdir)) == ["s0", "s1"]  # the third never wrote its spool file

@@ -217,3 +217,47 @@ def test_sync_gate_gathers_rounds_still_writing(tmp_path: Path) -> None:
     lone = fsio._SyncGate(sync, gather=0.01)
     lone.enter()  # a round that never comes: the sync starts anyway after the bound
     assert lone.sync(["c"]) == [None] and calls[-1] == ["c"]
+
+
+def test_run_synced_caller_cancelled_before_or_after_its_work_began(tmp_path: Path) -> None:
+    """A caller cancelled while its round waits leaves no trace (its work never runs); one cancelled
+    after its work began gets the outcome in its ``abandoned`` follow-up, once the sync is done."""
+    import threading
+
+    began, release = threading.Event(), threading.Event()
+    ran: list[str] = []
+    followed: list[tuple[object, object]] = []
+
+    def work(name: str) -> str:
+        ran.append(name)
+        if name == "first":
+            began.set()
+            release.wait(10)
+        return name
+
+    async def main() -> None:
+        io = fsio.FileIO(2)
+        syncer = fsio.FsSyncer(io, lanes=1)
+        loop = asyncio.get_running_loop()
+        try:
+            first = asyncio.ensure_future(syncer.run_synced(
+                tmp_path, work, "first", abandoned=lambda out, err: followed.append((out, err))))
+            assert await loop.run_in_executor(None, began.wait, 10)
+            # the one lane is busy: "queued" waits for the next round
+            queued = asyncio.ensure_future(syncer.run_synced(
+                tmp_path, work, "queued", abandoned=lambda out, err: followed.append((out, err))))
+            await asyncio.sleep(0)
+            first.cancel()
+            queued.cancel()
+            release.set()
+            deadline = time.monotonic() + 10
+            while syncer.rounds < 2 or not followed or syncer._running:  # both rounds over
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.001)
+            assert first.cancelled() and queued.cancelled()
+        finally:
+            io.shutdown()
+
+    asyncio.run(main())
+    assert ran == ["first"]  # the queued caller's work never ran
+    assert followed == [("first", None)]  # the started one was followed up after its sync
