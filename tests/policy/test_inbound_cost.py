@@ -4,6 +4,7 @@ totals kept in memory (and seen changed by a learn in another process), one pool
 from __future__ import annotations
 
 import asyncio
+import re
 import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -29,15 +30,31 @@ from mailsrv.policy.state import PolicyState
 PIECES = ["you have won", "lottery", "viagra", "click here", "$", "usd", "US$ 5,000,000", "2.5 million dollars",
           "billion euros", "500万元", "3亿", "中奖", "点击这里", "回复TD", "remove", "Removal instructions",
           "you are receiving this email because", "to be removed, click", "receive", "ı", "İ", "ſ", "K", "€",
-          "£", "bıllion", "uſd", "reſponse", " ", "\n", "a", "1", ",000", "%"]
+          "£", "bıllion", "uſd", "reſponse", " ", "\n", "a", "1", ",000", "%", "１２", "é", "中", "点击", "领", "\u3000",
+          "50% of the total", "刷单", "click here中奖", "中奖click here"]
+
+
+#: The phrase expression as it was: one alternation of the Latin and the (grouped) Chinese phrases.
+PHRASE = re.compile(content._LATIN + "|" + "|".join(f"(?:{p})" for p in content._CJK_PHRASES.values()))
 
 
 @settings(max_examples=400, deadline=None)
 @given(st.lists(st.sampled_from(PIECES) | st.text(max_size=6), max_size=30).map("".join))
 def test_fast_paths_answer_as_the_full_expressions(text: str) -> None:
-    assert content.phrases(text) == {m.group(0) for m in content._PHRASE.finditer(text[:content.TEXT_LIMIT].lower())}
+    assert content.phrases(text) == {m.group(0) for m in PHRASE.finditer(text[:content.TEXT_LIMIT].lower())}
     assert content._big_money(text) == (content._MONEY.search(text) is not None)
     assert content._remove_instructions(text) == (content._REMOVE.search(text) is not None)
+
+
+def test_fast_paths_answer_as_the_full_expressions_on_the_corpus(corpus: Path) -> None:
+    texts = [p.read_bytes().decode("utf-8", "replace") for p in sorted(corpus.rglob("*")) if p.is_file()]
+    assert len(texts) > 50
+    for text in texts:
+        window = text[:content.TEXT_LIMIT]
+        assert content.phrases(text) == {m.group(0) for m in PHRASE.finditer(window.lower())}
+        assert content._big_money(window) == (content._MONEY.search(window) is not None)
+        assert content._remove_instructions(window) == (content._REMOVE.search(window) is not None)
+    assert any(not t.isascii() for t in texts)  # the non-ASCII path was compared too
 
 
 def test_fast_paths_still_find_what_they_skip_nothing_for() -> None:
