@@ -75,7 +75,8 @@ async def test_a_shorter_limit_after_a_longer_one(pair: Pair) -> None:
     conn = pair.conn
     conn.idle_timeout = 60.0
     reading = asyncio.ensure_future(conn.readline())
-    await asyncio.sleep(0.05)  # let the long wait start its timer
+    await asyncio.sleep(0)  # one step: the long wait has started its timer
+    assert conn._watch is not None and conn._watch_at > asyncio.get_running_loop().time() + 30
     pair.writer.write(b"DONE\r\n")
     assert await asyncio.wait_for(reading, 10) == b"DONE\r\n"
     conn.idle_timeout = 0.2

@@ -139,3 +139,39 @@ def test_without_syncfs_each_delivery_fsyncs(tmp_path: Path, run: Run, make_stor
     assert dir_fsyncs == [str(tmp_path / "mail" / "u" / "new")]
     run(store.indexer.flush())
     assert [m.uid for m in run(acct.open_mailbox("INBOX")).messages] == [1]
+
+
+def test_no_delivery_of_a_round_returns_before_its_syncfs_completed(
+        tmp_path: Path, run: Run, make_store: Callable[..., Store], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The 250 waits for durability: while the round's syncfs is still running (held here), none of
+    the round's deliveries has returned, and each returns ok once it completes."""
+    import threading
+    import time
+
+    store = make_store(index_delay=30.0)
+    accts = [run(store.account(f"u{i}")) for i in range(3)]
+    entered, release = threading.Event(), threading.Event()
+    real = fsio.syncfs
+
+    def held(path: Any) -> None:
+        entered.set()
+        release.wait(10)
+        real(path)
+
+    monkeypatch.setattr(fsio, "syncfs", held)
+
+    async def go() -> list[Any]:
+        tasks = [asyncio.ensure_future(store.deliver(spool(tmp_path, msg(i), f"s{i}"), [DeliveryTarget(accts[i])],
+                                                     uids=False)) for i in range(3)]
+        deadline = time.monotonic() + 10
+        while not entered.is_set():
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.001)
+        for _ in range(20):  # loop turns in which a premature answer would show
+            await asyncio.sleep(0)
+        assert not any(t.done() for t in tasks)
+        release.set()
+        return await asyncio.gather(*tasks)
+
+    out = run(go())
+    assert [r.status for rs in out for r in rs] == ["ok"] * 3
