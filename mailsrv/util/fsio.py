@@ -190,9 +190,6 @@ class _SyncGate:
     file system's inodes (kernel CPU), so several lanes share one instead of each making its own.
     """
 
-    #: results of this many past syncs are kept for waiters that wake late
-    KEEP = 64
-
     def __init__(self, sync: Callable[[list[str]], list[OSError | None]], gather: float = 0.0) -> None:
         self._sync = sync
         #: seconds a sync about to start waits at most for rounds still writing to join it
@@ -203,7 +200,9 @@ class _SyncGate:
         self._wanted: dict[str, None] = {}  # paths for the next sync
         self._next = 0  # number of the next sync to start
         self._done = -1  # number of the last sync completed
-        self._results: dict[int, dict[str, OSError | None]] = {}
+        #: path -> error of the next sync, filled when it completes: each waiter holds the one of
+        #: its sync, however late it wakes (a table of past syncs would have to forget some)
+        self._outcome: dict[str, OSError | None] = {}
 
     def enter(self) -> None:
         """A round starts writing: a sync starting meanwhile may wait for it (``gather``)."""
@@ -224,7 +223,7 @@ class _SyncGate:
             if entered:
                 self._writing -= 1
                 self._cond.notify_all()  # a sync gathering rounds may start now
-            mine = self._next
+            mine, outcome = self._next, self._outcome
             while self._done < mine:
                 if not self._running:  # nobody started sync number ``mine`` yet: run it
                     self._running = True
@@ -233,24 +232,22 @@ class _SyncGate:
                         while self._writing and (left := deadline - time.monotonic()) > 0:
                             self._cond.wait(left)
                     todo, self._wanted = list(self._wanted), {}
+                    self._outcome = {}  # the one after this
                     self._next += 1
                     break
                 self._cond.wait()
             else:
-                done = self._results[mine]
-                return [done[p] for p in paths]
+                return [outcome[p] for p in paths]
         try:
             errors = self._sync(todo)
         except Exception as exc:  # not an OSError of one path: every path of this sync failed
             errors = [OSError(errno.EIO, f"sync failed: {exc}")] * len(todo)
         with self._cond:
-            done = dict(zip(todo, errors, strict=True))
-            self._results[mine] = done
-            self._results.pop(mine - self.KEEP, None)
+            outcome.update(zip(todo, errors, strict=True))
             self._done = mine
             self._running = False
             self._cond.notify_all()
-        return [done[p] for p in paths]
+        return [outcome[p] for p in paths]
 
 
 #: a caller of a group-commit round: (its future, blocking work or None, follow-up when it is cancelled

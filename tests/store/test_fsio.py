@@ -261,3 +261,53 @@ def test_run_synced_caller_cancelled_before_or_after_its_work_began(tmp_path: Pa
     asyncio.run(main())
     assert ran == ["first"]  # the queued caller's work never ran
     assert followed == [("first", None)]  # the started one was followed up after its sync
+
+
+def test_sync_gate_waiter_that_wakes_late_still_gets_its_result() -> None:
+    """A round's thread that wakes only after many later syncs (a starved thread) gets its own sync's
+    outcome: no result table of bounded length to fall out of."""
+    import threading
+
+    late = threading.Event()
+    sleeper: list[int] = []
+
+    class Slow(threading.Condition):
+        def _acquire_restore(self, state: object) -> None:  # type: ignore[override]
+            if threading.get_ident() in sleeper:  # the starved thread: back only when told
+                late.wait(10)
+            super()._acquire_restore(state)  # type: ignore[misc]
+
+    first_started, release_first = threading.Event(), threading.Event()
+
+    def sync(paths: list[str]) -> list[OSError | None]:
+        if paths == ["a"]:
+            first_started.set()
+            release_first.wait(10)
+        return [OSError(5, p) if p == "b" else None for p in paths]
+
+    gate = fsio._SyncGate(sync)
+    gate._cond = Slow(threading.Lock())  # a plain lock: the class hook is used (an RLock brings its own)
+    out: dict[str, list[OSError | None]] = {}
+    first = threading.Thread(target=lambda: out.setdefault("a", gate.sync(["a"])))
+    first.start()
+    assert first_started.wait(10)
+
+    def starved() -> None:
+        sleeper.append(threading.get_ident())
+        out["b"] = gate.sync(["b"])
+
+    waiter = threading.Thread(target=starved)
+    waiter.start()
+    deadline = time.monotonic() + 10
+    while "b" not in gate._wanted:  # it waits behind the first sync
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
+    release_first.set()
+    first.join(10)
+    for i in range(100):  # its sync runs (from another thread's round), and many after it
+        assert gate.sync([f"p{i}"]) == [None]
+    late.set()
+    waiter.join(10)
+    assert not waiter.is_alive()
+    [err] = out["b"]
+    assert isinstance(err, OSError) and err.filename is None and str(err) == "[Errno 5] b"
