@@ -259,3 +259,44 @@ def test_with_content_is_score() -> None:
     rules = [("MISSING_MID", 1.0)]
     assert RuleScorer.with_content(rules, facts) == Score(6.5, [("DNSBL_LISTED(bl.test)", 5.0), ("RDNS_NONE", 1.0),
                                                                ("SPF_PASS", -0.5), ("MISSING_MID", 1.0)])
+
+
+async def _trained(tmp_path: Path, cfg: PolicyConfig, **kw: Any) -> Policy:
+    policy = Policy(cfg, hostname="mx.example.test", resolver=Resolver(cfg.nameservers),
+                    state=PolicyState(tmp_path / "policy.db"), **kw)
+    for i in range(3):
+        await policy.learn("spam", f"Subject: win {i}\r\n\r\nwin the lottery jackpot now {i}\r\n".encode(), [""])
+        await policy.learn("ham", f"Subject: agenda {i}\r\n\r\nthe meeting agenda for tomorrow {i}\r\n".encode(), [""])
+    return policy
+
+
+async def test_a_trained_learners_tokens_in_the_same_job(tmp_path: Path, corpus: Path, dnsserver: Any, dkim_key: Any,
+                                                         sign: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    dnsserver.add("sender.test", "TXT", "v=spf1 ip4:192.0.2.0/24 -all")
+    dnsserver.add("sel._domainkey.sender.test", "TXT", dkim_key.txt)
+    cfg = PolicyConfig(nameservers=(dnsserver.address,), skip_networks=(), bayes_min_spam=3, bayes_min_ham=3)
+    pool = CountingPool()
+    policy = await _trained(tmp_path, cfg, executor=pool)
+    try:
+        messages = _messages(corpus, sign)[:15]
+        bayes_rules = 0
+        for m in messages:
+            jobs = pool.jobs
+            decision, _ = await _decide(policy, m)
+            assert pool.jobs == jobs + 1  # DKIM, the rules and the tokens: one job
+            assert decision.score is not None
+            expected = await policy.classify(m, ["bob@example.test"])  # the learner's own path: its own job
+            assert expected is not None
+            assert [r for r in decision.score.rules if r[0].startswith("BAYES_")] == [expected]
+            bayes_rules += 1
+        assert bayes_rules == len(messages)
+
+        def broken(_message: bytes) -> set[str]:
+            raise RuntimeError("tokenizer bug")
+
+        monkeypatch.setattr(pipeline, "tokens", broken)
+        decision, _ = await _decide(policy, messages[0])  # the learner fails: the rules alone decide, as before
+        assert decision.score is not None and not any(r[0].startswith("BAYES_") for r in decision.score.rules)
+    finally:
+        policy.close()
+        pool.shutdown()
