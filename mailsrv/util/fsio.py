@@ -321,7 +321,14 @@ class _GroupCommit:
             task = loop.create_task(self._flusher())
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-        return await fut
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            # cancelled after the round answered but before this task woke (the answer is in fut, not
+            # taken): follow it up as the round does for a caller cancelled while it ran
+            if abandoned is not None and fut.done() and not fut.cancelled() and fut.exception() is None:
+                abandoned(*fut.result())
+            raise
 
     def _round(self, paths: list[str]) -> list[OSError | None]:
         """Blocking (I/O pool): make ``paths`` durable; the error (or None) for each."""

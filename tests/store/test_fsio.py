@@ -311,3 +311,33 @@ def test_sync_gate_waiter_that_wakes_late_still_gets_its_result() -> None:
     assert not waiter.is_alive()
     [err] = out["b"]
     assert isinstance(err, OSError) and err.filename is None and str(err) == "[Errno 5] b"
+
+
+def test_run_synced_caller_cancelled_as_its_answer_arrives_is_followed_up(tmp_path: Path) -> None:
+    """Cancelled in the loop turn between its round's answer and its own wake-up, a caller cannot
+    take the answer: its ``abandoned`` follow-up gets it (the work was done and synced)."""
+    followed: list[tuple[object, object]] = []
+
+    async def main() -> None:
+        io = fsio.FileIO(2)
+        syncer = fsio.FsSyncer(io)
+        loop = asyncio.get_running_loop()
+        caller: list[asyncio.Future[object]] = []
+        real = io.run
+
+        async def run(fn: object, *args: object) -> object:
+            out = await real(fn, *args)  # type: ignore[arg-type]
+            loop.call_soon(caller[0].cancel)  # runs after the round answers, before the caller wakes
+            return out
+
+        io.run = run  # type: ignore[method-assign, assignment]
+        try:
+            caller.append(asyncio.ensure_future(syncer.run_synced(
+                tmp_path, lambda: "done", abandoned=lambda out, err: followed.append((out, err)))))
+            await asyncio.wait(caller)
+            assert caller[0].cancelled()
+        finally:
+            io.shutdown()
+
+    asyncio.run(main())
+    assert followed == [("done", None)]
