@@ -74,6 +74,7 @@ class PolicyState:
     def __init__(self, path: Path, *, clock: Callable[[], float] = time.time) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
+        self._wal = path.with_name(path.name + "-wal")
         self.clock = clock
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="policy-db")
         self._db: sqlite3.Connection | None = None
@@ -113,20 +114,17 @@ class PolicyState:
         return out
 
     def change_stamp(self) -> tuple[int, ...]:
-        """A value that changes when any process commits to the policy database: this state's commit count
-        and two stats of the database files (no query, no thread: cheap on the loop). A caller may reuse
-        what it read while the stamp is unchanged; a commit by another process in the same clock tick that
-        leaves the WAL's size alone can go unseen, so bound the reuse with a short lifetime too (as the
-        directory's ``change_stamp`` does)."""
-        out = [self.commits]
-        for p in (self.path, self.path.with_name(self.path.name + "-wal")):
-            try:
-                st = os.stat(p)
-            except FileNotFoundError:
-                out.append(-1)
-                continue
-            out += (st.st_ino, st.st_size, st.st_mtime_ns)
-        return tuple(out)
+        """A value that changes when any process commits to the policy database: this state's commit count and
+        one stat of the write-ahead log (no query, no thread: cheap on the loop). In WAL mode every commit writes
+        the log; the database file changes only when a checkpoint copies pages already committed. A caller may
+        reuse what it read while the stamp is unchanged; a commit by another process in the same clock tick that
+        leaves the log's size alone (one restarted from its start) can go unseen, so bound the reuse with a
+        short lifetime too."""
+        try:
+            st = os.stat(self._wal)
+        except FileNotFoundError:  # no connection open yet (the last one to close removes the log)
+            return self.commits, -1
+        return self.commits, st.st_ino, st.st_size, st.st_mtime_ns
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
