@@ -257,7 +257,7 @@ class Policy:
         if self.bayes is None:
             return None
         scopes = self.learner_scopes(recipients)
-        nspam, nham = await self.totals(scopes)  # before tokenizing: an untrained learner costs two stats
+        nspam, nham = await self.totals(scopes)  # before tokenizing: an untrained learner costs one stat
         if nspam < self.cfg.bayes_min_spam or nham < self.cfg.bayes_min_ham:
             return None
         if toks is None:
