@@ -649,6 +649,9 @@ class PolicySession:
         sigs: list[dict[str, str]] = []
         keys: Keys = {}
         arc: asyncio.Future[ArcResult] | None = None
+        froms = from_domains(fields)
+        # the DMARC records are asked for now, beside the DKIM keys and verification (evaluated below)
+        dmarc_warm = asyncio.ensure_future(dmarc.warm(self.p.resolver, froms)) if self.cfg.dmarc and froms else None
         try:
             if self.cfg.dkim and whole:
                 # the verifiers answer "unsigned" and "none" without these fields: skip their work then
@@ -662,9 +665,10 @@ class PolicySession:
                     self.p.executor, _analyse, message, fields, sigs, keys,
                     list(self.tx.rcpts) if rules_here else None, want_tokens)
         finally:
+            if dmarc_warm is not None:
+                await dmarc_warm  # never raises (evaluate asks again what failed); not cancelled: shared queries
             if arc is not None:
                 arc_res = await arc
-        froms = from_domains(fields)
         dm: dmarc.DmarcResult | None = None
         if self.cfg.dmarc:
             dm = await dmarc.evaluate(self.p.resolver, froms, self.tx.spf, dkim_res)

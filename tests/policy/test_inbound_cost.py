@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from mailsrv.config import PolicyConfig
 from mailsrv.net.dns import Resolver
-from mailsrv.policy import content, pipeline
+from mailsrv.policy import content, dmarc, pipeline
 from mailsrv.policy.pipeline import Decision, Policy
 from mailsrv.policy.score import Facts, RuleScorer, Score
 from mailsrv.policy.state import PolicyState
@@ -300,3 +300,36 @@ async def test_a_trained_learners_tokens_in_the_same_job(tmp_path: Path, corpus:
     finally:
         policy.close()
         pool.shutdown()
+
+
+async def test_dmarc_is_asked_beside_dkim_with_no_extra_query(dnsserver: Any, dkim_key: Any, sign: Any,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    dnsserver.add("sender.test", "TXT", "v=spf1 ip4:192.0.2.0/24 -all")
+    dnsserver.add("_dmarc.sender.test", "TXT", "v=DMARC1; p=reject")
+    dnsserver.add("sel._domainkey.sender.test", "TXT", dkim_key.txt)
+    cfg = PolicyConfig(nameservers=(dnsserver.address,), skip_networks=())
+    message = sign(b"From: alice@sender.test\r\nTo: bob@example.test\r\nSubject: hi\r\n\r\nhello\r\n", "sender.test")
+    real = pipeline._analyse
+    runs = []
+    for warm in (True, False):
+        policy = Policy(cfg, hostname="mx.example.test", resolver=Resolver(cfg.nameservers), state=None)
+        resolver = policy.resolver
+        started: list[bool] = []
+
+        def analyse(*args: Any) -> Any:
+            key = ("_dmarc.sender.test", "TXT")
+            started.append(key in resolver._inflight or key in resolver._cache)  # noqa: B023 - called in the loop
+            return real(*args)
+
+        monkeypatch.setattr(pipeline, "_analyse", analyse)
+        if not warm:  # the order before: DMARC asked once the verification is done
+            async def nothing(*_args: Any) -> None:
+                return None
+
+            monkeypatch.setattr(dmarc, "warm", nothing)
+        decision, out = await _decide(policy, message)
+        runs.append((decision, out, resolver.queries, started))
+    (d1, out1, q1, started1), (d2, out2, q2, started2) = runs
+    assert d1 == d2 and out1 == out2 and b"dmarc=pass" in out1
+    assert q1 == q2  # no extra query: evaluate shares the warm-up's answer
+    assert started1 == [True] and started2 == [False]  # asked before the verification job ran, not after it
