@@ -186,6 +186,14 @@ def _messages(corpus: Path, sign: Any) -> list[bytes]:
     return picked + signed[:12] + [spam]
 
 
+def _sender_records(dnsserver: Any, dkim_key: Any, dmarc_policy: str | None = None) -> None:
+    """sender.test's SPF (192.0.2.0/24), DKIM key (selector sel) and, with ``dmarc_policy``, DMARC record."""
+    dnsserver.add("sender.test", "TXT", "v=spf1 ip4:192.0.2.0/24 -all")
+    dnsserver.add("sel._domainkey.sender.test", "TXT", dkim_key.txt)
+    if dmarc_policy is not None:
+        dnsserver.add("_dmarc.sender.test", "TXT", f"v=DMARC1; p={dmarc_policy}")
+
+
 async def _decide(policy: Policy, message: bytes) -> tuple[Decision, bytes]:
     ps = policy.session(client_ip="192.0.2.1")
     await ps.connect()
@@ -197,9 +205,7 @@ async def _decide(policy: Policy, message: bytes) -> tuple[Decision, bytes]:
 
 async def test_one_job_for_dkim_and_rules_decides_as_the_scorers_job(
         corpus: Path, dnsserver: Any, dkim_key: Any, sign: Any) -> None:
-    dnsserver.add("sender.test", "TXT", "v=spf1 ip4:192.0.2.0/24 -all")
-    dnsserver.add("_dmarc.sender.test", "TXT", "v=DMARC1; p=quarantine")
-    dnsserver.add("sel._domainkey.sender.test", "TXT", dkim_key.txt)
+    _sender_records(dnsserver, dkim_key, "quarantine")
     cfg = PolicyConfig(nameservers=(dnsserver.address,), skip_networks=(), dnsbl_zones=("bl.test",))
     pools = CountingPool(), CountingPool()
     one = Policy(cfg, hostname="mx.example.test", resolver=Resolver(cfg.nameservers), state=None,
@@ -227,9 +233,7 @@ async def test_one_job_for_dkim_and_rules_decides_as_the_scorers_job(
 async def test_a_failing_rule_job_decides_as_before(dnsserver: Any, dkim_key: Any, sign: Any,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """A bug in the content rules: a DMARC reject still rejects first, other mail is judged without analysis."""
-    dnsserver.add("sender.test", "TXT", "v=spf1 ip4:192.0.2.0/24 -all")
-    dnsserver.add("_dmarc.sender.test", "TXT", "v=DMARC1; p=reject")
-    dnsserver.add("sel._domainkey.sender.test", "TXT", dkim_key.txt)
+    _sender_records(dnsserver, dkim_key, "reject")
 
     def broken(*_args: Any) -> list[tuple[str, float]]:
         raise RuntimeError("rule bug")
@@ -272,8 +276,7 @@ async def _trained(tmp_path: Path, cfg: PolicyConfig, **kw: Any) -> Policy:
 
 async def test_a_trained_learners_tokens_in_the_same_job(tmp_path: Path, corpus: Path, dnsserver: Any, dkim_key: Any,
                                                          sign: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    dnsserver.add("sender.test", "TXT", "v=spf1 ip4:192.0.2.0/24 -all")
-    dnsserver.add("sel._domainkey.sender.test", "TXT", dkim_key.txt)
+    _sender_records(dnsserver, dkim_key)
     cfg = PolicyConfig(nameservers=(dnsserver.address,), skip_networks=(), bayes_min_spam=3, bayes_min_ham=3)
     pool = CountingPool()
     policy = await _trained(tmp_path, cfg, executor=pool)
@@ -304,9 +307,7 @@ async def test_a_trained_learners_tokens_in_the_same_job(tmp_path: Path, corpus:
 
 async def test_dmarc_is_asked_beside_dkim_with_no_extra_query(dnsserver: Any, dkim_key: Any, sign: Any,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    dnsserver.add("sender.test", "TXT", "v=spf1 ip4:192.0.2.0/24 -all")
-    dnsserver.add("_dmarc.sender.test", "TXT", "v=DMARC1; p=reject")
-    dnsserver.add("sel._domainkey.sender.test", "TXT", dkim_key.txt)
+    _sender_records(dnsserver, dkim_key, "reject")
     cfg = PolicyConfig(nameservers=(dnsserver.address,), skip_networks=())
     message = sign(b"From: alice@sender.test\r\nTo: bob@example.test\r\nSubject: hi\r\n\r\nhello\r\n", "sender.test")
     real = pipeline._analyse
