@@ -478,6 +478,32 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _await_rspamd_learning(controller: str, deadline: float, d: Path) -> None:
+    """The controller answers /ping before its statfile backends can learn (under load a first learn
+    failed with "cannot find statfile backend"): learn one warm-up message, polling with a deadline."""
+    import urllib.error
+    import urllib.request
+
+    body = b"From: warm@rspamd-learn.test\r\nSubject: warm up\r\n\r\nwarm up the classifier\r\n"
+    last = ""
+    while time.monotonic() < deadline:
+        req = urllib.request.Request(controller + "/learnham", data=body,
+                                     headers={"Password": RSPAMD_PASSWORD}, method="POST")
+        try:
+            with urllib.request.urlopen(req, timeout=5) as r:
+                if r.status == 200:
+                    return
+        except urllib.error.HTTPError as exc:
+            last = exc.read().decode(errors="replace")
+            if "already learned" in last:  # a session fixture reused by a rerun in the same directory
+                return
+        except OSError as exc:
+            last = str(exc)
+        time.sleep(0.05)  # polling with a deadline until the classifier learns
+    log = d / "rspamd.log"
+    pytest.fail(f"rspamd never learned: {last}; {log.read_text()[-2000:] if log.exists() else 'no log'}")
+
+
 @pytest.fixture(scope="session")
 def rspamd_instance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rspamd]:
     """A real rspamd (Debian's) with a minimal configuration of our own: one normal worker and one
@@ -528,6 +554,7 @@ lua = "{d}/rules.lua";
             log = d / "rspamd.log"
             pytest.fail(f"rspamd did not start: {log.read_text()[-2000:] if log.exists() else 'no log'}")
         time.sleep(0.05)  # polling with a deadline until the worker listens
+    _await_rspamd_learning(controller, deadline, d)
     yield Rspamd(url, controller, RSPAMD_PASSWORD)
     proc.terminate()
     proc.wait(15)
