@@ -48,7 +48,9 @@ def check_servers(report: dict) -> None:
     for srv in servers:
         assert isinstance(srv["name"], str) and isinstance(srv["operations_unit"], str), srv
         assert srv["operations"] > 0, srv
-        assert srv["cpu_seconds"] > 0, srv
+        # /proc counts CPU in 10 ms ticks per process: a baseline's short-lived processes at smoke size
+        # (Dovecot's 48 for 124 operations) can each stay under one tick and sum to 0
+        assert srv["cpu_seconds"] > 0 if srv is first else srv["cpu_seconds"] >= 0, srv
         assert srv["cpu_s_per_1k_ops"] == pytest.approx(srv["cpu_seconds"] * 1000 / srv["operations"], rel=0.01,
                                                          abs=1e-3), srv
         assert srv["peak_rss_kib"] > 1024, srv  # a Python server holds more than 1 MiB
