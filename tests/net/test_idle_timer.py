@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import pytest
+from support.server import wait_until_async
 
 from mailsrv.net.connection import Connection, IdleTimeout
 
@@ -75,7 +76,7 @@ async def test_a_shorter_limit_after_a_longer_one(pair: Pair) -> None:
     conn = pair.conn
     conn.idle_timeout = 60.0
     reading = asyncio.ensure_future(conn.readline())
-    await asyncio.sleep(0)  # one step: the long wait has started its timer
+    await wait_until_async(lambda: conn._watch is not None)  # the long wait has started its timer
     assert conn._watch is not None and conn._watch_at > asyncio.get_running_loop().time() + 30
     pair.writer.write(b"DONE\r\n")
     assert await asyncio.wait_for(reading, 10) == b"DONE\r\n"
@@ -89,7 +90,7 @@ async def test_a_shorter_limit_after_a_longer_one(pair: Pair) -> None:
 async def test_a_cancel_from_elsewhere_is_not_a_timeout(pair: Pair) -> None:
     conn = pair.conn
     reading = asyncio.ensure_future(conn.readline())
-    await asyncio.sleep(0)
+    await wait_until_async(lambda: conn._watch is not None)  # the wait has begun
     reading.cancel()
     with pytest.raises(asyncio.CancelledError):
         await reading
@@ -101,8 +102,7 @@ async def test_a_cancel_from_elsewhere_is_not_a_timeout(pair: Pair) -> None:
 async def test_close_stops_the_timer(pair: Pair) -> None:
     conn = pair.conn
     reading = asyncio.ensure_future(conn.readline())
-    await asyncio.sleep(0)
-    assert conn._watch is not None  # one timer for the connection while it waits
+    await wait_until_async(lambda: conn._watch is not None)  # one timer for the connection while it waits
     pair.writer.write(b"x\r\n")
     await asyncio.wait_for(reading, 10)
     await conn.close()

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+from support.server import wait_until_async
 
 from mailsrv.util import fsio
 
@@ -246,7 +247,7 @@ def test_run_synced_caller_cancelled_before_or_after_its_work_began(tmp_path: Pa
             # the one lane is busy: "queued" waits for the next round
             queued = asyncio.ensure_future(syncer.run_synced(
                 tmp_path, work, "queued", abandoned=lambda out, err: followed.append((out, err))))
-            await asyncio.sleep(0)
+            await wait_until_async(lambda: bool(syncer._pending))  # queued behind the running round
             first.cancel()
             queued.cancel()
             release.set()

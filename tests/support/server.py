@@ -121,3 +121,14 @@ def wait_until(pred: Callable[[], bool], timeout: float = 10.0, interval: float 
         if time.monotonic() > deadline:
             raise AssertionError("condition not met before the deadline")
         time.sleep(interval)
+
+
+async def wait_until_async(pred: Callable[[], bool], limit: float = 10.0) -> None:
+    """:func:`wait_until` inside a running loop: poll ``pred`` each loop turn until true or raise."""
+    import asyncio
+
+    deadline = time.monotonic() + limit
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met before the deadline")
+        await asyncio.sleep(0)
