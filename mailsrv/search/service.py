@@ -59,6 +59,9 @@ UNLOADED_INDEXES = 4096
 
 #: text cache bytes tolerated beyond twice the live records before it is compacted
 COMPACT_SLACK = 1 << 20
+#: bytes of delivered messages held for indexing (the store's ``raw=``) at most, in all mailboxes of
+#: a process: beyond it (a backlog, a delivery to many mailboxes) messages are read back instead
+RAW_HELD_MAX = 8 << 20
 T = TypeVar("T")
 
 #: reads the raw message with this UID (the store's ``read_message``)
@@ -117,6 +120,8 @@ class MailboxIndex:
         self._sort_cache: dict[SortKey, tuple[tuple, list[int]]] = {}
         #: UIDs delivered and not yet indexed; one task drains them in batches (SearchService.message_added)
         self.pending: list[int] = []
+        #: the delivered bytes of some of them (the store's ``raw=``): indexed without a read
+        self.raws: dict[int, bytes] = {}
         self.draining = False
         #: statistics for tests and the benchmark
         self.stats = {"indexed": 0, "confirmed": 0, "rebuilds": 0, "snapshots": 0, "text_compactions": 0, "loads": 0,
@@ -426,15 +431,17 @@ class MailboxIndex:
                 await self.service.run(self._extract_and_add, raws)
         return unreadable
 
-    def _read_and_add(self, read_many: ReadManyBlocking, uids: list[int]) -> None:
-        """Blocking (search pool): read a batch after delivery and index it; a failed read is
-        skipped (the next search indexes what it finds missing)."""
-        try:
-            many = read_many(uids)
-        except Exception as exc:  # mailbox gone, I/O error
-            logger.debug("read.failed", mailbox=self.mailbox_id, error=str(exc))
-            return
-        raws = [(uid, many[uid]) for uid in uids if uid in many]
+    def _read_and_add(self, read_many: ReadManyBlocking, uids: list[int], held: dict[int, bytes]) -> None:
+        """Blocking (search pool): read a batch after delivery (but the messages in ``held``) and
+        index it; a failed read is skipped (the next search indexes what it finds missing)."""
+        many: dict[int, bytes] = {}
+        unread = [uid for uid in uids if uid not in held]
+        if unread:
+            try:
+                many = read_many(unread)
+            except Exception as exc:  # mailbox gone, I/O error
+                logger.debug("read.failed", mailbox=self.mailbox_id, error=str(exc))
+        raws = [(uid, raw) for uid in uids if (raw := held.get(uid, many.get(uid))) is not None]
         if raws:
             self._extract_and_add(raws)
 
@@ -529,22 +536,25 @@ class MailboxIndex:
             await self.service.run(reset)
             await self._catch_up(view)
 
-    async def index_uids(self, uids: Sequence[int]) -> None:
-        """Index these messages now (after delivery); reading failures are skipped."""
+    async def index_uids(self, uids: Sequence[int], held: dict[int, bytes] | None = None) -> None:
+        """Index these messages now (after delivery); reading failures are skipped. ``held``: the
+        bytes of some of them (as delivered), not read again."""
+        held = held or {}
         async with self.lock:
             # an index not loaded here is appended to, not loaded (_append_unloaded)
             todo = [uid for uid in dict.fromkeys(uids) if uid not in self.core.indexed]
             if self.read_many_blocking is not None and todo:
-                await self.service.run(self._read_and_add, self.read_many_blocking, todo)
+                await self.service.run(self._read_and_add, self.read_many_blocking, todo, held)
                 return
-            raws: list[tuple[int, bytes]] = []
+            raws = [(uid, held[uid]) for uid in todo if uid in held]
+            todo = [uid for uid in todo if uid not in held]
             if self.read_many is not None and todo:
                 try:
                     many = await self.read_many(todo)
                 except Exception as exc:  # mailbox gone, I/O error: indexed at the next search
                     logger.debug("read.failed", mailbox=self.mailbox_id, error=str(exc))
-                    return
-                raws = [(uid, many[uid]) for uid in todo if uid in many]
+                    many = {}
+                raws += [(uid, many[uid]) for uid in todo if uid in many]
                 todo = []
             got = await asyncio.gather(*(self.read(uid) for uid in todo), return_exceptions=True)
             for uid, raw in zip(todo, got, strict=True):
@@ -615,6 +625,11 @@ class SearchService:
         #: batches being read and indexed at once (each holds its raw messages until extracted): a
         #: delivery to 5000 mailboxes must not read 5000 messages into memory ahead of the indexer
         self._admit = asyncio.Semaphore(2 * self.config.threads)
+        #: bytes held in the MailboxIndex.raws (at most RAW_HELD_MAX)
+        self.raw_held = 0
+
+    #: the store hands message_added the delivered bytes (``raw=``) when it holds them
+    wants_raw = True
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
@@ -690,18 +705,24 @@ class SearchService:
                     idx.read_many_blocking = found[3]  # the 4-tuple form
         return idx
 
-    def message_added(self, account_id: str, mailbox_id: str, info: Any, structure: Any) -> None:
+    def message_added(self, account_id: str, mailbox_id: str, info: Any, structure: Any,
+                      raw: bytes | None = None) -> None:
         """Index the new message soon after delivery, on this loop (never delays the reply).
 
         Deliveries to one mailbox are batched: the UIDs that arrive while a batch is
         read and indexed form the next batch (one executor job and one journal append
         each), so indexing does less work per message the busier the mailbox is.
+        ``raw``: the message's bytes as delivered, indexed instead of reading the file back
+        (held while :data:`RAW_HELD_MAX` allows).
         """
         if not self.config.enabled:
             return
         idx = self._index_for(account_id, mailbox_id)
         if idx is not None:
             idx.pending.append(info.uid)
+            if raw is not None and self.raw_held + len(raw) <= RAW_HELD_MAX and info.uid not in idx.raws:
+                idx.raws[info.uid] = raw
+                self.raw_held += len(raw)
             if not idx.draining:
                 idx.draining = True
                 self.background(self._drain(idx))
@@ -712,8 +733,10 @@ class SearchService:
             while idx.pending:
                 n = self.config.batch
                 uids, idx.pending = idx.pending[:n], idx.pending[n:]
+                held = {u: raw for u in uids if (raw := idx.raws.pop(u, None)) is not None}
+                self.raw_held -= sum(map(len, held.values()))
                 async with self._admit:
-                    await idx.index_uids(uids)
+                    await (idx.index_uids(uids, held) if held else idx.index_uids(uids))
                 if idx.gen >= 0:  # this batch loaded (or built) the index: keep the bound
                     self._trim()
         finally:

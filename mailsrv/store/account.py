@@ -106,7 +106,11 @@ class Account:
                 structure = await self._reparse(added.mailbox_guid, added.info.uid)
             for obs in observers:
                 try:
-                    obs.message_added(self.id, added.mailbox_guid, added.info, structure)  # type: ignore[arg-type]
+                    if added.raw is not None and getattr(obs, "wants_raw", False):
+                        obs.message_added(self.id, added.mailbox_guid, added.info, structure,  # type: ignore[call-arg,arg-type]
+                                          raw=added.raw)
+                    else:
+                        obs.message_added(self.id, added.mailbox_guid, added.info, structure)  # type: ignore[arg-type]
                 except Exception as exc:
                     logger.exception("observer.failed", exc, account=self.id)
         for guid, uids in res.expunged.items():

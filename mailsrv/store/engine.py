@@ -755,7 +755,7 @@ class Engine:
         else:
             self._quota_apply([size], 1)
         lines.append(uidlist.format_entry(uid, key, size, (info.email_id, thread_id, now)))
-        res.added.append(Added(mb.guid, info, structure))
+        res.added.append(Added(mb.guid, info, structure, pend.raw))
         res.changed = True
         return info
 

@@ -45,6 +45,9 @@ class Pending:
     email_id: str | None = None
     structure: bytes | None = None
     thread: headers.ThreadHeaders | None = None
+    #: the whole file's bytes when the delivery held them (small messages): handed to observers
+    #: (search indexing after delivery) so that nobody reads the file back
+    raw: bytes | None = None
 
 
 @dataclass
@@ -52,6 +55,7 @@ class Added:
     mailbox_guid: str
     info: MessageInfo
     structure: bytes | None
+    raw: bytes | None = None  # Pending.raw: the file's bytes, when the delivery held them
 
 
 @dataclass

@@ -42,6 +42,9 @@ logger = log.get("store")
 DELIVERY_JOBS = 2
 #: seconds a domain's quota limits are reused before the directory is asked again
 DOMAIN_LIMITS_TTL = 5.0
+#: a delivered message up to this size is handed to observers (search indexing after delivery)
+#: from the delivery's own bytes, held until its UID is published, instead of being read back
+KEEP_RAW = 256 * 1024
 
 
 def account_root(data_dir: Path | str, account_id: str | int, store: str | None = None) -> Path:
@@ -305,6 +308,7 @@ class Store:
                 raw = fh.read(self.config.max_parse_size)
         structure = parse_structure(raw, "", self.mime)
         thread = headers.thread_headers(raw)
+        keep = raw if len(raw) == size <= KEEP_RAW else None  # the whole file (one object for every target)
         del raw
         out: list[DeliveryResult | None] = [None] * len(targets)
         linked: list[tuple[int, Account, str, str, str]] = []  # (index, account, mailbox, key, new/ dir)
@@ -312,7 +316,7 @@ class Store:
         for i, t in enumerate(targets):
             acct: Account = t.account
             try:
-                outcome = self._link_one(spool, t, size, email_id, structure, thread)
+                outcome = self._link_one(spool, t, size, email_id, structure, thread, keep)
             except StoreError as exc:
                 out[i] = DeliveryResult(t, "tempfail", None, str(exc))
                 continue
@@ -404,7 +408,8 @@ class Store:
         raise AssertionError("unreachable")
 
     def _link_one(self, spool: Path, t: DeliveryTarget, size: int, email_id: str,
-                  structure: bytes | None, thread: headers.ThreadHeaders) -> tuple[str, ...]:
+                  structure: bytes | None, thread: headers.ThreadHeaders,
+                  raw: bytes | None = None) -> tuple[str, ...]:
         """Blocking: quota check and hard link into the target's ``new/`` (not yet fsync'd)."""
         acct: Account = t.account
         eng = acct.engine
@@ -417,7 +422,7 @@ class Store:
         key = f"{fsio.unique_name(self.hostname)},S={size}"
         flags = frozenset(md.canonical_flag(f) for f in t.flags)
         name = md.filename(key, flags) if md.flags_to_info(flags) else key
-        eng.pending[key] = Pending(email_id, structure, thread)
+        eng.pending[key] = Pending(email_id, structure, thread, raw)
         folder = eng.folder_cache.get(mailbox)
         try:
             if folder is not None:

@@ -135,6 +135,13 @@ class DeliveryResult:
 
 
 class StoreObserver(Protocol):
+    """Told of every published change, on the store's loop; must not block.
+
+    An observer with a true ``wants_raw`` attribute also gets ``raw=`` (the message's bytes) for
+    messages whose delivery held them in memory (up to ``store.KEEP_RAW``), so that it need not
+    read the file back; otherwise, and for the others, ``message_added`` gets four arguments.
+    """
+
     def message_added(self, account_id: str, mailbox_id: str, info: MessageInfo,
                       structure: MessageStructure) -> None: ...
 

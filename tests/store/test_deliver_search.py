@@ -124,3 +124,67 @@ def test_search_before_the_indexers_run_finds_the_delivery(tmp_path: Path, run: 
     uid, hits = run(go())
     assert hits == [uid]
     run(search.close())
+
+
+def _counting_resolver(store: Store, reads: list[list[int]]) -> Any:
+    """The worker's resolver, its blocking batch reader recording the UIDs it is asked for."""
+    inner = search_resolver(store)
+
+    def resolve(account_id: str, mailbox_id: str) -> Any:
+        found = inner(account_id, mailbox_id)
+        if found is None:
+            return None
+        directory, read, read_many, read_many_blocking = found
+
+        def counted(uids: Any) -> dict[int, bytes]:
+            reads.append(list(uids))
+            return read_many_blocking(uids)
+
+        return directory, read, read_many, counted
+
+    return resolve
+
+
+def test_delivered_bytes_are_indexed_without_reading_the_file_back(
+        tmp_path: Path, run: Run, make_store: Callable[..., Store], monkeypatch: Any) -> None:
+    """A delivery that held the message (in memory, or read for its parse) hands the bytes to the
+    search observer; a message above store.KEEP_RAW, or beyond the search's RAW_HELD_MAX, is read."""
+    import mailsrv.search.service as service_mod
+    import mailsrv.store.store as store_mod
+
+    monkeypatch.setattr(store_mod, "KEEP_RAW", 2000)
+    store = make_store(index_delay=0.001)
+    reads: list[list[int]] = []
+    search = SearchService(SearchConfig(), _counting_resolver(store, reads))
+    store.add_observer(search)
+    acct = run(store.account("u"))
+    big = _body(3) + b"filler " * 300  # above KEEP_RAW: read back
+    assert len(_body(1)) < 2000 < len(big)
+
+    async def deliver(i: int, data: bytes, in_memory: bool) -> None:
+        sp = tmp_path / f"s{i}"
+        if not in_memory:
+            sp.write_bytes(data)
+        res = await store.deliver(sp, [DeliveryTarget(acct)], uids=False, data=data if in_memory else None)
+        assert res[0].status == "ok"
+        await store.indexer.flush()
+        await search.idle()
+
+    async def found(word: str) -> list[int]:
+        view = await acct.open_mailbox("INBOX")
+        info = next(b for b in await acct.list_mailboxes() if b.name == "INBOX")
+        idx = search._index_for(acct.id, info.id)
+        assert idx is not None
+        return list(await idx.search(Text("body", word), view))
+
+    run(deliver(1, _body(1), True))  # sealed in memory (the SMTP backend's spool)
+    run(deliver(2, _body(2), False))  # a spool file, read by the delivery's parse
+    assert reads == []
+    run(deliver(3, big, True))
+    assert reads == [[3]]
+    monkeypatch.setattr(service_mod, "RAW_HELD_MAX", 100)  # a backlog: the bytes are not held
+    run(deliver(4, _body(4), True))
+    assert reads == [[3], [4]]
+    assert search.raw_held == 0
+    assert [run(found(f"word{i}x")) for i in (1, 2, 3, 4)] == [[1], [2], [3], [4]]
+    run(search.close())
