@@ -12,7 +12,9 @@ Invariants (read before changing anything here):
   marks a writer that died mid-way, and the next writer reconciles ``cur/``
   with it (``_uidlist_floor``). The next UID is never below the uidlist's
   largest UID + 1, so a UID is never reused, even when the index is deleted
-  (the uidlist is the UID map; the index is a cache).
+  (the uidlist is the UID map; the index is a cache). So the background
+  indexer may commit without fsync (``sync(lazy_commit=True)``): a commit lost
+  to a power cut is such a longer uidlist, reconciled with the same UIDs.
 * Flag renames and expunge unlinks happen before the commit: a crash leaves a
   file state the next reconcile adopts, never an acknowledged change undone.
 * The index file is created, repaired and replaced only under the flock of
@@ -547,9 +549,26 @@ class Engine:
         except FileNotFoundError:
             return True
 
-    def sync(self, name: str) -> SyncResult:
+    def sync(self, name: str, *, lazy_commit: bool = False) -> SyncResult:
+        """Index what waits in the mailbox's ``new/`` (and what changed in ``cur/`` behind our back).
+
+        ``lazy_commit`` (the background indexer): the commit is not fsync'd (WAL, synchronous=NORMAL;
+        ~65 us of CPU and ~0.3 ms less per transaction here). The UIDs are durable before it anyway:
+        the uidlist is fsync'd first (module invariants), and a commit lost to a power cut leaves a
+        uidlist longer than the index, which the next sync reconciles with the same UIDs. A process
+        killed after the commit loses nothing (the WAL is in the page cache); the next synchronous
+        commit or checkpoint syncs the WAL, these frames with it.
+        """
         with self.lock:
-            return self._sync(self._row(name))
+            if not lazy_commit:
+                return self._sync(self._row(name))
+            db = self.db
+            db.execute("PRAGMA synchronous=NORMAL")
+            try:
+                return self._sync(self._row(name))
+            finally:
+                if self.conn is db:
+                    db.execute("PRAGMA synchronous=FULL")
 
     def _sync(self, mb: _Mbox, full_uidlist: uidlist.Uidlist | None = None) -> SyncResult:
         folder = self._folder(mb)

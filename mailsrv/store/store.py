@@ -381,7 +381,8 @@ class Store:
         return [r for r in out if r is not None], published, later
 
     @staticmethod
-    def _index_keys(acct: Account, mailbox: str, keys: list[str]) -> tuple[dict[str, int], SyncResult | None]:
+    def _index_keys(acct: Account, mailbox: str, keys: list[str],
+                    lazy_commit: bool = False) -> tuple[dict[str, int], SyncResult | None]:
         """UIDs of ``keys`` (files in the mailbox's new/), indexing new/ first unless someone already did.
 
         Runs under the engine lock: while one thread commits, the others wait and then usually
@@ -393,7 +394,7 @@ class Store:
                 with eng.lock:
                     if not any(k in eng.pending for k in keys):
                         return eng.uids_for_keys(mailbox, keys), None  # indexed by a concurrent sync
-                    res = eng.sync(mailbox)
+                    res = eng.sync(mailbox, lazy_commit=lazy_commit)
                     uids = {a.info.key: a.info.uid for a in res.added}
                     uids = {k: uids[k] for k in keys if k in uids}
                     if len(uids) < len(keys):
@@ -570,9 +571,9 @@ def _index_batch(batch: list[tuple[Account, str, list[str | None]]]) -> list[tup
         res: SyncResult | None
         try:
             if None in keys:  # whatever waits in new/ (Indexer.adopt)
-                res = acct.engine.sync(mailbox)
+                res = acct.engine.sync(mailbox, lazy_commit=True)
             else:
-                _, res = Store._index_keys(acct, mailbox, [k for k in keys if k is not None])
+                _, res = Store._index_keys(acct, mailbox, [k for k in keys if k is not None], lazy_commit=True)
         except (StoreError, OSError, sqlite3.Error) as exc:
             logger.warning("index.deferred_failed", account=acct.id, mailbox=mailbox, error=str(exc))
             res = None
