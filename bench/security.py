@@ -77,7 +77,7 @@ from mailsrv.net.dns import Resolver
 from mailsrv.policy import bayes
 from mailsrv.policy.clamd import Clamd
 from mailsrv.policy.pipeline import Policy
-from mailsrv.policy.score import Facts, RuleScorer
+from mailsrv.policy.score import Facts, RuleScorer, Score
 from mailsrv.policy.state import PolicyState
 
 from ._common import in_process_meter
@@ -409,8 +409,9 @@ async def _rates_on(tmp: Path, name: str, spam: list[bytes], ham: list[bytes],
     cfg = PolicyConfig()
     threshold = cfg.junk_score
     neutral = Facts(client_ip="198.51.100.1", iprev="pass")
-    rules_spam = [(await scorer.score(m, neutral)).score for m in spam]
-    rules_ham = [(await scorer.score(m, neutral)).score for m in ham]
+    spam_scored = [await scorer.score(m, neutral) for m in spam]
+    ham_scored = [await scorer.score(m, neutral) for m in ham]
+    rules_spam, rules_ham = [s.score for s in spam_scored], [s.score for s in ham_scored]
     label = f"{name} ({len(spam)} spam, {len(ham)} ham)"
     res = [_rate(f"catch rate, default rules, {label}", rules_spam, threshold),
            _rate(f"false positives, default rules, {label}", rules_ham, threshold)]
@@ -428,11 +429,11 @@ async def _rates_on(tmp: Path, name: str, spam: list[bytes], ham: list[bytes],
 
         zones: dict[str, list[str]] = {"spam": [], "ham": []}
 
-        async def with_learner(msgs: list[bytes], scores: list[float], idx: list[int]) -> list[float]:
+        async def with_learner(msgs: list[bytes], scores: list[Score], idx: list[int]) -> list[float]:
             out = []
             for i in idx:
                 verdict = await learner.classify([""], msgs[i])
-                out.append(scores[i] + (verdict.points if verdict is not None else 0.0))
+                out.append(scores[i].score if verdict is None else _learned_score(scores[i], verdict.prob, cfg))
                 zones["spam" if msgs is spam else "ham"].append(verdict.zone if verdict is not None else "")
             return out
 
@@ -440,8 +441,8 @@ async def _rates_on(tmp: Path, name: str, spam: list[bytes], ham: list[bytes],
                f"{len(test_spam)} spam + {len(test_ham)} ham"
         t0 = time.perf_counter()
         res.append(_rate(f"catch rate, rules + learner, {half}",
-                         await with_learner(spam, rules_spam, test_spam), threshold))
-        ham_scores = await with_learner(ham, rules_ham, test_ham)
+                         await with_learner(spam, spam_scored, test_spam), threshold))
+        ham_scores = await with_learner(ham, ham_scored, test_ham)
         res.append(_rate(f"false positives, rules + learner, {half}", ham_scores, threshold))
         res.append(_rate(f"false positives at reject ({cfg.reject_score:g}), rules + learner, {half}", ham_scores,
                          cfg.reject_score))
@@ -462,6 +463,13 @@ async def _rates_on(tmp: Path, name: str, spam: list[bytes], ham: list[bytes],
     finally:
         state.close()
     return res
+
+
+def _learned_score(score: Score, prob: float, cfg: PolicyConfig) -> float:
+    """The pipeline's score with the learner (``PolicySession._learner_score``): the rules, the learner's points,
+    and the content rules damped when the learner is sure of ham."""
+    damped = bayes.damped_rules(score.rules, prob, cfg)
+    return score.score + bayes.points(prob, cfg) + (damped[1] if damped is not None else 0.0)
 
 
 def _share(name: str, flags: list[bool]) -> dict[str, Any]:
@@ -590,8 +598,8 @@ def dev_cv(data: Path, folds: int = 5, cfg: PolicyConfig | None = None,
             "hard ham": _sa_group(data, SA_HARD)[0::2]}
     scorer, neutral = RuleScorer(), Facts(client_ip="198.51.100.1", iprev="pass")
 
-    async def score_all() -> dict[str, list[float]]:
-        return {k: [(await scorer.score(m, neutral)).score for m in v] for k, v in sets.items()}
+    async def score_all() -> dict[str, list[Score]]:
+        return {k: [await scorer.score(m, neutral) for m in v] for k, v in sets.items()}
 
     rules = asyncio.run(score_all())
     ids = {k: [{bayes.token_id(t) for t in bayes.tokens(m)} for m in v] for k, v in sets.items()}
@@ -614,7 +622,7 @@ def dev_cv(data: Path, folds: int = 5, cfg: PolicyConfig | None = None,
             todo = right
         for k, messages in ids.items():
             for i in range(fold, len(messages), folds):
-                hits[k] += rules[k][i] + bayes.points(mem.prob(messages[i]), cfg) >= cfg.junk_score
+                hits[k] += _learned_score(rules[k][i], mem.prob(messages[i]), cfg) >= cfg.junk_score
     return {k: (hits[k], len(v)) for k, v in sets.items()}
 
 

@@ -561,7 +561,13 @@ class PolicyConfig:
                                    check=_non_negative)
     bayes_sure_cutoff: float = doc("Spam probability from which the learner adds bayes_sure_points too (chosen by "
                                    "cross-validation on the development half of the SpamAssassin public corpus).",
-                                   0.98, check=_probability)
+                                   0.95, check=_probability)
+    bayes_sure_ham_cutoff: float = doc("Spam probability up to which the learner is sure of ham: the content rules' "
+                                       "points then count at bayes_sure_ham_rules of themselves.", 0.01,
+                                       check=_probability)
+    bayes_sure_ham_rules: float = doc("Weight of the content rules' points when the learner is sure of ham (1: full "
+                                      "points; connection signals and GTUBE always count in full).", 0.5,
+                                      check=_probability)
     bayes_train_batch: int = doc("Junk moves learned per write transaction by a worker's background trainer.", 100,
                                  check=_positive)
     bayes_train_queue: int = doc("Junk moves a worker's trainer holds before a move command waits for room.", 20000,

@@ -40,7 +40,7 @@ from mailsrv.config import PolicyConfig
 from mailsrv.directory import Directory
 from mailsrv.net.dns import Resolver
 from mailsrv.policy import authresults, dmarc, reputation, spf
-from mailsrv.policy.bayes import Bayes, message_digest, tokens
+from mailsrv.policy.bayes import Bayes, Verdict, damped_rules, message_digest, tokens
 from mailsrv.policy.clamd import Clamd, ClamdUnavailable, ScanResult
 from mailsrv.policy.content import content_rules
 from mailsrv.policy.dkimverify import (
@@ -254,6 +254,12 @@ class Policy:
         """The learner's rule for an inbound message to ``recipients`` (None: no learner, or not trained enough).
         ``toks``: the message's :func:`~mailsrv.policy.bayes.tokens` when the caller made them already (in a
         pool job it ran anyway); else they are made in a pool job here, only when the learner is trained."""
+        verdict = await self.verdict(message, recipients, toks)
+        return verdict.rule if verdict is not None else None
+
+    async def verdict(self, message: bytes, recipients: Sequence[str],
+                      toks: set[str] | None = None) -> Verdict | None:
+        """:meth:`classify`'s whole verdict (probability, points, zone)."""
         if self.bayes is None:
             return None
         scopes = self.learner_scopes(recipients)
@@ -262,8 +268,7 @@ class Policy:
             return None
         if toks is None:
             toks = await asyncio.get_running_loop().run_in_executor(self.executor, tokens, message)
-        verdict = await self.bayes.classify(scopes, message, toks, totals=(nspam, nham))
-        return verdict.rule if verdict is not None else None
+        return await self.bayes.classify(scopes, message, toks, totals=(nspam, nham))
 
     async def totals(self, scopes: Sequence[str]) -> tuple[int, int]:
         """The learner's (spam, ham) message totals of ``scopes``, as :meth:`Bayes.totals` reads them, kept in
@@ -748,13 +753,17 @@ class PolicySession:
         try:
             if isinstance(toks, Exception):  # raised where the learner's own tokenizing would have raised it
                 raise toks
-            rule = await self.p.classify(message, self.tx.rcpts, toks)
+            verdict = await self.p.verdict(message, self.tx.rcpts, toks)
         except Exception as exc:  # the learner is an opinion: without it the rules still decide
             logger.warning("policy.classify_failed", error=str(exc))
             return score
-        if rule is None:
+        if verdict is None:
             return score
-        return Score(round(score.score + rule[1], 2), [*score.rules, rule], score.action)
+        added = [verdict.rule]
+        damped = damped_rules(score.rules, verdict.prob, self.cfg)  # sure of ham: the content rules count less
+        if damped is not None:
+            added.append(damped)
+        return Score(round(score.score + sum(p for _, p in added), 2), [*score.rules, *added], score.action)
 
     async def _all_allowed(self) -> bool:
         if not self.tx.rcpts:

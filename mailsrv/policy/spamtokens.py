@@ -23,8 +23,8 @@ subject and "free" in the body are different evidence):
 * header fields (except the ones we add, see :data:`OUR_FIELDS`, and the ones a
   mail store or client adds after delivery, see :data:`MAILBOX_FIELDS`): ``h:``
   the field name (one ``h:list-*`` for all of a list manager's fields, see
-  :data:`LIST_FIELDS`); the subject's words (``s:``) and shape (capitals, "!!",
-  "$"); From (``from:`` domain and registrable domain, ``fromlp:`` the local
+  :data:`LIST_FIELDS`); the subject's words (``s:``, and ``S:`` as written when
+  they have capitals) and shape (capitals, "!!", "$"); From (``from:`` domain and registrable domain, ``fromlp:`` the local
   part's shape, ``fn:`` display name words), To/Cc (``to:`` recipient count
   bucket, named or bare addresses), Reply-To's domain, Message-ID (``mid:``
   domain and ``midshape:`` letters->a, digits->9), X-Mailer/User-Agent words,
@@ -78,6 +78,8 @@ LIST_FIELDS = frozenset({b"x-beenthere", b"x-mailman-version", b"errors-to", b"p
 _LIST_ID = re.compile(r"<([^<>\s]{1,200})>")
 #: Header field values longer than this are cut before any regex sees them.
 MAX_FIELD = 2000
+#: Subject words taken with their case (``S:`` tokens).
+SUBJECT_WORDS = 30
 
 _URL = re.compile(r"(?i)\b(https?|ftp)://(?:[^\s/@<>\"']{0,64}@)?([a-z0-9][a-z0-9.\-]{0,252})")
 _TAG_NAME = re.compile(r"<\s{0,5}([a-z][a-z0-9]{0,9})\b", re.I)
@@ -162,6 +164,7 @@ def host_tokens(host: str, prefix: str) -> list[str]:
 
 def _subject(subject: str) -> set[str]:
     out = words(subject, "s:")
+    out.update(subject_case(subject))
     letters = [c for c in subject if c.isalpha()]
     if len(letters) >= 8:
         caps = sum(c.isupper() for c in letters) / len(letters)
@@ -171,6 +174,18 @@ def _subject(subject: str) -> set[str]:
             out.add("s:has:" + mark.replace(" ", "_"))
     if subject[-8:].strip() and any(c.isdigit() for c in subject[-8:]) and any(c.isalpha() for c in subject[-8:]):
         out.add("s:tail:" + shape(subject.split()[-1] if subject.split() else "", 12))
+    return out
+
+
+def subject_case(subject: str) -> list[str]:
+    """``S:`` the subject's words of :data:`MIN_WORD` to :data:`MAX_WORD` characters written with a capital, as
+    written (SpamBayes keeps the subject's case: "FREE" and "Free" are other evidence than "free"), from its
+    first :data:`SUBJECT_WORDS` words."""
+    out = []
+    for w in subject.split(maxsplit=SUBJECT_WORDS)[:SUBJECT_WORDS]:
+        w = w.strip(_STRIP)
+        if MIN_WORD <= len(w) <= MAX_WORD and w != w.lower():
+            out.append("S:" + w)
     return out
 
 

@@ -334,3 +334,26 @@ async def test_dmarc_is_asked_beside_dkim_with_no_extra_query(dnsserver: Any, dk
     assert d1 == d2 and out1 == out2 and b"dmarc=pass" in out1
     assert q1 == q2  # no extra query: evaluate shares the warm-up's answer
     assert started1 == [True] and started2 == [False]  # asked before the verification job ran, not after it
+
+
+async def test_a_sure_ham_verdict_damps_the_content_rules(tmp_path: Path, dnsserver: Any, dkim_key: Any) -> None:
+    """The learner sure of ham (p <= bayes_sure_ham_cutoff): the content rules count at bayes_sure_ham_rules (a
+    CONTENT_DAMPED rule takes the rest), the connection signals in full; 1.0 turns it off."""
+    _sender_records(dnsserver, dkim_key)
+    message = b"Subject: agenda 9\r\n\r\nthe meeting agenda for tomorrow 9\r\n"  # no Message-ID, Date, To: rules
+    for weight, n in ((0.5, 0), (1.0, 1)):
+        cfg = PolicyConfig(nameservers=(dnsserver.address,), skip_networks=(), bayes_min_spam=3, bayes_min_ham=3,
+                           bayes_sure_ham_rules=weight)
+        policy = await _trained(tmp_path / str(n), cfg)
+        try:
+            verdict = await policy.verdict(message, ["bob@example.test"])
+            assert verdict is not None and verdict.prob <= cfg.bayes_sure_ham_cutoff
+            decision, _ = await _decide(policy, message)
+            assert decision.score is not None
+            rules = dict(decision.score.rules)
+            content_points = sum(p for name, p in rules.items() if name in content.RULES)
+            assert content_points >= 2.0 and rules["SPF_PASS"] < 0  # content rules and a signal matched
+            assert rules.get("CONTENT_DAMPED") == (-round(content_points / 2, 2) if weight == 0.5 else None)
+            assert decision.score.score == round(sum(rules.values()), 2)
+        finally:
+            policy.close()

@@ -9,13 +9,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mailsrv.config import PolicyConfig
-from mailsrv.policy.bayes import points, zone
+from mailsrv.policy.bayes import DAMPED_RULE, damped_rules, points, zone
 from mailsrv.policy.spamtokens import (
     MAX_TOKENS,
     MAX_WORD,
+    MIN_WORD,
+    SUBJECT_WORDS,
     host_tokens,
     shape,
     strip_tags,
+    subject_case,
     tokens,
     words,
 )
@@ -127,6 +130,24 @@ def test_list_and_mailbox_fields_of_any_value(name: bytes, value: bytes) -> None
     assert all(len(x) <= 220 for x in t if x.startswith("list-id:"))
 
 
+def test_subject_words_with_capitals_keep_their_case() -> None:
+    t = tokens(b"Subject: FREE Money for YOU, act now!\r\n\r\nbody text\r\n")
+    assert {"S:FREE", "S:Money", "S:YOU", "s:free", "s:money", "s:you"} <= t
+    assert not {x for x in t if x.startswith("S:") and x[2:] == x[2:].lower()}  # "for", "act", "now": s: only
+    assert subject_case("Re: X " + "Word " * 100) == ["S:Word"] * (SUBJECT_WORDS - 2)  # "Re:" -> "Re", 2 chars
+
+
+@given(st.text(max_size=400))
+@settings(max_examples=200, deadline=None)
+def test_subject_case_of_any_text(subject: str) -> None:
+    out = subject_case(subject)
+    assert len(out) <= SUBJECT_WORDS
+    for t in out:
+        word = t.removeprefix("S:")
+        assert t.startswith("S:") and MIN_WORD <= len(word) <= MAX_WORD and word != word.lower()
+        assert word in subject
+
+
 def test_base64_blob_is_one_skip_token() -> None:
     blob = "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo0123456789abcdefghijklmnop" * 3
     t = tokens(f"Subject: s\r\nContent-Type: text/plain\r\n\r\nsee {blob}\r\n".encode())
@@ -171,6 +192,7 @@ HOSTILE = {
     "userinfo": b"http://" + b"a@" * 400_000,
     "hrefs": b"href=http://a" * 80_000,
     "list ids": b"<" * 500_000 + b"a" * 500_000,
+    "capital words": b"Aaa " * 250_000,
 }
 
 
@@ -191,9 +213,20 @@ def test_zones_and_points() -> None:
     cfg = PolicyConfig(bayes_spam_points=4.0, bayes_ham_points=2.0, bayes_spam_cutoff=0.9, bayes_ham_cutoff=0.2)
     assert [zone(p, cfg) for p in (0.0, 0.2, 0.21, 0.5, 0.89, 0.9, 1.0)] == \
         ["ham", "ham", "unsure", "unsure", "unsure", "spam", "spam"]
-    assert points(0.95, cfg) == 4.0 and points(0.9, cfg) == 4.0  # the whole of it in the spam zone
-    assert points(0.98, cfg) == 5.0 and points(0.9799, cfg) == 4.0  # all but certain: bayes_sure_points more
+    assert points(0.94, cfg) == 4.0 and points(0.9, cfg) == 4.0  # the whole of it in the spam zone
+    assert points(0.95, cfg) == 5.0 and points(0.9499, cfg) == 4.0  # all but certain: bayes_sure_points more
     strict = PolicyConfig(bayes_sure_cutoff=0.999)
     assert points(0.998, strict) == 4.0 and points(0.999, strict) == 5.0  # the cutoff is the operator's
     assert points(0.1, cfg) == -2.0
     assert points(0.5, cfg) == 0.0 and points(0.75, cfg) == 2.0 and points(0.35, cfg) == -0.6
+
+
+def test_sure_ham_damps_the_content_rules_only() -> None:
+    cfg = PolicyConfig()  # bayes_sure_ham_cutoff 0.01, bayes_sure_ham_rules 0.5
+    rules = [("SPAM_PHRASES", 3.0), ("HTML_ONLY", 1.3), ("MISSING_MID", 1.0), ("DNSBL_LISTED", 5.0),
+             ("SPF_PASS", -0.5), ("BAYES_00", -2.0)]
+    assert damped_rules(rules, 0.01, cfg) == (DAMPED_RULE, -2.65)  # half of 3.0 + 1.3 + 1.0, not DNSBL/SPF
+    assert damped_rules(rules, 0.0101, cfg) is None  # not sure of ham: the rules count in full
+    assert damped_rules([("GTUBE", 1000.0), ("DNSBL_LISTED", 5.0)], 0.0, cfg) is None  # never damped
+    assert damped_rules(rules, 0.0, PolicyConfig(bayes_sure_ham_rules=1.0)) is None  # the operator's weight
+    assert damped_rules(rules, 0.0, PolicyConfig(bayes_sure_ham_rules=0.0)) == (DAMPED_RULE, -5.3)
