@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import pwd
 import sys
 
 from mailsrv import __version__
+from mailsrv import config as config_mod
 from mailsrv.config import ConfigError, default_path
 
 COMMAND_MODULES = [
@@ -54,6 +57,42 @@ def config_path(args: argparse.Namespace) -> str:
     return args.config or default_path()
 
 
+#: Commands that write nothing under server.data_dir (or, for serve, run as whoever the unit names).
+NO_DATA_COMMANDS = frozenset({"init", "serve", "check-config", "version"})
+
+#: 128 + SIGPIPE: the status of a program whose reader (``| head``) went away, as the shell reports it.
+EXIT_BROKEN_PIPE = 141
+
+
+def check_data_owner(data_dir: os.PathLike[str] | str, euid: int) -> None:
+    """Refuse root in a data directory that belongs to another user (the service's, ``mailsrv``).
+
+    Files root would make there (the directory's SQLite files, DKIM keys, queue entries) are
+    unreadable or read-only to the server, which runs as that user. Raises :class:`CliError`.
+    """
+    if euid != 0:
+        return
+    try:
+        owner = os.stat(data_dir).st_uid
+    except FileNotFoundError:
+        return  # nothing there yet: whatever creates it (systemd-tmpfiles, init) decides
+    if owner == 0:
+        return
+    try:
+        name = pwd.getpwuid(owner).pw_name
+    except KeyError:
+        name = str(owner)
+    raise CliError(f"{data_dir} belongs to user {name}: run this command as that user "
+                   f"(sudo -u {name} mailsrv ...); files made there by root would be unreadable to the server")
+
+
+def _config_hint(args: argparse.Namespace, exc: ConfigError) -> str:
+    """What to do when no config was named and the system default is missing."""
+    if exc.message != "file not found" or args.config or os.environ.get("MAILSRV_CONFIG"):
+        return ""
+    return " (name one with -c FILE or MAILSRV_CONFIG; the demo of `make run` is var/mailsrv.toml)"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -61,9 +100,19 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        if args.command not in NO_DATA_COMMANDS:
+            check_data_owner(config_mod.load(config_path(args)).server.data_dir, os.geteuid())
         return int(args.func(args) or 0)
-    except (ConfigError, CliError) as exc:
+    except ConfigError as exc:
+        print(f"mailsrv: {exc}{_config_hint(args, exc)}", file=sys.stderr)
+        return 2
+    except CliError as exc:
         print(f"mailsrv: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # the reader (`mailsrv user list | head`) went away: no traceback, and none at exit when
+        # Python flushes stdout again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except KeyboardInterrupt:
         return 130

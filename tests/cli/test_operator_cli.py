@@ -1,0 +1,93 @@
+"""The command line as a newcomer meets it: a missing config, output piped to head, root in the service's data."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import mailsrv.cli
+from mailsrv.cli import EXIT_BROKEN_PIPE, main
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("setup")
+    p = subprocess.run([sys.executable, "-m", "mailsrv", "init", "--dir", str(root / "s"), "--demo", "--any-port"],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    return root / "s"
+
+
+def test_output_piped_to_a_reader_that_went_away_is_no_traceback(setup: Path) -> None:
+    # `mailsrv user list --json | head -1`: head exits first; here the reader is gone before we write
+    r, w = os.pipe()
+    os.close(r)
+    try:
+        p = subprocess.run([sys.executable, "-m", "mailsrv", "-c", str(setup / "mailsrv.toml"), "user", "list",
+                            "--json"], stdout=w, stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(w)
+    assert "Traceback" not in p.stderr and p.stderr == ""
+    assert p.returncode == EXIT_BROKEN_PIPE
+
+
+def test_missing_default_config_says_how_to_name_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "etc" / "mailsrv.toml"
+    monkeypatch.delenv("MAILSRV_CONFIG", raising=False)
+    monkeypatch.setattr(mailsrv.cli, "default_path", lambda: str(missing))
+    assert main(["domain", "list"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"mailsrv: {missing}: file not found (")
+    assert "-c FILE or MAILSRV_CONFIG" in err and "var/mailsrv.toml" in err
+    # a file named on purpose gets the plain message
+    assert main(["-c", str(missing), "domain", "list"]) == 2
+    assert capsys.readouterr().err == f"mailsrv: {missing}: file not found\n"
+
+
+def _foreign_data_dir(setup: Path) -> tuple[Path, int]:
+    """The setup's data dir owned by someone else than root (nobody when we are root); its owner."""
+    data = setup / "data"
+    if os.geteuid() == 0:
+        os.chown(data, 65534, -1)
+    return data, os.stat(data).st_uid
+
+
+def test_root_is_refused_in_a_data_dir_of_another_user(setup: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    data, owner = _foreign_data_dir(setup)
+    assert owner != 0
+    cfg = str(setup / "mailsrv.toml")
+    try:
+        monkeypatch.setattr(os, "geteuid", lambda: 0)
+        assert main(["-c", cfg, "domain", "add", "refused.test"]) == 2
+        err = capsys.readouterr().err
+        assert f"mailsrv: {data} belongs to user " in err and "sudo -u " in err and "unreadable" in err
+        assert not (data / "dkim").exists()
+        assert main(["-c", cfg, "dkim", "keygen", "example.test"]) == 2
+        assert not (data / "dkim").exists()
+        # commands that write nothing there still run
+        assert main(["-c", cfg, "check-config"]) == 0
+        capsys.readouterr()
+        # the owner itself (any user but root) is never refused
+        mailsrv.cli.check_data_owner(data, owner)
+    finally:
+        monkeypatch.undo()
+        if os.geteuid() == 0:
+            os.chown(data, 0, -1)
+    assert main(["-c", cfg, "domain", "list", "--json"]) == 0
+    assert "refused.test" not in [d["name"] for d in json.loads(capsys.readouterr().out)]
+
+
+def test_root_in_a_data_dir_not_made_yet_is_not_refused(tmp_path: Path) -> None:
+    mailsrv.cli.check_data_owner(tmp_path / "not-yet", 0)  # systemd-tmpfiles or init will make it
+    if os.geteuid() == 0:
+        mailsrv.cli.check_data_owner(tmp_path, 0)  # root's own (the demo of `make run` as root)
+        os.chown(tmp_path, 65534, -1)
+    with pytest.raises(mailsrv.cli.CliError, match="belongs to user"):
+        mailsrv.cli.check_data_owner(tmp_path, 0)
