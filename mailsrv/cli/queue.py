@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 
@@ -41,6 +42,8 @@ def _when(ts: float) -> str:
 
 
 def _load(qd: QueueDir, qid: str) -> Envelope:
+    if not qid.isalnum():  # an id names a file: nothing but the id's hex digits
+        raise CliError(f"no queued message {qid}")
     try:
         return qd.load(qid)
     except FileNotFoundError:
@@ -69,9 +72,18 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    env = _load(_qd(args), args.id)
-    print(env.to_json().decode())
-    return 0
+    """The queued envelope; for a message that left the queue, its outcome record (``finished``, and
+    per recipient sent / failed / expired with the last reply) while ``queue.outcome_keep`` keeps it."""
+    qd = _qd(args)
+    if args.id.isalnum():
+        # the runner writes done/ before it removes env/: env/ first, then done/, misses neither
+        with contextlib.suppress(FileNotFoundError):
+            print(qd.load(args.id).to_json().decode())
+            return 0
+        with contextlib.suppress(FileNotFoundError):
+            print((qd.done / f"{args.id}.json").read_text())
+            return 0
+    raise CliError(f"no queued message {args.id}, nor the outcome of one (kept for queue.outcome_keep)")
 
 
 def cmd_hold(args: argparse.Namespace) -> int:
