@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from mailsrv.directory.manage import SyncDirectory
-from mailsrv.directory.types import DirectoryError
+from mailsrv.directory.types import Conflict, DirectoryError
 
 FORMAT = "mailsrv-directory/1"
 
@@ -103,4 +103,8 @@ def import_(d: SyncDirectory, data: dict[str, Any], *, hash_check: Any = None) -
                 counts["admins"] += 1
         except KeyError as exc:
             raise DirectoryError(f"import: missing field {exc}") from None
+        except Conflict as exc:
+            # an operator restoring a backup over the live directory lands here first
+            raise Conflict(f"{exc}: an import adds to the directory and merges nothing; restore a backup into"
+                           " an empty one (a new server.data_dir, or directory.sqlite3 moved away)") from None
     return counts

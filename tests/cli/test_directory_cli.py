@@ -163,6 +163,12 @@ def test_export_import_round_trip(setup: Path, tmp_path: Path) -> None:
     p = mailsrv(other, "directory", "import", str(bad), check=False)
     assert p.returncode == 2 and "not supported" in p.stderr
     assert "new.test" not in mailsrv(other, "domain", "list").stdout
+    # a restore over the live directory (the README's `export > backup.json ; import backup.json`) says
+    # what an import is for, and keeps nothing
+    again = mailsrv(other, "directory", "import", str(dump), check=False)
+    assert again.returncode == 2 and "exists already: an import adds to the directory and merges nothing" \
+        in again.stderr and "restore a backup into an empty one" in again.stderr
+    assert json.loads(mailsrv(other, "directory", "export").stdout) == exported
 
 
 def test_parse_size() -> None:
