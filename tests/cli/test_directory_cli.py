@@ -163,7 +163,7 @@ def test_export_import_round_trip(setup: Path, tmp_path: Path) -> None:
     p = mailsrv(other, "directory", "import", str(bad), check=False)
     assert p.returncode == 2 and "not supported" in p.stderr
     assert "new.test" not in mailsrv(other, "domain", "list").stdout
-    # a restore over the live directory (the README's `export > backup.json ; import backup.json`) says
+    # a restore over the live directory (export, then import into the same one) says
     # what an import is for, and keeps nothing
     again = mailsrv(other, "directory", "import", str(dump), check=False)
     assert again.returncode == 2 and "exists already: an import adds to the directory and merges nothing" \
