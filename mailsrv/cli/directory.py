@@ -173,8 +173,12 @@ def _domain_fields(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _user_add(cfg: config_mod.Config, d: SyncDirectory, actor: Actor, args: argparse.Namespace) -> Any:
+    fields = _user_fields(args)
+    if args.store:
+        actor.require_super()  # a store path may name any maildir on the machine, another user's too
+        fields["store"] = args.store
     secrets_ = None if args.no_password else _secrets(cfg, read_password(args))
-    return ops.user_add(d, actor, args.address, secrets_, **_user_fields(args))
+    return ops.user_add(d, actor, args.address, secrets_, **fields)
 
 
 def _user_passwd(cfg: config_mod.Config, d: SyncDirectory, actor: Actor, args: argparse.Namespace) -> Any:
@@ -288,6 +292,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = cmd(g, "add", _user_add, "add a user", [pw])
     p.add_argument("address")
     p.add_argument("--no-password", action="store_true", help="create without a password (cannot log in)")
+    p.add_argument("--store", default=None, metavar="PATH",
+                   help="the mail store: relative to server.data_dir, or an existing (Dovecot) maildir to adopt "
+                        "where it lies, UIDs kept (default: mail/DOMAIN/LOCAL)")
     user_opts(p)
     p = cmd(g, "passwd", _user_passwd, "set a user's password", [pw])
     p.add_argument("address")
