@@ -120,10 +120,27 @@ def base_subject(subject: str) -> str:
     return s.casefold()
 
 
+#: a header value that is one plain ASCII addr-spec (dot-atom "@" dot-atom, RFC 5322 §3.4.1), alone or
+#: in angle brackets, with white space around: most From/To/Cc values. Its sort keys need no parser
+#: (the same answer as :func:`mime.jmap_addresses`; tests/search/test_extract.py checks by hypothesis)
+_ATEXT = rb"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_PLAIN_ADDR = re.compile(rb"[ \t]*(<?)(" + _ATEXT + rb"(?:\." + _ATEXT + rb")*)@(" + _ATEXT + rb"(?:\." + _ATEXT
+                         + rb")*)(>?)[ \t]*")
+
+
 def _first_address(value: bytes) -> tuple[str, str]:
     """(addr-mailbox local part, display name or address), both case-folded (RFC 5256, RFC 5957)."""
     if not value:
         return "", ""
+    m = _PLAIN_ADDR.fullmatch(value)
+    if m is not None and (m[1] == b"<") == (m[4] == b">"):
+        local = m[2].decode("ascii").casefold()
+        return local, f"{local}@{m[3].decode('ascii').casefold()}"
+    return _parsed_first_address(value)
+
+
+def _parsed_first_address(value: bytes) -> tuple[str, str]:
+    """:func:`_first_address` by the full address parser."""
     try:
         addrs = mime.jmap_addresses(value)
     except Exception:  # hostile header: no sort key rather than no index

@@ -6,6 +6,8 @@ import base64
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pyroaring import BitMap
 from search.searchbox import Box, open_index
 
@@ -132,3 +134,38 @@ async def test_sent_date_keys_use_the_day_written_in_the_header(tmp_path: Path) 
     assert await idx.search(Day("sent", "before", datetime.date(2023, 1, 3)), box.view) == BitMap([late, undated])
     assert all(matches(on2, box.docs[u], m) == (u in (late, undated)) for u, m in zip((late, early, undated), box.view.messages, strict=True))
     await svc.close()
+
+
+_ATEXT_CHARS = "abcXYZ019!#$%&'*+/=?^_`{|}~-"
+_atom = st.text(_ATEXT_CHARS, min_size=1, max_size=4)
+_dot_atom = st.lists(_atom, min_size=1, max_size=3).map(".".join)
+_ws = st.sampled_from(["", " ", "\t", "  ", " \t"])
+#: mostly plain addr-specs (the fast path's shapes), bent by a few characters the parser treats specially
+_address_like = st.builds(
+    lambda w1, lt, local, at, dom, gt, w2, name: f"{name}{w1}{lt}{local}{at}{dom}{gt}{w2}",
+    _ws, st.sampled_from(["", "<", "<<"]), _dot_atom, st.sampled_from(["@", "@@", "", " @"]),
+    st.one_of(_dot_atom, st.just("[1.2.3.4]"), st.just("")), st.sampled_from(["", ">", ">>", ">,x@y"]), _ws,
+    st.sampled_from(["", "Ann ", '"A B" ', "=?utf-8?q?x?= ", "(c) ", ".", "a.", "\r\n "]),
+).map(lambda s: s.encode())
+
+
+@given(st.one_of(_address_like, st.binary(max_size=40)))
+@settings(max_examples=1500, deadline=None)
+def test_plain_address_shortcut_agrees_with_the_parser(value: bytes) -> None:
+    from mailsrv.search.extract import _first_address, _parsed_first_address
+
+    assert _first_address(value) == (_parsed_first_address(value) if value else ("", ""))
+
+
+def test_plain_addresses_skip_the_parser(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib
+
+    ex = importlib.import_module("mailsrv.search.extract")  # the package's name "extract" is the function
+    calls: list[bytes] = []
+    monkeypatch.setattr(ex, "_parsed_first_address", lambda v: calls.append(v) or ("", ""))
+    assert ex._first_address(b" Sender.One@Example.TEST") == ("sender.one", "sender.one@example.test")
+    assert ex._first_address(b"<a+b@x.y> ") == ("a+b", "a+b@x.y")
+    assert calls == []
+    ex._first_address(b"Ann <a@x.y>")
+    ex._first_address(b"<a@x.y")
+    assert calls == [b"Ann <a@x.y>", b"<a@x.y"]
