@@ -92,11 +92,18 @@ def problem(err: RequestError) -> web.Response:
     return web.json_response(err.problem(), status=err.status, content_type="application/problem+json")
 
 
-def unauthorized(detail: str = "authentication required") -> web.Response:
+#: The 401 where Basic is refused (plain HTTP): a client told to retry Basic would send the password in clear again.
+NO_BASIC_HERE = ("authentication required: HTTP Basic only over TLS (the HTTPS listener), or a bearer token"
+                 " (`mailsrv token issue USER --scope mail`)")
+
+
+def unauthorized(detail: str = "authentication required", *, basic: bool = True) -> web.Response:
+    """401 with the challenge of what this connection accepts (RFC 7235 §4.1): Basic where a password
+    may be sent, else Bearer only."""
     resp = web.json_response(
         {"type": "about:blank", "status": 401, "detail": detail}, status=401, content_type="application/problem+json"
     )
-    resp.headers["WWW-Authenticate"] = 'Basic realm="mailsrv", charset="UTF-8"'
+    resp.headers["WWW-Authenticate"] = 'Basic realm="mailsrv", charset="UTF-8"' if basic else 'Bearer realm="mailsrv"'
     return resp
 
 
@@ -259,6 +266,13 @@ class JmapApp:
                 return await self.check_access_token(tok)
         return None
 
+    def refuse(self, request: web.Request) -> web.Response:
+        """The 401 for a request that :meth:`authenticate` did not accept."""
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        if self.auth.plaintext_allowed(tls=request.secure or self.tls, client_ip=peer[0] if peer else ""):
+            return unauthorized()
+        return unauthorized(NO_BASIC_HERE, basic=False)
+
     async def _basic(self, cred: str, ip: str, secure: bool) -> Principal | None:
         if not self.auth.plaintext_allowed(tls=secure or self.tls, client_ip=ip):
             return None
@@ -375,7 +389,7 @@ class JmapApp:
     async def session(self, request: web.Request) -> web.StreamResponse:
         p = await self.authenticate(request)
         if p is None:
-            return unauthorized()
+            return self.refuse(request)
         be, access = await self.accounts(p)
         resp = web.json_response(self._session(request, p, be, access))
         resp.headers["Cache-Control"] = "no-cache, no-store, must-revalidate"
@@ -384,7 +398,7 @@ class JmapApp:
     async def token(self, request: web.Request) -> web.StreamResponse:
         p = await self.authenticate(request)
         if p is None:
-            return unauthorized()
+            return self.refuse(request)
         tok, expires = await self.make_access_token(p)
         resp = web.json_response({"accessToken": tok, "expires": expires})
         # browsers' EventSource sends cookies of its own origin: the same token as a cookie
@@ -395,7 +409,7 @@ class JmapApp:
     async def api(self, request: web.Request) -> web.StreamResponse:
         p = await self.authenticate(request)
         if p is None:
-            return unauthorized()
+            return self.refuse(request)
         try:
             body = await self._read_json(request)
         except RequestError as err:
@@ -433,7 +447,7 @@ class JmapApp:
     async def upload(self, request: web.Request) -> web.StreamResponse:
         p = await self.authenticate(request)
         if p is None:
-            return unauthorized()
+            return self.refuse(request)
         _, access = await self.accounts(p)
         account_id = request.match_info["accountId"]
         if account_id not in access:
@@ -465,7 +479,7 @@ class JmapApp:
     async def download(self, request: web.Request) -> web.StreamResponse:
         p = await self.authenticate(request, allow_token=True)
         if p is None:
-            return unauthorized()
+            return self.refuse(request)
         _, access = await self.accounts(p)
         if request.match_info["accountId"] not in access:
             raise web.HTTPNotFound()
@@ -502,7 +516,7 @@ class JmapApp:
     async def eventsource(self, request: web.Request) -> web.StreamResponse:
         p = await self.authenticate(request, allow_token=True)
         if p is None:
-            return unauthorized()
+            return self.refuse(request)
         task = asyncio.current_task()
         assert task is not None
         self.streams.add(task)
@@ -514,7 +528,7 @@ class JmapApp:
     async def websocket(self, request: web.Request) -> web.StreamResponse:
         p = await self.authenticate(request, allow_token=True)
         if p is None:
-            return unauthorized()
+            return self.refuse(request)
         ws = web.WebSocketResponse(protocols=("jmap",), max_msg_size=self.config.max_size_request, heartbeat=60.0)
         await ws.prepare(request)
         if ws.ws_protocol != "jmap":

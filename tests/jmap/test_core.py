@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import aiohttp
+import pytest
 from jmaptest import USING, Client, Server, basic
 
 URN = "urn:ietf:params:jmap:error:"
@@ -47,6 +48,18 @@ async def test_cors_preflight(client: Client) -> None:
         assert r.status == 204
         assert "Authorization" in r.headers["Access-Control-Allow-Headers"]
         assert "POST" in r.headers["Access-Control-Allow-Methods"]
+
+
+async def test_plain_http_refuses_basic_and_says_what_works(client: Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a listener without TLS, client not trusted for clear-text passwords (the default off loopback):
+    # the right password is refused, and the 401 must not ask for Basic again (a client would resend it)
+    monkeypatch.setattr(client.server.auth, "plaintext_allowed", lambda *, tls, client_ip: tls)
+    for method, path in (("GET", "/jmap/session"), ("POST", "/jmap/api")):
+        async with client.http.request(method, client.server.url + path, data=b"{}", headers=basic()) as r:
+            assert r.status == 401
+            assert r.headers["WWW-Authenticate"] == 'Bearer realm="mailsrv"'
+            detail = (await r.json())["detail"]
+            assert "HTTP Basic only over TLS" in detail and "bearer token" in detail
 
 
 async def test_auth_required_and_wrong_password(client: Client) -> None:
