@@ -1,5 +1,7 @@
 # mailsrv: `make run` serves a demo setup in ./var, `make test` runs every test.
 PYTHON ?= python3
+# The demo's ports: PORT_BASE + 525, 587, 465, 143, 993, 110, 995, 80, 443, 81 (`make run PORT_BASE=3000` the first time).
+PORT_BASE ?= 2000
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
@@ -23,7 +25,7 @@ build: $(STAMP)
 
 run: build
 	@if test -f var/mailsrv.toml; then cat var/demo-users.txt 2>/dev/null || true; \
-	else $(BIN)/mailsrv init --dir var --demo; fi
+	else $(BIN)/mailsrv init --dir var --demo --port-base $(PORT_BASE); fi
 	exec $(BIN)/mailsrv serve -c var/mailsrv.toml
 
 # Third-party peers the end-to-end tests drive (installed only when root and missing).

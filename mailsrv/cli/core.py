@@ -33,15 +33,21 @@ DEV_LISTENERS = [
 ]
 
 
+#: The development ports are this plus the last three digits of each (2525, 2587, ...); ``init --port-base``
+#: moves the whole set (3000: 3525, 3587, ...) for a second demo on one machine.
+DEV_PORT_BASE = 2000
+MAX_PORT_BASE = 65535 - max(port for _, _, port, _ in DEV_LISTENERS) + DEV_PORT_BASE
+
+
 #: RFC 9051 §5.4 (IMAP autologout at least 30 min), RFC 1939 §3 (POP3 at least 10 min).
 IDLE_TIMEOUTS = {"imap": 1860, "pop3": 600}
 
 
-def render_config(hostname: str, bind_host: str = "127.0.0.1", port_offset: int | None = None,
+def render_config(hostname: str, bind_host: str = "127.0.0.1", port_base: int = DEV_PORT_BASE,
                   workers: str | int = "auto") -> str:
     """A complete config for a setup directory (paths relative to the file).
 
-    ``port_offset=0`` binds every listener to port 0 (tests: the kernel picks).
+    ``port_base=0`` binds every listener to port 0 (tests: the kernel picks).
     """
     host = f"[{bind_host}]" if ":" in bind_host else bind_host
     w = f'"{workers}"' if isinstance(workers, str) else str(workers)
@@ -61,7 +67,7 @@ def render_config(hostname: str, bind_host: str = "127.0.0.1", port_offset: int 
         "",
     ]
     for name, proto, port, tls in DEV_LISTENERS:
-        p = 0 if port_offset == 0 else port
+        p = 0 if port_base == 0 else port - DEV_PORT_BASE + port_base
         out += [f"[listener.{name}]", f'protocol = "{proto}"', f'bind = ["{host}:{p}"]', f'tls = "{tls}"']
         if proto in IDLE_TIMEOUTS:
             out.append(f"idle_timeout = {IDLE_TIMEOUTS[proto]}")
@@ -114,7 +120,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     target.mkdir(parents=True, exist_ok=True)
     hostname = args.hostname or ("mail.example.test" if args.demo else socket.getfqdn())
     cfg_file.write_text(
-        render_config(hostname, port_offset=0 if args.any_port else None, workers=args.workers)
+        render_config(hostname, port_base=0 if args.any_port else args.port_base, workers=args.workers)
     )
     make_self_signed(target / "tls" / "cert.pem", target / "tls" / "key.pem", hostname)
     cfg = config_mod.load(cfg_file)
@@ -150,6 +156,16 @@ def cmd_version(args: argparse.Namespace) -> int:
     return 0
 
 
+def _port_base(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        n = -1
+    if not 1 <= n <= MAX_PORT_BASE:
+        raise argparse.ArgumentTypeError(f"{value!r}: a number from 1 to {MAX_PORT_BASE}")
+    return n
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("init", help="create a working setup in a directory")
     p.add_argument("--dir", required=True, help="directory to create (config, certificate, data)")
@@ -157,6 +173,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--hostname", default=None, help="server host name (default: this machine's FQDN)")
     p.add_argument("--workers", default="auto", type=lambda v: v if v == "auto" else int(v))
     p.add_argument("--any-port", action="store_true", help="bind port 0 everywhere (tests)")
+    p.add_argument("--port-base", type=_port_base, default=DEV_PORT_BASE, metavar="N",
+                   help=f"development ports N+525, N+587, ... (default {DEV_PORT_BASE}: 2525, 2587, ...)")
     p.add_argument("--force", action="store_true", help="overwrite an existing config")
     p.set_defaults(func=cmd_init)
 

@@ -91,3 +91,24 @@ def test_root_in_a_data_dir_not_made_yet_is_not_refused(tmp_path: Path) -> None:
         os.chown(tmp_path, 65534, -1)
     with pytest.raises(mailsrv.cli.CliError, match="belongs to user"):
         mailsrv.cli.check_data_owner(tmp_path, 0)
+
+
+def test_init_port_base_moves_every_development_port(tmp_path: Path) -> None:
+    from mailsrv import config as config_mod
+    from mailsrv.cli.core import DEV_LISTENERS
+
+    p = subprocess.run([sys.executable, "-m", "mailsrv", "init", "--dir", str(tmp_path / "s"), "--port-base", "3000"],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    cfg = config_mod.load(tmp_path / "s" / "mailsrv.toml")
+    got = {name: list(lst.bind) for name, lst in cfg.listener.items()}
+    assert got == {name: [f"127.0.0.1:{port + 1000}"] for name, _, port, _ in DEV_LISTENERS}
+    assert got["smtp"] == ["127.0.0.1:3525"] and got["imaps"] == ["127.0.0.1:3993"]
+
+
+@pytest.mark.parametrize("base", ["0", "64541", "x", "-5"])
+def test_init_port_base_out_of_range(tmp_path: Path, base: str) -> None:
+    p = subprocess.run([sys.executable, "-m", "mailsrv", "init", "--dir", str(tmp_path / "s"), "--port-base", base],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and f"argument --port-base: {base!r}: a number from 1 to 64540" in p.stderr
+    assert not (tmp_path / "s").exists()
