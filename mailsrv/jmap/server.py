@@ -98,7 +98,7 @@ NO_BASIC_HERE = ("authentication required: HTTP Basic only over TLS (the HTTPS l
 
 
 def unauthorized(detail: str = "authentication required", *, basic: bool = True) -> web.Response:
-    """401 with the challenge of what this connection accepts (RFC 7235 §4.1): Basic where a password
+    """401 with the challenge of what this connection accepts (RFC 9110 §11.6.1): Basic where a password
     may be sent, else Bearer only."""
     resp = web.json_response(
         {"type": "about:blank", "status": 401, "detail": detail}, status=401, content_type="application/problem+json"
