@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from support.server import init_setup
 
 import mailsrv.cli
 from mailsrv.cli import EXIT_BROKEN_PIPE, main
@@ -16,11 +17,7 @@ from mailsrv.cli import EXIT_BROKEN_PIPE, main
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("setup")
-    p = subprocess.run([sys.executable, "-m", "mailsrv", "init", "--dir", str(root / "s"), "--demo", "--any-port"],
-                       capture_output=True, text=True, timeout=120)
-    assert p.returncode == 0, p.stderr
-    return root / "s"
+    return init_setup(tmp_path_factory.mktemp("setup") / "s", "--demo").parent
 
 
 def test_output_piped_to_a_reader_that_went_away_is_no_traceback(setup: Path) -> None:

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from support.server import init_setup
 
 from mailsrv import config as config_mod
 from mailsrv.cli import main
@@ -16,11 +15,7 @@ from mailsrv.queue.store import Envelope, QRcpt, new_id, queue_dir
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("setup")
-    p = subprocess.run([sys.executable, "-m", "mailsrv", "init", "--dir", str(root / "s"), "--any-port"],
-                       capture_output=True, text=True, timeout=120)
-    assert p.returncode == 0, p.stderr
-    return root / "s" / "mailsrv.toml"
+    return init_setup(tmp_path_factory.mktemp("setup") / "s")
 
 
 def test_show_a_queued_then_a_finished_message(setup: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -10,11 +10,11 @@ from __future__ import annotations
 import io
 import json
 import shlex
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from support.server import init_setup
 
 from mailsrv.cli import main
 
@@ -52,18 +52,11 @@ def readme_commands(text: str, section: str) -> list[tuple[list[str], str | None
     return out
 
 
-def _init(directory: Path) -> Path:
-    p = subprocess.run([sys.executable, "-m", "mailsrv", "init", "--dir", str(directory), "--any-port"],
-                       capture_output=True, text=True, timeout=120)
-    assert p.returncode == 0, p.stderr
-    return directory / "mailsrv.toml"
-
-
 def test_readme_directory_commands_run_in_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     cmds = readme_commands(README.read_text(), "## Users, domains and groups")
     assert len(cmds) >= 20 and cmds[0][0] == ["domain", "add", "example.com"]
-    cfg, empty = _init(tmp_path / "s"), _init(tmp_path / "empty")
+    cfg, empty = init_setup(tmp_path / "s"), init_setup(tmp_path / "empty")
     monkeypatch.chdir(tmp_path)
     for argv, stdin in cmds:
         target = empty if argv[:2] == ["directory", "import"] else cfg
