@@ -335,8 +335,9 @@ class StoreConfig:
         True,
     )
     index_delay: float = doc(
-        "Seconds the background indexer waits for more deliveries to join a batch (deferred_index).",
-        0.002,
+        "Seconds the background indexer waits for more deliveries to join a batch (deferred_index); IDLE"
+        " clients see new mail before it (their refresh indexes it).",
+        0.025,
         check=_non_negative,
     )
     syncfs: bool = doc(
