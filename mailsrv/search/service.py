@@ -454,6 +454,13 @@ class MailboxIndex:
                 if self._append_unloaded(docs):
                     return
                 self._load()
+                if not self.locs:  # a new (empty) index: made, then appended to as by any other worker,
+                    self._close_files()  # not kept loaded (that is a search's; loaded, each delivery
+                    self.gen = -1        # would be tokenised here, and snapshots written)
+                    self.core = IndexCore()
+                    if self._append_unloaded(docs):
+                        return
+                    self._load()
             self._add_docs(docs)
 
     async def search(self, query: Query, view: Any) -> BitMap:

@@ -52,3 +52,10 @@ class Box:
 
 def open_index(svc: SearchService, box: Box, directory: Path, mailbox_id: str = "Mbox1") -> MailboxIndex:
     return svc.mailbox("acct1", mailbox_id, directory, box.read)
+
+
+def indexed(idx: MailboxIndex) -> set[int]:
+    """UIDs the index holds, in memory or appended to its files (an index kept unloaded is loaded)."""
+    if idx.gen < 0:
+        idx._locked_load()
+    return set(idx.core.indexed)

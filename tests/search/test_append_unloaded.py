@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from pyroaring import BitMap
-from search.searchbox import Box, open_index
+from search.searchbox import Box, indexed, open_index
 
 from mailsrv.config import SearchConfig
 from mailsrv.search import SearchService, Text
@@ -108,9 +108,10 @@ async def test_a_long_journal_is_folded_at_load(tmp_path: Path) -> None:
 async def test_no_index_yet_or_a_stale_journal_falls_back_and_search_finds_everything(tmp_path: Path) -> None:
     box = Box(0)
     svc = SearchService(SearchConfig(), resolver=lambda a, m: (tmp_path, box.read))
-    await _deliver(svc, box, 0, 10)  # no files yet: the first batch builds the index (a load)
+    await _deliver(svc, box, 0, 10)  # no files yet: the first batch makes an empty index, appends to it
     idx = svc._open[("acct1", "Mbox1")]
-    assert idx.stats["appended"] == 0 and set(idx.core.indexed) == {m.uid for m in box.view.messages}
+    assert idx.stats["appended"] == 10 and idx.gen < 0 and not idx.core.indexed  # not kept loaded
+    assert indexed(idx) == {m.uid for m in box.view.messages}
     await svc.close()
 
     # a journal of another generation (a writer died between snapshot and new journal)
@@ -157,7 +158,7 @@ async def test_batch_reader_is_used_once_per_batch(tmp_path: Path) -> None:
     more = await _deliver(svc, box, 4, 2)
     assert sum(len(c) for c in calls) == 6 and box.reads == 0
     idx = svc._open[("acct1", "Mbox1")]
-    assert set(uids) | set(more) <= set(idx.core.indexed) and vanished not in idx.core.indexed
+    assert set(uids) | set(more) <= indexed(idx) and vanished not in indexed(idx)
     await svc.close()
 
 
@@ -192,10 +193,10 @@ async def test_blocking_batch_reader_reads_in_the_indexing_job(tmp_path: Path) -
     assert [c[1] for c in calls] == [True] * len(calls) and sum(len(c[0]) for c in calls) == 3
     assert jobs == ["_read_and_add"] * len(calls) and box.reads == 0  # one job per batch
     idx = svc._open[("acct1", "Mbox1")]
-    assert set(uids) <= set(idx.core.indexed)
+    assert set(uids) <= indexed(idx)
     fail[0] = True
     [lost] = await _deliver(svc, box, 3, 1)
-    assert lost not in idx.core.indexed  # skipped, no error raised
+    assert lost not in indexed(idx)  # skipped, no error raised
     words = box.docs[lost].text["body"].split()
     q = Text("body", words[-1])
     assert lost in await idx.search(q, box.view)  # the search indexes what it finds missing
@@ -215,12 +216,14 @@ async def test_cache_bounds_loaded_indexes_not_the_appended_ones(tmp_path: Path)
         box.add(box.gen.message(50)[0])
         svc.message_added("acct1", name, box.view.messages[-1], None)
         await svc.idle()
-    # Mbox2 and Mbox3 had no index files: their first batch built (loaded) one each, evicting the
-    # previously loaded one; Mbox0's files exist, so it was appended to and stays unloaded
+    # Mbox2 and Mbox3 had no index files: their first batch made an empty one each and appended to
+    # it without loading it, so the searched Mbox1 stays loaded; Mbox0's files exist: appended to
     loaded = [k[1] for k, i in svc._open.items() if i.gen >= 0]
-    assert loaded == ["Mbox3"]
-    mbox0 = svc._open[("acct1", "Mbox0")]
-    assert mbox0.gen == -1 and mbox0.stats["appended"] == 1
+    assert loaded == ["Mbox1"]
+    for name in ("Mbox0", "Mbox2", "Mbox3"):
+        idx = svc._open[("acct1", name)]
+        assert idx.gen == -1 and idx.stats["appended"] == 1
+        assert boxes[name].view.messages[-1].uid in indexed(idx)  # (loads it)
     await svc.close()
 
 
@@ -234,7 +237,8 @@ async def test_a_missing_text_file_is_rebuilt_not_appended_to(tmp_path: Path) ->
     svc = SearchService(SearchConfig(), resolver=lambda a, m: (tmp_path, box.read))
     await _deliver(svc, box, 12, 3)
     idx = svc._open[("acct1", "Mbox1")]
-    assert idx.stats["appended"] == 0 and idx.stats["rebuilds"] == 1  # loaded, found corrupt, rebuilt
+    # loaded, found corrupt, rebuilt (empty), and the batch appended to the new files, not the old ones
+    assert idx.stats["rebuilds"] == 1 and idx.stats["appended"] == 3
     for q in _queries(box):  # the rebuilt index re-reads the older messages: nothing is missed
         assert await idx.search(q, box.view) == _reference(box, q), q
     await svc.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from search.searchbox import Box, open_index
+from search.searchbox import Box, indexed, open_index
 
 from mailsrv.config import SearchConfig
 from mailsrv.search import SearchService
@@ -40,7 +40,7 @@ async def test_deliveries_during_a_batch_form_the_next_batch(tmp_path: Path) -> 
     gate.set()
     await svc.idle()
     assert batches == [uids[:1], uids[1:]]
-    assert set(uids) <= set(idx.core.indexed)
+    assert set(uids) <= indexed(idx)
     assert idx.pending == [] and not idx.draining
     await svc.close()
 
@@ -65,8 +65,8 @@ async def test_a_failed_batch_does_not_stop_later_ones(tmp_path: Path) -> None:
     first = box.add(box.gen.message(1)[0])
     svc.message_added("acct1", "Mbox1", box.view.messages[-1], None)
     await svc.idle()
-    assert first not in idx.core.indexed  # the failed batch (a later search catches up)
-    assert box.view.messages[-1].uid in idx.core.indexed
+    assert first not in indexed(idx)  # the failed batch (a later search catches up)
+    assert box.view.messages[-1].uid in indexed(idx)
     assert calls == 2 and not idx.draining
     await svc.close()
 
@@ -106,5 +106,5 @@ async def test_batches_in_flight_are_bounded(tmp_path: Path) -> None:
     assert peak == 4
     for name, box in boxes.items():
         idx = svc.mailbox("acct1", name, tmp_path / name, box.read)
-        assert {m.uid for m in box.view.messages} <= set(idx.core.indexed)
+        assert {m.uid for m in box.view.messages} <= indexed(idx)
     await svc.close()

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from pyroaring import BitMap
-from search.searchbox import Box, open_index
+from search.searchbox import Box, indexed, open_index
 
 from mailsrv.config import SearchConfig
 from mailsrv.search import All, And, Flag, Not, Or, Query, SearchService, Size, Text, matches
@@ -155,7 +155,7 @@ async def test_observer_indexes_after_delivery(tmp_path: Path) -> None:
     svc.message_added("acct1", "Other", box.view.messages[-1], None)  # not resolvable: ignored
     await svc.idle()
     idx = open_index(svc, box, tmp_path)
-    assert uid in idx.core.indexed
+    assert uid in indexed(idx)
     assert idx.columns(uid) is not None
     await check_all(svc, box, tmp_path)
     await svc.close()
