@@ -10,6 +10,7 @@ exit 0.
 from __future__ import annotations
 
 import asyncio
+import gc
 import importlib
 import inspect
 import os
@@ -100,6 +101,23 @@ def make_listeners(
     return listeners
 
 
+#: Cyclic GC thresholds of a serving worker (CPython's default is (700, 10, 10)). A message's SMTP
+#: transaction allocates a few thousand container objects, nearly all freed by reference counting;
+#: a larger first generation collects them less often, and fewer young collections promote less
+#: into the old generations that the full collections walk.
+GC_THRESHOLDS = (10_000, 20, 20)
+
+
+def _settle_gc() -> None:
+    """Once the worker's long-lived objects exist (modules, config, directory and policy caches):
+    move them out of the collector's generations (``gc.freeze``), so that a full collection walks
+    only what was made since, and raise the young generation's threshold (:data:`GC_THRESHOLDS`).
+    Whole server, 50 sessions: full collections took ~26 ms each over ~73 000 tracked objects."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 async def _serve(cfg: Config, socks: dict[str, list[socket.socket]], ssl_context: ssl.SSLContext | None,
                  ready_fd: int, lifeline_fd: int) -> None:
     loop = asyncio.get_running_loop()
@@ -143,6 +161,7 @@ async def _serve(cfg: Config, socks: dict[str, list[socket.socket]], ssl_context
     listeners = make_listeners(cfg, socks, ssl_context, resources)
     for lst in listeners:
         await lst.start()
+    _settle_gc()
     os.write(ready_fd, b"1")
     os.close(ready_fd)
     logger.info("worker.ready", pid=os.getpid(), listeners=len(listeners))
