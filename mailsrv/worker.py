@@ -25,6 +25,7 @@ from typing import Any
 
 from mailsrv import log
 from mailsrv.config import Config
+from mailsrv.delivery import spool
 from mailsrv.net.listener import Listener
 from mailsrv.net.service import ServiceContext
 from mailsrv.policy.pipeline import Policy
@@ -122,6 +123,7 @@ async def _serve(cfg: Config, socks: dict[str, list[socket.socket]], ssl_context
                  ready_fd: int, lifeline_fd: int) -> None:
     loop = asyncio.get_running_loop()
     log.buffer_on_loop(loop)  # one write per ~50 ms instead of one per line (run() flushes at exit)
+    spool.batch_removals()  # one removal job per ~20 ms of discarded spools (flushed below at the end)
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)  # a terminal's ^C reaches the whole group; the master decides
@@ -169,6 +171,7 @@ async def _serve(cfg: Config, socks: dict[str, list[socket.socket]], ssl_context
     grace = cfg.server.shutdown_grace
     logger.info("worker.draining", pid=os.getpid(), grace=grace)
     await asyncio.gather(*(lst.drain(grace) for lst in listeners), return_exceptions=True)
+    spool.flush_removals()  # the sessions are over: no timer of the remover will run after us
     # After the sessions, newest first: the services' own objects, then the store, auth, directory.
     for name, res in reversed(list(resources.items())):
         close = getattr(res, "close", None)

@@ -6,7 +6,8 @@ Writes are buffered up to :data:`FLUSH_AT` bytes and then written by a
 thread, so a typical message costs one thread job (create, write, close) at
 the end, and a 25 MB message never has more than ``FLUSH_AT`` bytes in memory.
 Discarded files are removed by one thread job per batch (:class:`_Remover`), not
-one job per file: a thread hop costs the loop more than the unlink itself.
+one job per file: a thread hop costs the loop more than the unlink itself (a serving
+worker lets a batch gather for :data:`REMOVE_DELAY` seconds).
 There is no fsync here: each consumer makes its own copy durable
 (``store.deliver`` fsyncs the linked file and its ``new/``; the queue fsyncs
 its link), so a local-only message costs one file fsync, not two.
@@ -164,25 +165,49 @@ class FileSpool:
 class _Remover:
     """Discarded spools, removed by one executor job that takes every spool queued meanwhile.
 
-    Thread-safe. A job runs as soon as the first spool is queued (never on a timer: a loop
-    that stops waits for its executor's jobs, so nothing is left behind), and spools queued
-    while it runs join its batch.
+    Thread-safe. By default a job runs as soon as the first spool is queued (never on a timer: a
+    loop that stops waits for its executor's jobs, so nothing is left behind), and spools queued
+    while it runs join its batch. A serving worker sets a ``delay`` (:func:`batch_removals`): the
+    job then starts that long after the first spool, so that one job removes the spools of many
+    messages (at one SMTP session, one job per message was a loop -> pool hop of its own), and
+    the worker calls :func:`flush_removals` when its loop stops.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._todo: list[FileSpool] = []
         self._running = False
+        self.delay = 0.0
+        self._timer: asyncio.TimerHandle | None = None
 
     def add(self, loop: asyncio.AbstractEventLoop, spool: FileSpool) -> None:
+        """Queue ``spool``; called in ``loop``'s thread (a discard, or a done callback of its job)."""
         with self._lock:
             self._todo.append(spool)
             if self._running:
                 return
             self._running = True
+            if self.delay > 0:
+                try:
+                    self._timer = loop.call_later(self.delay, self._start, loop)
+                    return
+                except RuntimeError:  # the loop is closing: start the job (or remove) now
+                    pass
+        self._start(loop)
+
+    def _start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._timer = None
         try:
             loop.run_in_executor(None, self._run)
         except RuntimeError:  # the loop or its executor is closing: remove here
+            self._run()
+
+    def flush(self) -> None:
+        """Remove now, in this thread, the spools that wait for a delayed job."""
+        with self._lock:
+            timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
             self._run()
 
     def _run(self) -> None:
@@ -198,6 +223,22 @@ class _Remover:
 
 
 _remover = _Remover()
+
+#: Seconds a serving worker's removal job waits for more discarded spools (:func:`batch_removals`).
+REMOVE_DELAY = 0.02
+
+
+def batch_removals(delay: float = REMOVE_DELAY) -> None:
+    """From now on, a discarded spool is removed by a job that starts ``delay`` seconds after the
+    first one queued (0: at once). For a serving worker's loop, which must call
+    :func:`flush_removals` when it stops (its pending timer would never run)."""
+    _remover.delay = delay
+
+
+def flush_removals() -> None:
+    """Remove, in this thread, the discarded spools still waiting for a delayed job (a stopping
+    worker, after its sessions ended). A job already running is left to the loop's executor."""
+    _remover.flush()
 
 
 def _remove(path: Path, fd: int | None) -> None:
