@@ -219,6 +219,10 @@ def _create_index(build: Path, seeds: list[folders.FolderSeed]) -> None:
     (build / NOTIFY_NAME).touch()
 
 
+class _NeedsFullCommit(Exception):
+    """A lazy sync (Engine.sync lazy_commit) met changes to reconcile: redone with a synced commit."""
+
+
 def _temp(exc: BaseException, what: str) -> TemporaryFailure:
     return TemporaryFailure(f"{what}: {exc}")
 
@@ -557,7 +561,9 @@ class Engine:
         the uidlist is fsync'd first (module invariants), and a commit lost to a power cut leaves a
         uidlist longer than the index, which the next sync reconciles with the same UIDs. A process
         killed after the commit loses nothing (the WAL is in the page cache); the next synchronous
-        commit or checkpoint syncs the WAL, these frames with it.
+        commit or checkpoint syncs the WAL, these frames with it. A sync that must reconcile ``cur/``
+        (changes no uidlist line records) commits with fsync, and a change that takes modseqs first
+        syncs what a lost lazy commit left (``_catch_up_torn``): no modseq a client saw is reused.
         """
         with self.lock:
             if not lazy_commit:
@@ -565,34 +571,57 @@ class Engine:
             db = self.db
             db.execute("PRAGMA synchronous=NORMAL")
             try:
-                return self._sync(self._row(name))
+                return self._sync(self._row(name), lazy=True)
+            except _NeedsFullCommit:
+                pass
             finally:
                 if self.conn is db:
                     db.execute("PRAGMA synchronous=FULL")
+            return self._sync(self._row(name))
 
-    def _sync(self, mb: _Mbox, full_uidlist: uidlist.Uidlist | None = None) -> SyncResult:
+    def _sync(self, mb: _Mbox, full_uidlist: uidlist.Uidlist | None = None, *, lazy: bool = False) -> SyncResult:
         folder = self._folder(mb)
         with self._write() as res:
             mb = self._row_by_id(mb.id)  # fresh under the lock
-            torn = self._uidlist_floor(mb, folder)
-            lines: list[bytes] = []
-            renames: list[tuple[Path, Path]] = []
-            try:
-                new_names = [n for n in os.listdir(folder / "new") if not n.startswith(".")]
-            except FileNotFoundError as exc:
-                raise MailboxNotFound(mb.name) from exc
-            cur_st = os.stat(folder / "cur").st_mtime_ns
-            if cur_st != mb.cur_mtime or torn is not None:
-                ul = full_uidlist or torn or folders.read_uidlist(self, folder)
-                self._reconcile(mb, folder, lines, res, ul)
-            if new_names:
-                self._take_new(mb, folder, new_names, lines, res, full_uidlist, renames)
-            self._flush_uidlist(mb, folder, lines)
-            for src, dst in renames:  # after the UID map is durable: see the module invariants
-                os.replace(src, dst)
-            mb.cur_mtime = os.stat(folder / "cur").st_mtime_ns
-            self._save(mb)
+            self._sync_in(mb, folder, res, full_uidlist, lazy=lazy)
         return res
+
+    def _catch_up_torn(self, mb: _Mbox, res: SyncResult) -> None:
+        """Before a change that takes modseqs (caller holds the write transaction, ``mb`` fresh):
+        a uidlist longer than the index saw (a lost lazy commit: its messages, UIDs and modseqs
+        were published) is synced first, so that they get their UIDs back and no modseq a client
+        saw is handed to another change (RFC 7162: HIGHESTMODSEQ never goes back)."""
+        folder = self._folder(mb)
+        try:
+            if os.stat(folder / UIDLIST_NAME).st_size == mb.uidlist_size:
+                return
+        except FileNotFoundError:
+            return
+        self._sync_in(mb, folder, res, None)
+
+    def _sync_in(self, mb: _Mbox, folder: Path, res: SyncResult, full_uidlist: uidlist.Uidlist | None,
+                 *, lazy: bool = False) -> None:
+        """_sync's work inside the caller's write transaction."""
+        torn = self._uidlist_floor(mb, folder)
+        lines: list[bytes] = []
+        renames: list[tuple[Path, Path]] = []
+        try:
+            new_names = [n for n in os.listdir(folder / "new") if not n.startswith(".")]
+        except FileNotFoundError as exc:
+            raise MailboxNotFound(mb.name) from exc
+        cur_st = os.stat(folder / "cur").st_mtime_ns
+        if cur_st != mb.cur_mtime or torn is not None:
+            if lazy:  # changes no uidlist line records (flags set by mutt, vanished files): a lost commit
+                raise _NeedsFullCommit  # would hand their modseqs out again (nothing done yet: rolled back)
+            ul = full_uidlist or torn or folders.read_uidlist(self, folder)
+            self._reconcile(mb, folder, lines, res, ul)
+        if new_names:
+            self._take_new(mb, folder, new_names, lines, res, full_uidlist or torn, renames)
+        self._flush_uidlist(mb, folder, lines)
+        for src, dst in renames:  # after the UID map is durable: see the module invariants
+            os.replace(src, dst)
+        mb.cur_mtime = os.stat(folder / "cur").st_mtime_ns
+        self._save(mb)
 
     def _take_new(self, mb: _Mbox, folder: Path, names: list[str], lines: list[bytes], res: SyncResult,
                   ul: uidlist.Uidlist | None, renames: list[tuple[Path, Path]]) -> None:

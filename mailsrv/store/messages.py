@@ -135,6 +135,7 @@ def store_flags(eng: Engine, name: str, uids: Sequence[int], flags: frozenset[st
         mid = eng._row(name).id
     with eng.lock, eng._write() as res:
         mb = eng._row_by_id(mid)
+        eng._catch_up_torn(mb, res)
         folder = eng._folder(mb)
         db = eng.db
         modified: list[MessageInfo] = []
@@ -181,7 +182,7 @@ def store_flags(eng: Engine, name: str, uids: Sequence[int], flags: frozenset[st
             mb.cur_mtime = os.stat(folder / "cur").st_mtime_ns
         eng._save(mb)
         if modified:
-            res.flags[mb.guid] = modified
+            res.flags.setdefault(mb.guid, []).extend(modified)
             res.changed = True
         return modified, failed, res
 
@@ -191,6 +192,7 @@ def expunge(eng: Engine, name: str, uids: Sequence[int] | None, only_deleted: bo
         mid = eng._row(name).id
     with eng.lock, eng._write() as res:
         mb = eng._row_by_id(mid)
+        eng._catch_up_torn(mb, res)
         folder = eng._folder(mb)
         db = eng.db
         if uids is None:
@@ -246,6 +248,8 @@ def copy(eng: Engine, src: str, uids: Sequence[int], dst: str, *, move: bool,
             with eng._write() as res:
                 dmb = eng._row_by_id(dmb.id)
                 smb = eng._row_by_id(smb.id)
+                if move and smb.id != dmb.id:  # the source's expunge takes a modseq
+                    eng._catch_up_torn(smb, res)
                 torn = eng._uidlist_floor(dmb, dfolder)
                 lines: list[bytes] = []
                 if torn is not None:

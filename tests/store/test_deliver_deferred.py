@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from support.forked import read_pipe, spawn
 
 from mailsrv.config import StoreConfig
@@ -35,9 +36,11 @@ class Recorder:
 
     def __init__(self) -> None:
         self.added: list[tuple[str, int]] = []
+        self.modseqs: list[int] = []
 
     def message_added(self, account_id: str, mailbox_id: str, info: Any, structure: Any) -> None:
         self.added.append((account_id, info.uid))
+        self.modseqs.append(info.modseq)
 
     def messages_expunged(self, account_id: str, mailbox_id: str, uids: Any) -> None:
         pass
@@ -416,43 +419,59 @@ def test_a_caller_cancelled_during_its_round_leaves_whole_deliveries_only(
     assert sorted(os.listdir(sdir)) == ["s0", "s1"]  # the third never wrote its spool file
 
 
-def test_an_index_commit_lost_to_a_power_cut_keeps_the_uids(tmp_path: Path, run: Run,
-                                                            make_store: Callable[..., Store]) -> None:
-    """The indexer commits without fsync (Engine.sync lazy_commit): a power cut may lose the commit,
-    never the fsync'd uidlist before it. Simulated: the index files put back as they were before the
-    indexer's last commit, the maildir and uidlist as they are. The next sync gives the message the
-    UID it was published with, and the next delivery a new one."""
-    from mailsrv.store.engine import INDEX_NAME
+INDEX_PARTS = ("mailsrv-index.sqlite", "mailsrv-index.sqlite-wal")
 
-    root = tmp_path / "mail" / "u"
-    saved = tmp_path / "saved-index"
+
+def save_index(root: Path, saved: Path) -> None:
+    """Copy the account's index files aside (closed store): the state a power cut may go back to."""
     saved.mkdir()
-    parts = [INDEX_NAME, INDEX_NAME + "-wal"]
+    for name in INDEX_PARTS:
+        if (root / name).exists():
+            (saved / name).write_bytes((root / name).read_bytes())
 
+
+def lose_index_commits(root: Path, saved: Path) -> None:
+    """The power cut (closed store): the index files as :func:`save_index` saw them, the maildir
+    and the fsync'd uidlist as they are."""
+    for name in [*INDEX_PARTS, "mailsrv-index.sqlite-shm"]:
+        (root / name).unlink(missing_ok=True)
+        if (saved / name).exists():
+            (root / name).write_bytes((saved / name).read_bytes())
+
+
+def lazily_indexed_then_lost(tmp_path: Path, run: Run, make_store: Callable[..., Store]) -> Recorder:
+    """Message 1 indexed and durable; message 2 indexed by the background indexer (published,
+    lazy commit), then the commit lost. Returns what observers were told."""
+    root = tmp_path / "mail" / "u"
     store = make_store(index_delay=0.0)
     acct = run(store.account("u"))
     run(store.deliver(spool(tmp_path, msg(1), "s1"), [DeliveryTarget(acct)], uids=False))
     run(store.indexer.flush())
     run(store.close())
-    for name in parts:
-        if (root / name).exists():
-            (saved / name).write_bytes((root / name).read_bytes())
-
+    save_index(root, tmp_path / "saved-index")
     store = make_store(index_delay=0.0)
     rec = Recorder()
     store.add_observer(rec)
     acct = run(store.account("u"))
     run(store.deliver(spool(tmp_path, msg(2), "s2"), [DeliveryTarget(acct)], uids=False))
     run(store.indexer.flush())
-    assert rec.added == [("u", 2)]  # published (an IDLE client saw UID 2)
     run(store.close())
-    for name in [*parts, INDEX_NAME + "-shm"]:  # the power cut: the index as it was before
-        (root / name).unlink(missing_ok=True)
-        if (saved / name).exists():
-            (root / name).write_bytes((saved / name).read_bytes())
+    lose_index_commits(root, tmp_path / "saved-index")
+    return rec
+
+
+def test_an_index_commit_lost_to_a_power_cut_keeps_the_uids(tmp_path: Path, run: Run,
+                                                            make_store: Callable[..., Store]) -> None:
+    """The indexer commits without fsync (Engine.sync lazy_commit): a power cut may lose the commit,
+    never the fsync'd uidlist before it. Simulated: the index files put back as they were before the
+    indexer's last commit, the maildir and uidlist as they are. The next sync gives the message the
+    UID it was published with, and the next delivery a new one."""
     import sqlite3
 
-    with sqlite3.connect(root / INDEX_NAME) as db:  # the index forgot UID 2
+    root = tmp_path / "mail" / "u"
+    rec = lazily_indexed_then_lost(tmp_path, run, make_store)
+    assert rec.added == [("u", 2)]  # published (an IDLE client saw UID 2)
+    with sqlite3.connect(root / INDEX_PARTS[0]) as db:  # the index forgot UID 2
         assert db.execute("SELECT uid FROM messages").fetchall() == [(1,)]
     db.close()
 
@@ -466,6 +485,45 @@ def test_an_index_commit_lost_to_a_power_cut_keeps_the_uids(tmp_path: Path, run:
     view = run(acct.open_mailbox("INBOX"))
     assert [m.uid for m in view.messages] == [1, 2, 3]
     assert MSGID.search(run(acct.read_message("INBOX", 3))).group(1) == b"3"  # type: ignore[union-attr]
+
+
+def test_a_lost_commit_whose_rename_into_cur_was_lost_too_keeps_the_uid(
+        tmp_path: Path, run: Run, make_store: Callable[..., Store]) -> None:
+    """The rename new/ -> cur/ after the uidlist's fsync is not synced either: the message found
+    in new/ again gets the UID the uidlist (and the clients) had for it, not a new one."""
+    root = tmp_path / "mail" / "u"
+    lazily_indexed_then_lost(tmp_path, run, make_store)
+    for name in _files(root, "cur"):
+        if MSGID.search((root / "cur" / name).read_bytes()).group(1) == b"2":  # type: ignore[union-attr]
+            os.rename(root / "cur" / name, root / "new" / name.split(":")[0])
+    assert len(_files(root, "new")) == 1
+    store = make_store(index_delay=0.0)
+    acct = run(store.account("u"))
+    view = run(acct.open_mailbox("INBOX"))
+    got = {m.uid: MSGID.search(run(acct.read_message("INBOX", m.uid))) for m in view.messages}
+    assert {uid: m.group(1) for uid, m in got.items() if m is not None} == {1: b"1", 2: b"2"}
+
+
+@pytest.mark.parametrize("op", ["store", "expunge"])
+def test_a_lost_commit_never_hands_a_published_modseq_to_another_change(
+        tmp_path: Path, run: Run, make_store: Callable[..., Store], op: str) -> None:
+    """RFC 7162: a client that saw HIGHESTMODSEQ M (message 2's, from the lost lazy commit) and asks
+    for changes since M must get every later change. A flag change or an expunge made before any
+    sync (JMAP Email/set, a MOVE out) must not take M again."""
+    rec = lazily_indexed_then_lost(tmp_path, run, make_store)
+    seen = rec.modseqs[-1]
+    store = make_store(index_delay=0.0)
+    acct = run(store.account("u"))
+    if op == "store":
+        modified, _ = run(acct.store_flags("INBOX", [1], frozenset({"\\Seen"}), "add"))
+        assert [m.uid for m in modified] == [1] and modified[0].modseq > seen
+    else:
+        assert run(acct.expunge("INBOX", [1], only_deleted=False)) == [1]
+    ch = run(acct.changes_since("INBOX", seen))
+    assert ch.highestmodseq > seen
+    assert ([m.uid for m in ch.changed], ch.expunged) == (([1], []) if op == "store" else ([], [1]))
+    view = run(acct.open_mailbox("INBOX"))
+    assert 2 in [m.uid for m in view.messages]
 
 
 def test_only_the_indexers_commits_are_lazy(tmp_path: Path, run: Run, make_store: Callable[..., Store]) -> None:
@@ -483,3 +541,29 @@ def test_only_the_indexers_commits_are_lazy(tmp_path: Path, run: Run, make_store
     assert "COMMIT" in seen and not any(s.startswith("PRAGMA synchronous") for s in seen)
     assert db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
     db.set_trace_callback(None)
+
+
+def test_a_lazy_sync_that_reconciles_cur_commits_with_fsync(tmp_path: Path, run: Run,
+                                                            make_store: Callable[..., Store]) -> None:
+    """A flag mutt set by renaming in cur/ takes a modseq that no uidlist line records: the indexer's
+    transaction that adopts it is not lazy (a lost commit would hand the modseq out again)."""
+    store = make_store(index_delay=0.0)
+    acct = run(store.account("u"))
+    root = tmp_path / "mail" / "u"
+    run(store.deliver(spool(tmp_path, msg(1), "s1"), [DeliveryTarget(acct)]))
+    [name] = _files(root, "cur")
+    os.rename(root / "cur" / name, root / "cur" / (name.split(":")[0] + ":2,S"))  # mutt marks it seen
+    st = os.stat(root / "cur")  # later than the index's look at cur/ (a coarse clock may not tell)
+    os.utime(root / "cur", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    db = acct.engine.db
+    seen: list[str] = []
+    db.set_trace_callback(seen.append)
+    run(store.deliver(spool(tmp_path, msg(2), "s2"), [DeliveryTarget(acct)], uids=False))
+    run(store.indexer.flush())
+    db.set_trace_callback(None)
+    last_commit = len(seen) - 1 - seen[::-1].index("COMMIT")
+    modes = [s for s in seen[:last_commit] if s.startswith("PRAGMA synchronous")]
+    assert modes and modes[-1] == "PRAGMA synchronous=FULL"
+    assert db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    view = run(acct.open_mailbox("INBOX"))
+    assert [(m.uid, "\\Seen" in m.flags) for m in view.messages] == [(1, True), (2, False)]
