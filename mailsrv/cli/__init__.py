@@ -57,7 +57,8 @@ def config_path(args: argparse.Namespace) -> str:
     return args.config or default_path()
 
 
-#: Commands that write nothing under server.data_dir (or, for serve, run as whoever the unit names).
+#: Commands that write nothing under server.data_dir (or, for serve, run as whoever the unit names; init
+#: checks the directory it writes to itself).
 NO_DATA_COMMANDS = frozenset({"init", "serve", "check-config", "version"})
 
 #: 128 + SIGPIPE: the status of a program whose reader (``| head``) went away, as the shell reports it.

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from mailsrv import __version__
 from mailsrv import config as config_mod
-from mailsrv.cli import CliError, config_path
+from mailsrv.cli import CliError, check_data_owner, config_path
 
 #: Hooks run by ``mailsrv init`` after the config exists: fn(config, args) -> None.
 #: Later modules (the directory) append to this to create their files and the demo users.
@@ -117,6 +117,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     cfg_file = target / "mailsrv.toml"
     if cfg_file.exists() and not args.force:
         raise CliError(f"{cfg_file} exists already (use --force to overwrite)")
+    check_data_owner(target, os.geteuid())  # root's key.pem and directory in the service's setup: unreadable to it
     target.mkdir(parents=True, exist_ok=True)
     hostname = args.hostname or ("mail.example.test" if args.demo else socket.getfqdn())
     cfg_file.write_text(

@@ -81,6 +81,22 @@ def test_root_is_refused_in_a_data_dir_of_another_user(setup: Path, monkeypatch:
     assert "refused.test" not in [d["name"] for d in json.loads(capsys.readouterr().out)]
 
 
+def test_root_init_into_a_directory_of_another_user_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    # `sudo mailsrv init --dir /var/lib/mailsrv --force` over the service's setup: root's key.pem (0600) and
+    # directory files would be unreadable to the server
+    target = tmp_path / "s"
+    target.mkdir()
+    if os.geteuid() == 0:
+        os.chown(target, 65534, -1)
+    assert os.stat(target).st_uid != 0
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    assert main(["init", "--dir", str(target), "--demo", "--force"]) == 2
+    monkeypatch.undo()
+    assert "belongs to user " in capsys.readouterr().err
+    assert os.listdir(target) == []
+
+
 def test_root_in_a_data_dir_not_made_yet_is_not_refused(tmp_path: Path) -> None:
     mailsrv.cli.check_data_owner(tmp_path / "not-yet", 0)  # systemd-tmpfiles or init will make it
     if os.geteuid() == 0:
@@ -109,3 +125,4 @@ def test_init_port_base_out_of_range(tmp_path: Path, base: str) -> None:
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 2 and f"argument --port-base: {base!r}: a number from 1 to 64540" in p.stderr
     assert not (tmp_path / "s").exists()
+
