@@ -172,10 +172,29 @@ def _domain_fields(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def _within(inner: str, outer: str) -> bool:
+    return inner == outer or inner.startswith(outer.rstrip(os.sep) + os.sep)
+
+
+def _check_store_free(cfg: config_mod.Config, d: SyncDirectory, store: str) -> None:
+    """Refuse a store that is, holds or lies in another account's (their mail would mix: each would read,
+    expunge and count the other's), or that holds the data directory (its spool, queue, directory).
+    Compared as real paths: a symlink or an absolute spelling of a relative store is the same store."""
+    data = os.path.realpath(cfg.server.data_dir)
+    mine = os.path.realpath(os.path.join(data, store))
+    if _within(data, mine):
+        raise CliError(f"--store {store}: {mine} holds the data directory {data}")
+    for u in d.list_users():
+        other = os.path.realpath(os.path.join(data, u["store"]))
+        if _within(mine, other) or _within(other, mine):
+            raise CliError(f"--store {store}: {mine} overlaps {other}, the store of {u['address']}")
+
+
 def _user_add(cfg: config_mod.Config, d: SyncDirectory, actor: Actor, args: argparse.Namespace) -> Any:
     fields = _user_fields(args)
     if args.store:
         actor.require_super()  # a store path may name any maildir on the machine, another user's too
+        _check_store_free(cfg, d, args.store)
         fields["store"] = args.store
     secrets_ = None if args.no_password else _secrets(cfg, read_password(args))
     return ops.user_add(d, actor, args.address, secrets_, **fields)

@@ -126,3 +126,26 @@ def test_init_port_base_out_of_range(tmp_path: Path, base: str) -> None:
     assert p.returncode == 2 and f"argument --port-base: {base!r}: a number from 1 to 64540" in p.stderr
     assert not (tmp_path / "s").exists()
 
+
+def test_user_add_store_refuses_a_store_that_overlaps_another_accounts(setup: Path, tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """Two accounts on one maildir would read, expunge and count each other's mail: the same store, one
+    inside the other, the same through a symlink or an absolute spelling, and a store holding the data
+    directory are refused; a maildir of its own is taken."""
+    cfg = str(setup / "mailsrv.toml")
+    data = setup / "data"
+    alice = data / "mail" / "example.test" / "alice"
+    link = tmp_path / "link-to-alice"
+    link.symlink_to(alice)
+    for store in ("mail/example.test/alice", str(alice), str(link), "mail/example.test/alice/sub",
+                  "mail/example.test"):
+        assert main(["-c", cfg, "user", "add", "mallory@example.test", "--no-password", "--store", store]) == 2
+        assert "the store of alice@example.test" in capsys.readouterr().err
+    assert main(["-c", cfg, "user", "add", "mallory@example.test", "--no-password", "--store", str(setup)]) == 2
+    assert "holds the data directory" in capsys.readouterr().err
+    assert main(["-c", cfg, "user", "list", "--json"]) == 0
+    assert "mallory@example.test" not in [u["address"] for u in json.loads(capsys.readouterr().out)]
+    own = tmp_path / "Maildir"
+    assert main(["-c", cfg, "user", "add", "mallory@example.test", "--no-password", "--store", str(own)]) == 0
+    capsys.readouterr()
+    assert main(["-c", cfg, "user", "del", "mallory@example.test"]) == 0
