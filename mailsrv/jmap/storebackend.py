@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import sqlite3
 import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -152,6 +153,21 @@ class StoreBackend:
         infos = list(await self.acct.list_mailboxes())
         self._infos_memo = (task, infos)
         return infos
+
+    async def index_waiting(self) -> None:
+        """Index every mailbox with files waiting in ``new/`` (or changed behind the index); a
+        sync that cannot run now is logged and left to the next reader, as every read does."""
+        engine = self.acct.engine
+        try:
+            names = await self.acct.store.io.run(_waiting_mailboxes, engine)
+        except (st.StoreError, OSError, sqlite3.Error) as exc:
+            logger.warning("jmap.push.index_failed", account=self.acct.id, error=str(exc)[:200])
+            return
+        for name in names:
+            try:
+                await self.acct.sync(name)
+            except (st.StoreError, OSError, sqlite3.Error) as exc:
+                logger.warning("jmap.push.index_failed", account=self.acct.id, mailbox=name, error=str(exc)[:200])
 
     def _dirty(self) -> None:
         self._infos_memo = None
@@ -513,6 +529,11 @@ class StoreBackend:
         return _StoreWatch(self.acct.watch(), self)
 
 
+def _waiting_mailboxes(engine: Any) -> list[str]:
+    """Mailboxes whose ``new/`` holds files or whose ``cur/`` moved behind the index (one pool job)."""
+    return [i.name for i in engine.list_mailboxes() if engine.needs_sync(i.name)]
+
+
 class _StoreWatch:
     def __init__(self, w: Any, backend: StoreBackend) -> None:
         self.w = w
@@ -520,6 +541,11 @@ class _StoreWatch:
 
     async def wait(self, seconds: float | None = None) -> bool:
         woke = bool(await self.w.wait(seconds))
+        if woke:
+            # A delivery wakes us through its new/ entry, before any indexer (maybe another
+            # worker's, index_delay later) has given it a UID: index it now, as an IMAP IDLE
+            # refresh does, so the StateChange leaves at once (the states count indexed mail only).
+            await self.backend.index_waiting()
         self.backend._dirty()  # a long-lived push task must see the new state
         return woke
 

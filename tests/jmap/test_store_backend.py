@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -414,3 +415,26 @@ async def test_push_streams_give_back_their_inotify_watches(env: tuple[Client, S
         await ws.send_str('{"@type": "WebSocketPushEnable", "dataTypes": ["Email"]}')
         await until(lambda: n.watch_count == one)
     await until(lambda: n.watch_count == start)  # the socket closed with push on
+
+
+async def test_push_indexes_mail_another_process_left_in_new(env: tuple[Client, Store, Any]) -> None:
+    """A delivery by another worker (or an outside MDA) is a durable file in new/ that no indexer of
+    this process knows about: the push stream indexes it on the wake-up and sends the StateChange
+    at once, instead of staying silent until some reader indexes the mailbox."""
+    c, _, acct = env
+    url = c.server.url + "/jmap/eventsource?types=Email&closeafter=state&ping=0"
+    async with c.http.get(url, headers=c.headers) as r:
+        assert r.status == 200
+        tmp = acct.root / "tmp" / "1.outside.test"
+        tmp.write_bytes(msg("left in new/"))
+        os.rename(tmp, acct.root / "new" / "1.outside.test")
+        lines = []
+        async with asyncio.timeout(5):
+            while True:
+                line = await r.content.readline()
+                if not line:
+                    break
+                lines.append(line.decode())
+    assert lines[0] == "event: state\n" and '"Email"' in lines[1]
+    got = await c.one("Email/query", {"filter": {"text": "left"}})
+    assert len(got["ids"]) == 1
