@@ -237,7 +237,10 @@ def batch_removals(delay: float = REMOVE_DELAY) -> None:
 
 def flush_removals() -> None:
     """Remove, in this thread, the discarded spools still waiting for a delayed job (a stopping
-    worker, after its sessions ended). A job already running is left to the loop's executor."""
+    worker, after its sessions ended). A job already running is left to the loop's executor.
+    Later discards (a service closing after its sessions) start their job at once: a timer set
+    now might never run, and its spool would wait for :func:`clean`."""
+    _remover.delay = 0.0
     _remover.flush()
 
 

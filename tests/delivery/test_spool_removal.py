@@ -88,3 +88,19 @@ def test_without_a_delay_the_job_starts_at_once(tmp_path: Path, jobs: list[int])
     assert sum(jobs) == 2
 
 
+
+
+def test_a_discard_after_the_flush_is_not_left_to_a_timer(tmp_path: Path, jobs: list[int]) -> None:
+    """A stopping worker flushes, then closes its services: a spool they discard then must not wait
+    for a timer that the closing loop never runs (it would be left until spool.clean, an hour on)."""
+    spool_mod.batch_removals(3600.0)
+
+    async def go() -> list[FileSpool]:
+        spools = await _written(tmp_path, 1)
+        spool_mod.flush_removals()  # the worker, after its sessions
+        spools[0].discard()  # a service closing after the flush
+        return spools
+
+    asyncio.run(go())  # the loop stops: its executor's jobs finish, a timer never fires
+    assert list(tmp_path.iterdir()) == []
+    assert jobs == [1]
