@@ -755,6 +755,11 @@ class SearchService:
     def messages_expunged(self, account_id: str, mailbox_id: str, uids: list[int]) -> None:
         idx = self._open.get((account_id, mailbox_id))
         if idx is not None:
+            gone = set(uids)
+            if idx.pending:  # not indexed yet, and never to be: held bytes would index them after the expunge
+                idx.pending = [u for u in idx.pending if u not in gone]
+            for uid in gone.intersection(idx.raws):
+                self.raw_held -= len(idx.raws.pop(uid))
             self.background(idx.expunged(list(uids)))
 
     def flags_changed(self, account_id: str, mailbox_id: str, infos: list[Any]) -> None:
