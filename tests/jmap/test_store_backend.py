@@ -152,6 +152,17 @@ async def test_over_quota(env: tuple[Client, Store, Any]) -> None:
     assert r["notCreated"]["x"]["type"] == "overQuota"
 
 
+async def _event_lines(r: aiohttp.ClientResponse) -> list[str]:
+    """The lines of an EventSource stream opened with closeafter=state, within 5 s."""
+    lines = []
+    async with asyncio.timeout(5):
+        while True:
+            line = await r.content.readline()
+            if not line:
+                return lines
+            lines.append(line.decode())
+
+
 async def test_push_sees_store_change_from_another_path(env: tuple[Client, Store, Any]) -> None:
     c, _, acct = env
     url = c.server.url + "/jmap/eventsource?types=Email&closeafter=state&ping=0"
@@ -160,13 +171,7 @@ async def test_push_sees_store_change_from_another_path(env: tuple[Client, Store
         loop = asyncio.get_running_loop()
         t0 = loop.time()
         await acct.append("INBOX", msg("pushed"))
-        lines = []
-        async with asyncio.timeout(5):
-            while True:
-                line = await r.content.readline()
-                if not line:
-                    break
-                lines.append(line.decode())
+        lines = await _event_lines(r)
         elapsed = loop.time() - t0
     assert lines[0] == "event: state\n" and '"Email"' in lines[1]
     assert elapsed < 1.0
@@ -428,13 +433,7 @@ async def test_push_indexes_mail_another_process_left_in_new(env: tuple[Client, 
         tmp = acct.root / "tmp" / "1.outside.test"
         tmp.write_bytes(msg("left in new/"))
         os.rename(tmp, acct.root / "new" / "1.outside.test")
-        lines = []
-        async with asyncio.timeout(5):
-            while True:
-                line = await r.content.readline()
-                if not line:
-                    break
-                lines.append(line.decode())
+        lines = await _event_lines(r)
     assert lines[0] == "event: state\n" and '"Email"' in lines[1]
     got = await c.one("Email/query", {"filter": {"text": "left"}})
     assert len(got["ids"]) == 1
