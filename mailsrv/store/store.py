@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import sqlite3
+import threading
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -45,6 +46,10 @@ DOMAIN_LIMITS_TTL = 5.0
 #: a delivered message up to this size is handed to observers (search indexing after delivery)
 #: from the delivery's own bytes, held until its UID is published, instead of being read back
 KEEP_RAW = 256 * 1024
+#: ... and at most this many such bytes held by the deliveries of a process that wait for the
+#: indexer (counted per target): beyond it (an indexer that stalls while mail arrives, a delivery
+#: to a large group) a delivery holds none and search reads the file back, so memory stays bounded
+RAW_HELD_MAX = 16 << 20
 
 
 def account_root(data_dir: Path | str, account_id: str | int, store: str | None = None) -> Path:
@@ -423,7 +428,10 @@ class Store:
         key = f"{fsio.unique_name(self.hostname)},S={size}"
         flags = frozenset(md.canonical_flag(f) for f in t.flags)
         name = md.filename(key, flags) if md.flags_to_info(flags) else key
-        eng.pending[key] = Pending(email_id, structure, thread, raw)
+        pend = Pending(email_id, structure, thread, raw)
+        if raw is not None:
+            _RAW_HELD.hold(pend)
+        eng.pending[key] = pend
         folder = eng.folder_cache.get(mailbox)
         try:
             if folder is not None:
@@ -558,6 +566,32 @@ def _limited(t: DeliveryTarget) -> bool:
 def _has_files(directory: Path) -> bool:
     with os.scandir(directory) as it:
         return any(not e.name.startswith(".") for e in it)
+
+
+class _RawBudget:
+    """The bytes ``Pending.raw`` holds in this process (any thread), at most ``RAW_HELD_MAX``."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.held = 0
+
+    def hold(self, pend: Pending) -> None:
+        """Count ``pend.raw`` until ``pend`` is collected, or drop it from ``pend`` when over budget."""
+        assert pend.raw is not None
+        n = len(pend.raw)
+        with self.lock:
+            if self.held + n > RAW_HELD_MAX:
+                pend.raw = None
+                return
+            self.held += n
+        weakref.finalize(pend, self._give, n)
+
+    def _give(self, n: int) -> None:
+        with self.lock:
+            self.held -= n
+
+
+_RAW_HELD = _RawBudget()
 
 
 def _index_batch(batch: list[tuple[Account, str, list[str | None]]]) -> list[tuple[Account, SyncResult]]:

@@ -188,3 +188,38 @@ def test_delivered_bytes_are_indexed_without_reading_the_file_back(
     assert search.raw_held == 0
     assert [run(found(f"word{i}x")) for i in (1, 2, 3, 4)] == [[1], [2], [3], [4]]
     run(search.close())
+
+
+def test_bytes_held_for_the_indexer_are_bounded_per_process(
+        tmp_path: Path, run: Run, make_store: Callable[..., Store], monkeypatch: Any) -> None:
+    """Deliveries waiting for the indexer hold their bytes within store.RAW_HELD_MAX (an indexer
+    that stalls while mail arrives must not grow memory without bound): beyond it a delivery holds
+    none, search reads it back, and the budget is given back once the indexer took them."""
+    import mailsrv.store.store as store_mod
+
+    monkeypatch.setattr(store_mod, "RAW_HELD_MAX", 2 * len(_body(1)) + 10)
+    store = make_store(index_delay=3600.0)  # the indexer waits: every delivery stays pending
+    reads: list[list[int]] = []
+    search = SearchService(SearchConfig(), _counting_resolver(store, reads))
+    store.add_observer(search)
+    acct = run(store.account("u"))
+    before = store_mod._RAW_HELD.held
+
+    async def deliver() -> list[bool]:
+        for i in range(1, 5):
+            res = await store.deliver(tmp_path / f"s{i}", [DeliveryTarget(acct)], uids=False, data=_body(i))
+            assert res[0].status == "ok"
+        return [p.raw is not None for p in acct.engine.pending.values()]
+
+    assert run(deliver()) == [True, True, False, False]
+    assert store_mod._RAW_HELD.held - before == len(_body(1)) + len(_body(2))
+
+    async def drain() -> None:
+        await store.indexer.flush()
+        await search.idle()
+
+    run(drain())
+    assert acct.engine.pending == {}
+    assert store_mod._RAW_HELD.held == before
+    assert sorted(u for r in reads for u in r) == [3, 4]  # the two not held were read back
+    run(search.close())
