@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 from support.forked import read_pipe, spawn
+from support.server import wait_until_async
 
 from mailsrv.config import StoreConfig
 from mailsrv.store import DeliveryTarget, QuotaLimits, Store
@@ -388,10 +389,7 @@ def test_a_caller_cancelled_during_its_round_leaves_whole_deliveries_only(
         for i in range(3):
             tasks.append(asyncio.ensure_future(store.deliver(sdir / f"s{i}", [DeliveryTarget(accts[i])], uids=False,
                                                              data=msg(i))))
-            deadline = time.monotonic() + 10
-            while len(began) < min(i + 1, 2):  # a lane's round is in its job
-                assert time.monotonic() < deadline
-                await asyncio.sleep(0.001)
+            await wait_until_async(lambda n=min(i + 1, 2): len(began) >= n)  # a lane's round is in its job
         assert len(began) == 2  # both lanes busy: the third waits for a round
         for t in tasks[1:]:
             t.cancel()  # one with its links under way, the one still waiting for a lane
@@ -399,12 +397,10 @@ def test_a_caller_cancelled_during_its_round_leaves_whole_deliveries_only(
         res = await tasks[0]
         await asyncio.wait(tasks[1:])
         assert all(t.cancelled() for t in tasks[1:])
-        deadline = time.monotonic() + 10
-        assert store.fssync is not None
-        while store.fssync._running or not _files(tmp_path / "mail" / "u1", "cur"):  # rounds over, indexed
-            assert time.monotonic() < deadline
-            await store.indexer.flush()
-            await asyncio.sleep(0.001)
+        fssync = store.fssync
+        assert fssync is not None
+        # rounds over, the follow-up indexed (index_delay 0: the indexer runs by itself)
+        await wait_until_async(lambda: not fssync._running and bool(_files(tmp_path / "mail" / "u1", "cur")))
         await store.indexer.flush()
         return res
 

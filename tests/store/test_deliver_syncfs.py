@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.server import wait_until_async
 
 from mailsrv.store import DeliveryTarget, Store
 from mailsrv.util import fsio
@@ -146,7 +147,6 @@ def test_no_delivery_of_a_round_returns_before_its_syncfs_completed(
     """The 250 waits for durability: while the round's syncfs is still running (held here), none of
     the round's deliveries has returned, and each returns ok once it completes."""
     import threading
-    import time
 
     store = make_store(index_delay=30.0)
     accts = [run(store.account(f"u{i}")) for i in range(3)]
@@ -163,10 +163,7 @@ def test_no_delivery_of_a_round_returns_before_its_syncfs_completed(
     async def go() -> list[Any]:
         tasks = [asyncio.ensure_future(store.deliver(spool(tmp_path, msg(i), f"s{i}"), [DeliveryTarget(accts[i])],
                                                      uids=False)) for i in range(3)]
-        deadline = time.monotonic() + 10
-        while not entered.is_set():
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.001)
+        await wait_until_async(entered.is_set)
         for _ in range(20):  # loop turns in which a premature answer would show
             await asyncio.sleep(0)
         assert not any(t.done() for t in tasks)

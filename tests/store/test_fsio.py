@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
 from pathlib import Path
 
 import pytest
-from support.server import wait_until_async
+from support.server import wait_until, wait_until_async
 
 from mailsrv.util import fsio
 
@@ -181,9 +180,7 @@ def test_sync_gate_runs_one_sync_at_a_time_for_every_waiter(tmp_path: Path) -> N
     later = [threading.Thread(target=lambda p=p: out.setdefault(p, gate.sync([p]))) for p in ("b", "c", "d")]
     for t in later:
         t.start()
-    deadline = time.monotonic() + 10
-    while len(gate._wanted) < 3 and time.monotonic() < deadline:  # all three wait behind the first sync
-        time.sleep(0.001)
+    wait_until(lambda: len(gate._wanted) >= 3, interval=0.001)  # all three wait behind the first sync
     release_first.set()
     for t in [first, *later]:
         t.join(10)
@@ -207,9 +204,7 @@ def test_sync_gate_gathers_rounds_still_writing(tmp_path: Path) -> None:
     out: dict[str, list[OSError | None]] = {}
     leader = threading.Thread(target=lambda: out.setdefault("a", gate.sync(["a"])))
     leader.start()
-    deadline = time.monotonic() + 10
-    while not gate._running and time.monotonic() < deadline:  # the leader waits for the writer
-        time.sleep(0.001)
+    wait_until(lambda: bool(gate._running), interval=0.001)  # the leader waits for the writer
     assert gate._running and calls == []
     out["b"] = gate.sync(["b"], entered=True)
     leader.join(10)
@@ -251,10 +246,7 @@ def test_run_synced_caller_cancelled_before_or_after_its_work_began(tmp_path: Pa
             first.cancel()
             queued.cancel()
             release.set()
-            deadline = time.monotonic() + 10
-            while syncer.rounds < 2 or not followed or syncer._running:  # both rounds over
-                assert time.monotonic() < deadline
-                await asyncio.sleep(0.001)
+            await wait_until_async(lambda: syncer.rounds >= 2 and bool(followed) and not syncer._running)  # both over
             assert first.cancelled() and queued.cancelled()
         finally:
             io.shutdown()
@@ -299,10 +291,7 @@ def test_sync_gate_waiter_that_wakes_late_still_gets_its_result() -> None:
 
     waiter = threading.Thread(target=starved)
     waiter.start()
-    deadline = time.monotonic() + 10
-    while "b" not in gate._wanted:  # it waits behind the first sync
-        assert time.monotonic() < deadline
-        time.sleep(0.001)
+    wait_until(lambda: "b" in gate._wanted, interval=0.001)  # it waits behind the first sync
     release_first.set()
     first.join(10)
     for i in range(100):  # its sync runs (from another thread's round), and many after it
