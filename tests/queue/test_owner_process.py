@@ -35,6 +35,9 @@ def write_config(tmp: Path, port: int) -> Path:
         "[queue]\n"
         "retry_schedule = [0.05]\n"
         "dkim_sign = false\n"
+        # one connection to the sink: one message in flight when the runner is killed, so the
+        # at-least-once window below is exactly one message (with 4, several could be inside DATA)
+        "max_per_destination = 1\n"
         '[queue.route."remote.test"]\n'
         f'smarthost = "127.0.0.1:{port}"\n'
         'tls = "none"\n'
