@@ -633,10 +633,14 @@ class Engine:
             part = keys[i:i + 500]
             known.update(db.execute(f"SELECT key, fname FROM messages WHERE mailbox=? AND key IN"
                                     f" ({','.join('?' * len(part))})", (mb.id, *part)).fetchall())
+        pending = self.pending
         for n, key in zip(names, keys, strict=True):
             fname = known.get(key)
             if fname is not None:  # index knows it: finish the move into cur/
                 renames.append((folder / "new" / n, folder / "cur" / fname))
+                continue
+            pend = pending.get(key)
+            if pend is not None and pend.unsynced:  # its delivery's sync is still to come (or to fail)
                 continue
             try:
                 st = os.stat(folder / "new" / n)

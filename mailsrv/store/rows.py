@@ -48,6 +48,9 @@ class Pending:
     #: the whole file's bytes when the delivery held them (small messages): handed to observers
     #: (search indexing after delivery) so that nobody reads the file back
     raw: bytes | None = None
+    #: linked into ``new/`` but not yet durable (its delivery's fsync or syncfs is to come): this
+    #: process's syncs leave the file alone, so that a failed sync can take it back unseen
+    unsynced: bool = False
 
 
 @dataclass

@@ -50,6 +50,8 @@ KEEP_RAW = 256 * 1024
 #: indexer (counted per target): beyond it (an indexer that stalls while mail arrives, a delivery
 #: to a large group) a delivery holds none and search reads the file back, so memory stays bounded
 RAW_HELD_MAX = 16 << 20
+#: seconds Store.close() waits at most for deliveries in flight (their pool job and sync) to answer
+CLOSE_WAIT = 30.0
 
 
 def account_root(data_dir: Path | str, account_id: str | int, store: str | None = None) -> Path:
@@ -57,6 +59,10 @@ def account_root(data_dir: Path | str, account_id: str | int, store: str | None 
     to ``server.data_dir``), or without one ``data_dir/mail/<account id>``. The one place this is
     derived: delivery, IMAP, POP3, JMAP and the quota CLI call it."""
     return Path(data_dir) / store if store else Path(data_dir) / "mail" / str(account_id)
+
+
+#: a deferred copy linked by a delivery job: (account, mailbox, key, its path in new/)
+_Linked = tuple[Account, str, str, str]
 
 
 class Store:
@@ -91,6 +97,13 @@ class Store:
         #: domain -> its (storage, messages) limits, from the directory (set_domain_quota_source)
         self.domain_quota_source: Callable[[str], Awaitable[tuple[int | None, int | None]]] | None = None
         self._domain_limits: dict[str, tuple[float, QuotaLimits]] = {}
+        #: deliver() calls running, and set while there are none (close() waits for it)
+        self._delivering = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        #: follow-ups of deliveries cancelled after their round began (close() waits for them)
+        self._follow_ups: set[asyncio.Future[object]] = set()
+        self._closing = False
 
     def _lanes(self) -> int:
         """Delivery pool jobs (or group-commit rounds) at once: see DELIVERY_JOBS."""
@@ -192,7 +205,15 @@ class Store:
     def add_observer(self, observer: StoreObserver) -> None:
         self._observers.append(observer)
 
-    async def close(self) -> None:
+    async def close(self, grace: float = CLOSE_WAIT) -> None:
+        """Stop: deliveries in flight finish first (each answers ok or tempfail, at most ``grace``
+        seconds), later ones are tempfail at once; then every acknowledged delivery is indexed and
+        the engines and the pool are closed."""
+        self._closing = True
+        try:
+            await asyncio.wait_for(self._quiesce(), grace)
+        except TimeoutError:
+            logger.warning("store.close_timeout", deliveries=self._delivering, follow_ups=len(self._follow_ups))
         await self.indexer.flush()  # every acknowledged delivery indexed before the engines close
         if self._hibernating:
             await asyncio.gather(*self._hibernating, return_exceptions=True)
@@ -205,6 +226,18 @@ class Store:
             self._notifier.close()
             self._notifier = None
         await asyncio.get_running_loop().run_in_executor(None, self.io.shutdown)
+
+    async def _quiesce(self) -> None:
+        """Return once no delivery, group-commit round or follow-up of a cancelled delivery runs."""
+        while True:
+            await self._idle.wait()
+            busy = [*self._follow_ups, *(self.fssync.tasks if self.fssync is not None else ())]
+            if not busy:
+                if self._delivering:  # began meanwhile (before close): wait for it too
+                    continue
+                return
+            await asyncio.wait(busy)  # not wait_for/gather: a timeout must not cancel the rounds
+            await asyncio.sleep(0)  # a finished round's follow-ups (call_soon) become tasks
 
     # --- notification ---------------------------------------------------------
 
@@ -240,6 +273,19 @@ class Store:
         links); a failed write removes it again and every target is tempfail.
         """
         spool_path = spool_path if isinstance(spool_path, Path) else Path(spool_path)
+        if self._closing:  # a stopping worker: the sender retries with another (or this one restarted)
+            return [DeliveryResult(t, "tempfail", None, "store closing") for t in targets]
+        self._delivering += 1
+        self._idle.clear()
+        try:
+            return await self._deliver(spool_path, targets, internal_date, uids, data)
+        finally:
+            self._delivering -= 1
+            if not self._delivering:
+                self._idle.set()
+
+    async def _deliver(self, spool_path: Path, targets: Sequence[DeliveryTarget], internal_date: float | None,
+                       uids: bool, data: bytes | None) -> list[DeliveryResult]:
         email_id = ""  # made in the job: new_id reads urandom, a GIL round trip on the loop thread
         targets = list(targets)
         index = uids or not self.config.deferred_index
@@ -257,7 +303,7 @@ class Store:
                 (results, published, later), err = await self.fssync.run_synced(
                     spool_path.parent, self._deliver_job, spool_path, targets, internal_date, email_id,
                     index, group, data,
-                    abandoned=lambda out, err: self._after_links(spool_path, out[0], out[2], err))
+                    abandoned=lambda out, err: self._follow_up(self._after_links(spool_path, out[0], out[2], err)))
             else:
                 async with self._delivery_slots:  # see DELIVERY_JOBS
                     results, published, later = await self.io.run(
@@ -269,25 +315,39 @@ class Store:
         if err is None:
             for acct, res in published:  # none for a group delivery (it indexes nothing in its job)
                 await acct._publish(res)
-        return self._after_links(spool_path, results, later, err)
+        return await self._after_links(spool_path, results, later, err)
 
-    def _after_links(self, spool_path: Path, results: list[DeliveryResult],
-                     later: list[tuple[Account, str, str]], err: OSError | None) -> list[DeliveryResult]:
+    async def _after_links(self, spool_path: Path, results: list[DeliveryResult],
+                           later: list[_Linked], err: OSError | None) -> list[DeliveryResult]:
         """After a delivery's job (in the loop): hand its deferred copies to the indexer, or when the
-        round's sync failed (``err``) turn its ``ok`` copies into tempfail. The results to return."""
+        round's sync failed (``err``) take their links out of ``new/`` again and turn its ``ok``
+        copies into tempfail (the sender retries: a link left there would be indexed later, a
+        duplicate). The results to return."""
         if err is not None and later:
             logger.error("deliver.sync_failed", path=str(spool_path), error=str(err))
-            for acct, _, key in later:
-                acct.engine.pending.pop(key, None)  # the files stay in new/: a reader indexes them
+            try:  # this process's syncs skip them meanwhile (Pending.unsynced)
+                await self.io.run(_take_back, [x[3] for x in later])
+            finally:
+                for acct, _, key, _ in later:
+                    acct.engine.pending.pop(key, None)
             return [r if r.status != "ok" else DeliveryResult(r.target, "tempfail", None, f"syncfs: {err}")
                     for r in results]
-        for acct, mailbox, key in later:
+        for acct, mailbox, key, _ in later:
+            pend = acct.engine.pending.get(key)
+            if pend is not None:
+                pend.unsynced = False  # durable: any sync may index it now
             self.indexer.add(acct, mailbox, key)
         return results
 
+    def _follow_up(self, coro: Awaitable[object]) -> None:
+        """Run a cancelled delivery's follow-up (``_after_links``) as a task that close() waits for."""
+        task = asyncio.ensure_future(coro)
+        self._follow_ups.add(task)
+        task.add_done_callback(self._follow_ups.discard)
+
     def _deliver_job(self, spool: Path, targets: list[DeliveryTarget], internal_date: float | None,
                      email_id: str, index: bool = True, group: bool = False, data: bytes | None = None
-                     ) -> tuple[list[DeliveryResult], list[tuple[Account, SyncResult]], list[tuple[Account, str, str]]]:
+                     ) -> tuple[list[DeliveryResult], list[tuple[Account, SyncResult]], list[_Linked]]:
         """Blocking: parse the spool once, link it into each target, fsync, index unless deferred (I/O pool).
 
         Returns (results, index changes to publish, (account, mailbox, key) left to the indexer).
@@ -316,7 +376,7 @@ class Store:
         keep = raw if len(raw) == size <= KEEP_RAW else None  # the whole file (one object for every target)
         del raw
         out: list[DeliveryResult | None] = [None] * len(targets)
-        linked: list[tuple[int, Account, str, str, str]] = []  # (index, account, mailbox, key, new/ dir)
+        linked: list[tuple[int, Account, str, str, str, str]] = []  # (index, account, mailbox, key, new/ dir, name)
         copied: set[str] = set()  # new/ dirs that got a copy (another file system), not a link
         for i, t in enumerate(targets):
             acct: Account = t.account
@@ -333,7 +393,7 @@ class Store:
             if outcome[0] == "over_quota":
                 out[i] = DeliveryResult(t, "over_quota", None, outcome[1])
             else:
-                linked.append((i, acct, outcome[1], outcome[2], outcome[3]))
+                linked.append((i, acct, outcome[1], outcome[2], outcome[3], outcome[5]))
                 if outcome[4] == "copy":
                     copied.add(outcome[3])
         # Durability: the links share the spool's inode, so one fsync of it makes every copy's data
@@ -357,16 +417,21 @@ class Store:
         self.dirsync.rounds += 1
         # the UIDs: index each (account, mailbox) once; a concurrent delivery may already have done it
         published: list[tuple[Account, SyncResult]] = []
-        later: list[tuple[Account, str, str]] = []
-        groups: dict[tuple[int, str], list[tuple[int, Account, str, str, str]]] = {}
+        later: list[_Linked] = []
+        groups: dict[tuple[int, str], list[tuple[int, Account, str, str, str, str]]] = {}
         for x in linked:
             if x[4] in failed_dirs:
-                i, acct, _, key, d = x
+                i, acct, _, key, d, name = x
+                _take_back([os.path.join(d, name)])  # not durable: the sender retries (no duplicate)
                 acct.engine.pending.pop(key, None)
                 out[i] = DeliveryResult(targets[i], "tempfail", None, f"fsync: {failed_dirs[d]}")
                 continue
+            if not group:  # durable now: any sync may index it (a group round's sync is still to come)
+                pend = x[1].engine.pending.get(x[3])
+                if pend is not None:
+                    pend.unsynced = False
             if not index and not _limited(targets[x[0]]):
-                later.append((x[1], x[2], x[3]))
+                later.append((x[1], x[2], x[3], os.path.join(x[4], x[5])))
                 out[x[0]] = DeliveryResult(targets[x[0]], "ok", None, None)
                 continue
             groups.setdefault((id(x[1]), x[2]), []).append(x)
@@ -380,7 +445,7 @@ class Store:
                 uids, res = {}, None
             if res is not None and res.changed:
                 published.append((acct, res))
-            for i, _, _, key, _ in items:
+            for i, _, _, key, _, _ in items:
                 acct.engine.pending.pop(key, None)  # another process may have indexed it
                 out[i] = DeliveryResult(targets[i], "ok", uids.get(key), None)
         return [r for r in out if r is not None], published, later
@@ -428,7 +493,7 @@ class Store:
         key = f"{fsio.unique_name(self.hostname)},S={size}"
         flags = frozenset(md.canonical_flag(f) for f in t.flags)
         name = md.filename(key, flags) if md.flags_to_info(flags) else key
-        pend = Pending(email_id, structure, thread, raw)
+        pend = Pending(email_id, structure, thread, raw, unsynced=True)
         if raw is not None:
             _RAW_HELD.hold(pend)
         eng.pending[key] = pend
@@ -437,7 +502,7 @@ class Store:
             if folder is not None:
                 try:
                     how = _link_or_copy(spool, folder / "new" / name)
-                    return ("ok", mailbox, key, str(folder / "new"), how)
+                    return ("ok", mailbox, key, str(folder / "new"), how, name)
                 except FileNotFoundError:  # renamed or deleted since: ask the index
                     eng.folder_cache.pop(mailbox, None)
             try:
@@ -452,7 +517,7 @@ class Store:
         if len(eng.folder_cache) > 64:
             eng.folder_cache.clear()
         eng.folder_cache[mailbox] = folder
-        return ("ok", mailbox, key, str(folder / "new"), how)
+        return ("ok", mailbox, key, str(folder / "new"), how, name)
 
 
 class Indexer:
@@ -617,6 +682,18 @@ def _index_batch(batch: list[tuple[Account, str, list[str | None]]]) -> list[tup
         if res is not None and res.changed:
             published.append((acct, res))
     return published
+
+
+def _take_back(paths: list[str]) -> None:
+    """Blocking: unlink the ``new/`` entries of deliveries whose sync failed. One already gone was
+    taken into ``cur/`` by another process (it was visible there: the sender's retry duplicates it)."""
+    for p in paths:
+        try:
+            os.unlink(p)
+        except FileNotFoundError:
+            logger.warning("deliver.taken_before_sync", file=p)
+        except OSError as exc:
+            logger.error("deliver.take_back_failed", file=p, error=str(exc))
 
 
 def _link_or_copy(src: Path, dst: Path) -> str:

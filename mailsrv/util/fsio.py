@@ -289,6 +289,11 @@ class _GroupCommit:
         self.rounds = 0
         self.callers = 0
 
+    @property
+    def tasks(self) -> list[asyncio.Task[None]]:
+        """The rounds running now (Store.close() waits for them)."""
+        return list(self._tasks)
+
     async def sync(self, path: str | os.PathLike[str]) -> None:
         """Return once a round that began after this call has made ``path`` durable."""
         await self._join(path, None)
