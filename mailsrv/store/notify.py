@@ -7,7 +7,10 @@ a folder's ``new/``. One inotify descriptor per process and event loop feeds
 of its account is open: when an account's last watch closes, its paths are
 unwatched (a kernel watch shared by several accounts' paths stays until the last
 of them goes), so a worker holds inotify watches (``fs.inotify.max_user_watches``)
-only for the accounts someone waits on now.
+only for the accounts someone waits on now. A watched file replaced by a rename
+(a compacted uidlist, a restored notify file) loses its kernel watch with its old
+inode (IN_IGNORED): the path is watched again at once, on the new inode, while
+anyone waits on its account (so IDLE and JMAP push keep hearing of changes).
 
 Where inotify is missing (not Linux) or refused (``fs.inotify.max_user_instances``
 reached), the notifier falls back to polling: while at least one watch waits, one
@@ -144,6 +147,8 @@ class Notifier:
         #: kernel watch -> the (key, path) pairs it serves (several when paths or accounts share it)
         self._wd_users: dict[int, set[tuple[str, str]]] = {}
         self._path_wd: dict[tuple[str, str], int] = {}
+        #: (key, path) -> the inotify mask it was watched with (to watch it again when its inode goes)
+        self._path_mask: dict[tuple[str, str], int] = {}
         #: key -> the paths watched for it (inotify or polled)
         self._key_paths: dict[str, set[str]] = {}
         #: key -> its open watches; a key is here only while it has some
@@ -185,15 +190,21 @@ class Notifier:
             return
         if kp in self._path_wd:
             return
-        wd = _lib().inotify_add_watch(self.fd, os.fsencode(path), mask)
+        self._arm(kp, mask)
+
+    def _arm(self, kp: tuple[str, str], mask: int) -> bool:
+        """Ask the kernel to watch ``kp``'s path; False when the path is missing (not watched)."""
+        wd = _lib().inotify_add_watch(self.fd, os.fsencode(kp[1]), mask)
         if wd < 0:
             err = ctypes.get_errno()
             if err in (errno.ENOENT, errno.ENOTDIR):
-                return
-            raise OSError(err, f"inotify_add_watch {path}: {os.strerror(err)}")
+                return False
+            raise OSError(err, f"inotify_add_watch {kp[1]}: {os.strerror(err)}")
         self._path_wd[kp] = wd
+        self._path_mask[kp] = mask
         self._wd_users.setdefault(wd, set()).add(kp)
-        self._key_paths.setdefault(key, set()).add(kp[1])
+        self._key_paths.setdefault(kp[0], set()).add(kp[1])
+        return True
 
     def remove_path(self, key: str, path: Path | str) -> None:
         """Stop watching ``path`` for ``key`` (a no-op when it is not watched for it).
@@ -203,6 +214,7 @@ class Notifier:
         """
         kp = (key, str(path))
         self._forget_key_path(kp)
+        self._path_mask.pop(kp, None)
         if self.polling:
             self._polled.pop(kp, None)
             return
@@ -279,21 +291,39 @@ class Notifier:
             logger.exception("inotify.read_failed", exc)
             return False
         keys: set[str] = set()
+        dropped: list[tuple[tuple[str, str], int]] = []
         for wd, mask, _name in parse_events(data):
             if mask & IN_Q_OVERFLOW:
                 keys.update(self._watches)
             users = self._wd_users.get(wd, ())
             keys.update(key for key, _path in users)
             if mask & IN_IGNORED and users:
-                # the kernel dropped the watch (its file or directory was deleted): forget it, so a path
-                # made again under the same name is watched anew by the next add_path
+                # the kernel dropped the watch (its file or directory was deleted, or a rename replaced
+                # the file): forget it, so a path made again under the same name is watched anew
                 del self._wd_users[wd]
                 for kp in users:
                     self._path_wd.pop(kp, None)
                     self._forget_key_path(kp)
+                    dropped.append((kp, self._path_mask.pop(kp, 0)))
+        for kp, kmask in dropped:
+            self._rearm(kp, kmask)
         for key in keys:
             self.wake(key)
         return len(data) == _READ_SIZE
+
+    def _rearm(self, kp: tuple[str, str], mask: int) -> None:
+        """Watch a path whose kernel watch went again, while its account is waited on.
+
+        A file replaced by a rename is there under its name on a new inode (the waiters were
+        woken by the IN_IGNORED, so their refresh sees any change made before this call); a
+        deleted path is not (the next add_path watches it when it is made again).
+        """
+        if not mask or not self._watches.get(kp[0]) or kp in self._path_wd:
+            return
+        try:
+            self._arm(kp, mask)
+        except OSError as exc:  # ENOSPC (max_user_watches): the account's other paths still wake
+            logger.warning("notify.rearm_failed", path=kp[1], error=str(exc))
 
     def close(self) -> None:
         if self._poll_task is not None:
