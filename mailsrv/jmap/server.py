@@ -97,13 +97,25 @@ NO_BASIC_HERE = ("authentication required: HTTP Basic only over TLS (the HTTPS l
                  " (`mailsrv token issue USER --scope mail`)")
 
 
-def unauthorized(detail: str = "authentication required", *, basic: bool = True) -> web.Response:
+#: The Bearer challenge when a request sent a bearer token that was refused (RFC 6750 §3.1).
+INVALID_TOKEN = 'Bearer realm="mailsrv", error="invalid_token", error_description="invalid or expired token"'
+
+
+def unauthorized(detail: str = "authentication required", *, basic: bool = True,
+                 bad_token: bool = False) -> web.Response:
     """401 with the challenge of what this connection accepts (RFC 9110 §11.6.1): Basic where a password
-    may be sent, else Bearer only."""
+    may be sent, else Bearer only. ``bad_token``: the request sent a bearer token that was refused, so the
+    Bearer challenge says ``error="invalid_token"`` (RFC 6750 §3.1; without a token it carries no error
+    code, §3) and comes where Basic is accepted too."""
     resp = web.json_response(
         {"type": "about:blank", "status": 401, "detail": detail}, status=401, content_type="application/problem+json"
     )
-    resp.headers["WWW-Authenticate"] = 'Basic realm="mailsrv", charset="UTF-8"' if basic else 'Bearer realm="mailsrv"'
+    if basic:
+        resp.headers.add("WWW-Authenticate", 'Basic realm="mailsrv", charset="UTF-8"')
+    if bad_token:
+        resp.headers.add("WWW-Authenticate", INVALID_TOKEN)
+    elif not basic:
+        resp.headers.add("WWW-Authenticate", 'Bearer realm="mailsrv"')
     return resp
 
 
@@ -269,9 +281,10 @@ class JmapApp:
     def refuse(self, request: web.Request) -> web.Response:
         """The 401 for a request that :meth:`authenticate` did not accept."""
         peer = request.transport.get_extra_info("peername") if request.transport else None
-        if self.auth.plaintext_allowed(tls=request.secure or self.tls, client_ip=peer[0] if peer else ""):
-            return unauthorized()
-        return unauthorized(NO_BASIC_HERE, basic=False)
+        basic = self.auth.plaintext_allowed(tls=request.secure or self.tls, client_ip=peer[0] if peer else "")
+        if request.headers.get("Authorization", "")[:7].lower() == "bearer ":
+            return unauthorized("invalid or expired bearer token", basic=basic, bad_token=True)
+        return unauthorized() if basic else unauthorized(NO_BASIC_HERE, basic=False)
 
     async def _basic(self, cred: str, ip: str, secure: bool) -> Principal | None:
         if not self.auth.plaintext_allowed(tls=secure or self.tls, client_ip=ip):

@@ -62,6 +62,27 @@ async def test_plain_http_refuses_basic_and_says_what_works(client: Client, monk
             assert "HTTP Basic only over TLS" in detail and "bearer token" in detail
 
 
+async def test_a_refused_bearer_token_is_told_invalid_token(client: Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    # RFC 6750 §3.1: a token sent and refused gets error="invalid_token"; no token, no error code (§3)
+    wrong = {"Authorization": "Bearer tok-nobody"}
+    for plain in (True, False):  # plain HTTP off loopback (Bearer only), then where Basic is accepted too
+        if plain:
+            monkeypatch.setattr(client.server.auth, "plaintext_allowed", lambda *, tls, client_ip: tls)
+        else:
+            monkeypatch.undo()
+        async with client.http.post(client.server.url + "/jmap/api", data=b"{}", headers=wrong) as r:
+            assert r.status == 401
+            challenges = r.headers.getall("WWW-Authenticate")
+            assert challenges[-1] == ('Bearer realm="mailsrv", error="invalid_token", '
+                                      'error_description="invalid or expired token"')
+            assert challenges[:-1] == ([] if plain else ['Basic realm="mailsrv", charset="UTF-8"'])
+            assert (await r.json())["detail"] == "invalid or expired bearer token"
+        async with client.http.post(client.server.url + "/jmap/api", data=b"{}") as r:
+            assert r.status == 401
+            assert r.headers.getall("WWW-Authenticate") == (
+                ['Bearer realm="mailsrv"'] if plain else ['Basic realm="mailsrv", charset="UTF-8"'])
+
+
 async def test_auth_required_and_wrong_password(client: Client) -> None:
     async with client.http.post(client.server.url + "/jmap/api", data=b"{}") as r:
         assert r.status == 401
