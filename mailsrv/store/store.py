@@ -336,6 +336,9 @@ class Store:
             pend = acct.engine.pending.get(key)
             if pend is not None:
                 pend.unsynced = False  # durable: any sync may index it now
+                # a watcher of this process woken by the link (inotify) refreshed before this and
+                # skipped the file: wake it again rather than wait for the indexer's round
+                self._wake(acct.id)
             self.indexer.add(acct, mailbox, key)
         return results
 

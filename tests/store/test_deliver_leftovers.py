@@ -155,3 +155,37 @@ def test_close_waits_for_a_cancelled_callers_round(
     root = tmp_path / "mail" / "u"
     assert _files(root, "new") == [] and len(_files(root, "cur")) == 1
 
+
+
+def test_a_watcher_that_refreshed_before_the_sync_is_woken_again(
+        tmp_path: Path, run: Run, make_store: Callable[..., Store], monkeypatch: pytest.MonkeyPatch) -> None:
+    """IDLE in this process: the link wakes it (inotify) before the round's syncfs; its refresh
+    leaves the file alone (not durable yet); once durable it is woken again and finds the message,
+    without waiting for the indexer's round (index_delay 30 s here)."""
+    store = make_store(index_delay=30.0)
+    acct = run(store.account("u"))
+    entered, release = threading.Event(), threading.Event()
+    real = fsio.syncfs
+
+    def held(path: Any) -> None:
+        entered.set()
+        release.wait(10)
+        real(path)
+
+    monkeypatch.setattr(fsio, "syncfs", held)
+
+    async def go() -> tuple[int, list[int]]:
+        await acct.open_mailbox("INBOX")
+        with acct.watch() as watch:
+            task = asyncio.ensure_future(store.deliver(spool(tmp_path, msg(1)), [DeliveryTarget(acct)], uids=False))
+            await wait_until_async(entered.is_set)
+            assert await watch.wait(5)  # the link in new/
+            before = len((await acct.open_mailbox("INBOX")).messages)
+            release.set()
+            [r] = await task
+            assert r.status == "ok"
+            assert await watch.wait(5)  # woken again once durable (not by the indexer: it waits 30 s)
+            assert store.indexer.waiting == 1
+            return before, [m.uid for m in (await acct.open_mailbox("INBOX")).messages]
+
+    assert run(go()) == (0, [1])
