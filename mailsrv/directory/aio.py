@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import os
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from mailsrv.directory.manage import SyncDirectory
+from mailsrv.directory.stamp import WalStamp
 from mailsrv.directory.types import (
     Account,
     Credentials,
@@ -48,6 +48,7 @@ class Directory:
         first = SyncDirectory(self.path, **self._kw)
         first.close()
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="directory")
+        self._stamp = WalStamp(self.path)
 
     def _sync(self) -> SyncDirectory:
         d = getattr(self._local, "d", None)
@@ -80,19 +81,12 @@ class Directory:
             self._all.clear()
 
     def change_stamp(self) -> tuple[int, ...]:
-        """A value that changes when any process commits to the directory (sync: two stats of the
-        database files, no query). Lets a caller reuse answers while it is unchanged; a commit in
-        the same clock tick that leaves the WAL's size alone can go unseen, so bound the reuse
-        with a short lifetime too (mailsrv.delivery.local.RESOLVE_TTL)."""
-        out: list[int] = []
-        for p in (self.path, self.path.with_name(self.path.name + "-wal")):
-            try:
-                st = os.stat(p)
-            except FileNotFoundError:
-                out.append(-1)
-                continue
-            out += (st.st_ino, st.st_size, st.st_mtime_ns)
-        return tuple(out)
+        """A value that changes when any process commits to the directory (one stat of its write-ahead log,
+        no query: :class:`mailsrv.directory.stamp.WalStamp`). Lets a caller reuse answers while it is
+        unchanged; a commit in the same clock tick that leaves the log's size alone can go unseen, so bound
+        the reuse with a short lifetime too (mailsrv.delivery.local.RESOLVE_TTL). Stats at every call: the
+        caller chooses how often it looks (mailsrv.delivery.local.STAMP_INTERVAL)."""
+        return self._stamp.stamp()
 
     # -- the API of docs/directory-api.md ------------------------------------------------
 

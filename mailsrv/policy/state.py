@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import ipaddress
-import os
 import sqlite3
 import time
 from collections.abc import Callable
@@ -18,7 +17,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Literal, TypeVar
 
+from mailsrv.directory.stamp import WalStamp
+
 T = TypeVar("T")
+
+#: Seconds one look at the policy database's write-ahead log is reused for (change_stamp, called per
+#: message on the event loop): a learn by another process is seen within this time.
+STAMP_INTERVAL = 0.005
 
 DDL = """
 CREATE TABLE IF NOT EXISTS greylist (
@@ -74,7 +79,7 @@ class PolicyState:
     def __init__(self, path: Path, *, clock: Callable[[], float] = time.time) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._wal = path.with_name(path.name + "-wal")
+        self._stamp = WalStamp(path, STAMP_INTERVAL)
         self.clock = clock
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="policy-db")
         self._db: sqlite3.Connection | None = None
@@ -114,17 +119,13 @@ class PolicyState:
         return out
 
     def change_stamp(self) -> tuple[int, ...]:
-        """A value that changes when any process commits to the policy database: this state's commit count and
-        one stat of the write-ahead log (no query, no thread: cheap on the loop). In WAL mode every commit writes
-        the log; the database file changes only when a checkpoint copies pages already committed. A caller may
-        reuse what it read while the stamp is unchanged; a commit by another process in the same clock tick that
-        leaves the log's size alone (one restarted from its start) can go unseen, so bound the reuse with a
-        short lifetime too."""
-        try:
-            st = os.stat(self._wal)
-        except FileNotFoundError:  # no connection open yet (the last one to close removes the log)
-            return self.commits, -1
-        return self.commits, st.st_ino, st.st_size, st.st_mtime_ns
+        """A value that changes when any process commits to the policy database: this state's commit count
+        (its own learns are seen at once) and the write-ahead log's :class:`WalStamp` (another process's
+        commit is seen within :data:`STAMP_INTERVAL`). No query, no thread, at most one stat per interval:
+        cheap on the loop. A caller may reuse what it read while the stamp is unchanged; a commit by another
+        process that the log's stat misses (see WalStamp) is not seen, so bound the reuse with a short
+        lifetime too."""
+        return (self.commits, *self._stamp.stamp())
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
