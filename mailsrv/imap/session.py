@@ -28,7 +28,7 @@ from typing import Any, Protocol
 
 from mailsrv import log
 from mailsrv.imap import fetch as fetchmod
-from mailsrv.imap import mutf7
+from mailsrv.imap import mutf7, shared
 from mailsrv.imap import response as resp
 from mailsrv.imap.errors import SYSTEM_FLAGS, Bye, ImapError, norm_flag, store_error_name
 from mailsrv.imap.grammar import Command
@@ -178,6 +178,8 @@ class Session(MessageCommands):
         self._fresh: Any = None
         #: a refresh failed: the next update refreshes whatever the watch says
         self._stale = False
+        #: the selected mailbox's MessageInfo objects shared with the process's other sessions (imap/shared.py)
+        self._shared: shared.SharedMessages | None = None
 
     # -- output ------------------------------------------------------------------
 
@@ -347,6 +349,8 @@ class Session(MessageCommands):
         self._stale = True
         changes = await view.refresh()
         self._stale = False
+        if self._shared is not None and changes:
+            shared.after_refresh(self._shared, view, changes)
         messages = view.messages
         if changes.expunged:
             if self.qresync:
@@ -545,6 +549,7 @@ class Session(MessageCommands):
     def _close_view(self) -> None:
         self.view = None
         self._drop_watch()
+        self._unshare()
         self._structs.clear()
         self._reported.clear()
         self.saved = []
@@ -576,6 +581,7 @@ class Session(MessageCommands):
         if cmd.args["condstore"]:
             self.condstore = True
         self.view = view
+        self._shared = shared.acquire(view)
         self.readonly = readonly
         self.state = State.SELECTED
         messages = view.messages
@@ -639,9 +645,15 @@ class Session(MessageCommands):
             self._fresh = None
         self._stale = False
 
+    def _unshare(self) -> None:
+        if self._shared is not None:
+            shared.release(self._shared)
+            self._shared = None
+
     def end(self) -> None:
-        """The connection is gone: let go of what the session holds (its watch)."""
+        """The connection is gone: let go of what the session holds (its watch, its share of the mailbox)."""
         self._drop_watch()
+        self._unshare()
 
     async def _qresync(self, args: tuple[Any, ...]) -> None:
         """RFC 7162 §3.2.5.2: VANISHED (EARLIER) and FETCH for changes since the client's modseq."""
