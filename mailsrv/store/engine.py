@@ -520,7 +520,7 @@ class Engine:
         a writer died mid-transaction: returns the parsed uidlist so the caller
         reconciles cur/ with it. None when the index is in step.
         """
-        path = folder / UIDLIST_NAME
+        path = f"{folder}/{UIDLIST_NAME}"  # str paths on the delivery hot path: a Path join costs ~3 us
         try:
             st = os.stat(path)
         except FileNotFoundError:
@@ -604,12 +604,13 @@ class Engine:
         """_sync's work inside the caller's write transaction."""
         torn = self._uidlist_floor(mb, folder)
         lines: list[bytes] = []
-        renames: list[tuple[Path, Path]] = []
+        renames: list[tuple[str, str]] = []
+        cur_dir = f"{folder}/cur"
         try:
-            new_names = [n for n in os.listdir(folder / "new") if not n.startswith(".")]
+            new_names = [n for n in os.listdir(f"{folder}/new") if not n.startswith(".")]
         except FileNotFoundError as exc:
             raise MailboxNotFound(mb.name) from exc
-        cur_st = os.stat(folder / "cur").st_mtime_ns
+        cur_st = os.stat(cur_dir).st_mtime_ns
         if cur_st != mb.cur_mtime or torn is not None:
             if lazy:  # changes no uidlist line records (flags set by mutt, vanished files): a lost commit
                 raise _NeedsFullCommit  # would hand their modseqs out again (nothing done yet: rolled back)
@@ -620,11 +621,11 @@ class Engine:
         self._flush_uidlist(mb, folder, lines)
         for src, dst in renames:  # after the UID map is durable: see the module invariants
             os.replace(src, dst)
-        mb.cur_mtime = os.stat(folder / "cur").st_mtime_ns
+        mb.cur_mtime = os.stat(cur_dir).st_mtime_ns
         self._save(mb)
 
     def _take_new(self, mb: _Mbox, folder: Path, names: list[str], lines: list[bytes], res: SyncResult,
-                  ul: uidlist.Uidlist | None, renames: list[tuple[Path, Path]]) -> None:
+                  ul: uidlist.Uidlist | None, renames: list[tuple[str, str]]) -> None:
         db = self.db
         fresh: list[tuple[str, str, int, float]] = []  # (name, key, size, mtime)
         keys = [maildir.split_filename(n)[0] for n in names]
@@ -634,16 +635,17 @@ class Engine:
             known.update(db.execute(f"SELECT key, fname FROM messages WHERE mailbox=? AND key IN"
                                     f" ({','.join('?' * len(part))})", (mb.id, *part)).fetchall())
         pending = self.pending
+        new_dir, cur_dir = f"{folder}/new/", f"{folder}/cur/"
         for n, key in zip(names, keys, strict=True):
             fname = known.get(key)
             if fname is not None:  # index knows it: finish the move into cur/
-                renames.append((folder / "new" / n, folder / "cur" / fname))
+                renames.append((new_dir + n, cur_dir + fname))
                 continue
             pend = pending.get(key)
             if pend is not None and pend.unsynced:  # its delivery's sync is still to come (or to fail)
                 continue
             try:
-                st = os.stat(folder / "new" / n)
+                st = os.stat(new_dir + n)
             except FileNotFoundError:
                 continue
             fresh.append((n, key, st.st_size, st.st_mtime))
@@ -657,9 +659,10 @@ class Engine:
         self._quota_apply(sizes, 1)  # one read and one update of the usage for the whole batch
 
     def _take_fresh(self, mb: _Mbox, folder: Path, fresh: list[tuple[str, str, int, float]], lines: list[bytes],
-                    res: SyncResult, ul: uidlist.Uidlist | None, renames: list[tuple[Path, Path]]) -> None:
+                    res: SyncResult, ul: uidlist.Uidlist | None, renames: list[tuple[str, str]]) -> None:
         """Index the files of ``new/`` the index does not know yet (``_take_new``), oldest first."""
         used = None
+        new_dir, cur_dir = f"{folder}/new/", f"{folder}/cur/"
         for n, key, size, mtime in fresh:
             pend = self.pending.pop(key, None)
             _, info = maildir.split_filename(n)
@@ -670,13 +673,14 @@ class Engine:
                     used = self._used_uids(mb.id)
                 if ul.uids[key] not in used:
                     uid = ul.uids[key]
+            fname = maildir.filename(key, flags, self._kw_for(mb, flags))
             try:
-                self._insert(mb, folder / "new" / n, key, flags, size, mtime, pend, lines, res, uid=uid,
-                             meta=ul.meta.get(key) if ul is not None else None)
+                self._insert(mb, new_dir + n, key, flags, size, mtime, pend, lines, res, uid=uid,
+                             meta=ul.meta.get(key) if ul is not None else None, fname=fname)
             except OSError as exc:  # unreadable file: skip it, never block the others
                 self._warn_once(key, "message.unreadable", mailbox=mb.name, file=key, error=str(exc))
                 continue
-            renames.append((folder / "new" / n, folder / "cur" / maildir.filename(key, flags, self._kw_for(mb, flags))))
+            renames.append((new_dir + n, cur_dir + fname))
 
     def _maybe_compact_uidlist(self, mb: _Mbox) -> None:
         """Rewrite the UID map without expunged entries once they dominate it (caller holds the write txn).
@@ -758,11 +762,12 @@ class Engine:
             self._warned.add(key)
             logger.warning(event, account=self.account_id, **fields)
 
-    def _insert(self, mb: _Mbox, path: Path, key: str, flags: frozenset[str], size: int, mtime: float,
+    def _insert(self, mb: _Mbox, path: Path | str, key: str, flags: frozenset[str], size: int, mtime: float,
                 pend: Pending | None, lines: list[bytes], res: SyncResult, *, uid: int | None = None,
                 email_id: str | None = None, thread_id: str | None = None,
-                meta: uidlist.Meta | None = None) -> MessageInfo:
+                meta: uidlist.Meta | None = None, fname: str | None = None) -> MessageInfo:
         """Index one message file (caller holds the write transaction). Reads and parses it if needed.
+        ``fname``: its name in cur/ when the caller made it already.
 
         ``meta``: (email id, thread id, saved date) its UID map line kept (an index rebuilt from the
         maildir gives the message the ids and SAVEDATE it had); explicit ids win.
@@ -797,7 +802,8 @@ class Engine:
         self.db.execute(
             "INSERT INTO messages (mailbox, uid, key, fname, flags, modseq, internal_date, saved_date, size,"
             " email_id, thread_id, structure) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-            (mb.id, uid, key, maildir.filename(key, flags, self._kw_for(mb, flags)), _flags_text(flags), info.modseq, mtime, now, size,
+            (mb.id, uid, key, fname or maildir.filename(key, flags, self._kw_for(mb, flags)), _flags_text(flags),
+             info.modseq, mtime, now, size,
              info.email_id, thread_id, structure),
         )
         mb.messages += 1
@@ -838,7 +844,7 @@ class Engine:
 
     def _flush_uidlist(self, mb: _Mbox, folder: Path, lines: list[bytes]) -> None:
         """Append assigned UIDs to the UID map and fsync it (before the commit)."""
-        path = folder / UIDLIST_NAME
+        path = f"{folder}/{UIDLIST_NAME}"
         if not lines:
             try:
                 mb.uidlist_size = os.stat(path).st_size
