@@ -231,6 +231,7 @@ async def measure(port: int, users: list[str], n: int, rounds: int, quiet: float
     lat: list[float] = []
     missed = 0
     client0 = resource.getrusage(resource.RUSAGE_SELF)
+    rss_round1 = 0
     for r in range(1, rounds + 1):
         data = message(r, repeat=8, lines=20, tag=f"idle{r}.")
         acked = await deliver(users, data, r)
@@ -238,6 +239,10 @@ async def measure(port: int, users: list[str], n: int, rounds: int, quiet: float
         seen = await idlers.wait(r)
         missed += n - len(seen)
         lat += [(t - acked[c.user]) * 1000 for c, t in seen.items()]
+        if r == 1:
+            rss_round1 = rss_kib(pids())
+    if rounds > 1:  # what one more message per user costs while every session holds its view of the mailbox
+        res["RSS growth per wake round, per connection"] = (rss_kib(pids()) - rss_round1) * 1024 / (rounds - 1) / n
     client1 = resource.getrusage(resource.RUSAGE_SELF)
     client_cpu = client1.ru_utime + client1.ru_stime - client0.ru_utime - client0.ru_stime
     res["client CPU per wake-up (this process, delivery included)"] = client_cpu * 1e6 / max(1, len(lat))
@@ -255,6 +260,7 @@ UNITS = {
     "connections set up (LOGIN, SELECT, IDLE)": ("conn/s", True),
     "RSS per IDLE connection": ("KiB", False),
     "PSS per IDLE connection": ("KiB", False),
+    "RSS growth per wake round, per connection": ("bytes", False),
     "server CPU while idle": ("CPU s/min", False),
     "wake-up latency p50": ("ms", False),
     "wake-up latency p90": ("ms", False),
