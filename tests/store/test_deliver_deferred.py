@@ -531,11 +531,20 @@ def test_only_the_indexers_commits_are_lazy(tmp_path: Path, run: Run, make_store
     run(store.deliver(spool(tmp_path, msg(1), "s1"), [DeliveryTarget(acct)], uids=False))
     run(store.indexer.flush())
     lazy = seen.index("PRAGMA synchronous=NORMAL")
-    assert seen.index("COMMIT", lazy) < seen.index("PRAGMA synchronous=FULL", lazy)
+    assert seen.index("BEGIN IMMEDIATE", lazy) < seen.index("COMMIT", lazy)
+    assert db.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL kept for the next lazy one
     seen.clear()
-    run(store.deliver(spool(tmp_path, msg(2), "s2"), [DeliveryTarget(acct)]))  # uids=True: synchronous
-    assert "COMMIT" in seen and not any(s.startswith("PRAGMA synchronous") for s in seen)
+    run(store.deliver(spool(tmp_path, msg(2), "s2"), [DeliveryTarget(acct)], uids=False))
+    run(store.indexer.flush())
+    assert "COMMIT" in seen and not any(s.startswith("PRAGMA synchronous") for s in seen)  # no switch
+    seen.clear()
+    run(store.deliver(spool(tmp_path, msg(3), "s3"), [DeliveryTarget(acct)]))  # uids=True: synchronous
+    full = seen.index("PRAGMA synchronous=FULL")
+    assert full < seen.index("BEGIN IMMEDIATE") < seen.index("COMMIT")
     assert db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    seen.clear()
+    run(acct.append("INBOX", msg(4)))  # any other change: synchronous, no switch needed
+    assert "COMMIT" in seen and not any(s.startswith("PRAGMA synchronous") for s in seen)
     db.set_trace_callback(None)
 
 
