@@ -166,6 +166,14 @@ class Connection:
             raise LineTooLong
         return line
 
+    def buffered_command(self) -> bytes | None:
+        """The next command line when it is already buffered (a pipelined command), taken without a
+        coroutine, a wait or a timer; None when :meth:`readline` must be awaited (no whole line yet, a
+        line too long, a broken stream, or a draining worker: readline raises ServerShutdown)."""
+        if self._shutdown:
+            return None
+        return self._buffered_line()
+
     def _buffered_line(self) -> bytes | None:
         """A whole line already in the reader's buffer (pipelined commands), taken without a
         wait or a timer; None when the slow path must decide (no line yet, or too long)."""

@@ -351,6 +351,14 @@ class PolicySession:
     def active(self) -> bool:
         return self.cfg.enabled
 
+    @property
+    def envelope_checked(self) -> bool:
+        """Whether :meth:`mail` and :meth:`rcpt` can decide anything in this session: False for a
+        trusted client (``skip_networks``, a trusted listener network) that has not authenticated, or
+        with the policy off, where both accept and keep nothing that a later check reads (the session
+        may skip the two calls; a session that authenticates later checks its next transaction)."""
+        return self.cfg.enabled and (self.user is not None or not self.trusted)
+
     # -- connect / HELO ---------------------------------------------------------------------
 
     async def connect(self) -> Decision:

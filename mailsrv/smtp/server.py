@@ -160,7 +160,9 @@ class SmtpService:
             if out and (len(out) >= MAX_HELD_REPLIES or b"\n" not in buffered):
                 await self._flush(conn, out)
             try:
-                line = await (conn.readline_in_command() if auth_pending else conn.readline())
+                line = None if auth_pending else conn.buffered_command()  # pipelined: no coroutine
+                if line is None:
+                    line = await (conn.readline_in_command() if auth_pending else conn.readline())
             except LineTooLong:
                 # RFC 5321 §4.5.3.1.4 / RFC 4954 §4
                 out.append(reply(500, "5.5.2", "Line too long"))
@@ -241,14 +243,6 @@ class SmtpService:
         except (ConnectionClosed, IdleTimeout):
             pass
 
-    async def _send_result(self, out: list[bytes], coro: Any) -> bool:
-        try:
-            step = await coro
-            out.append(step.reply)
-        except SmtpError as exc:
-            out.append(exc.reply())
-        return True
-
     async def _read_data(self, conn: Connection, session: Session, out: list[bytes]) -> bool:
         """RFC 5321 §4.1.1.4: read the dot-stuffed stream into the spool, in bulk."""
         decoder = DotDecoder()
@@ -269,7 +263,11 @@ class SmtpService:
                     keep = await _write(session, spool, payload)
             if decoder.done:
                 _unread(conn, chunk[used:])
-        return await self._send_result(out, session.data_end(bare_newline=decoder.bare_newline, too_big=too_big))
+        try:
+            out.append((await session.data_end(bare_newline=decoder.bare_newline, too_big=too_big)).reply)
+        except SmtpError as exc:
+            out.append(exc.reply())
+        return True
 
     async def _read_bdat(self, conn: Connection, session: Session, out: list[bytes], size: int, last: bool) -> bool:
         """RFC 3030 §2: exactly ``size`` octets follow the BDAT line; no transparency."""
@@ -286,7 +284,11 @@ class SmtpService:
             left -= len(chunk)
             if keep and spool is not None:
                 keep = await _write(session, spool, chunk)
-        return await self._send_result(out, session.bdat_end(last))
+        try:
+            out.append((await session.bdat_end(last)).reply)
+        except SmtpError as exc:
+            out.append(exc.reply())
+        return True
 
 
 async def _write(session: Session, spool: Spool, data: bytes) -> bool:

@@ -103,6 +103,21 @@ class Step:
 
 
 _SENDER_OK = Step(reply(250, "2.1.0", "Sender OK"))
+
+#: (code, enhanced code, text) -> its reply Step: an accepted RCPT's reply is one of a few, made once
+_STEPS: dict[tuple[int, str, str], Step] = {}
+#: Distinct replies kept in :data:`_STEPS` (a backend whose texts vary never grows it without bound).
+MAX_STEPS = 64
+
+
+def _step(code: int, enh: str, text: str) -> Step:
+    key = (code, enh, text)
+    step = _STEPS.get(key)
+    if step is None:
+        if len(_STEPS) >= MAX_STEPS:
+            _STEPS.clear()
+        step = _STEPS[key] = Step(reply(code, enh, text))
+    return step
 _GO_AHEAD = Step(reply(354, None, "End data with <CR><LF>.<CR><LF>"), "data")
 
 _ANY = frozenset(State)
@@ -127,6 +142,9 @@ LEGAL: dict[str, frozenset[State]] = {
 
 #: verb -> the name of its handler method (no name formatted per command)
 _HANDLERS = {verb: f"smtp_{verb}" for verb in LEGAL}
+#: (verb, state value) of every legal pair: checked per command without hashing an Enum (a Python-level
+#: ``__hash__``)
+_LEGAL_PAIRS = frozenset((verb, state._value_) for verb, states in LEGAL.items() for state in states)
 
 
 class Session:
@@ -150,6 +168,7 @@ class Session:
         self.starttls_available = starttls_available
         self.plaintext_auth_ok = plaintext_auth_ok
         self.policy = policy  # mailsrv.policy checks (issue 12); None: no policy
+        self.submission = info.listener == "submission"  # the listener of a session never changes
         self.state = State.GREETED
         self.tx: Transaction | None = None
         self.commands = 0
@@ -168,10 +187,6 @@ class Session:
     def host(self) -> str:
         return self.info.hostname
 
-    @property
-    def submission(self) -> bool:
-        return self.info.listener == "submission"
-
     def greeting(self) -> bytes:
         return reply(220, None, f"{self.host} ESMTP mailsrv")
 
@@ -183,20 +198,19 @@ class Session:
         if len(line) > MAX_COMMAND_LINE + 2 and line[:5].upper() != b"AUTH ":
             # RFC 5321 §4.5.3.1.4 plus RFC 1869 parameter room; AUTH may carry an initial response
             raise SmtpError("Line too long", 500, "5.5.2")
-        cmd = split_command(line)
-        name = _HANDLERS.get(cmd.verb)
+        verb, arg = split_command(line)
+        name = _HANDLERS.get(verb)
         if name is None:
             raise SmtpError("Command not recognized", 500, "5.5.2")
-        handler = getattr(self, name)
-        if self.state not in LEGAL[cmd.verb] and cmd.verb != "BDAT":  # BDAT must read its chunk first
-            raise SmtpError(self._sequence_hint(cmd.verb), 503, "5.5.1")
+        if (verb, self.state._value_) not in _LEGAL_PAIRS and verb != "BDAT":  # BDAT must read its chunk first
+            raise SmtpError(self._sequence_hint(verb), 503, "5.5.1")
         if (
             self.submission
             and self.info.account is None
             and self.commands > self.cfg.max_commands_before_auth
         ):
             raise SmtpError("Too many commands before authentication", 421, "4.7.0")
-        step: Step = await handler(cmd.arg)
+        step: Step = await getattr(self, name)(arg)
         return step
 
     def _sequence_hint(self, verb: str) -> str:
@@ -450,7 +464,7 @@ class Session:
         verdict = await self.backend.check_sender(self.info, sender)
         if not verdict.ok:
             raise SmtpError(verdict.text, verdict.code, verdict.enh)
-        if self.policy is not None:
+        if self.policy is not None and self.policy.envelope_checked:
             self._enforce(await self.policy.mail(sender))
         self.tx = tx
         self.state = State.MAIL
@@ -483,11 +497,11 @@ class Session:
         self.state = State.RCPT
         if not verdict.ok:
             raise SmtpError(verdict.text, verdict.code, verdict.enh)
-        if self.policy is not None:
+        if self.policy is not None and self.policy.envelope_checked:
             self._enforce(await self.policy.rcpt(address))
         rcpt.route = verdict.route
         tx.rcpts.append(rcpt)
-        return Step(reply(verdict.code, verdict.enh, verdict.text))
+        return _step(verdict.code, verdict.enh, verdict.text)
 
     def _require_rcpts(self) -> None:
         if self.tx is None or not self.tx.rcpts:

@@ -330,3 +330,39 @@ async def test_the_in_memory_copy_is_not_offered_after_the_policy_rewrote_the_fi
     [(content, on_disk)] = seen
     assert b"X-Spam-Flag: " in on_disk  # the policy rewrote the file
     assert content is None or content == on_disk
+
+
+async def test_a_trusted_clients_envelope_skips_the_policy_until_it_authenticates(tmp_path: Path,
+                                                                                  monkeypatch: Any) -> None:
+    """skip_networks (loopback): MAIL and RCPT cost no policy call, whose outbound checks need a user; an
+    untrusted client's envelope is checked, and so is a trusted client's once it has authenticated."""
+    from mailsrv.policy.pipeline import PolicySession
+
+    calls: list[str] = []
+    for name in ("mail", "rcpt"):
+        real = getattr(PolicySession, name)
+
+        async def spy(self: PolicySession, address: str, _real: Any = real, _name: str = name) -> Any:
+            calls.append(_name)
+            return await _real(self, address)
+
+        monkeypatch.setattr(PolicySession, name, spy)
+    policy = _policy(tmp_path)
+    try:
+        spool_dir = tmp_path / "spool"
+        spool_dir.mkdir()
+        for ip, want in (("127.0.0.1", []), ("192.0.2.7", ["mail", "rcpt"])):
+            calls.clear()
+            info = SessionInfo(sid="s1", hostname=OUR_ID, listener="smtp", peer_ip=ip)
+            session = Session(info, SmtpConfig(), FakeBackend(spool_dir), policy=policy.session(client_ip=ip))
+            await session.command(b"EHLO client.test\r\n")
+            assert (await _message(session, b"Subject: s\r\n\r\nbody\r\n")).reply.startswith(b"250")
+            assert calls == want
+        trusted = policy.session(client_ip="127.0.0.1")
+        assert not trusted.envelope_checked
+        trusted.authenticated("alice@example.test")
+        assert trusted.envelope_checked  # its sending limits apply again
+        assert not Policy(PolicyConfig(enabled=False), hostname=OUR_ID, resolver=Resolver(["127.0.0.1:1"]),
+                          state=None).session(client_ip="192.0.2.7").envelope_checked
+    finally:
+        policy.close()
