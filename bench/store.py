@@ -293,6 +293,76 @@ async def _delivery_half(base: Path, count: int, concurrency: int, users: int) -
     return out
 
 
+#: (messages, concurrent sessions, mailboxes) of the store-only measurement
+STORE_ONLY = {"smoke": (200, 8, 8), "full": (5000, 50, 50)}
+
+
+async def _store_only(base: Path, count: int, concurrency: int, users: int, **config: Any) -> dict[str, float]:
+    """The store's share of a local delivery, alone: ``deliver(data=..., uids=False)`` of a 4 KB message
+    as the SMTP front end calls it (group-commit round: spool write, parse, link; syncfs) and the
+    background indexer's transactions, no search and no directory. Thread CPU (``time.thread_time``)
+    of each phase where it runs, and the process's user and system CPU, per message.
+    """
+    import resource
+    import threading
+
+    from mailsrv.store import store as store_mod
+    from mailsrv.util import fsio
+
+    cpu: dict[str, float] = {"round": 0.0, "syncfs": 0.0, "indexer": 0.0}
+    lock = threading.Lock()
+
+    def timed(fn: Any, key: str) -> Any:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            t = time.thread_time()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                with lock:
+                    cpu[key] += time.thread_time() - t
+        return wrapper
+
+    store = Store(StoreConfig(**config), base, hostname="mx.bench.test")
+    accts = [await store.account(f"u{i}") for i in range(users)]
+    bodies = [message(i, repeat=8, lines=8) for i in range(64)]
+    spool = base / "spool"
+    spool.mkdir()
+    patched = [(store_mod, "_index_batch", "indexer"), (fsio, "syncfs", "syncfs")]
+    saved = [getattr(mod, name) for mod, name, _ in patched]
+    for mod, name, key in patched:
+        setattr(mod, name, timed(getattr(mod, name), key))
+    store._deliver_job = timed(store._deliver_job, "round")  # type: ignore[method-assign]
+
+    async def session(k: int) -> None:
+        for i in range(k, count, concurrency):
+            p = spool / str(i)
+            [r] = await store.deliver(p, [DeliveryTarget(accts[i % users])], uids=False, data=bodies[i % 64])
+            assert r.status == "ok", r
+            await store.io.run(os.unlink, p)
+
+    try:
+        batches0 = store.indexer.batches
+        ru0 = resource.getrusage(resource.RUSAGE_SELF)
+        t0 = time.perf_counter()
+        await asyncio.gather(*(session(k) for k in range(concurrency)))
+        await store.indexer.flush()
+        wall = time.perf_counter() - t0
+        ru1 = resource.getrusage(resource.RUSAGE_SELF)
+    finally:
+        for (mod, name, _), fn in zip(patched, saved, strict=True):
+            setattr(mod, name, fn)
+    out = {
+        "msgs_per_s": count / wall,
+        "user_ms": 1000 * (ru1.ru_utime - ru0.ru_utime) / count,
+        "system_ms": 1000 * (ru1.ru_stime - ru0.ru_stime) / count,
+        **{f"{k}_ms": 1000 * v / count for k, v in cpu.items()},
+        "index_txns": (store.indexer.batches - batches0) / count,
+        "syncfs": (store.fssync.syncs if store.fssync is not None else 0) / count,
+    }
+    await store.close()
+    return out
+
+
 def run(size: str) -> dict[str, Any]:
     n, deliveries = SIZES[size]
     base = Path(tempfile.mkdtemp(prefix="mailsrv-bench-store-", dir=os.environ.get("MAILSRV_BENCH_DIR")))
@@ -327,6 +397,18 @@ def run(size: str) -> dict[str, Any]:
             "name": "durable deliveries (one at a time)", "unit": "msg/s", "value": rate1,
             "baseline": {"name": "raw fsync'd file creates", "value": raw}, "ratio": rate1 / raw,
         })
+        only_n, only_c, only_u = STORE_ONLY[size]
+        only = asyncio.run(_store_only(base / "only", only_n, only_c, only_u))
+        results.append({
+            "name": f"store only: CPU per local delivery (deliver + syncfs + UID; {only_c} sessions, "
+                    f"{only_u} mailboxes)", "unit": "ms", "value": only["user_ms"] + only["system_ms"],
+            "baseline": None, "ratio": None, **{k: round(v, 4) for k, v in only.items()},
+        })
+        notes.append(
+            f"store only per message: {only['user_ms']:.3f} ms user + {only['system_ms']:.3f} ms system; thread "
+            f"CPU: delivery round jobs {only['round_ms']:.3f} + their syncfs {only['syncfs_ms']:.3f}, index "
+            f"transactions {only['indexer_ms']:.3f} ms ({only['index_txns']:.3f} per message); "
+            f"{only['msgs_per_s']:.0f} msgs/s")
         half_n, half_c, half_u = HALF[size]
         half = asyncio.run(_delivery_half(base / "half", half_n, half_c, half_u))
         results.append({
