@@ -22,6 +22,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from pyroaring import BitMap
 
@@ -232,3 +233,113 @@ def run(size: str) -> dict:
         return asyncio.run(_run(n, runs, base_runs, workdir))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+# --- indexing at delivery: CPU per message (issue 5) --------------------------------------------
+
+
+def delivered_body(n: int, kind: str) -> bytes:
+    """A 4 KB message as the server stores it: ``probe`` is bench/smtp.py's load (lines of x),
+    ``words`` a plain-text message of ordinary words."""
+    from . import smtp
+    from ._common import message
+
+    head = (f"Return-Path: <load@remote.test>\r\nReceived: from client (localhost [127.0.0.1])\r\n"
+            f"\tby mx.example.test (mailsrv) with ESMTP id Q{n:08d}\r\n\tfor <load{n % 50}@example.test>;"
+            f" Fri, 27 Nov 2026 13:00:00 +0000\r\n").encode()
+    return head + (smtp._body(4096) if kind == "probe" else message(n, repeat=8, lines=8))
+
+
+async def delivery_cpu(workdir: Path, count: int, mailboxes: int, per_round: int, kind: str = "probe",
+                       interval: float = 0.02, profile: Any = None) -> dict[str, float]:
+    """CPU per message of indexing after delivery, fed as the store's indexer rounds feed it:
+    ``per_round`` deliveries every ``interval`` s, round-robin over ``mailboxes`` mailboxes (each
+    its account's own index directory), the delivered bytes handed over (``raw=``). Each mailbox's
+    index exists (one message indexed) before the clock starts. ``profile``: a cProfile.Profile run
+    around the pool jobs, which then run on the loop thread (for a breakdown, not for timing)."""
+    import resource
+
+    bodies = [delivered_body(i, kind) for i in range(64)]
+    dirs = {f"M{m}": workdir / f"a{m}" / "mailsrv-search" for m in range(mailboxes)}
+
+    async def read(uid: int) -> bytes:
+        return bodies[uid % len(bodies)]
+
+    def read_many_blocking(uids: Any) -> dict[int, bytes]:
+        return {u: bodies[u % len(bodies)] for u in uids}
+
+    async def read_many(uids: Any) -> dict[int, bytes]:
+        return read_many_blocking(uids)
+
+    svc = SearchService(SearchConfig(), lambda a, m: (dirs[m], read, read_many, read_many_blocking))
+    if profile is not None:
+        async def inline(fn: Callable[..., Any], *args: Any) -> Any:
+            profile.enable()
+            try:
+                return fn(*args)
+            finally:
+                profile.disable()
+        svc.run = inline  # type: ignore[method-assign]
+    uid = {m: 0 for m in dirs}
+    infos = {}
+
+    def deliver(m: str) -> None:
+        uid[m] += 1
+        info = FakeInfo(uid[m], frozenset(), uid[m], 1.7e9, 4096)
+        infos[m] = info
+        svc.message_added("acct", m, info, None, raw=bodies[(uid[m] * 7 + len(m)) % len(bodies)])
+
+    for m in dirs:
+        deliver(m)
+    await svc.idle()
+    ru0 = resource.getrusage(resource.RUSAGE_SELF)
+    loop0 = time.thread_time()
+    t0 = time.perf_counter()
+    names = list(dirs)
+    k = 0
+    while k < count:
+        for _ in range(min(per_round, count - k)):
+            deliver(names[k % len(names)])
+            k += 1
+        await asyncio.sleep(interval)
+    await svc.idle()
+    wall = time.perf_counter() - t0
+    loop_cpu = time.thread_time() - loop0
+    ru1 = resource.getrusage(resource.RUSAGE_SELF)
+    await svc.close()
+    user = ru1.ru_utime - ru0.ru_utime
+    system = ru1.ru_stime - ru0.ru_stime
+    return {"user_ms": 1000 * user / count, "system_ms": 1000 * system / count,
+            "loop_ms": 1000 * loop_cpu / count, "cpu_ms": 1000 * (user + system) / count,
+            "wall_s": wall}
+
+
+def _delivery_main() -> None:
+    import argparse
+    import cProfile
+    import pstats
+
+    ap = argparse.ArgumentParser(description="search indexing at delivery: CPU per message")
+    ap.add_argument("--count", type=int, default=3000)
+    ap.add_argument("--mailboxes", type=int, nargs="+", default=[1, 50])
+    ap.add_argument("--per-round", type=int, default=50)
+    ap.add_argument("--kind", default="probe", choices=("probe", "words"))
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--profile", action="store_true")
+    a = ap.parse_args()
+    for mb in a.mailboxes:
+        for r in range(a.repeat):
+            work = Path(tempfile.mkdtemp(prefix="mailsrv-bench-search-"))
+            prof = cProfile.Profile() if a.profile else None
+            try:
+                out = asyncio.run(delivery_cpu(work, a.count, mb, a.per_round, a.kind, profile=prof))
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
+            print(f"{a.kind} mailboxes={mb} run {r}: " + " ".join(f"{k}={v:.4f}" for k, v in out.items()))
+            if prof is not None:
+                pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+                pstats.Stats(prof).sort_stats("cumulative").print_stats(30)
+
+
+if __name__ == "__main__":
+    _delivery_main()

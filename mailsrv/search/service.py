@@ -122,7 +122,6 @@ class MailboxIndex:
         self.pending: list[int] = []
         #: the delivered bytes of some of them (the store's ``raw=``): indexed without a read
         self.raws: dict[int, bytes] = {}
-        self.draining = False
         #: statistics for tests and the benchmark
         self.stats = {"indexed": 0, "confirmed": 0, "rebuilds": 0, "snapshots": 0, "text_compactions": 0, "loads": 0,
                       "appended": 0}
@@ -553,26 +552,32 @@ class MailboxIndex:
             if self.read_many_blocking is not None and todo:
                 await self.service.run(self._read_and_add, self.read_many_blocking, todo, held)
                 return
-            raws = [(uid, held[uid]) for uid in todo if uid in held]
-            todo = [uid for uid in todo if uid not in held]
-            if self.read_many is not None and todo:
-                try:
-                    many = await self.read_many(todo)
-                except Exception as exc:  # mailbox gone, I/O error: indexed at the next search
-                    logger.debug("read.failed", mailbox=self.mailbox_id, error=str(exc))
-                    many = {}
-                raws += [(uid, many[uid]) for uid in todo if uid in many]
-                todo = []
-            got = await asyncio.gather(*(self.read(uid) for uid in todo), return_exceptions=True)
-            for uid, raw in zip(todo, got, strict=True):
-                if isinstance(raw, BaseException):
-                    if not isinstance(raw, Exception):
-                        raise raw
-                    logger.debug("read.failed", mailbox=self.mailbox_id, uid=uid, error=str(raw))
-                else:
-                    raws.append((uid, raw))
+            got = {**held, **await self._read_async([uid for uid in todo if uid not in held])}
+            raws = [(uid, got[uid]) for uid in todo if uid in got]
             if raws:
                 await self.service.run(self._extract_and_add, raws)
+
+    async def _read_async(self, uids: list[int]) -> dict[int, bytes]:
+        """uid -> raw of ``uids`` by the async readers (one ``read_many``, else one ``read`` each);
+        the unreadable ones (expunged, I/O errors) are left out: the next search indexes them."""
+        if not uids:
+            return {}
+        if self.read_many is not None:
+            try:
+                return await self.read_many(uids)
+            except Exception as exc:  # mailbox gone, I/O error: indexed at the next search
+                logger.debug("read.failed", mailbox=self.mailbox_id, error=str(exc))
+                return {}
+        out: dict[int, bytes] = {}
+        got = await asyncio.gather(*(self.read(uid) for uid in uids), return_exceptions=True)
+        for uid, raw in zip(uids, got, strict=True):
+            if isinstance(raw, BaseException):
+                if not isinstance(raw, Exception):
+                    raise raw
+                logger.debug("read.failed", mailbox=self.mailbox_id, uid=uid, error=str(raw))
+            else:
+                out[uid] = raw
+        return out
 
     def _locked_load(self) -> None:
         with self._tlock:
@@ -629,9 +634,11 @@ class SearchService:
         self._pool = ThreadPoolExecutor(max_workers=self.config.threads, thread_name_prefix="search")
         self._open: OrderedDict[tuple[str, str], MailboxIndex] = OrderedDict()
         self._tasks: set[asyncio.Task[None]] = set()
-        #: batches being read and indexed at once (each holds its raw messages until extracted): a
-        #: delivery to 5000 mailboxes must not read 5000 messages into memory ahead of the indexer
-        self._admit = asyncio.Semaphore(2 * self.config.threads)
+        #: mailboxes with deliveries waiting to be indexed (in arrival order; MailboxIndex.pending)
+        self._waiting: dict[MailboxIndex, None] = {}
+        #: a task indexes the waiting deliveries (one round at a time, up to ``batch`` messages each:
+        #: a delivery to 5000 mailboxes never reads 5000 messages into memory ahead of the indexer)
+        self._draining = False
         #: bytes held in the MailboxIndex.raws (at most RAW_HELD_MAX)
         self.raw_held = 0
 
@@ -670,7 +677,7 @@ class SearchService:
             if excess_loaded <= 0 and excess_all <= 0:
                 break
             old = self._open[old_key]
-            if old is keep or old.lock.locked() or old.draining:  # in use: a later call closes it
+            if old is keep or old.lock.locked() or old in self._waiting:  # in use: a later call closes it
                 continue
             if old.gen >= 0 and excess_loaded > 0:
                 excess_loaded -= 1
@@ -716,9 +723,10 @@ class SearchService:
                       raw: bytes | None = None) -> None:
         """Index the new message soon after delivery, on this loop (never delays the reply).
 
-        Deliveries to one mailbox are batched: the UIDs that arrive while a batch is
-        read and indexed form the next batch (one executor job and one journal append
-        each), so indexing does less work per message the busier the mailbox is.
+        Deliveries wait in rounds: the UIDs that arrive while a round is read and indexed form
+        the next one, which indexes every waiting mailbox (up to ``[search] batch`` messages in
+        all) in one executor job, one journal append per mailbox; so indexing does less work
+        per message the busier the worker is, however many mailboxes the mail goes to.
         ``raw``: the message's bytes as delivered, indexed instead of reading the file back
         (held while :data:`RAW_HELD_MAX` allows).
         """
@@ -730,27 +738,80 @@ class SearchService:
             if raw is not None and self.raw_held + len(raw) <= RAW_HELD_MAX and info.uid not in idx.raws:
                 idx.raws[info.uid] = raw
                 self.raw_held += len(raw)
-            if not idx.draining:
-                idx.draining = True
-                self.background(self._drain(idx))
+            self._waiting[idx] = None
+            if not self._draining:
+                self._draining = True
+                self.background(self._drain())
 
-    async def _drain(self, idx: MailboxIndex) -> None:
-        """Index ``idx.pending`` in batches until none is left."""
+    async def _drain(self) -> None:
+        """Index the waiting deliveries in rounds until none is left."""
         try:
-            while idx.pending:
-                n = self.config.batch
-                uids, idx.pending = idx.pending[:n], idx.pending[n:]
-                held = {u: raw for u in uids if (raw := idx.raws.pop(u, None)) is not None}
-                self.raw_held -= sum(map(len, held.values()))
-                async with self._admit:
-                    await (idx.index_uids(uids, held) if held else idx.index_uids(uids))
-                if idx.gen >= 0:  # this batch loaded (or built) the index: keep the bound
-                    self._trim()
+            while self._waiting:
+                await self._round()
         finally:
-            idx.draining = False
-            if idx.pending:  # a failed batch: the UIDs that came meanwhile get their own task
-                idx.draining = True
-                self.background(self._drain(idx))
+            self._draining = False
+            if self._waiting:  # a failed round: what came meanwhile gets a task of its own
+                self._draining = True
+                self.background(self._drain())
+
+    def _take(self, budget: int) -> list[tuple[MailboxIndex, list[int], dict[int, bytes]]]:
+        """Up to ``budget`` waiting UIDs (and their held bytes) of mailboxes not in use, oldest first."""
+        taken = []
+        for idx in list(self._waiting):
+            if budget <= 0:
+                break
+            if idx.lock.locked():  # a search or an expunge: its mailbox waits for a later round
+                continue
+            uids, idx.pending = idx.pending[:budget], idx.pending[budget:]
+            del self._waiting[idx]
+            if idx.pending:  # the rest after the other mailboxes
+                self._waiting[idx] = None
+            held = {u: raw for u in uids if (raw := idx.raws.pop(u, None)) is not None}
+            self.raw_held -= sum(map(len, held.values()))
+            budget -= len(uids)
+            taken.append((idx, uids, held))
+        return taken
+
+    async def _round(self) -> None:
+        """One round: take waiting UIDs, read those neither held nor readable in the job, and index
+        all of them in one pool job with each mailbox's lock held. A mailbox whose reading or
+        indexing fails is skipped (the next search indexes what it finds missing)."""
+        taken = self._take(self.config.batch)
+        if not taken:  # every waiting mailbox is in use: wait for the first
+            async with next(iter(self._waiting)).lock:
+                return
+        locked: list[MailboxIndex] = []
+        try:
+            work: list[tuple[MailboxIndex, list[int], dict[int, bytes], ReadManyBlocking | None]] = []
+            for idx, uids, held in taken:
+                await idx.lock.acquire()
+                locked.append(idx)
+                todo = [uid for uid in dict.fromkeys(uids) if uid not in idx.core.indexed]
+                if not todo:
+                    continue
+                if idx.read_many_blocking is None and any(uid not in held for uid in todo):
+                    held = {**held, **await idx._read_async([uid for uid in todo if uid not in held])}
+                    todo = [uid for uid in todo if uid in held]
+                work.append((idx, todo, held, idx.read_many_blocking))
+            if work:
+                await self.run(self._index_round, work)
+        finally:
+            for idx in locked:
+                idx.lock.release()
+        if any(idx.gen >= 0 for idx in locked):  # a round loaded (or built) an index: keep the bound
+            self._trim()
+
+    @staticmethod
+    def _index_round(work: list[tuple[MailboxIndex, list[int], dict[int, bytes], ReadManyBlocking | None]]) -> None:
+        """Blocking (search pool): index a round's mailboxes one after another."""
+        for idx, uids, held, read_blocking in work:
+            try:
+                if read_blocking is not None:
+                    idx._read_and_add(read_blocking, uids, held)
+                else:
+                    idx._extract_and_add([(uid, held[uid]) for uid in uids if uid in held])
+            except Exception as exc:  # I/O error, a vanished mailbox: the next search catches up
+                logger.warning("index.failed", mailbox=idx.mailbox_id, error=str(exc))
 
     def messages_expunged(self, account_id: str, mailbox_id: str, uids: list[int]) -> None:
         idx = self._open.get((account_id, mailbox_id))

@@ -191,7 +191,7 @@ async def test_blocking_batch_reader_reads_in_the_indexing_job(tmp_path: Path) -
     svc.run = counted  # type: ignore[method-assign]
     uids = await _deliver(svc, box, 0, 3)
     assert [c[1] for c in calls] == [True] * len(calls) and sum(len(c[0]) for c in calls) == 3
-    assert jobs == ["_read_and_add"] * len(calls) and box.reads == 0  # one job per batch
+    assert jobs == ["_index_round"] * len(calls) and box.reads == 0  # one job per round
     idx = svc._open[("acct1", "Mbox1")]
     assert set(uids) <= indexed(idx)
     fail[0] = True

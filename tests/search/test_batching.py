@@ -1,14 +1,16 @@
-"""Indexing at delivery is batched per mailbox: what arrives while a batch runs forms the next one."""
+"""Indexing at delivery runs in rounds: what arrives while a round runs forms the next one, all mailboxes in one job."""
 
 from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
-from search.searchbox import Box, indexed, open_index
+import pytest
+from search.searchbox import Box, indexed
 
 from mailsrv.config import SearchConfig
-from mailsrv.search import SearchService
+from mailsrv.search import MailboxIndex, SearchService
 
 
 async def test_deliveries_during_a_batch_form_the_next_batch(tmp_path: Path) -> None:
@@ -41,69 +43,83 @@ async def test_deliveries_during_a_batch_form_the_next_batch(tmp_path: Path) -> 
     await svc.idle()
     assert batches == [uids[:1], uids[1:]]
     assert set(uids) <= indexed(idx)
-    assert idx.pending == [] and not idx.draining
+    assert idx.pending == [] and svc._waiting == {} and not svc._draining
     await svc.close()
 
 
-async def test_a_failed_batch_does_not_stop_later_ones(tmp_path: Path) -> None:
-    box = Box(0)
-    svc = SearchService(SearchConfig(), resolver=lambda a, m: (tmp_path, box.read))
-    idx = open_index(svc, box, tmp_path)
-    original = idx.index_uids
-    calls = 0
+async def test_a_failed_mailbox_does_not_stop_its_round_or_later_ones(tmp_path: Path) -> None:
+    boxes = {"Mbox1": Box(0), "Mbox2": Box(0, seed=3)}
+    svc = SearchService(SearchConfig(), resolver=lambda a, m: (tmp_path / m, boxes[m].read))
+    idxs = {m: svc.mailbox("acct1", m, tmp_path / m, box.read) for m, box in boxes.items()}
+    original = idxs["Mbox1"]._extract_and_add
+    calls: list[list[int]] = []
 
-    async def flaky(uids: list[int]) -> None:
-        nonlocal calls
-        calls += 1
-        if calls == 1:
-            box.add(box.gen.message(99)[0])  # a delivery while the first batch runs ...
-            svc.message_added("acct1", "Mbox1", box.view.messages[-1], None)
-            raise OSError("index file gone")  # ... which then fails
-        await original(uids)
+    def flaky(raws: list[tuple[int, bytes]]) -> None:
+        calls.append([uid for uid, _ in raws])
+        if len(calls) == 1:
+            raise OSError("index file gone")
+        original(raws)
 
-    idx.index_uids = flaky  # type: ignore[method-assign]
-    first = box.add(box.gen.message(1)[0])
-    svc.message_added("acct1", "Mbox1", box.view.messages[-1], None)
+    idxs["Mbox1"]._extract_and_add = flaky  # type: ignore[method-assign]
+
+    def deliver(m: str, i: int) -> int:
+        uid = boxes[m].add(boxes[m].gen.message(i)[0])
+        svc.message_added("acct1", m, boxes[m].view.messages[-1], None)
+        return uid
+
+    lost, other = deliver("Mbox1", 1), deliver("Mbox2", 2)  # one round: Mbox1 fails, Mbox2 is indexed
     await svc.idle()
-    assert first not in indexed(idx)  # the failed batch (a later search catches up)
-    assert box.view.messages[-1].uid in indexed(idx)
-    assert calls == 2 and not idx.draining
+    later = deliver("Mbox1", 3)
+    await svc.idle()
+    assert calls == [[lost], [later]]
+    assert lost not in indexed(idxs["Mbox1"])  # the failed one (a later search catches up)
+    assert later in indexed(idxs["Mbox1"]) and other in indexed(idxs["Mbox2"])
+    assert svc._waiting == {} and not svc._draining
     await svc.close()
 
 
-async def test_batches_in_flight_are_bounded(tmp_path: Path) -> None:
-    """A delivery to many mailboxes reads at most 2 x threads batches ahead of the indexer."""
-    boxes = {f"Mbox{i}": Box(0) for i in range(12)}
-    reading: list[str] = []  # mailbox of each read in progress
-    peak = 0
-    gate = asyncio.Event()
-    waiting = asyncio.Event()
+async def test_a_round_indexes_every_waiting_mailbox_in_one_job_within_the_batch(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Deliveries to many mailboxes are indexed in rounds of at most ``batch`` messages in all, one
+    pool job each: a delivery to many mailboxes holds at most a batch of read messages."""
+    boxes = {f"Mbox{i}": Box(0, seed=i) for i in range(12)}
     cfg = SearchConfig(threads=2, batch=3)
+    outstanding = peak = 0
+    jobs: list[str] = []
 
     def reader(name: str):  # type: ignore[no-untyped-def]
         async def read(uid: int) -> bytes:
-            nonlocal peak
-            reading.append(name)
-            peak = max(peak, len(set(reading)))
-            if len(reading) == 2 * cfg.threads * cfg.batch:
-                waiting.set()
-            await gate.wait()
-            reading.remove(name)
+            nonlocal outstanding, peak
+            outstanding += 1
+            peak = max(peak, outstanding)
             return await boxes[name].read(uid)
 
         return read
 
+    original = MailboxIndex._extract_and_add
+
+    def extract_and_add(self: MailboxIndex, raws: list[tuple[int, bytes]]) -> None:
+        nonlocal outstanding
+        outstanding -= len(raws)
+        original(self, raws)
+
+    monkeypatch.setattr(MailboxIndex, "_extract_and_add", extract_and_add)
     svc = SearchService(cfg, resolver=lambda a, m: (tmp_path / m, reader(m)))
+    real = svc.run
+
+    async def counted(fn: Any, *args: Any) -> Any:
+        jobs.append(getattr(fn, "__name__", "?"))
+        return await real(fn, *args)
+
+    svc.run = counted  # type: ignore[method-assign]
     for name, box in boxes.items():
         (tmp_path / name).mkdir()
         for i in range(5):
             box.add(box.gen.message(i)[0])
             svc.message_added("acct1", name, box.view.messages[-1], None)
-    await waiting.wait()  # 4 batches of 3 (the 5 UIDs of a mailbox come in batches of 3 and 2)
-    assert len(set(reading)) == 4  # the other mailboxes wait their turn
-    gate.set()
     await svc.idle()
-    assert peak == 4
+    assert peak == cfg.batch and outstanding == 0
+    assert jobs == ["_index_round"] * (12 * 5 // cfg.batch)  # 3 messages a round, of one or two mailboxes
     for name, box in boxes.items():
         idx = svc.mailbox("acct1", name, tmp_path / name, box.read)
         assert {m.uid for m in box.view.messages} <= indexed(idx)
