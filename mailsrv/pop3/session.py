@@ -144,6 +144,9 @@ class Session:
         # read-ahead of the next message's first chunk while the client takes this one
         #: uid -> the read-ahead batch reading its first chunk (one task serves several uids)
         self._ahead: dict[int, asyncio.Future[dict[int, bytes]]] = {}
+        #: the message number and window length of the last full read-ahead pass (see :meth:`_read_ahead`)
+        self._ahead_at = 0
+        self._ahead_window = 0
         self.auth_failures = 0
         self.commands_before_auth = 0
         self.closing = False  # set by QUIT: the loop closes after the reply
@@ -437,6 +440,12 @@ class Session:
         Bounded: at most READ_AHEAD messages, READ_AHEAD_BYTES octets together.
         """
         assert self.drop is not None
+        if (n == self._ahead_at + 1 and len(self._ahead) * 2 > self._ahead_window and n < len(self.messages)
+                and self.messages[n].uid in self._ahead):
+            # the client goes on in order and more than half the window is being read already: the full
+            # pass below would find nothing to do (its ~50 Python steps were a fifth of a RETR's loop time)
+            self._ahead_at = n
+            return
         window: list[int] = []
         budget = READ_AHEAD_BYTES
         for nxt in range(n + 1, min(n + 1 + READ_AHEAD, len(self.messages) + 1)):
@@ -447,6 +456,7 @@ class Session:
             if budget < 0:
                 break
             window.append(msg.uid)
+        self._ahead_at, self._ahead_window = n, len(window)
         self._drop_prefetch(frozenset(window))
         todo = [uid for uid in window if uid not in self._ahead]
         if todo and (len(todo) * 2 >= len(window) or window[0] not in self._ahead):
