@@ -41,6 +41,7 @@ from mailsrv.search.storage import (
     log_header,
     read_log,
     snapshot_meta,
+    write_all,
     write_snapshot,
 )
 
@@ -59,6 +60,9 @@ UNLOADED_INDEXES = 4096
 
 #: text cache bytes tolerated beyond twice the live records before it is compacted
 COMPACT_SLACK = 1 << 20
+#: unloaded indexes whose journal and text file stay open between delivery rounds (2 fds each)
+APPENDERS_OPEN = 128
+
 #: bytes of delivered messages held for indexing (the store's ``raw=``) at most, in all mailboxes of
 #: a process: beyond it (a backlog, a delivery to many mailboxes) messages are read back instead
 RAW_HELD_MAX = 8 << 20
@@ -90,6 +94,15 @@ class Columns(NamedTuple):
     sent_day: int | None  # calendar day of Date: in its own zone (date.toordinal())
 
 
+class _Appender(NamedTuple):
+    """The open journal and text file of an index that deliveries append to (not loaded)."""
+
+    log_fd: int
+    log_ino: int
+    snap_key: tuple[int, int, int]  # the snapshot's (inode, mtime, size) when they were opened
+    text: TextStore
+
+
 class MailboxIndex:
     """The search index of one mailbox. Obtain it from :meth:`SearchService.mailbox`."""
 
@@ -108,6 +121,8 @@ class MailboxIndex:
         self.read_many_blocking: ReadManyBlocking | None = None
         self.lock = asyncio.Lock()
         self._tlock = threading.Lock()  # guards the fields below across executor threads
+        #: the journal and text file an unloaded index appends to, kept open between rounds
+        self._app: _Appender | None = None
         self.core = IndexCore()
         self.locs: dict[int, tuple[int, int]] = {}
         self.gen = -1
@@ -129,6 +144,7 @@ class MailboxIndex:
     # --- blocking part (runs in the service's threads) ---------------------------
 
     def _close_files(self) -> None:
+        self._drop_appender()
         if self.log_fd >= 0:
             os.close(self.log_fd)
             self.log_fd = -1
@@ -296,35 +312,74 @@ class MailboxIndex:
         Records lost to a torn or stale journal are cache misses: the next search indexes the
         messages it finds unindexed (``_catch_up``), so no search misses a message.
         """
-        f = self.files
-        with f.locked(exclusive=True):
-            try:
-                gen, text_name = snapshot_meta(f.snap)
-                fd = os.open(f.log, os.O_RDWR | os.O_APPEND | os.O_CLOEXEC)
-            except (FileNotFoundError, CorruptIndex):
+        with self.files.locked(exclusive=True):
+            app = self._appender()
+            if app is None:
                 return False
             try:
-                text_path = f.directory / text_name
-                # a missing text file is corruption the full load must see (it rebuilds): never
-                # create it here
-                if journal_generation(fd) != gen or not text_path.exists():
-                    return False
-                text = TextStore(text_path)
-                try:
-                    blobs = []
-                    for uid, doc in docs:
-                        blob = TextStore.encode(doc.text)
-                        off = text.append(blob)
-                        blobs.append(encode_record({"a": uid, "o": off, "l": len(blob), "c": list(doc.columns())}))
-                        self.stats["indexed"] += 1
-                finally:
-                    text.close()
-                if blobs:
-                    os.write(fd, b"".join(blobs))
-                    self.stats["appended"] += len(blobs)
-            finally:
-                os.close(fd)
+                texts = [TextStore.encode(doc.text) for _, doc in docs]
+                off = app.text.size()
+                recs = []
+                for (uid, doc), blob in zip(docs, texts, strict=True):
+                    recs.append(encode_record({"a": uid, "o": off, "l": len(blob), "c": list(doc.columns())}))
+                    off += len(blob)
+                if recs:
+                    app.text.append_many(texts)
+                    write_all(app.log_fd, b"".join(recs))
+            except OSError:
+                self._drop_appender()
+                raise
+            self.stats["indexed"] += len(recs)
+            self.stats["appended"] += len(recs)
         return True
+
+    def _appender(self) -> _Appender | None:
+        """The journal and text file to append to, kept open from the last round while the
+        snapshot and journal on disk are the same (a held file's inode is not reused); None when
+        there is no current snapshot and journal. Caller holds the exclusive lock and ``_tlock``."""
+        f = self.files
+        try:
+            st = os.stat(f.snap)
+        except FileNotFoundError:
+            self._drop_appender()
+            return None
+        key = (st.st_ino, st.st_mtime_ns, st.st_size)
+        app = self._app
+        if app is not None:
+            try:
+                ino = os.stat(f.log).st_ino
+            except FileNotFoundError:
+                ino = -1
+            if app.snap_key == key and ino == app.log_ino:
+                return app
+            self._drop_appender()
+        try:
+            gen, text_name = snapshot_meta(f.snap)
+            fd = os.open(f.log, os.O_RDWR | os.O_APPEND | os.O_CLOEXEC)
+        except (FileNotFoundError, CorruptIndex):
+            return None
+        try:
+            text_path = f.directory / text_name
+            # a missing text file is corruption the full load must see (it rebuilds): never
+            # create it here
+            if journal_generation(fd) != gen or not text_path.exists():
+                os.close(fd)
+                return None
+            app = _Appender(fd, os.fstat(fd).st_ino, key, TextStore(text_path))
+        except BaseException:
+            os.close(fd)
+            raise
+        self._app = app
+        self.service._appending(self)
+        return app
+
+    def _drop_appender(self) -> None:
+        """Close the files kept for appending (caller holds ``_tlock``, or owns the index)."""
+        app, self._app = self._app, None
+        if app is not None:
+            self.service._appended(self)
+            os.close(app.log_fd)
+            app.text.close()
 
     def _expunge(self, uids: list[int]) -> None:
         with self.files.locked(exclusive=True):
@@ -449,7 +504,8 @@ class MailboxIndex:
         docs = [(uid, extract(raw, limit)) for uid, raw in raws]
         with self._tlock:
             if self.gen < 0:  # not loaded in this process: append only (delivery-time indexing)
-                self.files.ensure_dir()
+                if self._app is None:
+                    self.files.ensure_dir()
                 if self._append_unloaded(docs):
                     return
                 self._load()
@@ -639,8 +695,30 @@ class SearchService:
         #: a task indexes the waiting deliveries (one round at a time, up to ``batch`` messages each:
         #: a delivery to 5000 mailboxes never reads 5000 messages into memory ahead of the indexer)
         self._draining = False
+        #: indexes with open append files (MailboxIndex._app), least recently used first
+        self._appenders: OrderedDict[MailboxIndex, None] = OrderedDict()
+        self._app_lock = threading.RLock()
         #: bytes held in the MailboxIndex.raws (at most RAW_HELD_MAX)
         self.raw_held = 0
+
+    def _appending(self, idx: MailboxIndex) -> None:
+        """``idx`` opened its append files (its ``_tlock`` held): close the least recently used
+        others' beyond APPENDERS_OPEN (one in use in another thread is left for a later call)."""
+        with self._app_lock:
+            self._appenders[idx] = None
+            self._appenders.move_to_end(idx)
+            for old in list(self._appenders):
+                if len(self._appenders) <= APPENDERS_OPEN:
+                    break
+                if old is not idx and old._tlock.acquire(blocking=False):
+                    try:
+                        old._drop_appender()
+                    finally:
+                        old._tlock.release()
+
+    def _appended(self, idx: MailboxIndex) -> None:
+        with self._app_lock:
+            self._appenders.pop(idx, None)
 
     #: the store hands message_added the delivered bytes (``raw=``) when it holds them
     wants_raw = True

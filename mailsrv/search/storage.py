@@ -45,7 +45,7 @@ from mailsrv.search.extract import EXTRACT_VERSION, FIELDS
 from mailsrv.search.index import HNAME, IndexCore, TermIndex
 
 __all__ = ["CorruptIndex", "Files", "TextStore", "journal_generation", "load_snapshot", "snapshot_meta",
-           "write_snapshot"]
+           "write_all", "write_snapshot"]
 
 SNAP_MAGIC = b"MSRCHS3\n"
 LOG_MAGIC = b"MSRCHL1\n"
@@ -110,7 +110,7 @@ class Files:
                 pass
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         n = os.write(fd, view)
@@ -168,6 +168,12 @@ class TextStore:
         os.write(self.fd, blob)
         return off
 
+    def append_many(self, blobs: list[bytes]) -> int:
+        """Append records in one write; returns the first one's offset. Caller holds the exclusive lock."""
+        off = os.fstat(self.fd).st_size
+        write_all(self.fd, b"".join(blobs))
+        return off
+
     def copy_live(self, locs: dict[int, tuple[int, int]], dest: Path) -> dict[int, tuple[int, int]]:
         """Write the records of ``locs`` (in UID order) durably to ``dest``; their new locations."""
         buf = self.buffer()
@@ -182,9 +188,9 @@ class TextStore:
                 new[uid] = (pos, n)
                 pos += n
                 if len(chunk) >= 1024:
-                    _write_all(fd, b"".join(chunk))
+                    write_all(fd, b"".join(chunk))
                     chunk = []
-            _write_all(fd, b"".join(chunk))
+            write_all(fd, b"".join(chunk))
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -289,7 +295,7 @@ def write_snapshot(
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
-        _write_all(fd, blob)
+        write_all(fd, blob)
         os.fsync(fd)
     finally:
         os.close(fd)

@@ -242,3 +242,58 @@ async def test_a_missing_text_file_is_rebuilt_not_appended_to(tmp_path: Path) ->
     for q in _queries(box):  # the rebuilt index re-reads the older messages: nothing is missed
         assert await idx.search(q, box.view) == _reference(box, q), q
     await svc.close()
+
+
+async def test_append_files_kept_between_rounds_follow_another_process_snapshot(tmp_path: Path) -> None:
+    """The journal and text file stay open between delivery rounds; when another process folds the
+    journal into a new snapshot (new journal) the next round appends to the new one."""
+    box = Box(5)
+    first = SearchService(SearchConfig())
+    await open_index(first, box, tmp_path).search(Text("body", "a"), box.view)
+    await first.close()
+    second = SearchService(SearchConfig(), resolver=lambda a, m: (tmp_path, box.read))
+    await _deliver(second, box, 5, 3)
+    idx2 = second._open[("acct1", "Mbox1")]
+    app = idx2._app
+    assert app is not None and idx2.gen == -1
+    await _deliver(second, box, 8, 2)
+    assert idx2._app is app  # kept: nothing changed on disk
+    other = SearchService(SearchConfig(snapshot_every=1))
+    idx_o = open_index(other, box, tmp_path)
+    await idx_o.search(Text("body", "a"), box.view)  # loads, folds the 5 appended records
+    assert idx_o.stats["snapshots"] == 1
+    late = await _deliver(second, box, 10, 3)
+    assert idx2._app is not app and idx2.stats["appended"] == 8 and idx2.gen == -1
+    reads = box.reads
+    for q in _queries(box):
+        assert await idx_o.search(q, box.view) == _reference(box, q), q
+    assert box.reads == reads  # the loaded index tailed the new journal: no catch-up read
+    assert set(late) <= set(idx_o.core.indexed)
+    await other.close()
+    await second.close()
+
+
+async def test_open_append_files_are_bounded(tmp_path: Path, monkeypatch: Any) -> None:
+    import mailsrv.search.service as service_mod
+
+    monkeypatch.setattr(service_mod, "APPENDERS_OPEN", 2)
+    boxes = {f"Mbox{i}": Box(0, seed=i) for i in range(4)}
+    svc = SearchService(SearchConfig(), resolver=lambda a, m: (tmp_path / m, boxes[m].read))
+
+    async def deliver(name: str, i: int) -> int:
+        box = boxes[name]
+        uid = box.add(box.gen.message(i)[0])
+        svc.message_added("acct1", name, box.view.messages[-1], None)
+        await svc.idle()
+        return uid
+
+    for i, name in enumerate(boxes):
+        await deliver(name, i)
+    idxs = [svc._open[("acct1", name)] for name in boxes]
+    assert [i._app is not None for i in idxs] == [False, False, True, True]
+    assert list(svc._appenders) == idxs[2:]
+    again = await deliver("Mbox0", 9)  # reopened, the least recently used one closed
+    assert [i._app is not None for i in idxs] == [True, False, False, True]
+    assert again in indexed(idxs[0]) and {m.uid for m in boxes["Mbox2"].view.messages} <= indexed(idxs[2])
+    await svc.close()
+    assert svc._appenders == {}
