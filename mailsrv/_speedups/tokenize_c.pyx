@@ -32,7 +32,50 @@ def is_cjk(int cp):
     return _is_cjk(<Py_UCS4>cp) if 0 <= cp <= 0x10FFFF else False
 
 
+cdef extern from "Python.h":
+    int PyUnicode_IS_ASCII(object o)
+    const unsigned char *PyUnicode_1BYTE_DATA(object o)
+    object PyUnicode_FromKindAndData(int kind, const void *buffer, Py_ssize_t size)
+    int PyUnicode_1BYTE_KIND
+
+from libc.stdlib cimport free, malloc
+
+
+cdef str _normalize_ascii(str text):
+    """normalize() of ASCII text in one pass: lower case; controls, DEL and space runs -> one space."""
+    cdef Py_ssize_t i, j = 0, n = len(text)
+    cdef const unsigned char *src = PyUnicode_1BYTE_DATA(text)
+    cdef unsigned char c
+    cdef bint pending = False
+    cdef unsigned char *out = <unsigned char *>malloc(n + 1)
+    if out == NULL:
+        raise MemoryError()
+    try:
+        for i in range(n):
+            c = src[i]
+            if c <= 32 or c == 127:
+                pending = j > 0
+                continue
+            if pending:
+                out[j] = 32
+                j += 1
+                pending = False
+            if 65 <= c <= 90:
+                c += 32
+            out[j] = c
+            j += 1
+        return <str>PyUnicode_FromKindAndData(PyUnicode_1BYTE_KIND, out, j)
+    finally:
+        free(out)
+
+
 def normalize(str text):
+    if PyUnicode_IS_ASCII(text):
+        return _normalize_ascii(text)
+    return normalize_general(text)
+
+
+def normalize_general(str text):
     cdef str t = _nfkc("NFKC", _nfkc("NFKC", text).casefold())
     cdef list out = []
     cdef Py_ssize_t i, n = len(t), start = -1

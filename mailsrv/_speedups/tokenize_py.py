@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import unicodedata
 
-__all__ = ["MAX_WORD", "is_cjk", "normalize", "query_terms", "runs", "terms"]
+__all__ = ["MAX_WORD", "is_cjk", "normalize", "normalize_general", "query_terms", "runs", "terms"]
 
 #: longest word term; longer words are indexed as windows of 2 * MAX_WORD
 MAX_WORD = 32
@@ -45,8 +45,21 @@ def is_cjk(cp: int) -> bool:
     )
 
 
+#: ASCII controls (every ASCII separator but the space) -> space
+_ASCII_SEP = str.maketrans({c: " " for c in [*range(32), 127]})
+
+
 def normalize(text: str) -> str:
     """NFKC, case fold, NFKC again; controls and whitespace runs -> one space; stripped."""
+    if text.isascii():
+        # NFKC leaves ASCII as it is and folds it to lower case; its separators are the controls,
+        # DEL and the space (the same result as :func:`normalize_general`; tests check it)
+        return " ".join(text.lower().translate(_ASCII_SEP).split())
+    return normalize_general(text)
+
+
+def normalize_general(text: str) -> str:
+    """:func:`normalize` for any text, step by step."""
     t = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold())
     out: list[str] = []
     space = True  # drop leading whitespace

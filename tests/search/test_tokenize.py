@@ -57,6 +57,19 @@ def test_examples(tok) -> None:  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.speedups
+@settings(max_examples=600, deadline=None)
+@given(st.text(alphabet=st.characters(max_codepoint=127), max_size=120) | st.sampled_from(["", " ", "\x7f", "A\x1fB"]))
+def test_ascii_shortcut_is_the_general_normalize(text: str) -> None:
+    """ASCII text takes a one-pass path in both twins: the same result as the general steps."""
+    if tokenize_c is None:
+        pytest.fail("compiled tokenizer missing")
+    want = tokenize_py.normalize_general(text)
+    assert tokenize_py.normalize(text) == want
+    assert tokenize_c.normalize(text) == want
+    assert tokenize_c.normalize_general(text) == want
+
+
+@pytest.mark.speedups
 @settings(max_examples=400, deadline=None)
 @given(mixed)
 def test_twins_agree(text: str) -> None:
