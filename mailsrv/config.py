@@ -337,7 +337,7 @@ class StoreConfig:
     index_delay: float = doc(
         "Seconds the background indexer waits for more deliveries to join a batch (deferred_index); IDLE"
         " clients see new mail before it (their refresh indexes it).",
-        0.025,
+        0.1,
         check=_non_negative,
     )
     syncfs: bool = doc(
