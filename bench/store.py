@@ -310,16 +310,18 @@ async def _store_only(base: Path, count: int, concurrency: int, users: int, **co
     from mailsrv.util import fsio
 
     cpu: dict[str, float] = {"round": 0.0, "syncfs": 0.0, "indexer": 0.0}
+    wall: dict[str, float] = dict.fromkeys(cpu, 0.0)
     lock = threading.Lock()
 
     def timed(fn: Any, key: str) -> Any:
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            t = time.thread_time()
+            t, w = time.thread_time(), time.perf_counter()
             try:
                 return fn(*args, **kwargs)
             finally:
                 with lock:
                     cpu[key] += time.thread_time() - t
+                    wall[key] += time.perf_counter() - w
         return wrapper
 
     store = Store(StoreConfig(**config), base, hostname="mx.bench.test")
@@ -340,24 +342,32 @@ async def _store_only(base: Path, count: int, concurrency: int, users: int, **co
             assert r.status == "ok", r
             await store.io.run(os.unlink, p)
 
+    assert store.fssync is not None, "Linux: syncfs group commit"
     try:
-        batches0 = store.indexer.batches
+        batches0, rounds0, syncs0 = store.indexer.batches, store.fssync.rounds, store.fssync.syncs
         ru0 = resource.getrusage(resource.RUSAGE_SELF)
         t0 = time.perf_counter()
         await asyncio.gather(*(session(k) for k in range(concurrency)))
         await store.indexer.flush()
-        wall = time.perf_counter() - t0
+        elapsed = time.perf_counter() - t0
         ru1 = resource.getrusage(resource.RUSAGE_SELF)
     finally:
         for (mod, name, _), fn in zip(patched, saved, strict=True):
             setattr(mod, name, fn)
+    rounds, syncs = store.fssync.rounds - rounds0, store.fssync.syncs - syncs0
     out = {
-        "msgs_per_s": count / wall,
+        "msgs_per_s": count / elapsed,
         "user_ms": 1000 * (ru1.ru_utime - ru0.ru_utime) / count,
         "system_ms": 1000 * (ru1.ru_stime - ru0.ru_stime) / count,
         **{f"{k}_ms": 1000 * v / count for k, v in cpu.items()},
         "index_txns": (store.indexer.batches - batches0) / count,
-        "syncfs": (store.fssync.syncs if store.fssync is not None else 0) / count,
+        "syncfs": syncs / count,
+        "callers_per_round": count / max(1, rounds),
+        # wall time of one round's work (the job's deliveries), of one syncfs, and the share of the
+        # run during which a syncfs was running (the gate lets one run at a time)
+        "round_work_wall_ms": 1000 * wall["round"] / max(1, rounds),
+        "syncfs_wall_ms": 1000 * wall["syncfs"] / max(1, syncs),
+        "syncfs_busy": wall["syncfs"] / elapsed,
     }
     await store.close()
     return out
