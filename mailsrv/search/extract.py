@@ -153,6 +153,15 @@ def _parsed_first_address(value: bytes) -> tuple[str, str]:
     return "", ""
 
 
+def _header_text(value: bytes) -> str:
+    """:func:`mime.decode_header`, without its calls for a plain ASCII value (no encoded word, most
+    header fields): unfolded, stripped and decoded as it does (tests/search/test_extract.py checks)."""
+    plain = value.replace(b"\r", b"").replace(b"\n", b"").strip(b" \t")
+    if plain.isascii() and b"=?" not in plain:
+        return plain.decode("ascii")
+    return mime.decode_header(value)
+
+
 def _sent_date(value: bytes) -> tuple[float, int] | None:
     """(epoch seconds, the calendar day as written in the header's own zone), or None."""
     try:
@@ -186,7 +195,7 @@ def extract(raw: bytes, max_text: int = 1 << 20) -> Document:
         value = field_[field_.find(b":") + 1 :].rstrip(b"\r\n")
         first.setdefault(name, value)
         lname = name.decode("latin-1")
-        text = mime.decode_header(value)
+        text = _header_text(value)
         values.setdefault(lname, []).append(text)
         headers.append(normalize(f"{lname}: {text}"))
     t = doc.text

@@ -169,3 +169,19 @@ def test_plain_addresses_skip_the_parser(monkeypatch: pytest.MonkeyPatch) -> Non
     ex._first_address(b"Ann <a@x.y>")
     ex._first_address(b"<a@x.y")
     assert calls == [b"Ann <a@x.y>", b"<a@x.y"]
+
+
+#: header values: folded ASCII text, encoded words (whole or broken), 8-bit bytes
+_header_value = st.lists(
+    st.sampled_from([b"Re:", b" ", b"\t", b"\r\n ", b"\n\t", b"\r\n", b"word", b"=?", b"?=", b"=?utf-8?q?caf=C3=A9?=",
+                     b"=?iso-8859-1?b?4Q==?=", b"\xc3\xa9", b"\xe9", b"\x00", b"\x7f", b"a=b"]),
+    max_size=12).map(b"".join)
+
+
+@given(st.one_of(_header_value, st.binary(max_size=40)))
+@settings(max_examples=1500, deadline=None)
+def test_plain_header_shortcut_agrees_with_decode_header(value: bytes) -> None:
+    from mailsrv import mime
+    from mailsrv.search.extract import _header_text
+
+    assert _header_text(value) == mime.decode_header(value)
