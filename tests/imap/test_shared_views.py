@@ -14,7 +14,7 @@ from mailsrv.store import Store
 
 MSG = b"From: a@example.test\r\nTo: alice@example.test\r\nSubject: round %d\r\n\r\nhello\r\n"
 SESSIONS = 40  # under the listener's 50 connections per address
-ROUNDS = 6
+ROUNDS = 10
 
 
 def _store_bytes() -> int:
@@ -51,7 +51,7 @@ def _rounds(real_store: ServerHandle) -> None:
             grown.append(_store_bytes())
         per_session_round = (grown[-1] - grown[0]) / ROUNDS / SESSIONS
         # an unshared MessageInfo with its key, ids and flags is 300-500 bytes per session and round
-        assert per_session_round < 100, f"{per_session_round:.0f} bytes per session and round"
+        assert per_session_round < 150, f"{per_session_round:.0f} bytes per session and round"
     finally:
         tracemalloc.stop()
         for c in [writer, *readers]:
