@@ -273,7 +273,8 @@ class Policy:
     async def totals(self, scopes: Sequence[str]) -> tuple[int, int]:
         """The learner's (spam, ham) message totals of ``scopes``, as :meth:`Bayes.totals` reads them, kept in
         memory while the policy database is unchanged (:meth:`PolicyState.change_stamp`: a learn by this
-        worker, its trainer or ``mailsrv policy learn`` in another process is seen at the next message) and
+        worker or its trainer is seen at the next message, ``mailsrv policy learn`` in another process within
+        :data:`mailsrv.policy.state.STAMP_INTERVAL`) and
         for :data:`TOTALS_TTL` seconds at most. Requires the learner (``self.bayes``)."""
         assert self.bayes is not None and self.state is not None
         key = tuple(scopes)
