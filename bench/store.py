@@ -297,7 +297,8 @@ async def _delivery_half(base: Path, count: int, concurrency: int, users: int) -
 STORE_ONLY = {"smoke": (200, 8, 8), "full": (5000, 50, 50)}
 
 
-async def _store_only(base: Path, count: int, concurrency: int, users: int, **config: Any) -> dict[str, float]:
+async def _store_only(base: Path, count: int, concurrency: int, users: int, spool_dirs: int = 1,
+                      **config: Any) -> dict[str, float]:
     """The store's share of a local delivery, alone: ``deliver(data=..., uids=False)`` of a 4 KB message
     as the SMTP front end calls it (group-commit round: spool write, parse, link; syncfs) and the
     background indexer's transactions, no search and no directory. Thread CPU (``time.thread_time``)
@@ -327,8 +328,9 @@ async def _store_only(base: Path, count: int, concurrency: int, users: int, **co
     store = Store(StoreConfig(**config), base, hostname="mx.bench.test")
     accts = [await store.account(f"u{i}") for i in range(users)]
     bodies = [message(i, repeat=8, lines=8) for i in range(64)]
-    spool = base / "spool"
-    spool.mkdir()
+    spools = [base / "spool" / str(j) for j in range(spool_dirs)]
+    for d in spools:
+        d.mkdir(parents=True)
     patched = [(store_mod, "_index_batch", "indexer"), (fsio, "syncfs", "syncfs")]
     saved = [getattr(mod, name) for mod, name, _ in patched]
     for mod, name, key in patched:
@@ -337,7 +339,7 @@ async def _store_only(base: Path, count: int, concurrency: int, users: int, **co
 
     async def session(k: int) -> None:
         for i in range(k, count, concurrency):
-            p = spool / str(i)
+            p = spools[i % spool_dirs] / str(i)
             [r] = await store.deliver(p, [DeliveryTarget(accts[i % users])], uids=False, data=bodies[i % 64])
             assert r.status == "ok", r
             await store.io.run(os.unlink, p)
