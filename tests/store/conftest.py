@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -54,3 +55,21 @@ def spool(tmp_path: Path, data: bytes, name: str = "spool") -> Path:
     p = d / name
     p.write_bytes(data)
     return p
+
+
+def hold_syncfs(monkeypatch: pytest.MonkeyPatch, then: Callable[[Any], None] | None = None
+                ) -> tuple[threading.Event, threading.Event]:
+    """Make every syncfs wait (up to 10 s) until the returned ``release`` is set; ``entered`` is set
+    once one waits. It then runs ``then(path)`` (default: the real syncfs)."""
+    from mailsrv.util import fsio
+
+    entered, release = threading.Event(), threading.Event()
+    after = then or fsio.syncfs
+
+    def held(path: Any) -> None:
+        entered.set()
+        release.wait(10)
+        after(path)
+
+    monkeypatch.setattr(fsio, "syncfs", held)
+    return entered, release

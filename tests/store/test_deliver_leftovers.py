@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from support.server import wait_until_async
 from mailsrv.store import DeliveryTarget, Store
 from mailsrv.util import fsio
 
-from .conftest import msg, spool
+from .conftest import hold_syncfs, msg, spool
 from .test_deliver_deferred import _files
 
 Run = Callable[[Awaitable[Any]], Any]
@@ -52,14 +51,7 @@ def test_a_reader_never_indexes_a_link_whose_sync_then_fails(
     not durable yet); the syncfs fails, the delivery is tempfail, and the mailbox stays empty."""
     store = make_store(index_delay=30.0)
     acct = run(store.account("u"))
-    entered, release = threading.Event(), threading.Event()
-
-    def held_then_broken(path: Any) -> None:
-        entered.set()
-        release.wait(10)
-        _broken(path)
-
-    monkeypatch.setattr(fsio, "syncfs", held_then_broken)
+    entered, release = hold_syncfs(monkeypatch, then=_broken)
 
     async def go() -> tuple[list[Any], int, int]:
         task = asyncio.ensure_future(store.deliver(spool(tmp_path, msg(1)), [DeliveryTarget(acct)], uids=False))
@@ -94,15 +86,7 @@ def test_close_answers_the_deliveries_in_flight_first(
         tmp_path: Path, run: Run, make_store: Callable[..., Store], monkeypatch: pytest.MonkeyPatch) -> None:
     store = make_store(index_delay=30.0)
     accts = [run(store.account(f"u{i}")) for i in range(3)]
-    entered, release = threading.Event(), threading.Event()
-    real = fsio.syncfs
-
-    def held(path: Any) -> None:
-        entered.set()
-        release.wait(10)
-        real(path)
-
-    monkeypatch.setattr(fsio, "syncfs", held)
+    entered, release = hold_syncfs(monkeypatch)
 
     async def go() -> tuple[list[Any], list[Any], bool]:
         tasks = [asyncio.ensure_future(store.deliver(spool(tmp_path, msg(i), f"s{i}"), [DeliveryTarget(accts[i])],
@@ -132,15 +116,7 @@ def test_close_waits_for_a_cancelled_callers_round(
     """A session cancelled (drain grace over) while its round syncs: close still indexes its copy."""
     store = make_store(index_delay=30.0)
     acct = run(store.account("u"))
-    entered, release = threading.Event(), threading.Event()
-    real = fsio.syncfs
-
-    def held(path: Any) -> None:
-        entered.set()
-        release.wait(10)
-        real(path)
-
-    monkeypatch.setattr(fsio, "syncfs", held)
+    entered, release = hold_syncfs(monkeypatch)
 
     async def go() -> None:
         task = asyncio.ensure_future(store.deliver(spool(tmp_path, msg(1)), [DeliveryTarget(acct)], uids=False))
@@ -164,15 +140,7 @@ def test_a_watcher_that_refreshed_before_the_sync_is_woken_again(
     without waiting for the indexer's round (index_delay 30 s here)."""
     store = make_store(index_delay=30.0)
     acct = run(store.account("u"))
-    entered, release = threading.Event(), threading.Event()
-    real = fsio.syncfs
-
-    def held(path: Any) -> None:
-        entered.set()
-        release.wait(10)
-        real(path)
-
-    monkeypatch.setattr(fsio, "syncfs", held)
+    entered, release = hold_syncfs(monkeypatch)
 
     async def go() -> tuple[int, list[int]]:
         await acct.open_mailbox("INBOX")

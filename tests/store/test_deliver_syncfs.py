@@ -14,7 +14,7 @@ from support.server import wait_until_async
 from mailsrv.store import DeliveryTarget, Store
 from mailsrv.util import fsio
 
-from .conftest import msg, spool
+from .conftest import hold_syncfs, msg, spool
 from .test_deliver_deferred import deliver_many
 
 Run = Callable[[Awaitable[Any]], Any]
@@ -146,19 +146,9 @@ def test_no_delivery_of_a_round_returns_before_its_syncfs_completed(
         tmp_path: Path, run: Run, make_store: Callable[..., Store], monkeypatch: pytest.MonkeyPatch) -> None:
     """The 250 waits for durability: while the round's syncfs is still running (held here), none of
     the round's deliveries has returned, and each returns ok once it completes."""
-    import threading
-
     store = make_store(index_delay=30.0)
     accts = [run(store.account(f"u{i}")) for i in range(3)]
-    entered, release = threading.Event(), threading.Event()
-    real = fsio.syncfs
-
-    def held(path: Any) -> None:
-        entered.set()
-        release.wait(10)
-        real(path)
-
-    monkeypatch.setattr(fsio, "syncfs", held)
+    entered, release = hold_syncfs(monkeypatch)
 
     async def go() -> list[Any]:
         tasks = [asyncio.ensure_future(store.deliver(spool(tmp_path, msg(i), f"s{i}"), [DeliveryTarget(accts[i])],
