@@ -323,6 +323,7 @@ def _delivery_main() -> None:
     ap.add_argument("--count", type=int, default=3000)
     ap.add_argument("--mailboxes", type=int, nargs="+", default=[1, 50])
     ap.add_argument("--per-round", type=int, default=50)
+    ap.add_argument("--interval", type=float, default=0.02, help="seconds between the store's rounds")
     ap.add_argument("--kind", default="probe", choices=("probe", "words"))
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--profile", action="store_true")
@@ -332,7 +333,7 @@ def _delivery_main() -> None:
             work = Path(tempfile.mkdtemp(prefix="mailsrv-bench-search-"))
             prof = cProfile.Profile() if a.profile else None
             try:
-                out = asyncio.run(delivery_cpu(work, a.count, mb, a.per_round, a.kind, profile=prof))
+                out = asyncio.run(delivery_cpu(work, a.count, mb, a.per_round, a.kind, a.interval, profile=prof))
             finally:
                 shutil.rmtree(work, ignore_errors=True)
             print(f"{a.kind} mailboxes={mb} run {r}: " + " ".join(f"{k}={v:.4f}" for k, v in out.items()))
