@@ -167,9 +167,12 @@ class BodyEncoder:
     dots and the final ``.`` CRLF, equal :func:`wire_size` of the message (RETR).
     """
 
-    __slots__ = ("_held_cr", "_line_start", "_out_line_start", "_in_header", "_left", "done", "_empty")
+    __slots__ = ("_held_cr", "_line_start", "_out_line_start", "_in_header", "_left", "done", "_empty", "_crlf")
 
-    def __init__(self, body_lines: int | None = None) -> None:
+    def __init__(self, body_lines: int | None = None, *, crlf: bool = False) -> None:
+        """``crlf``: the caller knows the message has no bare LF (its :func:`wire_size` equals its length),
+        so the per-chunk check for one (two ``bytes.count`` passes, ~40 % of a chunk's time) is skipped."""
+        self._crlf = crlf
         self._held_cr = False  # input ended in CR: wait to see whether LF follows
         self._line_start = True  # the next input byte starts a line
         self._out_line_start = True  # the output so far ends at a line boundary
@@ -192,7 +195,7 @@ class BodyEncoder:
                 return b""
         # Fast paths: most stored mail is CRLF already and few lines start with a dot.
         out = data
-        if data.count(b"\n") != data.count(b"\r\n"):
+        if not self._crlf and data.count(b"\n") != data.count(b"\r\n"):
             out = data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
         if b"\n." in out:
             out = out.replace(b"\r\n.", b"\r\n..")

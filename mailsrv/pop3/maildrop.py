@@ -46,6 +46,9 @@ class DropMessage:
     uid: int
     size: int  #: octets RETR sends, CRLF line ends, before byte-stuffing
     uidl: str  #: RFC 1939 §7 unique-id: 1..70 characters 0x21..0x7E, stable across sessions
+    #: the file is CRLF throughout and ends in one (its counted wire size equals its length): RETR need not
+    #: look for bare LF (grammar.BodyEncoder's ``crlf``)
+    crlf: bool = False
 
 
 class Maildrop(Protocol):
@@ -268,12 +271,16 @@ class StoreMaildrops:
         from mailsrv.store import MessageGone as StoreGone
 
         sizes: dict[int, int] = {}
+        #: uids whose size another program wrote into the file name (Dovecot's W=): not counted by us
+        named: set[int] = set()
         todo = []
         for m in view.messages:
             known = self.sizes.get(account_id, m.key)
             if known is None:
                 vsize = _VSIZE.search(m.key)
                 known = int(vsize.group(1)) if vsize else None
+                if known is not None:
+                    named.add(m.uid)
             if known is None:
                 todo.append(m)
             else:
@@ -324,5 +331,8 @@ class StoreMaildrops:
             batches[-1].append(m)
             room -= m.size
         await asyncio.gather(*(count_batch(b) for b in batches), *(count(m) for m in big))
-        return [DropMessage(m.uid, sizes[m.uid], dovecot_uidl(m.uid, view.uidvalidity))
+        # a size we counted that equals the file's length: no bare LF and a final CRLF (wire_size adds one
+        # octet per bare LF and 1-2 for a missing end of line); a W= size is another program's word only
+        return [DropMessage(m.uid, sizes[m.uid], dovecot_uidl(m.uid, view.uidvalidity),
+                            sizes[m.uid] == m.size and m.uid not in named)
                 for m in view.messages if m.uid in sizes]

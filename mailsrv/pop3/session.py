@@ -477,7 +477,7 @@ class Session:
         except MaildropUnavailable as exc:
             logger.warning("retr.unreadable", uid=msg.uid, error=str(exc))
             raise Pop3Error("Message cannot be read now, try again later", SYS_TEMP) from None
-        encoder = BodyEncoder(body_lines)
+        encoder = BodyEncoder(body_lines, crlf=msg.crlf)
         # One write per chunk: the status line rides with the first chunk and the final
         # "." with the last (a small message is one send() and one segment, not three).
         pending = ok(text)

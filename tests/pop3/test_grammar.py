@@ -177,6 +177,22 @@ def test_top_is_a_prefix_of_retr(data: bytes, n: int) -> None:
     assert full.startswith(top)
 
 
+@given(st.lists(st.sampled_from([b"", b".", b"..", b"a", b"\r", b" .x", b"\x00"]), max_size=12),
+       st.lists(st.integers(min_value=0, max_value=60), max_size=5), st.sampled_from([None, 0, 1, 3]))
+def test_a_crlf_message_needs_no_look_for_bare_lf(lines: list[bytes], cuts: list[int], top: int | None) -> None:
+    # what a maildrop marks crlf (wire_size == length): the encoder that skips the bare-LF look agrees
+    data = b"".join(line + b"\r\n" for line in lines)
+    assert wire_size(data) == len(data)
+    enc = BodyEncoder(top, crlf=True)
+    out = bytearray()
+    prev = 0
+    for c in sorted(cuts):
+        out += enc.feed(data[prev:c])
+        prev = c
+    out += enc.feed(data[prev:]) + enc.finish()
+    assert bytes(out) == encode(data, top, cuts)
+
+
 def test_byte_at_a_time(corpus) -> None:  # type: ignore[no-untyped-def]
     files = sorted(p for p in corpus.rglob("*") if p.is_file())[:40]
     assert files

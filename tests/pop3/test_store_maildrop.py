@@ -28,8 +28,8 @@ def corpus_messages(corpus: Path) -> list[bytes]:
     return [p.read_bytes() for p in sorted(corpus.rglob("*.eml"))[:30]]
 
 
-async def retr(drop: object, uid: int) -> bytes:
-    enc = BodyEncoder()
+async def retr(drop: object, uid: int, crlf: bool = False) -> bytes:
+    enc = BodyEncoder(crlf=crlf)
     out = bytearray()
     offset = 0
     while True:
@@ -53,16 +53,33 @@ async def test_sizes_match_retr_for_lf_crlf_and_corpus(store: Store, tmp_path: P
     try:
         view = await acct.open_mailbox("INBOX")
         assert [m.uid for m in drop.messages] == [m.uid for m in view.messages]
+        # CRLF throughout and at the end: RETR skips the look for bare LF (and sends the same)
+        assert [m.crlf for m in drop.messages[:3]] == [False, True, False]
         for msg, raw in zip(drop.messages, raws, strict=True):
             assert msg.size == wire_size(raw)
+            assert msg.crlf == (len(raw) == wire_size(raw))
             assert msg.uidl == dovecot_uidl(msg.uid, view.uidvalidity)
-            assert len(await retr(drop, msg.uid)) == msg.size
+            assert len(await retr(drop, msg.uid, msg.crlf)) == msg.size
+            assert await retr(drop, msg.uid, msg.crlf) == await retr(drop, msg.uid)
     finally:
         await drop.close()
     # the sizes are cached per worker: a second login reads nothing to count them
     drop = await drops.open(ACCT)
     assert [m.size for m in drop.messages] == [wire_size(r) for r in raws]
+    assert [m.crlf for m in drop.messages[:3]] == [False, True, False]
     await drop.close()
+
+
+async def test_a_size_from_a_dovecot_name_is_not_taken_for_crlf(store: Store, tmp_path: Path) -> None:
+    await store.account(str(ACCT.id), tmp_path / ACCT.store)  # the maildir exists
+    raw = b"Subject: adopted\r\n\r\nbody\r\n"
+    cur = tmp_path / ACCT.store / "cur"
+    (cur / f"1700000000.M1P1.old,S={len(raw)},W={len(raw)}:2,S").write_bytes(raw)  # Dovecot's own word
+    drop = await StoreMaildrops(store, tmp_path).open(ACCT)
+    try:
+        assert [(m.size, m.crlf) for m in drop.messages] == [(len(raw), False)]
+    finally:
+        await drop.close()
 
 
 async def test_lock_and_expunge_seen_by_another_view(store: Store, tmp_path: Path) -> None:
