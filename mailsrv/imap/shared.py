@@ -85,9 +85,15 @@ def release(table: SharedMessages) -> None:
 
 
 def after_refresh(table: SharedMessages, view: Any, changes: Any) -> None:
-    """Share what a refresh brought: the added messages (at the end of the list) and the changed ones."""
+    """Share what a refresh brought: the added messages (at the end of the list) and the changed ones.
+
+    Only while another session has the mailbox selected too: a mailbox selected once (the usual
+    case, one client per user) keeps no table entries (at most one per message of the mailbox else).
+    """
     if changes.expunged:
         table.forget(changes.expunged)
+    if table.users < 2:
+        return
     n = len(view.messages)
     positions: list[int] = list(range(n - len(changes.added), n))
     for m in changes.flags:

@@ -64,22 +64,30 @@ async def test_only_equal_messages_are_exchanged_and_the_last_session_drops_the_
         acct = await store.account("1")
         await acct.append("INBOX", b"Subject: one\r\n\r\nx\r\n")
         a, b = await acct.open_mailbox("INBOX"), await acct.open_mailbox("INBOX")
-        ta, tb = shared.acquire(a), shared.acquire(b)
-        assert ta is tb is not None and ta.users == 2
+        ta = shared.acquire(a)
+        assert ta is not None
+        await acct.append("INBOX", b"Subject: alone\r\n\r\nz\r\n")
+        shared.after_refresh(ta, a, await a.refresh())
+        assert ta.by_uid == {}  # one session: nothing to share, no table entries
+        tb = shared.acquire(b)
+        assert ta is tb and ta.users == 2
+        await b.refresh()
         await acct.append("INBOX", b"Subject: two\r\n\r\ny\r\n")
         await acct.store_flags("INBOX", [1], frozenset({"\\Seen"}), "add")
         for view in (a, b):
             shared.after_refresh(ta, view, await view.refresh())
-        assert a.messages[1] is b.messages[1]  # the new message: one object
+        assert a.messages[2] is b.messages[2]  # the new message: one object
         assert a.messages[0] is b.messages[0] and a.messages[0].flags == {"\\Seen"}  # the changed one too
-        older = a.messages[1]
-        await acct.store_flags("INBOX", [2], frozenset({"\\Flagged"}), "add")
-        newer = (await acct.open_mailbox("INBOX")).messages[1]
+        older = a.messages[2]
+        await acct.store_flags("INBOX", [3], frozenset({"\\Flagged"}), "add")
+        newer = (await acct.open_mailbox("INBOX")).messages[2]
         assert newer.flags == {"\\Flagged"}
         assert ta.share(newer) is newer and ta.share(older) is older  # never another state than one's own
-        assert ta.by_uid[2] is newer  # the table keeps the newest
+        assert ta.by_uid[3] is newer  # the table keeps the newest
         for _ in range(2):
             shared.release(ta)
-        assert shared.acquire(a) is not ta  # the last release dropped it: a new table
+        again = shared.acquire(a)
+        assert again is not None and again is not ta  # the last release dropped it: a new table
+        shared.release(again)
     finally:
         await store.close()
