@@ -368,8 +368,8 @@ class SearchConfig:
         check=_positive,
     )
     threads: int = doc("Threads per worker for search index I/O and evaluation.", 2, check=_positive)
-    batch: int = doc("Messages indexed per step when a search finds unindexed messages, and per batch after delivery.",
-                     200, check=_positive)
+    batch: int = doc("Messages indexed per step when a search finds unindexed messages, and per round after delivery"
+                     " (all mailboxes together: one job).", 200, check=_positive)
 
 
 @dataclass(frozen=True)
