@@ -75,6 +75,8 @@ SPF_SEEN_MAX = 32
 TOTALS_TTL = 10.0
 #: Sets of scopes whose totals a worker keeps (all forgotten past this).
 TOTALS_ENTRIES = 4096
+#: Client addresses whose skip_networks membership a worker remembers (all forgotten past this).
+MAX_KNOWN_IPS = 4096
 
 
 @dataclass(frozen=True)
@@ -148,6 +150,8 @@ class Policy:
         self.scorer: Scorer = scorer or (RspamdScorer(cfg.rspamd_url) if cfg.rspamd_url else RuleScorer(executor))
         self.seats = seats
         self.skip_nets = [ipaddress.ip_network(n, strict=False) for n in cfg.skip_networks]
+        #: client address -> in ``skip_nets`` (ipaddress parses in Python: once per address, not per session)
+        self._skipped: dict[str, bool] = {}
         self.dnsbl_skip = tuple(ipaddress.ip_network(n, strict=False) for n in cfg.dnsbl_skip_networks)
         self.grey_nets: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
         self.grey_domains: set[str] = set()
@@ -180,11 +184,17 @@ class Policy:
         return PolicySession(self, client_ip, listener, trusted or self.skipped(client_ip))
 
     def skipped(self, ip: str) -> bool:
+        known = self._skipped.get(ip)
+        if known is not None:
+            return known
         try:
             addr = ipaddress.ip_address(ip)
         except ValueError:
             return False
-        return any(addr in n for n in self.skip_nets)
+        if len(self._skipped) >= MAX_KNOWN_IPS:
+            self._skipped.clear()
+        known = self._skipped[ip] = any(addr in n for n in self.skip_nets)
+        return known
 
     async def train(self, account: str, from_mailbox: str, to_mailbox: str, message: bytes) -> str | None:
         """A user moved ``message`` between mailboxes (IMAP MOVE/COPY+EXPUNGE, JMAP mailboxIds): into

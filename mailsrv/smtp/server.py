@@ -41,6 +41,8 @@ READ_CHUNK = 256 * 1024
 # Replies held for pipelined commands before they are written anyway (RFC 2920 §3.1 lets the
 # server hold them while commands remain; this bounds what a flood of NOOPs can make us hold).
 MAX_HELD_REPLIES = 64
+# Client addresses whose trusted_networks membership is remembered (then forgotten all at once).
+MAX_KNOWN_IPS = 4096
 
 
 def _unread(conn: Connection, data: bytes) -> None:
@@ -62,6 +64,8 @@ class SmtpService:
         self.sasl = sasl if sasl is not None else ctx.resources.get("auth")
         self.max_errors = ctx.config.limits.max_errors
         self.trusted = [ipaddress.ip_network(n, strict=False) for n in ctx.listener.trusted_networks]
+        #: client address -> in ``trusted`` (ipaddress parses in Python: once per address, not per connection)
+        self._trusted_ips: dict[str, bool] = {}
         self.policy = _default_policy(ctx)
 
     async def refuse(self, conn: Connection, reason: str) -> None:
@@ -69,11 +73,17 @@ class SmtpService:
         await conn.send(reply(421, "4.7.0", f"{self.ctx.hostname} {reason}, try again later"))
 
     def _is_trusted(self, ip: str) -> bool:
+        known = self._trusted_ips.get(ip)
+        if known is not None:
+            return known
         try:
             addr = ipaddress.ip_address(ip)
         except ValueError:
             return False
-        return any(addr in net for net in self.trusted)
+        if len(self._trusted_ips) >= MAX_KNOWN_IPS:
+            self._trusted_ips.clear()
+        known = self._trusted_ips[ip] = any(addr in net for net in self.trusted)
+        return known
 
     def _plaintext_ok(self, ip: str) -> bool:
         check: Any = getattr(self.sasl, "plaintext_allowed", None)
