@@ -110,6 +110,10 @@ _STEPS: dict[tuple[int, str, str], Step] = {}
 MAX_STEPS = 64
 
 
+#: (SIZE, STARTTLS offered, AUTH mechanisms) -> the EHLO reply's lines after the first
+_EHLO_TAILS: dict[tuple[int, bool, tuple[str, ...]], bytes] = {}
+
+
 def _step(code: int, enh: str, text: str) -> Step:
     key = (code, enh, text)
     step = _STEPS.get(key)
@@ -252,22 +256,19 @@ class Session:
         self._reset()
         self.info.helo, self.info.esmtp = domain, True
         self.state = State.READY
-        ext = [
-            f"{self.host} Hello {domain}",
-            "PIPELINING",
-            f"SIZE {self.cfg.max_message_size}",
-            "8BITMIME",
-            "SMTPUTF8",
-            "ENHANCEDSTATUSCODES",
-            "DSN",
-            "CHUNKING",
-        ]
-        if self.starttls_available and not self.info.tls:
-            ext.append("STARTTLS")
-        mechs = self._mechanisms()
-        if mechs:
-            ext.append("AUTH " + " ".join(mechs))
-        return Step(reply(250, None, ext))
+        key = (self.cfg.max_message_size, self.starttls_available and not self.info.tls, tuple(self._mechanisms()))
+        tail = _EHLO_TAILS.get(key)
+        if tail is None:  # the extension lines after the greeting line: a few kinds per worker, made once
+            size, starttls, mechs = key
+            ext = ["", "PIPELINING", f"SIZE {size}", "8BITMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES", "DSN", "CHUNKING"]
+            if starttls:
+                ext.append("STARTTLS")
+            if mechs:
+                ext.append("AUTH " + " ".join(mechs))
+            if len(_EHLO_TAILS) >= MAX_STEPS:
+                _EHLO_TAILS.clear()
+            tail = _EHLO_TAILS[key] = reply(250, None, ext).split(b"\r\n", 1)[1]
+        return Step(f"250-{self.host} Hello {domain}\r\n".encode() + tail)
 
     async def smtp_HELO(self, arg: bytes) -> Step:
         domain = self._helo_arg(arg)
