@@ -44,6 +44,7 @@ from mailsrv.search.storage import (
     write_all,
     write_snapshot,
 )
+from mailsrv.util import fsio
 
 __all__ = ["Columns", "MailboxIndex", "Reader", "SearchService"]
 
@@ -62,6 +63,9 @@ UNLOADED_INDEXES = 4096
 COMPACT_SLACK = 1 << 20
 #: unloaded indexes whose journal and text file stay open between delivery rounds (2 fds each)
 APPENDERS_OPEN = 128
+
+#: messages extracted in between two fsio.give_way() calls of a round after delivery (~25 us each)
+GIVE_WAY_EVERY = 16
 
 #: bytes of delivered messages held for indexing (the store's ``raw=``) at most, in all mailboxes of
 #: a process: beyond it (a backlog, a delivery to many mailboxes) messages are read back instead
@@ -501,7 +505,11 @@ class MailboxIndex:
 
     def _extract_and_add(self, raws: list[tuple[int, bytes]]) -> None:
         limit = self.config.max_text_bytes
-        docs = [(uid, extract(raw, limit)) for uid, raw in raws]
+        docs = []
+        for i, (uid, raw) in enumerate(raws):
+            if i and not i % GIVE_WAY_EVERY:  # a round after delivery gives way to delivery rounds
+                fsio.give_way()
+            docs.append((uid, extract(raw, limit)))
         with self._tlock:
             if self.gen < 0:  # not loaded in this process: append only (delivery-time indexing)
                 if self._app is None:
@@ -881,15 +889,24 @@ class SearchService:
 
     @staticmethod
     def _index_round(work: list[tuple[MailboxIndex, list[int], dict[int, bytes], ReadManyBlocking | None]]) -> None:
-        """Blocking (search pool): index a round's mailboxes one after another."""
-        for idx, uids, held, read_blocking in work:
-            try:
-                if read_blocking is not None:
-                    idx._read_and_add(read_blocking, uids, held)
-                else:
-                    idx._extract_and_add([(uid, held[uid]) for uid in uids if uid in held])
-            except Exception as exc:  # I/O error, a vanished mailbox: the next search catches up
-                logger.warning("index.failed", mailbox=idx.mailbox_id, error=str(exc))
+        """Blocking (search pool): index a round's mailboxes one after another, giving way to the
+        process's delivery rounds between slices (util/fsio.py)."""
+        with fsio.background():
+            for idx, uids, held, read_blocking in work:
+                fsio.give_way()
+                SearchService._index_one(idx, uids, held, read_blocking)
+
+    @staticmethod
+    def _index_one(idx: MailboxIndex, uids: list[int], held: dict[int, bytes],
+                   read_blocking: ReadManyBlocking | None) -> None:
+        """Blocking: :meth:`_index_round` for one mailbox."""
+        try:
+            if read_blocking is not None:
+                idx._read_and_add(read_blocking, uids, held)
+            else:
+                idx._extract_and_add([(uid, held[uid]) for uid in uids if uid in held])
+        except Exception as exc:  # I/O error, a vanished mailbox: the next search catches up
+            logger.warning("index.failed", mailbox=idx.mailbox_id, error=str(exc))
 
     def messages_expunged(self, account_id: str, mailbox_id: str, uids: list[int]) -> None:
         idx = self._open.get((account_id, mailbox_id))

@@ -534,6 +534,8 @@ class Indexer:
     committed). Deliveries arriving during a round wait for the next one, so under load the
     batches grow instead of the backlog. A reader opening or refreshing the mailbox indexes
     the waiting files itself (they are in ``new/``); the indexer then finds them done.
+    A batch works in slices (per mailbox, and every ``engine.GIVE_WAY_EVERY`` messages) and gives
+    way to the process's delivery rounds between them (``fsio.give_way``, bounded per batch).
     """
 
     #: pool jobs one round runs at once (the rest of the pool stays free for deliveries and reads)
@@ -670,22 +672,30 @@ def _index_batch(batch: list[tuple[Account, str, list[str | None]]]) -> list[tup
     sync of that mailbox, by anyone, picks them up.
     """
     published: list[tuple[Account, SyncResult]] = []
-    for acct, mailbox, keys in batch:
-        res: SyncResult | None
-        try:
-            if None in keys:  # whatever waits in new/ (Indexer.adopt)
-                res = acct.engine.sync(mailbox, lazy_commit=True)
-            else:
-                _, res = Store._index_keys(acct, mailbox, [k for k in keys if k is not None], lazy_commit=True)
-        except (StoreError, OSError, sqlite3.Error) as exc:
-            logger.warning("index.deferred_failed", account=acct.id, mailbox=mailbox, error=str(exc))
-            res = None
-        for key in keys:
-            if key is not None:
-                acct.engine.pending.pop(key, None)  # indexed, by us or by a reader
-        if res is not None and res.changed:
-            published.append((acct, res))
+    with fsio.background():  # gives way to delivery rounds between slices (util/fsio.py)
+        for acct, mailbox, keys in batch:
+            fsio.give_way()
+            res = _index_one(acct, mailbox, keys)
+            if res is not None and res.changed:
+                published.append((acct, res))
     return published
+
+
+def _index_one(acct: Account, mailbox: str, keys: list[str | None]) -> SyncResult | None:
+    """Blocking: :func:`_index_batch` for one mailbox; its changes, or None when indexing failed."""
+    res: SyncResult | None
+    try:
+        if None in keys:  # whatever waits in new/ (Indexer.adopt)
+            res = acct.engine.sync(mailbox, lazy_commit=True)
+        else:
+            _, res = Store._index_keys(acct, mailbox, [k for k in keys if k is not None], lazy_commit=True)
+    except (StoreError, OSError, sqlite3.Error) as exc:
+        logger.warning("index.deferred_failed", account=acct.id, mailbox=mailbox, error=str(exc))
+        res = None
+    for key in keys:
+        if key is not None:
+            acct.engine.pending.pop(key, None)  # indexed, by us or by a reader
+    return res
 
 
 def _take_back(paths: list[str]) -> None:

@@ -10,11 +10,14 @@ asked, so the promise "durable on return" holds for every caller.
 :class:`FsSyncer` does the same with one ``syncfs(2)`` per round for a whole
 file system: every file and directory entry written before the round began,
 by any caller, is durable when it ends (one journal commit for many files).
+:data:`foreground` lets background jobs (indexing after delivery) give way to
+the delivery rounds of the same process between slices of their work.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import ctypes
 import ctypes.util
@@ -23,7 +26,7 @@ import functools
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -32,6 +35,10 @@ __all__ = [
     "FileIO",
     "DirSyncer",
     "FsSyncer",
+    "Foreground",
+    "foreground",
+    "background",
+    "give_way",
     "have_syncfs",
     "syncfs",
     "fsync_dir",
@@ -162,6 +169,88 @@ def durable_write(path: str | os.PathLike[str], data: bytes, *, tmp_dir: str | o
             pass
         raise
     fsync_dir(target.parent)
+
+
+#: seconds one background job (a store index batch, a search round) gives way to delivery rounds at
+#: most in all: under sustained load it waits this long, then runs its slices without waiting, so
+#: indexing keeps up (0: never give way)
+GIVE_WAY_MAX = 0.02
+#: ... and at most this long at one slice boundary (a round that needs a lock the job holds, e.g. the
+#: engine lock on a folder-cache miss, waits no longer than this for it)
+GIVE_WAY_STEP = 0.005
+
+
+class Foreground:
+    """Latency-bound work of this process running or waiting now (delivery rounds): background jobs
+    that call :func:`give_way` between slices wait, without holding the GIL, while there is any.
+
+    ``enter``/``leave`` are called on the loop thread by each round (two uncontended lock
+    operations); ``busy`` is read by any thread without the lock.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self.busy = 0
+        #: background jobs waiting in :meth:`wait` now, and the seconds they waited (tests, bench)
+        self.waiting = 0
+        self.waited = 0.0
+
+    def enter(self) -> None:
+        with self._cond:
+            self.busy += 1
+
+    def leave(self) -> None:
+        with self._cond:
+            self.busy -= 1
+            if not self.busy:
+                self._cond.notify_all()
+
+    def wait(self, timeout: float) -> float:
+        """Blocking: return once nothing is busy, or after ``timeout`` seconds; the seconds waited."""
+        if not self.busy:
+            return 0.0
+        t0 = time.monotonic()
+        with self._cond:
+            self.waiting += 1
+            self._cond.wait_for(lambda: not self.busy, timeout)
+            self.waiting -= 1
+            waited = time.monotonic() - t0
+            self.waited += waited
+        return waited
+
+
+#: the process's group-commit rounds (every :class:`_GroupCommit`: the store's deliveries)
+foreground = Foreground()
+
+_bg = threading.local()
+
+
+@contextlib.contextmanager
+def background(budget: float | None = None) -> Iterator[None]:
+    """Mark the current thread's job as background work: :func:`give_way` calls inside it wait for
+    :data:`foreground`, at most ``budget`` seconds in all (default GIVE_WAY_MAX). Nested, the inner
+    block keeps the outer budget."""
+    if getattr(_bg, "left", None) is not None:
+        yield
+        return
+    _bg.left = GIVE_WAY_MAX if budget is None else budget
+    try:
+        yield
+    finally:
+        _bg.left = None
+
+
+def give_way() -> None:
+    """A slice boundary of a background job: inside :class:`background`, wait while a delivery round
+    runs or waits to run (at most GIVE_WAY_STEP here and the job's budget in all); elsewhere, or with
+    nothing in the foreground, return at once (~0.1 us). A lock held here that a round needs (the
+    engine lock on a folder-cache miss) keeps that round waiting at most GIVE_WAY_STEP longer."""
+    if not foreground.busy:
+        return
+    left = getattr(_bg, "left", None)
+    if not left or left <= 0:
+        return
+    _bg.left = left - foreground.wait(min(left, GIVE_WAY_STEP))
 
 
 class FileIO:
@@ -323,6 +412,7 @@ class _GroupCommit:
         self.callers += 1
         if self._running < self._lanes:
             self._running += 1
+            foreground.enter()  # left by the flusher: background jobs give way meanwhile
             task = loop.create_task(self._flusher())
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -415,6 +505,7 @@ class _GroupCommit:
                             fut.set_exception(err)
         finally:
             self._running -= 1
+            foreground.leave()
 
 
 class DirSyncer(_GroupCommit):

@@ -1,0 +1,141 @@
+"""Background indexing gives way to delivery rounds (util/fsio.py ``foreground``, ``give_way``).
+
+The store's index batch and the search round after delivery work in slices; between slices they
+wait, without the GIL, while a group-commit round of the process runs or waits to run, at most
+``GIVE_WAY_MAX`` seconds per job, so that a delivery's round does not share the pool and the GIL
+with a long batch (the one-session p99), and sustained load still indexes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support.server import wait_until, wait_until_async
+
+from mailsrv.store import DeliveryTarget, Store
+from mailsrv.util import fsio
+
+from .conftest import msg, spool
+
+Run = Callable[[Awaitable[Any]], Any]
+
+
+def _slices(n: int, out: list[float]) -> None:
+    """A background job of ``n`` slices that records when each ran."""
+    with fsio.background():
+        for _ in range(n):
+            fsio.give_way()
+            out.append(time.monotonic())
+
+
+def test_give_way_outside_a_background_job_never_waits() -> None:
+    fsio.foreground.enter()
+    try:
+        t0 = time.monotonic()
+        for _ in range(100):
+            fsio.give_way()
+        assert time.monotonic() - t0 < fsio.GIVE_WAY_STEP  # not one step waited
+        assert fsio.foreground.waiting == 0
+    finally:
+        fsio.foreground.leave()
+
+
+def test_background_job_waits_while_a_round_runs_and_resumes_when_it_ends(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fsio, "GIVE_WAY_MAX", 30.0)
+    monkeypatch.setattr(fsio, "GIVE_WAY_STEP", 30.0)
+    done: list[float] = []
+    fsio.foreground.enter()  # a round in flight
+    job = threading.Thread(target=_slices, args=(5, done))
+    job.start()
+    try:
+        wait_until(lambda: fsio.foreground.waiting == 1)  # parked at its first slice boundary
+        assert done == []
+    finally:
+        left = time.monotonic()
+        fsio.foreground.leave()
+    job.join(10)
+    assert not job.is_alive() and len(done) == 5
+    assert done[0] >= left  # no slice ran before the round was over
+
+
+def test_background_job_waits_at_most_its_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under sustained load (a round always running) a job still finishes: its waits are bounded."""
+    monkeypatch.setattr(fsio, "GIVE_WAY_MAX", 0.05)
+    monkeypatch.setattr(fsio, "GIVE_WAY_STEP", 0.02)
+    done: list[float] = []
+    fsio.foreground.enter()
+    try:
+        t0 = time.monotonic()
+        _slices(50, done)
+        took = time.monotonic() - t0
+    finally:
+        fsio.foreground.leave()
+    assert len(done) == 50
+    assert 0.05 <= took < 2.0  # the whole budget waited, then no more
+
+
+def test_index_batch_gives_way_to_a_delivery_round(tmp_path: Path, run: Run, make_store: Callable[..., Store],
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A round that starts while deliveries wait for the indexer completes before the index batch
+    does; the batch then indexes every delivery exactly once."""
+    monkeypatch.setattr(fsio, "GIVE_WAY_MAX", 30.0)
+    monkeypatch.setattr(fsio, "GIVE_WAY_STEP", 30.0)
+    store = make_store(index_delay=3600.0)  # the batch starts at flush()
+    assert store.fssync is not None, "Linux: syncfs group commit"
+
+    async def go() -> None:
+        acct = await store.account("u")
+        for i in range(40):
+            [r] = await store.deliver(spool(tmp_path, msg(i), f"s{i}"), [DeliveryTarget(acct)], uids=False)
+            assert r.status == "ok" and r.uid is None
+        assert store.indexer.waiting == 40
+        entered, release = threading.Event(), threading.Event()
+
+        def held() -> None:  # a delivery round's work that takes its time
+            entered.set()
+            release.wait(10)
+
+        rnd = asyncio.ensure_future(store.fssync.run_synced(tmp_path, held))  # type: ignore[union-attr]
+        await asyncio.get_running_loop().run_in_executor(None, entered.wait, 10)
+        flush = asyncio.ensure_future(store.indexer.flush())
+        await wait_until_async(lambda: fsio.foreground.waiting >= 1)  # the batch gives way
+        assert len(acct.engine.pending) == 40 and not flush.done()  # nothing indexed meanwhile
+        release.set()
+        await rnd
+        await flush
+        view = await acct.open_mailbox("INBOX")
+        assert [m.uid for m in view.messages] == list(range(1, 41))
+        assert len({m.modseq for m in view.messages}) == 40
+        assert not acct.engine.pending
+
+    run(go())
+
+
+def test_index_batch_of_many_slices_indexes_every_message_once(tmp_path: Path, run: Run,
+                                                               make_store: Callable[..., Store]) -> None:
+    """Deliveries racing the batch's slices (each round makes the batch give way): every message
+    gets one UID, none twice, none skipped."""
+    store = make_store(index_delay=0.0)
+
+    async def go() -> None:
+        acct = await store.account("u")
+
+        async def one(i: int) -> None:
+            [r] = await store.deliver(spool(tmp_path, msg(i), f"s{i}"), [DeliveryTarget(acct)], uids=False)
+            assert r.status == "ok"
+
+        for k in range(0, 120, 8):
+            await asyncio.gather(*(one(i) for i in range(k, k + 8)))
+        await store.indexer.flush()
+        view = await acct.open_mailbox("INBOX")
+        assert sorted(m.uid for m in view.messages) == list(range(1, 121))
+        raws = [await acct.read_message("INBOX", m.uid) for m in view.messages]
+        assert sorted(raws) == sorted(msg(i) for i in range(120))
+
+    run(go())
