@@ -340,6 +340,13 @@ class StoreConfig:
         0.1,
         check=_non_negative,
     )
+    index_give_way: float = doc(
+        "Seconds a background index batch (UIDs, and search indexing after delivery) waits at most, in"
+        " slices, while delivery rounds of its worker run, so that a delivery does not wait behind it;"
+        " 0: never waits.",
+        0.02,
+        check=_non_negative,
+    )
     syncfs: bool = doc(
         "Make deferred deliveries durable with one syncfs(2) of the mail file system per group commit,"
         " and a new account's tree with one syncfs"

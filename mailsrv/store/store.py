@@ -77,6 +77,8 @@ class Store:
         self.hostname = hostname or os.uname().nodename
         self.io = fsio.FileIO(self.config.io_threads, name="mailsrv-store")
         self.dirsync = fsio.DirSyncer(self.io, self.config.group_commit_delay)
+        #: background index jobs of this process give way to its delivery rounds this long at most
+        fsio.foreground.budget = self.config.index_give_way
         #: group commit of deferred deliveries: one syncfs per round for every file and new/ entry
         #: linked before it (Linux); None elsewhere (each delivery fsyncs its file and directories)
         self.fssync = (fsio.FsSyncer(self.io, self.config.group_commit_delay, lanes=self._lanes())

@@ -172,8 +172,8 @@ def durable_write(path: str | os.PathLike[str], data: bytes, *, tmp_dir: str | o
 
 
 #: seconds one background job (a store index batch, a search round) gives way to delivery rounds at
-#: most in all: under sustained load it waits this long, then runs its slices without waiting, so
-#: indexing keeps up (0: never give way)
+#: most in all, by default (``Foreground.budget``: ``[store] index_give_way``): under sustained load
+#: it waits this long, then runs its slices without waiting, so indexing keeps up (0: never)
 GIVE_WAY_MAX = 0.02
 #: ... and at most this long at one slice boundary (a round that needs a lock the job holds, e.g. the
 #: engine lock on a folder-cache miss, waits no longer than this for it)
@@ -191,6 +191,8 @@ class Foreground:
     def __init__(self) -> None:
         self._cond = threading.Condition(threading.Lock())
         self.busy = 0
+        #: seconds one background job waits at most in all (the store sets ``[store] index_give_way``)
+        self.budget = GIVE_WAY_MAX
         #: background jobs waiting in :meth:`wait` now, and the seconds they waited (tests, bench)
         self.waiting = 0
         self.waited = 0.0
@@ -228,12 +230,12 @@ _bg = threading.local()
 @contextlib.contextmanager
 def background(budget: float | None = None) -> Iterator[None]:
     """Mark the current thread's job as background work: :func:`give_way` calls inside it wait for
-    :data:`foreground`, at most ``budget`` seconds in all (default GIVE_WAY_MAX). Nested, the inner
-    block keeps the outer budget."""
+    :data:`foreground`, at most ``budget`` seconds in all (default ``foreground.budget``). Nested, the
+    inner block keeps the outer budget."""
     if getattr(_bg, "left", None) is not None:
         yield
         return
-    _bg.left = GIVE_WAY_MAX if budget is None else budget
+    _bg.left = foreground.budget if budget is None else budget
     try:
         yield
     finally:

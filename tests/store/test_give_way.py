@@ -2,7 +2,7 @@
 
 The store's index batch and the search round after delivery work in slices; between slices they
 wait, without the GIL, while a group-commit round of the process runs or waits to run, at most
-``GIVE_WAY_MAX`` seconds per job, so that a delivery's round does not share the pool and the GIL
+``[store] index_give_way`` seconds per job, so that a delivery's round does not share the pool and the GIL
 with a long batch (the one-session p99), and sustained load still indexes.
 """
 
@@ -47,7 +47,7 @@ def test_give_way_outside_a_background_job_never_waits() -> None:
 
 
 def test_background_job_waits_while_a_round_runs_and_resumes_when_it_ends(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(fsio, "GIVE_WAY_MAX", 30.0)
+    monkeypatch.setattr(fsio.foreground, "budget", 30.0)
     monkeypatch.setattr(fsio, "GIVE_WAY_STEP", 30.0)
     done: list[float] = []
     fsio.foreground.enter()  # a round in flight
@@ -66,7 +66,7 @@ def test_background_job_waits_while_a_round_runs_and_resumes_when_it_ends(monkey
 
 def test_background_job_waits_at_most_its_budget(monkeypatch: pytest.MonkeyPatch) -> None:
     """Under sustained load (a round always running) a job still finishes: its waits are bounded."""
-    monkeypatch.setattr(fsio, "GIVE_WAY_MAX", 0.05)
+    monkeypatch.setattr(fsio.foreground, "budget", 0.05)
     monkeypatch.setattr(fsio, "GIVE_WAY_STEP", 0.02)
     done: list[float] = []
     fsio.foreground.enter()
@@ -84,9 +84,9 @@ def test_index_batch_gives_way_to_a_delivery_round(tmp_path: Path, run: Run, mak
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """A round that starts while deliveries wait for the indexer completes before the index batch
     does; the batch then indexes every delivery exactly once."""
-    monkeypatch.setattr(fsio, "GIVE_WAY_MAX", 30.0)
+    monkeypatch.setattr(fsio.foreground, "budget", 30.0)
     monkeypatch.setattr(fsio, "GIVE_WAY_STEP", 30.0)
-    store = make_store(index_delay=3600.0)  # the batch starts at flush()
+    store = make_store(index_delay=3600.0, index_give_way=30.0)  # the batch starts at flush()
     assert store.fssync is not None, "Linux: syncfs group commit"
 
     async def go() -> None:
