@@ -139,6 +139,8 @@ class MailboxIndex:
         self._sort_cache: dict[SortKey, tuple[tuple, list[int]]] = {}
         #: UIDs delivered and not yet indexed; one task drains them in batches (SearchService.message_added)
         self.pending: list[int] = []
+        #: its mailbox was deleted (SearchService.drop): no round indexes it, so none makes its files again
+        self.dropped = False
         #: the delivered bytes of some of them (the store's ``raw=``): indexed without a read
         self.raws: dict[int, bytes] = {}
         #: statistics for tests and the benchmark
@@ -511,6 +513,8 @@ class MailboxIndex:
                 fsio.give_way()
             docs.append((uid, extract(raw, limit)))
         with self._tlock:
+            if self.dropped:  # deleted since its round took it (SearchService.drop): nothing to make again
+                return
             if self.gen < 0:  # not loaded in this process: append only (delivery-time indexing)
                 if self._app is None:
                     self.files.ensure_dir()
@@ -777,6 +781,12 @@ class SearchService:
         """Forget a deleted mailbox and remove its files (sync, small)."""
         idx = self._open.pop((account_id, mailbox_id), None)
         if idx is not None:
+            # its waiting deliveries are never indexed: a round would make the deleted mailbox's files again
+            idx.dropped = True
+            self._waiting.pop(idx, None)
+            idx.pending = []
+            self.raw_held -= sum(map(len, idx.raws.values()))
+            idx.raws.clear()
             idx.close()
         Files(directory, mailbox_id).remove_all()
 
