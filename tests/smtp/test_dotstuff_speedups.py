@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import importlib
 import os
-import subprocess
-import sys
 from types import ModuleType
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from support.speedups import selected
 
 from mailsrv.smtp.dotstuff import stuff
 
@@ -23,10 +22,7 @@ CODE = "import mailsrv.smtp.dotstuff as d; print(d.IMPLEMENTATION, d.DotDecoder.
 
 def _selected(**env: str) -> str:
     """``IMPLEMENTATION module`` as a fresh interpreter picks them under ``env``."""
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("MAILSRV_")} | env
-    done = subprocess.run([sys.executable, "-c", CODE], env=clean, capture_output=True, text=True, timeout=60,
-                          check=True)
-    return done.stdout.strip()
+    return selected(CODE, **env)
 
 
 def test_compiled_module_loads_and_the_switch_forces_the_twin() -> None:
