@@ -8,6 +8,7 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
+from support.loopback import connection_pair
 from support.server import wait_until_async
 
 from mailsrv.net.connection import Connection, LineTooLong, ServerShutdown
@@ -17,25 +18,8 @@ MAX_LINE = 100
 
 @pytest.fixture
 async def pair() -> AsyncIterator[tuple[Connection, asyncio.StreamWriter]]:
-    got: asyncio.Future[Connection] = asyncio.get_running_loop().create_future()
-    done = asyncio.Event()
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        got.set_result(Connection(reader, writer, listener="t", max_line_length=MAX_LINE, idle_timeout=10.0))
-        await done.wait()
-
-    server = await asyncio.start_server(handle, "127.0.0.1", 0, limit=MAX_LINE + 2)
-    port = server.sockets[0].getsockname()[1]
-    _reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    conn = await asyncio.wait_for(got, 10)
-    try:
+    async with connection_pair(max_line_length=MAX_LINE, idle_timeout=10.0, limit=MAX_LINE + 2) as (conn, _, writer):
         yield conn, writer
-    finally:
-        done.set()
-        writer.close()
-        await conn.close()
-        server.close()
-        await server.wait_closed()
 
 
 async def _arrived(conn: Connection, n: int) -> None:

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import pytest
+from support.loopback import connection_pair
 from support.server import wait_until_async
 
 from mailsrv.net.connection import Connection, IdleTimeout
@@ -24,25 +25,8 @@ class Pair:
 
 @pytest.fixture
 async def pair() -> AsyncIterator[Pair]:
-    got: asyncio.Future[Connection] = asyncio.get_running_loop().create_future()
-    done = asyncio.Event()
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        got.set_result(Connection(reader, writer, listener="t", max_line_length=1000, idle_timeout=1.0))
-        await done.wait()
-
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    conn = await asyncio.wait_for(got, 10)
-    try:
+    async with connection_pair(max_line_length=1000, idle_timeout=1.0) as (conn, reader, writer):
         yield Pair(conn, reader, writer)
-    finally:
-        done.set()
-        writer.close()
-        await conn.close()
-        server.close()
-        await server.wait_closed()
 
 
 async def test_each_wait_gets_the_whole_idle_period(pair: Pair) -> None:
