@@ -777,6 +777,16 @@ class SearchService:
             del self._open[old_key]
             old.close()
 
+    def mailbox_deleted(self, account_id: str, mailbox_id: str) -> None:
+        """StoreObserver (optional hook): a mailbox was deleted; its index files go with it (:meth:`drop`)."""
+        idx = self._open.get((account_id, mailbox_id))
+        directory = idx.files.directory if idx is not None else None
+        if directory is None and self.resolver is not None:
+            found = self.resolver(account_id, mailbox_id)
+            directory = found[0] if found is not None else None
+        if directory is not None:
+            self.drop(account_id, mailbox_id, directory)
+
     def drop(self, account_id: str, mailbox_id: str, directory: Path) -> None:
         """Forget a deleted mailbox and remove its files (sync, small)."""
         idx = self._open.pop((account_id, mailbox_id), None)

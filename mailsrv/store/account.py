@@ -188,8 +188,17 @@ class Account:
 
     async def delete_mailbox(self, name: str) -> None:
         self._paths.clear()
+        guid = (await self._run(self.engine.status, name)).id
         await self._run(self.engine.delete_mailbox, name)
         self.store._wake(self.id)
+        for obs in self.store._observers:  # optional hook (StoreObserver): what they keep per mailbox goes
+            gone = getattr(obs, "mailbox_deleted", None)
+            if gone is None:
+                continue
+            try:
+                gone(self.id, guid)
+            except Exception as exc:
+                logger.exception("observer.failed", exc, account=self.id)
 
     async def subscribe(self, name: str, subscribed: bool = True) -> None:
         await self._run(self.engine.subscribe, name, subscribed)

@@ -148,3 +148,7 @@ class StoreObserver(Protocol):
     def messages_expunged(self, account_id: str, mailbox_id: str, uids: list[int]) -> None: ...
 
     def flags_changed(self, account_id: str, mailbox_id: str, infos: list[MessageInfo]) -> None: ...
+
+    # Optional: ``mailbox_deleted(account_id, mailbox_id)``, called (if an observer has it) after a
+    # mailbox was deleted through Account.delete_mailbox, so that what it keeps for the mailbox (a
+    # search index's files) goes too.

@@ -223,3 +223,29 @@ def test_bytes_held_for_the_indexer_are_bounded_per_process(
     assert store_mod._RAW_HELD.held == before
     assert sorted(u for r in reads for u in r) == [3, 4]  # the two not held were read back
     run(search.close())
+
+
+def test_a_deleted_mailbox_takes_its_search_files_along(tmp_path: Path, run: Run,
+                                                        make_store: Callable[..., Store]) -> None:
+    """Account.delete_mailbox tells the observers (mailbox_deleted): the search index files of the mailbox
+    go, those of the others stay (they were left behind for good: nothing else removes them)."""
+    store = make_store()
+    search = SearchService(SearchConfig(), search_resolver(store))
+    store.add_observer(search)
+    acct = run(store.account("u"))
+
+    async def setup() -> str:
+        info = await acct.create_mailbox("Projects")
+        for name in ("Projects", "INBOX"):
+            await acct.append(name, msg(1))
+        await search.idle()
+        return info.id
+
+    guid = run(setup())
+    directory = acct.root / "mailsrv-search"
+    inbox = next(b for b in run(acct.list_mailboxes()) if b.name == "INBOX").id
+    assert {p.name.split(".")[0] for p in directory.iterdir()} >= {guid, inbox}  # both indexed
+    run(acct.delete_mailbox("Projects"))
+    assert not [p for p in directory.iterdir() if p.name.startswith(guid)]
+    assert [p for p in directory.iterdir() if p.name.startswith(inbox)]
+    run(search.close())
