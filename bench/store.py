@@ -190,6 +190,34 @@ def _counted(fn: Any, counts: dict[str, int], key: str) -> Any:
     return wrapper
 
 
+class _Spans:
+    """Wall-time spans of pool jobs by kind (a job's start and end, any thread), for a timeline."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.spans: list[tuple[str, float, float]] = []
+        self._lock = threading.Lock()
+
+    def wrap(self, kind: str, fn: Any) -> Any:
+        def job(*args: Any, **kwargs: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                with self._lock:
+                    self.spans.append((kind, t0, time.perf_counter()))
+        return job
+
+    def overlaps(self, kinds: tuple[str, ...], t0: float, t1: float) -> bool:
+        return any(k in kinds and b > t0 and a < t1 for k, a, b in self.spans)
+
+
+def _pct(values: list[float], p: float) -> float:
+    v = sorted(values)
+    return v[min(len(v) - 1, int(p * len(v) / 100))] if v else 0.0
+
+
 async def _delivery_half(base: Path, count: int, concurrency: int, users: int) -> dict[str, float]:
     """What one local message costs after the SMTP session: the RCPT check (directory, quota),
     ``LocalDelivery.deliver`` (link + group-commit syncfs), the background indexer (UIDs) and the
@@ -198,7 +226,10 @@ async def _delivery_half(base: Path, count: int, concurrency: int, users: int) -
     round (``deliver(data=...)``), removed after; writing and removing the same spool files
     without delivery is measured apart (``spool_cpu_ms``), and the write is included in ``cpu_ms``.
 
-    Returns CPU ms per message (user, system), pool jobs, syncs and index transactions per message.
+    Returns CPU ms per message (user, system), pool jobs, syncs and index transactions per message;
+    the latency of ``LocalDelivery.deliver`` (p50/p99 ms), and the p99 of the group-commit rounds that
+    overlapped a background index job (the store's batch or the search round after delivery) against
+    those that did not (the one-session tail: ``_delivery_half(..., concurrency=1, users=1)``).
     """
     import resource
 
@@ -206,6 +237,9 @@ async def _delivery_half(base: Path, count: int, concurrency: int, users: int) -
     from mailsrv.delivery.local import LocalDelivery
     from mailsrv.directory import open_directory, open_sync
     from mailsrv.search import SearchService
+    from mailsrv.search import service as search_mod
+    from mailsrv.store import store as store_mod
+    from mailsrv.util import fsio
     from mailsrv.worker import search_resolver
 
     cfg = Config(server=ServerConfig(data_dir=base, hostname="mx.bench.test"))
@@ -236,6 +270,11 @@ async def _delivery_half(base: Path, count: int, concurrency: int, users: int) -
     store.io.run = _counted(store.io.run, counts, "store")  # type: ignore[method-assign]
     search.run = _counted(search.run, counts, "search")  # type: ignore[method-assign]
     directory.run = _counted(directory.run, counts, "directory")  # type: ignore[method-assign]
+    spans, lat = _Spans(), []
+    saved = (store_mod._index_batch, search_mod.SearchService._index_round, fsio._GroupCommit._round_job)
+    store_mod._index_batch = spans.wrap("index", store_mod._index_batch)
+    search_mod.SearchService._index_round = staticmethod(spans.wrap("search", saved[1]))  # type: ignore[method-assign]
+    fsio._GroupCommit._round_job = lambda gc, batch: spans.wrap("round", saved[2])(gc, batch)  # type: ignore[method-assign,assignment]
 
     def usage() -> tuple[float, float]:
         ru = resource.getrusage(resource.RUSAGE_SELF)
@@ -252,7 +291,9 @@ async def _delivery_half(base: Path, count: int, concurrency: int, users: int) -
             if deliver:
                 # as the SMTP backend's sealed spool: the message is in memory and the store's
                 # delivery round writes the file (no spool job of its own)
+                t0 = time.perf_counter()
                 out = await local.deliver(p, [(addr, chk.resolution)], data=body)
+                lat.append(time.perf_counter() - t0)
                 assert out.delivered == 1, out
             else:
                 await loop.run_in_executor(None, p.write_bytes, body)
@@ -268,11 +309,17 @@ async def _delivery_half(base: Path, count: int, concurrency: int, users: int) -
     syncs0 = store.fssync.syncs if store.fssync is not None else 0
     t0 = time.perf_counter()
     u0, s0 = usage()
-    await asyncio.gather(*(session(k, True) for k in range(concurrency)))
-    await store.indexer.flush()
-    await search.idle()
+    try:
+        await asyncio.gather(*(session(k, True) for k in range(concurrency)))
+        await store.indexer.flush()
+        await search.idle()
+    finally:
+        store_mod._index_batch, search_mod.SearchService._index_round, fsio._GroupCommit._round_job = saved  # type: ignore[method-assign]
     u1, s1 = usage()
     wall = time.perf_counter() - t0
+    rounds = [(a, b) for k, a, b in spans.spans if k == "round"]
+    beside = [b - a for a, b in rounds if spans.overlaps(("index", "search"), a, b)]
+    alone = [b - a for a, b in rounds if not spans.overlaps(("index", "search"), a, b)]
     out = {
         "cpu_ms": 1000 * ((u1 - u0) + (s1 - s0)) / count,
         "user_ms": 1000 * (u1 - u0) / count,
@@ -286,6 +333,11 @@ async def _delivery_half(base: Path, count: int, concurrency: int, users: int) -
         "indexer_rounds": store.indexer.rounds - rounds0,
         "syncfs": ((store.fssync.syncs if store.fssync is not None else 0) - syncs0) / count,
         "resolve_hits": _hit_rate(getattr(local, "resolver", None)),
+        "deliver_p50_ms": 1000 * _pct(lat, 50),
+        "deliver_p99_ms": 1000 * _pct(lat, 99),
+        "round_alone_p99_ms": 1000 * _pct(alone, 99),
+        "round_beside_index_p99_ms": 1000 * _pct(beside, 99),
+        "rounds_beside_index": len(beside) / max(1, len(rounds)),
     }
     await search.close()
     await store.close()
