@@ -246,6 +246,10 @@ class Engine:
         self.max_parse_size = max_parse_size
         self.hostname = hostname or os.uname().nodename
         self.lock = threading.RLock()
+        #: delivery rounds waiting for ``lock`` now (folder_path on a folder-cache miss): a background
+        #: sync holding it stops giving way to rounds (it would keep the one it waits for waiting)
+        self.lock_wanted = 0
+        self._wanted_lock = threading.Lock()
         self.conn: sqlite3.Connection | None = None
         #: the connection commits without fsync (its last write transaction was lazy: _write)
         self._lazy = False
@@ -629,7 +633,7 @@ class Engine:
             self._take_new(mb, folder, new_names, lines, res, full_uidlist or torn, renames)
         self._flush_uidlist(mb, folder, lines)
         for i, (src, dst) in enumerate(renames):  # after the UID map is durable: see the module invariants
-            if i and not i % (2 * GIVE_WAY_EVERY):
+            if i and not i % (2 * GIVE_WAY_EVERY) and not self.lock_wanted:
                 fsio.give_way()
             os.replace(src, dst)
         mb.cur_mtime = os.stat(cur_dir).st_mtime_ns
@@ -675,8 +679,8 @@ class Engine:
         used = None
         new_dir, cur_dir = f"{folder}/new/", f"{folder}/cur/"
         for i, (n, key, size, mtime) in enumerate(fresh):
-            if i and not i % GIVE_WAY_EVERY:  # the background indexer gives way to delivery rounds
-                fsio.give_way()
+            if i and not i % GIVE_WAY_EVERY and not self.lock_wanted:  # the background indexer gives
+                fsio.give_way()                                         # way to delivery rounds
             pend = self.pending.pop(key, None)
             _, info = maildir.split_filename(n)
             flags = maildir.info_to_flags(info, self._letters(mb) if _has_letters(info) else {})
@@ -1268,6 +1272,17 @@ class Engine:
 
     def folder_path(self, name: str) -> Path:
         return folders.folder_path(self, name)
+
+    def folder_path_now(self, name: str) -> Path:
+        """:meth:`folder_path` for a delivery round: a background sync holding the lock meanwhile
+        stops giving way to rounds (``lock_wanted``), after at most one ``fsio.GIVE_WAY_STEP``."""
+        with self._wanted_lock:
+            self.lock_wanted += 1
+        try:
+            return folders.folder_path(self, name)
+        finally:
+            with self._wanted_lock:
+                self.lock_wanted -= 1
 
     def folder_new_dirs(self) -> list[Path]:
         return folders.folder_new_dirs(self)

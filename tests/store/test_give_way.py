@@ -139,3 +139,42 @@ def test_index_batch_of_many_slices_indexes_every_message_once(tmp_path: Path, r
         assert sorted(raws) == sorted(msg(i) for i in range(120))
 
     run(go())
+
+
+def test_a_sync_holding_the_engine_lock_stops_giving_way_when_a_round_wants_it(
+        tmp_path: Path, run: Run, make_store: Callable[..., Store], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The indexer gives way inside its transaction, holding the engine lock; a round that needs that
+    lock (a folder-cache miss) must not wait for a job that waits for it."""
+    monkeypatch.setattr(fsio.foreground, "budget", 30.0)
+    monkeypatch.setattr(fsio, "GIVE_WAY_STEP", 30.0)
+    store = make_store()
+    acct = run(store.account("u"))
+    eng = acct.engine
+
+    def drop(n: int) -> None:  # mail another MDA left in new/: a sync of many slices
+        for i in range(n):
+            (acct.root / "new" / f"{time.time_ns()}.x{i}.host").write_bytes(msg(i))
+
+    def sync() -> None:
+        with fsio.background():
+            eng.sync("INBOX", lazy_commit=True)
+
+    drop(40)
+    fsio.foreground.enter()
+    try:
+        eng.lock_wanted += 1  # as folder_path_now while a round waits for the lock
+        job = threading.Thread(target=sync)
+        job.start()
+        job.join(10)
+        assert not job.is_alive() and fsio.foreground.waiting == 0  # never parked
+        eng.lock_wanted -= 1
+        drop(40)
+        job = threading.Thread(target=sync)
+        job.start()
+        wait_until(lambda: fsio.foreground.waiting == 1)  # nobody wants the lock: it gives way
+    finally:
+        fsio.foreground.leave()
+    job.join(10)
+    assert not job.is_alive()
+    view = run(acct.open_mailbox("INBOX"))
+    assert [m.uid for m in view.messages] == list(range(1, 81))
