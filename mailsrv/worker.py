@@ -169,6 +169,9 @@ async def _serve(cfg: Config, socks: dict[str, list[socket.socket]], ssl_context
     logger.info("worker.ready", pid=os.getpid(), listeners=len(listeners))
     await stop.wait()
     grace = cfg.server.shutdown_grace
+    # the master SIGKILLs a worker shutdown_grace + 10 s after SIGTERM (master.stop): what the drain leaves
+    # of that, less a margin for the closes after it, bounds the store's wait for deliveries in flight
+    kill_at = loop.time() + grace + 10.0
     logger.info("worker.draining", pid=os.getpid(), grace=grace)
     await asyncio.gather(*(lst.drain(grace) for lst in listeners), return_exceptions=True)
     spool.flush_removals()  # the sessions are over: no timer of the remover will run after us
@@ -178,7 +181,7 @@ async def _serve(cfg: Config, socks: dict[str, list[socket.socket]], ssl_context
         if close is None:
             continue
         try:
-            result = close()
+            result = close(grace=max(1.0, kill_at - loop.time() - 5.0)) if name == "store" else close()
             if inspect.isawaitable(result):
                 await result
         except Exception as exc:  # one failed close must not keep the worker from exiting
