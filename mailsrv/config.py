@@ -501,7 +501,9 @@ class PolicyConfig:
         check=_nameservers,
     )
     skip_networks: tuple[str, ...] = doc(
-        "Client networks (CIDR) whose mail skips the inbound checks (local tools, the queue's own relay).",
+        "Client networks (CIDR) whose mail skips the inbound checks (local tools, the queue's own relay). "
+        "Behind a proxy or load balancer on this host that connects from 127.0.0.1, take loopback out: "
+        "every client would skip the checks (relaying stays refused).",
         ("127.0.0.0/8", "::1/128"),
         check=_cidrs,
     )
