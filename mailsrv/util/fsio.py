@@ -414,7 +414,6 @@ class _GroupCommit:
         self.callers += 1
         if self._running < self._lanes:
             self._running += 1
-            foreground.enter()  # left by the flusher: background jobs give way meanwhile
             task = loop.create_task(self._flusher())
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -467,6 +466,7 @@ class _GroupCommit:
         return [(outs, errors.get(path)) for path, outs in zip(batch, done, strict=True)]
 
     async def _flusher(self) -> None:
+        foreground.enter()  # background jobs give way while this runs (a task cancelled unstarted: neither)
         try:
             while self._pending:
                 if self._delay and self._busy:
