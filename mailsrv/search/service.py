@@ -65,7 +65,7 @@ COMPACT_SLACK = 1 << 20
 APPENDERS_OPEN = 128
 
 #: messages extracted in between two fsio.give_way() calls of a round after delivery (~25 us each)
-GIVE_WAY_EVERY = 16
+GIVE_WAY_EVERY = 32
 
 #: bytes of delivered messages held for indexing (the store's ``raw=``) at most, in all mailboxes of
 #: a process: beyond it (a backlog, a delivery to many mailboxes) messages are read back instead

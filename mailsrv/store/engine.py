@@ -83,8 +83,10 @@ EXPUNGE_HISTORY_DAYS = 90.0
 #: the history is pruned after this many expunge records (or fewer when the limit is smaller)
 PRUNE_EVERY = 64
 #: messages a background index transaction takes in between two fsio.give_way() calls (~50 us of
-#: CPU each: a slice of ~0.4 ms); renames into cur/ twice as many (~15 us each, mostly kernel)
-GIVE_WAY_EVERY = 8
+#: CPU each: a slice of ~0.8 ms); renames into cur/ twice as many (~15 us each, mostly kernel).
+#: One session in process (3 pairs): 16 against 8 the same p99, ~0.02 ms less CPU per message
+#: (fewer wake-ups)
+GIVE_WAY_EVERY = 16
 SCHEMA_VERSION = 1
 
 _SCHEMA = """
