@@ -32,7 +32,6 @@ from __future__ import annotations
 import fcntl
 import os
 import sqlite3
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -247,11 +246,9 @@ class Engine:
         self.use_syncfs = syncfs
         self.max_parse_size = max_parse_size
         self.hostname = hostname or os.uname().nodename
-        self.lock = threading.RLock()
-        #: delivery rounds waiting for ``lock`` now (folder_path on a folder-cache miss): a background
-        #: sync holding it stops giving way to rounds (it would keep the one it waits for waiting)
-        self.lock_wanted = 0
-        self._wanted_lock = threading.Lock()
+        #: reentrant; a background sync holding it gives way to delivery rounds only while no thread
+        #: waits for it (a round's quota check, folder lookup or index transaction, a reader's sync)
+        self.lock = fsio.WantedLock()
         self.conn: sqlite3.Connection | None = None
         #: the connection commits without fsync (its last write transaction was lazy: _write)
         self._lazy = False
@@ -635,8 +632,8 @@ class Engine:
             self._take_new(mb, folder, new_names, lines, res, full_uidlist or torn, renames)
         self._flush_uidlist(mb, folder, lines)
         for i, (src, dst) in enumerate(renames):  # after the UID map is durable: see the module invariants
-            if i and not i % (2 * GIVE_WAY_EVERY) and not self.lock_wanted:
-                fsio.give_way()
+            if i and not i % (2 * GIVE_WAY_EVERY):
+                fsio.give_way(self.lock)
             os.replace(src, dst)
         mb.cur_mtime = os.stat(cur_dir).st_mtime_ns
         self._save(mb)
@@ -681,8 +678,8 @@ class Engine:
         used = None
         new_dir, cur_dir = f"{folder}/new/", f"{folder}/cur/"
         for i, (n, key, size, mtime) in enumerate(fresh):
-            if i and not i % GIVE_WAY_EVERY and not self.lock_wanted:  # the background indexer gives
-                fsio.give_way()                                         # way to delivery rounds
+            if i and not i % GIVE_WAY_EVERY:  # the background indexer gives way to delivery rounds
+                fsio.give_way(self.lock)
             pend = self.pending.pop(key, None)
             _, info = maildir.split_filename(n)
             flags = maildir.info_to_flags(info, self._letters(mb) if _has_letters(info) else {})
@@ -1274,17 +1271,6 @@ class Engine:
 
     def folder_path(self, name: str) -> Path:
         return folders.folder_path(self, name)
-
-    def folder_path_now(self, name: str) -> Path:
-        """:meth:`folder_path` for a delivery round: a background sync holding the lock meanwhile
-        stops giving way to rounds (``lock_wanted``), after at most one ``fsio.GIVE_WAY_STEP``."""
-        with self._wanted_lock:
-            self.lock_wanted += 1
-        try:
-            return folders.folder_path(self, name)
-        finally:
-            with self._wanted_lock:
-                self.lock_wanted -= 1
 
     def folder_new_dirs(self) -> list[Path]:
         return folders.folder_new_dirs(self)

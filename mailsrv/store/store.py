@@ -512,10 +512,10 @@ class Store:
                 except FileNotFoundError:  # renamed or deleted since: ask the index
                     eng.folder_cache.pop(mailbox, None)
             try:
-                folder = eng.folder_path_now(mailbox)
+                folder = eng.folder_path(mailbox)
             except (MailboxNotFound, StoreError):
                 mailbox = "INBOX"
-                folder = eng.folder_path_now(mailbox)
+                folder = eng.folder_path(mailbox)
             how = _link_or_copy(spool, f"{folder}/new/{name}")
         except BaseException:
             eng.pending.pop(key, None)

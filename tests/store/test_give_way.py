@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from support.server import wait_until, wait_until_async
 
-from mailsrv.store import DeliveryTarget, Store
+from mailsrv.store import DeliveryTarget, QuotaLimits, Store
 from mailsrv.util import fsio
 
 from .conftest import msg, spool
@@ -141,13 +141,15 @@ def test_index_batch_of_many_slices_indexes_every_message_once(tmp_path: Path, r
     run(go())
 
 
-def test_a_sync_holding_the_engine_lock_stops_giving_way_when_a_round_wants_it(
+def test_a_sync_holding_the_engine_lock_stops_giving_way_when_a_thread_wants_it(
         tmp_path: Path, run: Run, make_store: Callable[..., Store], monkeypatch: pytest.MonkeyPatch) -> None:
-    """The indexer gives way inside its transaction, holding the engine lock; a round that needs that
-    lock (a folder-cache miss) must not wait for a job that waits for it."""
+    """The indexer gives way inside its transaction, holding the engine lock. A delivery round that
+    needs that lock (a quota-limited target: its quota check and its index transaction; a
+    folder-cache miss) or a reader's sync must not wait for a job that waits for rounds: the
+    waiter wakes the job, which then gives way no more while anyone waits for the lock."""
     monkeypatch.setattr(fsio.foreground, "budget", 30.0)
     monkeypatch.setattr(fsio, "GIVE_WAY_STEP", 30.0)
-    store = make_store()
+    store = make_store(index_give_way=30.0)  # the Store sets the process's budget
     acct = run(store.account("u"))
     eng = acct.engine
 
@@ -159,22 +161,26 @@ def test_a_sync_holding_the_engine_lock_stops_giving_way_when_a_round_wants_it(
         with fsio.background():
             eng.sync("INBOX", lazy_commit=True)
 
-    drop(40)
-    fsio.foreground.enter()
+    limited = DeliveryTarget(acct, limits=QuotaLimits(storage=1 << 30))
+    fsio.foreground.enter()  # a delivery round in flight: the sync below gives way, holding the lock
     try:
-        eng.lock_wanted += 1  # as folder_path_now while a round waits for the lock
-        job = threading.Thread(target=sync)
-        job.start()
-        job.join(10)
-        assert not job.is_alive() and fsio.foreground.waiting == 0  # never parked
-        eng.lock_wanted -= 1
-        drop(40)
-        job = threading.Thread(target=sync)
-        job.start()
-        wait_until(lambda: fsio.foreground.waiting == 1)  # nobody wants the lock: it gives way
+        for k in range(2):
+            drop(40)
+            job = threading.Thread(target=sync)
+            job.start()
+            wait_until(lambda: fsio.foreground.waiting == 1)  # parked inside its transaction
+            assert eng.lock.wanted == 0
+            t0 = time.monotonic()
+            if k == 0:  # another thread that needs the lock (as a reader's sync, a RCPT quota check)
+                assert eng.quota_usage().messages == 40
+            else:  # a delivery round of a quota-limited target: its pool job takes the lock
+                [r] = run(store.deliver(spool(tmp_path, msg("q"), "q"), [limited], uids=False))
+                assert r.status == "ok" and r.uid == 81  # indexed at once (limited), after the batch
+            assert time.monotonic() - t0 < 10.0  # not the job's step (30 s)
+            job.join(10)
+            assert not job.is_alive() and fsio.foreground.waiting == 0
     finally:
         fsio.foreground.leave()
-    job.join(10)
-    assert not job.is_alive()
     view = run(acct.open_mailbox("INBOX"))
-    assert [m.uid for m in view.messages] == list(range(1, 81))
+    assert [m.uid for m in view.messages] == list(range(1, 82))
+    assert len({m.modseq for m in view.messages}) == 81
