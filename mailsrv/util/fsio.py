@@ -40,6 +40,8 @@ __all__ = [
     "foreground",
     "background",
     "give_way",
+    "pool_thread",
+    "submit",
     "have_syncfs",
     "syncfs",
     "fsync_dir",
@@ -210,17 +212,26 @@ class Foreground:
 
     def wait(self, timeout: float, holding: WantedLock | None = None) -> float:
         """Blocking: return once nothing is busy, or after ``timeout`` seconds; the seconds waited.
-        Also at once when a thread waits for ``holding`` (a lock the caller holds)."""
+        Also at once when a thread waits for ``holding`` (a lock the caller holds), or a job waits
+        for a thread of the caller's :class:`FileIO` pool (it may be a round's: all the threads it
+        could run on are busy, some giving way)."""
         if not self.busy:
             return 0.0
+        queue = getattr(_bg, "queue", None)
         t0 = time.monotonic()
         with self._cond:
             self.waiting += 1
-            self._cond.wait_for(lambda: not self.busy or (holding is not None and holding.wanted > 0), timeout)
+            self._cond.wait_for(lambda: (not self.busy or (holding is not None and holding.wanted > 0)
+                                         or (queue is not None and queue.qsize() > 0)), timeout)
             self.waiting -= 1
             waited = time.monotonic() - t0
             self.waited += waited
         return waited
+
+    def nudge(self) -> None:
+        """Wake the jobs waiting in :meth:`wait` to look again (a job was queued for a pool)."""
+        with self._cond:
+            self._cond.notify_all()
 
     def _want(self, lock: WantedLock, n: int) -> None:
         """``lock.wanted += n`` under the condition's lock, waking the jobs waiting in :meth:`wait`:
@@ -305,17 +316,34 @@ class FileIO:
     """A bounded thread pool for blocking file work, shared by one process's store."""
 
     def __init__(self, threads: int = 8, name: str = "mailsrv-io") -> None:
-        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=name)
+        self._pool: ThreadPoolExecutor = ThreadPoolExecutor(
+            max_workers=threads, thread_name_prefix=name, initializer=lambda: pool_thread(self._pool))
 
     async def run(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         """Run ``fn(*args, **kwargs)`` in the pool and await its result (context preserved)."""
         loop = asyncio.get_running_loop()
         ctx = contextvars.copy_context()
         call = functools.partial(ctx.run, fn, *args, **kwargs)
-        return await loop.run_in_executor(self._pool, call)
+        return await submit(loop, self._pool, call)
 
     def shutdown(self, wait: bool = True) -> None:
         self._pool.shutdown(wait=wait)
+
+
+def pool_thread(pool: ThreadPoolExecutor) -> None:
+    """The initializer of ``pool``'s threads (``initializer=lambda: pool_thread(pool)``): background
+    jobs they run give way only while no job waits for a thread of the pool (a round's job queued
+    behind jobs that wait for rounds would wait their budget). Submit with :func:`submit`."""
+    _bg.queue = pool._work_queue
+
+
+def submit(loop: asyncio.AbstractEventLoop, pool: ThreadPoolExecutor, fn: Callable[[], T]) -> asyncio.Future[T]:
+    """``loop.run_in_executor(pool, fn)``, waking the background jobs giving way in the pool's
+    threads (:func:`pool_thread`) to look again: this job may need a thread one of them holds."""
+    fut = loop.run_in_executor(pool, fn)
+    if foreground.waiting:
+        foreground.nudge()
+    return fut
 
 
 class _SyncGate:

@@ -184,3 +184,29 @@ def test_a_sync_holding_the_engine_lock_stops_giving_way_when_a_thread_wants_it(
     view = run(acct.open_mailbox("INBOX"))
     assert [m.uid for m in view.messages] == list(range(1, 82))
     assert len({m.modseq for m in view.messages}) == 81
+
+
+def test_a_background_job_does_not_give_way_while_a_job_waits_for_its_pool(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Background jobs that give way hold their pool threads: a round's job queued behind them (a
+    pool of busy threads, some giving way) must not wait for jobs that wait for it."""
+    monkeypatch.setattr(fsio.foreground, "budget", 30.0)
+    monkeypatch.setattr(fsio, "GIVE_WAY_STEP", 30.0)
+    io = fsio.FileIO(1, name="give-way-test")
+
+    async def go() -> None:
+        done: list[float] = []
+        fsio.foreground.enter()  # a round in flight
+        try:
+            job = asyncio.ensure_future(io.run(_slices, 5, done))
+            await wait_until_async(lambda: fsio.foreground.waiting == 1)  # parked in the only thread
+            assert done == []
+            assert await asyncio.wait_for(io.run(len, "round"), 10) == 5  # not after the job's 30 s step
+            assert len(done) == 5  # the job ran its slices first, without waiting again
+        finally:
+            fsio.foreground.leave()
+        await job
+
+    try:
+        asyncio.run(go())
+    finally:
+        io.shutdown()
