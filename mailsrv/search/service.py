@@ -13,11 +13,13 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
@@ -124,6 +126,9 @@ class MailboxIndex:
         #: per batch instead of a store job to read it and a search job to index it)
         self.read_many_blocking: ReadManyBlocking | None = None
         self.lock = asyncio.Lock()
+        #: set while a round after delivery holds ``lock``: a search waiting for the lock counts on
+        #: it, and the round gives way to delivery rounds no more (fsio.give_way)
+        self.round_hold: fsio.Wanted | None = None
         self._tlock = threading.Lock()  # guards the fields below across executor threads
         #: the journal and text file an unloaded index appends to, kept open between rounds
         self._app: _Appender | None = None
@@ -510,7 +515,7 @@ class MailboxIndex:
         docs = []
         for i, (uid, raw) in enumerate(raws):
             if i and not i % GIVE_WAY_EVERY:  # a round after delivery gives way to delivery rounds
-                fsio.give_way()
+                fsio.give_way(self.round_hold)
             docs.append((uid, extract(raw, limit)))
         with self._tlock:
             if self.dropped:  # deleted since its round took it (SearchService.drop): nothing to make again
@@ -530,15 +535,31 @@ class MailboxIndex:
                     self._load()
             self._add_docs(docs)
 
+    @contextlib.asynccontextmanager
+    async def _reading(self) -> AsyncIterator[None]:
+        """``lock`` for a client's search: a round after delivery holding it gives way no more."""
+        hold = self.round_hold if self.lock.locked() else None
+        if hold is not None:
+            fsio.foreground.want(hold, 1)
+        try:
+            await self.lock.acquire()
+        finally:
+            if hold is not None:
+                fsio.foreground.want(hold, -1)
+        try:
+            yield
+        finally:
+            self.lock.release()
+
     async def search(self, query: Query, view: Any) -> BitMap:
         """UIDs of ``view`` matching ``query`` (exact). See docs/search-api.md."""
-        async with self.lock:
+        async with self._reading():
             unreadable = await self._catch_up(view)
             return await self.service.run(self._evaluate, query, unreadable)
 
     async def sort(self, query: Query, keys: Sequence[SortKey], view: Any) -> list[int]:
         """UIDs of ``view`` matching ``query``, ordered by ``keys`` then UID (RFC 5256 §3)."""
-        async with self.lock:
+        async with self._reading():
             unreadable = await self._catch_up(view)
             hits = await self.service.run(self._evaluate, query, unreadable)
             return await self.service.run(self._sort, hits, list(keys))
@@ -699,7 +720,8 @@ class SearchService:
     def __init__(self, config: SearchConfig | None = None, resolver: Resolver | None = None) -> None:
         self.config = config or SearchConfig()
         self.resolver = resolver
-        self._pool = ThreadPoolExecutor(max_workers=self.config.threads, thread_name_prefix="search")
+        self._pool: ThreadPoolExecutor = ThreadPoolExecutor(  # its rounds give way: fsio.pool_thread
+            max_workers=self.config.threads, thread_name_prefix="search", initializer=lambda: fsio.pool_thread(self._pool))
         self._open: OrderedDict[tuple[str, str], MailboxIndex] = OrderedDict()
         self._tasks: set[asyncio.Task[None]] = set()
         #: mailboxes with deliveries waiting to be indexed (in arrival order; MailboxIndex.pending)
@@ -736,8 +758,7 @@ class SearchService:
     wants_raw = True
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, fn, *args)
+        return await fsio.submit(asyncio.get_running_loop(), self._pool, functools.partial(fn, *args))
 
     def mailbox(self, account_id: str, mailbox_id: str, directory: Path, read: Reader, *,
                 for_search: bool = True) -> MailboxIndex:
@@ -887,11 +908,13 @@ class SearchService:
             async with next(iter(self._waiting)).lock:
                 return
         locked: list[MailboxIndex] = []
+        hold = fsio.Wanted()  # a search waiting for one of these mailboxes: the round gives way no more
         try:
             work: list[tuple[MailboxIndex, list[int], dict[int, bytes], ReadManyBlocking | None]] = []
             for idx, uids, held in taken:
                 await idx.lock.acquire()
                 locked.append(idx)
+                idx.round_hold = hold
                 todo = [uid for uid in dict.fromkeys(uids) if uid not in idx.core.indexed]
                 if not todo:
                     continue
@@ -903,6 +926,7 @@ class SearchService:
                 await self.run(self._index_round, work)
         finally:
             for idx in locked:
+                idx.round_hold = None
                 idx.lock.release()
         if any(idx.gen >= 0 for idx in locked):  # a round loaded (or built) an index: keep the bound
             self._trim()
@@ -913,7 +937,7 @@ class SearchService:
         process's delivery rounds between slices (util/fsio.py)."""
         with fsio.background():
             for idx, uids, held, read_blocking in work:
-                fsio.give_way()
+                fsio.give_way(idx.round_hold)
                 SearchService._index_one(idx, uids, held, read_blocking)
 
     @staticmethod

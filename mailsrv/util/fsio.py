@@ -36,6 +36,7 @@ __all__ = [
     "DirSyncer",
     "FsSyncer",
     "Foreground",
+    "Wanted",
     "WantedLock",
     "foreground",
     "background",
@@ -210,9 +211,9 @@ class Foreground:
             if not self.busy:
                 self._cond.notify_all()
 
-    def wait(self, timeout: float, holding: WantedLock | None = None) -> float:
+    def wait(self, timeout: float, holding: Wanted | None = None) -> float:
         """Blocking: return once nothing is busy, or after ``timeout`` seconds; the seconds waited.
-        Also at once when a thread waits for ``holding`` (a lock the caller holds), or a job waits
+        Also at once when someone waits for ``holding`` (what the caller holds), or a job waits
         for a thread of the caller's :class:`FileIO` pool (it may be a round's: all the threads it
         could run on are busy, some giving way)."""
         if not self.busy:
@@ -233,39 +234,49 @@ class Foreground:
         with self._cond:
             self._cond.notify_all()
 
-    def _want(self, lock: WantedLock, n: int) -> None:
-        """``lock.wanted += n`` under the condition's lock, waking the jobs waiting in :meth:`wait`:
-        the one holding ``lock`` then stops waiting (no lost wake-up: its predicate reads it locked)."""
+    def want(self, held: Wanted, n: int) -> None:
+        """``held.wanted += n`` (+1 before waiting for it, -1 after) under the condition's lock,
+        waking the jobs waiting in :meth:`wait`: the one holding it then stops waiting (no lost
+        wake-up: its predicate reads ``wanted`` under the same lock)."""
         with self._cond:
-            lock.wanted += n
+            held.wanted += n
             if n > 0:
                 self._cond.notify_all()
 
 
-class WantedLock:
+class Wanted:
+    """Something a background job holds while it gives way (a search round's mailbox locks):
+    ``wanted`` counts who waits for it now (changed through :meth:`Foreground.want`)."""
+
+    __slots__ = ("wanted",)
+
+    def __init__(self) -> None:
+        self.wanted = 0
+
+
+class WantedLock(Wanted):
     """A reentrant lock that counts the threads waiting for it (``wanted``): a background job that
     holds it does not give way while one does (``give_way(holding=lock)``), and a thread that starts
     waiting wakes a job already giving way. Otherwise a delivery round (a quota check, an index
     transaction) or a reader that needs the lock would wait for a job that waits for rounds.
     Uncontended, a ``with`` costs a Python call more than a bare RLock's (~0.2 us)."""
 
-    __slots__ = ("_lock", "wanted")
+    __slots__ = ("_lock",)
 
     def __init__(self) -> None:
+        super().__init__()  # wanted: threads blocked in acquire() now
         self._lock = threading.RLock()
-        #: threads blocked in :meth:`acquire` now
-        self.wanted = 0
 
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
         if self._lock.acquire(False):
             return True
         if not blocking:
             return False
-        foreground._want(self, 1)
+        foreground.want(self, 1)
         try:
             return self._lock.acquire(True, timeout)
         finally:
-            foreground._want(self, -1)
+            foreground.want(self, -1)
 
     def release(self) -> None:
         self._lock.release()
@@ -298,7 +309,7 @@ def background(budget: float | None = None) -> Iterator[None]:
         _bg.left = None
 
 
-def give_way(holding: WantedLock | None = None) -> None:
+def give_way(holding: Wanted | None = None) -> None:
     """A slice boundary of a background job: inside :class:`background`, wait while a delivery round
     runs or waits to run (at most GIVE_WAY_STEP here and the job's budget in all); elsewhere, or with
     nothing in the foreground, return at once (~0.1 us). ``holding``: a lock the caller holds (the
