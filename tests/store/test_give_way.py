@@ -35,15 +35,15 @@ def _slices(n: int, out: list[float]) -> None:
 
 
 def test_give_way_outside_a_background_job_never_waits() -> None:
+    before = fsio.foreground.waited
     fsio.foreground.enter()
     try:
-        t0 = time.monotonic()
         for _ in range(100):
             fsio.give_way()
-        assert time.monotonic() - t0 < fsio.GIVE_WAY_STEP  # not one step waited
         assert fsio.foreground.waiting == 0
     finally:
         fsio.foreground.leave()
+    assert fsio.foreground.waited == before  # not one wait (a wall-clock bound fails on a loaded machine)
 
 
 def test_background_job_waits_while_a_round_runs_and_resumes_when_it_ends(monkeypatch: pytest.MonkeyPatch) -> None:
