@@ -210,3 +210,23 @@ def test_a_background_job_does_not_give_way_while_a_job_waits_for_its_pool(monke
         asyncio.run(go())
     finally:
         io.shutdown()
+
+
+def test_index_give_way_zero_never_waits(tmp_path: Path, run: Run, make_store: Callable[..., Store],
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """``[store] index_give_way = 0``: a batch of many slices runs through while a round is in flight."""
+    monkeypatch.setattr(fsio.foreground, "budget", fsio.foreground.budget)  # restored after the test
+    monkeypatch.setattr(fsio, "GIVE_WAY_STEP", 30.0)
+    store = make_store(index_give_way=0.0)
+    acct = run(store.account("u"))
+    for i in range(40):
+        (acct.root / "new" / f"{time.time_ns()}.z{i}.host").write_bytes(msg(i))
+    before = fsio.foreground.waited
+    fsio.foreground.enter()
+    try:
+        with fsio.background():
+            res = acct.engine.sync("INBOX", lazy_commit=True)
+    finally:
+        fsio.foreground.leave()
+    assert len(res.added) == 40
+    assert fsio.foreground.waited == before and fsio.foreground.waiting == 0  # not one wait
