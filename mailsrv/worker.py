@@ -176,7 +176,12 @@ async def _serve(cfg: Config, socks: dict[str, list[socket.socket]], ssl_context
     await asyncio.gather(*(lst.drain(grace) for lst in listeners), return_exceptions=True)
     spool.flush_removals()  # the sessions are over: no timer of the remover will run after us
     # After the sessions, newest first: the services' own objects, then the store, auth, directory.
-    for name, res in reversed(list(resources.items())):
+    order = list(reversed(resources))
+    if "search" in order and "store" in order:  # search observes the store: the store's last indexing
+        order.remove("search")  # (Store.close) reports to it, so it closes after the store
+        order.insert(order.index("store") + 1, "search")
+    for name in order:
+        res = resources[name]
         close = getattr(res, "close", None)
         if close is None:
             continue
