@@ -93,10 +93,10 @@ def test_close_answers_the_deliveries_in_flight_first(
                                                      uids=False)) for i in range(3)]
         await wait_until_async(entered.is_set)
         closing = asyncio.ensure_future(store.close())
-        for _ in range(20):  # loop turns in which a premature close would show
-            await asyncio.sleep(0)
+        await wait_until_async(lambda: store._closing)  # close has begun
         late = await store.deliver(spool(tmp_path, msg(9), "late"), [DeliveryTarget(accts[0])], uids=False)
-        early = closing.done()
+        # a close that did not wait for the held rounds would finish (its pool jobs included) well within this
+        early = bool((await asyncio.wait({closing}, timeout=0.5))[0])
         release.set()
         out = await asyncio.gather(*tasks)
         await closing
@@ -123,7 +123,7 @@ def test_close_waits_for_a_cancelled_callers_round(
         await wait_until_async(entered.is_set)
         task.cancel()
         closing = asyncio.ensure_future(store.close())
-        await asyncio.sleep(0)
+        await wait_until_async(lambda: store._closing)  # close has begun before the round may finish
         release.set()
         await closing
 
