@@ -705,7 +705,7 @@ def run(size: str) -> dict[str, Any]:
                 servers.append(pf)
                 notes.append("Postfix: private instance, smtpd -> queue (fsync) -> virtual(8) maildir; its 250 "
                              "means queued, so its msgs/s is counted at delivery into the maildirs")
-            settled = _settle_creates(base / "creates", limit=90.0 if sizes is SIZES["full"] else 0.0)
+            settled = _settle_creates(base / "creates", limit=90.0 if size == "full" else 0.0)
             creates = []
             cells = [(bsize, n) for bsize in sizes["bodies"] for n in sizes["sessions"]]
             for i, (bsize, n) in enumerate(cells):
