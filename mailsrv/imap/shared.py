@@ -37,17 +37,18 @@ class SharedMessages:
         return m
 
     def share_view(self, view: Any, positions: range | list[int]) -> None:
-        """Replace ``view.messages[i]`` for each ``i`` in ``positions`` with the shared equal object (and the
-        uid kept beside it in the store's view, so the session's own uid ints go too)."""
+        """Replace ``view.messages[i]`` for each ``i`` in ``positions`` with the shared equal object (the
+        store's view adopts it with its uid, so the session's own uid ints go too)."""
         messages = view.messages
-        uids = getattr(view, "_uids", None)
+        adopt = getattr(view, "adopt", None)  # a store MailboxView; test models hold a plain list
         for i in positions:
             m = messages[i]
             s = self.share(m)
             if s is not m:
-                messages[i] = s
-                if uids is not None and uids[i] == s.uid:
-                    uids[i] = s.uid
+                if adopt is not None:
+                    adopt(i, s)
+                else:
+                    messages[i] = s
 
     def forget(self, uids: list[int]) -> None:
         for uid in uids:

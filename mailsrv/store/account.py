@@ -475,6 +475,14 @@ class MailboxView:
         other._uids = list(self._uids)
         return other
 
+    def adopt(self, i: int, m: MessageInfo) -> None:
+        """Hold ``m`` at position ``i`` instead of the equal object there, and its uid int too: sessions
+        with one mailbox selected share their MessageInfo objects (imap/shared.py)."""
+        if self.messages[i] != m:
+            raise ValueError(f"adopt: message {m.uid} differs from position {i}")
+        self.messages[i] = m
+        self._uids[i] = m.uid
+
     def by_uid(self, uid: int) -> MessageInfo | None:
         i = bisect.bisect_left(self._uids, uid)
         if i < len(self._uids) and self._uids[i] == uid:
