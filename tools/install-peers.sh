@@ -15,6 +15,7 @@ declare -A PEERS=(
   [smtp-source]=postfix
   [clamd]=clamav-daemon  # tests/policy: EICAR through a real clamd (own signature db, no freshclam)
   [rspamd]=rspamd  # tests/policy: the rspamd scorer plug over its HTTP protocol
+  [haproxy]=haproxy  # tests/net: PROXY protocol v1/v2 from a real load balancer (send-proxy, send-proxy-v2)
 )
 missing=()
 for cmd in "${!PEERS[@]}"; do

@@ -100,6 +100,12 @@ NO_BASIC_HERE = ("authentication required: HTTP Basic only over TLS (the HTTPS l
 #: The Bearer challenge when a request sent a bearer token that was refused (RFC 6750 §3.1).
 INVALID_TOKEN = 'Bearer realm="mailsrv", error="invalid_token", error_description="invalid or expired token"'
 
+#: The Bearer challenge for a valid token issued without the JMAP scope (RFC 6750 §3.1: 403, and the scope needed).
+INSUFFICIENT_SCOPE = 'Bearer realm="mailsrv", error="insufficient_scope", scope="mail"'
+
+#: request key set by :meth:`JmapApp.authenticate` when a valid bearer token lacks the ``mail`` scope.
+SCOPE_MISSING = web.RequestKey("mailsrv.scope_missing", bool)
+
 
 def unauthorized(detail: str = "authentication required", *, basic: bool = True,
                  bad_token: bool = False) -> web.Response:
@@ -269,7 +275,10 @@ class JmapApp:
             return await self._basic(cred.strip(), ip, request.secure)
         if scheme == "bearer":
             r = await self.auth.bearer(cred.strip(), protocol="jmap", client_ip=ip)
-            if not r.ok or r.account is None or "mail" not in getattr(r, "scopes", frozenset({"mail"})):
+            if not r.ok or r.account is None:
+                return None
+            if "mail" not in getattr(r, "scopes", frozenset({"mail"})):
+                request[SCOPE_MISSING] = True  # refuse() answers 403 insufficient_scope, not 401
                 return None
             return Principal(str(r.account.id), r.account.address, r.account)
         if allow_token:
@@ -279,7 +288,14 @@ class JmapApp:
         return None
 
     def refuse(self, request: web.Request) -> web.Response:
-        """The 401 for a request that :meth:`authenticate` did not accept."""
+        """The 401 for a request that :meth:`authenticate` did not accept (403 for a token without the scope)."""
+        if request.get(SCOPE_MISSING):
+            # RFC 6750 §3.1: the token is good but does not grant this resource; asking again will not help
+            resp = web.json_response({"type": "about:blank", "status": 403, "detail": "the bearer token has no mail scope"
+                                      " (`mailsrv token issue USER --scope mail`)"},
+                                     status=403, content_type="application/problem+json")
+            resp.headers["WWW-Authenticate"] = INSUFFICIENT_SCOPE
+            return resp
         peer = request.transport.get_extra_info("peername") if request.transport else None
         basic = self.auth.plaintext_allowed(tls=request.secure or self.tls, client_ip=peer[0] if peer else "")
         if request.headers.get("Authorization", "")[:7].lower() == "bearer ":

@@ -97,7 +97,22 @@ async def test_bearer_token_and_scope(server: Server, client: Client) -> None:
     assert (await c.one("Core/echo", {"x": 1}))["x"] == 1
     c2 = Client(server, client.http, {"Authorization": "Bearer tok-admin"})  # no "mail" scope
     status, _ = await c2.api_raw({"using": USING, "methodCalls": []})
-    assert status == 401
+    assert status == 403
+
+
+async def test_token_without_mail_scope_is_forbidden_not_unauthorized(client: Client) -> None:
+    """RFC 6750 §3.1: a valid token without the scope gets 403 insufficient_scope (asking again for credentials
+    would not help); a token that is not valid still gets 401 invalid_token."""
+    for method, path in (("POST", "/jmap/api"), ("GET", "/jmap/session")):
+        async with client.http.request(method, client.server.url + path, data=b"{}" if method == "POST" else None,
+                                       headers={"Authorization": "Bearer tok-admin"}) as r:
+            assert r.status == 403, path
+            assert r.headers.getall("WWW-Authenticate") == ['Bearer realm="mailsrv", error="insufficient_scope", scope="mail"']
+            assert (await r.json())["status"] == 403
+    async with client.http.post(client.server.url + "/jmap/api", data=b"{}",
+                                headers={"Authorization": "Bearer no-such-token"}) as r:
+        assert r.status == 401
+        assert any('error="invalid_token"' in h for h in r.headers.getall("WWW-Authenticate"))
 
 
 async def test_basic_login_is_cached(server: Server, client: Client) -> None:
