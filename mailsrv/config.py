@@ -168,6 +168,21 @@ class ListenerConfig:
     trusted_networks: tuple[str, ...] = doc(
         "Client networks (CIDR) whose connections this listener treats as local.", (), check=_cidrs
     )
+    proxy_protocol: bool = doc(
+        "Every connection starts with a PROXY protocol header (v1 or v2, HAProxy send-proxy / send-proxy-v2) giving"
+        " the client's address; the session sees that address. Stream listeners only (not jmap or admin).",
+        False,
+    )
+    proxy_trusted_networks: tuple[str, ...] = doc(
+        "With proxy_protocol: the proxies' networks (CIDR); a connection from elsewhere is closed unanswered.",
+        ("127.0.0.0/8", "::1/128"),
+        check=_cidrs,
+    )
+    proxy_timeout: float = doc(
+        "With proxy_protocol: seconds the proxy has to send the whole header before the connection is closed.",
+        5.0,
+        check=_positive,
+    )
 
     def limit(self, limits: LimitsConfig, name: str) -> Any:
         """This listener's value of a limit, or the global default."""
@@ -502,8 +517,8 @@ class PolicyConfig:
     )
     skip_networks: tuple[str, ...] = doc(
         "Client networks (CIDR) whose mail skips the inbound checks (local tools, the queue's own relay). "
-        "Behind a proxy or load balancer on this host that connects from 127.0.0.1, take loopback out: "
-        "every client would skip the checks (relaying stays refused).",
+        "Behind a proxy or load balancer on this host, set proxy_protocol on its listeners: without it every "
+        "client would come from 127.0.0.1 and skip the checks.",
         ("127.0.0.0/8", "::1/128"),
         check=_cidrs,
     )
@@ -769,6 +784,9 @@ def _check_listeners(cfg: Config) -> None:
             seen[(host, port)] = name
         if lst.protocol == "jmap" and lst.tls == "starttls":
             raise ConfigError(cfg.source, f"listener.{name}.tls", "HTTP has no STARTTLS; use none or implicit")
+        if lst.proxy_protocol and lst.protocol in ("jmap", "admin"):
+            raise ConfigError(cfg.source, f"listener.{name}.proxy_protocol", "only stream listeners (smtp, submission,"
+                              " imap, pop3) read a PROXY header; HTTP listeners take none")
 
 
 def _replace(obj: T, **changes: Any) -> T:

@@ -9,13 +9,16 @@ service owns the conversation.
 from __future__ import annotations
 
 import asyncio
+import functools
+import ipaddress
 import socket
 import ssl
 from collections import Counter
-from typing import Protocol, cast, runtime_checkable
+from typing import Any, Protocol, cast, runtime_checkable
 
 from mailsrv import log
 from mailsrv.config import LimitsConfig, ListenerConfig
+from mailsrv.net import proxy
 from mailsrv.net.connection import Connection
 
 logger = log.get("net")
@@ -70,11 +73,19 @@ class Listener:
         self.per_ip: Counter[str] = Counter()
         self._idle = asyncio.Event()
         self._idle.set()
+        self.proxy_networks = [ipaddress.ip_network(n, strict=False) for n in cfg.proxy_trusted_networks]
+        self._accepting: set[asyncio.Task[None]] = set()  # proxy_protocol: the accept loops and header reads
 
     async def start(self) -> None:
         implicit = self.ssl_context if self.cfg.tls == "implicit" else None
         if isinstance(self.service, HttpService) and not isinstance(self.service, StreamService):
             await self.service.start(self.socks, implicit)
+            return
+        if self.cfg.proxy_protocol:
+            loop = asyncio.get_running_loop()
+            for sock in self.socks:
+                sock.setblocking(False)
+                self._track(loop.create_task(self._accept_proxied(sock, implicit)))
             return
         for sock in self.socks:
             server = await asyncio.start_server(
@@ -87,7 +98,71 @@ class Listener:
             )
             self.servers.append(server)
 
-    async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    # -- PROXY protocol ---------------------------------------------------------------------------------
+
+    def _track(self, task: asyncio.Task[None]) -> None:
+        self._accepting.add(task)
+        task.add_done_callback(self._accepting.discard)
+
+    async def _accept_proxied(self, lsock: socket.socket, implicit: ssl.SSLContext | None) -> None:
+        """Accept on a proxy_protocol listener: each connection's header is read off the bare socket before
+        asyncio (and TLS, on an implicit-TLS listener) gets it, so the bytes after the header stay unread."""
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                sock, addr = await loop.sock_accept(lsock)
+            except OSError as exc:  # EMFILE, ENOBUFS: the connection stays in the backlog; try again shortly
+                logger.warning("accept.failed", listener=self.name, error=str(exc))
+                await asyncio.sleep(0.1)
+                continue
+            self._track(loop.create_task(self._proxied(sock, addr, implicit)))
+
+    def _proxy_trusted(self, host: str) -> bool:
+        ip = ipaddress.ip_address(host.partition("%")[0])
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped  # a dual-stack socket's IPv4 client
+        return any(ip in net for net in self.proxy_networks)
+
+    async def _proxied(self, sock: socket.socket, addr: Any, implicit: ssl.SSLContext | None) -> None:
+        """Read the PROXY header of one accepted connection, then serve it as the client's address."""
+        real = f"{addr[0]}:{addr[1]}"
+        try:
+            if not self._proxy_trusted(addr[0]):
+                # not one of our proxies: it could claim any address. No reply: the peer speaks no protocol of ours
+                logger.warning("proxy.untrusted", listener=self.name, peer=real)
+                sock.close()
+                return
+            async with asyncio.timeout(self.cfg.proxy_timeout):
+                header = await proxy.read_header(sock)
+        except (proxy.ProxyError, TimeoutError, OSError) as exc:
+            reason = "timeout" if isinstance(exc, TimeoutError) else str(exc) or type(exc).__name__
+            logger.warning("proxy.refused", listener=self.name, peer=real, reason=reason)
+            sock.close()
+            return
+        except BaseException:
+            sock.close()
+            raise
+        on_client = functools.partial(self._on_client, proxied=(header, addr))
+        loop = asyncio.get_running_loop()
+
+        def protocol() -> asyncio.StreamReaderProtocol:
+            # as asyncio.start_server builds it; +2 for CRLF (readline enforces the exact limit)
+            reader = asyncio.StreamReader(limit=self.max_line_length + 2, loop=loop)
+            return asyncio.StreamReaderProtocol(reader, on_client, loop=loop)
+
+        try:
+            # implicit TLS starts here, after the header: the ClientHello was left in the socket
+            await loop.connect_accepted_socket(protocol, sock, ssl=implicit,
+                                               ssl_handshake_timeout=30.0 if implicit else None)
+        except (OSError, ssl.SSLError, TimeoutError) as exc:
+            logger.info("tls.handshake_failed", listener=self.name, peer=real, proxy_source=_addr(header.source),
+                        error=str(exc) or type(exc).__name__)
+            sock.close()
+
+    # -- sessions -----------------------------------------------------------------------------------------
+
+    async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                         proxied: tuple[proxy.ProxyHeader, Any] | None = None) -> None:
         conn = Connection(
             reader,
             writer,
@@ -96,7 +171,15 @@ class Listener:
             idle_timeout=self.idle_timeout,
         )
         conn.task = asyncio.current_task()
-        log.bind(sid=conn.sid, proto=self.cfg.protocol, peer=f"{conn.peer_host}:{conn.peer_port}")
+        if proxied is None:
+            log.bind(sid=conn.sid, proto=self.cfg.protocol, peer=f"{conn.peer_host}:{conn.peer_port}")
+        else:
+            header, addr = proxied
+            if header.source is not None and header.destination is not None:
+                conn.peer_host, conn.peer_port = header.source  # the client, everywhere the session looks
+                conn.local_host, conn.local_port = header.destination  # the address the client connected to
+            log.bind(sid=conn.sid, proto=self.cfg.protocol, peer=f"{conn.peer_host}:{conn.peer_port}",
+                     proxy=f"{addr[0]}:{addr[1]}")
         ip = conn.peer_host
         # start() served an HttpService itself: only a StreamService accepts here (a runtime-checkable
         # Protocol's isinstance costs ~10 us: not per connection)
@@ -135,6 +218,8 @@ class Listener:
     def stop_accepting(self) -> None:
         for server in self.servers:
             server.close()
+        for task in list(self._accepting):  # proxy_protocol: accept loops, and headers not read yet
+            task.cancel()
 
     async def drain(self, grace: float) -> None:
         """Stop accepting; let sessions end by themselves for ``grace`` seconds; then
@@ -163,3 +248,7 @@ class Listener:
         except TimeoutError:
             return False
         return True
+
+
+def _addr(a: proxy.Address | None) -> str:
+    return "-" if a is None else f"{a[0]}:{a[1]}"
