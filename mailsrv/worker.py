@@ -30,7 +30,7 @@ from mailsrv.net.listener import Listener
 from mailsrv.net.service import ServiceContext
 from mailsrv.policy.pipeline import Policy
 from mailsrv.search import SearchService
-from mailsrv.search.service import Reader, ReadMany, ReadManyBlocking, Resolver
+from mailsrv.search.service import Exists, Reader, ReadMany, ReadManyBlocking, Resolver
 from mailsrv.store import MailboxNotFound, Store, account_root
 
 logger = log.get("worker")
@@ -85,6 +85,23 @@ def search_resolver(store: Store) -> Resolver:
         return acct.root / "mailsrv-search", read, read_many, read_many_blocking
 
     return resolve
+
+
+def search_exists(store: Store) -> Exists:
+    """Blocking (the search pool): does the store still have the mailbox? A search round in this worker
+    never makes again the index of a mailbox deleted in another (whose ``mailbox_deleted`` it never hears)."""
+
+    def exists(account_id: str, mailbox_id: str) -> bool:
+        acct = store.cached_account(account_id)
+        if acct is None:
+            return True  # not open here: not known, the round goes on
+        try:
+            acct.read_messages_blocking(mailbox_id, ())  # no UIDs: the mailbox's lookup alone
+        except MailboxNotFound:
+            return False
+        return True
+
+    return exists
 
 
 def make_listeners(
@@ -158,7 +175,7 @@ async def _serve(cfg: Config, socks: dict[str, list[socket.socket]], ssl_context
             trainer.reader = _training_reader(directory, store, cfg.server.data_dir)
             trainer.start()
     # docs/search-api.md: one search service per worker, kept in step by the store's observer hook.
-    search = resources["search"] = SearchService(cfg.search, search_resolver(store))
+    search = resources["search"] = SearchService(cfg.search, search_resolver(store), search_exists(store))
     store.add_observer(search)
     listeners = make_listeners(cfg, socks, ssl_context, resources)
     for lst in listeners:

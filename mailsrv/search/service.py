@@ -48,7 +48,7 @@ from mailsrv.search.storage import (
 )
 from mailsrv.util import fsio
 
-__all__ = ["Columns", "MailboxIndex", "Reader", "SearchService"]
+__all__ = ["Columns", "Exists", "MailboxIndex", "Reader", "SearchService"]
 
 logger = log.get("search")
 
@@ -84,6 +84,9 @@ ReadManyBlocking = Callable[[Sequence[int]], dict[int, bytes]]
 #: batch reader]]), for observer events
 Resolver = Callable[[str, str], "tuple[Path, Reader] | tuple[Path, Reader, ReadMany] | "
                                 "tuple[Path, Reader, ReadMany, ReadManyBlocking] | None"]
+#: blocking, safe in any thread: does the store still have mailbox (account_id, mailbox_id)? False
+#: once it was deleted, in any worker
+Exists = Callable[[str, str], bool]
 
 
 class Columns(NamedTuple):
@@ -100,6 +103,14 @@ class Columns(NamedTuple):
     sent_day: int | None  # calendar day of Date: in its own zone (date.toordinal())
 
 
+def _remove_locked(files: Files) -> None:
+    files.remove_all_locked(wait=True)
+
+
+class MailboxGone(Exception):
+    """A round after delivery found its mailbox deleted (in another worker): nothing is made."""
+
+
 class _Appender(NamedTuple):
     """The open journal and text file of an index that deliveries append to (not loaded)."""
 
@@ -113,10 +124,11 @@ class MailboxIndex:
     """The search index of one mailbox. Obtain it from :meth:`SearchService.mailbox`."""
 
     def __init__(
-        self, service: SearchService, mailbox_id: str, directory: Path, read: Reader
+        self, service: SearchService, mailbox_id: str, directory: Path, read: Reader, account_id: str = ""
     ) -> None:
         self.service = service
         self.config = service.config
+        self.account_id = account_id
         self.mailbox_id = mailbox_id
         self.files = Files(directory, mailbox_id)
         self.read = read
@@ -146,6 +158,9 @@ class MailboxIndex:
         self.pending: list[int] = []
         #: its mailbox was deleted (SearchService.drop): no round indexes it, so none makes its files again
         self.dropped = False
+        #: a round after delivery runs (under ``_tlock``): a missing index is made only for a mailbox
+        #: the store still has (:meth:`_still_there`)
+        self._delivering = False
         #: the delivered bytes of some of them (the store's ``raw=``): indexed without a read
         self.raws: dict[int, bytes] = {}
         #: statistics for tests and the benchmark
@@ -215,9 +230,11 @@ class MailboxIndex:
             if not text_path.exists() and locs:
                 raise CorruptIndex(f"{text_path} missing")
         except FileNotFoundError:
+            self._still_there()
             self._reset(time.time_ns())
             return
         except (CorruptIndex, OSError) as exc:
+            self._still_there()
             logger.warning("index.corrupt", mailbox=self.mailbox_id, error=str(exc))
             self._reset(time.time_ns())
             return
@@ -234,6 +251,19 @@ class MailboxIndex:
         # deliveries append to the journal of an index nobody loaded (_append_unloaded): fold a
         # long one now, so that the next process to load it replays little
         self._maybe_snapshot()
+
+    def _still_there(self) -> None:
+        """Before a round after delivery makes a missing index (caller holds the exclusive lock):
+        raise :class:`MailboxGone` when the store no longer has the mailbox. Another worker may
+        have deleted it (``mailbox_deleted`` runs only in the deleting worker) and removed its
+        files under this lock (:meth:`Files.remove_all_locked`): checked under the lock, so either
+        that removal comes after what this round writes, or this round sees the mailbox gone. The
+        lock file this round opened is removed with it. A search (``_delivering`` false) rebuilds."""
+        exists = self.service.exists
+        if self._delivering and exists is not None and not exists(self.account_id, self.mailbox_id):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.files.lock)
+            raise MailboxGone(self.mailbox_id)
 
     def _current(self) -> bool:
         """True when our snapshot and journal are still the ones on disk."""
@@ -493,7 +523,7 @@ class MailboxIndex:
                     logger.debug("read.failed", mailbox=self.mailbox_id, uid=uid, error=str(exc))
                     unreadable[uid] = Document()
             if raws:
-                await self.service.run(self._extract_and_add, raws)
+                await self.service.run(self._extract_and_add, raws, False)
         return unreadable
 
     def _read_and_add(self, read_many: ReadManyBlocking, uids: list[int], held: dict[int, bytes]) -> None:
@@ -510,7 +540,9 @@ class MailboxIndex:
         if raws:
             self._extract_and_add(raws)
 
-    def _extract_and_add(self, raws: list[tuple[int, bytes]]) -> None:
+    def _extract_and_add(self, raws: list[tuple[int, bytes]], deliver: bool = True) -> None:
+        """Blocking: index ``raws``. ``deliver`` (false for a client's search): a round after delivery,
+        which never makes the index of a mailbox deleted meanwhile (in any worker: :meth:`_still_there`)."""
         limit = self.config.max_text_bytes
         docs = []
         for i, (uid, raw) in enumerate(raws):
@@ -520,20 +552,30 @@ class MailboxIndex:
         with self._tlock:
             if self.dropped:  # deleted since its round took it (SearchService.drop): nothing to make again
                 return
-            if self.gen < 0:  # not loaded in this process: append only (delivery-time indexing)
-                if self._app is None:
-                    self.files.ensure_dir()
+            self._delivering = deliver
+            try:
+                self._add_extracted(docs)
+            except MailboxGone:
+                logger.debug("index.mailbox_gone", mailbox=self.mailbox_id)
+            finally:
+                self._delivering = False
+
+    def _add_extracted(self, docs: list[tuple[int, Document]]) -> None:
+        """:meth:`_extract_and_add` after the extraction (caller holds ``_tlock``)."""
+        if self.gen < 0:  # not loaded in this process: append only (delivery-time indexing)
+            if self._app is None:
+                self.files.ensure_dir()
+            if self._append_unloaded(docs):
+                return
+            self._load()
+            if not self.locs:  # a new (empty) index: made, then appended to as by any other worker,
+                self._close_files()  # not kept loaded (that is a search's; loaded, each delivery
+                self.gen = -1        # would be tokenised here, and snapshots written)
+                self.core = IndexCore()
                 if self._append_unloaded(docs):
                     return
                 self._load()
-                if not self.locs:  # a new (empty) index: made, then appended to as by any other worker,
-                    self._close_files()  # not kept loaded (that is a search's; loaded, each delivery
-                    self.gen = -1        # would be tokenised here, and snapshots written)
-                    self.core = IndexCore()
-                    if self._append_unloaded(docs):
-                        return
-                    self._load()
-            self._add_docs(docs)
+        self._add_docs(docs)
 
     @contextlib.asynccontextmanager
     async def _reading(self) -> AsyncIterator[None]:
@@ -717,9 +759,13 @@ _SORT_COL = {
 class SearchService:
     """One per worker process: the mailbox indexes it has open, and the store observer."""
 
-    def __init__(self, config: SearchConfig | None = None, resolver: Resolver | None = None) -> None:
+    def __init__(self, config: SearchConfig | None = None, resolver: Resolver | None = None,
+                 exists: Exists | None = None) -> None:
         self.config = config or SearchConfig()
         self.resolver = resolver
+        #: the store still has a mailbox (blocking): a round after delivery makes no index for one deleted
+        #: meanwhile in another worker (MailboxIndex._still_there); None: never checked
+        self.exists = exists
         self._pool: ThreadPoolExecutor = ThreadPoolExecutor(  # its rounds give way: fsio.pool_thread
             max_workers=self.config.threads, thread_name_prefix="search", initializer=lambda: fsio.pool_thread(self._pool))
         self._open: OrderedDict[tuple[str, str], MailboxIndex] = OrderedDict()
@@ -772,7 +818,7 @@ class SearchService:
             self._open.move_to_end(key)
             idx.read = read
             return idx
-        idx = MailboxIndex(self, mailbox_id, directory, read)
+        idx = MailboxIndex(self, mailbox_id, directory, read, account_id)
         self._open[key] = idx
         self._trim(idx, int(for_search))
         return idx
@@ -809,7 +855,8 @@ class SearchService:
             self.drop(account_id, mailbox_id, directory)
 
     def drop(self, account_id: str, mailbox_id: str, directory: Path) -> None:
-        """Forget a deleted mailbox and remove its files (sync, small)."""
+        """Forget a deleted mailbox and remove its files (sync, small), under their lock: at once when it
+        is free, else in the pool once the holder lets it go (:meth:`idle` waits for that)."""
         idx = self._open.pop((account_id, mailbox_id), None)
         if idx is not None:
             # its waiting deliveries are never indexed: a round would make the deleted mailbox's files again
@@ -819,7 +866,9 @@ class SearchService:
             self.raw_held -= sum(map(len, idx.raws.values()))
             idx.raws.clear()
             idx.close()
-        Files(directory, mailbox_id).remove_all()
+        files = Files(directory, mailbox_id)
+        if not files.remove_all_locked(wait=False):  # a round holds its lock (here or in another worker)
+            self.background(self.run(_remove_locked, files))
 
     # --- StoreObserver ---------------------------------------------------------------
 

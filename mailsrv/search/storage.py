@@ -109,6 +109,24 @@ class Files:
             except FileNotFoundError:
                 pass
 
+    def remove_all_locked(self, wait: bool) -> bool:
+        """:meth:`remove_all` holding the exclusive lock (a deleted mailbox: a round after delivery
+        in another process checks under it that the mailbox still exists before it makes files).
+        ``wait`` False: False, and nothing removed, when another holds the lock now."""
+        try:
+            fd = os.open(self.lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except FileNotFoundError:  # no directory: nothing to remove
+            return True
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            self.remove_all()
+            return True
+        finally:
+            os.close(fd)
+
 
 def write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
