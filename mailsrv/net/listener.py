@@ -75,6 +75,7 @@ class Listener:
         self._idle.set()
         self.proxy_networks = [ipaddress.ip_network(n, strict=False) for n in cfg.proxy_trusted_networks]
         self._accepting: set[asyncio.Task[None]] = set()  # proxy_protocol: the accept loops and header reads
+        self._unstarted: dict[asyncio.Task[None], socket.socket] = {}  # header reads not begun: own their socket
 
     async def start(self) -> None:
         implicit = self.ssl_context if self.cfg.tls == "implicit" else None
@@ -115,7 +116,9 @@ class Listener:
                 logger.warning("accept.failed", listener=self.name, error=str(exc))
                 await asyncio.sleep(0.1)
                 continue
-            self._track(loop.create_task(self._proxied(sock, addr, implicit)))
+            task = loop.create_task(self._proxied(sock, addr, implicit))
+            self._unstarted[task] = sock
+            self._track(task)
 
     def _proxy_trusted(self, host: str) -> bool:
         ip = ipaddress.ip_address(host.partition("%")[0])
@@ -125,6 +128,7 @@ class Listener:
 
     async def _proxied(self, sock: socket.socket, addr: Any, implicit: ssl.SSLContext | None) -> None:
         """Read the PROXY header of one accepted connection, then serve it as the client's address."""
+        self._unstarted.pop(asyncio.current_task(), None)  # type: ignore[arg-type]  # from here we close sock
         real = f"{addr[0]}:{addr[1]}"
         try:
             if not self._proxy_trusted(addr[0]):
@@ -220,6 +224,9 @@ class Listener:
             server.close()
         for task in list(self._accepting):  # proxy_protocol: accept loops, and headers not read yet
             task.cancel()
+        for sock in self._unstarted.values():  # a task cancelled before it began never runs its own close
+            sock.close()
+        self._unstarted.clear()
 
     async def drain(self, grace: float) -> None:
         """Stop accepting; let sessions end by themselves for ``grace`` seconds; then
