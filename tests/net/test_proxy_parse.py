@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
+import socket
 import struct
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mailsrv.net.proxy import MAX_HEADER, V1_MAX, V2_SIGNATURE, ProxyError, ProxyHeader, parse
+from mailsrv.net.proxy import (
+    MAX_HEADER,
+    V1_MAX,
+    V2_SIGNATURE,
+    ProxyError,
+    ProxyHeader,
+    parse,
+    read_header,
+)
 
 
 def v2(command: int, fam: int, payload: bytes, *, version: int = 2, size: int | None = None) -> bytes:
@@ -164,3 +174,35 @@ def test_fuzz_need_more_means_all_of_it_is_header(data: bytes) -> None:
     else:
         assert 0 < got.length <= len(data)
         assert parse(data[: got.length]) == got  # the header alone parses the same
+
+
+@given(_headers(), st.binary(max_size=100), st.lists(st.integers(1, 40), max_size=8))
+@settings(max_examples=150, deadline=None)
+def test_fuzz_read_header_leaves_every_byte_after_the_header_in_the_socket(
+    header: bytes, behind: bytes, pieces: list[int]
+) -> None:
+    """read_header over a real socket, the bytes arriving in pieces: it returns the header, and what the
+    session then reads is exactly what followed it (an EHLO, a ClientHello)."""
+
+    async def main() -> tuple[ProxyHeader, bytes]:
+        ours, theirs = socket.socketpair()
+        with ours, theirs:
+            ours.setblocking(False)
+            reading = asyncio.ensure_future(read_header(ours))
+            data, pos = header + behind, 0
+            for n in pieces:
+                theirs.sendall(data[pos : pos + n])
+                pos += n
+                await asyncio.sleep(0)  # let the reader see this piece alone
+            theirs.sendall(data[pos:])
+            theirs.shutdown(socket.SHUT_WR)
+            got = await asyncio.wait_for(reading, 10)
+            ours.setblocking(True)
+            rest = b""
+            while chunk := ours.recv(4096):
+                rest += chunk
+            return got, rest
+
+    got, rest = asyncio.run(main())
+    assert got.length == len(header)
+    assert rest == behind
