@@ -11,8 +11,8 @@ so a reader may consume them all without taking the session's first bytes.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import socket
+import struct
 from dataclasses import dataclass
 
 #: spec §2.1: "PROXY" and a space start a v1 header.
@@ -98,14 +98,11 @@ _V1_ALLOWED = bytes(range(0x20, 0x7F))
 
 
 def _v1_address(raw: bytes, v6: bool) -> str:
-    text = raw.decode("ascii")
-    try:
-        ip = ipaddress.IPv6Address(text) if v6 else ipaddress.IPv4Address(text)
-    except ValueError:
-        raise ProxyError(f"v1 address {text!r} is not an IPv{6 if v6 else 4} address") from None
-    if isinstance(ip, ipaddress.IPv6Address) and ip.scope_id is not None:
-        raise ProxyError(f"v1 address {text!r} carries a zone")
-    return _host(ip)
+    try:  # inet_pton: strict (no leading zeros, no zone), and ~10x cheaper than ipaddress
+        packed = socket.inet_pton(socket.AF_INET6 if v6 else socket.AF_INET, raw.decode("ascii"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        raise ProxyError(f"v1 address {raw!r} is not an IPv{6 if v6 else 4} address") from None
+    return _host(packed)
 
 
 def _v1_port(raw: bytes) -> int:
@@ -157,18 +154,20 @@ def _parse_v2(data: bytes) -> ProxyHeader | None:
         return ProxyHeader(end, 2, None, None)  # a UNIX socket has no IP address: keep the socket's own
     # the TLVs after the addresses (spec §2.2.1 onwards) carry nothing a mail session uses: skipped
     width = 4 if family == _AF_INET else 16
-    src_ip = ipaddress.ip_address(block[:width])
-    dst_ip = ipaddress.ip_address(block[width : 2 * width])
-    ports = block[2 * width :]
-    return ProxyHeader(end, 2, (_host(src_ip), int.from_bytes(ports[:2], "big")),
-                       (_host(dst_ip), int.from_bytes(ports[2:4], "big")))
+    sport, dport = _PORTS.unpack_from(block, 2 * width)
+    return ProxyHeader(end, 2, (_host(block[:width]), sport), (_host(block[width : 2 * width]), dport))
 
 
-def _host(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
-    """The address as the session's peer_host spells it; an IPv4-mapped IPv6 address as the IPv4 one."""
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return str(ip.ipv4_mapped)
-    return str(ip)
+_PORTS = struct.Struct("!HH")
+_MAPPED = bytes(10) + b"\xff\xff"  # ::ffff:0:0/96
+
+
+def _host(packed: bytes) -> str:
+    """The address as the session's peer_host spells it (inet_ntop, as getpeername); an IPv4-mapped IPv6
+    address as the IPv4 one."""
+    if len(packed) == 16 and packed[:12] == _MAPPED:
+        packed = packed[12:]
+    return socket.inet_ntop(socket.AF_INET if len(packed) == 4 else socket.AF_INET6, packed)
 
 
 async def read_header(sock: socket.socket) -> ProxyHeader:
