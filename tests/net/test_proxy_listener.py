@@ -94,10 +94,10 @@ def v2(src: str, dst: str, sport: int, dport: int, *, local: bool = False, tlvs:
     return V2_SIGNATURE + bytes([0x20 if local else 0x21, fam]) + struct.pack("!H", len(block)) + block
 
 
-async def start(ssl_context: ssl.SSLContext | None = None, **cfg: Any) -> tuple[Listener, int]:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+async def start(ssl_context: ssl.SSLContext | None = None, host: str = "127.0.0.1", **cfg: Any) -> tuple[Listener, int]:
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
+    sock.bind((host, 0))
     sock.listen(64)
     lcfg = ListenerConfig(protocol="smtp", bind=("127.0.0.1:0",), proxy_protocol=True,
                           tls="implicit" if ssl_context else "none", **cfg)
@@ -135,6 +135,25 @@ def test_v1_header_and_the_session_bytes_behind_it_in_one_segment(run: Any, capt
     run(main())
     log.flush()
     assert "peer=192.0.2.7:56324 proxy=127.0.0.1:" in captured_log.getvalue()
+
+
+def test_ipv6_listener_and_proxy(run: Any) -> None:
+    """A proxy on ::1 (trusted by default) reporting an IPv4 client, and one outside the trusted list refused."""
+    async def main() -> None:
+        for trusted, greeted in ((("127.0.0.0/8", "::1/128"), True), (("127.0.0.0/8",), False)):
+            listener, port = await start(host="::1", proxy_trusted_networks=trusted)
+            try:
+                r, w = await asyncio.open_connection("::1", port)
+                w.write(v1("192.0.2.7", "198.51.100.1", 56324, 25))
+                if greeted:
+                    assert await r.readline() == b"HELLO 192.0.2.7 56324 198.51.100.1 25 tls=0\r\n"
+                else:
+                    await closed_unanswered(r)
+                w.close()
+            finally:
+                await stop(listener)
+
+    run(main())
 
 
 def test_v2_ipv6_header_split_over_many_segments(run: Any) -> None:
