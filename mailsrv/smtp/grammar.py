@@ -88,8 +88,29 @@ def parse_domain(raw: bytes, utf8: bool = False) -> str:
     raise SmtpSyntaxError("Invalid domain")
 
 
+#: (raw mailbox, utf8) -> its parse: the same senders and recipients come back message after message
+_MAILBOXES: dict[tuple[bytes, bool], str] = {}
+#: mailboxes remembered at most (then the cache starts over); only valid ones are kept
+MAX_MAILBOXES = 4096
+
+
 def parse_mailbox(raw: bytes, utf8: bool = False) -> str:
-    """``local@domain`` (RFC 5321 §4.1.2 Mailbox) -> str. Raises SmtpSyntaxError."""
+    """``local@domain`` (RFC 5321 §4.1.2 Mailbox) -> str. Raises SmtpSyntaxError.
+
+    A pure function: its valid results are remembered (at most :data:`MAX_MAILBOXES`)."""
+    key = (raw, utf8)
+    known = _MAILBOXES.get(key)
+    if known is not None:
+        return known
+    address = _parse_mailbox(raw, utf8)
+    if len(_MAILBOXES) >= MAX_MAILBOXES:
+        _MAILBOXES.clear()
+    _MAILBOXES[key] = address
+    return address
+
+
+def _parse_mailbox(raw: bytes, utf8: bool) -> str:
+    """:func:`parse_mailbox` without its memory."""
     at = raw.rfind(b"@")
     if at <= 0:
         raise SmtpSyntaxError("Address must be local-part@domain", 553, "5.1.3")
@@ -120,6 +141,8 @@ def parse_mailbox(raw: bytes, utf8: bool = False) -> str:
 def parse_params(raw: bytes, utf8: bool = False) -> dict[str, str | None]:
     """RFC 5321 §4.1.2 Mail-parameters / Rcpt-parameters: ``KEY[=VALUE]`` separated by spaces."""
     params: dict[str, str | None] = {}
+    if not raw:  # most commands: none
+        return params
     for item in raw.split(b" "):
         if not item:
             continue

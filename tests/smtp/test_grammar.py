@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from mailsrv.smtp import grammar
 from mailsrv.smtp.dotstuff import DotDecoder, stuff
 from mailsrv.smtp.grammar import (
     SmtpSyntaxError,
@@ -232,3 +233,28 @@ def test_closing_bracket_agrees_with_the_quote_aware_scan(rest: bytes, extra: by
 def test_quoted_local_part_may_hold_a_bracket() -> None:
     # RFC 5321 §4.1.2 Quoted-string: the ">" inside the quotes does not end the path
     assert parse_mail(b'FROM:<"a>b"@example.test> SIZE=10') == ('"a>b"@example.test', {"SIZE": "10"})
+
+
+@given(st.binary(max_size=80) | st.from_regex(rb"\A[a-z0-9.\"\\ ]{1,20}@[a-z0-9.\-\[\]:]{1,20}\Z"), st.booleans())
+def test_a_remembered_mailbox_is_the_parse_of_its_bytes(raw: bytes, utf8: bool) -> None:
+    """parse_mailbox remembers valid results: asked twice (the second from memory) it answers as the
+    parser itself, and an invalid mailbox raises every time."""
+    try:
+        expected: str | type[Exception] = grammar._parse_mailbox(raw, utf8)
+    except SmtpSyntaxError as exc:
+        expected = type(exc)
+    for _ in range(2):
+        try:
+            got: str | type[Exception] = parse_mailbox(raw, utf8)
+        except SmtpSyntaxError as exc:
+            got = type(exc)
+        assert got == expected
+    assert ((raw, utf8) in grammar._MAILBOXES) == isinstance(expected, str)
+
+
+def test_remembered_mailboxes_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(grammar, "MAX_MAILBOXES", 3)
+    grammar._MAILBOXES.clear()
+    for i in range(10):
+        assert parse_mailbox(f"u{i}@example.test".encode()) == f"u{i}@example.test"
+        assert 1 <= len(grammar._MAILBOXES) <= 3
