@@ -132,3 +132,95 @@ def add_postings(dict post, uid, terms, factory):
         else:
             bm.add(uid)
     return new
+
+
+# --- header fields for search extraction (twin: search_py.header_texts) ---------------------------
+
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.unicode cimport PyUnicode_DecodeASCII
+from libc.string cimport memchr
+
+
+cdef tuple _field(const unsigned char *p, bytes name, Py_ssize_t a, Py_ssize_t b):
+    cdef Py_ssize_t vs = a, ve = b, i, n = 0, lo, hi
+    cdef const unsigned char *colon = <const unsigned char *>memchr(p + a, 58, b - a)  # ':'
+    cdef bint ascii = True
+    cdef bytes value, plain
+    cdef char *q
+    if colon != NULL:
+        vs = (colon - p) + 1
+    while ve > vs and (p[ve - 1] == 13 or p[ve - 1] == 10):  # rstrip(b"\r\n")
+        ve -= 1
+    value = PyBytes_FromStringAndSize(<const char *>p + vs, ve - vs)
+    # unfolded (CR and LF removed), stripped of spaces and tabs
+    plain = PyBytes_FromStringAndSize(NULL, ve - vs)
+    q = PyBytes_AS_STRING(plain)
+    for i in range(vs, ve):
+        if p[i] != 13 and p[i] != 10:
+            if p[i] >= 128:
+                ascii = False
+            q[n] = <char>p[i]
+            n += 1
+    if not ascii:
+        return (name, value, None)
+    lo, hi = 0, n
+    while lo < hi and (q[lo] == 32 or q[lo] == 9):
+        lo += 1
+    while hi > lo and (q[hi - 1] == 32 or q[hi - 1] == 9):
+        hi -= 1
+    for i in range(lo, hi - 1):
+        if q[i] == 61 and q[i + 1] == 63:  # "=?": an encoded word, perhaps
+            return (name, value, None)
+    return (name, value, PyUnicode_DecodeASCII(q + lo, hi - lo, NULL))
+
+
+cdef bytes _lower_name(const unsigned char *p, Py_ssize_t a, Py_ssize_t colon):
+    cdef Py_ssize_t e = colon, i
+    cdef bytes name
+    cdef char *q
+    cdef unsigned char c
+    while e > a and (p[e - 1] == 32 or p[e - 1] == 9):
+        e -= 1
+    name = PyBytes_FromStringAndSize(NULL, e - a)
+    q = PyBytes_AS_STRING(name)
+    for i in range(a, e):
+        c = p[i]
+        q[i - a] = <char>(c + 32 if 65 <= c <= 90 else c)
+    return name
+
+
+def header_texts(bytes raw, Py_ssize_t start, Py_ssize_t end, Py_ssize_t limit):
+    cdef list out = []
+    cdef const unsigned char *p = <const unsigned char *>PyBytes_AS_STRING(raw)
+    cdef Py_ssize_t size = PyBytes_GET_SIZE(raw)
+    cdef Py_ssize_t pos, nxt, cur_start = -1, k
+    cdef const unsigned char *nl
+    cdef bytes cur_name = b""
+    if limit <= 0:
+        return out
+    pos = start if start > 0 else 0
+    if end > size:
+        end = size
+    while pos < end:
+        nl = <const unsigned char *>memchr(p + pos, 10, end - pos)
+        nxt = end if nl == NULL else (nl - p) + 1
+        if (nxt - pos == 1 and p[pos] == 10) or (nxt - pos == 2 and p[pos] == 13 and p[pos + 1] == 10):
+            break  # the empty line
+        if (p[pos] == 32 or p[pos] == 9) and cur_start >= 0:
+            pos = nxt  # a continuation line
+            continue
+        if cur_start >= 0:
+            out.append(_field(p, cur_name, cur_start, pos))
+            if PyList_GET_SIZE(out) >= limit:
+                return out
+            cur_start = -1
+        k = pos
+        while k < nxt and p[k] != 58:
+            k += 1
+        if k < nxt and k > pos:
+            cur_name = _lower_name(p, pos, k)
+            cur_start = pos
+        pos = nxt
+    if cur_start >= 0:
+        out.append(_field(p, cur_name, cur_start, pos))
+    return out

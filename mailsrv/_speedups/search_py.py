@@ -11,7 +11,7 @@ import struct
 from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["add_postings", "confirm", "filter_containing", "terms_containing"]
+__all__ = ["add_postings", "confirm", "filter_containing", "header_texts", "terms_containing"]
 
 
 def terms_containing(word: str, vocab: list[str]) -> list[int]:
@@ -73,3 +73,48 @@ def add_postings(post: dict[str, Any], uid: int, terms: Iterable[str], factory: 
         else:
             v.add(uid)
     return new
+
+
+def header_texts(raw: bytes, start: int, end: int, limit: int) -> list[tuple[bytes, bytes, str | None]]:
+    """The header fields of ``raw[start:end]`` (at most ``limit``) for search extraction, found as
+    ``mime.body.iter_header_lines`` finds them: (lower-case name, value after the first colon without
+    its trailing CR/LF, text). The text of a plain ASCII value (no "=?" once unfolded) is the value
+    unfolded (CR and LF removed) and stripped of spaces and tabs; None: the caller decodes the value
+    (RFC 2047 encoded words, 8-bit bytes)."""
+    out: list[tuple[bytes, bytes, str | None]] = []
+    if limit <= 0:
+        return out
+    pos = max(start, 0)
+    end = min(end, len(raw))
+    cur_name = b""
+    cur_start = -1
+    while pos < end:
+        nl = raw.find(b"\n", pos, end)
+        nxt = end if nl < 0 else nl + 1
+        line = raw[pos:nxt]
+        if line in (b"\r\n", b"\n"):
+            break
+        if line[:1] in (b" ", b"\t") and cur_start >= 0:
+            pos = nxt
+            continue
+        if cur_start >= 0:
+            out.append(_field(raw, cur_name, cur_start, pos))
+            if len(out) >= limit:
+                return out
+            cur_start = -1
+        colon = line.find(b":")
+        if colon > 0:
+            cur_name = line[:colon].rstrip(b" \t").lower()
+            cur_start = pos
+        pos = nxt
+    if cur_start >= 0:
+        out.append(_field(raw, cur_name, cur_start, pos))
+    return out
+
+
+def _field(raw: bytes, name: bytes, a: int, b: int) -> tuple[bytes, bytes, str | None]:
+    field = raw[a:b]
+    value = field[field.find(b":") + 1 :].rstrip(b"\r\n")
+    plain = value.replace(b"\r", b"").replace(b"\n", b"").strip(b" \t")
+    text = plain.decode("ascii") if plain.isascii() and b"=?" not in plain else None
+    return name, value, text

@@ -19,8 +19,8 @@ import re
 from dataclasses import dataclass, field
 
 from mailsrv import mime
+from mailsrv._speedups.search import header_texts
 from mailsrv._speedups.tokenize import normalize
-from mailsrv.mime.body import iter_header_lines
 
 __all__ = ["EXTRACT_VERSION", "FIELDS", "Document", "base_subject", "extract", "html_to_text"]
 
@@ -36,6 +36,10 @@ HEADER_SEP = "\x01"
 MAX_HEADERS = 1000
 #: at most this many MIME parts are looked at
 MAX_PARTS = 1000
+#: header fields whose texts the Document keeps apart (its text fields; the subject's sort key)
+_TEXT_FIELDS = frozenset(("from", "to", "cc", "bcc", "subject", "message-id"))
+#: header fields whose first raw value gives sort columns
+_FIRST_FIELDS = frozenset((b"from", b"to", b"cc", b"date"))
 
 
 @dataclass(slots=True)
@@ -153,15 +157,6 @@ def _parsed_first_address(value: bytes) -> tuple[str, str]:
     return "", ""
 
 
-def _header_text(value: bytes) -> str:
-    """:func:`mime.decode_header`, without its calls for a plain ASCII value (no encoded word, most
-    header fields): unfolded, stripped and decoded as it does (tests/search/test_extract.py checks)."""
-    plain = value.replace(b"\r", b"").replace(b"\n", b"").strip(b" \t")
-    if plain.isascii() and b"=?" not in plain:
-        return plain.decode("ascii")
-    return mime.decode_header(value)
-
-
 def _sent_date(value: bytes) -> tuple[float, int] | None:
     """(epoch seconds, the calendar day as written in the header's own zone), or None."""
     try:
@@ -188,15 +183,16 @@ def extract(raw: bytes, max_text: int = 1 << 20) -> Document:
     headers: list[str] = []
     values: dict[str, list[str]] = {}
     first: dict[bytes, bytes] = {}
-    for n, (name, a, b) in enumerate(iter_header_lines(raw, root.header_start, root.body_start)):
-        if n >= MAX_HEADERS:
-            break
-        field_ = raw[a:b]
-        value = field_[field_.find(b":") + 1 :].rstrip(b"\r\n")
-        first.setdefault(name, value)
+    # the fields as mime.body.iter_header_lines finds them, plain ASCII texts made in the same pass
+    # (the twin search_py.header_texts; tests/search/test_extract.py checks against the steps)
+    for name, value, text in header_texts(raw, root.header_start, root.body_start, MAX_HEADERS):
+        if name in _FIRST_FIELDS and name not in first:
+            first[name] = value
         lname = name.decode("latin-1")
-        text = _header_text(value)
-        values.setdefault(lname, []).append(text)
+        if text is None:
+            text = mime.decode_header(value)
+        if lname in _TEXT_FIELDS:
+            values.setdefault(lname, []).append(text)
         headers.append(normalize(f"{lname}: {text}"))
     t = doc.text
     for f in ("from", "to", "cc", "bcc", "subject", "message-id"):

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from pyroaring import BitMap
 from search.searchbox import Box, open_index
 
+from mailsrv._speedups import search_py
 from mailsrv.search import Header, SearchService, Text, extract, matches
 from mailsrv.search.extract import base_subject, html_to_text
 
@@ -172,6 +173,15 @@ def test_plain_addresses_skip_the_parser(monkeypatch: pytest.MonkeyPatch) -> Non
 
 
 #: header values: folded ASCII text, encoded words (whole or broken), 8-bit bytes
+#: header_texts: the twin, and the compiled module where it is built
+HEADER_IMPLS: list = [search_py]
+try:
+    from mailsrv._speedups import search_c  # type: ignore[attr-defined]
+except ImportError:  # pragma: no cover - a build without Cython
+    pass
+else:
+    HEADER_IMPLS.append(search_c)
+
 _header_value = st.lists(
     st.sampled_from([b"Re:", b" ", b"\t", b"\r\n ", b"\n\t", b"\r\n", b"word", b"=?", b"?=", b"=?utf-8?q?caf=C3=A9?=",
                      b"=?iso-8859-1?b?4Q==?=", b"\xc3\xa9", b"\xe9", b"\x00", b"\x7f", b"a=b"]),
@@ -181,7 +191,45 @@ _header_value = st.lists(
 @given(st.one_of(_header_value, st.binary(max_size=40)))
 @settings(max_examples=1500, deadline=None)
 def test_plain_header_shortcut_agrees_with_decode_header(value: bytes) -> None:
+    """header_texts' text of a field (None: extract decodes it) is what mime.decode_header makes of it."""
     from mailsrv import mime
-    from mailsrv.search.extract import _header_text
 
-    assert _header_text(value) == mime.decode_header(value)
+    field_ = b"X-Field:" + value
+    name, got, text = search_py._field(field_, b"x-field", 0, len(field_))  # the compiled one: the test below
+    assert got == value.rstrip(b"\r\n")
+    if text is not None:
+        assert text == mime.decode_header(value)
+
+
+def _header_texts_by_steps(raw: bytes, start: int, end: int, limit: int) -> list[tuple[bytes, bytes, str | None]]:
+    """What extract did before header_texts: mime's iter_header_lines, then each field's value and text."""
+    from mailsrv.mime.body import iter_header_lines
+
+    out: list[tuple[bytes, bytes, str | None]] = []
+    for n, (name, a, b) in enumerate(iter_header_lines(raw, max(start, 0), end)):
+        if n >= limit:
+            break
+        field_ = raw[a:b]
+        value = field_[field_.find(b":") + 1 :].rstrip(b"\r\n")
+        plain = value.replace(b"\r", b"").replace(b"\n", b"").strip(b" \t")
+        out.append((name, value, plain.decode("ascii") if plain.isascii() and b"=?" not in plain else None))
+    return out
+
+
+#: header blocks: fields, continuation lines, lines without a colon, the empty line, any line ends
+_header_line = st.tuples(
+    st.sampled_from([b"From", b"to", b"Subject ", b"X-A\t", b" Sub", b"", b"DATE", b"\xc3\xa9", b"a:b"]),
+    st.sampled_from([b":", b"", b"::"]),
+    _header_value,
+    st.sampled_from([b"\r\n", b"\n", b"\r", b"", b"\r\n\r\n", b"\r\n \r\n", b"\n\t"]),
+).map(b"".join)
+
+
+@pytest.mark.speedups
+@given(st.one_of(st.lists(_header_line, max_size=8).map(b"".join), st.binary(max_size=120)),
+       st.integers(-3, 130), st.integers(-3, 140), st.integers(0, 6))
+@settings(max_examples=3000, deadline=None)
+def test_header_texts_finds_the_fields_as_the_steps_did(raw: bytes, start: int, end: int, limit: int) -> None:
+    expected = _header_texts_by_steps(raw, start, end, limit)
+    for impl in HEADER_IMPLS:
+        assert impl.header_texts(raw, start, end, limit) == expected, impl.__name__
