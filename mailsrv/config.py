@@ -632,6 +632,18 @@ class PolicyConfig:
 
 
 @dataclass(frozen=True)
+class RecallConfig:
+    enabled: bool = doc("Let senders (mailsrv recall, the admin API, JMAP Email/recall) take back unread local "
+                        "copies of a message they sent.", True)
+    window: float = doc("Seconds after its delivery during which a copy can still be recalled.", 86400.0,
+                        check=_positive)
+    notice: bool = doc('Deliver a short notice ("<sender> recalled the message ...") into the INBOX of each '
+                       "recipient whose copy was removed.", True)
+    max_accounts: int = doc("Accounts one recall looks through at most (its cost is about one index lookup per "
+                            "account); a larger organisation raises it.", 100000, check=_positive)
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration file."""
 
@@ -650,6 +662,7 @@ class Config:
     jmap: JmapConfig = doc("JMAP: request limits, uploads, CORS, push.", factory=JmapConfig)
     mime: MimeConfig = doc("MIME parser bounds: nesting depth, part count, header value size.", factory=MimeConfig)
     policy: PolicyConfig = doc("Inbound mail security and outbound limits (issue 12).", factory=PolicyConfig)
+    recall: RecallConfig = doc("Recall of internal mail: window and notice.", factory=RecallConfig)
     source: str = field(default="<defaults>", compare=False, metadata={"internal": True})
 
 

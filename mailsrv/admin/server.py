@@ -20,6 +20,7 @@ from aiohttp import web
 from mailsrv import log
 from mailsrv.admin import lists as policy_lists
 from mailsrv.admin import openapi
+from mailsrv.admin import recall as admin_recall
 from mailsrv.auth import Authenticator
 from mailsrv.auth import tokens as token_mod
 from mailsrv.directory import (
@@ -33,6 +34,7 @@ from mailsrv.directory import (
 )
 from mailsrv.directory.scope import Actor
 from mailsrv.net.service import ServiceContext
+from mailsrv.recall import Recaller
 
 logger = log.get("admin")
 
@@ -57,7 +59,7 @@ class AdminApi:
     """The aiohttp application over one directory and authenticator."""
 
     def __init__(self, directory: Directory, auth: Authenticator, *,
-                 forget_usage: Callable[[str], None] | None = None) -> None:
+                 forget_usage: Callable[[str], None] | None = None, recaller: Recaller | None = None) -> None:
         self.directory = directory
         self.auth = auth
         #: takes a deleted account's usage out of its domain's quota total (the store's UsageBook.forget)
@@ -65,6 +67,7 @@ class AdminApi:
         self.routes: list[tuple[str, str, str, dict[str, Any] | None]] = []
         self.app = web.Application(client_max_size=MAX_BODY)
         self._table()
+        admin_recall.register(self, recaller, PREFIX)  # docs/recall.md
         self.document = openapi.build(self.routes, PREFIX)
         self.app.router.add_get(PREFIX + "/openapi.json", self._openapi)
 
@@ -284,8 +287,10 @@ class AdminService:
             res.update(worker_resources(self.ctx.config))
             self._own = True
         store = res.get("store")
+        cfg = self.ctx.config
+        recaller = Recaller(cfg.recall, store, res["directory"], cfg.server.data_dir) if store is not None else None
         api = AdminApi(res["directory"], res["auth"],
-                       forget_usage=store.usage.forget if store is not None else None)
+                       forget_usage=store.usage.forget if store is not None else None, recaller=recaller)
         self.runner = web.AppRunner(api.app, access_log=None, handle_signals=False,
                                     shutdown_timeout=self.ctx.config.server.shutdown_grace)
         await self.runner.setup()

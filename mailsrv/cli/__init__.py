@@ -25,6 +25,7 @@ COMMAND_MODULES = [
     "mailsrv.cli.policy",
     "mailsrv.cli.share",
     "mailsrv.cli.quota",
+    "mailsrv.cli.recall",
 ]
 
 

@@ -1,0 +1,73 @@
+"""``POST /api/v1/recall``: an administrator recalls a message for a user in their scope (docs/recall.md).
+
+The scope rule is the directory's (``Actor.require_address``): a domain administrator recalls only
+for users of their domains, a department administrator for users of their departments.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from mailsrv import log
+from mailsrv.directory import DirectoryError, NotFound, PermissionDenied
+from mailsrv.directory.scope import Actor
+from mailsrv.recall import Recaller, RecallError
+
+if TYPE_CHECKING:
+    from mailsrv.admin.server import AdminApi
+
+logger = log.get("admin")
+
+PATH = "/recall"
+BODY = {"type": "object", "required": ["sender", "message_id"], "properties": {
+    "sender": {"type": "string"}, "message_id": {"type": "string"}}}
+SUMMARY = ("Recall a message a user in scope sent: unread local copies are removed "
+           '(results per recipient: recalled, read, expired, "not found", external)')
+
+
+def register(api: AdminApi, recaller: Recaller | None, prefix: str) -> None:
+    """Add the route (and its OpenAPI entry); answers 503 when this process has no store."""
+    from mailsrv.admin.server import _problem
+
+    api.routes.append(("POST", PATH, SUMMARY, BODY))
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        who = await api._admin(request)
+        if isinstance(who, web.Response):
+            return who
+        try:
+            data: Any = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return _problem(400, "the body is not JSON")
+        if not isinstance(data, dict) or not all(isinstance(data.get(k), str) for k in ("sender", "message_id")):
+            return _problem(400, "sender and message_id (strings) are required")
+        sender, message_id = data["sender"], data["message_id"]
+
+        def check(d: Any) -> None:
+            Actor.admin(d, who).require_address(d, sender)
+            if d.account_by_address(sender) is None:
+                raise NotFound(f"no local user {sender}")
+
+        try:
+            await api.directory.run(check)
+        except PermissionDenied as exc:
+            return _problem(403, str(exc))
+        except NotFound as exc:
+            return _problem(404, str(exc))
+        except DirectoryError as exc:
+            return _problem(400, str(exc))
+        if recaller is None:
+            return _problem(503, "this server has no mail store")
+        try:
+            results = await recaller.recall(sender, message_id)
+        except RecallError as exc:
+            return _problem(400, str(exc))
+        logger.info("admin.call", admin=who, method=request.method, path=request.path,
+                    recalled=sum(r.status == "recalled" for r in results))
+        return web.json_response({"sender": sender, "message_id": message_id,
+                                  "results": [r.as_dict() for r in results]})
+
+    api.app.router.add_route("POST", prefix + PATH, handler)

@@ -1,0 +1,295 @@
+"""Recall of internal mail: a sender takes back the unread local copies of a message they sent.
+
+Invariants: only copies whose Return-Path (or, without one, From) is one of the sender's own
+addresses (primary or alias; not a group they may send as) are ever touched; a copy flagged
+``\\Seen`` is left; removal goes through ``Account.expunge`` (the path of IMAP EXPUNGE and JMAP
+destroy: IMAP sessions get EXPUNGE/VANISHED, JMAP push a state change, quota counters drop).
+The sender's own account is never changed. Mail that left the organisation cannot be recalled.
+
+Finding the copies: every local account with a maildir is asked, ``RECALL_CONCURRENCY`` at once,
+whether its index ever saw that Message-ID (one primary-key read,
+``Account.recent_with_msgid``); only the accounts that did read their recent rows and the cached
+structures of those. Cost is about one index lookup per account ([recall] max_accounts bounds it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import secrets
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.message import EmailMessage
+from email.utils import format_datetime, formataddr, make_msgid
+from pathlib import Path
+from typing import Any, Literal
+
+from mailsrv import log
+from mailsrv.config import RecallConfig
+from mailsrv.delivery.local import LocalDelivery
+from mailsrv.delivery.spool import spool_dir
+from mailsrv.directory import Account, Kind, Resolution
+from mailsrv.mime.headers import parse_addresses
+from mailsrv.store import StoreError, account_root
+
+logger = log.get("recall")
+
+Status = Literal["recalled", "read", "expired", "not found", "external"]
+
+#: accounts whose index is asked at the same time (the store's I/O pool runs them)
+RECALL_CONCURRENCY = 16
+#: copies older than the window are still reported ("expired") up to this many windows back
+LOOKBACK_WINDOWS = 2
+#: header bytes read to find a copy's Return-Path (it is the first line of a local delivery)
+HEADER_READ_MAX = 64 * 1024
+_RETURN_PATH = re.compile(rb"(?im)^return-path:[ \t]*<([^<>\r\n]*)>")
+_MSGID = re.compile(r"<?\s*([^<>\s]{1,500})\s*>?")
+
+
+class RecallError(Exception):
+    """The recall cannot be made: disabled, unknown sender, malformed Message-ID."""
+
+
+@dataclass(frozen=True)
+class RecallResult:
+    """One recipient: ``recipient`` is the account's address (or an outside address)."""
+
+    recipient: str
+    status: Status
+    mailbox: str | None = None
+    uid: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"recipient": self.recipient, "status": self.status, "mailbox": self.mailbox, "uid": self.uid}
+
+
+def normalise_message_id(message_id: str) -> str:
+    """``<id@host>`` or ``id@host`` -> ``id@host`` (as the store's index keeps it). Raises RecallError."""
+    m = _MSGID.fullmatch(message_id.strip())
+    if m is None:
+        raise RecallError(f"not a Message-ID: {message_id!r}")
+    return m.group(1)
+
+
+@dataclass
+class _Copy:
+    account: Account
+    sacct: Any  # its store Account
+    mailbox: str
+    uid: int
+    flags: frozenset[str]
+    internal_date: float
+    subject: str
+    listed: list[str]  # To/Cc/Bcc addresses of the copy
+
+
+class Recaller:
+    """Per process (a worker's admin or JMAP service, or the CLI); ``store``, ``directory`` as in a worker."""
+
+    def __init__(self, config: RecallConfig, store: Any, directory: Any, data_dir: Path) -> None:
+        self.config = config
+        self.store = store
+        self.directory = directory
+        self.data_dir = Path(data_dir)
+        self.delivery = LocalDelivery(directory, store, self.data_dir)
+
+    async def recall(self, sender: str, message_id: str, *, now: float | None = None) -> list[RecallResult]:
+        """Recall ``message_id`` sent by the local user ``sender`` (any of their addresses).
+
+        Returns one result per recipient, sorted by address. Raises RecallError.
+        """
+        if not self.config.enabled:
+            raise RecallError("recall is disabled ([recall] enabled = false)")
+        owner = await self.directory.account_by_address(sender)
+        if owner is None:
+            raise RecallError(f"no local user {sender}")
+        msgid = normalise_message_id(message_id)
+        now = time.time() if now is None else now
+        since = now - self.config.window * LOOKBACK_WINDOWS
+        owned: dict[str, bool] = {}
+        own_copies: list[_Copy] = []
+        results: dict[int, RecallResult] = {}
+        recalled: list[_Copy] = []
+        for acct, copies in await self._find(msgid, since, owner, owned):
+            if acct.id == owner.id:
+                own_copies += copies
+                continue
+            res = None
+            for c in copies:
+                r = await self._take_back(c, now)
+                if r.status == "recalled":
+                    recalled.append(c)
+                if res is None or _RANK[r.status] > _RANK[res.status]:
+                    res = r
+            if res is not None:
+                results[acct.id] = res
+        out = list(results.values())
+        out += await self._unreached(own_copies, {r.recipient for r in out}, owner)
+        logger.info("recall.done", sender=owner.address, msgid=msgid, recalled=len(recalled),
+                    results=len(out))
+        if recalled and self.config.notice:
+            await self._notify(owner, recalled, now)
+        return sorted(out, key=lambda r: r.recipient)
+
+    # -- finding the copies ----------------------------------------------------------------------------
+
+    async def _find(self, msgid: str, since: float, owner: Account,
+                    owned: dict[str, bool]) -> list[tuple[Account, list[_Copy]]]:
+        found: list[tuple[Account, list[_Copy]]] = []
+        batch: list[Account] = []
+        seen = 0
+
+        async def flush() -> None:
+            roots = await asyncio.to_thread(_existing, [(a, account_root(self.data_dir, a.id, a.store))
+                                                        for a in batch])
+            for i in range(0, len(roots), RECALL_CONCURRENCY):
+                part = roots[i:i + RECALL_CONCURRENCY]
+                got = await asyncio.gather(*(self._copies(a, root, msgid, since, owner, owned) for a, root in part))
+                found.extend((a, c) for (a, _), c in zip(part, got, strict=True) if c)
+            batch.clear()
+
+        async for acct in self.directory.iter_accounts(None):
+            seen += 1
+            if seen > self.config.max_accounts:
+                logger.warning("recall.truncated", max_accounts=self.config.max_accounts)
+                break
+            batch.append(acct)
+            if len(batch) >= 256:
+                await flush()
+        await flush()
+        return found
+
+    async def _copies(self, acct: Account, root: Path, msgid: str, since: float, owner: Account,
+                      owned: dict[str, bool]) -> list[_Copy]:
+        aid = str(acct.id)
+        sacct = self.store.cached_account(aid) or await self.store.account(aid, root, domain=acct.domain)
+        await sacct.mailbox_status("INBOX")  # indexes a delivery still waiting in new/
+        rows = await sacct.recent_with_msgid(msgid, since)
+        out: list[_Copy] = []
+        by_box: dict[str, list[tuple[int, frozenset[str], float]]] = {}
+        for mailbox, uid, flags, idate in rows:
+            by_box.setdefault(mailbox, []).append((uid, flags, idate))
+        for mailbox, entries in by_box.items():
+            try:
+                structs = await sacct.structures(mailbox, [u for u, _, _ in entries])
+            except StoreError:
+                continue  # the mailbox went away meanwhile
+            for uid, flags, idate in entries:
+                st = structs.get(uid)
+                if st is None or st.message_id != msgid:
+                    continue
+                if not await self._is_owners(sacct, mailbox, uid, st, owner, owned):
+                    continue
+                listed = [a for name in (b"to", b"cc", b"bcc") for a in _addrs(st.field(name))]
+                out.append(_Copy(acct, sacct, mailbox, uid, flags, idate, st.subject or "", listed))
+        return out
+
+    async def _is_owners(self, sacct: Any, mailbox: str, uid: int, st: Any, owner: Account,
+                         owned: dict[str, bool]) -> bool:
+        """Return-Path decides when the copy has one (local delivery writes it); else From."""
+        try:
+            head = await sacct.read_message(mailbox, uid, 0, min(st.header_end, HEADER_READ_MAX))
+        except StoreError:
+            return False
+        m = _RETURN_PATH.search(head)
+        addrs = [m.group(1).decode("utf-8", "replace")] if m else _addrs(st.field(b"from"))
+        if not addrs:
+            return False
+        for a in addrs:
+            if a.lower() not in owned:
+                acct = await self.directory.account_by_address(a) if a else None
+                owned[a.lower()] = acct is not None and acct.id == owner.id
+            if not owned[a.lower()]:
+                return False
+        return True
+
+    # -- acting on them --------------------------------------------------------------------------------
+
+    async def _take_back(self, c: _Copy, now: float) -> RecallResult:
+        who = c.account.address
+        if "\\Seen" in c.flags:
+            return RecallResult(who, "read", c.mailbox, c.uid)
+        if c.internal_date < now - self.config.window:
+            return RecallResult(who, "expired", c.mailbox, c.uid)
+        try:
+            done = await c.sacct.expunge(c.mailbox, [c.uid], only_deleted=False)
+        except StoreError as exc:
+            logger.warning("recall.expunge_failed", account=who, mailbox=c.mailbox, uid=c.uid, error=str(exc))
+            return RecallResult(who, "not found", c.mailbox, c.uid)
+        if c.uid not in done:  # expunged by its owner meanwhile
+            return RecallResult(who, "not found", c.mailbox, c.uid)
+        logger.info("recall.removed", account=who, mailbox=c.mailbox, uid=c.uid)
+        return RecallResult(who, "recalled", c.mailbox, c.uid)
+
+    async def _unreached(self, own: list[_Copy], reached: set[str], owner: Account) -> list[RecallResult]:
+        """Recipients the sender's own copy (Sent) lists but no local copy answered for."""
+        out: list[RecallResult] = []
+        done = set(reached) | {owner.address}
+        for addr in dict.fromkeys(a.lower() for c in own for a in c.listed):
+            if addr in done:
+                continue
+            res: Resolution = await self.directory.resolve(addr)
+            if res.kind == Kind.OUTSIDE:
+                out.append(RecallResult(addr, "external"))
+            elif res.kind == Kind.GROUP:
+                continue  # its members answered for themselves
+            else:
+                label = res.account.address if res.account is not None else addr
+                if label not in done:
+                    out.append(RecallResult(label, "not found"))
+            done.add(addr)
+        return out
+
+    async def _notify(self, owner: Account, recalled: Iterable[_Copy], now: float) -> None:
+        """One notice per recipient whose copy was removed, through the normal local delivery."""
+        by_account: dict[int, _Copy] = {}
+        for c in recalled:
+            by_account.setdefault(c.account.id, c)
+        for c in by_account.values():
+            raw = notice_message(owner, c.account.address, c.subject, now)
+            path = await asyncio.to_thread(spool_dir, self.data_dir) / f"recall.{time.time_ns():x}.{os.getpid()}.{secrets.token_hex(6)}"
+            try:
+                res = Resolution(c.account.address, Kind.USER, c.account)
+                out = await self.delivery.deliver(path, [(c.account.address, res)], data=raw)
+                if out.retry:
+                    logger.warning("recall.notice_failed", account=c.account.address)
+            finally:
+                await asyncio.to_thread(_unlink, path)
+
+
+_RANK = {"not found": 0, "expired": 1, "read": 2, "recalled": 3}
+
+
+def notice_message(owner: Account, recipient: str, subject: str, now: float) -> bytes:
+    """The notice left in a recipient's INBOX (as Exchange does): "<sender> recalled the message ..."."""
+    msg = EmailMessage()
+    msg["From"] = formataddr((owner.display_name, owner.address))
+    msg["To"] = recipient
+    msg["Subject"] = f"Recall: {subject}"
+    msg["Date"] = format_datetime(datetime.fromtimestamp(now, UTC))
+    msg["Message-ID"] = make_msgid(domain=owner.domain)
+    msg["Auto-Submitted"] = "auto-generated"  # RFC 3834 §5
+    name = owner.display_name or owner.address
+    msg.set_content(f'{name} <{owner.address}> recalled the message "{subject}".\n')
+    return msg.as_bytes(policy=msg.policy.clone(linesep="\r\n"))
+
+
+def _addrs(value: bytes | None) -> list[str]:
+    if value is None:
+        return []
+    return [f"{a.mailbox}@{a.host}" for a in parse_addresses(value) if a.mailbox and a.host]
+
+
+def _existing(pairs: list[tuple[Account, Path]]) -> list[tuple[Account, Path]]:
+    """Blocking (a thread): the accounts whose maildir exists (never create one for a user without mail)."""
+    return [(a, p) for a, p in pairs if os.path.isdir(p)]
+
+
+def _unlink(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
