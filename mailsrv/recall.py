@@ -43,6 +43,8 @@ Status = Literal["recalled", "read", "expired", "not found", "external"]
 RECALL_CONCURRENCY = 16
 #: copies older than the window are still reported ("expired") up to this many windows back
 LOOKBACK_WINDOWS = 2
+#: tries to mark a copy \Deleted while its owner changes its flags at that very moment
+FLAG_RACE_TRIES = 3
 #: header bytes read to find a copy's Return-Path (it is the first line of a local delivery)
 HEADER_READ_MAX = 64 * 1024
 _RETURN_PATH = re.compile(rb"(?im)^return-path:[ \t]*<([^<>\r\n]*)>")
@@ -82,6 +84,7 @@ class _Copy:
     uid: int
     flags: frozenset[str]
     internal_date: float
+    modseq: int
     subject: str
     listed: list[str]  # To/Cc/Bcc addresses of the copy
 
@@ -169,22 +172,22 @@ class Recaller:
         await sacct.mailbox_status("INBOX")  # indexes a delivery still waiting in new/
         rows = await sacct.recent_with_msgid(msgid, since)
         out: list[_Copy] = []
-        by_box: dict[str, list[tuple[int, frozenset[str], float]]] = {}
-        for mailbox, uid, flags, idate in rows:
-            by_box.setdefault(mailbox, []).append((uid, flags, idate))
+        by_box: dict[str, list[tuple[int, frozenset[str], float, int]]] = {}
+        for mailbox, uid, flags, idate, modseq in rows:
+            by_box.setdefault(mailbox, []).append((uid, flags, idate, modseq))
         for mailbox, entries in by_box.items():
             try:
-                structs = await sacct.structures(mailbox, [u for u, _, _ in entries])
+                structs = await sacct.structures(mailbox, [e[0] for e in entries])
             except StoreError:
                 continue  # the mailbox went away meanwhile
-            for uid, flags, idate in entries:
+            for uid, flags, idate, modseq in entries:
                 st = structs.get(uid)
                 if st is None or st.message_id != msgid:
                     continue
                 if not await self._is_owners(sacct, mailbox, uid, st, owner, owned):
                     continue
                 listed = [a for name in (b"to", b"cc", b"bcc") for a in _addrs(st.field(name))]
-                out.append(_Copy(acct, sacct, mailbox, uid, flags, idate, st.subject or "", listed))
+                out.append(_Copy(acct, sacct, mailbox, uid, flags, idate, modseq, st.subject or "", listed))
         return out
 
     async def _is_owners(self, sacct: Any, mailbox: str, uid: int, st: Any, owner: Account,
@@ -215,7 +218,23 @@ class Recaller:
         if c.internal_date < now - self.config.window:
             return RecallResult(who, "expired", c.mailbox, c.uid)
         try:
-            done = await c.sacct.expunge(c.mailbox, [c.uid], only_deleted=False)
+            # RFC 7162 §3.1.3 UNCHANGED SINCE: \Deleted only if nothing (a read) changed the copy since we
+            # looked; then the UID EXPUNGE of IMAP, which takes it only while it is still \Deleted
+            modseq = c.modseq
+            for _ in range(FLAG_RACE_TRIES):
+                _, failed = await c.sacct.store_flags(c.mailbox, [c.uid], frozenset({"\\Deleted"}), "add",
+                                                      unchanged_since=modseq)
+                if not failed:
+                    break
+                now_info = [i for i in (await c.sacct.changes_since(c.mailbox, modseq)).changed if i.uid == c.uid]
+                if not now_info:
+                    return RecallResult(who, "not found", c.mailbox, c.uid)  # expunged meanwhile
+                if "\\Seen" in now_info[0].flags:
+                    return RecallResult(who, "read", c.mailbox, c.uid)
+                modseq = now_info[0].modseq
+            else:
+                return RecallResult(who, "read", c.mailbox, c.uid)  # kept changing: left as if opened
+            done = await c.sacct.expunge(c.mailbox, [c.uid], only_deleted=True)
         except StoreError as exc:
             logger.warning("recall.expunge_failed", account=who, mailbox=c.mailbox, uid=c.uid, error=str(exc))
             return RecallResult(who, "not found", c.mailbox, c.uid)

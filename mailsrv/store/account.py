@@ -439,12 +439,13 @@ class Account:
     async def find_email(self, email_id: str) -> list[tuple[str, int]]:
         return await self._run(self.engine.find_email, email_id)
 
-    async def recent_with_msgid(self, msgid: str, since: float) -> list[tuple[str, int, frozenset[str], float]]:
-        """(mailbox, uid, flags, internal date) of the messages saved since ``since`` (epoch seconds), only
+    async def recent_with_msgid(self, msgid: str, since: float
+                                ) -> list[tuple[str, int, frozenset[str], float, int]]:
+        """(mailbox, uid, flags, internal date, modseq) of the messages saved since ``since`` (epoch seconds), only
         when this account ever indexed a message whose Message-ID is ``msgid`` (<> stripped); else []
         at the cost of one index lookup. The caller checks which of them carry that Message-ID."""
         rows = await self._run(self.engine.recent_with_msgid, msgid, since)
-        return [(m, u, frozenset(f.split()), d) for m, u, f, d in rows]
+        return [(m, u, frozenset(f.split()), d, q) for m, u, f, d, q in rows]
 
     # --- notification -----------------------------------------------------------
 

@@ -1122,22 +1122,22 @@ class Engine:
                 "SELECT b.name, m.uid FROM messages m JOIN mailboxes b ON b.id = m.mailbox WHERE m.email_id=?",
                 (email_id,))]
 
-    def recent_with_msgid(self, msgid: str, since: float) -> list[tuple[str, int, str, float]]:
-        """(mailbox, uid, flags text, internal date) of every message saved at or after ``since`` when this
+    def recent_with_msgid(self, msgid: str, since: float) -> list[tuple[str, int, str, float, int]]:
+        """(mailbox, uid, flags text, internal date, modseq) of every message saved at or after ``since`` when this
         account ever indexed a message with Message-ID ``msgid`` (else [] after one primary-key read).
         Each mailbox is read newest UID first and left at its first older row (mailsrv.recall)."""
         with self.lock:
             db = self.db
             if db.execute("SELECT 1 FROM msgids WHERE msgid=?", (msgid,)).fetchone() is None:
                 return []
-            out: list[tuple[str, int, str, float]] = []
+            out: list[tuple[str, int, str, float, int]] = []
             for mid, name in db.execute("SELECT id, name FROM mailboxes").fetchall():
-                for uid, flags, saved, internal in db.execute(
-                        "SELECT uid, flags, saved_date, internal_date FROM messages WHERE mailbox=?"
+                for uid, flags, saved, internal, modseq in db.execute(
+                        "SELECT uid, flags, saved_date, internal_date, modseq FROM messages WHERE mailbox=?"
                         " ORDER BY uid DESC", (mid,)):
                     if saved < since:
                         break
-                    out.append((name, uid, flags, internal))
+                    out.append((name, uid, flags, internal, modseq))
             return out
 
     def quota_usage(self) -> QuotaUsage:

@@ -14,7 +14,6 @@ import ssl
 import subprocess
 import time
 from email.message import EmailMessage
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -68,7 +67,7 @@ def send(srv: Any, sender: str, msgid: str, subject: str, rcpts: list[str], *, t
         assert typ == "OK"
 
 
-class imap:  # noqa: N801 - a context manager used like a function
+class imap:  # a context manager used like a function
     def __init__(self, srv: Any, user: str) -> None:
         self.m = imaplib.IMAP4_SSL("127.0.0.1", srv.ports["imaps"], ssl_context=srv.ctx, timeout=30)
         self.m.login(user, srv.users[user])

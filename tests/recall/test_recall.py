@@ -1,0 +1,196 @@
+"""mailsrv.recall over a real store (maildir, fsync) and a real directory (SQLite), in process."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from mailsrv.config import DirectoryConfig, RecallConfig, StoreConfig
+from mailsrv.delivery.local import LocalDelivery
+from mailsrv.directory import open_directory, open_sync
+from mailsrv.recall import Recaller, RecallError, _Copy, normalise_message_id
+from mailsrv.store import Store, account_root
+
+D = "example.test"
+
+
+@dataclass
+class Site:
+    data_dir: Path
+    store: Store
+    directory: Any
+    recaller: Recaller
+
+    async def send(self, sender: str, rcpts: list[str], msgid: str, *, return_path: str | None = None,
+                   subject: str = "Plans") -> None:
+        rp = sender if return_path is None else return_path
+        head = f"Return-Path: <{rp}>\r\n" if rp != "-" else ""
+        raw = (f"{head}From: {sender}\r\nTo: {', '.join(rcpts)}\r\nSubject: {subject}\r\n"
+               f"Message-ID: <{msgid}>\r\n\r\n" + "body line\r\n" * 200).encode()
+        local = LocalDelivery(self.directory, self.store, self.data_dir)
+        res = [(r, await self.directory.resolve(r)) for r in rcpts]
+        spool = self.data_dir / f"spool-{msgid}"
+        out = await local.deliver(spool, res, data=raw)
+        os.unlink(spool)
+        assert out.delivered == len(rcpts) and not out.retry
+
+    async def acct(self, address: str) -> Any:
+        a = await self.directory.account_by_address(address)
+        return await self.store.account(str(a.id), account_root(self.data_dir, a.id, a.store), domain=a.domain)
+
+    async def inbox(self, address: str) -> list[tuple[int, str]]:
+        sa = await self.acct(address)
+        view = await sa.open_mailbox("INBOX")
+        out = []
+        for m in view.messages:
+            st = (await sa.structures("INBOX", [m.uid]))[m.uid]
+            out.append((m.uid, st.subject or ""))
+        return out
+
+
+@pytest.fixture
+async def site(tmp_path: Path) -> AsyncIterator[Site]:
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    sd = open_sync(DirectoryConfig(), data_dir)
+    sd.add_domain(D)
+    for name in ("alice", "bob", "carol", "idle"):
+        sd.add_user(f"{name}@{D}", display_name=name.title())
+    sd.add_alias(f"al@{D}", f"alice@{D}")
+    sd.close()
+    directory = open_directory(DirectoryConfig(), data_dir)
+    store = Store(StoreConfig(), data_dir, hostname="test")
+    s = Site(data_dir, store, directory, Recaller(RecallConfig(notice=False), store, directory, data_dir))
+    yield s
+    await store.close()
+    await directory.close()
+
+
+async def test_unread_copy_leaves_and_its_quota_with_it(site: Site) -> None:
+    await site.send(f"alice@{D}", [f"bob@{D}", f"carol@{D}"], "m1@x")
+    bob = await site.acct(f"bob@{D}")
+    await bob.mailbox_status("INBOX")
+    before = await bob.quota_usage()
+    assert before.messages == 1
+    # sent from her alias: still hers
+    res = await site.recaller.recall(f"al@{D}", "<m1@x>")
+    assert [(r.recipient, r.status) for r in res] == [(f"bob@{D}", "recalled"), (f"carol@{D}", "recalled")]
+    after = await bob.quota_usage()
+    assert (after.messages, after.storage) == (0, 0) and before.storage > 2000
+    assert await site.inbox(f"bob@{D}") == []  # notice = false: nothing delivered
+    # an account that never had mail got no maildir from the scan
+    idle = await site.directory.account_by_address(f"idle@{D}")
+    assert not account_root(site.data_dir, idle.id, idle.store).exists()
+
+
+async def test_window_and_switch(site: Site) -> None:
+    await site.send(f"alice@{D}", [f"bob@{D}"], "m2@x")
+    later = time.time() + RecallConfig().window + 60
+    res = await site.recaller.recall(f"alice@{D}", "m2@x", now=later)
+    assert [(r.recipient, r.status) for r in res] == [(f"bob@{D}", "expired")]
+    assert [s for _, s in await site.inbox(f"bob@{D}")] == ["Plans"]
+    # beyond LOOKBACK_WINDOWS windows the copy is not looked at any more
+    far = time.time() + 3 * RecallConfig().window
+    assert await site.recaller.recall(f"alice@{D}", "m2@x", now=far) == []
+    off = Recaller(RecallConfig(enabled=False), site.store, site.directory, site.data_dir)
+    with pytest.raises(RecallError, match="disabled"):
+        await off.recall(f"alice@{D}", "m2@x")
+    with pytest.raises(RecallError, match="no local user"):
+        await site.recaller.recall(f"zed@{D}", "m2@x")
+    assert [s for _, s in await site.inbox(f"bob@{D}")] == ["Plans"]
+
+
+async def test_only_the_senders_own_mail(site: Site) -> None:
+    # From says alice, but the envelope sender (Return-Path) was carol: not alice's to recall
+    await site.send(f"alice@{D}", [f"bob@{D}"], "m3@x", return_path=f"carol@{D}")
+    assert await site.recaller.recall(f"alice@{D}", "m3@x") == []
+    # bob's own message with the same Message-ID is not alice's either
+    await site.send(f"bob@{D}", [f"carol@{D}"], "m3@x")
+    assert await site.recaller.recall(f"alice@{D}", "m3@x") == []
+    assert len(await site.inbox(f"carol@{D}")) == 1 and len(await site.inbox(f"bob@{D}")) == 1
+    # no Return-Path (a copy put there by a client): From decides
+    await site.send(f"alice@{D}", [f"carol@{D}"], "m4@x", return_path="-")
+    res = await site.recaller.recall(f"alice@{D}", "m4@x")
+    assert [(r.recipient, r.status) for r in res] == [(f"carol@{D}", "recalled")]
+    # a null Return-Path (a bounce) is nobody's
+    await site.send(f"alice@{D}", [f"carol@{D}"], "m5@x", return_path="")
+    assert await site.recaller.recall(f"alice@{D}", "m5@x") == []
+
+
+async def test_moved_flagged_copy_is_found_and_a_read_one_stays(site: Site) -> None:
+    await site.send(f"alice@{D}", [f"bob@{D}", f"carol@{D}"], "m6@x")
+    bob = await site.acct(f"bob@{D}")
+    view = await bob.open_mailbox("INBOX")
+    await bob.store_flags("INBOX", [view.messages[0].uid], frozenset({"\\Flagged"}), "add")
+    await bob.move("INBOX", [view.messages[0].uid], "Archive")
+    carol = await site.acct(f"carol@{D}")
+    cview = await carol.open_mailbox("INBOX")
+    await carol.store_flags("INBOX", [cview.messages[0].uid], frozenset({"\\Seen"}), "add")
+    res = await site.recaller.recall(f"alice@{D}", "m6@x")
+    assert [(r.recipient, r.status, r.mailbox) for r in res] == [
+        (f"bob@{D}", "recalled", "Archive"), (f"carol@{D}", "read", "INBOX")]
+    assert (await bob.mailbox_status("Archive")).messages == 0
+    assert len(await site.inbox(f"carol@{D}")) == 1
+
+
+async def test_a_copy_read_after_the_lookup_stays(site: Site) -> None:
+    """The copy's flags change between the look and the removal: CONDSTORE's UNCHANGED SINCE keeps it."""
+    await site.send(f"alice@{D}", [f"bob@{D}"], "m7@x")
+    owner = await site.directory.account_by_address(f"alice@{D}")
+    bob_entry = await site.directory.account_by_address(f"bob@{D}")
+    bob = await site.acct(f"bob@{D}")
+    [copy] = await site.recaller._copies(bob_entry, bob.root, "m7@x", 0.0, owner, {})
+    await bob.store_flags("INBOX", [copy.uid], frozenset({"\\Seen"}), "add")  # read meanwhile
+    r = await site.recaller._take_back(copy, time.time())
+    assert r.status == "read"
+    [m] = (await bob.open_mailbox("INBOX")).messages
+    assert m.flags == frozenset({"\\Seen"})  # and never marked \Deleted
+    # a change that is not a read (a flag) does not save it
+    await bob.store_flags("INBOX", [copy.uid], frozenset({"\\Seen"}), "remove")
+    [copy] = await site.recaller._copies(bob_entry, bob.root, "m7@x", 0.0, owner, {})
+    await bob.store_flags("INBOX", [copy.uid], frozenset({"\\Flagged"}), "add")
+    assert isinstance(copy, _Copy)
+    assert (await site.recaller._take_back(copy, time.time())).status == "recalled"
+    assert (await bob.open_mailbox("INBOX")).messages == []
+
+
+async def test_notice_through_local_delivery(site: Site) -> None:
+    await site.send(f"alice@{D}", [f"bob@{D}"], "m8@x", subject="Salaries 2027 \u2013 draft")
+    rec = Recaller(RecallConfig(), site.store, site.directory, site.data_dir)
+    res = await rec.recall(f"alice@{D}", "m8@x")
+    assert [r.status for r in res] == ["recalled"]
+    [(uid, subject)] = await site.inbox(f"bob@{D}")
+    assert subject == "Recall: Salaries 2027 \u2013 draft"
+    raw = await (await site.acct(f"bob@{D}")).read_message("INBOX", uid)
+    assert b"Alice <alice@example.test> recalled the message" in raw
+    assert b"Auto-Submitted: auto-generated" in raw
+    assert not list((site.data_dir / "spool").iterdir())  # its spool file is gone
+
+
+@given(st.from_regex(r"[!-;=?-~]{1,80}", fullmatch=True))
+def test_message_id_forms(mid: str) -> None:
+    assert normalise_message_id(mid) == mid
+    assert normalise_message_id(f"<{mid}>") == mid
+    assert normalise_message_id(f"  < {mid} >\n") == mid
+
+
+@given(st.text(max_size=60))
+def test_message_id_garbage_is_a_recall_error(text: str) -> None:
+    try:
+        out = normalise_message_id(text)
+    except RecallError:
+        return
+    assert out and "<" not in out and ">" not in out and not any(c.isspace() for c in out)
+
+
+def test_config_defaults() -> None:
+    cfg = RecallConfig()
+    assert (cfg.enabled, cfg.window, cfg.notice) == (True, 86400.0, True)
