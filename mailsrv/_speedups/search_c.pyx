@@ -121,7 +121,7 @@ def confirm(buf, cand, dict locs, tuple fields, int nfields, bytes needle):
 def add_postings(dict post, uid, terms, factory):
     cdef list new = []
     cdef object bm
-    for t in set(terms):
+    for t in (terms if type(terms) is set else set(terms)):  # a set (IndexCore.add's) is not copied
         bm = post.get(t)
         if bm is None:
             post[t] = uid

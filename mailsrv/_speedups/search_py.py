@@ -62,7 +62,7 @@ def add_postings(post: dict[str, Any], uid: int, terms: Iterable[str], factory: 
     makes the posting (a pyroaring BitMap) when a second message has it.
     """
     new: list[str] = []
-    for t in set(terms):
+    for t in terms if type(terms) is set else set(terms):  # a set (IndexCore.add's) is not copied
         v = post.get(t)
         if v is None:
             post[t] = uid  # a term of one message holds its UID (memory)

@@ -122,7 +122,44 @@ cdef inline void _cjk(str text, Py_ssize_t a, Py_ssize_t b, list out):
             out.append(text[i : i + 2])
 
 
+cdef inline bint _ascii_alnum(unsigned char c) noexcept:
+    return (48 <= c <= 57) or (65 <= c <= 90) or (97 <= c <= 122)
+
+
+cdef inline void _ascii_word(const unsigned char *src, Py_ssize_t a, Py_ssize_t b, list out):
+    """:func:`_word` over ASCII data: each term made from the bytes (no str slicing)."""
+    cdef Py_ssize_t n = b - a, k
+    if n <= _MAX:
+        out.append(PyUnicode_FromKindAndData(PyUnicode_1BYTE_KIND, src + a, n))
+        return
+    k = 0
+    while True:
+        out.append(PyUnicode_FromKindAndData(PyUnicode_1BYTE_KIND, src + a + k, min(k + 2 * _MAX, n) - k))
+        if k + 2 * _MAX >= n:
+            return
+        k += _MAX
+
+
+cdef list _ascii_terms(str text):
+    """:func:`terms` of ASCII text: its letters and digits are str.isalnum's, and none is CJK."""
+    cdef list out = []
+    cdef const unsigned char *src = PyUnicode_1BYTE_DATA(text)
+    cdef Py_ssize_t i, n = len(text), start = -1
+    for i in range(n):
+        if _ascii_alnum(src[i]):
+            if start < 0:
+                start = i
+        elif start >= 0:
+            _ascii_word(src, start, i, out)
+            start = -1
+    if start >= 0:
+        _ascii_word(src, start, n, out)
+    return out
+
+
 def terms(str text):
+    if PyUnicode_IS_ASCII(text):
+        return _ascii_terms(text)
     cdef list out = []
     cdef Py_ssize_t i, n = len(text), start = -1
     cdef int kind

@@ -148,16 +148,18 @@ def test_confirm_twins_agree(records: list[list[str]], needle: str, fields: tupl
 
 @pytest.mark.speedups
 @settings(max_examples=100, deadline=None)
-@given(st.lists(st.lists(st.sampled_from(["a", "b", "季度", "ü", "xyz"]), max_size=8), max_size=10))
-def test_add_postings_twins_agree(docs: list[list[str]]) -> None:
+@given(st.lists(st.lists(st.sampled_from(["a", "b", "季度", "ü", "xyz"]), max_size=8), max_size=10), st.booleans())
+def test_add_postings_twins_agree(docs: list[list[str]], as_sets: bool) -> None:
+    """Terms as a list (repetitions) or as a set (IndexCore.add's, iterated without a copy)."""
     from pyroaring import BitMap
 
     if search_c is None:
         pytest.fail("compiled term scan missing")
     posts: list[dict[str, BitMap | int]] = [{}, {}]
     for uid, terms_ in enumerate(docs, start=1):
-        new_py = search_py.add_postings(posts[0], uid, terms_, BitMap)
-        new_c = search_c.add_postings(posts[1], uid, terms_, BitMap)
+        given_terms = set(terms_) if as_sets else terms_
+        new_py = search_py.add_postings(posts[0], uid, given_terms, BitMap)
+        new_c = search_c.add_postings(posts[1], uid, given_terms, BitMap)
         assert sorted(new_py) == sorted(new_c)
     assert posts[0] == posts[1]
     for t, v in posts[0].items():
@@ -199,3 +201,16 @@ def test_confirm_long_haystacks(bodies: list[str], seed: int, nlen: int, from_te
     n = needle.encode()
     assert search_c.confirm(bytes(buf), list(locs), locs, (0,), 1, n) == want
     assert search_py.confirm(bytes(buf), list(locs), locs, (0,), 1, n) == want
+
+
+@pytest.mark.speedups
+@settings(max_examples=1500, deadline=None)
+@given(st.lists(st.sampled_from(["a", "Z", "0", "9", " ", "-", "@", ".", "\x00", "\x7f", "_", "x" * 31, "y" * 33,
+                                 "z" * 64, "w" * 65, "q" * 97]), max_size=40).map("".join)
+       | st.text(alphabet=st.characters(max_codepoint=127), max_size=300))
+def test_ascii_terms_are_the_general_terms(text: str) -> None:
+    """The compiled tokenizer's ASCII pass (bytes, no str per character): the twin's terms, long
+    words' windows included."""
+    if tokenize_c is None:
+        pytest.fail("compiled tokenizer missing")
+    assert tokenize_c.terms(text) == tokenize_py.terms(text)
