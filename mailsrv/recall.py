@@ -6,10 +6,11 @@ addresses (primary or alias; not a group they may send as) are ever touched; a c
 destroy: IMAP sessions get EXPUNGE/VANISHED, JMAP push a state change, quota counters drop).
 The sender's own account is never changed. Mail that left the organisation cannot be recalled.
 
-Finding the copies: every local account with a maildir is asked, ``RECALL_CONCURRENCY`` at once,
-whether its index ever saw that Message-ID (one primary-key read,
-``Account.recent_with_msgid``); only the accounts that did read their recent rows and the cached
-structures of those. Cost is about one index lookup per account ([recall] max_accounts bounds it).
+Finding the copies: every local account's index is asked, read-only and outside the store's account
+cache, whether it ever saw that Message-ID (``store.engine.may_hold_msgid``: one primary-key read);
+only the accounts that did (and those with mail waiting in ``new/``) are opened, their recent rows
+read (``Account.recent_with_msgid``) and the cached structures of those checked. Cost is about one
+index lookup per account ([recall] max_accounts bounds it; docs/recall.md has measurements).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from mailsrv.delivery.spool import spool_dir
 from mailsrv.directory import Account, Kind, Resolution
 from mailsrv.mime.headers import parse_addresses
 from mailsrv.store import StoreError, account_root
+from mailsrv.store.engine import may_hold_msgid
 
 logger = log.get("recall")
 
@@ -41,6 +43,8 @@ Status = Literal["recalled", "read", "expired", "not found", "external"]
 
 #: accounts whose index is asked at the same time (the store's I/O pool runs them)
 RECALL_CONCURRENCY = 16
+#: threads peeking at the indexes of accounts not open in this process (~1 ms each, 1/3 of it CPU)
+PEEK_THREADS = 4
 #: copies older than the window are still reported ("expired") up to this many windows back
 LOOKBACK_WINDOWS = 2
 #: tries to mark a copy \Deleted while its owner changes its flags at that very moment
@@ -146,8 +150,13 @@ class Recaller:
         seen = 0
 
         async def flush() -> None:
-            roots = await asyncio.to_thread(_existing, [(a, account_root(self.data_dir, a.id, a.store))
-                                                        for a in batch])
+            pairs = [(a, account_root(self.data_dir, a.id, a.store)) for a in batch]
+            # an account open in this process answers from its index at once; the others are peeked at
+            roots = [p for p in pairs if self.store.cached_account(str(p[0].id)) is not None]
+            others = [p for p in pairs if self.store.cached_account(str(p[0].id)) is None]
+            for peeked in await asyncio.gather(*(asyncio.to_thread(_candidates, others[i::PEEK_THREADS], msgid)
+                                                 for i in range(min(PEEK_THREADS, len(others))))):
+                roots += peeked
             for i in range(0, len(roots), RECALL_CONCURRENCY):
                 part = roots[i:i + RECALL_CONCURRENCY]
                 got = await asyncio.gather(*(self._copies(a, root, msgid, since, owner, owned) for a, root in part))
@@ -302,9 +311,10 @@ def _addrs(value: bytes | None) -> list[str]:
     return [f"{a.mailbox}@{a.host}" for a in parse_addresses(value) if a.mailbox and a.host]
 
 
-def _existing(pairs: list[tuple[Account, Path]]) -> list[tuple[Account, Path]]:
-    """Blocking (a thread): the accounts whose maildir exists (never create one for a user without mail)."""
-    return [(a, p) for a, p in pairs if os.path.isdir(p)]
+def _candidates(pairs: list[tuple[Account, Path]], msgid: str) -> list[tuple[Account, Path]]:
+    """Blocking (a thread): the accounts that may hold the message, without opening them in the store
+    (its account cache stays as the worker's sessions left it; a user without mail gets no maildir)."""
+    return [(a, p) for a, p in pairs if may_hold_msgid(p, msgid)]
 
 
 def _unlink(path: Path) -> None:

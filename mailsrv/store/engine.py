@@ -37,6 +37,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 from mailsrv import log
 from mailsrv._speedups import quota as quota_impl
@@ -1308,6 +1309,28 @@ def glob_escape(s: str) -> str:
     import glob
 
     return glob.escape(s)
+
+
+def may_hold_msgid(root: Path, msgid: str) -> bool:
+    """*Blocking*: could the account at ``root`` hold a message whose Message-ID is ``msgid``? False only
+    when its index (opened read-only, outside any account cache: no Engine, no lock) never saw that
+    Message-ID and nothing waits in its INBOX ``new/``; True when unsure (no index yet, unreadable).
+    A scan over thousands of accounts (mailsrv.recall) opens only those that answer True."""
+    try:
+        with os.scandir(root / "new") as it:
+            if any(not e.name.startswith(".") for e in it):
+                return True
+        conn = sqlite3.connect(f"file:{quote(str(root / INDEX_NAME))}?mode=ro", uri=True, timeout=5.0)
+    except FileNotFoundError:
+        return os.path.isdir(root)  # no INBOX yet: an empty account; no index: opening it rebuilds one
+    except (OSError, sqlite3.Error):
+        return True
+    try:
+        return conn.execute("SELECT 1 FROM msgids WHERE msgid=?", (msgid,)).fetchone() is not None
+    except sqlite3.Error:
+        return True
+    finally:
+        conn.close()
 
 
 def parse_structure(raw: bytes, account_id: str = "", mime_limits: MimeConfig | None = None) -> bytes | None:

@@ -18,6 +18,7 @@ from mailsrv.delivery.local import LocalDelivery
 from mailsrv.directory import open_directory, open_sync
 from mailsrv.recall import Recaller, RecallError, _Copy, normalise_message_id
 from mailsrv.store import Store, account_root
+from mailsrv.store.engine import may_hold_msgid
 
 D = "example.test"
 
@@ -194,3 +195,25 @@ def test_message_id_garbage_is_a_recall_error(text: str) -> None:
 def test_config_defaults() -> None:
     cfg = RecallConfig()
     assert (cfg.enabled, cfg.window, cfg.notice) == (True, 86400.0, True)
+
+
+async def test_accounts_not_open_here_are_peeked_at(site: Site) -> None:
+    """A process that has not opened the accounts (the CLI) finds the copies through may_hold_msgid."""
+    await site.send(f"alice@{D}", [f"bob@{D}"], "m9@x")
+    bob = await site.acct(f"bob@{D}")
+    await bob.mailbox_status("INBOX")  # indexed now (not waiting in new/ for the background indexer)
+    assert may_hold_msgid(bob.root, "m9@x") and not may_hold_msgid(bob.root, "never@x")
+    assert not may_hold_msgid(site.data_dir / "no-such-account", "m9@x")
+    # mail waiting in new/ (not indexed yet) may be anything
+    (bob.root / "new" / "1.waiting").write_bytes(b"Subject: x\r\n\r\n")
+    assert may_hold_msgid(bob.root, "never@x")
+    (bob.root / "new" / "1.waiting").unlink()
+    other = Store(StoreConfig(), site.data_dir, hostname="other")
+    try:
+        assert other.cached_account(bob.id) is None
+        res = await Recaller(RecallConfig(notice=False), other, site.directory, site.data_dir).recall(
+            f"alice@{D}", "m9@x")
+        assert [(r.recipient, r.status) for r in res] == [(f"bob@{D}", "recalled")]
+    finally:
+        await other.close()
+    assert await site.inbox(f"bob@{D}") == []
