@@ -43,6 +43,7 @@ from mailsrv.jmap import core, push
 from mailsrv.jmap import email as _email  # noqa: F401  (registers the Email/Thread methods)
 from mailsrv.jmap import mailbox as _mailbox  # noqa: F401  (registers the Mailbox methods)
 from mailsrv.jmap import quota as _quota  # noqa: F401  (Quota, Blob)
+from mailsrv.jmap import recall as _recall  # noqa: F401  (registers Email/recall, docs/recall.md)
 from mailsrv.jmap import submission as _submission  # Identity, VacationResponse, EmailSubmission
 from mailsrv.jmap.backend import MailBackend
 from mailsrv.jmap.blobs import BLOB_RE, TooLarge, UploadStore
@@ -146,6 +147,8 @@ class JmapApp:
         self.grants = grants
         self.limiter = limiter
         self.submitter = submitter
+        #: mailsrv.recall.Recaller for Email/recall (set by JmapService; None: the method is unavailable)
+        self.recaller: Any = None
         self.push = PushManager(push_ssl)
         self.vacation = Responder(submitter)
         self.auth = auth
@@ -403,7 +406,8 @@ class JmapApp:
             accounts={aid: a.backend for aid, a in access.items()},
             capabilities=SERVER_CAPABILITIES,
             extra={"uploads": self.uploads, "objects": self._objects, "submitter": self.submitter, "principal": p,
-                   "push": self.push, "vacation": self.vacation, "accounts": self._accounts_source(p)},
+                   "push": self.push, "vacation": self.vacation, "accounts": self._accounts_source(p),
+                   "recaller": self.recaller},
             read_only=frozenset(aid for aid, a in access.items() if a.read_only),
             account_capabilities={aid: SHARED_CAPABILITIES for aid, a in access.items() if not a.personal},
         )
@@ -695,6 +699,10 @@ class JmapService:
 
         app = JmapApp(cfg.jmap, res["auth"], factory, uploads, secret, tls=self.ctx.listener.tls == "implicit",
                       submitter=submitter, limiter=self.limiter, grants=grants)
+        if "directory" in res and "store" in res:
+            from mailsrv.recall import Recaller
+
+            app.recaller = Recaller(cfg.recall, res["store"], res["directory"], data_dir)
         return app.make_app()
 
     async def start(self, socks: list[socket.socket], ssl_context: ssl.SSLContext | None) -> None:

@@ -10,6 +10,7 @@ from mailsrv.config import JmapConfig
 from mailsrv.jmap.core import CORE, MAIL
 from mailsrv.jmap.mailbox import MAX_NAME
 from mailsrv.jmap.query import COLLATIONS
+from mailsrv.jmap.recall import RECALL
 
 WEBSOCKET = "urn:ietf:params:jmap:websocket"
 SUBMISSION = "urn:ietf:params:jmap:submission"
@@ -20,7 +21,7 @@ BLOB = "urn:ietf:params:jmap:blob"
 EMAIL_SORT = ["receivedAt", "sentAt", "size", "from", "to", "subject", "hasKeyword", "allInThreadHaveKeyword", "someInThreadHaveKeyword", "id"]
 
 #: every capability this server implements (a request's "using" may name only these)
-SERVER_CAPABILITIES = frozenset({CORE, MAIL, WEBSOCKET, SUBMISSION, VACATION, QUOTA, BLOB})
+SERVER_CAPABILITIES = frozenset({CORE, MAIL, WEBSOCKET, SUBMISSION, VACATION, QUOTA, BLOB, RECALL})
 #: what an account shared with the caller supports: its mail, not sending or answering as its owner
 SHARED_CAPABILITIES = frozenset({CORE, MAIL, QUOTA, BLOB})
 
@@ -62,6 +63,7 @@ def session_object(cfg: JmapConfig, base: str, username: str, accounts: dict[str
         VACATION: {},
         QUOTA: {},
         BLOB: {},
+        RECALL: {},  # Email/recall (docs/recall.md): the owner's own Sent mail, never a shared account's
     }
     acc_caps = {
         CORE: {},
@@ -73,6 +75,7 @@ def session_object(cfg: JmapConfig, base: str, username: str, accounts: dict[str
         # RFC 9404 §4.1
         BLOB: {"maxSizeBlobSet": cfg.max_size_upload, "maxDataSources": 64,
                "supportedTypeNames": ["Mailbox", "Thread", "Email"], "supportedDigestAlgorithms": ["sha", "sha-256"]},
+        RECALL: {},
     }
     all_accounts = {
         aid: {"name": name, "isPersonal": True, "isReadOnly": False, "accountCapabilities": acc_caps}

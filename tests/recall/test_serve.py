@@ -233,3 +233,57 @@ def test_admin_api_recall_scope(server: Any) -> None:
     status, doc = call(port, "GET", "/openapi.json")
     assert status == 200 and isinstance(doc, dict) and "post" in doc["paths"]["/api/v1/recall"]
 
+
+
+async def jmap_calls(srv: Any, token: str, *calls: list) -> tuple[dict, list]:  # type: ignore[type-arg]
+    url = f"http://127.0.0.1:{srv.ports['jmap']}"
+    hdr = {"Authorization": f"Bearer {token}"}
+    async with aiohttp.ClientSession() as http:
+        async with http.get(url + "/jmap/session", headers=hdr) as r:
+            session = await r.json()
+        account = session["primaryAccounts"]["urn:ietf:params:jmap:mail"]
+        body = {"using": ["urn:ietf:params:jmap:core", "urn:ietf:params:jmap:mail", "urn:mailsrv:recall"],
+                "methodCalls": [[name, {"accountId": account, **args}, cid] for name, args, cid in calls]}
+        async with http.post(url + "/jmap/api", json=body, headers=hdr) as r:
+            assert r.status == 200, await r.text()
+            return session, (await r.json())["methodResponses"]
+
+
+def test_jmap_email_recall(server: Any) -> None:
+    carol = f"carol@{D}"
+    send(server, carol, "recall-3@example.test", "Wrong attachment", [f"grace@{D}", f"erin@{D}"],
+         to=f"grace@{D}, erin@{D}", cc="")
+    send(server, f"erin@{D}", "recall-4@example.test", "For carol", [carol], to=carol, cc="")
+    wait_inboxes(server, [f"grace@{D}", f"erin@{D}"], "Wrong attachment")
+    wait_inboxes(server, [carol], "For carol")
+    token = json.loads(cli(server.cfg, "token", "issue", carol, "--scope", "mail", "--json"))["token"]
+    session, resp = asyncio.run(jmap_calls(server, token, ["Mailbox/get", {}, "m"]))
+    assert "urn:mailsrv:recall" in session["capabilities"]
+    assert "urn:mailsrv:recall" in session["accounts"][session["primaryAccounts"]["urn:ietf:params:jmap:mail"]][
+        "accountCapabilities"]
+    boxes = {m["role"]: m["id"] for m in resp[0][1]["list"]}
+    _, resp = asyncio.run(jmap_calls(
+        server, token,
+        ["Email/query", {"filter": {"inMailbox": boxes["sent"], "subject": "Wrong attachment"}}, "s"],
+        ["Email/query", {"filter": {"inMailbox": boxes["inbox"], "subject": "For carol"}}, "i"]))
+    [sent_id] = resp[0][1]["ids"]
+    inbox_ids = resp[1][1]["ids"]
+    assert len(inbox_ids) == 1  # erin's message: carol received it, did not send it
+    _, resp = asyncio.run(jmap_calls(server, token, ["Email/recall", {"emailIds": [sent_id, inbox_ids[0]]}, "r"]))
+    name, out, _ = resp[0]
+    assert name == "Email/recall", out
+    assert sorted((r["recipient"], r["status"]) for r in out["recalled"][sent_id]) == [
+        (f"erin@{D}", "recalled"), (f"grace@{D}", "recalled")]
+    assert out["notRecalled"] == {inbox_ids[0]: {
+        "type": "notFound", "description": "not an Email of your Sent mailbox with a Message-ID"}}
+    assert "Wrong attachment" not in subjects(server, f"grace@{D}")
+    assert "Recall: Wrong attachment" in subjects(server, f"erin@{D}")
+    # without the capability in "using" the method is refused (RFC 8620 §3.6.2 unknownMethod)
+    async def without() -> list:  # type: ignore[type-arg]
+        url = f"http://127.0.0.1:{server.ports['jmap']}"
+        body = {"using": ["urn:ietf:params:jmap:core", "urn:ietf:params:jmap:mail"],
+                "methodCalls": [["Email/recall", {"accountId": "x", "emailIds": [sent_id]}, "r"]]}
+        async with aiohttp.ClientSession() as http, http.post(
+                url + "/jmap/api", json=body, headers={"Authorization": f"Bearer {token}"}) as r:
+            return (await r.json())["methodResponses"]  # type: ignore[no-any-return]
+    assert asyncio.run(without())[0][0] == "error"
