@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from mailsrv import log
-from mailsrv.directory import DirectoryError, NotFound, PermissionDenied
+from mailsrv.directory import NotFound
 from mailsrv.directory.scope import Actor
 from mailsrv.recall import Recaller, RecallError
 
@@ -51,14 +51,9 @@ def register(api: AdminApi, recaller: Recaller | None, prefix: str) -> None:
             if d.account_by_address(sender) is None:
                 raise NotFound(f"no local user {sender}")
 
-        try:
-            await api.directory.run(check)
-        except PermissionDenied as exc:
-            return _problem(403, str(exc))
-        except NotFound as exc:
-            return _problem(404, str(exc))
-        except DirectoryError as exc:
-            return _problem(400, str(exc))
+        refused = await api.scoped(check)
+        if isinstance(refused, web.Response):
+            return refused
         if recaller is None:
             return _problem(503, "this server has no mail store")
         try:

@@ -108,20 +108,26 @@ class AdminApi:
                     if not isinstance(pw, str) or len(pw) < 8:
                         return _problem(400, "password must be a string of at least 8 characters")
                     data["secrets"] = await self.auth.hash_password(pw)
-            try:
-                result = await self.directory.run(lambda sd: fn(sd, Actor.admin(sd, who), request, data))
-            except PermissionDenied as exc:
-                return _problem(403, str(exc))
-            except NotFound as exc:
-                return _problem(404, str(exc))
-            except Conflict as exc:
-                return _problem(409, str(exc))
-            except (DirectoryError, ValueError, TypeError, KeyError) as exc:
-                return _problem(400, str(exc) if not isinstance(exc, KeyError) else f"missing field {exc}")
+            result = await self.scoped(lambda sd: fn(sd, Actor.admin(sd, who), request, data))
+            if isinstance(result, web.Response):
+                return result
             logger.info("admin.call", admin=who, method=request.method, path=request.path)
             return web.json_response(result, dumps=lambda o: json.dumps(o, default=str))
 
         self.app.router.add_route(method, PREFIX + path, handler)
+
+    async def scoped(self, fn: Callable[[SyncDirectory], Any]) -> Any:
+        """``fn(sync_directory)`` on the directory's pool; its errors as problem responses (returned)."""
+        try:
+            return await self.directory.run(fn)
+        except PermissionDenied as exc:
+            return _problem(403, str(exc))
+        except NotFound as exc:
+            return _problem(404, str(exc))
+        except Conflict as exc:
+            return _problem(409, str(exc))
+        except (DirectoryError, ValueError, TypeError, KeyError) as exc:
+            return _problem(400, str(exc) if not isinstance(exc, KeyError) else f"missing field {exc}")
 
     async def _admin(self, request: web.Request) -> str | web.Response:
         header = request.headers.get("Authorization", "")
