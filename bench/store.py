@@ -422,6 +422,9 @@ async def _store_only(base: Path, count: int, concurrency: int, users: int, spoo
         "round_work_wall_ms": 1000 * wall["round"] / max(1, rounds),
         "syncfs_wall_ms": 1000 * wall["syncfs"] / max(1, syncs),
         "syncfs_busy": wall["syncfs"] / elapsed,
+        # per delivery, its wait in the store's round from call to answer; per round, the gate's wait
+        # with its sync and the sync alone (``FsSyncer.stats``: what a worker logs as store.rounds)
+        **{f"round_{k}": v for k, v in store.fssync.stats().items() if k.endswith("_ms")},
     }
     await store.close()
     return out

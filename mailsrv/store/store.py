@@ -217,6 +217,8 @@ class Store:
         except TimeoutError:
             logger.warning("store.close_timeout", deliveries=self._delivering, follow_ups=len(self._follow_ups))
         await self.indexer.flush()  # every acknowledged delivery indexed before the engines close
+        if self.fssync is not None and self.fssync.rounds:  # where a delivery's wait went (bench/README)
+            logger.info("store.rounds", **{k: round(v, 3) for k, v in self.fssync.stats().items()})
         if self._hibernating:
             await asyncio.gather(*self._hibernating, return_exceptions=True)
         for acct in [*self._accounts.values(), *self._evicted.values()]:

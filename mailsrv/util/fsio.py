@@ -376,6 +376,8 @@ class _SyncGate:
         self._wanted: dict[str, None] = {}  # paths for the next sync
         self._next = 0  # number of the next sync to start
         self._done = -1  # number of the last sync completed
+        #: seconds spent in syncs (summed; the bench and the store's close log)
+        self.sync_time = 0.0
         #: path -> error of the next sync, filled when it completes: each waiter holds the one of
         #: its sync, however late it wakes (a table of past syncs would have to forget some)
         self._outcome: dict[str, OSError | None] = {}
@@ -414,11 +416,13 @@ class _SyncGate:
                 self._cond.wait()
             else:
                 return [outcome[p] for p in paths]
+        t0 = time.monotonic()
         try:
             errors = self._sync(todo)
         except Exception as exc:  # not an OSError of one path: every path of this sync failed
             errors = [OSError(errno.EIO, f"sync failed: {exc}")] * len(todo)
         with self._cond:
+            self.sync_time += time.monotonic() - t0
             outcome.update(zip(todo, errors, strict=True))
             self._done = mine
             self._running = False
@@ -464,6 +468,26 @@ class _GroupCommit:
         #: rounds run, callers served (for tests and the bench)
         self.rounds = 0
         self.callers = 0
+        #: seconds summed (the bench, the store's close log; changed on the loop thread): callers'
+        #: waits from their call to their round's answer, rounds' work (every caller's), and rounds'
+        #: waits at the sync gate with their sync (the syncs alone: ``sync_time``)
+        self.waited = 0.0
+        self.worked = 0.0
+        self.synced = 0.0
+
+    @property
+    def sync_time(self) -> float:
+        """Seconds spent in this syncer's syncs (summed)."""
+        return self._gate.sync_time
+
+    def stats(self) -> dict[str, float]:
+        """Means in ms: a caller's wait (call to answer), a round's work, its wait at the sync gate
+        with its sync, and the syncs' time per round (a sync may serve several); callers per round
+        (the bench, the store's close log)."""
+        rounds = max(1, self.rounds)
+        return {"rounds": self.rounds, "callers_per_round": self.callers / rounds,
+                "wait_ms": 1000 * self.waited / max(1, self.callers), "work_ms": 1000 * self.worked / rounds,
+                "sync_wait_ms": 1000 * self.synced / rounds, "sync_ms": 1000 * self.sync_time / rounds}
 
     @property
     def tasks(self) -> list[asyncio.Task[None]]:
@@ -497,29 +521,35 @@ class _GroupCommit:
         fut: asyncio.Future[Any] = loop.create_future()
         self._pending.setdefault(os.fspath(path), []).append((fut, work, abandoned))
         self.callers += 1
+        t0 = time.monotonic()
         if self._running < self._lanes:
             self._running += 1
             task = loop.create_task(self._flusher())
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         try:
-            return await fut
+            out = await fut
         except asyncio.CancelledError:
             # cancelled after the round answered but before this task woke (the answer is in fut, not
             # taken): follow it up as the round does for a caller cancelled while it ran
             if abandoned is not None and fut.done() and not fut.cancelled() and fut.exception() is None:
                 abandoned(*fut.result())
             raise
+        self.waited += time.monotonic() - t0
+        return out
 
     def _round(self, paths: list[str]) -> list[OSError | None]:
         """Blocking (I/O pool): make ``paths`` durable; the error (or None) for each."""
         raise NotImplementedError
 
-    def _round_job(self, batch: dict[str, list[_Call]]) -> list[tuple[list[tuple[bool, Any]], OSError | None]]:
+    def _round_job(self, batch: dict[str, list[_Call]]
+                   ) -> tuple[list[tuple[list[tuple[bool, Any]], OSError | None]], float, float]:
         """Blocking (I/O pool): every caller's work, then one ``_round`` for the paths still wanted.
 
-        Per path: ([(ok, result or exception) per caller], the path's sync error or None).
+        Per path: ([(ok, result or exception) per caller], the path's sync error or None); and the
+        seconds of the work and of the wait for the sync (with it).
         """
+        t0 = time.monotonic()
         done: list[list[tuple[bool, Any]]] = []
         wanted: list[str] = []
         self._gate.enter()
@@ -543,12 +573,14 @@ class _GroupCommit:
         except BaseException:
             self._gate.leave()
             raise
+        t1 = time.monotonic()
         if wanted:
             errors = dict(zip(wanted, self._gate.sync(wanted, entered=True), strict=True))
         else:
             self._gate.leave()
             errors = {}
-        return [(outs, errors.get(path)) for path, outs in zip(batch, done, strict=True)]
+        return ([(outs, errors.get(path)) for path, outs in zip(batch, done, strict=True)], t1 - t0,
+                time.monotonic() - t1)
 
     async def _flusher(self) -> None:
         foreground.enter()  # background jobs give way while this runs (a task cancelled unstarted: neither)
@@ -562,7 +594,7 @@ class _GroupCommit:
                 self._busy = sum(len(c) for c in batch.values()) > 1
                 self.rounds += 1
                 try:
-                    results = await self._io.run(self._round_job, batch)
+                    results, worked, synced = await self._io.run(self._round_job, batch)
                 except Exception as exc:  # the pool is shut down: every caller of the round gets it
                     for callers in batch.values():
                         for fut, _, _ in callers:
@@ -574,6 +606,8 @@ class _GroupCommit:
                         for fut, _, _ in callers:
                             fut.cancel()
                     raise
+                self.worked += worked
+                self.synced += synced
                 for callers, (outs, err) in zip(batch.values(), results, strict=True):
                     for (fut, work, abandoned), (ok, value) in zip(callers, outs, strict=True):
                         if fut.done():

@@ -152,6 +152,48 @@ def test_run_synced_does_every_callers_work_in_one_job_then_syncs(tmp_path: Path
     assert synced == [sorted([str(tmp_path), str(tmp_path / "missing")])]
 
 
+def test_group_commit_times_its_callers_work_and_syncs(tmp_path: Path) -> None:
+    """The round counters (bench, the store's close log): every caller's wait covers its round's work
+    and sync; the work and the syncs are counted as they ran (here: timed inside them)."""
+    import time
+
+    worked: list[float] = []
+    synced: list[float] = []
+
+    class Timed(fsio.FsSyncer):
+        def _round(self, paths: list[str]) -> list[OSError | None]:
+            t0 = time.monotonic()
+            out = super()._round(paths)
+            synced.append(time.monotonic() - t0)
+            return out
+
+    def work(i: int) -> int:
+        t0 = time.monotonic()
+        fsio.durable_write(tmp_path / f"f{i}", b"x" * 4096)  # real work: a write and two fsyncs
+        worked.append(time.monotonic() - t0)
+        return i
+
+    async def main() -> fsio.FsSyncer:
+        io = fsio.FileIO(4)
+        syncer = Timed(io, lanes=2)
+        try:
+            for _ in range(3):
+                await asyncio.gather(*(syncer.run_synced(tmp_path, work, i) for i in range(5)))
+            return syncer
+        finally:
+            io.shutdown()
+
+    syncer = asyncio.run(main())
+    stats = syncer.stats()
+    assert syncer.callers == 15 and stats["rounds"] == syncer.rounds >= 3
+    assert syncer.worked >= sum(worked) > 0
+    assert syncer.sync_time >= sum(synced) > 0 and syncer.synced >= syncer.sync_time
+    # each caller waited at least for its round's work and sync: the callers' waits cover the rounds'
+    assert syncer.waited >= syncer.worked + syncer.synced
+    assert stats["wait_ms"] == pytest.approx(1000 * syncer.waited / 15)
+    assert stats["sync_ms"] == pytest.approx(1000 * syncer.sync_time / syncer.rounds)
+
+
 def test_sync_gate_runs_one_sync_at_a_time_for_every_waiter(tmp_path: Path) -> None:
     """Rounds of several lanes share syncs: never two at once, and each caller's sync began after it asked."""
     import threading
