@@ -732,6 +732,12 @@ def run(size: str) -> dict[str, Any]:
             if pf_conf is not None:
                 _stop_postfix(pf_conf)
                 pf_conf = None
+        rounds = [ln.split(" store.rounds ", 1)[1] for ln in srv.log.read_text(errors="replace").splitlines()
+                  if " store.rounds " in ln]  # each worker logs its delivery rounds at stop
+        if rounds:
+            notes.append("mailsrv's group-commit delivery rounds over the whole run, per worker (store.rounds: a "
+                         "delivery's wait in the store, ms; per round its work, its wait for the sync with the "
+                         "sync, the syncs' time): " + "; ".join(rounds))
         for (bsize, n), (rate, p50, p99, _) in ours.cells.items():
             brate, bp50, bp99, _ = theirs.cells[(bsize, n)]
             label = f"{bsize // 1024} KB, {n} sessions"
