@@ -41,6 +41,8 @@ logger = log.get("recall")
 
 Status = Literal["recalled", "read", "expired", "not found", "external"]
 
+#: recalls one process runs at once (each scans the organisation's indexes); more wait their turn
+RECALLS_AT_ONCE = 2
 #: accounts whose index is asked at the same time (the store's I/O pool runs them)
 RECALL_CONCURRENCY = 16
 #: threads peeking at the indexes of accounts not open in this process (~1 ms each, 1/3 of it CPU)
@@ -102,12 +104,17 @@ class Recaller:
         self.directory = directory
         self.data_dir = Path(data_dir)
         self.delivery = LocalDelivery(directory, store, self.data_dir)
+        self._gate = asyncio.Semaphore(RECALLS_AT_ONCE)
 
     async def recall(self, sender: str, message_id: str, *, now: float | None = None) -> list[RecallResult]:
         """Recall ``message_id`` sent by the local user ``sender`` (any of their addresses).
 
         Returns one result per recipient, sorted by address. Raises RecallError.
         """
+        async with self._gate:
+            return await self._recall(sender, message_id, now)
+
+    async def _recall(self, sender: str, message_id: str, now: float | None) -> list[RecallResult]:
         if not self.config.enabled:
             raise RecallError("recall is disabled ([recall] enabled = false)")
         owner = await self.directory.account_by_address(sender)

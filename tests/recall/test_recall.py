@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections.abc import AsyncIterator
@@ -16,7 +17,7 @@ from hypothesis import strategies as st
 from mailsrv.config import DirectoryConfig, RecallConfig, StoreConfig
 from mailsrv.delivery.local import LocalDelivery
 from mailsrv.directory import open_directory, open_sync
-from mailsrv.recall import Recaller, RecallError, _Copy, normalise_message_id
+from mailsrv.recall import RECALLS_AT_ONCE, Recaller, RecallError, _Copy, normalise_message_id
 from mailsrv.store import Store, account_root
 from mailsrv.store.engine import may_hold_msgid
 
@@ -217,3 +218,27 @@ async def test_accounts_not_open_here_are_peeked_at(site: Site) -> None:
     finally:
         await other.close()
     assert await site.inbox(f"bob@{D}") == []
+
+
+async def test_recalls_wait_their_turn(site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
+    """At most RECALLS_AT_ONCE scans run in one process; the others queue (a user spamming Email/recall)."""
+    inside: list[str] = []
+    release = asyncio.Event()
+    entered = asyncio.Event()
+
+    async def fake(sender: str, message_id: str, now: float | None) -> list[Any]:
+        inside.append(message_id)
+        if len(inside) == RECALLS_AT_ONCE:
+            entered.set()
+        await release.wait()
+        return []
+
+    monkeypatch.setattr(site.recaller, "_recall", fake)
+    tasks = [asyncio.create_task(site.recaller.recall(f"alice@{D}", f"q{i}@x")) for i in range(RECALLS_AT_ONCE + 1)]
+    await asyncio.wait_for(entered.wait(), 10)
+    # the tasks started in order in one loop turn: the last one is already waiting at the gate
+    assert len(inside) == RECALLS_AT_ONCE and site.recaller._gate.locked()
+    assert not tasks[-1].done()
+    release.set()
+    assert await asyncio.gather(*tasks) == [[]] * (RECALLS_AT_ONCE + 1)
+    assert len(inside) == RECALLS_AT_ONCE + 1

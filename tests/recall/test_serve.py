@@ -287,3 +287,13 @@ def test_jmap_email_recall(server: Any) -> None:
                 url + "/jmap/api", json=body, headers={"Authorization": f"Bearer {token}"}) as r:
             return (await r.json())["methodResponses"]  # type: ignore[no-any-return]
     assert asyncio.run(without())[0][0] == "error"
+    _, resp = asyncio.run(jmap_calls(server, token, ["Email/recall", {"emailIds": []}, "r"]))
+    assert resp[0][0] == "error" and resp[0][1]["type"] == "invalidArguments"
+    # an account shared with someone else is not theirs to recall from, even with write rights
+    cli(server.cfg, "share", "grant", carol, f"erin@{D}", "--rights", "write")
+    erin = json.loads(cli(server.cfg, "token", "issue", f"erin@{D}", "--scope", "mail", "--json"))["token"]
+    session, _ = asyncio.run(jmap_calls(server, erin, ["Core/echo", {}, "e"]))
+    [shared] = [aid for aid, a in session["accounts"].items() if a["name"] == carol]
+    assert "urn:mailsrv:recall" not in session["accounts"][shared]["accountCapabilities"]
+    _, resp = asyncio.run(jmap_calls(server, erin, ["Email/recall", {"accountId": shared, "emailIds": [sent_id]}, "r"]))
+    assert resp[0][0] == "error" and resp[0][1]["type"] == "accountNotSupportedByMethod", resp
