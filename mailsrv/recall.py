@@ -125,22 +125,19 @@ class Recaller:
         since = now - self.config.window * LOOKBACK_WINDOWS
         owned: dict[str, bool] = {}
         own_copies: list[_Copy] = []
-        results: dict[int, RecallResult] = {}
+        out: list[RecallResult] = []
         recalled: list[_Copy] = []
+        theirs: list[list[_Copy]] = []
         for acct, copies in await self._find(msgid, since, owner, owned):
             if acct.id == owner.id:
                 own_copies += copies
-                continue
-            res = None
-            for c in copies:
-                r = await self._take_back(c, now)
-                if r.status == "recalled":
-                    recalled.append(c)
-                if res is None or _RANK[r.status] > _RANK[res.status]:
-                    res = r
-            if res is not None:
-                results[acct.id] = res
-        out = list(results.values())
+            else:
+                theirs.append(copies)
+        # accounts in parallel (each removal is two index transactions); one account's copies in turn
+        for i in range(0, len(theirs), RECALL_CONCURRENCY):
+            for res, done in await asyncio.gather(*(self._take_all(cs, now) for cs in theirs[i:i + RECALL_CONCURRENCY])):
+                out.append(res)
+                recalled += done
         out += await self._unreached(own_copies, {r.recipient for r in out}, owner)
         logger.info("recall.done", sender=owner.address, msgid=msgid, recalled=len(recalled),
                     results=len(out))
@@ -227,6 +224,19 @@ class Recaller:
 
     # -- acting on them --------------------------------------------------------------------------------
 
+    async def _take_all(self, copies: list[_Copy], now: float) -> tuple[RecallResult, list[_Copy]]:
+        """One account's copies: its strongest result (recalled > read > expired > not found), the removed."""
+        best: RecallResult | None = None
+        done: list[_Copy] = []
+        for c in copies:
+            r = await self._take_back(c, now)
+            if r.status == "recalled":
+                done.append(c)
+            if best is None or _RANK[r.status] > _RANK[best.status]:
+                best = r
+        assert best is not None  # _copies returns no empty list
+        return best, done
+
     async def _take_back(self, c: _Copy, now: float) -> RecallResult:
         who = c.account.address
         if "\\Seen" in c.flags:
@@ -279,18 +289,21 @@ class Recaller:
         return out
 
     async def _notify(self, owner: Account, recalled: Iterable[_Copy], now: float) -> None:
-        """One notice per recipient whose copy was removed, through the normal local delivery."""
-        by_account: dict[int, _Copy] = {}
+        """A notice to each recipient whose copy was removed, through the normal local delivery: one
+        message per subject, hard-linked into every INBOX (a group of thousands is one delivery)."""
+        by_subject: dict[str, dict[int, Account]] = {}
         for c in recalled:
-            by_account.setdefault(c.account.id, c)
-        for c in by_account.values():
-            raw = notice_message(owner, c.account.address, c.subject, now)
-            path = await asyncio.to_thread(spool_dir, self.data_dir) / f"recall.{time.time_ns():x}.{os.getpid()}.{secrets.token_hex(6)}"
+            by_subject.setdefault(c.subject, {})[c.account.id] = c.account
+        spool = await asyncio.to_thread(spool_dir, self.data_dir)
+        for subject, accounts in by_subject.items():
+            to = next(iter(accounts.values())).address if len(accounts) == 1 else "undisclosed-recipients:;"
+            raw = notice_message(owner, to, subject, now)
+            path = spool / f"recall.{time.time_ns():x}.{os.getpid()}.{secrets.token_hex(6)}"
             try:
-                res = Resolution(c.account.address, Kind.USER, c.account)
-                out = await self.delivery.deliver(path, [(c.account.address, res)], data=raw)
-                if out.retry:
-                    logger.warning("recall.notice_failed", account=c.account.address)
+                rcpts = [(a.address, Resolution(a.address, Kind.USER, a)) for a in accounts.values()]
+                out = await self.delivery.deliver(path, rcpts, data=raw)
+                for addr in out.retry:
+                    logger.warning("recall.notice_failed", account=addr)
             finally:
                 await asyncio.to_thread(_unlink, path)
 

@@ -173,7 +173,16 @@ async def test_notice_through_local_delivery(site: Site) -> None:
     assert subject == "Recall: Salaries 2027 \u2013 draft"
     raw = await (await site.acct(f"bob@{D}")).read_message("INBOX", uid)
     assert b"Alice <alice@example.test> recalled the message" in raw
-    assert b"Auto-Submitted: auto-generated" in raw
+    assert b"Auto-Submitted: auto-generated" in raw and b"To: bob@example.test" in raw
+    # several recipients: one notice, linked into each INBOX
+    await site.send(f"alice@{D}", [f"bob@{D}", f"carol@{D}"], "m10@x", subject="Offsite")
+    assert [r.status for r in await rec.recall(f"alice@{D}", "m10@x")] == ["recalled", "recalled"]
+    for who in ("bob", "carol"):
+        sa = await site.acct(f"{who}@{D}")
+        view = await sa.open_mailbox("INBOX")
+        raw = await sa.read_message("INBOX", view.messages[-1].uid)
+        assert b"Subject: Recall: Offsite" in raw and b"To: undisclosed-recipients:;" in raw
+        assert (await sa.quota_usage()).messages == (2 if who == "bob" else 1)
     assert not list((site.data_dir / "spool").iterdir())  # its spool file is gone
 
 
