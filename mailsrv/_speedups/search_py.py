@@ -78,38 +78,33 @@ def add_postings(post: dict[str, Any], uid: int, terms: Iterable[str], factory: 
 def header_texts(raw: bytes, start: int, end: int, limit: int) -> list[tuple[bytes, bytes, str | None]]:
     """The header fields of ``raw[start:end]`` (at most ``limit``) for search extraction, found as
     ``mime.body.iter_header_lines`` finds them: (lower-case name, value after the first colon without
-    its trailing CR/LF, text). The text of a plain ASCII value (no "=?" once unfolded) is the value
-    unfolded (CR and LF removed) and stripped of spaces and tabs; None: the caller decodes the value
-    (RFC 2047 encoded words, 8-bit bytes)."""
+    its trailing CR/LF, text). A field starts at a line with a colon after its first byte and takes
+    the lines that begin with a space or a tab after it; the empty line ends the block. The text of
+    a plain ASCII value (no "=?" once unfolded) is the value unfolded (CR and LF removed) and
+    stripped of spaces and tabs; None: the caller decodes the value (RFC 2047, 8-bit bytes)."""
     out: list[tuple[bytes, bytes, str | None]] = []
-    if limit <= 0:
+    first, stop = max(start, 0), min(end, len(raw))
+    if stop <= first:
         return out
-    pos = max(start, 0)
-    end = min(end, len(raw))
-    cur_name = b""
-    cur_start = -1
-    while pos < end:
-        nl = raw.find(b"\n", pos, end)
-        nxt = end if nl < 0 else nl + 1
-        line = raw[pos:nxt]
-        if line in (b"\r\n", b"\n"):
-            break
-        if line[:1] in (b" ", b"\t") and cur_start >= 0:
-            pos = nxt
-            continue
-        if cur_start >= 0:
-            out.append(_field(raw, cur_name, cur_start, pos))
-            if len(out) >= limit:
-                return out
-            cur_start = -1
-        colon = line.find(b":")
-        if colon > 0:
-            cur_name = line[:colon].rstrip(b" \t").lower()
-            cur_start = pos
-        pos = nxt
-    if cur_start >= 0:
-        out.append(_field(raw, cur_name, cur_start, pos))
-    return out
+    lines = raw[first:stop].split(b"\n")
+    ends = len(lines) - 1  # lines but the last end with the LF split off
+    field: tuple[bytes, int] | None = None  # the field being read: (name, its offset in raw)
+    at = first
+    for i, line in enumerate(lines):
+        if i == ends and not line:
+            break  # the block ended with its last line's LF
+        if i < ends and line in (b"", b"\r"):
+            break  # the empty line
+        if field is not None and line[:1] not in (b" ", b"\t"):
+            out.append(_field(raw, field[0], field[1], at))
+            field = None
+        name, colon, _ = line.partition(b":")
+        if field is None and colon and name and len(out) < limit:
+            field = (name.rstrip(b" \t").lower(), at)
+        at += len(line) + (i < ends)
+    if field is not None:
+        out.append(_field(raw, field[0], field[1], at))
+    return out[: max(limit, 0)]
 
 
 def _field(raw: bytes, name: bytes, a: int, b: int) -> tuple[bytes, bytes, str | None]:
