@@ -39,10 +39,12 @@ from mailsrv.store.engine import may_hold_msgid
 
 logger = log.get("recall")
 
-Status = Literal["recalled", "read", "expired", "not found", "external"]
+Status = Literal["recalled", "read", "expired", "not found", "external", "failed"]
 
 #: recalls one process runs at once (each scans the organisation's indexes); more wait their turn
 RECALLS_AT_ONCE = 2
+#: accounts taken from the directory per round of peeks
+ACCOUNT_PAGE = 256
 #: accounts whose index is asked at the same time (the store's I/O pool runs them)
 RECALL_CONCURRENCY = 16
 #: threads peeking at the indexes of accounts not open in this process (~1 ms each, 1/3 of it CPU)
@@ -135,7 +137,8 @@ class Recaller:
                 theirs.append(copies)
         # accounts in parallel (each removal is two index transactions); one account's copies in turn
         for i in range(0, len(theirs), RECALL_CONCURRENCY):
-            for res, done in await asyncio.gather(*(self._take_all(cs, now) for cs in theirs[i:i + RECALL_CONCURRENCY])):
+            part = theirs[i:i + RECALL_CONCURRENCY]
+            for res, done in await asyncio.gather(*(self._take_all(cs, now) for cs in part)):
                 out.append(res)
                 recalled += done
         out += await self._unreached(own_copies, {r.recipient for r in out}, owner)
@@ -173,7 +176,7 @@ class Recaller:
                 logger.warning("recall.truncated", max_accounts=self.config.max_accounts)
                 break
             batch.append(acct)
-            if len(batch) >= 256:
+            if len(batch) >= ACCOUNT_PAGE:
                 await flush()
         await flush()
         return found
@@ -181,9 +184,13 @@ class Recaller:
     async def _copies(self, acct: Account, root: Path, msgid: str, since: float, owner: Account,
                       owned: dict[str, bool]) -> list[_Copy]:
         aid = str(acct.id)
-        sacct = self.store.cached_account(aid) or await self.store.account(aid, root, domain=acct.domain)
-        await sacct.mailbox_status("INBOX")  # indexes a delivery still waiting in new/
-        rows = await sacct.recent_with_msgid(msgid, since)
+        try:
+            sacct = self.store.cached_account(aid) or await self.store.account(aid, root, domain=acct.domain)
+            await sacct.mailbox_status("INBOX")  # indexes a delivery still waiting in new/
+            rows = await sacct.recent_with_msgid(msgid, since)
+        except StoreError as exc:  # one unreadable account does not stop the others' recall
+            logger.warning("recall.account_failed", account=acct.address, error=str(exc))
+            return []
         out: list[_Copy] = []
         by_box: dict[str, list[tuple[int, frozenset[str], float, int]]] = {}
         for mailbox, uid, flags, idate, modseq in rows:
@@ -244,30 +251,44 @@ class Recaller:
         if c.internal_date < now - self.config.window:
             return RecallResult(who, "expired", c.mailbox, c.uid)
         try:
-            # RFC 7162 §3.1.3 UNCHANGED SINCE: \Deleted only if nothing (a read) changed the copy since we
-            # looked; then the UID EXPUNGE of IMAP, which takes it only while it is still \Deleted
-            modseq = c.modseq
-            for _ in range(FLAG_RACE_TRIES):
-                _, failed = await c.sacct.store_flags(c.mailbox, [c.uid], frozenset({"\\Deleted"}), "add",
-                                                      unchanged_since=modseq)
-                if not failed:
-                    break
-                now_info = [i for i in (await c.sacct.changes_since(c.mailbox, modseq)).changed if i.uid == c.uid]
-                if not now_info:
-                    return RecallResult(who, "not found", c.mailbox, c.uid)  # expunged meanwhile
-                if "\\Seen" in now_info[0].flags:
-                    return RecallResult(who, "read", c.mailbox, c.uid)
-                modseq = now_info[0].modseq
-            else:
-                return RecallResult(who, "read", c.mailbox, c.uid)  # kept changing: left as if opened
+            refused = await self._mark_deleted(c)
+        except StoreError as exc:
+            logger.warning("recall.expunge_failed", account=who, mailbox=c.mailbox, uid=c.uid, error=str(exc))
+            return RecallResult(who, "failed", c.mailbox, c.uid)
+        if refused is not None:
+            return RecallResult(who, refused, c.mailbox, c.uid)
+        try:
             done = await c.sacct.expunge(c.mailbox, [c.uid], only_deleted=True)
         except StoreError as exc:
             logger.warning("recall.expunge_failed", account=who, mailbox=c.mailbox, uid=c.uid, error=str(exc))
-            return RecallResult(who, "not found", c.mailbox, c.uid)
+            if "\\Deleted" not in c.flags:  # best effort: leave the copy as it was
+                try:
+                    await c.sacct.store_flags(c.mailbox, [c.uid], frozenset({"\\Deleted"}), "remove")
+                except StoreError:
+                    pass
+            return RecallResult(who, "failed", c.mailbox, c.uid)
         if c.uid not in done:  # expunged by its owner meanwhile
             return RecallResult(who, "not found", c.mailbox, c.uid)
         logger.info("recall.removed", account=who, mailbox=c.mailbox, uid=c.uid)
         return RecallResult(who, "recalled", c.mailbox, c.uid)
+
+    async def _mark_deleted(self, c: _Copy) -> Status | None:
+        """RFC 7162 §3.1.3 UNCHANGED SINCE: ``\\Deleted`` only if nothing (a read) changed the copy since
+        it was looked at; then the caller's UID EXPUNGE takes it only while it is still ``\\Deleted``.
+        None when marked, else why not ("read", "not found"). Raises StoreError."""
+        modseq = c.modseq
+        for _ in range(FLAG_RACE_TRIES):
+            _, failed = await c.sacct.store_flags(c.mailbox, [c.uid], frozenset({"\\Deleted"}), "add",
+                                                  unchanged_since=modseq)
+            if not failed:
+                return None
+            now_info = [i for i in (await c.sacct.changes_since(c.mailbox, modseq)).changed if i.uid == c.uid]
+            if not now_info:
+                return "not found"  # expunged meanwhile
+            if "\\Seen" in now_info[0].flags:
+                return "read"
+            modseq = now_info[0].modseq
+        return "read"  # kept changing: left as if opened
 
     async def _unreached(self, own: list[_Copy], reached: set[str], owner: Account) -> list[RecallResult]:
         """Recipients the sender's own copy (Sent) lists but no local copy answered for."""
@@ -308,7 +329,7 @@ class Recaller:
                 await asyncio.to_thread(_unlink, path)
 
 
-_RANK = {"not found": 0, "expired": 1, "read": 2, "recalled": 3}
+_RANK = {"not found": 0, "failed": 1, "expired": 2, "read": 3, "recalled": 4}
 
 
 def notice_message(owner: Account, recipient: str, subject: str, now: float) -> bytes:

@@ -18,7 +18,7 @@ from mailsrv.config import DirectoryConfig, RecallConfig, StoreConfig
 from mailsrv.delivery.local import LocalDelivery
 from mailsrv.directory import open_directory, open_sync
 from mailsrv.recall import RECALLS_AT_ONCE, Recaller, RecallError, _Copy, normalise_message_id
-from mailsrv.store import Store, account_root
+from mailsrv.store import Store, TemporaryFailure, account_root
 from mailsrv.store.engine import may_hold_msgid
 
 D = "example.test"
@@ -251,3 +251,20 @@ async def test_recalls_wait_their_turn(site: Site, monkeypatch: pytest.MonkeyPat
     release.set()
     assert await asyncio.gather(*tasks) == [[]] * (RECALLS_AT_ONCE + 1)
     assert len(inside) == RECALLS_AT_ONCE + 1
+
+
+async def test_a_failing_account_does_not_stop_the_others(site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
+    await site.send(f"alice@{D}", [f"bob@{D}", f"carol@{D}", f"idle@{D}"], "m11@x")
+    bob, carol = await site.acct(f"bob@{D}"), await site.acct(f"carol@{D}")
+
+    async def disk_error(*args: Any, **kwargs: Any) -> Any:
+        raise TemporaryFailure("EIO")
+
+    monkeypatch.setattr(bob, "expunge", disk_error)  # the removal fails: reported, the copy stays
+    monkeypatch.setattr(carol, "recent_with_msgid", disk_error)  # the lookup fails: logged, skipped
+    res = await site.recaller.recall(f"alice@{D}", "m11@x")
+    assert [(r.recipient, r.status) for r in res] == [(f"bob@{D}", "failed"), (f"idle@{D}", "recalled")]
+    monkeypatch.undo()
+    assert len(await site.inbox(f"carol@{D}")) == 1
+    [m] = (await bob.open_mailbox("INBOX")).messages
+    assert m.flags == frozenset()  # not left \Deleted either
