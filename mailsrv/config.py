@@ -643,6 +643,40 @@ class RecallConfig:
                             "account); a larger organisation raises it.", 100000, check=_positive)
 
 
+def _archive_match(v: tuple[str, ...]) -> str | None:
+    if not v:
+        return "needs at least one address, group address or @domain"
+    bad = [m for m in v if not m.rpartition("@")[2] or m.strip() != m]
+    return f"{bad[0]!r} is neither an address nor @domain" if bad else None
+
+
+def _archive_to(v: str) -> str | None:
+    local, sep, domain = v.rpartition("@")
+    return None if sep and local and domain else f"{v!r} is not an address (the archive account)"
+
+
+@dataclass(frozen=True)
+class ArchiveRuleConfig:
+    match: tuple[str, ...] = doc('Whose mail is archived: addresses (users, aliases), group or department addresses '
+                                 '(their current members), "@domain"s.', (), check=_archive_match)
+    direction: Literal["in", "out", "both"] = doc('"in": mail received by a match, "out": mail sent by one, '
+                                                  '"both".', "both")
+    to: str = doc("The archive: a local account (it must exist) that receives one copy per message.", "",
+                  check=_archive_to)
+    folder: str = doc('Folder of the archive account the copies go to (created when missing).', "INBOX")
+    retention_days: int = doc("Days an archived copy is kept (by its internal date), then expunged; 0 keeps it "
+                              "for ever.", 0, check=_non_negative)
+
+
+@dataclass(frozen=True)
+class ArchiveConfig:
+    rule: dict[str, ArchiveRuleConfig] = doc("Archiving rules by name ([archive.rule.NAME]); none: nothing is "
+                                             "archived.", factory=dict)
+    sweep_interval: float = doc("Seconds between two retention sweeps (one process sweeps).", 3600.0,
+                                check=_positive)
+    sweep_batch: int = doc("Copies one expunge of the retention sweep removes at most.", 200, check=_positive)
+
+
 @dataclass(frozen=True)
 class Config:
     """The whole configuration file."""
@@ -663,6 +697,7 @@ class Config:
     mime: MimeConfig = doc("MIME parser bounds: nesting depth, part count, header value size.", factory=MimeConfig)
     policy: PolicyConfig = doc("Inbound mail security and outbound limits (issue 12).", factory=PolicyConfig)
     recall: RecallConfig = doc("Recall of internal mail: window and notice.", factory=RecallConfig)
+    archive: ArchiveConfig = doc("Archiving rules (journaling) and their retention.", factory=ArchiveConfig)
     source: str = field(default="<defaults>", compare=False, metadata={"internal": True})
 
 
@@ -782,6 +817,10 @@ def load(path: str | os.PathLike[str]) -> Config:
         tls = _replace(tls, cert=base / tls.cert, key=base / tls.key)
     cfg = _replace(cfg, server=server, tls=tls, source=src)
     _check_listeners(cfg)
+    for name, rule in cfg.archive.rule.items():
+        if not rule.to or not rule.match:
+            key = "to" if not rule.to else "match"
+            raise ConfigError(src, f"archive.rule.{name}.{key}", "missing (every rule needs match and to)")
     return cfg
 
 

@@ -19,11 +19,13 @@ import socket
 import ssl
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from mailsrv import config as config_mod
 from mailsrv import log, worker
 from mailsrv.config import Config, ConfigError, parse_bind
+from mailsrv.delivery import archive
 from mailsrv.net.tls import TlsSetupError, server_context
 from mailsrv.util.sdnotify import monotonic_usec, notify
 
@@ -40,6 +42,11 @@ STABLE_AFTER = 10.0
 #: runs its own event loop and returns on SIGTERM.
 SINGLETONS: dict[str, str] = {
     "queue": "mailsrv.queue.runner:main",  # outbound delivery, retries, bounces
+    "archive": "mailsrv.delivery.archive:main",  # retention sweep of archived copies (docs/archive.md)
+}
+#: Singletons that only some configurations need: name -> does this Config need it (default: yes).
+SINGLETON_NEEDED: dict[str, Callable[[Config], bool]] = {
+    "archive": lambda cfg: bool(archive.retention(cfg.archive)),  # a rule with retention_days
 }
 
 
@@ -233,7 +240,8 @@ class Master:
     def _start_singletons(self) -> None:
         running = {p.name for p in self.singles.values()}
         for name in SINGLETONS:
-            if name not in running and name not in self.single_due:
+            needed = SINGLETON_NEEDED.get(name)
+            if name not in running and name not in self.single_due and (needed is None or needed(self.cfg)):
                 self._spawn_single(name)
 
     def _backoff(self, key: int | str, started: float) -> float:
@@ -342,6 +350,7 @@ class Master:
         logger.info("reload.start", config=self.config_path)
         try:
             cfg = config_mod.load(self.config_path)
+            archive.check(cfg)
             ctx = self._tls_for(cfg)
             socks = self._bind_all(cfg)
         except (ConfigError, StartupError) as exc:
@@ -406,6 +415,7 @@ class Master:
         log.configure(self.cfg.server.log_level)
         signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
         self.cfg.server.data_dir.mkdir(parents=True, exist_ok=True)
+        archive.check(self.cfg)  # before any fork: the archive accounts exist (ConfigError naming the key)
         self.ssl_context = self._tls_for(self.cfg)
         self.sockets = self._bind_all(self.cfg)
         procs = self._start_generation(self.cfg, self.sockets, self.ssl_context)

@@ -26,6 +26,7 @@ from typing import Any
 from mailsrv import log
 from mailsrv.config import Config
 from mailsrv.delivery import spool
+from mailsrv.delivery.archive import ArchiveRules
 from mailsrv.net.listener import Listener
 from mailsrv.net.service import ServiceContext
 from mailsrv.policy.pipeline import Policy
@@ -177,6 +178,8 @@ async def _serve(cfg: Config, socks: dict[str, list[socket.socket]], ssl_context
     # docs/search-api.md: one search service per worker, kept in step by the store's observer hook.
     search = resources["search"] = SearchService(cfg.search, search_resolver(store), search_exists(store))
     store.add_observer(search)
+    # docs/archive.md: the archiving rules, shared by the SMTP backends and JMAP submission
+    resources["archive"] = ArchiveRules(cfg.archive, resources["directory"])
     listeners = make_listeners(cfg, socks, ssl_context, resources)
     for lst in listeners:
         await lst.start()

@@ -12,11 +12,14 @@ import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mailsrv import log
 from mailsrv.directory import Account, Kind, Resolution
 from mailsrv.store import DeliveryTarget, QuotaLimits, account_root
+
+if TYPE_CHECKING:
+    from mailsrv.delivery.archive import ArchivePlan
 
 logger = log.get("delivery")
 
@@ -48,6 +51,7 @@ class LocalOutcome:
     delivered: int = 0  # accounts that got a durable copy
     retry: list[str] = field(default_factory=list)  # addresses to retry later (tempfail, over quota)
     outside: list[str] = field(default_factory=list)  # outside members of expanded groups
+    archive_retry: list[str] = field(default_factory=list)  # archive accounts whose copy failed (docs/archive.md)
 
 
 def limits_of(acct: Account) -> QuotaLimits:
@@ -155,17 +159,21 @@ class LocalDelivery:
         return RcptCheck(250, "2.1.5", "Recipient OK", "local", res)
 
     async def deliver(self, spool: Path, recipients: Sequence[tuple[str, Resolution]], *,
-                      mailbox: str = "INBOX", data: bytes | None = None) -> LocalOutcome:
+                      mailbox: str = "INBOX", data: bytes | None = None,
+                      archive: ArchivePlan | None = None) -> LocalOutcome:
         """Deliver the durable ``spool`` to every local recipient; returns when every copy is durable.
 
         ``recipients`` are (address, resolution) of kind local or group. Groups
         are expanded now, to their current members. ``data``: the spool's bytes when the
         caller holds them (the store then does not read the file back; see Store.deliver).
+        ``archive``: the message's archive copies join the last store call (counted in ``delivered``;
+        a failed one is in ``archive_retry``, not ``retry``).
         """
         out = LocalOutcome()
         seen: set[int] = set()
         seen_outside: set[str] = set()
-        batch: list[tuple[str, Account]] = []
+        batch: list[tuple[str, Account, str]] = []
+        archived: set[str] = set()
 
         async def flush() -> None:
             if not batch:
@@ -173,18 +181,18 @@ class LocalDelivery:
             # Opening an account may create its maildir: open the batch concurrently (store I/O pool);
             # one recipient (most mail) needs no task for that
             saccts = ([await self.store_account(batch[0][1])] if len(batch) == 1 else
-                      await asyncio.gather(*(self.store_account(a) for _, a in batch)))
-            dlimits = {d: await self.store.domain_limits(d) for d in {a.domain for _, a in batch}}
-            targets = [DeliveryTarget(sa, mailbox=mailbox, limits=limits_of(a), domain_limits=dlimits[a.domain])
-                       for (_, a), sa in zip(batch, saccts, strict=True)]
+                      await asyncio.gather(*(self.store_account(a) for _, a, _ in batch)))
+            dlimits = {d: await self.store.domain_limits(d) for d in {a.domain for _, a, _ in batch}}
+            targets = [DeliveryTarget(sa, mailbox=box, limits=limits_of(a), domain_limits=dlimits[a.domain])
+                       for (_, a, box), sa in zip(batch, saccts, strict=True)]
             # durable in new/ is enough to acknowledge; the UIDs come from the store's indexer
             results = await self.store.deliver(spool, targets, uids=False, data=data)
-            for (addr, _), res in zip(batch, results, strict=True):
+            for (addr, _, _), res in zip(batch, results, strict=True):
                 if res.status == "ok":
                     out.delivered += 1
                 else:
                     logger.warning("delivery.failed", rcpt=addr, status=res.status, error=res.error or "")
-                    out.retry.append(addr)
+                    (out.archive_retry if addr in archived else out.retry).append(addr)
             batch.clear()
 
         for address, res in recipients:
@@ -199,7 +207,9 @@ class LocalDelivery:
                     if member.account.id in seen:
                         continue
                     seen.add(member.account.id)
-                    batch.append((member.account.address, member.account))
+                    if archive is not None:
+                        archive.saw(member.account)
+                    batch.append((member.account.address, member.account, mailbox))
                     if len(batch) >= DELIVERY_BATCH:
                         await flush()
                 continue
@@ -207,8 +217,14 @@ class LocalDelivery:
             if acct is None or acct.id in seen:
                 continue
             seen.add(acct.id)
-            batch.append((address, acct))
+            if archive is not None:
+                archive.saw(acct)
+            batch.append((address, acct, mailbox))
             if len(batch) >= DELIVERY_BATCH:
                 await flush()
+        if archive is not None:  # in the same store call as the last recipients' copies
+            for addr, acct, folder in await archive.targets(self):
+                archived.add(addr)
+                batch.append((addr, acct, folder))
         await flush()
         return out

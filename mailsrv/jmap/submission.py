@@ -80,12 +80,13 @@ class TrackingSubmitter(Submitter, Protocol):
 class DirectorySubmitter:
     """The real one: directory policy, local delivery (mailsrv.delivery), the outbound queue."""
 
-    def __init__(self, directory: Any, store: Any, data_dir: Path) -> None:
+    def __init__(self, directory: Any, store: Any, data_dir: Path, archive: Any = None) -> None:
         from mailsrv.delivery.local import LocalDelivery
         from mailsrv.delivery.spool import spool_dir
         from mailsrv.queue.enqueue import Enqueuer
 
         self.directory = directory
+        self.archive = archive  # mailsrv.delivery.archive.ArchiveRules (docs/archive.md) or None
         self.local = LocalDelivery(directory, store, data_dir)
         self.queue = Enqueuer(data_dir)
         self.spool_dir = spool_dir(data_dir)
@@ -121,13 +122,18 @@ class DirectorySubmitter:
                     remote.append(r)
                 else:
                     local.append((r, chk.resolution))
-            if local:
-                outcome = await self.local.deliver(spool, local)
+            # docs/archive.md: the archive copies join the local delivery (outbound-only mail gets one too)
+            plan = (await self.archive.plan(mail_from, acct, local=bool(local))
+                    if self.archive is not None and self.archive.enabled else None)
+            later: list[QRcpt] = []  # failed archive copies: retried by the queue, never reported
+            if local or plan is not None:
+                outcome = await self.local.deliver(spool, local, archive=plan)
                 for r, _ in local:
                     out[r] = ("queued", "250 2.0.0 queued for retry") if r in outcome.retry else ("yes", "250 2.0.0 delivered")
                 remote += outcome.outside + outcome.retry
-            if remote:
-                qid = await self.queue.enqueue(spool, mail_from, [QRcpt(r) for r in remote])
+                later = [QRcpt(a, notify=["NEVER"]) for a in outcome.archive_retry]
+            if remote or later:
+                qid = await self.queue.enqueue(spool, mail_from, [QRcpt(r) for r in remote] + later)
                 for r in remote:
                     out.setdefault(r, ("queued", f"250 2.0.0 queued as {qid}"))
                     if out[r][0] != "yes":

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from mailsrv import log
+from mailsrv.delivery.archive import ArchiveRules
 from mailsrv.delivery.local import LocalDelivery
 from mailsrv.delivery.spool import FileSpool, clean, spool_dir
 from mailsrv.net.service import ServiceContext
@@ -36,8 +37,9 @@ def _qrcpt(address: str, rcpt: Any = None) -> QRcpt:
 class DirectoryBackend:
     """:class:`~mailsrv.smtp.backend.MailBackend` over the real directory, store and queue."""
 
-    def __init__(self, directory: Any, store: Any, data_dir: Path) -> None:
+    def __init__(self, directory: Any, store: Any, data_dir: Path, archive: ArchiveRules | None = None) -> None:
         self.directory = directory
+        self.archive = archive  # docs/archive.md: None or no rules -> no archive copies
         self.local = LocalDelivery(directory, store, data_dir)
         self.queue = Enqueuer(data_dir)
         self.spool_dir = spool_dir(data_dir)
@@ -75,10 +77,15 @@ class DirectoryBackend:
         # the spool's in-memory copy (when it has one) is parsed instead of reading the file back; a
         # sealed spool has no file yet: the store's delivery job writes it before linking
         data = getattr(spool, "content", None)
-        outcome = await self.local.deliver(spool.path, local, mailbox=mailbox, data=data) if local else None
+        plan = (await self.archive.plan(tx.sender, info.account, local=bool(local))
+                if self.archive is not None and self.archive.enabled else None)
+        outcome = (await self.local.deliver(spool.path, local, mailbox=mailbox, data=data, archive=plan)
+                   if local or plan is not None else None)
         if outcome is not None:
             remote.extend(_qrcpt(a) for a in outcome.outside)
             remote.extend(_qrcpt(a, by_addr.get(a)) for a in outcome.retry)
+            # a failed archive copy is retried through our MTA like a recipient's; its sender hears nothing
+            remote.extend(QRcpt(a, notify=["NEVER"]) for a in outcome.archive_retry)
         delivered = outcome.delivered if outcome is not None else 0
         if outcome is not None and not remote and local and delivered == 0 and outcome.retry:
             return Verdict(451, "4.3.0", "Temporary local delivery failure, try again later")
@@ -129,4 +136,4 @@ def build_backend(ctx: ServiceContext) -> MailBackend:
     store = ctx.resources.get("store")
     if directory is None or store is None:
         raise RuntimeError("the SMTP service needs resources['directory'] and resources['store']")
-    return DirectoryBackend(directory, store, ctx.config.server.data_dir)
+    return DirectoryBackend(directory, store, ctx.config.server.data_dir, ctx.resources.get("archive"))

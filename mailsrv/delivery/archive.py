@@ -1,0 +1,312 @@
+"""Archiving rules (journaling, docs/archive.md): which messages get one copy in an auditor's archive
+account, delivered in the same durable step as the message itself, and the retention sweeper.
+
+Invariants:
+
+- With no ``[archive.rule.*]`` nothing changes: :meth:`ArchiveRules.plan` answers None after one check.
+- One copy per archive account and folder per message, however many recipients and rules match
+  (a 5 000-member group makes one copy); a recipient that is itself an archive account gets no
+  archive copy of it (a retried archive copy is not archived again).
+- Messages with a null reverse-path (bounces, DSNs) are not archived; recall notices are local
+  deliveries without a plan and are not archived either.
+- The retention sweep runs in one process (the ``archive`` singleton of mailsrv.master) and removes
+  copies through ``Account.expunge``, the path of IMAP EXPUNGE.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from mailsrv import log
+from mailsrv.config import ArchiveConfig, Config, ConfigError, load
+from mailsrv.directory import Account, Kind
+from mailsrv.store import MailboxExists, MailboxNotFound
+
+if TYPE_CHECKING:
+    from mailsrv.delivery.local import LocalDelivery
+
+logger = log.get("archive")
+
+#: Seconds between two looks at the directory's change stamp: a new group member or a deleted
+#: archive account is seen within this time (the rules' addresses are resolved again then).
+REFRESH_INTERVAL = 1.0
+#: Kinds of a ``match`` address whose account counts (a group's or department's members count too).
+_ACCOUNT_KINDS = (Kind.USER, Kind.ALIAS, Kind.DISABLED)
+DAY = 86400.0
+
+
+@dataclass(frozen=True, slots=True)
+class _Rule:
+    """A rule with its addresses resolved: account ids (users, aliases, current group members) and domains."""
+
+    name: str
+    inbound: bool
+    outbound: bool
+    archive: Account
+    folder: str
+    ids: frozenset[int]
+    domains: frozenset[str]
+
+    def matches(self, acct: Account) -> bool:
+        return acct.id in self.ids or acct.domain in self.domains
+
+
+class ArchivePlan:
+    """One message's archive copies: out-rules decided from the sender, in-rules from each local
+    recipient account that :class:`~mailsrv.delivery.local.LocalDelivery` meets (groups expanded)."""
+
+    __slots__ = ("_owner", "_inbound", "_hit", "_skip")
+
+    def __init__(self, owner: ArchiveRules, inbound: list[_Rule], hit: Iterable[_Rule]) -> None:
+        self._owner = owner
+        self._inbound = inbound
+        self._hit: dict[tuple[int, str], _Rule] = {}
+        self._skip: set[int] = set()
+        for r in hit:
+            self._hit.setdefault((r.archive.id, r.folder), r)
+
+    def saw(self, acct: Account) -> None:
+        """A local recipient account of the message (called once per account)."""
+        if acct.id in self._owner.archive_ids:
+            self._skip.add(acct.id)  # mail to an archive account (a retried copy) is not archived again
+            return
+        if not self._inbound:
+            return
+        hits = [r for r in self._inbound if r.matches(acct)]
+        if hits:
+            for r in hits:
+                self._hit.setdefault((r.archive.id, r.folder), r)
+            self._inbound = [r for r in self._inbound if r not in hits]
+
+    async def targets(self, local: LocalDelivery) -> list[tuple[str, Account, str]]:
+        """(address, account, folder) of each archive copy to add to the delivery; folders other
+        than INBOX are created on first use (the store would put a copy for a missing one in INBOX)."""
+        out = []
+        for (aid, folder), rule in self._hit.items():
+            if aid in self._skip:
+                continue
+            await self._owner.ensure_folder(local, rule.archive, folder)
+            out.append((rule.archive.address, rule.archive, folder))
+        return out
+
+
+class ArchiveRules:
+    """Per worker: the configured rules, resolved against the directory and kept current with its
+    change stamp. ``directory`` is a mailsrv.directory.Directory."""
+
+    def __init__(self, config: ArchiveConfig, directory: Any) -> None:
+        self.config = config
+        self.directory = directory
+        self.enabled = bool(config.rule)
+        self.archive_ids: frozenset[int] = frozenset()
+        self._rules: tuple[_Rule, ...] = ()
+        self._stamp: object = None
+        self._looked = float("-inf")
+        self._loaded = False
+        self._lock: asyncio.Lock | None = None
+        self._folders: set[tuple[int, str]] = set()  # (account id, folder) known to exist
+
+    async def plan(self, sender: str, account: Account | None, *, local: bool) -> ArchivePlan | None:
+        """What a message from ``sender`` (``account`` when the session authenticated) needs; None if
+        nothing can match. ``local``: the message has local recipients (in-rules may match them)."""
+        if not self.enabled or not sender:  # no rules; bounces and DSNs are not archived
+            return None
+        rules = await self._current()
+        if not rules:
+            return None
+        if account is None:
+            res = await self.directory.resolve(sender)
+            account = res.account if res.kind in _ACCOUNT_KINDS else None
+        out: list[_Rule] = []
+        if account is not None and account.id not in self.archive_ids:
+            out = [r for r in rules if r.outbound and r.matches(account)]
+        inbound = [r for r in rules if r.inbound] if local else []
+        if not out and not inbound:
+            return None
+        return ArchivePlan(self, inbound, out)
+
+    async def ensure_folder(self, local: LocalDelivery, acct: Account, folder: str) -> None:
+        if folder == "INBOX" or (acct.id, folder) in self._folders:
+            return
+        sacct = await local.store_account(acct)
+        if folder not in {m.name for m in await sacct.list_mailboxes()}:
+            with contextlib.suppress(MailboxExists):  # another worker made it meanwhile
+                await sacct.create_mailbox(folder)
+                logger.info("archive.folder_created", account=acct.address, folder=folder)
+        self._folders.add((acct.id, folder))
+
+    async def _current(self) -> tuple[_Rule, ...]:
+        now = time.monotonic()
+        if now - self._looked < REFRESH_INTERVAL and self._loaded:
+            return self._rules
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            if time.monotonic() - self._looked < REFRESH_INTERVAL and self._loaded:
+                return self._rules  # refreshed while we waited
+            stamp_of = getattr(self.directory, "change_stamp", None)
+            stamp = stamp_of() if stamp_of is not None else object()
+            self._looked = time.monotonic()
+            if stamp != self._stamp or not self._loaded:
+                try:
+                    self._rules = await self._compile()
+                except Exception as exc:  # keep the rules we had (the directory will answer again)
+                    logger.exception("archive.rules_failed", exc)
+                    return self._rules
+                self.archive_ids = frozenset(r.archive.id for r in self._rules)
+                self._stamp = stamp
+                self._loaded = True
+        return self._rules
+
+    async def _compile(self) -> tuple[_Rule, ...]:
+        rules = []
+        for name, rc in self.config.rule.items():
+            res = await self.directory.resolve(rc.to)
+            if res.kind != Kind.USER or res.account is None:
+                logger.error("archive.no_account", rule=name, to=rc.to, kind=str(res.kind))
+                continue  # start-up checked it: the account was removed or disabled since
+            ids: set[int] = set()
+            domains: set[str] = set()
+            for m in rc.match:
+                if m.startswith("@"):
+                    domains.add(m[1:].lower())
+                    continue
+                mres = await self.directory.resolve(m)
+                if mres.kind in _ACCOUNT_KINDS and mres.account is not None:
+                    ids.add(mres.account.id)
+                elif mres.kind == Kind.GROUP and mres.group is not None:
+                    async for member in self.directory.expand(mres.group):
+                        if member.account is not None:
+                            ids.add(member.account.id)
+                else:
+                    logger.warning("archive.match_unknown", rule=name, match=m, kind=str(mres.kind))
+            rules.append(_Rule(name, rc.direction in ("in", "both"), rc.direction in ("out", "both"),
+                               res.account, rc.folder, frozenset(ids), frozenset(domains)))
+        return tuple(rules)
+
+
+# --- start-up check -------------------------------------------------------------------
+
+
+def check(cfg: Config) -> None:
+    """Every rule's archive account exists and its match entries are local: ConfigError naming the key.
+
+    Blocking (SQLite); the master calls it before it forks, and closes the connection again."""
+    if not cfg.archive.rule:
+        return
+    from mailsrv.directory import open_sync
+
+    d = open_sync(cfg.directory, cfg.server.data_dir)
+    try:
+        for name, rule in cfg.archive.rule.items():
+            key = f"archive.rule.{name}"
+            res = d.resolve(rule.to)
+            if res.kind != Kind.USER:
+                raise ConfigError(cfg.source, f"{key}.to", f"{rule.to} is not an active local account ({res.kind})")
+            for m in rule.match:
+                if m.startswith("@"):
+                    if not d.is_local_domain(m[1:].lower()):
+                        raise ConfigError(cfg.source, f"{key}.match", f"{m}: not a local domain")
+                elif d.resolve(m).kind not in (*_ACCOUNT_KINDS, Kind.GROUP):
+                    raise ConfigError(cfg.source, f"{key}.match", f"{m} is not a local user, alias, group or "
+                                      "department")
+    finally:
+        d.close()
+
+
+# --- retention ------------------------------------------------------------------------
+
+
+def retention(config: ArchiveConfig) -> dict[tuple[str, str], float]:
+    """(archive address, folder) -> seconds kept, for folders with a limit; the longest rule wins and
+    a rule that keeps for ever (0) keeps the folder for ever."""
+    days: dict[tuple[str, str], int] = {}
+    for rule in config.rule.values():
+        key = (rule.to.lower(), rule.folder)
+        prev = days.get(key)
+        days[key] = 0 if rule.retention_days == 0 or prev == 0 else max(prev or 0, rule.retention_days)
+    return {k: d * DAY for k, d in days.items() if d}
+
+
+async def sweep(config: ArchiveConfig, local: LocalDelivery, *, now: float | None = None) -> int:
+    """One retention pass: expunge archived copies whose internal date is older than their folder's
+    retention, at most ``config.sweep_batch`` per expunge (each one a store pool job). Returns the
+    number removed."""
+    now = time.time() if now is None else now
+    removed = 0
+    for (to, folder), keep in retention(config).items():
+        res = await local.directory.resolve(to)
+        if res.kind != Kind.USER or res.account is None:
+            logger.error("archive.no_account", to=to)
+            continue
+        sacct = await local.store_account(res.account)
+        try:
+            view = await sacct.open_mailbox(folder)
+        except MailboxNotFound:
+            continue
+        cutoff = now - keep
+        old = [m.uid for m in view.messages if m.internal_date < cutoff]
+        for i in range(0, len(old), config.sweep_batch):
+            done = await sacct.expunge(folder, old[i:i + config.sweep_batch], only_deleted=False)
+            removed += len(done)
+        if old:
+            logger.info("archive.expunged", account=to, folder=folder, removed=len(old))
+    return removed
+
+
+async def run_sweeper(cfg: Config, stop: asyncio.Event) -> None:
+    """Sweep at start, then every ``sweep_interval`` seconds, until ``stop`` is set."""
+    from mailsrv.delivery.local import LocalDelivery
+    from mailsrv.directory import open_directory
+    from mailsrv.store import Store
+
+    if not retention(cfg.archive):
+        await stop.wait()  # nothing to sweep: stay, as the master expects of a singleton
+        return
+    directory = open_directory(cfg.directory, cfg.server.data_dir)
+    store = Store(cfg.store, cfg.server.data_dir, hostname=cfg.server.hostname, mime=cfg.mime)
+    local = LocalDelivery(directory, store, cfg.server.data_dir)
+    try:
+        while not stop.is_set():
+            try:
+                n = await sweep(cfg.archive, local)
+                logger.info("archive.swept", removed=n)
+            except Exception as exc:  # the next pass tries again
+                logger.exception("archive.sweep_failed", exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), cfg.archive.sweep_interval)
+    finally:
+        await store.close()
+        await directory.close()
+
+
+def main(config: str | os.PathLike[str] | Config) -> int:
+    """Entry point of the ``archive`` singleton process (mailsrv.master.SINGLETONS)."""
+    try:
+        cfg = config if isinstance(config, Config) else load(config)
+    except ConfigError as exc:
+        logger.error("config.error", error=str(exc))
+        return 2
+    log.configure(cfg.server.log_level)
+
+    async def _main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        loop.add_signal_handler(signal.SIGINT, stop.set)
+        await run_sweeper(cfg, stop)
+
+    import uvloop
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as r:
+        r.run(_main())
+    return 0
+
+

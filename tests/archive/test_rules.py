@@ -1,0 +1,154 @@
+"""Archiving rules in process: real directory, store and SMTP session (tests/archive/conftest.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from mailsrv.config import ArchiveConfig
+from mailsrv.delivery import archive as archive_mod
+from mailsrv.delivery.archive import ArchiveRules
+
+from .conftest import BIG, D, rule
+
+pytestmark = pytest.mark.filterwarnings("error")
+
+
+def subjects(msgs: list[bytes]) -> list[str]:
+    return [m.split(b"Subject: ", 1)[1].split(b"\r\n", 1)[0].decode() for m in msgs]
+
+
+def body(subject: str) -> bytes:
+    return f"Subject: {subject}\r\n\r\nbody of {subject}\r\n".encode()
+
+
+def test_no_rules_no_copy_and_no_plan(site: Any) -> None:
+    for rules in (None, {}):
+        be = site.backend(rules)
+        assert site.send(be, "x@remote.test", [f"bob@{D}"], body=body("plain")).startswith(b"250 ")
+    assert subjects(site.messages(f"bob@{D}")) == ["plain", "plain"]
+    assert site.messages(f"archive@{D}") == [] and site.messages(f"archive@{D}", "Audit") == []
+    empty = ArchiveRules(ArchiveConfig(), site.directory)
+    assert not empty.enabled
+    assert site.loop.run(empty.plan(f"bob@{D}", None, local=True)) is None
+
+
+def test_inbound_to_a_member_a_group_and_an_alias(site: Any) -> None:
+    be = site.backend({"in": rule((f"bob@{D}", f"boss@{D}"), "in")})
+    site.send(be, "x@remote.test", [f"bob@{D}"], body=body("to bob"))
+    site.send(be, "x@remote.test", [f"team@{D}"], body=body("to team"))  # bob is a member
+    site.send(be, "x@remote.test", [f"alice@{D}"], body=body("to alice"))  # boss@ is her alias
+    site.send(be, "x@remote.test", [f"dave@{D}"], body=body("to dave"))  # no rule
+    assert subjects(site.messages(f"archive@{D}", "Audit")) == ["to bob", "to team", "to alice"]
+    assert site.messages(f"archive@{D}") == []  # the folder, not INBOX
+    assert subjects(site.messages(f"bob@{D}")) == ["to bob", "to team"]  # the recipients' copies are there
+
+
+def test_one_copy_per_message_however_many_recipients_and_rules(site: Any) -> None:
+    be = site.backend({"dom": rule((f"@{D}",)), "grp": rule((f"all@{D}",), "in"),
+                       "other": rule((f"m7@{D}",), "in", to=f"archive2@{D}", folder="INBOX")})
+    reply = site.send(be, f"alice@{D}", [f"all@{D}", f"bob@{D}", f"team@{D}"], auth=f"alice@{D}",
+                      body=body("to everyone"))
+    assert reply.startswith(b"250 ")
+    assert subjects(site.messages(f"archive@{D}", "Audit")) == ["to everyone"]  # 3 rules, 303 accounts
+    assert subjects(site.messages(f"archive2@{D}")) == ["to everyone"]  # another archive: its own copy
+    assert len(site.messages(f"m{BIG - 1}@{D}")) == 1
+
+
+def test_archive_copy_is_a_hard_link_of_the_same_delivery(site: Any) -> None:
+    be = site.backend({"in": rule((f"bob@{D}",), "in")})
+    site.send(be, "x@remote.test", [f"bob@{D}"], body=body("linked"))
+    paths = []
+    for who, folder in ((f"bob@{D}", ""), (f"archive@{D}", ".Audit")):
+        acct = site.sync.user_info(who)
+        root = site.data_dir / acct["store"] / folder
+        paths += [p for sub in ("new", "cur") for p in (root / sub).iterdir()]
+    assert len(paths) == 2
+    assert paths[0].stat().st_ino == paths[1].stat().st_ino
+
+
+def test_directions(site: Any) -> None:
+    be = site.backend({"in": rule((f"bob@{D}",), "in"), "out": rule((f"carol@{D}",), "out")})
+    site.send(be, f"bob@{D}", [f"dave@{D}"], auth=f"bob@{D}", body=body("bob sends"))  # in-only: no copy
+    site.send(be, "x@remote.test", [f"carol@{D}"], body=body("carol receives"))  # out-only: no copy
+    site.send(be, f"carol@{D}", [f"dave@{D}"], auth=f"carol@{D}", body=body("carol sends"))
+    site.send(be, "x@remote.test", [f"bob@{D}"], body=body("bob receives"))
+    site.send(be, f"carol@{D}", [f"bob@{D}"], auth=f"carol@{D}", body=body("both rules"))
+    assert subjects(site.messages(f"archive@{D}", "Audit")) == ["carol sends", "bob receives", "both rules"]
+
+
+def test_outbound_only_mail_gets_an_archive_copy_and_is_queued(site: Any) -> None:
+    be = site.backend({"out": rule((f"carol@{D}",), "out", folder="INBOX")})
+    reply = site.send(be, f"carol@{D}", ["far@remote.test"], auth=f"carol@{D}", body=body("going out"))
+    assert reply.startswith(b"250 ") and b"queued as" in reply
+    assert subjects(site.messages(f"archive@{D}")) == ["going out"]
+    assert site.queued() == [(f"carol@{D}", [("far@remote.test", [])])]
+    site.send(be, f"alice@{D}", ["far@remote.test"], auth=f"alice@{D}", body=body("not archived"))
+    assert subjects(site.messages(f"archive@{D}")) == ["going out"]
+
+
+def test_bounces_and_mail_to_the_archive_account_are_not_archived(site: Any) -> None:
+    be = site.backend({"dom": rule((f"@{D}",))})
+    site.send(be, "", [f"bob@{D}"], body=body("a bounce"))  # null reverse-path
+    site.send(be, f"carol@{D}", [f"archive@{D}"], auth=f"carol@{D}", body=body("to the archive"))
+    assert subjects(site.messages(f"bob@{D}")) == ["a bounce"]
+    assert site.messages(f"archive@{D}", "Audit") == []
+    assert subjects(site.messages(f"archive@{D}")) == ["to the archive"]  # its own delivery only
+
+
+def test_failed_archive_copy_keeps_the_mail_and_is_queued_for_retry(site: Any) -> None:
+    be = site.backend({"full": rule((f"bob@{D}",), "in", to=f"fullarchive@{D}", folder="INBOX")})
+    reply = site.send(be, "x@remote.test", [f"bob@{D}"], body=body("archive is full " + "x" * 100))
+    assert reply.startswith(b"250 ")  # the recipient's copy is durable: accepted
+    assert subjects(site.messages(f"bob@{D}")) == ["archive is full " + "x" * 100]
+    assert site.messages(f"fullarchive@{D}") == []
+    # retried through our own MTA like a failed local copy; the sender is never told about the archive
+    assert site.queued() == [("x@remote.test", [(f"fullarchive@{D}", ["NEVER"])])]
+
+
+def test_rules_follow_group_membership_changes(site: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(archive_mod, "REFRESH_INTERVAL", 0.0)
+    be = site.backend({"grp": rule((f"team@{D}",), "in")})
+    site.send(be, "x@remote.test", [f"dave@{D}"], body=body("before"))
+    site.sync.add_member(f"team@{D}", f"dave@{D}")
+    site.send(be, "x@remote.test", [f"dave@{D}"], body=body("after"))
+    assert subjects(site.messages(f"archive@{D}", "Audit")) == ["after"]
+
+
+def test_retention_sweep_expunges_old_copies_only(site: Any) -> None:
+    cfg = ArchiveConfig(rule={"in": rule((f"bob@{D}",), "in", retention_days=10),
+                              "keep": rule((f"dave@{D}",), "in", folder="Forever")}, sweep_batch=2)
+    be = site.backend(dict(cfg.rule))
+    for i in range(5):
+        site.send(be, "x@remote.test", [f"bob@{D}", f"dave@{D}"], body=body(f"m{i}"))
+    local = be.local
+
+    async def internal_dates() -> list[float]:
+        acct = await site.directory.account_by_address(f"archive@{D}")
+        view = await (await local.store_account(acct)).open_mailbox("Audit")
+        return [m.internal_date for m in view.messages]
+
+    dates = site.loop.run(internal_dates())
+    assert len(dates) == 5
+    # a clock 10 days after the third copy: the first three are older than the retention, the others not
+    now = sorted(dates)[2] + 10 * 86400 + 1e-3
+    if sorted(dates)[3] <= sorted(dates)[2]:  # same timestamp: move the clock so that all go
+        now = max(dates) + 10 * 86400 + 1
+    removed = site.loop.run(archive_mod.sweep(cfg, local, now=now))
+    left = [d for d in dates if d >= now - 10 * 86400]
+    assert removed == 5 - len(left)
+    assert len(site.messages(f"archive@{D}", "Audit")) == len(left)
+    assert len(site.messages(f"archive@{D}", "Forever")) == 5  # retention_days = 0 keeps for ever
+    assert len(site.messages(f"bob@{D}")) == 5  # only the archive's copies go
+    assert site.loop.run(archive_mod.sweep(cfg, local, now=now + 30 * 86400)) == len(left)
+    assert site.messages(f"archive@{D}", "Audit") == []
+
+
+def test_retention_of_shared_folders_takes_the_longest() -> None:
+    cfg = ArchiveConfig(rule={"a": rule(("@x.test",), retention_days=10), "b": rule(("@y.test",), retention_days=30),
+                              "c": rule(("@z.test",), folder="F", retention_days=5),
+                              "d": rule(("@z.test",), folder="F"),
+                              "e": rule(("@z.test",), folder="G", retention_days=7)})
+    assert archive_mod.retention(cfg) == {(f"archive@{D}", "Audit"): 30 * 86400.0,
+                                          (f"archive@{D}", "G"): 7 * 86400.0}
