@@ -1,0 +1,208 @@
+"""Archiving under a real ``mailsrv serve`` (2 workers, the queue runner, the archive sweeper): mail in
+over SMTP, out over submission (AUTH) to a remote recipient routed to a local aiosmtpd sink; the auditor
+reads the archive over IMAP as the archive account."""
+
+from __future__ import annotations
+
+import imaplib
+import re
+import smtplib
+import ssl
+import subprocess
+import sys
+from collections.abc import Iterator
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support.admin import cli
+from support.server import ServerProcess, init_setup, mailsrv_cmd, wait_until
+
+D = "example.test"
+PW = "archive test password"
+RULES = f"""
+[archive.rule.legal]
+match = ["bob@{D}", "team@{D}"]
+direction = "in"
+to = "archive@{D}"
+folder = "Legal"
+retention_days = 30
+
+[archive.rule.sales]
+match = ["carol@{D}"]
+direction = "out"
+to = "archive@{D}"
+folder = "Legal"
+retention_days = 30
+"""
+
+
+def setup_server(base: Path, extra: str) -> tuple[Path, dict[str, str]]:
+    cfg = init_setup(base / "s", "--demo", workers=2)
+    users = dict(re.findall(r"demo user (\S+) password (\S+)", (base / "s" / "demo-users.txt").read_text()))
+    for name in ("carol", "dave", "archive"):
+        p = subprocess.run(mailsrv_cmd("user", "add", f"{name}@{D}", "--password-stdin", "-c", str(cfg)),
+                           input=PW + "\n", capture_output=True, text=True)
+        assert p.returncode == 0, p.stderr
+        users[f"{name}@{D}"] = PW
+    cli(cfg, "group", "add", f"team@{D}")
+    cli(cfg, "group", "member", "add", f"team@{D}", f"dave@{D}")
+    with open(cfg, "a") as fh:
+        fh.write(extra)
+    return cfg, users
+
+
+@pytest.fixture(scope="module")
+def sink(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, Path]]:
+    out = tmp_path_factory.mktemp("sink")
+    proc = subprocess.Popen([sys.executable, str(Path(__file__).parent.parent / "queue" / "sink_process.py"),
+                             str(out)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    port = int(proc.stdout.readline())
+    yield port, out
+    proc.terminate()
+    proc.wait(10)
+    proc.stdout.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, sink: tuple[int, Path]) -> Iterator[Any]:
+    base = tmp_path_factory.mktemp("archive")
+    route = f'\n[queue.route."remote.test"]\nsmarthost = "127.0.0.1:{sink[0]}"\ntls = "none"\n'
+    cfg, users = setup_server(base, RULES + route)
+    srv = ServerProcess(cfg).wait_ready()
+    srv.users = users  # type: ignore[attr-defined]
+    srv.ctx = ssl.create_default_context(cafile=str(base / "s" / "tls" / "cert.pem"))  # type: ignore[attr-defined]
+    yield srv
+    assert srv.stop() == 0
+
+
+def message(subject: str, sender: str = "x@remote.test") -> EmailMessage:
+    msg = EmailMessage()
+    msg["From"] = sender
+    msg["To"] = "someone"
+    msg["Subject"] = subject
+    msg.set_content(f"body of {subject}\n")
+    return msg
+
+
+def send_in(srv: Any, subject: str, rcpts: list[str]) -> None:
+    """From outside, on the MTA listener (no AUTH)."""
+    with smtplib.SMTP("127.0.0.1", srv.ports["smtp"], timeout=30) as s:
+        s.send_message(message(subject), from_addr="x@remote.test", to_addrs=rcpts)
+
+
+def send_out(srv: Any, sender: str, subject: str, rcpts: list[str]) -> None:
+    """A member's client: submission over TLS with AUTH."""
+    with smtplib.SMTP_SSL("127.0.0.1", srv.ports["submissions"], context=srv.ctx, timeout=30) as s:
+        s.login(sender, srv.users[sender])
+        s.send_message(message(subject, sender), from_addr=sender, to_addrs=rcpts)
+
+
+def imap(srv: Any, user: str) -> imaplib.IMAP4_SSL:
+    m = imaplib.IMAP4_SSL("127.0.0.1", srv.ports["imaps"], ssl_context=srv.ctx, timeout=30)
+    m.login(user, srv.users[user])
+    return m
+
+
+def subjects(srv: Any, user: str, folder: str) -> list[str]:
+    m = imap(srv, user)
+    try:
+        typ, _ = m.select(folder, readonly=True)
+        if typ != "OK":
+            return []
+        typ, data = m.fetch("1:*", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+        if typ != "OK" or data == [None]:
+            return []
+        return [part[1].decode().split(":", 1)[1].strip() for part in data if isinstance(part, tuple)]
+    finally:
+        m.logout()
+
+
+def archived(srv: Any) -> list[str]:
+    return subjects(srv, f"archive@{D}", "Legal")
+
+
+def test_inbound_to_a_member_is_archived_and_outlives_the_users_delete(server: Any) -> None:
+    send_in(server, "in to bob", [f"bob@{D}"])
+    assert archived(server).count("in to bob") == 1
+    m = imap(server, f"bob@{D}")
+    try:
+        m.select("INBOX")
+        typ, data = m.search(None, "SUBJECT", '"in to bob"')
+        assert typ == "OK" and data[0]
+        m.store(data[0].decode().replace(" ", ","), "+FLAGS", "\\Deleted")
+        assert m.expunge()[0] == "OK"
+    finally:
+        m.logout()
+    assert "in to bob" not in subjects(server, f"bob@{D}", "INBOX")
+    assert archived(server).count("in to bob") == 1
+
+
+def test_group_member_one_copy_and_no_rule_no_copy(server: Any) -> None:
+    send_in(server, "to the team", [f"team@{D}"])  # dave is a member
+    send_in(server, "team and bob", [f"team@{D}", f"bob@{D}"])  # two matching recipients, two rules' folder
+    send_in(server, "to alice", [f"alice@{D}"])  # no rule
+    send_in(server, "to carol", [f"carol@{D}"])  # carol's rule is "out" only
+    got = archived(server)
+    assert got.count("to the team") == 1 and got.count("team and bob") == 1
+    assert "to alice" not in got and "to carol" not in got
+    assert "to alice" in subjects(server, f"alice@{D}", "INBOX")
+    assert subjects(server, f"archive@{D}", "INBOX") == []  # the rule's folder only
+
+
+def test_outbound_to_a_remote_recipient_is_archived_and_delivered(server: Any, sink: tuple[int, Path]) -> None:
+    send_out(server, f"carol@{D}", "carol to far", ["far@remote.test"])
+    assert archived(server).count("carol to far") == 1  # at acceptance, before the queue sends it
+    send_out(server, f"alice@{D}", "alice to far", ["far@remote.test"])  # no rule for alice
+    out = sink[1]
+
+    def delivered() -> list[bytes]:
+        return [p.read_bytes() for p in out.glob("*.eml")]
+
+    wait_until(lambda: sum(b"Subject: alice to far" in d or b"Subject: carol to far" in d
+                           for d in delivered()) == 2, timeout=30)
+    assert "alice to far" not in archived(server)
+
+
+def test_unknown_archive_account_stops_the_start_and_bad_keys_are_named(tmp_path: Path) -> None:
+    cfg, _ = setup_server(tmp_path, f'[archive.rule.x]\nmatch = ["bob@{D}"]\nto = "nobody@{D}"\n')
+    p = subprocess.run(mailsrv_cmd("serve", "-c", str(cfg)), capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and "archive.rule.x.to" in p.stderr and "nobody@" in p.stderr, p.stderr
+    for bad, key in ((f'match = ["bob@{D}"]\nto = "archive@{D}"\ndirection = "sideways"\n', "direction"),
+                     (f'match = []\nto = "archive@{D}"\n', "match"),
+                     (f'match = ["bob@{D}"]\n', "to")):
+        text = cfg.read_text().split("[archive.rule.x]")[0] + "[archive.rule.x]\n" + bad
+        cfg.write_text(text)
+        p = subprocess.run(mailsrv_cmd("check-config", "-c", str(cfg)), capture_output=True, text=True, timeout=60)
+        assert p.returncode != 0 and f"archive.rule.x.{key}" in p.stderr, (bad, p.stderr)
+
+
+def test_the_sweeper_removes_copies_past_retention_at_start(tmp_path: Path) -> None:
+    cfg, users = setup_server(tmp_path, RULES)
+    srv = ServerProcess(cfg).wait_ready()
+    srv.users = users  # type: ignore[attr-defined]
+    srv.ctx = ssl.create_default_context(cafile=str(tmp_path / "s" / "tls" / "cert.pem"))  # type: ignore[attr-defined]
+    try:
+        srv.wait_for(r"archive\.swept .*removed=0")  # the first pass, at start
+        send_in(srv, "recent", [f"bob@{D}"])
+        m = imap(srv, f"archive@{D}")
+        try:  # an archived copy whose internal date is 40 days old (IMAP APPEND with a date)
+            old = message("old").as_bytes().replace(b"\n", b"\r\n")
+            typ, _ = m.append("Legal", None, imaplib.Time2Internaldate(1_700_000_000 - 40 * 86400), old)
+            assert typ == "OK"
+        finally:
+            m.logout()
+        assert sorted(archived(srv)) == ["old", "recent"]
+    finally:
+        assert srv.stop() == 0
+    srv = ServerProcess(cfg).wait_ready()  # a new sweeper: its first pass comes at start
+    srv.users = users  # type: ignore[attr-defined]
+    srv.ctx = ssl.create_default_context(cafile=str(tmp_path / "s" / "tls" / "cert.pem"))  # type: ignore[attr-defined]
+    try:
+        srv.wait_for(r"archive\.swept .*removed=1")
+        assert archived(srv) == ["recent"]
+        assert subjects(srv, f"bob@{D}", "INBOX") == ["recent"]
+    finally:
+        assert srv.stop() == 0
