@@ -22,15 +22,13 @@ import signal
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from mailsrv import log
 from mailsrv.config import ArchiveConfig, Config, ConfigError, load
+from mailsrv.delivery.local import LocalDelivery, ResolveCache
 from mailsrv.directory import Account, Kind
 from mailsrv.store import MailboxExists, MailboxNotFound
-
-if TYPE_CHECKING:
-    from mailsrv.delivery.local import LocalDelivery
 
 logger = log.get("archive")
 
@@ -112,6 +110,7 @@ class ArchiveRules:
         self._loaded = False
         self._lock: asyncio.Lock | None = None
         self._folders: set[tuple[int, str]] = set()  # (account id, folder) known to exist
+        self._senders = ResolveCache(directory)  # a sender's account: no directory query per message
 
     async def plan(self, sender: str, account: Account | None, *, local: bool) -> ArchivePlan | None:
         """What a message from ``sender`` (``account`` when the session authenticated) needs; None if
@@ -122,7 +121,7 @@ class ArchiveRules:
         if not rules:
             return None
         if account is None:
-            res = await self.directory.resolve(sender)
+            res = await self._senders.resolve(sender)
             account = res.account if res.kind in _ACCOUNT_KINDS else None
         out: list[_Rule] = []
         if account is not None and account.id not in self.archive_ids:
@@ -263,7 +262,6 @@ async def sweep(config: ArchiveConfig, local: LocalDelivery, *, now: float | Non
 
 async def run_sweeper(cfg: Config, stop: asyncio.Event) -> None:
     """Sweep at start, then every ``sweep_interval`` seconds, until ``stop`` is set."""
-    from mailsrv.delivery.local import LocalDelivery
     from mailsrv.directory import open_directory
     from mailsrv.store import Store
 

@@ -152,3 +152,25 @@ def test_retention_of_shared_folders_takes_the_longest() -> None:
                               "e": rule(("@z.test",), folder="G", retention_days=7)})
     assert archive_mod.retention(cfg) == {(f"archive@{D}", "Audit"): 30 * 86400.0,
                                           (f"archive@{D}", "G"): 7 * 86400.0}
+
+
+def test_jmap_submission_archives_local_and_remote_mail(site: Any) -> None:
+    from types import SimpleNamespace
+
+    from mailsrv.jmap.submission import DirectorySubmitter
+
+    rules = ArchiveRules(ArchiveConfig(rule={"out": rule((f"carol@{D}",), "out")}), site.directory)
+
+    async def submit(sender: str, rcpts: list[str], subject: str) -> dict[str, tuple[str, str]]:
+        acct = await site.directory.account_by_address(sender)
+        sub = DirectorySubmitter(site.directory, site.store, site.data_dir, archive=rules)
+        _, out = await sub.submit_queued(SimpleNamespace(account=acct, id=str(acct.id)), body(subject), sender, rcpts)
+        return out
+
+    out = site.loop.run(submit(f"carol@{D}", [f"dave@{D}", "far@remote.test"], "jmap both"))
+    assert out[f"dave@{D}"][0] == "yes" and out["far@remote.test"][0] == "queued"
+    site.loop.run(submit(f"carol@{D}", ["far@remote.test"], "jmap remote only"))
+    out = site.loop.run(submit(f"alice@{D}", ["far@remote.test"], "jmap not archived"))
+    assert f"archive@{D}" not in out  # the archive is never a submission's recipient
+    assert subjects(site.messages(f"archive@{D}", "Audit")) == ["jmap both", "jmap remote only"]
+    assert sorted(r for _, rs in site.queued() for r, _ in rs) == ["far@remote.test"] * 3
