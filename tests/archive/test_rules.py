@@ -174,3 +174,13 @@ def test_jmap_submission_archives_local_and_remote_mail(site: Any) -> None:
     assert f"archive@{D}" not in out  # the archive is never a submission's recipient
     assert subjects(site.messages(f"archive@{D}", "Audit")) == ["jmap both", "jmap remote only"]
     assert sorted(r for _, rs in site.queued() for r, _ in rs) == ["far@remote.test"] * 3
+
+
+def test_a_department_matches_its_members_and_sub_departments(site: Any) -> None:
+    site.sync.add_group(f"sales@{D}", kind="dept")
+    site.sync.add_group(f"sales-east@{D}", kind="dept", parent=f"sales@{D}")
+    site.sync.set_user(f"carol@{D}", dept=f"sales-east@{D}")
+    be = site.backend({"dept": rule((f"sales@{D}",), "out")})
+    site.send(be, f"carol@{D}", [f"dave@{D}"], auth=f"carol@{D}", body=body("from sales east"))
+    site.send(be, f"alice@{D}", [f"dave@{D}"], auth=f"alice@{D}", body=body("from alice"))
+    assert subjects(site.messages(f"archive@{D}", "Audit")) == ["from sales east"]
