@@ -133,6 +133,12 @@ class ServerConfig:
     restart_backoff_max: float = doc(
         "Longest wait in seconds before restarting a worker that keeps dying.", 30.0, check=_positive
     )
+    reuse_port: bool = doc(
+        "One listening socket per worker for each address (Linux SO_REUSEPORT), so that the kernel spreads "
+        "new connections over the workers; false: one socket shared by all (a burst goes to the worker "
+        "that wakes first). Taking it back from true needs a restart.",
+        True,
+    )
     log_level: LogLevel = doc("Least severe level logged: trace, debug, info, warning, error.", "info")
 
 

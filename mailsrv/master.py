@@ -5,6 +5,12 @@ Invariants (DESIGN.md, process model):
   worker starts clean and creates its own uvloop loop.
 - Listening sockets are bound here and inherited; replacing workers (restart,
   reload) never closes them, so no connection is refused meanwhile.
+- With ``server.reuse_port`` (Linux SO_REUSEPORT) each address has a group of
+  sockets, one per worker slot, and the kernel hashes new connections over the
+  group: a burst is spread over the workers instead of taken whole by the one
+  that wakes first. A group only grows: closing a member would reset the
+  connections queued in its backlog, so a slot serves members slot, slot + N...
+  (N workers), and a dead worker's member keeps its queue for the replacement.
 - Signals are blocked and taken synchronously with ``sigtimedwait``: SIGCHLD
   reaps and restarts, SIGHUP reloads, SIGTERM/SIGINT drain and exit 0.
 """
@@ -92,12 +98,22 @@ def worker_count(cfg: Config) -> int:
     return int(cfg.server.workers)
 
 
-def bind_socket(spec: str) -> socket.socket:
-    host, port = parse_bind(spec)
+#: SO_REUSEPORT spreads connections over a group of listening sockets on Linux only (the BSDs' and
+#: macOS's option lets sockets share a port without balancing them): elsewhere one socket is shared.
+REUSE_PORT_WORKS = sys.platform.startswith("linux") and hasattr(socket, "SO_REUSEPORT")
+
+
+def bind_socket(spec: str, *, reuse_port: bool = False, port: int | None = None) -> socket.socket:
+    """A listening socket for ``spec``; ``reuse_port``: one member of a SO_REUSEPORT group (the
+    first binds ``spec``'s port, possibly 0; the others are given the ``port`` it got)."""
+    host, spec_port = parse_bind(spec)
+    port = spec_port if port is None else port
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if family == socket.AF_INET6:
             # So that "[::]:25" and "0.0.0.0:25" can both be configured.
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
@@ -115,13 +131,33 @@ def format_addr(sock: socket.socket) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def _reuses_port(sock: socket.socket) -> bool:
+    return REUSE_PORT_WORKS and bool(sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT))
+
+
+#: listener name -> one socket group per bind address (a group: the SO_REUSEPORT members, or one socket)
+Groups = dict[str, list[list[socket.socket]]]
+
+
+def slot_sockets(groups: Groups, slot: int, workers: int) -> dict[str, list[socket.socket]]:
+    """The sockets worker ``slot`` of ``workers`` accepts on: members slot, slot + workers... of
+    each group (a group never shrinks, so after a reload to fewer workers a slot serves several);
+    a group smaller than the workers (one shared socket) is shared."""
+    return {
+        name: [s for group in per_addr
+               for s in (group[slot::workers] if len(group) >= workers else [group[slot % len(group)]])]
+        for name, per_addr in groups.items()
+    }
+
+
 class Master:
     def __init__(self, config_path: str) -> None:
         self.config_path = config_path
         self.cfg: Config = config_mod.load(config_path)
         self.ssl_context: ssl.SSLContext | None = None
-        #: bind spec as configured (port 0: "listener/spec") -> bound socket, kept across reloads
-        self.bound: dict[str, socket.socket] = {}
+        #: bind spec as configured (port 0: "listener/spec") -> its socket group, kept across reloads
+        self.bound: dict[str, list[socket.socket]] = {}
+        self.sockets: Groups = {}
         self.workers: dict[int, WorkerProc] = {}
         self.generation = 0
         self.restart_due: dict[int, float] = {}  # slot -> monotonic time
@@ -140,45 +176,56 @@ class Master:
         except TlsSetupError as exc:
             raise StartupError(str(exc)) from None
 
-    def _bind_all(self, cfg: Config) -> dict[str, list[socket.socket]]:
-        """Bind what is new, keep what is bound, return listener name -> sockets."""
-        wanted: dict[str, list[socket.socket]] = {}
-        keep: dict[str, socket.socket] = {}
+    def _bind_all(self, cfg: Config) -> Groups:
+        """Bind what is new, grow what is bound to one member per worker (``server.reuse_port``),
+        keep the rest; return listener name -> one socket group per bind address."""
+        spread = cfg.server.reuse_port and REUSE_PORT_WORKS
+        members = worker_count(cfg) if spread else 1
+        wanted: Groups = {}
+        keep: dict[str, list[socket.socket]] = {}
+        fresh: list[socket.socket] = []
         try:
             for name, lcfg in cfg.listener.items():
-                socks = []
+                groups = []
                 for spec in lcfg.bind:
                     # Port 0 means "any free port": such a socket belongs to its listener alone.
                     key = f"{name}/{spec}" if parse_bind(spec)[1] == 0 else spec
-                    sock = self.bound.get(key) or keep.get(key)
-                    if sock is None:
-                        try:
-                            sock = bind_socket(spec)
-                        except OSError as exc:
-                            raise StartupError(
-                                f"cannot bind listener.{name} {spec}: {exc.strerror or exc}"
-                            ) from None
-                    keep[key] = sock
-                    socks.append(sock)
-                wanted[name] = socks
+                    group = keep.get(key) or list(self.bound.get(key, ()))
+                    try:
+                        if not group:
+                            group.append(bind_socket(spec, reuse_port=spread))
+                            fresh.append(group[-1])
+                        # a socket bound without SO_REUSEPORT admits no others beside it: it stays alone
+                        while len(group) < members and _reuses_port(group[0]):
+                            group.append(bind_socket(spec, reuse_port=True, port=group[0].getsockname()[1]))
+                            fresh.append(group[-1])
+                    except OSError as exc:
+                        raise StartupError(
+                            f"cannot bind listener.{name} {spec}: {exc.strerror or exc}"
+                        ) from None
+                    keep[key] = group
+                    groups.append(group)
+                wanted[name] = groups
         except StartupError:
-            for spec, sock in keep.items():
-                if spec not in self.bound:
-                    sock.close()
-            raise
-        for spec, sock in self.bound.items():
-            if spec not in keep:
+            for sock in fresh:
                 sock.close()
+            raise
+        for key, group in self.bound.items():
+            if key not in keep:
+                for sock in group:
+                    sock.close()
         self.bound = keep
         for name, lcfg in cfg.listener.items():
-            for sock in wanted[name]:
-                logger.info("listener.bound", name=name, proto=lcfg.protocol, addr=format_addr(sock), tls=lcfg.tls)
+            for group in wanted[name]:
+                logger.info("listener.bound", name=name, proto=lcfg.protocol, addr=format_addr(group[0]),
+                            tls=lcfg.tls, sockets=len(group))
         return wanted
 
     # -- workers -----------------------------------------------------------
 
-    def _spawn(self, slot: int, generation: int, cfg: Config, socks: dict[str, list[socket.socket]],
+    def _spawn(self, slot: int, generation: int, cfg: Config, groups: Groups,
                ctx: ssl.SSLContext | None) -> WorkerProc:
+        socks = slot_sockets(groups, slot, worker_count(cfg))
         ready_r, ready_w = os.pipe()
         lifeline_r, lifeline_w = os.pipe()
         sys.stdout.flush()
@@ -190,11 +237,12 @@ class Master:
                 os.close(ready_r)
                 os.close(lifeline_w)
                 for other in self.workers.values():
-                    for fd in (other.ready_r, other.lifeline_w):
-                        try:
-                            os.close(fd)
-                        except OSError:
-                            pass
+                    self._close_fds(other)
+                mine = {id(sock) for served in socks.values() for sock in served}
+                for group in self.bound.values():
+                    for sock in group:
+                        if id(sock) not in mine:
+                            sock.close()  # other slots' members: their queues are not ours to hold open
                 log.bind(worker=slot)
                 status = worker.run(cfg, socks, ctx, ready_w, lifeline_r)
             except BaseException as exc:
@@ -218,8 +266,9 @@ class Master:
             try:
                 for other in self.workers.values():
                     self._close_fds(other)
-                for sock in self.bound.values():
-                    sock.close()  # a singleton serves no listener
+                for group in self.bound.values():
+                    for sock in group:
+                        sock.close()  # a singleton serves no listener
                 signal.pthread_sigmask(signal.SIG_SETMASK, set())
                 for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
                     signal.signal(sig, signal.SIG_DFL)
@@ -277,10 +326,9 @@ class Master:
             except OSError:
                 pass
 
-    def _start_generation(self, cfg: Config, socks: dict[str, list[socket.socket]],
-                          ctx: ssl.SSLContext | None) -> list[WorkerProc]:
+    def _start_generation(self, cfg: Config, groups: Groups, ctx: ssl.SSLContext | None) -> list[WorkerProc]:
         self.generation += 1
-        return [self._spawn(slot, self.generation, cfg, socks, ctx) for slot in range(worker_count(cfg))]
+        return [self._spawn(slot, self.generation, cfg, groups, ctx) for slot in range(worker_count(cfg))]
 
     def _reap(self) -> None:
         while True:
@@ -341,7 +389,7 @@ class Master:
 
     def _status(self) -> str:
         listeners = ", ".join(
-            f"{name}={'/'.join(format_addr(s) for s in socks)}" for name, socks in self.sockets.items()
+            f"{name}={'/'.join(format_addr(g[0]) for g in groups)}" for name, groups in self.sockets.items()
         )
         return f"STATUS={len(self.workers)} workers; {listeners}"
 
@@ -395,8 +443,9 @@ class Master:
             self._kill(pid, signal.SIGTERM)
         # Our copies of the listening sockets go now, so that once the workers stop
         # accepting, new clients are refused at once instead of waiting in the backlog.
-        for sock in self.bound.values():
-            sock.close()
+        for group in self.bound.values():
+            for sock in group:
+                sock.close()
         deadline = time.monotonic() + self.cfg.server.shutdown_grace + 10
         while self.workers or self.singles:
             left = deadline - time.monotonic()
