@@ -76,6 +76,7 @@ class Listener:
         self.proxy_networks = [ipaddress.ip_network(n, strict=False) for n in cfg.proxy_trusted_networks]
         self._accepting: set[asyncio.Task[None]] = set()  # proxy_protocol: the accept loops and header reads
         self._unstarted: dict[asyncio.Task[None], socket.socket] = {}  # header reads not begun: own their socket
+        self._reading: set[asyncio.Task[None]] = set()  # header reads in flight: at most max_connections
 
     async def start(self) -> None:
         implicit = self.ssl_context if self.cfg.tls == "implicit" else None
@@ -116,8 +117,17 @@ class Listener:
                 logger.warning("accept.failed", listener=self.name, error=str(exc))
                 await asyncio.sleep(0.1)
                 continue
+            if len(self._reading) >= self.max_connections:
+                # a proxy (or a flood through it) holding max_connections headers unsent: each would hold a
+                # socket for proxy_timeout; this one is closed at once, like a session over the limit
+                logger.warning("proxy.refused", listener=self.name, peer=f"{addr[0]}:{addr[1]}",
+                               reason="too many PROXY headers awaited")
+                sock.close()
+                continue
             task = loop.create_task(self._proxied(sock, addr, implicit))
             self._unstarted[task] = sock
+            self._reading.add(task)
+            task.add_done_callback(self._reading.discard)
             self._track(task)
 
     def _proxy_trusted(self, host: str) -> bool:

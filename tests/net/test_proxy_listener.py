@@ -335,6 +335,29 @@ def test_implicit_tls_header_then_client_hello_in_one_segment(run: Any,
     run(main())
 
 
+def test_header_reads_in_flight_are_capped_at_max_connections(run: Any, captured_log: io.StringIO) -> None:
+    # a trusted proxy's connections that never send their header may not pile up until proxy_timeout
+    async def main() -> None:
+        listener, port = await start(max_connections=2, proxy_timeout=60.0)
+        try:
+            silent = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
+            await wait_until_async(lambda: len(listener._reading) == 2)
+            r3, w3 = await asyncio.open_connection("127.0.0.1", port)
+            await closed_unanswered(r3)  # at once, not after proxy_timeout (the run's bound is 30 s)
+            w3.close()
+            r1, w1 = silent[0]
+            w1.write(v1("192.0.2.7", "198.51.100.1", 1001, 25))  # the awaited ones are still served
+            assert (await r1.readline()).startswith(b"HELLO 192.0.2.7 1001")
+            for _, w in silent:
+                w.close()
+        finally:
+            await stop(listener)
+
+    run(main())
+    log.flush()
+    assert "too many PROXY headers awaited" in captured_log.getvalue()
+
+
 def test_stop_ends_accepting_and_pending_header_reads(run: Any) -> None:
     async def main() -> None:
         listener, port = await start()
