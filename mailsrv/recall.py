@@ -55,7 +55,8 @@ LOOKBACK_WINDOWS = 2
 FLAG_RACE_TRIES = 3
 #: header bytes read to find a copy's Return-Path (it is the first line of a local delivery)
 HEADER_READ_MAX = 64 * 1024
-_RETURN_PATH = re.compile(rb"(?im)^return-path:[ \t]*<([^<>\r\n]*)>")
+#: RFC 5321 §4.4: the Return-Path local delivery writes as a copy's first line (only there is it ours)
+_RETURN_PATH = re.compile(rb"return-path:[ \t]*<([^\r\n]*)>[ \t]*\r?\n", re.IGNORECASE)
 _MSGID = re.compile(r"<?\s*([^<>\s]{1,500})\s*>?")
 
 
@@ -212,13 +213,18 @@ class Recaller:
 
     async def _is_owners(self, sacct: Any, mailbox: str, uid: int, st: Any, owner: Account,
                          owned: dict[str, bool]) -> bool:
-        """Return-Path decides when the copy has one (local delivery writes it); else From."""
+        """Return-Path decides when the copy starts with one (SMTP delivery writes it first); else From."""
         try:
             head = await sacct.read_message(mailbox, uid, 0, min(st.header_end, HEADER_READ_MAX))
         except StoreError:
             return False
-        m = _RETURN_PATH.search(head)
-        addrs = [m.group(1).decode("utf-8", "replace")] if m else _addrs(st.field(b"from"))
+        # Only the first line is ours: a Return-Path lower down (a copy with none of ours: JMAP submission, a
+        # client's APPEND) was written by whoever wrote the message, who could name anyone there.
+        if head[:12].lower() == b"return-path:":
+            m = _RETURN_PATH.match(head)
+            addrs = [m.group(1).decode("utf-8", "replace")] if m else []
+        else:
+            addrs = _addrs(st.field(b"from"))
         if not addrs:
             return False
         for a in addrs:

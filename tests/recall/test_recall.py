@@ -32,9 +32,9 @@ class Site:
     recaller: Recaller
 
     async def send(self, sender: str, rcpts: list[str], msgid: str, *, return_path: str | None = None,
-                   subject: str = "Plans") -> None:
+                   subject: str = "Plans", extra: str = "") -> None:
         rp = sender if return_path is None else return_path
-        head = f"Return-Path: <{rp}>\r\n" if rp != "-" else ""
+        head = (f"Return-Path: <{rp}>\r\n" if rp != "-" else "") + extra
         raw = (f"{head}From: {sender}\r\nTo: {', '.join(rcpts)}\r\nSubject: {subject}\r\n"
                f"Message-ID: <{msgid}>\r\n\r\n" + "body line\r\n" * 200).encode()
         local = LocalDelivery(self.directory, self.store, self.data_dir)
@@ -125,6 +125,23 @@ async def test_only_the_senders_own_mail(site: Site) -> None:
     # a null Return-Path (a bounce) is nobody's
     await site.send(f"alice@{D}", [f"carol@{D}"], "m5@x", return_path="")
     assert await site.recaller.recall(f"alice@{D}", "m5@x") == []
+
+
+async def test_a_return_path_below_the_first_line_is_the_writers_claim(site: Site) -> None:
+    # carol's message (no Return-Path of ours on top: a JMAP submission, an APPEND) names alice in a
+    # Return-Path field of its own: alice did not send it and may not take it back
+    forged = f"X-Note: hello\r\nReturn-Path: <alice@{D}>\r\n"
+    await site.send(f"carol@{D}", [f"bob@{D}"], "m6@x", return_path="-", extra=forged)
+    assert await site.recaller.recall(f"alice@{D}", "m6@x") == []
+    # ours on top is unreadable (a quoted local part holding '>'... or garbage): nobody's, not the next one's
+    await site.send(f"carol@{D}", [f"bob@{D}"], "m7@x", return_path="-",
+                    extra=f"Return-Path: garbage\r\nReturn-Path: <alice@{D}>\r\n")
+    assert await site.recaller.recall(f"alice@{D}", "m7@x") == []
+    assert len(await site.inbox(f"bob@{D}")) == 2
+    # a quoted local part holding '>' is read whole
+    await site.send(f"alice@{D}", [f"bob@{D}"], "m8@x", return_path='"x>y"@elsewhere.test',
+                    extra=f"Return-Path: <alice@{D}>\r\n")
+    assert await site.recaller.recall(f"alice@{D}", "m8@x") == []
 
 
 async def test_moved_flagged_copy_is_found_and_a_read_one_stays(site: Site) -> None:
