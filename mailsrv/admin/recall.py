@@ -47,9 +47,13 @@ def register(api: AdminApi, recaller: Recaller | None, prefix: str) -> None:
         sender, message_id = data["sender"], data["message_id"]
 
         def check(d: Any) -> None:
-            Actor.admin(d, who).require_address(d, sender)
-            if d.account_by_address(sender) is None:
+            actor = Actor.admin(d, who)
+            actor.require_address(d, sender)
+            acct = d.account_by_address(sender)
+            if acct is None:
                 raise NotFound(f"no local user {sender}")
+            # the recall acts on the account: an alias in scope may belong to a user of another domain
+            actor.require_address(d, acct.address)
 
         refused = await api.scoped(check)
         if isinstance(refused, web.Response):

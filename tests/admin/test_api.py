@@ -167,3 +167,19 @@ async def test_domain_storage_limit_with_unlimited_users(api) -> None:
         doc = await r.json()
     body = doc["paths"][PREFIX + "/users"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert body["properties"]["quota_bytes"] == {"type": ["integer", "null"], "minimum": 0}
+
+
+async def test_recall_is_scoped_by_the_account_not_the_alias(api) -> None:
+    # an alias of da's domain owned by a user of b.test: recalling through it would take back db's mail
+    http, toks, sd, d = api
+    sd.add_alias("front@a.test", "db@b.test")
+    body = {"sender": "front@a.test", "message_id": "<m@x>"}
+    async with http.post(PREFIX + "/recall", headers=H(toks["da"]), json=body) as r:
+        assert r.status == 403, await r.text()
+    # in scope, it passes the check (this API has no store: 503)
+    async with http.post(PREFIX + "/recall", headers=H(toks["da"]),
+                         json={"sender": "plain@a.test", "message_id": "<m@x>"}) as r:
+        assert r.status == 503, await r.text()
+    async with http.post(PREFIX + "/recall", headers=H(toks["db"]),
+                         json={"sender": "db@b.test", "message_id": "<m@x>"}) as r:
+        assert r.status == 503, await r.text()
