@@ -556,9 +556,20 @@ class MailboxIndex:
             try:
                 self._add_extracted(docs)
             except MailboxGone:
-                logger.debug("index.mailbox_gone", mailbox=self.mailbox_id)
+                self._gone()
             finally:
                 self._delivering = False
+
+    def _gone(self) -> None:
+        """The store no longer has the mailbox (:class:`MailboxGone`; caller holds ``_tlock``): forget
+        the index as :meth:`SearchService.drop` would, so that nothing here (a later round, the flush
+        at stop) makes its files again."""
+        logger.debug("index.mailbox_gone", mailbox=self.mailbox_id)
+        self.dropped = True
+        self._close_files()
+        self.gen = -1
+        self.core = IndexCore()
+        self.locs = {}
 
     def _add_extracted(self, docs: list[tuple[int, Document]]) -> None:
         """:meth:`_extract_and_add` after the extraction (caller holds ``_tlock``)."""
@@ -733,10 +744,16 @@ class MailboxIndex:
 
             def run() -> None:
                 with self._tlock:
-                    with self.files.locked(exclusive=True):
-                        self._tail_exclusive()
-                        if self.since_snapshot:
-                            self._maybe_snapshot(force=True)
+                    self._delivering = True  # as a round: never makes a deleted mailbox's index again
+                    try:
+                        with self.files.locked(exclusive=True):
+                            self._tail_exclusive()
+                            if self.since_snapshot:
+                                self._maybe_snapshot(force=True)
+                    except MailboxGone:
+                        self._gone()
+                    finally:
+                        self._delivering = False
 
             await self.service.run(run)
 

@@ -161,3 +161,25 @@ async def test_the_workers_exists_check_sees_a_mailbox_deleted_by_another_store(
     finally:
         await deleting.close()
         await other.close()
+
+
+async def test_the_flush_at_stop_in_another_worker_does_not_make_a_deleted_mailboxs_index_again(
+        tmp_path: Path) -> None:
+    box = Box(0)
+    alive = {"Mbox1"}
+    deleting, other = _two_workers(tmp_path, box, alive)
+    try:
+        uid = box.add(box.gen.message(1)[0])
+        other.message_added("acct1", "Mbox1", box.view.messages[-1], None, raw=box.raw[uid])
+        await other.idle()
+        idx = other.mailbox("acct1", "Mbox1", tmp_path, box.read)
+        assert await idx.search(All(), box.view) == BitMap([uid])  # loaded there by a client's search
+        alive.discard("Mbox1")
+        deleting.drop("acct1", "Mbox1", tmp_path)
+        await deleting.idle()
+    finally:
+        await deleting.close()
+        await other.close()  # flushes the indexes it has loaded
+    files = Files(tmp_path, "Mbox1")
+    assert not files.snap.exists() and not files.log.exists() and not files.lock.exists()
+    assert not files.text_files()
