@@ -81,6 +81,25 @@ def _two_workers(tmp_path: Path, box: Box, alive: set[str]) -> tuple[SearchServi
             SearchService(SearchConfig(), resolver=resolver, exists=exists))
 
 
+async def _indexed(svc: SearchService, box: Box, directory: Path, searched: bool) -> None:
+    """One message delivered and indexed in ``svc``'s worker; ``searched``: then loaded there by a
+    client's search."""
+    uid = box.add(box.gen.message(1)[0])
+    svc.message_added("acct1", "Mbox1", box.view.messages[-1], None, raw=box.raw[uid])
+    await svc.idle()
+    assert Files(directory, "Mbox1").snap.exists()
+    if searched:
+        idx = svc.mailbox("acct1", "Mbox1", directory, box.read)
+        assert await idx.search(All(), box.view) == BitMap([uid])
+        assert idx.gen >= 0
+
+
+def _no_files(directory: Path) -> None:
+    files = Files(directory, "Mbox1")
+    assert not files.snap.exists() and not files.log.exists() and not files.lock.exists()
+    assert not files.text_files()
+
+
 @pytest.mark.parametrize("loaded", [False, True], ids=["appending", "loaded-by-a-search"])
 async def test_a_round_in_another_worker_does_not_make_a_deleted_mailboxs_index_again(
         tmp_path: Path, loaded: bool) -> None:
@@ -88,15 +107,7 @@ async def test_a_round_in_another_worker_does_not_make_a_deleted_mailboxs_index_
     alive = {"Mbox1"}
     deleting, other = _two_workers(tmp_path, box, alive)
     try:
-        first = box.add(box.gen.message(1)[0])
-        other.message_added("acct1", "Mbox1", box.view.messages[-1], None, raw=box.raw[first])
-        await other.idle()
-        files = Files(tmp_path, "Mbox1")
-        assert files.snap.exists() and files.log.exists()
-        if loaded:  # a client's search in the other worker loaded the index
-            idx = other.mailbox("acct1", "Mbox1", tmp_path, box.read)
-            assert await idx.search(All(), box.view) == BitMap([first])
-            assert idx.gen >= 0
+        await _indexed(other, box, tmp_path, searched=loaded)
         # a delivery in the other worker waits for its round (its bytes held) while the mailbox is
         # deleted in this one: only this worker's search hears of it (mailbox_deleted)
         uid = box.add(box.gen.message(2)[0])
@@ -104,10 +115,9 @@ async def test_a_round_in_another_worker_does_not_make_a_deleted_mailboxs_index_
         alive.discard("Mbox1")
         deleting.drop("acct1", "Mbox1", tmp_path)
         await deleting.idle()
-        assert not files.snap.exists() and not files.log.exists() and not files.lock.exists()
+        _no_files(tmp_path)
         await other.idle()
-        assert not files.snap.exists() and not files.log.exists() and not files.lock.exists()
-        assert not files.text_files()
+        _no_files(tmp_path)
     finally:
         await deleting.close()
         await other.close()
@@ -169,17 +179,11 @@ async def test_the_flush_at_stop_in_another_worker_does_not_make_a_deleted_mailb
     alive = {"Mbox1"}
     deleting, other = _two_workers(tmp_path, box, alive)
     try:
-        uid = box.add(box.gen.message(1)[0])
-        other.message_added("acct1", "Mbox1", box.view.messages[-1], None, raw=box.raw[uid])
-        await other.idle()
-        idx = other.mailbox("acct1", "Mbox1", tmp_path, box.read)
-        assert await idx.search(All(), box.view) == BitMap([uid])  # loaded there by a client's search
+        await _indexed(other, box, tmp_path, searched=True)
         alive.discard("Mbox1")
         deleting.drop("acct1", "Mbox1", tmp_path)
         await deleting.idle()
     finally:
         await deleting.close()
         await other.close()  # flushes the indexes it has loaded
-    files = Files(tmp_path, "Mbox1")
-    assert not files.snap.exists() and not files.log.exists() and not files.lock.exists()
-    assert not files.text_files()
+    _no_files(tmp_path)
