@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import signal
 import socket
 import ssl
@@ -266,3 +267,29 @@ def test_queue_runner_is_one_supervised_owner(server: ServerProcess) -> None:
     pids = server.worker_pids()
     assert int(third[0].group(1)) in pids and second not in pids
     assert len(pids) == 3  # two workers and one queue runner
+
+
+def test_reload_changing_the_worker_count_answers_every_connection(server: ServerProcess, setup_dir: Path) -> None:
+    """2 -> 3 -> 1 workers (server.reuse_port): the socket group grows to 3 members and never shrinks;
+    after the reload to 1 worker it serves all 3, so a burst hashed over them is greeted in full."""
+    server.wait_for(r"worker\.ready", count=2)
+    port = server.ports["pop3"]
+    for workers in (3, 1):
+        text = setup_dir.read_text()
+        setup_dir.write_text(re.sub(r"(?m)^workers = .*$", f"workers = {workers}", text, count=1))
+        mark = server.mark()
+        with Hammer(port) as hammer:
+            wait_until(lambda: hammer.ok >= 5)
+            server.signal(signal.SIGHUP)
+            server.wait_for(r"reload\.done", start=mark)
+            wait_until(lambda before=hammer.ok: hammer.ok >= before + 5)
+        assert hammer.errors == []
+        bound = server.wait_for(rf"listener\.bound name=pop3 .*:{port} tls=\S+ sockets=(\d+)", start=mark)
+        assert bound[0].group(1) == "3"
+        server.wait_for(r"worker\.ready", start=mark, count=workers)
+        burst = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(30)]
+        for s in burst:
+            with s:
+                f = s.makefile("rb")
+                assert f.readline().startswith(b"+OK")
+                s.sendall(b"QUIT\r\n")

@@ -1,0 +1,164 @@
+"""Connections spread over the workers (server.reuse_port): each worker slot accepts on its own
+SO_REUSEPORT member of every address, all bound and held by the master (mailsrv/master.py)."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from support.server import ServerProcess, init_setup, wait_until
+
+from mailsrv.master import Groups, slot_sockets
+
+#: Connections opened at once: the chance that the kernel's hash leaves one of 3 workers without any
+#: is 3 * (2/3)**40, about 3e-7.
+BURST = 40
+
+
+def start(tmp_path: Path, workers: int, reuse_port: bool = True) -> ServerProcess:
+    config = init_setup(tmp_path / "srv", workers=workers)
+    text = config.read_text().replace('log_level = "info"', 'log_level = "debug"')  # conn.open worker=N
+    if not reuse_port:
+        text = text.replace("[server]", "[server]\nreuse_port = false", 1)
+    config.write_text(text)
+    srv = ServerProcess(config).wait_ready()
+    srv.wait_for(r"worker\.ready", count=workers)
+    srv.wait_for(r"singleton\.started name=queue")
+    return srv
+
+
+def open_burst(port: int, n: int = BURST) -> list[socket.socket]:
+    """``n`` connections made at once, before any greeting is read; none refused or reset."""
+    return [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(n)]
+
+
+def finish(conns: list[socket.socket]) -> None:
+    """Read each connection's POP3 greeting, QUIT it, close it."""
+    for s in conns:
+        with s:
+            f = s.makefile("rb")
+            assert f.readline().startswith(b"+OK")
+            s.sendall(b"QUIT\r\n")
+            assert f.readline().startswith(b"+OK")
+
+
+def served_by(srv: ServerProcess, start_at: int, n: int) -> Counter[int]:
+    """Worker slot -> POP3 sessions opened since ``start_at`` (their ``conn.open`` log lines)."""
+    found = srv.wait_for(r"conn\.open worker=(\d+) .*proto=pop3", start=start_at, count=n)
+    return Counter(int(m.group(1)) for m in found)
+
+
+def listening_inodes(port: int) -> set[int]:
+    """Inodes of the IPv4 sockets listening on 127.0.0.1:``port`` (/proc/net/tcp, state 0A)."""
+    out = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[1] == f"0100007F:{port:04X}" and fields[3] == "0A":
+            out.add(int(fields[9]))
+    return out
+
+
+def held(pid: int, inodes: set[int]) -> set[int]:
+    """Which of ``inodes`` process ``pid`` holds a descriptor of."""
+    out = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except FileNotFoundError:
+            continue
+        if m := re.fullmatch(r"socket:\[(\d+)\]", target):
+            out.add(int(m.group(1)))
+    return out & inodes
+
+
+def workers_by_slot(srv: ServerProcess, start_at: int = 0) -> dict[int, int]:
+    """Slot -> pid of the latest worker started there (from ``start_at``)."""
+    return {int(m.group(2)): int(m.group(1))
+            for m in (re.search(r"worker\.started pid=(\d+) slot=(\d+)", ln) for ln in srv.lines[start_at:]) if m}
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_each_worker_accepts_on_its_own_socket_held_by_the_master(tmp_path: Path, workers: int) -> None:
+    srv = start(tmp_path, workers)
+    try:
+        port = srv.ports["pop3"]
+        assert srv.wait_for(rf"listener\.bound name=pop3 .*:{port} tls=\S+ sockets=(\d+)")[0].group(1) == str(workers)
+        inodes = listening_inodes(port)
+        assert len(inodes) == workers
+        assert held(srv.proc.pid, inodes) == inodes  # the master keeps every member
+        slots = workers_by_slot(srv)
+        mine = [held(slots[slot], inodes) for slot in range(workers)]
+        assert all(len(m) == 1 for m in mine) and set().union(*mine) == inodes
+        queue = int(srv.wait_for(r"singleton\.started name=queue pid=(\d+)")[0].group(1))
+        assert held(queue, inodes) == set()  # a singleton takes no connection
+    finally:
+        srv.stop()
+
+
+def test_without_reuse_port_the_workers_share_one_socket(tmp_path: Path) -> None:
+    srv = start(tmp_path, 2, reuse_port=False)
+    try:
+        inodes = listening_inodes(srv.ports["pop3"])
+        assert len(inodes) == 1
+        assert all(held(pid, inodes) == inodes for pid in workers_by_slot(srv).values())
+        mark = srv.mark()
+        finish(open_burst(srv.ports["pop3"], 5))
+        assert sum(served_by(srv, mark, 5).values()) == 5
+    finally:
+        srv.stop()
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_a_burst_of_connections_is_served_by_every_worker(tmp_path: Path, workers: int) -> None:
+    srv = start(tmp_path, workers)
+    try:
+        mark = srv.mark()
+        finish(open_burst(srv.ports["pop3"]))
+        share = served_by(srv, mark, BURST)
+        assert sorted(share) == list(range(workers)), share
+        assert sum(share.values()) == BURST
+    finally:
+        srv.stop()
+
+
+def test_connections_made_while_a_worker_is_dead_wait_for_its_replacement(tmp_path: Path) -> None:
+    srv = start(tmp_path, 2)
+    try:
+        victim = workers_by_slot(srv)[0]
+        mark = srv.mark()
+        srv.signal(signal.SIGSTOP)  # the master cannot restart slot 0 until SIGCONT: a window as long as we like
+        try:
+            os.kill(victim, signal.SIGKILL)
+            wait_until(lambda: Path(f"/proc/{victim}/stat").read_text().split()[2] == "Z")  # dead, not reaped
+            conns = open_burst(srv.ports["pop3"])  # connect() succeeds for all: none refused
+        finally:
+            srv.signal(signal.SIGCONT)
+        srv.wait_for(rf"worker\.died pid={victim} slot=0 ", start=mark)
+        finish(conns)  # every one greeted: those queued on slot 0's socket by its replacement
+        share = served_by(srv, mark, BURST)
+        replacement = workers_by_slot(srv, mark)[0]
+        assert replacement != victim and share[0] > 0 and share[1] > 0, share
+    finally:
+        srv.stop()
+
+
+def test_slot_sockets_after_a_reload_to_fewer_workers_serve_every_member() -> None:
+    a, b, c = (socket.socket() for _ in range(3))
+    shared = socket.socket()
+    try:
+        groups: Groups = {"smtp": [[a, b, c]], "pop3": [[shared]]}
+        assert slot_sockets(groups, 0, 3) == {"smtp": [a], "pop3": [shared]}
+        assert slot_sockets(groups, 2, 3) == {"smtp": [c], "pop3": [shared]}
+        assert slot_sockets(groups, 0, 2) == {"smtp": [a, c], "pop3": [shared]}
+        assert slot_sockets(groups, 1, 2) == {"smtp": [b], "pop3": [shared]}
+        assert slot_sockets(groups, 0, 1) == {"smtp": [a, b, c], "pop3": [shared]}
+        # more workers than members (reuse_port turned off by a reload): members are shared round the slots
+        assert slot_sockets({"smtp": [[a, b]]}, 2, 3) == {"smtp": [a]}
+    finally:
+        for s in (a, b, c, shared):
+            s.close()
