@@ -107,8 +107,12 @@ def bind_socket(spec: str, *, reuse_port: bool = False, port: int | None = None)
     """A listening socket for ``spec``; ``reuse_port``: one member of a SO_REUSEPORT group (the
     first binds ``spec``'s port, possibly 0; the others are given the ``port`` it got)."""
     host, spec_port = parse_bind(spec)
-    port = spec_port if port is None else port
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    if reuse_port and port is None and spec_port != 0:
+        # SO_REUSEPORT would let us join a group that another process of our user listens with (a
+        # second mailsrv started by mistake) and take half its connections: a plain bind finds it
+        _check_free(family, host, spec_port)
+    port = spec_port if port is None else port
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -124,6 +128,15 @@ def bind_socket(spec: str, *, reuse_port: bool = False, port: int | None = None)
         sock.close()
         raise
     return sock
+
+
+def _check_free(family: socket.AddressFamily, host: str, port: int) -> None:
+    """Raise OSError (EADDRINUSE) if a socket listens on (host, port)."""
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT leftovers are no owner
+        if family == socket.AF_INET6:
+            probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        probe.bind((host, port))
 
 
 def format_addr(sock: socket.socket) -> str:

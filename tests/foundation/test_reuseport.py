@@ -7,11 +7,12 @@ import os
 import re
 import signal
 import socket
+import subprocess
 from collections import Counter
 from pathlib import Path
 
 import pytest
-from support.server import ServerProcess, init_setup, wait_until
+from support.server import ServerProcess, init_setup, mailsrv_cmd, wait_until
 
 from mailsrv.master import Groups, slot_sockets
 
@@ -162,3 +163,18 @@ def test_slot_sockets_after_a_reload_to_fewer_workers_serve_every_member() -> No
     finally:
         for s in (a, b, c, shared):
             s.close()
+
+
+def test_a_port_another_reuse_port_group_listens_on_is_not_joined(tmp_path: Path) -> None:
+    """A second server of the same user (SO_REUSEPORT would let it take half of the first one's
+    connections) stops with the bind error instead."""
+    config = init_setup(tmp_path / "srv", workers=2)
+    with socket.socket() as other:
+        other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        config.write_text(config.read_text().replace('bind = ["127.0.0.1:0"]', f'bind = ["127.0.0.1:{port}"]', 1))
+        res = subprocess.run(mailsrv_cmd("serve", "-c", str(config)), capture_output=True, text=True, timeout=30)
+    assert res.returncode == 1
+    assert f"cannot bind listener.smtp 127.0.0.1:{port}" in res.stderr
