@@ -136,7 +136,7 @@ class ServerConfig:
     reuse_port: bool = doc(
         "One listening socket per worker for each address (Linux SO_REUSEPORT), so that the kernel spreads "
         "new connections over the workers; false: one socket shared by all (a burst goes to the worker "
-        "that wakes first). Taking it back from true needs a restart.",
+        "that wakes first). A reload keeps what is bound: a change applies to already bound addresses at a restart.",
         True,
     )
     log_level: LogLevel = doc("Least severe level logged: trace, debug, info, warning, error.", "info")
