@@ -104,8 +104,8 @@ def _bound_port(specs: list[tuple[str, int]], index: int, bound: list[tuple[str,
 
 
 def master_listeners(pid: int) -> list[tuple[str, int]]:
-    """The TCP listening addresses of process ``pid``'s sockets, in fd order (Linux /proc; [] when
-    they cannot be read)."""
+    """The TCP listening addresses of process ``pid``'s sockets, in fd order, each once (Linux /proc; []
+    when they cannot be read)."""
     try:
         fds = os.listdir(f"/proc/{pid}/fd")
     except OSError:
@@ -125,7 +125,9 @@ def master_listeners(pid: int) -> list[tuple[str, int]]:
                 # sl local_address rem_address st ... inode: st 0A is LISTEN
                 if len(cols) > 9 and cols[3] == "0A" and cols[9] in inodes:
                     listening[inodes[cols[9]]] = _proc_addr(cols[1])
-    return [listening[fd] for fd in sorted(listening)]
+    # server.reuse_port: an address is a group of sockets (one per worker; a reload that grows it adds
+    # members after the other listeners'): the group stands where its first member does
+    return list(dict.fromkeys(listening[fd] for fd in sorted(listening)))
 
 
 def _proc_addr(value: str, byteorder: str = sys.byteorder) -> tuple[str, int]:

@@ -62,6 +62,45 @@ def test_port_zero_smtp_listener_learnt_from_the_master() -> None:
     assert master_listeners(proc.pid) == []  # gone
 
 
+#: a stand-in master with server.reuse_port: each address a SO_REUSEPORT group of 3 (one per worker), and
+#: a reload's growth of the first group bound after all the others
+GROUPS = """
+import socket, sys
+socks, first = [], []
+def member(host, port):
+    s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    s.bind((host, port))
+    s.listen()
+    socks.append(s)
+    return s.getsockname()[1]
+for host in sys.argv[1:]:
+    first.append(member(host, 0))
+    member(host, first[-1]); member(host, first[-1])
+member(sys.argv[1], first[0])
+print(" ".join(map(str, first)), flush=True)
+sys.stdin.read()
+"""
+
+
+def test_port_zero_smtp_listener_of_a_reuse_port_master() -> None:
+    hosts = ["127.0.0.1", "::1", "127.0.0.1"]
+    proc = subprocess.Popen([sys.executable, "-c", GROUPS, *hosts], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        ports = [int(p) for p in proc.stdout.readline().split()]
+        assert master_listeners(proc.pid) == list(zip(hosts, ports, strict=True))
+        cfg = config(("imap", "127.0.0.1:0"), ("jmap", "[::1]:0"), ("smtp", "127.0.0.1:0"))
+        assert local_relay(cfg, proc.pid) == ("127.0.0.1", ports[2])
+    finally:
+        assert proc.stdin is not None
+        proc.stdin.close()
+        proc.wait(10)
+        assert proc.stdout is not None
+        proc.stdout.close()
+
+
 def kernel_format(addr: ipaddress.IPv4Address | ipaddress.IPv6Address, port: int) -> str:
     """How the kernel prints an address in /proc/net/tcp{,6}: each 32-bit word as a native int."""
     packed = addr.packed
