@@ -108,7 +108,10 @@ class DirectorySubmitter:
         acct = await self._account(principal)
         spool = self.spool_dir / f"{time.time_ns():x}.{os.getpid()}.{secrets.token_hex(6)}"
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, _write_durable, spool, raw)
+        # RFC 5321 §4.4: final delivery writes the Return-Path on the first line, as SMTP delivery does (recall
+        # trusts only that line: docs/recall.md); the queue takes it off before relaying (strip_return_path)
+        trace = b"Return-Path: <" + mail_from.encode("utf-8", "replace") + b">\r\n"
+        await loop.run_in_executor(None, _write_durable, spool, trace + raw)
         out: dict[str, tuple[str, str]] = {}
         qid: str | None = None
         try:

@@ -285,3 +285,21 @@ async def test_a_failing_account_does_not_stop_the_others(site: Site, monkeypatc
     assert len(await site.inbox(f"carol@{D}")) == 1
     [m] = (await bob.open_mailbox("INBOX")).messages
     assert m.flags == frozenset()  # not left \Deleted either
+
+
+async def test_a_jmap_submission_cannot_name_another_sender(site: Site) -> None:
+    # carol submits through JMAP a message whose own first line is a Return-Path naming alice: local
+    # delivery writes carol's on top (RFC 5321 §4.4), so alice may not take it back, and carol may
+    from types import SimpleNamespace
+
+    from mailsrv.jmap.submission import DirectorySubmitter
+
+    carol = await site.directory.account_by_address(f"carol@{D}")
+    raw = (f"Return-Path: <alice@{D}>\r\nFrom: carol@{D}\r\nTo: bob@{D}\r\nSubject: Plans\r\n"
+           f"Message-ID: <j1@x>\r\n\r\nbody\r\n").encode()
+    sub = DirectorySubmitter(site.directory, site.store, site.data_dir)
+    out = await sub.submit(SimpleNamespace(account=carol, id=str(carol.id)), raw, f"carol@{D}", [f"bob@{D}"])
+    assert out[f"bob@{D}"][0] == "yes"
+    assert await site.recaller.recall(f"alice@{D}", "j1@x") == []
+    res = await site.recaller.recall(f"carol@{D}", "j1@x")
+    assert [(r.recipient, r.status) for r in res] == [(f"bob@{D}", "recalled")]
