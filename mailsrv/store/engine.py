@@ -1320,7 +1320,12 @@ def may_hold_msgid(root: Path, msgid: str) -> bool:
         with os.scandir(root / "new") as it:
             if any(not e.name.startswith(".") for e in it):
                 return True
-        conn = sqlite3.connect(f"file:{quote(str(root / INDEX_NAME))}?mode=ro", uri=True, timeout=5.0)
+        index = root / INDEX_NAME
+        # Nobody has it open (no -wal: the last close checkpointed it whole): read the file as it is, for a
+        # read-only WAL connection would create -wal and -shm and, unable to checkpoint, leave them (owned by
+        # whoever scans: root's CLI made them unwritable for the worker). Open elsewhere: read through its WAL.
+        ro = "mode=ro" if os.path.exists(f"{index}-wal") else "mode=ro&immutable=1"
+        conn = sqlite3.connect(f"file:{quote(str(index))}?{ro}", uri=True, timeout=5.0)
     except FileNotFoundError:
         return os.path.isdir(root)  # no INBOX yet: an empty account; no index: opening it rebuilds one
     except (OSError, sqlite3.Error):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sqlite3
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from mailsrv.delivery.local import LocalDelivery
 from mailsrv.directory import open_directory, open_sync
 from mailsrv.recall import RECALLS_AT_ONCE, Recaller, RecallError, _Copy, normalise_message_id
 from mailsrv.store import Store, TemporaryFailure, account_root
-from mailsrv.store.engine import may_hold_msgid
+from mailsrv.store.engine import INDEX_NAME, may_hold_msgid
 
 D = "example.test"
 
@@ -244,6 +245,29 @@ async def test_accounts_not_open_here_are_peeked_at(site: Site) -> None:
     finally:
         await other.close()
     assert await site.inbox(f"bob@{D}") == []
+
+
+async def test_a_peek_at_a_closed_index_leaves_no_file(site: Site) -> None:
+    """An index nobody has open is read as it is: a read-only WAL connection would leave -wal and -shm files
+    behind (owned by whoever ran the scan: root's CLI made them unwritable for the worker)."""
+    await site.send(f"alice@{D}", [f"bob@{D}"], "m10@x")
+    bob = await site.acct(f"bob@{D}")
+    await bob.mailbox_status("INBOX")
+    root = bob.root
+    await site.store.close()
+    index = root / INDEX_NAME
+    side = [index.with_name(index.name + s) for s in ("-wal", "-shm", "-journal")]
+    assert index.exists() and not any(p.exists() for p in side)
+    assert may_hold_msgid(root, "m10@x") and not may_hold_msgid(root, "never@x")
+    assert [p.name for p in side if p.exists()] == []
+    # while another connection writes (WAL files there), the peek sees its committed rows
+    db = sqlite3.connect(index)
+    try:
+        db.execute("INSERT INTO msgids (msgid, thread_id) VALUES ('late@x', 't')")
+        db.commit()
+        assert may_hold_msgid(root, "late@x")
+    finally:
+        db.close()
 
 
 async def test_recalls_wait_their_turn(site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
