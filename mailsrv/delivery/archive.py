@@ -108,7 +108,7 @@ class ArchiveRules:
         self._stamp: object = None
         self._looked = float("-inf")
         self._loaded = False
-        self._lock: asyncio.Lock | None = None
+        self._refresh: asyncio.Future[None] | None = None
         self._folders: set[tuple[int, str]] = set()  # (account id, folder) known to exist
         self._senders = ResolveCache(directory)  # a sender's account: no directory query per message
 
@@ -142,27 +142,33 @@ class ArchiveRules:
         self._folders.add((acct.id, folder))
 
     async def _current(self) -> tuple[_Rule, ...]:
+        """The rules, resolved; looked at again once per REFRESH_INTERVAL when the directory changed.
+        Only the first load is waited for: later ones run beside the deliveries, which keep the
+        rules they had until it ends (a large group's expansion stays off their path)."""
         now = time.monotonic()
         if now - self._looked < REFRESH_INTERVAL and self._loaded:
             return self._rules
-        if self._lock is None:
-            self._lock = asyncio.Lock()
-        async with self._lock:
-            if time.monotonic() - self._looked < REFRESH_INTERVAL and self._loaded:
-                return self._rules  # refreshed while we waited
-            stamp_of = getattr(self.directory, "change_stamp", None)
-            stamp = stamp_of() if stamp_of is not None else object()
-            self._looked = time.monotonic()
-            if stamp != self._stamp or not self._loaded:
-                try:
-                    self._rules = await self._compile()
-                except Exception as exc:  # keep the rules we had (the directory will answer again)
-                    logger.exception("archive.rules_failed", exc)
-                    return self._rules
-                self.archive_ids = frozenset(r.archive.id for r in self._rules)
-                self._stamp = stamp
-                self._loaded = True
+        self._looked = now
+        stamp_of = getattr(self.directory, "change_stamp", None)
+        stamp = stamp_of() if stamp_of is not None else object()
+        if self._loaded and stamp == self._stamp:
+            return self._rules
+        if self._refresh is None or self._refresh.done():
+            self._refresh = asyncio.ensure_future(self._reload(stamp))
+        if not self._loaded:
+            await asyncio.shield(self._refresh)
         return self._rules
+
+    async def _reload(self, stamp: object) -> None:
+        try:
+            rules = await self._compile()
+        except Exception as exc:  # keep the rules we had (the directory will answer again)
+            logger.exception("archive.rules_failed", exc)
+            return
+        self._rules = rules
+        self.archive_ids = frozenset(r.archive.id for r in rules)
+        self._stamp = stamp
+        self._loaded = True
 
     async def _compile(self) -> tuple[_Rule, ...]:
         rules = []

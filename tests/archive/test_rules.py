@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any
 
 import pytest
@@ -112,6 +114,21 @@ def test_rules_follow_group_membership_changes(site: Any, monkeypatch: pytest.Mo
     be = site.backend({"grp": rule((f"team@{D}",), "in")})
     site.send(be, "x@remote.test", [f"dave@{D}"], body=body("before"))
     site.sync.add_member(f"team@{D}", f"dave@{D}")
+    assert be.archive is not None
+
+    async def dave_matches() -> bool:  # the rules are resolved again beside the deliveries
+        dave = await site.directory.account_by_address(f"dave@{D}")
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            plan = await be.archive.plan("x@remote.test", None, local=True)
+            assert plan is not None
+            plan.saw(dave)
+            if await plan.targets(be.local):
+                return True
+            await asyncio.sleep(0.01)  # a poll with a deadline
+        return False
+
+    assert site.loop.run(dave_matches())
     site.send(be, "x@remote.test", [f"dave@{D}"], body=body("after"))
     assert subjects(site.messages(f"archive@{D}", "Audit")) == ["after"]
 
