@@ -335,11 +335,14 @@ class Recaller:
                 await asyncio.to_thread(_unlink, path)
 
 
+_CONTROLS = dict.fromkeys([*range(0x20), 0x7F], " ")
 _RANK = {"not found": 0, "failed": 1, "expired": 2, "read": 3, "recalled": 4}
 
 
 def notice_message(owner: Account, recipient: str, subject: str, now: float) -> bytes:
     """The notice left in a recipient's INBOX (as Exchange does): "<sender> recalled the message ..."."""
+    # the copy's Subject decoded may hold CR LF and other controls (encoded-words): one line of text here
+    subject = " ".join(subject.translate(_CONTROLS).split())
     msg = EmailMessage()
     msg["From"] = formataddr((owner.display_name, owner.address))
     msg["To"] = recipient

@@ -204,6 +204,19 @@ async def test_notice_through_local_delivery(site: Site) -> None:
     assert not list((site.data_dir / "spool").iterdir())  # its spool file is gone
 
 
+async def test_notice_of_a_subject_that_decodes_to_line_breaks(site: Site) -> None:
+    # an encoded-word may decode to CR LF (or other controls): the notice's Subject is one line all the same,
+    # and the recall (copies already removed) does not fail on it
+    await site.send(f"alice@{D}", [f"bob@{D}"], "m11@x", subject="=?utf-8?q?Pay=0D=0ABcc=3A_x=40y.test=09end?=")
+    rec = Recaller(RecallConfig(), site.store, site.directory, site.data_dir)
+    assert [r.status for r in await rec.recall(f"alice@{D}", "m11@x")] == ["recalled"]
+    [(uid, subject)] = await site.inbox(f"bob@{D}")
+    raw = await (await site.acct(f"bob@{D}")).read_message("INBOX", uid)
+    head = raw.split(b"\r\n\r\n", 1)[0]
+    assert not any(line.lower().startswith(b"bcc") for line in head.split(b"\r\n"))
+    assert subject.startswith("Recall: Pay") and "\r" not in subject and "\n" not in subject
+
+
 @given(st.from_regex(r"[!-;=?-~]{1,80}", fullmatch=True))
 def test_message_id_forms(mid: str) -> None:
     assert normalise_message_id(mid) == mid
