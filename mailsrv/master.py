@@ -413,6 +413,7 @@ class Master:
             cfg = config_mod.load(self.config_path)
             archive.check(cfg)
             ctx = self._tls_for(cfg)
+            serving = {id(sock) for group in self.bound.values() for sock in group}
             socks = self._bind_all(cfg)
         except (ConfigError, StartupError) as exc:
             logger.error("reload.failed", error=str(exc))
@@ -426,6 +427,7 @@ class Master:
             for proc in new:
                 self._kill(proc.pid, signal.SIGKILL)
             self.generation = old_generation
+            self._unbind_new(serving)
             notify("READY=1", "STATUS=reload failed, still serving the old configuration")
             return
         log.configure(cfg.server.log_level)
@@ -441,6 +443,16 @@ class Master:
         self._start_singletons()
         logger.info("reload.done", generation=self.generation, retired=len(old))
         notify("READY=1", self._status())
+
+    def _unbind_new(self, serving: set[int]) -> None:
+        """Close the sockets bound for a generation that never served (no old worker accepts on them:
+        a connection hashed there would wait forever; the few queued meanwhile are reset)."""
+        for key, group in list(self.bound.items()):
+            for sock in [s for s in group if id(s) not in serving]:
+                group.remove(sock)
+                sock.close()
+            if not group:
+                del self.bound[key]
 
     def _kill(self, pid: int, sig: int) -> None:
         try:

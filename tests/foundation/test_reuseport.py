@@ -178,3 +178,25 @@ def test_a_port_another_reuse_port_group_listens_on_is_not_joined(tmp_path: Path
         res = subprocess.run(mailsrv_cmd("serve", "-c", str(config)), capture_output=True, text=True, timeout=30)
     assert res.returncode == 1
     assert f"cannot bind listener.smtp 127.0.0.1:{port}" in res.stderr
+
+
+def test_a_failed_reload_to_more_workers_unbinds_the_members_it_added(tmp_path: Path) -> None:
+    srv = start(tmp_path, 2)
+    try:
+        port = srv.ports["pop3"]
+        config = srv.config
+        original = config.read_text()
+        blocker = tmp_path / "not-a-directory"
+        blocker.write_text("")
+        text = re.sub(r"(?m)^workers = .*$", "workers = 3", original, count=1)
+        config.write_text(re.sub(r'(?m)^data_dir = .*$', f'data_dir = "{blocker}"', text, count=1))
+        mark = srv.mark()
+        srv.signal(signal.SIGHUP)
+        srv.wait_for(r"reload\.failed error=\"new workers did not become ready", start=mark)
+        # the third member goes (once the failed workers' copies are gone too): nobody would accept on it
+        wait_until(lambda: len(listening_inodes(port)) == 2)
+        mark = srv.mark()
+        finish(open_burst(port))
+        assert sorted(served_by(srv, mark, BURST)) == [0, 1]
+    finally:
+        srv.stop()
