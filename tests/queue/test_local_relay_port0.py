@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import replace
 
 from hypothesis import given
@@ -33,33 +35,39 @@ def config(*listeners: tuple[str, str]) -> Config:
                                        for i, (proto, bind) in enumerate(listeners)})
 
 
-def test_port_zero_smtp_listener_learnt_from_the_master() -> None:
-    hosts = ["127.0.0.1", "127.0.0.1", "::1", "127.0.0.1"]
-    proc = subprocess.Popen([sys.executable, "-c", MASTER, *hosts], stdin=subprocess.PIPE,
+@contextlib.contextmanager
+def stand_in(script: str, hosts: list[str]) -> Iterator[tuple[int, list[int]]]:
+    """A stand-in master binding ``hosts``: its pid and the ports it printed; it ends when left."""
+    proc = subprocess.Popen([sys.executable, "-c", script, *hosts], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
-        ports = [int(p) for p in proc.stdout.readline().split()]
-        assert master_listeners(proc.pid) == list(zip(hosts, ports, strict=True))
-        cfg = config(("imap", "127.0.0.1:0"), ("submission", "127.0.0.1:0"), ("jmap", "[::1]:0"),
-                     ("smtp", "127.0.0.1:0"))
-        assert local_relay(cfg, proc.pid) == ("127.0.0.1", ports[3])
-        # without the master, or when its sockets do not match the configuration: no guess
-        assert local_relay(cfg) == ("127.0.0.1", 0)
-        assert local_relay(config(("smtp", "127.0.0.1:0"), ("imap", "127.0.0.1:0")), proc.pid) is None
-        assert local_relay(config(("imap", "127.0.0.1:0"), ("submission", "127.0.0.1:0"), ("jmap", "127.0.0.1:0"),
-                                  ("smtp", "127.0.0.1:0")), proc.pid) is None
-        # a fixed port or an explicit local_relay needs no master
-        assert local_relay(config(("smtp", "0.0.0.0:2525")), proc.pid) == ("127.0.0.1", 2525)
-        explicit = replace(cfg, queue=QueueConfig(local_relay="127.0.0.1:2600"))
-        assert local_relay(explicit, proc.pid) == ("127.0.0.1", 2600)
+        yield proc.pid, [int(p) for p in proc.stdout.readline().split()]
     finally:
         assert proc.stdin is not None
         proc.stdin.close()
         proc.wait(10)
         assert proc.stdout is not None
         proc.stdout.close()
-    assert master_listeners(proc.pid) == []  # gone
+
+
+def test_port_zero_smtp_listener_learnt_from_the_master() -> None:
+    hosts = ["127.0.0.1", "127.0.0.1", "::1", "127.0.0.1"]
+    with stand_in(MASTER, hosts) as (pid, ports):
+        assert master_listeners(pid) == list(zip(hosts, ports, strict=True))
+        cfg = config(("imap", "127.0.0.1:0"), ("submission", "127.0.0.1:0"), ("jmap", "[::1]:0"),
+                     ("smtp", "127.0.0.1:0"))
+        assert local_relay(cfg, pid) == ("127.0.0.1", ports[3])
+        # without the master, or when its sockets do not match the configuration: no guess
+        assert local_relay(cfg) == ("127.0.0.1", 0)
+        assert local_relay(config(("smtp", "127.0.0.1:0"), ("imap", "127.0.0.1:0")), pid) is None
+        assert local_relay(config(("imap", "127.0.0.1:0"), ("submission", "127.0.0.1:0"), ("jmap", "127.0.0.1:0"),
+                                  ("smtp", "127.0.0.1:0")), pid) is None
+        # a fixed port or an explicit local_relay needs no master
+        assert local_relay(config(("smtp", "0.0.0.0:2525")), pid) == ("127.0.0.1", 2525)
+        explicit = replace(cfg, queue=QueueConfig(local_relay="127.0.0.1:2600"))
+        assert local_relay(explicit, pid) == ("127.0.0.1", 2600)
+    assert master_listeners(pid) == []  # gone
 
 
 #: a stand-in master with server.reuse_port: each address a SO_REUSEPORT group of 3 (one per worker), and
@@ -85,20 +93,10 @@ sys.stdin.read()
 
 def test_port_zero_smtp_listener_of_a_reuse_port_master() -> None:
     hosts = ["127.0.0.1", "::1", "127.0.0.1"]
-    proc = subprocess.Popen([sys.executable, "-c", GROUPS, *hosts], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout is not None
-        ports = [int(p) for p in proc.stdout.readline().split()]
-        assert master_listeners(proc.pid) == list(zip(hosts, ports, strict=True))
+    with stand_in(GROUPS, hosts) as (pid, ports):
+        assert master_listeners(pid) == list(zip(hosts, ports, strict=True))
         cfg = config(("imap", "127.0.0.1:0"), ("jmap", "[::1]:0"), ("smtp", "127.0.0.1:0"))
-        assert local_relay(cfg, proc.pid) == ("127.0.0.1", ports[2])
-    finally:
-        assert proc.stdin is not None
-        proc.stdin.close()
-        proc.wait(10)
-        assert proc.stdout is not None
-        proc.stdout.close()
+        assert local_relay(cfg, pid) == ("127.0.0.1", ports[2])
 
 
 def kernel_format(addr: ipaddress.IPv4Address | ipaddress.IPv6Address, port: int) -> str:
