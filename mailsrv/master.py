@@ -32,6 +32,7 @@ from mailsrv import config as config_mod
 from mailsrv import log, worker
 from mailsrv.config import Config, ConfigError, parse_bind
 from mailsrv.delivery import archive
+from mailsrv.net.listener import LISTEN_BACKLOG
 from mailsrv.net.tls import TlsSetupError, server_context
 from mailsrv.util.sdnotify import monotonic_usec, notify
 
@@ -122,7 +123,7 @@ def bind_socket(spec: str, *, reuse_port: bool = False, port: int | None = None)
             # So that "[::]:25" and "0.0.0.0:25" can both be configured.
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.bind((host, port))
-        sock.listen(1024)
+        sock.listen(LISTEN_BACKLOG)
         sock.setblocking(False)
     except OSError:
         sock.close()

@@ -25,6 +25,8 @@ logger = log.get("net")
 
 #: Seconds a session has, after the grace period, to say goodbye before it is cut.
 GOODBYE_TIMEOUT = 5.0
+#: Pending connections a listening socket holds (the master's listen(), kept by the workers).
+LISTEN_BACKLOG = 1024
 
 
 @runtime_checkable
@@ -97,6 +99,9 @@ class Listener:
                 ssl_handshake_timeout=30.0 if implicit else None,
                 # +2 for CRLF; readline enforces the exact limit.
                 limit=self.max_line_length + 2,
+                # start_server listens again with its own backlog (100): keep the master's, which holds
+                # connections that arrive while this worker is being restarted (mailsrv/master.py)
+                backlog=LISTEN_BACKLOG,
             )
             self.servers.append(server)
 

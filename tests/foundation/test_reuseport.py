@@ -15,6 +15,7 @@ import pytest
 from support.server import ServerProcess, init_setup, mailsrv_cmd, wait_until
 
 from mailsrv.master import Groups, slot_sockets
+from mailsrv.net.listener import LISTEN_BACKLOG
 
 #: Connections opened at once: the chance that the kernel's hash leaves one of 3 workers without any
 #: is 3 * (2/3)**40, about 3e-7.
@@ -95,6 +96,9 @@ def test_each_worker_accepts_on_its_own_socket_held_by_the_master(tmp_path: Path
         slots = workers_by_slot(srv)
         mine = [held(slots[slot], inodes) for slot in range(workers)]
         assert all(len(m) == 1 for m in mine) and set().union(*mine) == inodes
+        # the workers' asyncio servers keep the master's backlog (ss: Send-Q of a listening socket)
+        ss = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True, check=True)
+        assert [line.split()[2] for line in ss.stdout.splitlines()] == [str(LISTEN_BACKLOG)] * workers
         queue = int(srv.wait_for(r"singleton\.started name=queue pid=(\d+)")[0].group(1))
         assert held(queue, inodes) == set()  # a singleton takes no connection
     finally:
