@@ -38,6 +38,9 @@ REFRESH_INTERVAL = 1.0
 #: Kinds of a ``match`` address whose account counts (a group's or department's members count too).
 _ACCOUNT_KINDS = (Kind.USER, Kind.ALIAS, Kind.DISABLED)
 DAY = 86400.0
+#: Flags of an archive copy: read, so that a recall (mailsrv.recall takes back unread copies only)
+#: never removes it, and the archive's unread count means nothing anyway.
+COPY_FLAGS = frozenset({"\\Seen"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,15 +86,15 @@ class ArchivePlan:
                 self._hit.setdefault((r.archive.id, r.folder), r)
             self._inbound = [r for r in self._inbound if r not in hits]
 
-    async def targets(self, local: LocalDelivery) -> list[tuple[str, Account, str]]:
-        """(address, account, folder) of each archive copy to add to the delivery; folders other
+    async def targets(self, local: LocalDelivery) -> list[tuple[str, Account, str, frozenset[str]]]:
+        """(address, account, folder, flags) of each archive copy to add to the delivery; folders other
         than INBOX are created on first use (the store would put a copy for a missing one in INBOX)."""
         out = []
         for (aid, folder), rule in self._hit.items():
             if aid in self._skip:
                 continue
             await self._owner.ensure_folder(local, rule.archive, folder)
-            out.append((rule.archive.address, rule.archive, folder))
+            out.append((rule.archive.address, rule.archive, folder, COPY_FLAGS))
         return out
 
 

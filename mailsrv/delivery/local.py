@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -173,7 +173,7 @@ class LocalDelivery:
         seen: set[int] = set()
         seen_outside: set[str] = set()
         batch: list[tuple[str, Account, str]] = []
-        archived: set[str] = set()
+        archived: dict[str, frozenset[str]] = {}  # archive copies' addresses -> their flags
 
         async def flush() -> None:
             if not batch:
@@ -185,6 +185,9 @@ class LocalDelivery:
             dlimits = {d: await self.store.domain_limits(d) for d in {a.domain for _, a, _ in batch}}
             targets = [DeliveryTarget(sa, mailbox=box, limits=limits_of(a), domain_limits=dlimits[a.domain])
                        for (_, a, box), sa in zip(batch, saccts, strict=True)]
+            if archived:
+                targets = [replace(t, flags=archived[addr]) if addr in archived else t
+                           for (addr, _, _), t in zip(batch, targets, strict=True)]
             # durable in new/ is enough to acknowledge; the UIDs come from the store's indexer
             results = await self.store.deliver(spool, targets, uids=False, data=data)
             for (addr, _, _), res in zip(batch, results, strict=True):
@@ -223,8 +226,8 @@ class LocalDelivery:
             if len(batch) >= DELIVERY_BATCH:
                 await flush()
         if archive is not None:  # in the same store call as the last recipients' copies
-            for addr, acct, folder in await archive.targets(self):
-                archived.add(addr)
+            for addr, acct, folder, flags in await archive.targets(self):
+                archived[addr] = flags
                 batch.append((addr, acct, folder))
         await flush()
         return out

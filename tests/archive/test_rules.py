@@ -201,3 +201,24 @@ def test_a_department_matches_its_members_and_sub_departments(site: Any) -> None
     site.send(be, f"carol@{D}", [f"dave@{D}"], auth=f"carol@{D}", body=body("from sales east"))
     site.send(be, f"alice@{D}", [f"dave@{D}"], auth=f"alice@{D}", body=body("from alice"))
     assert subjects(site.messages(f"archive@{D}", "Audit")) == ["from sales east"]
+
+
+def test_archive_copies_are_read_so_a_recall_leaves_them(site: Any) -> None:
+    from mailsrv.config import RecallConfig
+    from mailsrv.recall import Recaller
+
+    be = site.backend({"in": rule((f"bob@{D}",), "in")})
+    msg = b"From: alice@example.test\r\nMessage-ID: <recall-me@example.test>\r\nSubject: oops\r\n\r\nsorry\r\n"
+    assert site.send(be, f"alice@{D}", [f"bob@{D}"], auth=f"alice@{D}", body=msg).startswith(b"250 ")
+
+    async def flags_and_recall() -> tuple[list[frozenset[str]], list[Any]]:
+        acct = await site.directory.account_by_address(f"archive@{D}")
+        view = await (await be.local.store_account(acct)).open_mailbox("Audit")
+        rec = Recaller(RecallConfig(notice=False), site.store, site.directory, site.data_dir)
+        return [m.flags for m in view.messages], await rec.recall(f"alice@{D}", "<recall-me@example.test>")
+
+    flags, results = site.loop.run(flags_and_recall())
+    assert flags == [frozenset({"\\Seen"})]
+    assert {r.recipient: r.status for r in results}[f"bob@{D}"] == "recalled"
+    assert site.messages(f"bob@{D}") == []
+    assert subjects(site.messages(f"archive@{D}", "Audit")) == ["oops"]
