@@ -3,7 +3,7 @@
 The caller names Emails of their own Sent mailbox; for each, the unread local copies of that
 message are taken back from its recipients (mailsrv.recall). Arguments: ``accountId`` (the caller's
 personal account) and ``emailIds``. Response: ``accountId``, ``recalled`` (emailId -> list of
-``{recipient, status, mailbox}``) and ``notRecalled`` (emailId -> SetError: ``notFound`` when the id
+``{recipient, status}``) and ``notRecalled`` (emailId -> SetError: ``notFound`` when the id
 is not an Email of the account's Sent mailbox, ``forbidden`` when recall is disabled).
 """
 
@@ -46,7 +46,8 @@ async def email_recall(ctx: RequestContext, args: dict[str, Any], call_id: str) 
         except RecallError as exc:
             not_recalled[eid] = SetError("forbidden", str(exc)).to_json()
             continue
-        recalled[eid] = [{"recipient": r.recipient, "status": r.status, "mailbox": r.mailbox} for r in results]
+        # not the recipient's mailbox: the name of a folder of theirs is none of the sender's business
+        recalled[eid] = [{"recipient": r.recipient, "status": r.status} for r in results]
     return {"accountId": args["accountId"], "recalled": recalled, "notRecalled": not_recalled}
 
 

@@ -274,6 +274,8 @@ def test_jmap_email_recall(server: Any) -> None:
     assert name == "Email/recall", out
     assert sorted((r["recipient"], r["status"]) for r in out["recalled"][sent_id]) == [
         (f"erin@{D}", "recalled"), (f"grace@{D}", "recalled")]
+    # a recipient's folder names are theirs: the sender learns who and what, not where
+    assert all(set(r) == {"recipient", "status"} for r in out["recalled"][sent_id]), out
     assert out["notRecalled"] == {inbox_ids[0]: {
         "type": "notFound", "description": "not an Email of your Sent mailbox with a Message-ID"}}
     assert "Wrong attachment" not in subjects(server, f"grace@{D}")
