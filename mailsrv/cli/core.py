@@ -141,6 +141,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_check_config(args: argparse.Namespace) -> int:
     path = config_path(args)
     cfg = config_mod.load(path)
+    from mailsrv.delivery import archive
+
+    archive.check(cfg)  # the archive accounts exist and the rules match local addresses, as at start
     if any(lst.tls != "none" for lst in cfg.listener.values()):
         from mailsrv.net.tls import TlsSetupError, server_context
 

@@ -170,6 +170,8 @@ def test_unknown_archive_account_stops_the_start_and_bad_keys_are_named(tmp_path
     cfg, _ = setup_server(tmp_path, f'[archive.rule.x]\nmatch = ["bob@{D}"]\nto = "nobody@{D}"\n')
     p = subprocess.run(mailsrv_cmd("serve", "-c", str(cfg)), capture_output=True, text=True, timeout=60)
     assert p.returncode == 2 and "archive.rule.x.to" in p.stderr and "nobody@" in p.stderr, p.stderr
+    p = subprocess.run(mailsrv_cmd("check-config", "-c", str(cfg)), capture_output=True, text=True, timeout=60)
+    assert p.returncode != 0 and "archive.rule.x.to" in p.stderr and "nobody@" in p.stderr, p.stderr  # as at start
     for bad, key in ((f'match = ["bob@{D}"]\nto = "archive@{D}"\ndirection = "sideways"\n', "direction"),
                      (f'match = []\nto = "archive@{D}"\n', "match"),
                      (f'match = ["bob@{D}"]\n', "to")):
