@@ -688,7 +688,7 @@ class JmapService:
         if "directory" in res and "store" in res:
             from mailsrv.jmap.submission import DirectorySubmitter
 
-            submitter = DirectorySubmitter(res["directory"], res["store"], data_dir)
+            submitter = DirectorySubmitter(res["directory"], res["store"], data_dir, res.get("archive"))
         directory = res.get("directory")
         grants: GrantsSource | None = None
         if directory is not None:

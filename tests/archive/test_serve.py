@@ -208,3 +208,43 @@ def test_the_sweeper_removes_copies_past_retention_at_start(tmp_path: Path) -> N
         assert subjects(srv, f"bob@{D}", "INBOX") == ["recent"]
     finally:
         assert srv.stop() == 0
+
+
+def test_a_jmap_submission_is_archived_at_acceptance(server: Any, sink: tuple[int, Path]) -> None:
+    """The worker's JMAP service builds its submitter with the archiving rules (carol's rule: direction out)."""
+    import asyncio
+    import json
+
+    import aiohttp
+
+    t = subprocess.run(mailsrv_cmd("token", "issue", f"carol@{D}", "--scope", "mail", "--json", "-c",
+                                   str(server.config)), capture_output=True, text=True, check=True)
+    bearer = {"Authorization": f"Bearer {json.loads(t.stdout)['token']}"}
+    url = f"http://127.0.0.1:{server.ports['jmap']}"
+    using = ["urn:ietf:params:jmap:core", "urn:ietf:params:jmap:mail", "urn:ietf:params:jmap:submission"]
+
+    async def submit() -> list[Any]:
+        async with aiohttp.ClientSession() as http:
+            async def api(*calls: list[Any]) -> list[Any]:
+                async with http.post(url + "/jmap/api", json={"using": using, "methodCalls": list(calls)},
+                                     headers=bearer) as r:
+                    assert r.status == 200, await r.text()
+                    return list((await r.json())["methodResponses"])
+
+            async with http.get(url + "/jmap/session", headers=bearer) as r:
+                acct = (await r.json())["primaryAccounts"]["urn:ietf:params:jmap:mail"]
+            got = await api(["Mailbox/get", {"accountId": acct}, "m"], ["Identity/get", {"accountId": acct}, "i"])
+            drafts = next(m["id"] for m in got[0][1]["list"] if m["role"] == "drafts")
+            return await api(
+                ["Email/set", {"accountId": acct, "create": {"d": {
+                    "mailboxIds": {drafts: True}, "from": [{"email": f"carol@{D}"}],
+                    "to": [{"email": "far@remote.test"}], "subject": "carol by jmap",
+                    "textBody": [{"partId": "t"}], "bodyValues": {"t": {"value": "hello"}}}}}, "e"],
+                ["EmailSubmission/set", {"accountId": acct, "create": {"s": {
+                    "identityId": got[1][1]["list"][0]["id"], "emailId": "#d",
+                    "envelope": {"mailFrom": {"email": f"carol@{D}"}, "rcptTo": [{"email": "far@remote.test"}]}}}},
+                 "s"])
+
+    r = asyncio.run(submit())
+    assert r[1][1]["created"] is not None, r
+    assert archived(server).count("carol by jmap") == 1  # at acceptance, before the queue sends it
