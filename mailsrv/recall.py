@@ -16,6 +16,7 @@ index lookup per account ([recall] max_accounts bounds it; docs/recall.md has me
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import secrets
@@ -264,19 +265,28 @@ class Recaller:
         if refused is not None:
             return RecallResult(who, refused, c.mailbox, c.uid)
         try:
-            done = await c.sacct.expunge(c.mailbox, [c.uid], only_deleted=True)
+            # a read between the mark and this (the mark is not a lock) keeps the copy: not if \Seen
+            done = await c.sacct.expunge(c.mailbox, [c.uid], only_deleted=True, unseen_only=True)
         except StoreError as exc:
             logger.warning("recall.expunge_failed", account=who, mailbox=c.mailbox, uid=c.uid, error=str(exc))
-            if "\\Deleted" not in c.flags:  # best effort: leave the copy as it was
-                try:
-                    await c.sacct.store_flags(c.mailbox, [c.uid], frozenset({"\\Deleted"}), "remove")
-                except StoreError:
-                    pass
+            await self._unmark(c)
             return RecallResult(who, "failed", c.mailbox, c.uid)
-        if c.uid not in done:  # expunged by its owner meanwhile
-            return RecallResult(who, "not found", c.mailbox, c.uid)
+        if c.uid not in done:  # read meanwhile (it stays, as it was), or expunged by its owner
+            await self._unmark(c)
+            try:  # marked since the look: a copy still there is among the changes
+                still = any(i.uid == c.uid for i in (await c.sacct.changes_since(c.mailbox, c.modseq)).changed)
+            except StoreError:
+                still = False
+            return RecallResult(who, "read" if still else "not found", c.mailbox, c.uid)
         logger.info("recall.removed", account=who, mailbox=c.mailbox, uid=c.uid)
         return RecallResult(who, "recalled", c.mailbox, c.uid)
+
+    async def _unmark(self, c: _Copy) -> None:
+        """Best effort: take back the ``\\Deleted`` :meth:`_mark_deleted` gave a copy that stays."""
+        if "\\Deleted" in c.flags:  # it had it before: not ours to take
+            return
+        with contextlib.suppress(StoreError):
+            await c.sacct.store_flags(c.mailbox, [c.uid], frozenset({"\\Deleted"}), "remove")
 
     async def _mark_deleted(self, c: _Copy) -> Status | None:
         """RFC 7162 §3.1.3 UNCHANGED SINCE: ``\\Deleted`` only if nothing (a read) changed the copy since

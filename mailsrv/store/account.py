@@ -337,8 +337,10 @@ class Account:
         return modified, failed
 
     async def expunge(self, mailbox: str, uids: Sequence[int] | None = None,
-                      only_deleted: bool = True) -> list[int]:
-        done, res = await self._run(self.engine.expunge, mailbox, uids, only_deleted)
+                      only_deleted: bool = True, unseen_only: bool = False) -> list[int]:
+        """Remove ``uids`` (all: None) that are ``\\Deleted`` (unless not ``only_deleted``) and, with
+        ``unseen_only``, not ``\\Seen`` (checked in the same transaction); returns the UIDs removed."""
+        done, res = await self._run(self.engine.expunge, mailbox, uids, only_deleted, unseen_only)
         await self._publish(res)
         return done
 

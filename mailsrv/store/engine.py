@@ -1263,8 +1263,9 @@ class Engine:
                     unchanged_since: int | None) -> tuple[list[MessageInfo], list[int], SyncResult]:
         return messages.store_flags(self, name, uids, flags, mode, unchanged_since)
 
-    def expunge(self, name: str, uids: Sequence[int] | None, only_deleted: bool) -> tuple[list[int], SyncResult]:
-        return messages.expunge(self, name, uids, only_deleted)
+    def expunge(self, name: str, uids: Sequence[int] | None, only_deleted: bool,
+                unseen_only: bool = False) -> tuple[list[int], SyncResult]:
+        return messages.expunge(self, name, uids, only_deleted, unseen_only)
 
     def copy(self, src: str, uids: Sequence[int], dst: str, *, move: bool,
              limits: QuotaLimits | None = None,

@@ -187,7 +187,8 @@ def store_flags(eng: Engine, name: str, uids: Sequence[int], flags: frozenset[st
         return modified, failed, res
 
 
-def expunge(eng: Engine, name: str, uids: Sequence[int] | None, only_deleted: bool) -> tuple[list[int], SyncResult]:
+def expunge(eng: Engine, name: str, uids: Sequence[int] | None, only_deleted: bool,
+            unseen_only: bool = False) -> tuple[list[int], SyncResult]:
     with eng.lock:
         mid = eng._row(name).id
     with eng.lock, eng._write() as res:
@@ -204,7 +205,8 @@ def expunge(eng: Engine, name: str, uids: Sequence[int] | None, only_deleted: bo
                                (mb.id, uid)).fetchone()
                 if r is not None:
                     rows.append(r)
-        victims = [r for r in rows if not only_deleted or "\\Deleted" in r[2].split()]
+        victims = [r for r in rows if (not only_deleted or "\\Deleted" in r[2].split())
+                   and not (unseen_only and "\\Seen" in r[2].split())]
         for _uid, fname, _, key in victims:
             _unlink_current(folder, key, fname)
         done = eng._delete_rows(mb, [r[0] for r in victims], res)

@@ -182,6 +182,27 @@ async def test_a_copy_read_after_the_lookup_stays(site: Site) -> None:
     assert (await bob.open_mailbox("INBOX")).messages == []
 
 
+async def test_a_copy_read_between_its_mark_and_the_expunge_stays(site: Site,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """\\Deleted is no lock: a client that opens the copy just after the mark sets \\Seen; the expunge leaves it,
+    and the \\Deleted the recall gave it is taken back (the owner's next EXPUNGE would remove it)."""
+    await site.send(f"alice@{D}", [f"bob@{D}"], "m12@x")
+    bob = await site.acct(f"bob@{D}")
+    await bob.mailbox_status("INBOX")
+    mark = Recaller._mark_deleted
+
+    async def mark_then_read(self: Recaller, c: _Copy) -> Any:
+        out = await mark(self, c)
+        await bob.store_flags(c.mailbox, [c.uid], frozenset({"\\Seen"}), "add")  # the owner reads it now
+        return out
+
+    monkeypatch.setattr(Recaller, "_mark_deleted", mark_then_read)
+    res = await site.recaller.recall(f"alice@{D}", "m12@x")
+    assert [(r.recipient, r.status) for r in res] == [(f"bob@{D}", "read")]
+    [m] = (await bob.open_mailbox("INBOX")).messages
+    assert m.flags == frozenset({"\\Seen"})
+
+
 async def test_notice_through_local_delivery(site: Site) -> None:
     await site.send(f"alice@{D}", [f"bob@{D}"], "m8@x", subject="Salaries 2027 \u2013 draft")
     rec = Recaller(RecallConfig(), site.store, site.directory, site.data_dir)
