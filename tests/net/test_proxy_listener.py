@@ -66,6 +66,12 @@ def captured_log() -> Iterator[io.StringIO]:
     log.configure("info", sys.stderr)
 
 
+def logged(buf: io.StringIO) -> str:
+    """What the session and listener logged so far."""
+    log.flush()
+    return buf.getvalue()
+
+
 class Hello:
     """Greets with the addresses the session sees, then echoes lines; a refusal says BUSY."""
 
@@ -133,8 +139,7 @@ def test_v1_header_and_the_session_bytes_behind_it_in_one_segment(run: Any, capt
             await stop(listener)
 
     run(main())
-    log.flush()
-    assert "peer=192.0.2.7:56324 proxy=127.0.0.1:" in captured_log.getvalue()
+    assert "peer=192.0.2.7:56324 proxy=127.0.0.1:" in logged(captured_log)
 
 
 def test_ipv6_listener_and_proxy(run: Any) -> None:
@@ -211,8 +216,7 @@ def test_malformed_header_closes_unanswered_and_logs_the_real_peer(run: Any, cap
             await stop(listener)
 
     run(main())
-    log.flush()
-    line = next(ln for ln in captured_log.getvalue().splitlines() if "proxy.refused" in ln)
+    line = next(ln for ln in logged(captured_log).splitlines() if "proxy.refused" in ln)
     assert "peer=127.0.0.1:" in line and "reason=" in line
 
 
@@ -228,8 +232,7 @@ def test_untrusted_source_is_refused_before_reading(run: Any, captured_log: io.S
             await stop(listener)
 
     run(main())
-    log.flush()
-    line = next(ln for ln in captured_log.getvalue().splitlines() if "proxy.untrusted" in ln)
+    line = next(ln for ln in logged(captured_log).splitlines() if "proxy.untrusted" in ln)
     assert "peer=127.0.0.1:" in line and "192.0.2.7" not in line
 
 
@@ -247,8 +250,7 @@ def test_slow_header_times_out(run: Any, captured_log: io.StringIO) -> None:
             await stop(listener)
 
     assert run(main()) >= 0.3
-    log.flush()
-    assert "reason=timeout" in captured_log.getvalue()
+    assert "reason=timeout" in logged(captured_log)
 
 
 def test_per_ip_limit_counts_the_clients_address_not_the_proxys(run: Any) -> None:
@@ -354,8 +356,7 @@ def test_header_reads_in_flight_are_capped_at_max_connections(run: Any, captured
             await stop(listener)
 
     run(main())
-    log.flush()
-    assert "too many PROXY headers awaited" in captured_log.getvalue()
+    assert "too many PROXY headers awaited" in logged(captured_log)
 
 
 def test_stop_ends_accepting_and_pending_header_reads(run: Any) -> None:
