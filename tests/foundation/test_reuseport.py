@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import os
 import re
+import select
 import signal
 import socket
 import subprocess
+import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
 from support.server import ServerProcess, init_setup, mailsrv_cmd, wait_until
 
-from mailsrv.master import Groups, slot_sockets
+from mailsrv.master import Groups, bind_socket, slot_sockets
 from mailsrv.net.listener import LISTEN_BACKLOG
 
 #: Connections opened at once: the chance that the kernel's hash leaves one of 3 workers without any
@@ -204,3 +206,33 @@ def test_a_failed_reload_to_more_workers_unbinds_the_members_it_added(tmp_path: 
         assert sorted(served_by(srv, mark, BURST)) == [0, 1]
     finally:
         srv.stop()
+
+
+def test_an_ipv6_group_beside_an_ipv4_group_on_one_port() -> None:
+    """"[::1]:0" and then "127.0.0.1" on the port it got: V6ONLY keeps the groups apart, and each
+    group's members share the connections made to its address family."""
+    v6 = [bind_socket("[::1]:0", reuse_port=True)]
+    port = v6[0].getsockname()[1]
+    v6.append(bind_socket("[::1]:0", reuse_port=True, port=port))
+    v4 = [bind_socket(f"127.0.0.1:{port}", reuse_port=True)]
+    v4.append(bind_socket("127.0.0.1:0", reuse_port=True, port=port))
+    clients: list[socket.socket] = []
+    try:
+        assert all(s.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 1 for s in v6)
+        for host in ("::1", "127.0.0.1"):
+            clients += [socket.create_connection((host, port), timeout=10) for _ in range(BURST)]
+        taken: Counter[int] = Counter()
+        listening = v6 + v4
+        deadline = time.monotonic() + 10
+        while sum(taken.values()) < 2 * BURST and time.monotonic() < deadline:  # accepts as they are queued
+            ready, _, _ = select.select(listening, [], [], max(0.0, deadline - time.monotonic()))
+            for s in ready:
+                conn, addr = s.accept()
+                conn.close()
+                i = listening.index(s)
+                assert (":" in addr[0]) == (i < 2)
+                taken[i] += 1
+        assert sum(taken.values()) == 2 * BURST and sorted(taken) == [0, 1, 2, 3], taken
+    finally:
+        for s in v6 + v4 + clients:
+            s.close()
