@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from mailsrv import log
-from mailsrv.config import RecallConfig
+from mailsrv.config import Config, RecallConfig
 from mailsrv.delivery.local import LocalDelivery
 from mailsrv.delivery.spool import spool_dir
 from mailsrv.directory import Account, Kind, Resolution
@@ -102,13 +102,22 @@ class _Copy:
 class Recaller:
     """Per process (a worker's admin or JMAP service, or the CLI); ``store``, ``directory`` as in a worker."""
 
-    def __init__(self, config: RecallConfig, store: Any, directory: Any, data_dir: Path) -> None:
+    def __init__(self, config: RecallConfig, store: Any, directory: Any, data_dir: Path,
+                 archives: Iterable[str] = ()) -> None:
         self.config = config
+        #: the archiving rules' accounts (docs/archive.md): never searched, never reported to the sender
+        self.archives = tuple(archives)
         self.store = store
         self.directory = directory
         self.data_dir = Path(data_dir)
         self.delivery = LocalDelivery(directory, store, self.data_dir)
         self._gate = asyncio.Semaphore(RECALLS_AT_ONCE)
+
+    @classmethod
+    def of(cls, cfg: Config, store: Any, directory: Any) -> Recaller:
+        """As the configuration says: [recall], the data directory, and the archive accounts to leave alone."""
+        return cls(cfg.recall, store, directory, Path(cfg.server.data_dir),
+                   archives=[rule.to for rule in cfg.archive.rule.values()])
 
     async def recall(self, sender: str, message_id: str, *, now: float | None = None) -> list[RecallResult]:
         """Recall ``message_id`` sent by the local user ``sender`` (any of their addresses).
@@ -128,11 +137,14 @@ class Recaller:
         now = time.time() if now is None else now
         since = now - self.config.window * LOOKBACK_WINDOWS
         owned: dict[str, bool] = {}
+        skip = {a.id for a in [await self.directory.account_by_address(x) for x in self.archives] if a is not None}
         own_copies: list[_Copy] = []
         out: list[RecallResult] = []
         recalled: list[_Copy] = []
         theirs: list[list[_Copy]] = []
         for acct, copies in await self._find(msgid, since, owner, owned):
+            if acct.id in skip:  # an archive keeps its copy (delivered read) and is not the sender's business
+                continue
             if acct.id == owner.id:
                 own_copies += copies
             else:

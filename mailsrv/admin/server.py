@@ -294,7 +294,7 @@ class AdminService:
             self._own = True
         store = res.get("store")
         cfg = self.ctx.config
-        recaller = Recaller(cfg.recall, store, res["directory"], cfg.server.data_dir) if store is not None else None
+        recaller = Recaller.of(cfg, store, res["directory"]) if store is not None else None
         api = AdminApi(res["directory"], res["auth"],
                        forget_usage=store.usage.forget if store is not None else None, recaller=recaller)
         self.runner = web.AppRunner(api.app, access_log=None, handle_signals=False,

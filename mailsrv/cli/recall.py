@@ -38,7 +38,7 @@ async def _run(cfg: config_mod.Config, user: str, message_id: str) -> list[Recal
     search = SearchService(cfg.search, search_resolver(store), search_exists(store))
     store.add_observer(search)
     try:
-        return await Recaller(cfg.recall, store, directory, data_dir).recall(user, message_id)
+        return await Recaller.of(cfg, store, directory).recall(user, message_id)
     finally:
         await store.close()
         await search.close()

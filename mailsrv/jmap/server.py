@@ -702,7 +702,7 @@ class JmapService:
         if "directory" in res and "store" in res:
             from mailsrv.recall import Recaller
 
-            app.recaller = Recaller(cfg.recall, res["store"], res["directory"], data_dir)
+            app.recaller = Recaller.of(cfg, res["store"], res["directory"])
         return app.make_app()
 
     async def start(self, socks: list[socket.socket], ssl_context: ssl.SSLContext | None) -> None:

@@ -211,14 +211,20 @@ def test_archive_copies_are_read_so_a_recall_leaves_them(site: Any) -> None:
     msg = b"From: alice@example.test\r\nMessage-ID: <recall-me@example.test>\r\nSubject: oops\r\n\r\nsorry\r\n"
     assert site.send(be, f"alice@{D}", [f"bob@{D}"], auth=f"alice@{D}", body=msg).startswith(b"250 ")
 
-    async def flags_and_recall() -> tuple[list[frozenset[str]], list[Any]]:
+    async def flags_and_recall() -> tuple[list[frozenset[str]], list[Any], list[Any]]:
         acct = await site.directory.account_by_address(f"archive@{D}")
         view = await (await be.local.store_account(acct)).open_mailbox("Audit")
         rec = Recaller(RecallConfig(notice=False), site.store, site.directory, site.data_dir)
-        return [m.flags for m in view.messages], await rec.recall(f"alice@{D}", "<recall-me@example.test>")
+        seen = [m.flags for m in view.messages]
+        listed = await rec.recall(f"alice@{D}", "<recall-me@example.test>")
+        # a Recaller built as the services build it leaves the archive out of the sender's results too
+        hidden = Recaller(RecallConfig(notice=False), site.store, site.directory, site.data_dir,
+                          archives=[f"archive@{D}"])
+        return seen, listed, await hidden.recall(f"alice@{D}", "<recall-me@example.test>")
 
-    flags, results = site.loop.run(flags_and_recall())
+    flags, results, again = site.loop.run(flags_and_recall())
     assert flags == [frozenset({"\\Seen"})]
-    assert {r.recipient: r.status for r in results}[f"bob@{D}"] == "recalled"
+    assert {r.recipient: r.status for r in results} == {f"bob@{D}": "recalled", f"archive@{D}": "read"}
+    assert again == []  # bob's copy is gone; the archive's is not reported
     assert site.messages(f"bob@{D}") == []
     assert subjects(site.messages(f"archive@{D}", "Audit")) == ["oops"]
