@@ -10,13 +10,11 @@ import ipaddress
 import socket
 import ssl
 import struct
-import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
-import trustme
 import uvloop
 from support.server import wait_until_async
 
@@ -45,25 +43,6 @@ def run(request: pytest.FixtureRequest) -> Callable[[Awaitable[Any]], Any]:
             return r.run(bounded())
 
     return runner
-
-
-@pytest.fixture(scope="module")
-def contexts() -> tuple[ssl.SSLContext, ssl.SSLContext]:
-    ca = trustme.CA()
-    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ca.issue_cert("localhost").configure_cert(server_ctx)
-    client_ctx = ssl.create_default_context()
-    ca.configure_trust(client_ctx)
-    return server_ctx, client_ctx
-
-
-@pytest.fixture
-def captured_log() -> Iterator[io.StringIO]:
-    buf = io.StringIO()
-    log.configure("debug", buf)
-    yield buf
-    log.flush()
-    log.configure("info", sys.stderr)
 
 
 def logged(buf: io.StringIO) -> str:

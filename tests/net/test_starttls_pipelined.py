@@ -5,32 +5,11 @@ from __future__ import annotations
 import asyncio
 import io
 import ssl
-import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
-import trustme
 
-from mailsrv import log
 from mailsrv.net.connection import Connection, ConnectionClosed
-
-
-@pytest.fixture(scope="module")
-def contexts() -> tuple[ssl.SSLContext, ssl.SSLContext]:
-    ca = trustme.CA()
-    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ca.issue_cert("localhost").configure_cert(server_ctx)
-    client_ctx = ssl.create_default_context()
-    ca.configure_trust(client_ctx)
-    return server_ctx, client_ctx
-
-
-@pytest.fixture
-def captured_log() -> Iterator[io.StringIO]:
-    buf = io.StringIO()
-    log.configure("debug", buf)
-    yield buf
-    log.configure("info", sys.stderr)
 
 
 class Upgrader:
