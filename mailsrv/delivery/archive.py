@@ -6,7 +6,7 @@ Invariants:
 - With no ``[archive.rule.*]`` nothing changes: :meth:`ArchiveRules.plan` answers None after one check.
 - One copy per archive account and folder per message, however many recipients and rules match
   (a 5 000-member group makes one copy); a recipient that is itself an archive account gets no
-  archive copy of it (a retried archive copy is not archived again).
+  archive copy of it; a retried archive copy (:meth:`ArchiveRules.retried`) makes no other copy.
 - Messages with a null reverse-path (bounces, DSNs) are not archived; recall notices are local
   deliveries without a plan and are not archived either.
 - The retention sweep runs in one process (the ``archive`` singleton of mailsrv.master) and removes
@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import os
 import signal
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from mailsrv import log
@@ -41,6 +42,14 @@ DAY = 86400.0
 #: Flags of an archive copy: read, so that a recall (mailsrv.recall takes back unread copies only)
 #: never removes it, and the archive's unread count means nothing anyway.
 COPY_FLAGS = frozenset({"\\Seen"})
+#: RFC 3461 §4.2 ORCPT address type that marks a retried archive copy in our own queue:
+#: ``x-mailsrv-archive;FOLDER`` (see :func:`retry_orcpt`, :meth:`ArchiveRules.retried`).
+RETRY_ORCPT = "x-mailsrv-archive"
+
+
+def retry_orcpt(folder: str) -> str:
+    """The ORCPT of a failed archive copy queued for retry: its rule's folder travels with it."""
+    return f"{RETRY_ORCPT};{folder}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +143,24 @@ class ArchiveRules:
             return None
         return ArchivePlan(self, inbound, out)
 
+    async def retried(self, peer_ip: str, rcpts: list[tuple[Account | None, str | None]]) -> ArchivePlan | None:
+        """A transaction of retried archive copies only (our queue, from a loopback address: each
+        recipient an archive account with the ORCPT of :func:`retry_orcpt` naming one of its rules'
+        folders): the plan that delivers exactly those copies, into their folders, and no other (a
+        retried copy makes no further archive copy). None otherwise: the transaction is ordinary mail.
+        ``rcpts``: (resolved account, ORCPT) of each local recipient."""
+        if not rcpts or not _loopback(peer_ip):
+            return None
+        rules = {(r.archive.id, r.folder): r for r in await self._current()}
+        hit = []
+        for acct, orcpt in rcpts:
+            atype, _, folder = (orcpt or "").partition(";")
+            rule = rules.get((acct.id, folder)) if acct is not None else None
+            if rule is None or acct is None or atype != RETRY_ORCPT:
+                return None
+            hit.append(replace(rule, archive=acct))  # its quota as the directory says now
+        return ArchivePlan(self, [], hit)
+
     async def ensure_folder(self, local: LocalDelivery, acct: Account, folder: str) -> None:
         if folder == "INBOX" or (acct.id, folder) in self._folders:
             return
@@ -198,6 +225,13 @@ class ArchiveRules:
             rules.append(_Rule(name, rc.direction in ("in", "both"), rc.direction in ("out", "both"),
                                res.account, rc.folder, frozenset(ids), frozenset(domains)))
         return tuple(rules)
+
+
+def _loopback(ip: str) -> bool:
+    try:
+        return ipaddress.ip_address(ip).is_loopback
+    except ValueError:
+        return False
 
 
 # --- start-up check -------------------------------------------------------------------

@@ -51,7 +51,8 @@ class LocalOutcome:
     delivered: int = 0  # accounts that got a durable copy
     retry: list[str] = field(default_factory=list)  # addresses to retry later (tempfail, over quota)
     outside: list[str] = field(default_factory=list)  # outside members of expanded groups
-    archive_retry: list[str] = field(default_factory=list)  # archive accounts whose copy failed (docs/archive.md)
+    #: (archive address, folder) of each archive copy that failed (docs/archive.md)
+    archive_retry: list[tuple[str, str]] = field(default_factory=list)
 
 
 def limits_of(acct: Account) -> QuotaLimits:
@@ -190,12 +191,15 @@ class LocalDelivery:
                            for (addr, _, _), t in zip(batch, targets, strict=True)]
             # durable in new/ is enough to acknowledge; the UIDs come from the store's indexer
             results = await self.store.deliver(spool, targets, uids=False, data=data)
-            for (addr, _, _), res in zip(batch, results, strict=True):
+            for (addr, _, box), res in zip(batch, results, strict=True):
                 if res.status == "ok":
                     out.delivered += 1
+                    continue
+                logger.warning("delivery.failed", rcpt=addr, status=res.status, error=res.error or "")
+                if addr in archived:
+                    out.archive_retry.append((addr, box))
                 else:
-                    logger.warning("delivery.failed", rcpt=addr, status=res.status, error=res.error or "")
-                    (out.archive_retry if addr in archived else out.retry).append(addr)
+                    out.retry.append(addr)
             batch.clear()
 
         for address, res in recipients:

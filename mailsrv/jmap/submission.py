@@ -103,6 +103,7 @@ class DirectorySubmitter:
 
     async def submit_queued(self, principal: Any, raw: bytes, mail_from: str,
                             rcpts: list[str]) -> tuple[str | None, dict[str, tuple[str, str]]]:
+        from mailsrv.delivery.archive import retry_orcpt
         from mailsrv.queue.store import QRcpt
 
         acct = await self._account(principal)
@@ -134,9 +135,11 @@ class DirectorySubmitter:
                 for r, _ in local:
                     out[r] = ("queued", "250 2.0.0 queued for retry") if r in outcome.retry else ("yes", "250 2.0.0 delivered")
                 remote += outcome.outside + outcome.retry
-                later = [QRcpt(a, notify=["NEVER"]) for a in outcome.archive_retry]
-            if remote or later:
-                qid = await self.queue.enqueue(spool, mail_from, [QRcpt(r) for r in remote] + later)
+                later = [QRcpt(a, notify=["NEVER"], orcpt=retry_orcpt(f)) for a, f in outcome.archive_retry]
+            if later:  # their own entry: retried into their folders, without other recipients (docs/archive.md)
+                await self.queue.enqueue(spool, mail_from, later)
+            if remote:
+                qid = await self.queue.enqueue(spool, mail_from, [QRcpt(r) for r in remote])
                 for r in remote:
                     out.setdefault(r, ("queued", f"250 2.0.0 queued as {qid}"))
                     if out[r][0] != "yes":

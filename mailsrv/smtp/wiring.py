@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from mailsrv import log
-from mailsrv.delivery.archive import ArchiveRules
+from mailsrv.delivery.archive import ArchiveRules, retry_orcpt
 from mailsrv.delivery.local import LocalDelivery
 from mailsrv.delivery.spool import FileSpool, clean, spool_dir
 from mailsrv.net.service import ServiceContext
@@ -32,6 +32,11 @@ def _qrcpt(address: str, rcpt: Any = None) -> QRcpt:
         return QRcpt(address)
     notify = [n for n in _NOTIFY_ORDER if n in rcpt.notify]
     return QRcpt(address, notify=notify, orcpt=rcpt.orcpt)
+
+
+def retry_rcpts(failed: list[tuple[str, str]]) -> list[QRcpt]:
+    """Queue recipients of failed archive copies ((address, folder) of LocalOutcome.archive_retry)."""
+    return [QRcpt(a, notify=["NEVER"], orcpt=retry_orcpt(folder)) for a, folder in failed]
 
 
 class DirectoryBackend:
@@ -77,16 +82,24 @@ class DirectoryBackend:
         # the spool's in-memory copy (when it has one) is parsed instead of reading the file back; a
         # sealed spool has no file yet: the store's delivery job writes it before linking
         data = getattr(spool, "content", None)
-        plan = (await self.archive.plan(tx.sender, info.account, local=bool(local))
-                if self.archive is not None and self.archive.enabled else None)
+        plan = retried = None
+        if self.archive is not None and self.archive.enabled:
+            # docs/archive.md: our queue retrying failed archive copies: into their folders, nothing more
+            retried = await self.archive.retried(info.peer_ip, [(res.account, r.orcpt) for r in tx.rcpts
+                                                                for kind, res, _ in [r.route] if kind != "outside"])
+            plan = retried or await self.archive.plan(tx.sender, info.account, local=bool(local))
+            if retried is not None:
+                local = []
         outcome = (await self.local.deliver(spool.path, local, mailbox=mailbox, data=data, archive=plan)
                    if local or plan is not None else None)
         if outcome is not None:
             remote.extend(_qrcpt(a) for a in outcome.outside)
             remote.extend(_qrcpt(a, by_addr.get(a)) for a in outcome.retry)
-            # a failed archive copy is retried through our MTA like a recipient's; its sender hears nothing
-            remote.extend(QRcpt(a, notify=["NEVER"]) for a in outcome.archive_retry)
         delivered = outcome.delivered if outcome is not None else 0
+        if retried is not None and delivered == 0:
+            return Verdict(451, "4.3.0", "Temporary local delivery failure, try again later")  # the queue retries
+        if outcome is not None and outcome.archive_retry:
+            await self._queue_archive_retry(tx, spool, outcome.archive_retry)
         if outcome is not None and not remote and local and delivered == 0 and outcome.retry:
             return Verdict(451, "4.3.0", "Temporary local delivery failure, try again later")
         qid = ""
@@ -107,6 +120,16 @@ class DirectoryBackend:
         return Verdict(250, "2.0.0", f"OK id={info.sid}{' queued as ' + qid if qid else ''}",
                        log={"local": delivered, "queued": len(remote), "qid": qid or None})
 
+
+    async def _queue_archive_retry(self, tx: Transaction, spool: Spool, failed: list[tuple[str, str]]) -> None:
+        """Failed archive copies are retried through our MTA in their own entry, each with its folder
+        (ORCPT, :func:`~mailsrv.delivery.archive.retry_orcpt`); the sender hears nothing (NEVER)."""
+        try:
+            if isinstance(spool, FileSpool):
+                await spool.materialize()  # sealed and not made by a delivery job: the queue links it
+            await self.queue.enqueue(spool.path, tx.sender, retry_rcpts(failed), smtputf8=tx.smtputf8, body=tx.body)
+        except OSError as exc:  # the message is accepted: its recipients' copies are durable
+            logger.exception("archive.enqueue_failed", exc)
 
     async def _success_notices(self, info: SessionInfo, tx: Transaction, spool: Spool, failed: list[str]) -> None:
         """RFC 3461 §4.1 NOTIFY=SUCCESS on a local recipient: a "delivered" DSN to the sender."""

@@ -14,8 +14,10 @@ from support.loopthread import LoopThread
 from mailsrv.config import ArchiveConfig, ArchiveRuleConfig, Config, ServerConfig, SmtpConfig
 from mailsrv.delivery.archive import ArchiveRules
 from mailsrv.directory import open_directory, open_sync
+from mailsrv.queue.client import xtext
 from mailsrv.queue.store import queue_dir
 from mailsrv.smtp.backend import SessionInfo
+from mailsrv.smtp.grammar import SmtpError
 from mailsrv.smtp.session import Session
 from mailsrv.smtp.wiring import DirectoryBackend
 from mailsrv.store import MailboxNotFound, Store
@@ -61,6 +63,38 @@ class Site:
             assert session.spool is not None
             await session.spool.write(body)
             return (await session.data_end(bare_newline=False, too_big=False)).reply  # type: ignore[no-any-return]
+
+        return self.loop.run(run())  # type: ignore[no-any-return]
+
+    def replay(self, backend: DirectoryBackend, *, peer_ip: str = "127.0.0.1") -> list[bytes]:
+        """Each queued entry handed to ``backend`` as the queue runner hands local mail to our MTA
+        (mailsrv.queue.client: MAIL, RCPT with NOTIFY and ORCPT, DATA of the queued file, from
+        ``peer_ip``); an entry answered 250 leaves the queue, as the runner records it. The DATA replies."""
+        qd = queue_dir(self.data_dir)
+
+        async def run() -> list[bytes]:
+            replies = []
+            for env in qd.all():
+                info = SessionInfo(sid="q1", hostname="mx.example.test", listener="smtp", peer_ip=peer_ip)
+                session = Session(info, SmtpConfig(), backend)
+                await session.command(b"EHLO mx.example.test\r\n")
+                assert (await session.command(f"MAIL FROM:<{env.sender}>\r\n".encode())).reply.startswith(b"250 ")
+                for r in env.rcpts:
+                    params = (" NOTIFY=" + ",".join(r.notify) if r.notify else "") + (
+                        f" ORCPT={r.orcpt.partition(';')[0]};{xtext(r.orcpt.partition(';')[2])}" if r.orcpt else "")
+                    reply = (await session.command(f"RCPT TO:<{r.addr}>{params}\r\n".encode())).reply
+                    assert reply.startswith(b"250 "), reply
+                assert (await session.command(b"DATA\r\n")).then == "data"
+                assert session.spool is not None
+                await session.spool.write(qd.message_path(env.id).read_bytes())
+                try:
+                    reply = (await session.data_end(bare_newline=False, too_big=False)).reply
+                except SmtpError as exc:  # the connection loop's reply to it
+                    reply = exc.reply()
+                if reply.startswith(b"250 "):
+                    qd.remove(env.id)
+                replies.append(reply)
+            return replies
 
         return self.loop.run(run())  # type: ignore[no-any-return]
 

@@ -11,6 +11,7 @@ import pytest
 from mailsrv.config import ArchiveConfig
 from mailsrv.delivery import archive as archive_mod
 from mailsrv.delivery.archive import ArchiveRules
+from mailsrv.queue.store import Envelope, QRcpt, new_id, queue_dir
 
 from .conftest import BIG, D, rule
 
@@ -107,6 +108,56 @@ def test_failed_archive_copy_keeps_the_mail_and_is_queued_for_retry(site: Any) -
     assert site.messages(f"fullarchive@{D}") == []
     # retried through our own MTA like a failed local copy; the sender is never told about the archive
     assert site.queued() == [("x@remote.test", [(f"fullarchive@{D}", ["NEVER"])])]
+
+
+def room(site: Any, be: Any) -> None:
+    """The auditor lifts the full archive's quota; returns once the backend's resolutions show it."""
+    site.sync.set_user(f"fullarchive@{D}", quota_bytes=None)
+    deadline = time.monotonic() + 30
+    while site.loop.run(be.local.resolver.resolve(f"fullarchive@{D}")).account.quota_bytes is not None:
+        assert time.monotonic() < deadline, "the quota change was never seen"
+
+
+def test_a_retried_archive_copy_lands_in_its_rules_folder_and_is_swept(site: Any) -> None:
+    rules = {"held": rule((f"bob@{D}",), "in", to=f"fullarchive@{D}", folder="Held", retention_days=1)}
+    be = site.backend(rules)
+    assert site.send(be, "x@remote.test", [f"bob@{D}"], body=body("retry me " + "x" * 100)).startswith(b"250 ")
+    assert site.messages(f"fullarchive@{D}", "Held") == []
+    # still over quota: the queue is told to try again later (its entry keeps its schedule), nothing lands
+    assert [r[:4] for r in site.replay(be)] == [b"451 "]
+    assert len(site.queued()) == 1 and site.messages(f"fullarchive@{D}", "Held") == []
+    room(site, be)
+    assert [r[:4] for r in site.replay(be)] == [b"250 "]
+    assert site.queued() == []
+    assert subjects(site.messages(f"fullarchive@{D}", "Held")) == ["retry me " + "x" * 100]
+    assert site.messages(f"fullarchive@{D}") == []  # not in INBOX
+    # the same marker from a non-loopback client is ordinary mail to the account (its INBOX)
+    forged = Envelope(new_id(), "x@remote.test", [QRcpt(f"fullarchive@{D}", orcpt=archive_mod.retry_orcpt("Held"))])
+    queue_dir(site.data_dir).add(forged, body("forged"))
+    assert [r[:4] for r in site.replay(be, peer_ip="192.0.2.7")] == [b"250 "]
+    assert subjects(site.messages(f"fullarchive@{D}")) == ["forged"]
+
+    async def flags() -> list[frozenset[str]]:
+        acct = await site.directory.account_by_address(f"fullarchive@{D}")
+        return [m.flags for m in (await (await be.local.store_account(acct)).open_mailbox("Held")).messages]
+
+    assert site.loop.run(flags()) == [frozenset({"\\Seen"})]
+    # the retention sweep (which sweeps the rule's folder) removes it like the other copies
+    assert site.loop.run(archive_mod.sweep(ArchiveConfig(rule=rules), be.local, now=time.time() + 2 * 86400)) == 1
+    assert site.messages(f"fullarchive@{D}", "Held") == []
+
+
+def test_a_retried_archive_copy_makes_no_copy_in_another_archive(site: Any) -> None:
+    be = site.backend({"a": rule((f"alice@{D}",), "out"),
+                       "b": rule((f"alice@{D}",), "out", to=f"fullarchive@{D}", folder="Held")})
+    msg = body("two archives " + "x" * 100)
+    assert site.send(be, f"alice@{D}", [f"bob@{D}"], auth=f"alice@{D}", body=msg).startswith(b"250 ")
+    assert len(site.messages(f"archive@{D}", "Audit")) == 1 and site.queued() != []
+    room(site, be)
+    assert [r[:4] for r in site.replay(be)] == [b"250 "]
+    assert subjects(site.messages(f"fullarchive@{D}", "Held")) == ["two archives " + "x" * 100]
+    assert len(site.messages(f"archive@{D}", "Audit")) == 1  # the out-rule did not match the retry again
+    assert len(site.messages(f"bob@{D}")) == 1 and site.queued() == []
 
 
 def test_rules_follow_group_membership_changes(site: Any, monkeypatch: pytest.MonkeyPatch) -> None:
