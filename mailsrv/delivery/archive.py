@@ -18,18 +18,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
-import os
-import signal
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
 from mailsrv import log
-from mailsrv.config import ArchiveConfig, Config, ConfigError, load
+from mailsrv.config import ArchiveConfig, Config, ConfigError
 from mailsrv.delivery.local import LocalDelivery, ResolveCache
 from mailsrv.directory import Account, Kind
 from mailsrv.store import MailboxExists, MailboxNotFound
+from mailsrv.util.runloop import run_until_signalled
 
 logger = log.get("archive")
 
@@ -328,26 +327,8 @@ async def run_sweeper(cfg: Config, stop: asyncio.Event) -> None:
         await directory.close()
 
 
-def main(config: str | os.PathLike[str] | Config) -> int:
+def main(cfg: Config) -> int:
     """Entry point of the ``archive`` singleton process (mailsrv.master.SINGLETONS)."""
-    try:
-        cfg = config if isinstance(config, Config) else load(config)
-    except ConfigError as exc:
-        logger.error("config.error", error=str(exc))
-        return 2
     log.configure(cfg.server.log_level)
-
-    async def _main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGTERM, stop.set)
-        loop.add_signal_handler(signal.SIGINT, stop.set)
-        await run_sweeper(cfg, stop)
-
-    import uvloop
-
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as r:
-        r.run(_main())
+    run_until_signalled(lambda stop: run_sweeper(cfg, stop))
     return 0
-
-

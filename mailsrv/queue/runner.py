@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
-import signal
 import socket
 import ssl
 import time
@@ -32,6 +31,7 @@ from mailsrv.queue import downgrade, dsn
 from mailsrv.queue.client import OutboundError, SmtpClient
 from mailsrv.queue.routing import Destination, NoRoute, Resolver, Router
 from mailsrv.queue.store import FAILED, PENDING, SENT, Envelope, QRcpt, QueueDir, new_id, queue_dir
+from mailsrv.util.runloop import run_until_signalled
 
 logger = log.get("queue")
 
@@ -472,20 +472,8 @@ def main(config: str | os.PathLike[str] | Config) -> int:
         return 2
     log.configure(cfg.server.log_level)
 
-    async def _main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGTERM, stop.set)
-        loop.add_signal_handler(signal.SIGINT, stop.set)
-        await serve(cfg, stop, master=os.getppid())  # the master forked us: it holds the listeners
-
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency
-        asyncio.run(_main())
-    else:
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as r:
-            r.run(_main())
+    # the master forked us: it holds the listeners
+    run_until_signalled(lambda stop: serve(cfg, stop, master=os.getppid()))
     return 0
 
 
