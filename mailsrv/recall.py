@@ -78,6 +78,14 @@ class RecallResult:
         return {"recipient": self.recipient, "status": self.status, "mailbox": self.mailbox, "uid": self.uid}
 
 
+class RecallResults(list[RecallResult]):
+    """One recall's results, sorted by recipient. ``truncated``: the scan stopped at ``[recall]
+    max_accounts`` accounts, so copies in the accounts after them were not looked at: the results
+    (and the recall) may be incomplete."""
+
+    truncated: bool = False
+
+
 def normalise_message_id(message_id: str) -> str:
     """``<id@host>`` or ``id@host`` -> ``id@host`` (as the store's index keeps it). Raises RecallError."""
     m = _MSGID.fullmatch(message_id.strip())
@@ -119,15 +127,16 @@ class Recaller:
         return cls(cfg.recall, store, directory, Path(cfg.server.data_dir),
                    archives=[rule.to for rule in cfg.archive.rule.values()])
 
-    async def recall(self, sender: str, message_id: str, *, now: float | None = None) -> list[RecallResult]:
+    async def recall(self, sender: str, message_id: str, *, now: float | None = None) -> RecallResults:
         """Recall ``message_id`` sent by the local user ``sender`` (any of their addresses).
 
-        Returns one result per recipient, sorted by address. Raises RecallError.
+        Returns one result per recipient, sorted by address (``.truncated`` when ``[recall]
+        max_accounts`` cut the scan short). Raises RecallError.
         """
         async with self._gate:
             return await self._recall(sender, message_id, now)
 
-    async def _recall(self, sender: str, message_id: str, now: float | None) -> list[RecallResult]:
+    async def _recall(self, sender: str, message_id: str, now: float | None) -> RecallResults:
         if not self.config.enabled:
             raise RecallError("recall is disabled ([recall] enabled = false)")
         owner = await self.directory.account_by_address(sender)
@@ -142,7 +151,8 @@ class Recaller:
         out: list[RecallResult] = []
         recalled: list[_Copy] = []
         theirs: list[list[_Copy]] = []
-        for acct, copies in await self._find(msgid, since, owner, owned):
+        found, truncated = await self._find(msgid, since, owner, owned)
+        for acct, copies in found:
             if acct.id in skip:  # an archive keeps its copy (delivered read) and is not the sender's business
                 continue
             if acct.id == owner.id:
@@ -157,18 +167,22 @@ class Recaller:
                 recalled += done
         out += await self._unreached(own_copies, {r.recipient for r in out}, owner)
         logger.info("recall.done", sender=owner.address, msgid=msgid, recalled=len(recalled),
-                    results=len(out))
+                    results=len(out), truncated=truncated)
         if recalled and self.config.notice:
             await self._notify(owner, recalled, now)
-        return sorted(out, key=lambda r: r.recipient)
+        results = RecallResults(sorted(out, key=lambda r: r.recipient))
+        results.truncated = truncated
+        return results
 
     # -- finding the copies ----------------------------------------------------------------------------
 
     async def _find(self, msgid: str, since: float, owner: Account,
-                    owned: dict[str, bool]) -> list[tuple[Account, list[_Copy]]]:
+                    owned: dict[str, bool]) -> tuple[list[tuple[Account, list[_Copy]]], bool]:
+        """The accounts holding copies, and whether max_accounts stopped the scan before the last one."""
         found: list[tuple[Account, list[_Copy]]] = []
         batch: list[Account] = []
         seen = 0
+        truncated = False
 
         async def flush() -> None:
             pairs = [(a, account_root(self.data_dir, a.id, a.store)) for a in batch]
@@ -188,12 +202,13 @@ class Recaller:
             seen += 1
             if seen > self.config.max_accounts:
                 logger.warning("recall.truncated", max_accounts=self.config.max_accounts)
+                truncated = True
                 break
             batch.append(acct)
             if len(batch) >= ACCOUNT_PAGE:
                 await flush()
         await flush()
-        return found
+        return found, truncated
 
     async def _copies(self, acct: Account, root: Path, msgid: str, since: float, owner: Account,
                       owned: dict[str, bool]) -> list[_Copy]:

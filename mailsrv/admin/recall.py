@@ -66,7 +66,8 @@ def register(api: AdminApi, recaller: Recaller | None, prefix: str) -> None:
             return _problem(400, str(exc))
         logger.info("admin.call", admin=who, method=request.method, path=request.path,
                     recalled=sum(r.status == "recalled" for r in results))
+        # truncated: [recall] max_accounts cut the scan short, the results may be incomplete
         return web.json_response({"sender": sender, "message_id": message_id,
-                                  "results": [r.as_dict() for r in results]})
+                                  "results": [r.as_dict() for r in results], "truncated": results.truncated})
 
     api.app.router.add_route("POST", prefix + PATH, handler)

@@ -2,7 +2,8 @@
 
 Runs in its own process beside the server (the store is shared through files: IMAP IDLE and JMAP
 push clients of the workers see the expunge). One line per recipient; exit status 0 when at least
-one copy was recalled, 1 when none was, 2 on an operator error (unknown user, recall disabled).
+one copy was recalled, 1 when none was, 2 on an operator error (unknown user, recall disabled). A
+scan cut short by ``[recall] max_accounts`` is said on stderr (the results may be incomplete).
 """
 
 from __future__ import annotations
@@ -10,12 +11,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import sys
 from pathlib import Path
 
 from mailsrv import config as config_mod
 from mailsrv.cli import CliError, config_path
 from mailsrv.directory import open_directory
-from mailsrv.recall import Recaller, RecallError, RecallResult
+from mailsrv.recall import Recaller, RecallError, RecallResults
 from mailsrv.search import SearchService
 from mailsrv.store import Store
 from mailsrv.worker import search_exists, search_resolver
@@ -29,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_recall)
 
 
-async def _run(cfg: config_mod.Config, user: str, message_id: str) -> list[RecallResult]:
+async def _run(cfg: config_mod.Config, user: str, message_id: str) -> RecallResults:
     data_dir = Path(cfg.server.data_dir)
     directory = open_directory(cfg.directory, data_dir)
     store = Store(cfg.store, data_dir, hostname=cfg.server.hostname, mime=cfg.mime)
@@ -58,4 +60,7 @@ def cmd_recall(args: argparse.Namespace) -> int:
             print(f"{r.recipient}: {r.status}")
     if not results:
         print(f"no local copy of {args.message_id} sent by {args.user}")
+    if results.truncated:  # on stderr: --json output stays one recipient per line
+        print(f"warning: incomplete: the scan stopped after [recall] max_accounts = {cfg.recall.max_accounts} "
+              "accounts; copies in the others were not looked at", file=sys.stderr)
     return 0 if any(r.status == "recalled" for r in results) else 1

@@ -36,6 +36,7 @@ async def email_recall(ctx: RequestContext, args: dict[str, Any], call_id: str) 
     sent = {i.name for i in await acct.list_mailboxes() if i.special_use == "\\Sent"}
     recalled: dict[str, list[dict[str, Any]]] = {}
     not_recalled: dict[str, Any] = {}
+    truncated: list[str] = []  # mailsrv: ids whose scan [recall] max_accounts cut short (results may be incomplete)
     for eid in dict.fromkeys(ids):
         msgid = await _sent_message_id(acct, eid, sent)
         if msgid is None:
@@ -48,7 +49,9 @@ async def email_recall(ctx: RequestContext, args: dict[str, Any], call_id: str) 
             continue
         # not the recipient's mailbox: the name of a folder of theirs is none of the sender's business
         recalled[eid] = [{"recipient": r.recipient, "status": r.status} for r in results]
-    return {"accountId": args["accountId"], "recalled": recalled, "notRecalled": not_recalled}
+        if results.truncated:
+            truncated.append(eid)
+    return {"accountId": args["accountId"], "recalled": recalled, "notRecalled": not_recalled, "truncated": truncated}
 
 
 async def _sent_message_id(acct: Any, email_id: str, sent: set[str]) -> str | None:

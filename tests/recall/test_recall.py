@@ -94,6 +94,18 @@ async def test_unread_copy_leaves_and_its_quota_with_it(site: Site) -> None:
     assert not account_root(site.data_dir, idle.id, idle.store).exists()
 
 
+async def test_a_scan_cut_short_by_max_accounts_says_so(site: Site) -> None:
+    await site.send(f"alice@{D}", [f"bob@{D}", f"carol@{D}"], "cut@x")
+    # accounts in id order: alice, bob, carol, idle; two are looked at, carol's copy is not reached
+    short = Recaller(RecallConfig(notice=False, max_accounts=2), site.store, site.directory, site.data_dir)
+    res = await short.recall(f"alice@{D}", "cut@x")
+    assert res.truncated and [(r.recipient, r.status) for r in res] == [(f"bob@{D}", "recalled")]
+    # all four looked at (none beyond): complete
+    whole = Recaller(RecallConfig(notice=False, max_accounts=4), site.store, site.directory, site.data_dir)
+    res = await whole.recall(f"alice@{D}", "cut@x")
+    assert not res.truncated and [(r.recipient, r.status) for r in res] == [(f"carol@{D}", "recalled")]
+
+
 async def test_window_and_switch(site: Site) -> None:
     await site.send(f"alice@{D}", [f"bob@{D}"], "m2@x")
     later = time.time() + RecallConfig().window + 60

@@ -206,6 +206,19 @@ def test_recall_over_every_protocol(server: Any) -> None:
     # operator errors: exit 2, one line
     p = recall_cli(server, f"nobody@{D}", "recall-1@example.test")
     assert p.returncode == 2 and "no local user" in p.stderr
+    assert "incomplete" not in p.stderr and "incomplete" not in recall_cli(server, f"bob@{D}", "x@y").stderr
+
+
+def test_cli_says_when_max_accounts_cut_the_scan_short(server: Any) -> None:
+    send(server, f"bob@{D}", "recall-5@example.test", "Cut short", [f"grace@{D}"], to=f"grace@{D}", cc="")
+    wait_inboxes(server, [f"grace@{D}"], "Cut short")
+    short = server.cfg.parent / "short.toml"  # the same server, a recall that looks at one account only
+    short.write_text(server.cfg.read_text() + "\n[recall]\nmax_accounts = 1\n")
+    p = subprocess.run(mailsrv_cmd("recall", f"bob@{D}", "recall-5@example.test", "--json", "-c", str(short)),
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 1 and "recalled" not in p.stdout, p
+    assert "warning: incomplete" in p.stderr and "max_accounts = 1" in p.stderr, p.stderr
+    assert "Cut short" in subjects(server, f"grace@{D}")  # grace's account was not reached
 
 
 def test_admin_api_recall_scope(server: Any) -> None:
@@ -229,6 +242,7 @@ def test_admin_api_recall_scope(server: Any) -> None:
     assert status == 200, out
     assert isinstance(out, dict)
     assert [(r["recipient"], r["status"]) for r in out["results"]] == [(f"erin@{D}", "recalled")]
+    assert out["truncated"] is False  # every account was looked at
     assert "Draft plan" not in subjects(server, f"erin@{D}")
     status, doc = call(port, "GET", "/openapi.json")
     assert status == 200 and isinstance(doc, dict) and "post" in doc["paths"]["/api/v1/recall"]
@@ -276,6 +290,7 @@ def test_jmap_email_recall(server: Any) -> None:
         (f"erin@{D}", "recalled"), (f"grace@{D}", "recalled")]
     # a recipient's folder names are theirs: the sender learns who and what, not where
     assert all(set(r) == {"recipient", "status"} for r in out["recalled"][sent_id]), out
+    assert out["truncated"] == []  # no scan was cut short by [recall] max_accounts
     assert out["notRecalled"] == {inbox_ids[0]: {
         "type": "notFound", "description": "not an Email of your Sent mailbox with a Message-ID"}}
     assert "Wrong attachment" not in subjects(server, f"grace@{D}")
