@@ -70,8 +70,16 @@ def sink(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, Path]]
 def server(tmp_path_factory: pytest.TempPathFactory, sink: tuple[int, Path]) -> Iterator[Any]:
     base = tmp_path_factory.mktemp("archive")
     route = f'\n[queue.route."remote.test"]\nsmarthost = "127.0.0.1:{sink[0]}"\ntls = "none"\n'
-    cfg, users = setup_server(base, RULES + route)
+    vault = f'\n[archive.rule.vault]\nmatch = ["erin@{D}"]\ndirection = "in"\nto = "vault@{D}"\nfolder = "Vault"\n'
+    cfg, users = setup_server(base, RULES + vault + route)
+    for name in ("erin", "vault"):
+        p = subprocess.run(mailsrv_cmd("user", "add", f"{name}@{D}", "--password-stdin", "-c", str(cfg)),
+                           input=PW + "\n", capture_output=True, text=True)
+        assert p.returncode == 0, p.stderr
+        users[f"{name}@{D}"] = PW
+    cli(cfg, "user", "set", f"vault@{D}", "--quota", "4K")  # filled by the test: its archive copies fail
     srv = ServerProcess(cfg).wait_ready()
+    srv.cfg = cfg  # type: ignore[attr-defined]
     srv.users = users  # type: ignore[attr-defined]
     srv.ctx = ssl.create_default_context(cafile=str(base / "s" / "tls" / "cert.pem"))  # type: ignore[attr-defined]
     yield srv
@@ -164,6 +172,26 @@ def test_outbound_to_a_remote_recipient_is_archived_and_delivered(server: Any, s
     wait_until(lambda: sum(b"Subject: alice to far" in d or b"Subject: carol to far" in d
                            for d in delivered()) == 2, timeout=30)
     assert "alice to far" not in archived(server)
+
+
+def test_a_failed_copy_is_retried_by_the_queue_into_its_rules_folder(server: Any) -> None:
+    def send(subject: str, rcpt: str) -> None:
+        msg = message(subject)
+        msg.set_content("a line long enough to fill most of the vault's 4K quota\n" * 50)
+        with smtplib.SMTP("127.0.0.1", server.ports["smtp"], timeout=30) as s:
+            s.send_message(msg, from_addr="x@remote.test", to_addrs=[rcpt])
+
+    send("fills the vault", f"vault@{D}")
+    send("vault retry", f"erin@{D}")
+    assert "vault retry" in subjects(server, f"erin@{D}", "INBOX")
+    assert subjects(server, f"vault@{D}", "Vault") == []  # the copy failed (over quota): queued
+    cli(server.cfg, "user", "set", f"vault@{D}", "--quota", "unlimited")
+    # the queue runner hands it to our MTA (tried at once, then at each flush) until it lands
+    wait_until(lambda: cli(server.cfg, "queue", "flush") is not None
+               and "vault retry" in subjects(server, f"vault@{D}", "Vault"), timeout=60)
+    assert subjects(server, f"vault@{D}", "INBOX") == ["fills the vault"]  # in its rule's folder, not the INBOX
+    wait_until(lambda: f"vault@{D}" not in cli(server.cfg, "queue", "list"), timeout=30)  # done, not requeued
+    assert subjects(server, f"vault@{D}", "Vault") == ["vault retry"]
 
 
 def test_unknown_archive_account_stops_the_start_and_bad_keys_are_named(tmp_path: Path) -> None:
