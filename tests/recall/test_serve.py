@@ -314,3 +314,31 @@ def test_jmap_email_recall(server: Any) -> None:
     assert "urn:mailsrv:recall" not in session["accounts"][shared]["accountCapabilities"]
     _, resp = asyncio.run(jmap_calls(server, erin, ["Email/recall", {"accountId": shared, "emailIds": [sent_id]}, "r"]))
     assert resp[0][0] == "error" and resp[0][1]["type"] == "accountNotSupportedByMethod", resp
+
+
+def test_admin_api_and_jmap_say_when_max_accounts_cut_the_scan_short(tmp_path: Any) -> None:
+    cfg = init_setup(tmp_path / "s", "--demo", workers=1)
+    users = dict(re.findall(r"demo user (\S+) password (\S+)", (tmp_path / "s" / "demo-users.txt").read_text()))
+    with open(cfg, "a") as fh:
+        fh.write("\n[recall]\nmax_accounts = 1\n")  # alice and bob: the scan stops after the first
+    srv = ServerProcess(cfg).wait_ready()
+    try:
+        srv.users = users  # type: ignore[attr-defined]
+        srv.ctx = ssl.create_default_context(cafile=str(tmp_path / "s" / "tls" / "cert.pem"))  # type: ignore[attr-defined]
+        alice, bob = f"alice@{D}", f"bob@{D}"
+        send(srv, bob, "cut-1@example.test", "Cut short", [alice], to=alice, cc="")
+        wait_inboxes(srv, [alice], "Cut short")
+        cli(cfg, "admin", "grant", bob, "domain", D)
+        admin = json.loads(cli(cfg, "token", "issue", bob, "--scope", "admin", "--json"))["token"]
+        status, out = call(srv.ports["admin"], "POST", "/recall", admin,
+                           {"sender": bob, "message_id": "<nobody-sent-this@example.test>"})
+        assert status == 200 and isinstance(out, dict) and out["truncated"] is True, out
+        token = json.loads(cli(cfg, "token", "issue", bob, "--scope", "mail", "--json"))["token"]
+        _, resp = asyncio.run(jmap_calls(srv, token, ["Mailbox/get", {}, "m"]))
+        sent = next(m["id"] for m in resp[0][1]["list"] if m["role"] == "sent")
+        _, resp = asyncio.run(jmap_calls(srv, token, ["Email/query", {"filter": {"inMailbox": sent}}, "s"]))
+        [sent_id] = resp[0][1]["ids"]
+        _, resp = asyncio.run(jmap_calls(srv, token, ["Email/recall", {"emailIds": [sent_id]}, "r"]))
+        assert resp[0][0] == "Email/recall" and resp[0][1]["truncated"] == [sent_id], resp
+    finally:
+        assert srv.stop() == 0
