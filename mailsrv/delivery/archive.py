@@ -44,6 +44,7 @@ COPY_FLAGS = frozenset({"\\Seen"})
 #: RFC 3461 §4.2 ORCPT address type that marks a retried archive copy in our own queue:
 #: ``x-mailsrv-archive;FOLDER`` (see :func:`retry_orcpt`, :meth:`ArchiveRules.retried`).
 RETRY_ORCPT = "x-mailsrv-archive"
+_RETRY_PREFIX = RETRY_ORCPT + ";"
 
 
 def retry_orcpt(folder: str) -> str:
@@ -148,8 +149,9 @@ class ArchiveRules:
         folders): the plan that delivers exactly those copies, into their folders, and no other (a
         retried copy makes no further archive copy). None otherwise: the transaction is ordinary mail.
         ``rcpts``: (resolved account, ORCPT) of each local recipient."""
-        if not rcpts or not _loopback(peer_ip):
-            return None
+        if not rcpts or not all(o is not None and o.startswith(_RETRY_PREFIX) for _, o in rcpts) \
+                or not _loopback(peer_ip):
+            return None  # ordinary mail (one look at each recipient's ORCPT)
         rules = {(r.archive.id, r.folder): r for r in await self._current()}
         hit = []
         for acct, orcpt in rcpts:
