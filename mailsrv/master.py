@@ -164,6 +164,14 @@ def slot_sockets(groups: Groups, slot: int, workers: int) -> dict[str, list[sock
     }
 
 
+def other_members(groups: Groups, served: dict[str, list[socket.socket]]) -> dict[str, list[socket.socket]]:
+    """Per listener, the members of its groups that a worker serving ``served`` does not accept on:
+    it holds them open and adopts the connections a stuck or dead worker leaves queued there
+    (mailsrv/net/listener.py, ADOPT_INTERVAL)."""
+    return {name: [s for group in per_addr for s in group if s not in served[name]]
+            for name, per_addr in groups.items()}
+
+
 class Master:
     def __init__(self, config_path: str) -> None:
         self.config_path = config_path
@@ -240,6 +248,7 @@ class Master:
     def _spawn(self, slot: int, generation: int, cfg: Config, groups: Groups,
                ctx: ssl.SSLContext | None) -> WorkerProc:
         socks = slot_sockets(groups, slot, worker_count(cfg))
+        others = other_members(groups, socks)
         ready_r, ready_w = os.pipe()
         lifeline_r, lifeline_w = os.pipe()
         sys.stdout.flush()
@@ -252,13 +261,14 @@ class Master:
                 os.close(lifeline_w)
                 for other in self.workers.values():
                     self._close_fds(other)
-                mine = {id(sock) for served in socks.values() for sock in served}
+                # this generation's members, ours and the other slots' (watched and adopted when not drained)
+                mine = {id(sock) for per_addr in groups.values() for group in per_addr for sock in group}
                 for group in self.bound.values():
                     for sock in group:
                         if id(sock) not in mine:
-                            sock.close()  # other slots' members: their queues are not ours to hold open
+                            sock.close()  # bound for a generation that is not ours
                 log.bind(worker=slot)
-                status = worker.run(cfg, socks, ctx, ready_w, lifeline_r)
+                status = worker.run(cfg, socks, ctx, ready_w, lifeline_r, others)
             except BaseException as exc:
                 logger.exception("worker.crash", exc, slot=slot)
             finally:

@@ -110,13 +110,15 @@ def make_listeners(
     socks: dict[str, list[socket.socket]],
     ssl_context: ssl.SSLContext | None,
     resources: dict[str, Any],
+    others: dict[str, list[socket.socket]] | None = None,
 ) -> list[Listener]:
     listeners = []
     for name, lcfg in cfg.listener.items():
         module = importlib.import_module(SERVICES[lcfg.protocol])
         ctx = ServiceContext(config=cfg, name=name, listener=lcfg, ssl_context=ssl_context, resources=resources)
         service = module.make_service(ctx)
-        listeners.append(Listener(name, lcfg, cfg.limits, socks[name], service, ssl_context))
+        listeners.append(Listener(name, lcfg, cfg.limits, socks[name], service, ssl_context,
+                                  (others or {}).get(name, ())))
     return listeners
 
 
@@ -138,7 +140,7 @@ def _settle_gc() -> None:
 
 
 async def _serve(cfg: Config, socks: dict[str, list[socket.socket]], ssl_context: ssl.SSLContext | None,
-                 ready_fd: int, lifeline_fd: int) -> None:
+                 ready_fd: int, lifeline_fd: int, others: dict[str, list[socket.socket]] | None) -> None:
     loop = asyncio.get_running_loop()
     log.buffer_on_loop(loop)  # one write per ~50 ms instead of one per line (run() flushes at exit)
     spool.batch_removals()  # one removal job per ~20 ms of discarded spools (flushed below at the end)
@@ -180,7 +182,7 @@ async def _serve(cfg: Config, socks: dict[str, list[socket.socket]], ssl_context
     store.add_observer(search)
     # docs/archive.md: the archiving rules, shared by the SMTP backends and JMAP submission
     resources["archive"] = ArchiveRules(cfg.archive, resources["directory"])
-    listeners = make_listeners(cfg, socks, ssl_context, resources)
+    listeners = make_listeners(cfg, socks, ssl_context, resources, others)  # others: see master.other_members
     for lst in listeners:
         await lst.start()
     _settle_gc()
@@ -215,8 +217,9 @@ async def _serve(cfg: Config, socks: dict[str, list[socket.socket]], ssl_context
 
 
 def run(cfg: Config, socks: dict[str, list[socket.socket]], ssl_context: ssl.SSLContext | None,
-        ready_fd: int, lifeline_fd: int) -> int:
-    """Entry point in the forked child. Returns the exit status."""
+        ready_fd: int, lifeline_fd: int, others: dict[str, list[socket.socket]] | None = None) -> int:
+    """Entry point in the forked child. Returns the exit status. ``others``: the other slots' members
+    of our SO_REUSEPORT groups, adopted when their worker does not drain them."""
     signal.pthread_sigmask(signal.SIG_SETMASK, set())
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
         signal.signal(sig, signal.SIG_DFL)
@@ -233,10 +236,10 @@ def run(cfg: Config, socks: dict[str, list[socket.socket]], ssl_context: ssl.SSL
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency
         runner = asyncio.run
-        runner(_serve(cfg, socks, ssl_context, ready_fd, lifeline_fd))
+        runner(_serve(cfg, socks, ssl_context, ready_fd, lifeline_fd, others))
     else:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as r:
-            r.run(_serve(cfg, socks, ssl_context, ready_fd, lifeline_fd))
+            r.run(_serve(cfg, socks, ssl_context, ready_fd, lifeline_fd, others))
     if profiler is not None and profile_dir:
         profiler.disable()
         profiler.dump_stats(os.path.join(profile_dir, f"worker-{os.getpid()}.prof"))

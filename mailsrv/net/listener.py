@@ -13,7 +13,9 @@ import functools
 import ipaddress
 import socket
 import ssl
+import struct
 from collections import Counter
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Protocol, cast, runtime_checkable
 
 from mailsrv import log
@@ -27,6 +29,25 @@ logger = log.get("net")
 GOODBYE_TIMEOUT = 5.0
 #: Pending connections a listening socket holds (the master's listen(), kept by the workers).
 LISTEN_BACKLOG = 1024
+#: Seconds between two looks at the accept queues of the other workers' SO_REUSEPORT members: a member
+#: whose queue is not drained between two looks (its worker is stuck, or dead and waiting for its restart
+#: backoff) is adopted: this worker accepts what it holds until a look finds it empty.
+ADOPT_INTERVAL = 0.5
+
+_TCP_INFO = getattr(socket, "TCP_INFO", None)  # Linux
+
+
+def accept_queue(sock: socket.socket) -> int:
+    """Connections waiting in a listening socket's accept queue, or -1 where this is not known.
+    Linux TCP_INFO of a listener: ``tcpi_unacked`` (the 5th u32 after 8 u8) is the queue's length,
+    ``tcpi_sacked`` its limit."""
+    if _TCP_INFO is None:
+        return -1
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, 104)
+    except OSError:  # closed meanwhile
+        return -1
+    return int(struct.unpack_from("8B6I", info)[12])
 
 
 @runtime_checkable
@@ -60,10 +81,14 @@ class Listener:
         socks: list[socket.socket],
         service: StreamService | HttpService,
         ssl_context: ssl.SSLContext | None,
+        others: Sequence[socket.socket] = (),
     ) -> None:
+        """``others``: the other workers' members of the same SO_REUSEPORT groups, watched and adopted
+        when not drained (:data:`ADOPT_INTERVAL`); closed by :meth:`stop_accepting`."""
         self.name = name
         self.cfg = cfg
         self.socks = socks
+        self.others = list(others)
         self.service = service
         self.ssl_context = ssl_context
         self.max_connections: int = cfg.limit(limits, "max_connections")
@@ -85,8 +110,10 @@ class Listener:
         if isinstance(self.service, HttpService) and not isinstance(self.service, StreamService):
             await self.service.start(self.socks, implicit)
             return
+        loop = asyncio.get_running_loop()
+        if self.others and _TCP_INFO is not None:
+            self._track(loop.create_task(self._watch_others(implicit)))
         if self.cfg.proxy_protocol:
-            loop = asyncio.get_running_loop()
             for sock in self.socks:
                 sock.setblocking(False)
                 self._track(loop.create_task(self._accept_proxied(sock, implicit)))
@@ -122,18 +149,26 @@ class Listener:
                 logger.warning("accept.failed", listener=self.name, error=str(exc))
                 await asyncio.sleep(0.1)
                 continue
-            if len(self._reading) >= self.max_connections:
-                # a proxy (or a flood through it) holding max_connections headers unsent: each would hold a
-                # socket for proxy_timeout; this one is closed at once, like a session over the limit
-                logger.warning("proxy.refused", listener=self.name, peer=f"{addr[0]}:{addr[1]}",
-                               reason="too many PROXY headers awaited")
-                sock.close()
-                continue
-            task = loop.create_task(self._proxied(sock, addr, implicit))
-            self._unstarted[task] = sock
-            self._reading.add(task)
-            task.add_done_callback(self._reading.discard)
-            self._track(task)
+            self._take_proxied(sock, addr, implicit)
+
+    def _take_proxied(self, sock: socket.socket, addr: Any, implicit: ssl.SSLContext | None) -> None:
+        if len(self._reading) >= self.max_connections:
+            # a proxy (or a flood through it) holding max_connections headers unsent: each would hold a
+            # socket for proxy_timeout; this one is closed at once, like a session over the limit
+            logger.warning("proxy.refused", listener=self.name, peer=f"{addr[0]}:{addr[1]}",
+                           reason="too many PROXY headers awaited")
+            sock.close()
+            return
+        task = self._start(sock, self._proxied(sock, addr, implicit))
+        self._reading.add(task)
+        task.add_done_callback(self._reading.discard)
+
+    def _start(self, sock: socket.socket, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """Run ``coro``, which owns ``sock`` once it begins (until then stop_accepting closes it)."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._unstarted[task] = sock
+        self._track(task)
+        return task
 
     def _proxy_trusted(self, host: str) -> bool:
         ip = ipaddress.ip_address(host.partition("%")[0])
@@ -161,7 +196,17 @@ class Listener:
         except BaseException:
             sock.close()
             raise
-        on_client = functools.partial(self._on_client, proxied=(header, addr))
+        try:
+            # implicit TLS starts here, after the header: the ClientHello was left in the socket
+            await self._hand_over(sock, functools.partial(self._on_client, proxied=(header, addr)), implicit)
+        except (OSError, ssl.SSLError, TimeoutError) as exc:
+            logger.info("tls.handshake_failed", listener=self.name, peer=real, proxy_source=_addr(header.source),
+                        error=str(exc) or type(exc).__name__)
+            sock.close()
+
+    async def _hand_over(self, sock: socket.socket, on_client: Callable[..., Coroutine[Any, Any, None]],
+                         implicit: ssl.SSLContext | None) -> None:
+        """Serve an accepted socket as asyncio.start_server would (an implicit-TLS handshake begins here)."""
         loop = asyncio.get_running_loop()
 
         def protocol() -> asyncio.StreamReaderProtocol:
@@ -169,12 +214,56 @@ class Listener:
             reader = asyncio.StreamReader(limit=self.max_line_length + 2, loop=loop)
             return asyncio.StreamReaderProtocol(reader, on_client, loop=loop)
 
+        await loop.connect_accepted_socket(protocol, sock, ssl=implicit,
+                                           ssl_handshake_timeout=30.0 if implicit else None)
+
+    # -- adoption of another worker's SO_REUSEPORT member ------------------------------------------------
+
+    async def _watch_others(self, implicit: ssl.SSLContext | None) -> None:
+        """Every :data:`ADOPT_INTERVAL`, look at the other members' accept queues. The kernel hashes each
+        connection to one member: one whose worker is stuck or dead (restart backoff up to
+        ``server.restart_backoff_max``) would hold its share for that long. A member is adopted when its
+        queue did not shrink between two looks (its worker took nothing); an adopted member is emptied at
+        each look until a look finds it empty. Healthy: a few getsockopt per second, nothing accepted."""
+        before = [0] * len(self.others)
+        adopted = [False] * len(self.others)
+        while True:
+            await asyncio.sleep(ADOPT_INTERVAL)
+            for i, lsock in enumerate(self.others):
+                queued = accept_queue(lsock)
+                if queued <= 0:
+                    adopted[i] = False
+                elif adopted[i] or queued >= before[i] > 0:
+                    if not adopted[i]:
+                        logger.warning("listener.adopted", listener=self.name, queued=queued,
+                                       fd=lsock.fileno())
+                    adopted[i] = True
+                    self._adopt(lsock, queued, implicit)
+                before[i] = max(queued, 0)
+
+    def _adopt(self, lsock: socket.socket, queued: int, implicit: ssl.SSLContext | None) -> None:
+        """Accept at most ``queued`` connections from another worker's member and serve them as ours
+        (its own worker may take some meanwhile: accept is atomic, EAGAIN ends the round)."""
+        for _ in range(queued):
+            try:
+                sock, addr = lsock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # EMFILE, ENOBUFS: they stay queued for the next look
+                logger.warning("accept.failed", listener=self.name, error=str(exc))
+                return
+            sock.setblocking(False)
+            if self.cfg.proxy_protocol:
+                self._take_proxied(sock, addr, implicit)
+            else:
+                self._start(sock, self._adopted(sock, addr, implicit))
+
+    async def _adopted(self, sock: socket.socket, addr: Any, implicit: ssl.SSLContext | None) -> None:
+        self._unstarted.pop(asyncio.current_task(), None)  # type: ignore[arg-type]  # from here we close sock
         try:
-            # implicit TLS starts here, after the header: the ClientHello was left in the socket
-            await loop.connect_accepted_socket(protocol, sock, ssl=implicit,
-                                               ssl_handshake_timeout=30.0 if implicit else None)
+            await self._hand_over(sock, self._on_client, implicit)
         except (OSError, ssl.SSLError, TimeoutError) as exc:
-            logger.info("tls.handshake_failed", listener=self.name, peer=real, proxy_source=_addr(header.source),
+            logger.info("tls.handshake_failed", listener=self.name, peer=f"{addr[0]}:{addr[1]}",
                         error=str(exc) or type(exc).__name__)
             sock.close()
 
@@ -237,8 +326,10 @@ class Listener:
     def stop_accepting(self) -> None:
         for server in self.servers:
             server.close()
-        for task in list(self._accepting):  # proxy_protocol: accept loops, and headers not read yet
+        for task in list(self._accepting):  # proxy_protocol: accept loops, and headers not read yet; the watch
             task.cancel()
+        for lsock in self.others:  # our copies: the master's keep the members (and their queues)
+            lsock.close()
         for sock in self._unstarted.values():  # a task cancelled before it began never runs its own close
             sock.close()
         self._unstarted.clear()

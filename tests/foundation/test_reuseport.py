@@ -1,5 +1,6 @@
 """Connections spread over the workers (server.reuse_port): each worker slot accepts on its own
-SO_REUSEPORT member of every address, all bound and held by the master (mailsrv/master.py)."""
+SO_REUSEPORT member of every address, all bound and held by the master (mailsrv/master.py); a member
+whose worker is stuck or dead is adopted by the others (mailsrv/net/listener.py, ADOPT_INTERVAL)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import re
 import select
 import signal
 import socket
+import ssl
 import subprocess
 import time
 from collections import Counter
@@ -41,10 +43,12 @@ def open_burst(port: int, n: int = BURST) -> list[socket.socket]:
     return [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(n)]
 
 
-def finish(conns: list[socket.socket]) -> None:
-    """Read each connection's POP3 greeting, QUIT it, close it."""
+def finish(conns: list[socket.socket], timeout: float = 30.0) -> None:
+    """Read each connection's POP3 greeting, QUIT it, close it (all within ``timeout`` seconds)."""
+    deadline = time.monotonic() + timeout
     for s in conns:
         with s:
+            s.settimeout(max(0.01, deadline - time.monotonic()))
             f = s.makefile("rb")
             assert f.readline().startswith(b"+OK")
             s.sendall(b"QUIT\r\n")
@@ -96,8 +100,8 @@ def test_each_worker_accepts_on_its_own_socket_held_by_the_master(tmp_path: Path
         assert len(inodes) == workers
         assert held(srv.proc.pid, inodes) == inodes  # the master keeps every member
         slots = workers_by_slot(srv)
-        mine = [held(slots[slot], inodes) for slot in range(workers)]
-        assert all(len(m) == 1 for m in mine) and set().union(*mine) == inodes
+        # each worker holds every member: its own to accept on, the others' to adopt if not drained
+        assert all(held(slots[slot], inodes) == inodes for slot in range(workers))
         # the workers' asyncio servers keep the master's backlog (ss: Send-Q of a listening socket)
         ss = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True, check=True)
         assert [line.split()[2] for line in ss.stdout.splitlines()] == [str(LISTEN_BACKLOG)] * workers
@@ -129,11 +133,61 @@ def test_a_burst_of_connections_is_served_by_every_worker(tmp_path: Path, worker
         share = served_by(srv, mark, BURST)
         assert sorted(share) == list(range(workers)), share
         assert sum(share.values()) == BURST
+        assert not [line for line in srv.lines if "listener.adopted" in line]  # healthy: every queue drained
     finally:
         srv.stop()
 
 
-def test_connections_made_while_a_worker_is_dead_wait_for_its_replacement(tmp_path: Path) -> None:
+def adopted_by(srv: ServerProcess, start_at: int, listener: str) -> set[int]:
+    """Worker slots that logged adopting a member of ``listener`` since ``start_at`` (at least one)."""
+    srv.wait_for(rf"listener\.adopted .*listener={listener} ", start=start_at)
+    return {int(m.group(1)) for line in srv.lines[start_at:]
+            if (m := re.search(rf"listener\.adopted worker=(\d+) .*listener={listener} ", line))}
+
+
+def test_a_stuck_worker_s_connections_are_served_by_the_other(tmp_path: Path) -> None:
+    srv = start(tmp_path, 2)
+    stuck = workers_by_slot(srv)[0]
+    try:
+        mark = srv.mark()
+        srv.signal(signal.SIGSTOP)  # nothing restarts anything: slot 0's worker is alive but takes nothing
+        os.kill(stuck, signal.SIGSTOP)
+        wait_until(lambda: Path(f"/proc/{stuck}/stat").read_text().split()[2] == "T")
+        finish(open_burst(srv.ports["pop3"]), timeout=10)  # half of them hashed to the stuck worker's member
+        assert served_by(srv, mark, BURST) == {1: BURST}
+        assert adopted_by(srv, mark, "pop3") == {1}
+    finally:
+        os.kill(stuck, signal.SIGCONT)
+        srv.signal(signal.SIGCONT)
+        srv.stop()
+
+
+def test_implicit_tls_through_an_adopted_member(tmp_path: Path) -> None:
+    srv = start(tmp_path, 2)
+    stuck = workers_by_slot(srv)[0]
+    client = ssl.create_default_context()
+    client.check_hostname = False
+    client.verify_mode = ssl.CERT_NONE
+    try:
+        mark = srv.mark()
+        srv.signal(signal.SIGSTOP)
+        os.kill(stuck, signal.SIGSTOP)
+        wait_until(lambda: Path(f"/proc/{stuck}/stat").read_text().split()[2] == "T")
+        conns = [socket.create_connection(("127.0.0.1", srv.ports["imaps"]), timeout=10) for _ in range(20)]
+        for raw in conns:  # the handshake of each: those queued on the stuck member wait for the adoption
+            with client.wrap_socket(raw, server_hostname="localhost") as tls:
+                f = tls.makefile("rb")
+                assert f.readline().startswith(b"* OK")
+                tls.sendall(b"a LOGOUT\r\n")
+                assert f.readline().startswith(b"* BYE")
+        assert adopted_by(srv, mark, "imaps") == {1}
+    finally:
+        os.kill(stuck, signal.SIGCONT)
+        srv.signal(signal.SIGCONT)
+        srv.stop()
+
+
+def test_a_dead_worker_s_connections_are_served_by_the_other_until_its_replacement(tmp_path: Path) -> None:
     srv = start(tmp_path, 2)
     try:
         victim = workers_by_slot(srv)[0]
@@ -142,14 +196,18 @@ def test_connections_made_while_a_worker_is_dead_wait_for_its_replacement(tmp_pa
         try:
             os.kill(victim, signal.SIGKILL)
             wait_until(lambda: Path(f"/proc/{victim}/stat").read_text().split()[2] == "Z")  # dead, not reaped
-            conns = open_burst(srv.ports["pop3"])  # connect() succeeds for all: none refused
+            finish(open_burst(srv.ports["pop3"]), timeout=10)  # none refused, none waits for the restart
         finally:
             srv.signal(signal.SIGCONT)
+        assert served_by(srv, mark, BURST) == {1: BURST}
+        assert adopted_by(srv, mark, "pop3") == {1}
         srv.wait_for(rf"worker\.died pid={victim} slot=0 ", start=mark)
-        finish(conns)  # every one greeted: those queued on slot 0's socket by its replacement
+        srv.wait_for(r"worker\.ready worker=0 ", start=mark)
+        # the replacement takes its member back: a burst is spread again
+        mark = srv.mark()
+        finish(open_burst(srv.ports["pop3"]))
         share = served_by(srv, mark, BURST)
-        replacement = workers_by_slot(srv, mark)[0]
-        assert replacement != victim and share[0] > 0 and share[1] > 0, share
+        assert workers_by_slot(srv)[0] != victim and share[0] > 0 and share[1] > 0, share
     finally:
         srv.stop()
 
