@@ -26,11 +26,14 @@ from mailsrv.net.listener import LISTEN_BACKLOG
 BURST = 40
 
 
-def start(tmp_path: Path, workers: int, reuse_port: bool = True) -> ServerProcess:
+def start(tmp_path: Path, workers: int, reuse_port: bool = True, proxy: bool = False) -> ServerProcess:
     config = init_setup(tmp_path / "srv", workers=workers)
     text = config.read_text().replace('log_level = "info"', 'log_level = "debug"')  # conn.open worker=N
     if not reuse_port:
         text = text.replace("[server]", "[server]\nreuse_port = false", 1)
+    if proxy:
+        text = text.replace("[listener.pop3]\n", '[listener.pop3]\nproxy_protocol = true\n'
+                            'proxy_trusted_networks = ["127.0.0.1/32"]\n', 1)
     config.write_text(text)
     srv = ServerProcess(config).wait_ready()
     srv.wait_for(r"worker\.ready", count=workers)
@@ -181,6 +184,29 @@ def test_implicit_tls_through_an_adopted_member(tmp_path: Path) -> None:
                 tls.sendall(b"a LOGOUT\r\n")
                 assert f.readline().startswith(b"* BYE")
         assert adopted_by(srv, mark, "imaps") == {1}
+    finally:
+        os.kill(stuck, signal.SIGCONT)
+        srv.signal(signal.SIGCONT)
+        srv.stop()
+
+
+def test_a_proxy_protocol_listener_reads_the_header_of_an_adopted_connection(tmp_path: Path) -> None:
+    srv = start(tmp_path, 2, proxy=True)
+    stuck = workers_by_slot(srv)[0]
+    try:
+        mark = srv.mark()
+        srv.signal(signal.SIGSTOP)
+        os.kill(stuck, signal.SIGSTOP)
+        wait_until(lambda: Path(f"/proc/{stuck}/stat").read_text().split()[2] == "T")
+        conns = open_burst(srv.ports["pop3"])
+        for i, s in enumerate(conns):
+            s.sendall(f"PROXY TCP4 192.0.2.7 127.0.0.1 {5000 + i} 110\r\n".encode())
+        finish(conns, timeout=10)
+        found = srv.wait_for(r"conn\.open worker=(\d+) .*peer=192\.0\.2\.7:(\d+) proxy=127\.0\.0\.1:", start=mark,
+                             count=BURST)
+        assert {int(m.group(1)) for m in found} == {1}
+        assert sorted(int(m.group(2)) for m in found) == list(range(5000, 5000 + BURST))
+        assert adopted_by(srv, mark, "pop3") == {1}
     finally:
         os.kill(stuck, signal.SIGCONT)
         srv.signal(signal.SIGCONT)
