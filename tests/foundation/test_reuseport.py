@@ -19,7 +19,7 @@ import pytest
 from support.server import ServerProcess, init_setup, mailsrv_cmd, wait_until
 
 from mailsrv.master import Groups, bind_socket, slot_sockets
-from mailsrv.net.listener import LISTEN_BACKLOG
+from mailsrv.net.listener import LISTEN_BACKLOG, accept_queue
 
 #: Connections opened at once: the chance that the kernel's hash leaves one of 3 workers without any
 #: is 3 * (2/3)**40, about 3e-7.
@@ -320,3 +320,20 @@ def test_an_ipv6_group_beside_an_ipv4_group_on_one_port() -> None:
     finally:
         for s in v6 + v4 + clients:
             s.close()
+
+
+def test_accept_queue_counts_the_connections_waiting_on_a_listening_socket() -> None:
+    lsock = bind_socket("127.0.0.1:0")
+    clients: list[socket.socket] = []
+    try:
+        assert accept_queue(lsock) == 0
+        port = lsock.getsockname()[1]
+        clients = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(3)]
+        wait_until(lambda: accept_queue(lsock) == 3)  # the handshakes complete in the kernel
+        conn, _ = lsock.accept()
+        conn.close()
+        assert accept_queue(lsock) == 2
+    finally:
+        for s in [lsock, *clients]:
+            s.close()
+    assert accept_queue(lsock) == -1  # closed: not known
