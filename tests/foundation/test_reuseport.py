@@ -13,6 +13,8 @@ import ssl
 import subprocess
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -148,68 +150,67 @@ def adopted_by(srv: ServerProcess, start_at: int, listener: str) -> set[int]:
             if (m := re.search(rf"listener\.adopted worker=(\d+) .*listener={listener} ", line))}
 
 
+@contextmanager
+def stuck(srv: ServerProcess, slot: int = 0) -> Iterator[None]:
+    """Worker ``slot`` alive but taking nothing, and the master stopped too (nothing restarts anything)."""
+    pid = workers_by_slot(srv)[slot]
+    srv.signal(signal.SIGSTOP)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        wait_until(lambda: Path(f"/proc/{pid}/stat").read_text().split()[2] == "T")
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        srv.signal(signal.SIGCONT)
+
+
 def test_a_stuck_worker_s_connections_are_served_by_the_other(tmp_path: Path) -> None:
     srv = start(tmp_path, 2)
-    stuck = workers_by_slot(srv)[0]
     try:
         mark = srv.mark()
-        srv.signal(signal.SIGSTOP)  # nothing restarts anything: slot 0's worker is alive but takes nothing
-        os.kill(stuck, signal.SIGSTOP)
-        wait_until(lambda: Path(f"/proc/{stuck}/stat").read_text().split()[2] == "T")
-        finish(open_burst(srv.ports["pop3"]), timeout=10)  # half of them hashed to the stuck worker's member
-        assert served_by(srv, mark, BURST) == {1: BURST}
-        assert adopted_by(srv, mark, "pop3") == {1}
+        with stuck(srv):
+            finish(open_burst(srv.ports["pop3"]), timeout=10)  # half of them hashed to the stuck worker's member
+            assert served_by(srv, mark, BURST) == {1: BURST}
+            assert adopted_by(srv, mark, "pop3") == {1}
     finally:
-        os.kill(stuck, signal.SIGCONT)
-        srv.signal(signal.SIGCONT)
         srv.stop()
 
 
 def test_implicit_tls_through_an_adopted_member(tmp_path: Path) -> None:
     srv = start(tmp_path, 2)
-    stuck = workers_by_slot(srv)[0]
     client = ssl.create_default_context()
     client.check_hostname = False
     client.verify_mode = ssl.CERT_NONE
     try:
         mark = srv.mark()
-        srv.signal(signal.SIGSTOP)
-        os.kill(stuck, signal.SIGSTOP)
-        wait_until(lambda: Path(f"/proc/{stuck}/stat").read_text().split()[2] == "T")
-        conns = [socket.create_connection(("127.0.0.1", srv.ports["imaps"]), timeout=10) for _ in range(20)]
-        for raw in conns:  # the handshake of each: those queued on the stuck member wait for the adoption
-            with client.wrap_socket(raw, server_hostname="localhost") as tls:
-                f = tls.makefile("rb")
-                assert f.readline().startswith(b"* OK")
-                tls.sendall(b"a LOGOUT\r\n")
-                assert f.readline().startswith(b"* BYE")
-        assert adopted_by(srv, mark, "imaps") == {1}
+        with stuck(srv):
+            conns = [socket.create_connection(("127.0.0.1", srv.ports["imaps"]), timeout=10) for _ in range(20)]
+            for raw in conns:  # the handshake of each: those queued on the stuck member wait for the adoption
+                with client.wrap_socket(raw, server_hostname="localhost") as tls:
+                    f = tls.makefile("rb")
+                    assert f.readline().startswith(b"* OK")
+                    tls.sendall(b"a LOGOUT\r\n")
+                    assert f.readline().startswith(b"* BYE")
+            assert adopted_by(srv, mark, "imaps") == {1}
     finally:
-        os.kill(stuck, signal.SIGCONT)
-        srv.signal(signal.SIGCONT)
         srv.stop()
 
 
 def test_a_proxy_protocol_listener_reads_the_header_of_an_adopted_connection(tmp_path: Path) -> None:
     srv = start(tmp_path, 2, proxy=True)
-    stuck = workers_by_slot(srv)[0]
     try:
         mark = srv.mark()
-        srv.signal(signal.SIGSTOP)
-        os.kill(stuck, signal.SIGSTOP)
-        wait_until(lambda: Path(f"/proc/{stuck}/stat").read_text().split()[2] == "T")
-        conns = open_burst(srv.ports["pop3"])
-        for i, s in enumerate(conns):
-            s.sendall(f"PROXY TCP4 192.0.2.7 127.0.0.1 {5000 + i} 110\r\n".encode())
-        finish(conns, timeout=10)
-        found = srv.wait_for(r"conn\.open worker=(\d+) .*peer=192\.0\.2\.7:(\d+) proxy=127\.0\.0\.1:", start=mark,
-                             count=BURST)
-        assert {int(m.group(1)) for m in found} == {1}
-        assert sorted(int(m.group(2)) for m in found) == list(range(5000, 5000 + BURST))
-        assert adopted_by(srv, mark, "pop3") == {1}
+        with stuck(srv):
+            conns = open_burst(srv.ports["pop3"])
+            for i, s in enumerate(conns):
+                s.sendall(f"PROXY TCP4 192.0.2.7 127.0.0.1 {5000 + i} 110\r\n".encode())
+            finish(conns, timeout=10)
+            found = srv.wait_for(r"conn\.open worker=(\d+) .*peer=192\.0\.2\.7:(\d+) proxy=127\.0\.0\.1:",
+                                 start=mark, count=BURST)
+            assert {int(m.group(1)) for m in found} == {1}
+            assert sorted(int(m.group(2)) for m in found) == list(range(5000, 5000 + BURST))
+            assert adopted_by(srv, mark, "pop3") == {1}
     finally:
-        os.kill(stuck, signal.SIGCONT)
-        srv.signal(signal.SIGCONT)
         srv.stop()
 
 
