@@ -32,7 +32,7 @@ from mailsrv import config as config_mod
 from mailsrv import log, worker
 from mailsrv.config import Config, ConfigError, parse_bind
 from mailsrv.delivery import archive
-from mailsrv.net.listener import LISTEN_BACKLOG
+from mailsrv.net.listener import LISTEN_BACKLOG, format_addr
 from mailsrv.net.tls import TlsSetupError, server_context
 from mailsrv.util.sdnotify import monotonic_usec, notify
 
@@ -138,11 +138,6 @@ def _check_free(family: socket.AddressFamily, host: str, port: int) -> None:
         if family == socket.AF_INET6:
             probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         probe.bind((host, port))
-
-
-def format_addr(sock: socket.socket) -> str:
-    host, port = sock.getsockname()[:2]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _reuses_port(sock: socket.socket) -> bool:

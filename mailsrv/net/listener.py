@@ -226,37 +226,40 @@ class Listener:
         queue did not shrink between two looks (its worker took nothing); an adopted member is emptied at
         each look until a look finds it empty. Healthy: a few getsockopt per second, nothing accepted."""
         before = [0] * len(self.others)
-        adopted = [False] * len(self.others)
+        adopted: list[int | None] = [None] * len(self.others)  # connections taken while adopted
         while True:
             await asyncio.sleep(ADOPT_INTERVAL)
             for i, lsock in enumerate(self.others):
                 queued = accept_queue(lsock)
+                taken = adopted[i]
                 if queued <= 0:
-                    adopted[i] = False
-                elif adopted[i] or queued >= before[i] > 0:
-                    if not adopted[i]:
-                        logger.warning("listener.adopted", listener=self.name, queued=queued,
-                                       fd=lsock.fileno())
-                    adopted[i] = True
-                    self._adopt(lsock, queued, implicit)
+                    if taken is not None:
+                        logger.info("listener.adoption_ended", listener=self.name, addr=format_addr(lsock),
+                                    accepted=taken)
+                    adopted[i] = None
+                elif taken is not None or queued >= before[i] > 0:
+                    if taken is None:  # its worker took nothing since the last look
+                        logger.warning("listener.adopted", listener=self.name, addr=format_addr(lsock), queued=queued)
+                    adopted[i] = (taken or 0) + self._adopt(lsock, queued, implicit)
                 before[i] = max(queued, 0)
 
-    def _adopt(self, lsock: socket.socket, queued: int, implicit: ssl.SSLContext | None) -> None:
+    def _adopt(self, lsock: socket.socket, queued: int, implicit: ssl.SSLContext | None) -> int:
         """Accept at most ``queued`` connections from another worker's member and serve them as ours
-        (its own worker may take some meanwhile: accept is atomic, EAGAIN ends the round)."""
-        for _ in range(queued):
+        (its own worker may take some meanwhile: accept is atomic, EAGAIN ends the round); how many."""
+        for n in range(queued):
             try:
                 sock, addr = lsock.accept()
             except (BlockingIOError, InterruptedError):
-                return
+                return n
             except OSError as exc:  # EMFILE, ENOBUFS: they stay queued for the next look
                 logger.warning("accept.failed", listener=self.name, error=str(exc))
-                return
+                return n
             sock.setblocking(False)
             if self.cfg.proxy_protocol:
                 self._take_proxied(sock, addr, implicit)
             else:
                 self._start(sock, self._adopted(sock, addr, implicit))
+        return queued
 
     async def _adopted(self, sock: socket.socket, addr: Any, implicit: ssl.SSLContext | None) -> None:
         self._unstarted.pop(asyncio.current_task(), None)  # type: ignore[arg-type]  # from here we close sock
@@ -365,3 +368,9 @@ class Listener:
 
 def _addr(a: proxy.Address | None) -> str:
     return "-" if a is None else f"{a[0]}:{a[1]}"
+
+
+def format_addr(sock: socket.socket) -> str:
+    """``host:port`` (``[host]:port`` for IPv6) of a bound socket."""
+    host, port = sock.getsockname()[:2]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

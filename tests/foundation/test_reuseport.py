@@ -230,6 +230,10 @@ def test_a_dead_worker_s_connections_are_served_by_the_other_until_its_replaceme
         assert adopted_by(srv, mark, "pop3") == {1}
         srv.wait_for(rf"worker\.died pid={victim} slot=0 ", start=mark)
         srv.wait_for(r"worker\.ready worker=0 ", start=mark)
+        # the queue found empty: worker 1 stops adopting and says how many it took (of about half the burst)
+        ended = srv.wait_for(rf"listener\.adoption_ended worker=1 .*listener=pop3 addr=127\.0\.0\.1:{srv.ports['pop3']} "
+                             r"accepted=(\d+)", start=mark)
+        assert 0 < int(ended[0].group(1)) < BURST
         # the replacement takes its member back: a burst is spread again
         mark = srv.mark()
         finish(open_burst(srv.ports["pop3"]))
