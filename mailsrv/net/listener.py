@@ -32,7 +32,7 @@ LISTEN_BACKLOG = 1024
 #: Seconds between two looks at the accept queues of the other workers' SO_REUSEPORT members: a member
 #: whose queue is not drained between two looks (its worker is stuck, or dead and waiting for its restart
 #: backoff) is adopted: this worker accepts what it holds until a look finds it empty.
-ADOPT_INTERVAL = 0.5
+ADOPT_INTERVAL = 2.0
 
 _TCP_INFO = getattr(socket, "TCP_INFO", None)  # Linux
 
