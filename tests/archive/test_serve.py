@@ -7,7 +7,6 @@ from __future__ import annotations
 import imaplib
 import re
 import smtplib
-import ssl
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -17,7 +16,7 @@ from typing import Any
 
 import pytest
 from support.admin import cli
-from support.server import ServerProcess, init_setup, mailsrv_cmd, wait_until
+from support.server import init_setup, mailsrv_cmd, serve_users, wait_until
 
 D = "example.test"
 PW = "archive test password"
@@ -78,10 +77,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, sink: tuple[int, Path]) -> 
         assert p.returncode == 0, p.stderr
         users[f"{name}@{D}"] = PW
     cli(cfg, "user", "set", f"vault@{D}", "--quota", "4K")  # filled by the test: its archive copies fail
-    srv = ServerProcess(cfg).wait_ready()
-    srv.cfg = cfg  # type: ignore[attr-defined]
-    srv.users = users  # type: ignore[attr-defined]
-    srv.ctx = ssl.create_default_context(cafile=str(base / "s" / "tls" / "cert.pem"))  # type: ignore[attr-defined]
+    srv = serve_users(cfg, users)
     yield srv
     assert srv.stop() == 0
 
@@ -211,9 +207,7 @@ def test_unknown_archive_account_stops_the_start_and_bad_keys_are_named(tmp_path
 
 def test_the_sweeper_removes_copies_past_retention_at_start(tmp_path: Path) -> None:
     cfg, users = setup_server(tmp_path, RULES)
-    srv = ServerProcess(cfg).wait_ready()
-    srv.users = users  # type: ignore[attr-defined]
-    srv.ctx = ssl.create_default_context(cafile=str(tmp_path / "s" / "tls" / "cert.pem"))  # type: ignore[attr-defined]
+    srv = serve_users(cfg, users)
     try:
         srv.wait_for(r"archive\.swept .*removed=0")  # the first pass, at start
         send_in(srv, "recent", [f"bob@{D}"])
@@ -227,9 +221,7 @@ def test_the_sweeper_removes_copies_past_retention_at_start(tmp_path: Path) -> N
         assert sorted(archived(srv)) == ["old", "recent"]
     finally:
         assert srv.stop() == 0
-    srv = ServerProcess(cfg).wait_ready()  # a new sweeper: its first pass comes at start
-    srv.users = users  # type: ignore[attr-defined]
-    srv.ctx = ssl.create_default_context(cafile=str(tmp_path / "s" / "tls" / "cert.pem"))  # type: ignore[attr-defined]
+    srv = serve_users(cfg, users)  # a new sweeper: its first pass comes at start
     try:
         srv.wait_for(r"archive\.swept .*removed=1")
         assert archived(srv) == ["recent"]

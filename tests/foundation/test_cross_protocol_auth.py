@@ -12,13 +12,12 @@ import imaplib
 import poplib
 import re
 import smtplib
-import ssl
 import subprocess
 from pathlib import Path
 
 import aiohttp
 import pytest
-from support.server import ServerProcess, init_setup, mailsrv_cmd
+from support.server import init_setup, mailsrv_cmd, serve_users
 
 
 @pytest.fixture(scope="module")
@@ -26,9 +25,7 @@ def server(tmp_path_factory: pytest.TempPathFactory):
     base = tmp_path_factory.mktemp("xauth")
     cfg = init_setup(base / "s", "--demo", workers=2)
     users = dict(re.findall(r"demo user (\S+) password (\S+)", (base / "s" / "demo-users.txt").read_text()))
-    srv = ServerProcess(cfg).wait_ready()
-    srv.users = users  # type: ignore[attr-defined]
-    srv.ctx = ssl.create_default_context(cafile=str(base / "s" / "tls" / "cert.pem"))  # type: ignore[attr-defined]
+    srv = serve_users(cfg, users)
     yield srv
     assert srv.stop() == 0
 

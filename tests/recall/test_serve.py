@@ -10,7 +10,6 @@ import json
 import poplib
 import re
 import smtplib
-import ssl
 import subprocess
 import time
 from email.message import EmailMessage
@@ -19,7 +18,7 @@ from typing import Any
 import aiohttp
 import pytest
 from support.admin import call, cli
-from support.server import ServerProcess, init_setup, mailsrv_cmd
+from support.server import init_setup, mailsrv_cmd, serve_users
 
 D = "example.test"
 USERS = ("carol", "dave", "erin", "frank", "grace")
@@ -42,10 +41,7 @@ def server(tmp_path_factory: pytest.TempPathFactory):
     for name in ("erin", "frank"):
         cli(cfg, "group", "member", "add", f"team@{D}", f"{name}@{D}")
     cli(cfg, "domain", "set", D, "--catchall", f"grace@{D}")
-    srv = ServerProcess(cfg).wait_ready()
-    srv.users = users  # type: ignore[attr-defined]
-    srv.cfg = cfg  # type: ignore[attr-defined]
-    srv.ctx = ssl.create_default_context(cafile=str(base / "s" / "tls" / "cert.pem"))  # type: ignore[attr-defined]
+    srv = serve_users(cfg, users)
     yield srv
     assert srv.stop() == 0
 
@@ -321,10 +317,8 @@ def test_admin_api_and_jmap_say_when_max_accounts_cut_the_scan_short(tmp_path: A
     users = dict(re.findall(r"demo user (\S+) password (\S+)", (tmp_path / "s" / "demo-users.txt").read_text()))
     with open(cfg, "a") as fh:
         fh.write("\n[recall]\nmax_accounts = 1\n")  # alice and bob: the scan stops after the first
-    srv = ServerProcess(cfg).wait_ready()
+    srv = serve_users(cfg, users)
     try:
-        srv.users = users  # type: ignore[attr-defined]
-        srv.ctx = ssl.create_default_context(cafile=str(tmp_path / "s" / "tls" / "cert.pem"))  # type: ignore[attr-defined]
         alice, bob = f"alice@{D}", f"bob@{D}"
         send(srv, bob, "cut-1@example.test", "Cut short", [alice], to=alice, cc="")
         wait_inboxes(srv, [alice], "Cut short")

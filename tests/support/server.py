@@ -114,6 +114,18 @@ class ServerProcess:
         return self.proc.returncode
 
 
+def serve_users(cfg: Path, users: dict[str, str]) -> ServerProcess:
+    """``mailsrv serve`` of an ``init_setup`` config, ready; with ``.users`` (address -> password), ``.cfg``
+    and ``.ctx`` (a client TLS context trusting the setup's certificate) for the test's clients."""
+    import ssl
+
+    srv = ServerProcess(cfg).wait_ready()
+    srv.users = users  # type: ignore[attr-defined]
+    srv.cfg = cfg  # type: ignore[attr-defined]
+    srv.ctx = ssl.create_default_context(cafile=str(cfg.parent / "tls" / "cert.pem"))  # type: ignore[attr-defined]
+    return srv
+
+
 def wait_until(pred: Callable[[], bool], timeout: float = 10.0, interval: float = 0.02) -> None:
     """Poll ``pred`` until true or raise (a deadline, not a sleep-as-synchronisation)."""
     deadline = time.monotonic() + timeout
