@@ -174,6 +174,8 @@ class Master:
         self.ssl_context: ssl.SSLContext | None = None
         #: bind spec as configured (port 0: "listener/spec") -> its socket group, kept across reloads
         self.bound: dict[str, list[socket.socket]] = {}
+        #: groups of addresses a reload removed, until its workers are ready (then closed; else bound again)
+        self.retiring: dict[str, list[socket.socket]] = {}
         self.sockets: Groups = {}
         self.workers: dict[int, WorkerProc] = {}
         self.generation = 0
@@ -227,10 +229,8 @@ class Master:
             for sock in fresh:
                 sock.close()
             raise
-        for key, group in self.bound.items():
-            if key not in keep:
-                for sock in group:
-                    sock.close()
+        # addresses no longer configured: closed once the new generation serves (_retire), kept if it fails
+        self.retiring = {key: group for key, group in self.bound.items() if key not in keep}
         self.bound = keep
         for name, lcfg in cfg.listener.items():
             for group in wanted[name]:
@@ -434,11 +434,14 @@ class Master:
                 self._kill(proc.pid, signal.SIGKILL)
             self.generation = old_generation
             self._unbind_new(serving)
+            self.bound.update(self.retiring)  # the old generation (and its restarts) still serve these
+            self.retiring = {}
             notify("READY=1", "STATUS=reload failed, still serving the old configuration")
             return
         log.configure(cfg.server.log_level)
         self.cfg, self.ssl_context, self.sockets = cfg, ctx, socks
         self.restart_due.clear()
+        self._retire()
         for proc in old:
             self._kill(proc.pid, signal.SIGTERM)
         # Singletons restart with the new configuration: the old one stops first
@@ -449,6 +452,13 @@ class Master:
         self._start_singletons()
         logger.info("reload.done", generation=self.generation, retired=len(old))
         notify("READY=1", self._status())
+
+    def _retire(self) -> None:
+        """Close the groups of addresses the configuration no longer has (the new generation serves)."""
+        for group in self.retiring.values():
+            for sock in group:
+                sock.close()
+        self.retiring = {}
 
     def _unbind_new(self, serving: set[int]) -> None:
         """Close the sockets bound for a generation that never served (no old worker accepts on them:
@@ -498,6 +508,7 @@ class Master:
         archive.check(self.cfg)  # before any fork: the archive accounts exist (ConfigError naming the key)
         self.ssl_context = self._tls_for(self.cfg)
         self.sockets = self._bind_all(self.cfg)
+        self._retire()
         procs = self._start_generation(self.cfg, self.sockets, self.ssl_context)
         if not self._wait_ready(procs):
             for proc in procs:

@@ -342,3 +342,30 @@ def test_accept_queue_counts_the_connections_waiting_on_a_listening_socket() -> 
         for s in [lsock, *clients]:
             s.close()
     assert accept_queue(lsock) == -1  # closed: not known
+
+
+def test_a_failed_reload_that_drops_a_listener_leaves_it_whole_for_restarted_workers(tmp_path: Path) -> None:
+    """The sockets of an address the new configuration drops are closed only once the new workers serve:
+    after a failed reload the old workers go on serving it, and a worker restarted later gets it open."""
+    srv = start(tmp_path, 2)
+    try:
+        port = srv.ports["pop3"]
+        victim = workers_by_slot(srv)[0]  # of the generation that goes on serving
+        original = srv.config.read_text()
+        blocker = tmp_path / "not-a-directory"
+        blocker.write_text("")
+        text = re.sub(r"(?ms)^\[listener\.pop3\]\n.*?(?=^\[)", "", original, count=1)
+        assert "[listener.pop3]\n" not in text and "[listener.pop3s]\n" in text
+        srv.config.write_text(re.sub(r'(?m)^data_dir = .*$', f'data_dir = "{blocker}"', text, count=1))
+        mark = srv.mark()
+        srv.signal(signal.SIGHUP)
+        srv.wait_for(r"reload\.failed error=\"new workers did not become ready", start=mark)
+        srv.config.write_text(original)
+        mark = srv.mark()
+        os.kill(victim, signal.SIGKILL)
+        srv.wait_for(r"worker\.ready worker=0 ", start=mark)
+        mark = srv.mark()
+        finish(open_burst(port))
+        assert sorted(served_by(srv, mark, BURST)) == [0, 1]  # the replacement accepts on its member too
+    finally:
+        srv.stop()
