@@ -68,13 +68,28 @@ class _Rule:
         return acct.id in self.ids or acct.domain in self.domains
 
 
+def envelope_block(sender: str, rcpts: Iterable[str]) -> bytes:
+    """The header lines an archive copy starts with (docs/archive.md): the envelope sender and every
+    envelope recipient of the transaction as received. They passed the SMTP grammar (RFC 5321 paths
+    hold no CR, LF or NUL); a stray one would end the header, so it is dropped here all the same."""
+    def clean(a: str) -> bytes:
+        return a.encode("utf-8", "replace").translate(None, b"\r\n\0")
+
+    out = [b"X-Mailsrv-Envelope-From: <" + clean(sender) + b">\r\n"]
+    out += [b"X-Mailsrv-Envelope-To: <" + clean(r) + b">\r\n" for r in rcpts]
+    return b"".join(out)
+
+
 class ArchivePlan:
     """One message's archive copies: out-rules decided from the sender, in-rules from each local
-    recipient account that :class:`~mailsrv.delivery.local.LocalDelivery` meets (groups expanded)."""
+    recipient account that :class:`~mailsrv.delivery.local.LocalDelivery` meets (groups expanded).
+    ``envelope``: the :func:`envelope_block` the copies start with (empty: they are the message's own
+    file, as for a retried copy, whose file has its block already)."""
 
-    __slots__ = ("_owner", "_inbound", "_hit", "_skip")
+    __slots__ = ("_owner", "_inbound", "_hit", "_skip", "envelope")
 
     def __init__(self, owner: ArchiveRules, inbound: list[_Rule], hit: Iterable[_Rule]) -> None:
+        self.envelope = b""
         self._owner = owner
         self._inbound = inbound
         self._hit: dict[tuple[int, str], _Rule] = {}

@@ -9,6 +9,9 @@ message however many of its addresses (aliases, groups) were recipients.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -53,6 +56,58 @@ class LocalOutcome:
     outside: list[str] = field(default_factory=list)  # outside members of expanded groups
     #: (archive address, folder) of each archive copy that failed (docs/archive.md)
     archive_retry: list[tuple[str, str]] = field(default_factory=list)
+    #: the archive copies' own file (envelope block first) when one of them failed: the retry queues
+    #: it, then the caller removes it (None: the copies were links of the message's spool)
+    archive_spool: Path | None = None
+    #: a copy of the message's own spool file is durable (its file exists: the queue may link it)
+    spool_linked: bool = False
+
+
+#: An archive copy of a message up to this size is made in memory (block + bytes, one store job);
+#: a larger one is streamed from the spool into its file (no second full copy in memory).
+ARCHIVE_IN_MEMORY = 1 << 20
+ARCHIVE_SUFFIX = ".archive"
+
+
+def with_envelope(data: bytes, block: bytes) -> bytes:
+    """``data`` with the archive envelope ``block`` after its Return-Path line (the first line, which
+    the queue strips before relaying a retried copy), or first when it has none."""
+    n = _trace_end(data)
+    return data[:n] + block + data[n:]
+
+
+def _trace_end(head: bytes) -> int:
+    if head[:12].lower() == b"return-path:":
+        nl = head.find(b"\n")
+        return nl + 1 if nl >= 0 else 0
+    return 0
+
+
+def _write_archive(path: Path, spool: Path, data: bytes | None, block: bytes) -> None:
+    """Write and fsync the archive file of a large message: streamed from ``data`` (memoryview slices,
+    no copy) or from the ``spool`` file in 1 MiB pieces."""
+    with open(path, "wb") as f:
+        if data is not None:
+            n = _trace_end(data[:4096])
+            mv = memoryview(data)
+            f.write(mv[:n])
+            f.write(block)
+            f.write(mv[n:])
+        else:
+            with open(spool, "rb") as src:
+                first = src.readline(4096)
+                n = _trace_end(first)
+                f.write(first[:n])
+                f.write(block)
+                f.write(first[n:])
+                shutil.copyfileobj(src, f, 1 << 20)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def unlink_quiet(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
 
 
 def limits_of(acct: Account) -> QuotaLimits:
@@ -174,9 +229,9 @@ class LocalDelivery:
         seen: set[int] = set()
         seen_outside: set[str] = set()
         batch: list[tuple[str, Account, str]] = []
-        archived: dict[str, frozenset[str]] = {}  # archive copies' addresses -> their flags
 
-        async def flush() -> None:
+        async def flush(batch: list[tuple[str, Account, str]], spool_path: Path, data: bytes | None,
+                        flags: dict[str, frozenset[str]]) -> None:
             if not batch:
                 return
             # Opening an account may create its maildir: open the batch concurrently (store I/O pool);
@@ -186,17 +241,18 @@ class LocalDelivery:
             dlimits = {d: await self.store.domain_limits(d) for d in {a.domain for _, a, _ in batch}}
             targets = [DeliveryTarget(sa, mailbox=box, limits=limits_of(a), domain_limits=dlimits[a.domain])
                        for (_, a, box), sa in zip(batch, saccts, strict=True)]
-            if archived:
-                targets = [replace(t, flags=archived[addr]) if addr in archived else t
+            if flags:
+                targets = [replace(t, flags=flags[addr]) if addr in flags else t
                            for (addr, _, _), t in zip(batch, targets, strict=True)]
             # durable in new/ is enough to acknowledge; the UIDs come from the store's indexer
-            results = await self.store.deliver(spool, targets, uids=False, data=data)
+            results = await self.store.deliver(spool_path, targets, uids=False, data=data)
             for (addr, _, box), res in zip(batch, results, strict=True):
                 if res.status == "ok":
                     out.delivered += 1
+                    out.spool_linked |= spool_path == spool
                     continue
                 logger.warning("delivery.failed", rcpt=addr, status=res.status, error=res.error or "")
-                if addr in archived:
+                if addr in flags:
                     out.archive_retry.append((addr, box))
                 else:
                     out.retry.append(addr)
@@ -218,7 +274,7 @@ class LocalDelivery:
                         archive.saw(member.account)
                     batch.append((member.account.address, member.account, mailbox))
                     if len(batch) >= DELIVERY_BATCH:
-                        await flush()
+                        await flush(batch, spool, data, {})
                 continue
             acct = res.account
             if acct is None or acct.id in seen:
@@ -228,10 +284,32 @@ class LocalDelivery:
                 archive.saw(acct)
             batch.append((address, acct, mailbox))
             if len(batch) >= DELIVERY_BATCH:
-                await flush()
-        if archive is not None:  # in the same store call as the last recipients' copies
-            for addr, acct, folder, flags in await archive.targets(self):
-                archived[addr] = flags
-                batch.append((addr, acct, folder))
-        await flush()
+                await flush(batch, spool, data, {})
+        if archive is None:
+            await flush(batch, spool, data, {})
+            return out
+        archived: dict[str, frozenset[str]] = {}  # archive copies' addresses -> their flags
+        copies: list[tuple[str, Account, str]] = []
+        for addr, acct, folder, flags in await archive.targets(self):
+            archived[addr] = flags
+            copies.append((addr, acct, folder))
+        if not archive.envelope or not copies:  # the message's own file (a retried copy has its block)
+            await flush(batch + copies, spool, data, archived)
+            return out
+        # docs/archive.md: the archive copies are a second file that starts with the envelope block,
+        # delivered concurrently with the last recipients' copies (one group-commit round)
+        apath = spool.with_name(spool.name + ARCHIVE_SUFFIX)
+        adata = None
+        if data is not None and len(data) <= ARCHIVE_IN_MEMORY:
+            adata = with_envelope(data, archive.envelope)
+        else:  # a large message: streamed into the file, no second copy in memory
+            await asyncio.get_running_loop().run_in_executor(None, _write_archive, apath, spool, data,
+                                                             archive.envelope)
+        try:
+            await asyncio.gather(flush(batch, spool, data, {}), flush(copies, apath, adata, archived))
+        finally:
+            if out.archive_retry:
+                out.archive_spool = apath  # the retry queues this file (its block included); caller unlinks
+            else:
+                await asyncio.get_running_loop().run_in_executor(None, unlink_quiet, apath)
         return out

@@ -103,7 +103,7 @@ class DirectorySubmitter:
 
     async def submit_queued(self, principal: Any, raw: bytes, mail_from: str,
                             rcpts: list[str]) -> tuple[str | None, dict[str, tuple[str, str]]]:
-        from mailsrv.delivery.archive import retry_orcpt
+        from mailsrv.delivery.archive import envelope_block, retry_orcpt
         from mailsrv.queue.store import QRcpt
 
         acct = await self._account(principal)
@@ -115,6 +115,7 @@ class DirectorySubmitter:
         await loop.run_in_executor(None, _write_durable, spool, trace + raw)
         out: dict[str, tuple[str, str]] = {}
         qid: str | None = None
+        apath: Path | None = None  # the archive copies' own file, when a failed one is retried
         try:
             local: list[tuple[str, Any]] = []
             remote: list[str] = []
@@ -129,6 +130,8 @@ class DirectorySubmitter:
             # docs/archive.md: the archive copies join the local delivery (outbound-only mail gets one too)
             plan = (await self.archive.plan(mail_from, acct, local=bool(local))
                     if self.archive is not None and self.archive.enabled else None)
+            if plan is not None:  # the envelope: every recipient, Bcc included (docs/archive.md)
+                plan.envelope = envelope_block(mail_from, [r for r in rcpts if r not in out])
             later: list[QRcpt] = []  # failed archive copies: retried by the queue, never reported
             if local or plan is not None:
                 outcome = await self.local.deliver(spool, local, archive=plan)
@@ -136,8 +139,9 @@ class DirectorySubmitter:
                     out[r] = ("queued", "250 2.0.0 queued for retry") if r in outcome.retry else ("yes", "250 2.0.0 delivered")
                 remote += outcome.outside + outcome.retry
                 later = [QRcpt(a, notify=["NEVER"], orcpt=retry_orcpt(f)) for a, f in outcome.archive_retry]
+                apath = outcome.archive_spool
             if later:  # their own entry: retried into their folders, without other recipients (docs/archive.md)
-                await self.queue.enqueue(spool, mail_from, later)
+                await self.queue.enqueue(apath or spool, mail_from, later)
             if remote:
                 qid = await self.queue.enqueue(spool, mail_from, [QRcpt(r) for r in remote])
                 for r in remote:
@@ -146,6 +150,8 @@ class DirectorySubmitter:
                         out[r] = ("queued", f"250 2.0.0 queued as {qid}")
         finally:
             await loop.run_in_executor(None, _unlink, spool)
+            if apath is not None:
+                await loop.run_in_executor(None, _unlink, apath)
         return qid, out
 
 

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from mailsrv import log
-from mailsrv.delivery.archive import ArchiveRules, retry_orcpt
-from mailsrv.delivery.local import LocalDelivery
+from mailsrv.delivery.archive import ArchiveRules, envelope_block, retry_orcpt
+from mailsrv.delivery.local import LocalDelivery, LocalOutcome, unlink_quiet
 from mailsrv.delivery.spool import FileSpool, clean, spool_dir
 from mailsrv.net.service import ServiceContext
 from mailsrv.queue import dsn
@@ -90,6 +90,8 @@ class DirectoryBackend:
             plan = retried or await self.archive.plan(tx.sender, info.account, local=bool(local))
             if retried is not None:
                 local = []
+            elif plan is not None:  # the envelope as received: every recipient, local and remote (Bcc)
+                plan.envelope = envelope_block(tx.sender, [r.address for r in tx.rcpts])
         outcome = (await self.local.deliver(spool.path, local, mailbox=mailbox, data=data, archive=plan)
                    if local or plan is not None else None)
         if outcome is not None:
@@ -99,13 +101,13 @@ class DirectoryBackend:
         if retried is not None and delivered == 0:
             return Verdict(451, "4.3.0", "Temporary local delivery failure, try again later")  # the queue retries
         if outcome is not None and outcome.archive_retry:
-            await self._queue_archive_retry(tx, spool, outcome.archive_retry)
+            await self._queue_archive_retry(tx, spool, outcome)
         if outcome is not None and not remote and local and delivered == 0 and outcome.retry:
             return Verdict(451, "4.3.0", "Temporary local delivery failure, try again later")
         qid = ""
         if remote:
             try:
-                if delivered == 0 and isinstance(spool, FileSpool):
+                if not (outcome is not None and outcome.spool_linked) and isinstance(spool, FileSpool):
                     await spool.materialize()  # sealed and not made by a delivery job: the queue links it
                 qid = await self.queue.enqueue(spool.path, tx.sender, remote, envid=tx.envid, ret=tx.ret,
                                                smtputf8=tx.smtputf8, body=tx.body)
@@ -121,15 +123,21 @@ class DirectoryBackend:
                        log={"local": delivered, "queued": len(remote), "qid": qid or None})
 
 
-    async def _queue_archive_retry(self, tx: Transaction, spool: Spool, failed: list[tuple[str, str]]) -> None:
+    async def _queue_archive_retry(self, tx: Transaction, spool: Spool, outcome: LocalOutcome) -> None:
         """Failed archive copies are retried through our MTA in their own entry, each with its folder
-        (ORCPT, :func:`~mailsrv.delivery.archive.retry_orcpt`); the sender hears nothing (NEVER)."""
+        (ORCPT, :func:`~mailsrv.delivery.archive.retry_orcpt`); the sender hears nothing (NEVER).
+        The entry is the copies' own file (its envelope block included) when they had one."""
+        failed, apath = outcome.archive_retry, outcome.archive_spool
         try:
-            if isinstance(spool, FileSpool):
+            if apath is None and isinstance(spool, FileSpool):
                 await spool.materialize()  # sealed and not made by a delivery job: the queue links it
-            await self.queue.enqueue(spool.path, tx.sender, retry_rcpts(failed), smtputf8=tx.smtputf8, body=tx.body)
+            await self.queue.enqueue(apath or spool.path, tx.sender, retry_rcpts(failed), smtputf8=tx.smtputf8,
+                                     body=tx.body)
         except OSError as exc:  # the message is accepted: its recipients' copies are durable
             logger.exception("archive.enqueue_failed", exc)
+        finally:
+            if apath is not None:
+                await asyncio.get_running_loop().run_in_executor(None, unlink_quiet, apath)
 
     async def _success_notices(self, info: SessionInfo, tx: Transaction, spool: Spool, failed: list[str]) -> None:
         """RFC 3461 §4.1 NOTIFY=SUCCESS on a local recipient: a "delivered" DSN to the sender."""

@@ -7,6 +7,8 @@ import time
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from mailsrv.config import ArchiveConfig
 from mailsrv.delivery import archive as archive_mod
@@ -59,16 +61,62 @@ def test_one_copy_per_message_however_many_recipients_and_rules(site: Any) -> No
     assert len(site.messages(f"m{BIG - 1}@{D}")) == 1
 
 
-def test_archive_copy_is_a_hard_link_of_the_same_delivery(site: Any) -> None:
+def envelope_of(msg: bytes) -> list[bytes]:
+    return [line for line in msg.split(b"\r\n\r\n", 1)[0].split(b"\r\n") if line.startswith(b"X-Mailsrv-Envelope-")]
+
+
+def test_archive_copy_starts_with_the_envelope_and_only_it(site: Any) -> None:
+    be = site.backend({"out": rule((f"alice@{D}",), "out")})
+    # bob is in To:, dave and the remote address are Bcc: only the envelope names them
+    msg = f"To: bob@{D}\r\nSubject: bcc\r\n\r\nhello\r\n".encode()
+    rcpts = [f"bob@{D}", f"Dave@{D}", "far@remote.test"]
+    assert site.send(be, f"alice@{D}", rcpts, auth=f"alice@{D}", body=msg).startswith(b"250 ")
+    [copy] = site.messages(f"archive@{D}", "Audit")
+    block = [f"X-Mailsrv-Envelope-From: <alice@{D}>".encode()] + [
+        f"X-Mailsrv-Envelope-To: <{r}>".encode() for r in rcpts]  # every recipient, as received
+    assert envelope_of(copy) == block
+    assert copy.startswith(b"Return-Path: <alice@example.test>\r\n" + b"\r\n".join(block) + b"\r\n")
+    for who in (f"bob@{D}", f"dave@{D}"):
+        [theirs] = site.messages(who)
+        assert b"X-Mailsrv-Envelope" not in theirs
+        assert theirs == copy.replace(b"\r\n".join(block) + b"\r\n", b"", 1)  # otherwise the same bytes
+    # its file is the archive's own (no link of the recipients' copy); the spool holds nothing after
+    assert list((site.data_dir / "spool").iterdir()) == []
+
+
+def test_archive_copy_joins_the_recipients_group_commit_round(site: Any) -> None:
     be = site.backend({"in": rule((f"bob@{D}",), "in")})
-    site.send(be, "x@remote.test", [f"bob@{D}"], body=body("linked"))
-    paths = []
-    for who, folder in ((f"bob@{D}", ""), (f"archive@{D}", ".Audit")):
-        acct = site.sync.user_info(who)
-        root = site.data_dir / acct["store"] / folder
-        paths += [p for sub in ("new", "cur") for p in (root / sub).iterdir()]
-    assert len(paths) == 2
-    assert paths[0].stat().st_ino == paths[1].stat().st_ino
+    site.send(be, "x@remote.test", [f"bob@{D}"], body=body("warm up"))  # the folder and accounts opened
+    fssync = site.store.fssync
+    assert fssync is not None
+    before = (fssync.rounds, fssync.callers)
+    site.send(be, "x@remote.test", [f"bob@{D}"], body=body("one round"))
+    assert (fssync.rounds - before[0], fssync.callers - before[1]) == (1, 2)
+    assert [envelope_of(m) for m in site.messages(f"archive@{D}", "Audit")][1] == [
+        b"X-Mailsrv-Envelope-From: <x@remote.test>", f"X-Mailsrv-Envelope-To: <bob@{D}>".encode()]
+
+
+def test_a_large_archive_copy_is_streamed(site: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mailsrv.delivery import local as local_mod
+
+    monkeypatch.setattr(local_mod, "ARCHIVE_IN_MEMORY", 10)
+    be = site.backend({"in": rule((f"bob@{D}",), "in")})
+    msg = body("big") + b"y" * 300_000 + b"\r\n"
+    assert site.send(be, "x@remote.test", [f"bob@{D}"], body=msg).startswith(b"250 ")
+    [copy], [theirs] = site.messages(f"archive@{D}", "Audit"), site.messages(f"bob@{D}")
+    assert envelope_of(copy) == [b"X-Mailsrv-Envelope-From: <x@remote.test>", f"X-Mailsrv-Envelope-To: <bob@{D}>".encode()]
+    assert copy.endswith(msg) and theirs.endswith(msg) and len(copy) == len(theirs) + len(b"".join(
+        line + b"\r\n" for line in envelope_of(copy)))
+
+
+@given(st.text(max_size=40), st.lists(st.text(max_size=40), max_size=5))
+def test_envelope_block_is_one_line_per_address(sender: str, rcpts: list[str]) -> None:
+    block = archive_mod.envelope_block(sender, rcpts)
+    lines = block.split(b"\r\n")
+    assert lines[-1] == b"" and len(lines) == len(rcpts) + 2
+    assert all(b"\r" not in x and b"\n" not in x and b"\0" not in x for x in lines)
+    assert lines[0].startswith(b"X-Mailsrv-Envelope-From: <")
+    assert all(x.startswith(b"X-Mailsrv-Envelope-To: <") and x.endswith(b">") for x in lines[1:-1])
 
 
 def test_directions(site: Any) -> None:
@@ -130,6 +178,9 @@ def test_a_retried_archive_copy_lands_in_its_rules_folder_and_is_swept(site: Any
     assert [r[:4] for r in site.replay(be)] == [b"250 "]
     assert site.queued() == []
     assert subjects(site.messages(f"fullarchive@{D}", "Held")) == ["retry me " + "x" * 100]
+    # the queued copy is the archive file itself: its envelope block, once
+    assert envelope_of(site.messages(f"fullarchive@{D}", "Held")[0]) == [
+        b"X-Mailsrv-Envelope-From: <x@remote.test>", f"X-Mailsrv-Envelope-To: <bob@{D}>".encode()]
     assert site.messages(f"fullarchive@{D}") == []  # not in INBOX
     # the same marker from a non-loopback client is ordinary mail to the account (its INBOX)
     forged = Envelope(new_id(), "x@remote.test", [QRcpt(f"fullarchive@{D}", orcpt=archive_mod.retry_orcpt("Held"))])
@@ -241,6 +292,9 @@ def test_jmap_submission_archives_local_and_remote_mail(site: Any) -> None:
     out = site.loop.run(submit(f"alice@{D}", ["far@remote.test"], "jmap not archived"))
     assert f"archive@{D}" not in out  # the archive is never a submission's recipient
     assert subjects(site.messages(f"archive@{D}", "Audit")) == ["jmap both", "jmap remote only"]
+    assert envelope_of(site.messages(f"archive@{D}", "Audit")[0]) == [
+        f"X-Mailsrv-Envelope-From: <carol@{D}>".encode(), f"X-Mailsrv-Envelope-To: <dave@{D}>".encode(),
+        b"X-Mailsrv-Envelope-To: <far@remote.test>"]
     assert sorted(r for _, rs in site.queued() for r, _ in rs) == ["far@remote.test"] * 3
 
 

@@ -128,6 +128,24 @@ def archived(srv: Any) -> list[str]:
     return subjects(srv, f"archive@{D}", "Legal")
 
 
+def header_of(srv: Any, user: str, folder: str, subject: str) -> bytes:
+    """The header of the one message of ``folder`` with ``subject``."""
+    m = imap(srv, user)
+    try:
+        assert m.select(folder, readonly=True)[0] == "OK"
+        typ, data = m.search(None, "SUBJECT", f'"{subject}"')
+        assert typ == "OK" and len(data[0].split()) == 1, data
+        typ, got = m.fetch(data[0].decode(), "(BODY.PEEK[HEADER])")
+        assert typ == "OK" and isinstance(got[0], tuple)
+        return bytes(got[0][1])
+    finally:
+        m.logout()
+
+
+def envelope(header: bytes) -> list[str]:
+    return [line.decode() for line in header.split(b"\r\n") if line.startswith(b"X-Mailsrv-Envelope-")]
+
+
 def test_inbound_to_a_member_is_archived_and_outlives_the_users_delete(server: Any) -> None:
     send_in(server, "in to bob", [f"bob@{D}"])
     assert archived(server).count("in to bob") == 1
@@ -170,6 +188,25 @@ def test_outbound_to_a_remote_recipient_is_archived_and_delivered(server: Any, s
     assert "alice to far" not in archived(server)
 
 
+def test_the_archived_copy_names_a_bcc_recipient_and_the_recipients_copies_do_not(
+        server: Any, sink: tuple[int, Path]) -> None:
+    send_out(server, f"carol@{D}", "carol with bcc", ["far@remote.test", f"dave@{D}"])  # dave: Bcc (not in To:)
+    assert envelope(header_of(server, f"archive@{D}", "Legal", "carol with bcc")) == [
+        f"X-Mailsrv-Envelope-From: <carol@{D}>", "X-Mailsrv-Envelope-To: <far@remote.test>",
+        f"X-Mailsrv-Envelope-To: <dave@{D}>"]
+    assert b"Envelope" not in header_of(server, f"dave@{D}", "INBOX", "carol with bcc")
+    wait_until(lambda: any(b"Subject: carol with bcc" in p.read_bytes() for p in sink[1].glob("*.eml")), timeout=30)
+    [far] = [p.read_bytes() for p in sink[1].glob("*.eml") if b"Subject: carol with bcc" in p.read_bytes()]
+    assert b"X-Mailsrv-Envelope" not in far and f"dave@{D}".encode() not in far  # the Bcc stays hidden
+
+
+def test_the_archived_copy_of_group_mail_lists_the_group_as_received(server: Any) -> None:
+    send_in(server, "envelope of the team", [f"Team@{D}"])  # dave (a member) matches no rule: team@ does
+    assert envelope(header_of(server, f"archive@{D}", "Legal", "envelope of the team")) == [
+        "X-Mailsrv-Envelope-From: <x@remote.test>", f"X-Mailsrv-Envelope-To: <Team@{D}>"]
+    assert b"Envelope" not in header_of(server, f"dave@{D}", "INBOX", "envelope of the team")
+
+
 def test_a_failed_copy_is_retried_by_the_queue_into_its_rules_folder(server: Any) -> None:
     def send(subject: str, rcpt: str) -> None:
         msg = message(subject)
@@ -188,6 +225,10 @@ def test_a_failed_copy_is_retried_by_the_queue_into_its_rules_folder(server: Any
     assert subjects(server, f"vault@{D}", "INBOX") == ["fills the vault"]  # in its rule's folder, not the INBOX
     wait_until(lambda: f"vault@{D}" not in cli(server.cfg, "queue", "list"), timeout=30)  # done, not requeued
     assert subjects(server, f"vault@{D}", "Vault") == ["vault retry"]
+    # the queued copy was the archive file: one envelope block, after the one Return-Path of its delivery
+    head = header_of(server, f"vault@{D}", "Vault", "vault retry")
+    assert envelope(head) == ["X-Mailsrv-Envelope-From: <x@remote.test>", f"X-Mailsrv-Envelope-To: <erin@{D}>"]
+    assert head.count(b"Return-Path:") == 1, head
 
 
 def test_unknown_archive_account_stops_the_start_and_bad_keys_are_named(tmp_path: Path) -> None:
