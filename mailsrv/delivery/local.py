@@ -106,7 +106,7 @@ def _write_archive(path: Path, spool: Path, data: bytes | None, block: bytes) ->
 
 
 def unlink_quiet(path: Path) -> None:
-    with contextlib.suppress(FileNotFoundError):
+    with contextlib.suppress(OSError):  # a leftover is removed by the spool's clean at the next start
         path.unlink()
 
 
@@ -310,6 +310,6 @@ class LocalDelivery:
         finally:
             if out.archive_retry:
                 out.archive_spool = apath  # the retry queues this file (its block included); caller unlinks
-            else:
-                await asyncio.get_running_loop().run_in_executor(None, unlink_quiet, apath)
+            else:  # its copies are links of it now: removed off the reply's path
+                asyncio.get_running_loop().run_in_executor(None, unlink_quiet, apath)
         return out
