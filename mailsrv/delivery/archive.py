@@ -7,6 +7,9 @@ Invariants:
 - One copy per archive account and folder per message, however many recipients and rules match
   (a 5 000-member group makes one copy); a recipient that is itself an archive account gets no
   archive copy of it; a retried archive copy (:meth:`ArchiveRules.retried`) makes no other copy.
+- An archive copy (only it) starts with the transaction's envelope (:func:`envelope_block`: sender and
+  every recipient as received, Bcc included) after its Return-Path line; a retried copy is queued as
+  that file and delivered as is (one block).
 - Messages with a null reverse-path (bounces, DSNs) are not archived; recall notices are local
   deliveries without a plan and are not archived either.
 - The retention sweep runs in one process (the ``archive`` singleton of mailsrv.master) and removes
