@@ -105,6 +105,13 @@ def _write_archive(path: Path, spool: Path, data: bytes | None, block: bytes) ->
         os.fsync(f.fileno())
 
 
+def _keep_archive(path: Path, spool: Path, data: bytes | None, block: bytes) -> None:
+    """The archive file for its retry, when the failed delivery left none (an error is the retry's to log)."""
+    if not path.exists():
+        with contextlib.suppress(OSError):
+            _write_archive(path, spool, data, block)
+
+
 def unlink_quiet(path: Path) -> None:
     with contextlib.suppress(OSError):  # a leftover is removed by the spool's clean at the next start
         path.unlink()
@@ -312,4 +319,8 @@ class LocalDelivery:
                 out.archive_spool = apath  # the retry queues this file (its block included); caller unlinks
             else:  # its copies are links of it now: removed off the reply's path
                 asyncio.get_running_loop().run_in_executor(None, unlink_quiet, apath)
+        if out.archive_spool is not None:  # a copy that failed before its file was written (closing store,
+            # failed write): the retry needs the file, written here (fsync'd) before the caller queues it
+            await asyncio.get_running_loop().run_in_executor(None, _keep_archive, apath, spool, data,
+                                                             archive.envelope)
         return out

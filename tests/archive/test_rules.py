@@ -160,6 +160,26 @@ def test_failed_archive_copy_keeps_the_mail_and_is_queued_for_retry(site: Any) -
     assert site.queued() == [("x@remote.test", [(f"fullarchive@{D}", ["NEVER"])])]
 
 
+def test_an_archive_copy_failed_before_its_file_was_written_is_still_queued(site: Any,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """The store may tempfail a delivery without writing its file (closing, a failed write): the archive
+    file is then written for the retry, or the retry would find nothing to queue."""
+    from mailsrv.store import DeliveryResult
+
+    deliver = site.store.deliver
+
+    async def failing(spool_path: Any, targets: Any, **kw: Any) -> Any:
+        if str(spool_path).endswith(".archive"):
+            return [DeliveryResult(t, "tempfail", None, "store closing") for t in targets]
+        return await deliver(spool_path, targets, **kw)
+
+    monkeypatch.setattr(site.store, "deliver", failing)
+    be = site.backend({"in": rule((f"bob@{D}",), "in")})
+    assert site.send(be, "x@remote.test", [f"bob@{D}"], body=body("never written")).startswith(b"250 ")
+    assert subjects(site.messages(f"bob@{D}")) == ["never written"]
+    assert site.queued() == [("x@remote.test", [(f"archive@{D}", ["NEVER"])])]
+
+
 def room(site: Any, be: Any) -> None:
     """The auditor lifts the full archive's quota; returns once the backend's resolutions show it."""
     site.sync.set_user(f"fullarchive@{D}", quota_bytes=None)
