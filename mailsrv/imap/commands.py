@@ -533,6 +533,21 @@ def _namespace_args(p: Parser, cmd: Command) -> None:
     return None
 
 
+def _acl_identifier(p: Parser, cmd: Command) -> None:
+    """RFC 4314 §3.2 / §3.4: DELETEACL and LISTRIGHTS ``mailbox SP identifier``."""
+    p.sp()
+    cmd.args["mailbox"] = p.mailbox()
+    p.sp()
+    cmd.args["identifier"] = p.astring()
+
+
+def _setacl(p: Parser, cmd: Command) -> None:
+    """RFC 4314 §3.1: ``SETACL mailbox SP identifier SP mod-rights`` (mod-rights an astring)."""
+    _acl_identifier(p, cmd)
+    p.sp()
+    cmd.args["rights"] = p.astring()
+
+
 #: verb -> argument parser. UID-prefixed verbs are in :data:`UID_COMMANDS`.
 COMMANDS = {
     "CAPABILITY": _no_args,
@@ -571,6 +586,11 @@ COMMANDS = {
     "GETQUOTAROOT": _mailbox_only,
     "SETQUOTA": _setquota,
     "COMPRESS": _compress,
+    "MYRIGHTS": _mailbox_only,
+    "GETACL": _mailbox_only,
+    "LISTRIGHTS": _acl_identifier,
+    "SETACL": _setacl,
+    "DELETEACL": _acl_identifier,
 }
 UID_COMMANDS = {
     "FETCH": _fetch,

@@ -1,6 +1,9 @@
 """LIST and LSUB (RFC 9051 §6.3.9, RFC 5258 LIST-EXTENDED, RFC 5819 LIST-STATUS, RFC 6154, RFC 3348).
 
-Hierarchy delimiter "/", one personal namespace with an empty prefix.
+Hierarchy delimiter "/", a personal namespace with an empty prefix and the "Other Users" one
+(RFC 2342): for each grant the user holds, ``Other Users`` and ``Other Users/<owner>`` (\\Noselect)
+and the owner's folders under them, without their special-use attributes, always subscribed.
+RFC 4314 §4: LIST needs "l", which every grant gives.
 """
 
 from __future__ import annotations
@@ -8,10 +11,12 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any
 
+from mailsrv.imap import acl
 from mailsrv.imap.grammar import Command
 
 if TYPE_CHECKING:
     from mailsrv.imap.session import Session
+    from mailsrv.imap.sharing import Place
 
 DELIMITER = "/"
 
@@ -52,10 +57,18 @@ async def run_list(session: Session, cmd: Command, *, lsub: bool = False) -> Non
         # RFC 9051 §6.3.9: LIST "" "" returns the delimiter and the root
         session.w(b'* LIST (\\Noselect) "/" ""\r\n')
         return
-    boxes = await session.acct.list_mailboxes()
+    # own folders named like the namespace are shadowed by it (CREATE refuses such names)
+    boxes = [b for b in await session.home.list_mailboxes() if acl.split_shared(b.name) is None]
     by_name = {b.name: b for b in boxes}
-    names = set(by_name)
-    subscribed = {b.name for b in boxes if b.subscribed}
+    places: dict[str, Place] = {}
+    nodes: set[str] = set()
+    for client, place in await session.shared_boxes():
+        if place is None:
+            nodes.add(client)
+        else:
+            places[client] = place
+    names = set(by_name) | set(places) | nodes
+    subscribed = {b.name for b in boxes if b.subscribed} | set(places)
     regexes = [pattern_regex(p) for p in patterns]
     candidates = set(names)
     if "SUBSCRIBED" in select or lsub:
@@ -80,12 +93,16 @@ async def run_list(session: Session, cmd: Command, *, lsub: bool = False) -> Non
         out_names = sorted(set(out_names) | childinfo)
     for name in sorted(out_names, key=lambda n: (n != "INBOX", n)):
         info = by_name.get(name)
+        place = places.get(name)
+        exists = info is not None or place is not None
         attrs: list[str] = []
         has_children = any(other.startswith(name + DELIMITER) for other in names)
-        if info is None:
+        if name in nodes:
+            attrs.append("\\Noselect")  # RFC 2342 §3: the namespace's levels above the folders
+        elif not exists:
             # RFC 9051 §7.3.1: \NonExistent implies \Noselect; rev1 clients know only \Noselect
             attrs.append("\\NonExistent" if (extended or session.rev2) else "\\Noselect")
-        if want_children and not lsub and (info is not None or has_children):
+        if want_children and not lsub and (exists or has_children or name in nodes):
             attrs.append("\\HasChildren" if has_children else "\\HasNoChildren")
         if (extended and ("SUBSCRIBED" in select or returns.get("SUBSCRIBED"))) and name in subscribed:
             attrs.append("\\Subscribed")
@@ -97,9 +114,9 @@ async def run_list(session: Session, cmd: Command, *, lsub: bool = False) -> Non
         extra = b' ("CHILDINFO" ("SUBSCRIBED"))' if name in childinfo else b""
         session.w(b"* " + verb + b" (" + " ".join(attrs).encode() + b') "/" ' + session._name_out(name)
                   + extra + b"\r\n")
-        if status_items and info is not None:
+        if status_items and exists:
             try:
-                items = await session.status_items(name, status_items)
+                items = await session.status_items(place or await session._place(name), status_items)
             except ImapError:
                 continue
             session.w(b"* STATUS " + session._name_out(name) + b" " + items + b"\r\n")

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mailsrv import log
+from mailsrv.imap import acl, rendercache, sortthread, streaming
 from mailsrv.imap import fetch as fetchmod
-from mailsrv.imap import rendercache, sortthread, streaming
 from mailsrv.imap import search as searchmod
 from mailsrv.imap.errors import ImapError, norm_flag, store_error_name
 from mailsrv.imap.flaglines import fetch_flags_lines, flag_positions, search_numbers
@@ -117,21 +117,31 @@ class MessageCommands:
 
         def _store_error(self, exc: BaseException) -> ImapError: ...
 
-        def _limits(self) -> Any: ...
+        def _limits(self, owner: Any = None) -> Any: ...
 
-    def _require_writable(self) -> None:
+        def _selected_rights(self) -> str: ...
+
+        async def _place(self, name: str, need: str = "") -> Any: ...
+
+    def _require_writable(self, rights: str = "") -> None:
+        """The selected mailbox may be changed: ``rights`` (RFC 4314 letters) are held (NO [NOPERM]
+        otherwise: a shared mailbox) and it was not opened read-only (EXAMINE)."""
+        have = self._selected_rights()
+        missing = "".join(r for r in rights if r not in have)
+        if missing:
+            raise ImapError("NO", f"Permission denied (you lack the {missing} right on this mailbox)", "NOPERM")
         if self.readonly:
             raise ImapError("NO", "Mailbox is read-only", "READ-ONLY")
 
     async def cmd_expunge(self, cmd: Command) -> None:
-        self._require_writable()
+        self._require_writable("e")  # RFC 4314 §4
         try:
             await self.acct.expunge(self.view.name)
         except Exception as exc:
             raise self._store_error(exc) from None
 
     async def cmd_uid_expunge(self, cmd: Command) -> None:
-        self._require_writable()
+        self._require_writable("e")
         uids = self._resolve(cmd.args["set"], uid=True)
         try:
             await self.acct.expunge(self.view.name, [m.uid for m in uids])
@@ -238,8 +248,9 @@ class MessageCommands:
             except Exception:  # an index without structures: fall back to the bytes
                 structs = {}
         seen_now: dict[int, Any] = {}
-        if fetchmod.sets_seen(atts) and not self.readonly:
+        if fetchmod.sets_seen(atts) and not self.readonly and "s" in self._selected_rights():
             # RFC 9051 §6.4.5: BODY[...] sets \Seen; one durable change for the whole FETCH.
+            # RFC 4314 §4: not without the "s" right (a read-only share).
             unseen = [m.uid for m in selected if "\\Seen" not in m.flags]
             if unseen:
                 modified, _ = await self.acct.store_flags(name, unseen, frozenset({"\\Seen"}), "add")
@@ -495,10 +506,12 @@ class MessageCommands:
         return await self._store(cmd, uid=True)
 
     async def _store(self, cmd: Command, *, uid: bool) -> str | None:
-        self._require_writable()
-        selected = self._resolve(cmd.args["set"], uid=uid)
         flags = frozenset(norm_flag(f) for f in cmd.args["flags"] if f.lower() != b"\\recent")
         mode = {"+": "add", "-": "remove", "=": "replace"}[cmd.args["mode"]]
+        # RFC 4314 §4: "s" for \Seen, "t" for \Deleted, "w" for the other flags. deviation (§4: "SHOULD
+        # NOT fail" when one flag may change): a STORE changes all its flags or none (NO [NOPERM]).
+        self._require_writable(acl.store_rights(flags, mode))
+        selected = self._resolve(cmd.args["set"], uid=uid)
         unchanged = cmd.args["unchangedsince"]
         if unchanged is not None:
             self.condstore = True
@@ -543,11 +556,12 @@ class MessageCommands:
 
     async def _copy(self, cmd: Command, *, uid: bool, move: bool) -> str:
         if move:
-            self._require_writable()
+            self._require_writable("te")  # RFC 6851 §4.3 / RFC 4314: MOVE deletes and expunges the source
         selected = self._resolve(cmd.args["set"], uid=uid)
-        dest = self._name_in(cmd.args["mailbox"])
+        target = await self._place(self._name_in(cmd.args["mailbox"]), "i")  # RFC 4314 §4: COPY needs "i"
+        dest = target.name
         try:
-            info = await self.acct.mailbox_status(dest)
+            info = await target.acct.mailbox_status(dest)
         except Exception as exc:
             err = self._store_error(exc)
             if err.code == "NONEXISTENT":
@@ -556,20 +570,51 @@ class MessageCommands:
         uids = [m.uid for m in selected]
         if not uids:
             return "No messages" if not move else "No messages moved"
+        across = str(getattr(target.acct, "id", "")) != str(getattr(self.acct, "id", ""))
         try:
-            if move:
+            if across:
+                mapping = await self._copy_across(selected, target, move)
+            elif move:
                 mapping = await self.acct.move(self.view.name, uids, dest)
             else:
-                mapping = await self.acct.copy(self.view.name, uids, dest, self._limits())
+                mapping = await self.acct.copy(self.view.name, uids, dest, self._limits(target.owner))
         except Exception as exc:
             raise self._store_error(exc) from None
-        await self._train(self.view.name, dest, mapping)
+        if not across and target.owner is None:  # spam training learns the user's own moves
+            await self._train(self.view.name, dest, mapping)
         code = f"COPYUID {info.uidvalidity} {format_uids([s for s, _ in mapping])} {format_uids([d for _, d in mapping])}"
         if move:
             # RFC 6851 §4.3: COPYUID in an untagged OK before the EXPUNGEs
             self.w(f"* OK [{code}] Moved\r\n".encode())
             return "MOVE completed"
         return f"[{code}] COPY completed"
+
+    async def _copy_across(self, selected: list[Any], target: Any, move: bool) -> list[tuple[int, int]]:
+        """COPY / MOVE between two accounts (a shared mailbox and one's own, or two owners'): each
+        message appended (hard-linked from its file when the store can) into ``target``, then, for a
+        MOVE, the originals expunged. Not atomic (RFC 6851 §3.3 allows it): a failure after some
+        copies leaves them, and a MOVE's sources are expunged only once every copy is durable.
+        """
+        src, name = self.acct, self.view.name
+        rights = target.rights if target.owner is not None else acl.OWNER_RIGHTS
+        limits = self._limits(target.owner)
+        mapping: list[tuple[int, int]] = []
+        for m in selected:
+            flags = acl.allowed_flags(frozenset(m.flags), rights)  # RFC 4314 §4: dropped, not refused
+            path = getattr(src, "message_path", None)
+            data: Any = await path(name, m.uid) if path is not None else await src.read_message(name, m.uid)
+            try:
+                new = await target.acct.append(target.name, data, flags, None, limits)
+            except Exception as exc:
+                if path is None or store_error_name(exc) != "TemporaryFailure":
+                    raise
+                # the file was renamed by a flag change meanwhile: its bytes, once
+                new = await target.acct.append(target.name, await src.read_message(name, m.uid), flags,
+                                               m.internal_date, limits)
+            mapping.append((m.uid, new))
+        if move:
+            await src.expunge(name, [s for s, _ in mapping], only_deleted=False)
+        return mapping
 
     async def _train(self, src: str, dest: str, mapping: Sequence[tuple[int, int]]) -> None:
         """Spam training (docs/policy.md): a MOVE, or the COPY of COPY+EXPUNGE, into or out of Junk.

@@ -22,6 +22,7 @@ from mailsrv.imap.grammar import (
     literal_marker,
 )
 from mailsrv.imap.session import Bye, Session, SessionConfig, State
+from mailsrv.imap.sharing import Shares
 from mailsrv.imap.spool import STREAM_AT
 from mailsrv.net.connection import (
     Connection,
@@ -111,6 +112,9 @@ class ImapService:
         self.auth = auth if auth is not None else ctx.resources.get("auth")
         self.store = store if store is not None else ctx.resources.get("store")
         self.search = search if search is not None else ctx.resources.get("search")
+        # shared mailboxes (sharing.py): the worker's directory, or the one the authenticator uses
+        directory = ctx.resources.get("directory") or getattr(self.auth, "directory", None)
+        self.shares = Shares(directory) if directory is not None and hasattr(directory, "grants_for") else None
         icfg = ctx.config.imap
         self.session_config = session_config or SessionConfig(
             hostname=ctx.hostname,
@@ -148,7 +152,7 @@ class ImapService:
             return
         channel = ConnChannel(conn, self.ctx.starttls_context, self.binding)
         session = Session(channel, self.auth, self.store, self.session_config, self.search,
-                          policy_source=lambda: self.ctx.resources.get("policy"))
+                          policy_source=lambda: self.ctx.resources.get("policy"), shares=self.shares)
         try:
             await self._serve(conn, session)
         except (ConnectionClosed, IdleTimeout, LineTooLong):

@@ -27,16 +27,17 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from mailsrv import log
+from mailsrv.imap import acl, mutf7, shared
 from mailsrv.imap import fetch as fetchmod
-from mailsrv.imap import mutf7, shared
 from mailsrv.imap import response as resp
 from mailsrv.imap.errors import SYSTEM_FLAGS, Bye, ImapError, norm_flag, store_error_name
 from mailsrv.imap.grammar import Command
 from mailsrv.imap.messages import MessageCommands
 from mailsrv.imap.seqset import format_uids
+from mailsrv.imap.sharing import Place, Shares, SharingCommands
 from mailsrv.imap.spool import LiteralSpool
 from mailsrv.net.connection import ConnectionClosed, IdleTimeout, LineTooLong, ServerShutdown
-from mailsrv.store import account_root, notify
+from mailsrv.store import notify
 from mailsrv.store.folders import UIDLIST_NAME
 
 logger = log.get("imap")
@@ -71,6 +72,7 @@ VERBS: dict[str, frozenset[State]] = {
     "RENAME": _AUTH, "SUBSCRIBE": _AUTH, "UNSUBSCRIBE": _AUTH, "LIST": _AUTH, "LSUB": _AUTH,
     "NAMESPACE": _AUTH, "STATUS": _AUTH, "APPEND": _AUTH, "IDLE": _AUTH,
     "GETQUOTA": _AUTH, "GETQUOTAROOT": _AUTH, "SETQUOTA": _AUTH, "COMPRESS": _AUTH,
+    "MYRIGHTS": _AUTH, "GETACL": _AUTH, "LISTRIGHTS": _AUTH, "SETACL": _AUTH, "DELETEACL": _AUTH,
     "CHECK": _SEL, "CLOSE": _SEL, "UNSELECT": _SEL, "EXPUNGE": _SEL, "SEARCH": _SEL,
     "FETCH": _SEL, "STORE": _SEL, "COPY": _SEL, "MOVE": _SEL,
     "UID FETCH": _SEL, "UID STORE": _SEL, "UID COPY": _SEL, "UID MOVE": _SEL,
@@ -138,12 +140,18 @@ class SessionConfig:
 
 
 
-class Session(MessageCommands):
+class Session(MessageCommands, SharingCommands):
     """One client's IMAP conversation."""
 
     def __init__(self, channel: Channel, auth: Any, store: Any, config: SessionConfig, search: Any = None,
-                 policy_source: Callable[[], Any] | None = None) -> None:
+                 policy_source: Callable[[], Any] | None = None, shares: Shares | None = None) -> None:
         self.ch = channel
+        #: the directory's grants (shared mailboxes, sharing.py); None: no "Other Users" folders
+        self.shares = shares
+        self.home: Any = None
+        self.place: Place | None = None
+        #: owner account id -> its store account (opened once per session)
+        self._owners: dict[int, Any] = {}
         #: returns the worker's ``mailsrv.policy.Policy`` (or None): MOVE/COPY into or out of Junk trains it
         self.policy_source = policy_source
         #: ``mailsrv.search.SearchService`` (text keys); None: SEARCH scans the messages
@@ -221,7 +229,7 @@ class Session(MessageCommands):
             "LIST-STATUS", "STATUS=SIZE", "CONDSTORE", "QRESYNC", "ESEARCH", "SEARCHRES",
             "QUOTA", "QUOTA=RES-STORAGE", "QUOTA=RES-MESSAGE", f"APPENDLIMIT={self.cfg.append_limit}",
             "MULTIAPPEND", "BINARY", "UTF8=ACCEPT", "OBJECTID", "SAVEDATE", "SORT", "SORT=DISPLAY", "ESORT",
-            "THREAD=ORDEREDSUBJECT", "THREAD=REFERENCES", "PREVIEW", "WITHIN",
+            "THREAD=ORDEREDSUBJECT", "THREAD=REFERENCES", "PREVIEW", "WITHIN", "ACL", "RIGHTS=texk",
             *([] if self.compressed else ["COMPRESS=DEFLATE"]),
         ]
         return caps
@@ -288,6 +296,8 @@ class Session(MessageCommands):
             return True
         handler = getattr(self, "cmd_" + verb.lower().replace(" ", "_"))
         try:
+            if self.place is not None and self.place.owner is not None:
+                await self._shared_gate(verb)
             text = await handler(cmd)
         except _PASS_THROUGH:
             raise
@@ -334,9 +344,16 @@ class Session(MessageCommands):
         except Exception as exc:
             logger.warning("refresh.failed", error=type(exc).__name__, detail=str(exc)[:200])
 
+    async def _shared_gate(self, verb: str) -> None:
+        """Before each command in a selected shared mailbox: the grant is read again; once revoked,
+        the mailbox's commands are refused until another is selected (RFC 4314 §5.1.1 allows it)."""
+        await self._recheck_share()
+        if "r" not in self._selected_rights() and VERBS[verb] is _SEL and verb not in ("CLOSE", "UNSELECT"):
+            raise ImapError("NO", "Access to this shared mailbox was revoked", "NOPERM")
+
     async def _apply_updates(self, expunge_allowed: bool) -> None:
         view = self.view
-        if view is None or not expunge_allowed:
+        if view is None or not expunge_allowed or "r" not in self._selected_rights():
             # Without a refresh only this session's own flag changes could be new; those were reported.
             return
         fresh = self._fresh
@@ -452,13 +469,8 @@ class Session(MessageCommands):
         raise ImapError("NO", "Authentication failed", "AUTHENTICATIONFAILED")
 
     async def _logged_in(self, account: Any) -> None:
-        store_path = getattr(account, "store", "")  # none: the store's own account_root(data_dir, id)
-        maildir = account_root(self.cfg.data_dir, account.id, store_path) if store_path else None
         try:
-            self.acct = await self.store.account(str(account.id), maildir)
-            domain = getattr(account, "domain", None)
-            if domain and getattr(self.acct, "domain", domain) != domain:
-                await self.acct.set_domain(domain)  # the domain quota root (RFC 9208) counts this user
+            self.acct = self.home = await self._account_store(account)
         except Exception as exc:
             logger.error("store.open_failed", error=store_error_name(exc))
             raise ImapError("NO", "Mailbox store unavailable, try later", "UNAVAILABLE") from None
@@ -543,11 +555,14 @@ class Session(MessageCommands):
         self.w(b"* ENABLED" + b"".join(b" " + c.encode() for c in enabled) + b"\r\n")
 
     async def cmd_namespace(self, cmd: Command) -> None:
-        # RFC 2342: one personal namespace, "/" hierarchy
-        self.w(b'* NAMESPACE (("" "/")) NIL NIL\r\n')
+        # RFC 2342 §5: the personal namespace, the "Other Users" one (shared folders), no shared one
+        other = self._name_out(acl.OTHER_USERS + acl.DELIM)
+        self.w(b'* NAMESPACE (("" "/")) ((' + other + b' "/")) NIL\r\n')
 
     def _close_view(self) -> None:
         self.view = None
+        self.acct = self.home
+        self.place = None
         self._drop_watch()
         self._unshare()
         self._structs.clear()
@@ -571,18 +586,23 @@ class Session(MessageCommands):
             self._close_view()
             # RFC 9051 §6.3.2 / RFC 7162 §3.2.11: the previous mailbox is closed.
             self.w(b"* OK [CLOSED] Previous mailbox closed\r\n")
+        place = await self._place(name, "r")  # RFC 4314 §4: SELECT / EXAMINE need "r"
+        self.acct = place.acct
         # the watch begins before the snapshot: a change after the snapshot is always signalled
-        self._fresh = self._open_watch(name)
+        self._fresh = self._open_watch(place.name)
         try:
-            view = await self.acct.open_mailbox(name)
+            view = await self.acct.open_mailbox(place.name)
         except Exception as exc:
             self._drop_watch()
+            self.acct = self.home
             raise self._store_error(exc) from None
         if cmd.args["condstore"]:
             self.condstore = True
         self.view = view
-        self._shared = shared.acquire(view)
-        self.readonly = readonly
+        self.place = place
+        self._shared = shared.acquire(view, str(getattr(self.acct, "id", "")))
+        # RFC 4314 §5.2: READ-ONLY without any of "i", "e" and the flag rights ("s" "w" "t")
+        self.readonly = readonly or not acl.read_write(place.rights)
         self.state = State.SELECTED
         messages = view.messages
         keywords: set[str] = set()
@@ -596,7 +616,7 @@ class Session(MessageCommands):
         if not self.rev2:
             self.w(b"* %d RECENT\r\n" % len(self.recent))
         self.w(b"* FLAGS " + resp.flag_list(flags) + b"\r\n")
-        if readonly:
+        if self.readonly:
             self.w(b"* OK [PERMANENTFLAGS ()] Read-only mailbox\r\n")
         else:
             self.w(b"* OK [PERMANENTFLAGS " + resp.flag_list(flags + ["\\*"]) + b"] Flags permitted\r\n")
@@ -613,10 +633,10 @@ class Session(MessageCommands):
         if mailbox_id:
             self.w(b"* OK [MAILBOXID (" + mailbox_id.encode() + b")] Ok\r\n")
         if self.rev2:
-            self.w(b'* LIST () "/" ' + self._name_out(view.name) + b"\r\n")
+            self.w(b'* LIST () "/" ' + self._name_out(place.client) + b"\r\n")
         if qresync is not None:
             await self._qresync(qresync)
-        state = b"READ-ONLY" if readonly else b"READ-WRITE"
+        state = b"READ-ONLY" if self.readonly else b"READ-WRITE"
         return b"OK [" + state + b"] " + cmd.name.encode() + b" completed"
 
     def _open_watch(self, name: str) -> Any:
@@ -709,8 +729,17 @@ class Session(MessageCommands):
         if any(p in ("", ".", "..") for p in parts) or any(ord(c) < 0x20 or c == "\x7f" for c in name):
             raise ImapError("NO", "Invalid mailbox name", "CANNOT")
 
+    async def _own_name(self, name: str) -> str:
+        """``name`` for CREATE / DELETE / RENAME: the user's own folders only (RFC 4314 §4: a grant
+        never gives "k" or "x"; the namespace's own nodes are nobody's folders)."""
+        if acl.split_shared(name) is not None:
+            place = await self._place(name, "kx")
+            if place.owner is not None:  # pragma: no cover - _place refused it ("k" is never granted)
+                raise ImapError("NO", "Permission denied", "NOPERM")
+        return name
+
     async def cmd_create(self, cmd: Command) -> None:
-        name = self._name_in(cmd.args["mailbox"]).rstrip("/")
+        name = await self._own_name(self._name_in(cmd.args["mailbox"]).rstrip("/"))
         if name:
             self._check_new_name(name)
         if not name or name == "INBOX":
@@ -726,7 +755,7 @@ class Session(MessageCommands):
             raise self._store_error(exc) from None
 
     async def cmd_delete(self, cmd: Command) -> None:
-        name = self._name_in(cmd.args["mailbox"])
+        name = await self._own_name(self._name_in(cmd.args["mailbox"]))
         if name == "INBOX":
             raise ImapError("NO", "INBOX cannot be deleted", "CANNOT")
         try:
@@ -735,8 +764,8 @@ class Session(MessageCommands):
             raise self._store_error(exc) from None
 
     async def cmd_rename(self, cmd: Command) -> None:
-        old = self._name_in(cmd.args["mailbox"])
-        new = self._name_in(cmd.args["new"])
+        old = await self._own_name(self._name_in(cmd.args["mailbox"]))
+        new = await self._own_name(self._name_in(cmd.args["new"]))
         self._check_new_name(new)
         if new == "INBOX":
             raise ImapError("NO", "Mailbox already exists", "ALREADYEXISTS")
@@ -746,10 +775,17 @@ class Session(MessageCommands):
             raise self._store_error(exc) from None
 
     async def cmd_subscribe(self, cmd: Command) -> None:
-        await self.acct.subscribe(self._name_in(cmd.args["mailbox"]), True)
+        name = self._name_in(cmd.args["mailbox"])
+        if acl.split_shared(name) is not None:
+            await self._place(name)  # shared folders are listed as subscribed while the grant lasts
+            return
+        await self.home.subscribe(name, True)
 
     async def cmd_unsubscribe(self, cmd: Command) -> None:
-        await self.acct.subscribe(self._name_in(cmd.args["mailbox"]), False)
+        name = self._name_in(cmd.args["mailbox"])
+        if acl.split_shared(name) is not None:
+            raise ImapError("NO", "Shared folders stay subscribed while they are shared", "CANNOT")
+        await self.home.subscribe(name, False)
 
     async def cmd_list(self, cmd: Command) -> None:
         from mailsrv.imap.listing import run_list
@@ -761,10 +797,11 @@ class Session(MessageCommands):
 
         await run_list(self, cmd, lsub=True)
 
-    async def status_items(self, name: str, items: Sequence[str]) -> bytes:
-        """``(MESSAGES n ...)`` for STATUS and LIST-STATUS (RFC 9051 §6.3.11)."""
+    async def status_items(self, place: Place, items: Sequence[str]) -> bytes:
+        """``(MESSAGES n ...)`` for STATUS and LIST-STATUS (RFC 9051 §6.3.11) of ``place`` (see _place)."""
+        acct, name = place.acct, place.name
         try:
-            info = await self.acct.mailbox_status(name)
+            info = await acct.mailbox_status(name)
         except Exception as exc:
             raise self._store_error(exc) from None
         out = []
@@ -779,7 +816,7 @@ class Session(MessageCommands):
                 out.append(b"UNSEEN %d" % info.unseen)
             elif item == "RECENT":
                 # RFC 3501 §6.3.10: messages no session has seen as \Recent yet
-                out.append(b"RECENT %d" % await self.acct.recent_count(name))
+                out.append(b"RECENT %d" % await acct.recent_count(name))
             elif item == "SIZE":
                 out.append(b"SIZE %d" % info.size)
             elif item == "HIGHESTMODSEQ":
@@ -787,7 +824,7 @@ class Session(MessageCommands):
             elif item == "MAILBOXID":
                 out.append(b"MAILBOXID (" + info.id.encode() + b")")
             elif item == "DELETED":
-                view = await self.acct.open_mailbox(name)
+                view = await acct.open_mailbox(name)
                 out.append(b"DELETED %d" % sum(1 for m in view.messages if "\\Deleted" in m.flags))
             elif item == "APPENDLIMIT":
                 out.append(b"APPENDLIMIT %d" % self.cfg.append_limit)
@@ -797,17 +834,19 @@ class Session(MessageCommands):
 
     async def cmd_status(self, cmd: Command) -> None:
         name = self._name_in(cmd.args["mailbox"])
-        items = await self.status_items(name, cmd.args["items"])
+        items = await self.status_items(await self._place(name, "r"), cmd.args["items"])
         self.w(b"* STATUS " + self._name_out(name) + b" " + items + b"\r\n")
 
-    def _limits(self) -> Any:
-        user = self.user
+    def _limits(self, owner: Any = None) -> Any:
+        """The quota limits of the account a message goes into: the user's, or a shared mailbox's owner's."""
+        user = owner if owner is not None else self.user
         return QuotaLimits(getattr(user, "quota_bytes", None), getattr(user, "quota_messages", None))
 
     async def cmd_append(self, cmd: Command) -> str:
-        name = self._name_in(cmd.args["mailbox"])
+        place = await self._place(self._name_in(cmd.args["mailbox"]), "i")  # RFC 4314 §4: APPEND needs "i"
+        acct, name = place.acct, place.name
         try:
-            info = await self.acct.mailbox_status(name)
+            info = await acct.mailbox_status(name)
         except Exception as exc:
             err = self._store_error(exc)
             if err.code == "NONEXISTENT":
@@ -825,16 +864,18 @@ class Session(MessageCommands):
                 elif not data:
                     raise ImapError("NO", "Empty message", "CANNOT")
                 fl = frozenset(norm_flag(f) for f in flags if f.lower() != b"\\recent")
+                if place.owner is not None:
+                    fl = acl.allowed_flags(fl, place.rights)  # RFC 4314 §4: dropped, not refused
                 ts = when.timestamp() if isinstance(when, datetime) else None
                 try:
-                    uid = await self.acct.append(name, data, fl, ts, self._limits())
+                    uid = await acct.append(name, data, fl, ts, self._limits(place.owner))
                 except Exception as exc:
                     raise self._store_error(exc) from None
                 uids.append(uid)
         except ImapError:
             # RFC 3502 §3: MULTIAPPEND is all or nothing.
             if uids:
-                await self.acct.expunge(name, uids, only_deleted=False)
+                await acct.expunge(name, uids, only_deleted=False)
             raise
         return f"[APPENDUID {info.uidvalidity} {format_uids(uids)}] APPEND completed"
 
@@ -855,6 +896,7 @@ class Session(MessageCommands):
                 await watch.wait()
                 async with lock:
                     if self.state is State.SELECTED:
+                        await self._recheck_share()  # a revoked share reports nothing more
                         await self._send_updates()
                     await self.flush()
 
@@ -896,32 +938,44 @@ class Session(MessageCommands):
 
     async def cmd_getquotaroot(self, cmd: Command) -> None:
         name = self._name_in(cmd.args["mailbox"])
-        # RFC 9208 §4.2: every root the mailbox is in: the user's ("") and the domain's, when limited
-        domain = await self._domain_root()
+        place = await self._place(name)
+        # RFC 9208 §4.2: every root the mailbox is in: the user's ("") and the domain's, when limited;
+        # a shared mailbox is in its owner's roots (the owner's address, the owner's domain)
+        root = b'""' if place.owner is None else resp.astring(place.owner.address.lower().encode())
+        domain = await self._domain_root(place.acct)
         extra = b" " + domain[0].encode() if domain is not None else b""
-        self.w(b"* QUOTAROOT " + self._name_out(name) + b' ""' + extra + b"\r\n")
-        await self._quota()
+        self.w(b"* QUOTAROOT " + self._name_out(name) + b" " + root + extra + b"\r\n")
+        await self._quota(place.acct, place.owner or self.user, root)
         if domain is not None:
             self._domain_quota(*domain)
 
     async def cmd_getquota(self, cmd: Command) -> None:
-        if cmd.args["root"] != b"":
-            domain = await self._domain_root()
-            if domain is None or cmd.args["root"].lower() != domain[0].encode():
-                raise ImapError("NO", "No such quota root", "NONEXISTENT")
-            self._domain_quota(*domain)
+        root = cmd.args["root"]
+        if root == b"":
+            await self._quota(self.home, self.user, b'""')
             return
-        await self._quota()
+        if b"@" in root:
+            grant = await self._grant_of(root.decode("utf-8", "replace"))
+            if grant is None:
+                raise ImapError("NO", "No such quota root", "NONEXISTENT")
+            await self._quota(await self._owner_store(grant.owner), grant.owner,
+                              resp.astring(grant.owner.address.lower().encode()))
+            return
+        domain = await self._domain_root(self.home)
+        if domain is None or root.lower() != domain[0].encode():
+            raise ImapError("NO", "No such quota root", "NONEXISTENT")
+        self._domain_quota(*domain)
 
-    async def _domain_root(self) -> tuple[str, Any, Any] | None:
-        """(domain, usage, limits) of the user's domain quota root, or None when the domain is unlimited."""
-        domain = getattr(self.acct, "domain", None)
+    @staticmethod
+    async def _domain_root(acct: Any) -> tuple[str, Any, Any] | None:
+        """(domain, usage, limits) of ``acct``'s domain quota root, or None when the domain is unlimited."""
+        domain = getattr(acct, "domain", None)
         if not domain:
             return None
-        limits = await self.acct.domain_limits()
+        limits = await acct.domain_limits()
         if limits.storage is None and limits.messages is None:
             return None
-        return domain, await self.acct.domain_usage(), limits
+        return domain, await acct.domain_usage(), limits
 
     def _domain_quota(self, domain: str, usage: Any, limits: Any) -> None:
         items = []
@@ -931,17 +985,18 @@ class Session(MessageCommands):
             items.append(b"MESSAGE %d %d" % (usage.messages, limits.messages))
         self.w(b"* QUOTA " + domain.encode() + b" (" + b" ".join(items) + b")\r\n")
 
-    async def _quota(self) -> None:
+    async def _quota(self, acct: Any, user: Any, root: bytes) -> None:
+        """``* QUOTA root (...)`` of ``acct`` with ``user``'s (its directory account's) limits."""
         # RFC 9208 §5.1: STORAGE in units of 1024 octets, MESSAGE in messages; only limited resources.
-        usage = await self.acct.quota_usage()
+        usage = await acct.quota_usage()
         items = []
-        qb = getattr(self.user, "quota_bytes", None)
-        qm = getattr(self.user, "quota_messages", None)
+        qb = getattr(user, "quota_bytes", None)
+        qm = getattr(user, "quota_messages", None)
         if qb is not None:
             items.append(b"STORAGE %d %d" % (-(-usage.storage // 1024), qb // 1024))
         if qm is not None:
             items.append(b"MESSAGE %d %d" % (usage.messages, qm))
-        self.w(b'* QUOTA "" (' + b" ".join(items) + b")\r\n")
+        self.w(b"* QUOTA " + root + b" (" + b" ".join(items) + b")\r\n")
 
     async def cmd_setquota(self, cmd: Command) -> None:
         # RFC 9208 §4.3: users cannot change their own limits.
@@ -953,8 +1008,8 @@ class Session(MessageCommands):
         return None
 
     async def cmd_close(self, cmd: Command) -> None:
-        # RFC 9051 §6.4.1: expunge silently unless read-only
-        if not self.readonly:
+        # RFC 9051 §6.4.1: expunge silently unless read-only; RFC 4314 §4: without "e", only close
+        if not self.readonly and "e" in self._selected_rights():
             try:
                 await self.acct.expunge(self.view.name)
             except Exception as exc:

@@ -60,8 +60,11 @@ class SharedMessages:
 _TABLES: dict[tuple[Any, ...], SharedMessages] = {}
 
 
-def acquire(view: Any) -> SharedMessages | None:
+def acquire(view: Any, account: str = "") -> SharedMessages | None:
     """The table of ``view``'s mailbox for a session that just selected it; None: the view cannot be shared.
+
+    ``account``: the store account the mailbox is in (the owner's, for a shared mailbox selected by a
+    grantee: the owner's sessions and the grantees' share one table).
 
     The view's own messages are not looked at: a SELECT's snapshot is a clone of the account's cached
     one (Account.open_mailbox), whose objects the other sessions got too. What a refresh brings is
@@ -70,7 +73,7 @@ def acquire(view: Any) -> SharedMessages | None:
     mid = getattr(view, "id", None)
     if not mid:
         return None
-    key = (mid, view.uidvalidity)
+    key = (account, mid, view.uidvalidity)
     table = _TABLES.get(key)
     if table is None:
         table = _TABLES[key] = SharedMessages(key)
