@@ -922,6 +922,7 @@ class Session(MessageCommands, SharingCommands):
         if line.rstrip(b"\r\n").upper() != b"DONE":
             raise ImapError("BAD", "Expected DONE", "CLIENTBUG")
         if self.state is State.SELECTED:
+            await self._recheck_share()
             await self._send_updates()
 
     async def cmd_compress(self, cmd: Command) -> bytes:

@@ -289,3 +289,17 @@ def test_imaplib_and_imapclient_read_a_shared_folder_and_idle_sees_the_owners_ne
         assert c.search(["SUBJECT", "three"]) == [3]
     finally:
         c.logout()
+
+
+def test_idle_in_a_revoked_share_reports_nothing_more(srv: ServerHandle, alice: Raw) -> None:
+    share(srv, ALICE, BOB, "read")
+    bob = login(srv, BOB)
+    ok(bob, b's SELECT "Other Users/alice@example.test/INBOX"')
+    bob.send(b"i IDLE\r\n")
+    assert bob.line() == b"+ idling\r\n"
+    share(srv, ALICE, BOB, None)
+    assert append(alice, "INBOX", msg("after"))[-1].startswith(b"a OK")
+    bob.send(b"DONE\r\n")
+    out = bob.until(b"i")
+    assert out == [b"i OK IDLE completed\r\n"], out  # no "* 3 EXISTS": the grant is gone
+    refused(bob, b"f FETCH 3 BODY.PEEK[]")
