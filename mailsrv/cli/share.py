@@ -1,9 +1,12 @@
-"""``mailsrv share grant|revoke|list``: shared access to a user's mail (JMAP shared accounts, issue 8).
+"""``mailsrv share grant|revoke|list``: shared access to a user's mail (JMAP shared accounts, issue 8;
+IMAP "Other Users" folders, docs/shared-mailboxes.md).
 
 An administrator lets user B read (``--rights read``, the default) or read and change (``--rights
-write``) user A's mail; B's JMAP session then lists A's account (``isPersonal: false``). Nobody may
-send as A through a grant. With ``--as ADMIN`` the change must be within that administrator's scope
-for both users. Workers see a change at the next request (nothing is cached).
+write``) user A's mail; B's JMAP session then lists A's account (``isPersonal: false``) and B's IMAP
+client A's folders under ``Other Users/<A's address>/`` (RFC 4314 rights ``lr`` or ``lrswite``).
+Nobody may send as A through a grant. With ``--as ADMIN`` the change must be within that
+administrator's scope for both users. Workers see a change at the next request or IMAP command
+(nothing is cached).
 """
 
 from __future__ import annotations
@@ -56,7 +59,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("owner", help="the user whose mail is shared")
     g.add_argument("grantee", help="the user who gets access")
     g.add_argument("--rights", choices=GRANT_RIGHTS, default="read",
-                   help="read (default: read-only) or write (read, change, delete; never send as OWNER)")
+                   help="read (default: read-only; IMAP rights lr) or write (read, change, delete; IMAP "
+                        "lrswite; never send as OWNER)")
     g.set_defaults(func=_run(_grant))
     r = ps.add_parser("revoke", parents=[common], help="end GRANTEE's access to OWNER's mail")
     r.add_argument("owner")
