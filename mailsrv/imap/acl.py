@@ -26,7 +26,7 @@ from dataclasses import dataclass
 OTHER_USERS = "Other Users"
 DELIM = "/"
 
-#: RFC 4314 §2.1: every right this server knows (RIGHTS=texk adds t e x k to RFC 2086's)
+#: RFC 4314 §2.1: every right this server knows (RIGHTS=texk names those the first ACL spec lacked)
 ALL_RIGHTS = "lrswipkxtea"
 OWNER_RIGHTS = ALL_RIGHTS
 READ_RIGHTS = "lr"
@@ -52,7 +52,7 @@ def grant_letters(rights: str) -> str:
 
 def with_virtual(rights: str) -> str:
     """``rights`` as MYRIGHTS and ACL show them: with ``c`` when ``k`` is there, ``d`` when any of
-    ``t`` ``e`` is (RFC 4314 §2.1.1: for RFC 2086 clients)."""
+    ``t`` ``e`` is (RFC 4314 §2.1.1: for clients of the first ACL spec)."""
     out = rights
     if "k" in rights:
         out += "c"
