@@ -199,6 +199,10 @@ class SharingCommands:
 
     # -- RFC 4314 commands ---------------------------------------------------------------------
 
+    def _me(self) -> str:
+        """The user's identifier in ACLs: their address."""
+        return str(getattr(self.user, "address", None) or getattr(self.user, "id", ""))
+
     async def _acl_place(self, cmd: Command) -> Place:
         """The mailbox of an ACL command; it must exist (NONEXISTENT otherwise)."""
         place = await self._place(self._name_in(cmd.args["mailbox"]))
@@ -217,7 +221,7 @@ class SharingCommands:
     async def cmd_getacl(self, cmd: Command) -> None:
         place = await self._acl_place(cmd)
         self._need(place, "a")  # RFC 4314 §4: GETACL needs "a"
-        parts = [self._name_out(place.client), _identifier(self.user.address), acl.with_virtual(acl.OWNER_RIGHTS).encode()]
+        parts = [self._name_out(place.client), _identifier(self._me()), acl.with_virtual(acl.OWNER_RIGHTS).encode()]
         if self.shares is not None:
             for g in sorted(await self.shares.given(self.user), key=lambda g: g.grantee.address):
                 parts += [_identifier(g.grantee.address), acl.with_virtual(acl.grant_letters(g.rights)).encode()]
@@ -227,7 +231,7 @@ class SharingCommands:
         place = await self._acl_place(cmd)
         self._need(place, "a")
         ident = cmd.args["identifier"]
-        if ident.decode("utf-8", "replace").lower() == self.user.address.lower():
+        if ident.decode("utf-8", "replace").lower() == self._me().lower():
             rest = [acl.with_virtual(acl.OWNER_RIGHTS).encode()]  # the owner always has every right
         else:
             # RFC 4314 §3.7: nothing is always granted; "lr" (read), then the write rights tied together
@@ -254,7 +258,7 @@ class SharingCommands:
         place = await self._acl_place(cmd)
         self._need(place, "a")
         grantee = cmd.args["identifier"].decode("utf-8", "replace").strip().lower()
-        own = self.user.address.lower()
+        own = self._me().lower()
         if grantee in ("anyone", "authenticated") or grantee.startswith("-") or "@" not in grantee:
             raise ImapError("NO", "Rights are given to users by address (no groups, no negative rights)", "CANNOT")
         if grantee == own:

@@ -303,3 +303,15 @@ def test_idle_in_a_revoked_share_reports_nothing_more(srv: ServerHandle, alice: 
     out = bob.until(b"i")
     assert out == [b"i OK IDLE completed\r\n"], out  # no "* 3 EXISTS": the grant is gone
     refused(bob, b"f FETCH 3 BODY.PEEK[]")
+
+
+def test_acl_commands_without_a_directory(server: ServerHandle, raw: Raw) -> None:
+    """The in-memory test store has no directory: one's own rights, no Other Users, no SETACL."""
+    ok(raw, b"l LOGIN alice wonderland")
+    assert ok(raw, b"n NAMESPACE")[0] == b'* NAMESPACE (("" "/")) (("Other Users/" "/")) NIL\r\n'
+    assert ok(raw, b"m MYRIGHTS INBOX")[0] == b"* MYRIGHTS INBOX lrswipkxteacd\r\n"
+    assert ok(raw, b"g GETACL INBOX")[0] == b"* ACL INBOX alice lrswipkxteacd\r\n"
+    assert b"Other Users" not in b"".join(ok(raw, b'l LIST "" "*"'))
+    refused(raw, b"s SETACL INBOX bob@example.test lr", b"CANNOT")
+    refused(raw, b'x SELECT "Other Users/bob/INBOX"', b"NONEXISTENT")
+    refused(raw, b"m MYRIGHTS Nonexistent", b"NONEXISTENT")
