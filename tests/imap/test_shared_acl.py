@@ -315,3 +315,30 @@ def test_acl_commands_without_a_directory(server: ServerHandle, raw: Raw) -> Non
     refused(raw, b"s SETACL INBOX bob@example.test lr", b"CANNOT")
     refused(raw, b'x SELECT "Other Users/bob/INBOX"', b"NONEXISTENT")
     refused(raw, b"m MYRIGHTS Nonexistent", b"NONEXISTENT")
+
+
+def test_list_extended_status_subscriptions_and_close_in_a_write_share(srv: ServerHandle, alice: Raw) -> None:
+    share(srv, ALICE, BOB, "write")
+    bob = login(srv, BOB)
+    out = b"".join(ok(bob, b'l LIST "" "Other Users/alice@example.test/*" RETURN (STATUS (MESSAGES) SUBSCRIBED)'))
+    assert b'\\Subscribed) "/" "Other Users/alice@example.test/INBOX"' in out
+    assert b'* STATUS "Other Users/alice@example.test/INBOX" (MESSAGES 2)' in out
+    assert b'* STATUS "Other Users/alice@example.test/Projects" (MESSAGES 1)' in out
+    subscribed = b"".join(ok(bob, b'l LIST (SUBSCRIBED) "" "Other Users/*"'))
+    assert b'"Other Users/alice@example.test/Projects"' in subscribed
+    special = b"".join(ok(bob, b'l LIST (SPECIAL-USE) "" "*"'))
+    assert b"Other Users" not in special  # the owner's special-use folders are not the grantee's
+    ok(bob, b's SUBSCRIBE "Other Users/alice@example.test/Projects"')
+    refused(bob, b'u UNSUBSCRIBE "Other Users/alice@example.test/Projects"', b"CANNOT")
+    ok(bob, b"e ENABLE IMAP4rev2")
+    sel = ok(bob, b's SELECT "Other Users/alice@example.test/INBOX"')
+    assert b'* LIST () "/" "Other Users/alice@example.test/INBOX"\r\n' in sel
+    assert ok(bob, b"o SORT (SUBJECT) UTF-8 ALL")[0] == b"* SORT 1 2\r\n"
+    assert ok(bob, b"t THREAD ORDEREDSUBJECT UTF-8 ALL")[0] == b"* THREAD (1)(2)\r\n"
+    out = b"".join(ok(bob, b"t UID STORE 1 FLAGS (\\Deleted \\Answered)"))
+    assert b"\\Deleted" in out and b"\\Answered" in out
+    ok(bob, b"c CLOSE")  # with "e": the \Deleted message goes
+    assert ok(alice, b"s STATUS INBOX (MESSAGES)")[0] == b"* STATUS INBOX (MESSAGES 1)\r\n"
+    # a folder of one's own cannot be named like the namespace
+    refused(bob, b'c CREATE "Other Users/alice@example.test/New"')
+    refused(alice, b'c CREATE "Other Users/x"', b"NONEXISTENT")
