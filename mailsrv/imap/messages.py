@@ -23,6 +23,7 @@ from mailsrv.imap.errors import ImapError, norm_flag, store_error_name
 from mailsrv.imap.flaglines import fetch_flags_lines, flag_positions, search_numbers
 from mailsrv.imap.grammar import Command, SearchKey
 from mailsrv.imap.seqset import SequenceSet, format_uids
+from mailsrv.imap.sharing import require
 from mailsrv.imap.spool import DecodedSpool
 from mailsrv.imap.structure import parse as parse_structure
 from mailsrv.net.connection import ConnectionClosed, IdleTimeout, ServerShutdown
@@ -126,10 +127,7 @@ class MessageCommands:
     def _require_writable(self, rights: str = "") -> None:
         """The selected mailbox may be changed: ``rights`` (RFC 4314 letters) are held (NO [NOPERM]
         otherwise: a shared mailbox) and it was not opened read-only (EXAMINE)."""
-        have = self._selected_rights()
-        missing = "".join(r for r in rights if r not in have)
-        if missing:
-            raise ImapError("NO", f"Permission denied (you lack the {missing} right on this mailbox)", "NOPERM")
+        require(self._selected_rights(), rights)
         if self.readonly:
             raise ImapError("NO", "Mailbox is read-only", "READ-ONLY")
 

@@ -46,6 +46,14 @@ class Place:
     owner: Any = None
 
 
+def require(have: str, need: str) -> None:
+    """NO [NOPERM] unless every right of ``need`` is in ``have`` (RFC 4314 letters)."""
+    missing = "".join(r for r in need if r not in have)
+    if missing:
+        # RFC 4314 §4: each operation's rights; RFC 5530 §3: NOPERM
+        raise ImapError("NO", f"Permission denied (you lack the {missing} right on this mailbox)", NOPERM)
+
+
 class Shares:
     """What the IMAP session asks the directory about shares; nothing is cached (a grant or a
     revoke is seen at the next call). ``directory``: ``mailsrv.directory.Directory``."""
@@ -151,11 +159,7 @@ class SharingCommands:
 
     @staticmethod
     def _need(place: Place, rights: str) -> None:
-        missing = [r for r in rights if r not in place.rights]
-        if missing:
-            # RFC 4314 §4: each operation's rights; RFC 5530 §3: NOPERM
-            raise ImapError("NO", f"Permission denied (you lack the {''.join(missing)} right on this mailbox)",
-                            NOPERM)
+        require(place.rights, rights)
 
     async def _recheck_share(self) -> None:
         """Before a command in a selected shared mailbox: the grant as the directory has it now (a
