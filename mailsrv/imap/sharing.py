@@ -90,6 +90,7 @@ class SharingCommands:
     user: Any
     acct: Any
     cfg: Any
+    readonly: bool
     #: the user's own store account (``acct`` is the selected mailbox's account)
     home: Any
     #: where the selected mailbox is; None when none is selected
@@ -175,6 +176,11 @@ class SharingCommands:
         rights = acl.grant_letters(grant.rights) if grant is not None else ""
         if rights != place.rights:
             self.place = Place(place.acct, place.name, rights, place.client, place.owner)
+            if not self.readonly and not acl.read_write(rights):
+                # RFC 4314 §5.1.1: a server that checks rights at each command tells of a changed
+                # PERMANENTFLAGS (a downgrade to read, a revoke); what it refused is said by NOPERM
+                self.readonly = True
+                self.w(b"* OK [PERMANENTFLAGS ()] The share no longer allows changes\r\n")
 
     def _selected_rights(self) -> str:
         return self.place.rights if self.place is not None else acl.OWNER_RIGHTS

@@ -189,8 +189,9 @@ def test_revoke_and_downgrade_take_effect_at_the_next_command(srv: ServerHandle,
     ok(bob, b's SELECT "Other Users/alice@example.test/INBOX"')
     ok(bob, b"t STORE 1 +FLAGS (\\Flagged)")
     share(srv, ALICE, BOB, "read")
-    refused(bob, b"t STORE 1 +FLAGS (\\Answered)")
-    refused(bob, b"e EXPUNGE")
+    out = refused(bob, b"t STORE 1 +FLAGS (\\Answered)")
+    assert out[0] == b"* OK [PERMANENTFLAGS ()] The share no longer allows changes\r\n"  # RFC 4314 §5.1.1
+    assert len(refused(bob, b"e EXPUNGE")) == 1  # said once
     assert b"Subject: one" in b"".join(ok(bob, b"f FETCH 1 BODY.PEEK[]"))
     share(srv, ALICE, BOB, None)
     assert refused(bob, b"f FETCH 1 BODY.PEEK[]")[-1] == b"f NO [NOPERM] Access to this shared mailbox was revoked\r\n"
