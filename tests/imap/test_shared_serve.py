@@ -60,20 +60,20 @@ def test_grant_idle_sees_delivery_then_revoke(srv: Any) -> None:
         assert bob.namespace().other[0][0] == "Other Users/"  # type: ignore[index]
         assert any(name == INBOX for _, _, name in bob.list_folders("", "Other Users/*"))
         bob.select_folder(INBOX, readonly=True)  # a read share answers READ-ONLY (imaplib insists)
-        assert bob.folder_status(INBOX, ["MESSAGES"])[b"MESSAGES"] == 0
+        n = bob.folder_status(INBOX, ["MESSAGES"])[b"MESSAGES"] + 1  # the next message's number
         bob.idle()
         send(srv, "while bob idles")
         seen: list[Any] = []
         for _ in range(150):  # a deadline of 150 x 0.2 s; each check returns at the first response
             seen += bob.idle_check(timeout=0.2)
-            if (1, b"EXISTS") in seen:
+            if (n, b"EXISTS") in seen:
                 break
         bob.idle_done()
-        assert (1, b"EXISTS") in seen
-        fetched = bob.fetch([1], ["BODY.PEEK[HEADER.FIELDS (SUBJECT)]"])
+        assert (n, b"EXISTS") in seen
+        fetched = bob.fetch([n], ["BODY.PEEK[HEADER.FIELDS (SUBJECT)]"])
         assert b"while bob idles" in next(iter(fetched.values()))[b"BODY[HEADER.FIELDS (SUBJECT)]"]
         with pytest.raises(imapclient.exceptions.IMAPClientError, match="NOPERM"):
-            bob.add_flags([1], [b"\\Seen"])
+            bob.add_flags([n], [b"\\Seen"])
         carol = imap(srv, CAROL)
         try:
             assert not any("Other Users" in name for _, _, name in carol.list_folders())
@@ -81,7 +81,7 @@ def test_grant_idle_sees_delivery_then_revoke(srv: Any) -> None:
             carol.logout()
         cli(srv.cfg, "share", "revoke", ALICE, BOB)
         with pytest.raises(imapclient.exceptions.IMAPClientError, match="NOPERM"):
-            bob.fetch([1], ["BODY.PEEK[]"])
+            bob.fetch([n], ["BODY.PEEK[]"])
         bob.unselect_folder()
         assert not any("Other Users" in name for _, _, name in bob.list_folders())
     finally:
