@@ -186,8 +186,8 @@ class SharingCommands:
         return self.place.rights if self.place is not None else acl.OWNER_RIGHTS
 
     async def shared_boxes(self) -> list[tuple[Any, Place | None]]:
-        """LIST's view of the namespace: (mailbox info under its client name, its place), with the
-        namespace and owner nodes as (name, None). An owner whose store fails is left out."""
+        """LIST's view of the namespace: (client name, place) of each shared folder, and (name, None)
+        of the namespace and owner nodes (\\Noselect). An owner whose store fails is left out (logged)."""
         out: list[tuple[Any, Place | None]] = []
         grants = await self._grants()
         for g in sorted(grants, key=lambda g: g.owner.address.lower()):
