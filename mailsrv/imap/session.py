@@ -603,6 +603,9 @@ class Session(MessageCommands, SharingCommands):
         self._shared = shared.acquire(view, str(getattr(self.acct, "id", "")))
         # RFC 4314 §5.2: READ-ONLY without any of "i", "e" and the flag rights ("s" "w" "t")
         self.readonly = readonly or not acl.read_write(place.rights)
+        if place.owner is not None:  # who opened whose mail: an operator's audit trail
+            logger.info("imap.shared.selected", owner=place.owner.address, mailbox=place.name, rights=place.rights,
+                        readonly=self.readonly)
         self.state = State.SELECTED
         messages = view.messages
         keywords: set[str] = set()

@@ -55,11 +55,14 @@ def send(srv: Any, subject: str) -> None:
 
 def test_grant_idle_sees_delivery_then_revoke(srv: Any) -> None:
     cli(srv.cfg, "share", "grant", ALICE, BOB, "--rights", "read")
+    mark = srv.mark()
     bob = imap(srv, BOB)
     try:
         assert bob.namespace().other[0][0] == "Other Users/"  # type: ignore[index]
         assert any(name == INBOX for _, _, name in bob.list_folders("", "Other Users/*"))
         bob.select_folder(INBOX, readonly=True)  # a read share answers READ-ONLY (imaplib insists)
+        srv.wait_for(r"imap\.shared\.selected .*user=bob@example\.test.* owner=alice@example\.test mailbox=INBOX"
+                     r" rights=lr", start=mark)  # the operator's audit trail
         n = bob.folder_status(INBOX, ["MESSAGES"])[b"MESSAGES"] + 1  # the next message's number
         bob.idle()
         send(srv, "while bob idles")
