@@ -545,6 +545,11 @@ def _setacl(p: Parser, cmd: Command) -> None:
     """RFC 4314 §3.1: ``SETACL mailbox SP identifier SP mod-rights`` (mod-rights an astring)."""
     _acl_identifier(p, cmd)
     p.sp()
+    if p.peek() in (0x0D, 0x0A):
+        # deviation (RFC 4314 §3.1: mod-rights is an astring): empty rights sent bare, as imapclient's
+        # setacl(folder, who, "") does, are the empty string (remove the rights)
+        cmd.args["rights"] = b""
+        return
     cmd.args["rights"] = p.astring()
 
 

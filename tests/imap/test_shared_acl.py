@@ -343,3 +343,18 @@ def test_list_extended_status_subscriptions_and_close_in_a_write_share(srv: Serv
     # a folder of one's own cannot be named like the namespace
     refused(bob, b'c CREATE "Other Users/alice@example.test/New"')
     refused(alice, b'c CREATE "Other Users/x"', b"NONEXISTENT")
+
+
+def test_imapclient_setacl_and_getacl(srv: ServerHandle, alice: Raw) -> None:
+    c = imapclient.IMAPClient(srv.host, port=srv.port, ssl=False, timeout=10)
+    try:
+        c.login(ALICE, "wonderland")
+        assert c.has_capability("ACL") and c.has_capability("RIGHTS=texk")
+        c.setacl("INBOX", BOB, "lrswite")
+        assert c.getacl("INBOX") == [(ALICE.encode(), b"lrswipkxteacd"), (BOB.encode(), b"lrswited")]
+        with pytest.raises(imapclient.exceptions.IMAPClientError, match="CANNOT"):
+            c.setacl("Projects", BOB, "lr")
+        c.setacl("INBOX", BOB, "")  # imapclient's way to remove rights
+        assert c.getacl("Projects") == [(ALICE.encode(), b"lrswipkxteacd")]
+    finally:
+        c.logout()

@@ -100,6 +100,7 @@ ACL_COMMANDS = [
     (b'a SETACL Work "bob@example.test" +lrswite\r\n',
      {"mailbox": b"Work", "identifier": b"bob@example.test", "rights": b"+lrswite"}),
     (b'a SETACL INBOX bob@example.test ""\r\n', {"mailbox": b"INBOX", "identifier": b"bob@example.test", "rights": b""}),
+    (b"a SETACL INBOX bob@example.test \r\n", {"mailbox": b"INBOX", "identifier": b"bob@example.test", "rights": b""}),
     (b"a DELETEACL INBOX {16+}\r\nbob@example.test\r\n", {"mailbox": b"INBOX", "identifier": b"bob@example.test"}),
 ]
 
