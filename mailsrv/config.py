@@ -466,6 +466,11 @@ class Pop3Config:
         check=_non_negative,
     )
     max_auth_failures: int = doc("Failed logins in one session before it is disconnected.", 3, check=_positive)
+    no_flag_updates: bool = doc(
+        "Leave flags alone (Dovecot's pop3_no_flag_updates): false marks what RETR sent \\Seen when the "
+        "session ends (QUIT or not, RSET forgets the marks; TOP marks nothing).",
+        False,
+    )
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,8 @@ class DropMessage:
     #: the file is CRLF throughout and ends in one (its counted wire size equals its length): RETR need not
     #: look for bare LF (grammar.BodyEncoder's ``crlf``)
     crlf: bool = False
+    #: flagged \Seen at login: RETR need not mark it (Dovecot checks the flag the same way)
+    seen: bool = False
 
 
 class Maildrop(Protocol):
@@ -77,6 +79,10 @@ class Maildrop(Protocol):
 
     async def note_retrieved(self, uids: Sequence[int]) -> None:
         """EXPIRE with days (RFC 2449 §6.7): remember the first retrieval of ``uids`` (at QUIT)."""
+
+    async def mark_seen(self, uids: Sequence[int]) -> None:
+        """Add \\Seen to ``uids`` (those sent by RETR); others (IMAP IDLE, JMAP push) see the change.
+        Messages expunged meanwhile are skipped. MaildropUnavailable."""
 
     async def close(self) -> None:
         """Release the lock; deletes nothing. Idempotent."""
@@ -199,6 +205,16 @@ class StoreMaildrop:
         try:
             # docs/store-api.md: only_deleted=False removes the uids whatever their flags (POP3 DELE).
             await self._account.expunge("INBOX", list(uids), only_deleted=False)
+        except StoreError as exc:
+            raise MaildropUnavailable(str(exc)) from exc
+
+    async def mark_seen(self, uids: Sequence[int]) -> None:
+        from mailsrv.store import StoreError
+
+        if not uids:
+            return
+        try:
+            await self._account.store_flags("INBOX", list(uids), frozenset({"\\Seen"}), "add")
         except StoreError as exc:
             raise MaildropUnavailable(str(exc)) from exc
 
@@ -334,5 +350,5 @@ class StoreMaildrops:
         # a size we counted that equals the file's length: no bare LF and a final CRLF (wire_size adds one
         # octet per bare LF and 1-2 for a missing end of line); a W= size is another program's word only
         return [DropMessage(m.uid, sizes[m.uid], dovecot_uidl(m.uid, view.uidvalidity),
-                            sizes[m.uid] == m.size and m.uid not in named)
+                            sizes[m.uid] == m.size and m.uid not in named, "\\Seen" in m.flags)
                 for m in view.messages if m.uid in sizes]

@@ -14,6 +14,9 @@ Invariants:
   same maildrop gets ``-ERR [IN-USE]`` in every worker.
 - Message bodies are streamed in chunks with a drain after each (memory is
   bounded by the chunk size, not the message size).
+- As Dovecot with ``pop3_no_flag_updates = no``: a message RETR sent (not TOP)
+  that was not \\Seen at login is marked \\Seen when the session ends, at QUIT
+  or on a lost connection (deletes only at QUIT); RSET forgets the marks.
 """
 
 from __future__ import annotations
@@ -141,6 +144,7 @@ class Session:
         self.messages: list[DropMessage] = []
         self.deleted: set[int] = set()  # message numbers (1-based) marked by DELE
         self.retrieved: set[int] = set()  # message numbers sent by RETR (EXPIRE 0)
+        self.to_mark_seen: set[int] = set()  # message numbers RETR sent that were not \Seen at login
         # read-ahead of the next message's first chunk while the client takes this one
         #: uid -> the read-ahead batch reading its first chunk (one task serves several uids)
         self._ahead: dict[int, asyncio.Future[dict[int, bytes]]] = {}
@@ -159,11 +163,24 @@ class Session:
         return ok(f"{self.hostname} {IMPLEMENTATION} POP3 ready")
 
     async def end(self) -> None:
-        """The connection is gone or closing: release the maildrop; deletes nothing."""
+        """The connection is gone or closing: write the pending \\Seen marks (a session ended without
+        QUIT too, as Dovecot does), release the maildrop; deletes nothing."""
         self._drop_prefetch()
         drop, self.drop = self.drop, None
-        if drop is not None:
+        if drop is None:
+            return
+        try:
+            if self.to_mark_seen:
+                await self._mark_seen(drop)
+        except MaildropUnavailable as exc:
+            logger.warning("seen.failed", error=str(exc), messages=len(self.to_mark_seen))
+        finally:
             await drop.close()
+
+    async def _mark_seen(self, drop: Maildrop) -> None:
+        """Write the \\Seen marks of the messages RETR sent and DELE did not mark (MaildropUnavailable)."""
+        marks, self.to_mark_seen = self.to_mark_seen - self.deleted, set()
+        await drop.mark_seen([self.messages[n - 1].uid for n in sorted(marks)])
 
     async def handle(self, line: bytes) -> None:
         """Run one command line. Raises :class:`Pop3Error`; sets :attr:`closing` after QUIT."""
@@ -398,6 +415,8 @@ class Session:
         n, msg = self._message(cmd.args[0])
         await self._send_message(msg, None, f"{msg.size} octets", n)
         self.retrieved.add(n)
+        if not msg.seen and not self.config.no_flag_updates:
+            self.to_mark_seen.add(n)
 
     async def cmd_top(self, cmd: Command) -> None:
         # RFC 1939 §7 TOP msg n: header, blank line, n body lines (n may be 0).
@@ -512,6 +531,7 @@ class Session:
         # RFC 1939 §7 RSET: unmark every message marked as deleted.
         self.deleted.clear()
         self.retrieved.clear()
+        self.to_mark_seen.clear()  # as Dovecot's RSET
         count, size = self._stat()
         self._send(ok(f"Maildrop has {count} messages ({size} octets)"))
 
@@ -530,6 +550,8 @@ class Session:
         assert self.drop is not None
         try:
             await self.drop.expunge(uids)
+            if self.to_mark_seen:
+                await self._mark_seen(self.drop)
             if days:
                 # EXPIRE n: the clock of each retrieved message starts at its first retrieval
                 await self.drop.note_retrieved([self.messages[n - 1].uid for n in sorted(self.retrieved - marked)])

@@ -122,6 +122,7 @@ class MemoryBox:
     messages: dict[int, bytes] = field(default_factory=dict)
     next_uid: int = 1
     last_login: float | None = None
+    seen: set[int] = field(default_factory=set)  # uids flagged \Seen
 
     def add(self, data: bytes) -> int:
         uid = self.next_uid
@@ -133,7 +134,8 @@ class MemoryBox:
 class MemoryDrop:
     def __init__(self, owner: MemoryDrops, key: int, box: MemoryBox) -> None:
         self.owner, self.key, self.box = owner, key, box
-        self.messages = [DropMessage(uid, wire_size(data), dovecot_uidl(uid, box.uidvalidity))
+        self.messages = [DropMessage(uid, wire_size(data), dovecot_uidl(uid, box.uidvalidity),
+                                     seen=uid in box.seen)
                          for uid, data in sorted(box.messages.items())]
         self.last_login = box.last_login
         self.closed = False
@@ -163,6 +165,12 @@ class MemoryDrop:
     async def note_retrieved(self, uids: Sequence[int]) -> None:
         self.owner.noted.extend(uids)
 
+    async def mark_seen(self, uids: Sequence[int]) -> None:
+        if self.owner.fail_mark_seen:
+            raise MaildropUnavailable("disk on fire")
+        self.owner.marked.append(list(uids))
+        self.box.seen.update(u for u in uids if u in self.box.messages)
+
     async def close(self) -> None:
         if not self.closed:
             self.closed = True
@@ -178,6 +186,8 @@ class MemoryDrops:
         self.reads = 0
         self.batches: list[list[int]] = []  # uids of each read_first (the session's read-ahead)
         self.fail_expunge = False
+        self.fail_mark_seen = False
+        self.marked: list[list[int]] = []  # uids of each mark_seen call
         self.released: asyncio.Event | None = None  # set when a maildrop is closed
         self.noted: list[int] = []  # uids passed to note_retrieved (EXPIRE days)
         self.fail_reads: set[tuple[int, int]] = set()  # (uid, offset) that raise EIO
