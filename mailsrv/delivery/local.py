@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import os
 import shutil
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -145,7 +146,7 @@ class ResolveCache:
     async def resolve(self, address: str) -> Resolution:
         if self._stamp_of is None:
             return await self.directory.resolve(address)
-        now = asyncio.get_running_loop().time()
+        now = time.monotonic()  # not the loop's time: get_running_loop costs a getpid(2) on Python 3.11
         if now - self._stamp_at >= self.stamp_interval:
             self._stamp_at = now
             stamp = self._stamp_of()

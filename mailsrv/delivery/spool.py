@@ -28,8 +28,20 @@ import threading
 import time
 from pathlib import Path
 
+from mailsrv.util import fsio
+
 _PREFIX = secrets.token_hex(4)  # unique names without a urandom call per message
 _counter = itertools.count()
+#: this process's id, without a getpid(2) per message; reset in a forked child
+_pid = os.getpid()
+
+
+def _after_fork() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_after_fork)
 
 #: Bytes buffered in memory before they are written out by a thread.
 FLUSH_AT = 256 * 1024
@@ -42,7 +54,7 @@ class FileSpool:
                  "_lazy", "sealed")
 
     def __init__(self, directory: Path, *, lazy: bool = False) -> None:
-        name = f"{time.time_ns():x}.{os.getpid()}.{_PREFIX}{next(_counter):x}"
+        name = f"{time.time_ns():x}.{_pid}.{_PREFIX}{next(_counter):x}"
         self.path = directory / name
         self._fd: int | None = None
         self._buf: list[bytes] = []
@@ -70,7 +82,7 @@ class FileSpool:
 
     async def _run(self, data: bytes, close: bool) -> None:
         self._started = True
-        self._job = asyncio.get_running_loop().run_in_executor(None, self._write_sync, data, close)
+        self._job = fsio.running_loop().run_in_executor(None, self._write_sync, data, close)
         try:
             await asyncio.shield(self._job)
         finally:
@@ -127,6 +139,12 @@ class FileSpool:
         self.content, self._buf, self._buffered = b"".join(self._buf), [], 0
         return True
 
+    def forget(self) -> None:
+        """A consumer moved or removed the sealed spool's file (``Store.deliver(consume=True)``):
+        :meth:`discard` has nothing to remove. A later :meth:`materialize` writes it again."""
+        if self.sealed:
+            self._started = False
+
     async def materialize(self) -> None:
         """Write a sealed spool's file unless a consumer made it already (one pool job). Raises OSError."""
         if not self.sealed or self.content is None:
@@ -145,7 +163,7 @@ class FileSpool:
         if not self._started:
             return  # never written: there is no file
         try:
-            loop = asyncio.get_running_loop()
+            loop = fsio.running_loop()
         except RuntimeError:
             self._cleanup()
             return

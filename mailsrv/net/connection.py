@@ -79,6 +79,7 @@ class Connection:
         "_watch_at",
         "_waiter",
         "_expired",
+        "_loop",
     )
 
     def __init__(
@@ -112,6 +113,9 @@ class Connection:
         self._watch_at = 0.0  # when it fires
         self._waiter: asyncio.Task[Any] | None = None  # the task that waits (cancelled when it expires)
         self._expired = False  # the watch cancelled the waiting task
+        #: the loop serving this connection, taken at the first wait: asyncio.get_running_loop() costs a
+        #: getpid(2) syscall on Python 3.11, and every wait asked it twice (with current_task)
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- reading -----------------------------------------------------------
 
@@ -242,9 +246,11 @@ class Connection:
         longer limit); one that fires early (armed for an earlier wait) sleeps on to the current
         deadline, and one that finds no wait stops.
         """
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
         deadline = self._deadline = loop.time() + self.idle_timeout
-        self._waiter = asyncio.current_task()  # not always self.task: a read may run in a task of its own
+        self._waiter = asyncio.current_task(loop)  # not always self.task: a read may run in a task of its own
         watch = self._watch
         if watch is None or self._watch_at > deadline:
             if watch is not None:

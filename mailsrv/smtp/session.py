@@ -613,6 +613,8 @@ class Session:
                 if seal is None or not seal():
                     await spool.commit()
                 tx.junk = decision.action == "junk"
+            elif self.policy is None and getattr(spool, "seal", lambda: False)():
+                pass  # nothing judges it: sealed in memory as above, the delivery's job writes it
             else:
                 await spool.commit()
                 if self.policy is not None:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
+import os
 import secrets
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -34,8 +37,32 @@ def _flags_text(flags: frozenset[str] | set[str]) -> str:
     return " ".join(sorted(flags))
 
 
+#: ids are this process's random 64 bits and a counter (32 bits): unique across processes and restarts
+#: without a getrandom(2) per id (two per delivered message: its email and thread ids)
+_ID_LIMIT = 1 << 32
+_id_lock = threading.Lock()
+_id_prefix = secrets.token_hex(8)
+_id_counter = itertools.count()
+
+
+def _new_id_prefix() -> None:
+    global _id_prefix, _id_counter
+    _id_prefix = secrets.token_hex(8)
+    _id_counter = itertools.count()
+
+
+os.register_at_fork(after_in_child=_new_id_prefix)
+
+
 def new_id(prefix: str) -> str:
-    return prefix + secrets.token_hex(12)
+    """``prefix`` + 24 hex digits, unique (not secret: ids grant nothing, every access is checked)."""
+    n = next(_id_counter)
+    if n >= _ID_LIMIT:
+        with _id_lock:
+            if next(_id_counter) >= _ID_LIMIT:
+                _new_id_prefix()
+        return new_id(prefix)
+    return f"{prefix}{_id_prefix}{n:08x}"
 
 
 @dataclass

@@ -49,6 +49,7 @@ __all__ = [
     "fsync_file",
     "durable_write",
     "unique_name",
+    "running_loop",
 ]
 
 T = TypeVar("T")
@@ -65,9 +66,23 @@ _hosts: dict[str, str] = {}
 def _after_fork() -> None:
     global _pid
     _pid = os.getpid()
+    _here.loop = None  # the parent's loop is not this process's
 
 
+#: per thread: the loop that ran in it last (:func:`running_loop`)
+_here = threading.local()
 os.register_at_fork(after_in_child=_after_fork)
+
+
+def running_loop() -> asyncio.AbstractEventLoop:
+    """``asyncio.get_running_loop()`` without its getpid(2) syscall (Python 3.11 checks the pid on
+    every call: ten calls per delivered message). A thread runs at most one loop at a time, so the
+    loop remembered for this thread is the running one while it runs; a forked child forgets it.
+    Raises RuntimeError outside a running loop, as ``get_running_loop`` does."""
+    loop = getattr(_here, "loop", None)
+    if loop is None or not loop.is_running():
+        loop = _here.loop = asyncio.get_running_loop()
+    return loop
 
 
 def unique_name(hostname: str = "") -> str:
@@ -332,7 +347,7 @@ class FileIO:
 
     async def run(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         """Run ``fn(*args, **kwargs)`` in the pool and await its result (context preserved)."""
-        loop = asyncio.get_running_loop()
+        loop = running_loop()
         ctx = contextvars.copy_context()
         call = functools.partial(ctx.run, fn, *args, **kwargs)
         return await submit(loop, self._pool, call)
@@ -517,7 +532,7 @@ class _GroupCommit:
 
     async def _join(self, path: str | os.PathLike[str], work: Callable[[], Any] | None,
                     abandoned: Callable[[Any, OSError | None], object] | None = None) -> Any:
-        loop = asyncio.get_running_loop()
+        loop = running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
         self._pending.setdefault(os.fspath(path), []).append((fut, work, abandoned))
         self.callers += 1
