@@ -7,6 +7,9 @@ Invariants:
 - One copy per archive account and folder per message, however many recipients and rules match
   (a 5 000-member group makes one copy); a recipient that is itself an archive account gets no
   archive copy of it; a retried archive copy (:meth:`ArchiveRules.retried`) makes no other copy.
+- Archived once, at acceptance: a local recipient queued after its message was archived (a copy that
+  tempfailed and is retried by the queue, a JMAP submission held until sendAt) is queued with the ORCPT
+  of :func:`archived_orcpt`; its delivery through our MTA makes no archive copy (:meth:`ArchiveRules.archived`).
 - An archive copy (only it) starts with the transaction's envelope (:func:`envelope_block`: sender and
   every recipient as received, Bcc included) after its Return-Path line; a retried copy is queued as
   that file and delivered as is (one block).
@@ -50,9 +53,21 @@ RETRY_ORCPT = "x-mailsrv-archive"
 _RETRY_PREFIX = RETRY_ORCPT + ";"
 
 
+#: ORCPT address type of a local recipient queued after its message was archived at acceptance:
+#: ``x-mailsrv-archived;ORIGINAL`` wraps the recipient's own ORCPT ("-": none); mailsrv.queue.dsn shows
+#: the original one (every ``x-mailsrv-*`` type wraps it).
+ARCHIVED_ORCPT = "x-mailsrv-archived"
+_ARCHIVED_PREFIX = ARCHIVED_ORCPT + ";"
+
+
 def retry_orcpt(folder: str) -> str:
     """The ORCPT of a failed archive copy queued for retry: its rule's folder travels with it."""
     return f"{RETRY_ORCPT};{folder}"
+
+
+def archived_orcpt(orcpt: str | None) -> str:
+    """The ORCPT of a local recipient queued once its message is archived (its own ``orcpt`` inside)."""
+    return _ARCHIVED_PREFIX + (orcpt or "-")
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +128,18 @@ class ArchivePlan:
                 self._hit.setdefault((r.archive.id, r.folder), r)
             self._inbound = [r for r in self._inbound if r not in hits]
 
+    async def see(self, directory: Any, recipients: Iterable[tuple[str, Any]]) -> None:
+        """Let the in-rules meet ``recipients`` ((address, resolution) of kind local or group; a group's
+        current members) without delivering to them: a JMAP submission held until sendAt is archived
+        at acceptance, its recipients' copies come later (their ORCPT says so: :func:`archived_orcpt`)."""
+        for _, res in recipients:
+            if res.kind == Kind.GROUP and res.group is not None:
+                async for member in directory.expand(res.group):
+                    if member.account is not None:
+                        self.saw(member.account)
+            elif res.account is not None:
+                self.saw(res.account)
+
     async def targets(self, local: LocalDelivery) -> list[tuple[str, Account, str, frozenset[str]]]:
         """(address, account, folder, flags) of each archive copy to add to the delivery; folders other
         than INBOX are created on first use (the store would put a copy for a missing one in INBOX)."""
@@ -121,8 +148,16 @@ class ArchivePlan:
             if aid in self._skip:
                 continue
             await self._owner.ensure_folder(local, rule.archive, folder)
-            out.append((rule.archive.address, rule.archive, folder, COPY_FLAGS))
+            out.append((rule.archive.address, unlimited(rule.archive), folder, COPY_FLAGS))
         return out
+
+
+def unlimited(acct: Account) -> Account:
+    """The archive account as its copies see it: written regardless of its own quota (an archive must
+    not lose mail because someone set a quota on it; the domain's quota still counts)."""
+    if acct.quota_bytes is None and acct.quota_messages is None:
+        return acct
+    return replace(acct, quota_bytes=None, quota_messages=None)
 
 
 class ArchiveRules:
@@ -179,6 +214,14 @@ class ArchiveRules:
                 return None
             hit.append(replace(rule, archive=acct))  # its quota as the directory says now
         return ArchivePlan(self, [], hit)
+
+    @staticmethod
+    def archived(peer_ip: str, orcpts: list[str | None]) -> bool:
+        """A transaction from our queue (a loopback address) whose every local recipient carries the
+        ORCPT of :func:`archived_orcpt`: its message was archived when it was accepted, so its delivery
+        makes no archive copy. ``orcpts``: the ORCPT of each local recipient."""
+        return bool(orcpts) and all(o is not None and o.startswith(_ARCHIVED_PREFIX) for o in orcpts) \
+            and _loopback(peer_ip)
 
     async def ensure_folder(self, local: LocalDelivery, acct: Account, folder: str) -> None:
         if folder == "INBOX" or (acct.id, folder) in self._folders:
@@ -271,6 +314,10 @@ def check(cfg: Config) -> None:
             res = d.resolve(rule.to)
             if res.kind != Kind.USER:
                 raise ConfigError(cfg.source, f"{key}.to", f"{rule.to} is not an active local account ({res.kind})")
+            if res.account is not None and (res.account.quota_bytes is not None
+                                            or res.account.quota_messages is not None):
+                logger.warning("archive.quota_ignored", rule=name, to=rule.to,
+                               note="archive copies are written regardless of the account's quota")
             for m in rule.match:
                 if m.startswith("@"):
                     if not d.is_local_domain(m[1:].lower()):

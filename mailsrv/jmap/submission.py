@@ -103,7 +103,7 @@ class DirectorySubmitter:
 
     async def submit_queued(self, principal: Any, raw: bytes, mail_from: str,
                             rcpts: list[str]) -> tuple[str | None, dict[str, tuple[str, str]]]:
-        from mailsrv.delivery.archive import envelope_block, retry_orcpt
+        from mailsrv.delivery.archive import archived_orcpt, envelope_block, retry_orcpt
         from mailsrv.queue.store import QRcpt
 
         acct = await self._account(principal)
@@ -133,17 +133,21 @@ class DirectorySubmitter:
             if plan is not None:  # the envelope: every recipient, Bcc included (docs/archive.md)
                 plan.envelope = envelope_block(mail_from, [r for r in rcpts if r not in out])
             later: list[QRcpt] = []  # failed archive copies: retried by the queue, never reported
+            archived: set[str] = set()  # local recipients queued for retry after the archive copies were made
             if local or plan is not None:
                 outcome = await self.local.deliver(spool, local, archive=plan)
                 for r, _ in local:
                     out[r] = ("queued", "250 2.0.0 queued for retry") if r in outcome.retry else ("yes", "250 2.0.0 delivered")
                 remote += outcome.outside + outcome.retry
+                if plan is not None:  # archived now: not again when the queue retries them (docs/archive.md)
+                    archived = set(outcome.retry)
                 later = [QRcpt(a, notify=["NEVER"], orcpt=retry_orcpt(f)) for a, f in outcome.archive_retry]
                 apath = outcome.archive_spool
             if later:  # their own entry: retried into their folders, without other recipients (docs/archive.md)
                 await self.queue.enqueue(apath or spool, mail_from, later)
             if remote:
-                qid = await self.queue.enqueue(spool, mail_from, [QRcpt(r) for r in remote])
+                qid = await self.queue.enqueue(spool, mail_from, [
+                    QRcpt(r, orcpt=archived_orcpt(None)) if r in archived else QRcpt(r) for r in remote])
                 for r in remote:
                     out.setdefault(r, ("queued", f"250 2.0.0 queued as {qid}"))
                     if out[r][0] != "yes":
@@ -158,24 +162,64 @@ class DirectorySubmitter:
     async def submit_later(self, principal: Any, raw: bytes, mail_from: str, rcpts: list[str],
                            send_at: float) -> tuple[str | None, dict[str, tuple[str, str]]]:
         """Every accepted recipient, local ones too, waits in the outbound queue until ``send_at``
-        (the runner hands local mail to the local SMTP listener)."""
+        (the runner hands local mail to the local SMTP listener). The archive copies are made now, for
+        every recipient (docs/archive.md); the local ones' ORCPT says so when they are delivered."""
+        from mailsrv.delivery.archive import archived_orcpt
         from mailsrv.queue.store import QRcpt
 
         acct = await self._account(principal)
         out: dict[str, tuple[str, str]] = {}
         accepted: list[str] = []
+        local: list[tuple[str, Any]] = []
         for r in rcpts:
             chk = await self.local.check(r, sender=mail_from, size=len(raw), authenticated=acct, may_relay=False)
             if chk.code >= 400:
                 out[r] = ("no", f"{chk.code} {chk.enh} {chk.text}")
             else:
                 accepted.append(r)
+                if chk.kind != "outside":
+                    local.append((r, chk.resolution))
         if not accepted:
             return None, out
-        qid = await self.queue.enqueue(raw, mail_from, [QRcpt(r) for r in accepted], not_before=send_at)
+        archived = set()
+        if self.archive is not None and self.archive.enabled and await self._archive_held(
+                acct, raw, mail_from, accepted, local):
+            archived = {r for r, _ in local}
+        qid = await self.queue.enqueue(raw, mail_from, [
+            QRcpt(r, orcpt=archived_orcpt(None)) if r in archived else QRcpt(r) for r in accepted],
+            not_before=send_at)
         for r in accepted:
             out[r] = ("queued", f"250 2.0.0 held until {message.utc_date(send_at)} as {qid}")
         return qid, out
+
+    async def _archive_held(self, acct: Any, raw: bytes, mail_from: str, accepted: list[str],
+                            local: list[tuple[str, Any]]) -> bool:
+        """The archive copies of a submission held until sendAt, made at acceptance (a failed one is
+        queued for retry now, as in :meth:`submit_queued`). True when the message had an archive plan."""
+        from mailsrv.delivery.archive import envelope_block, retry_orcpt
+        from mailsrv.queue.store import QRcpt
+
+        plan = await self.archive.plan(mail_from, acct, local=bool(local))
+        if plan is None:
+            return False
+        plan.envelope = envelope_block(mail_from, accepted)
+        await plan.see(self.directory, local)
+        loop = asyncio.get_running_loop()
+        spool = self.spool_dir / f"{time.time_ns():x}.{os.getpid()}.{secrets.token_hex(6)}"
+        trace = b"Return-Path: <" + mail_from.encode("utf-8", "replace") + b">\r\n"  # as submit_queued
+        await loop.run_in_executor(None, _write_durable, spool, trace + raw)
+        apath: Path | None = None
+        try:
+            outcome = await self.local.deliver(spool, [], archive=plan)
+            apath = outcome.archive_spool
+            if outcome.archive_retry:
+                await self.queue.enqueue(apath or spool, mail_from, [
+                    QRcpt(a, notify=["NEVER"], orcpt=retry_orcpt(f)) for a, f in outcome.archive_retry])
+        finally:
+            await loop.run_in_executor(None, _unlink, spool)
+            if apath is not None:
+                await loop.run_in_executor(None, _unlink, apath)
+        return True
 
     async def cancel(self, queue_id: str) -> bool:
         return await self.queue.cancel_delayed(queue_id, CANCEL_MARGIN)

@@ -24,6 +24,15 @@ def _status_of(diag: str, default: str) -> str:
     return default
 
 
+def shown_orcpt(orcpt: str | None) -> str | None:
+    """The ORCPT a DSN reports: our own ``x-mailsrv-*`` address types (mailsrv.delivery.archive's
+    ``x-mailsrv-archived;ORIGINAL``) wrap the recipient's original ORCPT ("-": it had none)."""
+    if orcpt is None or not orcpt.startswith("x-mailsrv-"):
+        return orcpt
+    inner = orcpt.partition(";")[2]
+    return inner if ";" in inner else None
+
+
 def build(
     env: Envelope,
     rcpts: list[QRcpt],
@@ -63,8 +72,9 @@ def build(
     for r in rcpts:
         default = {"failed": "5.0.0", "delayed": "4.0.0"}.get(action, "2.0.0")
         block = []
-        if r.orcpt:
-            atype, _, addr = r.orcpt.partition(";")
+        orcpt = shown_orcpt(r.orcpt)
+        if orcpt:
+            atype, _, addr = orcpt.partition(";")
             block.append(f"Original-Recipient: {atype}; {addr}")
         block.append(f"Final-Recipient: rfc822; {r.addr}")
         block.append(f"Action: {action}")

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from mailsrv import log
-from mailsrv.delivery.archive import ArchiveRules, envelope_block, retry_orcpt
+from mailsrv.delivery.archive import ArchiveRules, archived_orcpt, envelope_block, retry_orcpt
 from mailsrv.delivery.local import LocalDelivery, LocalOutcome, unlink_quiet
 from mailsrv.delivery.spool import FileSpool, clean, spool_dir
 from mailsrv.net.service import ServiceContext
@@ -83,7 +83,8 @@ class DirectoryBackend:
         # sealed spool has no file yet: the store's delivery job writes it before linking
         data = getattr(spool, "content", None)
         plan = retried = None
-        if self.archive is not None and self.archive.enabled:
+        if self.archive is not None and self.archive.enabled and not self.archive.archived(
+                info.peer_ip, [r.orcpt for r in tx.rcpts if r.route[0] != "outside"]):
             # docs/archive.md: our queue retrying failed archive copies: into their folders, nothing more
             retried = await self.archive.retried(info.peer_ip, [(res.account, r.orcpt) for r in tx.rcpts
                                                                 for kind, res, _ in [r.route] if kind != "outside"])
@@ -96,7 +97,10 @@ class DirectoryBackend:
                    if local or plan is not None else None)
         if outcome is not None:
             remote.extend(_qrcpt(a) for a in outcome.outside)
-            remote.extend(_qrcpt(a, by_addr.get(a)) for a in outcome.retry)
+            retry = [_qrcpt(a, by_addr.get(a)) for a in outcome.retry]
+            if plan is not None:  # archived now: the queue's retry of these copies is not (docs/archive.md)
+                retry = [QRcpt(q.addr, notify=q.notify, orcpt=archived_orcpt(q.orcpt)) for q in retry]
+            remote.extend(retry)
         delivered = outcome.delivered if outcome is not None else 0
         if retried is not None and delivered == 0:
             return Verdict(451, "4.3.0", "Temporary local delivery failure, try again later")  # the queue retries

@@ -66,10 +66,11 @@ class Site:
 
         return self.loop.run(run())  # type: ignore[no-any-return]
 
-    def replay(self, backend: DirectoryBackend, *, peer_ip: str = "127.0.0.1") -> list[bytes]:
+    def replay(self, backend: DirectoryBackend, *, peer_ip: str = "127.0.0.1", local_only: bool = False) -> list[bytes]:
         """Each queued entry handed to ``backend`` as the queue runner hands local mail to our MTA
         (mailsrv.queue.client: MAIL, RCPT with NOTIFY and ORCPT, DATA of the queued file, from
-        ``peer_ip``); an entry answered 250 leaves the queue, as the runner records it. The DATA replies."""
+        ``peer_ip``); an entry answered 250 leaves the queue, as the runner records it. The DATA replies.
+        ``local_only``: only the recipients of our domain (the runner sends the others to their MX)."""
         qd = queue_dir(self.data_dir)
 
         async def run() -> list[bytes]:
@@ -80,6 +81,8 @@ class Site:
                 await session.command(b"EHLO mx.example.test\r\n")
                 assert (await session.command(f"MAIL FROM:<{env.sender}>\r\n".encode())).reply.startswith(b"250 ")
                 for r in env.rcpts:
+                    if local_only and not r.addr.endswith("@" + D):
+                        continue
                     params = (" NOTIFY=" + ",".join(r.notify) if r.notify else "") + (
                         f" ORCPT={r.orcpt.partition(';')[0]};{xtext(r.orcpt.partition(';')[2])}" if r.orcpt else "")
                     reply = (await session.command(f"RCPT TO:<{r.addr}>{params}\r\n".encode())).reply

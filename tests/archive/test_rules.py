@@ -150,14 +150,43 @@ def test_bounces_and_mail_to_the_archive_account_are_not_archived(site: Any) -> 
     assert subjects(site.messages(f"archive@{D}")) == ["to the archive"]  # its own delivery only
 
 
-def test_failed_archive_copy_keeps_the_mail_and_is_queued_for_retry(site: Any) -> None:
+def test_an_archive_copy_is_written_regardless_of_the_archive_accounts_quota(site: Any) -> None:
     be = site.backend({"full": rule((f"bob@{D}",), "in", to=f"fullarchive@{D}", folder="INBOX")})
-    reply = site.send(be, "x@remote.test", [f"bob@{D}"], body=body("archive is full " + "x" * 100))
+    reply = site.send(be, "x@remote.test", [f"bob@{D}"], body=body("bigger than the archive " + "x" * 100))
+    assert reply.startswith(b"250 ")
+    assert subjects(site.messages(f"bob@{D}")) == ["bigger than the archive " + "x" * 100]
+    # 10 bytes of quota: the copy is written all the same (an archive must not lose mail), nothing queued
+    assert subjects(site.messages(f"fullarchive@{D}")) == ["bigger than the archive " + "x" * 100]
+    assert site.queued() == []
+
+
+def fail_folders(site: Any, monkeypatch: pytest.MonkeyPatch, folders: set[str]) -> set[str]:
+    """The store tempfails every delivery into one of ``folders`` (a full disk, a failed write) while the
+    set holds them; the caller empties it to make room."""
+    from mailsrv.store import DeliveryResult
+
+    deliver = site.store.deliver
+
+    async def failing(spool_path: Any, targets: Any, **kw: Any) -> Any:
+        bad = [t.mailbox in folders for t in targets]
+        good = [t for t, b in zip(targets, bad, strict=True) if not b]
+        done = iter(await deliver(spool_path, good, **kw) if good else [])
+        return [DeliveryResult(t, "tempfail", None, "disk on fire") if b else next(done)
+                for t, b in zip(targets, bad, strict=True)]
+
+    monkeypatch.setattr(site.store, "deliver", failing)
+    return folders
+
+
+def test_failed_archive_copy_keeps_the_mail_and_is_queued_for_retry(site: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    fail_folders(site, monkeypatch, {"Audit"})
+    be = site.backend({"in": rule((f"bob@{D}",), "in")})
+    reply = site.send(be, "x@remote.test", [f"bob@{D}"], body=body("archive is failing"))
     assert reply.startswith(b"250 ")  # the recipient's copy is durable: accepted
-    assert subjects(site.messages(f"bob@{D}")) == ["archive is full " + "x" * 100]
-    assert site.messages(f"fullarchive@{D}") == []
+    assert subjects(site.messages(f"bob@{D}")) == ["archive is failing"]
+    assert site.messages(f"archive@{D}", "Audit") == []
     # retried through our own MTA like a failed local copy; the sender is never told about the archive
-    assert site.queued() == [("x@remote.test", [(f"fullarchive@{D}", ["NEVER"])])]
+    assert site.queued() == [("x@remote.test", [(f"archive@{D}", ["NEVER"])])]
 
 
 def test_an_archive_copy_failed_before_its_file_was_written_is_still_queued(site: Any,
@@ -180,57 +209,82 @@ def test_an_archive_copy_failed_before_its_file_was_written_is_still_queued(site
     assert site.queued() == [("x@remote.test", [(f"archive@{D}", ["NEVER"])])]
 
 
-def room(site: Any, be: Any) -> None:
-    """The auditor lifts the full archive's quota; returns once the backend's resolutions show it."""
-    site.sync.set_user(f"fullarchive@{D}", quota_bytes=None)
-    deadline = time.monotonic() + 30
-    while site.loop.run(be.local.resolver.resolve(f"fullarchive@{D}")).account.quota_bytes is not None:
-        assert time.monotonic() < deadline, "the quota change was never seen"
-
-
-def test_a_retried_archive_copy_lands_in_its_rules_folder_and_is_swept(site: Any) -> None:
-    rules = {"held": rule((f"bob@{D}",), "in", to=f"fullarchive@{D}", folder="Held", retention_days=1)}
+def test_a_retried_archive_copy_lands_in_its_rules_folder_and_is_swept(site: Any,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    failing = fail_folders(site, monkeypatch, {"Held"})
+    rules = {"held": rule((f"bob@{D}",), "in", to=f"archive@{D}", folder="Held", retention_days=1)}
     be = site.backend(rules)
     assert site.send(be, "x@remote.test", [f"bob@{D}"], body=body("retry me " + "x" * 100)).startswith(b"250 ")
-    assert site.messages(f"fullarchive@{D}", "Held") == []
-    # still over quota: the queue is told to try again later (its entry keeps its schedule), nothing lands
+    assert site.messages(f"archive@{D}", "Held") == []
+    # still failing: the queue is told to try again later (its entry keeps its schedule), nothing lands
     assert [r[:4] for r in site.replay(be)] == [b"451 "]
-    assert len(site.queued()) == 1 and site.messages(f"fullarchive@{D}", "Held") == []
-    room(site, be)
+    assert len(site.queued()) == 1 and site.messages(f"archive@{D}", "Held") == []
+    failing.clear()
     assert [r[:4] for r in site.replay(be)] == [b"250 "]
     assert site.queued() == []
-    assert subjects(site.messages(f"fullarchive@{D}", "Held")) == ["retry me " + "x" * 100]
+    assert subjects(site.messages(f"archive@{D}", "Held")) == ["retry me " + "x" * 100]
     # the queued copy is the archive file itself: its envelope block, once
-    assert envelope_of(site.messages(f"fullarchive@{D}", "Held")[0]) == [
+    assert envelope_of(site.messages(f"archive@{D}", "Held")[0]) == [
         b"X-Mailsrv-Envelope-From: <x@remote.test>", f"X-Mailsrv-Envelope-To: <bob@{D}>".encode()]
-    assert site.messages(f"fullarchive@{D}") == []  # not in INBOX
+    assert site.messages(f"archive@{D}") == []  # not in INBOX
     # the same marker from a non-loopback client is ordinary mail to the account (its INBOX)
-    forged = Envelope(new_id(), "x@remote.test", [QRcpt(f"fullarchive@{D}", orcpt=archive_mod.retry_orcpt("Held"))])
+    forged = Envelope(new_id(), "x@remote.test", [QRcpt(f"archive@{D}", orcpt=archive_mod.retry_orcpt("Held"))])
     queue_dir(site.data_dir).add(forged, body("forged"))
     assert [r[:4] for r in site.replay(be, peer_ip="192.0.2.7")] == [b"250 "]
-    assert subjects(site.messages(f"fullarchive@{D}")) == ["forged"]
+    assert subjects(site.messages(f"archive@{D}")) == ["forged"]
 
     async def flags() -> list[frozenset[str]]:
-        acct = await site.directory.account_by_address(f"fullarchive@{D}")
+        acct = await site.directory.account_by_address(f"archive@{D}")
         return [m.flags for m in (await (await be.local.store_account(acct)).open_mailbox("Held")).messages]
 
     assert site.loop.run(flags()) == [frozenset({"\\Seen"})]
     # the retention sweep (which sweeps the rule's folder) removes it like the other copies
     assert site.loop.run(archive_mod.sweep(ArchiveConfig(rule=rules), be.local, now=time.time() + 2 * 86400)) == 1
-    assert site.messages(f"fullarchive@{D}", "Held") == []
+    assert site.messages(f"archive@{D}", "Held") == []
 
 
-def test_a_retried_archive_copy_makes_no_copy_in_another_archive(site: Any) -> None:
+def test_a_retried_archive_copy_makes_no_copy_in_another_archive(site: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    failing = fail_folders(site, monkeypatch, {"Held"})
     be = site.backend({"a": rule((f"alice@{D}",), "out"),
                        "b": rule((f"alice@{D}",), "out", to=f"fullarchive@{D}", folder="Held")})
     msg = body("two archives " + "x" * 100)
     assert site.send(be, f"alice@{D}", [f"bob@{D}"], auth=f"alice@{D}", body=msg).startswith(b"250 ")
     assert len(site.messages(f"archive@{D}", "Audit")) == 1 and site.queued() != []
-    room(site, be)
+    failing.clear()
     assert [r[:4] for r in site.replay(be)] == [b"250 "]
     assert subjects(site.messages(f"fullarchive@{D}", "Held")) == ["two archives " + "x" * 100]
     assert len(site.messages(f"archive@{D}", "Audit")) == 1  # the out-rule did not match the retry again
     assert len(site.messages(f"bob@{D}")) == 1 and site.queued() == []
+
+
+def test_a_recipient_copy_retried_by_the_queue_is_not_archived_again(site: Any,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    failing = fail_folders(site, monkeypatch, {"INBOX"})
+    be = site.backend({"in": rule((f"bob@{D}",), "in"), "out": rule((f"alice@{D}",), "out")})
+    reply = site.send(be, f"alice@{D}", [f"bob@{D}"], auth=f"alice@{D}", body=body("bob's disk is full"))
+    assert reply.startswith(b"250 ")  # the archive copy is durable: accepted, bob's copy queued
+    assert subjects(site.messages(f"archive@{D}", "Audit")) == ["bob's disk is full"]
+    (env,) = queue_dir(site.data_dir).all()
+    assert [r.addr for r in env.rcpts] == [f"bob@{D}"]
+    assert env.rcpts[0].orcpt == archive_mod.archived_orcpt(None)
+    failing.clear()
+    assert [r[:4] for r in site.replay(be)] == [b"250 "]
+    assert subjects(site.messages(f"bob@{D}")) == ["bob's disk is full"]
+    assert subjects(site.messages(f"archive@{D}", "Audit")) == ["bob's disk is full"]  # once
+    # the marker counts only from our queue (loopback): from elsewhere the message is archived as usual
+    queue_dir(site.data_dir).add(Envelope(new_id(), f"alice@{D}", [
+        QRcpt(f"bob@{D}", orcpt=archive_mod.archived_orcpt(None))]), body("forged marker"))
+    assert [r[:4] for r in site.replay(be, peer_ip="192.0.2.7")] == [b"250 "]
+    assert subjects(site.messages(f"archive@{D}", "Audit")) == ["bob's disk is full", "forged marker"]
+
+
+def test_a_dsn_shows_the_original_orcpt_of_a_marked_recipient() -> None:
+    from mailsrv.queue.dsn import shown_orcpt
+
+    assert shown_orcpt(archive_mod.archived_orcpt("rfc822;Bob@example.test")) == "rfc822;Bob@example.test"
+    assert shown_orcpt(archive_mod.archived_orcpt(None)) is None
+    assert shown_orcpt(archive_mod.retry_orcpt("Held")) is None
+    assert shown_orcpt("rfc822;x@y.test") == "rfc822;x@y.test" and shown_orcpt(None) is None
 
 
 def test_rules_follow_group_membership_changes(site: Any, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -318,6 +372,45 @@ def test_jmap_submission_archives_local_and_remote_mail(site: Any) -> None:
         f"X-Mailsrv-Envelope-From: <carol@{D}>".encode(), f"X-Mailsrv-Envelope-To: <dave@{D}>".encode(),
         b"X-Mailsrv-Envelope-To: <far@remote.test>"]
     assert sorted(r for _, rs in site.queued() for r, _ in rs) == ["far@remote.test"] * 3
+
+
+def test_a_submission_held_until_send_at_is_archived_at_acceptance_once(site: Any) -> None:
+    from types import SimpleNamespace
+
+    from mailsrv.jmap.submission import DirectorySubmitter
+
+    rules = ArchiveRules(ArchiveConfig(rule={"out": rule((f"carol@{D}",), "out"),
+                                            "in": rule((f"team@{D}",), "in", to=f"archive2@{D}", folder="INBOX")}),
+                         site.directory)
+
+    async def submit_later() -> dict[str, tuple[str, str]]:
+        acct = await site.directory.account_by_address(f"carol@{D}")
+        sub = DirectorySubmitter(site.directory, site.store, site.data_dir, archive=rules)
+        _, out = await sub.submit_later(SimpleNamespace(account=acct, id=str(acct.id)), body("held"), f"carol@{D}",
+                                        [f"team@{D}", f"dave@{D}", "far@remote.test"], time.time() + 3600)
+        return out
+
+    out = site.loop.run(submit_later())
+    assert {r: s for r, (s, _) in out.items()} == {f"team@{D}": "queued", f"dave@{D}": "queued",
+                                                   "far@remote.test": "queued"}
+    # archived now, for every recipient (the remote one too), by both rules; nobody has the message yet
+    assert subjects(site.messages(f"archive@{D}", "Audit")) == ["held"]
+    assert subjects(site.messages(f"archive2@{D}")) == ["held"]  # bob, carol: members of team
+    assert envelope_of(site.messages(f"archive@{D}", "Audit")[0]) == [
+        f"X-Mailsrv-Envelope-From: <carol@{D}>".encode(), f"X-Mailsrv-Envelope-To: <team@{D}>".encode(),
+        f"X-Mailsrv-Envelope-To: <dave@{D}>".encode(), b"X-Mailsrv-Envelope-To: <far@remote.test>"]
+    assert site.messages(f"dave@{D}") == [] and site.messages(f"bob@{D}") == []
+    (env,) = queue_dir(site.data_dir).all()
+    assert {r.addr: r.orcpt for r in env.rcpts} == {f"team@{D}": archive_mod.archived_orcpt(None),
+                                                    f"dave@{D}": archive_mod.archived_orcpt(None),
+                                                    "far@remote.test": None}
+    # released: the runner hands the local recipients to our MTA; they are not archived again
+    be = site.backend({"out": rule((f"carol@{D}",), "out"),
+                       "in": rule((f"team@{D}",), "in", to=f"archive2@{D}", folder="INBOX")})
+    assert [r[:4] for r in site.replay(be, local_only=True)] == [b"250 "]
+    assert subjects(site.messages(f"dave@{D}")) == ["held"] and subjects(site.messages(f"bob@{D}")) == ["held"]
+    assert subjects(site.messages(f"archive@{D}", "Audit")) == ["held"]
+    assert subjects(site.messages(f"archive2@{D}")) == ["held"]
 
 
 def test_a_department_matches_its_members_and_sub_departments(site: Any) -> None:
