@@ -89,24 +89,6 @@ PRUNE_EVERY = 64
 GIVE_WAY_EVERY = 16
 SCHEMA_VERSION = 1
 
-_INSERT_MESSAGE = ("INSERT INTO messages (mailbox, uid, key, fname, flags, modseq, internal_date, saved_date,"
-                   " size, email_id, thread_id, structure) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)")
-
-
-class _Rows:
-    """Rows of one index batch not yet written (``Engine._insert_rows``)."""
-
-    __slots__ = ("messages", "msgids", "subject_rows", "subjects")
-
-    def __init__(self) -> None:
-        self.messages: list[tuple[object, ...]] = []
-        #: Message-ID -> thread id, first one per Message-ID (its INSERT OR IGNORE keeps that)
-        self.msgids: dict[str, str] = {}
-        #: (base subject, thread id) in order, and the last thread id per base subject
-        self.subject_rows: list[tuple[str, str]] = []
-        self.subjects: dict[str, str] = {}
-
-
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT);
 CREATE TABLE IF NOT EXISTS mailboxes (
@@ -301,8 +283,6 @@ class Engine:
         self._usage_report: tuple[int, int, int] | None = None
         #: sizes of the messages _insert added while _take_new batches their quota update (else None)
         self._quota_sizes: list[int] | None = None
-        #: the rows _insert adds while _take_fresh batches them into one executemany each (else None)
-        self._rows: _Rows | None = None
 
     # --- opening and repair ---------------------------------------------------
 
@@ -517,20 +497,6 @@ class Engine:
     # --- mailbox rows ---------------------------------------------------------
 
     def _row(self, name: str) -> _Mbox:
-        mb = self._lookup(name)
-        if mb is None:
-            name = maildir.normalize_name(name)
-            # created by another program or process since we last looked?
-            d = self.root / maildir.folder_dir(name)
-            if (d / "cur").is_dir() and (d / "new").is_dir():
-                folders.adopt_folder(self, name, maildir.folder_dir(name))
-                return self._row(name)
-            raise MailboxNotFound(name)
-        return mb
-
-    def _lookup(self, name: str) -> _Mbox | None:
-        """The mailbox's row, or None when the index has none (:meth:`_row` also adopts a folder
-        made by someone else, in a transaction of its own)."""
         try:
             name = maildir.normalize_name(name)
         except maildir.NameError_ as exc:
@@ -539,7 +505,14 @@ class Engine:
             "SELECT id, guid, name, dir, special_use, uidvalidity, uidnext, highestmodseq, messages,"
             " storage, uidlist_size, cur_mtime FROM mailboxes WHERE name = ?", (name,)
         ).fetchone()
-        return None if r is None else _Mbox(*r)
+        if r is None:
+            # created by another program or process since we last looked?
+            d = self.root / maildir.folder_dir(name)
+            if (d / "cur").is_dir() and (d / "new").is_dir():
+                folders.adopt_folder(self, name, maildir.folder_dir(name))
+                return self._row(name)
+            raise MailboxNotFound(name)
+        return _Mbox(*r)
 
     def _row_by_id(self, mid: int) -> _Mbox:
         r = self.db.execute(
@@ -625,26 +598,17 @@ class Engine:
             self.foreign_left = 0
             if lazy_commit:
                 try:
-                    return self._sync_named(name, lazy=True, foreign_grace=foreign_grace)
+                    return self._sync(self._row(name), lazy=True, foreign_grace=foreign_grace)
                 except _NeedsFullCommit:
                     pass
-            return self._sync_named(name, foreign_grace=foreign_grace)
+            return self._sync(self._row(name), foreign_grace=foreign_grace)
 
-    def _sync_named(self, name: str, *, lazy: bool = False, foreign_grace: float | None = None) -> SyncResult:
-        """:meth:`_sync` of a mailbox by name, its row read inside the write transaction (one read
-        transaction fewer: ~50 us); a name the index lacks goes through :meth:`_row` (adoption)."""
-        with self._write(lazy) as res:
-            mb = self._lookup(name)
-            if mb is not None:
-                self._sync_in(mb, self._folder(mb), res, None, lazy=lazy, foreign_grace=foreign_grace)
-                return res
-        return self._sync(self._row(name), lazy=lazy)
-
-    def _sync(self, mb: _Mbox, full_uidlist: uidlist.Uidlist | None = None, *, lazy: bool = False) -> SyncResult:
+    def _sync(self, mb: _Mbox, full_uidlist: uidlist.Uidlist | None = None, *, lazy: bool = False,
+              foreign_grace: float | None = None) -> SyncResult:
         folder = self._folder(mb)
         with self._write(lazy) as res:
             mb = self._row_by_id(mb.id)  # fresh under the lock
-            self._sync_in(mb, folder, res, full_uidlist, lazy=lazy)
+            self._sync_in(mb, folder, res, full_uidlist, lazy=lazy, foreign_grace=foreign_grace)
         return res
 
     def _catch_up_torn(self, mb: _Mbox, res: SyncResult) -> None:
@@ -720,12 +684,10 @@ class Engine:
         fresh.sort(key=lambda t: (t[3], t[1]))
         sizes: list[int] = []
         self._quota_sizes = sizes
-        self._rows = _Rows() if len(fresh) > 1 else None
         try:
             self._take_fresh(mb, folder, fresh, lines, res, ul, renames)
-            self._insert_rows()
         finally:
-            self._quota_sizes = self._rows = None
+            self._quota_sizes = None
         self._quota_apply(sizes, 1)  # one read and one update of the usage for the whole batch
 
     def _take_fresh(self, mb: _Mbox, folder: Path, fresh: list[tuple[str, str, int, float]], lines: list[bytes],
@@ -742,7 +704,6 @@ class Engine:
             uid = None
             if ul is not None and key in ul.uids:
                 if used is None:
-                    self._insert_rows()  # the batch's rows so far count as used, as they did unbatched
                     used = self._used_uids(mb.id)
                 if ul.uids[key] not in used:
                     uid = ul.uids[key]
@@ -873,12 +834,13 @@ class Engine:
         now = time.time() if saved is None else saved
         info = MessageInfo(uid, key, frozenset(flags), mb.highestmodseq, mtime, now, size,
                            email_id or pend.email_id or new_id("E"), thread_id)
-        row = (mb.id, uid, key, fname or maildir.filename(key, flags, self._kw_for(mb, flags)), _flags_text(flags),
-               info.modseq, mtime, now, size, info.email_id, thread_id, structure)
-        if self._rows is not None:
-            self._rows.messages.append(row)
-        else:
-            self.db.execute(_INSERT_MESSAGE, row)
+        self.db.execute(
+            "INSERT INTO messages (mailbox, uid, key, fname, flags, modseq, internal_date, saved_date, size,"
+            " email_id, thread_id, structure) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            (mb.id, uid, key, fname or maildir.filename(key, flags, self._kw_for(mb, flags)), _flags_text(flags),
+             info.modseq, mtime, now, size,
+             info.email_id, thread_id, structure),
+        )
         mb.messages += 1
         mb.storage += size
         if self._quota_sizes is not None:  # a batch (_take_new): one quota update for all of it
@@ -894,21 +856,15 @@ class Engine:
         """RFC 5256 REFERENCES-style: a known parent's thread, else same base subject of a reply."""
         db = self.db
         tid = None
-        rows = self._rows
         for p in reversed(th.parents):
             r = db.execute("SELECT thread_id FROM msgids WHERE msgid=?", (p,)).fetchone()
             if r:
                 tid = r[0]
                 break
-            if rows is not None and p in rows.msgids:  # an earlier message of this batch (not yet written)
-                tid = rows.msgids[p]
-                break
         if tid is None and th.subject and th.parents:
-            tid = rows.subjects.get(th.subject) if rows is not None else None  # the batch's is the latest
-            if tid is None:
-                r = db.execute("SELECT thread_id FROM subjects WHERE base=?", (th.subject,)).fetchone()
-                if r:
-                    tid = r[0]
+            r = db.execute("SELECT thread_id FROM subjects WHERE base=?", (th.subject,)).fetchone()
+            if r:
+                tid = r[0]
         if tid is None:
             tid = new_id("T")
         self._remember_thread(th, tid)
@@ -916,32 +872,10 @@ class Engine:
 
     def _remember_thread(self, th: headers.ThreadHeaders, tid: str) -> None:
         """Record a message's Message-ID and base subject as belonging to thread ``tid``."""
-        rows = self._rows
-        if rows is not None:  # written by _insert_rows: the same rows in the same order
-            if th.message_id:
-                rows.msgids.setdefault(th.message_id, tid)  # INSERT OR IGNORE: the first one stays
-            if th.subject:
-                rows.subjects[th.subject] = tid  # INSERT OR REPLACE: the last one stays
-                rows.subject_rows.append((th.subject, tid))
-            return
         if th.message_id:
             self.db.execute("INSERT OR IGNORE INTO msgids VALUES (?, ?)", (th.message_id, tid))
         if th.subject:
             self.db.execute("INSERT OR REPLACE INTO subjects VALUES (?, ?)", (th.subject, tid))
-
-    def _insert_rows(self) -> None:
-        """Write the rows batched by ``_rows`` so far: one executemany per table instead of up to
-        three statements per message (caller holds the write transaction)."""
-        rows = self._rows
-        if rows is None or not rows.messages:
-            return
-        db = self.db
-        db.executemany(_INSERT_MESSAGE, rows.messages)
-        if rows.msgids:
-            db.executemany("INSERT OR IGNORE INTO msgids VALUES (?, ?)", rows.msgids.items())
-        if rows.subject_rows:
-            db.executemany("INSERT OR REPLACE INTO subjects VALUES (?, ?)", rows.subject_rows)
-        self._rows = _Rows()
 
     def _flush_uidlist(self, mb: _Mbox, folder: Path, lines: list[bytes]) -> None:
         """Append assigned UIDs to the UID map and fsync it (before the commit)."""

@@ -1,5 +1,5 @@
-"""One index transaction over many delivered files writes their rows in one executemany per table
-(``Engine._insert_rows``): threads found inside the batch must be those found one by one."""
+"""One index transaction over many delivered files (the background indexer's batch) threads them as
+one transaction per message does: a reply finds a parent indexed earlier in the same transaction."""
 
 from __future__ import annotations
 
