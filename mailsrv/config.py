@@ -176,7 +176,7 @@ class ListenerConfig:
     )
     proxy_protocol: bool = doc(
         "Every connection starts with a PROXY protocol header (v1 or v2, HAProxy send-proxy / send-proxy-v2) giving"
-        " the client's address; the session sees that address. Stream listeners only (not jmap or admin).",
+        " the client's address; the session (an HTTP request's remote address too) sees that address.",
         False,
     )
     proxy_trusted_networks: tuple[str, ...] = doc(
@@ -847,9 +847,6 @@ def _check_listeners(cfg: Config) -> None:
             seen[(host, port)] = name
         if lst.protocol == "jmap" and lst.tls == "starttls":
             raise ConfigError(cfg.source, f"listener.{name}.tls", "HTTP has no STARTTLS; use none or implicit")
-        if lst.proxy_protocol and lst.protocol in ("jmap", "admin"):
-            raise ConfigError(cfg.source, f"listener.{name}.proxy_protocol", "only stream listeners (smtp, submission,"
-                              " imap, pop3) read a PROXY header; HTTP listeners take none")
 
 
 def _replace(obj: T, **changes: Any) -> T:

@@ -8,6 +8,7 @@ Errors are RFC 9457 problem details.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import ssl
@@ -302,6 +303,11 @@ class AdminService:
         await self.runner.setup()
         for sock in socks:
             await web.SockSite(self.runner, sock, ssl_context=ssl_context).start()
+
+    def protocol_factory(self) -> Callable[[], asyncio.Protocol]:
+        """The per-connection protocol (mailsrv.net.listener: adopted and PROXY connections), after start."""
+        assert self.runner is not None and self.runner.server is not None
+        return self.runner.server
 
     async def stop(self, grace: float) -> None:
         if self.runner is not None:

@@ -32,6 +32,7 @@ from aiohttp.web_runner import BaseSite, SockSite
 
 from mailsrv import log
 from mailsrv.config import LimitsConfig, ListenerConfig
+from mailsrv.net.proxy_transport import ForwardingProtocol
 
 logger = log.get("jmap")
 
@@ -180,14 +181,14 @@ def over_limit(reason: str) -> web.Response:
     return resp
 
 
-class _Tracked(asyncio.Protocol):
+class _Tracked(ForwardingProtocol):
     """aiohttp's per-connection protocol, with the limiter told of opens, closes and received bytes."""
 
-    __slots__ = ("_lim", "_inner", "_transport")
+    __slots__ = ("_lim", "_transport")
 
     def __init__(self, limiter: ConnectionLimiter, inner: asyncio.Protocol) -> None:
+        super().__init__(inner)
         self._lim = limiter
-        self._inner = inner
         self._transport: asyncio.BaseTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -204,15 +205,6 @@ class _Tracked(asyncio.Protocol):
         if self._transport is not None:
             self._lim._received(self._transport)
         self._inner.data_received(data)
-
-    def eof_received(self) -> bool | None:
-        return self._inner.eof_received()
-
-    def pause_writing(self) -> None:
-        self._inner.pause_writing()
-
-    def resume_writing(self) -> None:
-        self._inner.resume_writing()
 
 
 class LimitedSockSite(SockSite):

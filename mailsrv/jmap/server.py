@@ -718,6 +718,11 @@ class JmapService:
             site = LimitedSockSite(self.runner, sock, self.limiter, ssl_context=ssl_context)
             await site.start()
 
+    def protocol_factory(self) -> Callable[[], asyncio.Protocol]:
+        """The per-connection protocol (mailsrv.net.listener: adopted and PROXY connections), after start."""
+        assert self.runner is not None and self.runner.server is not None
+        return self.limiter.protocol_factory(self.runner.server)
+
     async def stop(self, grace: float) -> None:
         if self.runner is not None:
             await self.runner.cleanup()

@@ -3,7 +3,10 @@
 A protocol plugs in a :class:`StreamService` (SMTP, IMAP, POP3) or an
 :class:`HttpService` (JMAP, admin API). The listener owns the accept loop,
 the limits, the session id and log context, and the drain on shutdown; the
-service owns the conversation.
+service owns the conversation. An HTTP service serves its own sockets; the
+listener accepts for it only what aiohttp cannot: connections of another
+worker's adopted member, and connections that start with a PROXY header
+(served with the client's address as their peer: mailsrv.net.proxy_transport).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from mailsrv import log
 from mailsrv.config import LimitsConfig, ListenerConfig
 from mailsrv.net import proxy
 from mailsrv.net.connection import Connection
+from mailsrv.net.proxy_transport import ProxiedProtocol
 
 logger = log.get("net")
 
@@ -69,6 +73,10 @@ class HttpService(Protocol):
 
     async def stop(self, grace: float) -> None: ...
 
+    # Optional (looked up with getattr): ``protocol_factory() -> Callable[[], asyncio.Protocol]``, after
+    # start, the per-connection protocol of its application, for connections the listener accepts
+    # itself (an adopted member's, a PROXY header's). A service without it is adopted for and proxied by nobody.
+
 
 class Listener:
     """One configured listener in one worker."""
@@ -104,12 +112,18 @@ class Listener:
         self._accepting: set[asyncio.Task[None]] = set()  # proxy_protocol: the accept loops and header reads
         self._unstarted: dict[asyncio.Task[None], socket.socket] = {}  # header reads not begun: own their socket
         self._reading: set[asyncio.Task[None]] = set()  # header reads in flight: at most max_connections
+        #: an HTTP service's per-connection protocol factory (set by start), None for a stream service
+        self._http: Callable[[], Callable[[], asyncio.Protocol]] | None = None
 
     async def start(self) -> None:
         implicit = self.ssl_context if self.cfg.tls == "implicit" else None
         if isinstance(self.service, HttpService) and not isinstance(self.service, StreamService):
-            await self.service.start(self.socks, implicit)
-            return
+            self._http = getattr(self.service, "protocol_factory", None)
+            if self._http is None:  # serves its sockets alone: no adoption, no PROXY header
+                await self.service.start(self.socks, implicit)
+                return
+            # with proxy_protocol the header is read here, so the service gets no socket of its own
+            await self.service.start([] if self.cfg.proxy_protocol else self.socks, implicit)
         loop = asyncio.get_running_loop()
         if self.others and _TCP_INFO is not None:
             self._track(loop.create_task(self._watch_others(implicit)))
@@ -117,6 +131,8 @@ class Listener:
             for sock in self.socks:
                 sock.setblocking(False)
                 self._track(loop.create_task(self._accept_proxied(sock, implicit)))
+            return
+        if self._http is not None:
             return
         for sock in self.socks:
             server = await asyncio.start_server(
@@ -198,21 +214,34 @@ class Listener:
             raise
         try:
             # implicit TLS starts here, after the header: the ClientHello was left in the socket
-            await self._hand_over(sock, functools.partial(self._on_client, proxied=(header, addr)), implicit)
+            await self._hand_over(sock, implicit, (header, addr))
         except (OSError, ssl.SSLError, TimeoutError) as exc:
             logger.info("tls.handshake_failed", listener=self.name, peer=real, proxy_source=_addr(header.source),
                         error=str(exc) or type(exc).__name__)
             sock.close()
 
-    async def _hand_over(self, sock: socket.socket, on_client: Callable[..., Coroutine[Any, Any, None]],
-                         implicit: ssl.SSLContext | None) -> None:
-        """Serve an accepted socket as asyncio.start_server would (an implicit-TLS handshake begins here)."""
+    async def _hand_over(self, sock: socket.socket, implicit: ssl.SSLContext | None,
+                         proxied: tuple[proxy.ProxyHeader, Any] | None = None) -> None:
+        """Serve an accepted socket as asyncio.start_server (or the HTTP service's own server) would, as the
+        client of ``proxied`` (its PROXY header and the proxy's address) if given; an implicit-TLS handshake
+        begins here."""
         loop = asyncio.get_running_loop()
+        protocol: Callable[[], asyncio.BaseProtocol]
+        if self._http is not None:
+            inner = self._http()
+            header = proxied[0] if proxied is not None else None
+            if header is not None and header.source is not None and header.destination is not None:
+                source, destination = header.source, header.destination
+                protocol = lambda: ProxiedProtocol(inner(), source, destination)  # noqa: E731
+            else:  # no header, or one that keeps the connection's own addresses (spec: LOCAL, UNKNOWN)
+                protocol = inner
+        else:
+            on_client = self._on_client if proxied is None else functools.partial(self._on_client, proxied=proxied)
 
-        def protocol() -> asyncio.StreamReaderProtocol:
-            # as asyncio.start_server builds it; +2 for CRLF (readline enforces the exact limit)
-            reader = asyncio.StreamReader(limit=self.max_line_length + 2, loop=loop)
-            return asyncio.StreamReaderProtocol(reader, on_client, loop=loop)
+            def protocol() -> asyncio.StreamReaderProtocol:
+                # as asyncio.start_server builds it; +2 for CRLF (readline enforces the exact limit)
+                reader = asyncio.StreamReader(limit=self.max_line_length + 2, loop=loop)
+                return asyncio.StreamReaderProtocol(reader, on_client, loop=loop)
 
         await loop.connect_accepted_socket(protocol, sock, ssl=implicit,
                                            ssl_handshake_timeout=30.0 if implicit else None)
@@ -264,7 +293,7 @@ class Listener:
     async def _adopted(self, sock: socket.socket, addr: Any, implicit: ssl.SSLContext | None) -> None:
         self._unstarted.pop(asyncio.current_task(), None)  # type: ignore[arg-type]  # from here we close sock
         try:
-            await self._hand_over(sock, self._on_client, implicit)
+            await self._hand_over(sock, implicit)
         except (OSError, ssl.SSLError, TimeoutError) as exc:
             logger.info("tls.handshake_failed", listener=self.name, peer=f"{addr[0]}:{addr[1]}",
                         error=str(exc) or type(exc).__name__)

@@ -19,7 +19,7 @@ import uvloop
 from support.server import wait_until_async
 
 from mailsrv import log
-from mailsrv.config import ConfigError, LimitsConfig, ListenerConfig, load
+from mailsrv.config import LimitsConfig, ListenerConfig, load
 from mailsrv.net.connection import Connection, ConnectionClosed
 from mailsrv.net.listener import Listener
 from mailsrv.net.proxy import V2_SIGNATURE
@@ -356,12 +356,10 @@ def test_stop_ends_accepting_and_pending_header_reads(run: Any) -> None:
     run(main())
 
 
-def test_proxy_protocol_is_refused_on_http_listeners(tmp_path: Any) -> None:
+def test_proxy_protocol_keys_load_on_every_listener(tmp_path: Any) -> None:
     p = tmp_path / "c.toml"
     p.write_text('[listener.j]\nprotocol = "jmap"\nbind = ["127.0.0.1:0"]\nproxy_protocol = true\n')
-    with pytest.raises(ConfigError) as exc:
-        load(p)
-    assert exc.value.key == "listener.j.proxy_protocol"
+    assert load(p).listener["j"].proxy_protocol  # HTTP listeners read the header too
     p.write_text('[listener.s]\nprotocol = "smtp"\nbind = ["127.0.0.1:0"]\nproxy_protocol = true\n'
                  'proxy_trusted_networks = ["10.0.0.0/8"]\nproxy_timeout = 2.5\n')
     lcfg = load(p).listener["s"]

@@ -1,10 +1,12 @@
 """PROXY protocol under a real ``mailsrv serve``: a real HAProxy (send-proxy, send-proxy-v2, mode tcp) in front of
-SMTP, IMAP over implicit TLS and POP3, and crafted headers straight to the listeners (the lockout counts the
+SMTP, IMAP over implicit TLS, POP3 and JMAP over HTTP and HTTPS, and crafted headers straight to the listeners (the lockout counts the
 client's address, an untrusted proxy is refused). Clients connect from 127.0.0.2, HAProxy from 127.0.0.3, so
 each address the server reports says who it saw."""
 
 from __future__ import annotations
 
+import base64
+import http.client
 import imaplib
 import poplib
 import re
@@ -24,7 +26,7 @@ from mailsrv.net.proxy import V2_SIGNATURE
 
 CLIENT = "127.0.0.2"  # the client's own address, as HAProxy reports it
 PROXY = "127.0.0.3"  # where HAProxy connects from (its `source`): the only trusted proxy besides 127.0.0.1
-PROXIED = ("smtp", "imap", "imaps", "pop3")
+PROXIED = ("smtp", "imap", "imaps", "pop3", "jmap", "jmaps")
 
 
 @dataclass
@@ -71,7 +73,8 @@ class HAProxy:
 def haproxy(served: Setup, tmp_path_factory: pytest.TempPathFactory) -> Iterator[HAProxy]:
     exe = shutil.which("haproxy") or "/usr/sbin/haproxy"
     assert Path(exe).exists(), "haproxy is not installed (tools/install-peers.sh installs it)"
-    backends = {"smtp": ("smtp", "send-proxy"), "imaps": ("imaps", "send-proxy-v2"), "pop3": ("pop3", "send-proxy-v2")}
+    backends = {"smtp": ("smtp", "send-proxy"), "imaps": ("imaps", "send-proxy-v2"), "pop3": ("pop3", "send-proxy-v2"),
+                "jmap": ("jmap", "send-proxy"), "jmaps": ("jmaps", "send-proxy-v2")}
     socks = {}
     lines = ["global", "  maxconn 64", "defaults", "  mode tcp", "  timeout connect 10s", "  timeout client 60s",
              "  timeout server 60s"]
@@ -218,3 +221,54 @@ def test_untrusted_source_and_missing_header_are_closed_unanswered(served: Setup
                 pass
     served.server.wait_for(r"proxy\.untrusted .*peer=127\.0\.0\.4:", start=mark)
     served.server.wait_for(r"proxy\.refused .*peer=127\.0\.0\.1:.*reason=", start=mark)
+
+
+def jmap_session(served: Setup, port: int, password: str, *, tls: bool, source: str = CLIENT,
+                 header: bytes = b"") -> http.client.HTTPResponse:
+    """GET /jmap/session with HTTP Basic from ``source``, ``header`` (a PROXY header) written first."""
+    sock = socket.create_connection(("127.0.0.1", port), 30, source_address=(source, 0))
+    sock.sendall(header)
+    if tls:  # implicit TLS: the handshake after the header, as HAProxy forwards it
+        sock = served.tls.wrap_socket(sock, server_hostname="127.0.0.1")
+    cred = base64.b64encode(f"alice@example.test:{password}".encode()).decode()
+    sock.sendall(f"GET /jmap/session HTTP/1.1\r\nHost: mail.example.test\r\nAuthorization: Basic {cred}\r\n"
+                 "Connection: close\r\n\r\n".encode())
+    resp = http.client.HTTPResponse(sock)
+    resp.begin()
+    resp.read()
+    sock.close()
+    return resp
+
+
+@pytest.mark.parametrize(("front", "tls"), [("jmap", False), ("jmaps", True)])
+def test_jmap_through_haproxy(served: Setup, haproxy: HAProxy, front: str, tls: bool) -> None:
+    """send-proxy (v1) in front of JMAP over HTTP, send-proxy-v2 in front of HTTPS (TLS forwarded untouched):
+    the login is the client's (127.0.0.2, plain Basic allowed from loopback), not the proxy's."""
+    mark = served.server.mark()
+    resp = jmap_session(served, haproxy.ports[front], served.password, tls=tls)
+    assert resp.status == 200
+    served.server.wait_for(rf"auth\.ok .*protocol=jmap ip={re.escape(CLIENT)} ", start=mark)
+
+
+def test_jmap_lockout_and_plaintext_rule_count_the_proxied_address(served: Setup) -> None:
+    """Over HTTPS, three failed logins from a spoofed 192.0.2.8 block that address; 2001:db8::8 behind the same
+    proxy still logs in. Over plain HTTP, Basic is allowed from a loopback client only: a proxied 192.0.2.8 is
+    asked for a bearer token, a proxied 127.0.0.5 logs in."""
+    port = served.server.ports["jmaps"]
+    mark = served.server.mark()
+    for _ in range(3):
+        assert jmap_session(served, port, "wrong password", tls=True, source="127.0.0.1",
+                            header=v1("192.0.2.8")).status == 401
+    served.server.wait_for(r"auth\.fail .*protocol=jmap ip=192\.0\.2\.8 ", start=mark, count=3)
+    assert jmap_session(served, port, served.password, tls=True, source="127.0.0.1",
+                        header=v1("192.0.2.8")).status == 401  # blocked: the right password is refused too
+    served.server.wait_for(r"auth\.fail .*ip=192\.0\.2\.8 .*reason=\"client address blocked\"", start=mark)
+    assert jmap_session(served, port, served.password, tls=True, source="127.0.0.1",
+                        header=v2_ipv6("2001:db8::8")).status == 200
+    served.server.wait_for(r"auth\.ok .*protocol=jmap ip=2001:db8::8 ", start=mark)
+    plain = served.server.ports["jmap"]
+    outside = jmap_session(served, plain, served.password, tls=False, source="127.0.0.1", header=v1("192.0.2.9"))
+    assert outside.status == 401 and "Basic" not in outside.getheader("WWW-Authenticate", "")
+    assert jmap_session(served, plain, served.password, tls=False, source="127.0.0.1",
+                        header=v1("127.0.0.5")).status == 200
+    served.server.wait_for(r"auth\.ok .*protocol=jmap ip=127\.0\.0\.5 ", start=mark)
