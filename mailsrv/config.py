@@ -689,6 +689,24 @@ class ArchiveConfig:
 
 
 @dataclass(frozen=True)
+class FilesConfig:
+    enabled: bool = doc("Big attachments through links: users upload a file (PUT /files/NAME on the JMAP listener, "
+                        "JMAP FileLink/set) and mail a download link instead of the octets (docs/files.md).", True)
+    max_size: int = doc("Largest file in bytes (streamed to disk, never held in memory).", 2 * 1024**3,
+                        check=_positive)
+    quota: int = doc("Bytes one user may keep in live links (0 = unlimited).", 10 * 1024**3, check=_non_negative)
+    retention_days: int = doc("Days a link stays valid (and its file kept) after the upload; then the link "
+                              "answers 410 Gone and the file is deleted.", 30, check=_positive)
+    public_url: str = doc('Absolute URL prefix of download links, e.g. "https://files.example.com"; "" = jmap.base_url, '
+                          "else the request's Host.", "")
+    sweep_interval: float = doc("Seconds between two sweeps of expired links (one process sweeps).", 3600.0,
+                                check=_positive)
+    convert_over: int = doc("On authenticated submission, an attachment larger than this many bytes (encoded) is "
+                            "stored as a link of the sender's and replaced in the message by a short text part "
+                            "with the link; 0 = never.", 0, check=_non_negative)
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration file."""
 
@@ -709,6 +727,7 @@ class Config:
     policy: PolicyConfig = doc("Inbound mail security and outbound limits (issue 12).", factory=PolicyConfig)
     recall: RecallConfig = doc("Recall of internal mail: window and notice.", factory=RecallConfig)
     archive: ArchiveConfig = doc("Archiving rules (journaling) and their retention.", factory=ArchiveConfig)
+    files: FilesConfig = doc("Big attachments through links: size, quota, retention.", factory=FilesConfig)
     source: str = field(default="<defaults>", compare=False, metadata={"internal": True})
 
 

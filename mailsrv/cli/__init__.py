@@ -26,6 +26,7 @@ COMMAND_MODULES = [
     "mailsrv.cli.share",
     "mailsrv.cli.quota",
     "mailsrv.cli.recall",
+    "mailsrv.cli.files",
 ]
 
 

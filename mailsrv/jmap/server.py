@@ -41,6 +41,7 @@ from mailsrv import log
 from mailsrv.config import JmapConfig
 from mailsrv.jmap import core, push
 from mailsrv.jmap import email as _email  # noqa: F401  (registers the Email/Thread methods)
+from mailsrv.jmap import filelink as _filelink  # noqa: F401  (FileLink/*, docs/files.md)
 from mailsrv.jmap import mailbox as _mailbox  # noqa: F401  (registers the Mailbox methods)
 from mailsrv.jmap import quota as _quota  # noqa: F401  (Quota, Blob)
 from mailsrv.jmap import recall as _recall  # noqa: F401  (registers Email/recall, docs/recall.md)
@@ -149,6 +150,8 @@ class JmapApp:
         self.submitter = submitter
         #: mailsrv.recall.Recaller for Email/recall (set by JmapService; None: the method is unavailable)
         self.recaller: Any = None
+        #: mailsrv.files.FileLinks: /files uploads, /f/ downloads, FileLink/* (set by JmapService; None: off)
+        self.files: Any = None
         self.push = PushManager(push_ssl)
         self.vacation = Responder(submitter)
         self.auth = auth
@@ -179,6 +182,10 @@ class JmapApp:
         r.add_route("GET", "/jmap/eventsource", self.eventsource)
         r.add_route("GET", "/jmap/ws", self.websocket)
         r.add_route("POST", "/jmap/token", self.token)
+        if self.files is not None:  # big attachments through links (docs/files.md)
+            from mailsrv.files.http import FileLinkHttp
+
+            FileLinkHttp(self.files, self.authenticate, self.refuse, self.base_url).install(app)
         app.on_startup.append(self.resume)
         app.on_shutdown.append(self._close_websockets)
         return app
@@ -255,7 +262,7 @@ class JmapApp:
             resp.headers["Access-Control-Allow-Origin"] = "*" if "*" in allowed else origin
             if "*" not in allowed:
                 resp.headers["Vary"] = "Origin"
-            resp.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
+            resp.headers["Access-Control-Allow-Methods"] = "GET, HEAD, POST, PUT, OPTIONS"
             resp.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type, Accept, Last-Event-ID"
             resp.headers["Access-Control-Expose-Headers"] = "Content-Length, Content-Range, Content-Disposition"
             resp.headers["Access-Control-Max-Age"] = "86400"
@@ -392,8 +399,11 @@ class JmapApp:
     def _session(self, request: web.Request, p: Principal, be: MailBackend,
                  access: dict[str, Access]) -> dict[str, Any]:
         shared = {aid: (a.backend.name, a.read_only) for aid, a in access.items() if not a.personal}
+        files = None if self.files is None else {"maxSize": self.files.config.max_size,
+                                                 "quota": self.files.config.quota,
+                                                 "retentionDays": self.files.config.retention_days}
         return session_object(self.config, self.base_url(request), p.username, {be.account_id: be.name},
-                              be.account_id, shared)
+                              be.account_id, shared, files)
 
     async def _context(self, p: Principal) -> tuple[core.RequestContext, MailBackend]:
         return self._make_context(p, *await self.accounts(p))
@@ -407,7 +417,7 @@ class JmapApp:
             capabilities=SERVER_CAPABILITIES,
             extra={"uploads": self.uploads, "objects": self._objects, "submitter": self.submitter, "principal": p,
                    "push": self.push, "vacation": self.vacation, "accounts": self._accounts_source(p),
-                   "recaller": self.recaller},
+                   "recaller": self.recaller, "files": self.files},
             read_only=frozenset(aid for aid, a in access.items() if a.read_only),
             account_capabilities={aid: SHARED_CAPABILITIES for aid, a in access.items() if not a.personal},
         )
@@ -454,6 +464,7 @@ class JmapApp:
         try:
             be, access = await self.accounts(p)
             ctx, be = self._make_context(p, be, access)
+            ctx.extra["base_url"] = self.base_url(request)  # for URLs in responses (FileLink/set)
             session_state = self._session(request, p, be, access)["state"]
             try:
                 # a client that hangs up does not cut a request in the middle of its method calls
@@ -703,6 +714,12 @@ class JmapService:
             from mailsrv.recall import Recaller
 
             app.recaller = Recaller.of(cfg, res["store"], res["directory"])
+        if cfg.files.enabled:
+            if "files" not in res:  # one per worker, shared by its JMAP listeners, closed with the resources
+                from mailsrv.files import FileLinks, files_root
+
+                res["files"] = FileLinks(cfg.files, files_root(data_dir))
+            app.files = res["files"]
         return app.make_app()
 
     async def start(self, socks: list[socket.socket], ssl_context: ssl.SSLContext | None) -> None:

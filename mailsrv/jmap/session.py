@@ -8,6 +8,7 @@ from typing import Any
 
 from mailsrv.config import JmapConfig
 from mailsrv.jmap.core import CORE, MAIL
+from mailsrv.jmap.filelink import FILELINK
 from mailsrv.jmap.mailbox import MAX_NAME
 from mailsrv.jmap.query import COLLATIONS
 from mailsrv.jmap.recall import RECALL
@@ -21,7 +22,7 @@ BLOB = "urn:ietf:params:jmap:blob"
 EMAIL_SORT = ["receivedAt", "sentAt", "size", "from", "to", "subject", "hasKeyword", "allInThreadHaveKeyword", "someInThreadHaveKeyword", "id"]
 
 #: every capability this server implements (a request's "using" may name only these)
-SERVER_CAPABILITIES = frozenset({CORE, MAIL, WEBSOCKET, SUBMISSION, VACATION, QUOTA, BLOB, RECALL})
+SERVER_CAPABILITIES = frozenset({CORE, MAIL, WEBSOCKET, SUBMISSION, VACATION, QUOTA, BLOB, RECALL, FILELINK})
 #: what an account shared with the caller supports: its mail, not sending or answering as its owner
 SHARED_CAPABILITIES = frozenset({CORE, MAIL, QUOTA, BLOB})
 
@@ -51,9 +52,11 @@ def mail_account_capability(cfg: JmapConfig) -> dict[str, Any]:
 
 
 def session_object(cfg: JmapConfig, base: str, username: str, accounts: dict[str, str], primary: str,
-                   shared: dict[str, tuple[str, bool]] | None = None) -> dict[str, Any]:
+                   shared: dict[str, tuple[str, bool]] | None = None,
+                   filelink: dict[str, Any] | None = None) -> dict[str, Any]:
     """The Session object; ``accounts`` maps accountId -> name (the caller's own), ``shared`` accountId ->
-    (name, read only) for accounts other users shared with the caller. URLs are absolute (RFC 8620 §2)."""
+    (name, read only) for accounts other users shared with the caller. URLs are absolute (RFC 8620 §2).
+    ``filelink``: the ``urn:mailsrv:filelink`` capability when file links are on (docs/files.md)."""
     ws = "ws" + base[4:] if base.startswith("http") else base
     caps = {
         CORE: core_capability(cfg),
@@ -77,6 +80,9 @@ def session_object(cfg: JmapConfig, base: str, username: str, accounts: dict[str
                "supportedTypeNames": ["Mailbox", "Thread", "Email"], "supportedDigestAlgorithms": ["sha", "sha-256"]},
         RECALL: {},
     }
+    if filelink is not None:  # big attachments through links, the caller's own account only
+        caps[FILELINK] = filelink
+        acc_caps[FILELINK] = {}
     all_accounts = {
         aid: {"name": name, "isPersonal": True, "isReadOnly": False, "accountCapabilities": acc_caps}
         for aid, name in accounts.items()

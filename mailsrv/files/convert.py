@@ -1,0 +1,90 @@
+"""Big attachments of a submitted message turned into links (``[files] convert_over``; docs/files.md).
+
+:func:`convert` finds the attachments of a message larger than the threshold (encoded octets:
+what the message would carry), stores each decoded one as a link of the sender's, and returns the
+message with each such part replaced by a short ``text/plain`` part that gives the link. Only
+parts of the message's own multipart tree are converted, never parts inside an attached message
+(that message stays as it was written), nor a message whose whole body is one file. An
+attachment that cannot become a link (over the sender's quota, larger than ``max_size``) stays
+in the message as it was.
+"""
+
+from __future__ import annotations
+
+import quopri
+from typing import Any
+from urllib.parse import quote
+
+from mailsrv import log
+from mailsrv.files.links import FileLinkError, iso
+from mailsrv.files.service import READ_CHUNK, FileLinks
+from mailsrv.mime import Part, iter_decoded, parse
+
+logger = log.get("files")
+
+
+def big_attachments(root: Part, threshold: int) -> list[Part]:
+    """The leaf parts below ``root``'s multiparts larger than ``threshold`` encoded octets that are
+    attachments (``Content-Disposition: attachment`` or a file name), in message order."""
+    out: list[Part] = []
+
+    def visit(p: Part) -> None:
+        if p.is_multipart:
+            for k in p.children:
+                visit(k)
+        elif p.type != "message" and p.size > threshold and (p.disposition == "attachment" or p.filename):
+            out.append(p)
+
+    if root.is_multipart:
+        visit(root)
+    return out
+
+
+def human(size: int) -> str:
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size} {unit}" if unit == "bytes" else f"{size:.1f} {unit}"
+        size /= 1024  # type: ignore[assignment]
+    raise AssertionError("unreachable")
+
+
+def link_part(name: str, size: int, url: str, expires: float, eol: bytes) -> bytes:
+    """The text/plain part (headers and body, no trailing line end) that replaces an attachment."""
+    text = (f'The attachment "{name}" ({human(size)}) was sent as a link.\n'
+            f"Download it until {iso(expires)}:\n{url}\n")
+    body = quopri.encodestring(text.encode("utf-8")).replace(b"\n", eol)
+    return (b"Content-Type: text/plain; charset=utf-8" + eol + b"Content-Transfer-Encoding: quoted-printable" + eol
+            + b"Content-Disposition: inline" + eol + eol + body.rstrip(b"\r\n"))
+
+
+async def convert(raw: Any, threshold: int, links: FileLinks, owner: str, owner_name: str,
+                  base_url: str) -> list[Any] | None:
+    """The message ``raw`` (bytes or an mmap of its spool file) with its big attachments as links:
+    a list of pieces (memoryviews of ``raw`` and new bytes) whose concatenation is the new message,
+    or None when nothing was converted. Each link is durable before this returns."""
+    if threshold <= 0:
+        return None
+    st = parse(raw)
+    parts = big_attachments(st.root, threshold)
+    if not parts:
+        return None
+    eol = b"\r\n" if b"\r\n" in bytes(raw[: max(st.header_end, 2)]) else b"\n"
+    view = memoryview(raw)
+    pieces: list[Any] = []
+    pos = 0
+    for p in parts:
+        name = p.filename or f"attachment-{p.section}"
+        try:
+            link, token = await links.from_chunks(iter_decoded(raw, p, READ_CHUNK), owner, owner_name, name,
+                                                  p.mime_type)
+        except (FileLinkError, OSError) as exc:  # the attachment stays in the message
+            logger.warning("files.convert_failed", user=owner_name, part=p.section, error=str(exc))
+            continue
+        url = f"{base_url.rstrip('/')}/f/{token}/{quote(link.name, safe='')}"
+        logger.info("files.converted", user=owner_name, id=link.id, part=p.section, size=link.size)
+        pieces += [view[pos:p.header_start], link_part(link.name, link.size, url, link.expires, eol)]
+        pos = p.body_end
+    if not pieces:
+        return None
+    pieces.append(view[pos:])
+    return pieces

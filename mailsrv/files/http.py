@@ -1,0 +1,163 @@
+"""The HTTP side of file links, served on the JMAP listener (docs/files.md).
+
+Routes (added to the JMAP application by :meth:`FileLinkHttp.add_routes`):
+
+    PUT  /files/{name}                 upload the raw body as ``name`` (``curl -T FILE URL/files/``)
+    POST /files?name=NAME              the same
+    GET  /f/{token}[/{name}]           download, no login: Range, ETag, HEAD
+
+Uploads authenticate exactly as JMAP does (the caller's ``authenticate``/``refuse``: Basic only
+over TLS or from trusted loopback, bearer tokens with the ``mail`` scope). Downloads are public to
+whoever holds the link, and never render in the browser: a user's HTML must not run on our origin.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import quote
+
+from aiohttp import web
+from aiohttp.web_urldispatcher import _default_expect_handler
+
+from mailsrv import log
+from mailsrv.files.links import TOKEN_RE, FileLink, FileLinkError
+from mailsrv.files.names import content_disposition
+from mailsrv.files.ranges import Unsatisfiable, if_range_holds, none_match, parse_range
+from mailsrv.files.service import FileLinks
+
+logger = log.get("files")
+
+#: Octets of the request body handed to the upload at a time.
+BODY_CHUNK = 256 * 1024
+
+#: Headers of every download: a file, never a page (our mail origin must not serve a user's HTML or
+#: script), not sniffed into something else, and the token not leaked through a Referer.
+SAFE_HEADERS = {
+    "Content-Type": "application/octet-stream",
+    "X-Content-Type-Options": "nosniff",
+    "Content-Security-Policy": "sandbox",
+    "Referrer-Policy": "no-referrer",
+    "X-Robots-Tag": "noindex, nofollow",
+    "Cache-Control": "private, max-age=0, must-revalidate",
+    "Accept-Ranges": "bytes",
+}
+
+
+def problem(status: int, detail: str, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response({"type": "about:blank", "status": status, "detail": detail}, status=status,
+                             content_type="application/problem+json", headers=headers)
+
+
+class FileLinkHttp:
+    """Upload and download handlers over one :class:`FileLinks`.
+
+    ``authenticate(request)`` returns a principal (``.id``, ``.username``) or None, ``refuse(request)``
+    the 401/403 for None, ``base_url(request)`` the URL prefix when ``[files] public_url`` is empty.
+    """
+
+    def __init__(self, links: FileLinks, authenticate: Callable[[web.Request], Awaitable[Any]],
+                 refuse: Callable[[web.Request], web.StreamResponse],
+                 base_url: Callable[[web.Request], str]) -> None:
+        self.links = links
+        self.authenticate = authenticate
+        self.refuse = refuse
+        self.base_url = base_url
+
+    def install(self, app: web.Application) -> None:
+        """Add the routes to ``app``; the expiry sweeps run while it does."""
+        self.add_routes(app.router)
+
+        async def start(app: web.Application) -> None:
+            self.links.start_sweeper()
+
+        app.on_startup.append(start)
+
+    def add_routes(self, router: web.UrlDispatcher) -> None:
+        router.add_route("PUT", "/files/{name}", self.put, expect_handler=self.expect)
+        router.add_route("POST", "/files", self.post, expect_handler=self.expect)
+        router.add_route("POST", "/files/", self.post, expect_handler=self.expect)
+        for path in ("/f/{token}/{name}", "/f/{token}"):
+            router.add_route("GET", path, self.download)
+            router.add_route("HEAD", path, self.download)
+
+    def link_url(self, request: web.Request, link: FileLink, token: str) -> str:
+        base = self.links.config.public_url.rstrip("/") or self.base_url(request)
+        return f"{base}/f/{token}/{quote(link.name, safe='')}"
+
+    # --- upload --------------------------------------------------------------------------
+
+    async def expect(self, request: web.Request) -> web.StreamResponse | None:
+        """``Expect: 100-continue`` (curl -T sends it): a body too large is refused before it is sent."""
+        declared = request.content_length
+        if declared is not None and declared > self.links.config.max_size:
+            return problem(413, f"file larger than {self.links.config.max_size} bytes")
+        await _default_expect_handler(request)
+        return None
+
+    async def put(self, request: web.Request) -> web.StreamResponse:
+        return await self._upload(request, request.match_info["name"])
+
+    async def post(self, request: web.Request) -> web.StreamResponse:
+        name = request.query.get("name")
+        if not name:
+            return problem(400, "name the file: POST /files?name=NAME (or PUT /files/NAME)")
+        return await self._upload(request, name)
+
+    async def _upload(self, request: web.Request, name: str) -> web.StreamResponse:
+        p = await self.authenticate(request)
+        if p is None:
+            return self.refuse(request)
+        media_type = request.headers.get("Content-Type", "application/octet-stream").split(";")[0].strip().lower()
+        try:
+            link, token = await self.links.upload(str(p.id), p.username, name, media_type or "application/octet-stream",
+                                                  request.content.iter_chunked(BODY_CHUNK), request.content_length)
+        except FileLinkError as exc:
+            logger.info("files.upload_refused", user=p.username, status=exc.status, reason=str(exc))
+            return problem(exc.status, str(exc))
+        url = self.link_url(request, link, token)
+        logger.info("files.uploaded", user=p.username, id=link.id, size=link.size)
+        body = {"id": link.id, "url": url, "name": link.name, "size": link.size, "sha256": link.sha256,
+                "type": link.type, "created": link.to_json()["created"], "expires": link.to_json()["expires"]}
+        return web.json_response(body, status=201, headers={"Location": url, "Cache-Control": "no-store"})
+
+    # --- download ------------------------------------------------------------------------
+
+    async def download(self, request: web.Request) -> web.StreamResponse:
+        token = request.match_info["token"]
+        link = await self.links.find(token) if TOKEN_RE.match(token) else None
+        if link is None:
+            return problem(404, "no such link")
+        if not link.live():
+            return problem(410, "this link has expired or was deleted")
+        size = link.size
+        etag = f'"{link.sha256[:32]}"'
+        headers = {**SAFE_HEADERS, "ETag": etag, "Content-Disposition": content_disposition(link.name)}
+        if none_match(request.headers.get("If-None-Match"), etag):
+            return web.Response(status=304, headers={"ETag": etag, "Cache-Control": SAFE_HEADERS["Cache-Control"]})
+        start, stop, status = 0, size, 200
+        rng = request.headers.get("Range")
+        if rng is not None and if_range_holds(request.headers.get("If-Range"), etag):
+            try:
+                r = parse_range(rng, size)
+            except Unsatisfiable:
+                return problem(416, "range not satisfiable", {"Content-Range": f"bytes */{size}"})
+            if r is not None:
+                start, stop, status = r.start, r.stop, 206
+                headers["Content-Range"] = r.content_range(size)
+        fh = await self.links.open(link)
+        if fh is None:
+            return problem(410, "this link has expired or was deleted")
+        resp = web.StreamResponse(status=status, headers=headers)
+        resp.content_length = stop - start
+        if request.method == "HEAD":
+            fh.close()
+            await resp.prepare(request)
+            return resp
+        if start == 0:  # a download begun; a resumed one (Range from further on) is not counted again
+            await self.links.count_download(link.id)
+        await resp.prepare(request)
+        async for block in self.links.read(fh, start, stop):
+            await resp.write(block)
+        await resp.write_eof()
+        return resp

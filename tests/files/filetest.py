@@ -1,0 +1,42 @@
+"""A JMAP server with file links (tests/jmap/jmaptest.py's, plus ``[files]``), and small helpers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from jmaptest import Server, basic
+
+from mailsrv.config import FilesConfig, JmapConfig
+from mailsrv.files import FileLinks
+
+__all__ = ["LinkServer", "basic", "put"]
+
+
+class LinkServer(Server):
+    def __init__(self, tmp: Path, files: FilesConfig | None = None, jmap: JmapConfig | None = None) -> None:
+        super().__init__(tmp, jmap)
+        self.files_root = tmp / "files"
+        self.links = FileLinks(files or FilesConfig(), self.files_root, self.io)
+        self.app.files = self.links
+
+    async def stop(self) -> None:
+        self.links.close()
+        await super().stop()
+
+    def rows(self) -> list[Any]:
+        """Every link row, whatever its state (blocking; small)."""
+        return self.links.store.list(live_only=False)
+
+    def leftovers(self) -> list[Path]:
+        """Files under tmp/ and data/ (an aborted upload must leave none)."""
+        return [p for p in self.files_root.rglob("*") if p.is_file() and p.parent.name != "files"]
+
+
+async def put(http: aiohttp.ClientSession, server: Server, name: str, data: Any,
+              headers: dict[str, str] | None = None) -> tuple[int, Any, aiohttp.typedefs.LooseHeaders]:
+    """PUT /files/NAME; returns (status, JSON body, headers)."""
+    async with http.put(f"{server.url}/files/{name}", data=data,
+                        headers=basic() if headers is None else headers) as r:
+        return r.status, await r.json(content_type=None), r.headers

@@ -1,0 +1,89 @@
+"""[files] convert_over: big attachments of a message become links (mailsrv.files.convert)."""
+
+from __future__ import annotations
+
+import base64
+import email
+import email.policy
+import hashlib
+from email.message import EmailMessage
+from pathlib import Path
+
+import aiohttp
+from filetest import LinkServer
+
+from mailsrv.config import FilesConfig
+from mailsrv.files import FileLinks
+from mailsrv.files.convert import convert
+
+
+def message(attachment: bytes, name: str = "数据.bin", eol: str = "\r\n") -> bytes:
+    msg = EmailMessage()
+    msg["From"] = "alice@example.test"
+    msg["To"] = "bob@example.test"
+    msg["Subject"] = "figures"
+    msg.set_content("See the attached figures.\n")
+    msg.add_attachment(attachment, maintype="application", subtype="octet-stream", filename=name)
+    msg.add_attachment(b"small", maintype="application", subtype="octet-stream", filename="small.bin")
+    inner = EmailMessage()
+    inner["Subject"] = "forwarded"
+    inner.set_content("x")
+    inner.add_attachment(attachment, maintype="application", subtype="octet-stream", filename="inner.bin")
+    msg.add_attachment(inner)
+    return msg.as_bytes(policy=email.policy.default.clone(linesep=eol))
+
+
+async def test_a_big_attachment_becomes_a_link_that_downloads(server: LinkServer,
+                                                              http: aiohttp.ClientSession) -> None:
+    big = bytes(range(256)) * 400  # 102 400 octets, ~138 000 in base64
+    raw = message(big)
+    pieces = await convert(raw, 100_000, server.links, "1", "alice@example.test", server.url)
+    assert pieces is not None
+    out = b"".join(bytes(p) for p in pieces)
+    msg = email.message_from_bytes(out, policy=email.policy.default)
+    parts = list(msg.iter_parts())
+    assert [p.get_content_type() for p in parts] == ["text/plain", "text/plain", "application/octet-stream",
+                                                     "message/rfc822"]
+    note = parts[1].get_content()
+    assert '"数据.bin" (100.0 KB) was sent as a link' in note
+    url = next(line for line in note.splitlines() if line.startswith("http"))
+    async with http.get(url) as r:
+        assert r.status == 200 and await r.read() == big
+    # the small attachment and the attached message (with its own big part) are unchanged
+    assert parts[2].get_content() == b"small"
+    assert b"inner.bin" in out and base64.b64encode(big[:300])[:60] in out
+    assert len(out) < len(raw) - 100_000
+    (link,) = server.rows()
+    assert link.sha256 == hashlib.sha256(big).hexdigest() and link.owner == "1"
+
+
+async def test_lf_messages_the_threshold_and_quota(tmp_path: Path) -> None:
+    links = FileLinks(FilesConfig(quota=50_000), tmp_path / "files")
+    try:
+        raw = message(b"y" * 40_000, eol="\n")
+        assert await convert(raw, 0, links, "1", "a", "https://x") is None  # off
+        assert await convert(raw, 10_000_000, links, "1", "a", "https://x") is None  # nothing that big
+        pieces = await convert(raw, 20_000, links, "1", "a", "https://x")
+        assert pieces is not None
+        out = b"".join(bytes(p) for p in pieces)
+        assert b"\r\n" not in out and b"https://x/f/" in out
+        # over the sender's quota: the attachment stays
+        assert await convert(raw, 20_000, links, "1", "a", "https://x") is None
+    finally:
+        links.close()
+
+
+async def test_corpus_message_with_an_attachment(corpus: Path, tmp_path: Path) -> None:
+    raw = (corpus / "mime4j" / "mimetools-testmsgs" / "twopart.msg").read_bytes()
+    links = FileLinks(FilesConfig(), tmp_path / "files")
+    try:
+        pieces = await convert(raw, 10_000, links, "1", "a", "https://mail.example.test")
+        assert pieces is not None
+        out = b"".join(bytes(p) for p in pieces)
+        msg = email.message_from_bytes(out, policy=email.policy.default)
+        assert [p.get_content_type() for p in msg.iter_parts()] == ["text/plain", "text/plain"]
+        (link,) = links.store.list()
+        assert link.name == "uk7200_110_6.jpg" and link.type == "image/jpeg"
+        assert links.store.data_path(link.id).read_bytes()[:3] == b"\xff\xd8\xff"  # a JPEG, decoded
+    finally:
+        links.close()
