@@ -53,16 +53,19 @@ class FileLinkHttp:
     """Upload and download handlers over one :class:`FileLinks`.
 
     ``authenticate(request)`` returns a principal (``.id``, ``.username``) or None, ``refuse(request)``
-    the 401/403 for None, ``base_url(request)`` the URL prefix when ``[files] public_url`` is empty.
+    the 401/403 for None, ``base_url(request)`` the URL prefix when ``[files] public_url`` is empty;
+    ``max_concurrent`` uploads of one user at a time (JMAP's maxConcurrentUpload), per process.
     """
 
     def __init__(self, links: FileLinks, authenticate: Callable[[web.Request], Awaitable[Any]],
                  refuse: Callable[[web.Request], web.StreamResponse],
-                 base_url: Callable[[web.Request], str]) -> None:
+                 base_url: Callable[[web.Request], str], max_concurrent: int = 4) -> None:
         self.links = links
         self.authenticate = authenticate
         self.refuse = refuse
         self.base_url = base_url
+        self.max_concurrent = max_concurrent
+        self._inflight: dict[str, int] = {}
 
     def install(self, app: web.Application) -> None:
         """Add the routes to ``app``; the expiry sweeps run while it does."""
@@ -109,12 +112,21 @@ class FileLinkHttp:
         if p is None:
             return self.refuse(request)
         media_type = request.headers.get("Content-Type", "application/octet-stream").split(";")[0].strip().lower()
+        owner = str(p.id)
+        n = self._inflight.get(owner, 0)
+        if n >= self.max_concurrent:
+            return problem(429, f"at most {self.max_concurrent} uploads at a time")
+        self._inflight[owner] = n + 1
         try:
-            link, token = await self.links.upload(str(p.id), p.username, name, media_type or "application/octet-stream",
+            link, token = await self.links.upload(owner, p.username, name, media_type or "application/octet-stream",
                                                   request.content.iter_chunked(BODY_CHUNK), request.content_length)
         except FileLinkError as exc:
             logger.info("files.upload_refused", user=p.username, status=exc.status, reason=str(exc))
             return problem(exc.status, str(exc))
+        finally:
+            self._inflight[owner] -= 1
+            if not self._inflight[owner]:
+                del self._inflight[owner]
         url = self.link_url(request, link, token)
         logger.info("files.uploaded", user=p.username, id=link.id, size=link.size)
         body = {"id": link.id, "url": url, "name": link.name, "size": link.size, "sha256": link.sha256,
@@ -160,4 +172,5 @@ class FileLinkHttp:
         async for block in self.links.read(fh, start, stop):
             await resp.write(block)
         await resp.write_eof()
+        logger.info("files.downloaded", id=link.id, status=status, bytes=stop - start)
         return resp

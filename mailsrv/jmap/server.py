@@ -185,7 +185,8 @@ class JmapApp:
         if self.files is not None:  # big attachments through links (docs/files.md)
             from mailsrv.files.http import FileLinkHttp
 
-            FileLinkHttp(self.files, self.authenticate, self.refuse, self.base_url).install(app)
+            FileLinkHttp(self.files, self.authenticate, self.refuse, self.base_url,
+                         self.config.max_concurrent_upload).install(app)
         app.on_startup.append(self.resume)
         app.on_shutdown.append(self._close_websockets)
         return app

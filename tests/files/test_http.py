@@ -239,3 +239,30 @@ async def test_names_are_served_as_attachments(server: LinkServer, http: aiohttp
         assert r.headers["Content-Type"] == "application/octet-stream"
         cd = r.headers["Content-Disposition"]
         assert cd.startswith("attachment; ") and "\u202e" not in cd and cd.count('"') == 2
+
+
+async def test_concurrent_uploads_of_one_user_are_bounded(tmp_path: Path) -> None:
+    from mailsrv.config import JmapConfig
+
+    s = LinkServer(tmp_path, jmap=JmapConfig(max_concurrent_upload=1))
+    await s.start()
+    try:
+        gate = asyncio.Event()
+
+        async def slow() -> AsyncIterator[bytes]:
+            yield DATA[:100]
+            await gate.wait()
+            yield DATA[100:]
+
+        async with aiohttp.ClientSession() as h1, aiohttp.ClientSession() as h2:
+            first = asyncio.ensure_future(put(h1, s, "a.bin", slow()))
+            tmp = s.files_root / "tmp"
+            await wait_until_async(lambda: tmp.is_dir() and any(tmp.iterdir()))  # the first one is under way
+            status, body, _ = await put(h2, s, "b.bin", DATA)
+            assert status == 429 and "1 upload" in body["detail"]
+            assert (await put(h2, s, "b.bin", DATA, basic("bob@example.test", "hunter2")))[0] == 201  # another user
+            gate.set()
+            assert (await first)[0] == 201
+            assert (await put(h2, s, "c.bin", DATA))[0] == 201  # the slot is free again
+    finally:
+        await s.stop()
