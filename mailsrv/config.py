@@ -703,7 +703,8 @@ class FilesConfig:
                                 check=_positive)
     convert_over: int = doc("On authenticated submission, an attachment larger than this many bytes (encoded) is "
                             "stored as a link of the sender's and replaced in the message by a short text part "
-                            "with the link; 0 = never.", 0, check=_non_negative)
+                            "with the link; 0 = never. Not applied yet: submission does not call it (docs/files.md).", 0,
+                            check=_non_negative)
 
 
 @dataclass(frozen=True)
