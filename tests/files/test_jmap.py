@@ -82,3 +82,16 @@ async def test_without_the_capability_or_when_disabled(server: LinkServer, http:
     server.app.files = None
     (res,) = await c.call(["FileLink/get", {"accountId": "a1", "ids": None}, "0"], using=USING)
     assert res[1]["type"] == "serverUnavailable"
+
+
+async def test_not_on_an_account_shared_with_the_caller(server: LinkServer, http: aiohttp.ClientSession) -> None:
+    from jmaptest import FakeAccount, FakeGrant
+
+    server.shared["2"] = [FakeGrant(FakeAccount(1, "alice@example.test"), read_only=False)]
+    bob = Client(server, http, basic("bob@example.test", "hunter2"))
+    async with http.get(f"{server.url}/jmap/session", headers=bob.headers) as r:
+        session = await r.json()
+    assert FILELINK not in session["accounts"]["a1"]["accountCapabilities"]  # alice's, shared with bob
+    assert FILELINK in session["accounts"]["a2"]["accountCapabilities"]
+    (res,) = await bob.call(["FileLink/get", {"accountId": "a1", "ids": None}, "0"], using=USING)
+    assert res[1]["type"] == "accountNotSupportedByMethod"
