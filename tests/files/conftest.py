@@ -12,15 +12,13 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent / "jmap"))
 
-from filetest import LinkServer
+from filetest import LinkServer, serving
 
 
 @pytest.fixture
 async def server(tmp_path: Path) -> AsyncIterator[LinkServer]:
-    s = LinkServer(tmp_path)
-    await s.start()
-    yield s
-    await s.stop()
+    async with serving(tmp_path) as s:
+        yield s
 
 
 @pytest.fixture

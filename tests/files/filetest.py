@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +13,7 @@ from jmaptest import Server, basic
 from mailsrv.config import FilesConfig, JmapConfig
 from mailsrv.files import FileLinks
 
-__all__ = ["LinkServer", "basic", "put"]
+__all__ = ["LinkServer", "basic", "put", "serving"]
 
 
 class LinkServer(Server):
@@ -40,3 +42,15 @@ async def put(http: aiohttp.ClientSession, server: Server, name: str, data: Any,
     async with http.put(f"{server.url}/files/{name}", data=data,
                         headers=basic() if headers is None else headers) as r:
         return r.status, await r.json(content_type=None), r.headers
+
+
+@contextlib.asynccontextmanager
+async def serving(tmp: Path, files: FilesConfig | None = None, jmap: JmapConfig | None = None
+                  ) -> AsyncIterator[LinkServer]:
+    """A started :class:`LinkServer`, stopped at the end."""
+    s = LinkServer(tmp, files, jmap)
+    await s.start()
+    try:
+        yield s
+    finally:
+        await s.stop()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from filetest import LinkServer, basic, put
+from filetest import LinkServer, basic, put, serving
 from support.server import wait_until_async
 
 from mailsrv.config import FilesConfig
@@ -134,9 +134,7 @@ async def test_basic_is_refused_on_plain_http(tmp_path: Path, http: aiohttp.Clie
 
 
 async def test_max_size_by_content_length_and_while_streaming(tmp_path: Path, http: aiohttp.ClientSession) -> None:
-    s = LinkServer(tmp_path, FilesConfig(max_size=5000))
-    await s.start()
-    try:
+    async with serving(tmp_path, FilesConfig(max_size=5000)) as s:
         status, body, _ = await put(http, s, "a.bin", DATA)  # Content-Length: refused before the body
         assert status == 413 and "5000" in body["detail"]
 
@@ -149,14 +147,10 @@ async def test_max_size_by_content_length_and_while_streaming(tmp_path: Path, ht
         status, body, _ = await put(http, s, "a.bin", DATA[:5000])
         assert status == 201
         assert len(s.rows()) == 1 and len(s.leftovers()) == 1
-    finally:
-        await s.stop()
 
 
 async def test_quota_counts_live_links_and_is_freed_by_delete(tmp_path: Path, http: aiohttp.ClientSession) -> None:
-    s = LinkServer(tmp_path, FilesConfig(quota=25_000))
-    await s.start()
-    try:
+    async with serving(tmp_path, FilesConfig(quota=25_000)) as s:
         assert (await put(http, s, "1.bin", DATA))[0] == 201
         assert (await put(http, s, "2.bin", DATA))[0] == 201
         status, body, _ = await put(http, s, "3.bin", DATA)
@@ -174,14 +168,10 @@ async def test_quota_counts_live_links_and_is_freed_by_delete(tmp_path: Path, ht
         assert (await put(http, s, "3.bin", DATA))[0] == 201
         assert not s.links.store.data_path(first.id).exists()
         assert len(s.leftovers()) == 3
-    finally:
-        await s.stop()
 
 
 async def test_concurrent_uploads_cannot_both_pass_the_quota(tmp_path: Path) -> None:
-    s = LinkServer(tmp_path, FilesConfig(quota=15_000))
-    await s.start()
-    try:
+    async with serving(tmp_path, FilesConfig(quota=15_000)) as s:
         async def one(name: str) -> int:
             async with aiohttp.ClientSession() as h:
                 gate = asyncio.Event()
@@ -199,8 +189,6 @@ async def test_concurrent_uploads_cannot_both_pass_the_quota(tmp_path: Path) -> 
         statuses = sorted(await asyncio.gather(one("a"), one("b")))
         assert statuses == [201, 507]
         assert len(s.rows()) == 1 and len(s.leftovers()) == 1
-    finally:
-        await s.stop()
 
 
 async def test_a_client_gone_mid_upload_leaves_no_file_and_no_link(server: LinkServer) -> None:
@@ -244,9 +232,7 @@ async def test_names_are_served_as_attachments(server: LinkServer, http: aiohttp
 async def test_concurrent_uploads_of_one_user_are_bounded(tmp_path: Path) -> None:
     from mailsrv.config import JmapConfig
 
-    s = LinkServer(tmp_path, jmap=JmapConfig(max_concurrent_upload=1))
-    await s.start()
-    try:
+    async with serving(tmp_path, jmap=JmapConfig(max_concurrent_upload=1)) as s:
         gate = asyncio.Event()
 
         async def slow() -> AsyncIterator[bytes]:
@@ -264,5 +250,3 @@ async def test_concurrent_uploads_of_one_user_are_bounded(tmp_path: Path) -> Non
             gate.set()
             assert (await first)[0] == 201
             assert (await put(h2, s, "c.bin", DATA))[0] == 201  # the slot is free again
-    finally:
-        await s.stop()

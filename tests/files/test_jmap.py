@@ -6,7 +6,7 @@ import hashlib
 from pathlib import Path
 
 import aiohttp
-from filetest import LinkServer, basic, put
+from filetest import LinkServer, basic, put, serving
 from jmaptest import Client
 
 from mailsrv.config import FilesConfig
@@ -59,9 +59,7 @@ async def test_a_link_from_an_uploaded_blob(server: LinkServer, http: aiohttp.Cl
 
 
 async def test_quota_and_size_are_set_errors(tmp_path: Path, http: aiohttp.ClientSession) -> None:
-    s = LinkServer(tmp_path, FilesConfig(quota=len(DATA) + 10, max_size=len(DATA) + 5))
-    await s.start()
-    try:
+    async with serving(tmp_path, FilesConfig(quota=len(DATA) + 10, max_size=len(DATA) + 5)) as s:
         c = Client(s, http)
         blob = await c.upload(DATA, "text/plain")
         big = await c.upload(DATA + b"0123456789", "text/plain")
@@ -71,8 +69,6 @@ async def test_quota_and_size_are_set_errors(tmp_path: Path, http: aiohttp.Clien
         assert set(res[1]["created"]) == {"a"}
         assert res[1]["notCreated"]["b"]["type"] == "overQuota"
         assert res[1]["notCreated"]["c"]["type"] == "tooLarge"
-    finally:
-        await s.stop()
 
 
 async def test_without_the_capability_or_when_disabled(server: LinkServer, http: aiohttp.ClientSession) -> None:
