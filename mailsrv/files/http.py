@@ -2,8 +2,8 @@
 
 Routes (added to the JMAP application by :meth:`FileLinkHttp.add_routes`):
 
-    PUT  /files/{name}                 upload the raw body as ``name`` (``curl -T FILE URL/files/``)
-    POST /files?name=NAME              the same
+    PUT  /files/{name}[?days=N]        upload the raw body as ``name`` (``curl -T FILE URL/files/``)
+    POST /files?name=NAME[&days=N]     the same (``days``: a shorter life than ``[files] retention_days``)
     GET  /f/{token}[/{name}]           download, no login: Range, ETag, HEAD
 
 Uploads authenticate exactly as JMAP does (the caller's ``authenticate``/``refuse``: Basic only
@@ -112,6 +112,10 @@ class FileLinkHttp:
         if p is None:
             return self.refuse(request)
         media_type = request.headers.get("Content-Type", "application/octet-stream").split(";")[0].strip().lower()
+        days = request.query.get("days")
+        longest = self.links.config.retention_days
+        if days is not None and not (days.isascii() and days.isdigit() and 1 <= int(days) <= longest):
+            return problem(400, f"days must be a number from 1 to {longest} ([files] retention_days)")
         owner = str(p.id)
         n = self._inflight.get(owner, 0)
         if n >= self.max_concurrent:
@@ -119,7 +123,8 @@ class FileLinkHttp:
         self._inflight[owner] = n + 1
         try:
             link, token = await self.links.upload(owner, p.username, name, media_type or "application/octet-stream",
-                                                  request.content.iter_chunked(BODY_CHUNK), request.content_length)
+                                                  request.content.iter_chunked(BODY_CHUNK), request.content_length,
+                                                  None if days is None else int(days))
         except FileLinkError as exc:
             logger.info("files.upload_refused", user=p.username, status=exc.status, reason=str(exc))
             return problem(exc.status, str(exc))

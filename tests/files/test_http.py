@@ -250,3 +250,14 @@ async def test_concurrent_uploads_of_one_user_are_bounded(tmp_path: Path) -> Non
             gate.set()
             assert (await first)[0] == 201
             assert (await put(h2, s, "c.bin", DATA))[0] == 201  # the slot is free again
+
+
+async def test_a_shorter_life_on_request(server: LinkServer, http: aiohttp.ClientSession) -> None:
+    status, body, _ = await put(http, server, "a.bin?days=2", DATA)
+    assert status == 201
+    (link,) = server.rows()
+    assert abs(link.expires - link.created - 2 * 86400) < 1
+    for bad in ("0", "31", "-1", "x", "²"):
+        status, body, _ = await put(http, server, f"a.bin?days={bad}", DATA)
+        assert status == 400 and "1 to 30" in body["detail"], bad
+    assert len(server.rows()) == 1
