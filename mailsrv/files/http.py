@@ -174,8 +174,12 @@ class FileLinkHttp:
         if start == 0:  # a download begun; a resumed one (Range from further on) is not counted again
             await self.links.count_download(link.id)
         await resp.prepare(request)
-        async for block in self.links.read(fh, start, stop):
-            await resp.write(block)
+        blocks = self.links.read(fh, start, stop)
+        try:
+            async for block in blocks:
+                await resp.write(block)
+        finally:
+            await blocks.aclose()  # the file is closed now, not when the generator is collected
         await resp.write_eof()
         logger.info("files.downloaded", id=link.id, status=status, bytes=stop - start)
         return resp

@@ -12,7 +12,7 @@ import asyncio
 import hashlib
 import os
 import random
-from collections.abc import AsyncIterable, Callable, Iterable
+from collections.abc import AsyncGenerator, AsyncIterable, Callable, Iterable
 from pathlib import Path
 from typing import IO, Any
 
@@ -190,7 +190,7 @@ class FileLinks:
         except FileNotFoundError:
             return None
 
-    async def read(self, fh: IO[bytes], start: int, stop: int) -> AsyncIterable[bytes]:
+    async def read(self, fh: IO[bytes], start: int, stop: int) -> AsyncGenerator[bytes, None]:
         """Octets ``start`` to ``stop - 1`` of ``fh``, :data:`READ_CHUNK` at a time (closes ``fh``)."""
         try:
             pos = start

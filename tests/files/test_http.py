@@ -261,3 +261,33 @@ async def test_a_shorter_life_on_request(server: LinkServer, http: aiohttp.Clien
         status, body, _ = await put(http, server, f"a.bin?days={bad}", DATA)
         assert status == 400 and "1 to 30" in body["detail"], bad
     assert len(server.rows()) == 1
+
+
+async def test_a_client_gone_mid_download_releases_the_file(server: LinkServer, http: aiohttp.ClientSession) -> None:
+    import io
+    import os
+
+    big = os.urandom(8 * 1024 * 1024)
+    _, body, _ = await put(http, server, "big.bin", io.BytesIO(big))
+    data = str(server.links.store.data_path(body["id"]))
+
+    def open_on_data() -> bool:
+        fds = Path("/proc/self/fd")
+        out = False
+        for fd in fds.iterdir():
+            try:
+                out = out or os.readlink(fd) == data
+            except OSError:
+                pass
+        return out
+
+    path = body["url"].split("/", 3)[3]
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(f"GET /{path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    await writer.drain()
+    await reader.readexactly(1024 * 1024)  # headers and the first megabyte; the server is now writing
+    assert open_on_data()
+    writer.transport.abort()
+    await wait_until_async(lambda: not open_on_data())
+    async with http.get(body["url"], headers={"Range": "bytes=-4"}) as r:  # the server goes on serving
+        assert r.status == 206 and await r.read() == big[-4:]
