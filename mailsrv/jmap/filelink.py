@@ -4,7 +4,8 @@ A webmail turns a big attachment into a link: it uploads the file (RFC 8620 §6.
 URL), then creates a FileLink from the ``blobId``; the ``created`` response carries the link's
 ``url`` (the only time it is shown: only a hash of its token is kept). Properties: ``id``,
 ``name``, ``size``, ``sha256``, ``type``, ``created``, ``expires``, ``downloads`` (all server-set
-except ``name`` and ``type`` at creation), and ``url`` in the create response only. Links belong to
+except ``name`` and ``type`` at creation, when ``days`` may also ask for a shorter life than
+``[files] retention_days``), and ``url`` in the create response only. Links belong to
 the caller's personal account; ``update`` is not supported (a link is made or destroyed).
 """
 
@@ -116,9 +117,13 @@ async def _create(files: Any, uploads: Any, be: Any, ctx: RequestContext, owner:
 
     if not isinstance(obj, dict) or not isinstance(obj.get("blobId"), str):
         raise SetError("invalidProperties", "blobId is required", properties=["blobId"])
-    extra = set(obj) - {"blobId", "name", "type"}
+    extra = set(obj) - {"blobId", "name", "type", "days"}
     if extra:
-        raise SetError("invalidProperties", "only blobId, name and type may be set", properties=sorted(extra))
+        raise SetError("invalidProperties", "only blobId, name, type and days may be set", properties=sorted(extra))
+    days = obj.get("days")
+    longest = files.config.retention_days
+    if days is not None and (type(days) is not int or not 1 <= days <= longest):
+        raise SetError("invalidProperties", f"days is a number from 1 to {longest}", properties=["days"])
     name, media_type = obj.get("name", "file"), obj.get("type")
     if not isinstance(name, str) or (media_type is not None and not isinstance(media_type, str)):
         raise SetError("invalidProperties", "name and type are Strings", properties=["name", "type"])
@@ -129,7 +134,7 @@ async def _create(files: Any, uploads: Any, be: Any, ctx: RequestContext, owner:
     if media_type is None:
         media_type = await uploads.content_type(be.account_id, blob_id)
     try:
-        return await files.from_file(path, owner, ctx.username, name, media_type)
+        return await files.from_file(path, owner, ctx.username, name, media_type, days)
     except FileLinkError as exc:
         kind = "overQuota" if exc.status == 507 else "tooLarge"
         raise SetError(kind, str(exc)) from None

@@ -25,13 +25,20 @@ async def test_a_link_from_an_uploaded_blob(server: LinkServer, http: aiohttp.Cl
     blob = await c.upload(DATA, "text/csv")
     (res,) = await c.call(["FileLink/set", {"accountId": "a1", "create": {
         "k": {"blobId": blob["blobId"], "name": "q3.csv"},
-        "bad": {"blobId": "G" + "0" * 40}}}, "0"], using=USING)
+        "bad": {"blobId": "G" + "0" * 40},
+        "week": {"blobId": blob["blobId"], "days": 7}, "long": {"blobId": blob["blobId"], "days": 31}}}, "0"],
+        using=USING)
     assert res[0] == "FileLink/set", res
     made = res[1]["created"]["k"]
     assert made["name"] == "q3.csv" and made["size"] == len(DATA) and made["type"] == "text/csv"
     assert made["sha256"] == hashlib.sha256(DATA).hexdigest() and made["downloads"] == 0
     assert made["url"].startswith(server.url + "/f/") and made["url"].endswith("/q3.csv")
     assert res[1]["notCreated"]["bad"]["type"] == "blobNotFound"
+    assert res[1]["notCreated"]["long"]["properties"] == ["days"]
+    week = res[1]["created"]["week"]
+    assert week["expires"] < made["expires"] and week["name"] == "file"
+    (gone,) = await c.call(["FileLink/set", {"accountId": "a1", "destroy": [week["id"]]}, "0"], using=USING)
+    assert gone[1]["destroyed"] == [week["id"]]
     async with aiohttp.ClientSession() as anonymous, anonymous.get(made["url"]) as r:
         assert r.status == 200 and await r.read() == DATA
     (got,) = await c.call(["FileLink/get", {"accountId": "a1", "ids": None}, "0"], using=USING)
