@@ -173,6 +173,8 @@ def test_300_megabytes_with_the_workers_memory_bounded(server: ServerProcess, tm
     print(f"\n300 MB upload over HTTPS in {upload_s:.1f}s; peak RSS growth per process (KiB): {grew}")
     subprocess.run(mailsrv_cmd("files", "delete", link["id"], "-c", str(server.cfg)), check=True,
                    capture_output=True)
+    src.unlink()  # pytest keeps the last runs' directories: not 600 MB each
+    out.unlink()
 
 
 def test_a_link_survives_kill_9_after_the_201(setup: Path, server: ServerProcess, tmp_path: Path) -> None:
