@@ -468,7 +468,7 @@ class Pop3Config:
     max_auth_failures: int = doc("Failed logins in one session before it is disconnected.", 3, check=_positive)
     no_flag_updates: bool = doc(
         "Leave flags alone (Dovecot's pop3_no_flag_updates): false marks what RETR sent \\Seen when the "
-        "session ends (QUIT or not, RSET forgets the marks; TOP marks nothing).",
+        "session ends (QUIT or not, RSET forgets the marks; TOP marks nothing) and the login takes \\Recent.",
         False,
     )
 

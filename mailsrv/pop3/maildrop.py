@@ -236,7 +236,8 @@ class StoreMaildrops:
     """Opens maildrops in the worker's store; one per worker (``resources["pop3.maildrops"]``)."""
 
     def __init__(self, store: Any, data_dir: Path, lock_dir: Path | None = None, *,
-                 expire_days: int | None = None, clock: Callable[[], float] = time.time) -> None:
+                 expire_days: int | None = None, clock: Callable[[], float] = time.time,
+                 drop_recent: bool = False) -> None:
         self.store = store
         self.data_dir = data_dir
         self.lock_dir = lock_dir if lock_dir is not None else data_dir / "locks" / "pop3"
@@ -244,6 +245,9 @@ class StoreMaildrops:
         #: RFC 2449 §6.7 EXPIRE n > 0: messages are removed n days after their first retrieval
         self.expire_days = expire_days if expire_days else None
         self.clock = clock
+        #: Dovecot's POP3 without pop3_no_flag_updates opens INBOX with MAILBOX_FLAG_DROP_RECENT: the
+        #: snapshot's messages are \Recent to no IMAP session after the login
+        self.drop_recent = drop_recent
 
     async def open(self, account: Any) -> StoreMaildrop:
         """Raises :class:`InUse` (another session holds it) or :class:`MaildropUnavailable`."""
@@ -262,6 +266,8 @@ class StoreMaildrops:
                 if await self._expire(acct, view, retrieved):
                     view = await acct.open_mailbox("INBOX")
             messages = await self._messages(acct, str(account.id), view)
+            if self.drop_recent and messages:
+                await acct.claim_recent("INBOX", max(m.uid for m in messages) + 1)
             return StoreMaildrop(acct, view.uidvalidity, messages, lock, last_login, retrieved, self.clock,
                                  mailbox_id=view.id)
         except StoreError as exc:

@@ -105,7 +105,8 @@ class Pop3Service:
         if drops is None and self.ctx.resources.get("store") is not None:
             expire = self.config.expire
             drops = StoreMaildrops(self.ctx.resources["store"], Path(self.ctx.config.server.data_dir),
-                                   expire_days=int(expire) if expire.isdigit() else None)
+                                   expire_days=int(expire) if expire.isdigit() else None,
+                                   drop_recent=not self.config.no_flag_updates)
             self.ctx.resources["pop3.maildrops"] = drops
         return drops
 

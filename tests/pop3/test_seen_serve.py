@@ -65,6 +65,17 @@ def test_retr_marks_seen_and_idle_is_told(setup: Setup) -> None:
     assert seen_flags(setup, addr) == [False, True, False]
 
 
+def test_a_pop3_login_takes_the_recent_flag(setup: Setup) -> None:
+    addr = setup.add_user("recent", [MSG % b"one", MSG % b"two"])
+    setup.pop3(addr).quit()
+    imap = imap_login(setup, addr)
+    try:
+        assert imap.select("INBOX")[1] == [b"2"]
+        assert imap.response("RECENT")[1] == [b"0"]  # as Dovecot: the POP3 session saw them first
+    finally:
+        imap.logout()
+
+
 def test_dropped_session_marks_seen_without_deleting(setup: Setup) -> None:
     addr = setup.add_user("dropper", [MSG % b"one", MSG % b"two"])
     c = setup.pop3(addr)

@@ -199,3 +199,19 @@ async def test_login_size_count_holds_no_more_than_piecewise_reads(store: Store,
         assert max(held) * SIZE_SCAN_CONCURRENCY <= 2 << 20
     finally:
         await drop.close()
+
+
+@pytest.mark.parametrize("drop_recent", [True, False])
+async def test_login_drops_recent_and_mark_seen_sets_the_flag(store: Store, tmp_path: Path, drop_recent: bool) -> None:
+    """As Dovecot: without pop3_no_flag_updates the login takes the snapshot's \\Recent (no IMAP session sees
+    them recent after it); mark_seen adds \\Seen in the store, skipping a message expunged meanwhile."""
+    acct = await store.account(str(ACCT.id), tmp_path / ACCT.store)
+    uids = [await acct.append("INBOX", b"Subject: %d\r\n\r\nx\r\n" % i) for i in range(3)]
+    drop = await StoreMaildrops(store, tmp_path, drop_recent=drop_recent).open(ACCT)
+    later = await acct.append("INBOX", b"Subject: after the login\r\n\r\nx\r\n")
+    assert await acct.recent_count("INBOX") == (1 if drop_recent else 4)  # a later message stays recent
+    await acct.expunge("INBOX", [uids[2]], only_deleted=False)
+    await drop.mark_seen([uids[0], uids[2]])
+    await drop.close()
+    flags = {m.uid: m.flags for m in (await acct.open_mailbox("INBOX")).messages}
+    assert flags == {uids[0]: frozenset({"\\Seen"}), uids[1]: frozenset(), later: frozenset()}
