@@ -7,9 +7,11 @@ import contextlib
 import os
 import sqlite3
 import threading
+import time
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 from mailsrv import log
 from mailsrv._speedups import quota as quota_impl
@@ -31,6 +33,7 @@ from mailsrv.store.usage import BOOK_NAME, UsageBook
 from mailsrv.util import fsio
 
 logger = log.get("store")
+T = TypeVar("T")
 
 #: Deliveries run at most ``io_threads // DELIVERY_JOBS`` pool jobs at once (at least 2). More
 #: threads in fsync and SQLite fight over the GIL: measured on 2 cores (50 sessions, 50 mailboxes)
@@ -52,6 +55,18 @@ KEEP_RAW = 256 * 1024
 RAW_HELD_MAX = 16 << 20
 #: seconds Store.close() waits at most for deliveries in flight (their pool job and sync) to answer
 CLOSE_WAIT = 30.0
+#: seconds the background indexer leaves a file another process (worker) linked into new/ for that
+#: process's own indexer, which holds its parse (and search its bytes): with two workers delivering
+#: to the same mailboxes, each indexing the other's files read and parsed about half the messages
+#: twice (probe, random recipients over 50 mailboxes, quiet machine: store + search rounds ~172 ->
+#: ~141 us of CPU per message; bench/README.md). Older files are taken (their deliverer died before
+#: indexing, or another program wrote them); readers (IMAP, POP3, JMAP) take every file at once.
+FOREIGN_GRACE = 2.0
+#: an Indexer key: look at the mailbox's new/ for files older than FOREIGN_GRACE
+RECHECK = ""
+#: Indexer.stats: thread CPU seconds of the index batches, messages added, those parsed from their
+#: file (another process delivered them), those left to it, ours found indexed before the batch
+STATS = ("cpu_s", "added", "foreign", "foreign_left", "done_before")
 
 
 def account_root(data_dir: Path | str, account_id: str | int, store: str | None = None) -> Path:
@@ -219,6 +234,10 @@ class Store:
         await self.indexer.flush()  # every acknowledged delivery indexed before the engines close
         if self.fssync is not None and self.fssync.rounds:  # where a delivery's wait went (bench/README)
             logger.info("store.rounds", **{k: round(v, 3) for k, v in self.fssync.stats().items()})
+        if self.indexer.rounds:
+            logger.info("store.indexer", rounds=self.indexer.rounds, batches=self.indexer.batches,
+                        queued=self.indexer.queued,
+                        **{k: round(v, 4) if k == "cpu_s" else int(v) for k, v in self.indexer.stats.items()})
         if self._hibernating:
             await asyncio.gather(*self._hibernating, return_exceptions=True)
         for acct in [*self._accounts.values(), *self._evicted.values()]:
@@ -466,24 +485,18 @@ class Store:
         find their files indexed by it (group commit without a separate round trip).
         """
         eng = acct.engine
-        for attempt in (1, 2):
-            try:
-                with eng.lock:
-                    if not any(k in eng.pending for k in keys):
-                        return eng.uids_for_keys(mailbox, keys), None  # indexed by a concurrent sync
-                    res = eng.sync(mailbox, lazy_commit=lazy_commit)
-                    uids = {a.info.key: a.info.uid for a in res.added}
-                    uids = {k: uids[k] for k in keys if k in uids}
-                    if len(uids) < len(keys):
-                        uids = eng.uids_for_keys(mailbox, keys)
-                    return uids, res
-            except sqlite3.OperationalError:
-                raise
-            except sqlite3.DatabaseError as exc:
-                if attempt == 2:
-                    raise
-                eng.repair(exc)
-        raise AssertionError("unreachable")
+
+        def index() -> tuple[dict[str, int], SyncResult | None]:
+            if not any(k in eng.pending for k in keys):
+                return eng.uids_for_keys(mailbox, keys), None  # indexed by a concurrent sync
+            res = eng.sync(mailbox, lazy_commit=lazy_commit)
+            uids = {a.info.key: a.info.uid for a in res.added}
+            uids = {k: uids[k] for k in keys if k in uids}
+            if len(uids) < len(keys):
+                uids = eng.uids_for_keys(mailbox, keys)
+            return uids, res
+
+        return _repairing(eng, index)
 
     def _link_one(self, spool: Path, t: DeliveryTarget, size: int, email_id: str,
                   structure: bytes | None, thread: headers.ThreadHeaders,
@@ -540,6 +553,9 @@ class Indexer:
     the waiting files itself (they are in ``new/``); the indexer then finds them done.
     A batch works in slices (per mailbox, and every ``engine.GIVE_WAY_EVERY`` messages) and gives
     way to the process's delivery rounds between them (``fsio.give_way``, bounded per batch).
+    With several worker processes delivering into one mailbox, a batch takes the files this
+    process delivered and leaves another's for ``FOREIGN_GRACE`` (its indexer holds their parse),
+    then looks again (``_recheck_later``): a file whose deliverer died is taken once that old.
     """
 
     #: pool jobs one round runs at once (the rest of the pool stays free for deliveries and reads)
@@ -554,10 +570,15 @@ class Indexer:
         self.rounds = 0
         self.batches = 0
         self.queued = 0
+        #: mailboxes to look at again for files another process delivered (``_recheck_later``)
+        self._rechecks: set[tuple[str, str]] = set()
+        #: what the index transactions did: thread CPU, messages, those another process delivered
+        #: (parsed again here), those left for it (FOREIGN_GRACE), ours found indexed already
+        self.stats = dict.fromkeys(STATS, 0.0)
 
     def add(self, acct: Account, mailbox: str, key: str | None) -> None:
-        """Index ``key`` (a durable file in ``mailbox``'s new/) soon; None: whatever waits in new/.
-        Call on the store's loop."""
+        """Index ``key`` (a durable file in ``mailbox``'s new/) soon; None: whatever waits in new/;
+        ``RECHECK``: what waits there longer than ``FOREIGN_GRACE``. Call on the store's loop."""
         entry = self._waiting.get((acct.id, mailbox))
         if entry is None or entry[0] is not acct:
             entry = self._waiting[(acct.id, mailbox)] = (acct, mailbox, [])
@@ -565,6 +586,20 @@ class Indexer:
         self.queued += 1
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run())
+
+    def _recheck_later(self, acct: Account, mailbox: str) -> None:
+        """A round left files another process delivered in ``mailbox``'s new/ (``FOREIGN_GRACE``):
+        look again once they are older than that, so that they are indexed even if that process
+        died before its indexer ran (its files are then taken here, each once)."""
+        if (acct.id, mailbox) in self._rechecks:
+            return
+        self._rechecks.add((acct.id, mailbox))
+        asyncio.get_running_loop().call_later(FOREIGN_GRACE + 0.05, self._recheck, acct, mailbox)
+
+    def _recheck(self, acct: Account, mailbox: str) -> None:
+        self._rechecks.discard((acct.id, mailbox))
+        if not self.store._closing:
+            self.add(acct, mailbox, RECHECK)
 
     async def adopt(self, acct: Account) -> None:
         """A just opened account: index its INBOX in the background if files wait in its new/
@@ -582,7 +617,7 @@ class Indexer:
     @property
     def waiting(self) -> int:
         """Deliveries not yet handed to an index job."""
-        return sum(k is not None for e in self._waiting.values() for k in e[2])
+        return sum(bool(k) for e in self._waiting.values() for k in e[2])
 
     async def flush(self) -> None:
         """Index what waits now (no delay) and return once every delivery added before the call is
@@ -609,8 +644,13 @@ class Indexer:
                     if isinstance(out, BaseException):
                         logger.error("index.batch_failed", error=f"{type(out).__name__}: {out}")
                         continue
-                    for acct, res in out:
+                    published, recheck, stats = out
+                    for k, v in stats.items():
+                        self.stats[k] += v
+                    for acct, res in published:
                         await acct._publish(res)
+                    for acct, mailbox in recheck:
+                        self._recheck_later(acct, mailbox)
         finally:
             self._task = None
 
@@ -669,37 +709,107 @@ class _RawBudget:
 _RAW_HELD = _RawBudget()
 
 
-def _index_batch(batch: list[tuple[Account, str, list[str | None]]]) -> list[tuple[Account, SyncResult]]:
+def _index_batch(batch: list[tuple[Account, str, list[str | None]]]
+                 ) -> tuple[list[tuple[Account, SyncResult]], list[tuple[Account, str]], dict[str, float]]:
     """Blocking (I/O pool): one index transaction per mailbox for its waiting deliveries.
 
-    A failure (index busy, disk trouble) only leaves the files in new/, where the next
-    sync of that mailbox, by anyone, picks them up.
+    Returns the changes to publish, the mailboxes where files another process delivered were
+    left for it (the indexer looks at them again after ``FOREIGN_GRACE``), and this job's part of
+    ``Indexer.stats``. A failure (index busy, disk trouble) only leaves the files in new/, where
+    the next sync of that mailbox, by anyone, picks them up.
     """
     published: list[tuple[Account, SyncResult]] = []
+    recheck: list[tuple[Account, str]] = []
+    stats = dict.fromkeys(STATS, 0.0)
+    t0 = time.thread_time()
     with fsio.background():  # gives way to delivery rounds between slices (util/fsio.py)
         for acct, mailbox, keys in batch:
             fsio.give_way()
-            res = _index_one(acct, mailbox, keys)
-            if res is not None and res.changed:
+            parsed = acct.engine.files_parsed
+            res, left = _index_one(acct, mailbox, keys)
+            stats["foreign"] += acct.engine.files_parsed - parsed  # not delivered here: parsed again
+            stats["foreign_left"] += left
+            if left:
+                recheck.append((acct, mailbox))
+            if res is None:
+                stats["done_before"] += sum(bool(k) for k in keys)
+            elif res.changed:
                 published.append((acct, res))
-    return published
+                stats["added"] += len(res.added)
+    stats["cpu_s"] = time.thread_time() - t0
+    return published, recheck, stats
 
 
-def _index_one(acct: Account, mailbox: str, keys: list[str | None]) -> SyncResult | None:
-    """Blocking: :func:`_index_batch` for one mailbox; its changes, or None when indexing failed."""
-    res: SyncResult | None
-    try:
+def _index_one(acct: Account, mailbox: str, keys: list[str | None]) -> tuple[SyncResult | None, int]:
+    """Blocking: :func:`_index_batch` for one mailbox: its changes (None when there was nothing
+    of ours left to index, or indexing failed), and how many files another process delivered
+    were left in new/ for it (``FOREIGN_GRACE``)."""
+    eng = acct.engine
+
+    def index() -> tuple[SyncResult | None, int]:
         if None in keys:  # whatever waits in new/ (Indexer.adopt)
-            res = acct.engine.sync(mailbox, lazy_commit=True)
-        else:
-            _, res = Store._index_keys(acct, mailbox, [k for k in keys if k is not None], lazy_commit=True)
+            return eng.sync(mailbox, lazy_commit=True), 0
+        mine = [k for k in keys if k and k in eng.pending]
+        if RECHECK not in keys and not mine:
+            return None, 0  # indexed meanwhile (a reader, or our previous round took them with its own)
+        new = f"{eng.folder_cache.get(mailbox) or eng.folder_path(mailbox)}/new"
+        if not (mine and os.path.lexists(f"{new}/{mine[-1]}")):  # (one stat: a file without flags is named so)
+            ours, old, young = _waiting_files(eng, new)
+            if not ours and not old:  # ours indexed by a reader or another process meanwhile, and nothing
+                return None, young    # of others' waits beyond the grace: no transaction (~150-300 us)
+        res = eng.sync(mailbox, lazy_commit=True, foreign_grace=FOREIGN_GRACE)
+        return res, eng.foreign_left
+
+    try:
+        res, left = _repairing(eng, index)
     except (StoreError, OSError, sqlite3.Error) as exc:
         logger.warning("index.deferred_failed", account=acct.id, mailbox=mailbox, error=str(exc))
-        res = None
+        res, left = None, 0
     for key in keys:
-        if key is not None:
-            acct.engine.pending.pop(key, None)  # indexed, by us or by a reader
-    return res
+        if key:
+            eng.pending.pop(key, None)  # indexed, by us or by a reader
+    return res, left
+
+
+def _waiting_files(eng: Engine, new: str) -> tuple[int, int, int]:
+    """Blocking: the files in a mailbox's ``new`` directory that this process delivered (and synced),
+    and those it did not, older and younger than FOREIGN_GRACE by their ctime: (ours, old, young).
+    With none of the first two, a background sync would take nothing: the caller makes no transaction."""
+    since = time.time() - FOREIGN_GRACE
+    ours = old = young = 0
+    with os.scandir(new) as it:
+        for e in it:
+            if e.name.startswith("."):
+                continue
+            pend = eng.pending.get(md.split_filename(e.name)[0])
+            if pend is not None:
+                ours += not pend.unsynced  # (an unsynced one is not taken before its sync)
+                continue
+            try:
+                ctime = e.stat().st_ctime
+            except FileNotFoundError:  # indexed (renamed into cur/) meanwhile
+                continue
+            if ctime > since:
+                young += 1
+            else:
+                old += 1
+    return ours, old, young
+
+
+def _repairing(eng: Engine, fn: Callable[[], T]) -> T:
+    """``fn()`` (an index transaction of ``eng``); a corrupt index is repaired (rebuilt) and ``fn``
+    run once more. Busy or locked (OperationalError) is raised at once."""
+    for attempt in (1, 2):
+        try:
+            with eng.lock:
+                return fn()
+        except sqlite3.OperationalError:
+            raise
+        except sqlite3.DatabaseError as exc:
+            if attempt == 2:
+                raise
+            eng.repair(exc)
+    raise AssertionError("unreachable")
 
 
 def _take_back(paths: list[str]) -> None:
