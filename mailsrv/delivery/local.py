@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from mailsrv import log
 from mailsrv.directory import Account, Kind, Resolution
 from mailsrv.store import DeliveryTarget, QuotaLimits, account_root
+from mailsrv.store.store import CLOSING
 
 if TYPE_CHECKING:
     from mailsrv.delivery.archive import ArchivePlan
@@ -62,6 +63,9 @@ class LocalOutcome:
     archive_spool: Path | None = None
     #: a copy of the message's own spool file is durable (its file exists: the queue may link it)
     spool_linked: bool = False
+    #: ``deliver(consume=True)``: the store's job ran and left no file at the spool's path (the caller
+    #: has nothing to remove)
+    spool_consumed: bool = False
 
 
 #: An archive copy of a message up to this size is made in memory (block + bytes, one store job);
@@ -224,7 +228,7 @@ class LocalDelivery:
 
     async def deliver(self, spool: Path, recipients: Sequence[tuple[str, Resolution]], *,
                       mailbox: str = "INBOX", data: bytes | None = None,
-                      archive: ArchivePlan | None = None) -> LocalOutcome:
+                      archive: ArchivePlan | None = None, consume: bool = False) -> LocalOutcome:
         """Deliver the durable ``spool`` to every local recipient; returns when every copy is durable.
 
         ``recipients`` are (address, resolution) of kind local or group. Groups
@@ -232,6 +236,9 @@ class LocalDelivery:
         caller holds them (the store then does not read the file back; see Store.deliver).
         ``archive``: the message's archive copies join the last store call (counted in ``delivered``;
         a failed one is in ``archive_retry``, not ``retry``).
+        ``consume``: the caller has no further use for the file at ``spool`` (a sealed spool: ``data``
+        is the message): the last store call moves it into a mailbox instead of linking it, or removes
+        it (``Store.deliver(consume=True)``); ``spool_consumed`` says when no file is left.
         """
         out = LocalOutcome()
         seen: set[int] = set()
@@ -239,7 +246,7 @@ class LocalDelivery:
         batch: list[tuple[str, Account, str]] = []
 
         async def flush(batch: list[tuple[str, Account, str]], spool_path: Path, data: bytes | None,
-                        flags: dict[str, frozenset[str]]) -> None:
+                        flags: dict[str, frozenset[str]], consume: bool = False) -> None:
             if not batch:
                 return
             # Opening an account may create its maildir: open the batch concurrently (store I/O pool);
@@ -253,11 +260,13 @@ class LocalDelivery:
                 targets = [replace(t, flags=flags[addr]) if addr in flags else t
                            for (addr, _, _), t in zip(batch, targets, strict=True)]
             # durable in new/ is enough to acknowledge; the UIDs come from the store's indexer
-            results = await self.store.deliver(spool_path, targets, uids=False, data=data)
+            results = await self.store.deliver(spool_path, targets, uids=False, data=data, consume=consume)
+            if consume:  # the job ran unless the store was closing
+                out.spool_consumed = not any(r.error == CLOSING for r in results)
             for (addr, _, box), res in zip(batch, results, strict=True):
                 if res.status == "ok":
                     out.delivered += 1
-                    out.spool_linked |= spool_path == spool
+                    out.spool_linked |= spool_path is spool and not consume  # is: Path == costs ~3 us
                     continue
                 logger.warning("delivery.failed", rcpt=addr, status=res.status, error=res.error or "")
                 if addr in flags:
@@ -294,7 +303,7 @@ class LocalDelivery:
             if len(batch) >= DELIVERY_BATCH:
                 await flush(batch, spool, data, {})
         if archive is None:
-            await flush(batch, spool, data, {})
+            await flush(batch, spool, data, {}, consume)
             return out
         archived: dict[str, frozenset[str]] = {}  # archive copies' addresses -> their flags
         copies: list[tuple[str, Account, str]] = []

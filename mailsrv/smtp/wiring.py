@@ -93,8 +93,16 @@ class DirectoryBackend:
                 local = []
             elif plan is not None:  # the envelope as received: every recipient, local and remote (Bcc)
                 plan.envelope = envelope_block(tx.sender, [r.address for r in tx.rcpts])
-        outcome = (await self.local.deliver(spool.path, local, mailbox=mailbox, data=data, archive=plan)
+        # nobody needs the spool file after the local copies (no remote recipient, archive copy or
+        # success notice: an outside group member or a retry writes it again from memory): the store
+        # moves it into the last mailbox instead of linking it and having it removed after the reply
+        consume = (plan is None and not remote and isinstance(spool, FileSpool) and spool.sealed
+                   and not any("SUCCESS" in r.notify for r in tx.rcpts))
+        outcome = (await self.local.deliver(spool.path, local, mailbox=mailbox, data=data, archive=plan,
+                                            consume=consume)
                    if local or plan is not None else None)
+        if outcome is not None and outcome.spool_consumed and isinstance(spool, FileSpool):
+            spool.forget()
         if outcome is not None:
             remote.extend(_qrcpt(a) for a in outcome.outside)
             retry = [_qrcpt(a, by_addr.get(a)) for a in outcome.retry]

@@ -67,6 +67,8 @@ RECHECK = ""
 #: Indexer.stats: thread CPU seconds of the index batches, messages added, those parsed from their
 #: file (another process delivered them), those left to it, ours found indexed before the batch
 STATS = ("cpu_s", "added", "foreign", "foreign_left", "done_before")
+#: the error of a delivery's results when the store was closing: its job never ran
+CLOSING = "store closing"
 
 
 def account_root(data_dir: Path | str, account_id: str | int, store: str | None = None) -> Path:
@@ -183,7 +185,7 @@ class Store:
         """The limits of a domain's quota root (unlimited without a source), reused DOMAIN_LIMITS_TTL s."""
         if self.domain_quota_source is None:
             return QuotaLimits()
-        now = asyncio.get_running_loop().time()
+        now = time.monotonic()  # not the loop's time: get_running_loop costs a getpid(2) on Python 3.11
         hit = self._domain_limits.get(domain)
         if hit is not None and now - hit[0] < DOMAIN_LIMITS_TTL:
             return hit[1]
@@ -278,7 +280,7 @@ class Store:
 
     async def deliver(self, spool_path: Path, targets: Sequence[DeliveryTarget], *,
                       internal_date: float | None = None, uids: bool = True,
-                      data: bytes | None = None) -> list[DeliveryResult]:
+                      data: bytes | None = None, consume: bool = False) -> list[DeliveryResult]:
         """Deliver one spooled message to many (account, mailbox) targets; see docs/store-api.md.
 
         Returns when every ``ok`` copy is durable: its file and its ``new/`` entry fsync'd
@@ -294,21 +296,25 @@ class Store:
         at ``spool_path`` yet (a spool that never left memory), the job creates it from ``data``
         first (one pool job instead of two; this delivery's sync makes it durable with the
         links); a failed write removes it again and every target is tempfail.
+        ``consume``: the caller has no further use for the file at ``spool_path`` (nor has anyone
+        else): the job moves it into the last target's ``new/`` (a rename instead of a link and the
+        caller's unlink) or removes it, so that once the job has run (any return but a "store
+        closing" tempfail) there is no file at ``spool_path``.
         """
         spool_path = spool_path if isinstance(spool_path, Path) else Path(spool_path)
         if self._closing:  # a stopping worker: the sender retries with another (or this one restarted)
-            return [DeliveryResult(t, "tempfail", None, "store closing") for t in targets]
+            return [DeliveryResult(t, "tempfail", None, CLOSING) for t in targets]
         self._delivering += 1
         self._idle.clear()
         try:
-            return await self._deliver(spool_path, targets, internal_date, uids, data)
+            return await self._deliver(spool_path, targets, internal_date, uids, data, consume)
         finally:
             self._delivering -= 1
             if not self._delivering:
                 self._idle.set()
 
     async def _deliver(self, spool_path: Path, targets: Sequence[DeliveryTarget], internal_date: float | None,
-                       uids: bool, data: bytes | None) -> list[DeliveryResult]:
+                       uids: bool, data: bytes | None, consume: bool = False) -> list[DeliveryResult]:
         email_id = ""  # made in the job: new_id reads urandom, a GIL round trip on the loop thread
         targets = list(targets)
         index = uids or not self.config.deferred_index
@@ -325,12 +331,13 @@ class Store:
                 # are not undone, so they are followed up as on return (synced, then indexed once)
                 (results, published, later), err = await self.fssync.run_synced(
                     spool_path.parent, self._deliver_job, spool_path, targets, internal_date, email_id,
-                    index, group, data,
+                    index, group, data, consume,
                     abandoned=lambda out, err: self._follow_up(self._after_links(spool_path, out[0], out[2], err)))
             else:
                 async with self._delivery_slots:  # see DELIVERY_JOBS
                     results, published, later = await self.io.run(
-                        self._deliver_job, spool_path, targets, internal_date, email_id, index, group, data)
+                        self._deliver_job, spool_path, targets, internal_date, email_id, index, group, data,
+                        consume)
                 err = None
         except OSError as exc:
             logger.error("deliver.spool_unreadable", path=str(spool_path), error=str(exc))
@@ -372,14 +379,32 @@ class Store:
         task.add_done_callback(self._follow_ups.discard)
 
     def _deliver_job(self, spool: Path, targets: list[DeliveryTarget], internal_date: float | None,
-                     email_id: str, index: bool = True, group: bool = False, data: bytes | None = None
+                     email_id: str, index: bool = True, group: bool = False, data: bytes | None = None,
+                     consume: bool = False
                      ) -> tuple[list[DeliveryResult], list[tuple[Account, SyncResult]], list[_Linked]]:
         """Blocking: parse the spool once, link it into each target, fsync, index unless deferred (I/O pool).
 
         Returns (results, index changes to publish, (account, mailbox, key) left to the indexer).
         ``group``: no fsync here, the caller's syncfs round makes the links durable (copies made
-        across file systems excepted: those are fsync'd here).
+        across file systems excepted: those are fsync'd here). ``consume``: no file is left at
+        ``spool`` when this returns or raises (see :meth:`deliver`).
         """
+        if not consume:
+            return self._deliver_links(spool, targets, internal_date, email_id, index, group, data, False)
+        try:
+            return self._deliver_links(spool, targets, internal_date, email_id, index, group, data, True)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):  # moved, or never made: nothing to remove
+                os.unlink(spool)
+            raise
+
+    def _deliver_links(self, spool: Path, targets: list[DeliveryTarget], internal_date: float | None,
+                       email_id: str, index: bool, group: bool, data: bytes | None, consume: bool
+                       ) -> tuple[list[DeliveryResult], list[tuple[Account, SyncResult]], list[_Linked]]:
+        """:meth:`_deliver_job`; ``consume``: the spool is renamed into the last target (a group round:
+        its sync covers the rename; else the file is fsync'd by its spool path first), or removed."""
+        move_last = consume and group
+        moved = False
         email_id = email_id or new_id("E")
         size = -1
         if data is not None:
@@ -407,7 +432,9 @@ class Store:
         for i, t in enumerate(targets):
             acct: Account = t.account
             try:
-                outcome = self._link_one(spool, t, size, email_id, structure, thread, keep)
+                outcome = self._link_one(spool, t, size, email_id, structure, thread, keep,
+                                         move_last and i == len(targets) - 1)
+                moved = move_last and i == len(targets) - 1 and outcome[0] == "ok"
             except StoreError as exc:
                 out[i] = DeliveryResult(t, "tempfail", None, str(exc))
                 continue
@@ -474,6 +501,9 @@ class Store:
             for i, _, _, key, _, _ in items:
                 acct.engine.pending.pop(key, None)  # another process may have indexed it
                 out[i] = DeliveryResult(targets[i], "ok", uids.get(key), None)
+        if consume and not moved:  # after the fsync of its links (not a group round): no longer needed
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(spool)
         return [r for r in out if r is not None], published, later
 
     @staticmethod
@@ -500,8 +530,9 @@ class Store:
 
     def _link_one(self, spool: Path, t: DeliveryTarget, size: int, email_id: str,
                   structure: bytes | None, thread: headers.ThreadHeaders,
-                  raw: bytes | None = None) -> tuple[str, ...]:
-        """Blocking: quota check and hard link into the target's ``new/`` (not yet fsync'd)."""
+                  raw: bytes | None = None, move: bool = False) -> tuple[str, ...]:
+        """Blocking: quota check and hard link into the target's ``new/`` (not yet fsync'd); ``move``:
+        rename the spool there instead (its last target, when the caller has no further use for it)."""
         acct: Account = t.account
         eng = acct.engine
         # no limits, nothing to check: skip the usage read (it waits for the account's lock, which
@@ -522,7 +553,7 @@ class Store:
             if folder is not None:
                 try:
                     new_dir = f"{folder}/new"  # str paths: a Path join costs ~3 us (hot path)
-                    how = _link_or_copy(spool, f"{new_dir}/{name}")
+                    how = _link_or_copy(spool, f"{new_dir}/{name}", move)
                     return ("ok", mailbox, key, new_dir, how, name)
                 except FileNotFoundError:  # renamed or deleted since: ask the index
                     eng.folder_cache.pop(mailbox, None)
@@ -531,7 +562,7 @@ class Store:
             except (MailboxNotFound, StoreError):
                 mailbox = "INBOX"
                 folder = eng.folder_path(mailbox)
-            how = _link_or_copy(spool, f"{folder}/new/{name}")
+            how = _link_or_copy(spool, f"{folder}/new/{name}", move)
         except BaseException:
             eng.pending.pop(key, None)
             raise
@@ -824,13 +855,17 @@ def _take_back(paths: list[str]) -> None:
             logger.error("deliver.take_back_failed", file=p, error=str(exc))
 
 
-def _link_or_copy(src: Path, to: str) -> str:
-    """Hard link ``src`` as ``to`` ("link"), or copy it durably across file systems ("copy")."""
+def _link_or_copy(src: Path, to: str, move: bool = False) -> str:
+    """Hard link ``src`` as ``to`` ("link"; ``move``: rename it there), or copy it durably across file
+    systems ("copy")."""
     import errno
     import shutil
 
     try:
-        os.link(src, to)
+        if move:
+            os.rename(src, to)  # one syscall for link + unlink; atomic as the link is (maildir: a whole
+        else:                   # file appears in new/)
+            os.link(src, to)
         return "link"
     except OSError as exc:
         if exc.errno != errno.EXDEV:
@@ -842,6 +877,8 @@ def _link_or_copy(src: Path, to: str) -> str:
         st = os.stat(src)
         os.utime(tmp, (st.st_atime, st.st_mtime))
         os.rename(tmp, dst)
+        if move:
+            os.unlink(src)
         return "copy"
 
 

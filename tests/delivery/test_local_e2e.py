@@ -244,3 +244,36 @@ def test_inbound_mail_is_parsed_from_the_spools_memory(site, monkeypatch: pytest
     assert len(seen) == 1 and seen[0] is not None
     [stored] = [m for m in site.inbox("bob@example.test") if m.endswith(MSG)]
     assert stored == seen[0]
+
+
+def test_a_local_only_message_is_moved_into_the_mailbox_not_removed(site, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nobody needs the spool after the local copies: the store's job renames it into the (last) mailbox, so
+    no removal is queued for it and the spool directory is empty when the 250 comes."""
+    from mailsrv.delivery import spool as spool_mod
+
+    queued: list[object] = []
+    real = spool_mod._Remover.add
+    monkeypatch.setattr(spool_mod._Remover, "add", lambda self, loop, sp: (queued.append(sp), real(self, loop, sp)))
+    with smtplib.SMTP("127.0.0.1", site.ports["mta"]) as c:
+        c.ehlo("client.test")
+        c.sendmail("someone@remote.test", ["alice@example.test", "sales@example.test", "bob@example.test"], MSG)
+        assert list((site.data_dir / "spool").iterdir()) == []
+    assert queued == []
+    [a], [b] = site.inbox("alice@example.test"), site.inbox("bob@example.test")
+    assert a == b and a.endswith(MSG)
+
+
+def test_an_outside_group_member_still_gets_the_message_queued(site) -> None:
+    """The spool is moved into a mailbox when no remote recipient was known at DATA; a group's outside
+    member found at delivery has it written again from memory for the queue (the same bytes)."""
+    with smtplib.SMTP("127.0.0.1", site.ports["mta"]) as c:
+        c.ehlo("client.test")
+        c.sendmail("someone@remote.test", ["team@example.test"], MSG)
+    [env] = queue_dir(site.data_dir).all()
+    assert [r.addr for r in env.rcpts] == ["partner@remote.test"]
+    [alice] = site.inbox("alice@example.test")
+    assert queue_dir(site.data_dir).message_path(env.id).read_bytes() == alice
+    deadline = time.monotonic() + 10
+    while list((site.data_dir / "spool").iterdir()):  # the spool file the queue linked, removed after
+        assert time.monotonic() < deadline, "spool file left"
+        time.sleep(0.01)
