@@ -602,7 +602,7 @@ class _GroupCommit:
         try:
             while self._pending:
                 if self._delay and self._busy:
-                    await asyncio.sleep(self._delay)  # let concurrent callers join this round
+                    await _sleep(self._delay)  # let concurrent callers join this round
                     if not self._pending:  # another lane took them meanwhile
                         break
                 batch, self._pending = self._pending, {}
@@ -642,6 +642,22 @@ class _GroupCommit:
         finally:
             self._running -= 1
             foreground.leave()
+
+
+async def _sleep(delay: float) -> None:
+    """``asyncio.sleep(delay)`` on :func:`running_loop` (no getpid(2): one per busy round)."""
+    loop = running_loop()
+    fut: asyncio.Future[None] = loop.create_future()
+    handle = loop.call_later(delay, _wake, fut)
+    try:
+        await fut
+    finally:
+        handle.cancel()
+
+
+def _wake(fut: asyncio.Future[None]) -> None:
+    if not fut.done():  # not cancelled meanwhile
+        fut.set_result(None)
 
 
 class DirSyncer(_GroupCommit):
