@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mailsrv.auth import Challenge, Failure, Success
-from mailsrv.pop3.grammar import wire_size
+from mailsrv.pop3.grammar import Pop3Error, wire_size
 from mailsrv.pop3.maildrop import DropMessage, InUse, MaildropUnavailable, MessageGone, dovecot_uidl
 
 
@@ -204,3 +204,29 @@ class MemoryDrops:
 
 ALICE = FakeAccount(1, "alice@example.test")
 BOB = FakeAccount(2, "bob@example.test")
+
+
+# Shared by the session tests (test_session.py, test_seen.py).
+MSG1 = b"From: a@example.test\r\nSubject: one\r\n\r\nbody one\r\n.dot line\r\n"
+MSG2 = b"From: b@example.test\nSubject: two\n\nline 1\nline 2\nline 3\n"
+
+
+async def run(session: Any, ch: FakeChannel, line: bytes) -> bytes:
+    try:
+        await session.handle(line)
+    except Pop3Error as exc:
+        ch.write(exc.reply())
+    return ch.take()
+
+
+async def login(session: Any, ch: FakeChannel, user: bytes = b"alice@example.test",
+                pw: bytes = b"secret") -> bytes:
+    assert (await run(session, ch, b"USER " + user + b"\r\n")) == b"+OK\r\n"
+    return await run(session, ch, b"PASS " + pw + b"\r\n")
+
+
+def fill(drops: MemoryDrops, *msgs: bytes, account: Any = ALICE) -> MemoryBox:
+    box = drops.boxes.setdefault(account.id, MemoryBox())
+    for m in msgs:
+        box.add(m)
+    return box

@@ -5,8 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from pop3fakes import MemoryBox, MemoryDrops
-from test_session import MSG1, MSG2, fill, login, run
+from pop3fakes import MSG1, MSG2, MemoryBox, MemoryDrops, fill, login, run
 
 from mailsrv.config import Pop3Config
 from mailsrv.pop3.grammar import Pop3Error

@@ -9,7 +9,18 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from pop3fakes import ALICE, BOB, FakeAuth, FakeChannel, MemoryBox, MemoryDrops
+from pop3fakes import (
+    ALICE,
+    BOB,
+    MSG1,
+    MSG2,
+    FakeAuth,
+    FakeChannel,
+    MemoryDrops,
+    fill,
+    login,
+    run,
+)
 
 from mailsrv.config import Pop3Config
 from mailsrv.pop3.grammar import Pop3Error, unstuff, wire_size
@@ -21,30 +32,6 @@ from mailsrv.pop3.session import (
     Session,
     State,
 )
-
-MSG1 = b"From: a@example.test\r\nSubject: one\r\n\r\nbody one\r\n.dot line\r\n"
-MSG2 = b"From: b@example.test\nSubject: two\n\nline 1\nline 2\nline 3\n"
-
-
-async def run(session: Any, ch: FakeChannel, line: bytes) -> bytes:
-    try:
-        await session.handle(line)
-    except Pop3Error as exc:
-        ch.write(exc.reply())
-    return ch.take()
-
-
-async def login(session: Any, ch: FakeChannel, user: bytes = b"alice@example.test",
-                pw: bytes = b"secret") -> bytes:
-    assert (await run(session, ch, b"USER " + user + b"\r\n")) == b"+OK\r\n"
-    return await run(session, ch, b"PASS " + pw + b"\r\n")
-
-
-def fill(drops: MemoryDrops, *msgs: bytes, account: Any = ALICE) -> MemoryBox:
-    box = drops.boxes.setdefault(account.id, MemoryBox())
-    for m in msgs:
-        box.add(m)
-    return box
 
 
 async def test_greeting_has_no_apop_timestamp(make_session: Any) -> None:
