@@ -27,6 +27,7 @@ from mailsrv import log
 from mailsrv.config import Config
 from mailsrv.delivery import spool
 from mailsrv.delivery.archive import ArchiveRules
+from mailsrv.files import FileLinks, files_root
 from mailsrv.net.listener import Listener
 from mailsrv.net.service import ServiceContext
 from mailsrv.policy.pipeline import Policy
@@ -182,6 +183,9 @@ async def _serve(cfg: Config, socks: dict[str, list[socket.socket]], ssl_context
     store.add_observer(search)
     # docs/archive.md: the archiving rules, shared by the SMTP backends and JMAP submission
     resources["archive"] = ArchiveRules(cfg.archive, resources["directory"])
+    # docs/files.md: one FileLinks per worker, for JMAP (/files, FileLink/*) and submission's convert_over
+    if cfg.files.enabled:
+        resources["files"] = FileLinks(cfg.files, files_root(cfg.server.data_dir))
     listeners = make_listeners(cfg, socks, ssl_context, resources, others)  # others: see master.other_members
     for lst in listeners:
         await lst.start()

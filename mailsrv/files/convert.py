@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import quote
 
 from mailsrv import log
+from mailsrv.config import Config
 from mailsrv.files.links import FileLinkError, iso
 from mailsrv.files.service import READ_CHUNK, FileLinks
 from mailsrv.mime import Part, iter_decoded, parse
@@ -64,7 +65,7 @@ async def convert(raw: Any, threshold: int, links: FileLinks, owner: str, owner_
     or None when nothing was converted. Each link is durable before this returns."""
     if threshold <= 0:
         return None
-    st = parse(raw)
+    st = await links.io.run(parse, raw)  # a few MB of MIME: not on the loop
     parts = big_attachments(st.root, threshold)
     if not parts:
         return None
@@ -88,3 +89,28 @@ async def convert(raw: Any, threshold: int, links: FileLinks, owner: str, owner_
         return None
     pieces.append(view[pos:])
     return pieces
+
+
+def link_base(cfg: Config) -> str:
+    """The URL prefix of links made at submission (no request to take a Host from): ``[files] public_url``,
+    else ``[jmap] base_url``, else ``https://`` + ``[server] hostname``."""
+    return (cfg.files.public_url or cfg.jmap.base_url or f"https://{cfg.server.hostname}").rstrip("/")
+
+
+async def converted(raw: Any, links: FileLinks, threshold: int, owner: str, owner_name: str,
+                    base_url: str) -> bytes | None:
+    """The submitted message ``raw`` with its big attachments as links (:func:`convert`), or None to send
+    it unchanged: nothing to convert, or the conversion failed (logged ``files.convert_failed``; a
+    submission is never refused or lost for it). The caller checks the size first (cheap)."""
+    try:
+        pieces = await convert(raw, threshold, links, owner, owner_name, base_url)
+    except Exception as exc:  # a message the parser refuses, a pool that is gone: sent as written
+        logger.warning("files.convert_failed", user=owner_name, error=f"{type(exc).__name__}: {exc}")
+        return None
+    if pieces is None:
+        return None
+    out = b"".join(pieces)
+    for p in pieces:
+        if isinstance(p, memoryview):
+            p.release()  # an mmap under them can be closed now
+    return out

@@ -716,11 +716,15 @@ class JmapService:
 
             app.recaller = Recaller.of(cfg, res["store"], res["directory"])
         if cfg.files.enabled:
-            if "files" not in res:  # one per worker, shared by its JMAP listeners, closed with the resources
+            if "files" not in res:  # the worker's (mailsrv/worker.py); a service run without a worker makes one
                 from mailsrv.files import FileLinks, files_root
 
                 res["files"] = FileLinks(cfg.files, files_root(data_dir))
             app.files = res["files"]
+            if submitter is not None and cfg.files.convert_over:  # docs/files.md: big attachments as links
+                from mailsrv.files.convert import link_base
+
+                submitter.convert_with(res["files"], cfg.files.convert_over, link_base(cfg))
         return app.make_app()
 
     async def start(self, socks: list[socket.socket], ssl_context: ssl.SSLContext | None) -> None:

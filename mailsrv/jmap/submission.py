@@ -90,9 +90,26 @@ class DirectorySubmitter:
         self.local = LocalDelivery(directory, store, data_dir)
         self.queue = Enqueuer(data_dir)
         self.spool_dir = spool_dir(data_dir)
+        #: docs/files.md: attachments over ``convert_over`` bytes become links of the sender's (``files``:
+        #: the worker's mailsrv.files.FileLinks, set with :meth:`convert_with`); 0 = never
+        self.files: Any = None
+        self.convert_over = 0
+        self.link_base = ""
+
+    def convert_with(self, files: Any, convert_over: int, link_base: str) -> None:
+        self.files, self.convert_over, self.link_base = files, convert_over, link_base
 
     async def _account(self, principal: Any) -> Any:
         return principal.account if principal.account is not None else await self.directory.account(int(principal.id))
+
+    async def _converted(self, acct: Any, raw: bytes) -> bytes:
+        """``raw`` with its big attachments as links of ``acct``'s (docs/files.md), else ``raw``."""
+        if self.convert_over and acct is not None and len(raw) > self.convert_over:
+            from mailsrv.files.convert import converted
+
+            return await converted(raw, self.files, self.convert_over, str(acct.id), acct.address,
+                                   self.link_base) or raw
+        return raw
 
     async def may_send_as(self, principal: Any, address: str) -> bool:
         acct = await self._account(principal)
@@ -107,6 +124,7 @@ class DirectorySubmitter:
         from mailsrv.queue.store import QRcpt
 
         acct = await self._account(principal)
+        raw = await self._converted(acct, raw)
         spool = self.spool_dir / f"{time.time_ns():x}.{os.getpid()}.{secrets.token_hex(6)}"
         loop = asyncio.get_running_loop()
         # RFC 5321 §4.4: final delivery writes the Return-Path on the first line, as SMTP delivery does (recall
@@ -168,6 +186,7 @@ class DirectorySubmitter:
         from mailsrv.queue.store import QRcpt
 
         acct = await self._account(principal)
+        raw = await self._converted(acct, raw)
         out: dict[str, tuple[str, str]] = {}
         accepted: list[str] = []
         local: list[tuple[str, Any]] = []

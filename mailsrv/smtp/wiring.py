@@ -9,6 +9,7 @@ them through our own MTA listener, which bounces them if they keep failing.
 from __future__ import annotations
 
 import asyncio
+import mmap
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from mailsrv import log
 from mailsrv.delivery.archive import ArchiveRules, archived_orcpt, envelope_block, retry_orcpt
 from mailsrv.delivery.local import LocalDelivery, LocalOutcome, unlink_quiet
 from mailsrv.delivery.spool import FileSpool, clean, spool_dir
+from mailsrv.files.convert import converted, link_base
 from mailsrv.net.service import ServiceContext
 from mailsrv.queue import dsn
 from mailsrv.queue.enqueue import Enqueuer
@@ -42,8 +44,14 @@ def retry_rcpts(failed: list[tuple[str, str]]) -> list[QRcpt]:
 class DirectoryBackend:
     """:class:`~mailsrv.smtp.backend.MailBackend` over the real directory, store and queue."""
 
-    def __init__(self, directory: Any, store: Any, data_dir: Path, archive: ArchiveRules | None = None) -> None:
+    def __init__(self, directory: Any, store: Any, data_dir: Path, archive: ArchiveRules | None = None,
+                 files: Any = None, convert_over: int = 0, link_base: str = "") -> None:
         self.directory = directory
+        #: docs/files.md: an authenticated sender's attachments over ``convert_over`` bytes become links
+        #: (``files``: the worker's mailsrv.files.FileLinks); 0 = never
+        self.files = files
+        self.convert_over = convert_over if files is not None else 0
+        self.link_base = link_base
         self.archive = archive  # docs/archive.md: None or no rules -> no archive copies
         self.local = LocalDelivery(directory, store, data_dir)
         self.queue = Enqueuer(data_dir)
@@ -67,7 +75,9 @@ class DirectoryBackend:
     def open_spool(self) -> Spool:
         return FileSpool(self.spool_dir, lazy=True)  # sealed in memory: the store's job writes it
 
-    async def deliver(self, info: SessionInfo, tx: Transaction, spool: Spool) -> Verdict:
+    async def deliver(self, info: SessionInfo, tx: Transaction, spool: Spool, converted: bool = False) -> Verdict:
+        if self.convert_over and not converted and info.account is not None and getattr(spool, "size", 0) > self.convert_over:
+            return await self._deliver_converted(info, tx, spool)
         local: list[tuple[str, Any]] = []
         remote: list[QRcpt] = []
         by_addr = {}
@@ -134,6 +144,41 @@ class DirectoryBackend:
         return Verdict(250, "2.0.0", f"OK id={info.sid}{' queued as ' + qid if qid else ''}",
                        log={"local": delivered, "queued": len(remote), "qid": qid or None})
 
+    async def _deliver_converted(self, info: SessionInfo, tx: Transaction, spool: Spool) -> Verdict:
+        """docs/files.md: the message with its big attachments as links of the sender's, delivered and
+        queued for every recipient instead of what the client sent; as sent when nothing converts or
+        the conversion fails (``files.convert_failed``). The caller discards ``spool``."""
+        acct = info.account
+        loop = asyncio.get_running_loop()
+        raw: Any = getattr(spool, "content", None)
+        mapped = None
+        new = None
+        try:
+            if raw is None:
+                raw = mapped = await loop.run_in_executor(None, _map, spool.path)
+            data = await converted(raw, self.files, self.convert_over, str(acct.id), acct.address, self.link_base)
+            if data is not None:
+                new = FileSpool(self.spool_dir, lazy=True)
+                await new.write(data)
+                if not new.seal():  # a big remainder was written out: finish the file
+                    await new.commit()
+        except OSError as exc:  # the spool unreadable, the new one unwritable: sent as written
+            logger.warning("files.convert_failed", user=acct.address, error=str(exc))
+            if new is not None:
+                new.discard()
+            new = None
+        finally:
+            if mapped is not None:
+                try:
+                    mapped.close()
+                except BufferError:  # a view is still held somewhere: the collector closes it
+                    pass
+        if new is None:
+            return await self.deliver(info, tx, spool, converted=True)
+        try:
+            return await self.deliver(info, tx, new, converted=True)
+        finally:
+            new.discard()
 
     async def _queue_archive_retry(self, tx: Transaction, spool: Spool, outcome: LocalOutcome) -> None:
         """Failed archive copies are retried through our MTA in their own entry, each with its folder
@@ -168,6 +213,11 @@ class DirectoryBackend:
             logger.exception("dsn.enqueue_failed", exc)
 
 
+def _map(path: Path) -> mmap.mmap:
+    with open(path, "rb") as fh:
+        return mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+
+
 def _read_head(path: Path) -> bytes:
     with open(path, "rb") as fh:
         return fh.read(dsn.MAX_RETURNED_BODY)
@@ -179,4 +229,7 @@ def build_backend(ctx: ServiceContext) -> MailBackend:
     store = ctx.resources.get("store")
     if directory is None or store is None:
         raise RuntimeError("the SMTP service needs resources['directory'] and resources['store']")
-    return DirectoryBackend(directory, store, ctx.config.server.data_dir, ctx.resources.get("archive"))
+    cfg = ctx.config
+    files = ctx.resources.get("files") if cfg.files.enabled and cfg.files.convert_over > 0 else None
+    return DirectoryBackend(directory, store, cfg.server.data_dir, ctx.resources.get("archive"),
+                            files=files, convert_over=cfg.files.convert_over, link_base=link_base(cfg))
