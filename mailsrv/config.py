@@ -701,9 +701,10 @@ class FilesConfig:
                           "else the request's Host.", "")
     sweep_interval: float = doc("Seconds between two sweeps of expired links (one process sweeps).", 3600.0,
                                 check=_positive)
-    convert_over: int = doc("On authenticated submission, an attachment larger than this many bytes (encoded) is "
-                            "stored as a link of the sender's and replaced in the message by a short text part "
-                            "with the link; 0 = never. Not applied yet: submission does not call it (docs/files.md).", 0,
+    convert_over: int = doc("On authenticated submission (SMTP AUTH, JMAP EmailSubmission), an attachment larger "
+                            "than this many bytes (encoded) is stored as a link of the sender's and replaced in the "
+                            "message, for every recipient, by a short text part with the link; over the sender's "
+                            "quota the message goes as written; 0 = never (docs/files.md).", 0,
                             check=_non_negative)
 
 
