@@ -14,7 +14,7 @@ from filetest import LinkServer
 
 from mailsrv.config import FilesConfig
 from mailsrv.files import FileLinks
-from mailsrv.files.convert import convert
+from mailsrv.files.convert import convert, converted
 
 
 def message(attachment: bytes, name: str = "数据.bin", eol: str = "\r\n") -> bytes:
@@ -87,3 +87,17 @@ async def test_corpus_message_with_an_attachment(corpus: Path, tmp_path: Path) -
         assert links.store.data_path(link.id).read_bytes()[:3] == b"\xff\xd8\xff"  # a JPEG, decoded
     finally:
         links.close()
+
+
+async def test_converted_is_the_new_message_or_none_to_send_it_as_written(tmp_path: Path) -> None:
+    raw = message(b"z" * 40_000)
+    links = FileLinks(FilesConfig(), tmp_path / "files")
+    try:
+        assert await converted(raw, links, 10_000_000, "1", "a", "https://x") is None  # nothing that big
+        out = await converted(raw, links, 20_000, "1", "a", "https://x")
+        assert out is not None and b"https://x/f/" in out and len(out) < len(raw) - 40_000
+        assert len(links.store.list()) == 1
+    finally:
+        links.close()
+    # the links' pool is gone (a failure of any kind): the message goes as written, nothing raised
+    assert await converted(raw, links, 20_000, "1", "a", "https://x") is None

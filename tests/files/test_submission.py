@@ -25,6 +25,8 @@ import pytest
 from support.server import ServerProcess, init_setup, mailsrv_cmd, serve_users, wait_until
 
 MB = 1024 * 1024
+#: [files] convert_over: under the SMTP spool's in-memory limit (256 KB), so both of its paths convert
+THRESHOLD = 100_000
 ALICE, BOB = "alice@example.test", "bob@example.test"
 BASE = "https://links.example.test"  # [files] public_url: the links' prefix, rewritten to the listener here
 
@@ -34,7 +36,7 @@ def server(tmp_path_factory: pytest.TempPathFactory):
     base = tmp_path_factory.mktemp("convert")
     cfg = init_setup(base / "s", "--demo", workers=1)
     with open(cfg, "a") as f:
-        f.write(f'\n[files]\nconvert_over = {MB}\nquota = {7 * MB}\npublic_url = "{BASE}"\n')
+        f.write(f'\n[files]\nconvert_over = {THRESHOLD}\nquota = {7 * MB}\npublic_url = "{BASE}"\n')
     users = dict(re.findall(r"demo user (\S+) password (\S+)", (base / "s" / "demo-users.txt").read_text()))
     srv = serve_users(cfg, users)
     yield srv
@@ -117,6 +119,14 @@ def test_a_big_attachment_arrives_as_a_link(server: ServerProcess, tmp_path: Pat
     url = link_of(got, "figures.bin")
     assert hashlib.sha256(download(server, url, tmp_path / "got")).digest() == hashlib.sha256(big).digest()
     assert "figures.bin" in links_of(server, ALICE)  # the sender's link, on the sender's quota
+
+
+def test_a_message_held_in_memory_converts_too(server: ServerProcess, tmp_path: Path) -> None:
+    mid = os.urandom(150_000)  # ~200 KB in base64: the spool never wrote it, the conversion reads it from memory
+    submit(server, ALICE, BOB, with_attachment("mid over smtp", mid, name="mid.bin"))
+    got = fetch(server, BOB, "mid over smtp")
+    assert len(got) < 20_000
+    assert download(server, link_of(got, "mid.bin"), tmp_path / "got") == mid
 
 
 def test_a_message_under_the_threshold_arrives_byte_for_byte(server: ServerProcess, corpus: Path) -> None:
