@@ -186,6 +186,7 @@ async def _serve(cfg: Config, socks: dict[str, list[socket.socket]], ssl_context
     # docs/files.md: one FileLinks per worker, for JMAP (/files, FileLink/*) and submission's convert_over
     if cfg.files.enabled:
         resources["files"] = FileLinks(cfg.files, files_root(cfg.server.data_dir))
+        resources["files"].start_sweeper()  # links of converted mail expire without a JMAP listener too
     listeners = make_listeners(cfg, socks, ssl_context, resources, others)  # others: see master.other_members
     for lst in listeners:
         await lst.start()
