@@ -9,6 +9,7 @@ Not a scenario (the leading underscore keeps it out of ``python -m bench``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import inspect
 import os
@@ -119,9 +120,17 @@ def fill_new(new_dir: Path, messages: Iterable[bytes]) -> None:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return free_ports(1)[0]
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free ports: every socket is held until all are picked (one at a time, the
+    kernel may hand the same port out twice: two listeners of one config then collide)."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in socks]
 
 
 # --- the server's resources: file descriptors, CPU seconds, peak RSS (from /proc) ----------
@@ -348,7 +357,8 @@ class Mailsrv:
         cfg_file = base / "mailsrv.toml"
         doc = tomllib.loads(cfg_file.read_text())
         _merge(doc, BENCH_CONFIG)
-        self.ports = {name: free_port() for name in doc.get("listener", {})}
+        names = list(doc.get("listener", {}))
+        self.ports = dict(zip(names, free_ports(len(names)), strict=True))
         for name, port in self.ports.items():
             doc["listener"][name]["bind"] = [f"127.0.0.1:{port}"]
         _merge(doc, config or {})
