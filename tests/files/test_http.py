@@ -172,21 +172,22 @@ async def test_quota_counts_live_links_and_is_freed_by_delete(tmp_path: Path, ht
 
 async def test_concurrent_uploads_cannot_both_pass_the_quota(tmp_path: Path) -> None:
     async with serving(tmp_path, FilesConfig(quota=15_000)) as s:
+        gate = asyncio.Event()
+
         async def one(name: str) -> int:
             async with aiohttp.ClientSession() as h:
-                gate = asyncio.Event()
-
                 async def chunks() -> AsyncIterator[bytes]:
                     yield DATA[:5000]
                     await gate.wait()
                     yield DATA[5000:]
 
-                task = asyncio.ensure_future(put(h, s, name, chunks()))
-                await asyncio.sleep(0)
-                gate.set()
-                return (await task)[0]
+                return (await put(h, s, name, chunks()))[0]
 
-        statuses = sorted(await asyncio.gather(one("a"), one("b")))
+        both = asyncio.gather(one("a"), one("b"))
+        # both uploads past the quota check and writing their first part before either goes on
+        await wait_until_async(lambda: len(_writing(s.files_root / "tmp")) == 2)
+        gate.set()
+        statuses = sorted(await both)
         assert statuses == [201, 507]
         assert len(s.rows()) == 1 and len(s.leftovers()) == 1
 
@@ -198,10 +199,7 @@ async def test_a_client_gone_mid_upload_leaves_no_file_and_no_link(server: LinkS
                  f"Content-Length: 10000000\r\n\r\n".encode() + b"x" * 3_000_000)
     await writer.drain()
     tmp = server.files_root / "tmp"
-    deadline = time.monotonic() + 10
-    while not (tmp.is_dir() and any(p.stat().st_size > 0 for p in tmp.iterdir())):  # the upload is under way
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.01)
+    await wait_until_async(lambda: bool(_writing(tmp)))  # the upload is under way
     writer.transport.abort()  # reset, mid-body
     await wait_until_async(lambda: not any(tmp.iterdir()))
     assert not server.rows() and not server.leftovers()
@@ -291,3 +289,8 @@ async def test_a_client_gone_mid_download_releases_the_file(server: LinkServer, 
     await wait_until_async(lambda: not open_on_data())
     async with http.get(body["url"], headers={"Range": "bytes=-4"}) as r:  # the server goes on serving
         assert r.status == 206 and await r.read() == big[-4:]
+
+
+def _writing(tmp: Path) -> list[Path]:
+    """The uploads' temporary files that hold data so far."""
+    return [p for p in tmp.iterdir() if p.stat().st_size > 0] if tmp.is_dir() else []
