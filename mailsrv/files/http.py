@@ -114,7 +114,7 @@ class FileLinkHttp:
         media_type = request.headers.get("Content-Type", "application/octet-stream").split(";")[0].strip().lower()
         days = request.query.get("days")
         longest = self.links.config.retention_days
-        if days is not None and not (days.isascii() and days.isdigit() and 1 <= int(days) <= longest):
+        if days is not None and not (len(days) <= 6 and days.isascii() and days.isdigit() and 1 <= int(days) <= longest):
             return problem(400, f"days must be a number from 1 to {longest} ([files] retention_days)")
         owner = str(p.id)
         n = self._inflight.get(owner, 0)
