@@ -96,22 +96,20 @@ class FileLinks:
         room = cfg.quota - used if cfg.quota else None
         tmp = await self.io.run(self.store.temp_path)
         f: IO[bytes] = await self.io.run(open, tmp, "xb")
-        digest = hashlib.sha256()
-        size = 0
+
+        def check(size: int) -> None:
+            if size > limit:
+                raise TooLarge(f"file larger than {limit} bytes ([files] max_size)")
+            if room is not None and size > room:
+                raise OverQuota(f"over your file quota: {used} of {cfg.quota} bytes in live links")
+
         try:
-            async for chunk in chunks:
-                size += len(chunk)
-                if size > limit:
-                    raise TooLarge(f"file larger than {limit} bytes ([files] max_size)")
-                if room is not None and size > room:
-                    raise OverQuota(f"over your file quota: {used} of {cfg.quota} bytes in live links")
-                digest.update(chunk)
-                await self.io.run(f.write, chunk)
+            size, sha256 = await self.io.write_chunks(f, chunks, check)
         except BaseException:
             _discard(f, tmp)  # on the loop: cheap, and a cancelled task may not await again
             raise
         return await self._finish(tmp, f, owner=owner, owner_name=owner_name, name=clean_name(name),
-                                  media_type=media_type, size=size, sha256=digest.hexdigest(),
+                                  media_type=media_type, size=size, sha256=sha256,
                                   days=cfg.retention_days if days is None else days)
 
     async def from_file(self, path: Path, owner: str, owner_name: str, name: str, media_type: str,

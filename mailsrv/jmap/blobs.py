@@ -9,7 +9,6 @@ fsync directory, all in the thread pool; the loop only moves chunks.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import time
@@ -42,15 +41,13 @@ class UploadStore:
         await self.io.run(d.mkdir, parents=True, exist_ok=True)
         tmp = d / f".tmp.{os.getpid()}.{time.monotonic_ns()}"
         f = await self.io.run(open, tmp, "wb")
-        digest = hashlib.sha256()
-        size = 0
+
+        def check(size: int) -> None:
+            if size > max_size:
+                raise TooLarge()
+
         try:
-            async for chunk in chunks:
-                size += len(chunk)
-                if size > max_size:
-                    raise TooLarge()
-                digest.update(chunk)
-                await self.io.run(f.write, chunk)
+            size, sha256 = await self.io.write_chunks(f, chunks, check)
             await self.io.run(f.flush)
             await self.io.run(os.fsync, f.fileno())
         except BaseException:
@@ -58,7 +55,7 @@ class UploadStore:
             await self.io.run(tmp.unlink, missing_ok=True)
             raise
         await self.io.run(f.close)
-        blob_id = "G" + digest.hexdigest()[:40]
+        blob_id = "G" + sha256[:40]
 
         def finish() -> None:
             os.replace(tmp, d / blob_id)

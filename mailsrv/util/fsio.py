@@ -23,10 +23,11 @@ import ctypes
 import ctypes.util
 import errno
 import functools
+import hashlib
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -351,6 +352,20 @@ class FileIO:
         ctx = contextvars.copy_context()
         call = functools.partial(ctx.run, fn, *args, **kwargs)
         return await submit(loop, self._pool, call)
+
+    async def write_chunks(self, f: Any, chunks: AsyncIterable[bytes],
+                           check: Callable[[int], None]) -> tuple[int, str]:
+        """Write ``chunks`` to the open file ``f`` in the pool (the loop only moves them); before each
+        write ``check(size so far)`` may raise to stop. Returns (size, SHA-256 hex digest); neither
+        flushes, syncs nor closes ``f``."""
+        digest = hashlib.sha256()
+        size = 0
+        async for chunk in chunks:
+            size += len(chunk)
+            check(size)
+            digest.update(chunk)
+            await self.run(f.write, chunk)
+        return size, digest.hexdigest()
 
     def shutdown(self, wait: bool = True) -> None:
         self._pool.shutdown(wait=wait)
