@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import trustme
+from support.server import unverified_tls
 
 from mailsrv import log
 from mailsrv.config import LimitsConfig, ListenerConfig, TlsConfig
@@ -195,9 +196,7 @@ async def test_implicit_tls_and_minimum_version(quiet_log: io.StringIO, tls_pair
     w.write(b"TLS?\r\n")
     assert await r.readline() == b"+TLS True\r\n"
     w.close()
-    old = ssl.create_default_context()
-    old.check_hostname = False
-    old.verify_mode = ssl.CERT_NONE
+    old = unverified_tls()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # that is the point: an old client
         old.maximum_version = ssl.TLSVersion.TLSv1_1

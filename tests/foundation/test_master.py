@@ -7,14 +7,13 @@ import os
 import re
 import signal
 import socket
-import ssl
 import subprocess
 import threading
 import time
 from pathlib import Path
 
 import pytest
-from support.server import ServerProcess, init_setup, mailsrv_cmd, wait_until
+from support.server import ServerProcess, init_setup, mailsrv_cmd, unverified_tls, wait_until
 
 from mailsrv.cli.core import make_self_signed
 
@@ -30,9 +29,7 @@ def greet(port: int, timeout: float = 10.0) -> bytes:
 
 
 def cert_fingerprint(port: int) -> str:
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
+    ctx = unverified_tls()
     with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
         with ctx.wrap_socket(raw, server_hostname="localhost") as s:
             der = s.getpeercert(binary_form=True)

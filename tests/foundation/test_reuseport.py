@@ -9,7 +9,6 @@ import re
 import select
 import signal
 import socket
-import ssl
 import subprocess
 import time
 from collections import Counter
@@ -18,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from support.server import ServerProcess, init_setup, mailsrv_cmd, wait_until
+from support.server import ServerProcess, init_setup, mailsrv_cmd, unverified_tls, wait_until
 
 from mailsrv.master import Groups, bind_socket, slot_sockets
 from mailsrv.net.listener import LISTEN_BACKLOG, accept_queue
@@ -178,9 +177,7 @@ def test_a_stuck_worker_s_connections_are_served_by_the_other(tmp_path: Path) ->
 
 def test_implicit_tls_through_an_adopted_member(tmp_path: Path) -> None:
     srv = start(tmp_path, 2)
-    client = ssl.create_default_context()
-    client.check_hostname = False
-    client.verify_mode = ssl.CERT_NONE
+    client = unverified_tls()
     try:
         mark = srv.mark()
         with stuck(srv):

@@ -9,7 +9,7 @@ import ssl
 from pathlib import Path
 
 from foundation.test_reuseport import BURST, adopted_by, open_burst, start, stuck
-from support.server import ServerProcess
+from support.server import ServerProcess, unverified_tls
 
 
 def answer_all(conns: list[socket.socket], path: str, timeout: float = 10.0,
@@ -27,9 +27,7 @@ def answer_all(conns: list[socket.socket], path: str, timeout: float = 10.0,
 
 def test_a_stuck_worker_s_http_connections_are_served_by_the_other(tmp_path: Path) -> None:
     srv: ServerProcess = start(tmp_path, 2)
-    client = ssl.create_default_context()
-    client.check_hostname = False
-    client.verify_mode = ssl.CERT_NONE
+    client = unverified_tls()
     try:
         mark = srv.mark()
         with stuck(srv):

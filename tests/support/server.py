@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import ssl
 import subprocess
 import sys
 import threading
@@ -124,6 +125,14 @@ def serve_users(cfg: Path, users: dict[str, str]) -> ServerProcess:
     srv.cfg = cfg  # type: ignore[attr-defined]
     srv.ctx = ssl.create_default_context(cafile=str(cfg.parent / "tls" / "cert.pem"))  # type: ignore[attr-defined]
     return srv
+
+
+def unverified_tls() -> ssl.SSLContext:
+    """A client TLS context that accepts the test servers' self-signed certificates."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
 
 
 def wait_until(pred: Callable[[], bool], timeout: float = 10.0, interval: float = 0.02) -> None:
