@@ -1,0 +1,297 @@
+"""Running a compiled script on one message: pure (no I/O), bounded work, an :class:`Outcome`.
+
+The outcome lists what delivery must do; mailsrv.delivery.sieve does it. A
+runtime error (too many actions, a second vacation) raises
+:class:`SieveRuntimeError`, and delivery then keeps the message (RFC 5228 §2.10.6).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from mailsrv.mime.headers import decode_words, parse_addresses, unfold
+from mailsrv.sieve.lang import (
+    Action,
+    AddressTest,
+    AllOf,
+    AnyOf,
+    Const,
+    Discard,
+    ExistsTest,
+    FileInto,
+    FlagOp,
+    HasFlagTest,
+    HeaderTest,
+    If,
+    Keep,
+    Node,
+    NotTest,
+    Redirect,
+    Script,
+    SizeTest,
+    Stop,
+    VacationAction,
+)
+
+#: Actions one run may take (keep, fileinto, redirect, vacation; Pigeonhole's sieve_max_actions is 32)
+MAX_ACTIONS = 32
+#: Redirects of one message (Pigeonhole's sieve_max_redirects is 4 since 0.5)
+MAX_REDIRECTS = 4
+#: Header fields a MessageView keeps, and the bytes of each value (a hostile header block is cut, not run)
+MAX_FIELDS = 1000
+MAX_FIELD = 16 * 1024
+#: subaddress separator (RFC 5233 §1: "+" is the common choice, Dovecot's recipient_delimiter)
+DETAIL_SEPARATOR = "+"
+
+INBOX = "INBOX"
+
+
+class SieveRuntimeError(Exception):
+    """The script failed while running (RFC 5228 §2.10.6): the delivery keeps the message."""
+
+
+@dataclass(frozen=True)
+class MessageView:
+    """What a script sees of one message: its header fields (raw, unfolded, and decoded), the
+    envelope (RFC 5228 §5.4: from = the reverse path, "" for the null one; to = this recipient)
+    and its size in octets."""
+
+    fields: tuple[tuple[str, bytes], ...]  # (lower-cased name, raw value)
+    envelope_from: str
+    envelope_to: str
+    size: int
+    _decoded: dict[str, tuple[str, ...]] = field(default_factory=dict, compare=False, repr=False)
+
+    @classmethod
+    def parse(cls, head: bytes, *, envelope_from: str, envelope_to: str, size: int) -> MessageView:
+        """From the header block (``head`` may hold the body too: it stops at the first empty line)."""
+        return cls(tuple(header_fields(head)), envelope_from, envelope_to, size)
+
+    def raw(self, name: str) -> list[bytes]:
+        return [v for k, v in self.fields if k == name]
+
+    def decoded(self, name: str) -> tuple[str, ...]:
+        """RFC 5228 §5.7: unfolded, RFC 2047 decoded, leading and trailing white space removed."""
+        got = self._decoded.get(name)
+        if got is None:
+            got = tuple(decode_words(unfold(v)).strip() for v in self.raw(name))
+            self._decoded[name] = got
+        return got
+
+    def has(self, name: str) -> bool:
+        return any(k == name for k, _ in self.fields)
+
+
+def header_fields(head: bytes) -> list[tuple[str, bytes]]:
+    """RFC 5322 §2.2 fields of a header block, in order (continuation lines joined), up to MAX_FIELDS;
+    a value is cut at MAX_FIELD bytes."""
+    out: list[tuple[str, bytes]] = []
+    name: str | None = None
+    val: list[bytes] = []
+    size = 0
+    for line in head.split(b"\n"):
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        if not line:
+            break
+        if line[:1] in (b" ", b"\t"):
+            if name is not None and size < MAX_FIELD:
+                val.append(b"\r\n" + line)
+                size += len(line) + 2
+            continue
+        if name is not None:
+            out.append((name, b"".join(val)[:MAX_FIELD]))
+            if len(out) >= MAX_FIELDS:
+                return out
+        colon = line.find(b":")
+        if colon <= 0:
+            name = None  # not a field (an mbox "From " line): skipped
+            continue
+        name = line[:colon].strip().decode("latin-1").lower()
+        val = [line[colon + 1:]]
+        size = len(line)
+    if name is not None and len(out) < MAX_FIELDS:
+        out.append((name, b"".join(val)[:MAX_FIELD]))
+    return out
+
+
+@dataclass(frozen=True)
+class Target:
+    """A copy in ``mailbox`` with ``flags`` (RFC 5232: names as IMAP writes them); ``keep``: the
+    keep (implicit or explicit) into INBOX rather than a fileinto."""
+
+    mailbox: str
+    flags: frozenset[str]
+    keep: bool = False
+
+
+@dataclass(frozen=True)
+class Vacation:
+    """The vacation action to consider after the run (RFC 5230 §4.5 checks are the deliverer's)."""
+
+    reason: str
+    seconds: int
+    subject: str | None
+    from_: str | None
+    addresses: tuple[str, ...]
+    mime: bool
+    handle: str
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What the script decided: copies (``targets``, empty = discarded), ``redirects``, a
+    ``vacation``; ``implicit_keep``: no action cancelled the implicit keep (RFC 5228 §2.10.2)."""
+
+    targets: tuple[Target, ...]
+    redirects: tuple[str, ...] = ()
+    vacation: Vacation | None = None
+    implicit_keep: bool = True
+
+    @property
+    def discarded(self) -> bool:
+        return not self.targets
+
+
+KEEP = Outcome((Target(INBOX, frozenset(), True),))
+
+
+class _Run:
+    def __init__(self, msg: MessageView) -> None:
+        self.msg = msg
+        self.flags: dict[str, None] = {}  # RFC 5232 §3 internal variable (ordered, unique)
+        self.targets: dict[str, Target] = {}
+        self.redirects: list[str] = []
+        self.vacation: Vacation | None = None
+        self.implicit_keep = True
+        self.actions = 0
+
+    def count(self) -> None:
+        self.actions += 1
+        if self.actions > MAX_ACTIONS:
+            raise SieveRuntimeError(f"more than {MAX_ACTIONS} actions")
+
+    def store(self, mailbox: str, flags: tuple[str, ...] | None, keep: bool) -> None:
+        self.count()
+        fl = frozenset(self.flags if flags is None else flags)
+        # RFC 5228 §2.10.3: a message filed twice into one mailbox is stored once (flags joined)
+        prev = self.targets.get(mailbox)
+        if prev is not None:
+            fl |= prev.flags
+            keep |= prev.keep
+        self.targets[mailbox] = Target(mailbox, fl, keep)
+
+    def block(self, cmds: tuple[Action, ...]) -> bool:
+        """False once ``stop`` ran."""
+        for c in cmds:
+            if isinstance(c, If):
+                for test, body in c.branches:
+                    if self.test(test):
+                        if not self.block(body):
+                            return False
+                        break
+                else:
+                    if c.orelse is not None and not self.block(c.orelse):
+                        return False
+            elif isinstance(c, FileInto):
+                self.store(c.mailbox, c.flags, False)
+                if not c.copy:  # RFC 3894 §3: :copy keeps the implicit keep
+                    self.implicit_keep = False
+            elif isinstance(c, Keep):
+                self.store(INBOX, c.flags, True)
+                self.implicit_keep = False
+            elif isinstance(c, Discard):
+                self.implicit_keep = False  # RFC 5228 §4.4: cancels the implicit keep only
+            elif isinstance(c, Redirect):
+                if c.address.lower() not in (r.lower() for r in self.redirects):  # §2.10.3: once per address
+                    self.count()
+                    if len(self.redirects) >= MAX_REDIRECTS:
+                        raise SieveRuntimeError(f"more than {MAX_REDIRECTS} redirects")
+                    self.redirects.append(c.address)
+                if not c.copy:
+                    self.implicit_keep = False
+            elif isinstance(c, FlagOp):
+                if c.op == "setflag":
+                    self.flags = dict.fromkeys(c.flags)
+                elif c.op == "addflag":
+                    self.flags.update(dict.fromkeys(c.flags))
+                else:
+                    drop = {f.lower() for f in c.flags}
+                    self.flags = {f: None for f in self.flags if f.lower() not in drop}
+            elif isinstance(c, VacationAction):
+                if self.vacation is not None:  # RFC 5230 §4: one vacation per run
+                    raise SieveRuntimeError("vacation used twice")
+                self.count()
+                self.vacation = Vacation(c.reason, c.seconds, c.subject, c.from_, c.addresses, c.mime, c.handle)
+            elif isinstance(c, Stop):
+                return False
+        return True
+
+    def test(self, t: Node) -> bool:
+        msg = self.msg
+        if isinstance(t, HeaderTest):
+            # RFC 5228 §5.7: true when any occurrence of any named field matches any key
+            return any(k(v) for n in t.names for v in msg.decoded(n) for k in t.keys)
+        if isinstance(t, AddressTest):
+            return any(k(v) for v in self.address_values(t) for k in t.keys)
+        if isinstance(t, AllOf):
+            return all(self.test(x) for x in t.tests)
+        if isinstance(t, AnyOf):
+            return any(self.test(x) for x in t.tests)
+        if isinstance(t, NotTest):
+            return not self.test(t.test)
+        if isinstance(t, ExistsTest):
+            return all(msg.has(n) for n in t.names)
+        if isinstance(t, SizeTest):
+            return msg.size > t.limit if t.over else msg.size < t.limit
+        if isinstance(t, HasFlagTest):
+            return any(k(f) for f in self.flags for k in t.keys)
+        assert isinstance(t, Const)
+        return t.value
+
+    def address_values(self, t: AddressTest) -> list[str]:
+        out: list[str] = []
+        if t.envelope:
+            for part in t.names:
+                addr = self.msg.envelope_from if part == "from" else self.msg.envelope_to
+                if not addr:  # RFC 5228 §5.4: the null reverse path is "" for :all, nothing else
+                    if t.part == "all":
+                        out.append("")
+                    continue
+                local, _, domain = addr.rpartition("@") if "@" in addr else (addr, "", "")
+                _part(out, t.part, local, domain, addr)
+            return out
+        for name in t.names:
+            for raw in self.msg.raw(name):
+                for a in parse_addresses(raw, limit=256):
+                    if a.mailbox is None or a.host is None:
+                        continue  # a group's start and end (RFC 5228 §5.1: groups give their members)
+                    local = decode_words(a.mailbox) if "=?" in a.mailbox else a.mailbox
+                    _part(out, t.part, local, a.host, f"{local}@{a.host}")
+        return out
+
+
+def _part(out: list[str], part: str, local: str, domain: str, whole: str) -> None:
+    if part == "all":
+        out.append(whole)
+    elif part == "localpart":
+        out.append(local)
+    elif part == "domain":
+        out.append(domain)
+    else:  # RFC 5233 §4: :user before the separator, :detail after it (no separator: no detail)
+        user, sep, detail = local.partition(DETAIL_SEPARATOR)
+        if part == "user":
+            out.append(user)
+        elif sep:
+            out.append(detail)
+
+
+def run(script: Script, msg: MessageView) -> Outcome:
+    """The outcome of ``script`` on ``msg``; raises :class:`SieveRuntimeError` (keep the message)."""
+    r = _Run(msg)
+    r.block(script.commands)
+    targets = dict(r.targets)
+    if r.implicit_keep and INBOX not in targets:
+        # RFC 5232 §5: the implicit keep takes the internal variable's flags
+        targets[INBOX] = Target(INBOX, frozenset(r.flags), True)
+    return Outcome(tuple(targets.values()), tuple(r.redirects), r.vacation, r.implicit_keep)

@@ -1,0 +1,498 @@
+"""The Sieve language (RFC 5228 and extensions): checks a parsed script and compiles it into an
+immutable :class:`Script` of typed nodes that :func:`mailsrv.sieve.interp.run` walks.
+
+Every rule that RFC 5228 makes a compile error is one here, with its line: an
+unknown command or test, an extension used without ``require``, a wrong
+argument, ``elsif``/``else`` without ``if``, ``require`` after another command.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+
+from mailsrv.sieve.grammar import (
+    MAX_SCRIPT_SIZE,
+    Argument,
+    Command,
+    Number,
+    SieveError,
+    StringList,
+    Tag,
+    Test,
+    parse,
+)
+from mailsrv.sieve.match import COMPARATORS, Matcher, matcher
+
+#: What ``require`` accepts (ManageSieve announces it as SIEVE, RFC 5804 §1.7)
+EXTENSIONS: tuple[str, ...] = (
+    "fileinto",  # RFC 5228 §4.1
+    "envelope",  # RFC 5228 §5.4
+    "copy",  # RFC 3894
+    "imap4flags",  # RFC 5232
+    "vacation",  # RFC 5230
+    "vacation-seconds",  # RFC 6131
+    "subaddress",  # RFC 5233
+    "comparator-i;octet",  # RFC 5228 §2.7.3 (always available; require accepts it)
+    "comparator-i;ascii-casemap",
+)
+
+#: RFC 5230 §4.1: :days defaults to 7; Pigeonhole's sieve_vacation_min_period / max_period are 1 / 60 days
+VACATION_DEFAULT_DAYS = 7
+VACATION_MIN_SECONDS = 0  # RFC 6131 §2: 0 means "reply every time" (still once per message)
+VACATION_MAX_SECONDS = 60 * 86400
+#: RFC 5232 §3 system flags, in their canonical case (\Recent cannot be set)
+SYSTEM_FLAGS = {f.lower(): f for f in ("\\Seen", "\\Answered", "\\Flagged", "\\Deleted", "\\Draft")}
+# RFC 3501 §9 flag-keyword = atom: no ( ) { SP CTL % * " \ ]
+_KEYWORD = re.compile(r"[^\x00-\x20\x7f-\uffff(){%*\"\\\]]+")
+_ADDRESS = re.compile(r"[^@\s<>()\[\],;:\"\\]+@[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?")
+
+# --- compiled nodes ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HeaderTest:
+    names: tuple[str, ...]  # lower-cased field names
+    keys: tuple[Matcher, ...]
+
+
+@dataclass(frozen=True)
+class AddressTest:
+    names: tuple[str, ...]  # header fields (address test) or envelope parts "from"/"to" (envelope test)
+    part: str  # "all" | "localpart" | "domain" | "user" | "detail"
+    keys: tuple[Matcher, ...]
+    envelope: bool
+
+
+@dataclass(frozen=True)
+class ExistsTest:
+    names: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class SizeTest:
+    over: bool
+    limit: int
+
+
+@dataclass(frozen=True)
+class HasFlagTest:
+    keys: tuple[Matcher, ...]
+
+
+@dataclass(frozen=True)
+class AllOf:
+    tests: tuple[Node, ...]
+
+
+@dataclass(frozen=True)
+class AnyOf:
+    tests: tuple[Node, ...]
+
+
+@dataclass(frozen=True)
+class NotTest:
+    test: Node
+
+
+@dataclass(frozen=True)
+class Const:
+    value: bool
+
+
+Node = HeaderTest | AddressTest | ExistsTest | SizeTest | HasFlagTest | AllOf | AnyOf | NotTest | Const
+
+
+@dataclass(frozen=True)
+class Keep:
+    flags: tuple[str, ...] | None  # None: the imap4flags internal variable at the time of the action
+
+
+@dataclass(frozen=True)
+class Discard:
+    pass
+
+
+@dataclass(frozen=True)
+class FileInto:
+    mailbox: str
+    copy: bool
+    flags: tuple[str, ...] | None
+
+
+@dataclass(frozen=True)
+class Redirect:
+    address: str
+    copy: bool
+
+
+@dataclass(frozen=True)
+class FlagOp:
+    op: str  # "setflag" | "addflag" | "removeflag"
+    flags: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class VacationAction:
+    """RFC 5230 §4: the reply's parameters as written (``seconds`` from :days or :seconds)."""
+
+    reason: str
+    seconds: int
+    subject: str | None
+    from_: str | None
+    addresses: tuple[str, ...]
+    mime: bool
+    handle: str
+
+
+@dataclass(frozen=True)
+class Stop:
+    pass
+
+
+@dataclass(frozen=True)
+class If:
+    branches: tuple[tuple[Node, tuple[Action, ...]], ...]  # if, then each elsif
+    orelse: tuple[Action, ...] | None
+
+
+Action = Keep | Discard | FileInto | Redirect | FlagOp | VacationAction | Stop | If
+
+
+@dataclass(frozen=True)
+class Script:
+    """A compiled script: immutable, shared by every delivery (cache it per script text)."""
+
+    commands: tuple[Action, ...]
+    extensions: frozenset[str]
+    size: int
+
+
+# --- argument checking ---------------------------------------------------------
+
+MATCH_TYPES = ("is", "contains", "matches")
+ADDRESS_PARTS = {"all": "", "localpart": "", "domain": "", "user": "subaddress", "detail": "subaddress"}
+
+
+class _Args:
+    """Tagged arguments first, then positional ones (RFC 5228 §2.6.2); checked against a spec."""
+
+    def __init__(self, where: Command | Test, ext: frozenset[str]) -> None:
+        self.where = where
+        self.name = where.name
+        self.ext = ext
+        self.tags: dict[str, Argument | None] = {}
+        self.match = "is"
+        self.comparator = "i;ascii-casemap"
+        self.part = "all"
+        self.positional: list[Argument] = []
+
+    def err(self, line: int, msg: str) -> SieveError:
+        return SieveError(line, f"{self.name}: {msg}")
+
+    def take(self, *, values: dict[str, str] | None = None, flags: tuple[str, ...] = (),
+             match: bool = False, address: bool = False) -> _Args:
+        """``values``: tag -> kind of its value ("str", "list", "num"); ``flags``: tags without a value;
+        ``match``: the MATCH-TYPE and COMPARATOR groups; ``address``: the ADDRESS-PART group."""
+        values = values or {}
+        args = self.where.args
+        i = 0
+        seen_groups: set[str] = set()
+        while i < len(args) and isinstance(args[i], Tag):
+            tag = args[i]
+            assert isinstance(tag, Tag)
+            t = tag.name
+            group = None
+            if match and t in MATCH_TYPES:
+                group, self.match = "match type", t
+            elif address and t in ADDRESS_PARTS:
+                if ADDRESS_PARTS[t] and ADDRESS_PARTS[t] not in self.ext:
+                    raise self.err(tag.line, f":{t} needs require \"{ADDRESS_PARTS[t]}\"")
+                group, self.part = "address part", t
+            elif match and t == "comparator":
+                group = "comparator"
+                i += 1
+                v = args[i] if i < len(args) else None
+                if not isinstance(v, StringList) or v.bracketed:
+                    raise self.err(tag.line, ":comparator needs a string")
+                self.comparator = v.items[0]
+                if self.comparator not in COMPARATORS:
+                    # RFC 5228 §2.7.3: an unknown comparator is an error
+                    raise self.err(tag.line, f"unknown comparator {self.comparator!r}")
+            elif t in values:
+                group = t
+                i += 1
+                v = args[i] if i < len(args) else None
+                kind = values[t]
+                if kind == "num" and not isinstance(v, Number):
+                    raise self.err(tag.line, f":{t} needs a number")
+                if kind in ("str", "list") and not isinstance(v, StringList):
+                    raise self.err(tag.line, f":{t} needs a string{' list' if kind == 'list' else ''}")
+                if kind == "str" and isinstance(v, StringList) and v.bracketed:
+                    raise self.err(tag.line, f":{t} needs a string, not a list")
+                self.tags[t] = v
+            elif t in flags:
+                group = t
+                self.tags[t] = None
+            else:
+                raise self.err(tag.line, f"unknown tagged argument :{t}")
+            if group in seen_groups:
+                raise self.err(tag.line, f"{group} given twice")
+            seen_groups.add(group)
+            i += 1
+        self.positional = list(args[i:])
+        for a in self.positional:
+            if isinstance(a, Tag):
+                raise self.err(a.line, f"tagged argument :{a.name} after the positional arguments")
+        return self
+
+    def strings(self, kinds: str) -> list[tuple[str, ...]]:
+        """The positional arguments, each "s" (one string) or "l" (a string list)."""
+        line = self.where.line
+        if len(self.positional) != len(kinds):
+            raise self.err(line, f"expects {len(kinds)} argument{'s' if len(kinds) != 1 else ''}, "
+                           f"got {len(self.positional)}")
+        out = []
+        for a, k in zip(self.positional, kinds, strict=True):
+            if not isinstance(a, StringList):
+                raise self.err(a.line, "expects a string" + (" list" if k == "l" else ""))
+            if k == "s" and a.bracketed:
+                raise self.err(a.line, "expects a string, not a list")
+            out.append(a.items)
+        return out
+
+    def matchers(self, keys: tuple[str, ...]) -> tuple[Matcher, ...]:
+        return tuple(matcher(self.match, k, self.comparator) for k in keys)
+
+
+def _no_tests(c: Command | Test) -> None:
+    if c.tests:
+        raise SieveError(c.line, f"{c.name}: takes no test")
+
+
+def _flags(items: tuple[str, ...]) -> tuple[str, ...]:
+    """RFC 5232 §3: each string is a space-separated list of flags; system flags take their
+    canonical case, invalid ones are ignored (§3: "SHOULD ignore"), duplicates dropped."""
+    out: dict[str, None] = {}
+    for s in items:
+        for f in s.split():
+            if f.startswith("\\"):
+                canon = SYSTEM_FLAGS.get(f.lower())
+                if canon:
+                    out[canon] = None
+            elif _KEYWORD.fullmatch(f):
+                out[f] = None
+    return tuple(out)
+
+
+def _header_names(c: Test, names: tuple[str, ...]) -> tuple[str, ...]:
+    for n in names:  # RFC 5322 §3.6.8 field-name = 1*ftext (printable US-ASCII except ":")
+        if not n or any(not ("!" <= ch <= "~") or ch == ":" for ch in n):
+            raise SieveError(c.line, f"{c.name}: {n!r} is not a header field name")
+    return tuple(n.lower() for n in names)
+
+
+# --- the compiler ----------------------------------------------------------------
+
+
+class _Compiler:
+    def __init__(self) -> None:
+        self.ext: frozenset[str] = frozenset()
+
+    def need(self, ext: str, line: int, what: str) -> None:
+        if ext not in self.ext:
+            # RFC 5228 §3.2: using an extension without require is an error
+            raise SieveError(line, f"{what} needs require \"{ext}\"")
+
+    def block(self, cmds: tuple[Command, ...], top: bool = False) -> tuple[Action, ...]:
+        out: list[Action] = []
+        i = 0
+        if top:
+            req: set[str] = set()
+            while i < len(cmds) and cmds[i].name == "require":
+                req |= self.require(cmds[i])
+                i += 1
+            self.ext = frozenset(req)
+        while i < len(cmds):
+            c = cmds[i]
+            if c.name == "if":
+                branches = [(self.test_of(c), self.body(c))]
+                else_: tuple[Action, ...] | None = None
+                while i + 1 < len(cmds) and cmds[i + 1].name in ("elsif", "else"):
+                    i += 1
+                    nxt = cmds[i]
+                    if nxt.name == "elsif":
+                        branches.append((self.test_of(nxt), self.body(nxt)))
+                        continue
+                    if nxt.args or nxt.tests:
+                        raise SieveError(nxt.line, "else: takes no arguments")
+                    else_ = self.body(nxt)
+                    break
+                out.append(If(tuple(branches), else_))
+            elif c.name in ("elsif", "else"):
+                raise SieveError(c.line, f"{c.name} without a preceding if")
+            elif c.name == "require":
+                raise SieveError(c.line, "require must come before every other command")  # RFC 5228 §3.2
+            else:
+                if c.block is not None:
+                    raise SieveError(c.line, f"{c.name}: takes no block")
+                out.append(self.action(c))
+            i += 1
+        return tuple(out)
+
+    def require(self, c: Command) -> set[str]:
+        a = _Args(c, self.ext).take()
+        _no_tests(c)
+        if c.block is not None:
+            raise SieveError(c.line, "require: takes no block")
+        (names,) = a.strings("l")
+        for n in names:
+            if n not in EXTENSIONS:
+                raise SieveError(c.line, f"require: unsupported extension {n!r}")
+        return set(names)
+
+    def test_of(self, c: Command) -> Node:
+        if len(c.tests) != 1:
+            raise SieveError(c.line, f"{c.name}: needs one test")
+        if c.args:
+            raise SieveError(c.line, f"{c.name}: takes a test, not arguments")
+        return self.test(c.tests[0])
+
+    def body(self, c: Command) -> tuple[Action, ...]:
+        if c.block is None:
+            raise SieveError(c.line, f"{c.name}: needs a block")
+        return self.block(c.block)
+
+    def action(self, c: Command) -> Action:
+        _no_tests(c)
+        name, line = c.name, c.line
+        if name == "stop":
+            _Args(c, self.ext).take().strings("")
+            return Stop()
+        if name == "keep":
+            a = _Args(c, self.ext).take(values=self.flag_tag(line))
+            a.strings("")
+            return Keep(self.tag_flags(a))
+        if name == "discard":
+            _Args(c, self.ext).take().strings("")
+            return Discard()
+        if name == "fileinto":
+            self.need("fileinto", line, "fileinto")
+            a = _Args(c, self.ext).take(values=self.flag_tag(line), flags=self.copy_tag())
+            ((box,),) = a.strings("s")
+            if not box or len(box) > 255:
+                raise SieveError(line, "fileinto: needs a mailbox name of 1 to 255 characters")
+            return FileInto(box, "copy" in a.tags, self.tag_flags(a))
+        if name == "redirect":
+            a = _Args(c, self.ext).take(flags=self.copy_tag())
+            ((addr,),) = a.strings("s")
+            addr = addr.strip()
+            if addr.startswith("<") and addr.endswith(">"):
+                addr = addr[1:-1]
+            if not _ADDRESS.fullmatch(addr):  # RFC 5228 §4.2: a syntactically invalid address is an error
+                raise SieveError(line, f"redirect: {addr!r} is not a mail address")
+            return Redirect(addr, "copy" in a.tags)
+        if name in ("setflag", "addflag", "removeflag"):
+            self.need("imap4flags", line, name)
+            (flags,) = _Args(c, self.ext).take().strings("l")
+            return FlagOp(name, _flags(flags))
+        if name == "vacation":
+            return self.vacation(c)
+        raise SieveError(line, f"unknown command {name!r}")  # RFC 5228 §2.9 / §3.2
+
+    def copy_tag(self) -> tuple[str, ...]:
+        return ("copy",) if "copy" in self.ext else ()
+
+    def flag_tag(self, line: int) -> dict[str, str]:
+        return {"flags": "list"} if "imap4flags" in self.ext else {}
+
+    @staticmethod
+    def tag_flags(a: _Args) -> tuple[str, ...] | None:
+        v = a.tags.get("flags")
+        return _flags(v.items) if isinstance(v, StringList) else None
+
+    def vacation(self, c: Command) -> VacationAction:
+        self.need("vacation", c.line, "vacation")
+        values = {"days": "num", "subject": "str", "from": "str", "addresses": "list", "handle": "str"}
+        if "vacation-seconds" in self.ext:
+            values["seconds"] = "num"
+        a = _Args(c, self.ext).take(values=values, flags=("mime",))
+        ((reason,),) = a.strings("s")
+        if "days" in a.tags and "seconds" in a.tags:
+            raise SieveError(c.line, "vacation: :days and :seconds exclude each other")  # RFC 6131 §2
+        days, secs = a.tags.get("days"), a.tags.get("seconds")
+        if isinstance(secs, Number):
+            seconds = secs.value
+        else:  # RFC 5230 §4.1: the minimum is 1 day
+            seconds = max(1, days.value if isinstance(days, Number) else VACATION_DEFAULT_DAYS) * 86400
+        seconds = min(max(seconds, VACATION_MIN_SECONDS), VACATION_MAX_SECONDS)
+        subject, frm, handle = (a.tags.get(k) for k in ("subject", "from", "handle"))
+        addrs = a.tags.get("addresses")
+        subj = subject.items[0] if isinstance(subject, StringList) else None
+        from_ = frm.items[0] if isinstance(frm, StringList) else None
+        if isinstance(handle, StringList):
+            h = handle.items[0]
+        else:  # RFC 5230 §4.2: without :handle, the same reason, subject and from are the same vacation
+            h = "auto:" + hashlib.sha256("\0".join((reason, subj or "", from_ or "", str("mime" in a.tags)))
+                                         .encode("utf-8", "surrogatepass")).hexdigest()[:32]
+        return VacationAction(reason, seconds, subj, from_,
+                              addrs.items if isinstance(addrs, StringList) else (), "mime" in a.tags, h)
+
+    def test(self, t: Test) -> Node:
+        name = t.name
+        if name in ("true", "false"):
+            _no_tests(t)
+            _Args(t, self.ext).take().strings("")
+            return Const(name == "true")
+        if name == "not":
+            _Args(t, self.ext).take().strings("")
+            if len(t.tests) != 1:
+                raise SieveError(t.line, "not: needs one test")
+            return NotTest(self.test(t.tests[0]))
+        if name in ("allof", "anyof"):
+            _Args(t, self.ext).take().strings("")
+            if not t.tests:
+                raise SieveError(t.line, f"{name}: needs a test list")
+            tests = tuple(self.test(x) for x in t.tests)
+            return AllOf(tests) if name == "allof" else AnyOf(tests)
+        _no_tests(t)
+        if name == "header":
+            a = _Args(t, self.ext).take(match=True)
+            names, keys = a.strings("ll")
+            return HeaderTest(_header_names(t, names), a.matchers(keys))
+        if name in ("address", "envelope"):
+            if name == "envelope":
+                self.need("envelope", t.line, "envelope")
+            a = _Args(t, self.ext).take(match=True, address=True)
+            names, keys = a.strings("ll")
+            if name == "envelope":
+                parts = tuple(n.lower() for n in names)
+                for p in parts:
+                    if p not in ("from", "to"):  # RFC 5228 §5.4: unsupported parts are errors
+                        raise SieveError(t.line, f"envelope: unknown envelope part {p!r}")
+                return AddressTest(parts, a.part, a.matchers(keys), True)
+            return AddressTest(_header_names(t, names), a.part, a.matchers(keys), False)
+        if name == "exists":
+            (names,) = _Args(t, self.ext).take().strings("l")
+            return ExistsTest(_header_names(t, names))
+        if name == "size":
+            a = _Args(t, self.ext).take(flags=("over", "under"))
+            over, under = "over" in a.tags, "under" in a.tags
+            if over == under or len(a.positional) != 1 or not isinstance(a.positional[0], Number):
+                raise SieveError(t.line, "size: needs :over or :under and a number")
+            return SizeTest(over, a.positional[0].value)
+        if name == "hasflag":
+            self.need("imap4flags", t.line, "hasflag")
+            a = _Args(t, self.ext).take(match=True)
+            (keys,) = a.strings("l")
+            return HasFlagTest(a.matchers(keys))
+        raise SieveError(t.line, f"unknown test {name!r}")
+
+
+def compile(text: str, max_size: int = MAX_SCRIPT_SIZE) -> Script:
+    """Parse and check ``text``; raises :class:`SieveError` (and nothing else) when it is not a valid
+    script of the supported extensions (EXTENSIONS)."""
+    cmds = parse(text, max_size)
+    comp = _Compiler()
+    return Script(comp.block(cmds, top=True), comp.ext, len(text))

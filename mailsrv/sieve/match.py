@@ -1,0 +1,117 @@
+"""Sieve match types and comparators (RFC 5228 §2.7): :is, :contains, :matches over
+"i;ascii-casemap" and "i;octet" (RFC 4790 §9.2, §9.3).
+
+``:matches`` patterns are compiled once into segments split at ``*``; matching
+takes each segment at its leftmost place (correct for ``*``/``?`` globs, no
+backtracking), so the work is O(len(value) * len(pattern)) whatever the
+pattern: a hostile ``*a*a*a*a*b`` costs no more than a long literal.
+"""
+
+from __future__ import annotations
+
+import string
+from dataclasses import dataclass
+
+COMPARATORS = ("i;ascii-casemap", "i;octet")
+_CASEMAP = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
+
+
+def casemap(s: str) -> str:
+    """RFC 4790 §9.2: only US-ASCII letters fold (``"É"`` stays as it is)."""
+    return s.translate(_CASEMAP)
+
+
+#: a "?" inside a segment
+ANY = None
+Segment = tuple["str | None", ...]
+
+
+@dataclass(frozen=True)
+class Glob:
+    """A compiled :matches pattern ``S0*S1*...*Sk``: the value starts with S0, ends with Sk and holds
+    S1..Sk-1 in order between them (k = 0: the value is S0)."""
+
+    segments: tuple[Segment, ...]
+
+    def match(self, value: str) -> bool:
+        segs = self.segments
+        head = segs[0]
+        if len(segs) == 1:
+            return len(value) == len(head) and _at(value, 0, head)
+        tail = segs[-1]
+        end = len(value) - len(tail)
+        if end < len(head) or not _at(value, 0, head) or not _at(value, end, tail):
+            return False
+        pos = len(head)
+        for s in segs[1:-1]:
+            if s:
+                found = _find(value, s, pos, end)
+                if found < 0:
+                    return False
+                pos = found + len(s)
+        return True
+
+
+def _at(value: str, pos: int, seg: Segment) -> bool:
+    for k, c in enumerate(seg):
+        if c is not ANY and value[pos + k] != c:
+            return False
+    return True
+
+
+def _find(value: str, seg: Segment, start: int, end: int) -> int:
+    if ANY not in seg:
+        return value.find("".join(seg), start, end)  # type: ignore[arg-type]
+    for p in range(start, end - len(seg) + 1):
+        if _at(value, p, seg):
+            return p
+    return -1
+
+
+def compile_glob(pattern: str) -> Glob:
+    """RFC 5228 §2.7.1: ``*`` any run, ``?`` one character, ``\\`` makes the next one literal."""
+    segments: list[Segment] = []
+    cur: list[str | None] = []
+    i, n = 0, len(pattern)
+    while i < n:
+        c = pattern[i]
+        if c == "*":
+            segments.append(tuple(cur))
+            cur = []
+        elif c == "?":
+            cur.append(ANY)
+        elif c == "\\" and i + 1 < n:
+            i += 1
+            cur.append(pattern[i])
+        else:
+            cur.append(c)
+        i += 1
+    segments.append(tuple(cur))
+    return Glob(tuple(segments))
+
+
+@dataclass(frozen=True)
+class Matcher:
+    """One key of a test under its match type and comparator, ready to apply."""
+
+    kind: str  # "is" | "contains" | "matches"
+    key: str  # folded for i;ascii-casemap
+    fold: bool
+    glob: Glob | None = None
+
+    def __call__(self, value: str) -> bool:
+        if self.fold:
+            value = casemap(value)
+        if self.kind == "is":
+            return value == self.key
+        if self.kind == "contains":
+            return self.key in value
+        assert self.glob is not None
+        return self.glob.match(value)
+
+
+def matcher(kind: str, key: str, comparator: str) -> Matcher:
+    fold = comparator == "i;ascii-casemap"
+    if fold:
+        key = casemap(key)
+    return Matcher(kind, key, fold, compile_glob(key) if kind == "matches" else None)
