@@ -26,7 +26,7 @@ from typing import Any
 from mailsrv import log
 from mailsrv.config import Config
 from mailsrv.delivery import spool
-from mailsrv.delivery.archive import ArchiveRules
+from mailsrv.delivery.archive import ArchiveRules, marker_key
 from mailsrv.files import FileLinks, files_root
 from mailsrv.net.listener import Listener
 from mailsrv.net.service import ServiceContext
@@ -182,7 +182,10 @@ async def _serve(cfg: Config, socks: dict[str, list[socket.socket]], ssl_context
     search = resources["search"] = SearchService(cfg.search, search_resolver(store), search_exists(store))
     store.add_observer(search)
     # docs/archive.md: the archiving rules, shared by the SMTP backends and JMAP submission
-    resources["archive"] = ArchiveRules(cfg.archive, resources["directory"])
+    # (their markers' key, made on first use, read in the pool: docs/archive.md)
+    key = (await asyncio.get_running_loop().run_in_executor(None, marker_key, cfg.server.data_dir)
+           if cfg.archive.rule else None)
+    resources["archive"] = ArchiveRules(cfg.archive, resources["directory"], key)
     # docs/files.md: one FileLinks per worker, for JMAP (/files, FileLink/*) and submission's convert_over
     if cfg.files.enabled:
         resources["files"] = FileLinks(cfg.files, files_root(cfg.server.data_dir))

@@ -9,7 +9,11 @@ Invariants:
   archive copy of it; a retried archive copy (:meth:`ArchiveRules.retried`) makes no other copy.
 - Archived once, at acceptance: a local recipient queued after its message was archived (a copy that
   tempfailed and is retried by the queue, a JMAP submission held until sendAt) is queued with the ORCPT
-  of :func:`archived_orcpt`; its delivery through our MTA makes no archive copy (:meth:`ArchiveRules.archived`).
+  of :meth:`ArchiveRules.archived_orcpt`; its delivery through our MTA makes no archive copy
+  (:meth:`ArchiveRules.archived`).
+- The markers (ORCPT) that skip or redirect archiving carry an HMAC-SHA-256 over the marker, the
+  envelope sender and the recipient, keyed by ``data_dir/archive.key`` (:func:`marker_key`): only
+  mailsrv's queue and JMAP submission can make one; a marker without a valid MAC is ignored.
 - An archive copy (only it) starts with the transaction's envelope (:func:`envelope_block`: sender and
   every recipient as received, Bcc included) after its Return-Path line; a retried copy is queued as
   that file and delivered as is (one block).
@@ -23,10 +27,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
 import ipaddress
+import os
+import secrets
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from mailsrv import log
@@ -34,6 +43,7 @@ from mailsrv.config import ArchiveConfig, Config, ConfigError
 from mailsrv.delivery.local import LocalDelivery, ResolveCache
 from mailsrv.directory import Account, Kind
 from mailsrv.store import MailboxExists, MailboxNotFound
+from mailsrv.util.fsio import fsync_dir, unique_name
 from mailsrv.util.runloop import run_until_signalled
 
 logger = log.get("archive")
@@ -48,26 +58,46 @@ DAY = 86400.0
 #: never removes it, and the archive's unread count means nothing anyway.
 COPY_FLAGS = frozenset({"\\Seen"})
 #: RFC 3461 §4.2 ORCPT address type that marks a retried archive copy in our own queue:
-#: ``x-mailsrv-archive;FOLDER`` (see :func:`retry_orcpt`, :meth:`ArchiveRules.retried`).
+#: ``x-mailsrv-archive;MAC;FOLDER`` (see :meth:`ArchiveRules.retry_orcpt`, :meth:`ArchiveRules.retried`).
 RETRY_ORCPT = "x-mailsrv-archive"
-_RETRY_PREFIX = RETRY_ORCPT + ";"
-
-
 #: ORCPT address type of a local recipient queued after its message was archived at acceptance:
-#: ``x-mailsrv-archived;ORIGINAL`` wraps the recipient's own ORCPT ("-": none); mailsrv.queue.dsn shows
-#: the original one (every ``x-mailsrv-*`` type wraps it).
+#: ``x-mailsrv-archived;MAC;ORIGINAL`` wraps the recipient's own ORCPT ("-": none); mailsrv.queue.dsn
+#: shows the original one (every ``x-mailsrv-*`` type wraps it after its MAC).
 ARCHIVED_ORCPT = "x-mailsrv-archived"
+#: The markers' key, in the data directory: 32 random bytes made on first use (mode 600, fsync'd).
+KEY_FILE = "archive.key"
+KEY_BYTES = 32
+#: hex digits of a marker's MAC (HMAC-SHA-256 cut to 128 bits)
+MAC_HEX = 32
+_RETRY_PREFIX = RETRY_ORCPT + ";"
 _ARCHIVED_PREFIX = ARCHIVED_ORCPT + ";"
 
 
-def retry_orcpt(folder: str) -> str:
-    """The ORCPT of a failed archive copy queued for retry: its rule's folder travels with it."""
-    return f"{RETRY_ORCPT};{folder}"
-
-
-def archived_orcpt(orcpt: str | None) -> str:
-    """The ORCPT of a local recipient queued once its message is archived (its own ``orcpt`` inside)."""
-    return _ARCHIVED_PREFIX + (orcpt or "-")
+def marker_key(data_dir: Path) -> bytes:
+    """Blocking: the markers' key in ``data_dir/archive.key``, made on first use. The new key is written
+    to a temporary file, fsync'd and hard-linked into place, so two processes making it at once both
+    end up reading the one that got there first. Raises OSError."""
+    path = Path(data_dir) / KEY_FILE
+    try:
+        key = path.read_bytes()
+    except FileNotFoundError:
+        tmp = path.with_name(f".{KEY_FILE}.{unique_name()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            try:
+                os.write(fd, secrets.token_bytes(KEY_BYTES))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            with contextlib.suppress(FileExistsError):  # another process made it first: theirs counts
+                os.link(tmp, path)
+        finally:
+            os.unlink(tmp)
+        fsync_dir(path.parent)
+        key = path.read_bytes()
+    if len(key) < KEY_BYTES:
+        raise OSError(f"{path}: shorter than {KEY_BYTES} bytes")
+    return key
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,7 +161,7 @@ class ArchivePlan:
     async def see(self, directory: Any, recipients: Iterable[tuple[str, Any]]) -> None:
         """Let the in-rules meet ``recipients`` ((address, resolution) of kind local or group; a group's
         current members) without delivering to them: a JMAP submission held until sendAt is archived
-        at acceptance, its recipients' copies come later (their ORCPT says so: :func:`archived_orcpt`)."""
+        at acceptance, its recipients' copies come later (their ORCPT says so: :meth:`ArchiveRules.archived_orcpt`)."""
         for _, res in recipients:
             if res.kind == Kind.GROUP and res.group is not None:
                 async for member in directory.expand(res.group):
@@ -164,10 +194,13 @@ class ArchiveRules:
     """Per worker: the configured rules, resolved against the directory and kept current with its
     change stamp. ``directory`` is a mailsrv.directory.Directory."""
 
-    def __init__(self, config: ArchiveConfig, directory: Any) -> None:
+    def __init__(self, config: ArchiveConfig, directory: Any, key: bytes | None = None) -> None:
         self.config = config
         self.directory = directory
         self.enabled = bool(config.rule)
+        #: the markers' key (:func:`marker_key`); None: one of this process's own (its markers count only
+        #: in this process: a marker it cannot check means one more archive copy, never one less)
+        self._key = key if key is not None else secrets.token_bytes(KEY_BYTES)
         self.archive_ids: frozenset[int] = frozenset()
         self._rules: tuple[_Rule, ...] = ()
         self._stamp: object = None
@@ -176,6 +209,39 @@ class ArchiveRules:
         self._refresh: asyncio.Future[None] | None = None
         self._folders: set[tuple[int, str]] = set()  # (account id, folder) known to exist
         self._senders = ResolveCache(directory)  # a sender's account: no directory query per message
+
+    # --- markers (docs/archive.md): made by our queue's producers, honoured only with their MAC -----
+
+    def _mac(self, atype: str, sender: str, rcpt: str, inner: str) -> str:
+        msg = "\0".join((atype, sender.lower(), rcpt.lower(), inner)).encode("utf-8", "surrogatepass")
+        return hmac.new(self._key, msg, hashlib.sha256).hexdigest()[:MAC_HEX]
+
+    def _marked(self, atype: str, sender: str, rcpt: str, orcpt: str | None) -> str | None:
+        """What the marker ``orcpt`` of type ``atype`` wraps, if its MAC is valid for this sender and
+        recipient; None otherwise (no marker, another type, a forged or replayed one)."""
+        if orcpt is None or not orcpt.startswith(atype + ";"):
+            return None
+        mac, semi, inner = orcpt[len(atype) + 1:].partition(";")
+        if not semi or not hmac.compare_digest(mac, self._mac(atype, sender, rcpt, inner)):
+            return None
+        return inner
+
+    def archived_orcpt(self, sender: str, rcpt: str, orcpt: str | None) -> str:
+        """The ORCPT of local recipient ``rcpt`` queued once its message from ``sender`` is archived (its
+        own ``orcpt`` inside, after the MAC)."""
+        inner = orcpt or "-"
+        return f"{ARCHIVED_ORCPT};{self._mac(ARCHIVED_ORCPT, sender, rcpt, inner)};{inner}"
+
+    def retry_orcpt(self, sender: str, rcpt: str, folder: str) -> str:
+        """The ORCPT of a failed archive copy for archive account ``rcpt`` queued for retry: its rule's
+        folder travels with it."""
+        return f"{RETRY_ORCPT};{self._mac(RETRY_ORCPT, sender, rcpt, folder)};{folder}"
+
+    def retry_folder(self, peer_ip: str, sender: str, rcpt: str, orcpt: str | None) -> str | None:
+        """The folder of a retried archive copy's marker that our queue sent (loopback, valid MAC), else None."""
+        if orcpt is None or not orcpt.startswith(_RETRY_PREFIX) or not _loopback(peer_ip):
+            return None
+        return self._marked(RETRY_ORCPT, sender, rcpt, orcpt)
 
     async def plan(self, sender: str, account: Account | None, *, local: bool) -> ArchivePlan | None:
         """What a message from ``sender`` (``account`` when the session authenticated) needs; None if
@@ -196,32 +262,32 @@ class ArchiveRules:
             return None
         return ArchivePlan(self, inbound, out)
 
-    async def retried(self, peer_ip: str, rcpts: list[tuple[Account | None, str | None]]) -> ArchivePlan | None:
+    async def retried(self, peer_ip: str, sender: str,
+                      rcpts: list[tuple[Account | None, str, str | None]]) -> ArchivePlan | None:
         """A transaction of retried archive copies only (our queue, from a loopback address: each
-        recipient an archive account with the ORCPT of :func:`retry_orcpt` naming one of its rules'
-        folders): the plan that delivers exactly those copies, into their folders, and no other (a
-        retried copy makes no further archive copy). None otherwise: the transaction is ordinary mail.
-        ``rcpts``: (resolved account, ORCPT) of each local recipient."""
-        if not rcpts or not all(o is not None and o.startswith(_RETRY_PREFIX) for _, o in rcpts) \
+        recipient an archive account with the ORCPT of :meth:`retry_orcpt`, its MAC valid, naming one of
+        its rules' folders): the plan that delivers exactly those copies, into their folders, and no
+        other (a retried copy makes no further archive copy). None otherwise: the transaction is
+        ordinary mail. ``rcpts``: (resolved account, address, ORCPT) of each local recipient."""
+        if not rcpts or not all(o is not None and o.startswith(_RETRY_PREFIX) for _, _, o in rcpts) \
                 or not _loopback(peer_ip):
             return None  # ordinary mail (one look at each recipient's ORCPT)
         rules = {(r.archive.id, r.folder): r for r in await self._current()}
         hit = []
-        for acct, orcpt in rcpts:
-            atype, _, folder = (orcpt or "").partition(";")
-            rule = rules.get((acct.id, folder)) if acct is not None else None
-            if rule is None or acct is None or atype != RETRY_ORCPT:
+        for acct, address, orcpt in rcpts:
+            folder = self._marked(RETRY_ORCPT, sender, address, orcpt)
+            rule = rules.get((acct.id, folder)) if acct is not None and folder is not None else None
+            if rule is None or acct is None:
                 return None
             hit.append(replace(rule, archive=acct))  # its quota as the directory says now
         return ArchivePlan(self, [], hit)
 
-    @staticmethod
-    def archived(peer_ip: str, orcpts: list[str | None]) -> bool:
+    def archived(self, peer_ip: str, sender: str, rcpts: list[tuple[str, str | None]]) -> bool:
         """A transaction from our queue (a loopback address) whose every local recipient carries the
-        ORCPT of :func:`archived_orcpt`: its message was archived when it was accepted, so its delivery
-        makes no archive copy. ``orcpts``: the ORCPT of each local recipient."""
-        return bool(orcpts) and all(o is not None and o.startswith(_ARCHIVED_PREFIX) for o in orcpts) \
-            and _loopback(peer_ip)
+        ORCPT of :meth:`archived_orcpt` with a valid MAC: its message was archived when it was accepted,
+        so its delivery makes no archive copy. ``rcpts``: (address, ORCPT) of each local recipient."""
+        return bool(rcpts) and all(o is not None and o.startswith(_ARCHIVED_PREFIX) for _, o in rcpts) \
+            and _loopback(peer_ip) and all(self._marked(ARCHIVED_ORCPT, sender, a, o) is not None for a, o in rcpts)
 
     async def ensure_folder(self, local: LocalDelivery, acct: Account, folder: str) -> None:
         if folder == "INBOX" or (acct.id, folder) in self._folders:

@@ -120,7 +120,7 @@ class DirectorySubmitter:
 
     async def submit_queued(self, principal: Any, raw: bytes, mail_from: str,
                             rcpts: list[str]) -> tuple[str | None, dict[str, tuple[str, str]]]:
-        from mailsrv.delivery.archive import archived_orcpt, envelope_block, retry_orcpt
+        from mailsrv.delivery.archive import envelope_block
         from mailsrv.queue.store import QRcpt
 
         acct = await self._account(principal)
@@ -159,13 +159,15 @@ class DirectorySubmitter:
                 remote += outcome.outside + outcome.retry
                 if plan is not None:  # archived now: not again when the queue retries them (docs/archive.md)
                     archived = set(outcome.retry)
-                later = [QRcpt(a, notify=["NEVER"], orcpt=retry_orcpt(f)) for a, f in outcome.archive_retry]
+                later = [QRcpt(a, notify=["NEVER"], orcpt=self.archive.retry_orcpt(mail_from, a, f))
+                         for a, f in outcome.archive_retry]
                 apath = outcome.archive_spool
             if later:  # their own entry: retried into their folders, without other recipients (docs/archive.md)
                 await self.queue.enqueue(apath or spool, mail_from, later)
             if remote:
                 qid = await self.queue.enqueue(spool, mail_from, [
-                    QRcpt(r, orcpt=archived_orcpt(None)) if r in archived else QRcpt(r) for r in remote])
+                    QRcpt(r, orcpt=self.archive.archived_orcpt(mail_from, r, None)) if r in archived else QRcpt(r)
+                    for r in remote])
                 for r in remote:
                     out.setdefault(r, ("queued", f"250 2.0.0 queued as {qid}"))
                     if out[r][0] != "yes":
@@ -182,7 +184,6 @@ class DirectorySubmitter:
         """Every accepted recipient, local ones too, waits in the outbound queue until ``send_at``
         (the runner hands local mail to the local SMTP listener). The archive copies are made now, for
         every recipient (docs/archive.md); the local ones' ORCPT says so when they are delivered."""
-        from mailsrv.delivery.archive import archived_orcpt
         from mailsrv.queue.store import QRcpt
 
         acct = await self._account(principal)
@@ -205,7 +206,8 @@ class DirectorySubmitter:
                 acct, raw, mail_from, accepted, local):
             archived = {r for r, _ in local}
         qid = await self.queue.enqueue(raw, mail_from, [
-            QRcpt(r, orcpt=archived_orcpt(None)) if r in archived else QRcpt(r) for r in accepted],
+            QRcpt(r, orcpt=self.archive.archived_orcpt(mail_from, r, None)) if r in archived else QRcpt(r)
+            for r in accepted],
             not_before=send_at)
         for r in accepted:
             out[r] = ("queued", f"250 2.0.0 held until {message.utc_date(send_at)} as {qid}")
@@ -215,7 +217,7 @@ class DirectorySubmitter:
                             local: list[tuple[str, Any]]) -> bool:
         """The archive copies of a submission held until sendAt, made at acceptance (a failed one is
         queued for retry now, as in :meth:`submit_queued`). True when the message had an archive plan."""
-        from mailsrv.delivery.archive import envelope_block, retry_orcpt
+        from mailsrv.delivery.archive import envelope_block
         from mailsrv.queue.store import QRcpt
 
         plan = await self.archive.plan(mail_from, acct, local=bool(local))
@@ -233,7 +235,8 @@ class DirectorySubmitter:
             apath = outcome.archive_spool
             if outcome.archive_retry:
                 await self.queue.enqueue(apath or spool, mail_from, [
-                    QRcpt(a, notify=["NEVER"], orcpt=retry_orcpt(f)) for a, f in outcome.archive_retry])
+                    QRcpt(a, notify=["NEVER"], orcpt=self.archive.retry_orcpt(mail_from, a, f))
+                    for a, f in outcome.archive_retry])
         finally:
             await loop.run_in_executor(None, _unlink, spool)
             if apath is not None:

@@ -26,10 +26,10 @@ def _status_of(diag: str, default: str) -> str:
 
 def shown_orcpt(orcpt: str | None) -> str | None:
     """The ORCPT a DSN reports: our own ``x-mailsrv-*`` address types (mailsrv.delivery.archive's
-    ``x-mailsrv-archived;ORIGINAL``) wrap the recipient's original ORCPT ("-": it had none)."""
+    ``x-mailsrv-archived;MAC;ORIGINAL``) wrap the recipient's original ORCPT ("-": it had none)."""
     if orcpt is None or not orcpt.startswith("x-mailsrv-"):
         return orcpt
-    inner = orcpt.partition(";")[2]
+    inner = orcpt.partition(";")[2].partition(";")[2]  # after the type and the MAC
     return inner if ";" in inner else None
 
 

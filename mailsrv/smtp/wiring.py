@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from mailsrv import log
-from mailsrv.delivery.archive import ArchiveRules, archived_orcpt, envelope_block, retry_orcpt
+from mailsrv.delivery.archive import ArchiveRules, envelope_block
 from mailsrv.delivery.local import LocalDelivery, LocalOutcome, unlink_quiet
 from mailsrv.delivery.spool import FileSpool, clean, spool_dir
 from mailsrv.files.convert import converted, link_base
@@ -36,9 +36,9 @@ def _qrcpt(address: str, rcpt: Any = None) -> QRcpt:
     return QRcpt(address, notify=notify, orcpt=rcpt.orcpt)
 
 
-def retry_rcpts(failed: list[tuple[str, str]]) -> list[QRcpt]:
+def retry_rcpts(archive: ArchiveRules, sender: str, failed: list[tuple[str, str]]) -> list[QRcpt]:
     """Queue recipients of failed archive copies ((address, folder) of LocalOutcome.archive_retry)."""
-    return [QRcpt(a, notify=["NEVER"], orcpt=retry_orcpt(folder)) for a, folder in failed]
+    return [QRcpt(a, notify=["NEVER"], orcpt=archive.retry_orcpt(sender, a, folder)) for a, folder in failed]
 
 
 class DirectoryBackend:
@@ -94,10 +94,10 @@ class DirectoryBackend:
         data = getattr(spool, "content", None)
         plan = retried = None
         if self.archive is not None and self.archive.enabled and not self.archive.archived(
-                info.peer_ip, [r.orcpt for r in tx.rcpts if r.route[0] != "outside"]):
+                info.peer_ip, tx.sender, [(r.route[2], r.orcpt) for r in tx.rcpts if r.route[0] != "outside"]):
             # docs/archive.md: our queue retrying failed archive copies: into their folders, nothing more
-            retried = await self.archive.retried(info.peer_ip, [(res.account, r.orcpt) for r in tx.rcpts
-                                                                for kind, res, _ in [r.route] if kind != "outside"])
+            retried = await self.archive.retried(info.peer_ip, tx.sender, [
+                (res.account, a, r.orcpt) for r in tx.rcpts for kind, res, a in [r.route] if kind != "outside"])
             plan = retried or await self.archive.plan(tx.sender, info.account, local=bool(local))
             if retried is not None:
                 local = []
@@ -116,8 +116,9 @@ class DirectoryBackend:
         if outcome is not None:
             remote.extend(_qrcpt(a) for a in outcome.outside)
             retry = [_qrcpt(a, by_addr.get(a)) for a in outcome.retry]
-            if plan is not None:  # archived now: the queue's retry of these copies is not (docs/archive.md)
-                retry = [QRcpt(q.addr, notify=q.notify, orcpt=archived_orcpt(q.orcpt)) for q in retry]
+            if plan is not None and self.archive is not None:  # archived now: not their retries (docs/archive.md)
+                retry = [QRcpt(q.addr, notify=q.notify, orcpt=self.archive.archived_orcpt(tx.sender, q.addr, q.orcpt))
+                         for q in retry]
             remote.extend(retry)
         delivered = outcome.delivered if outcome is not None else 0
         if retried is not None and delivered == 0:
@@ -182,14 +183,15 @@ class DirectoryBackend:
 
     async def _queue_archive_retry(self, tx: Transaction, spool: Spool, outcome: LocalOutcome) -> None:
         """Failed archive copies are retried through our MTA in their own entry, each with its folder
-        (ORCPT, :func:`~mailsrv.delivery.archive.retry_orcpt`); the sender hears nothing (NEVER).
+        (ORCPT, :meth:`~mailsrv.delivery.archive.ArchiveRules.retry_orcpt`); the sender hears nothing (NEVER).
         The entry is the copies' own file (its envelope block included) when they had one."""
         failed, apath = outcome.archive_retry, outcome.archive_spool
         try:
             if apath is None and isinstance(spool, FileSpool):
                 await spool.materialize()  # sealed and not made by a delivery job: the queue links it
-            await self.queue.enqueue(apath or spool.path, tx.sender, retry_rcpts(failed), smtputf8=tx.smtputf8,
-                                     body=tx.body)
+            assert self.archive is not None  # only a plan makes archive copies
+            await self.queue.enqueue(apath or spool.path, tx.sender, retry_rcpts(self.archive, tx.sender, failed),
+                                     smtputf8=tx.smtputf8, body=tx.body)
         except OSError as exc:  # the message is accepted: its recipients' copies are durable
             logger.exception("archive.enqueue_failed", exc)
         finally:

@@ -12,7 +12,7 @@ import pytest
 from support.loopthread import LoopThread
 
 from mailsrv.config import ArchiveConfig, ArchiveRuleConfig, Config, ServerConfig, SmtpConfig
-from mailsrv.delivery.archive import ArchiveRules
+from mailsrv.delivery.archive import ArchiveRules, marker_key
 from mailsrv.directory import open_directory, open_sync
 from mailsrv.queue.client import xtext
 from mailsrv.queue.store import queue_dir
@@ -42,8 +42,12 @@ class Site:
     directory: Any
     sync: Any
 
+    def rules(self, rules: dict[str, ArchiveRuleConfig]) -> ArchiveRules:
+        """The rules as a worker holds them: the markers' key of the data directory (made on first use)."""
+        return ArchiveRules(ArchiveConfig(rule=rules), self.directory, marker_key(self.data_dir))
+
     def backend(self, rules: dict[str, ArchiveRuleConfig] | None) -> DirectoryBackend:
-        archive = None if rules is None else ArchiveRules(ArchiveConfig(rule=rules), self.directory)
+        archive = None if rules is None else self.rules(rules)
         return self.loop.run(_backend(self, archive))  # type: ignore[no-any-return]
 
     def send(self, backend: DirectoryBackend, sender: str, rcpts: list[str], *, auth: str | None = None,

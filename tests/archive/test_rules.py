@@ -228,10 +228,22 @@ def test_a_retried_archive_copy_lands_in_its_rules_folder_and_is_swept(site: Any
         b"X-Mailsrv-Envelope-From: <x@remote.test>", f"X-Mailsrv-Envelope-To: <bob@{D}>".encode()]
     assert site.messages(f"archive@{D}") == []  # not in INBOX
     # the same marker from a non-loopback client is ordinary mail to the account (its INBOX)
-    forged = Envelope(new_id(), "x@remote.test", [QRcpt(f"archive@{D}", orcpt=archive_mod.retry_orcpt("Held"))])
+    assert be.archive is not None
+    marker = be.archive.retry_orcpt("x@remote.test", f"archive@{D}", "Held")
+    forged = Envelope(new_id(), "x@remote.test", [QRcpt(f"archive@{D}", orcpt=marker)])
     queue_dir(site.data_dir).add(forged, body("forged"))
     assert [r[:4] for r in site.replay(be, peer_ip="192.0.2.7")] == [b"250 "]
     assert subjects(site.messages(f"archive@{D}")) == ["forged"]
+    # and so is a marker from loopback without the MAC of our key (a local program's): its INBOX too
+    other = site.rules(rules)
+    other._key = b"k" * 32  # another installation's key
+    for i, orcpt in enumerate(["x-mailsrv-archive;Held", other.retry_orcpt("x@remote.test", f"archive@{D}", "Held"),
+                               be.archive.retry_orcpt("y@remote.test", f"archive@{D}", "Held")]):  # another sender
+        queue_dir(site.data_dir).add(Envelope(new_id(), "x@remote.test", [QRcpt(f"archive@{D}", orcpt=orcpt)]),
+                                     body(f"forged {i}"))
+        assert [r[:4] for r in site.replay(be)] == [b"250 "]
+    assert subjects(site.messages(f"archive@{D}")) == ["forged", "forged 0", "forged 1", "forged 2"]
+    assert len(site.messages(f"archive@{D}", "Held")) == 1
 
     async def flags() -> list[frozenset[str]]:
         acct = await site.directory.account_by_address(f"archive@{D}")
@@ -266,24 +278,67 @@ def test_a_recipient_copy_retried_by_the_queue_is_not_archived_again(site: Any,
     assert subjects(site.messages(f"archive@{D}", "Audit")) == ["bob's disk is full"]
     (env,) = queue_dir(site.data_dir).all()
     assert [r.addr for r in env.rcpts] == [f"bob@{D}"]
-    assert env.rcpts[0].orcpt == archive_mod.archived_orcpt(None)
+    assert be.archive is not None
+    marker = be.archive.archived_orcpt(f"alice@{D}", f"bob@{D}", None)
+    assert env.rcpts[0].orcpt == marker and marker.startswith("x-mailsrv-archived;")
     failing.clear()
     assert [r[:4] for r in site.replay(be)] == [b"250 "]
     assert subjects(site.messages(f"bob@{D}")) == ["bob's disk is full"]
     assert subjects(site.messages(f"archive@{D}", "Audit")) == ["bob's disk is full"]  # once
     # the marker counts only from our queue (loopback): from elsewhere the message is archived as usual
-    queue_dir(site.data_dir).add(Envelope(new_id(), f"alice@{D}", [
-        QRcpt(f"bob@{D}", orcpt=archive_mod.archived_orcpt(None))]), body("forged marker"))
+    queue_dir(site.data_dir).add(Envelope(new_id(), f"alice@{D}", [QRcpt(f"bob@{D}", orcpt=marker)]),
+                                 body("forged marker"))
     assert [r[:4] for r in site.replay(be, peer_ip="192.0.2.7")] == [b"250 "]
     assert subjects(site.messages(f"archive@{D}", "Audit")) == ["bob's disk is full", "forged marker"]
+    # from loopback (any local program) a marker counts only with our key's MAC over its sender and
+    # recipient: none, another key's, or one made for another recipient or sender is archived as usual
+    other = site.rules({"in": rule((f"bob@{D}",), "in")})
+    other._key = b"k" * 32
+    forged = ["x-mailsrv-archived;-", "x-mailsrv-archived;" + "0" * 32 + ";-",
+              other.archived_orcpt(f"alice@{D}", f"bob@{D}", None),
+              be.archive.archived_orcpt(f"alice@{D}", f"dave@{D}", None),
+              be.archive.archived_orcpt(f"carol@{D}", f"bob@{D}", None)]
+    for i, orcpt in enumerate(forged):
+        queue_dir(site.data_dir).add(Envelope(new_id(), f"alice@{D}", [QRcpt(f"bob@{D}", orcpt=orcpt)]),
+                                     body(f"forged {i}"))
+        assert [r[:4] for r in site.replay(be)] == [b"250 "]
+    assert subjects(site.messages(f"archive@{D}", "Audit"))[2:] == [f"forged {i}" for i in range(len(forged))]
+    # the real marker from loopback still skips it; its sender and recipient compare without case
+    queue_dir(site.data_dir).add(Envelope(new_id(), f"Alice@{D}", [QRcpt(f"BOB@{D}", orcpt=marker)]),
+                                 body("real marker"))
+    assert [r[:4] for r in site.replay(be)] == [b"250 "]
+    assert subjects(site.messages(f"bob@{D}"))[-1] == "real marker"
+    assert len(site.messages(f"archive@{D}", "Audit")) == 2 + len(forged)
+
+
+def test_the_markers_key_is_made_once_private_and_shared(tmp_path: Any) -> None:
+    import os
+    import threading
+
+    keys: list[bytes] = []
+    threads = [threading.Thread(target=lambda: keys.append(archive_mod.marker_key(tmp_path))) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(keys)) == 1 and len(keys[0]) == archive_mod.KEY_BYTES  # racing first uses agree
+    path = tmp_path / archive_mod.KEY_FILE
+    assert os.stat(path).st_mode & 0o777 == 0o600
+    assert [p.name for p in tmp_path.iterdir()] == [archive_mod.KEY_FILE]  # no temporary file left
+    assert archive_mod.marker_key(tmp_path) == keys[0]  # read again, not made again
+    path.write_bytes(b"short")
+    with pytest.raises(OSError, match="shorter"):
+        archive_mod.marker_key(tmp_path)
 
 
 def test_a_dsn_shows_the_original_orcpt_of_a_marked_recipient() -> None:
     from mailsrv.queue.dsn import shown_orcpt
 
-    assert shown_orcpt(archive_mod.archived_orcpt("rfc822;Bob@example.test")) == "rfc822;Bob@example.test"
-    assert shown_orcpt(archive_mod.archived_orcpt(None)) is None
-    assert shown_orcpt(archive_mod.retry_orcpt("Held")) is None
+    marks = ArchiveRules(ArchiveConfig(), None)
+    assert shown_orcpt(marks.archived_orcpt("a@x.test", "b@y.test", "rfc822;Bob@example.test")) == \
+        "rfc822;Bob@example.test"
+    assert shown_orcpt(marks.archived_orcpt("a@x.test", "b@y.test", None)) is None
+    assert shown_orcpt(marks.retry_orcpt("a@x.test", "b@y.test", "Held")) is None
     assert shown_orcpt("rfc822;x@y.test") == "rfc822;x@y.test" and shown_orcpt(None) is None
 
 
@@ -354,7 +409,7 @@ def test_jmap_submission_archives_local_and_remote_mail(site: Any) -> None:
 
     from mailsrv.jmap.submission import DirectorySubmitter
 
-    rules = ArchiveRules(ArchiveConfig(rule={"out": rule((f"carol@{D}",), "out")}), site.directory)
+    rules = site.rules({"out": rule((f"carol@{D}",), "out")})
 
     async def submit(sender: str, rcpts: list[str], subject: str) -> dict[str, tuple[str, str]]:
         acct = await site.directory.account_by_address(sender)
@@ -379,9 +434,8 @@ def test_a_submission_held_until_send_at_is_archived_at_acceptance_once(site: An
 
     from mailsrv.jmap.submission import DirectorySubmitter
 
-    rules = ArchiveRules(ArchiveConfig(rule={"out": rule((f"carol@{D}",), "out"),
-                                            "in": rule((f"team@{D}",), "in", to=f"archive2@{D}", folder="INBOX")}),
-                         site.directory)
+    rules = site.rules({"out": rule((f"carol@{D}",), "out"),
+                        "in": rule((f"team@{D}",), "in", to=f"archive2@{D}", folder="INBOX")})
 
     async def submit_later() -> dict[str, tuple[str, str]]:
         acct = await site.directory.account_by_address(f"carol@{D}")
@@ -401,8 +455,8 @@ def test_a_submission_held_until_send_at_is_archived_at_acceptance_once(site: An
         f"X-Mailsrv-Envelope-To: <dave@{D}>".encode(), b"X-Mailsrv-Envelope-To: <far@remote.test>"]
     assert site.messages(f"dave@{D}") == [] and site.messages(f"bob@{D}") == []
     (env,) = queue_dir(site.data_dir).all()
-    assert {r.addr: r.orcpt for r in env.rcpts} == {f"team@{D}": archive_mod.archived_orcpt(None),
-                                                    f"dave@{D}": archive_mod.archived_orcpt(None),
+    assert {r.addr: r.orcpt for r in env.rcpts} == {f"team@{D}": rules.archived_orcpt(f"carol@{D}", f"team@{D}", None),
+                                                    f"dave@{D}": rules.archived_orcpt(f"carol@{D}", f"dave@{D}", None),
                                                     "far@remote.test": None}
     # released: the runner hands the local recipients to our MTA; they are not archived again
     be = site.backend({"out": rule((f"carol@{D}",), "out"),
