@@ -11,26 +11,23 @@ Invariants: every change is durable before a function returns (temp file -> fsyn
 fsync the directory); the active marker is switched by renaming a new symlink over it, so a reader
 sees the old or the new active script, never none in between; the active script is never deleted
 (RFC 5804 §2.10 ACTIVE). Scripts count against nothing but their own limits (``[sieve]
-max_scripts``, ``max_script_size``). Callers on an event loop run these in the store's I/O pool.
+max_scripts``, ``max_script_size``, default ``mailsrv.sieve.MAX_SCRIPT_SIZE``). Callers on an event loop run these in the store's I/O pool.
 """
 
 from __future__ import annotations
 
 import fcntl
-import importlib
 import os
 import unicodedata
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from mailsrv.sieve import MAX_SCRIPT_SIZE, SieveError, compile
 from mailsrv.util.fsio import durable_write, fsync_dir, unique_name
 
 #: scripts one account may keep (Dovecot's sieve_quota_max_scripts; [sieve] max_scripts)
 MAX_SCRIPTS = 16
-#: bytes of one script (Dovecot's sieve_max_script_size is 1 MB; a user's rules fit in far less;
-#: [sieve] max_script_size)
-MAX_SCRIPT_SIZE = 65536
 #: characters of a script name (RFC 5804 §1.6 asks servers to allow at least 128; we allow exactly
 #: that, so "<name>.sieve" stays under NAME_MAX = 255 bytes even with 3-byte UTF-8 characters)
 MAX_NAME = 128
@@ -115,18 +112,14 @@ def validate(text: str, max_size: int = MAX_SCRIPT_SIZE) -> None:
         text.encode("utf-8")
     except UnicodeEncodeError:
         raise InvalidScript("script is not valid UTF-8") from None
-    _compile(text)
+    _compile(text, max_size)
 
 
-def _compile(text: str) -> None:
-    lang = importlib.import_module("mailsrv.sieve")
-    compile_, error = getattr(lang, "compile", None), getattr(lang, "SieveError", None)
-    if compile_ is None or error is None:  # the language is not there (yet): store unchecked
-        return
+def _compile(text: str, max_size: int) -> None:
     try:
-        compile_(text)
-    except error as e:
-        raise InvalidScript(str(getattr(e, "message", e)), int(getattr(e, "line", 0) or 0)) from None
+        compile(text, max_size)
+    except SieveError as e:
+        raise InvalidScript(e.message, e.line) from None
 
 
 def _dir(root: Path | str) -> Path:

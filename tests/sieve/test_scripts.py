@@ -88,6 +88,20 @@ def test_delete_and_rename(tmp_path: Path) -> None:
         scripts.get_script(tmp_path, "c")
 
 
+def test_invalid_script_is_refused_with_its_line(tmp_path: Path) -> None:
+    scripts.put_script(tmp_path, "ok", RULE)
+    with pytest.raises(scripts.InvalidScript) as e:
+        scripts.put_script(tmp_path, "ok", 'require "fileinto";\nif true {\n  frobnicate;\n}\n')
+    assert e.value.line == 3 and e.value.code == ""
+    assert str(e.value).startswith("line 3: ")
+    assert scripts.get_script(tmp_path, "ok") == RULE  # the stored one is untouched
+    with pytest.raises(scripts.InvalidScript):
+        scripts.put_script(tmp_path, "ext", 'fileinto "x";\n')  # fileinto without require
+    with pytest.raises(scripts.InvalidScript):
+        scripts.validate("keep;\ud800")  # a lone surrogate is no UTF-8
+    assert scripts.list_scripts(tmp_path) == [("ok", False)]
+
+
 def test_limits(tmp_path: Path) -> None:
     with pytest.raises(ScriptTooBig) as e:
         scripts.put_script(tmp_path, "big", "#" * 101 + "\n", max_size=100)
