@@ -119,7 +119,7 @@ def tokenize(text: str) -> list[Token]:
                 raise SieveError(line, "a tag needs a name after ':'")
             out.append((TAG, m.group().lower(), line))
             i = m.end()
-        elif c.isdigit():
+        elif "0" <= c <= "9":
             m = _NUMBER.match(text, i)
             assert m is not None
             digits = m.group()[: len(m.group()) - len(m.group(1))]
@@ -130,9 +130,9 @@ def tokenize(text: str) -> list[Token]:
                 raise SieveError(line, "number too large")
             out.append((NUM, num, line))
             i = m.end()
-            if i < n and (text[i].isalpha() or text[i] == "_"):
+            if i < n and _IDENT.match(text, i):
                 raise SieveError(line, f"bad number suffix {text[i]!r}")
-        elif c.isalpha() or c == "_":
+        elif _IDENT.match(c):
             m = _IDENT.match(text, i)
             assert m is not None
             word = m.group()
