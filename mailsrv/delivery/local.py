@@ -191,9 +191,10 @@ class LocalDelivery:
         return await self.store.account(aid, root, domain=acct.domain)
 
     async def check(self, address: str, *, sender: str, size: int, authenticated: Account | None,
-                    may_relay: bool) -> RcptCheck:
+                    may_relay: bool, own_quota: bool = True) -> RcptCheck:
         """RCPT-time checks (issue 5): unknown 550 5.1.1, relay 554 5.7.1, outside policy 550 5.7.1,
-        group posting 550 5.7.1, quota 452 4.2.2 / 552 5.2.2."""
+        group posting 550 5.7.1, quota 452 4.2.2 / 552 5.2.2. ``own_quota=False``: the account's own
+        quota is not checked, its domain's is (a retried archive copy: docs/archive.md)."""
         res = await self.resolver.resolve(address)
         if res.kind == Kind.OUTSIDE:
             if authenticated is None and not may_relay:
@@ -214,6 +215,8 @@ class LocalDelivery:
             return RcptCheck(250, "2.1.5", "Recipient OK", "group", res)
         acct = res.account
         assert acct is not None
+        if not own_quota:
+            acct = replace(acct, quota_bytes=None, quota_messages=None)
         dlimits = await self.store.domain_limits(acct.domain)  # RFC 9208: the domain's quota root
         if (acct.quota_bytes is not None or acct.quota_messages is not None
                 or dlimits.storage is not None or dlimits.messages is not None):

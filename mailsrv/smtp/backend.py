@@ -48,6 +48,7 @@ class Transaction:
     envid: str | None = None  # RFC 3461 ENVID (decoded)
     rcpts: list[Recipient] = field(default_factory=list)
     junk: bool = False  # the policy filed the message as spam: deliver into Junk (issue 12)
+    checking: Recipient | None = None  # the RCPT that check_recipient is asked about (its NOTIFY, ORCPT)
 
 
 @dataclass(frozen=True)

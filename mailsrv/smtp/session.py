@@ -494,6 +494,7 @@ class Session:
                 rcpt.orcpt = f"{atype.lower()};{xtext_decode(raw)}"
             else:
                 raise SmtpError(f"Unsupported parameter {key}", 555, "5.5.4")
+        tx.checking = rcpt
         verdict = await self.backend.check_recipient(self.info, tx, address)
         self.state = State.RCPT
         if not verdict.ok:

@@ -68,8 +68,13 @@ class DirectoryBackend:
     async def check_recipient(self, info: SessionInfo, tx: Transaction, address: str) -> Verdict:
         if address == "postmaster":
             address = f"postmaster@{info.hostname}"
+        rcpt = tx.checking
+        # docs/archive.md: a retried archive copy (our queue's marker) ignores the archive account's own
+        # quota, as its first delivery did
+        own_quota = (rcpt is None or rcpt.orcpt is None or self.archive is None or not self.archive.enabled
+                     or self.archive.retry_folder(info.peer_ip, tx.sender, address, rcpt.orcpt) is None)
         chk = await self.local.check(address, sender=tx.sender, size=tx.size_hint or 0,
-                                     authenticated=info.account, may_relay=info.trusted)
+                                     authenticated=info.account, may_relay=info.trusted, own_quota=own_quota)
         return Verdict(chk.code, chk.enh, chk.text, route=(chk.kind, chk.resolution, address))
 
     def open_spool(self) -> Spool:

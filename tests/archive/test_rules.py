@@ -269,6 +269,38 @@ def test_a_retried_archive_copy_makes_no_copy_in_another_archive(site: Any, monk
     assert len(site.messages(f"bob@{D}")) == 1 and site.queued() == []
 
 
+def test_a_retried_archive_copy_ignores_the_archive_accounts_quota_at_rcpt(site: Any,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from mailsrv.smtp.backend import Recipient, SessionInfo, Transaction
+
+    rules = {"full": rule((f"bob@{D}",), "in", to=f"fullarchive@{D}", folder="Held")}
+    be = site.backend(rules)
+    assert site.send(be, "x@remote.test", [f"bob@{D}"], body=body("first " + "x" * 100)).startswith(b"250 ")
+    assert len(site.messages(f"fullarchive@{D}", "Held")) == 1  # over its 10 bytes of quota now
+    failing = fail_folders(site, monkeypatch, {"Held"})
+    assert site.send(be, "x@remote.test", [f"bob@{D}"], body=body("second " + "x" * 100)).startswith(b"250 ")
+    failing.clear()
+    # the retry's RCPT (our queue's MAC'd marker, from loopback) passes as the first delivery did: 250
+    assert [r[:4] for r in site.replay(be)] == [b"250 "]
+    assert subjects(site.messages(f"fullarchive@{D}", "Held")) == ["first " + "x" * 100, "second " + "x" * 100]
+    assert site.queued() == []
+    assert be.archive is not None
+    marker = be.archive.retry_orcpt("x@remote.test", f"fullarchive@{D}", "Held")
+
+    async def rcpt(orcpt: str | None, peer_ip: str = "127.0.0.1") -> int:
+        info = SessionInfo(sid="q1", hostname="mx.example.test", listener="smtp", peer_ip=peer_ip)
+        tx = Transaction("x@remote.test")
+        tx.checking = Recipient(f"fullarchive@{D}", orcpt=orcpt)
+        return (await be.check_recipient(info, tx, f"fullarchive@{D}")).code
+
+    # the full account answers anyone else 452: no marker, one without our MAC, ours from elsewhere
+    assert site.loop.run(rcpt(marker)) == 250
+    assert site.loop.run(rcpt(None)) == 452
+    assert site.loop.run(rcpt("x-mailsrv-archive;Held")) == 452
+    assert site.loop.run(rcpt("x-mailsrv-archive;" + "0" * 32 + ";Held")) == 452
+    assert site.loop.run(rcpt(marker, peer_ip="192.0.2.7")) == 452
+
+
 def test_a_recipient_copy_retried_by_the_queue_is_not_archived_again(site: Any,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     failing = fail_folders(site, monkeypatch, {"INBOX"})
