@@ -116,7 +116,7 @@ def _cidrs(v: tuple[str, ...]) -> str | None:
 # --- sections ----------------------------------------------------------------
 
 LogLevel = Literal["trace", "debug", "info", "warning", "error"]
-Protocol = Literal["smtp", "submission", "imap", "pop3", "jmap", "admin"]
+Protocol = Literal["smtp", "submission", "imap", "pop3", "jmap", "admin", "managesieve"]
 TlsMode = Literal["none", "starttls", "implicit"]
 
 
@@ -709,6 +709,20 @@ class FilesConfig:
 
 
 @dataclass(frozen=True)
+class SieveConfig:
+    # the language and its actions at delivery (mailsrv.sieve, mailsrv.delivery.sieve)
+    enabled: bool = doc("Run each recipient's active Sieve script at local delivery: file into folders, flag, "
+                        "redirect, discard, vacation replies (docs/sieve.md).", True)
+    max_script_size: int = doc("Largest Sieve script in bytes (larger ones do not compile).", 64 * 1024,
+                               check=_positive)
+    max_redirects: int = doc("Redirects one script may make for one message (more is a runtime error: the "
+                             "message is kept), as Dovecot's sieve_max_redirects.", 4, check=_non_negative)
+    # script storage and ManageSieve (mailsrv.sieve.scripts, mailsrv.managesieve)
+    max_scripts: int = doc("Sieve scripts one account may keep (ManageSieve answers NO (QUOTA/MAXSCRIPTS) "
+                           "beyond).", 16, check=_positive)
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration file."""
 
@@ -730,6 +744,7 @@ class Config:
     recall: RecallConfig = doc("Recall of internal mail: window and notice.", factory=RecallConfig)
     archive: ArchiveConfig = doc("Archiving rules (journaling) and their retention.", factory=ArchiveConfig)
     files: FilesConfig = doc("Big attachments through links: size, quota, retention.", factory=FilesConfig)
+    sieve: SieveConfig = doc("Sieve mail filters: scripts run at delivery, ManageSieve.", factory=SieveConfig)
     source: str = field(default="<defaults>", compare=False, metadata={"internal": True})
 
 

@@ -43,6 +43,7 @@ SERVICES = {
     "submission": "mailsrv.smtp.server",
     "imap": "mailsrv.imap.server",
     "pop3": "mailsrv.pop3.server",
+    "managesieve": "mailsrv.managesieve.server",
     "jmap": "mailsrv.jmap.server",
     "admin": "mailsrv.admin.server",
 }

@@ -16,6 +16,7 @@ declare -A PEERS=(
   [clamd]=clamav-daemon  # tests/policy: EICAR through a real clamd (own signature db, no freshclam)
   [rspamd]=rspamd  # tests/policy: the rspamd scorer plug over its HTTP protocol
   [haproxy]=haproxy  # tests/net: PROXY protocol v1/v2 from a real load balancer (send-proxy, send-proxy-v2)
+  [sieve-connect]=sieve-connect  # tests/sieve: a ManageSieve client we did not write (RFC 5804)
 )
 missing=()
 for cmd in "${!PEERS[@]}"; do

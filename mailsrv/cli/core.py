@@ -27,6 +27,7 @@ DEV_LISTENERS = [
     ("imaps", "imap", 2993, "implicit"),
     ("pop3", "pop3", 2110, "starttls"),
     ("pop3s", "pop3", 2995, "implicit"),
+    ("managesieve", "managesieve", 2190, "starttls"),  # RFC 5804 (4190)
     ("jmap", "jmap", 2080, "none"),
     ("jmaps", "jmap", 2443, "implicit"),
     ("admin", "admin", 2081, "none"),  # admin HTTP API (bearer tokens: `mailsrv token issue`)

@@ -136,7 +136,7 @@ def test_parse_bind(spec: str, expected: tuple[str, int]) -> None:
 def test_check_config_cli(tmp_path: Path) -> None:
     cfg = init_setup(tmp_path / "s")
     ok = subprocess.run(mailsrv_cmd("check-config", "-c", str(cfg)), capture_output=True, text=True)
-    assert ok.returncode == 0 and "OK (10 listeners)" in ok.stdout
+    assert ok.returncode == 0 and "OK (11 listeners)" in ok.stdout
     cfg.write_text(cfg.read_text().replace("[server]", "[server]\nwrokers = 2"))
     bad = subprocess.run(mailsrv_cmd("check-config", "-c", str(cfg)), capture_output=True, text=True)
     assert bad.returncode == 2
