@@ -66,6 +66,10 @@ class LocalOutcome:
     #: ``deliver(consume=True)``: the store's job ran and left no file at the spool's path (the caller
     #: has nothing to remove)
     spool_consumed: bool = False
+    #: docs/sieve.md: redirects (mailsrv.delivery.sieve.RedirectOrder) and vacation replies (ReplyOrder)
+    #: of the recipients' scripts, for the caller to queue before it acknowledges the message
+    redirects: list[Any] = field(default_factory=list)
+    replies: list[Any] = field(default_factory=list)
 
 
 #: An archive copy of a message up to this size is made in memory (block + bytes, one store job);
@@ -183,6 +187,9 @@ class LocalDelivery:
         self.store = store
         self.data_dir = data_dir
         self.resolver = ResolveCache(directory)
+        #: mailsrv.delivery.sieve.SieveFilter: the recipients' Sieve scripts (set by a caller that
+        #: queues LocalOutcome.redirects and .replies; None: no filtering)
+        self.sieve: Any = None
 
     async def store_account(self, acct: Account) -> Any:
         aid = str(acct.id)
@@ -229,9 +236,19 @@ class LocalDelivery:
                 return RcptCheck(452, "4.2.2", f"<{address}>: Mailbox full")
         return RcptCheck(250, "2.1.5", "Recipient OK", "local", res)
 
+    @staticmethod
+    async def _filtered(sieve: Any, batch: list[tuple[str, Account, str]], sflags: dict[tuple[str, str], frozenset[str]],
+                        address: str, acct: Account, mailbox: str, out: LocalOutcome) -> None:
+        """docs/sieve.md: the account's copies as its script decides (none: discarded)."""
+        for box, fl in await sieve.apply(address, acct, mailbox, out):
+            if fl:
+                sflags[(address, box)] = fl
+            batch.append((address, acct, box))
+
     async def deliver(self, spool: Path, recipients: Sequence[tuple[str, Resolution]], *,
                       mailbox: str = "INBOX", data: bytes | None = None,
-                      archive: ArchivePlan | None = None, consume: bool = False) -> LocalOutcome:
+                      archive: ArchivePlan | None = None, consume: bool = False,
+                      sender: str | None = None) -> LocalOutcome:
         """Deliver the durable ``spool`` to every local recipient; returns when every copy is durable.
 
         ``recipients`` are (address, resolution) of kind local or group. Groups
@@ -242,8 +259,12 @@ class LocalDelivery:
         ``consume``: the caller has no further use for the file at ``spool`` (a sealed spool: ``data``
         is the message): the last store call moves it into a mailbox instead of linking it, or removes
         it (``Store.deliver(consume=True)``); ``spool_consumed`` says when no file is left.
+        ``sender``: the envelope sender, given by a caller that queues ``redirects`` and ``replies``:
+        then each account's active Sieve script (``self.sieve``) decides its copies (docs/sieve.md).
         """
         out = LocalOutcome()
+        sieve = self.sieve.begin(self, spool, data, sender) if self.sieve is not None and sender is not None else None
+        sflags: dict[tuple[str, str], frozenset[str]] = {}  # (address, folder) -> flags the script set
         seen: set[int] = set()
         seen_outside: set[str] = set()
         batch: list[tuple[str, Account, str]] = []
@@ -262,6 +283,9 @@ class LocalDelivery:
             if flags:
                 targets = [replace(t, flags=flags[addr]) if addr in flags else t
                            for (addr, _, _), t in zip(batch, targets, strict=True)]
+            if sflags:
+                targets = [replace(t, flags=sflags.get((addr, box), t.flags))
+                           for (addr, _, box), t in zip(batch, targets, strict=True)]
             # durable in new/ is enough to acknowledge; the UIDs come from the store's indexer
             results = await self.store.deliver(spool_path, targets, uids=False, data=data, consume=consume)
             if consume:  # the job ran unless the store was closing
@@ -274,7 +298,7 @@ class LocalDelivery:
                 logger.warning("delivery.failed", rcpt=addr, status=res.status, error=res.error or "")
                 if addr in flags:
                     out.archive_retry.append((addr, box))
-                else:
+                elif addr not in out.retry:  # one retry per address (a script's copies may be several)
                     out.retry.append(addr)
             batch.clear()
 
@@ -292,7 +316,11 @@ class LocalDelivery:
                     seen.add(member.account.id)
                     if archive is not None:
                         archive.saw(member.account)
-                    batch.append((member.account.address, member.account, mailbox))
+                    if sieve is not None:
+                        await self._filtered(sieve, batch, sflags, member.account.address, member.account,
+                                             mailbox, out)
+                    else:
+                        batch.append((member.account.address, member.account, mailbox))
                     if len(batch) >= DELIVERY_BATCH:
                         await flush(batch, spool, data, {})
                 continue
@@ -302,7 +330,10 @@ class LocalDelivery:
             seen.add(acct.id)
             if archive is not None:
                 archive.saw(acct)
-            batch.append((address, acct, mailbox))
+            if sieve is not None:
+                await self._filtered(sieve, batch, sflags, address, acct, mailbox, out)
+            else:
+                batch.append((address, acct, mailbox))
             if len(batch) >= DELIVERY_BATCH:
                 await flush(batch, spool, data, {})
         if archive is None:

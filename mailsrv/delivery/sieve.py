@@ -1,0 +1,339 @@
+"""Sieve at local delivery (docs/sieve.md): each recipient's active script, compiled once per change,
+decides the folders, flags, redirects and vacation reply of one message.
+
+Contract with LocalDelivery.deliver: :meth:`SieveFilter.begin` once per message, then
+:meth:`Pass.apply` per account; it returns the (mailbox, flags) copies to make and adds redirects and
+replies to the LocalOutcome, which the caller queues durably before it acknowledges the message.
+Whatever fails here (a broken script, a runtime error, a bug) becomes the implicit keep
+(``sieve.failed``): a filter never loses mail. An account without a script costs one dict look-up
+(and one stat(2) per CHECK_INTERVAL).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sqlite3
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mailsrv import log
+from mailsrv.config import SieveConfig
+from mailsrv.directory import Account, Kind
+from mailsrv.mime.headers import decode_words, message_ids, parse_addresses, unfold
+from mailsrv.sieve import MessageView, Outcome, Script, SieveError, SieveRuntimeError, Target
+from mailsrv.sieve import compile as compile_script
+from mailsrv.sieve import run as run_script
+from mailsrv.sieve.autoreply import FIELDS, compose, no_reply_address, reply_subject, silenced
+from mailsrv.sieve.interp import MAX_FIELD, header_fields
+from mailsrv.sieve.scripts import ACTIVE, DIRNAME, active_script
+from mailsrv.store import MailboxExists, account_root
+
+logger = log.get("sieve")
+
+#: Seconds an account's "which script, if any" answer is reused before one stat(2) looks again:
+#: a script activated over ManageSieve applies to mail delivered from at most this much later
+CHECK_INTERVAL = 1.0
+#: accounts whose compiled script (or its absence) is kept
+CACHE_SIZE = 10_000
+#: bytes of a message's start read for its header block when it is not in memory
+HEAD_MAX = 256 * 1024
+#: Dovecot's loop marker: a message that carries the redirecting account's address here is not
+#: redirected by that account again
+REDIRECT_HEADER = "X-Sieve-Redirected-From"
+#: vacation state: per account, (handle, sender) -> last reply; at most VACATION_ROWS rows
+VACATION_DB = "sieve-vacation.db"
+VACATION_ROWS = 10_000
+#: RFC 5230 §4.5: the user's address must be in one of these for a reply
+RECIPIENT_FIELDS = ("to", "cc", "bcc", "resent-to", "resent-cc", "resent-bcc")
+
+
+@dataclass
+class RedirectOrder:
+    """Redirect the message (with ``X-Sieve-Redirected-From: account`` added) to ``addresses``, with
+    the original envelope sender."""
+
+    account: str
+    addresses: list[str]
+
+
+@dataclass
+class ReplyOrder:
+    """Queue ``message`` from the null reverse path (RFC 3834 §3.3) to ``to``."""
+
+    to: str
+    message: bytes
+
+
+@dataclass
+class _Entry:
+    checked: float
+    key: tuple[int, int, int] | None  # stat of the active script's file: (ino, mtime_ns, size)
+    script: Script | None
+    name: str = ""
+
+
+def _stat_key(root: Path) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(root / DIRNAME / ACTIVE)  # follows the symlink to the active script's file
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
+def _load(root: Path, max_size: int) -> tuple[str, Script | None, str]:
+    """(name, compiled script or None, error) of the account's active script (blocking)."""
+    got = active_script(root)
+    if got is None:
+        return "", None, ""
+    name, text = got
+    try:
+        return name, compile_script(text, max_size), ""
+    except SieveError as e:
+        return name, None, str(e)
+
+
+def redirected(data: bytes, account: str) -> bytes:
+    """``data`` with the loop marker of ``account`` first (after a Return-Path line)."""
+    block = f"{REDIRECT_HEADER}: {account}\r\n".encode()
+    if data[:12].lower() == b"return-path:":
+        nl = data.find(b"\n") + 1
+        return data[:nl] + block + data[nl:]
+    return block + data
+
+
+def write_redirected(path: Path, spool: Path, account: str) -> None:
+    """The redirected copy of a message held only in its ``spool`` file, streamed into ``path`` and
+    fsync'd (blocking)."""
+    with open(spool, "rb") as src, open(path, "wb") as out:
+        first = src.readline(4096)
+        out.write(redirected(first, account))
+        while chunk := src.read(1 << 20):
+            out.write(chunk)
+        out.flush()
+        os.fsync(out.fileno())
+
+
+class VacationState:
+    """Who got which vacation reply when, per account: a small SQLite file in the account's root
+    (synchronous=FULL: a claim is durable before the reply is queued)."""
+
+    @staticmethod
+    def claim(root: Path, handle: str, sender: str, period: int, now: float | None = None) -> bool:
+        """True (and recorded) when ``sender`` got no reply of ``handle`` in the last ``period``
+        seconds (RFC 5230 §4.1); blocking."""
+        now = time.time() if now is None else now
+        db = sqlite3.connect(root / VACATION_DB, timeout=10, isolation_level=None)
+        try:
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("CREATE TABLE IF NOT EXISTS sent (handle TEXT, sender TEXT, at REAL, "
+                       "PRIMARY KEY (handle, sender))")
+            db.execute("BEGIN IMMEDIATE")
+            row = db.execute("SELECT at FROM sent WHERE handle = ? AND sender = ?", (handle, sender)).fetchone()
+            if row is not None and now - row[0] < period:
+                db.execute("ROLLBACK")
+                return False
+            db.execute("INSERT OR REPLACE INTO sent VALUES (?, ?, ?)", (handle, sender, now))
+            (n,) = db.execute("SELECT count(*) FROM sent").fetchone()
+            if n > VACATION_ROWS:  # bounded: the oldest answers are forgotten first
+                db.execute("DELETE FROM sent WHERE rowid IN (SELECT rowid FROM sent ORDER BY at LIMIT ?)",
+                           (n - VACATION_ROWS,))
+            db.execute("COMMIT")
+            return True
+        finally:
+            db.close()
+
+
+class SieveFilter:
+    """Per worker: the accounts' compiled scripts (cache keyed by account, checked by stat)."""
+
+    def __init__(self, config: SieveConfig, data_dir: Path, check_interval: float = CHECK_INTERVAL) -> None:
+        self.config = config
+        self.data_dir = data_dir
+        self.check_interval = check_interval
+        self._cache: OrderedDict[int, _Entry] = OrderedDict()
+        self._folders: set[tuple[int, str]] = set()
+        #: scripts compiled and runs made (tests, bench)
+        self.compiled = 0
+        self.runs = 0
+
+    async def script(self, acct: Account) -> tuple[Script | None, str]:
+        """The account's active script (compiled) and its name, or (None, "")."""
+        now = time.monotonic()
+        e = self._cache.get(acct.id)
+        if e is not None and now - e.checked < self.check_interval:
+            return e.script, e.name
+        root = account_root(self.data_dir, acct.id, acct.store)
+        key = _stat_key(root)  # on the loop: one stat(2), as ResolveCache's change stamp
+        if e is not None and key == e.key:
+            e.checked = now
+            return e.script, e.name
+        script, name, error = None, "", ""
+        if key is not None:
+            name, script, error = await asyncio.get_running_loop().run_in_executor(
+                None, _load, root, self.config.max_script_size)
+            self.compiled += 1
+            if error:  # a script stored before a limit changed, or edited by hand: the mail is kept
+                logger.warning("sieve.failed", user=acct.address, script=name, error=error)
+        self._cache[acct.id] = _Entry(now, key, script, name)
+        self._cache.move_to_end(acct.id)
+        if len(self._cache) > CACHE_SIZE:
+            self._cache.popitem(last=False)
+        return script, name
+
+    def begin(self, local: Any, spool: Path, data: bytes | None, sender: str) -> Pass:
+        """One message's filtering; ``local`` is the LocalDelivery (store, resolver)."""
+        return Pass(self, local, spool, data, sender)
+
+    async def ensure_folder(self, local: Any, acct: Account, folder: str) -> None:
+        """fileinto a missing folder creates it (docs/sieve.md, as Dovecot's :create)."""
+        if (acct.id, folder) in self._folders:
+            return
+        sacct = await local.store_account(acct)
+        if folder not in {m.name for m in await sacct.list_mailboxes()}:
+            with contextlib.suppress(MailboxExists):  # another worker made it meanwhile
+                await sacct.create_mailbox(folder)
+                logger.info("sieve.folder_created", user=acct.address, folder=folder)
+        if len(self._folders) > CACHE_SIZE:
+            self._folders.clear()
+        self._folders.add((acct.id, folder))
+
+
+def _head(spool: Path) -> bytes:
+    with open(spool, "rb") as f:
+        return f.read(HEAD_MAX)
+
+
+class Pass:
+    """One message through the scripts of its recipients."""
+
+    def __init__(self, filt: SieveFilter, local: Any, spool: Path, data: bytes | None, sender: str) -> None:
+        self.filt = filt
+        self.local = local
+        self.spool = spool
+        self.data = data
+        self.sender = sender
+        self._fields: list[tuple[str, bytes]] | None = None
+        self._size = len(data) if data is not None else -1
+
+    async def fields(self) -> list[tuple[str, bytes]]:
+        if self._fields is None:
+            if self.data is not None:
+                head = self.data[:HEAD_MAX]
+            else:
+                loop = asyncio.get_running_loop()
+                head = await loop.run_in_executor(None, _head, self.spool)
+                st = await loop.run_in_executor(None, os.stat, self.spool)
+                self._size = st.st_size
+            self._fields = header_fields(head)
+        return self._fields
+
+    async def apply(self, address: str, acct: Account, mailbox: str, out: Any) -> list[tuple[str, frozenset[str]]]:
+        """The copies (mailbox, flags) to make for ``acct`` (``address``: the recipient as addressed;
+        ``mailbox``: where a keep goes); redirects and a vacation reply are added to ``out`` (a
+        LocalOutcome). Never raises (a failure is the keep)."""
+        keep = [(mailbox, frozenset[str]())]
+        try:
+            script, name = await self.filt.script(acct)
+        except Exception as exc:  # a filter never loses mail
+            logger.exception("sieve.failed", exc, user=acct.address)
+            return keep
+        if script is None:
+            return keep
+        try:
+            fields = await self.fields()
+            msg = MessageView(tuple(fields), self.sender, address, self._size)
+            outcome = run_script(script, msg)
+            self.filt.runs += 1
+            return await self._act(outcome, msg, address, acct, mailbox, out)
+        except SieveRuntimeError as exc:  # RFC 5228 §2.10.6: a runtime error keeps the message
+            logger.warning("sieve.failed", user=acct.address, script=name, error=str(exc))
+        except Exception as exc:
+            logger.exception("sieve.failed", exc, user=acct.address, script=name)
+        return keep
+
+    async def _act(self, o: Outcome, msg: MessageView, address: str, acct: Account, mailbox: str,
+                   out: Any) -> list[tuple[str, frozenset[str]]]:
+        targets = list(o.targets)
+        sent: list[str] = []
+        if o.redirects:
+            sent = await self._redirects(o.redirects, msg, acct)
+            if sent:
+                out.redirects.append(RedirectOrder(acct.address, sent))
+            elif not targets:  # nothing redirected after all: the message is kept
+                targets.append(Target(mailbox, frozenset(), True))
+        if o.vacation is not None:
+            reply = await self._vacation(o, msg, address, acct)
+            if reply is not None:
+                out.replies.append(reply)
+        copies = []
+        for t in targets:
+            box = mailbox if t.keep and t.mailbox == "INBOX" else t.mailbox
+            if box != "INBOX" and box != mailbox:
+                try:
+                    await self.filt.ensure_folder(self.local, acct, box)
+                except Exception as exc:  # a bad name: the store puts the copy in INBOX
+                    logger.warning("sieve.fileinto_failed", user=acct.address, folder=box, error=str(exc))
+            copies.append((box, t.flags))
+        if not copies and not sent:
+            logger.info("sieve.discarded", user=acct.address)
+        return copies
+
+    async def _redirects(self, addresses: tuple[str, ...], msg: MessageView, acct: Account) -> list[str]:
+        own = acct.address.lower()
+        for v in msg.raw(REDIRECT_HEADER.lower()):
+            if unfold(v).decode("utf-8", "replace").strip().lower() == own:
+                logger.warning("sieve.redirect_loop", user=acct.address)
+                return []
+        sent = []
+        for a in addresses:
+            res = await self.local.resolver.resolve(a)
+            if res.kind == Kind.OUTSIDE and not acct.may_send_outside:
+                # the per-user policy "may not send outside" applies to redirects (docs/sieve.md)
+                logger.warning("sieve.redirect_refused", user=acct.address, rcpt=a)
+                continue
+            if res.account is not None and res.account.id == acct.id:
+                continue  # to oneself: the keep is the copy
+            sent.append(a)
+        return sent
+
+    async def _vacation(self, o: Outcome, msg: MessageView, address: str, acct: Account) -> ReplyOrder | None:
+        v = o.vacation
+        assert v is not None
+        sender = self.sender
+        if not sender:  # RFC 5230 §4.5 / RFC 3834 §2: never to the null reverse path
+            return None
+        first = {n: decode_words(unfold(val)).strip() for n, val in reversed(msg.fields) if n in FIELDS}
+        why = silenced(first)
+        own = {address.lower(), acct.address.lower()} | {a.lower() for a in v.addresses}
+        if why is None and no_reply_address(sender, own):
+            why = "no-reply"
+        if why is None:  # RFC 5230 §4.5: only when one of the user's addresses is a recipient
+            listed = {f"{a.mailbox}@{a.host}".lower() for n in RECIPIENT_FIELDS for raw in msg.raw(n)
+                      for a in parse_addresses(raw, limit=256) if a.mailbox and a.host}
+            if not listed & own:
+                why = "not-addressed"
+        if why is not None:
+            logger.info("sieve.vacation_skipped", user=acct.address, reason=why)
+            return None
+        root = account_root(self.filt.data_dir, acct.id, acct.store)
+        claimed = await asyncio.get_running_loop().run_in_executor(
+            None, VacationState.claim, root, v.handle, sender.lower(), v.seconds)
+        if not claimed:
+            logger.info("sieve.vacation_skipped", user=acct.address, reason="period")  # RFC 5230 §4.1 :days
+            return None
+        subject = v.subject
+        if subject is None:
+            orig = msg.decoded("subject")
+            subject = reply_subject(orig[0] if orig else "")
+        mids = [i for raw in msg.raw("message-id") for i in message_ids(raw)]
+        refs = [i for raw in msg.raw("references") for i in message_ids(raw)]
+        raw = compose(from_=v.from_ or address, to=sender, subject=subject[:MAX_FIELD], text=v.reason,
+                      msgid=mids[0] if mids else None, references=refs,
+                      mime=v.reason.encode("utf-8") if v.mime else None)
+        logger.info("sieve.vacation_reply", user=acct.address, rcpt=sender)
+        return ReplyOrder(sender, raw)
