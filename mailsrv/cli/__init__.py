@@ -27,6 +27,7 @@ COMMAND_MODULES = [
     "mailsrv.cli.quota",
     "mailsrv.cli.recall",
     "mailsrv.cli.files",
+    "mailsrv.cli.sieve",
 ]
 
 
