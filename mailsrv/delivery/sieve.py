@@ -247,7 +247,7 @@ class Pass:
         try:
             fields = await self.fields()
             msg = MessageView(tuple(fields), self.sender, address, self._size)
-            outcome = run_script(script, msg)
+            outcome = run_script(script, msg, max_redirects=self.filt.config.max_redirects)
             self.filt.runs += 1
             return await self._act(outcome, msg, address, acct, mailbox, out)
         except SieveRuntimeError as exc:  # RFC 5228 §2.10.6: a runtime error keeps the message

@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import email.message
-import email.policy
-import email.utils
 import fcntl
 import time
 from datetime import datetime
@@ -23,13 +20,10 @@ from mailsrv import log
 from mailsrv.jmap import message
 from mailsrv.jmap.backend import CannotCalculateChanges, MailBackend
 from mailsrv.jmap.objects import Collection, put
+from mailsrv.sieve.autoreply import FIELDS, REPLY_PERIOD, no_reply_address, silenced
+from mailsrv.sieve.autoreply import compose as compose_reply
 
 logger = log.get("jmap")
-
-#: RFC 3834 §2: a responder should not answer the same sender more than once in a period (7 days suggested)
-REPLY_PERIOD = 7 * 86400
-NO_REPLY_LOCALS = ("mailer-daemon", "postmaster", "noreply", "no-reply", "do-not-reply", "donotreply",
-                   "listserv", "majordomo", "owner-", "bounce")
 
 
 def _ts(v: str | None) -> float | None:
@@ -54,12 +48,8 @@ def reply_to(raw: bytes, own: str) -> tuple[str, str, str | None] | None:
     get: dict[str, bytes] = {}
     for k, v in h:
         get.setdefault(k.lower(), v)
-    auto = message.as_text(get.get("auto-submitted", b"no")).lower()
-    if auto and auto != "no":
-        return None
-    if message.as_text(get.get("precedence", b"")).lower() in ("bulk", "list", "junk"):
-        return None
-    if "list-id" in get or "list-unsubscribe" in get:
+    # RFC 3834 §2 (shared with Sieve vacation: mailsrv.sieve.autoreply)
+    if silenced({k: message.as_text(get[k]) for k in FIELDS if k in get}):
         return None
     rp = message.as_message_ids(get["return-path"]) if "return-path" in get else None
     addrs = [a["email"] for a in message.as_addresses(get["reply-to"])] if "reply-to" in get else []
@@ -67,32 +57,16 @@ def reply_to(raw: bytes, own: str) -> tuple[str, str, str | None] | None:
     if "return-path" in get and not rp:
         return None  # null reverse path "<>": never answer (RFC 3834 §2)
     target = (rp or addrs or frm or [None])[0]
-    if not target or "@" not in target or target.lower() == own.lower():
-        return None
-    if target.split("@", 1)[0].lower().startswith(NO_REPLY_LOCALS):
+    if not target or no_reply_address(target, (own,)):
         return None
     mids = message.as_message_ids(get["message-id"]) if "message-id" in get else None
     return target, message.as_text(get.get("subject", b"")), mids[0] if mids else None
 
 
 def compose(own: str, to: str, subject: str, msgid: str | None, rec: dict[str, Any]) -> bytes:
-    m = email.message.EmailMessage(policy=email.policy.SMTP)
-    m["From"] = own
-    m["To"] = to
-    m["Subject"] = rec.get("subject") or f"Auto: {subject}".strip()
-    m["Date"] = email.utils.formatdate()
-    m["Message-ID"] = email.utils.make_msgid(domain=own.split("@", 1)[-1])
-    m["Auto-Submitted"] = "auto-replied"  # RFC 3834 §5
-    if msgid:
-        m["In-Reply-To"] = f"<{msgid}>"
-        m["References"] = f"<{msgid}>"
-    text = rec.get("textBody") or ""
-    if rec.get("htmlBody"):
-        m.set_content(text or message.html_to_text(rec["htmlBody"]))
-        m.add_alternative(rec["htmlBody"], subtype="html")
-    else:
-        m.set_content(text)
-    return m.as_bytes()
+    text, html = rec.get("textBody") or "", rec.get("htmlBody") or None
+    return compose_reply(from_=own, to=to, subject=rec.get("subject") or f"Auto: {subject}".strip(),
+                         text=text or (message.html_to_text(html) if html else ""), msgid=msgid, html=html)
 
 
 class Responder:

@@ -157,8 +157,9 @@ KEEP = Outcome((Target(INBOX, frozenset(), True),))
 
 
 class _Run:
-    def __init__(self, msg: MessageView) -> None:
+    def __init__(self, msg: MessageView, max_redirects: int) -> None:
         self.msg = msg
+        self.max_redirects = max_redirects
         self.flags: dict[str, None] = {}  # RFC 5232 §3 internal variable (ordered, unique)
         self.targets: dict[str, Target] = {}
         self.redirects: list[str] = []
@@ -205,8 +206,8 @@ class _Run:
             elif isinstance(c, Redirect):
                 if c.address.lower() not in (r.lower() for r in self.redirects):  # §2.10.3: once per address
                     self.count()
-                    if len(self.redirects) >= MAX_REDIRECTS:
-                        raise SieveRuntimeError(f"more than {MAX_REDIRECTS} redirects")
+                    if len(self.redirects) >= self.max_redirects:
+                        raise SieveRuntimeError(f"more than {self.max_redirects} redirects")
                     self.redirects.append(c.address)
                 if not c.copy:
                     self.implicit_keep = False
@@ -286,9 +287,9 @@ def _part(out: list[str], part: str, local: str, domain: str, whole: str) -> Non
             out.append(detail)
 
 
-def run(script: Script, msg: MessageView) -> Outcome:
+def run(script: Script, msg: MessageView, *, max_redirects: int = MAX_REDIRECTS) -> Outcome:
     """The outcome of ``script`` on ``msg``; raises :class:`SieveRuntimeError` (keep the message)."""
-    r = _Run(msg)
+    r = _Run(msg, max_redirects)
     r.block(script.commands)
     targets = dict(r.targets)
     if r.implicit_keep and INBOX not in targets:

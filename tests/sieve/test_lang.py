@@ -211,6 +211,8 @@ def test_runtime_bounds() -> None:
     with pytest.raises(SieveRuntimeError):
         outcome(script)
     assert len(outcome("\n".join(script.splitlines()[:4])).redirects) == 4
+    with pytest.raises(SieveRuntimeError):  # [sieve] max_redirects
+        sieve.run(sieve.compile('redirect "a@example.net";'), view(), max_redirects=0)
     many = 'require "fileinto";' + "".join(f'fileinto "f{i}";' for i in range(40))
     with pytest.raises(SieveRuntimeError):
         outcome(many)
