@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import base64
+import os
+import shutil
 import socket
 import ssl
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -340,5 +343,63 @@ def test_huge_literal_closes_cleanly(setup: Setup) -> None:
         r.send(b'PUTSCRIPT "x" {999999999+}')
         assert r.until_done()[-1].startswith(b"BYE (QUOTA/MAXSIZE)")
         assert r.f.readline() == b""
+    finally:
+        r.close()
+
+
+def sieve_connect(setup: Setup, address: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Debian's sieve-connect (Perl, its own ManageSieve client): STARTTLS verified against the setup's
+    certificate, the password through a pipe as its manual recommends."""
+    exe = shutil.which("sieve-connect")
+    assert exe, "sieve-connect is not installed (tools/install-peers.sh)"
+    rfd, wfd = os.pipe()
+    os.write(wfd, password(address).encode() + b"\n")
+    os.close(wfd)
+    try:
+        return subprocess.run(
+            [exe, "--server", "127.0.0.1", "--port", str(setup.port), "--user", address, "--passwordfd", str(rfd),
+             "--tlscafile", str(setup.cert), "--tlshostname", "localhost", "--authmech", "PLAIN", *args],
+            pass_fds=(rfd,), capture_output=True, text=True, timeout=60)
+    finally:
+        os.close(rfd)
+
+
+@pytest.mark.peer
+def test_sieve_connect_upload_activate_download(setup: Setup, tmp_path: Path) -> None:
+    addr = setup.add_user("peer")
+    local = tmp_path / "vacation.sieve"
+    local.write_text('require "vacation";\nvacation :days 3 "Away until Monday.";\n')
+    p = sieve_connect(setup, addr, "--upload", "--localsieve", str(local), "--remotesieve", "away")
+    assert p.returncode == 0, p.stdout + p.stderr
+    p = sieve_connect(setup, addr, "--activate", "--remotesieve", "away")
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert scripts.active_script(setup.root(addr)) == ("away", local.read_text())
+    p = sieve_connect(setup, addr, "--list")
+    assert p.returncode == 0 and "away" in p.stdout and "ACTIVE" in p.stdout.upper(), p.stdout + p.stderr
+    out = tmp_path / "down.sieve"
+    p = sieve_connect(setup, addr, "--download", "--remotesieve", "away", "--localsieve", str(out))
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert out.read_text().splitlines() == local.read_text().splitlines()
+    bad = tmp_path / "bad.sieve"
+    bad.write_text("if true {\n  nosuchcommand;\n}\n")
+    p = sieve_connect(setup, addr, "--upload", "--localsieve", str(bad), "--remotesieve", "bad")
+    assert p.returncode != 0 and "line 2" in p.stdout + p.stderr
+    assert [n for n, _ in scripts.list_scripts(setup.root(addr))] == ["away"]
+
+
+def test_commands_sent_one_byte_at_a_time(setup: Setup) -> None:
+    """Framing does not depend on how the client's bytes arrive (a literal split across packets)."""
+    addr = setup.add_user("bytewise")
+    r = Raw(setup)
+    try:
+        r.login(addr)
+        r.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        stream = b'PUTSCRIPT "slow" {6+}\r\nkeep;\n\r\nSETACTIVE "slow"\r\nGETSCRIPT "slow"\r\n'
+        for i in range(len(stream)):
+            r.sock.sendall(stream[i:i + 1])
+        assert r.until_done()[-1].startswith(b"OK")
+        assert r.until_done()[-1].startswith(b"OK")
+        assert r.until_done() == [b"{6}\r\n", b"keep;\n", b"\r\n", b'OK "Getscript completed"\r\n']
+        assert scripts.active_script(setup.root(addr)) == ("slow", "keep;\n")
     finally:
         r.close()
