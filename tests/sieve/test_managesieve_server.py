@@ -197,3 +197,16 @@ async def test_draining_worker_says_bye_at_the_next_command(tmp_path: Path) -> N
     assert line == b'BYE (TRYLATER) "Server shutting down"\r\n'
     await drain
     w.close()
+
+
+async def test_too_many_commands_before_login(srv: Served) -> None:
+    from mailsrv.managesieve.session import MAX_COMMANDS_BEFORE_AUTH
+
+    r, w = await connect(srv.port)
+    w.write(b"NOOP\r\n" * MAX_COMMANDS_BEFORE_AUTH)
+    for _ in range(MAX_COMMANDS_BEFORE_AUTH):
+        assert (await until_done(r))[-1] == b'OK "Done"\r\n'
+    w.write(b"NOOP\r\n")
+    assert (await until_done(r))[-1] == b'BYE "Too many commands before login"\r\n'
+    assert await r.read() == b""
+    w.close()
