@@ -61,6 +61,8 @@ class MessageView:
     envelope_to: str
     size: int
     _decoded: dict[str, tuple[str, ...]] = field(default_factory=dict, compare=False, repr=False)
+    _index: dict[str, list[bytes]] = field(default_factory=dict, compare=False, repr=False)
+    _addresses: dict[str, tuple[tuple[str, str], ...]] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def parse(cls, head: bytes, *, envelope_from: str, envelope_to: str, size: int) -> MessageView:
@@ -68,7 +70,11 @@ class MessageView:
         return cls(tuple(header_fields(head)), envelope_from, envelope_to, size)
 
     def raw(self, name: str) -> list[bytes]:
-        return [v for k, v in self.fields if k == name]
+        index = self._index
+        if not index and self.fields:
+            for k, v in self.fields:
+                index.setdefault(k, []).append(v)
+        return index.get(name, [])
 
     def decoded(self, name: str) -> tuple[str, ...]:
         """RFC 5228 §5.7: unfolded, RFC 2047 decoded, leading and trailing white space removed."""
@@ -78,8 +84,19 @@ class MessageView:
             self._decoded[name] = got
         return got
 
+    def addresses(self, name: str) -> tuple[tuple[str, str], ...]:
+        """(local part, domain) of each mailbox in the field's occurrences (RFC 5228 §5.1: a group gives
+        its members)."""
+        got = self._addresses.get(name)
+        if got is None:
+            got = tuple((decode_words(a.mailbox) if "=?" in a.mailbox else a.mailbox, a.host)
+                        for raw in self.raw(name) for a in parse_addresses(raw, limit=256)
+                        if a.mailbox is not None and a.host is not None)
+            self._addresses[name] = got
+        return got
+
     def has(self, name: str) -> bool:
-        return any(k == name for k, _ in self.fields)
+        return bool(self.raw(name))
 
 
 def header_fields(head: bytes) -> list[tuple[str, bytes]]:
@@ -89,6 +106,13 @@ def header_fields(head: bytes) -> list[tuple[str, bytes]]:
     name: str | None = None
     val: list[bytes] = []
     size = 0
+    end = head.find(b"\n\r\n")  # the empty line: only the header block is split
+    if end < 0:
+        end = head.find(b"\n\n")
+    if end >= 0:
+        head = head[:end + 1]
+    elif head[:1] in (b"\n", b"\r"):
+        return out
     for line in head.split(b"\n"):
         if line.endswith(b"\r"):
             line = line[:-1]
@@ -263,12 +287,8 @@ class _Run:
                 _part(out, t.part, local, domain, addr)
             return out
         for name in t.names:
-            for raw in self.msg.raw(name):
-                for a in parse_addresses(raw, limit=256):
-                    if a.mailbox is None or a.host is None:
-                        continue  # a group's start and end (RFC 5228 §5.1: groups give their members)
-                    local = decode_words(a.mailbox) if "=?" in a.mailbox else a.mailbox
-                    _part(out, t.part, local, a.host, f"{local}@{a.host}")
+            for local, host in self.msg.addresses(name):
+                _part(out, t.part, local, host, f"{local}@{host}")
         return out
 
 
