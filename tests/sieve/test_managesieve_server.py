@@ -210,3 +210,36 @@ async def test_too_many_commands_before_login(srv: Served) -> None:
     assert (await until_done(r))[-1] == b'BYE "Too many commands before login"\r\n'
     assert await r.read() == b""
     w.close()
+
+
+async def test_random_garbage_never_breaks_the_server(srv: Served) -> None:
+    """Random bytes (with line ends, quotes, braces) on several connections: each gets NO/BYE answers or
+    is closed, and a new connection is still served."""
+    import random
+
+    rng = random.Random(5804)
+    alphabet = b'\r\n{}+"\\ ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789\x00\xff'
+    for _ in range(5):
+        r, w = await asyncio.open_connection("127.0.0.1", srv.port)
+        junk = bytes(rng.choice(alphabet) for _ in range(3000))
+        w.write(junk + b"\r\n")
+        try:
+            await w.drain()
+        except ConnectionError:
+            pass
+        got = b""
+        try:
+            async with asyncio.timeout(10):
+                # the server answers and closes at the error budget, or waits for the rest of a literal
+                while chunk := await r.read(65536):
+                    got += chunk
+        except TimeoutError:
+            assert b"{" in junk  # only a literal still being waited for keeps the connection open
+        assert got.startswith(b'"IMPLEMENTATION"')
+        assert b"NO" in got or b"BYE" in got
+        w.close()
+    r, w = await connect(srv.port)
+    w.write(b'AUTHENTICATE "PLAIN" "' + base64.b64encode(b"\0alice@example.test\0secret") + b'"\r\nNOOP\r\n')
+    assert (await until_done(r))[-1].startswith(b"OK")
+    assert (await until_done(r))[-1].startswith(b"OK")
+    w.close()
