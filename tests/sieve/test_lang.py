@@ -388,3 +388,27 @@ def test_matches_is_not_exponential() -> None:
     g = compile_glob("*a" * 50 + "*b")
     assert not g.match("a" * 10000)  # a backtracking matcher would not return
     assert g.match("a" * 10000 + "b")
+
+
+_EVERY_TEST = sieve.compile(r'''require ["envelope", "subaddress", "imap4flags", "fileinto"];
+if anyof (header :matches ["subject", "x-a"] "*a?b*", address :detail :contains ["to", "cc", "from"] "x",
+          address :domain :is "sender" "example.com", envelope :user :matches "from" "*",
+          exists "list-id", size :over 10, hasflag :contains "\\Seen") { addflag "\\Seen"; fileinto "A"; }
+''')
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=600), st.text(max_size=30), st.integers(0, 1 << 40))
+def test_run_on_any_header_bytes(head: bytes, env_from: str, size: int) -> None:
+    msg = MessageView.parse(head, envelope_from=env_from, envelope_to="u+d@example.com", size=size)
+    out = sieve.run(_EVERY_TEST, msg)
+    assert out.targets  # implicit keep or A: never nothing
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["Subject", "To", "From", "X-A", "Cc"]),
+                          st.text(alphabet="ab x@.<>,\"=?", max_size=20)), max_size=8))
+def test_header_fields_round_trip(fields: list[tuple[str, str]]) -> None:
+    head = b"".join(f"{k}:{v}\r\n".encode() for k, v in fields) + b"\r\nbody: not a field\r\n"
+    got = sieve.header_fields(head)
+    assert got == [(k.lower(), v.encode()) for k, v in fields]
