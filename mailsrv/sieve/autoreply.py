@@ -51,15 +51,20 @@ def reply_subject(subject: str) -> str:
     return subject if subject.lower().startswith("auto:") else f"Auto: {subject}".strip()
 
 
+def _one_line(value: str) -> str:
+    """A header value from a script or a decoded subject: no CR/LF (no header injection)."""
+    return " ".join(value.splitlines())
+
+
 def compose(*, from_: str, to: str, subject: str, text: str, msgid: str | None,
             references: Iterable[str] = (), mime: bytes | None = None, html: str | None = None) -> bytes:
     """An RFC 3834 reply: Auto-Submitted: auto-replied (§5), In-Reply-To/References (§3.1.6), a fresh
     Message-ID and Date. ``mime``: the body as a MIME entity (header, empty line, body; RFC 5230 §4.3
     :mime) instead of ``text``; ``html``: an HTML alternative to ``text``."""
     m = email.message.EmailMessage(policy=email.policy.SMTP)
-    m["From"] = from_
-    m["To"] = to
-    m["Subject"] = subject
+    m["From"] = _one_line(from_)
+    m["To"] = _one_line(to)
+    m["Subject"] = _one_line(subject)
     m["Date"] = email.utils.formatdate()
     m["Message-ID"] = email.utils.make_msgid(domain=from_.rsplit("@", 1)[-1].strip("> ") or None)
     m["Auto-Submitted"] = "auto-replied"  # RFC 3834 §5

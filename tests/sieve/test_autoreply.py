@@ -59,6 +59,13 @@ def test_compose_headers_and_mime_body() -> None:
     assert "In-Reply-To" not in m and b"\r\n\r\n<p>away</p>\r\n" in raw
 
 
+def test_compose_keeps_header_values_on_one_line() -> None:
+    raw = compose(from_="me@example.test", to="you@example.net", subject="Auto: a\r\nBcc: victim@example.net",
+                  text="x", msgid=None)
+    m = email.message_from_bytes(raw, policy=email.policy.default)
+    assert "Bcc" not in m and m["Subject"] == "Auto: a Bcc: victim@example.net"
+
+
 def test_vacation_state_once_per_period_and_handle(tmp_path: Path) -> None:
     assert VacationState.claim(tmp_path, "h", "a@example.net", 86400, now=1000.0)
     assert not VacationState.claim(tmp_path, "h", "a@example.net", 86400, now=1000.0 + 86399)
