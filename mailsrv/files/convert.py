@@ -11,7 +11,9 @@ in the message as it was.
 
 from __future__ import annotations
 
+import asyncio
 import quopri
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
@@ -59,10 +61,12 @@ def link_part(name: str, size: int, url: str, expires: float, eol: bytes) -> byt
 
 
 async def convert(raw: Any, threshold: int, links: FileLinks, owner: str, owner_name: str,
-                  base_url: str) -> list[Any] | None:
+                  base_url: str) -> tuple[list[Any], list[str]] | None:
     """The message ``raw`` (bytes or an mmap of its spool file) with its big attachments as links:
     a list of pieces (memoryviews of ``raw`` and new bytes) whose concatenation is the new message,
-    or None when nothing was converted. Each link is durable before this returns."""
+    and the ids of the links, or None when nothing was converted. Each link is durable and pending
+    before this returns: the caller settles them (:meth:`FileLinks.settle`) once the message is
+    accepted or not; a link that is never settled is swept (links.PENDING_AGE)."""
     if threshold <= 0:
         return None
     st = await links.io.run(parse, raw)  # a few MB of MIME: not on the loop
@@ -72,23 +76,30 @@ async def convert(raw: Any, threshold: int, links: FileLinks, owner: str, owner_
     eol = b"\r\n" if b"\r\n" in bytes(raw[: max(st.header_end, 2)]) else b"\n"
     view = memoryview(raw)
     pieces: list[Any] = []
+    made: list[str] = []
     pos = 0
-    for p in parts:
-        name = p.filename or f"attachment-{p.section}"
-        try:
-            link, token = await links.from_chunks(iter_decoded(raw, p, READ_CHUNK), owner, owner_name, name,
-                                                  p.mime_type)
-        except (FileLinkError, OSError) as exc:  # the attachment stays in the message
-            logger.warning("files.convert_failed", user=owner_name, part=p.section, error=str(exc))
-            continue
-        url = f"{base_url.rstrip('/')}/f/{token}/{quote(link.name, safe='')}"
-        logger.info("files.converted", user=owner_name, id=link.id, part=p.section, size=link.size)
-        pieces += [view[pos:p.header_start], link_part(link.name, link.size, url, link.expires, eol)]
-        pos = p.body_end
+    try:
+        for p in parts:
+            name = p.filename or f"attachment-{p.section}"
+            try:
+                link, token = await links.from_chunks(iter_decoded(raw, p, READ_CHUNK), owner, owner_name, name,
+                                                      p.mime_type, pending=True)
+            except (FileLinkError, OSError) as exc:  # the attachment stays in the message
+                logger.warning("files.convert_failed", user=owner_name, part=p.section, error=str(exc))
+                continue
+            url = f"{base_url.rstrip('/')}/f/{token}/{quote(link.name, safe='')}"
+            logger.info("files.converted", user=owner_name, id=link.id, part=p.section, size=link.size)
+            made.append(link.id)
+            pieces += [view[pos:p.header_start], link_part(link.name, link.size, url, link.expires, eol)]
+            pos = p.body_end
+    except BaseException:  # cancelled, or the pool gone: the links made so far go (else the sweep takes them)
+        if made:
+            asyncio.ensure_future(links.settle(made, keep=False))
+        raise
     if not pieces:
         return None
     pieces.append(view[pos:])
-    return pieces
+    return pieces, made
 
 
 def link_base(cfg: Config) -> str:
@@ -97,20 +108,31 @@ def link_base(cfg: Config) -> str:
     return (cfg.files.public_url or cfg.jmap.base_url or f"https://{cfg.server.hostname}").rstrip("/")
 
 
+@dataclass(frozen=True, slots=True)
+class Converted:
+    """A submitted message with links instead of its big attachments: ``data``, and the ``links`` (ids)
+    it points at, pending until the caller settles them (:meth:`FileLinks.settle`)."""
+
+    data: bytes
+    links: list[str]
+
+
 async def converted(raw: Any, links: FileLinks, threshold: int, owner: str, owner_name: str,
-                    base_url: str) -> bytes | None:
+                    base_url: str) -> Converted | None:
     """The submitted message ``raw`` with its big attachments as links (:func:`convert`), or None to send
     it unchanged: nothing to convert, or the conversion failed (logged ``files.convert_failed``; a
-    submission is never refused or lost for it). The caller checks the size first (cheap)."""
+    submission is never refused or lost for it). The caller checks the size first (cheap), and
+    settles the links: ``await links.settle(c.links, keep=accepted)``."""
     try:
-        pieces = await convert(raw, threshold, links, owner, owner_name, base_url)
+        out = await convert(raw, threshold, links, owner, owner_name, base_url)
     except Exception as exc:  # a message the parser refuses, a pool that is gone: sent as written
         logger.warning("files.convert_failed", user=owner_name, error=f"{type(exc).__name__}: {exc}")
         return None
-    if pieces is None:
+    if out is None:
         return None
-    out = b"".join(pieces)
+    pieces, made = out
+    data = b"".join(pieces)
     for p in pieces:
         if isinstance(p, memoryview):
             p.release()  # an mmap under them can be closed now
-    return out
+    return Converted(data, made)

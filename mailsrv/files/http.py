@@ -143,7 +143,7 @@ class FileLinkHttp:
     async def download(self, request: web.Request) -> web.StreamResponse:
         token = request.match_info["token"]
         link = await self.links.find(token) if TOKEN_RE.match(token) else None
-        if link is None:
+        if link is None or link.state == "pending":  # a pending link's message is not accepted (yet)
             return problem(404, "no such link")
         if not link.live():
             return problem(410, "this link has expired or was deleted")

@@ -15,8 +15,12 @@ Invariants:
   Rows of dead links are kept :data:`TOMBSTONE_DAYS` days (their URLs answer 410, not 404).
 - One process at a time sweeps (:meth:`LinkStore.sweep_if_due`: an ``flock`` on ``sweep.lock``),
   and only when the last sweep by any process (the mtime of ``swept``) is ``interval`` old.
-- Quota is the sum of the sizes of a user's live links; it is checked and the row inserted in one
-  ``BEGIN IMMEDIATE`` transaction, so two concurrent uploads (any processes) cannot both pass it.
+- Quota is the sum of the sizes of a user's live and pending links; it is checked and the row inserted
+  in one ``BEGIN IMMEDIATE`` transaction, so two concurrent uploads (any processes) cannot both pass it.
+- A link made for a message being submitted (``[files] convert_over``) is ``pending`` until the message
+  is accepted (:meth:`LinkStore.settle` makes it live, or removes it when the message is not accepted);
+  a pending link is never downloaded, and one older than :data:`PENDING_AGE` (its process died, or
+  the settle failed) is removed by the sweep with its file.
 """
 
 from __future__ import annotations
@@ -42,6 +46,9 @@ ORPHAN_AGE = 3600.0
 #: A token: 128 random bits, URL-safe base64 without padding (22 characters).
 TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{22}$")
 ID_RE = re.compile(r"^F[0-9a-f]{24}$")
+#: Seconds a pending link (made for a message not yet accepted) waits for its message: past the RFC 5321
+#: §4.5.3.2.6 10-minute DATA termination timeout three times over, the message is no longer coming.
+PENDING_AGE = 1800.0
 DAY = 86400.0
 
 SCHEMA = """
@@ -167,15 +174,18 @@ class LinkStore:
 
     @staticmethod
     def _used(db: sqlite3.Connection, owner: str, now: float) -> int:
-        row = db.execute("SELECT COALESCE(SUM(size), 0) FROM links WHERE owner = ? AND state = 'live' AND expires > ?",
-                         (owner, now)).fetchone()
+        row = db.execute("SELECT COALESCE(SUM(size), 0) FROM links WHERE owner = ? AND state IN ('live', 'pending')"
+                         " AND expires > ?", (owner, now)).fetchone()
         return int(row[0])
 
     def commit(self, src: Path, *, owner: str, owner_name: str, name: str, media_type: str, size: int,
-               sha256: str, days: float, quota: int, link: bool = False) -> tuple[FileLink, str]:
+               sha256: str, days: float, quota: int, link: bool = False,
+               pending: bool = False) -> tuple[FileLink, str]:
         """Make a link of the fsync'd file ``src`` (renamed into ``data/``, or hard-linked with ``link``).
         Returns the link and its token (the only time the token exists). Raises :class:`OverQuota`
-        (``src`` is left for the caller) when ``owner``'s live links would pass ``quota`` (0: none)."""
+        (``src`` is left for the caller) when ``owner``'s live links would pass ``quota`` (0: none).
+        ``pending``: the link waits for :meth:`settle` (its message's acceptance) before it is live."""
+        state = "pending" if pending else "live"
         now = time.time()
         link_id = "F" + secrets.token_hex(12)
         token = new_token()
@@ -196,9 +206,9 @@ class LinkStore:
                 else:
                     os.replace(src, dest)
                 fsync_dir(dest.parent)
-                db.execute(f"INSERT INTO links ({_COLS}, lookup, token_hash) VALUES (?,?,?,?,?,?,?,?,?,0,'live',?,?)",
+                db.execute(f"INSERT INTO links ({_COLS}, lookup, token_hash) VALUES (?,?,?,?,?,?,?,?,?,0,?,?,?)",
                            (link_id, owner, owner_name, name, size, sha256, media_type, now, now + days * DAY,
-                            digest[:32], digest))
+                            state, digest[:32], digest))
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
@@ -209,7 +219,25 @@ class LinkStore:
                         dest.unlink()
                 raise
         return FileLink(link_id, owner, owner_name, name, size, sha256, media_type, now, now + days * DAY, 0,
-                        "live"), token
+                        state), token
+
+    def settle(self, link_ids: list[str], keep: bool) -> int:
+        """The pending links ``link_ids`` become live (``keep``: their message was accepted) or are removed
+        with their files (it was not). Returns how many were still pending (the others were swept:
+        :data:`PENDING_AGE`)."""
+        if not link_ids:
+            return 0
+        marks = ",".join("?" * len(link_ids))
+        with self._lock:
+            db = self._conn()
+            if keep:
+                return db.execute(f"UPDATE links SET state = 'live' WHERE state = 'pending' AND id IN ({marks})",
+                                  link_ids).rowcount
+            gone = [r[0] for r in db.execute(f"DELETE FROM links WHERE state = 'pending' AND id IN ({marks})"
+                                             " RETURNING id", link_ids).fetchall()]
+        for link_id in gone:
+            self.data_path(link_id).unlink(missing_ok=True)
+        return len(gone)
 
     def delete(self, link_id: str, owner: str | None = None) -> FileLink | None:
         """End a link now (its file is removed; its URL answers 410). ``owner``: only theirs.
@@ -269,24 +297,29 @@ class LinkStore:
     # --- the sweep -------------------------------------------------------------------------
 
     def sweep(self, now: float | None = None) -> tuple[int, int]:
-        """Delete the files of expired links, forget old dead rows, remove orphaned data and temp files.
-        Returns (links expired, bytes freed)."""
+        """Delete the files of expired links, forget old dead rows, remove pending links older than
+        :data:`PENDING_AGE` and orphaned data and temp files. Returns (links expired or removed, bytes freed)."""
         now = time.time() if now is None else now
         with self._lock:
             db = self._conn()
             rows = db.execute("SELECT id, size FROM links WHERE state = 'live' AND expires <= ?", (now,)).fetchall()
+            # pending links whose message never came (never seen by anyone): rows first, in one statement,
+            # so that a settle racing with it either keeps its link or finds it gone, never a row without file
+            stale = db.execute("DELETE FROM links WHERE state = 'pending' AND created < ? RETURNING id, size",
+                               (now - PENDING_AGE,)).fetchall()
         freed = 0
-        for link_id, size in rows:
+        for link_id, size in rows + stale:
             self.data_path(link_id).unlink(missing_ok=True)
             freed += size
         with self._lock:
             db = self._conn()
             db.executemany("UPDATE links SET state = 'expired' WHERE id = ? AND state = 'live'",
                            [(r[0],) for r in rows])
-            db.execute("DELETE FROM links WHERE state != 'live' AND expires < ?", (now - TOMBSTONE_DAYS * DAY,))
-            live = {r[0] for r in db.execute("SELECT id FROM links WHERE state = 'live'")}
+            db.execute("DELETE FROM links WHERE state NOT IN ('live', 'pending') AND expires < ?",
+                       (now - TOMBSTONE_DAYS * DAY,))
+            live = {r[0] for r in db.execute("SELECT id FROM links WHERE state IN ('live', 'pending')")}
         self._orphans(live, now)
-        return len(rows), freed
+        return len(rows) + len(stale), freed
 
     def sweep_if_due(self, interval: float) -> tuple[int, int] | None:
         """:meth:`sweep`, unless another process sweeps now or one swept less than ``interval``

@@ -130,12 +130,26 @@ class FileLinks:
         return await self.io.run(make_link, self.store, cfg, fill, owner, owner_name, name, media_type, days)
 
     async def from_chunks(self, chunks: Iterable[bytes], owner: str, owner_name: str, name: str,
-                          media_type: str, days: int | None = None) -> tuple[FileLink, str]:
+                          media_type: str, days: int | None = None, pending: bool = False) -> tuple[FileLink, str]:
         """A link to the octets of ``chunks``, a blocking iterable consumed in the pool (a decoded MIME
-        part of a message on disk). Raises as :meth:`upload`, and OSError."""
+        part of a message on disk). Raises as :meth:`upload`, and OSError. ``pending``: the link waits for
+        :meth:`settle` (see :meth:`LinkStore.settle`)."""
         cfg = self.config
         return await self.io.run(make_link, self.store, cfg, lambda tmp: write_durably(chunks, tmp, cfg.max_size),
-                                 owner, owner_name, name, media_type, days)
+                                 owner, owner_name, name, media_type, days, pending)
+
+    async def settle(self, link_ids: list[str], keep: bool) -> None:
+        """Pending links (:meth:`from_chunks`) made live once their message is accepted (``keep``), or removed.
+        Never raises: a failure is logged, and the sweep removes what stays pending (PENDING_AGE)."""
+        if not link_ids:
+            return
+        try:
+            n = await self.io.run(self.store.settle, link_ids, keep)
+        except Exception as exc:
+            logger.exception("files.settle_failed", exc, links=len(link_ids), keep=keep)
+            return
+        if n != len(link_ids):
+            logger.warning("files.settle_missed", links=len(link_ids), settled=n, keep=keep)
 
     async def _finish(self, tmp: Path, f: IO[bytes], **args: Any) -> tuple[FileLink, str]:
         """fsync, close, commit the link: one pool job that a cancelled caller cannot cut in half;
@@ -203,7 +217,8 @@ class FileLinks:
 
 
 def make_link(store: LinkStore, cfg: FilesConfig, fill: Callable[[Path], tuple[int, str]], owner: str,
-              owner_name: str, name: str, media_type: str, days: int | None = None) -> tuple[FileLink, str]:
+              owner_name: str, name: str, media_type: str, days: int | None = None,
+              pending: bool = False) -> tuple[FileLink, str]:
     """Blocking: ``fill(tmp)`` writes a new temp file durably and returns its (size, SHA-256 hex); the
     file then becomes a link of ``owner`` (``[files]`` quota, ``days`` or retention_days). Returns
     the link and its token. Raises :class:`FileLinkError`, OSError; leaves no temp file."""
@@ -212,7 +227,7 @@ def make_link(store: LinkStore, cfg: FilesConfig, fill: Callable[[Path], tuple[i
         size, sha256 = fill(tmp)
         return store.commit(tmp, owner=owner, owner_name=owner_name, name=clean_name(name), media_type=media_type,
                             size=size, sha256=sha256, days=cfg.retention_days if days is None else days,
-                            quota=cfg.quota)
+                            quota=cfg.quota, pending=pending)
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -102,14 +102,23 @@ class DirectorySubmitter:
     async def _account(self, principal: Any) -> Any:
         return principal.account if principal.account is not None else await self.directory.account(int(principal.id))
 
-    async def _converted(self, acct: Any, raw: bytes) -> bytes:
-        """``raw`` with its big attachments as links of ``acct``'s (docs/files.md), else ``raw``."""
+    async def _converted(self, acct: Any, raw: bytes) -> tuple[bytes, list[str]]:
+        """``raw`` with its big attachments as links of ``acct``'s (docs/files.md), else ``raw``; and the
+        links made, pending until :meth:`_settle`."""
         if self.convert_over and acct is not None and len(raw) > self.convert_over:
             from mailsrv.files.convert import converted
 
-            return await converted(raw, self.files, self.convert_over, str(acct.id), acct.address,
-                                   self.link_base) or raw
-        return raw
+            conv = await converted(raw, self.files, self.convert_over, str(acct.id), acct.address, self.link_base)
+            if conv is not None:
+                return conv.data, conv.links
+        return raw, []
+
+    async def _settle(self, made: list[str], out: dict[str, tuple[str, str]] | None) -> None:
+        """The conversion's links live once a recipient accepted the message (``out``), else removed
+        (``out`` None: the submission failed)."""
+        if made:
+            keep = out is not None and any(status != "no" for status, _ in out.values())
+            await self.files.settle(made, keep=keep)
 
     async def may_send_as(self, principal: Any, address: str) -> bool:
         acct = await self._account(principal)
@@ -120,11 +129,20 @@ class DirectorySubmitter:
 
     async def submit_queued(self, principal: Any, raw: bytes, mail_from: str,
                             rcpts: list[str]) -> tuple[str | None, dict[str, tuple[str, str]]]:
+        acct = await self._account(principal)
+        raw, made = await self._converted(acct, raw)
+        result = None
+        try:
+            result = await self._submit_queued(acct, raw, mail_from, rcpts)
+        finally:
+            await self._settle(made, result[1] if result is not None else None)
+        return result
+
+    async def _submit_queued(self, acct: Any, raw: bytes, mail_from: str,
+                             rcpts: list[str]) -> tuple[str | None, dict[str, tuple[str, str]]]:
         from mailsrv.delivery.archive import envelope_block
         from mailsrv.queue.store import QRcpt
 
-        acct = await self._account(principal)
-        raw = await self._converted(acct, raw)
         spool = self.spool_dir / f"{time.time_ns():x}.{os.getpid()}.{secrets.token_hex(6)}"
         loop = asyncio.get_running_loop()
         # RFC 5321 §4.4: final delivery writes the Return-Path on the first line, as SMTP delivery does (recall
@@ -184,10 +202,19 @@ class DirectorySubmitter:
         """Every accepted recipient, local ones too, waits in the outbound queue until ``send_at``
         (the runner hands local mail to the local SMTP listener). The archive copies are made now, for
         every recipient (docs/archive.md); the local ones' ORCPT says so when they are delivered."""
+        acct = await self._account(principal)
+        raw, made = await self._converted(acct, raw)
+        result = None
+        try:
+            result = await self._submit_later(acct, raw, mail_from, rcpts, send_at)
+        finally:
+            await self._settle(made, result[1] if result is not None else None)
+        return result
+
+    async def _submit_later(self, acct: Any, raw: bytes, mail_from: str, rcpts: list[str],
+                            send_at: float) -> tuple[str | None, dict[str, tuple[str, str]]]:
         from mailsrv.queue.store import QRcpt
 
-        acct = await self._account(principal)
-        raw = await self._converted(acct, raw)
         out: dict[str, tuple[str, str]] = {}
         accepted: list[str] = []
         local: list[tuple[str, Any]] = []

@@ -153,19 +153,21 @@ class DirectoryBackend:
     async def _deliver_converted(self, info: SessionInfo, tx: Transaction, spool: Spool) -> Verdict:
         """docs/files.md: the message with its big attachments as links of the sender's, delivered and
         queued for every recipient instead of what the client sent; as sent when nothing converts or
-        the conversion fails (``files.convert_failed``). The caller discards ``spool``."""
+        the conversion fails (``files.convert_failed``). The caller discards ``spool``. The links stay
+        pending until the message is accepted (removed if it is not: docs/files.md)."""
         acct = info.account
         loop = asyncio.get_running_loop()
         raw: Any = getattr(spool, "content", None)
         mapped = None
         new = None
+        conv = None
         try:
             if raw is None:
                 raw = mapped = await loop.run_in_executor(None, _map, spool.path)
-            data = await converted(raw, self.files, self.convert_over, str(acct.id), acct.address, self.link_base)
-            if data is not None:
+            conv = await converted(raw, self.files, self.convert_over, str(acct.id), acct.address, self.link_base)
+            if conv is not None:
                 new = FileSpool(self.spool_dir, lazy=True)
-                await new.write(data)
+                await new.write(conv.data)
                 if not new.seal():  # a big remainder was written out: finish the file
                     await new.commit()
         except OSError as exc:  # the spool unreadable, the new one unwritable: sent as written
@@ -179,12 +181,20 @@ class DirectoryBackend:
                     mapped.close()
                 except BufferError:  # a view is still held somewhere: the collector closes it
                     pass
-        if new is None:
+        if new is None or conv is None:
+            if conv is not None:
+                await self.files.settle(conv.links, keep=False)
             return await self.deliver(info, tx, spool, converted=True)
+        verdict = None
         try:
-            return await self.deliver(info, tx, new, converted=True)
+            verdict = await self.deliver(info, tx, new, converted=True)
         finally:
             new.discard()
+            if verdict is None or not verdict.ok:  # not accepted (an error, a cancellation): the links go
+                asyncio.ensure_future(self.files.settle(conv.links, keep=False))
+        if verdict.ok:  # before the reply: an accepted message's links are live
+            await self.files.settle(conv.links, keep=True)
+        return verdict
 
     async def _queue_archive_retry(self, tx: Transaction, spool: Spool, outcome: LocalOutcome) -> None:
         """Failed archive copies are retried through our MTA in their own entry, each with its folder

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import email.policy
 from collections.abc import AsyncIterator
+from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +15,7 @@ from jmaptest import Server, basic
 from mailsrv.config import FilesConfig, JmapConfig
 from mailsrv.files import FileLinks
 
-__all__ = ["LinkServer", "basic", "put", "serving"]
+__all__ = ["LinkServer", "basic", "message", "put", "serving"]
 
 
 class LinkServer(Server):
@@ -54,3 +56,19 @@ async def serving(tmp: Path, files: FilesConfig | None = None, jmap: JmapConfig 
         yield s
     finally:
         await s.stop()
+
+
+def message(attachment: bytes, name: str = "数据.bin", eol: str = "\r\n") -> bytes:
+    msg = EmailMessage()
+    msg["From"] = "alice@example.test"
+    msg["To"] = "bob@example.test"
+    msg["Subject"] = "figures"
+    msg.set_content("See the attached figures.\n")
+    msg.add_attachment(attachment, maintype="application", subtype="octet-stream", filename=name)
+    msg.add_attachment(b"small", maintype="application", subtype="octet-stream", filename="small.bin")
+    inner = EmailMessage()
+    inner["Subject"] = "forwarded"
+    inner.set_content("x")
+    inner.add_attachment(attachment, maintype="application", subtype="octet-stream", filename="inner.bin")
+    msg.add_attachment(inner)
+    return msg.as_bytes(policy=email.policy.default.clone(linesep=eol))
