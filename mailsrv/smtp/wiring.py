@@ -16,6 +16,7 @@ from typing import Any
 from mailsrv import log
 from mailsrv.delivery.archive import ArchiveRules, envelope_block
 from mailsrv.delivery.local import LocalDelivery, LocalOutcome, unlink_quiet
+from mailsrv.delivery.sieve import SieveFilter, redirected, write_redirected
 from mailsrv.delivery.spool import FileSpool, clean, spool_dir
 from mailsrv.files.convert import converted, link_base
 from mailsrv.net.service import ServiceContext
@@ -45,7 +46,7 @@ class DirectoryBackend:
     """:class:`~mailsrv.smtp.backend.MailBackend` over the real directory, store and queue."""
 
     def __init__(self, directory: Any, store: Any, data_dir: Path, archive: ArchiveRules | None = None,
-                 files: Any = None, convert_over: int = 0, link_base: str = "") -> None:
+                 files: Any = None, convert_over: int = 0, link_base: str = "", sieve: Any = None) -> None:
         self.directory = directory
         #: docs/files.md: an authenticated sender's attachments over ``convert_over`` bytes become links
         #: (``files``: the worker's mailsrv.files.FileLinks); 0 = never
@@ -54,6 +55,8 @@ class DirectoryBackend:
         self.link_base = link_base
         self.archive = archive  # docs/archive.md: None or no rules -> no archive copies
         self.local = LocalDelivery(directory, store, data_dir)
+        if sieve is not None and sieve.enabled:  # docs/sieve.md: the recipients' filters ([sieve] section)
+            self.local.sieve = SieveFilter(sieve, data_dir)
         self.queue = Enqueuer(data_dir)
         self.spool_dir = spool_dir(data_dir)
         clean(self.spool_dir)  # unacknowledged leftovers of a crashed worker (once, at start)
@@ -114,7 +117,7 @@ class DirectoryBackend:
         consume = (plan is None and not remote and isinstance(spool, FileSpool) and spool.sealed
                    and not any("SUCCESS" in r.notify for r in tx.rcpts))
         outcome = (await self.local.deliver(spool.path, local, mailbox=mailbox, data=data, archive=plan,
-                                            consume=consume)
+                                            consume=consume, sender=tx.sender)
                    if local or plan is not None else None)
         if outcome is not None and outcome.spool_consumed and isinstance(spool, FileSpool):
             spool.forget()
@@ -144,6 +147,13 @@ class DirectoryBackend:
                 if delivered == 0:
                     return Verdict(451, "4.3.0", "Queue not available, try again later")
                 # local copies are durable already; refusing now would duplicate them
+        if outcome is not None and (outcome.redirects or outcome.replies):
+            try:
+                await self._queue_sieve(tx, spool, data, outcome)
+            except OSError as exc:
+                logger.exception("sieve.enqueue_failed", exc)
+                if delivered == 0:  # a redirect the script took the message away for: not acknowledged
+                    return Verdict(451, "4.3.0", "Queue not available, try again later")
         if delivered and tx.sender:
             await self._success_notices(info, tx, spool, outcome.retry if outcome is not None else [])
         # one log line per message: the session's message.accepted carries these fields
@@ -213,6 +223,25 @@ class DirectoryBackend:
             if apath is not None:
                 await asyncio.get_running_loop().run_in_executor(None, unlink_quiet, apath)
 
+    async def _queue_sieve(self, tx: Transaction, spool: Spool, data: bytes | None, outcome: LocalOutcome) -> None:
+        """docs/sieve.md: the scripts' redirects (the original envelope sender, a loop marker added) and
+        vacation replies (the null reverse path), durable in the queue before the reply. Raises OSError."""
+        for order in outcome.redirects:
+            rcpts = [QRcpt(a) for a in order.addresses]  # RFC 5228 §4.2: bounces go to the original sender
+            if data is not None:
+                await self.queue.enqueue(redirected(data, order.account), tx.sender, rcpts, smtputf8=tx.smtputf8,
+                                         body=tx.body)
+                continue
+            path = spool.path.with_name(spool.path.name + ".redirect")
+            loop = asyncio.get_running_loop()
+            try:
+                await loop.run_in_executor(None, write_redirected, path, spool.path, order.account)
+                await self.queue.enqueue(path, tx.sender, rcpts, smtputf8=tx.smtputf8, body=tx.body)
+            finally:
+                await loop.run_in_executor(None, unlink_quiet, path)
+        for reply in outcome.replies:  # RFC 3834 §3.3 / RFC 5230 §4.5: from the null reverse path
+            await self.queue.enqueue(reply.message, "", [QRcpt(reply.to)], smtputf8=tx.smtputf8, body="8BITMIME")
+
     async def _success_notices(self, info: SessionInfo, tx: Transaction, spool: Spool, failed: list[str]) -> None:
         """RFC 3461 §4.1 NOTIFY=SUCCESS on a local recipient: a "delivered" DSN to the sender."""
         wanted = [r for r in tx.rcpts if "SUCCESS" in r.notify and r.route[0] in ("local", "group")
@@ -249,4 +278,5 @@ def build_backend(ctx: ServiceContext) -> MailBackend:
     cfg = ctx.config
     files = ctx.resources.get("files") if cfg.files.enabled and cfg.files.convert_over > 0 else None
     return DirectoryBackend(directory, store, cfg.server.data_dir, ctx.resources.get("archive"),
-                            files=files, convert_over=cfg.files.convert_over, link_base=link_base(cfg))
+                            files=files, convert_over=cfg.files.convert_over, link_base=link_base(cfg),
+                            sieve=cfg.sieve)

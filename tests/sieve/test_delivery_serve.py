@@ -1,0 +1,207 @@
+"""Sieve at delivery under a real ``mailsrv serve`` (2 workers, the queue runner): mail in over SMTP
+(smtplib), folders and flags read over IMAP, redirects and vacation replies received by an aiosmtpd
+sink on 127.0.0.1 routed as "remote.test"."""
+
+from __future__ import annotations
+
+import email
+import imaplib
+import re
+import smtplib
+import subprocess
+from collections.abc import Iterator
+from email.message import EmailMessage
+from typing import Any
+
+import pytest
+from sievesink import Sink
+from support.server import init_setup, mailsrv_cmd, serve_users, wait_until
+
+from mailsrv.config import load
+from mailsrv.directory import open_sync
+from mailsrv.sieve.scripts import put_script, set_active
+from mailsrv.store import account_root
+
+D = "example.test"
+PW = "sieve test password"
+
+SCRIPTS = {
+    "bob": r'''require ["fileinto", "imap4flags"];
+# invoices into their folder, flagged; offers dropped; the rest seen-flagged in INBOX
+if header :contains "subject" "invoice" {
+    fileinto :flags ["\\Flagged"] "Invoices";
+} elsif header :contains "subject" "offer" {
+    discard;
+} elsif address :is "from" "boss@remote.test" {
+    addflag "\\Answered";
+}
+''',
+    "carol": 'redirect "ext@remote.test";\n',
+    "dave": 'redirect "ext2@remote.test";\n',  # dave may not send outside
+    "erin": 'require "vacation";\nvacation :days 1 :subject "Away" "I am away until Monday.";\n',
+    "frank": "".join(f'redirect "f{i}@remote.test";\n' for i in range(5)),  # one too many: runtime error
+    "gina": 'require "copy";\nredirect :copy "bob@example.test";\n',
+}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, sink: Sink) -> Iterator[Any]:
+    base = tmp_path_factory.mktemp("sieve")
+    cfg = init_setup(base / "s", "--demo", workers=2)
+    users = dict(re.findall(r"demo user (\S+) password (\S+)", (base / "s" / "demo-users.txt").read_text()))
+    for name in ("carol", "dave", "erin", "frank", "gina"):
+        extra = ["--send-outside", "no"] if name == "dave" else []
+        p = subprocess.run(mailsrv_cmd("user", "add", f"{name}@{D}", "--password-stdin", *extra, "-c", str(cfg)),
+                           input=PW + "\n", capture_output=True, text=True)
+        assert p.returncode == 0, p.stderr
+        users[f"{name}@{D}"] = PW
+    with open(cfg, "a") as fh:
+        fh.write(f'\n[queue.route."remote.test"]\nsmarthost = "127.0.0.1:{sink.port}"\ntls = "none"\n')
+    conf = load(cfg)
+    sd = open_sync(conf.directory, conf.server.data_dir)
+    for name, text in SCRIPTS.items():
+        info = sd.user_info(f"{name}@{D}")
+        root = account_root(conf.server.data_dir, info["id"], info["store"])
+        put_script(root, "main", text)
+        set_active(root, "main")
+    srv = serve_users(cfg, users)
+    yield srv
+    assert srv.stop() == 0
+
+
+def send(srv: Any, subject: str, rcpts: list[str], *, sender: str = "x@remote.test", to: str | None = None,
+         headers: dict[str, str] | None = None) -> None:
+    msg = EmailMessage()
+    msg["From"] = sender or "mailer-daemon@remote.test"
+    msg["To"] = to if to is not None else ", ".join(rcpts)
+    msg["Subject"] = subject
+    msg["Message-ID"] = f"<{abs(hash(subject))}@remote.test>"
+    for k, v in (headers or {}).items():
+        msg[k] = v
+    msg.set_content(f"body of {subject}\n")
+    with smtplib.SMTP("127.0.0.1", srv.ports["smtp"], timeout=30) as s:
+        s.send_message(msg, from_addr=sender, to_addrs=rcpts)
+
+
+def imap(srv: Any, user: str) -> imaplib.IMAP4_SSL:
+    m = imaplib.IMAP4_SSL("127.0.0.1", srv.ports["imaps"], ssl_context=srv.ctx, timeout=30)
+    m.login(user, srv.users[user])
+    return m
+
+
+def folder(srv: Any, user: str, box: str) -> dict[str, str]:
+    """subject -> FLAGS (without \\Recent) of each message in ``box`` ({} when the folder does not exist)."""
+    m = imap(srv, user)
+    try:
+        if m.select(f'"{box}"', readonly=True)[0] != "OK":
+            return {}
+        typ, data = m.fetch("1:*", "(FLAGS BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+        if typ != "OK" or data == [None]:
+            return {}
+        out = {}
+        for part in data:
+            if isinstance(part, tuple):
+                flags = re.search(rb"FLAGS \(([^)]*)\)", part[0])
+                subject = part[1].decode().split(":", 1)[1].strip()
+                got = flags.group(1).decode().split() if flags else []
+                out[subject] = " ".join(f for f in got if f != "\\Recent")
+        return out
+    finally:
+        m.logout()
+
+
+def sunk(sink: Sink) -> list[email.message.Message]:
+    """What the sink got, each with its envelope as X-Env-From / X-Env-To."""
+    out = []
+    for frm, tos, raw in sink.messages():
+        m = email.message_from_bytes(raw)
+        m["X-Env-From"] = frm
+        m["X-Env-To"] = ",".join(tos)
+        out.append(m)
+    return out
+
+
+def sunk_to(sink: Sink, subject: str) -> list[email.message.Message]:
+    return [m for m in sunk(sink) if subject in str(m["Subject"])]
+
+
+def test_fileinto_with_flags_creates_the_folder(server: Any) -> None:
+    send(server, "invoice 17", [f"bob@{D}"])
+    assert folder(server, f"bob@{D}", "Invoices") == {"invoice 17": "\\Flagged"}
+    assert "invoice 17" not in folder(server, f"bob@{D}", "INBOX")
+
+
+def test_discard_and_implicit_keep_with_flags(server: Any) -> None:
+    send(server, "special offer", [f"bob@{D}"])
+    send(server, "from the boss", [f"bob@{D}"], sender="boss@remote.test")
+    send(server, "plain hello", [f"bob@{D}"])
+    inbox = folder(server, f"bob@{D}", "INBOX")
+    assert inbox["from the boss"] == "\\Answered"  # RFC 5232 §5: the implicit keep takes the variable's flags
+    assert inbox["plain hello"] == ""
+    assert "special offer" not in inbox
+    server.wait_for(r"sieve\.discarded .*user=bob@example\.test")
+
+
+def test_redirect_to_outside_is_queued_with_the_loop_marker(server: Any, sink: Sink) -> None:
+    send(server, "for carol", [f"carol@{D}"])
+    wait_until(lambda: bool(sunk_to(sink, "for carol")), timeout=30)
+    (got,) = sunk_to(sink, "for carol")
+    assert got["X-Sieve-Redirected-From"] == f"carol@{D}"
+    assert got["X-Env-From"] == "x@remote.test" and got["X-Env-To"] == "ext@remote.test"  # the original sender
+    assert "for carol" not in folder(server, f"carol@{D}", "INBOX")  # redirect cancels the implicit keep
+
+
+def test_redirect_loop_is_kept(server: Any) -> None:
+    mark = server.mark()
+    send(server, "looping", [f"carol@{D}"], headers={"X-Sieve-Redirected-From": f"carol@{D}"})
+    assert "looping" in folder(server, f"carol@{D}", "INBOX")
+    server.wait_for(r"sieve\.redirect_loop .*user=carol@example\.test", start=mark)
+
+
+def test_redirect_outside_refused_by_policy_keeps(server: Any) -> None:
+    mark = server.mark()
+    send(server, "for dave", [f"dave@{D}"])
+    assert "for dave" in folder(server, f"dave@{D}", "INBOX")
+    server.wait_for(r"sieve\.redirect_refused .*rcpt=ext2@remote\.test", start=mark)
+
+
+def test_runtime_error_keeps(server: Any) -> None:
+    mark = server.mark()
+    send(server, "for frank", [f"frank@{D}"])
+    assert "for frank" in folder(server, f"frank@{D}", "INBOX")
+    server.wait_for(r"sieve\.failed .*user=frank@example\.test", start=mark)
+
+
+def test_redirect_copy_to_a_local_user(server: Any) -> None:
+    send(server, "for gina", [f"gina@{D}"])
+    assert "for gina" in folder(server, f"gina@{D}", "INBOX")
+    wait_until(lambda: "for gina" in folder(server, f"bob@{D}", "INBOX"), timeout=30)
+
+
+def test_vacation_once_per_sender_and_not_to_lists_or_robots(server: Any, sink: Sink) -> None:
+    send(server, "hello erin", [f"erin@{D}"], sender="y@remote.test")
+    wait_until(lambda: bool([m for m in sunk(sink) if m["To"] == "y@remote.test"]), timeout=30)
+    (reply,) = [m for m in sunk(sink) if m["To"] == "y@remote.test"]
+    assert reply["Subject"] == "Away" and reply["Auto-Submitted"] == "auto-replied"
+    assert reply["X-Env-From"] == "<>"  # RFC 3834 §3.3: the null reverse path
+    assert reply["From"] == f"erin@{D}" and reply["In-Reply-To"] == f"<{abs(hash('hello erin'))}@remote.test>"
+    assert "I am away until Monday." in reply.get_payload()
+    assert "hello erin" in folder(server, f"erin@{D}", "INBOX")  # vacation keeps the message
+    mark = server.mark()
+    send(server, "hello again", [f"erin@{D}"], sender="y@remote.test")
+    server.wait_for(r"sieve\.vacation_skipped .*reason=period", start=mark)
+    send(server, "list mail", [f"erin@{D}"], sender="z@remote.test", headers={"List-Id": "<l.remote.test>"})
+    server.wait_for(r"sieve\.vacation_skipped .*reason=list", start=mark)
+    send(server, "bulk mail", [f"erin@{D}"], sender="z@remote.test", headers={"Precedence": "bulk"})
+    server.wait_for(r"sieve\.vacation_skipped .*reason=precedence", start=mark)
+    send(server, "robot", [f"erin@{D}"], sender="z@remote.test", headers={"Auto-Submitted": "auto-generated"})
+    server.wait_for(r"sieve\.vacation_skipped .*reason=auto-submitted", start=mark)
+    send(server, "bcc only", [f"erin@{D}"], sender="z@remote.test", to="someone@remote.test")
+    server.wait_for(r"sieve\.vacation_skipped .*reason=not-addressed", start=mark)
+    send(server, "a bounce", [f"erin@{D}"], sender="")
+    assert "a bounce" in folder(server, f"erin@{D}", "INBOX")
+    # one more reply-worthy message from another sender: its reply is the only new one
+    send(server, "hello from w", [f"erin@{D}"], sender="w@remote.test")
+    wait_until(lambda: bool([m for m in sunk(sink) if m["To"] == "w@remote.test"]), timeout=30)
+    replies = [m for m in sunk(sink) if m["Auto-Submitted"] == "auto-replied"]
+    assert sorted(m["To"] for m in replies) == ["w@remote.test", "y@remote.test"]
