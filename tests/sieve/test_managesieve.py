@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import base64
+import imaplib
 import os
 import shutil
+import smtplib
 import socket
 import ssl
 import subprocess
@@ -403,3 +405,39 @@ def test_commands_sent_one_byte_at_a_time(setup: Setup) -> None:
         assert scripts.active_script(setup.root(addr)) == ("slow", "keep;\n")
     finally:
         r.close()
+
+
+def test_setactive_then_smtp_delivery_files_the_mail(setup: Setup, sievelib_tls: None) -> None:
+    """A filter uploaded and activated over ManageSieve acts on the next message delivered over SMTP."""
+    addr = setup.add_user("filtered")
+    script = ('require ["fileinto", "imap4flags"];\r\nif header :contains "subject" "weekly report" {\r\n'
+              '  fileinto :flags "\\\\Flagged" "Reports";\r\n}\r\n')
+    c = sievelib_client(setup, addr)
+    try:
+        assert c.putscript("reports", script)
+        # the first delivery to this user: no worker has looked at the scripts before (a change for an
+        # account a worker has seen takes effect within delivery's check interval, one second)
+        assert c.setactive("reports")
+        c.logout()
+    finally:
+        c.sock.close()
+        c.sock = None
+    for subject in ("weekly report 49", "lunch?"):
+        msg = f"From: bob@example.test\r\nTo: {addr}\r\nSubject: {subject}\r\n\r\nbody\r\n"
+        with smtplib.SMTP("127.0.0.1", setup.server.ports["smtp"], timeout=30) as s:
+            s.sendmail("bob@example.test", [addr], msg.encode())
+    imap = imaplib.IMAP4_SSL("127.0.0.1", setup.server.ports["imaps"], ssl_context=setup.tls(), timeout=30)
+    try:
+        imap.login(addr, password(addr))
+
+        def subjects(folder: str) -> list[tuple[bytes, bytes]]:
+            assert imap.select(folder, readonly=True)[0] == "OK"
+            typ, data = imap.fetch("1:*", "(FLAGS BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+            assert typ == "OK"
+            return [(d[0], d[1].strip()) for d in data if isinstance(d, tuple)]
+
+        (flags, subject), = subjects("Reports")
+        assert subject == b"Subject: weekly report 49" and b"\\Flagged" in flags
+        assert [s for _, s in subjects("INBOX")] == [b"Subject: lunch?"]
+    finally:
+        imap.logout()
