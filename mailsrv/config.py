@@ -164,7 +164,7 @@ class LimitsConfig:
 
 @dataclass(frozen=True)
 class ListenerConfig:
-    protocol: Protocol = doc("What the listener speaks: smtp, submission, imap, pop3 or jmap.")
+    protocol: Protocol = doc("What the listener speaks: smtp, submission, imap, pop3, jmap, admin or managesieve.")
     bind: tuple[str, ...] = doc('Addresses to listen on, e.g. ["0.0.0.0:25", "[::]:25"].', check=_binds)
     tls: TlsMode = doc("none, starttls (offered in-protocol) or implicit (TLS from the first byte).", "none")
     max_connections: int | None = doc("Overrides limits.max_connections for this listener.", None, check=_positive)
