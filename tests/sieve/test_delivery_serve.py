@@ -8,6 +8,7 @@ import email
 import imaplib
 import re
 import smtplib
+import socket
 import subprocess
 from collections.abc import Iterator
 from email.message import EmailMessage
@@ -15,6 +16,7 @@ from typing import Any
 
 import pytest
 from sievesink import Sink
+from support.admin import cli
 from support.server import init_setup, mailsrv_cmd, serve_users, wait_until
 
 from mailsrv.config import load
@@ -41,6 +43,7 @@ if header :contains "subject" "invoice" {
     "erin": 'require "vacation";\nvacation :days 1 :subject "Away" "I am away until Monday.";\n',
     "frank": "".join(f'redirect "f{i}@remote.test";\n' for i in range(5)),  # one too many: runtime error
     "gina": 'require "copy";\nredirect :copy "bob@example.test";\n',
+    "hank": 'redirect "held@hold.test";\n',  # a route nobody answers: the entry stays in the queue
 }
 
 
@@ -49,14 +52,20 @@ def server(tmp_path_factory: pytest.TempPathFactory, sink: Sink) -> Iterator[Any
     base = tmp_path_factory.mktemp("sieve")
     cfg = init_setup(base / "s", "--demo", workers=2)
     users = dict(re.findall(r"demo user (\S+) password (\S+)", (base / "s" / "demo-users.txt").read_text()))
-    for name in ("carol", "dave", "erin", "frank", "gina"):
+    for name in ("carol", "dave", "erin", "frank", "gina", "hank"):
         extra = ["--send-outside", "no"] if name == "dave" else []
         p = subprocess.run(mailsrv_cmd("user", "add", f"{name}@{D}", "--password-stdin", *extra, "-c", str(cfg)),
                            input=PW + "\n", capture_output=True, text=True)
         assert p.returncode == 0, p.stderr
         users[f"{name}@{D}"] = PW
+    with socket.socket() as closed:  # a port with no listener: connections to it are refused
+        closed.bind(("127.0.0.1", 0))
+        dead = closed.getsockname()[1]
     with open(cfg, "a") as fh:
-        fh.write(f'\n[queue.route."remote.test"]\nsmarthost = "127.0.0.1:{sink.port}"\ntls = "none"\n')
+        fh.write(f'\n[queue.route."remote.test"]\nsmarthost = "127.0.0.1:{sink.port}"\ntls = "none"\n'
+                 f'\n[queue.route."hold.test"]\nsmarthost = "127.0.0.1:{dead}"\ntls = "none"\n')
+    cli(cfg, "group", "add", f"team@{D}")
+    cli(cfg, "group", "member", "add", f"team@{D}", f"bob@{D}")
     conf = load(cfg)
     sd = open_sync(conf.directory, conf.server.data_dir)
     for name, text in SCRIPTS.items():
@@ -70,7 +79,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, sink: Sink) -> Iterator[Any
 
 
 def send(srv: Any, subject: str, rcpts: list[str], *, sender: str = "x@remote.test", to: str | None = None,
-         headers: dict[str, str] | None = None) -> None:
+         headers: dict[str, str] | None = None, body: str = "") -> None:
     msg = EmailMessage()
     msg["From"] = sender or "mailer-daemon@remote.test"
     msg["To"] = to if to is not None else ", ".join(rcpts)
@@ -78,7 +87,7 @@ def send(srv: Any, subject: str, rcpts: list[str], *, sender: str = "x@remote.te
     msg["Message-ID"] = f"<{abs(hash(subject))}@remote.test>"
     for k, v in (headers or {}).items():
         msg[k] = v
-    msg.set_content(f"body of {subject}\n")
+    msg.set_content(body or f"body of {subject}\n")
     with smtplib.SMTP("127.0.0.1", srv.ports["smtp"], timeout=30) as s:
         s.send_message(msg, from_addr=sender, to_addrs=rcpts)
 
@@ -205,3 +214,25 @@ def test_vacation_once_per_sender_and_not_to_lists_or_robots(server: Any, sink: 
     wait_until(lambda: bool([m for m in sunk(sink) if m["To"] == "w@remote.test"]), timeout=30)
     replies = [m for m in sunk(sink) if m["Auto-Submitted"] == "auto-replied"]
     assert sorted(m["To"] for m in replies) == ["w@remote.test", "y@remote.test"]
+
+
+def test_group_member_filtered(server: Any) -> None:
+    send(server, "invoice for the team", [f"team@{D}"])
+    assert "invoice for the team" in folder(server, f"bob@{D}", "Invoices")
+
+
+def test_large_message_redirect_streamed_from_the_spool(server: Any, sink: Sink) -> None:
+    body = "".join(f"line {i:06d} of a long message\n" for i in range(12000))  # ~360 KB: not held in memory
+    send(server, "big for carol", [f"carol@{D}"], body=body)
+    wait_until(lambda: bool(sunk_to(sink, "big for carol")), timeout=30)
+    (got,) = sunk_to(sink, "big for carol")
+    assert got["X-Sieve-Redirected-From"] == f"carol@{D}"
+    assert got.get_payload(decode=True).decode().replace("\r\n", "\n") == body
+
+
+def test_redirect_is_queued_before_the_reply(server: Any) -> None:
+    send(server, "for hank", [f"hank@{D}"])
+    # the 250 came: the redirect's entry is in the queue (its route refuses connections, so it stays)
+    out = cli(server.cfg, "queue", "list")
+    assert "held@hold.test" in out, out
+    assert "for hank" not in folder(server, f"hank@{D}", "INBOX")
