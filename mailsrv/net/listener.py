@@ -17,6 +17,7 @@ import ipaddress
 import socket
 import ssl
 import struct
+import weakref
 from collections import Counter
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Protocol, cast, runtime_checkable
@@ -114,6 +115,11 @@ class Listener:
         self._reading: set[asyncio.Task[None]] = set()  # header reads in flight: at most max_connections
         #: an HTTP service's per-connection protocol factory (set by start), None for a stream service
         self._http: Callable[[], Callable[[], asyncio.Protocol]] | None = None
+        #: adoption (:meth:`_look`): each other member's queue at the last look, and the connections taken
+        #: from it while adopted (None: not adopted)
+        self._before = [0] * len(self.others)
+        self._adopted_count: list[int | None] = [None] * len(self.others)
+        self._implicit: ssl.SSLContext | None = None
 
     async def start(self) -> None:
         implicit = self.ssl_context if self.cfg.tls == "implicit" else None
@@ -126,7 +132,8 @@ class Listener:
             await self.service.start([] if self.cfg.proxy_protocol else self.socks, implicit)
         loop = asyncio.get_running_loop()
         if self.others and _TCP_INFO is not None:
-            self._track(loop.create_task(self._watch_others(implicit)))
+            self._implicit = implicit
+            _AdoptionWatch.of(loop).add(self)
         if self.cfg.proxy_protocol:
             for sock in self.socks:
                 sock.setblocking(False)
@@ -248,29 +255,27 @@ class Listener:
 
     # -- adoption of another worker's SO_REUSEPORT member ------------------------------------------------
 
-    async def _watch_others(self, implicit: ssl.SSLContext | None) -> None:
-        """Every :data:`ADOPT_INTERVAL`, look at the other members' accept queues. The kernel hashes each
-        connection to one member: one whose worker is stuck or dead (restart backoff up to
-        ``server.restart_backoff_max``) would hold its share for that long. A member is adopted when its
-        queue did not shrink between two looks (its worker took nothing); an adopted member is emptied at
-        each look until a look finds it empty. Healthy: a few getsockopt per second, nothing accepted."""
-        before = [0] * len(self.others)
-        adopted: list[int | None] = [None] * len(self.others)  # connections taken while adopted
-        while True:
-            await asyncio.sleep(ADOPT_INTERVAL)
-            for i, lsock in enumerate(self.others):
-                queued = accept_queue(lsock)
-                taken = adopted[i]
-                if queued <= 0:
-                    if taken is not None:
-                        logger.info("listener.adoption_ended", listener=self.name, addr=format_addr(lsock),
-                                    accepted=taken)
-                    adopted[i] = None
-                elif taken is not None or queued >= before[i] > 0:
-                    if taken is None:  # its worker took nothing since the last look
-                        logger.warning("listener.adopted", listener=self.name, addr=format_addr(lsock), queued=queued)
-                    adopted[i] = (taken or 0) + self._adopt(lsock, queued, implicit)
-                before[i] = max(queued, 0)
+    def _look(self) -> None:
+        """One look at the other members' accept queues (every :data:`ADOPT_INTERVAL`, from the loop's one
+        :class:`_AdoptionWatch`). The kernel hashes each connection to one member: one whose worker is stuck
+        or dead (restart backoff up to ``server.restart_backoff_max``) would hold its share for that long.
+        A member is adopted when its queue did not shrink between two looks (its worker took nothing); an
+        adopted member is emptied at each look until a look finds it empty. Healthy: one getsockopt per
+        member, nothing accepted."""
+        before, adopted = self._before, self._adopted_count
+        for i, lsock in enumerate(self.others):
+            queued = accept_queue(lsock)
+            taken = adopted[i]
+            if queued <= 0:
+                if taken is not None:
+                    logger.info("listener.adoption_ended", listener=self.name, addr=format_addr(lsock),
+                                accepted=taken)
+                adopted[i] = None
+            elif taken is not None or queued >= before[i] > 0:
+                if taken is None:  # its worker took nothing since the last look
+                    logger.warning("listener.adopted", listener=self.name, addr=format_addr(lsock), queued=queued)
+                adopted[i] = (taken or 0) + self._adopt(lsock, queued, self._implicit)
+            before[i] = max(queued, 0)
 
     def _adopt(self, lsock: socket.socket, queued: int, implicit: ssl.SSLContext | None) -> int:
         """Accept at most ``queued`` connections from another worker's member and serve them as ours
@@ -356,6 +361,7 @@ class Listener:
             logger.debug("conn.close", listener=self.name)
 
     def stop_accepting(self) -> None:
+        _AdoptionWatch.leave(self)
         for server in self.servers:
             server.close()
         for task in list(self._accepting):  # proxy_protocol: accept loops, and headers not read yet; the watch
@@ -403,3 +409,47 @@ def format_addr(sock: socket.socket) -> str:
     """``host:port`` (``[host]:port`` for IPv6) of a bound socket."""
     host, port = sock.getsockname()[:2]
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class _AdoptionWatch:
+    """One timer per loop for every listener's looks at the other workers' members (:meth:`Listener._look`):
+    an idle worker wakes once per :data:`ADOPT_INTERVAL` for all its listeners, not once per listener; a
+    plain ``call_later`` callback (no task, no future, no getpid(2) of ``asyncio.sleep`` per wake-up)."""
+
+    _per_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _AdoptionWatch] = weakref.WeakKeyDictionary()
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.listeners: list[Listener] = []
+        self.timer: asyncio.TimerHandle | None = None
+
+    @classmethod
+    def of(cls, loop: asyncio.AbstractEventLoop) -> _AdoptionWatch:
+        watch = cls._per_loop.get(loop)
+        if watch is None:
+            watch = cls._per_loop[loop] = cls(loop)
+        return watch
+
+    def add(self, listener: Listener) -> None:
+        self.listeners.append(listener)
+        if self.timer is None:
+            self.timer = self.loop.call_later(ADOPT_INTERVAL, self._tick)
+
+    @classmethod
+    def leave(cls, listener: Listener) -> None:
+        """``listener`` stops accepting: no more looks for it (the timer ends with the last one)."""
+        for loop, watch in list(cls._per_loop.items()):
+            if listener in watch.listeners:
+                watch.listeners.remove(listener)
+                if not watch.listeners:
+                    if watch.timer is not None:
+                        watch.timer.cancel()
+                    del cls._per_loop[loop]
+
+    def _tick(self) -> None:
+        for listener in list(self.listeners):
+            try:
+                listener._look()
+            except Exception as exc:  # the next look tries again
+                logger.exception("listener.look_failed", exc, listener=listener.name)
+        self.timer = self.loop.call_later(ADOPT_INTERVAL, self._tick) if self.listeners else None
