@@ -32,6 +32,7 @@ from mailsrv.sieve.lang import (
     Stop,
     VacationAction,
 )
+from mailsrv.sieve.match import Matcher
 
 #: Actions one run may take (keep, fileinto, redirect, vacation; Pigeonhole's sieve_max_actions is 32)
 MAX_ACTIONS = 32
@@ -255,9 +256,13 @@ class _Run:
     def test(self, t: Node) -> bool:
         msg = self.msg
         if isinstance(t, HeaderTest):
+            if t.keys and t.keys[0].kind == "count":
+                return _count([v for n in t.names for v in msg.decoded(n)], t.keys)
             # RFC 5228 §5.7: true when any occurrence of any named field matches any key
             return any(k(v) for n in t.names for v in msg.decoded(n) for k in t.keys)
         if isinstance(t, AddressTest):
+            if t.keys and t.keys[0].kind == "count":
+                return _count(self.address_values(t), t.keys)
             return any(k(v) for v in self.address_values(t) for k in t.keys)
         if isinstance(t, AllOf):
             return all(self.test(x) for x in t.tests)
@@ -270,6 +275,8 @@ class _Run:
         if isinstance(t, SizeTest):
             return msg.size > t.limit if t.over else msg.size < t.limit
         if isinstance(t, HasFlagTest):
+            if t.keys and t.keys[0].kind == "count":
+                return _count(list(self.flags), t.keys)
             return any(k(f) for f in self.flags for k in t.keys)
         assert isinstance(t, Const)
         return t.value
@@ -290,6 +297,13 @@ class _Run:
             for local, host in self.msg.addresses(name):
                 _part(out, t.part, local, host, f"{local}@{host}")
         return out
+
+
+def _count(values: list[str], keys: tuple[Matcher, ...]) -> bool:
+    """RFC 5231 §4.2: the number of values (field occurrences, addresses, flags; an empty one, such as
+    the null reverse path, is not counted) compared with each key."""
+    n = str(sum(1 for v in values if v != ""))
+    return any(k(n) for k in keys)
 
 
 def _part(out: list[str], part: str, local: str, domain: str, whole: str) -> None:

@@ -23,7 +23,7 @@ from mailsrv.sieve.grammar import (
     Test,
     parse,
 )
-from mailsrv.sieve.match import COMPARATORS, Matcher, matcher
+from mailsrv.sieve.match import COMPARATORS, RELATIONS, Matcher, matcher
 
 #: What ``require`` accepts (ManageSieve announces it as SIEVE, RFC 5804 §1.7)
 EXTENSIONS: tuple[str, ...] = (
@@ -34,6 +34,8 @@ EXTENSIONS: tuple[str, ...] = (
     "vacation",  # RFC 5230
     "vacation-seconds",  # RFC 6131
     "subaddress",  # RFC 5233
+    "relational",  # RFC 5231
+    "comparator-i;ascii-numeric",  # RFC 4790 §9.1 (RFC 5228 §2.7.3: needs its require)
     "comparator-i;octet",  # RFC 5228 §2.7.3 (always available; require accepts it)
     "comparator-i;ascii-casemap",
 )
@@ -184,6 +186,7 @@ class _Args:
         self.ext = ext
         self.tags: dict[str, Argument | None] = {}
         self.match = "is"
+        self.relation = ""
         self.comparator = "i;ascii-casemap"
         self.part = "all"
         self.positional: list[Argument] = []
@@ -206,6 +209,15 @@ class _Args:
             group = None
             if match and t in MATCH_TYPES:
                 group, self.match = "match type", t
+            elif match and t in ("value", "count"):  # RFC 5231 §4: :value / :count "<relation>"
+                if "relational" not in self.ext:
+                    raise self.err(tag.line, f':{t} needs require "relational"')
+                group, self.match = "match type", t
+                i += 1
+                v = args[i] if i < len(args) else None
+                if not isinstance(v, StringList) or v.bracketed or v.items[0].lower() not in RELATIONS:
+                    raise self.err(tag.line, f":{t} needs one of " + ", ".join(f'"{r}"' for r in RELATIONS))
+                self.relation = v.items[0].lower()
             elif address and t in ADDRESS_PARTS:
                 if ADDRESS_PARTS[t] and ADDRESS_PARTS[t] not in self.ext:
                     raise self.err(tag.line, f":{t} needs require \"{ADDRESS_PARTS[t]}\"")
@@ -220,6 +232,8 @@ class _Args:
                 if self.comparator not in COMPARATORS:
                     # RFC 5228 §2.7.3: an unknown comparator is an error
                     raise self.err(tag.line, f"unknown comparator {self.comparator!r}")
+                if self.comparator == "i;ascii-numeric" and "comparator-i;ascii-numeric" not in self.ext:
+                    raise self.err(tag.line, 'i;ascii-numeric needs require "comparator-i;ascii-numeric"')
             elif t in values:
                 group = t
                 i += 1
@@ -263,7 +277,10 @@ class _Args:
         return out
 
     def matchers(self, keys: tuple[str, ...]) -> tuple[Matcher, ...]:
-        return tuple(matcher(self.match, k, self.comparator) for k in keys)
+        if self.comparator == "i;ascii-numeric" and self.match in ("contains", "matches"):
+            # RFC 4790 §9.1: i;ascii-numeric has equality and order, no substring operation
+            raise self.err(self.where.line, f":{self.match} cannot use i;ascii-numeric")
+        return tuple(matcher(self.match, k, self.comparator, self.relation) for k in keys)
 
 
 def _no_tests(c: Command | Test) -> None:

@@ -12,7 +12,10 @@ from __future__ import annotations
 import string
 from dataclasses import dataclass
 
-COMPARATORS = ("i;ascii-casemap", "i;octet")
+COMPARATORS = ("i;ascii-casemap", "i;octet", "i;ascii-numeric")
+#: RFC 5231 §5 relational operators
+RELATIONS = ("gt", "ge", "lt", "le", "eq", "ne")
+_INFINITY = float("inf")
 _CASEMAP = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
 
 
@@ -94,24 +97,53 @@ def compile_glob(pattern: str) -> Glob:
 class Matcher:
     """One key of a test under its match type and comparator, ready to apply."""
 
-    kind: str  # "is" | "contains" | "matches"
+    kind: str  # "is" | "contains" | "matches" | "value" | "count" (RFC 5231)
     key: str  # folded for i;ascii-casemap
     fold: bool
     glob: Glob | None = None
+    relation: str = ""  # :value / :count: "gt" | "ge" | "lt" | "le" | "eq" | "ne"
+    numeric: bool = False  # i;ascii-numeric
 
     def __call__(self, value: str) -> bool:
+        if self.numeric:  # RFC 4790 §9.1: equality and order of the leading digits
+            return _related(_number(value), _number(self.key), self.relation or "eq")
         if self.fold:
             value = casemap(value)
         if self.kind == "is":
             return value == self.key
         if self.kind == "contains":
             return self.key in value
-        assert self.glob is not None
-        return self.glob.match(value)
+        if self.kind == "matches":
+            assert self.glob is not None
+            return self.glob.match(value)
+        return _related(value, self.key, self.relation)
 
 
-def matcher(kind: str, key: str, comparator: str) -> Matcher:
+def _number(s: str) -> float:
+    """RFC 4790 §9.1: the value of the leading US-ASCII digits; none is positive infinity."""
+    n = 0
+    while n < len(s) and "0" <= s[n] <= "9":
+        n += 1
+    return int(s[:n]) if n else _INFINITY
+
+
+def _related(a: float | str, b: float | str, rel: str) -> bool:
+    if rel == "eq":
+        return a == b
+    if rel == "ne":
+        return a != b
+    if rel == "gt":
+        return a > b  # type: ignore[operator]
+    if rel == "ge":
+        return a >= b  # type: ignore[operator]
+    if rel == "lt":
+        return a < b  # type: ignore[operator]
+    return a <= b  # type: ignore[operator]
+
+
+def matcher(kind: str, key: str, comparator: str, relation: str = "") -> Matcher:
     fold = comparator == "i;ascii-casemap"
     if fold:
         key = casemap(key)
-    return Matcher(kind, key, fold, compile_glob(key) if kind == "matches" else None)
+    return Matcher(kind, key, fold, compile_glob(key) if kind == "matches" else None, relation,
+                   comparator == "i;ascii-numeric")

@@ -218,6 +218,36 @@ def test_runtime_bounds() -> None:
         outcome(many)
 
 
+def test_relational_rfc5231_examples() -> None:
+    # RFC 5231 §7 (its example message: two To, one Cc... here our MSG: To has two addresses, Cc one)
+    rel = 'require ["relational", "comparator-i;ascii-numeric"];'
+    msg = view(b"Date: Mon, 10 Mar 2003 09:00:00 +0000\r\nTo: a@example.com, b@example.com\r\n"
+               b"Cc: c@example.com\r\nX-Spam-Score: 7.5\r\nX-Priority: 2\r\nSubject: hi\r\n\r\n")
+
+    def hit(test: str) -> bool:
+        return outcome(f"{rel} if {test} {{ discard; }}", msg).discarded
+
+    assert hit('address :count "ge" :comparator "i;ascii-numeric" ["to", "cc"] ["3"]')
+    assert not hit('address :count "ge" :comparator "i;ascii-numeric" ["to", "cc"] ["4"]')
+    assert hit('address :count "eq" :comparator "i;ascii-numeric" "to" "2"')
+    assert hit('header :count "eq" :comparator "i;ascii-numeric" "x-missing" "0"')
+    assert hit('header :value "ge" :comparator "i;ascii-numeric" "x-spam-score" "5"')  # leading digits: 7
+    assert not hit('header :value "gt" :comparator "i;ascii-numeric" "x-spam-score" "7"')
+    assert hit('header :value "lt" :comparator "i;ascii-numeric" "x-priority" "3"')
+    assert hit('header :value "gt" :comparator "i;ascii-numeric" "subject" "99999"')  # no digits: infinity
+    assert hit('header :value "lt" "subject" "ho"')  # i;ascii-casemap order
+    assert not hit('header :value "lt" :comparator "i;octet" "subject" "Ho"')
+    assert hit('header :value "ne" "subject" "HI!"')
+    with pytest.raises(SieveError, match='needs require "relational"'):
+        sieve.compile('if header :value "gt" "a" "b" { keep; }')
+    with pytest.raises(SieveError, match="needs one of"):
+        sieve.compile(rel + 'if header :value "bigger" "a" "b" { keep; }')
+    with pytest.raises(SieveError, match="cannot use i;ascii-numeric"):
+        sieve.compile(rel + 'if header :contains :comparator "i;ascii-numeric" "a" "1" { keep; }')
+    with pytest.raises(SieveError, match='needs require "comparator-i;ascii-numeric"'):
+        sieve.compile('require "relational"; if header :comparator "i;ascii-numeric" "a" "1" { keep; }')
+
+
 # --- compile errors ----------------------------------------------------------------------------------
 
 
