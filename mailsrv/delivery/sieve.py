@@ -42,6 +42,8 @@ CHECK_INTERVAL = 1.0
 CACHE_SIZE = 10_000
 #: bytes of a message's start read for its header block when it is not in memory
 HEAD_MAX = 256 * 1024
+#: bytes of a message a script's body test sees (RFC 5173; the rest is not searched)
+BODY_MAX = 1 << 20
 #: Dovecot's loop marker: a message that carries the redirecting account's address here is not
 #: redirected by that account again
 REDIRECT_HEADER = "X-Sieve-Redirected-From"
@@ -203,9 +205,9 @@ class SieveFilter:
         self._folders.add((acct.id, folder))
 
 
-def _head(spool: Path) -> bytes:
+def _head(spool: Path, n: int = HEAD_MAX) -> bytes:
     with open(spool, "rb") as f:
-        return f.read(HEAD_MAX)
+        return f.read(n)
 
 
 class Pass:
@@ -218,6 +220,7 @@ class Pass:
         self.data = data
         self.sender = sender
         self._fields: list[tuple[str, bytes]] | None = None
+        self._message: bytes | None = None
         self._size = len(data) if data is not None else -1
 
     async def fields(self) -> list[tuple[str, bytes]]:
@@ -231,6 +234,15 @@ class Pass:
                 self._size = st.st_size
             self._fields = header_fields(head)
         return self._fields
+
+    async def message(self) -> bytes:
+        """The message's first BODY_MAX bytes (for a script with a body test)."""
+        if self._message is None:
+            if self.data is not None:
+                self._message = self.data[:BODY_MAX]
+            else:
+                self._message = await asyncio.get_running_loop().run_in_executor(None, _head, self.spool, BODY_MAX)
+        return self._message
 
     async def apply(self, address: str, acct: Account, mailbox: str, out: Any) -> list[tuple[str, frozenset[str]]]:
         """The copies (mailbox, flags) to make for ``acct`` (``address``: the recipient as addressed;
@@ -246,7 +258,8 @@ class Pass:
             return keep
         try:
             fields = await self.fields()
-            msg = MessageView(tuple(fields), self.sender, address, self._size)
+            body = await self.message() if "body" in script.extensions else None
+            msg = MessageView(tuple(fields), self.sender, address, self._size, body)
             outcome = run_script(script, msg, max_redirects=self.filt.config.max_redirects)
             self.filt.runs += 1
             return await self._act(outcome, msg, address, acct, mailbox, out)

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from mailsrv import mime
+from mailsrv.mime.body import part_text
 from mailsrv.mime.headers import decode_words, parse_addresses, unfold
 from mailsrv.sieve.lang import (
     Action,
     AddressTest,
     AllOf,
     AnyOf,
+    BodyTest,
     Const,
     Discard,
     ExistsTest,
@@ -41,6 +44,9 @@ MAX_REDIRECTS = 4
 #: Header fields a MessageView keeps, and the bytes of each value (a hostile header block is cut, not run)
 MAX_FIELDS = 1000
 MAX_FIELD = 16 * 1024
+#: Octets of a part's decoded text a body test looks at (the delivery side also bounds the message it
+#: gives: mailsrv.delivery.sieve.BODY_MAX)
+MAX_BODY_TEXT = 1 << 20
 #: subaddress separator (RFC 5233 §1: "+" is the common choice, Dovecot's recipient_delimiter)
 DETAIL_SEPARATOR = "+"
 
@@ -61,6 +67,8 @@ class MessageView:
     envelope_from: str
     envelope_to: str
     size: int
+    #: the message (its start, bounded by the caller) for the body test (RFC 5173); None: no body
+    message: bytes | None = None
     _decoded: dict[str, tuple[str, ...]] = field(default_factory=dict, compare=False, repr=False)
     _index: dict[str, list[bytes]] = field(default_factory=dict, compare=False, repr=False)
     _addresses: dict[str, tuple[tuple[str, str], ...]] = field(default_factory=dict, compare=False, repr=False)
@@ -95,6 +103,15 @@ class MessageView:
                         if a.mailbox is not None and a.host is not None)
             self._addresses[name] = got
         return got
+
+    def body_values(self, transform: str, types: tuple[str, ...]) -> list[str]:
+        """RFC 5173 §5: the values a body test matches (cached per transform)."""
+        key = f"\0body:{transform}:{' '.join(types)}"
+        got = self._decoded.get(key)
+        if got is None:
+            got = tuple(_body(self.message, transform, types)) if self.message is not None else ()
+            self._decoded[key] = got
+        return list(got)
 
     def has(self, name: str) -> bool:
         return bool(self.raw(name))
@@ -264,6 +281,8 @@ class _Run:
             if t.keys and t.keys[0].kind == "count":
                 return _count(self.address_values(t), t.keys)
             return any(k(v) for v in self.address_values(t) for k in t.keys)
+        if isinstance(t, BodyTest):
+            return any(k(v) for v in msg.body_values(t.transform, t.types) for k in t.keys)
         if isinstance(t, AllOf):
             return all(self.test(x) for x in t.tests)
         if isinstance(t, AnyOf):
@@ -297,6 +316,33 @@ class _Run:
             for local, host in self.msg.addresses(name):
                 _part(out, t.part, local, host, f"{local}@{host}")
         return out
+
+
+def _body(raw: bytes, transform: str, types: tuple[str, ...]) -> list[str]:
+    structure = mime.parse(raw)
+    if transform == "raw":  # RFC 5173 §5.1: the body as it is, one value
+        return [raw[structure.root.body_start:].decode("utf-8", "replace")]
+    out = []
+    for p in structure.parts():
+        if p.is_multipart or p.message is not None:
+            continue
+        if transform == "text":  # RFC 5173 §5.3: the text parts, as text
+            wanted = p.type == "text"
+        else:  # RFC 5173 §5.2: "" every part, "text" a type, "text/html" a type and subtype
+            wanted = any(t == "" or t == p.type or t == f"{p.type}/{p.subtype}" for t in types)
+        if not wanted:
+            continue
+        text = part_text(raw, p, MAX_BODY_TEXT)
+        if transform == "text" and p.subtype == "html":
+            text = _html_text(text)
+        out.append(text)
+    return out
+
+
+def _html_text(html: str) -> str:
+    from mailsrv.mime.body import _html_to_text
+
+    return " ".join(_html_to_text(html).split())  # tags become spaces: runs of them one
 
 
 def _count(values: list[str], keys: tuple[Matcher, ...]) -> bool:

@@ -35,6 +35,7 @@ EXTENSIONS: tuple[str, ...] = (
     "vacation-seconds",  # RFC 6131
     "subaddress",  # RFC 5233
     "relational",  # RFC 5231
+    "body",  # RFC 5173
     "comparator-i;ascii-numeric",  # RFC 4790 §9.1 (RFC 5228 §2.7.3: needs its require)
     "comparator-i;octet",  # RFC 5228 §2.7.3 (always available; require accepts it)
     "comparator-i;ascii-casemap",
@@ -84,6 +85,16 @@ class HasFlagTest:
 
 
 @dataclass(frozen=True)
+class BodyTest:
+    """RFC 5173: ``transform`` "raw" (the undecoded body, one value), "text" (each text part, decoded)
+    or "content" (each part of ``types``, decoded)."""
+
+    transform: str
+    types: tuple[str, ...]
+    keys: tuple[Matcher, ...]
+
+
+@dataclass(frozen=True)
 class AllOf:
     tests: tuple[Node, ...]
 
@@ -103,7 +114,7 @@ class Const:
     value: bool
 
 
-Node = HeaderTest | AddressTest | ExistsTest | SizeTest | HasFlagTest | AllOf | AnyOf | NotTest | Const
+Node = HeaderTest | AddressTest | ExistsTest | SizeTest | HasFlagTest | BodyTest | AllOf | AnyOf | NotTest | Const
 
 
 @dataclass(frozen=True)
@@ -499,6 +510,18 @@ class _Compiler:
             if over == under or len(a.positional) != 1 or not isinstance(a.positional[0], Number):
                 raise SieveError(t.line, "size: needs :over or :under and a number")
             return SizeTest(over, a.positional[0].value)
+        if name == "body":
+            self.need("body", t.line, "body")
+            a = _Args(t, self.ext).take(match=True, flags=("raw", "text"), values={"content": "list"})
+            (keys,) = a.strings("l")
+            given = [k for k in ("raw", "text", "content") if k in a.tags]
+            if len(given) > 1:  # RFC 5173 §5: one BODY-TRANSFORM
+                raise SieveError(t.line, "body: :raw, :content and :text exclude each other")
+            if a.match == "count":
+                raise SieveError(t.line, "body: :count is not allowed")  # RFC 5173 §4
+            content = a.tags.get("content")
+            types = tuple(x.lower() for x in content.items) if isinstance(content, StringList) else ()
+            return BodyTest(given[0] if given else "text", types, a.matchers(keys))
         if name == "hasflag":
             self.need("imap4flags", t.line, "hasflag")
             a = _Args(t, self.ext).take(match=True)

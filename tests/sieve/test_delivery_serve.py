@@ -44,6 +44,7 @@ if header :contains "subject" "invoice" {
     "frank": "".join(f'redirect "f{i}@remote.test";\n' for i in range(5)),  # one too many: runtime error
     "gina": 'require "copy";\nredirect :copy "bob@example.test";\n',
     "hank": 'redirect "held@hold.test";\n',  # a route nobody answers: the entry stays in the queue
+    "ivan": 'require ["body", "fileinto"];\nif body :contains "unsubscribe" { fileinto "News"; }\n',
 }
 
 
@@ -52,7 +53,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, sink: Sink) -> Iterator[Any
     base = tmp_path_factory.mktemp("sieve")
     cfg = init_setup(base / "s", "--demo", workers=2)
     users = dict(re.findall(r"demo user (\S+) password (\S+)", (base / "s" / "demo-users.txt").read_text()))
-    for name in ("carol", "dave", "erin", "frank", "gina", "hank"):
+    for name in ("carol", "dave", "erin", "frank", "gina", "hank", "ivan"):
         extra = ["--send-outside", "no"] if name == "dave" else []
         p = subprocess.run(mailsrv_cmd("user", "add", f"{name}@{D}", "--password-stdin", *extra, "-c", str(cfg)),
                            input=PW + "\n", capture_output=True, text=True)
@@ -236,3 +237,12 @@ def test_redirect_is_queued_before_the_reply(server: Any) -> None:
     out = cli(server.cfg, "queue", "list")
     assert "held@hold.test" in out, out
     assert "for hank" not in folder(server, f"hank@{D}", "INBOX")
+
+
+def test_body_test_at_delivery(server: Any) -> None:
+    send(server, "weekly news", [f"ivan@{D}"], body="Hello!\nTo unsubscribe, click below.\n")
+    send(server, "a friend", [f"ivan@{D}"], body="Hello, how are you?\n")
+    big = "filler line of a big newsletter\n" * 12000 + "unsubscribe here\n"  # past the spool's memory
+    send(server, "big news", [f"ivan@{D}"], body=big)
+    assert set(folder(server, f"ivan@{D}", "News")) == {"weekly news", "big news"}
+    assert "a friend" in folder(server, f"ivan@{D}", "INBOX")

@@ -248,6 +248,44 @@ def test_relational_rfc5231_examples() -> None:
         sieve.compile('require "relational"; if header :comparator "i;ascii-numeric" "a" "1" { keep; }')
 
 
+MIXED = (b"From: a@example.net\r\nSubject: s\r\nMIME-Version: 1.0\r\n"
+         b'Content-Type: multipart/mixed; boundary="b"\r\n\r\npreamble\r\n'
+         b"--b\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n"
+         b"Caf=C3=A9 order number 4711\r\n"
+         b"--b\r\nContent-Type: text/html\r\n\r\n<p>Click <b>here</b> to unsubscribe</p>\r\n"
+         b"--b\r\nContent-Type: application/pdf\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+         b"c2VjcmV0IGludm9pY2U=\r\n--b--\r\n")
+
+
+@pytest.mark.parametrize(("test", "expected"), [
+    ('body :contains "café order"', True),  # RFC 5173 §5.3 :text (default): decoded, charset applied
+    ('body :text :contains "click here"', True),  # HTML as text
+    ('body :text :contains "<b>"', False),
+    ('body :text :contains "secret invoice"', False),  # not a text part
+    ('body :content "application/pdf" :contains "secret invoice"', True),  # decoded base64
+    ('body :content "text" :contains "<b>here</b>"', True),  # :content gives the part as it is
+    ('body :content "image" :contains ""', False),
+    ('body :raw :contains "Caf=C3=A9"', True),  # RFC 5173 §5.1: undecoded
+    ('body :raw :contains "Café"', False),
+    ('body :matches "*number 47?1*"', True),
+])
+def test_body_rfc5173(test: str, expected: bool) -> None:
+    msg = MessageView.parse(MIXED, envelope_from="", envelope_to="u@example.com", size=len(MIXED))
+    msg = MessageView(msg.fields, "", "u@example.com", len(MIXED), MIXED)
+    assert outcome(f'require "body"; if {test} {{ discard; }}', msg).discarded is expected
+
+
+def test_body_compile_errors() -> None:
+    with pytest.raises(SieveError, match='needs require "body"'):
+        sieve.compile('if body :contains "x" { keep; }')
+    with pytest.raises(SieveError, match="exclude each other"):
+        sieve.compile('require "body"; if body :raw :text :contains "x" { keep; }')
+    with pytest.raises(SieveError, match=":count is not allowed"):
+        sieve.compile('require ["body", "relational"]; if body :count "gt" "1" { keep; }')
+    # no message given (a caller that does not load bodies): the test is false, not an error
+    assert not outcome('require "body"; if body :contains "" { discard; }').discarded
+
+
 # --- compile errors ----------------------------------------------------------------------------------
 
 
