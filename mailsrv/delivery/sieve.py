@@ -259,7 +259,11 @@ class Pass:
         try:
             fields = await self.fields()
             body = await self.message() if "body" in script.extensions else None
-            msg = MessageView(tuple(fields), self.sender, address, self._size, body)
+            boxes = None
+            if "mailbox" in script.extensions:  # RFC 5490 mailboxexists: the recipient's folders
+                sacct = await self.local.store_account(acct)
+                boxes = frozenset(m.name for m in await sacct.list_mailboxes())
+            msg = MessageView(tuple(fields), self.sender, address, self._size, body, boxes)
             outcome = run_script(script, msg, max_redirects=self.filt.config.max_redirects)
             self.filt.runs += 1
             return await self._act(outcome, msg, address, acct, mailbox, out)

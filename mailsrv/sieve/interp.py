@@ -27,6 +27,7 @@ from mailsrv.sieve.lang import (
     HeaderTest,
     If,
     Keep,
+    MailboxExists,
     Node,
     NotTest,
     Redirect,
@@ -69,6 +70,8 @@ class MessageView:
     size: int
     #: the message (its start, bounded by the caller) for the body test (RFC 5173); None: no body
     message: bytes | None = None
+    #: the recipient's folder names, for mailboxexists (RFC 5490 §3.1); None: not known (false)
+    mailboxes: frozenset[str] | None = None
     _decoded: dict[str, tuple[str, ...]] = field(default_factory=dict, compare=False, repr=False)
     _index: dict[str, list[bytes]] = field(default_factory=dict, compare=False, repr=False)
     _addresses: dict[str, tuple[tuple[str, str], ...]] = field(default_factory=dict, compare=False, repr=False)
@@ -281,6 +284,9 @@ class _Run:
             if t.keys and t.keys[0].kind == "count":
                 return _count(self.address_values(t), t.keys)
             return any(k(v) for v in self.address_values(t) for k in t.keys)
+        if isinstance(t, MailboxExists):  # RFC 5490 §3.1: every named folder exists
+            boxes = msg.mailboxes
+            return boxes is not None and all(n in boxes or n.upper() == INBOX for n in t.names)
         if isinstance(t, BodyTest):
             return any(k(v) for v in msg.body_values(t.transform, t.types) for k in t.keys)
         if isinstance(t, AllOf):

@@ -36,6 +36,7 @@ EXTENSIONS: tuple[str, ...] = (
     "subaddress",  # RFC 5233
     "relational",  # RFC 5231
     "body",  # RFC 5173
+    "mailbox",  # RFC 5490 §3: fileinto :create, mailboxexists
     "comparator-i;ascii-numeric",  # RFC 4790 §9.1 (RFC 5228 §2.7.3: needs its require)
     "comparator-i;octet",  # RFC 5228 §2.7.3 (always available; require accepts it)
     "comparator-i;ascii-casemap",
@@ -85,6 +86,11 @@ class HasFlagTest:
 
 
 @dataclass(frozen=True)
+class MailboxExists:
+    names: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class BodyTest:
     """RFC 5173: ``transform`` "raw" (the undecoded body, one value), "text" (each text part, decoded)
     or "content" (each part of ``types``, decoded)."""
@@ -114,7 +120,7 @@ class Const:
     value: bool
 
 
-Node = HeaderTest | AddressTest | ExistsTest | SizeTest | HasFlagTest | BodyTest | AllOf | AnyOf | NotTest | Const
+Node = HeaderTest | AddressTest | ExistsTest | SizeTest | HasFlagTest | BodyTest | MailboxExists | AllOf | AnyOf | NotTest | Const
 
 
 @dataclass(frozen=True)
@@ -407,7 +413,9 @@ class _Compiler:
             return Discard()
         if name == "fileinto":
             self.need("fileinto", line, "fileinto")
-            a = _Args(c, self.ext).take(values=self.flag_tag(line), flags=self.copy_tag())
+            # RFC 5490 §3.2 :create: a missing folder is created (mailsrv creates it anyway: docs/sieve.md)
+            create = ("create",) if "mailbox" in self.ext else ()
+            a = _Args(c, self.ext).take(values=self.flag_tag(line), flags=self.copy_tag() + create)
             ((box,),) = a.strings("s")
             if not box or len(box) > 255:
                 raise SieveError(line, "fileinto: needs a mailbox name of 1 to 255 characters")
@@ -510,6 +518,10 @@ class _Compiler:
             if over == under or len(a.positional) != 1 or not isinstance(a.positional[0], Number):
                 raise SieveError(t.line, "size: needs :over or :under and a number")
             return SizeTest(over, a.positional[0].value)
+        if name == "mailboxexists":
+            self.need("mailbox", t.line, "mailboxexists")
+            (names,) = _Args(t, self.ext).take().strings("l")
+            return MailboxExists(tuple(names))
         if name == "body":
             self.need("body", t.line, "body")
             a = _Args(t, self.ext).take(match=True, flags=("raw", "text"), values={"content": "list"})

@@ -286,6 +286,19 @@ def test_body_compile_errors() -> None:
     assert not outcome('require "body"; if body :contains "" { discard; }').discarded
 
 
+def test_mailbox_rfc5490() -> None:
+    s = sieve.compile('require ["fileinto", "mailbox"]; if mailboxexists ["Lists", "INBOX"] '
+                      '{ fileinto :create "Lists"; } else { fileinto :create "New"; }')
+    have = MessageView((), "", "u@example.com", 1, None, frozenset({"Lists"}))
+    assert boxes(sieve.run(s, have)) == {"Lists": set()}
+    assert boxes(sieve.run(s, MessageView((), "", "u@example.com", 1, None, frozenset()))) == {"New": set()}
+    assert boxes(sieve.run(s, view())) == {"New": set()}  # folders not known: false
+    with pytest.raises(SieveError, match="unknown tagged argument :create"):
+        sieve.compile('require "fileinto"; fileinto :create "x";')
+    with pytest.raises(SieveError, match='needs require "mailbox"'):
+        sieve.compile('if mailboxexists "x" { keep; }')
+
+
 # --- compile errors ----------------------------------------------------------------------------------
 
 
