@@ -7,12 +7,14 @@ runtime error (too many actions, a second vacation) raises
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from mailsrv import mime
 from mailsrv.mime.body import part_text
 from mailsrv.mime.headers import decode_words, parse_addresses, unfold
 from mailsrv.sieve.lang import (
+    ADDRESS,
     Action,
     AddressTest,
     AllOf,
@@ -32,11 +34,14 @@ from mailsrv.sieve.lang import (
     NotTest,
     Redirect,
     Script,
+    SetVar,
     SizeTest,
     Stop,
+    StringTest,
     VacationAction,
+    normalize_flags,
 )
-from mailsrv.sieve.match import Matcher
+from mailsrv.sieve.match import Matcher, matcher
 
 #: Actions one run may take (keep, fileinto, redirect, vacation; Pigeonhole's sieve_max_actions is 32)
 MAX_ACTIONS = 32
@@ -48,6 +53,11 @@ MAX_FIELD = 16 * 1024
 #: Octets of a part's decoded text a body test looks at (the delivery side also bounds the message it
 #: gives: mailsrv.delivery.sieve.BODY_MAX)
 MAX_BODY_TEXT = 1 << 20
+#: RFC 5229: variables one run may set, and the characters one holds (Pigeonhole: 255 and 4 KB)
+MAX_VARIABLES = 255
+MAX_VARIABLE = 4096
+# RFC 5229 §3 variable-ref = "${" [namespace] variable-name "}" (no namespaces here: left as written)
+_VAR_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*|[0-9]+)\}")
 #: subaddress separator (RFC 5233 §1: "+" is the common choice, Dovecot's recipient_delimiter)
 DETAIL_SEPARATOR = "+"
 
@@ -202,7 +212,7 @@ KEEP = Outcome((Target(INBOX, frozenset(), True),))
 
 
 class _Run:
-    def __init__(self, msg: MessageView, max_redirects: int) -> None:
+    def __init__(self, msg: MessageView, max_redirects: int, variables: bool) -> None:
         self.msg = msg
         self.max_redirects = max_redirects
         self.flags: dict[str, None] = {}  # RFC 5232 §3 internal variable (ordered, unique)
@@ -211,15 +221,66 @@ class _Run:
         self.vacation: Vacation | None = None
         self.implicit_keep = True
         self.actions = 0
+        #: RFC 5229: the script's variables (None: it does not require "variables") and ${0}..${9}
+        self.vars: dict[str, str] | None = {} if variables else None
+        self.matched: list[str] = []
 
     def count(self) -> None:
         self.actions += 1
         if self.actions > MAX_ACTIONS:
             raise SieveRuntimeError(f"more than {MAX_ACTIONS} actions")
 
+    # --- RFC 5229 variables ---------------------------------------------------------------------
+
+    def x(self, s: str) -> str:
+        """``s`` with its variable references expanded (RFC 5229 §3); as it is without variables."""
+        if self.vars is None or "${" not in s:
+            return s
+        return _VAR_REF.sub(self._ref, s)[:MAX_VARIABLE]
+
+    def _ref(self, m: re.Match[str]) -> str:
+        name = m.group(1)
+        if name.isdigit():  # a match variable: "" when not set (§3.2)
+            n = int(name)
+            return self.matched[n] if n < len(self.matched) else ""
+        assert self.vars is not None
+        return self.vars.get(name.lower(), "")  # an unset variable is "" (§3)
+
+    def flagset(self, flags: tuple[str, ...]) -> tuple[str, ...]:
+        return flags if self.vars is None else normalize_flags(tuple(self.x(f) for f in flags))
+
+    def live(self, keys: tuple[Matcher, ...]) -> tuple[Matcher, ...]:
+        """The keys with their variables expanded (a key without a reference is the compiled one)."""
+        if self.vars is None or not any("${" in k.key for k in keys):
+            return keys
+        return tuple(matcher(k.kind, self.x(k.key), k.comparator, k.relation) if "${" in k.key else k
+                     for k in keys)
+
+    def set_var(self, c: SetVar) -> None:
+        assert self.vars is not None
+        v = self.x(c.value)
+        for m in c.modifiers:  # RFC 5229 §4.1, in precedence order
+            if m == "lower":
+                v = v.lower()
+            elif m == "upper":
+                v = v.upper()
+            elif m == "lowerfirst":
+                v = v[:1].lower() + v[1:]
+            elif m == "upperfirst":
+                v = v[:1].upper() + v[1:]
+            elif m == "quotewildcard":
+                v = v.replace("\\", "\\\\").replace("*", "\\*").replace("?", "\\?")
+            else:  # length
+                v = str(len(v))
+        if c.name not in self.vars and len(self.vars) >= MAX_VARIABLES:
+            raise SieveRuntimeError(f"more than {MAX_VARIABLES} variables")
+        self.vars[c.name] = v[:MAX_VARIABLE]
+
+    # --- actions ----------------------------------------------------------------------------------
+
     def store(self, mailbox: str, flags: tuple[str, ...] | None, keep: bool) -> None:
         self.count()
-        fl = frozenset(self.flags if flags is None else flags)
+        fl = frozenset(self.flags if flags is None else self.flagset(flags))
         # RFC 5228 §2.10.3: a message filed twice into one mailbox is stored once (flags joined)
         prev = self.targets.get(mailbox)
         if prev is not None:
@@ -240,7 +301,10 @@ class _Run:
                     if c.orelse is not None and not self.block(c.orelse):
                         return False
             elif isinstance(c, FileInto):
-                self.store(c.mailbox, c.flags, False)
+                box = self.x(c.mailbox)
+                if not box or len(box) > 255:
+                    raise SieveRuntimeError(f"fileinto: {box!r} is not a mailbox name")
+                self.store(box, c.flags, False)
                 if not c.copy:  # RFC 3894 §3: :copy keeps the implicit keep
                     self.implicit_keep = False
             elif isinstance(c, Keep):
@@ -249,46 +313,74 @@ class _Run:
             elif isinstance(c, Discard):
                 self.implicit_keep = False  # RFC 5228 §4.4: cancels the implicit keep only
             elif isinstance(c, Redirect):
-                if c.address.lower() not in (r.lower() for r in self.redirects):  # §2.10.3: once per address
+                addr = self.x(c.address)
+                if addr is not c.address and not ADDRESS.fullmatch(addr):
+                    raise SieveRuntimeError(f"redirect: {addr!r} is not a mail address")
+                if addr.lower() not in (r.lower() for r in self.redirects):  # §2.10.3: once per address
                     self.count()
                     if len(self.redirects) >= self.max_redirects:
                         raise SieveRuntimeError(f"more than {self.max_redirects} redirects")
-                    self.redirects.append(c.address)
+                    self.redirects.append(addr)
                 if not c.copy:
                     self.implicit_keep = False
             elif isinstance(c, FlagOp):
+                flags = self.flagset(c.flags)
                 if c.op == "setflag":
-                    self.flags = dict.fromkeys(c.flags)
+                    self.flags = dict.fromkeys(flags)
                 elif c.op == "addflag":
-                    self.flags.update(dict.fromkeys(c.flags))
+                    self.flags.update(dict.fromkeys(flags))
                 else:
-                    drop = {f.lower() for f in c.flags}
+                    drop = {f.lower() for f in flags}
                     self.flags = {f: None for f in self.flags if f.lower() not in drop}
+            elif isinstance(c, SetVar):
+                self.set_var(c)
             elif isinstance(c, VacationAction):
                 if self.vacation is not None:  # RFC 5230 §4: one vacation per run
                     raise SieveRuntimeError("vacation used twice")
                 self.count()
-                self.vacation = Vacation(c.reason, c.seconds, c.subject, c.from_, c.addresses, c.mime, c.handle)
+                x = self.x
+                self.vacation = Vacation(x(c.reason), c.seconds, None if c.subject is None else x(c.subject),
+                                         None if c.from_ is None else x(c.from_),
+                                         tuple(x(a) for a in c.addresses), c.mime, x(c.handle))
             elif isinstance(c, Stop):
                 return False
         return True
 
+    # --- tests -------------------------------------------------------------------------------------
+
+    def match(self, values: list[str] | tuple[str, ...], keys: tuple[Matcher, ...]) -> bool:
+        """Any value against any key (RFC 5228 §2.7); :count on the number of values (RFC 5231 §4.2);
+        a :matches success sets ${0}..${9} when the script has variables (RFC 5229 §3.2)."""
+        keys = self.live(keys)
+        if keys and keys[0].kind == "count":
+            return _count(list(values), keys)
+        if self.vars is None:
+            return any(k(v) for v in values for k in keys)
+        for v in values:
+            for k in keys:
+                if k.kind == "matches" and not k.numeric:
+                    caps = k.capture(v)
+                    if caps is not None:
+                        self.matched = caps[:10]
+                        return True
+                elif k(v):
+                    return True
+        return False
+
     def test(self, t: Node) -> bool:
         msg = self.msg
         if isinstance(t, HeaderTest):
-            if t.keys and t.keys[0].kind == "count":
-                return _count([v for n in t.names for v in msg.decoded(n)], t.keys)
             # RFC 5228 §5.7: true when any occurrence of any named field matches any key
-            return any(k(v) for n in t.names for v in msg.decoded(n) for k in t.keys)
+            return self.match([v for n in t.names for v in msg.decoded(n)], t.keys)
         if isinstance(t, AddressTest):
-            if t.keys and t.keys[0].kind == "count":
-                return _count(self.address_values(t), t.keys)
-            return any(k(v) for v in self.address_values(t) for k in t.keys)
+            return self.match(self.address_values(t), t.keys)
+        if isinstance(t, StringTest):  # RFC 5229 §5
+            return self.match([self.x(src) for src in t.sources], t.keys)
         if isinstance(t, MailboxExists):  # RFC 5490 §3.1: every named folder exists
             boxes = msg.mailboxes
-            return boxes is not None and all(n in boxes or n.upper() == INBOX for n in t.names)
+            return boxes is not None and all(self.x(n) in boxes or self.x(n).upper() == INBOX for n in t.names)
         if isinstance(t, BodyTest):
-            return any(k(v) for v in msg.body_values(t.transform, t.types) for k in t.keys)
+            return self.match(msg.body_values(t.transform, t.types), t.keys)
         if isinstance(t, AllOf):
             return all(self.test(x) for x in t.tests)
         if isinstance(t, AnyOf):
@@ -300,9 +392,7 @@ class _Run:
         if isinstance(t, SizeTest):
             return msg.size > t.limit if t.over else msg.size < t.limit
         if isinstance(t, HasFlagTest):
-            if t.keys and t.keys[0].kind == "count":
-                return _count(list(self.flags), t.keys)
-            return any(k(f) for f in self.flags for k in t.keys)
+            return self.match(list(self.flags), t.keys)
         assert isinstance(t, Const)
         return t.value
 
@@ -375,7 +465,7 @@ def _part(out: list[str], part: str, local: str, domain: str, whole: str) -> Non
 
 def run(script: Script, msg: MessageView, *, max_redirects: int = MAX_REDIRECTS) -> Outcome:
     """The outcome of ``script`` on ``msg``; raises :class:`SieveRuntimeError` (keep the message)."""
-    r = _Run(msg, max_redirects)
+    r = _Run(msg, max_redirects, "variables" in script.extensions)
     r.block(script.commands)
     targets = dict(r.targets)
     if r.implicit_keep and INBOX not in targets:

@@ -37,6 +37,7 @@ EXTENSIONS: tuple[str, ...] = (
     "relational",  # RFC 5231
     "body",  # RFC 5173
     "mailbox",  # RFC 5490 §3: fileinto :create, mailboxexists
+    "variables",  # RFC 5229
     "comparator-i;ascii-numeric",  # RFC 4790 §9.1 (RFC 5228 §2.7.3: needs its require)
     "comparator-i;octet",  # RFC 5228 §2.7.3 (always available; require accepts it)
     "comparator-i;ascii-casemap",
@@ -50,7 +51,11 @@ VACATION_MAX_SECONDS = 60 * 86400
 SYSTEM_FLAGS = {f.lower(): f for f in ("\\Seen", "\\Answered", "\\Flagged", "\\Deleted", "\\Draft")}
 # RFC 3501 §9 flag-keyword = atom: no ( ) { SP CTL % * " \ ]
 _KEYWORD = re.compile(r"[^\x00-\x20\x7f-\uffff(){%*\"\\\]]+")
-_ADDRESS = re.compile(r"[^@\s<>()\[\],;:\"\\]+@[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?")
+#: RFC 5229 §3 variable-name (identifier) for ``set``
+_VARNAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+#: RFC 5229 §4: set's modifiers by precedence group (applied 40, 30, 20, then 10)
+SET_MODIFIERS = {"lower": 40, "upper": 40, "lowerfirst": 30, "upperfirst": 30, "quotewildcard": 20, "length": 10}
+ADDRESS = re.compile(r"[^@\s<>()\[\],;:\"\\]+@[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?")
 
 # --- compiled nodes ----------------------------------------------------------
 
@@ -82,6 +87,14 @@ class SizeTest:
 
 @dataclass(frozen=True)
 class HasFlagTest:
+    keys: tuple[Matcher, ...]
+
+
+@dataclass(frozen=True)
+class StringTest:
+    """RFC 5229 §5: ``sources`` (expanded at run time) against the keys."""
+
+    sources: tuple[str, ...]
     keys: tuple[Matcher, ...]
 
 
@@ -120,7 +133,7 @@ class Const:
     value: bool
 
 
-Node = HeaderTest | AddressTest | ExistsTest | SizeTest | HasFlagTest | BodyTest | MailboxExists | AllOf | AnyOf | NotTest | Const
+Node = HeaderTest | AddressTest | ExistsTest | SizeTest | HasFlagTest | BodyTest | MailboxExists | StringTest | AllOf | AnyOf | NotTest | Const
 
 
 @dataclass(frozen=True)
@@ -171,12 +184,21 @@ class Stop:
 
 
 @dataclass(frozen=True)
+class SetVar:
+    """RFC 5229 §4: ``set`` (name lower-cased; modifiers in the order they apply)."""
+
+    name: str
+    value: str
+    modifiers: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class If:
     branches: tuple[tuple[Node, tuple[Action, ...]], ...]  # if, then each elsif
     orelse: tuple[Action, ...] | None
 
 
-Action = Keep | Discard | FileInto | Redirect | FlagOp | VacationAction | Stop | If
+Action = Keep | Discard | FileInto | Redirect | FlagOp | VacationAction | Stop | SetVar | If
 
 
 @dataclass(frozen=True)
@@ -305,7 +327,7 @@ def _no_tests(c: Command | Test) -> None:
         raise SieveError(c.line, f"{c.name}: takes no test")
 
 
-def _flags(items: tuple[str, ...]) -> tuple[str, ...]:
+def normalize_flags(items: tuple[str, ...]) -> tuple[str, ...]:
     """RFC 5232 §3: each string is a space-separated list of flags; system flags take their
     canonical case, invalid ones are ignored (§3: "SHOULD ignore"), duplicates dropped."""
     out: dict[str, None] = {}
@@ -426,16 +448,36 @@ class _Compiler:
             addr = addr.strip()
             if addr.startswith("<") and addr.endswith(">"):
                 addr = addr[1:-1]
-            if not _ADDRESS.fullmatch(addr):  # RFC 5228 §4.2: a syntactically invalid address is an error
+            if not ADDRESS.fullmatch(addr) and not self.dynamic(addr):
+                # RFC 5228 §4.2: a syntactically invalid address is an error (with variables: at run time)
                 raise SieveError(line, f"redirect: {addr!r} is not a mail address")
             return Redirect(addr, "copy" in a.tags)
         if name in ("setflag", "addflag", "removeflag"):
             self.need("imap4flags", line, name)
             (flags,) = _Args(c, self.ext).take().strings("l")
-            return FlagOp(name, _flags(flags))
+            return FlagOp(name, self.flag_list(flags))
         if name == "vacation":
             return self.vacation(c)
+        if name == "set":
+            self.need("variables", line, "set")
+            a = _Args(c, self.ext).take(flags=tuple(SET_MODIFIERS))
+            var, value = a.strings("ss")
+            if not _VARNAME.fullmatch(var[0]):
+                raise SieveError(line, f"set: {var[0]!r} is not a variable name")  # RFC 5229 §4
+            mods = sorted(a.tags, key=lambda m: -SET_MODIFIERS[m])
+            groups = [SET_MODIFIERS[m] for m in mods]
+            if len(set(groups)) != len(groups):
+                raise SieveError(line, "set: two modifiers of the same precedence")  # RFC 5229 §4
+            return SetVar(var[0].lower(), value[0], tuple(mods))
         raise SieveError(line, f"unknown command {name!r}")  # RFC 5228 §2.9 / §3.2
+
+    def dynamic(self, s: str) -> bool:
+        """A string that variables expand at run time (RFC 5229 §3)."""
+        return "variables" in self.ext and "${" in s
+
+    def flag_list(self, items: tuple[str, ...]) -> tuple[str, ...]:
+        # with variables the flags are checked after expansion, at run time
+        return tuple(items) if "variables" in self.ext else normalize_flags(items)
 
     def copy_tag(self) -> tuple[str, ...]:
         return ("copy",) if "copy" in self.ext else ()
@@ -443,10 +485,9 @@ class _Compiler:
     def flag_tag(self, line: int) -> dict[str, str]:
         return {"flags": "list"} if "imap4flags" in self.ext else {}
 
-    @staticmethod
-    def tag_flags(a: _Args) -> tuple[str, ...] | None:
+    def tag_flags(self, a: _Args) -> tuple[str, ...] | None:
         v = a.tags.get("flags")
-        return _flags(v.items) if isinstance(v, StringList) else None
+        return self.flag_list(v.items) if isinstance(v, StringList) else None
 
     def vacation(self, c: Command) -> VacationAction:
         self.need("vacation", c.line, "vacation")
@@ -518,6 +559,11 @@ class _Compiler:
             if over == under or len(a.positional) != 1 or not isinstance(a.positional[0], Number):
                 raise SieveError(t.line, "size: needs :over or :under and a number")
             return SizeTest(over, a.positional[0].value)
+        if name == "string":
+            self.need("variables", t.line, "string")
+            a = _Args(t, self.ext).take(match=True)
+            sources, keys = a.strings("ll")
+            return StringTest(sources, a.matchers(keys))
         if name == "mailboxexists":
             self.need("mailbox", t.line, "mailboxexists")
             (names,) = _Args(t, self.ext).take().strings("l")

@@ -55,6 +55,35 @@ class Glob:
         return True
 
 
+    def captures(self, value: str, original: str) -> list[str] | None:
+        """RFC 5229 §3.2: what each wildcard matched, in pattern order (``value`` as compared, folded;
+        the pieces come from ``original``, of the same length), or None when it does not match.
+        Each ``*`` but the last takes as little as it can, as :meth:`match` places the segments."""
+        segs = self.segments
+        head = segs[0]
+
+        def anys(seg: Segment, at: int) -> list[str]:
+            return [original[at + i] for i, c in enumerate(seg) if c is ANY]
+
+        if len(segs) == 1:
+            return anys(head, 0) if len(value) == len(head) and _at(value, 0, head) else None
+        tail = segs[-1]
+        end = len(value) - len(tail)
+        if end < len(head) or not _at(value, 0, head) or not _at(value, end, tail):
+            return None
+        caps = anys(head, 0)
+        pos = len(head)
+        for s in segs[1:-1]:
+            found = _find(value, s, pos, end) if s else pos
+            if found < 0:
+                return None
+            caps.append(original[pos:found])
+            caps += anys(s, found)
+            pos = found + len(s)
+        caps.append(original[pos:end])
+        return caps + anys(tail, end)
+
+
 def _at(value: str, pos: int, seg: Segment) -> bool:
     for k, c in enumerate(seg):
         if c is not ANY and value[pos + k] != c:
@@ -117,6 +146,17 @@ class Matcher:
             assert self.glob is not None
             return self.glob.match(value)
         return _related(value, self.key, self.relation)
+
+
+    @property
+    def comparator(self) -> str:
+        return "i;ascii-numeric" if self.numeric else "i;ascii-casemap" if self.fold else "i;octet"
+
+    def capture(self, value: str) -> list[str] | None:
+        """A :matches key: ``[value, wildcard matches...]`` when it matches (RFC 5229 §3.2 ${0}..)."""
+        assert self.glob is not None
+        caps = self.glob.captures(casemap(value) if self.fold else value, value)
+        return None if caps is None else [value, *caps]
 
 
 def _number(s: str) -> float:

@@ -299,6 +299,55 @@ def test_mailbox_rfc5490() -> None:
         sieve.compile('if mailboxexists "x" { keep; }')
 
 
+def test_variables_rfc5229_examples() -> None:
+    # RFC 5229 §3.2 (match variables) and §4 (set and its modifiers)
+    s = sieve.compile("""require ["fileinto", "variables"];
+if header :matches "List-ID" "*<*@*" {
+    fileinto "INBOX.lists.${2}"; stop;
+}
+if header :matches "Subject" "[*] *" {
+    fileinto "INBOX.lists.${1}"; stop;
+}
+set "state" "${state} pending";
+set :upperfirst "greet" "hello";
+set :length "n" "${greet}";
+set :lower :upperfirst "name" "JOHN";
+set :quotewildcard "q" "a*b?";
+if string :is "${state}" " pending" { fileinto "${greet} ${n} ${name} ${q} [${9}] ${undefined}x"; }
+""")
+    lst = view(b"List-ID: Mail list <coyote-lovers@lists.example.com>\r\nSubject: x\r\n\r\n")
+    assert boxes(sieve.run(s, lst)) == {"INBOX.lists.coyote-lovers": set()}
+    subj = view(b"Subject: [acme-users] [fwd] version 1.0 is out\r\n\r\n")
+    assert boxes(sieve.run(s, subj)) == {"INBOX.lists.acme-users": set()}
+    other = view(b"Subject: hello\r\n\r\n")
+    assert boxes(sieve.run(s, other)) == {"Hello 5 John a\\*b\\? [] x": set()}
+
+
+def test_variables_in_actions_and_flags() -> None:
+    s = sieve.compile(r"""require ["variables", "imap4flags", "fileinto", "envelope", "subaddress", "vacation",
+                               "relational"];
+if envelope :matches :detail "to" "*" { set "folder" "${1}"; }
+set "flag" "\\Flagged";
+addflag "${flag} $${folder}";
+if string :count "eq" :comparator "i;ascii-casemap" "${folder}" "1" { fileinto "${folder}"; }
+if address :matches "from" "*@*" { redirect "copy-${1}@example.net"; vacation :subject "Re: ${2}" "away, ${1}"; }
+""")
+    o = sieve.run(s, view(env_to="bob+lists@example.com"))
+    assert o.targets == (sieve.Target("lists", frozenset({"\\Flagged", "$lists"}), False),)
+    assert o.redirects == ("copy-alice@example.net",)
+    assert o.vacation is not None and o.vacation.subject == "Re: example.org" and o.vacation.reason == "away, alice"
+    with pytest.raises(SieveRuntimeError, match="not a mail address"):
+        outcome('require "variables"; set "a" "not an address"; redirect "${a}";')
+    with pytest.raises(SieveError, match="not a variable name"):
+        sieve.compile('require "variables"; set "1x" "y";')
+    with pytest.raises(SieveError, match="same precedence"):
+        sieve.compile('require "variables"; set :lower :upper "x" "y";')
+    with pytest.raises(SieveError, match='needs require "variables"'):
+        sieve.compile('set "x" "y";')
+    # without the extension "${x}" is text
+    assert boxes(outcome('require "fileinto"; fileinto "${x}";')) == {"${x}": set()}
+
+
 # --- compile errors ----------------------------------------------------------------------------------
 
 
