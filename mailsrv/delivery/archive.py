@@ -222,7 +222,9 @@ class ArchiveRules:
         if orcpt is None or not orcpt.startswith(atype + ";"):
             return None
         mac, semi, inner = orcpt[len(atype) + 1:].partition(";")
-        if not semi or not hmac.compare_digest(mac, self._mac(atype, sender, rcpt, inner)):
+        # bytes: compare_digest refuses str with non-ASCII characters (any a client sends in xtext)
+        if not semi or not hmac.compare_digest(mac.encode("utf-8", "surrogatepass"),
+                                               self._mac(atype, sender, rcpt, inner).encode()):
             return None
         return inner
 
