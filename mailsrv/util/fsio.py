@@ -27,6 +27,7 @@ import hashlib
 import os
 import threading
 import time
+import weakref
 from collections.abc import AsyncIterable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -234,12 +235,12 @@ class Foreground:
         could run on are busy, some giving way)."""
         if not self.busy:
             return 0.0
-        queue = getattr(_bg, "queue", None)
+        pool = getattr(_bg, "pool", None)
         t0 = time.monotonic()
         with self._cond:
             self.waiting += 1
             self._cond.wait_for(lambda: (not self.busy or (holding is not None and holding.wanted > 0)
-                                         or (queue is not None and queue.qsize() > 0)), timeout)
+                                         or (pool is not None and _starved(pool))), timeout)
             self.waiting -= 1
             waited = time.monotonic() - t0
             self.waited += waited
@@ -375,14 +376,44 @@ def pool_thread(pool: ThreadPoolExecutor) -> None:
     """The initializer of ``pool``'s threads (``initializer=lambda: pool_thread(pool)``): background
     jobs they run give way only while no job waits for a thread of the pool (a round's job queued
     behind jobs that wait for rounds would wait their budget). Submit with :func:`submit`."""
-    _bg.queue = pool._work_queue
+    _bg.pool = pool
+
+
+#: pool -> its jobs submitted through :func:`submit` and not finished (under ``_load_lock``)
+_load: weakref.WeakKeyDictionary[ThreadPoolExecutor, int] = weakref.WeakKeyDictionary()
+_load_lock = threading.Lock()
+
+
+def _starved(pool: ThreadPoolExecutor) -> bool:
+    """Does a job wait for a thread of ``pool`` (more jobs in it than it has threads)? Not merely
+    queued: a job that an idle thread is about to take does not count. The queue alone said yes to
+    every job from its submit until a thread took it, and a delivery round's submit so woke the
+    index batch giving way in the same pool, which then ran its slice beside the round (one
+    session: p90 1-3.5 ms from a round's submit to its job's start during a batch; bench/README.md)."""
+    return _load.get(pool, 0) > pool._max_workers
+
+
+def _counted(pool: ThreadPoolExecutor, fn: Callable[[], T]) -> T:
+    try:
+        return fn()
+    finally:
+        with _load_lock:
+            _load[pool] -= 1
 
 
 def submit(loop: asyncio.AbstractEventLoop, pool: ThreadPoolExecutor, fn: Callable[[], T]) -> asyncio.Future[T]:
-    """``loop.run_in_executor(pool, fn)``, waking the background jobs giving way in the pool's
-    threads (:func:`pool_thread`) to look again: this job may need a thread one of them holds."""
-    fut = loop.run_in_executor(pool, fn)
-    if foreground.waiting:
+    """``loop.run_in_executor(pool, fn)``, counting the pool's jobs; when this one must wait for a
+    thread, the background jobs giving way in the pool's threads (:func:`pool_thread`) are woken to
+    look again: it may need a thread one of them holds."""
+    with _load_lock:
+        n = _load[pool] = _load.get(pool, 0) + 1
+    try:
+        fut = loop.run_in_executor(pool, functools.partial(_counted, pool, fn))
+    except BaseException:
+        with _load_lock:
+            _load[pool] -= 1
+        raise
+    if foreground.waiting and n > pool._max_workers:
         foreground.nudge()
     return fut
 

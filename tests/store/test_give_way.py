@@ -212,6 +212,35 @@ def test_a_background_job_does_not_give_way_while_a_job_waits_for_its_pool(monke
         io.shutdown()
 
 
+def test_a_job_that_finds_an_idle_thread_leaves_a_background_job_waiting(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A round's job submitted to the pool a background job gives way in, with a thread free, takes
+    that thread; the background job keeps waiting for the round (it used to resume at every such
+    submit and run its slice beside the round: the one-session p99)."""
+    monkeypatch.setattr(fsio.foreground, "budget", 30.0)
+    monkeypatch.setattr(fsio, "GIVE_WAY_STEP", 30.0)
+    io = fsio.FileIO(2, name="give-way-test")
+
+    async def go() -> None:
+        done: list[float] = []
+        fsio.foreground.enter()  # a round in flight
+        try:
+            job = asyncio.ensure_future(io.run(_slices, 5, done))
+            await wait_until_async(lambda: fsio.foreground.waiting == 1)  # parked in one of two threads
+            for _ in range(20):  # rounds' jobs, each on the free thread
+                assert await asyncio.wait_for(io.run(len, "round"), 10) == 5
+            assert done == [] and fsio.foreground.waiting == 1  # still waiting for the round
+            assert fsio._load[io._pool] == 1  # the parked job alone: none of the rounds' is counted still
+        finally:
+            fsio.foreground.leave()
+        await job
+        assert len(done) == 5 and fsio._load[io._pool] == 0
+
+    try:
+        asyncio.run(go())
+    finally:
+        io.shutdown()
+
+
 def test_index_give_way_zero_never_waits(tmp_path: Path, run: Run, make_store: Callable[..., Store],
                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """``[store] index_give_way = 0``: a batch of many slices runs through while a round is in flight."""
