@@ -11,7 +11,6 @@ in the message as it was.
 
 from __future__ import annotations
 
-import asyncio
 import quopri
 from dataclasses import dataclass
 from typing import Any
@@ -93,8 +92,7 @@ async def convert(raw: Any, threshold: int, links: FileLinks, owner: str, owner_
             pieces += [view[pos:p.header_start], link_part(link.name, link.size, url, link.expires, eol)]
             pos = p.body_end
     except BaseException:  # cancelled, or the pool gone: the links made so far go (else the sweep takes them)
-        if made:
-            asyncio.ensure_future(links.settle(made, keep=False))
+        links.settle_later(made, keep=False)
         raise
     if not pieces:
         return None

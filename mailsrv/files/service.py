@@ -39,6 +39,7 @@ class FileLinks:
         self.io = io or FileIO(2, "files-io")
         self._own_io = io is None
         self._sweeper: asyncio.Task[None] | None = None
+        self._settling: set[asyncio.Task[None]] = set()  # settle_later's tasks (held: the loop keeps weak refs)
 
     def start_sweeper(self) -> None:
         """Expire links on a timer in this process (one process of the machine sweeps per interval:
@@ -150,6 +151,13 @@ class FileLinks:
             return
         if n != len(link_ids):
             logger.warning("files.settle_missed", links=len(link_ids), settled=n, keep=keep)
+
+    def settle_later(self, link_ids: list[str], keep: bool) -> None:
+        """:meth:`settle` in a task of its own (from a ``finally`` that a cancellation runs: it must not await)."""
+        if link_ids:
+            task = asyncio.ensure_future(self.settle(link_ids, keep))
+            self._settling.add(task)
+            task.add_done_callback(self._settling.discard)
 
     async def _finish(self, tmp: Path, f: IO[bytes], **args: Any) -> tuple[FileLink, str]:
         """fsync, close, commit the link: one pool job that a cancelled caller cannot cut in half;

@@ -201,7 +201,7 @@ class DirectoryBackend:
         finally:
             new.discard()
             if verdict is None or not verdict.ok:  # not accepted (an error, a cancellation): the links go
-                asyncio.ensure_future(self.files.settle(conv.links, keep=False))
+                self.files.settle_later(conv.links, keep=False)
         if verdict.ok:  # before the reply: an accepted message's links are live
             await self.files.settle(conv.links, keep=True)
         return verdict

@@ -98,8 +98,8 @@ async def test_a_delivery_failing_after_the_conversion_removes_its_links(backend
     assert not reply.startswith(b"250 "), reply
     assert [[s for _, s in r] for r in seen] == [["pending"]]
     ((lid, _),) = seen[0]
-    await wait_until_async(lambda: rows(backend) == [])
-    assert not backend.files.store.data_path(lid).exists()
+    # the row goes first, then its file (a crash between them leaves an orphan file the sweep takes)
+    await wait_until_async(lambda: rows(backend) == [] and not backend.files.store.data_path(lid).exists())
     assert await backend.files.used("1") == 0  # the quota it held is free again
 
 
@@ -157,3 +157,36 @@ def test_a_pending_link_of_a_killed_process_is_swept(tmp_path: Path) -> None:
         assert not any(f.is_file() for f in (root / "data").rglob("*"))
     finally:
         store.close()
+
+
+async def test_a_conversion_failing_after_its_first_link_removes_it(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from email.message import EmailMessage
+
+    from mailsrv.files.convert import converted
+
+    msg = EmailMessage()
+    msg["Subject"] = "two files"
+    msg.set_content("two files\n")
+    for name in ("one.bin", "two.bin"):
+        msg.add_attachment(b"e" * 40_000, maintype="application", subtype="octet-stream", filename=name)
+    links = FileLinks(FilesConfig(), tmp_path / "files")
+    made = links.from_chunks
+    calls = 0
+
+    async def second_fails(*args: Any, **kw: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise RuntimeError("the pool is gone")  # not a per-attachment failure: the conversion ends
+        return await made(*args, **kw)
+
+    monkeypatch.setattr(links, "from_chunks", second_fails)
+    try:
+        assert await converted(msg.as_bytes(), links, 20_000, "1", "a", "https://x") is None  # sent as written
+        assert calls == 2
+        store = links.store
+        await wait_until_async(lambda: store.list(live_only=False) == []
+                               and not any(f.is_file() for f in (store.root / "data").rglob("*")))
+    finally:
+        links.close()
