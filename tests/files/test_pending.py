@@ -190,3 +190,28 @@ async def test_a_conversion_failing_after_its_first_link_removes_it(tmp_path: Pa
                                and not any(f.is_file() for f in (store.root / "data").rglob("*")))
     finally:
         links.close()
+
+
+async def test_a_jmap_submission_keeps_its_links_only_when_accepted(backend: DirectoryBackend,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    from mailsrv.jmap.submission import DirectorySubmitter
+
+    sub = DirectorySubmitter(backend.directory, backend.local.store, backend.local.data_dir)
+    sub.convert_with(backend.files, 20_000, "https://x")
+    acct = await backend.directory.account_by_address(ALICE)
+    who = SimpleNamespace(account=acct, id=str(acct.id))
+    _, out = await sub.submit_queued(who, message(b"f" * 40_000), ALICE, [BOB])
+    assert out[BOB][0] == "yes" and [s for _, s in rows(backend)] == ["live"]
+    # every recipient refused: nobody will ever see the links; they go at once
+    _, out = await sub.submit_queued(who, message(b"g" * 40_000), ALICE, ["nobody@example.test"])
+    assert out["nobody@example.test"][0] == "no" and [s for _, s in rows(backend)] == ["live"]
+
+    async def failing(*args: Any, **kw: Any) -> Any:
+        raise OSError("disk on fire")
+
+    monkeypatch.setattr(sub.local, "deliver", failing)
+    with pytest.raises(OSError):
+        await sub.submit_queued(who, message(b"h" * 40_000), ALICE, [BOB])
+    assert [s for _, s in rows(backend)] == ["live"]
