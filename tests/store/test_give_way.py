@@ -241,6 +241,36 @@ def test_a_job_that_finds_an_idle_thread_leaves_a_background_job_waiting(monkeyp
         io.shutdown()
 
 
+def test_a_delivery_is_foreground_until_it_answers(tmp_path: Path, run: Run, make_store: Callable[..., Store],
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A delivery counts as foreground work from its call to its answer, not only while its round
+    runs: background jobs keep giving way while the loop takes the round's result and answers."""
+    store = make_store(index_delay=3600.0)
+    assert store.fssync is not None, "Linux: syncfs group commit"
+
+    async def go() -> None:
+        acct = await store.account("u")
+        after, release = asyncio.Event(), asyncio.Event()
+        real = store._after_links
+
+        async def held(*args: Any) -> Any:  # the delivery's work on the loop after its round
+            after.set()
+            await release.wait()
+            return await real(*args)
+
+        monkeypatch.setattr(store, "_after_links", held)
+        base = fsio.foreground.busy
+        delivery = asyncio.ensure_future(store.deliver(spool(tmp_path, msg(1)), [DeliveryTarget(acct)], uids=False))
+        await asyncio.wait_for(after.wait(), 10)
+        await wait_until_async(lambda: not store.fssync.tasks)  # type: ignore[union-attr]  # its round is over
+        assert fsio.foreground.busy == base + 1
+        release.set()
+        [r] = await delivery
+        assert r.status == "ok" and fsio.foreground.busy == base
+
+    run(go())
+
+
 def test_index_give_way_zero_never_waits(tmp_path: Path, run: Run, make_store: Callable[..., Store],
                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """``[store] index_give_way = 0``: a batch of many slices runs through while a round is in flight."""
