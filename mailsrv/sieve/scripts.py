@@ -147,8 +147,11 @@ def _locked(root: Path | str) -> Iterator[Path]:
     """The account's script directory (created), with its change lock held."""
     d = _dir(root)
     if not d.is_dir():
+        # an account without mail yet has no maildir: make it (the store adopts an existing root)
+        made = [p for p in (d.parent, d) if not p.is_dir()]
         d.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fsync_dir(d.parent)
+        for p in made:  # each new directory's entry durable in its parent
+            fsync_dir(p.parent)
     fd = os.open(d / _LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)

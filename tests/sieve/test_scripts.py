@@ -189,6 +189,23 @@ def test_changes_are_fsynced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
         assert synced and synced[-1] == d
 
 
+def test_first_script_of_an_account_without_mail(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The maildir root does not exist yet: it is made, and every new directory's entry is fsync'd."""
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def spy(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    root = tmp_path / "mail" / "7"
+    (tmp_path / "mail").mkdir()
+    scripts.put_script(root, "a", "keep;\n")
+    assert str(tmp_path / "mail") in synced and str(root) in synced
+    assert scripts.list_scripts(root) == [("a", False)]
+
+
 def test_switch_is_atomic_for_readers(tmp_path: Path) -> None:
     """A reader polling while the active script flips between two never sees none."""
     scripts.put_script(tmp_path, "a", "keep;\n")
