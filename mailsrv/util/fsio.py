@@ -27,7 +27,6 @@ import hashlib
 import os
 import threading
 import time
-import weakref
 from collections.abc import AsyncIterable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -379,9 +378,23 @@ def pool_thread(pool: ThreadPoolExecutor) -> None:
     _bg.pool = pool
 
 
-#: pool -> its jobs submitted through :func:`submit` and not finished (under ``_load_lock``)
-_load: weakref.WeakKeyDictionary[ThreadPoolExecutor, int] = weakref.WeakKeyDictionary()
-_load_lock = threading.Lock()
+class _Load:
+    """A pool's jobs submitted through :func:`submit` and not finished (kept on the pool object)."""
+
+    __slots__ = ("jobs", "lock", "threads")
+
+    def __init__(self, threads: int) -> None:
+        self.jobs = 0
+        self.lock = threading.Lock()
+        self.threads = threads
+
+
+def _load(pool: ThreadPoolExecutor) -> _Load:
+    load: _Load | None = getattr(pool, "_mailsrv_load", None)
+    if load is None:
+        load = _Load(pool._max_workers)
+        pool._mailsrv_load = load  # type: ignore[attr-defined]
+    return load
 
 
 def _starved(pool: ThreadPoolExecutor) -> bool:
@@ -390,30 +403,33 @@ def _starved(pool: ThreadPoolExecutor) -> bool:
     every job from its submit until a thread took it, and a delivery round's submit so woke the
     index batch giving way in the same pool, which then ran its slice beside the round (one
     session: p90 1-3.5 ms from a round's submit to its job's start during a batch, 0.4-0.5 since)."""
-    return _load.get(pool, 0) > pool._max_workers
+    load = _load(pool)
+    return load.jobs > load.threads
 
 
-def _counted(pool: ThreadPoolExecutor, fn: Callable[[], T]) -> T:
+def _counted(load: _Load, fn: Callable[[], T]) -> T:
     try:
         return fn()
     finally:
-        with _load_lock:
-            _load[pool] -= 1
+        with load.lock:
+            load.jobs -= 1
 
 
 def submit(loop: asyncio.AbstractEventLoop, pool: ThreadPoolExecutor, fn: Callable[[], T]) -> asyncio.Future[T]:
     """``loop.run_in_executor(pool, fn)``, counting the pool's jobs; when this one must wait for a
     thread, the background jobs giving way in the pool's threads (:func:`pool_thread`) are woken to
     look again: it may need a thread one of them holds."""
-    with _load_lock:
-        n = _load[pool] = _load.get(pool, 0) + 1
+    load = _load(pool)
+    with load.lock:
+        load.jobs += 1
+        starved = load.jobs > load.threads
     try:
-        fut = loop.run_in_executor(pool, functools.partial(_counted, pool, fn))
+        fut = loop.run_in_executor(pool, functools.partial(_counted, load, fn))
     except BaseException:
-        with _load_lock:
-            _load[pool] -= 1
+        with load.lock:
+            load.jobs -= 1
         raise
-    if foreground.waiting and n > pool._max_workers:
+    if starved and foreground.waiting:
         foreground.nudge()
     return fut
 

@@ -229,11 +229,11 @@ def test_a_job_that_finds_an_idle_thread_leaves_a_background_job_waiting(monkeyp
             for _ in range(20):  # rounds' jobs, each on the free thread
                 assert await asyncio.wait_for(io.run(len, "round"), 10) == 5
             assert done == [] and fsio.foreground.waiting == 1  # still waiting for the round
-            assert fsio._load[io._pool] == 1  # the parked job alone: none of the rounds' is counted still
+            assert fsio._load(io._pool).jobs == 1  # the parked job alone: none of the rounds' is counted still
         finally:
             fsio.foreground.leave()
         await job
-        assert len(done) == 5 and fsio._load[io._pool] == 0
+        assert len(done) == 5 and fsio._load(io._pool).jobs == 0
 
     try:
         asyncio.run(go())
