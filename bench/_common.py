@@ -200,6 +200,24 @@ def cpu_seconds(pid: int) -> float:
     return sum(int(f) for f in fields[11:15]) / CLK_TCK
 
 
+def cpu_ns(pids: list[int]) -> int:
+    """Nanoseconds on CPU of ``pids``' threads (/proc/PID/task/*/schedstat, first field): for short
+    windows, where :func:`cpu_seconds`' 10 ms ticks are the whole measurement (an idle server's
+    5 s window read 0 or 0.12 CPU s per minute)."""
+    total = 0
+    for pid in pids:
+        try:
+            tasks = list(Path(f"/proc/{pid}/task").iterdir())
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                total += int((task / "schedstat").read_text().split()[0])
+            except (OSError, ValueError, IndexError):
+                pass
+    return total
+
+
 def status_kib(pids: list[int], key: str) -> int:
     """Sum of a /proc/PID/status field in KiB (``VmRSS``, ``VmHWM``) over ``pids``."""
     total = 0

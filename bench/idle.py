@@ -46,6 +46,7 @@ from ._common import (
     Mailsrv,
     ServerMeter,
     compare,
+    cpu_ns,
     dovecot_pids,
     message,
     nofile_of,
@@ -225,9 +226,9 @@ async def measure(port: int, users: list[str], n: int, rounds: int, quiet: float
     rss1, pss1 = rss_kib(pids()), pss_kib(pids())
     res["RSS per IDLE connection"] = (rss1 - rss0) / n
     res["PSS per IDLE connection"] = (pss1 - pss0) / n
-    cpu0 = meter.cpu()
+    cpu0 = cpu_ns(pids())
     await asyncio.sleep(quiet)  # the measurement itself: nothing happens for `quiet` seconds
-    res["server CPU while idle"] = (meter.cpu() - cpu0) * 60 / quiet
+    res["server CPU while idle"] = (cpu_ns(pids()) - cpu0) / 1e9 * 60 / quiet
     lat: list[float] = []
     missed = 0
     client0 = resource.getrusage(resource.RUSAGE_SELF)
