@@ -70,6 +70,8 @@ class LocalOutcome:
     #: of the recipients' scripts, for the caller to queue before it acknowledges the message
     redirects: list[Any] = field(default_factory=list)
     replies: list[Any] = field(default_factory=list)
+    #: (recipient, reason) of each recipient whose script refused the message (RFC 5429 reject)
+    rejects: list[tuple[str, str]] = field(default_factory=list)
 
 
 #: An archive copy of a message up to this size is made in memory (block + bytes, one store job);

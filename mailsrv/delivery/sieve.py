@@ -101,6 +101,12 @@ def _load(root: Path, max_size: int) -> tuple[str, Script | None, str]:
         return name, None, str(e)
 
 
+def reply_text(reason: str) -> str:
+    """A script's reject reason as SMTP reply text: one line of printable US-ASCII, at most 200."""
+    text = " ".join(reason.split())
+    return "".join(c if " " <= c <= "~" else "?" for c in text)[:200] or "Rejected by the recipient's filter"
+
+
 def redirected(data: bytes, account: str) -> bytes:
     """``data`` with the loop marker of ``account`` first (after a Return-Path line)."""
     block = f"{REDIRECT_HEADER}: {account}\r\n".encode()
@@ -279,6 +285,11 @@ class Pass:
 
     async def _act(self, o: Outcome, msg: MessageView, address: str, acct: Account, mailbox: str,
                    out: Any) -> list[tuple[str, frozenset[str]]]:
+        if o.reject is not None:
+            if self.sender:  # RFC 5429 §2.2: refused, told to the sender (never to the null path)
+                out.rejects.append((address, o.reject))
+            logger.info("sieve.rejected", user=acct.address)
+            return []
         targets = list(o.targets)
         sent: list[str] = []
         if o.redirects:

@@ -33,6 +33,7 @@ from mailsrv.sieve.lang import (
     Node,
     NotTest,
     Redirect,
+    Reject,
     Script,
     SetVar,
     SizeTest,
@@ -202,6 +203,8 @@ class Outcome:
     redirects: tuple[str, ...] = ()
     vacation: Vacation | None = None
     implicit_keep: bool = True
+    #: RFC 5429: the message is refused with this reason (no targets, redirects or vacation then)
+    reject: str | None = None
 
     @property
     def discarded(self) -> bool:
@@ -221,6 +224,7 @@ class _Run:
         self.vacation: Vacation | None = None
         self.implicit_keep = True
         self.actions = 0
+        self.reject: str | None = None
         #: RFC 5229: the script's variables (None: it does not require "variables") and ${0}..${9}
         self.vars: dict[str, str] | None = {} if variables else None
         self.matched: list[str] = []
@@ -334,6 +338,12 @@ class _Run:
                     self.flags = {f: None for f in self.flags if f.lower() not in drop}
             elif isinstance(c, SetVar):
                 self.set_var(c)
+            elif isinstance(c, Reject):
+                if self.reject is not None:
+                    raise SieveRuntimeError("reject used twice")
+                self.count()
+                self.reject = self.x(c.reason)
+                self.implicit_keep = False  # RFC 5429 §2.1
             elif isinstance(c, VacationAction):
                 if self.vacation is not None:  # RFC 5230 §4: one vacation per run
                     raise SieveRuntimeError("vacation used twice")
@@ -467,6 +477,11 @@ def run(script: Script, msg: MessageView, *, max_redirects: int = MAX_REDIRECTS)
     """The outcome of ``script`` on ``msg``; raises :class:`SieveRuntimeError` (keep the message)."""
     r = _Run(msg, max_redirects, "variables" in script.extensions)
     r.block(script.commands)
+    if r.reject is not None:
+        # RFC 5429 §2.3: reject with keep, fileinto, redirect or vacation is an error (the message is kept)
+        if r.targets or r.redirects or r.vacation is not None:
+            raise SieveRuntimeError("reject together with keep, fileinto, redirect or vacation")
+        return Outcome((), (), None, False, r.reject)
     targets = dict(r.targets)
     if r.implicit_keep and INBOX not in targets:
         # RFC 5232 §5: the implicit keep takes the internal variable's flags

@@ -38,6 +38,8 @@ EXTENSIONS: tuple[str, ...] = (
     "body",  # RFC 5173
     "mailbox",  # RFC 5490 §3: fileinto :create, mailboxexists
     "variables",  # RFC 5229
+    "reject",  # RFC 5429 §2.2
+    "ereject",  # RFC 5429 §2.1
     "comparator-i;ascii-numeric",  # RFC 4790 §9.1 (RFC 5228 §2.7.3: needs its require)
     "comparator-i;octet",  # RFC 5228 §2.7.3 (always available; require accepts it)
     "comparator-i;ascii-casemap",
@@ -179,6 +181,14 @@ class VacationAction:
 
 
 @dataclass(frozen=True)
+class Reject:
+    """RFC 5429: refuse the message with ``reason`` (``protocol``: ereject, refuse in SMTP when it can)."""
+
+    reason: str
+    protocol: bool
+
+
+@dataclass(frozen=True)
 class Stop:
     pass
 
@@ -198,7 +208,7 @@ class If:
     orelse: tuple[Action, ...] | None
 
 
-Action = Keep | Discard | FileInto | Redirect | FlagOp | VacationAction | Stop | SetVar | If
+Action = Keep | Discard | FileInto | Redirect | FlagOp | VacationAction | Reject | Stop | SetVar | If
 
 
 @dataclass(frozen=True)
@@ -458,6 +468,10 @@ class _Compiler:
             return FlagOp(name, self.flag_list(flags))
         if name == "vacation":
             return self.vacation(c)
+        if name in ("reject", "ereject"):
+            self.need(name, line, name)
+            ((reason,),) = _Args(c, self.ext).take().strings("s")
+            return Reject(reason, name == "ereject")
         if name == "set":
             self.need("variables", line, "set")
             a = _Args(c, self.ext).take(flags=tuple(SET_MODIFIERS))

@@ -16,7 +16,7 @@ from typing import Any
 from mailsrv import log
 from mailsrv.delivery.archive import ArchiveRules, envelope_block
 from mailsrv.delivery.local import LocalDelivery, LocalOutcome, unlink_quiet
-from mailsrv.delivery.sieve import SieveFilter, redirected, write_redirected
+from mailsrv.delivery.sieve import SieveFilter, redirected, reply_text, write_redirected
 from mailsrv.delivery.spool import FileSpool, clean, spool_dir
 from mailsrv.files.convert import converted, link_base
 from mailsrv.net.service import ServiceContext
@@ -129,6 +129,10 @@ class DirectoryBackend:
                          for q in retry]
             remote.extend(retry)
         delivered = outcome.delivered if outcome is not None else 0
+        if (outcome is not None and outcome.rejects and not delivered and not remote and not outcome.retry
+                and not outcome.redirects and not outcome.replies):
+            # docs/sieve.md: every recipient's script refused the message: refused here (RFC 5429 §2.1), no bounce
+            return Verdict(550, "5.7.1", reply_text(outcome.rejects[0][1]))
         if retried is not None and delivered == 0:
             return Verdict(451, "4.3.0", "Temporary local delivery failure, try again later")  # the queue retries
         if outcome is not None and outcome.archive_retry:
@@ -147,6 +151,10 @@ class DirectoryBackend:
                 if delivered == 0:
                     return Verdict(451, "4.3.0", "Queue not available, try again later")
                 # local copies are durable already; refusing now would duplicate them
+        if outcome is not None and outcome.rejects:  # the others got it: a bounce for the refusing ones
+            await self._notice(info, tx, spool, data, "failed",
+                               [QRcpt(a, orcpt=by_addr[a].orcpt if a in by_addr else None,
+                                      diag=f"550 5.7.1 {reply_text(reason)}") for a, reason in outcome.rejects])
         if outcome is not None and (outcome.redirects or outcome.replies):
             try:
                 await self._queue_sieve(tx, spool, data, outcome)
@@ -248,11 +256,18 @@ class DirectoryBackend:
                   and r.route[2] not in failed]
         if not wanted:
             return
-        loop = asyncio.get_running_loop()
-        head = await loop.run_in_executor(None, _read_head, spool.path)
-        env = Envelope(id="", sender=tx.sender, rcpts=[], envid=tx.envid, ret=tx.ret, smtputf8=tx.smtputf8)
         rcpts = [QRcpt(r.address, orcpt=r.orcpt, diag="250 2.0.0 delivered to mailbox") for r in wanted]
-        body = dsn.build(env, rcpts, "delivered", head, reporting_mta=info.hostname)
+        await self._notice(info, tx, spool, None, "delivered", rcpts)
+
+    async def _notice(self, info: SessionInfo, tx: Transaction, spool: Spool, data: bytes | None, action: str,
+                      rcpts: list[QRcpt]) -> None:
+        """An RFC 3464 notice of ``action`` about ``rcpts`` to the sender, queued (a failure is logged)."""
+        if data is not None:
+            head = data[:dsn.MAX_RETURNED_BODY]
+        else:
+            head = await asyncio.get_running_loop().run_in_executor(None, _read_head, spool.path)
+        env = Envelope(id="", sender=tx.sender, rcpts=[], envid=tx.envid, ret=tx.ret, smtputf8=tx.smtputf8)
+        body = dsn.build(env, rcpts, action, head, reporting_mta=info.hostname)
         try:
             await self.queue.enqueue(body, "", [QRcpt(tx.sender)], smtputf8=tx.smtputf8, body="8BITMIME")
         except OSError as exc:  # the message itself is delivered; a lost notice is logged

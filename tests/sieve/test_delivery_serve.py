@@ -46,6 +46,7 @@ if header :contains "subject" "invoice" {
     "hank": 'redirect "held@hold.test";\n',  # a route nobody answers: the entry stays in the queue
     "ivan": 'require ["body", "fileinto", "mailbox", "imap4flags"];\nif body :contains "unsubscribe" { fileinto :create "News"; }\n'
             'if mailboxexists "News" { addflag "\\\\Seen"; }\n',
+    "jack": 'require "reject";\nif header :contains "subject" "lottery" { reject "No lotteries, thank you."; }\n',
 }
 
 
@@ -54,7 +55,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, sink: Sink) -> Iterator[Any
     base = tmp_path_factory.mktemp("sieve")
     cfg = init_setup(base / "s", "--demo", workers=2)
     users = dict(re.findall(r"demo user (\S+) password (\S+)", (base / "s" / "demo-users.txt").read_text()))
-    for name in ("carol", "dave", "erin", "frank", "gina", "hank", "ivan"):
+    for name in ("carol", "dave", "erin", "frank", "gina", "hank", "ivan", "jack"):
         extra = ["--send-outside", "no"] if name == "dave" else []
         p = subprocess.run(mailsrv_cmd("user", "add", f"{name}@{D}", "--password-stdin", *extra, "-c", str(cfg)),
                            input=PW + "\n", capture_output=True, text=True)
@@ -247,3 +248,22 @@ def test_body_test_at_delivery(server: Any) -> None:
     send(server, "big news", [f"ivan@{D}"], body=big)
     assert set(folder(server, f"ivan@{D}", "News")) == {"weekly news", "big news"}
     assert folder(server, f"ivan@{D}", "INBOX")["a friend"] == "\\Seen"  # News existed by then
+
+
+def test_reject_alone_is_refused_in_smtp(server: Any) -> None:
+    with pytest.raises(smtplib.SMTPDataError) as e:
+        send(server, "lottery win", [f"jack@{D}"])
+    assert e.value.smtp_code == 550 and b"No lotteries, thank you." in e.value.smtp_error
+    send(server, "hello jack", [f"jack@{D}"])
+    assert set(folder(server, f"jack@{D}", "INBOX")) == {"hello jack"}
+
+
+def test_reject_among_others_bounces_to_the_sender(server: Any, sink: Sink) -> None:
+    send(server, "lottery for two", [f"jack@{D}", f"bob@{D}"], sender="lotto@remote.test")
+    assert "lottery for two" in folder(server, f"bob@{D}", "INBOX")
+    assert "lottery for two" not in folder(server, f"jack@{D}", "INBOX")
+    wait_until(lambda: any(m["X-Env-To"] == "lotto@remote.test" for m in sunk(sink)), timeout=30)
+    (dsn,) = [m for m in sunk(sink) if m["X-Env-To"] == "lotto@remote.test"]
+    assert dsn["X-Env-From"] == "<>" and dsn.get_content_type() == "multipart/report"
+    human = dsn.get_payload()[0].get_payload()  # RFC 3464: the human-readable part first
+    assert f"<jack@{D}>: 550 5.7.1 No lotteries, thank you." in human and f"bob@{D}" not in human

@@ -348,6 +348,19 @@ if address :matches "from" "*@*" { redirect "copy-${1}@example.net"; vacation :s
     assert boxes(outcome('require "fileinto"; fileinto "${x}";')) == {"${x}": set()}
 
 
+def test_reject_rfc5429() -> None:
+    o = outcome('require "reject"; if header :contains "subject" "meeting" { reject "no meetings"; }')
+    assert o.reject == "no meetings" and o.discarded and not o.implicit_keep
+    assert outcome('require "ereject"; ereject text:\nGo away.\n.\n;').reject == "Go away.\n"
+    assert outcome('require "reject"; if false { reject "x"; }').reject is None
+    with pytest.raises(SieveRuntimeError, match="reject together"):  # RFC 5429 §2.3 incompatibilities
+        outcome('require ["reject", "fileinto"]; fileinto "A"; reject "x";')
+    with pytest.raises(SieveRuntimeError, match="reject together"):
+        outcome('require ["reject", "vacation"]; vacation "away"; reject "x";')
+    with pytest.raises(SieveError, match='needs require "reject"'):
+        sieve.compile('reject "x";')
+
+
 # --- compile errors ----------------------------------------------------------------------------------
 
 
