@@ -114,30 +114,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     common.add_argument("--json", action="store_true", help="machine-readable output")
     common.add_argument("--as", dest="as_admin", metavar="ADMIN", default=None,
                         help="act as this administrator (within their scope)")
-    ls = ss.add_parser("list", parents=[common], help="USER's scripts and which one is active")
-    ls.add_argument("user")
-    ls.set_defaults(func=_run(_list))
-    g = ss.add_parser("get", parents=[common], help="print USER's script NAME")
-    g.add_argument("user")
-    g.add_argument("name")
-    g.set_defaults(func=_run(_get))
+    for verb, fn, text, with_name in (
+            ("list", _list, "USER's scripts and which one is active", False),
+            ("get", _get, "print USER's script NAME", True),
+            ("activate", _activate, "make NAME USER's active script (run at delivery)", True),
+            ("deactivate", _deactivate, "no active script for USER (mail is kept as is)", False),
+            ("delete", _delete, "delete USER's script NAME (not the active one)", True)):
+        q = ss.add_parser(verb, parents=[common], help=text)
+        q.add_argument("user")
+        if with_name:
+            q.add_argument("name")
+        q.set_defaults(func=_run(fn))
     put = ss.add_parser("put", parents=[common], help="store FILE (or - for stdin) as USER's script NAME")
     put.add_argument("user")
     put.add_argument("name")
     put.add_argument("file", help="the script, UTF-8; - reads standard input")
     put.add_argument("--activate", action="store_true", help="also make it the active script")
     put.set_defaults(func=_run(_put))
-    a = ss.add_parser("activate", parents=[common], help="make NAME USER's active script (run at delivery)")
-    a.add_argument("user")
-    a.add_argument("name")
-    a.set_defaults(func=_run(_activate))
-    da = ss.add_parser("deactivate", parents=[common], help="no active script for USER (mail is kept as is)")
-    da.add_argument("user")
-    da.set_defaults(func=_run(_deactivate))
-    rm = ss.add_parser("delete", parents=[common], help="delete USER's script NAME (not the active one)")
-    rm.add_argument("user")
-    rm.add_argument("name")
-    rm.set_defaults(func=_run(_delete))
     ck = ss.add_parser("check", help="compile FILE (or -): exit 0 if valid, 1 with the line of the error")
     ck.add_argument("file")
     ck.add_argument("--json", action="store_true", help="machine-readable output")

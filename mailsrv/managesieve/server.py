@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from mailsrv import log
-from mailsrv.auth import ChannelBinding, endpoint_binding_from_file
+from mailsrv.auth import ChannelBinding
 from mailsrv.managesieve.grammar import (
     TRYLATER,
     Atom,
@@ -29,6 +29,7 @@ from mailsrv.managesieve.grammar import (
 )
 from mailsrv.managesieve.session import Authenticator, Session
 from mailsrv.managesieve.storage import AccountScripts, Scripts, ScriptsUnavailable, pool_runner
+from mailsrv.net.channel import StreamChannel, listener_binding
 from mailsrv.net.connection import (
     Connection,
     ConnectionClosed,
@@ -95,48 +96,18 @@ async def _drop_rest(conn: Connection, body: bytes) -> None:
         body = _strip(await conn.readline_in_command())
 
 
-class ConnChannel:
+class ConnChannel(StreamChannel):
     """A :class:`Connection` as the session's :class:`~mailsrv.managesieve.session.Channel`."""
 
-    __slots__ = ("conn", "_tls_context", "_binding", "_max_literal")
+    __slots__ = ("_max_literal",)
 
     def __init__(self, conn: Connection, tls_context: ssl.SSLContext | None,
                  binding: ChannelBinding | None, max_literal: int) -> None:
-        self.conn = conn
-        self._tls_context = tls_context
-        self._binding = binding
+        super().__init__(conn, tls_context, binding)
         self._max_literal = max_literal
-
-    @property
-    def tls_active(self) -> bool:
-        return self.conn.tls_active
-
-    @property
-    def peer_host(self) -> str:
-        return self.conn.peer_host
-
-    @property
-    def starttls_available(self) -> bool:
-        return self._tls_context is not None and not self.conn.tls_active
-
-    def write(self, data: bytes) -> None:
-        self.conn.write(data)
-
-    async def drain(self) -> None:
-        await self.conn.drain()
 
     async def read_response(self) -> Command:
         return await read_command(self.conn, await self.conn.readline_in_command(), self._max_literal, verb=False)
-
-    async def starttls(self) -> None:
-        assert self._tls_context is not None
-        self.conn.discard_pipelined()  # plain text pipelined after STARTTLS is dropped (as RFC 2595 §3.1)
-        await self.conn.starttls(self._tls_context)
-
-    def channel_binding(self) -> Any:
-        if self._binding is None or self.conn.writer.get_extra_info("ssl_object") is None:
-            return None
-        return self._binding
 
 
 class ManageSieveService:
@@ -149,13 +120,7 @@ class ManageSieveService:
         self._auth = auth
         self._open_scripts = open_scripts
         self.max_errors = ctx.config.limits.max_errors
-        self.binding: ChannelBinding | None = None
-        if ctx.ssl_context is not None:
-            # RFC 5929 tls-server-end-point for SCRAM-SHA-256-PLUS: a hash of our certificate.
-            try:
-                self.binding = endpoint_binding_from_file(ctx.config.tls.cert)
-            except (OSError, ValueError) as exc:
-                logger.warning("managesieve.no_channel_binding", error=str(exc))
+        self.binding = listener_binding(ctx, logger, "managesieve.no_channel_binding")
 
     # The worker may fill ``resources`` after the services are made: look them up per session.
     @property

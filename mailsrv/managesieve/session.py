@@ -39,6 +39,7 @@ from mailsrv.managesieve.grammar import (
     text_arg,
 )
 from mailsrv.managesieve.storage import Scripts, ScriptsUnavailable
+from mailsrv.net.channel import SessionChannel
 from mailsrv.sieve import scripts as S
 
 logger = log.get("managesieve")
@@ -78,30 +79,11 @@ COMMANDS: dict[str, tuple[frozenset[State], int, int]] = {
 }
 
 
-class Channel(Protocol):
+class Channel(SessionChannel, Protocol):
     """The connection as the session needs it (the server adapts a :class:`~mailsrv.net.connection.Connection`)."""
-
-    @property
-    def tls_active(self) -> bool: ...
-
-    @property
-    def peer_host(self) -> str: ...
-
-    @property
-    def starttls_available(self) -> bool:
-        """True while the listener can upgrade this plain connection (STARTTLS)."""
-
-    def write(self, data: bytes) -> None: ...
-
-    async def drain(self) -> None: ...
 
     async def read_response(self) -> Command:
         """The client's next SASL response (a whole line with its literals), as a command's tokens."""
-
-    async def starttls(self) -> None: ...
-
-    def channel_binding(self) -> Any:
-        """``mailsrv.auth.ChannelBinding`` for SCRAM-PLUS, or None."""
 
 
 class Authenticator(Protocol):

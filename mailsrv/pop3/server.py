@@ -9,13 +9,12 @@ the connection ends (a dropped connection deletes nothing).
 
 from __future__ import annotations
 
-import ssl
 from pathlib import Path
-from typing import Any
 
 from mailsrv import log
-from mailsrv.auth import ChannelBinding, endpoint_binding_from_file
+from mailsrv.auth import ChannelBinding
 from mailsrv.config import Pop3Config
+from mailsrv.net.channel import StreamChannel, listener_binding
 from mailsrv.net.connection import (
     Connection,
     ConnectionClosed,
@@ -31,47 +30,13 @@ from mailsrv.pop3.session import Session
 logger = log.get("pop3")
 
 
-class ConnChannel:
+class ConnChannel(StreamChannel):
     """A :class:`Connection` as the session's :class:`~mailsrv.pop3.session.Channel`."""
 
-    __slots__ = ("conn", "_tls_context", "_binding")
-
-    def __init__(self, conn: Connection, tls_context: ssl.SSLContext | None,
-                 binding: ChannelBinding | None) -> None:
-        self.conn = conn
-        self._tls_context = tls_context
-        self._binding = binding
-
-    @property
-    def tls_active(self) -> bool:
-        return self.conn.tls_active
-
-    @property
-    def peer_host(self) -> str:
-        return self.conn.peer_host
-
-    @property
-    def starttls_available(self) -> bool:
-        return self._tls_context is not None and not self.conn.tls_active
-
-    def write(self, data: bytes) -> None:
-        self.conn.write(data)
-
-    async def drain(self) -> None:
-        await self.conn.drain()
+    __slots__ = ()
 
     async def read_continuation(self) -> bytes:
         return await self.conn.readline_in_command()
-
-    async def starttls(self) -> None:
-        assert self._tls_context is not None
-        self.conn.discard_pipelined()  # RFC 2595 §3.1: pipelined plain text is dropped, the handshake goes on
-        await self.conn.starttls(self._tls_context)
-
-    def channel_binding(self) -> Any:
-        if self._binding is None or self.conn.writer.get_extra_info("ssl_object") is None:
-            return None
-        return self._binding
 
 
 class Pop3Service:
@@ -84,13 +49,7 @@ class Pop3Service:
         self._auth = auth
         self._maildrops = maildrops
         self.max_errors = ctx.config.limits.max_errors
-        self.binding: ChannelBinding | None = None
-        if ctx.ssl_context is not None:
-            # RFC 5929 tls-server-end-point for SCRAM-SHA-256-PLUS: a hash of our certificate.
-            try:
-                self.binding = endpoint_binding_from_file(ctx.config.tls.cert)
-            except (OSError, ValueError) as exc:
-                logger.warning("pop3.no_channel_binding", error=str(exc))
+        self.binding: ChannelBinding | None = listener_binding(ctx, logger, "pop3.no_channel_binding")
 
     # The worker may fill ``resources`` after the services are made: look them up per session.
     @property

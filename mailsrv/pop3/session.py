@@ -31,6 +31,7 @@ from typing import Any, Protocol
 from mailsrv import log
 from mailsrv.auth import Challenge, Success
 from mailsrv.config import Pop3Config
+from mailsrv.net.channel import SessionChannel
 from mailsrv.pop3.grammar import (
     AUTH,
     IN_USE,
@@ -101,30 +102,11 @@ COMMANDS: dict[str, frozenset[State]] = {
 }
 
 
-class Channel(Protocol):
+class Channel(SessionChannel, Protocol):
     """The connection as the session needs it (the server adapts a :class:`~mailsrv.net.connection.Connection`)."""
-
-    @property
-    def tls_active(self) -> bool: ...
-
-    @property
-    def peer_host(self) -> str: ...
-
-    @property
-    def starttls_available(self) -> bool:
-        """True while the listener can upgrade this plain connection (STLS)."""
-
-    def write(self, data: bytes) -> None: ...
-
-    async def drain(self) -> None: ...
 
     async def read_continuation(self) -> bytes:
         """Next line of a command in progress (SASL response); raises like ``Connection.readline_in_command``."""
-
-    async def starttls(self) -> None: ...
-
-    def channel_binding(self) -> Any:
-        """``mailsrv.auth.ChannelBinding`` for SCRAM-PLUS, or None."""
 
 
 class Session:

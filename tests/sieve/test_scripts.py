@@ -167,16 +167,22 @@ def test_foreign_active_marker_is_ignored(tmp_path: Path) -> None:
     assert scripts.active_script(tmp_path) == ("a", "keep;\n")
 
 
-def test_changes_are_fsynced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each change fsyncs the file it wrote and the script directory before returning."""
-    synced: list[str] = []
+@pytest.fixture
+def synced(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The paths fsync(2) is called on, in order."""
+    paths: list[str] = []
     real_fsync = os.fsync
 
     def spy(fd: int) -> None:
-        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        paths.append(os.readlink(f"/proc/self/fd/{fd}"))
         real_fsync(fd)
 
     monkeypatch.setattr(os, "fsync", spy)
+    return paths
+
+
+def test_changes_are_fsynced(tmp_path: Path, synced: list[str]) -> None:
+    """Each change fsyncs the file it wrote and the script directory before returning."""
     d = str(tmp_path / "sieve")
     scripts.put_script(tmp_path, "a", "keep;\n")
     assert any(p.startswith(d + "/.a.sieve.") for p in synced) and synced[-1] == d
@@ -189,16 +195,8 @@ def test_changes_are_fsynced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
         assert synced and synced[-1] == d
 
 
-def test_first_script_of_an_account_without_mail(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_first_script_of_an_account_without_mail(tmp_path: Path, synced: list[str]) -> None:
     """The maildir root does not exist yet: it is made, and every new directory's entry is fsync'd."""
-    synced: list[str] = []
-    real_fsync = os.fsync
-
-    def spy(fd: int) -> None:
-        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
-        real_fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", spy)
     root = tmp_path / "mail" / "7"
     (tmp_path / "mail").mkdir()
     scripts.put_script(root, "a", "keep;\n")
