@@ -245,7 +245,7 @@ class _Run:
     def _ref(self, m: re.Match[str]) -> str:
         name = m.group(1)
         if name.isdigit():  # a match variable: "" when not set (§3.2)
-            n = int(name)
+            n = int(name.lstrip("0") or "0") if len(name.lstrip("0")) <= 4 else len(self.matched)  # 5 000 digits: past int()'s limit
             return self.matched[n] if n < len(self.matched) else ""
         assert self.vars is not None
         return self.vars.get(name.lower(), "")  # an unset variable is "" (§3)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 COMPARATORS = ("i;ascii-casemap", "i;octet", "i;ascii-numeric")
 #: RFC 5231 §5 relational operators
 RELATIONS = ("gt", "ge", "lt", "le", "eq", "ne")
-_INFINITY = float("inf")
+_INFINITY = (1, 0, "")  # :func:`_number` of a value without leading digits: above every number
 _CASEMAP = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
 
 
@@ -159,15 +159,19 @@ class Matcher:
         return None if caps is None else [value, *caps]
 
 
-def _number(s: str) -> float:
-    """RFC 4790 §9.1: the value of the leading US-ASCII digits; none is positive infinity."""
+def _number(s: str) -> tuple[int, int, str]:
+    """RFC 4790 §9.1: the value of the leading US-ASCII digits, none is positive infinity; as a key
+    that orders like the number (no int(): a header of 5 000 digits passed its 4 300-digit limit)."""
     n = 0
     while n < len(s) and "0" <= s[n] <= "9":
         n += 1
-    return int(s[:n]) if n else _INFINITY
+    if not n:
+        return _INFINITY
+    digits = s[:n].lstrip("0")
+    return (0, len(digits), digits)
 
 
-def _related(a: float | str, b: float | str, rel: str) -> bool:
+def _related(a: tuple[int, int, str] | str, b: tuple[int, int, str] | str, rel: str) -> bool:
     if rel == "eq":
         return a == b
     if rel == "ne":

@@ -238,6 +238,16 @@ def test_relational_rfc5231_examples() -> None:
     assert hit('header :value "lt" "subject" "ho"')  # i;ascii-casemap order
     assert not hit('header :value "lt" :comparator "i;octet" "subject" "Ho"')
     assert hit('header :value "ne" "subject" "HI!"')
+    # a sender's header of 5 000 digits (past int()'s 4 300-digit limit) is still a number, compared
+    huge = view(b"X-Score: " + b"9" * 5000 + b"\r\nX-Low: 000" + b"0" * 5000 + b"42\r\n\r\n")
+
+    def hit_huge(test: str) -> bool:
+        return outcome(f"{rel} if {test} {{ discard; }}", huge).discarded
+
+    assert hit_huge('header :value "gt" :comparator "i;ascii-numeric" "x-score" "99999999999999999999"')
+    assert not hit_huge('header :value "lt" :comparator "i;ascii-numeric" "x-score" "5"')
+    assert hit_huge('header :value "eq" :comparator "i;ascii-numeric" "x-low" "42"')
+    assert hit_huge('header :value "lt" :comparator "i;ascii-numeric" "x-low" "x"')  # x: infinity
     with pytest.raises(SieveError, match='needs require "relational"'):
         sieve.compile('if header :value "gt" "a" "b" { keep; }')
     with pytest.raises(SieveError, match="needs one of"):
@@ -555,3 +565,10 @@ def test_header_fields_round_trip(fields: list[tuple[str, str]]) -> None:
     head = b"".join(f"{k}:{v}\r\n".encode() for k, v in fields) + b"\r\nbody: not a field\r\n"
     got = sieve.header_fields(head)
     assert got == [(k.lower(), v.encode()) for k, v in fields]
+
+
+def test_match_variable_numbers_past_int_limit() -> None:
+    # ${<5 000 digits>} is an unset match variable, not a ValueError of int() at delivery
+    s = sieve.compile('require ["fileinto", "variables"]; if header :matches "Subject" "*-*" '
+                      '{ set "a" "${' + "9" * 5000 + '}"; set "b" "${' + "0" * 5000 + '2}"; fileinto "[${a}][${b}]"; }')
+    assert boxes(sieve.run(s, view(b"Subject: left-right\r\n\r\n"))) == {"[][right]": set()}

@@ -81,7 +81,8 @@ def test_after_a_literal_a_space_or_the_end() -> None:
 
 def test_numbers() -> None:
     assert number_arg(Atom("4294967295"), "n") == 2**32 - 1
-    for bad in (Atom("4294967296"), Atom("1a"), b"12", Atom("٣")):
+    assert number_arg(Atom("0" * 5000 + "7"), "n") == 7
+    for bad in (Atom("4294967296"), Atom("1a"), b"12", Atom("٣"), Atom("9" * 5000)):
         with pytest.raises(SieveSyntaxError):
             number_arg(bad, "n")
 
