@@ -17,12 +17,14 @@ import os
 import sqlite3
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mailsrv import log
 from mailsrv.config import SieveConfig
+from mailsrv.delivery.local import unlink_quiet
 from mailsrv.directory import Account, Kind
 from mailsrv.mime.headers import decode_words, message_ids, parse_addresses, unfold
 from mailsrv.sieve import MessageView, Outcome, Script, SieveError, SieveRuntimeError, Target
@@ -126,6 +128,29 @@ def write_redirected(path: Path, spool: Path, account: str) -> None:
             out.write(chunk)
         out.flush()
         os.fsync(out.fileno())
+
+
+async def queue_orders(queue: Any, rcpt: Callable[[str], Any], outcome: Any, sender: str, spool: Path,
+                       data: bytes | None, *, smtputf8: bool = False, body: str = "7BIT") -> None:
+    """docs/sieve.md: the scripts' redirects (the original envelope ``sender``, a loop marker added) and
+    vacation replies (the null reverse path) of ``outcome`` (a LocalOutcome), durable in ``queue`` (a
+    mailsrv.queue.enqueue.Enqueuer; ``rcpt``: its recipient type, QRcpt) before the caller acknowledges
+    the message. The message is ``data`` when in memory, else streamed from its ``spool`` file. The SMTP
+    backend and JMAP submission call this. Raises OSError."""
+    loop = asyncio.get_running_loop()
+    for order in outcome.redirects:
+        rcpts = [rcpt(a) for a in order.addresses]  # RFC 5228 §4.2: bounces go to the original sender
+        if data is not None:
+            await queue.enqueue(redirected(data, order.account), sender, rcpts, smtputf8=smtputf8, body=body)
+            continue
+        path = spool.with_name(spool.name + ".redirect")
+        try:
+            await loop.run_in_executor(None, write_redirected, path, spool, order.account)
+            await queue.enqueue(path, sender, rcpts, smtputf8=smtputf8, body=body)
+        finally:
+            await loop.run_in_executor(None, unlink_quiet, path)
+    for reply in outcome.replies:  # RFC 3834 §3.3 / RFC 5230 §4.5: from the null reverse path
+        await queue.enqueue(reply.message, "", [rcpt(reply.to)], smtputf8=smtputf8, body="8BITMIME")
 
 
 class VacationState:

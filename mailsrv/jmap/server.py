@@ -700,7 +700,8 @@ class JmapService:
         if "directory" in res and "store" in res:
             from mailsrv.jmap.submission import DirectorySubmitter
 
-            submitter = DirectorySubmitter(res["directory"], res["store"], data_dir, res.get("archive"))
+            submitter = DirectorySubmitter(res["directory"], res["store"], data_dir, res.get("archive"),
+                                          sieve=cfg.sieve)
         directory = res.get("directory")
         grants: GrantsSource | None = None
         if directory is not None:

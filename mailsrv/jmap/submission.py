@@ -80,7 +80,7 @@ class TrackingSubmitter(Submitter, Protocol):
 class DirectorySubmitter:
     """The real one: directory policy, local delivery (mailsrv.delivery), the outbound queue."""
 
-    def __init__(self, directory: Any, store: Any, data_dir: Path, archive: Any = None) -> None:
+    def __init__(self, directory: Any, store: Any, data_dir: Path, archive: Any = None, sieve: Any = None) -> None:
         from mailsrv.delivery.local import LocalDelivery
         from mailsrv.delivery.spool import spool_dir
         from mailsrv.queue.enqueue import Enqueuer
@@ -88,6 +88,10 @@ class DirectorySubmitter:
         self.directory = directory
         self.archive = archive  # mailsrv.delivery.archive.ArchiveRules (docs/archive.md) or None
         self.local = LocalDelivery(directory, store, data_dir)
+        if sieve is not None and sieve.enabled:  # docs/sieve.md: local recipients' filters, as over SMTP
+            from mailsrv.delivery.sieve import SieveFilter
+
+            self.local.sieve = SieveFilter(sieve, data_dir)
         self.queue = Enqueuer(data_dir)
         self.spool_dir = spool_dir(data_dir)
         #: docs/files.md: attachments over ``convert_over`` bytes become links of the sender's (``files``:
@@ -141,6 +145,7 @@ class DirectorySubmitter:
     async def _submit_queued(self, acct: Any, raw: bytes, mail_from: str,
                              rcpts: list[str]) -> tuple[str | None, dict[str, tuple[str, str]]]:
         from mailsrv.delivery.archive import envelope_block
+        from mailsrv.delivery.sieve import queue_orders, reply_text
         from mailsrv.queue.store import QRcpt
 
         spool = self.spool_dir / f"{time.time_ns():x}.{os.getpid()}.{secrets.token_hex(6)}"
@@ -148,7 +153,8 @@ class DirectorySubmitter:
         # RFC 5321 §4.4: final delivery writes the Return-Path on the first line, as SMTP delivery does (recall
         # trusts only that line: docs/recall.md); the queue takes it off before relaying (strip_return_path)
         trace = b"Return-Path: <" + mail_from.encode("utf-8", "replace") + b">\r\n"
-        await loop.run_in_executor(None, _write_durable, spool, trace + raw)
+        data = trace + raw
+        await loop.run_in_executor(None, _write_durable, spool, data)
         out: dict[str, tuple[str, str]] = {}
         qid: str | None = None
         apath: Path | None = None  # the archive copies' own file, when a failed one is retried
@@ -171,9 +177,19 @@ class DirectorySubmitter:
             later: list[QRcpt] = []  # failed archive copies: retried by the queue, never reported
             archived: set[str] = set()  # local recipients queued for retry after the archive copies were made
             if local or plan is not None:
-                outcome = await self.local.deliver(spool, local, archive=plan)
+                outcome = await self.local.deliver(spool, local, archive=plan, sender=mail_from)
+                refused = dict(outcome.rejects)  # docs/sieve.md: a recipient's script refused it (RFC 5429)
                 for r, _ in local:
-                    out[r] = ("queued", "250 2.0.0 queued for retry") if r in outcome.retry else ("yes", "250 2.0.0 delivered")
+                    out[r] = (("no", f"550 5.7.1 {reply_text(refused[r])}") if r in refused
+                              else ("queued", "250 2.0.0 queued for retry") if r in outcome.retry
+                              else ("yes", "250 2.0.0 delivered"))
+                if outcome.redirects or outcome.replies:  # durable before /set answers, as over SMTP
+                    try:
+                        await queue_orders(self.queue, QRcpt, outcome, mail_from, spool, data)
+                    except OSError as exc:
+                        logger.exception("sieve.enqueue_failed", exc)
+                        if outcome.delivered == 0:  # a redirect the script took the message away for
+                            raise
                 remote += outcome.outside + outcome.retry
                 if plan is not None:  # archived now: not again when the queue retries them (docs/archive.md)
                     archived = set(outcome.retry)

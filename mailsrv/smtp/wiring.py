@@ -16,7 +16,7 @@ from typing import Any
 from mailsrv import log
 from mailsrv.delivery.archive import ArchiveRules, envelope_block
 from mailsrv.delivery.local import LocalDelivery, LocalOutcome, unlink_quiet
-from mailsrv.delivery.sieve import SieveFilter, redirected, reply_text, write_redirected
+from mailsrv.delivery.sieve import SieveFilter, queue_orders, reply_text
 from mailsrv.delivery.spool import FileSpool, clean, spool_dir
 from mailsrv.files.convert import converted, link_base
 from mailsrv.net.service import ServiceContext
@@ -157,7 +157,8 @@ class DirectoryBackend:
                                       diag=f"550 5.7.1 {reply_text(reason)}") for a, reason in outcome.rejects])
         if outcome is not None and (outcome.redirects or outcome.replies):
             try:
-                await self._queue_sieve(tx, spool, data, outcome)
+                await queue_orders(self.queue, QRcpt, outcome, tx.sender, spool.path, data,
+                                   smtputf8=tx.smtputf8, body=tx.body)
             except OSError as exc:
                 logger.exception("sieve.enqueue_failed", exc)
                 if delivered == 0:  # a redirect the script took the message away for: not acknowledged
@@ -230,25 +231,6 @@ class DirectoryBackend:
         finally:
             if apath is not None:
                 await asyncio.get_running_loop().run_in_executor(None, unlink_quiet, apath)
-
-    async def _queue_sieve(self, tx: Transaction, spool: Spool, data: bytes | None, outcome: LocalOutcome) -> None:
-        """docs/sieve.md: the scripts' redirects (the original envelope sender, a loop marker added) and
-        vacation replies (the null reverse path), durable in the queue before the reply. Raises OSError."""
-        for order in outcome.redirects:
-            rcpts = [QRcpt(a) for a in order.addresses]  # RFC 5228 §4.2: bounces go to the original sender
-            if data is not None:
-                await self.queue.enqueue(redirected(data, order.account), tx.sender, rcpts, smtputf8=tx.smtputf8,
-                                         body=tx.body)
-                continue
-            path = spool.path.with_name(spool.path.name + ".redirect")
-            loop = asyncio.get_running_loop()
-            try:
-                await loop.run_in_executor(None, write_redirected, path, spool.path, order.account)
-                await self.queue.enqueue(path, tx.sender, rcpts, smtputf8=tx.smtputf8, body=tx.body)
-            finally:
-                await loop.run_in_executor(None, unlink_quiet, path)
-        for reply in outcome.replies:  # RFC 3834 §3.3 / RFC 5230 §4.5: from the null reverse path
-            await self.queue.enqueue(reply.message, "", [QRcpt(reply.to)], smtputf8=tx.smtputf8, body="8BITMIME")
 
     async def _success_notices(self, info: SessionInfo, tx: Transaction, spool: Spool, failed: list[str]) -> None:
         """RFC 3461 §4.1 NOTIFY=SUCCESS on a local recipient: a "delivered" DSN to the sender."""

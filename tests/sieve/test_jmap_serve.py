@@ -1,0 +1,115 @@
+"""Sieve and JMAP under a real ``mailsrv serve``: an EmailSubmission to local recipients runs their
+scripts (fileinto, redirect outside to the aiosmtpd sink routed as "remote.test", reject in the
+deliveryStatus), and a user with both a Sieve vacation and an enabled JMAP VacationResponse sends one
+reply per message (docs/sieve.md)."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from sievesink import Sink
+from support.server import init_setup, mailsrv_cmd, serve_users, wait_until
+from test_delivery_serve import folder, sunk
+
+from mailsrv.config import load
+from mailsrv.directory import open_sync
+from mailsrv.sieve.scripts import put_script, set_active
+from mailsrv.store import account_root
+
+D = "example.test"
+PW = "sieve jmap test password"
+USING = ["urn:ietf:params:jmap:core", "urn:ietf:params:jmap:mail", "urn:ietf:params:jmap:submission",
+         "urn:ietf:params:jmap:vacationresponse"]
+SCRIPTS = {
+    "bob": 'require "fileinto";\nif header :contains "subject" "report" { fileinto "Reports"; }\n',
+    "carol": 'redirect "ext@remote.test";\n',
+    "dave": 'require "reject";\nreject "No reports, thank you.";\n',
+    "erin": 'require "vacation";\nif header :contains "subject" "urgent" { vacation :days 1 "Sieve says: away"; }\n',
+}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, sink: Sink) -> Iterator[Any]:
+    base = tmp_path_factory.mktemp("sievejmap")
+    cfg = init_setup(base / "s", "--demo", workers=2)
+    users = dict(re.findall(r"demo user (\S+) password (\S+)", (base / "s" / "demo-users.txt").read_text()))
+    for name in ("carol", "dave", "erin"):
+        p = subprocess.run(mailsrv_cmd("user", "add", f"{name}@{D}", "--password-stdin", "-c", str(cfg)),
+                           input=PW + "\n", capture_output=True, text=True)
+        assert p.returncode == 0, p.stderr
+        users[f"{name}@{D}"] = PW
+    with open(cfg, "a") as fh:
+        fh.write(f'\n[queue.route."remote.test"]\nsmarthost = "127.0.0.1:{sink.port}"\ntls = "none"\n')
+    conf = load(cfg)
+    sd = open_sync(conf.directory, conf.server.data_dir)
+    for name, text in SCRIPTS.items():
+        info = sd.user_info(f"{name}@{D}")
+        root = account_root(conf.server.data_dir, info["id"], info["store"])
+        put_script(root, "main", text)
+        set_active(root, "main")
+    srv = serve_users(cfg, users)
+    yield srv
+    assert srv.stop() == 0
+
+
+def token(srv: Any, user: str) -> str:
+    p = subprocess.run(mailsrv_cmd("token", "issue", user, "--scope", "mail", "--json", "-c", str(srv.cfg)),
+                       capture_output=True, text=True, check=True)
+    return str(json.loads(p.stdout)["token"])
+
+
+def api(srv: Any, bearer: str, *calls: list[Any]) -> list[Any]:
+    req = urllib.request.Request(f"http://127.0.0.1:{srv.ports['jmap']}/jmap/api", method="POST",
+                                 data=json.dumps({"using": USING, "methodCalls": list(calls)}).encode(),
+                                 headers={"Authorization": f"Bearer {bearer}", "Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return list(json.loads(r.read())["methodResponses"])
+
+
+def test_submission_to_local_recipients_runs_their_scripts(server: Any, sink: Sink) -> None:
+    alice = f"alice@{D}"
+    t = token(server, alice)
+    got = api(server, t, ["Mailbox/get", {"accountId": "A1"}, "m"], ["Identity/get", {"accountId": "A1"}, "i"])
+    drafts = next(m["id"] for m in got[0][1]["list"] if m["role"] == "drafts")
+    ident = got[1][1]["list"][0]["id"]
+    rcpts = [f"bob@{D}", f"carol@{D}", f"dave@{D}"]
+    r = api(server, t, ["Email/set", {"accountId": "A1", "create": {"d": {
+        "mailboxIds": {drafts: True}, "from": [{"email": alice}], "to": [{"email": a} for a in rcpts],
+        "subject": "weekly report", "textBody": [{"partId": "t"}],
+        "bodyValues": {"t": {"value": "numbers attached"}}}}}, "e"],
+        ["EmailSubmission/set", {"accountId": "A1", "create": {"s": {
+            "identityId": ident, "emailId": "#d",
+            "envelope": {"mailFrom": {"email": alice}, "rcptTo": [{"email": a} for a in rcpts]}}}}, "s"])
+    assert r[1][1]["created"] is not None, r
+    sid = r[1][1]["created"]["s"]["id"]
+    ds = api(server, t, ["EmailSubmission/get", {"accountId": "A1", "ids": [sid]}, "g"])[0][1]["list"][0][
+        "deliveryStatus"]
+    assert ds[f"bob@{D}"]["delivered"] == "yes" and ds[f"carol@{D}"]["delivered"] == "yes", ds
+    # dave's script refused it: told in the status (RFC 5429), no copy
+    assert ds[f"dave@{D}"]["delivered"] == "no", ds
+    assert ds[f"dave@{D}"]["smtpReply"] == "550 5.7.1 No reports, thank you.", ds
+    assert folder(server, f"dave@{D}", "INBOX") == {}
+    # bob's script filed it; nothing in his INBOX
+    assert "weekly report" in folder(server, f"bob@{D}", "Reports")
+    assert "weekly report" not in folder(server, f"bob@{D}", "INBOX")
+    # carol's redirect was queued before /set answered; it reaches the sink with alice as the sender
+    wait_until(lambda: any("weekly report" in str(m["Subject"]) for m in sunk(sink)), timeout=60)
+    out = [m for m in sunk(sink) if "weekly report" in str(m["Subject"])]
+    assert len(out) == 1
+    assert out[0]["X-Env-From"] == alice and out[0]["X-Env-To"] == "ext@remote.test"
+    assert out[0]["X-Sieve-Redirected-From"] == f"carol@{D}"
+    assert out[0]["Return-Path"] is None  # the queue takes our Return-Path off before relaying
+    assert "weekly report" not in folder(server, f"carol@{D}", "INBOX")
+
+
+def _account(srv: Any, bearer: str) -> str:
+    req = urllib.request.Request(f"http://127.0.0.1:{srv.ports['jmap']}/jmap/session",
+                                 headers={"Authorization": f"Bearer {bearer}"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return str(json.loads(r.read())["primaryAccounts"]["urn:ietf:params:jmap:mail"])
