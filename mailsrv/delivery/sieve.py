@@ -183,6 +183,23 @@ class VacationState:
             db.close()
 
 
+    @staticmethod
+    def answered(root: Path, sender: str, since: float) -> bool:
+        """True when the account's Sieve vacation (any handle) answered ``sender`` (lower case) at or
+        after ``since``; blocking. The JMAP VacationResponse stays silent then (docs/sieve.md)."""
+        path = root / VACATION_DB
+        if not path.exists():
+            return False
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+        try:
+            row = db.execute("SELECT 1 FROM sent WHERE sender = ? AND at >= ? LIMIT 1", (sender, since)).fetchone()
+        except sqlite3.OperationalError:  # the table is not there yet
+            return False
+        finally:
+            db.close()
+        return row is not None
+
+
 class SieveFilter:
     """Per worker: the accounts' compiled scripts (cache keyed by account, checked by stat)."""
 

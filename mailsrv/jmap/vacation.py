@@ -3,8 +3,10 @@
 A watcher per account with an enabled VacationResponse follows the account's
 Email changes; for each new email in the inbox it answers the sender unless
 RFC 3834 §2 says not to (auto-submitted mail, lists, bulk, our own address,
-no-reply senders). Who was answered is kept with the other per-account
-objects; workers elect one replier per account with an ``fcntl`` lock.
+no-reply senders) or the account's Sieve vacation answered the sender in
+the last REPLY_PERIOD (docs/sieve.md). Who was answered is kept with the
+other per-account objects; workers elect one replier per account with an
+``fcntl`` lock.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from datetime import datetime
 from typing import Any
 
 from mailsrv import log
+from mailsrv.delivery.sieve import VacationState
 from mailsrv.jmap import message
 from mailsrv.jmap.backend import CannotCalculateChanges, MailBackend
 from mailsrv.jmap.objects import Collection, put
@@ -151,6 +154,12 @@ class Responder:
                       target: tuple[str, str, str | None], now: float) -> None:
         to, subject, msgid = target
         key = to.lower()
+        root = getattr(getattr(be, "acct", None), "root", None)  # the store account's (StoreBackend)
+        if root is not None and await asyncio.to_thread(VacationState.answered, root, key, now - REPLY_PERIOD):
+            # docs/sieve.md: the account's Sieve vacation answered this sender (at delivery, before this
+            # email was stored): one auto-reply per sender per period, not two
+            logger.info("jmap.vacation.skipped", account=be.account_id, reason="sieve")
+            return
 
         def claim(d: dict[str, Any]) -> bool:
             last = d["records"].get(key, {}).get("at", 0)

@@ -92,3 +92,11 @@ def test_redirect_marker_after_return_path(tmp_path: Path) -> None:
     spool.write_bytes(msg + b"x" * (3 << 20))
     write_redirected(out, spool, "a@example.test")
     assert out.read_bytes() == want + b"x" * (3 << 20)
+
+
+def test_vacation_state_answered_for_the_jmap_vacation_response(tmp_path: Path) -> None:
+    assert not VacationState.answered(tmp_path, "a@example.net", 0.0)  # no state file yet
+    assert VacationState.claim(tmp_path, "h", "a@example.net", 86400, now=1000.0)
+    assert VacationState.answered(tmp_path, "a@example.net", 1000.0)  # any handle, at or after `since`
+    assert not VacationState.answered(tmp_path, "a@example.net", 1000.5)
+    assert not VacationState.answered(tmp_path, "b@example.net", 0.0)

@@ -5,6 +5,7 @@ reply per message (docs/sieve.md)."""
 
 from __future__ import annotations
 
+import email
 import json
 import re
 import subprocess
@@ -15,7 +16,7 @@ from typing import Any
 import pytest
 from sievesink import Sink
 from support.server import init_setup, mailsrv_cmd, serve_users, wait_until
-from test_delivery_serve import folder, sunk
+from test_delivery_serve import folder, send, sunk
 
 from mailsrv.config import load
 from mailsrv.directory import open_sync
@@ -106,6 +107,41 @@ def test_submission_to_local_recipients_runs_their_scripts(server: Any, sink: Si
     assert out[0]["X-Sieve-Redirected-From"] == f"carol@{D}"
     assert out[0]["Return-Path"] is None  # the queue takes our Return-Path off before relaying
     assert "weekly report" not in folder(server, f"carol@{D}", "INBOX")
+
+
+def _replies(sink: Sink, to: str) -> list[email.message.Message]:
+    return [m for m in sunk(sink) if m["X-Env-To"] == to and m["X-Env-From"] in ("", "<>")]  # the null reverse path
+
+
+def test_sieve_vacation_and_jmap_vacation_response_reply_once(server: Any, sink: Sink) -> None:
+    erin = f"erin@{D}"
+    t = token(server, erin)
+    r = api(server, t, ["VacationResponse/set", {"accountId": _account(server, t), "update": {
+        "singleton": {"isEnabled": True, "subject": "Out of office", "textBody": "JMAP says: away"}}}, "v"])
+    assert r[0][1]["updated"] == {"singleton": None}, r
+    mark = server.mark()
+    # the script's vacation answers this one: the JMAP watcher stays silent for its sender
+    send(server, "urgent: the server is down", [erin], sender="x1@remote.test", to=erin)
+    server.wait_for(r"jmap\.vacation\.skipped.*sieve", timeout=60, start=mark)
+    # the script does not answer this one: the JMAP VacationResponse does
+    send(server, "hello there", [erin], sender="x2@remote.test", to=erin)
+    try:
+        wait_until(lambda: _replies(sink, "x2@remote.test") != [] and _replies(sink, "x1@remote.test") != [],
+                   timeout=60)
+    except AssertionError:
+        raise AssertionError(f"{[(m['X-Env-From'], m['X-Env-To'], m['Subject']) for m in sunk(sink)]}\n"
+                             + "\n".join(server.lines[-40:])) from None
+    one, two = _replies(sink, "x1@remote.test"), _replies(sink, "x2@remote.test")
+    assert len(one) == 1 and "Sieve says: away" in one[0].get_payload(decode=True).decode()
+    assert len(two) == 1 and "JMAP says: away" in two[0].get_payload(decode=True).decode()
+    assert str(two[0]["Subject"]) == "Out of office"
+    # a second urgent mail from x1: no reply of either kind (the same sender within the period)
+    mark = server.mark()
+    send(server, "urgent: still down", [erin], sender="x1@remote.test", to=erin)
+    server.wait_for(r"sieve\.vacation_skipped .*user=erin@example\.test.*reason=period", timeout=60, start=mark)
+    server.wait_for(r"jmap\.vacation\.skipped.*sieve", timeout=60, start=mark)
+    assert "urgent: still down" in folder(server, erin, "INBOX")
+    assert len(_replies(sink, "x1@remote.test")) == 1
 
 
 def _account(srv: Any, bearer: str) -> str:
