@@ -1310,6 +1310,17 @@ class Engine:
     def folder_path(self, name: str) -> Path:
         return folders.folder_path(self, name)
 
+    def keyword_letters(self, name: str, flags: frozenset[str]) -> dict[str, str]:
+        """The folder's keyword -> letter map with letters for the keywords of ``flags`` (added to its
+        ``dovecot-keywords`` durably first): a delivery names its file with them (Sieve imap4flags,
+        docs/sieve.md). Blocking; {} when the folder is not there."""
+        with self.lock, self._write():
+            try:
+                mb = self._row(name)
+            except (MailboxNotFound, BadMailboxName):
+                return {}
+            return self._kwmap(mb, flags)
+
     def folder_new_dirs(self) -> list[Path]:
         return folders.folder_new_dirs(self)
 

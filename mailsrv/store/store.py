@@ -550,7 +550,9 @@ class Store:
         mailbox = t.mailbox
         key = f"{fsio.unique_name(self.hostname)},S={size}"
         flags = frozenset(md.canonical_flag(f) for f in t.flags)
-        name = md.filename(key, flags) if md.flags_to_info(flags) else key
+        # keywords (Sieve imap4flags, docs/sieve.md) get their folder's letters, durable before the link
+        kw = eng.keyword_letters(mailbox, flags) if flags and not all(f.startswith("\\") for f in flags) else None
+        name = md.filename(key, flags, kw) if md.flags_to_info(flags, kw) else key
         pend = Pending(email_id, structure, thread, raw, unsynced=True)
         if raw is not None:
             _RAW_HELD.hold(pend)
@@ -569,6 +571,8 @@ class Store:
             except (MailboxNotFound, StoreError):
                 mailbox = "INBOX"
                 folder = eng.folder_path(mailbox)
+                if kw:  # the letters were the other folder's
+                    name = md.filename(key, flags) if md.flags_to_info(flags) else key
             how = _link_or_copy(spool, f"{folder}/new/{name}", move)
         except BaseException:
             eng.pending.pop(key, None)

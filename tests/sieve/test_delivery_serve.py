@@ -46,6 +46,8 @@ if header :contains "subject" "invoice" {
     "hank": 'redirect "held@hold.test";\n',  # a route nobody answers: the entry stays in the queue
     "ivan": 'require ["body", "fileinto", "mailbox", "imap4flags"];\nif body :contains "unsubscribe" { fileinto :create "News"; }\n'
             'if mailboxexists "News" { addflag "\\\\Seen"; }\n',
+    "kate": 'require ["fileinto", "imap4flags"];\nif header :contains "subject" "project" {\n'
+            '  fileinto :flags ["$Work", "Project", "\\\\Flagged"] "Projects";\n} else { addflag "$Later \\\\Seen"; }\n',
     "jack": 'require "reject";\nif header :contains "subject" "lottery" { reject "No lotteries, thank you."; }\n',
 }
 
@@ -55,7 +57,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, sink: Sink) -> Iterator[Any
     base = tmp_path_factory.mktemp("sieve")
     cfg = init_setup(base / "s", "--demo", workers=2)
     users = dict(re.findall(r"demo user (\S+) password (\S+)", (base / "s" / "demo-users.txt").read_text()))
-    for name in ("carol", "dave", "erin", "frank", "gina", "hank", "ivan", "jack"):
+    for name in ("carol", "dave", "erin", "frank", "gina", "hank", "ivan", "jack", "kate"):
         extra = ["--send-outside", "no"] if name == "dave" else []
         p = subprocess.run(mailsrv_cmd("user", "add", f"{name}@{D}", "--password-stdin", *extra, "-c", str(cfg)),
                            input=PW + "\n", capture_output=True, text=True)
@@ -141,6 +143,26 @@ def test_fileinto_with_flags_creates_the_folder(server: Any) -> None:
     send(server, "invoice 17", [f"bob@{D}"])
     assert folder(server, f"bob@{D}", "Invoices") == {"invoice 17": "\\Flagged"}
     assert "invoice 17" not in folder(server, f"bob@{D}", "INBOX")
+
+
+def test_keywords_are_stored_with_the_delivered_copy(server: Any) -> None:
+    # RFC 5232: keywords a script sets are stored (dovecot-keywords letters), as system flags are
+    send(server, "project kickoff", [f"kate@{D}"])
+    send(server, "lunch?", [f"kate@{D}"])
+    got = folder(server, f"kate@{D}", "Projects")
+    assert set(got["project kickoff"].split()) == {"$Work", "Project", "\\Flagged"}, got
+    inbox = folder(server, f"kate@{D}", "INBOX")
+    assert set(inbox["lunch?"].split()) == {"$Later", "\\Seen"}, inbox
+    assert "project kickoff" not in inbox
+    # a keyword set at delivery is an ordinary keyword: STORE takes it off
+    m = imap(server, f"kate@{D}")
+    try:
+        m.select('"Projects"')
+        typ, data = m.store("1", "-FLAGS", "(Project)")
+        assert typ == "OK", data
+    finally:
+        m.logout()
+    assert set(folder(server, f"kate@{D}", "Projects")["project kickoff"].split()) == {"$Work", "\\Flagged"}
 
 
 def test_discard_and_implicit_keep_with_flags(server: Any) -> None:
