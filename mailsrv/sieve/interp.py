@@ -181,17 +181,9 @@ class Target:
     keep: bool = False
 
 
-@dataclass(frozen=True)
-class Vacation:
-    """The vacation action to consider after the run (RFC 5230 §4.5 checks are the deliverer's)."""
-
-    reason: str
-    seconds: int
-    subject: str | None
-    from_: str | None
-    addresses: tuple[str, ...]
-    mime: bool
-    handle: str
+#: The vacation action to consider after the run, its strings expanded (RFC 5230 §4.5 checks are the
+#: deliverer's): the compiled action's shape
+Vacation = VacationAction
 
 
 @dataclass(frozen=True)
@@ -349,7 +341,7 @@ class _Run:
                     raise SieveRuntimeError("vacation used twice")
                 self.count()
                 x = self.x
-                self.vacation = Vacation(x(c.reason), c.seconds, None if c.subject is None else x(c.subject),
+                self.vacation = VacationAction(x(c.reason), c.seconds, None if c.subject is None else x(c.subject),
                                          None if c.from_ is None else x(c.from_),
                                          tuple(x(a) for a in c.addresses), c.mime, x(c.handle))
             elif isinstance(c, Stop):

@@ -52,6 +52,17 @@ if header :contains "subject" "invoice" {
 }
 
 
+
+def activate(cfg: Any, scripts: dict[str, str]) -> None:
+    """Store each ``user -> script`` of ``scripts`` as the user's active script "main" (users of D)."""
+    conf = load(cfg)
+    sd = open_sync(conf.directory, conf.server.data_dir)
+    for name, text in scripts.items():
+        info = sd.user_info(f"{name}@{D}")
+        root = account_root(conf.server.data_dir, info["id"], info["store"])
+        put_script(root, "main", text)
+        set_active(root, "main")
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, sink: Sink) -> Iterator[Any]:
     base = tmp_path_factory.mktemp("sieve")
@@ -71,13 +82,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, sink: Sink) -> Iterator[Any
                  f'\n[queue.route."hold.test"]\nsmarthost = "127.0.0.1:{dead}"\ntls = "none"\n')
     cli(cfg, "group", "add", f"team@{D}")
     cli(cfg, "group", "member", "add", f"team@{D}", f"bob@{D}")
-    conf = load(cfg)
-    sd = open_sync(conf.directory, conf.server.data_dir)
-    for name, text in SCRIPTS.items():
-        info = sd.user_info(f"{name}@{D}")
-        root = account_root(conf.server.data_dir, info["id"], info["store"])
-        put_script(root, "main", text)
-        set_active(root, "main")
+    activate(cfg, SCRIPTS)
     srv = serve_users(cfg, users)
     yield srv
     assert srv.stop() == 0

@@ -16,12 +16,7 @@ from typing import Any
 import pytest
 from sievesink import Sink
 from support.server import init_setup, mailsrv_cmd, serve_users, wait_until
-from test_delivery_serve import folder, send, sunk
-
-from mailsrv.config import load
-from mailsrv.directory import open_sync
-from mailsrv.sieve.scripts import put_script, set_active
-from mailsrv.store import account_root
+from test_delivery_serve import activate, folder, send, sunk
 
 D = "example.test"
 PW = "sieve jmap test password"
@@ -47,13 +42,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, sink: Sink) -> Iterator[Any
         users[f"{name}@{D}"] = PW
     with open(cfg, "a") as fh:
         fh.write(f'\n[queue.route."remote.test"]\nsmarthost = "127.0.0.1:{sink.port}"\ntls = "none"\n')
-    conf = load(cfg)
-    sd = open_sync(conf.directory, conf.server.data_dir)
-    for name, text in SCRIPTS.items():
-        info = sd.user_info(f"{name}@{D}")
-        root = account_root(conf.server.data_dir, info["id"], info["store"])
-        put_script(root, "main", text)
-        set_active(root, "main")
+    activate(cfg, SCRIPTS)
     srv = serve_users(cfg, users)
     yield srv
     assert srv.stop() == 0
