@@ -186,10 +186,9 @@ class DirectorySubmitter:
                 if outcome.redirects or outcome.replies:  # durable before /set answers, as over SMTP
                     try:
                         await queue_orders(self.queue, QRcpt, outcome, mail_from, spool, data)
-                    except OSError as exc:
-                        logger.exception("sieve.enqueue_failed", exc)
-                        if outcome.delivered == 0:  # a redirect the script took the message away for
-                            raise
+                    except OSError as exc:  # not acknowledged, as a remote recipient's failed enqueue:
+                        logger.exception("sieve.enqueue_failed", exc)  # a resend may duplicate, not lose
+                        raise
                 remote += outcome.outside + outcome.retry
                 if plan is not None:  # archived now: not again when the queue retries them (docs/archive.md)
                     archived = set(outcome.retry)

@@ -147,10 +147,10 @@ class DirectoryBackend:
                 qid = await self.queue.enqueue(spool.path, tx.sender, remote, envid=tx.envid, ret=tx.ret,
                                                smtputf8=tx.smtputf8, body=tx.body)
             except OSError as exc:
+                # not accepted even when local copies are durable already: the client's retry may
+                # duplicate them, a 250 would lose the remote recipients (RFC 5321 §6.1)
                 logger.exception("queue.enqueue_failed", exc)
-                if delivered == 0:
-                    return Verdict(451, "4.3.0", "Queue not available, try again later")
-                # local copies are durable already; refusing now would duplicate them
+                return Verdict(451, "4.3.0", "Queue not available, try again later")
         if outcome is not None and outcome.rejects:  # the others got it: a bounce for the refusing ones
             await self._notice(info, tx, spool, data, "failed",
                                [QRcpt(a, orcpt=by_addr[a].orcpt if a in by_addr else None,
@@ -159,10 +159,9 @@ class DirectoryBackend:
             try:
                 await queue_orders(self.queue, QRcpt, outcome, tx.sender, spool.path, data,
                                    smtputf8=tx.smtputf8, body=tx.body)
-            except OSError as exc:
+            except OSError as exc:  # a redirect or reply not queued: not acknowledged (as above)
                 logger.exception("sieve.enqueue_failed", exc)
-                if delivered == 0:  # a redirect the script took the message away for: not acknowledged
-                    return Verdict(451, "4.3.0", "Queue not available, try again later")
+                return Verdict(451, "4.3.0", "Queue not available, try again later")
         if delivered and tx.sender:
             await self._success_notices(info, tx, spool, outcome.retry if outcome is not None else [])
         # one log line per message: the session's message.accepted carries these fields

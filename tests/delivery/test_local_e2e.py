@@ -276,3 +276,33 @@ def test_an_outside_group_member_still_gets_the_message_queued(site) -> None:
     assert queue_dir(site.data_dir).message_path(env.id).read_bytes() == alice
     # the spool file the queue linked, removed after
     wait_until(lambda: not list((site.data_dir / "spool").iterdir()))
+
+
+def test_a_queue_failure_after_local_copies_is_not_acknowledged(site, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The queue cannot take the group's outside member (ENOSPC injected): the message is refused with
+    451 although the local copies are durable; the client's retry then delivers to everyone (the
+    local members get it twice: a duplicate, not a lost recipient)."""
+    import errno
+
+    from mailsrv.queue.enqueue import Enqueuer
+
+    real = Enqueuer.enqueue
+
+    async def full(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Enqueuer, "enqueue", full)
+    with smtplib.SMTP("127.0.0.1", site.ports["mta"]) as c:
+        c.ehlo("client.test")
+        with pytest.raises(smtplib.SMTPDataError) as refused:
+            c.sendmail("someone@remote.test", ["team@example.test"], MSG)
+        assert refused.value.smtp_code == 451
+    assert queue_dir(site.data_dir).all() == []
+    assert len(site.inbox("alice@example.test")) == 1  # durable before the queue failed
+    monkeypatch.setattr(Enqueuer, "enqueue", real)
+    with smtplib.SMTP("127.0.0.1", site.ports["mta"]) as c:
+        c.ehlo("client.test")
+        assert c.sendmail("someone@remote.test", ["team@example.test"], MSG) == {}
+    [env] = queue_dir(site.data_dir).all()
+    assert [r.addr for r in env.rcpts] == ["partner@remote.test"]
+    assert len(site.inbox("alice@example.test")) == 2
