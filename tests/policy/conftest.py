@@ -28,6 +28,7 @@ import dns.rdatatype
 import dns.rrset
 import pytest
 from support.loopthread import LoopThread
+from support.server import wait_until
 
 from mailsrv.config import Config, LimitsConfig, ListenerConfig, PolicyConfig
 from mailsrv.delivery.spool import FileSpool
@@ -220,14 +221,15 @@ def clamd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClamdProcess]:
     proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
     client = Clamd(str(sock), timeout=5)
-    while not asyncio.run(client.ping()):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            proc.wait()
-            log = d / "clamd.log"
-            pytest.fail(f"clamd did not start: {log.read_text()[-2000:] if log.exists() else 'no log'}")
-        # polling the socket with a deadline (no fixed sleep): each ping fails fast until clamd listens
-        time.sleep(0.05)
+    try:  # each ping fails fast until clamd listens
+        _wait_peer(lambda: proc.poll() is not None or asyncio.run(client.ping()), deadline, d / "clamd.log",
+                   lambda: "clamd did not start")
+        if proc.poll() is not None:
+            pytest.fail(f"clamd exited at start (log {d / 'clamd.log'})")
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
     yield ClamdProcess(sock, proc)
     proc.terminate()
     proc.wait(10)
@@ -488,30 +490,41 @@ def _await_rspamd_learning(controller: str, deadline: float, d: Path) -> bool:
     import urllib.error
     import urllib.request
 
-    last = ""
-    for label in ("ham", "spam"):
+    last = [""]
+    broken = [False]
+
+    def learned(label: str) -> bool:
         body = (f"From: warm@rspamd-learn.test\r\nMessage-ID: <warm-{label}@rspamd-learn.test>\r\n"
                 f"Subject: warm up\r\n\r\nwarm up the classifier's {label}\r\n").encode()
-        while True:
-            if time.monotonic() > deadline:
-                log = d / "rspamd.log"
-                pytest.fail(f"rspamd never learned: {last}; {log.read_text()[-2000:] if log.exists() else 'no log'}")
-            req = urllib.request.Request(controller + "/learn" + label, data=body,
-                                         headers={"Password": RSPAMD_PASSWORD}, method="POST")
-            try:
-                with urllib.request.urlopen(req, timeout=5) as r:
-                    if r.status == 200:
-                        break
-            except urllib.error.HTTPError as exc:
-                last = exc.read().decode(errors="replace")
-                if "already learned" in last:  # a session fixture reused by a rerun in the same directory
-                    break
-            except OSError as exc:
-                last = str(exc)
-            if "cannot find statfile backend" in last and "cannot init backend" in _log_text(d):
-                return False
-            time.sleep(0.05)  # polling with a deadline until the classifier learns
+        req = urllib.request.Request(controller + "/learn" + label, data=body,
+                                     headers={"Password": RSPAMD_PASSWORD}, method="POST")
+        try:
+            with urllib.request.urlopen(req, timeout=5) as r:
+                return r.status == 200
+        except urllib.error.HTTPError as exc:
+            last[0] = exc.read().decode(errors="replace")
+            if "already learned" in last[0]:  # a session fixture reused by a rerun in the same directory
+                return True
+        except OSError as exc:
+            last[0] = str(exc)
+        broken[0] = "cannot find statfile backend" in last[0] and "cannot init backend" in _log_text(d)
+        return broken[0]
+
+    for label in ("ham", "spam"):
+        _wait_peer(lambda label=label: learned(label), deadline, d / "rspamd.log", lambda: f"rspamd never learned: {last[0]}")
+        if broken[0]:
+            return False
     return True
+
+
+def _wait_peer(pred: Any, deadline: float, log: Path, what: Any) -> None:
+    """:func:`support.server.wait_until` ``pred`` until ``deadline`` (a peer daemon starting); else the
+    test fails with ``what()`` and the tail of the daemon's ``log``."""
+    try:
+        wait_until(pred, timeout=max(deadline - time.monotonic(), 0.0), interval=0.05)
+    except AssertionError:
+        text = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+        pytest.fail(f"{what()}; {text or 'no log'}")
 
 
 def _log_text(d: Path) -> str:
@@ -556,20 +569,26 @@ lua = "{d}/rules.lua";
     for _attempt in range(3):
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         pending = [url, controller]
-        while pending:
-            try:
-                with urllib.request.urlopen(pending[0] + "/ping", timeout=2) as r:
-                    if r.read().strip() == b"pong":
-                        pending.pop(0)
-                        continue
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                proc.wait()
-                log = d / "rspamd.log"
-                pytest.fail(f"rspamd did not start: {log.read_text()[-2000:] if log.exists() else 'no log'}")
-            time.sleep(0.05)  # polling with a deadline until the worker listens
+
+        def up(proc: subprocess.Popen[bytes] = proc, pending: list[str] = pending) -> bool:
+            while pending and proc.poll() is None:  # each listener answers /ping, or rspamd exited
+                try:
+                    with urllib.request.urlopen(pending[0] + "/ping", timeout=2) as r:
+                        if r.read().strip() != b"pong":
+                            return False
+                except OSError:
+                    return False
+                pending.pop(0)
+            return True
+
+        try:
+            _wait_peer(up, deadline, d / "rspamd.log", lambda: "rspamd did not start")
+            if proc.poll() is not None:
+                pytest.fail(f"rspamd exited at start: {_log_text(d)[-2000:] or 'no log'}")
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
         if _await_rspamd_learning(controller, deadline, d):
             break
         proc.terminate()  # a statfile's SQLite open lost the creation race: the files exist now
