@@ -42,7 +42,7 @@ from mailsrv import log
 from mailsrv.config import ArchiveConfig, Config, ConfigError
 from mailsrv.delivery.local import LocalDelivery, ResolveCache
 from mailsrv.directory import Account, Kind
-from mailsrv.store import MailboxExists, MailboxNotFound
+from mailsrv.store import MailboxNotFound
 from mailsrv.util.fsio import fsync_dir, unique_name
 from mailsrv.util.runloop import run_until_signalled
 
@@ -177,7 +177,7 @@ class ArchivePlan:
         for (aid, folder), rule in self._hit.items():
             if aid in self._skip:
                 continue
-            await self._owner.ensure_folder(local, rule.archive, folder)
+            await local.ensure_folder(rule.archive, folder, "archive.folder_created")
             out.append((rule.archive.address, unlimited(rule.archive), folder, COPY_FLAGS))
         return out
 
@@ -207,7 +207,6 @@ class ArchiveRules:
         self._looked = float("-inf")
         self._loaded = False
         self._refresh: asyncio.Future[None] | None = None
-        self._folders: set[tuple[int, str]] = set()  # (account id, folder) known to exist
         self._senders = ResolveCache(directory)  # a sender's account: no directory query per message
 
     # --- markers (docs/archive.md): made by our queue's producers, honoured only with their MAC -----
@@ -290,16 +289,6 @@ class ArchiveRules:
         so its delivery makes no archive copy. ``rcpts``: (address, ORCPT) of each local recipient."""
         return bool(rcpts) and all(o is not None and o.startswith(_ARCHIVED_PREFIX) for _, o in rcpts) \
             and _loopback(peer_ip) and all(self._marked(ARCHIVED_ORCPT, sender, a, o) is not None for a, o in rcpts)
-
-    async def ensure_folder(self, local: LocalDelivery, acct: Account, folder: str) -> None:
-        if folder == "INBOX" or (acct.id, folder) in self._folders:
-            return
-        sacct = await local.store_account(acct)
-        if folder not in {m.name for m in await sacct.list_mailboxes()}:
-            with contextlib.suppress(MailboxExists):  # another worker made it meanwhile
-                await sacct.create_mailbox(folder)
-                logger.info("archive.folder_created", account=acct.address, folder=folder)
-        self._folders.add((acct.id, folder))
 
     async def _current(self) -> tuple[_Rule, ...]:
         """The rules, resolved; looked at again once per REFRESH_INTERVAL when the directory changed.

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from mailsrv import log
 from mailsrv.directory import Account, Kind, Resolution
-from mailsrv.store import DeliveryTarget, QuotaLimits, account_root
+from mailsrv.store import DeliveryTarget, MailboxExists, QuotaLimits, account_root
 from mailsrv.store.store import CLOSING
 
 if TYPE_CHECKING:
@@ -30,6 +30,8 @@ logger = log.get("delivery")
 
 #: Targets handed to one ``store.deliver`` call (bounds memory for huge groups).
 DELIVERY_BATCH = 256
+#: folders :meth:`LocalDelivery.ensure_folder` remembers as existing (per worker)
+FOLDERS_KNOWN = 10_000
 #: Seconds a recipient's resolution (kind, account, quota and policy flags) is reused at RCPT
 #: time; dropped at once when the directory's change stamp moves (any commit, by any process).
 RESOLVE_TTL = 1.0
@@ -189,9 +191,25 @@ class LocalDelivery:
         self.store = store
         self.data_dir = data_dir
         self.resolver = ResolveCache(directory)
+        self._folders: set[tuple[int, str]] = set()  # (account id, folder) known to exist: ensure_folder
         #: mailsrv.delivery.sieve.SieveFilter: the recipients' Sieve scripts (set by a caller that
         #: queues LocalOutcome.redirects and .replies; None: no filtering)
         self.sieve: Any = None
+
+    async def ensure_folder(self, acct: Account, folder: str, event: str) -> None:
+        """Create ``acct``'s ``folder`` unless it exists (archive rules, Sieve fileinto), logged as
+        ``event``; looked at once per worker (a bounded set of folders known to exist: one deleted
+        later gets its copies in INBOX, the store's fallback)."""
+        if folder == "INBOX" or (acct.id, folder) in self._folders:
+            return
+        sacct = await self.store_account(acct)
+        if folder not in {m.name for m in await sacct.list_mailboxes()}:
+            with contextlib.suppress(MailboxExists):  # another worker made it meanwhile
+                await sacct.create_mailbox(folder)
+                logger.info(event, account=acct.address, folder=folder)
+        if len(self._folders) >= FOLDERS_KNOWN:
+            self._folders.clear()
+        self._folders.add((acct.id, folder))
 
     async def store_account(self, acct: Account) -> Any:
         aid = str(acct.id)

@@ -12,7 +12,6 @@ Whatever fails here (a broken script, a runtime error, a bug) becomes the implic
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import sqlite3
 import time
@@ -33,7 +32,7 @@ from mailsrv.sieve import run as run_script
 from mailsrv.sieve.autoreply import FIELDS, compose, no_reply_address, reply_subject, silenced
 from mailsrv.sieve.interp import MAX_FIELD, header_fields
 from mailsrv.sieve.scripts import ACTIVE, DIRNAME, active_script
-from mailsrv.store import MailboxExists, account_root
+from mailsrv.store import account_root
 
 logger = log.get("sieve")
 
@@ -208,7 +207,6 @@ class SieveFilter:
         self.data_dir = data_dir
         self.check_interval = check_interval
         self._cache: OrderedDict[int, _Entry] = OrderedDict()
-        self._folders: set[tuple[int, str]] = set()
         #: scripts compiled and runs made (tests, bench)
         self.compiled = 0
         self.runs = 0
@@ -240,19 +238,6 @@ class SieveFilter:
     def begin(self, local: Any, spool: Path, data: bytes | None, sender: str) -> Pass:
         """One message's filtering; ``local`` is the LocalDelivery (store, resolver)."""
         return Pass(self, local, spool, data, sender)
-
-    async def ensure_folder(self, local: Any, acct: Account, folder: str) -> None:
-        """fileinto a missing folder creates it (docs/sieve.md, as Dovecot's :create)."""
-        if (acct.id, folder) in self._folders:
-            return
-        sacct = await local.store_account(acct)
-        if folder not in {m.name for m in await sacct.list_mailboxes()}:
-            with contextlib.suppress(MailboxExists):  # another worker made it meanwhile
-                await sacct.create_mailbox(folder)
-                logger.info("sieve.folder_created", user=acct.address, folder=folder)
-        if len(self._folders) > CACHE_SIZE:
-            self._folders.clear()
-        self._folders.add((acct.id, folder))
 
 
 def _head(spool: Path, n: int = HEAD_MAX) -> bytes:
@@ -349,7 +334,7 @@ class Pass:
             box = mailbox if t.keep and t.mailbox == "INBOX" else t.mailbox
             if box != "INBOX" and box != mailbox:
                 try:
-                    await self.filt.ensure_folder(self.local, acct, box)
+                    await self.local.ensure_folder(acct, box, "sieve.folder_created")
                 except Exception as exc:  # a bad name: the store puts the copy in INBOX
                     logger.warning("sieve.fileinto_failed", user=acct.address, folder=box, error=str(exc))
             copies.append((box, t.flags))
