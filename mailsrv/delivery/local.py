@@ -320,6 +320,9 @@ class LocalDelivery:
                     out.archive_retry.append((addr, box))
                 elif addr not in out.retry:  # one retry per address (a script's copies may be several)
                     out.retry.append(addr)
+            if sieve is not None and sieve.ledgers:  # docs/sieve.md "Retries": a retried recipient's copies
+                await sieve.settle([(addr, box, res.status == "ok") for (addr, _, box), res
+                                    in zip(batch, results, strict=True) if addr not in flags])
             batch.clear()
 
         for address, res in recipients:

@@ -23,6 +23,7 @@ from typing import Any
 
 from mailsrv import log
 from mailsrv.config import SieveConfig
+from mailsrv.delivery import sieve_ledger
 from mailsrv.delivery.local import unlink_quiet
 from mailsrv.directory import Account, Kind
 from mailsrv.mime.headers import decode_words, message_ids, parse_addresses, unfold
@@ -58,12 +59,28 @@ RECIPIENT_FIELDS = ("to", "cc", "bcc", "resent-to", "resent-cc", "resent-bcc")
 
 
 @dataclass
+class Ledger:
+    """One account's part of a message in its retry ledger (mailsrv.delivery.sieve_ledger)."""
+
+    root: Path
+    msgid: str
+    #: the message's ledger key ("" until needed)
+    key: str = ""
+    #: items a former attempt made (a retry skips them)
+    done: frozenset[str] = frozenset()
+    #: some copy failed: the recipient is retried, so what was made (copies, then redirects once
+    #: queued) is recorded
+    retrying: bool = False
+
+
+@dataclass
 class RedirectOrder:
     """Redirect the message (with ``X-Sieve-Redirected-From: account`` added) to ``addresses``, with
     the original envelope sender."""
 
     account: str
     addresses: list[str]
+    ledger: Ledger | None = None
 
 
 @dataclass
@@ -141,6 +158,7 @@ async def queue_orders(queue: Any, rcpt: Callable[[str], Any], outcome: Any, sen
         rcpts = [rcpt(a) for a in order.addresses]  # RFC 5228 §4.2: bounces go to the original sender
         if data is not None:
             await queue.enqueue(redirected(data, order.account), sender, rcpts, smtputf8=smtputf8, body=body)
+            await _record_redirect(order)
             continue
         path = spool.with_name(spool.name + ".redirect")
         try:
@@ -148,8 +166,22 @@ async def queue_orders(queue: Any, rcpt: Callable[[str], Any], outcome: Any, sen
             await queue.enqueue(path, sender, rcpts, smtputf8=smtputf8, body=body)
         finally:
             await loop.run_in_executor(None, unlink_quiet, path)
+        await _record_redirect(order)
     for reply in outcome.replies:  # RFC 3834 §3.3 / RFC 5230 §4.5: from the null reverse path
         await queue.enqueue(reply.message, "", [rcpt(reply.to)], smtputf8=smtputf8, body="8BITMIME")
+
+
+async def _record_redirect(order: RedirectOrder) -> None:
+    """A queued redirect of a recipient that is retried: recorded, so that the retry does not queue it
+    again (docs/sieve.md "Retries"). A failure to record costs a possible second redirect, no mail."""
+    led = order.ledger
+    if led is None or not led.retrying or not led.key:
+        return
+    try:
+        await asyncio.get_running_loop().run_in_executor(
+            None, sieve_ledger.record, led.root, led.key, led.msgid, [f"redirect:{a.lower()}" for a in order.addresses])
+    except (OSError, sqlite3.Error) as exc:
+        logger.warning("sieve.ledger_failed", user=order.account, error=str(exc))
 
 
 class VacationState:
@@ -257,6 +289,9 @@ class Pass:
         self._fields: list[tuple[str, bytes]] | None = None
         self._message: bytes | None = None
         self._size = len(data) if data is not None else -1
+        self._key: str | None = None
+        #: recipient address (as in LocalDelivery's batch) -> its ledger part, for :meth:`settle`
+        self.ledgers: dict[str, Ledger] = {}
 
     async def fields(self) -> list[tuple[str, bytes]]:
         if self._fields is None:
@@ -321,9 +356,7 @@ class Pass:
         sent: list[str] = []
         if o.redirects:
             sent = await self._redirects(o.redirects, msg, acct)
-            if sent:
-                out.redirects.append(RedirectOrder(acct.address, sent))
-            elif not targets:  # nothing redirected after all: the message is kept
+            if not sent and not targets:  # nothing redirected after all: the message is kept
                 targets.append(Target(mailbox, frozenset(), True))
         if o.vacation is not None:
             reply = await self._vacation(o, msg, address, acct)
@@ -340,7 +373,76 @@ class Pass:
             copies.append((box, t.flags))
         if not copies and not sent:
             logger.info("sieve.discarded", user=acct.address)
+            return copies
+        led = await self._ledger(address, acct, msg)
+        if led.done:  # a retry: what the former attempt made is not made again (docs/sieve.md "Retries")
+            copies = [c for c in copies if f"copy:{c[0]}" not in led.done]
+            sent = [a for a in sent if f"redirect:{a.lower()}" not in led.done]
+            logger.info("sieve.retried", user=acct.address, skipped=len(led.done))
+            if not copies and not sent:  # nothing was missing: the record has served
+                await self._forget(acct.address, led)
+        if sent:
+            out.redirects.append(RedirectOrder(acct.address, sent, led))
         return copies
+
+    async def key(self) -> str:
+        """The message's ledger key (mailsrv.delivery.sieve_ledger.message_key)."""
+        if self._key is None:
+            fields, head = await self.fields(), await self.message()
+            self._key = await asyncio.get_running_loop().run_in_executor(
+                None, sieve_ledger.message_key, self.sender, fields, head)
+        return self._key
+
+    async def _ledger(self, address: str, acct: Account, msg: MessageView) -> Ledger:
+        """The account's ledger part of this message; the items a former attempt made when its
+        ledger has rows of it (one stat(2) on the loop when it has no ledger, most accounts)."""
+        root = account_root(self.filt.data_dir, acct.id, acct.store)
+        mids = msg.raw("message-id")
+        led = self.ledgers[address] = Ledger(root, " ".join(mids[0].decode("latin-1").split()) if mids else "")
+        if sieve_ledger.exists(root):
+            try:
+                loop = asyncio.get_running_loop()
+                if await loop.run_in_executor(None, sieve_ledger.has_rows, root, led.msgid):
+                    led.key = await self.key()
+                    led.done = frozenset(await loop.run_in_executor(None, sieve_ledger.done, root, led.key))
+            except (OSError, sqlite3.Error) as exc:  # unreadable: the script's copies are all made
+                logger.warning("sieve.ledger_failed", user=acct.address, error=str(exc))
+        return led
+
+    async def _forget(self, user: str, led: Ledger) -> None:
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, sieve_ledger.forget, led.root, led.key)
+        except (OSError, sqlite3.Error) as exc:  # the rows expire (LEDGER_TTL)
+            logger.warning("sieve.ledger_failed", user=user, error=str(exc))
+
+    async def settle(self, results: list[tuple[str, str, bool]]) -> None:
+        """After the store made the copies: ``results`` are (address, folder, made) of each copy. A
+        recipient with a failed copy is retried: its made copies are recorded (and its redirects
+        once queued, :func:`queue_orders`); one whose retry made every copy has its rows removed.
+        Never raises."""
+        made: dict[str, list[str]] = {}
+        failed: set[str] = set()
+        for addr, box, ok in results:
+            if addr in self.ledgers:
+                made.setdefault(addr, [])
+                if ok:
+                    made[addr].append(box)
+                else:
+                    failed.add(addr)
+        for addr, boxes in made.items():
+            led = self.ledgers[addr]
+            if addr not in failed:
+                if led.done:
+                    await self._forget(addr, led)
+                continue
+            try:
+                led.key = await self.key()
+                led.retrying = True
+                if boxes:
+                    await asyncio.get_running_loop().run_in_executor(
+                        None, sieve_ledger.record, led.root, led.key, led.msgid, [f"copy:{b}" for b in boxes])
+            except (OSError, sqlite3.Error) as exc:  # the retry may make a copy twice; no mail is lost
+                logger.warning("sieve.ledger_failed", rcpt=addr, error=str(exc))
 
     async def _redirects(self, addresses: tuple[str, ...], msg: MessageView, acct: Account) -> list[str]:
         own = acct.address.lower()

@@ -1,0 +1,117 @@
+"""A retried delivery makes only the copies and redirects a partly failed one did not (docs/sieve.md
+"Retries"), under a real ``mailsrv serve``: the fault is real (the INBOX's ``new/`` made immutable with
+chattr, which stops root too), the retries are real (our queue through our MTA, the sender through
+smtplib), copies are counted over IMAP and redirects at the aiosmtpd sink."""
+
+from __future__ import annotations
+
+import re
+import smtplib
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sievesink import Sink
+from support.admin import cli
+from support.server import init_setup, mailsrv_cmd, serve_users, wait_until
+from test_delivery_serve import activate, folder, imap, send, sunk_to
+
+from mailsrv.config import load
+from mailsrv.delivery.sieve_ledger import LEDGER_DB
+from mailsrv.directory import open_sync
+from mailsrv.store import account_root
+
+D = "example.test"
+PW = "sieve retry test password"
+SCRIPT = 'require ["fileinto", "copy"];\nfileinto "Archive";\nredirect :copy "lena-ext@remote.test";\nkeep;\n'
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, sink: Sink) -> Iterator[Any]:
+    base = tmp_path_factory.mktemp("sieveretry")
+    cfg = init_setup(base / "s", "--demo", workers=1)
+    users = dict(re.findall(r"demo user (\S+) password (\S+)", (base / "s" / "demo-users.txt").read_text()))
+    p = subprocess.run(mailsrv_cmd("user", "add", f"lena@{D}", "--password-stdin", "-c", str(cfg)),
+                       input=PW + "\n", capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    users[f"lena@{D}"] = PW
+    with open(cfg, "a") as fh:
+        fh.write(f'\n[queue.route."remote.test"]\nsmarthost = "127.0.0.1:{sink.port}"\ntls = "none"\n')
+    activate(cfg, {"lena": SCRIPT})
+    srv = serve_users(cfg, users)
+    yield srv
+    assert srv.stop() == 0
+
+
+def lena_root(srv: Any) -> Path:
+    conf = load(srv.cfg)
+    info = open_sync(conf.directory, conf.server.data_dir).user_info(f"lena@{D}")
+    return account_root(conf.server.data_dir, info["id"], info["store"])
+
+
+def count(srv: Any, box: str, subject: str) -> int:
+    m = imap(srv, f"lena@{D}")
+    try:
+        if m.select(f'"{box}"', readonly=True)[0] != "OK":
+            return 0
+        typ, data = m.search(None, "SUBJECT", f'"{subject}"')
+        assert typ == "OK"
+        return len(data[0].split())
+    finally:
+        m.logout()
+
+
+def immutable(path: Path, on: bool) -> None:
+    subprocess.run(["chattr", "+i" if on else "-i", str(path)], check=True)
+
+
+def test_queue_retry_makes_only_the_failed_copy(server: Any, sink: Sink) -> None:
+    send(server, "warm up", [f"lena@{D}"])  # the maildir and its Archive folder exist
+    root = lena_root(server)
+    assert count(server, "Archive", "warm up") == 1
+    immutable(root / "new", True)
+    try:
+        send(server, "retry one", [f"lena@{D}"])  # Archive made, INBOX failed: 250, the queue retries lena
+        assert count(server, "Archive", "retry one") == 1
+        assert count(server, "INBOX", "retry one") == 0
+        assert (root / LEDGER_DB).exists()
+    finally:
+        immutable(root / "new", False)
+    mark = server.mark()
+    cli(server.cfg, "queue", "flush")
+    wait_until(lambda: count(server, "INBOX", "retry one") == 1, timeout=60)
+    server.wait_for(r"sieve\.retried .*user=lena@example\.test", start=mark)
+    assert count(server, "Archive", "retry one") == 1  # not a second copy
+    wait_until(lambda: len(sunk_to(sink, "retry one")) >= 1, timeout=30)
+    assert len(sunk_to(sink, "retry one")) == 1  # the redirect of the first attempt only
+    # the record has served: the same message sent again later is new mail
+    send(server, "retry one", [f"lena@{D}"])
+    assert count(server, "Archive", "retry one") == 2
+    wait_until(lambda: len(sunk_to(sink, "retry one")) == 2, timeout=30)
+
+
+def test_sender_retry_after_451_makes_only_what_is_missing(server: Any, sink: Sink) -> None:
+    send(server, "warm up two", [f"lena@{D}"])
+    root = lena_root(server)
+    qmsg = Path(load(server.cfg).server.data_dir) / "queue" / "msg"
+    immutable(root / "new", True)
+    immutable(qmsg, True)  # and the queue cannot take the retry: the client is told 451
+    try:
+        with pytest.raises(smtplib.SMTPDataError) as e:
+            send(server, "retry two", [f"lena@{D}"])
+        assert e.value.smtp_code == 451
+        assert count(server, "Archive", "retry two") == 1  # durable before the failure
+        assert count(server, "INBOX", "retry two") == 0
+    finally:
+        immutable(qmsg, False)
+        immutable(root / "new", False)
+    mark = server.mark()
+    send(server, "retry two", [f"lena@{D}"])  # the sender's retry, the same message
+    server.wait_for(r"sieve\.retried .*user=lena@example\.test", start=mark)
+    assert count(server, "INBOX", "retry two") == 1
+    assert count(server, "Archive", "retry two") == 1
+    # the first attempt queued nothing (451): the redirect is made once, by the retry
+    wait_until(lambda: len(sunk_to(sink, "retry two")) == 1, timeout=30)
+    assert folder(server, f"lena@{D}", "INBOX")["retry two"] == ""
