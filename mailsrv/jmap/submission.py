@@ -142,6 +142,22 @@ class DirectorySubmitter:
             await self._settle(made, result[1] if result is not None else None)
         return result
 
+    async def _refused_notice(self, mail_from: str, refused: list[tuple[str, str]], data: bytes) -> None:
+        """A "failed" delivery status notification (RFC 3464) to the submitter about recipients whose
+        Sieve script refused the message (docs/sieve.md), queued before the submission answers; a
+        failure to queue it is logged (the others' copies are made)."""
+        from mailsrv.delivery.sieve import reply_text
+        from mailsrv.queue import dsn
+        from mailsrv.queue.store import Envelope, QRcpt
+
+        rcpts = [QRcpt(a, diag=f"550 5.7.1 {reply_text(why)}") for a, why in refused]
+        body = dsn.build(Envelope(id="", sender=mail_from, rcpts=[]), rcpts, "failed", data[:dsn.MAX_RETURNED_BODY],
+                         reporting_mta=self.local.store.hostname)
+        try:
+            await self.queue.enqueue(body, "", [QRcpt(mail_from)], body="8BITMIME")
+        except OSError as exc:
+            logger.exception("dsn.enqueue_failed", exc)
+
     async def _submit_queued(self, acct: Any, raw: bytes, mail_from: str,
                              rcpts: list[str]) -> tuple[str | None, dict[str, tuple[str, str]]]:
         from mailsrv.delivery.archive import envelope_block
@@ -183,6 +199,9 @@ class DirectorySubmitter:
                     out[r] = (("no", f"550 5.7.1 {reply_text(refused[r])}") if r in refused
                               else ("queued", "250 2.0.0 queued for retry") if r in outcome.retry
                               else ("yes", "250 2.0.0 delivered"))
+                members = [(a, why) for a, why in outcome.rejects if a not in out]
+                if members:  # a group's members (the group is delivered): told as over SMTP (RFC 5429 §2.1)
+                    await self._refused_notice(mail_from, members, data)
                 if outcome.redirects or outcome.replies:  # durable before /set answers, as over SMTP
                     try:
                         await queue_orders(self.queue, QRcpt, outcome, mail_from, spool, data)

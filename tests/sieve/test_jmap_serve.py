@@ -15,8 +15,9 @@ from typing import Any
 
 import pytest
 from sievesink import Sink
+from support.admin import cli
 from support.server import init_setup, mailsrv_cmd, serve_users, wait_until
-from test_delivery_serve import activate, folder, send, sunk
+from test_delivery_serve import activate, folder, imap, send, sunk
 
 D = "example.test"
 PW = "sieve jmap test password"
@@ -42,6 +43,9 @@ def server(tmp_path_factory: pytest.TempPathFactory, sink: Sink) -> Iterator[Any
         users[f"{name}@{D}"] = PW
     with open(cfg, "a") as fh:
         fh.write(f'\n[queue.route."remote.test"]\nsmarthost = "127.0.0.1:{sink.port}"\ntls = "none"\n')
+    cli(cfg, "group", "add", f"crew@{D}")
+    for member in ("bob", "dave"):
+        cli(cfg, "group", "member", "add", f"crew@{D}", f"{member}@{D}")
     activate(cfg, SCRIPTS)
     srv = serve_users(cfg, users)
     yield srv
@@ -64,22 +68,7 @@ def api(srv: Any, bearer: str, *calls: list[Any]) -> list[Any]:
 
 def test_submission_to_local_recipients_runs_their_scripts(server: Any, sink: Sink) -> None:
     alice = f"alice@{D}"
-    t = token(server, alice)
-    got = api(server, t, ["Mailbox/get", {"accountId": "A1"}, "m"], ["Identity/get", {"accountId": "A1"}, "i"])
-    drafts = next(m["id"] for m in got[0][1]["list"] if m["role"] == "drafts")
-    ident = got[1][1]["list"][0]["id"]
-    rcpts = [f"bob@{D}", f"carol@{D}", f"dave@{D}"]
-    r = api(server, t, ["Email/set", {"accountId": "A1", "create": {"d": {
-        "mailboxIds": {drafts: True}, "from": [{"email": alice}], "to": [{"email": a} for a in rcpts],
-        "subject": "weekly report", "textBody": [{"partId": "t"}],
-        "bodyValues": {"t": {"value": "numbers attached"}}}}}, "e"],
-        ["EmailSubmission/set", {"accountId": "A1", "create": {"s": {
-            "identityId": ident, "emailId": "#d",
-            "envelope": {"mailFrom": {"email": alice}, "rcptTo": [{"email": a} for a in rcpts]}}}}, "s"])
-    assert r[1][1]["created"] is not None, r
-    sid = r[1][1]["created"]["s"]["id"]
-    ds = api(server, t, ["EmailSubmission/get", {"accountId": "A1", "ids": [sid]}, "g"])[0][1]["list"][0][
-        "deliveryStatus"]
+    ds = submit(server, alice, "weekly report", [f"bob@{D}", f"carol@{D}", f"dave@{D}"])
     assert ds[f"bob@{D}"]["delivered"] == "yes" and ds[f"carol@{D}"]["delivered"] == "yes", ds
     # dave's script refused it: told in the status (RFC 5429), no copy
     assert ds[f"dave@{D}"]["delivered"] == "no", ds
@@ -96,6 +85,46 @@ def test_submission_to_local_recipients_runs_their_scripts(server: Any, sink: Si
     assert out[0]["X-Sieve-Redirected-From"] == f"carol@{D}"
     assert out[0]["Return-Path"] is None  # the queue takes our Return-Path off before relaying
     assert "weekly report" not in folder(server, f"carol@{D}", "INBOX")
+
+
+def submit(srv: Any, user: str, subject: str, rcpts: list[str]) -> dict[str, Any]:
+    """``user`` writes and submits a message to ``rcpts`` over JMAP: its deliveryStatus."""
+    t = token(srv, user)
+    got = api(srv, t, ["Mailbox/get", {"accountId": "A1"}, "m"], ["Identity/get", {"accountId": "A1"}, "i"])
+    drafts = next(m["id"] for m in got[0][1]["list"] if m["role"] == "drafts")
+    r = api(srv, t, ["Email/set", {"accountId": "A1", "create": {"d": {
+        "mailboxIds": {drafts: True}, "from": [{"email": user}], "to": [{"email": a} for a in rcpts],
+        "subject": subject, "textBody": [{"partId": "t"}], "bodyValues": {"t": {"value": "see attached"}}}}}, "e"],
+        ["EmailSubmission/set", {"accountId": "A1", "create": {"s": {
+            "identityId": got[1][1]["list"][0]["id"], "emailId": "#d",
+            "envelope": {"mailFrom": {"email": user}, "rcptTo": [{"email": a} for a in rcpts]}}}}, "s"])
+    sid = r[1][1]["created"]["s"]["id"]
+    ds = api(srv, t, ["EmailSubmission/get", {"accountId": "A1", "ids": [sid]}, "g"])[0][1]["list"][0]
+    return dict(ds["deliveryStatus"])
+
+
+def test_group_member_reject_is_told_to_the_submitter(server: Any) -> None:
+    # dave's script refuses everything; as a member of crew the submission itself says "delivered" (bob
+    # got it), so the submitter hears of dave in a delivery status notification, as over SMTP
+    alice = f"alice@{D}"
+    ds = submit(server, alice, "monthly report", [f"crew@{D}"])
+    assert ds[f"crew@{D}"]["delivered"] == "yes", ds
+    assert "monthly report" in folder(server, f"bob@{D}", "Reports")
+    bounce = "Undelivered Mail Returned to Sender"
+    wait_until(lambda: bounce in folder(server, alice, "INBOX"), timeout=60)
+    m = imap(server, alice)
+    try:
+        m.select("INBOX", readonly=True)
+        typ, data = m.search(None, "SUBJECT", f'"{bounce}"')
+        (num,) = data[0].split()
+        typ, data = m.fetch(num, "(RFC822)")
+    finally:
+        m.logout()
+    dsn = email.message_from_bytes(data[0][1])
+    assert dsn.get_content_type() == "multipart/report"
+    human = dsn.get_payload()[0].get_payload()
+    assert f"<dave@{D}>: 550 5.7.1 No reports, thank you." in human and f"bob@{D}" not in human
+    assert "monthly report" not in folder(server, f"dave@{D}", "INBOX")
 
 
 def _replies(sink: Sink, to: str) -> list[email.message.Message]:
