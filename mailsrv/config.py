@@ -704,8 +704,17 @@ class FilesConfig:
     convert_over: int = doc("On authenticated submission (SMTP AUTH, JMAP EmailSubmission), an attachment larger "
                             "than this many bytes (encoded) is stored as a link of the sender's and replaced in the "
                             "message, for every recipient, by a short text part with the link; over the sender's "
-                            "quota the message goes as written; 0 = never (docs/files.md).", 0,
+                            "quota the message goes as written; 0 = never (docs/files.md). A domain's or user's own "
+                            "threshold overrides it: `mailsrv files convert SCOPE N|off|default`.", 0,
                             check=_non_negative)
+    download_rate_per_ip: int = doc("Public downloads (GET/HEAD /f/TOKEN) one client address (an IPv6 /64) may "
+                                    "request per minute, per worker, in bursts of as many; more are answered 429 "
+                                    "with Retry-After; 0 = unlimited.", 60, check=_non_negative)
+    download_concurrent_per_ip: int = doc("Downloads one client address (an IPv6 /64) may run at once, per "
+                                          "worker (429 beyond); 0 = unlimited.", 4, check=_non_negative)
+    download_concurrent_per_link: int = doc("Downloads of one link that may run at once, per worker (429 beyond; "
+                                            "a link sent to a large list is fetched by many); 0 = unlimited.", 32,
+                                            check=_non_negative)
 
 
 @dataclass(frozen=True)

@@ -1,15 +1,17 @@
-"""``mailsrv files list|add|delete|sweep``: big-attachment links for scripts and administrators.
+"""``mailsrv files list|add|delete|sweep|convert``: big-attachment links for scripts and administrators.
 
 ``add USER PATH`` copies a file into the link store on USER's behalf (their quota applies) and
 prints the link, the only time its token is shown. ``delete ID`` ends a link at once (its URL then
-answers 410). ``sweep`` expires links now instead of at the workers' next sweep. Safe while the
-server runs (docs/files.md).
+answers 410). ``sweep`` expires links now instead of at the workers' next sweep. ``convert`` shows
+or sets the ``convert_over`` threshold of a domain or user (over ``[files] convert_over``). Safe while
+the server runs (docs/files.md).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import time
 from pathlib import Path
 from urllib.parse import quote
@@ -43,6 +45,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     rm.set_defaults(func=cmd_delete)
     sw = fs.add_parser("sweep", help="remove the files of expired links now")
     sw.set_defaults(func=cmd_sweep)
+    cv = fs.add_parser("convert", help="attachments over N bytes sent as links: per domain or user",
+                       description="Without VALUE: the thresholds set (all, or SCOPE's) and the one that applies. "
+                       "With it: SCOPE's own threshold, a user's over their domain's over [files] convert_over. "
+                       "Workers see a change within a few seconds.")
+    cv.add_argument("scope", nargs="?", default=None, help="a local domain, or a user's address")
+    cv.add_argument("value", nargs="?", default=None,
+                    help="bytes (suffix K, M or G: 25M), 'off' (never for them), or 'default' (remove: inherit)")
+    cv.add_argument("--json", action="store_true", help="as JSON")
+    cv.set_defaults(func=cmd_convert)
     p.set_defaults(func=lambda args: p.print_help() or 2)
 
 
@@ -144,4 +155,62 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     finally:
         store.close()
     print(f"expired {n} links, freed {freed} bytes in {time.monotonic() - t0:.2f}s")
+    return 0
+
+
+_SIZE_RE = re.compile(r"^([0-9]{1,15})([KMG]?)$", re.IGNORECASE)
+
+
+def parse_threshold(text: str) -> int | None:
+    """A ``files convert`` VALUE: bytes (a K, M or G suffix: binary multiples), ``off`` (0), ``default`` (None)."""
+    word = text.strip().lower()
+    if word == "off":
+        return 0
+    if word == "default":
+        return None
+    m = _SIZE_RE.match(word)
+    if m is None:
+        raise CliError(f"{text!r}: a number of bytes (25M, 500K), 'off' or 'default'")
+    return int(m.group(1)) * 1024 ** " kmg".index(m.group(2).lower() or " ")
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from mailsrv.directory import DirectoryError
+    from mailsrv.files.convert import pick_threshold
+
+    cfg = config_mod.load(config_path(args))
+    d = open_sync(cfg.directory, Path(cfg.server.data_dir))
+    try:
+        if args.value is not None:
+            try:
+                d.set_convert_over(args.scope, parse_threshold(args.value))
+            except DirectoryError as exc:
+                raise CliError(str(exc)) from None
+        rows = d.list_convert_settings()
+        applies = None
+        if args.scope is not None:
+            scope = args.scope.strip().lower()
+            acct = d.account_by_address(scope) if "@" in scope else None
+            if "@" in scope and acct is None:
+                raise CliError(f"no user {scope}")
+            if "@" not in scope and not d.is_local_domain(scope):
+                raise CliError(f"no domain {scope}")
+            users, domains = d.convert_settings()
+            applies = pick_threshold(users, domains, cfg.files.convert_over, acct.id if acct is not None else None,
+                                     acct.domain if acct is not None else scope)
+            rows = [r for r in rows if r["scope"] in (scope, acct.domain if acct is not None else None)]
+    finally:
+        d.close()
+    if args.json:
+        out: dict[str, object] = {"default": cfg.files.convert_over, "settings": rows}
+        if applies is not None:
+            out["applies"] = applies
+        print(json.dumps(out))
+        return 0
+    print(f"*\t{cfg.files.convert_over or 'off'}\t([files] convert_over)")
+    for r in rows:
+        print(f"{r['scope']}\t{r['convert_over'] or 'off'}")
+    if applies is not None:
+        print(f"{args.scope.strip().lower()} converts attachments over: {applies or 'never (off)'}"
+              f"{' bytes' if applies else ''}")
     return 0

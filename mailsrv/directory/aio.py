@@ -104,6 +104,10 @@ class Directory:
         """(scope, kind, entry) block/allow list rows of ``scopes`` (issue 12)."""
         return await self._call("policy_lists", list(scopes))
 
+    async def convert_settings(self) -> tuple[dict[int, int], dict[str, int]]:
+        """Per-user and per-domain ``convert_over`` overrides (docs/files.md; mailsrv.directory.filesettings)."""
+        return await self._call("convert_settings")
+
     async def account(self, account_id: int) -> Account | None:
         return await self._call("account", account_id)
 

@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 from mailsrv.directory import addresses as A
+from mailsrv.directory.filesettings import FileSettings
 from mailsrv.directory.sqlite import POST_POLICIES, SCOPES, SqliteCore
 from mailsrv.directory.types import GRANT_RIGHTS, Account, Conflict, DirectoryError, NotFound
 
@@ -29,7 +30,7 @@ def _check_limits(**limits: Any) -> None:
             raise DirectoryError(f"{key} must be a whole number >= 0, or none for unlimited")
 
 
-class SyncDirectory(SqliteCore):
+class SyncDirectory(FileSettings, SqliteCore):
     """Lookups plus every change an administrator can make."""
 
     # -- domains -------------------------------------------------------------------------

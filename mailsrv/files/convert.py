@@ -11,7 +11,9 @@ in the message as it was.
 
 from __future__ import annotations
 
+import asyncio
 import quopri
+import time
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -23,6 +25,12 @@ from mailsrv.files.service import READ_CHUNK, FileLinks
 from mailsrv.mime import Part, iter_decoded, parse
 
 logger = log.get("files")
+
+#: Seconds the per-domain and per-user thresholds are reused while the directory's change stamp stays the
+#: same (the stamp can miss a commit in the same clock tick: bounded reuse, as mailsrv.delivery.local's).
+SETTINGS_TTL = 5.0
+#: Seconds between two looks at the directory's change stamp (one stat): a change is seen within this time.
+STAMP_LOOK = 1.0
 
 
 def big_attachments(root: Part, threshold: int) -> list[Part]:
@@ -134,3 +142,54 @@ async def converted(raw: Any, links: FileLinks, threshold: int, owner: str, owne
         if isinstance(p, memoryview):
             p.release()  # an mmap under them can be closed now
     return Converted(data, made)
+
+
+def pick_threshold(users: dict[int, int], domains: dict[str, int], default: int, account_id: int | None,
+                   domain: str) -> int:
+    """The threshold that applies: the user's own, else their domain's, else ``default`` (0: never)."""
+    over = users.get(account_id) if account_id is not None else None
+    return domains.get(domain, default) if over is None else over
+
+
+class ConvertPolicy:
+    """The threshold of a sender (docs/files.md "Per domain and per user"): the user's own setting, else
+    their domain's, else ``[files] convert_over``; 0 = never. The overrides (``directory.convert_settings``)
+    are held per worker and loaded again when the directory changed (its change stamp, looked at once a
+    :data:`STAMP_LOOK` at most) or :data:`SETTINGS_TTL` passed. Only the first load is waited for: a reload
+    runs beside the submissions, which keep the settings they had until it ends."""
+
+    def __init__(self, default: int, directory: object) -> None:
+        self.default = default
+        self.directory = directory
+        self._users: dict[int, int] = {}
+        self._domains: dict[str, int] = {}
+        self._loaded_at = float("-inf")
+        self._looked = float("-inf")
+        self._stamp: object = None
+        self._loading: asyncio.Future[None] | None = None
+        self._stamp_of = getattr(directory, "change_stamp", None)
+
+    async def threshold(self, account: object) -> int:
+        """Bytes over which ``account``'s attachments become links (0: never). Never raises: while the
+        directory cannot answer, the settings last loaded (else ``[files] convert_over``) apply."""
+        now = time.monotonic()
+        if now - self._looked >= STAMP_LOOK:
+            self._looked = now
+            stamp = self._stamp_of() if self._stamp_of is not None else None
+            if stamp != self._stamp or now - self._loaded_at >= SETTINGS_TTL:
+                if self._loading is None or self._loading.done():
+                    self._loading = asyncio.ensure_future(self._load(stamp, now))
+        if self._loaded_at == float("-inf") and self._loading is not None:
+            await asyncio.shield(self._loading)
+        return pick_threshold(self._users, self._domains, self.default, getattr(account, "id", None),
+                              getattr(account, "domain", ""))
+
+    async def _load(self, stamp: object, now: float) -> None:
+        loader = getattr(self.directory, "convert_settings", None)
+        try:
+            users, domains = await loader() if loader is not None else ({}, {})
+        except Exception as exc:  # keep what we had; the next look tries again
+            logger.exception("files.settings_failed", exc)
+            return
+        self._users, self._domains = users, domains
+        self._stamp, self._loaded_at = stamp, now

@@ -4,7 +4,8 @@ Routes (added to the JMAP application by :meth:`FileLinkHttp.add_routes`):
 
     PUT  /files/{name}[?days=N]        upload the raw body as ``name`` (``curl -T FILE URL/files/``)
     POST /files?name=NAME[&days=N]     the same (``days``: a shorter life than ``[files] retention_days``)
-    GET  /f/{token}[/{name}]           download, no login: Range, ETag, HEAD
+    GET  /f/{token}[/{name}]           download, no login: Range, ETag, HEAD; rate and concurrency
+                                       limited per client address and per link (``limits``: 429)
 
 Uploads authenticate exactly as JMAP does (the caller's ``authenticate``/``refuse``: Basic only
 over TLS or from trusted loopback, bearer tokens with the ``mail`` scope). Downloads are public to
@@ -21,6 +22,7 @@ from aiohttp import web
 from aiohttp.web_urldispatcher import _default_expect_handler
 
 from mailsrv import log
+from mailsrv.files.limits import BUSY_RETRY_AFTER, DownloadLimits, client_key
 from mailsrv.files.links import TOKEN_RE, FileLink, FileLinkError
 from mailsrv.files.names import content_disposition
 from mailsrv.files.ranges import Unsatisfiable, if_range_holds, none_match, parse_range
@@ -66,6 +68,9 @@ class FileLinkHttp:
         self.base_url = base_url
         self.max_concurrent = max_concurrent
         self._inflight: dict[str, int] = {}
+        cfg = links.config
+        self.limits = DownloadLimits(cfg.download_rate_per_ip, cfg.download_concurrent_per_ip,
+                                     cfg.download_concurrent_per_link)
 
     def install(self, app: web.Application) -> None:
         """Add the routes to ``app``; the expiry sweeps run while it does."""
@@ -141,6 +146,12 @@ class FileLinkHttp:
     # --- download ------------------------------------------------------------------------
 
     async def download(self, request: web.Request) -> web.StreamResponse:
+        client = client_key(request.remote)
+        wait = self.limits.request(client)  # every request counts, a bad token too (before any lookup)
+        if wait:
+            logger.debug("files.download_limited", client=client, reason="rate")  # a flood: not one line each
+            return problem(429, f"too many requests: at most {self.limits.rate} a minute from one address",
+                           {"Retry-After": str(wait)})
         token = request.match_info["token"]
         link = await self.links.find(token) if TOKEN_RE.match(token) else None
         if link is None or link.state == "pending":  # a pending link's message is not accepted (yet)
@@ -171,15 +182,23 @@ class FileLinkHttp:
             fh.close()
             await resp.prepare(request)
             return resp
-        if start == 0:  # a download begun; a resumed one (Range from further on) is not counted again
-            await self.links.count_download(link.id)
-        await resp.prepare(request)
-        blocks = self.links.read(fh, start, stop)
+        busy = self.limits.begin(client, link.id)
+        if busy is not None:
+            fh.close()
+            logger.info("files.download_limited", client=client, id=link.id, reason="concurrent")
+            return problem(429, busy, {"Retry-After": str(BUSY_RETRY_AFTER)})
         try:
-            async for block in blocks:
-                await resp.write(block)
+            if start == 0:  # a download begun; a resumed one (Range from further on) is not counted again
+                await self.links.count_download(link.id)
+            await resp.prepare(request)
+            blocks = self.links.read(fh, start, stop)
+            try:
+                async for block in blocks:
+                    await resp.write(block)
+            finally:
+                await blocks.aclose()  # the file is closed now, not when the generator is collected
+            await resp.write_eof()
         finally:
-            await blocks.aclose()  # the file is closed now, not when the generator is collected
-        await resp.write_eof()
+            self.limits.end(client, link.id)
         logger.info("files.downloaded", id=link.id, status=status, bytes=stop - start)
         return resp

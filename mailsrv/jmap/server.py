@@ -722,7 +722,7 @@ class JmapService:
 
                 res["files"] = FileLinks(cfg.files, files_root(data_dir))
             app.files = res["files"]
-            if submitter is not None and cfg.files.convert_over:  # docs/files.md: big attachments as links
+            if submitter is not None:  # docs/files.md: big attachments as links (convert_over, per domain, user)
                 from mailsrv.files.convert import link_base
 
                 submitter.convert_with(res["files"], cfg.files.convert_over, link_base(cfg))

@@ -94,14 +94,18 @@ class DirectorySubmitter:
             self.local.sieve = SieveFilter(sieve, data_dir)
         self.queue = Enqueuer(data_dir)
         self.spool_dir = spool_dir(data_dir)
-        #: docs/files.md: attachments over ``convert_over`` bytes become links of the sender's (``files``:
-        #: the worker's mailsrv.files.FileLinks, set with :meth:`convert_with`); 0 = never
+        #: docs/files.md: attachments over the sender's threshold become links of theirs (``files``: the
+        #: worker's mailsrv.files.FileLinks, set with :meth:`convert_with`); None = never
         self.files: Any = None
-        self.convert_over = 0
+        self.convert: Any = None
         self.link_base = ""
 
     def convert_with(self, files: Any, convert_over: int, link_base: str) -> None:
-        self.files, self.convert_over, self.link_base = files, convert_over, link_base
+        """``convert_over``: the default threshold; a domain's or user's own setting overrides it."""
+        from mailsrv.files.convert import ConvertPolicy
+
+        self.files, self.link_base = files, link_base
+        self.convert = ConvertPolicy(convert_over, self.directory)
 
     async def _account(self, principal: Any) -> Any:
         return principal.account if principal.account is not None else await self.directory.account(int(principal.id))
@@ -109,10 +113,11 @@ class DirectorySubmitter:
     async def _converted(self, acct: Any, raw: bytes) -> tuple[bytes, list[str]]:
         """``raw`` with its big attachments as links of ``acct``'s (docs/files.md), else ``raw``; and the
         links made, pending until :meth:`_settle`."""
-        if self.convert_over and acct is not None and len(raw) > self.convert_over:
+        over = await self.convert.threshold(acct) if self.convert is not None and acct is not None else 0
+        if over and len(raw) > over:
             from mailsrv.files.convert import converted
 
-            conv = await converted(raw, self.files, self.convert_over, str(acct.id), acct.address, self.link_base)
+            conv = await converted(raw, self.files, over, str(acct.id), acct.address, self.link_base)
             if conv is not None:
                 return conv.data, conv.links
         return raw, []

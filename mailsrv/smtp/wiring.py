@@ -18,7 +18,7 @@ from mailsrv.delivery.archive import ArchiveRules, envelope_block
 from mailsrv.delivery.local import LocalDelivery, LocalOutcome, unlink_quiet
 from mailsrv.delivery.sieve import SieveFilter, queue_orders, reply_text
 from mailsrv.delivery.spool import FileSpool, clean, spool_dir
-from mailsrv.files.convert import converted, link_base
+from mailsrv.files.convert import ConvertPolicy, converted, link_base
 from mailsrv.net.service import ServiceContext
 from mailsrv.queue import dsn
 from mailsrv.queue.enqueue import Enqueuer
@@ -48,10 +48,10 @@ class DirectoryBackend:
     def __init__(self, directory: Any, store: Any, data_dir: Path, archive: ArchiveRules | None = None,
                  files: Any = None, convert_over: int = 0, link_base: str = "", sieve: Any = None) -> None:
         self.directory = directory
-        #: docs/files.md: an authenticated sender's attachments over ``convert_over`` bytes become links
-        #: (``files``: the worker's mailsrv.files.FileLinks); 0 = never
+        #: docs/files.md: an authenticated sender's attachments over their threshold become links (``files``:
+        #: the worker's mailsrv.files.FileLinks; ``convert_over`` the default, overridden per domain and user)
         self.files = files
-        self.convert_over = convert_over if files is not None else 0
+        self.convert = ConvertPolicy(convert_over, directory) if files is not None else None
         self.link_base = link_base
         self.archive = archive  # docs/archive.md: None or no rules -> no archive copies
         self.local = LocalDelivery(directory, store, data_dir)
@@ -84,8 +84,10 @@ class DirectoryBackend:
         return FileSpool(self.spool_dir, lazy=True)  # sealed in memory: the store's job writes it
 
     async def deliver(self, info: SessionInfo, tx: Transaction, spool: Spool, converted: bool = False) -> Verdict:
-        if self.convert_over and not converted and info.account is not None and getattr(spool, "size", 0) > self.convert_over:
-            return await self._deliver_converted(info, tx, spool)
+        if self.convert is not None and not converted and info.account is not None:
+            over = await self.convert.threshold(info.account)
+            if over and getattr(spool, "size", 0) > over:
+                return await self._deliver_converted(info, tx, spool, over)
         local: list[tuple[str, Any]] = []
         remote: list[QRcpt] = []
         by_addr = {}
@@ -168,8 +170,8 @@ class DirectoryBackend:
         return Verdict(250, "2.0.0", f"OK id={info.sid}{' queued as ' + qid if qid else ''}",
                        log={"local": delivered, "queued": len(remote), "qid": qid or None})
 
-    async def _deliver_converted(self, info: SessionInfo, tx: Transaction, spool: Spool) -> Verdict:
-        """docs/files.md: the message with its big attachments as links of the sender's, delivered and
+    async def _deliver_converted(self, info: SessionInfo, tx: Transaction, spool: Spool, over: int) -> Verdict:
+        """docs/files.md: the message with its attachments over ``over`` bytes as links of the sender's, delivered and
         queued for every recipient instead of what the client sent; as sent when nothing converts or
         the conversion fails (``files.convert_failed``). The caller discards ``spool``. The links stay
         pending until the message is accepted (removed if it is not: docs/files.md)."""
@@ -182,7 +184,7 @@ class DirectoryBackend:
         try:
             if raw is None:
                 raw = mapped = await loop.run_in_executor(None, _map, spool.path)
-            conv = await converted(raw, self.files, self.convert_over, str(acct.id), acct.address, self.link_base)
+            conv = await converted(raw, self.files, over, str(acct.id), acct.address, self.link_base)
             if conv is not None:
                 new = FileSpool(self.spool_dir, lazy=True)
                 await new.write(conv.data)
@@ -272,7 +274,7 @@ def build_backend(ctx: ServiceContext) -> MailBackend:
     if directory is None or store is None:
         raise RuntimeError("the SMTP service needs resources['directory'] and resources['store']")
     cfg = ctx.config
-    files = ctx.resources.get("files") if cfg.files.enabled and cfg.files.convert_over > 0 else None
+    files = ctx.resources.get("files") if cfg.files.enabled else None  # convert_over: per domain and user too
     return DirectoryBackend(directory, store, cfg.server.data_dir, ctx.resources.get("archive"),
                             files=files, convert_over=cfg.files.convert_over, link_base=link_base(cfg),
                             sieve=cfg.sieve)

@@ -53,14 +53,14 @@ async def backend(tmp_path: Path) -> AsyncIterator[DirectoryBackend]:
         await directory.close()
 
 
-async def send(be: DirectoryBackend, raw: bytes) -> bytes:
-    """alice (authenticated) to bob through a real SMTP session; the DATA reply."""
-    acct = await be.directory.account_by_address(ALICE)
+async def send(be: DirectoryBackend, raw: bytes, sender: str = ALICE) -> bytes:
+    """``sender`` (authenticated; alice) to bob through a real SMTP session; the DATA reply."""
+    acct = await be.directory.account_by_address(sender)
     info = SessionInfo(sid="t1", hostname="mx.example.test", listener="submission", peer_ip="127.0.0.1",
                        account=acct)
     session = Session(info, SmtpConfig(), be)
     await session.command(b"EHLO client.test\r\n")
-    assert (await session.command(f"MAIL FROM:<{ALICE}>\r\n".encode())).reply.startswith(b"250 ")
+    assert (await session.command(f"MAIL FROM:<{sender}>\r\n".encode())).reply.startswith(b"250 ")
     assert (await session.command(f"RCPT TO:<{BOB}>\r\n".encode())).reply.startswith(b"250 ")
     assert (await session.command(b"DATA\r\n")).then == "data"
     assert session.spool is not None

@@ -1,0 +1,159 @@
+"""``convert_over`` per domain and per user (docs/files.md "Per domain and per user"): the user's own
+threshold over their domain's over ``[files] convert_over``; set with ``mailsrv files convert``."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from filetest import message
+from test_pending import ALICE, BOB, rows, send
+
+from mailsrv.config import Config, FilesConfig, ServerConfig, load
+from mailsrv.directory import NotFound, open_directory, open_sync
+from mailsrv.files import FileLinks
+from mailsrv.files import convert as convert_mod
+from mailsrv.files.convert import ConvertPolicy
+from mailsrv.files.links import files_root
+from mailsrv.smtp.wiring import DirectoryBackend
+from mailsrv.store import Store
+
+CAROL = "carol@other.test"
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+async def backend(tmp_path: Path) -> AsyncIterator[DirectoryBackend]:
+    """The worker's SMTP backend with file links and ``[files] convert_over = 0`` (off setup-wide)."""
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    cfg = Config(server=ServerConfig(data_dir=data_dir, hostname="mx.example.test"))
+    sd = open_sync(cfg.directory, data_dir)
+    for dom in ("example.test", "other.test"):
+        sd.add_domain(dom)
+    for user in (ALICE, BOB, CAROL):
+        sd.add_user(user)
+    sd.close()
+    directory = open_directory(cfg.directory, data_dir)
+    store = Store(cfg.store, data_dir, hostname="mx.example.test")
+    links = FileLinks(FilesConfig(), files_root(data_dir))
+    be = DirectoryBackend(directory, store, data_dir, None, files=links, convert_over=0, link_base="https://x")
+    be.data_dir = data_dir  # type: ignore[attr-defined]
+    try:
+        yield be
+    finally:
+        links.close()
+        await store.close()
+        await directory.close()
+
+
+def set_over(be: DirectoryBackend, scope: str, value: int | None) -> None:
+    sd = open_sync(Config().directory, be.data_dir)  # type: ignore[attr-defined]
+    try:
+        sd.set_convert_over(scope, value)
+    finally:
+        sd.close()
+
+
+def test_settings_are_stored_listed_replaced_and_go_with_their_user(tmp_path: Path) -> None:
+    sd = open_sync(Config().directory, tmp_path)
+    try:
+        assert sd.convert_settings() == ({}, {}) and sd.list_convert_settings() == []  # no table yet: none
+        sd.add_domain("example.test")
+        sd.add_user(ALICE)
+        uid = sd.account_by_address(ALICE).id  # type: ignore[union-attr]
+        sd.set_convert_over("Example.TEST", 1000)
+        sd.set_convert_over(ALICE.upper(), 0)
+        sd.set_convert_over(ALICE, 5000)  # replaces
+        assert sd.convert_settings() == ({uid: 5000}, {"example.test": 1000})
+        assert sd.list_convert_settings() == [{"scope": "example.test", "convert_over": 1000},
+                                              {"scope": ALICE, "convert_over": 5000}]
+        with pytest.raises(NotFound):
+            sd.set_convert_over("nobody@example.test", 1)
+        with pytest.raises(NotFound):
+            sd.set_convert_over("elsewhere.test", 1)
+        with pytest.raises(Exception, match=">= 0"):
+            sd.set_convert_over(ALICE, -1)
+        sd.set_convert_over("example.test", None)  # back to [files] convert_over
+        assert sd.convert_settings() == ({uid: 5000}, {})
+        sd.del_user(ALICE)
+        assert sd.convert_settings() == ({}, {})  # the row went with the user
+    finally:
+        sd.close()
+
+
+async def test_a_domain_turns_conversion_on_and_a_user_of_it_off(backend: DirectoryBackend) -> None:
+    reply = await send(backend, message(b"a" * 40_000))
+    assert reply.startswith(b"250 ") and rows(backend) == []  # off setup-wide: sent as written
+    set_over(backend, "example.test", 20_000)
+    backend.convert = ConvertPolicy(0, backend.directory)  # a fresh worker (no wait for the next look)
+    assert (await send(backend, message(b"b" * 40_000))).startswith(b"250 ")
+    assert [s for _, s in rows(backend)] == ["live"]
+    set_over(backend, ALICE, 0)  # alice: never, though her domain converts
+    set_over(backend, BOB, 100_000)
+    backend.convert = ConvertPolicy(0, backend.directory)
+    assert (await send(backend, message(b"c" * 40_000))).startswith(b"250 ")
+    assert len(rows(backend)) == 1
+    assert (await send(backend, message(b"d" * 40_000), sender=BOB)).startswith(b"250 ")
+    assert len(rows(backend)) == 1  # bob's own threshold (100 000) is over the attachment
+    assert (await send(backend, message(b"e" * 120_000), sender=BOB)).startswith(b"250 ")
+    assert len(rows(backend)) == 2
+
+
+async def test_a_user_converts_in_a_domain_that_does_not(backend: DirectoryBackend) -> None:
+    set_over(backend, "example.test", 0)
+    set_over(backend, CAROL, 10_000)
+    backend.convert = ConvertPolicy(50_000, backend.directory)  # on setup-wide at 50 000
+    assert (await send(backend, message(b"f" * 40_000))).startswith(b"250 ")
+    assert rows(backend) == []  # alice: her domain says never
+    assert (await send(backend, message(b"g" * 40_000), sender=CAROL)).startswith(b"250 ")
+    assert len(rows(backend)) == 1
+
+
+async def test_a_worker_sees_a_change_at_its_next_look(backend: DirectoryBackend,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(convert_mod, "STAMP_LOOK", 0.0)
+    policy = ConvertPolicy(7, backend.directory)
+    alice = await backend.directory.account_by_address(ALICE)
+    assert await policy.threshold(alice) == 7
+    set_over(backend, ALICE, 12345)
+    assert await policy.threshold(alice) in (7, 12345)  # the reload starts now, beside the caller
+    assert policy._loading is not None
+    await policy._loading
+    assert await policy.threshold(alice) == 12345
+
+
+def test_the_cli_sets_shows_and_removes_a_threshold(tmp_path: Path) -> None:
+    site = tmp_path / "s"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+    def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        p = subprocess.run([sys.executable, "-m", "mailsrv", *args, "-c", str(site / "mailsrv.toml")]
+                           if args[0] != "init" else [sys.executable, "-m", "mailsrv", *args],
+                           capture_output=True, text=True, timeout=60, env=env)
+        assert not check or p.returncode == 0, p.stderr
+        return p
+
+    cli("init", "--dir", str(site), "--any-port", "--hostname", "mail.example.test")
+    cfg = load(site / "mailsrv.toml")
+    sd = open_sync(cfg.directory, cfg.server.data_dir)
+    sd.add_domain("example.test")
+    sd.add_user(ALICE)
+    sd.close()
+    cli("files", "convert", "example.test", "25M")
+    cli("files", "convert", ALICE, "off")
+    out = json.loads(cli("files", "convert", ALICE, "--json").stdout)
+    assert out == {"default": 0, "applies": 0, "settings": [{"scope": "example.test", "convert_over": 25 * 1024**2},
+                                                            {"scope": ALICE, "convert_over": 0}]}
+    cli("files", "convert", ALICE, "default")
+    assert json.loads(cli("files", "convert", ALICE, "--json").stdout)["applies"] == 25 * 1024**2
+    text = cli("files", "convert").stdout
+    assert "example.test\t26214400" in text and ALICE not in text
+    bad = cli("files", "convert", ALICE, "lots", check=False)
+    assert bad.returncode != 0 and "'off' or 'default'" in bad.stderr
+    assert "no user" in cli("files", "convert", "bob@example.test", "1K", check=False).stderr
