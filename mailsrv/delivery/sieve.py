@@ -54,6 +54,8 @@ YIELD_EVERY = 32
 #: vacation state: per account, (handle, sender) -> last reply; at most VACATION_ROWS rows
 VACATION_DB = "sieve-vacation.db"
 VACATION_ROWS = 10_000
+#: the handle under which the JMAP VacationResponse's replies are recorded there (no script's: a NUL)
+JMAP_HANDLE = "\0jmap"
 #: RFC 5230 §4.5: the user's address must be in one of these for a reply
 RECIPIENT_FIELDS = ("to", "cc", "bcc", "resent-to", "resent-cc", "resent-bcc")
 
@@ -215,15 +217,18 @@ class VacationState:
 
 
     @staticmethod
-    def answered(root: Path, sender: str, since: float) -> bool:
-        """True when the account's Sieve vacation (any handle) answered ``sender`` (lower case) at or
-        after ``since``; blocking. The JMAP VacationResponse stays silent then (docs/sieve.md)."""
+    def answered(root: Path, sender: str, since: float, handle: str | None = None) -> bool:
+        """True when the account's Sieve vacation (any handle; ``handle``: that one, JMAP_HANDLE for the
+        JMAP VacationResponse) answered ``sender`` (lower case) at or after ``since``; blocking. The
+        other kind of auto-reply stays silent then (docs/sieve.md)."""
         path = root / VACATION_DB
         if not path.exists():
             return False
         db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
         try:
-            row = db.execute("SELECT 1 FROM sent WHERE sender = ? AND at >= ? LIMIT 1", (sender, since)).fetchone()
+            row = db.execute("SELECT 1 FROM sent WHERE sender = ? AND at >= ? AND "
+                             + ("handle = ?" if handle is not None else "handle != ?") + " LIMIT 1",
+                             (sender, since, JMAP_HANDLE if handle is None else handle)).fetchone()
         except sqlite3.OperationalError:  # the table is not there yet
             return False
         finally:
@@ -482,8 +487,13 @@ class Pass:
             logger.info("sieve.vacation_skipped", user=acct.address, reason=why)
             return None
         root = account_root(self.filt.data_dir, acct.id, acct.store)
-        claimed = await asyncio.get_running_loop().run_in_executor(
-            None, VacationState.claim, root, v.handle, sender.lower(), v.seconds)
+        loop = asyncio.get_running_loop()
+        if await loop.run_in_executor(None, VacationState.answered, root, sender.lower(), time.time() - v.seconds,
+                                      JMAP_HANDLE):
+            # docs/sieve.md: the JMAP VacationResponse answered this sender within the script's period
+            logger.info("sieve.vacation_skipped", user=acct.address, reason="jmap")
+            return None
+        claimed = await loop.run_in_executor(None, VacationState.claim, root, v.handle, sender.lower(), v.seconds)
         if not claimed:
             logger.info("sieve.vacation_skipped", user=acct.address, reason="period")  # RFC 5230 §4.1 :days
             return None

@@ -14,12 +14,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import sqlite3
 import time
 from datetime import datetime
 from typing import Any
 
 from mailsrv import log
-from mailsrv.delivery.sieve import VacationState
+from mailsrv.delivery.sieve import JMAP_HANDLE, VacationState
 from mailsrv.jmap import message
 from mailsrv.jmap.backend import CannotCalculateChanges, MailBackend
 from mailsrv.jmap.objects import Collection, put
@@ -169,7 +170,13 @@ class Responder:
             return True
 
         if not await sent.change(claim):
+            logger.info("jmap.vacation.skipped", account=be.account_id, reason="period")
             return
+        if root is not None:  # docs/sieve.md: the script's vacation stays silent for this sender
+            try:
+                await asyncio.to_thread(VacationState.claim, root, JMAP_HANDLE, key, 0, now)
+            except (OSError, sqlite3.Error) as exc:  # a second auto-reply at worst
+                logger.warning("jmap.vacation.record_failed", account=be.account_id, error=str(exc))
         raw = compose(be.name, to, subject, msgid, rec)
         try:
             # RFC 3834 §3.3: the reply goes out with a null reverse path

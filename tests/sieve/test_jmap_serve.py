@@ -167,3 +167,22 @@ def _account(srv: Any, bearer: str) -> str:
                                  headers={"Authorization": f"Bearer {bearer}"})
     with urllib.request.urlopen(req, timeout=30) as r:
         return str(json.loads(r.read())["primaryAccounts"]["urn:ietf:params:jmap:mail"])
+
+
+def test_jmap_vacation_reply_silences_a_later_sieve_vacation(server: Any, sink: Sink) -> None:
+    erin = f"erin@{D}"
+    t = token(server, erin)
+    r = api(server, t, ["VacationResponse/set", {"accountId": _account(server, t), "update": {
+        "singleton": {"isEnabled": True, "subject": "Out of office", "textBody": "JMAP says: away"}}}, "v"])
+    assert r[0][1]["updated"] == {"singleton": None}, r
+    # the script does not answer this one: the JMAP VacationResponse does
+    send(server, "a quiet question", [erin], sender="x3@remote.test", to=erin)
+    wait_until(lambda: _replies(sink, "x3@remote.test") != [], timeout=60)
+    mark = server.mark()
+    # the script would answer this one: the JMAP reply to x3 a moment ago silences it (one auto-reply)
+    send(server, "urgent: a loud question", [erin], sender="x3@remote.test", to=erin)
+    server.wait_for(r"sieve\.vacation_skipped .*user=erin@example\.test.*reason=jmap", timeout=60, start=mark)
+    server.wait_for(r"jmap\.vacation\.skipped .*reason=period", timeout=60, start=mark)  # nor JMAP's again
+    assert "urgent: a loud question" in folder(server, erin, "INBOX")
+    (only,) = _replies(sink, "x3@remote.test")
+    assert "JMAP says: away" in only.get_payload(decode=True).decode()
