@@ -18,6 +18,7 @@ from mailsrv.directory.types import (
     Credentials,
     DirectoryError,
     FailureState,
+    FolderRights,
     Grant,
     Kind,
     LoginStamp,
@@ -30,7 +31,7 @@ from mailsrv.directory.types import (
 
 __all__ = [
     "Account", "AdminScope", "Conflict", "Credentials", "Directory", "DirectoryError", "FailureState",
-    "Grant", "Kind", "LoginStamp", "Member", "NotFound", "PermissionDenied", "Resolution", "SyncDirectory", "Token",
+    "FolderRights", "Grant", "Kind", "LoginStamp", "Member", "NotFound", "PermissionDenied", "Resolution", "SyncDirectory", "Token",
     "account_dict", "db_path", "open_directory", "open_sync",
 ]
 

@@ -13,7 +13,14 @@ from typing import Any
 from mailsrv.directory import addresses as A
 from mailsrv.directory.filesettings import FileSettings
 from mailsrv.directory.sqlite import POST_POLICIES, SCOPES, SqliteCore
-from mailsrv.directory.types import GRANT_RIGHTS, Account, Conflict, DirectoryError, NotFound
+from mailsrv.directory.types import (
+    FOLDER_RIGHTS,
+    GRANT_RIGHTS,
+    Account,
+    Conflict,
+    DirectoryError,
+    NotFound,
+)
 
 USER_FIELDS = ("display_name", "title", "phone", "state", "quota_bytes", "quota_messages",
                "may_send_outside", "networks", "dept")
@@ -498,10 +505,71 @@ class SyncDirectory(FileSettings, SqliteCore):
         return uid
 
     def revoke(self, owner: str, grantee: str) -> bool:
-        """End ``grantee``'s access to ``owner``'s mail; False when there was none."""
+        """End ``grantee``'s access to ``owner``'s mail (the account grant and every per-folder entry);
+        False when there was none."""
         with self._tx() as db:
             oid, gid = self._login_id(owner), self._login_id(grantee)
-            return db.execute("DELETE FROM grants WHERE owner_id = ? AND grantee_id = ?", (oid, gid)).rowcount > 0
+            gone = db.execute("DELETE FROM grants WHERE owner_id = ? AND grantee_id = ?", (oid, gid)).rowcount
+            # the account's and every folder's: after a revoke the grantee sees nothing of the owner's
+            gone += db.execute("DELETE FROM folder_rights WHERE owner_id = ? AND grantee_id = ?", (oid, gid)).rowcount
+            return gone > 0
+
+
+    def set_folder_rights(self, owner: str, grantee: str, mailbox: str, rights: str | None) -> bool:
+        """Set ``grantee``'s RFC 4314 rights on ``owner``'s folder ``mailbox`` (``""``: none there,
+        whatever the account grant gives; None: remove the entry, the account grant applies again).
+        True when something changed."""
+        if rights is not None and (set(rights) - set(FOLDER_RIGHTS) or len(set(rights)) != len(rights)):
+            raise DirectoryError(f"rights are letters among {FOLDER_RIGHTS}, each once")
+        if not mailbox or len(mailbox) > 1000:
+            raise DirectoryError("a folder name is 1 to 1000 characters")
+        with self._tx() as db:
+            oid, gid = self._login_id(owner), self._login_id(grantee)
+            if oid == gid:
+                raise DirectoryError("a user cannot be granted their own account")
+            key = (oid, mailbox, gid)
+            row = db.execute("SELECT rights FROM folder_rights WHERE owner_id = ? AND mailbox = ? AND grantee_id = ?",
+                             key).fetchone()
+            if rights is None:
+                return row is not None and db.execute(
+                    "DELETE FROM folder_rights WHERE owner_id = ? AND mailbox = ? AND grantee_id = ?", key).rowcount > 0
+            rights = "".join(r for r in FOLDER_RIGHTS if r in rights)
+            if row is not None and row[0] == rights:
+                return False
+            db.execute("INSERT INTO folder_rights (owner_id, mailbox, grantee_id, rights, created) VALUES (?, ?, ?, ?, ?)"
+                       " ON CONFLICT (owner_id, mailbox, grantee_id) DO UPDATE SET rights = excluded.rights",
+                       (*key, rights, time.time()))
+            return True
+
+    def move_folder_rights(self, owner: int, old: str, new: str) -> int:
+        """The owner renamed ``old`` (and its children) to ``new``: their ACL entries follow. Entries
+        already at a new name (left by a deleted folder) are replaced."""
+        with self._tx() as db:
+            prefix = old + "/"
+            rows = db.execute("SELECT mailbox FROM folder_rights WHERE owner_id = ? AND (mailbox = ? OR"
+                              " substr(mailbox, 1, ?) = ?)", (owner, old, len(prefix), prefix)).fetchall()
+            names = {m for (m,) in rows if m == old or m.startswith(old + "/")}
+            for m in sorted(names):
+                target = new + m[len(old):]
+                db.execute("DELETE FROM folder_rights WHERE owner_id = ? AND mailbox = ?", (owner, target))
+                db.execute("UPDATE folder_rights SET mailbox = ? WHERE owner_id = ? AND mailbox = ?", (target, owner, m))
+            return len(names)
+
+    def drop_folder_rights(self, owner: int, mailbox: str) -> int:
+        """The owner deleted ``mailbox``: its ACL entries go (its children keep theirs, as IMAP DELETE
+        keeps the children)."""
+        with self._tx() as db:
+            return db.execute("DELETE FROM folder_rights WHERE owner_id = ? AND mailbox = ?", (owner, mailbox)).rowcount
+
+    def inherit_folder_rights(self, owner: int, parent: str, child: str) -> int:
+        """A new folder ``child`` gets a copy of ``parent``'s ACL entries (Dovecot's acl plugin does the
+        same at CREATE), replacing any left at that name by a deleted folder."""
+        with self._tx() as db:
+            db.execute("DELETE FROM folder_rights WHERE owner_id = ? AND mailbox = ?", (owner, child))
+            return db.execute(
+                "INSERT INTO folder_rights (owner_id, mailbox, grantee_id, rights, created)"
+                " SELECT owner_id, ?, grantee_id, rights, ? FROM folder_rights WHERE owner_id = ? AND mailbox = ?",
+                (child, time.time(), owner, parent)).rowcount
 
 
 def _split(text: str) -> tuple[str, ...]:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-VERSION = 3  # 2: policy_lists (issue 12; additive, created by re-running the DDL)
+VERSION = 4  # 2: policy_lists (issue 12; additive, created by re-running the DDL)
 #             3: grants and credential_generations (issue 8; additive)
+#             4: folder_rights (per-folder RFC 4314 ACLs; additive: account grants stay as they are)
 
 # One namespace for every address that receives mail: users, aliases, groups
 # and department addresses. A lookup at RCPT time is one primary-key probe.
@@ -114,6 +115,18 @@ CREATE TABLE IF NOT EXISTS grants (
     CHECK (owner_id != grantee_id)
 );
 CREATE INDEX IF NOT EXISTS grants_grantee ON grants(grantee_id);
+-- per-folder ACL (RFC 4314): the grantee's rights on one of the owner's folders, by name (moved by a
+-- RENAME, dropped by a DELETE). A row overrides the account grant above for that folder: '' = none there.
+CREATE TABLE IF NOT EXISTS folder_rights (
+    owner_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    mailbox TEXT NOT NULL,
+    grantee_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    rights TEXT NOT NULL,
+    created REAL NOT NULL,
+    PRIMARY KEY (owner_id, mailbox, grantee_id),
+    CHECK (owner_id != grantee_id)
+);
+CREATE INDEX IF NOT EXISTS folder_rights_grantee ON folder_rights(grantee_id);
 -- bumped at every change of a user's login data (password, state, networks): cached logins compare it
 CREATE TABLE IF NOT EXISTS credential_generations (
     user_id INTEGER PRIMARY KEY REFERENCES users(id) ON DELETE CASCADE,

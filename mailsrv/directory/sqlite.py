@@ -26,6 +26,7 @@ from mailsrv.directory.types import (
     Credentials,
     DirectoryError,
     FailureState,
+    FolderRights,
     Grant,
     Kind,
     LoginStamp,
@@ -383,6 +384,43 @@ class SqliteCore:
         """The accounts shared with ``grantee`` (an account id or address), by owner id."""
         gid = grantee if isinstance(grantee, int) else self._account_id(grantee)
         return [] if gid is None else self._grants("grantee_id = ?", (gid,))
+
+    def _folder_rights(self, where: str, params: tuple[Any, ...]) -> list[FolderRights]:
+        rows = self.db.execute(
+            f"SELECT owner_id, grantee_id, mailbox, rights FROM folder_rights WHERE {where}"
+            " ORDER BY owner_id, mailbox, grantee_id", params).fetchall()
+        accounts: dict[int, Account | None] = {}
+        out = []
+        for owner_id, grantee_id, mailbox, rights in rows:
+            for i in (owner_id, grantee_id):
+                if i not in accounts:
+                    accounts[i] = self.account(i)
+            owner, grantee = accounts[owner_id], accounts[grantee_id]
+            if owner is not None and grantee is not None:
+                out.append(FolderRights(owner, grantee, mailbox, rights))
+        return out
+
+    def folder_rights_for(self, grantee: int | str) -> list[FolderRights]:
+        """The per-folder ACL entries naming ``grantee`` (an account id or address)."""
+        gid = grantee if isinstance(grantee, int) else self._account_id(grantee)
+        return [] if gid is None else self._folder_rights("grantee_id = ?", (gid,))
+
+    def folder_rights_of(self, owner: int | str, mailbox: str | None = None) -> list[FolderRights]:
+        """The per-folder ACL entries of ``owner``'s folders (of ``mailbox`` only when given)."""
+        oid = owner if isinstance(owner, int) else self._account_id(owner)
+        if oid is None:
+            return []
+        if mailbox is None:
+            return self._folder_rights("owner_id = ?", (oid,))
+        return self._folder_rights("owner_id = ? AND mailbox = ?", (oid, mailbox))
+
+    def all_folder_rights(self) -> list[FolderRights]:
+        """Every per-folder ACL entry."""
+        return self._folder_rights("1", ())
+
+    def shares_for(self, grantee: int) -> tuple[list[Grant], list[FolderRights]]:
+        """What is shared with ``grantee``: account grants and per-folder entries, in one pool call."""
+        return self.grants_for(grantee), self.folder_rights_for(grantee)
 
     def list_grants(self, user: str | None = None) -> list[Grant]:
         """Every grant, or those where ``user`` is the owner or the grantee."""

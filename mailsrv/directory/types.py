@@ -118,6 +118,8 @@ class AdminScope:
 
 #: Rights a grant gives: read only, or read and write (never send as the owner).
 GRANT_RIGHTS = ("read", "write")
+#: RFC 4314 §2.1: the rights a per-folder ACL entry may hold (letters, in this order)
+FOLDER_RIGHTS = "lrswipkxtea"
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +134,17 @@ class Grant:
     @property
     def read_only(self) -> bool:
         return self.rights != "write"
+
+
+@dataclass(frozen=True, slots=True)
+class FolderRights:
+    """One per-folder ACL entry: ``grantee``'s RFC 4314 rights (letters, ``""`` = none) on ``owner``'s
+    folder ``mailbox``; it overrides, for that folder, the account :class:`Grant` between the two."""
+
+    owner: Account
+    grantee: Account
+    mailbox: str
+    rights: str
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,23 +1,25 @@
-"""RFC 4314 rights and the "Other Users" namespace (RFC 2342) over the directory's per-account shares.
+"""RFC 4314 rights and the "Other Users" namespace (RFC 2342) over the directory's shares.
 
 Pure: no store, no directory, no I/O. The session (``sharing.py``) asks the directory for the
-grants; this module says what a grant allows, what a SETACL asks for, and how a shared mailbox
-is named.
+grants; this module says what they allow, what a SETACL asks for, and how a shared mailbox is named.
 
-The grant model (``mailsrv share grant``) is per account and has two levels; they map onto
-RFC 4314 rights as follows (MYRIGHTS / GETACL also carry the obsolete virtual rights, §2.1.1):
+Two kinds of entries give a grantee rights on an owner's folder (docs/shared-mailboxes.md):
 
-- the owner: every right, ``lrswipkxtea`` (+ ``c`` ``d``);
-- ``read``: ``lr`` (lookup, select, fetch, search, copy out). No ``s``: a grantee's FETCH of a
-  body does not set \\Seen, and STORE of \\Seen is refused (the owner's flags are the owner's;
-  mailsrv keeps no private \\Seen per grantee). The mailbox is selected READ-ONLY (§5.2);
-- ``write``: ``lrswite`` (+ ``d``): also flags, APPEND / COPY / MOVE into, \\Deleted, EXPUNGE. Never
-  ``k`` ``x`` (no creating, renaming or deleting the owner's folders), ``p`` or ``a``.
+- an account grant (``mailsrv share grant OWNER GRANTEE --rights read|write``), the ACL of every
+  folder that has no entry of its own: ``read`` = ``lr``, ``write`` = ``lrswite``;
+- a per-folder entry (SETACL, ``mailsrv share grant --folder``): any subset of ``lrswipkxtea`` on one
+  folder, which overrides the account grant there (``""``: nothing on that folder).
+
+The owner always holds every right, ``lrswipkxtea``. MYRIGHTS / GETACL also carry the obsolete
+virtual rights (§2.1.1): ``c`` with ``k``, ``d`` with ``t`` or ``e``. Without ``s`` a grantee's FETCH
+of a body does not set \\Seen; without any of ``i e s t w`` the folder is selected READ-ONLY (§5.2).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from mailsrv.directory import rights
 
 #: RFC 2342 §5: the prefix of the "Other Users" namespace; a shared folder is
 #: ``Other Users/<owner address>/<owner's folder name>``. Thunderbird, mutt, Apple Mail and Outlook
@@ -27,10 +29,14 @@ OTHER_USERS = "Other Users"
 DELIM = "/"
 
 #: RFC 4314 §2.1: every right this server knows (RIGHTS=texk names those the first ACL spec lacked)
-ALL_RIGHTS = "lrswipkxtea"
+ALL_RIGHTS = rights.ALL
 OWNER_RIGHTS = ALL_RIGHTS
-READ_RIGHTS = "lr"
-WRITE_RIGHTS = "lrswite"
+READ_RIGHTS = rights.READ
+WRITE_RIGHTS = rights.WRITE
+grant_letters = rights.grant_letters
+canonical = rights.canonical
+OwnerShare = rights.OwnerShare
+shares_by_owner = rights.shares_by_owner
 #: rights a SETACL may name: the real ones and the obsolete virtual ``c`` (= ``k``) and ``d`` (= ``te``)
 _VIRTUAL = {"c": "k", "d": "te"}
 #: RFC 4314 §5.2: SELECT answers READ-WRITE when any of these is granted ("i", "e", shared flag rights)
@@ -39,15 +45,6 @@ _WRITE_ANY = frozenset("iestw")
 
 class BadRights(ValueError):
     """A rights string with an unknown or uppercase right: the command's answer is BAD (RFC 4314 §3.1)."""
-
-
-class Inexpressible(ValueError):
-    """Rights the per-account grant model cannot give (the NO text says which it can)."""
-
-
-def grant_letters(rights: str) -> str:
-    """The RFC 4314 rights of a directory grant (``read`` / ``write``)."""
-    return WRITE_RIGHTS if rights == "write" else READ_RIGHTS
 
 
 def with_virtual(rights: str) -> str:
@@ -94,18 +91,15 @@ def modified(current: str, mode: str, rights: frozenset[str]) -> frozenset[str]:
     return rights
 
 
-def account_grant(rights: frozenset[str]) -> str | None:
-    """The directory grant that gives exactly ``rights``: "read", "write", or None (no access).
+#: RFC 4314 §3.7 LISTRIGHTS for a user other than the owner: nothing always granted, then each right
+#: on its own (the virtual ``c`` and ``d`` last, as Dovecot answers)
+LISTRIGHTS_OTHERS = ("", *ALL_RIGHTS, "c", "d")
 
-    Raises :class:`Inexpressible` for any other set: a grant is per account and has two levels.
-    """
-    if not rights:
-        return None
-    if rights == frozenset(READ_RIGHTS):
-        return "read"
-    if rights == frozenset(WRITE_RIGHTS):
-        return "write"
-    raise Inexpressible(f"Shares give {READ_RIGHTS} (read) or {WRITE_RIGHTS} (write) to the whole account")
+
+def stored_entry(wanted: str, account: str) -> str | None:
+    """What a per-folder entry must hold for a grantee to end with ``wanted`` when the account grant
+    gives ``account``: None (no entry: the account grant already gives it) or the letters."""
+    return None if wanted == account else wanted
 
 
 def store_rights(flags: frozenset[str], mode: str) -> str:

@@ -407,7 +407,10 @@ class Session(MessageCommands, SharingCommands):
         """
         if not messages or self.rev2:
             return set()
-        upto = None if self.readonly else messages[-1].uid + 1
+        # a grantee reads the mark as EXAMINE does: the owner's \\Recent stays the owner's
+        # (docs/shared-mailboxes.md; Dovecot keeps it private per user with INDEXPVT)
+        shared = self.place is not None and self.place.owner is not None
+        upto = None if self.readonly or shared else messages[-1].uid + 1
         try:
             first = await self.acct.claim_recent(self.view.name, upto)
         except _PASS_THROUGH:
@@ -732,50 +735,52 @@ class Session(MessageCommands, SharingCommands):
         if any(p in ("", ".", "..") for p in parts) or any(ord(c) < 0x20 or c == "\x7f" for c in name):
             raise ImapError("NO", "Invalid mailbox name", "CANNOT")
 
-    async def _own_name(self, name: str) -> str:
-        """``name`` for CREATE / DELETE / RENAME: the user's own folders only (RFC 4314 §4: a grant
-        never gives "k" or "x"; the namespace's own nodes are nobody's folders)."""
-        if acl.split_shared(name) is not None:
-            place = await self._place(name, "kx")
-            if place.owner is not None:  # pragma: no cover - _place refused it ("k" is never granted)
-                raise ImapError("NO", "Permission denied", "NOPERM")
-        return name
-
     async def cmd_create(self, cmd: Command) -> None:
-        name = await self._own_name(self._name_in(cmd.args["mailbox"]).rstrip("/"))
-        if name:
-            self._check_new_name(name)
+        # RFC 4314 §4: CREATE needs "k" on the parent (one's own folders: every right; see _new_place)
+        name = self._name_in(cmd.args["mailbox"]).rstrip("/")
         if not name or name == "INBOX":
             raise ImapError("NO", "Mailbox already exists", "ALREADYEXISTS")
+        place = await self._new_place(name)
+        self._check_new_name(place.name)
         use = [norm_flag(f) for f in cmd.args["use"]]
         known_uses = {"\\Sent", "\\Drafts", "\\Trash", "\\Junk", "\\Archive", "\\All", "\\Flagged"}
         for u in use:
             if u.title() not in {k.title() for k in known_uses}:
                 raise ImapError("NO", "Unknown special use", "USEATTR")
+        if use and place.owner is not None:
+            raise ImapError("NO", "Special use is the owner's to set", "NOPERM")
         try:
-            await self.acct.create_mailbox(name, use[0] if use else None)
+            await place.acct.create_mailbox(place.name, use[0] if use else None)
         except Exception as exc:
             raise self._store_error(exc) from None
+        # Dovecot's acl plugin: a new folder starts with its parent's ACL
+        await self._acl_follows(place, "create", place.name.rpartition("/")[0])
 
     async def cmd_delete(self, cmd: Command) -> None:
-        name = await self._own_name(self._name_in(cmd.args["mailbox"]))
-        if name == "INBOX":
+        place = await self._place(self._name_in(cmd.args["mailbox"]), "x")  # RFC 4314 §4: DELETE needs "x"
+        if place.name == "INBOX":
             raise ImapError("NO", "INBOX cannot be deleted", "CANNOT")
         try:
-            await self.acct.delete_mailbox(name)
+            await place.acct.delete_mailbox(place.name)
         except Exception as exc:
             raise self._store_error(exc) from None
+        await self._acl_follows(place, "delete")
 
     async def cmd_rename(self, cmd: Command) -> None:
-        old = await self._own_name(self._name_in(cmd.args["mailbox"]))
-        new = await self._own_name(self._name_in(cmd.args["new"]))
-        self._check_new_name(new)
-        if new == "INBOX":
+        # RFC 4314 §4: RENAME needs "x" on the mailbox and "k" on the new name's parent
+        old = await self._place(self._name_in(cmd.args["mailbox"]), "x")
+        new = await self._new_place(self._name_in(cmd.args["new"]))
+        self._check_new_name(new.name)
+        if new.name == "INBOX":
             raise ImapError("NO", "Mailbox already exists", "ALREADYEXISTS")
+        if new.acct is not old.acct:
+            raise ImapError("NO", "Folders are renamed within one account", "CANNOT")
         try:
-            await self.acct.rename_mailbox(old, new)
+            await old.acct.rename_mailbox(old.name, new.name)
         except Exception as exc:
             raise self._store_error(exc) from None
+        if old.name != "INBOX":  # RFC 9051 §6.3.6: renaming INBOX moves its messages; INBOX (and its ACL) stay
+            await self._acl_follows(old, "rename", new.name)
 
     async def cmd_subscribe(self, cmd: Command) -> None:
         name = self._name_in(cmd.args["mailbox"])

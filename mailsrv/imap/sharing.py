@@ -1,17 +1,22 @@
 """Shared mailboxes over IMAP: the "Other Users" namespace (RFC 2342) and RFC 4314 ACL commands.
 
-A mixin of :class:`mailsrv.imap.session.Session`. A grant in the directory (``mailsrv share grant
-OWNER GRANTEE --rights read|write``) shows the owner's folders to the grantee as
-``Other Users/<owner address>/<folder>``; ``acl.py`` says which RFC 4314 rights a grant gives.
+A mixin of :class:`mailsrv.imap.session.Session`. The directory holds what owners share: account
+grants (``mailsrv share grant OWNER GRANTEE --rights read|write``) and per-folder entries (SETACL,
+``mailsrv share grant --folder``); ``acl.py`` says which rights they give. A grantee sees the owner's
+folders on which they hold ``l`` as ``Other Users/<owner address>/<folder>``.
 
 Invariants:
 - Every mailbox name from the client goes through :meth:`SharingCommands._place`, which says in which
   store account the mailbox is and with which rights; own names cost no directory query.
-- Nothing about grants is cached: each name in the namespace is looked up in the directory, and
-  a selected shared mailbox's grant is read again before every command (``_recheck_share``), so a
-  revoke or a downgrade takes effect at the grantee's next command (and at IDLE's next wake-up).
-- A refused operation is ``NO [NOPERM]`` (RFC 5530); a name in the namespace the user holds no
-  grant for is ``NO [NONEXISTENT]``, as if it did not exist (RFC 4314 §6).
+- Nothing about shares is cached between commands: each name in the namespace is looked up in the
+  directory (one query), and a selected shared mailbox's rights are read again before every command
+  (``_recheck_share``), so a revoke or a downgrade takes effect at the grantee's next command (and at
+  IDLE's next wake-up). LIST reads the user's shares once.
+- A refused operation is ``NO [NOPERM]`` (RFC 5530); a name in the namespace on which the user holds
+  no right, or none of ``l`` ``r`` when a right is missing, is ``NO [NONEXISTENT]``, as if it did not
+  exist (RFC 4314 §6).
+- The owner's CREATE, DELETE and RENAME (and a grantee's, with ``k`` / ``x``) carry the folder's ACL
+  entries along: a new folder copies its parent's, a deleted one's go, a renamed one's follow.
 """
 
 from __future__ import annotations
@@ -61,23 +66,46 @@ class Shares:
     def __init__(self, directory: Any) -> None:
         self.directory = directory
 
-    async def granted(self, user: Any) -> list[Any]:
-        """The grants ``user`` holds (``mailsrv.directory.Grant``: owner, rights)."""
-        return list(await self.directory.grants_for(int(user.id)))
+    async def of(self, user: Any) -> dict[str, acl.OwnerShare]:
+        """What is shared with ``user``, by owner address (lower case): one directory query."""
+        grants, entries = await self.directory.run(lambda d: d.shares_for(int(user.id)))
+        return acl.shares_by_owner(grants, entries)
 
-    async def given(self, user: Any) -> list[Any]:
-        """The grants ``user`` gave (their account shared with others)."""
-        uid = int(user.id)
-        grants = await self.directory.run(lambda d: d.list_grants(user.address))
-        return [g for g in grants if g.owner.id == uid]
+    async def acl(self, owner: Any, mailbox: str) -> dict[str, tuple[Any, str, str]]:
+        """``owner``'s ``mailbox``'s ACL: grantee address (lower case) -> (grantee account, the
+        account grant's rights or "", the rights there: "" when an entry takes the account grant's away)."""
+        oid = int(owner.id)
 
-    async def set(self, owner: str, grantee: str, rights: str | None) -> bool:
-        """Grant ``rights`` ("read" / "write") or revoke (None); True when something changed.
-        Raises the directory's errors (an unknown grantee)."""
-        def change(d: Any) -> bool:
-            return bool(d.revoke(owner, grantee) if rights is None else d.grant(owner, grantee, rights))
+        def read(d: Any) -> tuple[list[Any], list[Any]]:
+            return ([g for g in d.list_grants(owner.address) if g.owner.id == oid],
+                    d.folder_rights_of(oid, mailbox))
 
-        return bool(await self.directory.run(change))
+        grants, entries = await self.directory.run(read)
+        out: dict[str, tuple[Any, str, str]] = {}
+        for g in grants:
+            letters = acl.grant_letters(g.rights)
+            out[g.grantee.address.lower()] = (g.grantee, letters, letters)
+        for e in entries:
+            base = out.get(e.grantee.address.lower(), (e.grantee, "", ""))[1]
+            out[e.grantee.address.lower()] = (e.grantee, base, e.rights)
+        return out
+
+    async def set_folder(self, owner: str, grantee: str, mailbox: str, rights: str | None) -> bool:
+        """Set (or remove, None) ``grantee``'s entry on ``owner``'s ``mailbox``; True when something
+        changed. Raises the directory's errors (an unknown grantee)."""
+        return bool(await self.directory.run(lambda d: d.set_folder_rights(owner, grantee, mailbox, rights)))
+
+    async def folder_changed(self, owner_id: int, op: str, name: str, new: str = "") -> None:
+        """The owner's folder ``name`` was created ("create", ``new``: its parent), deleted
+        ("delete") or renamed to ``new`` ("rename"): its ACL entries follow (see the module)."""
+        def change(d: Any) -> int:
+            if op == "create":
+                return int(d.inherit_folder_rights(owner_id, new, name))
+            if op == "delete":
+                return int(d.drop_folder_rights(owner_id, name))
+            return int(d.move_folder_rights(owner_id, name, new))
+
+        await self.directory.run(change)
 
     async def account(self, address: str) -> Any:
         return await self.directory.account_by_address(address)
@@ -120,18 +148,14 @@ class SharingCommands:
             await acct.set_domain(domain)  # the domain quota root (RFC 9208) counts this user
         return acct
 
-    async def _grants(self) -> list[Any]:
+    async def _shares_now(self) -> dict[str, acl.OwnerShare]:
         if self.shares is None or self.user is None:
-            return []
-        return await self.shares.granted(self.user)
+            return {}
+        return await self.shares.of(self.user)
 
-    async def _grant_of(self, owner: str) -> Any:
-        """The grant of ``owner``'s account the user holds now, or None."""
-        owner = owner.lower()
-        for g in await self._grants():
-            if g.owner.address.lower() == owner:
-                return g
-        return None
+    async def _grant_of(self, owner: str) -> acl.OwnerShare | None:
+        """What ``owner`` shares with the user now (``.owner``: the owner's account), or None."""
+        return (await self._shares_now()).get(owner.lower())
 
     async def _owner_store(self, owner: Any) -> Any:
         acct = self._owners.get(owner.id)
@@ -146,34 +170,64 @@ class SharingCommands:
 
     async def _place(self, name: str, need: str = "") -> Place:
         """Where the client's mailbox ``name`` is. ``need``: rights the caller needs (NO [NOPERM]
-        when one is missing). A name in the namespace without a grant is NO [NONEXISTENT]."""
+        when one is missing). A name in the namespace without any right is NO [NONEXISTENT]."""
         shared = acl.split_shared(name)
         if shared is None:
             return Place(self.home, name, acl.OWNER_RIGHTS, name)
-        grant = await self._grant_of(shared.owner) if shared.owner else None
-        if grant is None or not shared.mailbox:
+        share = await self._grant_of(shared.owner) if shared.owner else None
+        rights = share.rights(shared.mailbox) if share is not None and shared.mailbox else ""
+        if share is None or not rights:
             raise ImapError("NO", "No such mailbox", "NONEXISTENT")
-        place = Place(await self._owner_store(grant.owner), shared.mailbox, acl.grant_letters(grant.rights),
-                      name, grant.owner)
+        if any(r not in rights for r in need) and "l" not in rights and "r" not in rights:
+            raise ImapError("NO", "No such mailbox", "NONEXISTENT")  # RFC 4314 §6: existence not revealed
+        place = Place(await self._owner_store(share.owner), shared.mailbox, rights, name, share.owner)
         self._need(place, need)
         return place
+
+    async def _new_place(self, name: str) -> Place:
+        """Where CREATE / RENAME put a new folder ``name``: one's own account, or an owner's when the
+        user holds ``k`` on the new folder's parent there (RFC 4314 §4; nobody but the owner creates
+        top-level folders in an account)."""
+        shared = acl.split_shared(name)
+        if shared is None:
+            return Place(self.home, name, acl.OWNER_RIGHTS, name)
+        parent, sep, _leaf = shared.mailbox.rpartition(acl.DELIM)
+        if not shared.owner or not sep or not parent:
+            if not shared.owner or await self._grant_of(shared.owner) is None:
+                raise ImapError("NO", "No such mailbox", "NONEXISTENT")  # the namespace's node, a stranger's
+            raise ImapError("NO", "Only the owner creates top-level folders", NOPERM)
+        up = await self._place(acl.shared_name(shared.owner, parent), "k")
+        return Place(up.acct, shared.mailbox, up.rights, name, up.owner)
+
+    def _owner_id(self, place: Place) -> int:
+        return int((place.owner if place.owner is not None else self.user).id)
+
+    async def _acl_follows(self, place: Place, op: str, new: str = "") -> None:
+        """After a CREATE / DELETE / RENAME of ``place``: its ACL entries follow (``Shares.folder_changed``).
+        A failure is logged, not the client's: the folder change is done already."""
+        if self.shares is None or self.user is None:
+            return
+        try:
+            await self.shares.folder_changed(self._owner_id(place), op, place.name, new)
+        except Exception as exc:
+            logger.warning("imap.acl_follow_failed", op=op, mailbox=place.name, error=type(exc).__name__)
 
     @staticmethod
     def _need(place: Place, rights: str) -> None:
         require(place.rights, rights)
 
     async def _recheck_share(self) -> None:
-        """Before a command in a selected shared mailbox: the grant as the directory has it now (a
-        revoke leaves no rights, a downgrade fewer)."""
+        """Before a command in a selected shared mailbox: the rights as the directory has them now
+        (a revoke leaves none, a downgrade fewer)."""
         place = self.place
         if place is None or place.owner is None:
             return
         try:
-            grant = await self._grant_of(place.owner.address)
+            share = await self._grant_of(place.owner.address)
         except Exception as exc:  # the directory is unavailable: no access rather than stale access
             logger.warning("imap.shared.recheck_failed", error=type(exc).__name__)
-            grant = None
-        rights = acl.grant_letters(grant.rights) if grant is not None else ""
+            share = None
+        rights = share.rights(place.name) if share is not None else ""
         if rights != place.rights:
             self.place = Place(place.acct, place.name, rights, place.client, place.owner)
             if not self.readonly and not acl.read_write(rights):
@@ -186,23 +240,30 @@ class SharingCommands:
         return self.place.rights if self.place is not None else acl.OWNER_RIGHTS
 
     async def shared_boxes(self) -> list[tuple[Any, Place | None]]:
-        """LIST's view of the namespace: (client name, place) of each shared folder, and (name, None)
-        of the namespace and owner nodes (\\Noselect). An owner whose store fails is left out (logged)."""
+        """LIST's view of the namespace: (client name, place) of each shared folder the user may
+        list (``l``, RFC 4314 §4), and (name, None) of the namespace and owner nodes (\\Noselect).
+        One directory query; an owner whose store fails is left out (logged)."""
         out: list[tuple[Any, Place | None]] = []
-        grants = await self._grants()
-        for g in sorted(grants, key=lambda g: g.owner.address.lower()):
+        shares = await self._shares_now()
+        for owner in sorted(shares):
+            share = shares[owner]
+            if not share.lists_any():
+                continue
             try:
-                acct = await self._owner_store(g.owner)
+                acct = await self._owner_store(share.owner)
                 boxes = await acct.list_mailboxes()
             except Exception as exc:
-                logger.warning("imap.shared.list_failed", owner=g.owner.address, error=type(exc).__name__)
+                logger.warning("imap.shared.list_failed", owner=share.owner.address, error=type(exc).__name__)
                 continue
-            owner = g.owner.address.lower()
-            out.append((acl.shared_name(owner), None))
-            rights = acl.grant_letters(g.rights)
+            folders: list[tuple[Any, Place | None]] = []
             for b in boxes:
-                client = acl.shared_name(owner, b.name)
-                out.append((client, Place(acct, b.name, rights, client, g.owner)))
+                rights = share.rights(b.name)
+                if "l" in rights:
+                    client = acl.shared_name(owner, b.name)
+                    folders.append((client, Place(acct, b.name, rights, client, share.owner)))
+            if folders:
+                out.append((acl.shared_name(owner), None))
+                out += folders
         if out:
             out.insert(0, (acl.OTHER_USERS, None))
         return out
@@ -213,39 +274,49 @@ class SharingCommands:
         """The user's identifier in ACLs: their address."""
         return str(getattr(self.user, "address", None) or getattr(self.user, "id", ""))
 
-    async def _acl_place(self, cmd: Command) -> Place:
-        """The mailbox of an ACL command; it must exist (NONEXISTENT otherwise)."""
-        place = await self._place(self._name_in(cmd.args["mailbox"]))
+    def _owner_address(self, place: Place) -> str:
+        return str(place.owner.address) if place.owner is not None else self._me()
+
+    async def _acl_place(self, cmd: Command, need: str = "") -> Place:
+        """The mailbox of an ACL command, which needs ``need``; it must exist (NONEXISTENT otherwise)."""
+        place = await self._place(self._name_in(cmd.args["mailbox"]), need)
         try:
             await place.acct.mailbox_status(place.name)
         except Exception as exc:
             raise self._store_error(exc) from None
         return place
 
+    async def _entries(self, place: Place) -> dict[str, tuple[Any, str, str]]:
+        """``place``'s ACL as :meth:`Shares.acl` reads it (empty without a directory)."""
+        if self.shares is None or self.user is None or not hasattr(self.user, "address"):
+            return {}
+        return await self.shares.acl(place.owner if place.owner is not None else self.user, place.name)
+
     async def cmd_myrights(self, cmd: Command) -> None:
-        # RFC 4314 §3.5: any of l r i k x a (every place has l)
         place = await self._acl_place(cmd)
+        if not any(r in place.rights for r in "lrikxa"):  # RFC 4314 §4: MYRIGHTS needs any of these
+            raise ImapError("NO", "No such mailbox", "NONEXISTENT")
         self.w(b"* MYRIGHTS " + self._name_out(place.client) + b" " + acl.with_virtual(place.rights).encode()
                + b"\r\n")
 
     async def cmd_getacl(self, cmd: Command) -> None:
-        place = await self._acl_place(cmd)
-        self._need(place, "a")  # RFC 4314 §4: GETACL needs "a"
-        parts = [self._name_out(place.client), _identifier(self._me()), acl.with_virtual(acl.OWNER_RIGHTS).encode()]
-        if self.shares is not None:
-            for g in sorted(await self.shares.given(self.user), key=lambda g: g.grantee.address):
-                parts += [_identifier(g.grantee.address), acl.with_virtual(acl.grant_letters(g.rights)).encode()]
+        place = await self._acl_place(cmd, "a")  # RFC 4314 §4: GETACL needs "a"
+        parts = [self._name_out(place.client), _identifier(self._owner_address(place).lower()),
+                 acl.with_virtual(acl.OWNER_RIGHTS).encode()]
+        entries = await self._entries(place)
+        for who in sorted(entries):
+            if entries[who][2]:  # an entry that takes the account grant's rights away: no rights, not shown
+                parts += [_identifier(who), acl.with_virtual(entries[who][2]).encode()]
         self.w(b"* ACL " + b" ".join(parts) + b"\r\n")
 
     async def cmd_listrights(self, cmd: Command) -> None:
-        place = await self._acl_place(cmd)
-        self._need(place, "a")
+        place = await self._acl_place(cmd, "a")
         ident = cmd.args["identifier"]
-        if ident.decode("utf-8", "replace").lower() == self._me().lower():
+        if ident.decode("utf-8", "replace").lower() == self._owner_address(place).lower():
             rest = [acl.with_virtual(acl.OWNER_RIGHTS).encode()]  # the owner always has every right
         else:
-            # RFC 4314 §3.7: nothing is always granted; "lr" (read), then the write rights tied together
-            rest = [b'""', acl.READ_RIGHTS.encode(), acl.with_virtual(acl.WRITE_RIGHTS[2:]).encode()]
+            # RFC 4314 §3.7: nothing is always granted; each right may be given on its own
+            rest = [b'""' if not r else r.encode() for r in acl.LISTRIGHTS_OTHERS]
         self.w(b"* LISTRIGHTS " + self._name_out(place.client) + b" " + _identifier_raw(ident) + b" "
                + b" ".join(rest) + b"\r\n")
 
@@ -260,41 +331,34 @@ class SharingCommands:
         await self._change_acl(cmd, "=", frozenset())
 
     async def _change_acl(self, cmd: Command, mode: str, rights: frozenset[str]) -> None:
-        """SETACL / DELETEACL: the owner's shares of their whole account (``mailsrv share``).
+        """SETACL / DELETEACL (RFC 4314 §3.1, §3.2) on one folder, by its owner or a holder of ``a``.
 
-        The grant model is per account: INBOX's ACL stands for the account's; on another folder a
-        change that would differ from it is refused (NO [CANNOT]), one that matches it is a no-op.
+        The result is stored as the folder's entry for the grantee (no entry when it equals the
+        account grant, an empty one when the account grant gives more). DELETEACL leaves no right.
         """
-        place = await self._acl_place(cmd)
-        self._need(place, "a")
+        place = await self._acl_place(cmd, "a")  # RFC 4314 §4: SETACL / DELETEACL need "a"
         grantee = cmd.args["identifier"].decode("utf-8", "replace").strip().lower()
-        own = self._me().lower()
+        owner = self._owner_address(place).lower()
         if grantee in ("anyone", "authenticated") or grantee.startswith("-") or "@" not in grantee:
             raise ImapError("NO", "Rights are given to users by address (no groups, no negative rights)", "CANNOT")
-        if grantee == own:
+        if grantee == owner:
             raise ImapError("NO", "The owner always has every right", "CANNOT")
-        if grantee.rpartition("@")[2] != own.rpartition("@")[2]:
+        if grantee.rpartition("@")[2] != owner.rpartition("@")[2]:
             # a tenant's users share among themselves; across domains an administrator decides
             raise ImapError("NO", "Shares with other domains are made by an administrator (mailsrv share grant)",
                             "CANNOT")
         if self.shares is None:
             raise ImapError("NO", "Sharing is not available here", "CANNOT")
-        given = {g.grantee.address.lower(): g.rights for g in await self.shares.given(self.user)}
-        current = acl.grant_letters(given[grantee]) if grantee in given else ""
-        try:
-            wanted = acl.account_grant(acl.modified(current, mode, rights))
-        except acl.Inexpressible as exc:
-            raise ImapError("NO", str(exc), "CANNOT") from None
-        if wanted == given.get(grantee):
+        entries = await self._entries(place)
+        _acct, account, current = entries.get(grantee, (None, "", ""))
+        wanted = acl.canonical(acl.modified(current, mode, rights))
+        if wanted == current:
             return
-        if place.name != "INBOX":
-            raise ImapError("NO", "Shares cover the whole account: change them on INBOX", "CANNOT")
         try:
-            await self.shares.set(own, grantee, wanted)
+            await self.shares.set_folder(owner, grantee, place.name, acl.stored_entry(wanted, account))
         except DirectoryError as exc:  # an unknown grantee, the owner under an alias
-            raise ImapError("NO", f"Cannot change the share: {str(exc)[:100]}", "CANNOT") from None
-        logger.info("imap.acl_changed", grantee=grantee, rights=wanted or "none")
-
+            raise ImapError("NO", f"Cannot change the ACL: {str(exc)[:100]}", "CANNOT") from None
+        logger.info("imap.acl_changed", owner=owner, mailbox=place.name, grantee=grantee, rights=wanted or "none")
 
 
 def _identifier(address: str) -> bytes:

@@ -126,3 +126,59 @@ def test_migration_from_version_2_keeps_data(db_path: Path) -> None:
         assert stamp is not None and stamp.generation == 0
     finally:
         d.close()
+
+
+def test_folder_rights_set_move_drop_inherit(users: SyncDirectory) -> None:
+    A, B, C = "alice@example.test", "bob@example.test", "carol@example.test"
+    alice = users.account_by_address(A)
+    assert alice is not None
+    assert users.set_folder_rights(A, B, "Work", "rl") is True
+    assert users.set_folder_rights("boss@example.test", B, "Work", "lr") is False  # stored in RFC order already
+    users.set_folder_rights(A, B, "Work/Q1", "")
+    users.set_folder_rights(A, C, "Work", "lrswipkxtea")
+    assert [(e.mailbox, e.grantee.address, e.rights) for e in users.folder_rights_of(A)] == [
+        ("Work", B, "lr"), ("Work", C, "lrswipkxtea"), ("Work/Q1", B, "")]
+    assert [e.mailbox for e in users.folder_rights_for(B)] == ["Work", "Work/Q1"]
+    grants, entries = users.shares_for(users.account_by_address(B).id)  # type: ignore[union-attr]
+    assert grants == [] and len(entries) == 2
+    with pytest.raises(DirectoryError, match="letters"):
+        users.set_folder_rights(A, B, "Work", "lrQ")
+    with pytest.raises(DirectoryError, match="own account"):
+        users.set_folder_rights(A, "boss@example.test", "Work", "lr")
+    # a rename carries the folder's entries and its children's, replacing any left at the new names
+    users.set_folder_rights(A, B, "Play", "l")
+    assert users.move_folder_rights(alice.id, "Work", "Play") == 2
+    assert {(e.mailbox, e.grantee.address, e.rights) for e in users.folder_rights_of(A)} == {
+        ("Play", B, "lr"), ("Play", C, "lrswipkxtea"), ("Play/Q1", B, "")}
+    assert users.move_folder_rights(alice.id, "Pla", "X") == 0  # a prefix that is not a parent
+    assert users.inherit_folder_rights(alice.id, "Play", "Play/New") == 2
+    assert users.drop_folder_rights(alice.id, "Play") == 2
+    assert {e.mailbox for e in users.folder_rights_of(A)} == {"Play/Q1", "Play/New"}
+    assert users.set_folder_rights(A, B, "Play/Q1", None) is True and users.set_folder_rights(A, B, "Play/Q1", None) is False
+    # a revoke ends every entry between the two; deleting a user ends theirs
+    users.grant(A, B, "read")
+    assert users.revoke(A, B) is True and users.folder_rights_for(B) == []
+    users.del_user(C)
+    assert users.all_folder_rights() == []
+
+
+def test_migration_from_version_3_adds_folder_rights_and_keeps_grants(db_path: Path) -> None:
+    d = SyncDirectory(db_path)
+    d.add_domain("example.test")
+    d.add_user("alice@example.test", password_hash="h")
+    d.add_user("bob@example.test", password_hash="h")
+    d.grant("alice@example.test", "bob@example.test", "write")
+    d.close()
+    db = sqlite3.connect(db_path)
+    db.execute("DROP TABLE folder_rights")
+    db.execute("UPDATE meta SET value = '3' WHERE key = 'version'")
+    db.commit()
+    db.close()
+    d = SyncDirectory(db_path)
+    try:
+        assert d.db.execute("SELECT value FROM meta WHERE key = 'version'").fetchone()[0] == str(schema.VERSION)
+        (g,) = d.grants_for("bob@example.test")
+        assert g.rights == "write"  # the account grant is every folder's ACL, as before
+        assert d.set_folder_rights("alice@example.test", "bob@example.test", "INBOX", "lr")
+    finally:
+        d.close()

@@ -204,19 +204,22 @@ def test_revoke_and_downgrade_take_effect_at_the_next_command(srv: ServerHandle,
     assert ok(alice, b"s STATUS INBOX (MESSAGES)")[0] == b"* STATUS INBOX (MESSAGES 2)\r\n"
 
 
-def test_setacl_getacl_deleteacl_map_onto_the_account_grant(srv: ServerHandle, alice: Raw) -> None:
+def test_setacl_getacl_deleteacl_are_per_folder(srv: ServerHandle, alice: Raw) -> None:
     bob = login(srv, BOB)
     assert ok(alice, b"g GETACL INBOX")[0] == b"* ACL INBOX alice@example.test lrswipkxteacd\r\n"
     ok(alice, b"s SETACL INBOX bob@example.test lr")
-    assert ok(alice, b"g GETACL Projects")[0] == \
-        b"* ACL Projects alice@example.test lrswipkxteacd bob@example.test lr\r\n"
+    assert ok(alice, b"g GETACL INBOX")[0] == b"* ACL INBOX alice@example.test lrswipkxteacd bob@example.test lr\r\n"
+    assert ok(alice, b"g GETACL Projects")[0] == b"* ACL Projects alice@example.test lrswipkxteacd\r\n"
     assert ok(bob, b's STATUS "Other Users/alice@example.test/INBOX" (MESSAGES)')[0].endswith(b"(MESSAGES 2)\r\n")
+    refused(bob, b's STATUS "Other Users/alice@example.test/Projects" (MESSAGES)', b"NONEXISTENT")
+    listed = b"".join(ok(bob, b'l LIST "" "Other Users/*"'))
+    assert b"/INBOX" in listed and b"Projects" not in listed and b"Sent" not in listed
     ok(alice, b"s SETACL INBOX bob@example.test +swited")
     assert ok(alice, b"g GETACL INBOX")[0].endswith(b" bob@example.test lrswited\r\n")
-    ok(alice, b"s SETACL Projects bob@example.test lrswite")  # what the account grant is already: no-op
-    refused(alice, b"s SETACL Projects bob@example.test lr", b"CANNOT")
-    refused(alice, b"s SETACL INBOX bob@example.test lrs", b"CANNOT")
-    refused(alice, b"s SETACL INBOX bob@example.test lrswipkxtea", b"CANNOT")
+    ok(alice, b"s SETACL Projects bob@example.test lrs")  # any subset, on any folder
+    assert ok(alice, b"g GETACL Projects")[0].endswith(b" bob@example.test lrs\r\n")
+    ok(alice, b"s SETACL Projects bob@example.test -s")
+    assert ok(alice, b"g GETACL Projects")[0].endswith(b" bob@example.test lr\r\n")
     assert alice.cmd(b"s SETACL INBOX bob@example.test lrQ")[-1].startswith(b"s BAD")
     refused(alice, b"s SETACL INBOX anyone lr", b"CANNOT")
     refused(alice, b"s SETACL INBOX -bob@example.test w", b"CANNOT")
@@ -225,20 +228,25 @@ def test_setacl_getacl_deleteacl_map_onto_the_account_grant(srv: ServerHandle, a
     refused(alice, b"s SETACL INBOX nobody@example.test lr", b"CANNOT")
     refused(alice, b"s SETACL Nonexistent bob@example.test lr", b"NONEXISTENT")
     assert ok(alice, b"r LISTRIGHTS INBOX bob@example.test")[0] == \
-        b'* LISTRIGHTS INBOX bob@example.test "" lr swited\r\n'
+        b'* LISTRIGHTS INBOX bob@example.test "" l r s w i p k x t e a c d\r\n'
     assert ok(alice, b"r LISTRIGHTS INBOX alice@example.test")[0] == \
         b"* LISTRIGHTS INBOX alice@example.test lrswipkxteacd\r\n"
     ok(bob, b's SELECT "Other Users/alice@example.test/INBOX"')
     ok(bob, b"t STORE 1 +FLAGS (\\Flagged)")
-    refused(alice, b"d DELETEACL Projects bob@example.test", b"CANNOT")
     ok(alice, b"d DELETEACL INBOX bob@example.test")
     ok(alice, b"d DELETEACL INBOX bob@example.test")  # nothing left to remove
     refused(bob, b"t STORE 1 +FLAGS (\\Answered)")
     assert ok(alice, b"g GETACL INBOX")[0] == b"* ACL INBOX alice@example.test lrswipkxteacd\r\n"
-    refused(alice, b"s SETACL INBOX bob@example.test lrd", b"CANNOT")  # d = te without swi: not a level
-    # "" (no rights) is DELETEACL
+    # an account grant is every folder's ACL; an entry overrides it on one folder, "" takes it away there
     share(srv, ALICE, BOB, "read")
-    ok(alice, b's SETACL INBOX bob@example.test ""')
+    assert ok(alice, b"g GETACL Sent")[0].endswith(b" bob@example.test lr\r\n")
+    ok(alice, b's SETACL Sent bob@example.test ""')
+    assert ok(alice, b"g GETACL Sent")[0] == b"* ACL Sent alice@example.test lrswipkxteacd\r\n"
+    listed = b"".join(ok(bob, b'l LIST "" "Other Users/*"'))
+    assert b"/INBOX" in listed and b"/Projects" in listed and b"/Sent" not in listed
+    ok(alice, b"s SETACL Sent bob@example.test lr")  # back to the account grant's: the entry goes
+    assert b"/Sent" in b"".join(ok(bob, b'l LIST "" "Other Users/*"'))
+    share(srv, ALICE, BOB, None)  # a revoke ends the account grant and every folder's entry
     assert b"Other Users" not in b"".join(ok(bob, b'l LIST "" "*"'))
 
 
@@ -352,9 +360,12 @@ def test_imapclient_setacl_and_getacl(srv: ServerHandle, alice: Raw) -> None:
         assert c.has_capability("ACL") and c.has_capability("RIGHTS=texk")
         c.setacl("INBOX", BOB, "lrswite")
         assert c.getacl("INBOX") == [(ALICE.encode(), b"lrswipkxteacd"), (BOB.encode(), b"lrswited")]
-        with pytest.raises(imapclient.exceptions.IMAPClientError, match="CANNOT"):
-            c.setacl("Projects", BOB, "lr")
-        c.setacl("INBOX", BOB, "")  # imapclient's way to remove rights
         assert c.getacl("Projects") == [(ALICE.encode(), b"lrswipkxteacd")]
+        c.setacl("Projects", BOB, "lr")
+        assert c.getacl("Projects") == [(ALICE.encode(), b"lrswipkxteacd"), (BOB.encode(), b"lr")]
+        with pytest.raises(imapclient.exceptions.IMAPClientError, match="CANNOT"):
+            c.setacl("Projects", "anyone", "lr")
+        c.setacl("INBOX", BOB, "")  # imapclient's way to remove rights
+        assert c.getacl("INBOX") == [(ALICE.encode(), b"lrswipkxteacd")]
     finally:
         c.logout()

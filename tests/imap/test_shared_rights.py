@@ -21,20 +21,44 @@ def test_grant_levels_and_their_letters() -> None:
     assert not acl.read_write("lr") and acl.read_write("lrswite") and acl.read_write("ri")
 
 
-def test_setacl_modifications_map_to_the_account_grant() -> None:
+def test_setacl_modifications_and_folder_entries() -> None:
     assert acl.parse_modification("lr") == ("=", frozenset("lr"))
     assert acl.parse_modification("+swid") == ("+", frozenset("swite"))
     assert acl.parse_modification("-c") == ("-", frozenset("k"))
-    assert acl.account_grant(acl.modified("lr", "+", frozenset("swite"))) == "write"
-    assert acl.account_grant(acl.modified("lrswite", "-", frozenset("swite"))) == "read"
-    assert acl.account_grant(acl.modified("lrswite", "-", frozenset("lrswite"))) is None
-    assert acl.account_grant(frozenset()) is None
-    for bad in ("lrs", "l", "lrswitea", "lrswipkxtea"):
-        with pytest.raises(acl.Inexpressible):
-            acl.account_grant(frozenset(bad))
+    assert acl.canonical(acl.modified("lr", "+", frozenset("swite"))) == "lrswite"
+    assert acl.canonical(acl.modified("lrswite", "-", frozenset("swite"))) == "lr"
+    assert acl.canonical(acl.modified("lrs", "=", frozenset("axl"))) == "lxa"
+    # an entry is kept only where it differs from the account grant
+    assert acl.stored_entry("lr", "lr") is None
+    assert acl.stored_entry("", "") is None
+    assert acl.stored_entry("", "lr") == ""  # takes the account grant's rights away on that folder
+    assert acl.stored_entry("lrsk", "lr") == "lrsk"
     for bad in ("lrQ", "lr1", "lrz", "LR"):
         with pytest.raises(acl.BadRights):
             acl.parse_modification(bad)
+
+
+def test_shares_by_owner_folder_entries_override_the_account_grant() -> None:
+    class A:
+        def __init__(self, address: str) -> None:
+            self.address = address
+
+    class G:
+        def __init__(self, owner: A, rights: str) -> None:
+            self.owner, self.rights = owner, rights
+
+    class E:
+        def __init__(self, owner: A, mailbox: str, rights: str) -> None:
+            self.owner, self.mailbox, self.rights = owner, mailbox, rights
+
+    alice, carol = A("Alice@x.test"), A("carol@x.test")
+    shares = acl.shares_by_owner([G(alice, "read")], [E(alice, "Work", "lrsk"), E(alice, "Private", ""),
+                                                      E(carol, "Team", "r")])
+    a = shares["alice@x.test"]
+    assert (a.rights("INBOX"), a.rights("Work"), a.rights("Private")) == ("lr", "lrsk", "")
+    assert a.lists_any()
+    c = shares["carol@x.test"]
+    assert (c.rights("Team"), c.rights("INBOX")) == ("r", "") and not c.lists_any()  # selectable, not listed
 
 
 def test_store_and_append_rights() -> None:
@@ -66,11 +90,8 @@ def test_parse_modification_accepts_every_known_right(mode: str, letters: str) -
     assert got_mode == (mode or "=")
     assert rights <= frozenset(acl.ALL_RIGHTS)  # virtual c / d expanded
     assert set(letters) - {"c", "d"} <= rights
-    try:
-        grant = acl.account_grant(acl.modified("lr", got_mode, rights))
-    except acl.Inexpressible:
-        return
-    assert grant in (None, "read", "write")
+    result = acl.canonical(acl.modified("lr", got_mode, rights))
+    assert set(result) <= set(acl.ALL_RIGHTS) and len(set(result)) == len(result)
 
 
 @given(st.text(min_size=1, max_size=8).filter(lambda t: any(c not in RIGHTS_CHARS for c in t.lstrip("+-"))))

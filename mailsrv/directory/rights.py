@@ -1,0 +1,61 @@
+"""What a grantee may do in an owner's folders: RFC 4314 rights over the directory's shares.
+
+Pure (no I/O): IMAP (``mailsrv.imap.acl``) and JMAP (Mailbox ``myRights``) read the same answer.
+An account grant (``read`` / ``write``) is the ACL of every folder without an entry of its own; a
+per-folder entry (:class:`~mailsrv.directory.types.FolderRights`) overrides it on that folder.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from mailsrv.directory.types import FOLDER_RIGHTS
+
+#: RFC 4314 §2.1: every right (RIGHTS=texk names those the first ACL spec lacked)
+ALL = FOLDER_RIGHTS
+#: the rights of the two account grants
+READ = "lr"
+WRITE = "lrswite"
+
+
+def grant_letters(rights: str) -> str:
+    """The RFC 4314 rights of an account grant (``read`` / ``write``)."""
+    return WRITE if rights == "write" else READ
+
+
+def canonical(rights: frozenset[str] | str) -> str:
+    """``rights`` in the order of :data:`ALL` (how entries are stored and shown)."""
+    return "".join(r for r in ALL if r in rights)
+
+
+@dataclass(slots=True)
+class OwnerShare:
+    """What one owner shares with the user: the account grant's rights (``""``: no account grant) and
+    the per-folder entries, which override it."""
+
+    owner: Any  # the owner's directory account (``mailsrv.directory.Account``)
+    account: str = ""
+    folders: dict[str, str] = field(default_factory=dict)
+
+    def rights(self, mailbox: str) -> str:
+        """The user's rights on the owner's ``mailbox``."""
+        return self.folders.get(mailbox, self.account)
+
+    def lists_any(self) -> bool:
+        """Can any folder of the owner's be listed (``l``)? Else the owner stays out of LIST."""
+        return "l" in self.account or any("l" in r for r in self.folders.values())
+
+
+def shares_by_owner(grants: Iterable[Any], entries: Iterable[Any]) -> dict[str, OwnerShare]:
+    """owner address (lower case) -> :class:`OwnerShare`, from the directory's account grants
+    (``Grant``: owner, rights) and per-folder entries (``FolderRights``: owner, mailbox, rights)."""
+    out: dict[str, OwnerShare] = {}
+    for g in grants:
+        out.setdefault(g.owner.address.lower(), OwnerShare(g.owner)).account = grant_letters(g.rights)
+    for e in entries:
+        out.setdefault(e.owner.address.lower(), OwnerShare(e.owner)).folders[e.mailbox] = e.rights
+    return out
+
+
