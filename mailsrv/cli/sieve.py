@@ -1,4 +1,4 @@
-"""``mailsrv sieve list|get|put|activate|deactivate|delete|check``: users' Sieve filters for administrators.
+"""``mailsrv sieve list|get|put|activate|deactivate|rename|delete|check``: users' Sieve filters for administrators.
 
 The same scripts users manage over ManageSieve (port 4190), in the same place
 (``<maildir root>/sieve``, mailsrv.sieve.scripts): ``put`` checks a script with the
@@ -19,6 +19,7 @@ from mailsrv.cli import CliError, config_path
 from mailsrv.cli.directory import _emit, _run
 from mailsrv.directory import SyncDirectory
 from mailsrv.directory.scope import Actor
+from mailsrv.sieve import EXTENSIONS
 from mailsrv.sieve import scripts as S
 from mailsrv.store import account_root
 
@@ -92,6 +93,12 @@ def _delete(cfg: config_mod.Config, d: SyncDirectory, actor: Actor, args: argpar
     return {"user": args.user.lower(), "deleted": args.name}
 
 
+def _rename(cfg: config_mod.Config, d: SyncDirectory, actor: Actor, args: argparse.Namespace) -> Any:
+    root = _root(cfg, d, actor, args.user)
+    _storage(lambda: S.rename_script(root, args.name, args.new))  # RFC 5804 §2.11.1: stays active if it was
+    return {"user": args.user.lower(), "renamed": args.name, "to": args.new}
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     """Compile FILE; exit 0 when it is a valid script, 1 (with the line) when not."""
     limit = config_mod.load(config_path(args)).sieve.max_script_size
@@ -108,7 +115,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("sieve", help="users' Sieve filters: list, get, put, activate, delete, check")
+    p = sub.add_parser("sieve", help="users' Sieve filters: list, get, put, activate, rename, delete, check")
     ss = p.add_subparsers(dest="sieve_command", metavar="ACTION")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", help="machine-readable output")
@@ -131,7 +138,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     put.add_argument("file", help="the script, UTF-8; - reads standard input")
     put.add_argument("--activate", action="store_true", help="also make it the active script")
     put.set_defaults(func=_run(_put))
-    ck = ss.add_parser("check", help="compile FILE (or -): exit 0 if valid, 1 with the line of the error")
+    ren = ss.add_parser("rename", parents=[common], help="rename USER's script NAME to NEW (stays active if it was)")
+    ren.add_argument("user")
+    ren.add_argument("name")
+    ren.add_argument("new")
+    ren.set_defaults(func=_run(_rename))
+    ck = ss.add_parser("check", help="compile FILE (or -): exit 0 if valid, 1 with the line of the error",
+                       description="Compile a Sieve script as delivery would. Extensions (require): "
+                                   + ", ".join(EXTENSIONS) + ".")
     ck.add_argument("file")
     ck.add_argument("--json", action="store_true", help="machine-readable output")
     ck.set_defaults(func=cmd_check)

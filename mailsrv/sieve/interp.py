@@ -8,7 +8,11 @@ runtime error (too many actions, a second vacation) raises
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta, timezone
+from email.utils import format_datetime, parsedate_to_datetime
+from typing import Any
 
 from mailsrv import mime
 from mailsrv.mime.body import part_text
@@ -21,6 +25,7 @@ from mailsrv.sieve.lang import (
     AnyOf,
     BodyTest,
     Const,
+    DateTest,
     Discard,
     ExistsTest,
     FileInto,
@@ -83,6 +88,8 @@ class MessageView:
     message: bytes | None = None
     #: the recipient's folder names, for mailboxexists (RFC 5490 §3.1); None: not known (false)
     mailboxes: frozenset[str] | None = None
+    #: POSIX time of the delivery, for currentdate (RFC 5260 §5); 0: now
+    now: float = 0.0
     _decoded: dict[str, tuple[str, ...]] = field(default_factory=dict, compare=False, repr=False)
     _index: dict[str, list[bytes]] = field(default_factory=dict, compare=False, repr=False)
     _addresses: dict[str, tuple[tuple[str, str], ...]] = field(default_factory=dict, compare=False, repr=False)
@@ -249,8 +256,11 @@ class _Run:
         """The keys with their variables expanded (a key without a reference is the compiled one)."""
         if self.vars is None or not any("${" in k.key for k in keys):
             return keys
-        return tuple(matcher(k.kind, self.x(k.key), k.comparator, k.relation) if "${" in k.key else k
-                     for k in keys)
+        try:
+            return tuple(matcher(k.kind, self.x(k.key), k.comparator, k.relation) if "${" in k.key else k
+                         for k in keys)
+        except ValueError as exc:  # a :regex key that does not compile once expanded
+            raise SieveRuntimeError(str(exc)) from None
 
     def set_var(self, c: SetVar) -> None:
         assert self.vars is not None
@@ -360,7 +370,7 @@ class _Run:
             return any(k(v) for v in values for k in keys)
         for v in values:
             for k in keys:
-                if k.kind == "matches" and not k.numeric:
+                if (k.kind == "matches" and not k.numeric) or k.kind == "regex":
                     caps = k.capture(v)
                     if caps is not None:
                         self.matched = caps[:10]
@@ -373,9 +383,11 @@ class _Run:
         msg = self.msg
         if isinstance(t, HeaderTest):
             # RFC 5228 §5.7: true when any occurrence of any named field matches any key
-            return self.match([v for n in t.names for v in msg.decoded(n)], t.keys)
+            return self.match([v for n in t.names for v in _nth(msg.decoded(n), t.index)], t.keys)
         if isinstance(t, AddressTest):
             return self.match(self.address_values(t), t.keys)
+        if isinstance(t, DateTest):
+            return self.match(self.date_values(t), t.keys)
         if isinstance(t, StringTest):  # RFC 5229 §5
             return self.match([self.x(src) for src in t.sources], t.keys)
         if isinstance(t, MailboxExists):  # RFC 5490 §3.1: every named folder exists
@@ -411,9 +423,80 @@ class _Run:
                 _part(out, t.part, local, domain, addr)
             return out
         for name in t.names:
-            for local, host in self.msg.addresses(name):
+            if t.index:  # RFC 5260 §6: the addresses of the n-th occurrence only
+                pairs = [(decode_words(a.mailbox) if "=?" in a.mailbox else a.mailbox, a.host)
+                         for raw in _nth(self.msg.raw(name), t.index) for a in parse_addresses(raw, limit=256)
+                         if a.mailbox is not None and a.host is not None]
+            else:
+                pairs = list(self.msg.addresses(name))
+            for local, host in pairs:
                 _part(out, t.part, local, host, f"{local}@{host}")
         return out
+
+    def date_values(self, t: DateTest) -> list[str]:
+        """RFC 5260 §4, §5: the date part of each (or the :index-th) occurrence of the field that parses
+        as a date (a Received field: after its last ";"), or of the current time."""
+        if t.header is None:
+            now = datetime.fromtimestamp(self.msg.now or time.time(), UTC)
+            return [_date_part(_in_zone(now, t.zone or None), t.part)]
+        out = []
+        for v in _nth(self.msg.decoded(t.header), t.index):
+            if t.header == "received":
+                v = v.rpartition(";")[2]
+            try:
+                dt = parsedate_to_datetime(v.strip()[:200])
+            except (TypeError, ValueError, IndexError, OverflowError):
+                continue  # RFC 5260 §4.1: a field that is not a date does not match
+            if dt.tzinfo is None:  # RFC 5322 §3.3 "-0000": the zone is not known: taken as UTC
+                dt = dt.replace(tzinfo=UTC)
+            out.append(_date_part(dt if t.zone == "" else _in_zone(dt, t.zone), t.part))
+        return out
+
+
+def _nth(values: list[bytes] | tuple[str, ...] | list[str], index: int) -> Any:
+    """RFC 5260 §6: every value (0), the index-th (1-based), or the -index-th from the end (:last)."""
+    if not index:
+        return values
+    i = index - 1 if index > 0 else len(values) + index
+    return values[i:i + 1] if 0 <= i < len(values) else []
+
+
+def _in_zone(dt: datetime, zone: str | None) -> datetime:
+    """``dt`` in ``zone`` ("+hhmm"), or in the server's zone when None (RFC 5260 §4.1)."""
+    if zone is None:
+        return dt.astimezone()
+    minutes = int(zone[1:3]) * 60 + int(zone[3:5])
+    return dt.astimezone(timezone(timedelta(minutes=-minutes if zone[0] == "-" else minutes)))
+
+
+def _date_part(dt: datetime, part: str) -> str:
+    """RFC 5260 §4.2: one date-part of ``dt`` as the test compares it."""
+    if part == "year":
+        return f"{dt.year:04d}"
+    if part == "month":
+        return f"{dt.month:02d}"
+    if part == "day":
+        return f"{dt.day:02d}"
+    if part == "date":
+        return f"{dt.year:04d}-{dt.month:02d}-{dt.day:02d}"
+    if part == "julian":  # the Modified Julian Day: days since 1858-11-17
+        return str((dt.date() - date(1858, 11, 17)).days)
+    if part == "hour":
+        return f"{dt.hour:02d}"
+    if part == "minute":
+        return f"{dt.minute:02d}"
+    if part == "second":
+        return f"{dt.second:02d}"
+    if part == "time":
+        return f"{dt.hour:02d}:{dt.minute:02d}:{dt.second:02d}"
+    if part == "iso8601":
+        return dt.replace(microsecond=0).isoformat()
+    if part == "std11":
+        return format_datetime(dt)
+    if part == "zone":
+        off = int((dt.utcoffset() or timedelta()).total_seconds()) // 60
+        return f"{'-' if off < 0 else '+'}{abs(off) // 60:02d}{abs(off) % 60:02d}"
+    return str(dt.isoweekday() % 7)  # weekday: 0 is Sunday
 
 
 def _body(raw: bytes, transform: str, types: tuple[str, ...]) -> list[str]:

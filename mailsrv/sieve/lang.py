@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from mailsrv.sieve.grammar import (
     MAX_SCRIPT_SIZE,
@@ -40,6 +41,9 @@ EXTENSIONS: tuple[str, ...] = (
     "variables",  # RFC 5229
     "reject",  # RFC 5429 §2.2
     "ereject",  # RFC 5429 §2.1
+    "date",  # RFC 5260 §4, §5: date, currentdate
+    "index",  # RFC 5260 §6: :index, :last
+    "regex",  # draft-ietf-sieve-regex-01 (RE2: no backtracking; mailsrv.sieve.match)
     "comparator-i;ascii-numeric",  # RFC 4790 §9.1 (RFC 5228 §2.7.3: needs its require)
     "comparator-i;octet",  # RFC 5228 §2.7.3 (always available; require accepts it)
     "comparator-i;ascii-casemap",
@@ -57,6 +61,13 @@ _KEYWORD = re.compile(r"[^\x00-\x20\x7f-\uffff(){%*\"\\\]]+")
 _VARNAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 #: RFC 5229 §4: set's modifiers by precedence group (applied 40, 30, 20, then 10)
 SET_MODIFIERS = {"lower": 40, "upper": 40, "lowerfirst": 30, "upperfirst": 30, "quotewildcard": 20, "length": 10}
+#: RFC 5260 §6: the largest :index (a message has at most MAX_FIELDS fields anyway)
+MAX_INDEX = 1000
+#: RFC 5260 §4.2 date-part
+DATE_PARTS = ("year", "month", "day", "date", "julian", "hour", "minute", "second", "time", "iso8601",
+              "std11", "zone", "weekday")
+#: RFC 5260 §4.1 :zone "+hhmm" / "-hhmm"
+ZONE = re.compile(r"[+-](?:[01][0-9]|2[0-3])[0-5][0-9]")
 ADDRESS = re.compile(r"[^@\s<>()\[\],;:\"\\]+@[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?")
 
 # --- compiled nodes ----------------------------------------------------------
@@ -66,6 +77,7 @@ ADDRESS = re.compile(r"[^@\s<>()\[\],;:\"\\]+@[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-
 class HeaderTest:
     names: tuple[str, ...]  # lower-cased field names
     keys: tuple[Matcher, ...]
+    index: int = 0  # RFC 5260 §6 :index: the n-th occurrence (1-based; negative: :last); 0 every one
 
 
 @dataclass(frozen=True)
@@ -74,6 +86,19 @@ class AddressTest:
     part: str  # "all" | "localpart" | "domain" | "user" | "detail"
     keys: tuple[Matcher, ...]
     envelope: bool
+    index: int = 0  # as HeaderTest's
+
+
+@dataclass(frozen=True)
+class DateTest:
+    """RFC 5260 §4 ``date`` (``header``: a lower-cased field name) and §5 ``currentdate`` (``header``
+    None): ``part`` of the date, in ``zone`` ("+hhmm"; "" :originalzone; None the server's zone)."""
+
+    header: str | None
+    part: str
+    zone: str | None
+    keys: tuple[Matcher, ...]
+    index: int = 0
 
 
 @dataclass(frozen=True)
@@ -135,7 +160,7 @@ class Const:
     value: bool
 
 
-Node = HeaderTest | AddressTest | ExistsTest | SizeTest | HasFlagTest | BodyTest | MailboxExists | StringTest | AllOf | AnyOf | NotTest | Const
+Node = HeaderTest | AddressTest | DateTest | ExistsTest | SizeTest | HasFlagTest | BodyTest | MailboxExists | StringTest | AllOf | AnyOf | NotTest | Const
 
 
 @dataclass(frozen=True)
@@ -258,6 +283,10 @@ class _Args:
             group = None
             if match and t in MATCH_TYPES:
                 group, self.match = "match type", t
+            elif match and t == "regex":  # draft-ietf-sieve-regex §3
+                if "regex" not in self.ext:
+                    raise self.err(tag.line, ':regex needs require "regex"')
+                group, self.match = "match type", t
             elif match and t in ("value", "count"):  # RFC 5231 §4: :value / :count "<relation>"
                 if "relational" not in self.ext:
                     raise self.err(tag.line, f':{t} needs require "relational"')
@@ -329,7 +358,14 @@ class _Args:
         if self.comparator == "i;ascii-numeric" and self.match in ("contains", "matches"):
             # RFC 4790 §9.1: i;ascii-numeric has equality and order, no substring operation
             raise self.err(self.where.line, f":{self.match} cannot use i;ascii-numeric")
-        return tuple(matcher(self.match, k, self.comparator, self.relation) for k in keys)
+        if self.match == "regex" and self.comparator == "i;ascii-numeric":
+            raise self.err(self.where.line, ":regex cannot use i;ascii-numeric")
+        try:  # with variables, a key that holds a reference compiles after expansion, at run time
+            return tuple(matcher(self.match, k, self.comparator, self.relation)
+                         if not (self.match == "regex" and "variables" in self.ext and "${" in k)
+                         else Matcher("regex", k, self.comparator == "i;ascii-casemap") for k in keys)
+        except ValueError as exc:
+            raise self.err(self.where.line, str(exc)) from None
 
 
 def _no_tests(c: Command | Test) -> None:
@@ -530,6 +566,40 @@ class _Compiler:
         return VacationAction(reason, seconds, subj, from_,
                               addrs.items if isinstance(addrs, StringList) else (), "mime" in a.tags, h)
 
+    def index_tags(self) -> dict[str, Any]:
+        """RFC 5260 §6: :index <n> and :last on header, address and date (with require "index")."""
+        return {"values": {"index": "num"}, "flags": ("last",)} if "index" in self.ext else {}
+
+    def index_of(self, t: Test, a: _Args) -> int:
+        n = a.tags.get("index")
+        if not isinstance(n, Number):
+            if "last" in a.tags:
+                raise SieveError(t.line, f"{t.name}: :last needs :index")  # RFC 5260 §6
+            return 0
+        if not 1 <= n.value <= MAX_INDEX:
+            raise SieveError(t.line, f"{t.name}: :index needs a number from 1 to {MAX_INDEX}")
+        return -n.value if "last" in a.tags else n.value
+
+    def date(self, t: Test) -> DateTest:
+        self.need("date", t.line, t.name)
+        current = t.name == "currentdate"
+        extra = {} if current else self.index_tags()
+        values: dict[str, str] = {"zone": "str", **extra.get("values", {})}
+        flags: tuple[str, ...] = extra.get("flags", ()) + (() if current else ("originalzone",))
+        a = _Args(t, self.ext).take(match=True, values=values, flags=flags)
+        got = a.strings("sl" if current else "ssl")
+        header = None if current else _header_names(t, got[0])[0]
+        part = got[-2][0].lower()
+        if part not in DATE_PARTS:
+            raise SieveError(t.line, f"{t.name}: unknown date part {part!r}")  # RFC 5260 §4.2
+        zone_arg = a.tags.get("zone")
+        if zone_arg is not None and "originalzone" in a.tags:
+            raise SieveError(t.line, f"{t.name}: :zone and :originalzone exclude each other")
+        zone = zone_arg.items[0] if isinstance(zone_arg, StringList) else "" if "originalzone" in a.tags else None
+        if zone and not ZONE.fullmatch(zone):
+            raise SieveError(t.line, f"{t.name}: :zone needs \"+hhmm\" or \"-hhmm\"")  # RFC 5260 §4.1.1
+        return DateTest(header, part, zone, a.matchers(got[-1]), 0 if current else self.index_of(t, a))
+
     def test(self, t: Test) -> Node:
         name = t.name
         if name in ("true", "false"):
@@ -549,13 +619,15 @@ class _Compiler:
             return AllOf(tests) if name == "allof" else AnyOf(tests)
         _no_tests(t)
         if name == "header":
-            a = _Args(t, self.ext).take(match=True)
+            a = _Args(t, self.ext).take(match=True, **self.index_tags())
             names, keys = a.strings("ll")
-            return HeaderTest(_header_names(t, names), a.matchers(keys))
+            return HeaderTest(_header_names(t, names), a.matchers(keys), self.index_of(t, a))
+        if name in ("date", "currentdate"):
+            return self.date(t)
         if name in ("address", "envelope"):
             if name == "envelope":
                 self.need("envelope", t.line, "envelope")
-            a = _Args(t, self.ext).take(match=True, address=True)
+            a = _Args(t, self.ext).take(match=True, address=True, **(self.index_tags() if name == "address" else {}))
             names, keys = a.strings("ll")
             if name == "envelope":
                 parts = tuple(n.lower() for n in names)
@@ -563,7 +635,7 @@ class _Compiler:
                     if p not in ("from", "to"):  # RFC 5228 §5.4: unsupported parts are errors
                         raise SieveError(t.line, f"envelope: unknown envelope part {p!r}")
                 return AddressTest(parts, a.part, a.matchers(keys), True)
-            return AddressTest(_header_names(t, names), a.part, a.matchers(keys), False)
+            return AddressTest(_header_names(t, names), a.part, a.matchers(keys), False, self.index_of(t, a))
         if name == "exists":
             (names,) = _Args(t, self.ext).take().strings("l")
             return ExistsTest(_header_names(t, names))

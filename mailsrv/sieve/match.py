@@ -1,22 +1,49 @@
 """Sieve match types and comparators (RFC 5228 §2.7): :is, :contains, :matches over
-"i;ascii-casemap" and "i;octet" (RFC 4790 §9.2, §9.3).
+"i;ascii-casemap" and "i;octet" (RFC 4790 §9.2, §9.3), and :regex (draft-ietf-sieve-regex-01).
 
 ``:matches`` patterns are compiled once into segments split at ``*``; matching
 takes each segment at its leftmost place (correct for ``*``/``?`` globs, no
 backtracking), so the work is O(len(value) * len(pattern)) whatever the
 pattern: a hostile ``*a*a*a*a*b`` costs no more than a long literal.
+
+``:regex`` runs on RE2 (google-re2), an automaton without backtracking: matching is linear in the
+value whatever the pattern (``(a+)+b`` is harmless); a pattern is at most MAX_REGEX characters and its
+compiled program at most REGEX_MEMORY bytes (larger ones are compile errors).
 """
 
 from __future__ import annotations
 
 import string
 from dataclasses import dataclass
+from typing import Any
+
+import re2
 
 COMPARATORS = ("i;ascii-casemap", "i;octet", "i;ascii-numeric")
 #: RFC 5231 §5 relational operators
 RELATIONS = ("gt", "ge", "lt", "le", "eq", "ne")
 _INFINITY = (1, 0, "")  # :func:`_number` of a value without leading digits: above every number
 _CASEMAP = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
+#: :regex bounds: characters of a pattern, bytes of its compiled automaton (RE2's max_mem)
+MAX_REGEX = 1024
+REGEX_MEMORY = 1 << 20
+
+
+def compile_regex(pattern: str, fold: bool) -> Any:
+    """A :regex key: POSIX extended syntax (draft-ietf-sieve-regex §3) plus Perl's digit, word and space classes and word boundaries;
+    ``fold``: i;ascii-casemap. Raises ValueError for an invalid or too large pattern."""
+    if len(pattern) > MAX_REGEX:
+        raise ValueError(f"regex longer than {MAX_REGEX} characters")
+    o = re2.Options()
+    o.posix_syntax = o.perl_classes = o.word_boundary = True
+    o.case_sensitive = not fold  # deviation: RE2 folds non-ASCII letters too
+    o.max_mem = REGEX_MEMORY
+    o.log_errors = False
+    try:
+        return re2.compile(pattern, o)
+    except re2.error as exc:
+        msg = exc.args[0] if exc.args else exc
+        raise ValueError(f"bad regex: {msg.decode('utf-8', 'replace') if isinstance(msg, bytes) else msg}") from None
 
 
 def casemap(s: str) -> str:
@@ -132,10 +159,13 @@ class Matcher:
     glob: Glob | None = None
     relation: str = ""  # :value / :count: "gt" | "ge" | "lt" | "le" | "eq" | "ne"
     numeric: bool = False  # i;ascii-numeric
+    regex: Any = None  # :regex: the compiled RE2 pattern (folds by itself)
 
     def __call__(self, value: str) -> bool:
         if self.numeric:  # RFC 4790 §9.1: equality and order of the leading digits
             return _related(_number(value), _number(self.key), self.relation or "eq")
+        if self.regex is not None:
+            return self.regex.search(value) is not None
         if self.fold:
             value = casemap(value)
         if self.kind == "is":
@@ -153,7 +183,11 @@ class Matcher:
         return "i;ascii-numeric" if self.numeric else "i;ascii-casemap" if self.fold else "i;octet"
 
     def capture(self, value: str) -> list[str] | None:
-        """A :matches key: ``[value, wildcard matches...]`` when it matches (RFC 5229 §3.2 ${0}..)."""
+        """A :matches key: ``[value, wildcard matches...]`` when it matches (RFC 5229 §3.2 ${0}..); a
+        :regex key: ``[match, groups...]`` (draft-ietf-sieve-regex §4; an unmatched group is "")."""
+        if self.regex is not None:
+            m = self.regex.search(value)
+            return None if m is None else [m.group(0), *(g or "" for g in m.groups())]
         assert self.glob is not None
         caps = self.glob.captures(casemap(value) if self.fold else value, value)
         return None if caps is None else [value, *caps]
@@ -186,7 +220,10 @@ def _related(a: tuple[int, int, str] | str, b: tuple[int, int, str] | str, rel: 
 
 
 def matcher(kind: str, key: str, comparator: str, relation: str = "") -> Matcher:
+    """Raises ValueError for a :regex key that does not compile (compile_regex)."""
     fold = comparator == "i;ascii-casemap"
+    if kind == "regex":  # not folded here: \S is not \s
+        return Matcher(kind, key, fold, regex=compile_regex(key, fold))
     if fold:
         key = casemap(key)
     return Matcher(kind, key, fold, compile_glob(key) if kind == "matches" else None, relation,

@@ -98,3 +98,16 @@ def test_admin_scope(setup: Path) -> None:
     p = run(setup, "sieve", "list", "olga@other.test", *as_boss, check=False)
     assert p.returncode == 2 and "not in your scope" in p.stderr
     assert not (root(setup, "olga@other.test") / "sieve").exists()
+
+
+def test_rename_keeps_the_active_script(setup: Path) -> None:
+    run(setup, "sieve", "put", "ann@example.test", "old", "-", "--activate", stdin="keep;\n")
+    out = json.loads(run(setup, "sieve", "rename", "ann@example.test", "old", "new", "--json").stdout)
+    assert out == {"user": "ann@example.test", "renamed": "old", "to": "new"}
+    assert scripts.active_script(root(setup, "ann@example.test")) == ("new", "keep;\n")
+    run(setup, "sieve", "put", "ann@example.test", "other", "-", stdin="discard;\n")
+    p = run(setup, "sieve", "rename", "ann@example.test", "other", "new", check=False)
+    assert p.returncode == 2 and "(ALREADYEXISTS)" in p.stderr
+    p = run(setup, "sieve", "rename", "ann@example.test", "gone", "x", check=False)
+    assert p.returncode == 2 and "(NONEXISTENT)" in p.stderr
+    assert "regex" in run(setup, "sieve", "check", "--help").stdout
