@@ -34,6 +34,7 @@ from mailsrv.config import Config, ConfigError, parse_bind
 from mailsrv.delivery import archive
 from mailsrv.net.listener import LISTEN_BACKLOG, format_addr
 from mailsrv.net.tls import TlsSetupError, server_context
+from mailsrv.queue.store import queue_dir
 from mailsrv.util.sdnotify import monotonic_usec, notify
 
 logger = log.get("master")
@@ -506,6 +507,11 @@ class Master:
         signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
         self.cfg.server.data_dir.mkdir(parents=True, exist_ok=True)
         archive.check(self.cfg)  # before any fork: the archive accounts exist (ConfigError naming the key)
+        if self.cfg.archive.rule:  # docs/archive.md: queue entries from before the markers' MAC, signed once
+            try:
+                archive.sign_old_markers(self.cfg.server.data_dir, queue_dir(self.cfg.server.data_dir).rewrite_orcpts)
+            except OSError as exc:  # their delivery makes one more archive copy (never one less); next start tries
+                logger.error("archive.markers_sign_failed", error=str(exc))
         self.ssl_context = self._tls_for(self.cfg)
         self.sockets = self._bind_all(self.cfg)
         self._retire()

@@ -13,7 +13,9 @@ Invariants:
   (:meth:`ArchiveRules.archived`).
 - The markers (ORCPT) that skip or redirect archiving carry an HMAC-SHA-256 over the marker, the
   envelope sender and the recipient, keyed by ``data_dir/archive.key`` (:func:`marker_key`): only
-  mailsrv's queue and JMAP submission can make one; a marker without a valid MAC is ignored.
+  mailsrv's queue and JMAP submission can make one; a marker without a valid MAC is ignored. Markers
+  of queue entries older than the key (written before the MAC) are signed once by the master at start
+  (:func:`sign_old_markers`).
 - An archive copy (only it) starts with the transaction's envelope (:func:`envelope_block`: sender and
   every recipient as received, Bcc included) after its Return-Path line; a retried copy is queued as
   that file and delivered as is (one block).
@@ -71,6 +73,9 @@ KEY_BYTES = 32
 MAC_HEX = 32
 _RETRY_PREFIX = RETRY_ORCPT + ";"
 _ARCHIVED_PREFIX = ARCHIVED_ORCPT + ";"
+#: Written in the data directory once the queue's markers from before the MAC were signed (:func:`sign_old_markers`).
+SIGNED_STAMP = "archive.markers-signed"
+_HEX = frozenset("0123456789abcdef")
 
 
 def marker_key(data_dir: Path) -> bytes:
@@ -98,6 +103,52 @@ def marker_key(data_dir: Path) -> bytes:
     if len(key) < KEY_BYTES:
         raise OSError(f"{path}: shorter than {KEY_BYTES} bytes")
     return key
+
+
+def marker_mac(key: bytes, atype: str, sender: str, rcpt: str, inner: str) -> str:
+    """The MAC of a marker of type ``atype`` wrapping ``inner``, for that sender and recipient."""
+    msg = "\0".join((atype, sender.lower(), rcpt.lower(), inner)).encode("utf-8", "surrogatepass")
+    return hmac.new(key, msg, hashlib.sha256).hexdigest()[:MAC_HEX]
+
+
+def sign_legacy(key: bytes, sender: str, rcpt: str, orcpt: str | None) -> str | None:
+    """The marker ``orcpt`` as this version writes it, when it is one written before markers had a MAC
+    (``x-mailsrv-archived;ORIGINAL``, ``x-mailsrv-archive;FOLDER``); None for anything else (no marker,
+    or one with a MAC already)."""
+    if orcpt is None:
+        return None
+    for atype in (ARCHIVED_ORCPT, RETRY_ORCPT):
+        if orcpt.startswith(atype + ";"):
+            rest = orcpt[len(atype) + 1:]
+            mac, semi, _ = rest.partition(";")
+            if semi and len(mac) == MAC_HEX and set(mac) <= _HEX:
+                return None  # signed already
+            return f"{atype};{marker_mac(key, atype, sender, rcpt, rest)};{rest}"
+    return None
+
+
+def sign_old_markers(data_dir: Path, rewrite: Any) -> int | None:
+    """Blocking, once per data directory (then :data:`SIGNED_STAMP` says it is done): sign the markers of
+    queue entries made by a version before the MAC (docs/archive.md), so that their delivery makes no
+    second archive copy. Only entries created before the key (the key file's mtime) count: a marker
+    without a MAC in a younger entry was not written by us and stays ignored. ``rewrite(fn, before)``
+    is the queue's :meth:`~mailsrv.queue.store.QueueDir.rewrite_orcpts`. Returns the recipients signed,
+    or None when it had been done. Raises OSError."""
+    stamp = Path(data_dir) / SIGNED_STAMP
+    if stamp.exists():
+        return None
+    key = marker_key(data_dir)
+    born = (Path(data_dir) / KEY_FILE).stat().st_mtime
+    n: int = rewrite(lambda sender, rcpt, orcpt: sign_legacy(key, sender, rcpt, orcpt), born)
+    fd = os.open(stamp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, f"{n}\n".encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    fsync_dir(stamp.parent)
+    logger.info("archive.markers_signed", recipients=n)
+    return n
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,8 +263,7 @@ class ArchiveRules:
     # --- markers (docs/archive.md): made by our queue's producers, honoured only with their MAC -----
 
     def _mac(self, atype: str, sender: str, rcpt: str, inner: str) -> str:
-        msg = "\0".join((atype, sender.lower(), rcpt.lower(), inner)).encode("utf-8", "surrogatepass")
-        return hmac.new(self._key, msg, hashlib.sha256).hexdigest()[:MAC_HEX]
+        return marker_mac(self._key, atype, sender, rcpt, inner)
 
     def _marked(self, atype: str, sender: str, rcpt: str, orcpt: str | None) -> str | None:
         """What the marker ``orcpt`` of type ``atype`` wraps, if its MAC is valid for this sender and

@@ -249,6 +249,30 @@ class QueueDir:
                 return {r.addr: (r.status, r.diag) for r in Envelope.from_json(data).rcpts}
         return None
 
+    def rewrite_orcpts(self, fn: Callable[[str, str, str | None], str | None], before: float) -> int:
+        """For each pending recipient of the entries created before ``before``, ``fn(sender, address,
+        orcpt)`` gives a new ORCPT, or None to keep it; the envelopes that changed are rewritten (under
+        the lock, durably). Returns the recipients changed. (docs/archive.md: markers from before the MAC.)"""
+        changed = 0
+        with self.locked():
+            for qid in self.ids():
+                try:
+                    env = self.load(qid)
+                except (FileNotFoundError, ValueError):
+                    continue
+                if env.created >= before:
+                    continue
+                n = 0
+                for r in env.pending():
+                    new = fn(env.sender, r.addr, r.orcpt)
+                    if new is not None and new != r.orcpt:
+                        r.orcpt = new
+                        n += 1
+                if n:
+                    self._write_env(env)
+                    changed += n
+        return changed
+
     # -- reading ---------------------------------------------------------------
 
     def load(self, qid: str) -> Envelope:

@@ -501,6 +501,32 @@ def test_a_submission_held_until_send_at_is_archived_at_acceptance_once(site: An
     assert subjects(site.messages(f"archive2@{D}")) == ["held"]
 
 
+def test_a_cancelled_held_submission_stays_in_the_archive(site: Any) -> None:
+    """docs/archive.md: what was submitted is archived at acceptance and stays, a cancel before the release
+    notwithstanding (as Exmail's archive: the auditor sees what a user sent, or tried to send)."""
+    from types import SimpleNamespace
+
+    from mailsrv.jmap.submission import DirectorySubmitter
+
+    rules = site.rules({"out": rule((f"carol@{D}",), "out")})
+
+    async def submit_then_cancel() -> tuple[str | None, bool]:
+        acct = await site.directory.account_by_address(f"carol@{D}")
+        sub = DirectorySubmitter(site.directory, site.store, site.data_dir, archive=rules)
+        qid, _ = await sub.submit_later(SimpleNamespace(account=acct, id=str(acct.id)), body("taken back"),
+                                        f"carol@{D}", [f"dave@{D}", "far@remote.test"], time.time() + 3600)
+        assert qid is not None
+        return qid, await sub.cancel(qid)
+
+    qid, cancelled = site.loop.run(submit_then_cancel())
+    assert cancelled and queue_dir(site.data_dir).all() == []  # nobody will get it
+    assert subjects(site.messages(f"archive@{D}", "Audit")) == ["taken back"]
+    assert envelope_of(site.messages(f"archive@{D}", "Audit")[0]) == [
+        f"X-Mailsrv-Envelope-From: <carol@{D}>".encode(), f"X-Mailsrv-Envelope-To: <dave@{D}>".encode(),
+        b"X-Mailsrv-Envelope-To: <far@remote.test>"]
+    assert site.messages(f"dave@{D}") == []
+
+
 def test_a_department_matches_its_members_and_sub_departments(site: Any) -> None:
     site.sync.add_group(f"sales@{D}", kind="dept")
     site.sync.add_group(f"sales-east@{D}", kind="dept", parent=f"sales@{D}")
