@@ -91,12 +91,14 @@ async def run_list(session: Session, cmd: Command, *, lsub: bool = False) -> Non
         parents = {n.rsplit(DELIMITER, k)[0] for n in subscribed for k in range(1, n.count(DELIMITER) + 1)}
         childinfo = {p for p in parents if p not in subscribed and any(r.match(p) for r in regexes)}
         out_names = sorted(set(out_names) | childinfo)
+    # every name with a child, in one pass (a test per pair of names was ~60 % of a LIST of 750 names)
+    parents_of_any = {n.rsplit(DELIMITER, k)[0] for n in names for k in range(1, n.count(DELIMITER) + 1)}
     for name in sorted(out_names, key=lambda n: (n != "INBOX", n)):
         info = by_name.get(name)
         place = places.get(name)
         exists = info is not None or place is not None
         attrs: list[str] = []
-        has_children = any(other.startswith(name + DELIMITER) for other in names)
+        has_children = name in parents_of_any
         if name in nodes:
             attrs.append("\\Noselect")  # RFC 2342 §3: the namespace's levels above the folders
         elif not exists:
