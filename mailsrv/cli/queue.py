@@ -1,4 +1,4 @@
-"""``mailsrv queue list | show ID | flush | hold ID | release ID | delete ID``: the outbound queue."""
+"""``mailsrv queue list | show ID | flush [DOMAIN] | hold ID | release ID | delete ID``: the outbound queue."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import datetime
 import json
+import time
 
 from mailsrv import config as config_mod
 from mailsrv.cli import CliError, config_path
@@ -26,8 +27,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     ):
         q = qs.add_parser(name, help=doc)
         q.add_argument("id", help="queue id (from `mailsrv queue list`)")
+        if name == "show":
+            q.add_argument("--json", action="store_true", help="JSON (what show always prints; for scripts)")
         q.set_defaults(func=func)
-    fl = qs.add_parser("flush", help="attempt every queued message now")
+    fl = qs.add_parser("flush", help="attempt queued messages now (all, or those to one domain)",
+                       description="Attempt now every message that is not held (or, with DOMAIN, every one with "
+                       "a pending recipient at DOMAIN). A delayed send (JMAP sendAt / FUTURERELEASE) keeps its time.")
+    fl.add_argument("domain", nargs="?", default=None, help="only messages with a recipient at this domain")
     fl.set_defaults(func=cmd_flush)
     p.set_defaults(func=lambda args: p.print_help() or 2)
 
@@ -115,9 +121,17 @@ def cmd_delete(args: argparse.Namespace) -> int:
 
 def cmd_flush(args: argparse.Namespace) -> int:
     qd = _qd(args)
+    domain = args.domain.strip().lower().lstrip("@") if args.domain else None
+    now = time.time()
+    flushed = []
     for env in qd.all():
-        if not env.held:
+        if not env.held and env.flushable(now) and (domain is None or env.bound_for(domain)):
             qd.update(env.id, next_attempt=0.0)
-    running = qd.poke(b"flush")
-    print("queue flushed" + ("" if running else " (runner not running: delivery at its next start)"))
+            flushed.append(env.id)
+    if domain is None:
+        running = qd.poke(b"flush")
+    else:  # the runner reads these entries again (their next attempt is now); the others keep their times
+        running = all([qd.poke(b"reload " + qid.encode()) for qid in flushed]) if flushed else qd.poke(b"wake")
+    what = f"{len(flushed)} message(s) to {domain}" if domain is not None else "queue"
+    print(f"{what} flushed" + ("" if running else " (runner not running: delivery at its next start)"))
     return 0

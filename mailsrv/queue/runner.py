@@ -96,7 +96,7 @@ class QueueRunner:
                 if self._flush:
                     self._flush = False
                     for env in self.entries.values():
-                        if env.attempts or env.next_attempt <= now:  # a delayed send (not_before) keeps its time
+                        if env.flushable(now):  # a delayed send (not_before) keeps its time
                             env.next_attempt = 0
                 if self._reload or now - last_scan >= RESCAN_INTERVAL:
                     if now - last_scan >= RESCAN_INTERVAL:

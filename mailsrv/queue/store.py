@@ -75,6 +75,15 @@ class Envelope:
     def pending(self) -> list[QRcpt]:
         return [r for r in self.rcpts if r.status == PENDING]
 
+    def flushable(self, now: float) -> bool:
+        """A flush attempts it now: it was tried before, or it is due; a delayed send (JMAP sendAt, never
+        attempted, due later) keeps its time."""
+        return bool(self.attempts) or self.next_attempt <= now
+
+    def bound_for(self, domain: str) -> bool:
+        """A pending recipient of it is at ``domain`` (lower case; the part after the last ``@``)."""
+        return any(r.addr.rpartition("@")[2].lower() == domain for r in self.pending())
+
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), ensure_ascii=False, separators=(",", ":")).encode()
 
