@@ -726,6 +726,8 @@ class SieveConfig:
                                check=_positive)
     max_redirects: int = doc("Redirects one script may make for one message (more is a runtime error: the "
                              "message is kept), as Dovecot's sieve_max_redirects.", 4, check=_non_negative)
+    global_dir: Path = doc('Directory of the global scripts that `include :global "NAME"` runs (NAME.sieve), '
+                           "relative to server.data_dir; written by the administrator.", Path("sieve-global"))
     # script storage and ManageSieve (mailsrv.sieve.scripts, mailsrv.managesieve)
     max_scripts: int = doc("Sieve scripts one account may keep (ManageSieve answers NO (QUOTA/MAXSCRIPTS) "
                            "beyond).", 16, check=_positive)

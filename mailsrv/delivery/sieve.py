@@ -31,8 +31,9 @@ from mailsrv.sieve import MessageView, Outcome, Script, SieveError, SieveRuntime
 from mailsrv.sieve import compile as compile_script
 from mailsrv.sieve import run as run_script
 from mailsrv.sieve.autoreply import FIELDS, compose, no_reply_address, reply_subject, silenced
+from mailsrv.sieve.include import resolve as resolve_includes
 from mailsrv.sieve.interp import MAX_FIELD, header_fields
-from mailsrv.sieve.scripts import ACTIVE, DIRNAME, active_script
+from mailsrv.sieve.scripts import ACTIVE, DIRNAME, SUFFIX, BadName, active_script, check_name
 from mailsrv.store import account_root
 
 logger = log.get("sieve")
@@ -96,29 +97,59 @@ class ReplyOrder:
 @dataclass
 class _Entry:
     checked: float
-    key: tuple[int, int, int] | None  # stat of the active script's file: (ino, mtime_ns, size)
+    #: stat of the active script's file, then of each file its includes read: (ino, mtime_ns, size)
+    key: tuple[tuple[int, int, int] | None, ...] | None
     script: Script | None
     name: str = ""
+    #: RFC 6609: the files the script's includes read (or would: a missing one counts), for the key
+    paths: tuple[Path, ...] = ()
 
 
-def _stat_key(root: Path) -> tuple[int, int, int] | None:
+def _stat(path: Path) -> tuple[int, int, int] | None:
     try:
-        st = os.stat(root / DIRNAME / ACTIVE)  # follows the symlink to the active script's file
+        st = os.stat(path)  # follows .active's symlink to the active script's file
     except OSError:
         return None
     return st.st_ino, st.st_mtime_ns, st.st_size
 
 
-def _load(root: Path, max_size: int) -> tuple[str, Script | None, str]:
-    """(name, compiled script or None, error) of the account's active script (blocking)."""
+def _stat_key(root: Path, paths: tuple[Path, ...] = ()) -> tuple[tuple[int, int, int] | None, ...] | None:
+    """None when the account has no active script; else the stats of it and of ``paths``."""
+    first = _stat(root / DIRNAME / ACTIVE)
+    return None if first is None else (first, *(_stat(p) for p in paths))
+
+
+def _include_path(root: Path, global_dir: Path, location: str, name: str) -> Path | None:
+    try:
+        check_name(name)
+    except BadName:
+        return None
+    return (root / DIRNAME if location == "personal" else global_dir) / (name + SUFFIX)
+
+
+def _load(root: Path, max_size: int, global_dir: Path) -> tuple[str, Script | None, str, tuple[Path, ...]]:
+    """(name, compiled script or None, error, files its includes read) of the account's active script,
+    with what it includes (RFC 6609: the account's scripts, ``global_dir``'s); blocking."""
     got = active_script(root)
     if got is None:
-        return "", None, ""
+        return "", None, "", ()
     name, text = got
+    paths: list[Path] = []
+
+    def read(location: str, inc: str) -> str | None:
+        path = _include_path(root, global_dir, location, inc)
+        if path is None:
+            return None
+        paths.append(path)
+        try:
+            return path.read_bytes().decode("utf-8", "replace")
+        except OSError:  # not there (yet): an error only when the include runs without :optional
+            return None
+
     try:
-        return name, compile_script(text, max_size), ""
+        return name, resolve_includes(compile_script(text, max_size), read, max_size), "", tuple(paths)
     except SieveError as e:
-        return name, None, str(e)
+        return name, None, str(e), tuple(paths)
 
 
 def reply_text(reason: str) -> str:
@@ -242,6 +273,7 @@ class SieveFilter:
     def __init__(self, config: SieveConfig, data_dir: Path, check_interval: float = CHECK_INTERVAL) -> None:
         self.config = config
         self.data_dir = data_dir
+        self.global_dir = data_dir / config.global_dir  # RFC 6609 :global scripts
         self.check_interval = check_interval
         self._cache: OrderedDict[int, _Entry] = OrderedDict()
         #: scripts compiled and runs made (tests, bench)
@@ -255,18 +287,21 @@ class SieveFilter:
         if e is not None and now - e.checked < self.check_interval:
             return e.script, e.name
         root = account_root(self.data_dir, acct.id, acct.store)
-        key = _stat_key(root)  # on the loop: one stat(2), as ResolveCache's change stamp
+        # on the loop: one stat(2), as ResolveCache's change stamp (and one per included file)
+        key = _stat_key(root, e.paths if e is not None else ())
         if e is not None and key == e.key:
             e.checked = now
             return e.script, e.name
-        script, name, error = None, "", ""
+        script, name, error, paths = None, "", "", tuple[Path, ...]()
         if key is not None:
-            name, script, error = await asyncio.get_running_loop().run_in_executor(
-                None, _load, root, self.config.max_script_size)
+            name, script, error, paths = await asyncio.get_running_loop().run_in_executor(
+                None, _load, root, self.config.max_script_size, self.global_dir)
             self.compiled += 1
             if error:  # a script stored before a limit changed, or edited by hand: the mail is kept
                 logger.warning("sieve.failed", user=acct.address, script=name, error=error)
-        self._cache[acct.id] = _Entry(now, key, script, name)
+            if paths:
+                key = _stat_key(root, paths)
+        self._cache[acct.id] = _Entry(now, key, script, name, paths)
         self._cache.move_to_end(acct.id)
         if len(self._cache) > CACHE_SIZE:
             self._cache.popitem(last=False)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta, timezone
 from email.utils import format_datetime, parsedate_to_datetime
@@ -30,15 +31,18 @@ from mailsrv.sieve.lang import (
     ExistsTest,
     FileInto,
     FlagOp,
+    GlobalVars,
     HasFlagTest,
     HeaderTest,
     If,
+    Include,
     Keep,
     MailboxExists,
     Node,
     NotTest,
     Redirect,
     Reject,
+    Return,
     Script,
     SetVar,
     SizeTest,
@@ -68,10 +72,16 @@ _VAR_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*|[0-9]+)\}")
 DETAIL_SEPARATOR = "+"
 
 INBOX = "INBOX"
+#: RFC 6609: includes nested in one another at run time (Pigeonhole's sieve_include_max_nesting_depth)
+MAX_INCLUDE_DEPTH = 10
 
 
 class SieveRuntimeError(Exception):
     """The script failed while running (RFC 5228 §2.10.6): the delivery keeps the message."""
+
+
+class _Return(Exception):
+    """RFC 6609 §3.4 ``return``: unwinds to the include that ran the script."""
 
 
 @dataclass(frozen=True)
@@ -214,8 +224,16 @@ KEEP = Outcome((Target(INBOX, frozenset(), True),))
 
 
 class _Run:
-    def __init__(self, msg: MessageView, max_redirects: int, variables: bool) -> None:
+    def __init__(self, msg: MessageView, max_redirects: int, variables: bool,
+                 includes: Mapping[tuple[str, str], Script | None] | None = None) -> None:
         self.msg = msg
+        #: RFC 6609: the resolved scripts, the includes running now, those that ran (for :once), the
+        #: global variables and the current script's global declarations
+        self.includes = includes or {}
+        self.stack: list[tuple[str, str]] = []
+        self.ran: set[tuple[str, str]] = set()
+        self.globals: dict[str, str] = {}
+        self.declared: set[str] = set()
         self.max_redirects = max_redirects
         self.flags: dict[str, None] = {}  # RFC 5232 §3 internal variable (ordered, unique)
         self.targets: dict[str, Target] = {}
@@ -246,8 +264,12 @@ class _Run:
         if name.isdigit():  # a match variable: "" when not set (§3.2)
             n = int(name.lstrip("0") or "0") if len(name.lstrip("0")) <= 4 else len(self.matched)  # 5 000 digits: past int()'s limit
             return self.matched[n] if n < len(self.matched) else ""
+        return self.scope(name.lower()).get(name.lower(), "")  # an unset variable is "" (§3)
+
+    def scope(self, name: str) -> dict[str, str]:
+        """Where variable ``name`` lives: the shared globals once declared ``global`` (RFC 6609 §3.3)."""
         assert self.vars is not None
-        return self.vars.get(name.lower(), "")  # an unset variable is "" (§3)
+        return self.globals if name in self.declared else self.vars
 
     def flagset(self, flags: tuple[str, ...]) -> tuple[str, ...]:
         return flags if self.vars is None else normalize_flags(tuple(self.x(f) for f in flags))
@@ -278,9 +300,10 @@ class _Run:
                 v = v.replace("\\", "\\\\").replace("*", "\\*").replace("?", "\\?")
             else:  # length
                 v = str(len(v))
-        if c.name not in self.vars and len(self.vars) >= MAX_VARIABLES:
+        scope = self.scope(c.name)
+        if c.name not in scope and len(scope) >= MAX_VARIABLES:
             raise SieveRuntimeError(f"more than {MAX_VARIABLES} variables")
-        self.vars[c.name] = v[:MAX_VARIABLE]
+        scope[c.name] = v[:MAX_VARIABLE]
 
     # --- actions ----------------------------------------------------------------------------------
 
@@ -354,9 +377,43 @@ class _Run:
                 self.vacation = VacationAction(x(c.reason), c.seconds, None if c.subject is None else x(c.subject),
                                          None if c.from_ is None else x(c.from_),
                                          tuple(x(a) for a in c.addresses), c.mime, x(c.handle))
+            elif isinstance(c, Include):
+                if not self.include(c):
+                    return False
+            elif isinstance(c, Return):
+                raise _Return
+            elif isinstance(c, GlobalVars):
+                self.declared.update(c.names)
             elif isinstance(c, Stop):
                 return False
         return True
+
+    def include(self, c: Include) -> bool:
+        """RFC 6609 §3.2: run the included script (its own variables but the globals); False once
+        ``stop`` ran in it (which ends every script)."""
+        key = (c.location, c.name)
+        if c.once and key in self.ran:
+            return True
+        inc = self.includes.get(key)
+        if inc is None:
+            if c.optional:
+                return True
+            raise SieveRuntimeError(f"include: no {c.location} script {c.name!r}")
+        if key in self.stack:  # RFC 6609 §3.2: a script that includes itself, directly or not
+            raise SieveRuntimeError(f"include: {c.name!r} includes itself")
+        if len(self.stack) >= MAX_INCLUDE_DEPTH:
+            raise SieveRuntimeError(f"includes nested more than {MAX_INCLUDE_DEPTH} deep")
+        self.ran.add(key)
+        self.stack.append(key)
+        saved = self.vars, self.declared
+        self.vars, self.declared = ({} if "variables" in inc.extensions else None), set()
+        try:
+            return self.block(inc.commands)
+        except _Return:
+            return True
+        finally:
+            self.vars, self.declared = saved
+            self.stack.pop()
 
     # --- tests -------------------------------------------------------------------------------------
 
@@ -550,8 +607,11 @@ def _part(out: list[str], part: str, local: str, domain: str, whole: str) -> Non
 
 def run(script: Script, msg: MessageView, *, max_redirects: int = MAX_REDIRECTS) -> Outcome:
     """The outcome of ``script`` on ``msg``; raises :class:`SieveRuntimeError` (keep the message)."""
-    r = _Run(msg, max_redirects, "variables" in script.extensions)
-    r.block(script.commands)
+    r = _Run(msg, max_redirects, "variables" in script.extensions, script.includes)
+    try:
+        r.block(script.commands)
+    except _Return:  # RFC 6609 §3.4: return in the main script ends it
+        pass
     if r.reject is not None:
         # RFC 5429 §2.3: reject with keep, fileinto, redirect or vacation is an error (the message is kept)
         if r.targets or r.redirects or r.vacation is not None:

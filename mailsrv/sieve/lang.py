@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from mailsrv.sieve.grammar import (
@@ -41,6 +42,7 @@ EXTENSIONS: tuple[str, ...] = (
     "variables",  # RFC 5229
     "reject",  # RFC 5429 §2.2
     "ereject",  # RFC 5429 §2.1
+    "include",  # RFC 6609: include (:personal, :global, :once, :optional), return, global
     "date",  # RFC 5260 §4, §5: date, currentdate
     "index",  # RFC 5260 §6: :index, :last
     "regex",  # draft-ietf-sieve-regex-01 (RE2: no backtracking; mailsrv.sieve.match)
@@ -219,6 +221,28 @@ class Stop:
 
 
 @dataclass(frozen=True)
+class Include:
+    """RFC 6609 §3.2: run the ``location`` ("personal" | "global") script ``name`` here."""
+
+    name: str
+    location: str
+    once: bool
+    optional: bool
+
+
+@dataclass(frozen=True)
+class Return:
+    """RFC 6609 §3.4: back to the including script (the end, in the main one)."""
+
+
+@dataclass(frozen=True)
+class GlobalVars:
+    """RFC 6609 §3.3: these variables (lower-cased) are shared with the other scripts."""
+
+    names: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class SetVar:
     """RFC 5229 §4: ``set`` (name lower-cased; modifiers in the order they apply)."""
 
@@ -233,7 +257,8 @@ class If:
     orelse: tuple[Action, ...] | None
 
 
-Action = Keep | Discard | FileInto | Redirect | FlagOp | VacationAction | Reject | Stop | SetVar | If
+Action = (Keep | Discard | FileInto | Redirect | FlagOp | VacationAction | Reject | Stop | SetVar | If | Include | Return
+          | GlobalVars)
 
 
 @dataclass(frozen=True)
@@ -243,6 +268,9 @@ class Script:
     commands: tuple[Action, ...]
     extensions: frozenset[str]
     size: int
+    #: RFC 6609: the scripts its includes (and theirs) name, by (location, name); None: not there.
+    #: Filled by :func:`mailsrv.sieve.include.resolve` (empty: nothing resolved yet)
+    includes: Mapping[tuple[str, str], Script | None] = field(default_factory=dict, compare=False)
 
 
 # --- argument checking ---------------------------------------------------------
@@ -508,6 +536,30 @@ class _Compiler:
             self.need(name, line, name)
             ((reason,),) = _Args(c, self.ext).take().strings("s")
             return Reject(reason, name == "ereject")
+        if name == "include":
+            self.need("include", line, "include")
+            a = _Args(c, self.ext).take(flags=("personal", "global", "once", "optional"))
+            ((script,),) = a.strings("s")
+            if "personal" in a.tags and "global" in a.tags:
+                raise SieveError(line, "include: :personal and :global exclude each other")  # RFC 6609 §3.2
+            if not script or len(script) > 128 or "/" in script or any(ch < " " for ch in script):
+                raise SieveError(line, f"include: {script!r} is not a script name")
+            if self.dynamic(script):  # RFC 6609 §3.2: a constant name
+                raise SieveError(line, "include: the script name cannot hold variables")
+            return Include(script, "global" if "global" in a.tags else "personal", "once" in a.tags,
+                           "optional" in a.tags)
+        if name == "return":
+            self.need("include", line, "return")
+            _Args(c, self.ext).take().strings("")
+            return Return()
+        if name == "global":
+            self.need("include", line, "global")
+            self.need("variables", line, "global")  # RFC 6609 §3.3
+            (names,) = _Args(c, self.ext).take().strings("l")
+            for n in names:
+                if not _VARNAME.fullmatch(n):
+                    raise SieveError(line, f"global: {n!r} is not a variable name")
+            return GlobalVars(tuple(n.lower() for n in names))
         if name == "set":
             self.need("variables", line, "set")
             a = _Args(c, self.ext).take(flags=tuple(SET_MODIFIERS))

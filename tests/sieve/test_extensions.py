@@ -1,10 +1,11 @@
 """Sieve extensions beyond the base language: regex (draft-ietf-sieve-regex), date and index (RFC 5260),
-with the RFCs' examples where they give some; the hypothesis fuzz covers their syntax too."""
+include (RFC 6609), with the RFCs' examples where they give some; a hypothesis fuzz of their syntax."""
 
 from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -12,6 +13,8 @@ from hypothesis import strategies as st
 
 from mailsrv import sieve
 from mailsrv.sieve import MessageView, SieveError, SieveRuntimeError
+from mailsrv.sieve.include import MAX_INCLUDES, resolve
+from mailsrv.sieve.interp import MAX_INCLUDE_DEPTH
 from mailsrv.sieve.match import MAX_REGEX
 
 HEAD = (b"Received: from a.example by mx.example; Tue, 1 Apr 2025 09:00:00 +0000\r\n"
@@ -146,3 +149,90 @@ def test_new_syntax_never_crashes_the_compiler(text: str) -> None:
         sieve.run(script, view())
     except SieveRuntimeError:
         pass
+
+
+# --- include (RFC 6609) ------------------------------------------------------------------------------
+
+
+
+def included(main: str, scripts: dict[tuple[str, str], str], msg: MessageView | None = None) -> sieve.Outcome:
+    return sieve.run(resolve(sieve.compile(main), lambda loc, name: scripts.get((loc, name))), msg or view())
+
+
+def test_include_rfc6609_example() -> None:
+    # RFC 6609 §3.2's shape: a personal script that runs a global spam filter, then its own rules
+    spam = 'require ["fileinto"]; if header :contains "subject" "release" { fileinto "Spam"; stop; }'
+    main = 'require ["include"]; include :global "spam_tests"; include :personal "my_rules";'
+    rules = 'require "fileinto"; fileinto "Mine";'
+    got = included(main, {("global", "spam_tests"): spam, ("personal", "my_rules"): rules})
+    assert [t.mailbox for t in got.targets] == ["Spam"]  # stop in an included script ends everything
+    spam2 = spam.replace("release", "nothing-like-this")
+    got = included(main, {("global", "spam_tests"): spam2, ("personal", "my_rules"): rules})
+    assert [t.mailbox for t in got.targets] == ["Mine"]
+
+
+def test_include_return_once_optional_and_missing() -> None:
+    scripts = {("personal", "a"): 'require ["include", "fileinto"]; fileinto "A1"; return; fileinto "A2";'}
+    main = 'require ["include", "fileinto"]; include "a"; include :once "a"; include :optional "none"; fileinto "M";'
+    got = included(main, scripts)
+    assert [t.mailbox for t in got.targets] == ["A1", "M"]
+    assert [t.mailbox for t in included('require "include"; return; discard;', {}).targets] == ["INBOX"]
+    with pytest.raises(SieveRuntimeError, match="no personal script 'none'"):
+        included('require "include"; include "none";', {})
+
+
+def test_include_variables_are_local_but_globals() -> None:
+    inner = 'require ["include", "variables"]; global "folder"; set "folder" "Shared"; set "local" "x";'
+    main = ('require ["include", "variables", "fileinto"]; global "folder"; set "local" "Own"; include "inner";'
+            ' fileinto "${folder}-${local}";')
+    assert [t.mailbox for t in included(main, {("personal", "inner"): inner}).targets] == ["Shared-Own"]
+
+
+def test_include_loops_and_depth_are_runtime_errors() -> None:
+    loop = {("personal", "a"): 'require "include"; include "b";', ("personal", "b"): 'require "include"; include "a";'}
+    with pytest.raises(SieveRuntimeError, match="includes itself"):
+        included('require "include"; include "a";', loop)
+    once = {("personal", "a"): 'require "include"; include :once "a"; keep;'}  # :once: no loop
+    assert [t.mailbox for t in included('require "include"; include "a";', once).targets] == ["INBOX"]
+    chain = {("personal", f"s{i}"): f'require "include"; include "s{i + 1}";' for i in range(MAX_INCLUDE_DEPTH + 2)}
+    with pytest.raises(SieveRuntimeError, match="nested more than"):
+        included('require "include"; include "s0";', chain)
+
+
+def test_include_bounds_and_errors() -> None:
+    many = {("personal", f"s{i}"): f'require "include"; include "s{i + 1}";' for i in range(MAX_INCLUDES + 2)}
+    with pytest.raises(SieveError, match="more than"):
+        resolve(sieve.compile('require "include"; include "s0";'), lambda loc, n: many.get((loc, n)))
+    with pytest.raises(SieveError, match="personal script 'bad': "):
+        resolve(sieve.compile('require "include"; include "bad";'), lambda loc, n: "frobnicate;")
+    for script, what in (('include "x";', 'needs require "include"'),
+                         ('require "include"; include :global :personal "x";', "exclude each other"),
+                         ('require "include"; include "a/b";', "not a script name"),
+                         ('require ["include", "variables"]; include "${x}";', "cannot hold variables"),
+                         ('require "include"; global "x";', 'needs require "variables"')):
+        with pytest.raises(SieveError, match=what):
+            sieve.compile(script)
+
+
+async def test_delivery_reads_included_scripts_and_sees_their_changes(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from types import SimpleNamespace
+
+    from mailsrv.config import SieveConfig
+    from mailsrv.delivery.sieve import SieveFilter
+    from mailsrv.sieve.scripts import put_script, set_active
+    from mailsrv.store import account_root
+
+    acct: Any = SimpleNamespace(id=7, address="u@example.test", store="")  # what script() reads of an Account
+    root = account_root(tmp_path, acct.id, acct.store)
+    root.mkdir(parents=True)
+    put_script(root, "main", 'require "include"; include :global "g"; include :optional "mine";')
+    set_active(root, "main")
+    (tmp_path / "sieve-global").mkdir()
+    (tmp_path / "sieve-global" / "g.sieve").write_text('require "fileinto"; fileinto "G";')
+    filt = SieveFilter(SieveConfig(), tmp_path, check_interval=0)
+    script, _ = await filt.script(acct)
+    assert script is not None and [t.mailbox for t in sieve.run(script, view()).targets] == ["G"]
+    put_script(root, "mine", 'require "fileinto"; fileinto "Mine";')  # an included script changes
+    script, _ = await filt.script(acct)
+    assert script is not None and [t.mailbox for t in sieve.run(script, view()).targets] == ["G", "Mine"]
+    assert filt.compiled == 2
