@@ -12,16 +12,13 @@ from pathlib import Path
 
 import pytest
 from filetest import message
-from test_pending import ALICE, BOB, rows, send
+from test_pending import ALICE, BOB, open_backend, rows, send
 
-from mailsrv.config import Config, FilesConfig, ServerConfig, load
-from mailsrv.directory import NotFound, open_directory, open_sync
-from mailsrv.files import FileLinks
+from mailsrv.config import Config, load
+from mailsrv.directory import NotFound, open_sync
 from mailsrv.files import convert as convert_mod
 from mailsrv.files.convert import ConvertPolicy
-from mailsrv.files.links import files_root
 from mailsrv.smtp.wiring import DirectoryBackend
-from mailsrv.store import Store
 
 CAROL = "carol@other.test"
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,30 +27,12 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture
 async def backend(tmp_path: Path) -> AsyncIterator[DirectoryBackend]:
     """The worker's SMTP backend with file links and ``[files] convert_over = 0`` (off setup-wide)."""
-    data_dir = tmp_path / "data"
-    data_dir.mkdir()
-    cfg = Config(server=ServerConfig(data_dir=data_dir, hostname="mx.example.test"))
-    sd = open_sync(cfg.directory, data_dir)
-    for dom in ("example.test", "other.test"):
-        sd.add_domain(dom)
-    for user in (ALICE, BOB, CAROL):
-        sd.add_user(user)
-    sd.close()
-    directory = open_directory(cfg.directory, data_dir)
-    store = Store(cfg.store, data_dir, hostname="mx.example.test")
-    links = FileLinks(FilesConfig(), files_root(data_dir))
-    be = DirectoryBackend(directory, store, data_dir, None, files=links, convert_over=0, link_base="https://x")
-    be.data_dir = data_dir  # type: ignore[attr-defined]
-    try:
+    async with open_backend(tmp_path, 0, (ALICE, BOB, CAROL)) as be:
         yield be
-    finally:
-        links.close()
-        await store.close()
-        await directory.close()
 
 
 def set_over(be: DirectoryBackend, scope: str, value: int | None) -> None:
-    sd = open_sync(Config().directory, be.data_dir)  # type: ignore[attr-defined]
+    sd = open_sync(Config().directory, be.queue.qd.root.parent)  # the data directory
     try:
         sd.set_convert_over(scope, value)
     finally:

@@ -4,10 +4,13 @@ downloads per address and per link, 429 with Retry-After; the counters' memory i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import os
 import subprocess
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 from filetest import LinkServer, put, serving
@@ -124,34 +127,51 @@ async def _stalled_download(server: LinkServer, url: str) -> asyncio.StreamWrite
     return writer
 
 
-async def test_concurrent_downloads_per_address(tmp_path: Path) -> None:
-    cfg = FilesConfig(download_rate_per_ip=0, download_concurrent_per_ip=1, download_concurrent_per_link=0)
+class Stalled:
+    """A server with a big and a small link, and a download of the big one stalled until :meth:`release`."""
+
+    def __init__(self, server: LinkServer, http: aiohttp.ClientSession, big: dict[str, Any],
+                 small: dict[str, Any], writer: asyncio.StreamWriter) -> None:
+        self.server, self.http, self.big, self.small, self.writer = server, http, big, small, writer
+
+    async def release(self) -> None:
+        """The stalled client goes; returns once the server's limits hold nothing (no rate limit here)."""
+        self.writer.transport.abort()
+        await wait_until_async(lambda: _limits(self.server).tracked() == 0)
+
+
+@contextlib.asynccontextmanager
+async def stalled(tmp_path: Path, cfg: FilesConfig) -> AsyncIterator[Stalled]:
     async with serving(tmp_path, cfg) as server, aiohttp.ClientSession() as http:
         _, big, _ = await put(http, server, "big.bin", io.BytesIO(os.urandom(BIG)))
         _, small, _ = await put(http, server, "small.bin", b"s" * 10)
-        stalled = await _stalled_download(server, big["url"])
-        async with http.get(small["url"]) as r:  # another link, the same address: its one download is busy
+        st = Stalled(server, http, big, small, await _stalled_download(server, big["url"]))
+        try:
+            yield st
+        finally:
+            st.writer.transport.abort()
+
+
+async def test_concurrent_downloads_per_address(tmp_path: Path) -> None:
+    cfg = FilesConfig(download_rate_per_ip=0, download_concurrent_per_ip=1, download_concurrent_per_link=0)
+    async with stalled(tmp_path, cfg) as st:
+        async with st.http.get(st.small["url"]) as r:  # another link, the same address: its one download is busy
             assert r.status == 429 and r.headers["Retry-After"] == "5"
             assert "from one address" in (await r.json())["detail"]
-        async with http.head(small["url"]) as r:  # no body, nothing held: HEAD goes through
+        async with st.http.head(st.small["url"]) as r:  # no body, nothing held: HEAD goes through
             assert r.status == 200
-        stalled.transport.abort()
-        await wait_until_async(lambda: _limits(server).tracked() == 0)  # the download ended (no rate: no buckets)
-        async with http.get(small["url"]) as r:
+        await st.release()
+        async with st.http.get(st.small["url"]) as r:
             assert r.status == 200 and await r.read() == b"s" * 10
 
 
 async def test_concurrent_downloads_per_link(tmp_path: Path) -> None:
     cfg = FilesConfig(download_rate_per_ip=0, download_concurrent_per_ip=0, download_concurrent_per_link=1)
-    async with serving(tmp_path, cfg) as server, aiohttp.ClientSession() as http:
-        _, big, _ = await put(http, server, "big.bin", io.BytesIO(os.urandom(BIG)))
-        _, small, _ = await put(http, server, "small.bin", b"s" * 10)
-        stalled = await _stalled_download(server, big["url"])
-        async with http.get(big["url"], headers={"Range": "bytes=0-9"}) as r:
+    async with stalled(tmp_path, cfg) as st:
+        async with st.http.get(st.big["url"], headers={"Range": "bytes=0-9"}) as r:
             assert r.status == 429 and "of this link" in (await r.json())["detail"]
-        async with http.get(small["url"]) as r:  # another link from the same address
+        async with st.http.get(st.small["url"]) as r:  # another link from the same address
             assert r.status == 200 and await r.read() == b"s" * 10
-        stalled.transport.abort()
-        await wait_until_async(lambda: _limits(server).tracked() == 0)  # no rate limit: nothing else held
-        async with http.get(big["url"], headers={"Range": "bytes=0-9"}) as r:
+        await st.release()
+        async with st.http.get(st.big["url"], headers={"Range": "bytes=0-9"}) as r:
             assert r.status == 206

@@ -3,6 +3,7 @@ before the 250, removed when the delivery fails after the conversion, swept when
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -29,21 +30,24 @@ from mailsrv.store import Store
 ALICE, BOB = "alice@example.test", "bob@example.test"
 
 
-@pytest.fixture
-async def backend(tmp_path: Path) -> AsyncIterator[DirectoryBackend]:
-    """The worker's SMTP backend (real directory, store, file links) with convert_over = 20 000."""
+@contextlib.asynccontextmanager
+async def open_backend(tmp_path: Path, convert_over: int,
+                       users: tuple[str, ...] = (ALICE, BOB)) -> AsyncIterator[DirectoryBackend]:
+    """The worker's SMTP backend (real directory, store, file links) with ``convert_over``; ``users`` and
+    their domains exist."""
     data_dir = tmp_path / "data"
     data_dir.mkdir()
     cfg = Config(server=ServerConfig(data_dir=data_dir, hostname="mx.example.test"))
     sd = open_sync(cfg.directory, data_dir)
-    sd.add_domain("example.test")
-    sd.add_user(ALICE)
-    sd.add_user(BOB)
+    for dom in sorted({u.partition("@")[2] for u in users}):
+        sd.add_domain(dom)
+    for user in users:
+        sd.add_user(user)
     sd.close()
     directory = open_directory(cfg.directory, data_dir)
     store = Store(cfg.store, data_dir, hostname="mx.example.test")
     links = FileLinks(FilesConfig(), files_root(data_dir))
-    be = DirectoryBackend(directory, store, data_dir, None, files=links, convert_over=20_000,
+    be = DirectoryBackend(directory, store, data_dir, None, files=links, convert_over=convert_over,
                           link_base="https://x")
     try:
         yield be
@@ -51,6 +55,13 @@ async def backend(tmp_path: Path) -> AsyncIterator[DirectoryBackend]:
         links.close()
         await store.close()
         await directory.close()
+
+
+@pytest.fixture
+async def backend(tmp_path: Path) -> AsyncIterator[DirectoryBackend]:
+    """:func:`open_backend` with convert_over = 20 000."""
+    async with open_backend(tmp_path, 20_000) as be:
+        yield be
 
 
 async def send(be: DirectoryBackend, raw: bytes, sender: str = ALICE) -> bytes:

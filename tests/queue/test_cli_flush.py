@@ -13,23 +13,14 @@ from support.loopthread import LoopThread
 from mailsrv.queue.store import Envelope, QRcpt, new_id, queue_dir
 
 from .conftest import SinkHandler, start_sink
-from .test_owner_process import _close, cli, poll, start_runner
-
-
-def write_config(tmp: Path, port: int) -> Path:
-    cfg = tmp / "mailsrv.toml"
-    routes = "".join(f'[queue.route."{d}"]\nsmarthost = "127.0.0.1:{port}"\ntls = "none"\n'
-                     for d in ("remote.test", "other.test"))
-    cfg.write_text(f'[server]\ndata_dir = "{tmp / "data"}"\nhostname = "mx.example.test"\n'
-                   f"[queue]\ndkim_sign = false\n{routes}")
-    return cfg
+from .test_owner_process import _close, cli, poll, start_runner, write_config
 
 
 def test_flush_one_destination_then_all_and_a_delayed_send_keeps_its_time(tmp_path: Path) -> None:
     lt = LoopThread()
     sink = SinkHandler()
     server, port = lt.run(start_sink(sink))
-    cfg = write_config(tmp_path, port)
+    cfg = write_config(tmp_path, port, ("remote.test", "other.test"))
     qd = queue_dir(tmp_path / "data")
     later = time.time() + 3600
     retried = Envelope(new_id(), "alice@example.test", [QRcpt("x@Remote.Test")], attempts=1, next_attempt=later)

@@ -26,7 +26,8 @@ def poll(pred: Callable[[], bool], limit: float = 30.0) -> None:
         time.sleep(0.01)
 
 
-def write_config(tmp: Path, port: int) -> Path:
+def write_config(tmp: Path, port: int, domains: tuple[str, ...] = ("remote.test",)) -> Path:
+    """A config whose queue routes ``domains`` to the sink on ``port``."""
     cfg = tmp / "mailsrv.toml"
     cfg.write_text(
         "[server]\n"
@@ -38,9 +39,7 @@ def write_config(tmp: Path, port: int) -> Path:
         # one connection to the sink: one message in flight when the runner is killed, so the
         # at-least-once window below is exactly one message (with 4, several could be inside DATA)
         "max_per_destination = 1\n"
-        '[queue.route."remote.test"]\n'
-        f'smarthost = "127.0.0.1:{port}"\n'
-        'tls = "none"\n'
+        + "".join(f'[queue.route."{d}"]\nsmarthost = "127.0.0.1:{port}"\ntls = "none"\n' for d in domains)
     )
     return cfg
 
