@@ -728,6 +728,8 @@ class SieveConfig:
                              "message is kept), as Dovecot's sieve_max_redirects.", 4, check=_non_negative)
     global_dir: Path = doc('Directory of the global scripts that `include :global "NAME"` runs (NAME.sieve), '
                            "relative to server.data_dir; written by the administrator.", Path("sieve-global"))
+    notify_per_hour: int = doc("Sieve notifications (enotify, mailto) one account may send per hour; more are "
+                               "dropped (sieve.notify_skipped reason=rate).", 30, check=_non_negative)
     # script storage and ManageSieve (mailsrv.sieve.scripts, mailsrv.managesieve)
     max_scripts: int = doc("Sieve scripts one account may keep (ManageSieve answers NO (QUOTA/MAXSCRIPTS) "
                            "beyond).", 16, check=_positive)

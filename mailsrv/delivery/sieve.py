@@ -33,6 +33,8 @@ from mailsrv.sieve import run as run_script
 from mailsrv.sieve.autoreply import FIELDS, compose, no_reply_address, reply_subject, silenced
 from mailsrv.sieve.include import resolve as resolve_includes
 from mailsrv.sieve.interp import MAX_FIELD, header_fields
+from mailsrv.sieve.lang import Notify
+from mailsrv.sieve.notify import compose_notification, parse_mailto
 from mailsrv.sieve.scripts import ACTIVE, DIRNAME, SUFFIX, BadName, active_script, check_name
 from mailsrv.store import account_root
 
@@ -248,6 +250,27 @@ class VacationState:
 
 
     @staticmethod
+    def notify_allowed(root: Path, per_hour: int, now: float | None = None) -> bool:
+        """True (and counted) when the account sent fewer than ``per_hour`` Sieve notifications
+        (RFC 5435) in the last hour; blocking."""
+        now = time.time() if now is None else now
+        db = sqlite3.connect(root / VACATION_DB, timeout=10, isolation_level=None)
+        try:
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("CREATE TABLE IF NOT EXISTS notified (at REAL)")
+            db.execute("BEGIN IMMEDIATE")
+            db.execute("DELETE FROM notified WHERE at < ?", (now - 3600,))
+            (n,) = db.execute("SELECT count(*) FROM notified").fetchone()
+            if n >= per_hour:
+                db.execute("ROLLBACK")
+                return False
+            db.execute("INSERT INTO notified VALUES (?)", (now,))
+            db.execute("COMMIT")
+            return True
+        finally:
+            db.close()
+
+    @staticmethod
     def answered(root: Path, sender: str, since: float, handle: str | None = None) -> bool:
         """True when the account's Sieve vacation (any handle; ``handle``: that one, JMAP_HANDLE for the
         JMAP VacationResponse) answered ``sender`` (lower case) at or after ``since``; blocking. The
@@ -402,6 +425,8 @@ class Pass:
             reply = await self._vacation(o, msg, address, acct)
             if reply is not None:
                 out.replies.append(reply)
+        if o.notifications:
+            out.replies += await self._notifications(o.notifications, msg, address, acct)
         copies = []
         for t in targets:
             box = mailbox if t.keep and t.mailbox == "INBOX" else t.mailbox
@@ -501,6 +526,45 @@ class Pass:
                 continue  # to oneself: the keep is the copy
             sent.append(a)
         return sent
+
+    async def _notifications(self, notes: tuple[Notify, ...], msg: MessageView, address: str,
+                             acct: Account) -> list[ReplyOrder]:
+        """RFC 5435/5436: the mailto notifications, from the null reverse path; none about an
+        auto-submitted message (RFC 5436 §2.7), at most ``[sieve] notify_per_hour`` per account, none
+        outside the organisation for a user who may not send there (as redirects)."""
+        auto = msg.decoded("auto-submitted")
+        if auto and auto[0].lower() != "no":
+            logger.info("sieve.notify_skipped", user=acct.address, reason="auto-submitted")
+            return []
+        own = {address.lower(), acct.address.lower()}
+        about_from = msg.decoded("from")
+        about_subject = msg.decoded("subject")
+        root = account_root(self.filt.data_dir, acct.id, acct.store)
+        loop = asyncio.get_running_loop()
+        orders: list[ReplyOrder] = []
+        for n in notes:
+            uri = parse_mailto(n.method)
+            assert uri is not None  # checked by the run
+            rcpts = []
+            for a in (*uri.to, *uri.cc):
+                res = await self.local.resolver.resolve(a)
+                if res.kind == Kind.OUTSIDE and not acct.may_send_outside:
+                    logger.warning("sieve.notify_refused", user=acct.address, rcpt=a)
+                    continue
+                rcpts.append(a)
+            if not rcpts:
+                continue
+            if not await loop.run_in_executor(None, VacationState.notify_allowed, root,
+                                              self.filt.config.notify_per_hour):
+                logger.warning("sieve.notify_skipped", user=acct.address, reason="rate")
+                return orders
+            from_ = n.from_ if n.from_ is not None and n.from_.strip("<> ").lower() in own else acct.address
+            raw = compose_notification(uri, from_=from_, message=n.message, importance=n.importance,
+                                       about_from=about_from[0] if about_from else "",
+                                       about_subject=about_subject[0] if about_subject else "")
+            logger.info("sieve.notified", user=acct.address, rcpts=len(rcpts))
+            orders += [ReplyOrder(a, raw) for a in rcpts]
+        return orders
 
     async def _vacation(self, o: Outcome, msg: MessageView, address: str, acct: Account) -> ReplyOrder | None:
         v = o.vacation

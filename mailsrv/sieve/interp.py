@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta, timezone
 from email.utils import format_datetime, parsedate_to_datetime
 from typing import Any
+from urllib.parse import quote
 
 from mailsrv import mime
 from mailsrv.mime.body import part_text
@@ -39,6 +40,8 @@ from mailsrv.sieve.lang import (
     Keep,
     MailboxExists,
     Node,
+    Notify,
+    NotifyMethodTest,
     NotTest,
     Redirect,
     Reject,
@@ -52,6 +55,7 @@ from mailsrv.sieve.lang import (
     normalize_flags,
 )
 from mailsrv.sieve.match import Matcher, matcher
+from mailsrv.sieve.notify import parse_mailto
 
 #: Actions one run may take (keep, fileinto, redirect, vacation; Pigeonhole's sieve_max_actions is 32)
 MAX_ACTIONS = 32
@@ -72,6 +76,8 @@ _VAR_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*|[0-9]+)\}")
 DETAIL_SEPARATOR = "+"
 
 INBOX = "INBOX"
+#: RFC 5435: notifications one run may send (more is a runtime error; each also counts as an action)
+MAX_NOTIFICATIONS = 4
 #: RFC 6609: includes nested in one another at run time (Pigeonhole's sieve_include_max_nesting_depth)
 MAX_INCLUDE_DEPTH = 10
 
@@ -214,6 +220,8 @@ class Outcome:
     implicit_keep: bool = True
     #: RFC 5429: the message is refused with this reason (no targets, redirects or vacation then)
     reject: str | None = None
+    #: RFC 5435: notifications to send (strings expanded; the method a valid mailto URI)
+    notifications: tuple[Notify, ...] = ()
 
     @property
     def discarded(self) -> bool:
@@ -242,6 +250,7 @@ class _Run:
         self.implicit_keep = True
         self.actions = 0
         self.reject: str | None = None
+        self.notifications: list[Notify] = []
         #: RFC 5229: the script's variables (None: it does not require "variables") and ${0}..${9}
         self.vars: dict[str, str] | None = {} if variables else None
         self.matched: list[str] = []
@@ -298,6 +307,8 @@ class _Run:
                 v = v[:1].upper() + v[1:]
             elif m == "quotewildcard":
                 v = v.replace("\\", "\\\\").replace("*", "\\*").replace("?", "\\?")
+            elif m == "encodeurl":  # RFC 5435 §7: every octet but the unreserved ones percent-encoded
+                v = quote(v, safe="-._~")
             else:  # length
                 v = str(len(v))
         scope = self.scope(c.name)
@@ -377,6 +388,8 @@ class _Run:
                 self.vacation = VacationAction(x(c.reason), c.seconds, None if c.subject is None else x(c.subject),
                                          None if c.from_ is None else x(c.from_),
                                          tuple(x(a) for a in c.addresses), c.mime, x(c.handle))
+            elif isinstance(c, Notify):
+                self.notify(c)
             elif isinstance(c, Include):
                 if not self.include(c):
                     return False
@@ -387,6 +400,22 @@ class _Run:
             elif isinstance(c, Stop):
                 return False
         return True
+
+    def notify(self, c: Notify) -> None:
+        """RFC 5435 §3: one notification more (an identical one is sent once, §3.8)."""
+        x = self.x
+        n = Notify(x(c.method), None if c.from_ is None else x(c.from_), x(c.importance),
+                   tuple(x(o) for o in c.options), None if c.message is None else x(c.message))
+        if parse_mailto(n.method) is None:  # RFC 5435 §3.1: built from variables, checked now
+            raise SieveRuntimeError(f"notify: {n.method!r} is not a usable mailto URI")
+        if n.importance not in ("1", "2", "3"):
+            raise SieveRuntimeError('notify: :importance is "1", "2" or "3"')
+        if any(p.method == n.method and p.options == n.options for p in self.notifications):
+            return
+        self.count()
+        if len(self.notifications) >= MAX_NOTIFICATIONS:
+            raise SieveRuntimeError(f"more than {MAX_NOTIFICATIONS} notifications")
+        self.notifications.append(n)
 
     def include(self, c: Include) -> bool:
         """RFC 6609 §3.2: run the included script (its own variables but the globals); False once
@@ -445,6 +474,13 @@ class _Run:
             return self.match(self.address_values(t), t.keys)
         if isinstance(t, DateTest):
             return self.match(self.date_values(t), t.keys)
+        if isinstance(t, NotifyMethodTest):
+            uris = [self.x(u) for u in t.uris]
+            valid = all(parse_mailto(u) is not None for u in uris)
+            if t.capability is None:  # RFC 5435 §5: every URI is one we can notify
+                return valid
+            # RFC 5436 §2.2 / RFC 5435 §6: "online" is "maybe" for mail; other capabilities are not known
+            return valid and t.capability == "online" and self.match(["maybe"], t.keys)
         if isinstance(t, StringTest):  # RFC 5229 §5
             return self.match([self.x(src) for src in t.sources], t.keys)
         if isinstance(t, MailboxExists):  # RFC 5490 §3.1: every named folder exists
@@ -621,4 +657,5 @@ def run(script: Script, msg: MessageView, *, max_redirects: int = MAX_REDIRECTS)
     if r.implicit_keep and INBOX not in targets:
         # RFC 5232 §5: the implicit keep takes the internal variable's flags
         targets[INBOX] = Target(INBOX, frozenset(r.flags), True)
-    return Outcome(tuple(targets.values()), tuple(r.redirects), r.vacation, r.implicit_keep)
+    return Outcome(tuple(targets.values()), tuple(r.redirects), r.vacation, r.implicit_keep,
+                   notifications=tuple(r.notifications))

@@ -42,6 +42,7 @@ EXTENSIONS: tuple[str, ...] = (
     "variables",  # RFC 5229
     "reject",  # RFC 5429 §2.2
     "ereject",  # RFC 5429 §2.1
+    "enotify",  # RFC 5435 with the mailto method (RFC 5436): notify, valid_notify_method, :encodeurl
     "include",  # RFC 6609: include (:personal, :global, :once, :optional), return, global
     "date",  # RFC 5260 §4, §5: date, currentdate
     "index",  # RFC 5260 §6: :index, :last
@@ -143,6 +144,15 @@ class BodyTest:
 
 
 @dataclass(frozen=True)
+class NotifyMethodTest:
+    """RFC 5435 §5: ``valid_notify_method`` (``capability`` None) and §6 ``notify_method_capability``."""
+
+    uris: tuple[str, ...]
+    capability: str | None
+    keys: tuple[Matcher, ...] = ()
+
+
+@dataclass(frozen=True)
 class AllOf:
     tests: tuple[Node, ...]
 
@@ -162,7 +172,7 @@ class Const:
     value: bool
 
 
-Node = HeaderTest | AddressTest | DateTest | ExistsTest | SizeTest | HasFlagTest | BodyTest | MailboxExists | StringTest | AllOf | AnyOf | NotTest | Const
+Node = HeaderTest | AddressTest | DateTest | NotifyMethodTest | ExistsTest | SizeTest | HasFlagTest | BodyTest | MailboxExists | StringTest | AllOf | AnyOf | NotTest | Const
 
 
 @dataclass(frozen=True)
@@ -221,6 +231,17 @@ class Stop:
 
 
 @dataclass(frozen=True)
+class Notify:
+    """RFC 5435 §3: a notification by ``method`` (a mailto URI, RFC 5436)."""
+
+    method: str
+    from_: str | None
+    importance: str  # "1" high, "2" normal, "3" low
+    options: tuple[str, ...]
+    message: str | None
+
+
+@dataclass(frozen=True)
 class Include:
     """RFC 6609 §3.2: run the ``location`` ("personal" | "global") script ``name`` here."""
 
@@ -258,7 +279,7 @@ class If:
 
 
 Action = (Keep | Discard | FileInto | Redirect | FlagOp | VacationAction | Reject | Stop | SetVar | If | Include | Return
-          | GlobalVars)
+          | GlobalVars | Notify)
 
 
 @dataclass(frozen=True)
@@ -560,14 +581,17 @@ class _Compiler:
                 if not _VARNAME.fullmatch(n):
                     raise SieveError(line, f"global: {n!r} is not a variable name")
             return GlobalVars(tuple(n.lower() for n in names))
+        if name == "notify":
+            return self.notify(c)
         if name == "set":
             self.need("variables", line, "set")
-            a = _Args(c, self.ext).take(flags=tuple(SET_MODIFIERS))
+            modifiers = {**SET_MODIFIERS, **({"encodeurl": 15} if "enotify" in self.ext else {})}
+            a = _Args(c, self.ext).take(flags=tuple(modifiers))
             var, value = a.strings("ss")
             if not _VARNAME.fullmatch(var[0]):
                 raise SieveError(line, f"set: {var[0]!r} is not a variable name")  # RFC 5229 §4
-            mods = sorted(a.tags, key=lambda m: -SET_MODIFIERS[m])
-            groups = [SET_MODIFIERS[m] for m in mods]
+            mods = sorted(a.tags, key=lambda m: -modifiers[m])  # RFC 5435 §7: :encodeurl is 15
+            groups = [modifiers[m] for m in mods]
             if len(set(groups)) != len(groups):
                 raise SieveError(line, "set: two modifiers of the same precedence")  # RFC 5229 §4
             return SetVar(var[0].lower(), value[0], tuple(mods))
@@ -590,6 +614,25 @@ class _Compiler:
     def tag_flags(self, a: _Args) -> tuple[str, ...] | None:
         v = a.tags.get("flags")
         return self.flag_list(v.items) if isinstance(v, StringList) else None
+
+    def notify(self, c: Command) -> Notify:
+        """RFC 5435 §3: notify [:from s] [:importance "1"|"2"|"3"] [:options l] [:message s] method."""
+        from mailsrv.sieve.notify import parse_mailto
+
+        self.need("enotify", c.line, "notify")
+        a = _Args(c, self.ext).take(values={"from": "str", "importance": "str", "options": "list", "message": "str"})
+        ((method,),) = a.strings("s")
+        if not self.dynamic(method) and parse_mailto(method) is None:  # RFC 5435 §3.1: checked when known
+            raise SieveError(c.line, f"notify: {method!r} is not a mailto URI with 1 to 8 addresses "
+                             "(the only method here)")
+        imp = a.tags.get("importance")
+        importance = imp.items[0] if isinstance(imp, StringList) else "2"
+        if importance not in ("1", "2", "3") and not self.dynamic(importance):
+            raise SieveError(c.line, 'notify: :importance is "1", "2" or "3"')  # RFC 5435 §3.4
+        frm, opts, msg = (a.tags.get(k) for k in ("from", "options", "message"))
+        return Notify(method, frm.items[0] if isinstance(frm, StringList) else None, importance,
+                      opts.items if isinstance(opts, StringList) else (),
+                      msg.items[0] if isinstance(msg, StringList) else None)
 
     def vacation(self, c: Command) -> VacationAction:
         self.need("vacation", c.line, "vacation")
@@ -702,6 +745,15 @@ class _Compiler:
             a = _Args(t, self.ext).take(match=True)
             sources, keys = a.strings("ll")
             return StringTest(sources, a.matchers(keys))
+        if name == "valid_notify_method":  # RFC 5435 §5
+            self.need("enotify", t.line, name)
+            (uris,) = _Args(t, self.ext).take().strings("l")
+            return NotifyMethodTest(uris, None)
+        if name == "notify_method_capability":  # RFC 5435 §6
+            self.need("enotify", t.line, name)
+            a = _Args(t, self.ext).take(match=True)
+            uri, cap, keys = a.strings("ssl")
+            return NotifyMethodTest(uri, cap[0].lower(), a.matchers(keys))
         if name == "mailboxexists":
             self.need("mailbox", t.line, "mailboxexists")
             (names,) = _Args(t, self.ext).take().strings("l")

@@ -48,6 +48,8 @@ if header :contains "subject" "invoice" {
             'if mailboxexists "News" { addflag "\\\\Seen"; }\n',
     "kate": 'require ["fileinto", "imap4flags"];\nif header :contains "subject" "project" {\n'
             '  fileinto :flags ["$Work", "Project", "\\\\Flagged"] "Projects";\n} else { addflag "$Later \\\\Seen"; }\n',
+    "nora": 'require ["enotify", "variables"];\nif header :matches "subject" "*" { set :encodeurl "s" "${1}"; }\n'
+            'notify :importance "1" :message "mail for nora" "mailto:pager@remote.test?subject=New%3A%20${s}";\n',
     "jack": 'require "reject";\nif header :contains "subject" "lottery" { reject "No lotteries, thank you."; }\n',
 }
 
@@ -68,7 +70,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, sink: Sink) -> Iterator[Any
     base = tmp_path_factory.mktemp("sieve")
     cfg = init_setup(base / "s", "--demo", workers=2)
     users = dict(re.findall(r"demo user (\S+) password (\S+)", (base / "s" / "demo-users.txt").read_text()))
-    for name in ("carol", "dave", "erin", "frank", "gina", "hank", "ivan", "jack", "kate"):
+    for name in ("carol", "dave", "erin", "frank", "gina", "hank", "ivan", "jack", "kate", "nora"):
         extra = ["--send-outside", "no"] if name == "dave" else []
         p = subprocess.run(mailsrv_cmd("user", "add", f"{name}@{D}", "--password-stdin", *extra, "-c", str(cfg)),
                            input=PW + "\n", capture_output=True, text=True)
@@ -294,3 +296,18 @@ def test_reject_among_others_bounces_to_the_sender(server: Any, sink: Sink) -> N
     assert dsn["X-Env-From"] == "<>" and dsn.get_content_type() == "multipart/report"
     human = dsn.get_payload()[0].get_payload()  # RFC 3464: the human-readable part first
     assert f"<jack@{D}>: 550 5.7.1 No lotteries, thank you." in human and f"bob@{D}" not in human
+
+
+def test_notify_by_mail_and_not_about_auto_submitted_mail(server: Any, sink: Sink) -> None:
+    send(server, "lunch & more", [f"nora@{D}"], sender="friend@remote.test")
+    wait_until(lambda: any(m["X-Env-To"] == "pager@remote.test" for m in sunk(sink)), timeout=30)
+    (note,) = [m for m in sunk(sink) if m["X-Env-To"] == "pager@remote.test"]
+    assert note["X-Env-From"] == "<>" and note["Auto-Submitted"] == "auto-notified"  # RFC 5436 §2.7
+    assert note["Subject"] == "New: lunch & more" and note["Importance"] == "high"
+    assert note["From"] == f"nora@{D}" and "mail for nora" in note.get_payload()
+    assert "lunch & more" in folder(server, f"nora@{D}", "INBOX")  # notify keeps the implicit keep
+    mark = server.mark()
+    send(server, "robot news", [f"nora@{D}"], headers={"Auto-Submitted": "auto-generated"})
+    server.wait_for(r"sieve\.notify_skipped .*user=nora@example\.test.*reason=auto-submitted", start=mark)
+    assert "robot news" in folder(server, f"nora@{D}", "INBOX")
+    assert len([m for m in sunk(sink) if m["X-Env-To"] == "pager@remote.test"]) == 1

@@ -1,5 +1,6 @@
 """Sieve extensions beyond the base language: regex (draft-ietf-sieve-regex), date and index (RFC 5260),
-include (RFC 6609), with the RFCs' examples where they give some; a hypothesis fuzz of their syntax."""
+include (RFC 6609), enotify with mailto (RFC 5435, 5436); the RFCs' examples where they give some, and a
+hypothesis fuzz of their syntax."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from mailsrv.sieve import MessageView, SieveError, SieveRuntimeError
 from mailsrv.sieve.include import MAX_INCLUDES, resolve
 from mailsrv.sieve.interp import MAX_INCLUDE_DEPTH
 from mailsrv.sieve.match import MAX_REGEX
+from mailsrv.sieve.notify import MAX_NOTIFY_RECIPIENTS, compose_notification, parse_mailto
 
 HEAD = (b"Received: from a.example by mx.example; Tue, 1 Apr 2025 09:00:00 +0000\r\n"
         b"Received: from b.example by a.example; Mon, 31 Mar 2025 23:59:58 -0200\r\n"
@@ -236,3 +238,56 @@ async def test_delivery_reads_included_scripts_and_sees_their_changes(tmp_path) 
     script, _ = await filt.script(acct)
     assert script is not None and [t.mailbox for t in sieve.run(script, view()).targets] == ["G", "Mine"]
     assert filt.compiled == 2
+
+
+# --- enotify with mailto (RFC 5435, RFC 5436) ------------------------------------------------------------
+
+
+
+def test_mailto_uri() -> None:
+    u = parse_mailto("mailto:a@x.test,b@x.test?cc=c@x.test&subject=Hi%20there&body=text&from=evil@x.test")
+    assert u is not None and u.to == ("a@x.test", "b@x.test") and u.cc == ("c@x.test",)
+    assert u.subject == "Hi there" and u.body == "text"  # From (and any other field) is ignored
+    for bad in ("http://x.test", "mailto:", "mailto:not-an-address",
+                "mailto:" + ",".join(f"a{i}@x.test" for i in range(MAX_NOTIFY_RECIPIENTS + 1))):
+        assert parse_mailto(bad) is None, bad
+    raw = compose_notification(u, from_="me@x.test", message="line one\r\nBcc: injected", importance="3",
+                               about_from="a", about_subject="s")
+    head = raw.split(b"\r\n\r\n", 1)[0]
+    assert b"Auto-Submitted: auto-notified" in head and b"Importance: low" in head
+    assert b"\r\nBcc:" not in head and b"Subject: Hi there" in head
+
+
+def test_notify_run_semantics() -> None:
+    script = ('require ["enotify", "variables"]; set :encodeurl "q" "a b&c/é";'
+              ' notify :message "m" "mailto:me@x.test?subject=${q}"; notify :message "m" "mailto:me@x.test?subject=${q}";')
+    o = sieve.run(sieve.compile(script), view())
+    assert [n.method for n in o.notifications] == ["mailto:me@x.test?subject=a%20b%26c%2F%C3%A9"]  # once (§3.8)
+    assert [t.mailbox for t in o.targets] == ["INBOX"]  # notify keeps the implicit keep
+    many = 'require "enotify";' + "".join(f'notify "mailto:n{i}@x.test";' for i in range(6))
+    with pytest.raises(SieveRuntimeError, match="notifications"):
+        sieve.run(sieve.compile(many), view())
+    with pytest.raises(SieveRuntimeError, match="not a usable mailto"):
+        sieve.run(sieve.compile('require ["enotify", "variables"]; set "m" "xmpp:a@b"; notify "${m}";'), view())
+
+
+@pytest.mark.parametrize(("test", "expected"), [
+    ('valid_notify_method "mailto:a@x.test"', True),
+    ('valid_notify_method ["mailto:a@x.test", "xmpp:a@x.test"]', False),
+    ('notify_method_capability "mailto:a@x.test" "online" "maybe"', True),
+    ('notify_method_capability "mailto:a@x.test" "online" "yes"', False),
+    ('notify_method_capability "xmpp:a@x.test" "online" "maybe"', False),
+])
+def test_notify_tests(test: str, expected: bool) -> None:
+    assert (boxes(f'require ["enotify", "fileinto"]; if {test} {{ fileinto "hit"; }}') == ["hit"]) is expected
+
+
+@pytest.mark.parametrize(("script", "what"), [
+    ('notify "mailto:a@x.test";', 'needs require "enotify"'),
+    ('require "enotify"; notify "xmpp:a@x.test";', "not a mailto URI"),
+    ('require "enotify"; notify :importance "4" "mailto:a@x.test";', ":importance"),
+    ('require "variables"; set :encodeurl "a" "b";', "unknown tagged argument"),
+])
+def test_notify_compile_errors(script: str, what: str) -> None:
+    with pytest.raises(SieveError, match=what):
+        sieve.compile(script)
