@@ -136,3 +136,18 @@ def test_the_cli_sets_shows_and_removes_a_threshold(tmp_path: Path) -> None:
     bad = cli("files", "convert", ALICE, "lots", check=False)
     assert bad.returncode != 0 and "'off' or 'default'" in bad.stderr
     assert "no user" in cli("files", "convert", "bob@example.test", "1K", check=False).stderr
+
+
+async def test_a_jmap_submission_follows_the_users_setting(backend: DirectoryBackend) -> None:
+    from types import SimpleNamespace
+
+    from mailsrv.jmap.submission import DirectorySubmitter
+
+    set_over(backend, CAROL, 10_000)  # on for carol only; [files] convert_over = 0
+    sub = DirectorySubmitter(backend.directory, backend.local.store, backend.local.data_dir)
+    sub.convert_with(backend.files, 0, "https://x")
+    for sender, links in ((ALICE, 0), (CAROL, 1)):
+        acct = await backend.directory.account_by_address(sender)
+        _, out = await sub.submit_queued(SimpleNamespace(account=acct, id=str(acct.id)),
+                                         message(b"j" * 40_000), sender, [BOB])
+        assert out[BOB][0] == "yes" and len(rows(backend)) == links
