@@ -1,4 +1,4 @@
-"""``mailsrv queue list | show ID | flush [DOMAIN] | hold ID | release ID | delete ID``: the outbound queue."""
+"""``mailsrv queue list [DOMAIN] | show ID | flush [DOMAIN] | hold ID | release ID | delete ID``: the outbound queue."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ from mailsrv.queue.store import PENDING, Envelope, QueueDir, queue_dir
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("queue", help="inspect and control the outbound queue")
     qs = p.add_subparsers(dest="queue_command", metavar="ACTION")
-    ls = qs.add_parser("list", help="list queued messages")
+    ls = qs.add_parser("list", help="list queued messages (all, or those to one domain)")
+    ls.add_argument("domain", nargs="?", default=None, help="only messages with a pending recipient at this domain")
     ls.add_argument("--json", action="store_true", help="one JSON object per line")
     ls.set_defaults(func=cmd_list)
     for name, func, doc in (
@@ -56,9 +57,14 @@ def _load(qd: QueueDir, qid: str) -> Envelope:
         raise CliError(f"no queued message {qid}") from None
 
 
+def _domain(args: argparse.Namespace) -> str | None:
+    return args.domain.strip().lower().lstrip("@") if args.domain else None
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     qd = _qd(args)
-    entries = qd.all()
+    domain = _domain(args)
+    entries = [env for env in qd.all() if domain is None or env.bound_for(domain)]
     for env in entries:
         pending = [r.addr for r in env.rcpts if r.status == PENDING]
         if args.json:
@@ -121,7 +127,7 @@ def cmd_delete(args: argparse.Namespace) -> int:
 
 def cmd_flush(args: argparse.Namespace) -> int:
     qd = _qd(args)
-    domain = args.domain.strip().lower().lstrip("@") if args.domain else None
+    domain = _domain(args)
     now = time.time()
     flushed = []
     for env in qd.all():

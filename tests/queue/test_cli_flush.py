@@ -1,4 +1,4 @@
-"""``mailsrv queue flush [DOMAIN]`` with a real runner process and SMTP sink: one destination's messages
+"""``mailsrv queue list|flush [DOMAIN]`` with a real runner process and SMTP sink: one destination's messages
 now, the others at their times; a delayed send (sendAt) keeps its time through any flush; ``show --json``."""
 
 from __future__ import annotations
@@ -28,6 +28,9 @@ def test_flush_one_destination_then_all_and_a_delayed_send_keeps_its_time(tmp_pa
     delayed = Envelope(new_id(), "alice@example.test", [QRcpt("z@remote.test")], next_attempt=later)  # sendAt
     for env in (retried, other, delayed):
         qd.add(env, b"Subject: x\r\n\r\nx\r\n")
+    listed = [json.loads(line)["id"] for line in cli(cfg, "list", "remote.test", "--json").splitlines()]
+    assert sorted(listed) == sorted([retried.id, delayed.id])
+    assert other.id in cli(cfg, "list", "@Other.Test") and retried.id not in cli(cfg, "list", "other.test")
     proc = start_runner(cfg)
     try:
         assert "1 message(s) to remote.test flushed" in cli(cfg, "flush", "remote.test")
