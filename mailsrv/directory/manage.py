@@ -561,6 +561,15 @@ class SyncDirectory(FileSettings, SqliteCore):
         with self._tx() as db:
             return db.execute("DELETE FROM folder_rights WHERE owner_id = ? AND mailbox = ?", (owner, mailbox)).rowcount
 
+    def folder_changed(self, owner: int, op: str, name: str, other: str = "") -> int:
+        """The owner's folder ``name`` was created ("create", ``other``: its parent), deleted
+        ("delete") or renamed to ``other`` ("rename"): its ACL entries follow (IMAP and JMAP call this)."""
+        if op == "create":
+            return self.inherit_folder_rights(owner, other, name)
+        if op == "delete":
+            return self.drop_folder_rights(owner, name)
+        return self.move_folder_rights(owner, name, other)
+
     def inherit_folder_rights(self, owner: int, parent: str, child: str) -> int:
         """A new folder ``child`` gets a copy of ``parent``'s ACL entries (Dovecot's acl plugin does the
         same at CREATE), replacing any left at that name by a deleted folder."""

@@ -25,6 +25,11 @@ def grant_letters(rights: str) -> str:
     return WRITE if rights == "write" else READ
 
 
+def may_change(letters: str) -> bool:
+    """RFC 4314 §5.2: do these rights change anything (a folder selected READ-WRITE)?"""
+    return any(r in letters for r in "iestw")
+
+
 def canonical(rights: frozenset[str] | str) -> str:
     """``rights`` in the order of :data:`ALL` (how entries are stored and shown)."""
     return "".join(r for r in ALL if r in rights)
@@ -42,6 +47,10 @@ class OwnerShare:
     def rights(self, mailbox: str) -> str:
         """The user's rights on the owner's ``mailbox``."""
         return self.folders.get(mailbox, self.account)
+
+    def changes_any(self) -> bool:
+        """Does any folder of the owner's allow a change (JMAP: the account is not read-only)?"""
+        return may_change(self.account) or any(may_change(r) for r in self.folders.values())
 
     def lists_any(self) -> bool:
         """Can any folder of the owner's be listed (``l``)? Else the owner stays out of LIST."""

@@ -39,8 +39,6 @@ OwnerShare = rights.OwnerShare
 shares_by_owner = rights.shares_by_owner
 #: rights a SETACL may name: the real ones and the obsolete virtual ``c`` (= ``k``) and ``d`` (= ``te``)
 _VIRTUAL = {"c": "k", "d": "te"}
-#: RFC 4314 §5.2: SELECT answers READ-WRITE when any of these is granted ("i", "e", shared flag rights)
-_WRITE_ANY = frozenset("iestw")
 
 
 class BadRights(ValueError):
@@ -58,9 +56,9 @@ def with_virtual(rights: str) -> str:
     return out
 
 
-def read_write(rights: str) -> bool:
+def read_write(letters: str) -> bool:
     """RFC 4314 §5.2: does SELECT answer READ-WRITE with these rights?"""
-    return not _WRITE_ANY.isdisjoint(rights)
+    return rights.may_change(letters)
 
 
 def parse_modification(spec: str) -> tuple[str, frozenset[str]]:

@@ -98,14 +98,7 @@ class Shares:
     async def folder_changed(self, owner_id: int, op: str, name: str, new: str = "") -> None:
         """The owner's folder ``name`` was created ("create", ``new``: its parent), deleted
         ("delete") or renamed to ``new`` ("rename"): its ACL entries follow (see the module)."""
-        def change(d: Any) -> int:
-            if op == "create":
-                return int(d.inherit_folder_rights(owner_id, new, name))
-            if op == "delete":
-                return int(d.drop_folder_rights(owner_id, name))
-            return int(d.move_folder_rights(owner_id, name, new))
-
-        await self.directory.run(change)
+        await self.directory.run(lambda d: d.folder_changed(owner_id, op, name, new))
 
     async def account(self, address: str) -> Any:
         return await self.directory.account_by_address(address)

@@ -368,6 +368,8 @@ async def email_set(ctx: RequestContext, args: dict[str, Any], call_id: str) -> 
             destroyed.append(eid)
         except NotFound:
             not_destroyed[eid] = {"type": "notFound"}
+        except SetError as exc:  # a shared mailbox without the rights (sharedview.py)
+            not_destroyed[eid] = exc.to_json()
     return {
         "accountId": be.account_id, "oldState": old_state, "newState": await be.state("Email"),
         "created": created or None, "updated": updated or None, "destroyed": destroyed or None,

@@ -19,6 +19,7 @@ from mailsrv.jmap.backend import (
 from mailsrv.jmap.core import MAIL, RequestContext, registry
 from mailsrv.jmap.errors import MethodError, SetError
 from mailsrv.jmap.query import compile_filter, compile_sort, window
+from mailsrv.jmap.sharedview import my_rights
 
 PROPERTIES = [
     "id", "name", "parentId", "role", "sortOrder", "totalEmails", "unreadEmails",
@@ -47,6 +48,17 @@ def rights_for(ctx: RequestContext, account_id: str) -> dict[str, bool]:
     return MY_RIGHTS
 
 
+async def rights_map(ctx: RequestContext, be: Any) -> Callable[[str], dict[str, bool]]:
+    """mailbox id -> its myRights: per mailbox in a shared account (the grantee's RFC 4314 rights
+    there, sharedview.py), the same for every mailbox otherwise."""
+    by_id = getattr(be, "rights_by_id", None)
+    if by_id is None:
+        same = rights_for(ctx, be.account_id)
+        return lambda _mid: same
+    letters: dict[str, str] = await by_id()
+    return lambda mid: my_rights(letters.get(mid, ""))
+
+
 def to_json(m: Mailbox, props: list[str], rights: dict[str, bool] = MY_RIGHTS) -> dict[str, Any]:
     full = {
         "id": m.id, "name": m.name, "parentId": m.parent_id, "role": m.role, "sortOrder": m.sort_order,
@@ -69,10 +81,10 @@ async def mailbox_get(ctx: RequestContext, args: dict[str, Any], call_id: str) -
     state = await be.state("Mailbox")
     boxes = {m.id: m for m in await be.mailboxes()}
     found, not_found = [], []
-    rights = rights_for(ctx, be.account_id)
+    rights = await rights_map(ctx, be)
     for i in (ids if ids is not None else list(boxes)):
         if i in boxes:
-            found.append(to_json(boxes[i], props, rights))
+            found.append(to_json(boxes[i], props, rights(i)))
         else:
             not_found.append(i)
     return {"accountId": be.account_id, "state": state, "list": found, "notFound": not_found}
@@ -298,7 +310,7 @@ async def mailbox_set(ctx: RequestContext, args: dict[str, Any], call_id: str) -
             except NameConflict:
                 raise SetError("alreadyExists", "a sibling has that name") from None
             ctx.created_ids[cid] = m.id
-            full = to_json(m, PROPERTIES, rights_for(ctx, be.account_id))
+            full = to_json(m, PROPERTIES, (await rights_map(ctx, be))(m.id))
             created[cid] = {k: v for k, v in full.items() if k not in obj}
         except SetError as exc:
             not_created[cid] = exc.to_json()
@@ -331,7 +343,7 @@ async def mailbox_set(ctx: RequestContext, args: dict[str, Any], call_id: str) -
                     kw["is_subscribed"] = v
                 elif k in PROPERTIES:
                     # server-set properties may be "set" to their current value only
-                    if to_json(cur, [k], rights_for(ctx, be.account_id))[k] != v:
+                    if to_json(cur, [k], (await rights_map(ctx, be))(cur.id))[k] != v:
                         raise SetError("invalidProperties", f"{k} is server-set", properties=[k])
                 else:
                     raise SetError("invalidProperties", f"unknown property {k}", properties=[k])

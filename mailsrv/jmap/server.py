@@ -39,6 +39,7 @@ from aiohttp import WSMsgType, web
 
 from mailsrv import log
 from mailsrv.config import JmapConfig
+from mailsrv.directory.rights import OwnerShare
 from mailsrv.jmap import core, push
 from mailsrv.jmap import email as _email  # noqa: F401  (registers the Email/Thread methods)
 from mailsrv.jmap import filelink as _filelink  # noqa: F401  (FileLink/*, docs/files.md)
@@ -53,6 +54,7 @@ from mailsrv.jmap.limits import ConnectionLimiter, ConnLimits, LimitedSockSite
 from mailsrv.jmap.objects import Collection
 from mailsrv.jmap.pushsub import PushManager
 from mailsrv.jmap.session import SERVER_CAPABILITIES, SHARED_CAPABILITIES, session_object
+from mailsrv.jmap.sharedview import FolderHook, OwnFolders, SharedFolders, directory_sources
 from mailsrv.jmap.vacation import Responder
 from mailsrv.net.service import ServiceContext
 from mailsrv.util.fsio import FileIO
@@ -77,7 +79,8 @@ class Principal:
 
 
 BackendFactory = Callable[[Principal], Awaitable[MailBackend]]
-#: principal -> the grants of accounts shared with it (``mailsrv.directory.Grant``: owner, read_only)
+#: principal -> what is shared with it: ``mailsrv.directory.rights.OwnerShare`` (per-folder rights,
+#: sharedview.py) or any object with ``owner`` and ``read_only`` (the whole account)
 GrantsSource = Callable[[Principal], Awaitable[list[Any]]]
 
 
@@ -143,9 +146,12 @@ class JmapApp:
         push_ssl: ssl.SSLContext | None = None,
         limiter: ConnectionLimiter | None = None,
         grants: GrantsSource | None = None,
+        folder_hook: FolderHook | None = None,
     ) -> None:
         self.config = config
         self.grants = grants
+        #: a grantee's mailbox changes carry the folder's ACL entries along (sharedview.FolderHook)
+        self.folder_hook = folder_hook
         self.limiter = limiter
         self.submitter = submitter
         #: mailsrv.recall.Recaller for Email/recall (set by JmapService; None: the method is unavailable)
@@ -378,6 +384,8 @@ class JmapApp:
         be = await self.backends(p)
         # the own account also follows its submissions through the queue (push of EmailSubmission)
         be = _submission.tracking(be, self._objects(be.account_id, "EmailSubmission"), self.submitter)
+        if self.folder_hook is not None and p.id.isdigit():  # the owner's mailbox changes carry their ACL entries
+            be = OwnFolders(be, int(p.id), self.folder_hook)
         out = {be.account_id: Access(be, True, False)}
         if self.grants is not None:
             for g in await self.grants(p):
@@ -387,7 +395,13 @@ class JmapApp:
                 except Exception as exc:  # an owner whose store cannot be opened must not lock the grantee out
                     logger.warning("jmap.shared.unavailable", owner=owner.address, error=str(exc)[:200])
                     continue
-                out.setdefault(shared.account_id, Access(shared, False, bool(g.read_only)))
+                if isinstance(g, OwnerShare):  # the grantee's rights, folder by folder (as IMAP's)
+                    if not g.lists_any():
+                        continue
+                    out.setdefault(shared.account_id,
+                                   Access(SharedFolders(shared, g, self.folder_hook), False, not g.changes_any()))
+                else:
+                    out.setdefault(shared.account_id, Access(shared, False, bool(g.read_only)))
         return be, out
 
     def _accounts_source(self, p: Principal) -> Callable[[], Awaitable[list[MailBackend]]]:
@@ -704,14 +718,12 @@ class JmapService:
                                           sieve=cfg.sieve)
         directory = res.get("directory")
         grants: GrantsSource | None = None
+        hook: FolderHook | None = None
         if directory is not None:
-            async def grants_for(p: Principal) -> list[Any]:
-                return list(await directory.grants_for(int(p.id)))
-
-            grants = grants_for
+            grants, hook = directory_sources(directory)
 
         app = JmapApp(cfg.jmap, res["auth"], factory, uploads, secret, tls=self.ctx.listener.tls == "implicit",
-                      submitter=submitter, limiter=self.limiter, grants=grants)
+                      submitter=submitter, limiter=self.limiter, grants=grants, folder_hook=hook)
         if "directory" in res and "store" in res:
             from mailsrv.recall import Recaller
 

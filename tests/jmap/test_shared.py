@@ -25,7 +25,8 @@ from mailsrv import config as config_mod
 from mailsrv.auth import Authenticator
 from mailsrv.directory import open_directory
 from mailsrv.jmap.blobs import UploadStore
-from mailsrv.jmap.server import JmapApp, Principal
+from mailsrv.jmap.server import JmapApp
+from mailsrv.jmap.sharedview import directory_sources
 from mailsrv.jmap.storebackend import store_factory, with_sort_order
 from mailsrv.store import Store
 from mailsrv.util.fsio import FileIO
@@ -75,10 +76,9 @@ async def env(setup: tuple[Path, dict[str, str]]) -> AsyncIterator[Env]:
     uploads = UploadStore(data / cfg.jmap.upload_dir, io)
     factory = with_sort_order(store_factory(store, directory, data), uploads.root, io)
 
-    async def grants(p: Principal) -> list[Any]:
-        return list(await directory.grants_for(int(p.id)))
+    grants, hook = directory_sources(directory)  # as the JMAP service wires them
 
-    app = JmapApp(cfg.jmap, auth, factory, uploads, b"k" * 32, tls=True, grants=grants)
+    app = JmapApp(cfg.jmap, auth, factory, uploads, b"k" * 32, tls=True, grants=grants, folder_hook=hook)
     runner = web.AppRunner(app.make_app(), access_log=None, handler_cancellation=True)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -207,7 +207,8 @@ async def test_read_write_share_and_copy_both_ways(env: Env) -> None:
     # bob changes alice's mail: alice sees it in her own session
     upd = await bob.call(["Email/set", {"accountId": a_id, "update": {eid: {"keywords/$flagged": True}}}, "u"],
                          ["Mailbox/set", {"accountId": a_id, "create": {"f": {"name": "From Bob"}}}, "m"])
-    assert upd[0][1]["updated"] == {eid: None} and upd[1][1]["created"]["f"]["id"]
+    # a write grant is lrswite, as over IMAP: no "k", so no mailbox made in alice's account
+    assert upd[0][1]["updated"] == {eid: None} and upd[1][1]["notCreated"]["f"]["type"] == "forbidden"
     got = await alice.one("Email/get", {"ids": [eid], "properties": ["keywords"]})
     assert got["list"][0]["keywords"] == {"$flagged": True}
     # bob moves one of his emails into alice's account (copy + destroy original, RFC 8620 §5.4)

@@ -1,0 +1,83 @@
+"""Per-folder ACLs over JMAP (docs/shared-mailboxes.md): the grantee's account shows only the mailboxes
+with "l", emails of readable ones, myRights from the RFC 4314 rights, each change checked per mailbox,
+and a mailbox the grantee creates gets its parent's ACL; real HTTP, directory, store and CLI."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from jmaptest import Client
+from test_shared import Env, env, msg, own, session, setup
+
+__all__ = ["env", "setup"]  # fixtures of test_shared
+
+ALICE, BOB = "alice@example.test", "bob@example.test"
+
+
+async def put(c: Client, name: str, subject: str, parent: str | None = None) -> tuple[str, str]:
+    """(mailbox id, email id): a new mailbox of ``c``'s with one email in it."""
+    made = await c.one("Mailbox/set", {"create": {"m": {"name": name, "parentId": parent}}})
+    mid = made["created"]["m"]["id"]
+    blob = await c.upload(msg(subject))
+    res = await c.one("Email/import", {"emails": {"k": {"blobId": blob["blobId"], "mailboxIds": {mid: True}}}})
+    return mid, res["created"]["k"]["id"]
+
+
+async def test_folder_rights_shape_the_shared_account(env: Env) -> None:
+    alice, bob = env.client(ALICE), env.client(BOB)
+    a_id = await own(alice)
+    await own(bob)
+    in_inbox = await alice.import_message(msg("in inbox"))
+    projects, in_projects = await put(alice, "Projects", "in projects")
+    _private, in_private = await put(alice, "Private", "in private")
+    blobs = {e["id"]: e["blobId"] for e in (await alice.one("Email/get", {"ids": None, "properties": ["blobId"]}))["list"]}
+    env.cli("share", "grant", ALICE, BOB, "--folder", "Projects", "--rights", "lrsk")
+    env.cli("share", "grant", ALICE, BOB, "--folder", "INBOX", "--rights", "lr")
+    acc = (await session(bob))["accounts"][a_id]
+    assert acc["isReadOnly"] is False  # "s" on Projects
+    bob.account_id = a_id
+    boxes = {m["name"]: m for m in (await bob.one("Mailbox/get", {"ids": None}))["list"]}
+    assert set(boxes) == {"Inbox", "Projects"}  # only the mailboxes with "l"
+    assert boxes["Projects"]["myRights"] == {
+        "mayReadItems": True, "mayAddItems": False, "mayRemoveItems": False, "maySetSeen": True,
+        "maySetKeywords": False, "mayCreateChild": True, "mayRename": False, "mayDelete": False, "maySubmit": False}
+    assert boxes["Inbox"]["myRights"]["maySetSeen"] is False
+    assert sorted((await bob.one("Email/query", {}))["ids"]) == sorted([in_inbox, in_projects])
+    got = await bob.one("Email/get", {"ids": [in_private, in_projects], "properties": ["subject", "mailboxIds"]})
+    assert got["notFound"] == [in_private] and got["list"][0]["mailboxIds"] == {projects: True}
+    async with env.http.get(f"{env.url}/jmap/download/{a_id}/{blobs[in_private]}/m.eml", headers=bob.headers) as r:
+        assert r.status == 404
+    async with env.http.get(f"{env.url}/jmap/download/{a_id}/{blobs[in_projects]}/m.eml", headers=bob.headers) as r:
+        assert r.status == 200 and b"in projects" in await r.read()
+    # each change needs its right on each mailbox the email is in
+    res = await bob.one("Email/set", {"update": {in_projects: {"keywords/$seen": True},
+                                                 in_inbox: {"keywords/$seen": True}}})
+    assert res["updated"] == {in_projects: None} and res["notUpdated"][in_inbox]["type"] == "forbidden"
+    res = await bob.one("Email/set", {"update": {in_projects: {"keywords/$flagged": True}},
+                                      "destroy": [in_projects, in_private]})
+    assert res["notUpdated"][in_projects]["type"] == "forbidden"
+    assert res["notDestroyed"][in_projects]["type"] == "forbidden"
+    assert res["notDestroyed"][in_private]["type"] == "notFound"
+    seen = await alice.one("Email/get", {"ids": [in_projects], "properties": ["keywords"]})
+    assert seen["list"][0]["keywords"] == {"$seen": True}  # alice's flag: no private \Seen
+    # "k": a child of Projects (which starts with Projects' ACL), not a top-level mailbox
+    res = await bob.one("Mailbox/set", {"create": {"c": {"name": "Child", "parentId": projects},
+                                                   "t": {"name": "Top"}}})
+    assert res["notCreated"]["t"]["type"] == "forbidden" and res["created"]["c"]["id"]
+    entries: list[dict[str, Any]] = json.loads(env.cli("share", "list", ALICE, "--json"))
+    assert {"owner": ALICE, "grantee": BOB, "folder": "Projects/Child", "rights": "lrsk"} in entries
+    names = {m["name"] for m in (await bob.one("Mailbox/get", {"ids": None}))["list"]}
+    assert names == {"Inbox", "Projects", "Child"}
+    # alice renames Projects over JMAP: its entries (and its child's) follow; a destroyed one's go
+    await alice.one("Mailbox/set", {"update": {projects: {"name": "Work"}}})
+    entries = json.loads(env.cli("share", "list", ALICE, "--json"))
+    assert {e.get("folder") for e in entries} == {"Work", "Work/Child", "INBOX"}
+    child = res["created"]["c"]["id"]
+    assert (await alice.one("Mailbox/set", {"destroy": [child]}))["destroyed"] == [child]
+    assert {e.get("folder") for e in json.loads(env.cli("share", "list", ALICE, "--json"))} == {"Work", "INBOX"}
+    # the same rights over IMAP and JMAP: an entry that takes INBOX away hides it here too
+    env.cli("share", "grant", ALICE, BOB, "--folder", "INBOX", "--rights", "")
+    assert in_inbox not in (await bob.one("Email/query", {}))["ids"]
+    env.cli("share", "revoke", ALICE, BOB)
+    assert a_id not in (await session(bob))["accounts"]
