@@ -380,9 +380,13 @@ class SqliteCore:
                 out.append(Grant(owner, grantee, rights, created))
         return out
 
+    def _id_of(self, who: int | str) -> int | None:
+        """An account id as given, or the id of an address (None: unknown)."""
+        return who if isinstance(who, int) else self._account_id(who)
+
     def grants_for(self, grantee: int | str) -> list[Grant]:
         """The accounts shared with ``grantee`` (an account id or address), by owner id."""
-        gid = grantee if isinstance(grantee, int) else self._account_id(grantee)
+        gid = self._id_of(grantee)
         return [] if gid is None else self._grants("grantee_id = ?", (gid,))
 
     def _folder_rights(self, where: str, params: tuple[Any, ...]) -> list[FolderRights]:
@@ -402,12 +406,12 @@ class SqliteCore:
 
     def folder_rights_for(self, grantee: int | str) -> list[FolderRights]:
         """The per-folder ACL entries naming ``grantee`` (an account id or address)."""
-        gid = grantee if isinstance(grantee, int) else self._account_id(grantee)
+        gid = self._id_of(grantee)
         return [] if gid is None else self._folder_rights("grantee_id = ?", (gid,))
 
     def folder_rights_of(self, owner: int | str, mailbox: str | None = None) -> list[FolderRights]:
         """The per-folder ACL entries of ``owner``'s folders (of ``mailbox`` only when given)."""
-        oid = owner if isinstance(owner, int) else self._account_id(owner)
+        oid = self._id_of(owner)
         if oid is None:
             return []
         if mailbox is None:

@@ -103,18 +103,22 @@ def test_login_stamp_changes_with_login_data(users: SyncDirectory) -> None:
     assert users.login_stamp(alice.id) is None
 
 
+def downgrade(db_path: Path, version: int, *tables: str) -> None:
+    """Make the directory look like one of schema ``version``: without ``tables``."""
+    db = sqlite3.connect(db_path)
+    for t in tables:
+        db.execute(f"DROP TABLE {t}")
+    db.execute("UPDATE meta SET value = ? WHERE key = 'version'", (str(version),))
+    db.commit()
+    db.close()
+
+
 def test_migration_from_version_2_keeps_data(db_path: Path) -> None:
     d = SyncDirectory(db_path)
     d.add_domain("example.test")
     d.add_user("alice@example.test", password_hash="h")
     d.close()
-    # make it look like a version 2 directory: without the new tables
-    db = sqlite3.connect(db_path)
-    db.execute("DROP TABLE grants")
-    db.execute("DROP TABLE credential_generations")
-    db.execute("UPDATE meta SET value = '2' WHERE key = 'version'")
-    db.commit()
-    db.close()
+    downgrade(db_path, 2, "grants", "credential_generations", "folder_rights")  # without the new tables
     d = SyncDirectory(db_path)
     try:
         assert d.db.execute("SELECT value FROM meta WHERE key = 'version'").fetchone()[0] == str(schema.VERSION)
@@ -169,11 +173,7 @@ def test_migration_from_version_3_adds_folder_rights_and_keeps_grants(db_path: P
     d.add_user("bob@example.test", password_hash="h")
     d.grant("alice@example.test", "bob@example.test", "write")
     d.close()
-    db = sqlite3.connect(db_path)
-    db.execute("DROP TABLE folder_rights")
-    db.execute("UPDATE meta SET value = '3' WHERE key = 'version'")
-    db.commit()
-    db.close()
+    downgrade(db_path, 3, "folder_rights")
     d = SyncDirectory(db_path)
     try:
         assert d.db.execute("SELECT value FROM meta WHERE key = 'version'").fetchone()[0] == str(schema.VERSION)
