@@ -715,6 +715,9 @@ class FilesConfig:
     download_concurrent_per_link: int = doc("Downloads of one link that may run at once, per worker (429 beyond; "
                                             "a link sent to a large list is fetched by many); 0 = unlimited.", 32,
                                             check=_non_negative)
+    download_bytes_per_second_per_ip: int = doc("Octets per second sent to one client address (an IPv6 /64), all "
+                                                "its downloads together, per worker: paced, not refused; "
+                                                "0 = unlimited.", 0, check=_non_negative)
 
 
 @dataclass(frozen=True)

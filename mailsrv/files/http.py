@@ -14,6 +14,7 @@ whoever holds the link, and never render in the browser: a user's HTML must not 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import quote
@@ -70,7 +71,7 @@ class FileLinkHttp:
         self._inflight: dict[str, int] = {}
         cfg = links.config
         self.limits = DownloadLimits(cfg.download_rate_per_ip, cfg.download_concurrent_per_ip,
-                                     cfg.download_concurrent_per_link)
+                                     cfg.download_concurrent_per_link, cfg.download_bytes_per_second_per_ip)
 
     def install(self, app: web.Application) -> None:
         """Add the routes to ``app``; the expiry sweeps run while it does."""
@@ -193,8 +194,12 @@ class FileLinkHttp:
             await resp.prepare(request)
             blocks = self.links.read(fh, start, stop)
             try:
+                delay = 0.0
                 async for block in blocks:
+                    if delay:  # [files] download_bytes_per_second_per_ip: paced, not refused
+                        await asyncio.sleep(delay)
                     await resp.write(block)
+                    delay = self.limits.pace(client, len(block))
             finally:
                 await blocks.aclose()  # the file is closed now, not when the generator is collected
             await resp.write_eof()

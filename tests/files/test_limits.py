@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from filetest import LinkServer, put, serving
 from support.server import wait_until_async
 
@@ -65,11 +66,35 @@ def test_concurrent_per_address_and_per_link() -> None:
     assert lim.tracked() == 0  # only downloads in progress are held
 
 
+def test_octets_are_paced_per_address_never_refused() -> None:
+    clock = Clock()
+    lim = DownloadLimits(rate=0, per_ip=0, per_link=0, bytes_per_second=1000, clock=clock)
+    assert lim.pace("a", 600) == 0.0  # within the first second's burst
+    assert lim.pace("a", 600) == pytest.approx(0.2)  # 200 octets over: 0.2 s before the next block
+    assert lim.pace("b", 1000) == 0.0  # another address: its own bucket
+    clock.now += 0.2
+    assert lim.pace("a", 2000) == pytest.approx(2.0)  # a block bigger than the burst: its time after it
+    clock.now += 10.0
+    assert lim.pace("a", 1000) == 0.0  # refilled to one second's worth, no more
+    assert lim.pace("a", 1) > 0.0
+    assert DownloadLimits(0, 0, 0).pace("a", 10**9) == 0.0  # off
+
+
 def test_ipv6_counts_by_its_64() -> None:
     assert client_key("2001:db8:1:2:aaaa::1") == client_key("2001:db8:1:2:bbbb::9") == "2001:db8:1:2::/64"
     assert client_key("2001:db8:1:3::1") != client_key("2001:db8:1:2::1")
     assert client_key("::ffff:192.0.2.7") == "192.0.2.7" and client_key("192.0.2.7") == "192.0.2.7"
     assert client_key(None) == "?"
+
+
+async def test_a_paced_download_arrives_whole(tmp_path: Path) -> None:
+    data = os.urandom(3 * 1024 * 1024 + 5)  # 4 blocks of the reader: past the 2 MiB burst, paced
+    async with serving(tmp_path, FilesConfig(download_bytes_per_second_per_ip=2 * 1024 * 1024)) as server, \
+            aiohttp.ClientSession() as http:
+        _, body, _ = await put(http, server, "paced.bin", io.BytesIO(data))
+        async with http.get(body["url"]) as r:
+            assert r.status == 200 and await r.read() == data
+        assert len(_limits(server)._bytes) == 1  # one address paced
 
 
 async def test_requests_past_the_rate_get_429_with_retry_after(tmp_path: Path) -> None:
