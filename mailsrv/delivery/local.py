@@ -260,10 +260,12 @@ class LocalDelivery:
     async def _filtered(sieve: Any, batch: list[tuple[str, Account, str]], sflags: dict[tuple[str, str], frozenset[str]],
                         address: str, acct: Account, mailbox: str, out: LocalOutcome) -> None:
         """docs/sieve.md: the account's copies as its script decides (none: discarded)."""
-        for box, fl in await sieve.apply(address, acct, mailbox, out):
+        copies = await sieve.apply(address, acct, mailbox, out)
+        into = sieve.own_batch(address, batch)  # an edited header (editheader): its own file, later
+        for box, fl in copies:
             if fl:
                 sflags[(address, box)] = fl
-            batch.append((address, acct, box))
+            into.append((address, acct, box))
 
     async def deliver(self, spool: Path, recipients: Sequence[tuple[str, Resolution]], *,
                       mailbox: str = "INBOX", data: bytes | None = None,
@@ -359,6 +361,8 @@ class LocalDelivery:
                 batch.append((address, acct, mailbox))
             if len(batch) >= DELIVERY_BATCH:
                 await flush(batch, spool, data, {})
+        if sieve is not None and sieve.own:  # docs/sieve.md editheader: each edited copy from its own file
+            await sieve.flush_own(flush, out)
         if archive is None:
             await flush(batch, spool, data, {}, consume)
             return out

@@ -16,7 +16,7 @@ import os
 import sqlite3
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ from mailsrv.sieve import MessageView, Outcome, Script, SieveError, SieveRuntime
 from mailsrv.sieve import compile as compile_script
 from mailsrv.sieve import run as run_script
 from mailsrv.sieve.autoreply import FIELDS, compose, no_reply_address, reply_subject, silenced
+from mailsrv.sieve.editheader import Edit, apply_edits
 from mailsrv.sieve.include import resolve as resolve_includes
 from mailsrv.sieve.interp import MAX_FIELD, header_fields
 from mailsrv.sieve.lang import Notify
@@ -86,6 +87,9 @@ class RedirectOrder:
     account: str
     addresses: list[str]
     ledger: Ledger | None = None
+    #: the account's own copy of the message when its script edited the header (RFC 5293), removed
+    #: once queued
+    edited: Path | None = None
 
 
 @dataclass
@@ -191,16 +195,18 @@ async def queue_orders(queue: Any, rcpt: Callable[[str], Any], outcome: Any, sen
     loop = asyncio.get_running_loop()
     for order in outcome.redirects:
         rcpts = [rcpt(a) for a in order.addresses]  # RFC 5228 §4.2: bounces go to the original sender
-        if data is not None:
+        if data is not None and order.edited is None:
             await queue.enqueue(redirected(data, order.account), sender, rcpts, smtputf8=smtputf8, body=body)
             await _record_redirect(order)
             continue
         path = spool.with_name(spool.name + ".redirect")
         try:
-            await loop.run_in_executor(None, write_redirected, path, spool, order.account)
+            await loop.run_in_executor(None, write_redirected, path, order.edited or spool, order.account)
             await queue.enqueue(path, sender, rcpts, smtputf8=smtputf8, body=body)
         finally:
             await loop.run_in_executor(None, unlink_quiet, path)
+            if order.edited is not None:
+                await loop.run_in_executor(None, unlink_quiet, order.edited)
         await _record_redirect(order)
     for reply in outcome.replies:  # RFC 3834 §3.3 / RFC 5230 §4.5: from the null reverse path
         await queue.enqueue(reply.message, "", [rcpt(reply.to)], smtputf8=smtputf8, body="8BITMIME")
@@ -335,6 +341,32 @@ class SieveFilter:
         return Pass(self, local, spool, data, sender)
 
 
+def _write_edited(path: Path, spool: Path, data: bytes | None, edits: tuple[Edit, ...]) -> bool:
+    """The message with its header edited (RFC 5293) into ``path``, fsync'd (blocking); the body is
+    streamed from ``data`` or the ``spool`` file. False (nothing written) when the header block does
+    not end within HEAD_MAX bytes."""
+    head = data[:HEAD_MAX] if data is not None else _head(spool)
+    end = head.find(b"\r\n\r\n")
+    cut = end + 2 if end >= 0 else -1
+    if cut < 0:
+        end = head.find(b"\n\n")
+        if end < 0:
+            return False
+        cut = end + 1
+    with open(path, "wb") as out:
+        out.write(apply_edits(head[:cut], edits))
+        if data is not None:
+            out.write(memoryview(data)[cut:])
+        else:
+            with open(spool, "rb") as src:
+                src.seek(cut)
+                while chunk := src.read(1 << 20):
+                    out.write(chunk)
+        out.flush()
+        os.fsync(out.fileno())
+    return True
+
+
 def _head(spool: Path, n: int = HEAD_MAX) -> bytes:
     with open(spool, "rb") as f:
         return f.read(n)
@@ -355,6 +387,9 @@ class Pass:
         self._key: str | None = None
         #: recipient address (as in LocalDelivery's batch) -> its ledger part, for :meth:`settle`
         self.ledgers: dict[str, Ledger] = {}
+        #: RFC 5293: recipient address -> (its edited copy's file, its copies), delivered apart
+        #: (:meth:`own_batch`, :meth:`flush_own`)
+        self.own: dict[str, tuple[Path, list[tuple[str, Account, str]]]] = {}
 
     async def fields(self) -> list[tuple[str, bytes]]:
         if self._fields is None:
@@ -439,6 +474,7 @@ class Pass:
         if not copies and not sent:
             logger.info("sieve.discarded", user=acct.address)
             return copies
+        edited = await self._edited(o, address, acct, copies) if o.edits and (copies or sent) else None
         led = await self._ledger(address, acct, msg)
         if led.done:  # a retry: what the former attempt made is not made again (docs/sieve.md "Retries")
             copies = [c for c in copies if f"copy:{c[0]}" not in led.done]
@@ -447,8 +483,43 @@ class Pass:
             if not copies and not sent:  # nothing was missing: the record has served
                 await self._forget(acct.address, led)
         if sent:
-            out.redirects.append(RedirectOrder(acct.address, sent, led))
+            out.redirects.append(RedirectOrder(acct.address, sent, led, edited))
         return copies
+
+    async def _edited(self, o: Outcome, address: str, acct: Account,
+                      copies: list[tuple[str, frozenset[str]]]) -> Path | None:
+        """RFC 5293: the account's copy with its header edited, in its own spool file (its copies are
+        delivered from it: :meth:`own_batch`); None (the message as it came) when it cannot be made."""
+        path = self.spool.with_name(f"{self.spool.name}.edit{len(self.own)}")
+        try:
+            made = await asyncio.get_running_loop().run_in_executor(
+                None, _write_edited, path, self.spool, self.data, o.edits)
+        except OSError as exc:
+            logger.warning("sieve.editheader_failed", user=acct.address, error=str(exc))
+            await asyncio.get_running_loop().run_in_executor(None, unlink_quiet, path)
+            return None
+        if not made:
+            logger.warning("sieve.editheader_failed", user=acct.address, error="header block too large")
+            return None
+        self.own[address] = (path, [])
+        return path
+
+    def own_batch(self, address: str, batch: list[tuple[str, Account, str]]) -> list[tuple[str, Account, str]]:
+        """Where LocalDelivery puts ``address``'s copies: its own list when its script edited the header."""
+        got = self.own.get(address)
+        return batch if got is None else got[1]
+
+    async def flush_own(self, flush: Callable[..., Awaitable[None]], out: Any) -> None:
+        """Deliver each edited copy from its file (``flush``: LocalDelivery's), then remove the file
+        unless a redirect still needs it (:func:`queue_orders` removes it then)."""
+        keep = {o.edited for o in out.redirects if o.edited is not None}
+        loop = asyncio.get_running_loop()
+        for path, entries in self.own.values():
+            try:
+                await flush(entries, path, None, {})
+            finally:
+                if path not in keep:
+                    await loop.run_in_executor(None, unlink_quiet, path)
 
     async def key(self) -> str:
         """The message's ledger key (mailsrv.delivery.sieve_ledger.message_key)."""

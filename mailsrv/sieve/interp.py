@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta, timezone
 from email.utils import format_datetime, parsedate_to_datetime
 from typing import Any
@@ -19,15 +19,18 @@ from urllib.parse import quote
 from mailsrv import mime
 from mailsrv.mime.body import part_text
 from mailsrv.mime.headers import decode_words, parse_addresses, unfold
+from mailsrv.sieve.editheader import PROTECTED, Edit, encoded_value
 from mailsrv.sieve.lang import (
     ADDRESS,
     Action,
+    AddHeader,
     AddressTest,
     AllOf,
     AnyOf,
     BodyTest,
     Const,
     DateTest,
+    DeleteHeader,
     Discard,
     ExistsTest,
     FileInto,
@@ -222,6 +225,8 @@ class Outcome:
     reject: str | None = None
     #: RFC 5435: notifications to send (strings expanded; the method a valid mailto URI)
     notifications: tuple[Notify, ...] = ()
+    #: RFC 5293: header edits for the stored and redirected copies (mailsrv.sieve.editheader)
+    edits: tuple[Edit, ...] = ()
 
     @property
     def discarded(self) -> bool:
@@ -251,6 +256,7 @@ class _Run:
         self.actions = 0
         self.reject: str | None = None
         self.notifications: list[Notify] = []
+        self.edits: list[Edit] = []
         #: RFC 5229: the script's variables (None: it does not require "variables") and ${0}..${9}
         self.vars: dict[str, str] | None = {} if variables else None
         self.matched: list[str] = []
@@ -390,6 +396,8 @@ class _Run:
                                          tuple(x(a) for a in c.addresses), c.mime, x(c.handle))
             elif isinstance(c, Notify):
                 self.notify(c)
+            elif isinstance(c, AddHeader | DeleteHeader):
+                self.edit(c)
             elif isinstance(c, Include):
                 if not self.include(c):
                     return False
@@ -400,6 +408,42 @@ class _Run:
             elif isinstance(c, Stop):
                 return False
         return True
+
+    def edit(self, c: AddHeader | DeleteHeader) -> None:
+        """RFC 5293: edit the header; later tests see the edited fields. A protected field is left as it
+        is (§7)."""
+        fields = list(self.msg.fields)
+        if isinstance(c, AddHeader):
+            if c.name.lower() in PROTECTED:
+                return
+            self.count()
+            value = encoded_value(self.x(c.value))
+            entry = (c.name.lower(), value)
+            at = len(fields) if c.last else 1 if fields and fields[0][0] == "return-path" else 0
+            fields.insert(at, entry)
+            self.edits.append(("add", c.name, value, c.last))
+        else:
+            if c.name in PROTECTED:
+                return
+            values = self.msg.decoded(c.name)
+            chosen = range(len(values)) if not c.index else [
+                i for i in [c.index - 1 if c.index > 0 else len(values) + c.index] if 0 <= i < len(values)]
+            keys = self.live(c.keys)
+            drop = tuple(i for i in chosen if not keys or any(k(values[i]) for k in keys))
+            if not drop:
+                return
+            self.count()
+            seen = -1
+            kept = []
+            for f in fields:
+                if f[0] == c.name:
+                    seen += 1
+                    if seen in drop:
+                        continue
+                kept.append(f)
+            fields = kept
+            self.edits.append(("delete", c.name, drop, None))
+        self.msg = replace(self.msg, fields=tuple(fields), _decoded={}, _index={}, _addresses={})
 
     def notify(self, c: Notify) -> None:
         """RFC 5435 §3: one notification more (an identical one is sent once, §3.8)."""
@@ -658,4 +702,4 @@ def run(script: Script, msg: MessageView, *, max_redirects: int = MAX_REDIRECTS)
         # RFC 5232 §5: the implicit keep takes the internal variable's flags
         targets[INBOX] = Target(INBOX, frozenset(r.flags), True)
     return Outcome(tuple(targets.values()), tuple(r.redirects), r.vacation, r.implicit_keep,
-                   notifications=tuple(r.notifications))
+                   notifications=tuple(r.notifications), edits=tuple(r.edits))

@@ -43,6 +43,7 @@ EXTENSIONS: tuple[str, ...] = (
     "reject",  # RFC 5429 §2.2
     "ereject",  # RFC 5429 §2.1
     "enotify",  # RFC 5435 with the mailto method (RFC 5436): notify, valid_notify_method, :encodeurl
+    "editheader",  # RFC 5293: addheader, deleteheader (Received, Auto-Submitted, Return-Path protected)
     "include",  # RFC 6609: include (:personal, :global, :once, :optional), return, global
     "date",  # RFC 5260 §4, §5: date, currentdate
     "index",  # RFC 5260 §6: :index, :last
@@ -242,6 +243,25 @@ class Notify:
 
 
 @dataclass(frozen=True)
+class AddHeader:
+    """RFC 5293 §4: add field ``name: value`` at the beginning (``last``: the end)."""
+
+    name: str
+    value: str
+    last: bool
+
+
+@dataclass(frozen=True)
+class DeleteHeader:
+    """RFC 5293 §5: delete the occurrences of ``name`` (lower-cased) that match ``keys`` (none: every
+    one), or only the ``index``-th (negative: from the end)."""
+
+    name: str
+    keys: tuple[Matcher, ...]
+    index: int
+
+
+@dataclass(frozen=True)
 class Include:
     """RFC 6609 §3.2: run the ``location`` ("personal" | "global") script ``name`` here."""
 
@@ -279,7 +299,7 @@ class If:
 
 
 Action = (Keep | Discard | FileInto | Redirect | FlagOp | VacationAction | Reject | Stop | SetVar | If | Include | Return
-          | GlobalVars | Notify)
+          | GlobalVars | Notify | AddHeader | DeleteHeader)
 
 
 @dataclass(frozen=True)
@@ -437,7 +457,7 @@ def normalize_flags(items: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(out)
 
 
-def _header_names(c: Test, names: tuple[str, ...]) -> tuple[str, ...]:
+def _header_names(c: Test | Command, names: tuple[str, ...]) -> tuple[str, ...]:
     for n in names:  # RFC 5322 §3.6.8 field-name = 1*ftext (printable US-ASCII except ":")
         if not n or any(not ("!" <= ch <= "~") or ch == ":" for ch in n):
             raise SieveError(c.line, f"{c.name}: {n!r} is not a header field name")
@@ -583,6 +603,22 @@ class _Compiler:
             return GlobalVars(tuple(n.lower() for n in names))
         if name == "notify":
             return self.notify(c)
+        if name == "addheader":
+            self.need("editheader", line, name)
+            a = _Args(c, self.ext).take(flags=("last",))
+            (field_name,), (text,) = a.strings("ss")
+            _header_names(c, (field_name,))  # RFC 5293 §4: a valid field name
+            return AddHeader(field_name, text, "last" in a.tags)
+        if name == "deleteheader":
+            self.need("editheader", line, name)
+            # RFC 5293 §5: its own :index/:last, with or without require "index"
+            a = _Args(c, self.ext).take(match=True, values={"index": "num"}, flags=("last",))
+            if len(a.positional) == 1:
+                ((field_name,),) = a.strings("s")
+                keys: tuple[str, ...] = ()
+            else:
+                (field_name,), keys = a.strings("sl")
+            return DeleteHeader(_header_names(c, (field_name,))[0], a.matchers(keys), self.index_of(c, a))
         if name == "set":
             self.need("variables", line, "set")
             modifiers = {**SET_MODIFIERS, **({"encodeurl": 15} if "enotify" in self.ext else {})}
@@ -665,7 +701,7 @@ class _Compiler:
         """RFC 5260 §6: :index <n> and :last on header, address and date (with require "index")."""
         return {"values": {"index": "num"}, "flags": ("last",)} if "index" in self.ext else {}
 
-    def index_of(self, t: Test, a: _Args) -> int:
+    def index_of(self, t: Test | Command, a: _Args) -> int:
         n = a.tags.get("index")
         if not isinstance(n, Number):
             if "last" in a.tags:

@@ -12,6 +12,7 @@ import socket
 import subprocess
 from collections.abc import Iterator
 from email.message import EmailMessage
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -50,6 +51,9 @@ if header :contains "subject" "invoice" {
             '  fileinto :flags ["$Work", "Project", "\\\\Flagged"] "Projects";\n} else { addflag "$Later \\\\Seen"; }\n',
     "nora": 'require ["enotify", "variables"];\nif header :matches "subject" "*" { set :encodeurl "s" "${1}"; }\n'
             'notify :importance "1" :message "mail for nora" "mailto:pager@remote.test?subject=New%3A%20${s}";\n',
+    "olga": 'require ["editheader", "fileinto", "copy"];\ndeleteheader "x-spam-flag";\ndeleteheader "received";\n'
+            'addheader "X-Filed-By" "olga\'s rules";\nif header :contains "subject" "report" { fileinto "Reports"; }\n'
+            'redirect :copy "olga-ext@remote.test";\n',
     "jack": 'require "reject";\nif header :contains "subject" "lottery" { reject "No lotteries, thank you."; }\n',
 }
 
@@ -70,7 +74,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, sink: Sink) -> Iterator[Any
     base = tmp_path_factory.mktemp("sieve")
     cfg = init_setup(base / "s", "--demo", workers=2)
     users = dict(re.findall(r"demo user (\S+) password (\S+)", (base / "s" / "demo-users.txt").read_text()))
-    for name in ("carol", "dave", "erin", "frank", "gina", "hank", "ivan", "jack", "kate", "nora"):
+    for name in ("carol", "dave", "erin", "frank", "gina", "hank", "ivan", "jack", "kate", "nora", "olga"):
         extra = ["--send-outside", "no"] if name == "dave" else []
         p = subprocess.run(mailsrv_cmd("user", "add", f"{name}@{D}", "--password-stdin", *extra, "-c", str(cfg)),
                            input=PW + "\n", capture_output=True, text=True)
@@ -311,3 +315,39 @@ def test_notify_by_mail_and_not_about_auto_submitted_mail(server: Any, sink: Sin
     server.wait_for(r"sieve\.notify_skipped .*user=nora@example\.test.*reason=auto-submitted", start=mark)
     assert "robot news" in folder(server, f"nora@{D}", "INBOX")
     assert len([m for m in sunk(sink) if m["X-Env-To"] == "pager@remote.test"]) == 1
+
+
+def raw_message(srv: Any, user: str, box: str, subject: str) -> bytes:
+    m = imap(srv, user)
+    try:
+        assert m.select(f'"{box}"', readonly=True)[0] == "OK"
+        typ, data = m.search(None, "SUBJECT", f'"{subject}"')
+        (num,) = data[0].split()
+        typ, data = m.fetch(num, "(BODY.PEEK[])")
+        return bytes(data[0][1])
+    finally:
+        m.logout()
+
+
+def test_editheader_edits_this_recipients_copies_only(server: Any, sink: Sink) -> None:
+    send(server, "weekly report", [f"olga@{D}", f"bob@{D}"], headers={"X-Spam-Flag": "YES"})
+    mine = email.message_from_bytes(raw_message(server, f"olga@{D}", "Reports", "weekly report"))
+    assert mine["X-Filed-By"] == "olga's rules" and mine["X-Spam-Flag"] is None
+    assert mine["Received"] is not None  # RFC 5293 §7: protected, kept
+    assert mine.get_payload().strip() == "body of weekly report"
+    theirs = email.message_from_bytes(raw_message(server, f"bob@{D}", "INBOX", "weekly report"))
+    assert theirs["X-Spam-Flag"] == "YES" and theirs["X-Filed-By"] is None  # bob's copy as it came
+    wait_until(lambda: bool([m for m in sunk_to(sink, "weekly report") if m["X-Env-To"] == "olga-ext@remote.test"]),
+               timeout=30)
+    (fwd,) = [m for m in sunk_to(sink, "weekly report") if m["X-Env-To"] == "olga-ext@remote.test"]
+    assert fwd["X-Filed-By"] == "olga's rules" and fwd["X-Spam-Flag"] is None  # the redirect is the edited one
+    spool = Path(load(server.cfg).server.data_dir) / "spool"
+    wait_until(lambda: not [p for p in spool.iterdir() if ".edit" in p.name], timeout=30)  # removed
+
+
+def test_editheader_on_a_message_streamed_from_the_spool(server: Any) -> None:
+    body = "".join(f"line {i:06d} of a long report\n" for i in range(12000))  # ~300 KB: not held in memory
+    send(server, "big report", [f"olga@{D}"], body=body, headers={"X-Spam-Flag": "NO"})
+    mine = email.message_from_bytes(raw_message(server, f"olga@{D}", "Reports", "big report"))
+    assert mine["X-Filed-By"] == "olga's rules" and mine["X-Spam-Flag"] is None
+    assert mine.get_payload(decode=True).decode().replace("\r\n", "\n") == body

@@ -1,11 +1,12 @@
 """Sieve extensions beyond the base language: regex (draft-ietf-sieve-regex), date and index (RFC 5260),
-include (RFC 6609), enotify with mailto (RFC 5435, 5436); the RFCs' examples where they give some, and a
+include (RFC 6609), enotify with mailto (RFC 5435, 5436), editheader (RFC 5293); the RFCs' examples where they give some, and a
 hypothesis fuzz of their syntax."""
 
 from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
+from email.header import decode_header, make_header
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ from hypothesis import strategies as st
 
 from mailsrv import sieve
 from mailsrv.sieve import MessageView, SieveError, SieveRuntimeError
+from mailsrv.sieve.editheader import apply_edits
 from mailsrv.sieve.include import MAX_INCLUDES, resolve
 from mailsrv.sieve.interp import MAX_INCLUDE_DEPTH
 from mailsrv.sieve.match import MAX_REGEX
@@ -291,3 +293,49 @@ def test_notify_tests(test: str, expected: bool) -> None:
 def test_notify_compile_errors(script: str, what: str) -> None:
     with pytest.raises(SieveError, match=what):
         sieve.compile(script)
+
+
+# --- editheader (RFC 5293) -----------------------------------------------------------------------------
+
+EDIT_HEAD = (b"Return-Path: <a@x.test>\r\nReceived: from x\r\nX-Spam: yes\r\n folded\r\nSubject: hi\r\n"
+             b"X-Spam: no\r\nAuto-Submitted: no\r\n")
+
+
+def edited(script: str) -> tuple[sieve.Outcome, bytes]:
+    o = sieve.run(sieve.compile('require ["editheader", "variables", "fileinto"];' + script),
+                  view(EDIT_HEAD + b"\r\nbody\r\n"))
+    return o, apply_edits(EDIT_HEAD, o.edits)
+
+
+def test_editheader_add_delete_and_later_tests_see_it() -> None:
+    o, head = edited('deleteheader :contains "x-spam" "yes"; addheader "X-Tag" "café"; addheader :last "X-End" "e";'
+                     ' if header :is "x-spam" "no" { if exists "x-tag" { fileinto "seen"; } }')
+    assert [t.mailbox for t in o.targets] == ["seen"]
+    lines = head.split(b"\r\n")
+    assert lines[0] == b"Return-Path: <a@x.test>" and lines[1].startswith(b"X-Tag: =?utf-8?")  # first after it
+    assert str(make_header(decode_header(lines[1][7:].decode()))) == "café"  # RFC 2047 (RFC 5293 §4)
+    assert lines[2:] == [b"Received: from x", b"Subject: hi", b"X-Spam: no", b"Auto-Submitted: no", b"X-End: e", b""]
+
+
+def test_editheader_index_and_protected_fields() -> None:
+    _, head = edited('deleteheader :index 1 :last "x-spam"; deleteheader "received"; deleteheader "auto-submitted";'
+                     ' addheader "Received" "forged"; addheader "Auto-Submitted" "auto-replied";')
+    assert head == EDIT_HEAD.replace(b"X-Spam: no\r\n", b"")  # only the last X-Spam went
+    _, head = edited('addheader "X-Inject" text:\na\nBcc: victim@x.test\n.\n;')
+    assert b"\r\nBcc:" not in head and b"X-Inject: a Bcc: victim@x.test\r\n" in head
+
+
+@pytest.mark.parametrize(("script", "what"), [
+    ('addheader "X-A" "b";', 'needs require "editheader"'),
+    ('require "editheader"; addheader "X A" "b";', "not a header field name"),
+    ('require "editheader"; deleteheader :last "x-a";', ":last needs :index"),
+    ('require "editheader"; addheader "X-A";', "expects 2 arguments"),
+])
+def test_editheader_compile_errors(script: str, what: str) -> None:
+    with pytest.raises(SieveError, match=what):
+        sieve.compile(script)
+
+
+def test_editheader_counts_as_actions() -> None:
+    with pytest.raises(SieveRuntimeError, match="actions"):
+        edited("".join(f'addheader "X-{i}" "v";' for i in range(40)))
