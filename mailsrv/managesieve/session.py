@@ -132,6 +132,8 @@ class Session:
         # RFC 5804 §1.7: SASL is sent even when empty; after login it is not required, we keep it.
         lines.append((b"SASL", " ".join(self._mechanisms()) if self.state is State.NONAUTH else ""))
         lines.append((b"SIEVE", " ".join(self.extensions)))
+        if "enotify" in self.extensions:  # RFC 5804 §1.7: the notification methods (RFC 5435)
+            lines.append((b"NOTIFY", "mailto"))
         if self.channel.starttls_available and not self.channel.tls_active and self.state is State.NONAUTH:
             lines.append((b"STARTTLS", None))
         lines.append((b"MAXREDIRECTS", str(self.max_redirects)))

@@ -149,6 +149,7 @@ def test_capabilities_before_and_after_starttls(setup: Setup) -> None:
         assert b'"IMPLEMENTATION" "mailsrv"' in caps
         assert b'"STARTTLS"' in caps and b'"VERSION" "1.0"' in caps
         assert b'"SIEVE" "' in caps and b"fileinto" in caps and b"vacation" in caps
+        assert b" regex " in caps and b" editheader " in caps and b'"NOTIFY" "mailto"' in caps
         assert b'"MAXREDIRECTS" "4"' in caps
         # no password mechanism on a plain connection; SCRAM never shows the password
         sasl = next(line for line in r.greeting if line.startswith(b'"SASL"'))
