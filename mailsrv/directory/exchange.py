@@ -3,7 +3,8 @@
 The format (``"format": "mailsrv-directory/1"``) holds domains, users with
 their password hashes (argon2id, or legacy schemes such as
 ``{SHA512-CRYPT}`` that are upgraded at the next login), aliases, groups,
-departments and administrators. Tokens and lockout counters are not exported.
+departments, administrators and per-domain/user file settings (``file_settings``: convert_over).
+Tokens and lockout counters are not exported.
 Import runs in one transaction: all of it or nothing.
 """
 
@@ -43,6 +44,7 @@ def export(d: SyncDirectory) -> dict[str, Any]:
                                                     "senders", "send_as")})
     for a in d.list_admins():
         out["admins"].append({"user": a.user, "scope": a.scope, "target": a.domain or a.dept})
+    out["file_settings"] = d.list_convert_settings()  # docs/files.md: convert_over per domain and user
     return out
 
 
@@ -101,6 +103,8 @@ def import_(d: SyncDirectory, data: dict[str, Any], *, hash_check: Any = None) -
             for a in data.get("admins", []):
                 d.grant_admin(a["user"], a["scope"], a.get("target"))
                 counts["admins"] += 1
+            for f in data.get("file_settings", []):
+                d.set_convert_over(f["scope"], f["convert_over"])
         except KeyError as exc:
             raise DirectoryError(f"import: missing field {exc}") from None
         except Conflict as exc:

@@ -66,6 +66,26 @@ def test_settings_are_stored_listed_replaced_and_go_with_their_user(tmp_path: Pa
         sd.close()
 
 
+def test_settings_travel_with_an_export_and_import(tmp_path: Path) -> None:
+    from mailsrv.directory.exchange import export, import_
+
+    src = open_sync(Config().directory, tmp_path / "a")
+    dst = open_sync(Config().directory, tmp_path / "b")
+    try:
+        src.add_domain("example.test")
+        src.add_user(ALICE)
+        src.set_convert_over("example.test", 1000)
+        src.set_convert_over(ALICE, 0)
+        data = export(src)
+        assert data["file_settings"] == src.list_convert_settings()
+        import_(dst, data)
+        assert dst.list_convert_settings() == [{"scope": "example.test", "convert_over": 1000},
+                                               {"scope": ALICE, "convert_over": 0}]
+    finally:
+        src.close()
+        dst.close()
+
+
 async def test_a_domain_turns_conversion_on_and_a_user_of_it_off(backend: DirectoryBackend) -> None:
     reply = await send(backend, message(b"a" * 40_000))
     assert reply.startswith(b"250 ") and rows(backend) == []  # off setup-wide: sent as written
