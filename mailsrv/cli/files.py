@@ -73,11 +73,6 @@ def _owner(cfg: config_mod.Config, address: str) -> tuple[str, str]:
     return str(acct.id), acct.address
 
 
-def public_base(cfg: config_mod.Config) -> str:
-    """The URL prefix of links made outside a request: [files] public_url, [jmap] base_url, else the host name."""
-    return (cfg.files.public_url or cfg.jmap.base_url or f"https://{cfg.server.hostname}").rstrip("/")
-
-
 def _line(link: FileLink) -> dict[str, object]:
     return {"id": link.id, "owner": link.owner_name, **{k: v for k, v in link.to_json().items() if k != "id"}}
 
@@ -124,7 +119,9 @@ def cmd_add(args: argparse.Namespace) -> int:
             raise CliError(str(exc)) from None
     finally:
         store.close()
-    url = f"{public_base(cfg)}/f/{token}/{quote(link.name, safe='')}"
+    from mailsrv.files.convert import link_base
+
+    url = f"{link_base(cfg)}/f/{token}/{quote(link.name, safe='')}"
     if args.json:
         print(json.dumps({**_line(link), "url": url}, ensure_ascii=False))
     else:
