@@ -450,6 +450,12 @@ class ImapConfig:
     )
     max_unauth_commands: int = doc("Commands a connection may send before it authenticates.", 30, check=_positive)
     max_auth_failures: int = doc("Failed LOGIN/AUTHENTICATE attempts before the connection is closed.", 3, check=_positive)
+    acl_anyone: bool = doc(
+        'Let owners give folder rights to "anyone" / "authenticated" with SETACL (RFC 4314): every user of '
+        "the owner's domain (docs/shared-mailboxes.md). Off: refused, and existing such entries give nothing "
+        "(IMAP and JMAP).",
+        False,
+    )
 
 
 @dataclass(frozen=True)

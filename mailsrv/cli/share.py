@@ -21,10 +21,12 @@ from mailsrv.cli.directory import _run
 from mailsrv.directory import FolderRights, Grant, SyncDirectory
 from mailsrv.directory import rights as R
 from mailsrv.directory.scope import Actor
-from mailsrv.directory.types import DirectoryError
+from mailsrv.directory.types import AnyoneRights, DirectoryError
 
 
-def grant_dict(g: Grant | FolderRights) -> dict[str, Any]:
+def grant_dict(g: Grant | FolderRights | AnyoneRights) -> dict[str, Any]:
+    if isinstance(g, AnyoneRights):  # set over IMAP (SETACL) when [imap] acl_anyone allows it
+        return {"owner": g.owner.address, "grantee": g.identifier, "folder": g.mailbox, "rights": g.rights}
     if isinstance(g, FolderRights):
         return {"owner": g.owner.address, "grantee": g.grantee.address, "folder": g.mailbox, "rights": g.rights}
     return {"owner": g.owner.address, "grantee": g.grantee.address, "rights": g.rights}
@@ -67,10 +69,12 @@ def _revoke(cfg: config_mod.Config, d: SyncDirectory, actor: Actor, args: argpar
 def _list(cfg: config_mod.Config, d: SyncDirectory, actor: Actor, args: argparse.Namespace) -> Any:
     if args.user:
         actor.require_address(d, args.user)
-    grants: list[Grant | FolderRights] = list(d.list_grants(args.user))
+    grants: list[Grant | FolderRights | AnyoneRights] = list(d.list_grants(args.user))
     grants += d.all_folder_rights() if args.user is None else d.folder_rights_of(args.user) + d.folder_rights_for(args.user)
+    grants += d.anyone_rights(owner=args.user)
     if not actor.is_super:  # a scoped administrator sees the grants that concern users in scope
-        grants = [g for g in grants if actor.can_address(d, g.owner.address) or actor.can_address(d, g.grantee.address)]
+        grants = [g for g in grants if actor.can_address(d, g.owner.address)
+                  or (not isinstance(g, AnyoneRights) and actor.can_address(d, g.grantee.address))]
     return [grant_dict(g) for g in grants]
 
 

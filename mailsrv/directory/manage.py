@@ -541,25 +541,51 @@ class SyncDirectory(FileSettings, SqliteCore):
                        (*key, rights, time.time()))
             return True
 
+    def set_anyone_rights(self, owner: str, identifier: str, mailbox: str, rights: str | None) -> bool:
+        """Set (or remove, None / "") the ``anyone`` or ``authenticated`` entry of ``owner``'s folder
+        ``mailbox``: rights of every user of the owner's domain. True when something changed."""
+        if identifier not in ("anyone", "authenticated"):
+            raise DirectoryError("the identifier is anyone or authenticated")
+        if rights and (set(rights) - set(FOLDER_RIGHTS)):
+            raise DirectoryError(f"rights are letters among {FOLDER_RIGHTS}")
+        with self._tx() as db:
+            key = (self._login_id(owner), mailbox, identifier)
+            if not rights:
+                return db.execute("DELETE FROM folder_rights_anyone WHERE owner_id = ? AND mailbox = ? AND"
+                                  " identifier = ?", key).rowcount > 0
+            rights = "".join(r for r in FOLDER_RIGHTS if r in rights)
+            row = db.execute("SELECT rights FROM folder_rights_anyone WHERE owner_id = ? AND mailbox = ? AND"
+                             " identifier = ?", key).fetchone()
+            if row is not None and row[0] == rights:
+                return False
+            db.execute("INSERT INTO folder_rights_anyone (owner_id, mailbox, identifier, rights, created)"
+                       " VALUES (?, ?, ?, ?, ?) ON CONFLICT (owner_id, mailbox, identifier)"
+                       " DO UPDATE SET rights = excluded.rights", (*key, rights, time.time()))
+            return True
+
     def move_folder_rights(self, owner: int, old: str, new: str) -> int:
         """The owner renamed ``old`` (and its children) to ``new``: their ACL entries follow. Entries
         already at a new name (left by a deleted folder) are replaced."""
+        moved = 0
         with self._tx() as db:
             prefix = old + "/"
-            rows = db.execute("SELECT mailbox FROM folder_rights WHERE owner_id = ? AND (mailbox = ? OR"
-                              " substr(mailbox, 1, ?) = ?)", (owner, old, len(prefix), prefix)).fetchall()
-            names = {m for (m,) in rows if m == old or m.startswith(old + "/")}
-            for m in sorted(names):
-                target = new + m[len(old):]
-                db.execute("DELETE FROM folder_rights WHERE owner_id = ? AND mailbox = ?", (owner, target))
-                db.execute("UPDATE folder_rights SET mailbox = ? WHERE owner_id = ? AND mailbox = ?", (target, owner, m))
-            return len(names)
+            for table in _ACL_TABLES:
+                rows = db.execute(f"SELECT DISTINCT mailbox FROM {table} WHERE owner_id = ? AND (mailbox = ? OR"
+                                  " substr(mailbox, 1, ?) = ?)", (owner, old, len(prefix), prefix)).fetchall()
+                names = {m for (m,) in rows if m == old or m.startswith(prefix)}
+                for m in sorted(names):
+                    target = new + m[len(old):]
+                    db.execute(f"DELETE FROM {table} WHERE owner_id = ? AND mailbox = ?", (owner, target))
+                    db.execute(f"UPDATE {table} SET mailbox = ? WHERE owner_id = ? AND mailbox = ?", (target, owner, m))
+                moved += len(names)
+        return moved
 
     def drop_folder_rights(self, owner: int, mailbox: str) -> int:
         """The owner deleted ``mailbox``: its ACL entries go (its children keep theirs, as IMAP DELETE
         keeps the children)."""
         with self._tx() as db:
-            return db.execute("DELETE FROM folder_rights WHERE owner_id = ? AND mailbox = ?", (owner, mailbox)).rowcount
+            return sum(db.execute(f"DELETE FROM {table} WHERE owner_id = ? AND mailbox = ?", (owner, mailbox)).rowcount
+                       for table in _ACL_TABLES)
 
     def folder_changed(self, owner: int, op: str, name: str, other: str = "") -> int:
         """The owner's folder ``name`` was created ("create", ``other``: its parent), deleted
@@ -573,12 +599,20 @@ class SyncDirectory(FileSettings, SqliteCore):
     def inherit_folder_rights(self, owner: int, parent: str, child: str) -> int:
         """A new folder ``child`` gets a copy of ``parent``'s ACL entries (Dovecot's acl plugin does the
         same at CREATE), replacing any left at that name by a deleted folder."""
+        now = time.time()
         with self._tx() as db:
-            db.execute("DELETE FROM folder_rights WHERE owner_id = ? AND mailbox = ?", (owner, child))
+            self.drop_folder_rights(owner, child)
             return db.execute(
                 "INSERT INTO folder_rights (owner_id, mailbox, grantee_id, rights, created)"
                 " SELECT owner_id, ?, grantee_id, rights, ? FROM folder_rights WHERE owner_id = ? AND mailbox = ?",
-                (child, time.time(), owner, parent)).rowcount
+                (child, now, owner, parent)).rowcount + db.execute(
+                "INSERT INTO folder_rights_anyone (owner_id, mailbox, identifier, rights, created)"
+                " SELECT owner_id, ?, identifier, rights, ? FROM folder_rights_anyone WHERE owner_id = ? AND mailbox = ?",
+                (child, now, owner, parent)).rowcount
+
+
+#: the per-folder ACL tables (a folder's entries follow its renames in each)
+_ACL_TABLES = ("folder_rights", "folder_rights_anyone")
 
 
 def _split(text: str) -> tuple[str, ...]:

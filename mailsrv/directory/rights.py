@@ -37,34 +37,43 @@ def canonical(rights: frozenset[str] | str) -> str:
 
 @dataclass(slots=True)
 class OwnerShare:
-    """What one owner shares with the user: the account grant's rights (``""``: no account grant) and
-    the per-folder entries, which override it."""
+    """What one owner shares with the user: the account grant's rights (``""``: no account grant), the
+    per-folder entries naming the user, which override it, and the ``anyone`` / ``authenticated``
+    entries, which apply where neither of the others does (the more specific wins, as in Dovecot)."""
 
     owner: Any  # the owner's directory account (``mailsrv.directory.Account``)
     account: str = ""
     folders: dict[str, str] = field(default_factory=dict)
+    anyone: dict[str, str] = field(default_factory=dict)
 
     def rights(self, mailbox: str) -> str:
         """The user's rights on the owner's ``mailbox``."""
-        return self.folders.get(mailbox, self.account)
+        if mailbox in self.folders:
+            return self.folders[mailbox]
+        return self.account or self.anyone.get(mailbox, "")
+
+    def _all(self) -> list[str]:
+        return [self.account, *self.folders.values(), *self.anyone.values()]
 
     def changes_any(self) -> bool:
         """Does any folder of the owner's allow a change (JMAP: the account is not read-only)?"""
-        return may_change(self.account) or any(may_change(r) for r in self.folders.values())
+        return any(may_change(r) for r in self._all())
 
     def lists_any(self) -> bool:
         """Can any folder of the owner's be listed (``l``)? Else the owner stays out of LIST."""
-        return "l" in self.account or any("l" in r for r in self.folders.values())
+        return any("l" in r for r in self._all())
 
 
-def shares_by_owner(grants: Iterable[Any], entries: Iterable[Any]) -> dict[str, OwnerShare]:
+def shares_by_owner(grants: Iterable[Any], entries: Iterable[Any], anyone: Iterable[Any] = ()) -> dict[str, OwnerShare]:
     """owner address (lower case) -> :class:`OwnerShare`, from the directory's account grants
-    (``Grant``: owner, rights) and per-folder entries (``FolderRights``: owner, mailbox, rights)."""
+    (``Grant``: owner, rights), per-folder entries (``FolderRights``: owner, mailbox, rights) and
+    ``anyone`` entries (``AnyoneRights``; ``anyone`` and ``authenticated`` add up: both are every user)."""
     out: dict[str, OwnerShare] = {}
     for g in grants:
         out.setdefault(g.owner.address.lower(), OwnerShare(g.owner)).account = grant_letters(g.rights)
     for e in entries:
         out.setdefault(e.owner.address.lower(), OwnerShare(e.owner)).folders[e.mailbox] = e.rights
+    for a in anyone:
+        share = out.setdefault(a.owner.address.lower(), OwnerShare(a.owner))
+        share.anyone[a.mailbox] = canonical(share.anyone.get(a.mailbox, "") + a.rights)
     return out
-
-

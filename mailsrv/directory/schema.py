@@ -4,7 +4,8 @@ from __future__ import annotations
 
 VERSION = 4  # 2: policy_lists (issue 12; additive, created by re-running the DDL)
 #             3: grants and credential_generations (issue 8; additive)
-#             4: folder_rights (per-folder RFC 4314 ACLs; additive: account grants stay as they are)
+#             4: folder_rights, folder_rights_anyone (per-folder RFC 4314 ACLs; additive: account
+#                grants stay as they are)
 
 # One namespace for every address that receives mail: users, aliases, groups
 # and department addresses. A lookup at RCPT time is one primary-key probe.
@@ -127,6 +128,16 @@ CREATE TABLE IF NOT EXISTS folder_rights (
     CHECK (owner_id != grantee_id)
 );
 CREATE INDEX IF NOT EXISTS folder_rights_grantee ON folder_rights(grantee_id);
+-- RFC 4314 "anyone" / "authenticated" on a folder: every user of the owner's domain ([imap] acl_anyone);
+-- a user's own entry or account grant overrides it
+CREATE TABLE IF NOT EXISTS folder_rights_anyone (
+    owner_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    mailbox TEXT NOT NULL,
+    identifier TEXT NOT NULL CHECK (identifier IN ('anyone', 'authenticated')),
+    rights TEXT NOT NULL,
+    created REAL NOT NULL,
+    PRIMARY KEY (owner_id, mailbox, identifier)
+);
 -- bumped at every change of a user's login data (password, state, networks): cached logins compare it
 CREATE TABLE IF NOT EXISTS credential_generations (
     user_id INTEGER PRIMARY KEY REFERENCES users(id) ON DELETE CASCADE,

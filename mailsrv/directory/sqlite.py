@@ -23,6 +23,7 @@ from mailsrv.directory import schema
 from mailsrv.directory.types import (
     Account,
     AdminScope,
+    AnyoneRights,
     Credentials,
     DirectoryError,
     FailureState,
@@ -422,9 +423,41 @@ class SqliteCore:
         """Every per-folder ACL entry."""
         return self._folder_rights("1", ())
 
-    def shares_for(self, grantee: int) -> tuple[list[Grant], list[FolderRights]]:
-        """What is shared with ``grantee``: account grants and per-folder entries, in one pool call."""
-        return self.grants_for(grantee), self.folder_rights_for(grantee)
+    def anyone_rights(self, *, owner: int | str | None = None, mailbox: str | None = None,
+                      domain_of: int | None = None) -> list[AnyoneRights]:
+        """``anyone`` / ``authenticated`` entries: of ``owner`` (an id or address; of its ``mailbox``),
+        or those that reach user ``domain_of`` (the owners of their domain but themselves)."""
+        where: list[str] = ["1"]
+        params: list[Any] = []
+        if owner is not None:
+            oid = self._id_of(owner)
+            if oid is None:
+                return []
+            where.append("a.owner_id = ?")
+            params.append(oid)
+        if mailbox is not None:
+            where.append("a.mailbox = ?")
+            params.append(mailbox)
+        if domain_of is not None:
+            where.append("a.owner_id != ? AND o.domain_id = (SELECT domain_id FROM users WHERE id = ?)")
+            params += [domain_of, domain_of]
+        rows = self.db.execute(
+            "SELECT a.owner_id, a.identifier, a.mailbox, a.rights FROM folder_rights_anyone a"
+            f" JOIN users o ON o.id = a.owner_id WHERE {' AND '.join(where)} ORDER BY a.owner_id, a.mailbox",
+            params).fetchall()
+        out = []
+        for owner_id, identifier, name, rights in rows:
+            acct = self.account(owner_id)
+            if acct is not None:
+                out.append(AnyoneRights(acct, identifier, name, rights))
+        return out
+
+    def shares_for(self, grantee: int, anyone: bool = False) -> tuple[list[Grant], list[FolderRights],
+                                                                      list[AnyoneRights]]:
+        """What is shared with ``grantee``: account grants, per-folder entries and (with ``anyone``)
+        the ``anyone`` entries of the owners of their domain, in one pool call."""
+        return (self.grants_for(grantee), self.folder_rights_for(grantee),
+                self.anyone_rights(domain_of=grantee) if anyone else [])
 
     def list_grants(self, user: str | None = None) -> list[Grant]:
         """Every grant, or those where ``user`` is the owner or the grantee."""

@@ -148,6 +148,17 @@ class FolderRights:
 
 
 @dataclass(frozen=True, slots=True)
+class AnyoneRights:
+    """An RFC 4314 ``anyone`` / ``authenticated`` entry on ``owner``'s folder ``mailbox``: the rights of
+    every user of the owner's domain who holds no entry or account grant of their own there."""
+
+    owner: Account
+    identifier: str  # "anyone" or "authenticated"
+    mailbox: str
+    rights: str
+
+
+@dataclass(frozen=True, slots=True)
 class LoginStamp:
     """What a cached login is checked against (cheap, no hash): it is still good while the
     generation is the one it was made with and ``usable`` holds."""

@@ -22,7 +22,7 @@ RFC        what                            status  notes
 6851       MOVE                            yes
 2342       NAMESPACE                       yes     personal "" and Other Users "Other Users/" (shares)
 4314       ACL, RIGHTS=texk                partial per-folder ACLs (any of lrswipkxtea per user), account
-                                                   grants as every folder's default; no anyone/negative
+                                                   grants as every folder's default; no negative rights
 5530       response codes                  yes     NOPERM for operations a share does not allow
 2971       ID                              yes
 5161       ENABLE                          yes     CONDSTORE QRESYNC IMAP4rev2 UTF8=ACCEPT

@@ -114,7 +114,8 @@ class ImapService:
         self.search = search if search is not None else ctx.resources.get("search")
         # shared mailboxes (sharing.py): the worker's directory, or the one the authenticator uses
         directory = ctx.resources.get("directory") or getattr(self.auth, "directory", None)
-        self.shares = Shares(directory) if directory is not None and hasattr(directory, "grants_for") else None
+        self.shares = (Shares(directory, anyone=ctx.config.imap.acl_anyone)
+                       if directory is not None and hasattr(directory, "grants_for") else None)
         icfg = ctx.config.imap
         self.session_config = session_config or SessionConfig(
             hostname=ctx.hostname,

@@ -36,6 +36,8 @@ logger = log.get("imap")
 
 #: RFC 4314 §6 / RFC 5530: what a refused command answers
 NOPERM = "NOPERM"
+#: RFC 4314 §2: the identifiers of every user (here: every user of the owner's domain)
+ANYONE = ("anyone", "authenticated")
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,25 +65,28 @@ class Shares:
     """What the IMAP session asks the directory about shares; nothing is cached (a grant or a
     revoke is seen at the next call). ``directory``: ``mailsrv.directory.Directory``."""
 
-    def __init__(self, directory: Any) -> None:
+    def __init__(self, directory: Any, *, anyone: bool = False) -> None:
         self.directory = directory
+        #: ``[imap] acl_anyone``: "anyone" / "authenticated" entries may be set and count
+        self.anyone = anyone
 
     async def of(self, user: Any) -> dict[str, acl.OwnerShare]:
         """What is shared with ``user``, by owner address (lower case): one directory query."""
-        grants, entries = await self.directory.run(lambda d: d.shares_for(int(user.id)))
-        return acl.shares_by_owner(grants, entries)
+        found = await self.directory.run(lambda d: d.shares_for(int(user.id), self.anyone))
+        return acl.shares_by_owner(*found)
 
     async def acl(self, owner: Any, mailbox: str) -> dict[str, tuple[Any, str, str]]:
         """``owner``'s ``mailbox``'s ACL: grantee address (lower case) -> (grantee account, the
         account grant's rights or "", the rights there: "" when an entry takes the account grant's away)."""
         oid = int(owner.id)
 
-        def read(d: Any) -> tuple[list[Any], list[Any]]:
+        def read(d: Any) -> tuple[list[Any], list[Any], list[Any]]:
             return ([g for g in d.list_grants(owner.address) if g.owner.id == oid],
-                    d.folder_rights_of(oid, mailbox))
+                    d.folder_rights_of(oid, mailbox),
+                    d.anyone_rights(owner=oid, mailbox=mailbox) if self.anyone else [])
 
-        grants, entries = await self.directory.run(read)
-        out: dict[str, tuple[Any, str, str]] = {}
+        grants, entries, anyone = await self.directory.run(read)
+        out: dict[str, tuple[Any, str, str]] = {a.identifier: (None, "", a.rights) for a in anyone}
         for g in grants:
             letters = acl.grant_letters(g.rights)
             out[g.grantee.address.lower()] = (g.grantee, letters, letters)
@@ -91,8 +96,11 @@ class Shares:
         return out
 
     async def set_folder(self, owner: str, grantee: str, mailbox: str, rights: str | None) -> bool:
-        """Set (or remove, None) ``grantee``'s entry on ``owner``'s ``mailbox``; True when something
-        changed. Raises the directory's errors (an unknown grantee)."""
+        """Set (or remove, None) ``grantee``'s entry on ``owner``'s ``mailbox`` (``anyone`` /
+        ``authenticated``: that entry); True when something changed. Raises the directory's errors
+        (an unknown grantee)."""
+        if grantee in ANYONE:
+            return bool(await self.directory.run(lambda d: d.set_anyone_rights(owner, grantee, mailbox, rights)))
         return bool(await self.directory.run(lambda d: d.set_folder_rights(owner, grantee, mailbox, rights)))
 
     async def folder_changed(self, owner_id: int, op: str, name: str, new: str = "") -> None:
@@ -332,11 +340,12 @@ class SharingCommands:
         place = await self._acl_place(cmd, "a")  # RFC 4314 §4: SETACL / DELETEACL need "a"
         grantee = cmd.args["identifier"].decode("utf-8", "replace").strip().lower()
         owner = self._owner_address(place).lower()
-        if grantee in ("anyone", "authenticated") or grantee.startswith("-") or "@" not in grantee:
+        anyone = grantee in ANYONE and self.shares is not None and self.shares.anyone
+        if not anyone and (grantee in ANYONE or grantee.startswith("-") or "@" not in grantee):
             raise ImapError("NO", "Rights are given to users by address (no groups, no negative rights)", "CANNOT")
         if grantee == owner:
             raise ImapError("NO", "The owner always has every right", "CANNOT")
-        if grantee.rpartition("@")[2] != owner.rpartition("@")[2]:
+        if not anyone and grantee.rpartition("@")[2] != owner.rpartition("@")[2]:
             # a tenant's users share among themselves; across domains an administrator decides
             raise ImapError("NO", "Shares with other domains are made by an administrator (mailsrv share grant)",
                             "CANNOT")
@@ -348,7 +357,8 @@ class SharingCommands:
         if wanted == current:
             return
         try:
-            await self.shares.set_folder(owner, grantee, place.name, acl.stored_entry(wanted, account))
+            await self.shares.set_folder(owner, grantee, place.name,
+                                         wanted or None if anyone else acl.stored_entry(wanted, account))
         except DirectoryError as exc:  # an unknown grantee, the owner under an alias
             raise ImapError("NO", f"Cannot change the ACL: {str(exc)[:100]}", "CANNOT") from None
         logger.info("imap.acl_changed", owner=owner, mailbox=place.name, grantee=grantee, rights=wanted or "none")

@@ -720,7 +720,7 @@ class JmapService:
         grants: GrantsSource | None = None
         hook: FolderHook | None = None
         if directory is not None:
-            grants, hook = directory_sources(directory)
+            grants, hook = directory_sources(directory, anyone=cfg.imap.acl_anyone)  # as IMAP's ACL
 
         app = JmapApp(cfg.jmap, res["auth"], factory, uploads, secret, tls=self.ctx.listener.tls == "implicit",
                       submitter=submitter, limiter=self.limiter, grants=grants, folder_hook=hook)

@@ -33,12 +33,14 @@ from mailsrv.jmap.errors import SetError
 FolderHook = Callable[[int, str, str, str], Awaitable[None]]
 
 
-def directory_sources(directory: Any) -> tuple[Callable[[Any], Awaitable[list[OwnerShare]]], FolderHook]:
+def directory_sources(directory: Any, *, anyone: bool = False) -> tuple[Callable[[Any], Awaitable[list[OwnerShare]]],
+                                                                        FolderHook]:
     """For the JMAP server over ``directory`` (``mailsrv.directory.Directory``): what is shared with a
-    principal (read at each request, one query), and the hook that carries ACL entries along."""
+    principal (read at each request, one query; ``anyone``: ``[imap] acl_anyone``), and the hook that
+    carries ACL entries along."""
     async def shares(p: Any) -> list[OwnerShare]:
-        found, entries = await directory.run(lambda d: d.shares_for(int(p.id)))
-        return list(shares_by_owner(found, entries).values())
+        found = await directory.run(lambda d: d.shares_for(int(p.id), anyone))
+        return list(shares_by_owner(*found).values())
 
     async def folder_changed(owner_id: int, op: str, name: str, other: str) -> None:
         await directory.run(lambda d: d.folder_changed(owner_id, op, name, other))

@@ -143,8 +143,8 @@ def test_folder_rights_set_move_drop_inherit(users: SyncDirectory) -> None:
     assert [(e.mailbox, e.grantee.address, e.rights) for e in users.folder_rights_of(A)] == [
         ("Work", B, "lr"), ("Work", C, "lrswipkxtea"), ("Work/Q1", B, "")]
     assert [e.mailbox for e in users.folder_rights_for(B)] == ["Work", "Work/Q1"]
-    grants, entries = users.shares_for(users.account_by_address(B).id)  # type: ignore[union-attr]
-    assert grants == [] and len(entries) == 2
+    grants, entries, anyone = users.shares_for(users.account_by_address(B).id)  # type: ignore[union-attr]
+    assert grants == [] and len(entries) == 2 and anyone == []
     with pytest.raises(DirectoryError, match="letters"):
         users.set_folder_rights(A, B, "Work", "lrQ")
     with pytest.raises(DirectoryError, match="own account"):
@@ -182,3 +182,26 @@ def test_migration_from_version_3_adds_folder_rights_and_keeps_grants(db_path: P
         assert d.set_folder_rights("alice@example.test", "bob@example.test", "INBOX", "lr")
     finally:
         d.close()
+
+
+def test_anyone_entries_reach_the_owners_domain_and_follow_the_folder(users: SyncDirectory) -> None:
+    A, B = "alice@example.test", "bob@example.test"
+    users.add_domain("other.test")
+    users.add_user("dave@other.test", password_hash="h")
+    alice, bob, dave = (users.account_by_address(x) for x in (A, B, "dave@other.test"))
+    assert alice is not None and bob is not None and dave is not None
+    assert users.set_anyone_rights(A, "anyone", "Team", "rl") is True
+    assert users.set_anyone_rights(A, "anyone", "Team", "lr") is False
+    users.set_anyone_rights(A, "authenticated", "Team", "s")
+    with pytest.raises(DirectoryError, match="anyone or authenticated"):
+        users.set_anyone_rights(A, "everyone", "Team", "lr")
+    assert [(e.identifier, e.rights) for e in users.anyone_rights(domain_of=bob.id)] == [
+        ("anyone", "lr"), ("authenticated", "s")]
+    assert users.anyone_rights(domain_of=alice.id) == [] and users.anyone_rights(domain_of=dave.id) == []
+    assert len(users.shares_for(bob.id, True)[2]) == 2 and users.shares_for(bob.id)[2] == []
+    users.move_folder_rights(alice.id, "Team", "Crew")
+    users.inherit_folder_rights(alice.id, "Crew", "Crew/Sub")
+    assert sorted({e.mailbox for e in users.anyone_rights(owner=A)}) == ["Crew", "Crew/Sub"]
+    users.drop_folder_rights(alice.id, "Crew")
+    assert users.set_anyone_rights(A, "anyone", "Crew/Sub", "") is True  # removed
+    assert [e.identifier for e in users.anyone_rights(owner=alice.id)] == ["authenticated"]

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mailsrv.config import Config, LimitsConfig, ListenerConfig, ServerConfig, TlsConfig
+from mailsrv.config import Config, ImapConfig, LimitsConfig, ListenerConfig, ServerConfig, TlsConfig
 from mailsrv.imap.memory import MemoryAuth, MemoryStore
 from mailsrv.imap.server import ImapService
 from mailsrv.imap.session import SessionConfig
@@ -41,8 +41,9 @@ def start_server(*, tls: str = "none", ssl_context: ssl.SSLContext | None = None
                  session_config: SessionConfig | None = None, limits: LimitsConfig | None = None,
                  max_line_length: int | None = None, setup: Any = None,
                  teardown: Any = None, data_dir: Path | None = None,
-                 tls_files: tuple[Path, Path] | None = None) -> tuple[ServerHandle, Any]:
-    """Serve IMAP on 127.0.0.1:0. ``setup()`` (a coroutine function run on the server loop)
+                 tls_files: tuple[Path, Path] | None = None,
+                 imap: ImapConfig | None = None) -> tuple[ServerHandle, Any]:
+    """Serve IMAP on 127.0.0.1:0 (``imap``: the ``[imap]`` section, default values without it). ``setup()`` (a coroutine function run on the server loop)
     returns ``(auth, store)`` or ``(auth, store, search)`` to use instead of the in-memory ones; ``teardown(store)`` closes them."""
     loop = asyncio.new_event_loop()
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -55,7 +56,7 @@ def start_server(*, tls: str = "none", ssl_context: ssl.SSLContext | None = None
     limits = limits or LimitsConfig()
     server_cfg = ServerConfig(data_dir=data_dir or Path("/nonexistent/mailsrv-test"))
     tls_cfg = TlsConfig(cert=tls_files[0], key=tls_files[1]) if tls_files else TlsConfig()
-    cfg = Config(server=server_cfg, tls=tls_cfg, limits=limits, listener={"imap": lcfg})
+    cfg = Config(server=server_cfg, tls=tls_cfg, limits=limits, listener={"imap": lcfg}, imap=imap or ImapConfig())
     ctx = ServiceContext(config=cfg, name="imap", listener=lcfg, ssl_context=ssl_context)
     started = threading.Event()
     holder: dict[str, Any] = {}

@@ -6,8 +6,9 @@ grantee's SELECT leaves the owner's \\Recent alone (real directory, maildir stor
 from __future__ import annotations
 
 import imaplib
+from pathlib import Path
 
-from imaptest import Raw, ServerHandle
+from imaptest import Raw, ServerHandle, serve_real_store
 from support.admin import cli
 from test_shared_acl import (
     ALICE,
@@ -24,7 +25,7 @@ from test_shared_acl import (
     srv,
 )
 
-from mailsrv.config import DirectoryConfig
+from mailsrv.config import DirectoryConfig, ImapConfig
 from mailsrv.directory import open_sync
 
 __all__ = ["alice", "srv"]  # fixtures shared with test_shared_acl
@@ -172,3 +173,50 @@ def test_cli_share_grant_folder_and_imaplib(srv: ServerHandle, alice: Raw) -> No
         assert typ == "NO" and b"NONEXISTENT" in data[0]
     finally:
         c.logout()
+
+
+def test_anyone_needs_the_switch_then_reaches_the_owners_domain_only(tmp_path: Path) -> None:
+    users = (ALICE, BOB, CAROL, "dave@other.test")
+    with serve_real_store(tmp_path, users=users[:3], imap=ImapConfig(acl_anyone=True)) as on:
+        on.extra.update(dir=tmp_path, clients=[])
+        d = open_sync(DirectoryConfig(), tmp_path)
+        d.add_domain("other.test")
+        bob_login = d.credentials(BOB)
+        assert bob_login is not None
+        d.add_user(users[3], password_hash=bob_login.password_hash, scram=bob_login.scram)  # "wonderland" too
+        d.close()
+        a = login(on, ALICE)
+        ok(a, b"c CREATE Team")
+        assert append(a, "Team", msg("for all"))[-1].startswith(b"a OK")
+        ok(a, b"s SETACL Team anyone lr")
+        ok(a, b"s SETACL Team authenticated +s")
+        ok(a, b"s SETACL Team bob@example.test lrw")  # bob's own entry wins over anyone's
+        assert ok(a, b"g GETACL Team")[0] == (b"* ACL Team alice@example.test lrswipkxteacd anyone lr "
+                                              b"authenticated s bob@example.test lrw\r\n")
+        team = b'"Other Users/alice@example.test/Team"'
+        carol, bob, dave = login(on, CAROL), login(on, BOB), login(on, users[3])
+        assert team in b"".join(ok(carol, b'l LIST "" "*"'))
+        assert ok(carol, b"m MYRIGHTS " + team)[0].endswith(b" lrs\r\n")
+        assert ok(bob, b"m MYRIGHTS " + team)[0].endswith(b" lrw\r\n")
+        assert b"Other Users" not in b"".join(ok(dave, b'l LIST "" "*"'))  # another domain
+        refused(dave, b"s SELECT " + team, b"NONEXISTENT")
+        assert b"Team" not in b"".join(ok(carol, b'l LIST "" "Other Users/*/INBOX"'))
+        ok(a, b"r RENAME Team Everyone")  # the entry follows
+        assert ok(carol, b'm MYRIGHTS "Other Users/alice@example.test/Everyone"')[0].endswith(b" lrs\r\n")
+        ok(a, b"d DELETEACL Everyone anyone")
+        ok(a, b"d DELETEACL Everyone authenticated")
+        refused(carol, b'm MYRIGHTS "Other Users/alice@example.test/Everyone"', b"NONEXISTENT")
+        for c in on.extra["clients"]:
+            c.close()
+    # without the switch (the default): refused, and an entry left in the directory gives nothing
+    with serve_real_store(tmp_path / "off", users=(ALICE, CAROL)) as off:
+        off.extra.update(dir=tmp_path / "off", clients=[])
+        d = open_sync(DirectoryConfig(), tmp_path / "off")
+        d.set_anyone_rights(ALICE, "anyone", "INBOX", "lr")
+        d.close()
+        a, carol = login(off, ALICE), login(off, CAROL)
+        refused(a, b"s SETACL INBOX anyone lr", b"CANNOT")
+        assert b"Other Users" not in b"".join(ok(carol, b'l LIST "" "*"'))
+        assert ok(a, b"g GETACL INBOX")[0] == b"* ACL INBOX alice@example.test lrswipkxteacd\r\n"
+        for c in off.extra["clients"]:
+            c.close()
