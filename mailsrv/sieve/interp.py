@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta, timezone
 from email.utils import format_datetime, parsedate_to_datetime
@@ -606,34 +606,31 @@ def _in_zone(dt: datetime, zone: str | None) -> datetime:
     return dt.astimezone(timezone(timedelta(minutes=-minutes if zone[0] == "-" else minutes)))
 
 
+#: RFC 5260 §4.2: each date-part of a date as the test compares it
+_DATE_PARTS: dict[str, Callable[[datetime], str]] = {
+    "year": lambda d: f"{d.year:04d}",
+    "month": lambda d: f"{d.month:02d}",
+    "day": lambda d: f"{d.day:02d}",
+    "date": lambda d: f"{d.year:04d}-{d.month:02d}-{d.day:02d}",
+    "julian": lambda d: str((d.date() - date(1858, 11, 17)).days),  # the Modified Julian Day
+    "hour": lambda d: f"{d.hour:02d}",
+    "minute": lambda d: f"{d.minute:02d}",
+    "second": lambda d: f"{d.second:02d}",
+    "time": lambda d: f"{d.hour:02d}:{d.minute:02d}:{d.second:02d}",
+    "iso8601": lambda d: d.replace(microsecond=0).isoformat(),
+    "std11": format_datetime,
+    "zone": lambda d: _zone(int((d.utcoffset() or timedelta()).total_seconds()) // 60),
+    "weekday": lambda d: str(d.isoweekday() % 7),  # 0 is Sunday
+}
+
+
+def _zone(minutes: int) -> str:
+    return f"{'-' if minutes < 0 else '+'}{abs(minutes) // 60:02d}{abs(minutes) % 60:02d}"
+
+
 def _date_part(dt: datetime, part: str) -> str:
     """RFC 5260 §4.2: one date-part of ``dt`` as the test compares it."""
-    if part == "year":
-        return f"{dt.year:04d}"
-    if part == "month":
-        return f"{dt.month:02d}"
-    if part == "day":
-        return f"{dt.day:02d}"
-    if part == "date":
-        return f"{dt.year:04d}-{dt.month:02d}-{dt.day:02d}"
-    if part == "julian":  # the Modified Julian Day: days since 1858-11-17
-        return str((dt.date() - date(1858, 11, 17)).days)
-    if part == "hour":
-        return f"{dt.hour:02d}"
-    if part == "minute":
-        return f"{dt.minute:02d}"
-    if part == "second":
-        return f"{dt.second:02d}"
-    if part == "time":
-        return f"{dt.hour:02d}:{dt.minute:02d}:{dt.second:02d}"
-    if part == "iso8601":
-        return dt.replace(microsecond=0).isoformat()
-    if part == "std11":
-        return format_datetime(dt)
-    if part == "zone":
-        off = int((dt.utcoffset() or timedelta()).total_seconds()) // 60
-        return f"{'-' if off < 0 else '+'}{abs(off) // 60:02d}{abs(off) % 60:02d}"
-    return str(dt.isoweekday() % 7)  # weekday: 0 is Sunday
+    return _DATE_PARTS[part](dt)
 
 
 def _body(raw: bytes, transform: str, types: tuple[str, ...]) -> list[str]:

@@ -59,6 +59,15 @@ if header :contains "subject" "invoice" {
 
 
 
+def add_users(cfg: Any, users: dict[str, str], names: tuple[str, ...], pw: str, *extra: str) -> None:
+    """``mailsrv user add`` each of ``names`` (users of D) with password ``pw``, noted in ``users``."""
+    for name in names:
+        p = subprocess.run(mailsrv_cmd("user", "add", f"{name}@{D}", "--password-stdin", *extra, "-c", str(cfg)),
+                           input=pw + "\n", capture_output=True, text=True)
+        assert p.returncode == 0, p.stderr
+        users[f"{name}@{D}"] = pw
+
+
 def activate(cfg: Any, scripts: dict[str, str]) -> None:
     """Store each ``user -> script`` of ``scripts`` as the user's active script "main" (users of D)."""
     conf = load(cfg)
@@ -74,12 +83,8 @@ def server(tmp_path_factory: pytest.TempPathFactory, sink: Sink) -> Iterator[Any
     base = tmp_path_factory.mktemp("sieve")
     cfg = init_setup(base / "s", "--demo", workers=2)
     users = dict(re.findall(r"demo user (\S+) password (\S+)", (base / "s" / "demo-users.txt").read_text()))
-    for name in ("carol", "dave", "erin", "frank", "gina", "hank", "ivan", "jack", "kate", "nora", "olga"):
-        extra = ["--send-outside", "no"] if name == "dave" else []
-        p = subprocess.run(mailsrv_cmd("user", "add", f"{name}@{D}", "--password-stdin", *extra, "-c", str(cfg)),
-                           input=PW + "\n", capture_output=True, text=True)
-        assert p.returncode == 0, p.stderr
-        users[f"{name}@{D}"] = PW
+    add_users(cfg, users, ("carol", "erin", "frank", "gina", "hank", "ivan", "jack", "kate", "nora", "olga"), PW)
+    add_users(cfg, users, ("dave",), PW, "--send-outside", "no")
     with socket.socket() as closed:  # a port with no listener: connections to it are refused
         closed.bind(("127.0.0.1", 0))
         dead = closed.getsockname()[1]

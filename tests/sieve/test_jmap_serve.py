@@ -17,7 +17,7 @@ import pytest
 from sievesink import Sink
 from support.admin import cli
 from support.server import init_setup, mailsrv_cmd, serve_users, wait_until
-from test_delivery_serve import activate, folder, imap, send, sunk
+from test_delivery_serve import activate, add_users, folder, imap, send, sunk
 
 D = "example.test"
 PW = "sieve jmap test password"
@@ -36,11 +36,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, sink: Sink) -> Iterator[Any
     base = tmp_path_factory.mktemp("sievejmap")
     cfg = init_setup(base / "s", "--demo", workers=2)
     users = dict(re.findall(r"demo user (\S+) password (\S+)", (base / "s" / "demo-users.txt").read_text()))
-    for name in ("carol", "dave", "erin"):
-        p = subprocess.run(mailsrv_cmd("user", "add", f"{name}@{D}", "--password-stdin", "-c", str(cfg)),
-                           input=PW + "\n", capture_output=True, text=True)
-        assert p.returncode == 0, p.stderr
-        users[f"{name}@{D}"] = PW
+    add_users(cfg, users, ("carol", "dave", "erin"), PW)
     with open(cfg, "a") as fh:
         fh.write(f'\n[queue.route."remote.test"]\nsmarthost = "127.0.0.1:{sink.port}"\ntls = "none"\n')
     cli(cfg, "group", "add", f"crew@{D}")
@@ -127,16 +123,21 @@ def test_group_member_reject_is_told_to_the_submitter(server: Any) -> None:
     assert "monthly report" not in folder(server, f"dave@{D}", "INBOX")
 
 
+def vacation_on(srv: Any, user: str) -> None:
+    """``user``'s JMAP VacationResponse enabled ("JMAP says: away")."""
+    t = token(srv, user)
+    r = api(srv, t, ["VacationResponse/set", {"accountId": _account(srv, t), "update": {
+        "singleton": {"isEnabled": True, "subject": "Out of office", "textBody": "JMAP says: away"}}}, "v"])
+    assert r[0][1]["updated"] == {"singleton": None}, r
+
+
 def _replies(sink: Sink, to: str) -> list[email.message.Message]:
     return [m for m in sunk(sink) if m["X-Env-To"] == to and m["X-Env-From"] in ("", "<>")]  # the null reverse path
 
 
 def test_sieve_vacation_and_jmap_vacation_response_reply_once(server: Any, sink: Sink) -> None:
     erin = f"erin@{D}"
-    t = token(server, erin)
-    r = api(server, t, ["VacationResponse/set", {"accountId": _account(server, t), "update": {
-        "singleton": {"isEnabled": True, "subject": "Out of office", "textBody": "JMAP says: away"}}}, "v"])
-    assert r[0][1]["updated"] == {"singleton": None}, r
+    vacation_on(server, erin)
     mark = server.mark()
     # the script's vacation answers this one: the JMAP watcher stays silent for its sender
     send(server, "urgent: the server is down", [erin], sender="x1@remote.test", to=erin)
@@ -171,10 +172,7 @@ def _account(srv: Any, bearer: str) -> str:
 
 def test_jmap_vacation_reply_silences_a_later_sieve_vacation(server: Any, sink: Sink) -> None:
     erin = f"erin@{D}"
-    t = token(server, erin)
-    r = api(server, t, ["VacationResponse/set", {"accountId": _account(server, t), "update": {
-        "singleton": {"isEnabled": True, "subject": "Out of office", "textBody": "JMAP says: away"}}}, "v"])
-    assert r[0][1]["updated"] == {"singleton": None}, r
+    vacation_on(server, erin)
     # the script does not answer this one: the JMAP VacationResponse does
     send(server, "a quiet question", [erin], sender="x3@remote.test", to=erin)
     wait_until(lambda: _replies(sink, "x3@remote.test") != [], timeout=60)

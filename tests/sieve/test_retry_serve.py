@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 from sievesink import Sink
 from support.admin import cli
-from support.server import init_setup, mailsrv_cmd, serve_users, wait_until
-from test_delivery_serve import activate, folder, imap, send, sunk_to
+from support.server import init_setup, serve_users, wait_until
+from test_delivery_serve import activate, add_users, folder, imap, send, sunk_to
 
 from mailsrv.config import load
 from mailsrv.delivery.sieve_ledger import LEDGER_DB
@@ -33,10 +33,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, sink: Sink) -> Iterator[Any
     base = tmp_path_factory.mktemp("sieveretry")
     cfg = init_setup(base / "s", "--demo", workers=1)
     users = dict(re.findall(r"demo user (\S+) password (\S+)", (base / "s" / "demo-users.txt").read_text()))
-    p = subprocess.run(mailsrv_cmd("user", "add", f"lena@{D}", "--password-stdin", "-c", str(cfg)),
-                       input=PW + "\n", capture_output=True, text=True)
-    assert p.returncode == 0, p.stderr
-    users[f"lena@{D}"] = PW
+    add_users(cfg, users, ("lena",), PW)
     with open(cfg, "a") as fh:
         fh.write(f'\n[queue.route."remote.test"]\nsmarthost = "127.0.0.1:{sink.port}"\ntls = "none"\n')
     activate(cfg, {"lena": SCRIPT})
