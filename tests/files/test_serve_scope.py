@@ -1,6 +1,6 @@
 """convert_over per domain and per user under a real ``mailsrv serve`` ([files] convert_over = 0): set with
 ``mailsrv files convert`` before the start and while it runs (the worker sees the change within seconds,
-no reload)."""
+no reload); and the download rate limit of its config, with curl."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     base = tmp_path_factory.mktemp("convert_scope")
     cfg = init_setup(base / "s", "--demo", workers=1)
     with open(cfg, "a") as f:
-        f.write(f'\n[files]\nconvert_over = 0\npublic_url = "{BASE}"\n')
+        f.write(f'\n[files]\nconvert_over = 0\npublic_url = "{BASE}"\ndownload_rate_per_ip = 2\n')
     convert(cfg, "example.test", "100K")  # the domain converts...
     convert(cfg, BOB, "off")  # ...but not for bob
     users = dict(re.findall(r"demo user (\S+) password (\S+)", (base / "s" / "demo-users.txt").read_text()))
@@ -60,3 +60,23 @@ def test_a_change_applies_without_a_reload(server: ServerProcess) -> None:
     convert(server.cfg, "example.test", "off")
     wait_until(lambda: not sent_as_link(server, ALICE, f"alice after the domain went off {next(tries)}"),
                timeout=60, interval=0.05)
+
+
+def test_downloads_past_the_configured_rate_get_429(server: ServerProcess, tmp_path: Any) -> None:
+    src = tmp_path / "f.bin"
+    src.write_bytes(b"x" * 1000)
+    p = subprocess.run(mailsrv_cmd("files", "add", ALICE, str(src), "-c", str(server.cfg)), capture_output=True,
+                       text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    url = p.stdout.splitlines()[0].replace(BASE, f"https://127.0.0.1:{server.ports['jmaps']}")
+
+    def curl(*extra: str) -> str:
+        out = subprocess.run(["curl", "-sS", "--cacert", str(server.cfg.parent / "tls" / "cert.pem"), "-o",
+                              "/dev/null", "-D", "-", *extra, url], capture_output=True, text=True, timeout=60)
+        return out.stdout.lower()
+
+    assert curl().startswith("http/1.1 200") and curl("-I").startswith("http/1.1 200")  # HEAD counts too
+    third = curl()
+    assert third.startswith("http/1.1 429")
+    wait = int(re.search(r"^retry-after: (\d+)", third, re.M).group(1))  # type: ignore[union-attr]
+    assert 1 <= wait <= 30  # 2 a minute: the next one within 30 s
