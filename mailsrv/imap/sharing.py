@@ -351,6 +351,9 @@ class SharingCommands:
                             "CANNOT")
         if self.shares is None:
             raise ImapError("NO", "Sharing is not available here", "CANNOT")
+        if not anyone:  # an alias names its user: the entry is the user's (by their address)
+            found = await self.shares.account(grantee)
+            grantee = found.address.lower() if found is not None else grantee
         entries = await self._entries(place)
         _acct, account, current = entries.get(grantee, (None, "", ""))
         wanted = acl.canonical(acl.modified(current, mode, rights))

@@ -19,6 +19,7 @@ from typing import Any
 from mailsrv.directory.rights import OwnerShare, shares_by_owner
 from mailsrv.jmap.backend import (
     UNCHANGED,
+    ChangeSet,
     EmailMeta,
     MailBackend,
     Mailbox,
@@ -160,6 +161,20 @@ class SharedFolders:
             return None
         result: Path | None = await inner(blob_id)
         return result
+
+    async def changes(self, type_: str, since: str, max_changes: int | None) -> ChangeSet:
+        """The owner's changes without the ids of emails and mailboxes the grantee cannot see (one that
+        became hidden is not reported destroyed: its id simply stops resolving)."""
+        cs = await self.be.changes(type_, since, max_changes)
+        if type_ == "Email":
+            visible = {m.id for m in await self.emails()}
+        elif type_ == "Mailbox":
+            visible = {m.id for m in await self.mailboxes()}
+        else:
+            return cs
+        cs.created = [i for i in cs.created if i in visible]
+        cs.updated = [i for i in cs.updated if i in visible]
+        return cs
 
     # -- changes -----------------------------------------------------------------------------------
 

@@ -113,6 +113,9 @@ def test_k_x_and_a_make_remove_and_administer_folders(srv: ServerHandle, alice: 
     assert acl == b'* ACL "Other Users/alice@example.test/Projects" alice@example.test lrswipkxteacd ' \
                   b"bob@example.test lra\r\n"
     ok(bob, b"s SETACL " + box("Projects") + b" carol@example.test lr")
+    ok(alice, b"s SETACL Projects CAROL@example.test +s")  # by any spelling of her address
+    assert ok(alice, b"g GETACL Projects")[0].endswith(b" carol@example.test lrs\r\n")
+    ok(alice, b"s SETACL Projects carol@example.test -s")
     refused(bob, b"s SETACL " + box("Projects") + b" alice@example.test lr", b"CANNOT")
     assert ok(bob, b"r LISTRIGHTS " + box("Projects") + b" alice@example.test")[0].endswith(b" lrswipkxteacd\r\n")
     carol = login(srv, CAROL)

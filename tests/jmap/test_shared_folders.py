@@ -81,3 +81,26 @@ async def test_folder_rights_shape_the_shared_account(env: Env) -> None:
     assert in_inbox not in (await bob.one("Email/query", {}))["ids"]
     env.cli("share", "revoke", ALICE, BOB)
     assert a_id not in (await session(bob))["accounts"]
+
+
+async def test_changes_leave_out_what_the_grantee_cannot_see(env: Env) -> None:
+    alice, bob = env.client(ALICE), env.client(BOB)
+    a_id = await own(alice)
+    await own(bob)
+    projects, _ = await put(alice, "Projects", "first")
+    private, _ = await put(alice, "Private", "secret")
+    env.cli("share", "grant", ALICE, BOB, "--folder", "Projects", "--rights", "lr")
+    bob.account_id = a_id
+    state = (await bob.one("Email/get", {"ids": []}))["state"]
+    mstate = (await bob.one("Mailbox/get", {"ids": []}))["state"]
+    for mid, subject in ((private, "later private"), (projects, "later work")):
+        blob = await alice.upload(msg(subject))
+        await alice.one("Email/import", {"emails": {"k": {"blobId": blob["blobId"], "mailboxIds": {mid: True}}}})
+    mine = await alice.one("Email/changes", {"sinceState": state})
+    assert len(mine["created"]) == 2  # the owner's own view: both
+    seen = await bob.one("Email/changes", {"sinceState": state})
+    got = await bob.one("Email/get", {"ids": seen["created"], "properties": ["subject"]})
+    assert [e["subject"] for e in got["list"]] == ["later work"] and len(seen["created"]) == 1
+    await alice.one("Mailbox/set", {"create": {"h": {"name": "Hidden"}}})
+    assert (await bob.one("Mailbox/changes", {"sinceState": mstate}))["created"] == []
+    assert len((await alice.one("Mailbox/changes", {"sinceState": mstate}))["created"]) == 1
