@@ -84,18 +84,25 @@ def _forbid(need: str, have: str, what: str) -> None:
         raise SetError("forbidden", f"{what} needs the {missing} right on that mailbox")
 
 
-class SharedFolders:
-    """The owner's backend ``be`` through ``share`` (what the owner shares with the grantee)."""
+class _Around:
+    """A MailBackend that is ``be`` but for the methods a subclass defines."""
 
-    def __init__(self, be: MailBackend, share: OwnerShare, hook: FolderHook | None = None) -> None:
+    def __init__(self, be: MailBackend) -> None:
         self.be = be
-        self.share = share
-        self.hook = hook
         self.account_id = be.account_id
         self.name = be.name
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.be, name)
+
+
+class SharedFolders(_Around):
+    """The owner's backend ``be`` through ``share`` (what the owner shares with the grantee)."""
+
+    def __init__(self, be: MailBackend, share: OwnerShare, hook: FolderHook | None = None) -> None:
+        super().__init__(be)
+        self.share = share
+        self.hook = hook
 
     # -- rights ------------------------------------------------------------------------------------
 
@@ -272,19 +279,14 @@ class SharedFolders:
             await self.hook(int(self.share.owner.id), op, name, other)
 
 
-class OwnFolders:
+class OwnFolders(_Around):
     """The owner's own backend: a mailbox the owner creates, renames or destroys over JMAP carries its
     ACL entries along, as over IMAP (``hook``)."""
 
     def __init__(self, be: MailBackend, owner_id: int, hook: FolderHook) -> None:
-        self.be = be
+        super().__init__(be)
         self.owner_id = owner_id
         self.hook = hook
-        self.account_id = be.account_id
-        self.name = be.name
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.be, name)
 
     async def create_mailbox(self, name: str, parent_id: str | None, role: str | None, sort_order: int,
                              is_subscribed: bool) -> Mailbox:
