@@ -30,7 +30,8 @@ def may_manage(d: SyncDirectory, actor: Actor, scope: str) -> bool:
     return actor.can_domain(d, scope)
 
 
-def _require(d: SyncDirectory, actor: Actor, scope: str) -> None:
+def require_scope(d: SyncDirectory, actor: Actor, scope: str) -> None:
+    """PermissionDenied unless ``actor`` administers ``scope`` ("" the server, a domain, or an address)."""
     if not scope:
         actor.require_super()
     elif "@" in scope:
@@ -52,7 +53,7 @@ def _parse(b: dict[str, Any]) -> tuple[str, str, str]:
 def list_entries(d: SyncDirectory, actor: Actor, scope: str | None) -> list[dict[str, str]]:
     if scope is not None:
         scope = normalize_scope(scope)
-        _require(d, actor, scope)
+        require_scope(d, actor, scope)
         rows = d.policy_lists([scope])
     else:
         rows = [r for r in d.policy_list_all() if may_manage(d, actor, r[0])]
@@ -61,13 +62,13 @@ def list_entries(d: SyncDirectory, actor: Actor, scope: str | None) -> list[dict
 
 def add_entry(d: SyncDirectory, actor: Actor, b: dict[str, Any]) -> dict[str, Any]:
     scope, kind, entry = _parse(b)
-    _require(d, actor, scope)
+    require_scope(d, actor, scope)
     return {"scope": scope, "kind": kind, "entry": entry, "added": d.policy_list_add(scope, kind, entry)}
 
 
 def remove_entry(d: SyncDirectory, actor: Actor, b: dict[str, Any]) -> dict[str, Any]:
     scope, kind, entry = _parse(b)
-    _require(d, actor, scope)
+    require_scope(d, actor, scope)
     if not d.policy_list_del(scope, kind, entry):
         raise NotFound(f"not listed: {scope or '*'} {kind} {entry}")
     return {"scope": scope, "kind": kind, "entry": entry, "removed": True}

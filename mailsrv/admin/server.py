@@ -19,8 +19,8 @@ from typing import Any
 from aiohttp import web
 
 from mailsrv import log
+from mailsrv.admin import filesettings, openapi
 from mailsrv.admin import lists as policy_lists
-from mailsrv.admin import openapi
 from mailsrv.admin import recall as admin_recall
 from mailsrv.auth import Authenticator
 from mailsrv.auth import tokens as token_mod
@@ -242,6 +242,7 @@ class AdminApi:
         a("POST", "/lockout/clear", "Clear counters of a user or IP, or all (super)", {**s, "properties": {"key": str_}},
           lambda d, ac, r, b: ops.lockout_clear(d, ac, b.get("key")))
         policy_lists.register(a)  # block and allow lists (docs/policy.md "Lists")
+        filesettings.register(a)  # convert_over per domain and user (docs/files.md "Per domain and per user")
 
 
 def _pick(b: dict[str, Any], *keys: str) -> dict[str, Any]:

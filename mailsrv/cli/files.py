@@ -53,6 +53,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     cv.add_argument("value", nargs="?", default=None,
                     help="bytes (suffix K, M or G: 25M), 'off' (never for them), or 'default' (remove: inherit)")
     cv.add_argument("--json", action="store_true", help="as JSON")
+    cv.add_argument("--as", dest="as_admin", metavar="ADMIN", default=None,
+                    help="act as this administrator: only their domain's and users' settings are shown and changed")
     cv.set_defaults(func=cmd_convert)
     p.set_defaults(func=lambda args: p.print_help() or 2)
 
@@ -172,18 +174,23 @@ def parse_threshold(text: str) -> int | None:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
+    from mailsrv.admin.filesettings import list_settings, set_setting
     from mailsrv.directory import DirectoryError
+    from mailsrv.directory.scope import Actor
     from mailsrv.files.convert import pick_threshold
 
     cfg = config_mod.load(config_path(args))
     d = open_sync(cfg.directory, Path(cfg.server.data_dir))
     try:
-        if args.value is not None:
-            try:
-                d.set_convert_over(args.scope, parse_threshold(args.value))
-            except DirectoryError as exc:
-                raise CliError(str(exc)) from None
-        rows = d.list_convert_settings()
+        try:  # as the operator, or within an administrator's scope (--as): as the admin API does
+            actor = Actor.admin(d, args.as_admin) if args.as_admin else Actor.operator()
+            if args.value is not None:
+                if args.scope is None:
+                    raise CliError("VALUE needs a SCOPE (a domain or a user's address)")
+                set_setting(d, actor, args.scope, parse_threshold(args.value))
+            rows = list_settings(d, actor, args.scope)
+        except (DirectoryError, ValueError) as exc:
+            raise CliError(str(exc)) from None
         applies = None
         if args.scope is not None:
             scope = args.scope.strip().lower()
@@ -195,7 +202,6 @@ def cmd_convert(args: argparse.Namespace) -> int:
             users, domains = d.convert_settings()
             applies = pick_threshold(users, domains, cfg.files.convert_over, acct.id if acct is not None else None,
                                      acct.domain if acct is not None else scope)
-            rows = [r for r in rows if r["scope"] in (scope, acct.domain if acct is not None else None)]
     finally:
         d.close()
     if args.json:

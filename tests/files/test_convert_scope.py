@@ -156,6 +156,20 @@ def test_the_cli_sets_shows_and_removes_a_threshold(tmp_path: Path) -> None:
     bad = cli("files", "convert", ALICE, "lots", check=False)
     assert bad.returncode != 0 and "'off' or 'default'" in bad.stderr
     assert "no user" in cli("files", "convert", "bob@example.test", "1K", check=False).stderr
+    # --as: a domain's administrator sees and changes their domain's and users' settings only
+    sd = open_sync(cfg.directory, cfg.server.data_dir)
+    sd.add_domain("other.test")
+    sd.add_user(CAROL)
+    sd.grant_admin(ALICE, "domain", "example.test")
+    sd.close()
+    cli("files", "convert", "other.test", "1K")
+    cli("files", "convert", ALICE, "2K", "--as", ALICE)
+    refused = cli("files", "convert", "other.test", "off", "--as", ALICE, check=False)
+    assert refused.returncode != 0 and "not in your scope" in refused.stderr
+    assert cli("files", "convert", CAROL, "--as", ALICE, check=False).returncode != 0
+    assert json.loads(cli("files", "convert", "--json", "--as", ALICE).stdout)["settings"] == [
+        {"scope": "example.test", "convert_over": 25 * 1024**2}, {"scope": ALICE, "convert_over": 2048}]
+    assert "not an administrator" in cli("files", "convert", "--as", CAROL, check=False).stderr
 
 
 async def test_a_jmap_submission_follows_the_users_setting(backend: DirectoryBackend) -> None:
