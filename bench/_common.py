@@ -105,6 +105,36 @@ def seed_cache(key: str, n: int, sample: bytes, fill: Callable[[Path, int], None
     return root
 
 
+#: Seconds after a deletion during which a journal-less ext4 still skips the freed inodes when it
+#: allocates one (``recently_deleted`` in fs/ext4/ialloc.c: 60 s once their inode table block is
+#: written back, 300 s before), plus a margin: every create scans past them meanwhile.
+RECENT_FREE_WINDOW = 65.0
+#: time.monotonic() of this process's last :func:`remove_tree` (None: none yet)
+_last_removal: float | None = None
+
+
+def remove_tree(path: Path) -> None:
+    """Remove a scenario's temporary tree, remembering when for :func:`settle_after_removal`."""
+    global _last_removal
+    shutil.rmtree(path, ignore_errors=True)
+    _last_removal = time.monotonic()
+
+
+def settle_after_removal() -> float:
+    """``sync`` (so that the freed inodes' blocks are written back and count as recent for 60 s, not
+    300), then wait until :data:`RECENT_FREE_WINDOW` seconds have passed since the last
+    :func:`remove_tree` of this process (a scenario just before, in ``python -m bench all``): for a
+    minute after a big deletion each file create costs 0.2-1 ms instead of 10-60 us, and the first
+    cells measured would pay it. Returns the seconds waited."""
+    os.sync()
+    if _last_removal is None:
+        return 0.0
+    wait = _last_removal + RECENT_FREE_WINDOW - time.monotonic()
+    if wait > 0:
+        time.sleep(wait)
+    return max(0.0, wait)
+
+
 def maildir_count(root: Path) -> int:
     """Messages in every maildir below ``root`` (files in new/ and cur/)."""
     return sum(len(files) for d, _, files in os.walk(root) if os.path.basename(d) in ("new", "cur"))
