@@ -423,7 +423,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     # directory export / import
     g = group_of("directory", "export and import the whole directory as JSON")
-    p = cmd(g, "export", _export, "write the directory as JSON (includes password hashes)")
+    p = cmd(g, "export", _export, "write the directory as JSON (password hashes and shares included)")
     p.add_argument("file", nargs="?", default="-")
     p = cmd(g, "import", _import, "add the contents of a JSON export")
     p.add_argument("file")

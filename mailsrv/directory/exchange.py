@@ -3,7 +3,10 @@
 The format (``"format": "mailsrv-directory/1"``) holds domains, users with
 their password hashes (argon2id, or legacy schemes such as
 ``{SHA512-CRYPT}`` that are upgraded at the next login), aliases, groups,
-departments, administrators and per-domain/user file settings (``file_settings``: convert_over).
+departments, administrators, per-domain/user file settings (``file_settings``: convert_over) and
+the shares (docs/shared-mailboxes.md): account grants (``grants``), per-folder ACL entries
+(``folder_rights``, ``""`` = no rights there) and ``anyone`` / ``authenticated`` entries
+(``anyone_rights``), by address and folder name.
 Tokens and lockout counters are not exported.
 Import runs in one transaction: all of it or nothing.
 """
@@ -45,7 +48,20 @@ def export(d: SyncDirectory) -> dict[str, Any]:
     for a in d.list_admins():
         out["admins"].append({"user": a.user, "scope": a.scope, "target": a.domain or a.dept})
     out["file_settings"] = d.list_convert_settings()  # docs/files.md: convert_over per domain and user
+    out.update(_shares(d))
     return out
+
+
+def _shares(d: SyncDirectory) -> dict[str, list[dict[str, str]]]:
+    """The account grants and folder ACL entries, owners and grantees by address."""
+    return {
+        "grants": [{"owner": g.owner.address, "grantee": g.grantee.address, "rights": g.rights}
+                   for g in d.list_grants()],
+        "folder_rights": [{"owner": e.owner.address, "mailbox": e.mailbox, "grantee": e.grantee.address,
+                           "rights": e.rights} for e in d.all_folder_rights()],
+        "anyone_rights": [{"owner": a.owner.address, "mailbox": a.mailbox, "identifier": a.identifier,
+                           "rights": a.rights} for a in d.anyone_rights()],
+    }
 
 
 def import_(d: SyncDirectory, data: dict[str, Any], *, hash_check: Any = None) -> dict[str, int]:
@@ -56,7 +72,8 @@ def import_(d: SyncDirectory, data: dict[str, Any], *, hash_check: Any = None) -
     """
     if data.get("format") != FORMAT:
         raise DirectoryError(f'not a mailsrv directory export (expected "format": "{FORMAT}")')
-    counts = {"domains": 0, "users": 0, "aliases": 0, "groups": 0, "members": 0, "admins": 0}
+    counts = {"domains": 0, "users": 0, "aliases": 0, "groups": 0, "members": 0, "admins": 0, "grants": 0,
+              "folder_rights": 0}
     with d._tx():
         try:
             for dom in data.get("domains", []):
@@ -105,6 +122,15 @@ def import_(d: SyncDirectory, data: dict[str, Any], *, hash_check: Any = None) -
                 counts["admins"] += 1
             for f in data.get("file_settings", []):
                 d.set_convert_over(f["scope"], f["convert_over"])
+            for g in data.get("grants", []):
+                d.grant(g["owner"], g["grantee"], g["rights"])
+                counts["grants"] += 1
+            for e in data.get("folder_rights", []):
+                d.set_folder_rights(e["owner"], e["grantee"], e["mailbox"], e["rights"])
+                counts["folder_rights"] += 1
+            for a in data.get("anyone_rights", []):
+                d.set_anyone_rights(a["owner"], a["identifier"], a["mailbox"], a["rights"])
+                counts["folder_rights"] += 1
         except KeyError as exc:
             raise DirectoryError(f"import: missing field {exc}") from None
         except Conflict as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from pathlib import Path
@@ -205,3 +206,35 @@ def test_anyone_entries_reach_the_owners_domain_and_follow_the_folder(users: Syn
     users.drop_folder_rights(alice.id, "Crew")
     assert users.set_anyone_rights(A, "anyone", "Crew/Sub", "") is True  # removed
     assert [e.identifier for e in users.anyone_rights(owner=alice.id)] == ["authenticated"]
+
+
+def test_shares_travel_with_an_export_and_import(users: SyncDirectory, tmp_path: Path) -> None:
+    """A backup restored elsewhere keeps every share: account grants, folder entries (a renamed
+    folder's under its new name, an explicit "no rights here" too) and ``anyone`` entries."""
+    from mailsrv.directory.exchange import export, import_
+
+    A, B, C = "alice@example.test", "bob@example.test", "carol@example.test"
+    alice = users.account_by_address(A)
+    assert alice is not None
+    users.grant(A, B, "read")
+    users.grant(C, A, "write")
+    users.set_folder_rights(A, C, "Projects", "lrs")
+    users.set_folder_rights(A, C, "Projects/Secret", "")
+    users.set_folder_rights(A, B, "Projects", "lrswi")
+    users.set_anyone_rights(A, "anyone", "Projects", "lr")
+    users.set_anyone_rights(A, "authenticated", "Notices", "l")
+    assert users.folder_changed(alice.id, "rename", "Projects", "Archive/2025") == 3  # as IMAP RENAME does (names moved, per table)
+    data = json.loads(json.dumps(export(users)))  # what the file holds
+    dst = SyncDirectory(tmp_path / "restored.sqlite3")
+    try:
+        counts = import_(dst, data)
+        assert (counts["grants"], counts["folder_rights"]) == (2, 5)
+        assert [(g.owner.address, g.grantee.address, g.rights) for g in dst.list_grants()] == [
+            (A, B, "read"), (C, A, "write")]
+        assert [(e.mailbox, e.grantee.address, e.rights) for e in dst.folder_rights_of(A)] == [
+            ("Archive/2025", B, "lrswi"), ("Archive/2025", C, "lrs"), ("Archive/2025/Secret", C, "")]
+        assert sorted((a.mailbox, a.identifier, a.rights) for a in dst.anyone_rights(owner=A)) == [
+            ("Archive/2025", "anyone", "lr"), ("Notices", "authenticated", "l")]
+        assert json.loads(json.dumps(export(dst))) == data  # and again: the same file
+    finally:
+        dst.close()
