@@ -207,12 +207,19 @@ class StoreBackend:
                     raise CannotCalculateChanges("a mailbox with mail was deleted")
                 continue
             info = by_id[mid]
+            fresh = o is None  # a mailbox new since the old state: none of its uids were known
+            if fresh and n.uidnext == 1:
+                continue  # and it never held mail (a Mailbox/set create, an IMAP CREATE)
             if o is None or o.uidvalidity != n.uidvalidity:
                 o = Entry(n.uidvalidity, 1, 0, "")
             if (o.uidnext, o.modseq) == (n.uidnext, n.modseq):
                 continue
             since_m = await self.acct.changes_since(info.name, o.modseq)
-            if getattr(since_m, "truncated", False):  # older than the store's expunge history
+            # RFC 8620 §5.2: refuse only when an expunge the client may have seen cannot be named. A
+            # fresh mailbox's history starts at its creation (vanished_floor), so modseq 0 is
+            # "truncated" there, but every uid of it is past the old state: what left it came and went.
+            # (A new UIDVALIDITY of a known mailbox still refuses: the client's uids there are lost.)
+            if getattr(since_m, "truncated", False) and not fresh:
                 raise CannotCalculateChanges("the expunge history no longer reaches that state")
             for m in since_m.changed:
                 self._seen[(mid, n.uidvalidity, m.uid)] = (m.email_id, m.thread_id)

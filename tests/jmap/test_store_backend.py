@@ -437,3 +437,29 @@ async def test_push_indexes_mail_another_process_left_in_new(env: tuple[Client, 
     assert lines[0] == "event: state\n" and '"Email"' in lines[1]
     got = await c.one("Email/query", {"filter": {"text": "left"}})
     assert len(got["ids"]) == 1
+
+
+async def test_email_changes_go_on_after_a_mailbox_is_created(env: tuple[Client, Store, Any]) -> None:
+    """RFC 8620 §5.2: a client that creates a mailbox (or moves mail into a new one) still syncs
+    incrementally; a new mailbox's expunge history starting at its creation is no reason to refuse."""
+    c, _, acct = env
+    uid = await acct.append("INBOX", msg("old"))
+    old_id = (await acct.open_mailbox("INBOX")).by_uid(uid).email_id
+    s0 = (await c.one("Email/get", {"ids": []}))["state"]
+    r = await c.one("Mailbox/set", {"create": {"p": {"name": "Projects"}}})
+    pid = r["created"]["p"]["id"]
+    ch = await c.one("Email/changes", {"sinceState": s0})
+    assert (ch["created"], ch["updated"], ch["destroyed"]) == ([], [], [])
+    # mail moved into it and new mail filed there, then one message expunged from it
+    await c.one("Email/set", {"update": {old_id: {"mailboxIds": {pid: True}}}})
+    await acct.append("Projects", msg("new"))
+    gone = await acct.append("Projects", msg("short-lived"))
+    await acct.store_flags("Projects", [gone], frozenset({"\\Deleted"}), "add")
+    await acct.expunge("Projects")
+    ch = await c.one("Email/changes", {"sinceState": s0})
+    new_id = next(m.email_id for m in (await acct.open_mailbox("Projects")).messages if m.email_id != old_id)
+    assert (ch["created"], ch["updated"], ch["destroyed"]) == ([new_id], [old_id], [])
+    t0 = (await c.one("Thread/get", {"ids": []}))["state"]
+    await c.one("Mailbox/set", {"create": {"q": {"name": "Later"}}})
+    th = await c.one("Thread/changes", {"sinceState": t0})
+    assert (th["created"], th["updated"], th["destroyed"]) == ([], [], [])
