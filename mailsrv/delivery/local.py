@@ -199,7 +199,8 @@ class LocalDelivery:
     async def ensure_folder(self, acct: Account, folder: str, event: str) -> None:
         """Create ``acct``'s ``folder`` unless it exists (archive rules, Sieve fileinto), logged as
         ``event``; looked at once per worker (a bounded set of folders known to exist: one deleted
-        later gets its copies in INBOX, the store's fallback)."""
+        later gets its copies in INBOX, the store's fallback). A folder made here starts with its
+        parent's ACL entries, as after IMAP CREATE (docs/shared-mailboxes.md)."""
         if folder == "INBOX" or (acct.id, folder) in self._folders:
             return
         sacct = await self.store_account(acct)
@@ -207,9 +208,19 @@ class LocalDelivery:
             with contextlib.suppress(MailboxExists):  # another worker made it meanwhile
                 await sacct.create_mailbox(folder)
                 logger.info(event, account=acct.address, folder=folder)
+                await self._acl_follows(acct, folder)
         if len(self._folders) >= FOLDERS_KNOWN:
             self._folders.clear()
         self._folders.add((acct.id, folder))
+
+    async def _acl_follows(self, acct: Account, folder: str) -> None:
+        """The new ``folder`` gets a copy of its parent's ACL entries (the directory's
+        ``folder_changed``, which IMAP and JMAP call too). A failure is logged: the folder is made."""
+        try:
+            await self.directory.run(lambda d: d.folder_changed(acct.id, "create", folder, folder.rpartition("/")[0]))
+        except Exception as exc:
+            logger.warning("delivery.acl_follow_failed", account=acct.address, folder=folder,
+                           error=type(exc).__name__)
 
     async def store_account(self, acct: Account) -> Any:
         aid = str(acct.id)
