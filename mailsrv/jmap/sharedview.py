@@ -8,17 +8,26 @@ change needs the rights RFC 8621 §2 maps onto RFC 4314 (:func:`my_rights`). Ref
 
 Rights are those of the moment the request began (the server reads the directory at every
 request, so a revoke or a changed ACL acts at the next request).
+
+States. A grantee's state is the owner's, then ``.`` and what the grantee could see at it: the
+mailboxes with ``r`` (Email, Thread) or ``l`` (Mailbox), each as 3 bytes of its id's SHA-1. So
+/changes after an ACL change names what the change hid (``destroyed``) or showed (``created``),
+as RFC 8620 §5.2 asks, instead of letting the grantee's copies go stale.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import base64
+import binascii
+import hashlib
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from mailsrv.directory.rights import OwnerShare, shares_by_owner
 from mailsrv.jmap.backend import (
     UNCHANGED,
+    CannotCalculateChanges,
     ChangeSet,
     EmailMeta,
     MailBackend,
@@ -76,6 +85,30 @@ def my_rights(letters: str, personal: bool = False) -> dict[str, bool]:
         "maySetKeywords": "w" in letters, "mayCreateChild": "k" in letters, "mayRename": "x" in letters,
         "mayDelete": "x" in letters, "maySubmit": personal,  # never send as the owner through a share
     }
+
+
+#: between the owner's state and the grantee's sight in a shared account's state (not in base64url,
+#: nor in the sortOrder overlay's "~")
+SIGHT_SEP = "."
+
+
+def _box_key(mailbox_id: str) -> bytes:
+    return hashlib.sha1(mailbox_id.encode()).digest()[:3]
+
+
+def sight(mailbox_ids: Iterable[str]) -> str:
+    """The mailboxes a grantee sees, compact enough for a state (4 characters a mailbox)."""
+    return base64.urlsafe_b64encode(b"".join(sorted(_box_key(i) for i in mailbox_ids))).decode()
+
+
+def _unsight(token: str) -> set[bytes]:
+    try:
+        raw = base64.urlsafe_b64decode(token.encode("ascii"))
+    except (ValueError, binascii.Error):
+        raise CannotCalculateChanges(token) from None
+    if len(raw) % 3:
+        raise CannotCalculateChanges(token)
+    return {raw[i:i + 3] for i in range(0, len(raw), 3)}
 
 
 def _forbid(need: str, have: str, what: str) -> None:
@@ -169,18 +202,56 @@ class SharedFolders(_Around):
         result: Path | None = await inner(blob_id)
         return result
 
+    async def _sight(self, type_: str) -> tuple[set[str], set[str]]:
+        """(every mailbox id of the owner's, those the grantee sees for ``type_``: ``l`` for Mailbox,
+        ``r`` for Email and Thread)."""
+        rights = await self.rights_by_id()
+        letter = "l" if type_ == "Mailbox" else "r"
+        return set(rights), {i for i, r in rights.items() if letter in r}
+
+    async def state(self, type_: str) -> str:
+        return f"{await self.be.state(type_)}{SIGHT_SEP}{sight((await self._sight(type_))[1])}"
+
     async def changes(self, type_: str, since: str, max_changes: int | None) -> ChangeSet:
-        """The owner's changes without the ids of emails and mailboxes the grantee cannot see (one that
-        became hidden is not reported destroyed: its id simply stops resolving)."""
-        cs = await self.be.changes(type_, since, max_changes)
-        if type_ == "Email":
-            visible = {m.id for m in await self.emails()}
-        elif type_ == "Mailbox":
-            visible = {m.id for m in await self.mailboxes()}
-        else:
+        """The owner's changes as the grantee sees them (module docstring, "States"): ids the grantee
+        cannot see now are left out of ``created`` and ``updated``; an updated email no longer
+        readable is ``destroyed`` (it may have left a readable mailbox, so an email changed in an
+        unreadable one is named there too); when the grantee's sight changed since ``since``, the
+        untouched emails and mailboxes it hid are ``destroyed`` and those it showed ``created``."""
+        base, sep, token = since.rpartition(SIGHT_SEP)
+        if not sep:  # the owner's own state, or one made before shared states carried the sight
+            raise CannotCalculateChanges(since)
+        old = _unsight(token)
+        cs = await self.be.changes(type_, base, max_changes)
+        boxes, now_boxes = await self._sight(type_)
+        cs.old_state = since
+        if type_ == "Thread":
+            cs.new_state = f"{cs.new_state}{SIGHT_SEP}{sight(now_boxes)}"
             return cs
-        cs.created = [i for i in cs.created if i in visible]
-        cs.updated = [i for i in cs.updated if i in visible]
+        if cs.has_more:  # the sight's changes go with the last page
+            cs.new_state = f"{cs.new_state}{SIGHT_SEP}{token}"
+        else:
+            cs.new_state = f"{cs.new_state}{SIGHT_SEP}{sight(now_boxes)}"
+        if type_ == "Email":
+            items = {m.id: m.mailbox_ids for m in await self.be.emails()}
+        else:
+            items = {i: frozenset((i,)) for i in boxes}
+        was_boxes = {i for i in boxes if _box_key(i) in old}
+        now = {i for i, b in items.items() if b & now_boxes}
+        touched = set(cs.created) | set(cs.updated) | set(cs.destroyed)
+        created = [i for i in cs.created if i in now]
+        updated = [i for i in cs.updated if i in now]
+        if type_ == "Email":
+            destroyed = list(cs.destroyed) + [i for i in cs.updated if i not in now]
+        else:  # a mailbox's own sight is known: only one the grantee saw is destroyed for them
+            destroyed = [i for i in cs.destroyed + [u for u in cs.updated if u not in now] if _box_key(i) in old]
+        if not cs.has_more and was_boxes != now_boxes:
+            for i, b in items.items():
+                if i not in touched and bool(b & was_boxes) != (i in now):
+                    (created if i in now else destroyed).append(i)
+        if max_changes is not None and len(created) + len(updated) + len(destroyed) > max_changes:
+            raise CannotCalculateChanges("more changes than maxChanges")
+        cs.created, cs.updated, cs.destroyed = sorted(created), sorted(updated), sorted(destroyed)
         return cs
 
     # -- changes -----------------------------------------------------------------------------------

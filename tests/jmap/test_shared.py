@@ -230,7 +230,9 @@ async def test_read_write_share_and_copy_both_ways(env: Env) -> None:
     got = await alice.one("Email/get", {"ids": [new_id], "properties": ["subject", "keywords", "mailboxIds"]})
     assert got["list"][0] == {"id": new_id, "subject": "moved to alice", "keywords": {"$seen": True},
                               "mailboxIds": {a_inbox: True}}
-    assert res["newState"] == (await alice.one("Email/get", {"ids": []}))["state"] != res["oldState"]
+    # the state of alice's account as bob sees it (hers, and what he may see: sharedview "States")
+    seen = await bob.call(["Email/get", {"accountId": a_id, "ids": []}, "g"])
+    assert res["newState"] == seen[0][1]["state"] != res["oldState"]
     # a stale destroyFromIfInState keeps the original (the implicit /set fails with stateMismatch)
     again = await bob.import_message(msg("stays with bob"))
     cp = await bob.call(["Email/copy", {"fromAccountId": b_id, "accountId": a_id, "onSuccessDestroyOriginal": True,

@@ -93,14 +93,53 @@ async def test_changes_leave_out_what_the_grantee_cannot_see(env: Env) -> None:
     bob.account_id = a_id
     state = (await bob.one("Email/get", {"ids": []}))["state"]
     mstate = (await bob.one("Mailbox/get", {"ids": []}))["state"]
+    own_state = (await alice.one("Email/get", {"ids": []}))["state"]
+    own_mstate = (await alice.one("Mailbox/get", {"ids": []}))["state"]
+    assert own_state != state  # a grantee's state also holds what they see (so it follows ACL changes)
     for mid, subject in ((private, "later private"), (projects, "later work")):
         blob = await alice.upload(msg(subject))
         await alice.one("Email/import", {"emails": {"k": {"blobId": blob["blobId"], "mailboxIds": {mid: True}}}})
-    mine = await alice.one("Email/changes", {"sinceState": state})
+    mine = await alice.one("Email/changes", {"sinceState": own_state})
     assert len(mine["created"]) == 2  # the owner's own view: both
     seen = await bob.one("Email/changes", {"sinceState": state})
     got = await bob.one("Email/get", {"ids": seen["created"], "properties": ["subject"]})
     assert [e["subject"] for e in got["list"]] == ["later work"] and len(seen["created"]) == 1
     await alice.one("Mailbox/set", {"create": {"h": {"name": "Hidden"}}})
     assert (await bob.one("Mailbox/changes", {"sinceState": mstate}))["created"] == []
-    assert len((await alice.one("Mailbox/changes", {"sinceState": mstate}))["created"]) == 1
+    assert len((await alice.one("Mailbox/changes", {"sinceState": own_mstate}))["created"]) == 1
+
+
+async def test_changes_after_an_acl_change_name_what_it_hid_and_showed(env: Env) -> None:
+    """RFC 8620 §5.2: after an ACL change the grantee's /changes reports the emails and mailboxes it
+    hid as destroyed and those it showed as created (the grantee's copies never go stale)."""
+    alice, bob = env.client(ALICE), env.client(BOB)
+    a_id = await own(alice)
+    await own(bob)
+    projects, in_projects = await put(alice, "Projects", "work")
+    private, in_private = await put(alice, "Private", "secret")
+    _, in_notes = await put(alice, "Notes", "notes")
+    env.cli("share", "grant", ALICE, BOB, "--folder", "Projects", "--rights", "lr")
+    env.cli("share", "grant", ALICE, BOB, "--folder", "Notes", "--rights", "lr")
+    bob.account_id = a_id
+    s0 = (await bob.one("Email/get", {"ids": []}))["state"]
+    m0 = (await bob.one("Mailbox/get", {"ids": []}))["state"]
+    assert (await bob.one("Email/changes", {"sinceState": s0}))["destroyed"] == []  # nothing yet
+    # Projects taken away, Private given: nothing changed in alice's store
+    env.cli("share", "grant", ALICE, BOB, "--folder", "Projects", "--rights", "")
+    env.cli("share", "grant", ALICE, BOB, "--folder", "Private", "--rights", "lr")
+    ch = await bob.one("Email/changes", {"sinceState": s0})
+    assert (ch["created"], ch["updated"], ch["destroyed"]) == ([in_private], [], [in_projects])
+    assert ch["newState"] == (await bob.one("Email/get", {"ids": []}))["state"] != s0
+    mch = await bob.one("Mailbox/changes", {"sinceState": m0})
+    assert (mch["created"], mch["destroyed"]) == ([private], [projects])
+    again = await bob.one("Email/changes", {"sinceState": ch["newState"]})
+    assert (again["created"], again["updated"], again["destroyed"]) == ([], [], [])
+    # alice moves an email out of what bob may read: destroyed for him too
+    await alice.one("Email/set", {"update": {in_notes: {"mailboxIds": {projects: True}}}})
+    ch = await bob.one("Email/changes", {"sinceState": again["newState"]})
+    assert (ch["created"], ch["updated"], ch["destroyed"]) == ([], [], [in_notes])
+    # the owner's own state does not pass for the grantee's (nor the other way): resynchronise
+    mine = (await alice.one("Email/get", {"ids": []}))["state"]
+    assert (await bob.call(["Email/changes", {"accountId": a_id, "sinceState": mine}, "c"]))[0][1]["type"] == (
+        "cannotCalculateChanges")
+    env.cli("share", "revoke", ALICE, BOB)
