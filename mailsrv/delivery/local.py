@@ -74,6 +74,10 @@ class LocalOutcome:
     replies: list[Any] = field(default_factory=list)
     #: (recipient, reason) of each recipient whose script refused the message (RFC 5429 reject)
     rejects: list[tuple[str, str]] = field(default_factory=list)
+    #: (recipient, account, folder) of each durable copy (archive copies aside), and the message's Sieve
+    #: pass: mailsrv.delivery.sieve.remember records them when the caller answers 451 after all
+    made: list[tuple[str, Account, str]] = field(default_factory=list)
+    filtering: Any = None
 
 
 #: An archive copy of a message up to this size is made in memory (block + bytes, one store job);
@@ -295,8 +299,8 @@ class LocalDelivery:
         ``sender``: the envelope sender, given by a caller that queues ``redirects`` and ``replies``:
         then each account's active Sieve script (``self.sieve``) decides its copies (docs/sieve.md).
         """
-        out = LocalOutcome()
         sieve = self.sieve.begin(self, spool, data, sender) if self.sieve is not None and sender is not None else None
+        out = LocalOutcome(filtering=sieve)
         sflags: dict[tuple[str, str], frozenset[str]] = {}  # (address, folder) -> flags the script set
         seen: set[int] = set()
         seen_outside: set[str] = set()
@@ -323,9 +327,11 @@ class LocalDelivery:
             results = await self.store.deliver(spool_path, targets, uids=False, data=data, consume=consume)
             if consume:  # the job ran unless the store was closing
                 out.spool_consumed = not any(r.error == CLOSING for r in results)
-            for (addr, _, box), res in zip(batch, results, strict=True):
+            for (addr, acct, box), res in zip(batch, results, strict=True):
                 if res.status == "ok":
                     out.delivered += 1
+                    if addr not in flags:
+                        out.made.append((addr, acct, box))
                     out.spool_linked |= spool_path is spool and not consume  # is: Path == costs ~3 us
                     continue
                 logger.warning("delivery.failed", rcpt=addr, status=res.status, error=res.error or "")

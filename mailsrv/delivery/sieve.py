@@ -90,6 +90,8 @@ class RedirectOrder:
     #: the account's own copy of the message when its script edited the header (RFC 5293), removed
     #: once queued
     edited: Path | None = None
+    #: in the queue (durable): :func:`remember` records it when the message is not acknowledged after all
+    queued: bool = False
 
 
 @dataclass
@@ -197,12 +199,14 @@ async def queue_orders(queue: Any, rcpt: Callable[[str], Any], outcome: Any, sen
         rcpts = [rcpt(a) for a in order.addresses]  # RFC 5228 §4.2: bounces go to the original sender
         if data is not None and order.edited is None:
             await queue.enqueue(redirected(data, order.account), sender, rcpts, smtputf8=smtputf8, body=body)
+            order.queued = True
             await _record_redirect(order)
             continue
         path = spool.with_name(spool.name + ".redirect")
         try:
             await loop.run_in_executor(None, write_redirected, path, order.edited or spool, order.account)
             await queue.enqueue(path, sender, rcpts, smtputf8=smtputf8, body=body)
+            order.queued = True
         finally:
             await loop.run_in_executor(None, unlink_quiet, path)
             if order.edited is not None:
@@ -210,6 +214,16 @@ async def queue_orders(queue: Any, rcpt: Callable[[str], Any], outcome: Any, sen
         await _record_redirect(order)
     for reply in outcome.replies:  # RFC 3834 §3.3 / RFC 5230 §4.5: from the null reverse path
         await queue.enqueue(reply.message, "", [rcpt(reply.to)], smtputf8=smtputf8, body="8BITMIME")
+
+
+async def remember(outcome: Any) -> None:
+    """docs/sieve.md "Retries": the message is answered 451 though copies of it were made (the queue
+    failed after local delivery: a remote recipient, a redirect); each account's copies and queued
+    redirects (and what a former attempt made) are recorded, durable before the reply, so that the
+    sender's retry makes none of them again. Call it before the 451; never raises."""
+    p = outcome.filtering
+    if p is not None:
+        await p.remember(outcome)
 
 
 async def _record_redirect(order: RedirectOrder) -> None:
@@ -423,7 +437,7 @@ class Pass:
             logger.exception("sieve.failed", exc, user=acct.address)
             return keep
         if script is None:
-            return keep
+            return await self._unmade(address, acct, keep)
         try:
             fields = await self.fields()
             body = await self.message() if "body" in script.extensions else None
@@ -475,13 +489,13 @@ class Pass:
             logger.info("sieve.discarded", user=acct.address)
             return copies
         edited = await self._edited(o, address, acct, copies) if o.edits and (copies or sent) else None
-        led = await self._ledger(address, acct, msg)
+        led = await self._ledger(address, acct)
         if led.done:  # a retry: what the former attempt made is not made again (docs/sieve.md "Retries")
             copies = [c for c in copies if f"copy:{c[0]}" not in led.done]
             sent = [a for a in sent if f"redirect:{a.lower()}" not in led.done]
             logger.info("sieve.retried", user=acct.address, skipped=len(led.done))
-            if not copies and not sent:  # nothing was missing: the record has served
-                await self._forget(acct.address, led)
+            if not copies:  # no copy was missing: the record has served (remember() writes it again
+                await self._forget(acct.address, led)  # should the redirects' queueing fail now)
         if sent:
             out.redirects.append(RedirectOrder(acct.address, sent, led, edited))
         return copies
@@ -521,6 +535,11 @@ class Pass:
                 if path not in keep:
                     await loop.run_in_executor(None, unlink_quiet, path)
 
+    async def msgid(self) -> str:
+        """The message's first Message-ID field, whitespace folded ("" without one)."""
+        mids = [v for n, v in await self.fields() if n == "message-id"]
+        return " ".join(mids[0].decode("latin-1").split()) if mids else ""
+
     async def key(self) -> str:
         """The message's ledger key (mailsrv.delivery.sieve_ledger.message_key)."""
         if self._key is None:
@@ -529,12 +548,27 @@ class Pass:
                 None, sieve_ledger.message_key, self.sender, fields, head)
         return self._key
 
-    async def _ledger(self, address: str, acct: Account, msg: MessageView) -> Ledger:
+    async def _unmade(self, address: str, acct: Account,
+                      keep: list[tuple[str, frozenset[str]]]) -> list[tuple[str, frozenset[str]]]:
+        """The keep of an account without a script, less the copy a former attempt made when the
+        sender retries after a 451 (docs/sieve.md "Retries"; one stat(2) when it has no ledger)."""
+        root = account_root(self.filt.data_dir, acct.id, acct.store)
+        if not sieve_ledger.exists(root):
+            return keep
+        led = await self._ledger(address, acct, root)
+        if not led.done:
+            return keep
+        logger.info("sieve.retried", user=acct.address, skipped=len(led.done))
+        copies = [c for c in keep if f"copy:{c[0]}" not in led.done]
+        if not copies:
+            await self._forget(acct.address, led)
+        return copies
+
+    async def _ledger(self, address: str, acct: Account, root: Path | None = None) -> Ledger:
         """The account's ledger part of this message; the items a former attempt made when its
         ledger has rows of it (one stat(2) on the loop when it has no ledger, most accounts)."""
-        root = account_root(self.filt.data_dir, acct.id, acct.store)
-        mids = msg.raw("message-id")
-        led = self.ledgers[address] = Ledger(root, " ".join(mids[0].decode("latin-1").split()) if mids else "")
+        root = root or account_root(self.filt.data_dir, acct.id, acct.store)
+        led = self.ledgers[address] = Ledger(root, await self.msgid())
         if sieve_ledger.exists(root):
             try:
                 loop = asyncio.get_running_loop()
@@ -579,6 +613,36 @@ class Pass:
                         None, sieve_ledger.record, led.root, led.key, led.msgid, [f"copy:{b}" for b in boxes])
             except (OSError, sqlite3.Error) as exc:  # the retry may make a copy twice; no mail is lost
                 logger.warning("sieve.ledger_failed", rcpt=addr, error=str(exc))
+
+    async def remember(self, out: Any) -> None:
+        """:func:`remember` of ``out`` (this message's LocalOutcome): per account, its copies made
+        (``out.made``), its redirects queued and what a former attempt had made. Never raises."""
+        items: dict[Path, tuple[str, set[str]]] = {}
+        for addr, acct, box in out.made:
+            led = self.ledgers.get(addr)
+            root = led.root if led is not None else account_root(self.filt.data_dir, acct.id, acct.store)
+            items.setdefault(root, (acct.address, set()))[1].add(f"copy:{box}")
+        for order in out.redirects:
+            if order.queued and order.ledger is not None:
+                items.setdefault(order.ledger.root, (order.account, set()))[1].update(
+                    f"redirect:{a.lower()}" for a in order.addresses)
+        for led in self.ledgers.values():
+            if led.done:
+                items.setdefault(led.root, ("", set()))[1].update(led.done)
+        if not items:
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            key, msgid = await self.key(), await self.msgid()
+        except OSError as exc:  # the spool unreadable: the retry may duplicate; nothing is lost
+            logger.warning("sieve.ledger_failed", error=str(exc))
+            return
+        for root, (user, made) in items.items():
+            try:
+                await loop.run_in_executor(None, sieve_ledger.record, root, key, msgid, sorted(made))
+            except (OSError, sqlite3.Error) as exc:
+                logger.warning("sieve.ledger_failed", user=user, error=str(exc))
+        logger.info("sieve.remembered", accounts=len(items))
 
     async def _redirects(self, addresses: tuple[str, ...], msg: MessageView, acct: Account) -> list[str]:
         own = acct.address.lower()

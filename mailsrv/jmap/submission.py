@@ -166,7 +166,7 @@ class DirectorySubmitter:
     async def _submit_queued(self, acct: Any, raw: bytes, mail_from: str,
                              rcpts: list[str]) -> tuple[str | None, dict[str, tuple[str, str]]]:
         from mailsrv.delivery.archive import envelope_block
-        from mailsrv.delivery.sieve import queue_orders, reply_text
+        from mailsrv.delivery.sieve import queue_orders, remember, reply_text
         from mailsrv.queue.store import QRcpt
 
         spool = self.spool_dir / f"{time.time_ns():x}.{os.getpid()}.{secrets.token_hex(6)}"
@@ -179,6 +179,7 @@ class DirectorySubmitter:
         out: dict[str, tuple[str, str]] = {}
         qid: str | None = None
         apath: Path | None = None  # the archive copies' own file, when a failed one is retried
+        outcome = None
         try:
             local: list[tuple[str, Any]] = []
             remote: list[str] = []
@@ -229,6 +230,10 @@ class DirectorySubmitter:
                     out.setdefault(r, ("queued", f"250 2.0.0 queued as {qid}"))
                     if out[r][0] != "yes":
                         out[r] = ("queued", f"250 2.0.0 queued as {qid}")
+        except OSError:  # not acknowledged: the copies made are recorded, a resend skips them (docs/sieve.md)
+            if outcome is not None:
+                await remember(outcome)
+            raise
         finally:
             await loop.run_in_executor(None, _unlink, spool)
             if apath is not None:

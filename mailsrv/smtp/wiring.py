@@ -16,7 +16,7 @@ from typing import Any
 from mailsrv import log
 from mailsrv.delivery.archive import ArchiveRules, envelope_block
 from mailsrv.delivery.local import LocalDelivery, LocalOutcome, unlink_quiet
-from mailsrv.delivery.sieve import SieveFilter, queue_orders, reply_text
+from mailsrv.delivery.sieve import SieveFilter, queue_orders, remember, reply_text
 from mailsrv.delivery.spool import FileSpool, clean, spool_dir
 from mailsrv.files.convert import ConvertPolicy, converted, link_base
 from mailsrv.net.service import ServiceContext
@@ -141,6 +141,16 @@ class DirectoryBackend:
             await self._queue_archive_retry(tx, spool, outcome)
         if outcome is not None and not remote and local and delivered == 0 and outcome.retry:
             return Verdict(451, "4.3.0", "Temporary local delivery failure, try again later")
+        # docs/sieve.md "Retries": the redirects before a retried recipient's entry, whose retry may
+        # come at once and must find them recorded
+        if outcome is not None and (outcome.redirects or outcome.replies):
+            try:
+                await queue_orders(self.queue, QRcpt, outcome, tx.sender, spool.path, data,
+                                   smtputf8=tx.smtputf8, body=tx.body)
+            except OSError as exc:  # a redirect or reply not queued: not acknowledged (as below)
+                logger.exception("sieve.enqueue_failed", exc)
+                await remember(outcome)
+                return Verdict(451, "4.3.0", "Queue not available, try again later")
         qid = ""
         if remote:
             try:
@@ -149,21 +159,16 @@ class DirectoryBackend:
                 qid = await self.queue.enqueue(spool.path, tx.sender, remote, envid=tx.envid, ret=tx.ret,
                                                smtputf8=tx.smtputf8, body=tx.body)
             except OSError as exc:
-                # not accepted even when local copies are durable already: the client's retry may
-                # duplicate them, a 250 would lose the remote recipients (RFC 5321 §6.1)
+                # not accepted even when local copies are durable already (a 250 would lose the remote
+                # recipients, RFC 5321 §6.1): they are recorded, the client's retry skips them
                 logger.exception("queue.enqueue_failed", exc)
+                if outcome is not None:  # docs/sieve.md "Retries": the retry does not make them again
+                    await remember(outcome)
                 return Verdict(451, "4.3.0", "Queue not available, try again later")
         if outcome is not None and outcome.rejects:  # the others got it: a bounce for the refusing ones
             await self._notice(info, tx, spool, data, "failed",
                                [QRcpt(a, orcpt=by_addr[a].orcpt if a in by_addr else None,
                                       diag=f"550 5.7.1 {reply_text(reason)}") for a, reason in outcome.rejects])
-        if outcome is not None and (outcome.redirects or outcome.replies):
-            try:
-                await queue_orders(self.queue, QRcpt, outcome, tx.sender, spool.path, data,
-                                   smtputf8=tx.smtputf8, body=tx.body)
-            except OSError as exc:  # a redirect or reply not queued: not acknowledged (as above)
-                logger.exception("sieve.enqueue_failed", exc)
-                return Verdict(451, "4.3.0", "Queue not available, try again later")
         if delivered and tx.sender:
             await self._success_notices(info, tx, spool, outcome.retry if outcome is not None else [])
         # one log line per message: the session's message.accepted carries these fields

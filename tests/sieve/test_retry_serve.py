@@ -33,7 +33,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, sink: Sink) -> Iterator[Any
     base = tmp_path_factory.mktemp("sieveretry")
     cfg = init_setup(base / "s", "--demo", workers=1)
     users = dict(re.findall(r"demo user (\S+) password (\S+)", (base / "s" / "demo-users.txt").read_text()))
-    add_users(cfg, users, ("lena",), PW)
+    add_users(cfg, users, ("lena", "mira"), PW)  # mira: no script
     with open(cfg, "a") as fh:
         fh.write(f'\n[queue.route."remote.test"]\nsmarthost = "127.0.0.1:{sink.port}"\ntls = "none"\n')
     activate(cfg, {"lena": SCRIPT})
@@ -112,3 +112,48 @@ def test_sender_retry_after_451_makes_only_what_is_missing(server: Any, sink: Si
     # the first attempt queued nothing (451): the redirect is made once, by the retry
     wait_until(lambda: len(sunk_to(sink, "retry two")) == 1, timeout=30)
     assert folder(server, f"lena@{D}", "INBOX")["retry two"] == ""
+
+
+def test_sender_retry_after_a_queue_failure_makes_no_copy_twice(server: Any, sink: Sink) -> None:
+    """Every copy made, then the queue fails (lena's redirect): 451. The copies of both recipients,
+    lena's with a script and mira's without, are recorded before the 451; the sender's retry makes
+    none of them again and queues the redirect once (docs/sieve.md "Retries")."""
+    mark = server.mark()
+    send(server, "warm up three", [f"lena@{D}", f"mira@{D}"])
+    server.wait_for(r"queue\.done ", start=mark)  # its redirect sent and its entry gone
+    qmsg = Path(load(server.cfg).server.data_dir) / "queue" / "msg"
+    mark = server.mark()
+    immutable(qmsg, True)
+    try:
+        with pytest.raises(smtplib.SMTPDataError) as e:
+            send(server, "retry three", [f"lena@{D}", f"mira@{D}"])
+        assert e.value.smtp_code == 451
+    finally:
+        immutable(qmsg, False)
+    server.wait_for(r"sieve\.remembered .*accounts=2", start=mark)
+    assert count(server, "Archive", "retry three") == 1
+    assert count(server, "INBOX", "retry three") == 1
+    assert mira_count(server, "retry three") == 1
+    mark = server.mark()
+    send(server, "retry three", [f"lena@{D}", f"mira@{D}"])  # the sender's retry, the same message
+    server.wait_for(r"sieve\.retried .*user=mira@example\.test", start=mark)
+    wait_until(lambda: len(sunk_to(sink, "retry three")) == 1, timeout=30)
+    assert count(server, "Archive", "retry three") == 1
+    assert count(server, "INBOX", "retry three") == 1
+    assert mira_count(server, "retry three") == 1
+    # the rows have served: the same message sent once more is new mail for both
+    send(server, "retry three", [f"lena@{D}", f"mira@{D}"])
+    assert mira_count(server, "retry three") == 2
+    assert count(server, "Archive", "retry three") == 2
+    wait_until(lambda: len(sunk_to(sink, "retry three")) == 2, timeout=30)
+
+
+def mira_count(srv: Any, subject: str) -> int:
+    m = imap(srv, f"mira@{D}")
+    try:
+        assert m.select("INBOX", readonly=True)[0] == "OK"
+        typ, data = m.search(None, "SUBJECT", f'"{subject}"')
+        assert typ == "OK"
+        return len(data[0].split())
+    finally:
+        m.logout()
