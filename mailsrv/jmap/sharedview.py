@@ -103,7 +103,7 @@ def sight(mailbox_ids: Iterable[str]) -> str:
 
 def _unsight(token: str) -> set[bytes]:
     try:
-        raw = base64.urlsafe_b64decode(token.encode("ascii"))
+        raw = base64.b64decode(token.encode("ascii"), altchars=b"-_", validate=True)  # garbage is refused
     except (ValueError, binascii.Error):
         raise CannotCalculateChanges(token) from None
     if len(raw) % 3:

@@ -143,3 +143,17 @@ async def test_changes_after_an_acl_change_name_what_it_hid_and_showed(env: Env)
     assert (await bob.call(["Email/changes", {"accountId": a_id, "sinceState": mine}, "c"]))[0][1]["type"] == (
         "cannotCalculateChanges")
     env.cli("share", "revoke", ALICE, BOB)
+
+
+def test_sight_tokens_round_trip_and_refuse_garbage() -> None:
+    import pytest
+
+    from mailsrv.jmap.backend import CannotCalculateChanges
+    from mailsrv.jmap.sharedview import _box_key, _unsight, sight
+
+    ids = ["Mabc", "Mdef", "M" + "0" * 24]
+    assert _unsight(sight(ids)) == {_box_key(i) for i in ids} and _unsight(sight([])) == set()
+    assert len(sight(ids)) == 4 * len(ids)
+    for bad in ("!!", "AAAA" + "A", "é"):
+        with pytest.raises(CannotCalculateChanges):
+            _unsight(bad)
