@@ -231,6 +231,8 @@ class Parser:
         digits = self._run(frozenset(b"0123456789"))
         if not digits:
             raise self.error("expected a number")
+        if len(digits.lstrip(b"0")) > 20:  # before int(): past 4 300 digits it raises ValueError (a crash)
+            raise self.error("number out of range")
         value = int(digits)
         if value >= 1 << bits or (bits == 64 and value >= 1 << 63):
             raise self.error("number out of range")

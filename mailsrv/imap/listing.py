@@ -21,8 +21,16 @@ if TYPE_CHECKING:
 DELIMITER = "/"
 
 
-def pattern_regex(pattern: str) -> re.Pattern[str]:
-    """``*`` matches anything, ``%`` anything but the delimiter (RFC 9051 §6.3.9)."""
+#: wildcards a LIST pattern may have and still be matched with a regular expression: each ``*`` is a
+#: ``.*`` that backtracks, so k of them cost up to len(name)**k per name ("*a*a*a*a*a*a*b" against
+#: a 200-character name held the worker's loop for minutes); beyond two, :class:`WildcardMatcher`
+REGEX_WILDCARDS = 2
+
+
+def pattern_regex(pattern: str) -> re.Pattern[str] | WildcardMatcher:
+    """``*`` matches anything, ``%`` anything but the delimiter (RFC 9051 §6.3.9); ``.match(name)``."""
+    if sum(1 for i, ch in enumerate(pattern) if ch in "*%" and (i == 0 or pattern[i - 1] not in "*%")) > REGEX_WILDCARDS:
+        return WildcardMatcher(pattern)
     out = []
     for ch in pattern:
         if ch == "*":
@@ -36,6 +44,53 @@ def pattern_regex(pattern: str) -> re.Pattern[str]:
     if pattern.upper().startswith("INBOX"):
         body = "(?i:INBOX)" + "".join(out[5:]) if len(pattern) >= 5 else body
     return re.compile(body + r"\Z", re.S)
+
+
+_STAR, _PERCENT = 0, 1
+
+
+class WildcardMatcher:
+    """A LIST pattern matched without backtracking: the set of pattern positions reached so far,
+    advanced one character of the name at a time (at most len(name) * len(pattern) steps)."""
+
+    __slots__ = ("tokens",)
+
+    def __init__(self, pattern: str) -> None:
+        fold = pattern.upper().startswith("INBOX")
+        tokens: list[str | int] = []
+        for i, ch in enumerate(pattern):
+            if ch in "*%":
+                kind = _STAR if ch == "*" else _PERCENT
+                if tokens and isinstance(tokens[-1], int):  # "**", "*%", "%*" are "*"; "%%" is "%"
+                    tokens[-1] = min(tokens[-1], kind)
+                else:
+                    tokens.append(kind)
+            else:  # a literal: the characters it matches (INBOX in any case)
+                tokens.append(ch.upper() + ch.lower() if fold and i < 5 else ch)
+        self.tokens = tokens
+
+    def _close(self, states: set[int]) -> set[int]:
+        # a wildcard may match nothing: the position after it is reached too (never two wildcards in a row)
+        n = len(self.tokens)
+        return states | {i + 1 for i in states if i < n and isinstance(self.tokens[i], int)}
+
+    def match(self, name: str) -> bool:
+        tokens, n = self.tokens, len(self.tokens)
+        states = self._close({0})
+        for ch in name:
+            step = set()
+            for i in states:
+                if i == n:
+                    continue
+                t = tokens[i]
+                if t == _STAR or (t == _PERCENT and ch != "/"):
+                    step.add(i)
+                elif isinstance(t, str) and ch in t:
+                    step.add(i + 1)
+            if not step:
+                return False
+            states = self._close(step)
+        return n in states
 
 
 async def run_list(session: Session, cmd: Command, *, lsub: bool = False) -> None:

@@ -507,9 +507,13 @@ class Engine:
         ).fetchone()
         if r is None:
             # created by another program or process since we last looked?
-            d = self.root / maildir.folder_dir(name)
+            try:
+                dirname = maildir.folder_dir(name)
+            except maildir.NameError_:  # too long to be stored: no such folder
+                raise MailboxNotFound(name) from None
+            d = self.root / dirname
             if (d / "cur").is_dir() and (d / "new").is_dir():
-                folders.adopt_folder(self, name, maildir.folder_dir(name))
+                folders.adopt_folder(self, name, dirname)
                 return self._row(name)
             raise MailboxNotFound(name)
         return _Mbox(*r)

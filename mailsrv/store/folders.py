@@ -336,12 +336,15 @@ def rename_mailbox(eng: Engine, old: str, new: str) -> None:
             raise MailboxExists(new)
         children = [(n, d) for n, d in eng.db.execute("SELECT name, dir FROM mailboxes WHERE name LIKE ?",
                                                       (mb.name.replace("%", "\\%") + "/%",))]
+        try:  # every new name checked (e.g. too long once stored) before anything moves
+            moves = [(cname, cdir, new + cname[len(mb.name):], maildir.folder_dir(new + cname[len(mb.name):]))
+                     for cname, cdir in children]
+        except maildir.NameError_ as exc:
+            raise BadMailboxName(str(exc)) from None
         with eng._write() as res:
             os.rename(eng.root / mb.dir, eng.root / ndir)
             eng.db.execute("UPDATE mailboxes SET name=?, dir=? WHERE id=?", (new, ndir, mb.id))
-            for cname, cdir in children:
-                nname = new + cname[len(mb.name):]
-                cnew = maildir.folder_dir(nname)
+            for cname, cdir, nname, cnew in moves:
                 os.rename(eng.root / cdir, eng.root / cnew)
                 eng.db.execute("UPDATE mailboxes SET name=?, dir=? WHERE name=?", (nname, cnew, cname))
             fsio.fsync_dir(eng.root)

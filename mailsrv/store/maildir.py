@@ -26,6 +26,8 @@ FLAG_TO_LETTER = {v.lower(): k for k, v in LETTER_TO_FLAG.items()}
 SYSTEM_FLAGS = frozenset(LETTER_TO_FLAG.values())
 #: IMAP hierarchy delimiter seen by clients
 DELIMITER = "/"
+#: longest directory name (Linux NAME_MAX): a Maildir++ folder is one directory, its whole path in the name
+NAME_MAX = 255
 
 
 class NameError_(ValueError):
@@ -166,7 +168,10 @@ def folder_dir(name: str) -> str:
     name = normalize_name(name)
     if name == "INBOX":
         return ""
-    return "." + ".".join(_mutf7_encode(part) for part in name.split(DELIMITER))
+    out = "." + ".".join(_mutf7_encode(part) for part in name.split(DELIMITER))
+    if len(out.encode()) > NAME_MAX:  # else the mkdir fails with ENAMETOOLONG (an I/O error, "try again")
+        raise NameError_(f"mailbox name longer than {NAME_MAX - 1} octets once stored")
+    return out
 
 
 def dir_to_name(dirname: str) -> str | None:
