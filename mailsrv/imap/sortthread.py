@@ -11,6 +11,8 @@ import re
 from dataclasses import dataclass, field
 from email.header import decode_header, make_header
 
+from mailsrv.mime.headers import BASE_SUBJECT_MAX
+
 _SUBJ_TRAILER = re.compile(r"(?:\s*\(fwd\)\s*)$", re.I)
 _SUBJ_LEADER = re.compile(r"^(?:\s*(?:re|fwd?)\s*(?:\[[^\[\]]*\]\s*)*:\s*|\s*\[[^\[\]]*\]\s*)", re.I)
 _FWD_WRAP = re.compile(r"^\[fwd:\s*(.*)\]$", re.I | re.S)
@@ -28,7 +30,7 @@ def decode(value: bytes | None) -> str:
 
 def base_subject(subject: str) -> str:
     """RFC 5256 §2.1: strip Re:/Fwd:/[blob] leaders, (fwd) trailers and [Fwd: ...] wrappers."""
-    s = " ".join(subject.split())
+    s = " ".join(subject[:BASE_SUBJECT_MAX].split())
     while True:
         before = s
         while True:

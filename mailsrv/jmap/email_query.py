@@ -24,6 +24,7 @@ from mailsrv.jmap.core import MAIL, RequestContext, registry
 from mailsrv.jmap.errors import MethodError, invalid_arguments
 from mailsrv.jmap.query import compile_filter, compile_sort, window
 from mailsrv.mime import MessageStructure
+from mailsrv.mime.headers import BASE_SUBJECT_MAX
 
 #: parsed facts of this many messages are kept per worker
 FACT_CACHE = 20000
@@ -66,7 +67,7 @@ def _addr_text(values: list[bytes]) -> tuple[str, str]:
 
 def base_subject(subject: str) -> str:
     # RFC 5256 §2.1 (simplified): strip leading Re:/Fwd:/Fw: and [tags], lower case
-    s = subject.strip()
+    s = subject[:BASE_SUBJECT_MAX].strip()
     while True:
         low = s.lower()
         for pre in ("re:", "fwd:", "fw:", "aw:", "wg:"):

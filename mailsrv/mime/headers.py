@@ -53,6 +53,12 @@ _ALIASES = {
 }
 
 
+#: characters of a Subject the RFC 5256 base-subject functions look at (IMAP SORT and THREAD, the store's
+#: thread headers, search, JMAP sorting): their strip-and-repeat loops are quadratic, and a header block
+#: may carry a 256 KiB Subject ("Re: " 64 000 times cost minutes of CPU per message, at delivery too)
+BASE_SUBJECT_MAX = 2000
+
+
 def lookup_charset(name: str | bytes | None) -> str | None:
     """A Python codec name for a MIME charset name, or None when unknown.
 

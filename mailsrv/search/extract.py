@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from mailsrv import mime
 from mailsrv._speedups.search import header_texts
 from mailsrv._speedups.tokenize import normalize
+from mailsrv.mime.headers import BASE_SUBJECT_MAX
 
 __all__ = ["EXTRACT_VERSION", "FIELDS", "Document", "base_subject", "extract", "html_to_text"]
 
@@ -98,7 +99,7 @@ _WS = re.compile(r"\s+")
 
 def base_subject(subject: str) -> str:
     """RFC 5256 §2.1 base subject (case-folded, whitespace collapsed)."""
-    s = _WS.sub(" ", subject).strip()
+    s = _WS.sub(" ", subject[:BASE_SUBJECT_MAX]).strip()
     while True:
         # (2) trailers
         while True:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from mailsrv.mime.headers import BASE_SUBJECT_MAX
+
 _MSGID = re.compile(rb"<([^<>\s]{1,500})>")
 _PREFIX = re.compile(r"^\s*((re|fwd?|aw|sv|antw|rif|tr)(\[\d+\])?\s*:|\[[^\]]*\])\s*", re.IGNORECASE)
 _TRAILER = re.compile(r"\s*\(fwd\)\s*$", re.IGNORECASE)
@@ -58,7 +60,7 @@ def fields(block: bytes, names: set[bytes]) -> dict[bytes, bytes]:
 
 
 def base_subject(subject: str) -> str:
-    s = _WS.sub(" ", subject).strip()
+    s = _WS.sub(" ", subject[:BASE_SUBJECT_MAX]).strip()
     while True:
         t = _TRAILER.sub("", s)
         t = _PREFIX.sub("", t, count=1)
