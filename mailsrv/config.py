@@ -739,6 +739,9 @@ class SieveConfig:
                            "relative to server.data_dir; written by the administrator.", Path("sieve-global"))
     notify_per_hour: int = doc("Sieve notifications (enotify, mailto) one account may send per hour; more are "
                                "dropped (sieve.notify_skipped reason=rate).", 30, check=_non_negative)
+    spamtest_max_score: float = doc("X-Spam-Score (of our policy) at and above which Sieve spamtest (RFC 5235) is "
+                                    '"10" and spamtest :percent "100"; a score of 0 or less is "1" and "0", linear '
+                                    "between (as Pigeonhole's sieve_spamtest_max_value).", 10.0, check=_positive)
     # script storage and ManageSieve (mailsrv.sieve.scripts, mailsrv.managesieve)
     max_scripts: int = doc("Sieve scripts one account may keep (ManageSieve answers NO (QUOTA/MAXSCRIPTS) "
                            "beyond).", 16, check=_positive)

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from mailsrv import log
-from mailsrv.config import SieveConfig
+from mailsrv.config import PolicyConfig, SieveConfig
 from mailsrv.delivery import sieve_ledger
 from mailsrv.delivery.local import unlink_quiet
 from mailsrv.directory import Account, Kind
@@ -37,6 +37,8 @@ from mailsrv.sieve.interp import MAX_FIELD, header_fields
 from mailsrv.sieve.lang import Notify
 from mailsrv.sieve.notify import compose_notification, parse_mailto
 from mailsrv.sieve.scripts import ACTIVE, DIRNAME, SUFFIX, BadName, active_script, check_name
+from mailsrv.sieve.verdicts import OurVerdicts, Values
+from mailsrv.sieve.verdicts import values as verdict_values
 from mailsrv.store import account_root
 
 logger = log.get("sieve")
@@ -310,11 +312,23 @@ class VacationState:
         return row is not None
 
 
-class SieveFilter:
-    """Per worker: the accounts' compiled scripts (cache keyed by account, checked by stat)."""
+def our_verdicts(policy: PolicyConfig, hostname: str, sieve: SieveConfig) -> OurVerdicts | None:
+    """Where spamtest and virustest (RFC 5235) find our policy's verdicts at SMTP delivery; None when
+    the policy does not run (every message is "not tested")."""
+    if not policy.enabled:
+        return None
+    return OurVerdicts(policy.authserv_id or hostname, bool(policy.clamd_socket), sieve.spamtest_max_score)
 
-    def __init__(self, config: SieveConfig, data_dir: Path, check_interval: float = CHECK_INTERVAL) -> None:
+
+class SieveFilter:
+    """Per worker: the accounts' compiled scripts (cache keyed by account, checked by stat).
+    ``verdicts``: :func:`our_verdicts` for mail our policy judged (SMTP); None: nothing was judged
+    (JMAP submissions)."""
+
+    def __init__(self, config: SieveConfig, data_dir: Path, check_interval: float = CHECK_INTERVAL,
+                 verdicts: OurVerdicts | None = None) -> None:
         self.config = config
+        self.verdicts = verdicts
         self.data_dir = data_dir
         self.global_dir = data_dir / config.global_dir  # RFC 6609 :global scripts
         self.check_interval = check_interval
@@ -445,7 +459,9 @@ class Pass:
             if "mailbox" in script.extensions:  # RFC 5490 mailboxexists: the recipient's folders
                 sacct = await self.local.store_account(acct)
                 boxes = frozenset(m.name for m in await sacct.list_mailboxes())
-            msg = MessageView(tuple(fields), self.sender, address, self._size, body, boxes)
+            ours = self.filt.verdicts
+            msg = MessageView(tuple(fields), self.sender, address, self._size, body, boxes,
+                              verdicts=verdict_values(fields, ours) if ours is not None else Values())
             outcome = run_script(script, msg, max_redirects=self.filt.config.max_redirects)
             self.filt.runs += 1
             if not self.filt.runs % YIELD_EVERY:  # a big group's scripts: let the loop breathe

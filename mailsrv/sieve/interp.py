@@ -55,10 +55,12 @@ from mailsrv.sieve.lang import (
     Stop,
     StringTest,
     VacationAction,
+    VerdictTest,
     normalize_flags,
 )
 from mailsrv.sieve.match import Matcher, matcher
 from mailsrv.sieve.notify import parse_mailto
+from mailsrv.sieve.verdicts import Values
 
 #: Actions one run may take (keep, fileinto, redirect, vacation; Pigeonhole's sieve_max_actions is 32)
 MAX_ACTIONS = 32
@@ -109,6 +111,8 @@ class MessageView:
     mailboxes: frozenset[str] | None = None
     #: POSIX time of the delivery, for currentdate (RFC 5260 §5); 0: now
     now: float = 0.0
+    #: RFC 5235 spamtest / virustest values (mailsrv.sieve.verdicts; the default: not tested)
+    verdicts: Values = Values()
     _decoded: dict[str, tuple[str, ...]] = field(default_factory=dict, compare=False, repr=False)
     _index: dict[str, list[bytes]] = field(default_factory=dict, compare=False, repr=False)
     _addresses: dict[str, tuple[tuple[str, str], ...]] = field(default_factory=dict, compare=False, repr=False)
@@ -544,6 +548,8 @@ class _Run:
             return msg.size > t.limit if t.over else msg.size < t.limit
         if isinstance(t, HasFlagTest):
             return self.match(list(self.flags), t.keys)
+        if isinstance(t, VerdictTest):  # RFC 5235 §3.2, §3.3 ("0": not tested)
+            return self.match([getattr(msg.verdicts, t.kind)], t.keys)
         assert isinstance(t, Const)
         return t.value
 

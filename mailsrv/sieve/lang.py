@@ -48,6 +48,9 @@ EXTENSIONS: tuple[str, ...] = (
     "date",  # RFC 5260 §4, §5: date, currentdate
     "index",  # RFC 5260 §6: :index, :last
     "regex",  # draft-ietf-sieve-regex-01 (RE2: no backtracking; mailsrv.sieve.match)
+    "spamtest",  # RFC 5235 §3.2: our policy's X-Spam-Score (mailsrv.sieve.verdicts)
+    "spamtestplus",  # RFC 5235 §3.2: spamtest :percent
+    "virustest",  # RFC 5235 §3.3: our policy's X-Virus-Status
     "comparator-i;ascii-numeric",  # RFC 4790 §9.1 (RFC 5228 §2.7.3: needs its require)
     "comparator-i;octet",  # RFC 5228 §2.7.3 (always available; require accepts it)
     "comparator-i;ascii-casemap",
@@ -130,6 +133,15 @@ class StringTest:
 
 
 @dataclass(frozen=True)
+class VerdictTest:
+    """RFC 5235: ``spamtest`` (``kind`` "spam", "spam_percent" with :percent) or ``virustest``
+    ("virus"): the message's value against the key."""
+
+    kind: str
+    keys: tuple[Matcher, ...]
+
+
+@dataclass(frozen=True)
 class MailboxExists:
     names: tuple[str, ...]
 
@@ -173,7 +185,7 @@ class Const:
     value: bool
 
 
-Node = HeaderTest | AddressTest | DateTest | NotifyMethodTest | ExistsTest | SizeTest | HasFlagTest | BodyTest | MailboxExists | StringTest | AllOf | AnyOf | NotTest | Const
+Node = HeaderTest | AddressTest | DateTest | NotifyMethodTest | ExistsTest | SizeTest | HasFlagTest | BodyTest | MailboxExists | StringTest | VerdictTest | AllOf | AnyOf | NotTest | Const
 
 
 @dataclass(frozen=True)
@@ -806,6 +818,17 @@ class _Compiler:
             content = a.tags.get("content")
             types = tuple(x.lower() for x in content.items) if isinstance(content, StringList) else ()
             return BodyTest(given[0] if given else "text", types, a.matchers(keys))
+        if name in ("spamtest", "virustest"):
+            if name == "spamtest" and "spamtestplus" not in self.ext:  # RFC 5235 §3.2: plus includes it
+                self.need("spamtest", t.line, name)
+            if name == "virustest":
+                self.need("virustest", t.line, name)
+            a = _Args(t, self.ext).take(match=True, flags=("percent",) if name == "spamtest" else ())
+            if "percent" in a.tags:
+                self.need("spamtestplus", t.line, "spamtest :percent")
+            (keys,) = a.strings("s")
+            kind = "virus" if name == "virustest" else "spam_percent" if "percent" in a.tags else "spam"
+            return VerdictTest(kind, a.matchers(keys))
         if name == "hasflag":
             self.need("imap4flags", t.line, "hasflag")
             a = _Args(t, self.ext).take(match=True)

@@ -16,7 +16,7 @@ from typing import Any
 from mailsrv import log
 from mailsrv.delivery.archive import ArchiveRules, envelope_block
 from mailsrv.delivery.local import LocalDelivery, LocalOutcome, unlink_quiet
-from mailsrv.delivery.sieve import SieveFilter, queue_orders, remember, reply_text
+from mailsrv.delivery.sieve import SieveFilter, our_verdicts, queue_orders, remember, reply_text
 from mailsrv.delivery.spool import FileSpool, clean, spool_dir
 from mailsrv.files.convert import ConvertPolicy, converted, link_base
 from mailsrv.net.service import ServiceContext
@@ -46,7 +46,8 @@ class DirectoryBackend:
     """:class:`~mailsrv.smtp.backend.MailBackend` over the real directory, store and queue."""
 
     def __init__(self, directory: Any, store: Any, data_dir: Path, archive: ArchiveRules | None = None,
-                 files: Any = None, convert_over: int = 0, link_base: str = "", sieve: Any = None) -> None:
+                 files: Any = None, convert_over: int = 0, link_base: str = "", sieve: Any = None,
+                 verdicts: Any = None) -> None:
         self.directory = directory
         #: docs/files.md: an authenticated sender's attachments over their threshold become links (``files``:
         #: the worker's mailsrv.files.FileLinks; ``convert_over`` the default, overridden per domain and user)
@@ -56,7 +57,7 @@ class DirectoryBackend:
         self.archive = archive  # docs/archive.md: None or no rules -> no archive copies
         self.local = LocalDelivery(directory, store, data_dir)
         if sieve is not None and sieve.enabled:  # docs/sieve.md: the recipients' filters ([sieve] section)
-            self.local.sieve = SieveFilter(sieve, data_dir)
+            self.local.sieve = SieveFilter(sieve, data_dir, verdicts=verdicts)  # spamtest: our policy's verdicts
         self.queue = Enqueuer(data_dir)
         self.spool_dir = spool_dir(data_dir)
         clean(self.spool_dir)  # unacknowledged leftovers of a crashed worker (once, at start)
@@ -282,4 +283,4 @@ def build_backend(ctx: ServiceContext) -> MailBackend:
     files = ctx.resources.get("files") if cfg.files.enabled else None  # convert_over: per domain and user too
     return DirectoryBackend(directory, store, cfg.server.data_dir, ctx.resources.get("archive"),
                             files=files, convert_over=cfg.files.convert_over, link_base=link_base(cfg),
-                            sieve=cfg.sieve)
+                            sieve=cfg.sieve, verdicts=our_verdicts(cfg.policy, cfg.server.hostname, cfg.sieve))
