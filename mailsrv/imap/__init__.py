@@ -7,7 +7,7 @@ STORE, COPY/MOVE, EXPUNGE, SEARCH, SORT, THREAD) and ``listing`` (LIST/LSUB);
 ``fetch``/``structure`` (FETCH items, the fallback MIME walker), ``search``/
 ``searchindex``/``sortthread`` (SEARCH, SORT, THREAD); ``server`` (the connection
 loop: framing, limits, errors -> replies), ``compress`` (COMPRESS=DEFLATE),
-``spool`` (big APPEND literals to disk); ``memory`` (an in-memory store for tests).
+``spool`` (big APPEND literals to disk); ``replace`` (REPLACE); ``memory`` (an in-memory store for tests).
 
 RFCs and their status here (for docs/rfc-index.md):
 
@@ -50,5 +50,8 @@ RFC        what                            status  notes
 8514       SAVEDATE                        yes
 8970       PREVIEW                         yes
 5032       WITHIN                          yes     OLDER, YOUNGER
+8440       LIST-MYRIGHTS                   yes     own folders and shared ones (the grantee's rights)
+8437       UNAUTHENTICATE                  yes     TLS, COMPRESS and failed-login count kept
+8508       REPLACE                         yes     i on the target, t e on the source; new before old
 =========  ==============================  ======  ==========================================
 """

@@ -167,6 +167,28 @@ def _status(p: Parser, cmd: Command) -> None:
     cmd.args["items"] = p.paren_list(lambda: p.atom().upper().decode())
 
 
+def _append_message(p: Parser) -> tuple[list[bytes], Any, Any]:
+    """RFC 4466 ``append-message`` after its SP: (flags, date-time or None, the literal)."""
+    flags: list[bytes] = []
+    when = None
+    if p.peek() == 0x28:
+        flags = p.flag_list()
+        p.sp()
+    if p.peek() == 0x22:
+        when = p.date_time()
+        p.sp()
+    binary = p.peek() == 0x7E
+    if p.at(b"UTF8"):
+        # RFC 6855 §4: UTF8 (literal8)
+        p.sp()
+        p.expect(b"(")
+        data = p.literal(binary=True)
+        p.expect(b")")
+    else:
+        data = p.literal(binary=binary)
+    return flags, when, data
+
+
 def _append(p: Parser, cmd: Command) -> None:
     p.sp()
     cmd.args["mailbox"] = p.mailbox()
@@ -174,27 +196,20 @@ def _append(p: Parser, cmd: Command) -> None:
     # RFC 3502 MULTIAPPEND: append-message *(SP append-message)
     while True:
         p.sp()
-        flags: list[bytes] = []
-        when = None
-        if p.peek() == 0x28:
-            flags = p.flag_list()
-            p.sp()
-        if p.peek() == 0x22:
-            when = p.date_time()
-            p.sp()
-        binary = p.peek() == 0x7E
-        if p.at(b"UTF8"):
-            # RFC 6855 §4: UTF8 (literal8)
-            p.sp()
-            p.expect(b"(")
-            data = p.literal(binary=True)
-            p.expect(b")")
-        else:
-            data = p.literal(binary=binary)
-        messages.append((flags, when, data))
+        messages.append(_append_message(p))
         if p.at_end():
             break
     cmd.args["messages"] = messages
+
+
+def _replace(p: Parser, cmd: Command) -> None:
+    """RFC 8508 §6: ``REPLACE SP seq-number SP mailbox append-message`` (a UID under UID REPLACE)."""
+    p.sp()
+    cmd.args["number"] = p.number(nz=True)
+    p.sp()
+    cmd.args["mailbox"] = p.mailbox()
+    p.sp()
+    cmd.args["messages"] = [_append_message(p)]
 
 
 _FETCH_MACROS = {
@@ -596,6 +611,8 @@ COMMANDS = {
     "LISTRIGHTS": _acl_identifier,
     "SETACL": _setacl,
     "DELETEACL": _acl_identifier,
+    "UNAUTHENTICATE": _no_args,
+    "REPLACE": _replace,
 }
 UID_COMMANDS = {
     "FETCH": _fetch,
@@ -606,6 +623,7 @@ UID_COMMANDS = {
     "EXPUNGE": _uid_expunge,
     "SORT": _sort,
     "THREAD": _thread,
+    "REPLACE": _replace,
 }
 
 

@@ -1,4 +1,5 @@
-"""LIST and LSUB (RFC 9051 §6.3.9, RFC 5258 LIST-EXTENDED, RFC 5819 LIST-STATUS, RFC 6154, RFC 3348).
+"""LIST and LSUB (RFC 9051 §6.3.9, RFC 5258 LIST-EXTENDED, RFC 5819 LIST-STATUS, RFC 6154, RFC 3348,
+RFC 8440 LIST-MYRIGHTS).
 
 Hierarchy delimiter "/", a personal namespace with an empty prefix and the "Other Users" one
 (RFC 2342): for each grant the user holds, ``Other Users`` and ``Other Users/<owner>`` (\\Noselect)
@@ -171,6 +172,10 @@ async def run_list(session: Session, cmd: Command, *, lsub: bool = False) -> Non
         extra = b' ("CHILDINFO" ("SUBSCRIBED"))' if name in childinfo else b""
         session.w(b"* " + verb + b" (" + " ".join(attrs).encode() + b') "/" ' + session._name_out(name)
                   + extra + b"\r\n")
+        if returns.get("MYRIGHTS") and exists:
+            # RFC 8440 §3: a MYRIGHTS response for each selectable mailbox listed, as MYRIGHTS answers it
+            rights = place.rights if place is not None else acl.OWNER_RIGHTS
+            session.w(b"* MYRIGHTS " + session._name_out(name) + b" " + acl.with_virtual(rights).encode() + b"\r\n")
         if status_items and exists:
             try:
                 items = await session.status_items(place or await session._place(name), status_items)

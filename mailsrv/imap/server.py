@@ -264,7 +264,9 @@ class ImapService:
         line = await conn.readline()
         buf = bytearray(line)
         head = line[:64].split(b" ", 3)
-        is_append = len(head) > 1 and head[1].upper().startswith(b"APPEND")
+        # APPEND and REPLACE / UID REPLACE (RFC 8508) carry a message: its limit, spooled to a file
+        verb = head[2] if len(head) > 2 and head[1].upper() == b"UID" else head[1] if len(head) > 1 else b""
+        is_append = verb.upper().startswith((b"APPEND", b"REPLACE"))
         limit = session.cfg.append_limit if is_append else self.max_literal
         # A whole command is bounded too (many small literals): MULTIAPPEND may carry a few
         # messages, any other command a few literals' worth.

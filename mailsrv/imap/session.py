@@ -33,6 +33,7 @@ from mailsrv.imap import response as resp
 from mailsrv.imap.errors import SYSTEM_FLAGS, Bye, ImapError, norm_flag, store_error_name
 from mailsrv.imap.grammar import Command
 from mailsrv.imap.messages import MessageCommands
+from mailsrv.imap.replace import ReplaceCommands
 from mailsrv.imap.seqset import format_uids
 from mailsrv.imap.sharing import Place, Shares, SharingCommands
 from mailsrv.imap.spool import LiteralSpool
@@ -73,6 +74,7 @@ VERBS: dict[str, frozenset[State]] = {
     "NAMESPACE": _AUTH, "STATUS": _AUTH, "APPEND": _AUTH, "IDLE": _AUTH,
     "GETQUOTA": _AUTH, "GETQUOTAROOT": _AUTH, "SETQUOTA": _AUTH, "COMPRESS": _AUTH,
     "MYRIGHTS": _AUTH, "GETACL": _AUTH, "LISTRIGHTS": _AUTH, "SETACL": _AUTH, "DELETEACL": _AUTH,
+    "UNAUTHENTICATE": _AUTH, "REPLACE": _SEL, "UID REPLACE": _SEL,
     "CHECK": _SEL, "CLOSE": _SEL, "UNSELECT": _SEL, "EXPUNGE": _SEL, "SEARCH": _SEL,
     "FETCH": _SEL, "STORE": _SEL, "COPY": _SEL, "MOVE": _SEL,
     "UID FETCH": _SEL, "UID STORE": _SEL, "UID COPY": _SEL, "UID MOVE": _SEL,
@@ -140,7 +142,7 @@ class SessionConfig:
 
 
 
-class Session(MessageCommands, SharingCommands):
+class Session(MessageCommands, SharingCommands, ReplaceCommands):
     """One client's IMAP conversation."""
 
     def __init__(self, channel: Channel, auth: Any, store: Any, config: SessionConfig, search: Any = None,
@@ -230,6 +232,7 @@ class Session(MessageCommands, SharingCommands):
             "QUOTA", "QUOTA=RES-STORAGE", "QUOTA=RES-MESSAGE", f"APPENDLIMIT={self.cfg.append_limit}",
             "MULTIAPPEND", "BINARY", "UTF8=ACCEPT", "OBJECTID", "SAVEDATE", "SORT", "SORT=DISPLAY", "ESORT",
             "THREAD=ORDEREDSUBJECT", "THREAD=REFERENCES", "PREVIEW", "WITHIN", "ACL", "RIGHTS=texk",
+            "LIST-MYRIGHTS", "UNAUTHENTICATE", "REPLACE",
             *([] if self.compressed else ["COMPRESS=DEFLATE"]),
         ]
         return caps
@@ -431,6 +434,19 @@ class Session(MessageCommands, SharingCommands):
 
     async def cmd_logout(self, cmd: Command) -> None:
         self.state = State.LOGOUT
+
+    async def cmd_unauthenticate(self, cmd: Command) -> None:
+        """RFC 8437 §3: back to NOT AUTHENTICATED, as a new connection would be but for its TLS and
+        COMPRESS layers (kept). The selected mailbox is closed without expunging, its watch and share
+        of the process's message cache released, ENABLEd extensions and the owners' stores this
+        session opened forgotten. Failed logins still count (``auth_failures``): UNAUTHENTICATE does
+        not buy an attacker more guesses on this connection."""
+        self._close_view()  # drops the watch and the shared cache too
+        self.user = self.acct = self.home = None
+        self._owners.clear()
+        self.rev2 = self.utf8 = self.condstore = self.qresync = False
+        self.state = State.NOT_AUTHENTICATED
+        log.bind(user=None)
 
     async def cmd_id(self, cmd: Command) -> None:
         # RFC 2971 §3.3
@@ -851,19 +867,30 @@ class Session(MessageCommands, SharingCommands):
         return QuotaLimits(getattr(user, "quota_bytes", None), getattr(user, "quota_messages", None))
 
     async def cmd_append(self, cmd: Command) -> str:
-        place = await self._place(self._name_in(cmd.args["mailbox"]), "i")  # RFC 4314 §4: APPEND needs "i"
-        acct, name = place.acct, place.name
+        place, info = await self._append_target(cmd.args["mailbox"])
+        uids = await self._append_messages(place, cmd.args["messages"])
+        return f"[APPENDUID {info.uidvalidity} {format_uids(uids)}] APPEND completed"
+
+    async def _append_target(self, mailbox: bytes) -> tuple[Place, Any]:
+        """The place and status of an APPEND's (or REPLACE's) mailbox: "i" needed (RFC 4314 §4),
+        NO [TRYCREATE] when it does not exist (RFC 9051 §6.3.12)."""
+        place = await self._place(self._name_in(mailbox), "i")
         try:
-            info = await acct.mailbox_status(name)
+            return place, await place.acct.mailbox_status(place.name)
         except Exception as exc:
             err = self._store_error(exc)
             if err.code == "NONEXISTENT":
-                # RFC 9051 §6.3.12: TRYCREATE when the mailbox would be created by CREATE
                 raise ImapError("NO", "No such mailbox", "TRYCREATE") from None
             raise err from None
+
+    async def _append_messages(self, place: Place, messages: Sequence[tuple[list[bytes], Any, Any]]) -> list[int]:
+        """Store ``messages`` (flags, date-time, literal or spool token) in ``place``; their UIDs.
+        Each is durable when this returns (the store fsyncs before it answers). All or nothing
+        (RFC 3502 §3): after a failure the ones stored are expunged again and the error raised."""
+        acct, name = place.acct, place.name
         uids: list[int] = []
         try:
-            for flags, when, data in cmd.args["messages"]:
+            for flags, when, data in messages:
                 spooled = self.spool.path_of(data)
                 if spooled is not None:
                     data = spooled  # the store hard-links the spool file
@@ -881,11 +908,10 @@ class Session(MessageCommands, SharingCommands):
                     raise self._store_error(exc) from None
                 uids.append(uid)
         except ImapError:
-            # RFC 3502 §3: MULTIAPPEND is all or nothing.
             if uids:
                 await acct.expunge(name, uids, only_deleted=False)
             raise
-        return f"[APPENDUID {info.uidvalidity} {format_uids(uids)}] APPEND completed"
+        return uids
 
     async def cmd_idle(self, cmd: Command) -> None:
         """RFC 2177: report changes as they happen until the client sends DONE.

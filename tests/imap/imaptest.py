@@ -136,6 +136,21 @@ class Raw:
         self.sock.close()
 
 
+def login(srv: ServerHandle, user: str, password: str = "wonderland") -> Raw:
+    """A :class:`Raw` client logged in as ``user`` (closed by the conftest if the test fails)."""
+    c = Raw(srv.host, srv.port)
+    out = c.cmd(b"l LOGIN " + user.encode() + b" " + password.encode())
+    assert out[-1].startswith(b"l OK"), out
+    return c
+
+
+def ok(c: Raw, line: bytes) -> list[bytes]:
+    """Send a command line; its responses, asserting a tagged OK."""
+    out = c.cmd(line)
+    assert out[-1].split(b" ")[1] == b"OK", out
+    return out
+
+
 @contextmanager
 def serve_real_store(tmp_path: Path, jobs: list[Any] | None = None, *, store_config: Any = None,
                      quota_bytes: int | None = None, users: tuple[str, ...] = ("alice@example.test",),

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import imapclient
 import pytest
-from imaptest import Raw, ServerHandle, serve_real_store
+from imaptest import Raw, ServerHandle, ok, serve_real_store
 
 from mailsrv.config import DirectoryConfig
 from mailsrv.directory import open_sync
@@ -54,12 +54,6 @@ def login(srv: ServerHandle, user: str) -> Raw:
     srv.extra["clients"].append(c)  # closed by the fixture (Raw.opened holds them weakly)
     assert c.cmd(b"l LOGIN " + user.encode() + b" wonderland")[-1].startswith(b"l OK")
     return c
-
-
-def ok(c: Raw, line: bytes) -> list[bytes]:
-    out = c.cmd(line)
-    assert out[-1].split(b" ")[1] == b"OK", out
-    return out
 
 
 def refused(c: Raw, line: bytes, code: bytes = b"NOPERM") -> list[bytes]:
