@@ -33,7 +33,7 @@ from mailsrv.sieve import run as run_script
 from mailsrv.sieve.autoreply import FIELDS, compose, no_reply_address, reply_subject, silenced
 from mailsrv.sieve.editheader import Edit, apply_edits
 from mailsrv.sieve.include import resolve as resolve_includes
-from mailsrv.sieve.interp import MAX_FIELD, header_fields
+from mailsrv.sieve.interp import MAX_FIELD, environment, header_fields
 from mailsrv.sieve.lang import Notify
 from mailsrv.sieve.notify import compose_notification, parse_mailto
 from mailsrv.sieve.scripts import ACTIVE, DIRNAME, SUFFIX, BadName, active_script, check_name
@@ -329,6 +329,8 @@ class SieveFilter:
                  verdicts: OurVerdicts | None = None) -> None:
         self.config = config
         self.verdicts = verdicts
+        #: RFC 5183 environment items (made at the first script run)
+        self.environment: dict[str, str] | None = None
         self.data_dir = data_dir
         self.global_dir = data_dir / config.global_dir  # RFC 6609 :global scripts
         self.check_interval = check_interval
@@ -460,8 +462,11 @@ class Pass:
                 sacct = await self.local.store_account(acct)
                 boxes = frozenset(m.name for m in await sacct.list_mailboxes())
             ours = self.filt.verdicts
+            if self.filt.environment is None:  # RFC 5183: the store's host name (no store knows it at start)
+                self.filt.environment = environment(getattr(self.local.store, "hostname", "") or "localhost")
             msg = MessageView(tuple(fields), self.sender, address, self._size, body, boxes,
-                              verdicts=verdict_values(fields, ours) if ours is not None else Values())
+                              verdicts=verdict_values(fields, ours) if ours is not None else Values(),
+                              environment=self.filt.environment)
             outcome = run_script(script, msg, max_redirects=self.filt.config.max_redirects)
             self.filt.runs += 1
             if not self.filt.runs % YIELD_EVERY:  # a big group's scripts: let the loop breathe

@@ -16,7 +16,7 @@ from email.utils import format_datetime, parsedate_to_datetime
 from typing import Any
 from urllib.parse import quote
 
-from mailsrv import mime
+from mailsrv import __version__, mime
 from mailsrv.mime.body import part_text
 from mailsrv.mime.headers import decode_words, parse_addresses, unfold
 from mailsrv.sieve.editheader import PROTECTED, Edit, encoded_value
@@ -32,6 +32,8 @@ from mailsrv.sieve.lang import (
     DateTest,
     DeleteHeader,
     Discard,
+    EnvironmentTest,
+    ErrorAction,
     ExistsTest,
     FileInto,
     FlagOp,
@@ -87,6 +89,12 @@ MAX_NOTIFICATIONS = 4
 MAX_INCLUDE_DEPTH = 10
 
 
+def environment(host: str) -> dict[str, str]:
+    """RFC 5183 §4.1 items at delivery on the server ``host`` (its domain: what follows the first dot)."""
+    return {"name": "mailsrv", "version": __version__, "host": host, "domain": host.partition(".")[2] or host,
+            "location": "MS", "phase": "during"}  # a mail store, during delivery
+
+
 class SieveRuntimeError(Exception):
     """The script failed while running (RFC 5228 §2.10.6): the delivery keeps the message."""
 
@@ -113,6 +121,8 @@ class MessageView:
     now: float = 0.0
     #: RFC 5235 spamtest / virustest values (mailsrv.sieve.verdicts; the default: not tested)
     verdicts: Values = Values()
+    #: RFC 5183 environment items (:func:`environment`)
+    environment: Mapping[str, str] = field(default_factory=lambda: environment(""))
     _decoded: dict[str, tuple[str, ...]] = field(default_factory=dict, compare=False, repr=False)
     _index: dict[str, list[bytes]] = field(default_factory=dict, compare=False, repr=False)
     _addresses: dict[str, tuple[tuple[str, str], ...]] = field(default_factory=dict, compare=False, repr=False)
@@ -360,6 +370,8 @@ class _Run:
             elif isinstance(c, Keep):
                 self.store(INBOX, c.flags, True)
                 self.implicit_keep = False
+            elif isinstance(c, ErrorAction):  # RFC 5463 §5: the script fails (the message is kept)
+                raise SieveRuntimeError(f"error: {self.x(c.message)}")
             elif isinstance(c, Discard):
                 self.implicit_keep = False  # RFC 5228 §4.4: cancels the implicit keep only
             elif isinstance(c, Redirect):
@@ -548,6 +560,9 @@ class _Run:
             return msg.size > t.limit if t.over else msg.size < t.limit
         if isinstance(t, HasFlagTest):
             return self.match(list(self.flags), t.keys)
+        if isinstance(t, EnvironmentTest):  # RFC 5183 §4: an unknown item is false
+            value = msg.environment.get(t.name)
+            return value is not None and self.match([value], t.keys)
         if isinstance(t, VerdictTest):  # RFC 5235 §3.2, §3.3 ("0": not tested)
             return self.match([getattr(msg.verdicts, t.kind)], t.keys)
         assert isinstance(t, Const)

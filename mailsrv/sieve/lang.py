@@ -51,6 +51,8 @@ EXTENSIONS: tuple[str, ...] = (
     "spamtest",  # RFC 5235 §3.2: our policy's X-Spam-Score (mailsrv.sieve.verdicts)
     "spamtestplus",  # RFC 5235 §3.2: spamtest :percent
     "virustest",  # RFC 5235 §3.3: our policy's X-Virus-Status
+    "environment",  # RFC 5183: name, version, host, domain, location "MS", phase "during"
+    "ihave",  # RFC 5463: ihave (known at compile time), error
     "comparator-i;ascii-numeric",  # RFC 4790 §9.1 (RFC 5228 §2.7.3: needs its require)
     "comparator-i;octet",  # RFC 5228 §2.7.3 (always available; require accepts it)
     "comparator-i;ascii-casemap",
@@ -142,6 +144,14 @@ class VerdictTest:
 
 
 @dataclass(frozen=True)
+class EnvironmentTest:
+    """RFC 5183 §4: the environment item ``name`` (lower case) against the keys."""
+
+    name: str
+    keys: tuple[Matcher, ...]
+
+
+@dataclass(frozen=True)
 class MailboxExists:
     names: tuple[str, ...]
 
@@ -185,7 +195,7 @@ class Const:
     value: bool
 
 
-Node = HeaderTest | AddressTest | DateTest | NotifyMethodTest | ExistsTest | SizeTest | HasFlagTest | BodyTest | MailboxExists | StringTest | VerdictTest | AllOf | AnyOf | NotTest | Const
+Node = HeaderTest | AddressTest | DateTest | NotifyMethodTest | ExistsTest | SizeTest | HasFlagTest | BodyTest | MailboxExists | StringTest | VerdictTest | EnvironmentTest | AllOf | AnyOf | NotTest | Const
 
 
 @dataclass(frozen=True)
@@ -236,6 +246,13 @@ class Reject:
 
     reason: str
     protocol: bool
+
+
+@dataclass(frozen=True)
+class ErrorAction:
+    """RFC 5463 §5 ``error``: a runtime error with ``message`` (the message is kept)."""
+
+    message: str
 
 
 @dataclass(frozen=True)
@@ -311,7 +328,7 @@ class If:
 
 
 Action = (Keep | Discard | FileInto | Redirect | FlagOp | VacationAction | Reject | Stop | SetVar | If | Include | Return
-          | GlobalVars | Notify | AddHeader | DeleteHeader)
+          | GlobalVars | Notify | AddHeader | DeleteHeader | ErrorAction)
 
 
 @dataclass(frozen=True)
@@ -482,6 +499,8 @@ def _header_names(c: Test | Command, names: tuple[str, ...]) -> tuple[str, ...]:
 class _Compiler:
     def __init__(self) -> None:
         self.ext: frozenset[str] = frozenset()
+        #: extensions blocks under ``ihave`` use (RFC 5463 §4)
+        self.ihave: frozenset[str] = frozenset()
 
     def need(self, ext: str, line: int, what: str) -> None:
         if ext not in self.ext:
@@ -500,13 +519,13 @@ class _Compiler:
         while i < len(cmds):
             c = cmds[i]
             if c.name == "if":
-                branches = [(self.test_of(c), self.body(c))]
+                branches = [self.branch(c)]
                 else_: tuple[Action, ...] | None = None
                 while i + 1 < len(cmds) and cmds[i + 1].name in ("elsif", "else"):
                     i += 1
                     nxt = cmds[i]
                     if nxt.name == "elsif":
-                        branches.append((self.test_of(nxt), self.body(nxt)))
+                        branches.append(self.branch(nxt))
                         continue
                     if nxt.args or nxt.tests:
                         raise SieveError(nxt.line, "else: takes no arguments")
@@ -542,6 +561,31 @@ class _Compiler:
             raise SieveError(c.line, f"{c.name}: takes a test, not arguments")
         return self.test(c.tests[0])
 
+    def branch(self, c: Command) -> tuple[Node, tuple[Action, ...]]:
+        """An if/elsif's test and block. RFC 5463 §4: under ``ihave`` the block may use the extensions it
+        names without require; when one is not supported the block is not compiled (never runs)."""
+        t = c.tests[0] if len(c.tests) == 1 else None
+        if t is None or t.name != "ihave":
+            return self.test_of(c), self.body(c)
+        test = self.test_of(c)
+        assert isinstance(test, Const)
+        if not test.value:
+            if c.block is None:
+                raise SieveError(c.line, f"{c.name}: needs a block")
+            return test, ()
+        ext = self.ext
+        self.ext = ext | {n for n in self.ihave_names(t) if n in EXTENSIONS}
+        self.ihave |= self.ext  # the run and the delivery look at a script's extensions (body, variables...)
+        try:
+            return test, self.body(c)
+        finally:
+            self.ext = ext
+
+    def ihave_names(self, t: Test) -> tuple[str, ...]:
+        self.need("ihave", t.line, "ihave")
+        (names,) = _Args(t, self.ext).take().strings("l")
+        return names
+
     def body(self, c: Command) -> tuple[Action, ...]:
         if c.block is None:
             raise SieveError(c.line, f"{c.name}: needs a block")
@@ -553,6 +597,10 @@ class _Compiler:
         if name == "stop":
             _Args(c, self.ext).take().strings("")
             return Stop()
+        if name == "error":  # RFC 5463 §5
+            self.need("ihave", line, "error")
+            ((message,),) = _Args(c, self.ext).take().strings("s")
+            return ErrorAction(message)
         if name == "keep":
             a = _Args(c, self.ext).take(values=self.flag_tag(line))
             a.strings("")
@@ -818,6 +866,13 @@ class _Compiler:
             content = a.tags.get("content")
             types = tuple(x.lower() for x in content.items) if isinstance(content, StringList) else ()
             return BodyTest(given[0] if given else "text", types, a.matchers(keys))
+        if name == "ihave":  # RFC 5463 §4: true when every named extension is supported
+            return Const(all(n in EXTENSIONS for n in self.ihave_names(t)))
+        if name == "environment":  # RFC 5183 §4
+            self.need("environment", t.line, name)
+            a = _Args(t, self.ext).take(match=True)
+            item, keys = a.strings("sl")
+            return EnvironmentTest(item[0].lower(), a.matchers(keys))
         if name in ("spamtest", "virustest"):
             if name == "spamtest" and "spamtestplus" not in self.ext:  # RFC 5235 §3.2: plus includes it
                 self.need("spamtest", t.line, name)
@@ -842,4 +897,5 @@ def compile(text: str, max_size: int = MAX_SCRIPT_SIZE) -> Script:
     script of the supported extensions (EXTENSIONS)."""
     cmds = parse(text, max_size)
     comp = _Compiler()
-    return Script(comp.block(cmds, top=True), comp.ext, len(text))
+    commands = comp.block(cmds, top=True)
+    return Script(commands, comp.ext | comp.ihave, len(text))

@@ -1,7 +1,7 @@
 """spamtest and virustest (RFC 5235) under a real ``mailsrv serve``: the values come from the verdict
 fields our policy pipeline wrote on the inbound message, never from fields the sender wrote (a forged
 Authentication-Results of ours and a forged X-Spam-Score are removed by the pipeline, and count for
-nothing); folders read over IMAP."""
+nothing); environment (RFC 5183) under ihave; folders read over IMAP."""
 
 from __future__ import annotations
 
@@ -17,10 +17,13 @@ from test_delivery_serve import activate, add_users, imap, send
 D = "example.test"
 PW = "sieve verdicts test password"
 GTUBE = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
-SCRIPT = ('require ["spamtestplus", "virustest", "fileinto", "relational", "comparator-i;ascii-numeric"];\n'
+SCRIPT = ('require ["spamtestplus", "virustest", "ihave", "fileinto", "relational", "comparator-i;ascii-numeric"];\n'
           'if spamtest :value "ge" :comparator "i;ascii-numeric" "10" { fileinto "Spam10"; }\n'
           'elsif spamtest :percent :value "lt" :comparator "i;ascii-numeric" "50" { fileinto "Low"; }\n'
-          'if virustest "0" { fileinto "VirusUntested"; }\n')
+          'if virustest "0" { fileinto "VirusUntested"; }\n'
+          # RFC 5183 at delivery: the server's host name, a mail store
+          'if ihave "environment" { if allof (environment "host" "mail.example.test", environment "location" "MS",\n'
+          '  environment "phase" "during") { fileinto "Env"; } }\n')
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +53,7 @@ def boxes_of(srv: Any, subject: str) -> list[str]:
     m = imap(srv, f"pia@{D}")
     try:
         found = []
-        for box in ("INBOX", "Junk", "Spam10", "Low", "VirusUntested"):
+        for box in ("INBOX", "Junk", "Spam10", "Low", "VirusUntested", "Env"):
             if m.select(box, readonly=True)[0] != "OK":
                 continue
             typ, data = m.search(None, "SUBJECT", f'"{subject}"')
@@ -67,11 +70,11 @@ def test_spamtest_reads_our_score_not_the_senders(server: Any) -> None:
     send(server, "plain one", [f"pia@{D}"], headers=forged)
     # our score of a plain message is low (under 5 of 10: :percent < 50), the forged 999 is gone;
     # no virus scanner in this setup: virustest is "0"
-    assert sorted(boxes_of(server, "plain one")) == ["Low", "VirusUntested"]
+    assert sorted(boxes_of(server, "plain one")) == ["Env", "Low", "VirusUntested"]
 
 
 def test_spamtest_ten_for_gtube(server: Any) -> None:
     forged = {"Authentication-Results": "mail.example.test; spf=pass smtp.mailfrom=remote.test",
               "X-Spam-Score": "-50.0"}
     send(server, "gtube one", [f"pia@{D}"], headers=forged, body=f"{GTUBE}\n")
-    assert sorted(boxes_of(server, "gtube one")) == ["Spam10", "VirusUntested"]
+    assert sorted(boxes_of(server, "gtube one")) == ["Env", "Spam10", "VirusUntested"]
