@@ -293,6 +293,44 @@ class VacationState:
             db.close()
 
     @staticmethod
+    def seen(root: Path, key: str, now: float | None = None) -> bool:
+        """RFC 7352: True when the account's duplicate state holds ``key`` unexpired; blocking."""
+        path = root / VACATION_DB
+        if not path.exists():
+            return False
+        now = time.time() if now is None else now
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+        try:
+            return db.execute("SELECT 1 FROM dup WHERE key = ? AND expires > ?", (key, now)).fetchone() is not None
+        except sqlite3.OperationalError:  # the table is not there yet
+            return False
+        finally:
+            db.close()
+
+    @staticmethod
+    def remember_ids(root: Path, items: tuple[tuple[str, int, bool, bool], ...], now: float | None = None) -> None:
+        """RFC 7352 §3: record the (key, seconds, last, seen) of a completed run's duplicate tests: a new
+        (or expired) id for its period, a seen one again only with :last (§3.3); at most
+        VACATION_ROWS ids, the oldest expire first; blocking."""
+        now = time.time() if now is None else now
+        db = sqlite3.connect(root / VACATION_DB, timeout=10, isolation_level=None)
+        try:
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("CREATE TABLE IF NOT EXISTS dup (key TEXT PRIMARY KEY, expires REAL)")
+            db.execute("BEGIN IMMEDIATE")
+            db.execute("DELETE FROM dup WHERE expires <= ?", (now,))
+            for key, seconds, last, seen in items:
+                if last or not seen:
+                    db.execute("INSERT OR REPLACE INTO dup VALUES (?, ?)", (key, now + seconds))
+            (n,) = db.execute("SELECT count(*) FROM dup").fetchone()
+            if n > VACATION_ROWS:
+                db.execute("DELETE FROM dup WHERE rowid IN (SELECT rowid FROM dup ORDER BY expires LIMIT ?)",
+                           (n - VACATION_ROWS,))
+            db.execute("COMMIT")
+        finally:
+            db.close()
+
+    @staticmethod
     def answered(root: Path, sender: str, since: float, handle: str | None = None) -> bool:
         """True when the account's Sieve vacation (any handle; ``handle``: that one, JMAP_HANDLE for the
         JMAP VacationResponse) answered ``sender`` (lower case) at or after ``since``; blocking. The
@@ -464,10 +502,20 @@ class Pass:
             ours = self.filt.verdicts
             if self.filt.environment is None:  # RFC 5183: the store's host name (no store knows it at start)
                 self.filt.environment = environment(getattr(self.local.store, "hostname", "") or "localhost")
+            dup = "duplicate" in script.extensions
+            root = account_root(self.filt.data_dir, acct.id, acct.store) if dup else None
             msg = MessageView(tuple(fields), self.sender, address, self._size, body, boxes,
                               verdicts=verdict_values(fields, ours) if ours is not None else Values(),
-                              environment=self.filt.environment)
-            outcome = run_script(script, msg, max_redirects=self.filt.config.max_redirects)
+                              environment=self.filt.environment,
+                              duplicate=(lambda key: VacationState.seen(root, key)) if root is not None else None)
+            if root is None:
+                outcome = run_script(script, msg, max_redirects=self.filt.config.max_redirects)
+            else:  # RFC 7352: its look-ups read SQLite: the run goes to the I/O pool
+                loop = asyncio.get_running_loop()
+                outcome = await loop.run_in_executor(
+                    None, lambda: run_script(script, msg, max_redirects=self.filt.config.max_redirects))
+                if outcome.duplicates:
+                    await loop.run_in_executor(None, VacationState.remember_ids, root, outcome.duplicates)
             self.filt.runs += 1
             if not self.filt.runs % YIELD_EVERY:  # a big group's scripts: let the loop breathe
                 await asyncio.sleep(0)

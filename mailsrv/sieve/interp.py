@@ -7,6 +7,7 @@ runtime error (too many actions, a second vacation) raises
 
 from __future__ import annotations
 
+import hashlib
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -32,6 +33,7 @@ from mailsrv.sieve.lang import (
     DateTest,
     DeleteHeader,
     Discard,
+    DuplicateTest,
     EnvironmentTest,
     ErrorAction,
     ExistsTest,
@@ -121,6 +123,9 @@ class MessageView:
     now: float = 0.0
     #: RFC 5235 spamtest / virustest values (mailsrv.sieve.verdicts; the default: not tested)
     verdicts: Values = Values()
+    #: RFC 7352: key -> whether the account saw it within its period (None: nothing seen); it may
+    #: block (the delivery runs a script with duplicate in its I/O pool)
+    duplicate: Callable[[str], bool] | None = None
     #: RFC 5183 environment items (:func:`environment`)
     environment: Mapping[str, str] = field(default_factory=lambda: environment(""))
     _decoded: dict[str, tuple[str, ...]] = field(default_factory=dict, compare=False, repr=False)
@@ -241,6 +246,9 @@ class Outcome:
     notifications: tuple[Notify, ...] = ()
     #: RFC 5293: header edits for the stored and redirected copies (mailsrv.sieve.editheader)
     edits: tuple[Edit, ...] = ()
+    #: RFC 7352 §3: (key, seconds, last, seen) of each duplicate test that ran, for the caller to
+    #: record now that the script completed (MessageView.duplicate)
+    duplicates: tuple[tuple[str, int, bool, bool], ...] = ()
 
     @property
     def discarded(self) -> bool:
@@ -267,6 +275,7 @@ class _Run:
         self.redirects: list[str] = []
         self.vacation: Vacation | None = None
         self.implicit_keep = True
+        self.duplicates: list[tuple[str, int, bool, bool]] = []
         self.actions = 0
         self.reject: str | None = None
         self.notifications: list[Notify] = []
@@ -560,6 +569,8 @@ class _Run:
             return msg.size > t.limit if t.over else msg.size < t.limit
         if isinstance(t, HasFlagTest):
             return self.match(list(self.flags), t.keys)
+        if isinstance(t, DuplicateTest):
+            return self.duplicate(t)
         if isinstance(t, EnvironmentTest):  # RFC 5183 §4: an unknown item is false
             value = msg.environment.get(t.name)
             return value is not None and self.match([value], t.keys)
@@ -567,6 +578,24 @@ class _Run:
             return self.match([getattr(msg.verdicts, t.kind)], t.keys)
         assert isinstance(t, Const)
         return t.value
+
+    def duplicate(self, t: DuplicateTest) -> bool:
+        """RFC 7352 §3: the id (none: false, nothing tracked), looked up in the account's state."""
+        if t.uniqueid is not None:
+            ident = self.x(t.uniqueid)
+        else:
+            vals = self.msg.raw(t.header or "message-id")
+            ident = " ".join(unfold(vals[0]).decode("utf-8", "replace").split()) if vals else ""
+        if not ident:
+            return False
+        key = hashlib.sha256(f"{self.x(t.handle)}\0{ident}".encode("utf-8", "surrogatepass")).hexdigest()
+        for k, _, _, seen in self.duplicates:  # §3: the same id again in one run: the first answer
+            if k == key:
+                return seen
+        check = self.msg.duplicate
+        seen = check is not None and check(key)
+        self.duplicates.append((key, t.seconds, t.last, seen))
+        return seen
 
     def address_values(self, t: AddressTest) -> list[str]:
         out: list[str] = []
@@ -714,10 +743,10 @@ def run(script: Script, msg: MessageView, *, max_redirects: int = MAX_REDIRECTS)
         # RFC 5429 §2.3: reject with keep, fileinto, redirect or vacation is an error (the message is kept)
         if r.targets or r.redirects or r.vacation is not None:
             raise SieveRuntimeError("reject together with keep, fileinto, redirect or vacation")
-        return Outcome((), (), None, False, r.reject)
+        return Outcome((), (), None, False, r.reject, duplicates=tuple(r.duplicates))
     targets = dict(r.targets)
     if r.implicit_keep and INBOX not in targets:
         # RFC 5232 §5: the implicit keep takes the internal variable's flags
         targets[INBOX] = Target(INBOX, frozenset(r.flags), True)
     return Outcome(tuple(targets.values()), tuple(r.redirects), r.vacation, r.implicit_keep,
-                   notifications=tuple(r.notifications), edits=tuple(r.edits))
+                   notifications=tuple(r.notifications), edits=tuple(r.edits), duplicates=tuple(r.duplicates))

@@ -51,6 +51,7 @@ EXTENSIONS: tuple[str, ...] = (
     "spamtest",  # RFC 5235 §3.2: our policy's X-Spam-Score (mailsrv.sieve.verdicts)
     "spamtestplus",  # RFC 5235 §3.2: spamtest :percent
     "virustest",  # RFC 5235 §3.3: our policy's X-Virus-Status
+    "duplicate",  # RFC 7352: per account state, bounded (mailsrv.delivery.sieve)
     "environment",  # RFC 5183: name, version, host, domain, location "MS", phase "during"
     "ihave",  # RFC 5463: ihave (known at compile time), error
     "comparator-i;ascii-numeric",  # RFC 4790 §9.1 (RFC 5228 §2.7.3: needs its require)
@@ -58,6 +59,10 @@ EXTENSIONS: tuple[str, ...] = (
     "comparator-i;ascii-casemap",
 )
 
+#: RFC 7352 §3.4: the period of duplicate without :seconds, and the longest one (Pigeonhole's
+#: sieve_duplicate_default_period / max_period are 12 hours / 2 days)
+DUPLICATE_DEFAULT_SECONDS = 86400
+DUPLICATE_MAX_SECONDS = 7 * 86400
 #: RFC 5230 §4.1: :days defaults to 7; Pigeonhole's sieve_vacation_min_period / max_period are 1 / 60 days
 VACATION_DEFAULT_DAYS = 7
 VACATION_MIN_SECONDS = 0  # RFC 6131 §2: 0 means "reply every time" (still once per message)
@@ -144,6 +149,19 @@ class VerdictTest:
 
 
 @dataclass(frozen=True)
+class DuplicateTest:
+    """RFC 7352 §3: whether this message's id (``uniqueid``, else the ``header`` field's value, else
+    its Message-ID) was seen under ``handle`` in the last ``seconds`` (``last``: since it was last
+    seen, not first)."""
+
+    handle: str
+    header: str | None
+    uniqueid: str | None
+    seconds: int
+    last: bool
+
+
+@dataclass(frozen=True)
 class EnvironmentTest:
     """RFC 5183 §4: the environment item ``name`` (lower case) against the keys."""
 
@@ -195,7 +213,7 @@ class Const:
     value: bool
 
 
-Node = HeaderTest | AddressTest | DateTest | NotifyMethodTest | ExistsTest | SizeTest | HasFlagTest | BodyTest | MailboxExists | StringTest | VerdictTest | EnvironmentTest | AllOf | AnyOf | NotTest | Const
+Node = HeaderTest | AddressTest | DateTest | NotifyMethodTest | ExistsTest | SizeTest | HasFlagTest | BodyTest | MailboxExists | StringTest | VerdictTest | EnvironmentTest | DuplicateTest | AllOf | AnyOf | NotTest | Const
 
 
 @dataclass(frozen=True)
@@ -868,6 +886,19 @@ class _Compiler:
             return BodyTest(given[0] if given else "text", types, a.matchers(keys))
         if name == "ihave":  # RFC 5463 §4: true when every named extension is supported
             return Const(all(n in EXTENSIONS for n in self.ihave_names(t)))
+        if name == "duplicate":  # RFC 7352 §3
+            self.need("duplicate", t.line, name)
+            a = _Args(t, self.ext).take(values={"handle": "str", "header": "str", "uniqueid": "str", "seconds": "num"},
+                                        flags=("last",))
+            a.strings("")
+            if "header" in a.tags and "uniqueid" in a.tags:  # RFC 7352 §3.1
+                raise SieveError(t.line, "duplicate: :header and :uniqueid exclude each other")
+            handle, header, unique, secs = (a.tags.get(k) for k in ("handle", "header", "uniqueid", "seconds"))
+            seconds = secs.value if isinstance(secs, Number) else DUPLICATE_DEFAULT_SECONDS
+            return DuplicateTest(handle.items[0] if isinstance(handle, StringList) else "",
+                                 _header_names(t, header.items)[0] if isinstance(header, StringList) else None,
+                                 unique.items[0] if isinstance(unique, StringList) else None,
+                                 min(seconds, DUPLICATE_MAX_SECONDS), "last" in a.tags)  # §3.4: capped
         if name == "environment":  # RFC 5183 §4
             self.need("environment", t.line, name)
             a = _Args(t, self.ext).take(match=True)

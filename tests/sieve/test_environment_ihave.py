@@ -64,3 +64,48 @@ def test_error_is_a_runtime_error() -> None:
 
 def test_announced() -> None:
     assert {"environment", "ihave"} <= set(sieve.EXTENSIONS)
+
+
+DUP = ('require ["duplicate", "fileinto"];\n'
+       'if duplicate { fileinto "Dups"; }\n'
+       'if duplicate :handle "subj" :header "subject" :seconds 60 { fileinto "SameSubject"; }\n')
+
+
+def run_dup(script: str, seen: set[str], head: bytes = HEAD) -> tuple[list[str], sieve.Outcome]:
+    msg = MessageView(tuple(sieve.header_fields(head)), "a@remote.test", "bob@example.test", len(head),
+                      duplicate=lambda key: key in seen)
+    out = sieve.run(sieve.compile(script), msg)
+    return [t.mailbox for t in out.targets], out
+
+
+def test_duplicate_by_message_id_and_header() -> None:
+    head = b"Message-ID: <1@remote.test>\r\n" + HEAD
+    seen: set[str] = set()
+    got, out = run_dup(DUP, seen, head)
+    assert got == ["INBOX"]
+    assert [(s, last, was) for _, s, last, was in out.duplicates] == [(86400, False, False), (60, False, False)]
+    seen |= {k for k, *_ in out.duplicates}  # what the delivery records once the run completed
+    got, _ = run_dup(DUP, seen, head)
+    assert got == ["Dups", "SameSubject"]
+    # another Message-ID, the same subject
+    got, _ = run_dup(DUP, seen, b"Message-ID: <2@remote.test>\r\n" + HEAD)
+    assert got == ["SameSubject"]
+    # no Message-ID: false, nothing tracked (RFC 7352 §3.1)
+    got, out = run_dup('require ["duplicate", "fileinto"];\nif duplicate { fileinto "Dups"; }', seen)
+    assert got == ["INBOX"] and out.duplicates == ()
+
+
+def test_duplicate_uniqueid_with_variables_and_limits() -> None:
+    script = ('require ["duplicate", "variables", "fileinto"];\n'
+              'if header :matches "subject" "*" { set "s" "${1}"; }\n'
+              'if duplicate :uniqueid "${s}" :seconds 99999999 :last { fileinto "Again"; }\n')
+    got, out = run_dup(script, set())
+    assert got == ["INBOX"]
+    ((key, seconds, last, seen),) = out.duplicates
+    assert seconds == 7 * 86400 and last and not seen  # :seconds capped (RFC 7352 §3.4)
+    got, _ = run_dup(script, {key})
+    assert got == ["Again"]
+    with pytest.raises(SieveError, match="exclude"):
+        sieve.compile('require "duplicate";\nif duplicate :header "x" :uniqueid "y" { stop; }')
+    with pytest.raises(SieveError, match='require "duplicate"'):
+        sieve.compile("if duplicate { stop; }")

@@ -1,7 +1,7 @@
 """spamtest and virustest (RFC 5235) under a real ``mailsrv serve``: the values come from the verdict
 fields our policy pipeline wrote on the inbound message, never from fields the sender wrote (a forged
 Authentication-Results of ours and a forged X-Spam-Score are removed by the pipeline, and count for
-nothing); environment (RFC 5183) under ihave; folders read over IMAP."""
+nothing); environment (RFC 5183) under ihave; duplicate (RFC 7352) across deliveries; folders read over IMAP."""
 
 from __future__ import annotations
 
@@ -26,12 +26,15 @@ SCRIPT = ('require ["spamtestplus", "virustest", "ihave", "fileinto", "relationa
           '  environment "phase" "during") { fileinto "Env"; } }\n')
 
 
+DUP = 'require ["duplicate", "fileinto"];\nif duplicate :seconds 3600 { fileinto "Dups"; }\n'
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     base = tmp_path_factory.mktemp("sieveverdicts")
     cfg = init_setup(base / "s", "--demo", workers=1)
     users = dict(re.findall(r"demo user (\S+) password (\S+)", (base / "s" / "demo-users.txt").read_text()))
-    add_users(cfg, users, ("pia",), PW)
+    add_users(cfg, users, ("pia", "quinn"), PW)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as closed:  # DNS: a port nobody answers on
         closed.bind(("127.0.0.1", 0))
         dead = closed.getsockname()[1]
@@ -43,7 +46,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     text = (text.replace("\n[policy]\n", "\n[policy]\n" + ours, 1) if "\n[policy]\n" in text
             else text + "\n[policy]\n" + ours)
     cfg.write_text(text)
-    activate(cfg, {"pia": SCRIPT})
+    activate(cfg, {"pia": SCRIPT, "quinn": DUP})
     srv = serve_users(cfg, users)
     yield srv
     assert srv.stop() == 0
@@ -78,3 +81,25 @@ def test_spamtest_ten_for_gtube(server: Any) -> None:
               "X-Spam-Score": "-50.0"}
     send(server, "gtube one", [f"pia@{D}"], headers=forged, body=f"{GTUBE}\n")
     assert sorted(boxes_of(server, "gtube one")) == ["Env", "Spam10", "VirusUntested"]
+
+
+def test_duplicate_state_across_deliveries(server: Any) -> None:
+    """RFC 7352: the second and third deliveries of a Message-ID (a sender's resends) go to Dups (the
+    state is SQLite in the account's root, written after each run)."""
+    def count(box: str) -> int:
+        m = imap(server, f"quinn@{D}")
+        try:
+            if m.select(box, readonly=True)[0] != "OK":
+                return 0
+            typ, data = m.search(None, "SUBJECT", '"dup one"')
+            assert typ == "OK"
+            return len(data[0].split())
+        finally:
+            m.logout()
+
+    send(server, "dup one", [f"quinn@{D}"])
+    assert (count("INBOX"), count("Dups")) == (1, 0)
+    send(server, "dup one", [f"quinn@{D}"])  # send() derives the Message-ID from the subject: the same
+    assert (count("INBOX"), count("Dups")) == (1, 1)
+    send(server, "dup one", [f"quinn@{D}"], headers={"X-Resent": "1"})  # still the same Message-ID
+    assert (count("INBOX"), count("Dups")) == (1, 2)
