@@ -7,7 +7,7 @@ STORE, COPY/MOVE, EXPUNGE, SEARCH, SORT, THREAD) and ``listing`` (LIST/LSUB);
 ``fetch``/``structure`` (FETCH items, the fallback MIME walker), ``search``/
 ``searchindex``/``sortthread`` (SEARCH, SORT, THREAD); ``server`` (the connection
 loop: framing, limits, errors -> replies), ``compress`` (COMPRESS=DEFLATE),
-``spool`` (big APPEND literals to disk); ``replace`` (REPLACE); ``memory`` (an in-memory store for tests).
+``spool`` (big APPEND literals to disk); ``replace`` (REPLACE); ``metadata`` (GETMETADATA / SETMETADATA); ``memory`` (an in-memory store for tests).
 
 RFCs and their status here (for docs/rfc-index.md):
 
@@ -53,5 +53,6 @@ RFC        what                            status  notes
 8440       LIST-MYRIGHTS                   yes     own folders and shared ones (the grantee's rights)
 8437       UNAUTHENTICATE                  yes     TLS, COMPRESS and failed-login count kept
 8508       REPLACE                         yes     i on the target, t e on the source; new before old
+5464       METADATA                        yes     server and mailbox entries in the account's metadata.db
 =========  ==============================  ======  ==========================================
 """

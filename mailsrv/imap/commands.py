@@ -105,6 +105,48 @@ def _create(p: Parser, cmd: Command) -> None:
         p.expect(b")")
 
 
+def _getmetadata(p: Parser, cmd: Command) -> None:
+    """RFC 5464 §4.2: ``GETMETADATA [SP "(" option *(SP option) ")"] SP mailbox SP entries``."""
+    p.sp()
+    cmd.args["maxsize"] = None
+    cmd.args["depth"] = 0
+    if p.peek() == 0x28:
+        p.expect(b"(")
+        while True:
+            if p.at(b"MAXSIZE "):
+                cmd.args["maxsize"] = p.number()
+            elif p.at(b"DEPTH "):
+                depth = p.atom().lower()
+                if depth not in (b"0", b"1", b"infinity"):
+                    raise p.error("DEPTH is 0, 1 or infinity")
+                cmd.args["depth"] = None if depth == b"infinity" else int(depth)
+            else:
+                raise p.error("unknown GETMETADATA option")
+            if p.at(b")"):
+                break
+            p.sp()
+        p.sp()
+    cmd.args["mailbox"] = p.mailbox()
+    p.sp()
+    cmd.args["entries"] = p.paren_list(p.astring) if p.peek() == 0x28 else [p.astring()]
+
+
+def _setmetadata(p: Parser, cmd: Command) -> None:
+    """RFC 5464 §4.3: ``SETMETADATA SP mailbox SP "(" entry SP value *(SP entry SP value) ")"``,
+    a value being an nstring or a literal8."""
+    p.sp()
+    cmd.args["mailbox"] = p.mailbox()
+    p.sp()
+
+    def item() -> tuple[bytes, bytes | None]:
+        entry = p.astring()
+        p.sp()
+        value = p.literal(binary=True) if p.peek() == 0x7E else p.nstring()
+        return entry, value
+
+    cmd.args["items"] = p.paren_list(item)
+
+
 def _rename(p: Parser, cmd: Command) -> None:
     p.sp()
     cmd.args["mailbox"] = p.mailbox()
@@ -613,6 +655,8 @@ COMMANDS = {
     "DELETEACL": _acl_identifier,
     "UNAUTHENTICATE": _no_args,
     "REPLACE": _replace,
+    "GETMETADATA": _getmetadata,
+    "SETMETADATA": _setmetadata,
 }
 UID_COMMANDS = {
     "FETCH": _fetch,

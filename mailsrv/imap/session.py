@@ -33,6 +33,7 @@ from mailsrv.imap import response as resp
 from mailsrv.imap.errors import SYSTEM_FLAGS, Bye, ImapError, norm_flag, store_error_name
 from mailsrv.imap.grammar import Command
 from mailsrv.imap.messages import MessageCommands
+from mailsrv.imap.metadata import MetadataCommands
 from mailsrv.imap.replace import ReplaceCommands
 from mailsrv.imap.seqset import format_uids
 from mailsrv.imap.sharing import Place, Shares, SharingCommands
@@ -74,7 +75,7 @@ VERBS: dict[str, frozenset[State]] = {
     "NAMESPACE": _AUTH, "STATUS": _AUTH, "APPEND": _AUTH, "IDLE": _AUTH,
     "GETQUOTA": _AUTH, "GETQUOTAROOT": _AUTH, "SETQUOTA": _AUTH, "COMPRESS": _AUTH,
     "MYRIGHTS": _AUTH, "GETACL": _AUTH, "LISTRIGHTS": _AUTH, "SETACL": _AUTH, "DELETEACL": _AUTH,
-    "UNAUTHENTICATE": _AUTH, "REPLACE": _SEL, "UID REPLACE": _SEL,
+    "UNAUTHENTICATE": _AUTH, "REPLACE": _SEL, "UID REPLACE": _SEL, "GETMETADATA": _AUTH, "SETMETADATA": _AUTH,
     "CHECK": _SEL, "CLOSE": _SEL, "UNSELECT": _SEL, "EXPUNGE": _SEL, "SEARCH": _SEL,
     "FETCH": _SEL, "STORE": _SEL, "COPY": _SEL, "MOVE": _SEL,
     "UID FETCH": _SEL, "UID STORE": _SEL, "UID COPY": _SEL, "UID MOVE": _SEL,
@@ -142,7 +143,7 @@ class SessionConfig:
 
 
 
-class Session(MessageCommands, SharingCommands, ReplaceCommands):
+class Session(MessageCommands, SharingCommands, ReplaceCommands, MetadataCommands):
     """One client's IMAP conversation."""
 
     def __init__(self, channel: Channel, auth: Any, store: Any, config: SessionConfig, search: Any = None,
@@ -232,7 +233,7 @@ class Session(MessageCommands, SharingCommands, ReplaceCommands):
             "QUOTA", "QUOTA=RES-STORAGE", "QUOTA=RES-MESSAGE", f"APPENDLIMIT={self.cfg.append_limit}",
             "MULTIAPPEND", "BINARY", "UTF8=ACCEPT", "OBJECTID", "SAVEDATE", "SORT", "SORT=DISPLAY", "ESORT",
             "THREAD=ORDEREDSUBJECT", "THREAD=REFERENCES", "PREVIEW", "WITHIN", "ACL", "RIGHTS=texk",
-            "LIST-MYRIGHTS", "UNAUTHENTICATE", "REPLACE",
+            "LIST-MYRIGHTS", "UNAUTHENTICATE", "REPLACE", "METADATA",
             *([] if self.compressed else ["COMPRESS=DEFLATE"]),
         ]
         return caps
@@ -777,10 +778,12 @@ class Session(MessageCommands, SharingCommands, ReplaceCommands):
         if place.name == "INBOX":
             raise ImapError("NO", "INBOX cannot be deleted", "CANNOT")
         try:
+            mailbox_id = (await place.acct.mailbox_status(place.name)).id  # its METADATA entries' key
             await place.acct.delete_mailbox(place.name)
         except Exception as exc:
             raise self._store_error(exc) from None
         await self._acl_follows(place, "delete")
+        await self._metadata_forget(place, str(mailbox_id))
 
     async def cmd_rename(self, cmd: Command) -> None:
         # RFC 4314 §4: RENAME needs "x" on the mailbox and "k" on the new name's parent

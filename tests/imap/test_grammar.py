@@ -41,6 +41,13 @@ EXAMPLES = [
     b"A289 AUTHENTICATE PLAIN AGJvYgBzZWNyZXQ=\r\n",
     b"A290 CREATE Drafts (USE (\\Drafts))\r\n",
     b"A291 STATUS blurdybloop (UIDNEXT MESSAGES SIZE)\r\n",
+    b'A01 LIST "" % RETURN (MYRIGHTS)\r\n',
+    b"A292 UNAUTHENTICATE\r\n",
+    b"A003 REPLACE 4 Drafts (\\Seen \\Draft) {5+}\r\nhello\r\n",
+    b"B003 UID REPLACE 2000 Drafts {5+}\r\nhello\r\n",
+    b"a GETMETADATA (MAXSIZE 1024 DEPTH infinity) INBOX (/private/comment /shared/comment)\r\n",
+    b'a GETMETADATA "" /shared/comment\r\n',
+    b"a SETMETADATA INBOX (/private/comment {5+}\r\nhello /shared/x NIL /shared/y ~{2+}\r\n\x00a)\r\n",
 ]
 
 
