@@ -250,21 +250,14 @@ class VacationState:
         """True (and recorded) when ``sender`` got no reply of ``handle`` in the last ``period``
         seconds (RFC 5230 §4.1); blocking."""
         now = time.time() if now is None else now
-        db = sqlite3.connect(root / VACATION_DB, timeout=10, isolation_level=None)
+        db = VacationState._write(root, "sent (handle TEXT, sender TEXT, at REAL, PRIMARY KEY (handle, sender))")
         try:
-            db.execute("PRAGMA synchronous=FULL")
-            db.execute("CREATE TABLE IF NOT EXISTS sent (handle TEXT, sender TEXT, at REAL, "
-                       "PRIMARY KEY (handle, sender))")
-            db.execute("BEGIN IMMEDIATE")
             row = db.execute("SELECT at FROM sent WHERE handle = ? AND sender = ?", (handle, sender)).fetchone()
             if row is not None and now - row[0] < period:
                 db.execute("ROLLBACK")
                 return False
             db.execute("INSERT OR REPLACE INTO sent VALUES (?, ?, ?)", (handle, sender, now))
-            (n,) = db.execute("SELECT count(*) FROM sent").fetchone()
-            if n > VACATION_ROWS:  # bounded: the oldest answers are forgotten first
-                db.execute("DELETE FROM sent WHERE rowid IN (SELECT rowid FROM sent ORDER BY at LIMIT ?)",
-                           (n - VACATION_ROWS,))
+            sieve_ledger.bound_rows(db, "sent", "at", VACATION_ROWS)  # the oldest answers are forgotten first
             db.execute("COMMIT")
             return True
         finally:
@@ -276,11 +269,8 @@ class VacationState:
         """True (and counted) when the account sent fewer than ``per_hour`` Sieve notifications
         (RFC 5435) in the last hour; blocking."""
         now = time.time() if now is None else now
-        db = sqlite3.connect(root / VACATION_DB, timeout=10, isolation_level=None)
+        db = VacationState._write(root, "notified (at REAL)")
         try:
-            db.execute("PRAGMA synchronous=FULL")
-            db.execute("CREATE TABLE IF NOT EXISTS notified (at REAL)")
-            db.execute("BEGIN IMMEDIATE")
             db.execute("DELETE FROM notified WHERE at < ?", (now - 3600,))
             (n,) = db.execute("SELECT count(*) FROM notified").fetchone()
             if n >= per_hour:
@@ -295,13 +285,32 @@ class VacationState:
     @staticmethod
     def seen(root: Path, key: str, now: float | None = None) -> bool:
         """RFC 7352: True when the account's duplicate state holds ``key`` unexpired; blocking."""
+        now = time.time() if now is None else now
+        return VacationState._exists(root, "SELECT 1 FROM dup WHERE key = ? AND expires > ?", (key, now))
+
+    @staticmethod
+    def _write(root: Path, table: str) -> sqlite3.Connection:
+        """The account's state open in a write transaction (synchronous=FULL: durable at COMMIT), with
+        ``table`` ("name (columns)") made if missing; the caller commits and closes."""
+        db = sqlite3.connect(root / VACATION_DB, timeout=10, isolation_level=None)
+        try:
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute(f"CREATE TABLE IF NOT EXISTS {table}")
+            db.execute("BEGIN IMMEDIATE")
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    @staticmethod
+    def _exists(root: Path, query: str, args: tuple[Any, ...]) -> bool:
+        """Whether ``query`` finds a row in the account's state (read only; no file or table: False)."""
         path = root / VACATION_DB
         if not path.exists():
             return False
-        now = time.time() if now is None else now
         db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
         try:
-            return db.execute("SELECT 1 FROM dup WHERE key = ? AND expires > ?", (key, now)).fetchone() is not None
+            return db.execute(query, args).fetchone() is not None
         except sqlite3.OperationalError:  # the table is not there yet
             return False
         finally:
@@ -313,19 +322,13 @@ class VacationState:
         (or expired) id for its period, a seen one again only with :last (§3.3); at most
         VACATION_ROWS ids, the oldest expire first; blocking."""
         now = time.time() if now is None else now
-        db = sqlite3.connect(root / VACATION_DB, timeout=10, isolation_level=None)
+        db = VacationState._write(root, "dup (key TEXT PRIMARY KEY, expires REAL)")
         try:
-            db.execute("PRAGMA synchronous=FULL")
-            db.execute("CREATE TABLE IF NOT EXISTS dup (key TEXT PRIMARY KEY, expires REAL)")
-            db.execute("BEGIN IMMEDIATE")
             db.execute("DELETE FROM dup WHERE expires <= ?", (now,))
             for key, seconds, last, seen in items:
                 if last or not seen:
                     db.execute("INSERT OR REPLACE INTO dup VALUES (?, ?)", (key, now + seconds))
-            (n,) = db.execute("SELECT count(*) FROM dup").fetchone()
-            if n > VACATION_ROWS:
-                db.execute("DELETE FROM dup WHERE rowid IN (SELECT rowid FROM dup ORDER BY expires LIMIT ?)",
-                           (n - VACATION_ROWS,))
+            sieve_ledger.bound_rows(db, "dup", "expires", VACATION_ROWS)
             db.execute("COMMIT")
         finally:
             db.close()
@@ -335,19 +338,10 @@ class VacationState:
         """True when the account's Sieve vacation (any handle; ``handle``: that one, JMAP_HANDLE for the
         JMAP VacationResponse) answered ``sender`` (lower case) at or after ``since``; blocking. The
         other kind of auto-reply stays silent then (docs/sieve.md)."""
-        path = root / VACATION_DB
-        if not path.exists():
-            return False
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
-        try:
-            row = db.execute("SELECT 1 FROM sent WHERE sender = ? AND at >= ? AND "
-                             + ("handle = ?" if handle is not None else "handle != ?") + " LIMIT 1",
-                             (sender, since, JMAP_HANDLE if handle is None else handle)).fetchone()
-        except sqlite3.OperationalError:  # the table is not there yet
-            return False
-        finally:
-            db.close()
-        return row is not None
+        return VacationState._exists(
+            root, "SELECT 1 FROM sent WHERE sender = ? AND at >= ? AND "
+            + ("handle = ?" if handle is not None else "handle != ?") + " LIMIT 1",
+            (sender, since, JMAP_HANDLE if handle is None else handle))
 
 
 def our_verdicts(policy: PolicyConfig, hostname: str, sieve: SieveConfig) -> OurVerdicts | None:

@@ -50,6 +50,14 @@ def message_key(sender: str, fields: Iterable[tuple[str, bytes]], head: bytes) -
     return h.hexdigest()
 
 
+def bound_rows(db: sqlite3.Connection, table: str, order: str, limit: int) -> None:
+    """Keep at most ``limit`` rows of ``table`` (constant names), the first by ``order`` going first."""
+    (n,) = db.execute(f"SELECT count(*) FROM {table}").fetchone()
+    if n > limit:
+        db.execute(f"DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} ORDER BY {order} LIMIT ?)",
+                   (n - limit,))
+
+
 def _open(root: Path) -> sqlite3.Connection:
     db = sqlite3.connect(root / LEDGER_DB, timeout=10, isolation_level=None)
     db.execute("PRAGMA synchronous=FULL")  # a row is durable before the delivery is answered
@@ -100,10 +108,7 @@ def record(root: Path, key: str, msgid: str, items: Iterable[str], now: float | 
         db.execute("BEGIN IMMEDIATE")
         db.executemany("INSERT OR REPLACE INTO done VALUES (?, ?, ?, ?)", [(key, msgid, i, now) for i in items])
         db.execute("DELETE FROM done WHERE at < ?", (now - LEDGER_TTL,))
-        (n,) = db.execute("SELECT count(*) FROM done").fetchone()
-        if n > LEDGER_ROWS:
-            db.execute("DELETE FROM done WHERE rowid IN (SELECT rowid FROM done ORDER BY at LIMIT ?)",
-                       (n - LEDGER_ROWS,))
+        bound_rows(db, "done", "at", LEDGER_ROWS)
         db.execute("COMMIT")
     finally:
         db.close()

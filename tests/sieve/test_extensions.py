@@ -320,6 +320,12 @@ def test_editheader_counts_as_actions() -> None:
     ('require "editheader"; addheader "X A" "b";', "not a header field name"),
     ('require "editheader"; deleteheader :last "x-a";', ":last needs :index"),
     ('require "editheader"; addheader "X-A";', "expects 2 arguments"),
+    # spamtest, spamtestplus, virustest (RFC 5235)
+    ('if spamtest "1" { stop; }', 'require "spamtest"'),
+    ('require "spamtest";\nif spamtest :percent "1" { stop; }', 'require "spamtestplus"'),
+    ('if virustest "1" { stop; }', 'require "virustest"'),
+    ('require "virustest";\nif virustest :percent "1" { stop; }', "unknown tagged argument :percent"),
+    ('require "spamtest";\nif spamtest ["1", "2"] { stop; }', "not a list"),
 ])
 def test_compile_errors(script: str, what: str) -> None:
     with pytest.raises(SieveError, match=what):
