@@ -456,6 +456,18 @@ class ImapConfig:
         "(IMAP and JMAP).",
         False,
     )
+    metadata_max_value: int = doc(
+        "Largest METADATA value in bytes (RFC 5464 SETMETADATA; larger gets NO [METADATA MAXSIZE n]). "
+        "A literal over max_literal is refused before.",
+        64000,
+        check=_positive,
+    )
+    metadata_max_entries: int = doc(
+        "METADATA entries per mailbox: its shared ones, and each user's private ones (RFC 5464; more gets "
+        "NO [METADATA TOOMANY]).",
+        100,
+        check=_positive,
+    )
 
 
 @dataclass(frozen=True)

@@ -12,9 +12,9 @@ Invariants:
 - Rights (RFC 5464 §3.3, RFC 4314): ``/private`` entries need ``l`` on the mailbox, reading
   ``/shared`` ones ``r``, writing them ``w``; server ``/shared`` entries are read-only (the
   administrator's; none are set yet). A SETMETADATA is all or nothing (one transaction).
-- Limits (RFC 5464 §4.3): a value of more than :data:`MAX_VALUE` octets is NO [METADATA MAXSIZE n];
-  more than :data:`MAX_ENTRIES` entries of one scope on one mailbox, or :data:`MAX_ROWS` in an
-  account, NO [METADATA TOOMANY]. Entry names are bounded by :data:`MAX_ENTRY_NAME`.
+- Limits (RFC 5464 §4.3): a value longer than ``[imap] metadata_max_value`` is NO [METADATA MAXSIZE n];
+  more than ``[imap] metadata_max_entries`` entries of one scope on one mailbox, or :data:`MAX_ROWS`
+  in an account, NO [METADATA TOOMANY]. Entry names are bounded by :data:`MAX_ENTRY_NAME`.
 - ``/private/specialuse`` (RFC 6154 §4) is the folder's SPECIAL-USE attribute, read from the store;
   it is set by CREATE (USE (...)), not here: a SETMETADATA of it is NO [USEATTR].
 - The row is written with ``synchronous=FULL`` before the tagged OK.
@@ -42,10 +42,10 @@ logger = log.get("imap")
 
 #: the file of an account's entries, in its maildir root
 METADATA_DB = "metadata.db"
-#: RFC 5464 §4.3: the largest value stored (64 KB, under ``[imap] max_literal``'s 64 KiB default so
-#: that a client sees MAXSIZE rather than the literal refused)
+#: RFC 5464 §4.3: the largest value stored by default (``[imap] metadata_max_value``; 64 KB, under
+#: ``[imap] max_literal``'s 64 KiB default so that a client sees MAXSIZE rather than the literal refused)
 MAX_VALUE = 64_000
-#: entries of one scope (shared, or one user's private ones) on one mailbox
+#: entries of one scope (shared, or one user's private ones) on one mailbox (``[imap] metadata_max_entries``)
 MAX_ENTRIES = 100
 #: rows in one account's file, whoever wrote them (folders deleted by JMAP or the CLI leave theirs)
 MAX_ROWS = 10_000
@@ -108,9 +108,10 @@ def read(root: Path, mailbox: str, user: str, names: Sequence[str], depth: int |
         db.close()
 
 
-def write(root: Path, mailbox: str, user: str, items: Sequence[tuple[str, bytes | None]]) -> None:
+def write(root: Path, mailbox: str, user: str, items: Sequence[tuple[str, bytes | None]],
+          max_entries: int = MAX_ENTRIES) -> None:
     """Set (None: remove) ``items`` on ``mailbox`` in one transaction; raises :class:`TooMany` (and
-    stores nothing) past the limits. Blocks."""
+    stores nothing) past ``max_entries`` of a scope or :data:`MAX_ROWS`. Blocks."""
     db = _open(root)
     try:
         db.execute("BEGIN IMMEDIATE")
@@ -125,7 +126,7 @@ def write(root: Path, mailbox: str, user: str, items: Sequence[tuple[str, bytes 
             for scope in {"" if n.startswith("/shared") else user for n, v in items if v is not None}:
                 (n,) = db.execute("SELECT count(*) FROM entries WHERE mailbox = ? AND scope = ?",
                                   (mailbox, scope)).fetchone()
-                if n > MAX_ENTRIES:
+                if n > max_entries:
                     raise TooMany
             if db.execute("SELECT count(*) FROM entries").fetchone()[0] > MAX_ROWS:
                 raise TooMany
@@ -225,11 +226,12 @@ class MetadataCommands:
         for name, value in items:
             if name == SPECIALUSE:
                 raise ImapError("NO", "The special use is set when the folder is created", "USEATTR")
-            if value is not None and len(value) > MAX_VALUE:
-                raise ImapError("NO", "Value too long", f"METADATA MAXSIZE {MAX_VALUE}")
+            limit = self.cfg.metadata_max_value
+            if value is not None and len(value) > limit:
+                raise ImapError("NO", "Value too long", f"METADATA MAXSIZE {limit}")
         try:
             await asyncio.get_running_loop().run_in_executor(
-                None, write, self._metadata_root(place), key, str(self.user.id), items)
+                None, write, self._metadata_root(place), key, str(self.user.id), items, self.cfg.metadata_max_entries)
         except TooMany:
             raise ImapError("NO", "Too many metadata entries", "METADATA TOOMANY") from None
 

@@ -124,6 +124,8 @@ class ImapService:
             append_limit=icfg.append_limit,
             idle_limit=icfg.idle_timeout,
             max_auth_failures=icfg.max_auth_failures,
+            metadata_max_value=icfg.metadata_max_value,
+            metadata_max_entries=icfg.metadata_max_entries,
         )
         self.max_errors = ctx.config.limits.max_errors
         self.binding = self._channel_binding(ctx)

@@ -33,6 +33,8 @@ from mailsrv.imap import response as resp
 from mailsrv.imap.errors import SYSTEM_FLAGS, Bye, ImapError, norm_flag, store_error_name
 from mailsrv.imap.grammar import Command
 from mailsrv.imap.messages import MessageCommands
+from mailsrv.imap.metadata import MAX_ENTRIES as METADATA_MAX_ENTRIES
+from mailsrv.imap.metadata import MAX_VALUE as METADATA_MAX_VALUE
 from mailsrv.imap.metadata import MetadataCommands
 from mailsrv.imap.replace import ReplaceCommands
 from mailsrv.imap.seqset import format_uids
@@ -139,6 +141,9 @@ class SessionConfig:
     data_dir: Path = Path(".")
     idle_limit: float = IDLE_LIMIT
     max_auth_failures: int = MAX_AUTH_FAILURES
+    #: RFC 5464 limits (metadata.py)
+    metadata_max_value: int = METADATA_MAX_VALUE
+    metadata_max_entries: int = METADATA_MAX_ENTRIES
 
 
 

@@ -138,3 +138,16 @@ def test_grammar_and_entry_names() -> None:
     assert metadata.check_entry(b"/private", for_get=True) == "/private"
     with pytest.raises(Exception, match="Invalid metadata entry"):
         metadata.check_entry(b"/private/" + b"x" * metadata.MAX_ENTRY_NAME)
+
+
+def test_limits_from_the_imap_section(tmp_path: Path) -> None:
+    from mailsrv.config import ImapConfig
+
+    cfg = ImapConfig(metadata_max_value=10, metadata_max_entries=2)
+    with serve_real_store(tmp_path, imap=cfg) as srv:
+        c = login(srv, ALICE)
+        assert c.cmd(b'a SETMETADATA INBOX (/private/a "01234567890")')[-1].startswith(b"a NO [METADATA MAXSIZE 10]")
+        ok(c, b'a SETMETADATA INBOX (/private/a "0123456789" /private/b "x" /shared/c "y" /shared/d "z")')
+        assert c.cmd(b'a SETMETADATA INBOX (/private/e "x")')[-1].startswith(b"a NO [METADATA TOOMANY]")
+        ok(c, b'a SETMETADATA INBOX (/private/a NIL /private/e "x")')  # one out, one in: still two
+        c.close()
