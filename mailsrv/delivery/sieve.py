@@ -113,6 +113,8 @@ class _Entry:
     name: str = ""
     #: RFC 6609: the files the script's includes read (or would: a missing one counts), for the key
     paths: tuple[Path, ...] = ()
+    #: the account's retry ledger file (mailsrv.delivery.sieve_ledger), as a str: one cheap stat
+    ledger: str = ""
 
 
 def _stat(path: Path) -> tuple[int, int, int] | None:
@@ -392,7 +394,7 @@ class SieveFilter:
                 logger.warning("sieve.failed", user=acct.address, script=name, error=error)
             if paths:
                 key = _stat_key(root, paths)
-        self._cache[acct.id] = _Entry(now, key, script, name, paths)
+        self._cache[acct.id] = _Entry(now, key, script, name, paths, str(root / sieve_ledger.LEDGER_DB))
         self._cache.move_to_end(acct.id)
         if len(self._cache) > CACHE_SIZE:
             self._cache.popitem(last=False)
@@ -615,10 +617,11 @@ class Pass:
                       keep: list[tuple[str, frozenset[str]]]) -> list[tuple[str, frozenset[str]]]:
         """The keep of an account without a script, less the copy a former attempt made when the
         sender retries after a 451 (docs/sieve.md "Retries"; one stat(2) when it has no ledger)."""
-        root = account_root(self.filt.data_dir, acct.id, acct.store)
-        if not sieve_ledger.exists(root):
+        e = self.filt._cache.get(acct.id)  # filled by script(), just before
+        if not sieve_ledger.exists_at(e.ledger if e is not None and e.ledger else
+                              account_root(self.filt.data_dir, acct.id, acct.store) / sieve_ledger.LEDGER_DB):
             return keep
-        led = await self._ledger(address, acct, root)
+        led = await self._ledger(address, acct)
         if not led.done:
             return keep
         logger.info("sieve.retried", user=acct.address, skipped=len(led.done))

@@ -70,7 +70,12 @@ def _open(root: Path) -> sqlite3.Connection:
 def exists(root: Path) -> bool:
     """Whether the account has a ledger: one stat(2), cheap enough for the event loop (as the active
     script's stat in mailsrv.delivery.sieve)."""
-    return os.path.exists(root / LEDGER_DB)
+    return exists_at(root / LEDGER_DB)
+
+
+def exists_at(path: str | Path) -> bool:
+    """Whether the ledger file ``path`` exists (a str path: ~2 us, no Path join on the hot path)."""
+    return os.path.exists(path)
 
 
 def has_rows(root: Path, msgid: str, now: float | None = None) -> bool:
