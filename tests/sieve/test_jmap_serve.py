@@ -11,6 +11,7 @@ import re
 import subprocess
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,6 +19,8 @@ from sievesink import Sink
 from support.admin import cli
 from support.server import init_setup, mailsrv_cmd, serve_users, wait_until
 from test_delivery_serve import activate, add_users, folder, imap, send, sunk
+
+from mailsrv.config import load
 
 D = "example.test"
 PW = "sieve jmap test password"
@@ -184,3 +187,41 @@ def test_jmap_vacation_reply_silences_a_later_sieve_vacation(server: Any, sink: 
     assert "urgent: a loud question" in folder(server, erin, "INBOX")
     (only,) = _replies(sink, "x3@remote.test")
     assert "JMAP says: away" in only.get_payload(decode=True).decode()
+
+
+def test_resubmission_after_a_queue_failure_makes_no_copy_twice(server: Any, sink: Sink) -> None:
+    """docs/sieve.md "Retries": bob's copy is made, then carol's redirect cannot be queued (the queue's
+    directory immutable): the submission fails, bob's copy is recorded; submitting the same Email again
+    makes no second copy for bob and queues carol's redirect once."""
+    alice, subject = f"alice@{D}", "quarterly report"
+    t = token(server, alice)
+    got = api(server, t, ["Mailbox/get", {"accountId": "A1"}, "m"], ["Identity/get", {"accountId": "A1"}, "i"])
+    drafts = next(m["id"] for m in got[0][1]["list"] if m["role"] == "drafts")
+    rcpts = [f"bob@{D}", f"carol@{D}"]
+    made = api(server, t, ["Email/set", {"accountId": "A1", "create": {"d": {
+        "mailboxIds": {drafts: True}, "from": [{"email": alice}], "to": [{"email": a} for a in rcpts],
+        "subject": subject, "textBody": [{"partId": "t"}], "bodyValues": {"t": {"value": "numbers"}}}}}, "e"])
+    email_id = made[0][1]["created"]["d"]["id"]
+    create = ["EmailSubmission/set", {"accountId": "A1", "create": {"s": {
+        "identityId": got[1][1]["list"][0]["id"], "emailId": email_id,
+        "envelope": {"mailFrom": {"email": alice}, "rcptTo": [{"email": a} for a in rcpts]}}}}, "s"]
+    qmsg = Path(load(server.cfg).server.data_dir) / "queue" / "msg"
+    mark = server.mark()
+    subprocess.run(["chattr", "+i", str(qmsg)], check=True)
+    try:
+        first = api(server, t, create)
+    finally:
+        subprocess.run(["chattr", "-i", str(qmsg)], check=True)
+    assert "created" not in first[0][1] or not first[0][1]["created"], first  # not acknowledged
+    server.wait_for(r"sieve\.remembered ", start=mark)
+    assert "quarterly report" in folder(server, f"bob@{D}", "Reports")
+    second = api(server, t, create)
+    assert second[0][1]["created"]["s"]["id"], second
+    wait_until(lambda: len([m for m in sunk(sink) if subject in str(m["Subject"])]) == 1, timeout=60)
+    m = imap(server, f"bob@{D}")
+    try:
+        m.select("Reports", readonly=True)
+        typ, data = m.search(None, "SUBJECT", f'"{subject}"')
+        assert typ == "OK" and len(data[0].split()) == 1  # not a second copy
+    finally:
+        m.logout()
