@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import logging
 import os
 import re
 import sys
@@ -47,6 +48,20 @@ def configure(level: str = "info", stream: TextIO | None = None) -> None:
     _level = LEVELS[level]
     if stream is not None:
         _stream = stream
+    server_log = logging.getLogger("aiohttp.server")
+    if _client_http_error not in server_log.filters:
+        server_log.addFilter(_client_http_error)
+
+
+def _client_http_error(record: logging.LogRecord) -> bool:
+    """aiohttp logs a request it could not parse (too many headers, a line too long, a bad
+    Content-Length...) with its traceback on stderr, ~15 lines a request from anyone: it has
+    answered 400 already, so one debug line here instead (JMAP, admin API, file links)."""
+    exc = record.exc_info[1] if record.exc_info else None
+    if exc is None or not type(exc).__module__.startswith("aiohttp.http_exceptions"):
+        return True
+    get("http").debug("http.bad_request", error=f"{type(exc).__name__}: {str(exc)[:200]}")
+    return False
 
 
 def enabled(level: str) -> bool:
