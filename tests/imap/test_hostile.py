@@ -67,3 +67,16 @@ def test_the_wildcard_matcher_agrees_with_the_regular_expression(pattern: str) -
     assert not isinstance(rx, WildcardMatcher) or pattern.count("*") + pattern.count("%") > 2
     matcher = WildcardMatcher(pattern)
     assert [n for n in names if matcher.match(n)] == [n for n in names if rx.match(n)]
+
+
+def test_parameters_after_a_long_run_of_white_space_parse_in_one_pass() -> None:
+    from mailsrv.imap import structure
+
+    # folded lines of white space join into one run; with a leading \s* the parameter pattern was
+    # tried at each of its positions (12 s a header for this one)
+    folded = b"".join(b" " * 900 + b"\r\n" for _ in range(120))
+    raw = (b"Content-Type: text/plain;\r\n" + folded + b" x; charset=utf-8\r\nContent-Disposition: attachment;\r\n"
+           + folded + b' y; filename="a b.txt"\r\n\r\nbody\r\n')
+    part = structure.parse(raw)
+    assert structure.bodystructure(raw, part, True) == (
+        b'("TEXT" "PLAIN" ("CHARSET" "utf-8") NIL NIL "7BIT" 6 1 NIL ("ATTACHMENT" ("FILENAME" "a b.txt")) NIL NIL)')
