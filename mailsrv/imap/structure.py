@@ -121,7 +121,10 @@ def parse(raw: bytes, start: int = 0, end: int | None = None, *, depth: int = 0,
 
 # --- ENVELOPE -----------------------------------------------------------------------
 
-_ADDR_SPLIT = re.compile(rb'((?:"(?:[^"\\]|\\.)*"|\((?:[^()\\]|\\.)*\)|<[^>]*>|[^,"(<:;])*)([,:;]?)', re.S)
+#: an unterminated quoted string, comment or <...> runs to the end: else each of its starts was scanned
+#: to the end again ('(\\' 20 000 times in a To: took 18 s to split)
+_ADDR_SPLIT = re.compile(
+    rb'((?:"(?:[^"\\]|\\.)*(?:"|\\?\Z)|\((?:[^()\\]|\\.)*(?:\)|\\?\Z)|<[^>]*(?:>|\Z)|[^,"(<:;])*)([,:;]?)', re.S)
 
 
 def _addresses(value: bytes | None) -> bytes:
@@ -143,7 +146,9 @@ def _addresses(value: bytes | None) -> bytes:
 
 def _address(item: bytes) -> bytes:
     name: bytes | None = None
-    m = re.search(rb"<([^>]*)>", item)
+    # a "<" or "(" after the last ">" or ")" never matches: it is not searched (each would be a scan to the end)
+    close = item.rfind(b">") + 1
+    m = re.search(rb"<([^>]*)>", item[:close]) if close else None
     if m:
         spec = m.group(1)
         name = item[: m.start()].strip()
@@ -151,8 +156,9 @@ def _address(item: bytes) -> bytes:
             name = re.sub(rb"\\(.)", rb"\1", name[1:-1])
         name = name or None
     else:
-        spec = re.sub(rb"\([^)]*\)", b"", item).strip()
-        c = re.search(rb"\(([^)]*)\)", item)
+        close = item.rfind(b")") + 1
+        spec = (re.sub(rb"\([^)]*\)", b"", item[:close]) + item[close:]).strip()
+        c = re.search(rb"\(([^)]*)\)", item[:close])
         if c:
             name = c.group(1) or None
     adl = None

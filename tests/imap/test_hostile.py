@@ -80,3 +80,16 @@ def test_parameters_after_a_long_run_of_white_space_parse_in_one_pass() -> None:
     part = structure.parse(raw)
     assert structure.bodystructure(raw, part, True) == (
         b'("TEXT" "PLAIN" ("CHARSET" "utf-8") NIL NIL "7BIT" 6 1 NIL ("ATTACHMENT" ("FILENAME" "a b.txt")) NIL NIL)')
+
+
+def test_unterminated_comments_and_quotes_in_addresses_split_in_one_pass() -> None:
+    from mailsrv.imap import structure
+
+    # each '(' or '"' that never closes was scanned to the end again: 18 s for one of these headers
+    raw = (b"From: Ann <ann@example.test>\r\nTo: bob@example.test, " + b"(\\" * 20_000 + b"\r\nCc: "
+           + b'\\"' * 20_000 + b"\r\nSubject: s\r\n\r\nbody\r\n")
+    env = structure.envelope(structure.parse(raw))
+    assert env.startswith(b'(NIL "s" (("Ann" NIL "ann" "example.test")) ')
+    assert b'("bob"' not in env and b'(NIL NIL "bob" "example.test")' in env
+    assert structure._addresses(b"a@b.test, <" + b"<" * 50_000) == b'((NIL NIL "a" "b.test") (NIL NIL {50001}\r\n' + (
+        b"<" * 50_001 + b" NIL))")
