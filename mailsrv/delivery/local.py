@@ -276,11 +276,11 @@ class LocalDelivery:
                         address: str, acct: Account, mailbox: str, out: LocalOutcome) -> None:
         """docs/sieve.md: the account's copies as its script decides (none: discarded)."""
         copies = await sieve.apply(address, acct, mailbox, out)
-        into = sieve.own_batch(address, batch)  # an edited header (editheader): its own file, later
         for box, fl in copies:
             if fl:
                 sflags[(address, box)] = fl
-            into.append((address, acct, box))
+            # an edited header (editheader): the copy goes into its own file's batch, delivered later
+            sieve.own_batch(address, batch, box).append((address, acct, box))
 
     async def deliver(self, spool: Path, recipients: Sequence[tuple[str, Resolution]], *,
                       mailbox: str = "INBOX", data: bytes | None = None,

@@ -453,7 +453,9 @@ class Pass:
         self.ledgers: dict[str, Ledger] = {}
         #: RFC 5293: recipient address -> (its edited copy's file, its copies), delivered apart
         #: (:meth:`own_batch`, :meth:`flush_own`)
-        self.own: dict[str, tuple[Path, list[tuple[str, Account, str]]]] = {}
+        self.own: dict[Path, list[tuple[str, Account, str]]] = {}
+        #: (recipient address, folder) -> the edited file its copy is delivered from
+        self.own_boxes: dict[tuple[str, str], Path] = {}
 
     async def fields(self) -> list[tuple[str, bytes]]:
         if self._fields is None:
@@ -542,8 +544,10 @@ class Pass:
         if o.notifications:
             out.replies += await self._notifications(o.notifications, msg, address, acct)
         copies = []
+        edits_of: dict[str, int] = {}  # RFC 5293: folder -> how many edits its copy gets
         for t in targets:
             box = mailbox if t.keep and t.mailbox == "INBOX" else t.mailbox
+            edits_of[box] = len(o.edits) if t.edits is None else t.edits
             if box != "INBOX" and box != mailbox:
                 try:
                     await self.local.ensure_folder(acct, box, "sieve.folder_created")
@@ -553,7 +557,6 @@ class Pass:
         if not copies and not sent:
             logger.info("sieve.discarded", user=acct.address)
             return copies
-        edited = await self._edited(o, address, acct, copies) if o.edits and (copies or sent) else None
         led = await self._ledger(address, acct)
         if led.done:  # a retry: what the former attempt made is not made again (docs/sieve.md "Retries")
             copies = [c for c in copies if f"copy:{c[0]}" not in led.done]
@@ -561,18 +564,31 @@ class Pass:
             logger.info("sieve.retried", user=acct.address, skipped=len(led.done))
             if not copies:  # no copy was missing: the record has served (remember() writes it again
                 await self._forget(acct.address, led)  # should the redirects' queueing fail now)
-        if sent:
-            out.redirects.append(RedirectOrder(acct.address, sent, led, edited))
+        files: dict[int, Path | None] = {0: None}  # RFC 5293: a file per edit count (0: the message as it came)
+        for box, _ in copies:
+            n = edits_of[box]
+            if n not in files:
+                files[n] = await self._edited(o.edits[:n], acct)
+            path = files[n]
+            if path is not None:
+                self.own_boxes[(address, box)] = path
+        by_edits: dict[int, list[str]] = {}
+        redirect_edits = dict(zip(o.redirects, o.redirect_edits, strict=False))  # absent: all
+        for a in sent:
+            by_edits.setdefault(redirect_edits.get(a, len(o.edits)), []).append(a)
+        for n, addrs in by_edits.items():
+            if n not in files:
+                files[n] = await self._edited(o.edits[:n], acct)
+            out.redirects.append(RedirectOrder(acct.address, addrs, led, files[n]))
         return copies
 
-    async def _edited(self, o: Outcome, address: str, acct: Account,
-                      copies: list[tuple[str, frozenset[str]]]) -> Path | None:
-        """RFC 5293: the account's copy with its header edited, in its own spool file (its copies are
+    async def _edited(self, edits: tuple[Edit, ...], acct: Account) -> Path | None:
+        """RFC 5293: the message with ``edits`` applied to its header, in its own spool file (copies are
         delivered from it: :meth:`own_batch`); None (the message as it came) when it cannot be made."""
         path = self.spool.with_name(f"{self.spool.name}.edit{len(self.own)}")
         try:
             made = await asyncio.get_running_loop().run_in_executor(
-                None, _write_edited, path, self.spool, self.data, o.edits)
+                None, _write_edited, path, self.spool, self.data, edits)
         except OSError as exc:
             logger.warning("sieve.editheader_failed", user=acct.address, error=str(exc))
             await asyncio.get_running_loop().run_in_executor(None, unlink_quiet, path)
@@ -580,20 +596,22 @@ class Pass:
         if not made:
             logger.warning("sieve.editheader_failed", user=acct.address, error="header block too large")
             return None
-        self.own[address] = (path, [])
+        self.own[path] = []
         return path
 
-    def own_batch(self, address: str, batch: list[tuple[str, Account, str]]) -> list[tuple[str, Account, str]]:
-        """Where LocalDelivery puts ``address``'s copies: its own list when its script edited the header."""
-        got = self.own.get(address)
-        return batch if got is None else got[1]
+    def own_batch(self, address: str, batch: list[tuple[str, Account, str]],
+                  box: str) -> list[tuple[str, Account, str]]:
+        """Where LocalDelivery puts ``address``'s copy into ``box``: the list of its edited file when
+        the script edited the header before filing it (RFC 5293), else ``batch``."""
+        path = self.own_boxes.get((address, box))
+        return batch if path is None else self.own[path]
 
     async def flush_own(self, flush: Callable[..., Awaitable[None]], out: Any) -> None:
         """Deliver each edited copy from its file (``flush``: LocalDelivery's), then remove the file
         unless a redirect still needs it (:func:`queue_orders` removes it then)."""
         keep = {o.edited for o in out.redirects if o.edited is not None}
         loop = asyncio.get_running_loop()
-        for path, entries in self.own.values():
+        for path, entries in self.own.items():
             try:
                 await flush(entries, path, None, {})
             finally:

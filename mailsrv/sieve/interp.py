@@ -224,6 +224,9 @@ class Target:
     mailbox: str
     flags: frozenset[str]
     keep: bool = False
+    #: RFC 5293: how many of the run's header edits the copy gets, those made before its action
+    #: (None: all, as the implicit keep at the end)
+    edits: int | None = field(default=None, compare=False)
 
 
 #: The vacation action to consider after the run, its strings expanded (RFC 5230 §4.5 checks are the
@@ -246,6 +249,8 @@ class Outcome:
     notifications: tuple[Notify, ...] = ()
     #: RFC 5293: header edits for the stored and redirected copies (mailsrv.sieve.editheader)
     edits: tuple[Edit, ...] = ()
+    #: RFC 5293: per redirect, how many of ``edits`` it gets (those made before it ran)
+    redirect_edits: tuple[int, ...] = ()
     #: RFC 7352 §3: (key, seconds, last, seen) of each duplicate test that ran, for the caller to
     #: record now that the script completed (MessageView.duplicate)
     duplicates: tuple[tuple[str, int, bool, bool], ...] = ()
@@ -276,6 +281,7 @@ class _Run:
         self.vacation: Vacation | None = None
         self.implicit_keep = True
         self.duplicates: list[tuple[str, int, bool, bool]] = []
+        self.redirect_edits: list[int] = []
         self.actions = 0
         self.reject: str | None = None
         self.notifications: list[Notify] = []
@@ -352,10 +358,12 @@ class _Run:
         fl = frozenset(self.flags if flags is None else self.flagset(flags))
         # RFC 5228 §2.10.3: a message filed twice into one mailbox is stored once (flags joined)
         prev = self.targets.get(mailbox)
-        if prev is not None:
+        edits = len(self.edits)
+        if prev is not None:  # the copy as the first action filed it (RFC 5293)
             fl |= prev.flags
             keep |= prev.keep
-        self.targets[mailbox] = Target(mailbox, fl, keep)
+            edits = prev.edits if prev.edits is not None else edits
+        self.targets[mailbox] = Target(mailbox, fl, keep, edits)
 
     def block(self, cmds: tuple[Action, ...]) -> bool:
         """False once ``stop`` ran."""
@@ -392,6 +400,7 @@ class _Run:
                     if len(self.redirects) >= self.max_redirects:
                         raise SieveRuntimeError(f"more than {self.max_redirects} redirects")
                     self.redirects.append(addr)
+                    self.redirect_edits.append(len(self.edits))
                 if not c.copy:
                     self.implicit_keep = False
             elif isinstance(c, FlagOp):
@@ -749,4 +758,5 @@ def run(script: Script, msg: MessageView, *, max_redirects: int = MAX_REDIRECTS)
         # RFC 5232 §5: the implicit keep takes the internal variable's flags
         targets[INBOX] = Target(INBOX, frozenset(r.flags), True)
     return Outcome(tuple(targets.values()), tuple(r.redirects), r.vacation, r.implicit_keep,
-                   notifications=tuple(r.notifications), edits=tuple(r.edits), duplicates=tuple(r.duplicates))
+                   notifications=tuple(r.notifications), edits=tuple(r.edits), duplicates=tuple(r.duplicates),
+                   redirect_edits=tuple(r.redirect_edits))

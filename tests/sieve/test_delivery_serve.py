@@ -54,6 +54,9 @@ if header :contains "subject" "invoice" {
     "olga": 'require ["editheader", "fileinto", "copy"];\ndeleteheader "x-spam-flag";\ndeleteheader "received";\n'
             'addheader "X-Filed-By" "olga\'s rules";\nif header :contains "subject" "report" { fileinto "Reports"; }\n'
             'redirect :copy "olga-ext@remote.test";\n',
+    # RFC 5293: each copy and redirect gets the header as it was when its action ran
+    "rita": 'require ["editheader", "fileinto", "copy"];\nfileinto :copy "Before";\naddheader "X-Step" "one";\n'
+            'fileinto :copy "After";\nredirect :copy "rita-ext@remote.test";\naddheader "X-Step" "two";\n',
     "jack": 'require "reject";\nif header :contains "subject" "lottery" { reject "No lotteries, thank you."; }\n',
 }
 
@@ -83,7 +86,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, sink: Sink) -> Iterator[Any
     base = tmp_path_factory.mktemp("sieve")
     cfg = init_setup(base / "s", "--demo", workers=2)
     users = dict(re.findall(r"demo user (\S+) password (\S+)", (base / "s" / "demo-users.txt").read_text()))
-    add_users(cfg, users, ("carol", "erin", "frank", "gina", "hank", "ivan", "jack", "kate", "nora", "olga"), PW)
+    add_users(cfg, users, ("carol", "erin", "frank", "gina", "hank", "ivan", "jack", "kate", "nora", "olga", "rita"), PW)
     add_users(cfg, users, ("dave",), PW, "--send-outside", "no")
     with socket.socket() as closed:  # a port with no listener: connections to it are refused
         closed.bind(("127.0.0.1", 0))
@@ -346,6 +349,18 @@ def test_editheader_edits_this_recipients_copies_only(server: Any, sink: Sink) -
                timeout=30)
     (fwd,) = [m for m in sunk_to(sink, "weekly report") if m["X-Env-To"] == "olga-ext@remote.test"]
     assert fwd["X-Filed-By"] == "olga's rules" and fwd["X-Spam-Flag"] is None  # the redirect is the edited one
+    spool = Path(load(server.cfg).server.data_dir) / "spool"
+    wait_until(lambda: not [p for p in spool.iterdir() if ".edit" in p.name], timeout=30)  # removed
+
+
+def test_editheader_copies_get_the_header_as_at_their_action(server: Any, sink: Sink) -> None:
+    send(server, "step report", [f"rita@{D}"])
+    steps = {box: email.message_from_bytes(raw_message(server, f"rita@{D}", box, "step report")).get_all("X-Step")
+             for box in ("Before", "After", "INBOX")}
+    assert steps == {"Before": None, "After": ["one"], "INBOX": ["two", "one"]}  # the implicit keep: at the end
+    wait_until(lambda: bool(sunk_to(sink, "step report")), timeout=30)
+    (fwd,) = sunk_to(sink, "step report")
+    assert fwd.get_all("X-Step") == ["one"]
     spool = Path(load(server.cfg).server.data_dir) / "spool"
     wait_until(lambda: not [p for p in spool.iterdir() if ".edit" in p.name], timeout=30)  # removed
 
