@@ -40,7 +40,7 @@ from aiohttp import WSMsgType, web
 from mailsrv import log
 from mailsrv.config import JmapConfig
 from mailsrv.directory.rights import OwnerShare
-from mailsrv.jmap import core, push
+from mailsrv.jmap import core, push, sievescript
 from mailsrv.jmap import email as _email  # noqa: F401  (registers the Email/Thread methods)
 from mailsrv.jmap import filelink as _filelink  # noqa: F401  (FileLink/*, docs/files.md)
 from mailsrv.jmap import mailbox as _mailbox  # noqa: F401  (registers the Mailbox methods)
@@ -158,6 +158,8 @@ class JmapApp:
         self.recaller: Any = None
         #: mailsrv.files.FileLinks: /files uploads, /f/ downloads, FileLink/* (set by JmapService; None: off)
         self.files: Any = None
+        #: mailsrv.config.SieveConfig: SieveScript/* over the account's scripts (set by JmapService; None: off)
+        self.sieve: Any = None
         self.push = PushManager(push_ssl)
         self.vacation = Responder(submitter)
         self.auth = auth
@@ -417,8 +419,9 @@ class JmapApp:
         files = None if self.files is None else {"maxSize": self.files.config.max_size,
                                                  "quota": self.files.config.quota,
                                                  "retentionDays": self.files.config.retention_days}
+        sieve = None if self.sieve is None else sievescript.account_capability(self.sieve)
         return session_object(self.config, self.base_url(request), p.username, {be.account_id: be.name},
-                              be.account_id, shared, files)
+                              be.account_id, shared, files, sieve)
 
     async def _context(self, p: Principal) -> tuple[core.RequestContext, MailBackend]:
         return self._make_context(p, *await self.accounts(p))
@@ -432,7 +435,7 @@ class JmapApp:
             capabilities=SERVER_CAPABILITIES,
             extra={"uploads": self.uploads, "objects": self._objects, "submitter": self.submitter, "principal": p,
                    "push": self.push, "vacation": self.vacation, "accounts": self._accounts_source(p),
-                   "recaller": self.recaller, "files": self.files},
+                   "recaller": self.recaller, "files": self.files, "sieve": self.sieve},
             read_only=frozenset(aid for aid, a in access.items() if a.read_only),
             account_capabilities={aid: SHARED_CAPABILITIES for aid, a in access.items() if not a.personal},
         )
@@ -728,6 +731,8 @@ class JmapService:
             from mailsrv.recall import Recaller
 
             app.recaller = Recaller.of(cfg, res["store"], res["directory"])
+        if cfg.sieve.enabled and "store" in res:
+            app.sieve = cfg.sieve
         if cfg.files.enabled:
             if "files" not in res:  # the worker's (mailsrv/worker.py); a service run without a worker makes one
                 from mailsrv.files import FileLinks, files_root

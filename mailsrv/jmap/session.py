@@ -12,6 +12,7 @@ from mailsrv.jmap.filelink import FILELINK
 from mailsrv.jmap.mailbox import MAX_NAME
 from mailsrv.jmap.query import COLLATIONS
 from mailsrv.jmap.recall import RECALL
+from mailsrv.jmap.sievescript import SIEVE
 
 WEBSOCKET = "urn:ietf:params:jmap:websocket"
 SUBMISSION = "urn:ietf:params:jmap:submission"
@@ -22,7 +23,7 @@ BLOB = "urn:ietf:params:jmap:blob"
 EMAIL_SORT = ["receivedAt", "sentAt", "size", "from", "to", "subject", "hasKeyword", "allInThreadHaveKeyword", "someInThreadHaveKeyword", "id"]
 
 #: every capability this server implements (a request's "using" may name only these)
-SERVER_CAPABILITIES = frozenset({CORE, MAIL, WEBSOCKET, SUBMISSION, VACATION, QUOTA, BLOB, RECALL, FILELINK})
+SERVER_CAPABILITIES = frozenset({CORE, MAIL, WEBSOCKET, SUBMISSION, VACATION, QUOTA, BLOB, RECALL, FILELINK, SIEVE})
 #: what an account shared with the caller supports: its mail, not sending or answering as its owner
 SHARED_CAPABILITIES = frozenset({CORE, MAIL, QUOTA, BLOB})
 
@@ -53,10 +54,11 @@ def mail_account_capability(cfg: JmapConfig) -> dict[str, Any]:
 
 def session_object(cfg: JmapConfig, base: str, username: str, accounts: dict[str, str], primary: str,
                    shared: dict[str, tuple[str, bool]] | None = None,
-                   filelink: dict[str, Any] | None = None) -> dict[str, Any]:
+                   filelink: dict[str, Any] | None = None, sieve: dict[str, Any] | None = None) -> dict[str, Any]:
     """The Session object; ``accounts`` maps accountId -> name (the caller's own), ``shared`` accountId ->
     (name, read only) for accounts other users shared with the caller. URLs are absolute (RFC 8620 §2).
-    ``filelink``: the ``urn:mailsrv:filelink`` capability when file links are on (docs/files.md)."""
+    ``filelink``: the ``urn:mailsrv:filelink`` capability when file links are on (docs/files.md);
+    ``sieve``: the account's ``urn:ietf:params:jmap:sieve`` capability (RFC 9661 §2) when Sieve is on."""
     ws = "ws" + base[4:] if base.startswith("http") else base
     caps = {
         CORE: core_capability(cfg),
@@ -83,6 +85,9 @@ def session_object(cfg: JmapConfig, base: str, username: str, accounts: dict[str
     if filelink is not None:  # big attachments through links, the caller's own account only
         caps[FILELINK] = filelink
         acc_caps[FILELINK] = {}
+    if sieve is not None:  # RFC 9661 §2: an empty object in the session, the limits per account (own only)
+        caps[SIEVE] = {}
+        acc_caps[SIEVE] = sieve
     all_accounts = {
         aid: {"name": name, "isPersonal": True, "isReadOnly": False, "accountCapabilities": acc_caps}
         for aid, name in accounts.items()
@@ -95,7 +100,7 @@ def session_object(cfg: JmapConfig, base: str, username: str, accounts: dict[str
     session: dict[str, Any] = {
         "capabilities": caps,
         "accounts": all_accounts,
-        "primaryAccounts": {c: primary for c in (MAIL, SUBMISSION, VACATION, QUOTA, BLOB)},
+        "primaryAccounts": {c: primary for c in (MAIL, SUBMISSION, VACATION, QUOTA, BLOB) + ((SIEVE,) if sieve else ())},
         "username": username,
         "apiUrl": base + "/jmap/api",
         "downloadUrl": base + "/jmap/download/{accountId}/{blobId}/{name}?accept={type}",
