@@ -59,6 +59,10 @@ class NameConflict(BackendError):
     pass
 
 
+class InvalidName(NameConflict):
+    """A name the store cannot keep (e.g. too long once stored): invalidProperties, not alreadyExists."""
+
+
 class OverQuota(BackendError):
     pass
 

@@ -10,6 +10,7 @@ from mailsrv.jmap.backend import (
     COUNT_PROPERTIES,
     CannotCalculateChanges,
     Forbidden,
+    InvalidName,
     Mailbox,
     MailboxHasChild,
     MailboxHasEmail,
@@ -307,6 +308,8 @@ async def mailbox_set(ctx: RequestContext, args: dict[str, Any], call_id: str) -
                 m = await be.create_mailbox(name, parent, role, sort_order, sub)
             except NotFound:
                 raise SetError("invalidProperties", "no such parent", properties=["parentId"]) from None
+            except InvalidName as exc:
+                raise SetError("invalidProperties", str(exc), properties=["name"]) from None
             except NameConflict:
                 raise SetError("alreadyExists", "a sibling has that name") from None
             ctx.created_ids[cid] = m.id

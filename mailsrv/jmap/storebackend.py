@@ -41,6 +41,7 @@ from mailsrv.jmap.backend import (
     ChangeSet,
     EmailMeta,
     Forbidden,
+    InvalidName,
     Mailbox,
     MailboxHasChild,
     MailboxHasEmail,
@@ -308,7 +309,7 @@ class StoreBackend:
         except st.MailboxExists:
             raise NameConflict(name) from None
         except st.BadMailboxName as exc:
-            raise NameConflict(str(exc)) from None
+            raise InvalidName(str(exc)) from None
         if is_subscribed:
             await self.acct.subscribe(full, True)
         self._dirty()
@@ -337,6 +338,8 @@ class StoreBackend:
                 await self.acct.rename_mailbox(cur, target)
             except st.MailboxExists:
                 raise NameConflict(target) from None
+            except st.BadMailboxName as exc:
+                raise InvalidName(str(exc)) from None
             cur = target
         if is_subscribed is not None:
             await self.acct.subscribe(cur, is_subscribed)
