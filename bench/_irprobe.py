@@ -1,0 +1,142 @@
+"""Instructions per delivered message (Ir, valgrind callgrind) of one mailsrv SMTP worker, for A/B of
+server CPU changes on a loaded machine, where wall and CPU time vary by ±15 % from run to run.
+
+    python -m bench._irprobe [--sessions 20] [--seconds 20] [--src DIR] [--top 15]
+
+One server (``mailsrv serve``, one worker) runs under ``valgrind --tool=callgrind --instr-atstart=no``;
+the bench's SMTP client (bench/smtp.py, 4 KB messages, outside valgrind) warms it up, then a signal
+turns instrumentation on in the worker (and its pool threads) for the measured window and another
+dumps the counts (a ``sitecustomize`` in a scratch directory issues callgrind's client requests,
+compiled once with gcc; ``callgrind_control`` does not reach forked children). Ir per message = the
+worker's instructions in the window / the messages that reached the maildirs in it.
+``--src DIR``: run the mailsrv package found in DIR (a copy with a change) instead of this tree's.
+Needs valgrind, its headers (valgrind/callgrind.h) and gcc. Not a scenario of ``python -m bench``.
+What it does not count: kernel time (syscalls, page cache, the fsyncs); check syscalls per message
+with ``perf trace -s -p PID`` beside it. Under valgrind the worker runs ~50x slower, so its group
+commit rounds are larger than in a native run (fixed costs per round weigh less per message):
+compare runs with each other, not with native profiles. Work that scales with time (timers,
+background jobs: ~5 M Ir/s) spreads over the messages of the window, so Ir per message falls as
+more fit in it: compare runs of similar message counts, or fit Ir = a * messages + b over several
+runs of each variant (b shared); repeat runs of similar counts differ by ~1-4 %.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import _common as C
+from bench import smtp as B
+
+_HELPER = """#include <valgrind/callgrind.h>
+void cg_on(void) { CALLGRIND_START_INSTRUMENTATION; CALLGRIND_ZERO_STATS; }
+void cg_off(void) { CALLGRIND_DUMP_STATS; CALLGRIND_STOP_INSTRUMENTATION; }
+"""
+_SITE = """import ctypes, signal
+_lib = ctypes.CDLL({lib!r})
+signal.signal(signal.SIGRTMIN + 3, lambda *a: _lib.cg_on())
+signal.signal(signal.SIGRTMIN + 4, lambda *a: _lib.cg_off())
+"""
+ON, OFF = signal.SIGRTMIN + 3, signal.SIGRTMIN + 4
+
+
+def _site(scratch: Path) -> Path:
+    d = scratch / "site"
+    d.mkdir()
+    (d / "cgctl.c").write_text(_HELPER)
+    subprocess.run(["gcc", "-O1", "-shared", "-fPIC", "-o", str(d / "libcgctl.so"), str(d / "cgctl.c")], check=True)
+    (d / "sitecustomize.py").write_text(_SITE.format(lib=str(d / "libcgctl.so")))
+    return d
+
+
+def top(path: Path, msgs: int, n: int) -> list[tuple[int, float, str]]:
+    """The ``n`` functions of most self cost: (Ir per message, % of all, name)."""
+    text = subprocess.run(["callgrind_annotate", "--inclusive=no", str(path)], capture_output=True, text=True,
+                          check=True).stdout
+    out = []
+    for ln in text.splitlines():
+        m = re.match(r"\s*([\d,]+)\s+\(\s*([\d.]+)%\)\s+(\S+)", ln)
+        if m and "PROGRAM TOTALS" not in ln:
+            where, _, fn = m.group(3).rpartition(":")
+            name = fn if where in ("", "???") else f"{os.path.basename(where)}:{fn}"
+            out.append((int(m.group(1).replace(",", "")) // msgs, float(m.group(2)), name))
+    return out[:n]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench._irprobe", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sessions", type=int, default=20)
+    ap.add_argument("--seconds", type=float, default=20.0, help="the measured window (wall, under valgrind)")
+    ap.add_argument("--warm", type=float, default=4.0)
+    ap.add_argument("--src", default="", help="a directory holding the mailsrv package to measure")
+    ap.add_argument("--out", default="", help="keep the callgrind file here (default: a temporary directory)")
+    ap.add_argument("--top", type=int, default=15)
+    a = ap.parse_args(argv)
+    for tool in ("valgrind", "callgrind_annotate", "gcc"):
+        if shutil.which(tool) is None:
+            print(f"_irprobe: {tool} not found (apt-get install valgrind gcc)", file=sys.stderr)
+            return 2
+    scratch = Path(tempfile.mkdtemp(prefix="irprobe-"))
+    out = Path(a.out) if a.out else scratch
+    out.mkdir(parents=True, exist_ok=True)
+    site = _site(scratch)
+    popen = subprocess.Popen
+
+    def under_valgrind(args: Any, *k: Any, **kw: Any) -> Any:  # only `mailsrv serve` runs under valgrind
+        if "serve" in args:
+            args = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}/cg.%p",
+                    *args]
+            kw["env"] = {**kw.get("env", os.environ), "PYTHONPATH": os.pathsep.join(filter(None, [a.src, str(site)]))}
+        return popen(args, *k, **kw)
+
+    C.subprocess.Popen = under_valgrind  # type: ignore[assignment, misc]
+    users: dict[str, Path | None] = dict.fromkeys([f"load{i}" for i in range(B.RECIPIENTS)] + ["probe"])
+    try:
+        srv = C.Mailsrv(scratch / "mailsrv", seeds=users, workers=1)
+    finally:
+        C.subprocess.Popen = popen  # type: ignore[misc]
+    try:
+        server = B._Server("mailsrv", srv.ports["smtp"], srv.pids, lambda: C.maildir_count(srv.data_dir))
+        server.measure(4096, a.sessions, a.warm)
+        kids = [p for p in srv.pids() if p != srv.proc.pid]
+        for p in kids:
+            os.kill(p, ON)
+        time.sleep(1.0)
+        m0 = C.maildir_count(srv.data_dir)
+        import uvloop
+
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as r:
+            r.run(B._load(server.port, a.sessions, B._body(4096), a.seconds))
+        for p in kids:
+            os.kill(p, OFF)
+        time.sleep(2.0)  # the idle worker dumps at once; nothing is delivered meanwhile
+        msgs = C.maildir_count(srv.data_dir) - m0
+    finally:
+        srv.stop()
+    dumps = [(int(m.group(1)), f) for f in out.glob("cg.*.1") for m in [re.search(r"^totals: (\d+)", f.read_text(), re.M)]
+             if m]
+    if not dumps or not msgs:
+        print("_irprobe: no counts (the worker did not dump, or nothing was delivered)", file=sys.stderr)
+        return 1
+    ir, worker = max(dumps)
+    print(f"{msgs} messages over {a.sessions} sessions, {ir:,} Ir in the worker: {ir // msgs:,} Ir per message "
+          f"({worker})")
+    for per, pct, name in top(worker, msgs, a.top):
+        print(f"  {per:>9,} {pct:5.2f} %  {name}")
+    if not a.out:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
