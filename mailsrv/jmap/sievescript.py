@@ -350,7 +350,8 @@ async def _create(ctx: RequestContext, acct: _Account, obj: Any, names: dict[str
     if len(names) >= acct.cfg.max_scripts:
         raise SetError("overQuota", f"at most {acct.cfg.max_scripts} scripts")
     try:
-        await acct.run(S.put_script, name, text, max_size=acct.cfg.max_script_size, max_scripts=acct.cfg.max_scripts)
+        await acct.run(S.create_script, name, text, max_size=acct.cfg.max_script_size,
+                       max_scripts=acct.cfg.max_scripts)
     except S.ScriptError as exc:
         raise _set_error(exc, recs, name) from None
     return name

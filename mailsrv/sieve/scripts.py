@@ -233,6 +233,20 @@ def put_script(root: Path | str, name: str, text: str, *, max_size: int = MAX_SC
         durable_write(d / (name + SUFFIX), data)
 
 
+def create_script(root: Path | str, name: str, text: str, *, max_size: int = MAX_SCRIPT_SIZE,
+                  max_scripts: int = MAX_SCRIPTS) -> None:
+    """As :func:`put_script`, but never replaces: raises :class:`ScriptExists` when ``name`` is taken,
+    checked under the lock (JMAP's SieveScript/set create, RFC 9661 §2.2 alreadyExists)."""
+    check_name(name)
+    validate(text, max_size)
+    data = text.encode("utf-8")
+    with _locked(root) as d:
+        if (d / (name + SUFFIX)).is_file():
+            raise ScriptExists(f"a script named {name!r} exists")
+        check_space(root, name, len(data), max_size=max_size, max_scripts=max_scripts)
+        durable_write(d / (name + SUFFIX), data)
+
+
 def set_active(root: Path | str, name: str | None) -> None:
     """Make ``name`` the active script, or none with None (RFC 5804 §2.8); atomic and durable.
 

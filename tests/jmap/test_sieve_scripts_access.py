@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import aiohttp
+import pytest
 from jmaptest import Client, FakeAccount, FakeGrant, Server
 
 from mailsrv.config import SieveConfig
+from mailsrv.sieve import scripts
 
 SIEVE = "urn:ietf:params:jmap:sieve"
 USING = ["urn:ietf:params:jmap:core", SIEVE]
@@ -38,3 +40,13 @@ async def test_sieve_capability_own_account_only(tmp_path: Path) -> None:
             assert off[0] == "error" and off[1]["type"] == "serverUnavailable"
     finally:
         await server.stop()
+
+
+def test_create_never_replaces(tmp_path: Path) -> None:
+    """SieveScript/set create stores through scripts.create_script: a name taken meanwhile (ManageSieve) stays."""
+    scripts.put_script(tmp_path, "main", "keep;\n")
+    with pytest.raises(scripts.ScriptExists):
+        scripts.create_script(tmp_path, "main", "discard;\n")
+    assert scripts.get_script(tmp_path, "main") == "keep;\n"
+    scripts.create_script(tmp_path, "other", "discard;\n")
+    assert scripts.list_scripts(tmp_path) == [("main", False), ("other", False)]
