@@ -382,6 +382,8 @@ class LocalDelivery:
             await sieve.flush_own(flush, out)
         if archive is None:
             await flush(batch, spool, data, {}, consume)
+            if sieve is not None:  # RFC 7352: the duplicate ids of the recipients whose copies were made
+                await sieve.commit(out)
             return out
         archived: dict[str, frozenset[str]] = {}  # archive copies' addresses -> their flags
         copies: list[tuple[str, Account, str]] = []
@@ -390,6 +392,8 @@ class LocalDelivery:
             copies.append((addr, acct, folder))
         if not archive.envelope or not copies:  # the message's own file (a retried copy has its block)
             await flush(batch + copies, spool, data, archived)
+            if sieve is not None:
+                await sieve.commit(out)
             return out
         # docs/archive.md: the archive copies are a second file that starts with the envelope block,
         # delivered concurrently with the last recipients' copies (one group-commit round)
@@ -411,4 +415,6 @@ class LocalDelivery:
             # failed write): the retry needs the file, written here (fsync'd) before the caller queues it
             await asyncio.get_running_loop().run_in_executor(None, _keep_archive, apath, spool, data,
                                                              archive.envelope)
+        if sieve is not None:
+            await sieve.commit(out)
         return out

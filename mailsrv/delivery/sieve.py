@@ -336,6 +336,19 @@ class VacationState:
             db.close()
 
     @staticmethod
+    def forget_ids(root: Path, keys: list[str]) -> None:
+        """Remove the duplicate ids ``keys`` (recorded for a message that is not acknowledged after all);
+        blocking."""
+        if not keys:
+            return
+        db = VacationState._write(root, "dup (key TEXT PRIMARY KEY, expires REAL)")
+        try:
+            db.executemany("DELETE FROM dup WHERE key = ?", [(k,) for k in keys])
+            db.execute("COMMIT")
+        finally:
+            db.close()
+
+    @staticmethod
     def answered(root: Path, sender: str, since: float, handle: str | None = None) -> bool:
         """True when the account's Sieve vacation (any handle; ``handle``: that one, JMAP_HANDLE for the
         JMAP VacationResponse) answered ``sender`` (lower case) at or after ``since``; blocking. The
@@ -456,6 +469,10 @@ class Pass:
         self.own: dict[Path, list[tuple[str, Account, str]]] = {}
         #: (recipient address, folder) -> the edited file its copy is delivered from
         self.own_boxes: dict[tuple[str, str], Path] = {}
+        #: RFC 7352: recipient address -> (its account's root, its run's duplicate ids), recorded by
+        #: :meth:`commit`; then those it recorded (taken back by :meth:`remember`)
+        self.dups: dict[str, tuple[Path, tuple[tuple[str, int, bool, bool], ...]]] = {}
+        self.dups_made: list[tuple[Path, list[str]]] = []
 
     async def fields(self) -> list[tuple[str, bytes]]:
         if self._fields is None:
@@ -512,8 +529,8 @@ class Pass:
                 loop = asyncio.get_running_loop()
                 outcome = await loop.run_in_executor(
                     None, lambda: run_script(script, msg, max_redirects=self.filt.config.max_redirects))
-                if outcome.duplicates:
-                    await loop.run_in_executor(None, VacationState.remember_ids, root, outcome.duplicates)
+                if outcome.duplicates:  # recorded once the recipient's copies are made (:meth:`commit`)
+                    self.dups[address] = (root, outcome.duplicates)
             self.filt.runs += 1
             if not self.filt.runs % YIELD_EVERY:  # a big group's scripts: let the loop breathe
                 await asyncio.sleep(0)
@@ -698,9 +715,33 @@ class Pass:
             except (OSError, sqlite3.Error) as exc:  # the retry may make a copy twice; no mail is lost
                 logger.warning("sieve.ledger_failed", rcpt=addr, error=str(exc))
 
+    async def commit(self, out: Any) -> None:
+        """RFC 7352, as Pigeonhole (ids recorded when the script's actions commit): the duplicate ids of
+        each recipient none of whose copies failed (not in ``out.retry``), recorded once the store made
+        them; a retried recipient's next run finds the message new again (docs/sieve.md). Never raises."""
+        loop = asyncio.get_running_loop()
+        for addr, (root, items) in self.dups.items():
+            if addr in out.retry:
+                continue
+            try:
+                await loop.run_in_executor(None, VacationState.remember_ids, root, items)
+            except (OSError, sqlite3.Error) as exc:  # the next copy of it is not told a duplicate
+                logger.warning("sieve.duplicate_failed", user=addr, error=str(exc))
+                continue
+            self.dups_made.append((root, [key for key, _, last, seen in items if not seen]))
+        self.dups.clear()
+
     async def remember(self, out: Any) -> None:
         """:func:`remember` of ``out`` (this message's LocalOutcome): per account, its copies made
-        (``out.made``), its redirects queued and what a former attempt had made. Never raises."""
+        (``out.made``), its redirects queued and what a former attempt had made; the duplicate ids
+        :meth:`commit` recorded new are taken back (the sender's retry finds the message new, as
+        this run did). Never raises."""
+        for root, keys in self.dups_made:
+            try:
+                await asyncio.get_running_loop().run_in_executor(None, VacationState.forget_ids, root, keys)
+            except (OSError, sqlite3.Error) as exc:  # the retry may find it a duplicate
+                logger.warning("sieve.duplicate_failed", error=str(exc))
+        self.dups_made.clear()
         items: dict[Path, tuple[str, set[str]]] = {}
         for addr, acct, box in out.made:
             led = self.ledgers.get(addr)

@@ -252,7 +252,7 @@ class Outcome:
     #: RFC 5293: per redirect, how many of ``edits`` it gets (those made before it ran)
     redirect_edits: tuple[int, ...] = ()
     #: RFC 7352 §3: (key, seconds, last, seen) of each duplicate test that ran, for the caller to
-    #: record now that the script completed (MessageView.duplicate)
+    #: record once the recipient's copies are made (MessageView.duplicate; docs/sieve.md)
     duplicates: tuple[tuple[str, int, bool, bool], ...] = ()
 
     @property

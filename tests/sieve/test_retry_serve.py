@@ -26,6 +26,8 @@ from mailsrv.store import account_root
 D = "example.test"
 PW = "sieve retry test password"
 SCRIPT = 'require ["fileinto", "copy"];\nfileinto "Archive";\nredirect :copy "lena-ext@remote.test";\nkeep;\n'
+DUP_SCRIPT = ('require ["duplicate", "fileinto"];\n'
+              'if duplicate { fileinto "Dups"; } else { fileinto "Kept"; keep; }\n')
 
 
 @pytest.fixture(scope="module")
@@ -33,23 +35,23 @@ def server(tmp_path_factory: pytest.TempPathFactory, sink: Sink) -> Iterator[Any
     base = tmp_path_factory.mktemp("sieveretry")
     cfg = init_setup(base / "s", "--demo", workers=1)
     users = dict(re.findall(r"demo user (\S+) password (\S+)", (base / "s" / "demo-users.txt").read_text()))
-    add_users(cfg, users, ("lena", "mira"), PW)  # mira: no script
+    add_users(cfg, users, ("lena", "mira", "nell"), PW)  # mira: no script
     with open(cfg, "a") as fh:
         fh.write(f'\n[queue.route."remote.test"]\nsmarthost = "127.0.0.1:{sink.port}"\ntls = "none"\n')
-    activate(cfg, {"lena": SCRIPT})
+    activate(cfg, {"lena": SCRIPT, "nell": DUP_SCRIPT})
     srv = serve_users(cfg, users)
     yield srv
     assert srv.stop() == 0
 
 
-def lena_root(srv: Any) -> Path:
+def lena_root(srv: Any, user: str = "lena") -> Path:
     conf = load(srv.cfg)
-    info = open_sync(conf.directory, conf.server.data_dir).user_info(f"lena@{D}")
+    info = open_sync(conf.directory, conf.server.data_dir).user_info(f"{user}@{D}")
     return account_root(conf.server.data_dir, info["id"], info["store"])
 
 
-def count(srv: Any, box: str, subject: str) -> int:
-    m = imap(srv, f"lena@{D}")
+def count(srv: Any, box: str, subject: str, user: str = "lena") -> int:
+    m = imap(srv, f"{user}@{D}")
     try:
         if m.select(f'"{box}"', readonly=True)[0] != "OK":
             return 0
@@ -157,3 +159,56 @@ def mira_count(srv: Any, subject: str) -> int:
         return len(data[0].split())
     finally:
         m.logout()
+
+
+def test_a_retried_recipient_finds_its_message_new_for_duplicate(server: Any) -> None:
+    """RFC 7352 as Pigeonhole: a message's id is recorded once the recipient's copies are made, so the
+    queue's retry after a failed copy runs the same branch (the ledger skips its made copy) and does
+    not file it as a duplicate; the id is recorded after that retry."""
+    send(server, "dup warm", [f"nell@{D}"])
+    root = lena_root(server, "nell")
+    assert count(server, "Kept", "dup warm", "nell") == 1
+    immutable(root / "new", True)
+    try:
+        send(server, "dup one", [f"nell@{D}"])  # Kept made, INBOX failed: 250, the queue retries nell
+        assert count(server, "Kept", "dup one", "nell") == 1
+        assert count(server, "INBOX", "dup one", "nell") == 0
+        mark = server.mark()
+    finally:
+        immutable(root / "new", False)
+    cli(server.cfg, "queue", "flush")
+    wait_until(lambda: count(server, "INBOX", "dup one", "nell") == 1, timeout=60)
+    server.wait_for(r"sieve\.retried .*user=nell@example\.test", start=mark)
+    assert count(server, "Dups", "dup one", "nell") == 0  # not a duplicate of its own failed attempt
+    assert count(server, "Kept", "dup one", "nell") == 1
+    send(server, "dup one", [f"nell@{D}"])  # the same message again: now a duplicate
+    assert count(server, "Dups", "dup one", "nell") == 1
+    assert count(server, "INBOX", "dup one", "nell") == 1
+
+
+def test_a_message_answered_451_is_new_for_duplicate_at_the_sender_retry(server: Any, sink: Sink) -> None:
+    """nell's copies made, then the queue fails (lena's redirect): 451. The duplicate id recorded
+    with her copies is taken back with the 451, so the sender's retry runs the same branch (its copies
+    skipped by the ledger), files nothing as a duplicate; the id is recorded after that retry."""
+    qmsg = Path(load(server.cfg).server.data_dir) / "queue" / "msg"
+    rcpts = [f"nell@{D}", f"lena@{D}"]
+    mark = server.mark()
+    immutable(qmsg, True)
+    try:
+        with pytest.raises(smtplib.SMTPDataError) as e:
+            send(server, "dup two", rcpts)
+        assert e.value.smtp_code == 451
+    finally:
+        immutable(qmsg, False)
+    server.wait_for(r"sieve\.remembered ", start=mark)
+    assert count(server, "Kept", "dup two", "nell") == 1
+    assert count(server, "INBOX", "dup two", "nell") == 1
+    mark = server.mark()
+    send(server, "dup two", rcpts)  # the sender's retry, the same message
+    server.wait_for(r"sieve\.retried .*user=nell@example\.test", start=mark)
+    assert count(server, "Dups", "dup two", "nell") == 0
+    assert count(server, "Kept", "dup two", "nell") == 1
+    assert count(server, "INBOX", "dup two", "nell") == 1
+    wait_until(lambda: len(sunk_to(sink, "dup two")) == 1, timeout=30)
+    send(server, "dup two", [f"nell@{D}"])  # once more, acknowledged before: a duplicate now
+    assert count(server, "Dups", "dup two", "nell") == 1
