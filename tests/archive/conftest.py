@@ -3,6 +3,7 @@ session and backend (mailsrv.smtp.wiring.DirectoryBackend), with the archiving r
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,9 @@ from mailsrv.smtp.grammar import SmtpError
 from mailsrv.smtp.session import Session
 from mailsrv.smtp.wiring import DirectoryBackend
 from mailsrv.store import MailboxNotFound, Store
+
+# the folder's helper modules (archiveserve) import by name, as in tests/jmap and tests/imap
+sys.path.insert(0, str(Path(__file__).parent))
 
 D = "example.test"
 #: members of the big group: more than one store call's batch (DELIVERY_BATCH 256)

@@ -13,7 +13,7 @@ from typing import Any
 from support.server import serve_users, wait_until
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_serve import RULES, archived, message, setup_server, subjects
+from archiveserve import RULES, archived, message, setup_server, subjects
 
 from mailsrv.config import ArchiveConfig, load
 from mailsrv.delivery.archive import (
