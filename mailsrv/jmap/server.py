@@ -386,6 +386,9 @@ class JmapApp:
         be = await self.backends(p)
         # the own account also follows its submissions through the queue (push of EmailSubmission)
         be = _submission.tracking(be, self._objects(be.account_id, "EmailSubmission"), self.submitter)
+        if self.sieve is not None:  # and its SieveScript state (ManageSieve and the CLI change it too)
+            be = sievescript.tracking(be, self._objects(be.account_id, "SieveScript"),
+                                      getattr(getattr(be, "acct", None), "root", None))
         if self.folder_hook is not None and p.id.isdigit():  # the owner's mailbox changes carry their ACL entries
             be = OwnFolders(be, int(p.id), self.folder_hook)
         out = {be.account_id: Access(be, True, False)}

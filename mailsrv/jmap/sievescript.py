@@ -20,18 +20,24 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+from mailsrv import log
 from mailsrv.config import SieveConfig
 from mailsrv.jmap.backend import CannotCalculateChanges
 from mailsrv.jmap.core import RequestContext, registry
 from mailsrv.jmap.errors import MethodError, SetError, invalid_arguments
 from mailsrv.jmap.objects import Collection, drop, new_id, put
+from mailsrv.jmap.push import MultiWatch
 from mailsrv.jmap.query import compile_filter, compile_sort, window
+from mailsrv.jmap.submission import _notifier
 from mailsrv.sieve import EXTENSIONS
 from mailsrv.sieve import scripts as S
+from mailsrv.store import notify
 
 SIEVE = "urn:ietf:params:jmap:sieve"
 PROPERTIES = ("id", "name", "blobId", "isActive")
 IMPLEMENTATION = "mailsrv"
+
+logger = log.get("jmap")
 
 
 def account_capability(cfg: SieveConfig) -> dict[str, Any]:
@@ -74,29 +80,7 @@ class _Account:
 
     async def sync(self) -> dict[str, dict[str, Any]]:
         """Bring the id map in line with the files (blocking part in the I/O pool); id -> record."""
-        root = self.root
-
-        def reconcile(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
-            files = {}
-            for name, active in S.list_scripts(root):
-                try:
-                    octets = S.get_script(root, name).encode("utf-8")
-                except S.NoSuchScript:  # deleted between the listing and the read
-                    continue
-                files[name] = {"name": name, "blobId": blob_id(octets), "isActive": active, "size": len(octets)}
-            by_name = {rec["name"]: i for i, rec in data["records"].items()}
-            for name, i in by_name.items():
-                if name not in files:
-                    drop(data, i)
-            for name, rec in files.items():
-                i = by_name.get(name)
-                if i is None:
-                    put(data, new_id(data, "S"), rec)
-                elif data["records"][i] != rec:
-                    put(data, i, rec)
-            return dict(data["records"])
-
-        return await self.coll.change(reconcile)
+        return await sync(self.coll, self.root)
 
     async def publish(self, recs: dict[str, dict[str, Any]]) -> None:
         """Each script's blob in the upload store (absent or expired ones written anew)."""
@@ -123,6 +107,116 @@ class _Account:
 
     async def run(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         return await self.io.run(fn, self.root, *args, **kwargs)
+
+
+async def sync(coll: Collection, root: Path) -> dict[str, dict[str, Any]]:
+    """Bring the id map ``coll`` in line with the script files under ``root`` (blocking part in the
+    collection's I/O pool); id -> record. Each script changed since moves the collection's state."""
+
+    def reconcile(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        files = {}
+        for name, active in S.list_scripts(root):
+            try:
+                octets = S.get_script(root, name).encode("utf-8")
+            except S.NoSuchScript:  # deleted between the listing and the read
+                continue
+            files[name] = {"name": name, "blobId": blob_id(octets), "isActive": active, "size": len(octets)}
+        by_name = {rec["name"]: i for i, rec in data["records"].items()}
+        for name, i in by_name.items():
+            if name not in files:
+                drop(data, i)
+        for name, rec in files.items():
+            i = by_name.get(name)
+            if i is None:
+                put(data, new_id(data, "S"), rec)
+            elif data["records"][i] != rec:
+                put(data, i, rec)
+        return dict(data["records"])
+
+    return await coll.change(reconcile)
+
+
+#: what changes the script directory: a script or the active marker written (temp file renamed in),
+#: deleted (DELETESCRIPT, deactivation unlinks the marker) or renamed away
+_SCRIPT_DIR_MASK = notify.IN_CREATE | notify.IN_MOVED_TO | notify.IN_DELETE | notify.IN_MOVED_FROM
+
+
+class ScriptTracking:
+    """The caller's own backend as push sees it, plus the ``SieveScript`` state (RFC 9661 §1.3, RFC
+    8620 §7.1): :meth:`watch` also wakes when the account's script directory changes (JMAP, ManageSieve
+    or ``mailsrv sieve`` in any process), and :meth:`extra_states` then brings the id map in line with
+    the files (:func:`sync`) before reading its state. Wake-ups of the mail store alone do not re-read
+    the scripts (the state read last is kept)."""
+
+    def __init__(self, be: Any, coll: Collection, root: Path) -> None:
+        self.be = be
+        self.coll = coll
+        self.root = Path(root)
+        self.account_id = be.account_id
+        self.name = be.name
+        #: the scripts may have changed since the last sync (True until the first)
+        self.stale = True
+        self._state: str | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.be, name)
+
+    async def extra_states(self) -> dict[str, str]:
+        inner = getattr(self.be, "extra_states", None)  # EmailSubmission (submission.SubmissionTracking)
+        out: dict[str, str] = dict(await inner()) if inner is not None else {}
+        if self.stale or self._state is None:
+            self.stale = False  # first: a change during the sync wakes us again
+            await sync(self.coll, self.root)
+            self._state = await self.coll.state()
+        out["SieveScript"] = self._state
+        return out
+
+    def watch(self) -> Any:
+        inner = self.be.watch()
+        try:
+            d = self.root / S.DIRNAME
+            d.mkdir(mode=0o700, parents=True, exist_ok=True)  # a metadata call, like the inotify_add_watch beside it
+            n = _notifier()
+            key = f"sieve:{d}"
+            n.add_path(key, d, _SCRIPT_DIR_MASK)
+            scripts = notify.Watch(n, key)
+            n.register(scripts)
+        except OSError as exc:  # no inotify watch left: sync at each wake-up instead
+            logger.warning("jmap.push.sieve_unwatched", account=self.account_id, error=str(exc))
+            return _Always(inner, self)
+        except BaseException:
+            inner.close()
+            raise
+        return MultiWatch([inner, _Marking(scripts, self)])
+
+
+class _Marking:
+    """A Watch that marks ``tracker`` stale at each wake-up (its scripts changed)."""
+
+    def __init__(self, inner: Any, tracker: ScriptTracking) -> None:
+        self.inner = inner
+        self.tracker = tracker
+
+    async def wait(self, seconds: float | None = None) -> bool:
+        woke = bool(await self.inner.wait(seconds))
+        if woke:
+            self.tracker.stale = True
+        return woke
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class _Always(_Marking):
+    """The fallback without a watch on the scripts: every wake-up of the store may be theirs."""
+
+
+def tracking(be: Any, coll: Collection, root: Any) -> Any:
+    """``be`` wrapped in :class:`ScriptTracking` (``root``: the account's root, None when the
+    backend has no store: then ``be`` as it is)."""
+    if root is None:
+        return be
+    return ScriptTracking(be, coll, Path(root))
 
 
 async def _one(data: bytes) -> AsyncIterator[bytes]:
