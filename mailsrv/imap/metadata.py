@@ -1,12 +1,13 @@
 """GETMETADATA / SETMETADATA (RFC 5464): server and mailbox annotations, durable per account.
 
-A mixin of :class:`mailsrv.imap.session.Session` and the blocking SQLite functions it runs in the
-default executor (as ``mailsrv.delivery.sieve_ledger`` does). Where entries live: ``metadata.db`` in
+A mixin of :class:`mailsrv.imap.session.Session`; it runs the store's blocking SQLite functions
+(:mod:`mailsrv.store.metadata`) in the default executor (as ``mailsrv.delivery.sieve_ledger`` does). Where entries live: ``metadata.db`` in
 the maildir root of the account that owns the mailbox (the user's own for server entries), one row
 per (mailbox id, entry, scope): the scope is "" for ``/shared`` entries and the user's account id
 for ``/private`` ones, so a grantee's private entries on a shared folder are theirs alone. Keyed by
 the store's mailbox id (MAILBOXID), a RENAME keeps a folder's entries and a new folder of an old
-name starts with none; IMAP DELETE removes them.
+name starts with none; the store's delete of the folder removes them, whoever asks for it (IMAP
+DELETE, JMAP Mailbox/set destroy): :mod:`mailsrv.store.metadata` keeps the file.
 
 Invariants:
 - Rights (RFC 5464 §3.3, RFC 4314): ``/private`` entries need ``l`` on the mailbox, reading
@@ -23,7 +24,6 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,29 +34,20 @@ from mailsrv.imap.errors import ImapError
 from mailsrv.imap.grammar import Command
 from mailsrv.imap.sharing import require
 from mailsrv.store import account_root
+from mailsrv.store.metadata import TooMany, read, write
 
 if TYPE_CHECKING:
     from mailsrv.imap.sharing import Place
 
 logger = log.get("imap")
 
-#: the file of an account's entries, in its maildir root
-METADATA_DB = "metadata.db"
 #: RFC 5464 §4.3: the largest value stored by default (``[imap] metadata_max_value``; 64 KB, under
 #: ``[imap] max_literal``'s 64 KiB default so that a client sees MAXSIZE rather than the literal refused)
 MAX_VALUE = 64_000
-#: entries of one scope (shared, or one user's private ones) on one mailbox (``[imap] metadata_max_entries``)
-MAX_ENTRIES = 100
-#: rows in one account's file, whoever wrote them (folders deleted by JMAP or the CLI leave theirs)
-MAX_ROWS = 10_000
 #: octets of an entry name
 MAX_ENTRY_NAME = 1024
 #: RFC 6154 §4: the entry that mirrors a mailbox's special-use attribute
 SPECIALUSE = "/private/specialuse"
-
-
-class TooMany(Exception):
-    """More entries than :data:`MAX_ENTRIES` / :data:`MAX_ROWS` would be stored."""
 
 
 def check_entry(raw: bytes, *, for_get: bool = False) -> str:
@@ -75,77 +66,6 @@ def check_entry(raw: bytes, *, for_get: bool = False) -> str:
     if len(parts) == 2 and not for_get:
         raise ImapError("BAD", "Metadata entries are below /private or /shared", "CLIENTBUG")
     return name
-
-
-def _open(root: Path) -> sqlite3.Connection:
-    db = sqlite3.connect(root / METADATA_DB, timeout=10, isolation_level=None)
-    db.execute("PRAGMA synchronous=FULL")  # a value is durable before SETMETADATA's OK
-    db.execute("CREATE TABLE IF NOT EXISTS entries (mailbox TEXT, entry TEXT, scope TEXT, value BLOB, "
-               "PRIMARY KEY (mailbox, entry, scope))")
-    return db
-
-
-def read(root: Path, mailbox: str, user: str, names: Sequence[str], depth: int | None) -> list[tuple[str, bytes]]:
-    """(entry, value) of ``names`` on ``mailbox`` ("" for the server) as ``user`` sees them (the shared
-    ones and their own private ones); ``depth``: 0 the entries, 1 and their children, None every
-    descendant (RFC 5464 §4.2.2). Blocks."""
-    if not (root / METADATA_DB).exists():
-        return []
-    db = _open(root)
-    try:
-        out: dict[str, bytes] = {}
-        for name in names:
-            scope = "" if name.startswith("/shared") else user
-            rows = db.execute("SELECT entry, value FROM entries WHERE mailbox = ? AND scope = ? AND "
-                              "(entry = ? OR substr(entry, 1, ?) = ?)",
-                              (mailbox, scope, name, len(name) + 1, name + "/")).fetchall()
-            for entry, value in rows:
-                below = entry.count("/") - name.count("/")
-                if entry == name or (depth is None and below > 0) or (depth == 1 and below == 1):
-                    out[entry] = bytes(value)
-        return sorted(out.items())
-    finally:
-        db.close()
-
-
-def write(root: Path, mailbox: str, user: str, items: Sequence[tuple[str, bytes | None]],
-          max_entries: int = MAX_ENTRIES) -> None:
-    """Set (None: remove) ``items`` on ``mailbox`` in one transaction; raises :class:`TooMany` (and
-    stores nothing) past ``max_entries`` of a scope or :data:`MAX_ROWS`. Blocks."""
-    db = _open(root)
-    try:
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            for name, value in items:
-                scope = "" if name.startswith("/shared") else user
-                if value is None:
-                    db.execute("DELETE FROM entries WHERE mailbox = ? AND entry = ? AND scope = ?",
-                               (mailbox, name, scope))
-                else:
-                    db.execute("INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?)", (mailbox, name, scope, value))
-            for scope in {"" if n.startswith("/shared") else user for n, v in items if v is not None}:
-                (n,) = db.execute("SELECT count(*) FROM entries WHERE mailbox = ? AND scope = ?",
-                                  (mailbox, scope)).fetchone()
-                if n > max_entries:
-                    raise TooMany
-            if db.execute("SELECT count(*) FROM entries").fetchone()[0] > MAX_ROWS:
-                raise TooMany
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
-    finally:
-        db.close()
-
-
-def forget(root: Path, mailbox: str) -> None:
-    """Remove every entry of a deleted ``mailbox`` (all scopes). Blocks."""
-    if (root / METADATA_DB).exists():
-        db = _open(root)
-        try:
-            db.execute("DELETE FROM entries WHERE mailbox = ?", (mailbox,))
-        finally:
-            db.close()
 
 
 class MetadataCommands:
@@ -234,12 +154,3 @@ class MetadataCommands:
                 None, write, self._metadata_root(place), key, str(self.user.id), items, self.cfg.metadata_max_entries)
         except TooMany:
             raise ImapError("NO", "Too many metadata entries", "METADATA TOOMANY") from None
-
-    async def _metadata_forget(self, place: Place, mailbox_id: str | None) -> None:
-        """After an IMAP DELETE: the folder's entries go (a failure is logged, the delete is done)."""
-        if mailbox_id is None or self.user is None:
-            return
-        try:
-            await asyncio.get_running_loop().run_in_executor(None, forget, self._metadata_root(place), mailbox_id)
-        except Exception as exc:
-            logger.warning("imap.metadata_forget_failed", error=type(exc).__name__)

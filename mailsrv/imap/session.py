@@ -33,7 +33,6 @@ from mailsrv.imap import response as resp
 from mailsrv.imap.errors import SYSTEM_FLAGS, Bye, ImapError, norm_flag, store_error_name
 from mailsrv.imap.grammar import Command
 from mailsrv.imap.messages import MessageCommands
-from mailsrv.imap.metadata import MAX_ENTRIES as METADATA_MAX_ENTRIES
 from mailsrv.imap.metadata import MAX_VALUE as METADATA_MAX_VALUE
 from mailsrv.imap.metadata import MetadataCommands
 from mailsrv.imap.replace import ReplaceCommands
@@ -43,6 +42,7 @@ from mailsrv.imap.spool import LiteralSpool
 from mailsrv.net.connection import ConnectionClosed, IdleTimeout, LineTooLong, ServerShutdown
 from mailsrv.store import notify
 from mailsrv.store.folders import UIDLIST_NAME
+from mailsrv.store.metadata import MAX_ENTRIES as METADATA_MAX_ENTRIES
 
 logger = log.get("imap")
 
@@ -783,12 +783,10 @@ class Session(MessageCommands, SharingCommands, ReplaceCommands, MetadataCommand
         if place.name == "INBOX":
             raise ImapError("NO", "INBOX cannot be deleted", "CANNOT")
         try:
-            mailbox_id = (await place.acct.mailbox_status(place.name)).id  # its METADATA entries' key
-            await place.acct.delete_mailbox(place.name)
+            await place.acct.delete_mailbox(place.name)  # its METADATA entries go with it (mailsrv.store.metadata)
         except Exception as exc:
             raise self._store_error(exc) from None
         await self._acl_follows(place, "delete")
-        await self._metadata_forget(place, str(mailbox_id))
 
     async def cmd_rename(self, cmd: Command) -> None:
         # RFC 4314 §4: RENAME needs "x" on the mailbox and "k" on the new name's parent

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mailsrv.store import maildir, uidlist
+from mailsrv.store import maildir, metadata, uidlist
 from mailsrv.store.types import (
     SPECIAL_USE,
     BadMailboxName,
@@ -367,6 +367,7 @@ def delete_mailbox(eng: Engine, name: str) -> None:
             fsio.fsync_dir(eng.root)
             drop_rows(eng, mb.id, mb.storage, mb.messages)
             res.changed = True
+        metadata.forget(eng.root, str(mb.guid))  # its METADATA entries, on every delete path (IMAP, JMAP)
         shutil.rmtree(trash, ignore_errors=True)
 
 

@@ -12,6 +12,7 @@ import pytest
 from imaptest import Raw, ServerHandle, login, ok, serve_real_store
 
 from mailsrv.imap import metadata
+from mailsrv.store.metadata import MAX_ENTRIES, METADATA_DB
 
 ALICE, BOB = "alice@example.test", "bob@example.test"
 PROJECTS = b'"Other Users/alice@example.test/Projects"'
@@ -63,7 +64,7 @@ def test_rfc5464_examples(srv: ServerHandle) -> None:
     c.close()
     c = login(srv, ALICE)
     assert b'"My comment"' in ok(c, b'a GETMETADATA "" /private/comment')[0]
-    files = list(srv.extra["dir"].rglob(metadata.METADATA_DB))  # in alice's maildir root
+    files = list(srv.extra["dir"].rglob(METADATA_DB))  # in alice's maildir root
     assert len(files) == 1
     db = sqlite3.connect(files[0])
     assert db.execute("SELECT count(*) FROM entries").fetchone()[0] == 4
@@ -76,7 +77,7 @@ def test_limits_and_bad_names(srv: ServerHandle) -> None:
     out = send(c, b"a SETMETADATA INBOX (/private/big ", b"x" * (metadata.MAX_VALUE + 1))
     assert out[-1].startswith(b"a NO [METADATA MAXSIZE %d]" % metadata.MAX_VALUE)
     assert send(c, b"a SETMETADATA INBOX (/private/big ", b"x" * metadata.MAX_VALUE)[-1].startswith(b"a OK")
-    items = b" ".join(b'/shared/n%d "v"' % i for i in range(metadata.MAX_ENTRIES + 1))
+    items = b" ".join(b'/shared/n%d "v"' % i for i in range(MAX_ENTRIES + 1))
     assert c.cmd(b"a SETMETADATA INBOX (" + items + b")")[-1].startswith(b"a NO [METADATA TOOMANY]")
     assert ok(c, b"a GETMETADATA (DEPTH infinity) INBOX /shared") == [b"a OK GETMETADATA completed\r\n"]
     for bad in (b"/private/a*", b"/other/x", b"/private//x", b"/private/x/", b"/private", b"private/x"):
@@ -100,6 +101,9 @@ def test_specialuse_rename_and_delete(srv: ServerHandle) -> None:
     ok(c, b"r RENAME Old New")
     assert b'"kept"' in ok(c, b"a GETMETADATA New /shared/comment")[0]
     ok(c, b"d DELETE New")
+    db = sqlite3.connect(next(srv.extra["dir"].rglob(METADATA_DB)))  # the row went with the folder
+    assert db.execute("SELECT count(*) FROM entries WHERE entry = '/shared/comment'").fetchone()[0] == 0
+    db.close()
     ok(c, b"c CREATE New")
     assert ok(c, b"a GETMETADATA New /shared/comment") == [b"a OK GETMETADATA completed\r\n"]
     c.close()

@@ -157,3 +157,38 @@ def test_sight_tokens_round_trip_and_refuse_garbage() -> None:
     for bad in ("!!", "AAAA" + "A", "é"):
         with pytest.raises(CannotCalculateChanges):
             _unsight(bad)
+
+
+async def test_a_mailbox_destroyed_over_jmap_takes_its_metadata_entries(env: Env) -> None:
+    """RFC 5464 entries (IMAP SETMETADATA writes them with mailsrv.store.metadata) go with a mailbox
+    destroyed by its owner or by a grantee holding "x" (and "t": a grantee without
+    any of "iestw" has the account read-only); the other mailboxes' entries stay."""
+    import sqlite3
+
+    from mailsrv.store import metadata
+
+    alice, bob = env.client(ALICE), env.client(BOB)
+    a_id = await own(alice)
+    await own(bob)
+    made = await alice.one("Mailbox/set", {"create": {n: {"name": n} for n in ("Keep", "Temp", "Theirs")}})
+    ids = {n: made["created"][n]["id"] for n in ("Keep", "Temp", "Theirs")}
+    root = next(env.config.parent.rglob(".Temp")).parent  # alice's maildir root
+    for mid in ids.values():
+        metadata.write(root, mid, "", [("/shared/comment", b"c"), ("/private/note", b"n")])
+
+    def rows() -> dict[str, int]:
+        db = sqlite3.connect(root / metadata.METADATA_DB)
+        try:
+            return dict(db.execute("SELECT mailbox, count(*) FROM entries GROUP BY mailbox").fetchall())
+        finally:
+            db.close()
+
+    assert rows() == {ids["Keep"]: 2, ids["Temp"]: 2, ids["Theirs"]: 2}
+    res = await alice.one("Mailbox/set", {"destroy": [ids["Temp"]]})
+    assert res["destroyed"] == [ids["Temp"]]
+    assert rows() == {ids["Keep"]: 2, ids["Theirs"]: 2}
+    env.cli("share", "grant", ALICE, BOB, "--folder", "Theirs", "--rights", "lrxt")
+    bob.account_id = a_id
+    res = await bob.one("Mailbox/set", {"destroy": [ids["Theirs"]]})
+    assert res["destroyed"] == [ids["Theirs"]]
+    assert rows() == {ids["Keep"]: 2}
