@@ -245,9 +245,10 @@ def _append(p: Parser, cmd: Command) -> None:
 
 
 def _replace(p: Parser, cmd: Command) -> None:
-    """RFC 8508 §6: ``REPLACE SP seq-number SP mailbox append-message`` (a UID under UID REPLACE)."""
+    """RFC 8508 §6: ``REPLACE SP seq-number SP mailbox append-message`` (a UID under UID REPLACE;
+    ``seq-number`` may be ``*``, RFC 9051 §9: the last message, the highest UID: 0 here)."""
     p.sp()
-    cmd.args["number"] = p.number(nz=True)
+    cmd.args["number"] = p.seq_number()
     p.sp()
     cmd.args["mailbox"] = p.mailbox()
     p.sp()

@@ -276,8 +276,13 @@ class MemoryAccount:
 
     # messages
 
+    async def domain_limits(self) -> QuotaLimits:
+        """No domain quota root here (the store's account has one)."""
+        return QuotaLimits()
+
     async def append(self, mailbox: str, data: bytes, flags: frozenset[str] = frozenset(),
-                     internal_date: float | None = None, limits: QuotaLimits = QuotaLimits()) -> int:
+                     internal_date: float | None = None, limits: QuotaLimits = QuotaLimits(),
+                     domain_limits: QuotaLimits | None = None) -> int:
         box = self._box(mailbox)
         if limits.messages is not None and len(box.msgs) + 1 > limits.messages:
             raise OverQuota(mailbox)

@@ -889,11 +889,18 @@ class Session(MessageCommands, SharingCommands, ReplaceCommands, MetadataCommand
                 raise ImapError("NO", "No such mailbox", "TRYCREATE") from None
             raise err from None
 
-    async def _append_messages(self, place: Place, messages: Sequence[tuple[list[bytes], Any, Any]]) -> list[int]:
+    async def _append_messages(self, place: Place, messages: Sequence[tuple[list[bytes], Any, Any]],
+                               credit: int = 0) -> list[int]:
         """Store ``messages`` (flags, date-time, literal or spool token) in ``place``; their UIDs.
         Each is durable when this returns (the store fsyncs before it answers). All or nothing
-        (RFC 3502 §3): after a failure the ones stored are expunged again and the error raised."""
+        (RFC 3502 §3): after a failure the ones stored are expunged again and the error raised.
+        ``credit``: octets (and one message) about to be freed in ``place``'s account (REPLACE's old
+        message), counted as free by the quota check of the account's and its domain's roots."""
         acct, name = place.acct, place.name
+        limits, domain_limits = self._limits(place.owner), None
+        if credit:
+            limits = _credited(limits, credit)
+            domain_limits = _credited(await acct.domain_limits(), credit)
         uids: list[int] = []
         try:
             for flags, when, data in messages:
@@ -909,7 +916,7 @@ class Session(MessageCommands, SharingCommands, ReplaceCommands, MetadataCommand
                     fl = acl.allowed_flags(fl, place.rights)  # RFC 4314 §4: dropped, not refused
                 ts = when.timestamp() if isinstance(when, datetime) else None
                 try:
-                    uid = await acct.append(name, data, fl, ts, self._limits(place.owner))
+                    uid = await acct.append(name, data, fl, ts, limits, domain_limits)
                 except Exception as exc:
                     raise self._store_error(exc) from None
                 uids.append(uid)
@@ -1059,3 +1066,9 @@ class Session(MessageCommands, SharingCommands, ReplaceCommands, MetadataCommand
 
     async def cmd_unselect(self, cmd: Command) -> None:
         self._close_view()
+
+
+def _credited(limits: QuotaLimits, octets: int) -> QuotaLimits:
+    """``limits`` raised by one message of ``octets`` about to be freed (unlimited stays unlimited)."""
+    return QuotaLimits(None if limits.storage is None else limits.storage + octets,
+                       None if limits.messages is None else limits.messages + 1)
