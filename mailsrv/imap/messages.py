@@ -578,8 +578,8 @@ class MessageCommands:
                 mapping = await self.acct.copy(self.view.name, uids, dest, self._limits(target.owner))
         except Exception as exc:
             raise self._store_error(exc) from None
-        if not across and target.owner is None:  # spam training learns the user's own moves
-            await self._train(self.view.name, dest, mapping)
+        if not across:  # spam training: a move within one account's folders teaches its owner's learner
+            await self._train(self.view.name, dest, mapping, target.owner)
         code = f"COPYUID {info.uidvalidity} {format_uids([s for s, _ in mapping])} {format_uids([d for _, d in mapping])}"
         if move:
             # RFC 6851 §4.3: COPYUID in an untagged OK before the EXPUNGEs
@@ -614,8 +614,12 @@ class MessageCommands:
             await src.expunge(name, [s for s, _ in mapping], only_deleted=False)
         return mapping
 
-    async def _train(self, src: str, dest: str, mapping: Sequence[tuple[int, int]]) -> None:
+    async def _train(self, src: str, dest: str, mapping: Sequence[tuple[int, int]], owner: Any = None) -> None:
         """Spam training (docs/policy.md): a MOVE, or the COPY of COPY+EXPUNGE, into or out of Junk.
+
+        ``src`` and ``dest`` are folders of the selected account (``self.acct``); ``owner`` is that
+        account's owner when it is another user's (a grantee's move in a shared folder): the owner's
+        learner is taught, as for the owner's own moves and as JMAP does (docs/shared-mailboxes.md).
 
         After the store made the copies durable; the copies are queued for the policy's background trainer
         (journaled, read and learned later), so the tagged reply does not wait for the learner. A training
@@ -627,7 +631,7 @@ class MessageCommands:
         policy = get_policy()
         if policy is None:
             return
-        account = getattr(self.user, "address", None) or str(self.acct.id)
+        account = getattr(owner if owner is not None else self.user, "address", None) or str(self.acct.id)
         try:
             await policy.train_later(account, src, dest, [(dest, duid) for _, duid in mapping],
                                      read=self.acct.read_message)

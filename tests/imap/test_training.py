@@ -99,3 +99,42 @@ def test_moving_2000_messages_into_junk_replies_at_once(real: ServerHandle, tmp_
 
 async def _event() -> asyncio.Event:
     return asyncio.Event()
+
+
+def test_a_grantees_moves_in_a_shared_folder_train_the_owners_learner(tmp_path: Path) -> None:
+    """Bob moves alice's mail into and out of her Junk (rights from her SETACL): alice's verdicts, as
+    her own moves and JMAP's are; bob's learner learns nothing."""
+    from imaptest import serve_real_store
+
+    with serve_real_store(tmp_path / "s", users=("alice@example.test", "bob@example.test")) as srv:
+        state = PolicyState(tmp_path / "policy.db")
+        policy = Policy(PolicyConfig(), hostname="mx.example.test", resolver=Resolver(["127.0.0.1:1"]), state=state)
+        srv.service.ctx.resources["policy"] = policy
+        assert policy.trainer is not None
+        try:
+            a = imaplib.IMAP4(srv.host, srv.port, timeout=20)
+            a.login("alice@example.test", "wonderland")
+            for m in (SPAM, HAM):
+                assert a.append("INBOX", None, None, m)[0] == "OK"
+            for box in ("INBOX", "Junk"):
+                assert a.setacl(box, "bob@example.test", "lrswite")[0] == "OK"
+            a.logout()
+            b = imaplib.IMAP4(srv.host, srv.port, timeout=20)
+            b.login("bob@example.test", "wonderland")
+            assert b.select('"Other Users/alice@example.test/INBOX"')[0] == "OK"
+            assert b.uid("MOVE", "1", '"Other Users/alice@example.test/Junk"')[0] == "OK"
+            srv.call(policy.trainer.drain())
+            assert srv.call(state.training_counts("alice@example.test")) == {"spam": 1}
+            assert b.uid("COPY", "2", '"Other Users/alice@example.test/Junk"')[0] == "OK"
+            srv.call(policy.trainer.drain())
+            assert srv.call(state.training_counts("alice@example.test")) == {"spam": 2}
+            assert b.select('"Other Users/alice@example.test/Junk"')[0] == "OK"
+            typ, data = b.uid("SEARCH", None, "SUBJECT", "lunch")
+            assert b.uid("MOVE", data[0].decode(), '"Other Users/alice@example.test/INBOX"')[0] == "OK"
+            srv.call(policy.trainer.drain())
+            assert srv.call(state.training_counts("alice@example.test")) == {"spam": 1, "ham": 1}
+            assert srv.call(state.training_counts("bob@example.test")) == {}
+            b.logout()
+        finally:
+            del srv.service.ctx.resources["policy"]
+            policy.close()
