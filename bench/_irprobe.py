@@ -94,8 +94,10 @@ def main(argv: list[str] | None = None) -> int:
 
     def under_valgrind(args: Any, *k: Any, **kw: Any) -> Any:  # only `mailsrv serve` runs under valgrind
         if "serve" in args:
+            # -P: ``python -m`` puts the working directory first on sys.path, which would import this
+            # tree's mailsrv before the one in ``--src`` (PYTHONPATH comes after it)
             args = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}/cg.%p",
-                    *args]
+                    args[0], *(["-P"] if a.src else []), *args[1:]]
             kw["env"] = {**kw.get("env", os.environ), "PYTHONPATH": os.pathsep.join(filter(None, [a.src, str(site)]))}
         return popen(args, *k, **kw)
 
