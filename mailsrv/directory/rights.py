@@ -56,8 +56,9 @@ class OwnerShare:
         return [self.account, *self.folders.values(), *self.anyone.values()]
 
     def changes_any(self) -> bool:
-        """Does any folder of the owner's allow a change (JMAP: the account is not read-only)?"""
-        return any(may_change(r) for r in self._all())
+        """Does any folder of the owner's allow a change (JMAP: the account is not read-only)? Its
+        messages (RFC 4314 §5.2's ``iestw``) or the folders themselves (``k`` create, ``x`` delete)."""
+        return any(may_change(r) or "k" in r or "x" in r for r in self._all())
 
     def lists_any(self) -> bool:
         """Can any folder of the owner's be listed (``l``)? Else the owner stays out of LIST."""

@@ -161,8 +161,8 @@ def test_sight_tokens_round_trip_and_refuse_garbage() -> None:
 
 async def test_a_mailbox_destroyed_over_jmap_takes_its_metadata_entries(env: Env) -> None:
     """RFC 5464 entries (IMAP SETMETADATA writes them with mailsrv.store.metadata) go with a mailbox
-    destroyed by its owner or by a grantee holding "x" (and "t": a grantee without
-    any of "iestw" has the account read-only); the other mailboxes' entries stay."""
+    destroyed by its owner or by a grantee holding "x" (a right that makes the shared
+    account writable, as "k" does); the other mailboxes' entries stay."""
     import sqlite3
 
     from mailsrv.store import metadata
@@ -187,8 +187,15 @@ async def test_a_mailbox_destroyed_over_jmap_takes_its_metadata_entries(env: Env
     res = await alice.one("Mailbox/set", {"destroy": [ids["Temp"]]})
     assert res["destroyed"] == [ids["Temp"]]
     assert rows() == {ids["Keep"]: 2, ids["Theirs"]: 2}
-    env.cli("share", "grant", ALICE, BOB, "--folder", "Theirs", "--rights", "lrxt")
+    env.cli("share", "grant", ALICE, BOB, "--folder", "Theirs", "--rights", "lrx")
     bob.account_id = a_id
+    assert (await session(bob))["accounts"][a_id]["isReadOnly"] is False  # "x" changes the account
     res = await bob.one("Mailbox/set", {"destroy": [ids["Theirs"]]})
     assert res["destroyed"] == [ids["Theirs"]]
     assert rows() == {ids["Keep"]: 2}
+    # "k" alone (no right on messages) lets the grantee create a child, as IMAP CREATE does
+    env.cli("share", "grant", ALICE, BOB, "--folder", "Keep", "--rights", "lk")
+    res = await bob.one("Mailbox/set", {"create": {"c": {"name": "Child", "parentId": ids["Keep"]}}})
+    assert "c" in res["created"], res
+    res = await bob.one("Mailbox/set", {"destroy": [ids["Keep"]]})
+    assert res["notDestroyed"][ids["Keep"]]["type"] == "forbidden"  # no "x"
