@@ -12,20 +12,11 @@ from typing import Any
 import aiohttp
 from support.server import ServerProcess, mailsrv_cmd
 from test_push import read_event
-from test_serve import setup
-from test_sieve_scripts import SIEVE, USING, managesieve
-
-RULES = 'require ["fileinto"];\r\nif header :contains "subject" "report" {\r\n  fileinto "Reports";\r\n}\r\n'
+from test_sieve_scripts import RULES, SIEVE, USING, managesieve, under_serve
 
 
 def test_sieve_script_changes_are_pushed(tmp_path: Path, monkeypatch: Any) -> None:
-    config, password, token, _ = setup(tmp_path)
-    monkeypatch.setenv("SSL_CERT_FILE", str(config.parent / "tls" / "cert.pem"))  # sievelib's STARTTLS
-    server = ServerProcess(config).wait_ready()
-    try:
-        asyncio.run(_scenario(server, config, password, token))
-    finally:
-        assert server.stop() == 0
+    under_serve(tmp_path, monkeypatch, _scenario)
 
 
 def cli(config: Path, *args: str) -> None:

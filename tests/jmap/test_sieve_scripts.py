@@ -8,6 +8,7 @@ import json
 import smtplib
 import ssl
 import subprocess
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +24,17 @@ BROKEN = 'require ["fileinto"];\r\nif header :contains "subject" {\r\n  fileinto
 
 
 def test_sieve_scripts_over_jmap(tmp_path: Path, monkeypatch: Any) -> None:
+    under_serve(tmp_path, monkeypatch, _scenario)
+
+
+def under_serve(tmp_path: Path, monkeypatch: Any,
+                scenario: Callable[[ServerProcess, Path, str, str], Awaitable[None]]) -> None:
+    """``scenario(server, config, alice's password, her bearer token)`` against `mailsrv serve`."""
     config, password, token, _ = setup(tmp_path)
     monkeypatch.setenv("SSL_CERT_FILE", str(config.parent / "tls" / "cert.pem"))  # sievelib's STARTTLS
     server = ServerProcess(config).wait_ready()
     try:
-        asyncio.run(_scenario(server, config, password, token))
+        asyncio.run(scenario(server, config, password, token))
     finally:
         assert server.stop() == 0
 
