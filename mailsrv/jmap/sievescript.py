@@ -175,7 +175,7 @@ class ScriptTracking:
         inner = self.be.watch()
         try:
             d = self.root / S.DIRNAME
-            d.mkdir(mode=0o700, parents=True, exist_ok=True)  # a metadata call, like the inotify_add_watch beside it
+            d.mkdir(mode=0o700, exist_ok=True)  # in the store's root (opened before); a metadata call like the watch
             n = _notifier()
             key = f"sieve:{d}"
             n.add_path(key, d, _SCRIPT_DIR_MASK)
