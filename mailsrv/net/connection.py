@@ -181,16 +181,17 @@ class Connection:
     def _buffered_line(self) -> bytes | None:
         """A whole line already in the reader's buffer (pipelined commands), taken without a
         wait or a timer; None when the slow path must decide (no line yet, or too long)."""
-        reader = self.reader
-        if reader.exception() is not None:  # as readuntil(): a broken stream raises before its data
+        reader: Any = self.reader  # its attributes, not its methods: ~4 calls a message fewer
+        if reader._exception is not None:  # as readuntil(): a broken stream raises before its data
             return None
-        buf = reader._buffer  # type: ignore[attr-defined]
+        buf = reader._buffer
         end = buf.find(b"\n")
-        if end < 0 or end >= self.max_line_length or end > reader._limit:  # type: ignore[attr-defined]
+        if end < 0 or end >= self.max_line_length or end > reader._limit:
             return None
         line = bytes(buf[: end + 1])
         del buf[: end + 1]
-        reader._maybe_resume_transport()  # type: ignore[attr-defined]
+        if reader._paused:
+            reader._maybe_resume_transport()
         return line
 
     async def _discard_long_line(self, consumed: int) -> None:
@@ -220,11 +221,13 @@ class Connection:
 
     async def read_some(self, n: int) -> bytes:
         """Read up to ``n`` bytes that are available (for bulk readers); b"" at EOF."""
-        buf = self.reader._buffer  # type: ignore[attr-defined]
-        if buf and self.reader.exception() is None:  # already here: no wait, so no timer
+        reader: Any = self.reader
+        buf = reader._buffer
+        if buf and reader._exception is None:  # already here: no wait, so no timer
             data = bytes(buf[:n])
             del buf[:n]
-            self.reader._maybe_resume_transport()  # type: ignore[attr-defined]
+            if reader._paused:
+                reader._maybe_resume_transport()
             return data
         self._arm()
         try:
@@ -288,6 +291,12 @@ class Connection:
     def write(self, data: bytes) -> None:
         if not self.closed:
             self.writer.write(data)
+
+    def backlogged(self) -> bool:
+        """Whether :meth:`drain` has anything to wait for (False: what was written went out whole, and
+        a caller may skip the ``await``)."""
+        transport = self.writer.transport
+        return bool(transport.get_write_buffer_size()) or transport.is_closing()
 
     async def drain(self) -> None:
         transport = self.writer.transport

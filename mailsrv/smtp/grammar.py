@@ -45,8 +45,31 @@ class Command(NamedTuple):
     arg: bytes  # the rest after one space, without CRLF
 
 
+#: command line -> its split: most lines come back (DATA, RSET, a relay's MAIL FROM, a list's RCPT TO)
+_COMMANDS: dict[bytes, Command] = {}
+#: lines remembered at most (then the cache starts over), and the longest line remembered
+MAX_COMMANDS = 1024
+MAX_COMMAND_REMEMBERED = 320
+
+
 def split_command(line: bytes) -> Command:
-    """``b"mail FROM:<a@b>\\r\\n"`` -> Command("MAIL", b"FROM:<a@b>")."""
+    """``b"mail FROM:<a@b>\\r\\n"`` -> Command("MAIL", b"FROM:<a@b>").
+
+    A pure function: the splits of lines up to :data:`MAX_COMMAND_REMEMBERED` bytes are remembered (at
+    most :data:`MAX_COMMANDS`); a line that does not split is not, nor AUTH (its initial response)."""
+    known = _COMMANDS.get(line)
+    if known is not None:
+        return known
+    command = _split_command(line)
+    if len(line) <= MAX_COMMAND_REMEMBERED and command.verb != "AUTH":
+        if len(_COMMANDS) >= MAX_COMMANDS:
+            _COMMANDS.clear()
+        _COMMANDS[line] = command
+    return command
+
+
+def _split_command(line: bytes) -> Command:
+    """:func:`split_command` without its memory."""
     if line.endswith(b"\r\n"):
         line = line[:-2]
     elif line.endswith(b"\n"):

@@ -136,30 +136,28 @@ class SmtpService:
 
     async def handle(self, conn: Connection) -> None:
         session = self.new_session(conn)
+        # RFC 2920 §3.1: replies to pipelined commands are held while more commands wait in the
+        # input buffer and go out in one write once the client must wait for them.
+        out: list[bytes] = []
         try:
             if not await self._policy_greeting(conn, session):
                 return
             await conn.send(session.greeting())
-            await self._loop(conn, session)
+            try:  # here, not in a coroutine of its own: every wake-up of the session passes each level
+                await self._commands(conn, session, out)
+            except BaseException:
+                # a bug, a failing lookup or a cancelled task ends the session: the replies it owes still
+                # go out before the close (above all a held 250 for a delivered message, lest it be sent
+                # twice)
+                if out:
+                    conn.write(b"".join(out))
+                raise
         except ConnectionClosed:
             logger.debug("conn.lost")
         except IdleTimeout:
             await self._bye(conn, [reply(421, "4.4.2", f"{self.ctx.hostname} idle timeout")])
         finally:
             session.abort()
-
-    async def _loop(self, conn: Connection, session: Session) -> None:
-        # RFC 2920 §3.1: replies to pipelined commands are held while more commands wait in the
-        # input buffer and go out in one write once the client must wait for them.
-        out: list[bytes] = []
-        try:
-            await self._commands(conn, session, out)
-        except BaseException:
-            # a bug, a failing lookup or a cancelled task ends the session: the replies it owes still go
-            # out before the close (above all a held 250 for a delivered message, lest it be sent twice)
-            if out:
-                conn.write(b"".join(out))
-            raise
 
     async def _commands(self, conn: Connection, session: Session, out: list[bytes]) -> None:
         errors = 0
@@ -168,7 +166,11 @@ class SmtpService:
         buffered = conn.reader._buffer  # type: ignore[attr-defined]
         while True:
             if out and (len(out) >= MAX_HELD_REPLIES or b"\n" not in buffered):
-                await self._flush(conn, out)
+                # _flush inline: no coroutine when the write went out whole (most replies)
+                conn.write(out[0] if len(out) == 1 else b"".join(out))
+                out.clear()
+                if conn.backlogged():
+                    await conn.drain()
             try:
                 line = None if auth_pending else conn.buffered_command()  # pipelined: no coroutine
                 if line is None:

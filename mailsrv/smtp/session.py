@@ -20,6 +20,7 @@ import base64
 import binascii
 import enum
 import time
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime
@@ -196,8 +197,10 @@ class Session:
 
     # -- dispatch -------------------------------------------------------------
 
-    async def command(self, line: bytes) -> Step:
-        """Handle one command line. Raises SmtpError for any failure reply."""
+    def command(self, line: bytes) -> Coroutine[Any, Any, Step]:
+        """Handle one command line: the handler's coroutine, to be awaited for the Step. Raises
+        SmtpError for any failure reply (a failed check here at the call, the handler's at the await).
+        Not a coroutine itself: each command (three per pipelined message) would make two."""
         self.commands += 1
         if len(line) > MAX_COMMAND_LINE + 2 and line[:5].upper() != b"AUTH ":
             # RFC 5321 §4.5.3.1.4 plus RFC 1869 parameter room; AUTH may carry an initial response
@@ -214,8 +217,8 @@ class Session:
             and self.commands > self.cfg.max_commands_before_auth
         ):
             raise SmtpError("Too many commands before authentication", 421, "4.7.0")
-        step: Step = await getattr(self, name)(arg)
-        return step
+        handler: Callable[[bytes], Coroutine[Any, Any, Step]] = getattr(self, name)
+        return handler(arg)
 
     def _sequence_hint(self, verb: str) -> str:
         if self.state is State.GREETED:

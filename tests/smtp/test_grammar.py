@@ -258,3 +258,35 @@ def test_remembered_mailboxes_are_bounded(monkeypatch: pytest.MonkeyPatch) -> No
     for i in range(10):
         assert parse_mailbox(f"u{i}@example.test".encode()) == f"u{i}@example.test"
         assert 1 <= len(grammar._MAILBOXES) <= 3
+
+
+@given(st.binary(max_size=40) | st.from_regex(rb"\A[A-Za-z]{1,14}( [ -~]{0,20})? *\r?\n?\Z"))
+def test_a_remembered_command_is_the_split_of_its_bytes(line: bytes) -> None:
+    """split_command remembers valid splits: asked twice (the second from memory) it answers as the
+    splitter itself, and a line that does not split raises every time."""
+    try:
+        expected: grammar.Command | type[Exception] = grammar._split_command(line)
+    except SmtpSyntaxError as exc:
+        expected = type(exc)
+    for _ in range(2):
+        try:
+            got: grammar.Command | type[Exception] = split_command(line)
+        except SmtpSyntaxError as exc:
+            got = type(exc)
+        assert got == expected
+    assert (line in grammar._COMMANDS) == isinstance(expected, grammar.Command)
+
+
+def test_remembered_commands_are_bounded_and_never_auth(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(grammar, "MAX_COMMANDS", 3)
+    grammar._COMMANDS.clear()
+    for i in range(10):
+        assert split_command(f"RCPT TO:<u{i}@example.test>\r\n".encode()).arg == f"TO:<u{i}@example.test>".encode()
+        assert 1 <= len(grammar._COMMANDS) <= 3
+    # an AUTH line carries a credential (its initial response): split, never kept in memory
+    assert split_command(b"AUTH PLAIN AGFsaWNlAHNlY3JldA==\r\n").verb == "AUTH"
+    assert split_command(b"auth login\r\n").verb == "AUTH"
+    assert not any(line[:4].upper() == b"AUTH" for line in grammar._COMMANDS)
+    long = b"NOOP " + b"x" * grammar.MAX_COMMAND_REMEMBERED + b"\r\n"
+    assert split_command(long).verb == "NOOP"
+    assert long not in grammar._COMMANDS
