@@ -297,7 +297,8 @@ class LocalDelivery:
         is the message): the last store call moves it into a mailbox instead of linking it, or removes
         it (``Store.deliver(consume=True)``); ``spool_consumed`` says when no file is left.
         ``sender``: the envelope sender, given by a caller that queues ``redirects`` and ``replies``:
-        then each account's active Sieve script (``self.sieve``) decides its copies (docs/sieve.md).
+        then each account's active Sieve script (``self.sieve``) decides its copies (docs/sieve.md); the
+        caller then calls mailsrv.delivery.sieve.commit when its reply is final, or remember before a 451.
         """
         sieve = self.sieve.begin(self, spool, data, sender) if self.sieve is not None and sender is not None else None
         out = LocalOutcome(filtering=sieve)
@@ -382,8 +383,6 @@ class LocalDelivery:
             await sieve.flush_own(flush, out)
         if archive is None:
             await flush(batch, spool, data, {}, consume)
-            if sieve is not None:  # RFC 7352: the duplicate ids of the recipients whose copies were made
-                await sieve.commit(out)
             return out
         archived: dict[str, frozenset[str]] = {}  # archive copies' addresses -> their flags
         copies: list[tuple[str, Account, str]] = []
@@ -392,8 +391,6 @@ class LocalDelivery:
             copies.append((addr, acct, folder))
         if not archive.envelope or not copies:  # the message's own file (a retried copy has its block)
             await flush(batch + copies, spool, data, archived)
-            if sieve is not None:
-                await sieve.commit(out)
             return out
         # docs/archive.md: the archive copies are a second file that starts with the envelope block,
         # delivered concurrently with the last recipients' copies (one group-commit round)
@@ -415,6 +412,4 @@ class LocalDelivery:
             # failed write): the retry needs the file, written here (fsync'd) before the caller queues it
             await asyncio.get_running_loop().run_in_executor(None, _keep_archive, apath, spool, data,
                                                              archive.envelope)
-        if sieve is not None:
-            await sieve.commit(out)
         return out

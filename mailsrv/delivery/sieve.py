@@ -12,6 +12,7 @@ Whatever fails here (a broken script, a runtime error, a bug) becomes the implic
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import sqlite3
 import time
@@ -102,6 +103,19 @@ class ReplyOrder:
 
     to: str
     message: bytes
+    #: a notification (RFC 5435): its account's ledger part and its ledger item, recorded as a
+    #: redirect's once queued (a vacation reply has none: it is once per sender anyway)
+    ledger: Ledger | None = None
+    item: str = ""
+    #: in the queue (durable): :func:`remember` records it when the message is not acknowledged after all
+    queued: bool = False
+
+
+def notify_item(n: Notify, rcpt: str) -> str:
+    """The ledger item of notification ``n`` (RFC 5435 §3.8: its method and options are what makes
+    two notifications identical) to ``rcpt``."""
+    digest = hashlib.sha256("\0".join((n.method, *n.options)).encode("utf-8", "surrogateescape")).hexdigest()
+    return f"notify:{digest[:32]}:{rcpt.lower()}"
 
 
 @dataclass
@@ -204,7 +218,7 @@ async def queue_orders(queue: Any, rcpt: Callable[[str], Any], outcome: Any, sen
         if data is not None and order.edited is None:
             await queue.enqueue(redirected(data, order.account), sender, rcpts, smtputf8=smtputf8, body=body)
             order.queued = True
-            await _record_redirect(order)
+            await _record(order.ledger, _redirect_items(order), user=order.account)
             continue
         path = spool.with_name(spool.name + ".redirect")
         try:
@@ -215,9 +229,12 @@ async def queue_orders(queue: Any, rcpt: Callable[[str], Any], outcome: Any, sen
             await loop.run_in_executor(None, unlink_quiet, path)
             if order.edited is not None:
                 await loop.run_in_executor(None, unlink_quiet, order.edited)
-        await _record_redirect(order)
+        await _record(order.ledger, _redirect_items(order), user=order.account)
     for reply in outcome.replies:  # RFC 3834 §3.3 / RFC 5230 §4.5: from the null reverse path
         await queue.enqueue(reply.message, "", [rcpt(reply.to)], smtputf8=smtputf8, body="8BITMIME")
+        reply.queued = True
+        if reply.item:  # a notification: recorded as a redirect is
+            await _record(reply.ledger, [reply.item], rcpt=reply.to)
 
 
 async def remember(outcome: Any) -> None:
@@ -230,17 +247,29 @@ async def remember(outcome: Any) -> None:
         await p.remember(outcome)
 
 
-async def _record_redirect(order: RedirectOrder) -> None:
-    """A queued redirect of a recipient that is retried: recorded, so that the retry does not queue it
-    again (docs/sieve.md "Retries"). A failure to record costs a possible second redirect, no mail."""
-    led = order.ledger
+async def commit(outcome: Any) -> None:
+    """RFC 7352 as Pigeonhole: the duplicate ids of the message's recipients commit with the
+    transaction: call it when the final reply (a 250, or a 550 when every script refused it) is
+    decided, never before a 451 (the sender's retry then finds the message new). Never raises."""
+    p = outcome.filtering
+    if p is not None:
+        await p.commit(outcome)
+
+
+def _redirect_items(order: RedirectOrder) -> list[str]:
+    return [f"redirect:{a.lower()}" for a in order.addresses]
+
+
+async def _record(led: Ledger | None, items: list[str], **who: str) -> None:
+    """A queued redirect or notification of a recipient that is retried: recorded, so that the retry
+    does not queue it again (docs/sieve.md "Retries"). A failure to record costs a possible second
+    one, no mail."""
     if led is None or not led.retrying or not led.key:
         return
     try:
-        await asyncio.get_running_loop().run_in_executor(
-            None, sieve_ledger.record, led.root, led.key, led.msgid, [f"redirect:{a.lower()}" for a in order.addresses])
+        await asyncio.get_running_loop().run_in_executor(None, sieve_ledger.record, led.root, led.key, led.msgid, items)
     except (OSError, sqlite3.Error) as exc:
-        logger.warning("sieve.ledger_failed", user=order.account, error=str(exc))
+        logger.warning("sieve.ledger_failed", **who, error=str(exc))
 
 
 class VacationState:
@@ -336,19 +365,6 @@ class VacationState:
             db.close()
 
     @staticmethod
-    def forget_ids(root: Path, keys: list[str]) -> None:
-        """Remove the duplicate ids ``keys`` (recorded for a message that is not acknowledged after all);
-        blocking."""
-        if not keys:
-            return
-        db = VacationState._write(root, "dup (key TEXT PRIMARY KEY, expires REAL)")
-        try:
-            db.executemany("DELETE FROM dup WHERE key = ?", [(k,) for k in keys])
-            db.execute("COMMIT")
-        finally:
-            db.close()
-
-    @staticmethod
     def answered(root: Path, sender: str, since: float, handle: str | None = None) -> bool:
         """True when the account's Sieve vacation (any handle; ``handle``: that one, JMAP_HANDLE for the
         JMAP VacationResponse) answered ``sender`` (lower case) at or after ``since``; blocking. The
@@ -368,7 +384,8 @@ def our_verdicts(policy: PolicyConfig, hostname: str, sieve: SieveConfig) -> Our
 
 
 class SieveFilter:
-    """Per worker: the accounts' compiled scripts (cache keyed by account, checked by stat).
+    """Per worker: the accounts' compiled scripts (cache keyed by account, checked by stat), and
+    the retry ledger of every account, with or without a script (also when ``config.enabled`` is off).
     ``verdicts``: :func:`our_verdicts` for mail our policy judged (SMTP); None: nothing was judged
     (JMAP submissions)."""
 
@@ -387,7 +404,10 @@ class SieveFilter:
         self.runs = 0
 
     async def script(self, acct: Account) -> tuple[Script | None, str]:
-        """The account's active script (compiled) and its name, or (None, "")."""
+        """The account's active script (compiled) and its name, or (None, ""): always so with
+        ``[sieve] enabled = false`` (the filter then serves the retry ledger alone, docs/sieve.md)."""
+        if not self.config.enabled:
+            return None, ""
         now = time.monotonic()
         e = self._cache.get(acct.id)
         if e is not None and now - e.checked < self.check_interval:
@@ -470,9 +490,8 @@ class Pass:
         #: (recipient address, folder) -> the edited file its copy is delivered from
         self.own_boxes: dict[tuple[str, str], Path] = {}
         #: RFC 7352: recipient address -> (its account's root, its run's duplicate ids), recorded by
-        #: :meth:`commit`; then those it recorded (taken back by :meth:`remember`)
+        #: :meth:`commit` when the message is answered
         self.dups: dict[str, tuple[Path, tuple[tuple[str, int, bool, bool], ...]]] = {}
-        self.dups_made: list[tuple[Path, list[str]]] = []
 
     async def fields(self) -> list[tuple[str, bytes]]:
         if self._fields is None:
@@ -558,8 +577,6 @@ class Pass:
             reply = await self._vacation(o, msg, address, acct)
             if reply is not None:
                 out.replies.append(reply)
-        if o.notifications:
-            out.replies += await self._notifications(o.notifications, msg, address, acct)
         copies = []
         edits_of: dict[str, int] = {}  # RFC 5293: folder -> how many edits its copy gets
         for t in targets:
@@ -573,7 +590,8 @@ class Pass:
             copies.append((box, t.flags))
         if not copies and not sent:
             logger.info("sieve.discarded", user=acct.address)
-            return copies
+            if not o.notifications:
+                return copies
         led = await self._ledger(address, acct)
         if led.done:  # a retry: what the former attempt made is not made again (docs/sieve.md "Retries")
             copies = [c for c in copies if f"copy:{c[0]}" not in led.done]
@@ -581,6 +599,8 @@ class Pass:
             logger.info("sieve.retried", user=acct.address, skipped=len(led.done))
             if not copies:  # no copy was missing: the record has served (remember() writes it again
                 await self._forget(acct.address, led)  # should the redirects' queueing fail now)
+        if o.notifications:  # RFC 5435; those a former attempt queued are not sent again
+            out.replies += await self._notifications(o.notifications, msg, address, acct, led)
         files: dict[int, Path | None] = {0: None}  # RFC 5293: a file per edit count (0: the message as it came)
         for box, _ in copies:
             n = edits_of[box]
@@ -716,9 +736,9 @@ class Pass:
                 logger.warning("sieve.ledger_failed", rcpt=addr, error=str(exc))
 
     async def commit(self, out: Any) -> None:
-        """RFC 7352, as Pigeonhole (ids recorded when the script's actions commit): the duplicate ids of
-        each recipient none of whose copies failed (not in ``out.retry``), recorded once the store made
-        them; a retried recipient's next run finds the message new again (docs/sieve.md). Never raises."""
+        """:func:`commit`, RFC 7352 as Pigeonhole (ids recorded when the delivery commits): the
+        duplicate ids of each recipient none of whose copies failed (not in ``out.retry``: its retry
+        finds the message new again, docs/sieve.md), once the caller's reply is final. Never raises."""
         loop = asyncio.get_running_loop()
         for addr, (root, items) in self.dups.items():
             if addr in out.retry:
@@ -727,21 +747,12 @@ class Pass:
                 await loop.run_in_executor(None, VacationState.remember_ids, root, items)
             except (OSError, sqlite3.Error) as exc:  # the next copy of it is not told a duplicate
                 logger.warning("sieve.duplicate_failed", user=addr, error=str(exc))
-                continue
-            self.dups_made.append((root, [key for key, _, last, seen in items if not seen]))
         self.dups.clear()
 
     async def remember(self, out: Any) -> None:
         """:func:`remember` of ``out`` (this message's LocalOutcome): per account, its copies made
-        (``out.made``), its redirects queued and what a former attempt had made; the duplicate ids
-        :meth:`commit` recorded new are taken back (the sender's retry finds the message new, as
-        this run did). Never raises."""
-        for root, keys in self.dups_made:
-            try:
-                await asyncio.get_running_loop().run_in_executor(None, VacationState.forget_ids, root, keys)
-            except (OSError, sqlite3.Error) as exc:  # the retry may find it a duplicate
-                logger.warning("sieve.duplicate_failed", error=str(exc))
-        self.dups_made.clear()
+        (``out.made``), its redirects and notifications queued and what a former attempt had made
+        (its duplicate ids are not recorded: :func:`commit` is not called before a 451). Never raises."""
         items: dict[Path, tuple[str, set[str]]] = {}
         for addr, acct, box in out.made:
             led = self.ledgers.get(addr)
@@ -749,8 +760,10 @@ class Pass:
             items.setdefault(root, (acct.address, set()))[1].add(f"copy:{box}")
         for order in out.redirects:
             if order.queued and order.ledger is not None:
-                items.setdefault(order.ledger.root, (order.account, set()))[1].update(
-                    f"redirect:{a.lower()}" for a in order.addresses)
+                items.setdefault(order.ledger.root, (order.account, set()))[1].update(_redirect_items(order))
+        for reply in out.replies:
+            if reply.queued and reply.ledger is not None:
+                items.setdefault(reply.ledger.root, ("", set()))[1].add(reply.item)
         for led in self.ledgers.values():
             if led.done:
                 items.setdefault(led.root, ("", set()))[1].update(led.done)
@@ -788,10 +801,11 @@ class Pass:
         return sent
 
     async def _notifications(self, notes: tuple[Notify, ...], msg: MessageView, address: str,
-                             acct: Account) -> list[ReplyOrder]:
+                             acct: Account, led: Ledger) -> list[ReplyOrder]:
         """RFC 5435/5436: the mailto notifications, from the null reverse path; none about an
         auto-submitted message (RFC 5436 §2.7), at most ``[sieve] notify_per_hour`` per account, none
-        outside the organisation for a user who may not send there (as redirects)."""
+        outside the organisation for a user who may not send there (as redirects), none a former
+        attempt of the message queued (``led``, docs/sieve.md "Retries")."""
         auto = msg.decoded("auto-submitted")
         if auto and auto[0].lower() != "no":
             logger.info("sieve.notify_skipped", user=acct.address, reason="auto-submitted")
@@ -807,6 +821,8 @@ class Pass:
             assert uri is not None  # checked by the run
             rcpts = []
             for a in (*uri.to, *uri.cc):
+                if notify_item(n, a) in led.done:
+                    continue
                 res = await self.local.resolver.resolve(a)
                 if res.kind == Kind.OUTSIDE and not acct.may_send_outside:
                     logger.warning("sieve.notify_refused", user=acct.address, rcpt=a)
@@ -823,7 +839,7 @@ class Pass:
                                        about_from=about_from[0] if about_from else "",
                                        about_subject=about_subject[0] if about_subject else "")
             logger.info("sieve.notified", user=acct.address, rcpts=len(rcpts))
-            orders += [ReplyOrder(a, raw) for a in rcpts]
+            orders += [ReplyOrder(a, raw, led, notify_item(n, a)) for a in rcpts]
         return orders
 
     async def _vacation(self, o: Outcome, msg: MessageView, address: str, acct: Account) -> ReplyOrder | None:

@@ -88,7 +88,7 @@ class DirectorySubmitter:
         self.directory = directory
         self.archive = archive  # mailsrv.delivery.archive.ArchiveRules (docs/archive.md) or None
         self.local = LocalDelivery(directory, store, data_dir)
-        if sieve is not None and sieve.enabled:  # docs/sieve.md: local recipients' filters, as over SMTP
+        if sieve is not None:  # docs/sieve.md: local recipients' filters, as over SMTP (the ledger when disabled)
             from mailsrv.delivery.sieve import SieveFilter
 
             self.local.sieve = SieveFilter(sieve, data_dir)
@@ -166,7 +166,7 @@ class DirectorySubmitter:
     async def _submit_queued(self, acct: Any, raw: bytes, mail_from: str,
                              rcpts: list[str]) -> tuple[str | None, dict[str, tuple[str, str]]]:
         from mailsrv.delivery.archive import envelope_block
-        from mailsrv.delivery.sieve import queue_orders, remember, reply_text
+        from mailsrv.delivery.sieve import commit, queue_orders, remember, reply_text
         from mailsrv.queue.store import QRcpt
 
         spool = self.spool_dir / f"{time.time_ns():x}.{os.getpid()}.{secrets.token_hex(6)}"
@@ -230,6 +230,8 @@ class DirectorySubmitter:
                     out.setdefault(r, ("queued", f"250 2.0.0 queued as {qid}"))
                     if out[r][0] != "yes":
                         out[r] = ("queued", f"250 2.0.0 queued as {qid}")
+            if outcome is not None:  # RFC 7352: the duplicate ids commit with the submission
+                await commit(outcome)
         except OSError:  # not acknowledged: the copies made are recorded, a resend skips them (docs/sieve.md)
             if outcome is not None:
                 await remember(outcome)

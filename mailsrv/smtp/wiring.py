@@ -16,7 +16,14 @@ from typing import Any
 from mailsrv import log
 from mailsrv.delivery.archive import ArchiveRules, envelope_block
 from mailsrv.delivery.local import LocalDelivery, LocalOutcome, unlink_quiet
-from mailsrv.delivery.sieve import SieveFilter, our_verdicts, queue_orders, remember, reply_text
+from mailsrv.delivery.sieve import (
+    SieveFilter,
+    commit,
+    our_verdicts,
+    queue_orders,
+    remember,
+    reply_text,
+)
 from mailsrv.delivery.spool import FileSpool, clean, spool_dir
 from mailsrv.files.convert import ConvertPolicy, converted, link_base
 from mailsrv.net.service import ServiceContext
@@ -56,7 +63,7 @@ class DirectoryBackend:
         self.link_base = link_base
         self.archive = archive  # docs/archive.md: None or no rules -> no archive copies
         self.local = LocalDelivery(directory, store, data_dir)
-        if sieve is not None and sieve.enabled:  # docs/sieve.md: the recipients' filters ([sieve] section)
+        if sieve is not None:  # docs/sieve.md: the recipients' filters; the retry ledger also when disabled
             self.local.sieve = SieveFilter(sieve, data_dir, verdicts=verdicts)  # spamtest: our policy's verdicts
         self.queue = Enqueuer(data_dir)
         self.spool_dir = spool_dir(data_dir)
@@ -124,6 +131,7 @@ class DirectoryBackend:
                    if local or plan is not None else None)
         if outcome is not None and outcome.spool_consumed and isinstance(spool, FileSpool):
             spool.forget()
+        only_local = not remote  # before the failed local copies join the queue's recipients
         if outcome is not None:
             remote.extend(_qrcpt(a) for a in outcome.outside)
             retry = [_qrcpt(a, by_addr.get(a)) for a in outcome.retry]
@@ -135,12 +143,17 @@ class DirectoryBackend:
         if (outcome is not None and outcome.rejects and not delivered and not remote and not outcome.retry
                 and not outcome.redirects and not outcome.replies):
             # docs/sieve.md: every recipient's script refused the message: refused here (RFC 5429 §2.1), no bounce
+            await commit(outcome)
             return Verdict(550, "5.7.1", reply_text(outcome.rejects[0][1]))
         if retried is not None and delivered == 0:
             return Verdict(451, "4.3.0", "Temporary local delivery failure, try again later")  # the queue retries
         if outcome is not None and outcome.archive_retry:
             await self._queue_archive_retry(tx, spool, outcome)
-        if outcome is not None and not remote and local and delivered == 0 and outcome.retry:
+        if (outcome is not None and only_local and local and delivered == 0 and outcome.retry
+                and not outcome.outside and not outcome.archive_retry):
+            # every copy failed, nothing to queue but their retry: the sender (our queue too, which
+            # connects here to retry) tries again later; queueing it would loop through our MTA at once
+            await remember(outcome)  # docs/sieve.md "Retries": what a former attempt made stays recorded
             return Verdict(451, "4.3.0", "Temporary local delivery failure, try again later")
         # docs/sieve.md "Retries": the redirects before a retried recipient's entry, whose retry may
         # come at once and must find them recorded
@@ -172,6 +185,8 @@ class DirectoryBackend:
                                       diag=f"550 5.7.1 {reply_text(reason)}") for a, reason in outcome.rejects])
         if delivered and tx.sender:
             await self._success_notices(info, tx, spool, outcome.retry if outcome is not None else [])
+        if outcome is not None:  # RFC 7352: the duplicate ids commit with the 250, never before a 451
+            await commit(outcome)
         # one log line per message: the session's message.accepted carries these fields
         return Verdict(250, "2.0.0", f"OK id={info.sid}{' queued as ' + qid if qid else ''}",
                        log={"local": delivered, "queued": len(remote), "qid": qid or None})

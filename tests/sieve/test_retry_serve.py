@@ -9,6 +9,7 @@ import re
 import smtplib
 import subprocess
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import pytest
 from sievesink import Sink
 from support.admin import cli
 from support.server import init_setup, serve_users, wait_until
-from test_delivery_serve import activate, add_users, folder, imap, send, sunk_to
+from test_delivery_serve import activate, add_users, folder, imap, send, sunk, sunk_to
 
 from mailsrv.config import load
 from mailsrv.delivery.sieve_ledger import LEDGER_DB
@@ -28,6 +29,10 @@ PW = "sieve retry test password"
 SCRIPT = 'require ["fileinto", "copy"];\nfileinto "Archive";\nredirect :copy "lena-ext@remote.test";\nkeep;\n'
 DUP_SCRIPT = ('require ["duplicate", "fileinto"];\n'
               'if duplicate { fileinto "Dups"; } else { fileinto "Kept"; keep; }\n')
+#: olga discards what is new to her: her run completes without a copy
+DISCARD_SCRIPT = 'require ["duplicate", "fileinto"];\nif duplicate { fileinto "Dups"; } else { discard; }\n'
+#: pia is notified of each message (RFC 5435), and files it
+NOTIFY_SCRIPT = 'require ["enotify", "fileinto"];\nnotify "mailto:pia-pager@remote.test";\nfileinto "Filed";\n'
 
 
 @pytest.fixture(scope="module")
@@ -35,10 +40,13 @@ def server(tmp_path_factory: pytest.TempPathFactory, sink: Sink) -> Iterator[Any
     base = tmp_path_factory.mktemp("sieveretry")
     cfg = init_setup(base / "s", "--demo", workers=1)
     users = dict(re.findall(r"demo user (\S+) password (\S+)", (base / "s" / "demo-users.txt").read_text()))
-    add_users(cfg, users, ("lena", "mira", "nell"), PW)  # mira: no script
+    add_users(cfg, users, ("lena", "mira", "nell", "olga", "pia"), PW)  # mira: no script
     with open(cfg, "a") as fh:
         fh.write(f'\n[queue.route."remote.test"]\nsmarthost = "127.0.0.1:{sink.port}"\ntls = "none"\n')
-    activate(cfg, {"lena": SCRIPT, "nell": DUP_SCRIPT})
+    cli(cfg, "group", "add", f"pianotes@{D}")
+    for member in (f"pia@{D}", "far@remote.test"):
+        cli(cfg, "group", "member", "add", f"pianotes@{D}", member)
+    activate(cfg, {"lena": SCRIPT, "nell": DUP_SCRIPT, "olga": DISCARD_SCRIPT, "pia": NOTIFY_SCRIPT})
     srv = serve_users(cfg, users)
     yield srv
     assert srv.stop() == 0
@@ -212,3 +220,70 @@ def test_a_message_answered_451_is_new_for_duplicate_at_the_sender_retry(server:
     wait_until(lambda: len(sunk_to(sink, "dup two")) == 1, timeout=30)
     send(server, "dup two", [f"nell@{D}"])  # once more, acknowledged before: a duplicate now
     assert count(server, "Dups", "dup two", "nell") == 1
+
+
+def test_a_451_with_nothing_delivered_leaves_no_duplicate_id(server: Any) -> None:
+    """RFC 7352 as Pigeonhole: the ids commit with the transaction. olga's script discards the message
+    (new to her), mira's copy fails (her new/ immutable): nothing delivered, 451. olga's id is not
+    recorded, so the sender's retry finds the message new for her again (discarded, not filed into
+    Dups); once that retry is answered 250 the id is recorded."""
+    send(server, "warm up five", [f"mira@{D}"])  # mira's maildir exists
+    root = lena_root(server, "mira")
+    rcpts = [f"olga@{D}", f"mira@{D}"]
+    immutable(root / "new", True)
+    try:
+        with pytest.raises(smtplib.SMTPDataError) as e:
+            send(server, "dup five", rcpts)
+        assert e.value.smtp_code == 451
+    finally:
+        immutable(root / "new", False)
+    mark = server.mark()
+    send(server, "dup five", rcpts)  # the sender's retry, the same message
+    server.wait_for(r"sieve\.discarded .*user=olga@example\.test", start=mark)
+    assert count(server, "Dups", "dup five", "olga") == 0  # not a duplicate of the unanswered attempt
+    assert mira_count(server, "dup five") == 1
+    send(server, "dup five", [f"olga@{D}"])  # acknowledged before: a duplicate now
+    assert count(server, "Dups", "dup five", "olga") == 1
+
+
+@contextmanager
+def small_queue_disk(srv: Any) -> Iterator[Path]:
+    """The queue's message directory on a 64 KB tmpfs: a short notification fits, a large message
+    (another file system: copied, not linked) does not (ENOSPC), as on a full queue disk."""
+    qmsg = Path(load(srv.cfg).server.data_dir) / "queue" / "msg"
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(qmsg)], check=True)
+    try:
+        yield qmsg
+    finally:
+        subprocess.run(["umount", "-l", str(qmsg)], check=True)
+
+
+def notifications(sink: Sink, subject: str) -> list[Any]:
+    return [m for m in sunk(sink) if m["X-Env-To"] == "pia-pager@remote.test" and subject in str(m["Subject"])]
+
+
+def test_a_notification_is_not_sent_again_at_the_sender_retry(server: Any, sink: Sink) -> None:
+    """RFC 5435 notify, docs/sieve.md "Retries": pia's copy is made and her notification queued, then
+    the remote recipient's entry does not fit the queue's disk: 451. The notification is recorded in
+    her ledger with her copy, so the sender's retry files no second copy and sends no second
+    notification (the remote recipient gets the message once)."""
+    subject = "notify six"
+    rcpts = [f"pianotes@{D}"]  # a group: pia and far@remote.test (a remote recipient, not relayed)
+    body = "a line of a long report\n" * 12_000  # ~280 KB: more than the queue's disk holds
+    with small_queue_disk(server):
+        mark = server.mark()
+        with pytest.raises(smtplib.SMTPDataError) as e:
+            send(server, subject, rcpts, body=body)
+        assert e.value.smtp_code == 451
+        server.wait_for(r"sieve\.remembered ", start=mark)
+        wait_until(lambda: len(notifications(sink, subject)) == 1, timeout=60)  # sent from the small disk
+        server.wait_for(r"queue\.done ", start=mark)
+    assert count(server, "Filed", subject, "pia") == 1
+    mark = server.mark()
+    send(server, subject, rcpts, body=body)  # the sender's retry, the same message
+    server.wait_for(r"sieve\.retried .*user=pia@example\.test", start=mark)
+    wait_until(lambda: len([m for m in sunk_to(sink, subject) if m["X-Env-To"] == "far@remote.test"]) == 1,
+               timeout=60)
+    server.wait_for(r"queue\.done ", start=mark)
+    assert len(notifications(sink, subject)) == 1
+    assert count(server, "Filed", subject, "pia") == 1
