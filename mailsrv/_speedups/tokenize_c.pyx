@@ -38,32 +38,63 @@ cdef extern from "Python.h":
     object PyUnicode_FromKindAndData(int kind, const void *buffer, Py_ssize_t size)
     int PyUnicode_1BYTE_KIND
 
+from libc.stdint cimport uint64_t
 from libc.stdlib cimport free, malloc
+from libc.string cimport memcpy
+
+# SWAR over 8 ASCII bytes (each < 128): _ge(x, k) has 0x80 in each byte >= k (no carry crosses a byte)
+cdef uint64_t _ONES = 0x0101010101010101ULL
+cdef uint64_t _HIGH = 0x8080808080808080ULL
+
+
+cdef inline uint64_t _ge(uint64_t x, uint64_t k) noexcept:
+    return (x + (128 - k) * _ONES) & _HIGH
 
 
 cdef str _normalize_ascii(str text):
-    """normalize() of ASCII text in one pass: lower case; controls, DEL and space runs -> one space."""
-    cdef Py_ssize_t i, j = 0, n = len(text)
+    """normalize() of ASCII text in one pass: lower case; controls, DEL and space runs -> one space.
+
+    Eight bytes at a time while none of them is a separator (a word run: copied with its capitals
+    lowered, ~2 instructions a byte instead of ~15), byte by byte around the separators."""
+    cdef Py_ssize_t i = 0, j = 0, end, n = len(text)
     cdef const unsigned char *src = PyUnicode_1BYTE_DATA(text)
     cdef unsigned char c
+    cdef uint64_t x
     cdef bint pending = False
-    cdef unsigned char *out = <unsigned char *>malloc(n + 1)
+    cdef unsigned char *out = <unsigned char *>malloc(n + 8)
     if out == NULL:
         raise MemoryError()
     try:
-        for i in range(n):
-            c = src[i]
-            if c <= 32 or c == 127:
-                pending = j > 0
-                continue
-            if pending:
-                out[j] = 32
+        while i < n:
+            if i + 8 <= n:
+                memcpy(&x, src + i, 8)
+                if (_ge(x, 33) & ~_ge(x, 127)) == _HIGH:  # no control, space or DEL among them
+                    if pending:
+                        out[j] = 32
+                        j += 1
+                        pending = False
+                    x |= (_ge(x, 65) & ~_ge(x, 91)) >> 2  # A-Z -> a-z (0x20 in each capital)
+                    memcpy(out + j, &x, 8)
+                    i += 8
+                    j += 8
+                    continue
+                end = i + 8
+            else:
+                end = n
+            while i < end:  # a block with a separator (or the tail): byte by byte
+                c = src[i]
+                i += 1
+                if c <= 32 or c == 127:
+                    pending = j > 0
+                    continue
+                if pending:
+                    out[j] = 32
+                    j += 1
+                    pending = False
+                if 65 <= c <= 90:
+                    c += 32
+                out[j] = c
                 j += 1
-                pending = False
-            if 65 <= c <= 90:
-                c += 32
-            out[j] = c
-            j += 1
         return <str>PyUnicode_FromKindAndData(PyUnicode_1BYTE_KIND, out, j)
     finally:
         free(out)

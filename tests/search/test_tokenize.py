@@ -69,6 +69,30 @@ def test_ascii_shortcut_is_the_general_normalize(text: str) -> None:
     assert tokenize_c.normalize_general(text) == want
 
 
+#: the compiled ASCII path copies 8 bytes at a time when none is a separator: runs of word bytes
+#: (capitals, the bytes around the separators' and capitals' ranges) cut by separators at any offset
+_WORDISH = st.text(alphabet=st.sampled_from(list("@AZ[`az{~!09") + ["\x7f", " ", "\t", "\x00", "\x1f", "\r", "\n"]),
+                   max_size=200)
+
+
+@pytest.mark.speedups
+@settings(max_examples=600, deadline=None)
+@given(st.text(alphabet=st.sampled_from(list("@AZ[`az{~!09")), min_size=1, max_size=40), _WORDISH,
+       st.integers(0, 15))
+def test_ascii_word_runs(word: str, text: str, shift: int) -> None:
+    """The eight-byte blocks of the compiled ASCII path: the general steps' result at every alignment."""
+    if tokenize_c is None:
+        pytest.fail("compiled tokenizer missing")
+    for t in (" " * shift + word * 9 + text, "x" * shift + text + word * 3 + "\x7f" + word, word * 8):
+        assert tokenize_c.normalize(t) == tokenize_py.normalize_general(t)
+
+
+def test_ascii_word_runs_examples(tok) -> None:  # type: ignore[no-untyped-def]
+    assert tok.normalize("ABCDEFGHIJKLMNOPQRSTUVWXYZ@[`{") == "abcdefghijklmnopqrstuvwxyz@[`{"
+    assert tok.normalize("\x7f" * 9 + "Hello,World!ABCDEFGH\x7fIJ  \r\n" + "K" * 17 + "\x00") == (
+        "hello,world!abcdefgh ij " + "k" * 17)
+
+
 @pytest.mark.speedups
 @settings(max_examples=400, deadline=None)
 @given(mixed)
