@@ -172,13 +172,15 @@ def _sent_date(value: bytes) -> tuple[float, int] | None:
         return None
 
 
-def extract(raw: bytes, max_text: int = 1 << 20) -> Document:
+def extract(raw: bytes, max_text: int = 1 << 20, structure: mime.MessageStructure | None = None) -> Document:
     """Parse ``raw`` into a Document; never raises on malformed mail.
 
     At most ``max_text`` characters of body text are kept (the rest is not
-    searchable; SearchConfig.max_text_bytes).
+    searchable; SearchConfig.max_text_bytes). ``structure``: ``raw``'s parse when the caller has it
+    (the store's at delivery), else it is parsed here.
     """
-    structure = mime.parse(raw)
+    if structure is None:
+        structure = mime.parse(raw)
     root = structure.root
     doc = Document()
     headers: list[str] = []

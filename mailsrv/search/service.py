@@ -29,6 +29,7 @@ from pyroaring import BitMap
 from mailsrv import log
 from mailsrv._speedups import search as hot
 from mailsrv.config import SearchConfig
+from mailsrv.mime import MessageStructure
 from mailsrv.search.extract import FIELDS, Document, extract
 from mailsrv.search.index import Evaluator, IndexCore, ViewState
 from mailsrv.search.query import Query, SearchError, SortKey
@@ -163,6 +164,8 @@ class MailboxIndex:
         self._delivering = False
         #: the delivered bytes of some of them (the store's ``raw=``): indexed without a read
         self.raws: dict[int, bytes] = {}
+        #: the store's parse of some of those (``message_added``'s structure): extracted without a parse
+        self.parsed: dict[int, MessageStructure] = {}
         #: statistics for tests and the benchmark
         self.stats = {"indexed": 0, "confirmed": 0, "rebuilds": 0, "snapshots": 0, "text_compactions": 0, "loads": 0,
                       "appended": 0}
@@ -526,9 +529,11 @@ class MailboxIndex:
                 await self.service.run(self._extract_and_add, raws, False)
         return unreadable
 
-    def _read_and_add(self, read_many: ReadManyBlocking, uids: list[int], held: dict[int, bytes]) -> None:
+    def _read_and_add(self, read_many: ReadManyBlocking, uids: list[int], held: dict[int, bytes],
+                      parsed: dict[int, MessageStructure] | None = None) -> None:
         """Blocking (search pool): read a batch after delivery (but the messages in ``held``) and
-        index it; a failed read is skipped (the next search indexes what it finds missing)."""
+        index it; a failed read is skipped (the next search indexes what it finds missing).
+        ``parsed``: the structures of some held ones (see :meth:`_extract_and_add`)."""
         many: dict[int, bytes] = {}
         unread = [uid for uid in uids if uid not in held]
         if unread:
@@ -538,17 +543,20 @@ class MailboxIndex:
                 logger.debug("read.failed", mailbox=self.mailbox_id, error=str(exc))
         raws = [(uid, raw) for uid in uids if (raw := held.get(uid, many.get(uid))) is not None]
         if raws:
-            self._extract_and_add(raws)
+            self._extract_and_add(raws, parsed=parsed)
 
-    def _extract_and_add(self, raws: list[tuple[int, bytes]], deliver: bool = True) -> None:
+    def _extract_and_add(self, raws: list[tuple[int, bytes]], deliver: bool = True,
+                         parsed: dict[int, MessageStructure] | None = None) -> None:
         """Blocking: index ``raws``. ``deliver`` (false for a client's search): a round after delivery,
-        which never makes the index of a mailbox deleted meanwhile (in any worker: :meth:`_still_there`)."""
+        which never makes the index of a mailbox deleted meanwhile (in any worker: :meth:`_still_there`).
+        ``parsed``: uid -> the store's parse of that raw (delivery), not parsed again."""
         limit = self.config.max_text_bytes
+        parsed = parsed or {}
         docs = []
         for i, (uid, raw) in enumerate(raws):
             if i and not i % GIVE_WAY_EVERY:  # a round after delivery gives way to delivery rounds
                 fsio.give_way(self.round_hold)
-            docs.append((uid, extract(raw, limit)))
+            docs.append((uid, extract(raw, limit, parsed.get(uid))))
         with self._tlock:
             if self.dropped:  # deleted since its round took it (SearchService.drop): nothing to make again
                 return
@@ -773,6 +781,11 @@ _SORT_COL = {
 }
 
 
+#: a round's work for one mailbox: its index, the UIDs, the bytes held (uid -> raw), the blocking
+#: reader of the others, and the store's parse of some held ones (uid -> structure)
+_Work = tuple[MailboxIndex, list[int], dict[int, bytes], ReadManyBlocking | None, dict[int, MessageStructure]]
+
+
 class SearchService:
     """One per worker process: the mailbox indexes it has open, and the store observer."""
 
@@ -884,6 +897,7 @@ class SearchService:
             idx.pending = []
             self.raw_held -= sum(map(len, idx.raws.values()))
             idx.raws.clear()
+            idx.parsed.clear()
             idx.close()
         files = Files(directory, mailbox_id)
         if not files.remove_all_locked(wait=False):  # a round holds its lock (here or in another worker)
@@ -933,6 +947,8 @@ class SearchService:
             if raw is not None and self.raw_held + len(raw) <= RAW_HELD_MAX and info.uid not in idx.raws:
                 idx.raws[info.uid] = raw
                 self.raw_held += len(raw)
+                if structure is not None:  # the store's parse of these bytes: the round does not parse again
+                    idx.parsed[info.uid] = structure
             self._waiting[idx] = None
             if not self._draining:
                 self._draining = True
@@ -949,7 +965,8 @@ class SearchService:
                 self._draining = True
                 self.background(self._drain())
 
-    def _take(self, budget: int) -> list[tuple[MailboxIndex, list[int], dict[int, bytes]]]:
+    def _take(self, budget: int
+              ) -> list[tuple[MailboxIndex, list[int], dict[int, bytes], dict[int, MessageStructure]]]:
         """Up to ``budget`` waiting UIDs (and their held bytes) of mailboxes not in use, oldest first."""
         taken = []
         for idx in list(self._waiting):
@@ -962,9 +979,10 @@ class SearchService:
             if idx.pending:  # the rest after the other mailboxes
                 self._waiting[idx] = None
             held = {u: raw for u in uids if (raw := idx.raws.pop(u, None)) is not None}
+            parsed = {u: p for u in held if (p := idx.parsed.pop(u, None)) is not None}
             self.raw_held -= sum(map(len, held.values()))
             budget -= len(uids)
-            taken.append((idx, uids, held))
+            taken.append((idx, uids, held, parsed))
         return taken
 
     async def _round(self) -> None:
@@ -978,8 +996,8 @@ class SearchService:
         locked: list[MailboxIndex] = []
         hold = fsio.Wanted()  # a search waiting for one of these mailboxes: the round gives way no more
         try:
-            work: list[tuple[MailboxIndex, list[int], dict[int, bytes], ReadManyBlocking | None]] = []
-            for idx, uids, held in taken:
+            work: list[_Work] = []
+            for idx, uids, held, parsed in taken:
                 await idx.lock.acquire()
                 locked.append(idx)
                 idx.round_hold = hold
@@ -989,7 +1007,7 @@ class SearchService:
                 if idx.read_many_blocking is None and any(uid not in held for uid in todo):
                     held = {**held, **await idx._read_async([uid for uid in todo if uid not in held])}
                     todo = [uid for uid in todo if uid in held]
-                work.append((idx, todo, held, idx.read_many_blocking))
+                work.append((idx, todo, held, idx.read_many_blocking, parsed))
             if work:
                 self.stats["rounds"] += 1
                 self.stats["messages"] += sum(len(w[1]) for w in work)
@@ -1003,25 +1021,25 @@ class SearchService:
             self._trim()
 
     @staticmethod
-    def _index_round(work: list[tuple[MailboxIndex, list[int], dict[int, bytes], ReadManyBlocking | None]]) -> float:
+    def _index_round(work: list[_Work]) -> float:
         """Blocking (search pool): index a round's mailboxes one after another, giving way to the
         process's delivery rounds between slices (util/fsio.py). Returns its thread CPU seconds."""
         t0 = time.thread_time()
         with fsio.background():
-            for idx, uids, held, read_blocking in work:
+            for idx, uids, held, read_blocking, parsed in work:
                 fsio.give_way(idx.round_hold)
-                SearchService._index_one(idx, uids, held, read_blocking)
+                SearchService._index_one(idx, uids, held, read_blocking, parsed)
         return time.thread_time() - t0
 
     @staticmethod
     def _index_one(idx: MailboxIndex, uids: list[int], held: dict[int, bytes],
-                   read_blocking: ReadManyBlocking | None) -> None:
+                   read_blocking: ReadManyBlocking | None, parsed: dict[int, MessageStructure] | None = None) -> None:
         """Blocking: :meth:`_index_round` for one mailbox."""
         try:
             if read_blocking is not None:
-                idx._read_and_add(read_blocking, uids, held)
+                idx._read_and_add(read_blocking, uids, held, parsed)
             else:
-                idx._extract_and_add([(uid, held[uid]) for uid in uids if uid in held])
+                idx._extract_and_add([(uid, held[uid]) for uid in uids if uid in held], parsed=parsed)
         except Exception as exc:  # I/O error, a vanished mailbox: the next search catches up
             logger.warning("index.failed", mailbox=idx.mailbox_id, error=str(exc))
 
@@ -1033,6 +1051,7 @@ class SearchService:
                 idx.pending = [u for u in idx.pending if u not in gone]
             for uid in gone.intersection(idx.raws):
                 self.raw_held -= len(idx.raws.pop(uid))
+                idx.parsed.pop(uid, None)
             self.background(idx.expunged(list(uids)))
 
     def flags_changed(self, account_id: str, mailbox_id: str, infos: list[Any]) -> None:

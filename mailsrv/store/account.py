@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from mailsrv import log
 from mailsrv._speedups import quota as quota_impl
-from mailsrv.store import headers, notify
-from mailsrv.store.engine import Engine, Pending, SyncResult, parse_structure
+from mailsrv.store import notify
+from mailsrv.store.engine import Engine, Pending, SyncResult, parse_for_index
 from mailsrv.store.types import (
     Changes,
     ChangesSince,
@@ -101,7 +101,7 @@ class Account:
         for added in res.added:
             blob = added.structure
             try:
-                structure = MessageStructure.from_cache(blob) if blob is not None else None
+                structure = added.parsed or (MessageStructure.from_cache(blob) if blob is not None else None)
             except ValueError:  # another parser version's blob, or a corrupt one: parse again
                 structure = await self._reparse(added.mailbox_guid, added.info.uid)
             for obs in observers:
@@ -309,7 +309,8 @@ class Account:
                 raw = fh.read(self.engine.max_parse_size)
         else:
             raw = data[: self.engine.max_parse_size]
-        return Pending(structure=parse_structure(raw, self.id, self.engine.mime_limits), thread=headers.thread_headers(raw))
+        structure, thread, parsed = parse_for_index(raw, self.id, self.engine.mime_limits)
+        return Pending(structure=structure, thread=thread, parsed=parsed)
 
     async def copy(self, src: str, uids: Sequence[int], dst: str,
                    limits: QuotaLimits = QuotaLimits(),

@@ -37,6 +37,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from mailsrv import log
@@ -68,6 +69,9 @@ from mailsrv.store.types import (
 )
 from mailsrv.store.usage import UsageBook
 from mailsrv.util import fsio
+
+if TYPE_CHECKING:
+    from mailsrv.mime import MessageStructure
 
 logger = log.get("store")
 
@@ -818,14 +822,14 @@ class Engine:
             saved = meta[2]
         structure = pend.structure
         th = pend.thread
+        parsed = pend.parsed
         if structure is None or (th is None and thread_id is None):
             self.files_parsed += 1
             with open(path, "rb") as fh:
                 raw = fh.read(min(size, self.max_parse_size))
-            if structure is None:
-                structure = parse_structure(raw, self.account_id, self.mime_limits)
-            if th is None:
-                th = headers.thread_headers(raw)
+            blob, th_read, parsed = parse_for_index(raw, self.account_id, self.mime_limits)
+            structure = structure if structure is not None else blob
+            th = th if th is not None else th_read
         if thread_id is None:
             assert th is not None
             thread_id = self._thread_for(th)
@@ -852,7 +856,7 @@ class Engine:
         else:
             self._quota_apply([size], 1)
         lines.append(uidlist.format_entry(uid, key, size, (info.email_id, thread_id, now)))
-        res.added.append(Added(mb.guid, info, structure, pend.raw))
+        res.added.append(Added(mb.guid, info, structure, pend.raw, parsed))
         res.changed = True
         return info
 
@@ -1370,6 +1374,22 @@ def may_hold_msgid(root: Path, msgid: str) -> bool:
         return True
     finally:
         conn.close()
+
+
+def parse_for_index(raw: bytes, account_id: str = "", mime_limits: MimeConfig | None = None
+                    ) -> tuple[bytes | None, headers.ThreadHeaders, MessageStructure | None]:
+    """(:func:`parse_structure`, the thread headers, the parsed structure or None) of ``raw`` from one
+    MIME scan: the threading fields come from the scanner's (``headers.thread_headers_of``), and the
+    structure goes to the observers (search indexing after delivery) instead of a parse of their own."""
+    from mailsrv import mime
+
+    try:
+        parsed = mime.parse(raw, mime_limits)
+        blob = parsed.to_cache()
+    except Exception as exc:
+        logger.exception("mime.parse_failed", exc, account=account_id)
+        return None, headers.thread_headers(raw), None
+    return blob, headers.thread_headers_of(parsed.scanned_fields()), parsed
 
 
 def parse_structure(raw: bytes, account_id: str = "", mime_limits: MimeConfig | None = None) -> bytes | None:

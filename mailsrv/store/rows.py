@@ -8,10 +8,13 @@ import secrets
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mailsrv.store import headers
 from mailsrv.store.types import MessageInfo
+
+if TYPE_CHECKING:
+    from mailsrv.mime import MessageStructure
 
 _MSG_COLS = "uid, key, flags, modseq, internal_date, saved_date, size, email_id, thread_id"
 
@@ -78,6 +81,8 @@ class Pending:
     #: linked into ``new/`` but not yet durable (its delivery's fsync or syncfs is to come): this
     #: process's syncs leave the file alone, so that a failed sync can take it back unseen
     unsynced: bool = False
+    #: the parse ``structure`` was made from (its observers take it instead of parsing again)
+    parsed: MessageStructure | None = None
 
 
 @dataclass
@@ -86,6 +91,7 @@ class Added:
     info: MessageInfo
     structure: bytes | None
     raw: bytes | None = None  # Pending.raw: the file's bytes, when the delivery held them
+    parsed: MessageStructure | None = None  # Pending.parsed: ``structure`` not yet turned into a blob
 
 
 @dataclass

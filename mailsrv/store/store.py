@@ -11,7 +11,7 @@ import time
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from mailsrv import log
 from mailsrv._speedups import quota as quota_impl
@@ -19,7 +19,7 @@ from mailsrv.config import MimeConfig, StoreConfig
 from mailsrv.store import headers, notify
 from mailsrv.store import maildir as md
 from mailsrv.store.account import Account
-from mailsrv.store.engine import Engine, Pending, SyncResult, new_id, parse_structure
+from mailsrv.store.engine import Engine, Pending, SyncResult, new_id, parse_for_index
 from mailsrv.store.types import (
     DeliveryResult,
     DeliveryTarget,
@@ -31,6 +31,9 @@ from mailsrv.store.types import (
 )
 from mailsrv.store.usage import BOOK_NAME, UsageBook
 from mailsrv.util import fsio
+
+if TYPE_CHECKING:
+    from mailsrv.mime import MessageStructure
 
 logger = log.get("store")
 T = TypeVar("T")
@@ -429,8 +432,7 @@ class Store:
         else:
             with open(spool, "rb") as fh:
                 raw = fh.read(self.config.max_parse_size)
-        structure = parse_structure(raw, "", self.mime)
-        thread = headers.thread_headers(raw)
+        structure, thread, parsed = parse_for_index(raw, "", self.mime)  # one scan for both
         keep = raw if len(raw) == size <= KEEP_RAW else None  # the whole file (one object for every target)
         del raw
         out: list[DeliveryResult | None] = [None] * len(targets)
@@ -440,7 +442,7 @@ class Store:
             acct: Account = t.account
             try:
                 outcome = self._link_one(spool, t, size, email_id, structure, thread, keep,
-                                         move_last and i == len(targets) - 1)
+                                         move_last and i == len(targets) - 1, parsed)
                 moved = move_last and i == len(targets) - 1 and outcome[0] == "ok"
             except StoreError as exc:
                 out[i] = DeliveryResult(t, "tempfail", None, str(exc))
@@ -537,7 +539,8 @@ class Store:
 
     def _link_one(self, spool: Path, t: DeliveryTarget, size: int, email_id: str,
                   structure: bytes | None, thread: headers.ThreadHeaders,
-                  raw: bytes | None = None, move: bool = False) -> tuple[str, ...]:
+                  raw: bytes | None = None, move: bool = False,
+                  parsed: MessageStructure | None = None) -> tuple[str, ...]:
         """Blocking: quota check and hard link into the target's ``new/`` (not yet fsync'd); ``move``:
         rename the spool there instead (its last target, when the caller has no further use for it)."""
         acct: Account = t.account
@@ -553,7 +556,7 @@ class Store:
         # keywords (Sieve imap4flags, docs/sieve.md) get their folder's letters, durable before the link
         kw = eng.keyword_letters(mailbox, flags) if flags and not all(f.startswith("\\") for f in flags) else None
         name = md.filename(key, flags, kw) if md.flags_to_info(flags, kw) else key
-        pend = Pending(email_id, structure, thread, raw, unsynced=True)
+        pend = Pending(email_id, structure, thread, raw, unsynced=True, parsed=parsed)
         if raw is not None:
             _RAW_HELD.hold(pend)
         eng.pending[key] = pend

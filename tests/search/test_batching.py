@@ -28,9 +28,9 @@ async def test_deliveries_during_a_batch_form_the_next_batch(tmp_path: Path) -> 
     batches: list[list[int]] = []
     original = idx._extract_and_add
 
-    def counting(raws: list[tuple[int, bytes]]) -> None:
+    def counting(raws: list[tuple[int, bytes]], **kw: Any) -> None:
         batches.append([uid for uid, _ in raws])
-        original(raws)
+        original(raws, **kw)
 
     idx._extract_and_add = counting  # type: ignore[method-assign]
     uids = []
@@ -54,11 +54,11 @@ async def test_a_failed_mailbox_does_not_stop_its_round_or_later_ones(tmp_path: 
     original = idxs["Mbox1"]._extract_and_add
     calls: list[list[int]] = []
 
-    def flaky(raws: list[tuple[int, bytes]]) -> None:
+    def flaky(raws: list[tuple[int, bytes]], **kw: Any) -> None:
         calls.append([uid for uid, _ in raws])
         if len(calls) == 1:
             raise OSError("index file gone")
-        original(raws)
+        original(raws, **kw)
 
     idxs["Mbox1"]._extract_and_add = flaky  # type: ignore[method-assign]
 
@@ -98,10 +98,10 @@ async def test_a_round_indexes_every_waiting_mailbox_in_one_job_within_the_batch
 
     original = MailboxIndex._extract_and_add
 
-    def extract_and_add(self: MailboxIndex, raws: list[tuple[int, bytes]]) -> None:
+    def extract_and_add(self: MailboxIndex, raws: list[tuple[int, bytes]], *a: Any, **kw: Any) -> None:
         nonlocal outstanding
         outstanding -= len(raws)
-        original(self, raws)
+        original(self, raws, *a, **kw)
 
     monkeypatch.setattr(MailboxIndex, "_extract_and_add", extract_and_add)
     svc = SearchService(cfg, resolver=lambda a, m: (tmp_path / m, reader(m)))

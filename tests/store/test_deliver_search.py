@@ -249,3 +249,46 @@ def test_a_deleted_mailbox_takes_its_search_files_along(tmp_path: Path, run: Run
     assert not [p for p in directory.iterdir() if p.name.startswith(guid)]
     assert [p for p in directory.iterdir() if p.name.startswith(inbox)]
     run(search.close())
+
+
+def test_one_mime_scan_per_delivery(tmp_path: Path, run: Run, make_store: Callable[..., Store],
+                                    monkeypatch: Any) -> None:
+    """A delivery held in memory is MIME-scanned once: the store's parse gives the index its structure
+    and thread headers, and the search indexing after delivery its parts (no second scan), and the
+    message is found by its body and subject."""
+    from mailsrv import mime
+    from mailsrv._speedups import mime as scanner
+
+    scans: list[int] = []
+    real = scanner.scan
+    monkeypatch.setattr(mime._scanner, "scan", lambda raw, *a: scans.append(len(raw)) or real(raw, *a))
+    store = make_store(index_delay=0.001)
+    search = SearchService(SearchConfig(), search_resolver(store))
+    store.add_observer(search)
+    acct = run(store.account("u"))
+    n = 6
+
+    async def deliver() -> None:
+        for i in range(n):
+            body = _body(i)
+            res = await store.deliver(spool(tmp_path, body, f"s{i}"), [DeliveryTarget(acct)], uids=False,
+                                      data=body)
+            assert res[0].status == "ok"
+        await store.indexer.flush()
+        await search.idle()
+
+    run(deliver())
+    assert len(scans) == n
+
+    async def check() -> None:
+        view = await acct.open_mailbox("INBOX")
+        info = next(b for b in await acct.list_mailboxes() if b.name == "INBOX")
+        idx = search._index_for(acct.id, info.id)
+        assert idx is not None
+        for i in range(n):
+            assert len(await idx.search(Text("body", f"word{i}x"), view)) == 1
+        assert len(await idx.search(Text("subject", "topic1"), view)) == 2
+
+    run(check())
+    assert search.stats["read_back"] == 0
+    run(search.close())

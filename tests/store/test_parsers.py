@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -161,3 +163,33 @@ def test_keywords_file() -> None:
     kw = maildir.parse_keywords(b"0 $Forwarded\n2 Work\nbad line\n30 Over\n1 two words\n")
     assert kw == {"$Forwarded": "a", "Work": "c"}
     assert maildir.parse_keywords(maildir.format_keywords(kw)) == kw
+
+
+_NAMES = ["Subject", "Message-ID", "In-Reply-To", "References", "From", "X-Other", "subject", "REFERENCES"]
+_VALUES = st.lists(st.sampled_from(["<a@b>", "<c@d>", "Re:", "[tag]", "Fwd:", "plan", "(fwd)", "x", "<e@f"]),
+                   max_size=6)
+
+
+@given(st.lists(st.tuples(st.sampled_from(_NAMES), st.lists(_VALUES, min_size=1, max_size=3),
+                          st.sampled_from([" ", "\t"])), max_size=8),
+       st.sampled_from(["\r\n", "\n"]))
+def test_thread_headers_of_scanned_fields(hdrs: list[tuple[str, list[list[str]], str]], eol: str) -> None:
+    """Delivery takes the thread headers from the MIME scan's fields: as thread_headers reads the raw
+    message (first occurrence, folded values unfolded, either line end)."""
+    from mailsrv import mime
+
+    lines = []
+    for name, pieces, fold in hdrs:
+        lines.append(f"{name}: " + f"{eol}{fold}".join(" ".join(p) for p in pieces))
+    raw = (eol.join(lines) + eol + eol + "References: <body@x>" + eol).encode()
+    assert headers.thread_headers_of(mime.parse(raw).scanned_fields()) == headers.thread_headers(raw)
+
+
+def test_thread_headers_of_corpus(corpus: Path) -> None:
+    from mailsrv import mime
+
+    paths = [p for p in corpus.rglob("*") if p.is_file() and p.suffix not in (".json", ".xml", ".out")]
+    assert len(paths) > 100
+    for p in paths:
+        raw = p.read_bytes()
+        assert headers.thread_headers_of(mime.parse(raw).scanned_fields()) == headers.thread_headers(raw), p
