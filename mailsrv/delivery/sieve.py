@@ -53,6 +53,8 @@ CACHE_SIZE = 10_000
 HEAD_MAX = 256 * 1024
 #: bytes of a message a script's body test sees (RFC 5173; the rest is not searched)
 BODY_MAX = 1 << 20
+#: extensions whose tests read the message's body (RFC 5173 body; RFC 5703's MIME parts)
+BODY_EXTENSIONS = frozenset({"body", "foreverypart", "mime", "extracttext"})
 #: Dovecot's loop marker: a message that carries the redirecting account's address here is not
 #: redirected by that account again
 REDIRECT_HEADER = "X-Sieve-Redirected-From"
@@ -528,7 +530,7 @@ class Pass:
             return await self._unmade(address, acct, keep)
         try:
             fields = await self.fields()
-            body = await self.message() if "body" in script.extensions else None
+            body = await self.message() if not BODY_EXTENSIONS.isdisjoint(script.extensions) else None
             boxes = None
             if "mailbox" in script.extensions:  # RFC 5490 mailboxexists: the recipient's folders
                 sacct = await self.local.store_account(acct)

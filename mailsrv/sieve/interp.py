@@ -20,6 +20,7 @@ from urllib.parse import quote
 from mailsrv import __version__, mime
 from mailsrv.mime.body import part_text
 from mailsrv.mime.headers import decode_words, parse_addresses, unfold
+from mailsrv.mime.structure import Part
 from mailsrv.sieve.editheader import PROTECTED, Edit, encoded_value
 from mailsrv.sieve.lang import (
     ADDRESS,
@@ -63,6 +64,19 @@ from mailsrv.sieve.lang import (
     normalize_flags,
 )
 from mailsrv.sieve.match import Matcher, matcher
+from mailsrv.sieve.mimeparts import (
+    MAX_PARTS_VISITED,
+    Break,
+    ExtractText,
+    ForEveryPart,
+    LoopBreak,
+    MimeOpts,
+    html_text,
+    loop_parts,
+    option_values,
+    scope,
+    text_of,
+)
 from mailsrv.sieve.notify import parse_mailto
 from mailsrv.sieve.verdicts import Values
 
@@ -131,6 +145,8 @@ class MessageView:
     _decoded: dict[str, tuple[str, ...]] = field(default_factory=dict, compare=False, repr=False)
     _index: dict[str, list[bytes]] = field(default_factory=dict, compare=False, repr=False)
     _addresses: dict[str, tuple[tuple[str, str], ...]] = field(default_factory=dict, compare=False, repr=False)
+    #: RFC 5703: the parsed MIME structure of ``message`` and each part's header fields (by section)
+    _mime: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def parse(cls, head: bytes, *, envelope_from: str, envelope_to: str, size: int) -> MessageView:
@@ -157,10 +173,7 @@ class MessageView:
         its members)."""
         got = self._addresses.get(name)
         if got is None:
-            got = tuple((decode_words(a.mailbox) if "=?" in a.mailbox else a.mailbox, a.host)
-                        for raw in self.raw(name) for a in parse_addresses(raw, limit=256)
-                        if a.mailbox is not None and a.host is not None)
-            self._addresses[name] = got
+            got = self._addresses[name] = tuple(_addresses(self.raw(name)))
         return got
 
     def body_values(self, transform: str, types: tuple[str, ...]) -> list[str]:
@@ -174,6 +187,26 @@ class MessageView:
 
     def has(self, name: str) -> bool:
         return bool(self.raw(name))
+
+    def root(self) -> Part | None:
+        """RFC 5703: the message's MIME structure (None without the message's bytes)."""
+        if self.message is None:
+            return None
+        got = self._mime.get("")
+        if got is None:
+            got = self._mime[""] = mime.parse(self.message).root
+        return got
+
+    def part_fields(self, part: Part) -> list[tuple[str, bytes]]:
+        """The header fields of ``part`` (the message's own, edits included, for the root)."""
+        if not part.section and not part.is_message:
+            return list(self.fields)
+        key = f"{'m' if part.is_message else 'p'}{part.section}"
+        got = self._mime.get(key)
+        if got is None:
+            assert self.message is not None
+            got = self._mime[key] = header_fields(self.message[part.header_start:part.body_start])
+        return got
 
 
 def header_fields(head: bytes) -> list[tuple[str, bytes]]:
@@ -289,6 +322,9 @@ class _Run:
         #: RFC 5229: the script's variables (None: it does not require "variables") and ${0}..${9}
         self.vars: dict[str, str] | None = {} if variables else None
         self.matched: list[str] = []
+        #: RFC 5703: the current MIME part of each foreverypart loop running, and the parts visited
+        self.parts: list[Part] = []
+        self.visited = 0
 
     def count(self) -> None:
         self.actions += 1
@@ -329,9 +365,12 @@ class _Run:
             raise SieveRuntimeError(str(exc)) from None
 
     def set_var(self, c: SetVar) -> None:
+        self.assign(c.name, self.x(c.value), c.modifiers)
+
+    def assign(self, name: str, v: str, modifiers: tuple[str, ...]) -> None:
+        """Variable ``name`` := ``v`` after ``modifiers`` (RFC 5229 §4; set and extracttext)."""
         assert self.vars is not None
-        v = self.x(c.value)
-        for m in c.modifiers:  # RFC 5229 §4.1, in precedence order
+        for m in modifiers:  # RFC 5229 §4.1, in precedence order
             if m == "lower":
                 v = v.lower()
             elif m == "upper":
@@ -346,10 +385,10 @@ class _Run:
                 v = quote(v, safe="-._~")
             else:  # length
                 v = str(len(v))
-        scope = self.scope(c.name)
-        if c.name not in scope and len(scope) >= MAX_VARIABLES:
+        where = self.scope(name)
+        if name not in where and len(where) >= MAX_VARIABLES:
             raise SieveRuntimeError(f"more than {MAX_VARIABLES} variables")
-        scope[c.name] = v[:MAX_VARIABLE]
+        where[name] = v[:MAX_VARIABLE]
 
     # --- actions ----------------------------------------------------------------------------------
 
@@ -432,6 +471,13 @@ class _Run:
                 self.notify(c)
             elif isinstance(c, AddHeader | DeleteHeader):
                 self.edit(c)
+            elif isinstance(c, ForEveryPart):
+                if not self.foreverypart(c):
+                    return False
+            elif isinstance(c, Break):
+                raise LoopBreak(c.name)
+            elif isinstance(c, ExtractText):
+                self.extracttext(c)
             elif isinstance(c, Include):
                 if not self.include(c):
                     return False
@@ -495,6 +541,56 @@ class _Run:
             raise SieveRuntimeError(f"more than {MAX_NOTIFICATIONS} notifications")
         self.notifications.append(n)
 
+    # --- RFC 5703 MIME parts ------------------------------------------------------------------------
+
+    def foreverypart(self, c: ForEveryPart) -> bool:
+        """RFC 5703 §3: the block once per part (:func:`loop_parts`), each then the current part; False
+        once ``stop`` ran. At most MAX_PARTS_VISITED parts per run, all loops together."""
+        root = self.msg.root()
+        if root is None:
+            return True
+        for part in loop_parts(root, self.parts[-1] if self.parts else None):
+            self.visited += 1
+            if self.visited > MAX_PARTS_VISITED:
+                raise SieveRuntimeError(f"foreverypart: more than {MAX_PARTS_VISITED} MIME parts visited")
+            self.parts.append(part)
+            try:
+                if not self.block(c.body):  # type: ignore[arg-type]
+                    return False
+            except LoopBreak as b:
+                if b.name is None or b.name == c.name:
+                    return True
+                raise  # an outer loop's name
+            finally:
+                self.parts.pop()
+        return True
+
+    def extracttext(self, c: ExtractText) -> None:
+        """RFC 5703 §7: the current part's text (its first ``:first`` characters) into a variable; at
+        most the variable's MAX_VARIABLE characters are kept, so at most 4 octets each are decoded."""
+        root = self.msg.root()
+        assert self.parts and root is not None and self.msg.message is not None  # checked at compile time
+        limit = min(MAX_BODY_TEXT, 4 * MAX_VARIABLE)
+        text = text_of(self.msg.message, self.parts[-1], limit)
+        self.assign(c.name, text[:c.first] if c.first else text, c.modifiers)
+
+    def mime_parts(self, opts: MimeOpts) -> list[Part]:
+        """RFC 5703 §4: the parts a ``:mime`` test reads (none without the message's bytes)."""
+        root = self.msg.root()
+        if root is None:
+            return []
+        return list(scope(root, self.parts[-1] if self.parts else None, opts.anychild))
+
+    def mime_values(self, t: HeaderTest, opts: MimeOpts) -> list[str]:
+        out: list[str] = []
+        for part in self.mime_parts(opts):
+            fields = self.msg.part_fields(part)
+            for name in t.names:
+                raws = _nth([v for n, v in fields if n == name], t.index)
+                if raws or (opts.option and name == "content-type"):  # its RFC 2045 default
+                    out += option_values(part, name, raws, opts)
+        return out
+
     def include(self, c: Include) -> bool:
         """RFC 6609 §3.2: run the included script (its own variables but the globals); False once
         ``stop`` ran in it (which ends every script)."""
@@ -546,6 +642,8 @@ class _Run:
     def test(self, t: Node) -> bool:
         msg = self.msg
         if isinstance(t, HeaderTest):
+            if t.mime is not None:  # RFC 5703 §4.1
+                return self.match(self.mime_values(t, t.mime), t.keys)
             # RFC 5228 §5.7: true when any occurrence of any named field matches any key
             return self.match([v for n in t.names for v in _nth(msg.decoded(n), t.index)], t.keys)
         if isinstance(t, AddressTest):
@@ -573,6 +671,8 @@ class _Run:
         if isinstance(t, NotTest):
             return not self.test(t.test)
         if isinstance(t, ExistsTest):
+            if t.mime is not None:  # RFC 5703 §4.3: a part (any, with :anychild) with every field
+                return any({n for n, _ in msg.part_fields(p)}.issuperset(t.names) for p in self.mime_parts(t.mime))
             return all(msg.has(n) for n in t.names)
         if isinstance(t, SizeTest):
             return msg.size > t.limit if t.over else msg.size < t.limit
@@ -618,11 +718,16 @@ class _Run:
                 local, _, domain = addr.rpartition("@") if "@" in addr else (addr, "", "")
                 _part(out, t.part, local, domain, addr)
             return out
+        if t.mime is not None:  # RFC 5703 §4.2: the fields of the current part (or of every one within)
+            for p in self.mime_parts(t.mime):
+                fields = self.msg.part_fields(p)
+                for name in t.names:
+                    for local, host in _addresses(_nth([v for n, v in fields if n == name], t.index)):
+                        _part(out, t.part, local, host, f"{local}@{host}")
+            return out
         for name in t.names:
             if t.index:  # RFC 5260 §6: the addresses of the n-th occurrence only
-                pairs = [(decode_words(a.mailbox) if "=?" in a.mailbox else a.mailbox, a.host)
-                         for raw in _nth(self.msg.raw(name), t.index) for a in parse_addresses(raw, limit=256)
-                         if a.mailbox is not None and a.host is not None]
+                pairs = _addresses(_nth(self.msg.raw(name), t.index))
             else:
                 pairs = list(self.msg.addresses(name))
             for local, host in pairs:
@@ -647,6 +752,12 @@ class _Run:
                 dt = dt.replace(tzinfo=UTC)
             out.append(_date_part(dt if t.zone == "" else _in_zone(dt, t.zone), t.part))
         return out
+
+
+def _addresses(raws: list[bytes]) -> list[tuple[str, str]]:
+    """(local part, domain) of each mailbox in the field values ``raws`` (a group gives its members)."""
+    return [(decode_words(a.mailbox) if "=?" in a.mailbox else a.mailbox, a.host)
+            for raw in raws for a in parse_addresses(raw, limit=256) if a.mailbox is not None and a.host is not None]
 
 
 def _nth(values: list[bytes] | tuple[str, ...] | list[str], index: int) -> Any:
@@ -708,15 +819,9 @@ def _body(raw: bytes, transform: str, types: tuple[str, ...]) -> list[str]:
             continue
         text = part_text(raw, p, MAX_BODY_TEXT)
         if transform == "text" and p.subtype == "html":
-            text = _html_text(text)
+            text = html_text(text)
         out.append(text)
     return out
-
-
-def _html_text(html: str) -> str:
-    from mailsrv.mime.body import _html_to_text
-
-    return " ".join(_html_to_text(html).split())  # tags become spaces: runs of them one
 
 
 def _count(values: list[str], keys: tuple[Matcher, ...]) -> bool:

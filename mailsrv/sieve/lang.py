@@ -26,6 +26,7 @@ from mailsrv.sieve.grammar import (
     parse,
 )
 from mailsrv.sieve.match import COMPARATORS, RELATIONS, Matcher, matcher
+from mailsrv.sieve.mimeparts import MIME_OPTIONS, Break, ExtractText, ForEveryPart, MimeOpts
 
 #: What ``require`` accepts (ManageSieve announces it as SIEVE, RFC 5804 §1.7)
 EXTENSIONS: tuple[str, ...] = (
@@ -54,6 +55,9 @@ EXTENSIONS: tuple[str, ...] = (
     "duplicate",  # RFC 7352: per account state, bounded (mailsrv.delivery.sieve)
     "environment",  # RFC 5183: name, version, host, domain, location "MS", phase "during"
     "ihave",  # RFC 5463: ihave (known at compile time), error
+    "foreverypart",  # RFC 5703 §3: foreverypart, break (mailsrv.sieve.mimeparts)
+    "mime",  # RFC 5703 §4: header/address/exists :mime, :anychild, :type/:subtype/:contenttype/:param
+    "extracttext",  # RFC 5703 §7 (replace and enclose, §5 and §6, are not implemented)
     "comparator-i;ascii-numeric",  # RFC 4790 §9.1 (RFC 5228 §2.7.3: needs its require)
     "comparator-i;octet",  # RFC 5228 §2.7.3 (always available; require accepts it)
     "comparator-i;ascii-casemap",
@@ -92,6 +96,7 @@ class HeaderTest:
     names: tuple[str, ...]  # lower-cased field names
     keys: tuple[Matcher, ...]
     index: int = 0  # RFC 5260 §6 :index: the n-th occurrence (1-based; negative: :last); 0 every one
+    mime: MimeOpts | None = None  # RFC 5703 §4.1: the current MIME part's fields
 
 
 @dataclass(frozen=True)
@@ -101,6 +106,7 @@ class AddressTest:
     keys: tuple[Matcher, ...]
     envelope: bool
     index: int = 0  # as HeaderTest's
+    mime: MimeOpts | None = None  # RFC 5703 §4.2 (no option: :anychild only)
 
 
 @dataclass(frozen=True)
@@ -118,6 +124,7 @@ class DateTest:
 @dataclass(frozen=True)
 class ExistsTest:
     names: tuple[str, ...]
+    mime: MimeOpts | None = None  # RFC 5703 §4.3 (no option: :anychild only)
 
 
 @dataclass(frozen=True)
@@ -346,7 +353,7 @@ class If:
 
 
 Action = (Keep | Discard | FileInto | Redirect | FlagOp | VacationAction | Reject | Stop | SetVar | If | Include | Return
-          | GlobalVars | Notify | AddHeader | DeleteHeader | ErrorAction)
+          | GlobalVars | Notify | AddHeader | DeleteHeader | ErrorAction | ForEveryPart | Break | ExtractText)
 
 
 @dataclass(frozen=True)
@@ -519,6 +526,8 @@ class _Compiler:
         self.ext: frozenset[str] = frozenset()
         #: extensions blocks under ``ihave`` use (RFC 5463 §4)
         self.ihave: frozenset[str] = frozenset()
+        #: RFC 5703 §3: the names of the foreverypart loops around the command compiled now ("": none)
+        self.loops: list[str] = []
 
     def need(self, ext: str, line: int, what: str) -> None:
         if ext not in self.ext:
@@ -554,6 +563,8 @@ class _Compiler:
                 raise SieveError(c.line, f"{c.name} without a preceding if")
             elif c.name == "require":
                 raise SieveError(c.line, "require must come before every other command")  # RFC 5228 §3.2
+            elif c.name == "foreverypart":
+                out.append(self.foreverypart(c))
             else:
                 if c.block is not None:
                     raise SieveError(c.line, f"{c.name}: takes no block")
@@ -681,6 +692,8 @@ class _Compiler:
             return GlobalVars(tuple(n.lower() for n in names))
         if name == "notify":
             return self.notify(c)
+        if name in ("break", "extracttext"):
+            return self.loop_command(c)
         if name == "addheader":
             self.need("editheader", line, name)
             a = _Args(c, self.ext).take(flags=("last",))
@@ -710,6 +723,70 @@ class _Compiler:
                 raise SieveError(line, "set: two modifiers of the same precedence")  # RFC 5229 §4
             return SetVar(var[0].lower(), value[0], tuple(mods))
         raise SieveError(line, f"unknown command {name!r}")  # RFC 5228 §2.9 / §3.2
+
+    def foreverypart(self, c: Command) -> ForEveryPart:
+        """RFC 5703 §3: ``foreverypart [:name string] block``."""
+        self.need("foreverypart", c.line, "foreverypart")
+        _no_tests(c)
+        a = _Args(c, self.ext).take(values={"name": "str"})
+        a.strings("")
+        name = a.tags.get("name")
+        label = name.items[0] if isinstance(name, StringList) else ""
+        self.loops.append(label)
+        try:
+            return ForEveryPart(label or None, self.body(c))
+        finally:
+            self.loops.pop()
+
+    def loop_command(self, c: Command) -> Action:
+        """RFC 5703 §3 ``break [:name string]`` and §7 ``extracttext [MODIFIER] [:first n] varname``,
+        both only inside a foreverypart loop (a compile error elsewhere, as Pigeonhole)."""
+        if c.name == "break":
+            self.need("foreverypart", c.line, "break")
+            a = _Args(c, self.ext).take(values={"name": "str"})
+            a.strings("")
+            name = a.tags.get("name")
+            label = name.items[0] if isinstance(name, StringList) else None
+            if not self.loops or (label is not None and label not in self.loops):
+                what = f'a foreverypart loop named "{label}"' if label is not None else "a foreverypart loop"
+                raise SieveError(c.line, f"break: not inside {what}")
+            return Break(label)
+        self.need("extracttext", c.line, "extracttext")
+        self.need("variables", c.line, "extracttext")  # RFC 5703 §7: it sets a variable
+        modifiers = {**SET_MODIFIERS, **({"encodeurl": 15} if "enotify" in self.ext else {})}
+        a = _Args(c, self.ext).take(values={"first": "num"}, flags=tuple(modifiers))
+        ((var,),) = a.strings("s")
+        if not _VARNAME.fullmatch(var):
+            raise SieveError(c.line, f"extracttext: {var!r} is not a variable name")
+        if not self.loops:
+            raise SieveError(c.line, "extracttext: only inside a foreverypart loop")
+        mods = sorted((m for m in a.tags if m != "first"), key=lambda m: -modifiers[m])
+        groups = [modifiers[m] for m in mods]
+        if len(set(groups)) != len(groups):
+            raise SieveError(c.line, "extracttext: two modifiers of the same precedence")
+        first = a.tags.get("first")
+        return ExtractText(var.lower(), first.value if isinstance(first, Number) else 0, tuple(mods))
+
+    def mime_tags(self, options: bool) -> dict[str, Any]:
+        """RFC 5703 §4: the tags :mime brings (with require "mime"): :anychild, and for header the
+        MIME-OPTS (:type, :subtype, :contenttype, :param list)."""
+        if "mime" not in self.ext:
+            return {}
+        flags: tuple[str, ...] = ("mime", "anychild") + (MIME_OPTIONS[:3] if options else ())
+        return {"flags": flags, "values": {"param": "list"} if options else {}}
+
+    def mime_of(self, t: Test, a: _Args) -> MimeOpts | None:
+        opts = [o for o in MIME_OPTIONS if o in a.tags]
+        if "mime" not in a.tags:
+            for tag in ("anychild", *opts):  # RFC 5703 §4.1: they modify :mime only
+                if tag in a.tags:
+                    raise SieveError(t.line, f"{t.name}: :{tag} needs :mime")
+            return None
+        if len(opts) > 1:
+            raise SieveError(t.line, f"{t.name}: :{opts[0]} and :{opts[1]} exclude each other")
+        param = a.tags.get("param")
+        return MimeOpts("anychild" in a.tags, opts[0] if opts else "",
+                        tuple(p.lower() for p in param.items) if isinstance(param, StringList) else ())
 
     def dynamic(self, s: str) -> bool:
         """A string that variables expand at run time (RFC 5229 §3)."""
@@ -828,15 +905,16 @@ class _Compiler:
             return AllOf(tests) if name == "allof" else AnyOf(tests)
         _no_tests(t)
         if name == "header":
-            a = _Args(t, self.ext).take(match=True, **self.index_tags())
+            a = _Args(t, self.ext).take(match=True, **_merged(self.index_tags(), self.mime_tags(True)))
             names, keys = a.strings("ll")
-            return HeaderTest(_header_names(t, names), a.matchers(keys), self.index_of(t, a))
+            return HeaderTest(_header_names(t, names), a.matchers(keys), self.index_of(t, a), self.mime_of(t, a))
         if name in ("date", "currentdate"):
             return self.date(t)
         if name in ("address", "envelope"):
             if name == "envelope":
                 self.need("envelope", t.line, "envelope")
-            a = _Args(t, self.ext).take(match=True, address=True, **(self.index_tags() if name == "address" else {}))
+            a = _Args(t, self.ext).take(match=True, address=True, **(
+                _merged(self.index_tags(), self.mime_tags(False)) if name == "address" else {}))
             names, keys = a.strings("ll")
             if name == "envelope":
                 parts = tuple(n.lower() for n in names)
@@ -844,10 +922,12 @@ class _Compiler:
                     if p not in ("from", "to"):  # RFC 5228 §5.4: unsupported parts are errors
                         raise SieveError(t.line, f"envelope: unknown envelope part {p!r}")
                 return AddressTest(parts, a.part, a.matchers(keys), True)
-            return AddressTest(_header_names(t, names), a.part, a.matchers(keys), False, self.index_of(t, a))
+            return AddressTest(_header_names(t, names), a.part, a.matchers(keys), False, self.index_of(t, a),
+                               self.mime_of(t, a))
         if name == "exists":
-            (names,) = _Args(t, self.ext).take().strings("l")
-            return ExistsTest(_header_names(t, names))
+            a = _Args(t, self.ext).take(**self.mime_tags(False))
+            (names,) = a.strings("l")
+            return ExistsTest(_header_names(t, names), self.mime_of(t, a))
         if name == "size":
             a = _Args(t, self.ext).take(flags=("over", "under"))
             over, under = "over" in a.tags, "under" in a.tags
@@ -921,6 +1001,16 @@ class _Compiler:
             (keys,) = a.strings("l")
             return HasFlagTest(a.matchers(keys))
         raise SieveError(t.line, f"unknown test {name!r}")
+
+
+def _merged(*specs: dict[str, Any]) -> dict[str, Any]:
+    """Tag specs of :meth:`_Args.take` (``values`` and ``flags``) joined."""
+    values: dict[str, str] = {}
+    flags: tuple[str, ...] = ()
+    for spec in specs:
+        values.update(spec.get("values", {}))
+        flags += spec.get("flags", ())
+    return {"values": values, "flags": flags}
 
 
 def compile(text: str, max_size: int = MAX_SCRIPT_SIZE) -> Script:
