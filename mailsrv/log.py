@@ -133,7 +133,8 @@ def format_line(level: str, component: str, event: str, fields: Mapping[str, Any
     for key, value in fields.items():
         if value is None:
             continue
-        parts.append(f"{key}={_quote(value)}")
+        # an int is always plain (_quote's first rule, without a call: a message's line has four)
+        parts.append(f"{key}={value}" if type(value) is int else f"{key}={_quote(value)}")
     return " ".join(parts)
 
 

@@ -70,6 +70,16 @@ class FileSpool:
         #: after :meth:`seal`: the file may not exist yet, ``content`` is the message
         self.sealed = False
 
+    def buffer(self, data: bytes) -> bool:
+        """Append ``data`` when it stays in memory (the buffer under :data:`FLUSH_AT`), without the
+        coroutine of :meth:`write`; False: nothing was done, ``await write(data)`` instead."""
+        if self._done or self._buffered + len(data) >= FLUSH_AT:
+            return False
+        self._buf.append(data)
+        self._buffered += len(data)
+        self.size += len(data)
+        return True
+
     async def write(self, data: bytes) -> None:
         if self._done:
             raise OSError("spool closed")

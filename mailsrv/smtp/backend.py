@@ -77,6 +77,10 @@ class Spool(Protocol):
 
     path: Path
 
+    def buffer(self, data: bytes) -> bool:
+        """Append ``data`` if it stays in memory, at once (no coroutine); False: nothing done, call
+        :meth:`write` (a spool that holds nothing in memory always answers False)."""
+
     async def write(self, data: bytes) -> None:
         """Append message bytes (buffered; blocking I/O happens in a thread)."""
 

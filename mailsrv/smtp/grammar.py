@@ -9,7 +9,7 @@ asked for), ESMTP parameters as an ordered ``dict`` of upper-case keywords.
 from __future__ import annotations
 
 import re
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 # RFC 5321 §4.5.3.1.4: a command line is at most 512 octets including CRLF;
 # ESMTP parameters (RFC 1869 §4.1.2) may add up to 2000 more for MAIL/RCPT.
@@ -19,6 +19,9 @@ MAX_LOCAL_PART = 64
 MAX_DOMAIN = 255
 # RFC 5321 §4.5.3.1.3: a path is at most 256 octets including the brackets.
 MAX_PATH = 256
+
+K = TypeVar("K")
+V = TypeVar("V")
 
 
 class SmtpError(Exception):
@@ -62,9 +65,7 @@ def split_command(line: bytes) -> Command:
         return known
     command = _split_command(line)
     if len(line) <= MAX_COMMAND_REMEMBERED and command.verb != "AUTH":
-        if len(_COMMANDS) >= MAX_COMMANDS:
-            _COMMANDS.clear()
-        _COMMANDS[line] = command
+        _remember(_COMMANDS, line, command, MAX_COMMANDS)
     return command
 
 
@@ -126,10 +127,15 @@ def parse_mailbox(raw: bytes, utf8: bool = False) -> str:
     if known is not None:
         return known
     address = _parse_mailbox(raw, utf8)
-    if len(_MAILBOXES) >= MAX_MAILBOXES:
-        _MAILBOXES.clear()
-    _MAILBOXES[key] = address
+    _remember(_MAILBOXES, key, address, MAX_MAILBOXES)
     return address
+
+
+def _remember(memory: dict[K, V], key: K, value: V, limit: int) -> None:
+    """``memory[key] = value``, the memory emptied first when it holds ``limit`` entries."""
+    if len(memory) >= limit:
+        memory.clear()
+    memory[key] = value
 
 
 def _parse_mailbox(raw: bytes, utf8: bool) -> str:
@@ -239,26 +245,50 @@ def wants_smtputf8(arg: bytes) -> bool:
     return any(p.upper() == b"SMTPUTF8" for p in arg[end + 1 :].split(b" "))
 
 
+#: (MAIL argument without parameters, its UTF-8 flag) -> its address, and the same for RCPT: the
+#: parsers below answer a known argument with one look-up (a relay's sender, a list's recipients)
+_SENDERS: dict[tuple[bytes, bool], str] = {}
+_RECIPIENTS: dict[tuple[bytes, bool], str] = {}
+#: arguments remembered at most (then the memory starts over); longer ones are not
+MAX_PATHS = 4096
+MAX_PATH_REMEMBERED = MAX_PATH + 8
+
+
 def parse_mail(arg: bytes, utf8_allowed: bool = True) -> tuple[str, dict[str, str | None]]:
-    """``FROM:<a@b> SIZE=10`` -> ("a@b", {"SIZE": "10"}); the null path gives ""."""
+    """``FROM:<a@b> SIZE=10`` -> ("a@b", {"SIZE": "10"}); the null path gives "".
+
+    A pure function: the addresses of valid arguments without parameters are remembered."""
+    known = _SENDERS.get((arg, utf8_allowed))
+    if known is not None:
+        return known, {}
     utf8 = utf8_allowed and wants_smtputf8(arg)
     path, after = _split_path(arg, b"FROM:")
     params = parse_params(after, utf8)
-    if not path:
-        return "", params
-    return parse_mailbox(path, utf8), params
+    address = parse_mailbox(path, utf8) if path else ""
+    if not params and len(arg) <= MAX_PATH_REMEMBERED:
+        _remember(_SENDERS, (arg, utf8_allowed), address, MAX_PATHS)
+    return address, params
 
 
 def parse_rcpt(arg: bytes, utf8: bool = False) -> tuple[str, dict[str, str | None]]:
-    """``TO:<a@b> NOTIFY=NEVER`` -> ("a@b", {...}). ``<Postmaster>`` is returned as "postmaster"."""
+    """``TO:<a@b> NOTIFY=NEVER`` -> ("a@b", {...}). ``<Postmaster>`` is returned as "postmaster".
+
+    A pure function: the addresses of valid arguments without parameters are remembered."""
+    known = _RECIPIENTS.get((arg, utf8))
+    if known is not None:
+        return known, {}
     path, after = _split_path(arg, b"TO:")
     params = parse_params(after, utf8)
     # RFC 5321 §4.1.1.3: "Postmaster" without a domain must be accepted.
     if path.lower() == b"postmaster":
-        return "postmaster", params
-    if not path:
+        address = "postmaster"
+    elif not path:
         raise SmtpSyntaxError("Recipient address required", 501, "5.1.3")
-    return parse_mailbox(path, utf8), params
+    else:
+        address = parse_mailbox(path, utf8)
+    if not params and len(arg) <= MAX_PATH_REMEMBERED:
+        _remember(_RECIPIENTS, (arg, utf8), address, MAX_PATHS)
+    return address, params
 
 
 def parse_bdat(arg: bytes) -> tuple[int, bool]:

@@ -271,7 +271,7 @@ class SmtpService:
             if payload and not too_big:
                 if decoder.size > limit:
                     too_big = True  # keep reading to the end, keep nothing (RFC 1870 §6.3)
-                elif keep:
+                elif keep and not spool.buffer(payload):  # buffered at once: no coroutine
                     keep = await _write(session, spool, payload)
             if decoder.done:
                 _unread(conn, chunk[used:])
@@ -294,7 +294,7 @@ class SmtpService:
                 _unread(conn, chunk[left:])
                 chunk = chunk[:left]
             left -= len(chunk)
-            if keep and spool is not None:
+            if keep and spool is not None and not spool.buffer(chunk):
                 keep = await _write(session, spool, chunk)
         try:
             out.append((await session.bdat_end(last)).reply)

@@ -80,6 +80,8 @@ LOGGED_RCPTS = 5
 def _recipients(tx: Transaction) -> str:
     """The ``to=`` of a message's log line: its first :data:`LOGGED_RCPTS` recipients."""
     rcpts = tx.rcpts
+    if len(rcpts) == 1:  # most mail: no generator
+        return rcpts[0].address
     names = ",".join(r.address for r in rcpts[:LOGGED_RCPTS])
     return names + ",..." if len(rcpts) > LOGGED_RCPTS else names
 
@@ -517,7 +519,10 @@ class Session:
         if arg:
             raise SmtpSyntaxError("Syntax: DATA", 501, "5.5.4")
         self._require_rcpts()
-        self.spool = await self._open_spool()
+        spool, unwritten = self._open_spool()
+        if unwritten:
+            await spool.write(unwritten)
+        self.spool = spool
         return _GO_AHEAD
 
     async def smtp_BDAT(self, arg: bytes) -> Step:
@@ -530,14 +535,19 @@ class Session:
             self._bdat_failed = SmtpError("No valid recipients", 554, "5.5.1")
         else:
             if self.spool is None:
-                self.spool = await self._open_spool()
+                spool, unwritten = self._open_spool()
+                if unwritten:
+                    await spool.write(unwritten)
+                self.spool = spool
             self.state = State.BDAT
         return Step(b"", "bdat", size=size, last=last)
 
-    async def _open_spool(self) -> Spool:
+    def _open_spool(self) -> tuple[Spool, bytes]:
+        """A new spool holding the trace fields in memory (no coroutine, no pool job); or with the
+        bytes the caller must still ``await spool.write`` (a spool that keeps nothing in memory)."""
         spool = self.backend.open_spool()
-        await spool.write(self._trace_headers())
-        return spool
+        trace = self._trace_headers()
+        return spool, b"" if spool.buffer(trace) else trace
 
     def _trace_headers(self) -> bytes:
         """Return-Path and Received (RFC 5321 §4.4); the queue strips Return-Path when relaying."""

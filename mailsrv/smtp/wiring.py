@@ -35,6 +35,8 @@ from mailsrv.smtp.backend import MailBackend, SessionInfo, Spool, Transaction, V
 logger = log.get("smtp")
 
 _NOTIFY_ORDER = ("SUCCESS", "FAILURE", "DELAY", "NEVER")
+#: check_sender's answer to every sender it accepts (made once: a Verdict is frozen)
+_SENDER_OK = Verdict(250, "2.1.0", "Sender OK")
 
 
 def _qrcpt(address: str, rcpt: Any = None) -> QRcpt:
@@ -74,7 +76,7 @@ class DirectoryBackend:
         if acct is not None and sender and not await self.directory.may_send_as(acct.id, sender):
             # issue 5: an authenticated user may only use addresses that are theirs
             return Verdict(553, "5.7.1", f"<{sender}>: Sender address not owned by {acct.address}")
-        return Verdict(250, "2.1.0", "Sender OK")
+        return _SENDER_OK
 
     async def check_recipient(self, info: SessionInfo, tx: Transaction, address: str) -> Verdict:
         if address == "postmaster":

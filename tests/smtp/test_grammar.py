@@ -290,3 +290,37 @@ def test_remembered_commands_are_bounded_and_never_auth(monkeypatch: pytest.Monk
     long = b"NOOP " + b"x" * grammar.MAX_COMMAND_REMEMBERED + b"\r\n"
     assert split_command(long).verb == "NOOP"
     assert long not in grammar._COMMANDS
+
+
+@given(st.binary(max_size=60) | st.from_regex(rb"\A(FROM|TO|from|to): ?<[a-z@.\"]{0,20}>( [A-Za-z]{1,8}(=[a-z0-9]{0,4})?)?\Z"),
+       st.booleans())
+def test_a_remembered_path_is_the_parse_of_its_bytes(arg: bytes, utf8: bool) -> None:
+    """parse_mail and parse_rcpt remember the addresses of valid arguments without parameters: asked twice
+    (the second from memory) they answer as the first time, and each keeps its own memory."""
+    grammar._SENDERS.clear()
+    grammar._RECIPIENTS.clear()
+    for parse, memory in ((parse_mail, grammar._SENDERS), (parse_rcpt, grammar._RECIPIENTS)):
+        results: list[object] = []
+        for _ in range(2):
+            try:
+                results.append(parse(arg, utf8))
+            except SmtpSyntaxError as exc:
+                results.append((type(exc), exc.code, exc.enh))
+        assert results[0] == results[1]
+        first = results[0]
+        assert ((arg, utf8) in memory) == (isinstance(first, tuple) and first[1] == {})
+
+
+def test_a_remembered_sender_is_no_recipient(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(grammar, "MAX_PATHS", 3)
+    assert parse_mail(b"FROM:<a@example.test>") == ("a@example.test", {})
+    assert parse_mail(b"FROM:<a@example.test>") == ("a@example.test", {})
+    with pytest.raises(SmtpSyntaxError):
+        parse_rcpt(b"FROM:<a@example.test>")
+    with pytest.raises(SmtpSyntaxError):
+        parse_rcpt(b"TO:<>")
+    for i in range(10):
+        assert parse_rcpt(f"TO:<u{i}@example.test>".encode()) == (f"u{i}@example.test", {})
+        assert 1 <= len(grammar._RECIPIENTS) <= 3
+    assert parse_mail(b"FROM:<b@example.test> SIZE=10") == ("b@example.test", {"SIZE": "10"})
+    assert (b"FROM:<b@example.test> SIZE=10", True) not in grammar._SENDERS
