@@ -468,6 +468,12 @@ class ImapConfig:
         100,
         check=_positive,
     )
+    shared_private_seen: bool = doc(
+        "A grantee's \\Seen on another user's shared folders is their own (Dovecot's INDEXPVT, for \\Seen "
+        "only): kept in private-seen.db in the grantee's maildir; the owner's \\Seen and the other flags are "
+        "untouched by it (docs/shared-mailboxes.md). Off: \\Seen is the owner's, shared by every grantee.",
+        True,
+    )
 
 
 @dataclass(frozen=True)

@@ -126,6 +126,7 @@ class ImapService:
             max_auth_failures=icfg.max_auth_failures,
             metadata_max_value=icfg.metadata_max_value,
             metadata_max_entries=icfg.metadata_max_entries,
+            shared_private_seen=icfg.shared_private_seen,
         )
         self.max_errors = ctx.config.limits.max_errors
         self.binding = self._channel_binding(ctx)

@@ -144,6 +144,8 @@ class SessionConfig:
     #: RFC 5464 limits (metadata.py)
     metadata_max_value: int = METADATA_MAX_VALUE
     metadata_max_entries: int = METADATA_MAX_ENTRIES
+    #: a grantee's \Seen on shared folders is private (``[imap] shared_private_seen``, store/privateseen.py)
+    shared_private_seen: bool = True
 
 
 

@@ -30,7 +30,7 @@ from mailsrv.imap import acl
 from mailsrv.imap import response as resp
 from mailsrv.imap.errors import ImapError, store_error_name
 from mailsrv.imap.grammar import Command
-from mailsrv.store import account_root
+from mailsrv.store import account_root, privateseen
 
 logger = log.get("imap")
 
@@ -166,6 +166,8 @@ class SharingCommands:
             except Exception as exc:
                 logger.warning("imap.shared.unavailable", owner=owner.address, error=store_error_name(exc))
                 raise ImapError("NO", "The shared mailbox is unavailable, try later", "UNAVAILABLE") from None
+            if self.cfg.shared_private_seen:  # the grantee's own \Seen (store/privateseen.py)
+                acct = privateseen.wrap(acct, self.home)
             self._owners[owner.id] = acct
         return acct
 
