@@ -1,7 +1,8 @@
 """With ``[sieve] enabled = false`` the retry ledger still covers local delivery (docs/sieve.md "A 451
 after the copies were made"), under a real ``mailsrv serve``: the local copy is made, the remote
-recipient cannot be queued (the queue's directory immutable), 451; the sender's retry through smtplib
-makes no second copy. A stored script does not run."""
+recipient cannot be queued (the queue's directory immutable), 451 (over JMAP: the submission fails); the
+sender's retry through smtplib (the JMAP resubmission) makes no second copy. A stored script does not
+run."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from sievesink import Sink
 from support.admin import cli
 from support.server import init_setup, serve_users, wait_until
 from test_delivery_serve import activate, add_users, send, sunk_to
+from test_jmap_serve import api, token
 from test_retry_serve import count, immutable, mira_count
 
 from mailsrv.config import load
@@ -71,3 +73,33 @@ def test_sender_retry_after_a_queue_failure_makes_no_copy_twice_without_sieve(se
     send(server, "off one", rcpts)
     assert mira_count(server, "off one") == 2
     wait_until(lambda: len(sunk_to(sink, "off one")) == 2, timeout=60)
+
+
+def test_jmap_resubmission_after_a_queue_failure_makes_no_copy_twice_without_sieve(server: Any, sink: Sink) -> None:
+    alice, subject = f"alice@{D}", "off jmap"
+    t = token(server, alice)
+    got = api(server, t, ["Mailbox/get", {"accountId": "A1"}, "m"], ["Identity/get", {"accountId": "A1"}, "i"])
+    drafts = next(m["id"] for m in got[0][1]["list"] if m["role"] == "drafts")
+    rcpts = [f"offteam@{D}"]  # mira, and far@remote.test: queued
+    made = api(server, t, ["Email/set", {"accountId": "A1", "create": {"d": {
+        "mailboxIds": {drafts: True}, "from": [{"email": alice}], "to": [{"email": a} for a in rcpts],
+        "subject": subject, "textBody": [{"partId": "t"}], "bodyValues": {"t": {"value": "numbers"}}}}}, "e"])
+    create = ["EmailSubmission/set", {"accountId": "A1", "create": {"s": {
+        "identityId": got[1][1]["list"][0]["id"], "emailId": made[0][1]["created"]["d"]["id"],
+        "envelope": {"mailFrom": {"email": alice}, "rcptTo": [{"email": a} for a in rcpts]}}}}, "s"]
+    qmsg = Path(load(server.cfg).server.data_dir) / "queue" / "msg"
+    mark = server.mark()
+    immutable(qmsg, True)
+    try:
+        first = api(server, t, create)
+    finally:
+        immutable(qmsg, False)
+    assert not first[0][1].get("created"), first  # not acknowledged
+    server.wait_for(r"sieve\.remembered ", start=mark)
+    assert mira_count(server, subject) == 1
+    mark = server.mark()
+    second = api(server, t, create)
+    assert second[0][1]["created"]["s"]["id"], second
+    server.wait_for(r"sieve\.retried .*user=mira@example\.test", start=mark)
+    wait_until(lambda: len(sunk_to(sink, subject)) == 1, timeout=60)
+    assert mira_count(server, subject) == 1  # not a second copy
