@@ -34,8 +34,8 @@ from mailsrv.sieve import run as run_script
 from mailsrv.sieve.autoreply import FIELDS, compose, no_reply_address, reply_subject, silenced
 from mailsrv.sieve.editheader import Edit, apply_edits
 from mailsrv.sieve.include import resolve as resolve_includes
-from mailsrv.sieve.interp import MAX_FIELD, environment, header_fields
-from mailsrv.sieve.lang import Notify
+from mailsrv.sieve.message import MAX_FIELD, environment, header_fields
+from mailsrv.sieve.nodes import Notify
 from mailsrv.sieve.notify import compose_notification, parse_mailto
 from mailsrv.sieve.scripts import ACTIVE, DIRNAME, SUFFIX, BadName, active_script, check_name
 from mailsrv.sieve.verdicts import OurVerdicts, Values

@@ -14,15 +14,14 @@ from mailsrv.sieve.interp import (
     KEEP,
     MAX_ACTIONS,
     MAX_REDIRECTS,
-    MessageView,
     Outcome,
     SieveRuntimeError,
     Target,
     Vacation,
-    header_fields,
     run,
 )
 from mailsrv.sieve.lang import EXTENSIONS, Script, compile
+from mailsrv.sieve.message import MessageView, header_fields
 
 __all__ = [
     "EXTENSIONS",

@@ -3,7 +3,7 @@ view of the fields in step), applied to the header block that delivery stores. P
 
 An edit is ``("add", Name, value, last)`` or ``("delete", name, positions)``: the 0-based occurrences,
 among that field's occurrences at that moment, to remove. Fields are split as
-:func:`mailsrv.sieve.interp.header_fields` splits them, so positions agree.
+:func:`mailsrv.sieve.message.header_fields` splits them, so positions agree.
 """
 
 from __future__ import annotations

@@ -39,7 +39,7 @@ class ForEveryPart:
     """RFC 5703 §3: run ``body`` with each MIME part as the current one; ``name`` for ``break``."""
 
     name: str | None
-    body: tuple[object, ...]  # the block's compiled actions (mailsrv.sieve.lang.Action)
+    body: tuple[object, ...]  # the block's compiled actions (mailsrv.sieve.nodes.Action)
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ import pytest
 
 from mailsrv import __version__, sieve
 from mailsrv.sieve import MessageView, SieveError, SieveRuntimeError
-from mailsrv.sieve.interp import environment
+from mailsrv.sieve.message import environment
 
 HEAD = b"From: a@remote.test\r\nTo: bob@example.test\r\nSubject: hi\r\n\r\nbody\r\n"
 
