@@ -46,55 +46,71 @@ from libc.string cimport memcpy
 cdef uint64_t _ONES = 0x0101010101010101ULL
 cdef uint64_t _HIGH = 0x8080808080808080ULL
 
+cdef extern from *:
+    int __builtin_ctzll(unsigned long long) nogil
+
+# the first byte in memory is the word's lowest (x86, arm64): the first separator is the lowest flag
+cdef uint64_t _one_word = 1
+cdef bint _LITTLE = (<unsigned char *>&_one_word)[0] == 1
+
 
 cdef inline uint64_t _ge(uint64_t x, uint64_t k) noexcept:
     return (x + (128 - k) * _ONES) & _HIGH
 
 
+# each ASCII byte as normalize keeps it (capitals lowered), 0 for a separator (control, space, DEL)
+cdef unsigned char _KEEP[128]
+cdef int _k
+for _k in range(128):
+    _KEEP[_k] = 0 if _k <= 32 or _k == 127 else (_k + 32 if 65 <= _k <= 90 else _k)
+
+
 cdef str _normalize_ascii(str text):
     """normalize() of ASCII text in one pass: lower case; controls, DEL and space runs -> one space.
 
-    Eight bytes at a time while none of them is a separator (a word run: copied with its capitals
-    lowered, ~2 instructions a byte instead of ~15), byte by byte around the separators."""
-    cdef Py_ssize_t i = 0, j = 0, end, n = len(text)
+    Eight bytes at a time (SWAR): the bytes before the block's first separator are copied at once
+    with their capitals lowered, then the separator is skipped (~3 instructions a byte for mail text
+    instead of ~15); the last bytes (and a big-endian machine's) one by one."""
+    cdef Py_ssize_t i = 0, j = 0, k, n = len(text)
     cdef const unsigned char *src = PyUnicode_1BYTE_DATA(text)
     cdef unsigned char c
-    cdef uint64_t x
+    cdef uint64_t x, sep
     cdef bint pending = False
-    cdef unsigned char *out = <unsigned char *>malloc(n + 8)
+    cdef unsigned char *out = <unsigned char *>malloc(n + 8)  # whole blocks are stored: 8 bytes slack
     if out == NULL:
         raise MemoryError()
     try:
-        while i < n:
-            if i + 8 <= n:
-                memcpy(&x, src + i, 8)
-                if (_ge(x, 33) & ~_ge(x, 127)) == _HIGH:  # no control, space or DEL among them
-                    if pending:
-                        out[j] = 32
-                        j += 1
-                        pending = False
-                    x |= (_ge(x, 65) & ~_ge(x, 91)) >> 2  # A-Z -> a-z (0x20 in each capital)
-                    memcpy(out + j, &x, 8)
-                    i += 8
-                    j += 8
-                    continue
-                end = i + 8
+        while _LITTLE and i + 8 <= n:
+            memcpy(&x, src + i, 8)
+            sep = ~(_ge(x, 33) & ~_ge(x, 127)) & _HIGH  # 0x80 in each control, space or DEL
+            if sep == 0:
+                k = 8
             else:
-                end = n
-            while i < end:  # a block with a separator (or the tail): byte by byte
-                c = src[i]
-                i += 1
-                if c <= 32 or c == 127:
-                    pending = j > 0
-                    continue
+                k = __builtin_ctzll(sep) >> 3  # the kept bytes before the first separator
+            if k:
                 if pending:
                     out[j] = 32
                     j += 1
                     pending = False
-                if 65 <= c <= 90:
-                    c += 32
-                out[j] = c
+                x |= (_ge(x, 65) & ~_ge(x, 91)) >> 2  # A-Z -> a-z (0x20 in each capital)
+                memcpy(out + j, &x, 8)  # j + 8 <= i + 8 <= n + 8: within the slack
+                j += k
+                i += k
+            if k < 8:  # src[i] is a separator
+                pending = j > 0
+                i += 1
+        while i < n:  # the tail: byte by byte
+            c = _KEEP[src[i]]
+            i += 1
+            if c == 0:
+                pending = j > 0
+                continue
+            if pending:
+                out[j] = 32
                 j += 1
+                pending = False
+            out[j] = c
+            j += 1
         return <str>PyUnicode_FromKindAndData(PyUnicode_1BYTE_KIND, out, j)
     finally:
         free(out)
