@@ -160,6 +160,10 @@ class JmapApp:
         self.files: Any = None
         #: mailsrv.config.SieveConfig: SieveScript/* over the account's scripts (set by JmapService; None: off)
         self.sieve: Any = None
+        #: ``[imap] shared_private_seen``: a grantee's $seen in shared accounts is their own (set by JmapService)
+        self.private_seen = False
+        #: (grantee account id, owner account id) -> (the owner's backend, the grantee's view of it)
+        self._private_views: dict[tuple[str, str], tuple[Any, Any]] = {}
         self.push = PushManager(push_ssl)
         self.vacation = Responder(submitter)
         self.auth = auth
@@ -403,11 +407,24 @@ class JmapApp:
                 if isinstance(g, OwnerShare):  # the grantee's rights, folder by folder (as IMAP's)
                     if not g.lists_any():
                         continue
+                    if self.private_seen:
+                        shared = self._private_view(be, shared)
                     out.setdefault(shared.account_id,
                                    Access(SharedFolders(shared, g, self.folder_hook), False, not g.changes_any()))
                 else:
                     out.setdefault(shared.account_id, Access(shared, False, bool(g.read_only)))
         return be, out
+
+    def _private_view(self, own: MailBackend, shared: MailBackend) -> MailBackend:
+        """``shared`` with ``own``'s private \\Seen (storebackend.with_private_seen), one per pair and worker
+        (its caches live as long as the owner's backend)."""
+        from mailsrv.jmap.storebackend import with_private_seen
+
+        key = (own.account_id, shared.account_id)
+        got = self._private_views.get(key)
+        if got is None or got[0] is not shared:
+            got = self._private_views[key] = (shared, with_private_seen(shared, own))
+        return got[1]
 
     def _accounts_source(self, p: Principal) -> Callable[[], Awaitable[list[MailBackend]]]:
         """For long-lived watchers (push subscriptions): every backend ``p`` may see, read anew at each call."""
@@ -736,6 +753,7 @@ class JmapService:
             app.recaller = Recaller.of(cfg, res["store"], res["directory"])
         if cfg.sieve.enabled and "store" in res:
             app.sieve = cfg.sieve
+        app.private_seen = cfg.imap.shared_private_seen  # as IMAP's (docs/shared-mailboxes.md)
         if cfg.files.enabled:
             if "files" not in res:  # the worker's (mailsrv/worker.py); a service run without a worker makes one
                 from mailsrv.files import FileLinks, files_root

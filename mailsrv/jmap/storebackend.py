@@ -590,6 +590,35 @@ def store_factory(store: Any, directory: Any, data_dir: Path,
     return factory
 
 
+def _store_backend(be: Any) -> StoreBackend | None:
+    """The StoreBackend under ``be``'s wrappers (overlays, trackers), or None (another backend)."""
+    for _ in range(8):
+        if isinstance(be, StoreBackend):
+            return be
+        be = getattr(be, "__dict__", {}).get("be")
+        if be is None:
+            return None
+    return None
+
+
+def with_private_seen(shared: Any, own: Any) -> Any:
+    """The owner's backend ``shared`` as the grantee whose own backend is ``own`` sees it with their
+    private ``\\Seen`` (``[imap] shared_private_seen``, store/privateseen.py): ``$seen``,
+    ``unreadEmails`` / ``unreadThreads``, Email/set of ``$seen`` and the states (which count the
+    grantee's private writes) are the grantee's. ``shared`` itself when either is not on the store."""
+    from mailsrv.jmap.overlay import SortOrderOverlay
+    from mailsrv.store import privateseen
+
+    sb, mine = _store_backend(shared), _store_backend(own)
+    if sb is None or mine is None:
+        return shared
+    acct = privateseen.wrap(sb.acct, mine.acct)
+    if acct is sb.acct:
+        return shared
+    be = StoreBackend(acct, sb.account_id, sb.name, sb.limits, sb.policy_source)
+    return SortOrderOverlay(be, shared.meta) if isinstance(shared, SortOrderOverlay) else be
+
+
 def with_sort_order(factory: Callable[[Any], Awaitable[Any]], root: Path, io: Any) -> Callable[[Any], Awaitable[Any]]:
     """Wrap a backend factory so that Mailbox sortOrder is kept (overlay.py)."""
     from mailsrv.jmap.objects import Collection

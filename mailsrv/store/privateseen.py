@@ -123,6 +123,18 @@ def _db_write(root: Path, notify_path: Path, key: _Key, uids: Sequence[int], see
     return todo, failed, counter, modseq
 
 
+def _db_counters(root: Path, owner: str) -> dict[tuple[str, int], int]:
+    """(owner mailbox id, UIDVALIDITY) -> private counter, for every mailbox of ``owner``. Blocks."""
+    if not (root / PRIVATE_SEEN_DB).exists():
+        return {}
+    db = _open(root)
+    try:
+        return {(m, uv): c for m, uv, c in db.execute(
+            "SELECT mailbox, uidvalidity, max(c) FROM steps WHERE owner=? GROUP BY mailbox, uidvalidity", (owner,))}
+    finally:
+        db.close()
+
+
 def _db_forget(root: Path, key: _Key, uids: Sequence[int]) -> None:
     """Drop the rows of expunged messages (their steps stay: later modseqs depend on them). Blocks."""
     db = _open(root)
@@ -219,6 +231,16 @@ class PrivateSeenAccount:
             for u in stale:
                 view.state.rows.pop(u, None)
         return view
+
+    async def list_mailboxes(self) -> list[MailboxInfo]:
+        """The owner's folders, HIGHESTMODSEQ in the grantee's sequence (JMAP states count private writes;
+        ``unseen`` stays the owner's: :meth:`mailbox_status` has the grantee's)."""
+        infos = await self.inner.list_mailboxes()
+        counters = await self._io.run(_db_counters, Path(self.home.root), str(self.inner.id))
+        if not counters:
+            return list(infos)
+        return [dataclasses.replace(i, highestmodseq=i.highestmodseq + c)
+                if (c := counters.get((i.id, i.uidvalidity), 0)) else i for i in infos]
 
     async def mailbox_status(self, name: str) -> MailboxInfo:
         info = await self.inner.mailbox_status(name)

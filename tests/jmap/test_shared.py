@@ -65,7 +65,9 @@ def setup(tmp_path: Path) -> tuple[Path, dict[str, str]]:
 
 
 @pytest.fixture
-async def env(setup: tuple[Path, dict[str, str]]) -> AsyncIterator[Env]:
+async def env(setup: tuple[Path, dict[str, str]], request: pytest.FixtureRequest) -> AsyncIterator[Env]:
+    """The JMAP app over the setup's store and directory; parametrised indirectly with True, a grantee's
+    $seen is private (``[imap] shared_private_seen``, which the service sets; off by default here)."""
     d, passwords = setup
     cfg = config_mod.load(d / "mailsrv.toml")
     data = cfg.server.data_dir
@@ -79,6 +81,7 @@ async def env(setup: tuple[Path, dict[str, str]]) -> AsyncIterator[Env]:
     grants, hook = directory_sources(directory)  # as the JMAP service wires them
 
     app = JmapApp(cfg.jmap, auth, factory, uploads, b"k" * 32, tls=True, grants=grants, folder_hook=hook)
+    app.private_seen = bool(getattr(request, "param", False))
     runner = web.AppRunner(app.make_app(), access_log=None, handler_cancellation=True)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
