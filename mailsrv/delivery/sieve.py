@@ -544,13 +544,14 @@ class Pass:
                               verdicts=verdict_values(fields, ours) if ours is not None else Values(),
                               environment=self.filt.environment,
                               duplicate=(lambda key: VacationState.seen(root, key)) if root is not None else None)
-            if root is None:
+            if root is None and body is None:
                 outcome = run_script(script, msg, max_redirects=self.filt.config.max_redirects)
-            else:  # RFC 7352: its look-ups read SQLite: the run goes to the I/O pool
+            else:  # RFC 7352 look-ups read SQLite; body and MIME part tests parse and decode up to
+                # BODY_MAX of the message: the run goes to the I/O pool
                 loop = asyncio.get_running_loop()
                 outcome = await loop.run_in_executor(
                     None, lambda: run_script(script, msg, max_redirects=self.filt.config.max_redirects))
-                if outcome.duplicates:  # recorded once the recipient's copies are made (:meth:`commit`)
+                if root is not None and outcome.duplicates:  # recorded with the answer (:func:`commit`)
                     self.dups[address] = (root, outcome.duplicates)
             self.filt.runs += 1
             if not self.filt.runs % YIELD_EVERY:  # a big group's scripts: let the loop breathe
