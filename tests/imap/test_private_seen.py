@@ -4,6 +4,8 @@ grantee's \\Seen survives a restart of the server; with the setting off \\Seen i
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import contextlib
 import imaplib
 import re
@@ -11,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import imapclient
 import pytest
 from support.admin import cli
@@ -152,6 +155,16 @@ def test_grantee_seen_is_private_and_owner_view_unchanged(srv: Any) -> None:
         changed = b.fetch(uids, ["FLAGS", "MODSEQ"], modifiers=[f"CHANGEDSINCE {hms2}"])
         assert set(changed) == {u3} and b"\\Answered" in changed[u3][b"FLAGS"] and SEEN in changed[u3][b"FLAGS"]
         assert changed[u3][b"MODSEQ"][0] > hms2
+        # QRESYNC (RFC 7162 §3.2.5): a SELECT since the first modseq reports the private changes too
+        b2.unselect_folder()
+        b2.enable("QRESYNC")
+        uv = sel[b"UIDVALIDITY"]
+        typ, _ = b2._imap._simple_command("SELECT", f'"{INBOX}"', f"(QRESYNC ({uv} {hms0}))")
+        assert typ == "OK"
+        lines = b"\n".join(x for x in b2._imap.untagged_responses.get("FETCH", []) if isinstance(x, bytes))
+        assert re.search(rb"UID %d FLAGS \([^)]*\\Seen" % u3, lines), lines
+        assert re.search(rb"UID %d FLAGS \([^)]*\\Flagged" % u1, lines), lines
+        assert re.search(rb"UID %d FLAGS \(\\Flagged\)" % u2, lines), lines  # only private changes since
     finally:
         b.logout()
         b2.logout()
@@ -178,6 +191,26 @@ def test_grantee_seen_survives_a_restart(tmp_path: Path) -> None:
         a.select("INBOX")
         assert all(SEEN not in f for f in owner_flags(a).values())
         a.logout()
+        # JMAP reads the same private store: bob sees his $seen on one of alice's two emails
+        assert asyncio.run(_jmap_seen(server, BOB)) == [False, True]
+        assert asyncio.run(_jmap_seen(server, ALICE)) == [False, False]
+
+
+async def _jmap_seen(srv: Any, user: str) -> list[bool]:
+    """Over JMAP (aiohttp, HTTPS): whether each email of alice's account is $seen for ``user``, sorted."""
+    auth = {"Authorization": "Basic " + base64.b64encode(f"{user}:{srv.users[user]}".encode()).decode()}
+    url = f"https://127.0.0.1:{srv.ports['jmaps']}"
+    async with aiohttp.ClientSession(headers=auth) as http:
+        async with http.get(url + "/jmap/session", ssl=srv.ctx) as r:
+            session = await r.json()
+        account = next(k for k, v in session["accounts"].items() if v["name"] == ALICE)
+        body = {"using": ["urn:ietf:params:jmap:core", "urn:ietf:params:jmap:mail"], "methodCalls": [
+            ["Email/query", {"accountId": account}, "q"],
+            ["Email/get", {"accountId": account, "#ids": {"resultOf": "q", "name": "Email/query", "path": "/ids"},
+                           "properties": ["keywords"]}, "g"]]}
+        async with http.post(url + "/jmap/api", json=body, ssl=srv.ctx) as r:
+            got = (await r.json())["methodResponses"][1][1]["list"]
+    return sorted("$seen" in e["keywords"] for e in got)
 
 
 def test_setting_off_seen_is_the_owners(tmp_path: Path) -> None:
