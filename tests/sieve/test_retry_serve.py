@@ -33,6 +33,9 @@ DUP_SCRIPT = ('require ["duplicate", "fileinto"];\n'
 DISCARD_SCRIPT = 'require ["duplicate", "fileinto"];\nif duplicate { fileinto "Dups"; } else { discard; }\n'
 #: pia is notified of each message (RFC 5435), and files it
 NOTIFY_SCRIPT = 'require ["enotify", "fileinto"];\nnotify "mailto:pia-pager@remote.test";\nfileinto "Filed";\n'
+#: quin is notified, files and keeps: a failed keep is retried by our queue
+QUIN_SCRIPT = ('require ["enotify", "fileinto"];\nnotify "mailto:quin-pager@remote.test";\n'
+               'fileinto "Filed";\nkeep;\n')
 
 
 @pytest.fixture(scope="module")
@@ -40,13 +43,14 @@ def server(tmp_path_factory: pytest.TempPathFactory, sink: Sink) -> Iterator[Any
     base = tmp_path_factory.mktemp("sieveretry")
     cfg = init_setup(base / "s", "--demo", workers=1)
     users = dict(re.findall(r"demo user (\S+) password (\S+)", (base / "s" / "demo-users.txt").read_text()))
-    add_users(cfg, users, ("lena", "mira", "nell", "olga", "pia"), PW)  # mira: no script
+    add_users(cfg, users, ("lena", "mira", "nell", "olga", "pia", "quin"), PW)  # mira: no script
     with open(cfg, "a") as fh:
         fh.write(f'\n[queue.route."remote.test"]\nsmarthost = "127.0.0.1:{sink.port}"\ntls = "none"\n')
     cli(cfg, "group", "add", f"pianotes@{D}")
     for member in (f"pia@{D}", "far@remote.test"):
         cli(cfg, "group", "member", "add", f"pianotes@{D}", member)
-    activate(cfg, {"lena": SCRIPT, "nell": DUP_SCRIPT, "olga": DISCARD_SCRIPT, "pia": NOTIFY_SCRIPT})
+    activate(cfg, {"lena": SCRIPT, "nell": DUP_SCRIPT, "olga": DISCARD_SCRIPT, "pia": NOTIFY_SCRIPT,
+                   "quin": QUIN_SCRIPT})
     srv = serve_users(cfg, users)
     yield srv
     assert srv.stop() == 0
@@ -287,3 +291,31 @@ def test_a_notification_is_not_sent_again_at_the_sender_retry(server: Any, sink:
     server.wait_for(r"queue\.done ", start=mark)
     assert len(notifications(sink, subject)) == 1
     assert count(server, "Filed", subject, "pia") == 1
+
+
+def test_a_notification_is_not_sent_again_at_the_queue_retry(server: Any, sink: Sink) -> None:
+    """quin's Filed copy is made, her INBOX copy fails (new/ immutable): 250, our queue retries her (its
+    retries answered 451 while the fault lasts). Her notification, queued with the first attempt, is
+    recorded with her copy, so no retry sends it again."""
+    send(server, "quin warm", [f"quin@{D}"])  # her maildir and Filed exist
+    root = lena_root(server, "quin")
+    subject = "quin seven"
+
+    def pager() -> int:
+        return len([m for m in sunk(sink) if m["X-Env-To"] == "quin-pager@remote.test" and subject in str(m["Subject"])])
+
+    mark = server.mark()
+    immutable(root / "new", True)
+    try:
+        send(server, subject, [f"quin@{D}"])  # Filed made, INBOX failed: 250, the queue retries quin
+        wait_until(lambda: pager() == 1, timeout=60)
+        server.wait_for(r"queue\.deferred .*diag=\"?451 ", start=mark)  # its retry, refused while new/ is immutable
+    finally:
+        immutable(root / "new", False)
+    mark = server.mark()
+    cli(server.cfg, "queue", "flush")
+    wait_until(lambda: count(server, "INBOX", subject, "quin") == 1, timeout=60)
+    server.wait_for(r"sieve\.retried .*user=quin@example\.test", start=mark)
+    assert count(server, "Filed", subject, "quin") == 1
+    server.wait_for(r"queue\.done ", start=mark)
+    assert pager() == 1
