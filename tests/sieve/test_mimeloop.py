@@ -191,3 +191,29 @@ _PIECES = ['require ["mime", "foreverypart", "extracttext", "variables", "filein
        .map(lambda parts: "".join(piece + sep for piece, sep in parts)))
 def test_new_syntax_never_crashes_the_compiler(text: str) -> None:
     compiles_or_fails_cleanly(text, view())
+
+
+_MIME_SCRIPT = sieve.compile('''require ["mime", "foreverypart", "extracttext", "variables", "fileinto"];
+foreverypart :name "p" {
+    if anyof (header :mime :param ["filename", "name", "charset"] :matches "Content-Type" "*",
+              address :mime :anychild :domain "From" "x", exists :mime :anychild "Content-ID") {
+        extracttext :first 10 "t";
+    }
+    foreverypart { if header :mime :contenttype "Content-Type" "text/plain" { break :name "p"; } }
+}''')
+_MIME_PIECES = [b"Content-Type: multipart/mixed; boundary=b\r\n", b"Content-Type: text/plain; charset=utf-8\r\n",
+                b"Content-Type: message/rfc822\r\n", b"Content-Type: text/html; name*=utf-8''%e2%82\r\n",
+                b"Content-Transfer-Encoding: base64\r\n", b"Content-Transfer-Encoding: quoted-printable\r\n",
+                b"From: a@x\r\n", b"Content-ID: <i>\r\n", b"\r\n", b"--b\r\n", b"--b--\r\n", b"=C3=A9=\r\n",
+                b"4pyTIMOgIGxh\r\n", b"<p>x</p>\r\n", b"Content-Type: ;;;\r\n", b"\xff\xfe\r\n"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(_MIME_PIECES), max_size=60).map(b"".join))
+def test_hostile_mime_structure_never_crashes_a_run(raw: bytes) -> None:
+    """Any message (broken boundaries, bad encodings, nested messages): the run ends, or fails with
+    SieveRuntimeError (the message is kept), nothing else."""
+    try:
+        sieve.run(_MIME_SCRIPT, view(raw))
+    except SieveRuntimeError:
+        pass
