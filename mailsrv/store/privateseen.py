@@ -41,6 +41,8 @@ logger = log.get("store")
 #: the file of a grantee's private \Seen, in the grantee's maildir root
 PRIVATE_SEEN_DB = "private-seen.db"
 SEEN = "\\Seen"
+#: mailboxes whose private state one grantee's view of one owner keeps loaded
+STATES = 64
 
 _Key = tuple[str, str, int]  # owner account id, owner mailbox id, UIDVALIDITY
 
@@ -150,7 +152,7 @@ def _db_forget(root: Path, key: _Key, uids: Sequence[int]) -> None:
 class _State:
     """One grantee's private \\Seen of one mailbox, as far as loaded (counter ``counter``)."""
 
-    __slots__ = ("key", "counter", "rows", "hs", "cs")
+    __slots__ = ("key", "counter", "rows", "hs", "cs", "memo")
 
     def __init__(self, key: _Key) -> None:
         self.key = key
@@ -158,10 +160,15 @@ class _State:
         self.rows: dict[int, tuple[bool, int]] = {}
         self.hs: list[int] = []
         self.cs: list[int] = []
+        #: uid -> (the owner's object, its wrap): a warm SELECT allocates nothing for unchanged messages
+        #: (a step never changes the view modseq of an owner's change already made: module docstring)
+        self.memo: dict[int, tuple[MessageInfo, MessageInfo]] = {}
 
     def apply(self, d: Delta) -> None:
         self.counter = max(self.counter, d.counter)
         self.rows.update(d.rows)
+        for uid in d.rows:
+            self.memo.pop(uid, None)
         for h, c in d.steps:
             i = bisect.bisect_left(self.hs, h)
             if i < len(self.hs) and self.hs[i] == h:
@@ -188,6 +195,15 @@ class _State:
 
     def wrap(self, m: MessageInfo) -> MessageInfo:
         """``m`` as the grantee sees it: their own \\Seen, the combined modseq."""
+        got = self.memo.get(m.uid)
+        if got is not None and got[0] is m:
+            return got[1]
+        w = self._wrap(m)
+        if w is not m:  # only what costs an object
+            self.memo[m.uid] = (m, w)
+        return w
+
+    def _wrap(self, m: MessageInfo) -> MessageInfo:
         seen, pm = self.rows.get(m.uid, (False, 0))
         flags = m.flags
         if (SEEN in flags) != seen:
@@ -207,6 +223,9 @@ class PrivateSeenAccount:
         self.inner = inner
         self.home = home
         self._io = home.store.io
+        #: per mailbox, what was loaded so far (each use reads only the rows written since: the counter
+        #: only grows); the most recently used :data:`STATES` kept
+        self._states: dict[_Key, _State] = {}
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
@@ -218,7 +237,11 @@ class PrivateSeenAccount:
         state.apply(await self._io.run(_db_load, Path(self.home.root), state.key, state.counter))
 
     async def _state(self, info: Any) -> _State:
-        state = _State(self._key(info))
+        key = self._key(info)
+        state = self._states.pop(key, None) or _State(key)
+        self._states[key] = state
+        while len(self._states) > STATES:
+            self._states.pop(next(iter(self._states)))
         await self._load(state)
         return state
 
@@ -230,6 +253,7 @@ class PrivateSeenAccount:
             await self._io.run(_db_forget, Path(self.home.root), view.state.key, stale)
             for u in stale:
                 view.state.rows.pop(u, None)
+                view.state.memo.pop(u, None)
         return view
 
     async def list_mailboxes(self) -> list[MailboxInfo]:
@@ -336,6 +360,8 @@ class PrivateSeenView:
         self.account = account
         self.inner = inner
         self.state = state
+        #: the private counter this view's messages reflect (the state may be ahead: shared with STORE)
+        self.applied = state.counter
         self.name, self.id, self.uidvalidity = inner.name, inner.id, inner.uidvalidity
         self.messages = [state.wrap(m) for m in inner.messages]
 
@@ -357,11 +383,13 @@ class PrivateSeenView:
     async def refresh(self) -> Changes:
         """The owner's changes and the grantee's private ones since the last refresh."""
         ch = await self.inner.refresh()
-        before = self.state.counter
         await self.account._load(self.state)
+        before, self.applied = self.applied, self.state.counter
         if ch.expunged:
             gone = set(ch.expunged)
             self.messages = [m for m in self.messages if m.uid not in gone]
+            for uid in gone:
+                self.state.memo.pop(uid, None)
         added = [self.state.wrap(m) for m in ch.added]
         self.messages.extend(added)
         touched: dict[int, MessageInfo] = {m.uid: m for m in ch.flags}
