@@ -627,7 +627,8 @@ class Session(MessageCommands, SharingCommands, ReplaceCommands, MetadataCommand
             self.condstore = True
         self.view = view
         self.place = place
-        self._shared = shared.acquire(view, str(getattr(self.acct, "id", "")))
+        # a grantee's private \Seen view (store/privateseen.py) shares only with that grantee's sessions
+        self._shared = shared.acquire(view, getattr(self.acct, "share_key", None) or str(getattr(self.acct, "id", "")))
         # RFC 4314 §5.2: READ-ONLY without any of "i", "e" and the flag rights ("s" "w" "t")
         self.readonly = readonly or not acl.read_write(place.rights)
         if place.owner is not None:  # who opened whose mail: an operator's audit trail

@@ -8,7 +8,9 @@ Storage: ``private-seen.db`` (SQLite, ``synchronous=FULL``: durable before the c
 *grantee's* maildir root, one row per message the grantee ever marked, keyed by (owner account id,
 owner mailbox id, UIDVALIDITY, UID), so a renamed folder keeps it and a recreated one (new id or
 UIDVALIDITY) starts unread. Every write touches the grantee's notify file: the grantee's other
-sessions (IDLE, a refresh) hear of it; the owner's sessions wake for nothing only when they watch it.
+sessions (IDLE, a refresh) hear of it. While a grantee's view of an owner watches (IDLE, push) in a
+process, that file is watched for the owner's account there, so the owner's sessions in that process
+wake too and find nothing (one refresh each).
 
 Modseqs (RFC 7162): a grantee's view of a mailbox counts the owner's changes and their own private
 ones in one sequence. Each private write (one per STORE or FETCH) raises the mailbox's private
@@ -229,6 +231,11 @@ class PrivateSeenAccount:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
+
+    @property
+    def share_key(self) -> str:
+        """Whose sessions may share this view's message objects (imap/shared.py): this grantee's only."""
+        return f"{self.inner.id}/{self.home.id}"
 
     def _key(self, info: Any) -> _Key:
         return (str(self.inner.id), str(info.id), int(info.uidvalidity))
