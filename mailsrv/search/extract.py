@@ -100,6 +100,13 @@ _WS = re.compile(r"\s+")
 def base_subject(subject: str) -> str:
     """RFC 5256 §2.1 base subject (case-folded, whitespace collapsed)."""
     s = _WS.sub(" ", subject[:BASE_SUBJECT_MAX]).strip()
+    if "[" not in s and ":" not in s and "(" not in s:  # no leader, blob or trailer to strip (most mail)
+        return s.casefold()
+    return _base_subject_steps(s)
+
+
+def _base_subject_steps(s: str) -> str:
+    """:func:`base_subject` of ``s`` (whitespace already collapsed) by every step of RFC 5256 §2.1."""
     while True:
         # (2) trailers
         while True:

@@ -61,6 +61,13 @@ def fields(block: bytes, names: set[bytes] | frozenset[bytes]) -> dict[bytes, by
 
 def base_subject(subject: str) -> str:
     s = _WS.sub(" ", subject[:BASE_SUBJECT_MAX]).strip()
+    if "[" not in s and ":" not in s and "(" not in s:  # no prefix or trailer to strip (most mail)
+        return s.casefold()
+    return _base_subject_steps(s)
+
+
+def _base_subject_steps(s: str) -> str:
+    """:func:`base_subject` of ``s`` (whitespace already collapsed) by every step."""
     while True:
         t = _TRAILER.sub("", s)
         t = _PREFIX.sub("", t, count=1)

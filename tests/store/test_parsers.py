@@ -193,3 +193,28 @@ def test_thread_headers_of_corpus(corpus: Path) -> None:
     for p in paths:
         raw = p.read_bytes()
         assert headers.thread_headers_of(mime.parse(raw).scanned_fields()) == headers.thread_headers(raw), p
+
+
+@given(st.lists(st.sampled_from(list("ReFwdSvAw :[](x)\t\u00a0\x1c\u2028ſK1") + ["fwd", "re:", "(fwd)"]), max_size=20).map("".join))
+def test_base_subject_shortcut_is_the_steps(subject: str) -> None:
+    assert headers.base_subject(subject) == headers._base_subject_steps(" ".join(subject.split()))
+
+
+def test_base_subject_shortcut_of_corpus(corpus: Path) -> None:
+    """Both base subjects (the store's threading, search's SORT SUBJECT) of every corpus Subject equal their steps'."""
+    from mailsrv.search.extract import _base_subject_steps as search_steps
+    from mailsrv.search.extract import base_subject as search_base
+
+    seen = 0
+    for p in sorted(corpus.rglob("*")):
+        if not p.is_file() or p.suffix in (".json", ".xml", ".out", ".md"):
+            continue
+        value = headers.fields(headers.header_block(p.read_bytes()), {b"subject"}).get(b"subject")
+        if value is None:
+            continue
+        subject = value.decode("utf-8", "replace")
+        collapsed = " ".join(subject[:headers.BASE_SUBJECT_MAX].split())
+        assert headers.base_subject(subject) == headers._base_subject_steps(collapsed), p
+        assert search_base(subject) == search_steps(collapsed), p
+        seen += 1
+    assert seen > 100
