@@ -243,6 +243,11 @@ class SmtpConfig:
     max_commands_before_auth: int = doc(
         "Commands a submission client may send before it authenticates.", 50, check=_positive
     )
+    max_hops: int = doc(
+        "Received header fields a message may carry (ours included) before it is refused as a mail loop with "
+        "554 5.4.6 (RFC 5321 §6.3 asks for at least 100; Postfix's hopcount_limit is 50); also the bound of the "
+        "queue and of JMAP submission.", 100, check=_positive
+    )
 
 
 def _smarthost(v: str) -> str | None:

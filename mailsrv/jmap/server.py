@@ -738,7 +738,7 @@ class JmapService:
             from mailsrv.jmap.submission import DirectorySubmitter
 
             submitter = DirectorySubmitter(res["directory"], res["store"], data_dir, res.get("archive"),
-                                          sieve=cfg.sieve)
+                                          sieve=cfg.sieve, max_hops=cfg.smtp.max_hops)
         directory = res.get("directory")
         grants: GrantsSource | None = None
         hook: FolderHook | None = None

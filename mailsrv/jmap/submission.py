@@ -30,6 +30,7 @@ from mailsrv.jmap.errors import MethodError, SetError, invalid_arguments
 from mailsrv.jmap.identity import SUBMISSION, changes_objects, collection, get_objects, identities
 from mailsrv.jmap.objects import new_id, put
 from mailsrv.jmap.push import MultiWatch
+from mailsrv.mime.hops import TOO_MANY_HOPS_REPLY, received_count
 from mailsrv.store import notify
 
 logger = log.get("jmap")
@@ -80,7 +81,8 @@ class TrackingSubmitter(Submitter, Protocol):
 class DirectorySubmitter:
     """The real one: directory policy, local delivery (mailsrv.delivery), the outbound queue."""
 
-    def __init__(self, directory: Any, store: Any, data_dir: Path, archive: Any = None, sieve: Any = None) -> None:
+    def __init__(self, directory: Any, store: Any, data_dir: Path, archive: Any = None, sieve: Any = None,
+                 max_hops: int = 0) -> None:
         from mailsrv.delivery.local import LocalDelivery
         from mailsrv.delivery.spool import spool_dir
         from mailsrv.queue.enqueue import Enqueuer
@@ -94,6 +96,8 @@ class DirectorySubmitter:
             self.local.sieve = SieveFilter(sieve, data_dir)
         self.queue = Enqueuer(data_dir)
         self.spool_dir = spool_dir(data_dir)
+        #: [smtp] max_hops: a message with more Received fields is refused (invalidEmail; 0: no bound)
+        self.max_hops = max_hops
         #: docs/files.md: attachments over the sender's threshold become links of theirs (``files``: the
         #: worker's mailsrv.files.FileLinks, set with :meth:`convert_with`); None = never
         self.files: Any = None
@@ -690,6 +694,12 @@ async def submission_set(ctx: RequestContext, args: dict[str, Any], call_id: str
             send_at = release_time(obj, env, ctx.config.max_delayed_send, now)
             if submitter is None:
                 raise SetError("forbiddenToSend", "sending is not configured on this server")
+            # RFC 5321 §6.3 (a loop, as our MTA refuses it): the message itself is at fault, so RFC 8621
+            # §7.5's invalidEmail over its headers (forbiddenToSend is about the user, not the message)
+            max_hops = getattr(submitter, "max_hops", 0)
+            if max_hops and received_count(raw) > max_hops:
+                raise SetError("invalidEmail", f"{TOO_MANY_HOPS_REPLY}: more than {max_hops} Received header "
+                               "fields", properties=["headers"])
             principal = ctx.extra.get("principal")
             if mail_from.lower() != be.name.lower() and not await submitter.may_send_as(principal, mail_from):
                 raise SetError("forbiddenMailFrom")

@@ -28,6 +28,7 @@ from typing import Any, Literal
 
 from mailsrv import log
 from mailsrv.config import SmtpConfig
+from mailsrv.mime.hops import TOO_MANY_HOPS, read_head, received_count
 from mailsrv.policy.pipeline import Decision, PolicySession
 from mailsrv.smtp.backend import (
     MailBackend,
@@ -50,6 +51,7 @@ from mailsrv.smtp.grammar import (
     split_command,
     xtext_decode,
 )
+from mailsrv.util import fsio
 
 logger = log.get("smtp")
 
@@ -615,6 +617,12 @@ class Session:
                 raise SmtpError("Message contains bare CR or LF", 550, "5.6.0")
             if self._write_failed is not None:  # logged where it happened
                 raise self._write_failed
+            # RFC 5321 §6.3: a mail loop ([smtp] max_hops; our Received, first in the spool, counts)
+            head: bytes | None = spool.held() if hasattr(spool, "held") else None
+            if head is None:  # a part was written out: the head is in the file
+                head = await fsio.running_loop().run_in_executor(None, read_head, spool.path)
+            if received_count(head) > self.cfg.max_hops:
+                raise SmtpError(TOO_MANY_HOPS, 554, "5.4.6")
             # issue 12: every check finishes before the reply; the policy may add headers to the spool
             held = self._held(spool)
             if held is not None:
