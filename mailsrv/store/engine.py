@@ -873,16 +873,19 @@ class Engine:
             r = db.execute("SELECT thread_id FROM subjects WHERE base=?", (th.subject,)).fetchone()
             if r:
                 tid = r[0]
+                self._remember_thread(th, tid, subject_row=False)  # the subject's row names it already
+                return tid
         if tid is None:
             tid = new_id("T")
         self._remember_thread(th, tid)
         return tid
 
-    def _remember_thread(self, th: headers.ThreadHeaders, tid: str) -> None:
-        """Record a message's Message-ID and base subject as belonging to thread ``tid``."""
+    def _remember_thread(self, th: headers.ThreadHeaders, tid: str, *, subject_row: bool = True) -> None:
+        """Record a message's Message-ID and base subject as belonging to thread ``tid`` (``subject_row``
+        False: the caller read the subject's row, in this transaction, and it holds ``tid``)."""
         if th.message_id:
             self.db.execute("INSERT OR IGNORE INTO msgids VALUES (?, ?)", (th.message_id, tid))
-        if th.subject:
+        if th.subject and subject_row:
             self.db.execute("INSERT OR REPLACE INTO subjects VALUES (?, ?)", (th.subject, tid))
 
     def _flush_uidlist(self, mb: _Mbox, folder: Path, lines: list[bytes]) -> None:
