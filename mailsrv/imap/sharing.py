@@ -158,7 +158,9 @@ class SharingCommands:
         """What ``owner`` shares with the user now (``.owner``: the owner's account), or None."""
         return (await self._shares_now()).get(owner.lower())
 
-    async def _owner_store(self, owner: Any) -> Any:
+    async def _owner_store(self, owner: Any, share: acl.OwnerShare | None = None) -> Any:
+        """The owner's store account as the user sees it; ``share``: what the owner shares with the user now
+        (a private-\\Seen view keeps it: \\Seen is the user's own where they hold ``s``)."""
         acct = self._owners.get(owner.id)
         if acct is None:
             try:
@@ -169,6 +171,7 @@ class SharingCommands:
             if self.cfg.shared_private_seen:  # the grantee's own \Seen (store/privateseen.py)
                 acct = privateseen.wrap(acct, self.home)
             self._owners[owner.id] = acct
+        privateseen.follow_rights(acct, share)
         return acct
 
     async def _place(self, name: str, need: str = "") -> Place:
@@ -183,7 +186,7 @@ class SharingCommands:
             raise ImapError("NO", "No such mailbox", "NONEXISTENT")
         if any(r not in rights for r in need) and "l" not in rights and "r" not in rights:
             raise ImapError("NO", "No such mailbox", "NONEXISTENT")  # RFC 4314 §6: existence not revealed
-        place = Place(await self._owner_store(share.owner), shared.mailbox, rights, name, share.owner)
+        place = Place(await self._owner_store(share.owner, share), shared.mailbox, rights, name, share.owner)
         self._need(place, need)
         return place
 
@@ -231,6 +234,7 @@ class SharingCommands:
             logger.warning("imap.shared.recheck_failed", error=type(exc).__name__)
             share = None
         rights = share.rights(place.name) if share is not None else ""
+        privateseen.follow_rights(place.acct, share)
         if rights != place.rights:
             self.place = Place(place.acct, place.name, rights, place.client, place.owner)
             if not self.readonly and not acl.read_write(rights):
@@ -253,7 +257,7 @@ class SharingCommands:
             if not share.lists_any():
                 continue
             try:
-                acct = await self._owner_store(share.owner)
+                acct = await self._owner_store(share.owner, share)
                 boxes = await acct.list_mailboxes()
             except Exception as exc:
                 logger.warning("imap.shared.list_failed", owner=share.owner.address, error=type(exc).__name__)

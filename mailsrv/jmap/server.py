@@ -408,22 +408,24 @@ class JmapApp:
                     if not g.lists_any():
                         continue
                     if self.private_seen:
-                        shared = self._private_view(be, shared)
+                        shared = self._private_view(be, shared, g)
                     out.setdefault(shared.account_id,
                                    Access(SharedFolders(shared, g, self.folder_hook), False, not g.changes_any()))
                 else:
                     out.setdefault(shared.account_id, Access(shared, False, bool(g.read_only)))
         return be, out
 
-    def _private_view(self, own: MailBackend, shared: MailBackend) -> MailBackend:
+    def _private_view(self, own: MailBackend, shared: MailBackend, share: OwnerShare) -> MailBackend:
         """``shared`` with ``own``'s private \\Seen (storebackend.with_private_seen), one per pair and worker
-        (its caches live as long as the owner's backend)."""
-        from mailsrv.jmap.storebackend import with_private_seen
+        (its caches live as long as the owner's backend); private where ``share`` (the grantee's rights now)
+        gives ``s``, the owner's \\Seen elsewhere."""
+        from mailsrv.jmap.storebackend import follow_rights, with_private_seen
 
         key = (own.account_id, shared.account_id)
         got = self._private_views.get(key)
         if got is None or got[0] is not shared:
             got = self._private_views[key] = (shared, with_private_seen(shared, own))
+        follow_rights(got[1], share)
         return got[1]
 
     def _accounts_source(self, p: Principal) -> Callable[[], Awaitable[list[MailBackend]]]:

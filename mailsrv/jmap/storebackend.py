@@ -619,6 +619,16 @@ def with_private_seen(shared: Any, own: Any) -> Any:
     return SortOrderOverlay(be, shared.meta) if isinstance(shared, SortOrderOverlay) else be
 
 
+def follow_rights(view: Any, share: Any) -> None:
+    """A view made by :func:`with_private_seen` takes the grantee's rights now (``OwnerShare``): its
+    ``$seen`` is private in the folders where they hold ``s``, the owner's elsewhere."""
+    from mailsrv.store import privateseen
+
+    sb = _store_backend(view)
+    if sb is not None:
+        privateseen.follow_rights(sb.acct, share)
+
+
 def with_sort_order(factory: Callable[[Any], Awaitable[Any]], root: Path, io: Any) -> Callable[[Any], Awaitable[Any]]:
     """Wrap a backend factory so that Mailbox sortOrder is kept (overlay.py)."""
     from mailsrv.jmap.objects import Collection

@@ -2,7 +2,9 @@
 
 Dovecot's INDEXPVT, for ``\\Seen`` only: in a folder another user shares with them, a grantee sees
 and sets their own ``\\Seen``; the owner's ``\\Seen`` (and every other grantee's) stays as it was.
-The other flags and keywords stay the owner's, shared by everyone.
+The other flags and keywords stay the owner's, shared by everyone. Only where the grantee holds the
+``s`` right (RFC 4314 §4): in a folder where they lack it (an ``lr`` auditor) they see the owner's
+``\\Seen``, read-only for them, as without this feature (:attr:`PrivateSeenAccount.share`).
 
 Storage: ``private-seen.db`` (SQLite, ``synchronous=FULL``: durable before the command's OK) in the
 *grantee's* maildir root, one row per message the grantee ever marked, keyed by (owner account id,
@@ -228,6 +230,9 @@ class PrivateSeenAccount:
         #: per mailbox, what was loaded so far (each use reads only the rows written since: the counter
         #: only grows); the most recently used :data:`STATES` kept
         self._states: dict[_Key, _State] = {}
+        #: the grantee's rights on the owner's folders now (``directory.rights.OwnerShare``, set by the
+        #: protocol at each lookup of the share); None: \\Seen is private in every folder
+        self.share: Any = None
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
@@ -236,6 +241,11 @@ class PrivateSeenAccount:
     def share_key(self) -> str:
         """Whose sessions may share this view's message objects (imap/shared.py): this grantee's only."""
         return f"{self.inner.id}/{self.home.id}"
+
+    def private(self, mailbox: str) -> bool:
+        """Is the grantee's \\Seen in ``mailbox`` their own? Only with the ``s`` right (RFC 4314 §4: it
+        keeps \\Seen across sessions); without it they see the owner's."""
+        return self.share is None or "s" in self.share.rights(mailbox)
 
     def _key(self, info: Any) -> _Key:
         return (str(self.inner.id), str(info.id), int(info.uidvalidity))
@@ -252,8 +262,10 @@ class PrivateSeenAccount:
         await self._load(state)
         return state
 
-    async def open_mailbox(self, name: str) -> PrivateSeenView:
+    async def open_mailbox(self, name: str) -> Any:
         inner = await self.inner.open_mailbox(name)
+        if not self.private(name):
+            return inner
         view = PrivateSeenView(self, inner, await self._state(inner))
         stale = [u for u, (seen, _) in view.state.rows.items() if inner.by_uid(u) is None and u < inner.uidnext]
         if stale:  # expunged since: their rows go (STATUS counts seen rows of existing messages only)
@@ -271,10 +283,12 @@ class PrivateSeenAccount:
         if not counters:
             return list(infos)
         return [dataclasses.replace(i, highestmodseq=i.highestmodseq + c)
-                if (c := counters.get((i.id, i.uidvalidity), 0)) else i for i in infos]
+                if (c := counters.get((i.id, i.uidvalidity), 0)) and self.private(i.name) else i for i in infos]
 
     async def mailbox_status(self, name: str) -> MailboxInfo:
         info = await self.inner.mailbox_status(name)
+        if not self.private(name):
+            return info
         state = await self._state(info)
         seen = [u for u, (s, _) in state.rows.items() if s]
         if seen:
@@ -285,6 +299,8 @@ class PrivateSeenAccount:
 
     async def changes_since(self, mailbox: str, modseq: int) -> ChangesSince:
         """RFC 7162 CHANGEDSINCE / QRESYNC in the combined modseq sequence (expunged: a superset)."""
+        if not self.private(mailbox):
+            return await self.inner.changes_since(mailbox, modseq)
         info = await self.inner.mailbox_status(mailbox)
         state = await self._state(info)
         since = await self.inner.changes_since(mailbox, max(0, modseq - state.counter))
@@ -302,7 +318,9 @@ class PrivateSeenAccount:
     async def store_flags(self, mailbox: str, uids: Sequence[int], flags: frozenset[str], mode: str,
                           unchanged_since: int | None = None) -> tuple[list[MessageInfo], list[int]]:
         """``\\Seen`` to the grantee's private store, the other flags to the owner's (whose own ``\\Seen``
-        a replace keeps)."""
+        a replace keeps). Without the ``s`` right, all to the owner's (the protocol refuses a \\Seen change)."""
+        if not self.private(mailbox):
+            return await self.inner.store_flags(mailbox, uids, flags, mode, unchanged_since)
         snap = await self.inner.open_mailbox(mailbox)
         state = await self._state(snap)
         others = flags - {SEEN}
@@ -343,7 +361,7 @@ class PrivateSeenAccount:
     async def append(self, mailbox: str, data: Any, flags: frozenset[str] = frozenset(), *args: Any,
                      **kw: Any) -> int:
         """APPEND (and COPY from another account) into a shared mailbox: a ``\\Seen`` given is the grantee's."""
-        if SEEN not in flags:
+        if SEEN not in flags or not self.private(mailbox):
             return await self.inner.append(mailbox, data, flags, *args, **kw)
         uid: int = await self.inner.append(mailbox, data, flags - {SEEN}, *args, **kw)
         await self.store_flags(mailbox, [uid], frozenset({SEEN}), "add")
@@ -416,6 +434,14 @@ class PrivateSeenView:
                 self.messages[seq - 1] = w
                 flags.append(w)
         return Changes(added, ch.expunged, flags, self.uidnext, self.highestmodseq)
+
+
+def follow_rights(acct: Any, share: Any) -> None:
+    """A grantee's view ``acct`` of an owner's account takes their rights ``share`` (``OwnerShare``,
+    read from the directory now) for :meth:`PrivateSeenAccount.private`; nothing for another account
+    or without a share."""
+    if share is not None and isinstance(acct, PrivateSeenAccount):
+        acct.share = share
 
 
 def wrap(owner_acct: Any, home: Any) -> Any:

@@ -198,6 +198,11 @@ def test_grantee_seen_survives_a_restart(tmp_path: Path) -> None:
 
 async def _jmap_seen(srv: Any, user: str) -> list[bool]:
     """Over JMAP (aiohttp, HTTPS): whether each email of alice's account is $seen for ``user``, sorted."""
+    return sorted((await _jmap_seen_by_subject(srv, user)).values())
+
+
+async def _jmap_seen_by_subject(srv: Any, user: str) -> dict[str, bool]:
+    """Over JMAP (aiohttp, HTTPS): subject -> whether that email of alice's account is $seen for ``user``."""
     auth = {"Authorization": "Basic " + base64.b64encode(f"{user}:{srv.users[user]}".encode()).decode()}
     url = f"https://127.0.0.1:{srv.ports['jmaps']}"
     async with aiohttp.ClientSession(headers=auth) as http:
@@ -207,10 +212,69 @@ async def _jmap_seen(srv: Any, user: str) -> list[bool]:
         body = {"using": ["urn:ietf:params:jmap:core", "urn:ietf:params:jmap:mail"], "methodCalls": [
             ["Email/query", {"accountId": account}, "q"],
             ["Email/get", {"accountId": account, "#ids": {"resultOf": "q", "name": "Email/query", "path": "/ids"},
-                           "properties": ["keywords"]}, "g"]]}
+                           "properties": ["keywords", "subject"]}, "g"]]}
         async with http.post(url + "/jmap/api", json=body, ssl=srv.ctx) as r:
             got = (await r.json())["methodResponses"][1][1]["list"]
-    return sorted("$seen" in e["keywords"] for e in got)
+    return {e["subject"]: "$seen" in e["keywords"] for e in got}
+
+
+def _status_unseen(c: imaplib.IMAP4_SSL | imapclient.IMAPClient, mailbox: str) -> int:
+    if isinstance(c, imapclient.IMAPClient):
+        return int(c.folder_status(mailbox, ["UNSEEN"])[b"UNSEEN"])
+    typ, st = c.status(mailbox, "(UNSEEN)")
+    assert typ == "OK"
+    return int(re.search(rb"UNSEEN (\d+)", st[0]).group(1))  # type: ignore[union-attr,arg-type]
+
+
+def test_seen_is_private_only_with_the_s_right(tmp_path: Path) -> None:
+    """RFC 4314 §4: without ``s`` (an ``lr`` auditor) the grantee sees the owner's \\Seen, read-only,
+    in IMAP and JMAP; with ``lrs`` their \\Seen is their own."""
+    cfg, users = _setup(tmp_path / "s", True)
+    with serving(cfg, users) as server:
+        a = owner(server)
+        uids: dict[str, list[int]] = {}
+        for box in ("Audit", "Team"):
+            assert a.create(box)[0] == "OK"
+            for i in range(3):
+                msg = f"From: carol@{D}\r\nTo: {ALICE}\r\nSubject: {box} {i}\r\n\r\nbody\r\n".encode()
+                assert a.append(box, None, None, msg)[0] == "OK"
+            a.select(box)
+            uids[box] = sorted(owner_flags(a))
+            assert a.uid("STORE", str(uids[box][0]), "+FLAGS", "(\\Seen)")[0] == "OK"
+        cli(cfg, "share", "grant", ALICE, BOB, "--folder", "Audit", "--rights", "lr")
+        cli(cfg, "share", "grant", ALICE, BOB, "--folder", "Team", "--rights", "lrs")
+        audit, team = f"Other Users/{ALICE}/Audit", f"Other Users/{ALICE}/Team"
+        b = grantee(server)
+        try:
+            b.select_folder(audit, readonly=True)  # RFC 4314 §5.2: lr is read-only (a SELECT says READ-ONLY)
+            au = uids["Audit"]
+            assert SEEN in b.get_flags([au[0]])[au[0]]  # the owner's \Seen
+            assert _status_unseen(b, audit) == 2
+            a.select("Audit")
+            assert a.uid("STORE", str(au[1]), "+FLAGS", "(\\Seen)")[0] == "OK"  # the owner reads on
+            b.noop()
+            assert set(b.search(["SEEN"])) == {au[0], au[1]}  # and the auditor sees it
+            b.fetch([au[2]], ["BODY[]"])  # sets no \Seen: neither the owner's nor a private one
+            assert SEEN not in b.get_flags([au[2]])[au[2]] and SEEN not in owner_flags(a)[au[2]]
+            with pytest.raises(imapclient.exceptions.IMAPClientError):
+                b.add_flags([au[2]], [SEEN])
+            assert _status_unseen(b, audit) == 1 == _status_unseen(a, "Audit")
+
+            tu = uids["Team"]
+            b.select_folder(team)
+            b.add_flags([tu[2]], [SEEN])  # lrs: the grantee's own
+            a.select("Team")
+            assert SEEN not in owner_flags(a)[tu[2]]
+            assert a.uid("STORE", str(tu[1]), "+FLAGS", "(\\Seen)")[0] == "OK"
+            b.noop()
+            assert SEEN not in b.get_flags([tu[1]])[tu[1]] and SEEN in b.get_flags([tu[2]])[tu[2]]
+        finally:
+            b.logout()
+            a.logout()
+        # JMAP: the same rules (Audit: the owner's $seen, Team: bob's own)
+        got = asyncio.run(_jmap_seen_by_subject(server, BOB))
+        assert [got[f"Audit {i}"] for i in range(3)] == [True, True, False]
+        assert got["Team 1"] is False and got["Team 2"] is True
 
 
 def test_setting_off_seen_is_the_owners(tmp_path: Path) -> None:
