@@ -30,7 +30,7 @@ from mailsrv.jmap.errors import MethodError, SetError, invalid_arguments
 from mailsrv.jmap.identity import SUBMISSION, changes_objects, collection, get_objects, identities
 from mailsrv.jmap.objects import new_id, put
 from mailsrv.jmap.push import MultiWatch
-from mailsrv.mime.hops import TOO_MANY_HOPS_REPLY, received_count
+from mailsrv.mime.hops import TOO_MANY_HOPS_REPLY, too_many_hops
 from mailsrv.store import notify
 
 logger = log.get("jmap")
@@ -697,7 +697,7 @@ async def submission_set(ctx: RequestContext, args: dict[str, Any], call_id: str
             # RFC 5321 §6.3 (a loop, as our MTA refuses it): the message itself is at fault, so RFC 8621
             # §7.5's invalidEmail over its headers (forbiddenToSend is about the user, not the message)
             max_hops = getattr(submitter, "max_hops", 0)
-            if max_hops and received_count(raw) > max_hops:
+            if max_hops and too_many_hops(raw, max_hops):
                 raise SetError("invalidEmail", f"{TOO_MANY_HOPS_REPLY}: more than {max_hops} Received header "
                                "fields", properties=["headers"])
             principal = ctx.extra.get("principal")

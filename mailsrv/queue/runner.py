@@ -27,7 +27,7 @@ from typing import Any
 
 from mailsrv import log
 from mailsrv.config import Config, ConfigError, load
-from mailsrv.mime.hops import TOO_MANY_HOPS_REPLY, received_count
+from mailsrv.mime.hops import TOO_MANY_HOPS_REPLY, too_many_hops
 from mailsrv.queue import downgrade, dsn
 from mailsrv.queue.client import OutboundError, SmtpClient
 from mailsrv.queue.routing import Destination, NoRoute, Resolver, Router
@@ -203,7 +203,7 @@ class QueueRunner:
     async def _deliver(self, env: Envelope) -> None:
         # RFC 5321 §6.3: a message over [smtp] max_hops Received fields is a loop: bounced, never sent
         head = await asyncio.get_running_loop().run_in_executor(None, _read_head, self.qd.message_path(env.id))
-        if received_count(head) > self.cfg.smtp.max_hops:
+        if too_many_hops(head, self.cfg.smtp.max_hops):
             for r in env.pending():
                 r.diag, r.status = TOO_MANY_HOPS_REPLY, FAILED
             logger.info("queue.too_many_hops", id=env.id)

@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 from mailsrv import log
 from mailsrv.config import SmtpConfig
-from mailsrv.mime.hops import TOO_MANY_HOPS, read_head, received_count
+from mailsrv.mime.hops import TOO_MANY_HOPS, read_head, too_many_hops
 from mailsrv.policy.pipeline import Decision, PolicySession
 from mailsrv.smtp.backend import (
     MailBackend,
@@ -621,7 +621,7 @@ class Session:
             head: bytes | None = spool.held() if hasattr(spool, "held") else None
             if head is None:  # a part was written out: the head is in the file
                 head = await fsio.running_loop().run_in_executor(None, read_head, spool.path)
-            if received_count(head) > self.cfg.max_hops:
+            if too_many_hops(head, self.cfg.max_hops):
                 raise SmtpError(TOO_MANY_HOPS, 554, "5.4.6")
             # issue 12: every check finishes before the reply; the policy may add headers to the spool
             held = self._held(spool)

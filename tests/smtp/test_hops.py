@@ -5,7 +5,7 @@ from __future__ import annotations
 import mmap
 from pathlib import Path
 
-from mailsrv.mime.hops import MAX_HEAD, read_head, received_count
+from mailsrv.mime.hops import MAX_HEAD, read_head, received_count, too_many_hops
 
 TRACE = b"Received: from a.test by b.test; Sat, 28 Nov 2026 05:00:00 +0000\r\n"
 
@@ -40,3 +40,12 @@ def test_over_an_mmap_and_a_file_head(tmp_path: Path) -> None:
     with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
         assert received_count(mm) == 7  # type: ignore[arg-type]
     assert received_count(read_head(path)) == 7
+
+
+def test_too_many_hops_at_the_limit_and_past_it() -> None:
+    body = b"Subject: x\r\n\r\n" + TRACE * 9
+    assert not too_many_hops(TRACE * 3 + body, 3)
+    assert too_many_hops(TRACE * 4 + body, 3)
+    # the word elsewhere in the header block passes the quick bound, not the count
+    assert not too_many_hops(b"Subject: received received received received\r\n" + TRACE * 3 + body, 3)
+    assert too_many_hops((TRACE * 4).lower() + body, 3)
