@@ -7,10 +7,15 @@ The other flags and keywords stay the owner's, shared by everyone. Only where th
 ``\\Seen``, read-only for them, as without this feature (:attr:`PrivateSeenAccount.share`).
 
 Storage: ``private-seen.db`` (SQLite, ``synchronous=FULL``: durable before the command's OK) in the
-*grantee's* maildir root, one row per message the grantee ever marked, keyed by (owner account id,
+*grantee's* maildir root, one row per message the grantee ever marked (or seeded), keyed by (owner account id,
 owner mailbox id, UIDVALIDITY, UID), so a renamed folder keeps it and a recreated one (new id or
-UIDVALIDITY) starts unread. Every write touches the grantee's notify file: the grantee's other
-sessions (IDLE, a refresh) hear of it. While a grantee's view of an owner watches (IDLE, push) in a
+UIDVALIDITY) starts afresh. The first time a grantee's view of a folder is opened (per UIDVALIDITY: a
+marker row), their \\Seen there is seeded from the owner's \\Seen of then, in one transaction: an
+upgrade or a new grant starts from what the owner has read, not from everything unread; later owner
+reads do not reach it. The seeded rows have modseq 0 and counter 0 (no step): the view does not change
+(what the grantee saw before, the owner's \\Seen) and the wrapped messages are the owner's objects; only
+where the grantee has private rows already (written before seeding existed) are they one private write.
+Every write touches the grantee's notify file: the grantee's other sessions (IDLE, a refresh) hear of it. While a grantee's view of an owner watches (IDLE, push) in a
 process, that file is watched for the owner's account there, so the owner's sessions in that process
 wake too and find nothing (one refresh each).
 
@@ -59,6 +64,9 @@ def _open(root: Path) -> sqlite3.Connection:
                "WITHOUT ROWID")
     db.execute("CREATE TABLE IF NOT EXISTS steps (owner TEXT, mailbox TEXT, uidvalidity INTEGER, h INTEGER, "
                "c INTEGER, PRIMARY KEY (owner, mailbox, uidvalidity, h)) WITHOUT ROWID")
+    # the folders whose private \Seen was seeded from the owner's (module docstring)
+    db.execute("CREATE TABLE IF NOT EXISTS seeded (owner TEXT, mailbox TEXT, uidvalidity INTEGER, "
+               "PRIMARY KEY (owner, mailbox, uidvalidity)) WITHOUT ROWID")
     return db
 
 
@@ -71,20 +79,27 @@ class Delta:
     rows: dict[int, tuple[bool, int]]
     #: (h, c), ascending
     steps: list[tuple[int, int]]
+    #: the folder's private \\Seen was seeded from the owner's
+    seeded: bool = False
 
 
 def _db_load(root: Path, key: _Key, since: int) -> Delta:
-    """The rows and steps written after private counter ``since`` (0: all). Blocks."""
+    """The rows and steps written after private counter ``since`` (-1: all, the seeded rows too), read
+    in one transaction. Blocks."""
     if not (root / PRIVATE_SEEN_DB).exists():
         return Delta(0, {}, [])
     db = _open(root)
     try:
+        db.execute("BEGIN")
         steps = db.execute("SELECT h, c FROM steps WHERE owner=? AND mailbox=? AND uidvalidity=? AND c>? "
                            "ORDER BY h", (*key, since)).fetchall()
         rows = db.execute("SELECT uid, seen, modseq FROM seen WHERE owner=? AND mailbox=? AND uidvalidity=? "
                           "AND counter>?", (*key, since)).fetchall()
         top = db.execute("SELECT max(c) FROM steps WHERE owner=? AND mailbox=? AND uidvalidity=?", key).fetchone()
-        return Delta(top[0] or 0, {u: (bool(s), m) for u, s, m in rows}, [(h, c) for h, c in steps])
+        seeded = db.execute("SELECT 1 FROM seeded WHERE owner=? AND mailbox=? AND uidvalidity=?", key).fetchone()
+        db.execute("COMMIT")
+        return Delta(top[0] or 0, {u: (bool(s), m) for u, s, m in rows}, [(h, c) for h, c in steps],
+                     seeded is not None)
     finally:
         db.close()
 
@@ -107,26 +122,69 @@ def _db_write(root: Path, notify_path: Path, key: _Key, uids: Sequence[int], see
                 failed.append(uid)
             elif have[0] != seen:
                 todo.append(uid)
-        top = db.execute("SELECT max(c), max(h) FROM steps WHERE owner=? AND mailbox=? AND uidvalidity=?",
-                         key).fetchone()
-        counter, last_h = top[0] or 0, top[1] or 0
         if not todo:
+            counter = _top(db, key)[0]
             db.execute("ROLLBACK")
             return [], failed, counter, 0
-        counter += 1
-        h = max(owner_hms, last_h)
-        modseq = h + counter
+        counter, modseq = _step(db, key, owner_hms)
         db.executemany("INSERT OR REPLACE INTO seen VALUES (?, ?, ?, ?, ?, ?, ?)",
                        [(*key, uid, int(seen), modseq, counter) for uid in todo])
-        db.execute("INSERT OR REPLACE INTO steps VALUES (?, ?, ?, ?, ?)", (*key, h, counter))
         db.execute("COMMIT")
     finally:
         db.close()
+    _touch(notify_path)
+    return todo, failed, counter, modseq
+
+
+def _top(db: sqlite3.Connection, key: _Key) -> tuple[int, int]:
+    """(private counter, last step's owner HIGHESTMODSEQ) of ``key``'s folder."""
+    top = db.execute("SELECT max(c), max(h) FROM steps WHERE owner=? AND mailbox=? AND uidvalidity=?", key).fetchone()
+    return top[0] or 0, top[1] or 0
+
+
+def _step(db: sqlite3.Connection, key: _Key, owner_hms: int) -> tuple[int, int]:
+    """Record one private write (within the caller's transaction): its (counter, view modseq)."""
+    counter, last_h = _top(db, key)
+    counter += 1
+    h = max(owner_hms, last_h)
+    db.execute("INSERT OR REPLACE INTO steps VALUES (?, ?, ?, ?, ?)", (*key, h, counter))
+    return counter, h + counter
+
+
+def _touch(notify_path: Path) -> None:
+    """Wake the grantee's other sessions (their notify file)."""
     try:
         os.utime(notify_path)
     except FileNotFoundError:
         notify_path.touch()
-    return todo, failed, counter, modseq
+
+
+def _db_seed(root: Path, notify_path: Path, key: _Key, seen: Sequence[int], owner_hms: int) -> bool:
+    """Seed ``key``'s folder from the owner's \\Seen (``seen``: the owner's seen UIDs) once per
+    UIDVALIDITY, in one transaction: a UID the grantee already has a row for keeps it; rows of modseq
+    and counter 0, or one private write where the grantee wrote before (module docstring). True when
+    rows were added. Blocks."""
+    db = _open(root)
+    added = False
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        if db.execute("INSERT OR IGNORE INTO seeded VALUES (?, ?, ?)", key).rowcount == 0:
+            db.execute("ROLLBACK")  # another process (or session) seeded it first
+            return False
+        if seen:
+            counter, modseq = _step(db, key, owner_hms) if _top(db, key)[0] else (0, 0)
+            before = db.total_changes
+            db.executemany("INSERT OR IGNORE INTO seen VALUES (?, ?, ?, ?, 1, ?, ?)",
+                           [(*key, uid, modseq, counter) for uid in seen])
+            added = db.total_changes > before
+            if not added and counter:  # the grantee had a row for each: no write, no step
+                db.execute("DELETE FROM steps WHERE owner=? AND mailbox=? AND uidvalidity=? AND c=?", (*key, counter))
+        db.execute("COMMIT")
+    finally:
+        db.close()
+    if added:
+        _touch(notify_path)
+    return added
 
 
 def _db_counters(root: Path, owner: str) -> dict[tuple[str, int], int]:
@@ -156,7 +214,7 @@ def _db_forget(root: Path, key: _Key, uids: Sequence[int]) -> None:
 class _State:
     """One grantee's private \\Seen of one mailbox, as far as loaded (counter ``counter``)."""
 
-    __slots__ = ("key", "counter", "rows", "hs", "cs", "memo")
+    __slots__ = ("key", "counter", "rows", "hs", "cs", "memo", "seeded", "loaded")
 
     def __init__(self, key: _Key) -> None:
         self.key = key
@@ -167,8 +225,12 @@ class _State:
         #: uid -> (the owner's object, its wrap): a warm SELECT allocates nothing for unchanged messages
         #: (a step never changes the view modseq of an owner's change already made: module docstring)
         self.memo: dict[int, tuple[MessageInfo, MessageInfo]] = {}
+        self.seeded = False
+        #: loaded once (the seeded rows, of counter 0, too); later loads read what came after ``counter``
+        self.loaded = False
 
     def apply(self, d: Delta) -> None:
+        self.seeded = self.seeded or d.seeded
         self.counter = max(self.counter, d.counter)
         self.rows.update(d.rows)
         for uid in d.rows:
@@ -250,17 +312,36 @@ class PrivateSeenAccount:
     def _key(self, info: Any) -> _Key:
         return (str(self.inner.id), str(info.id), int(info.uidvalidity))
 
-    async def _load(self, state: _State) -> None:
-        state.apply(await self._io.run(_db_load, Path(self.home.root), state.key, state.counter))
+    async def _load(self, state: _State, full: bool = False) -> None:
+        since = state.counter if state.loaded and not full else -1
+        state.apply(await self._io.run(_db_load, Path(self.home.root), state.key, since))
+        state.loaded = True
 
     async def _state(self, info: Any) -> _State:
+        """The folder's private state, loaded up to now; seeded from the owner's \\Seen at the first use
+        (``info``: a MailboxInfo, or the owner's snapshot, which the seeding then reads)."""
         key = self._key(info)
         state = self._states.pop(key, None) or _State(key)
         self._states[key] = state
         while len(self._states) > STATES:
             self._states.pop(next(iter(self._states)))
         await self._load(state)
+        if not state.seeded:
+            await self._seed(state, info)
         return state
+
+    async def _seed(self, state: _State, info: Any) -> None:
+        """Seed the folder's private \\Seen from the owner's (see the module docstring)."""
+        if getattr(info, "unseen", None) == getattr(info, "messages", None):
+            seen: list[int] = []  # the owner has read nothing there: no snapshot to read
+            hms = int(info.highestmodseq)
+        else:
+            snap = info if hasattr(info, "by_uid") else await self.inner.open_mailbox(info.name)
+            seen = [m.uid for m in snap.messages if SEEN in m.flags]
+            hms = int(snap.highestmodseq)
+        await self._io.run(_db_seed, Path(self.home.root), self.home.engine.notify_path, state.key, seen, hms)
+        await self._load(state, full=True)  # also what another process seeded after this state's first load
+        state.seeded = True
 
     async def open_mailbox(self, name: str) -> Any:
         inner = await self.inner.open_mailbox(name)

@@ -90,12 +90,13 @@ def test_grantee_seen_is_private_and_owner_view_unchanged(srv: Any) -> None:
     a = owner(srv)
     uids = fill(a, 3)
     u1, u2, u3 = uids[-3:]
-    assert a.uid("STORE", str(u1), "+FLAGS", "(\\Seen)")[0] == "OK"  # the owner has read the first
-    assert a.uid("STORE", str(u2), "+FLAGS", "(\\Flagged)")[0] == "OK"
     b = grantee(srv)
     b2 = grantee(srv)  # a second session of the grantee, idling
     try:
         b.enable("CONDSTORE")
+        assert b.folder_status(INBOX, ["UNSEEN"])[b"UNSEEN"] == len(uids)  # the first look: seeded (none seen)
+        assert a.uid("STORE", str(u1), "+FLAGS", "(\\Seen)")[0] == "OK"  # the owner has read the first since
+        assert a.uid("STORE", str(u2), "+FLAGS", "(\\Flagged)")[0] == "OK"
         sel = b.select_folder(INBOX)
         hms0 = sel[b"HIGHESTMODSEQ"]
         flags = b.get_flags([u1, u2, u3])
@@ -169,6 +170,46 @@ def test_grantee_seen_is_private_and_owner_view_unchanged(srv: Any) -> None:
         b.logout()
         b2.logout()
         a.logout()
+
+
+def test_first_look_seeds_from_the_owners_seen(srv: Any) -> None:
+    """The grantee's first look at a folder (a new grant, an upgrade) starts from what the owner has read
+    then (once per UIDVALIDITY); the owner's later reads are theirs only."""
+    a = owner(srv)
+    box, shared = "Reports", f"Other Users/{ALICE}/Reports"
+    assert a.create(box)[0] == "OK"
+    for i in range(5):
+        msg = f"From: carol@{D}\r\nTo: {ALICE}\r\nSubject: {box} {i}\r\n\r\nbody\r\n".encode()
+        assert a.append(box, None, None, msg)[0] == "OK"
+    a.select(box)
+    uids = sorted(owner_flags(a))
+    assert a.uid("STORE", ",".join(map(str, uids[:3])), "+FLAGS", "(\\Seen)")[0] == "OK"  # read 3 of 5
+    cli(srv.cfg, "share", "grant", ALICE, BOB, "--folder", box, "--rights", "lrs")
+    b = grantee(srv)
+    try:
+        b.enable("CONDSTORE")
+        sel = b.select_folder(shared)
+        assert b.search(["SEEN"]) == uids[:3]  # what the owner had read
+        typ, st = a.status(box, "(HIGHESTMODSEQ)")
+        hms = int(re.search(rb"HIGHESTMODSEQ (\d+)", st[0]).group(1))  # type: ignore[union-attr,arg-type]
+        assert sel[b"HIGHESTMODSEQ"] == hms  # the seeding is no change of the grantee's view (no private write)
+        assert b.folder_status(shared, ["UNSEEN"])[b"UNSEEN"] == 2
+        assert a.uid("STORE", str(uids[3]), "+FLAGS", "(\\Seen)")[0] == "OK"  # the owner reads on
+        b.remove_flags([uids[0]], [SEEN])  # and the grantee marks one unread again
+        b.noop()
+        assert b.search(["SEEN"]) == uids[1:3]
+        assert SEEN in owner_flags(a)[uids[0]]
+    finally:
+        b.logout()
+    b = grantee(srv)  # a new session (and the seeding is not done again)
+    try:
+        b.select_folder(shared, readonly=True)
+        assert b.search(["SEEN"]) == uids[1:3]
+    finally:
+        b.logout()
+        a.logout()
+    got = asyncio.run(_jmap_seen_by_subject(srv, BOB))
+    assert [got[f"{box} {i}"] for i in range(5)] == [False, True, True, False, False]
 
 
 def test_grantee_seen_survives_a_restart(tmp_path: Path) -> None:

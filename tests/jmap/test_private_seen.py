@@ -19,10 +19,12 @@ async def test_grantee_seen_is_private_over_jmap(env: Env) -> None:
     alice, bob = env.client(ALICE), env.client(BOB)
     a_id = await own(alice)
     await own(bob)
-    read = await alice.import_message(msg("alice has read it"), keywords={"$seen": True})
     new = await alice.import_message(msg("nobody has read it"))
     env.cli("share", "grant", ALICE, BOB, "--rights", "write")
     bob.account_id = a_id
+    # bob's first look seeds his $seen from alice's (none yet): what she reads later is hers only
+    assert (await bob.one("Email/get", {"ids": [new], "properties": ["keywords"]}))["list"][0]["keywords"] == {}
+    read = await alice.import_message(msg("alice has read it"), keywords={"$seen": True})
 
     async def keywords(c: object, ids: list[str]) -> dict[str, dict[str, bool]]:
         got = await c.one("Email/get", {"ids": ids, "properties": ["keywords"]})  # type: ignore[attr-defined]
