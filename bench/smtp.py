@@ -23,6 +23,7 @@ import asyncio
 import os
 import pwd
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -52,6 +53,10 @@ SIZES = {
     "full": {"seconds": 4.0, "sessions": [1, 10, 20, 50], "bodies": [4096, 102400], "visible": 200},
 }
 WORKERS = 2
+#: The throughput cells' load generator: ``python`` (this process, asyncio + uvloop, pipelined, the default) or
+#: ``smtp-source`` (Postfix's C test generator, one process per session: a light client to compare with).
+CLIENT = os.environ.get("MAILSRV_BENCH_SMTP_CLIENT", "python")
+CLIENTS = ("python", "smtp-source")
 #: Sessions deliver round-robin to this many mailboxes (an organisation, not one hot mailbox).
 RECIPIENTS = 50
 
@@ -199,9 +204,8 @@ def _frontend_child(sock: socket.socket, ready: int, spool: Path) -> None:
 
 def _frontend_rows(front: Path, sizes: dict[str, Any]) -> list[dict[str, Any]]:
     """The "SMTP front end alone" rows (4 KB, each session count): msgs/s answered 250 and the front end's
-    processes' CPU per message (``server_cpu_ms_per_msg``)."""
-    import uvloop
-
+    processes' CPU per message (``server_cpu_ms_per_msg``) and the Python load generator's
+    (``client_cpu_ms_per_msg``)."""
     front.mkdir()
     sock = _listen()
     port = sock.getsockname()[1]
@@ -211,12 +215,12 @@ def _frontend_rows(front: Path, sizes: dict[str, Any]) -> list[dict[str, Any]]:
     try:
         for n in sizes["sessions"]:
             cpu0 = sum(cpu_seconds(pid) for pid in pids)
-            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as r:
-                rate, lat = r.run(_load(port, n, _body(4096), sizes["seconds"]))
+            rate, lat, ccpu = _python_load(port, n, _body(4096), sizes["seconds"])
             cpu = sum(cpu_seconds(pid) for pid in pids) - cpu0
             rows.append({"name": f"SMTP front end alone, no store (4 KB, {n} sessions)", "unit": "msg/s",
                          "value": rate, "baseline": None,
-                         "server_cpu_ms_per_msg": cpu / len(lat) * 1000 if lat else None})
+                         "server_cpu_ms_per_msg": cpu / len(lat) * 1000 if lat else None,
+                         "client_cpu_ms_per_msg": ccpu / len(lat) * 1000 if lat else None})
     finally:
         _stop(pids)
     return rows
@@ -460,6 +464,59 @@ async def _load(port: int, sessions: int, body: bytes, seconds: float,
     return sum(counts) / (loop.time() - t0), lat
 
 
+def _self_cpu() -> float:
+    """This process's CPU seconds (user + sys, all threads): the Python load generator's own cost."""
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+def _python_load(port: int, sessions: int, body: bytes, seconds: float) -> tuple[float, list[float], float]:
+    """:func:`_load` in a fresh uvloop: (msgs/s answered 250, latencies, the client's CPU seconds over it)."""
+    import uvloop
+
+    cpu0 = _self_cpu()
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as r:
+        rate, lat = r.run(_load(port, sessions, body, seconds))
+    return rate, lat, _self_cpu() - cpu0
+
+
+def _source_load(port: int, sessions: int, body: bytes, seconds: float, guess: float) -> tuple[float, int, float]:
+    """The same cell from Postfix's smtp-source: one process per session (session i -> mailbox i mod
+    RECIPIENTS, as :func:`_load`), each sending ``guess * seconds / sessions`` messages over one connection
+    (-d; smtp-source counts messages, not time, so ``guess`` is the expected msgs/s). It speaks HELO and
+    waits for each reply (no pipelining). Returns (msgs/s, messages, the processes' CPU seconds from wait4).
+    Any reply but the expected one ends a process with a non-zero status, which raises."""
+    exe = shutil.which("smtp-source") or "/usr/sbin/smtp-source"
+    if not Path(exe).exists():
+        raise RuntimeError("MAILSRV_BENCH_SMTP_CLIENT=smtp-source: smtp-source not installed "
+                           "(tools/install-peers.sh installs postfix)")
+    per = max(1, round(guess * seconds / sessions))
+    with tempfile.NamedTemporaryFile(prefix="bench-smtp-source-", suffix=".eml") as f:
+        # -F sends the file's lines with CRLF (and dot-stuffing): the Python client's message, and smtp-source
+        # adds one empty line (2 bytes) before the final dot
+        f.write(body.replace(b"\r\n", b"\n"))
+        f.flush()
+        t0 = time.monotonic()
+        procs = [subprocess.Popen([exe, "-4", "-d", "-s", "1", "-m", str(per), "-F", f.name, "-M", "load.test",
+                                   "-f", "load@remote.test", "-t", f"load{i % RECIPIENTS}@example.test",
+                                   f"127.0.0.1:{port}"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                 for i in range(sessions)]
+        cpu, failed = 0.0, []
+        for proc in procs:
+            _pid, status, ru = os.wait4(proc.pid, 0)
+            proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait again
+            cpu += ru.ru_utime + ru.ru_stime
+            if proc.returncode != 0:
+                failed.append((proc.returncode, proc.stderr.read().decode(errors="replace")[-200:]
+                               if proc.stderr else ""))
+            if proc.stderr:
+                proc.stderr.close()
+        elapsed = time.monotonic() - t0
+    if failed:
+        raise RuntimeError(f"smtp-source failed in {len(failed)} of {sessions} sessions: {failed[0]}")
+    return per * sessions / elapsed, per * sessions, cpu
+
+
 def _pct(values: list[float], p: float) -> float:
     """:func:`percentile` of latencies in seconds, in milliseconds."""
     return percentile(values, p) * 1000
@@ -614,26 +671,33 @@ class _Server:
     def __init__(self, name: str, port: int, pids: Any, delivered: Any, queued: bool = False) -> None:
         self.name, self.port, self.delivered, self.queued = name, port, delivered, queued
         self.meter = _CellMeter(name, pids)
-        #: (size, sessions) -> (msgs/s answered 250, p50 ms, p99 ms, msgs/s delivered into the maildirs)
-        self.cells: dict[tuple[int, int], tuple[float, float, float, float]] = {}
+        #: (size, sessions) -> (msgs/s answered 250, p50 ms, p99 ms, msgs/s delivered into the maildirs, the
+        #: load generator's CPU ms per message answered 250); p50 and p99 are None with smtp-source
+        self.cells: dict[tuple[int, int], tuple[float, float | None, float | None, float, float | None]] = {}
 
-    def measure(self, size: int, n: int, seconds: float) -> None:
-        import uvloop
-
+    def measure(self, size: int, n: int, seconds: float, client: str = "python") -> None:
         self.meter.begin()
         before = self.delivered()
         t0 = time.monotonic()
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as r:
-            rate, lat = r.run(_load(self.port, n, _body(size), seconds))
+        p50 = p99 = None
+        if client == "smtp-source":
+            # smtp-source sends a count: the server's last rate at this size sizes the cell (else a guess)
+            guess = next((c[0] for (bsize, _), c in reversed(self.cells.items()) if bsize == size), 1000.0)
+            rate, sent, ccpu = _source_load(self.port, n, _body(size), seconds, guess)
+        else:
+            rate, lat, ccpu = _python_load(self.port, n, _body(size), seconds)
+            sent = len(lat)
+            if lat:
+                p50, p99 = _pct(lat, 50), _pct(lat, 99)
         # Postfix's 250 means queued: its messages count once virtual(8) wrote them into the maildirs
         deadline = time.monotonic() + 120
-        while self.queued and self.delivered() - before < len(lat) and time.monotonic() < deadline:
+        while self.queued and self.delivered() - before < sent and time.monotonic() < deadline:
             time.sleep(0.05)
         done = self.delivered() - before
         drate = done / (time.monotonic() - t0)
         _quiesce(self.meter)
         self.meter.end(done)
-        self.cells[(size, n)] = (rate, _pct(lat, 50), _pct(lat, 99), drate)
+        self.cells[(size, n)] = (rate, p50, p99, drate, ccpu / sent * 1000 if sent else None)
 
 
 def _create_cost(scratch: Path, n: int = 20, into: Path | None = None) -> float:
@@ -707,6 +771,28 @@ class _DiskState:
                 "median / max, per server: " + "; ".join(parts))
 
 
+def _client_note(client: str) -> str:
+    if client == "python":
+        return ("load generator: this process (asyncio + uvloop, MAIL/RCPT/DATA pipelined; "
+                "MAILSRV_BENCH_SMTP_CLIENT=smtp-source for Postfix's C generator)")
+    return ("load generator for the throughput cells: Postfix's smtp-source (C), one process per session, HELO, "
+            "one reply awaited per command (no pipelining), a fixed count of messages per cell sized by the "
+            "server's last rate; no latency percentiles (those come only from the python client); the front "
+            "end alone, store.deliver alone and 250->visible rows still use the python client")
+
+
+def _client_cpu_note(client: str, servers: list[_Server]) -> str:
+    """The load generator's CPU per message (user + sys, its rusage over the cell) in each server's cells."""
+    parts = []
+    for srv in servers:
+        cells = ", ".join(f"{size // 1024} KB x {n} {c[4]:.3f}" for (size, n), c in srv.cells.items()
+                          if c[4] is not None)
+        parts.append(f"{srv.name}: {cells}")
+    who = "this process's getrusage(RUSAGE_SELF)" if client == "python" else "the smtp-source processes' wait4 rusage"
+    return (f"load generator ({client}) CPU ms per message answered 250, user + sys over each cell ({who}): "
+            + "; ".join(parts))
+
+
 def _count_postfix(mail: Path) -> int:
     return sum(1 for _ in mail.glob("*/new/*"))
 
@@ -715,7 +801,10 @@ def run(size: str) -> dict[str, Any]:
     import uvloop
 
     sizes = SIZES[size]
+    if CLIENT not in CLIENTS:
+        raise SystemExit(f"MAILSRV_BENCH_SMTP_CLIENT={CLIENT!r}: one of {', '.join(CLIENTS)}")
     notes = [f"{WORKERS} server processes each; {os.cpu_count()} cores shared with the load generator",
+             _client_note(CLIENT),
              f"sessions deliver round-robin to {RECIPIENTS} mailboxes (session i -> mailbox i mod {RECIPIENTS})",
              "messages/s counts 250 replies; mailsrv replies 250 only after the maildir copy is fsync'd"]
     # python -m bench all: the sla scenario has just removed its tree (smoke size measures nothing: no wait)
@@ -769,7 +858,7 @@ def run(size: str) -> dict[str, Any]:
                 k = i % len(present)
                 for server in present[k:] + present[:k]:
                     disk.prepare(server.name)
-                    server.measure(bsize, n, sizes["seconds"])
+                    server.measure(bsize, n, sizes["seconds"], CLIENT)
             notes.append(f"servers measured back to back in each cell, the order rotating from cell to cell, all "
                          f"running from the start; the bench deletes no file before the end (Postfix deletes its "
                          f"queue files); before the first cell {removal_wait:.0f} s of waiting for the previous "
@@ -795,26 +884,36 @@ def run(size: str) -> dict[str, Any]:
             notes.append("mailsrv's group-commit delivery rounds over the whole run, per worker (store.rounds: a "
                          "delivery's wait in the store, ms; per round its work, its wait for the sync with the "
                          "sync, the syncs' time): " + "; ".join(rounds))
-        for (bsize, n), (rate, p50, p99, _) in ours.cells.items():
-            brate, bp50, bp99, _ = theirs.cells[(bsize, n)]
+        # every throughput row names its load generator and carries its CPU per message in our cell and in
+        # the baseline's (client_cpu_ms_per_msg, baseline_client_cpu_ms_per_msg)
+        client = {"client": CLIENT if CLIENT == "python" else
+                  f"{CLIENT} (no latency figures: percentiles only from the python client)"}
+        for (bsize, n), (rate, p50, p99, _, ccpu) in ours.cells.items():
+            brate, bp50, bp99, _, bccpu = theirs.cells[(bsize, n)]
             label = f"{bsize // 1024} KB, {n} sessions"
             if (bsize, n) in synced.cells:
-                srate, _sp50, sp99, _ = synced.cells[(bsize, n)]
+                srate, _sp50, sp99, _, sccpu = synced.cells[(bsize, n)]
                 results.append({"name": f"durable msgs/s vs UID before 250 ({label})", "unit": "msg/s",
                                 "value": rate, "baseline": {"name": "mailsrv, deferred_index = false",
                                                             "value": srate},
-                                "ratio": rate / srate if srate else None, "baseline_p99_ms": sp99})
+                                "ratio": rate / srate if srate else None, "baseline_p99_ms": sp99,
+                                **client, "client_cpu_ms_per_msg": ccpu, "baseline_client_cpu_ms_per_msg": sccpu})
             if pf is not None:
-                _prate, _pp50, pp99, pdel = pf.cells[(bsize, n)]
+                _prate, _pp50, pp99, pdel, pccpu = pf.cells[(bsize, n)]
                 results.append({"name": f"durable msgs/s vs Postfix ({label})", "unit": "msg/s", "value": rate,
                                 "baseline": {"name": "Postfix delivered to maildir", "value": pdel},
-                                "ratio": rate / pdel if pdel else None})
-                results.append({"name": f"end-of-DATA->250 p99 vs Postfix ({label})", "unit": "ms", "value": p99,
-                                "baseline": {"name": "Postfix (250 = queued)", "value": pp99},
-                                "ratio": pp99 / p99 if p99 else None})
+                                "ratio": rate / pdel if pdel else None,
+                                **client, "client_cpu_ms_per_msg": ccpu, "baseline_client_cpu_ms_per_msg": pccpu})
+                if p99 is not None and pp99 is not None:
+                    results.append({"name": f"end-of-DATA->250 p99 vs Postfix ({label})", "unit": "ms",
+                                    "value": p99, "baseline": {"name": "Postfix (250 = queued)", "value": pp99},
+                                    "ratio": pp99 / p99 if p99 else None})
             results.append({"name": f"durable msgs/s ({label})", "unit": "msg/s", "value": rate,
                             "baseline": {"name": "aiosmtpd+maildir fsync", "value": brate},
-                            "ratio": rate / brate if brate else None})
+                            "ratio": rate / brate if brate else None,
+                            **client, "client_cpu_ms_per_msg": ccpu, "baseline_client_cpu_ms_per_msg": bccpu})
+            if p50 is None or p99 is None or bp50 is None or bp99 is None:
+                continue
             results.append({"name": f"end-of-DATA->250 p50 ({label})", "unit": "ms", "value": p50,
                             "baseline": {"name": "aiosmtpd+maildir fsync", "value": bp50},
                             "ratio": bp50 / p50 if p50 else None})
@@ -823,6 +922,7 @@ def run(size: str) -> dict[str, Any]:
                             "ratio": bp99 / p99 if p99 else None})
         notes.append("server CPU per message: each server's processes while its own cells ran (and until "
                      "their backlog settled), over the messages it delivered into the maildirs")
+        notes.append(_client_cpu_note(CLIENT, [s for s in (ours, synced, theirs, pf) if s is not None]))
         results.extend(_frontend_rows(base / "front", sizes))
         notes.append("'SMTP front end alone': the SMTP service with the policy as loopback mail meets it, a "
                      "backend that keeps nothing and the worker's lazy spool (the message is judged and sealed in "

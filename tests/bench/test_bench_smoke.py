@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -79,6 +80,40 @@ def test_scenario_smoke(name: str, tmp_path: Path) -> None:
     assert f"server {report['servers'][0]['name']}: " in res.stdout
     if name == "idle":
         check_idle(report)
+    if name == "smtp":
+        check_smtp_client(report, "python")
+
+
+def check_smtp_client(report: dict, client: str) -> None:
+    """Every throughput row names its load generator and the generator's CPU per message in our cell and the
+    baseline's; smtp-source gives no latency rows (bench/README.md, the smtp scenario)."""
+    rows = [r for r in report["results"] if r["name"].startswith("durable msgs/s")]
+    assert rows
+    for r in rows:
+        assert r["client"].startswith(client), r
+        assert 0 < r["client_cpu_ms_per_msg"] < 100 and 0 < r["baseline_client_cpu_ms_per_msg"] < 100, r
+    front = [r for r in report["results"] if r["name"].startswith("SMTP front end alone")]
+    assert front and all(r["client_cpu_ms_per_msg"] > 0 for r in front), front
+    latency = [r for r in report["results"] if r["name"].startswith("end-of-DATA->250")]
+    assert bool(latency) == (client == "python"), latency
+    assert any(n.startswith(f"load generator ({client}) CPU ms per message") for n in report["notes"])
+
+
+def test_smtp_smoke_with_smtp_source(tmp_path: Path) -> None:
+    """MAILSRV_BENCH_SMTP_CLIENT=smtp-source drives the throughput cells with Postfix's C generator (the postfix
+    package, tools/install-peers.sh)."""
+    exe = Path("/usr/sbin/smtp-source")
+    assert exe.exists(), "smtp-source missing: run tools/install-peers.sh"
+    out = tmp_path / "out.json"
+    res = subprocess.run(
+        [sys.executable, "-m", "bench", "smtp", "--size", "smoke", "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        env={**os.environ, "MAILSRV_BENCH_SMTP_CLIENT": "smtp-source"},
+    )
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    report = json.loads(out.read_text())["reports"][0]
+    check_report(report)
+    check_smtp_client(report, "smtp-source")
 
 
 def check_idle(report: dict) -> None:
