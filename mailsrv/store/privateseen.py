@@ -187,14 +187,37 @@ def _db_seed(root: Path, notify_path: Path, key: _Key, seen: Sequence[int], owne
     return added
 
 
-def _db_counters(root: Path, owner: str) -> dict[tuple[str, int], int]:
-    """(owner mailbox id, UIDVALIDITY) -> private counter, for every mailbox of ``owner``. Blocks."""
+def _db_counters(root: Path, owner: str) -> tuple[dict[tuple[str, int], int], set[tuple[str, int]]]:
+    """(owner mailbox id, UIDVALIDITY) -> private counter, for every mailbox of ``owner``, and the
+    (mailbox id, UIDVALIDITY) of every seeded one. Blocks."""
     if not (root / PRIVATE_SEEN_DB).exists():
-        return {}
+        return {}, set()
     db = _open(root)
     try:
-        return {(m, uv): c for m, uv, c in db.execute(
+        db.execute("BEGIN")
+        counters = {(m, uv): c for m, uv, c in db.execute(
             "SELECT mailbox, uidvalidity, max(c) FROM steps WHERE owner=? GROUP BY mailbox, uidvalidity", (owner,))}
+        seeded = {(m, uv) for m, uv in db.execute("SELECT mailbox, uidvalidity FROM seeded WHERE owner=?", (owner,))}
+        db.execute("COMMIT")
+        return counters, seeded
+    finally:
+        db.close()
+
+
+def _db_prune(root: Path, owner: str, engine: Any) -> int:
+    """Drop the rows, steps and markers of ``owner``'s folders that are gone (deleted, or recreated with
+    another UIDVALIDITY): how many folders. The owner's folders are listed under this file's write lock:
+    rows are written only for a folder that exists, so one created meanwhile is listed. Blocks."""
+    db = _open(root)
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        keys = set(db.execute("SELECT DISTINCT mailbox, uidvalidity FROM steps WHERE owner=?", (owner,)))
+        keys.update(db.execute("SELECT mailbox, uidvalidity FROM seeded WHERE owner=?", (owner,)))
+        gone = [(owner, m, uv) for m, uv in keys - {(i.id, i.uidvalidity) for i in engine.list_mailboxes()}]
+        for table in ("seen", "steps", "seeded"):
+            db.executemany(f"DELETE FROM {table} WHERE owner=? AND mailbox=? AND uidvalidity=?", gone)
+        db.execute("COMMIT")
+        return len(gone)
     finally:
         db.close()
 
@@ -358,9 +381,15 @@ class PrivateSeenAccount:
 
     async def list_mailboxes(self) -> list[MailboxInfo]:
         """The owner's folders, HIGHESTMODSEQ in the grantee's sequence (JMAP states count private writes;
-        ``unseen`` stays the owner's: :meth:`mailbox_status` has the grantee's)."""
+        ``unseen`` stays the owner's: :meth:`mailbox_status` has the grantee's). The private state of
+        folders no longer there (deleted, recreated) is dropped here (the owner's DELETE cannot reach
+        every grantee's file: anyone grants name a whole domain)."""
         infos = await self.inner.list_mailboxes()
-        counters = await self._io.run(_db_counters, Path(self.home.root), str(self.inner.id))
+        counters, seeded = await self._io.run(_db_counters, Path(self.home.root), str(self.inner.id))
+        live = {(i.id, i.uidvalidity) for i in infos}
+        if any(k not in live for k in (*counters, *seeded)):
+            gone = await self._io.run(_db_prune, Path(self.home.root), str(self.inner.id), self.inner.engine)
+            logger.info("private_seen.pruned", owner=self.inner.id, folders=gone)
         if not counters:
             return list(infos)
         return [dataclasses.replace(i, highestmodseq=i.highestmodseq + c)

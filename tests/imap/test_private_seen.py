@@ -9,6 +9,7 @@ import base64
 import contextlib
 import imaplib
 import re
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -83,6 +84,16 @@ def fill(a: imaplib.IMAP4_SSL, n: int, mailbox: str = "INBOX") -> list[int]:
         msg = f"From: carol@{D}\r\nTo: {ALICE}\r\nSubject: note {i}\r\n\r\nbody {i}\r\n".encode()
         assert a.append(mailbox, None, None, msg)[0] == "OK"
     a.select(mailbox)
+    return sorted(owner_flags(a))
+
+
+def folder(a: imaplib.IMAP4_SSL, box: str, n: int) -> list[int]:
+    """A new folder of the owner's with ``n`` messages (subjects ``<box> <i>``), selected: their uids."""
+    assert a.create(box)[0] == "OK"
+    for i in range(n):
+        msg = f"From: carol@{D}\r\nTo: {ALICE}\r\nSubject: {box} {i}\r\n\r\nbody\r\n".encode()
+        assert a.append(box, None, None, msg)[0] == "OK"
+    a.select(box)
     return sorted(owner_flags(a))
 
 
@@ -177,12 +188,7 @@ def test_first_look_seeds_from_the_owners_seen(srv: Any) -> None:
     then (once per UIDVALIDITY); the owner's later reads are theirs only."""
     a = owner(srv)
     box, shared = "Reports", f"Other Users/{ALICE}/Reports"
-    assert a.create(box)[0] == "OK"
-    for i in range(5):
-        msg = f"From: carol@{D}\r\nTo: {ALICE}\r\nSubject: {box} {i}\r\n\r\nbody\r\n".encode()
-        assert a.append(box, None, None, msg)[0] == "OK"
-    a.select(box)
-    uids = sorted(owner_flags(a))
+    uids = folder(a, box, 5)
     assert a.uid("STORE", ",".join(map(str, uids[:3])), "+FLAGS", "(\\Seen)")[0] == "OK"  # read 3 of 5
     cli(srv.cfg, "share", "grant", ALICE, BOB, "--folder", box, "--rights", "lrs")
     b = grantee(srv)
@@ -210,6 +216,43 @@ def test_first_look_seeds_from_the_owners_seen(srv: Any) -> None:
         a.logout()
     got = asyncio.run(_jmap_seen_by_subject(srv, BOB))
     assert [got[f"{box} {i}"] for i in range(5)] == [False, True, True, False, False]
+
+
+def _private_rows(srv: Any) -> tuple[int, int]:
+    """(rows, seeded folders) of bob's private-seen.db (the only one: alice is no grantee)."""
+    found = list(srv.cfg.parent.rglob("private-seen.db"))
+    if not found:
+        return 0, 0
+    (path,) = found
+    db = sqlite3.connect(path)
+    try:
+        return (db.execute("SELECT count(*) FROM seen").fetchone()[0],
+                db.execute("SELECT count(*) FROM seeded").fetchone()[0])
+    finally:
+        db.close()
+
+
+def test_a_deleted_folders_private_state_goes(srv: Any) -> None:
+    """The grantee's rows of an owner's folder that was deleted are dropped at their next LIST."""
+    a = owner(srv)
+    box, shared = "Old", f"Other Users/{ALICE}/Old"
+    uids = folder(a, box, 2)
+    assert a.uid("STORE", str(uids[0]), "+FLAGS", "(\\Seen)")[0] == "OK"
+    b = grantee(srv)
+    try:
+        b.list_folders()
+        rows, seeded = _private_rows(srv)
+        b.select_folder(shared)  # seeded with one row
+        b.add_flags([uids[1]], [SEEN])  # and one of bob's own
+        assert _private_rows(srv) == (rows + 2, seeded + 1)
+        a.close()
+        assert a.delete(box)[0] == "OK"
+        b.unselect_folder()
+        assert shared not in [f[2] for f in b.list_folders()]
+        assert _private_rows(srv) == (rows, seeded)
+    finally:
+        b.logout()
+        a.logout()
 
 
 def test_grantee_seen_survives_a_restart(tmp_path: Path) -> None:
@@ -275,12 +318,7 @@ def test_seen_is_private_only_with_the_s_right(tmp_path: Path) -> None:
         a = owner(server)
         uids: dict[str, list[int]] = {}
         for box in ("Audit", "Team"):
-            assert a.create(box)[0] == "OK"
-            for i in range(3):
-                msg = f"From: carol@{D}\r\nTo: {ALICE}\r\nSubject: {box} {i}\r\n\r\nbody\r\n".encode()
-                assert a.append(box, None, None, msg)[0] == "OK"
-            a.select(box)
-            uids[box] = sorted(owner_flags(a))
+            uids[box] = folder(a, box, 3)
             assert a.uid("STORE", str(uids[box][0]), "+FLAGS", "(\\Seen)")[0] == "OK"
         cli(cfg, "share", "grant", ALICE, BOB, "--folder", "Audit", "--rights", "lr")
         cli(cfg, "share", "grant", ALICE, BOB, "--folder", "Team", "--rights", "lrs")
