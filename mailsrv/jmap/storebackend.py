@@ -15,6 +15,11 @@ every message it has seen; an expunge neither can name (expunged before the
 index kept ids, or forgotten by an index rebuild) answers
 ``cannotCalculateChanges``, and the client resynchronises (RFC 8620 §5.2).
 
+A grantee's view with private ``\\Seen`` (store/privateseen.py) adds a mark to the ``look`` of each
+folder where the ``\\Seen`` shown is the grantee's own (they hold ``s``). A change of ``s`` flips it:
+the state moves although no message did, and ``/changes`` names every email the folder held as
+updated (their ``$seen`` is now the other one), Mailbox/changes the folder (``myRights``, counts).
+
 Keywords (RFC 8621 §4.1.1): ``$seen $flagged $answered $draft`` are the IMAP
 system flags, other keywords are IMAP keywords in lower case; ``\\Deleted``
 is not shown. An email's keywords are those of its first copy; setting them
@@ -89,6 +94,15 @@ class Entry:
     uidnext: int
     modseq: int
     look: str  # hash of name, subscription, role
+
+
+#: after a folder's ``look`` in a grantee's state: the ``\\Seen`` shown there is the grantee's own
+PRIVATE_MARK = "p"
+
+
+def _flipped(o: Entry, n: Entry) -> bool:
+    """Did the folder's \\Seen switch between the owner's and the grantee's own (a change of ``s``)?"""
+    return o.look.endswith(PRIVATE_MARK) != n.look.endswith(PRIVATE_MARK)
 
 
 def _look(info: st.MailboxInfo) -> str:
@@ -174,9 +188,14 @@ class StoreBackend:
         self._infos_memo = None
         self._emails_cache = None
 
-    @staticmethod
-    def _vector(infos: list[st.MailboxInfo]) -> dict[str, Entry]:
-        return {i.id: Entry(i.uidvalidity, i.uidnext, i.highestmodseq, _look(i)) for i in infos}
+    def _vector(self, infos: list[st.MailboxInfo]) -> dict[str, Entry]:
+        # A grantee's private-\Seen view (store/privateseen.py) marks the folders where the \Seen shown
+        # is the grantee's (they hold ``s``): a rights change that flips it moves the state, so the
+        # email cache (keyed on it) is rebuilt and /changes names the folder's emails (module docstring).
+        private = getattr(self.acct, "private", None)
+        return {i.id: Entry(i.uidvalidity, i.uidnext, i.highestmodseq,
+                            _look(i) + (PRIVATE_MARK if private is not None and private(i.name) else ""))
+                for i in infos}
 
     async def state(self, type_: str) -> str:
         return encode_state(self._vector(await self._infos()))
@@ -213,7 +232,13 @@ class StoreBackend:
                 continue  # and it never held mail (a Mailbox/set create, an IMAP CREATE)
             if o is None or o.uidvalidity != n.uidvalidity:
                 o = Entry(n.uidvalidity, 1, 0, "")
-            if (o.uidnext, o.modseq) == (n.uidnext, n.modseq):
+            if _flipped(o, n):  # every $seen there may differ now: each email it held is updated
+                for eid, lst in copies.items():
+                    for cmid, uid, m in lst:
+                        if cmid == mid and uid < o.uidnext:
+                            updated.add(eid)
+                            threads_touched.add(m.thread_id)
+            elif (o.uidnext, o.modseq) == (n.uidnext, n.modseq):
                 continue
             since_m = await self.acct.changes_since(info.name, o.modseq)
             # RFC 8620 §5.2: refuse only when an expunge the client may have seen cannot be named. A

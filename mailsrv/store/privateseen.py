@@ -410,6 +410,12 @@ class PrivateSeenAccount:
     async def changes_since(self, mailbox: str, modseq: int) -> ChangesSince:
         """RFC 7162 CHANGEDSINCE / QRESYNC in the combined modseq sequence (expunged: a superset)."""
         if not self.private(mailbox):
+            # ``modseq`` may be of the grantee's sequence, from before ``s`` was taken (owner's + private
+            # writes): lowered by those writes, it names at least every owner's change since then
+            counters, _ = await self._io.run(_db_counters, Path(self.home.root), str(self.inner.id))
+            if counters:
+                info = await self.inner.mailbox_status(mailbox)
+                modseq = max(0, modseq - counters.get((info.id, info.uidvalidity), 0))
             return await self.inner.changes_since(mailbox, modseq)
         info = await self.inner.mailbox_status(mailbox)
         state = await self._state(info)

@@ -87,3 +87,58 @@ async def test_setting_off_seen_is_the_owners_over_jmap(env: Env) -> None:
     bob.account_id = a_id
     got = await bob.one("Email/get", {"ids": [read], "properties": ["keywords"]})
     assert got["list"][0]["keywords"] == {"$seen": True}
+
+
+@pytest.mark.parametrize("env", [True], indirect=True)
+async def test_rights_change_moves_the_grantees_seen(env: Env) -> None:
+    """A change of ``s`` (SETACL's folder entry) switches the grantee's $seen between their own and the
+    owner's at once: Email/get shows the other one, Email/changes from the state before names the emails.
+    In Sent bob never writes privately (his view's modseqs are the owner's): only the rights move it."""
+    alice, bob = env.client(ALICE), env.client(BOB)
+    a_id = await own(alice)
+    await own(bob)
+    ids = [await alice.import_message(msg(f"four {i}"), keywords={"$seen": True} if i < 2 else None)
+           for i in range(4)]
+    sent = [await alice.import_message(msg(f"sent {i}"), "sent", keywords={"$seen": True} if i == 0 else None)
+            for i in range(2)]
+    for folder in ("INBOX", "Sent"):
+        env.cli("share", "grant", ALICE, BOB, "--folder", folder, "--rights", "lrs")
+    bob.account_id = a_id
+
+    async def seen(c: object) -> set[str]:
+        got = await c.one("Email/get", {"ids": ids + sent, "properties": ["keywords"]})  # type: ignore[attr-defined]
+        return {e["id"] for e in got["list"] if e["keywords"].get("$seen")}
+
+    assert await seen(bob) == {ids[0], ids[1], sent[0]}  # the first look seeds alice's reads
+    assert (await bob.one("Email/set", {"update": {ids[2]: {"keywords/$seen": True}}}))["updated"] == {ids[2]: None}
+    await alice.one("Email/set", {"update": {sent[1]: {"keywords/$seen": True}}})  # after bob's seeding: hers
+    owners = {ids[0], ids[1], *sent}
+    assert await seen(alice) == owners
+    assert await seen(bob) == {ids[0], ids[1], ids[2], sent[0]}
+    state = (await bob.one("Email/get", {"ids": []}))["state"]
+
+    async def sent_box() -> dict[str, int]:
+        boxes = (await bob.one("Mailbox/get", {"ids": None}))["list"]
+        return next(m for m in boxes if m["role"] == "sent")
+
+    assert (await sent_box())["unreadEmails"] == 1
+    m_state = (await bob.one("Mailbox/get", {"ids": []}))["state"]
+    env.cli("share", "grant", ALICE, BOB, "--folder", "Sent", "--rights", "lr")
+    assert await seen(bob) == {ids[0], ids[1], ids[2], *sent}  # at once, with no change of any message
+    box = await sent_box()
+    assert box["unreadEmails"] == 0 and not box["myRights"]["maySetSeen"]
+    assert (await bob.one("Mailbox/changes", {"sinceState": m_state}))["updated"] == [box["id"]]
+    env.cli("share", "grant", ALICE, BOB, "--folder", "INBOX", "--rights", "lr")
+    assert await seen(bob) == owners
+    changes = await bob.one("Email/changes", {"sinceState": state})
+    assert {ids[2], sent[1]} <= set(changes["updated"]) and not changes["created"] and not changes["destroyed"]
+    assert changes["newState"] != state
+    state = changes["newState"]
+
+    for folder in ("INBOX", "Sent"):
+        env.cli("share", "grant", ALICE, BOB, "--folder", folder, "--rights", "lrs")
+    assert await seen(bob) == {ids[0], ids[1], ids[2], sent[0]}  # his own again
+    assert await seen(alice) == owners
+    changes = await bob.one("Email/changes", {"sinceState": state})
+    assert {ids[2], sent[1]} <= set(changes["updated"]) and not changes["created"] and not changes["destroyed"]
+    assert (await bob.one("Email/changes", {"sinceState": changes["newState"]}))["updated"] == []
