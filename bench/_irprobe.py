@@ -2,6 +2,7 @@
 server CPU changes on a loaded machine, where wall and CPU time vary by ±15 % from run to run.
 
     python -m bench._irprobe [--sessions 20] [--seconds 20] [--src DIR] [--top 15]
+        [--no-pipelining | --smtp-source]
 
 One server (``mailsrv serve``, one worker) runs under ``valgrind --tool=callgrind --instr-atstart=no``;
 the bench's SMTP client (bench/smtp.py, 4 KB messages, outside valgrind) warms it up, then a signal
@@ -9,6 +10,12 @@ turns instrumentation on in the worker (and its pool threads) for the measured w
 dumps the counts (a ``sitecustomize`` in a scratch directory issues callgrind's client requests,
 compiled once with gcc; ``callgrind_control`` does not reach forked children). Ir per message = the
 worker's instructions in the window / the messages that reached the maildirs in it.
+``--no-pipelining``: the measured window's client waits for each reply before the next command (MAIL,
+RCPT, DATA; the warm-up pipelines), as clients without RFC 2920 do; ``--smtp-source``: Postfix's C
+generator drives it instead (HELO, no pipelining, the message written as smtp-source writes it).
+Natively most of what non-pipelining adds is kernel time and context switches (the loop sleeps and
+wakes per command, the pool threads per smaller commit round), which Ir does not show: read them
+beside it from /proc/PID/task/*/stat and status.
 ``--src DIR``: run the mailsrv package found in DIR (a copy with a change) instead of this tree's.
 Needs valgrind, its headers (valgrind/callgrind.h) and gcc. Not a scenario of ``python -m bench``.
 What it does not count: kernel time (syscalls, page cache, the fsyncs); check syscalls per message
@@ -81,6 +88,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--src", default="", help="a directory holding the mailsrv package to measure")
     ap.add_argument("--out", default="", help="keep the callgrind file here (default: a temporary directory)")
     ap.add_argument("--top", type=int, default=15)
+    ap.add_argument("--no-pipelining", action="store_true",
+                    help="the measured window's client sends MAIL, RCPT and DATA each after the previous reply")
+    ap.add_argument("--smtp-source", action="store_true",
+                    help="Postfix's smtp-source drives the measured window (HELO, no pipelining, as the bench's "
+                         "MAILSRV_BENCH_SMTP_CLIENT=smtp-source)")
     a = ap.parse_args(argv)
     for tool in ("valgrind", "callgrind_annotate", "gcc"):
         if shutil.which(tool) is None:
@@ -115,10 +127,13 @@ def main(argv: list[str] | None = None) -> int:
             os.kill(p, ON)
         time.sleep(1.0)
         m0 = C.maildir_count(srv.data_dir)
-        import uvloop
+        if a.smtp_source:  # a count sized by the warm-up's rate
+            B._source_load(server.port, a.sessions, B._body(4096), a.seconds, server.cells[(4096, a.sessions)][0])
+        else:
+            import uvloop
 
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as r:
-            r.run(B._load(server.port, a.sessions, B._body(4096), a.seconds))
+            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as r:
+                r.run(B._load(server.port, a.sessions, B._body(4096), a.seconds, pipelining=not a.no_pipelining))
         for p in kids:
             os.kill(p, OFF)
         time.sleep(2.0)  # the idle worker dumps at once; nothing is delivered meanwhile

@@ -415,8 +415,9 @@ class _Client(asyncio.Protocol):
 
 
 async def _session(port: int, rcpt: str, body: bytes, until: float, lat: list[float],
-                   rate: float | None = None) -> int:
-    """Messages to ``rcpt`` until ``until``; counts (and times, end of DATA -> reply) only those answered 250."""
+                   rate: float | None = None, pipelining: bool = True) -> int:
+    """Messages to ``rcpt`` until ``until``; counts (and times, end of DATA -> reply) only those answered 250.
+    ``pipelining=False``: MAIL, RCPT and DATA each sent after the previous reply (a client without RFC 2920)."""
     loop = asyncio.get_running_loop()
     transport, client = await loop.create_connection(_Client, "127.0.0.1", port)
     try:
@@ -426,6 +427,7 @@ async def _session(port: int, rcpt: str, body: bytes, until: float, lat: list[fl
         await client.replies(1)
         # RFC 2920: MAIL, RCPT and DATA in one write; the message only after 354
         env = f"MAIL FROM:<load@remote.test>\r\nRCPT TO:<{rcpt}>\r\nDATA\r\n".encode()
+        steps = [env] if pipelining else [ln + b"\n" for ln in env.split(b"\n")[:-1]]
         payload = body.replace(b"\r\n.", b"\r\n..") + b".\r\n"
         perf = time.perf_counter
         sent = 0
@@ -436,8 +438,10 @@ async def _session(port: int, rcpt: str, body: bytes, until: float, lat: list[fl
                 delay = next_at - loop.time()
                 if delay > 0:
                     await asyncio.sleep(delay)
-            transport.write(env)
-            codes = await client.replies(3)
+            codes = []
+            for step in steps:
+                transport.write(step)
+                codes += await client.replies(step.count(b"\n"))
             if codes != [250, 250, 354]:
                 raise RuntimeError(f"unexpected replies {codes}")
             transport.write(payload)
@@ -454,13 +458,13 @@ async def _session(port: int, rcpt: str, body: bytes, until: float, lat: list[fl
 
 
 async def _load(port: int, sessions: int, body: bytes, seconds: float,
-                rate: float | None = None) -> tuple[float, list[float]]:
+                rate: float | None = None, pipelining: bool = True) -> tuple[float, list[float]]:
     lat: list[float] = []
     loop = asyncio.get_running_loop()
     t0 = loop.time()
     until = t0 + seconds
-    counts = await asyncio.gather(*(_session(port, f"load{i % RECIPIENTS}@example.test", body, until, lat, rate)
-                                    for i in range(sessions)))
+    counts = await asyncio.gather(*(_session(port, f"load{i % RECIPIENTS}@example.test", body, until, lat, rate,
+                                             pipelining) for i in range(sessions)))
     return sum(counts) / (loop.time() - t0), lat
 
 
