@@ -419,11 +419,11 @@ class JmapApp:
         """``shared`` with ``own``'s private \\Seen (storebackend.with_private_seen), one per pair and worker
         (its caches live as long as the owner's backend); private where ``share`` (the grantee's rights now)
         gives ``s``, the owner's \\Seen elsewhere."""
-        from mailsrv.jmap.storebackend import follow_rights, with_private_seen
+        from mailsrv.jmap.storebackend import follow_rights, same_store, with_private_seen
 
         key = (own.account_id, shared.account_id)
         got = self._private_views.get(key)
-        if got is None or got[0] is not shared:
+        if got is None or not same_store(got[0], shared):  # the sortOrder overlay is new at each request
             got = self._private_views[key] = (shared, with_private_seen(shared, own))
         follow_rights(got[1], share)
         return got[1]

@@ -626,6 +626,11 @@ def _store_backend(be: Any) -> StoreBackend | None:
     return None
 
 
+def same_store(a: Any, b: Any) -> bool:
+    """Are ``a`` and ``b`` one backend, or wrappers (made anew per request) of one StoreBackend?"""
+    return a is b or ((sb := _store_backend(a)) is not None and sb is _store_backend(b))
+
+
 def with_private_seen(shared: Any, own: Any) -> Any:
     """The owner's backend ``shared`` as the grantee whose own backend is ``own`` sees it with their
     private ``\\Seen`` (``[imap] shared_private_seen``, store/privateseen.py): ``$seen``,
