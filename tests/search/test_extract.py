@@ -235,8 +235,10 @@ def test_header_texts_finds_the_fields_as_the_steps_did(raw: bytes, start: int, 
         assert impl.header_texts(raw, start, end, limit) == expected, impl.__name__
 
 
-@given(st.lists(st.sampled_from(list("ReFwd :[](x)\t\u00a0\x1c\u2028ſK") + ["fwd", "re:", "[fwd: "]), max_size=20).map("".join))
+@given(st.lists(st.sampled_from(list("ReFwd ])x)\t\u00a0\x1c\u2028ſK") + ["fwd", "re", "fwd]", "re )"]), max_size=20).map("".join))
 @settings(max_examples=600, deadline=None)
 def test_base_subject_shortcut_is_the_steps(subject: str) -> None:
-    """A subject without "[", ":" or "(" skips the RFC 5256 steps: the steps give the same answer."""
+    """A subject without "[", ":" or "(" skips the RFC 5256 steps: the steps give the same answer (only such
+    subjects are generated: with one of them base_subject runs the steps, and the comparison could not fail)."""
+    assert "[" not in subject and ":" not in subject and "(" not in subject
     assert base_subject(subject) == _base_subject_steps(" ".join(subject.split()))

@@ -195,8 +195,11 @@ def test_thread_headers_of_corpus(corpus: Path) -> None:
         assert headers.thread_headers_of(mime.parse(raw).scanned_fields()) == headers.thread_headers(raw), p
 
 
-@given(st.lists(st.sampled_from(list("ReFwdSvAw :[](x)\t\u00a0\x1c\u2028ſK1") + ["fwd", "re:", "(fwd)"]), max_size=20).map("".join))
+@given(st.lists(st.sampled_from(list("ReFwdSvAw ])x)\t\u00a0\x1c\u2028ſK1") + ["fwd", "re", "fwd)", "re ]"]), max_size=20).map("".join))
 def test_base_subject_shortcut_is_the_steps(subject: str) -> None:
+    """Only subjects the shortcut answers (no "[", ":" or "("; a subject with one runs the steps themselves,
+    so comparing it would compare the steps with the steps): the steps give the same answer."""
+    assert "[" not in subject and ":" not in subject and "(" not in subject
     assert headers.base_subject(subject) == headers._base_subject_steps(" ".join(subject.split()))
 
 
