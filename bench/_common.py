@@ -146,6 +146,57 @@ def fill_new(new_dir: Path, messages: Iterable[bytes]) -> None:
         (new_dir / f"1700000000.M{i}P1Q{i}.bench").write_bytes(data)
 
 
+# --- durable file writes without a server: baselines and the disk's floor ------------------
+
+
+def fsync_create(tmp_dir: Path, name: str, data: bytes, into: Path | None = None) -> None:
+    """The plain durable write (blocking): create ``tmp_dir/name`` -> write ``data`` -> fsync -> close,
+    then rename it into the directory ``into`` (if given) and fsync the directory that holds it."""
+    tmp = tmp_dir / name
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    if into is not None:
+        os.rename(tmp, into / name)
+    dfd = os.open(into if into is not None else tmp_dir, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def syncfs_create(tmp_dir: Path, name: str, data: bytes, into: Path) -> None:
+    """mailsrv's durable write with one file per round (blocking): create ``tmp_dir/name`` -> write ``data``
+    -> close -> rename into ``into`` -> one ``syncfs(2)`` of the file system (mailsrv.util.fsio)."""
+    from mailsrv.util.fsio import syncfs
+
+    fd = os.open(tmp_dir / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+    os.rename(tmp_dir / name, into / name)
+    syncfs(into)
+
+
+def durable_loop(write: Callable[[str], None], seconds: float = 0.0, count: int = 0) -> tuple[float, list[float]]:
+    """Call ``write(name)`` one after another (a new name each time) for ``count`` calls, or for ``seconds``:
+    (calls per second, each call's wall time in seconds)."""
+    tag = time.monotonic_ns()
+    times: list[float] = []
+    perf = time.perf_counter
+    t0 = perf()
+    until = t0 + seconds
+    while len(times) < count or (not count and perf() < until):
+        t = perf()
+        write(f"{tag}.{len(times)}")
+        times.append(perf() - t)
+    return len(times) / (perf() - t0), times
+
+
 # --- processes and ports -------------------------------------------------------------------
 
 

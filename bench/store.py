@@ -21,7 +21,15 @@ from mailsrv.config import StoreConfig
 from mailsrv.store import DeliveryTarget, QuotaLimits, Store
 from mailsrv.store.engine import INDEX_NAME, UIDLIST_NAME
 
-from ._common import fill_new, in_process_meter, link_tree, message, seed_cache
+from ._common import (
+    durable_loop,
+    fill_new,
+    fsync_create,
+    in_process_meter,
+    link_tree,
+    message,
+    seed_cache,
+)
 
 SIZES = {"smoke": (200, 40), "full": (100_000, 1_000)}
 
@@ -43,17 +51,7 @@ def _link_new(new_dir: Path, n: int) -> None:
 
 def _raw_fsync_creates(d: Path, count: int, data: bytes) -> float:
     d.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    for i in range(count):
-        p = d / f"raw{i}"
-        fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        os.write(fd, data)
-        os.fsync(fd)
-        os.close(fd)
-        dfd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
-        os.fsync(dfd)
-        os.close(dfd)
-    return count / (time.perf_counter() - t0)
+    return durable_loop(lambda name: fsync_create(d, name, data), count=count)[0]
 
 
 async def _big_mailbox(base: Path, n: int) -> tuple[list[dict[str, Any]], list[str]]:

@@ -82,6 +82,7 @@ def test_scenario_smoke(name: str, tmp_path: Path) -> None:
         check_idle(report)
     if name == "smtp":
         check_smtp_client(report, "python")
+        check_smtp_baselines(report, "python")
 
 
 def check_smtp_client(report: dict, client: str) -> None:
@@ -114,6 +115,35 @@ def test_smtp_smoke_with_smtp_source(tmp_path: Path) -> None:
     report = json.loads(out.read_text())["reports"][0]
     check_report(report)
     check_smtp_client(report, "smtp-source")
+    check_smtp_baselines(report, "smtp-source")
+
+
+def check_smtp_baselines(report: dict, client: str) -> None:
+    """Each cell has rows against both aiosmtpd baselines (the primary one, in its executor, under its old row
+    names; the issue's naive one, fsync in the handler), the disk floor's two rows hold one writer's durable
+    writes against twice the naive baseline at one session, and every server was warmed up
+    (bench/README.md, the smtp scenario)."""
+    rows = {r["name"]: r for r in report["results"]}
+    naive = "aiosmtpd naive (fsync in the handler)"
+    for n in (1, 4):  # the smoke size's session counts
+        label = f"4 KB, {n} sessions"
+        primary = rows[f"durable msgs/s ({label})"]
+        assert primary["baseline"]["name"].startswith("aiosmtpd+maildir fsync (fsync in its executor"), primary
+        row = rows[f"durable msgs/s vs {naive} ({label})"]
+        assert row["baseline"]["name"] == naive and row["baseline"]["value"] > 0, row
+        assert row["ratio"] == pytest.approx(row["value"] / row["baseline"]["value"]), row
+        assert row["value"] == primary["value"]
+        assert (f"end-of-DATA->250 p99 vs {naive} ({label})" in rows) == (client == "python")
+    floors = [r for r in report["results"] if r["name"].startswith("disk floor, no SMTP, one writer: ")]
+    assert len(floors) == 2, floors
+    two_naive = 2 * rows[f"durable msgs/s vs {naive} (4 KB, 1 sessions)"]["baseline"]["value"]
+    for r in floors:
+        assert r["value"] > 0 and r["writes"] > 0 and 0 < r["p50_ms"] <= r["p99_ms"], r
+        assert r["baseline"]["value"] == pytest.approx(two_naive), r
+    names = [s["name"] for s in report["servers"]]
+    assert naive in names and any(n.startswith("aiosmtpd+maildir fsync (") for n in names), names
+    warm = [n for n in report["notes"] if n.startswith("warm-up before the first cell")]
+    assert warm and naive in warm[0], report["notes"]
 
 
 def check_idle(report: dict) -> None:
