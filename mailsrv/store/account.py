@@ -547,11 +547,27 @@ class MailboxView:
         return Changes(added, expunged, flags, self.uidnext, self.highestmodseq)
 
 
-def _read_range(path: Path, offset: int, length: int | None) -> bytes:
-    with open(path, "rb") as fh:
-        if offset:
-            fh.seek(offset)
-        return fh.read() if length is None else fh.read(length)
+def _read_range(path: str | Path, offset: int, length: int | None) -> bytes:
+    """Up to ``length`` octets (None: all) from ``offset``. A message file does not change once in the
+    store: its size bounds the read, one pread(2) (a buffered ``open().read()`` took twice the time: its
+    objects, a second read(2) to see the end of the file, a buffer of ``length`` when it is larger)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        end = os.fstat(fd).st_size
+        if length is not None:
+            end = min(end, offset + length)
+        want = end - offset
+        if want <= 0:
+            return b""
+        data = os.pread(fd, want, offset)
+        while len(data) < want:  # short: a signal, or the file shrank (then to its new end)
+            more = os.pread(fd, want - len(data), offset + len(data))
+            if not more:
+                break
+            data += more
+        return data
+    finally:
+        os.close(fd)
 
 
 def _write_fsync(path: Path, data: bytes) -> None:
