@@ -94,14 +94,15 @@ def current_file(folder: Path, key: str, fname: str) -> Path | None:
     return None
 
 
-def _link_current(folder: Path, key: str, fname: str, dst: Path) -> bool:
-    """Hard-link a message file to ``dst``, following renames by other processes. False if it is gone."""
+def _link_current(folder: Path, key: str, fname: str, dst: Path, op: Any = os.link) -> bool:
+    """Hard-link (``op`` os.rename: move) a message file to ``dst``, following renames by other processes.
+    False if it is gone."""
     for _attempt in range(3):
         src = current_file(folder, key, fname)
         if src is None:
             return False
         try:
-            os.link(src, dst)
+            op(src, dst)
             return True
         except FileNotFoundError:
             continue  # renamed again between the lookup and the link
@@ -265,7 +266,11 @@ def copy(eng: Engine, src: str, uids: Sequence[int], dst: str, *, move: bool,
                 eng._flush_uidlist(dmb, dfolder, lines)
                 for r, key, tmp in staged:
                     kflags = frozenset(r[2].split())
-                    os.rename(tmp, dfolder / "cur" / maildir.filename(key, kflags, eng._kwmap(dmb, kflags)))
+                    dest = dfolder / "cur" / maildir.filename(key, kflags, eng._kwmap(dmb, kflags))
+                    # a move renames the source's file itself: a kill -9 from here to the commit leaves
+                    # each message in one mailbox (RFC 6851 §3.3), where a link + unlink left it in both
+                    if not (move and smb.id != dmb.id and _link_current(sfolder, r[1], r[9], dest, os.rename)):
+                        os.rename(tmp, dest)
                 if staged:
                     fsio.fsync_dir(dfolder / "cur")
                 if move and mapping:
