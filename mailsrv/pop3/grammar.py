@@ -8,6 +8,7 @@ byte-stuffing, the TOP line limit, the terminating ``.``).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 # RFC 2449 §4: "command lines ... may be up to 255 octets, including the terminating CRLF".
@@ -74,8 +75,11 @@ def strip_eol(line: bytes) -> bytes:
     return line
 
 
+_CONTROL = re.compile(rb"[\x00-\x1f\x7f]")
+
+
 def _has_control(data: bytes) -> bool:
-    return any(b < 0x20 or b == 0x7F for b in data)
+    return _CONTROL.search(data) is not None
 
 
 def parse_command(line: bytes) -> Command:
@@ -96,8 +100,9 @@ def parse_command(line: bytes) -> Command:
         raise Pop3SyntaxError("Command line too long")
     if _has_control(rest):
         raise Pop3SyntaxError("Control characters in command")
-    args = tuple(a for a in rest.split(b" ") if a) if sep else ()
-    if verb not in ("PASS", "AUTH") and any(len(a) > MAX_ARG for a in args):
+    # split() on whitespace is split(b" ") without the empty pieces here: the other whitespace is control
+    args = tuple(rest.split()) if sep else ()
+    if len(rest) > MAX_ARG and verb not in ("PASS", "AUTH") and any(len(a) > MAX_ARG for a in args):
         raise Pop3SyntaxError("Argument too long")
     return Command(verb, args, rest)
 

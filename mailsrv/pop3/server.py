@@ -131,8 +131,10 @@ class Pop3Service:
                 await conn.drain()
                 return
             # Back-pressure after every command, pipelined or not (RFC 2449 §6.6 PIPELINING
-            # works because commands are read from the buffered stream one after the other).
-            await conn.drain()
+            # works because commands are read from the buffered stream one after the other);
+            # nothing to wait for when the reply went out whole (no coroutine then).
+            if conn.backlogged():
+                await conn.drain()
 
 
 def make_service(ctx: ServiceContext) -> Pop3Service:

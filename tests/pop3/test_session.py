@@ -345,7 +345,7 @@ async def test_maildrop_is_inbox_at_login(make_session: Any, drops: MemoryDrops)
 
 async def test_read_ahead_in_order_looks_at_its_window_only_when_a_batch_is_due(
         make_session: Any, drops: MemoryDrops, monkeypatch: pytest.MonkeyPatch) -> None:
-    msgs = [b"Subject: %d\r\n\r\nbody %d\r\n" % (i, i) for i in range(1, 41)]
+    msgs = [b"Subject: %d\r\n\r\nbody %d\r\n" % (i, i) for i in range(1, 5 * READ_AHEAD // 2 + 1)]
     fill(drops, *msgs)
     s, ch = make_session()
     await login(s, ch)
@@ -354,8 +354,8 @@ async def test_read_ahead_in_order_looks_at_its_window_only_when_a_batch_is_due(
     monkeypatch.setattr(s, "_drop_prefetch", lambda keep=frozenset(): passes.append(keep) or full(keep))
     for n, msg in enumerate(msgs, 1):
         assert unstuff((await run(s, ch, f"RETR {n}\r\n".encode())).partition(b"\r\n")[2]) == msg
-    # a full pass over the window (its drop of what fell out, its batch) only where a batch may be due: 9 of
-    # 40 RETRs here (4 batches; more passes near the end, where the window shrinks), not one per RETR
+    # a full pass over the window (its drop of what fell out, its batch) only where a batch may be due: 10 of
+    # 80 RETRs here (4 batches; more passes near the end, where the window shrinks), not one per RETR
     assert len(drops.batches) == 4 and len(passes) <= 10, (len(passes), drops.batches)
     await s.end()
 
