@@ -161,10 +161,12 @@ class QueueRunner:
     async def _rescan(self) -> None:
         """Pick up new entries and reload changed ones (CLI hold/release/delete)."""
         loop = asyncio.get_running_loop()
-        ids = await loop.run_in_executor(None, self.qd.ids)
-        present = set(ids)
+        # taken before the listing: a poke that arrives while it runs asks for the next rescan (cleared
+        # after it, such a poke was lost and its entry waited for RESCAN_INTERVAL)
         reload_ids = {i for i in self._reload if i}
         self._reload.clear()
+        ids = await loop.run_in_executor(None, self.qd.ids)
+        present = set(ids)
         for qid in list(self.entries):
             if qid not in present and qid not in self.inflight:
                 del self.entries[qid]
