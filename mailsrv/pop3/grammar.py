@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from mailsrv._speedups.linestuff import stuff
+
 # RFC 2449 §4: "command lines ... may be up to 255 octets, including the terminating CRLF".
 MAX_COMMAND_LINE = 255
 # RFC 2449 §4: "arguments may be up to 40 octets" (RFC 1939 §3 says 40 characters).
@@ -202,10 +204,7 @@ class BodyEncoder:
         out = data
         if not self._crlf and data.count(b"\n") != data.count(b"\r\n"):
             out = data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
-        if b"\n." in out:
-            out = out.replace(b"\r\n.", b"\r\n..")
-        if self._line_start and out.startswith(b"."):
-            out = b"." + out
+        out = stuff(out, self._line_start)
         self._line_start = out.endswith(b"\n")
         if self._left is not None:
             out = self._limit(out)
