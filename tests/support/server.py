@@ -40,7 +40,8 @@ def init_setup(directory: Path, *extra: str, workers: int = 2) -> Path:
 class ServerProcess:
     """A running master; collects its log lines for the test to wait on."""
 
-    def __init__(self, config: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, config: Path, env: dict[str, str] | None = None, *, session: bool = False) -> None:
+        """``session``: the master leads a new session and process group (a test may SIGKILL the whole group)."""
         self.config = config
         self.lines: list[str] = []
         self._cond = threading.Condition()
@@ -51,6 +52,7 @@ class ServerProcess:
             stderr=subprocess.PIPE,
             env=full_env,
             text=True,
+            start_new_session=session,
         )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
