@@ -34,6 +34,7 @@ from mailsrv.policy.pipeline import Policy
 from mailsrv.search import SearchService
 from mailsrv.search.service import Exists, Reader, ReadMany, ReadManyBlocking, Resolver
 from mailsrv.store import MailboxNotFound, Store, account_root
+from mailsrv.util import timeline
 
 logger = log.get("worker")
 
@@ -241,6 +242,10 @@ def run(cfg: Config, socks: dict[str, list[socket.socket]], ssl_context: ssl.SSL
 
         profiler = cProfile.Profile(time.process_time)
         profiler.enable()
+    # Development only: MAILSRV_TIMELINE=PREFIX keeps the delivery path's stamps (util/timeline.py) and
+    # writes PREFIX.PID.json at exit
+    if os.environ.get("MAILSRV_TIMELINE"):
+        timeline.start(os.environ["MAILSRV_TIMELINE"])
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency
@@ -252,6 +257,7 @@ def run(cfg: Config, socks: dict[str, list[socket.socket]], ssl_context: ssl.SSL
     if profiler is not None and profile_dir:
         profiler.disable()
         profiler.dump_stats(os.path.join(profile_dir, f"worker-{os.getpid()}.prof"))
+    timeline.dump()
     log.unbuffer()
     sys.stderr.flush()
     return 0

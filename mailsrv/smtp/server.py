@@ -33,6 +33,7 @@ from mailsrv.smtp.backend import MailBackend, SaslProvider, SessionInfo, Spool
 from mailsrv.smtp.dotstuff import DotDecoder
 from mailsrv.smtp.grammar import SmtpError, reply
 from mailsrv.smtp.session import MAX_AUTH_LINE, Session, Step
+from mailsrv.util import timeline
 
 logger = log.get("smtp")
 
@@ -169,6 +170,8 @@ class SmtpService:
                 # _flush inline: no coroutine when the write went out whole (most replies)
                 conn.write(out[0] if len(out) == 1 else b"".join(out))
                 out.clear()
+                if timeline.on:
+                    timeline.finish("written")
                 if conn.backlogged():
                     await conn.drain()
             try:

@@ -51,7 +51,7 @@ from mailsrv.smtp.grammar import (
     split_command,
     xtext_decode,
 )
-from mailsrv.util import fsio
+from mailsrv.util import fsio, timeline
 
 logger = log.get("smtp")
 
@@ -609,6 +609,8 @@ class Session:
         assert tx is not None and spool is not None
         self.spool = None
         started = time.monotonic()
+        if timeline.on:
+            timeline.begin()
         try:
             if too_big:
                 raise SmtpError("Message size exceeds fixed maximum message size", 552, "5.3.4")
@@ -647,7 +649,11 @@ class Session:
                         spool.content = None  # type: ignore[attr-defined]
                     self._enforce(decision)
                     tx.junk = decision.action == "junk"
+            if timeline.on:
+                timeline.mark("spool")
             verdict = await self.backend.deliver(self.info, tx, spool)
+            if timeline.on:
+                timeline.mark("verdict")
         except OSError as exc:
             logger.exception("spool.failed", exc)
             raise SmtpError("Local error in processing", 451, "4.3.0") from None

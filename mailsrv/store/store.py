@@ -30,7 +30,7 @@ from mailsrv.store.types import (
     TemporaryFailure,
 )
 from mailsrv.store.usage import BOOK_NAME, UsageBook
-from mailsrv.util import fsio
+from mailsrv.util import fsio, timeline
 
 if TYPE_CHECKING:
     from mailsrv.mime import MessageStructure
@@ -316,7 +316,10 @@ class Store:
         # 4.0-4.6 ms on a loaded machine)
         fsio.foreground.enter()
         try:
-            return await self._deliver(spool_path, targets, internal_date, uids, data, consume)
+            out = await self._deliver(spool_path, targets, internal_date, uids, data, consume)
+            if timeline.on:
+                timeline.mark("stored")
+            return out
         finally:
             fsio.foreground.leave()
             self._delivering -= 1

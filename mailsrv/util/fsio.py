@@ -32,6 +32,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+from mailsrv.util import timeline
+
 __all__ = [
     "FileIO",
     "DirSyncer",
@@ -423,6 +425,8 @@ def submit(loop: asyncio.AbstractEventLoop, pool: ThreadPoolExecutor, fn: Callab
     with load.lock:
         load.jobs += 1
         starved = load.jobs > load.threads
+    if timeline.on:
+        fn = functools.partial(_stamped_job, timeline.new_job(_job_kind(fn), jobs=load.jobs), fn)
     try:
         fut = loop.run_in_executor(pool, functools.partial(_counted, load, fn))
     except BaseException:
@@ -432,6 +436,24 @@ def submit(loop: asyncio.AbstractEventLoop, pool: ThreadPoolExecutor, fn: Callab
     if starved and foreground.waiting:
         foreground.nudge()
     return fut
+
+
+def _job_kind(fn: Any) -> str:
+    """The name of the function a pool job runs (under its partials), for the timeline."""
+    while isinstance(fn, functools.partial):
+        if isinstance(getattr(fn.func, "__self__", None), contextvars.Context) or fn.func is _stamped_round:
+            fn = fn.args[0] if fn.func is not _stamped_round else fn.args[1]
+        else:
+            fn = fn.func
+    return getattr(fn, "__qualname__", type(fn).__name__)
+
+
+def _stamped_job(rec: dict[str, Any], fn: Callable[[], T]) -> T:
+    rec["start"] = time.monotonic_ns()
+    try:
+        return fn()
+    finally:
+        rec["end"] = time.monotonic_ns()
 
 
 class _SyncGate:
@@ -479,6 +501,8 @@ class _SyncGate:
                 self._writing -= 1
                 self._cond.notify_all()  # a sync gathering rounds may start now
             mine, outcome = self._next, self._outcome
+            if timeline.on:
+                _bg.sync_no = mine
             while self._done < mine:
                 if not self._running:  # nobody started sync number ``mine`` yet: run it
                     self._running = True
@@ -494,10 +518,13 @@ class _SyncGate:
             else:
                 return [outcome[p] for p in paths]
         t0 = time.monotonic()
+        srec = timeline.new_sync(no=mine, paths=len(todo)) if timeline.on else None
         try:
             errors = self._sync(todo)
         except Exception as exc:  # not an OSError of one path: every path of this sync failed
             errors = [OSError(errno.EIO, f"sync failed: {exc}")] * len(todo)
+        if srec is not None:
+            srec["end"] = time.monotonic_ns()
         with self._cond:
             self.sync_time += time.monotonic() - t0
             outcome.update(zip(todo, errors, strict=True))
@@ -596,6 +623,10 @@ class _GroupCommit:
                     abandoned: Callable[[Any, OSError | None], object] | None = None) -> Any:
         loop = running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
+        if timeline.on:
+            timeline.mark("join")
+            if work is not None and (rec := timeline.current()) is not None:
+                work = functools.partial(_stamped_work, rec, work)
         self._pending.setdefault(os.fspath(path), []).append((fut, work, abandoned))
         self.callers += 1
         t0 = time.monotonic()
@@ -613,6 +644,8 @@ class _GroupCommit:
                 abandoned(*fut.result())
             raise
         self.waited += time.monotonic() - t0
+        if timeline.on:
+            timeline.mark("resumed")
         return out
 
     def _round(self, paths: list[str]) -> list[OSError | None]:
@@ -627,6 +660,9 @@ class _GroupCommit:
         seconds of the work and of the wait for the sync (with it).
         """
         t0 = time.monotonic()
+        rrec = getattr(_bg, "round", None)
+        if rrec is not None:
+            rrec["start"], rrec["cpu0"] = time.monotonic_ns(), time.thread_time_ns()
         done: list[list[tuple[bool, Any]]] = []
         wanted: list[str] = []
         self._gate.enter()
@@ -651,11 +687,16 @@ class _GroupCommit:
             self._gate.leave()
             raise
         t1 = time.monotonic()
+        if rrec is not None:
+            rrec["worked"], rrec["cpu"] = time.monotonic_ns(), time.thread_time_ns() - rrec.pop("cpu0")
         if wanted:
             errors = dict(zip(wanted, self._gate.sync(wanted, entered=True), strict=True))
         else:
             self._gate.leave()
             errors = {}
+        if rrec is not None:
+            rrec["synced"] = time.monotonic_ns()
+            rrec["sync_no"] = getattr(_bg, "sync_no", None)
         return ([(outs, errors.get(path)) for path, outs in zip(batch, done, strict=True)], t1 - t0,
                 time.monotonic() - t1)
 
@@ -670,8 +711,13 @@ class _GroupCommit:
                 batch, self._pending = self._pending, {}
                 self._busy = sum(len(c) for c in batch.values()) > 1
                 self.rounds += 1
+                job = self._round_job
+                rrec = None
+                if timeline.on:
+                    rrec = timeline.new_round(n=sum(len(c) for c in batch.values()), inflight=self._running)
+                    job = functools.partial(_stamped_round, rrec, job)
                 try:
-                    results, worked, synced = await self._io.run(self._round_job, batch)
+                    results, worked, synced = await self._io.run(job, batch)
                 except Exception as exc:  # the pool is shut down: every caller of the round gets it
                     for callers in batch.values():
                         for fut, _, _ in callers:
@@ -685,6 +731,8 @@ class _GroupCommit:
                     raise
                 self.worked += worked
                 self.synced += synced
+                if rrec is not None:
+                    rrec["answered"] = time.monotonic_ns()
                 for callers, (outs, err) in zip(batch.values(), results, strict=True):
                     for (fut, work, abandoned), (ok, value) in zip(callers, outs, strict=True):
                         if fut.done():
@@ -704,6 +752,23 @@ class _GroupCommit:
         finally:
             self._running -= 1
             foreground.leave()
+
+
+def _stamped_work(rec: dict[str, Any], work: Callable[[], T]) -> T:
+    """A caller's work in a round's job, stamped on the caller's timeline record (and its round)."""
+    rec["work"] = time.monotonic_ns()
+    rrec = getattr(_bg, "round", None)
+    if rrec is not None:
+        rec["round"] = rrec["id"]
+    return work()
+
+
+def _stamped_round(rrec: dict[str, Any], job: Callable[..., T], *args: Any) -> T:
+    _bg.round = rrec
+    try:
+        return job(*args)
+    finally:
+        _bg.round = None
 
 
 async def _sleep(delay: float) -> None:
