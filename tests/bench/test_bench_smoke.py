@@ -140,6 +140,7 @@ def check_smtp_baselines(report: dict, client: str) -> None:
     for r in floors:
         assert r["value"] > 0 and r["writes"] > 0 and 0 < r["p50_ms"] <= r["p99_ms"], r
         assert r["baseline"]["value"] == pytest.approx(two_naive), r
+        assert r["left_ms_per_msg"] == pytest.approx(1000 / two_naive - 1000 / r["value"]), r
     names = [s["name"] for s in report["servers"]]
     assert naive in names and any(n.startswith("aiosmtpd+maildir fsync (") for n in names), names
     warm = [n for n in report["notes"] if n.startswith("warm-up before the first cell")]
