@@ -19,7 +19,7 @@ import socket
 import ssl
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -150,6 +150,8 @@ async def _serve(cfg: Config, socks: dict[str, list[socket.socket]], ssl_context
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)  # a terminal's ^C reaches the whole group; the master decides
+    if _dump_allocations is not None:
+        loop.add_signal_handler(signal.SIGUSR2, _dump_allocations)
 
     def _lifeline() -> None:
         try:
@@ -226,6 +228,39 @@ async def _serve(cfg: Config, socks: dict[str, list[socket.socket]], ssl_context
     logger.info("worker.stopped", pid=os.getpid())
 
 
+def _trace_allocations(out_dir: str) -> None:
+    """tracemalloc from now on; SIGUSR2 writes the allocation sites that grew since the previous dump.
+
+    Each dump is ``out_dir/worker-PID-N.txt``: the top sites by growth since the previous dump (the
+    first against the start), by file, by line and by 8-frame traceback, and the traced total. Tracing makes
+    every allocation slower and uses memory of its own: a debugging aid, off unless the variable is set.
+    """
+    import tracemalloc
+
+    tracemalloc.start(8)
+    state: dict[str, Any] = {"snap": tracemalloc.take_snapshot(), "n": 0}
+
+    def dump() -> None:
+        snap = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(False, tracemalloc.__file__)])
+        state["n"] += 1
+        lines = [f"traced now {tracemalloc.get_traced_memory()[0]} bytes"]
+        for group, top in (("filename", 15), ("lineno", 30), ("traceback", 8)):
+            lines.append(f"--- top {top} by {group}")
+            for stat in snap.compare_to(state["snap"], group)[:top]:
+                lines.append(f"{stat.size_diff:+d} B {stat.count_diff:+d} blocks (now {stat.size} B)")
+                lines += [f"    {frame}" for frame in reversed(stat.traceback)]  # the most recent first
+        state["snap"] = snap
+        with open(os.path.join(out_dir, f"worker-{os.getpid()}-{state['n']}.txt"), "w") as fh:
+            fh.write("\n".join(lines) + "\n")
+
+    global _dump_allocations
+    _dump_allocations = dump
+
+
+#: set by :func:`_trace_allocations`; _serve runs it on SIGUSR2 (a loop handler: an idle loop wakes for it)
+_dump_allocations: Callable[[], None] | None = None
+
+
 def run(cfg: Config, socks: dict[str, list[socket.socket]], ssl_context: ssl.SSLContext | None,
         ready_fd: int, lifeline_fd: int, others: dict[str, list[socket.socket]] | None = None) -> int:
     """Entry point in the forked child. Returns the exit status. ``others``: the other slots' members
@@ -242,6 +277,10 @@ def run(cfg: Config, socks: dict[str, list[socket.socket]], ssl_context: ssl.SSL
 
         profiler = cProfile.Profile(time.process_time)
         profiler.enable()
+    # Development only: MAILSRV_TRACEMALLOC_DIR=DIR traces allocations; each SIGUSR2 writes DIR/worker-PID-N.txt
+    trace_dir = os.environ.get("MAILSRV_TRACEMALLOC_DIR")
+    if trace_dir:
+        _trace_allocations(trace_dir)
     # Development only: MAILSRV_TIMELINE=PREFIX keeps the delivery path's stamps (util/timeline.py) and
     # writes PREFIX.PID.json at exit
     if os.environ.get("MAILSRV_TIMELINE"):
