@@ -698,8 +698,10 @@ class MessageCommands:
         try:
             query = searchindex.to_query(
                 key, searchindex.metadata_evaluator(view, saved=self.saved, recent=self.recent))
+            read_many = getattr(self.acct, "read_messages", None)
             idx = self.search.mailbox(account_id, view.id, Path(root) / "mailsrv-search",
-                                      lambda uid: self.acct.read_message(name, uid))
+                                      lambda uid: self.acct.read_message(name, uid),
+                                      read_many=(lambda uids: read_many(view.id, uids)) if read_many else None)
             return await idx.search(query, view)
         except Exception as exc:  # the index is a cache: scan instead of failing the SEARCH
             logger.warning("search.index_failed", error=type(exc).__name__, detail=str(exc)[:200])

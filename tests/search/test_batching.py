@@ -7,10 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pyroaring import BitMap
 from search.searchbox import Box, indexed
 
 from mailsrv.config import SearchConfig
-from mailsrv.search import MailboxIndex, SearchService
+from mailsrv.search import MailboxIndex, SearchService, Text, matches
 
 
 async def test_deliveries_during_a_batch_form_the_next_batch(tmp_path: Path) -> None:
@@ -123,4 +124,23 @@ async def test_a_round_indexes_every_waiting_mailbox_in_one_job_within_the_batch
     for name, box in boxes.items():
         idx = svc.mailbox("acct1", name, tmp_path / name, box.read)
         assert {m.uid for m in box.view.messages} <= indexed(idx)
+    await svc.close()
+
+
+async def test_a_search_catching_up_reads_each_batch_at_once(tmp_path: Path) -> None:
+    box = Box(50)
+    batches: list[list[int]] = []
+    gone = box.view.messages[7].uid  # read_many leaves it out (renamed meanwhile): read alone
+
+    async def read_many(uids: list[int]) -> dict[int, bytes]:
+        batches.append(list(uids))
+        return {u: box.raw[u] for u in uids if u != gone}
+
+    svc = SearchService(SearchConfig(batch=20))
+    idx = svc.mailbox("acct1", "Mbox1", tmp_path, box.read, read_many=read_many)
+    q = Text("subject", "report")
+    want = BitMap(m.uid for m in box.view.messages if matches(q, box.docs[m.uid], m))
+    assert await idx.search(q, box.view) == want
+    assert [len(b) for b in batches] == [20, 20, 10] and box.reads == 1  # not one read per message
+    assert {m.uid for m in box.view.messages} <= indexed(idx)
     await svc.close()
