@@ -315,7 +315,7 @@ class Pop3Writer(Writer):
     """bob over POP3S: TOP to name up to 3 messages, DELE them, QUIT; deleted once QUIT's +OK came."""
 
     def connect(self) -> Any:
-        return poplib.POP3_SSL("127.0.0.1", self.cluster.srv.ports["pop3s"], context=self.cluster.ctx, timeout=30)
+        return _Pop3("127.0.0.1", self.cluster.srv.ports["pop3s"], context=self.cluster.ctx, timeout=30)
 
     def login(self) -> None:
         self.conn.user(f"bob@{D}")
@@ -348,6 +348,19 @@ class Pop3Writer(Writer):
         finally:
             for m in picked:
                 self.ledger.done(m)
+
+
+class _Pop3(poplib.POP3_SSL):
+    """POP3_SSL that closes its socket when the greeting fails (poplib's constructor leaves it open)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        try:
+            super().__init__(*args, **kwargs)
+        except BaseException:
+            for part in (getattr(self, "file", None), getattr(self, "sock", None)):
+                if part is not None:
+                    part.close()
+            raise
 
 
 class JmapWriter(Writer):

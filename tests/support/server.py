@@ -52,6 +52,7 @@ class ServerProcess:
             stderr=subprocess.PIPE,
             env=full_env,
             text=True,
+            errors="replace",  # a process killed mid-write may cut a character: the reader must not die
             start_new_session=session,
         )
         self._reader = threading.Thread(target=self._read, daemon=True)
