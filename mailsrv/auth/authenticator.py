@@ -162,7 +162,7 @@ class Authenticator:
             return await self._fail(at, None, "plain-text password without TLS", count=False)
         creds = await self.directory.credentials(username)
         key = creds.account.address if creds else A.normalise(username)
-        gate = await self._gate(key, client_ip)
+        gate = await self._gate(key, client_ip, at)
         stored = creds.password_hash if creds is not None and creds.password_hash else None
         if stored is None:
             await self._in_pool(self.hasher.verify, await self._dummy_hash(), password)
@@ -220,9 +220,13 @@ class Authenticator:
 
     # -- lockout ----------------------------------------------------------------------------
 
-    async def _gate(self, account_key: str | None, ip: str) -> str | None:
+    async def _gate(self, account_key: str | None, ip: str, at: _Attempt | None = None) -> str | None:
+        """Why the attempt is refused before its check (a lockout), or None. ``at`` learns whether the
+        account had failures on record (``_ok`` has nothing to clear otherwise)."""
         keys = [ip_key(ip)] + ([f"acct:{account_key}"] if account_key else [])
         states = await self.directory.failure_states(*keys)
+        if at is not None and account_key:
+            at.extra["account_failures"] = states[1] is not None
         now = self.clock()
         if states[0] is not None and states[0].locked_until > now:
             return "client address blocked"
@@ -253,7 +257,10 @@ class Authenticator:
         return LoginResult(False, None, reason, delay=delay)
 
     async def _ok(self, at: _Attempt, acct: Account) -> LoginResult:
-        await self.directory.clear_failures(f"acct:{acct.address}")
+        # a directory write transaction at every login cost more than the rest of its directory work:
+        # only when the gate saw failures of this account on record (or did not look)
+        if at.extra.get("account_failures", True):
+            await self.directory.clear_failures(f"acct:{acct.address}")
         logger.info("auth.ok", protocol=at.protocol, ip=at.ip, user=acct.address, mech=at.mechanism)
         return LoginResult(True, acct, "ok")
 

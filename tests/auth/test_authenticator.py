@@ -63,6 +63,24 @@ async def test_account_lockout_grows_and_is_shared_by_protocols(directory: Direc
     await auth.close()
 
 
+async def test_success_clears_failures_only_when_there_are_some(auth: Authenticator, sd: SyncDirectory,
+                                                                monkeypatch) -> None:
+    cleared: list[str | None] = []
+    real = auth.directory.clear_failures
+
+    async def clear(key: str | None = None) -> int:
+        cleared.append(key)
+        return await real(key)
+
+    monkeypatch.setattr(auth.directory, "clear_failures", clear)
+    assert (await auth.login("alice@example.test", PASSWORD, protocol="imap", client_ip="192.0.2.1")).ok
+    assert cleared == []  # nothing on record: no write transaction at each login
+    assert not (await auth.login("alice@example.test", "wrong", protocol="imap", client_ip="192.0.2.1")).ok
+    assert sd.failure_state("acct:alice@example.test") is not None
+    assert (await auth.login("alice@example.test", PASSWORD, protocol="pop3", client_ip="192.0.2.1")).ok
+    assert cleared == ["acct:alice@example.test"] and sd.failure_state("acct:alice@example.test") is None
+
+
 async def test_ip_throttle_then_block(directory: Directory, sd: SyncDirectory) -> None:
     cfg = AuthConfig(argon2_memory_kib=1024, argon2_time_cost=1, account_failures=100, ip_throttle_failures=2,
                      ip_block_failures=4, throttle_delay=0.05)
