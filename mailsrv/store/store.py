@@ -103,6 +103,9 @@ class Store:
         #: linked before it (Linux); None elsewhere (each delivery fsyncs its file and directories)
         self.fssync = (fsio.FsSyncer(self.io, self.config.group_commit_delay, lanes=self._lanes())
                        if self.config.syncfs and fsio.have_syncfs() else None)
+        if self.fssync is not None:  # its syncfs reports the writeback errors of every write from now on
+            with contextlib.suppress(OSError):  # (not made yet: opened at the first sync)
+                fsio.watch_fs(self.data_dir)
         #: open accounts, least recently used first (at most ``config.account_cache``)
         self._accounts: dict[str, Account] = {}
         #: accounts evicted from ``_accounts`` that someone still holds: handed out again, not duplicated

@@ -48,6 +48,7 @@ __all__ = [
     "submit",
     "have_syncfs",
     "syncfs",
+    "watch_fs",
     "fsync_dir",
     "fsync_file",
     "durable_write",
@@ -67,9 +68,14 @@ _hosts: dict[str, str] = {}
 
 
 def _after_fork() -> None:
-    global _pid
+    global _pid, _fs_lock
     _pid = os.getpid()
     _here.loop = None  # the parent's loop is not this process's
+    # the parent's syncfs descriptors share its error cursor (errseq): this process opens its own
+    _fs_lock = threading.Lock()
+    for fs in _fs.values():
+        os.close(fs.fd)
+    _fs.clear()
 
 
 #: per thread: the loop that ran in it last (:func:`running_loop`)
@@ -144,22 +150,65 @@ def have_syncfs() -> bool:
     return bool(_syncfs_fn())
 
 
+class _Fs:
+    """This process's syncfs(2) descriptor of one file system, and the error to report once more."""
+
+    __slots__ = ("fd", "lock", "again")
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.lock = threading.Lock()
+        self.again: OSError | None = None
+
+
+#: st_dev -> its descriptor (:func:`syncfs`); emptied in a forked child
+_fs: dict[int, _Fs] = {}
+_fs_lock = threading.Lock()
+
+
+def watch_fs(path: str | os.PathLike[str]) -> None:
+    """Open now the descriptor :func:`syncfs` uses for the file system holding ``path`` (the store
+    does at start, before any write it will sync), so that it reports every writeback error from
+    now on. Raises OSError."""
+    _fs_of(path)
+
+
+def _fs_of(path: str | os.PathLike[str]) -> _Fs:
+    dev = os.stat(path).st_dev
+    fs = _fs.get(dev)
+    if fs is None:
+        with _fs_lock:
+            fs = _fs.get(dev)
+            if fs is None:
+                fs = _fs[dev] = _Fs(os.open(path, os.O_RDONLY | os.O_CLOEXEC))
+    return fs
+
+
 def syncfs(path: str | os.PathLike[str]) -> None:
     """Make every file and directory change on the file system holding ``path`` durable (blocking).
 
-    Linux syncfs(2): writes out all dirty data and metadata of that file system and waits for it
-    (since Linux 5.8 it also reports writeback errors, as fsync does). Raises OSError.
+    Linux syncfs(2): writes out all dirty data and metadata of that file system and waits for it,
+    and (since Linux 5.8) reports a writeback error once per open file description, and only to
+    those opened before anyone saw the error (errseq): a descriptor opened per call, as before,
+    returned 0 after another worker's syncfs (or another round's) had seen the error of this
+    caller's lost pages (checked on a loop device whose backing store ran out of space: the first
+    fresh descriptor got EIO, the next one 0, one opened before the writes ENOSPC). So each process
+    keeps one descriptor per file system (:func:`watch_fs`), its syncs run one at a time, and an
+    error is raised by the sync that saw it and by the next one too (the failed writeback may have
+    covered writes of a caller that joined the next sync). Raises OSError.
     """
     fn = _syncfs_fn()
     if not fn:
         raise OSError(errno.ENOSYS, "syncfs is not available", os.fspath(path))
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        if fn(fd) != 0:
+    fs = _fs_of(path)
+    with fs.lock:
+        if fn(fs.fd) != 0:
             err = ctypes.get_errno()
+            fs.again = OSError(err, os.strerror(err), os.fspath(path))
             raise OSError(err, os.strerror(err), os.fspath(path))
-    finally:
-        os.close(fd)
+        if fs.again is not None:
+            exc, fs.again = fs.again, None
+            raise OSError(exc.errno, exc.strerror, os.fspath(path))
 
 
 def durable_write(path: str | os.PathLike[str], data: bytes, *, tmp_dir: str | os.PathLike[str] | None = None,
