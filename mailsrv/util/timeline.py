@@ -108,6 +108,25 @@ def dump() -> str | None:
 MESSAGE_STAGES = ("eod", "spool", "join", "work", "resumed", "stored", "verdict", "written")
 
 
+#: a message's stages with its round (r) and sync (s): (name, (record, stamp) from, (record, stamp) to)
+ROUND_STAGES = (
+    ("eod->spool", ("m", "eod"), ("m", "spool")),
+    ("spool->join", ("m", "spool"), ("m", "join")),
+    ("join->round submit", ("m", "join"), ("r", "submit")),
+    ("round submit->job start (pool queue)", ("r", "submit"), ("r", "start")),
+    ("job start->my work", ("r", "start"), ("m", "work")),
+    ("my work->round work done", ("m", "work"), ("r", "worked")),
+    ("work done->sync start (gate)", ("r", "worked"), ("s", "start")),
+    ("sync", ("s", "start"), ("s", "end")),
+    ("sync end->job return", ("s", "end"), ("r", "synced")),
+    ("job return->answered on loop", ("r", "synced"), ("r", "answered")),
+    ("answered->caller resumed", ("r", "answered"), ("m", "resumed")),
+    ("resumed->stored", ("m", "resumed"), ("m", "stored")),
+    ("stored->verdict", ("m", "stored"), ("m", "verdict")),
+    ("verdict->written", ("m", "verdict"), ("m", "written")),
+)
+
+
 def _median(values: list[float]) -> float:
     values = sorted(values)
     return values[len(values) // 2] if values else float("nan")
@@ -128,7 +147,7 @@ def summarize(paths: list[str], since: int = 0, until: int = 2**63) -> dict[str,
     work_cpu: list[float] = []
     inflight: list[float] = []
     sync_ms: list[float] = []
-    sync_paths: list[float] = []
+    sync_paths: list[float] = []  # paths per sync
     jobs: dict[str, list[tuple[float, float]]] = {}
     count = 0
 
@@ -153,20 +172,9 @@ def summarize(paths: list[str], since: int = 0, until: int = 2**63) -> dict[str,
                     add(f"{a}->{b}", m[a], m[b])
                 continue
             s = syncs.get(r.get("sync_no", -1), {})
-            add("eod->spool", m["eod"], m.get("spool"))
-            add("spool->join", m.get("spool"), m.get("join"))
-            add("join->round submit", m.get("join"), r.get("submit"))
-            add("round submit->job start (pool queue)", r.get("submit"), r.get("start"))
-            add("job start->my work", r.get("start"), m.get("work"))
-            add("my work->round work done", m.get("work"), r.get("worked"))
-            add("work done->sync start (gate)", r.get("worked"), s.get("start"))
-            add("sync", s.get("start"), s.get("end"))
-            add("sync end->job return", s.get("end"), r.get("synced"))
-            add("job return->answered on loop", r.get("synced"), r.get("answered"))
-            add("answered->caller resumed", r.get("answered"), m.get("resumed"))
-            add("resumed->stored", m.get("resumed"), m.get("stored"))
-            add("stored->verdict", m.get("stored"), m.get("verdict"))
-            add("verdict->written", m.get("verdict"), m.get("written"))
+            of = {"m": m, "r": r, "s": s}
+            for name, (a, ka), (b, kb) in ROUND_STAGES:
+                add(name, of[a].get(ka), of[b].get(kb))
         for r in doc["rounds"]:
             if since <= r["submit"] < until and "answered" in r:
                 rounds_n.append(r["n"])
@@ -190,7 +198,8 @@ def summarize(paths: list[str], since: int = 0, until: int = 2**63) -> dict[str,
                    "ms_median": round(_median(rounds_ms), 3), "inflight_median": _median(inflight),
                    "work_ms_per_msg_wall": round(_median(work_wall), 3),
                    "work_ms_per_msg_cpu": round(_median(work_cpu), 3)},
-        "syncs": {"count": len(sync_ms), "ms_median": round(_median(sync_ms), 3),
+        "syncs": {"count": len(sync_ms), "ms_median": round(_median(sync_ms), 3), "paths_mean":
+                  round(sum(sync_paths) / max(1, len(sync_paths)), 2),
                   "ms_p90": round(_pct(sync_ms, 0.9), 3), "busy_s": round(sum(sync_ms) / 1000, 3)},
         "jobs": {k: {"count": len(v), "queue_ms_median": round(_median([q for q, _ in v]), 3),
                      "queue_ms_p90": round(_pct([q for q, _ in v], 0.9), 3),
