@@ -8,9 +8,18 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes
 from libc.string cimport memchr, memcpy
 
 
-cdef inline bint _dot_after(const char* p, Py_ssize_t i, Py_ssize_t n) noexcept:
-    """p[i] is LF: is it the LF of a CR LF followed by "."?"""
-    return i >= 1 and i + 1 < n and p[i - 1] == 13 and p[i + 1] == 46
+cdef inline Py_ssize_t _next_dot_line(const char* p, Py_ssize_t i, Py_ssize_t n) noexcept:
+    """The first k >= i where p[k-1:k+2] is CR LF "." (k: the LF), or -1."""
+    cdef const char* q
+    while i < n:
+        q = <const char*>memchr(p + i, 10, n - i)
+        if q == NULL:
+            return -1
+        i = q - p
+        if i >= 1 and i + 1 < n and p[i - 1] == 13 and p[i + 1] == 46:
+            return i
+        i += 1
+    return -1
 
 
 def stuff(data, bint line_start):
@@ -18,38 +27,27 @@ def stuff(data, bint line_start):
         data = bytes(data)
     cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
     cdef const char* p = PyBytes_AS_STRING(data)
-    cdef const char* q
-    cdef Py_ssize_t i = 0, dots = 0, w = 0, start = 0
     cdef bint first = line_start and n > 0 and p[0] == 46
-    if first:
-        dots = 1
-    while i < n:
-        q = <const char*>memchr(p + i, 10, n - i)
-        if q == NULL:
-            break
-        i = q - p
-        if _dot_after(p, i, n):
-            dots += 1
-        i += 1
+    cdef Py_ssize_t dots = 1 if first else 0
+    cdef Py_ssize_t i = _next_dot_line(p, 0, n)
+    while i >= 0:
+        dots += 1
+        i = _next_dot_line(p, i + 1, n)
     if dots == 0:
         return data
     cdef bytes out = PyBytes_FromStringAndSize(NULL, n + dots)
     cdef char* o = PyBytes_AS_STRING(out)
+    cdef Py_ssize_t w = 0, start = 0
     if first:
         o[0] = 46
         w = 1
-    i = 0
-    while i < n:
-        q = <const char*>memchr(p + i, 10, n - i)
-        if q == NULL:
-            break
-        i = q - p
-        if _dot_after(p, i, n):
-            memcpy(o + w, p + start, i + 1 - start)  # up to and with the LF
-            w += i + 1 - start
-            o[w] = 46
-            w += 1
-            start = i + 1
-        i += 1
+    i = _next_dot_line(p, 0, n)
+    while i >= 0:
+        memcpy(o + w, p + start, i + 1 - start)  # up to and with the LF, then the stuffed dot
+        w += i + 1 - start
+        o[w] = 46
+        w += 1
+        start = i + 1
+        i = _next_dot_line(p, start, n)
     memcpy(o + w, p + start, n - start)
     return out
