@@ -25,7 +25,8 @@ the writers stopped, after the restart:
   the end the queue is empty (no entry lost or stuck).
 
 ``MAILSRV_CRASH_ROUNDS`` (default 3: each victim once) sets the rounds; ``MAILSRV_CRASH_SEED`` replays a
-seed (printed on failure and at the end). Eventual steps (the background indexer, the queue's retry,
+seed (printed on failure and at the end); ``MAILSRV_CRASH_VICTIMS`` (e.g. ``queue`` or ``worker,master``)
+limits the victims. Eventual steps (the background indexer, the queue's retry,
 the domain usage book's catch-up) are waited for with a deadline, never a sleep.
 """
 
@@ -229,7 +230,7 @@ def test_kill_9_under_mixed_load(cluster: Cluster) -> None:
 def _rounds(c: Cluster, ledger: Ledger, rng: random.Random, rounds: int, seed: int, victims: list[str]) -> None:
     for r in range(rounds):
         if not victims:
-            victims = ["worker", "queue", "master"]
+            victims = os.environ.get("MAILSRV_CRASH_VICTIMS", "worker,queue,master").split(",")
             rng.shuffle(victims)
         victim = victims.pop()
         where = f"seed={seed} round={r} victim={victim}"
