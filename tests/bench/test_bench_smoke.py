@@ -158,4 +158,6 @@ def check_idle(report: dict) -> None:
     assert lat == sorted(lat) and 0 < lat[-1] < 120_000, lat
     assert rows["RSS per IDLE connection"]["value"] > 0
     assert rows["server CPU while idle"]["unit"] == "CPU s/min"
+    for name in ("RSS growth per wake round, per connection", "RSS growth per later wake round, per connection"):
+        assert rows[name]["unit"] == "bytes", rows.get(name)
     assert any("RLIMIT_NOFILE" in n for n in report["notes"])
