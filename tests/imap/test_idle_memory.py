@@ -11,7 +11,7 @@ import gc
 from pathlib import Path
 from typing import Any
 
-from imaptest import Raw, ServerHandle, serve_real_store
+from imaptest import ServerHandle, login, ok, serve_real_store
 from support.server import wait_until
 
 from mailsrv.imap import shared
@@ -46,13 +46,11 @@ def _state(h: ServerHandle) -> dict[str, Any]:
 
 def test_idle_wake_rounds_hold_one_shared_object_per_message_and_nothing_per_round(tmp_path: Path) -> None:
     with serve_real_store(tmp_path) as h:
-        writer = Raw(h.host, h.port)
-        assert writer.cmd(b"l LOGIN alice@example.test wonderland")[-1].startswith(b"l OK")
+        writer = login(h, "alice@example.test")
         idlers = []
         for _ in range(IDLERS):
-            c = Raw(h.host, h.port)
-            assert c.cmd(b"l LOGIN alice@example.test wonderland")[-1].startswith(b"l OK")
-            assert c.cmd(b"s SELECT INBOX")[-1].startswith(b"s OK")
+            c = login(h, "alice@example.test")
+            ok(c, b"s SELECT INBOX")
             c.send(b"i IDLE\r\n")
             assert c.line() == b"+ idling\r\n"
             idlers.append(c)
@@ -82,7 +80,7 @@ def test_idle_wake_rounds_hold_one_shared_object_per_message_and_nothing_per_rou
             for c in idlers:
                 c.send(b"DONE\r\n")
                 assert c.until(b"i")[-1].startswith(b"i OK")
-                assert c.cmd(b"o LOGOUT")[-1].startswith(b"o OK")
+                ok(c, b"o LOGOUT")
         finally:
             for c in [writer, *idlers]:
                 c.close()
