@@ -24,13 +24,16 @@ def ids(ctx: RequestContext, args: dict[str, Any], key: str, nullable: bool = Tr
         if not nullable:
             raise invalid_arguments(f"{key} is required")
         return None
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+    if not isinstance(value, list):
         raise invalid_arguments(f"{key} must be an array of Ids")
-    out = []
-    for v in value:
-        # RFC 8620 §5.1: ids may be creation ids of this request ("#c1")
-        r = ctx.resolve_id(v)
-        out.append(r if r is not None else v)
+    out = list(value)
+    for i, v in enumerate(out):
+        if not isinstance(v, str):
+            raise invalid_arguments(f"{key} must be an array of Ids")
+        if v[:1] == "#":  # RFC 8620 §5.1: ids may be creation ids of this request ("#c1")
+            r = ctx.resolve_id(v)
+            if r is not None:
+                out[i] = r
     return out
 
 

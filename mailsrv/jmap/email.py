@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import re
 from collections import OrderedDict
+from collections.abc import Callable
+from operator import attrgetter
 from typing import Any
 
 from mailsrv import mime
@@ -149,9 +151,29 @@ PARSE_CACHE_MAX_SIZE = 256 * 1024
 _derived: OrderedDict[tuple[Any, ...], dict[str, Any]] = OrderedDict()
 
 
-def _key(meta: EmailMeta, props: list[str], body_props: list[str], opts: BodyOptions) -> tuple[Any, ...]:
-    content = tuple(p for p in props if p not in METADATA)
-    return (meta.blob_id, content, tuple(body_props), opts.text, opts.html, opts.all, opts.max_bytes)
+#: metadata property -> its value from the EmailMeta (never cached: flags and mailboxes change)
+_METADATA_VALUE: dict[str, Callable[[EmailMeta], Any]] = {
+    "id": attrgetter("id"),
+    "blobId": attrgetter("blob_id"),
+    "threadId": attrgetter("thread_id"),
+    "mailboxIds": lambda m: dict.fromkeys(sorted(m.mailbox_ids), True),
+    "keywords": lambda m: dict.fromkeys(sorted(m.keywords), True),
+    "size": attrgetter("size"),
+    "receivedAt": lambda m: message.utc_date(m.received_at),
+}
+
+
+class Shape:
+    """What one Email/get asks of each message, worked out once for all its messages: ``key``, with the
+    blob id the derived cache's key; ``content``, the properties that cache holds; ``plan``, each
+    property in order with its metadata reader (None: from the derived properties)."""
+
+    __slots__ = ("content", "key", "plan")
+
+    def __init__(self, props: list[str], body_props: list[str], opts: BodyOptions) -> None:
+        self.content = [p for p in props if p not in METADATA]
+        self.key = (tuple(self.content), tuple(body_props), opts.text, opts.html, opts.all, opts.max_bytes)
+        self.plan = [(p, _METADATA_VALUE.get(p)) for p in props]
 
 
 def needs_raw(structure: MessageStructure, props: list[str], body_props: list[str], opts: BodyOptions) -> bool:
@@ -169,25 +191,28 @@ def needs_raw(structure: MessageStructure, props: list[str], body_props: list[st
 
 
 def email_json(meta: EmailMeta, raw: Any, props: list[str], body_props: list[str], opts: BodyOptions,
-               structure: MessageStructure | None = None) -> dict[str, Any]:
+               structure: MessageStructure | None = None, shape: Shape | None = None) -> dict[str, Any]:
     """The Email object; content properties from ``structure`` (parsed from ``raw`` if None) and
-    ``raw`` (None when :func:`needs_raw` says so)."""
-    key = _key(meta, props, body_props, opts)
+    ``raw`` (None when :func:`needs_raw` says so). ``shape``: the :class:`Shape` of the other
+    arguments, when the caller made it once for many messages."""
+    if shape is None:
+        shape = Shape(props, body_props, opts)
+    key = (meta.blob_id, shape.key)
     derived = _derived.get(key)
     if derived is not None:
         _derived.move_to_end(key)
     else:
-        content = list(key[1])
-        if structure is None and content:
+        if structure is None and shape.content:
             structure = mime.parse(raw if raw is not None else b"")
-        derived = _email_json(meta, structure, raw, content, body_props, opts)
+        derived = _email_json(meta, structure, raw, shape.content, body_props, opts)
         if meta.size <= PARSE_CACHE_MAX_SIZE:
             _derived[key] = derived
             if len(_derived) > PARSE_CACHE:
                 _derived.popitem(last=False)
-    out = _email_json(meta, None, None, [p for p in props if p in METADATA], body_props, opts)
-    out.update(derived)
-    return {p: out[p] for p in props}
+    out: dict[str, Any] = {}
+    for p, value in shape.plan:
+        out[p] = derived[p] if value is None else value(meta)
+    return out
 
 
 def _email_json(meta: EmailMeta, s: MessageStructure | None, raw: Any, props: list[str], body_props: list[str],
@@ -266,10 +291,9 @@ async def email_get(ctx: RequestContext, args: dict[str, Any], call_id: str) -> 
         ids = [m.id for m in metas_all]
     A.get_limit(ctx, len(ids))
     metas = await be.get_emails(ids)
-    content = any(p not in METADATA for p in props)
+    shape = Shape(props, body_props, opts)
     # 1. the cached structures (no file read) of what the derived cache does not hold
-    todo = [m for m in metas.values()
-            if content and _key(m, props, body_props, opts) not in _derived]
+    todo = [m for m in metas.values() if (m.blob_id, shape.key) not in _derived] if shape.content else []
     structs = await be.structures([m.blob_id for m in todo]) if todo else {}
     # 2. the bytes, read once and concurrently (the backend's I/O threads), only where needed
     need = [m for m in todo if m.blob_id not in structs
@@ -282,7 +306,8 @@ async def email_get(ctx: RequestContext, args: dict[str, Any], call_id: str) -> 
         if meta is None or (meta.blob_id in raws and raws[meta.blob_id] is None):  # or expunged meanwhile
             not_found.append(i)
             continue
-        found.append(email_json(meta, raws.get(meta.blob_id), props, body_props, opts, structs.get(meta.blob_id)))
+        found.append(email_json(meta, raws.get(meta.blob_id), props, body_props, opts, structs.get(meta.blob_id),
+                                shape))
     return {"accountId": be.account_id, "state": state, "list": found, "notFound": not_found}
 
 

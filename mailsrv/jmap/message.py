@@ -14,6 +14,7 @@ from __future__ import annotations
 import email.utils
 import html
 import re
+import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
@@ -150,7 +151,8 @@ def rfc3339(dt: datetime) -> str:
 
 
 def utc_date(ts: float) -> str:
-    return datetime.fromtimestamp(int(ts), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    """RFC 3339 UTC date of a POSIX time, in whole seconds (RFC 8620 §1.4 UTCDate)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(ts)))  # as datetime's, without a datetime
 
 
 def as_urls(value: bytes) -> list[str] | None:

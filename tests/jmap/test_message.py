@@ -212,3 +212,14 @@ def test_repeated_structural_fields_last_instance_and_all() -> None:
     assert convenience(s, "subject") == "second é"
     assert header_value(s, None, None, "header:Subject:asText:all") == ["first", "second é"]
     assert header_value(s, None, None, "header:subject:asRaw") == " =?utf-8?q?second_=C3=A9?="
+
+
+@given(st.integers(min_value=-(2**35), max_value=2**37), st.floats(min_value=0, max_value=0.999))
+@settings(max_examples=300)
+def test_utc_date_is_datetimes(seconds: int, fraction: float) -> None:
+    """receivedAt and sendAt (RFC 8620 §1.4 UTCDate) as datetime wrote them, fractions dropped."""
+    from datetime import UTC, datetime
+
+    ts = seconds + fraction
+    assert message.utc_date(ts) == datetime.fromtimestamp(int(ts), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert message.utc_date(1700000000.9) == "2023-11-14T22:13:20Z"
