@@ -10,6 +10,7 @@ state is the modseq; the log keeps the last ``LOG_KEEP`` changes for ``/changes`
 from __future__ import annotations
 
 import fcntl
+import functools
 import json
 import os
 from collections.abc import Callable
@@ -22,10 +23,16 @@ from mailsrv.util.fsio import FileIO, durable_write
 LOG_KEEP = 1000
 
 
+@functools.lru_cache(maxsize=1024)
+def _paths(root: Path, account_id: str, type_: str) -> tuple[Path, Path]:
+    """(the account's directory, the collection's file): an API request makes 2-3 Collections."""
+    d = root / account_id
+    return d, d / f"{type_}.json"
+
+
 class Collection:
     def __init__(self, root: Path, io: FileIO, account_id: str, type_: str) -> None:
-        self.dir = root / account_id
-        self.path = self.dir / f"{type_}.json"
+        self.dir, self.path = _paths(root, account_id, type_)
         self.io = io
 
     def _load(self) -> dict[str, Any]:

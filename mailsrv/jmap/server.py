@@ -173,6 +173,8 @@ class JmapApp:
         self.tls = tls
         self._basic_cache: dict[bytes, tuple[float, Principal, int]] = {}  # -> (expiry, principal, generation)
         self._inflight: dict[str, int] = {}
+        #: :meth:`_session_state` by the Session's varying parts
+        self._session_states: dict[tuple[Any, ...], str] = {}
         self._uploads_inflight: dict[str, int] = {}
         self.websockets: set[web.WebSocketResponse] = set()
         self.streams: set[asyncio.Task[Any]] = set()
@@ -445,6 +447,18 @@ class JmapApp:
         return session_object(self.config, self.base_url(request), p.username, {be.account_id: be.name},
                               be.account_id, shared, files, sieve)
 
+    def _session_state(self, request: web.Request, p: Principal, be: MailBackend, access: dict[str, Access]) -> str:
+        """The Session object's ``state`` (RFC 8620 §3.4: in every API response), kept per what it is made
+        of besides this app's fixed settings, not built and hashed (JSON, SHA-256) again at each request."""
+        key = (self.base_url(request), p.username, be.account_id, be.name,
+               tuple((aid, a.backend.name, a.read_only) for aid, a in access.items() if not a.personal))
+        state = self._session_states.get(key)
+        if state is None:
+            if len(self._session_states) > 10000:
+                self._session_states.clear()
+            state = self._session_states[key] = self._session(request, p, be, access)["state"]
+        return state
+
     async def _context(self, p: Principal) -> tuple[core.RequestContext, MailBackend]:
         return self._make_context(p, *await self.accounts(p))
 
@@ -505,7 +519,7 @@ class JmapApp:
             be, access = await self.accounts(p)
             ctx, be = self._make_context(p, be, access)
             ctx.extra["base_url"] = self.base_url(request)  # for URLs in responses (FileLink/set)
-            session_state = self._session(request, p, be, access)["state"]
+            session_state = self._session_state(request, p, be, access)
             try:
                 # a client that hangs up does not cut a request in the middle of its method calls
                 result = await asyncio.shield(core.process(body, ctx, session_state))

@@ -105,8 +105,19 @@ def _flipped(o: Entry, n: Entry) -> bool:
     return o.look.endswith(PRIVATE_MARK) != n.look.endswith(PRIVATE_MARK)
 
 
+_looks: dict[tuple[str, bool, str | None], str] = {}
+
+
 def _look(info: st.MailboxInfo) -> str:
-    return hashlib.sha1(f"{info.name}\0{info.subscribed}\0{info.special_use}".encode()).hexdigest()[:6]
+    """A short hash of what Mailbox/changes reports beside the counts (name, subscription, role);
+    kept per worker by those values: each state reads it for every mailbox."""
+    key = (info.name, info.subscribed, info.special_use)
+    hit = _looks.get(key)
+    if hit is None:
+        if len(_looks) > 4096:
+            _looks.clear()
+        hit = _looks[key] = hashlib.sha1(f"{key[0]}\0{key[1]}\0{key[2]}".encode()).hexdigest()[:6]
+    return hit
 
 
 _encoded: dict[tuple[tuple[str, Entry], ...], str] = {}
@@ -153,6 +164,7 @@ class StoreBackend:
         self.limits = limits
         self._seen: dict[tuple[str, int, int], tuple[str, str]] = {}
         self._infos_memo: tuple[object, list[st.MailboxInfo]] | None = None
+        self._state_memo: tuple[list[st.MailboxInfo], str] | None = None
         self._by_id: dict[str, EmailMeta] = {}
         self._names: dict[str, str] = {}
         self._emails_cache: tuple[str, list[EmailMeta], dict[str, list[tuple[str, int, st.MessageInfo]]]] | None = None
@@ -198,7 +210,14 @@ class StoreBackend:
                 for i in infos}
 
     async def state(self, type_: str) -> str:
-        return encode_state(self._vector(await self._infos()))
+        infos = await self._infos()
+        memo = self._state_memo
+        if memo is not None and memo[0] is infos:  # the same read (one request asks 2-3 times)
+            return memo[1]
+        out = encode_state(self._vector(infos))
+        if getattr(self.acct, "private", None) is None:  # a private view's marks follow rights, not the read
+            self._state_memo = (infos, out)
+        return out
 
     async def changes(self, type_: str, since: str, max_changes: int | None) -> ChangeSet:
         old = decode_state(since)

@@ -352,3 +352,23 @@ def test_share_cli_scopes(setup: tuple[Path, dict[str, str]]) -> None:
         {"owner": "alice@example.test", "grantee": "bob@example.test", "rights": "write"}]
     gone = run("share", "revoke", "alice@example.test", "bob@example.test", "--json")
     assert json.loads(gone.stdout)["revoked"] is True
+
+
+async def test_session_state_follows_grants(env: Env) -> None:
+    """The sessionState of API responses (kept per worker by what the Session is made of) is the Session
+    resource's and moves when a grant adds or removes an account (RFC 8620 §3.4)."""
+    bob = env.client("bob@example.test")
+    await own(bob)
+
+    async def api_state() -> str:
+        status, body = await bob.api_raw({"using": USING, "methodCalls": [["Core/echo", {}, "e"]]})
+        assert status == 200, body
+        return str(body["sessionState"])
+
+    before = await api_state()
+    assert before == (await session(bob))["state"] == await api_state()
+    env.cli("share", "grant", "alice@example.test", "bob@example.test")
+    shared = await api_state()
+    assert shared != before and shared == (await session(bob))["state"]
+    env.cli("share", "revoke", "alice@example.test", "bob@example.test")
+    assert await api_state() == before
