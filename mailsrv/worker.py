@@ -243,7 +243,7 @@ def _trace_allocations(out_dir: str) -> None:
     def dump() -> None:
         snap = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(False, tracemalloc.__file__)])
         state["n"] += 1
-        lines = [f"traced now {tracemalloc.get_traced_memory()[0]} bytes"]
+        lines = [f"traced now {tracemalloc.get_traced_memory()[0]} bytes; SQLite's own {_sqlite_memory()} bytes"]
         for group, top in (("filename", 15), ("lineno", 30), ("traceback", 8)):
             lines.append(f"--- top {top} by {group}")
             for stat in snap.compare_to(state["snap"], group)[:top]:
@@ -255,6 +255,20 @@ def _trace_allocations(out_dir: str) -> None:
 
     global _dump_allocations
     _dump_allocations = dump
+
+
+def _sqlite_memory() -> int:
+    """sqlite3_memory_used(): the page caches and statements of every connection (tracemalloc does not
+    see them); -1 when the library cannot be found."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        lib = ctypes.CDLL(ctypes.util.find_library("sqlite3") or "libsqlite3.so.0")
+        lib.sqlite3_memory_used.restype = ctypes.c_int64
+        return int(lib.sqlite3_memory_used())
+    except (OSError, AttributeError):
+        return -1
 
 
 #: set by :func:`_trace_allocations`; _serve runs it on SIGUSR2 (a loop handler: an idle loop wakes for it)
