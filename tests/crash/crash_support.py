@@ -80,6 +80,7 @@ class Ledger:
         self.msgs: dict[str, Msg] = {}
         self.acks = 0
         self.counter = 0
+        self.batches = 0  # IMAP commands acknowledged on several messages at once
         self.rng = rng
         #: (account, folder) -> what the last verification saw
         self.seen: dict[tuple[str, str], Folder] = {}
@@ -265,37 +266,46 @@ class ImapWriter(Writer):
         if m is None:
             self._append()
             return
+        (folder,) = m.folders
+        more = (self.ledger.pick("alice", folder) for _ in range(self.rng.randrange(3)))
+        ms = [m, *(x for x in more if x is not None)]  # one to three messages of one folder
         try:
-            (folder,) = m.folders
-            uid = m.uids[("alice", folder)]
+            uids = [x.uids[("alice", folder)] for x in ms]
+            self.ledger.batches += len(ms) > 1
+            uidset = ",".join(map(str, uids))
             self._select(folder)
             if op == "flag":
-                typ, _ = self.conn.uid("STORE", str(uid), "+FLAGS", "(\\Flagged)")
+                typ, _ = self.conn.uid("STORE", uidset, "+FLAGS", "(\\Flagged)")
                 assert typ == "OK"
-                self.ledger.ack(m, flagged=True)
+                for x in ms:
+                    self.ledger.ack(x, flagged=True)
             elif op == "move":
                 dest = "Archive" if folder == "INBOX" else "INBOX"
                 with self.ledger.lock:
-                    m.folders = {folder, dest}  # in flight: either, exactly once
-                typ, _ = self.conn.uid("MOVE", str(uid), dest)
+                    for x in ms:
+                        x.folders = {folder, dest}  # in flight: either, exactly once
+                typ, _ = self.conn.uid("MOVE", uidset, dest)
                 assert typ == "OK"
                 code = self.conn.response("COPYUID")[1]
                 assert code and code[0], code
-                uv, _, new = code[-1].split()
-                with self.ledger.lock:
-                    del m.uids[("alice", folder)]
+                uv, src, dst = code[-1].decode().split()  # RFC 4315 §3: the two sets in the same order
+                moved = dict(zip(_uid_set(src), _uid_set(dst), strict=True))
                 self.cluster.note_uidvalidity("alice", dest, int(uv))
-                self.ledger.ack(m, folders={dest}, uids={**m.uids, ("alice", dest): int(new)})
+                for x, uid in zip(ms, uids, strict=True):
+                    self.ledger.ack(x, folders={dest}, uids={("alice", dest): moved[uid]})
             else:
                 with self.ledger.lock:
-                    m.present = "maybe"
-                typ, _ = self.conn.uid("STORE", str(uid), "+FLAGS", "(\\Deleted)")
+                    for x in ms:
+                        x.present = "maybe"
+                typ, _ = self.conn.uid("STORE", uidset, "+FLAGS", "(\\Deleted)")
                 assert typ == "OK"
-                typ, _ = self.conn.uid("EXPUNGE", str(uid))  # RFC 4315 §2.1
+                typ, _ = self.conn.uid("EXPUNGE", uidset)  # RFC 4315 §2.1
                 assert typ == "OK"
-                self.ledger.ack(m, present="no")
+                for x in ms:
+                    self.ledger.ack(x, present="no")
         finally:
-            self.ledger.done(m)
+            for x in ms:
+                self.ledger.done(x)
 
     def _append(self) -> None:
         m = self.ledger.new(("alice",))
@@ -309,6 +319,15 @@ class ImapWriter(Writer):
         uv, uid = code[-1].split()
         self.cluster.note_uidvalidity("alice", folder, int(uv))
         self.ledger.ack(m, present="yes", uids={("alice", folder): int(uid)})
+
+
+def _uid_set(text: str) -> list[int]:
+    """The UIDs of an IMAP sequence set ("3,5:7"), in its order."""
+    out: list[int] = []
+    for part in text.split(","):
+        lo, _, hi = part.partition(":")
+        out += range(int(lo), int(hi or lo) + 1) if int(hi or lo) >= int(lo) else range(int(lo), int(hi) - 1, -1)
+    return out
 
 
 class Pop3Writer(Writer):

@@ -224,7 +224,7 @@ def test_kill_9_under_mixed_load(cluster: Cluster) -> None:
     for m in ledger.msgs.values():
         states[m.present] = states.get(m.present, 0) + 1
     print(f"\nseed={seed}: {rounds} rounds in {time.monotonic() - t0:.1f}s, {ledger.acks} acknowledgements, "
-          f"messages {states}, sink {len(list(c.sink.glob('*.eml')))} files")
+          f"messages {states}, {ledger.batches} IMAP commands on several, sink {len(list(c.sink.glob('*.eml')))} files")
 
 
 def _rounds(c: Cluster, ledger: Ledger, rng: random.Random, rounds: int, seed: int, victims: list[str]) -> None:
