@@ -7,6 +7,7 @@ Importing this module also registers Email/query, /set, /import, /parse and
 from __future__ import annotations
 
 import asyncio
+import itertools
 import re
 from collections import OrderedDict
 from collections.abc import Callable
@@ -148,7 +149,7 @@ def body_value(raw: Any, part: Part, max_bytes: int) -> dict[str, Any]:
 #: immutable; messages larger than the last bound are not kept
 PARSE_CACHE = 2000
 PARSE_CACHE_MAX_SIZE = 256 * 1024
-_derived: OrderedDict[tuple[Any, ...], dict[str, Any]] = OrderedDict()
+_derived: OrderedDict[tuple[str, int], dict[str, Any]] = OrderedDict()
 
 
 #: metadata property -> its value from the EmailMeta (never cached: flags and mailboxes change)
@@ -164,16 +165,31 @@ _METADATA_VALUE: dict[str, Callable[[EmailMeta], Any]] = {
 
 
 class Shape:
-    """What one Email/get asks of each message, worked out once for all its messages: ``key``, with the
-    blob id the derived cache's key; ``content``, the properties that cache holds; ``plan``, each
-    property in order with its metadata reader (None: from the derived properties)."""
+    """What one Email/get asks of each message, worked out once for all its messages: ``key``, the number
+    of what it asks (properties, body properties, body value options), with the blob id the derived
+    cache's key; ``content``, the properties that cache holds; ``plan``, each property in order with
+    its metadata reader (None: from the derived properties)."""
 
     __slots__ = ("content", "key", "plan")
 
     def __init__(self, props: list[str], body_props: list[str], opts: BodyOptions) -> None:
         self.content = [p for p in props if p not in METADATA]
-        self.key = (tuple(self.content), tuple(body_props), opts.text, opts.html, opts.all, opts.max_bytes)
+        asked = (tuple(self.content), tuple(body_props), opts.text, opts.html, opts.all, opts.max_bytes)
+        # a number per distinct request shape: the cache's keys hash and compare as (str, int), not as
+        # nested tuples of a dozen strings, 100 times per Email/get of 50
+        key = _shape_numbers.get(asked)
+        if key is None:
+            if len(_shape_numbers) > SHAPES:
+                _shape_numbers.clear()  # numbers are never reused: forgotten shapes' entries just age out
+            key = _shape_numbers[asked] = next(_next_shape)
+        self.key = key
         self.plan = [(p, _METADATA_VALUE.get(p)) for p in props]
+
+
+#: request shapes numbered at once (beyond it the numbering starts over with new numbers)
+SHAPES = 1024
+_shape_numbers: dict[tuple[Any, ...], int] = {}
+_next_shape = itertools.count()
 
 
 def needs_raw(structure: MessageStructure, props: list[str], body_props: list[str], opts: BodyOptions) -> bool:

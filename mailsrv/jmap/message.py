@@ -12,6 +12,7 @@ message is what IMAP shows of it.
 from __future__ import annotations
 
 import email.utils
+import functools
 import html
 import re
 import time
@@ -152,7 +153,12 @@ def rfc3339(dt: datetime) -> str:
 
 def utc_date(ts: float) -> str:
     """RFC 3339 UTC date of a POSIX time, in whole seconds (RFC 8620 §1.4 UTCDate)."""
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(ts)))  # as datetime's, without a datetime
+    return _utc_date(int(ts))
+
+
+@functools.lru_cache(maxsize=4096)  # each Email/get of a page asks again for its messages' receivedAt
+def _utc_date(seconds: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))  # as datetime's, without a datetime
 
 
 def as_urls(value: bytes) -> list[str] | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -223,3 +224,25 @@ def test_utc_date_is_datetimes(seconds: int, fraction: float) -> None:
     ts = seconds + fraction
     assert message.utc_date(ts) == datetime.fromtimestamp(int(ts), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     assert message.utc_date(1700000000.9) == "2023-11-14T22:13:20Z"
+
+
+def test_shape_numbers_are_never_reused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The derived cache's key holds a number per request shape: equal shapes share it, another shape
+    (properties, body properties, body value options) gets its own, and a number is not given again
+    after the table of numbers is forgotten (else a cached object would answer for another shape)."""
+    from mailsrv.jmap import email as E
+
+    opts = E.BodyOptions({})
+    a = E.Shape(["id", "subject", "preview"], E.DEFAULT_BODY_PROPERTIES, opts)
+    assert E.Shape(["id", "subject", "preview"], E.DEFAULT_BODY_PROPERTIES, opts).key == a.key
+    others = [E.Shape(["id", "subject"], E.DEFAULT_BODY_PROPERTIES, opts),
+              E.Shape(["id", "subject", "preview"], ["partId"], opts),
+              E.Shape(["id", "subject", "preview"], E.DEFAULT_BODY_PROPERTIES, E.BodyOptions({"fetchAllBodyValues": True}))]
+    assert len({a.key, *(o.key for o in others)}) == 4
+    assert [p for p, reader in a.plan if reader is None] == a.content == ["subject", "preview"]
+    monkeypatch.setattr(E, "SHAPES", 0)
+    seen = {a.key, *(o.key for o in others)}
+    for props in (["id", "from"], ["id", "to"], ["id", "subject", "preview"]):
+        k = E.Shape(props, E.DEFAULT_BODY_PROPERTIES, opts).key
+        assert k not in seen
+        seen.add(k)
