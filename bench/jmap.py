@@ -10,14 +10,24 @@ measured from a message sent over SMTP to the same server (end of DATA, and
 its ``250``: the copy is durable) to the StateChange read by an EventSource
 client; the change reaches the worker holding the EventSource through the
 store's cross-process notification (inotify) when another worker delivered.
+
+``python -m bench.jmap [--profile] [--src DIR]``: the query+get request's CPU in one worker,
+for A/B on a loaded machine: instructions per request under valgrind callgrind (as
+``bench._irprobe`` for SMTP), or cProfile's Python calls per request; a 2 000-message mailbox,
+one sequential client, 30 requests of warm-up, then ``--requests`` (100) measured.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import base64
 import os
+import pstats
+import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,6 +35,7 @@ from typing import Any
 
 import aiohttp
 
+from . import _common
 from ._common import PASSWORD, Mailsrv, fill_new, message, seed_cache, smtp_deliver
 
 SIZES = {"smoke": (200, 0.4, 2), "full": (100_000, 6.0, 30)}
@@ -57,6 +68,17 @@ async def _rate(http: aiohttp.ClientSession, url: str, headers: dict[str, str], 
     t0 = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     return done / (time.perf_counter() - t0)
+
+
+def _query_get(account_id: str, inbox: str) -> dict[str, Any]:
+    """The measured request: Email/query (inMailbox, receivedAt descending, 50) + Email/get of its ids."""
+    return {"using": USING, "methodCalls": [
+        ["Email/query", {"accountId": account_id, "filter": {"inMailbox": inbox},
+                         "sort": [{"property": "receivedAt", "isAscending": False}], "limit": 50,
+                         "collapseThreads": False}, "q"],
+        ["Email/get", {"accountId": account_id,
+                       "#ids": {"resultOf": "q", "name": "Email/query", "path": "/ids"},
+                       "properties": ["subject", "from", "receivedAt", "keywords", "preview"]}, "g"]]}
 
 
 async def _main(size: str) -> dict[str, Any]:
@@ -94,13 +116,7 @@ async def _main(size: str) -> dict[str, Any]:
                     assert (await r.json())["methodResponses"][0][1]["total"] == n
                 notes.append(f"mailbox of {n} messages indexed by the server in {time.perf_counter() - t0:.1f} s "
                              "at the first request (setup, not measured)")
-                body = {"using": USING, "methodCalls": [
-                    ["Email/query", {"accountId": account_id, "filter": {"inMailbox": inbox},
-                                     "sort": [{"property": "receivedAt", "isAscending": False}], "limit": 50,
-                                     "collapseThreads": False}, "q"],
-                    ["Email/get", {"accountId": account_id,
-                                   "#ids": {"resultOf": "q", "name": "Email/query", "path": "/ids"},
-                                   "properties": ["subject", "from", "receivedAt", "keywords", "preview"]}, "g"]]}
+                body = _query_get(account_id, inbox)
                 echo = {"using": USING, "methodCalls": [["Core/echo", {"x": 1}, "e"]]}
                 await _rate(http, url + "/jmap/api", headers, body, 0.5)  # warm caches
                 qps = await _rate(http, url + "/jmap/api", headers, body, seconds)
@@ -122,7 +138,8 @@ async def _main(size: str) -> dict[str, Any]:
                 # cached MIME structures (no message file read); baseline: the same with preview
                 props = ["subject", "from", "sentAt", "receivedAt", "keywords"]  # not cached by the phase above
                 qpos2 = dict(body["methodCalls"][0][1])
-                lat_struct, lat_raw = [], []
+                lat_struct: list[float] = []
+                lat_raw: list[float] = []
                 for pos in range(n // 40, n - 100, max(100, n // 40)):
                     for extra, out in ((["preview"], lat_raw), ([], lat_struct)):
                         qpos2["position"] = pos + (50 if extra else 0)
@@ -188,3 +205,115 @@ async def _main(size: str) -> dict[str, Any]:
 
 def run(size: str) -> dict[str, Any]:
     return asyncio.run(_main(size))
+
+
+_PROFILE_SITE = """import cProfile, os, signal, time
+_p = []
+def _on(*a):
+    _p.append(cProfile.Profile(time.process_time)); _p[-1].enable()
+def _off(*a):
+    if _p:
+        _p[-1].disable(); _p.pop().dump_stats({out!r} + '/prof.%d' % os.getpid())
+signal.signal(signal.SIGRTMIN + 3, _on)
+signal.signal(signal.SIGRTMIN + 4, _off)
+"""
+
+
+def probe(argv: list[str] | None = None) -> int:
+    """CPU of the query+get request in one worker, for A/B on a loaded machine: instructions per
+    request (valgrind callgrind, as bench._irprobe for SMTP) or cProfile call counts per request."""
+    from . import _irprobe as ir
+
+    ap = argparse.ArgumentParser(prog="python -m bench.jmap", description=probe.__doc__)
+    ap.add_argument("--requests", type=int, default=100, help="measured requests (sequential, one client)")
+    ap.add_argument("--messages", type=int, default=2000, help="messages in the mailbox")
+    ap.add_argument("--profile", action="store_true", help="cProfile (call counts) instead of callgrind")
+    ap.add_argument("--src", default="", help="a directory holding the mailsrv package to measure")
+    ap.add_argument("--out", default="", help="keep the callgrind or profile files here")
+    ap.add_argument("--top", type=int, default=20)
+    a = ap.parse_args(argv)
+    scratch = Path(tempfile.mkdtemp(prefix="jmapprobe-", dir=os.environ.get("BENCH_TMP")))
+    out = Path(a.out) if a.out else scratch / "out"
+    out.mkdir(parents=True, exist_ok=True)
+    if a.profile:
+        site = scratch / "site"
+        site.mkdir()
+        (site / "sitecustomize.py").write_text(_PROFILE_SITE.format(out=str(out)))
+    else:
+        site = ir._site(scratch)
+    popen = subprocess.Popen
+
+    def wrapped(args: Any, *k: Any, **kw: Any) -> Any:  # only `mailsrv serve` is measured
+        if "serve" in args:
+            src = ["-P"] if a.src else []  # as bench._irprobe: this tree's mailsrv must not come first
+            args = ([*(["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}/cg.%p"]
+                       if not a.profile else []), args[0], *src, *args[1:]])
+            kw["env"] = {**kw.get("env", os.environ), "PYTHONPATH": os.pathsep.join(filter(None, [a.src, str(site)]))}
+        return popen(args, *k, **kw)
+
+    n = a.messages
+    seed = seed_cache("jmap", n, _message(0) + _message(n - 1), _fill)
+    _common.subprocess.Popen = wrapped  # type: ignore[assignment, misc]
+    try:
+        srv = Mailsrv(scratch / "srv", seeds={"bench": seed}, workers=1, config={"listener": {"jmap": {"tls": "none"}}})
+    finally:
+        _common.subprocess.Popen = popen  # type: ignore[misc]
+    url = f"http://127.0.0.1:{srv.ports['jmap']}"
+    headers = {"Authorization": "Basic " + base64.b64encode(f"bench@example.test:{PASSWORD}".encode()).decode()}
+
+    async def drive() -> None:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as http:
+            async with http.get(url + "/jmap/session", headers=headers) as r:
+                aid = (await r.json())["primaryAccounts"]["urn:ietf:params:jmap:mail"]
+            mget = {"using": USING, "methodCalls": [["Mailbox/get", {"accountId": aid}, "m"]]}
+            async with http.post(url + "/jmap/api", json=mget, headers=headers) as r:
+                inbox = next(m["id"] for m in (await r.json())["methodResponses"][0][1]["list"] if m["role"] == "inbox")
+            body = _query_get(aid, inbox)
+
+            async def requests(k: int) -> None:
+                for _ in range(k):
+                    async with http.post(url + "/jmap/api", json=body, headers=headers) as r:
+                        assert r.status == 200 and len((await r.json())["methodResponses"][1][1]["list"]) == 50
+
+            await requests(30)  # warm: the mailbox indexed, the query and the derived properties cached
+            kids = [p for p in srv.pids() if p != srv.proc.pid]
+            for p in kids:
+                os.kill(p, ir.ON)
+            await asyncio.sleep(1.0)
+            await requests(a.requests)
+            for p in kids:
+                os.kill(p, ir.OFF)
+            await asyncio.sleep(2.0)  # the idle worker dumps at once
+
+    try:
+        asyncio.run(drive())
+    finally:
+        srv.stop()
+    k = a.requests
+    if a.profile:
+        stats = [pstats.Stats(str(f)) for f in out.glob("prof.*")]
+        if not stats:
+            print("jmap probe: no profile written", file=sys.stderr)
+            return 1
+        st = max(stats, key=lambda s: s.total_calls)  # type: ignore[attr-defined]
+        calls, tt = st.total_calls, st.total_tt  # type: ignore[attr-defined]
+        print(f"{k} requests: {calls / k:,.0f} Python calls per request "
+              f"(cProfile, CPU time {tt / k * 1000:.2f} ms per request under the profiler)")
+        st.sort_stats("tottime").print_stats(a.top)
+    else:
+        dumps = [(int(line.split()[1]), f) for f in out.glob("cg.*")
+                 for line in f.read_text(errors="replace").splitlines() if line.startswith("totals: ")]
+        if not dumps:
+            print("jmap probe: the worker did not dump", file=sys.stderr)
+            return 1
+        total, worker = max(dumps)
+        print(f"{k} requests, {total:,} Ir in the worker: {total // k:,} Ir per request ({worker})")
+        for per, pct, name in ir.top(worker, k, a.top):
+            print(f"  {per:>9,} {pct:5.2f} %  {name}")
+    if not a.out:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(probe())
