@@ -66,6 +66,19 @@ def _site(scratch: Path) -> Path:
     return d
 
 
+def worker_dump(out: Path, pattern: str = "cg.*.1") -> tuple[int, Path] | None:
+    """(instructions, file) of the callgrind dump with the most instructions in ``out`` (the worker's)."""
+    dumps = [(int(m.group(1)), f) for f in out.glob(pattern)
+             for m in [re.search(r"^totals: (\d+)", f.read_text(errors="replace"), re.M)] if m]
+    return max(dumps) if dumps else None
+
+
+def print_top(path: Path, count: int, n: int) -> None:
+    """:func:`top`, one line each."""
+    for per, pct, name in top(path, count, n):
+        print(f"  {per:>9,} {pct:5.2f} %  {name}")
+
+
 def top(path: Path, msgs: int, n: int) -> list[tuple[int, float, str]]:
     """The ``n`` functions of most self cost: (Ir per message, % of all, name)."""
     text = subprocess.run(["callgrind_annotate", "--inclusive=no", str(path)], capture_output=True, text=True,
@@ -140,16 +153,14 @@ def main(argv: list[str] | None = None) -> int:
         msgs = C.maildir_count(srv.data_dir) - m0
     finally:
         srv.stop()
-    dumps = [(int(m.group(1)), f) for f in out.glob("cg.*.1") for m in [re.search(r"^totals: (\d+)", f.read_text(), re.M)]
-             if m]
-    if not dumps or not msgs:
+    dump = worker_dump(out)
+    if dump is None or not msgs:
         print("_irprobe: no counts (the worker did not dump, or nothing was delivered)", file=sys.stderr)
         return 1
-    ir, worker = max(dumps)
+    ir, worker = dump
     print(f"{msgs} messages over {a.sessions} sessions, {ir:,} Ir in the worker: {ir // msgs:,} Ir per message "
           f"({worker})")
-    for per, pct, name in top(worker, msgs, a.top):
-        print(f"  {per:>9,} {pct:5.2f} %  {name}")
+    print_top(worker, msgs, a.top)
     if not a.out:
         shutil.rmtree(scratch, ignore_errors=True)
     return 0

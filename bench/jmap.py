@@ -301,15 +301,13 @@ def probe(argv: list[str] | None = None) -> int:
               f"(cProfile, CPU time {tt / k * 1000:.2f} ms per request under the profiler)")
         st.sort_stats("tottime").print_stats(a.top)
     else:
-        dumps = [(int(line.split()[1]), f) for f in out.glob("cg.*")
-                 for line in f.read_text(errors="replace").splitlines() if line.startswith("totals: ")]
-        if not dumps:
+        dump = ir.worker_dump(out)
+        if dump is None:
             print("jmap probe: the worker did not dump", file=sys.stderr)
             return 1
-        total, worker = max(dumps)
-        print(f"{k} requests, {total:,} Ir in the worker: {total // k:,} Ir per request ({worker})")
-        for per, pct, name in ir.top(worker, k, a.top):
-            print(f"  {per:>9,} {pct:5.2f} %  {name}")
+        total, worker = dump
+        print(f"{k} requests, {total:,} Ir in the worker: {total // k:,} Ir per request ({worker.name})")
+        ir.print_top(worker, k, a.top)
     if not a.out:
         shutil.rmtree(scratch, ignore_errors=True)
     return 0
