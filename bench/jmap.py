@@ -308,8 +308,7 @@ def probe(argv: list[str] | None = None) -> int:
         total, worker = dump
         print(f"{k} requests, {total:,} Ir in the worker: {total // k:,} Ir per request ({worker.name})")
         ir.print_top(worker, k, a.top)
-    if not a.out:
-        shutil.rmtree(scratch, ignore_errors=True)
+    shutil.rmtree(scratch, ignore_errors=True)  # the server's tree (and the counts, unless --out put them elsewhere)
     return 0
 
 
