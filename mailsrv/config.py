@@ -363,7 +363,7 @@ class StoreConfig:
     index_delay: float = doc(
         "Seconds the background indexer waits for more deliveries to join a batch (deferred_index); IDLE"
         " clients see new mail before it (their refresh indexes it).",
-        1.0,
+        0.25,
         check=_non_negative,
     )
     index_give_way: float = doc(
