@@ -344,6 +344,13 @@ class StoreConfig:
         1000,
         check=_positive,
     )
+    sqlite_memory_mib: int = doc(
+        "MiB of SQLite memory per process (SQLite's soft heap limit, over every index, directory and search"
+        " connection) past which page caches recycle their least recently used pages instead of growing;"
+        " 0 = unlimited. 256: the full default cache (~2 MB) of ~120 busy accounts; more open accounts share it.",
+        256,
+        check=_non_negative,
+    )
     expunge_history: int = doc(
         "Expunged messages remembered per mailbox for QRESYNC VANISHED and JMAP /changes (older ones are"
         " forgotten: a client asking from before them resynchronises).",

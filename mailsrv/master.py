@@ -35,6 +35,7 @@ from mailsrv.delivery import archive
 from mailsrv.net.listener import LISTEN_BACKLOG, format_addr
 from mailsrv.net.tls import TlsSetupError, server_context
 from mailsrv.queue.store import queue_dir
+from mailsrv.util import sqlitemem
 from mailsrv.util.sdnotify import monotonic_usec, notify
 
 logger = log.get("master")
@@ -294,6 +295,7 @@ class Master:
                     signal.signal(sig, signal.SIG_DFL)
                 signal.signal(signal.SIGHUP, signal.SIG_IGN)
                 _set_parent_death_signal()
+                sqlitemem.set_soft_heap_limit(self.cfg.store.sqlite_memory_mib)  # the queue's, archive's SQLite
                 log.bind(role=name)
                 module, _, func = target.partition(":")
                 import importlib
@@ -505,6 +507,7 @@ class Master:
         """Serve until SIGTERM/SIGINT. Raises :class:`StartupError` if it cannot start."""
         log.configure(self.cfg.server.log_level)
         signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+        sqlitemem.set_soft_heap_limit(self.cfg.store.sqlite_memory_mib)  # the master's own (workers set theirs)
         self.cfg.server.data_dir.mkdir(parents=True, exist_ok=True)
         archive.check(self.cfg)  # before any fork: the archive accounts exist (ConfigError naming the key)
         if self.cfg.archive.rule:  # docs/archive.md: queue entries from before the markers' MAC, signed once

@@ -34,7 +34,7 @@ from mailsrv.policy.pipeline import Policy
 from mailsrv.search import SearchService
 from mailsrv.search.service import Exists, Reader, ReadMany, ReadManyBlocking, Resolver
 from mailsrv.store import MailboxNotFound, Store, account_root
-from mailsrv.util import timeline
+from mailsrv.util import sqlitemem, timeline
 
 logger = log.get("worker")
 
@@ -243,7 +243,8 @@ def _trace_allocations(out_dir: str) -> None:
     def dump() -> None:
         snap = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(False, tracemalloc.__file__)])
         state["n"] += 1
-        lines = [f"traced now {tracemalloc.get_traced_memory()[0]} bytes; SQLite's own {_sqlite_memory()} bytes"]
+        traced, sqlite_own = tracemalloc.get_traced_memory()[0], sqlitemem.memory_used()
+        lines = [f"traced now {traced} bytes; SQLite's own {sqlite_own} bytes"]
         for group, top in (("filename", 15), ("lineno", 30), ("traceback", 8)):
             lines.append(f"--- top {top} by {group}")
             for stat in snap.compare_to(state["snap"], group)[:top]:
@@ -255,20 +256,6 @@ def _trace_allocations(out_dir: str) -> None:
 
     global _dump_allocations
     _dump_allocations = dump
-
-
-def _sqlite_memory() -> int:
-    """sqlite3_memory_used(): the page caches and statements of every connection (tracemalloc does not
-    see them); -1 when the library cannot be found."""
-    import ctypes
-    import ctypes.util
-
-    try:
-        lib = ctypes.CDLL(ctypes.util.find_library("sqlite3") or "libsqlite3.so.0")
-        lib.sqlite3_memory_used.restype = ctypes.c_int64
-        return int(lib.sqlite3_memory_used())
-    except (OSError, AttributeError):
-        return -1
 
 
 #: set by :func:`_trace_allocations`; _serve runs it on SIGUSR2 (a loop handler: an idle loop wakes for it)
@@ -283,6 +270,7 @@ def run(cfg: Config, socks: dict[str, list[socket.socket]], ssl_context: ssl.SSL
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
         signal.signal(sig, signal.SIG_DFL)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # reload is the master's business
+    sqlitemem.set_soft_heap_limit(cfg.store.sqlite_memory_mib)  # every connection's page cache, together
     # Development only: MAILSRV_PROFILE_DIR=DIR writes DIR/worker-PID.prof (cProfile, CPU time) at exit.
     profile_dir = os.environ.get("MAILSRV_PROFILE_DIR")
     profiler = None
