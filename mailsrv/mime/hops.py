@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 
+from mailsrv.util import fsio
+
 # The limit is [smtp] max_hops (mailsrv.config.SmtpConfig): RFC 5321 §6.3 "SHOULD use a large
 # rejection threshold, normally at least 100 Received entries"; Postfix's hopcount_limit is 50.
 #: Bytes of a message searched for the end of its header block (as the policy's MAX_HEADER_READ).
@@ -52,5 +54,4 @@ def _fields(head: bytes) -> int:
 
 def read_head(path: str | os.PathLike[str]) -> bytes:
     """The first :data:`MAX_HEAD` bytes of the file at ``path`` (blocking: call it in a pool)."""
-    with open(path, "rb") as fh:
-        return fh.read(MAX_HEAD)
+    return fsio.read_prefix(path, MAX_HEAD)

@@ -58,6 +58,7 @@ from mailsrv.policy.seats import DirectorySeats, SeatSource, outside_limit
 from mailsrv.policy.state import PolicyState
 from mailsrv.policy.strip import strip_infected
 from mailsrv.policy.training import SessionReader, Trainer, learner
+from mailsrv.util import fsio
 
 logger = log.get("policy")
 T = TypeVar("T")
@@ -564,7 +565,7 @@ class PolicySession:
         if content is not None:
             message = content if whole else content[:MAX_HEADER_READ]
         else:
-            message = await loop.run_in_executor(self.p.executor, _read_head, spool,
+            message = await loop.run_in_executor(self.p.executor, fsio.read_prefix, spool,
                                                  size if whole else MAX_HEADER_READ)
         decision, headers, drop = await self._decide(spool, message, whole)
         if decision.ok and (headers or needs_rewrite(message, self.p.authserv_id, drop)):
@@ -839,11 +840,6 @@ def _fold(value: str) -> str:
             line += piece
     out.append(line)
     return "\r\n\t".join(out)
-
-
-def _read_head(path: Path, limit: int) -> bytes:
-    with open(path, "rb") as f:
-        return f.read(limit)
 
 
 def replace_spool(path: Path, data: bytes) -> None:

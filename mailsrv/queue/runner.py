@@ -32,6 +32,7 @@ from mailsrv.queue import downgrade, dsn
 from mailsrv.queue.client import OutboundError, SmtpClient
 from mailsrv.queue.routing import Destination, NoRoute, Resolver, Router
 from mailsrv.queue.store import FAILED, PENDING, SENT, Envelope, QRcpt, QueueDir, new_id, queue_dir
+from mailsrv.util import fsio
 from mailsrv.util.runloop import run_until_signalled
 
 logger = log.get("queue")
@@ -204,7 +205,8 @@ class QueueRunner:
 
     async def _deliver(self, env: Envelope) -> None:
         # RFC 5321 §6.3: a message over [smtp] max_hops Received fields is a loop: bounced, never sent
-        head = await asyncio.get_running_loop().run_in_executor(None, _read_head, self.qd.message_path(env.id))
+        head = await asyncio.get_running_loop().run_in_executor(None, fsio.read_prefix, self.qd.message_path(env.id),
+                                                                dsn.MAX_RETURNED_BODY)
         if too_many_hops(head, self.cfg.smtp.max_hops):
             for r in env.pending():
                 r.diag, r.status = TOO_MANY_HOPS_REPLY, FAILED
@@ -410,7 +412,8 @@ class QueueRunner:
 
     async def _queue_dsn(self, env: Envelope, rcpts: list[QRcpt], action: str) -> None:
         loop = asyncio.get_running_loop()
-        original = await loop.run_in_executor(None, _read_head, self.qd.message_path(env.id))
+        original = await loop.run_in_executor(None, fsio.read_prefix, self.qd.message_path(env.id),
+                                                                dsn.MAX_RETURNED_BODY)
         body = dsn.build(env, rcpts, action, original, reporting_mta=self.cfg.server.hostname,
                          now=self.clock(), lifetime=self.qcfg.lifetime)
         # The notice's envelope needs SMTPUTF8 only for a non-ASCII sender address: its own header is
@@ -426,11 +429,6 @@ class QueueRunner:
 
 def _unlink(path: Path) -> None:
     path.unlink(missing_ok=True)
-
-
-def _read_head(path: Path) -> bytes:
-    with open(path, "rb") as fh:
-        return fh.read(dsn.MAX_RETURNED_BODY)
 
 
 @functools.cache

@@ -31,6 +31,7 @@ from mailsrv.queue import dsn
 from mailsrv.queue.enqueue import Enqueuer
 from mailsrv.queue.store import Envelope, QRcpt
 from mailsrv.smtp.backend import MailBackend, SessionInfo, Spool, Transaction, Verdict
+from mailsrv.util import fsio
 
 logger = log.get("smtp")
 
@@ -271,7 +272,8 @@ class DirectoryBackend:
         if data is not None:
             head = data[:dsn.MAX_RETURNED_BODY]
         else:
-            head = await asyncio.get_running_loop().run_in_executor(None, _read_head, spool.path)
+            head = await asyncio.get_running_loop().run_in_executor(None, fsio.read_prefix, spool.path,
+                                                                      dsn.MAX_RETURNED_BODY)
         env = Envelope(id="", sender=tx.sender, rcpts=[], envid=tx.envid, ret=tx.ret, smtputf8=tx.smtputf8)
         body = dsn.build(env, rcpts, action, head, reporting_mta=info.hostname)
         try:
@@ -283,11 +285,6 @@ class DirectoryBackend:
 def _map(path: Path) -> mmap.mmap:
     with open(path, "rb") as fh:
         return mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
-
-
-def _read_head(path: Path) -> bytes:
-    with open(path, "rb") as fh:
-        return fh.read(dsn.MAX_RETURNED_BODY)
 
 
 def build_backend(ctx: ServiceContext) -> MailBackend:

@@ -50,6 +50,7 @@ __all__ = [
     "syncfs",
     "watch_fs",
     "fsync_dir",
+    "read_prefix",
     "fsync_file",
     "durable_write",
     "unique_name",
@@ -116,6 +117,13 @@ def fsync_file(path: str | os.PathLike[str]) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def read_prefix(path: str | os.PathLike[str], limit: int) -> bytes:
+    """The first ``limit`` bytes of the file at ``path`` (all of it when shorter; blocking: call it in
+    a pool). Raises OSError."""
+    with open(path, "rb") as fh:
+        return fh.read(limit)
 
 
 def fsync_dir(path: str | os.PathLike[str]) -> None:
