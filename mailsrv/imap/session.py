@@ -192,11 +192,8 @@ class Session(MessageCommands, SharingCommands, ReplaceCommands, MetadataCommand
         self._reported: dict[int, int] = {}
         self._structs: dict[tuple[int, int], Any] = {}
         self._out = bytearray()
-        #: the selected mailbox's "may have changed" watch (see :meth:`_apply_updates`); None: always refresh.
-        #: Opened at the first refresh after SELECT, not by SELECT: most sessions never refresh.
+        #: the selected mailbox's "may have changed" watch (see :meth:`_apply_updates`); None: always refresh
         self._fresh: Any = None
-        #: the watch was asked for since SELECT (a None ``_fresh`` then means it could not be made)
-        self._watch_tried = False
         #: a refresh failed: the next update refreshes whatever the watch says
         self._stale = False
         #: the selected mailbox's MessageInfo objects shared with the process's other sessions (imap/shared.py)
@@ -370,12 +367,6 @@ class Session(MessageCommands, SharingCommands, ReplaceCommands, MetadataCommand
         if view is None or not expunge_allowed or "r" not in self._selected_rights():
             # Without a refresh only this session's own flag changes could be new; those were reported.
             return
-        if not self._watch_tried:
-            # The first refresh since SELECT: the watch begins now, before this refresh's snapshot,
-            # so a change after it is signalled; what changed since SELECT's snapshot this refresh finds.
-            self._watch_tried = True
-            self._fresh = self._open_watch(view.name)
-            self._stale = True
         fresh = self._fresh
         if fresh is not None and not self._stale and not fresh.changed():
             # Nothing was written to the account since the last refresh (by this session, this
@@ -624,10 +615,12 @@ class Session(MessageCommands, SharingCommands, ReplaceCommands, MetadataCommand
             self.w(b"* OK [CLOSED] Previous mailbox closed\r\n")
         place = await self._place(name, "r")  # RFC 4314 §4: SELECT / EXAMINE need "r"
         self.acct = place.acct
-        # no watch yet: the first refresh opens it (and refreshes, catching what changed since this snapshot)
+        # the watch begins before the snapshot: a change after the snapshot is always signalled
+        self._fresh = self._open_watch(place.name)
         try:
             view = await self.acct.open_mailbox(place.name)
         except Exception as exc:
+            self._drop_watch()
             self.acct = self.home
             raise self._store_error(exc) from None
         if cmd.args["condstore"]:
@@ -702,7 +695,6 @@ class Session(MessageCommands, SharingCommands, ReplaceCommands, MetadataCommand
             self._fresh.close()
             self._fresh = None
         self._stale = False
-        self._watch_tried = False
 
     def _unshare(self) -> None:
         if self._shared is not None:

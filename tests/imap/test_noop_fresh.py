@@ -95,41 +95,6 @@ def test_noop_without_changes_runs_no_store_job_and_changes_still_show(
     poller.close()
 
 
-def _watches(h: ServerHandle) -> int:
-    """The open watches of the (only) account, read on the server's loop."""
-
-    async def read() -> int:
-        (acct_id,) = h.store._accounts
-        return len(h.store._notifier_for_loop()._watches.get(acct_id, ()))
-
-    return int(h.call(read()))
-
-
-def test_select_watches_nothing_until_the_first_refresh_which_reports_what_came_before(
-        real_store: ServerHandle, tmp_path: Path) -> None:
-    """SELECT opens no watch (most sessions never refresh); the first refresh opens it and still
-    reports the changes made between the SELECT and itself, when nobody watched the account."""
-    writer, poller = _two_sessions(real_store)
-    assert poller.cmd(b"f FETCH 1:2 (FLAGS)")[-1].startswith(b"f OK")
-    assert _watches(real_store) == 0  # SELECT and FETCH (no refresh) hold none
-    # unwatched changes: another session's flags (STORE refreshes nothing), another program's delivery
-    assert writer.cmd(b"w STORE 1 +FLAGS.SILENT (\\Flagged)")[-1].startswith(b"w OK")
-    with open(_account_root(tmp_path) / "new" / "1700000000.M1P1.other", "wb") as fh:
-        fh.write(MSG)
-        fh.flush()
-        os.fsync(fh.fileno())
-    assert _watches(real_store) == 0
-    assert _noop(poller) == [b"* 3 EXISTS\r\n", b"* 1 FETCH (FLAGS (\\Flagged))\r\n"]
-    assert _watches(real_store) == 1  # the poller's, from now on
-    assert _noop(poller) == []
-    _append(writer)  # seen through the watch now
-    assert _noop(poller) == [b"* 4 EXISTS\r\n"]
-    assert poller.cmd(b"c CLOSE")[-1].startswith(b"c OK")
-    assert _watches(real_store) == 1  # the writer's (its APPEND refreshed); the poller's went with CLOSE
-    writer.close()
-    poller.close()
-
-
 def test_without_inotify_every_noop_refreshes(tmp_path: Path, jobs: list[Any],
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """The polling fallback lags by up to POLL_INTERVAL: the refresh is never skipped there."""
