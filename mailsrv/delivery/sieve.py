@@ -32,7 +32,7 @@ from mailsrv.sieve import MessageView, Outcome, Script, SieveError, SieveRuntime
 from mailsrv.sieve import compile as compile_script
 from mailsrv.sieve import run as run_script
 from mailsrv.sieve.autoreply import FIELDS, compose, no_reply_address, reply_subject, silenced
-from mailsrv.sieve.editheader import Edit, apply_edits
+from mailsrv.sieve.editheader import Edit, apply_edits, body_of, head_end
 from mailsrv.sieve.include import resolve as resolve_includes
 from mailsrv.sieve.message import MAX_FIELD, environment, header_fields
 from mailsrv.sieve.nodes import Notify
@@ -54,7 +54,7 @@ HEAD_MAX = 256 * 1024
 #: bytes of a message a script's body test sees (RFC 5173; the rest is not searched)
 BODY_MAX = 1 << 20
 #: extensions whose tests read the message's body (RFC 5173 body; RFC 5703's MIME parts)
-BODY_EXTENSIONS = frozenset({"body", "foreverypart", "mime", "extracttext"})
+BODY_EXTENSIONS = frozenset({"body", "foreverypart", "mime", "extracttext", "replace", "enclose"})
 #: Dovecot's loop marker: a message that carries the redirecting account's address here is not
 #: redirected by that account again
 REDIRECT_HEADER = "X-Sieve-Redirected-From"
@@ -441,20 +441,19 @@ class SieveFilter:
 
 
 def _write_edited(path: Path, spool: Path, data: bytes | None, edits: tuple[Edit, ...]) -> bool:
-    """The message with its header edited (RFC 5293) into ``path``, fsync'd (blocking); the body is
-    streamed from ``data`` or the ``spool`` file. False (nothing written) when the header block does
-    not end within HEAD_MAX bytes."""
+    """The message with its header edited (RFC 5293) into ``path``, fsync'd (blocking); the body is the
+    one the edits set (RFC 5703 replace, enclose) or streamed from ``data`` or the ``spool`` file. False
+    (nothing written) when the header block does not end within HEAD_MAX bytes."""
     head = data[:HEAD_MAX] if data is not None else _head(spool)
-    end = head.find(b"\r\n\r\n")
-    cut = end + 2 if end >= 0 else -1
+    cut = head_end(head)
     if cut < 0:
-        end = head.find(b"\n\n")
-        if end < 0:
-            return False
-        cut = end + 1
+        return False
+    body = body_of(edits)  # RFC 5703 replace / enclose: a new body
     with open(path, "wb") as out:
         out.write(apply_edits(head[:cut], edits))
-        if data is not None:
+        if body is not None:
+            out.write(body)
+        elif data is not None:
             out.write(memoryview(data)[cut:])
         else:
             with open(spool, "rb") as src:

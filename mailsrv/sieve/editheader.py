@@ -2,7 +2,9 @@
 view of the fields in step), applied to the header block that delivery stores. Pure: bytes in, bytes out.
 
 An edit is ``("add", Name, value, last)`` or ``("delete", name, positions)``: the 0-based occurrences,
-among that field's occurrences at that moment, to remove. Fields are split as
+among that field's occurrences at that moment, to remove; RFC 5703 replace and enclose add
+``("body", "", body, None)``: the message's new body (what follows the header block, its empty line
+first; :func:`body_of`). Fields are split as
 :func:`mailsrv.sieve.message.header_fields` splits them, so positions agree.
 """
 
@@ -26,6 +28,25 @@ def encoded_value(value: str) -> bytes:
     return b" " + Header(text, "utf-8").encode(maxlinelen=76).replace("\n", "\r\n").encode()
 
 
+def head_end(data: bytes) -> int:
+    """Where the header block of ``data`` ends: the offset just past its last field's line end (the
+    empty line follows), -1 when there is no empty line in ``data``."""
+    end = data.find(b"\r\n\r\n")
+    if end >= 0:
+        return end + 2
+    end = data.find(b"\n\n")
+    return end + 1 if end >= 0 else -1
+
+
+def body_of(edits: list[Edit] | tuple[Edit, ...]) -> bytes | None:
+    """The body the last RFC 5703 replace or enclose among ``edits`` made (None: the message's own)."""
+    for e in reversed(edits):
+        if e[0] == "body":
+            assert isinstance(e[2], bytes)
+            return e[2]
+    return None
+
+
 def apply_edits(head: bytes, edits: list[Edit] | tuple[Edit, ...]) -> bytes:
     """``head`` (a header block: fields, each line ending in CRLF or LF, without the empty line) with
     ``edits`` made in order."""
@@ -39,6 +60,8 @@ def apply_edits(head: bytes, edits: list[Edit] | tuple[Edit, ...]) -> bytes:
         name = line[:colon].strip().decode("latin-1").lower() if colon > 0 else ""
         entries.append((name, line))
     for kind, name, a, b in edits:
+        if kind == "body":  # the body's: body_of
+            continue
         if kind == "add":
             assert isinstance(a, bytes)
             line = name.encode("ascii") + b":" + a + b"\r\n"

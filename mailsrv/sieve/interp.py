@@ -19,10 +19,25 @@ from urllib.parse import quote
 
 from mailsrv.mime.headers import unfold
 from mailsrv.mime.structure import Part
-from mailsrv.sieve.editheader import PROTECTED, Edit, encoded_value
+from mailsrv.sieve.editheader import PROTECTED, Edit, apply_edits, body_of, encoded_value, head_end
 from mailsrv.sieve.lang import ADDRESS, normalize_flags
 from mailsrv.sieve.match import Matcher, matcher
-from mailsrv.sieve.message import MAX_BODY_TEXT, MessageView, addresses_of
+from mailsrv.sieve.message import MAX_BODY_TEXT, MessageView, addresses_of, header_fields
+from mailsrv.sieve.mimeedit import (
+    CONTENT_FIELDS,
+    ENCLOSE_COPIED,
+    MAX_MESSAGE,
+    MAX_TEXT,
+    Enclose,
+    Replace,
+    enclosure,
+    field_name,
+    header_field,
+    mime_entity,
+    one_address,
+    split_entity,
+    text_entity,
+)
 from mailsrv.sieve.mimeparts import (
     MAX_PARTS_VISITED,
     Break,
@@ -180,6 +195,12 @@ class _Run:
         #: RFC 5703: the current MIME part of each foreverypart loop running, and the parts visited
         self.parts: list[Part] = []
         self.visited = 0
+        #: RFC 5703 §5, §6: the message as the run began (once replace or enclose ran), the parts
+        #: replaced within the message the loops walk (its offsets: start, end, new bytes), and how many
+        #: edits came before the first enclose (a second one encloses that message again)
+        self.orig: bytes | None = None
+        self.splices: list[tuple[int, int, bytes]] = []
+        self.enclosed_at: int | None = None
 
     def count(self) -> None:
         self.actions += 1
@@ -333,6 +354,8 @@ class _Run:
                 raise LoopBreak(c.name)
             elif isinstance(c, ExtractText):
                 self.extracttext(c)
+            elif isinstance(c, Replace | Enclose):
+                self.mime_edit(c)
             elif isinstance(c, Include):
                 if not self.include(c):
                     return False
@@ -404,7 +427,15 @@ class _Run:
         root = self.msg.root()
         if root is None:
             return True
-        for part in loop_parts(root, self.parts[-1] if self.parts else None):
+        try:
+            return self.loop(c, loop_parts(root, self.parts[-1] if self.parts else None))
+        finally:
+            if not self.parts and self.splices:  # RFC 5703 §5: the loops are done, tests see the new parts
+                self.splices = []
+                self.view(True)
+
+    def loop(self, c: ForEveryPart, parts: list[Part]) -> bool:
+        for part in parts:
             self.visited += 1
             if self.visited > MAX_PARTS_VISITED:
                 raise SieveRuntimeError(f"foreverypart: more than {MAX_PARTS_VISITED} MIME parts visited")
@@ -428,6 +459,117 @@ class _Run:
         limit = min(MAX_BODY_TEXT, 4 * MAX_VARIABLE)
         text = text_of(self.msg.message, self.parts[-1], limit)
         self.assign(c.name, text[:c.first] if c.first else text, c.modifiers)
+
+    # --- RFC 5703 §5 replace, §6 enclose ------------------------------------------------------------
+
+    def current(self, upto: int | None = None) -> bytes:
+        """The message as the run's edits (the first ``upto`` of them) make it."""
+        assert self.orig is not None
+        edits = self.edits if upto is None else self.edits[:upto]
+        cut = head_end(self.orig)
+        body = body_of(edits)
+        return apply_edits(self.orig[:cut], edits) + (self.orig[cut:] if body is None else body)
+
+    def view(self, whole: bool) -> None:
+        """Later tests see the header fields of :meth:`current` (``whole``: its parts too; not while a
+        loop walks the parts of the message it began with)."""
+        new = self.current()
+        extra: dict[str, Any] = {"message": new, "size": len(new), "_mime": {}} if whole else {}
+        self.msg = replace(self.msg, fields=tuple(header_fields(new)), _decoded={}, _index={},
+                           _addresses={}, **extra)
+
+    def mime_edit(self, c: Replace | Enclose) -> None:
+        """RFC 5703 §5, §6: header edits and a new body (mailsrv.sieve.mimeedit); later actions deliver,
+        and later tests see, the message they make."""
+        what = "replace" if isinstance(c, Replace) else "enclose"
+        msg = self.msg
+        if self.orig is None:  # the delivery gives the message's first BODY_MAX octets
+            if msg.message is None or msg.size > len(msg.message) or head_end(msg.message) < 0:
+                raise SieveRuntimeError(f"{what}: the message is too large or has no header block")
+            self.orig = msg.message
+        self.count()
+        text = self.x(c.text)
+        if len(text) > MAX_TEXT:
+            raise SieveRuntimeError(f"{what}: the text is longer than {MAX_TEXT} characters")
+        if isinstance(c, Enclose):
+            self.enclose(c, text)
+        else:
+            self.replace(c, text)
+        if len(self.current()) > MAX_MESSAGE:
+            raise SieveRuntimeError(f"{what}: the message made is larger than {MAX_MESSAGE} octets")
+        self.view(not self.parts)
+
+    def set_fields(self, drop: tuple[str, ...] | list[str], add: list[tuple[str, bytes]]) -> None:
+        """Header edits: every occurrence of the fields ``drop`` deleted, then ``add`` (name, value as
+        written) at the end."""
+        for name in dict.fromkeys(drop):
+            n = len(self.msg.raw(name))
+            if n and name not in PROTECTED:
+                self.edits.append(("delete", name, tuple(range(n)), None))
+        for name, value in add:
+            self.edits.append(("add", name, value, True))
+
+    def replace(self, c: Replace, text: str) -> None:
+        """RFC 5703 §5: the current part (outside a loop: the message's body, its content fields with it)
+        becomes the replacement; :subject and :from set the message's fields."""
+        entity = mime_entity(text) if c.mime else text_entity(text)
+        if not self.parts:  # outside a loop the view is the message as it is now
+            self.splices = []
+        base = self.msg.message
+        root = self.msg.root()
+        assert base is not None and root is not None
+        part = self.parts[-1] if self.parts else root
+        start, end = (root.body_start, len(base)) if part is root else (part.header_start, part.body_end)
+        if any(s <= start and end <= e for s, e, _ in self.splices):
+            return  # within a part replaced before: gone
+        fields, rest = split_entity(entity)
+        if part is root:  # the message's own content fields are the replacement's
+            self.set_fields(CONTENT_FIELDS, [("MIME-Version", b" 1.0")]
+                            + [(field_name(n), v) for n, v in fields if n in CONTENT_FIELDS and n != "mime-version"])
+            new = rest[2:]
+        else:
+            new = entity
+        if c.from_ is not None:
+            sender = self.x(c.from_)
+            if not one_address(sender):
+                raise SieveRuntimeError(f"replace: :from {sender!r} is not a mail address")
+            self.set_fields(("from",), [("From", encoded_value(sender))])
+        if c.subject is not None:
+            self.set_fields(("subject",), [("Subject", encoded_value(self.x(c.subject)))])
+        self.splices = [s for s in self.splices if not (start <= s[0] and s[1] <= end)] + [(start, end, new)]
+        out, at = [], 0
+        for s, e, b in sorted(self.splices):
+            out += [base[at:s], b]
+            at = e
+        out.append(base[at:])
+        spliced = b"".join(out)
+        self.edits.append(("body", "", spliced[head_end(base):], None))
+
+    def enclose(self, c: Enclose, text: str) -> None:
+        """RFC 5703 §6: a new message: the :headers fields, Subject, the enclosed message's Date, From,
+        To, Cc and Message-ID unless :headers set them, a multipart/mixed body (the text, then the
+        message as message/rfc822). A second enclose encloses the message the first one enclosed."""
+        if self.enclosed_at is None:
+            self.enclosed_at = len(self.edits)
+        inner = self.current(self.enclosed_at)
+        inner_fields = header_fields(inner)
+        add: list[tuple[str, bytes]] = []
+        for h in c.headers:
+            got = header_field(self.x(h))
+            if got is None:
+                raise SieveRuntimeError(f"enclose: :headers {h!r} is not a field we may add")
+            add.append(got)
+        given = {n.lower() for n, _ in add}
+        if c.subject is not None:
+            add.append(("Subject", encoded_value(self.x(c.subject))))
+            given.add("subject")
+        for name, value in inner_fields:
+            if (name in ENCLOSE_COPIED or name == "subject") and name not in given:
+                add.append((field_name(name), value))
+        ctype, body = enclosure(text, inner)
+        add += [("MIME-Version", b" 1.0"), ("Content-Type", b" " + ctype.encode())]
+        self.set_fields([n for n, _ in self.msg.fields], add)
+        self.edits.append(("body", "", body, None))
 
     def mime_parts(self, opts: MimeOpts) -> list[Part]:
         """RFC 5703 §4: the parts a ``:mime`` test reads (none without the message's bytes)."""

@@ -24,6 +24,7 @@ from mailsrv.sieve.grammar import (
     parse,
 )
 from mailsrv.sieve.match import COMPARATORS, RELATIONS, Matcher, matcher
+from mailsrv.sieve.mimeedit import Enclose, Replace, header_field, one_address
 from mailsrv.sieve.mimeparts import MIME_OPTIONS, Break, ExtractText, ForEveryPart, MimeOpts
 from mailsrv.sieve.nodes import (
     Action,
@@ -94,7 +95,9 @@ EXTENSIONS: tuple[str, ...] = (
     "ihave",  # RFC 5463: ihave (known at compile time), error
     "foreverypart",  # RFC 5703 §3: foreverypart, break (mailsrv.sieve.mimeparts)
     "mime",  # RFC 5703 §4: header/address/exists :mime, :anychild, :type/:subtype/:contenttype/:param
-    "extracttext",  # RFC 5703 §7 (replace and enclose, §5 and §6, are not implemented)
+    "extracttext",  # RFC 5703 §7
+    "replace",  # RFC 5703 §5 (mailsrv.sieve.mimeedit)
+    "enclose",  # RFC 5703 §6
     "comparator-i;ascii-numeric",  # RFC 4790 §9.1 (RFC 5228 §2.7.3: needs its require)
     "comparator-i;octet",  # RFC 5228 §2.7.3 (always available; require accepts it)
     "comparator-i;ascii-casemap",
@@ -266,6 +269,11 @@ def normalize_flags(items: tuple[str, ...]) -> tuple[str, ...]:
             elif _KEYWORD.fullmatch(f):
                 out[f] = None
     return tuple(out)
+
+
+def _one(value: Any) -> str | None:
+    """A tag's string value (None: the tag was not given)."""
+    return value.items[0] if isinstance(value, StringList) else None
 
 
 def _header_names(c: Test | Command, names: tuple[str, ...]) -> tuple[str, ...]:
@@ -451,6 +459,8 @@ class _Compiler:
             return self.notify(c)
         if name in ("break", "extracttext"):
             return self.loop_command(c)
+        if name in ("replace", "enclose"):
+            return self.mime_edit(c)
         if name == "addheader":
             self.need("editheader", line, name)
             a = _Args(c, self.ext).take(flags=("last",))
@@ -494,6 +504,28 @@ class _Compiler:
             return ForEveryPart(label or None, self.body(c))
         finally:
             self.loops.pop()
+
+    def mime_edit(self, c: Command) -> Replace | Enclose:
+        """RFC 5703 §5 ``replace [:mime] [:subject string] [:from string] <replacement: string>`` and
+        §6 ``enclose [:subject string] [:headers string-list] <text: string>``."""
+        self.need(c.name, c.line, c.name)
+        if c.name == "replace":
+            a = _Args(c, self.ext).take(values={"subject": "str", "from": "str"}, flags=("mime",))
+            ((text,),) = a.strings("s")
+            subject, from_ = (_one(a.tags.get(t)) for t in ("subject", "from"))
+            if from_ is not None and "${" not in from_ and not one_address(from_):
+                raise SieveError(c.line, f"replace: :from {from_!r} is not a mail address")
+            return Replace(text, "mime" in a.tags, subject, from_)
+        a = _Args(c, self.ext).take(values={"subject": "str", "headers": "list"})
+        ((text,),) = a.strings("s")
+        if self.loops:  # deviation (RFC 5703 §6 allows it): the loop walks parts the enclosure moves
+            raise SieveError(c.line, "enclose: not inside a foreverypart loop")
+        headers = a.tags.get("headers")
+        heads = tuple(headers.items) if isinstance(headers, StringList) else ()
+        for h in heads:
+            if "${" not in h and header_field(h) is None:
+                raise SieveError(c.line, f"enclose: :headers {h!r} is not a field we may add")
+        return Enclose(text, _one(a.tags.get("subject")), heads)
 
     def loop_command(self, c: Command) -> Action:
         """RFC 5703 §3 ``break [:name string]`` and §7 ``extracttext [MODIFIER] [:first n] varname``,

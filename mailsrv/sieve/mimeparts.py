@@ -4,7 +4,7 @@ reads of a MIME part (its header fields, the values the options take from them, 
 
 Parts come from our MIME parser (mailsrv.mime) over the message's first bytes the delivery gives
 (mailsrv.delivery.sieve.BODY_MAX); its limits bound the nesting and number of parts. ``replace`` and
-``enclose`` (RFC 5703 §5, §6) are not implemented.
+``enclose`` (RFC 5703 §5, §6) are mailsrv.sieve.mimeedit's.
 """
 
 from __future__ import annotations

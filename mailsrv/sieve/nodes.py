@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from mailsrv.sieve.match import Matcher
+from mailsrv.sieve.mimeedit import Enclose, Replace
 from mailsrv.sieve.mimeparts import Break, ExtractText, ForEveryPart, MimeOpts
 
 
@@ -272,7 +273,8 @@ class If:
 
 
 Action = (Keep | Discard | FileInto | Redirect | FlagOp | VacationAction | Reject | Stop | SetVar | If | Include | Return
-          | GlobalVars | Notify | AddHeader | DeleteHeader | ErrorAction | ForEveryPart | Break | ExtractText)
+          | GlobalVars | Notify | AddHeader | DeleteHeader | ErrorAction | ForEveryPart | Break | ExtractText
+          | Replace | Enclose)
 
 
 @dataclass(frozen=True)
