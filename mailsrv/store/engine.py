@@ -1333,7 +1333,7 @@ class Engine:
                 return {}
             return self._kwmap(mb, flags)
 
-    def folder_new_dirs(self) -> list[Path]:
+    def folder_new_dirs(self) -> list[str]:
         return folders.folder_new_dirs(self)
 
 

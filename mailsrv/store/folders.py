@@ -398,7 +398,9 @@ def folder_path(eng: Engine, name: str) -> Path:
         return eng._folder(eng._row(name))
 
 
-def folder_new_dirs(eng: Engine) -> list[Path]:
+def folder_new_dirs(eng: Engine) -> list[str]:
+    # strings, not Paths: every IMAP SELECT asks (the notifier keys its watches by str anyway)
+    root = str(eng.root)
     with eng.lock:
-        return [(eng.root / d if d else eng.root) / "new"
+        return [os.path.join(root, d, "new") if d else os.path.join(root, "new")
                 for (d,) in eng.db.execute("SELECT dir FROM mailboxes")]

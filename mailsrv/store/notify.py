@@ -122,7 +122,7 @@ class Watch:
             return True
         return False
 
-    def add_path(self, path: Path, mask: int) -> None:
+    def add_path(self, path: Path | str, mask: int) -> None:
         """Also wake for ``path`` (watched until the account's last watch closes); see Notifier.add_path."""
         self._notifier.add_path(self.key, path, mask)
 
@@ -175,7 +175,7 @@ class Notifier:
         """Kernel inotify watches held now (polled paths when polling)."""
         return len(self._polled) if self.polling else len(self._wd_users)
 
-    def add_path(self, key: str, path: Path, mask: int) -> None:
+    def add_path(self, key: str, path: Path | str, mask: int) -> None:
         """Watch ``path`` on behalf of account ``key`` (idempotent).
 
         The caller registers a :class:`Watch` of ``key`` next, without awaiting in between: the
