@@ -522,6 +522,11 @@ class _Run:
         start, end = (root.body_start, len(base)) if part is root else (part.header_start, part.body_end)
         if any(s <= start and end <= e for s, e, _ in self.splices):
             return  # within a part replaced before: gone
+        # RFC 2046 §5.1.1: a boundary line of the message inside the new part would cut it short
+        lines = b"\n" + entity
+        if any(b"\n--" + p.params["boundary"].encode("utf-8", "replace") in lines
+               for p in root.walk() if p.is_multipart and p.params.get("boundary")):
+            raise SieveRuntimeError("replace: the text holds a boundary line of the message")
         fields, rest = split_entity(entity)
         if part is root:  # the message's own content fields are the replacement's
             self.set_fields(CONTENT_FIELDS, [("MIME-Version", b" 1.0")]

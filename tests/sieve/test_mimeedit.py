@@ -139,6 +139,8 @@ def test_compile_errors(script: str, error: str) -> None:
 
 
 def test_runtime_bounds_keep_the_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(SieveRuntimeError, match="boundary line"):  # the part would end the multipart
+        run('require ["replace", "foreverypart"]; foreverypart { replace "x\r\n--XX--\r\nafter"; }', EXE)
     monkeypatch.setattr("mailsrv.sieve.interp.MAX_TEXT", 10)  # a script cannot hold a text past MAX_TEXT
     with pytest.raises(SieveRuntimeError, match="longer than 10"):
         run('require ["replace", "variables"]; set "a" "12345678"; replace "${a}${a}";', EXE)
