@@ -49,10 +49,18 @@ _HELPER = """#include <valgrind/callgrind.h>
 void cg_on(void) { CALLGRIND_START_INSTRUMENTATION; CALLGRIND_ZERO_STATS; }
 void cg_off(void) { CALLGRIND_DUMP_STATS; CALLGRIND_STOP_INSTRUMENTATION; }
 """
+#: each process's answer to a switch: a file ``{marks}/on.PID`` or ``off.PID``, made once the switch
+#: is done (after OFF: once the callgrind dump or the profile is written), for :func:`switch` to wait on
+MARK = """
+import os as _os
+def _mark(name):
+    open(_os.path.join({marks!r}, '%s.%d' % (name, _os.getpid())), 'w').close()
+"""
 _SITE = """import ctypes, signal
 _lib = ctypes.CDLL({lib!r})
-signal.signal(signal.SIGRTMIN + 3, lambda *a: _lib.cg_on())
-signal.signal(signal.SIGRTMIN + 4, lambda *a: _lib.cg_off())
+""" + MARK + """
+signal.signal(signal.SIGRTMIN + 3, lambda *a: (_lib.cg_on(), _mark('on')))
+signal.signal(signal.SIGRTMIN + 4, lambda *a: (_lib.cg_off(), _mark('off')))
 """
 ON, OFF = signal.SIGRTMIN + 3, signal.SIGRTMIN + 4
 
@@ -62,8 +70,22 @@ def _site(scratch: Path) -> Path:
     d.mkdir()
     (d / "cgctl.c").write_text(_HELPER)
     subprocess.run(["gcc", "-O1", "-shared", "-fPIC", "-o", str(d / "libcgctl.so"), str(d / "cgctl.c")], check=True)
-    (d / "sitecustomize.py").write_text(_SITE.format(lib=str(d / "libcgctl.so")))
+    (d / "sitecustomize.py").write_text(_SITE.format(lib=str(d / "libcgctl.so"), marks=str(d)))
     return d
+
+
+def switch(pids: list[int], sig: int, marks: Path, timeout: float = 120.0) -> None:
+    """Send ``sig`` (:data:`ON` or :data:`OFF`) to each of ``pids`` and return once each has answered
+    (its :data:`MARK` file in ``marks``); raises TimeoutError after ``timeout`` seconds."""
+    name = "on" if sig == ON else "off"
+    for p in pids:
+        (marks / f"{name}.{p}").unlink(missing_ok=True)
+        os.kill(p, sig)
+    deadline = time.monotonic() + timeout
+    while not all((marks / f"{name}.{p}").exists() for p in pids):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no answer to {name} from {pids} within {timeout:.0f} s")
+        time.sleep(0.01)
 
 
 def worker_dump(out: Path, pattern: str = "cg.*.1") -> tuple[int, Path] | None:
@@ -136,9 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         server = B._Server("mailsrv", srv.ports["smtp"], srv.pids, lambda: C.maildir_count(srv.data_dir))
         server.measure(4096, a.sessions, a.warm)
         kids = [p for p in srv.pids() if p != srv.proc.pid]
-        for p in kids:
-            os.kill(p, ON)
-        time.sleep(1.0)
+        switch(kids, ON, site)
         m0 = C.maildir_count(srv.data_dir)
         if a.smtp_source:  # a count sized by the warm-up's rate
             B._source_load(server.port, a.sessions, B._body(4096), a.seconds, server.cells[(4096, a.sessions)][0])
@@ -147,9 +167,7 @@ def main(argv: list[str] | None = None) -> int:
 
             with asyncio.Runner(loop_factory=uvloop.new_event_loop) as r:
                 r.run(B._load(server.port, a.sessions, B._body(4096), a.seconds, pipelining=not a.no_pipelining))
-        for p in kids:
-            os.kill(p, OFF)
-        time.sleep(2.0)  # the idle worker dumps at once; nothing is delivered meanwhile
+        switch(kids, OFF, site)  # every dump written; nothing is delivered meanwhile
         msgs = C.maildir_count(srv.data_dir) - m0
     finally:
         srv.stop()

@@ -210,10 +210,11 @@ def run(size: str) -> dict[str, Any]:
 _PROFILE_SITE = """import cProfile, os, signal, time
 _p = []
 def _on(*a):
-    _p.append(cProfile.Profile(time.process_time)); _p[-1].enable()
+    _p.append(cProfile.Profile(time.process_time)); _p[-1].enable(); _mark('on')
 def _off(*a):
     if _p:
         _p[-1].disable(); _p.pop().dump_stats({out!r} + '/prof.%d' % os.getpid())
+    _mark('off')
 signal.signal(signal.SIGRTMIN + 3, _on)
 signal.signal(signal.SIGRTMIN + 4, _off)
 """
@@ -238,7 +239,7 @@ def probe(argv: list[str] | None = None) -> int:
     if a.profile:
         site = scratch / "site"
         site.mkdir()
-        (site / "sitecustomize.py").write_text(_PROFILE_SITE.format(out=str(out)))
+        (site / "sitecustomize.py").write_text(ir.MARK.format(marks=str(site)) + _PROFILE_SITE.format(out=str(out)))
     else:
         site = ir._site(scratch)
     popen = subprocess.Popen
@@ -277,13 +278,9 @@ def probe(argv: list[str] | None = None) -> int:
 
             await requests(30)  # warm: the mailbox indexed, the query and the derived properties cached
             kids = [p for p in srv.pids() if p != srv.proc.pid]
-            for p in kids:
-                os.kill(p, ir.ON)
-            await asyncio.sleep(1.0)
+            await asyncio.to_thread(ir.switch, kids, ir.ON, site)
             await requests(a.requests)
-            for p in kids:
-                os.kill(p, ir.OFF)
-            await asyncio.sleep(2.0)  # the idle worker dumps at once
+            await asyncio.to_thread(ir.switch, kids, ir.OFF, site)  # every dump or profile written
 
     try:
         asyncio.run(drive())

@@ -406,7 +406,8 @@ class JmapWriter(Writer):
             except (TimeoutError, OSError, AssertionError, aiohttp.ClientError, KeyError) as exc:
                 self.errors += 1
                 self.last_error = repr(exc)
-                await asyncio.sleep(0.05)  # back-off before reconnecting to a server that may be restarting
+                # back-off before reconnecting to a server that may be restarting; ends at once on stop
+                await asyncio.to_thread(self.stop.wait, 0.05)
 
     @staticmethod
     async def _call(http: Any, url: str, hdr: dict[str, str], *calls: list[Any]) -> list[Any]:
