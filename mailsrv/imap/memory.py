@@ -373,7 +373,8 @@ class MemoryAccount:
         boxes = self._boxes.values()
         return QuotaUsage(sum(m.size for b in boxes for m in b.msgs.values()), sum(len(b.msgs) for b in boxes))
 
-    def watch(self) -> MemoryWatch:
+    def watch(self, mailbox: str | None = None) -> MemoryWatch:
+        """Any change of the account wakes it (``mailbox``, the one a session selected, is not needed)."""
         return MemoryWatch(self)
 
 

@@ -40,8 +40,6 @@ from mailsrv.imap.seqset import format_uids
 from mailsrv.imap.sharing import Place, Shares, SharingCommands
 from mailsrv.imap.spool import LiteralSpool
 from mailsrv.net.connection import ConnectionClosed, IdleTimeout, LineTooLong, ServerShutdown
-from mailsrv.store import notify
-from mailsrv.store.folders import UIDLIST_NAME
 from mailsrv.store.metadata import MAX_ENTRIES as METADATA_MAX_ENTRIES
 
 logger = log.get("imap")
@@ -87,10 +85,6 @@ VERBS: dict[str, frozenset[State]] = {
 
 #: Commands after which pending mailbox changes may be reported, EXPUNGE included.
 #: RFC 9051 §7.5.1: not after FETCH, STORE, SEARCH (non-UID) nor while they run.
-#: what other programs do to a selected mailbox's maildir that the refresh must see (renames in cur/,
-#: a changed uidlist); mailsrv's own writes also touch the account's notify file. Not the folder
-#: directory: the search index and SQLite files change there without any message changing.
-_CUR_MASK = notify.IN_CREATE | notify.IN_DELETE | notify.IN_MOVED_FROM | notify.IN_MOVED_TO
 _NO_EXPUNGE_AFTER = {"FETCH", "STORE", "SEARCH", "SORT", "THREAD"}
 
 #: RFC 9051 §6.3.12 / RFC 7889: messages larger than this are refused with [TOOBIG].
@@ -671,24 +665,14 @@ class Session(MessageCommands, SharingCommands, ReplaceCommands, MetadataCommand
         return b"OK [" + state + b"] " + cmd.name.encode() + b" completed"
 
     def _open_watch(self, name: str) -> Any:
-        """A watch of the account that also wakes for other programs' changes in ``name``'s
-        cur/ and uidlist (the refresh's needs-sync check looks at those); None: cannot watch."""
+        """A watch of what mailbox ``name``'s refresh looks at (the account's own writes, other
+        programs' deliveries to its new/, their changes in its cur/ and uidlist; not the other
+        folders: the session reports only this one); None: cannot watch."""
         try:
-            watch = self.acct.watch()
+            return self.acct.watch(name)
         except Exception as exc:  # e.g. ENOSPC (fs.inotify.max_user_watches): refresh every time
             logger.warning("refresh.watch_failed", error=str(exc)[:200])
             return None
-        engine = getattr(self.acct, "engine", None)  # the maildir store (the memory one has none)
-        if engine is not None:
-            try:
-                folder = engine.folder_path(name)
-                watch.add_path(folder / "cur", _CUR_MASK)
-                watch.add_path(folder / UIDLIST_NAME, notify.FILE_MASK)
-            except Exception as exc:
-                logger.warning("refresh.watch_failed", error=str(exc)[:200])
-                watch.close()
-                return None
-        return watch
 
     def _drop_watch(self) -> None:
         if self._fresh is not None:
@@ -938,7 +922,11 @@ class Session(MessageCommands, SharingCommands, ReplaceCommands, MetadataCommand
         session takes the lock before stopping it, so a refresh is never cut in the
         middle (sequence numbers stay in step).
         """
-        watch = self.acct.watch()
+        # selected: the mailbox's watch (the paths _fresh holds already: no kernel call); else nothing is
+        # reported, but a watch of the whole account keeps IDLE as it always was
+        watch = self._open_watch(self.place.name) if self.place is not None else None
+        if watch is None:
+            watch = self.acct.watch()
         lock = asyncio.Lock()
 
         async def notifier() -> None:

@@ -20,6 +20,7 @@ from mailsrv import log
 from mailsrv._speedups import quota as quota_impl
 from mailsrv.store import notify
 from mailsrv.store.engine import Engine, Pending, SyncResult, parse_for_index
+from mailsrv.store.folders import UIDLIST_NAME
 from mailsrv.store.types import (
     Changes,
     ChangesSince,
@@ -452,13 +453,32 @@ class Account:
 
     # --- notification -----------------------------------------------------------
 
-    def watch(self) -> notify.Watch:
-        """Start watching this account for changes by any process (call inside the event loop)."""
+    def watch(self, mailbox: str | None = None) -> notify.Watch:
+        """Start watching this account for changes by any process (call inside the event loop).
+
+        mailsrv's own writes touch the account's notify file, watched either way. ``mailbox`` None:
+        also every folder's new/ (other programs' deliveries anywhere: JMAP push); a name: only what
+        that mailbox's refresh looks at (an IMAP SELECT), its new/, cur/ and uidlist (see
+        :data:`notify.CUR_MASK`): four kernel watches instead of one per folder plus three, and no
+        look-up of every folder. Raises the store's errors (MailboxNotFound) and OSError (ENOSPC:
+        ``fs.inotify.max_user_watches``); nothing stays watched for the call then.
+        """
         notifier = self.store._notifier_for_loop()
-        notifier.add_path(self.id, self.engine.notify_path, notify.FILE_MASK)
-        for d in self.engine.folder_new_dirs():
-            notifier.add_path(self.id, d, notify.DIR_MASK)
-        w = notify.Watch(notifier, self.id)
+        key = self.id
+        try:
+            notifier.add_path(key, self.engine.notify_path, notify.FILE_MASK)
+            if mailbox is None:
+                for d in self.engine.folder_new_dirs():
+                    notifier.add_path(key, d, notify.DIR_MASK)
+            else:
+                folder = str(self.engine.folder_path(mailbox))
+                notifier.add_path(key, os.path.join(folder, "new"), notify.DIR_MASK)
+                notifier.add_path(key, os.path.join(folder, "cur"), notify.CUR_MASK)
+                notifier.add_path(key, os.path.join(folder, UIDLIST_NAME), notify.FILE_MASK)
+        except BaseException:
+            notifier.release_unwatched(key)
+            raise
+        w = notify.Watch(notifier, key)
         notifier.register(w)
         return w
 

@@ -48,6 +48,9 @@ IN_CLOEXEC = os.O_CLOEXEC
 
 FILE_MASK = IN_ATTRIB | IN_MODIFY | IN_CLOSE_WRITE
 DIR_MASK = IN_CREATE | IN_MOVED_TO
+#: what other programs do to a selected mailbox's cur/ that its refresh must see (renames, removals);
+#: not the folder directory itself: its search index and SQLite files change without any message changing
+CUR_MASK = IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO
 
 _EVENT = struct.Struct("iIII")
 
@@ -242,6 +245,11 @@ class Notifier:
         """Unwatch every path of ``key`` (done when its last watch closes)."""
         for path in list(self._key_paths.get(key, ())):
             self.remove_path(key, path)
+
+    def release_unwatched(self, key: str) -> None:
+        """Unwatch ``key``'s paths unless a watch of it is open (a watcher whose set-up failed)."""
+        if not self._watches.get(key):
+            self.release(key)
 
     def register(self, watch: Watch) -> None:
         if self.polling and not self._watches.get(watch.key):

@@ -483,11 +483,11 @@ class PrivateSeenAccount:
         await self.store_flags(mailbox, [uid], frozenset({SEEN}), "add")
         return uid
 
-    def watch(self) -> Any:
-        """The owner's account's watch, also woken by the grantee's private writes."""
+    def watch(self, mailbox: str | None = None) -> Any:
+        """The owner's account's watch (Account.watch), also woken by the grantee's private writes."""
         from mailsrv.store import notify
 
-        w = self.inner.watch()
+        w = self.inner.watch(mailbox)
         engine = getattr(self.home, "engine", None)
         if engine is not None:
             w.add_path(engine.notify_path, notify.FILE_MASK)

@@ -12,6 +12,9 @@ import pytest
 
 from mailsrv.config import StoreConfig
 from mailsrv.store import Store, notify
+from mailsrv.store.types import MailboxNotFound
+
+MSG = b"From: a@example.test\r\nSubject: dropped\r\n\r\nhello\r\n"
 
 
 def kernel_watches(fd: int) -> int:
@@ -142,5 +145,32 @@ async def test_store_account_watches_come_back_to_the_start(tmp_path: Path) -> N
             held = kernel_watches(n.fd)
             assert held > start and held == n.watch_count
         assert kernel_watches(n.fd) == n.watch_count == start
+    finally:
+        await store.close()
+
+
+async def test_a_mailbox_watch_holds_four_paths_whatever_the_folders(tmp_path: Path) -> None:
+    store = Store(StoreConfig(), tmp_path)
+    try:
+        acct = await store.account("u")
+        await acct.create_mailbox("Lists")
+        folders = len(await acct.list_mailboxes())  # INBOX, the special-use ones, Lists
+        assert folders >= 5
+        n = store._notifier_for_loop()
+        with acct.watch():  # every folder's new/ and the notify file
+            assert kernel_watches(n.fd) == n.watch_count == folders + 1
+        with acct.watch("Lists") as w:  # the notify file, Lists' new/, cur/ and uidlist
+            assert kernel_watches(n.fd) == n.watch_count == 4
+            sent_new = Path(next(p for p in n._key_paths[acct.id] if p.endswith("new")))
+            assert sent_new.parent.name.endswith("Lists")
+            (sent_new.parent / "tmp" / "x").write_bytes(MSG)
+            os.rename(sent_new.parent / "tmp" / "x", sent_new / "x")  # another program's delivery
+            assert await w.wait(5)
+            with acct.watch("Lists"):  # a second session of the mailbox: no new kernel watch
+                assert kernel_watches(n.fd) == 4
+        assert kernel_watches(n.fd) == n.watch_count == 0
+        with pytest.raises(MailboxNotFound):
+            acct.watch("Nowhere")
+        assert kernel_watches(n.fd) == n.watch_count == 0 and not n._key_paths  # nothing left armed
     finally:
         await store.close()

@@ -1,0 +1,138 @@
+"""Load-independent cost of one lone IMAP session in one mailsrv worker: syscalls (strace -c) or
+instructions (valgrind callgrind), for A/B of the session's fixed costs on a loaded machine.
+
+    python -m bench._sessionprobe [--mode syscalls|ir] [--sessions 100] [--warm 30] [--noop] [--src DIR]
+
+One server (``mailsrv serve``, one worker; under ``valgrind --tool=callgrind --instr-atstart=no`` for
+``--mode ir``) and one user whose INBOX holds 20 messages (and the special-use folders ``mailsrv
+init`` makes). ``--warm`` sessions first, then ``--sessions`` sequential sessions measured, each what
+a polling mail client does: LOGIN, SELECT INBOX, FETCH 1:10 (FLAGS), [NOOP with ``--noop``], LOGOUT
+(imaplib, outside the measurement). ``--mode syscalls``: ``strace -c -f`` attached to the worker and
+queue-runner processes (all their threads) for the measured sessions; per-session counts of each
+call. ``--mode ir``: the worker's instructions in the window (bench._irprobe's switch) per session.
+``--src DIR``: run the mailsrv package found in DIR (a copy with a change) instead of this tree's.
+Counts are near-deterministic (strace: futex and epoll_pwait vary with thread timing); kernel time is
+in neither. Not a scenario of ``python -m bench``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import imaplib
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import _common as C
+from bench import _irprobe as P
+
+
+def _session(port: int, noop: bool) -> None:
+    c = imaplib.IMAP4("127.0.0.1", port)
+    c.login("u@example.test", C.PASSWORD)
+    c.select("INBOX")
+    c.fetch("1:10", "(FLAGS)")
+    if noop:
+        c.noop()
+    c.logout()
+
+
+def _strace_counts(path: Path) -> dict[str, int]:
+    """strace -c's table -> {syscall: calls} (the total row left out)."""
+    rows: dict[str, int] = {}
+    for line in path.read_text().splitlines():
+        m = re.match(r"\s*[\d.]+\s+[\d.]+\s+\d+\s+(\d+)\s+(?:\d+\s+)?(\w+)$", line)
+        if m and m.group(2) != "total":
+            rows[m.group(2)] = int(m.group(1))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench._sessionprobe", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--mode", choices=("syscalls", "ir"), default="syscalls")
+    ap.add_argument("--sessions", type=int, default=100)
+    ap.add_argument("--warm", type=int, default=30)
+    ap.add_argument("--noop", action="store_true", help="one NOOP after the FETCH (what real clients send)")
+    ap.add_argument("--src", default="", help="a directory holding the mailsrv package to measure")
+    ap.add_argument("--top", type=int, default=12)
+    a = ap.parse_args(argv)
+    needs = ("strace",) if a.mode == "syscalls" else ("valgrind", "callgrind_annotate", "gcc")
+    for tool in needs:
+        if shutil.which(tool) is None:
+            print(f"_sessionprobe: {tool} not found", file=sys.stderr)
+            return 2
+    scratch = Path(tempfile.mkdtemp(prefix="sessionprobe-"))
+    seed = scratch / "seed"
+    C.fill_maildir(seed, [C.message(i, repeat=4, lines=10) for i in range(20)],
+                   lambda i, data: f"{1700000000 + i}.M{i}P1.probe,S={len(data)}:2,")
+    site = P._site(scratch) if a.mode == "ir" else None
+    popen = subprocess.Popen
+
+    def wrapped(args: Any, *k: Any, **kw: Any) -> Any:  # only `mailsrv serve` is wrapped
+        if "serve" in args:
+            pre = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={scratch}/cg.%p"]
+            # -P: ``python -m`` puts the working directory first on sys.path (see bench._irprobe)
+            args = [*(pre if site else []), args[0], *(["-P"] if a.src else []), *args[1:]]
+            path = os.pathsep.join(filter(None, [a.src, str(site) if site else ""]))
+            if path:
+                kw["env"] = {**kw.get("env", os.environ), "PYTHONPATH": path}
+        return popen(args, *k, **kw)
+
+    C.subprocess.Popen = wrapped  # type: ignore[assignment, misc]
+    try:
+        srv = C.Mailsrv(scratch / "mailsrv", seeds={"u": seed}, workers=1,
+                        config={"listener": {"imap": {"tls": "none"}}})
+    finally:
+        C.subprocess.Popen = popen  # type: ignore[misc]
+    n = a.sessions
+    try:
+        port = srv.ports["imap"]
+        for _ in range(a.warm):
+            _session(port, a.noop)
+        kids = [p for p in srv.pids() if p != srv.proc.pid]
+        if site is None:
+            out = scratch / "strace.txt"
+            st = subprocess.Popen(["strace", "-c", "-f", "-o", str(out), *(x for p in kids for x in ("-p", str(p)))],
+                                  stderr=subprocess.PIPE)
+            assert st.stderr is not None
+            attached = 0
+            deadline = time.monotonic() + 30
+            while attached < len(kids) and time.monotonic() < deadline:  # strace says "attached" per thread
+                line = st.stderr.readline()
+                attached += line.startswith(b"strace: Process ") and b"attached" in line
+            for _ in range(n):
+                _session(port, a.noop)
+            st.send_signal(signal.SIGINT)
+            st.wait(60)
+            rows = _strace_counts(out)
+            print(f"{n} sessions, {sum(rows.values()) / n:.1f} syscalls per session (worker and queue runner)")
+            for name, calls in sorted(rows.items(), key=lambda kv: -kv[1])[: a.top]:
+                print(f"  {calls / n:8.2f}  {name}")
+        else:
+            P.switch(kids, P.ON, site)
+            for _ in range(n):
+                _session(port, a.noop)
+            P.switch(kids, P.OFF, site)
+    finally:
+        srv.stop()
+    if site is not None:
+        dump = P.worker_dump(scratch)
+        if dump is None:
+            print("_sessionprobe: the worker did not dump", file=sys.stderr)
+            return 1
+        ir, worker = dump
+        print(f"{n} sessions, {ir:,} Ir in the worker: {ir // n:,} Ir per session")
+        P.print_top(worker, n, a.top)
+    shutil.rmtree(scratch, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
