@@ -11,10 +11,12 @@ its ``250``: the copy is durable) to the StateChange read by an EventSource
 client; the change reaches the worker holding the EventSource through the
 store's cross-process notification (inotify) when another worker delivered.
 
-``python -m bench.jmap [--profile] [--src DIR]``: the query+get request's CPU in one worker,
+``python -m bench.jmap [--kind KIND] [--profile] [--src DIR]``: a request's CPU in one worker,
 for A/B on a loaded machine: instructions per request under valgrind callgrind (as
 ``bench._irprobe`` for SMTP), or cProfile's Python calls per request; a 2 000-message mailbox,
-one sequential client, 30 requests of warm-up, then ``--requests`` (100) measured.
+one sequential client, 30 requests of warm-up, then ``--requests`` (100) measured. Kinds: the
+query+get request (default), the same with text bodies (``body``), ``mailbox`` (Mailbox/get),
+``changes`` (Email/changes + Mailbox/changes, nothing changed).
 """
 
 from __future__ import annotations
@@ -70,15 +72,35 @@ async def _rate(http: aiohttp.ClientSession, url: str, headers: dict[str, str], 
     return done / (time.perf_counter() - t0)
 
 
-def _query_get(account_id: str, inbox: str) -> dict[str, Any]:
-    """The measured request: Email/query (inMailbox, receivedAt descending, 50) + Email/get of its ids."""
+def _query_get(account_id: str, inbox: str, get: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The measured request: Email/query (inMailbox, receivedAt descending, 50) + Email/get of its ids
+    (``get``: other Email/get arguments than the properties of a mailbox list)."""
     return {"using": USING, "methodCalls": [
         ["Email/query", {"accountId": account_id, "filter": {"inMailbox": inbox},
                          "sort": [{"property": "receivedAt", "isAscending": False}], "limit": 50,
                          "collapseThreads": False}, "q"],
         ["Email/get", {"accountId": account_id,
                        "#ids": {"resultOf": "q", "name": "Email/query", "path": "/ids"},
-                       "properties": ["subject", "from", "receivedAt", "keywords", "preview"]}, "g"]]}
+                       **(get or {"properties": ["subject", "from", "receivedAt", "keywords", "preview"]})}, "g"]]}
+
+
+#: the probe's request kinds (``--kind``): what a client asks most (a mailbox list page, the messages it
+#: opens, its folder list, its polls for changes)
+KINDS = ("query-get", "body", "mailbox", "changes")
+
+
+def _probe_body(kind: str, account_id: str, inbox: str, states: dict[str, str]) -> dict[str, Any]:
+    """The request of a probe kind; ``states``: the Email and Mailbox states (for ``changes``)."""
+    if kind == "body":  # the 50 messages opened: their text bodies' values
+        return _query_get(account_id, inbox, {"properties": ["subject", "from", "to", "sentAt", "textBody",
+                                                             "bodyValues"], "fetchTextBodyValues": True})
+    if kind == "mailbox":
+        return {"using": USING, "methodCalls": [["Mailbox/get", {"accountId": account_id}, "m"]]}
+    if kind == "changes":  # a client's poll when nothing changed
+        return {"using": USING, "methodCalls": [
+            ["Email/changes", {"accountId": account_id, "sinceState": states["Email"]}, "e"],
+            ["Mailbox/changes", {"accountId": account_id, "sinceState": states["Mailbox"]}, "m"]]}
+    return _query_get(account_id, inbox)
 
 
 async def _main(size: str) -> dict[str, Any]:
@@ -228,6 +250,10 @@ def probe(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.jmap", description=probe.__doc__)
     ap.add_argument("--requests", type=int, default=100, help="measured requests (sequential, one client)")
     ap.add_argument("--messages", type=int, default=2000, help="messages in the mailbox")
+    ap.add_argument("--kind", choices=KINDS, default="query-get",
+                    help="the request measured: Email/query + Email/get 50 of a mailbox list (subject, from, "
+                    "receivedAt, keywords, preview), the same with text bodies (textBody, bodyValues), "
+                    "Mailbox/get, or Email/changes + Mailbox/changes with nothing changed")
     ap.add_argument("--profile", action="store_true", help="cProfile (call counts) instead of callgrind")
     ap.add_argument("--src", default="", help="a directory holding the mailsrv package to measure")
     ap.add_argument("--out", default="", help="keep the callgrind or profile files here")
@@ -266,15 +292,19 @@ def probe(argv: list[str] | None = None) -> int:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as http:
             async with http.get(url + "/jmap/session", headers=headers) as r:
                 aid = (await r.json())["primaryAccounts"]["urn:ietf:params:jmap:mail"]
-            mget = {"using": USING, "methodCalls": [["Mailbox/get", {"accountId": aid}, "m"]]}
+            mget = {"using": USING, "methodCalls": [["Mailbox/get", {"accountId": aid}, "m"],
+                                                    ["Email/get", {"accountId": aid, "ids": []}, "e"]]}
             async with http.post(url + "/jmap/api", json=mget, headers=headers) as r:
-                inbox = next(m["id"] for m in (await r.json())["methodResponses"][0][1]["list"] if m["role"] == "inbox")
-            body = _query_get(aid, inbox)
+                got = (await r.json())["methodResponses"]
+            inbox = next(m["id"] for m in got[0][1]["list"] if m["role"] == "inbox")
+            body = _probe_body(a.kind, aid, inbox, {"Mailbox": got[0][1]["state"], "Email": got[1][1]["state"]})
 
             async def requests(k: int) -> None:
                 for _ in range(k):
                     async with http.post(url + "/jmap/api", json=body, headers=headers) as r:
-                        assert r.status == 200 and len((await r.json())["methodResponses"][1][1]["list"]) == 50
+                        resp = (await r.json())["methodResponses"]
+                        assert r.status == 200 and all(m[0] != "error" for m in resp), resp
+                        assert a.kind not in ("query-get", "body") or len(resp[1][1]["list"]) == 50
 
             await requests(30)  # warm: the mailbox indexed, the query and the derived properties cached
             kids = [p for p in srv.pids() if p != srv.proc.pid]
@@ -294,7 +324,7 @@ def probe(argv: list[str] | None = None) -> int:
             return 1
         st = max(stats, key=lambda s: s.total_calls)  # type: ignore[attr-defined]
         calls, tt = st.total_calls, st.total_tt  # type: ignore[attr-defined]
-        print(f"{k} requests: {calls / k:,.0f} Python calls per request "
+        print(f"{k} {a.kind} requests: {calls / k:,.0f} Python calls per request "
               f"(cProfile, CPU time {tt / k * 1000:.2f} ms per request under the profiler)")
         st.sort_stats("tottime").print_stats(a.top)
     else:
@@ -303,7 +333,7 @@ def probe(argv: list[str] | None = None) -> int:
             print("jmap probe: the worker did not dump", file=sys.stderr)
             return 1
         total, worker = dump
-        print(f"{k} requests, {total:,} Ir in the worker: {total // k:,} Ir per request ({worker.name})")
+        print(f"{k} {a.kind} requests, {total:,} Ir in the worker: {total // k:,} Ir per request ({worker.name})")
         ir.print_top(worker, k, a.top)
     shutil.rmtree(scratch, ignore_errors=True)  # the server's tree (and the counts, unless --out put them elsewhere)
     return 0

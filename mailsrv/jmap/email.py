@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import re
 from collections import OrderedDict
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from mailsrv.jmap import message
 from mailsrv.jmap.backend import EmailMeta, MailBackend
 from mailsrv.jmap.core import MAIL, RequestContext, registry
 from mailsrv.jmap.errors import MethodError, invalid_arguments
+from mailsrv.jmap.jsontext import Encoded
 from mailsrv.jmap.mailbox import standard_changes
 from mailsrv.mime import MessageStructure, Part
 
@@ -146,10 +148,32 @@ def body_value(raw: Any, part: Part, max_bytes: int) -> dict[str, Any]:
 
 
 #: derived (message-content) properties kept per worker, by (blob, request shape): blobs are
-#: immutable; messages larger than the last bound are not kept
+#: immutable; messages larger than the second bound are not kept. With them, the JSON text of the
+#: last Email object made from them, with the EmailMeta and the object's form (Shape.text_key) it was
+#: made for: a text is taken only for an equal EmailMeta (any change of keywords, mailboxes or other
+#: metadata makes a new one) and the same form. The texts held are bounded by the third (the derived
+#: values take about as much again): one worker holds at most 2 000 entries and ~2 x 32 MiB.
 PARSE_CACHE = 2000
 PARSE_CACHE_MAX_SIZE = 256 * 1024
-_derived: OrderedDict[tuple[str, int], dict[str, Any]] = OrderedDict()
+PARSE_CACHE_TEXT_BYTES = 32 * 1024 * 1024
+
+
+class _Derived:
+    """One entry of the derived cache: the content properties, and the last Email object made with
+    them (shared by the responses that list it: never changed, as the values it holds) and its text."""
+
+    __slots__ = ("meta", "obj", "text", "text_key", "values")
+
+    def __init__(self, values: dict[str, Any]) -> None:
+        self.values = values
+        self.meta: EmailMeta | None = None  # what the object was made from (None: no object yet)
+        self.text_key = -1  # the Shape.text_key it was made for
+        self.obj: dict[str, Any] = {}
+        self.text = ""  # json.dumps(obj)
+
+
+_derived: OrderedDict[tuple[str, int], _Derived] = OrderedDict()
+_derived_text_bytes = 0  # the sum of the entries' len(text)
 
 
 #: metadata property -> its value from the EmailMeta (never cached: flags and mailboxes change)
@@ -168,22 +192,29 @@ class Shape:
     """What one Email/get asks of each message, worked out once for all its messages: ``key``, the number
     of what it asks (properties, body properties, body value options), with the blob id the derived
     cache's key; ``content``, the properties that cache holds; ``plan``, each property in order with
-    its metadata reader (None: from the derived properties)."""
+    its metadata reader (None: from the derived properties); ``text_key``, the number of the whole
+    object's form (``key`` and every property in order: the metadata ones too), which an Email
+    object's cached text was made for."""
 
-    __slots__ = ("content", "key", "plan")
+    __slots__ = ("content", "key", "plan", "text_key")
 
     def __init__(self, props: list[str], body_props: list[str], opts: BodyOptions) -> None:
         self.content = [p for p in props if p not in METADATA]
         asked = (tuple(self.content), tuple(body_props), opts.text, opts.html, opts.all, opts.max_bytes)
         # a number per distinct request shape: the cache's keys hash and compare as (str, int), not as
         # nested tuples of a dozen strings, 100 times per Email/get of 50
-        key = _shape_numbers.get(asked)
-        if key is None:
-            if len(_shape_numbers) > SHAPES:
-                _shape_numbers.clear()  # numbers are never reused: forgotten shapes' entries just age out
-            key = _shape_numbers[asked] = next(_next_shape)
-        self.key = key
+        self.key = _shape_number(asked)
+        self.text_key = _shape_number((self.key, tuple(props)))
         self.plan = [(p, _METADATA_VALUE.get(p)) for p in props]
+
+
+def _shape_number(asked: tuple[Any, ...]) -> int:
+    key = _shape_numbers.get(asked)
+    if key is None:
+        if len(_shape_numbers) > SHAPES:
+            _shape_numbers.clear()  # numbers are never reused: forgotten shapes' entries just age out
+        key = _shape_numbers[asked] = next(_next_shape)
+    return key
 
 
 #: request shapes numbered at once (beyond it the numbering starts over with new numbers)
@@ -213,21 +244,58 @@ def email_json(meta: EmailMeta, raw: Any, props: list[str], body_props: list[str
     arguments, when the caller made it once for many messages."""
     if shape is None:
         shape = Shape(props, body_props, opts)
+    return _object(_derive(meta, raw, body_props, opts, structure, shape)[1], meta, shape)
+
+
+def email_object(meta: EmailMeta, raw: Any, body_props: list[str], opts: BodyOptions,
+                 structure: MessageStructure | None, shape: Shape) -> tuple[dict[str, Any], str]:
+    """:func:`email_json` and its JSON text (``json.dumps`` of it), both kept with the derived properties
+    and taken again for an equal ``meta`` in the same form. The object is shared: never change it."""
+    global _derived_text_bytes
     key = (meta.blob_id, shape.key)
-    derived = _derived.get(key)
-    if derived is not None:
+    entry = _derived.get(key)
+    if entry is not None and entry.text_key == shape.text_key and (entry.meta is meta or entry.meta == meta):
         _derived.move_to_end(key)
-    else:
-        if structure is None and shape.content:
-            structure = mime.parse(raw if raw is not None else b"")
-        derived = _email_json(meta, structure, raw, shape.content, body_props, opts)
-        if meta.size <= PARSE_CACHE_MAX_SIZE:
-            _derived[key] = derived
-            if len(_derived) > PARSE_CACHE:
-                _derived.popitem(last=False)
+        return entry.obj, entry.text  # the same values in the same form: the same object and text
+    entry, values = _derive(meta, raw, body_props, opts, structure, shape)
+    obj = _object(values, meta, shape)
+    text = json.dumps(obj)
+    if entry is not None:
+        _derived_text_bytes += len(text) - len(entry.text)
+        entry.meta, entry.text_key, entry.obj, entry.text = meta, shape.text_key, obj, text
+        _trim()
+    return obj, text
+
+
+def _derive(meta: EmailMeta, raw: Any, body_props: list[str], opts: BodyOptions, structure: MessageStructure | None,
+            shape: Shape) -> tuple[_Derived | None, dict[str, Any]]:
+    """The cache entry (None for a message too large to keep) and the derived properties."""
+    key = (meta.blob_id, shape.key)
+    entry = _derived.get(key)
+    if entry is not None:
+        _derived.move_to_end(key)
+        return entry, entry.values
+    if structure is None and shape.content:
+        structure = mime.parse(raw if raw is not None else b"")
+    values = _email_json(meta, structure, raw, shape.content, body_props, opts)
+    if meta.size > PARSE_CACHE_MAX_SIZE:
+        return None, values
+    entry = _derived[key] = _Derived(values)
+    _trim()
+    return entry, values
+
+
+def _trim() -> None:
+    """Oldest entries out until the cache is within its bounds (entries, bytes of text)."""
+    global _derived_text_bytes
+    while len(_derived) > PARSE_CACHE or _derived_text_bytes > PARSE_CACHE_TEXT_BYTES:
+        _derived_text_bytes -= len(_derived.popitem(last=False)[1].text)
+
+
+def _object(values: dict[str, Any], meta: EmailMeta, shape: Shape) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for p, value in shape.plan:
-        out[p] = derived[p] if value is None else value(meta)
+        out[p] = values[p] if value is None else value(meta)
     return out
 
 
@@ -316,15 +384,17 @@ async def email_get(ctx: RequestContext, args: dict[str, Any], call_id: str) -> 
             or needs_raw(structs[m.blob_id], props, body_props, opts)]
     datas = await asyncio.gather(*(be.read_blob(m.blob_id) for m in need))
     raws = {m.blob_id: d for m, d in zip(need, datas, strict=True)}
-    found, not_found = [], []
+    found, texts, not_found = [], [], []
     for i in ids:
         meta = metas.get(i)
         if meta is None or (meta.blob_id in raws and raws[meta.blob_id] is None):  # or expunged meanwhile
             not_found.append(i)
             continue
-        found.append(email_json(meta, raws.get(meta.blob_id), props, body_props, opts, structs.get(meta.blob_id),
-                                shape))
-    return {"accountId": be.account_id, "state": state, "list": found, "notFound": not_found}
+        obj, text = email_object(meta, raws.get(meta.blob_id), body_props, opts, structs.get(meta.blob_id), shape)
+        found.append(obj)
+        texts.append(text)
+    # the list's JSON text is the objects' texts (jsontext.dumps splices it into the response)
+    return {"accountId": be.account_id, "state": state, "list": Encoded(found, texts), "notFound": not_found}
 
 
 @registry.add("Email/changes", MAIL)

@@ -20,7 +20,7 @@ from aiohttp import WSMsgType, web
 
 from mailsrv import log
 from mailsrv.config import JmapConfig
-from mailsrv.jmap import core
+from mailsrv.jmap import core, jsontext
 from mailsrv.jmap.backend import TYPES, MailBackend, Watch
 from mailsrv.jmap.errors import RequestError, not_request
 
@@ -229,7 +229,7 @@ async def websocket_session(ws: web.WebSocketResponse, app: JmapApp, p: Principa
 
     async def send(obj: dict[str, Any]) -> None:
         async with send_lock:
-            await ws.send_str(json.dumps(obj))
+            await ws.send_str(jsontext.dumps(obj))  # as the HTTP API's responses
 
     async def pusher(follower: Follower) -> None:
         try:

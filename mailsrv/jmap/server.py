@@ -40,7 +40,7 @@ from aiohttp import WSMsgType, web
 from mailsrv import log
 from mailsrv.config import JmapConfig
 from mailsrv.directory.rights import OwnerShare
-from mailsrv.jmap import core, push, sievescript
+from mailsrv.jmap import core, jsontext, push, sievescript
 from mailsrv.jmap import email as _email  # noqa: F401  (registers the Email/Thread methods)
 from mailsrv.jmap import filelink as _filelink  # noqa: F401  (FileLink/*, docs/files.md)
 from mailsrv.jmap import mailbox as _mailbox  # noqa: F401  (registers the Mailbox methods)
@@ -529,7 +529,7 @@ class JmapApp:
             self._inflight[p.id] -= 1
             if not self._inflight[p.id]:
                 del self._inflight[p.id]
-        return web.json_response(result)
+        return web.json_response(result, dumps=jsontext.dumps)  # Email/get's objects as encoded before
 
     async def _read_json(self, request: web.Request) -> Any:
         max_size = self.config.max_size_request

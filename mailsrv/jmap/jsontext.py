@@ -1,0 +1,93 @@
+"""The JSON text of API responses: ``json.dumps``'s bytes, with parts encoded earlier spliced in.
+
+A method may answer with an :class:`Encoded` list (Email/get's ``list``: each Email object's text is
+kept with the derived properties, email.py), which carries its own JSON text; :func:`dumps` takes that
+text instead of encoding the list again. The result is the same string as ``json.dumps(value)``
+(separators ``", "`` and ``": "``, ``ensure_ascii``, key order as inserted): tests/jmap/test_jsontext.py
+compares the two on every kind of value.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, NoReturn
+
+#: how deep :func:`dumps` looks for :class:`Encoded` lists: Response -> methodResponses -> invocation
+#: -> arguments -> value (a WebSocket Response has the same depth, RFC 8887 §4.3)
+DEPTH = 4
+
+
+class Encoded(list[Any]):
+    """A list whose JSON text is known: ``texts`` holds ``json.dumps`` of each item, made with them.
+
+    Contract: never changed after it is made (the texts would be stale); the methods that change a
+    list raise ``TypeError``. Its items are read as any list's (result references, RFC 8620 §3.7)."""
+
+    __slots__ = ("texts",)
+
+    def __init__(self, items: list[Any], texts: list[str]) -> None:
+        """``texts[i]`` is ``json.dumps(items[i])``."""
+        super().__init__(items)
+        self.texts = texts
+
+    def _frozen(self, *args: Any, **kwargs: Any) -> NoReturn:
+        raise TypeError("an Encoded list is not changed (its JSON text is made)")
+
+    append = extend = insert = remove = pop = clear = sort = reverse = _frozen
+    __setitem__ = __delitem__ = __iadd__ = __imul__ = _frozen
+
+
+def _holds(value: Any, depth: int) -> bool:
+    """Whether an :class:`Encoded` list is within ``depth`` levels of plain dicts and lists."""
+    t = type(value)
+    if t is Encoded:
+        return True
+    if depth:
+        if t is dict:
+            for v in value.values():
+                if _holds(v, depth - 1):
+                    return True
+        elif t is list:
+            for v in value:
+                if _holds(v, depth - 1):
+                    return True
+    return False
+
+
+def _parts(value: Any, depth: int, out: list[str]) -> None:
+    """Append the pieces of ``value``'s text to ``out`` (joined once at the end: a response of 50
+    Emails is not copied at each level)."""
+    t = type(value)
+    if t is Encoded:
+        out.append("[")
+        out.append(", ".join(value.texts))
+        out.append("]")
+    elif depth and t is dict and all(type(k) is str for k in value):
+        # only str keys: json.dumps turns others (int, bool, None, float) into text its own way
+        sep = "{"
+        for k, v in value.items():
+            out.append(sep)
+            out.append(json.dumps(k))
+            out.append(": ")
+            _parts(v, depth - 1, out)
+            sep = ", "
+        out.append("}" if sep == ", " else "{}")
+    elif depth and t is list:
+        sep = "["
+        for v in value:
+            out.append(sep)
+            _parts(v, depth - 1, out)
+            sep = ", "
+        out.append("]" if sep == ", " else "[]")
+    else:
+        out.append(json.dumps(value))
+
+
+def dumps(value: Any) -> str:
+    """``json.dumps(value)``, the same string, with the text of the :class:`Encoded` lists it holds
+    (within :data:`DEPTH` levels) taken as it is."""
+    if not _holds(value, DEPTH):
+        return json.dumps(value)
+    out: list[str] = []
+    _parts(value, DEPTH, out)
+    return "".join(out)
