@@ -13,7 +13,6 @@ import pytest
 from mailsrv.config import MimeConfig, StoreConfig
 from mailsrv.mime import MessageStructure, parse
 from mailsrv.store import DeliveryTarget, MessageGone, Store
-from mailsrv.store import account as account_mod
 from mailsrv.store import engine as engine_mod
 from mailsrv.store.engine import INDEX_NAME
 
@@ -61,22 +60,6 @@ def test_read_message_one_round_trip_and_follows_renames(make_store, run, tmp_pa
     assert run(b.expunge("INBOX", [1], only_deleted=False)) == [1]
     with pytest.raises(MessageGone):
         run(a.read_message("INBOX", 1))
-
-
-def test_read_range_offsets_lengths_and_short_reads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    data = bytes(range(256)) * 40
-    path = tmp_path / "m"
-    path.write_bytes(data)
-    for offset in (0, 1, 255, len(data) - 1, len(data), len(data) + 7):
-        for length in (None, 0, 1, 100, len(data), 1 << 20):
-            want = data[offset:] if length is None else data[offset:offset + length]
-            assert account_mod._read_range(path, offset, length) == want
-            assert account_mod._read_range(str(path), offset, length) == want
-    # pread(2) may return fewer octets than asked (a signal): the read goes on to the end
-    real = os.pread
-    monkeypatch.setattr(account_mod.os, "pread", lambda fd, n, off: real(fd, min(n, 1000), off))
-    assert account_mod._read_range(path, 3, None) == data[3:]
-    assert account_mod._read_range(path, 3, 5000) == data[3:5003]
 
 
 def _corrupt(root: Path, uid: int, blob: bytes) -> None:
