@@ -373,6 +373,13 @@ class StoreConfig:
         0.25,
         check=_non_negative,
     )
+    index_delay_busy: float = doc(
+        "Seconds the background indexer waits at most, in steps of index_delay, while delivery rounds"
+        " of its worker keep running (larger, fewer index transactions under load: fewer bytes for"
+        " the deliveries' syncs to write per message); at most index_delay when not above it.",
+        1.0,
+        check=_non_negative,
+    )
     index_give_way: float = doc(
         "Seconds a background index batch (UIDs, and search indexing after delivery) waits at most, in"
         " slices, while delivery rounds of its worker run, so that a delivery does not wait behind it;"

@@ -617,10 +617,12 @@ class Indexer:
         self._waiting: dict[tuple[str, str], tuple[Account, str, list[str | None]]] = {}
         self._task: asyncio.Task[None] | None = None
         self._hurry = asyncio.Event()  # set by flush(): skip the delay
-        #: rounds run, mailbox transactions and messages handed in (for tests and the bench)
+        #: rounds run, mailbox transactions and messages handed in, seconds rounds waited to start
+        #: (for tests and the bench)
         self.rounds = 0
         self.batches = 0
         self.queued = 0
+        self.waited = 0.0
         #: mailboxes to look at again for files another process delivered (``_recheck_later``)
         self._rechecks: set[tuple[str, str]] = set()
         #: what the index transactions did: thread CPU, messages, those another process delivered
@@ -678,19 +680,34 @@ class Indexer:
             await asyncio.shield(self._task)
 
     async def _run(self) -> None:
-        delay = self.store.config.index_delay
+        cfg = self.store.config
+        delay = cfg.index_delay
+        longest = max(delay, cfg.index_delay_busy)
         try:
             while self._waiting:
+                waited = 0.0
                 if delay and not self._hurry.is_set():
                     with contextlib.suppress(TimeoutError):  # let concurrent deliveries join this round
                         await asyncio.wait_for(self._hurry.wait(), delay)
+                    waited = delay
+                    # while this process's delivery rounds keep running, wait longer (up to
+                    # index_delay_busy): fewer, larger index transactions per mailbox, so fewer pages
+                    # (index WAL, quota, search, directories) for the deliveries' syncs to write per message
+                    while waited < longest and fsio.foreground.busy and not self._hurry.is_set():
+                        step = min(delay, longest - waited)
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(self._hurry.wait(), step)
+                        waited += step
                 self._hurry.clear()
+                # a batch that grew gives way in proportion (the budget is per batch)
+                budget = cfg.index_give_way * max(1.0, waited / delay) if delay else None
+                self.waited += waited
                 batch, self._waiting = list(self._waiting.values()), {}
                 self.rounds += 1
                 self.batches += len(batch)
                 n = min(len(batch), self.INDEX_JOBS)
-                outs = await asyncio.gather(*(self.store.io.run(_index_batch, batch[j::n]) for j in range(n)),
-                                            return_exceptions=True)
+                outs = await asyncio.gather(*(self.store.io.run(_index_batch, batch[j::n], budget)
+                                              for j in range(n)), return_exceptions=True)
                 for out in outs:
                     if isinstance(out, BaseException):
                         logger.error("index.batch_failed", error=f"{type(out).__name__}: {out}")
@@ -760,9 +777,10 @@ class _RawBudget:
 _RAW_HELD = _RawBudget()
 
 
-def _index_batch(batch: list[tuple[Account, str, list[str | None]]]
+def _index_batch(batch: list[tuple[Account, str, list[str | None]]], budget: float | None = None
                  ) -> tuple[list[tuple[Account, SyncResult]], list[tuple[Account, str]], dict[str, float]]:
-    """Blocking (I/O pool): one index transaction per mailbox for its waiting deliveries.
+    """Blocking (I/O pool): one index transaction per mailbox for its waiting deliveries; ``budget``:
+    seconds it gives way to delivery rounds at most (default ``[store] index_give_way``).
 
     Returns the changes to publish, the mailboxes where files another process delivered were
     left for it (the indexer looks at them again after ``FOREIGN_GRACE``), and this job's part of
@@ -773,7 +791,7 @@ def _index_batch(batch: list[tuple[Account, str, list[str | None]]]
     recheck: list[tuple[Account, str]] = []
     stats = dict.fromkeys(STATS, 0.0)
     t0 = time.thread_time()
-    with fsio.background():  # gives way to delivery rounds between slices (util/fsio.py)
+    with fsio.background(budget):  # gives way to delivery rounds between slices (util/fsio.py)
         for acct, mailbox, keys in batch:
             fsio.give_way()
             parsed = acct.engine.files_parsed

@@ -25,6 +25,8 @@ from support.server import wait_until_async
 
 from mailsrv.config import StoreConfig
 from mailsrv.store import DeliveryTarget, QuotaLimits, Store
+from mailsrv.store import store as store_mod
+from mailsrv.util import fsio
 
 from .conftest import msg, spool
 
@@ -108,6 +110,43 @@ def test_concurrent_deliveries_share_index_transactions(tmp_path: Path, run: Run
             seen.add(found.group(1))
         assert _files(tmp_path / "mail" / f"u{i}", "new") == []
     assert len(seen) == 60
+
+
+def test_the_index_delay_grows_only_while_delivery_rounds_run(tmp_path: Path, run: Run,
+                                                               make_store: Callable[..., Store],
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """``index_delay_busy``: a round waits index_delay, then more steps of it while the worker's
+    delivery rounds run (fsio.foreground busy), up to index_delay_busy; its batch gives way in
+    proportion. With nothing running it starts after index_delay."""
+    budgets: list[float | None] = []
+    real = store_mod._index_batch
+
+    def spy(batch: Any, budget: float | None = None) -> Any:
+        budgets.append(budget)
+        return real(batch, budget)
+
+    monkeypatch.setattr(store_mod, "_index_batch", spy)
+    store = make_store(index_delay=0.05, index_delay_busy=0.2, index_give_way=0.01)
+    acct = run(store.account("u"))
+    root = tmp_path / "mail" / "u"
+
+    async def one(name: str) -> None:
+        rounds = store.indexer.rounds
+        [res] = await store.deliver(spool(tmp_path, msg(rounds), name), [DeliveryTarget(acct)], uids=False)
+        assert res.status == "ok"
+        await wait_until_async(lambda: len(budgets) == rounds + 1 and not _files(root, "new"))
+
+    run(one("idle"))
+    assert store.indexer.waited == pytest.approx(0.05)  # no round ran meanwhile: index_delay only
+    assert budgets == [pytest.approx(0.01)]
+    fsio.foreground.enter()  # a delivery round of this worker runs (or waits to) the whole time
+    try:
+        run(one("busy"))
+    finally:
+        fsio.foreground.leave()
+    assert store.indexer.waited == pytest.approx(0.05 + 0.2)  # grown in steps up to index_delay_busy
+    assert budgets[1] == pytest.approx(0.04)  # 4x the wait, 4x the give-way budget
+    assert len(_files(root, "cur")) == 2
 
 
 def test_reader_indexes_before_the_indexer(tmp_path: Path, run: Run, make_store: Callable[..., Store]) -> None:
