@@ -5,7 +5,9 @@ Two measurements, as issue 7 asks:
 - sessions/s of USER/PASS, STAT, RETR of every message, QUIT on a maildrop of
   1 000 messages (one client after the other: a maildrop admits one session);
 - MB/s of RETR on a maildrop of large messages (octets of the multi-line
-  responses, dot-stuffing included, as the client receives them).
+  responses, dot-stuffing included, as the client receives them);
+- each RETR's round trip in the 1 000-message sessions (p50, p99, max: the
+  read-ahead's stalls show at the tail).
 
 Both servers serve copies of the same maildirs. mailsrv is ``mailsrv serve``
 from a fresh ``mailsrv init`` (bench/_common.Mailsrv: no TLS on the pop3
@@ -95,14 +97,20 @@ class Client:
             pass
 
 
-async def _session(port: int, user: str, meter: ServerMeter) -> int:
+async def _session(port: int, user: str, meter: ServerMeter, latencies: list[float] | None = None) -> int:
+    """One session: every message RETRieved; each RETR's round trip (command written -> its last
+    octet read) appended to ``latencies`` (seconds) when given."""
     c = await Client.connect(port)
     await c.cmd(f"USER {user}")
     await c.cmd(f"PASS {PASSWORD}")
     count = int((await c.cmd("STAT")).split()[1])
     total = 0
+    clock = time.perf_counter
     for i in range(1, count + 1):
+        t0 = clock()
         total += await c.multi(f"RETR {i}")
+        if latencies is not None:
+            latencies.append(clock() - t0)
     await c.cmd("QUIT")
     await c.close()
     meter.add(count + 4)
@@ -113,10 +121,14 @@ async def _measure(port: int, small: str, big: str, sizes: dict[str, int], meter
     res: dict[str, float] = {}
     await _session(port, small, meter)  # warm-up: first login indexes the maildrop and counts sizes
     n = sizes["sessions"]
+    lat: list[float] = []
     t0 = time.perf_counter()
     for _ in range(n):
-        await _session(port, small, meter)
+        await _session(port, small, meter, lat)
     res["LOGIN-STAT-RETR-all-QUIT (1000 messages)"] = n / (time.perf_counter() - t0)
+    lat.sort()
+    for name, q in LATENCY_ROWS.items():  # over every RETR of those sessions (stalls show at p99 and max)
+        res[name] = lat[min(len(lat) - 1, int(q * len(lat)))] * 1e3
     await _session(port, big, meter)  # warm-up (page cache, index)
     best = 0.0
     for _ in range(sizes["rounds"]):
@@ -152,9 +164,13 @@ def _start_dovecot(base: Path) -> tuple[subprocess.Popen[bytes] | None, int, str
 
 # --- the scenario -------------------------------------------------------------------------------------
 
+#: per-RETR round trips of the 1 000-message sessions: row -> quantile (1.0: the slowest)
+LATENCY_ROWS = {"RETR latency p50": 0.5, "RETR latency p99": 0.99, "RETR latency max": 1.0}
+
 UNITS = {  # (unit, higher is better)
     "LOGIN-STAT-RETR-all-QUIT (1000 messages)": ("sessions/s", True),
     "RETR throughput": ("MB/s", True),
+    **dict.fromkeys(LATENCY_ROWS, ("ms", False)),
 }
 
 
