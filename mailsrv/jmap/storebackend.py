@@ -168,6 +168,8 @@ class StoreBackend:
         self._by_id: dict[str, EmailMeta] = {}
         self._names: dict[str, str] = {}
         self._emails_cache: tuple[str, list[EmailMeta], dict[str, list[tuple[str, int, st.MessageInfo]]]] | None = None
+        #: mailboxes(): (the email list and the folders it was made from, the Mailboxes)
+        self._mailboxes_memo: tuple[list[EmailMeta], list[st.MailboxInfo], list[Mailbox]] | None = None
 
     # --- states --------------------------------------------------------------------
 
@@ -199,6 +201,7 @@ class StoreBackend:
     def _dirty(self) -> None:
         self._infos_memo = None
         self._emails_cache = None
+        self._mailboxes_memo = None
 
     def _vector(self, infos: list[st.MailboxInfo]) -> dict[str, Entry]:
         # A grantee's private-\Seen view (store/privateseen.py) marks the folders where the \Seen shown
@@ -317,8 +320,14 @@ class StoreBackend:
 
     async def mailboxes(self) -> list[Mailbox]:
         infos = await self._infos()
-        by_name = {i.name: i for i in infos}
         metas, _, copies = await self._all()
+        # the counts walk every email: kept while the email list (rebuilt at any change of the state)
+        # and the folders (names, subscriptions, roles, counters) are the same; the folders are compared
+        # too, though the state holds them, as its name/subscription/role part is a 24-bit hash
+        memo = self._mailboxes_memo
+        if memo is not None and memo[0] is metas and memo[1] == infos:
+            return list(memo[2])
+        by_name = {i.name: i for i in infos}
         unread_threads_all = {m.thread_id for m in metas if "$seen" not in m.keywords}
         per_box: dict[str, list[EmailMeta]] = {}
         for m in metas:
@@ -335,7 +344,8 @@ class StoreBackend:
                 0 if i.name.upper() == "INBOX" else 10, i.subscribed, len(inside),
                 sum(1 for m in inside if "$seen" not in m.keywords), len(threads), len(threads & unread_threads_all),
             ))
-        return out
+        self._mailboxes_memo = (metas, infos, out)
+        return list(out)
 
     async def _name_of(self, mailbox_id: str) -> str:
         for i in await self._infos():

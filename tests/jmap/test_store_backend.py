@@ -463,3 +463,27 @@ async def test_email_changes_go_on_after_a_mailbox_is_created(env: tuple[Client,
     await c.one("Mailbox/set", {"create": {"q": {"name": "Later"}}})
     th = await c.one("Thread/changes", {"sinceState": t0})
     assert (th["created"], th["updated"], th["destroyed"]) == ([], [], [])
+
+
+async def test_mailbox_counts_and_names_follow_changes_made_elsewhere(env: tuple[Client, Store, Any]) -> None:
+    """Mailbox/get's counts are kept while nothing changed: a change made by another path (IMAP
+    here: no JMAP write marks the backend dirty) must show at once."""
+    c, _, acct = env
+
+    def counts(got: dict[str, Any]) -> dict[str, tuple[Any, ...]]:
+        return {m["name"]: (m["totalEmails"], m["unreadEmails"], m["totalThreads"], m["unreadThreads"],
+                            m["isSubscribed"]) for m in got["list"]}
+
+    first = counts(await c.one("Mailbox/get", {}))
+    assert first["Inbox"][:4] == (0, 0, 0, 0)
+    uids = [await acct.append("INBOX", msg("one")), await acct.append("INBOX", msg("two"))]
+    got = counts(await c.one("Mailbox/get", {}))
+    assert got["Inbox"][:4] == (2, 2, 2, 2) and got == counts(await c.one("Mailbox/get", {}))  # kept: the same
+    await acct.store_flags("INBOX", uids[:1], frozenset({"\\Seen"}), "add")
+    assert counts(await c.one("Mailbox/get", {}))["Inbox"][:4] == (2, 1, 2, 1)
+    await acct.rename_mailbox("Archive", "Old")
+    await acct.subscribe("Old", False)
+    got = counts(await c.one("Mailbox/get", {}))
+    assert "Archive" not in got and got["Old"][4] is False
+    ch = await c.one("Mailbox/changes", {"sinceState": (await c.one("Mailbox/get", {"ids": []}))["state"]})
+    assert ch["updated"] == [] and ch["created"] == [] and ch["destroyed"] == []
