@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 #: The shared corpus of real messages (read at run time, never copied into the repo).
@@ -44,6 +45,26 @@ class Target:
             self.run(data[: self.max_len])
         except self.errors:
             pass
+
+
+class _RaiseLogged:
+    """Stands in for a module's logger: what it would log as an unexpected exception propagates."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+
+    def exception(self, event: str, exc: BaseException, **fields: Any) -> None:
+        raise exc
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
+def raise_logged(module: Any) -> None:
+    """Make ``module.logger.exception`` raise: the server turns a handler's unexpected exception
+    into a reply (serverFail, [SERVERBUG]) and logs it; under the fuzzer it is a crash."""
+    if not isinstance(module.logger, _RaiseLogged):
+        module.logger = _RaiseLogged(module.logger)
 
 
 def corpus_messages(limit: int = 20000) -> list[bytes]:

@@ -13,10 +13,12 @@ from fuzz.harness import Target
 #: target name -> the module under fuzz/targets/ that defines it
 INDEX = {
     "imap_command": "imap",
+    "imap_session": "imap",
     "mime_message": "mime",
     "smtp_line": "smtp",
     "smtp_data": "smtp",
     "jmap_request": "jmap",
+    "jmap_methods": "jmap",
     "pop3_command": "pop3",
     "pop3_body": "pop3",
     "managesieve_command": "sieve",

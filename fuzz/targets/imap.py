@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
+from typing import Any
 
-from fuzz.harness import Target, test_constants
-from mailsrv.imap import mutf7
+from fuzz.harness import Target, raise_logged, test_constants
+from mailsrv.imap import mutf7, shared
+from mailsrv.imap import session as session_mod
 from mailsrv.imap.commands import parse_command, parse_tag
+from mailsrv.imap.errors import Bye
 from mailsrv.imap.grammar import NeedLiteral, NeedMore, ParseError, literal_marker
+from mailsrv.imap.memory import MemoryAuth, MemoryStore
+from mailsrv.net.connection import ConnectionClosed, IdleTimeout, LineTooLong
 
 SEEDS = [
     b"a1 LOGIN alice wonderland\r\n",
@@ -56,7 +62,7 @@ def _mutf7(data: bytes) -> None:
     assert mutf7.decode(mutf7.encode(name)) == name
 
 
-_COMMAND = re.compile(rb"[A-Za-z0-9.]+ (UID )?[A-Za-z]+[ \r]")
+_COMMAND = re.compile(rb"[A-Za-z0-9.]+ (UID )?[A-Z]{2,}[ \r]")
 
 
 def _seeds() -> list[bytes]:
@@ -69,3 +75,107 @@ TARGETS = [
     Target("imap_mutf7", _mutf7, lambda: [b"INBOX", b"&AGUAZQBl-", b"&ZeVnLIqe-/x", b"a&-b", b"&Jjo-!"],
            (mutf7.Mutf7Error,), max_len=512),
 ]
+
+
+# --- the session: parsed commands run against the in-memory store -------------------------------
+
+
+class _Channel:
+    """What a Session writes to; continuation lines (AUTHENTICATE, IDLE's DONE) come from the input."""
+
+    peer_host = "127.0.0.1"
+    tls_active = False
+    channel_binding = None
+
+    def __init__(self, lines: list[bytes]) -> None:
+        self.out = bytearray()
+        self.lines = lines
+
+    def write(self, data: bytes) -> None:
+        self.out += data
+
+    async def flush(self) -> None:
+        return None
+
+    async def read_continuation(self) -> bytes:
+        if not self.lines:
+            raise ConnectionClosed
+        return self.lines.pop(0) + b"\r\n"
+
+    async def read_idle(self, limit: float) -> bytes:
+        return await self.read_continuation()
+
+    async def starttls(self) -> None:
+        raise AssertionError("not offered")
+
+    def start_compress(self, max_literal: int) -> None:
+        """COMPRESS DEFLATE (RFC 4978): the session's compressed stream is not fuzzed here."""
+
+
+MESSAGES = [
+    b"From: A <a@example.test>\r\nTo: b@example.test\r\nSubject: =?utf-8?q?s=C3=A9?=\r\nDate: Mon, 7 Feb 1994 21:52:25 -0800\r\n"
+    b"Message-ID: <1@x>\r\n\r\nbody one\r\n",
+    b"From: c@example.test\r\nSubject: two\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n"
+    b"Content-Type: text/plain\r\n\r\nhello\r\n--b\r\nContent-Type: application/octet-stream\r\n"
+    b"Content-Transfer-Encoding: base64\r\n\r\naGVsbG8=\r\n--b--\r\n",
+    b"Subject: three\r\n\r\n.\r\n",
+]
+
+
+#: Commands the in-memory store cannot serve (their data lives in a per-account SQLite file).
+DISK_ONLY = frozenset({"SETMETADATA", "GETMETADATA"})
+
+
+async def _session_run(lines: list[bytes]) -> None:
+    store = MemoryStore()
+    acct = await store.account("1")
+    for m in MESSAGES:
+        await acct.append("INBOX", m)
+    ch = _Channel(lines)
+    s = session_mod.Session(ch, MemoryAuth({"u": "p"}), store, session_mod.SessionConfig())
+    tables = len(shared._TABLES)
+    try:
+        for pre in (b"a LOGIN u p\r\n", b"b SELECT INBOX\r\n"):
+            await s.execute(parse_command(pre))
+        while ch.lines:
+            line = ch.lines.pop(0) + b"\r\n"
+            try:
+                cmd = parse_command(line)
+            except (NeedMore, NeedLiteral, ParseError):
+                continue
+            if cmd.name in DISK_ONLY:
+                continue
+            try:
+                if not await s.execute(cmd):
+                    break
+            except (Bye, ConnectionClosed, IdleTimeout, LineTooLong):
+                break
+            finally:
+                await s.spool.cleanup()
+            await s.flush()
+    finally:
+        s.end()  # as the server does when the connection goes
+    assert b"[SERVERBUG]" not in ch.out, bytes(ch.out[-400:])
+    # the session let go of its share of the mailbox (per-process tables must not grow per connection)
+    assert len(shared._TABLES) <= tables, shared._TABLES
+
+
+_LOOP: list[Any] = []
+
+
+def _session(data: bytes) -> None:
+    """Commands (one a line) after LOGIN and SELECT INBOX: a command may fail with BAD or NO, never
+    with the [SERVERBUG] that a handler's unexpected exception gives."""
+    if not _LOOP:
+        _LOOP.append(asyncio.new_event_loop())
+        raise_logged(session_mod)
+    _LOOP[0].run_until_complete(_session_run(data.split(b"\r\n")[:20]))
+
+
+def _session_seeds() -> list[bytes]:
+    cmds = [s.split(b" ", 1)[1] for s in _seeds() if b"\n" not in s.rstrip(b"\r\n")]
+    return [b"\r\n".join(b"t%d " % i + c.rstrip(b"\r\n") for i, c in enumerate(cmds[k : k + 6]))
+            for k in range(0, len(cmds), 6)]
+
+
+TARGETS.append(Target("imap_session", _session, _session_seeds, max_len=2048))

@@ -8,7 +8,7 @@ import asyncio
 import json
 from typing import Any
 
-from fuzz.harness import Target
+from fuzz.harness import Target, raise_logged
 from mailsrv.config import JmapConfig
 from mailsrv.jmap import core
 from mailsrv.jmap import server as _server  # noqa: F401  (registers every method)
@@ -17,21 +17,7 @@ from mailsrv.jmap.memory import MemoryBackend
 from mailsrv.jmap.server import parse_json
 from mailsrv.jmap.session import SERVER_CAPABILITIES
 
-
-class _Raise:
-    """Stands in for core's logger: a method's crash propagates with its traceback."""
-
-    def __init__(self, real: Any) -> None:
-        self.real = real
-
-    def exception(self, event: str, exc: BaseException, **fields: Any) -> None:
-        raise exc
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.real, name)
-
-
-core.logger = _Raise(core.logger)  # type: ignore[assignment]
+raise_logged(core)
 _LOOP = asyncio.new_event_loop()
 USING = ["urn:ietf:params:jmap:core", "urn:ietf:params:jmap:mail", "urn:ietf:params:jmap:submission"]
 
@@ -89,3 +75,68 @@ TARGETS = [
            lambda: SEEDS,
            (RequestError,), max_len=8192),
 ]
+
+
+# --- structured: the bytes choose method calls and their arguments (JSON that parses) ----------
+
+METHODS = ["Core/echo", "Mailbox/get", "Mailbox/set", "Mailbox/query", "Mailbox/changes", "Mailbox/queryChanges",
+           "Email/get", "Email/set", "Email/query", "Email/changes", "Email/queryChanges", "Email/copy",
+           "Email/import", "Email/parse", "Thread/get", "Thread/changes", "SearchSnippet/get"]
+KEYS = ["accountId", "ids", "#ids", "properties", "bodyProperties", "filter", "sort", "create", "update", "destroy",
+        "sinceState", "sinceQueryState", "maxChanges", "position", "anchor", "anchorOffset", "limit",
+        "calculateTotal", "collapseThreads", "fetchTextBodyValues", "fetchAllBodyValues", "maxBodyValueBytes",
+        "emails", "blobIds", "emailIds", "onDestroyRemoveEmails", "ifInState", "fromAccountId", "upToId",
+        "sortAsTree", "filterAsTree", "onSuccessDestroyOriginal"]
+WORDS = ["a1", "M1", "T1", "#m", "#e", "e", "m", "0", "1", "", "inbox", "INBOX", "$seen", "keywords/$seen",
+         "mailboxIds/M1", "mailboxIds", "keywords", "name", "parentId", "role", "subject", "from", "to",
+         "receivedAt", "size", "text", "body", "header", "after", "before", "minSize", "inMailbox",
+         "inMailboxOtherThan", "hasKeyword", "operator", "AND", "OR", "NOT", "conditions", "property",
+         "isAscending", "collation", "i;unicode-casemap", "resultOf", "path", "/ids", "/ids/*", "/list/*/id",
+         "/created/m/id", "bodyValues", "textBody", "htmlBody", "attachments", "partId", "blobId", "type",
+         "text/plain", "header:From:asAddresses:all", "header:Subject:asText", "email", "value",
+         "2020-01-01T00:00:00Z", "2020-13-45T99:99:99Z", "sortOrder", "isSubscribed", "threadId"]
+
+
+class _Reader:
+    """Reads small choices from the fuzzer's bytes (zeros once they run out)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.pos = 0
+
+    def byte(self) -> int:
+        self.pos += 1
+        return self.data[self.pos - 1] if self.pos <= len(self.data) else 0
+
+    def value(self, depth: int) -> Any:
+        kind = self.byte() % (10 if depth < 4 else 6)
+        if kind == 0:
+            return None
+        if kind == 1:
+            return bool(self.byte() & 1)
+        if kind == 2:
+            return int.from_bytes(bytes(self.byte() for _ in range(1 + self.byte() % 8)), "little", signed=True)
+        if kind == 3:
+            return (self.byte() - 128) / 7
+        if kind in (4, 5):
+            return WORDS[self.byte() % len(WORDS)]
+        n = self.byte() % 4
+        if kind in (6, 7):
+            return [self.value(depth + 1) for _ in range(n)]
+        return {(KEYS + WORDS)[self.byte() % (len(KEYS) + len(WORDS))]: self.value(depth + 1) for _ in range(n)}
+
+
+def _methods(data: bytes) -> None:
+    r = _Reader(data)
+    calls = []
+    for i in range(1 + r.byte() % 4):
+        name = METHODS[r.byte() % len(METHODS)]
+        args: dict[str, Any] = {"accountId": "a1"}
+        for _ in range(r.byte() % 6):
+            args[KEYS[r.byte() % len(KEYS)]] = r.value(0)
+        calls.append([name, args, str(i)])
+    _request(json.dumps({"using": USING, "methodCalls": calls}).encode())
+
+
+TARGETS.append(Target("jmap_methods", _methods, lambda: [bytes(range(i, 256, 7)) for i in range(7)], (RequestError,),
+                      max_len=1024))

@@ -8,7 +8,6 @@ itself: it still checks that the twin never raises outside its contract.
 from __future__ import annotations
 
 import importlib
-import os
 import struct
 from collections.abc import Callable
 from types import ModuleType
@@ -29,11 +28,19 @@ _TWINS = {
 }
 
 
-def _pair(name: str) -> tuple[ModuleType, ModuleType]:
-    twin = importlib.import_module(_TWINS[name])
-    if speedups_disabled() or os.environ.get("MAILSRV_FUZZ_TWIN_ONLY"):
-        return twin, twin
-    return twin, importlib.import_module(f"mailsrv._speedups.{name}_c")
+def _load_pairs() -> dict[str, tuple[ModuleType, ModuleType]]:
+    """Imported when this module is (so inside atheris' instrumentation: the twins report coverage)."""
+    out = {}
+    for name, twin_path in _TWINS.items():
+        twin = importlib.import_module(twin_path)
+        if speedups_disabled():
+            out[name] = (twin, twin)
+        else:
+            out[name] = (twin, importlib.import_module(f"mailsrv._speedups.{name}_c"))
+    return out
+
+
+_PAIRS = _load_pairs()
 
 
 def _outcome(fn: Callable[..., Any], *args: Any) -> tuple[str, Any]:
@@ -46,7 +53,7 @@ def _outcome(fn: Callable[..., Any], *args: Any) -> tuple[str, Any]:
 def same(name: str, fname: str, *args: Any, allowed: tuple[type[BaseException], ...] = ()) -> Any:
     """Call ``fname`` of both implementations of ``name``; raise Mismatch when they differ, or
     re-raise an exception of the twin that is not one of ``allowed``."""
-    twin, comp = _pair(name)
+    twin, comp = _PAIRS[name]
     ref = _outcome(getattr(twin, fname), *args)
     got = _outcome(getattr(comp, fname), *args)
     if ref != got:
