@@ -2,7 +2,8 @@
 
 mailsrv is ``mailsrv serve`` from a fresh ``mailsrv init`` with two workers
 (bench/_common.Mailsrv); the baselines are aiosmtpd writing each message
-straight into a maildir with fsync (file and directory), two processes each
+straight into its recipient's maildir with fsync (file and directory), after
+the Return-Path and Received fields every delivering server adds, two processes each
 (spawned, not forked): the primary one writes in its loop's executor (several
 messages' fsyncs in flight), the issue's naive one in handle_DATA (one writer
 per process). Postfix is measured only when installed. The disk's floor is one
@@ -248,24 +249,43 @@ AIOSMTPD_NAIVE = "aiosmtpd naive (fsync in the handler)"
 
 
 def _aiosmtpd_child(sock: socket.socket, ready: int, maildir: Path, inline: bool = False) -> None:
-    """The aiosmtpd baselines: aiosmtpd (line-by-line DATA in memory) + maildir write with fsync (file and
-    directory), in the default executor, or with ``inline`` in handle_DATA on the loop (the issue's naive
-    server: one writer per process)."""
+    """The aiosmtpd baselines: aiosmtpd (line-by-line DATA in memory) + a maildir write with fsync (file and
+    directory) into the recipient's own maildir (``maildir/LOCALPART``, as every other server here delivers),
+    the message preceded by the trace fields any SMTP server that delivers adds (RFC 5321 §4.4: Return-Path
+    and a Received field, of the form mailsrv writes); in the default executor, or with ``inline`` in
+    handle_DATA on the loop (the issue's naive server: one writer per process)."""
+    from email.utils import formatdate
+
     from aiosmtpd.smtp import SMTP
 
-    new, tmp = maildir / "new", maildir / "tmp"
+    boxes = {p.name: (p / "tmp", p / "new") for p in maildir.iterdir()}
+
+    def delivery(session: Any, envelope: Any) -> tuple[Path, str, bytes, Path] | None:
+        rcpt = envelope.rcpt_tos[0]
+        box = boxes.get(rcpt.partition("@")[0])
+        if box is None:
+            return None
+        name = f"{time.time_ns()}.{os.getpid()}.{id(envelope):x}"
+        trace = (f"Return-Path: <{envelope.mail_from}>\r\nReceived: from {session.host_name} "
+                 f"([{session.peer[0]}])\r\n\tby base.test (aiosmtpd) with ESMTP id {name}\r\n"
+                 f"\tfor <{rcpt}>;\r\n\t{formatdate(localtime=True)}\r\n").encode()
+        return box[0], name, trace + envelope.original_content, box[1]
 
     class Handler:
         async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-            data = envelope.original_content
-            name = f"{time.time_ns()}.{os.getpid()}.{id(envelope):x}"
+            args = delivery(session, envelope)
+            if args is None:
+                return "550 5.1.1 No such user"
             loop = asyncio.get_running_loop()
-            await loop.run_in_executor(None, fsync_create, tmp, name, data, new)
+            await loop.run_in_executor(None, fsync_create, *args)
             return "250 2.0.0 OK"
 
     class InlineHandler:
         async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-            fsync_create(tmp, f"{time.time_ns()}.{os.getpid()}.{id(envelope):x}", envelope.original_content, new)
+            args = delivery(session, envelope)
+            if args is None:
+                return "550 5.1.1 No such user"
+            fsync_create(*args)
             return "250 2.0.0 OK"
 
     async def main() -> None:
@@ -929,13 +949,14 @@ def run(size: str) -> dict[str, Any]:
             servers = [ours]
             for kind, name in (("aiosmtpd", AIOSMTPD_POOL), ("aiosmtpd-naive", AIOSMTPD_NAIVE)):
                 maildir = base / kind
-                for d in ("tmp", "new", "cur"):
-                    (maildir / d).mkdir(parents=True)
+                for user in users:
+                    for d in ("tmp", "new", "cur"):
+                        (maildir / user / d).mkdir(parents=True)
                 sock = _listen()
                 workers = _spawn_workers(sock, kind, maildir)
                 procs += workers
                 servers.append(_Server(name, sock.getsockname()[1], lambda w=workers: [p.pid for p in w],
-                                       lambda new=maildir / "new": len(os.listdir(new))))
+                                       lambda root=maildir: maildir_count(root)))
                 sock.close()
             theirs, naive = servers[1:]
             pfport = free_port()
@@ -1044,7 +1065,9 @@ def run(size: str) -> dict[str, Any]:
         notes.append(_client_cpu_note(CLIENT, [s for s in (ours, synced, theirs, naive, pf) if s is not None]))
         results.extend(_floor_rows(floors, ours, naive))
         notes.append(f"the aiosmtpd baselines: the same aiosmtpd server (DATA read line by line into memory) and "
-                     f"the same maildir write (create in tmp/, write, fsync, rename into new/, fsync new/), "
+                     f"the same maildir write (create in tmp/, write, fsync, rename into new/, fsync new/) into "
+                     f"the recipient's own maildir, the message preceded by Return-Path and a Received field "
+                     f"(RFC 5321 §4.4, as mailsrv and Postfix add them), "
                      f"{WORKERS} processes each, spawned fresh; '{AIOSMTPD_POOL}' (the primary rows, named as in "
                      f"earlier runs) writes in the loop's default executor, so one process has several messages' "
                      f"fsyncs in flight; '{AIOSMTPD_NAIVE}' writes in handle_DATA, blocking its loop: one writer "

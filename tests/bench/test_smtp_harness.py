@@ -23,15 +23,16 @@ def _maildir(root: Path) -> Path:
 
 
 def test_baselines_are_spawned_without_the_bench_heap_and_deliver(tmp_path: Path) -> None:
-    """Both aiosmtpd baselines answer 250 only with the message in new/ (tmp/ empty), and their workers
-    are fresh interpreters: a forked worker's peak RSS counted the bench process's heap (2 470 MiB over 2
-    processes in a `bench all` run), which 256 MiB held here would show."""
+    """Both aiosmtpd baselines answer 250 only with the message in its recipient's new/ (tmp/ empty),
+    after Return-Path and Received (RFC 5321 §4.4), refuse a recipient without a maildir, and their
+    workers are fresh interpreters: a forked worker's peak RSS counted the bench process's heap (2 470 MiB
+    over 2 processes in a `bench all` run), which 256 MiB held here would show."""
     ballast = bytearray(256 * MIB)
     ballast[:: 4096] = b"x" * len(ballast[:: 4096])  # resident, as a heap that earlier scenarios grew
     for kind in ("aiosmtpd", "aiosmtpd-naive"):
-        maildir = _maildir(tmp_path / kind)
+        boxes = {u: _maildir(tmp_path / kind / u) for u in ("b", "c")}
         sock = B._listen()
-        procs = B._spawn_workers(sock, kind, maildir)
+        procs = B._spawn_workers(sock, kind, tmp_path / kind)
         port = sock.getsockname()[1]
         sock.close()
         try:
@@ -39,9 +40,22 @@ def test_baselines_are_spawned_without_the_bench_heap_and_deliver(tmp_path: Path
             with smtplib.SMTP("127.0.0.1", port, timeout=30) as s:
                 for i in range(3):
                     s.sendmail("a@remote.test", ["b@example.test"], f"Subject: {i}\r\n\r\nbody {i}\r\n")
-            files = sorted(os.listdir(maildir / "new"))
-            assert len(files) == 3 and not os.listdir(maildir / "tmp"), files
-            assert b"body 2" in b"".join((maildir / "new" / f).read_bytes() for f in files)
+                s.sendmail("a@remote.test", ["c@example.test"], "Subject: c\r\n\r\nbody c\r\n")
+                try:
+                    s.sendmail("a@remote.test", ["nobody@example.test"], "Subject: x\r\n\r\nx\r\n")
+                except smtplib.SMTPDataError as e:
+                    assert e.smtp_code == 550, e
+                else:
+                    raise AssertionError("a recipient without a maildir was accepted")
+            files = sorted(os.listdir(boxes["b"] / "new"))
+            assert len(files) == 3 and not os.listdir(boxes["b"] / "tmp"), files
+            texts = [(boxes["b"] / "new" / f).read_bytes() for f in files]
+            assert b"body 2" in b"".join(texts)
+            for t in texts:
+                assert t.startswith(b"Return-Path: <a@remote.test>\r\nReceived: from "), t[:80]
+                assert b"\tfor <b@example.test>;\r\n" in t.split(b"\r\n\r\n", 1)[0], t[:300]
+            [c] = os.listdir(boxes["c"] / "new")
+            assert (boxes["c"] / "new" / c).read_bytes().endswith(b"Subject: c\r\n\r\nbody c\r\n")
             for p in procs:
                 assert status_kib([p.pid], "VmHWM") < 128 * 1024, (kind, p.pid)  # KiB
         finally:
