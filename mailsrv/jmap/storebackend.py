@@ -213,7 +213,10 @@ class StoreBackend:
                 for i in infos}
 
     async def state(self, type_: str) -> str:
-        infos = await self._infos()
+        return self._state_of(await self._infos())
+
+    def _state_of(self, infos: list[st.MailboxInfo]) -> str:
+        """The state of this read of the folders (the email list's cache key too)."""
         memo = self._state_memo
         if memo is not None and memo[0] is infos:  # the same read (one request asks 2-3 times)
             return memo[1]
@@ -416,7 +419,7 @@ class StoreBackend:
 
     async def _all(self) -> tuple[list[EmailMeta], dict[str, EmailMeta], dict[str, list[tuple[str, int, st.MessageInfo]]]]:
         infos = await self._infos()
-        key = encode_state(self._vector(infos))
+        key = self._state_of(infos)
         if self._emails_cache is not None and self._emails_cache[0] == key:
             return self._emails_cache[1], self._by_id, self._emails_cache[2]
         copies: dict[str, list[tuple[str, int, st.MessageInfo]]] = {}
