@@ -16,7 +16,7 @@ for A/B on a loaded machine: instructions per request under valgrind callgrind (
 ``bench._irprobe`` for SMTP), or cProfile's Python calls per request; a 2 000-message mailbox,
 one sequential client, 30 requests of warm-up, then ``--requests`` (100) measured. Kinds: the
 query+get request (default), the same with text bodies (``body``), ``mailbox`` (Mailbox/get),
-``changes`` (Email/changes + Mailbox/changes, nothing changed).
+``changes`` (Email/changes + Mailbox/changes, nothing changed), ``echo`` (Core/echo).
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ def _query_get(account_id: str, inbox: str, get: dict[str, Any] | None = None) -
 
 #: the probe's request kinds (``--kind``): what a client asks most (a mailbox list page, the messages it
 #: opens, its folder list, its polls for changes)
-KINDS = ("query-get", "body", "mailbox", "changes")
+KINDS = ("query-get", "body", "mailbox", "changes", "echo")
 
 
 def _probe_body(kind: str, account_id: str, inbox: str, states: dict[str, str]) -> dict[str, Any]:
@@ -96,6 +96,8 @@ def _probe_body(kind: str, account_id: str, inbox: str, states: dict[str, str]) 
                                                              "bodyValues"], "fetchTextBodyValues": True})
     if kind == "mailbox":
         return {"using": USING, "methodCalls": [["Mailbox/get", {"accountId": account_id}, "m"]]}
+    if kind == "echo":  # what a request costs before it touches mail (the HTTP layer, authentication, accounts)
+        return {"using": USING, "methodCalls": [["Core/echo", {"x": 1}, "e"]]}
     if kind == "changes":  # a client's poll when nothing changed
         return {"using": USING, "methodCalls": [
             ["Email/changes", {"accountId": account_id, "sinceState": states["Email"]}, "e"],
@@ -253,7 +255,7 @@ def probe(argv: list[str] | None = None) -> int:
     ap.add_argument("--kind", choices=KINDS, default="query-get",
                     help="the request measured: Email/query + Email/get 50 of a mailbox list (subject, from, "
                     "receivedAt, keywords, preview), the same with text bodies (textBody, bodyValues), "
-                    "Mailbox/get, or Email/changes + Mailbox/changes with nothing changed")
+                    "Mailbox/get, Email/changes + Mailbox/changes with nothing changed, or Core/echo")
     ap.add_argument("--profile", action="store_true", help="cProfile (call counts) instead of callgrind")
     ap.add_argument("--src", default="", help="a directory holding the mailsrv package to measure")
     ap.add_argument("--out", default="", help="keep the callgrind or profile files here")
