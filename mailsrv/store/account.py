@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from mailsrv import log
 from mailsrv._speedups import fileread
 from mailsrv._speedups import quota as quota_impl
-from mailsrv.store import notify
+from mailsrv.store import maildir, notify
 from mailsrv.store.engine import Engine, Pending, SyncResult, parse_for_index
 from mailsrv.store.folders import UIDLIST_NAME
 from mailsrv.store.types import (
@@ -461,8 +461,8 @@ class Account:
         mailsrv's own writes touch the account's notify file, watched either way. ``mailbox`` None:
         also every folder's new/ (other programs' deliveries anywhere: JMAP push); a name: only what
         that mailbox's refresh looks at (an IMAP SELECT), its new/, cur/ and uidlist (see
-        :data:`notify.CUR_MASK`): four kernel watches instead of one per folder plus three, and no
-        look-up of every folder. Raises the store's errors (MailboxNotFound) and OSError (ENOSPC:
+        :data:`notify.CUR_MASK`): four kernel watches instead of one per folder plus three, found
+        without the index (or the engine lock) unless the folder is not where its name puts it. Raises the store's errors (MailboxNotFound) and OSError (ENOSPC:
         ``fs.inotify.max_user_watches``); nothing stays watched for the call then.
         """
         notifier = self.store._notifier_for_loop()
@@ -473,8 +473,12 @@ class Account:
                 for d in self.engine.folder_new_dirs():
                     notifier.add_path(key, d, notify.DIR_MASK)
             else:
-                folder = str(self.engine.folder_path(mailbox))
-                notifier.add_path(key, os.path.join(folder, "new"), notify.DIR_MASK)
+                # the folder as its name makes it (create and rename make it so): no index look-up
+                # under the engine lock on the loop, which waited for any index batch holding it
+                folder = _folder_of(str(self.engine.root), mailbox)
+                if folder is None or not notifier.add_path(key, os.path.join(folder, "new"), notify.DIR_MASK):
+                    folder = str(self.engine.folder_path(mailbox))  # another program's odd name; or not there
+                    notifier.add_path(key, os.path.join(folder, "new"), notify.DIR_MASK)
                 notifier.add_path(key, os.path.join(folder, "cur"), notify.CUR_MASK)
                 notifier.add_path(key, os.path.join(folder, UIDLIST_NAME), notify.FILE_MASK)
         except BaseException:
@@ -567,6 +571,15 @@ class MailboxView:
         self.uidnext = max(self.uidnext, info.uidnext)
         self.highestmodseq = max(self.highestmodseq, info.highestmodseq)
         return Changes(added, expunged, flags, self.uidnext, self.highestmodseq)
+
+
+def _folder_of(root: str, mailbox: str) -> str | None:
+    """The directory ``mailbox`` has when mailsrv made it (maildir.folder_dir); None for a bad name."""
+    try:
+        d = maildir.folder_dir(mailbox)
+    except maildir.NameError_:
+        return None
+    return os.path.join(root, d) if d else root
 
 
 def _write_fsync(path: Path, data: bytes) -> None:

@@ -178,8 +178,9 @@ class Notifier:
         """Kernel inotify watches held now (polled paths when polling)."""
         return len(self._polled) if self.polling else len(self._wd_users)
 
-    def add_path(self, key: str, path: Path | str, mask: int) -> None:
-        """Watch ``path`` on behalf of account ``key`` (idempotent).
+    def add_path(self, key: str, path: Path | str, mask: int) -> bool:
+        """Watch ``path`` on behalf of account ``key`` (idempotent); False when it is not there
+        (inotify: not watched; polling: watched, for when it is made).
 
         The caller registers a :class:`Watch` of ``key`` next, without awaiting in between: the
         path is unwatched when the last watch of ``key`` closes (or by :meth:`remove_path`).
@@ -190,10 +191,10 @@ class Notifier:
             if kp not in self._polled:
                 self._polled[kp] = _signature(kp[1])
                 self._key_paths.setdefault(key, set()).add(kp[1])
-            return
+            return self._polled[kp] is not None
         if kp in self._path_wd:
-            return
-        self._arm(kp, mask)
+            return True
+        return self._arm(kp, mask)
 
     def _arm(self, kp: tuple[str, str], mask: int) -> bool:
         """Ask the kernel to watch ``kp``'s path; False when the path is missing (not watched)."""

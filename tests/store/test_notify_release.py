@@ -174,3 +174,23 @@ async def test_a_mailbox_watch_holds_four_paths_whatever_the_folders(tmp_path: P
         assert kernel_watches(n.fd) == n.watch_count == 0 and not n._key_paths  # nothing left armed
     finally:
         await store.close()
+
+
+async def test_a_mailbox_watch_finds_a_folder_whose_directory_its_name_does_not_make(tmp_path: Path) -> None:
+    store = Store(StoreConfig(), tmp_path)
+    try:
+        acct = await store.account("u")
+        odd = acct.engine.root / ".&AGE-"  # another program's modified UTF-7 for "a" (canonical: ".a")
+        for sub in ("cur", "new", "tmp"):
+            (odd / sub).mkdir(parents=True)
+        assert "a" in {m.name for m in await acct.list_mailboxes()}
+        n = store._notifier_for_loop()
+        with acct.watch("a") as w:
+            assert str(odd / "new") in n._key_paths[acct.id]
+            assert kernel_watches(n.fd) == n.watch_count == 4
+            (odd / "tmp" / "x").write_bytes(MSG)
+            os.rename(odd / "tmp" / "x", odd / "new" / "x")
+            assert await w.wait(5)
+        assert kernel_watches(n.fd) == 0
+    finally:
+        await store.close()
