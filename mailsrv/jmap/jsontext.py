@@ -10,6 +10,7 @@ compares the two on every kind of value.
 from __future__ import annotations
 
 import json
+from json.encoder import encode_basestring_ascii as _string  # json.dumps's, for str (ensure_ascii)
 from typing import Any, NoReturn
 
 #: how deep :func:`dumps` looks for :class:`Encoded` lists: Response -> methodResponses -> invocation
@@ -62,12 +63,18 @@ def _parts(value: Any, depth: int, out: list[str]) -> None:
         out.append("[")
         out.append(", ".join(value.texts))
         out.append("]")
+    elif t is str:  # what json.dumps does for each (its own functions), without its calls around them
+        out.append(_string(value))
+    elif t is int:
+        out.append(int.__repr__(value))
+    elif value is None or t is bool:
+        out.append("null" if value is None else "true" if value else "false")
     elif depth and t is dict and all(type(k) is str for k in value):
         # only str keys: json.dumps turns others (int, bool, None, float) into text its own way
         sep = "{"
         for k, v in value.items():
             out.append(sep)
-            out.append(json.dumps(k))
+            out.append(_string(k))
             out.append(": ")
             _parts(v, depth - 1, out)
             sep = ", "
