@@ -140,3 +140,19 @@ async def test_responses_are_json_dumps_bytes_and_follow_changes(client: Client)
     for props2 in (["keywords"], ["receivedAt"], ["size", "keywords"]):
         got2 = (await client.one("Email/get", {"ids": [ids[0]], "properties": props2}))["list"][0]
         assert list(got2) == ["id", *props2]
+
+
+async def test_mailbox_get_bytes_follow_counts_names_and_properties(client: Client) -> None:
+    get = [["Mailbox/get", {"accountId": "a1"}, "m"]]
+    first = await _raw(client, get)
+    assert first == json.dumps(json.loads(first)).encode() and await _raw(client, get) == first
+    inbox = await client.mailbox_id("inbox")
+    await client.import_message(RAW)
+    after = json.loads(await _raw(client, get))["methodResponses"][0][1]["list"]
+    box = next(m for m in after if m["id"] == inbox)
+    assert (box["totalEmails"], box["unreadEmails"]) == (1, 1)
+    await client.one("Mailbox/set", {"update": {inbox: {"isSubscribed": False}}})
+    box = (await client.one("Mailbox/get", {"ids": [inbox]}))["list"][0]
+    assert box["isSubscribed"] is False and box["myRights"]["mayDelete"] is True
+    some = (await client.one("Mailbox/get", {"ids": [inbox], "properties": ["name", "unreadEmails"]}))["list"]
+    assert some == [{"id": inbox, "name": "Inbox", "unreadEmails": 1}]
