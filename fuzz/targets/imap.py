@@ -100,7 +100,7 @@ class _Channel:
     async def read_continuation(self) -> bytes:
         if not self.lines:
             raise ConnectionClosed
-        return self.lines.pop(0) + b"\r\n"
+        return self.lines.pop(0)
 
     async def read_idle(self, limit: float) -> bytes:
         return await self.read_continuation()
@@ -126,6 +126,29 @@ MESSAGES = [
 DISK_ONLY = frozenset({"SETMETADATA", "GETMETADATA"})
 
 
+#: Commands run per input, and the largest literal the framing takes (APPEND_LIMIT aside, a bound).
+MAX_COMMANDS = 20
+MAX_LITERAL = 4096
+
+
+def frames(data: bytes) -> list[bytes]:
+    """``data`` cut into commands as the connection loop frames them (RFC 9051 §4.3): a line, and
+    when it ends with a literal marker, the literal's octets and the next line, and so on."""
+    out: list[bytes] = []
+    i, n = 0, len(data)
+    while i < n and len(out) < MAX_COMMANDS:
+        j = data.find(b"\n", i)
+        j = n if j < 0 else j + 1
+        cmd, i = data[i:j], j
+        while (m := literal_marker(cmd)) is not None and m[0] <= MAX_LITERAL and i < n:
+            lit_end = min(i + m[0], n)
+            j = data.find(b"\n", lit_end)
+            j = n if j < 0 else j + 1
+            cmd, i = cmd + data[i:j], j
+        out.append(cmd if cmd.endswith(b"\n") else cmd + b"\r\n")
+    return out
+
+
 async def _session_run(lines: list[bytes]) -> None:
     store = MemoryStore()
     acct = await store.account("1")
@@ -138,9 +161,8 @@ async def _session_run(lines: list[bytes]) -> None:
         for pre in (b"a LOGIN u p\r\n", b"b SELECT INBOX\r\n"):
             await s.execute(parse_command(pre))
         while ch.lines:
-            line = ch.lines.pop(0) + b"\r\n"
             try:
-                cmd = parse_command(line)
+                cmd = parse_command(ch.lines.pop(0))
             except (NeedMore, NeedLiteral, ParseError):
                 continue
             if cmd.name in DISK_ONLY:
@@ -169,13 +191,12 @@ def _session(data: bytes) -> None:
     if not _LOOP:
         _LOOP.append(asyncio.new_event_loop())
         raise_logged(session_mod)
-    _LOOP[0].run_until_complete(_session_run(data.split(b"\r\n")[:20]))
+    _LOOP[0].run_until_complete(_session_run(frames(data)))
 
 
 def _session_seeds() -> list[bytes]:
-    cmds = [s.split(b" ", 1)[1] for s in _seeds() if b"\n" not in s.rstrip(b"\r\n")]
-    return [b"\r\n".join(b"t%d " % i + c.rstrip(b"\r\n") for i, c in enumerate(cmds[k : k + 6]))
-            for k in range(0, len(cmds), 6)]
+    cmds = [s.split(b" ", 1)[1] for s in _seeds()]
+    return [b"".join(b"t%d " % i + c for i, c in enumerate(cmds[k : k + 6])) for k in range(0, len(cmds), 6)]
 
 
 TARGETS.append(Target("imap_session", _session, _session_seeds, max_len=2048))
