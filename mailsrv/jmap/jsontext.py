@@ -60,9 +60,14 @@ def _parts(value: Any, depth: int, out: list[str]) -> None:
     Emails is not copied at each level)."""
     t = type(value)
     if t is Encoded:
-        out.append("[")
-        out.append(", ".join(value.texts))
-        out.append("]")
+        if value.texts:
+            out.append("[")
+            for text in value.texts:  # into the one join (a join of the texts first copies them twice)
+                out.append(text)
+                out.append(", ")
+            out[-1] = "]"
+        else:
+            out.append("[]")
     elif t is str:  # what json.dumps does for each (its own functions), without its calls around them
         out.append(_string(value))
     elif t is int:
