@@ -284,7 +284,9 @@ def merge_params(params: tuple | list, charset: str | None = None) -> list[tuple
             base, _, rest = name.partition("*")
             encoded = rest.endswith("*") or rest == ""
             num = rest.rstrip("*")
-            idx = int(num) if num.isdigit() and len(num) < 4 else (0 if num == "" else -1)
+            # str.isdigit() is true for "²" and other non-ASCII digits, which int() refuses (the
+            # names are latin-1 decoded bytes): a section number is ASCII digits (RFC 2231 §3)
+            idx = int(num) if num.isascii() and num.isdigit() and len(num) < 4 else (0 if num == "" else -1)
             if idx < 0:
                 continue
             if base not in sections:
