@@ -440,7 +440,8 @@ class Session:
         for key, value in params.items():
             if key == "SIZE":
                 # RFC 1870 §6
-                if value is None or not value.isdigit() or len(value) > 20:
+                # isascii: with SMTPUTF8 the value may hold "²", a digit to isdigit() and not to int()
+                if value is None or not value.isascii() or not value.isdigit() or len(value) > 20:
                     raise SmtpSyntaxError("Invalid SIZE value", 501, "5.5.4")
                 tx.size_hint = int(value)
                 if tx.size_hint > self.cfg.max_message_size:
