@@ -136,12 +136,13 @@ def _split_cidr(spec: str) -> tuple[str, int | None, int | None]:
     v6: int | None = None
     if "//" in spec:
         spec, _, six = spec.partition("//")
-        if not six.isdigit() or int(six) > 128 or (len(six) > 1 and six[0] == "0"):
+        # isascii: the record is the sender's, and str.isdigit() is true for "²", which int() refuses
+        if not six.isascii() or not six.isdigit() or int(six) > 128 or (len(six) > 1 and six[0] == "0"):
             raise PermError(f"bad ip6 cidr length {six!r}")
         v6 = int(six)
     if "/" in spec:
         spec, _, four = spec.rpartition("/")
-        if not four.isdigit() or int(four) > 32 or (len(four) > 1 and four[0] == "0"):
+        if not four.isascii() or not four.isdigit() or int(four) > 32 or (len(four) > 1 and four[0] == "0"):
             raise PermError(f"bad ip4 cidr length {four!r}")
         v4 = int(four)
     return spec, v4, v6
