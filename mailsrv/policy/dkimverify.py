@@ -176,6 +176,7 @@ async def verify_arc(resolver: Resolver, message: bytes, executor: Executor | No
     keys = await _prefetch(resolver, names)
     loop = asyncio.get_running_loop()
     cv, comment = await loop.run_in_executor(executor, _arc_verify, message, keys)
-    newest = max(seals, key=lambda t: int(t.get("i", "0")) if t.get("i", "0").isdigit() else 0)
+    # isascii: the seals are the message's, and str.isdigit() is true for "²", which int() refuses
+    newest = max(seals, key=lambda t: int(t["i"]) if t.get("i", "").isascii() and t.get("i", "").isdigit() else 0)
     result = {dkim.CV_Pass: "pass", dkim.CV_None: "none", b"temperror": "temperror"}.get(cv, "fail")
     return ArcResult(result, comment, len(seals), newest.get("d", "").lower())  # type: ignore[arg-type]
