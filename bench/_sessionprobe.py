@@ -164,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
                 _session(port, a.noop)
             st.send_signal(signal.SIGINT)
             st.wait(60)
+            st.stderr.close()
             rows = _strace_counts(out)
             print(f"{n} {what}, {sum(rows.values()) / n:.1f} syscalls per one (worker and queue runner)")
             for name, calls in sorted(rows.items(), key=lambda kv: -kv[1])[: a.top]:
