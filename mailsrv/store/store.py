@@ -18,7 +18,7 @@ from mailsrv._speedups import quota as quota_impl
 from mailsrv.config import MimeConfig, StoreConfig
 from mailsrv.store import headers, notify
 from mailsrv.store import maildir as md
-from mailsrv.store.account import Account
+from mailsrv.store.account import SNAPSHOT_CACHE_MESSAGES, Account
 from mailsrv.store.engine import Engine, Pending, SyncResult, new_id, parse_for_index
 from mailsrv.store.types import (
     DeliveryResult,
@@ -110,6 +110,10 @@ class Store:
         self._accounts: dict[str, Account] = {}
         #: accounts evicted from ``_accounts`` that someone still holds: handed out again, not duplicated
         self._evicted: weakref.WeakValueDictionary[str, Account] = weakref.WeakValueDictionary()
+        #: (account id, mailbox) -> messages of each snapshot the accounts keep for warm opens, least
+        #: recently opened first, and their total (at most SNAPSHOT_CACHE_MESSAGES beyond the newest)
+        self._snapshots: dict[tuple[str, str], int] = {}
+        self._snapshot_messages = 0
         self._hibernating: set[asyncio.Task[None]] = set()
         self._delivery_slots = asyncio.Semaphore(self._lanes())
         self._opening: dict[str, asyncio.Future[Account]] = {}
@@ -216,11 +220,30 @@ class Store:
             old_id = next(iter(self._accounts))
             old = self._accounts.pop(old_id)
             self._evicted[old_id] = old
+            for name in old._snaps:
+                self._forget_snapshot(old_id, name)
             old._snaps.clear()
             old._paths.clear()
             task = asyncio.get_running_loop().create_task(self.io.run(old.engine.hibernate))
             self._hibernating.add(task)
             task.add_done_callback(self._hibernated)
+
+    def _keep_snapshot(self, acct: Account, mailbox: str, messages: int) -> None:
+        """``acct`` now keeps its snapshot of ``mailbox`` (``messages`` long) for warm opens: drop the
+        least recently kept snapshots of any account while all of them hold more than
+        SNAPSHOT_CACHE_MESSAGES messages (this one stays). Event loop only."""
+        self._forget_snapshot(acct.id, mailbox)
+        self._snapshots[(acct.id, mailbox)] = messages
+        self._snapshot_messages += messages
+        while self._snapshot_messages > SNAPSHOT_CACHE_MESSAGES and len(self._snapshots) > 1:
+            old_id, old_name = next(iter(self._snapshots))
+            self._forget_snapshot(old_id, old_name)
+            holder = self.cached_account(old_id)
+            if holder is not None:
+                holder._snaps.pop(old_name, None)
+
+    def _forget_snapshot(self, account_id: str, mailbox: str) -> None:
+        self._snapshot_messages -= self._snapshots.pop((account_id, mailbox), 0)
 
     def _hibernated(self, task: asyncio.Task[None]) -> None:
         self._hibernating.discard(task)

@@ -76,3 +76,48 @@ def test_concurrent_deliveries_to_more_accounts_than_the_cache(tmp_path: Path, r
         assert run(check()) == [5] * 12
     finally:
         run(store.close())
+
+
+def test_warm_open_snapshots_bounded_in_messages_across_accounts(make_store, run, tmp_path: Path,
+                                                                 monkeypatch) -> None:
+    """The snapshots kept for warm opens hold at most SNAPSHOT_CACHE_MESSAGES messages per worker (all
+    accounts together; least recently opened out first, the newest always kept); an evicted
+    snapshot only costs its next open a cold read, with the same messages."""
+    from mailsrv.store import store as store_mod
+
+    monkeypatch.setattr(store_mod, "SNAPSHOT_CACHE_MESSAGES", 5)
+    store = make_store()
+    accts = [run(store.account(f"s{i}")) for i in range(3)]
+    for i, a in enumerate(accts):
+        for j in range(3):
+            run(store.deliver(spool(tmp_path, msg(f"{i}-{j}"), f"s{i}-{j}"), [DeliveryTarget(a)]))
+    run(accts[0].open_mailbox("INBOX"))
+    assert store._snapshot_messages == 3 and "INBOX" in accts[0]._snaps
+    run(accts[1].open_mailbox("INBOX"))  # 6 > 5: the older one (s0) goes
+    assert list(store._snapshots) == [("s1", "INBOX")] and store._snapshot_messages == 3
+    assert "INBOX" not in accts[0]._snaps and "INBOX" in accts[1]._snaps
+    run(accts[1].open_mailbox("Archive"))  # empty: fits
+    assert list(store._snapshots) == [("s1", "INBOX"), ("s1", "Archive")]
+    # reopened cold: the same messages as a warm open would give
+    view = run(accts[0].open_mailbox("INBOX"))
+    assert [m.uid for m in view.messages] == [1, 2, 3]
+    assert list(store._snapshots) == [("s1", "Archive"), ("s0", "INBOX")] and store._snapshot_messages == 3
+    # one snapshot larger than the bound alone is still kept (the session that opened it reuses it)
+    monkeypatch.setattr(store_mod, "SNAPSHOT_CACHE_MESSAGES", 2)
+    run(accts[2].open_mailbox("INBOX"))
+    assert list(store._snapshots) == [("s2", "INBOX")] and store._snapshot_messages == 3
+    assert "INBOX" not in accts[0]._snaps and not accts[1]._snaps
+
+
+def test_account_eviction_forgets_its_snapshots(make_store, run, tmp_path: Path) -> None:
+    store = make_store(account_cache=1)
+    a = run(store.account("e0"))
+    run(store.deliver(spool(tmp_path, msg(0), "e0"), [DeliveryTarget(a)]))
+    run(a.open_mailbox("INBOX"))
+    assert store._snapshot_messages == 1
+    b = run(store.account("e1"))  # evicts e0 and its snapshot
+    assert store._snapshot_messages == 0 and not store._snapshots and not a._snaps
+    run(b.open_mailbox("INBOX"))
+    assert list(store._snapshots) == [("e1", "INBOX")] and store._snapshot_messages == 0
+    for task in list(store._hibernating):
+        run(task)
