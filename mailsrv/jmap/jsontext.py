@@ -38,20 +38,16 @@ class Encoded(list[Any]):
     __setitem__ = __delitem__ = __iadd__ = __imul__ = _frozen
 
 
-def _holds(value: Any, depth: int) -> bool:
-    """Whether an :class:`Encoded` list is within ``depth`` levels of plain dicts and lists."""
-    t = type(value)
-    if t is Encoded:
-        return True
-    if depth:
-        if t is dict:
-            for v in value.values():
-                if _holds(v, depth - 1):
-                    return True
-        elif t is list:
-            for v in value:
-                if _holds(v, depth - 1):
-                    return True
+def _splices(value: Any) -> bool:
+    """Whether a method response's arguments hold an :class:`Encoded` list (where methods put them).
+    One found nowhere else is still right: json.dumps encodes it as the list it is."""
+    calls = value.get("methodResponses") if type(value) is dict else None
+    if type(calls) is list:
+        for inv in calls:
+            if type(inv) is list and len(inv) == 3 and type(inv[1]) is dict:
+                for v in inv[1].values():
+                    if type(v) is Encoded:
+                        return True
     return False
 
 
@@ -97,8 +93,8 @@ def _parts(value: Any, depth: int, out: list[str]) -> None:
 
 def dumps(value: Any) -> str:
     """``json.dumps(value)``, the same string, with the text of the :class:`Encoded` lists it holds
-    (within :data:`DEPTH` levels) taken as it is."""
-    if not _holds(value, DEPTH):
+    (within :data:`DEPTH` levels, in a Response that has one in a method's arguments) taken as it is."""
+    if not _splices(value):
         return json.dumps(value)
     out: list[str] = []
     _parts(value, DEPTH, out)

@@ -40,8 +40,9 @@ def _encode_lists(value: Any, draw: Any, depth: int) -> Any:
 @given(JSON, st.data())
 def test_dumps_is_json_dumps(value: Any, data: st.DataObject) -> None:
     value = _encode_lists(value, data.draw, DEPTH + 1)
-    envelope = {"methodResponses": [["Email/get", {"list": value, "x": [value]}, "c"], ["Core/echo", value, "e"]],
-                "sessionState": "s"}
+    # an Encoded list in a method's arguments: dumps writes this envelope itself, splicing what it finds
+    envelope = {"methodResponses": [["Email/get", {"list": value, "x": [value], "e": Encoded([value], [json.dumps(value)])},
+                                     "c"], ["Core/echo", value, "e"]], "sessionState": "s"}
     for v in (value, envelope, [value, {"@type": "Response", **envelope}]):
         assert dumps(v) == json.dumps(v)
 
