@@ -61,6 +61,11 @@ SORT_CACHE_MIN = 2000
 
 #: index objects kept per worker that are not loaded (beyond [search] cache_mailboxes loaded ones)
 UNLOADED_INDEXES = 4096
+#: messages in the loaded indexes of a worker, all mailboxes together (least recently used out first;
+#: the one in use stays): ~1 KB of postings and locations each for short mail (a 100 000-message
+#: mailbox of bench/imap.py's: 98 MiB), up to ~5 KB for long mail; [search] cache_mailboxes alone
+#: bounded the count, so 16 large mailboxes could hold gigabytes
+CACHE_MESSAGES = 200_000
 
 #: text cache bytes tolerated beyond twice the live records before it is compacted
 COMPACT_SLACK = 1 << 20
@@ -868,20 +873,23 @@ class SearchService:
         return idx
 
     def _trim(self, keep: MailboxIndex | None = None, loading: int = 0) -> None:
-        """Close least recently used indexes: ``[search] cache_mailboxes`` bounds the loaded ones
-        (their memory; ``loading`` more are about to load), UNLOADED_INDEXES all of them (one
+        """Close least recently used indexes: ``[search] cache_mailboxes`` and CACHE_MESSAGES bound the
+        loaded ones (their memory; ``loading`` more are about to load), UNLOADED_INDEXES all of them (one
         that deliveries only append to costs a few hundred bytes). One in use (searching, or
         indexing deliveries) stays: a later call closes it."""
-        excess_loaded = sum(i.gen >= 0 for i in self._open.values()) + loading - self.config.cache_mailboxes
+        loaded = [i for i in self._open.values() if i.gen >= 0]
+        excess_loaded = len(loaded) + loading - self.config.cache_mailboxes
+        excess_messages = sum(len(i.locs) for i in loaded) - CACHE_MESSAGES
         excess_all = len(self._open) - UNLOADED_INDEXES
         for old_key in list(self._open):  # least recently used first
-            if excess_loaded <= 0 and excess_all <= 0:
+            if excess_loaded <= 0 and excess_messages <= 0 and excess_all <= 0:
                 break
             old = self._open[old_key]
             if old is keep or old.lock.locked() or old in self._waiting:  # in use: a later call closes it
                 continue
-            if old.gen >= 0 and excess_loaded > 0:
+            if old.gen >= 0 and (excess_loaded > 0 or excess_messages > 0):
                 excess_loaded -= 1
+                excess_messages -= len(old.locs)
             elif excess_all <= 0:
                 continue
             excess_all -= 1

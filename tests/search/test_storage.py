@@ -311,3 +311,29 @@ async def test_cached_sort_order_follows_changes(tmp_path: Path, monkeypatch) ->
     assert await idx.sort(All(), key, box.view) == [uid, *uids[:7], *uids[8:]]
     assert await idx.sort(All(), [SortKey("keyword:$top", reverse=True)], box.view) == [*uids[:7], *uids[8:], uid]
     await svc.close()
+
+
+async def test_loaded_indexes_bounded_in_messages(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """CACHE_MESSAGES bounds the messages of the loaded indexes of all mailboxes together (least
+    recently used out first, the one in use kept); an unloaded one answers the same from its files."""
+    from mailsrv.search import service as service_mod
+
+    monkeypatch.setattr(service_mod, "CACHE_MESSAGES", 15)
+    box = Box(12)
+    svc = SearchService(SearchConfig(cache_mailboxes=16))
+    every = BitMap(m.uid for m in box.view.messages)
+    first = svc.mailbox("acct1", "A", tmp_path, box.read)
+    assert await first.search(All(), box.view) == every
+    second = svc.mailbox("acct1", "B", tmp_path, box.read)  # 12 loaded: B may load
+    assert await second.search(All(), box.view) == every
+    assert first.gen >= 0 and second.gen >= 0  # over the bound only once B is loaded: nothing closed yet
+    third = svc.mailbox("acct1", "C", tmp_path, box.read)  # 24 > 15: A (least recently used) goes, 12 left
+    assert first.gen == -1 and second.gen >= 0
+    assert await third.search(All(), box.view) == every
+    want = reference(box, Text("body", "report"))
+    again = svc.mailbox("acct1", "A", tmp_path, box.read)  # B and C hold 24: B goes
+    assert second.gen == -1 and third.gen >= 0
+    box.reads = 0
+    assert await again.search(Text("body", "report"), box.view) == want
+    assert box.reads == 0  # reopened from its files
+    await svc.close()
