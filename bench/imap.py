@@ -34,10 +34,12 @@ from ._common import (
     dovecot_pids,
     fill_maildir,
     message,
+    rss_kib,
     seed_cache,
     start_dovecot,
     stop_dovecot,
 )
+from .idle import pss_kib
 
 #: runs: the single-command figures (SELECT, UID FETCH 1:*, the repeated FETCH, SEARCH) are the median of
 #: this many; noops: NOOP is the median of this many (the refresh after a command, nothing else)
@@ -144,6 +146,7 @@ async def _measure(port: int, user: str, small: str, sizes: dict[str, int], mete
         await c.cmd(f"STORE {i % n + 1} +FLAGS.SILENT (\\Flagged)" if i % 2 == 0 else
                     f"STORE {i % n + 1} -FLAGS.SILENT (\\Flagged)")
     res["STORE"] = stores / (time.perf_counter() - t0)
+    meter.sample()  # before LOGOUT: Dovecot's imap process of this session (the big mailbox) exits with it
     await c.cmd("LOGOUT")
     await c.close()
 
@@ -165,6 +168,15 @@ async def _measure(port: int, user: str, small: str, sizes: dict[str, int], mete
     res["LOGIN-SELECT-FETCH-LOGOUT (10 clients)"] = sessions / (time.perf_counter() - t0)
     meter.add(6 + 5 * runs + noops + stores + 4 * sessions)
     return res
+
+
+def _memory_note(name: str, pids: list[int]) -> str:
+    """What each process holds right after the load (RSS, in /proc order: mailsrv's master first), and
+    the PSS total, where pages that forked processes share count once (the peak RSS row counts them in
+    every process: ~30 MiB of each mailsrv process is the master's, shared)."""
+    each = " / ".join(f"{rss_kib([p]) / 1024:.0f}" for p in pids)
+    return (f"{name} after the load: RSS {each} MiB per process (sum {rss_kib(pids) / 1024:.1f}),"
+            f" PSS {pss_kib(pids) / 1024:.1f} MiB (shared pages counted once)")
 
 
 # --- Dovecot ----------------------------------------------------------------------------------------
@@ -205,6 +217,7 @@ def run(size: str) -> dict[str, Any]:
             meter = srv.meter("IMAP commands")
             ours = asyncio.run(_measure(srv.ports["imap"], "big@example.test", "small@example.test", sizes, meter))
             servers.append(meter.summary())
+            notes.append(_memory_note("mailsrv", srv.pids()))
         proc, dport, why = _start_dovecot(base, seeds)
         theirs: dict[str, float] = {}
         if proc is None:
@@ -214,6 +227,7 @@ def run(size: str) -> dict[str, Any]:
             dmeter = ServerMeter("dovecot", lambda: dovecot_pids(p), "IMAP commands").start()
             theirs = asyncio.run(_measure(dport, "big", "small", sizes, dmeter))
             servers.append(dmeter.summary())
+            notes.append(_memory_note("dovecot", dovecot_pids(p)))
     finally:
         if proc is not None:
             stop_dovecot(proc)
