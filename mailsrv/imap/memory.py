@@ -158,6 +158,8 @@ class MemoryView:
         self.uidnext = box.uidnext
         self.highestmodseq = box.highestmodseq
         self.messages: list[MessageInfo] = [box.msgs[u] for u in sorted(box.msgs)]
+        #: expunged UIDs kept in the view by ``refresh(hold_expunged=True)`` (store MailboxView's)
+        self.held: list[int] = []
 
     def by_uid(self, uid: int) -> MessageInfo | None:
         i = bisect_left(self.messages, uid, key=lambda m: m.uid)
@@ -165,13 +167,20 @@ class MemoryView:
             return self.messages[i]
         return None
 
-    async def refresh(self) -> Changes:
+    async def refresh(self, hold_expunged: bool = False) -> Changes:
         box = self._box
         old = {m.uid: m for m in self.messages}
         expunged = sorted(u for u in old if u not in box.msgs)
         added = [box.msgs[u] for u in sorted(box.msgs) if u not in old]
         changed = [box.msgs[u] for u in sorted(box.msgs) if u in old and box.msgs[u] is not old[u]]
-        self.messages = [box.msgs[u] for u in sorted(box.msgs)]
+        if hold_expunged:
+            self.held = expunged
+            kept = {**{u: old[u] for u in expunged}, **box.msgs}
+            self.messages = [kept[u] for u in sorted(kept)]
+            expunged = []
+        else:
+            self.held = []
+            self.messages = [box.msgs[u] for u in sorted(box.msgs)]
         self.uidnext = box.uidnext
         self.highestmodseq = box.highestmodseq
         return Changes(added, expunged, changed, box.uidnext, box.highestmodseq)

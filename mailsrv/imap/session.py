@@ -358,18 +358,20 @@ class Session(MessageCommands, SharingCommands, ReplaceCommands, MetadataCommand
 
     async def _apply_updates(self, expunge_allowed: bool) -> None:
         view = self.view
-        if view is None or not expunge_allowed or "r" not in self._selected_rights():
-            # Without a refresh only this session's own flag changes could be new; those were reported.
+        if view is None or "r" not in self._selected_rights():
             return
         fresh = self._fresh
-        if fresh is not None and not self._stale and not fresh.changed():
+        if fresh is not None and not self._stale and not (expunge_allowed and view.held) and not fresh.changed():
             # Nothing was written to the account since the last refresh (by this session, this
             # process or another: the watch drains the kernel's queued events first, and every
             # store write notifies before its OK), so the refresh would find nothing: no pool job.
             self._reported.clear()
             return
         self._stale = True
-        changes = await view.refresh()
+        # after FETCH, STORE, SEARCH, SORT, THREAD (not UID): no EXPUNGE (RFC 9051 §7.5.1), but the view
+        # takes the flags and messages (this session's own STORE included: its next FETCH FLAGS and
+        # SEARCH read them); the expunged stay in it until a command after which they may be reported
+        changes = await view.refresh(hold_expunged=not expunge_allowed)
         self._stale = False
         if self._shared is not None and changes:
             shared.after_refresh(self._shared, view, changes)

@@ -508,6 +508,8 @@ class MailboxView:
         self.highestmodseq = info.highestmodseq
         self.messages = messages
         self._uids = [m.uid for m in messages]
+        #: expunged UIDs a ``refresh(hold_expunged=True)`` kept in the view, for the next refresh to report
+        self.held: list[int] = []
 
     def clone(self) -> MailboxView:
         """An independent view with the same state (MessageInfo objects are immutable and shared)."""
@@ -517,6 +519,7 @@ class MailboxView:
         other.uidvalidity, other.uidnext, other.highestmodseq = self.uidvalidity, self.uidnext, self.highestmodseq
         other.messages = list(self.messages)
         other._uids = list(self._uids)
+        other.held = list(self.held)
         return other
 
     def adopt(self, i: int, m: MessageInfo) -> None:
@@ -538,8 +541,12 @@ class MailboxView:
         i = bisect.bisect_left(self._uids, uid)
         return i + 1 if i < len(self._uids) and self._uids[i] == uid else None
 
-    async def refresh(self) -> Changes:
-        """Apply changes made since the snapshot (by anyone). StoreError if the mailbox was replaced."""
+    async def refresh(self, hold_expunged: bool = False) -> Changes:
+        """Apply changes made since the snapshot (by anyone). StoreError if the mailbox was replaced.
+
+        ``hold_expunged``: messages expunged meanwhile stay in the view, with their sequence numbers
+        (for a session inside a command that must not report EXPUNGE: RFC 9051 §7.5.1), and the
+        next refresh without it reports them."""
         acct = self.account
         engine, name, since = acct.engine, self.name, self.highestmodseq
 
@@ -555,6 +562,13 @@ class MailboxView:
         if info.uidvalidity != self.uidvalidity or info.id != self.id:
             raise StoreError(f"{self.name}: UIDVALIDITY changed (mailbox replaced)")
         expunged = sorted(u for u in gone if self.by_uid(u) is not None)
+        if hold_expunged:
+            if expunged:
+                self.held = sorted(set(self.held).union(expunged))
+            expunged = []
+        elif self.held:
+            expunged = sorted(set(expunged).union(self.held))
+            self.held = []
         if expunged:
             dead = set(expunged)
             self.messages = [m for m in self.messages if m.uid not in dead]

@@ -514,6 +514,10 @@ class PrivateSeenView:
     def highestmodseq(self) -> int:
         return int(self.inner.highestmodseq) + self.state.counter
 
+    @property
+    def held(self) -> list[int]:
+        return list(self.inner.held)
+
     def by_uid(self, uid: int) -> MessageInfo | None:
         seq = self.inner.seq_of(uid)
         return self.messages[seq - 1] if seq else None
@@ -521,9 +525,10 @@ class PrivateSeenView:
     def seq_of(self, uid: int) -> int | None:
         return self.inner.seq_of(uid)
 
-    async def refresh(self) -> Changes:
-        """The owner's changes and the grantee's private ones since the last refresh."""
-        ch = await self.inner.refresh()
+    async def refresh(self, hold_expunged: bool = False) -> Changes:
+        """The owner's changes and the grantee's private ones since the last refresh (``hold_expunged``:
+        see MailboxView.refresh)."""
+        ch = await self.inner.refresh(hold_expunged)
         await self.account._load(self.state)
         before, self.applied = self.applied, self.state.counter
         if ch.expunged:
