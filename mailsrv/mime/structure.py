@@ -466,7 +466,7 @@ class MessageStructure:
         if not section:
             return node
         for tok in section.split("."):
-            if not tok.isdigit() or len(tok) > 9:
+            if not (tok.isascii() and tok.isdigit()) or len(tok) > 9:  # "²".isdigit(), int() refuses it
                 return None
             n = int(tok)
             if not node.is_message and node.message is not None:
@@ -522,7 +522,7 @@ def _split_section(spec: str) -> tuple[str | None, str, str]:
     nums: list[str] = []
     rest = spec.split(".")
     i = 0
-    while i < len(rest) and rest[i].isdigit():
+    while i < len(rest) and rest[i].isascii() and rest[i].isdigit():
         if rest[i] == "0" or len(rest[i]) > 9:
             return None, "", ""
         nums.append(rest[i])

@@ -25,3 +25,13 @@ def test_a_part_with_such_parameters_still_reads_for_imap_and_jmap() -> None:
     assert part.filename == "report.pdf"
     body = mime.jmap_body_parts(MSG, st)
     assert [a["name"] for a in body["attachments"]] == ["report.pdf"]
+
+
+def test_section_numbers_in_non_ascii_digits_address_no_part() -> None:
+    """IMAP section specs ("1.2.TEXT", RFC 9051 §6.4.5) are ASCII digits; "²" and "١" are digits to
+    str.isdigit() only: no part, no range, never a ValueError from int()."""
+    st = mime.parse(MSG)
+    for spec in ("\u00b2", "1.\u00b2", "\u0661", "\u00b9.TEXT"):
+        assert st.part(spec) is None, spec
+        assert st.section_range(spec) is None, spec
+    assert st.part("1") is not None and st.section_range("1") is not None
