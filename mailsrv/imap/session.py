@@ -360,6 +360,10 @@ class Session(MessageCommands, SharingCommands, ReplaceCommands, MetadataCommand
         view = self.view
         if view is None or "r" not in self._selected_rights():
             return
+        if not expunge_allowed and not self._reported:
+            # after a FETCH, STORE, SEARCH, SORT or THREAD (not UID) that wrote nothing, the changes of
+            # others wait for the next command that may report them all (no pool job per FETCH)
+            return
         fresh = self._fresh
         if fresh is not None and not self._stale and not (expunge_allowed and view.held) and not fresh.changed():
             # Nothing was written to the account since the last refresh (by this session, this
@@ -368,9 +372,9 @@ class Session(MessageCommands, SharingCommands, ReplaceCommands, MetadataCommand
             self._reported.clear()
             return
         self._stale = True
-        # after FETCH, STORE, SEARCH, SORT, THREAD (not UID): no EXPUNGE (RFC 9051 §7.5.1), but the view
-        # takes the flags and messages (this session's own STORE included: its next FETCH FLAGS and
-        # SEARCH read them); the expunged stay in it until a command after which they may be reported
+        # after a FETCH (\Seen set) or STORE that wrote, not UID: no EXPUNGE (RFC 9051 §7.5.1), but the
+        # view takes the flags and messages (this session's own changes included: its next FETCH FLAGS
+        # and SEARCH read them); the expunged stay in it until a command after which they may be reported
         changes = await view.refresh(hold_expunged=not expunge_allowed)
         self._stale = False
         if self._shared is not None and changes:

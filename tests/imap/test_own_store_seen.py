@@ -1,7 +1,8 @@
 """A session's own non-UID STORE (and FETCH that sets \\Seen) is what its next FETCH FLAGS and SEARCH
-read, although no EXPUNGE may be sent after FETCH, STORE or SEARCH (RFC 9051 §7.5.1): the view takes
-flags and new messages there and keeps the expunged ones, with their sequence numbers, until a command
-after which EXPUNGE may go out. Real store, real sockets; both the memory model and the store views."""
+read, although no EXPUNGE may be sent after FETCH, STORE or SEARCH (RFC 9051 §7.5.1): after such a
+command that wrote, the view takes flags and new messages and keeps the expunged ones, with their
+sequence numbers, until a command after which EXPUNGE may go out (one that wrote nothing leaves the
+view as it was). Real store, real sockets; both the memory model and the store views."""
 
 from __future__ import annotations
 
@@ -69,6 +70,8 @@ def test_expunges_wait_for_a_command_that_may_report_them(handle: ServerHandle) 
     _ok(other, b"x EXPUNGE")
     _ok(other, b"g UID STORE 4 +FLAGS.SILENT (\\Flagged)")
     _fill(other, 1)
+    # a FETCH that writes nothing leaves others' changes for the next command that may report them all
+    assert _ok(c, b"f0 FETCH 1 (FLAGS)") == [b"* 1 FETCH (FLAGS ())\r\n"]
     # message 2 is gone, but this STORE may not say so: sequence numbers stay as the client knows them;
     # the other session's flag change and the new message may be told
     out = _ok(c, b"t STORE 3 +FLAGS.SILENT (\\Seen)")
