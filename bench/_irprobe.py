@@ -101,6 +101,19 @@ def print_top(path: Path, count: int, n: int) -> None:
         print(f"  {per:>9,} {pct:5.2f} %  {name}")
 
 
+def report(out: Path, count: int, what: str, n: int, who: str) -> bool:
+    """Print the worker's instructions per one of ``count`` ``what`` (its dump in ``out``) and its top ``n``
+    functions; False (and a line on stderr naming the probe ``who``) when no worker dumped."""
+    dump = worker_dump(out)
+    if dump is None:
+        print(f"{who}: the worker did not dump", file=sys.stderr)
+        return False
+    total, worker = dump
+    print(f"{count} {what}, {total:,} Ir in the worker: {total // count:,} Ir per one ({worker.name})")
+    print_top(worker, count, n)
+    return True
+
+
 def top(path: Path, msgs: int, n: int) -> list[tuple[int, float, str]]:
     """The ``n`` functions of most self cost: (Ir per message, % of all, name)."""
     text = subprocess.run(["callgrind_annotate", "--inclusive=no", str(path)], capture_output=True, text=True,

@@ -178,14 +178,8 @@ def main(argv: list[str] | None = None) -> int:
             _session.close()
     finally:
         srv.stop()
-    if site is not None:
-        dump = P.worker_dump(scratch)
-        if dump is None:
-            print("_sessionprobe: the worker did not dump", file=sys.stderr)
-            return 1
-        ir, worker = dump
-        print(f"{n} {what}, {ir:,} Ir in the worker: {ir // n:,} Ir per one")
-        P.print_top(worker, n, a.top)
+    if site is not None and not P.report(scratch, n, what, a.top, "_sessionprobe"):
+        return 1
     shutil.rmtree(scratch, ignore_errors=True)
     return 0
 

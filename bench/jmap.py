@@ -329,14 +329,8 @@ def probe(argv: list[str] | None = None) -> int:
         print(f"{k} {a.kind} requests: {calls / k:,.0f} Python calls per request "
               f"(cProfile, CPU time {tt / k * 1000:.2f} ms per request under the profiler)")
         st.sort_stats("tottime").print_stats(a.top)
-    else:
-        dump = ir.worker_dump(out)
-        if dump is None:
-            print("jmap probe: the worker did not dump", file=sys.stderr)
-            return 1
-        total, worker = dump
-        print(f"{k} {a.kind} requests, {total:,} Ir in the worker: {total // k:,} Ir per request ({worker.name})")
-        ir.print_top(worker, k, a.top)
+    elif not ir.report(out, k, f"{a.kind} requests", a.top, "jmap probe"):
+        return 1
     shutil.rmtree(scratch, ignore_errors=True)  # the server's tree (and the counts, unless --out put them elsewhere)
     return 0
 
