@@ -60,11 +60,26 @@ class _RaiseLogged:
         return getattr(self.real, name)
 
 
+#: modules whose logger :func:`raise_logged` replaced (for :func:`restore_logged`)
+_PATCHED: list[Any] = []
+
+
 def raise_logged(module: Any) -> None:
     """Make ``module.logger.exception`` raise: the server turns a handler's unexpected exception
-    into a reply (serverFail, [SERVERBUG]) and logs it; under the fuzzer it is a crash."""
+    into a reply (serverFail, [SERVERBUG]) and logs it; under the fuzzer it is a crash. Targets call
+    it at each input (cheap once done), so it holds again after :func:`restore_logged`."""
     if not isinstance(module.logger, _RaiseLogged):
         module.logger = _RaiseLogged(module.logger)
+        _PATCHED.append(module)
+
+
+def restore_logged() -> None:
+    """Give back the loggers :func:`raise_logged` replaced: a target replayed inside a test run
+    (tests/fuzz) must not leave other tests' servers raising what they should log and answer."""
+    while _PATCHED:
+        module = _PATCHED.pop()
+        if isinstance(module.logger, _RaiseLogged):
+            module.logger = module.logger.real
 
 
 def corpus_messages(limit: int = 20000) -> list[bytes]:

@@ -190,7 +190,7 @@ def _session(data: bytes) -> None:
     with the [SERVERBUG] that a handler's unexpected exception gives."""
     if not _LOOP:
         _LOOP.append(asyncio.new_event_loop())
-        raise_logged(session_mod)
+    raise_logged(session_mod)
     _LOOP[0].run_until_complete(_session_run(frames(data)))
 
 

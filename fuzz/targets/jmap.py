@@ -17,7 +17,6 @@ from mailsrv.jmap.memory import MemoryBackend
 from mailsrv.jmap.server import parse_json
 from mailsrv.jmap.session import SERVER_CAPABILITIES
 
-raise_logged(core)
 _LOOP = asyncio.new_event_loop()
 USING = ["urn:ietf:params:jmap:core", "urn:ietf:params:jmap:mail", "urn:ietf:params:jmap:submission"]
 
@@ -28,6 +27,7 @@ MAIL_METHODS = ("Core/", "Mailbox/", "Email/", "Thread/", "SearchSnippet/")
 
 
 def _request(data: bytes) -> None:
+    raise_logged(core)
     body = parse_json(data)
     if isinstance(body, dict) and isinstance(body.get("methodCalls"), list):
         body["methodCalls"] = [c for c in body["methodCalls"]

@@ -7,18 +7,27 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from fuzz import targets
-from fuzz.harness import CORPUS, Mismatch, Target
+from fuzz.harness import CORPUS, Mismatch, Target, restore_logged
 
 ROOT = Path(__file__).resolve().parents[2]
 NAMES = list(targets.INDEX)
 #: Seconds of fuzzing per target in make test (two targets at a time).
 SLICE_SECONDS = 2
+
+
+@pytest.fixture(autouse=True)
+def _loggers_given_back() -> Iterator[None]:
+    """The IMAP and JMAP targets make their modules' logger.exception raise (a [SERVERBUG] or serverFail
+    is a crash under the fuzzer); in this process the tests after these must find them logging."""
+    yield
+    restore_logged()
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -79,3 +88,20 @@ def test_fuzzes_briefly_without_a_crash(name: str, slice_results: dict[str, tupl
     assert rc == 0, out[-3000:]
     runs = re.search(r"stat::number_of_executed_units: (\d+)", out)
     assert runs and int(runs.group(1)) > 0, out[-3000:]
+
+
+def test_a_replayed_target_leaves_the_loggers_as_they_were() -> None:
+    """A target replayed here used to leave mailsrv.imap.session's logger raising: a later test's
+    handler failure escaped instead of answering [SERVERBUG] (tests/imap/test_session.py)."""
+    from mailsrv.imap import session
+    from mailsrv.jmap import core
+
+    before = (session.logger, core.logger)
+    for name in ("imap_session", "jmap_request"):
+        target = targets.get(name)
+        target.one(next(iter(target.seeds())))
+    # while replaying, both raise (what the fuzzer counts as a crash) ...
+    assert type(session.logger).__name__ == "_RaiseLogged" and type(core.logger).__name__ == "_RaiseLogged"
+    # ... and afterwards they log again
+    restore_logged()
+    assert (session.logger, core.logger) == before
