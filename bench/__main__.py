@@ -24,15 +24,33 @@ def fmt(v: object) -> str:
     return str(v)
 
 
+def rounds(values: list[float]) -> str:
+    """A row's per-round values (bench/smtp.py measures its cells in rounds): "a / b / c"."""
+    return " / ".join(fmt(float(v)) for v in values)
+
+
+def ratio_text(r: dict) -> str:
+    """The row's ratio, with the range of its per-round ratios when it was measured in rounds."""
+    if r.get("ratio") is None:
+        return ""
+    if r.get("ratio_min") is None:
+        return f"{r['ratio']:.2f}x"
+    return f"{r['ratio']:.2f}x (rounds {r['ratio_min']:.2f}-{r['ratio_max']:.2f}x)"
+
+
 def print_table(report: dict) -> None:
     print(f"\n== {report['scenario']} == ({report['seconds']:.0f} s)", flush=True)
     for r in report["results"]:
         base = r.get("baseline")
         line = f"  {r['name']:<48} {fmt(r['value']):>14} {r.get('unit', '')}"
+        if r.get("rounds"):
+            line += f" (median of {rounds(r['rounds'])})"
         if base:
             line += f"   | {base['name']}: {fmt(base['value'])}"
+            if r.get("baseline_rounds"):
+                line += f" ({rounds(r['baseline_rounds'])})"
             if r.get("ratio") is not None:
-                line += f"  ratio {r['ratio']:.2f}x"
+                line += f"  ratio {ratio_text(r)}"
         elif "baseline" in r:
             line += "   | baseline missing"
         print(line)
@@ -94,14 +112,19 @@ def write(args: argparse.Namespace, reports: list[dict], failed: list[str]) -> N
 
 
 def markdown(reports: list[dict]) -> str:
-    """The results table of bench/README.md."""
+    """The results table of bench/README.md. A row measured in rounds shows its median, the rounds' values
+    in brackets (its own and its baseline's) and the range of the per-round ratios."""
     out = ["| scenario | figure | value | baseline | ratio |", "|---|---|---|---|---|"]
     for rep in reports:
         for r in rep["results"]:
             base = r.get("baseline")
             b = f"{base['name']}: {fmt(base['value'])}" if base else ("missing" if "baseline" in r else "")
-            ratio = f"{r['ratio']:.2f}x" if r.get("ratio") is not None else ""
-            out.append(f"| {rep['scenario']} | {r['name']} | {fmt(r['value'])} {r.get('unit', '')} | {b} | {ratio} |")
+            if base and r.get("baseline_rounds"):
+                b += f" ({rounds(r['baseline_rounds'])})"
+            value = f"{fmt(r['value'])} {r.get('unit', '')}"
+            if r.get("rounds"):
+                value += f" (median of {rounds(r['rounds'])})"
+            out.append(f"| {rep['scenario']} | {r['name']} | {value} | {b} | {ratio_text(r)} |")
         for srv in rep.get("servers", []):
             out.append(f"| {rep['scenario']} | {server_line(srv)} | | | |")
     return "\n".join(out) + "\n"

@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from statistics import median
 
 import pytest
 
@@ -34,7 +35,23 @@ def check_report(report: dict) -> None:
             assert isinstance(base["name"], str) and isinstance(base["value"], (int, float)), r
         if r.get("ratio") is not None:
             assert isinstance(r["ratio"], (int, float))
+        if "rounds" in r:  # measured in rounds (bench/smtp.py): the figures are the rounds' medians
+            check_rounds(r)
     check_servers(report)
+
+
+def check_rounds(r: dict) -> None:
+    """A row measured in rounds: value and baseline are the medians of ``rounds`` and ``baseline_rounds``, the
+    ratio theirs, and ``ratio_min`` / ``ratio_max`` the range of the rounds' own ratios around it."""
+    assert len(r["rounds"]) == len(r["baseline_rounds"]) >= 1, r
+    assert r["value"] == pytest.approx(median(r["rounds"])), r
+    assert r["baseline"]["value"] == pytest.approx(median(r["baseline_rounds"])), r
+    per = [a / b for a, b in zip(r["rounds"], r["baseline_rounds"], strict=True) if b]
+    assert (r["ratio_min"], r["ratio_max"]) == (pytest.approx(min(per)), pytest.approx(max(per))), r
+    if len(per) == len(r["rounds"]) and (len(per) % 2 or len(per) == 2):
+        # an odd count: some round is at or below both medians' ratio and some at or above (pigeonhole); two: the
+        # mediant lies between the two rounds' ratios
+        assert r["ratio_min"] * (1 - 1e-9) <= r["ratio"] <= r["ratio_max"] * (1 + 1e-9), r
 
 
 def check_servers(report: dict) -> None:
@@ -82,17 +99,19 @@ def test_scenario_smoke(name: str, tmp_path: Path) -> None:
     if name == "idle":
         check_idle(report)
     if name == "smtp":
-        check_smtp_client(report, "python")
+        check_smtp_client(report, "python", rounds=1)
         check_smtp_baselines(report, "python")
 
 
-def check_smtp_client(report: dict, client: str) -> None:
+def check_smtp_client(report: dict, client: str, rounds: int) -> None:
     """Every throughput row names its load generator and the generator's CPU per message in our cell and the
-    baseline's; smtp-source gives no latency rows (bench/README.md, the smtp scenario)."""
+    baseline's, and holds ``rounds`` rounds; smtp-source gives no latency rows (bench/README.md, the smtp
+    scenario)."""
     rows = [r for r in report["results"] if r["name"].startswith("durable msgs/s")]
     assert rows
     for r in rows:
         assert r["client"].startswith(client), r
+        assert len(r["rounds"]) == rounds, r
         assert 0 < r["client_cpu_ms_per_msg"] < 100 and 0 < r["baseline_client_cpu_ms_per_msg"] < 100, r
     front = [r for r in report["results"] if r["name"].startswith("SMTP front end alone")]
     assert front and all(r["client_cpu_ms_per_msg"] > 0 for r in front), front
@@ -103,19 +122,20 @@ def check_smtp_client(report: dict, client: str) -> None:
 
 def test_smtp_smoke_with_smtp_source(tmp_path: Path) -> None:
     """MAILSRV_BENCH_SMTP_CLIENT=smtp-source drives the throughput cells with Postfix's C generator (the postfix
-    package, tools/install-peers.sh)."""
+    package, tools/install-peers.sh); with MAILSRV_BENCH_SMTP_ROUNDS=2, in two rounds per cell."""
     exe = Path("/usr/sbin/smtp-source")
     assert exe.exists(), "smtp-source missing: run tools/install-peers.sh"
     out = tmp_path / "out.json"
     res = subprocess.run(
         [sys.executable, "-m", "bench", "smtp", "--size", "smoke", "--json", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
-        env={**os.environ, "MAILSRV_BENCH_SMTP_CLIENT": "smtp-source"},
+        env={**os.environ, "MAILSRV_BENCH_SMTP_CLIENT": "smtp-source", "MAILSRV_BENCH_SMTP_ROUNDS": "2"},
     )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     report = json.loads(out.read_text())["reports"][0]
     check_report(report)
-    check_smtp_client(report, "smtp-source")
+    check_smtp_client(report, "smtp-source", rounds=2)
+    assert any(n.startswith("each throughput cell: 2 rounds of 0.3 s per server") for n in report["notes"])
     check_smtp_baselines(report, "smtp-source")
 
 
