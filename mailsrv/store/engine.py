@@ -228,6 +228,22 @@ def _create_index(build: Path, seeds: list[folders.FolderSeed]) -> None:
     (build / NOTIFY_NAME).touch()
 
 
+_INSERT_MESSAGE = ("INSERT INTO messages (mailbox, uid, key, fname, flags, modseq, internal_date, saved_date,"
+                   " size, email_id, thread_id, structure) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)")
+
+
+class _Rows:
+    """Index rows of a batch (``Engine._take_new``) not written yet, and the sizes of its messages."""
+
+    __slots__ = ("messages", "msgids", "sizes", "subjects")
+
+    def __init__(self) -> None:
+        self.messages: list[tuple[object, ...]] = []
+        self.msgids: dict[str, str] = {}  # Message-ID -> thread id (INSERT OR IGNORE: the first wins)
+        self.subjects: dict[str, str] = {}  # base subject -> thread id (INSERT OR REPLACE: the last wins)
+        self.sizes: list[int] = []
+
+
 class _NeedsFullCommit(Exception):
     """A lazy sync (Engine.sync lazy_commit) met changes to reconcile: redone with a synced commit."""
 
@@ -285,8 +301,8 @@ class Engine:
         self.epoch = ""
         #: (gen, storage, messages) changed by the open write transaction, reported after its commit
         self._usage_report: tuple[int, int, int] | None = None
-        #: sizes of the messages _insert added while _take_new batches their quota update (else None)
-        self._quota_sizes: list[int] | None = None
+        #: the rows _insert leaves for _take_new to write at the end of each slice (else None)
+        self._rows: _Rows | None = None
 
     # --- opening and repair ---------------------------------------------------
 
@@ -690,13 +706,13 @@ class Engine:
                 continue
             fresh.append((n, key, st.st_size, st.st_mtime))
         fresh.sort(key=lambda t: (t[3], t[1]))
-        sizes: list[int] = []
-        self._quota_sizes = sizes
+        rows = self._rows = _Rows()
         try:
             self._take_fresh(mb, folder, fresh, lines, res, ul, renames)
+            self._write_rows(rows)
         finally:
-            self._quota_sizes = None
-        self._quota_apply(sizes, 1)  # one read and one update of the usage for the whole batch
+            self._rows = None
+        self._quota_apply(rows.sizes, 1)  # one read and one update of the usage for the whole batch
 
     def _take_fresh(self, mb: _Mbox, folder: Path, fresh: list[tuple[str, str, int, float]], lines: list[bytes],
                     res: SyncResult, ul: uidlist.Uidlist | None, renames: list[tuple[str, str]]) -> None:
@@ -705,6 +721,7 @@ class Engine:
         new_dir, cur_dir = f"{folder}/new/", f"{folder}/cur/"
         for i, (n, key, size, mtime) in enumerate(fresh):
             if i and not i % GIVE_WAY_EVERY:  # the background indexer gives way to delivery rounds
+                self._write_rows(self._rows)  # (a slice's rows written in it)
                 fsio.give_way(self.lock)
             pend = self.pending.pop(key, None)
             _, info = maildir.split_filename(n)
@@ -842,18 +859,16 @@ class Engine:
         now = time.time() if saved is None else saved
         info = MessageInfo(uid, key, frozenset(flags), mb.highestmodseq, mtime, now, size,
                            email_id or pend.email_id or new_id("E"), thread_id)
-        self.db.execute(
-            "INSERT INTO messages (mailbox, uid, key, fname, flags, modseq, internal_date, saved_date, size,"
-            " email_id, thread_id, structure) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-            (mb.id, uid, key, fname or maildir.filename(key, flags, self._kw_for(mb, flags)), _flags_text(flags),
-             info.modseq, mtime, now, size,
-             info.email_id, thread_id, structure),
-        )
+        row = (mb.id, uid, key, fname or maildir.filename(key, flags, self._kw_for(mb, flags)), _flags_text(flags),
+               info.modseq, mtime, now, size, info.email_id, thread_id, structure)
         mb.messages += 1
         mb.storage += size
-        if self._quota_sizes is not None:  # a batch (_take_new): one quota update for all of it
-            self._quota_sizes.append(size)
+        rows = self._rows
+        if rows is not None:  # a batch (_take_new): written per slice, one quota update for all of it
+            rows.messages.append(row)
+            rows.sizes.append(size)
         else:
+            self.db.execute(_INSERT_MESSAGE, row)
             self._quota_apply([size], 1)
         lines.append(uidlist.format_entry(uid, key, size, (info.email_id, thread_id, now)))
         res.added.append(Added(mb.guid, info, structure, pend.raw, parsed))
@@ -863,14 +878,20 @@ class Engine:
     def _thread_for(self, th: headers.ThreadHeaders) -> str:
         """RFC 5256 REFERENCES-style: a known parent's thread, else same base subject of a reply."""
         db = self.db
+        rows = self._rows  # (rows of this batch not written yet: a msgid's first wins, a subject's last)
         tid = None
         for p in reversed(th.parents):
             r = db.execute("SELECT thread_id FROM msgids WHERE msgid=?", (p,)).fetchone()
+            if r is None and rows is not None and p in rows.msgids:
+                r = (rows.msgids[p],)
             if r:
                 tid = r[0]
                 break
         if tid is None and th.subject and th.parents:
-            r = db.execute("SELECT thread_id FROM subjects WHERE base=?", (th.subject,)).fetchone()
+            if rows is not None and th.subject in rows.subjects:
+                r = (rows.subjects[th.subject],)
+            else:
+                r = db.execute("SELECT thread_id FROM subjects WHERE base=?", (th.subject,)).fetchone()
             if r:
                 tid = r[0]
                 self._remember_thread(th, tid, subject_row=False)  # the subject's row names it already
@@ -883,10 +904,31 @@ class Engine:
     def _remember_thread(self, th: headers.ThreadHeaders, tid: str, *, subject_row: bool = True) -> None:
         """Record a message's Message-ID and base subject as belonging to thread ``tid`` (``subject_row``
         False: the caller read the subject's row, in this transaction, and it holds ``tid``)."""
+        rows = self._rows
+        if rows is not None:  # a batch (_take_new): written per slice
+            if th.message_id:
+                rows.msgids.setdefault(th.message_id, tid)
+            if th.subject and subject_row:
+                rows.subjects[th.subject] = tid
+            return
         if th.message_id:
             self.db.execute("INSERT OR IGNORE INTO msgids VALUES (?, ?)", (th.message_id, tid))
         if th.subject and subject_row:
             self.db.execute("INSERT OR REPLACE INTO subjects VALUES (?, ?)", (th.subject, tid))
+
+    def _write_rows(self, rows: _Rows | None) -> None:
+        """Write the rows a batch's ``_insert`` calls left (caller holds the write transaction): one
+        executemany per table instead of one execute per message and table (the usage is the caller's)."""
+        if rows is None:
+            return
+        db = self.db
+        if rows.messages:
+            db.executemany(_INSERT_MESSAGE, rows.messages)
+        if rows.msgids:
+            db.executemany("INSERT OR IGNORE INTO msgids VALUES (?, ?)", rows.msgids.items())
+        if rows.subjects:
+            db.executemany("INSERT OR REPLACE INTO subjects VALUES (?, ?)", rows.subjects.items())
+        rows.messages, rows.msgids, rows.subjects = [], {}, {}
 
     def _flush_uidlist(self, mb: _Mbox, folder: Path, lines: list[bytes]) -> None:
         """Append assigned UIDs to the UID map and fsync it (before the commit)."""

@@ -814,7 +814,8 @@ def _index_batch(batch: list[tuple[Account, str, list[str | None]]], budget: flo
     recheck: list[tuple[Account, str]] = []
     stats = dict.fromkeys(STATS, 0.0)
     t0 = time.thread_time()
-    with fsio.background(budget):  # gives way to delivery rounds between slices (util/fsio.py)
+    # the mailboxes' usage reports reach the per-domain book in one write after the job (store/usage.py)
+    with fsio.background(budget), batch[0][0].store.usage.held() if batch else contextlib.nullcontext():
         for acct, mailbox, keys in batch:
             fsio.give_way()
             parsed = acct.engine.files_parsed

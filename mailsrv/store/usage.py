@@ -17,7 +17,7 @@ Invariants:
   transaction for every account changed meanwhile: batch updates), so the
   index writer never waits for this file. Reads flush the queue first: a
   process always sees its own reports; another process's arrive within a
-  transaction's time.
+  transaction's time, or at the end of a background index job (:meth:`UsageBook.held`).
 * ``synchronous=NORMAL`` (WAL): a commit costs no fsync; a power loss may lose the
   last reports, which the rules above repair. The book is a cache, never the truth.
 """
@@ -27,7 +27,8 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from mailsrv import log
@@ -125,6 +126,8 @@ class UsageBook:
         self._pending = threading.Event()
         self._writer: threading.Thread | None = None
         self._stopping = False
+        #: held() blocks running: their reports wait in the queue for the last one's end
+        self._holds = 0
         #: transactions written (for tests and the bench: batching shows as flushes < reports)
         self.flushes = 0
         self.reports = 0
@@ -173,7 +176,25 @@ class UsageBook:
             if self._writer is None or not self._writer.is_alive():  # (also: a forked child has none)
                 self._writer = threading.Thread(target=self._write_loop, name="mailsrv-quota-usage", daemon=True)
                 self._writer.start()
+            if self._holds:
+                return
         self._pending.set()
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        """Reports made inside wait for the end of the block (of the last such block running) to wake the
+        writer: a background index job's mailbox transactions (one report each) then cost one transaction
+        here and one writer wake-up, not one per mailbox. Reads in this process still flush at once."""
+        with self._queue_lock:
+            self._holds += 1
+        try:
+            yield
+        finally:
+            with self._queue_lock:
+                self._holds -= 1
+                wake = not self._holds and bool(self._queue)
+            if wake:
+                self._pending.set()
 
     def _write_loop(self) -> None:
         """The writer thread: flush whenever reports arrive, until close()."""
