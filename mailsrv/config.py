@@ -394,6 +394,30 @@ class StoreConfig:
         " its file system with heavy writers, whose dirty data a syncfs also waits for).",
         True,
     )
+    journal: bool = doc(
+        "Make deferred deliveries (syncfs, no quota limit) durable with a record in the worker's delivery"
+        " journal (data_dir/journal) and one fdatasync of it per group commit; their maildir links are"
+        " made durable by a syncfs every journal_interval (a checkpoint); a worker replays the journals"
+        " of dead processes at start (docs/store-api.md, Durability).",
+        True,
+    )
+    journal_interval: float = doc(
+        "Seconds between two checkpoints of the delivery journal while it holds records (one syncfs each).",
+        0.2,
+        check=_positive,
+    )
+    journal_size_mib: int = doc(
+        "MiB of each of the two delivery journal files of a worker (written once at its start); a file"
+        " half full is checkpointed at once, a full one sends deliveries to the syncfs path until then.",
+        8,
+        check=_positive,
+    )
+    journal_max_message: int = doc(
+        "Largest message in bytes that goes through the delivery journal (larger ones are made durable"
+        " by syncfs: the journal writes their bytes a second time).",
+        64 * 1024,
+        check=_non_negative,
+    )
 
 
 @dataclass(frozen=True)

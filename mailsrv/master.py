@@ -22,6 +22,7 @@ import os
 import select
 import signal
 import socket
+import sqlite3
 import ssl
 import sys
 import time
@@ -35,6 +36,7 @@ from mailsrv.delivery import archive
 from mailsrv.net.listener import LISTEN_BACKLOG, format_addr
 from mailsrv.net.tls import TlsSetupError, server_context
 from mailsrv.queue.store import queue_dir
+from mailsrv.store import journal
 from mailsrv.util import sqlitemem
 from mailsrv.util.sdnotify import monotonic_usec, notify
 
@@ -515,6 +517,11 @@ class Master:
                 archive.sign_old_markers(self.cfg.server.data_dir, queue_dir(self.cfg.server.data_dir).rewrite_orcpts)
             except OSError as exc:  # their delivery makes one more archive copy (never one less); next start tries
                 logger.error("archive.markers_sign_failed", error=str(exc))
+        if self.cfg.store.journal:  # before any worker serves: deliveries acknowledged before a crash
+            try:                    # whose links it lost (docs/store-api.md, Durability)
+                journal.replay(journal.journal_dir(self.cfg.server.data_dir))
+            except (OSError, sqlite3.Error) as exc:  # the files stay: each worker tries again at its start
+                logger.error("journal.replay_failed", error=str(exc))
         self.ssl_context = self._tls_for(self.cfg)
         self.sockets = self._bind_all(self.cfg)
         self._retire()

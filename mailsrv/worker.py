@@ -169,6 +169,7 @@ async def _serve(cfg: Config, socks: dict[str, list[socket.socket]], ssl_context
     resources.update(importlib.import_module("mailsrv.auth").worker_resources(cfg))  # "directory", "auth"
     store = resources["store"] = Store(cfg.store, cfg.server.data_dir, hostname=cfg.server.hostname,
                                        mime=cfg.mime)  # docs/store-api.md: one per worker
+    await store.start()  # before serving: dead processes' delivery journals replayed (docs/store-api.md)
     # domain quota roots: the limits come from the directory (docs/store-api.md, domain quota)
     store.set_domain_quota_source(resources["directory"].domain_quota)
     # docs/policy.md: inbound checks for SMTP, spam training for IMAP and JMAP moves into/out of Junk.

@@ -136,6 +136,27 @@ BEGIN
 END;
 """
 
+#: Added after schema 1 (``_migrate``): what left a mailbox after it was indexed (expunged, deleted
+#: with its mailbox, moved to another), by key, for an hour: the replay of a delivery journal
+#: (store/journal.py) does not bring such a message back when its file is missing. Filled in the
+#: transaction of the removal; rows older than an hour are pruned at each removal (the journal's
+#: records are checkpointed within a second, and replay runs at start before anything removes).
+_GONE = """
+CREATE TABLE IF NOT EXISTS gone (mailbox INTEGER NOT NULL, key TEXT NOT NULL, at REAL NOT NULL,
+    PRIMARY KEY (mailbox, key)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS gone_at ON gone (at);
+CREATE TRIGGER IF NOT EXISTS gone_del AFTER DELETE ON messages
+BEGIN
+  DELETE FROM gone WHERE at < julianday('now') - 1.0 / 24;
+  INSERT OR REPLACE INTO gone (mailbox, key, at) VALUES (OLD.mailbox, OLD.key, julianday('now'));
+END;
+CREATE TRIGGER IF NOT EXISTS gone_moved AFTER UPDATE OF mailbox ON messages WHEN NEW.mailbox != OLD.mailbox
+BEGIN
+  INSERT OR REPLACE INTO gone (mailbox, key, at) VALUES (OLD.mailbox, OLD.key, julianday('now'));
+END;
+"""
+
+
 @dataclass
 class _Mbox:
     id: int
@@ -159,7 +180,7 @@ def _columns(conn: sqlite3.Connection, table: str) -> set[str]:
 def _migrate(conn: sqlite3.Connection) -> None:
     """Bring an index made by an older mailsrv up to date (caller holds the open flock)."""
     if ("unseen" in _columns(conn, "mailboxes") and "at" in _columns(conn, "expunged")
-            and "gen" in _columns(conn, "quota")):
+            and "gen" in _columns(conn, "quota") and _columns(conn, "gone")):
         conn.executescript(_UNSEEN_TRIGGERS)
         return
     conn.execute("BEGIN IMMEDIATE")
@@ -188,17 +209,27 @@ def _migrate_steps(conn: sqlite3.Connection) -> None:
     for stmt in _UNSEEN_TRIGGERS.split("END;"):
         if stmt.strip():
             conn.execute(stmt + "END;")
+    for stmt in _statements(_GONE):
+        conn.execute(stmt)
+
+
+def _statements(script: str) -> list[str]:
+    """The SQL statements of ``script`` (triggers whole), to run one by one inside a transaction."""
+    out: list[str] = []
+    stmt = ""
+    for part in script.split(";"):
+        stmt += part + ";"
+        if sqlite3.complete_statement(stmt):
+            if stmt.strip(" \n;"):
+                out.append(stmt)
+            stmt = ""
+    return out
 
 
 def _create_schema(conn: sqlite3.Connection) -> None:
     """A new index's tables, migrations and meta, inside the caller's transaction (one commit, one sync)."""
-    stmt = ""
-    for part in _SCHEMA.split(";"):
-        stmt += part + ";"
-        if sqlite3.complete_statement(stmt):
-            if stmt.strip(" \n;"):
-                conn.execute(stmt)
-            stmt = ""
+    for stmt in _statements(_SCHEMA):
+        conn.execute(stmt)
     _migrate_steps(conn)
     conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
     conn.execute("INSERT OR IGNORE INTO meta VALUES ('epoch', ?)", (new_id("X"),))

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, TypeVar
 from mailsrv import log
 from mailsrv._speedups import quota as quota_impl
 from mailsrv.config import MimeConfig, StoreConfig
-from mailsrv.store import headers, notify
+from mailsrv.store import headers, journal, notify
 from mailsrv.store import maildir as md
 from mailsrv.store.account import SNAPSHOT_CACHE_MESSAGES, Account
 from mailsrv.store.engine import Engine, Pending, SyncResult, new_id, parse_for_index
@@ -133,6 +133,62 @@ class Store:
         #: follow-ups of deliveries cancelled after their round began (close() waits for them)
         self._follow_ups: set[asyncio.Future[object]] = set()
         self._closing = False
+        #: the delivery journal (``start()`` with ``[store] journal``): group deliveries durable by one
+        #: fdatasync of their records, their links by a checkpoint's syncfs later (store/journal.py)
+        self.journal: journal.Journal | None = None
+        self._checkpointer: asyncio.Task[None] | None = None
+        self._checkpoint_due = asyncio.Event()  # the journal holds records
+        self._checkpoint_now = asyncio.Event()  # ... and it fills up, or the store closes: no interval
+
+    async def start(self) -> None:
+        """Before serving (the worker calls it): replay the delivery journals of processes gone
+        (their deliveries acknowledged before a crash: links a power cut did not keep), then open
+        this process's journal (``[store] journal``; deferred group deliveries only). A journal that
+        cannot be replayed (logged) stays for the next start. A store never started delivers without
+        a journal."""
+        cfg = self.config
+        if not (cfg.journal and cfg.deferred_index and self.fssync is not None):
+            return
+        where = journal.journal_dir(self.data_dir)
+        try:
+            await self.io.run(journal.replay, where)
+        except (OSError, sqlite3.Error) as exc:  # the files stay for the next start (or a sibling's)
+            logger.error("journal.replay_failed", error=str(exc))
+        jr = journal.Journal(where, cfg.journal_size_mib << 20)
+        try:
+            await self.io.run(jr.create)
+        except OSError as exc:  # deliveries keep the syncfs path
+            logger.error("journal.create_failed", error=str(exc))
+            return
+        self.journal = self.fssync.journal = jr
+        self._checkpointer = asyncio.get_running_loop().create_task(self._checkpoints(jr))
+
+    async def _checkpoints(self, jr: journal.Journal) -> None:
+        """The checkpointer: while the journal holds records, one checkpoint every
+        ``journal_interval`` seconds (at once when its file fills up); a last one at close."""
+        interval = self.config.journal_interval
+        while not self._closing:
+            await self._checkpoint_due.wait()  # records appended (or closing)
+            if not self._closing and not jr.urgent:
+                with contextlib.suppress(TimeoutError):  # close() or a filling file ends the wait
+                    await asyncio.wait_for(self._checkpoint_now.wait(), interval)
+            self._checkpoint_due.clear()
+            self._checkpoint_now.clear()
+            if self._closing:
+                break
+            try:
+                await self.io.run(jr.checkpoint)
+            except OSError as exc:  # broken: deliveries fall back to syncfs; the records stay for replay
+                logger.error("journal.checkpoint_failed", error=str(exc))
+                return
+
+    def _kick_checkpoint(self) -> None:
+        """A round appended records: the checkpointer runs within ``journal_interval`` (at once when urgent)."""
+        jr = self.journal
+        if jr is not None and jr.pending:
+            self._checkpoint_due.set()
+            if jr.urgent:
+                self._checkpoint_now.set()
 
     def _lanes(self) -> int:
         """Delivery pool jobs (or group-commit rounds) at once: see DELIVERY_JOBS."""
@@ -262,6 +318,18 @@ class Store:
             await asyncio.wait_for(self._quiesce(), grace)
         except TimeoutError:
             logger.warning("store.close_timeout", deliveries=self._delivering, follow_ups=len(self._follow_ups))
+        if self._checkpointer is not None:
+            self._checkpoint_due.set()
+            self._checkpoint_now.set()
+            await self._checkpointer
+        if self.journal is not None:  # a last checkpoint, then its files go (kept for replay on error)
+            jr = self.journal
+            logger.info("store.journal", appended=jr.appended, syncs=jr.syncs, checkpoints=jr.checkpoints,
+                        broken=str(jr.broken or ""))
+            try:
+                await self.io.run(jr.close)
+            except OSError as exc:
+                logger.error("journal.close_failed", error=str(exc))
         await self.indexer.flush()  # every acknowledged delivery indexed before the engines close
         if self.fssync is not None and self.fssync.rounds:  # where a delivery's wait went (bench/README)
             logger.info("store.rounds", **{k: round(v, 3) for k, v in self.fssync.stats().items()})
@@ -409,6 +477,8 @@ class Store:
                 # skipped the file: wake it again rather than wait for the indexer's round
                 self._wake(acct.id)
             self.indexer.add(acct, mailbox, key)
+        if self.journal is not None:
+            self._kick_checkpoint()
         return results
 
     def _follow_up(self, coro: Awaitable[object]) -> None:
@@ -446,10 +516,12 @@ class Store:
         moved = False
         email_id = email_id or new_id("E")
         size = -1
+        created = False  # the spool holds ``data`` (it may differ from a file the caller wrote)
         if data is not None:
             try:
                 _create_spool(spool, data)  # the caller's spool never left memory (one syscall less
                 size = len(data)            # than a stat that fails first)
+                created = True
             except FileExistsError:  # written by the caller (or the policy rewrote it): use the file
                 pass
         if size < 0:
@@ -539,10 +611,40 @@ class Store:
             for i, _, _, key, _, _ in items:
                 acct.engine.pending.pop(key, None)  # another process may have indexed it
                 out[i] = DeliveryResult(targets[i], "ok", uids.get(key), None)
+        if group and created and self.journal is not None and len(data or b"") <= self.config.journal_max_message:
+            out = self._journal_links(spool, out, later, internal_date, data or b"")
         if consume and not moved:  # after the fsync of its links (not a group round): no longer needed
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(spool)
         return [r for r in out if r is not None], published, later
+
+    def _journal_links(self, spool: Path, out: list[DeliveryResult | None], later: list[_Linked],
+                       internal_date: float | None, data: bytes) -> list[DeliveryResult | None]:
+        """Blocking, in a group round's job after the links: one journal record for the delivery's
+        linked copies (their new/ entries and the bytes), so that the round's sync is the journal's
+        fdatasync (``fsio.journaled``) instead of a syncfs. No room in the journal (until its next
+        checkpoint): the round syncs the file system as before. A failed append takes the links back
+        and turns their copies into tempfail (as a failed sync does); ``later`` is emptied then."""
+        assert self.journal is not None
+        if not later:
+            fsio.journaled()  # nothing linked: nothing to make durable
+            return out
+        targets = [(str(acct.root), os.path.dirname(os.path.dirname(path)), os.path.basename(path), key)
+                   for acct, _, key, path in later]
+        mtime = internal_date if internal_date is not None else time.time()
+        try:
+            if not self.journal.append(journal.encode(targets, data, mtime), str(spool.parent)):
+                return out
+        except OSError as exc:
+            logger.error("journal.append_failed", error=str(exc))
+            _take_back([x[3] for x in later])
+            for acct, _, key, _ in later:
+                acct.engine.pending.pop(key, None)
+            later.clear()  # (a group delivery's ok copies are all in it: no quota-bound target)
+            return [r if r is None or r.status != "ok" else DeliveryResult(r.target, "tempfail", None, f"journal: {exc}")
+                    for r in out]
+        fsio.journaled()
+        return out
 
     @staticmethod
     def _index_keys(acct: Account, mailbox: str, keys: list[str],

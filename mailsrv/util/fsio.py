@@ -30,7 +30,7 @@ import time
 from collections.abc import AsyncIterable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from mailsrv.util import timeline
 
@@ -626,6 +626,9 @@ class _GroupCommit:
         self._busy = False  # the last round served more than one caller
         self._tasks: set[asyncio.Task[None]] = set()
         self._gate = _SyncGate(self._round, delay)
+        #: a write-ahead journal (``sync()``: make every record appended so far durable) that a round's
+        #: work may make itself durable with instead of the path's sync (:func:`journaled`; FsSyncer)
+        self.journal: _Journal | None = None
         #: rounds run, callers served (for tests and the bench)
         self.rounds = 0
         self.callers = 0
@@ -722,9 +725,11 @@ class _GroupCommit:
             rrec["start"], rrec["cpu0"] = time.monotonic_ns(), time.thread_time_ns()
         done: list[list[tuple[bool, Any]]] = []
         wanted: list[str] = []
+        keys: dict[str, str] = {}  # path -> what its sync makes durable (the path, or JOURNAL)
         self._gate.enter()
         try:
             for path, callers in batch.items():
+                _bg.journaled = 0
                 outs: list[tuple[bool, Any]] = []
                 for fut, work, _ in callers:
                     if work is None:
@@ -738,8 +743,11 @@ class _GroupCommit:
                     except Exception as exc:  # handed to its caller
                         outs.append((False, exc))
                 done.append(outs)
-                if any(ok for ok, _ in outs):
-                    wanted.append(path)
+                if ok_n := sum(ok for ok, _ in outs):
+                    # every caller's work made itself durable by a journal record (journaled()): the
+                    # journal's fdatasync instead of a sync of the path
+                    keys[path] = JOURNAL if self.journal is not None and _bg.journaled == ok_n else path
+                    wanted.append(keys[path])
         except BaseException:
             self._gate.leave()
             raise
@@ -747,6 +755,7 @@ class _GroupCommit:
         if rrec is not None:
             rrec["worked"], rrec["cpu"] = time.monotonic_ns(), time.thread_time_ns() - rrec.pop("cpu0")
         if wanted:
+            wanted = list(dict.fromkeys(wanted))
             errors = dict(zip(wanted, self._gate.sync(wanted, entered=True), strict=True))
         else:
             self._gate.leave()
@@ -754,7 +763,7 @@ class _GroupCommit:
         if rrec is not None:
             rrec["synced"] = time.monotonic_ns()
             rrec["sync_no"] = getattr(_bg, "sync_no", None)
-        return ([(outs, errors.get(path)) for path, outs in zip(batch, done, strict=True)], t1 - t0,
+        return ([(outs, errors.get(keys.get(path, path))) for path, outs in zip(batch, done, strict=True)], t1 - t0,
                 time.monotonic() - t1)
 
     async def _flusher(self) -> None:
@@ -809,6 +818,21 @@ class _GroupCommit:
         finally:
             self._running -= 1
             foreground.leave()
+
+
+#: the key of a round's sync that stands for the journal's (FsSyncer: ``journal.sync()``)
+JOURNAL = "\0journal"
+
+
+class _Journal(Protocol):
+    def sync(self) -> None: ...
+
+
+def journaled() -> None:
+    """In a round's work (:meth:`_GroupCommit.run_synced`): what this call wrote is durable once the
+    syncer's journal is synced (it appended a record of it), so the round's sync of its path may be
+    the journal's fdatasync. Every caller of the path must say so, else the path is synced."""
+    _bg.journaled = getattr(_bg, "journaled", 0) + 1
 
 
 def _stamped_work(rec: dict[str, Any], work: Callable[[], T]) -> T:
@@ -887,13 +911,28 @@ class FsSyncer(_GroupCommit):
 
     def __init__(self, io: FileIO, delay: float = 0.0, lanes: int = 1) -> None:
         super().__init__(io, delay, lanes)
-        #: syncfs calls made (for tests and the bench)
+        #: syncfs calls made, and journal syncs (for tests and the bench)
         self.syncs = 0
+        self.journal_syncs = 0
 
     def _round(self, paths: list[str]) -> list[OSError | None]:
-        results, n = _syncfs_paths(paths)
+        """One syncfs per file system of ``paths``; the journal's fdatasync for JOURNAL."""
+        if JOURNAL not in paths:
+            results, n = _syncfs_paths(paths)
+            self.syncs += n
+            return results
+        assert self.journal is not None
+        err: OSError | None = None
+        try:
+            self.journal.sync()
+        except OSError as exc:
+            err = exc
+        self.journal_syncs += 1
+        rest = [p for p in paths if p != JOURNAL]
+        results, n = _syncfs_paths(rest)
         self.syncs += n
-        return results
+        by_path = dict(zip(rest, results, strict=True))
+        return [err if p == JOURNAL else by_path[p] for p in paths]
 
 
 def _syncfs_paths(paths: list[str]) -> tuple[list[OSError | None], int]:

@@ -1,0 +1,483 @@
+"""The delivery journal: a write-ahead log that makes a group-commit delivery durable with one
+``fdatasync`` of an overwrite, its maildir links made durable later in bulk (checkpoints), and the
+replay that rebuilds the links a crash did not keep (docs/store-api.md, "Durability").
+
+Invariants (every function below keeps them):
+
+* A record is appended only after its links exist in ``new/``; a delivery is acknowledged only
+  after an fdatasync of its record that began after the append (fsio.FsSyncer, key ``JOURNAL``).
+* A file is written only where it was written before (zero-filled at creation): an fdatasync then
+  writes data blocks, no metadata (the size never changes).
+* Every record carries its file's generation; a file is restarted (generation + 1, header made
+  durable) only after a ``syncfs`` that began after its last append made every link it records
+  durable (a checkpoint). Records of an older generation, and everything after the first record
+  that does not check, are never replayed (a torn last write was never acknowledged).
+* A file is owned by the process holding its ``flock`` (a CLOEXEC descriptor, released at that
+  process's death): replay takes only files whose lock is free.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import sqlite3
+import struct
+import threading
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+from mailsrv import log
+from mailsrv.store import maildir as md
+from mailsrv.util import fsio
+
+logger = log.get("store")
+
+#: the journal directory under ``server.data_dir``
+DIR_NAME = "journal"
+#: a journal file's name ends so (``<unique name>.<0|1>.mj``)
+SUFFIX = ".mj"
+#: file header: magic, generation (one 4 KiB block: its rewrite is one block's overwrite)
+FILE_MAGIC = b"MSJRNL01"
+_FILE_HEAD = struct.Struct("<8sQ")
+HEADER = 4096
+#: record header: magic, crc32 of everything after it, generation, sequence in the file, length
+REC_MAGIC = 0x4A52534D
+_REC_HEAD = struct.Struct("<IIQQI")
+#: record payload: internal date (mtime), number of targets; then per target four strings
+#: (account root, folder, file name in new/, key), each u16-length prefixed; then the message
+_PAYLOAD_HEAD = struct.Struct("<dI")
+_LEN = struct.Struct("<H")
+#: a journal file's size by default (``[store] journal_size_mib``), and the part of it filled before
+#: a checkpoint is started at once (instead of after ``journal_interval``)
+SIZE = 8 << 20
+URGENT = 0.5
+#: messages larger than this stay on the syncfs path (``[store] journal_max_message``): the journal
+#: writes their bytes a second time
+MAX_MESSAGE = 64 << 10
+
+#: a delivery target as a record holds it: (account root, folder, name in new/, key)
+Target = tuple[str, str, str, str]
+
+
+def encode(targets: list[Target], message: bytes | memoryview, mtime: float) -> bytearray:
+    """A record's payload (no header)."""
+    out = bytearray(_PAYLOAD_HEAD.pack(mtime, len(targets)))
+    for t in targets:
+        for s in t:
+            b = os.fsencode(s)
+            out += _LEN.pack(len(b))
+            out += b
+    out += message
+    return out
+
+
+def decode(payload: bytes | memoryview) -> tuple[list[Target], memoryview, float]:
+    """(targets, message, mtime) of a payload; raises ValueError (struct.error) when malformed."""
+    view = memoryview(payload)
+    mtime, n = _PAYLOAD_HEAD.unpack_from(view, 0)
+    pos = _PAYLOAD_HEAD.size
+    targets: list[Target] = []
+    for _ in range(n):
+        parts: list[str] = []
+        for _ in range(4):
+            (ln,) = _LEN.unpack_from(view, pos)
+            pos += _LEN.size
+            if pos + ln > len(view):
+                raise ValueError("target past the record")
+            parts.append(os.fsdecode(bytes(view[pos:pos + ln])))
+            pos += ln
+        targets.append((parts[0], parts[1], parts[2], parts[3]))
+    return targets, view[pos:], mtime
+
+
+def record(gen: int, seq: int, payload: bytes | bytearray) -> bytes:
+    """A whole record: header and payload."""
+    body = struct.pack("<QQI", gen, seq, len(payload)) + payload
+    return struct.pack("<II", REC_MAGIC, zlib.crc32(body)) + body
+
+
+def records(data: bytes | memoryview) -> Iterator[tuple[int, memoryview]]:
+    """(sequence, payload) of the valid records of a journal file's content, in order: those of the
+    header's generation numbered 0, 1, 2... from the header on; the first that does not check (torn,
+    stale, zeros) ends them."""
+    view = memoryview(data)
+    if len(view) < HEADER:
+        return
+    magic, gen = _FILE_HEAD.unpack_from(view, 0)
+    if magic != FILE_MAGIC:
+        return
+    pos, seq = HEADER, 0
+    while pos + _REC_HEAD.size <= len(view):
+        rmagic, crc, rgen, rseq, ln = _REC_HEAD.unpack_from(view, pos)
+        end = pos + _REC_HEAD.size + ln
+        if rmagic != REC_MAGIC or rgen != gen or rseq != seq or end > len(view):
+            return
+        if zlib.crc32(view[pos + 8:end]) != crc:
+            return
+        yield seq, view[pos + _REC_HEAD.size:end]
+        pos, seq = end, seq + 1
+
+
+class _File:
+    """One of a journal's two files: its descriptor (flock held), generation and whether it holds
+    writes not yet fdatasync'd."""
+
+    __slots__ = ("path", "fd", "gen", "dirty")
+
+    def __init__(self, path: Path, fd: int, gen: int) -> None:
+        self.path = path
+        self.fd = fd
+        self.gen = gen
+        self.dirty = False
+
+
+class Journal:
+    """This process's delivery journal: two preallocated files, appends to one of them (the active)
+    until a checkpoint switches to the other. Thread-safe; every method blocks (I/O pool).
+
+    ``append`` in a delivery round's job (after its links), ``sync`` in the round's sync (through
+    fsio.FsSyncer's gate: one fdatasync for every round waiting), ``checkpoint`` in the background
+    (the store's checkpointer), ``close`` at the end. After an error the journal is ``broken``:
+    it takes no more records (deliveries fall back to syncfs) and its files stay for the replay
+    at the next start.
+    """
+
+    def __init__(self, directory: Path, size: int = SIZE) -> None:
+        self.directory = Path(directory)
+        self.size = max(size, 4 * HEADER)
+        self._lock = threading.Lock()
+        self._files: list[_File] = []
+        self._active = 0
+        self._pos = HEADER
+        self._seq = 0
+        #: directories on the file systems of the links the active file records (a checkpoint syncs them)
+        self._fs_paths: set[str] = set()
+        self.broken: OSError | None = None
+        self._closed = False  # close() began: no more records
+        #: records appended, checkpoints made, fdatasyncs (tests, the bench)
+        self.appended = 0
+        self.checkpoints = 0
+        self.syncs = 0
+
+    # --- files ----------------------------------------------------------------
+
+    def create(self) -> None:
+        """Make this process's two files: zero-filled to ``size`` (written once, so that later
+        overwrites need no metadata), flock'ed, header of generation 1, made durable with their
+        directory entries. Raises OSError (nothing is left behind)."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        base = fsio.unique_name()
+        zeros = bytes(1 << 20)
+        try:
+            for i in (0, 1):
+                path = self.directory / f"{base}.{i}{SUFFIX}"
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+                self._files.append(_File(path, fd, 1))
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                for off in range(0, self.size, len(zeros)):
+                    os.pwrite(fd, zeros[:self.size - off], off)
+                os.pwrite(fd, _FILE_HEAD.pack(FILE_MAGIC, 1), 0)
+                os.fsync(fd)
+            fsio.fsync_dir(self.directory)
+        except BaseException:
+            self._remove()
+            raise
+
+    def _remove(self) -> None:
+        for f in self._files:
+            with contextlib.suppress(OSError):
+                os.unlink(f.path)
+            with contextlib.suppress(OSError):
+                os.close(f.fd)
+        self._files.clear()
+
+    @property
+    def ready(self) -> bool:
+        """Takes records: made, not broken."""
+        return bool(self._files) and self.broken is None
+
+    @property
+    def pending(self) -> bool:
+        """The active file holds records not yet checkpointed."""
+        return self._seq > 0
+
+    @property
+    def urgent(self) -> bool:
+        """The active file is past URGENT of its size: checkpoint now."""
+        return self._pos > self.size * URGENT
+
+    # --- writing --------------------------------------------------------------
+
+    def append(self, payload: bytes | bytearray, fs_path: str) -> bool:
+        """Write one record (not synced: :meth:`sync` does). ``fs_path``: a directory on the file system
+        of the links it records (the next checkpoint syncs it). False when the journal takes no record
+        now (full until the next checkpoint, broken, closed): the caller syncs its links otherwise.
+        Raises OSError (the journal is then broken)."""
+        with self._lock:
+            if not self.ready or self._closed:
+                return False
+            f = self._files[self._active]
+            rec = record(f.gen, self._seq, payload)
+            if self._pos + len(rec) > self.size:
+                return False
+            try:
+                os.pwrite(f.fd, rec, self._pos)
+            except OSError as exc:
+                self.broken = exc
+                raise
+            f.dirty = True
+            self._pos += len(rec)
+            self._seq += 1
+            self._fs_paths.add(fs_path)
+            self.appended += 1
+            return True
+
+    def sync(self) -> None:
+        """fdatasync every file written since its last one (every record appended before the call
+        is then durable). Raises OSError (the journal is then broken: the records of those writes
+        may or may not be on disk, and this descriptor would not report the error again)."""
+        with self._lock:
+            todo = [f for f in self._files if f.dirty]
+            for f in todo:
+                f.dirty = False
+            if self.broken is not None:
+                raise OSError(self.broken.errno or errno.EIO, f"journal unusable: {self.broken}")
+        for f in todo:
+            try:
+                os.fdatasync(f.fd)
+            except OSError as exc:
+                self.broken = exc
+                raise
+        self.syncs += len(todo)
+
+    def checkpoint(self) -> bool:
+        """Make the active file's records done: switch appends to the other file, syncfs the file
+        systems of their links (a syncfs that began after every one of them), then restart the old
+        file (generation + 1, durable). False when there was nothing to do. Raises OSError (the
+        journal is then broken; its records stay for replay)."""
+        with self._lock:
+            if not self.ready or not self._seq:
+                return False
+            old = self._files[self._active]
+            self._active ^= 1
+            self._pos, self._seq = HEADER, 0
+            paths, self._fs_paths = list(self._fs_paths), set()
+        try:
+            errors, _ = fsio._syncfs_paths(paths)
+            for err in errors:
+                if err is not None:
+                    raise err
+            self._restart(old)
+        except OSError as exc:
+            self.broken = exc
+            raise
+        self.checkpoints += 1
+        return True
+
+    def _restart(self, f: _File) -> None:
+        """Start ``f`` over: its header with the next generation, durable (its old records never replay)."""
+        gen = f.gen + 1
+        os.pwrite(f.fd, _FILE_HEAD.pack(FILE_MAGIC, gen), 0)
+        os.fdatasync(f.fd)
+        f.gen = gen
+
+    def close(self) -> None:
+        """A last checkpoint, then the files are removed (broken: they stay, closed, for replay).
+        Raises OSError (the files then stay)."""
+        if not self._files:
+            return
+        with self._lock:
+            self._closed = True  # a round still running (close timed out) syncs its links otherwise
+        try:
+            if self.broken is None:
+                self.checkpoint()
+        finally:
+            with self._lock:
+                files, self._files = self._files, []
+            if self.broken is None:
+                for f in files:
+                    os.unlink(f.path)
+                fsio.fsync_dir(self.directory)
+            for f in files:
+                os.close(f.fd)
+
+
+# --- replay -------------------------------------------------------------------
+
+
+class _Index:
+    """Read access to one account's mailbox index for replay (None when it has none yet)."""
+
+    def __init__(self, root: str) -> None:
+        from mailsrv.store.engine import INDEX_NAME
+
+        self.conn: sqlite3.Connection | None = None
+        path = os.path.join(root, INDEX_NAME)
+        if os.path.exists(path):
+            self.conn = sqlite3.connect(path, timeout=30.0, isolation_level=None)
+        self._mailboxes: dict[str, int | None] = {}
+
+    def mailbox(self, root: str, folder: str) -> int | None:
+        rel = os.path.relpath(folder, root)
+        rel = "" if rel == "." else rel
+        if rel not in self._mailboxes:
+            row = None
+            if self.conn is not None:
+                row = self.conn.execute("SELECT id FROM mailboxes WHERE dir=?", (rel,)).fetchone()
+            self._mailboxes[rel] = row[0] if row else None
+        return self._mailboxes[rel]
+
+    def indexed(self, mid: int, key: str) -> str | None:
+        """The file name the index gives ``key`` in that mailbox, or None."""
+        assert self.conn is not None
+        row = self.conn.execute("SELECT fname FROM messages WHERE mailbox=? AND key=?", (mid, key)).fetchone()
+        return str(row[0]) if row else None
+
+    def gone(self, mid: int, key: str) -> bool:
+        """Was ``key`` removed from that mailbox (expunged, moved out) after it was indexed?"""
+        assert self.conn is not None
+        try:
+            return self.conn.execute("SELECT 1 FROM gone WHERE mailbox=? AND key=?", (mid, key)).fetchone() is not None
+        except sqlite3.OperationalError as exc:  # an index of a mailsrv before the table: it made no record
+            if "no such table" in str(exc):
+                return False
+            raise
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+
+
+class _Replay:
+    """One replay's state: the indexes and ``cur/`` listings it opened, what it restored."""
+
+    def __init__(self) -> None:
+        self.indexes: dict[str, _Index] = {}
+        self.cur: dict[str, set[str]] = {}
+        self.restored = 0
+        self.fs_paths: set[str] = set()
+
+    def index(self, root: str) -> _Index:
+        idx = self.indexes.get(root)
+        if idx is None:
+            idx = self.indexes[root] = _Index(root)
+        return idx
+
+    def in_cur(self, folder: str, key: str) -> bool:
+        keys = self.cur.get(folder)
+        if keys is None:
+            try:
+                keys = {md.split_filename(n)[0] for n in os.listdir(f"{folder}/cur")}
+            except FileNotFoundError:
+                keys = set()
+            self.cur[folder] = keys
+        return key in keys
+
+    def target(self, t: Target, message: memoryview, mtime: float) -> None:
+        """Restore one target's file unless it is there, was taken, or was removed since."""
+        root, folder, name, key = t
+        if os.path.lexists(f"{folder}/new/{name}"):
+            return
+        if not os.path.isdir(f"{folder}/new"):  # the mailbox was deleted (or renamed) since
+            return
+        idx = self.index(root)
+        mid = idx.mailbox(root, folder) if idx.conn is not None else None
+        if mid is not None:
+            fname = idx.indexed(mid, key)
+            if fname is not None:  # taken into cur/ by a reader: its file must be there
+                if not self.in_cur(folder, key):
+                    self._write(folder, "cur", fname, message, mtime)
+                return
+            if idx.gone(mid, key):  # taken, then expunged or moved out: not resurrected
+                return
+        if self.in_cur(folder, key):  # taken into cur/, its index commit lost: the next sync indexes it
+            return
+        self._write(folder, "new", name, message, mtime)
+
+    def _write(self, folder: str, sub: str, name: str, message: memoryview, mtime: float) -> None:
+        """Blocking: the file back into ``folder/sub/name`` through ``tmp/`` (made durable by the
+        replay's syncfs)."""
+        tmp = f"{folder}/tmp/{name}.replay"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            view = message
+            while view:
+                view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)
+        os.utime(tmp, (mtime, mtime))
+        os.rename(tmp, f"{folder}/{sub}/{name}")
+        self.restored += 1
+        self.fs_paths.add(folder)
+        logger.warning("journal.restored", file=f"{folder}/{sub}/{name}")
+
+    def close(self) -> None:
+        for idx in self.indexes.values():
+            idx.close()
+
+
+def replay(directory: Path | str) -> int:
+    """Blocking: replay every journal file in ``directory`` whose owner is gone (its flock is free),
+    then remove it; the files restored (every one durable on return). Files of a live owner are left.
+    Idempotent: a record replayed twice restores its files once. Raises OSError (what was not
+    replayed stays for the next call)."""
+    directory = Path(directory)
+    try:
+        names = sorted(n for n in os.listdir(directory) if n.endswith(SUFFIX))
+    except FileNotFoundError:
+        return 0
+    taken: list[tuple[Path, int]] = []
+    state = _Replay()
+    try:
+        for n in names:
+            path = directory / n
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+            except FileNotFoundError:  # replayed by another process meanwhile
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:  # its owner lives
+                os.close(fd)
+                continue
+            taken.append((path, fd))
+            if os.fstat(fd).st_nlink == 0:  # removed by another replay between our open and lock
+                continue
+            with open(path, "rb") as fh:
+                data = fh.read()
+            for _, payload in records(data):
+                try:
+                    targets, message, mtime = decode(payload)
+                except (ValueError, struct.error):
+                    logger.error("journal.bad_record", file=str(path))
+                    break
+                for t in targets:
+                    state.target(t, message, mtime)
+        if state.fs_paths:
+            errors, _ = fsio._syncfs_paths(list(state.fs_paths))
+            for err in errors:
+                if err is not None:
+                    raise err
+        for path, _ in taken:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        if taken:
+            fsio.fsync_dir(directory)
+    finally:
+        state.close()
+        for _, fd in taken:
+            os.close(fd)
+    if taken:
+        logger.info("journal.replayed", files=len(taken), restored=state.restored)
+    return state.restored
+
+
+def journal_dir(data_dir: Path | str) -> Path:
+    """Where the journals of a data directory are."""
+    return Path(data_dir) / DIR_NAME
+
+
+__all__ = ["Journal", "replay", "journal_dir", "encode", "decode", "record", "records", "MAX_MESSAGE", "SIZE"]

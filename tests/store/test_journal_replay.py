@@ -1,0 +1,102 @@
+"""Replay of a killed process's delivery journal (store/journal.py): a child process delivers through
+the journal, gets its acknowledgements and is killed with SIGKILL before any checkpoint; the links a
+power cut would not have kept are then removed, and replay must bring back exactly those, never a
+message a reader took, expunged or moved meanwhile."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from mailsrv.store import Store, journal
+
+from .conftest import msg
+
+Run = Callable[[Awaitable[Any]], Any]
+
+CHILD = textwrap.dedent("""
+    import asyncio, os, signal, sys
+    from pathlib import Path
+    from mailsrv.config import StoreConfig
+    from mailsrv.store import DeliveryTarget, Store
+
+    def msg(n):
+        return (f"From: a@example.test\\r\\nTo: b@example.test\\r\\nSubject: hello\\r\\n"
+                f"Message-ID: <m{n}@example.test>\\r\\n\\r\\nbody {n}\\r\\n").encode()
+
+    async def main():
+        base, n = Path(sys.argv[1]), int(sys.argv[2])
+        # no checkpoint and no indexing before the kill
+        store = Store(StoreConfig(index_delay=3600, journal_interval=3600), base, hostname="test.example")
+        await store.start()
+        assert store.journal is not None
+        acct = await store.account("u")
+        (base / "spool").mkdir(exist_ok=True)
+        for i in range(n):
+            [r] = await store.deliver(base / "spool" / f"s{i}", [DeliveryTarget(acct)], uids=False, data=msg(i),
+                                      consume=True)
+            assert r.status == "ok", r
+        print("acked", store.journal.appended, store.journal.checkpoints, flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    asyncio.run(main())
+""")
+
+
+def _deliver_and_die(base: Path, n: int) -> None:
+    out = subprocess.run([sys.executable, "-c", CHILD, str(base), str(n)], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == -9, out.stderr
+    assert out.stdout.split() == ["acked", str(n), "0"]
+    assert len(os.listdir(journal.journal_dir(base))) == 2  # left by the dead process
+
+
+def _new(base: Path) -> dict[str, bytes]:
+    new = base / "mail" / "u" / "new"
+    return {n: (new / n).read_bytes() for n in os.listdir(new)}
+
+
+def test_replay_restores_exactly_the_lost_links(tmp_path: Path) -> None:
+    _deliver_and_die(tmp_path, 6)
+    before = _new(tmp_path)
+    assert len(before) == 6
+    lost = sorted(before)[1::2]
+    for n in lost:  # links a power cut did not keep
+        os.unlink(tmp_path / "mail" / "u" / "new" / n)
+    assert journal.replay(journal.journal_dir(tmp_path)) == len(lost)
+    assert _new(tmp_path) == before  # the same names and bytes
+    assert os.listdir(journal.journal_dir(tmp_path)) == []
+    assert journal.replay(journal.journal_dir(tmp_path)) == 0
+
+
+def test_replay_at_start_keeps_taken_expunged_and_moved(tmp_path: Path, run: Run,
+                                                        make_store: Callable[..., Store]) -> None:
+    _deliver_and_die(tmp_path, 5)
+    store = make_store(journal=False)  # a reader of another process, before the replay
+    acct = run(store.account("u"))
+    view = run(acct.open_mailbox("INBOX"))  # takes all five into cur/
+    assert [m.uid for m in view.messages] == [1, 2, 3, 4, 5] and os.listdir(acct.root / "new") == []
+    run(acct.store_flags("INBOX", [1], frozenset({"\\Deleted"}), "add"))
+    assert run(acct.expunge("INBOX", [1])) == [1]  # expunged (as a POP3 DELE is)
+    run(acct.move("INBOX", [2], "Trash"))  # moved out
+    run(acct.store_flags("INBOX", [3], frozenset({"\\Seen"}), "add"))  # renamed in cur/
+    lost_cur = run(acct.message_path("INBOX", 4))
+    body4 = lost_cur.read_bytes()
+    run(store.close())
+    os.unlink(lost_cur)  # taken into cur/ and indexed, but the rename was lost with the link (power cut)
+
+    again = make_store(index_delay=0.0)
+    run(again.start())  # the worker's start replays the dead process's journal
+    assert again.journal is not None and len(os.listdir(journal.journal_dir(tmp_path))) == 2  # its own only
+    acct = run(again.account("u"))
+    view = run(acct.open_mailbox("INBOX"))
+    assert [m.uid for m in view.messages] == [3, 4, 5]  # nothing resurrected, nothing duplicated
+    assert run(acct.read_message("INBOX", 4)) == body4
+    assert len(run(acct.open_mailbox("Trash")).messages) == 1
+    assert sorted(os.listdir(acct.root / "new")) == []
+    assert msg(1).split(b"\r\n\r\n")[1] in run(acct.read_message("Trash", 1))  # UID 2 held message 1
