@@ -755,15 +755,18 @@ class Engine:
                 self._write_rows(self._rows)  # (a slice's rows written in it)
                 fsio.give_way(self.lock)
             pend = self.pending.pop(key, None)
-            _, info = maildir.split_filename(n)
-            flags = maildir.info_to_flags(info, self._letters(mb) if _has_letters(info) else {})
+            if n == key:  # no info part (how a delivery without flags names its file): no flags, no keywords
+                flags, fname = _NO_FLAGS, key + ":2,"
+            else:
+                _, info = maildir.split_filename(n)
+                flags = maildir.info_to_flags(info, self._letters(mb) if _has_letters(info) else {})
+                fname = maildir.filename(key, flags, self._kw_for(mb, flags))
             uid = None
             if ul is not None and key in ul.uids:
                 if used is None:
                     used = self._used_uids(mb.id)
                 if ul.uids[key] not in used:
                     uid = ul.uids[key]
-            fname = maildir.filename(key, flags, self._kw_for(mb, flags))
             try:
                 self._insert(mb, new_dir + n, key, flags, size, mtime, pend, lines, res, uid=uid,
                              meta=ul.meta.get(key) if ul is not None else None, fname=fname)
@@ -1413,6 +1416,9 @@ class Engine:
 def _pair(limits: QuotaLimits) -> tuple[int, int]:
     """Limits as the quota module wants them: -1 = unlimited."""
     return (-1 if limits.storage is None else limits.storage, -1 if limits.messages is None else limits.messages)
+
+
+_NO_FLAGS: frozenset[str] = frozenset()
 
 
 def _has_letters(info: str) -> bool:
