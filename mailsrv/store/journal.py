@@ -62,14 +62,20 @@ MAX_MESSAGE = 64 << 10
 Target = tuple[str, str, str, str]
 
 
-def encode(targets: list[Target], message: bytes | memoryview, mtime: float) -> bytearray:
-    """A record's payload (no header)."""
+def meta(targets: list[Target], mtime: float) -> bytearray:
+    """The part of a record's payload before the message."""
     out = bytearray(_PAYLOAD_HEAD.pack(mtime, len(targets)))
     for t in targets:
         for s in t:
             b = os.fsencode(s)
             out += _LEN.pack(len(b))
             out += b
+    return out
+
+
+def encode(targets: list[Target], message: bytes | memoryview, mtime: float) -> bytearray:
+    """A record's payload (no header): :func:`meta` and the message."""
+    out = meta(targets, mtime)
     out += message
     return out
 
@@ -95,8 +101,16 @@ def decode(payload: bytes | memoryview) -> tuple[list[Target], memoryview, float
 
 def record(gen: int, seq: int, payload: bytes | bytearray) -> bytes:
     """A whole record: header and payload."""
-    body = struct.pack("<QQI", gen, seq, len(payload)) + payload
-    return struct.pack("<II", REC_MAGIC, zlib.crc32(body)) + body
+    return b"".join(_record(gen, seq, [payload]))
+
+
+def _record(gen: int, seq: int, parts: list[bytes | bytearray]) -> list[bytes | bytearray]:
+    """A record as buffers (for pwritev: the message is not copied): header, then the payload's parts."""
+    tail = struct.pack("<QQI", gen, seq, sum(len(p) for p in parts))
+    crc = zlib.crc32(tail)
+    for p in parts:
+        crc = zlib.crc32(p, crc)
+    return [struct.pack("<II", REC_MAGIC, crc) + tail, *parts]
 
 
 def records(data: bytes | memoryview) -> Iterator[tuple[int, memoryview]]:
@@ -211,25 +225,28 @@ class Journal:
 
     # --- writing --------------------------------------------------------------
 
-    def append(self, payload: bytes | bytearray, fs_path: str) -> bool:
-        """Write one record (not synced: :meth:`sync` does). ``fs_path``: a directory on the file system
-        of the links it records (the next checkpoint syncs it). False when the journal takes no record
-        now (full until the next checkpoint, broken, closed): the caller syncs its links otherwise.
-        Raises OSError (the journal is then broken)."""
+    def append(self, payload: bytes | bytearray, fs_path: str, message: bytes = b"") -> bool:
+        """Write one record, its payload ``payload`` then ``message`` (not synced: :meth:`sync` does).
+        ``fs_path``: a directory on the file system of the links it records (the next checkpoint syncs
+        it). False when the journal takes no record now (full until the next checkpoint, broken,
+        closed): the caller syncs its links otherwise. Raises OSError (the journal is then broken)."""
+        parts = [payload, message] if message else [payload]
+        size = _REC_HEAD.size + len(payload) + len(message)
         with self._lock:
             if not self.ready or self._closed:
                 return False
             f = self._files[self._active]
-            rec = record(f.gen, self._seq, payload)
-            if self._pos + len(rec) > self.size:
+            if self._pos + size > self.size:
                 return False
             try:
-                os.pwrite(f.fd, rec, self._pos)
+                n = os.pwritev(f.fd, _record(f.gen, self._seq, parts), self._pos)
+                if n != size:  # (a regular file: short only on error, e.g. ENOSPC for a hole)
+                    raise OSError(errno.EIO, f"short journal write: {n} of {size} bytes")
             except OSError as exc:
                 self.broken = exc
                 raise
             f.dirty = True
-            self._pos += len(rec)
+            self._pos += size
             self._seq += 1
             self._fs_paths.add(fs_path)
             self.appended += 1
@@ -480,4 +497,4 @@ def journal_dir(data_dir: Path | str) -> Path:
     return Path(data_dir) / DIR_NAME
 
 
-__all__ = ["Journal", "replay", "journal_dir", "encode", "decode", "record", "records", "MAX_MESSAGE", "SIZE"]
+__all__ = ["Journal", "replay", "journal_dir", "meta", "encode", "decode", "record", "records", "MAX_MESSAGE", "SIZE"]

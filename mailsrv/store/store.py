@@ -633,7 +633,7 @@ class Store:
                    for acct, _, key, path in later]
         mtime = internal_date if internal_date is not None else time.time()
         try:
-            if not self.journal.append(journal.encode(targets, data, mtime), str(spool.parent)):
+            if not self.journal.append(journal.meta(targets, mtime), str(spool.parent), data):
                 return out
         except OSError as exc:
             logger.error("journal.append_failed", error=str(exc))

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from mailsrv.store import Store, journal
+from mailsrv.store import DeliveryTarget, Store, journal
 
 from .conftest import msg
 
@@ -100,3 +100,27 @@ def test_replay_at_start_keeps_taken_expunged_and_moved(tmp_path: Path, run: Run
     assert len(run(acct.open_mailbox("Trash")).messages) == 1
     assert sorted(os.listdir(acct.root / "new")) == []
     assert msg(1).split(b"\r\n\r\n")[1] in run(acct.read_message("Trash", 1))  # UID 2 held message 1
+
+
+def test_index_of_an_older_mailsrv_gains_the_gone_table(tmp_path: Path, run: Run,
+                                                        make_store: Callable[..., Store]) -> None:
+    import sqlite3
+
+    from mailsrv.store.engine import INDEX_NAME
+
+    first = make_store()
+    acct = run(first.account("u"))
+    [r] = run(first.deliver(tmp_path / "s1", [DeliveryTarget(acct)], data=msg(1)))
+    assert r.uid == 1
+    run(first.close())
+    conn = sqlite3.connect(acct.root / INDEX_NAME)
+    conn.executescript("DROP TRIGGER gone_del; DROP TRIGGER gone_moved; DROP TABLE gone;")  # as before the table
+    conn.close()
+    again = make_store()
+    acct = run(again.account("u"))
+    run(acct.store_flags("INBOX", [1], frozenset({"\\Deleted"}), "add"))
+    assert run(acct.expunge("INBOX")) == [1]
+    conn = sqlite3.connect(acct.root / INDEX_NAME)
+    rows = conn.execute("SELECT key FROM gone").fetchall()
+    conn.close()
+    assert len(rows) == 1 and rows[0][0].endswith(f",S={len(msg(1))}")  # the expunged message's key
