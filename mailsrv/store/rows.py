@@ -83,6 +83,8 @@ class Pending:
     unsynced: bool = False
     #: the parse ``structure`` was made from (its observers take it instead of parsing again)
     parsed: MessageStructure | None = None
+    #: what gives ``raw``'s bytes back to the process's budget when this Pending is collected (store.py)
+    held: object = None
 
 
 @dataclass

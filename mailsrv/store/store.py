@@ -892,11 +892,24 @@ class _RawBudget:
                 pend.raw = None
                 return
             self.held += n
-        weakref.finalize(pend, self._give, n)
+        pend.held = _Held(self, n)  # (a token freed with pend: a third of weakref.finalize's cost)
 
     def _give(self, n: int) -> None:
         with self.lock:
             self.held -= n
+
+
+class _Held:
+    """``n`` bytes a :class:`_RawBudget` counts until this token (``Pending.held``) is collected."""
+
+    __slots__ = ("budget", "n")
+
+    def __init__(self, budget: _RawBudget, n: int) -> None:
+        self.budget = budget
+        self.n = n
+
+    def __del__(self) -> None:
+        self.budget._give(self.n)
 
 
 _RAW_HELD = _RawBudget()
