@@ -887,9 +887,9 @@ class _DiskState:
             costs = [c for _, c in seen]
             parts.append(f"{name} {percentile(costs, 50):.0f} / {max(costs):.0f} us ({sum(w for w, _ in seen):.1f} s "
                          f"of sync and waiting)")
-        return (f"before each server's cell: sync, then a wait (at most {self.limit:.0f} s a cell) until an "
-                f"empty file create costs under {self.quiet_us:.0f} us; the create cost at its cells' start, "
-                "median / max, per server: " + "; ".join(parts))
+        return (f"before each server's measurement (each round of each cell, and each disk floor): sync, then a "
+                f"wait (at most {self.limit:.0f} s each) until an empty file create costs under {self.quiet_us:.0f} "
+                "us; the create cost at their start, median / max, per server: " + "; ".join(parts))
 
 
 #: The disk's floor: a durable answer with no SMTP and no server, one writer, label -> write(tmp, name, data, new)
