@@ -206,7 +206,8 @@ def extract(raw: bytes, max_text: int = 1 << 20, structure: mime.MessageStructur
         headers.append(normalize(f"{lname}: {text}"))
     t = doc.text
     for f in ("from", "to", "cc", "bcc", "subject", "message-id"):
-        t[f] = normalize(" ".join(values.get(f, ())))
+        v = values.get(f)
+        t[f] = normalize(" ".join(v)) if v else ""  # (no call for an absent field: normalize("") is "")
     t["headers"] = HEADER_SEP.join(headers)
     doc.subject = base_subject(values.get("subject", [""])[0])
     doc.from_addr, doc.from_display = _first_address(first.get(b"from", b""))

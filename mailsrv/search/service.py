@@ -370,7 +370,7 @@ class MailboxIndex:
                 off = app.text.size()
                 recs = []
                 for (uid, doc), blob in zip(docs, texts, strict=True):
-                    recs.append(encode_record({"a": uid, "o": off, "l": len(blob), "c": list(doc.columns())}))
+                    recs.append(encode_record({"a": uid, "o": off, "l": len(blob), "c": doc.columns()}))
                     off += len(blob)
                 if recs:
                     app.text.append_many(texts)

@@ -178,7 +178,7 @@ class TextStore:
     @staticmethod
     def encode(text: dict[str, str]) -> bytes:
         parts = [text.get(f, "").encode("utf-8") for f in FIELDS]
-        return _TEXT_HEAD.pack(*(len(p) for p in parts)) + b"".join(parts)
+        return _TEXT_HEAD.pack(*map(len, parts)) + b"".join(parts)
 
     def append(self, blob: bytes) -> int:
         """Append a record; returns its offset. Caller holds the exclusive lock."""
