@@ -124,3 +124,38 @@ def test_index_of_an_older_mailsrv_gains_the_gone_table(tmp_path: Path, run: Run
     rows = conn.execute("SELECT key FROM gone").fetchall()
     conn.close()
     assert len(rows) == 1 and rows[0][0].endswith(f",S={len(msg(1))}")  # the expunged message's key
+
+
+def test_master_replays_before_workers_serve(tmp_path: Path) -> None:
+    """``mailsrv serve`` after a crash: the master replays the journal a dead worker left before it
+    forks the workers (no reader can take, expunge or index anything first)."""
+    import tomllib
+
+    from support.server import ServerProcess, init_setup
+
+    cfg = init_setup(tmp_path / "srv", workers=2)
+    data_dir = cfg.parent / tomllib.loads(cfg.read_text())["server"].get("data_dir", "data")
+    folder = data_dir / "mail" / "lost"
+    for sub in ("new", "cur", "tmp"):
+        (folder / sub).mkdir(parents=True)
+    jr = journal.Journal(journal.journal_dir(data_dir), 1 << 20)
+    jr.create()
+    name = "1764340000.M1P2Q3.mail.example.test,S=9"
+    assert jr.append(journal.meta([(str(folder), str(folder), name, name)], 1_700_000_000.0), str(folder),
+                     b"message\r\n")
+    jr.sync()
+    dead = [(f.path, f.path.read_bytes()) for f in jr._files]
+    jr.close()
+    for path, data in dead:  # as its killed owner left them: records synced, no checkpoint
+        path.write_bytes(data)
+    srv = ServerProcess(cfg).wait_ready()
+    try:
+        replayed = [i for i, ln in enumerate(srv.lines) if "journal.replayed" in ln and "restored=1" in ln]
+        ready = [i for i, ln in enumerate(srv.lines) if "worker.ready" in ln]
+        assert replayed and ready and replayed[0] < ready[0]
+        assert (folder / "new" / name).read_bytes() == b"message\r\n"
+        assert not any(p.exists() for p, _ in dead)
+        assert len(os.listdir(journal.journal_dir(data_dir))) == 4  # the two workers' own
+    finally:
+        assert srv.stop() == 0
+    assert os.listdir(journal.journal_dir(data_dir)) == []  # a clean stop removes them
