@@ -39,6 +39,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -785,13 +786,22 @@ class _Server:
         before = self.delivered()
         t0 = time.monotonic()
         lat: list[float] = []
-        if client == "smtp-source":
-            # smtp-source sends a count: the server's last rate at this size sizes the round (else a guess)
-            guess = next((rs[-1].rate for (bsize, _), rs in reversed(self.rounds.items()) if bsize == size), 1000.0)
-            rate, sent, ccpu = _source_load(self.port, n, _body(size), seconds, guess)
-        else:
-            rate, lat, ccpu = _python_load(self.port, n, _body(size), seconds)
-            sent = len(lat)
+        # the processes alive half-way through the load (Postfix's smtpd, cleanup and virtual come and go) for
+        # the peak RSS; the end of the round samples those alive once the server is idle
+        mid = threading.Timer(seconds / 2, self.meter.sample)
+        mid.start()
+        try:
+            if client == "smtp-source":
+                # smtp-source sends a count: the server's last rate at this size sizes the round (else a guess)
+                guess = next((rs[-1].rate for (bsize, _), rs in reversed(self.rounds.items()) if bsize == size),
+                             1000.0)
+                rate, sent, ccpu = _source_load(self.port, n, _body(size), seconds, guess)
+            else:
+                rate, lat, ccpu = _python_load(self.port, n, _body(size), seconds)
+                sent = len(lat)
+        finally:
+            mid.cancel()
+            mid.join()
         done = self._delivered_since(before, sent)
         drate = done / (time.monotonic() - t0)
         _quiesce(self.meter)

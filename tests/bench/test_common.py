@@ -28,6 +28,7 @@ from bench._common import (  # noqa: E402
     proc_tree,
     raise_nofile,
     seed_cache,
+    status_kib,
     toml_dump,
 )
 
@@ -79,6 +80,59 @@ def test_meter_counts_a_child_and_its_reaped_grandchild() -> None:
         assert s["cpu_s_per_1k_ops"] == round(s["cpu_seconds"] * 500, 6)
         assert s["peak_rss_kib"] > 1024 and s["processes"] == 1
         proc.kill()
+
+
+#: A server whose children come and go: each line "spawn" on stdin starts a child holding 40 MiB (written) and
+#: answers its pid once the child holds it, "end PID" ends that child and answers "ended".
+FORKER = """import subprocess, sys
+kids = {}
+for line in sys.stdin:
+    if line.startswith("spawn"):
+        child = subprocess.Popen([sys.executable, "-c", "import sys; b = bytearray(40 << 20); b[::4096] = "
+                                  "b'x' * len(b[::4096]); print('up', flush=True); sys.stdin.read()"],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert child.stdout.readline() == "up\\n"
+        kids[child.pid] = child
+        print(child.pid, flush=True)
+    else:
+        child = kids.pop(int(line.split()[1]))
+        child.kill()
+        child.wait()
+        print("ended", flush=True)
+"""
+
+
+def test_meter_peak_rss_counts_the_processes_alive_at_one_sample() -> None:
+    """Peak RSS is the largest sum of VmHWM over the processes alive at one sample: three 40 MiB children that
+    live one after the other count once (Postfix's ~700 short-lived processes in a run of bench smtp were
+    summed to 4 974 MiB), two alive together count twice."""
+    with subprocess.Popen([sys.executable, "-c", FORKER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                          text=True) as proc:
+        assert proc.stdin is not None and proc.stdout is not None
+
+        def ask(line: str) -> str:
+            proc.stdin.write(line + "\n")  # type: ignore[union-attr]
+            proc.stdin.flush()  # type: ignore[union-attr]
+            return proc.stdout.readline().strip()  # type: ignore[union-attr]
+
+        meter = ServerMeter("forker", lambda: proc_tree(proc.pid)).start()
+        for _ in range(3):
+            pid = ask("spawn")
+            meter.sample()
+            assert ask(f"end {pid}") == "ended"
+        one = meter.summary()
+        assert one["processes"] == 2 and one["processes_seen"] == 4, one
+        parent = status_kib([proc.pid], "VmHWM")
+        assert 40 << 10 < one["peak_rss_kib"] - parent < 60 << 10, (one, parent)  # one child, not three
+        assert 40 << 10 < one["rss_at_peak_kib"] <= one["peak_rss_kib"], one
+        pids = [ask("spawn"), ask("spawn")]
+        meter.sample()
+        two = meter.summary()
+        assert two["processes"] == 3 and two["processes_seen"] == 6, two
+        assert two["peak_rss_kib"] - parent > 80 << 10, (two, parent)
+        for pid in pids:
+            assert ask(f"end {pid}") == "ended"
+        proc.stdin.close()
 
 
 def test_proc_tree_finds_grandchildren() -> None:
