@@ -629,8 +629,9 @@ class Store:
         if not later:
             fsio.journaled()  # nothing linked: nothing to make durable
             return out
-        targets = [(str(acct.root), os.path.dirname(os.path.dirname(path)), os.path.basename(path), key)
-                   for acct, _, key, path in later]
+        # absolute: the replay may run in another process, from another working directory
+        targets = [(os.path.abspath(acct.root), os.path.abspath(os.path.dirname(os.path.dirname(path))),
+                    os.path.basename(path), key) for acct, _, key, path in later]
         mtime = internal_date if internal_date is not None else time.time()
         try:
             if not self.journal.append(journal.meta(targets, mtime), str(spool.parent), data):
