@@ -146,7 +146,12 @@ _address_like = st.builds(
     lambda w1, lt, local, at, dom, gt, w2, name: f"{name}{w1}{lt}{local}{at}{dom}{gt}{w2}",
     _ws, st.sampled_from(["", "<", "<<"]), _dot_atom, st.sampled_from(["@", "@@", "", " @"]),
     st.one_of(_dot_atom, st.just("[1.2.3.4]"), st.just("")), st.sampled_from(["", ">", ">>", ">,x@y"]), _ws,
-    st.sampled_from(["", "Ann ", '"A B" ', "=?utf-8?q?x?= ", "(c) ", ".", "a.", "\r\n "]),
+    st.one_of(st.sampled_from(["", "Ann ", '"A B" ', "=?utf-8?q?x?= ", "(c) ", ".", "a.", "\r\n "]),
+              st.builds(lambda words, sep, end: sep.join(words) + end,  # display names of atoms
+                        st.lists(_atom, min_size=1, max_size=3), st.sampled_from([" ", "  ", "\t", " \t"]),
+                        st.sampled_from(["", " ", "\t", "=?"])),
+              st.builds(lambda text, end: f'"{text}"{end}',  # quoted display names
+                        st.text(' \tAb,;:()<>@.\'"\\=?\x7f', max_size=6), st.sampled_from(["", " ", "\t"]))),
 ).map(lambda s: s.encode())
 
 
@@ -166,10 +171,14 @@ def test_plain_addresses_skip_the_parser(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setattr(ex, "_parsed_first_address", lambda v: calls.append(v) or ("", ""))
     assert ex._first_address(b" Sender.One@Example.TEST") == ("sender.one", "sender.one@example.test")
     assert ex._first_address(b"<a+b@x.y> ") == ("a+b", "a+b@x.y")
+    assert ex._first_address(b"Ann  O'Brien\t<Ann@X.y>") == ("ann", "ann o'brien")  # a display name of atoms
+    assert ex._first_address(b' "Smith,  Ann " <a@x.y>') == ("a", "smith,  ann")  # a quoted one
+    assert ex._first_address(b'"" <a@x.y>') == ("a", "a@x.y")
     assert calls == []
-    ex._first_address(b"Ann <a@x.y>")
+    ex._first_address(b'"A\\"nn" <a@x.y>')
+    ex._first_address(b"=?utf-8?q?Ann?= <a@x.y>")
     ex._first_address(b"<a@x.y")
-    assert calls == [b"Ann <a@x.y>", b"<a@x.y"]
+    assert calls == [b'"A\\"nn" <a@x.y>', b"=?utf-8?q?Ann?= <a@x.y>", b"<a@x.y"]
 
 
 #: header values: folded ASCII text, encoded words (whole or broken), 8-bit bytes
