@@ -629,9 +629,13 @@ class Store:
         if not later:
             fsio.journaled()  # nothing linked: nothing to make durable
             return out
-        # absolute: the replay may run in another process, from another working directory
-        targets = [(os.path.abspath(acct.root), os.path.abspath(os.path.dirname(os.path.dirname(path))),
-                    os.path.basename(path), key) for acct, _, key, path in later]
+        targets: list[journal.Target] = []
+        for acct, _, key, path in later:  # (str paths: a few us less than os.path per target)
+            folder, _, name = path.rpartition("/new/")
+            root = str(acct.root)
+            if root[:1] != "/" or folder[:1] != "/":  # absolute: the replay may run in another process
+                root, folder = os.path.abspath(root), os.path.abspath(folder)
+            targets.append((root, folder, name, key))
         mtime = internal_date if internal_date is not None else time.time()
         try:
             if not self.journal.append(journal.meta(targets, mtime), str(spool.parent), data):

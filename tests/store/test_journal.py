@@ -231,3 +231,23 @@ def test_failed_journal_sync_is_a_temporary_failure(tmp_path: Path, run: Run, ma
     monkeypatch.undo()
     [r] = run(store.deliver(tmp_path / "s2", [DeliveryTarget(acct)], uids=False, data=msg(2)))
     assert r.status == "ok" and store.fssync is not None and store.fssync.syncs == 1  # broken: back to syncfs
+
+
+def test_records_hold_absolute_paths(tmp_path: Path, run: Run, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mailsrv.config import StoreConfig
+
+    monkeypatch.chdir(tmp_path)
+    store = Store(StoreConfig(journal_interval=3600), "data", hostname="test.example")  # a relative data_dir
+    try:
+        run(store.start())
+        acct = run(store.account("u"))
+        [r] = run(store.deliver(Path("data/s1"), [DeliveryTarget(acct)], uids=False, data=msg(1)))
+        assert r.status == "ok" and store.journal is not None
+        store.journal.sync()
+        data = store.journal._files[store.journal._active].path.read_bytes()
+        [(_, payload)] = list(journal.records(data))
+        [(root, folder, name, key)] = journal.decode(payload)[0]
+        assert root == folder == str(tmp_path / "data" / "mail" / "u") and name == key
+        assert bytes(journal.decode(payload)[1]) == msg(1)
+    finally:
+        run(store.close())
