@@ -444,6 +444,10 @@ BENCH_CONFIG: dict[str, Any] = {
 }
 
 
+#: Starts of ``mailsrv serve`` with newly picked ports when one was taken meanwhile ("Address already in use")
+PORT_ATTEMPTS = 3
+
+
 class Mailsrv:
     """``python -m mailsrv serve`` in its own process group, from a fresh ``mailsrv init`` in ``base``.
 
@@ -452,7 +456,8 @@ class Mailsrv:
     ``<name>@example.test`` (password :data:`PASSWORD`) per entry, the seed maildir copied into
     the user's store (``None``: empty). ``demo`` keeps init's alice and bob (``passwords``).
     Every listener gets a free port on 127.0.0.1 (``ports``: smtp, submission, submissions,
-    imap, imaps, pop3, pop3s, jmap, jmaps, admin). The server logs at info, as an operator
+    imap, imaps, pop3, pop3s, jmap, jmaps, admin; picked again, up to :data:`PORT_ATTEMPTS` starts,
+    when another process bound one first). The server logs at info, as an operator
     runs it, into ``base/mailsrv.log`` (a file: no pipe for the client to drain); it is ready
     when the master sends READY=1 over $NOTIFY_SOCKET, as under systemd. It inherits this
     process's RLIMIT_NOFILE.
@@ -464,16 +469,13 @@ class Mailsrv:
         self.base = base
         cmd = [sys.executable, "-m", "mailsrv", "init", "--dir", str(base), "--any-port", "--hostname", hostname,
                "--workers", str(workers)]
-        subprocess.run(cmd + (["--demo"] if demo else []), check=True, capture_output=True)
+        init = subprocess.run(cmd + (["--demo"] if demo else []), capture_output=True, text=True)
+        if init.returncode != 0:
+            raise RuntimeError(f"mailsrv init failed ({init.returncode}): {init.stderr.strip()[-1000:]}")
         cfg_file = base / "mailsrv.toml"
         doc = tomllib.loads(cfg_file.read_text())
         _merge(doc, BENCH_CONFIG)
-        names = list(doc.get("listener", {}))
-        self.ports = dict(zip(names, free_ports(len(names)), strict=True))
-        for name, port in self.ports.items():
-            doc["listener"][name]["bind"] = [f"127.0.0.1:{port}"]
         _merge(doc, config or {})
-        cfg_file.write_text("# mailsrv init, plus the benchmark's settings (bench/_common.py)\n" + toml_dump(doc) + "\n")
         self.data_dir = base / doc["server"].get("data_dir", "data")
         self.passwords: dict[str, str] = {}
         if demo:
@@ -483,23 +485,41 @@ class Mailsrv:
 
             add_users(self.data_dir, AuthConfig(**doc["auth"]), seeds)
         self.log = base / "mailsrv.log"
+        names = list(doc.get("listener", {}))
+        for attempt in range(1, PORT_ATTEMPTS + 1):
+            # a port free_ports() found free may be bound by another process before serve binds it
+            self.ports = dict(zip(names, free_ports(len(names)), strict=True))
+            for name, port in self.ports.items():
+                doc["listener"][name]["bind"] = [f"127.0.0.1:{port}"]
+            cfg_file.write_text("# mailsrv init, plus the benchmark's settings (bench/_common.py)\n"
+                                + toml_dump(doc) + "\n")
+            if self._serve(cfg_file):
+                return
+            tail = self.log.read_text(errors="replace").splitlines()[-5:]
+            if attempt == PORT_ATTEMPTS or not any("Address already in use" in line for line in tail):
+                raise RuntimeError("mailsrv did not start: " + "\n".join(tail))
+
+    def _serve(self, cfg_file: Path) -> bool:
+        """Start ``mailsrv serve -c cfg_file``: True once it is ready, False (stopped) if it exited or never was."""
+        notify = self.base / "notify.sock"
+        notify.unlink(missing_ok=True)
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as ready, open(self.log, "ab") as log:
-            ready.bind(str(base / "notify.sock"))
+            ready.bind(str(notify))
             ready.settimeout(1)
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "mailsrv", "serve", "-c", str(cfg_file)],
                 stdout=subprocess.DEVNULL, stderr=log, start_new_session=True,
-                env={**os.environ, "NOTIFY_SOCKET": str(base / "notify.sock")},
+                env={**os.environ, "NOTIFY_SOCKET": str(notify)},
             )
             deadline = time.monotonic() + 120
             while time.monotonic() < deadline and self.proc.poll() is None:
                 try:
                     if b"READY=1" in ready.recv(4096):
-                        return
+                        return True
                 except TimeoutError:
                     continue
         self.stop()
-        raise RuntimeError("mailsrv did not start: " + "\n".join(self.log.read_text().splitlines()[-5:]))
+        return False
 
     @property
     def errors(self) -> list[str]:

@@ -12,6 +12,7 @@ import time
 import tomllib
 from pathlib import Path
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -196,6 +197,36 @@ def test_mailsrv_from_init_serves_seeded_users(tmp_path: Path) -> None:
         assert maildir_count(srv.data_dir) == 1
         assert srv.errors == []
     assert srv.proc.returncode is not None and srv.pids() == []
+
+
+def test_mailsrv_takes_new_ports_when_one_was_taken(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A port free_ports() picked and another process bound before `mailsrv serve` did (the window is `mailsrv
+    init`'s second or so) is not a failed scenario: serve starts again on newly picked ports."""
+    import bench._common as common
+
+    picked: list[list[int]] = []
+    free_ports = common.free_ports
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+
+        def ports(n: int) -> list[int]:  # the first pick's first port (smtp) is taken
+            fresh = free_ports(n)
+            picked.append([taken.getsockname()[1], *fresh[1:]] if not picked else fresh)
+            return picked[-1]
+
+        monkeypatch.setattr(common, "free_ports", ports)
+        with Mailsrv(tmp_path / "srv", workers=1, config={"listener": {"smtp": {"tls": "none"}}}) as srv:
+            assert len(picked) == 2 and list(srv.ports.values()) == picked[1], picked
+            assert "Address already in use" in srv.log.read_text()
+            with socket.create_connection(("127.0.0.1", srv.ports["smtp"]), timeout=30) as s:
+                assert s.makefile("rb").readline().startswith(b"220 "), srv.ports
+
+
+def test_mailsrv_init_failure_says_why(tmp_path: Path) -> None:
+    """`mailsrv init`'s own message, not only its exit status, when it fails."""
+    with pytest.raises(RuntimeError, match=r"(?s)mailsrv init failed \(2\): .*--workers: invalid .*'many'"):
+        Mailsrv(tmp_path / "srv", workers="many")
 
 
 def test_bench_all_survives_a_failing_scenario(tmp_path: Path, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
