@@ -72,6 +72,9 @@ RECHECK = ""
 STATS = ("cpu_s", "added", "foreign", "foreign_left", "done_before")
 #: the error of a delivery's results when the store was closing: its job never ran
 CLOSING = "store closing"
+#: seconds between two looks of a worker for delivery journals of dead processes (a worker killed and
+#: not replaced: its replacement replays them at its start; the master at its own start)
+ADOPT_EVERY = 60.0
 
 
 def account_root(data_dir: Path | str, account_id: str | int, store: str | None = None) -> Path:
@@ -137,6 +140,8 @@ class Store:
         #: fdatasync of their records, their links by a checkpoint's syncfs later (store/journal.py)
         self.journal: journal.Journal | None = None
         self._checkpointer: asyncio.Task[None] | None = None
+        self._adopter: asyncio.Task[None] | None = None
+        self._adopt_stop = asyncio.Event()
         self._checkpoint_due = asyncio.Event()  # the journal holds records
         self._checkpoint_now = asyncio.Event()  # ... and it fills up, or the store closes: no interval
 
@@ -162,6 +167,20 @@ class Store:
             return
         self.journal = self.fssync.journal = jr
         self._checkpointer = asyncio.get_running_loop().create_task(self._checkpoints(jr))
+        self._adopter = asyncio.get_running_loop().create_task(self._adopt(where))
+
+    async def _adopt(self, where: Path) -> None:
+        """Every ADOPT_EVERY seconds: replay the journals of processes gone meanwhile (their links are
+        in the page cache: only the files are removed, unless a power cut came too)."""
+        while not self._closing:
+            with contextlib.suppress(TimeoutError):  # close() ends the wait
+                await asyncio.wait_for(self._adopt_stop.wait(), ADOPT_EVERY)
+            if self._closing:
+                return
+            try:
+                await self.io.run(journal.replay, where)
+            except (OSError, sqlite3.Error) as exc:
+                logger.error("journal.replay_failed", error=str(exc))
 
     async def _checkpoints(self, jr: journal.Journal) -> None:
         """The checkpointer: while the journal holds records, one checkpoint every
@@ -321,7 +340,10 @@ class Store:
         if self._checkpointer is not None:
             self._checkpoint_due.set()
             self._checkpoint_now.set()
+            self._adopt_stop.set()
             await self._checkpointer
+        if self._adopter is not None:
+            await self._adopter
         if self.journal is not None:  # a last checkpoint, then its files go (kept for replay on error)
             jr = self.journal
             logger.info("store.journal", appended=jr.appended, syncs=jr.syncs, checkpoints=jr.checkpoints,

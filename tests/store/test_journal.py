@@ -251,3 +251,21 @@ def test_records_hold_absolute_paths(tmp_path: Path, run: Run, monkeypatch: pyte
         assert bytes(journal.decode(payload)[1]) == msg(1)
     finally:
         run(store.close())
+
+
+def test_a_running_worker_adopts_a_dead_journal(tmp_path: Path, run: Run, make_store: Callable[..., Store],
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker killed and not replaced: a sibling replays its journal (ADOPT_EVERY) and removes it."""
+    from mailsrv.store import store as store_mod
+
+    monkeypatch.setattr(store_mod, "ADOPT_EVERY", 0.05)
+    folder = _folder(tmp_path, "x")
+    path = _dead_journal(tmp_path, [_payload(folder, "lost", b"lost\r\n")])
+    store = make_store()
+    run(store.start())  # replays it at once (as a replacement worker)
+    assert (folder / "new" / "lost").read_bytes() == b"lost\r\n" and not path.exists()
+    os.unlink(folder / "new" / "lost")
+    path = _dead_journal(tmp_path, [_payload(folder, "later", b"later\r\n")])  # another process dies later
+    run(wait_until_async(lambda: not path.exists(), 10))
+    assert (folder / "new" / "later").read_bytes() == b"later\r\n"
+    assert store.journal is not None and len(os.listdir(tmp_path / "journal")) == 2  # its own
