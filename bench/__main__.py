@@ -62,13 +62,14 @@ def print_table(report: dict) -> None:
 
 def server_line(srv: dict) -> str:
     """One ``servers`` entry: CPU seconds per 1 000 operations and peak RSS (of the processes alive at one sample,
-    and how many came and went when they were more)."""
+    how many came and went when they were more, and their PSS at that sample)."""
     per_1k = srv.get("cpu_s_per_1k_ops")
     cpu = f"{per_1k:.3f} CPU s per 1000 {srv['operations_unit']}" if per_1k is not None else "no operations counted"
     seen = srv.get("processes_seen", srv["processes"])
     return (f"server {srv['name']}: {cpu} ({srv['cpu_seconds']:.3f} s over {srv['operations']:,}), "
             f"peak RSS {srv['peak_rss_kib'] / 1024:,.1f} MiB over {srv['processes']} processes"
-            + (f" alive at once ({seen:,} seen)" if seen > srv["processes"] else ""))
+            + (f" alive at once ({seen:,} seen)" if seen > srv["processes"] else "")
+            + (f", PSS {srv['pss_at_peak_kib'] / 1024:,.1f} MiB then" if srv.get("pss_at_peak_kib") else ""))
 
 
 def main(argv: list[str] | None = None) -> int:

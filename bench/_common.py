@@ -316,6 +316,19 @@ def rss_kib(pids: list[int]) -> int:
     return status_kib(pids, "VmRSS")
 
 
+def pss_kib(pids: list[int]) -> int:
+    """Proportional set size summed over ``pids`` (/proc/PID/smaps_rollup): shared pages counted once."""
+    total = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
+
+
 class ServerMeter:
     """CPU seconds and peak RSS of a server's processes while a scenario drives it.
 
@@ -338,8 +351,8 @@ class ServerMeter:
         #: every process seen by a sample -> its VmHWM (how many came and went: ``processes_seen``)
         self._hwm: dict[int, int] = {}
         #: the largest sum of VmHWM over the processes alive at one sample, how many they were, and
-        #: their VmRSS at that sample
-        self._peak = self._peak_processes = self._peak_rss_now = 0
+        #: their VmRSS and PSS at that sample
+        self._peak = self._peak_processes = self._peak_rss_now = self._peak_pss_now = 0
 
     def start(self) -> ServerMeter:
         self._start = sum(cpu_seconds(pid) for pid in self.pids())
@@ -356,7 +369,7 @@ class ServerMeter:
             self._hwm[pid] = max(self._hwm.get(pid, 0), hwm)
         if sum(alive.values()) > self._peak:
             self._peak, self._peak_processes = sum(alive.values()), len(alive)
-            self._peak_rss_now = rss_kib(list(alive))
+            self._peak_rss_now, self._peak_pss_now = rss_kib(list(alive)), pss_kib(list(alive))
 
     def cpu(self) -> float:
         """CPU seconds of the server since :meth:`start` (samples first)."""
@@ -369,7 +382,8 @@ class ServerMeter:
         return {"name": self.name, "processes": self._peak_processes, "processes_seen": len(self._hwm),
                 "cpu_seconds": round(cpu, 6), "operations": self.operations, "operations_unit": self.unit,
                 "cpu_s_per_1k_ops": round(cpu * 1000 / self.operations, 6) if self.operations else None,
-                "peak_rss_kib": self._peak, "rss_at_peak_kib": self._peak_rss_now}
+                "peak_rss_kib": self._peak, "rss_at_peak_kib": self._peak_rss_now,
+                "pss_at_peak_kib": self._peak_pss_now}
 
 
 class InProcessMeter(ServerMeter):
@@ -397,7 +411,8 @@ class InProcessMeter(ServerMeter):
     def sample(self) -> None:
         hwm = status_kib([os.getpid()], "VmHWM")
         self._hwm[os.getpid()] = hwm
-        self._peak, self._peak_processes, self._peak_rss_now = hwm, 1, rss_kib([os.getpid()])
+        self._peak, self._peak_processes = hwm, 1
+        self._peak_rss_now, self._peak_pss_now = rss_kib([os.getpid()]), pss_kib([os.getpid()])
 
     def cpu(self) -> float:
         self.sample()

@@ -59,6 +59,7 @@ from ._common import (
     message,
     nofile_of,
     percentile,
+    pss_kib,
     raise_nofile,
     rss_kib,
     smtp_deliver,
@@ -206,19 +207,6 @@ def maildir_drop(new_dirs: dict[str, Path], data: bytes, round_no: int) -> dict[
 
 
 # --- the measurement, the same for both servers ----------------------------------------------------
-
-
-def pss_kib(pids: list[int]) -> int:
-    """Proportional set size summed over ``pids`` (/proc/PID/smaps_rollup): shared pages counted once."""
-    total = 0
-    for pid in pids:
-        try:
-            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-                if line.startswith("Pss:"):
-                    total += int(line.split()[1])
-        except OSError:
-            pass
-    return total
 
 
 async def measure(port: int, users: list[str], n: int, rounds: int, quiet: float, meter: ServerMeter,

@@ -34,12 +34,12 @@ from ._common import (
     dovecot_pids,
     fill_maildir,
     message,
+    pss_kib,
     rss_kib,
     seed_cache,
     start_dovecot,
     stop_dovecot,
 )
-from .idle import pss_kib
 
 #: runs: the single-command figures (SELECT, UID FETCH 1:*, the repeated FETCH, SEARCH) are the median of
 #: this many; noops: NOOP is the median of this many (the refresh after a command, nothing else)

@@ -126,11 +126,13 @@ def test_meter_peak_rss_counts_the_processes_alive_at_one_sample() -> None:
         parent = status_kib([proc.pid], "VmHWM")
         assert 40 << 10 < one["peak_rss_kib"] - parent < 60 << 10, (one, parent)  # one child, not three
         assert 40 << 10 < one["rss_at_peak_kib"] <= one["peak_rss_kib"], one
+        assert 40 << 10 < one["pss_at_peak_kib"] <= one["rss_at_peak_kib"], one  # the child's pages are its own
         pids = [ask("spawn"), ask("spawn")]
         meter.sample()
         two = meter.summary()
         assert two["processes"] == 3 and two["processes_seen"] == 6, two
         assert two["peak_rss_kib"] - parent > 80 << 10, (two, parent)
+        assert 80 << 10 < two["pss_at_peak_kib"] <= two["rss_at_peak_kib"], two
         for pid in pids:
             assert ask(f"end {pid}") == "ended"
         proc.stdin.close()
