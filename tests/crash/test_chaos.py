@@ -40,6 +40,7 @@ import subprocess
 import sys
 import threading
 import time
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -220,6 +221,10 @@ def test_kill_9_under_mixed_load(cluster: Cluster) -> None:
         exc.add_note(tree + "\n".join(c.srv.lines[-15:]))
         raise
     wait_until(lambda: not cli(c.cfg, "queue", "list", "--json").strip(), timeout=PATIENCE, interval=0.5)
+    # the delivery journal ([store] journal, on by default) was in use, and every journal a killed process
+    # left was replayed and removed (by its replacement, or the restarted master): two per live worker
+    journals = c.cfg.parent / tomllib.loads(c.cfg.read_text())["server"].get("data_dir", "data") / "journal"
+    wait_until(lambda: len(list(journals.glob("*.mj"))) == 2 * 2, timeout=PATIENCE)  # (workers=2: cluster())
     states: dict[str, int] = {}
     for m in ledger.msgs.values():
         states[m.present] = states.get(m.present, 0) + 1
