@@ -25,6 +25,7 @@ import os
 import sqlite3
 import struct
 import threading
+import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,6 +40,10 @@ logger = log.get("store")
 DIR_NAME = "journal"
 #: a journal file's name ends so (``<unique name>.<0|1>.mj``)
 SUFFIX = ".mj"
+#: a file being made has its final name and this after it (replay never reads it; it removes one
+#: left by a process that died while making it, once its lock is free and it is STALE seconds old)
+TEMP = "-new"
+STALE = 60.0
 #: file header: magic, generation (one 4 KiB block: its rewrite is one block's overwrite)
 FILE_MAGIC = b"MSJRNL01"
 _FILE_HEAD = struct.Struct("<8sQ")
@@ -179,24 +184,31 @@ class Journal:
     # --- files ----------------------------------------------------------------
 
     def create(self) -> None:
-        """Make this process's two files: zero-filled to ``size`` (written once, so that later
-        overwrites need no metadata), flock'ed, header of generation 1, made durable with their
-        directory entries. Raises OSError (nothing is left behind)."""
+        """Make this process's two files: each under a name replay ignores (``<name>.mj`` + TEMP),
+        flock'ed, zero-filled to ``size`` (written once, so that later overwrites need no metadata),
+        header of generation 1, fsync'd, and only then renamed to its ``.mj`` name (directory
+        fsync'd): a replay never sees a file of a live process before its lock is held (it would
+        find no header, remove it, and this process would append to a file no replay can find).
+        Raises OSError (nothing is left behind)."""
         self.directory.mkdir(parents=True, exist_ok=True)
         base = fsio.unique_name()
         zeros = bytes(1 << 20)
         try:
             for i in (0, 1):
                 path = self.directory / f"{base}.{i}{SUFFIX}"
-                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-                self._files.append(_File(path, fd, 1))
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                tmp = path.with_name(path.name + TEMP)
+                fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+                self._files.append(_File(tmp, fd, 1))
+                # blocking: a replay looking at a stale TEMP file holds the lock a few us at most
+                fcntl.flock(fd, fcntl.LOCK_EX)
                 for off in range(0, self.size, len(zeros)):
                     os.pwrite(fd, zeros[:self.size - off], off)
                 os.pwrite(fd, _FILE_HEAD.pack(FILE_MAGIC, 1), 0)
                 os.fsync(fd)
+                os.rename(tmp, path)
+                self._files[-1].path = path
             fsio.fsync_dir(self.directory)
-        except BaseException:
+        except BaseException:  # (_remove unlinks a file under its name of the moment)
             self._remove()
             raise
 
@@ -373,8 +385,11 @@ class _Replay:
 
     def __init__(self) -> None:
         self.indexes: dict[str, _Index] = {}
-        self.cur: dict[str, set[str]] = {}
+        #: folder -> {key: name in cur/}
+        self.cur: dict[str, dict[str, str]] = {}
         self.restored = 0
+        #: folders of every target looked at: the replay's syncfs makes their files durable before the
+        #: journal goes (a file found in new/ after a process's death may be in the page cache only)
         self.fs_paths: set[str] = set()
 
     def index(self, root: str) -> _Index:
@@ -383,20 +398,26 @@ class _Replay:
             idx = self.indexes[root] = _Index(root)
         return idx
 
-    def in_cur(self, folder: str, key: str) -> bool:
-        keys = self.cur.get(folder)
-        if keys is None:
+    def in_cur(self, folder: str, key: str, fresh: bool = False) -> str | None:
+        """The name of ``key``'s file in ``folder/cur`` (listed once per replay; ``fresh``: listed
+        again), or None."""
+        names = self.cur.get(folder)
+        if names is None or fresh:
             try:
-                keys = {md.split_filename(n)[0] for n in os.listdir(f"{folder}/cur")}
+                names = {md.split_filename(n)[0]: n for n in os.listdir(f"{folder}/cur")}
             except FileNotFoundError:
-                keys = set()
-            self.cur[folder] = keys
-        return key in keys
+                names = {}
+            self.cur[folder] = names
+        return names.get(key)
 
     def target(self, t: Target, message: memoryview, mtime: float) -> None:
-        """Restore one target's file unless it is there, was taken, or was removed since."""
+        """Restore one target's file unless it is there with the record's bytes, was taken, or was
+        removed since. A file found with other bytes (a power cut kept its name and size, or its
+        name, but not its data blocks: links are made durable by the checkpoint's syncfs, not by
+        the 250) is written again."""
         root, folder, name, key = t
         if os.path.lexists(f"{folder}/new/{name}"):
+            self._keep(folder, "new", name, message, mtime)
             return
         if not os.path.isdir(f"{folder}/new"):  # the mailbox was deleted (or renamed) since
             return
@@ -405,14 +426,40 @@ class _Replay:
         if mid is not None:
             fname = idx.indexed(mid, key)
             if fname is not None:  # taken into cur/ by a reader: its file must be there
-                if not self.in_cur(folder, key):
-                    self._write(folder, "cur", fname, message, mtime)
+                self._keep(folder, "cur", self.in_cur(folder, key) or fname, message, mtime)
                 return
             if idx.gone(mid, key):  # taken, then expunged or moved out: not resurrected
                 return
-        if self.in_cur(folder, key):  # taken into cur/, its index commit lost: the next sync indexes it
+        if (have := self.in_cur(folder, key) or self.in_cur(folder, key, fresh=True)) is not None:
+            # taken into cur/, its index commit lost: the next sync indexes it (fresh: a reader of a
+            # live worker may have taken it since the listing)
+            self._keep(folder, "cur", have, message, mtime)
             return
         self._write(folder, "new", name, message, mtime)
+
+    def _keep(self, folder: str, sub: str, name: str, message: memoryview, mtime: float) -> None:
+        """Blocking: ``folder/sub/name`` written again unless it holds ``message`` (missing, short,
+        zeros...). Reads at most the message's size (journal_max_message) plus one byte."""
+        path = f"{folder}/{sub}/{name}"
+        self.fs_paths.add(folder)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:  # moved meanwhile by a reader of a live worker (new/ -> cur/, flags)
+            if sub == "new":
+                return
+            other = self.in_cur(folder, md.split_filename(name)[0], fresh=True)
+            if other is not None and other != name:
+                self._keep(folder, sub, other, message, mtime)
+                return
+            fd = -1
+        if fd >= 0:
+            try:
+                with open(fd, "rb", closefd=True) as fh:
+                    if fh.read(len(message) + 1) == message:
+                        return
+            except OSError as exc:  # unreadable (EIO of a lost block): written again
+                logger.warning("journal.unreadable", file=path, error=str(exc))
+        self._write(folder, sub, name, message, mtime)
 
     def _write(self, folder: str, sub: str, name: str, message: memoryview, mtime: float) -> None:
         """Blocking: the file back into ``folder/sub/name`` through ``tmp/`` (made durable by the
@@ -436,16 +483,40 @@ class _Replay:
             idx.close()
 
 
+def _drop_stale(path: Path) -> None:
+    """Blocking: remove a file being made (TEMP) whose maker died: its lock is free and it is
+    older than STALE (a maker holds the lock a few us after it creates the file)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        st = os.fstat(fd)
+        if st.st_nlink and time.time() - st.st_mtime > STALE:
+            os.unlink(path)
+            logger.info("journal.stale_removed", file=str(path))
+    except (BlockingIOError, FileNotFoundError):  # its maker lives, or another replay removed it
+        pass
+    finally:
+        os.close(fd)
+
+
 def replay(directory: Path | str) -> int:
     """Blocking: replay every journal file in ``directory`` whose owner is gone (its flock is free),
-    then remove it; the files restored (every one durable on return). Files of a live owner are left.
+    then remove it; the files restored (every one durable on return). Files of a live owner are left;
+    files being made (TEMP) are never read (one left by a dead maker is removed once STALE).
     Idempotent: a record replayed twice restores its files once. Raises OSError (what was not
     replayed stays for the next call)."""
     directory = Path(directory)
     try:
-        names = sorted(n for n in os.listdir(directory) if n.endswith(SUFFIX))
+        listing = os.listdir(directory)
     except FileNotFoundError:
         return 0
+    for n in listing:
+        if n.endswith(SUFFIX + TEMP):
+            _drop_stale(directory / n)
+    names = sorted(n for n in listing if n.endswith(SUFFIX))
     taken: list[tuple[Path, int]] = []
     state = _Replay()
     try:
@@ -476,7 +547,7 @@ def replay(directory: Path | str) -> int:
         if state.fs_paths:
             errors, _ = fsio._syncfs_paths(list(state.fs_paths))
             for err in errors:
-                if err is not None:
+                if err is not None and not isinstance(err, FileNotFoundError):  # (a mailbox deleted since)
                     raise err
         for path, _ in taken:
             with contextlib.suppress(FileNotFoundError):

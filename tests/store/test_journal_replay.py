@@ -13,7 +13,10 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from mailsrv.store import DeliveryTarget, Store, journal
+from mailsrv.util import fsio
 
 from .conftest import msg
 
@@ -150,6 +153,7 @@ def test_master_replays_before_workers_serve(tmp_path: Path) -> None:
         path.write_bytes(data)
     srv = ServerProcess(cfg).wait_ready()
     try:
+        srv.wait_for(r"worker\.ready")  # (master.ready may be logged before a worker's line)
         replayed = [i for i, ln in enumerate(srv.lines) if "journal.replayed" in ln and "restored=1" in ln]
         ready = [i for i, ln in enumerate(srv.lines) if "worker.ready" in ln]
         assert replayed and ready and replayed[0] < ready[0]
@@ -159,3 +163,66 @@ def test_master_replays_before_workers_serve(tmp_path: Path) -> None:
     finally:
         assert srv.stop() == 0
     assert os.listdir(journal.journal_dir(data_dir)) == []  # a clean stop removes them
+
+
+def test_replay_makes_the_files_it_finds_durable_before_removing_the_journal(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A killed worker's links are in the page cache (no power cut): every one is found, none is
+    restored, and the journal may go only after a syncfs of their file system (a power cut after the
+    replay would lose them with the journal that stood for them)."""
+    _deliver_and_die(tmp_path, 3)
+    real = fsio.syncfs
+    synced: list[tuple[str, int]] = []
+
+    def syncfs(path: Any) -> None:
+        synced.append((os.fspath(path), len(os.listdir(journal.journal_dir(tmp_path)))))
+        real(path)
+
+    monkeypatch.setattr(fsio, "syncfs", syncfs)
+    assert journal.replay(journal.journal_dir(tmp_path)) == 0
+    assert synced == [(str(tmp_path / "mail" / "u"), 2)]  # before its two files were removed
+    assert os.listdir(journal.journal_dir(tmp_path)) == []
+
+
+def _damage(path: Path, how: str) -> None:
+    """What a power cut leaves of a file whose links were never synced (journal-less ext4: its name
+    and size reach the disk without its data blocks, or only part of them)."""
+    size = path.stat().st_size
+    if how == "zeros":
+        path.write_bytes(bytes(size))
+    elif how == "short":
+        os.truncate(path, size // 2)
+    else:
+        os.truncate(path, 0)
+
+
+def test_replay_rewrites_files_a_power_cut_left_without_their_bytes(tmp_path: Path, run: Run,
+                                                                    make_store: Callable[..., Store]) -> None:
+    _deliver_and_die(tmp_path, 8)
+    store = make_store(journal=False)  # a reader took four into cur/ (its index commit kept)
+    acct = run(store.account("u"))
+    new = acct.root / "new"
+    names = sorted(os.listdir(new))
+    bodies = {n.split(":")[0]: (new / n).read_bytes() for n in names}
+    for n in names[:4]:
+        os.rename(new / n, acct.root / "cur" / f"{n}:2,")
+    run(acct.open_mailbox("INBOX"))  # indexes the four (and takes the other four into cur/)
+    run(store.close())
+    cur = acct.root / "cur"
+    files = {n.split(":")[0]: n for n in os.listdir(cur)}
+    assert sorted(files) == sorted(bodies)
+    # put four back into new/ as a reader never took them (their names are what replay looks for)
+    for k in sorted(files)[4:]:
+        os.rename(cur / files[k], new / k)
+    damaged = {sorted(files)[0]: "zeros", sorted(files)[1]: "short", sorted(files)[4]: "empty",
+               sorted(files)[5]: "zeros"}
+    where = {k: (cur / files[k] if k in sorted(files)[:4] else new / k) for k in files}
+    inodes = {k: p.stat().st_ino for k, p in where.items()}
+    for k, how in damaged.items():
+        _damage(where[k], how)
+    assert journal.replay(journal.journal_dir(tmp_path)) == len(damaged)
+    for k, p in where.items():
+        assert p.read_bytes() == bodies[k], (k, damaged.get(k))
+        assert (p.stat().st_ino == inodes[k]) == (k not in damaged)  # untouched files are not rewritten
+    assert os.listdir(acct.root / "tmp") == []
+    assert sorted(os.listdir(new)) == sorted(files)[4:] and len(os.listdir(cur)) == 4
