@@ -422,14 +422,25 @@ class _Replay:
         if not os.path.isdir(f"{folder}/new"):  # the mailbox was deleted (or renamed) since
             return
         idx = self.index(root)
-        mid = idx.mailbox(root, folder) if idx.conn is not None else None
-        if mid is not None:
-            fname = idx.indexed(mid, key)
-            if fname is not None:  # taken into cur/ by a reader: its file must be there
-                self._keep(folder, "cur", self.in_cur(folder, key) or fname, message, mtime)
-                return
-            if idx.gone(mid, key):  # taken, then expunged or moved out: not resurrected
-                return
+        try:
+            mid = idx.mailbox(root, folder) if idx.conn is not None else None
+            fname = idx.indexed(mid, key) if mid is not None else None
+            gone = mid is not None and fname is None and idx.gone(mid, key)
+        except sqlite3.DatabaseError as exc:
+            if isinstance(exc, sqlite3.OperationalError) and "no such table" not in str(exc):
+                raise  # locked, I/O error: the journal stays for the next replay
+            # corrupt (the account's next open rebuilds it from the maildir), or not made yet: as if
+            # there were none (a copy expunged since may come back; one lost would not)
+            logger.error("journal.index_unusable", root=root, error=str(exc))
+            idx.close()
+            idx.conn = None
+            mid = fname = None
+            gone = False
+        if fname is not None:  # taken into cur/ by a reader: its file must be there
+            self._keep(folder, "cur", self.in_cur(folder, key) or fname, message, mtime)
+            return
+        if gone:  # taken, then expunged or moved out: not resurrected
+            return
         if (have := self.in_cur(folder, key) or self.in_cur(folder, key, fresh=True)) is not None:
             # taken into cur/, its index commit lost: the next sync indexes it (fresh: a reader of a
             # live worker may have taken it since the listing)

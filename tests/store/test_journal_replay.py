@@ -226,3 +226,30 @@ def test_replay_rewrites_files_a_power_cut_left_without_their_bytes(tmp_path: Pa
         assert (p.stat().st_ino == inodes[k]) == (k not in damaged)  # untouched files are not rewritten
     assert os.listdir(acct.root / "tmp") == []
     assert sorted(os.listdir(new)) == sorted(files)[4:] and len(os.listdir(cur)) == 4
+
+
+def test_a_corrupt_index_does_not_stop_the_replay(tmp_path: Path) -> None:
+    """One account's index is not a database (its next open rebuilds it): the replay restores that
+    account's lost file as if it had no index, and every other account's too."""
+    from mailsrv.store.engine import INDEX_NAME
+
+    folders = []
+    for user in ("bad", "good"):
+        folder = tmp_path / "mail" / user
+        for sub in ("new", "cur", "tmp"):
+            (folder / sub).mkdir(parents=True)
+        folders.append(folder)
+    (folders[0] / INDEX_NAME).write_bytes(b"not a database\n" * 512)
+    jr = journal.Journal(journal.journal_dir(tmp_path), 1 << 20)
+    jr.create()
+    name = "1764340000.M1P2Q3.mail.example.test,S=9"
+    assert jr.append(journal.meta([(str(f), str(f), name, name) for f in folders], 1_700_000_000.0),
+                     str(tmp_path), b"message\r\n")
+    jr.sync()
+    dead = [(f.path, f.path.read_bytes()) for f in jr._files]
+    jr.close()
+    for path, data in dead:  # as its killed owner left them
+        path.write_bytes(data)
+    assert journal.replay(journal.journal_dir(tmp_path)) == 2
+    assert [(f / "new" / name).read_bytes() for f in folders] == [b"message\r\n"] * 2
+    assert os.listdir(journal.journal_dir(tmp_path)) == []
