@@ -168,6 +168,7 @@ class Journal:
         self.directory = Path(directory)
         self.size = max(size, 4 * HEADER)
         self._lock = threading.Lock()
+        self._sync_lock = threading.Lock()  # one sync() at a time (held across its fdatasync)
         self._files: list[_File] = []
         self._active = 0
         self._pos = HEADER
@@ -267,20 +268,25 @@ class Journal:
     def sync(self) -> None:
         """fdatasync every file written since its last one (every record appended before the call
         is then durable). Raises OSError (the journal is then broken: the records of those writes
-        may or may not be on disk, and this descriptor would not report the error again)."""
-        with self._lock:
-            todo = [f for f in self._files if f.dirty]
+        may or may not be on disk, and this descriptor would not report the error again).
+
+        Calls run one at a time (``_sync_lock``; fsio's sync gate serializes them already): a call
+        that finds nothing dirty because a running call took its file returns only once that
+        call's fdatasync, which covers its records, is over (or raises its error)."""
+        with self._sync_lock:
+            with self._lock:
+                todo = [f for f in self._files if f.dirty]
+                for f in todo:
+                    f.dirty = False
+                if self.broken is not None:
+                    raise OSError(self.broken.errno or errno.EIO, f"journal unusable: {self.broken}")
             for f in todo:
-                f.dirty = False
-            if self.broken is not None:
-                raise OSError(self.broken.errno or errno.EIO, f"journal unusable: {self.broken}")
-        for f in todo:
-            try:
-                os.fdatasync(f.fd)
-            except OSError as exc:
-                self.broken = exc
-                raise
-        self.syncs += len(todo)
+                try:
+                    os.fdatasync(f.fd)
+                except OSError as exc:
+                    self.broken = exc
+                    raise
+            self.syncs += len(todo)
 
     def checkpoint(self) -> bool:
         """Make the active file's records done: switch appends to the other file, syncfs the file

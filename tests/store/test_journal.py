@@ -269,3 +269,39 @@ def test_a_running_worker_adopts_a_dead_journal(tmp_path: Path, run: Run, make_s
     run(wait_until_async(lambda: not path.exists(), 10))
     assert (folder / "new" / "later").read_bytes() == b"later\r\n"
     assert store.journal is not None and len(os.listdir(tmp_path / "journal")) == 2  # its own
+
+
+def test_a_sync_waits_for_the_running_fdatasync_that_took_its_record(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two sync() calls at once (fsio's gate serializes them; the journal must not rely on it): the
+    second finds nothing dirty, since the first took the file whose fdatasync covers its record, and
+    must not return before that fdatasync is over."""
+    import threading
+
+    folder = _folder(tmp_path)
+    jr = _journal(tmp_path)
+    assert jr.append(_payload(folder, "m"), str(folder))
+    real = os.fdatasync
+    inside, release = threading.Event(), threading.Event()
+    done: list[str] = []
+
+    def slow(fd: int) -> None:
+        inside.set()
+        assert release.wait(30)
+        real(fd)
+        done.append("fdatasync")
+
+    monkeypatch.setattr(os, "fdatasync", slow)
+    first = threading.Thread(target=jr.sync)
+    first.start()
+    assert inside.wait(30)
+    second = threading.Thread(target=lambda: (jr.sync(), done.append("second")))
+    second.start()
+    second.join(0.3)  # (a bound on a wrong answer: it must still be waiting)
+    alive = second.is_alive()
+    release.set()
+    first.join(30)
+    second.join(30)
+    monkeypatch.undo()
+    assert alive and done == ["fdatasync", "second"]
+    jr.close()
