@@ -398,7 +398,8 @@ class StoreConfig:
         "Make deferred deliveries (syncfs, no quota limit) durable with a record in the worker's delivery"
         " journal (data_dir/journal) and one fdatasync of it per group commit; their maildir links are"
         " made durable by a syncfs every journal_interval (a checkpoint); a worker replays the journals"
-        " of dead processes at start (docs/store-api.md, Durability).",
+        " of dead processes at start, and the master, whatever this setting is now (docs/store-api.md,"
+        " Durability).",
         True,
     )
     journal_interval: float = doc(

@@ -517,11 +517,12 @@ class Master:
                 archive.sign_old_markers(self.cfg.server.data_dir, queue_dir(self.cfg.server.data_dir).rewrite_orcpts)
             except OSError as exc:  # their delivery makes one more archive copy (never one less); next start tries
                 logger.error("archive.markers_sign_failed", error=str(exc))
-        if self.cfg.store.journal:  # before any worker serves: deliveries acknowledged before a crash
-            try:                    # whose links it lost (docs/store-api.md, Durability)
-                journal.replay(journal.journal_dir(self.cfg.server.data_dir))
-            except (OSError, sqlite3.Error) as exc:  # the files stay: each worker tries again at its start
-                logger.error("journal.replay_failed", error=str(exc))
+        # before any worker serves: deliveries acknowledged before a crash whose links it lost
+        # (docs/store-api.md, Durability), whatever [store] journal says now (files left while it was on)
+        try:
+            journal.replay(journal.journal_dir(self.cfg.server.data_dir))
+        except (OSError, sqlite3.Error) as exc:  # the files stay: each worker tries again at its start
+            logger.error("journal.replay_failed", error=str(exc))
         self.ssl_context = self._tls_for(self.cfg)
         self.sockets = self._bind_all(self.cfg)
         self._retire()

@@ -149,16 +149,19 @@ class Store:
         """Before serving (the worker calls it): replay the delivery journals of processes gone
         (their deliveries acknowledged before a crash: links a power cut did not keep), then open
         this process's journal (``[store] journal``; deferred group deliveries only). A journal that
-        cannot be replayed (logged) stays for the next start. A store never started delivers without
-        a journal."""
+        cannot be replayed (logged) stays for the next start. Journals left are replayed whatever
+        ``[store] journal`` says now (files of processes that ran with it on). A store never started
+        delivers without a journal."""
         cfg = self.config
-        if not (cfg.journal and cfg.deferred_index and self.fssync is not None):
+        if not fsio.have_syncfs():  # (journals are made only where syncfs is: none to replay)
             return
         where = journal.journal_dir(self.data_dir)
         try:
             await self.io.run(journal.replay, where)
         except (OSError, sqlite3.Error) as exc:  # the files stay for the next start (or a sibling's)
             logger.error("journal.replay_failed", error=str(exc))
+        if not (cfg.journal and cfg.deferred_index and self.fssync is not None):
+            return
         jr = journal.Journal(where, cfg.journal_size_mib << 20)
         try:
             await self.io.run(jr.create)

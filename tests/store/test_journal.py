@@ -305,3 +305,16 @@ def test_a_sync_waits_for_the_running_fdatasync_that_took_its_record(tmp_path: P
     monkeypatch.undo()
     assert alive and done == ["fdatasync", "second"]
     jr.close()
+
+
+def test_a_store_with_the_journal_off_still_replays_at_start(tmp_path: Path, run: Run,
+                                                             make_store: Callable[..., Store]) -> None:
+    """A worker started with ``[store] journal = false`` after a crash that left journals (written
+    while it was on) replays them: turning the journal off must not drop their deliveries."""
+    folder = _folder(tmp_path)
+    _dead_journal(tmp_path, [_payload(folder, "lost", b"lost body\r\n")])
+    store = make_store(journal=False)
+    run(store.start())
+    assert store.journal is None
+    assert (folder / "new" / "lost").read_bytes() == b"lost body\r\n"
+    assert os.listdir(tmp_path / "journal") == []

@@ -129,14 +129,19 @@ def test_index_of_an_older_mailsrv_gains_the_gone_table(tmp_path: Path, run: Run
     assert len(rows) == 1 and rows[0][0].endswith(f",S={len(msg(1))}")  # the expunged message's key
 
 
-def test_master_replays_before_workers_serve(tmp_path: Path) -> None:
+@pytest.mark.parametrize("on", [True, False])
+def test_master_replays_before_workers_serve(tmp_path: Path, on: bool) -> None:
     """``mailsrv serve`` after a crash: the master replays the journal a dead worker left before it
-    forks the workers (no reader can take, expunge or index anything first)."""
+    forks the workers (no reader can take, expunge or index anything first); also when the server
+    comes back with ``[store] journal = false`` (the files were left while it was on)."""
     import tomllib
 
     from support.server import ServerProcess, init_setup
 
     cfg = init_setup(tmp_path / "srv", workers=2)
+    if not on:
+        assert "[store]" not in cfg.read_text()
+        cfg.write_text(cfg.read_text() + "\n[store]\njournal = false\n")
     data_dir = cfg.parent / tomllib.loads(cfg.read_text())["server"].get("data_dir", "data")
     folder = data_dir / "mail" / "lost"
     for sub in ("new", "cur", "tmp"):
@@ -159,7 +164,7 @@ def test_master_replays_before_workers_serve(tmp_path: Path) -> None:
         assert replayed and ready and replayed[0] < ready[0]
         assert (folder / "new" / name).read_bytes() == b"message\r\n"
         assert not any(p.exists() for p, _ in dead)
-        assert len(os.listdir(journal.journal_dir(data_dir))) == 4  # the two workers' own
+        assert len(os.listdir(journal.journal_dir(data_dir))) == (4 if on else 0)  # the two workers' own
     finally:
         assert srv.stop() == 0
     assert os.listdir(journal.journal_dir(data_dir)) == []  # a clean stop removes them
