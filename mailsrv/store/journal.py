@@ -482,7 +482,12 @@ class _Replay:
         """Blocking: the file back into ``folder/sub/name`` through ``tmp/`` (made durable by the
         replay's syncfs)."""
         tmp = f"{folder}/tmp/{name}.replay"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+        try:
+            fd = os.open(tmp, flags, 0o600)
+        except FileNotFoundError:  # tmp/ lost (new/ is there): made again (the replay's syncfs keeps it)
+            os.makedirs(f"{folder}/tmp", 0o700, exist_ok=True)
+            fd = os.open(tmp, flags, 0o600)
         try:
             view = message
             while view:
@@ -523,8 +528,9 @@ def replay(directory: Path | str) -> int:
     """Blocking: replay every journal file in ``directory`` whose owner is gone (its flock is free),
     then remove it; the files restored (every one durable on return). Files of a live owner are left;
     files being made (TEMP) are never read (one left by a dead maker is removed once STALE).
-    Idempotent: a record replayed twice restores its files once. Raises OSError (what was not
-    replayed stays for the next call)."""
+    Idempotent: a record replayed twice restores its files once. A target that fails (OSError) does
+    not stop the others: they are restored and made durable, then its error is raised and the files
+    stay. Raises OSError (what was not replayed stays for the next call)."""
     directory = Path(directory)
     try:
         listing = os.listdir(directory)
@@ -536,6 +542,7 @@ def replay(directory: Path | str) -> int:
     names = sorted(n for n in listing if n.endswith(SUFFIX))
     taken: list[tuple[Path, int]] = []
     state = _Replay()
+    failed: OSError | None = None
     try:
         for n in names:
             path = directory / n
@@ -560,12 +567,18 @@ def replay(directory: Path | str) -> int:
                     logger.error("journal.bad_record", file=str(path))
                     break
                 for t in targets:
-                    state.target(t, message, mtime)
+                    try:
+                        state.target(t, message, mtime)
+                    except OSError as exc:  # the other targets go on; the journal stays for this one
+                        failed = failed or exc
+                        logger.error("journal.target_failed", folder=t[1], name=t[2], error=str(exc))
         if state.fs_paths:
             errors, _ = fsio._syncfs_paths(list(state.fs_paths))
             for err in errors:
                 if err is not None and not isinstance(err, FileNotFoundError):  # (a mailbox deleted since)
                     raise err
+        if failed is not None:  # what was restored is durable; the files stay for the next replay
+            raise failed
         for path, _ in taken:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)

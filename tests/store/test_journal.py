@@ -318,3 +318,20 @@ def test_a_store_with_the_journal_off_still_replays_at_start(tmp_path: Path, run
     assert store.journal is None
     assert (folder / "new" / "lost").read_bytes() == b"lost body\r\n"
     assert os.listdir(tmp_path / "journal") == []
+
+
+def test_a_target_that_fails_does_not_stop_the_others(tmp_path: Path) -> None:
+    """One target cannot be written (its tmp/ is a file): the replay restores the others, makes them
+    durable, raises and keeps the journal; once tmp/ is gone (made again) the next replay restores it."""
+    bad, good = _folder(tmp_path, "bad"), _folder(tmp_path, "good")
+    (bad / "tmp").rmdir()
+    (bad / "tmp").write_bytes(b"")
+    left = _dead_journal(tmp_path, [_payload(bad, "m1", b"one\r\n"), _payload(good, "m2", b"two\r\n")])
+    with pytest.raises(NotADirectoryError):
+        journal.replay(tmp_path / "journal")
+    assert (good / "new" / "m2").read_bytes() == b"two\r\n" and _files(bad, "new") == []
+    assert os.listdir(tmp_path / "journal") == [left.name]  # kept for the target that failed
+    (bad / "tmp").unlink()  # tmp/ lost: replay makes it again
+    assert journal.replay(tmp_path / "journal") == 1
+    assert (bad / "new" / "m1").read_bytes() == b"one\r\n" and _files(bad, "tmp") == []
+    assert os.listdir(tmp_path / "journal") == []
