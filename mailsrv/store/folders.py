@@ -341,6 +341,11 @@ def rename_mailbox(eng: Engine, old: str, new: str) -> None:
                      for cname, cdir in children]
         except maildir.NameError_ as exc:
             raise BadMailboxName(str(exc)) from None
+        # the messages' data durable before their folder moves: a delivery acknowledged through the
+        # delivery journal (store/journal.py) has its blocks on disk only at the journal's next
+        # checkpoint, and after a power cut its replay looks for the folder under the old name
+        if fsio.have_syncfs():
+            fsio.syncfs(eng.root)
         with eng._write() as res:
             os.rename(eng.root / mb.dir, eng.root / ndir)
             eng.db.execute("UPDATE mailboxes SET name=?, dir=? WHERE id=?", (new, ndir, mb.id))
