@@ -875,10 +875,15 @@ class Engine:
         th = pend.thread
         parsed = pend.parsed
         if structure is None or (th is None and thread_id is None):
-            self.files_parsed += 1
-            with open(path, "rb") as fh:
-                raw = fh.read(min(size, self.max_parse_size))
-            blob, th_read, parsed = parse_for_index(raw, self.account_id, self.mime_limits)
+            late = pend.late
+            if late is not None:  # ours, delivered before its parse: made once for every copy (first here)
+                held = pend.raw
+                blob, th_read, parsed = late.get(
+                    lambda: held if held is not None else _read_head(path, min(size, self.max_parse_size)))
+            else:
+                self.files_parsed += 1
+                blob, th_read, parsed = parse_for_index(_read_head(path, min(size, self.max_parse_size)),
+                                                        self.account_id, self.mime_limits)
             structure = structure if structure is not None else blob
             th = th if th is not None else th_read
         if thread_id is None:
@@ -1457,6 +1462,12 @@ def may_hold_msgid(root: Path, msgid: str) -> bool:
         return True
     finally:
         conn.close()
+
+
+def _read_head(path: Path | str, n: int) -> bytes:
+    """Blocking: the first ``n`` bytes of the file at ``path``."""
+    with open(path, "rb") as fh:
+        return fh.read(n)
 
 
 def parse_for_index(raw: bytes, account_id: str = "", mime_limits: MimeConfig | None = None

@@ -6,7 +6,7 @@ import itertools
 import os
 import secrets
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -85,6 +85,34 @@ class Pending:
     parsed: MessageStructure | None = None
     #: what gives ``raw``'s bytes back to the process's budget when this Pending is collected (store.py)
     held: object = None
+    #: the parse ``structure``, ``thread`` and ``parsed`` come from when they are None: a group delivery
+    #: answers before its parse, made by whoever indexes one of its copies first (shared by its targets)
+    late: LateParse | None = None
+
+
+ParseOut = tuple[bytes | None, headers.ThreadHeaders, "MessageStructure | None"]
+
+
+class LateParse:
+    """One delivery's parse for the index (``engine.parse_for_index``), made once for all its copies
+    by the first sync that indexes one of them (any thread; the others wait for it and take its result)."""
+
+    __slots__ = ("_fn", "_lock", "_out")
+
+    def __init__(self, fn: Callable[[bytes], ParseOut]) -> None:
+        self._fn = fn
+        self._lock = threading.Lock()
+        self._out: ParseOut | None = None
+
+    def get(self, read: Callable[[], bytes]) -> ParseOut:
+        """The parse of the message's bytes (its first ``max_parse_size``), which ``read`` gives; blocking."""
+        out = self._out
+        if out is None:
+            with self._lock:
+                out = self._out
+                if out is None:
+                    out = self._out = self._fn(read())
+        return out
 
 
 @dataclass

@@ -20,6 +20,7 @@ from mailsrv.store import headers, journal, notify
 from mailsrv.store import maildir as md
 from mailsrv.store.account import SNAPSHOT_CACHE_MESSAGES, Account
 from mailsrv.store.engine import Engine, Pending, SyncResult, new_id, parse_for_index
+from mailsrv.store.rows import LateParse
 from mailsrv.store.types import (
     DeliveryResult,
     DeliveryTarget,
@@ -553,12 +554,21 @@ class Store:
             size = os.stat(spool).st_size
         if internal_date is not None:
             os.utime(spool, (internal_date, internal_date))
+        # a group round answers before the MIME parse (not needed to make the copies durable): whoever
+        # indexes one of its copies first (the index batch, or a reader) parses it, once for all of them
+        late = LateParse(self._parse) if group else None
         if data is not None and len(data) == size:
             raw = data[:self.config.max_parse_size]
+        elif late is not None and size > KEEP_RAW:
+            raw = b""  # not kept: its parse reads the file
         else:
             with open(spool, "rb") as fh:
                 raw = fh.read(self.config.max_parse_size)
-        structure, thread, parsed = parse_for_index(raw, "", self.mime)  # one scan for both
+        structure: bytes | None = None
+        thread: headers.ThreadHeaders | None = None
+        parsed: MessageStructure | None = None
+        if late is None:
+            structure, thread, parsed = parse_for_index(raw, "", self.mime)  # one scan for both
         keep = raw if len(raw) == size <= KEEP_RAW else None  # the whole file (one object for every target)
         del raw
         out: list[DeliveryResult | None] = [None] * len(targets)
@@ -568,7 +578,7 @@ class Store:
             acct: Account = t.account
             try:
                 outcome = self._link_one(spool, t, size, email_id, structure, thread, keep,
-                                         move_last and i == len(targets) - 1, parsed)
+                                         move_last and i == len(targets) - 1, parsed, late)
                 moved = move_last and i == len(targets) - 1 and outcome[0] == "ok"
             except StoreError as exc:
                 out[i] = DeliveryResult(t, "tempfail", None, str(exc))
@@ -643,6 +653,10 @@ class Store:
                 os.unlink(spool)
         return [r for r in out if r is not None], published, later
 
+    def _parse(self, raw: bytes) -> tuple[bytes | None, headers.ThreadHeaders, MessageStructure | None]:
+        """Blocking: :func:`parse_for_index` of a delivered message with this store's ``[mime]`` bounds."""
+        return parse_for_index(raw[:self.config.max_parse_size], "", self.mime)
+
     def _journal_links(self, spool: Path, out: list[DeliveryResult | None], later: list[_Linked],
                        internal_date: float | None, data: bytes) -> list[DeliveryResult | None]:
         """Blocking, in a group round's job after the links: one journal record for the delivery's
@@ -699,9 +713,9 @@ class Store:
         return _repairing(eng, index)
 
     def _link_one(self, spool: Path, t: DeliveryTarget, size: int, email_id: str,
-                  structure: bytes | None, thread: headers.ThreadHeaders,
+                  structure: bytes | None, thread: headers.ThreadHeaders | None,
                   raw: bytes | None = None, move: bool = False,
-                  parsed: MessageStructure | None = None) -> tuple[str, ...]:
+                  parsed: MessageStructure | None = None, late: LateParse | None = None) -> tuple[str, ...]:
         """Blocking: quota check and hard link into the target's ``new/`` (not yet fsync'd); ``move``:
         rename the spool there instead (its last target, when the caller has no further use for it)."""
         acct: Account = t.account
@@ -717,7 +731,7 @@ class Store:
         # keywords (Sieve imap4flags, docs/sieve.md) get their folder's letters, durable before the link
         kw = eng.keyword_letters(mailbox, flags) if flags and not all(f.startswith("\\") for f in flags) else None
         name = md.filename(key, flags, kw) if md.flags_to_info(flags, kw) else key
-        pend = Pending(email_id, structure, thread, raw, unsynced=True, parsed=parsed)
+        pend = Pending(email_id, structure, thread, raw, unsynced=True, parsed=parsed, late=late)
         if raw is not None:
             _RAW_HELD.hold(pend)
         eng.pending[key] = pend
