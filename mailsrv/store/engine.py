@@ -140,7 +140,8 @@ END;
 #: with its mailbox, moved to another), by key, for an hour: the replay of a delivery journal
 #: (store/journal.py) does not bring such a message back when its file is missing. Filled in the
 #: transaction of the removal; rows older than an hour are pruned at each removal (the journal's
-#: records are checkpointed within a second, and replay runs at start before anything removes).
+#: records are checkpointed within a second; the master replays before any worker serves, a
+#: replacement worker and the 60 s adoption while others serve: docs/store-api.md, Durability).
 _GONE = """
 CREATE TABLE IF NOT EXISTS gone (mailbox INTEGER NOT NULL, key TEXT NOT NULL, at REAL NOT NULL,
     PRIMARY KEY (mailbox, key)) WITHOUT ROWID;
