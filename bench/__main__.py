@@ -45,6 +45,8 @@ def print_table(report: dict) -> None:
         line = f"  {r['name']:<48} {fmt(r['value']):>14} {r.get('unit', '')}"
         if r.get("rounds"):
             line += f" (median of {rounds(r['rounds'])})"
+        if r.get("detail"):
+            line += f" ({r['detail']})"
         if base:
             line += f"   | {base['name']}: {fmt(base['value'])}"
             if r.get("baseline_rounds"):
@@ -128,6 +130,8 @@ def markdown(reports: list[dict]) -> str:
             value = f"{fmt(r['value'])} {r.get('unit', '')}"
             if r.get("rounds"):
                 value += f" (median of {rounds(r['rounds'])})"
+            if r.get("detail"):
+                value += f" ({r['detail']})"
             out.append(f"| {rep['scenario']} | {r['name']} | {value} | {b} | {ratio_text(r)} |")
         for srv in rep.get("servers", []):
             out.append(f"| {rep['scenario']} | {server_line(srv)} | | | |")

@@ -7,7 +7,9 @@ the Return-Path and Received fields every delivering server adds, two processes 
 (spawned, not forked): the primary one writes in its loop's executor (several
 messages' fsyncs in flight), the issue's naive one in handle_DATA (one writer
 per process). Postfix is measured only when installed. The disk's floor is one
-writer's durable writes with no server at all. The load generator opens
+writer's durable writes with no server at all; the one-session floor adds to the journal's sync what a
+lone session's message waits for besides (loopback round trips, a thread pool hop: bench/_floors.py)
+and sets it beside each server's time per message at one session. The load generator opens
 1, 10, 20 and 50 sessions that pipeline MAIL/RCPT/DATA and time the final
 ``.\\r\\n`` -> ``250``; every server gets the same unmeasured burst first.
 The delivery-to-visible latency is measured at about half the measured maximum
@@ -62,16 +64,18 @@ from ._common import (
     smtp_reply,
     syncfs_create,
 )
+from ._floors import GAP, Overwrite, placed, pong_child, record, two_cpus, wakeups
 
 ROOT = Path(__file__).resolve().parents[1]
 
 #: ``rounds`` x ``round_seconds``: each throughput cell's measurements per server (bench/README.md says why 3 x 3 s);
-#: ``seconds``: the disk floor's, the front end's and store.deliver's rows (one measurement each).
+#: ``seconds``: the disk floors', the front end's and store.deliver's rows (one measurement each);
+#: ``wake_seconds``: each wake-up floor's (the loopback round trip's, the pool hop's).
 SIZES: dict[str, dict[str, Any]] = {
     "smoke": {"seconds": 0.3, "rounds": 1, "round_seconds": 0.3, "sessions": [1, 4], "bodies": [4096],
-              "visible": 5, "warm": 0.2},
+              "visible": 5, "warm": 0.2, "wake_seconds": 0.2},
     "full": {"seconds": 4.0, "rounds": 3, "round_seconds": 3.0, "sessions": [1, 10, 20, 50],
-             "bodies": [4096, 102400], "visible": 200, "warm": 1.0},
+             "bodies": [4096, 102400], "visible": 200, "warm": 1.0, "wake_seconds": 2.0},
 }
 #: MAILSRV_BENCH_SMTP_ROUNDS=N overrides the size's rounds (more rounds for an A/B that must decide a cell).
 ROUNDS = os.environ.get("MAILSRV_BENCH_SMTP_ROUNDS", "")
@@ -109,8 +113,8 @@ def _listen() -> socket.socket:
     return s
 
 
-def _spawn_workers(sock: socket.socket, kind: str, path: Path) -> list[subprocess.Popen[bytes]]:
-    """``WORKERS`` fresh interpreters serving ``kind`` (a key of :data:`_CHILDREN`) on ``sock`` until SIGTERM.
+def _spawn_workers(sock: socket.socket, kind: str, path: Path, count: int = WORKERS) -> list[subprocess.Popen[bytes]]:
+    """``count`` fresh interpreters serving ``kind`` (a key of :data:`_CHILDREN`) on ``sock`` until SIGTERM.
 
     Spawned (``python -m bench.smtp KIND FD READY PATH``), not forked: a forked worker started with the
     bench process's heap, ~1.2 GB after the scenarios before ``smtp`` in ``python -m bench all`` (the
@@ -119,7 +123,7 @@ def _spawn_workers(sock: socket.socket, kind: str, path: Path) -> list[subproces
     """
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        for _ in range(WORKERS):
+        for _ in range(count):
             r, w = os.pipe()
             try:
                 procs.append(subprocess.Popen(
@@ -321,6 +325,7 @@ _CHILDREN: dict[str, Any] = {
     "frontend": _frontend_child,
     "aiosmtpd": _aiosmtpd_child,
     "aiosmtpd-naive": _aiosmtpd_naive_child,
+    "floors": pong_child,
 }
 
 
@@ -907,17 +912,27 @@ FLOORS = {
     "create + write 4 KB + fsync + rename + directory fsync": fsync_create,
     "create + write 4 KB + rename + syncfs": syncfs_create,
 }
+#: The delivery journal's sync as a disk floor (bench/_floors.Overwrite), measured after :data:`FLOORS`.
+JOURNAL_FLOOR = "write a 4 KB record over a preallocated file + fdatasync (the journal's sync)"
+#: The one-session floor row and the wake-up floors' rows (bench/README.md, the smtp scenario).
+ONE_SESSION_FLOOR = "one-session floor (4 KB): loopback round trips + pool round trip + fdatasync + client CPU"
+WAKE_RTT = f"wake-up floor: loopback TCP round trip, two uvloop processes, {GAP * 1000:g} ms idle gap before each"
+WAKE_HOP = f"wake-up floor: loop -> thread pool -> loop (run_in_executor), {GAP * 1000:g} ms idle gap before each"
 
 
 def _floor(disk: _DiskState, floor: Path, seconds: float) -> dict[str, tuple[float, list[float]]]:
-    """Each of :data:`FLOORS` in a loop for ``seconds``, one writer, in ``floor`` (tmp/ and new/ made when
-    the servers' trees were), after the same sync and wait as a server's cell: label -> (writes/s, each
-    write's seconds)."""
+    """Each of :data:`FLOORS`, then :data:`JOURNAL_FLOOR`, in a loop for ``seconds``, one writer, in ``floor``
+    (tmp/ and new/ made when the servers' trees were), after the same sync and wait as a server's cell:
+    label -> (writes/s, each write's seconds)."""
     body = _body(4096)
     out = {}
     for label, write in FLOORS.items():
         disk.prepare("disk floor")
         out[label] = durable_loop(functools.partial(_floor_write, write, floor, body), seconds)
+    rec = record(body)
+    with Overwrite(floor / f"journal.{time.monotonic_ns()}") as log:
+        disk.prepare("disk floor")
+        out[JOURNAL_FLOOR] = durable_loop(lambda _name: log.write(rec), seconds)
     return out
 
 
@@ -925,9 +940,38 @@ def _floor_write(write: Any, floor: Path, body: bytes, name: str) -> None:
     write(floor / "tmp", name, body, floor / "new")
 
 
+#: The wake-up floors' placements: as the scheduler places the two sides (the figures the one-session floor
+#: uses), then pinned: both on one CPU, and on two (:func:`bench._floors.placed`), a quarter of the time each.
+PLACEMENTS = ("scheduler", "one CPU", "two CPUs")
+
+
+def _wake_floors(seconds: float) -> dict[str, tuple[list[float], list[float]]]:
+    """The wake-up floors (bench/_floors.wakeups): this process's uvloop against one fresh interpreter spawned
+    as the servers are: placement (:data:`PLACEMENTS`; the pinned ones only with two CPUs) -> (each loopback
+    round trip's seconds, each of that process's pool hops' seconds)."""
+    import uvloop
+
+    sock = _listen()
+    port = sock.getsockname()[1]
+    procs = _spawn_workers(sock, "floors", Path(os.devnull), count=1)
+    cpus = two_cpus()
+    out = {}
+    try:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as r:
+            out[PLACEMENTS[0]] = r.run(wakeups(port, seconds))
+            if cpus is not None:
+                for name, theirs in zip(PLACEMENTS[1:], cpus, strict=True):
+                    with placed(procs[0].pid, cpus[0], theirs):
+                        out[name] = r.run(wakeups(port, seconds / 4))
+    finally:
+        sock.close()
+        _stop(procs)
+    return out
+
+
 def _floor_rows(floors: dict[str, tuple[float, list[float]]], ours: _Server,
                 naive: _Server) -> list[dict[str, Any]]:
-    """The floor rows: what the issue's "2x aiosmtpd" asks at one session against what the disk allows one
+    """The disk floor rows: what the issue's "2x aiosmtpd" asks at one session against what the disk allows one
     writer. Baseline: twice the naive aiosmtpd at 4 KB, 1 session; ratio < 1: that floor is beyond any
     server that answers after its data is durable on this disk; above 1, ``left_ms_per_msg`` is what one
     message at that rate leaves for everything but the durable write (the client, two loopback round
@@ -941,6 +985,52 @@ def _floor_rows(floors: dict[str, tuple[float, list[float]]], ours: _Server,
                      "p50_ms": _pct(times, 50), "p99_ms": _pct(times, 99),
                      "left_ms_per_msg": (1 / two_naive - 1 / rate) * 1000 if two_naive and rate else None,
                      "mailsrv_1_session": ours.cells[(4096, 1)].rate})
+    return rows
+
+
+def _one_session_rows(wake: dict[str, tuple[list[float], list[float]]], sync: list[float],
+                      servers: list[_Server], client: str) -> list[dict[str, Any]]:
+    """The wake-up floors' rows (:func:`_wake_floors`) and the one-session floor: the medians of what a lone
+    session's message waits for whatever the server does, as the scheduler placed the two sides: the
+    dialogue's loopback round trips (2 when the client pipelines MAIL/RCPT/DATA, 4 for smtp-source), one hop
+    to a thread for the sync and back, the journal's fdatasync (``sync``: each write's seconds) and the load
+    generator's CPU per message in the first server's cell (``one_cpu_ms``: the same with the wake-ups
+    pinned to one CPU); then, per server, its ms per message at 1 session (4 KB; 1000 / the median of its
+    rounds' msgs/s) against the floor: ``ratio`` is the floor's share of it, ``above_floor_ms`` and
+    ``above_floor_share`` the rest."""
+    round_trips = 2 if client == "python" else 4
+    p50 = {place: (_pct(rtt, 50), _pct(hops, 50)) for place, (rtt, hops) in wake.items()}
+    rows = []
+    for i, name in enumerate((WAKE_RTT, WAKE_HOP)):
+        times = wake[PLACEMENTS[0]][i]
+        pinned = {place: p50[place][i] for place in PLACEMENTS[1:] if place in wake}
+        rows.append({"name": name, "unit": "ms", "value": p50[PLACEMENTS[0]][i], "p90_ms": _pct(times, 90),
+                     "p99_ms": _pct(times, 99), "samples": len(times),
+                     **{f"p50_ms_{place.replace(' ', '_')}": v for place, v in pinned.items()},
+                     "detail": f"p90 {_pct(times, 90):.3f} ms, {len(times)} samples; pinned, p50: "
+                               + ", ".join(f"{place} {v:.3f}" for place, v in pinned.items())})
+    rtt, hop = p50[PLACEMENTS[0]]
+    parts = {f"{round_trips} loopback round trips": round_trips * rtt, "pool round trip": hop,
+             "journal fdatasync": _pct(sync, 50), "client CPU": servers[0].cells[(4096, 1)].client_ms or 0.0}
+    floor = sum(parts.values())
+    one_cpu = None
+    if PLACEMENTS[1] in p50:
+        rtt1, hop1 = p50[PLACEMENTS[1]]
+        one_cpu = floor + round_trips * (rtt1 - rtt) + hop1 - hop
+    rows.append({"name": ONE_SESSION_FLOOR, "unit": "ms", "value": floor, "msgs_per_s": 1000 / floor,
+                 "parts_ms": parts, "client": client, "one_cpu_ms": one_cpu,
+                 "detail": f"{1000 / floor:,.0f} msgs/s at most; " + " + ".join(f"{k} {v:.3f}" for k, v in parts.items())
+                           + (f"; wake-ups on one CPU {one_cpu:.3f} ms" if one_cpu is not None else "")})
+    for srv in servers:
+        rate = srv.cells[(4096, 1)].rate
+        if not rate:
+            continue
+        ms = 1000 / rate
+        rows.append({"name": f"ms per message at 1 session (4 KB) over the one-session floor: {srv.name}",
+                     "unit": "ms", "value": ms, "baseline": {"name": "one-session floor", "value": floor},
+                     "ratio": floor / ms, "above_floor_ms": ms - floor, "above_floor_share": (ms - floor) / ms,
+                     "detail": f"{rate:,.0f} msgs/s; {ms - floor:.3f} ms, {(ms - floor) / ms:.0%} of it above "
+                               f"the floor"})
     return rows
 
 
@@ -1060,6 +1150,7 @@ def run(size: str) -> dict[str, Any]:
                          f"previous scenario's freed inodes to age {RECENT_FREE_WINDOW:.0f} s, then {settled:.0f} s "
                          f"for creates under 150 us")
             floors = _floor(disk, floor, sizes["seconds"])
+            wake = _wake_floors(sizes["wake_seconds"])
             notes.append(disk.note())
             best = max(c.rate for cell, c in ours.cells.items() if cell[0] == 4096)
             ours.meter.begin()
@@ -1129,6 +1220,17 @@ def run(size: str) -> dict[str, Any]:
                      "their backlog settled), over the messages it delivered into the maildirs")
         notes.append(_client_cpu_note(CLIENT, [s for s in (ours, synced, theirs, naive, pf) if s is not None]))
         results.extend(_floor_rows(floors, ours, naive))
+        results.extend(_one_session_rows(wake, floors[JOURNAL_FLOOR][1], [ours, synced, *servers[1:]], CLIENT))
+        notes.append(f"the one-session floor: what a lone session's message waits for whatever the server does, "
+                     f"medians measured after the cells with every server idle: the loopback round trips of its "
+                     f"dialogue (2 with MAIL/RCPT/DATA pipelined, 4 with smtp-source), each between this process's "
+                     f"uvloop and a fresh interpreter's, {GAP * 1000:g} ms idle before each ({sizes['wake_seconds']:g} "
+                     f"s as the scheduler places them, then {sizes['wake_seconds'] / 4:g} s each pinned to one CPU "
+                     f"and to two: the rows' p50_ms_one_CPU / p50_ms_two_CPUs); one loop -> thread pool -> loop "
+                     f"hop in that interpreter, likewise; the journal's "
+                     f"fdatasync of a record over its preallocated file ({sizes['seconds']:g} s, the disk floor's "
+                     f"row); the load generator's CPU per message in mailsrv's one-session cell. Each server's ms "
+                     f"per message at one session is 1000 / its msgs/s there; ratio: the floor's share of it")
         notes.append(f"the aiosmtpd baselines: the same aiosmtpd server (DATA read line by line into memory) and "
                      f"the same maildir write (create in tmp/, write, fsync, rename into new/, fsync new/) into "
                      f"the recipient's own maildir, the message preceded by Return-Path and a Received field "

@@ -156,7 +156,7 @@ def check_smtp_baselines(report: dict, client: str) -> None:
         assert row["value"] == primary["value"]
         assert (f"end-of-DATA->250 p99 vs {naive} ({label})" in rows) == (client == "python")
     floors = [r for r in report["results"] if r["name"].startswith("disk floor, no SMTP, one writer: ")]
-    assert len(floors) == 2, floors
+    assert len(floors) == 3 and "fdatasync (the journal's sync)" in floors[2]["name"], floors
     two_naive = 2 * rows[f"durable msgs/s vs {naive} (4 KB, 1 sessions)"]["baseline"]["value"]
     for r in floors:
         assert r["value"] > 0 and r["writes"] > 0 and 0 < r["p50_ms"] <= r["p99_ms"], r
@@ -164,6 +164,12 @@ def check_smtp_baselines(report: dict, client: str) -> None:
         assert r["left_ms_per_msg"] == pytest.approx(1000 / two_naive - 1000 / r["value"]), r
     names = [s["name"] for s in report["servers"]]
     assert naive in names and any(n.startswith("aiosmtpd+maildir fsync (") for n in names), names
+    # the one-session floor (tests/bench/test_floors.py checks its values): one row per server beside it
+    floor = rows["one-session floor (4 KB): loopback round trips + pool round trip + fdatasync + client CPU"]
+    assert floor["value"] > 0 and floor["value"] == pytest.approx(sum(floor["parts_ms"].values())), floor
+    for name in names + ["mailsrv, deferred_index = false"]:
+        r = rows[f"ms per message at 1 session (4 KB) over the one-session floor: {name}"]
+        assert r["baseline"]["value"] == floor["value"] and r["value"] > 0, r
     warm = [n for n in report["notes"] if n.startswith("warm-up before the first cell")]
     assert warm, report["notes"]
     for name in names + ["mailsrv, deferred_index = false"]:
