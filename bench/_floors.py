@@ -3,17 +3,25 @@ conditions (bench/smtp.py's floor rows): a loopback TCP round trip between two u
 thread pool -> loop hop, each after an idle gap as a lone session has, and the delivery journal's sync
 (a record written over a preallocated file, then fdatasync).
 
-Not a scenario (the leading underscore keeps it out of ``python -m bench``).
+    python -m bench._floors [--seconds 2] [--dir DIR] [--client-ms 0.055]
+
+prints those rows alone in ~10 s (the journal's file made in a fresh directory below ``--dir``, after a
+``sync``), the one-session floor with ``--client-ms`` as the load generator's CPU per message (``python -m
+bench smtp`` notes it per cell). Not a scenario (the leading underscore keeps it out of ``python -m bench``).
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
+import sys
+import tempfile
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -22,6 +30,8 @@ from pathlib import Path
 from types import TracebackType
 
 from mailsrv.store import journal
+
+from ._common import durable_loop
 
 #: The idle gap before each exchange (seconds): the far side asleep in epoll (the pool's thread on its queue)
 #: when it starts, as in a lone session, where each side waits for the other between its steps (the client
@@ -206,3 +216,36 @@ def record(body: bytes) -> bytes:
     """A journal record's size for ``body`` delivered to one target: its header, the payload's head and the
     target's four strings (~150 bytes, their content does not matter to the disk), then the message."""
     return bytes(150) + body
+
+
+def main(argv: list[str] | None = None) -> int:
+    from . import smtp as B
+    from .__main__ import print_table
+
+    ap = argparse.ArgumentParser(prog="python -m bench._floors", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seconds", type=float, default=2.0, help="each unpinned measurement's (a pinned one: a quarter)")
+    ap.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()),
+                    help="the journal's file is made below it: its file system is the one measured")
+    ap.add_argument("--client-ms", type=float, default=0.055,
+                    help="the load generator's CPU ms per message (0.055 at one session, 2026-11-28 15:26)")
+    a = ap.parse_args(argv)
+    t0 = time.monotonic()
+    wake = B._wake_floors(a.seconds)
+    scratch = Path(tempfile.mkdtemp(prefix="floors-", dir=a.dir))
+    try:
+        with Overwrite(scratch / "journal") as log:
+            os.sync()
+            rec = record(B._body(4096))
+            _rate, sync = durable_loop(lambda _name: log.write(rec), a.seconds)
+    finally:
+        shutil.rmtree(scratch)
+    rows = [{"name": f"disk floor, one writer: {B.JOURNAL_FLOOR}", "unit": "ms", "value": B._pct(sync, 50),
+             "detail": f"p90 {B._pct(sync, 90):.3f} ms, {len(sync)} writes"},
+            *B._one_session_rows(wake, sync, a.client_ms, [], "python")]
+    print_table({"scenario": "floors", "seconds": time.monotonic() - t0, "results": rows,
+                 "notes": [f"load average {os.getloadavg()[0]:.1f}; journal file below {a.dir}"]})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -988,14 +988,14 @@ def _floor_rows(floors: dict[str, tuple[float, list[float]]], ours: _Server,
     return rows
 
 
-def _one_session_rows(wake: dict[str, tuple[list[float], list[float]]], sync: list[float],
+def _one_session_rows(wake: dict[str, tuple[list[float], list[float]]], sync: list[float], client_ms: float,
                       servers: list[_Server], client: str) -> list[dict[str, Any]]:
     """The wake-up floors' rows (:func:`_wake_floors`) and the one-session floor: the medians of what a lone
     session's message waits for whatever the server does, as the scheduler placed the two sides: the
     dialogue's loopback round trips (2 when the client pipelines MAIL/RCPT/DATA, 4 for smtp-source), one hop
     to a thread for the sync and back, the journal's fdatasync (``sync``: each write's seconds) and the load
-    generator's CPU per message in the first server's cell (``one_cpu_ms``: the same with the wake-ups
-    pinned to one CPU); then, per server, its ms per message at 1 session (4 KB; 1000 / the median of its
+    generator's CPU per message (``client_ms``) (``one_cpu_ms``: the same with the wake-ups pinned to one
+    CPU); then, per server, its ms per message at 1 session (4 KB; 1000 / the median of its
     rounds' msgs/s) against the floor: ``ratio`` is the floor's share of it, ``above_floor_ms`` and
     ``above_floor_share`` the rest."""
     round_trips = 2 if client == "python" else 4
@@ -1011,7 +1011,7 @@ def _one_session_rows(wake: dict[str, tuple[list[float], list[float]]], sync: li
                                + ", ".join(f"{place} {v:.3f}" for place, v in pinned.items())})
     rtt, hop = p50[PLACEMENTS[0]]
     parts = {f"{round_trips} loopback round trips": round_trips * rtt, "pool round trip": hop,
-             "journal fdatasync": _pct(sync, 50), "client CPU": servers[0].cells[(4096, 1)].client_ms or 0.0}
+             "journal fdatasync": _pct(sync, 50), "client CPU": client_ms}
     floor = sum(parts.values())
     one_cpu = None
     if PLACEMENTS[1] in p50:
@@ -1220,7 +1220,8 @@ def run(size: str) -> dict[str, Any]:
                      "their backlog settled), over the messages it delivered into the maildirs")
         notes.append(_client_cpu_note(CLIENT, [s for s in (ours, synced, theirs, naive, pf) if s is not None]))
         results.extend(_floor_rows(floors, ours, naive))
-        results.extend(_one_session_rows(wake, floors[JOURNAL_FLOOR][1], [ours, synced, *servers[1:]], CLIENT))
+        results.extend(_one_session_rows(wake, floors[JOURNAL_FLOOR][1], ours.cells[(4096, 1)].client_ms or 0.0,
+                                         [ours, synced, *servers[1:]], CLIENT))
         notes.append(f"the one-session floor: what a lone session's message waits for whatever the server does, "
                      f"medians measured after the cells with every server idle: the loopback round trips of its "
                      f"dialogue (2 with MAIL/RCPT/DATA pipelined, 4 with smtp-source), each between this process's "

@@ -134,7 +134,9 @@ def test_floor_rows_beside_a_server_measured_at_one_session(tmp_path: Path) -> N
     assert list(floors) == [*B.FLOORS, B.JOURNAL_FLOOR]
     rate, times = floors[B.JOURNAL_FLOOR]
     assert rate > 0 and times and all(t > 0 for t in times)
-    rows = B._floor_rows(floors, naive, naive) + B._one_session_rows(B._wake_floors(0.2), times, [naive],
+    client_ms = naive.cells[(4096, 1)].client_ms
+    assert client_ms is not None and client_ms > 0
+    rows = B._floor_rows(floors, naive, naive) + B._one_session_rows(B._wake_floors(0.2), times, client_ms, [naive],
                                                                       "python")
     check_floor_rows(rows, [B.AIOSMTPD_NAIVE])
     journal = next(r for r in rows if r["name"] == f"disk floor, no SMTP, one writer: {B.JOURNAL_FLOOR}")
@@ -145,3 +147,14 @@ def test_floor_rows_beside_a_server_measured_at_one_session(tmp_path: Path) -> N
     floor_row = next(r for r in rows if r["name"] == B.ONE_SESSION_FLOOR)
     assert f"({floor_row['detail']})" in md and "msgs/s at most; 2 loopback round trips " in md
     assert "of it above the floor)" in md
+
+
+def test_floors_alone_from_the_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``python -m bench._floors`` prints the wake-up floors, the journal's fdatasync and the one-session floor
+    (with the client CPU given), and removes its journal file."""
+    assert F.main(["--seconds", "0.2", "--dir", str(tmp_path), "--client-ms", "0.5"]) == 0
+    out = capsys.readouterr().out
+    for name in (B.WAKE_RTT, B.WAKE_HOP, B.ONE_SESSION_FLOOR, f"disk floor, one writer: {B.JOURNAL_FLOOR}"):
+        assert f"  {name} " in out, (name, out)
+    assert "client CPU 0.500" in out and "msgs/s at most" in out
+    assert list(tmp_path.iterdir()) == []
