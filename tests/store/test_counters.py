@@ -79,7 +79,7 @@ def test_old_index_gets_counters_and_expunge_ids(make_store, run, tmp_path: Path
     # an index as the first release of the store made it: no counter column, triggers or ids
     db = sqlite3.connect(tmp_path / "mail" / "alice" / INDEX_NAME)
     for trig in ("unseen_ins", "unseen_del", "unseen_upd"):
-        db.execute(f"DROP TRIGGER {trig}")
+        db.execute(f"DROP TRIGGER IF EXISTS {trig}")
     db.execute("ALTER TABLE mailboxes DROP COLUMN unseen")
     db.execute("ALTER TABLE expunged DROP COLUMN email_id")
     db.execute("ALTER TABLE expunged DROP COLUMN thread_id")
