@@ -142,18 +142,21 @@ def placed(pid: int, mine: int, theirs: int) -> Iterator[None]:
     """This thread on CPU ``mine`` and every thread of process ``pid`` (and the threads they start) on CPU
     ``theirs`` while the block runs, then back where they were allowed before. The scheduler places a lone
     session's two sides as it likes: on one CPU a wake-up needs no other CPU to leave its idle state."""
-    tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
-    before = os.sched_getaffinity(0), {t: os.sched_getaffinity(t) for t in tids}
+    mine_before, theirs_before = os.sched_getaffinity(0), {}
+    for tid in (int(t) for t in os.listdir(f"/proc/{pid}/task")):
+        with contextlib.suppress(ProcessLookupError):  # a thread that has just ended (a pool's, shut down)
+            theirs_before[tid] = os.sched_getaffinity(tid)
     try:
         os.sched_setaffinity(0, {mine})
-        for t in tids:
-            os.sched_setaffinity(t, {theirs})
+        for tid in theirs_before:
+            with contextlib.suppress(ProcessLookupError):
+                os.sched_setaffinity(tid, {theirs})
         yield
     finally:
-        os.sched_setaffinity(0, before[0])
-        for t, cpus in before[1].items():
-            with contextlib.suppress(OSError):
-                os.sched_setaffinity(t, cpus)
+        os.sched_setaffinity(0, mine_before)
+        for tid, cpus in theirs_before.items():
+            with contextlib.suppress(ProcessLookupError):
+                os.sched_setaffinity(tid, cpus)
 
 
 def two_cpus() -> tuple[int, int] | None:
