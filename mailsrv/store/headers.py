@@ -15,7 +15,6 @@ from mailsrv.mime.headers import BASE_SUBJECT_MAX
 _MSGID = re.compile(rb"<([^<>\s]{1,500})>")
 _PREFIX = re.compile(r"^\s*((re|fwd?|aw|sv|antw|rif|tr)(\[\d+\])?\s*:|\[[^\]]*\])\s*", re.IGNORECASE)
 _TRAILER = re.compile(r"\s*\(fwd\)\s*$", re.IGNORECASE)
-_WS = re.compile(r"\s+")
 
 #: the header block read for threading is cut here
 MAX_HEADER = 256 * 1024
@@ -60,7 +59,7 @@ def fields(block: bytes, names: set[bytes] | frozenset[bytes]) -> dict[bytes, by
 
 
 def base_subject(subject: str) -> str:
-    s = _WS.sub(" ", subject[:BASE_SUBJECT_MAX]).strip()
+    s = " ".join(subject[:BASE_SUBJECT_MAX].split())  # whitespace runs -> one space, stripped (as re's \s+)
     if "[" not in s and ":" not in s and "(" not in s:  # no prefix or trailer to strip (most mail)
         return s.casefold()
     return _base_subject_steps(s)
@@ -92,17 +91,27 @@ def thread_headers_of(scanned: tuple | list) -> ThreadHeaders:
     f: dict[bytes, bytes] = {}
     for name, value in scanned:
         if name in _THREAD_FIELDS and name not in f:
-            f[name] = b" ".join(v.strip() for v in value.replace(b"\r\n", b"\n").rstrip(b"\n").split(b"\n"))
+            nl = value.find(b"\n")
+            if nl < 0 or nl == len(value) - 1:  # one line (most fields): unfolded, it is the value stripped
+                f[name] = value.strip()
+            else:
+                f[name] = b" ".join(v.strip() for v in value.replace(b"\r\n", b"\n").rstrip(b"\n").split(b"\n"))
     return _thread_headers(f)
 
 
 def _thread_headers(f: dict[bytes, bytes]) -> ThreadHeaders:
-    mid = _MSGID.search(f.get(b"message-id", b""))
+    # (an absent or empty field is looked at by no pattern: it has no id, and its base subject is "")
+    value = f.get(b"message-id")
+    mid = _MSGID.search(value) if value else None
     parents: list[str] = []
     for name in (b"references", b"in-reply-to"):
-        for m in _MSGID.finditer(f.get(name, b"")):
+        value = f.get(name)
+        if not value:
+            continue
+        for m in _MSGID.finditer(value):
             p = m.group(1).decode("utf-8", "replace")
             if p not in parents:
                 parents.append(p)
-    subject = base_subject(f.get(b"subject", b"").decode("utf-8", "replace"))
+    value = f.get(b"subject")
+    subject = base_subject(value.decode("utf-8", "replace")) if value else ""
     return ThreadHeaders(mid.group(1).decode("utf-8", "replace") if mid else None, tuple(parents), subject)

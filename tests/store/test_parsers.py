@@ -221,3 +221,22 @@ def test_base_subject_shortcut_of_corpus(corpus: Path) -> None:
         assert search_base(subject) == search_steps(collapsed), p
         seen += 1
     assert seen > 100
+
+
+@given(st.lists(st.sampled_from(["a", "Re:", "x", " ", "  ", "\t", "\r\n", "\x0b", "\x1c", "\x85", "\u00a0", "\u2003",
+                                 "\u3000", "\u200b", "é"]), max_size=12).map("".join))
+def test_base_subject_folds_whitespace_as_the_pattern(subject: str) -> None:
+    """base_subject collapses whitespace with str.split (no pattern): the same as ``\\s+`` -> one space, stripped."""
+    import re
+
+    folded = re.sub(r"\s+", " ", subject).strip()
+    steps = any(c in folded for c in "[:(")
+    assert headers.base_subject(subject) == (headers._base_subject_steps(folded) if steps else folded.casefold())
+
+
+def test_thread_headers_of_one_line_values() -> None:
+    """A field of one line (its line end kept by the scanner, or none) is taken stripped; a folded one unfolded."""
+    th = headers.thread_headers_of([(b"subject", b" Re:  a\tb \r\n"), (b"message-id", b" <m@x>"),
+                                    (b"references", b" <a@x>\r\n\t<b@x> \r\n"), (b"in-reply-to", b"")])
+    assert th == headers.ThreadHeaders("m@x", ("a@x", "b@x"), "a b")
+    assert headers.thread_headers_of([]) == headers.ThreadHeaders(None, (), "")
