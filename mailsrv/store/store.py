@@ -478,6 +478,7 @@ class Store:
         if err is None:
             for acct, res in published:  # none for a group delivery (it indexes nothing in its job)
                 await acct._publish(res)
+            return self._hand_on(results, later)  # no coroutine of its own on the common path
         return await self._after_links(spool_path, results, later, err)
 
     async def _after_links(self, spool_path: Path, results: list[DeliveryResult],
@@ -486,15 +487,19 @@ class Store:
         round's sync failed (``err``) take their links out of ``new/`` again and turn its ``ok``
         copies into tempfail (the sender retries: a link left there would be indexed later, a
         duplicate). The results to return."""
-        if err is not None and later:
-            logger.error("deliver.sync_failed", path=str(spool_path), error=str(err))
-            try:  # this process's syncs skip them meanwhile (Pending.unsynced)
-                await self.io.run(_take_back, [x[3] for x in later])
-            finally:
-                for acct, _, key, _ in later:
-                    acct.engine.pending.pop(key, None)
-            return [r if r.status != "ok" else DeliveryResult(r.target, "tempfail", None, f"syncfs: {err}")
-                    for r in results]
+        if err is None or not later:
+            return self._hand_on(results, later)
+        logger.error("deliver.sync_failed", path=str(spool_path), error=str(err))
+        try:  # this process's syncs skip them meanwhile (Pending.unsynced)
+            await self.io.run(_take_back, [x[3] for x in later])
+        finally:
+            for acct, _, key, _ in later:
+                acct.engine.pending.pop(key, None)
+        return [r if r.status != "ok" else DeliveryResult(r.target, "tempfail", None, f"syncfs: {err}")
+                for r in results]
+
+    def _hand_on(self, results: list[DeliveryResult], later: list[_Linked]) -> list[DeliveryResult]:
+        """:meth:`_after_links` of a delivery whose copies are durable: they go to the indexer."""
         for acct, mailbox, key, _ in later:
             pend = acct.engine.pending.get(key)
             if pend is not None:

@@ -17,6 +17,7 @@ the delivery rounds of the same process between slices of their work.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import contextvars
 import ctypes
@@ -27,7 +28,7 @@ import hashlib
 import os
 import threading
 import time
-from collections.abc import AsyncIterable, Callable, Iterator
+from collections.abc import AsyncIterable, Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -263,12 +264,14 @@ class Foreground:
     """Latency-bound work of this process running or waiting now (delivery rounds): background jobs
     that call :func:`give_way` between slices wait, without holding the GIL, while there is any.
 
-    ``enter``/``leave`` are called on the loop thread by each round (two uncontended lock
-    operations); ``busy`` is read by any thread without the lock.
+    ``enter``/``leave`` are called on the loop thread by each round and delivery (an uncontended
+    lock each, taken directly: a Condition's ``with`` is a Python call); ``busy`` is read by any
+    thread without the lock.
     """
 
     def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self.busy = 0
         #: seconds one background job waits at most in all (the store sets ``[store] index_give_way``)
         self.budget = GIVE_WAY_MAX
@@ -277,13 +280,13 @@ class Foreground:
         self.waited = 0.0
 
     def enter(self) -> None:
-        with self._cond:
+        with self._lock:
             self.busy += 1
 
     def leave(self) -> None:
-        with self._cond:
+        with self._lock:
             self.busy -= 1
-            if not self.busy:
+            if not self.busy and self.waiting:  # waiters count themselves under this lock
                 self._cond.notify_all()
 
     def wait(self, timeout: float, holding: Wanted | None = None) -> float:
@@ -410,7 +413,12 @@ class FileIO:
         loop = running_loop()
         ctx = contextvars.copy_context()
         call = functools.partial(ctx.run, fn, *args, **kwargs)
-        return await submit(loop, self._pool, call)
+        return await asyncio.wrap_future(self.queue(call), loop=loop)
+
+    def queue(self, fn: Callable[[], T]) -> concurrent.futures.Future[T]:
+        """Start ``fn()`` in the pool, counted as :func:`submit` does, without a loop's future (a
+        group-commit round answers its loop itself). Raises RuntimeError once shut down."""
+        return _queue(self._pool, fn)
 
     async def write_chunks(self, f: Any, chunks: AsyncIterable[bytes],
                            check: Callable[[int], None]) -> tuple[int, str]:
@@ -478,6 +486,12 @@ def submit(loop: asyncio.AbstractEventLoop, pool: ThreadPoolExecutor, fn: Callab
     """``loop.run_in_executor(pool, fn)``, counting the pool's jobs; when this one must wait for a
     thread, the background jobs giving way in the pool's threads (:func:`pool_thread`) are woken to
     look again: it may need a thread one of them holds."""
+    return asyncio.wrap_future(_queue(pool, fn), loop=loop)
+
+
+def _queue(pool: ThreadPoolExecutor, fn: Callable[[], T]) -> concurrent.futures.Future[T]:
+    """:func:`submit` without the loop: ``pool.submit(fn)``, counted. Raises RuntimeError when the
+    pool is shut down."""
     load = _load(pool)
     with load.lock:
         load.jobs += 1
@@ -485,7 +499,7 @@ def submit(loop: asyncio.AbstractEventLoop, pool: ThreadPoolExecutor, fn: Callab
     if timeline.on:
         fn = functools.partial(_stamped_job, timeline.new_job(_job_kind(fn), jobs=load.jobs), fn)
     try:
-        fut = loop.run_in_executor(pool, functools.partial(_counted, load, fn))
+        fut = pool.submit(_counted, load, fn)
     except BaseException:
         with load.lock:
             load.jobs -= 1
@@ -605,6 +619,14 @@ class _GroupCommit:
     the work of every caller of the round and its sync, instead of a job each and then a sync
     job). ``lanes`` rounds may run at once (each serves the callers it took), so that one round's
     work overlaps another's wait for the disk; their syncs go through one :class:`_SyncGate`.
+    A lane is no task: a loop callback (:meth:`_step`) submits its round to the pool, and the job's
+    end answers every caller from one ``call_soon_threadsafe`` callback (:meth:`_answer`), which
+    steps the lane again (a task per lane cost its creation, a step per round, and the answer went
+    through concurrent.futures' chained future and the task's wake-up: ~65 k instructions per
+    message on the loop thread at one SMTP session, bench._irprobe). :attr:`tasks`: a future per
+    lane running. Background jobs give way (:data:`foreground`) from a round's submission to its
+    answer (a delivery holds the foreground itself from its call to its answer): entered and left
+    by the round, not the lane, so that a loop closed while a lane waits (a test's) leaks nothing.
 
     A caller of :meth:`run_synced` cancelled before its round started its work is dropped (the work
     never runs); one cancelled later cannot stop the work, so the round hands its outcome to the
@@ -624,7 +646,8 @@ class _GroupCommit:
         self._pending: dict[str, list[_Call]] = {}
         self._running = 0
         self._busy = False  # the last round served more than one caller
-        self._tasks: set[asyncio.Task[None]] = set()
+        #: a future per lane running (its rounds, and its waits of the delay): done when it ends
+        self._lane_futs: set[asyncio.Future[None]] = set()
         self._gate = _SyncGate(self._round, delay)
         #: a write-ahead journal (``sync()``: make every record appended so far durable) that a round's
         #: work may make itself durable with instead of the path's sync (:func:`journaled`; FsSyncer)
@@ -654,17 +677,17 @@ class _GroupCommit:
                 "sync_wait_ms": 1000 * self.synced / rounds, "sync_ms": 1000 * self.sync_time / rounds}
 
     @property
-    def tasks(self) -> list[asyncio.Task[None]]:
-        """The rounds running now (Store.close() waits for them)."""
-        return list(self._tasks)
+    def tasks(self) -> list[asyncio.Future[None]]:
+        """The rounds running now, a future per lane (Store.close() waits for them)."""
+        return list(self._lane_futs)
 
-    async def sync(self, path: str | os.PathLike[str]) -> None:
-        """Return once a round that began after this call has made ``path`` durable."""
-        await self._join(path, None)
+    def sync(self, path: str | os.PathLike[str]) -> Coroutine[Any, Any, None]:
+        """Return once a round that began after this call has made ``path`` durable (awaited)."""
+        return self._join(path, None)
 
-    async def run_synced(self, path: str | os.PathLike[str], fn: Callable[..., T], /, *args: Any,
-                         abandoned: Callable[[T, OSError | None], object] | None = None
-                         ) -> tuple[T, OSError | None]:
+    def run_synced(self, path: str | os.PathLike[str], fn: Callable[..., T], /, *args: Any,
+                   abandoned: Callable[[T, OSError | None], object] | None = None
+                   ) -> Coroutine[Any, Any, tuple[T, OSError | None]]:
         """Run blocking ``fn(*args)`` in the next round's pool job, then that round's sync of ``path``.
 
         Returns ``(fn's result, None)`` once what ``fn`` wrote is durable, or ``(result, error)`` when
@@ -674,10 +697,9 @@ class _GroupCommit:
         Cancelled before its round started ``fn``, the caller leaves nothing behind (``fn`` never
         runs); cancelled later, ``abandoned(result, error)`` is called in the loop once the round is
         over (not when ``fn`` raised), to do what the caller would have done after its return.
+        (A plain function returning :meth:`_join`'s coroutine: no coroutine level of its own.)
         """
-        ctx = contextvars.copy_context()
-        out: tuple[T, OSError | None] = await self._join(path, functools.partial(ctx.run, fn, *args), abandoned)
-        return out
+        return self._join(path, functools.partial(contextvars.copy_context().run, fn, *args), abandoned)
 
     async def _join(self, path: str | os.PathLike[str], work: Callable[[], Any] | None,
                     abandoned: Callable[[Any, OSError | None], object] | None = None) -> Any:
@@ -690,11 +712,11 @@ class _GroupCommit:
         self._pending.setdefault(os.fspath(path), []).append((fut, work, abandoned))
         self.callers += 1
         t0 = time.monotonic()
-        if self._running < self._lanes:
+        if self._running < self._lanes:  # start a lane
             self._running += 1
-            task = loop.create_task(self._flusher())
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            lane: asyncio.Future[None] = loop.create_future()
+            self._lane_futs.add(lane)
+            loop.call_soon(self._step, loop, lane)  # with the callers joining in this loop turn
         try:
             out = await fut
         except asyncio.CancelledError:
@@ -766,58 +788,89 @@ class _GroupCommit:
         return ([(outs, errors.get(keys.get(path, path))) for path, outs in zip(batch, done, strict=True)], t1 - t0,
                 time.monotonic() - t1)
 
-    async def _flusher(self) -> None:
-        foreground.enter()  # background jobs give way while this runs (a task cancelled unstarted: neither)
+    def _step(self, loop: asyncio.AbstractEventLoop, lane: asyncio.Future[None], waited: bool = False) -> None:
+        """On the loop: start a lane's next round for the callers waiting now, or end the lane when
+        none waits. No task per round: the round's pool job is submitted from here, and its answer
+        comes back as one ``call_soon_threadsafe`` callback (:meth:`_answer`), which steps the lane
+        again. ``waited``: the lane has waited the delay for this round."""
+        while self._pending:
+            if self._delay and self._busy and not waited:  # let concurrent callers join this round
+                loop.call_later(self._delay, self._step, loop, lane, True)
+                return
+            waited = False
+            batch, self._pending = self._pending, {}
+            n = sum(len(c) for c in batch.values())
+            self._busy = n > 1
+            self.rounds += 1
+            job: Callable[[], Any] = functools.partial(self._round_job, batch)
+            rrec = None
+            if timeline.on:
+                rrec = timeline.new_round(n=n, inflight=self._running)
+                job = functools.partial(_stamped_round, rrec, self._round_job, batch)
+            foreground.enter()  # background jobs give way until the round is answered
+            try:
+                cf = self._io.queue(job)
+            except Exception as exc:  # the pool is shut down: every caller of the round gets it
+                foreground.leave()
+                _fail(batch, exc)
+                continue
+            cf.add_done_callback(functools.partial(self._answer_soon, loop, lane, batch, rrec))
+            return
+        self._running -= 1
+        self._lane_futs.discard(lane)
+        lane.set_result(None)
+
+    def _answer_soon(self, loop: asyncio.AbstractEventLoop, lane: asyncio.Future[None], batch: dict[str, list[_Call]],
+                     rrec: dict[str, Any] | None, cf: concurrent.futures.Future[Any]) -> None:
+        """In the pool thread that ran a round's job (or wherever it was cancelled): :meth:`_answer`
+        on the loop."""
         try:
-            while self._pending:
-                if self._delay and self._busy:
-                    await _sleep(self._delay)  # let concurrent callers join this round
-                    if not self._pending:  # another lane took them meanwhile
-                        break
-                batch, self._pending = self._pending, {}
-                self._busy = sum(len(c) for c in batch.values()) > 1
-                self.rounds += 1
-                job = self._round_job
-                rrec = None
-                if timeline.on:
-                    rrec = timeline.new_round(n=sum(len(c) for c in batch.values()), inflight=self._running)
-                    job = functools.partial(_stamped_round, rrec, job)
-                try:
-                    results, worked, synced = await self._io.run(job, batch)
-                except Exception as exc:  # the pool is shut down: every caller of the round gets it
-                    for callers in batch.values():
-                        for fut, _, _ in callers:
-                            if not fut.done():
-                                fut.set_exception(exc)
-                    continue
-                except BaseException:  # this task was cancelled (loop shutting down)
-                    for callers in batch.values():
-                        for fut, _, _ in callers:
-                            fut.cancel()
-                    raise
-                self.worked += worked
-                self.synced += synced
-                if rrec is not None:
-                    rrec["answered"] = time.monotonic_ns()
-                for callers, (outs, err) in zip(batch.values(), results, strict=True):
-                    for (fut, work, abandoned), (ok, value) in zip(callers, outs, strict=True):
-                        if fut.done():
-                            if ok and work is not None and abandoned is not None and fut.cancelled():
-                                # cancelled after its work began: follow it up (an error of the
-                                # follow-up goes to the loop's handler, not into this round)
-                                asyncio.get_running_loop().call_soon(abandoned, value, err)
-                            continue
-                        if not ok:
-                            fut.set_exception(value)
-                        elif work is not None:
-                            fut.set_result((value, err))
-                        elif err is None:
-                            fut.set_result(None)
-                        else:
-                            fut.set_exception(err)
-        finally:
-            self._running -= 1
+            loop.call_soon_threadsafe(self._answer, loop, lane, batch, rrec, cf)
+        except RuntimeError:  # the loop is closed: nobody waits for the answer (a test's loop)
             foreground.leave()
+
+    def _answer(self, loop: asyncio.AbstractEventLoop, lane: asyncio.Future[None], batch: dict[str, list[_Call]],
+                rrec: dict[str, Any] | None, cf: concurrent.futures.Future[Any]) -> None:
+        """On the loop: a round's job is over: answer its callers, then step the lane."""
+        foreground.leave()
+        try:
+            if rrec is not None:
+                rrec["answered"] = time.monotonic_ns()
+            if cf.cancelled() or cf.exception() is not None:  # the job failed as a whole (not a caller's
+                _fail(batch, None if cf.cancelled() else cf.exception())  # work): every caller gets it
+                return
+            results, worked, synced = cf.result()
+            self.worked += worked
+            self.synced += synced
+            for callers, (outs, err) in zip(batch.values(), results, strict=True):
+                for (fut, work, abandoned), (ok, value) in zip(callers, outs, strict=True):
+                    if fut.done():
+                        if ok and work is not None and abandoned is not None and fut.cancelled():
+                            # cancelled after its work began: follow it up (an error of the
+                            # follow-up goes to the loop's handler, not into this round)
+                            loop.call_soon(abandoned, value, err)
+                        continue
+                    if not ok:
+                        fut.set_exception(value)
+                    elif work is not None:
+                        fut.set_result((value, err))
+                    elif err is None:
+                        fut.set_result(None)
+                    else:
+                        fut.set_exception(err)
+        finally:
+            self._step(loop, lane)
+
+
+def _fail(batch: dict[str, list[_Call]], exc: BaseException | None) -> None:
+    """Every caller of a round still waiting gets ``exc`` (None: is cancelled)."""
+    for callers in batch.values():
+        for fut, _, _ in callers:
+            if not fut.done():
+                if exc is None:
+                    fut.cancel()
+                else:
+                    fut.set_exception(exc)
 
 
 #: the key of a round's sync that stands for the journal's (FsSyncer: ``journal.sync()``)
@@ -850,22 +903,6 @@ def _stamped_round(rrec: dict[str, Any], job: Callable[..., T], *args: Any) -> T
         return job(*args)
     finally:
         _bg.round = None
-
-
-async def _sleep(delay: float) -> None:
-    """``asyncio.sleep(delay)`` on :func:`running_loop` (no getpid(2): one per busy round)."""
-    loop = running_loop()
-    fut: asyncio.Future[None] = loop.create_future()
-    handle = loop.call_later(delay, _wake, fut)
-    try:
-        await fut
-    finally:
-        handle.cancel()
-
-
-def _wake(fut: asyncio.Future[None]) -> None:
-    if not fut.done():  # not cancelled meanwhile
-        fut.set_result(None)
 
 
 class DirSyncer(_GroupCommit):

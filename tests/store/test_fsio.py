@@ -350,19 +350,16 @@ def test_run_synced_caller_cancelled_as_its_answer_arrives_is_followed_up(tmp_pa
     take the answer: its ``abandoned`` follow-up gets it (the work was done and synced)."""
     followed: list[tuple[object, object]] = []
 
+    caller: list[asyncio.Future[object]] = []
+
+    class Cancelling(fsio.FsSyncer):
+        def _answer(self, loop: asyncio.AbstractEventLoop, *args: object) -> None:
+            loop.call_soon(caller[0].cancel)  # runs after the round answers, before the caller wakes
+            super()._answer(loop, *args)  # type: ignore[arg-type]
+
     async def main() -> None:
         io = fsio.FileIO(2)
-        syncer = fsio.FsSyncer(io)
-        loop = asyncio.get_running_loop()
-        caller: list[asyncio.Future[object]] = []
-        real = io.run
-
-        async def run(fn: object, *args: object) -> object:
-            out = await real(fn, *args)  # type: ignore[arg-type]
-            loop.call_soon(caller[0].cancel)  # runs after the round answers, before the caller wakes
-            return out
-
-        io.run = run  # type: ignore[method-assign, assignment]
+        syncer = Cancelling(io)
         try:
             caller.append(asyncio.ensure_future(syncer.run_synced(
                 tmp_path, lambda: "done", abandoned=lambda out, err: followed.append((out, err)))))

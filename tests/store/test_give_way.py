@@ -251,14 +251,15 @@ def test_a_delivery_is_foreground_until_it_answers(tmp_path: Path, run: Run, mak
     async def go() -> None:
         acct = await store.account("u")
         after, release = asyncio.Event(), asyncio.Event()
-        real = store._after_links
+        real = store._deliver
 
         async def held(*args: Any) -> Any:  # the delivery's work on the loop after its round
+            out = await real(*args)
             after.set()
             await release.wait()
-            return await real(*args)
+            return out
 
-        monkeypatch.setattr(store, "_after_links", held)
+        monkeypatch.setattr(store, "_deliver", held)
         base = fsio.foreground.busy
         delivery = asyncio.ensure_future(store.deliver(spool(tmp_path, msg(1)), [DeliveryTarget(acct)], uids=False))
         await asyncio.wait_for(after.wait(), 10)
