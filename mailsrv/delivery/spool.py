@@ -28,6 +28,7 @@ import threading
 import time
 from pathlib import Path
 
+from mailsrv.store import reserve
 from mailsrv.util import fsio
 
 _PREFIX = secrets.token_hex(4)  # unique names without a urandom call per message
@@ -288,8 +289,9 @@ def spool_dir(data_dir: Path) -> Path:
 
 
 def clean(directory: Path, older_than: float = 3600.0) -> int:
-    """Remove spool files a crashed worker left behind (never acknowledged, so nothing is lost)."""
-    removed = 0
+    """Remove spool files a crashed worker left behind (never acknowledged, so nothing is lost), and
+    the files its store's spool reserve held (``.reserve/``, store/reserve.py: at once, any age)."""
+    removed = reserve.clean(directory)
     cutoff = time.time() - older_than
     for entry in os.scandir(directory):
         try:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, TypeVar
 from mailsrv import log
 from mailsrv._speedups import quota as quota_impl
 from mailsrv.config import MimeConfig, StoreConfig
-from mailsrv.store import headers, journal, notify
+from mailsrv.store import headers, journal, notify, reserve
 from mailsrv.store import maildir as md
 from mailsrv.store.account import SNAPSHOT_CACHE_MESSAGES, Account
 from mailsrv.store.engine import Engine, Pending, SyncResult, new_id, parse_for_index
@@ -145,6 +145,10 @@ class Store:
         self._adopt_stop = asyncio.Event()
         self._checkpoint_due = asyncio.Event()  # the journal holds records
         self._checkpoint_now = asyncio.Event()  # ... and it fills up, or the store closes: no interval
+        #: spool directory -> this process's reserve of empty files there (store/reserve.py), made
+        #: at its first consuming delivery
+        self._reserves: dict[str, reserve.Reserve] = {}
+        self._reserves_lock = threading.Lock()
 
     async def start(self) -> None:
         """Before serving (the worker calls it): replay the delivery journals of processes gone
@@ -367,6 +371,8 @@ class Store:
             await asyncio.gather(*self._hibernating, return_exceptions=True)
         for acct in [*self._accounts.values(), *self._evicted.values()]:
             await self.io.run(acct.engine.close)
+        for res in list(self._reserves.values()):  # its files go (a process killed leaves them to spool.clean)
+            await self.io.run(res.close)
         self.usage.close()  # a connection close: no I/O worth a pool round trip
         self._accounts.clear()
         self._evicted.clear()
@@ -531,24 +537,61 @@ class Store:
         """
         if not consume:
             return self._deliver_links(spool, targets, internal_date, email_id, index, group, data, False)
+        taken: str | None = None
         try:
-            return self._deliver_links(spool, targets, internal_date, email_id, index, group, data, True)
+            if data is not None:  # a spool that never left memory: into a reserved file when one is ready
+                taken = self._write_reserved(spool, data)
+            return self._deliver_links(spool, targets, internal_date, email_id, index, group, data, True, taken)
         except BaseException:
-            with contextlib.suppress(FileNotFoundError):  # moved, or never made: nothing to remove
-                os.unlink(spool)
+            for path in (spool, taken):
+                if path is not None:
+                    with contextlib.suppress(FileNotFoundError):  # moved, or never made: nothing to remove
+                        os.unlink(path)
             raise
 
+    def _write_reserved(self, spool: Path, data: bytes) -> str | None:
+        """Blocking: ``data`` written into a file of this process's spool reserve (store/reserve.py),
+        no fsync; the file's path, or None when the reserve is empty or its file was removed
+        underneath (then the caller creates ``spool`` as before). Used for ``consume`` deliveries,
+        whose caller wrote no file at ``spool`` and has no use for one after (a sealed spool): the
+        message is linked and moved from the reserved file, and ``spool`` never exists."""
+        directory = str(spool).rpartition("/")[0]
+        res = self._reserves.get(directory)
+        if res is None:
+            with self._reserves_lock:
+                res = self._reserves.setdefault(directory, reserve.Reserve(directory))
+        path = res.take()
+        if path is None:
+            return None
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        except FileNotFoundError:  # removed by a clean (a process of the same pid gone, a tool)
+            return None
+        try:
+            _write_all(fd, data)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            raise
+        return path
+
     def _deliver_links(self, spool: Path, targets: list[DeliveryTarget], internal_date: float | None,
-                       email_id: str, index: bool, group: bool, data: bytes | None, consume: bool
+                       email_id: str, index: bool, group: bool, data: bytes | None, consume: bool,
+                       taken: str | None = None
                        ) -> tuple[list[DeliveryResult], list[tuple[Account, SyncResult]], list[_Linked]]:
         """:meth:`_deliver_job`; ``consume``: the spool is renamed into the last target (a group round:
-        its sync covers the rename; else the file is fsync'd by its spool path first), or removed."""
+        its sync covers the rename; else the file is fsync'd by its spool path first), or removed.
+        ``taken``: the reserved file that holds ``data`` (:meth:`_write_reserved`), linked instead of
+        ``spool`` (which does not exist)."""
         move_last = consume and group
         moved = False
         email_id = email_id or new_id("E")
         size = -1
         created = False  # the spool holds ``data`` (it may differ from a file the caller wrote)
-        if data is not None:
+        src: Path | str = spool  # the file linked into the targets
+        if taken is not None and data is not None:
+            src, size, created = taken, len(data), True
+        elif data is not None:
             try:
                 _create_spool(spool, data)  # the caller's spool never left memory (one syscall less
                 size = len(data)            # than a stat that fails first)
@@ -558,7 +601,7 @@ class Store:
         if size < 0:
             size = os.stat(spool).st_size
         if internal_date is not None:
-            os.utime(spool, (internal_date, internal_date))
+            os.utime(src, (internal_date, internal_date))
         # a group round answers before the MIME parse (not needed to make the copies durable): whoever
         # indexes one of its copies first (the index batch, or a reader) parses it, once for all of them
         late = LateParse(self._parse) if group else None
@@ -582,7 +625,7 @@ class Store:
         for i, t in enumerate(targets):
             acct: Account = t.account
             try:
-                outcome = self._link_one(spool, t, size, email_id, structure, thread, keep,
+                outcome = self._link_one(src, t, size, email_id, structure, thread, keep,
                                          move_last and i == len(targets) - 1, parsed, late)
                 moved = move_last and i == len(targets) - 1 and outcome[0] == "ok"
             except StoreError as exc:
@@ -605,9 +648,9 @@ class Store:
         failed_dirs: dict[str, OSError] = {}
         if linked and not group:
             try:
-                fsio.fsync_file(spool)
+                fsio.fsync_file(src)
             except OSError as exc:
-                logger.error("deliver.fsync_failed", file=str(spool), error=str(exc))
+                logger.error("deliver.fsync_failed", file=str(src), error=str(exc))
                 failed_dirs = {x[4]: exc for x in linked}
         # the new/ entries: one fsync per directory for all targets of this delivery
         for d in dict.fromkeys(x[4] for x in linked if x[4] not in failed_dirs and (not group or x[4] in copied)):
@@ -655,7 +698,7 @@ class Store:
             out = self._journal_links(spool, out, later, internal_date, data or b"")
         if consume and not moved:  # after the fsync of its links (not a group round): no longer needed
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(spool)
+                os.unlink(src)
         return [r for r in out if r is not None], published, later
 
     def _parse(self, raw: bytes) -> tuple[bytes | None, headers.ThreadHeaders, MessageStructure | None]:
@@ -717,7 +760,7 @@ class Store:
 
         return _repairing(eng, index)
 
-    def _link_one(self, spool: Path, t: DeliveryTarget, size: int, email_id: str,
+    def _link_one(self, spool: Path | str, t: DeliveryTarget, size: int, email_id: str,
                   structure: bytes | None, thread: headers.ThreadHeaders | None,
                   raw: bytes | None = None, move: bool = False,
                   parsed: MessageStructure | None = None, late: LateParse | None = None) -> tuple[str, ...]:
@@ -901,16 +944,21 @@ def _create_spool(path: Path, data: bytes) -> None:
     """Blocking: create ``path`` (O_EXCL) holding ``data``, no fsync; on failure nothing is left."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-        finally:
-            os.close(fd)
+        _write_all(fd, data)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(path)
         raise
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """Blocking: write all of ``data`` to ``fd``, then close it (also on error)."""
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
 
 
 def _limited(t: DeliveryTarget) -> bool:
@@ -1081,7 +1129,7 @@ def _take_back(paths: list[str]) -> None:
             logger.error("deliver.take_back_failed", file=p, error=str(exc))
 
 
-def _link_or_copy(src: Path, to: str, move: bool = False) -> str:
+def _link_or_copy(src: Path | str, to: str, move: bool = False) -> str:
     """Hard link ``src`` as ``to`` ("link"; ``move``: rename it there), or copy it durably across file
     systems ("copy")."""
     import errno

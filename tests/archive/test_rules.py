@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from support.spool import spool_files
 
 from mailsrv.config import ArchiveConfig
 from mailsrv.delivery import archive as archive_mod
@@ -82,7 +83,7 @@ def test_archive_copy_starts_with_the_envelope_and_only_it(site: Any) -> None:
         assert theirs == copy.replace(b"\r\n".join(block) + b"\r\n", b"", 1)  # otherwise the same bytes
     # its file is the archive's own (no link of the recipients' copy), removed after the reply
     deadline = time.monotonic() + 30
-    while list((site.data_dir / "spool").iterdir()):
+    while spool_files(site.data_dir / "spool"):
         assert time.monotonic() < deadline, "the archive file was left in the spool"
 
 

@@ -7,6 +7,7 @@ import time
 
 import pytest
 from support.server import wait_until
+from support.spool import spool_files
 
 from mailsrv.queue.store import queue_dir
 
@@ -258,7 +259,7 @@ def test_a_local_only_message_is_moved_into_the_mailbox_not_removed(site, monkey
     with smtplib.SMTP("127.0.0.1", site.ports["mta"]) as c:
         c.ehlo("client.test")
         c.sendmail("someone@remote.test", ["alice@example.test", "sales@example.test", "bob@example.test"], MSG)
-        assert list((site.data_dir / "spool").iterdir()) == []
+        assert spool_files(site.data_dir / "spool") == []
     assert queued == []
     [a], [b] = site.inbox("alice@example.test"), site.inbox("bob@example.test")
     assert a == b and a.endswith(MSG)
@@ -275,7 +276,7 @@ def test_an_outside_group_member_still_gets_the_message_queued(site) -> None:
     [alice] = site.inbox("alice@example.test")
     assert queue_dir(site.data_dir).message_path(env.id).read_bytes() == alice
     # the spool file the queue linked, removed after
-    wait_until(lambda: not list((site.data_dir / "spool").iterdir()))
+    wait_until(lambda: not spool_files(site.data_dir / "spool"))
 
 
 def test_a_queue_failure_after_local_copies_is_not_acknowledged(site, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from support.forked import spawn
+from support.spool import spool_files
 
 from mailsrv.config import StoreConfig
 from mailsrv.store import DeliveryTarget, QuotaLimits, Store
@@ -39,7 +40,7 @@ def test_a_sealed_spool_is_written_then_moved_into_the_last_target(tmp_path: Pat
     data = msg(1)
     res = run(store.deliver(path, [DeliveryTarget(a), DeliveryTarget(b)], uids=False, data=data, consume=True))
     assert [r.status for r in res] == ["ok", "ok"]
-    assert not path.exists() and os.listdir(tmp_path / "spool") == []
+    assert not path.exists() and spool_files(tmp_path / "spool") == []
     [fa], [fb] = _new(tmp_path, "a"), _new(tmp_path, "b")
     assert fa.read_bytes() == fb.read_bytes() == data
     assert fa.stat().st_ino == fb.stat().st_ino and fa.stat().st_nlink == 2  # one file, two names
@@ -153,7 +154,7 @@ def test_sigkill_loses_nothing_acknowledged_and_leaves_whole_files(tmp_path: Pat
     after = asyncio.run(_state(tmp_path))  # every file in new/ and cur/ is one indexed message
     mids = list(after.values())
     assert len(mids) == len(set(mids)) and set(acked) <= set(mids)
-    assert len(os.listdir(tmp_path / "spool")) <= 1
+    assert len(spool_files(tmp_path / "spool")) <= 1
 
     async def contents() -> dict[str, bytes]:
         store = Store(StoreConfig(), tmp_path, hostname="check.test")
