@@ -249,6 +249,13 @@ async def remember(outcome: Any) -> None:
         await p.remember(outcome)
 
 
+def pending(outcome: Any) -> bool:
+    """Whether :func:`commit` of ``outcome`` has anything to record (duplicate ids of RFC 7352): without,
+    a caller may skip its coroutine."""
+    p = outcome.filtering
+    return p is not None and bool(p.dups)
+
+
 async def commit(outcome: Any) -> None:
     """RFC 7352 as Pigeonhole: the duplicate ids of the message's recipients commit with the
     transaction: call it when the final reply (a 250, or a 550 when every script refused it) is
@@ -514,6 +521,17 @@ class Pass:
             else:
                 self._message = await asyncio.get_running_loop().run_in_executor(None, _head, self.spool, BODY_MAX)
         return self._message
+
+    def kept(self, acct: Account) -> bool:
+        """True when :meth:`apply` is known to answer the plain keep (most mail), without its coroutines: the
+        account has no active script (:meth:`SieveFilter.script`'s look at it still fresh) and no retry
+        ledger (one stat(2), as :meth:`_unmade`); False: await :meth:`apply`."""
+        filt = self.filt
+        e = filt._cache.get(acct.id)
+        if e is None or e.script is not None or not e.ledger or not filt.config.enabled \
+                or time.monotonic() - e.checked >= filt.check_interval:
+            return False
+        return not sieve_ledger.exists_at(e.ledger)
 
     async def apply(self, address: str, acct: Account, mailbox: str, out: Any) -> list[tuple[str, frozenset[str]]]:
         """The copies (mailbox, flags) to make for ``acct`` (``address``: the recipient as addressed;

@@ -174,6 +174,8 @@ class SmtpService:
                     timeline.finish("written")
                 if conn.backlogged():
                     await conn.drain()
+            if session.accepted is not None:  # its line after its 250 (off the reply's path), before what follows
+                session.log_accepted()
             try:
                 line = None if auth_pending else conn.buffered_command()  # pipelined: no coroutine
                 if line is None:
@@ -227,7 +229,11 @@ class SmtpService:
                 if not await self._read_bdat(conn, session, out, step.size, step.last):
                     return
                 continue
-            await self._flush(conn, out)
+            # _flush inline: no coroutine when the write went out whole (the 354 of every message)
+            conn.write(out[0] if len(out) == 1 else b"".join(out))
+            out.clear()
+            if conn.backlogged():
+                await conn.drain()
             if step.then == "close":
                 return
             elif step.then == "auth":

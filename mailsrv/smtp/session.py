@@ -191,6 +191,9 @@ class Session:
         self._write_failed: SmtpError | None = None  # a spool write failed while the message streamed
         #: (what it depends on, the Received field up to its "for" clause): built once per session state
         self._received: tuple[tuple[Any, ...], str] | None = None
+        #: the fields of the last accepted message's ``message.accepted`` line, until :meth:`log_accepted`
+        #: writes it (the connection loop, once the reply is written: the line is off the reply's path)
+        self.accepted: dict[str, Any] | None = None
 
     @property
     def host(self) -> str:
@@ -664,12 +667,23 @@ class Session:
         if not verdict.ok:
             raise SmtpError(verdict.text, verdict.code, verdict.enh)
         # the one info line per message (the sid, in every line, is the id in the 250 text): what an
-        # operator needs, as Postfix's from/to/size/delay/status lines (not formatted when not printed)
+        # operator needs, as Postfix's from/to/size/delay/status lines (not formatted when not printed);
+        # written by log_accepted, after the reply
         if log.enabled("info"):
-            logger.info("message.accepted", sender=tx.sender, to=_recipients(tx), rcpts=len(tx.rcpts),
-                        size=getattr(spool, "size", None), ms=f"{(time.monotonic() - started) * 1000:.1f}",
-                        **verdict.log)
+            self.log_accepted()  # a former message's line not written yet (a caller without a loop)
+            self.accepted = {"sender": tx.sender, "to": _recipients(tx), "rcpts": len(tx.rcpts),
+                             "size": getattr(spool, "size", None),
+                             "ms": f"{(time.monotonic() - started) * 1000:.1f}", **verdict.log}
         return Step(reply(verdict.code, verdict.enh, verdict.text))
+
+    def log_accepted(self) -> None:
+        """Write the ``message.accepted`` line of the message :meth:`data_end` accepted last, if not yet
+        written. The connection loop calls it once the ``250`` is written (or held behind pipelined
+        commands), before the next command; :meth:`abort` too."""
+        fields = self.accepted
+        if fields is not None:
+            self.accepted = None
+            logger.info("message.accepted", **fields)
 
     def _held(self, spool: Spool) -> bytes | None:
         """The message when the policy can judge it before the spool file is written, else None."""
@@ -682,7 +696,9 @@ class Session:
         return message
 
     def abort(self) -> None:
-        """The connection ended: drop the transaction and its spool file."""
+        """The connection ended: drop the transaction and its spool file (an accepted message's line is
+        written)."""
+        self.log_accepted()
         if self._auth is not None:
             self._auth.abort()
             self._auth = None

@@ -20,6 +20,7 @@ from mailsrv.delivery.sieve import (
     SieveFilter,
     commit,
     our_verdicts,
+    pending,
     queue_orders,
     remember,
     reply_text,
@@ -38,6 +39,29 @@ logger = log.get("smtp")
 _NOTIFY_ORDER = ("SUCCESS", "FAILURE", "DELAY", "NEVER")
 #: check_sender's answer to every sender it accepts (made once: a Verdict is frozen)
 _SENDER_OK = Verdict(250, "2.1.0", "Sender OK")
+
+
+#: (session id, local copies) -> the Verdict of a message accepted with no remote recipient: a session's
+#: messages share one (frozen; the session copies its log fields into its line)
+_ACCEPTED: dict[tuple[str, int], Verdict] = {}
+#: Verdicts kept in :data:`_ACCEPTED` (dropped all at once beyond it: a few per open session)
+MAX_ACCEPTED = 1024
+
+
+def _accepted(sid: str, delivered: int) -> Verdict:
+    key = (sid, delivered)
+    verdict = _ACCEPTED.get(key)
+    if verdict is None:
+        if len(_ACCEPTED) >= MAX_ACCEPTED:
+            _ACCEPTED.clear()
+        verdict = _ACCEPTED[key] = Verdict(250, "2.0.0", f"OK id={sid}",
+                                           log={"local": delivered, "queued": 0, "qid": None})
+    return verdict
+
+
+def _by_address(tx: Transaction) -> dict[str, Any]:
+    """Address as checked at RCPT (``route[2]``) -> its Recipient (NOTIFY, ORCPT of a retry or bounce)."""
+    return {r.route[2]: r for r in tx.rcpts}
 
 
 def _qrcpt(address: str, rcpt: Any = None) -> QRcpt:
@@ -101,10 +125,8 @@ class DirectoryBackend:
                 return await self._deliver_converted(info, tx, spool, over)
         local: list[tuple[str, Any]] = []
         remote: list[QRcpt] = []
-        by_addr = {}
         for r in tx.rcpts:
             kind, res, address = r.route
-            by_addr[address] = r
             if kind == "outside":
                 remote.append(_qrcpt(address, r))
             else:
@@ -137,6 +159,7 @@ class DirectoryBackend:
         only_local = not remote  # before the failed local copies join the queue's recipients
         if outcome is not None:
             remote.extend(_qrcpt(a) for a in outcome.outside)
+            by_addr = _by_address(tx) if outcome.retry else {}
             retry = [_qrcpt(a, by_addr.get(a)) for a in outcome.retry]
             if plan is not None and self.archive is not None:  # archived now: not their retries (docs/archive.md)
                 retry = [QRcpt(q.addr, notify=q.notify, orcpt=self.archive.archived_orcpt(tx.sender, q.addr, q.orcpt))
@@ -183,13 +206,16 @@ class DirectoryBackend:
                     await remember(outcome)
                 return Verdict(451, "4.3.0", "Queue not available, try again later")
         if outcome is not None and outcome.rejects:  # the others got it: a bounce for the refusing ones
+            by_addr = _by_address(tx)
             await self._notice(info, tx, spool, data, "failed",
                                [QRcpt(a, orcpt=by_addr[a].orcpt if a in by_addr else None,
                                       diag=f"550 5.7.1 {reply_text(reason)}") for a, reason in outcome.rejects])
-        if delivered and tx.sender:
+        if delivered and tx.sender and any("SUCCESS" in r.notify for r in tx.rcpts):
             await self._success_notices(info, tx, spool, outcome.retry if outcome is not None else [])
-        if outcome is not None:  # RFC 7352: the duplicate ids commit with the 250, never before a 451
-            await commit(outcome)
+        if outcome is not None and pending(outcome):  # RFC 7352: the duplicate ids commit with the 250,
+            await commit(outcome)  # never before a 451
+        if not remote:
+            return _accepted(info.sid, delivered)
         # one log line per message: the session's message.accepted carries these fields
         return Verdict(250, "2.0.0", f"OK id={info.sid}{' queued as ' + qid if qid else ''}",
                        log={"local": delivered, "queued": len(remote), "qid": qid or None})
