@@ -311,13 +311,17 @@ class LocalDelivery:
                         flags: dict[str, frozenset[str]], consume: bool = False) -> None:
             if not batch:
                 return
-            # Opening an account may create its maildir: open the batch concurrently (store I/O pool);
-            # one recipient (most mail) needs no task for that
-            saccts = ([await self.store_account(batch[0][1])] if len(batch) == 1 else
-                      await asyncio.gather(*(self.store_account(a) for _, a, _ in batch)))
-            dlimits = {d: await self.store.domain_limits(d) for d in {a.domain for _, a, _ in batch}}
-            targets = [DeliveryTarget(sa, mailbox=box, limits=limits_of(a), domain_limits=dlimits[a.domain])
-                       for (_, a, box), sa in zip(batch, saccts, strict=True)]
+            if len(batch) == 1:  # most mail: no task, no comprehension's coroutine
+                _, a, box = batch[0]
+                sacct = await self.store_account(a)
+                targets = [DeliveryTarget(sacct, mailbox=box, limits=limits_of(a),
+                                          domain_limits=await self.store.domain_limits(a.domain))]
+            else:
+                # Opening an account may create its maildir: open the batch concurrently (store I/O pool)
+                saccts = await asyncio.gather(*(self.store_account(a) for _, a, _ in batch))
+                dlimits = {d: await self.store.domain_limits(d) for d in {a.domain for _, a, _ in batch}}
+                targets = [DeliveryTarget(sa, mailbox=box, limits=limits_of(a), domain_limits=dlimits[a.domain])
+                           for (_, a, box), sa in zip(batch, saccts, strict=True)]
             if flags:
                 targets = [replace(t, flags=flags[addr]) if addr in flags else t
                            for (addr, _, _), t in zip(batch, targets, strict=True)]
@@ -359,11 +363,14 @@ class LocalDelivery:
                     seen.add(member.account.id)
                     if archive is not None:
                         archive.saw(member.account)
-                    if sieve is not None:
+                    if sieve is None:
+                        batch.append((member.account.address, member.account, mailbox))
+                    elif sieve.kept(member.account):  # the keep, without apply's coroutines
+                        sieve.own_batch(member.account.address, batch, mailbox).append(
+                            (member.account.address, member.account, mailbox))
+                    else:
                         await self._filtered(sieve, batch, sflags, member.account.address, member.account,
                                              mailbox, out)
-                    else:
-                        batch.append((member.account.address, member.account, mailbox))
                     if len(batch) >= DELIVERY_BATCH:
                         await flush(batch, spool, data, {})
                 continue
@@ -373,10 +380,12 @@ class LocalDelivery:
             seen.add(acct.id)
             if archive is not None:
                 archive.saw(acct)
-            if sieve is not None:
-                await self._filtered(sieve, batch, sflags, address, acct, mailbox, out)
-            else:
+            if sieve is None:
                 batch.append((address, acct, mailbox))
+            elif sieve.kept(acct):  # the keep, without apply's coroutines
+                sieve.own_batch(address, batch, mailbox).append((address, acct, mailbox))
+            else:
+                await self._filtered(sieve, batch, sflags, address, acct, mailbox, out)
             if len(batch) >= DELIVERY_BATCH:
                 await flush(batch, spool, data, {})
         if sieve is not None and sieve.own:  # docs/sieve.md editheader: each edited copy from its own file
