@@ -251,7 +251,11 @@ def binary_size(raw: Any, part: Part) -> int:
 
 def part_text(raw: Any, part: Part, limit: int | None = None) -> str:
     """Decoded text of a text part, in its declared charset (best effort)."""
-    if limit is None:
+    if part.encoding not in _CONVERTED and (limit is None or limit >= 0):
+        # nothing to undo (iter_decoded's chunks would be the body as written): one slice
+        end = part.body_end if limit is None else min(part.body_end, part.body_start + limit)
+        data = bytes(raw[part.body_start : end])
+    elif limit is None:
         data = decoded_body(raw, part)
     else:
         buf = bytearray()

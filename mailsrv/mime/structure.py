@@ -269,6 +269,21 @@ class Part:
         """RFC 2183 filename, else the Content-Type name parameter (RFC 2231 / 2047 decoded)."""
         return self.disposition_params.get("filename") or self.params.get("name") or None
 
+    def bare_text(self) -> bool:
+        """True for a text/plain leaf (Content-Type absent or text/plain) without Content-Disposition
+        and without a ``name`` parameter: a part whose :attr:`filename` and :attr:`disposition` are
+        None and whose text is all there is to it (most mail is one such part). Looks at the scanned
+        fields only, without the cached properties of a walk; False says nothing."""
+        t = self._t
+        if t[_FLAGS] or t[_KIDS] or self.parent_digest:
+            return False
+        if t[_TYPE] and (t[_TYPE].lower() != b"text" or t[_SUB].lower() != b"plain"):
+            return False
+        for n, v in t[_FIELDS]:
+            if n == b"content-disposition" or (n == b"content-type" and b";" in v and "name" in self.params):
+                return False
+        return True
+
     def _text(self, name: bytes) -> str | None:
         v = self.field(name)
         return None if v is None else decode_words(unfold(v).strip(b" \t"))

@@ -13,6 +13,7 @@ files written by another version are rebuilt.
 
 from __future__ import annotations
 
+import datetime
 import email.utils
 import html
 import re
@@ -177,8 +178,34 @@ def _parsed_first_address(value: bytes) -> tuple[str, str]:
     return "", ""
 
 
+#: a Date: value as RFC 5322 §3.3 writes it (an optional day name, a four-digit year, seconds, a numeric
+#: zone, perhaps a comment after it): most mail. Its fields are those email.utils finds (the same answer
+#: as :func:`_parsed_sent_date`; tests/search/test_sent_date.py checks by hypothesis), read without its
+#: split and its passes over month and zone names. A year below 1000 (email.utils makes 0050 into 2050)
+#: and the zone -0000 (a naive time for email.utils) are left to it
+_DATE = re.compile(rb"[ \t]*(?:(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun),[ \t]*)?([0-9]{1,2})[ \t]+"
+                   rb"(Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)[ \t]+([1-9][0-9]{3})[ \t]+"
+                   rb"([0-9]{2}):([0-9]{2}):([0-9]{2})[ \t]+([+-])([0-9]{2})([0-9]{2})(?:[ \t]+\([^()\r\n]*\))?[ \t]*")
+_MONTHS = {m: n for n, m in enumerate((b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep",
+                                        b"Oct", b"Nov", b"Dec"), 1)}
+
+
 def _sent_date(value: bytes) -> tuple[float, int] | None:
     """(epoch seconds, the calendar day as written in the header's own zone), or None."""
+    m = _DATE.fullmatch(value)
+    if m is None or (m[7] == b"-" and m[8] == b"00" and m[9] == b"00"):
+        return _parsed_sent_date(value)
+    zone = int(m[8]) * 3600 + int(m[9]) * 60
+    try:
+        dt = datetime.datetime(int(m[3]), _MONTHS[m[2]], int(m[1]), int(m[4]), int(m[5]), int(m[6]),
+                               tzinfo=datetime.timezone(datetime.timedelta(seconds=-zone if m[7] == b"-" else zone)))
+        return dt.timestamp(), dt.date().toordinal()
+    except (ValueError, OverflowError, OSError):  # no such day or time, a zone of a day or more
+        return None
+
+
+def _parsed_sent_date(value: bytes) -> tuple[float, int] | None:
+    """:func:`_sent_date` by email.utils."""
     try:
         dt = email.utils.parsedate_to_datetime(value.decode("latin-1"))
     except (TypeError, ValueError, IndexError, OverflowError):
@@ -229,6 +256,13 @@ def extract(raw: bytes, max_text: int = 1 << 20, structure: mime.MessageStructur
         sent = _sent_date(first[b"date"])
         if sent is not None:
             doc.sent_date, doc.sent_day = sent
+    if max_text > 0 and root.bare_text():  # one text/plain part (most mail): the loop below without its walk
+        try:
+            text = mime.part_text(raw, root, max_text)
+        except Exception:  # undecodable part: its text is not searchable
+            text = ""
+        t["body"] = normalize(text)[:max_text]
+        return doc
     body: list[str] = []
     size = 0
     for n, part in enumerate(structure.parts()):
