@@ -31,8 +31,6 @@ from types import TracebackType
 
 from mailsrv.store import journal
 
-from ._common import durable_loop
-
 #: The idle gap before each exchange (seconds): the far side asleep in epoll (the pool's thread on its queue)
 #: when it starts, as in a lone session, where each side waits for the other between its steps (the client
 #: ~0.1 ms for 354 and ~0.5 ms for 250 at 0.7 ms per message). A ``time.sleep`` on the loop's thread: uvloop's
@@ -208,11 +206,17 @@ class Overwrite:
         os.fdatasync(self.fd)
         self.pos += len(record)
 
+    def close(self) -> None:
+        """Close the file (once; again does nothing)."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
     def __enter__(self) -> Overwrite:
         return self
 
     def __exit__(self, typ: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
-        os.close(self.fd)
+        self.close()
 
 
 def record(body: bytes) -> bytes:
@@ -226,25 +230,26 @@ def main(argv: list[str] | None = None) -> int:
     from .__main__ import print_table
 
     ap = argparse.ArgumentParser(prog="python -m bench._floors", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--seconds", type=float, default=2.0, help="each unpinned measurement's (a pinned one: a quarter)")
+    ap.add_argument("--seconds", type=float, default=2.0, help="each probe's (a pinned one: a quarter)")
     ap.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()),
                     help="the journal's file is made below it: its file system is the one measured")
     ap.add_argument("--client-ms", type=float, default=0.055,
                     help="the load generator's CPU ms per message (0.055 at one session, 2026-11-28 15:26)")
     a = ap.parse_args(argv)
     t0 = time.monotonic()
-    wake = B._wake_floors(a.seconds)
     scratch = Path(tempfile.mkdtemp(prefix="floors-", dir=a.dir))
     try:
-        with Overwrite(scratch / "journal") as log:
+        probe = B._OneSessionFloor(scratch, a.seconds)
+        try:
             os.sync()
-            rec = record(B._body(4096))
-            _rate, sync = durable_loop(lambda _name: log.write(rec), a.seconds)
+            _wake, sync = probe.measure(None)
+        finally:
+            probe.close()
     finally:
         shutil.rmtree(scratch)
     rows = [{"name": f"disk floor, one writer: {B.JOURNAL_FLOOR}", "unit": "ms", "value": B._pct(sync, 50),
              "detail": f"p90 {B._pct(sync, 90):.3f} ms, {len(sync)} writes"},
-            *B._one_session_rows(wake, sync, a.client_ms, [], "python")]
+            *B._one_session_rows(probe.rounds, a.client_ms, [], "python")]
     print_table({"scenario": "floors", "seconds": time.monotonic() - t0, "results": rows,
                  "notes": [f"load average {os.getloadavg()[0]:.1f}; journal file below {a.dir}"]})
     return 0

@@ -70,12 +70,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 #: ``rounds`` x ``round_seconds``: each throughput cell's measurements per server (bench/README.md says why 3 x 3 s);
 #: ``seconds``: the disk floors', the front end's and store.deliver's rows (one measurement each);
-#: ``wake_seconds``: each wake-up floor's (the loopback round trip's, the pool hop's).
+#: ``floor_seconds``: each round's one-session floor probes' (the journal's sync, the round trip, the pool hop).
 SIZES: dict[str, dict[str, Any]] = {
     "smoke": {"seconds": 0.3, "rounds": 1, "round_seconds": 0.3, "sessions": [1, 4], "bodies": [4096],
-              "visible": 5, "warm": 0.2, "wake_seconds": 0.2},
+              "visible": 5, "warm": 0.2, "floor_seconds": 0.1},
     "full": {"seconds": 4.0, "rounds": 3, "round_seconds": 3.0, "sessions": [1, 10, 20, 50],
-             "bodies": [4096, 102400], "visible": 200, "warm": 1.0, "wake_seconds": 2.0},
+             "bodies": [4096, 102400], "visible": 200, "warm": 1.0, "floor_seconds": 0.5},
 }
 #: MAILSRV_BENCH_SMTP_ROUNDS=N overrides the size's rounds (more rounds for an A/B that must decide a cell).
 ROUNDS = os.environ.get("MAILSRV_BENCH_SMTP_ROUNDS", "")
@@ -943,30 +943,53 @@ def _floor_write(write: Any, floor: Path, body: bytes, name: str) -> None:
 #: The wake-up floors' placements: as the scheduler places the two sides (the figures the one-session floor
 #: uses), then pinned: both on one CPU, and on two (:func:`bench._floors.placed`), a quarter of the time each.
 PLACEMENTS = ("scheduler", "one CPU", "two CPUs")
+#: One measurement of the one-session floor's probes: placement -> (round trips, pool hops), the journal's syncs
+#: (each one's seconds).
+_FloorRound = tuple[dict[str, tuple[list[float], list[float]]], list[float]]
 
 
-def _wake_floors(seconds: float) -> dict[str, tuple[list[float], list[float]]]:
-    """The wake-up floors (bench/_floors.wakeups): this process's uvloop against one fresh interpreter spawned
-    as the servers are: placement (:data:`PLACEMENTS`; the pinned ones only with two CPUs) -> (each loopback
-    round trip's seconds, each of that process's pool hops' seconds)."""
-    import uvloop
+class _OneSessionFloor:
+    """The one-session floor's probes (bench/_floors.py), measured in each round of the 4 KB one-session cell
+    right after its servers, so that they meet the machine and the disk those servers met: the journal's
+    sync (its file made once in ``floor``), then the wake-ups between this process's uvloop and one fresh
+    interpreter spawned as the servers are (:data:`PLACEMENTS`; the pinned ones only with two CPUs, a
+    quarter of ``seconds`` each). :meth:`close` stops the interpreter and closes the file."""
 
-    sock = _listen()
-    port = sock.getsockname()[1]
-    procs = _spawn_workers(sock, "floors", Path(os.devnull), count=1)
-    cpus = two_cpus()
-    out = {}
-    try:
+    def __init__(self, floor: Path, seconds: float) -> None:
+        self.seconds = seconds
+        self.rec = record(_body(4096))
+        self.rounds: list[_FloorRound] = []
+        sock = _listen()
+        self.port = sock.getsockname()[1]
+        self.procs = _spawn_workers(sock, "floors", Path(os.devnull), count=1)
+        sock.close()
+        try:
+            self.log = Overwrite(floor / f"journal.{time.monotonic_ns()}")
+        except BaseException:
+            _stop(self.procs)
+            raise
+
+    def measure(self, disk: _DiskState | None) -> _FloorRound:
+        """One round: after ``disk``'s sync and wait (as a server's), the journal's syncs, then the wake-ups."""
+        import uvloop
+
+        if disk is not None:
+            disk.prepare("one-session floor")
+        _rate, sync = durable_loop(lambda _name: self.log.write(self.rec), self.seconds)
+        cpus = two_cpus()
+        wake = {}
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as r:
-            out[PLACEMENTS[0]] = r.run(wakeups(port, seconds))
+            wake[PLACEMENTS[0]] = r.run(wakeups(self.port, self.seconds))
             if cpus is not None:
                 for name, theirs in zip(PLACEMENTS[1:], cpus, strict=True):
-                    with placed(procs[0].pid, cpus[0], theirs):
-                        out[name] = r.run(wakeups(port, seconds / 4))
-    finally:
-        sock.close()
-        _stop(procs)
-    return out
+                    with placed(self.procs[0].pid, cpus[0], theirs):
+                        wake[name] = r.run(wakeups(self.port, self.seconds / 4))
+        self.rounds.append((wake, sync))
+        return wake, sync
+
+    def close(self) -> None:
+        self.log.close()
+        _stop(self.procs)
 
 
 def _floor_rows(floors: dict[str, tuple[float, list[float]]], ours: _Server,
@@ -988,37 +1011,41 @@ def _floor_rows(floors: dict[str, tuple[float, list[float]]], ours: _Server,
     return rows
 
 
-def _one_session_rows(wake: dict[str, tuple[list[float], list[float]]], sync: list[float], client_ms: float,
-                      servers: list[_Server], client: str) -> list[dict[str, Any]]:
-    """The wake-up floors' rows (:func:`_wake_floors`) and the one-session floor: the medians of what a lone
+def _one_session_rows(rounds: list[_FloorRound], client_ms: float, servers: list[_Server],
+                      client: str) -> list[dict[str, Any]]:
+    """The wake-up floors' rows and the one-session floor from :class:`_OneSessionFloor`'s rounds: what a lone
     session's message waits for whatever the server does, as the scheduler placed the two sides: the
     dialogue's loopback round trips (2 when the client pipelines MAIL/RCPT/DATA, 4 for smtp-source), one hop
-    to a thread for the sync and back, the journal's fdatasync (``sync``: each write's seconds) and the load
-    generator's CPU per message (``client_ms``) (``one_cpu_ms``: the same with the wake-ups pinned to one
-    CPU); then, per server, its ms per message at 1 session (4 KB; 1000 / the median of its
-    rounds' msgs/s) against the floor: ``ratio`` is the floor's share of it, ``above_floor_ms`` and
-    ``above_floor_share`` the rest."""
+    to a thread for the sync and back, the journal's fdatasync and the load generator's CPU per message
+    (``client_ms``). Each part is the median over the rounds of each round's median (as a cell's msgs/s: one
+    slow moment moves one round), the floor their sum (``one_cpu_ms``: with the wake-ups pinned to one CPU);
+    p90 and p99 over all rounds' samples pooled. Then, per server, its ms per message at 1 session (4 KB;
+    1000 / the median of its rounds' msgs/s) against the floor: ``ratio`` is the floor's share of it,
+    ``above_floor_ms`` and ``above_floor_share`` the rest."""
     round_trips = 2 if client == "python" else 4
-    p50 = {place: (_pct(rtt, 50), _pct(hops, 50)) for place, (rtt, hops) in wake.items()}
-    rows = []
+
+    def p50(part: Any) -> float:
+        return median(_pct(part(wake, sync), 50) for wake, sync in rounds)
+
+    rows: list[dict[str, Any]] = []
     for i, name in enumerate((WAKE_RTT, WAKE_HOP)):
-        times = wake[PLACEMENTS[0]][i]
-        pinned = {place: p50[place][i] for place in PLACEMENTS[1:] if place in wake}
-        rows.append({"name": name, "unit": "ms", "value": p50[PLACEMENTS[0]][i], "p90_ms": _pct(times, 90),
-                     "p99_ms": _pct(times, 99), "samples": len(times),
+        pooled = [t for wake, _ in rounds for t in wake[PLACEMENTS[0]][i]]
+        pinned = {place: p50(lambda wake, _s, place=place, i=i: wake[place][i])
+                  for place in PLACEMENTS[1:] if all(place in wake for wake, _ in rounds)}
+        rows.append({"name": name, "unit": "ms", "value": p50(lambda wake, _s, i=i: wake[PLACEMENTS[0]][i]),
+                     "p90_ms": _pct(pooled, 90), "p99_ms": _pct(pooled, 99), "samples": len(pooled),
                      **{f"p50_ms_{place.replace(' ', '_')}": v for place, v in pinned.items()},
-                     "detail": f"p90 {_pct(times, 90):.3f} ms, {len(times)} samples; pinned, p50: "
-                               + ", ".join(f"{place} {v:.3f}" for place, v in pinned.items())})
-    rtt, hop = p50[PLACEMENTS[0]]
+                     "detail": f"p90 {_pct(pooled, 90):.3f} ms, {len(pooled)} samples in {len(rounds)} rounds; "
+                               "pinned, p50: " + ", ".join(f"{place} {v:.3f}" for place, v in pinned.items())})
+    rtt, hop = rows[0]["value"], rows[1]["value"]
     parts = {f"{round_trips} loopback round trips": round_trips * rtt, "pool round trip": hop,
-             "journal fdatasync": _pct(sync, 50), "client CPU": client_ms}
+             "journal fdatasync": p50(lambda _w, sync: sync), "client CPU": client_ms}
     floor = sum(parts.values())
-    one_cpu = None
-    if PLACEMENTS[1] in p50:
-        rtt1, hop1 = p50[PLACEMENTS[1]]
-        one_cpu = floor + round_trips * (rtt1 - rtt) + hop1 - hop
+    one = f"p50_ms_{PLACEMENTS[1].replace(' ', '_')}"
+    one_cpu = floor + round_trips * (rows[0][one] - rtt) + rows[1][one] - hop if one in rows[0] else None
     rows.append({"name": ONE_SESSION_FLOOR, "unit": "ms", "value": floor, "msgs_per_s": 1000 / floor,
                  "parts_ms": parts, "client": client, "one_cpu_ms": one_cpu,
+                 "sync_p90_ms": _pct([t for _, sync in rounds for t in sync], 90),
                  "detail": f"{1000 / floor:,.0f} msgs/s at most; " + " + ".join(f"{k} {v:.3f}" for k, v in parts.items())
                            + (f"; wake-ups on one CPU {one_cpu:.3f} ms" if one_cpu is not None else "")})
     for srv in servers:
@@ -1077,6 +1104,7 @@ def run(size: str) -> dict[str, Any]:
     results: list[dict[str, Any]] = []
     procs: list[subprocess.Popen[bytes]] = []
     pf_conf: Path | None = None
+    one_floor: _OneSessionFloor | None = None
     try:
         (base / "only").mkdir()
         (base / "creates").mkdir()
@@ -1130,6 +1158,7 @@ def run(size: str) -> dict[str, Any]:
                 notes.append("no warm-up (MAILSRV_BENCH_SMTP_WARMUP=0): each server's first cell meets it fresh")
             os.sync()  # the inodes a previous scenario freed count as recent for 60 s once written back, 300 s before
             settled = _settle_creates(base / "creates", limit=90.0 if size == "full" else 0.0)
+            one_floor = _OneSessionFloor(floor, sizes["floor_seconds"])
             cells = [(bsize, n) for bsize in sizes["bodies"] for n in sizes["sessions"]]
             nrounds, seconds = max(1, int(ROUNDS or sizes["rounds"])), sizes["round_seconds"]
             t0 = time.monotonic()
@@ -1139,6 +1168,9 @@ def run(size: str) -> dict[str, Any]:
                     for server in _round_order(present, i, j, nrounds):
                         disk.prepare(server.name)
                         server.measure(bsize, n, seconds, CLIENT)
+                    if (bsize, n) == (4096, 1):
+                        one_floor.measure(disk)
+            one_floor.close()
             notes.append(f"each throughput cell: {nrounds} rounds of {seconds:g} s per server; each round measures "
                          f"every server back to back, the order rotating by one from round to round and cell to "
                          f"cell ({time.monotonic() - t0:.0f} s for all cells); msgs/s is the median of a server's "
@@ -1150,7 +1182,6 @@ def run(size: str) -> dict[str, Any]:
                          f"previous scenario's freed inodes to age {RECENT_FREE_WINDOW:.0f} s, then {settled:.0f} s "
                          f"for creates under 150 us")
             floors = _floor(disk, floor, sizes["seconds"])
-            wake = _wake_floors(sizes["wake_seconds"])
             notes.append(disk.note())
             best = max(c.rate for cell, c in ours.cells.items() if cell[0] == 4096)
             ours.meter.begin()
@@ -1220,17 +1251,18 @@ def run(size: str) -> dict[str, Any]:
                      "their backlog settled), over the messages it delivered into the maildirs")
         notes.append(_client_cpu_note(CLIENT, [s for s in (ours, synced, theirs, naive, pf) if s is not None]))
         results.extend(_floor_rows(floors, ours, naive))
-        results.extend(_one_session_rows(wake, floors[JOURNAL_FLOOR][1], ours.cells[(4096, 1)].client_ms or 0.0,
+        results.extend(_one_session_rows(one_floor.rounds, ours.cells[(4096, 1)].client_ms or 0.0,
                                          [ours, synced, *servers[1:]], CLIENT))
         notes.append(f"the one-session floor: what a lone session's message waits for whatever the server does, "
-                     f"medians measured after the cells with every server idle: the loopback round trips of its "
+                     f"measured in each round of the 4 KB one-session cell after its servers (after the same sync "
+                     f"and wait), each part the median of the rounds' medians: the journal's fdatasync of a record "
+                     f"over its preallocated file ({sizes['floor_seconds']:g} s); the loopback round trips of the "
                      f"dialogue (2 with MAIL/RCPT/DATA pipelined, 4 with smtp-source), each between this process's "
-                     f"uvloop and a fresh interpreter's, {GAP * 1000:g} ms idle before each ({sizes['wake_seconds']:g} "
-                     f"s as the scheduler places them, then {sizes['wake_seconds'] / 4:g} s each pinned to one CPU "
+                     f"uvloop and a fresh interpreter's, {GAP * 1000:g} ms idle before each ({sizes['floor_seconds']:g} "
+                     f"s as the scheduler places them, then {sizes['floor_seconds'] / 4:g} s each pinned to one CPU "
                      f"and to two: the rows' p50_ms_one_CPU / p50_ms_two_CPUs); one loop -> thread pool -> loop "
-                     f"hop in that interpreter, likewise; the journal's "
-                     f"fdatasync of a record over its preallocated file ({sizes['seconds']:g} s, the disk floor's "
-                     f"row); the load generator's CPU per message in mailsrv's one-session cell. Each server's ms "
+                     f"hop in that interpreter, likewise; the load generator's CPU per message in mailsrv's "
+                     f"one-session cell. Each server's ms "
                      f"per message at one session is 1000 / its msgs/s there; ratio: the floor's share of it")
         notes.append(f"the aiosmtpd baselines: the same aiosmtpd server (DATA read line by line into memory) and "
                      f"the same maildir write (create in tmp/, write, fsync, rename into new/, fsync new/) into "
@@ -1266,6 +1298,8 @@ def run(size: str) -> dict[str, Any]:
                      "measured on the store's inotify watch that IMAP IDLE uses")
     finally:
         _stop(procs)
+        if one_floor is not None:
+            one_floor.close()
         if pf_conf is not None:
             _stop_postfix(pf_conf)
         remove_tree(base)

@@ -46,19 +46,43 @@ def check_floor_rows(rows: list[dict], servers: list[str], client: str = "python
         assert r["above_floor_share"] == pytest.approx(1 - r["ratio"]), r
 
 
-def test_wake_floors_measure_round_trips_and_pool_hops_in_every_placement() -> None:
-    """Each placement gives round trips and hops (the warm-up ones left out), each a few us to a few ms: a
-    round trip is one line each way through a fresh interpreter, a hop one thread pool job."""
+def test_one_session_floor_rounds_measure_syncs_round_trips_and_pool_hops(tmp_path: Path) -> None:
+    """Each round gives the journal's syncs and, in each placement, round trips and hops (the warm-up ones left
+    out), each a few us to a few ms: a round trip is one line each way through a fresh interpreter, a hop one
+    thread pool job; the interpreter is stopped at the end."""
     before = os.sched_getaffinity(0)
-    wake = B._wake_floors(0.2)
+    probe = B._OneSessionFloor(tmp_path, 0.2)
+    try:
+        for _ in range(2):
+            probe.measure(None)
+    finally:
+        probe.close()
+    assert all(p.returncode is not None for p in probe.procs)
     assert os.sched_getaffinity(0) == before  # the pinned placements gave this process its CPUs back
+    assert len(probe.rounds) == 2
     expect = B.PLACEMENTS if F.two_cpus() is not None else B.PLACEMENTS[:1]
-    assert tuple(wake) == expect
-    for rtt, hops in wake.values():
-        assert rtt and hops
-        assert all(1e-6 < t < 1.0 for t in rtt + hops), (min(rtt + hops), max(rtt + hops))
-    # 0.2 s of exchanges, each after a 0.3 ms gap: far more than the warm-up
-    assert len(wake["scheduler"][0]) > 50 and len(wake["scheduler"][1]) > 50
+    for wake, sync in probe.rounds:
+        assert tuple(wake) == expect and sync and all(t > 0 for t in sync)
+        for rtt, hops in wake.values():
+            assert rtt and hops
+            assert all(1e-6 < t < 1.0 for t in rtt + hops), (min(rtt + hops), max(rtt + hops))
+        # 0.2 s of exchanges, each after a 0.3 ms gap: far more than the warm-up
+        assert len(wake["scheduler"][0]) > 50 and len(wake["scheduler"][1]) > 50
+
+
+def test_one_session_floor_parts_are_the_medians_of_the_rounds_medians() -> None:
+    """One slow round (a busy disk, a descheduled process) moves the floor no more than a slow round moves a
+    cell's msgs/s: each part is the median over the rounds of the round's median."""
+    ms = 1e-3
+    rounds = [({"scheduler": ([0.02 * ms] * 5, [0.04 * ms] * 5)}, [0.1 * ms] * 5),
+              ({"scheduler": ([0.03 * ms] * 5, [0.05 * ms] * 5)}, [3.0 * ms] * 5),  # the disk busy
+              ({"scheduler": ([0.50 * ms] * 5, [0.90 * ms] * 5)}, [0.12 * ms] * 5)]  # the CPUs busy
+    rows = {r["name"]: r for r in B._one_session_rows(rounds, 0.05, [], "python")}
+    floor = rows[B.ONE_SESSION_FLOOR]
+    assert floor["parts_ms"] == {"2 loopback round trips": pytest.approx(0.06), "pool round trip": pytest.approx(0.05),
+                                 "journal fdatasync": pytest.approx(0.12), "client CPU": 0.05}
+    assert floor["value"] == pytest.approx(0.28) and floor["one_cpu_ms"] is None
+    assert rows[B.WAKE_RTT]["samples"] == 15 and rows[B.WAKE_RTT]["p99_ms"] == pytest.approx(0.5)
 
 
 def test_placed_pins_both_sides_and_restores(tmp_path: Path) -> None:
@@ -111,8 +135,8 @@ def test_overwrite_writes_over_a_preallocated_file_and_wraps(tmp_path: Path, mon
 
 def test_floor_rows_beside_a_server_measured_at_one_session(tmp_path: Path) -> None:
     """A short real run: the naive aiosmtpd baseline measured at one session, the disk floors (with the
-    journal's), the wake-up floors; the rows are all there, the floor the sum of its parts and below the
-    server's ms per message, and the tables show each row's detail."""
+    journal's), a round of the one-session floor's probes; the rows are all there, the floor the sum of its
+    parts and below the server's ms per message, and the tables show each row's detail."""
     maildir = tmp_path / "naive"
     for d in ("tmp", "new", "cur"):
         (maildir / "load0" / d).mkdir(parents=True)
@@ -137,8 +161,12 @@ def test_floor_rows_beside_a_server_measured_at_one_session(tmp_path: Path) -> N
     assert rate > 0 and times and all(t > 0 for t in times)
     client_ms = naive.cells[(4096, 1)].client_ms
     assert client_ms is not None and client_ms > 0
-    rows = B._floor_rows(floors, naive, naive) + B._one_session_rows(B._wake_floors(0.2), times, client_ms, [naive],
-                                                                      "python")
+    probe = B._OneSessionFloor(floor, 0.2)
+    try:
+        probe.measure(disk)
+    finally:
+        probe.close()
+    rows = B._floor_rows(floors, naive, naive) + B._one_session_rows(probe.rounds, client_ms, [naive], "python")
     check_floor_rows(rows, [B.AIOSMTPD_NAIVE])
     journal = next(r for r in rows if r["name"] == f"disk floor, no SMTP, one writer: {B.JOURNAL_FLOOR}")
     assert journal["writes"] == len(times) and 0 < journal["p50_ms"] <= journal["p99_ms"], journal
