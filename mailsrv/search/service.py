@@ -37,6 +37,7 @@ from mailsrv.search.storage import (
     CorruptIndex,
     Files,
     TextStore,
+    encode_added,
     encode_record,
     fsync_dir,
     journal_generation,
@@ -339,8 +340,7 @@ class MailboxIndex:
                     continue
                 blob = TextStore.encode(doc.text)
                 off = self.text.append(blob)
-                rec = {"a": uid, "o": off, "l": len(blob), "c": list(doc.columns())}
-                blobs.append(encode_record(rec))
+                blobs.append(encode_added(uid, off, len(blob), doc.columns()))
                 self.core.add(uid, doc)
                 self.locs[uid] = (off, len(blob))
                 self.stats["indexed"] += 1
@@ -370,7 +370,7 @@ class MailboxIndex:
                 off = app.text.size()
                 recs = []
                 for (uid, doc), blob in zip(docs, texts, strict=True):
-                    recs.append(encode_record({"a": uid, "o": off, "l": len(blob), "c": doc.columns()}))
+                    recs.append(encode_added(uid, off, len(blob), doc.columns()))
                     off += len(blob)
                 if recs:
                     app.text.append_many(texts)

@@ -250,6 +250,29 @@ def encode_record(obj: Any) -> bytes:
     return _REC.pack(len(payload), zlib.crc32(payload)) + payload
 
 
+_STR = getattr(json.encoder, "c_encode_basestring", None) or json.encoder.encode_basestring
+
+
+def encode_added(uid: int, off: int, length: int, columns: tuple) -> bytes:
+    """``encode_record({"a": uid, "o": off, "l": length, "c": columns})``, byte for byte, formatted
+    directly for the usual column types (a delivery's record: the C encoder's dict and list walk was
+    ~15 k instructions of a message's search round); anything else goes to :func:`encode_record`."""
+    date, fa, fd, ta, td, ca, subj, att, day = columns
+    if (type(date) is float and date - date == 0.0 or date is None) and (type(day) is int or day is None) \
+            and type(att) is bool and type(uid) is int and type(off) is int and type(length) is int:
+        # (date - date == 0.0: finite; json writes NaN and Infinity, an f-string nan and inf)
+        try:
+            text = (f'{{"a":{uid},"o":{off},"l":{length},"c":[{"null" if date is None else date},{_STR(fa)},'
+                    f'{_STR(fd)},{_STR(ta)},{_STR(td)},{_STR(ca)},{_STR(subj)},{"true" if att else "false"},'
+                    f'{"null" if day is None else day}]}}')
+        except TypeError:  # a text column that is no str
+            pass
+        else:
+            payload = text.encode("utf-8")
+            return _REC.pack(len(payload), zlib.crc32(payload)) + payload
+    return encode_record({"a": uid, "o": off, "l": length, "c": columns})
+
+
 def log_header(generation: int) -> bytes:
     return _LOG_HEAD.pack(LOG_MAGIC, generation)
 
