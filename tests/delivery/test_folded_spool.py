@@ -76,6 +76,7 @@ def test_a_local_message_is_written_by_the_delivery_job_and_durable_before_250(
     spool_jobs: list[int] = []
     store_jobs: list[str] = []
     real_create, real_run, real_io = store_mod._create_spool, FileSpool._run, site.store.io.queue
+    real_express = site.store.io.express
     real_fsync, real_syncfs = store_mod.fsio.fsync_file, store_mod.fsio.syncfs
 
     def create(path: Path, data: bytes) -> None:
@@ -86,9 +87,13 @@ def test_a_local_message_is_written_by_the_delivery_job_and_durable_before_250(
         spool_jobs.append(len(data))
         await real_run(self, data, close)
 
-    def io_queue(fn: Any) -> Any:  # every pool job of the store's (io.run's and the rounds')
+    def io_queue(fn: Any) -> Any:  # every pool job of the store's (io.run's)
         store_jobs.append(store_mod.fsio._job_kind(fn).rpartition(".")[2])
         return real_io(fn)
+
+    def io_express(fn: Any, done: Any) -> None:  # and every round's job
+        store_jobs.append(store_mod.fsio._job_kind(fn).rpartition(".")[2])
+        real_express(fn, done)
 
     def fsync_file(path: Any) -> None:
         real_fsync(path)
@@ -101,6 +106,7 @@ def test_a_local_message_is_written_by_the_delivery_job_and_durable_before_250(
     monkeypatch.setattr(store_mod, "_create_spool", create)
     monkeypatch.setattr(FileSpool, "_run", spool_run)
     monkeypatch.setattr(site.store.io, "queue", io_queue)
+    monkeypatch.setattr(site.store.io, "express", io_express)
     monkeypatch.setattr(store_mod.fsio, "fsync_file", fsync_file)
     monkeypatch.setattr(store_mod.fsio, "syncfs", syncfs)
     step = run(["alice@example.test", "bob@example.test"])

@@ -87,13 +87,18 @@ def test_concurrent_deliveries_share_pool_jobs(tmp_path: Path, run: Run, make_st
     store = make_store(index_delay=30.0)
     accts = [run(store.account(f"u{i}")) for i in range(4)]
     jobs: list[str] = []
-    real = store.io.queue
+    real, real_express = store.io.queue, store.io.express
 
-    def counted(fn: Any) -> Any:  # every pool job of the store's (io.run's and the rounds')
+    def counted(fn: Any) -> Any:  # every pool job of the store's (io.run's)
         jobs.append(fsio._job_kind(fn).rpartition(".")[2])
         return real(fn)
 
+    def express(fn: Any, done: Any) -> None:  # and every round's job
+        jobs.append(fsio._job_kind(fn).rpartition(".")[2])
+        real_express(fn, done)
+
     monkeypatch.setattr(store.io, "queue", counted)
+    monkeypatch.setattr(store.io, "express", express)
 
     async def go() -> list[Any]:
         return await asyncio.gather(*(store.deliver(spool(tmp_path, msg(i), f"s{i}"), [DeliveryTarget(accts[i % 4])],

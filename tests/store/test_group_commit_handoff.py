@@ -12,6 +12,7 @@ import asyncio
 import logging
 import threading
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 from support.server import wait_until, wait_until_async
@@ -32,7 +33,7 @@ def test_a_lone_round_runs_without_a_task_and_serves_callers_joining_meanwhile(t
         return name
 
     class Recording(fsio.FsSyncer):
-        def _round_job(self, batch: dict[str, list[fsio._Call]]) -> object:
+        def _round_job(self, batch: dict[str, list[fsio._Call]]) -> Any:
             jobs.append([threading.current_thread().name])
             return super()._round_job(batch)
 
@@ -108,7 +109,7 @@ def test_a_round_answering_a_closed_loop_is_dropped_quietly(tmp_path: Path, capl
     """The loop ends (its callers gone) while a round's job runs: the job's end finds the loop closed
     and drops the answer; no error escapes in the pool thread, and the round leaves the foreground
     (background jobs of the process would give way to it for ever)."""
-    began, release, ended = threading.Event(), threading.Event(), threading.Event()
+    began, release = threading.Event(), threading.Event()
 
     def work() -> None:
         began.set()
@@ -126,10 +127,8 @@ def test_a_round_answering_a_closed_loop_is_dropped_quietly(tmp_path: Path, capl
     busy = fsio.foreground.busy
     asyncio.run(main())  # the loop closes with the round's job still running
     assert fsio.foreground.busy == busy + 1
-    io._pool.submit(ended.set)  # one thread: runs after the round's job and its callback
     release.set()
-    wait_until(ended.is_set)
-    io.shutdown()
+    io.shutdown()  # waits for the round's thread: its job and the answer's attempt are over
     assert not [r for r in caplog.records if r.name == "concurrent.futures"]  # "exception calling callback"
     assert fsio.foreground.busy == busy
 
@@ -152,3 +151,38 @@ def test_a_loop_closed_while_a_lane_waits_the_delay_leaves_no_foreground(tmp_pat
 
     asyncio.run(main())
     assert fsio.foreground.busy == busy
+
+
+def test_express_jobs_reuse_their_thread_survive_a_broken_callback_and_stop_at_shutdown() -> None:
+    """FileIO.express: jobs one after another run in one thread (it takes the next once done), a
+    callback that raises does not stop it (its next jobs would never run: their round's callers
+    would wait for ever), a job's exception goes to its callback, and after shutdown it refuses."""
+    io = fsio.FileIO(1)
+    seen: list[tuple[object, object]] = []
+    done = threading.Event()
+
+    def broken(out: object, exc: BaseException | None) -> None:
+        seen.append((out, exc))
+        raise ValueError("broken callback")
+
+    def last(out: object, exc: BaseException | None) -> None:
+        seen.append((type(exc), None))
+        done.set()
+
+    hook, reported = threading.excepthook, cast(list[Any], [])
+    threading.excepthook = reported.append
+    try:
+        io.express(threading.get_ident, broken)
+        wait_until(lambda: len(seen) == 1 and len(io._idle) == 1)
+        io.express(threading.get_ident, lambda out, exc: seen.append((out, exc)))
+        wait_until(lambda: len(seen) == 2)
+        io.express(lambda: 1 // 0, last)
+        assert done.wait(10)
+    finally:
+        threading.excepthook = hook
+        io.shutdown()
+    assert seen[0][0] == seen[1][0] and seen[0][1] is None  # one thread for both, the ident its result
+    assert seen[2] == (ZeroDivisionError, None) and len(io._runners) == 1
+    assert [type(r.exc_value) for r in reported] == [ValueError]
+    with pytest.raises(RuntimeError):
+        io.express(threading.get_ident, last)
