@@ -24,7 +24,9 @@ Part: .section, .type, .subtype, .mime_type, .params (decoded, RFC 2231 merged, 
     ``name=my file.pdf`` is "my file.pdf"; .raw_params() is Dovecot's strict reading), .charset,
     .encoding, .disposition, .filename, .content_id, .description, .language, .location, .size (encoded
     octets), .lines, .children, .message (embedded message of message/rfc822), .header_start,
-    .body_start, .body_end, .is_multipart, .imap_envelope(), .imap_bodystructure(extended)
+    .body_start, .body_end, .is_multipart, .imap_envelope(), .imap_bodystructure(extended),
+    .bare_text() (a text/plain leaf without disposition or filename, from the scanned fields: the
+    search extraction's shortcut)
 
 Functions that need the message bytes (``raw`` = the whole stored message, bytes/mmap):
     header_fields(raw, structure, section="", names=(b"subject",), exclude=False) -> bytes
