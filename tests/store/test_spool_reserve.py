@@ -34,10 +34,12 @@ def _new(tmp_path: Path, account: str) -> list[Path]:
 
 
 def _deliver(run: Run, store: Store, acct: Account, spool_dir: Path, names: list[str]) -> None:
+    """Deliver ``names`` at once, then let the indexer finish (no file moves from new/ to cur/ after)."""
     async def go() -> list[Any]:
         return await asyncio.gather(*(store.deliver(spool_dir / n, [DeliveryTarget(acct)], uids=False,
                                                     data=msg(n), consume=True) for n in names))
     assert [r.status for rs in run(go()) for r in rs] == ["ok"] * len(names)
+    run(store.indexer.flush())
 
 
 def _full(store: Store, spool_dir: Path) -> reserve.Reserve:
