@@ -667,8 +667,24 @@ class _SyncGate:
 
 
 #: a caller of a group-commit round: (its future, blocking work or None, follow-up when it is cancelled
-#: after its work began or None)
-_Call = tuple["asyncio.Future[Any]", "Callable[[], Any] | None", "Callable[[Any, OSError | None], object] | None"]
+#: after its work began or None, hook called in the round's thread once its work is durable or None)
+_Call = tuple["asyncio.Future[Any]", "Callable[[], Any] | None", "Callable[[Any, OSError | None], object] | None",
+              "Callable[[Any, OSError | None], object] | None"]
+
+
+class After:
+    """What a round's work (:meth:`_GroupCommit.run_synced`) may return to go on after its round's sync:
+    ``result`` is what the caller's ``durable`` hook sees, then ``then(sync error or None)`` runs in the
+    round's thread (after every caller's hook of the round) and its return value is the caller's
+    result. For work whose durability does not need all of it done before the sync (a journal record
+    stands for it): the rest runs after the caller may have been answered. ``then`` must not raise for
+    what the sync made durable: an exception reaches the caller as the work's."""
+
+    __slots__ = ("result", "then")
+
+    def __init__(self, result: Any, then: Callable[[OSError | None], Any]) -> None:
+        self.result = result
+        self.then = then
 
 
 class _GroupCommit:
@@ -745,10 +761,11 @@ class _GroupCommit:
 
     def sync(self, path: str | os.PathLike[str]) -> Coroutine[Any, Any, None]:
         """Return once a round that began after this call has made ``path`` durable (awaited)."""
-        return self._join(path, None)
+        return self._join(path, None, None, None)
 
     def run_synced(self, path: str | os.PathLike[str], fn: Callable[..., T], /, *args: Any,
-                   abandoned: Callable[[T, OSError | None], object] | None = None
+                   abandoned: Callable[[T, OSError | None], object] | None = None,
+                   durable: Callable[[Any, OSError | None], object] | None = None
                    ) -> Coroutine[Any, Any, tuple[T, OSError | None]]:
         """Run blocking ``fn(*args)`` in the next round's job, then that round's sync of ``path``.
 
@@ -759,19 +776,24 @@ class _GroupCommit:
         Cancelled before its round started ``fn``, the caller leaves nothing behind (``fn`` never
         runs); cancelled later, ``abandoned(result, error)`` is called in the loop once the round is
         over (not when ``fn`` raised), to do what the caller would have done after its return.
+        ``durable(result, error)``: called in the round's thread right after its sync, before the loop
+        is answered (not when ``fn`` raised or the caller was cancelled before ``fn`` ran); ``result``
+        is ``fn``'s (an :class:`After`'s ``result``). It must be quick, thread-safe and not raise (an
+        exception is reported by ``threading.excepthook`` and the round goes on).
         (A plain function returning :meth:`_join`'s coroutine: no coroutine level of its own.)
         """
-        return self._join(path, functools.partial(contextvars.copy_context().run, fn, *args), abandoned)
+        return self._join(path, functools.partial(contextvars.copy_context().run, fn, *args), abandoned, durable)
 
     async def _join(self, path: str | os.PathLike[str], work: Callable[[], Any] | None,
-                    abandoned: Callable[[Any, OSError | None], object] | None = None) -> Any:
+                    abandoned: Callable[[Any, OSError | None], object] | None,
+                    durable: Callable[[Any, OSError | None], object] | None) -> Any:
         loop = running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
         if timeline.on:
             timeline.mark("join")
             if work is not None and (rec := timeline.current()) is not None:
                 work = functools.partial(_stamped_work, rec, work)
-        self._pending.setdefault(os.fspath(path), []).append((fut, work, abandoned))
+        self._pending.setdefault(os.fspath(path), []).append((fut, work, abandoned, durable))
         self.callers += 1
         t0 = time.monotonic()
         if self._running < self._lanes:  # start a lane
@@ -815,7 +837,7 @@ class _GroupCommit:
             for path, callers in batch.items():
                 _bg.journaled = 0
                 outs: list[tuple[bool, Any]] = []
-                for fut, work, _ in callers:
+                for fut, work, _, _ in callers:
                     if work is None:
                         outs.append((True, None))
                         continue
@@ -847,8 +869,9 @@ class _GroupCommit:
         if rrec is not None:
             rrec["synced"] = time.monotonic_ns()
             rrec["sync_no"] = getattr(_bg, "sync_no", None)
-        return ([(outs, errors.get(keys.get(path, path))) for path, outs in zip(batch, done, strict=True)], t1 - t0,
-                time.monotonic() - t1)
+        out = [(outs, errors.get(keys.get(path, path))) for path, outs in zip(batch, done, strict=True)]
+        _after_sync(batch, out)
+        return out, t1 - t0, time.monotonic() - t1
 
     def _step(self, loop: asyncio.AbstractEventLoop, lane: asyncio.Future[None], waited: bool = False) -> None:
         """On the loop: start a lane's next round for the callers waiting now, or end the lane when
@@ -903,7 +926,7 @@ class _GroupCommit:
             self.worked += worked
             self.synced += synced
             for callers, (outs, err) in zip(batch.values(), results, strict=True):
-                for (fut, work, abandoned), (ok, value) in zip(callers, outs, strict=True):
+                for (fut, work, abandoned, _), (ok, value) in zip(callers, outs, strict=True):
                     if fut.done():
                         if ok and work is not None and abandoned is not None and fut.cancelled():
                             # cancelled after its work began: follow it up (an error of the
@@ -922,10 +945,37 @@ class _GroupCommit:
             self._step(loop, lane)
 
 
+def _after_sync(batch: dict[str, list[_Call]], out: list[tuple[list[tuple[bool, Any]], OSError | None]]) -> None:
+    """Blocking, in a round's thread after its sync: every caller's ``durable`` hook, then every
+    :class:`After`'s ``then`` (its value, or its exception as a failed work, replaces the caller's)."""
+    afters = False
+    for callers, (outs, err) in zip(batch.values(), out, strict=True):
+        for (_, work, _, durable), (ok, value) in zip(callers, outs, strict=True):
+            if not ok or work is None:
+                continue
+            if type(value) is After:
+                afters = True
+                value = value.result
+            if durable is not None:
+                try:
+                    durable(value, err)
+                except Exception as e:  # reported as a thread's error; the round goes on
+                    threading.excepthook(threading.ExceptHookArgs((type(e), e, e.__traceback__, None)))
+    if not afters:
+        return
+    for outs, err in out:
+        for i, (ok, value) in enumerate(outs):
+            if ok and type(value) is After:
+                try:
+                    outs[i] = (True, value.then(err))
+                except Exception as e:  # handed to its caller, as the work's own
+                    outs[i] = (False, e)
+
+
 def _fail(batch: dict[str, list[_Call]], exc: BaseException | None) -> None:
     """Every caller of a round still waiting gets ``exc`` (None: is cancelled)."""
     for callers in batch.values():
-        for fut, _, _ in callers:
+        for fut, _, _, _ in callers:
             if not fut.done():
                 if exc is None:
                     fut.cancel()

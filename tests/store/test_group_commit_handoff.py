@@ -186,3 +186,69 @@ def test_express_jobs_reuse_their_thread_survive_a_broken_callback_and_stop_at_s
     assert [type(r.exc_value) for r in reported] == [ValueError]
     with pytest.raises(RuntimeError):
         io.express(threading.get_ident, last)
+
+
+def test_durable_hooks_run_in_the_round_thread_after_its_sync_then_the_afters(tmp_path: Path) -> None:
+    """``durable`` sees each caller's result (an After's ``result``) once the round's sync is over and
+    before the loop is answered, in the round's thread; then each After's ``then(error)`` runs there and
+    its value (or exception) is what the caller gets. A work that raised gets no hook."""
+    events: list[tuple[str, Any]] = []
+    loop_thread = threading.get_ident()
+
+    class Recording(fsio.FsSyncer):
+        def _round(self, paths: list[str]) -> list[OSError | None]:
+            events.append(("sync", len(paths)))
+            return [None if i == 0 else OSError(5, "sync failed") for i, _ in enumerate(paths)]
+
+    def hook(name: str) -> Any:
+        def durable(value: Any, err: OSError | None) -> None:
+            assert threading.get_ident() != loop_thread
+            events.append((f"durable {name}", (value, err)))
+            if name == "bad":
+                raise ValueError("a hook's error is reported, not raised")
+        return durable
+
+    def later(name: str, err: OSError | None) -> str:
+        events.append((f"then {name}", err))
+        if name == "boom":
+            raise KeyError(name)
+        return f"{name} done"
+
+    def work(name: str) -> Any:
+        if name == "raises":
+            raise RuntimeError(name)
+        if name in ("after", "boom"):
+            return fsio.After(f"{name} early", lambda err: later(name, err))
+        return name
+
+    async def main() -> None:
+        io = fsio.FileIO(1)
+        syncer = Recording(io, lanes=1)
+        other = tmp_path / "other"
+        other.mkdir()
+        reported: list[BaseException | None] = []
+        old_hook = threading.excepthook
+        threading.excepthook = lambda args: reported.append(args.exc_value)
+        try:
+            calls = [syncer.run_synced(tmp_path, work, "plain", durable=hook("plain")),
+                     syncer.run_synced(tmp_path, work, "after", durable=hook("after")),
+                     syncer.run_synced(tmp_path, work, "raises", durable=hook("raises")),
+                     syncer.run_synced(tmp_path, work, "bad", durable=hook("bad")),
+                     syncer.run_synced(other, work, "boom", durable=hook("boom"))]
+            out = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 10)
+        finally:
+            threading.excepthook = old_hook
+            io.shutdown()
+        failed = OSError(5, "sync failed")
+        assert out[:2] == [("plain", None), ("after done", None)]
+        assert isinstance(out[2], RuntimeError) and isinstance(out[4], KeyError)
+        assert out[3] == ("bad", None)  # the hook's error is reported and changes nothing
+        assert [type(e) for e in reported] == [ValueError]
+        names = [e[0] for e in events]
+        assert names == ["sync", "durable plain", "durable after", "durable bad", "durable boom",
+                         "then after", "then boom"]
+        assert events[2] == ("durable after", ("after early", None))
+        boom = events[4][1]
+        assert boom[0] == "boom early" and str(boom[1]) == str(failed) and str(events[6][1]) == str(failed)
+
+    asyncio.run(main())
