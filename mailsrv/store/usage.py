@@ -33,6 +33,7 @@ from pathlib import Path
 
 from mailsrv import log
 from mailsrv.store.types import QuotaUsage
+from mailsrv.util import affinity
 
 logger = log.get("store")
 
@@ -198,6 +199,7 @@ class UsageBook:
 
     def _write_loop(self) -> None:
         """The writer thread: flush whenever reports arrive, until close()."""
+        affinity.background()
         while not self._stopping:
             self._pending.wait()
             self._pending.clear()
