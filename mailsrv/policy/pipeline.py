@@ -875,15 +875,14 @@ def _removed(name: bytes, value: bytes, our_id: str, drop: frozenset[bytes]) -> 
                             and authresults.is_ours(value.decode("utf-8", "replace"), our_id))
 
 
-_AR_NAME = re.compile(rb"authentication-results", re.IGNORECASE).search
-
-
 def needs_rewrite(head: bytes, our_id: str, drop: frozenset[bytes]) -> bool:
     """Whether :func:`rewrite_spool` without new headers would remove a field from the message that
     starts with ``head`` (at least its first ``MAX_HEADER_READ`` bytes, or all of it)."""
     head = head[:MAX_HEADER_READ]
     end = header_end(head)
-    if not drop and _AR_NAME(head, 0, end) is None:  # the common case: the header block only, not split
+    # the common case: the header block only, not split; lowered and searched (an IGNORECASE regex tries a
+    # match at each offset: ~3x the instructions per message, on the event loop)
+    if not drop and b"authentication-results" not in head[:end].lower():
         return False
     return any(_removed(name, value, our_id, drop) for name, value, _raw in split_fields(head[:end]))
 

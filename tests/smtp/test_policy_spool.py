@@ -34,6 +34,7 @@ _field = st.sampled_from([
     b"Authentication-Results: mx.example.test; spf=pass\r\n",
     b"Authentication-Results: other.test; spf=pass\r\n",
     b"authentication-results:mx.example.test;\r\n dkim=pass\r\n",
+    b"AUTHENTICATION-RESULTS: mx.example.test; spf=pass\r\n",  # the name in any case (needs_rewrite lowers)
     b"X-Spam-Flag: YES\r\n",
     b"X-Virus-Status: Clean\r\n",
     b"X-Note: Authentication-Results: mx.example.test\r\n",
