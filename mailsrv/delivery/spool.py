@@ -47,6 +47,11 @@ os.register_at_fork(after_in_child=_after_fork)
 #: Bytes buffered in memory before they are written out by a thread.
 FLUSH_AT = 256 * 1024
 
+#: ``directory / name`` for a ``name`` known to be one plain part: pathlib's own constructor for the
+#: entries of a directory walk (CPython 3.11-3.12), which does not parse ``name`` again (0.19 us against
+#: 0.9 us per message, on the event loop); ``/`` where pathlib has no such method
+_child = getattr(Path, "_make_child_relpath", Path.joinpath)
+
 
 class FileSpool:
     """One spool file. Owned by one session; ``discard`` is idempotent."""
@@ -56,7 +61,7 @@ class FileSpool:
 
     def __init__(self, directory: Path, *, lazy: bool = False) -> None:
         name = f"{time.time_ns():x}.{_pid}.{_PREFIX}{next(_counter):x}"
-        self.path = directory / name
+        self.path: Path = _child(directory, name)
         self._fd: int | None = None
         self._buf: list[bytes] = []
         self._buffered = 0
