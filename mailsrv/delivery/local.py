@@ -227,6 +227,8 @@ class LocalDelivery:
                            error=type(exc).__name__)
 
     async def store_account(self, acct: Account) -> Any:
+        """The store's account of ``acct`` (opened if needed, in its current domain's quota root). A caller on a
+        message's path tries ``self.store.account_now(str(acct.id), acct.domain)`` first (no coroutine)."""
         aid = str(acct.id)
         # an open account ignores the path: derive it only to open one
         root = None if self.store.cached_account(aid) is not None else account_root(self.data_dir, acct.id, acct.store)
@@ -259,13 +261,14 @@ class LocalDelivery:
         assert acct is not None
         if not own_quota:
             acct = replace(acct, quota_bytes=None, quota_messages=None)
-        dlimits = await self.store.domain_limits(acct.domain)  # RFC 9208: the domain's quota root
+        # RFC 9208: the domain's quota root (no coroutine while the store holds its limits)
+        dlimits = self.store.domain_limits_now(acct.domain) or await self.store.domain_limits(acct.domain)
         if (acct.quota_bytes is not None or acct.quota_messages is not None
                 or dlimits.storage is not None or dlimits.messages is not None):
             limits = limits_of(acct)
             if any(lim.storage is not None and size > lim.storage for lim in (limits, dlimits)):
                 return RcptCheck(552, "5.2.2", f"<{address}>: Message exceeds the mailbox quota")
-            sacct = await self.store_account(acct)
+            sacct = self.store.account_now(str(acct.id), acct.domain) or await self.store_account(acct)
             if await sacct.quota_check(size, limits, dlimits) == "over_quota":
                 # RFC 5321 §4.5.3.1.10 / RFC 3463 4.2.2: mailbox full, may clear later
                 return RcptCheck(452, "4.2.2", f"<{address}>: Mailbox full")
@@ -311,11 +314,11 @@ class LocalDelivery:
                         flags: dict[str, frozenset[str]], consume: bool = False) -> None:
             if not batch:
                 return
-            if len(batch) == 1:  # most mail: no task, no comprehension's coroutine
-                _, a, box = batch[0]
-                sacct = await self.store_account(a)
-                targets = [DeliveryTarget(sacct, mailbox=box, limits=limits_of(a),
-                                          domain_limits=await self.store.domain_limits(a.domain))]
+            if len(batch) == 1:  # most mail: no task, no comprehension's coroutine, no coroutine for an open
+                _, a, box = batch[0]  # account or its domain's held limits
+                sacct = self.store.account_now(str(a.id), a.domain) or await self.store_account(a)
+                dlimits1 = self.store.domain_limits_now(a.domain) or await self.store.domain_limits(a.domain)
+                targets = [DeliveryTarget(sacct, mailbox=box, limits=limits_of(a), domain_limits=dlimits1)]
             else:
                 # Opening an account may create its maildir: open the batch concurrently (store I/O pool)
                 saccts = await asyncio.gather(*(self.store_account(a) for _, a, _ in batch))

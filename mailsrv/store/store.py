@@ -50,6 +50,8 @@ T = TypeVar("T")
 DELIVERY_JOBS = 2
 #: seconds a domain's quota limits are reused before the directory is asked again
 DOMAIN_LIMITS_TTL = 5.0
+#: a domain's limits without a quota source (a QuotaLimits is frozen: one for every caller)
+_UNLIMITED = QuotaLimits()
 #: a delivered message up to this size is handed to observers (search indexing after delivery)
 #: from the delivery's own bytes, held until its UID is published, instead of being read back
 KEEP_RAW = 256 * 1024
@@ -228,12 +230,8 @@ class Store:
 
         ``domain`` puts the account's usage into that domain's quota root (store/usage.py).
         """
-        acct = self._accounts.pop(account_id, None)
-        if acct is None:
-            acct = self._evicted.pop(account_id, None)
+        acct = self.account_now(account_id)
         if acct is not None:
-            self._accounts[account_id] = acct  # most recently used
-            self._evict()
             if domain is not None and acct.engine.domain != domain:
                 await acct.set_domain(domain)
             return acct
@@ -276,17 +274,41 @@ class Store:
 
     async def domain_limits(self, domain: str) -> QuotaLimits:
         """The limits of a domain's quota root (unlimited without a source), reused DOMAIN_LIMITS_TTL s."""
-        if self.domain_quota_source is None:
-            return QuotaLimits()
-        now = time.monotonic()  # not the loop's time: get_running_loop costs a getpid(2) on Python 3.11
-        hit = self._domain_limits.get(domain)
-        if hit is not None and now - hit[0] < DOMAIN_LIMITS_TTL:
-            return hit[1]
-        limits = QuotaLimits(*(await self.domain_quota_source(domain)))
+        limits = self.domain_limits_now(domain)
+        if limits is not None:
+            return limits
+        source = self.domain_quota_source
+        assert source is not None
+        now = time.monotonic()
+        limits = QuotaLimits(*(await source(domain)))
         if len(self._domain_limits) > 4096:
             self._domain_limits.clear()
         self._domain_limits[domain] = (now, limits)
         return limits
+
+    def domain_limits_now(self, domain: str) -> QuotaLimits | None:
+        """:meth:`domain_limits` without a coroutine when it needs no query (no source, or the domain's limits
+        were fetched less than DOMAIN_LIMITS_TTL s ago); None: await :meth:`domain_limits`."""
+        if self.domain_quota_source is None:
+            return _UNLIMITED
+        hit = self._domain_limits.get(domain)
+        # not the loop's time: get_running_loop costs a getpid(2) on Python 3.11
+        if hit is not None and time.monotonic() - hit[0] < DOMAIN_LIMITS_TTL:
+            return hit[1]
+        return None
+
+    def account_now(self, account_id: str, domain: str | None = None) -> Account | None:
+        """:meth:`account` without a coroutine when this worker has the account open and (given ``domain``) its
+        usage in that domain's quota root: the same account, now the most recently used. None: await
+        :meth:`account` (it opens the account, or moves it to ``domain``'s root)."""
+        acct = self._accounts.pop(account_id, None)
+        if acct is None:
+            acct = self._evicted.pop(account_id, None)
+            if acct is None:
+                return None
+        self._accounts[account_id] = acct  # most recently used
+        self._evict()
+        return acct if domain is None or acct.engine.domain == domain else None
 
     def cached_account(self, account_id: str) -> Account | None:
         """The account if this worker has it open, else None (sync; opens nothing)."""
