@@ -12,6 +12,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -97,3 +98,14 @@ def test_a_batch_stores_the_structure_and_one_save_date(tmp_path: Path, run: Run
         assert ul.meta[key][2] == saved
     view = run(acct.open_mailbox("INBOX"))
     assert sorted(m.saved_date for m in view.messages) == [r[2] for r in rows]
+
+
+def test_thread_headers_stay_a_frozen_record() -> None:
+    from mailsrv.store.headers import ThreadHeaders, thread_headers
+
+    th = thread_headers(b"Message-ID: <a@x>\r\nReferences: <p@x>\r\nSubject: Re: Plan\r\n\r\nbody\r\n")
+    assert th == ThreadHeaders(message_id="a@x", parents=("p@x",), subject="plan")
+    assert (th.message_id, th.parents, th.subject) == ("a@x", ("p@x",), "plan")
+    assert hash(th) == hash(ThreadHeaders("a@x", ("p@x",), "plan"))
+    with pytest.raises(AttributeError):
+        th.subject = "other"  # type: ignore[misc]
