@@ -4,13 +4,16 @@ replay that rebuilds the links a crash did not keep (docs/store-api.md, "Durabil
 
 Invariants (every function below keeps them):
 
-* A record is appended only after its links exist in ``new/``; a delivery is acknowledged only
-  after an fdatasync of its record that began after the append (fsio.FsSyncer, key ``JOURNAL``).
+* A delivery is acknowledged only after an fdatasync of its record that began after the append
+  (fsio.FsSyncer, key ``JOURNAL``). Its links may be made after that (``append(deferred=True)``:
+  the store's round links after its sync); :meth:`Journal.linked` says when they are.
 * A file is written only where it was written before (zero-filled at creation): an fdatasync then
   writes data blocks, no metadata (the size never changes).
 * Every record carries its file's generation; a file is restarted (generation + 1, header made
   durable) only after a ``syncfs`` that began after its last append made every link it records
-  durable (a checkpoint). Records of an older generation, and everything after the first record
+  durable (a checkpoint), and only once every deferred record of it is :meth:`Journal.linked` (a
+  checkpoint waits for them; a record whose links failed breaks the journal: its files stay for
+  replay). Records of an older generation, and everything after the first record
   that does not check, are never replayed (a torn last write was never acknowledged).
 * A file is owned by the process holding its ``flock`` (a CLOEXEC descriptor, released at that
   process's death): replay takes only files whose lock is free.
@@ -62,6 +65,10 @@ URGENT = 0.5
 #: messages larger than this stay on the syncfs path (``[store] journal_max_message``): the journal
 #: writes their bytes a second time
 MAX_MESSAGE = 64 << 10
+#: seconds a checkpoint waits at most for the links of the deferred records of the file it retires
+#: (made by their round's thread right after its sync: microseconds); past it the journal is broken
+#: (its files stay for replay) rather than restarted over records whose links may not exist
+LINKS_WAIT = 60.0
 
 #: a delivery target as a record holds it: (account root, folder, name in new/, key)
 Target = tuple[str, str, str, str]
@@ -141,23 +148,25 @@ def records(data: bytes | memoryview) -> Iterator[tuple[int, memoryview]]:
 
 
 class _File:
-    """One of a journal's two files: its descriptor (flock held), generation and whether it holds
-    writes not yet fdatasync'd."""
+    """One of a journal's two files: its descriptor (flock held), generation, whether it holds
+    writes not yet fdatasync'd, and how many of its records' links are not made yet (deferred)."""
 
-    __slots__ = ("path", "fd", "gen", "dirty")
+    __slots__ = ("path", "fd", "gen", "dirty", "unlinked")
 
     def __init__(self, path: Path, fd: int, gen: int) -> None:
         self.path = path
         self.fd = fd
         self.gen = gen
         self.dirty = False
+        self.unlinked = 0
 
 
 class Journal:
     """This process's delivery journal: two preallocated files, appends to one of them (the active)
     until a checkpoint switches to the other. Thread-safe; every method blocks (I/O pool).
 
-    ``append`` in a delivery round's job (after its links), ``sync`` in the round's sync (through
+    ``append`` in a delivery round's job (after its links, or before them: ``deferred``, then
+    :meth:`linked` once they are made), ``sync`` in the round's sync (through
     fsio.FsSyncer's gate: one fdatasync for every round waiting), ``checkpoint`` in the background
     (the store's checkpointer), ``close`` at the end. After an error the journal is ``broken``:
     it takes no more records (deliveries fall back to syncfs) and its files stay for the replay
@@ -168,6 +177,7 @@ class Journal:
         self.directory = Path(directory)
         self.size = max(size, 4 * HEADER)
         self._lock = threading.Lock()
+        self._linked = threading.Condition(self._lock)  # a deferred record's links made (checkpoint)
         self._sync_lock = threading.Lock()  # one sync() at a time (held across its fdatasync)
         self._files: list[_File] = []
         self._active = 0
@@ -238,11 +248,15 @@ class Journal:
 
     # --- writing --------------------------------------------------------------
 
-    def append(self, payload: bytes | bytearray, fs_path: str, message: bytes = b"") -> bool:
+    def append(self, payload: bytes | bytearray, fs_path: str, message: bytes = b"",
+               deferred: bool = False) -> _File | bool:
         """Write one record, its payload ``payload`` then ``message`` (not synced: :meth:`sync` does).
         ``fs_path``: a directory on the file system of the links it records (the next checkpoint syncs
         it). False when the journal takes no record now (full until the next checkpoint, broken,
-        closed): the caller syncs its links otherwise. Raises OSError (the journal is then broken)."""
+        closed): the caller syncs its links otherwise. Raises OSError (the journal is then broken).
+        ``deferred``: the record's links are not made yet: the caller must call :meth:`linked` with
+        the true value returned (its file), once, whatever happens, and the file is not restarted
+        before (a checkpoint waits)."""
         parts = [payload, message] if message else [payload]
         size = _REC_HEAD.size + len(payload) + len(message)
         with self._lock:
@@ -259,11 +273,25 @@ class Journal:
                 self.broken = exc
                 raise
             f.dirty = True
+            if deferred:
+                f.unlinked += 1
             self._pos += size
             self._seq += 1
             self._fs_paths.add(fs_path)
             self.appended += 1
-            return True
+            return f if deferred else True
+
+    def linked(self, token: object, error: BaseException | None = None) -> None:
+        """The links of a deferred record (``token``: :meth:`append`'s value) are made, or ``error``
+        says they are not (the journal is then broken: no checkpoint restarts its file, which stays
+        for the replay at the next start). Never blocks on I/O (a round's thread, after its sync)."""
+        assert isinstance(token, _File)
+        with self._lock:
+            token.unlinked -= 1
+            if error is not None and self.broken is None:
+                self.broken = OSError(getattr(error, "errno", None) or errno.EIO,
+                                      f"links of an acknowledged record not made: {error}")
+            self._linked.notify_all()
 
     def sync(self) -> None:
         """fdatasync every file written since its last one (every record appended before the call
@@ -289,10 +317,12 @@ class Journal:
             self.syncs += len(todo)
 
     def checkpoint(self) -> bool:
-        """Make the active file's records done: switch appends to the other file, syncfs the file
+        """Make the active file's records done: switch appends to the other file, wait until every
+        deferred record of the old one is :meth:`linked` (LINKS_WAIT at most), syncfs the file
         systems of their links (a syncfs that began after every one of them), then restart the old
         file (generation + 1, durable). False when there was nothing to do. Raises OSError (the
-        journal is then broken; its records stay for replay)."""
+        journal is then broken; its records stay for replay), also when a record's links failed.
+        Blocking: a pool thread, never a delivery round's (their ``linked`` calls end the wait)."""
         with self._lock:
             if not self.ready or not self._seq:
                 return False
@@ -300,6 +330,11 @@ class Journal:
             self._active ^= 1
             self._pos, self._seq = HEADER, 0
             paths, self._fs_paths = list(self._fs_paths), set()
+            if not self._linked.wait_for(lambda: not old.unlinked or self.broken is not None, LINKS_WAIT):
+                self.broken = OSError(errno.ETIMEDOUT, f"{old.unlinked} journal records still unlinked")
+            if self.broken is not None:  # a record's links failed: the file stays for replay
+                logger.error("journal.checkpoint_refused", file=str(old.path), error=str(self.broken))
+                raise OSError(self.broken.errno or errno.EIO, f"journal unusable: {self.broken}")
         try:
             errors, _ = fsio._syncfs_paths(paths)
             for err in errors:

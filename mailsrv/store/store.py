@@ -11,7 +11,7 @@ import time
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, TypeVar, cast
 
 from mailsrv import log
 from mailsrv._speedups import quota as quota_impl
@@ -89,6 +89,8 @@ def account_root(data_dir: Path | str, account_id: str | int, store: str | None 
 
 #: a deferred copy linked by a delivery job: (account, mailbox, key, its path in new/)
 _Linked = tuple[Account, str, str, str]
+#: a delivery job's value: (results, index changes to publish, copies left to the indexer)
+_JobOut = tuple[list[DeliveryResult], list[tuple[Account, SyncResult]], list[_Linked]]
 
 
 class Store:
@@ -548,17 +550,22 @@ class Store:
 
     def _deliver_job(self, spool: Path, targets: list[DeliveryTarget], internal_date: float | None,
                      email_id: str, index: bool = True, group: bool = False, data: bytes | None = None,
-                     consume: bool = False
-                     ) -> tuple[list[DeliveryResult], list[tuple[Account, SyncResult]], list[_Linked]]:
+                     consume: bool = False) -> _JobOut:
         """Blocking: parse the spool once, link it into each target, fsync, index unless deferred (I/O pool).
 
         Returns (results, index changes to publish, (account, mailbox, key) left to the indexer).
         ``group``: no fsync here, the caller's syncfs round makes the links durable (copies made
         across file systems excepted: those are fsync'd here). ``consume``: no file is left at
-        ``spool`` when this returns or raises (see :meth:`deliver`).
+        ``spool`` when this returns or raises (see :meth:`deliver`). A consuming group round with the
+        journal returns an ``fsio.After`` whose ``then`` makes the file and the links after the sync
+        (:meth:`_deliver_journaled`): its round hands ``then``'s value, the tuple above, to the caller.
         """
         if not consume:
             return self._deliver_links(spool, targets, internal_date, email_id, index, group, data, False)
+        if group and data is not None and self.journal is not None and len(data) <= self.config.journal_max_message:
+            done = self._deliver_journaled(spool, targets, internal_date, email_id, data)
+            if done is not None:  # (None: the journal took no record: links before the sync, as below)
+                return cast(_JobOut, done)
         taken: str | None = None
         try:
             if data is not None:  # a spool that never left memory: into a reserved file when one is ready
@@ -650,13 +657,8 @@ class Store:
                 outcome = self._link_one(src, t, size, email_id, structure, thread, keep,
                                          move_last and i == len(targets) - 1, parsed, late)
                 moved = move_last and i == len(targets) - 1 and outcome[0] == "ok"
-            except StoreError as exc:
-                out[i] = DeliveryResult(t, "tempfail", None, str(exc))
-                continue
-            except (OSError, sqlite3.Error) as exc:
-                err = f"{type(exc).__name__}: {exc}"
-                logger.error("deliver.failed", account=getattr(acct, "id", "?"), error=err)
-                out[i] = DeliveryResult(t, "tempfail", None, err)
+            except (StoreError, OSError, sqlite3.Error) as exc:
+                out[i] = _failed(t, exc)
                 continue
             if outcome[0] == "over_quota":
                 out[i] = DeliveryResult(t, "over_quota", None, outcome[1])
@@ -741,10 +743,7 @@ class Store:
         targets: list[journal.Target] = []
         for acct, _, key, path in later:  # (str paths: a few us less than os.path per target)
             folder, _, name = path.rpartition("/new/")
-            root = str(acct.root)
-            if root[:1] != "/" or folder[:1] != "/":  # absolute: the replay may run in another process
-                root, folder = os.path.abspath(root), os.path.abspath(folder)
-            targets.append((root, folder, name, key))
+            targets.append(_record_target(acct, folder, name, key))
         mtime = internal_date if internal_date is not None else time.time()
         try:
             if not self.journal.append(journal.meta(targets, mtime), str(spool.parent), data):
@@ -787,7 +786,24 @@ class Store:
                   raw: bytes | None = None, move: bool = False,
                   parsed: MessageStructure | None = None, late: LateParse | None = None) -> tuple[str, ...]:
         """Blocking: quota check and hard link into the target's ``new/`` (not yet fsync'd); ``move``:
-        rename the spool there instead (its last target, when the caller has no further use for it)."""
+        rename the spool there instead (its last target, when the caller has no further use for it).
+        ("ok", mailbox, key, new/ dir, "link" or "copy", name) or ("over_quota", what)."""
+        plan = self._plan_one(t, size, email_id, structure, thread, raw, parsed, late)
+        if plan[0] != "ok":
+            return plan
+        try:
+            return self._make_link(spool, t, plan, move)
+        except BaseException:
+            t.account.engine.pending.pop(plan[2], None)
+            raise
+
+    def _plan_one(self, t: DeliveryTarget, size: int, email_id: str, structure: bytes | None,
+                  thread: headers.ThreadHeaders | None, raw: bytes | None = None,
+                  parsed: MessageStructure | None = None, late: LateParse | None = None) -> tuple[str, ...]:
+        """Blocking: a copy's quota check, key and name in ``new/``, its Pending entry (registered:
+        the caller pops it if the copy is not made) and its folder (the index asked on a cache miss,
+        INBOX when the mailbox is gone): ("ok", mailbox, key, folder, name) or ("over_quota", what).
+        Writes nothing but the folder's keyword letters (durable before the link)."""
         acct: Account = t.account
         eng = acct.engine
         # no limits, nothing to check: skip the usage read (it waits for the account's lock, which
@@ -805,30 +821,143 @@ class Store:
         if raw is not None:
             _RAW_HELD.hold(pend)
         eng.pending[key] = pend
-        folder = eng.folder_cache.get(mailbox)
-        try:
-            if folder is not None:
-                try:
-                    new_dir = f"{folder}/new"  # str paths: a Path join costs ~3 us (hot path)
-                    how = _link_or_copy(spool, f"{new_dir}/{name}", move)
-                    return ("ok", mailbox, key, new_dir, how, name)
-                except FileNotFoundError:  # renamed or deleted since: ask the index
-                    eng.folder_cache.pop(mailbox, None)
+        folder: Path | None = eng.folder_cache.get(mailbox)
+        if folder is None:
             try:
-                folder = eng.folder_path(mailbox)
-            except (MailboxNotFound, StoreError):
-                mailbox = "INBOX"
-                folder = eng.folder_path(mailbox)
-                if kw:  # the letters were the other folder's
-                    name = md.filename(key, flags) if md.flags_to_info(flags) else key
-            how = _link_or_copy(spool, f"{folder}/new/{name}", move)
-        except BaseException:
-            eng.pending.pop(key, None)
-            raise
-        if len(eng.folder_cache) > 64:
-            eng.folder_cache.clear()
-        eng.folder_cache[mailbox] = folder
-        return ("ok", mailbox, key, f"{folder}/new", how, name)
+                mailbox, folder, name = _look_up_folder(t, mailbox, key, name)
+            except BaseException:
+                eng.pending.pop(key, None)
+                raise
+        return ("ok", mailbox, key, str(folder), name)
+
+    @staticmethod
+    def _make_link(spool: Path | str, t: DeliveryTarget, plan: tuple[str, ...], move: bool) -> tuple[str, ...]:
+        """Blocking: the link (``move``: the rename) of ``spool`` into the folder :meth:`_plan_one` found;
+        a folder renamed or deleted since is looked up again. :meth:`_link_one`'s value."""
+        _, mailbox, key, folder, name = plan
+        try:
+            return ("ok", mailbox, key, f"{folder}/new", _link_or_copy(spool, f"{folder}/new/{name}", move), name)
+        except FileNotFoundError:  # renamed or deleted since: ask the index
+            t.account.engine.folder_cache.pop(mailbox, None)
+        mailbox, where, name = _look_up_folder(t, mailbox, key, name)
+        return ("ok", mailbox, key, f"{where}/new", _link_or_copy(spool, f"{where}/new/{name}", move), name)
+
+    def _deliver_journaled(self, spool: Path, targets: list[DeliveryTarget], internal_date: float | None,
+                           email_id: str, data: bytes) -> _JobOut | fsio.After | None:
+        """:meth:`_deliver_job` of a consuming group round with the journal (the SMTP path): before the
+        round's sync only what the record needs (each copy's key, name and folder, its Pending entry,
+        the record); the file and its links after it, in the round's thread (``fsio.After``:
+        :meth:`_links_after_sync`), off the path to the reply: the record alone makes the copies
+        durable (replay writes back every recorded copy missing from ``new/``). None when the journal
+        takes no record now (full until its next checkpoint, broken, closing): nothing is left, the
+        caller links before the sync as :meth:`_deliver_links` does (the round's syncfs)."""
+        jr = self.journal
+        assert jr is not None
+        email_id = email_id or new_id("E")
+        size = len(data)
+        keep = data if size <= KEEP_RAW and size <= self.config.max_parse_size else None
+        late = LateParse(self._parse)  # parsed by whoever indexes a copy first (as in _deliver_links)
+        out: list[DeliveryResult | None] = [None] * len(targets)
+        plans: list[tuple[int, tuple[str, ...]]] = []
+        for i, t in enumerate(targets):
+            try:
+                plans.append((i, self._plan_one(t, size, email_id, None, None, keep, None, late)))
+            except (StoreError, OSError, sqlite3.Error) as exc:
+                out[i] = _failed(t, exc)
+        if not plans:
+            fsio.journaled()  # nothing to make durable
+            return [r for r in out if r is not None], [], []
+        # (a group round has no quota-bound target: every plan is "ok")
+        rec = [_record_target(targets[i].account, p[3], p[4], p[2]) for i, p in plans]
+        mtime = internal_date if internal_date is not None else time.time()
+        try:
+            token = jr.append(journal.meta(rec, mtime), str(spool.parent), data, deferred=True)
+        except OSError as exc:  # the journal is broken: as a failed sync, the sender retries
+            logger.error("journal.append_failed", error=str(exc))
+            for i, p in plans:
+                targets[i].account.engine.pending.pop(p[2], None)
+            return [r or DeliveryResult(t, "tempfail", None, f"journal: {exc}")
+                    for r, t in zip(out, targets, strict=True)], [], []
+        if not token:
+            for i, p in plans:
+                targets[i].account.engine.pending.pop(p[2], None)
+            return None
+        fsio.journaled()
+        for i, _ in plans:
+            out[i] = DeliveryResult(targets[i], "ok", None, None)
+        results = [r for r in out if r is not None]
+
+        def then(err: OSError | None) -> _JobOut:
+            # in the round's thread after its sync and every caller's durable hook; never raises
+            error: BaseException | None = None
+            try:
+                if err is not None:  # the record may not be durable: nothing is linked, the sender retries
+                    logger.error("deliver.sync_failed", path=str(spool), error=str(err))
+                    for i, p in plans:
+                        targets[i].account.engine.pending.pop(p[2], None)
+                    return ([r if r.status != "ok" else DeliveryResult(r.target, "tempfail", None, f"syncfs: {err}")
+                             for r in results], [], [])
+                later, error = self._links_after_sync(spool, targets, data, internal_date, plans)
+                return results, [], later
+            except Exception as exc:  # (a bug: the copies stay acknowledged, the record for replay)
+                logger.error("deliver.links_failed", error=repr(exc))
+                error = exc
+                return results, [], []
+            finally:
+                jr.linked(token, error)
+
+        return fsio.After((results, [], []), then)
+
+    def _links_after_sync(self, spool: Path, targets: list[DeliveryTarget], data: bytes, internal_date: float | None,
+                          plans: list[tuple[int, tuple[str, ...]]]) -> tuple[list[_Linked], BaseException | None]:
+        """Blocking, in a round's thread after its sync (the copies are acknowledged): ``data`` into a
+        reserved file (or ``spool`` when the reserve is empty) and its links as planned (the last one a
+        rename). Never raises: a copy not made (ENOSPC, EIO, its folder gone and INBOX too) is logged,
+        its Pending entry dropped, and left to the journal's replay (the caller breaks the journal with
+        the first error, returned). Returns the copies made (for the indexer) and that error."""
+        later: list[_Linked] = []
+        error: BaseException | None = None
+        src: Path | str | None = None
+        moved = False
+        copied: set[str] = set()
+        try:
+            src = self._write_reserved(spool, data)
+            if src is None:
+                with contextlib.suppress(FileExistsError):  # written by the caller: the same bytes
+                    _create_spool(spool, data)
+                src = spool
+            if internal_date is not None:
+                os.utime(src, (internal_date, internal_date))
+        except Exception as exc:
+            error = exc
+        last = plans[-1][0]
+        for i, plan in plans:
+            t = targets[i]
+            if src is not None:
+                try:
+                    _, mailbox, key, new_dir, how, name = self._make_link(src, t, plan, i == last)
+                    moved = i == last
+                    if how == "copy":
+                        copied.add(new_dir)
+                    later.append((t.account, mailbox, key, f"{new_dir}/{name}"))
+                    continue
+                except Exception as exc:
+                    error = error or exc
+            t.account.engine.pending.pop(plan[2], None)
+            logger.error("deliver.link_after_sync_failed", account=t.account.id, folder=plan[3], name=plan[4],
+                         error=str(error))
+        for d in copied:  # another file system than the journal's: its checkpoint's syncfs misses it
+            try:
+                fsio.fsync_dir(d)
+            except OSError as exc:
+                logger.error("deliver.fsync_failed", dir=d, error=str(exc))
+                error = error or exc
+        if src is not None and not moved:
+            with contextlib.suppress(OSError):
+                os.unlink(src)
+        self.dirsync.fsyncs += len({x[3].rpartition("/")[0] for x in later})
+        self.dirsync.rounds += 1
+        return later, error
 
 
 class Indexer:
@@ -981,6 +1110,42 @@ def _write_all(fd: int, data: bytes) -> None:
             view = view[os.write(fd, view):]
     finally:
         os.close(fd)
+
+
+def _failed(t: DeliveryTarget, exc: Exception) -> DeliveryResult:
+    """The tempfail of a copy that could not be made (a StoreError is expected; others are logged)."""
+    if isinstance(exc, StoreError):
+        return DeliveryResult(t, "tempfail", None, str(exc))
+    err = f"{type(exc).__name__}: {exc}"
+    logger.error("deliver.failed", account=getattr(t.account, "id", "?"), error=err)
+    return DeliveryResult(t, "tempfail", None, err)
+
+
+def _look_up_folder(t: DeliveryTarget, mailbox: str, key: str, name: str) -> tuple[str, Path, str]:
+    """Blocking: (mailbox, folder, name in new/) of a copy from the index, cached in the engine; INBOX
+    when ``mailbox`` is gone (the name then loses its keyword letters: they were the other folder's)."""
+    eng = t.account.engine
+    try:
+        folder = eng.folder_path(mailbox)
+    except (MailboxNotFound, StoreError):
+        mailbox = "INBOX"
+        folder = eng.folder_path(mailbox)
+        if name != key:
+            flags = frozenset(md.canonical_flag(f) for f in t.flags)
+            name = md.filename(key, flags) if md.flags_to_info(flags) else key
+    if len(eng.folder_cache) > 64:
+        eng.folder_cache.clear()
+    eng.folder_cache[mailbox] = folder
+    return mailbox, folder, name
+
+
+def _record_target(acct: Account, folder: str, name: str, key: str) -> journal.Target:
+    """A copy as its journal record holds it: (account root, folder, name in new/, key), absolute
+    (the replay may run in another process, in another directory)."""
+    root = str(acct.root)
+    if root[:1] != "/" or folder[:1] != "/":
+        root, folder = os.path.abspath(root), os.path.abspath(folder)
+    return (root, folder, name, key)
 
 
 def _limited(t: DeliveryTarget) -> bool:

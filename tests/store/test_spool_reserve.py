@@ -67,7 +67,7 @@ def test_a_round_writes_a_reserved_file_and_creates_none(
     assert (res.missed, res.taken) == (1, 0)
     reserved = set(res._free)
     opens: list[tuple[str, int]] = []  # the files the delivery jobs open
-    real_open, real_job = os.open, store._deliver_job
+    real_open = os.open
     in_job = threading.local()
 
     def record(path: Any, flags: int, *args: Any, **kw: Any) -> int:
@@ -75,15 +75,19 @@ def test_a_round_writes_a_reserved_file_and_creates_none(
             opens.append((str(path), flags))
         return real_open(path, flags, *args, **kw)
 
-    def job(*args: Any, **kw: Any) -> Any:
-        in_job.on = True
-        try:
-            return real_job(*args, **kw)
-        finally:
-            in_job.on = False
+    def marked(real: Any) -> Any:
+        def job(*args: Any, **kw: Any) -> Any:
+            in_job.on = True
+            try:
+                return real(*args, **kw)
+            finally:
+                in_job.on = False
+        return job
 
     monkeypatch.setattr(os, "open", record)
-    monkeypatch.setattr(store, "_deliver_job", job)
+    # the job, and its part after the round's sync (the file and its links, after the journal's record)
+    monkeypatch.setattr(store, "_deliver_job", marked(store._deliver_job))
+    monkeypatch.setattr(store, "_links_after_sync", marked(store._links_after_sync))
     _deliver(run, store, acct, sdir, [f"m{i}" for i in range(1, 6)])
     monkeypatch.undo()
     assert res.taken == 5 and res.missed == 1
