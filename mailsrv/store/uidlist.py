@@ -139,8 +139,14 @@ def format_header(uidvalidity: int, nextuid: int, guid: str) -> bytes:
     return f"3 V{uidvalidity} N{nextuid} G{guid}\n".encode("ascii")
 
 
+#: the last saved date :func:`format_entry` wrote and its text: the lines of one index batch share one
+#: float object (engine._Rows.saved), whose repr (~3.5 k instructions) is then made once
+_last_saved: tuple[float | None, str] = (None, "")
+
+
 def format_entry(uid: int, base: str, size: int | None = None, meta: Meta | None = None) -> bytes:
     """One line; ``meta`` ids must be ASCII letters and digits (others are left out)."""
+    global _last_saved
     ext = f" S{size}" if size is not None else ""
     if meta is not None:
         eid, tid, saved = meta
@@ -149,5 +155,8 @@ def format_entry(uid: int, base: str, size: int | None = None, meta: Meta | None
         if tid and tid.isalnum() and tid.isascii():
             ext += f" t{tid}"
         if saved is not None and saved >= 0 and math.isfinite(saved):
-            ext += f" d{saved!r}"  # repr: exactly the same float back
+            last = _last_saved
+            if last[0] is not saved:  # (the same object: the same text; an equal float may differ, -0.0)
+                last = _last_saved = (saved, f" d{saved!r}")  # repr: exactly the same float back
+            ext += last[1]
     return f"{uid}{ext} :{base}\n".encode("utf-8", "surrogateescape")
