@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from mailsrv import log
 from mailsrv.directory import Account, Kind, Resolution
@@ -42,9 +42,9 @@ RESOLVE_CACHE = 4096
 STAMP_INTERVAL = 0.005
 
 
-@dataclass(frozen=True)
-class RcptCheck:
-    """The decision at RCPT time: an SMTP reply plus what to do with the recipient later."""
+class RcptCheck(NamedTuple):
+    """The decision at RCPT time: an SMTP reply plus what to do with the recipient later (a named tuple:
+    one is made per RCPT, and a frozen dataclass costs ~3x the instructions to make)."""
 
     code: int
     enh: str
