@@ -33,13 +33,14 @@ from mailsrv.util import fsio
 
 _PREFIX = secrets.token_hex(4)  # unique names without a urandom call per message
 _counter = itertools.count()
-#: this process's id, without a getpid(2) per message; reset in a forked child
-_pid = os.getpid()
+#: the middle of a spool file's name: this process's id (without a getpid(2) per message) and the prefix;
+#: reset in a forked child
+_mid = f".{os.getpid()}.{_PREFIX}"
 
 
 def _after_fork() -> None:
-    global _pid
-    _pid = os.getpid()
+    global _mid
+    _mid = f".{os.getpid()}.{_PREFIX}"
 
 
 os.register_at_fork(after_in_child=_after_fork)
@@ -60,7 +61,8 @@ class FileSpool:
                  "_lazy", "sealed")
 
     def __init__(self, directory: Path, *, lazy: bool = False) -> None:
-        name = f"{time.time_ns():x}.{_pid}.{_PREFIX}{next(_counter):x}"
+        # the clock in hex, pid, prefix, count in hex: one %-format (an f-string's two :x specs cost 1.6x)
+        name = "%x%s%x" % (time.time_ns(), _mid, next(_counter))  # noqa: UP031 (measured, see above)
         self.path: Path = _child(directory, name)
         self._fd: int | None = None
         self._buf: list[bytes] = []

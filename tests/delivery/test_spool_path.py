@@ -37,3 +37,27 @@ async def test_the_spool_path_is_the_directory_joined_with_its_name(tmp_path: Pa
 def test_each_spool_has_its_own_name(tmp_path: Path) -> None:
     names = {FileSpool(tmp_path, lazy=True).path for _ in range(1000)}
     assert len(names) == 1000
+
+
+def test_a_spool_name_is_the_clock_the_pid_the_prefix_and_a_count(tmp_path: Path) -> None:
+    import re
+    import time
+
+    before = time.time_ns()
+    a, b = FileSpool(tmp_path).path.name, FileSpool(tmp_path).path.name
+    pattern = rf"([0-9a-f]+)\.{os.getpid()}\.{spool_mod._PREFIX}([0-9a-f]+)"
+    ma, mb = re.fullmatch(pattern, a), re.fullmatch(pattern, b)
+    assert ma is not None and mb is not None
+    assert before <= int(ma.group(1), 16) <= int(mb.group(1), 16) <= time.time_ns()
+    assert int(mb.group(2), 16) == int(ma.group(2), 16) + 1
+    # a forked child names its files with its own pid
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.write(w, FileSpool(tmp_path).path.name.encode())
+        os._exit(0)
+    os.close(w)
+    os.waitpid(pid, 0)
+    with os.fdopen(r, "rb") as f:
+        child = f.read().decode()
+    assert re.fullmatch(rf"[0-9a-f]+\.{pid}\.{spool_mod._PREFIX}[0-9a-f]+", child)
