@@ -245,6 +245,11 @@ class Logger:
     def info(self, event: str, **fields: Any) -> None:
         self._emit("info", event, fields)
 
+    def info_fields(self, event: str, fields: dict[str, Any]) -> None:
+        """:meth:`info` with fields in a dict the caller made (read, not kept): a line of many fields
+        without their keyword re-pack (a message's line: ~7 k instructions of its ~45 k)."""
+        self._emit("info", event, fields)
+
     def warning(self, event: str, **fields: Any) -> None:
         self._emit("warning", event, fields)
 

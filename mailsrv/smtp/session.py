@@ -683,7 +683,7 @@ class Session:
         fields = self.accepted
         if fields is not None:
             self.accepted = None
-            logger.info("message.accepted", **fields)
+            logger.info_fields("message.accepted", fields)
 
     def _held(self, spool: Spool) -> bytes | None:
         """The message when the policy can judge it before the spool file is written, else None."""

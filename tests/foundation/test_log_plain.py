@@ -45,3 +45,24 @@ def test_a_calls_field_overrides_the_sessions() -> None:
         assert log.format_line("info", "smtp", "e", {}).endswith(" e sid=s1 peer=127.0.0.1:1")
     finally:
         log.context.reset(token)
+
+
+def test_info_fields_writes_the_line_info_writes() -> None:
+    import io
+
+    buf = io.StringIO()
+    log.configure("info", buf)
+    token = log.bind(sid="s1", peer="127.0.0.1:1")
+    try:
+        fields = {"sender": "a@b.test", "to": "c d", "rcpts": 1, "size": None, "ms": "0.3", "qid": None}
+        log.get("smtp").info("message.accepted", **fields)
+        log.get("smtp").info_fields("message.accepted", fields)
+        log.configure("warning", buf)
+        log.get("smtp").info_fields("message.accepted", fields)  # below the level: nothing
+    finally:
+        log.context.reset(token)
+        log.configure("info", __import__("sys").stderr)
+    first, second = buf.getvalue().splitlines()
+    assert first.split(" ", 1)[1] == second.split(" ", 1)[1] == (
+        'info smtp message.accepted sid=s1 peer=127.0.0.1:1 sender=a@b.test to="c d" rcpts=1 ms=0.3')
+    assert fields == {"sender": "a@b.test", "to": "c d", "rcpts": 1, "size": None, "ms": "0.3", "qid": None}
