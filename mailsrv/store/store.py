@@ -562,7 +562,8 @@ class Store:
         """
         if not consume:
             return self._deliver_links(spool, targets, internal_date, email_id, index, group, data, False)
-        if group and data is not None and self.journal is not None and len(data) <= self.config.journal_max_message:
+        if (group and data is not None and self.journal is not None and self.journal.ready
+                and len(data) <= self.config.journal_max_message):  # (broken: no record, syncfs below)
             done = self._deliver_journaled(spool, targets, internal_date, email_id, data)
             if done is not None:  # (None: the journal took no record: links before the sync, as below)
                 return cast(_JobOut, done)
