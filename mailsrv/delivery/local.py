@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from mailsrv import log
 from mailsrv.directory import Account, Kind, Resolution
-from mailsrv.store import DeliveryTarget, MailboxExists, QuotaLimits, account_root
+from mailsrv.store import DeliveryResult, DeliveryTarget, MailboxExists, QuotaLimits, account_root
 from mailsrv.store.store import CLOSING
 
 if TYPE_CHECKING:
@@ -288,7 +288,9 @@ class LocalDelivery:
     async def deliver(self, spool: Path, recipients: Sequence[tuple[str, Resolution]], *,
                       mailbox: str = "INBOX", data: bytes | None = None,
                       archive: ArchivePlan | None = None, consume: bool = False,
-                      sender: str | None = None) -> LocalOutcome:
+                      sender: str | None = None,
+                      durable: Callable[[Sequence[DeliveryResult], OSError | None], object] | None = None
+                      ) -> LocalOutcome:
         """Deliver the durable ``spool`` to every local recipient; returns when every copy is durable.
 
         ``recipients`` are (address, resolution) of kind local or group. Groups
@@ -302,16 +304,24 @@ class LocalDelivery:
         ``sender``: the envelope sender, given by a caller that queues ``redirects`` and ``replies``:
         then each account's active Sieve script (``self.sieve``) decides its copies (docs/sieve.md); the
         caller then calls mailsrv.delivery.sieve.commit when its reply is final, or remember before a 451.
+        ``durable``: handed to the store call (``Store.deliver(durable=)``) only when it is the message's
+        one store call with one target and nothing of its outcome can come from a script (one local
+        recipient, no archive copy, its Sieve the plain keep): a caller's reply that depends only on
+        that call's results (mailsrv.smtp.early); else dropped (never called).
         """
         sieve = self.sieve.begin(self, spool, data, sender) if self.sieve is not None and sender is not None else None
         out = LocalOutcome(filtering=sieve)
+        if archive is not None or len(recipients) != 1:
+            durable = None
         sflags: dict[tuple[str, str], frozenset[str]] = {}  # (address, folder) -> flags the script set
         seen: set[int] = set()
         seen_outside: set[str] = set()
         batch: list[tuple[str, Account, str]] = []
 
         async def flush(batch: list[tuple[str, Account, str]], spool_path: Path, data: bytes | None,
-                        flags: dict[str, frozenset[str]], consume: bool = False) -> None:
+                        flags: dict[str, frozenset[str]], consume: bool = False,
+                        durable: Callable[[Sequence[DeliveryResult], OSError | None], object] | None = None
+                        ) -> None:
             if not batch:
                 return
             if len(batch) == 1:  # most mail: no task, no comprehension's coroutine, no coroutine for an open
@@ -332,7 +342,8 @@ class LocalDelivery:
                 targets = [replace(t, flags=sflags.get((addr, box), t.flags))
                            for (addr, _, box), t in zip(batch, targets, strict=True)]
             # durable in new/ is enough to acknowledge; the UIDs come from the store's indexer
-            results = await self.store.deliver(spool_path, targets, uids=False, data=data, consume=consume)
+            results = await self.store.deliver(spool_path, targets, uids=False, data=data, consume=consume,
+                                               durable=durable)
             if consume:  # the job ran unless the store was closing
                 out.spool_consumed = not any(r.error == CLOSING for r in results)
             for (addr, acct, box), res in zip(batch, results, strict=True):
@@ -355,6 +366,7 @@ class LocalDelivery:
         for address, res in recipients:
             if res.kind == Kind.GROUP:
                 assert res.group is not None
+                durable = None  # its members: many copies, outside ones queued
                 async for member in self.directory.expand(res.group):
                     if member.account is None:
                         if member.address not in seen_outside:
@@ -388,13 +400,15 @@ class LocalDelivery:
             elif sieve.kept(acct):  # the keep, without apply's coroutines
                 sieve.own_batch(address, batch, mailbox).append((address, acct, mailbox))
             else:
+                durable = None  # the script's copies, redirects, reject: the caller's reply depends on them
                 await self._filtered(sieve, batch, sflags, address, acct, mailbox, out)
             if len(batch) >= DELIVERY_BATCH:
                 await flush(batch, spool, data, {})
         if sieve is not None and sieve.own:  # docs/sieve.md editheader: each edited copy from its own file
             await sieve.flush_own(flush, out)
         if archive is None:
-            await flush(batch, spool, data, {}, consume)
+            await flush(batch, spool, data, {}, consume,
+                        durable if len(batch) == 1 and (sieve is None or not sieve.own) else None)
             return out
         archived: dict[str, frozenset[str]] = {}  # archive copies' addresses -> their flags
         copies: list[tuple[str, Account, str]] = []

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from mailsrv.smtp.early import EarlyReply
 
 
 @dataclass
@@ -49,6 +52,10 @@ class Transaction:
     rcpts: list[Recipient] = field(default_factory=list)
     junk: bool = False  # the policy filed the message as spam: deliver into Junk (issue 12)
     checking: Recipient | None = None  # the RCPT that check_recipient is asked about (its NOTIFY, ORCPT)
+    #: at the end of DATA on a plaintext session: the channel a backend may arm to have the 250 written
+    #: from the store's round thread (mailsrv.smtp.early), when its reply can only be "250 iff every
+    #: copy of its one store call is durable"; None: the loop replies
+    early: EarlyReply | None = None
 
 
 @dataclass(frozen=True)

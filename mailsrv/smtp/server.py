@@ -6,7 +6,10 @@ the error budget (STYLE.md §3), streams DATA through the bulk
 file (a message is never held whole in memory), and performs STARTTLS.
 
 Invariants: nothing is written to the peer between a session's ``data_end``
-call and its return, so ``250`` always follows durability. Replies are held
+call and its return, so ``250`` always follows durability (on a plaintext
+session the store's round may write that ``250`` itself, from its thread, once
+the copies are durable: :mod:`mailsrv.smtp.early`; the loop then writes only
+what it did not send). Replies are held
 only while a whole command (or the rest of a BDAT chunk) already waits in the
 input buffer (RFC 2920 §3.1), so the loop never waits for the client while
 holding the replies the client may be waiting for.
@@ -31,6 +34,7 @@ from mailsrv.net.service import ServiceContext
 from mailsrv.policy.pipeline import Policy
 from mailsrv.smtp.backend import MailBackend, SaslProvider, SessionInfo, Spool
 from mailsrv.smtp.dotstuff import DotDecoder
+from mailsrv.smtp.early import EarlyReply
 from mailsrv.smtp.grammar import SmtpError, reply
 from mailsrv.smtp.session import MAX_AUTH_LINE, Session, Step
 from mailsrv.util import timeline
@@ -140,12 +144,15 @@ class SmtpService:
         # RFC 2920 §3.1: replies to pipelined commands are held while more commands wait in the
         # input buffer and go out in one write once the client must wait for them.
         out: list[bytes] = []
+        # a message's 250 from its delivery round's thread: plaintext only (an SSL transport cannot be
+        # written from another thread)
+        early = None if conn.tls_active else EarlyReply(conn.writer.transport)
         try:
             if not await self._policy_greeting(conn, session):
                 return
             await conn.send(session.greeting())
             try:  # here, not in a coroutine of its own: every wake-up of the session passes each level
-                await self._commands(conn, session, out)
+                await self._commands(conn, session, out, early)
             except BaseException:
                 # a bug, a failing lookup or a cancelled task ends the session: the replies it owes still
                 # go out before the close (above all a held 250 for a delivered message, lest it be sent
@@ -158,9 +165,12 @@ class SmtpService:
         except IdleTimeout:
             await self._bye(conn, [reply(421, "4.4.2", f"{self.ctx.hostname} idle timeout")])
         finally:
+            if early is not None:
+                early.close()  # before the listener closes the connection (the dup keeps its socket open)
             session.abort()
 
-    async def _commands(self, conn: Connection, session: Session, out: list[bytes]) -> None:
+    async def _commands(self, conn: Connection, session: Session, out: list[bytes],
+                        early: EarlyReply | None = None) -> None:
         errors = 0
         host = self.ctx.hostname
         auth_pending = False
@@ -226,7 +236,7 @@ class SmtpService:
             if step.then == "bdat":  # the chunk follows at once: its reply may join later ones
                 if out and len(buffered) < step.size:  # never wait for the client holding its replies
                     await self._flush(conn, out)
-                if not await self._read_bdat(conn, session, out, step.size, step.last):
+                if not await self._read_bdat(conn, session, out, step.size, step.last, early):
                     return
                 continue
             # _flush inline: no coroutine when the write went out whole (the 354 of every message)
@@ -244,11 +254,14 @@ class SmtpService:
                 # RFC 3207 §4.2, RFC 2920 §3.1 (STARTTLS ends a group; CVE-2011-0411): plain text pipelined after
                 # STARTTLS is discarded and logged, then the handshake goes on (as Postfix)
                 conn.discard_pipelined()
+                if early is not None:  # TLS from here on: every reply from the loop
+                    early.close()
+                    early = None
                 await conn.starttls(ctx)
                 session.tls_started(conn.tls_info())
                 logger.debug("tls.started", **conn.tls_info())
             elif step.then == "data":
-                if not await self._read_data(conn, session, out):
+                if not await self._read_data(conn, session, out, early):
                     return
 
     @staticmethod
@@ -264,7 +277,8 @@ class SmtpService:
         except (ConnectionClosed, IdleTimeout):
             pass
 
-    async def _read_data(self, conn: Connection, session: Session, out: list[bytes]) -> bool:
+    async def _read_data(self, conn: Connection, session: Session, out: list[bytes],
+                         early: EarlyReply | None = None) -> bool:
         """RFC 5321 §4.1.1.4: read the dot-stuffed stream into the spool, in bulk."""
         decoder = DotDecoder()
         spool = session.spool
@@ -284,13 +298,16 @@ class SmtpService:
                     keep = await _write(session, spool, payload)
             if decoder.done:
                 _unread(conn, chunk[used:])
+        offered = _offer(conn, out, early)
         try:
-            out.append((await session.data_end(bare_newline=decoder.bare_newline, too_big=too_big)).reply)
+            r = (await session.data_end(bare_newline=decoder.bare_newline, too_big=too_big, early=offered)).reply
         except SmtpError as exc:
-            out.append(exc.reply())
+            r = exc.reply()
+        _answer(out, offered, r)
         return True
 
-    async def _read_bdat(self, conn: Connection, session: Session, out: list[bytes], size: int, last: bool) -> bool:
+    async def _read_bdat(self, conn: Connection, session: Session, out: list[bytes], size: int, last: bool,
+                         early: EarlyReply | None = None) -> bool:
         """RFC 3030 §2: exactly ``size`` octets follow the BDAT line; no transparency."""
         keep = session.bdat_chunk_ok(size)
         spool = session.spool
@@ -305,11 +322,33 @@ class SmtpService:
             left -= len(chunk)
             if keep and spool is not None and not spool.buffer(chunk):
                 keep = await _write(session, spool, chunk)
+        offered = _offer(conn, out, early) if last else None
         try:
-            out.append((await session.bdat_end(last)).reply)
+            r = (await session.bdat_end(last, early=offered)).reply
         except SmtpError as exc:
-            out.append(exc.reply())
+            r = exc.reply()
+        _answer(out, offered, r)
         return True
+
+
+def _offer(conn: Connection, out: list[bytes], early: EarlyReply | None) -> EarlyReply | None:
+    """At a message's end: ``early`` when its 250 may be written from its delivery round's thread
+    (nothing held in ``out`` nor waiting in the transport, so nothing can be written before it or
+    beside it), else None."""
+    if early is None or out or conn.backlogged() or not early.open():
+        return None
+    return early
+
+
+def _answer(out: list[bytes], offered: EarlyReply | None, r: bytes) -> None:
+    """Hold the reply ``r`` to a message's end, less what its round's thread sent of it (``offered``)."""
+    if offered is not None:
+        r = offered.take(r)
+        if not r:  # sent whole by the round's thread (its time is the timeline's "written")
+            if timeline.on:
+                timeline.finish("written")
+            return
+    out.append(r)
 
 
 async def _write(session: Session, spool: Spool, data: bytes) -> bool:

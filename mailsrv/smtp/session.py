@@ -39,6 +39,7 @@ from mailsrv.smtp.backend import (
     Spool,
     Transaction,
 )
+from mailsrv.smtp.early import EarlyReply
 from mailsrv.smtp.grammar import (
     MAX_COMMAND_LINE,
     SmtpError,
@@ -596,8 +597,8 @@ class Session:
         if self.state is State.BDAT and self._bdat_failed is None:
             self._bdat_failed = self._write_failed  # the following chunks are read and dropped
 
-    async def bdat_end(self, last: bool) -> Step:
-        """After a BDAT chunk was read into the spool (RFC 3030 §2)."""
+    async def bdat_end(self, last: bool, early: EarlyReply | None = None) -> Step:
+        """After a BDAT chunk was read into the spool (RFC 3030 §2); ``early``: as :meth:`data_end`'s."""
         if self._bdat_failed is not None:
             err = self._bdat_failed
             if last:
@@ -605,10 +606,14 @@ class Session:
             raise err
         if not last:
             return Step(reply(250, "2.0.0", f"{self._bdat_size} octets received"))
-        return await self.data_end(bare_newline=False, too_big=False)
+        return await self.data_end(bare_newline=False, too_big=False, early=early)
 
-    async def data_end(self, *, bare_newline: bool, too_big: bool) -> Step:
-        """End of DATA (or BDAT LAST): deliver, then ``250`` only once durable."""
+    async def data_end(self, *, bare_newline: bool, too_big: bool, early: EarlyReply | None = None) -> Step:
+        """End of DATA (or BDAT LAST): deliver, then ``250`` only once durable.
+
+        ``early``: the connection's channel for a 250 written from the delivery round's thread (the
+        backend arms it when the message's reply cannot differ from "250 iff every copy is durable");
+        the caller then writes only what :meth:`EarlyReply.take` leaves of the returned reply."""
         tx, spool = self.tx, self.spool
         assert tx is not None and spool is not None
         self.spool = None
@@ -655,6 +660,7 @@ class Session:
                     tx.junk = decision.action == "junk"
             if timeline.on:
                 timeline.mark("spool")
+            tx.early = early
             verdict = await self.backend.deliver(self.info, tx, spool)
             if timeline.on:
                 timeline.mark("verdict")

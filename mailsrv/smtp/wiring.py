@@ -32,7 +32,7 @@ from mailsrv.queue import dsn
 from mailsrv.queue.enqueue import Enqueuer
 from mailsrv.queue.store import Envelope, QRcpt
 from mailsrv.smtp.backend import MailBackend, SessionInfo, Spool, Transaction, Verdict
-from mailsrv.util import fsio
+from mailsrv.util import fsio, timeline
 
 logger = log.get("smtp")
 
@@ -44,7 +44,12 @@ _SENDER_OK = Verdict(250, "2.1.0", "Sender OK")
 def _accepted(sid: str, delivered: int) -> Verdict:
     """The 250 of a message accepted with no remote recipient (its log fields go into the session's
     ``message.accepted`` line)."""
-    return Verdict(250, "2.0.0", f"OK id={sid}", log={"local": delivered, "queued": 0, "qid": None})
+    return Verdict(*_accepted_reply(sid), log={"local": delivered, "queued": 0, "qid": None})
+
+
+def _accepted_reply(sid: str) -> tuple[int, str, str]:
+    """(code, enhanced code, text) of :func:`_accepted` (also what an early reply sends: the same bytes)."""
+    return 250, "2.0.0", f"OK id={sid}"
 
 
 def _by_address(tx: Transaction) -> dict[str, Any]:
@@ -139,8 +144,16 @@ class DirectoryBackend:
         # moves it into the last mailbox instead of linking it and having it removed after the reply
         consume = (plan is None and not remote and isinstance(spool, FileSpool) and spool.sealed
                    and not any("SUCCESS" in r.notify for r in tx.rcpts))
+        # mailsrv.smtp.early: the 250 from the store's round thread when nothing below can change it once
+        # the one store call's copies are durable: one local recipient (no group: outside members go to
+        # the queue), no remote one, no archive copy, no conversion (its links settle after the store),
+        # no success notice; local.deliver drops the hook unless the recipient's Sieve is the plain keep
+        durable = None
+        if (tx.early is not None and not converted and not remote and plan is None and retried is None
+                and len(tx.rcpts) == 1 and tx.rcpts[0].route[0] == "local" and "SUCCESS" not in tx.rcpts[0].notify):
+            durable = tx.early.arm(*_accepted_reply(info.sid), rec=timeline.current() if timeline.on else None)
         outcome = (await self.local.deliver(spool.path, local, mailbox=mailbox, data=data, archive=plan,
-                                            consume=consume, sender=tx.sender)
+                                            consume=consume, sender=tx.sender, durable=durable)
                    if local or plan is not None else None)
         if outcome is not None and outcome.spool_consumed and isinstance(spool, FileSpool):
             spool.forget()

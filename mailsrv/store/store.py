@@ -433,7 +433,9 @@ class Store:
 
     async def deliver(self, spool_path: Path, targets: Sequence[DeliveryTarget], *,
                       internal_date: float | None = None, uids: bool = True,
-                      data: bytes | None = None, consume: bool = False) -> list[DeliveryResult]:
+                      data: bytes | None = None, consume: bool = False,
+                      durable: Callable[[list[DeliveryResult], OSError | None], object] | None = None
+                      ) -> list[DeliveryResult]:
         """Deliver one spooled message to many (account, mailbox) targets; see docs/store-api.md.
 
         Returns when every ``ok`` copy is durable: its file and its ``new/`` entry fsync'd
@@ -453,6 +455,12 @@ class Store:
         else): the job moves it into the last target's ``new/`` (a rename instead of a link and the
         caller's unlink) or removes it, so that once the job has run (any return but a "store
         closing" tempfail) there is no file at ``spool_path``.
+        ``durable(results, sync error or None)``: called in the group-commit round's thread right after
+        its sync, before this call returns, with the copies' results as the job made them (a copy
+        ``ok`` with no error is durable; the results returned are the same then). Only a delivery
+        served by a round calls it (``uids=False``, deferred index, no quota-bound target, store not
+        closing): a caller must not rely on it being called. Quick, thread-safe, never raising
+        (fsio's ``run_synced(durable=)``; mailsrv.smtp.early sends an SMTP 250 from it).
         """
         spool_path = spool_path if isinstance(spool_path, Path) else Path(spool_path)
         if self._closing:  # a stopping worker: the sender retries with another (or this one restarted)
@@ -466,7 +474,7 @@ class Store:
         # 4.0-4.6 ms on a loaded machine)
         fsio.foreground.enter()
         try:
-            out = await self._deliver(spool_path, targets, internal_date, uids, data, consume)
+            out = await self._deliver(spool_path, targets, internal_date, uids, data, consume, durable)
             if timeline.on:
                 timeline.mark("stored")
             return out
@@ -477,7 +485,9 @@ class Store:
                 self._idle.set()
 
     async def _deliver(self, spool_path: Path, targets: Sequence[DeliveryTarget], internal_date: float | None,
-                       uids: bool, data: bytes | None, consume: bool = False) -> list[DeliveryResult]:
+                       uids: bool, data: bytes | None, consume: bool = False,
+                       durable: Callable[[list[DeliveryResult], OSError | None], object] | None = None
+                       ) -> list[DeliveryResult]:
         email_id = ""  # made in the job: new_id reads urandom, a GIL round trip on the loop thread
         targets = list(targets)
         index = uids or not self.config.deferred_index
@@ -495,7 +505,8 @@ class Store:
                 (results, published, later), err = await self.fssync.run_synced(
                     spool_path.parent, self._deliver_job, spool_path, targets, internal_date, email_id,
                     index, group, data, consume,
-                    abandoned=lambda out, err: self._follow_up(self._after_links(spool_path, out[0], out[2], err)))
+                    abandoned=lambda out, err: self._follow_up(self._after_links(spool_path, out[0], out[2], err)),
+                    durable=None if durable is None else lambda out, err: durable(out[0], err))
             else:
                 async with self._delivery_slots:  # see DELIVERY_JOBS
                     results, published, later = await self.io.run(

@@ -104,7 +104,8 @@ def dump() -> str | None:
 
 #: a message's stamps in path order; with its round's: joined -> round submitted -> its job started
 #: -> this message's work -> the round's work done -> its sync began / ended -> the job returned
-#: -> the caller resumed
+#: -> the caller resumed. A message answered from its round's thread (``early``: mailsrv.smtp.early)
+#: has its ``written`` between the job's return and its answer on the loop.
 MESSAGE_STAGES = ("eod", "spool", "join", "work", "resumed", "stored", "verdict", "written")
 
 
@@ -174,7 +175,10 @@ def summarize(paths: list[str], since: int = 0, until: int = 2**63) -> dict[str,
             s = syncs.get(r.get("sync_no", -1), {})
             of = {"m": m, "r": r, "s": s}
             for name, (a, ka), (b, kb) in ROUND_STAGES:
-                add(name, of[a].get(ka), of[b].get(kb))
+                if name != "verdict->written" or "early" not in m:
+                    add(name, of[a].get(ka), of[b].get(kb))
+            if "early" in m:  # its 250 went out from the round's thread (mailsrv.smtp.early)
+                add("job return->written early", r.get("synced"), m["written"])
         for r in doc["rounds"]:
             if since <= r["submit"] < until and "answered" in r:
                 rounds_n.append(r["n"])
