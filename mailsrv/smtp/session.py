@@ -152,9 +152,9 @@ LEGAL: dict[str, frozenset[State]] = {
 
 #: verb -> the name of its handler method (no name formatted per command)
 _HANDLERS = {verb: f"smtp_{verb}" for verb in LEGAL}
-#: (verb, state value) of every legal pair: checked per command without hashing an Enum (a Python-level
-#: ``__hash__``)
-_LEGAL_PAIRS = frozenset((verb, state._value_) for verb, states in LEGAL.items() for state in states)
+#: state value -> the verbs legal in it: checked per command without hashing an Enum (a Python-level
+#: ``__hash__``) or making a (verb, state) tuple
+_LEGAL_VERBS = {state._value_: frozenset(verb for verb, states in LEGAL.items() if state in states) for state in State}
 
 
 class Session:
@@ -217,7 +217,7 @@ class Session:
         name = _HANDLERS.get(verb)
         if name is None:
             raise SmtpError("Command not recognized", 500, "5.5.2")
-        if (verb, self.state._value_) not in _LEGAL_PAIRS and verb != "BDAT":  # BDAT must read its chunk first
+        if verb not in _LEGAL_VERBS[self.state._value_] and verb != "BDAT":  # BDAT must read its chunk first
             raise SmtpError(self._sequence_hint(verb), 503, "5.5.1")
         if (
             self.submission
