@@ -30,6 +30,7 @@ other :mod:`mailsrv.store.types` errors for caller mistakes.
 from __future__ import annotations
 
 import fcntl
+import operator
 import os
 import sqlite3
 import time
@@ -261,6 +262,8 @@ def _create_index(build: Path, seeds: list[folders.FolderSeed]) -> None:
     (build / NOTIFY_NAME).touch()
 
 
+_MBOX_BY_NAME = ("SELECT id, guid, name, dir, special_use, uidvalidity, uidnext, highestmodseq, messages,"
+                 " storage, uidlist_size, cur_mtime FROM mailboxes WHERE name = ?")
 _INSERT_MESSAGE = ("INSERT INTO messages (mailbox, uid, key, fname, flags, modseq, internal_date, saved_date,"
                    " size, email_id, thread_id, structure) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)")
 #: what the ``unseen_ins`` trigger did, for ``n`` inserted rows whose flags text lacks ``\Seen`` (its
@@ -563,10 +566,7 @@ class Engine:
             name = maildir.normalize_name(name)
         except maildir.NameError_ as exc:
             raise BadMailboxName(str(exc)) from None
-        r = self.db.execute(
-            "SELECT id, guid, name, dir, special_use, uidvalidity, uidnext, highestmodseq, messages,"
-            " storage, uidlist_size, cur_mtime FROM mailboxes WHERE name = ?", (name,)
-        ).fetchone()
+        r = self.db.execute(_MBOX_BY_NAME, (name,)).fetchone()
         if r is None:
             # created by another program or process since we last looked?
             try:
@@ -664,10 +664,28 @@ class Engine:
             self.foreign_left = 0
             if lazy_commit:
                 try:
-                    return self._sync(self._row(name), lazy=True, foreign_grace=foreign_grace)
+                    return self._sync_named(name, lazy=True, foreign_grace=foreign_grace)
                 except _NeedsFullCommit:
                     pass
-            return self._sync(self._row(name), foreign_grace=foreign_grace)
+            return self._sync_named(name, foreign_grace=foreign_grace)
+
+    def _sync_named(self, name: str, *, lazy: bool = False, foreign_grace: float | None = None) -> SyncResult:
+        """:meth:`_sync` of the mailbox ``name`` with its row read once, in the write transaction (one
+        statement less per sync than :meth:`_row` before it and the fresh read in it: ~20 k instructions).
+        A name without a row (a folder another program made: :meth:`_row` adopts it, in a transaction
+        of its own) takes that way after an empty transaction."""
+        try:
+            norm = maildir.normalize_name(name)
+        except maildir.NameError_ as exc:
+            raise BadMailboxName(str(exc)) from None
+        with self._write(lazy) as res:
+            r = self.db.execute(_MBOX_BY_NAME, (norm,)).fetchone()
+            if r is not None:
+                mb = _Mbox(*r)
+                self._sync_in(mb, self._folder(mb), res, None, lazy=lazy, foreign_grace=foreign_grace)
+        if r is None:
+            return self._sync(self._row(name), lazy=lazy, foreign_grace=foreign_grace)
+        return res
 
     def _sync(self, mb: _Mbox, full_uidlist: uidlist.Uidlist | None = None, *, lazy: bool = False,
               foreign_grace: float | None = None) -> SyncResult:
@@ -747,7 +765,7 @@ class Engine:
                 self.foreign_left += 1
                 continue
             fresh.append((n, key, st.st_size, st.st_mtime))
-        fresh.sort(key=lambda t: (t[3], t[1]))
+        fresh.sort(key=_BY_MTIME_KEY)
         rows = self._rows = _Rows(mb.id)
         try:
             self._take_fresh(mb, folder, fresh, lines, res, ul, renames)
@@ -1444,6 +1462,8 @@ def _pair(limits: QuotaLimits) -> tuple[int, int]:
 
 
 _NO_FLAGS: frozenset[str] = frozenset()
+#: the order _take_new indexes new/'s files in: (mtime, key) of its (name, key, size, mtime) tuples
+_BY_MTIME_KEY = operator.itemgetter(3, 1)
 
 
 def _has_letters(info: str) -> bool:

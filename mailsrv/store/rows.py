@@ -61,7 +61,7 @@ def _info(row: Sequence[Any]) -> MessageInfo:
 
 
 def _flags_text(flags: frozenset[str] | set[str]) -> str:
-    return " ".join(sorted(flags))
+    return " ".join(sorted(flags)) if flags else ""  # (no flags: how a delivery's file is named)
 
 
 #: ids are this process's random 64 bits and a counter (32 bits): unique across processes and restarts

@@ -20,7 +20,7 @@ from mailsrv.store import DeliveryTarget, Store, uidlist
 from mailsrv.store.engine import parse_structure
 from mailsrv.store.folders import UIDLIST_NAME
 from mailsrv.store.rows import _SETTERS, new_info
-from mailsrv.store.types import MessageInfo
+from mailsrv.store.types import BadMailboxName, MailboxNotFound, MessageInfo
 
 from .conftest import spool
 
@@ -109,3 +109,44 @@ def test_thread_headers_stay_a_frozen_record() -> None:
     assert hash(th) == hash(ThreadHeaders("a@x", ("p@x",), "plan"))
     with pytest.raises(AttributeError):
         th.subject = "other"  # type: ignore[misc]
+
+
+def test_a_sync_reads_its_mailbox_row_once(tmp_path: Path, run: Run, make_store: Callable[..., Store]) -> None:
+    store = make_store(index_delay=3600.0)
+    acct = run(store.account("once"))
+    [r] = run(store.deliver(spool(tmp_path, b"Subject: x\r\n\r\nbody\r\n", "o1"), [DeliveryTarget(acct)],
+                            uids=False))
+    assert r.status == "ok"
+    eng = acct.engine
+    seen: list[str] = []
+    eng.db.set_trace_callback(seen.append)
+    try:
+        res = eng.sync("INBOX", lazy_commit=True)
+    finally:
+        eng.db.set_trace_callback(None)
+    assert len(res.added) == 1
+    rows = [q for q in seen if "FROM mailboxes" in q and q.lstrip().upper().startswith("SELECT")]
+    assert len(rows) == 1, rows  # (two before: by name, then by id inside the transaction)
+
+
+def test_a_sync_adopts_a_folder_another_program_made(tmp_path: Path, run: Run,
+                                                     make_store: Callable[..., Store]) -> None:
+    from mailsrv.store import maildir
+
+    store = make_store(index_delay=3600.0)
+    acct = run(store.account("adopt"))
+    folder = acct.root / maildir.folder_dir("Other")
+    for d in ("cur", "new", "tmp"):
+        (folder / d).mkdir(parents=True)
+    (folder / "new" / "1700000000.M1P1.elsewhere").write_bytes(b"Subject: made elsewhere\r\n\r\nhi\r\n")
+    acct.engine.sync("Other")  # no row: adopted (and its new/ indexed) the long way, as before
+    _, infos = acct.engine.snapshot("Other")
+    assert [m.uid for m in infos] == [1]
+    assert not any((folder / "new").iterdir()) and len(list((folder / "cur").iterdir())) == 1
+    (folder / "new" / "1700000001.M2P1.elsewhere").write_bytes(b"Subject: again\r\n\r\nhi\r\n")
+    res = acct.engine.sync("Other")  # its row now: read once in the transaction
+    assert [a.info.uid for a in res.added] == [2]
+    with pytest.raises(MailboxNotFound):
+        acct.engine.sync("Missing")
+    with pytest.raises(BadMailboxName):
+        acct.engine.sync("bad\x00name")
