@@ -93,6 +93,13 @@ _Linked = tuple[Account, str, str, str]
 _JobOut = tuple[list[DeliveryResult], list[tuple[Account, SyncResult]], list[_Linked]]
 
 
+def _parent(path: Path | str) -> str:
+    """``str(path.parent)`` of a file's path, without building a Path (~1 us on a delivery's loop
+    and again in its round: once per message each): "/" for a file at the root, "." for a bare name."""
+    head, sep, _ = os.fspath(path).rpartition("/")
+    return head or sep or "."
+
+
 class Store:
     """One per worker process: ``Store(config.store, config.server.data_dir)``."""
 
@@ -503,8 +510,8 @@ class Store:
                 # a caller cancelled (SMTP client gone) after the round began its links: the links
                 # are not undone, so they are followed up as on return (synced, then indexed once)
                 (results, published, later), err = await self.fssync.run_synced(
-                    spool_path.parent, self._deliver_job, spool_path, targets, internal_date, email_id,
-                    index, group, data, consume,
+                    _parent(spool_path), self._deliver_job, spool_path, targets, internal_date, email_id,
+                    index, group, data, consume, durable is not None,
                     abandoned=lambda out, err: self._follow_up(self._after_links(spool_path, out[0], out[2], err)),
                     durable=None if durable is None else lambda out, err: durable(out[0], err))
             else:
@@ -561,19 +568,23 @@ class Store:
 
     def _deliver_job(self, spool: Path, targets: list[DeliveryTarget], internal_date: float | None,
                      email_id: str, index: bool = True, group: bool = False, data: bytes | None = None,
-                     consume: bool = False) -> _JobOut:
+                     consume: bool = False, answered_early: bool = False) -> _JobOut:
         """Blocking: parse the spool once, link it into each target, fsync, index unless deferred (I/O pool).
 
         Returns (results, index changes to publish, (account, mailbox, key) left to the indexer).
         ``group``: no fsync here, the caller's syncfs round makes the links durable (copies made
         across file systems excepted: those are fsync'd here). ``consume``: no file is left at
         ``spool`` when this returns or raises (see :meth:`deliver`). A consuming group round with the
-        journal returns an ``fsio.After`` whose ``then`` makes the file and the links after the sync
+        journal whose caller is answered from the round's thread (``answered_early``: a ``durable``
+        hook) returns an ``fsio.After`` whose ``then`` makes the file and the links after the sync
         (:meth:`_deliver_journaled`): its round hands ``then``'s value, the tuple above, to the caller.
+        Only then: a caller answered on the loop gains nothing from links after the sync (its answer
+        waits for them) and keeps what a failed link means before the sync (tempfail: the sender's, or
+        Sieve's queue, retry) instead of a copy left to the journal's replay at the next start.
         """
         if not consume:
             return self._deliver_links(spool, targets, internal_date, email_id, index, group, data, False)
-        if (group and data is not None and self.journal is not None and self.journal.ready
+        if (answered_early and group and data is not None and self.journal is not None and self.journal.ready
                 and len(data) <= self.config.journal_max_message):  # (broken: no record, syncfs below)
             done = self._deliver_journaled(spool, targets, internal_date, email_id, data)
             if done is not None:  # (None: the journal took no record: links before the sync, as below)
@@ -758,7 +769,7 @@ class Store:
             targets.append(_record_target(acct, folder, name, key))
         mtime = internal_date if internal_date is not None else time.time()
         try:
-            if not self.journal.append(journal.meta(targets, mtime), str(spool.parent), data):
+            if not self.journal.append(journal.meta(targets, mtime), _parent(spool), data):
                 return out
         except OSError as exc:
             logger.error("journal.append_failed", error=str(exc))
@@ -883,7 +894,7 @@ class Store:
         rec = [_record_target(targets[i].account, p[3], p[4], p[2]) for i, p in plans]
         mtime = internal_date if internal_date is not None else time.time()
         try:
-            token = jr.append(journal.meta(rec, mtime), str(spool.parent), data, deferred=True)
+            token = jr.append(journal.meta(rec, mtime), _parent(spool), data, deferred=True)
         except OSError as exc:  # the journal is broken: as a failed sync, the sender retries
             logger.error("journal.append_failed", error=str(exc))
             for i, p in plans:

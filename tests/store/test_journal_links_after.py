@@ -46,10 +46,15 @@ def _spool_files(store: Store) -> list[str]:
     return [n for n in os.listdir(store.data_dir / "spool") if n != ".reserve"]
 
 
-def _deliver(store: Store, name: str, accts: list[Account]) -> Awaitable[list[Any]]:
+def _answered(results: list[Any], err: OSError | None) -> None:
+    """A durable hook, as SMTP's early 250 hands down (mailsrv.smtp.early): its caller is answered from
+    the round's thread, so the links may come after the sync."""
+
+
+def _deliver(store: Store, name: str, accts: list[Account], early: bool = True) -> Awaitable[list[Any]]:
     """The SMTP path: a sealed spool (consume, the bytes in memory), deferred index."""
     return store.deliver(store.data_dir / "spool" / name, [DeliveryTarget(a) for a in accts], uids=False,
-                         data=msg(name), consume=True)
+                         data=msg(name), consume=True, durable=_answered if early else None)
 
 
 def test_the_record_is_synced_before_the_links_exist(tmp_path: Path, run: Run, make_store: Callable[..., Store],
@@ -218,3 +223,41 @@ def test_a_kill_after_the_acknowledgement_and_before_the_links_loses_nothing(tmp
     assert _mail(a) == sorted(msg(m) for m in acked)  # every acknowledged message, byte for byte, once
     assert _mail(b) == [msg("held")]
     assert os.listdir(tmp_path / "journal") == []  # replayed, then removed
+
+
+def test_parent_dir_is_paths_parent() -> None:
+    """store._parent (the round's sync path and the journal's file system path) is str(Path.parent)."""
+    from mailsrv.store.store import _parent
+
+    for p in ["/var/spool/m.1", "/m", "m", "a/b", "/a/b/c.d"]:
+        assert _parent(p) == _parent(Path(p)) == str(Path(p).parent), p
+
+
+def test_a_caller_answered_on_the_loop_gets_its_links_before_the_sync(
+        run: Run, make_store: Callable[..., Store], monkeypatch: pytest.MonkeyPatch) -> None:
+    """No durable hook (a Sieve filing, several recipients: the loop answers after the round): the
+    links are made before the journal's sync, and a link that fails is that copy's tempfail (the
+    sender's or Sieve's queue retry), not an acknowledged copy left to the next start's replay."""
+    store, jr = _started(run, make_store, index_delay=30.0)
+    a = run(store.account("a"))
+    seen: list[list[str]] = []
+    real = jr.sync
+
+    def sync() -> None:
+        seen.append(os.listdir(a.root / "new"))
+        real()
+
+    monkeypatch.setattr(jr, "sync", sync)
+    [r] = run(_deliver(store, "m1", [a], early=False))
+    assert r.status == "ok" and seen and seen[0] != []  # linked before the sync
+    real_link = os.rename
+
+    def failing(src: Any, dst: Any, *args: Any, **kw: Any) -> None:
+        if "/new/" in str(dst):
+            raise OSError(errno.EPERM, "Operation not permitted")
+        real_link(src, dst, *args, **kw)
+
+    monkeypatch.setattr(os, "rename", failing)
+    monkeypatch.setattr(os, "link", failing)
+    [r] = run(_deliver(store, "m2", [a], early=False))
+    assert r.status == "tempfail" and jr.broken is None  # retried by the sender; the journal goes on
