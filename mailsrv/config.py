@@ -139,13 +139,12 @@ class ServerConfig:
         "that wakes first). A reload keeps what is bound: a change applies to already bound addresses at a restart.",
         True,
     )
-    pin_workers: bool | Literal["loop"] = doc(
+    pin_workers: bool = doc(
         "Pin worker N and its threads to CPU N of the CPUs the master may run on (round-robin; Linux), as "
         "nginx's worker_cpu_affinity: a worker's hand-offs between its event loop and its threads then wake "
         "a thread on the same CPU (measured on 2 vCPUs: 1.1-1.2x msgs/s at 50 SMTP sessions, 0.93x at one, "
-        "whose background work no longer runs on the other CPU). \"loop\": only the event loop's thread and "
-        "its delivery rounds' threads are pinned, the background threads (pools, index, search) run on every "
-        "CPU. false: the kernel places them. Applies to workers started after a change.",
+        "whose background work no longer runs on the other CPU). false: the kernel places them. Applies to "
+        "workers started after a change.",
         False,
     )
     log_level: LogLevel = doc("Least severe level logged: trace, debug, info, warning, error.", "info")

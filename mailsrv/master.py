@@ -37,7 +37,7 @@ from mailsrv.net.listener import LISTEN_BACKLOG, format_addr
 from mailsrv.net.tls import TlsSetupError, server_context
 from mailsrv.queue.store import queue_dir
 from mailsrv.store import journal
-from mailsrv.util import affinity, sqlitemem
+from mailsrv.util import sqlitemem
 from mailsrv.util.sdnotify import monotonic_usec, notify
 
 logger = log.get("master")
@@ -113,10 +113,8 @@ def worker_cpu(slot: int) -> int | None:
     return cpus[slot % len(cpus)] if len(cpus) > 1 else None
 
 
-def _pin(slot: int, mode: bool | str) -> None:
-    """In a worker before it starts a thread (they inherit it): run on :func:`worker_cpu` only
-    (``mode`` true), or only the loop's thread and its round threads (``"loop"``:
-    mailsrv/util/affinity.py; the background threads undo it). A lone
+def _pin(slot: int) -> None:
+    """In a worker before it starts a thread (they inherit it): run on :func:`worker_cpu` only. A lone
     session's delivery wakes a pool thread and is woken by it: ~20-35 us on the same CPU, 50-70
     across two on the VMs we measure on (bench/_floors.py), and its loop and threads share one GIL,
     so they gain little from a second CPU."""
@@ -124,10 +122,7 @@ def _pin(slot: int, mode: bool | str) -> None:
     if cpu is None:
         return
     try:
-        if mode == "loop":
-            affinity.pin_loop(cpu)
-        else:
-            os.sched_setaffinity(0, {cpu})
+        os.sched_setaffinity(0, {cpu})
     except OSError as exc:  # (a CPU taken away since, a container's cpuset): unpinned, as before
         logger.warning("worker.pin_failed", slot=slot, cpu=cpu, error=str(exc))
 
@@ -297,7 +292,7 @@ class Master:
                             sock.close()  # bound for a generation that is not ours
                 log.bind(worker=slot)
                 if cfg.server.pin_workers:
-                    _pin(slot, cfg.server.pin_workers)
+                    _pin(slot)
                 status = worker.run(cfg, socks, ctx, ready_w, lifeline_r, others)
             except BaseException as exc:
                 logger.exception("worker.crash", exc, slot=slot)

@@ -20,7 +20,6 @@ import ssl
 import sys
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +34,7 @@ from mailsrv.policy.pipeline import Policy
 from mailsrv.search import SearchService
 from mailsrv.search.service import Exists, Reader, ReadMany, ReadManyBlocking, Resolver
 from mailsrv.store import MailboxNotFound, Store, account_root
-from mailsrv.util import affinity, sqlitemem, timeline
+from mailsrv.util import sqlitemem, timeline
 
 logger = log.get("worker")
 
@@ -146,9 +145,6 @@ def _settle_gc() -> None:
 async def _serve(cfg: Config, socks: dict[str, list[socket.socket]], ssl_context: ssl.SSLContext | None,
                  ready_fd: int, lifeline_fd: int, others: dict[str, list[socket.socket]] | None) -> None:
     loop = asyncio.get_running_loop()
-    if affinity.loop_pinned():  # run_in_executor(None, ...)'s threads: background, on every CPU
-        loop.set_default_executor(ThreadPoolExecutor(min(32, (os.cpu_count() or 1) + 4), "asyncio",
-                                                     affinity.background))
     log.buffer_on_loop(loop)  # one write per ~50 ms instead of one per line (run() flushes at exit)
     spool.batch_removals()  # one removal job per ~20 ms of discarded spools (flushed below at the end)
     stop = asyncio.Event()

@@ -30,7 +30,6 @@ from mailsrv.auth.passwords import Hasher, ScramVerifier
 from mailsrv.config import AuthConfig
 from mailsrv.directory import Account, Directory, LoginStamp
 from mailsrv.directory import addresses as A
-from mailsrv.util import affinity
 
 logger = log.get("auth")
 
@@ -105,8 +104,7 @@ class Authenticator:
         self.cfg = cfg
         self.clock = clock
         self.hasher = Hasher(cfg)
-        self._pool = ThreadPoolExecutor(max_workers=cfg.hash_threads, thread_name_prefix="auth-hash",
-                                        initializer=affinity.background)
+        self._pool = ThreadPoolExecutor(max_workers=cfg.hash_threads, thread_name_prefix="auth-hash")
         self._dummy: str | None = None
         self._decoy_secret: bytes | None = None
 

@@ -27,7 +27,6 @@ from mailsrv.directory.types import (
     Resolution,
     Token,
 )
-from mailsrv.util import affinity
 
 T = TypeVar("T")
 
@@ -48,8 +47,7 @@ class Directory:
         # Open once here so that schema creation happens before any query (and errors surface early).
         first = SyncDirectory(self.path, **self._kw)
         first.close()
-        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="directory",
-                                        initializer=affinity.background)
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="directory")
         self._stamp = WalStamp(self.path)
 
     def _sync(self) -> SyncDirectory:

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Literal, TypeVar
 
 from mailsrv.directory.stamp import WalStamp
-from mailsrv.util import affinity
 
 T = TypeVar("T")
 
@@ -82,7 +81,7 @@ class PolicyState:
         self.path = path
         self._stamp = WalStamp(path, STAMP_INTERVAL)
         self.clock = clock
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="policy-db", initializer=affinity.background)
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="policy-db")
         self._db: sqlite3.Connection | None = None
         self.commits = 0  # write transactions committed by this state (tests, `mailsrv policy learn`)
 

@@ -30,7 +30,7 @@ import threading
 import weakref
 
 from mailsrv import log
-from mailsrv.util import affinity, fsio
+from mailsrv.util import fsio
 
 logger = log.get("store")
 
@@ -104,7 +104,6 @@ class Reserve:
         return path
 
     def _run(self) -> None:
-        affinity.background()
         while True:
             self._low.wait()
             if self._closed:

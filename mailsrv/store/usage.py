@@ -33,7 +33,6 @@ from pathlib import Path
 
 from mailsrv import log
 from mailsrv.store.types import QuotaUsage
-from mailsrv.util import affinity
 
 logger = log.get("store")
 
@@ -199,7 +198,6 @@ class UsageBook:
 
     def _write_loop(self) -> None:
         """The writer thread: flush whenever reports arrive, until close()."""
-        affinity.background()
         while not self._stopping:
             self._pending.wait()
             self._pending.clear()

@@ -34,7 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from mailsrv.util import affinity, timeline
+from mailsrv.util import timeline
 
 __all__ = [
     "FileIO",
@@ -504,7 +504,6 @@ def pool_thread(pool: ThreadPoolExecutor) -> None:
     jobs they run give way only while no job waits for a thread of the pool (a round's job queued
     behind jobs that wait for rounds would wait their budget). Submit with :func:`submit`."""
     _bg.pool = pool
-    affinity.background()
 
 
 class _Load:
