@@ -142,10 +142,10 @@ class ServerConfig:
     pin_workers: bool = doc(
         "Pin worker N and its threads to CPU N of the CPUs the master may run on (round-robin; Linux), as "
         "nginx's worker_cpu_affinity: a worker's hand-offs between its event loop and its threads then wake "
-        "a thread on the same CPU (measured on 2 vCPUs, 4 KB SMTP: 1.03x msgs/s at one session, 1.1-1.2x at "
-        "20 and 50). false: the kernel places them (better where other busy programs share the CPUs). "
-        "Applies to workers started after a change.",
-        True,
+        "a thread on the same CPU (measured on 2 vCPUs: 1.1-1.2x msgs/s at 50 SMTP sessions, 0.93x at one, "
+        "whose background work no longer runs on the other CPU). false: the kernel places them. Applies to "
+        "workers started after a change.",
+        False,
     )
     log_level: LogLevel = doc("Least severe level logged: trace, debug, info, warning, error.", "info")
 
