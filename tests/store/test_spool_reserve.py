@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from support.forked import spawn
-from support.server import wait_until
+from support.server import wait_until, wait_until_async
 from support.spool import spool_files
 
 from mailsrv.config import StoreConfig
@@ -199,10 +199,7 @@ async def _child(data_dir: Path, wfd: int) -> None:
     # Back-to-back deliveries may drain the reserve (its refill gives way to them): stop delivering
     # until the refill has made files again, so the kill finds some to leave behind.
     assert res is not None
-    deadline = time.monotonic() + 60
-    while len(res._free) < 8:
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.005)
+    await wait_until_async(lambda: len(res._free) >= 8, 60)
     os.write(wfd, b"R\n")
     await asyncio.Event().wait()  # until killed
 
